@@ -1,0 +1,208 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+internal import CLibEV
+
+/// An IPv4 or IPv6 socket address parsed from `IP:port` or `[IPv6]:port`.
+public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
+    public let ip: String
+    public let port: UInt16
+    public let isIPv6: Bool
+
+    /// Parses `IP:port`; nil if either part is invalid. No name resolution: configs name addresses.
+    public init?(_ text: String) {
+        var host = Substring(text)
+        let portText: Substring
+        if host.hasPrefix("[") {
+            guard let close = host.firstIndex(of: "]"), host[host.index(after: close)...].hasPrefix(":") else { return nil }
+            portText = host[host.index(close, offsetBy: 2)...]
+            host = host[host.index(after: host.startIndex)..<close]
+        } else {
+            guard let colon = host.lastIndex(of: ":") else { return nil }
+            portText = host[host.index(after: colon)...]
+            host = host[..<colon]
+            if host.contains(":") { return nil }  // IPv6 needs brackets
+        }
+        guard let port = UInt16(portText), !portText.hasPrefix("+") else { return nil }
+        self.init(ip: String(host), port: port)
+    }
+
+    /// An address from an IP literal and a port; nil if `ip` is not a literal.
+    public init?(ip: String, port: UInt16) {
+        var v4 = in_addr()
+        var v6 = in6_addr()
+        if inet_pton(AF_INET, ip, &v4) == 1 {
+            isIPv6 = false
+        } else if inet_pton(AF_INET6, ip, &v6) == 1 {
+            isIPv6 = true
+        } else {
+            return nil
+        }
+        self.ip = ip
+        self.port = port
+    }
+
+    public var description: String { isIPv6 ? "[\(ip)]:\(port)" : "\(ip):\(port)" }
+
+    func withSockAddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+        if isIPv6 {
+            var sa = sockaddr_in6()
+            sa.sin6_family = sa_family_t(AF_INET6)
+            sa.sin6_port = port.bigEndian
+            _ = inet_pton(AF_INET6, ip, &sa.sin6_addr)
+            return withUnsafePointer(to: &sa) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+            }
+        }
+        var sa = sockaddr_in()
+        sa.sin_family = sa_family_t(AF_INET)
+        sa.sin_port = port.bigEndian
+        _ = inet_pton(AF_INET, ip, &sa.sin_addr)
+        return withUnsafePointer(to: &sa) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+    }
+
+    init?(storage: UnsafePointer<sockaddr_storage>) {
+        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
+        switch Int32(storage.pointee.ss_family) {
+        case AF_INET:
+            let port = storage.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { p -> UInt16 in
+                var a = p.pointee.sin_addr
+                inet_ntop(AF_INET, &a, &text, socklen_t(text.count))
+                return UInt16(bigEndian: p.pointee.sin_port)
+            }
+            self.init(ip: Self.string(fromCString: text), port: port)
+        case AF_INET6:
+            let port = storage.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p -> UInt16 in
+                var a = p.pointee.sin6_addr
+                inet_ntop(AF_INET6, &a, &text, socklen_t(text.count))
+                return UInt16(bigEndian: p.pointee.sin6_port)
+            }
+            self.init(ip: Self.string(fromCString: text), port: port)
+        default:
+            return nil
+        }
+    }
+
+    private static func string(fromCString chars: [CChar]) -> String {
+        String(decoding: chars.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+/// A socket call that failed, with the call's name and errno text.
+public struct SocketError: Error, CustomStringConvertible, Sendable {
+    public let call: String
+    public let code: Int32
+    public var description: String { "\(call): \(String(cString: strerror(code)))" }
+}
+
+/// What a non-blocking read or write did.
+public enum IOResult: Equatable {
+    /// This many bytes moved (always > 0).
+    case bytes(Int)
+    /// Nothing now; wait for readiness.
+    case wouldBlock
+    /// Orderly end of stream (reads only).
+    case eof
+    /// The connection failed (errno).
+    case failed(Int32)
+}
+
+/// Non-blocking TCP socket calls on plain file descriptors. The fd's owner closes it.
+public enum Socket {
+    /// A non-blocking listening socket. `reusePort` lets every worker bind its own socket to the same address.
+    public static func listen(_ address: SocketAddress, reusePort: Bool, backlog: Int32 = 4096) throws(SocketError) -> Int32 {
+        let fd = socket(address.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw SocketError(call: "socket", code: errno) }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        if reusePort { setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size)) }
+        let rc = address.withSockAddr { bind(fd, $0, $1) }
+        guard rc == 0 else {
+            let code = errno
+            close(fd)
+            throw SocketError(call: "bind \(address)", code: code)
+        }
+        guard Glibc.listen(fd, backlog) == 0 else {
+            let code = errno
+            close(fd)
+            throw SocketError(call: "listen \(address)", code: code)
+        }
+        return fd
+    }
+
+    /// The address a socket is bound to (the real port after binding port 0).
+    public static func localAddress(_ fd: Int32) -> SocketAddress? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        guard rc == 0 else { return nil }
+        return SocketAddress(storage: &storage)
+    }
+
+    /// Accepts one connection as a non-blocking fd with TCP_NODELAY set; nil when none is pending.
+    public static func accept(_ listenFD: Int32) -> (fd: Int32, peer: SocketAddress?)? {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let fd = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                accept4(listenFD, $0, &length, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
+            }
+        }
+        guard fd >= 0 else { return nil }
+        setNoDelay(fd)
+        return (fd, SocketAddress(storage: &storage))
+    }
+
+    /// Starts a non-blocking connect; completion is signalled by writability, then `connectResult`.
+    public static func connect(to address: SocketAddress) -> Result<Int32, SocketError> {
+        let fd = socket(address.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return .failure(SocketError(call: "socket", code: errno)) }
+        setNoDelay(fd)
+        let rc = address.withSockAddr { Glibc.connect(fd, $0, $1) }
+        if rc != 0 && errno != EINPROGRESS {
+            let code = errno
+            close(fd)
+            return .failure(SocketError(call: "connect \(address)", code: code))
+        }
+        return .success(fd)
+    }
+
+    /// The outcome of a connect started by `connect(to:)`: 0 on success, else the errno.
+    public static func connectResult(_ fd: Int32) -> Int32 {
+        var code: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        getsockopt(fd, SOL_SOCKET, SO_ERROR, &code, &length)
+        return code
+    }
+
+    private static func setNoDelay(_ fd: Int32) {
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    @inline(__always)
+    public static func read(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer) -> IOResult {
+        let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
+        if n > 0 { return .bytes(n) }
+        if n == 0 { return .eof }
+        let code = errno
+        return code == EAGAIN || code == EWOULDBLOCK || code == EINTR ? .wouldBlock : .failed(code)
+    }
+
+    @inline(__always)
+    public static func write(_ fd: Int32, from buffer: UnsafeRawBufferPointer) -> IOResult {
+        let n = send(fd, buffer.baseAddress, buffer.count, Int32(MSG_NOSIGNAL))
+        if n >= 0 { return n == 0 ? .wouldBlock : .bytes(n) }
+        let code = errno
+        return code == EAGAIN || code == EWOULDBLOCK || code == EINTR ? .wouldBlock : .failed(code)
+    }
+
+    /// Stops further sends; the peer reads EOF after the pending bytes.
+    public static func shutdownWrite(_ fd: Int32) { shutdown(fd, Int32(SHUT_WR)) }
+
+    public static func close(_ fd: Int32) { _ = Glibc.close(fd) }
+}

@@ -1,0 +1,45 @@
+internal import CLibEV
+
+/// A libev timer, one-shot (`schedule(after:)`) or periodic (`scheduleRepeating(every:)`). Idle timeouts use
+/// the periodic form and compare a last-activity stamp, so I/O never has to touch the timer.
+///
+/// Thread: its loop's thread only. Ownership: its owner keeps it alive; the watcher is stopped in `deinit`.
+public final class Timer {
+    private unowned(unsafe) let loop: EventLoop
+    private let watcher = UnsafeMutablePointer<ev_timer>.allocate(capacity: 1)
+    private let onFire: () -> Void
+    private var repeating = false
+
+    public init(loop: EventLoop, onFire: @escaping () -> Void) {
+        self.loop = loop
+        self.onFire = onFire
+        wp_ev_timer_init(watcher, { _, w, _ in
+            let timer = Unmanaged<Timer>.fromOpaque(w!.pointee.data).takeUnretainedValue()
+            if !timer.repeating { timer.cancel() }
+            timer.onFire()
+        }, 0, 0)
+        watcher.pointee.data = Unmanaged.passUnretained(self).toOpaque()
+    }
+
+    deinit {
+        ev_timer_stop(loop.raw, watcher)
+        watcher.deallocate()
+    }
+
+    public var isActive: Bool { watcher.pointee.active != 0 }
+
+    /// Fires once after `seconds`, replacing any earlier schedule.
+    public func schedule(after seconds: Double) { arm(seconds, repeating: false) }
+
+    /// Fires every `seconds` until cancelled.
+    public func scheduleRepeating(every seconds: Double) { arm(seconds, repeating: true) }
+
+    private func arm(_ seconds: Double, repeating: Bool) {
+        self.repeating = repeating
+        ev_timer_stop(loop.raw, watcher)
+        watcher.pointee.repeat = max(seconds, 0.000_001)  // ev_timer_again ignores a zero repeat
+        ev_timer_again(loop.raw, watcher)
+    }
+
+    public func cancel() { ev_timer_stop(loop.raw, watcher) }
+}

@@ -1,0 +1,55 @@
+internal import CPCRE2
+
+/// A PCRE2 regular expression compiled once (with JIT where available) and matched against whole byte strings.
+///
+/// Anchored at both ends: Gateway API and Istio regex matches apply to the entire value.
+/// Thread: matching allocates a per-call match-data block, so one Regex may be shared by all workers.
+/// Ownership: the compiled table that holds it; the code is freed in `deinit`.
+public final class Regex: @unchecked Sendable {
+    // SAFETY: pcre2_code is immutable after compile and JIT compile, and PCRE2 documents it as shareable
+    // between threads; each match uses its own match data.
+    private let code: OpaquePointer
+    public let pattern: String
+
+    /// Compiles `pattern`; throws a message naming the offset of the error.
+    public init(_ pattern: String) throws(RegexError) {
+        var errorCode: Int32 = 0
+        var errorOffset = 0
+        let compiled = pattern.withCString { p in
+            pcre2_compile_8(p, wp_pcre2_zero_terminated(), UInt32(PCRE2_ANCHORED | PCRE2_ENDANCHORED | PCRE2_UTF),
+                            &errorCode, &errorOffset, nil)
+        }
+        guard let compiled else {
+            var message = [UInt8](repeating: 0, count: 256)
+            let n = pcre2_get_error_message_8(errorCode, &message, 256)
+            let text = n > 0 ? String(decoding: message[0..<Int(n)], as: UTF8.self) : "code \(errorCode)"
+            throw RegexError(pattern: pattern, offset: errorOffset, message: text)
+        }
+        _ = pcre2_jit_compile_8(compiled, UInt32(PCRE2_JIT_COMPLETE))  // falls back to the interpreter
+        code = compiled
+        self.pattern = pattern
+    }
+
+    deinit { pcre2_code_free_8(code) }
+
+    /// True when the whole of `subject` matches.
+    public func matches(_ subject: UnsafeRawBufferPointer) -> Bool {
+        guard let data = pcre2_match_data_create_from_pattern_8(code, nil) else { return false }
+        defer { pcre2_match_data_free_8(data) }
+        let base = subject.baseAddress?.assumingMemoryBound(to: UInt8.self) ?? UnsafePointer(bitPattern: 1)!
+        return pcre2_match_8(code, base, subject.count, 0, 0, data, nil) >= 0
+    }
+
+    public func matches(_ subject: String) -> Bool {
+        var s = subject
+        return s.withUTF8 { matches(UnsafeRawBufferPointer($0)) }
+    }
+}
+
+/// A pattern that PCRE2 rejected.
+public struct RegexError: Error, CustomStringConvertible, Sendable {
+    public let pattern: String
+    public let offset: Int
+    public let message: String
+    public var description: String { "invalid regular expression \"\(pattern)\" at offset \(offset): \(message)" }
+}

@@ -1,0 +1,119 @@
+/// A growable byte buffer with a read and a write index: a connection's input or pending output.
+///
+/// Memory is one malloc'd block reused for the connection's life; `compact()` moves unread bytes to the
+/// front instead of reallocating. Thread: its connection's loop thread only. Ownership: one connection.
+public final class ByteBuffer {
+    public private(set) var base: UnsafeMutableRawPointer
+    public private(set) var capacity: Int
+    public private(set) var readerIndex = 0
+    public private(set) var writerIndex = 0
+
+    public init(capacity: Int) {
+        self.capacity = capacity
+        base = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
+    }
+
+    deinit { base.deallocate() }
+
+    @inline(__always) public var readableBytes: Int { writerIndex - readerIndex }
+    @inline(__always) public var isEmpty: Bool { writerIndex == readerIndex }
+
+    /// The unread bytes. Valid until the next mutation.
+    @inline(__always) public var readable: UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: base + readerIndex, count: writerIndex - readerIndex)
+    }
+
+    /// Free space after the write index, compacting first when that makes room.
+    public func writableSpace() -> UnsafeMutableRawBufferPointer {
+        if writerIndex == capacity || (readerIndex > 0 && readerIndex >= capacity / 2) { compact() }
+        return UnsafeMutableRawBufferPointer(start: base + writerIndex, count: capacity - writerIndex)
+    }
+
+    @inline(__always) public func commitWrite(_ count: Int) { writerIndex += count }
+
+    @inline(__always) public func consume(_ count: Int) {
+        readerIndex += count
+        if readerIndex == writerIndex { readerIndex = 0; writerIndex = 0 }
+    }
+
+    public func clear() { readerIndex = 0; writerIndex = 0 }
+
+    /// Moves the unread bytes to the front.
+    public func compact() {
+        guard readerIndex > 0 else { return }
+        let n = readableBytes
+        if n > 0 { (base).copyMemory(from: base + readerIndex, byteCount: n) }
+        readerIndex = 0
+        writerIndex = n
+    }
+
+    /// Makes room for `count` more bytes, growing the block if compaction is not enough.
+    @inline(__always) public func reserve(_ count: Int) {
+        if capacity - writerIndex >= count { return }
+        grow(count)
+    }
+
+    private func grow(_ count: Int) {
+        compact()
+        if capacity - writerIndex >= count { return }
+        var newCapacity = capacity * 2
+        while newCapacity - writerIndex < count { newCapacity *= 2 }
+        let newBase = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
+        newBase.copyMemory(from: base, byteCount: writerIndex)
+        base.deallocate()
+        base = newBase
+        capacity = newCapacity
+    }
+
+    @inline(__always) public func append(_ bytes: UnsafeRawBufferPointer) {
+        guard bytes.count > 0 else { return }
+        reserve(bytes.count)
+        (base + writerIndex).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+        writerIndex += bytes.count
+    }
+
+    @inline(__always) public func append(_ byte: UInt8) {
+        reserve(1)
+        base.storeBytes(of: byte, toByteOffset: writerIndex, as: UInt8.self)
+        writerIndex += 1
+    }
+
+    public func append(_ bytes: [UInt8]) { bytes.withUnsafeBytes { append($0) } }
+
+    /// Appends a string's UTF-8 bytes. `StaticString` literals cost no allocation.
+    @inline(__always) public func append(_ text: StaticString) {
+        append(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+    }
+
+    public func append(_ text: String) {
+        var text = text
+        text.withUTF8 { append(UnsafeRawBufferPointer($0)) }
+    }
+
+    /// Appends a non-negative integer in decimal without allocating.
+    public func appendDecimal(_ value: Int) {
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes of scratch: enough for any Int
+        var v = UInt(value.magnitude)
+        withUnsafeMutableBytes(of: &digits) { scratch in
+            var i = scratch.count
+            repeat {
+                i -= 1
+                scratch[i] = UInt8(truncatingIfNeeded: v % 10) + 48
+                v /= 10
+            } while v > 0
+            if value < 0 { i -= 1; scratch[i] = 45 }
+            append(UnsafeRawBufferPointer(rebasing: scratch[i...]))
+        }
+    }
+
+    /// Appends a value in lower-case hex, zero-padded to `width` digits.
+    public func appendHex(_ value: UInt64, width: Int) {
+        reserve(width)
+        let hex: StaticString = "0123456789abcdef"
+        for i in 0..<width {
+            let nibble = Int((value >> UInt64((width - 1 - i) * 4)) & 0xF)
+            base.storeBytes(of: hex.utf8Start[nibble], toByteOffset: writerIndex + i, as: UInt8.self)
+        }
+        writerIndex += width
+    }
+}
