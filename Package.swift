@@ -35,7 +35,7 @@ let package = Package(
         ]),
         // Kubernetes manifests -> validated specs -> immutable Snapshot.
         .target(name: "WaypointConfig", dependencies: [
-            "WaypointCore", "HTTPRouter", "Yams",
+            "WaypointCore", "EventLoop", "HTTPRouter", "Regex", "Yams",
         ]),
         .executableTarget(name: "Waypoint", dependencies: [
             "WaypointCore", "EventLoop", "HTTPRouter", "Filters", "HBONEServer", "WaypointConfig",

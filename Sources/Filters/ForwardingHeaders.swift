@@ -1,0 +1,160 @@
+import WaypointCore
+
+/// Writes the request head sent upstream and the response head sent downstream: hop-by-hop headers removed
+/// (RFC 9110 §7.6.1), message framing re-emitted from what was parsed (never copied), and the forwarding
+/// headers set (`x-forwarded-for` appended, `x-forwarded-proto` replaced, `x-request-id` generated when absent).
+///
+/// Pure: bytes in, bytes out. The caller owns the buffers.
+public enum ForwardingHeaders {
+    /// Writes `head` (whose ranges point into `bytes`) as an HTTP/1.1 request for an upstream.
+    /// `requestID` is called only when the request has no `x-request-id`.
+    public static func writeRequest(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, clientIP: UnsafeRawBufferPointer,
+                                    proto: StaticString, into out: ByteBuffer, requestID: (ByteBuffer) -> Void) {
+        out.append(head.method.bytes(in: bytes))
+        out.append(0x20)
+        if head.defaultedPath { out.append(0x2F) }
+        out.append(head.target.bytes(in: bytes))
+        out.append(" HTTP/1.1\r\n")
+        // Absolute-form targets carry the authority: it becomes the Host header (RFC 9112 §3.2.2).
+        out.append("host: ")
+        out.append(head.host.bytes(in: bytes))
+        out.append("\r\n")
+
+        let connectionOptions = connectionOptionIndices(head, bytes)
+        var forwardedFor: ByteRange? = nil
+        var hasRequestID = false
+        for field in head.headers {
+            let name = field.name.bytes(in: bytes)
+            switch classify(name) {
+            case .hopByHop, .framing, .host, .expect, .forwardedProto: continue
+            case .forwardedFor:
+                // Several x-forwarded-for lines are one list (RFC 9110 §5.3): keep the first, append ours.
+                if forwardedFor == nil { forwardedFor = field.value }
+                continue
+            case .requestID: hasRequestID = true
+            case .other:
+                if !connectionOptions.isEmpty, isConnectionOption(name, connectionOptions, head, bytes) { continue }
+            }
+            out.append(name)
+            out.append(": ")
+            out.append(field.value.bytes(in: bytes))
+            out.append("\r\n")
+        }
+        out.append("x-forwarded-for: ")
+        if let forwardedFor, !forwardedFor.isEmpty {
+            out.append(forwardedFor.bytes(in: bytes))
+            out.append(", ")
+        }
+        out.append(clientIP)
+        out.append("\r\nx-forwarded-proto: ")
+        out.append(proto)
+        out.append("\r\n")
+        if !hasRequestID {
+            out.append("x-request-id: ")
+            requestID(out)
+            out.append("\r\n")
+        }
+        writeFraming(head.framing, into: out)
+        out.append("\r\n")
+    }
+
+    /// Writes `head` as the response sent downstream. `close` adds `connection: close`.
+    public static func writeResponse(_ head: ResponseHead, _ bytes: UnsafeRawBufferPointer, close: Bool, into out: ByteBuffer) {
+        out.append("HTTP/1.1 ")
+        out.appendDecimal(head.status)
+        out.append(0x20)
+        out.append(head.reason.bytes(in: bytes))
+        out.append("\r\n")
+        for field in head.headers {
+            let name = field.name.bytes(in: bytes)
+            switch classify(name) {
+            case .hopByHop, .framing: continue
+            default: break
+            }
+            out.append(name)
+            out.append(": ")
+            out.append(field.value.bytes(in: bytes))
+            out.append("\r\n")
+        }
+        writeFraming(head.framing, into: out)
+        if close { out.append("connection: close\r\n") }
+        out.append("\r\n")
+    }
+
+    /// Writes a complete response the proxy answers itself.
+    public static func writeLocalReply(_ reply: LocalReply, close: Bool, into out: ByteBuffer) {
+        let body = reply.body
+        out.append("HTTP/1.1 ")
+        out.appendDecimal(reply.status)
+        out.append(0x20)
+        out.append(LocalReply.reasonPhrase(reply.status))
+        out.append("\r\ncontent-type: text/plain\r\ncontent-length: ")
+        out.appendDecimal(body.utf8CodeUnitCount)
+        out.append("\r\n")
+        if close { out.append("connection: close\r\n") }
+        out.append("\r\n")
+        out.append(body)
+    }
+
+    private static func writeFraming(_ framing: BodyFraming, into out: ByteBuffer) {
+        switch framing {
+        case .contentLength(let n):
+            out.append("content-length: ")
+            out.appendDecimal(n)
+            out.append("\r\n")
+        case .chunked:
+            out.append("transfer-encoding: chunked\r\n")
+        case .none, .untilClose:
+            break
+        }
+    }
+
+    enum HeaderClass { case hopByHop, framing, host, expect, forwardedFor, forwardedProto, requestID, other }
+
+    /// Classifies a header name, case-insensitively, by length first so most names cost one comparison.
+    @inline(__always)
+    static func classify(_ name: UnsafeRawBufferPointer) -> HeaderClass {
+        switch name.count {
+        case 2 where HTTP1Parser.equalsLowercase(name, "te"): return .hopByHop
+        case 4 where HTTP1Parser.equalsLowercase(name, "host"): return .host
+        case 6 where HTTP1Parser.equalsLowercase(name, "expect"): return .expect
+        case 7 where HTTP1Parser.equalsLowercase(name, "upgrade"), 7 where HTTP1Parser.equalsLowercase(name, "trailer"): return .hopByHop
+        case 10 where HTTP1Parser.equalsLowercase(name, "connection"), 10 where HTTP1Parser.equalsLowercase(name, "keep-alive"): return .hopByHop
+        case 12 where HTTP1Parser.equalsLowercase(name, "x-request-id"): return .requestID
+        case 14 where HTTP1Parser.equalsLowercase(name, "content-length"): return .framing
+        case 15 where HTTP1Parser.equalsLowercase(name, "x-forwarded-for"): return .forwardedFor
+        case 16 where HTTP1Parser.equalsLowercase(name, "proxy-connection"): return .hopByHop
+        case 17 where HTTP1Parser.equalsLowercase(name, "transfer-encoding"): return .framing
+        case 17 where HTTP1Parser.equalsLowercase(name, "x-forwarded-proto"): return .forwardedProto
+        default: return .other
+        }
+    }
+
+    /// Indices of `connection` header lines that list options beyond close/keep-alive (rare; usually empty).
+    private static func connectionOptionIndices(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer) -> [Int] {
+        var result: [Int] = []
+        for (i, field) in head.headers.enumerated() where field.name.count == 10 {
+            guard HTTP1Parser.equalsLowercase(field.name.bytes(in: bytes), "connection") else { continue }
+            var extra = false
+            HTTP1Parser.forEachToken(field.value.bytes(in: bytes)) { token in
+                if !HTTP1Parser.equalsLowercase(token, "close") && !HTTP1Parser.equalsLowercase(token, "keep-alive") { extra = true }
+            }
+            if extra { result.append(i) }
+        }
+        return result
+    }
+
+    /// True when `name` is listed in one of the given `connection` headers: such headers are hop-by-hop too.
+    private static func isConnectionOption(_ name: UnsafeRawBufferPointer, _ indices: [Int], _ head: RequestHead,
+                                           _ bytes: UnsafeRawBufferPointer) -> Bool {
+        var listed = false
+        for i in indices {
+            HTTP1Parser.forEachToken(head.headers[i].value.bytes(in: bytes)) { token in
+                if token.count == name.count && zip(token, name).allSatisfy({ HTTP1Parser.lowercased($0) == HTTP1Parser.lowercased($1) }) {
+                    listed = true
+                }
+            }
+        }
+        return listed
+    }
+}

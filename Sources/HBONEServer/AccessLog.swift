@@ -1,0 +1,95 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import EventLoop
+import WaypointCore
+
+/// One JSON line per request, field names as in Envoy's/Istio's JSON access log. Lines are batched per loop
+/// iteration and written with one `write(2)` just before the loop blocks, so logging costs no syscall per request.
+///
+/// Thread: its worker's loop thread only. Ownership: the worker's `ProxyServer`.
+final class AccessLog {
+    private let buffer = ByteBuffer(capacity: 16 * 1024)
+    private let fd: Int32
+    private var flusher: PrepareWatcher?
+
+    init(loop: EventLoop, fd: Int32 = 1) {
+        self.fd = fd
+        flusher = PrepareWatcher(loop: loop) { [unowned(unsafe) self] in self.flush() }
+    }
+
+    /// One finished request. `fields` holds method, path and authority bytes copied when the request started.
+    func record(_ entry: borrowing Entry) {
+        let out = buffer
+        out.append("{\"start_time_ms\":")
+        out.appendDecimal(Int(entry.startTime * 1000))
+        out.append(",\"method\":\"")
+        appendEscaped(entry.method)
+        out.append("\",\"path\":\"")
+        appendEscaped(entry.path)
+        out.append("\",\"authority\":\"")
+        appendEscaped(entry.authority)
+        out.append("\",\"protocol\":\"HTTP/1.1\",\"response_code\":")
+        out.appendDecimal(entry.status)
+        out.append(",\"response_flags\":\"")
+        out.append(entry.flags)
+        out.append("\",\"bytes_received\":")
+        out.appendDecimal(entry.bytesReceived)
+        out.append(",\"bytes_sent\":")
+        out.appendDecimal(entry.bytesSent)
+        out.append(",\"duration\":")
+        out.appendDecimal(Int((entry.duration * 1000).rounded()))
+        out.append(",\"downstream_remote_address\":\"")
+        out.append(entry.client)
+        out.append("\",\"upstream_host\":")
+        if let upstream = entry.upstream {
+            out.append("\"")
+            out.append(upstream)
+            out.append("\"")
+        } else {
+            out.append("null")
+        }
+        out.append(",\"route_name\":")
+        if let route = entry.route {
+            out.append("\"")
+            out.append(route)
+            out.append("\"")
+        } else {
+            out.append("null")
+        }
+        out.append("}\n")
+        if out.readableBytes > 12 * 1024 { flush() }
+    }
+
+    struct Entry: ~Copyable {
+        var startTime: Double
+        var duration: Double
+        var method: UnsafeRawBufferPointer
+        var path: UnsafeRawBufferPointer
+        var authority: UnsafeRawBufferPointer
+        var client: String
+        var status: Int
+        /// Envoy response flags: `-`, `UF` (upstream connect failure), `UC` (upstream closed), `NR` (no route),
+        /// `UH` (no healthy upstream), `DC` (downstream closed).
+        var flags: StaticString
+        var bytesReceived: Int
+        var bytesSent: Int
+        var upstream: String?
+        var route: String?
+    }
+
+    private func appendEscaped(_ bytes: UnsafeRawBufferPointer) {
+        for b in bytes {
+            if b == 0x22 || b == 0x5C { buffer.append(0x5C) }
+            if b < 0x20 { buffer.append("?") } else { buffer.append(b) }
+        }
+    }
+
+    func flush() {
+        while !buffer.isEmpty {
+            let n = write(fd, buffer.readable.baseAddress, buffer.readableBytes)
+            if n <= 0 { if n < 0 && errno == EINTR { continue }; buffer.clear(); return }  // stdout gone: drop, never stall
+            buffer.consume(n)
+        }
+    }
+}

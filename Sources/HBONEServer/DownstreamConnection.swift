@@ -1,0 +1,577 @@
+import EventLoop
+import Filters
+import WaypointCore
+
+/// One client connection on the plaintext listener: reads HTTP/1.1 requests, one exchange at a time, and
+/// streams each through an upstream connection under backpressure. Pipelined requests wait in `input` and are
+/// answered in order.
+///
+/// An exchange ends when the request body has been read and the response fully queued; only then does the
+/// next request start. Bodies are never buffered whole: at most `pendingOutputBound` bytes wait per direction
+/// before the sending side stops being read.
+///
+/// Thread: its worker's loop thread only. Ownership: the `ProxyServer` (until `close()`); it owns its
+/// upstream connection while an exchange is in flight.
+final class DownstreamConnection {
+    /// Why reading from the client is paused; reading resumes when the set is empty.
+    struct PauseReasons: OptionSet {
+        let rawValue: UInt8
+        /// The upstream has too many of our bytes pending.
+        static let upstreamBackpressure = PauseReasons(rawValue: 1)
+        /// `input` is full of pipelined requests waiting for the current exchange.
+        static let inputFull = PauseReasons(rawValue: 2)
+        /// The client sent EOF or we are closing: nothing more to read.
+        static let finished = PauseReasons(rawValue: 4)
+    }
+
+    let id: Int
+    private let fd: Int32
+    private unowned(unsafe) let server: ProxyServer
+    private let clientIP: [UInt8]
+    private let clientAddress: String
+    private let input: ByteBuffer
+    private let output: ByteBuffer
+    private var readWatcher: IOWatcher!
+    private var writeWatcher: IOWatcher!
+    private var timer: Timer!
+    private var paused: PauseReasons = []
+    private var lastActivity: Double
+    private var closing = false
+    private var closed = false
+
+    // MARK: Exchange state (reset per request)
+    private var head = RequestHead()
+    private var scanned = 0
+    private var inExchange = false
+    private var keepAlive = true
+    private var requestDone = false
+    private var requestRemaining = 0
+    private var requestChunks = ChunkedScanner()
+    private var requestFraming = BodyFraming.none
+    private var discardingBody = false
+    private var requestWasHead = false
+    private var upstream: UpstreamConnection?
+    private var endpoint: Int32 = -1
+    /// The request head as sent upstream, kept only while it may be replayed on a fresh connection.
+    private let replay: ByteBuffer
+    private var replayable = false
+    private var response = ResponseHead()
+    private var responseScanned = 0
+    private var responseHeadDone = false
+    private var responseDone = false
+    private var responseRemaining = 0
+    private var responseChunks = ChunkedScanner()
+    private var responseFraming = BodyFraming.none
+    // Access-log fields.
+    private var exchangeStart = 0.0
+    private var status = 0
+    private var flags: StaticString = "-"
+    private var bytesReceived = 0
+    private var bytesSent = 0
+    private var routeName: String?
+    private let logFields: ByteBuffer
+    private var logMethod = 0, logPath = 0
+
+    init(id: Int, fd: Int32, peer: SocketAddress?, server: ProxyServer) {
+        self.id = id
+        self.fd = fd
+        self.server = server
+        clientIP = Array((peer?.ip ?? "unknown").utf8)
+        clientAddress = peer?.description ?? "unknown"
+        input = ByteBuffer(capacity: 16 * 1024)
+        output = ByteBuffer(capacity: 16 * 1024)
+        replay = ByteBuffer(capacity: 512)
+        logFields = ByteBuffer(capacity: 256)
+        lastActivity = server.loop.now
+        readWatcher = IOWatcher(loop: server.loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.readable() }
+        writeWatcher = IOWatcher(loop: server.loop, fd: fd, direction: .write) { [unowned(unsafe) self] in self.writable() }
+        timer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.checkIdle() }
+        timer.scheduleRepeating(every: max(server.settings.downstreamIdleTimeout.seconds / 4, 0.05))
+        readWatcher.start()
+    }
+
+    deinit {
+        if !closed { Socket.close(fd) }
+    }
+
+    var isIdle: Bool { !inExchange && input.isEmpty && output.isEmpty }
+
+    // MARK: - Downstream I/O
+
+    private func readable() {
+        var space = input.writableSpace()
+        if space.count == 0 {
+            // Grow only while a head is still incomplete; otherwise wait for the exchange to drain it.
+            if !inExchange && input.capacity < server.settings.maxHeadBytes + 4096 {
+                input.reserve(input.capacity)
+                space = input.writableSpace()
+            } else {
+                pause(.inputFull)
+                return
+            }
+        }
+        switch Socket.read(fd, into: space) {
+        case .bytes(let n):
+            input.commitWrite(n)
+            lastActivity = server.loop.now
+            processInput()
+        case .wouldBlock:
+            return
+        case .eof:
+            clientFinished()
+        case .failed:
+            abort()
+        }
+    }
+
+    private func writable() {
+        flushOutput()
+        if output.readableBytes <= server.settings.pendingOutputBound { upstream?.resumeReading(); pumpResponse() }
+        if closing && output.isEmpty { close() }
+    }
+
+    /// Writes pending output; arms the write watcher for what the socket does not take now.
+    private func flushOutput() {
+        while !output.isEmpty {
+            switch Socket.write(fd, from: output.readable) {
+            case .bytes(let n):
+                output.consume(n)
+                lastActivity = server.loop.now
+            case .wouldBlock:
+                writeWatcher.start()
+                return
+            case .eof, .failed:
+                abort()
+                return
+            }
+        }
+        writeWatcher.stop()
+    }
+
+    private func pause(_ reason: PauseReasons) {
+        paused.insert(reason)
+        readWatcher.stop()
+    }
+
+    private func resume(_ reason: PauseReasons) {
+        paused.remove(reason)
+        if paused.isEmpty && !closed { readWatcher.start() }
+    }
+
+    private func clientFinished() {
+        pause(.finished)
+        keepAlive = false
+        if !inExchange || !requestDone {
+            // EOF between requests, or in the middle of a request body: nothing more can be answered.
+            if inExchange { flags = "DC"; status = 0 }
+            if inExchange && !responseHeadDone { finishExchange(logged: true) }
+            abort()
+            return
+        }
+        // Request complete: let the response finish, then close.
+    }
+
+    private func checkIdle() {
+        guard !inExchange else { return }
+        if server.loop.now - lastActivity >= server.settings.downstreamIdleTimeout.seconds { close() }
+    }
+
+    // MARK: - Requests
+
+    /// Starts exchanges for complete heads in `input` and moves request body bytes upstream.
+    private func processInput() {
+        while !closed {
+            if !inExchange {
+                guard !closing, startExchange() else { break }
+                continue
+            }
+            if !requestDone { pumpRequestBody() }
+            if !requestDone || !responseDone { break }
+            finishExchange(logged: false)
+        }
+        if !closed {
+            flushOutput()
+            upstream?.flush()
+            if closing && output.isEmpty { close() }
+        }
+    }
+
+    /// Parses the next head and routes it. False when the head is incomplete or the connection is closing.
+    private func startExchange() -> Bool {
+        // RFC 9112 §2.2: ignore empty lines before a request line.
+        while let first = input.readable.first, first == 0x0D || first == 0x0A {
+            input.consume(1)
+            scanned = 0
+        }
+        guard !input.isEmpty else { return false }
+        let bytes = input.readable
+        guard let length = HTTP1Parser.findHeadEnd(bytes, scanned: &scanned) else {
+            if input.readableBytes >= server.settings.maxHeadBytes {
+                reject(HTTP1Error(status: 431, "request head too large"))
+            }
+            return false
+        }
+        scanned = 0
+        inExchange = true
+        exchangeStart = server.loop.now
+        let headBytes = UnsafeRawBufferPointer(rebasing: bytes[0..<length])
+        if case .failed(let error) = HTTP1Parser.parseRequest(headBytes, into: &head) {
+            reject(error)
+            return false
+        }
+        keepAlive = head.keepAlive && !server.draining
+        requestWasHead = head.isHeadMethod
+        requestFraming = head.framing
+        switch head.framing {
+        case .contentLength(let n): requestRemaining = n
+        case .chunked: requestChunks = ChunkedScanner()
+        case .none, .untilClose: break
+        }
+        requestDone = head.framing == .none
+        bytesReceived = length
+        if server.accessLog != nil { keepLogFields(headBytes) }
+
+        switch server.router.route(head, headBytes) {
+        case .reply(let reply):
+            flags = reply == .noRoute ? "NR" : reply == .noHealthyUpstream ? "UH" : "-"
+            discardingBody = true
+            input.consume(length)
+            replyLocally(reply)
+        case .forward(let endpoint, let route):
+            routeName = route
+            self.endpoint = endpoint
+            forward(headBytes)
+            input.consume(length)
+        }
+        return true
+    }
+
+    /// A request that cannot be parsed: answer and close, since where it ends is unknown.
+    private func reject(_ error: HTTP1Error) {
+        inExchange = true
+        exchangeStart = server.loop.now
+        keepAlive = false
+        requestDone = true
+        input.clear()
+        pause(.finished)
+        replyLocally(.badRequest(error))
+    }
+
+    private func replyLocally(_ reply: LocalReply) {
+        status = reply.status
+        responseHeadDone = true
+        responseDone = true
+        if !requestDone && reply.status >= 500 { keepAlive = false }
+        // A 100-continue client that is refused sends no body; do not wait for one.
+        if head.expectsContinue && !requestDone { keepAlive = false; requestDone = true; pause(.finished) }
+        ForwardingHeaders.writeLocalReply(reply, close: !keepAlive, into: output)
+        bytesSent = output.readableBytes
+    }
+
+    private func forward(_ headBytes: UnsafeRawBufferPointer) {
+        guard let pool = server.pool(endpoint), let connection = pool.checkout(for: self) else {
+            flags = "UF"
+            server.counters.upstreamConnectFailures.increment()
+            discardingBody = true
+            replyLocally(.upstreamConnectError)
+            return
+        }
+        upstream = connection
+        let start = connection.output.writerIndex
+        ForwardingHeaders.writeRequest(head, headBytes, clientIP: clientIP.withUnsafeBytes { $0 }, proto: server.settings.forwardedProto,
+                                       into: connection.output) { [unowned(unsafe) server] out in server.writeRequestID(out) }
+        replayable = connection.reused && requestDone
+        if replayable {
+            replay.clear()
+            replay.append(UnsafeRawBufferPointer(rebasing: connection.output.readable[(start - connection.output.readerIndex)...]))
+        }
+        if head.expectsContinue && !requestDone {
+            // We answer the expectation ourselves (the Expect header is not forwarded).
+            output.append("HTTP/1.1 100 Continue\r\n\r\n")
+        }
+    }
+
+    /// Moves body bytes of the current request from `input` to the upstream (or discards them).
+    private func pumpRequestBody() {
+        while !requestDone && !input.isEmpty {
+            if let upstream, !discardingBody, upstream.output.readableBytes >= server.settings.pendingOutputBound {
+                pause(.upstreamBackpressure)
+                return
+            }
+            let available = input.readable
+            var take: Int
+            switch requestFraming {
+            case .contentLength:
+                take = min(requestRemaining, available.count)
+                requestRemaining -= take
+                requestDone = requestRemaining == 0
+            case .chunked:
+                guard let n = requestChunks.scan(available) else {
+                    keepAlive = false
+                    if !responseHeadDone {
+                        upstream?.close()
+                        upstream = nil
+                        discardingBody = true
+                        responseHeadDone = false
+                        replyLocally(.badRequest(HTTP1Error(status: 400, "malformed chunked body")))
+                        requestDone = true
+                        pause(.finished)
+                        input.clear()
+                    } else {
+                        abort()
+                    }
+                    return
+                }
+                take = n
+                requestDone = requestChunks.isComplete
+            case .none, .untilClose:
+                take = 0
+                requestDone = true
+            }
+            if !discardingBody, let upstream {
+                upstream.output.append(UnsafeRawBufferPointer(rebasing: available[0..<take]))
+            }
+            bytesReceived += take
+            input.consume(take)
+        }
+        if paused.contains(.upstreamBackpressure) && (upstream?.output.readableBytes ?? 0) < server.settings.pendingOutputBound {
+            resume(.upstreamBackpressure)
+        }
+    }
+
+    private func finishExchange(logged: Bool) {
+        if let upstream {
+            upstream.owner = nil
+            if responseDone && requestDone && response.keepAlive && upstream.input.isEmpty && upstream.isOpen {
+                upstream.pool.checkin(upstream)
+            } else {
+                upstream.close()
+            }
+            self.upstream = nil
+        }
+        if status > 0 { server.counters.countResponse(status) }
+        if let log = server.accessLog { writeLog(log) }
+        inExchange = false
+        requestDone = false
+        responseDone = false
+        responseHeadDone = false
+        discardingBody = false
+        replayable = false
+        responseScanned = 0
+        status = 0
+        flags = "-"
+        routeName = nil
+        endpoint = -1
+        if !keepAlive {
+            closing = true
+            pause(.finished)
+        } else if paused.contains(.inputFull) {
+            resume(.inputFull)
+        }
+    }
+
+    // MARK: - Responses (called by the upstream connection)
+
+    func upstreamReadable() {
+        pumpResponse()
+        if responseDone && requestDone { processInput() } else { flushOutput() }
+        if closing && output.isEmpty { close() }
+    }
+
+    func upstreamDrained() {
+        if paused.contains(.upstreamBackpressure) {
+            resume(.upstreamBackpressure)
+            processInput()
+        }
+    }
+
+    func upstreamFailed(_ connection: UpstreamConnection, _ failure: UpstreamConnection.Failure) {
+        guard connection === upstream else { return }
+        upstream = nil
+        if responseHeadDone {
+            if responseFraming == .untilClose && failure == .reset {
+                // The body of a close-delimited response ends with the connection.
+                responseDone = true
+                if requestDone { processInput() }
+                return
+            }
+            // Mid-response: the client must see a broken response, never one that looks complete.
+            flags = "UC"
+            server.counters.upstreamResetsMidResponse.increment()
+            keepAlive = false
+            flushOutput()
+            finishExchange(logged: true)
+            abort()
+            return
+        }
+        if failure == .reset && replayable, let pool = server.pool(endpoint), let fresh = pool.checkout(for: self) {
+            // A pooled connection closed by the upstream just as we reused it: replay once on a new connection.
+            replayable = false
+            upstream = fresh
+            fresh.output.append(replay.readable)
+            return
+        }
+        switch failure {
+        case .connectFailed, .timedOut:
+            flags = "UF"
+            server.counters.upstreamConnectFailures.increment()
+            replyLocally(.upstreamConnectError)
+        case .reset:
+            flags = "UC"
+            replyLocally(.upstreamReset)
+        }
+        discardingBody = true
+        if !requestDone { keepAlive = false }
+        processInput()
+        if requestDone { finishIfDone() }
+    }
+
+    private func finishIfDone() {
+        if inExchange && requestDone && responseDone {
+            finishExchange(logged: false)
+            processInput()
+        }
+        if closing && output.isEmpty { close() }
+    }
+
+    /// Parses the response head and moves body bytes downstream, bounded by `pendingOutputBound`.
+    private func pumpResponse() {
+        guard let upstream, inExchange, !responseDone else { return }
+        let source = upstream.input
+        if !responseHeadDone {
+            while true {
+                let bytes = source.readable
+                guard let length = HTTP1Parser.findHeadEnd(bytes, scanned: &responseScanned) else {
+                    if source.readableBytes >= server.settings.maxHeadBytes { badResponse() }
+                    return
+                }
+                responseScanned = 0
+                let headBytes = UnsafeRawBufferPointer(rebasing: bytes[0..<length])
+                if case .failed = HTTP1Parser.parseResponse(headBytes, requestWasHead: requestWasHead, into: &response) {
+                    badResponse()
+                    return
+                }
+                if response.status < 200 {
+                    source.consume(length)  // interim responses are ours to absorb (we answered 100-continue)
+                    continue
+                }
+                status = response.status
+                if !response.keepAlive || !requestDone { response.keepAlive = response.keepAlive && requestDone }
+                if response.framing == .untilClose || server.draining { keepAlive = false }
+                ForwardingHeaders.writeResponse(response, headBytes, close: !keepAlive, into: output)
+                bytesSent += output.readableBytes
+                source.consume(length)
+                responseHeadDone = true
+                replayable = false
+                responseFraming = response.framing
+                switch response.framing {
+                case .contentLength(let n): responseRemaining = n
+                case .chunked: responseChunks = ChunkedScanner()
+                case .none: responseDone = true
+                case .untilClose: break
+                }
+                break
+            }
+        }
+        while !responseDone && !source.isEmpty {
+            if output.readableBytes >= server.settings.pendingOutputBound {
+                upstream.pauseReading()
+                flushOutput()
+                return
+            }
+            let available = source.readable
+            let take: Int
+            switch responseFraming {
+            case .contentLength:
+                take = min(responseRemaining, available.count)
+                responseRemaining -= take
+                responseDone = responseRemaining == 0
+            case .chunked:
+                guard let n = responseChunks.scan(available) else {
+                    // Malformed upstream framing after the head went out: abort, never guess an end.
+                    upstream.close()
+                    upstreamFailed(upstream, .reset)
+                    return
+                }
+                take = n
+                responseDone = responseChunks.isComplete
+            case .untilClose:
+                take = available.count
+            case .none:
+                take = 0
+                responseDone = true
+            }
+            output.append(UnsafeRawBufferPointer(rebasing: available[0..<take]))
+            bytesSent += take
+            source.consume(take)
+        }
+        if responseDone && !requestDone {
+            // The upstream answered before reading the whole body: finish reading it, but do not reuse either side.
+            response.keepAlive = false
+            keepAlive = false
+            discardingBody = true
+        }
+    }
+
+    private func badResponse() {
+        upstream?.close()
+        upstream = nil
+        discardingBody = true
+        replyLocally(.badUpstreamResponse)
+        if !requestDone { keepAlive = false }
+        finishIfDone()
+    }
+
+    // MARK: - Logging
+
+    private func keepLogFields(_ headBytes: UnsafeRawBufferPointer) {
+        logFields.clear()
+        logFields.append(head.method.bytes(in: headBytes))
+        logMethod = logFields.readableBytes
+        logFields.append(head.target.bytes(in: headBytes))
+        logPath = logFields.readableBytes
+        logFields.append(head.host.bytes(in: headBytes))
+    }
+
+    private func writeLog(_ log: AccessLog) {
+        let fields = logFields.readable
+        let hasFields = fields.count >= logPath
+        log.record(AccessLog.Entry(
+            startTime: exchangeStart, duration: server.loop.now - exchangeStart,
+            method: hasFields ? UnsafeRawBufferPointer(rebasing: fields[0..<logMethod]) : UnsafeRawBufferPointer(start: nil, count: 0),
+            path: hasFields ? UnsafeRawBufferPointer(rebasing: fields[logMethod..<logPath]) : UnsafeRawBufferPointer(start: nil, count: 0),
+            authority: hasFields ? UnsafeRawBufferPointer(rebasing: fields[logPath...]) : UnsafeRawBufferPointer(start: nil, count: 0),
+            client: clientAddress, status: status, flags: flags, bytesReceived: bytesReceived, bytesSent: bytesSent,
+            upstream: endpoint >= 0 ? server.pool(endpoint)?.addressText : nil, route: routeName))
+        logFields.clear()
+        logMethod = 0
+        logPath = 0
+    }
+
+    // MARK: - Closing
+
+    /// Starts a graceful close: the current exchange (if any) finishes, then the connection closes.
+    func closeWhenIdle() {
+        keepAlive = false
+        if isIdle { close() }
+    }
+
+    /// Closes at once, dropping pending output.
+    private func abort() {
+        upstream?.close()
+        upstream = nil
+        close()
+    }
+
+    func close() {
+        guard !closed else { return }
+        closed = true
+        closing = true
+        readWatcher.stop()
+        writeWatcher.stop()
+        timer.cancel()
+        if let upstream { upstream.owner = nil; upstream.close(); self.upstream = nil }
+        Socket.close(fd)
+        server.connectionClosed(self)
+    }
+}

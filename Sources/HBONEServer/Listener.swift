@@ -1,0 +1,34 @@
+import EventLoop
+
+/// A listening socket on a worker's loop: accepts until the kernel has no more pending connections, and hands
+/// each one to `onAccept`. Stops (and closes the socket) on `close()`, as a drain begins.
+///
+/// Thread: its loop's thread only. Ownership: the worker's `ProxyServer`.
+final class Listener {
+    private let fd: Int32
+    private var watcher: IOWatcher?
+    private let onAccept: (Int32, SocketAddress?) -> Void
+
+    init(loop: EventLoop, fd: Int32, onAccept: @escaping (Int32, SocketAddress?) -> Void) {
+        self.fd = fd
+        self.onAccept = onAccept
+        watcher = IOWatcher(loop: loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.acceptPending() }
+        watcher?.start()
+    }
+
+    deinit { close() }
+
+    private func acceptPending() {
+        // Bounded so one busy listener cannot starve the loop's other work.
+        for _ in 0..<64 {
+            guard let (fd, peer) = Socket.accept(self.fd) else { return }
+            onAccept(fd, peer)
+        }
+    }
+
+    func close() {
+        guard watcher != nil else { return }
+        watcher = nil
+        Socket.close(fd)
+    }
+}

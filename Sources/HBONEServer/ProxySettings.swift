@@ -1,0 +1,16 @@
+/// Limits and timeouts of the data plane, fixed at start-up.
+public struct ProxySettings: Sendable {
+    /// Request line plus headers beyond this answer 431 (upstream response heads beyond it answer 502).
+    public var maxHeadBytes = 60 * 1024
+    /// Pending output per direction above which the other side stops being read.
+    public var pendingOutputBound = 64 * 1024
+    public var connectTimeout: Duration = .seconds(5)
+    /// A downstream connection with no request in flight is closed after this long.
+    public var downstreamIdleTimeout: Duration = .seconds(60)
+    /// A pooled upstream connection unused this long is closed (kept below common origin keep-alive timeouts).
+    public var upstreamIdleTimeout: Duration = .seconds(30)
+    /// `x-forwarded-proto` set on requests from this listener.
+    public var forwardedProto: StaticString = "http"
+
+    public init() {}
+}

@@ -1,0 +1,147 @@
+import WaypointCore
+
+/// Where a rule came from: what precedence ties are broken by, and what logs and `explain` name.
+public struct RuleOrigin: Sendable, Equatable {
+    /// `namespace/name` of the route.
+    public var route: String
+    public var ruleIndex: Int
+    /// Creation time as sortable text (RFC 3339); empty sorts first, like a route with no timestamp.
+    public var creationTimestamp: String
+
+    public init(route: String, ruleIndex: Int, creationTimestamp: String = "") {
+        self.route = route
+        self.ruleIndex = ruleIndex
+        self.creationTimestamp = creationTimestamp
+    }
+}
+
+/// One match of one rule and what it leads to.
+public struct RouteRule<Action: Sendable>: Sendable {
+    public var match: RequestMatch
+    public var action: Action
+    public var origin: RuleOrigin
+
+    public init(match: RequestMatch, action: Action, origin: RuleOrigin) {
+        self.match = match
+        self.action = action
+        self.origin = origin
+    }
+}
+
+/// The rules for one destination (a service port, or the Gateway's hostnames), sorted by precedence.
+/// `fallback` answers when no rule matches: the service itself when no route is attached, nil (404) otherwise.
+public struct RuleSet<Action: Sendable>: Sendable {
+    public let rules: [RouteRule<Action>]
+    public let fallback: Action?
+
+    /// Sorts `rules` in Gateway API order: exact path, longest prefix, method, most header matches, then the
+    /// oldest route, then `namespace/name`, then rule order.
+    public init(rules: [RouteRule<Action>], fallback: Action?) {
+        self.rules = rules.enumerated().sorted { a, b in
+            let (pa, pb) = (a.element.match.precedence, b.element.match.precedence)
+            if pa != pb { return pa < pb }
+            let (oa, ob) = (a.element.origin, b.element.origin)
+            if oa.creationTimestamp != ob.creationTimestamp { return oa.creationTimestamp < ob.creationTimestamp }
+            if oa.route != ob.route { return oa.route < ob.route }
+            if oa.ruleIndex != ob.ruleIndex { return oa.ruleIndex < ob.ruleIndex }
+            return a.offset < b.offset
+        }.map(\.element)
+        self.fallback = fallback
+    }
+
+    /// The first rule in precedence order that matches, else the fallback.
+    @inline(__always)
+    public func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer) -> Action? {
+        for rule in rules where rule.match.matches(head, bytes) { return rule.action }
+        return fallback
+    }
+}
+
+/// A destination reachable under some host names: the rule set for each port it serves.
+public struct VirtualHost<Action: Sendable>: Sendable {
+    /// (port, rule set); port 0 serves any port.
+    public var ports: [(port: UInt16, rules: RuleSet<Action>)]
+    /// The port used when the Host header carries none.
+    public var defaultPort: UInt16
+
+    public init(ports: [(port: UInt16, rules: RuleSet<Action>)], defaultPort: UInt16) {
+        self.ports = ports
+        self.defaultPort = defaultPort
+    }
+
+    @inline(__always)
+    public func rules(forPort port: UInt16?) -> RuleSet<Action>? {
+        let wanted = port ?? defaultPort
+        for entry in ports where entry.port == wanted || entry.port == 0 { return entry.rules }
+        return nil
+    }
+}
+
+/// Host → virtual host → port → rules, compiled once per config and shared read-only by all workers.
+///
+/// Generic over the action a rule leads to, so routing knows nothing about upstreams.
+/// Thread: immutable, any thread. Ownership: the config snapshot.
+public struct RouteTable<Action: Sendable>: Sendable {
+    public let virtualHosts: [VirtualHost<Action>]
+    private let exactHosts: ByteStringMap<Int32>
+    /// `*.example.com` hosts as (".example.com", index), longest suffix first.
+    private let wildcardHosts: [([UInt8], Int32)]
+    /// The host that takes requests no name matched (a Gateway route without hostnames).
+    private let catchAll: Int32?
+
+    /// `names` pairs lower-case host names (`*.suffix` for wildcards, `*` for catch-all) with an index into
+    /// `virtualHosts`. The first entry for a name wins.
+    public init(virtualHosts: [VirtualHost<Action>], names: [(String, Int)]) {
+        self.virtualHosts = virtualHosts
+        var exact: [([UInt8], Int32)] = []
+        var wildcards: [([UInt8], Int32)] = []
+        var catchAll: Int32? = nil
+        for (name, index) in names {
+            if name == "*" {
+                if catchAll == nil { catchAll = Int32(index) }
+            } else if name.hasPrefix("*.") {
+                wildcards.append((Array(name.utf8.dropFirst()), Int32(index)))
+            } else {
+                exact.append((Array(name.lowercased().utf8), Int32(index)))
+            }
+        }
+        exactHosts = ByteStringMap(exact)
+        wildcardHosts = wildcards.sorted { $0.0.count > $1.0.count }
+        self.catchAll = catchAll
+    }
+
+    /// What a request to `host` (a Host header: name, optional `:port`) is routed by, or nil when no
+    /// destination serves that host and port.
+    public func ruleSet(forHost host: UnsafeRawBufferPointer) -> RuleSet<Action>? {
+        let (name, port) = Self.split(host)
+        guard let name else { return nil }
+        // Host names are case-insensitive (CVE-2021-39155 came from forgetting it): lower-case on a small stack copy.
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(name.count, 1)) { lower -> RuleSet<Action>? in
+            for i in 0..<name.count { lower[i] = HTTP1Parser.lowercased(name[i]) }
+            let key = UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: lower[0..<name.count]))
+            if let index = exactHosts.lookup(key) { return virtualHosts[Int(index)].rules(forPort: port) }
+            for (suffix, index) in wildcardHosts where key.count > suffix.count && key.reversed().starts(with: suffix.reversed()) {
+                return virtualHosts[Int(index)].rules(forPort: port)
+            }
+            if let catchAll { return virtualHosts[Int(catchAll)].rules(forPort: port) }
+            return nil
+        }
+    }
+
+    /// Splits `name[:port]` (and `[v6]:port`), dropping one trailing dot from the name. Name nil when malformed.
+    static func split(_ host: UnsafeRawBufferPointer) -> (UnsafeRawBufferPointer?, UInt16?) {
+        var end = host.count
+        var port: UInt16? = nil
+        var i = end - 1
+        while i >= 0, host[i] >= 0x30 && host[i] <= 0x39 { i -= 1 }
+        if i >= 0, host[i] == 0x3A, i < end - 1, host.first != 0x5B || (i > 0 && host[i - 1] == 0x5D) {
+            var value = 0
+            for b in host[(i + 1)..<end] { value = value * 10 + Int(b - 0x30); if value > 65535 { return (nil, nil) } }
+            port = UInt16(value)
+            end = i
+        }
+        if end > 0 && host[end - 1] == 0x2E { end -= 1 }
+        guard end > 0 else { return (nil, nil) }
+        return (UnsafeRawBufferPointer(rebasing: host[0..<end]), port)
+    }
+}

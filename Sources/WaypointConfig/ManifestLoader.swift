@@ -1,0 +1,110 @@
+import Foundation
+import Yams
+
+/// Reads Kubernetes manifests (files or directories of `.yaml`/`.yml`/`.json`, multi-document) into a
+/// `ConfigSpec`, collecting every error with its file, document and field.
+///
+/// Directories are read in name order; entries starting with `.` are skipped, which also skips the
+/// `..data`/`..2024_…` folders of a mounted ConfigMap while following its top-level symlinks.
+public enum ManifestLoader {
+    public static func load(paths: [String], defaultNamespace: String) throws(ConfigErrors) -> ConfigSpec {
+        var spec = ConfigSpec()
+        var errors: [ConfigError] = []
+        for path in paths {
+            for file in files(at: path, errors: &errors) {
+                guard let data = FileManager.default.contents(atPath: file), let text = String(data: data, encoding: .utf8) else {
+                    errors.append(ConfigError(file: file, message: "cannot read file"))
+                    continue
+                }
+                load(text: text, file: file, defaultNamespace: defaultNamespace, into: &spec, errors: &errors)
+            }
+        }
+        if !errors.isEmpty { throw ConfigErrors(errors: errors) }
+        return spec
+    }
+
+    /// Parses manifests from text; `file` names them in errors.
+    public static func load(text: String, file: String, defaultNamespace: String) throws(ConfigErrors) -> ConfigSpec {
+        var spec = ConfigSpec()
+        var errors: [ConfigError] = []
+        load(text: text, file: file, defaultNamespace: defaultNamespace, into: &spec, errors: &errors)
+        if !errors.isEmpty { throw ConfigErrors(errors: errors) }
+        return spec
+    }
+
+    static func files(at path: String, errors: inout [ConfigError]) -> [String] {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            errors.append(ConfigError(file: path, message: "no such file or directory"))
+            return []
+        }
+        guard isDirectory.boolValue else { return [path] }
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: path) else {
+            errors.append(ConfigError(file: path, message: "cannot list directory"))
+            return []
+        }
+        return names.filter { !$0.hasPrefix(".") && ($0.hasSuffix(".yaml") || $0.hasSuffix(".yml") || $0.hasSuffix(".json")) }
+            .sorted().map { "\(path)/\($0)" }
+    }
+
+    static func load(text: String, file: String, defaultNamespace: String, into spec: inout ConfigSpec, errors: inout [ConfigError]) {
+        let parser: Parser
+        do {
+            parser = try Parser(yaml: text)
+        } catch {
+            errors.append(ConfigError(file: file, message: "invalid YAML: \(error)"))
+            return
+        }
+        var index = 0
+        while true {
+            let root: Node?
+            do {
+                root = try parser.nextRoot()
+            } catch {
+                errors.append(ConfigError(file: file, document: index, message: "invalid YAML: \(error)"))
+                return
+            }
+            guard let root else { return }
+            defer { index += 1 }
+            if case .scalar(let s) = root, s.string.isEmpty || s.string == "null" { continue }  // empty document
+            let location = ManifestNode.Location(file: file, document: index, object: nil)
+            do throws(ConfigError) {
+                try loadDocument(ManifestNode(node: root, path: "", location: location), defaultNamespace: defaultNamespace, into: &spec)
+            } catch {
+                errors.append(error)
+            }
+        }
+    }
+
+    static func loadDocument(_ root: ManifestNode, defaultNamespace: String, into spec: inout ConfigSpec) throws(ConfigError) {
+        guard root.node.mapping != nil else { throw root.error("a manifest must be a mapping") }
+        let apiVersion = try root.required("apiVersion").string()
+        let kind = try root.required("kind").string()
+        if kind == "List", apiVersion == "v1" {  // `kubectl get -o yaml` output
+            for item in try root.optionalArray("items") { try loadDocument(item, defaultNamespace: defaultNamespace, into: &spec) }
+            return
+        }
+        let metadata = try root.required("metadata")
+        let name = try metadata.required("name").string()
+        let namespace = try metadata.optionalString("namespace") ?? defaultNamespace
+        let creation = try metadata.optionalString("creationTimestamp") ?? ""
+        var doc = root
+        doc = ManifestNode(node: root.node, path: "",
+                           location: .init(file: root.location.file, document: root.location.document, object: "\(kind) \(namespace)/\(name)"))
+        let group = apiVersion.split(separator: "/").count == 2 ? String(apiVersion.split(separator: "/")[0]) : ""
+        switch (group, kind) {
+        case ("", "Service"):
+            spec.services.append(try ServiceParser.service(doc, namespace: namespace, name: name, creation: creation))
+        case ("discovery.k8s.io", "EndpointSlice"):
+            spec.endpointSlices.append(try ServiceParser.endpointSlice(doc, namespace: namespace, name: name))
+        case ("networking.istio.io", "ServiceEntry"):
+            spec.serviceEntries.append(try ServiceParser.serviceEntry(doc, namespace: namespace, name: name))
+        case ("gateway.networking.k8s.io", "Gateway"):
+            spec.gateways.append(try RouteParser.gateway(doc, namespace: namespace, name: name))
+        case ("gateway.networking.k8s.io", "HTTPRoute"):
+            spec.httpRoutes.append(try RouteParser.httpRoute(doc, namespace: namespace, name: name, creation: creation))
+        default:
+            spec.warnings.append("\(doc.location.file): document \(doc.location.document): skipping unsupported kind \(apiVersion) \(kind) \(namespace)/\(name)")
+        }
+    }
+}

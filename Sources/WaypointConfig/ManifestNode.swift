@@ -1,0 +1,88 @@
+import Yams
+
+/// A YAML node with the path that led to it, so every read can fail with an error naming the field.
+struct ManifestNode {
+    let node: Node
+    let path: String
+    let location: Location
+
+    /// Which document is being read, for error messages.
+    struct Location {
+        let file: String
+        let document: Int
+        var object: String?
+    }
+
+    func error(_ message: String, field: String? = nil) -> ConfigError {
+        ConfigError(file: location.file, document: location.document, object: location.object,
+                    field: field ?? (path.isEmpty ? nil : path), message: message)
+    }
+
+    private func child(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+
+    /// The value at `key`, or nil when absent or YAML null.
+    func optional(_ key: String) throws(ConfigError) -> ManifestNode? {
+        guard let mapping = node.mapping else { throw error("expected a mapping") }
+        guard let value = mapping[key] else { return nil }
+        if case .scalar(let s) = value, s.tag.rawValue == Tag.Name.null.rawValue || (s.string == "null" || s.string == "~") && s.style == .plain {
+            return nil
+        }
+        return ManifestNode(node: value, path: child(key), location: location)
+    }
+
+    func required(_ key: String) throws(ConfigError) -> ManifestNode {
+        guard let value = try optional(key) else { throw error("required field is missing", field: child(key)) }
+        return value
+    }
+
+    func string() throws(ConfigError) -> String {
+        guard case .scalar(let s) = node else { throw error("expected a string") }
+        return s.string
+    }
+
+    func int(in range: ClosedRange<Int>) throws(ConfigError) -> Int {
+        guard case .scalar(let s) = node, s.style == .plain, let value = Int(s.string) else {
+            throw error("expected an integer, got \(describe())")
+        }
+        guard range.contains(value) else { throw error("\(value) is out of range \(range.lowerBound)...\(range.upperBound)") }
+        return value
+    }
+
+    func bool() throws(ConfigError) -> Bool {
+        guard case .scalar(let s) = node, s.style == .plain else { throw error("expected true or false, got \(describe())") }
+        switch s.string {
+        case "true", "True", "TRUE": return true
+        case "false", "False", "FALSE": return false
+        default: throw error("expected true or false, got \(describe())")
+        }
+    }
+
+    func array() throws(ConfigError) -> [ManifestNode] {
+        guard case .sequence(let seq) = node else { throw error("expected a list") }
+        return seq.enumerated().map { ManifestNode(node: $1, path: "\(path)[\($0)]", location: location) }
+    }
+
+    /// A string-to-string mapping (labels, annotations).
+    func stringMap() throws(ConfigError) -> [String: String] {
+        guard let mapping = node.mapping else { throw error("expected a mapping") }
+        var result: [String: String] = [:]
+        for (key, value) in mapping {
+            guard case .scalar(let k) = key, case .scalar(let v) = value else { throw error("expected string keys and values") }
+            result[k.string] = v.string
+        }
+        return result
+    }
+
+    // Conveniences for optional fields.
+    func optionalString(_ key: String) throws(ConfigError) -> String? { try optional(key)?.string() }
+    func optionalArray(_ key: String) throws(ConfigError) -> [ManifestNode] { try optional(key)?.array() ?? [] }
+
+    private func describe() -> String {
+        switch node {
+        case .scalar(let s): return "\"\(s.string)\""
+        case .mapping: return "a mapping"
+        case .sequence: return "a list"
+        case .alias: return "an alias"
+        }
+    }
+}

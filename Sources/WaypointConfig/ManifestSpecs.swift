@@ -1,0 +1,128 @@
+/// The parts of the users' Kubernetes manifests that waypoint reads, as validated values (`…Spec`).
+/// Field names follow the manifests so that `config_dump` and errors read like the YAML.
+
+/// `v1 Service`.
+public struct ServiceSpec: Sendable, Equatable {
+    public var namespace: String
+    public var name: String
+    public var clusterIP: String?
+    public var ports: [ServicePortSpec]
+    public var creationTimestamp: String
+}
+
+public struct ServicePortSpec: Sendable, Equatable {
+    public enum TargetPort: Sendable, Equatable { case number(Int), name(String) }
+    public var name: String
+    public var port: Int
+    public var targetPort: TargetPort
+    public var appProtocol: String?
+}
+
+/// `discovery.k8s.io/v1 EndpointSlice`.
+public struct EndpointSliceSpec: Sendable, Equatable {
+    public var namespace: String
+    public var name: String
+    /// Label `kubernetes.io/service-name`.
+    public var serviceName: String
+    public var ports: [(name: String, port: Int)]
+    public var endpoints: [(addresses: [String], ready: Bool)]
+
+    public static func == (a: Self, b: Self) -> Bool {
+        a.namespace == b.namespace && a.name == b.name && a.serviceName == b.serviceName
+            && a.ports.elementsEqual(b.ports, by: ==) && a.endpoints.elementsEqual(b.endpoints, by: ==)
+    }
+}
+
+/// `networking.istio.io/v1 ServiceEntry`.
+public struct ServiceEntrySpec: Sendable, Equatable {
+    public struct Port: Sendable, Equatable {
+        public var name: String
+        public var number: Int
+        public var targetPort: Int?
+        public var proto: String?
+    }
+    public struct Endpoint: Sendable, Equatable {
+        public var address: String
+        public var ports: [String: Int]
+        public var labels: [String: String]
+    }
+    public var namespace: String
+    public var name: String
+    public var hosts: [String]
+    public var addresses: [String]
+    public var ports: [Port]
+    public var endpoints: [Endpoint]
+}
+
+/// `gateway.networking.k8s.io/v1 Gateway`: the waypoint itself.
+public struct GatewaySpec: Sendable, Equatable {
+    public struct Listener: Sendable, Equatable {
+        public var name: String
+        public var port: Int
+        public var proto: String
+        public var hostname: String?
+    }
+    public var namespace: String
+    public var name: String
+    public var gatewayClassName: String
+    public var listeners: [Listener]
+}
+
+/// `gateway.networking.k8s.io/v1 HTTPRoute`.
+public struct HTTPRouteSpec: Sendable, Equatable {
+    public struct ParentRef: Sendable, Equatable {
+        public var group: String
+        public var kind: String
+        public var namespace: String
+        public var name: String
+        public var port: Int?
+        public var sectionName: String?
+        public var isService: Bool { kind == "Service" && (group == "" || group == "core") }
+        public var isGateway: Bool { kind == "Gateway" && group == "gateway.networking.k8s.io" }
+    }
+    public struct PathMatchSpec: Sendable, Equatable {
+        public var type: String
+        public var value: String
+    }
+    public struct HeaderMatchSpec: Sendable, Equatable {
+        public var type: String
+        public var name: String
+        public var value: String
+    }
+    public struct MatchSpec: Sendable, Equatable {
+        public var path: PathMatchSpec?
+        public var headers: [HeaderMatchSpec]
+        public var method: String?
+    }
+    public struct BackendRef: Sendable, Equatable {
+        public var group: String
+        public var kind: String
+        public var namespace: String
+        public var name: String
+        public var port: Int?
+        public var weight: Int
+    }
+    public struct Rule: Sendable, Equatable {
+        public var matches: [MatchSpec]
+        public var backendRefs: [BackendRef]
+    }
+    public var namespace: String
+    public var name: String
+    public var creationTimestamp: String
+    public var parentRefs: [ParentRef]
+    public var hostnames: [String]
+    public var rules: [Rule]
+}
+
+/// Everything loaded from one set of manifest files, before compilation.
+public struct ConfigSpec: Sendable, Equatable {
+    public var services: [ServiceSpec] = []
+    public var endpointSlices: [EndpointSliceSpec] = []
+    public var serviceEntries: [ServiceEntrySpec] = []
+    public var gateways: [GatewaySpec] = []
+    public var httpRoutes: [HTTPRouteSpec] = []
+    /// Non-fatal findings (skipped kinds, ignored fields), one line each.
+    public var warnings: [String] = []
+
+    public init() {}
+}

@@ -1,0 +1,90 @@
+import Regex
+
+/// Reads Gateway and HTTPRoute documents (gateway.networking.k8s.io/v1).
+enum RouteParser {
+    static func gateway(_ doc: ManifestNode, namespace: String, name: String) throws(ConfigError) -> GatewaySpec {
+        let spec = try doc.required("spec")
+        var listeners: [GatewaySpec.Listener] = []
+        for l in try spec.required("listeners").array() {
+            listeners.append(.init(name: try l.required("name").string(), port: try l.required("port").int(in: 1...65535),
+                                   proto: try l.required("protocol").string(), hostname: try l.optionalString("hostname")))
+        }
+        return GatewaySpec(namespace: namespace, name: name, gatewayClassName: try spec.optionalString("gatewayClassName") ?? "",
+                           listeners: listeners)
+    }
+
+    static func httpRoute(_ doc: ManifestNode, namespace: String, name: String, creation: String) throws(ConfigError) -> HTTPRouteSpec {
+        let spec = try doc.required("spec")
+        var parents: [HTTPRouteSpec.ParentRef] = []
+        for p in try spec.optionalArray("parentRefs") {
+            let group = try p.optionalString("group") ?? "gateway.networking.k8s.io"
+            let kind = try p.optionalString("kind") ?? "Gateway"
+            let ref = HTTPRouteSpec.ParentRef(group: group, kind: kind, namespace: try p.optionalString("namespace") ?? namespace,
+                                              name: try p.required("name").string(), port: try p.optional("port")?.int(in: 1...65535),
+                                              sectionName: try p.optionalString("sectionName"))
+            guard ref.isService || ref.isGateway else {
+                throw p.error("unsupported parent \(group.isEmpty ? "" : group + "/")\(kind): expected a Service or a Gateway")
+            }
+            parents.append(ref)
+        }
+        var hostnames: [String] = []
+        for h in try spec.optionalArray("hostnames") {
+            let host = try h.string().lowercased()
+            guard !host.isEmpty, !host.contains(":"), host == "*" || !host.dropFirst().contains("*") else {
+                throw h.error("invalid hostname \"\(host)\"")
+            }
+            hostnames.append(host)
+        }
+        var rules: [HTTPRouteSpec.Rule] = []
+        for r in try spec.optionalArray("rules") {
+            var matches: [HTTPRouteSpec.MatchSpec] = []
+            for m in try r.optionalArray("matches") { matches.append(try match(m)) }
+            var backends: [HTTPRouteSpec.BackendRef] = []
+            for b in try r.optionalArray("backendRefs") {
+                let group = try b.optionalString("group") ?? ""
+                let kind = try b.optionalString("kind") ?? "Service"
+                backends.append(.init(group: group, kind: kind, namespace: try b.optionalString("namespace") ?? namespace,
+                                      name: try b.required("name").string(), port: try b.optional("port")?.int(in: 1...65535),
+                                      weight: try b.optional("weight")?.int(in: 0...1_000_000) ?? 1))
+            }
+            rules.append(.init(matches: matches, backendRefs: backends))
+        }
+        return HTTPRouteSpec(namespace: namespace, name: name, creationTimestamp: creation, parentRefs: parents,
+                             hostnames: hostnames, rules: rules)
+    }
+
+    private static func match(_ m: ManifestNode) throws(ConfigError) -> HTTPRouteSpec.MatchSpec {
+        var path: HTTPRouteSpec.PathMatchSpec? = nil
+        if let p = try m.optional("path") {
+            let type = try p.optionalString("type") ?? "PathPrefix"
+            let value = try p.optionalString("value") ?? "/"
+            switch type {
+            case "Exact", "PathPrefix":
+                guard value.hasPrefix("/") else { throw try p.required("value").error("a path must start with \"/\"") }
+            case "RegularExpression":
+                do { _ = try Regex(value) } catch { throw try p.required("value").error(error.description) }
+            default:
+                throw try p.required("type").error("unsupported path match type \"\(type)\" (Exact, PathPrefix, RegularExpression)")
+            }
+            path = .init(type: type, value: value)
+        }
+        var headers: [HTTPRouteSpec.HeaderMatchSpec] = []
+        for h in try m.optionalArray("headers") {
+            let type = try h.optionalString("type") ?? "Exact"
+            let value = try h.required("value").string()
+            switch type {
+            case "Exact": break
+            case "RegularExpression":
+                do { _ = try Regex(value) } catch { throw try h.required("value").error(error.description) }
+            default:
+                throw try h.required("type").error("unsupported header match type \"\(type)\" (Exact, RegularExpression)")
+            }
+            headers.append(.init(type: type, name: try h.required("name").string(), value: value))
+        }
+        let method = try m.optionalString("method")
+        if let method, !["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"].contains(method) {
+            throw try m.required("method").error("unsupported method \"\(method)\"")
+        }
+        return .init(path: path, headers: headers, method: method)
+    }
+}

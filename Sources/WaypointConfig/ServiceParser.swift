@@ -1,0 +1,99 @@
+import EventLoop
+
+/// Reads Service, EndpointSlice and ServiceEntry documents.
+enum ServiceParser {
+    static func service(_ doc: ManifestNode, namespace: String, name: String, creation: String) throws(ConfigError) -> ServiceSpec {
+        let spec = try doc.required("spec")
+        var clusterIP = try spec.optionalString("clusterIP")
+        if let ip = clusterIP {
+            if ip == "None" || ip.isEmpty {
+                clusterIP = nil  // headless
+            } else if SocketAddress(ip: ip, port: 0) == nil {
+                throw try spec.required("clusterIP").error("\"\(ip)\" is not an IP address")
+            }
+        }
+        var ports: [ServicePortSpec] = []
+        for node in try spec.optionalArray("ports") {
+            let port = try node.required("port").int(in: 1...65535)
+            let target: ServicePortSpec.TargetPort
+            if let t = try node.optional("targetPort") {
+                if let n = try? t.int(in: 1...65535) {
+                    target = .number(n)
+                } else {
+                    let text = try t.string()
+                    guard !text.isEmpty, Int(text) == nil else { throw t.error("expected a port number 1...65535 or a port name, got \"\(text)\"") }
+                    target = .name(text)
+                }
+            } else {
+                target = .number(port)
+            }
+            ports.append(ServicePortSpec(name: try node.optionalString("name") ?? "", port: port, targetPort: target,
+                                         appProtocol: try node.optionalString("appProtocol")))
+        }
+        if ports.count > 1, let unnamed = ports.firstIndex(where: { $0.name.isEmpty }) {
+            throw doc.error("a Service with several ports must name each one", field: "spec.ports[\(unnamed)].name")
+        }
+        return ServiceSpec(namespace: namespace, name: name, clusterIP: clusterIP, ports: ports, creationTimestamp: creation)
+    }
+
+    static func endpointSlice(_ doc: ManifestNode, namespace: String, name: String) throws(ConfigError) -> EndpointSliceSpec {
+        let labels = try doc.required("metadata").optional("labels")?.stringMap() ?? [:]
+        guard let serviceName = labels["kubernetes.io/service-name"] else {
+            throw doc.error("label kubernetes.io/service-name is required", field: "metadata.labels")
+        }
+        if let type = try doc.optionalString("addressType"), type != "IPv4" && type != "IPv6" {
+            throw try doc.required("addressType").error("unsupported address type \"\(type)\" (IPv4 or IPv6)")
+        }
+        var ports: [(name: String, port: Int)] = []
+        for node in try doc.optionalArray("ports") {
+            ports.append((try node.optionalString("name") ?? "", try node.required("port").int(in: 1...65535)))
+        }
+        var endpoints: [(addresses: [String], ready: Bool)] = []
+        for node in try doc.optionalArray("endpoints") {
+            var addresses: [String] = []
+            for a in try node.required("addresses").array() {
+                let ip = try a.string()
+                guard SocketAddress(ip: ip, port: 0) != nil else { throw a.error("\"\(ip)\" is not an IP address") }
+                addresses.append(ip)
+            }
+            // Kubernetes: "nil should be interpreted as true".
+            let ready = try node.optional("conditions")?.optional("ready")?.bool() ?? true
+            endpoints.append((addresses, ready))
+        }
+        return EndpointSliceSpec(namespace: namespace, name: name, serviceName: serviceName, ports: ports, endpoints: endpoints)
+    }
+
+    static func serviceEntry(_ doc: ManifestNode, namespace: String, name: String) throws(ConfigError) -> ServiceEntrySpec {
+        let spec = try doc.required("spec")
+        let hostNodes = try spec.required("hosts").array()
+        guard !hostNodes.isEmpty else { throw try spec.required("hosts").error("at least one host is required") }
+        var hosts: [String] = []
+        for h in hostNodes { hosts.append(try h.string().lowercased()) }
+        var addresses: [String] = []
+        for a in try spec.optionalArray("addresses") {
+            let ip = try a.string()
+            guard SocketAddress(ip: ip, port: 0) != nil else { throw a.error("\"\(ip)\" is not an IP address (CIDR ranges are not supported)") }
+            addresses.append(ip)
+        }
+        var ports: [ServiceEntrySpec.Port] = []
+        for p in try spec.optionalArray("ports") {
+            ports.append(.init(name: try p.optionalString("name") ?? "", number: try p.required("number").int(in: 1...65535),
+                               targetPort: try p.optional("targetPort")?.int(in: 1...65535), proto: try p.optionalString("protocol")))
+        }
+        var endpoints: [ServiceEntrySpec.Endpoint] = []
+        for e in try spec.optionalArray("endpoints") {
+            let address = try e.required("address").string()
+            guard SocketAddress(ip: address, port: 0) != nil else {
+                throw try e.required("address").error("\"\(address)\" is not an IP address (name resolution is not supported)")
+            }
+            var endpointPorts: [String: Int] = [:]
+            if let portsNode = try e.optional("ports") {
+                for (key, _) in try portsNode.stringMap() {
+                    endpointPorts[key] = try portsNode.required(key).int(in: 1...65535)
+                }
+            }
+            endpoints.append(.init(address: address, ports: endpointPorts, labels: try e.optional("labels")?.stringMap() ?? [:]))
+        }
+        return ServiceEntrySpec(namespace: namespace, name: name, hosts: hosts, addresses: addresses, ports: ports, endpoints: endpoints)
+    }
+}

@@ -1,0 +1,58 @@
+import EventLoop
+import WaypointCore
+import HTTPRouter
+
+/// One upstream destination (a service port or a ServiceEntry host port) and its ready endpoints.
+public struct Cluster: Sendable {
+    /// `namespace/service:port` or `host:port`.
+    public let name: String
+    /// Indices into `Snapshot.endpoints`; only ready endpoints are listed.
+    public let endpoints: [Int32]
+}
+
+/// A backendRef after resolution: a cluster index, or -1 for a reference to nothing (500 when picked).
+public struct WeightedCluster: Sendable {
+    public let cluster: Int32
+    public let weight: UInt32
+}
+
+/// Where a matched rule sends the request.
+public struct BackendSet: Sendable {
+    public let clusters: [WeightedCluster]
+    public let totalWeight: UInt32
+    /// `namespace/name` of the route, or `namespace/service` for a service's default route.
+    public let route: String
+}
+
+/// What a route rule leads to.
+public enum RouteAction: Sendable {
+    case forward(BackendSet)
+    /// A fixed answer: a rule without backendRefs answers 500 (Gateway API: no forwarding, no filter).
+    case reply(LocalReply)
+}
+
+/// Everything needed to route, compiled once per config load and shared read-only by all workers.
+///
+/// Immutable; a stream keeps the snapshot it started with, so a reload never changes a request in flight.
+/// Thread: any. Ownership: the main thread creates it and posts it to each worker; the last holder frees it.
+public final class Snapshot: Sendable {
+    public let generation: UInt64
+    public let routes: RouteTable<RouteAction>
+    public let clusters: [Cluster]
+    /// Every distinct endpoint address; workers keep one connection pool per entry.
+    public let endpoints: [SocketAddress]
+    /// The active config as JSON, for the admin `/config_dump`.
+    public let dump: String
+    /// Findings that did not stop the load (skipped kinds, unresolved references).
+    public let warnings: [String]
+
+    init(generation: UInt64, routes: RouteTable<RouteAction>, clusters: [Cluster], endpoints: [SocketAddress],
+         dump: String, warnings: [String]) {
+        self.generation = generation
+        self.routes = routes
+        self.clusters = clusters
+        self.endpoints = endpoints
+        self.dump = dump
+        self.warnings = warnings
+    }
+}

@@ -1,0 +1,286 @@
+import EventLoop
+import Foundation
+import HTTPRouter
+import Regex
+import WaypointCore
+
+/// Turns a validated `ConfigSpec` into an immutable `Snapshot`: resolves services to endpoints, attaches
+/// routes to their parents and sorts rules by precedence. Everything is checked before anything is switched.
+public struct SnapshotCompiler {
+    /// The namespace that bare service names (`Host: reviews`) resolve in.
+    public var namespace: String
+    /// The cluster DNS suffix of `name.ns.svc.<domain>`.
+    public var clusterDomain = "cluster.local"
+
+    public init(namespace: String) { self.namespace = namespace }
+
+    public func compile(_ spec: ConfigSpec, generation: UInt64) -> Snapshot {
+        var state = CompileState(spec: spec, compiler: self)
+        state.build()
+        return Snapshot(generation: generation, routes: RouteTable(virtualHosts: state.virtualHosts, names: state.names),
+                        clusters: state.clusters, endpoints: state.endpoints, dump: state.dump(generation: generation),
+                        warnings: spec.warnings + state.warnings)
+    }
+}
+
+/// Working state of one compilation.
+private struct CompileState {
+    let spec: ConfigSpec
+    let compiler: SnapshotCompiler
+    var clusters: [Cluster] = []
+    var endpoints: [SocketAddress] = []
+    var endpointIndex: [SocketAddress: Int32] = [:]
+    /// "ns/name:port" and "host:port" → cluster index.
+    var clusterIndex: [String: Int32] = [:]
+    var virtualHosts: [VirtualHost<RouteAction>] = []
+    var names: [(String, Int)] = []
+    var warnings: [String] = []
+    var dumpHosts: [[String: Any]] = []
+
+    init(spec: ConfigSpec, compiler: SnapshotCompiler) {
+        self.spec = spec
+        self.compiler = compiler
+    }
+
+    mutating func build() {
+        buildServiceClusters()
+        buildServiceEntryClusters()
+        buildGatewayHosts()
+        buildServiceHosts()
+        buildServiceEntryHosts()
+    }
+
+    // MARK: - Clusters
+
+    mutating func endpoint(_ ip: String, _ port: Int) -> Int32? {
+        guard let address = SocketAddress(ip: ip, port: UInt16(port)) else { return nil }
+        if let index = endpointIndex[address] { return index }
+        endpoints.append(address)
+        endpointIndex[address] = Int32(endpoints.count - 1)
+        return Int32(endpoints.count - 1)
+    }
+
+    mutating func addCluster(_ name: String, _ members: [Int32]) {
+        clusterIndex[name] = Int32(clusters.count)
+        clusters.append(Cluster(name: name, endpoints: members))
+    }
+
+    mutating func buildServiceClusters() {
+        for service in spec.services {
+            let slices = spec.endpointSlices.filter { $0.namespace == service.namespace && $0.serviceName == service.name }
+            for port in service.ports {
+                var members: [Int32] = []
+                for slice in slices {
+                    // EndpointSlice ports carry the service port's name; a numeric targetPort is the fallback.
+                    let targetPort: Int?
+                    if let named = slice.ports.first(where: { $0.name == port.name }) {
+                        targetPort = named.port
+                    } else if case .number(let n) = port.targetPort {
+                        targetPort = n
+                    } else {
+                        targetPort = nil
+                    }
+                    guard let targetPort else { continue }
+                    for endpoint in slice.endpoints where endpoint.ready {
+                        for ip in endpoint.addresses {
+                            if let index = self.endpoint(ip, targetPort), !members.contains(index) { members.append(index) }
+                        }
+                    }
+                }
+                addCluster("\(service.namespace)/\(service.name):\(port.port)", members)
+            }
+        }
+    }
+
+    mutating func buildServiceEntryClusters() {
+        for entry in spec.serviceEntries {
+            for port in entry.ports {
+                var members: [Int32] = []
+                for endpoint in entry.endpoints {
+                    let target = endpoint.ports[port.name] ?? port.targetPort ?? port.number
+                    if let index = self.endpoint(endpoint.address, target), !members.contains(index) { members.append(index) }
+                }
+                if entry.endpoints.isEmpty {
+                    warnings.append("ServiceEntry \(entry.namespace)/\(entry.name): no endpoints (DNS resolution is not supported); requests get 503")
+                }
+                for host in entry.hosts where clusterIndex["\(host):\(port.number)"] == nil {
+                    addCluster("\(host):\(port.number)", members)
+                }
+            }
+        }
+    }
+
+    // MARK: - Backends
+
+    /// Resolves a backendRef; -1 (with a warning) when it names nothing, so requests picking it get 500.
+    mutating func resolve(_ ref: HTTPRouteSpec.BackendRef, route: String) -> Int32 {
+        var key: String? = nil
+        if ref.kind == "Service" && (ref.group == "" || ref.group == "core") {
+            if let service = spec.services.first(where: { $0.namespace == ref.namespace && $0.name == ref.name }) {
+                let port = ref.port ?? (service.ports.count == 1 ? service.ports[0].port : nil)
+                if let port { key = "\(ref.namespace)/\(ref.name):\(port)" }
+            }
+        } else if ref.kind == "Hostname" && ref.group == "networking.istio.io", let port = ref.port {
+            key = "\(ref.name.lowercased()):\(port)"
+        }
+        if let key, let index = clusterIndex[key] { return index }
+        warnings.append("HTTPRoute \(route): backendRef \(ref.kind) \(ref.namespace)/\(ref.name)\(ref.port.map { ":\($0)" } ?? "") not found (ResolvedRefs=False); requests routed to it get 500")
+        return -1
+    }
+
+    mutating func action(for rule: HTTPRouteSpec.Rule, route: String) -> RouteAction {
+        guard !rule.backendRefs.isEmpty else { return .reply(.invalidBackend) }
+        var weighted: [WeightedCluster] = []
+        for ref in rule.backendRefs {
+            weighted.append(WeightedCluster(cluster: resolve(ref, route: route), weight: UInt32(ref.weight)))
+        }
+        let total = weighted.reduce(UInt32(0)) { $0 + $1.weight }
+        guard total > 0 else { return .reply(.invalidBackend) }  // all weights zero
+        return .forward(BackendSet(clusters: weighted, totalWeight: total, route: route))
+    }
+
+    mutating func rules(from routes: [HTTPRouteSpec]) -> [RouteRule<RouteAction>] {
+        var result: [RouteRule<RouteAction>] = []
+        for route in routes {
+            let routeName = "\(route.namespace)/\(route.name)"
+            for (ruleIndex, rule) in route.rules.enumerated() {
+                let action = action(for: rule, route: routeName)
+                let origin = RuleOrigin(route: routeName, ruleIndex: ruleIndex, creationTimestamp: route.creationTimestamp)
+                let matches = rule.matches.isEmpty ? [HTTPRouteSpec.MatchSpec(path: nil, headers: [], method: nil)] : rule.matches
+                for match in matches {
+                    result.append(RouteRule(match: Self.compile(match), action: action, origin: origin))
+                }
+            }
+        }
+        return result
+    }
+
+    /// Patterns were validated by the parser, so compiling them again cannot fail.
+    static func compile(_ match: HTTPRouteSpec.MatchSpec) -> RequestMatch {
+        var path = PathMatch.prefix([0x2F])
+        if let p = match.path {
+            switch p.type {
+            case "Exact": path = .exact(Array(p.value.utf8))
+            case "RegularExpression": path = .regex(try! Regex(p.value))
+            default: path = .elementPrefix(p.value)
+            }
+        }
+        let headers = match.headers.map { h in
+            HeaderMatch(name: h.name, value: h.type == "RegularExpression" ? .regex(try! Regex(h.value)) : .exact(Array(h.value.utf8)))
+        }
+        return RequestMatch(path: path, method: match.method, headers: headers)
+    }
+
+    // MARK: - Virtual hosts
+
+    mutating func addHost(_ host: VirtualHost<RouteAction>, names hostNames: [String], kind: String, name: String) {
+        virtualHosts.append(host)
+        for n in hostNames { names.append((n, virtualHosts.count - 1)) }
+        dumpHosts.append(["kind": kind, "name": name, "hostnames": hostNames,
+                          "ports": host.ports.map { entry -> [String: Any] in
+                              ["port": Int(entry.port), "rules": entry.rules.rules.map(Self.describe),
+                               "fallback": entry.rules.fallback.map(Self.describe) ?? "404"]
+                          }])
+    }
+
+    /// Routes with a Gateway parent: grouped by hostname, each group one virtual host serving any port.
+    mutating func buildGatewayHosts() {
+        let gatewayRoutes = spec.httpRoutes.filter { route in
+            route.parentRefs.contains { ref in
+                guard ref.isGateway else { return false }
+                return spec.gateways.contains { $0.namespace == ref.namespace && $0.name == ref.name }
+            }
+        }
+        for route in spec.httpRoutes where route.parentRefs.contains(where: { $0.isGateway }) && !gatewayRoutes.contains(route) {
+            warnings.append("HTTPRoute \(route.namespace)/\(route.name): parent Gateway not found (Accepted=False)")
+        }
+        var hostnames: [String] = []
+        for route in gatewayRoutes {
+            for h in route.hostnames.isEmpty ? ["*"] : route.hostnames where !hostnames.contains(h) { hostnames.append(h) }
+        }
+        for hostname in hostnames {
+            let attached = gatewayRoutes.filter { ($0.hostnames.isEmpty ? ["*"] : $0.hostnames).contains(hostname) }
+            let set = RuleSet(rules: rules(from: attached), fallback: nil)
+            addHost(VirtualHost(ports: [(0, set)], defaultPort: 0), names: [hostname], kind: "Gateway", name: hostname)
+        }
+    }
+
+    mutating func buildServiceHosts() {
+        for service in spec.services {
+            let attached = spec.httpRoutes.filter { route in
+                route.parentRefs.contains { $0.isService && $0.namespace == service.namespace && $0.name == service.name }
+            }
+            var ports: [(port: UInt16, rules: RuleSet<RouteAction>)] = []
+            for port in service.ports {
+                // GAMMA: routes whose parentRef names this port (or no port) apply; with none, traffic goes to the service.
+                let forPort = attached.filter { route in
+                    route.parentRefs.contains { $0.isService && $0.namespace == service.namespace && $0.name == service.name && ($0.port == nil || $0.port == port.port) }
+                }
+                let own = clusterIndex["\(service.namespace)/\(service.name):\(port.port)"]!
+                let fallback: RouteAction? = forPort.isEmpty
+                    ? .forward(BackendSet(clusters: [WeightedCluster(cluster: own, weight: 1)], totalWeight: 1, route: "\(service.namespace)/\(service.name)"))
+                    : nil
+                ports.append((UInt16(port.port), RuleSet(rules: rules(from: forPort), fallback: fallback)))
+            }
+            let fqdn = "\(service.name).\(service.namespace).svc.\(compiler.clusterDomain)"
+            var hostNames = ["\(service.name).\(service.namespace)", "\(service.name).\(service.namespace).svc", fqdn]
+            if service.namespace == compiler.namespace { hostNames.insert(service.name, at: 0) }
+            if let ip = service.clusterIP { hostNames.append(ip) }
+            addHost(VirtualHost(ports: ports, defaultPort: Self.defaultPort(service.ports.map(\.port))),
+                    names: hostNames, kind: "Service", name: "\(service.namespace)/\(service.name)")
+        }
+    }
+
+    mutating func buildServiceEntryHosts() {
+        for entry in spec.serviceEntries {
+            var ports: [(port: UInt16, rules: RuleSet<RouteAction>)] = []
+            for port in entry.ports {
+                let own = clusterIndex["\(entry.hosts[0]):\(port.number)"]!
+                let fallback = RouteAction.forward(BackendSet(clusters: [WeightedCluster(cluster: own, weight: 1)], totalWeight: 1,
+                                                              route: "\(entry.namespace)/\(entry.name)"))
+                ports.append((UInt16(port.number), RuleSet(rules: [], fallback: fallback)))
+            }
+            addHost(VirtualHost(ports: ports, defaultPort: Self.defaultPort(entry.ports.map(\.number))),
+                    names: entry.hosts + entry.addresses, kind: "ServiceEntry", name: "\(entry.namespace)/\(entry.name)")
+        }
+    }
+
+    /// A Host header without a port means port 80 when served, else the only or first port.
+    static func defaultPort(_ ports: [Int]) -> UInt16 {
+        UInt16(ports.contains(80) ? 80 : ports.first ?? 80)
+    }
+
+    // MARK: - Dump
+
+    static func describe(_ rule: RouteRule<RouteAction>) -> [String: Any] {
+        var match: [String: Any] = [:]
+        switch rule.match.path {
+        case .exact(let p): match["path"] = ["type": "Exact", "value": String(decoding: p, as: UTF8.self)]
+        case .prefix(let p): match["path"] = ["type": "PathPrefix", "value": String(decoding: p, as: UTF8.self)]
+        case .regex(let r): match["path"] = ["type": "RegularExpression", "value": r.pattern]
+        }
+        if let m = rule.match.method { match["method"] = String(decoding: m, as: UTF8.self) }
+        if !rule.match.headers.isEmpty { match["headers"] = rule.match.headers.map { String(decoding: $0.name, as: UTF8.self) } }
+        return ["route": rule.origin.route, "rule": rule.origin.ruleIndex, "match": match, "action": describe(rule.action)]
+    }
+
+    static func describe(_ action: RouteAction) -> Any {
+        switch action {
+        case .reply(let reply): return ["reply": reply.status]
+        case .forward(let set): return ["route": set.route, "backends": set.clusters.map { ["cluster": Int($0.cluster), "weight": Int($0.weight)] }]
+        }
+    }
+
+    func dump(generation: UInt64) -> String {
+        let object: [String: Any] = [
+            "generation": Int(generation),
+            "virtualHosts": dumpHosts,
+            "clusters": clusters.enumerated().map { index, cluster in
+                ["index": index, "name": cluster.name, "endpoints": cluster.endpoints.map { endpoints[Int($0)].description }]
+            },
+            "warnings": spec.warnings + warnings,
+        ]
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])) ?? Data("{}".utf8)
+        return String(decoding: data, as: UTF8.self)
+    }
+}

@@ -1,0 +1,78 @@
+/// A response the proxy answers itself, with the status and short body users see (Envoy's wording where one
+/// exists, so existing runbooks still match).
+public enum LocalReply: Sendable, Equatable {
+    /// No virtual host or rule matched.
+    case noRoute
+    /// The chosen backendRef names nothing that exists, or all weights are zero (Gateway API: 500).
+    case invalidBackend
+    /// The destination has no ready endpoint.
+    case noHealthyUpstream
+    /// Connecting to the endpoint failed or timed out.
+    case upstreamConnectError
+    /// The upstream closed or reset before a complete response head.
+    case upstreamReset
+    /// The upstream's response head could not be parsed.
+    case badUpstreamResponse
+    /// The request was malformed or unsupported (status from the parser: 400, 405, 417, 431, 501, 505).
+    case badRequest(HTTP1Error)
+
+    public var status: Int {
+        switch self {
+        case .noRoute: return 404
+        case .invalidBackend: return 500
+        case .noHealthyUpstream, .upstreamConnectError, .upstreamReset: return 503
+        case .badUpstreamResponse: return 502
+        case .badRequest(let error): return error.status
+        }
+    }
+
+    public var body: StaticString {
+        switch self {
+        case .noRoute: return "no route\n"
+        case .invalidBackend: return "invalid backend\n"
+        case .noHealthyUpstream: return "no healthy upstream\n"
+        case .upstreamConnectError: return "upstream connect error\n"
+        case .upstreamReset: return "upstream reset before response headers\n"
+        case .badUpstreamResponse: return "malformed upstream response\n"
+        case .badRequest(let error):
+            switch error.status {
+            case 405: return "method not allowed\n"
+            case 417: return "expectation failed\n"
+            case 431: return "request header fields too large\n"
+            case 501: return "not implemented\n"
+            case 505: return "http version not supported\n"
+            default: return "bad request\n"
+            }
+        }
+    }
+
+    /// The reason phrase for a status code we send.
+    public static func reasonPhrase(_ status: Int) -> StaticString {
+        switch status {
+        case 100: return "Continue"
+        case 200: return "OK"
+        case 201: return "Created"
+        case 204: return "No Content"
+        case 301: return "Moved Permanently"
+        case 302: return "Found"
+        case 304: return "Not Modified"
+        case 400: return "Bad Request"
+        case 401: return "Unauthorized"
+        case 403: return "Forbidden"
+        case 404: return "Not Found"
+        case 405: return "Method Not Allowed"
+        case 408: return "Request Timeout"
+        case 413: return "Content Too Large"
+        case 417: return "Expectation Failed"
+        case 429: return "Too Many Requests"
+        case 431: return "Request Header Fields Too Large"
+        case 500: return "Internal Server Error"
+        case 501: return "Not Implemented"
+        case 502: return "Bad Gateway"
+        case 503: return "Service Unavailable"
+        case 504: return "Gateway Timeout"
+        case 505: return "HTTP Version Not Supported"
+        default: return "Unknown"
+        }
+    }
+}
