@@ -17,7 +17,7 @@ public final class ProxyServer {
     private var connections: [Int: DownstreamConnection] = [:]
     private var nextConnectionID = 0
     private var pools: [UpstreamPool] = []
-    private var random: SplitMix64
+    private var random: FastRandom
     public private(set) var draining = false
     /// Called once, when draining and the last connection has closed.
     public var onDrained: (() -> Void)?
@@ -29,7 +29,7 @@ public final class ProxyServer {
         self.accessLog = accessLog ? AccessLog(loop: loop) : nil
         self.logger = logger
         var seed = SystemRandomNumberGenerator()
-        random = SplitMix64(seed: seed.next())
+        random = FastRandom(seed: seed.next())
     }
 
     /// Starts accepting on a listening socket (which this server then owns and closes).
@@ -105,17 +105,4 @@ public final class ProxyServer {
     }
 
     public var activeConnections: Int { connections.count }
-}
-
-/// A small, fast generator for request IDs (not for secrets).
-struct SplitMix64 {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }

@@ -1,0 +1,68 @@
+import ArgumentParser
+import EventLoop
+import WaypointCore
+
+/// A duration flag in the Kubernetes/Go form (`5s`, `250ms`, `1m30s`).
+struct DurationArgument: ExpressibleByArgument, CustomStringConvertible {
+    let duration: Duration
+
+    init?(argument: String) {
+        guard let parsed = GoDuration.parse(argument) else { return nil }
+        duration = parsed
+    }
+
+    init(_ duration: Duration) { self.duration = duration }
+
+    var description: String { GoDuration.format(duration) }
+    var defaultValueDescription: String { description }
+}
+
+/// An `IP:port` flag.
+struct AddressArgument: ExpressibleByArgument, CustomStringConvertible {
+    let address: SocketAddress
+
+    init?(argument: String) {
+        guard let parsed = SocketAddress(argument) else { return nil }
+        address = parsed
+    }
+
+    var description: String { address.description }
+    var defaultValueDescription: String { description }
+}
+
+/// `--access-log on|off`.
+enum Toggle: String, ExpressibleByArgument, CaseIterable {
+    case on, off
+}
+
+/// `--log-level`.
+enum LogLevelArgument: String, ExpressibleByArgument, CaseIterable {
+    case trace, debug, info, notice, warning, error, critical
+}
+
+/// Every flag can also come from the environment as `WAYPOINT_<FLAG>` (upper case, `-` → `_`); a flag on the
+/// command line wins. Repeatable flags take a comma-separated list.
+enum EnvironmentFlags {
+    /// Flags each subcommand accepts from the environment, with whether they are repeatable.
+    static let flags: [String: [(name: String, repeatable: Bool)]] = [
+        "run": [("config", true), ("http-listen", false), ("admin-listen", false), ("workers", false),
+                ("namespace", false), ("drain-timeout", false), ("log-level", false), ("access-log", false)],
+        "check": [("config", true), ("namespace", false)],
+        "origin": [("listen", false), ("workers", false), ("name", false)],
+    ]
+
+    /// `arguments` (without the program name) with flags from the environment appended where absent.
+    static func apply(to arguments: [String], environment: [String: String]) -> [String] {
+        guard let subcommand = arguments.first, let known = flags[subcommand] else { return arguments }
+        var result = arguments
+        for (name, repeatable) in known {
+            let variable = "WAYPOINT_" + name.uppercased().replacingOccurrences(of: "-", with: "_")
+            guard let value = environment[variable], !value.isEmpty else { continue }
+            let given = arguments.contains { $0 == "--\(name)" || $0.hasPrefix("--\(name)=") }
+            guard !given else { continue }
+            let values = repeatable ? value.split(separator: ",").map(String.init) : [value]
+            for v in values { result += ["--\(name)", v] }
+        }
+        return result
+    }
+}

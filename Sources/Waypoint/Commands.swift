@@ -1,0 +1,186 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import EventLoop
+import Foundation
+import HBONEServer
+import Logging
+import WaypointConfig
+
+/// The `waypoint` command line.
+struct WaypointCommand: ParsableCommand {
+    static let version = "0.1.0"
+
+    static let configuration = CommandConfiguration(
+        commandName: "waypoint",
+        abstract: "An L7 waypoint proxy for sidecarless service meshes.",
+        discussion: "Every flag can also be set as WAYPOINT_<FLAG> in the environment (e.g. WAYPOINT_HTTP_LISTEN).",
+        subcommands: [Run.self, Check.self, Origin.self, Demo.self, Version.self],
+        defaultSubcommand: Run.self)
+
+    /// Parses the command line plus `WAYPOINT_*` variables and runs the chosen subcommand.
+    static func runWithEnvironment() {
+        let arguments = EnvironmentFlags.apply(to: Array(CommandLine.arguments.dropFirst()),
+                                               environment: ProcessInfo.processInfo.environment)
+        main(arguments)
+    }
+}
+
+/// Sets up swift-log once: human-readable lines on stderr.
+func makeLogger(level: LogLevelArgument) -> Logger {
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = Logger.Level(rawValue: level.rawValue) ?? .info
+        return handler
+    }
+    return Logger(label: "waypoint")
+}
+
+extension WaypointCommand {
+    struct Run: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Run the proxy (the default subcommand).")
+
+        @Option(name: .long, help: "Manifest file or directory (repeatable). Without it, the embedded demo config.")
+        var config: [String] = []
+
+        @Option(name: .long, help: "Plaintext HTTP/1.1 listener, IP:port.")
+        var httpListen = AddressArgument(argument: "0.0.0.0:8080")!
+
+        @Option(name: .long, help: "Admin listener (/healthz/ready, /stats/prometheus, /config_dump), IP:port.")
+        var adminListen = AddressArgument(argument: "127.0.0.1:15000")!
+
+        @Option(name: .long, help: "Worker threads (default: the number of cores).")
+        var workers: Int?
+
+        @Option(name: .long, help: "Namespace for manifests without one, and for bare service names in Host.")
+        var namespace = "default"
+
+        @Option(name: .long, help: "How long in-flight requests may take to finish after SIGTERM.")
+        var drainTimeout = DurationArgument(.seconds(5))
+
+        @Option(name: .long, help: "Log level.")
+        var logLevel = LogLevelArgument.info
+
+        @Option(name: .long, help: "One JSON access-log line per request on stdout.")
+        var accessLog = Toggle.on
+
+        func validate() throws {
+            if let workers, workers < 1 || workers > 256 { throw ValidationError("--workers must be 1...256") }
+        }
+
+        func run() throws {
+            let logger = makeLogger(level: logLevel)
+            let options = Runtime.Options(
+                configPaths: config.isEmpty ? nil : config, httpListen: httpListen.address, adminListen: adminListen.address,
+                workers: workers ?? ProcessInfo.processInfo.activeProcessorCount, namespace: namespace,
+                drainTimeout: drainTimeout.duration, accessLog: accessLog == .on)
+            let runtime: Runtime
+            do {
+                runtime = try Runtime(options: options, logger: logger)
+            } catch {
+                logger.critical("\(error)")
+                throw ExitCode(1)
+            }
+            runtime.run()
+        }
+    }
+
+    struct Check: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Validate manifests: print every error (file, document, field) and warning; exit 1 on errors.")
+
+        @Option(name: .long, help: "Manifest file or directory (repeatable).")
+        var config: [String] = []
+
+        @Option(name: .long, help: "Namespace for manifests without one.")
+        var namespace = "default"
+
+        func validate() throws {
+            if config.isEmpty { throw ValidationError("--config is required") }
+        }
+
+        func run() throws {
+            do {
+                let spec = try ManifestLoader.load(paths: config, defaultNamespace: namespace)
+                let snapshot = SnapshotCompiler(namespace: namespace).compile(spec, generation: 1)
+                for warning in snapshot.warnings { print("warning: \(warning)") }
+                print("ok: \(spec.services.count) services, \(spec.endpointSlices.count) endpoint slices, "
+                      + "\(spec.serviceEntries.count) service entries, \(spec.gateways.count) gateways, \(spec.httpRoutes.count) HTTP routes")
+            } catch {
+                for e in error.errors { print("error: \(e)") }
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Origin: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "A fast test origin that answers JSON describing each request.",
+            discussion: "Query knobs: status=N, delay=DURATION, size=BYTES, fail=N&key=K (first N requests with key K get 503).")
+
+        @Option(name: .long, help: "Listen address, IP:port.")
+        var listen = AddressArgument(argument: "127.0.0.1:18181")!
+
+        @Option(name: .long, help: "Threads, each with its own SO_REUSEPORT socket.")
+        var workers = 1
+
+        @Option(name: .long, help: "Name reported in the x-origin header and the JSON body.")
+        var name = "origin"
+
+        func run() throws {
+            signal(SIGPIPE, SIG_IGN)
+            let origin: OriginServer
+            do {
+                origin = try OriginServer(address: listen.address, threads: workers, name: name)
+            } catch {
+                FileHandle.standardError.write(Data("waypoint origin: \(error)\n".utf8))
+                throw ExitCode(1)
+            }
+            origin.start()
+            FileHandle.standardError.write(Data("origin \(name) listening on \(origin.address)\n".utf8))
+            while true { pause() }
+        }
+    }
+
+    struct Demo: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Start two origins and the proxy with the embedded demo config on loopback, and print what to try.")
+
+        func run() throws {
+            let logger = makeLogger(level: .info)
+            signal(SIGPIPE, SIG_IGN)
+            do {
+                for (name, address) in [("a", DemoConfig.originA), ("b", DemoConfig.originB)] {
+                    let origin = try OriginServer(address: SocketAddress(address)!, threads: 1, name: name)
+                    origin.start()
+                }
+                let http = SocketAddress("127.0.0.1:18080")!
+                let runtime = try Runtime(options: .init(
+                    configPaths: nil, httpListen: http, adminListen: SocketAddress("127.0.0.1:15000")!, workers: 2,
+                    namespace: "default", drainTimeout: .seconds(5), accessLog: true), logger: logger)
+                print("""
+                waypoint demo: origins a (\(DemoConfig.originA)) and b (\(DemoConfig.originB)), proxy on \(http), admin on 127.0.0.1:15000
+                Try:
+                  curl -s -H 'Host: reviews' http://\(http)/hello                 # service reviews -> origin a
+                  curl -s -H 'Host: reviews' -H 'x-canary: true' http://\(http)/  # mesh route -> origin b
+                  curl -s -H 'Host: reviews.default.svc.cluster.local' http://\(http)/v2/x   # prefix rule -> origin b
+                  curl -s -H 'Host: demo.local' http://\(http)/ratings            # Gateway route, 90/10 split
+                  curl -s -H 'Host: nowhere' http://\(http)/                      # 404 no route
+                  curl -s http://127.0.0.1:15000/stats/prometheus
+                  curl -s http://127.0.0.1:15000/config_dump
+                Ctrl-C drains and exits.
+                """)
+                runtime.run()
+            } catch {
+                logger.critical("\(error)")
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Version: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Print the version.")
+        func run() { print("waypoint \(WaypointCommand.version)") }
+    }
+}

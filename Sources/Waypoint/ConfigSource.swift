@@ -1,0 +1,61 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import WaypointConfig
+
+/// The user's manifests: loads and compiles them, and tells when the files changed.
+///
+/// Change detection compares a fingerprint (inode, size, mtime of every config file, following symlinks),
+/// which also catches a Kubernetes ConfigMap's atomic `..data` symlink swap, where no watched file is written.
+/// Thread: main thread only. Ownership: the `Runtime`.
+struct ConfigSource {
+    /// nil: the embedded demo config.
+    let paths: [String]?
+    let namespace: String
+    private var fingerprint: [String] = []
+    private(set) var generation: UInt64 = 0
+
+    init(paths: [String]?, namespace: String) {
+        self.paths = paths
+        self.namespace = namespace
+    }
+
+    /// Loads and compiles the current files. Throws every error found; nothing changes on failure.
+    mutating func load() throws(ConfigErrors) -> Snapshot {
+        let spec: ConfigSpec
+        if let paths {
+            fingerprint = Self.fingerprint(paths)
+            spec = try ManifestLoader.load(paths: paths, defaultNamespace: namespace)
+        } else {
+            spec = try ManifestLoader.load(text: DemoConfig.manifests, file: "<embedded demo config>", defaultNamespace: namespace)
+        }
+        generation += 1
+        return SnapshotCompiler(namespace: namespace).compile(spec, generation: generation)
+    }
+
+    /// True when the files differ from what the last `load()` read.
+    func changed() -> Bool {
+        guard let paths else { return false }
+        return Self.fingerprint(paths) != fingerprint
+    }
+
+    private static func fingerprint(_ paths: [String]) -> [String] {
+        var result: [String] = []
+        for path in paths {
+            var entries = [path]
+            if let names = try? FileManager.default.contentsOfDirectory(atPath: path) {
+                entries += names.filter { !$0.hasPrefix(".") }.sorted().map { "\(path)/\($0)" }
+            }
+            for entry in entries {
+                var info = stat()
+                if stat(entry, &info) == 0 {
+                    result.append("\(entry):\(info.st_ino):\(info.st_size):\(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec)")
+                } else {
+                    result.append("\(entry):missing")
+                }
+            }
+        }
+        return result
+    }
+}

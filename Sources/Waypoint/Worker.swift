@@ -1,0 +1,95 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import EventLoop
+import HBONEServer
+import Logging
+import Synchronization
+import WaypointConfig
+
+/// What the main thread tells a worker.
+enum WorkerEvent: Sendable {
+    case replaceSnapshot(Snapshot)
+    case drain
+}
+
+/// One worker thread: a libev loop running a `ProxyServer` on its own SO_REUSEPORT listening sockets, plus an
+/// inbox the main thread posts to. Config swaps happen on the worker's own thread, so requests read the
+/// snapshot without locks or atomics.
+///
+/// Thread: `post` and `counters` from any thread; everything else on the worker's thread once started.
+/// Ownership: the `Runtime` keeps every worker for the life of the process.
+final class Worker: @unchecked Sendable {
+    // SAFETY: after `start()`, other threads call only `post` (Mutex + ev_async_send, thread-safe) and read
+    // `counters` (atomics); all other state is confined to the worker thread, which the start handed it to.
+    let id: Int
+    let counters: WorkerCounters
+    private let loop: EventLoop
+    private let server: ProxyServer
+    private let router: SnapshotRouter
+    private let inbox = Mutex<[WorkerEvent]>([])
+    private var doorbell: AsyncWatcher!
+    private let onDrained: @Sendable () -> Void
+    private let logger: Logger
+
+    init(id: Int, snapshot: Snapshot, listenFDs: [Int32], settings: ProxySettings, accessLog: Bool, logger: Logger,
+         onDrained: @escaping @Sendable () -> Void) {
+        var logger = logger
+        logger[metadataKey: "worker.id"] = "\(id)"
+        self.id = id
+        self.logger = logger
+        self.onDrained = onDrained
+        loop = EventLoop()
+        var seed = SystemRandomNumberGenerator()
+        router = SnapshotRouter(snapshot: snapshot, seed: seed.next())
+        server = ProxyServer(loop: loop, router: router, settings: settings, accessLog: accessLog, logger: logger)
+        counters = server.counters
+        server.updateEndpoints(snapshot.endpoints)
+        for fd in listenFDs { server.listen(fd: fd) }
+        doorbell = AsyncWatcher(loop: loop) { [unowned(unsafe) self] in self.drainInbox() }
+    }
+
+    /// Starts the worker thread.
+    func start() {
+        var thread = pthread_t()
+        let context = Unmanaged.passRetained(self).toOpaque()
+        let rc = pthread_create(&thread, nil, runWorkerThread, context)
+        precondition(rc == 0, "pthread_create failed: \(rc)")
+        pthread_detach(thread)
+    }
+
+    /// Any thread.
+    func post(_ event: WorkerEvent) {
+        inbox.withLock { $0.append(event) }
+        doorbell.send()
+    }
+
+    fileprivate func run() {
+        loop.run()
+    }
+
+    private func drainInbox() {
+        let events = inbox.withLock { queue in
+            defer { queue.removeAll(keepingCapacity: true) }
+            return queue
+        }
+        for event in events {
+            switch event {
+            case .replaceSnapshot(let next):
+                // In-flight exchanges already hold their endpoint; new requests see the new snapshot.
+                router.replace(next)
+                server.updateEndpoints(next.endpoints)
+            case .drain:
+                server.onDrained = { [onDrained] in onDrained() }
+                server.beginDrain()
+            }
+        }
+    }
+}
+
+/// pthread entry point: a global function, not a closure, so it carries no actor isolation (FACTS §3).
+private func runWorkerThread(_ context: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
+    let worker = Unmanaged<Worker>.fromOpaque(context!).takeRetainedValue()
+    worker.run()
+    return nil
+}
