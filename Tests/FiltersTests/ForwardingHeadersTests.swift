@@ -1,0 +1,60 @@
+import Filters
+import Testing
+import WaypointCore
+
+private func forward(_ request: String, client: String = "10.0.0.5") -> String {
+    let bytes = Array(request.utf8)
+    let out = ByteBuffer(capacity: 1024)
+    bytes.withUnsafeBytes { buffer in
+        var head = RequestHead()
+        #expect(HTTP1Parser.parseRequest(buffer, into: &head) == .complete)
+        Array(client.utf8).withUnsafeBytes { ip in
+            ForwardingHeaders.writeRequest(head, buffer, clientIP: ip, proto: "http", into: out) { $0.append("generated-id") }
+        }
+    }
+    return String(decoding: out.readable, as: UTF8.self)
+}
+
+@Suite struct ForwardingHeadersTests {
+    @Test func removesHopByHopAndAddsForwardingHeaders() {
+        let sent = forward("GET /p?q HTTP/1.1\r\nHost: svc\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: 5\r\nTE: trailers\r\n"
+                           + "Upgrade: h2c\r\nProxy-Connection: x\r\nX-Secret: s\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\r\n")
+        #expect(sent == "GET /p?q HTTP/1.1\r\nhost: svc\r\nAccept: */*\r\nx-forwarded-for: 10.0.0.5\r\n"
+                + "x-forwarded-proto: http\r\nx-request-id: generated-id\r\n\r\n")
+    }
+
+    @Test func appendsToAnExistingForwardedForAndKeepsRequestID() {
+        let sent = forward("POST / HTTP/1.1\r\nHost: svc\r\nX-Forwarded-For: 1.2.3.4\r\nX-Request-Id: abc\r\nContent-Length: 3\r\n\r\n")
+        #expect(sent == "POST / HTTP/1.1\r\nhost: svc\r\nX-Request-Id: abc\r\nx-forwarded-for: 1.2.3.4, 10.0.0.5\r\n"
+                + "x-forwarded-proto: http\r\ncontent-length: 3\r\n\r\n")
+    }
+
+    @Test func reEmitsChunkedFramingAndDropsExpect() {
+        let sent = forward("PUT / HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\nX-Request-Id: r\r\n\r\n")
+        #expect(sent == "PUT / HTTP/1.1\r\nhost: svc\r\nX-Request-Id: r\r\nx-forwarded-for: 10.0.0.5\r\nx-forwarded-proto: http\r\n"
+                + "transfer-encoding: chunked\r\n\r\n")
+    }
+
+    @Test func absoluteFormBecomesOriginFormWithHost() {
+        let sent = forward("GET http://svc.ns:8080 HTTP/1.1\r\nHost: ignored\r\nX-Request-Id: r\r\n\r\n")
+        #expect(sent.hasPrefix("GET / HTTP/1.1\r\nhost: svc.ns:8080\r\nX-Request-Id: r\r\n"))
+    }
+
+    @Test func responseHeadDropsHopByHopAndSaysClose() {
+        let text = "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\nX-A: b\r\n\r\n"
+        let out = ByteBuffer(capacity: 256)
+        Array(text.utf8).withUnsafeBytes { buffer in
+            var head = ResponseHead()
+            #expect(HTTP1Parser.parseResponse(buffer, requestWasHead: false, into: &head) == .complete)
+            ForwardingHeaders.writeResponse(head, buffer, close: true, into: out)
+        }
+        #expect(String(decoding: out.readable, as: UTF8.self) == "HTTP/1.1 200 OK\r\nX-A: b\r\ncontent-length: 2\r\nconnection: close\r\n\r\n")
+    }
+
+    @Test func localReply() {
+        let out = ByteBuffer(capacity: 256)
+        ForwardingHeaders.writeLocalReply(.noRoute, close: false, into: out)
+        #expect(String(decoding: out.readable, as: UTF8.self)
+                == "HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\ncontent-length: 9\r\n\r\nno route\n")
+    }
+}

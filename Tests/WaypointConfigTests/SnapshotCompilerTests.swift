@@ -1,0 +1,110 @@
+import HTTPRouter
+import Testing
+import WaypointConfig
+import WaypointCore
+
+private let config = """
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec:
+  clusterIP: 10.96.0.1
+  ports: [{name: http, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.0.0.1]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec:
+  ports: [{name: http, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api-1, namespace: shop, labels: {kubernetes.io/service-name: api}}
+ports: [{name: http, port: 9090}]
+endpoints: [{addresses: [10.0.0.2]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: api-split, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, group: "", name: api}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /v2}}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: Exact, value: /missing}}]
+    backendRefs: [{name: nothere, port: 80}]
+  - matches: [{path: {type: Exact, value: /empty}}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext, namespace: shop}
+spec:
+  hosts: [ext.example.com]
+  ports: [{name: http, number: 80, protocol: HTTP}]
+  endpoints: [{address: 10.0.0.9, ports: {http: 8081}}]
+"""
+
+/// The cluster name (or reply status) a request to `host` + `path` resolves to.
+private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String {
+    let text = "GET \(path) HTTP/1.1\r\nHost: \(host)\r\n\r\n"
+    return Array(text.utf8).withUnsafeBytes { bytes -> String in
+        var head = RequestHead()
+        _ = HTTP1Parser.parseRequest(bytes, into: &head)
+        guard let rules = snapshot.routes.ruleSet(forHost: head.host.bytes(in: bytes)) else { return "no host" }
+        switch rules.route(head, bytes) {
+        case nil: return "404"
+        case .reply(let reply)?: return "\(reply.status)"
+        case .forward(let set)?:
+            let c = set.clusters[0].cluster
+            return c < 0 ? "unresolved" : snapshot.clusters[Int(c)].name
+        }
+    }
+}
+
+@Suite struct SnapshotCompilerTests {
+    let snapshot: Snapshot
+
+    init() throws {
+        let spec = try ManifestLoader.load(text: config, file: "c.yaml", defaultNamespace: "shop")
+        snapshot = SnapshotCompiler(namespace: "shop").compile(spec, generation: 7)
+    }
+
+    @Test(arguments: [
+        ("web", "/x", "shop/web:80"),
+        ("web.shop", "/x", "shop/web:80"),
+        ("web.shop.svc", "/", "shop/web:80"),
+        ("web.shop.svc.cluster.local:80", "/", "shop/web:80"),
+        ("10.96.0.1", "/", "shop/web:80"),
+        ("web:81", "/", "no host"),
+        ("api", "/v2/items", "shop/web:80"),
+        ("api", "/v1/items", "404"),          // GAMMA: a route is attached, nothing matched
+        ("api", "/missing", "unresolved"),    // invalid backendRef: 500 when picked
+        ("api", "/empty", "500"),             // a rule without backendRefs
+        ("ext.example.com", "/", "ext.example.com:80"),
+        ("unknown", "/", "no host"),
+    ])
+    func resolves(_ host: String, _ path: String, _ expected: String) {
+        #expect(resolve(snapshot, host: host, path: path) == expected)
+    }
+
+    @Test func reportsUnresolvedReferences() {
+        #expect(snapshot.generation == 7)
+        #expect(snapshot.warnings.contains { $0.contains("backendRef Service shop/nothere:80 not found") })
+    }
+
+    @Test func serviceEntryEndpointPortsByName() {
+        let cluster = snapshot.clusters.first { $0.name == "ext.example.com:80" }!
+        #expect(cluster.endpoints.map { snapshot.endpoints[Int($0)].description } == ["10.0.0.9:8081"])
+    }
+
+    @Test func configDumpIsJSON() {
+        #expect(snapshot.dump.contains("\"generation\" : 7"))
+        #expect(snapshot.dump.contains("shop/web:80"))
+    }
+}
