@@ -107,6 +107,7 @@ final class OriginConnection {
     /// Bytes of a `size=` body still to generate.
     private var fillRemaining = 0
     private var closing = false
+    private var closed = false
 
     struct Knobs {
         var status = 200
@@ -120,8 +121,15 @@ final class OriginConnection {
         self.fd = fd
         self.owner = owner
         readWatcher = IOWatcher(loop: owner.loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.readable() }
-        writeWatcher = IOWatcher(loop: owner.loop, fd: fd, direction: .write) { [unowned(unsafe) self] in self.flush() }
-        delayTimer = Timer(loop: owner.loop) { [unowned(unsafe) self] in self.waiting = false; self.respond() }
+        writeWatcher = IOWatcher(loop: owner.loop, fd: fd, direction: .write) { [unowned(unsafe) self] in
+            self.flush()
+            if self.output.isEmpty && self.fillRemaining == 0 { self.process() }  // pipelined requests waited for this
+        }
+        delayTimer = Timer(loop: owner.loop) { [unowned(unsafe) self] in
+            self.waiting = false
+            self.respond()
+            self.process()
+        }
         readWatcher.start()
     }
 
@@ -138,7 +146,7 @@ final class OriginConnection {
     }
 
     private func process() {
-        while !waiting && fillRemaining == 0 && !closing {
+        while !waiting && fillRemaining == 0 && !closing && !closed {
             if !inRequest {
                 while let b = input.readable.first, b == 0x0D || b == 0x0A { input.consume(1) }
                 guard let length = HTTP1Parser.findHeadEnd(input.readable, scanned: &scanned) else { break }
@@ -166,7 +174,7 @@ final class OriginConnection {
                 delayTimer.schedule(after: knobs.delay.seconds)
                 break
             }
-            respond(flushNow: false)
+            respond()
         }
         flush()
     }
@@ -239,7 +247,7 @@ final class OriginConnection {
         }
     }
 
-    private func respond(flushNow: Bool = true) {
+    private func respond() {
         var status = knobs.status
         if knobs.fail > 0 && owner.origin.shouldFail(key: knobs.key, times: knobs.fail) { status = 503 }
         output.append("HTTP/1.1 ")
@@ -264,7 +272,6 @@ final class OriginConnection {
             output.append(json.readable)
         }
         if !keepAlive { closing = true }
-        if flushNow { flush() }
     }
 
     /// Generates up to 256 KiB of a `size=` body into the output.
@@ -291,11 +298,12 @@ final class OriginConnection {
             fill()
         }
         writeWatcher.stop()
-        if closing { close(); return }
-        if !waiting && !input.isEmpty && !inRequest { process() } else if !waiting && inRequest { process() }
+        if closing && !closed { close() }
     }
 
     private func close() {
+        guard !closed else { return }
+        closed = true
         readWatcher.stop()
         writeWatcher.stop()
         delayTimer.cancel()

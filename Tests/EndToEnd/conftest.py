@@ -1,0 +1,196 @@
+"""Black-box fixtures: start the built `waypoint` binary and its test origin on loopback port 0 and talk to
+them over real sockets."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BINARY = Path(os.environ.get("WAYPOINT_BIN", ROOT / ".build" / "release" / "waypoint"))
+
+
+def wait_for(pattern, path, timeout=10.0, process=None):
+    """Waits until `pattern` appears in the file at `path`; returns the match."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = Path(path).read_text(errors="replace") if Path(path).exists() else ""
+        m = re.search(pattern, text)
+        if m:
+            return m
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"process exited with {process.returncode}:\n{text}")
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {pattern!r} in:\n{Path(path).read_text(errors='replace')}")
+
+
+class Process:
+    """A started binary whose stderr and stdout go to files in a temporary directory."""
+
+    def __init__(self, args, workdir, name, env=None):
+        self.stderr_path = Path(workdir) / f"{name}.stderr"
+        self.stdout_path = Path(workdir) / f"{name}.stdout"
+        self.proc = subprocess.Popen(
+            [str(BINARY)] + args,
+            stdout=open(self.stdout_path, "wb"),
+            stderr=open(self.stderr_path, "wb"),
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+        )
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stderr(self):
+        return self.stderr_path.read_text(errors="replace")
+
+    def stdout(self):
+        return self.stdout_path.read_text(errors="replace")
+
+    def rss_kib(self):
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+class Origin(Process):
+    def __init__(self, workdir, name):
+        super().__init__(["origin", "--listen", "127.0.0.1:0", "--name", name], workdir, f"origin-{name}")
+        m = wait_for(r"listening on (\S+):(\d+)", self.stderr_path, process=self.proc)
+        self.host, self.port = m.group(1), int(m.group(2))
+
+
+class Proxy(Process):
+    def __init__(self, workdir, config_dir, extra=(), env=None, name="proxy"):
+        args = ["run", "--config", str(config_dir), "--http-listen", "127.0.0.1:0",
+                "--admin-listen", "127.0.0.1:0", "--workers", "2", *extra]
+        super().__init__(args, workdir, name, env=env)
+        m = wait_for(r"admin=127\.0\.0\.1:(\d+).*http=127\.0\.0\.1:(\d+)", self.stderr_path, process=self.proc)
+        self.admin_port, self.port = int(m.group(1)), int(m.group(2))
+
+    def metrics(self):
+        """Prometheus samples as {name{labels}: value}."""
+        status, _, body = http_request(self.admin_port, "GET", "/stats/prometheus", host="admin")
+        assert status == 200
+        samples = {}
+        for line in body.decode().splitlines():
+            if line and not line.startswith("#"):
+                key, value = line.rsplit(" ", 1)
+                samples[key] = float(value)
+        return samples
+
+
+def service_yaml(name, endpoints, namespace="default", port=80, routes=""):
+    """A Service with one EndpointSlice per (ip, port) endpoint (ports may differ, so one slice each)."""
+    docs = [f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  ports: [{{name: http, port: {port}}}]
+"""]
+    for i, (ip, target) in enumerate(endpoints):
+        docs.append(f"""
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-{i}, namespace: {namespace}, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{name: http, port: {target}}}]
+endpoints: [{{addresses: [{ip}]}}]
+""")
+    return "---".join(docs) + (("---\n" + textwrap.dedent(routes)) if routes else "")
+
+
+def http_request(port, method, path, host, headers=None, body=None, timeout=10):
+    """One request on a fresh connection via http.client; returns (status, headers dict, body bytes)."""
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    all_headers = {"Host": host, **(headers or {})}
+    conn.request(method, path, body=body, headers=all_headers)
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+
+
+def raw_exchange(port, payload, timeout=5.0, until_close=True):
+    """Sends raw bytes and returns everything read until the peer closes (or the timeout)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(payload)
+    chunks = []
+    try:
+        while True:
+            data = s.recv(65536)
+            if not data:
+                break
+            chunks.append(data)
+            if not until_close and b"\r\n\r\n" in b"".join(chunks):
+                break
+    except socket.timeout:
+        pass
+    s.close()
+    return b"".join(chunks)
+
+
+def status_of(response):
+    m = re.match(rb"HTTP/1\.1 (\d{3}) ", response)
+    return int(m.group(1)) if m else None
+
+
+@pytest.fixture
+def workdir():
+    with tempfile.TemporaryDirectory(prefix="waypoint-e2e-") as d:
+        yield Path(d)
+
+
+@pytest.fixture
+def processes():
+    started = []
+    yield started
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture
+def origin_factory(workdir, processes):
+    def make(name):
+        o = Origin(workdir, name)
+        processes.append(o)
+        return o
+    return make
+
+
+@pytest.fixture
+def proxy_factory(workdir, processes):
+    def make(config_text, extra=(), env=None, name="proxy"):
+        config_dir = workdir / f"config-{name}"
+        config_dir.mkdir(exist_ok=True)
+        (config_dir / "config.yaml").write_text(config_text)
+        p = Proxy(workdir, config_dir, extra=extra, env=env, name=name)
+        p.config_dir = config_dir
+        processes.append(p)
+        return p
+    return make
+
+
+@pytest.fixture
+def basic(origin_factory, proxy_factory):
+    """One origin behind service `web`; returns (proxy, origin)."""
+    origin = origin_factory("a")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]))
+    return proxy, origin

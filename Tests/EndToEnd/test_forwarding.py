@@ -1,0 +1,194 @@
+"""Requests through the plaintext listener: routing, keep-alive, pipelining, chunked bodies, headers."""
+import http.client
+import json
+import socket
+import subprocess
+
+from conftest import http_request, raw_exchange, service_yaml, status_of
+
+
+def test_forwards_and_sets_forwarding_headers(basic):
+    proxy, origin = basic
+    status, headers, body = http_request(proxy.port, "GET", "/hello?x=1", host="web",
+                                         headers={"Connection": "keep-alive, X-Secret", "X-Secret": "s",
+                                                  "X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"})
+    assert status == 200
+    assert headers["x-origin"] == "a"
+    seen = json.loads(body)
+    assert seen["path"] == "/hello?x=1"
+    assert seen["headers"]["host"] == "web"
+    assert seen["headers"]["x-forwarded-for"] == "203.0.113.9, 127.0.0.1"
+    assert seen["headers"]["x-forwarded-proto"] == "http"
+    assert "x-secret" not in seen["headers"]       # named in Connection: hop-by-hop
+    assert "connection" not in seen["headers"]
+    assert len(seen["headers"]["x-request-id"]) == 36
+
+
+def test_keeps_the_client_request_id(basic):
+    proxy, _ = basic
+    _, _, body = http_request(proxy.port, "GET", "/", host="web", headers={"X-Request-Id": "abc-123"})
+    assert json.loads(body)["headers"]["x-request-id"] == "abc-123"
+
+
+def test_keep_alive_reuses_one_connection_each_side(basic):
+    proxy, _ = basic
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+    for i in range(5):
+        conn.request("GET", f"/r{i}", headers={"Host": "web"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert json.loads(resp.read())["path"] == f"/r{i}"
+    conn.close()
+    m = proxy.metrics()
+    assert m["waypoint_downstream_connections_total"] == 1
+    assert m["waypoint_upstream_connections_total"] == 1
+    assert m['waypoint_downstream_requests_total{status_class="2xx"}'] == 5
+
+
+def test_pipelined_requests_are_answered_in_order(basic):
+    proxy, _ = basic
+    payload = b"".join(f"GET /p{i} HTTP/1.1\r\nHost: web\r\n\r\n".encode() for i in range(3))
+    payload += b"GET /last HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n"
+    response = raw_exchange(proxy.port, payload)
+    paths = [json.loads(line)["path"] for line in response.split(b"\r\n\r\n")[1:] for line in [line.split(b"HTTP/1.1")[0]] if line]
+    assert paths == ["/p0", "/p1", "/p2", "/last"]
+    assert response.count(b"HTTP/1.1 200 OK") == 4
+
+
+def test_chunked_request_body_is_streamed_through(basic):
+    proxy, _ = basic
+    payload = (b"POST /upload HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+               b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n")
+    response = raw_exchange(proxy.port, payload)
+    assert status_of(response) == 200
+    seen = json.loads(response.split(b"\r\n\r\n", 1)[1])
+    assert seen["body_length"] == 11
+    assert seen["headers"]["transfer-encoding"] == "chunked"
+
+
+def test_content_length_body_and_expect_100_continue(basic):
+    proxy, _ = basic
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+    s.sendall(b"PUT /e HTTP/1.1\r\nHost: web\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+    interim = s.recv(4096)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    s.sendall(b"data")
+    final = b""
+    while b"body_length" not in final:
+        final += s.recv(4096)
+    s.close()
+    assert status_of(final) == 200
+    seen = json.loads(final.split(b"\r\n\r\n", 1)[1])
+    assert seen["body_length"] == 4
+    assert "expect" not in seen["headers"]
+
+
+def test_round_robin_across_ready_endpoints_only(origin_factory, proxy_factory):
+    a, b = origin_factory("a"), origin_factory("b")
+    config = service_yaml("web", [("127.0.0.1", a.port), ("127.0.0.1", b.port)])
+    config += f"""---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-notready, labels: {{kubernetes.io/service-name: web}}}}
+ports: [{{name: http, port: 1}}]
+endpoints: [{{addresses: [127.0.0.9], conditions: {{ready: false}}}}]
+"""
+    proxy = proxy_factory(config, extra=["--workers", "1"])
+    servers = [http_request(proxy.port, "GET", "/", host="web")[1]["x-origin"] for _ in range(6)]
+    assert sorted(servers) == ["a", "a", "a", "b", "b", "b"]
+    assert all(servers[i] != servers[i + 1] for i in range(5))
+
+
+def test_host_forms_and_local_replies(origin_factory, proxy_factory):
+    origin = origin_factory("a")
+    config = service_yaml("web", [("127.0.0.1", origin.port)], namespace="shop") + """---
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: shop}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web-routes, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, group: "", name: web}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: Exact, value: /broken}}]
+    backendRefs: [{name: missing, port: 80}]
+"""
+    proxy = proxy_factory(config, extra=["--namespace", "shop"])
+    for host in ["web", "web.shop", "web.shop.svc", "WEB.shop.svc.cluster.local", "web.shop.svc.cluster.local:80"]:
+        assert http_request(proxy.port, "GET", "/api/x", host=host)[0] == 200, host
+    assert http_request(proxy.port, "GET", "/other", host="web") == (404, http_request(proxy.port, "GET", "/other", host="web")[1], b"no route\n")
+    assert http_request(proxy.port, "GET", "/api", host="nowhere")[2] == b"no route\n"
+    assert http_request(proxy.port, "GET", "/api", host="web:8080")[0] == 404
+    assert http_request(proxy.port, "GET", "/broken", host="web")[:3:2] == (500, b"invalid backend\n")
+    assert http_request(proxy.port, "GET", "/", host="empty")[:3:2] == (503, b"no healthy upstream\n")
+
+
+def test_gateway_route_by_hostname_with_weights(origin_factory, proxy_factory):
+    a, b = origin_factory("a"), origin_factory("b")
+    config = service_yaml("svc-a", [("127.0.0.1", a.port)]) + "---" + service_yaml("svc-b", [("127.0.0.1", b.port)]) + """---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: site}
+spec:
+  parentRefs: [{name: waypoint}]
+  hostnames: [shop.example.com, "*.example.org"]
+  rules:
+  - backendRefs: [{name: svc-a, port: 80, weight: 0}, {name: svc-b, port: 80, weight: 5}]
+"""
+    proxy = proxy_factory(config)
+    assert {http_request(proxy.port, "GET", "/", host="shop.example.com")[1]["x-origin"] for _ in range(20)} == {"b"}
+    assert http_request(proxy.port, "GET", "/", host="x.example.org")[1]["x-origin"] == "b"
+    assert http_request(proxy.port, "GET", "/", host="example.org")[0] == 404
+
+
+def test_absolute_form_request_uses_its_authority(basic):
+    proxy, _ = basic
+    response = raw_exchange(proxy.port, b"GET http://web/abs?q=1 HTTP/1.1\r\nHost: nowhere\r\nConnection: close\r\n\r\n")
+    assert status_of(response) == 200
+    seen = json.loads(response.split(b"\r\n\r\n", 1)[1])
+    assert seen["path"] == "/abs?q=1"
+    assert seen["headers"]["host"] == "web"
+
+
+def test_curl_as_a_real_client(basic):
+    proxy, _ = basic
+    out = subprocess.run(["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "-H", "Host: web", "--data-binary", "abc",
+                          f"http://127.0.0.1:{proxy.port}/curl"], capture_output=True, text=True, timeout=10)
+    body, code = out.stdout.rsplit("\n", 1)
+    assert code == "200"
+    assert json.loads(body)["body_length"] == 3
+    assert json.loads(body)["method"] == "POST"
+
+
+def test_head_request_has_no_body(basic):
+    proxy, _ = basic
+    response = raw_exchange(proxy.port, b"HEAD / HTTP/1.1\r\nHost: web\r\n\r\nGET /after HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+    assert response.count(b"HTTP/1.1 200 OK") == 2
+    assert b'"path":"/after"' in response
+
+
+def test_access_log_line_per_request(basic):
+    proxy, _ = basic
+    http_request(proxy.port, "GET", "/logged", host="web")
+    import time
+    for _ in range(50):
+        lines = [json.loads(l) for l in proxy.stdout().splitlines() if l]
+        if lines:
+            break
+        time.sleep(0.05)
+    assert lines[-1]["path"] == "/logged"
+    assert lines[-1]["response_code"] == 200
+    assert lines[-1]["authority"] == "web"
+    assert lines[-1]["route_name"] == "default/web"
