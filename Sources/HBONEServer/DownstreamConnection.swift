@@ -196,7 +196,7 @@ final class DownstreamConnection {
         }
     }
 
-    /// Parses the next head and routes it. False when the head is incomplete or the connection is closing.
+    /// Parses the next head and routes it (or rejects it). False when the head is still incomplete.
     private func startExchange() -> Bool {
         // RFC 9112 §2.2: ignore empty lines before a request line.
         while let first = input.readable.first, first == 0x0D || first == 0x0A {
@@ -206,18 +206,21 @@ final class DownstreamConnection {
         guard !input.isEmpty else { return false }
         let bytes = input.readable
         guard let length = HTTP1Parser.findHeadEnd(bytes, scanned: &scanned) else {
-            if input.readableBytes >= server.settings.maxHeadBytes {
-                reject(HTTP1Error(status: 431, "request head too large"))
-            }
-            return false
+            guard input.readableBytes >= server.settings.maxHeadBytes else { return false }
+            reject(HTTP1Error(status: 431, "request head too large"))
+            return true
         }
         scanned = 0
+        guard length <= server.settings.maxHeadBytes else {
+            reject(HTTP1Error(status: 431, "request head too large"))
+            return true
+        }
         inExchange = true
         exchangeStart = server.loop.now
         let headBytes = UnsafeRawBufferPointer(rebasing: bytes[0..<length])
         if case .failed(let error) = HTTP1Parser.parseRequest(headBytes, into: &head) {
             reject(error)
-            return false
+            return true
         }
         keepAlive = head.keepAlive && !server.draining
         requestWasHead = head.isHeadMethod
