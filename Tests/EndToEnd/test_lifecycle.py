@@ -1,0 +1,173 @@
+"""Reloads, draining, the admin listener, the CLI and the environment."""
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+from conftest import BINARY, Proxy, http_request, service_yaml, wait_for
+
+
+def wait_until(predicate, timeout=5.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_sighup_reload_switches_routing_and_a_bad_reload_keeps_it(origin_factory, proxy_factory):
+    a, b = origin_factory("a"), origin_factory("b")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", a.port)]))
+    assert http_request(proxy.port, "GET", "/", host="web")[1]["x-origin"] == "a"
+
+    (proxy.config_dir / "config.yaml").write_text(service_yaml("web", [("127.0.0.1", b.port)]))
+    os.kill(proxy.pid, signal.SIGHUP)
+    assert wait_until(lambda: http_request(proxy.port, "GET", "/", host="web")[1]["x-origin"] == "b")
+    assert proxy.metrics()['waypoint_config_reloads_total{result="ok"}'] >= 1
+
+    (proxy.config_dir / "config.yaml").write_text("apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {ports: [{port: 0}]}\n")
+    os.kill(proxy.pid, signal.SIGHUP)
+    assert wait_until(lambda: proxy.metrics()['waypoint_config_reloads_total{result="failed"}'] >= 1)
+    assert http_request(proxy.port, "GET", "/", host="web")[1]["x-origin"] == "b"
+    assert "spec.ports[0].port: 0 is out of range" in proxy.stderr()
+    assert "keeping generation" in proxy.stderr()
+
+
+def test_configmap_symlink_swap_is_picked_up_without_a_signal(origin_factory, workdir, processes):
+    """Kubernetes mounts a ConfigMap as `..data -> ..TIMESTAMP/` with per-key symlinks through `..data`."""
+    a, b = origin_factory("a"), origin_factory("b")
+    mount = workdir / "mount"
+    (mount / "..v1").mkdir(parents=True)
+    (mount / "..v1" / "config.yaml").write_text(service_yaml("web", [("127.0.0.1", a.port)]))
+    os.symlink("..v1", mount / "..data")
+    os.symlink("..data/config.yaml", mount / "config.yaml")
+    proxy = Proxy(workdir, mount)
+    processes.append(proxy)
+    assert http_request(proxy.port, "GET", "/", host="web")[1]["x-origin"] == "a"
+
+    (mount / "..v2").mkdir()
+    (mount / "..v2" / "config.yaml").write_text(service_yaml("web", [("127.0.0.1", b.port)]))
+    os.symlink("..v2", mount / "..data_tmp")
+    os.rename(mount / "..data_tmp", mount / "..data")  # the atomic swap the kubelet does
+    assert wait_until(lambda: http_request(proxy.port, "GET", "/", host="web")[1]["x-origin"] == "b", timeout=5)
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_zero(basic):
+    proxy, _ = basic
+    result = {}
+
+    def slow():
+        result["response"] = http_request(proxy.port, "GET", "/?delay=800ms", host="web")
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.2)
+    os.kill(proxy.pid, signal.SIGTERM)
+    time.sleep(0.1)
+    ready = http_request(proxy.admin_port, "GET", "/healthz/ready", host="admin")
+    assert ready[0] == 503
+    t.join(timeout=5)
+    assert result["response"][0] == 200
+    assert proxy.proc.wait(timeout=5) == 0
+
+
+def test_drain_timeout_bounds_the_wait(origin_factory, proxy_factory):
+    origin = origin_factory("a")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]), extra=["--drain-timeout", "300ms"])
+    t = threading.Thread(target=lambda: _ignore(lambda: http_request(proxy.port, "GET", "/?delay=10s", host="web", timeout=3)))
+    t.start()
+    time.sleep(0.2)
+    started = time.time()
+    os.kill(proxy.pid, signal.SIGTERM)
+    assert proxy.proc.wait(timeout=5) == 0
+    assert time.time() - started < 2
+    t.join()
+
+
+def _ignore(f):
+    try:
+        f()
+    except Exception:
+        pass
+
+
+def test_admin_endpoints(basic):
+    proxy, _ = basic
+    assert http_request(proxy.admin_port, "GET", "/healthz/ready", host="admin")[:3:2] == (200, b"ready\n")
+    status, headers, body = http_request(proxy.admin_port, "GET", "/config_dump", host="admin")
+    dump = json.loads(body)
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert dump["generation"] == 1
+    assert [c["name"] for c in dump["clusters"]] == ["default/web:80"]
+    http_request(proxy.port, "GET", "/", host="web")
+    http_request(proxy.port, "GET", "/", host="nowhere")
+    m = proxy.metrics()
+    assert m['waypoint_downstream_requests_total{status_class="2xx"}'] == 1
+    assert m['waypoint_downstream_requests_total{status_class="4xx"}'] == 1
+    assert m["waypoint_workers"] == 2
+    assert http_request(proxy.admin_port, "GET", "/nope", host="admin")[0] == 404
+
+
+def test_prometheus_text_parses_with_a_real_parser(basic):
+    parser = __import__("pytest").importorskip("prometheus_client.parser")
+    proxy, _ = basic
+    body = http_request(proxy.admin_port, "GET", "/stats/prometheus", host="admin")[2].decode()
+    families = {f.name: f for f in parser.text_string_to_metric_families(body)}
+    assert families["waypoint_downstream_requests"].type == "counter"
+    assert families["waypoint_config_generation"].samples[0].value == 1
+
+
+def test_flags_come_from_the_environment(origin_factory, workdir, processes):
+    origin = origin_factory("a")
+    config = workdir / "env.yaml"
+    config.write_text(service_yaml("web", [("127.0.0.1", origin.port)]))
+    env = {"WAYPOINT_CONFIG": str(config), "WAYPOINT_HTTP_LISTEN": "127.0.0.1:0", "WAYPOINT_ADMIN_LISTEN": "127.0.0.1:0",
+           "WAYPOINT_WORKERS": "1", "WAYPOINT_ACCESS_LOG": "off"}
+    from conftest import Process
+    p = Process(["run"], workdir, "env-proxy", env=env)
+    processes.append(p)
+    m = wait_for(r"http=127\.0\.0\.1:(\d+)", p.stderr_path, process=p.proc)
+    assert wait_for(r"workers=1", p.stderr_path)
+    assert http_request(int(m.group(1)), "GET", "/", host="web")[0] == 200
+    time.sleep(0.1)
+    assert p.stdout() == ""  # access log off
+
+
+def test_check_reports_every_error_with_file_document_and_field(workdir):
+    bad = workdir / "bad.yaml"
+    bad.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 0}]}\n---\n"
+                   "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\n"
+                   "spec: {rules: [{matches: [{path: {type: Exact, value: x}}]}]}\n---\n"
+                   "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n")
+    out = subprocess.run([str(BINARY), "check", "--config", str(bad)], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stdout.splitlines() == [
+        f"error: {bad}: document 0 (Service default/a): spec.ports[0].port: 0 is out of range 1...65535",
+        f"error: {bad}: document 1 (HTTPRoute default/r): spec.rules[0].matches[0].path.value: a path must start with \"/\"",
+    ]
+
+
+def test_check_accepts_a_good_config_and_warns(workdir):
+    good = workdir / "good.yaml"
+    good.write_text(service_yaml("web", [("127.0.0.1", 8080)]) + "---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n")
+    out = subprocess.run([str(BINARY), "check", "--config", str(good)], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "skipping unsupported kind apps/v1 Deployment default/d" in out.stdout
+    assert out.stdout.splitlines()[-1] == "ok: 1 services, 1 endpoint slices, 0 service entries, 0 gateways, 0 HTTP routes"
+
+
+def test_a_bad_config_at_start_names_the_problem(workdir):
+    bad = workdir / "bad.yaml"
+    bad.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: x}]}\n")
+    out = subprocess.run([str(BINARY), "run", "--config", str(bad), "--http-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+                         capture_output=True, text=True, timeout=10)
+    assert out.returncode == 1
+    assert "spec.ports[0].port: expected an integer, got \"x\"" in out.stderr
+
+
+def test_version():
+    out = subprocess.run([str(BINARY), "version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("waypoint ")
