@@ -23,7 +23,7 @@ let package = Package(
         .target(name: "Regex", dependencies: ["CPCRE2"]),
 
         // Byte buffers, sockets, the HTTP/1.1 codec, durations: shared by everything above.
-        .target(name: "WaypointCore", dependencies: ["EventLoop"]),
+        .target(name: "WaypointCore"),
         // Pure: compiled route tables.
         .target(name: "HTTPRouter", dependencies: ["WaypointCore", "Regex"]),
         // Pure: header operations applied on the way through.
@@ -42,6 +42,11 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+
+        // libFuzzer harnesses for the parsers of untrusted bytes (fuzz/run.sh builds them with -DFUZZING);
+        // a plain build makes a replay tool that runs saved inputs through the same code.
+        .executableTarget(name: "WaypointFuzz", dependencies: ["WaypointCore", "HTTPRouter", "WaypointConfig"],
+                          path: "fuzz/Sources"),
 
         .testTarget(name: "WaypointCoreTests", dependencies: ["WaypointCore"]),
         .testTarget(name: "HTTPRouterTests", dependencies: ["HTTPRouter", "WaypointCore"]),

@@ -1,0 +1,46 @@
+# waypoint: the two commands a new user needs are `make run` and `make test`.
+SWIFT        ?= swift
+DEB_PACKAGES := libev-dev libnghttp2-dev libssl-dev libpcre2-dev pkg-config curl
+PY_PACKAGES  := pytest prometheus-client
+RELEASE_BIN  := .build/release/waypoint
+# A static Swift runtime: one binary that needs only the C libraries at run time.
+RELEASE_FLAGS := -c release --static-swift-stdlib
+
+.PHONY: run test deps release unit e2e fuzz bench clean
+
+## make run: install what is missing, build release, start the demo (two origins + the proxy on loopback).
+run: release
+	$(RELEASE_BIN) demo
+
+## make test: unit tests (swift-testing) then black-box tests against the release binary (pytest).
+test: deps release unit e2e
+
+deps:
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@python3 -c "import pytest, prometheus_client" 2>/dev/null || python3 -m pip install -q $(PY_PACKAGES)
+
+release: deps
+	$(SWIFT) build $(RELEASE_FLAGS)
+
+unit:
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+e2e:
+	WAYPOINT_BIN=$(RELEASE_BIN) python3 -m pytest -q Tests/EndToEnd
+
+## make fuzz: build the libFuzzer targets and run each for FUZZ_SECONDS (default 60).
+fuzz: deps
+	./fuzz/run.sh
+
+## make bench: the side-by-side benchmark (not run in CI).
+bench: release
+	./benchmarks/run.sh
+
+clean:
+	rm -rf .build .build-fuzz

@@ -1,0 +1,40 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+#if FUZZING
+/// libFuzzer entry point; `WAYPOINT_FUZZ_TARGET` picks the harness (http1 or config).
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+    let bytes = UnsafeRawBufferPointer(start: data, count: size)
+    if fuzzTarget == "config" { Harness.config(bytes) } else { Harness.http1(bytes) }
+    return 0
+}
+
+nonisolated(unsafe) private let fuzzTarget = getenv("WAYPOINT_FUZZ_TARGET").map { String(cString: $0) } ?? "http1"
+#else
+/// Replays saved inputs (e.g. a crash file from a fuzz run): `WaypointFuzz http1|config FILE...`.
+@main
+struct Replay {
+    static func main() {
+        let args = CommandLine.arguments.dropFirst()
+        guard let target = args.first, target == "http1" || target == "config" else {
+            print("usage: WaypointFuzz http1|config FILE...")
+            exit(2)
+        }
+        for path in args.dropFirst() {
+            guard let file = fopen(path, "rb") else { print("cannot open \(path)"); exit(1) }
+            var bytes: [UInt8] = []
+            var buffer = [UInt8](repeating: 0, count: 65536)
+            while true {
+                let n = fread(&buffer, 1, buffer.count, file)
+                if n <= 0 { break }
+                bytes += buffer[0..<n]
+            }
+            fclose(file)
+            bytes.withUnsafeBytes { target == "config" ? Harness.config($0) : Harness.http1($0) }
+            print("ok \(path)")
+        }
+    }
+}
+#endif

@@ -1,0 +1,57 @@
+import HTTPRouter
+import WaypointConfig
+import WaypointCore
+
+/// The fuzzed entry points. Each must never crash, and what it returns must point inside its input.
+enum Harness {
+    /// HTTP/1.1 request and response heads, chunked bodies, and Host/authority splitting.
+    static func http1(_ data: UnsafeRawBufferPointer) {
+        var scanned = 0
+        if let length = HTTP1Parser.findHeadEnd(data, scanned: &scanned) {
+            precondition(length <= data.count)
+            let head = UnsafeRawBufferPointer(rebasing: data[0..<length])
+            var request = RequestHead()
+            if HTTP1Parser.parseRequest(head, into: &request) == .complete {
+                for range in [request.method, request.target, request.path, request.host] { check(range, in: head) }
+                for field in request.headers { check(field.name, in: head); check(field.value, in: head) }
+                _ = table.ruleSet(forHost: request.host.bytes(in: head))?.route(request, head)
+            }
+            var response = ResponseHead()
+            if HTTP1Parser.parseResponse(head, requestWasHead: data.first == 0x48, into: &response) == .complete {
+                check(response.reason, in: head)
+                for field in response.headers { check(field.name, in: head); check(field.value, in: head) }
+            }
+        } else {
+            precondition(scanned <= data.count)
+        }
+        // Chunked bodies, split where the first byte says, must scan the same as in one piece.
+        var whole = ChunkedScanner()
+        let all = whole.scan(data)
+        var split = ChunkedScanner()
+        let cut = data.isEmpty ? 0 : Int(data[0]) % (data.count + 1)
+        var consumed: Int? = split.scan(UnsafeRawBufferPointer(rebasing: data[0..<cut]))
+        if let first = consumed, first == cut, !split.isComplete {
+            consumed = split.scan(UnsafeRawBufferPointer(rebasing: data[cut...])).map { first + $0 }
+        }
+        if let all, let consumed { precondition(all == consumed && whole.bodyBytes == split.bodyBytes, "split scan differs") }
+        _ = table.ruleSet(forHost: data)
+    }
+
+    /// Kubernetes manifests: any text must load or fail with errors, and compile when it loads.
+    static func config(_ data: UnsafeRawBufferPointer) {
+        let text = String(decoding: data, as: UTF8.self)
+        if let spec = try? ManifestLoader.load(text: text, file: "fuzz.yaml", defaultNamespace: "default") {
+            _ = SnapshotCompiler(namespace: "default").compile(spec, generation: 1)
+        }
+    }
+
+    private static func check(_ range: ByteRange, in bytes: UnsafeRawBufferPointer) {
+        precondition(range.start >= 0 && range.count >= 0 && Int(range.start + range.count) <= bytes.count, "range out of bounds")
+    }
+
+    nonisolated(unsafe) static let table: RouteTable<Int> = RouteTable(
+        virtualHosts: [VirtualHost(ports: [(UInt16(80), RuleSet(rules: [
+            RouteRule(match: RequestMatch(path: .elementPrefix("/api")), action: 1, origin: RuleOrigin(route: "f/r", ruleIndex: 0)),
+        ], fallback: 0))], defaultPort: 80)],
+        names: [("web", 0), ("*.example.com", 0)])
+}
