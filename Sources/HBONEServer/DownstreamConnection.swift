@@ -51,7 +51,6 @@ final class DownstreamConnection {
     private var discardingBody = false
     private var requestWasHead = false
     private var upstream: UpstreamConnection?
-    private var endpoint: Int32 = -1
     /// The request head as sent upstream, kept only while it may be replayed on a fresh connection.
     private let replay: ByteBuffer
     private var replayable = false
@@ -69,6 +68,7 @@ final class DownstreamConnection {
     private var bytesReceived = 0
     private var bytesSent = 0
     private var routeName: String?
+    private var upstreamAddress: String?
     private let logFields: ByteBuffer
     private var logMethod = 0, logPath = 0
 
@@ -126,8 +126,13 @@ final class DownstreamConnection {
 
     private func writable() {
         flushOutput()
-        if output.readableBytes <= server.settings.pendingOutputBound { upstream?.resumeReading(); pumpResponse() }
-        if closing && output.isEmpty { close() }
+        guard !closed else { return }
+        if output.readableBytes <= server.settings.pendingOutputBound, let upstream {
+            upstream.resumeReading()
+            responseProgress()  // bytes may already wait in the upstream buffer
+        } else if closing && output.isEmpty {
+            close()
+        }
     }
 
     /// Writes pending output; arms the write watcher for what the socket does not take now.
@@ -164,7 +169,7 @@ final class DownstreamConnection {
         if !inExchange || !requestDone {
             // EOF between requests, or in the middle of a request body: nothing more can be answered.
             if inExchange { flags = "DC"; status = 0 }
-            if inExchange && !responseHeadDone { finishExchange(logged: true) }
+            if inExchange && !responseHeadDone { finishExchange() }
             abort()
             return
         }
@@ -187,9 +192,10 @@ final class DownstreamConnection {
             }
             if !requestDone { pumpRequestBody() }
             if !requestDone || !responseDone { break }
-            finishExchange(logged: false)
+            finishExchange()
         }
         if !closed {
+            if paused.contains(.inputFull) && input.readableBytes < input.capacity { resume(.inputFull) }
             flushOutput()
             upstream?.flush()
             if closing && output.isEmpty { close() }
@@ -242,8 +248,7 @@ final class DownstreamConnection {
             replyLocally(reply)
         case .forward(let endpoint, let route):
             routeName = route
-            self.endpoint = endpoint
-            forward(headBytes)
+            forward(headBytes, to: endpoint)
             input.consume(length)
         }
         return true
@@ -271,7 +276,7 @@ final class DownstreamConnection {
         bytesSent = output.readableBytes
     }
 
-    private func forward(_ headBytes: UnsafeRawBufferPointer) {
+    private func forward(_ headBytes: UnsafeRawBufferPointer, to endpoint: Int32) {
         guard let pool = server.pool(endpoint), let connection = pool.checkout(for: self) else {
             flags = "UF"
             server.counters.upstreamConnectFailures.increment()
@@ -280,6 +285,7 @@ final class DownstreamConnection {
             return
         }
         upstream = connection
+        upstreamAddress = pool.addressText
         let start = connection.output.writerIndex
         ForwardingHeaders.writeRequest(head, headBytes, clientIP: clientIP.withUnsafeBytes { $0 }, proto: server.settings.forwardedProto,
                                        into: connection.output) { [unowned(unsafe) server] out in server.writeRequestID(out) }
@@ -342,7 +348,7 @@ final class DownstreamConnection {
         }
     }
 
-    private func finishExchange(logged: Bool) {
+    private func finishExchange() {
         if let upstream {
             upstream.owner = nil
             if responseDone && requestDone && response.keepAlive && upstream.input.isEmpty && upstream.isOpen {
@@ -364,18 +370,19 @@ final class DownstreamConnection {
         status = 0
         flags = "-"
         routeName = nil
-        endpoint = -1
+        upstreamAddress = nil
         if !keepAlive {
             closing = true
             pause(.finished)
-        } else if paused.contains(.inputFull) {
-            resume(.inputFull)
         }
     }
 
     // MARK: - Responses (called by the upstream connection)
 
-    func upstreamReadable() {
+    func upstreamReadable() { responseProgress() }
+
+    /// Moves what the upstream sent downstream and, when that ends the exchange, starts the next one.
+    private func responseProgress() {
         pumpResponse()
         if responseDone && requestDone { processInput() } else { flushOutput() }
         if closing && output.isEmpty { close() }
@@ -403,11 +410,11 @@ final class DownstreamConnection {
             server.counters.upstreamResetsMidResponse.increment()
             keepAlive = false
             flushOutput()
-            finishExchange(logged: true)
+            finishExchange()
             abort()
             return
         }
-        if failure == .reset && replayable, let pool = server.pool(endpoint), let fresh = pool.checkout(for: self) {
+        if failure == .reset && replayable, let fresh = connection.pool.checkout(for: self) {
             // A pooled connection closed by the upstream just as we reused it: replay once on a new connection.
             replayable = false
             upstream = fresh
@@ -431,7 +438,7 @@ final class DownstreamConnection {
 
     private func finishIfDone() {
         if inExchange && requestDone && responseDone {
-            finishExchange(logged: false)
+            finishExchange()
             processInput()
         }
         if closing && output.isEmpty { close() }
@@ -545,7 +552,7 @@ final class DownstreamConnection {
             path: hasFields ? UnsafeRawBufferPointer(rebasing: fields[logMethod..<logPath]) : UnsafeRawBufferPointer(start: nil, count: 0),
             authority: hasFields ? UnsafeRawBufferPointer(rebasing: fields[logPath...]) : UnsafeRawBufferPointer(start: nil, count: 0),
             client: clientAddress, status: status, flags: flags, bytesReceived: bytesReceived, bytesSent: bytesSent,
-            upstream: endpoint >= 0 ? server.pool(endpoint)?.addressText : nil, route: routeName))
+            upstream: upstreamAddress, route: routeName))
         logFields.clear()
         logMethod = 0
         logPath = 0

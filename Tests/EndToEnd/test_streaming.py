@@ -64,3 +64,46 @@ def test_50_mib_download_to_a_slow_reader_keeps_rss_bounded(basic):
     assert status_of(head) == 200
     assert received == size
     assert peak < 64 * 1024, f"peak RSS {peak} KiB"
+
+
+def test_upload_to_a_stalled_upstream_resumes_when_it_reads(proxy_factory):
+    """The upstream reads nothing for a second: the proxy must stop reading the client, then resume."""
+    import threading
+    from conftest import service_yaml
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    size = 8 * MIB
+    seen = {}
+
+    def upstream():
+        conn, _ = server.accept()
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        body = len(data.split(b"\r\n\r\n", 1)[1])
+        time.sleep(1.0)
+        while body < size:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            body += len(chunk)
+        seen["body"] = body
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        conn.close()
+
+    threading.Thread(target=upstream, daemon=True).start()
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", server.getsockname()[1])]))
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=20)
+    s.sendall(f"PUT / HTTP/1.1\r\nHost: web\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n".encode())
+    s.sendall(b"y" * size)
+    response = b""
+    while True:
+        data = s.recv(65536)
+        if not data:
+            break
+        response += data
+    s.close()
+    server.close()
+    assert status_of(response) == 200 and response.endswith(b"ok")
+    assert seen["body"] == size

@@ -12,6 +12,19 @@ public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
 }
 
 nonisolated(unsafe) private let fuzzTarget = getenv("WAYPOINT_FUZZ_TARGET").map { String(cString: $0) } ?? "http1"
+
+/// SwiftPM links an executable's entry point as `<Target>_main`; hand control to libFuzzer's driver from there.
+@_cdecl("WaypointFuzz_main")
+public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+    var count = argc
+    var vector = argv
+    return LLVMFuzzerRunDriver(&count, &vector, fuzzOneInput)
+}
+
+@_silgen_name("LLVMFuzzerRunDriver")
+private func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<CInt>,
+                                 _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+                                 _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt) -> CInt
 #else
 /// Replays saved inputs (e.g. a crash file from a fuzz run): `WaypointFuzz http1|config FILE...`.
 @main

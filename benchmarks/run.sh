@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# Side-by-side HTTP/1.1 reverse-proxy benchmark: waypoint vs haproxy vs nginx, same routing, same origins.
+#
+# The proxy under test is pinned to CPU $PROXY_CPU (default 0); wrk and the two `waypoint origin` servers share
+# CPU $LOAD_CPU (default 1). Each run starts the proxy fresh, measures idle RSS, runs wrk for $DUR seconds
+# (default 10) with $CONNS connections (default 64), and records req/s, p50, p99, RSS under load and the
+# proxy's CPU time per request. Targets are rotated run by run ($RUNS, default 3) and medians are reported,
+# with each peer's ratio to waypoint. Machines here are noisy: compare ratios within one run of this script.
+#
+# Routing (all three): Host web; path prefix /api or header `x-route: b` -> origin b, everything else -> origin a.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${DUR:-10}; RUNS=${RUNS:-3}; CONNS=${CONNS:-64}; PROXY_CPU=${PROXY_CPU:-0}; LOAD_CPU=${LOAD_CPU:-1}
+PATH_UNDER_TEST=${BENCH_PATH:-/}
+TARGETS=${TARGETS:-"direct waypoint haproxy nginx"}
+ORIGIN_A=127.0.0.1:19081; ORIGIN_B=127.0.0.1:19082; PORT=19090
+
+for p in wrk haproxy nginx-light; do
+    dpkg -s "$p" >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk haproxy nginx-light; break; }
+done
+make -s release >/dev/null
+BIN=$PWD/.build/release/waypoint
+work=$(mktemp -d /tmp/waypoint-bench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# --- origins
+taskset -c "$LOAD_CPU" "$BIN" origin --listen $ORIGIN_A --name a 2>/dev/null & pids+=($!)
+taskset -c "$LOAD_CPU" "$BIN" origin --listen $ORIGIN_B --name b 2>/dev/null & pids+=($!)
+wait_port 19081; wait_port 19082
+
+# --- peer configs, written here so the benchmark stands on its own
+cat > "$work/waypoint.yaml" <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-a, labels: {kubernetes.io/service-name: web}}
+ports: [{name: http, port: 19081}]
+endpoints: [{addresses: [127.0.0.1]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-b}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-b, labels: {kubernetes.io/service-name: web-b}}
+ports: [{name: http, port: 19082}]
+endpoints: [{addresses: [127.0.0.1]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /api}}, {headers: [{name: x-route, value: b}]}]
+    backendRefs: [{name: web-b, port: 80}]
+  - backendRefs: [{name: web, port: 80}]
+YAML
+cat > "$work/haproxy.cfg" <<CFG
+global
+  nbthread 1
+  maxconn 10000
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend fe
+  bind 127.0.0.1:$PORT
+  acl to_b path_beg /api/
+  acl to_b path /api
+  acl to_b req.hdr(x-route) -m str b
+  use_backend b if to_b
+  default_backend a
+backend a
+  http-reuse always
+  server a $ORIGIN_A
+backend b
+  http-reuse always
+  server b $ORIGIN_B
+CFG
+mkdir -p "$work/nginx"
+cat > "$work/nginx/nginx.conf" <<CFG
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  upstream a { server $ORIGIN_A; keepalive 128; }
+  upstream b { server $ORIGIN_B; keepalive 128; }
+  map \$http_x_route \$route { b b; default a; }
+  proxy_http_version 1.1;
+  proxy_set_header Connection "";
+  proxy_set_header Host \$host;
+  proxy_buffering off;
+  server {
+    listen 127.0.0.1:$PORT;
+    location /api { proxy_pass http://b; }
+    location / { proxy_pass http://\$route; }
+  }
+}
+CFG
+
+start_target() { # name -> echoes pid (empty for direct)
+    case $1 in
+        direct) echo "" ;;
+        waypoint) taskset -c "$PROXY_CPU" "$BIN" run --config "$work/waypoint.yaml" --http-listen 127.0.0.1:$PORT \
+                      --admin-listen 127.0.0.1:19091 --workers 1 --access-log off 2>"$work/waypoint.log" & echo $! ;;
+        haproxy) taskset -c "$PROXY_CPU" haproxy -db -f "$work/haproxy.cfg" 2>"$work/haproxy.log" & echo $! ;;
+        nginx) taskset -c "$PROXY_CPU" nginx -e "$work/nginx/error.log" -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' & echo $! ;;
+    esac
+}
+
+results="$work/results.tsv"
+printf 'target\trun\trps\tp50_ms\tp99_ms\tidle_rss_kib\tload_rss_kib\tcpu_us_per_req\n' > "$results"
+for run in $(seq "$RUNS"); do
+    # Rotate the order each run so no target always runs first (or last) on a warming machine.
+    set -- $TARGETS
+    order=("$@")
+    shift_by=$(( (run - 1) % ${#order[@]} ))
+    order=("${order[@]:$shift_by}" "${order[@]:0:$shift_by}")
+    for target in "${order[@]}"; do
+        pid=$(start_target "$target")
+        port=$PORT; [ "$target" = direct ] && port=19081
+        wait_port "$port"
+        sleep 0.5
+        idle=0; [ -n "$pid" ] && idle=$(rss_kib "$pid")
+        # one warm-up second so every proxy has its upstream connections open
+        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -H 'Host: web' "http://127.0.0.1:$port$PATH_UNDER_TEST" >/dev/null
+        before=0; [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DUR}s" --latency -H 'Host: web' "http://127.0.0.1:$port$PATH_UNDER_TEST" > "$work/wrk-$target-$run.txt" &
+        wrk_pid=$!
+        sleep $(( DUR / 2 ))
+        load=0; [ -n "$pid" ] && load=$(rss_kib "$pid")
+        wait $wrk_pid
+        after=0; [ -n "$pid" ] && after=$(cpu_ticks "$pid")
+        [ -n "$pid" ] && { kill "$pid"; wait "$pid" 2>/dev/null || true; }
+        python3 - "$work/wrk-$target-$run.txt" "$target" "$run" "$idle" "$load" "$before" "$after" >> "$results" <<'PY'
+import re, sys, os
+text = open(sys.argv[1]).read()
+def ms(v):
+    n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+total = int(re.search(r"(\d+) requests in", text).group(1))
+p50 = ms(re.search(r"50%\s+(\S+)", text).group(1))
+p99 = ms(re.search(r"99%\s+(\S+)", text).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+if errors: print(f"warning: {sys.argv[2]} had {errors.group(1)} non-2xx responses", file=sys.stderr)
+ticks = int(sys.argv[7]) - int(sys.argv[6])
+cpu = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / total if total else 0
+print(f"{sys.argv[2]}\t{sys.argv[3]}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{sys.argv[4]}\t{sys.argv[5]}\t{cpu:.1f}")
+PY
+    done
+done
+
+python3 - "$results" <<'PY'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+targets = []
+for r in rows:
+    if r["target"] not in targets: targets.append(r["target"])
+med = {t: {k: statistics.median(float(r[k]) for r in rows if r["target"] == t)
+           for k in ["rps", "p50_ms", "p99_ms", "idle_rss_kib", "load_rss_kib", "cpu_us_per_req"]} for t in targets}
+print(f"\nmedians of {len(rows) // len(targets)} runs each")
+print("| target | req/s | p50 ms | p99 ms | idle RSS MiB | load RSS MiB | proxy CPU µs/req | waypoint req/s ÷ this |")
+print("|---|---|---|---|---|---|---|---|")
+for t in targets:
+    m = med[t]
+    ratio = med["waypoint"]["rps"] / m["rps"] if "waypoint" in med and m["rps"] else 0
+    print(f"| {t} | {m['rps']:.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | {m['idle_rss_kib']/1024:.1f} | "
+          f"{m['load_rss_kib']/1024:.1f} | {m['cpu_us_per_req']:.1f} | {ratio:.2f} |")
+PY
+echo "raw results: $results"
