@@ -1,6 +1,14 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+/// Release builds of our own modules: dynamic exclusivity checks off (measured with callgrind: 37% of the
+/// instructions per proxied request were swift_beginAccess and its access set; the static checks stay), and
+/// cross-module optimization so the generic route table is specialized where the data plane calls it instead
+/// of instantiating generic metadata per request.
+let release: [SwiftSetting] = [
+    .unsafeFlags(["-enforce-exclusivity=unchecked", "-cross-module-optimization"], .when(configuration: .release)),
+]
+
 let package = Package(
     name: "waypoint",
     platforms: [.macOS(.v15)],
@@ -19,29 +27,29 @@ let package = Package(
                        providers: [.apt(["libpcre2-dev"])]),
 
         // Thin Swift wrappers: the only modules that import the C targets.
-        .target(name: "EventLoop", dependencies: ["CLibEV"]),
-        .target(name: "Regex", dependencies: ["CPCRE2"]),
+        .target(name: "EventLoop", dependencies: ["CLibEV"], swiftSettings: release),
+        .target(name: "Regex", dependencies: ["CPCRE2"], swiftSettings: release),
 
         // Byte buffers, sockets, the HTTP/1.1 codec, durations: shared by everything above.
-        .target(name: "WaypointCore"),
+        .target(name: "WaypointCore", swiftSettings: release),
         // Pure: compiled route tables.
-        .target(name: "HTTPRouter", dependencies: ["WaypointCore", "Regex"]),
+        .target(name: "HTTPRouter", dependencies: ["WaypointCore", "Regex"], swiftSettings: release),
         // Pure: header operations applied on the way through.
-        .target(name: "Filters", dependencies: ["WaypointCore"]),
+        .target(name: "Filters", dependencies: ["WaypointCore"], swiftSettings: release),
         // The data plane: listeners, downstream sessions, upstream pools.
         .target(name: "HBONEServer", dependencies: [
             "WaypointCore", "EventLoop", "Filters",
             .product(name: "Logging", package: "swift-log"),
-        ]),
+        ], swiftSettings: release),
         // Kubernetes manifests -> validated specs -> immutable Snapshot.
         .target(name: "WaypointConfig", dependencies: [
             "WaypointCore", "EventLoop", "HTTPRouter", "Regex", "Yams",
-        ]),
+        ], swiftSettings: release),
         .executableTarget(name: "Waypoint", dependencies: [
             "WaypointCore", "EventLoop", "HTTPRouter", "Filters", "HBONEServer", "WaypointConfig",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
-        ]),
+        ], swiftSettings: release),
 
         // libFuzzer harnesses for the parsers of untrusted bytes (fuzz/run.sh builds them with -DFUZZING);
         // a plain build makes a replay tool that runs saved inputs through the same code.

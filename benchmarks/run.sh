@@ -26,12 +26,13 @@ cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; wai
 trap cleanup EXIT
 
 wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
-rss_kib() { awk '/^VmRSS:/{print $2}' "/proc/$1/status"; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+tree() { echo "$1"; for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do tree "$c"; done; }  # nginx forks its worker
+rss_kib() { local sum=0 p; for p in $(tree "$1"); do sum=$((sum + $(awk '/^VmRSS:/{print $2}' "/proc/$p/status"))); done; echo $sum; }
+cpu_ticks() { local sum=0 p; for p in $(tree "$1"); do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $sum; }
 
 # --- origins
-taskset -c "$LOAD_CPU" "$BIN" origin --listen $ORIGIN_A --name a 2>/dev/null & pids+=($!)
-taskset -c "$LOAD_CPU" "$BIN" origin --listen $ORIGIN_B --name b 2>/dev/null & pids+=($!)
+taskset -c "$LOAD_CPU" "$BIN" origin --listen $ORIGIN_A --name a >/dev/null 2>&1 & pids+=($!)
+taskset -c "$LOAD_CPU" "$BIN" origin --listen $ORIGIN_B --name b >/dev/null 2>&1 & pids+=($!)
 wait_port 19081; wait_port 19082
 
 # --- peer configs, written here so the benchmark stands on its own
@@ -71,7 +72,7 @@ YAML
 cat > "$work/haproxy.cfg" <<CFG
 global
   nbthread 1
-  maxconn 10000
+  maxconn 4096
 defaults
   mode http
   option http-keep-alive
@@ -116,13 +117,13 @@ http {
 }
 CFG
 
-start_target() { # name -> echoes pid (empty for direct)
+start_target() { # name -> echoes pid (empty for direct); stdout goes to files so $(...) does not wait for it
     case $1 in
         direct) echo "" ;;
         waypoint) taskset -c "$PROXY_CPU" "$BIN" run --config "$work/waypoint.yaml" --http-listen 127.0.0.1:$PORT \
-                      --admin-listen 127.0.0.1:19091 --workers 1 --access-log off 2>"$work/waypoint.log" & echo $! ;;
-        haproxy) taskset -c "$PROXY_CPU" haproxy -db -f "$work/haproxy.cfg" 2>"$work/haproxy.log" & echo $! ;;
-        nginx) taskset -c "$PROXY_CPU" nginx -e "$work/nginx/error.log" -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' & echo $! ;;
+                      --admin-listen 127.0.0.1:19091 --workers 1 --access-log off >/dev/null 2>"$work/waypoint.log" & echo $! ;;
+        haproxy) taskset -c "$PROXY_CPU" haproxy -db -f "$work/haproxy.cfg" >/dev/null 2>"$work/haproxy.log" & echo $! ;;
+        nginx) taskset -c "$PROXY_CPU" nginx -e "$work/nginx/error.log" -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' >/dev/null 2>&1 & echo $! ;;
     esac
 }
 
@@ -158,8 +159,8 @@ def ms(v):
     return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 total = int(re.search(r"(\d+) requests in", text).group(1))
-p50 = ms(re.search(r"50%\s+(\S+)", text).group(1))
-p99 = ms(re.search(r"99%\s+(\S+)", text).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
+p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
 errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
 if errors: print(f"warning: {sys.argv[2]} had {errors.group(1)} non-2xx responses", file=sys.stderr)
 ticks = int(sys.argv[7]) - int(sys.argv[6])

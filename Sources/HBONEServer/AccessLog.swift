@@ -40,11 +40,11 @@ final class AccessLog {
         out.append(",\"duration\":")
         out.appendDecimal(Int((entry.duration * 1000).rounded()))
         out.append(",\"downstream_remote_address\":\"")
-        out.append(entry.client)
+        out.append(string: entry.client)
         out.append("\",\"upstream_host\":")
         if let upstream = entry.upstream {
             out.append("\"")
-            out.append(upstream)
+            out.append(string: upstream)
             out.append("\"")
         } else {
             out.append("null")
@@ -52,7 +52,7 @@ final class AccessLog {
         out.append(",\"route_name\":")
         if let route = entry.route {
             out.append("\"")
-            out.append(route)
+            out.append(string: route)
             out.append("\"")
         } else {
             out.append("null")

@@ -73,8 +73,8 @@ private final class AdminConnection {
         output.appendDecimal(status)
         output.append(" ")
         output.append(LocalReply.reasonPhrase(status))
-        output.append("\r\ncontent-type: \(type)\r\ncontent-length: \(body.utf8.count)\r\nconnection: close\r\n\r\n")
-        output.append(body)
+        output.append(string: "\r\ncontent-type: \(type)\r\ncontent-length: \(body.utf8.count)\r\nconnection: close\r\n\r\n")
+        output.append(string: body)
         flush()
     }
 

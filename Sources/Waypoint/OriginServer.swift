@@ -153,7 +153,7 @@ final class OriginConnection {
                 scanned = 0
                 let bytes = UnsafeRawBufferPointer(rebasing: input.readable[0..<length])
                 if case .failed(let error) = HTTP1Parser.parseRequest(bytes, into: &head) {
-                    output.append("HTTP/1.1 \(error.status) \(LocalReply.reasonPhrase(error.status))\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    output.append(string: "HTTP/1.1 \(error.status) \(LocalReply.reasonPhrase(error.status))\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
                     closing = true
                     break
                 }
@@ -205,7 +205,7 @@ final class OriginConnection {
     private func describe(_ bytes: UnsafeRawBufferPointer) {
         json.clear()
         json.append("{\"server\":\"")
-        json.append(owner.origin.name)
+        json.append(string: owner.origin.name)
         json.append("\",\"method\":\"")
         appendEscaped(head.method.bytes(in: bytes))
         json.append("\",\"path\":\"")
@@ -255,7 +255,7 @@ final class OriginConnection {
         output.append(" ")
         output.append(LocalReply.reasonPhrase(status))
         output.append("\r\nx-origin: ")
-        output.append(owner.origin.name)
+        output.append(string: owner.origin.name)
         if !keepAlive { output.append("\r\nconnection: close") }
         if let size = knobs.size {
             output.append("\r\ncontent-type: application/octet-stream\r\ncontent-length: ")

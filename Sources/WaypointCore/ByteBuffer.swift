@@ -80,12 +80,13 @@ public final class ByteBuffer {
 
     public func append(_ bytes: [UInt8]) { bytes.withUnsafeBytes { append($0) } }
 
-    /// Appends a string's UTF-8 bytes. `StaticString` literals cost no allocation.
+    /// Appends a literal's bytes: no `String`, no allocation. (Literals resolve here; dynamic text uses
+    /// `append(string:)`, named apart so that a literal can never silently become a `String`.)
     @inline(__always) public func append(_ text: StaticString) {
         append(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
     }
 
-    public func append(_ text: String) {
+    public func append(string text: String) {
         var text = text
         text.withUTF8 { append(UnsafeRawBufferPointer($0)) }
     }
@@ -109,10 +110,11 @@ public final class ByteBuffer {
     /// Appends a value in lower-case hex, zero-padded to `width` digits.
     public func appendHex(_ value: UInt64, width: Int) {
         reserve(width)
-        let hex: StaticString = "0123456789abcdef"
+        var shift = UInt64(width * 4)
         for i in 0..<width {
-            let nibble = Int((value >> UInt64((width - 1 - i) * 4)) & 0xF)
-            base.storeBytes(of: hex.utf8Start[nibble], toByteOffset: writerIndex + i, as: UInt8.self)
+            shift -= 4
+            let nibble = UInt8(truncatingIfNeeded: value >> shift) & 0xF
+            base.storeBytes(of: nibble < 10 ? nibble &+ 48 : nibble &+ 87, toByteOffset: writerIndex + i, as: UInt8.self)
         }
         writerIndex += width
     }
