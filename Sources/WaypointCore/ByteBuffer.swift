@@ -107,14 +107,17 @@ public final class ByteBuffer {
         }
     }
 
-    /// Appends a value in lower-case hex, zero-padded to `width` digits.
+    /// Appends a value in lower-case hex, zero-padded to `width` digits (at most 16).
     public func appendHex(_ value: UInt64, width: Int) {
         reserve(width)
-        var shift = UInt64(width * 4)
-        for i in 0..<width {
-            shift -= 4
-            let nibble = UInt8(truncatingIfNeeded: value >> shift) & 0xF
-            base.storeBytes(of: nibble < 10 ? nibble &+ 48 : nibble &+ 87, toByteOffset: writerIndex + i, as: UInt8.self)
+        let digits = ("0123456789abcdef" as StaticString).utf8Start
+        let out = (base + writerIndex).assumingMemoryBound(to: UInt8.self)
+        var v = value
+        var i = width
+        while i > 0 {
+            i -= 1
+            out[i] = digits[Int(v & 0xF)]
+            v >>= 4
         }
         writerIndex += width
     }
