@@ -38,6 +38,7 @@ final class DownstreamConnection {
     private var lastActivity: Double
     private var closing = false
     private var closed = false
+    private var clientClosed = false
 
     // MARK: Exchange state (reset per request)
     private var head = RequestHead()
@@ -163,17 +164,21 @@ final class DownstreamConnection {
         if paused.isEmpty && !closed { readWatcher.start() }
     }
 
+    /// The client half-closed. Requests it sent completely are still answered (pipelined ones included);
+    /// a request cut off mid-body cannot be, so the connection is dropped.
     private func clientFinished() {
         pause(.finished)
-        keepAlive = false
-        if !inExchange || !requestDone {
-            // EOF between requests, or in the middle of a request body: nothing more can be answered.
-            if inExchange { flags = "DC"; status = 0 }
-            if inExchange && !responseHeadDone { finishExchange() }
+        clientClosed = true
+        if inExchange && !requestDone {
+            flags = "DC"
+            if !responseHeadDone {
+                status = 0
+                finishExchange()
+            }
             abort()
             return
         }
-        // Request complete: let the response finish, then close.
+        processInput()
     }
 
     private func checkIdle() {
@@ -187,7 +192,11 @@ final class DownstreamConnection {
     private func processInput() {
         while !closed {
             if !inExchange {
-                guard !closing, startExchange() else { break }
+                guard !closing else { break }
+                guard startExchange() else {
+                    if clientClosed { closing = true }  // no complete request left and none can come
+                    break
+                }
                 continue
             }
             if !requestDone { pumpRequestBody() }

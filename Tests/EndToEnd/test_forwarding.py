@@ -192,3 +192,19 @@ def test_access_log_line_per_request(basic):
     assert lines[-1]["response_code"] == 200
     assert lines[-1]["authority"] == "web"
     assert lines[-1]["route_name"] == "default/web"
+
+
+def test_half_closed_client_still_gets_every_pipelined_answer(basic):
+    proxy, _ = basic
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+    s.sendall(b"GET /one HTTP/1.1\r\nHost: web\r\n\r\nGET /two HTTP/1.1\r\nHost: web\r\n\r\n")
+    s.shutdown(socket.SHUT_WR)
+    response = b""
+    while True:
+        data = s.recv(65536)
+        if not data:
+            break
+        response += data
+    s.close()
+    assert response.count(b"HTTP/1.1 200 OK") == 2
+    assert b'"path":"/one"' in response and b'"path":"/two"' in response

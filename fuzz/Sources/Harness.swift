@@ -49,7 +49,7 @@ enum Harness {
         precondition(range.start >= 0 && range.count >= 0 && Int(range.start + range.count) <= bytes.count, "range out of bounds")
     }
 
-    nonisolated(unsafe) static let table: RouteTable<Int> = RouteTable(
+    static let table: RouteTable<Int> = RouteTable(
         virtualHosts: [VirtualHost(ports: [(UInt16(80), RuleSet(rules: [
             RouteRule(match: RequestMatch(path: .elementPrefix("/api")), action: 1, origin: RuleOrigin(route: "f/r", ruleIndex: 0)),
         ], fallback: 0))], defaultPort: 80)],
