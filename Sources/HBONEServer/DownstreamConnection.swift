@@ -46,9 +46,7 @@ final class DownstreamConnection {
     private var inExchange = false
     private var keepAlive = true
     private var requestDone = false
-    private var requestRemaining = 0
-    private var requestChunks = ChunkedScanner()
-    private var requestFraming = BodyFraming.none
+    private var requestBody = BodyTracker(.none)
     private var discardingBody = false
     private var requestWasHead = false
     private var upstream: UpstreamConnection?
@@ -59,9 +57,7 @@ final class DownstreamConnection {
     private var responseScanned = 0
     private var responseHeadDone = false
     private var responseDone = false
-    private var responseRemaining = 0
-    private var responseChunks = ChunkedScanner()
-    private var responseFraming = BodyFraming.none
+    private var responseBody = BodyTracker(.none)
     // Access-log fields.
     private var exchangeStart = 0.0
     private var status = 0
@@ -239,13 +235,8 @@ final class DownstreamConnection {
         }
         keepAlive = head.keepAlive && !server.draining
         requestWasHead = head.isHeadMethod
-        requestFraming = head.framing
-        switch head.framing {
-        case .contentLength(let n): requestRemaining = n
-        case .chunked: requestChunks = ChunkedScanner()
-        case .none, .untilClose: break
-        }
-        requestDone = head.framing == .none
+        requestBody = BodyTracker(head.framing)
+        requestDone = requestBody.isComplete
         bytesReceived = length
         if server.accessLog != nil { keepLogFields(headBytes) }
 
@@ -313,39 +304,31 @@ final class DownstreamConnection {
     private func pumpRequestBody() {
         while !requestDone && !input.isEmpty {
             if let upstream, !discardingBody, upstream.output.readableBytes >= server.settings.pendingOutputBound {
-                pause(.upstreamBackpressure)
-                return
-            }
-            let available = input.readable
-            var take: Int
-            switch requestFraming {
-            case .contentLength:
-                take = min(requestRemaining, available.count)
-                requestRemaining -= take
-                requestDone = requestRemaining == 0
-            case .chunked:
-                guard let n = requestChunks.scan(available) else {
-                    keepAlive = false
-                    if !responseHeadDone {
-                        upstream?.close()
-                        upstream = nil
-                        discardingBody = true
-                        responseHeadDone = false
-                        replyLocally(.badRequest(HTTP1Error(status: 400, "malformed chunked body")))
-                        requestDone = true
-                        pause(.finished)
-                        input.clear()
-                    } else {
-                        abort()
-                    }
+                // Pause only if the socket really is full: then its write watcher is armed and will resume us.
+                upstream.flush()
+                if upstream.output.readableBytes >= server.settings.pendingOutputBound {
+                    pause(.upstreamBackpressure)
                     return
                 }
-                take = n
-                requestDone = requestChunks.isComplete
-            case .none, .untilClose:
-                take = 0
-                requestDone = true
             }
+            let available = input.readable
+            guard let take = requestBody.consume(available) else {
+                // Malformed chunked framing: where this request ends, and the next begins, is unknown.
+                keepAlive = false
+                if !responseHeadDone {
+                    upstream?.close()
+                    upstream = nil
+                    discardingBody = true
+                    replyLocally(.badRequest(HTTP1Error(status: 400, "malformed chunked body")))
+                    requestDone = true
+                    pause(.finished)
+                    input.clear()
+                } else {
+                    abort()
+                }
+                return
+            }
+            requestDone = requestBody.isComplete
             if !discardingBody, let upstream {
                 upstream.output.append(UnsafeRawBufferPointer(rebasing: available[0..<take]))
             }
@@ -408,7 +391,8 @@ final class DownstreamConnection {
         guard connection === upstream else { return }
         upstream = nil
         if responseHeadDone {
-            if responseFraming == .untilClose && failure == .reset {
+            responseBody.connectionClosed()
+            if responseBody.isComplete && failure == .reset {
                 // The body of a close-delimited response ends with the connection.
                 responseDone = true
                 if requestDone { processInput() }
@@ -482,44 +466,29 @@ final class DownstreamConnection {
                 source.consume(length)
                 responseHeadDone = true
                 replayable = false
-                responseFraming = response.framing
-                switch response.framing {
-                case .contentLength(let n): responseRemaining = n
-                case .chunked: responseChunks = ChunkedScanner()
-                case .none: responseDone = true
-                case .untilClose: break
-                }
+                responseBody = BodyTracker(response.framing)
+                responseDone = responseBody.isComplete
                 break
             }
         }
         while !responseDone && !source.isEmpty {
             if output.readableBytes >= server.settings.pendingOutputBound {
-                upstream.pauseReading()
+                // Same rule downstream: stop reading the upstream only while our write watcher is armed.
                 flushOutput()
-                return
-            }
-            let available = source.readable
-            let take: Int
-            switch responseFraming {
-            case .contentLength:
-                take = min(responseRemaining, available.count)
-                responseRemaining -= take
-                responseDone = responseRemaining == 0
-            case .chunked:
-                guard let n = responseChunks.scan(available) else {
-                    // Malformed upstream framing after the head went out: abort, never guess an end.
-                    upstream.close()
-                    upstreamFailed(upstream, .reset)
+                if closed { return }
+                if output.readableBytes >= server.settings.pendingOutputBound {
+                    upstream.pauseReading()
                     return
                 }
-                take = n
-                responseDone = responseChunks.isComplete
-            case .untilClose:
-                take = available.count
-            case .none:
-                take = 0
-                responseDone = true
             }
+            let available = source.readable
+            guard let take = responseBody.consume(available) else {
+                // Malformed upstream framing after the head went out: abort, never guess an end.
+                upstream.close()
+                upstreamFailed(upstream, .reset)
+                return
+            }
+            responseDone = responseBody.isComplete
             output.append(UnsafeRawBufferPointer(rebasing: available[0..<take]))
             bytesSent += take
             source.consume(take)

@@ -5,12 +5,14 @@ import WaypointCore
 /// downstream connection it is attached to, then idle in its pool.
 ///
 /// Thread: its worker's loop thread only. Ownership: its pool while idle; the attached `DownstreamConnection`
-/// while in use (which holds it strongly; `owner` is the unowned link back, cleared on detach).
+/// while in use (which holds it strongly; `owner` is the unowned link back, cleared on detach). It holds its pool
+/// strongly: a reload can retire the pool while an exchange still uses the connection, which then returns to
+/// the retired pool and is closed there.
 final class UpstreamConnection {
     enum State { case connecting, active, idle, closed }
 
     let fd: Int32
-    unowned(unsafe) let pool: UpstreamPool
+    let pool: UpstreamPool
     private unowned(unsafe) let loop: EventLoop
     let input: ByteBuffer
     let output: ByteBuffer

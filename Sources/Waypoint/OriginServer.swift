@@ -97,10 +97,7 @@ final class OriginConnection {
     private var head = RequestHead()
     private var scanned = 0
     private var inRequest = false
-    private var bodyFraming = BodyFraming.none
-    private var bodyRemaining = 0
-    private var bodyBytes = 0
-    private var chunks = ChunkedScanner()
+    private var body = BodyTracker(.none)
     private var knobs = Knobs()
     private var keepAlive = true
     private var waiting = false
@@ -159,10 +156,7 @@ final class OriginConnection {
                 }
                 describe(bytes)
                 keepAlive = head.keepAlive
-                bodyFraming = head.framing
-                bodyBytes = 0
-                if case .contentLength(let n) = head.framing { bodyRemaining = n }
-                if head.framing == .chunked { chunks = ChunkedScanner() }
+                body = BodyTracker(head.framing)
                 input.consume(length)
                 inRequest = true
                 if head.expectsContinue && head.framing != .none { output.append("HTTP/1.1 100 Continue\r\n\r\n") }
@@ -181,24 +175,13 @@ final class OriginConnection {
 
     /// Counts body bytes; true when the body is complete.
     private func consumeBody() -> Bool {
-        switch bodyFraming {
-        case .none, .untilClose: return true
-        case .contentLength:
-            let take = min(bodyRemaining, input.readableBytes)
-            bodyRemaining -= take
-            bodyBytes += take
-            input.consume(take)
-            return bodyRemaining == 0
-        case .chunked:
-            guard let n = chunks.scan(input.readable) else {
-                output.append("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                closing = true
-                return false
-            }
-            input.consume(n)
-            bodyBytes = chunks.bodyBytes
-            return chunks.isComplete
+        guard let n = body.consume(input.readable) else {
+            output.append("HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            closing = true
+            return false
         }
+        input.consume(n)
+        return body.isComplete
     }
 
     /// Records the request as JSON (minus the body length) and reads the query knobs.
@@ -264,7 +247,7 @@ final class OriginConnection {
             fillRemaining = size
             fill()
         } else {
-            json.appendDecimal(bodyBytes)
+            json.appendDecimal(body.bodyBytes)
             json.append("}\n")
             output.append("\r\ncontent-type: application/json\r\ncontent-length: ")
             output.appendDecimal(json.readableBytes)

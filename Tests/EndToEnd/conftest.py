@@ -16,6 +16,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BINARY = Path(os.environ.get("WAYPOINT_BIN", ROOT / ".build" / "release" / "waypoint"))
+# A static binary finds no backtracer by itself; point it at the toolchain's so a crash prints its stack.
+BACKTRACER = Path("/opt/swift/usr/libexec/swift/linux/swift-backtrace-static")
+CRASH_ENV = {"SWIFT_BACKTRACE": f"enable=yes,swift-backtrace={BACKTRACER}"} if BACKTRACER.exists() else {}
 
 
 def wait_for(pattern, path, timeout=10.0, process=None):
@@ -43,7 +46,7 @@ class Process:
             stdout=open(self.stdout_path, "wb"),
             stderr=open(self.stderr_path, "wb"),
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **CRASH_ENV, **(env or {})},
         )
 
     @property
@@ -160,10 +163,13 @@ def workdir():
 
 @pytest.fixture
 def processes():
+    """Started processes; stopped after the test. Their stderr is printed, so a failing test shows it."""
     started = []
     yield started
     for p in started:
+        exited = p.proc.poll()
         p.stop()
+        print(f"--- {p.stderr_path.name} (exit status before teardown: {exited}) ---\n{p.stderr()[-4000:]}")
 
 
 @pytest.fixture

@@ -171,3 +171,20 @@ def test_a_bad_config_at_start_names_the_problem(workdir):
 def test_version():
     out = subprocess.run([str(BINARY), "version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("waypoint ")
+
+
+def test_reload_that_removes_an_endpoint_in_use_lets_the_request_finish(origin_factory, proxy_factory):
+    """The exchange holds a connection from a pool the reload retires: it completes, then that connection closes."""
+    a, b = origin_factory("a"), origin_factory("b")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", a.port)]), extra=["--workers", "1"])
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=http_request(proxy.port, "GET", "/?delay=500ms", host="web")))
+    t.start()
+    time.sleep(0.2)
+    (proxy.config_dir / "config.yaml").write_text(service_yaml("web", [("127.0.0.1", b.port)]))
+    os.kill(proxy.pid, signal.SIGHUP)
+    assert wait_until(lambda: "config reloaded" in proxy.stderr())
+    t.join(timeout=5)
+    assert result["r"][0] == 200 and result["r"][1]["x-origin"] == "a"
+    assert http_request(proxy.port, "GET", "/", host="web")[1]["x-origin"] == "b"
+    assert proxy.proc.poll() is None
