@@ -62,7 +62,7 @@ def test_50_mib_download_to_a_slow_reader_keeps_rss_bounded(basic):
         received += len(data)
     s.close()
     assert status_of(head) == 200
-    assert received == size
+    assert received == size, f"received {received} of {size}"
     assert peak < 64 * 1024, f"peak RSS {peak} KiB"
 
 
