@@ -18,7 +18,7 @@ final class AccessLog {
         flusher = PrepareWatcher(loop: loop) { [unowned(unsafe) self] in self.flush() }
     }
 
-    /// One finished request. `fields` holds method, path and authority bytes copied when the request started.
+    /// Appends one finished request; its byte views are valid only during the call.
     func record(_ entry: borrowing Entry) {
         let out = buffer
         out.append("{\"start_time_ms\":")

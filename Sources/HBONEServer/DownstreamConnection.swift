@@ -35,6 +35,8 @@ final class DownstreamConnection {
     private var writeWatcher: IOWatcher!
     private var timer: Timer!
     private var paused: PauseReasons = []
+    /// We stopped reading the upstream because `output` is over the bound.
+    private var upstreamPaused = false
     private var lastActivity: Double
     private var closing = false
     private var closed = false
@@ -124,8 +126,9 @@ final class DownstreamConnection {
     private func writable() {
         flushOutput()
         guard !closed else { return }
-        if output.readableBytes <= server.settings.pendingOutputBound, let upstream {
-            upstream.resumeReading()
+        if upstreamPaused && output.readableBytes <= server.settings.pendingOutputBound {
+            upstreamPaused = false
+            upstream?.resumeReading()
             responseProgress()  // bytes may already wait in the upstream buffer
         } else if closing && output.isEmpty {
             close()
@@ -147,7 +150,9 @@ final class DownstreamConnection {
                 return
             }
         }
-        writeWatcher.stop()
+        // While the upstream is paused for our sake, stay armed: `writable()` is the one place that resumes it,
+        // whoever drained the output.
+        if !upstreamPaused { writeWatcher.stop() }
     }
 
     private func pause(_ reason: PauseReasons) {
@@ -272,8 +277,9 @@ final class DownstreamConnection {
         if !requestDone && reply.status >= 500 { keepAlive = false }
         // A 100-continue client that is refused sends no body; do not wait for one.
         if head.expectsContinue && !requestDone { keepAlive = false; requestDone = true; pause(.finished) }
+        let before = output.readableBytes
         ForwardingHeaders.writeLocalReply(reply, close: !keepAlive, into: output)
-        bytesSent = output.readableBytes
+        bytesSent = output.readableBytes - before
     }
 
     private func forward(_ headBytes: UnsafeRawBufferPointer, to endpoint: Int32) {
@@ -287,8 +293,10 @@ final class DownstreamConnection {
         upstream = connection
         upstreamAddress = pool.addressText
         let start = connection.output.writerIndex
-        ForwardingHeaders.writeRequest(head, headBytes, clientIP: clientIP.withUnsafeBytes { $0 }, proto: server.settings.forwardedProto,
-                                       into: connection.output) { [unowned(unsafe) server] out in server.writeRequestID(out) }
+        clientIP.withUnsafeBytes { ip in
+            ForwardingHeaders.writeRequest(head, headBytes, clientIP: ip, proto: server.settings.forwardedProto,
+                                           into: connection.output) { [unowned(unsafe) server] out in server.writeRequestID(out) }
+        }
         replayable = connection.reused && requestDone
         if replayable {
             replay.clear()
@@ -363,6 +371,7 @@ final class DownstreamConnection {
         flags = "-"
         routeName = nil
         upstreamAddress = nil
+        upstreamPaused = false
         if !keepAlive {
             closing = true
             pause(.finished)
@@ -461,8 +470,9 @@ final class DownstreamConnection {
                 status = response.status
                 if !response.keepAlive || !requestDone { response.keepAlive = response.keepAlive && requestDone }
                 if response.framing == .untilClose || server.draining { keepAlive = false }
+                let before = output.readableBytes
                 ForwardingHeaders.writeResponse(response, headBytes, close: !keepAlive, into: output)
-                bytesSent += output.readableBytes
+                bytesSent += output.readableBytes - before
                 source.consume(length)
                 responseHeadDone = true
                 replayable = false
@@ -478,6 +488,7 @@ final class DownstreamConnection {
                 if closed { return }
                 if output.readableBytes >= server.settings.pendingOutputBound {
                     upstream.pauseReading()
+                    upstreamPaused = true
                     return
                 }
             }

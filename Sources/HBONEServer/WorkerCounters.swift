@@ -8,7 +8,7 @@ import Synchronization
 public final class WorkerCounters: Sendable {
     public let downstreamConnectionsTotal = Atomic<Int>(0)
     public let downstreamConnectionsActive = Atomic<Int>(0)
-    /// Responses by status class: index 0 for 1xx … 4 for 5xx.
+    /// Responses sent downstream, by status class.
     public let responses1xx = Atomic<Int>(0)
     public let responses2xx = Atomic<Int>(0)
     public let responses3xx = Atomic<Int>(0)

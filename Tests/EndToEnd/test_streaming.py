@@ -42,7 +42,7 @@ def test_50_mib_upload_streams_through_with_bounded_rss(basic):
 def test_50_mib_download_to_a_slow_reader_keeps_rss_bounded(basic):
     proxy, _ = basic
     size = 50 * MIB
-    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=30)
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     s.sendall(f"GET /?size={size} HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n".encode())
     received = 0
@@ -56,7 +56,12 @@ def test_50_mib_download_to_a_slow_reader_keeps_rss_bounded(basic):
         if time.time() < slow_until:
             time.sleep(0.01)  # the client stalls: the proxy must stop reading the origin, not buffer
             peak = max(peak, proxy.rss_kib())
-        data = s.recv(1024 * 1024)
+        try:
+            data = s.recv(1024 * 1024)
+        except socket.timeout:
+            import subprocess
+            sockets = subprocess.run(["ss", "-tni"], capture_output=True, text=True).stdout
+            raise AssertionError(f"stalled after {received} of {size} bytes\n{sockets}")
         if not data:
             break
         received += len(data)
