@@ -11,6 +11,6 @@ binary=.build-fuzz/release/WaypointFuzz
 for target in ${FUZZ_TARGETS:-http1 config}; do
     mkdir -p "fuzz-corpus/$target"
     echo "== fuzzing $target for ${seconds}s"
-    WAYPOINT_FUZZ_TARGET=$target "$binary" -max_total_time="$seconds" -max_len=8192 -print_final_stats=1 -detect_leaks=0 \
+    ASAN_OPTIONS=detect_leaks=0 WAYPOINT_FUZZ_TARGET=$target "$binary" -max_total_time="$seconds" -max_len=8192 -print_final_stats=1 -detect_leaks=0 \
         -artifact_prefix="fuzz-corpus/$target-" "fuzz-corpus/$target" "fuzz/seeds/$target"
 done
