@@ -38,6 +38,8 @@ final class DownstreamConnection {
     /// We stopped reading the upstream because `output` is over the bound.
     private var upstreamPaused = false
     private var lastActivity: Double
+    /// When the first byte of the head being read arrived.
+    private var headStartedAt = 0.0
     private var closing = false
     private var closed = false
     private var clientClosed = false
@@ -85,7 +87,8 @@ final class DownstreamConnection {
         readWatcher = IOWatcher(loop: server.loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.readable() }
         writeWatcher = IOWatcher(loop: server.loop, fd: fd, direction: .write) { [unowned(unsafe) self] in self.writable() }
         timer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.checkIdle() }
-        timer.scheduleRepeating(every: max(server.settings.downstreamIdleTimeout.seconds / 4, 0.05))
+        let tick = min(server.settings.downstreamIdleTimeout, server.settings.headerTimeout).seconds / 4
+        timer.scheduleRepeating(every: max(tick, 0.05))
         readWatcher.start()
     }
 
@@ -111,6 +114,7 @@ final class DownstreamConnection {
         }
         switch Socket.read(fd, into: space) {
         case .bytes(let n):
+            if input.isEmpty && !inExchange { headStartedAt = server.loop.now }
             input.commitWrite(n)
             lastActivity = server.loop.now
             processInput()
@@ -184,7 +188,13 @@ final class DownstreamConnection {
 
     private func checkIdle() {
         guard !inExchange else { return }
-        if server.loop.now - lastActivity >= server.settings.downstreamIdleTimeout.seconds { close() }
+        let now = server.loop.now
+        if !input.isEmpty && now - headStartedAt >= server.settings.headerTimeout.seconds {
+            reject(HTTP1Error(status: 408, "request header timeout"))
+            processInput()
+        } else if now - lastActivity >= server.settings.downstreamIdleTimeout.seconds {
+            close()
+        }
     }
 
     // MARK: - Requests
@@ -372,6 +382,7 @@ final class DownstreamConnection {
         routeName = nil
         upstreamAddress = nil
         upstreamPaused = false
+        headStartedAt = server.loop.now
         if !keepAlive {
             closing = true
             pause(.finished)

@@ -7,6 +7,9 @@ public struct ProxySettings: Sendable {
     public var connectTimeout: Duration = .seconds(5)
     /// A downstream connection with no request in flight is closed after this long.
     public var downstreamIdleTimeout: Duration = .seconds(60)
+    /// A request head must arrive completely within this long of its first byte, else 408 and close
+    /// (a client trickling a head byte by byte would otherwise hold the connection forever).
+    public var headerTimeout: Duration = .seconds(30)
     /// A pooled upstream connection unused this long is closed (kept below common origin keep-alive timeouts).
     public var upstreamIdleTimeout: Duration = .seconds(30)
     /// `x-forwarded-proto` set on requests from this listener.

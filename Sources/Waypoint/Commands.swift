@@ -59,6 +59,9 @@ extension WaypointCommand {
         @Option(name: .long, help: "How long in-flight requests may take to finish after SIGTERM.")
         var drainTimeout = DurationArgument(.seconds(5))
 
+        @Option(name: .long, help: "A request head must arrive within this long of its first byte (else 408).")
+        var headerTimeout = DurationArgument(.seconds(30))
+
         @Option(name: .long, help: "Log level.")
         var logLevel = LogLevelArgument.info
 
@@ -71,10 +74,11 @@ extension WaypointCommand {
 
         func run() throws {
             let logger = makeLogger(level: logLevel)
-            let options = Runtime.Options(
+            var options = Runtime.Options(
                 configPaths: config.isEmpty ? nil : config, httpListen: httpListen.address, adminListen: adminListen.address,
                 workers: workers ?? ProcessInfo.processInfo.activeProcessorCount, namespace: namespace,
                 drainTimeout: drainTimeout.duration, accessLog: accessLog == .on)
+            options.settings.headerTimeout = headerTimeout.duration
             let runtime: Runtime
             do {
                 runtime = try Runtime(options: options, logger: logger)

@@ -13,7 +13,7 @@ public enum LocalReply: Sendable, Equatable {
     case upstreamReset
     /// The upstream's response head could not be parsed.
     case badUpstreamResponse
-    /// The request was malformed or unsupported (status from the parser: 400, 405, 417, 431, 501, 505).
+    /// The request was malformed, unsupported or too slow (400, 405, 408, 417, 431, 501, 505).
     case badRequest(HTTP1Error)
 
     public var status: Int {
@@ -37,6 +37,7 @@ public enum LocalReply: Sendable, Equatable {
         case .badRequest(let error):
             switch error.status {
             case 405: return "method not allowed\n"
+            case 408: return "request header timeout\n"
             case 417: return "expectation failed\n"
             case 431: return "request header fields too large\n"
             case 501: return "not implemented\n"

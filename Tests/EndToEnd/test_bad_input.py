@@ -135,3 +135,20 @@ def test_refused_upstream_is_503_and_the_connection_lives_on(proxy_factory):
         assert (resp.status, resp.read()) == (503, b"upstream connect error\n")
     conn.close()
     assert proxy.metrics()["waypoint_upstream_connect_failures_total"] == 2
+
+
+def test_a_trickled_head_times_out_with_408(origin_factory, proxy_factory):
+    origin = origin_factory("a")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]), extra=["--header-timeout", "300ms"])
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: web\r\n")  # and never the blank line
+    response = b""
+    while True:
+        data = s.recv(4096)
+        if not data:
+            break
+        response += data
+    s.close()
+    assert status_of(response) == 408
+    assert response.endswith(b"request header timeout\n")
+    assert http_request(proxy.port, "GET", "/", host="web")[0] == 200
