@@ -1,5 +1,4 @@
 import EventLoop
-import Foundation
 import HTTPRouter
 import Regex
 import WaypointCore
@@ -35,7 +34,7 @@ private struct CompileState {
     var virtualHosts: [VirtualHost<RouteAction>] = []
     var names: [(String, Int)] = []
     var warnings: [String] = []
-    var dumpHosts: [[String: Any]] = []
+    var dumpHosts: [JSONValue] = []
 
     init(spec: ConfigSpec, compiler: SnapshotCompiler) {
         self.spec = spec
@@ -176,11 +175,13 @@ private struct CompileState {
     mutating func addHost(_ host: VirtualHost<RouteAction>, names hostNames: [String], kind: String, name: String) {
         virtualHosts.append(host)
         for n in hostNames { names.append((n, virtualHosts.count - 1)) }
-        dumpHosts.append(["kind": kind, "name": name, "hostnames": hostNames,
-                          "ports": host.ports.map { entry -> [String: Any] in
-                              ["port": Int(entry.port), "rules": entry.rules.rules.map(Self.describe),
-                               "fallback": entry.rules.fallback.map(Self.describe) ?? "404"]
-                          }])
+        dumpHosts.append(.object([
+            ("kind", .string(kind)), ("name", .string(name)), ("hostnames", .array(hostNames.map(JSONValue.string))),
+            ("ports", .array(host.ports.map { entry in
+                .object([("port", .int(Int(entry.port))), ("rules", .array(entry.rules.rules.map(Self.describe))),
+                         ("fallback", entry.rules.fallback.map(Self.describe) ?? .string("404"))])
+            })),
+        ]))
     }
 
     /// Routes with a Gateway parent: grouped by hostname, each group one virtual host serving any port.
@@ -252,35 +253,40 @@ private struct CompileState {
 
     // MARK: - Dump
 
-    static func describe(_ rule: RouteRule<RouteAction>) -> [String: Any] {
-        var match: [String: Any] = [:]
+    static func describe(_ rule: RouteRule<RouteAction>) -> JSONValue {
+        var match: [(String, JSONValue)] = []
         switch rule.match.path {
-        case .exact(let p): match["path"] = ["type": "Exact", "value": String(decoding: p, as: UTF8.self)]
-        case .prefix(let p): match["path"] = ["type": "PathPrefix", "value": String(decoding: p, as: UTF8.self)]
-        case .regex(let r): match["path"] = ["type": "RegularExpression", "value": r.pattern]
+        case .exact(let p): match.append(("path", .object([("type", .string("Exact")), ("value", .string(String(decoding: p, as: UTF8.self)))])))
+        case .prefix(let p): match.append(("path", .object([("type", .string("PathPrefix")), ("value", .string(String(decoding: p, as: UTF8.self)))])))
+        case .regex(let r): match.append(("path", .object([("type", .string("RegularExpression")), ("value", .string(r.pattern))])))
         }
-        if let m = rule.match.method { match["method"] = String(decoding: m, as: UTF8.self) }
-        if !rule.match.headers.isEmpty { match["headers"] = rule.match.headers.map { String(decoding: $0.name, as: UTF8.self) } }
-        return ["route": rule.origin.route, "rule": rule.origin.ruleIndex, "match": match, "action": describe(rule.action)]
+        if let m = rule.match.method { match.append(("method", .string(String(decoding: m, as: UTF8.self)))) }
+        if !rule.match.headers.isEmpty {
+            match.append(("headers", .array(rule.match.headers.map { .string(String(decoding: $0.name, as: UTF8.self)) })))
+        }
+        return .object([("route", .string(rule.origin.route)), ("rule", .int(rule.origin.ruleIndex)), ("match", .object(match)),
+                        ("action", describe(rule.action))])
     }
 
-    static func describe(_ action: RouteAction) -> Any {
+    static func describe(_ action: RouteAction) -> JSONValue {
         switch action {
-        case .reply(let reply): return ["reply": reply.status]
-        case .forward(let set): return ["route": set.route, "backends": set.clusters.map { ["cluster": Int($0.cluster), "weight": Int($0.weight)] }]
+        case .reply(let reply): return .object([("reply", .int(reply.status))])
+        case .forward(let set):
+            return .object([("route", .string(set.route)), ("backends", .array(set.clusters.map {
+                .object([("cluster", .int(Int($0.cluster))), ("weight", .int(Int($0.weight)))])
+            }))])
         }
     }
 
     func dump(generation: UInt64) -> String {
-        let object: [String: Any] = [
-            "generation": Int(generation),
-            "virtualHosts": dumpHosts,
-            "clusters": clusters.enumerated().map { index, cluster in
-                ["index": index, "name": cluster.name, "endpoints": cluster.endpoints.map { endpoints[Int($0)].description }]
-            },
-            "warnings": spec.warnings + warnings,
-        ]
-        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
-        return String(decoding: data, as: UTF8.self)
+        JSONValue.object([
+            ("generation", .int(Int(generation))),
+            ("clusters", .array(clusters.enumerated().map { index, cluster in
+                .object([("index", .int(index)), ("name", .string(cluster.name)),
+                         ("endpoints", .array(cluster.endpoints.map { .string(endpoints[Int($0)].description) }))])
+            })),
+            ("virtualHosts", .array(dumpHosts)),
+            ("warnings", .array((spec.warnings + warnings).map(JSONValue.string))),
+        ]).rendered()
     }
 }

@@ -104,7 +104,7 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
     }
 
     @Test func configDumpIsJSON() {
-        #expect(snapshot.dump.contains("\"generation\" : 7"))
+        #expect(snapshot.dump.contains("\"generation\": 7"))
         #expect(snapshot.dump.contains("shop/web:80"))
     }
 }
