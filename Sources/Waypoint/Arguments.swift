@@ -46,8 +46,8 @@ enum EnvironmentFlags {
     /// Flags each subcommand accepts from the environment, with whether they are repeatable.
     static let flags: [String: [(name: String, repeatable: Bool)]] = [
         "run": [("config", true), ("http-listen", false), ("admin-listen", false), ("workers", false),
-                ("namespace", false), ("drain-timeout", false), ("header-timeout", false), ("log-level", false),
-                ("access-log", false)],
+                ("namespace", false), ("drain-timeout", false), ("connect-timeout", false), ("header-timeout", false),
+                ("log-level", false), ("access-log", false)],
         "check": [("config", true), ("namespace", false)],
         "origin": [("listen", false), ("workers", false), ("name", false)],
     ]

@@ -59,6 +59,9 @@ extension WaypointCommand {
         @Option(name: .long, help: "How long in-flight requests may take to finish after SIGTERM.")
         var drainTimeout = DurationArgument(.seconds(5))
 
+        @Option(name: .long, help: "Upstream connect timeout (503 upstream connect error when it expires).")
+        var connectTimeout = DurationArgument(.seconds(5))
+
         @Option(name: .long, help: "A request head must arrive within this long of its first byte (else 408).")
         var headerTimeout = DurationArgument(.seconds(30))
 
@@ -79,6 +82,7 @@ extension WaypointCommand {
                 workers: workers ?? ProcessInfo.processInfo.activeProcessorCount, namespace: namespace,
                 drainTimeout: drainTimeout.duration, accessLog: accessLog == .on)
             options.settings.headerTimeout = headerTimeout.duration
+            options.settings.connectTimeout = connectTimeout.duration
             let runtime: Runtime
             do {
                 runtime = try Runtime(options: options, logger: logger)

@@ -152,3 +152,29 @@ def test_a_trickled_head_times_out_with_408(origin_factory, proxy_factory):
     assert status_of(response) == 408
     assert response.endswith(b"request header timeout\n")
     assert http_request(proxy.port, "GET", "/", host="web")[0] == 200
+
+
+def test_upstream_that_never_accepts_times_out_with_503(proxy_factory):
+    """A listener whose accept queue is full drops SYNs, so connect() hangs until the connect timeout."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    port = server.getsockname()[1]
+    fillers = []
+    for _ in range(4):  # fill the accept queue; later SYNs get no answer
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(("127.0.0.1", port))
+        fillers.append(f)
+    import time
+    time.sleep(0.2)
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", port)]), extra=["--connect-timeout", "300ms", "--workers", "1"])
+    started = time.time()
+    status, _, body = http_request(proxy.port, "GET", "/", host="web")
+    elapsed = time.time() - started
+    assert (status, body) == (503, b"upstream connect error\n")
+    assert 0.25 <= elapsed < 3, elapsed
+    assert proxy.metrics()["waypoint_upstream_connect_failures_total"] == 1
+    for f in fillers:
+        f.close()
+    server.close()
