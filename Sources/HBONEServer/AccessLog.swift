@@ -42,21 +42,9 @@ final class AccessLog {
         out.append(",\"downstream_remote_address\":\"")
         out.append(string: entry.client)
         out.append("\",\"upstream_host\":")
-        if let upstream = entry.upstream {
-            out.append("\"")
-            out.append(string: upstream)
-            out.append("\"")
-        } else {
-            out.append("null")
-        }
+        appendOptional(entry.upstream)
         out.append(",\"route_name\":")
-        if let route = entry.route {
-            out.append("\"")
-            out.append(string: route)
-            out.append("\"")
-        } else {
-            out.append("null")
-        }
+        appendOptional(entry.route)
         out.append("}\n")
         if out.readableBytes > 12 * 1024 { flush() }
     }
@@ -76,6 +64,14 @@ final class AccessLog {
         var bytesSent: Int
         var upstream: String?
         var route: String?
+    }
+
+    /// A JSON string, or `null`.
+    private func appendOptional(_ value: String?) {
+        guard let value else { buffer.append("null"); return }
+        buffer.append("\"")
+        buffer.append(string: value)
+        buffer.append("\"")
     }
 
     private func appendEscaped(_ bytes: UnsafeRawBufferPointer) {

@@ -150,6 +150,18 @@ def raw_exchange(port, payload, timeout=5.0, until_close=True):
     return b"".join(chunks)
 
 
+def read_to_close(s):
+    """Everything the peer sends on socket `s` until it closes; then closes `s`."""
+    chunks = []
+    while True:
+        data = s.recv(65536)
+        if not data:
+            break
+        chunks.append(data)
+    s.close()
+    return b"".join(chunks)
+
+
 def status_of(response):
     m = re.match(rb"HTTP/1\.1 (\d{3}) ", response)
     return int(m.group(1)) if m else None

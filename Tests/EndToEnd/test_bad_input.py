@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from conftest import http_request, raw_exchange, service_yaml, status_of
+from conftest import http_request, raw_exchange, read_to_close, service_yaml, status_of
 
 BAD_REQUESTS = [
     ("head over 60 KiB", b"GET / HTTP/1.1\r\nHost: web\r\nX-Big: " + b"a" * (61 * 1024) + b"\r\n\r\n", 431),
@@ -142,13 +142,7 @@ def test_a_trickled_head_times_out_with_408(origin_factory, proxy_factory):
     proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]), extra=["--header-timeout", "300ms"])
     s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
     s.sendall(b"GET / HTTP/1.1\r\nHost: web\r\n")  # and never the blank line
-    response = b""
-    while True:
-        data = s.recv(4096)
-        if not data:
-            break
-        response += data
-    s.close()
+    response = read_to_close(s)
     assert status_of(response) == 408
     assert response.endswith(b"request header timeout\n")
     assert http_request(proxy.port, "GET", "/", host="web")[0] == 200

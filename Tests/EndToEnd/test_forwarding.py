@@ -4,7 +4,7 @@ import json
 import socket
 import subprocess
 
-from conftest import http_request, raw_exchange, service_yaml, status_of
+from conftest import http_request, raw_exchange, read_to_close, service_yaml, status_of
 
 
 def test_forwards_and_sets_forwarding_headers(basic):
@@ -199,12 +199,6 @@ def test_half_closed_client_still_gets_every_pipelined_answer(basic):
     s = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
     s.sendall(b"GET /one HTTP/1.1\r\nHost: web\r\n\r\nGET /two HTTP/1.1\r\nHost: web\r\n\r\n")
     s.shutdown(socket.SHUT_WR)
-    response = b""
-    while True:
-        data = s.recv(65536)
-        if not data:
-            break
-        response += data
-    s.close()
+    response = read_to_close(s)
     assert response.count(b"HTTP/1.1 200 OK") == 2
     assert b'"path":"/one"' in response and b'"path":"/two"' in response

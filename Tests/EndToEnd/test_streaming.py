@@ -4,7 +4,7 @@ import socket
 import threading
 import time
 
-from conftest import status_of
+from conftest import read_to_close, status_of
 
 MIB = 1024 * 1024
 
@@ -26,14 +26,8 @@ def test_50_mib_upload_streams_through_with_bounded_rss(basic):
     block = b"x" * (256 * 1024)
     for _ in range(size // len(block)):
         s.sendall(block)
-    response = b""
-    while True:
-        data = s.recv(65536)
-        if not data:
-            break
-        response += data
+    response = read_to_close(s)
     done.set()
-    s.close()
     assert status_of(response) == 200
     assert json.loads(response.split(b"\r\n\r\n", 1)[1])["body_length"] == size
     assert peak[0] < 64 * 1024, f"peak RSS {peak[0]} KiB"
@@ -102,13 +96,7 @@ def test_upload_to_a_stalled_upstream_resumes_when_it_reads(proxy_factory):
     s = socket.create_connection(("127.0.0.1", proxy.port), timeout=20)
     s.sendall(f"PUT / HTTP/1.1\r\nHost: web\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n".encode())
     s.sendall(b"y" * size)
-    response = b""
-    while True:
-        data = s.recv(65536)
-        if not data:
-            break
-        response += data
-    s.close()
+    response = read_to_close(s)
     server.close()
     assert status_of(response) == 200 and response.endswith(b"ok")
     assert seen["body"] == size
