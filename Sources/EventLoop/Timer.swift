@@ -28,16 +28,18 @@ public final class Timer {
 
     public var isActive: Bool { watcher.pointee.active != 0 }
 
-    /// Fires once after `seconds`, replacing any earlier schedule.
-    public func schedule(after seconds: Double) { arm(seconds, repeating: false) }
+    /// Fires once after `delay`, replacing any earlier schedule.
+    public func schedule(after delay: Duration) { arm(delay, repeating: false) }
 
-    /// Fires every `seconds` until cancelled.
-    public func scheduleRepeating(every seconds: Double) { arm(seconds, repeating: true) }
+    /// Fires every `interval` until cancelled.
+    public func scheduleRepeating(every interval: Duration) { arm(interval, repeating: true) }
 
-    private func arm(_ seconds: Double, repeating: Bool) {
+    private func arm(_ duration: Duration, repeating: Bool) {
         self.repeating = repeating
+        let (seconds, attoseconds) = duration.components
         ev_timer_stop(loop.raw, watcher)
-        watcher.pointee.repeat = max(seconds, 0.000_001)  // ev_timer_again ignores a zero repeat
+        // ev_timer_again ignores a zero repeat, hence the floor of one microsecond.
+        watcher.pointee.repeat = max(Double(seconds) + Double(attoseconds) / 1e18, 0.000_001)
         ev_timer_again(loop.raw, watcher)
     }
 

@@ -87,8 +87,8 @@ final class DownstreamConnection {
         readWatcher = IOWatcher(loop: server.loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.readable() }
         writeWatcher = IOWatcher(loop: server.loop, fd: fd, direction: .write) { [unowned(unsafe) self] in self.writable() }
         timer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.checkIdle() }
-        let tick = min(server.settings.downstreamIdleTimeout, server.settings.headerTimeout).seconds / 4
-        timer.scheduleRepeating(every: max(tick, 0.05))
+        let tick = min(server.settings.downstreamIdleTimeout, server.settings.headerTimeout) / 4
+        timer.scheduleRepeating(every: max(tick, .milliseconds(50)))
         readWatcher.start()
     }
 

@@ -36,7 +36,7 @@ final class UpstreamConnection {
         writeWatcher = IOWatcher(loop: loop, fd: fd, direction: .write) { [unowned(unsafe) self] in self.writable() }
         timer = Timer(loop: loop) { [unowned(unsafe) self] in self.timedOut() }
         writeWatcher.start()  // connect completion is signalled by writability
-        timer.schedule(after: settings.connectTimeout.seconds)
+        timer.schedule(after: settings.connectTimeout)
     }
 
     deinit { close() }
@@ -58,7 +58,7 @@ final class UpstreamConnection {
         input.clear()
         output.clear()
         readWatcher.start()
-        timer.schedule(after: settings.upstreamIdleTimeout.seconds)
+        timer.schedule(after: settings.upstreamIdleTimeout)
     }
 
     func pauseReading() { readWatcher.stop() }

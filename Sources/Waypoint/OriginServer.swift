@@ -165,7 +165,7 @@ final class OriginConnection {
             inRequest = false
             if knobs.delay > .zero {
                 waiting = true
-                delayTimer.schedule(after: knobs.delay.seconds)
+                delayTimer.schedule(after: knobs.delay)
                 break
             }
             respond()

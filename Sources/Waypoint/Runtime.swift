@@ -94,7 +94,7 @@ final class Runtime {
             let timer = Timer(loop: loop) { [unowned(unsafe) self] in
                 if self.config.changed() { self.reload(reason: "files changed") }
             }
-            timer.scheduleRepeating(every: 1)
+            timer.scheduleRepeating(every: .seconds(1))
             pollTimer = timer
         }
         logger.info("ready", metadata: ["http": "\(httpAddress)", "admin": "\(adminAddress)",
@@ -132,7 +132,7 @@ final class Runtime {
             self.logger.warning("drain timeout expired; exiting with connections still open")
             exit(0)
         }
-        timer.schedule(after: options.drainTimeout.seconds)
+        timer.schedule(after: options.drainTimeout)
         drainTimer = timer
     }
 
