@@ -131,10 +131,13 @@ def http_request(port, method, path, host, headers=None, body=None, timeout=10):
     return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
 
 
-def raw_exchange(port, payload, timeout=5.0, until_close=True):
-    """Sends raw bytes and returns everything read until the peer closes (or the timeout)."""
+def raw_exchange(port, payload, timeout=5.0, until_close=True, half_close=False):
+    """Sends raw bytes (then EOF, with `half_close`) and returns everything read until the peer closes (or the
+    timeout)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     s.sendall(payload)
+    if half_close:
+        s.shutdown(socket.SHUT_WR)
     chunks = []
     try:
         while True:
