@@ -88,10 +88,10 @@ public enum ManifestLoader {
         let name = try metadata.required("name").string()
         let namespace = try metadata.optionalString("namespace") ?? defaultNamespace
         let creation = try metadata.optionalString("creationTimestamp") ?? ""
-        var doc = root
-        doc = ManifestNode(node: root.node, path: "",
-                           location: .init(file: root.location.file, document: root.location.document, object: "\(kind) \(namespace)/\(name)"))
-        let group = apiVersion.split(separator: "/").count == 2 ? String(apiVersion.split(separator: "/")[0]) : ""
+        let doc = root.describing("\(kind) \(namespace)/\(name)")
+        // The group decides the kind; any served version of it reads the same (v1, v1beta1, v1alpha3, ...).
+        let parts = apiVersion.split(separator: "/")
+        let group = parts.count == 2 ? String(parts[0]) : ""
         switch (group, kind) {
         case ("", "Service"):
             spec.services.append(try ServiceParser.service(doc, namespace: namespace, name: name, creation: creation))

@@ -18,6 +18,13 @@ struct ManifestNode {
                     field: field ?? (path.isEmpty ? nil : path), message: message)
     }
 
+    /// The same node, with errors naming the object it belongs to (`Kind namespace/name`).
+    func describing(_ object: String) -> ManifestNode {
+        var location = self.location
+        location.object = object
+        return ManifestNode(node: node, path: path, location: location)
+    }
+
     private func child(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
 
     /// The value at `key`, or nil when absent or YAML null.

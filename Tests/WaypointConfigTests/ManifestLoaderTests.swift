@@ -95,3 +95,32 @@ private func errors(_ text: String) -> [ConfigError] {
         #expect(found[0].message.hasPrefix("invalid YAML"))
     }
 }
+
+@Suite struct ManifestListTests {
+    @Test func listItemsAreLoadedAndErrorsKeepTheirPath() throws {
+        let list = """
+        apiVersion: v1
+        kind: List
+        items:
+        - apiVersion: v1
+          kind: Service
+          metadata: {name: a}
+          spec: {ports: [{port: 80}]}
+        - apiVersion: v1
+          kind: Service
+          metadata: {name: b}
+          spec: {ports: [{port: 0}]}
+        """
+        do {
+            _ = try ManifestLoader.load(text: list, file: "list.yaml", defaultNamespace: "ns")
+            Issue.record("accepted a bad port")
+        } catch {
+            #expect(error.errors.map(\.description) == [
+                "list.yaml: document 0 (Service ns/b): items[1].spec.ports[0].port: 0 is out of range 1...65535",
+            ])
+        }
+        let good = try ManifestLoader.load(text: list.replacingOccurrences(of: "port: 0", with: "port: 81"), file: "list.yaml",
+                                           defaultNamespace: "ns")
+        #expect(good.services.map(\.name) == ["a", "b"])
+    }
+}
