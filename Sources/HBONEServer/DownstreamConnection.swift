@@ -271,6 +271,8 @@ final class DownstreamConnection {
 
     /// A request that cannot be parsed: answer and close, since where it ends is unknown.
     private func reject(_ error: HTTP1Error) {
+        server.logger.debug("rejected request: \(error.status) \(error.reason)",
+                            metadata: ["connection.id": "\(id)", "client": "\(clientAddress)"])
         inExchange = true
         exchangeStart = server.loop.now
         keepAlive = false
@@ -419,6 +421,8 @@ final class DownstreamConnection {
                 return
             }
             // Mid-response: the client must see a broken response, never one that looks complete.
+            server.logger.debug("upstream failed mid-response; aborting the client connection",
+                                metadata: ["connection.id": "\(id)", "upstream": "\(connection.pool.addressText)"])
             flags = "UC"
             server.counters.upstreamResetsMidResponse.increment()
             keepAlive = false
@@ -434,6 +438,8 @@ final class DownstreamConnection {
             fresh.output.append(replay.readable)
             return
         }
+        server.logger.debug("upstream failed before the response head: \(failure)",
+                            metadata: ["connection.id": "\(id)", "upstream": "\(connection.pool.addressText)"])
         switch failure {
         case .connectFailed, .timedOut:
             flags = "UF"

@@ -12,7 +12,8 @@ public final class ProxyServer {
     public let settings: ProxySettings
     public let counters = WorkerCounters()
     let accessLog: AccessLog?
-    private let logger: Logger
+    /// Debug-level events of the data plane (rejected requests, upstream failures); never per successful request.
+    let logger: Logger
     private var listeners: [Listener] = []
     private var connections: [Int: DownstreamConnection] = [:]
     private var nextConnectionID = 0

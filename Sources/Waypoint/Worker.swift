@@ -79,9 +79,11 @@ final class Worker: @unchecked Sendable {
                 // In-flight exchanges already hold their endpoint; new requests see the new snapshot.
                 router.replace(next)
                 server.updateEndpoints(next.endpoints)
+                logger.debug("serving config generation \(next.generation)")
             case .drain:
                 server.onDrained = { [onDrained] in onDrained() }
                 server.beginDrain()
+                logger.debug("draining \(server.activeConnections) connections")
             }
         }
     }

@@ -210,3 +210,15 @@ def test_random_and_mutated_requests_never_take_the_proxy_down(basic):
         assert proxy.proc.poll() is None, f"proxy died on input {i}: {payload!r}"
     assert http_request(proxy.port, "GET", "/after-fuzz", host="web")[0] == 200
     assert statuses.get(400, 0) > 50 and statuses.get(200, 0) > 5, statuses  # both parsers really ran
+
+
+def test_debug_log_names_why_a_request_was_rejected(origin_factory, proxy_factory):
+    origin = origin_factory("a")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]), extra=["--log-level", "debug"])
+    assert status_of(raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: web\r\nX: a\r\n b\r\n\r\n")) == 400
+    import time
+    for _ in range(50):
+        if "rejected request: 400 obsolete line folding" in proxy.stderr():
+            break
+        time.sleep(0.02)
+    assert "rejected request: 400 obsolete line folding" in proxy.stderr()
