@@ -167,7 +167,8 @@ extension WaypointCommand {
                 let runtime = try Runtime(options: .init(
                     configPaths: nil, httpListen: http, adminListen: SocketAddress("127.0.0.1:15000")!, workers: 2,
                     namespace: "default", drainTimeout: .seconds(5), accessLog: true), logger: logger)
-                print("""
+                // Written directly (not print's buffer), so it comes before the access-log lines workers write to fd 1.
+                FileHandle.standardOutput.write(Data("""
                 waypoint demo: origins a (\(DemoConfig.originA)) and b (\(DemoConfig.originB)), proxy on \(http), admin on 127.0.0.1:15000
                 Try:
                   curl -s -H 'Host: reviews' http://\(http)/hello                 # service reviews -> origin a
@@ -178,7 +179,8 @@ extension WaypointCommand {
                   curl -s http://127.0.0.1:15000/stats/prometheus
                   curl -s http://127.0.0.1:15000/config_dump
                 Ctrl-C drains and exits.
-                """)
+
+                """.utf8))
                 runtime.run()
             } catch {
                 logger.critical("\(error)")

@@ -23,7 +23,8 @@ final class OriginServer: @unchecked Sendable {
         var bound = address
         var fds: [Int32] = []
         for _ in 0..<max(threads, 1) {
-            let fd = try Socket.listen(bound, reusePort: true)
+            // SO_REUSEPORT only when needed: it would also let a stray process share the port unnoticed.
+            let fd = try Socket.listen(bound, reusePort: threads > 1)
             if bound.port == 0, let actual = Socket.localAddress(fd) { bound = actual }
             fds.append(fd)
         }

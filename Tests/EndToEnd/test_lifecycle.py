@@ -188,3 +188,19 @@ def test_reload_that_removes_an_endpoint_in_use_lets_the_request_finish(origin_f
     assert result["r"][0] == 200 and result["r"][1]["x-origin"] == "a"
     assert http_request(proxy.port, "GET", "/", host="web")[1]["x-origin"] == "b"
     assert proxy.proc.poll() is None
+
+
+def test_demo_serves_the_embedded_config_and_exits_on_sigint(workdir, processes):
+    """`make run` starts this: two origins and the proxy on fixed loopback ports."""
+    from conftest import Process
+    demo = Process(["demo"], workdir, "demo")
+    processes.append(demo)
+    wait_for(r"ready", demo.stderr_path, process=demo.proc)
+    assert http_request(18080, "GET", "/hello", host="reviews")[1]["x-origin"] == "a"
+    assert http_request(18080, "GET", "/", host="reviews", headers={"x-canary": "true"})[1]["x-origin"] == "b"
+    assert http_request(18080, "GET", "/v2/x", host="reviews.default.svc.cluster.local")[1]["x-origin"] == "b"
+    assert http_request(18080, "GET", "/", host="demo.local")[1]["x-origin"] == "a"
+    assert http_request(18080, "GET", "/", host="nowhere")[0] == 404
+    assert "curl -s -H 'Host: reviews'" in demo.stdout()
+    os.kill(demo.pid, signal.SIGINT)
+    assert demo.proc.wait(timeout=10) == 0
