@@ -27,6 +27,4 @@ public final class AsyncWatcher: @unchecked Sendable {
     /// Any thread.
     public func send() { ev_async_send(loop.raw, watcher) }
 
-    /// Lets the loop exit while only this watcher remains (it still fires if the loop runs).
-    public func unref() { ev_unref(loop.raw) }
 }

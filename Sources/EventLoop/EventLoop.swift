@@ -35,15 +35,10 @@ public final class EventLoop: @unchecked Sendable {
         if !isDefault { ev_loop_destroy(raw) }
     }
 
-    /// Runs until `stop()` is called or no active watcher is left.
+    /// Runs until no active watcher is left (the process exits from a watcher before that).
     public func run() { _ = ev_run(raw, 0) }
 
-    /// Makes `run()` return after the current iteration.
-    public func stop() { ev_break(raw, Int32(EVBREAK_ALL)) }
 
     /// The loop's cached time in seconds; updated once per iteration, so it costs no syscall.
     public var now: Double { ev_now(raw) }
-
-    /// Refreshes the cached time (after long work inside one iteration).
-    public func updateNow() { ev_now_update(raw) }
 }

@@ -201,8 +201,5 @@ public enum Socket {
         return code == EAGAIN || code == EWOULDBLOCK || code == EINTR ? .wouldBlock : .failed(code)
     }
 
-    /// Stops further sends; the peer reads EOF after the pending bytes.
-    public static func shutdownWrite(_ fd: Int32) { shutdown(fd, Int32(SHUT_WR)) }
-
     public static func close(_ fd: Int32) { _ = Glibc.close(fd) }
 }

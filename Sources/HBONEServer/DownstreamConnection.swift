@@ -441,7 +441,7 @@ final class DownstreamConnection {
         server.logger.debug("upstream failed before the response head: \(failure)",
                             metadata: ["connection.id": "\(id)", "upstream": "\(connection.pool.addressText)"])
         switch failure {
-        case .connectFailed, .timedOut:
+        case .connectFailed:
             flags = "UF"
             server.counters.upstreamConnectFailures.increment()
             replyLocally(.upstreamConnectError)

@@ -92,11 +92,6 @@ public final class ProxyServer {
         if connections.isEmpty { drained() }
     }
 
-    /// Closes everything now (the drain timeout expired).
-    public func closeAll() {
-        for connection in Array(connections.values) { connection.close() }
-        for pool in pools { pool.closeIdle() }
-    }
 
     private func drained() {
         accessLog?.flush()

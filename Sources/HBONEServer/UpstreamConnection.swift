@@ -101,25 +101,19 @@ final class UpstreamConnection {
         case .bytes(let n):
             input.commitWrite(n)
             if state == .idle {
-                // Bytes on an idle connection mean the upstream is confused: never reuse it.
-                pool.remove(self)
-                close()
+                dropIdle()  // bytes on an idle connection mean the upstream is confused: never reuse it
                 return
             }
             owner?.upstreamReadable()
         case .wouldBlock:
             return
         case .eof, .failed:
-            if state == .idle {
-                pool.remove(self)
-                close()
-            } else {
-                fail(.reset)
-            }
+            if state == .idle { dropIdle() } else { fail(.reset) }
         }
     }
 
-    enum Failure { case connectFailed, reset, timedOut }
+    /// How an attached connection failed: connecting (refused or timed out), or after it was established.
+    enum Failure { case connectFailed, reset }
 
     private func fail(_ failure: Failure) {
         let owner = self.owner
@@ -131,10 +125,15 @@ final class UpstreamConnection {
         switch state {
         case .connecting: fail(.connectFailed)
         case .idle:
-            pool.remove(self)
-            close()
+            dropIdle()
         case .active, .closed: break
         }
+    }
+
+    /// Leaves the pool for good (closed by the upstream, confused, or unused too long).
+    private func dropIdle() {
+        pool.remove(self)
+        close()
     }
 
     func close() {

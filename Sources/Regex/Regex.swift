@@ -40,10 +40,6 @@ public final class Regex: @unchecked Sendable {
         return pcre2_match_8(code, base, subject.count, 0, 0, data, nil) >= 0
     }
 
-    public func matches(_ subject: String) -> Bool {
-        var s = subject
-        return s.withUTF8 { matches(UnsafeRawBufferPointer($0)) }
-    }
 }
 
 /// A pattern that PCRE2 rejected.

@@ -52,10 +52,6 @@ public struct ByteStringMap<Value: Sendable>: Sendable {
         return nil
     }
 
-    public func lookup(_ key: String) -> Value? {
-        var key = key
-        return key.withUTF8 { lookup(UnsafeRawBufferPointer($0)) }
-    }
 
     @inline(__always)
     static func hash(_ bytes: UnsafeRawBufferPointer) -> UInt64 {

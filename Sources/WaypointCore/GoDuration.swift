@@ -39,7 +39,7 @@ public enum GoDuration {
         if seconds >= 3600 { out += "\(seconds / 3600)h" }
         if seconds >= 60 && (seconds % 3600) / 60 > 0 { out += "\((seconds % 3600) / 60)m" }
         let s = seconds % 60
-        if s > 0 || millis > 0 { out += millis > 0 ? "\(s).\(String(format3(millis)))s" : "\(s)s" }
+        if s > 0 || millis > 0 { out += millis > 0 ? "\(s).\(format3(millis))s" : "\(s)s" }
         return out
     }
 
