@@ -25,10 +25,14 @@ let package = Package(
         .systemLibrary(name: "CLibEV", path: "Sources/CLibEV"),
         .systemLibrary(name: "CPCRE2", path: "Sources/CPCRE2", pkgConfig: "libpcre2-8",
                        providers: [.apt(["libpcre2-dev"])]),
+        .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CNghttp2", path: "Sources/CNghttp2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
 
         // Thin Swift wrappers: the only modules that import the C targets.
         .target(name: "EventLoop", dependencies: ["CLibEV"], swiftSettings: release),
         .target(name: "Regex", dependencies: ["CPCRE2"], swiftSettings: release),
+        .target(name: "TLS", dependencies: ["COpenSSL", "EventLoop"], swiftSettings: release),
+        .target(name: "HTTP2", dependencies: ["CNghttp2", "WaypointCore"], swiftSettings: release),
 
         // Byte buffers, sockets, the HTTP/1.1 codec, durations: shared by everything above.
         .target(name: "WaypointCore", swiftSettings: release),
@@ -38,7 +42,7 @@ let package = Package(
         .target(name: "Filters", dependencies: ["WaypointCore"], swiftSettings: release),
         // The data plane: listeners, downstream sessions, upstream pools.
         .target(name: "HBONEServer", dependencies: [
-            "WaypointCore", "EventLoop", "Filters",
+            "WaypointCore", "EventLoop", "Filters", "TLS", "HTTP2",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: release),
         // Kubernetes manifests -> validated specs -> immutable Snapshot.
@@ -46,7 +50,7 @@ let package = Package(
             "WaypointCore", "EventLoop", "HTTPRouter", "Regex", "Yams",
         ], swiftSettings: release),
         .executableTarget(name: "Waypoint", dependencies: [
-            "WaypointCore", "EventLoop", "HTTPRouter", "Filters", "HBONEServer", "WaypointConfig",
+            "WaypointCore", "EventLoop", "HTTPRouter", "Filters", "HBONEServer", "WaypointConfig", "TLS", "HTTP2",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: release),

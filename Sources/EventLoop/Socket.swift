@@ -201,5 +201,8 @@ public enum Socket {
         return code == EAGAIN || code == EWOULDBLOCK || code == EINTR ? .wouldBlock : .failed(code)
     }
 
+    /// Half-close: the peer reads end of stream, and we can still read its bytes.
+    public static func shutdownWrite(_ fd: Int32) { _ = Glibc.shutdown(fd, Int32(SHUT_WR)) }
+
     public static func close(_ fd: Int32) { _ = Glibc.close(fd) }
 }

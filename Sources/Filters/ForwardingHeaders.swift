@@ -7,9 +7,11 @@ import WaypointCore
 /// Pure: bytes in, bytes out. The caller owns the buffers.
 public enum ForwardingHeaders {
     /// Writes `head` (whose ranges point into `bytes`) as an HTTP/1.1 request for an upstream.
-    /// `requestID` is called only when the request has no `x-request-id`.
+    /// `requestID` is called only when the request has no `x-request-id`. `traceparent` (the HBONE tunnel's,
+    /// possibly empty) is added when the request carries none, so the trace continues across the waypoint.
     public static func writeRequest(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, clientIP: UnsafeRawBufferPointer,
-                                    proto: StaticString, into out: ByteBuffer, requestID: (ByteBuffer) -> Void) {
+                                    proto: StaticString, traceparent: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                                    into out: ByteBuffer, requestID: (ByteBuffer) -> Void) {
         out.append(head.method.bytes(in: bytes))
         out.append(0x20)
         if head.defaultedPath { out.append(0x2F) }
@@ -23,6 +25,7 @@ public enum ForwardingHeaders {
         let connectionOptions = connectionOptionIndices(head, bytes)
         var forwardedFor: ByteRange? = nil
         var hasRequestID = false
+        var hasTraceparent = false
         for field in head.headers {
             let name = field.name.bytes(in: bytes)
             switch classify(name) {
@@ -32,6 +35,7 @@ public enum ForwardingHeaders {
                 if forwardedFor == nil { forwardedFor = field.value }
                 continue
             case .requestID: hasRequestID = true
+            case .traceparent: hasTraceparent = true
             case .other:
                 if !connectionOptions.isEmpty, isConnectionOption(name, connectionOptions, head, bytes) { continue }
             }
@@ -52,6 +56,11 @@ public enum ForwardingHeaders {
         if !hasRequestID {
             out.append("x-request-id: ")
             requestID(out)
+            out.append("\r\n")
+        }
+        if !hasTraceparent && !traceparent.isEmpty {
+            out.append("traceparent: ")
+            out.append(traceparent)
             out.append("\r\n")
         }
         writeFraming(head.framing, into: out)
@@ -109,7 +118,7 @@ public enum ForwardingHeaders {
         }
     }
 
-    enum HeaderClass { case hopByHop, framing, host, expect, forwardedFor, forwardedProto, requestID, other }
+    enum HeaderClass { case hopByHop, framing, host, expect, forwardedFor, forwardedProto, requestID, traceparent, other }
 
     /// Classifies a header name, case-insensitively, by length first so most names cost one comparison.
     @inline(__always)
@@ -120,6 +129,7 @@ public enum ForwardingHeaders {
         case 6 where HTTP1Parser.equalsLowercase(name, "expect"): return .expect
         case 7 where HTTP1Parser.equalsLowercase(name, "upgrade"), 7 where HTTP1Parser.equalsLowercase(name, "trailer"): return .hopByHop
         case 10 where HTTP1Parser.equalsLowercase(name, "connection"), 10 where HTTP1Parser.equalsLowercase(name, "keep-alive"): return .hopByHop
+        case 11 where HTTP1Parser.equalsLowercase(name, "traceparent"): return .traceparent
         case 12 where HTTP1Parser.equalsLowercase(name, "x-request-id"): return .requestID
         case 14 where HTTP1Parser.equalsLowercase(name, "content-length"): return .framing
         case 15 where HTTP1Parser.equalsLowercase(name, "x-forwarded-for"): return .forwardedFor

@@ -41,7 +41,9 @@ final class AccessLog {
         out.appendDecimal(Int((entry.duration * 1000).rounded()))
         out.append(",\"downstream_remote_address\":\"")
         out.append(string: entry.client)
-        out.append("\",\"upstream_host\":")
+        out.append("\",\"downstream_peer_principal\":")
+        appendOptional(entry.principal)
+        out.append(",\"upstream_host\":")
         appendOptional(entry.upstream)
         out.append(",\"route_name\":")
         appendOptional(entry.route)
@@ -56,6 +58,8 @@ final class AccessLog {
         var path: UnsafeRawBufferPointer
         var authority: UnsafeRawBufferPointer
         var client: String
+        /// The caller's SPIFFE principal (HBONE and PROXY sandwich), nil on the plaintext listener.
+        var principal: String?
         var status: Int
         /// Envoy response flags: `-`, `UF` (upstream connect failure), `UC` (upstream closed), `NR` (no route),
         /// `UH` (no healthy upstream), `DC` (downstream closed).

@@ -2,17 +2,17 @@ import EventLoop
 import Filters
 import WaypointCore
 
-/// One client connection on the plaintext listener: reads HTTP/1.1 requests, one exchange at a time, and
-/// streams each through an upstream connection under backpressure. Pipelined requests wait in `input` and are
-/// answered in order.
+/// One downstream HTTP/1.1 session (a plaintext connection, or the HTTP/1.1 carried by an HBONE tunnel): reads
+/// requests, one exchange at a time, and streams each through an upstream connection under backpressure.
+/// Pipelined requests wait in `input` and are answered in order.
 ///
 /// An exchange ends when the request body has been read and the response fully queued; only then does the
 /// next request start. Bodies are never buffered whole: at most `pendingOutputBound` bytes wait per direction
 /// before the sending side stops being read.
 ///
-/// Thread: its worker's loop thread only. Ownership: the `ProxyServer` (until `close()`); it owns its
-/// upstream connection while an exchange is in flight.
-final class DownstreamConnection {
+/// Thread: its worker's loop thread only. Ownership: the `ProxyServer` (until `close()`); it owns its byte
+/// stream, and its upstream connection while an exchange is in flight.
+final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     /// Why reading from the client is paused; reading resumes when the set is empty.
     struct PauseReasons: OptionSet {
         let rawValue: UInt8
@@ -25,14 +25,16 @@ final class DownstreamConnection {
     }
 
     let id: Int
-    private let fd: Int32
+    private let stream: any ByteStream
     private unowned(unsafe) let server: ProxyServer
+    let peer: PeerFacts
+    /// For a tunnel: the service (or workload) its `:authority` named; every request is routed by it.
+    private let destination: Destination?
+    /// The tunnel's `traceparent`, passed on to requests that carry none.
+    private let traceparent: [UInt8]
     private let clientIP: [UInt8]
-    private let clientAddress: String
     private let input: ByteBuffer
     private let output: ByteBuffer
-    private var readWatcher: IOWatcher!
-    private var writeWatcher: IOWatcher!
     private var timer: Timer!
     private var paused: PauseReasons = []
     /// We stopped reading the upstream because `output` is over the bound.
@@ -73,28 +75,44 @@ final class DownstreamConnection {
     private let logFields: ByteBuffer
     private var logMethod = 0, logPath = 0
 
-    init(id: Int, fd: Int32, peer: SocketAddress?, server: ProxyServer) {
+    /// `initialInput`: bytes already read from the stream (protocol detection looked at them).
+    init(id: Int, stream: any ByteStream, peer: PeerFacts, destination: Destination? = nil, traceparent: [UInt8] = [],
+         initialInput: UnsafeRawBufferPointer? = nil, server: ProxyServer) {
         self.id = id
-        self.fd = fd
+        self.stream = stream
         self.server = server
-        clientIP = Array((peer?.ip ?? "unknown").utf8)
-        clientAddress = peer?.description ?? "unknown"
-        input = ByteBuffer(capacity: 16 * 1024)
-        output = ByteBuffer(capacity: 16 * 1024)
-        replay = ByteBuffer(capacity: 512)
-        logFields = ByteBuffer(capacity: 256)
+        self.peer = peer
+        self.destination = destination
+        self.traceparent = traceparent
+        clientIP = Array(peer.sourceIP.utf8)
+        // Lazy: an idle tunnel holds no buffer memory until its first request.
+        input = ByteBuffer(lazyCapacity: 16 * 1024)
+        output = ByteBuffer(lazyCapacity: 16 * 1024)
+        replay = ByteBuffer(lazyCapacity: 512)
+        logFields = ByteBuffer(lazyCapacity: 256)
         lastActivity = server.loop.now
-        readWatcher = IOWatcher(loop: server.loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.readable() }
-        writeWatcher = IOWatcher(loop: server.loop, fd: fd, direction: .write) { [unowned(unsafe) self] in self.writable() }
         timer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.checkIdle() }
         let tick = min(server.settings.downstreamIdleTimeout, server.settings.headerTimeout) / 4
         timer.scheduleRepeating(every: max(tick, .milliseconds(50)))
-        readWatcher.start()
+        stream.handler = self
+        stream.setReading(true)
+        if let initialInput, !initialInput.isEmpty {
+            headStartedAt = server.loop.now
+            input.append(initialInput)
+        }
     }
 
     deinit {
-        if !closed { Socket.close(fd) }
+        if !closed { stream.close(graceful: false) }
     }
+
+    /// Handles bytes given as `initialInput`; call once after `init`.
+    func start() {
+        if !input.isEmpty { processInput() }
+    }
+
+    func streamReadable() { readable() }
+    func streamWritable() { writable() }
 
     var isIdle: Bool { !inExchange && input.isEmpty && output.isEmpty }
 
@@ -112,7 +130,7 @@ final class DownstreamConnection {
                 return
             }
         }
-        switch Socket.read(fd, into: space) {
+        switch stream.read(into: space) {
         case .bytes(let n):
             if input.isEmpty && !inExchange { headStartedAt = server.loop.now }
             input.commitWrite(n)
@@ -142,12 +160,12 @@ final class DownstreamConnection {
     /// Writes pending output; arms the write watcher for what the socket does not take now.
     private func flushOutput() {
         while !output.isEmpty {
-            switch Socket.write(fd, from: output.readable) {
+            switch stream.write(from: output.readable) {
             case .bytes(let n):
                 output.consume(n)
                 lastActivity = server.loop.now
             case .wouldBlock:
-                writeWatcher.start()
+                stream.setWriteInterest(true)
                 return
             case .eof, .failed:
                 abort()
@@ -156,17 +174,17 @@ final class DownstreamConnection {
         }
         // While the upstream is paused for our sake, stay armed: `writable()` is the one place that resumes it,
         // whoever drained the output.
-        if !upstreamPaused { writeWatcher.stop() }
+        if !upstreamPaused { stream.setWriteInterest(false) }
     }
 
     private func pause(_ reason: PauseReasons) {
         paused.insert(reason)
-        readWatcher.stop()
+        stream.setReading(false)
     }
 
     private func resume(_ reason: PauseReasons) {
         paused.remove(reason)
-        if paused.isEmpty && !closed { readWatcher.start() }
+        if paused.isEmpty && !closed { stream.setReading(true) }
     }
 
     /// The client half-closed. Requests it sent completely are still answered (pipelined ones included);
@@ -255,7 +273,7 @@ final class DownstreamConnection {
         bytesReceived = length
         if server.accessLog != nil { keepLogFields(headBytes) }
 
-        switch server.router.route(head, headBytes) {
+        switch server.router.route(head, headBytes, destination: destination) {
         case .reply(let reply):
             flags = reply == .noRoute ? "NR" : reply == .noHealthyUpstream ? "UH" : "-"
             discardingBody = true
@@ -272,7 +290,7 @@ final class DownstreamConnection {
     /// A request that cannot be parsed: answer and close, since where it ends is unknown.
     private func reject(_ error: HTTP1Error) {
         server.logger.debug("rejected request: \(error.status) \(error.reason)",
-                            metadata: ["connection.id": "\(id)", "client": "\(clientAddress)"])
+                            metadata: ["connection.id": "\(id)", "client": "\(peer.sourceAddress)"])
         inExchange = true
         exchangeStart = server.loop.now
         keepAlive = false
@@ -306,8 +324,10 @@ final class DownstreamConnection {
         upstreamAddress = pool.addressText
         let start = connection.output.writerIndex
         clientIP.withUnsafeBytes { ip in
-            ForwardingHeaders.writeRequest(head, headBytes, clientIP: ip, proto: server.settings.forwardedProto,
-                                           into: connection.output) { [unowned(unsafe) server] out in server.writeRequestID(out) }
+            traceparent.withUnsafeBytes { trace in
+                ForwardingHeaders.writeRequest(head, headBytes, clientIP: ip, proto: server.settings.forwardedProto, traceparent: trace,
+                                               into: connection.output) { [unowned(unsafe) server] out in server.writeRequestID(out) }
+            }
         }
         replayable = connection.reused && requestDone
         if replayable {
@@ -380,6 +400,7 @@ final class DownstreamConnection {
         replayable = false
         responseScanned = 0
         status = 0
+        bytesSent = 0
         flags = "-"
         routeName = nil
         upstreamAddress = nil
@@ -557,7 +578,7 @@ final class DownstreamConnection {
             method: hasFields ? UnsafeRawBufferPointer(rebasing: fields[0..<logMethod]) : UnsafeRawBufferPointer(start: nil, count: 0),
             path: hasFields ? UnsafeRawBufferPointer(rebasing: fields[logMethod..<logPath]) : UnsafeRawBufferPointer(start: nil, count: 0),
             authority: hasFields ? UnsafeRawBufferPointer(rebasing: fields[logPath...]) : UnsafeRawBufferPointer(start: nil, count: 0),
-            client: clientAddress, status: status, flags: flags, bytesReceived: bytesReceived, bytesSent: bytesSent,
+            client: peer.sourceAddress, principal: peer.identity?.principal, status: status, flags: flags, bytesReceived: bytesReceived, bytesSent: bytesSent,
             upstream: upstreamAddress, route: routeName))
         logFields.clear()
         logMethod = 0
@@ -572,22 +593,23 @@ final class DownstreamConnection {
         if isIdle { close() }
     }
 
-    /// Closes at once, dropping pending output.
+    /// Closes at once, dropping pending output; a tunnel is reset, so the client cannot take a cut-off
+    /// response for a complete one.
     private func abort() {
         upstream?.close()
         upstream = nil
-        close()
+        close(graceful: false)
     }
 
-    func close() {
+    func close(graceful: Bool = true) {
         guard !closed else { return }
         closed = true
         closing = true
-        readWatcher.stop()
-        writeWatcher.stop()
+        stream.setReading(false)
+        stream.setWriteInterest(false)
         timer.cancel()
         if let upstream { upstream.owner = nil; upstream.close(); self.upstream = nil }
-        Socket.close(fd)
-        server.connectionClosed(self)
+        stream.close(graceful: graceful)
+        server.sessionClosed(id)
     }
 }

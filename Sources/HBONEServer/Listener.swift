@@ -3,13 +3,14 @@ import EventLoop
 /// A listening socket on a worker's loop: accepts until the kernel has no more pending connections, and hands
 /// each one to `onAccept`. Stops (and closes the socket) on `close()`, as a drain begins.
 ///
-/// Thread: its loop's thread only. Ownership: the worker's `ProxyServer`.
-final class Listener {
+/// Thread: its loop's thread only. Ownership: the worker's `ProxyServer` (plaintext), or the `Runtime` for the
+/// HBONE listener, whose connections it balances across workers.
+public final class Listener {
     private let fd: Int32
     private var watcher: IOWatcher?
     private let onAccept: (Int32, SocketAddress?) -> Void
 
-    init(loop: EventLoop, fd: Int32, onAccept: @escaping (Int32, SocketAddress?) -> Void) {
+    public init(loop: EventLoop, fd: Int32, onAccept: @escaping (Int32, SocketAddress?) -> Void) {
         self.fd = fd
         self.onAccept = onAccept
         watcher = IOWatcher(loop: loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.acceptPending() }
@@ -26,7 +27,7 @@ final class Listener {
         }
     }
 
-    func close() {
+    public func close() {
         guard watcher != nil else { return }
         watcher = nil
         Socket.close(fd)

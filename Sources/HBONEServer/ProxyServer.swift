@@ -1,9 +1,17 @@
 import EventLoop
 import Logging
+import TLS
 import WaypointCore
 
-/// One worker's data plane: its listeners, the client connections they accept, and a keep-alive pool per
-/// upstream endpoint. Every connection is owned by one worker for its whole life, so nothing here locks.
+/// Something the server tracks per downstream stream (an HTTP/1.1 session, a TCP relay, a sniffer).
+protocol DownstreamSession: AnyObject {
+    var id: Int { get }
+    /// Drain: finish what is in flight, then close.
+    func closeWhenIdle()
+}
+
+/// One worker's data plane: its listeners, the client connections they accept (plaintext, HBONE), the
+/// sessions running over them, and a keep-alive pool per upstream endpoint. Every connection is owned by one worker for its whole life, so nothing here locks.
 ///
 /// Thread: its worker's loop thread only (create it on that thread). Ownership: the worker.
 public final class ProxyServer {
@@ -15,8 +23,14 @@ public final class ProxyServer {
     /// Debug-level events of the data plane (rejected requests, upstream failures); never per successful request.
     let logger: Logger
     private var listeners: [Listener] = []
-    private var connections: [Int: DownstreamConnection] = [:]
+    private var sessions: [Int: any DownstreamSession] = [:]
+    private var hboneConnections: [Int: HBONEConnection] = [:]
     private var nextConnectionID = 0
+    /// The server-side TLS context for new HBONE connections (replaced when the certificate rotates).
+    public var tlsContext: TLSContext?
+    /// Where TLS records are decrypted before HTTP/2 takes them: one per worker, since a read is processed
+    /// completely before the next.
+    let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 32 * 1024, alignment: 16)
     private var pools: [UpstreamPool] = []
     private var random: FastRandom
     public private(set) var draining = false
@@ -33,6 +47,8 @@ public final class ProxyServer {
         random = FastRandom(seed: seed.next())
     }
 
+    deinit { scratch.deallocate() }
+
     /// Starts accepting on a listening socket (which this server then owns and closes).
     public func listen(fd: Int32) {
         listeners.append(Listener(loop: loop, fd: fd) { [unowned(unsafe) self] fd, peer in self.accepted(fd, peer) })
@@ -40,17 +56,82 @@ public final class ProxyServer {
 
     private func accepted(_ fd: Int32, _ peer: SocketAddress?) {
         guard !draining else { Socket.close(fd); return }
-        nextConnectionID += 1
-        connections[nextConnectionID] = DownstreamConnection(id: nextConnectionID, fd: fd, peer: peer, server: self)
+        let facts = PeerFacts(identity: nil, sourceIP: peer?.ip ?? "unknown", sourceAddress: peer?.description ?? "unknown")
         counters.downstreamConnectionsTotal.increment()
+        startHTTP(on: SocketStream(fd: fd, loop: loop), peer: facts, destination: nil, traceparent: [], initialInput: nil)
+    }
+
+    /// Takes an accepted HBONE connection (handed over by the thread that balances them across workers).
+    public func adoptHBONE(fd: Int32, peer: SocketAddress?) {
+        guard !draining, let context = tlsContext else {
+            counters.hboneConnectionsTotal.increment()  // counted as adopted, so the balancer's tally stays right
+            Socket.close(fd)
+            return
+        }
+        nextConnectionID += 1
+        guard let connection = HBONEConnection(id: nextConnectionID, fd: fd, remote: peer, context: context, server: self) else {
+            Socket.close(fd)
+            return
+        }
+        hboneConnections[connection.id] = connection
+        counters.hboneConnectionsActive.increment()
+        counters.hboneConnectionsTotal.increment()
+    }
+
+    func hboneConnectionClosed(_ connection: HBONEConnection) {
+        guard hboneConnections.removeValue(forKey: connection.id) != nil else { return }
+        counters.hboneConnectionsActive.increment(by: -1)
+        checkDrained()
+    }
+
+    // MARK: - Sessions
+
+    /// Runs what the destination's protocol calls for over an accepted tunnel.
+    func startInnerSession(on stream: any ByteStream, peer: PeerFacts, destination: Destination, traceparent: [UInt8]) {
+        switch destination.innerProtocol {
+        case .http1:
+            startHTTP(on: stream, peer: peer, destination: destination, traceparent: traceparent, initialInput: nil)
+        case .tcp, .http2:
+            startTCP(on: stream, destination: destination, initialInput: nil)
+        case .detect:
+            nextConnectionID += 1
+            sessions[nextConnectionID] = ProtocolSniffer(id: nextConnectionID, stream: stream, peer: peer, destination: destination,
+                                                         traceparent: traceparent, server: self)
+            counters.downstreamConnectionsActive.increment()
+        }
+    }
+
+    func startHTTP(on stream: any ByteStream, peer: PeerFacts, destination: Destination?, traceparent: [UInt8],
+                   initialInput: UnsafeRawBufferPointer?) {
+        nextConnectionID += 1
+        let session = DownstreamConnection(id: nextConnectionID, stream: stream, peer: peer, destination: destination,
+                                           traceparent: traceparent, initialInput: initialInput, server: self)
+        sessions[session.id] = session
+        counters.downstreamConnectionsActive.increment()
+        session.start()
+    }
+
+    func startTCP(on stream: any ByteStream, destination: Destination, initialInput: UnsafeRawBufferPointer?) {
+        nextConnectionID += 1
+        guard let endpoint = router.pickEndpoint(for: destination), let pool = pool(endpoint),
+              let relay = TCPRelay(id: nextConnectionID, downstream: stream, upstream: pool.address, initialInput: initialInput, server: self)
+        else {
+            counters.upstreamConnectFailures.increment()
+            stream.close(graceful: false)
+            return
+        }
+        sessions[relay.id] = relay
         counters.downstreamConnectionsActive.increment()
     }
 
-    func connectionClosed(_ connection: DownstreamConnection) {
-        guard connections.removeValue(forKey: connection.id) != nil else { return }
+    func sessionClosed(_ id: Int) {
+        guard sessions.removeValue(forKey: id) != nil else { return }
         counters.downstreamConnectionsActive.increment(by: -1)
-        if draining && connections.isEmpty { drained() }
+        checkDrained()
     }
+
+    /// Whether a destination's own cluster has a ready endpoint (a tunnel to a service without one gets 503).
+    func hasReadyEndpoints(_ destination: Destination) -> Bool { router.isReachable(destination) }
 
     /// Replaces the endpoint list that `RouteDecision.forward` indexes; pools for addresses still listed
     /// (and their idle connections) carry over, the others retire.
@@ -88,8 +169,13 @@ public final class ProxyServer {
         for listener in listeners { listener.close() }
         listeners.removeAll()
         for pool in pools { pool.closeIdle() }
-        for connection in Array(connections.values) { connection.closeWhenIdle() }
-        if connections.isEmpty { drained() }
+        for session in Array(sessions.values) { session.closeWhenIdle() }
+        for connection in Array(hboneConnections.values) { connection.beginDrain() }
+        checkDrained()
+    }
+
+    private func checkDrained() {
+        if draining && sessions.isEmpty && hboneConnections.isEmpty { drained() }
     }
 
 
@@ -100,5 +186,5 @@ public final class ProxyServer {
         callback?()
     }
 
-    public var activeConnections: Int { connections.count }
+    public var activeConnections: Int { sessions.count + hboneConnections.count }
 }

@@ -1,3 +1,5 @@
+import HTTP2
+
 /// Limits and timeouts of the data plane, fixed at start-up.
 public struct ProxySettings: Sendable {
     /// Request line plus headers beyond this answer 431 (upstream response heads beyond it answer 502).
@@ -14,6 +16,21 @@ public struct ProxySettings: Sendable {
     public var upstreamIdleTimeout: Duration = .seconds(30)
     /// `x-forwarded-proto` set on requests from this listener.
     public var forwardedProto: StaticString = "http"
+
+    // MARK: HBONE
+    /// A TLS handshake must complete within this long of the accept.
+    public var handshakeTimeout: Duration = .seconds(10)
+    /// Trust domains whose SPIFFE IDs are accepted from peers (lower-case).
+    public var trustDomains: [String] = ["cluster.local"]
+    public var http2 = HTTP2Settings()
+    /// Bytes waiting to go to the client per tunnel before its feeder (the upstream) is paused.
+    public var tunnelSendBound = 256 * 1024
+    /// PING every this long; close when one is unanswered for `keepaliveTimeout` (ztunnel: 10 s and 20 s).
+    public var keepaliveInterval: Duration = .seconds(10)
+    public var keepaliveTimeout: Duration = .seconds(20)
+    /// How long a tunnel of undeclared protocol waits for its first bytes before it is treated as TCP
+    /// (server-first protocols such as MySQL or SMTP never speak first).
+    public var detectionTimeout: Duration = .seconds(1)
 
     public init() {}
 }

@@ -1,3 +1,4 @@
+import EventLoop
 import WaypointCore
 
 /// Where the data plane sends one request: decided by the code that knows the config.
@@ -9,11 +10,18 @@ public enum RouteDecision {
     case reply(LocalReply)
 }
 
-/// Decides where each request goes. One instance per worker.
+/// Decides where each request and each HBONE tunnel goes. One instance per worker.
 ///
 /// A class-bound existential: the data plane makes one indirect call per request through it (a few
 /// nanoseconds), which keeps the data plane free of the config's types without `@inlinable` plumbing.
 /// Thread: its worker's loop thread only.
 public protocol RequestRouter: AnyObject {
-    func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer) -> RouteDecision
+    /// Routes a request: by its Host header, or, inside a tunnel, by the tunnel's `destination`.
+    func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?) -> RouteDecision
+    /// What a tunnel's `:authority` names, or nil when the waypoint serves no such address.
+    func destination(for address: SocketAddress) -> Destination?
+    /// Whether the destination's own cluster has a ready endpoint (a workload address always has one).
+    func isReachable(_ destination: Destination) -> Bool
+    /// An endpoint for a byte-stream (TCP) tunnel, or nil when the destination has no ready endpoint.
+    func pickEndpoint(for destination: Destination) -> Int32?
 }

@@ -19,7 +19,39 @@ public final class WorkerCounters: Sendable {
     /// Responses cut off because the upstream failed after the head was sent.
     public let upstreamResetsMidResponse = Atomic<Int>(0)
 
+    // MARK: HBONE
+    public let hboneConnectionsActive = Atomic<Int>(0)
+    public let hboneConnectionsTotal = Atomic<Int>(0)
+    public let handshakesOK = Atomic<Int>(0)
+    /// Failed handshakes, indexed like `handshakeFailureReasons`.
+    public let handshakeFailures = CounterArray(labels: WorkerCounters.handshakeFailureReasons)
+    public static let handshakeFailureReasons = ["no_certificate", "certificate_rejected", "protocol", "closed", "alpn",
+                                                 "identity", "timeout"]
+    public let tunnelsActive = Atomic<Int>(0)
+    public let tunnelsTotal = Atomic<Int>(0)
+    /// CONNECT streams answered with an error, indexed like `tunnelRefusalReasons`.
+    public let tunnelRefusals = CounterArray(labels: WorkerCounters.tunnelRefusalReasons)
+    public static let tunnelRefusalReasons = ["method", "extended_connect", "bad_authority", "unknown_destination",
+                                              "no_healthy_upstream", "draining"]
+    /// Payload bytes through tunnels: from clients (received) and to clients (sent).
+    public let tunnelBytesReceived = Atomic<Int>(0)
+    public let tunnelBytesSent = Atomic<Int>(0)
+    public let keepaliveTimeouts = Atomic<Int>(0)
+    /// Connections closed for an HTTP/2 protocol error or a flood (rapid reset, CONTINUATION, SETTINGS/PING).
+    public let http2ProtocolErrors = Atomic<Int>(0)
+    /// PROXY-protocol connections closed for a missing or malformed header.
+    public let proxyHeaderErrors = Atomic<Int>(0)
+
     public init() {}
+
+    func countHandshakeFailure(_ reason: String) {
+        handshakeFailures.increment(Self.handshakeFailureReasons.firstIndex(of: reason) ?? 2)
+    }
+
+    func countTunnelRefusal(_ reason: StaticString) {
+        let text = reason.description
+        tunnelRefusals.increment(Self.tunnelRefusalReasons.firstIndex(of: text) ?? 0)
+    }
 
     @inline(__always) func countResponse(_ status: Int) {
         switch status / 100 {
@@ -39,4 +71,28 @@ extension Atomic where Value == Int {
     }
 
     @inline(__always) public var value: Int { load(ordering: .relaxed) }
+}
+
+/// A fixed set of labelled single-writer counters (one per label).
+///
+/// Thread: written on the worker's loop thread, read from any. Ownership: `WorkerCounters`.
+public final class CounterArray: @unchecked Sendable {
+    // SAFETY: the storage is allocated once and only accessed through atomics.
+    public let labels: [String]
+    private let storage: UnsafeMutablePointer<Atomic<Int>>
+
+    init(labels: [String]) {
+        self.labels = labels
+        storage = .allocate(capacity: labels.count)
+        for i in 0..<labels.count { (storage + i).initialize(to: Atomic(0)) }
+    }
+
+    deinit {
+        storage.deinitialize(count: labels.count)
+        storage.deallocate()
+    }
+
+    func increment(_ index: Int) { storage[index].increment() }
+
+    public func value(_ index: Int) -> Int { storage[index].value }
 }

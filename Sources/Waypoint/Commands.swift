@@ -50,6 +50,30 @@ extension WaypointCommand {
         @Option(name: .long, help: "Admin listener (/healthz/ready, /stats/prometheus, /config_dump), IP:port.")
         var adminListen = AddressArgument(argument: "127.0.0.1:15000")!
 
+        @Option(name: .long, help: "HBONE listener (mTLS 1.3 + HTTP/2 CONNECT), IP:port; on when --cert, --key and --ca are given.")
+        var hboneListen = AddressArgument(argument: "0.0.0.0:15008")!
+
+        @Option(name: .long, help: "The waypoint's certificate chain (PEM), re-read when it changes.")
+        var cert: String?
+
+        @Option(name: .long, help: "The certificate's private key (PEM).")
+        var key: String?
+
+        @Option(name: .long, help: "Trust bundle (PEM CA certificates) that peer certificates must chain to.")
+        var ca: String?
+
+        @Option(name: .long, help: "Trust domain of accepted peer SPIFFE IDs.")
+        var trustDomain = "cluster.local"
+
+        @Option(name: .long, help: "Further accepted trust domains (repeatable).")
+        var trustDomainAliases: [String] = []
+
+        @Option(name: .long, help: "HTTP/2 streams (tunnels) per HBONE connection.")
+        var maxConcurrentStreams = 200
+
+        @Option(name: .long, help: "A TLS handshake must complete within this long.")
+        var handshakeTimeout = DurationArgument(.seconds(10))
+
         @Option(name: .long, help: "Worker threads (default: the number of cores).")
         var workers: Int?
 
@@ -73,16 +97,29 @@ extension WaypointCommand {
 
         func validate() throws {
             if let workers, workers < 1 || workers > 256 { throw ValidationError("--workers must be 1...256") }
+            let given = [cert, key, ca].compactMap { $0 }.count
+            if given != 0 && given != 3 { throw ValidationError("--cert, --key and --ca go together") }
+            if maxConcurrentStreams < 1 { throw ValidationError("--max-concurrent-streams must be at least 1") }
         }
 
         func run() throws {
             let logger = makeLogger(level: logLevel)
+            var certificates: CertificateSource? = nil
+            if let cert, let key, let ca {
+                certificates = CertificateSource(certificate: cert, key: key, trustBundle: ca)
+            } else {
+                logger.info("HBONE listener off: --cert, --key and --ca not given")
+            }
             var options = Runtime.Options(
-                configPaths: config.isEmpty ? nil : config, httpListen: httpListen.address, adminListen: adminListen.address,
+                configPaths: config.isEmpty ? nil : config, httpListen: httpListen.address,
+                hboneListen: certificates == nil ? nil : hboneListen.address, certificates: certificates, adminListen: adminListen.address,
                 workers: workers ?? ProcessInfo.processInfo.activeProcessorCount, namespace: namespace,
                 drainTimeout: drainTimeout.duration, accessLog: accessLog == .on)
             options.settings.headerTimeout = headerTimeout.duration
             options.settings.connectTimeout = connectTimeout.duration
+            options.settings.handshakeTimeout = handshakeTimeout.duration
+            options.settings.trustDomains = ([trustDomain] + trustDomainAliases).map { $0.lowercased() }
+            options.settings.http2.maxConcurrentStreams = UInt32(maxConcurrentStreams)
             let runtime: Runtime
             do {
                 runtime = try Runtime(options: options, logger: logger)
@@ -165,7 +202,8 @@ extension WaypointCommand {
                 }
                 let http = SocketAddress("127.0.0.1:18080")!
                 let runtime = try Runtime(options: .init(
-                    configPaths: nil, httpListen: http, adminListen: SocketAddress("127.0.0.1:15000")!, workers: 2,
+                    configPaths: nil, httpListen: http, hboneListen: nil, certificates: nil,
+                    adminListen: SocketAddress("127.0.0.1:15000")!, workers: 2,
                     namespace: "default", drainTimeout: .seconds(5), accessLog: true), logger: logger)
                 // Written directly (not print's buffer), so it comes before the access-log lines workers write to fd 1.
                 FileHandle.standardOutput.write(Data("""

@@ -40,7 +40,8 @@ struct ConfigSource {
         return Self.fingerprint(paths) != fingerprint
     }
 
-    private static func fingerprint(_ paths: [String]) -> [String] {
+    /// inode, size and mtime of each path (and of the entries of directories), following symlinks.
+    static func fingerprint(_ paths: [String]) -> [String] {
         var result: [String] = []
         for path in paths {
             var entries = [path]

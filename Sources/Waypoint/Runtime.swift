@@ -5,6 +5,7 @@ import EventLoop
 import HBONEServer
 import Logging
 import Synchronization
+import TLS
 import WaypointConfig
 
 /// The proxy process: config, workers, the admin listener, signals and reloads, all on the main thread's
@@ -15,6 +16,9 @@ final class Runtime {
     struct Options {
         var configPaths: [String]?
         var httpListen: SocketAddress
+        /// The HBONE listener; nil when no certificate was given.
+        var hboneListen: SocketAddress?
+        var certificates: CertificateSource?
         var adminListen: SocketAddress
         var workers: Int
         var namespace: String
@@ -32,6 +36,10 @@ final class Runtime {
     private var admin: AdminServer?
     private var watchers: [SignalWatcher] = []
     private var pollTimer: Timer?
+    private var certificates: CertificateSource?
+    private var hboneListener: Listener?
+    /// HBONE connections handed to each worker (compared with what it adopted, to count those in flight).
+    private var assigned: [Int] = []
     private var drainTimer: Timer?
     private var drainTally: DrainTally?
     private var reloadsOK = 0
@@ -39,6 +47,7 @@ final class Runtime {
     private var draining = false
     private(set) var httpAddress: SocketAddress
     private(set) var adminAddress: SocketAddress
+    private(set) var hboneAddress: SocketAddress?
 
     /// Loads the config and binds every socket; throws a message for the user on failure.
     init(options: Options, logger: Logger) throws {
@@ -64,12 +73,27 @@ final class Runtime {
         let adminFD = try Self.bind(options.adminListen, reusePort: false)
         adminAddress = Socket.localAddress(adminFD) ?? options.adminListen
 
+        var tls: TLSContext? = nil
+        certificates = options.certificates
+        if var source = certificates, let address = options.hboneListen {
+            do {
+                tls = try source.load()
+            } catch {
+                throw StartupError("invalid HBONE certificate: \(error)")
+            }
+            certificates = source
+            let fd = try Self.bind(address, reusePort: false)
+            hboneAddress = Socket.localAddress(fd) ?? address
+            hboneListener = Listener(loop: loop, fd: fd) { [unowned(unsafe) self] fd, peer in self.balance(fd, peer) }
+        }
+
         let tally = DrainTally(doorbell: AsyncWatcher(loop: loop) { [unowned(unsafe) self] in self.workerDrained() })
         drainTally = tally
         for (index, fd) in fds.enumerated() {
-            workers.append(Worker(id: index, snapshot: snapshot, listenFDs: [fd], settings: options.settings,
+            workers.append(Worker(id: index, snapshot: snapshot, listenFDs: [fd], tls: tls, settings: options.settings,
                                   accessLog: options.accessLog, logger: logger) { tally.workerDrained() })
         }
+        assigned = Array(repeating: 0, count: workers.count)
         admin = AdminServer(loop: loop, fd: adminFD) { [unowned(unsafe) self] path in self.adminResponse(path) }
     }
 
@@ -90,14 +114,15 @@ final class Runtime {
             SignalWatcher(loop: loop, signal: SIGTERM) { [unowned(unsafe) self] in self.beginDrain(signal: "SIGTERM") },
             SignalWatcher(loop: loop, signal: SIGINT) { [unowned(unsafe) self] in self.beginDrain(signal: "SIGINT") },
         ]
-        if options.configPaths != nil {
+        if options.configPaths != nil || certificates != nil {
             let timer = Timer(loop: loop) { [unowned(unsafe) self] in
                 if self.config.changed() { self.reload(reason: "files changed") }
+                if self.certificates?.changed() == true { self.rotateCertificates() }
             }
             timer.scheduleRepeating(every: .seconds(1))
             pollTimer = timer
         }
-        logger.info("ready", metadata: ["http": "\(httpAddress)", "admin": "\(adminAddress)",
+        logger.info("ready", metadata: ["http": "\(httpAddress)", "hbone": "\(hboneAddress?.description ?? "off")", "admin": "\(adminAddress)",
                                         "workers": "\(workers.count)", "config.generation": "\(snapshot.generation)"])
         loop.run()
         exit(0)
@@ -121,12 +146,47 @@ final class Runtime {
         }
     }
 
+    // MARK: - HBONE
+
+    /// Hands an accepted HBONE connection to the worker with the fewest active tunnels (then the fewest
+    /// connections): few long-lived connections carry up to 200 tunnels each, and kernel SO_REUSEPORT hashing
+    /// could pile them on one worker (Envoy's waypoint needed ExactBalance for the same reason).
+    private func balance(_ fd: Int32, _ peer: SocketAddress?) {
+        guard !draining else { Socket.close(fd); return }
+        var best = 0
+        var bestScore = Int.max
+        for (index, worker) in workers.enumerated() {
+            let c = worker.counters
+            let inFlight = assigned[index] - c.hboneConnectionsTotal.value
+            let score = c.tunnelsActive.value * 1024 + c.hboneConnectionsActive.value + inFlight
+            if score < bestScore { (best, bestScore) = (index, score) }
+        }
+        assigned[best] += 1
+        workers[best].post(.adoptHBONE(fd: fd, peer: peer))
+    }
+
+    /// New certificate files: new connections use them; open connections keep the context they started with.
+    private func rotateCertificates() {
+        guard var source = certificates else { return }
+        do {
+            let context = try source.load()
+            certificates = source
+            for worker in workers { worker.post(.replaceTLS(context)) }
+            logger.info("HBONE certificate reloaded")
+        } catch {
+            certificates = source
+            logger.error("HBONE certificate reload rejected, keeping the current one: \(error)")
+        }
+    }
+
     // MARK: - Drain
 
     private func beginDrain(signal: String) {
         guard !draining else { return }
         draining = true
         logger.info("draining", metadata: ["signal": "\(signal)", "drain.timeout": "\(options.drainTimeout)"])
+        hboneListener?.close()
+        hboneListener = nil
         for worker in workers { worker.post(.drain) }
         let timer = Timer(loop: loop) { [unowned(unsafe) self] in
             self.logger.warning("drain timeout expired; exiting with connections still open")
@@ -182,6 +242,29 @@ final class Runtime {
                [("", sum { $0.upstreamConnectFailures.value })])
         metric("waypoint_upstream_resets_total", "counter", "Responses cut off by an upstream failure after their head was sent.",
                [("", sum { $0.upstreamResetsMidResponse.value })])
+        metric("waypoint_hbone_connections_total", "counter", "HBONE connections accepted.",
+               [("", sum { $0.hboneConnectionsTotal.value })])
+        metric("waypoint_hbone_connections_active", "gauge", "HBONE connections open now.",
+               [("", sum { $0.hboneConnectionsActive.value })])
+        metric("waypoint_tls_handshakes_total", "counter", "HBONE TLS handshakes, by result and failure reason.",
+               [("{result=\"ok\"}", sum { $0.handshakesOK.value })]
+               + WorkerCounters.handshakeFailureReasons.enumerated().map { index, reason in
+                   ("{result=\"failed\",reason=\"\(reason)\"}", sum { $0.handshakeFailures.value(index) })
+               })
+        metric("waypoint_tunnels_active", "gauge", "HBONE tunnels open now.", [("", sum { $0.tunnelsActive.value })])
+        metric("waypoint_tunnels_total", "counter", "HBONE tunnels opened.", [("", sum { $0.tunnelsTotal.value })])
+        metric("waypoint_tunnels_refused_total", "counter", "CONNECT streams refused, by reason.",
+               WorkerCounters.tunnelRefusalReasons.enumerated().map { index, reason in
+                   ("{reason=\"\(reason)\"}", sum { $0.tunnelRefusals.value(index) })
+               })
+        metric("waypoint_tunnel_bytes_total", "counter", "Payload bytes through HBONE tunnels, by direction.", [
+            ("{direction=\"received\"}", sum { $0.tunnelBytesReceived.value }),
+            ("{direction=\"sent\"}", sum { $0.tunnelBytesSent.value }),
+        ])
+        metric("waypoint_hbone_keepalive_timeouts_total", "counter", "HBONE connections closed for an unanswered PING.",
+               [("", sum { $0.keepaliveTimeouts.value })])
+        metric("waypoint_http2_protocol_errors_total", "counter", "HBONE connections closed for a protocol error or flood.",
+               [("", sum { $0.http2ProtocolErrors.value })])
         metric("waypoint_config_reloads_total", "counter", "Config reloads, by result.",
                [("{result=\"ok\"}", reloadsOK), ("{result=\"failed\"}", reloadsFailed)])
         metric("waypoint_config_generation", "gauge", "Generation of the active config.", [("", Int(snapshot.generation))])

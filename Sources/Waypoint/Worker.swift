@@ -5,11 +5,16 @@ import EventLoop
 import HBONEServer
 import Logging
 import Synchronization
+import TLS
 import WaypointConfig
 
 /// What the main thread tells a worker.
 enum WorkerEvent: Sendable {
     case replaceSnapshot(Snapshot)
+    /// A new certificate: new HBONE connections use it, open ones keep theirs.
+    case replaceTLS(TLSContext)
+    /// An accepted HBONE connection, balanced to this worker.
+    case adoptHBONE(fd: Int32, peer: SocketAddress?)
     case drain
 }
 
@@ -32,8 +37,8 @@ final class Worker: @unchecked Sendable {
     private let onDrained: @Sendable () -> Void
     private let logger: Logger
 
-    init(id: Int, snapshot: Snapshot, listenFDs: [Int32], settings: ProxySettings, accessLog: Bool, logger: Logger,
-         onDrained: @escaping @Sendable () -> Void) {
+    init(id: Int, snapshot: Snapshot, listenFDs: [Int32], tls: TLSContext?, settings: ProxySettings, accessLog: Bool,
+         logger: Logger, onDrained: @escaping @Sendable () -> Void) {
         var logger = logger
         logger[metadataKey: "worker.id"] = "\(id)"
         self.id = id
@@ -45,6 +50,7 @@ final class Worker: @unchecked Sendable {
         server = ProxyServer(loop: loop, router: router, settings: settings, accessLog: accessLog, logger: logger)
         counters = server.counters
         server.updateEndpoints(snapshot.endpoints)
+        server.tlsContext = tls
         for fd in listenFDs { server.listen(fd: fd) }
         doorbell = AsyncWatcher(loop: loop) { [unowned(unsafe) self] in self.drainInbox() }
     }
@@ -80,6 +86,10 @@ final class Worker: @unchecked Sendable {
                 router.replace(next)
                 server.updateEndpoints(next.endpoints)
                 logger.debug("serving config generation \(next.generation)")
+            case .replaceTLS(let context):
+                server.tlsContext = context
+            case .adoptHBONE(let fd, let peer):
+                server.adoptHBONE(fd: fd, peer: peer)
             case .drain:
                 server.onDrained = { [onDrained] in onDrained() }
                 server.beginDrain()

@@ -41,17 +41,20 @@ public final class Snapshot: Sendable {
     public let clusters: [Cluster]
     /// Every distinct endpoint address; workers keep one connection pool per entry.
     public let endpoints: [SocketAddress]
+    /// What an HBONE tunnel's `:authority` may name; anything else is refused (never an open relay).
+    public let destinations: [SocketAddress: Destination]
     /// The active config as JSON, for the admin `/config_dump`.
     public let dump: String
     /// Findings that did not stop the load (skipped kinds, unresolved references).
     public let warnings: [String]
 
     init(generation: UInt64, routes: RouteTable<RouteAction>, clusters: [Cluster], endpoints: [SocketAddress],
-         dump: String, warnings: [String]) {
+         destinations: [SocketAddress: Destination], dump: String, warnings: [String]) {
         self.generation = generation
         self.routes = routes
         self.clusters = clusters
         self.endpoints = endpoints
+        self.destinations = destinations
         self.dump = dump
         self.warnings = warnings
     }

@@ -17,7 +17,7 @@ public struct SnapshotCompiler {
         var state = CompileState(spec: spec, compiler: self)
         state.build()
         return Snapshot(generation: generation, routes: RouteTable(virtualHosts: state.virtualHosts, names: state.names),
-                        clusters: state.clusters, endpoints: state.endpoints, dump: state.dump(generation: generation),
+                        clusters: state.clusters, endpoints: state.endpoints, destinations: state.destinations, dump: state.dump(generation: generation),
                         warnings: spec.warnings + state.warnings)
     }
 }
@@ -35,6 +35,9 @@ private struct CompileState {
     var names: [(String, Int)] = []
     var warnings: [String] = []
     var dumpHosts: [JSONValue] = []
+    /// HBONE `:authority` → destination: service VIPs and ServiceEntry addresses first, then endpoints.
+    var destinations: [SocketAddress: Destination] = [:]
+    var workloadDestinations: [SocketAddress: Destination] = [:]
 
     init(spec: ConfigSpec, compiler: SnapshotCompiler) {
         self.spec = spec
@@ -47,6 +50,7 @@ private struct CompileState {
         buildGatewayHosts()
         buildServiceHosts()
         buildServiceEntryHosts()
+        destinations.merge(workloadDestinations) { service, _ in service }
     }
 
     // MARK: - Clusters
@@ -57,6 +61,13 @@ private struct CompileState {
         endpoints.append(address)
         endpointIndex[address] = Int32(endpoints.count - 1)
         return Int32(endpoints.count - 1)
+    }
+
+    mutating func addWorkload(_ endpoint: Int32, _ innerProtocol: InnerProtocol) {
+        let address = endpoints[Int(endpoint)]
+        guard workloadDestinations[address] == nil else { return }
+        workloadDestinations[address] = Destination(virtualHost: -1, port: address.port, cluster: -1, endpoint: endpoint,
+                                                    innerProtocol: innerProtocol, name: address.description, host: address.description)
     }
 
     mutating func addCluster(_ name: String, _ members: [Int32]) {
@@ -82,7 +93,9 @@ private struct CompileState {
                     guard let targetPort else { continue }
                     for endpoint in slice.endpoints where endpoint.ready {
                         for ip in endpoint.addresses {
-                            if let index = self.endpoint(ip, targetPort), !members.contains(index) { members.append(index) }
+                            guard let index = self.endpoint(ip, targetPort) else { continue }
+                            if !members.contains(index) { members.append(index) }
+                            addWorkload(index, InnerProtocol(appProtocol: port.appProtocol, portName: port.name))
                         }
                     }
                 }
@@ -97,7 +110,9 @@ private struct CompileState {
                 var members: [Int32] = []
                 for endpoint in entry.endpoints {
                     let target = endpoint.ports[port.name] ?? port.targetPort ?? port.number
-                    if let index = self.endpoint(endpoint.address, target), !members.contains(index) { members.append(index) }
+                    guard let index = self.endpoint(endpoint.address, target) else { continue }
+                    if !members.contains(index) { members.append(index) }
+                    addWorkload(index, InnerProtocol(appProtocol: port.proto, portName: port.name))
                 }
                 if entry.endpoints.isEmpty {
                     warnings.append("ServiceEntry \(entry.namespace)/\(entry.name): no endpoints (DNS resolution is not supported); requests get 503")
@@ -229,6 +244,14 @@ private struct CompileState {
             if let ip = service.clusterIP { hostNames.append(ip) }
             addHost(VirtualHost(ports: ports, defaultPort: Self.defaultPort(service.ports.map(\.port))),
                     names: hostNames, kind: "Service", name: "\(service.namespace)/\(service.name)")
+            for port in service.ports {
+                guard let ip = service.clusterIP, let vip = SocketAddress(ip: ip, port: UInt16(port.port)) else { continue }
+                destinations[vip] = Destination(
+                    virtualHost: Int32(virtualHosts.count - 1), port: UInt16(port.port),
+                    cluster: clusterIndex["\(service.namespace)/\(service.name):\(port.port)"]!, endpoint: -1,
+                    innerProtocol: InnerProtocol(appProtocol: port.appProtocol, portName: port.name),
+                    name: "\(service.namespace)/\(service.name)", host: fqdn)
+            }
         }
     }
 
@@ -243,6 +266,16 @@ private struct CompileState {
             }
             addHost(VirtualHost(ports: ports, defaultPort: Self.defaultPort(entry.ports.map(\.number))),
                     names: entry.hosts + entry.addresses, kind: "ServiceEntry", name: "\(entry.namespace)/\(entry.name)")
+            for address in entry.addresses {
+                for port in entry.ports {
+                    guard let vip = SocketAddress(ip: address, port: UInt16(port.number)), destinations[vip] == nil else { continue }
+                    destinations[vip] = Destination(
+                        virtualHost: Int32(virtualHosts.count - 1), port: UInt16(port.number),
+                        cluster: clusterIndex["\(entry.hosts[0]):\(port.number)"]!, endpoint: -1,
+                        innerProtocol: InnerProtocol(appProtocol: port.proto, portName: port.name),
+                        name: "\(entry.namespace)/\(entry.name)", host: entry.hosts[0])
+                }
+            }
         }
     }
 

@@ -8,12 +8,24 @@ public final class ByteBuffer {
     public private(set) var readerIndex = 0
     public private(set) var writerIndex = 0
 
+    /// The block size allocated on first use (a lazy buffer starts with none).
+    private let initialCapacity: Int
+
     public init(capacity: Int) {
         self.capacity = capacity
+        initialCapacity = capacity
         base = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 16)
     }
 
-    deinit { base.deallocate() }
+    /// A buffer that allocates `capacity` bytes only when first written: an idle HBONE tunnel then costs no
+    /// buffer memory (the budget is 8 KiB per idle tunnel).
+    public init(lazyCapacity capacity: Int) {
+        self.capacity = 0
+        initialCapacity = capacity
+        base = emptyStorage
+    }
+
+    deinit { if capacity > 0 { base.deallocate() } }
 
     @inline(__always) public var readableBytes: Int { writerIndex - readerIndex }
     @inline(__always) public var isEmpty: Bool { writerIndex == readerIndex }
@@ -25,6 +37,7 @@ public final class ByteBuffer {
 
     /// Free space after the write index, compacting first when that makes room.
     public func writableSpace() -> UnsafeMutableRawBufferPointer {
+        if capacity == 0 { grow(initialCapacity) }
         if writerIndex == capacity || (readerIndex > 0 && readerIndex >= capacity / 2) { compact() }
         return UnsafeMutableRawBufferPointer(start: base + writerIndex, count: capacity - writerIndex)
     }
@@ -56,11 +69,13 @@ public final class ByteBuffer {
     private func grow(_ count: Int) {
         compact()
         if capacity - writerIndex >= count { return }
-        var newCapacity = capacity * 2
+        var newCapacity = max(capacity * 2, initialCapacity, 16)
         while newCapacity - writerIndex < count { newCapacity *= 2 }
         let newBase = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 16)
-        newBase.copyMemory(from: base, byteCount: writerIndex)
-        base.deallocate()
+        if capacity > 0 {
+            newBase.copyMemory(from: base, byteCount: writerIndex)
+            base.deallocate()
+        }
         base = newBase
         capacity = newCapacity
     }
@@ -122,3 +137,6 @@ public final class ByteBuffer {
         writerIndex += width
     }
 }
+
+/// The storage of every lazy buffer that has not allocated yet: never written (its capacity is 0).
+nonisolated(unsafe) private let emptyStorage = UnsafeMutableRawPointer.allocate(byteCount: 16, alignment: 16)

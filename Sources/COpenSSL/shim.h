@@ -1,0 +1,39 @@
+// OpenSSL calls that are macros (or need a C callback), wrapped so Swift can call them.
+#include <openssl/ssl.h>
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+#include <string.h>
+
+static inline int wp_ssl_ctx_tls13_only(SSL_CTX *ctx) {
+    return SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION) && SSL_CTX_set_max_proto_version(ctx, TLS1_3_VERSION);
+}
+static inline long wp_ssl_ctx_set_mode(SSL_CTX *ctx, long mode) { return SSL_CTX_set_mode(ctx, mode); }
+static inline long wp_ssl_mode_nonblocking_writes(void) {
+    return SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER | SSL_MODE_RELEASE_BUFFERS;
+}
+static inline uint64_t wp_ssl_op_no_ticket(void) { return SSL_OP_NO_TICKET; }
+static inline int wp_ssl_ctx_set_groups(SSL_CTX *ctx, const char *list) { return SSL_CTX_set1_groups_list(ctx, list); }
+static inline long wp_ssl_ctx_session_cache_off(SSL_CTX *ctx) { return SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF); }
+
+static inline int wp_sk_general_name_num(const GENERAL_NAMES *names) { return sk_GENERAL_NAME_num(names); }
+static inline const GENERAL_NAME *wp_sk_general_name_value(const GENERAL_NAMES *names, int i) { return sk_GENERAL_NAME_value(names, i); }
+static inline void wp_general_names_free(GENERAL_NAMES *names) { GENERAL_NAMES_free(names); }
+/// The URI of a GENERAL_NAME of type GEN_URI, else NULL (the union is not reachable from Swift reliably).
+static inline const ASN1_IA5STRING *wp_general_name_uri(const GENERAL_NAME *name) {
+    return name->type == GEN_URI ? name->d.uniformResourceIdentifier : NULL;
+}
+
+/// ALPN: the server accepts only "h2" (HBONE); a client offering anything else fails the handshake.
+static int wp_alpn_select_h2(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                             const unsigned char *in, unsigned int inlen, void *arg) {
+    (void)ssl; (void)arg;
+    for (unsigned int i = 0; i < inlen; i += 1 + in[i]) {
+        if (in[i] == 2 && i + 3 <= inlen && memcmp(in + i + 1, "h2", 2) == 0) {
+            *out = in + i + 1;
+            *outlen = 2;
+            return SSL_TLSEXT_ERR_OK;
+        }
+    }
+    return SSL_TLSEXT_ERR_ALERT_FATAL;
+}
+static inline void wp_ssl_ctx_require_alpn_h2(SSL_CTX *ctx) { SSL_CTX_set_alpn_select_cb(ctx, wp_alpn_select_h2, NULL); }

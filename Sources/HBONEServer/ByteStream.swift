@@ -1,0 +1,60 @@
+import EventLoop
+
+/// The byte stream a downstream session runs over: a plaintext socket, a PROXY-protocol socket or an HBONE
+/// tunnel. It behaves like a non-blocking socket (STYLE 1b), so the HTTP/1.1 session and the TCP relay never
+/// know which transport carries them.
+///
+/// Thread: its worker's loop thread only. Ownership: the session using it holds it strongly; the stream holds
+/// its `handler` unowned and stops calling it once closed.
+protocol ByteStream: AnyObject {
+    /// Who is told about readiness. Set once by the session.
+    var handler: (any ByteStreamHandler)? { get set }
+    func read(into buffer: UnsafeMutableRawBufferPointer) -> IOResult
+    /// Takes what it can now; `.wouldBlock` when full (the handler then hears `streamWritable` later).
+    func write(from buffer: UnsafeRawBufferPointer) -> IOResult
+    /// Whether `streamReadable` should be called when bytes (or the end) arrive.
+    func setReading(_ on: Bool)
+    /// Whether `streamWritable` should be called when there is room to write.
+    func setWriteInterest(_ on: Bool)
+    /// Ends the stream. `graceful`: what was written is delivered, then end of stream; otherwise the peer
+    /// sees an abort (a reset tunnel; for a socket, the close).
+    func close(graceful: Bool)
+}
+
+/// The session side of a `ByteStream`.
+protocol ByteStreamHandler: AnyObject {
+    func streamReadable()
+    func streamWritable()
+}
+
+/// A `ByteStream` over a non-blocking socket, with one libev watcher per direction.
+///
+/// Thread: its worker's loop thread only. Ownership: the session using it; it owns and closes the fd.
+final class SocketStream: ByteStream {
+    private let fd: Int32
+    private var readWatcher: IOWatcher!
+    private var writeWatcher: IOWatcher!
+    private var closed = false
+    unowned(unsafe) var handler: (any ByteStreamHandler)?
+
+    init(fd: Int32, loop: EventLoop) {
+        self.fd = fd
+        readWatcher = IOWatcher(loop: loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.handler?.streamReadable() }
+        writeWatcher = IOWatcher(loop: loop, fd: fd, direction: .write) { [unowned(unsafe) self] in self.handler?.streamWritable() }
+    }
+
+    deinit { close(graceful: false) }
+
+    @inline(__always) func read(into buffer: UnsafeMutableRawBufferPointer) -> IOResult { Socket.read(fd, into: buffer) }
+    @inline(__always) func write(from buffer: UnsafeRawBufferPointer) -> IOResult { Socket.write(fd, from: buffer) }
+    func setReading(_ on: Bool) { if on && !closed { readWatcher.start() } else { readWatcher.stop() } }
+    func setWriteInterest(_ on: Bool) { if on && !closed { writeWatcher.start() } else { writeWatcher.stop() } }
+
+    func close(graceful: Bool) {
+        guard !closed else { return }
+        closed = true
+        readWatcher.stop()
+        writeWatcher.stop()
+        Socket.close(fd)
+    }
+}

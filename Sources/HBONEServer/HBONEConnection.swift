@@ -1,0 +1,413 @@
+import EventLoop
+import HTTP2
+import TLS
+import WaypointCore
+
+/// One HBONE connection from a ztunnel: mutual TLS 1.3, then an HTTP/2 server session whose CONNECT streams
+/// are tunnels. Written as phases (ztunnel's inbound): handshake → identity → per stream: check the request,
+/// look up the destination, answer 200 (or refuse), hand the tunnel to an inner session.
+///
+/// The peer's identity is fixed per connection (ztunnel pools one connection per source identity), so it is
+/// verified once, at the handshake. Every tunnel gets the same identity and its own source address.
+///
+/// nghttp2 must not be re-entered from its callbacks, so callbacks only record what happened (data into the
+/// tunnel, a tunnel to notify); sessions are notified, and frames sent, after `receive`/`send` return.
+///
+/// Thread: its worker's loop thread only. Ownership: the `ProxyServer` (until closed); it owns its open tunnels.
+final class HBONEConnection: HTTP2SessionDelegate {
+    enum State { case handshaking, open, closed }
+
+    let id: Int
+    private let fd: Int32
+    private unowned(unsafe) let server: ProxyServer
+    private let remote: SocketAddress?
+    private let tls: TLSConnection
+    private var session: HTTP2Session!
+    private var readWatcher: IOWatcher!
+    private var writeWatcher: IOWatcher!
+    private var timer: Timer!
+    private(set) var state = State.handshaking
+    private var identity: SpiffeIdentity?
+    private let output = ByteBuffer(lazyCapacity: 16 * 1024)
+    private var tunnels: [Int32: Tunnel] = [:]
+    /// Header fields of CONNECT requests still being received, by stream.
+    private var requests: [Int32: TunnelRequest] = [:]
+    /// Tunnels whose session should hear about readiness once the current nghttp2 call returns.
+    private var notify: [Tunnel] = []
+    private var inSession = false
+    private var flushing = false
+    private var needsFlush = false
+    /// When our unanswered PING went out.
+    private var pingSentAt: Double?
+    private var goingAway = false
+
+    init?(id: Int, fd: Int32, remote: SocketAddress?, context: TLSContext, server: ProxyServer) {
+        guard let tls = TLSConnection(context: context, fd: fd) else { return nil }
+        self.id = id
+        self.fd = fd
+        self.remote = remote
+        self.tls = tls
+        self.server = server
+        readWatcher = IOWatcher(loop: server.loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.readable() }
+        writeWatcher = IOWatcher(loop: server.loop, fd: fd, direction: .write) { [unowned(unsafe) self] in self.writable() }
+        timer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.timerFired() }
+        timer.schedule(after: server.settings.handshakeTimeout)
+        readWatcher.start()
+    }
+
+    deinit { if state != .closed { Socket.close(fd) } }
+
+    var tunnelCount: Int { tunnels.count }
+
+    // MARK: - Handshake
+
+    private func continueHandshake() {
+        switch tls.handshake() {
+        case .wantRead:
+            writeWatcher.stop()
+            readWatcher.start()
+        case .wantWrite:
+            writeWatcher.start()
+        case .failed(let failure):
+            handshakeFailed(failure.label, "\(failure)")
+        case .done:
+            guard tls.negotiatedProtocol == "h2" else { return handshakeFailed("alpn", "the client did not negotiate h2") }
+            switch SpiffeIdentity.fromCertificate(uris: tls.peerURIs, trustDomains: server.settings.trustDomains) {
+            case .failure(let rejection):
+                handshakeFailed("identity", rejection.description)
+            case .success(let identity):
+                self.identity = identity
+                server.counters.handshakesOK.increment()
+                state = .open
+                session = HTTP2Session(role: .server, settings: server.settings.http2, delegate: self)
+                writeWatcher.stop()
+                readWatcher.start()
+                timer.scheduleRepeating(every: server.settings.keepaliveInterval)
+                if server.draining { beginDrain() }
+                readable()  // the client's preface may already be here
+            }
+        }
+    }
+
+    private func handshakeFailed(_ reason: String, _ detail: String) {
+        server.counters.countHandshakeFailure(reason)
+        server.logger.debug("HBONE handshake failed: \(detail)",
+                            metadata: ["connection.id": "\(id)", "client": "\(remote?.description ?? "unknown")", "reason": "\(reason)"])
+        close()
+    }
+
+    // MARK: - I/O
+
+    private func readable() {
+        guard state == .open else {
+            if state == .handshaking { continueHandshake() }
+            return
+        }
+        let scratch = server.scratch
+        // Bounded, so that one busy connection cannot starve the loop's other connections.
+        for _ in 0..<16 {
+            switch tls.read(into: scratch) {
+            case .bytes(let n):
+                inSession = true
+                let ok = session.receive(UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
+                inSession = false
+                guard ok else { return protocolFailure() }
+            case .wouldBlock:
+                if tls.wantsWritable { writeWatcher.start() }
+                flush()
+                return
+            case .eof, .failed:
+                return close()
+            }
+        }
+        flush()
+    }
+
+    private func writable() {
+        if state == .handshaking { return continueHandshake() }
+        if tls.wantsWritable { readable() }
+        flush()
+    }
+
+    /// Sends what the session has (frames up to 64 KiB at a time, so a fast sender cannot grow `output`),
+    /// then tells waiting tunnels about readiness; repeats while that produced more to send.
+    func flush() {
+        guard state == .open else { return }
+        guard !inSession && !flushing else { needsFlush = true; return }
+        flushing = true
+        defer { flushing = false }
+        repeat {
+            needsFlush = false
+            guard writeOut() else { return }
+            notifyTunnels()
+        } while needsFlush && state == .open
+        if state == .open && !session.isAlive { close() }
+    }
+
+    /// False when the connection failed (and is closed).
+    private func writeOut() -> Bool {
+        while true {
+            if output.isEmpty {
+                inSession = true
+                let ok = session.send(into: output, limit: 64 * 1024)
+                inSession = false
+                guard ok else { close(); return false }
+                if output.isEmpty { break }
+            }
+            switch tls.write(from: output.readable) {
+            case .bytes(let n):
+                output.consume(n)
+            case .wouldBlock:
+                writeWatcher.start()
+                return true
+            case .eof, .failed:
+                close()
+                return false
+            }
+        }
+        writeWatcher.stop()
+        return true
+    }
+
+    private func notifyTunnels() {
+        while !notify.isEmpty {
+            let batch = notify
+            notify.removeAll(keepingCapacity: true)
+            for tunnel in batch {
+                tunnel.queued = false
+                tunnel.notifyHandler()
+            }
+        }
+    }
+
+    /// A session will hear about readiness of `tunnel` after the current step.
+    func queue(_ tunnel: Tunnel) {
+        guard !tunnel.queued else { return }
+        tunnel.queued = true
+        notify.append(tunnel)
+        if !inSession && !flushing { flush() } else { needsFlush = true }
+    }
+
+    // MARK: - Tunnel callbacks
+
+    func consumed(_ tunnel: Tunnel, _ count: Int) {
+        guard count > 0 else { return }
+        session.consume(stream: tunnel.streamID, count)
+        server.counters.tunnelBytesReceived.increment(by: count)
+        if !inSession { needsFlush = true; if !flushing { flush() } }
+    }
+
+    func dataReady(_ tunnel: Tunnel, bytes: Int) {
+        server.counters.tunnelBytesSent.increment(by: bytes)
+        session.resume(stream: tunnel.streamID)
+        flush()
+    }
+
+    func reset(_ tunnel: Tunnel) {
+        session.reset(stream: tunnel.streamID, code: .cancel)
+        flush()
+    }
+
+    // MARK: - HTTP2SessionDelegate
+
+    func http2BeginHeaders(stream: Int32) {
+        requests[stream] = TunnelRequest()
+    }
+
+    func http2Header(stream: Int32, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
+        requests[stream]?.add(name: name, value: value)
+    }
+
+    func http2HeadersComplete(stream: Int32, endStream: Bool) {
+        guard let request = requests.removeValue(forKey: stream) else { return }  // trailers or a response: ignored
+        open(stream, request)
+    }
+
+    func http2Data(stream: Int32, _ bytes: UnsafeRawBufferPointer) {
+        if let tunnel = tunnels[stream] {
+            tunnel.receivedData(bytes)
+        } else {
+            session.consume(stream: stream, bytes.count)  // a refused stream's body: dropped
+        }
+    }
+
+    func http2RemoteEnded(stream: Int32) {
+        tunnels[stream]?.receivedEnd()
+    }
+
+    func http2StreamClosed(stream: Int32, errorCode: UInt32) {
+        requests[stream] = nil
+        guard let tunnel = tunnels.removeValue(forKey: stream) else { return }
+        server.counters.tunnelsActive.increment(by: -1)
+        tunnel.closed(code: errorCode)
+        if !tunnel.queued { tunnel.queued = true; notify.append(tunnel) }
+        if goingAway && tunnels.isEmpty { needsFlush = true }
+    }
+
+    func http2ReadData(stream: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HTTP2DataChunk {
+        guard let tunnel = tunnels[stream] else { return .bytes(0, end: true) }
+        return tunnel.readData(into: buffer)
+    }
+
+    func http2PingAcknowledged() { pingSentAt = nil }
+
+    // MARK: - Opening tunnels
+
+    /// Checks a CONNECT and answers it: 200 and a tunnel, or an error status and the stream ends. The
+    /// connection lives on either way.
+    private func open(_ stream: Int32, _ request: TunnelRequest) {
+        if let refusal = check(request) {
+            server.counters.countTunnelRefusal(refusal.reason)
+            server.logger.debug("tunnel refused: \(refusal.status) \(refusal.reason)",
+                                metadata: ["connection.id": "\(id)", "stream.id": "\(stream)", "authority": "\(request.authorityText)"])
+            session.respond(stream: stream, status: refusal.status, body: false)
+            return
+        }
+        let destination = request.destination!
+        let tunnel = Tunnel(streamID: stream, connection: self, sendBound: server.settings.tunnelSendBound)
+        tunnels[stream] = tunnel
+        server.counters.tunnelsTotal.increment()
+        server.counters.tunnelsActive.increment()
+        session.respond(stream: stream, status: 200, body: true)
+        let source = request.forwardedFor ?? remote
+        let facts = PeerFacts(identity: identity, sourceIP: source?.ip ?? "unknown", sourceAddress: source?.description ?? "unknown")
+        server.startInnerSession(on: tunnel, peer: facts, destination: destination, traceparent: request.traceparent)
+    }
+
+    private struct Refusal { let status: Int; let reason: StaticString }
+
+    /// Why a tunnel request is refused, or nil (and `request.destination` set) when it is accepted.
+    private func check(_ request: TunnelRequest) -> Refusal? {
+        guard !goingAway else { return Refusal(status: 503, reason: "draining") }
+        guard request.method == "CONNECT" else { return Refusal(status: 405, reason: "method") }
+        guard !request.hasProtocol else { return Refusal(status: 400, reason: "extended_connect") }
+        guard let address = request.authority else { return Refusal(status: 400, reason: "bad_authority") }
+        // Only addresses this waypoint serves: never an open relay (ztunnel and agentgateway answer 400 too).
+        guard let destination = server.router.destination(for: address) else { return Refusal(status: 400, reason: "unknown_destination") }
+        if destination.cluster >= 0 && !server.hasReadyEndpoints(destination) {
+            return Refusal(status: 503, reason: "no_healthy_upstream")
+        }
+        request.destination = destination
+        return nil
+    }
+
+    // MARK: - Liveness and shutdown
+
+    private func timerFired() {
+        switch state {
+        case .handshaking:
+            handshakeFailed("timeout", "no complete handshake within \(server.settings.handshakeTimeout)")
+        case .open:
+            let now = server.loop.now
+            if let sent = pingSentAt {
+                if now - sent >= server.settings.keepaliveTimeout.seconds {
+                    server.logger.debug("HBONE peer did not answer PING; closing", metadata: ["connection.id": "\(id)"])
+                    server.counters.keepaliveTimeouts.increment()
+                    close()
+                }
+            } else {
+                pingSentAt = now
+                session.ping()
+                flush()
+            }
+        case .closed:
+            break
+        }
+    }
+
+    /// GOAWAY: the client opens no new tunnels here; open ones finish, then the connection closes.
+    func beginDrain() {
+        guard state == .open, !goingAway else {
+            if state == .handshaking { close() }
+            return
+        }
+        goingAway = true
+        session.goAway()
+        flush()
+        if tunnels.isEmpty { closeAfterFlush() }
+    }
+
+    private func closeAfterFlush() {
+        if output.isEmpty { close() } else { needsFlush = true }
+    }
+
+    /// A protocol error or flood: send what nghttp2 queued (its GOAWAY), then close.
+    private func protocolFailure() {
+        server.counters.http2ProtocolErrors.increment()
+        server.logger.debug("HTTP/2 protocol error or flood; closing", metadata: ["connection.id": "\(id)"])
+        _ = session.send(into: output, limit: 16 * 1024)
+        if !output.isEmpty { _ = tls.write(from: output.readable) }
+        close()
+    }
+
+    func close() {
+        guard state != .closed else { return }
+        let wasOpen = state == .open
+        state = .closed
+        readWatcher.stop()
+        writeWatcher.stop()
+        timer.cancel()
+        if wasOpen { tls.shutdown() }
+        Socket.close(fd)
+        let open = tunnels
+        tunnels.removeAll()
+        server.counters.tunnelsActive.increment(by: -open.count)
+        for tunnel in open.values {
+            // The connection died under the tunnel: an error, not a clean end of stream.
+            tunnel.closed(code: HTTP2ErrorCode.internalError.rawValue)
+            tunnel.notifyHandler()
+        }
+        server.hboneConnectionClosed(self)
+    }
+}
+
+/// The fields of a CONNECT request that HBONE uses, gathered header by header.
+private final class TunnelRequest {
+    var method = ""
+    var authority: SocketAddress?
+    var authorityText = ""
+    var hasProtocol = false
+    var forwardedFor: SocketAddress?
+    var traceparent: [UInt8] = []
+    var destination: Destination?
+
+    func add(name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
+        switch name.count {
+        case 7 where name.elementsEqual(":method".utf8):
+            method = String(decoding: value, as: UTF8.self)
+        case 10 where name.elementsEqual(":authority".utf8):
+            authorityText = String(decoding: value, as: UTF8.self)
+            authority = SocketAddress(authorityText)
+        case 9 where name.elementsEqual(":protocol".utf8):
+            hasProtocol = true
+        case 9 where name.elementsEqual("forwarded".utf8):
+            forwardedFor = Self.forwardedFor(value)
+        case 11 where name.elementsEqual("traceparent".utf8):
+            if value.count <= 128 { traceparent = Array(value) }
+        default:
+            break
+        }
+    }
+
+    /// The address in `forwarded: for="ip:port";host=...` (RFC 7239), as ztunnel writes it.
+    static func forwardedFor(_ value: UnsafeRawBufferPointer) -> SocketAddress? {
+        let text = String(decoding: value, as: UTF8.self)
+        for element in text.split(separator: ",").first?.split(separator: ";") ?? [] {
+            let pair = element.trimmingCharacters(in: " ")
+            guard pair.lowercased().hasPrefix("for=") else { continue }
+            var address = pair.dropFirst(4)
+            if address.hasPrefix("\""), address.hasSuffix("\""), address.count >= 2 { address = address.dropFirst().dropLast() }
+            return SocketAddress(String(address)) ?? SocketAddress(ip: String(address), port: 0)
+        }
+        return nil
+    }
+}
+
+private extension Substring {
+    func trimmingCharacters(in set: Character) -> Substring {
+        var s = self
+        while s.first == set { s = s.dropFirst() }
+        while s.last == set { s = s.dropLast() }
+        return s
+    }
+}

@@ -1,0 +1,140 @@
+import EventLoop
+import HTTP2
+import WaypointCore
+
+/// One HBONE tunnel: an accepted HTTP/2 CONNECT stream, offered to the inner session as a `ByteStream`.
+///
+/// Bytes from the client wait in `received` until the session reads them; only then is the stream's window
+/// reopened (`consume`), so the client can have at most one stream window in flight and a stalled session
+/// slows only its own tunnel. Bytes to the client wait in `pending`, at most `sendBound`; a full `pending`
+/// makes `write` answer `.wouldBlock`, which pauses whoever feeds it (the upstream).
+///
+/// Thread: its worker's loop thread only. Ownership: its `HBONEConnection` (while the stream is open) and the
+/// session reading it; the links back (`connection`, `handler`) are unowned and cleared when either side ends.
+final class Tunnel: ByteStream {
+    let streamID: Int32
+    unowned(unsafe) var connection: HBONEConnection?
+    unowned(unsafe) var handler: (any ByteStreamHandler)?
+    private let received = ByteBuffer(lazyCapacity: 16 * 1024)
+    private let pending = ByteBuffer(lazyCapacity: 16 * 1024)
+    private let sendBound: Int
+    /// The client sent END_STREAM (half-close): after `received` drains, reads see the end.
+    private(set) var remoteEnded = false
+    /// The stream is gone; `failedCode` is set when it ended with an error (not NO_ERROR or CANCEL).
+    private(set) var streamClosed = false
+    private var failedCode: UInt32?
+    /// We asked for END_STREAM after `pending` drains.
+    private(set) var localEnded = false
+    /// The session is gone: received bytes are dropped (and their window returned) at once.
+    private(set) var discarding = false
+    private var wantsRead = false
+    private var wantsWrite = false
+    /// Already queued for a readiness notification by the connection.
+    var queued = false
+
+    init(streamID: Int32, connection: HBONEConnection, sendBound: Int) {
+        self.streamID = streamID
+        self.connection = connection
+        self.sendBound = sendBound
+    }
+
+    // MARK: ByteStream (the inner session's side)
+
+    func read(into buffer: UnsafeMutableRawBufferPointer) -> IOResult {
+        if !received.isEmpty {
+            let n = min(buffer.count, received.readableBytes)
+            buffer.baseAddress!.copyMemory(from: received.readable.baseAddress!, byteCount: n)
+            received.consume(n)
+            connection?.consumed(self, n)
+            return .bytes(n)
+        }
+        if let failedCode { return .failed(Int32(bitPattern: failedCode)) }
+        return remoteEnded || streamClosed ? .eof : .wouldBlock
+    }
+
+    func write(from buffer: UnsafeRawBufferPointer) -> IOResult {
+        guard !streamClosed && !localEnded, let connection else { return .failed(32) }  // EPIPE
+        let room = sendBound - pending.readableBytes
+        guard room > 0 else { return .wouldBlock }
+        let n = min(room, buffer.count)
+        pending.append(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+        connection.dataReady(self, bytes: n)
+        return .bytes(n)
+    }
+
+    func setReading(_ on: Bool) {
+        wantsRead = on
+        if on && readable { connection?.queue(self) }
+    }
+
+    func setWriteInterest(_ on: Bool) {
+        wantsWrite = on
+        if on && writable { connection?.queue(self) }
+    }
+
+    func close(graceful: Bool) {
+        handler = nil
+        wantsRead = false
+        wantsWrite = false
+        guard !discarding else { return }
+        discarding = true
+        if !received.isEmpty {
+            connection?.consumed(self, received.readableBytes)
+            received.clear()
+        }
+        guard !streamClosed, let connection else { return }
+        if graceful {
+            localEnded = true
+            connection.dataReady(self, bytes: 0)
+        } else {
+            connection.reset(self)
+        }
+    }
+
+    // MARK: Connection side
+
+    private var readable: Bool { !received.isEmpty || remoteEnded || streamClosed }
+    private var writable: Bool { streamClosed || pending.readableBytes < sendBound }
+
+    /// Calls the handler for the readiness it asked for (from the connection's notification pass).
+    func notifyHandler() {
+        if wantsRead && readable { handler?.streamReadable() }
+        if wantsWrite && writable { handler?.streamWritable() }
+    }
+
+    /// DATA from the client. Copied, because nghttp2's buffer is gone after the callback.
+    func receivedData(_ bytes: UnsafeRawBufferPointer) {
+        if discarding {
+            connection?.consumed(self, bytes.count)
+            return
+        }
+        received.append(bytes)
+        if wantsRead { connection?.queue(self) }
+    }
+
+    func receivedEnd() {
+        remoteEnded = true
+        if wantsRead { connection?.queue(self) }
+    }
+
+    /// The stream closed; `code` is its RST_STREAM code (NO_ERROR when both sides ended). The connection then
+    /// queues one last notification, so a waiting session sees the end.
+    func closed(code: UInt32) {
+        streamClosed = true
+        if code != HTTP2ErrorCode.noError.rawValue && code != HTTP2ErrorCode.cancel.rawValue { failedCode = code }
+        connection = nil
+    }
+
+    /// Fills a DATA frame from `pending`; ends the stream once it is drained after `close(graceful: true)`.
+    func readData(into buffer: UnsafeMutableRawBufferPointer) -> HTTP2DataChunk {
+        let wasFull = pending.readableBytes >= sendBound
+        let n = min(buffer.count, pending.readableBytes)
+        if n > 0 {
+            buffer.baseAddress!.copyMemory(from: pending.readable.baseAddress!, byteCount: n)
+            pending.consume(n)
+        }
+        if wasFull && wantsWrite { connection?.queue(self) }
+        if pending.isEmpty && localEnded { return .bytes(n, end: true) }
+        return n > 0 ? .bytes(n, end: false) : .deferred
+    }
+}

@@ -1,0 +1,288 @@
+internal import CNghttp2
+public import WaypointCore
+
+/// HTTP/2 settings we send, plus the limits that protect us from hostile peers.
+public struct HTTP2Settings: Sendable {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS (ztunnel's server: 200).
+    public var maxConcurrentStreams: UInt32 = 200
+    /// SETTINGS_INITIAL_WINDOW_SIZE (ztunnel: 4 MiB).
+    public var streamWindow: Int32 = 4 << 20
+    /// The connection window (ztunnel: 16 MiB; equal stream and connection windows can deadlock, says ztunnel).
+    public var connectionWindow: Int32 = 16 << 20
+    /// SETTINGS_MAX_FRAME_SIZE (ztunnel: 1 MiB).
+    public var maxFrameSize: UInt32 = 1 << 20
+    /// SETTINGS_MAX_HEADER_LIST_SIZE; ztunnel's header lists stay below 16 KiB.
+    public var maxHeaderListSize: UInt32 = 64 << 10
+    /// Advertise SETTINGS_ENABLE_CONNECT_PROTOCOL so that an extended CONNECT reaches us and gets a 400,
+    /// instead of a bare stream reset from the library.
+    public var enableConnectProtocol = true
+    /// Rapid reset (CVE-2023-44487): streams the peer may reset, refilled at `resetRefillPerSecond`.
+    public var resetBurst: UInt64 = 1000
+    public var resetRefillPerSecond: UInt64 = 100
+    /// CONTINUATION flood (CVE-2024-28182): frames allowed in one header block.
+    public var maxContinuations = 8
+
+    public init() {}
+}
+
+/// What `HTTP2SessionDelegate.http2ReadData` produced for a stream's DATA.
+public enum HTTP2DataChunk {
+    /// `count` bytes were written; `end` sets END_STREAM on this frame.
+    case bytes(Int, end: Bool)
+    /// Nothing now; call `resume(stream:)` when there is.
+    case deferred
+}
+
+/// Receives what an `HTTP2Session` decodes. Every call happens inside `receive` or `send` on the session's
+/// thread; the delegate must not call `receive` or `send` from inside one (it may submit, reset and resume).
+public protocol HTTP2SessionDelegate: AnyObject {
+    /// A header block starts a stream (a request on a server, a response on a client).
+    func http2BeginHeaders(stream: Int32)
+    /// One header field; the bytes are valid only during the call.
+    func http2Header(stream: Int32, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer)
+    /// The header block is complete; `endStream` when it also ends the peer's side.
+    func http2HeadersComplete(stream: Int32, endStream: Bool)
+    /// DATA payload; valid only during the call. The delegate calls `consume` once the bytes moved on.
+    func http2Data(stream: Int32, _ bytes: UnsafeRawBufferPointer)
+    /// The peer ended its side of the stream (END_STREAM on DATA).
+    func http2RemoteEnded(stream: Int32)
+    /// The stream is gone (both sides ended, or reset by either side with `errorCode`).
+    func http2StreamClosed(stream: Int32, errorCode: UInt32)
+    /// Fills `buffer` with the stream's next DATA bytes.
+    func http2ReadData(stream: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HTTP2DataChunk
+    /// The peer acknowledged our PING.
+    func http2PingAcknowledged()
+}
+
+/// One nghttp2 session (server or client side) driven through memory: `receive` feeds it bytes from the
+/// peer and `send` collects the bytes to write, so the caller owns the socket and the TLS.
+///
+/// Window updates are manual (`nghttp2_option_set_no_auto_window_update`): the delegate calls `consume`
+/// only when received bytes have left for the next hop, so a slow next hop slows that stream alone.
+///
+/// Thread: its connection's loop thread only. Ownership: one HBONE connection; frees the session in `deinit`.
+public final class HTTP2Session {
+    public enum Role { case server, client }
+
+    private var session: OpaquePointer!
+    unowned(unsafe) let delegate: any HTTP2SessionDelegate
+    private let settings: HTTP2Settings
+    /// CONTINUATION frames seen in the header block being received.
+    private var continuations = 0
+    /// Set when a callback found the peer abusive; `receive` then fails.
+    public private(set) var floodDetected = false
+
+    public init(role: Role, settings: HTTP2Settings, delegate: any HTTP2SessionDelegate) {
+        self.delegate = delegate
+        self.settings = settings
+        var callbacks: OpaquePointer?
+        nghttp2_session_callbacks_new(&callbacks)
+        defer { nghttp2_session_callbacks_del(callbacks) }
+        nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, onBeginHeaders)
+        nghttp2_session_callbacks_set_on_header_callback(callbacks, onHeader)
+        nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, onFrameReceived)
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, onDataChunk)
+        nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, onStreamClose)
+        nghttp2_session_callbacks_set_on_begin_frame_callback(callbacks, onBeginFrame)
+
+        var option: OpaquePointer?
+        nghttp2_option_new(&option)
+        defer { nghttp2_option_del(option) }
+        nghttp2_option_set_no_auto_window_update(option, 1)
+        nghttp2_option_set_stream_reset_rate_limit(option, settings.resetBurst, settings.resetRefillPerSecond)
+        nghttp2_option_set_max_continuations(option, settings.maxContinuations)
+        nghttp2_option_set_max_outbound_ack(option, 1000)
+        nghttp2_option_set_max_settings(option, 32)
+
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        var raw: OpaquePointer?
+        let rc = role == .server
+            ? nghttp2_session_server_new2(&raw, callbacks, me, option)
+            : nghttp2_session_client_new2(&raw, callbacks, me, option)
+        precondition(rc == 0 && raw != nil, "nghttp2 session: out of memory")
+        session = raw
+
+        var entries = [
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue), value: settings.maxConcurrentStreams),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: UInt32(settings.streamWindow)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_FRAME_SIZE.rawValue), value: settings.maxFrameSize),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue), value: settings.maxHeaderListSize),
+        ]
+        if role == .server && settings.enableConnectProtocol {
+            entries.append(nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL.rawValue), value: 1))
+        }
+        nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), entries, entries.count)
+        nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, settings.connectionWindow)
+    }
+
+    deinit { nghttp2_session_del(session) }
+
+    /// Feeds bytes from the peer. False when the session failed (protocol error or flood): close the connection
+    /// after one last `send` (which carries our GOAWAY).
+    public func receive(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        let rc = nghttp2_session_mem_recv(session, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), bytes.count)
+        return rc >= 0 && !floodDetected
+    }
+
+    /// Appends frames to send to `out` until it holds `limit` bytes or nothing is pending. False on failure.
+    public func send(into out: ByteBuffer, limit: Int) -> Bool {
+        while out.readableBytes < limit {
+            var data: UnsafePointer<UInt8>?
+            let n = nghttp2_session_mem_send(session, &data)
+            if n < 0 { return false }
+            if n == 0 { break }
+            out.append(UnsafeRawBufferPointer(start: data, count: n))
+        }
+        return true
+    }
+
+    /// The session still has something to read or write; when neither, the connection can close.
+    public var isAlive: Bool { nghttp2_session_want_read(session) != 0 || nghttp2_session_want_write(session) != 0 }
+    public var wantsWrite: Bool { nghttp2_session_want_write(session) != 0 }
+
+    /// Answers a stream with `:status` and extra headers; `body` attaches the delegate's DATA source.
+    public func respond(stream: Int32, status: Int, headers: [(String, String)] = [], body: Bool) {
+        var fields: [(String, String)] = [(":status", String(status))]
+        fields += headers
+        withHeaderFields(fields) { nva in
+            if body {
+                var provider = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: readData)
+                _ = nghttp2_submit_response(session, stream, nva.baseAddress, nva.count, &provider)
+            } else {
+                _ = nghttp2_submit_response(session, stream, nva.baseAddress, nva.count, nil)
+            }
+        }
+    }
+
+    /// Opens a stream with a request (client role); its DATA comes from the delegate. Nil when refused.
+    public func request(headers: [(String, String)], body: Bool) -> Int32? {
+        let id = withHeaderFields(headers) { nva -> Int32 in
+            if body {
+                var provider = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: readData)
+                return nghttp2_submit_request(session, nil, nva.baseAddress, nva.count, &provider, nil)
+            }
+            return nghttp2_submit_request(session, nil, nva.baseAddress, nva.count, nil, nil)
+        }
+        return id > 0 ? id : nil
+    }
+
+    /// The delegate has DATA again for a stream whose source returned `.deferred`.
+    public func resume(stream: Int32) { _ = nghttp2_session_resume_data(session, stream) }
+
+    /// `count` received bytes of `stream` have left for the next hop: the peer may send that much more.
+    public func consume(stream: Int32, _ count: Int) { _ = nghttp2_session_consume(session, stream, count) }
+
+    public func reset(stream: Int32, code: HTTP2ErrorCode) {
+        _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, code.rawValue)
+    }
+
+    public func ping() { _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil) }
+
+    /// GOAWAY with the last stream we accepted: no new streams, the open ones finish.
+    public func goAway(code: HTTP2ErrorCode = .noError) {
+        let last = nghttp2_session_get_last_proc_stream_id(session)
+        _ = nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), last, code.rawValue, nil, 0)
+    }
+
+    /// Builds an `nghttp2_nv` array over one contiguous copy of the fields (one allocation per stream opened,
+    /// never per request inside a tunnel).
+    private func withHeaderFields<R>(_ fields: [(String, String)], _ body: (UnsafeBufferPointer<nghttp2_nv>) -> R) -> R {
+        var storage: [UInt8] = []
+        for (name, value) in fields { storage += Array(name.utf8); storage += Array(value.utf8) }
+        return storage.withUnsafeMutableBufferPointer { bytes in
+            var offset = 0
+            var nva: [nghttp2_nv] = []
+            nva.reserveCapacity(fields.count)
+            for (name, value) in fields {
+                let n = name.utf8.count, v = value.utf8.count
+                nva.append(nghttp2_nv(name: bytes.baseAddress! + offset, value: bytes.baseAddress! + offset + n,
+                                      namelen: n, valuelen: v, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+                offset += n + v
+            }
+            return nva.withUnsafeBufferPointer(body)
+        }
+    }
+
+    fileprivate func beganFrame(type: UInt8, stream: Int32) -> Int32 {
+        if type == UInt8(NGHTTP2_HEADERS.rawValue) {
+            continuations = 0
+        } else if type == UInt8(NGHTTP2_CONTINUATION.rawValue) {
+            continuations += 1
+            if continuations > settings.maxContinuations {
+                floodDetected = true
+                return NGHTTP2_ERR_CALLBACK_FAILURE.rawValue
+            }
+        }
+        return 0
+    }
+}
+
+/// RST_STREAM and GOAWAY codes we send.
+public enum HTTP2ErrorCode: UInt32, Sendable {
+    case noError = 0, protocolError = 1, internalError = 2, flowControlError = 3, refusedStream = 7, cancel = 8,
+         connectError = 10, enhanceYourCalm = 11
+}
+
+// MARK: - nghttp2 callbacks (global functions: C function pointers carry no context or actor isolation)
+
+@inline(__always)
+private func owner(_ userData: UnsafeMutableRawPointer?) -> HTTP2Session {
+    Unmanaged<HTTP2Session>.fromOpaque(userData!).takeUnretainedValue()
+}
+
+private func onBeginFrame(_ session: OpaquePointer?, _ hd: UnsafePointer<nghttp2_frame_hd>?, _ userData: UnsafeMutableRawPointer?) -> Int32 {
+    owner(userData).beganFrame(type: hd!.pointee.type, stream: hd!.pointee.stream_id)
+}
+
+private func onBeginHeaders(_ session: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ userData: UnsafeMutableRawPointer?) -> Int32 {
+    owner(userData).delegate.http2BeginHeaders(stream: frame!.pointee.hd.stream_id)
+    return 0
+}
+
+private func onHeader(_ session: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ name: UnsafePointer<UInt8>?, _ nameLength: Int,
+                      _ value: UnsafePointer<UInt8>?, _ valueLength: Int, _ flags: UInt8, _ userData: UnsafeMutableRawPointer?) -> Int32 {
+    owner(userData).delegate.http2Header(stream: frame!.pointee.hd.stream_id,
+                                         name: UnsafeRawBufferPointer(start: name, count: nameLength),
+                                         value: UnsafeRawBufferPointer(start: value, count: valueLength))
+    return 0
+}
+
+private func onFrameReceived(_ session: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ userData: UnsafeMutableRawPointer?) -> Int32 {
+    let hd = frame!.pointee.hd
+    let endStream = hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
+    let delegate = owner(userData).delegate
+    switch UInt32(hd.type) {
+    case NGHTTP2_HEADERS.rawValue:
+        delegate.http2HeadersComplete(stream: hd.stream_id, endStream: endStream)
+    case NGHTTP2_DATA.rawValue where endStream:
+        delegate.http2RemoteEnded(stream: hd.stream_id)
+    case NGHTTP2_PING.rawValue where hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0:
+        delegate.http2PingAcknowledged()
+    default:
+        break
+    }
+    return 0
+}
+
+private func onDataChunk(_ session: OpaquePointer?, _ flags: UInt8, _ stream: Int32, _ data: UnsafePointer<UInt8>?, _ length: Int,
+                         _ userData: UnsafeMutableRawPointer?) -> Int32 {
+    owner(userData).delegate.http2Data(stream: stream, UnsafeRawBufferPointer(start: data, count: length))
+    return 0
+}
+
+private func onStreamClose(_ session: OpaquePointer?, _ stream: Int32, _ errorCode: UInt32, _ userData: UnsafeMutableRawPointer?) -> Int32 {
+    owner(userData).delegate.http2StreamClosed(stream: stream, errorCode: errorCode)
+    return 0
+}
+
+private func readData(_ session: OpaquePointer?, _ stream: Int32, _ buffer: UnsafeMutablePointer<UInt8>?, _ length: Int,
+                      _ flags: UnsafeMutablePointer<UInt32>?, _ source: UnsafeMutablePointer<nghttp2_data_source>?,
+                      _ userData: UnsafeMutableRawPointer?) -> Int {
+    switch owner(userData).delegate.http2ReadData(stream: stream, into: UnsafeMutableRawBufferPointer(start: buffer, count: length)) {
+    case .bytes(let n, let end):
+        if end { flags!.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue }
+        return n
+    case .deferred:
+        return Int(NGHTTP2_ERR_DEFERRED.rawValue)
+    }
+}

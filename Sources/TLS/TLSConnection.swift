@@ -1,0 +1,137 @@
+internal import COpenSSL
+public import EventLoop
+
+/// Why a handshake did not complete; `label` is the metrics label.
+public enum HandshakeFailure: Error, Equatable, Sendable {
+    /// The client sent no certificate.
+    case noCertificate
+    /// The peer's certificate did not verify (untrusted, expired, not yet valid...): OpenSSL's verify error.
+    case certificateRejected(String)
+    /// Not TLS 1.3, no common cipher or group, no `h2` in ALPN, or malformed records.
+    case protocolError(String)
+    /// The peer closed the connection during the handshake.
+    case closed
+
+    public var label: String {
+        switch self {
+        case .noCertificate: return "no_certificate"
+        case .certificateRejected: return "certificate_rejected"
+        case .protocolError: return "protocol"
+        case .closed: return "closed"
+        }
+    }
+}
+
+/// Progress of a non-blocking handshake.
+public enum HandshakeProgress: Equatable {
+    case done
+    /// Call again when the socket is readable (or writable).
+    case wantRead, wantWrite
+    case failed(HandshakeFailure)
+}
+
+/// One TLS connection over a non-blocking socket (`SSL_set_fd`: OpenSSL reads and writes the fd itself, which
+/// saves the copy through memory BIOs).
+///
+/// Thread: its connection's loop thread only. Ownership: one HBONE connection; frees the `SSL` in `deinit`
+/// (the fd belongs to the caller).
+public final class TLSConnection {
+    private let ssl: OpaquePointer
+    /// Whether the last read or write stopped because OpenSSL needs the socket writable.
+    public private(set) var wantsWritable = false
+
+    public init?(context: TLSContext, fd: Int32) {
+        guard let ssl = SSL_new(context.raw) else { return nil }
+        self.ssl = ssl
+        SSL_set_fd(ssl, fd)
+        if context.role == .server { SSL_set_accept_state(ssl) } else { SSL_set_connect_state(ssl) }
+    }
+
+    deinit { SSL_free(ssl) }
+
+    public func handshake() -> HandshakeProgress {
+        ERR_clear_error()
+        let rc = SSL_do_handshake(ssl)
+        if rc == 1 { return .done }
+        let error = SSL_get_error(ssl, rc)
+        switch error {
+        case SSL_ERROR_WANT_READ: return .wantRead
+        case SSL_ERROR_WANT_WRITE: return .wantWrite
+        case SSL_ERROR_ZERO_RETURN: return .failed(.closed)
+        case SSL_ERROR_SYSCALL where ERR_peek_error() == 0: return .failed(.closed)
+        default: return .failed(classifyFailure())
+        }
+    }
+
+    private func classifyFailure() -> HandshakeFailure {
+        let code = ERR_peek_error()
+        let reason = ERR_GET_REASON(code)
+        defer { ERR_clear_error() }
+        if reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE { return .noCertificate }
+        let verify = SSL_get_verify_result(ssl)
+        if reason == SSL_R_CERTIFICATE_VERIFY_FAILED || verify != X509_V_OK {
+            return .certificateRejected(String(cString: X509_verify_cert_error_string(verify)))
+        }
+        guard let text = ERR_reason_error_string(code) else { return .protocolError("error \(reason)") }
+        return .protocolError(String(cString: text))
+    }
+
+    @inline(__always)
+    public func read(into buffer: UnsafeMutableRawBufferPointer) -> IOResult {
+        let rc = SSL_read(ssl, buffer.baseAddress, Int32(min(buffer.count, Int(Int32.max))))
+        if rc > 0 { wantsWritable = false; return .bytes(Int(rc)) }
+        return outcome(rc)
+    }
+
+    @inline(__always)
+    public func write(from buffer: UnsafeRawBufferPointer) -> IOResult {
+        let rc = SSL_write(ssl, buffer.baseAddress, Int32(min(buffer.count, Int(Int32.max))))
+        if rc > 0 { wantsWritable = false; return .bytes(Int(rc)) }
+        return outcome(rc)
+    }
+
+    private func outcome(_ rc: Int32) -> IOResult {
+        switch SSL_get_error(ssl, rc) {
+        case SSL_ERROR_WANT_READ:
+            wantsWritable = false
+            return .wouldBlock
+        case SSL_ERROR_WANT_WRITE:
+            wantsWritable = true
+            return .wouldBlock
+        case SSL_ERROR_ZERO_RETURN:
+            return .eof
+        case SSL_ERROR_SYSCALL where ERR_peek_error() == 0:
+            return .eof
+        default:
+            ERR_clear_error()
+            return .failed(0)
+        }
+    }
+
+    /// Sends close_notify (best effort; the socket is closed right after).
+    public func shutdown() { _ = SSL_shutdown(ssl) }
+
+    /// The ALPN protocol agreed on, if any.
+    public var negotiatedProtocol: String? {
+        var data: UnsafePointer<UInt8>? = nil
+        var length: UInt32 = 0
+        SSL_get0_alpn_selected(ssl, &data, &length)
+        guard let data, length > 0 else { return nil }
+        return String(decoding: UnsafeBufferPointer(start: data, count: Int(length)), as: UTF8.self)
+    }
+
+    /// The URI subject-alternative names of the verified peer certificate (empty without one).
+    public var peerURIs: [String] {
+        guard let cert = SSL_get0_peer_certificate(ssl) else { return [] }
+        guard let raw = X509_get_ext_d2i(cert, NID_subject_alt_name, nil, nil) else { return [] }
+        let names = OpaquePointer(raw)
+        defer { wp_general_names_free(names) }
+        var uris: [String] = []
+        for i in 0..<wp_sk_general_name_num(names) {
+            guard let name = wp_sk_general_name_value(names, i), let uri = wp_general_name_uri(name),
+                  let data = ASN1_STRING_get0_data(uri) else { continue }
+            uris.append(String(decoding: UnsafeBufferPointer(start: data, count: Int(ASN1_STRING_length(uri))), as: UTF8.self))
+        }
+        return uris
+    }
+}

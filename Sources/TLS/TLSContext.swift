@@ -1,0 +1,76 @@
+internal import COpenSSL
+
+/// A certificate, key or trust bundle that could not be loaded, or an OpenSSL call that failed at set-up.
+public struct TLSError: Error, CustomStringConvertible, Sendable {
+    public let description: String
+    init(_ description: String) { self.description = description + Self.drainErrors() }
+
+    /// The OpenSSL error queue as text (and emptied, so the next call starts clean).
+    static func drainErrors() -> String {
+        var text = ""
+        while case let code = ERR_get_error(), code != 0 {
+            var buffer = [CChar](repeating: 0, count: 256)
+            ERR_error_string_n(code, &buffer, buffer.count)
+            text += ": " + String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        }
+        return text
+    }
+}
+
+/// An OpenSSL `SSL_CTX` set up for HBONE: TLS 1.3 only, ALPN `h2`, peer certificate required and verified
+/// against the trust bundle, no session resumption (ztunnel never resumes), P-256/P-384/X25519 key exchange.
+///
+/// Why one context per role and certificate generation: creating the context parses the PEM files once;
+/// every connection then costs only `SSL_new` (FACTS §4: handshakes are dominated by per-connection work).
+/// A rotated certificate makes a new context; connections made with the old one keep it alive (refcounted).
+///
+/// Thread: any. It is configured in `init` and never changed after, and OpenSSL allows `SSL_new` on a shared
+/// context from many threads. Ownership: shared; the last reference frees it.
+public final class TLSContext: @unchecked Sendable {
+    // SAFETY: the SSL_CTX is fully configured in init and only read (SSL_new) afterwards.
+    public enum Role: Sendable { case server, client }
+
+    let raw: OpaquePointer
+    public let role: Role
+
+    /// Loads `certificateFile` (PEM chain), `keyFile` and `trustBundleFile` (PEM CAs); throws naming the file.
+    public init(role: Role, certificateFile: String, keyFile: String, trustBundleFile: String) throws(TLSError) {
+        guard let ctx = SSL_CTX_new(role == .server ? TLS_server_method() : TLS_client_method()) else {
+            throw TLSError("SSL_CTX_new failed")
+        }
+        raw = ctx
+        self.role = role
+        guard wp_ssl_ctx_tls13_only(ctx) == 1 else { throw TLSError("cannot restrict to TLS 1.3") }
+        _ = wp_ssl_ctx_set_mode(ctx, wp_ssl_mode_nonblocking_writes())
+        SSL_CTX_set_options(ctx, wp_ssl_op_no_ticket())
+        _ = wp_ssl_ctx_session_cache_off(ctx)
+        guard wp_ssl_ctx_set_groups(ctx, "P-256:P-384:X25519") == 1 else { throw TLSError("cannot set key exchange groups") }
+        guard SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256") == 1 else {
+            throw TLSError("cannot set cipher suites")
+        }
+        guard SSL_CTX_use_certificate_chain_file(ctx, certificateFile) == 1 else {
+            throw TLSError("\(certificateFile): cannot load the certificate chain")
+        }
+        guard SSL_CTX_use_PrivateKey_file(ctx, keyFile, SSL_FILETYPE_PEM) == 1 else {
+            throw TLSError("\(keyFile): cannot load the private key")
+        }
+        guard SSL_CTX_check_private_key(ctx) == 1 else {
+            throw TLSError("\(keyFile): the private key does not match the certificate in \(certificateFile)")
+        }
+        guard SSL_CTX_load_verify_locations(ctx, trustBundleFile, nil) == 1 else {
+            throw TLSError("\(trustBundleFile): cannot load the trust bundle")
+        }
+        switch role {
+        case .server:
+            // mTLS: no certificate, or one that does not chain to the bundle, fails the handshake with an alert.
+            SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nil)
+            wp_ssl_ctx_require_alpn_h2(ctx)
+        case .client:
+            SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
+            let alpn: [UInt8] = [2, 0x68, 0x32]  // "h2"
+            guard SSL_CTX_set_alpn_protos(ctx, alpn, UInt32(alpn.count)) == 0 else { throw TLSError("cannot set ALPN") }
+        }
+    }
+
+    deinit { SSL_CTX_free(raw) }
+}
