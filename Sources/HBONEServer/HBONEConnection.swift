@@ -34,6 +34,8 @@ final class HBONEConnection: HTTP2SessionDelegate {
     private var requests: [Int32: TunnelRequest] = [:]
     /// Tunnels whose session should hear about readiness once the current nghttp2 call returns.
     private var notify: [Tunnel] = []
+    /// Streams to reset with NO_ERROR once the current nghttp2 call returns (our side ended first).
+    private var endedEarly: [Int32] = []
     private var inSession = false
     private var flushing = false
     private var needsFlush = false
@@ -139,9 +141,18 @@ final class HBONEConnection: HTTP2SessionDelegate {
         repeat {
             needsFlush = false
             guard writeOut() else { return }
+            if !endedEarly.isEmpty {
+                for stream in endedEarly { session.reset(stream: stream, code: .noError) }
+                endedEarly.removeAll()
+                needsFlush = true
+            }
             notifyTunnels()
         } while needsFlush && state == .open
-        if state == .open && !session.isAlive { close() }
+        // Done: the peer is gone, or we are going away and the last tunnel ended with everything sent.
+        if state == .open && (!session.isAlive || (goingAway && tunnels.isEmpty && output.isEmpty)) {
+            if session.goAwayErrorSent != nil { countProtocolFailure() }
+            close()
+        }
     }
 
     /// False when the connection failed (and is closed).
@@ -201,6 +212,11 @@ final class HBONEConnection: HTTP2SessionDelegate {
         server.counters.tunnelBytesSent.increment(by: bytes)
         session.resume(stream: tunnel.streamID)
         flush()
+    }
+
+    func endAfterResponse(_ tunnel: Tunnel) {
+        endedEarly.append(tunnel.streamID)
+        needsFlush = true
     }
 
     func reset(_ tunnel: Tunnel) {
@@ -324,20 +340,20 @@ final class HBONEConnection: HTTP2SessionDelegate {
         goingAway = true
         session.goAway()
         flush()
-        if tunnels.isEmpty { closeAfterFlush() }
-    }
-
-    private func closeAfterFlush() {
-        if output.isEmpty { close() } else { needsFlush = true }
     }
 
     /// A protocol error or flood: send what nghttp2 queued (its GOAWAY), then close.
     private func protocolFailure() {
-        server.counters.http2ProtocolErrors.increment()
-        server.logger.debug("HTTP/2 protocol error or flood; closing", metadata: ["connection.id": "\(id)"])
+        countProtocolFailure()
         _ = session.send(into: output, limit: 16 * 1024)
         if !output.isEmpty { _ = tls.write(from: output.readable) }
         close()
+    }
+
+    private func countProtocolFailure() {
+        server.counters.http2ProtocolErrors.increment()
+        server.logger.debug("HTTP/2 protocol error or flood; closing",
+                            metadata: ["connection.id": "\(id)", "goaway.code": "\(session.goAwayErrorSent ?? 0)"])
     }
 
     func close() {

@@ -96,10 +96,13 @@ final class Tunnel: ByteStream {
     private var readable: Bool { !received.isEmpty || remoteEnded || streamClosed }
     private var writable: Bool { streamClosed || pending.readableBytes < sendBound }
 
-    /// Calls the handler for the readiness it asked for (from the connection's notification pass).
+    /// Calls the handler for the readiness it asked for (from the connection's notification pass). Like a
+    /// level-triggered socket watcher, a tunnel still readable afterwards (bytes left, or the end not yet seen)
+    /// is notified again; handlers that cannot take more turn reading off.
     func notifyHandler() {
         if wantsRead && readable { handler?.streamReadable() }
         if wantsWrite && writable { handler?.streamWritable() }
+        if wantsRead && readable && handler != nil { connection?.queue(self) }
     }
 
     /// DATA from the client. Copied, because nghttp2's buffer is gone after the callback.
@@ -134,7 +137,12 @@ final class Tunnel: ByteStream {
             pending.consume(n)
         }
         if wasFull && wantsWrite { connection?.queue(self) }
-        if pending.isEmpty && localEnded { return .bytes(n, end: true) }
+        if pending.isEmpty && localEnded {
+            // Our side is complete; a client still sending is asked to stop, without error (RFC 9113 §8.1:
+            // RST_STREAM NO_ERROR after a complete response; ztunnel reads it as a clean end).
+            if !remoteEnded { connection?.endAfterResponse(self) }
+            return .bytes(n, end: true)
+        }
         return n > 0 ? .bytes(n, end: false) : .deferred
     }
 }

@@ -71,6 +71,9 @@ public final class HTTP2Session {
     private var continuations = 0
     /// Set when a callback found the peer abusive; `receive` then fails.
     public private(set) var floodDetected = false
+    /// The error code of a GOAWAY the session sent on its own (nghttp2 ends a session this way for protocol
+    /// errors and for floods such as rapid reset), nil while none was sent.
+    public fileprivate(set) var goAwayErrorSent: UInt32?
 
     public init(role: Role, settings: HTTP2Settings, delegate: any HTTP2SessionDelegate) {
         self.delegate = delegate
@@ -84,6 +87,7 @@ public final class HTTP2Session {
         nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, onDataChunk)
         nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, onStreamClose)
         nghttp2_session_callbacks_set_on_begin_frame_callback(callbacks, onBeginFrame)
+        nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, onFrameSent)
 
         var option: OpaquePointer?
         nghttp2_option_new(&option)
@@ -232,6 +236,14 @@ private func owner(_ userData: UnsafeMutableRawPointer?) -> HTTP2Session {
 
 private func onBeginFrame(_ session: OpaquePointer?, _ hd: UnsafePointer<nghttp2_frame_hd>?, _ userData: UnsafeMutableRawPointer?) -> Int32 {
     owner(userData).beganFrame(type: hd!.pointee.type, stream: hd!.pointee.stream_id)
+}
+
+private func onFrameSent(_ session: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ userData: UnsafeMutableRawPointer?) -> Int32 {
+    let frame = frame!.pointee
+    if UInt32(frame.hd.type) == NGHTTP2_GOAWAY.rawValue && frame.goaway.error_code != 0 {
+        owner(userData).goAwayErrorSent = frame.goaway.error_code
+    }
+    return 0
 }
 
 private func onBeginHeaders(_ session: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ userData: UnsafeMutableRawPointer?) -> Int32 {

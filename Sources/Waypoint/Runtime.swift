@@ -252,6 +252,8 @@ final class Runtime {
                    ("{result=\"failed\",reason=\"\(reason)\"}", sum { $0.handshakeFailures.value(index) })
                })
         metric("waypoint_tunnels_active", "gauge", "HBONE tunnels open now.", [("", sum { $0.tunnelsActive.value })])
+        metric("waypoint_worker_tunnels_active", "gauge", "HBONE tunnels open now, per worker (balance).",
+               workers.map { ("{worker=\"\($0.id)\"}", $0.counters.tunnelsActive.value) })
         metric("waypoint_tunnels_total", "counter", "HBONE tunnels opened.", [("", sum { $0.tunnelsTotal.value })])
         metric("waypoint_tunnels_refused_total", "counter", "CONNECT streams refused, by reason.",
                WorkerCounters.tunnelRefusalReasons.enumerated().map { index, reason in

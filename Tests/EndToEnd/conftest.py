@@ -83,8 +83,9 @@ class Proxy(Process):
         args = ["run", "--config", str(config_dir), "--http-listen", "127.0.0.1:0",
                 "--admin-listen", "127.0.0.1:0", "--workers", "2", *extra]
         super().__init__(args, workdir, name, env=env)
-        m = wait_for(r"admin=127\.0\.0\.1:(\d+).*http=127\.0\.0\.1:(\d+)", self.stderr_path, process=self.proc)
-        self.admin_port, self.port = int(m.group(1)), int(m.group(2))
+        m = wait_for(r"admin=127\.0\.0\.1:(\d+).*hbone=(\S+) http=127\.0\.0\.1:(\d+)", self.stderr_path, process=self.proc)
+        self.admin_port, self.port = int(m.group(1)), int(m.group(3))
+        self.hbone_port = int(m.group(2).rsplit(":", 1)[1]) if m.group(2) != "off" else None
 
     def metrics(self):
         """Prometheus samples as {name{labels}: value}."""
@@ -98,14 +99,17 @@ class Proxy(Process):
         return samples
 
 
-def service_yaml(name, endpoints, namespace="default", port=80, routes=""):
+def service_yaml(name, endpoints, namespace="default", port=80, routes="", cluster_ip=None, port_name="http",
+                 app_protocol=None):
     """A Service with one EndpointSlice per (ip, port) endpoint (ports may differ, so one slice each)."""
+    vip = f"\n  clusterIP: {cluster_ip}" if cluster_ip else ""
+    proto = f", appProtocol: {app_protocol}" if app_protocol else ""
     docs = [f"""
 apiVersion: v1
 kind: Service
 metadata: {{name: {name}, namespace: {namespace}}}
-spec:
-  ports: [{{name: http, port: {port}}}]
+spec:{vip}
+  ports: [{{name: {port_name}, port: {port}{proto}}}]
 """]
     for i, (ip, target) in enumerate(endpoints):
         docs.append(f"""
@@ -113,7 +117,7 @@ apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {{name: {name}-{i}, namespace: {namespace}, labels: {{kubernetes.io/service-name: {name}}}}}
 addressType: IPv4
-ports: [{{name: http, port: {target}}}]
+ports: [{{name: {port_name}, port: {target}}}]
 endpoints: [{{addresses: [{ip}]}}]
 """)
     return "---".join(docs) + (("---\n" + textwrap.dedent(routes)) if routes else "")

@@ -6,6 +6,8 @@ import ssl
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
+import h2.settings
 
 
 class HBONEClient:
@@ -23,6 +25,9 @@ class HBONEClient:
         self.sock = ctx.wrap_socket(raw)
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
         self.conn.initiate_connection()
+        # ztunnel's client settings: 4 MiB stream window, 16 MiB connection window, 1 MiB frames.
+        self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 4 << 20,
+                                   h2.settings.SettingCodes.MAX_FRAME_SIZE: 1 << 20})
         self.conn.increment_flow_control_window(15 << 20)
         self.flush()
         self.responses = {}   # stream -> (status, headers)
@@ -31,6 +36,7 @@ class HBONEClient:
         self.resets = {}      # stream -> error code
         self.closed = False
         self.settings = {}
+        self.goaway = None
 
     def flush(self):
         out = self.conn.data_to_send()
@@ -53,7 +59,12 @@ class HBONEClient:
         if not chunk:
             self.closed = True
             return False
-        for event in self.conn.receive_data(chunk):
+        try:
+            events = self.conn.receive_data(chunk)
+        except h2.exceptions.ProtocolError:
+            self.closed = True   # e.g. bytes after the server's GOAWAY closed the h2 state machine
+            return False
+        for event in events:
             if isinstance(event, h2.events.ResponseReceived):
                 headers = dict(event.headers)
                 self.responses[event.stream_id] = (int(headers[":status"]), headers)
@@ -67,7 +78,13 @@ class HBONEClient:
             elif isinstance(event, h2.events.RemoteSettingsChanged):
                 self.settings.update({k: v.new_value for k, v in event.changed_settings.items()})
             elif isinstance(event, h2.events.ConnectionTerminated):
-                self.closed = True
+                self.goaway = event
+                if event.error_code == 0:
+                    # A graceful GOAWAY lets streams up to last_stream_id finish (RFC 9113 §6.8), but h2's state
+                    # machine treats any GOAWAY as the end: put it back to open so those streams can complete.
+                    self.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+                else:
+                    self.closed = True
         self.flush()
         return True
 

@@ -67,6 +67,7 @@ def make(directory):
     with open(ca_path, "wb") as f:
         f.write(ca.cert.public_bytes(serialization.Encoding.PEM))
     result["ca"] = ca_path
+    result["ca_obj"] = ca
     td = "spiffe://cluster.local"
     specs = {
         "waypoint": (ca, dict(uris=[td + "/ns/default/sa/waypoint"], dns=["waypoint.default.svc"], ips=["127.0.0.1"])),

@@ -1,0 +1,371 @@
+"""HBONE termination, black-box: the real binary on loopback, driven by Python's `ssl` + `h2` (a stack this
+project did not write), with a generated PKI of good and broken certificates."""
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import tempfile
+import threading
+import time
+
+import h2.events
+import pytest
+
+import pki
+from conftest import service_yaml, wait_for
+from hbone import HBONEClient, get
+
+VIP = "10.96.0.10"
+FORWARDED = ("forwarded", 'for="10.1.2.3:5555";host=web.default.svc.cluster.local')
+TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"
+
+
+@pytest.fixture(scope="module")
+def certs():
+    with tempfile.TemporaryDirectory(prefix="waypoint-pki-") as d:
+        yield pki.make(d)
+
+
+@pytest.fixture
+def hbone_proxy(proxy_factory, certs):
+    def make(config, extra=(), name="proxy"):
+        cert, key = certs["waypoint"]
+        return proxy_factory(config, extra=["--hbone-listen", "127.0.0.1:0", "--cert", cert, "--key", key,
+                                            "--ca", certs["ca"], *extra], name=name)
+    return make
+
+
+@pytest.fixture
+def mesh(origin_factory, hbone_proxy):
+    """Service `web` (VIP 10.96.0.10:80, appProtocol http) in front of one origin."""
+    origin = origin_factory("a")
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", origin.port)], cluster_ip=VIP))
+    return proxy, origin
+
+
+def client(proxy, certs, who="frontend", **kwargs):
+    cert, key = certs[who] if who else (None, None)
+    return HBONEClient(proxy.hbone_port, cert, key, certs["ca"], **kwargs)
+
+
+def body_json(response):
+    return json.loads(response.split(b"\r\n\r\n", 1)[1])
+
+
+def test_request_through_tunnel_reaches_origin_with_tunnel_context(mesh, certs):
+    proxy, origin = mesh
+    c = client(proxy, certs)
+    sid = c.connect(f"{VIP}:80", headers=[FORWARDED, ("traceparent", TRACE)])
+    assert c.status(sid) == 200
+    response = c.http(sid, get("/hello", host="anything"))
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+    seen = body_json(response)
+    assert seen["path"] == "/hello"
+    assert seen["headers"]["x-forwarded-for"] == "10.1.2.3"   # the tunnel's original client, not ztunnel's socket
+    assert seen["headers"]["traceparent"] == TRACE
+    # Keep-alive inside the tunnel; a request's own traceparent wins over the tunnel's.
+    response = c.http(sid, b"GET /two HTTP/1.1\r\nHost: web\r\ntraceparent: 00-11111111111111111111111111111111-2222222222222222-01\r\n\r\n")
+    assert body_json(response)["headers"]["traceparent"] == "00-11111111111111111111111111111111-2222222222222222-01"
+    c.close()
+    log = wait_for(r'\{[^\n]*"path":"/hello"[^\n]*\n', proxy.stdout_path).group(0)
+    entry = json.loads(log)
+    assert entry["downstream_peer_principal"] == "cluster.local/ns/default/sa/frontend"
+    assert entry["downstream_remote_address"] == "10.1.2.3:5555"
+    assert entry["route_name"] == "default/web"
+
+
+def test_server_settings_are_ztunnels(mesh, certs):
+    proxy, _ = mesh
+    c = client(proxy, certs)
+    c.wait(lambda: len(c.settings) >= 4)
+    assert c.settings[3] == 200              # MAX_CONCURRENT_STREAMS
+    assert c.settings[4] == 4 << 20          # INITIAL_WINDOW_SIZE
+    assert c.settings[5] == 1 << 20          # MAX_FRAME_SIZE
+    c.close()
+
+
+@pytest.mark.parametrize("who, reason", [
+    ("untrusted", "certificate_rejected"),
+    ("expired", "certificate_rejected"),
+    ("no-uri", "identity"),
+    ("foreign-td", "identity"),
+    ("two-ids", "identity"),
+    (None, "no_certificate"),
+])
+def test_bad_client_certificate_fails_the_handshake(mesh, certs, who, reason):
+    proxy, origin = mesh
+    outcome = "served"
+    try:
+        c = client(proxy, certs, who=who)
+        sid = c.connect(f"{VIP}:80")
+        # TLS 1.3 finishes the client's side of the handshake before the server checks its certificate:
+        # the rejection arrives as an alert or a close instead of any answer.
+        status = c.status(sid)
+        outcome = "closed" if status is None and c.closed else f"status {status}"
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+        outcome = "closed"
+    assert outcome == "closed"
+    deadline = time.time() + 5
+    while proxy.metrics().get(f'waypoint_tls_handshakes_total{{result="failed",reason="{reason}"}}', 0) < 1:
+        assert time.time() < deadline, proxy.metrics()
+        time.sleep(0.05)
+    assert proxy.metrics()['waypoint_tls_handshakes_total{result="ok"}'] == 0
+
+
+@pytest.mark.parametrize("kwargs, reason", [
+    (dict(alpn=("http/1.1",)), "protocol"),
+    (dict(alpn=None), "alpn"),
+    (dict(tls_max=ssl.TLSVersion.TLSv1_2), "protocol"),
+])
+def test_handshake_requires_tls13_and_h2(mesh, certs, kwargs, reason):
+    proxy, _ = mesh
+    with pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError, AssertionError)):
+        c = client(proxy, certs, **kwargs)
+        sid = c.connect(f"{VIP}:80")
+        assert c.status(sid) == 200
+    deadline = time.time() + 5
+    while proxy.metrics().get(f'waypoint_tls_handshakes_total{{result="failed",reason="{reason}"}}', 0) < 1:
+        assert time.time() < deadline, proxy.metrics()
+        time.sleep(0.05)
+
+
+def test_trust_domain_alias_is_accepted(origin_factory, hbone_proxy, certs):
+    origin = origin_factory("a")
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", origin.port)], cluster_ip=VIP),
+                        extra=["--trust-domain-aliases", "old.local"])
+    c = client(proxy, certs, who="alias-td")
+    sid = c.connect(f"{VIP}:80")
+    assert c.status(sid) == 200
+    assert c.http(sid, get("/")).startswith(b"HTTP/1.1 200")
+    c.close()
+
+
+def test_refused_streams_get_statuses_and_the_connection_lives_on(origin_factory, hbone_proxy, certs):
+    origin = origin_factory("a")
+    config = service_yaml("web", [("127.0.0.1", origin.port)], cluster_ip=VIP) + "---" + \
+        service_yaml("empty", [], cluster_ip="10.96.0.20")
+    proxy = hbone_proxy(config)
+    c = client(proxy, certs)
+    assert c.status(c.connect("10.96.0.99:80")) == 400          # not a service or endpoint here: no open relay
+    assert c.status(c.connect(f"{VIP}:81")) == 400              # right VIP, port not served
+    assert c.status(c.connect("web.default:80")) == 400         # not IP:port
+    assert c.status(c.connect("10.96.0.20:80")) == 503          # service without a ready endpoint
+    assert c.status(c.connect(f"{VIP}:80", headers=[(":protocol", "websocket"), (":scheme", "https"), (":path", "/")])) == 400  # extended CONNECT
+    sid = c.conn.get_next_available_stream_id()
+    c.conn.send_headers(sid, [(":method", "GET"), (":authority", f"{VIP}:80"), (":scheme", "http"), (":path", "/")],
+                        end_stream=True)
+    c.flush()
+    assert c.status(sid) == 405
+    good = c.connect(f"{VIP}:80")
+    assert c.status(good) == 200
+    assert c.http(good, get("/")).startswith(b"HTTP/1.1 200")
+    metrics = proxy.metrics()
+    assert metrics['waypoint_tunnels_refused_total{reason="unknown_destination"}'] == 2
+    assert metrics['waypoint_tunnels_refused_total{reason="bad_authority"}'] == 1
+    assert metrics['waypoint_tunnels_refused_total{reason="no_healthy_upstream"}'] == 1
+    assert metrics['waypoint_tunnels_refused_total{reason="extended_connect"}'] == 1
+    assert metrics['waypoint_tunnels_refused_total{reason="method"}'] == 1
+    c.close()
+
+
+def test_workload_address_is_served(mesh, certs):
+    proxy, origin = mesh
+    c = client(proxy, certs)
+    sid = c.connect(f"127.0.0.1:{origin.port}")
+    assert c.status(sid) == 200
+    assert body_json(c.http(sid, get("/direct")))["path"] == "/direct"
+    c.close()
+
+
+def test_tcp_port_is_relayed_byte_for_byte(origin_factory, hbone_proxy, certs):
+    origin = origin_factory("a")
+    proxy = hbone_proxy(service_yaml("db", [("127.0.0.1", origin.port)], cluster_ip=VIP, port_name="tcp-db"))
+    c = client(proxy, certs)
+    sid = c.connect(f"{VIP}:80", headers=[FORWARDED])
+    assert c.status(sid) == 200
+    # The origin speaks HTTP, but as a TCP port nothing is rewritten: no x-forwarded-for, no x-request-id.
+    seen = body_json(c.http(sid, get("/raw")))
+    assert "x-forwarded-for" not in seen["headers"] and "x-request-id" not in seen["headers"]
+    c.close()
+
+
+def test_undeclared_protocol_is_detected(origin_factory, hbone_proxy, certs):
+    origin = origin_factory("a")
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", origin.port)], cluster_ip=VIP, port_name="web"))
+    c = client(proxy, certs)
+    sid = c.connect(f"{VIP}:80", headers=[FORWARDED])
+    assert c.status(sid) == 200
+    seen = body_json(c.http(sid, get("/sniffed")))
+    assert seen["headers"]["x-forwarded-for"] == "10.1.2.3"     # detected as HTTP/1.1: the L7 path ran
+    c.close()
+
+
+def test_half_close_ends_the_tunnel_after_the_response(mesh, certs):
+    proxy, _ = mesh
+    c = client(proxy, certs)
+    sid = c.connect(f"{VIP}:80")
+    assert c.status(sid) == 200
+    c.send(sid, get("/last"), end_stream=True)                 # half-close after the request
+    c.wait(lambda: sid in c.ended or sid in c.resets)
+    assert sid in c.ended and sid not in c.resets
+    assert bytes(c.data[sid]).startswith(b"HTTP/1.1 200")
+    c.close()
+
+
+def test_stalled_tunnel_does_not_block_the_others(mesh, certs):
+    proxy, _ = mesh
+    c = client(proxy, certs)
+    stalled = c.connect(f"{VIP}:80")
+    assert c.status(stalled) == 200
+    # A request whose body never completes: its upstream waits, the tunnel is stuck.
+    c.send(stalled, b"POST /slow HTTP/1.1\r\nHost: web\r\nContent-Length: 100000\r\n\r\n" + b"x" * 10)
+    others = [c.connect(f"{VIP}:80") for _ in range(30)]
+    for sid in others:
+        c.send(sid, get(f"/s{sid}"))
+    c.wait(lambda: all(b"\r\n\r\n" in bytes(c.data.get(s, b"")) and bytes(c.data[s]).count(b"}") >= 1 for s in others))
+    for sid in others:
+        assert body_json(bytes(c.data[sid]))["path"] == f"/s{sid}"
+    assert not c.data.get(stalled)
+    c.close()
+
+
+def test_slow_reader_of_100_mib_keeps_rss_bounded(mesh, certs):
+    proxy, _ = mesh
+    c = client(proxy, certs)
+    sid = c.connect(f"{VIP}:80")
+    assert c.status(sid) == 200
+    before = proxy.rss_kib()
+    c.send(sid, get("/big?size=104857600"))
+    # Read nothing for a while: windows and socket buffers fill, then the waypoint must stop reading the origin.
+    time.sleep(1.5)
+    stalled_rss = proxy.rss_kib()
+    total = 0
+    peak = stalled_rss
+    polls = 0
+    while total < 100 * 1024 * 1024 and sid not in c.ended:
+        if not c.pump():
+            break
+        chunk = c.data.get(sid)
+        if chunk:
+            total += len(chunk)
+            chunk.clear()   # keep the test's own memory flat
+        polls += 1
+        if polls % 64 == 0:
+            peak = max(peak, proxy.rss_kib())
+    c.close()
+    assert total >= 100 * 1024 * 1024
+    assert stalled_rss - before < 24 * 1024, (before, stalled_rss)
+    assert peak - before < 32 * 1024, (before, peak)
+
+
+def test_rapid_reset_flood_closes_the_offender_and_spares_others(mesh, certs):
+    proxy, _ = mesh
+    flood = client(proxy, certs)
+    flood.wait(lambda: len(flood.settings) >= 3)
+    for _ in range(4000):
+        sid = flood.conn.get_next_available_stream_id()
+        flood.conn.send_headers(sid, [(":method", "CONNECT"), (":authority", f"{VIP}:80")])
+        flood.conn.reset_stream(sid)
+        out = flood.conn.data_to_send()
+        try:
+            flood.sock.sendall(out)
+        except (ssl.SSLError, OSError):
+            break
+    # A well-behaved client on another connection is served promptly meanwhile.
+    start = time.time()
+    good = client(proxy, certs)
+    sid = good.connect(f"{VIP}:80")
+    assert good.status(sid) == 200
+    assert good.http(sid, get("/ok")).startswith(b"HTTP/1.1 200")
+    assert time.time() - start < 3
+    good.close()
+    flood.wait(lambda: flood.closed)
+    assert flood.closed
+    assert proxy.metrics()["waypoint_http2_protocol_errors_total"] >= 1
+
+
+def test_continuation_flood_closes_the_connection(mesh, certs):
+    proxy, _ = mesh
+    c = client(proxy, certs)
+    c.wait(lambda: len(c.settings) >= 3)
+    import struct
+    block = c.conn.encoder.encode([(":method", "CONNECT"), (":authority", f"{VIP}:80")])
+    frames = struct.pack(">I", len(block))[1:] + bytes([1, 0]) + struct.pack(">I", 101) + block  # HEADERS, no END_HEADERS
+    filler = c.conn.encoder.encode([("x-filler", "a" * 100)])
+    for _ in range(200):
+        frames += struct.pack(">I", len(filler))[1:] + bytes([9, 0]) + struct.pack(">I", 101) + filler
+    try:
+        c.sock.sendall(frames)
+        while c.sock.recv(65536):
+            pass
+    except (ssl.SSLError, OSError):
+        pass
+    assert proxy.metrics()["waypoint_http2_protocol_errors_total"] >= 1
+
+
+def test_hbone_connections_are_balanced_across_workers(mesh, certs):
+    proxy, _ = mesh
+    clients = []
+    for _ in range(4):
+        c = client(proxy, certs)
+        sids = [c.connect(f"{VIP}:80") for _ in range(10)]
+        for sid in sids:
+            assert c.status(sid) == 200
+        clients.append(c)
+    per_worker = {k: v for k, v in proxy.metrics().items() if k.startswith("waypoint_worker_tunnels_active")}
+    assert sorted(per_worker.values()) == [20, 20], per_worker
+    for c in clients:
+        c.close()
+
+
+def test_drain_sends_goaway_and_lets_open_tunnels_finish(mesh, certs):
+    proxy, _ = mesh
+    c = client(proxy, certs)
+    sid = c.connect(f"{VIP}:80")
+    assert c.status(sid) == 200
+    c.send(sid, get("/slow?delay=500ms"))
+    time.sleep(0.1)
+    proxy.proc.send_signal(signal.SIGTERM)
+    start = time.time()
+    response = c.http(sid, b"")
+    assert response.startswith(b"HTTP/1.1 200"), response
+    assert c.goaway is not None and c.goaway.error_code == 0
+    c.wait(lambda: sid in c.ended)                 # the tunnel ends after its last exchange
+    c.wait(lambda: c.closed)                       # then the connection
+    assert proxy.proc.wait(timeout=10) == 0
+    assert time.time() - start < 3                 # drained, not cut off by the 5 s drain timeout
+
+
+def test_certificate_rotation_keeps_open_connections(origin_factory, hbone_proxy, certs, workdir):
+    origin = origin_factory("a")
+    cert_dir = workdir / "certs"
+    cert_dir.mkdir()
+    shutil.copy(certs["waypoint"][0], cert_dir / "tls.crt")
+    shutil.copy(certs["waypoint"][1], cert_dir / "tls.key")
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", origin.port)], cluster_ip=VIP),
+                        extra=["--cert", str(cert_dir / "tls.crt"), "--key", str(cert_dir / "tls.key")], name="rotating")
+    old = client(proxy, certs)
+    sid = old.connect(f"{VIP}:80")
+    assert old.status(sid) == 200
+    first_serial = old.sock.getpeercert()["serialNumber"]
+    # Rotate: a new key and certificate for the same identity, written as cert-manager would.
+    key, cert = certs["ca_obj"].issue(uris=["spiffe://cluster.local/ns/default/sa/waypoint"])
+    pki.write(str(cert_dir), "next", key, cert)
+    os.replace(cert_dir / "next.key", cert_dir / "tls.key")
+    os.replace(cert_dir / "next.pem", cert_dir / "tls.crt")
+    wait_for("HBONE certificate reloaded", proxy.stderr_path)
+    fresh = client(proxy, certs)
+    fresh_sid = fresh.connect(f"{VIP}:80")
+    assert fresh.status(fresh_sid) == 200
+    assert fresh.sock.getpeercert()["serialNumber"] != first_serial
+    # The connection made before the rotation still works.
+    assert old.http(sid, get("/still")).startswith(b"HTTP/1.1 200")
+    # A broken rotation is rejected and the current certificate stays.
+    (cert_dir / "tls.crt").write_text("not a certificate")
+    wait_for("HBONE certificate reload rejected", proxy.stderr_path)
+    again = client(proxy, certs)
+    assert again.status(again.connect(f"{VIP}:80")) == 200
+    for c in (old, fresh, again):
+        c.close()
