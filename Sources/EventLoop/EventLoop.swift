@@ -38,6 +38,8 @@ public final class EventLoop: @unchecked Sendable {
     /// Runs until no active watcher is left (the process exits from a watcher before that).
     public func run() { _ = ev_run(raw, 0) }
 
+    /// Makes `run()` return after the current iteration (loop thread only).
+    public func breakLoop() { ev_break(raw, Int32(EVBREAK_ALL)) }
 
     /// The loop's cached time in seconds; updated once per iteration, so it costs no syscall.
     public var now: Double { ev_now(raw) }

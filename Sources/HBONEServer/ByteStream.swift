@@ -6,7 +6,7 @@ import EventLoop
 ///
 /// Thread: its worker's loop thread only. Ownership: the session using it holds it strongly; the stream holds
 /// its `handler` unowned and stops calling it once closed.
-protocol ByteStream: AnyObject {
+public protocol ByteStream: AnyObject {
     /// Who is told about readiness. Set once by the session.
     var handler: (any ByteStreamHandler)? { get set }
     func read(into buffer: UnsafeMutableRawBufferPointer) -> IOResult
@@ -22,7 +22,7 @@ protocol ByteStream: AnyObject {
 }
 
 /// The session side of a `ByteStream`.
-protocol ByteStreamHandler: AnyObject {
+public protocol ByteStreamHandler: AnyObject {
     func streamReadable()
     func streamWritable()
 }

@@ -3,9 +3,12 @@ import HTTP2
 import TLS
 import WaypointCore
 
-/// One HBONE connection from a ztunnel: mutual TLS 1.3, then an HTTP/2 server session whose CONNECT streams
-/// are tunnels. Written as phases (ztunnel's inbound): handshake → identity → per stream: check the request,
-/// look up the destination, answer 200 (or refuse), hand the tunnel to an inner session.
+/// One HBONE connection: mutual TLS 1.3, then an HTTP/2 session whose CONNECT streams are tunnels.
+///
+/// Server role (from a ztunnel), written as phases like ztunnel's inbound: handshake → identity → per stream:
+/// check the request, look up the destination, answer 200 (or refuse), hand the tunnel to an inner session.
+/// Client role (upstream HBONE, `hbone-client`, the load generator): connect → handshake → check the server's
+/// identity → `openTunnel` sends CONNECTs; a tunnel carries bytes once its 200 arrives.
 ///
 /// The peer's identity is fixed per connection (ztunnel pools one connection per source identity), so it is
 /// verified once, at the handshake. Every tunnel gets the same identity and its own source address.
@@ -13,11 +16,15 @@ import WaypointCore
 /// nghttp2 must not be re-entered from its callbacks, so callbacks only record what happened (data into the
 /// tunnel, a tunnel to notify); sessions are notified, and frames sent, after `receive`/`send` return.
 ///
-/// Thread: its worker's loop thread only. Ownership: the `ProxyServer` (until closed); it owns its open tunnels.
-final class HBONEConnection: HTTP2SessionDelegate {
-    enum State { case handshaking, open, closed }
+/// Thread: its worker's loop thread only. Ownership: the `ProxyServer` (server role, until closed) or whoever
+/// opened it (client role, told by `onClosed`); it owns its open tunnels.
+public final class HBONEConnection: HTTP2SessionDelegate {
+    enum State { case connecting, handshaking, open, closed }
 
     let id: Int
+    private let role: TLSContext.Role
+    /// Client role: called once when the connection closes.
+    public var onClosed: ((HBONEConnection) -> Void)?
     private let fd: Int32
     private unowned(unsafe) let server: ProxyServer
     private let remote: SocketAddress?
@@ -27,7 +34,8 @@ final class HBONEConnection: HTTP2SessionDelegate {
     private var writeWatcher: IOWatcher!
     private var timer: Timer!
     private(set) var state = State.handshaking
-    private var identity: SpiffeIdentity?
+    /// The peer's verified identity (the client's for the server role, the server's for the client role).
+    public private(set) var identity: SpiffeIdentity?
     private let output = ByteBuffer(lazyCapacity: 16 * 1024)
     private var tunnels: [Int32: Tunnel] = [:]
     /// Header fields of CONNECT requests still being received, by stream.
@@ -43,6 +51,7 @@ final class HBONEConnection: HTTP2SessionDelegate {
     private var pingSentAt: Double?
     private var goingAway = false
 
+    /// Server role: an accepted socket. Client role: a socket whose connect is in progress.
     init?(id: Int, fd: Int32, remote: SocketAddress?, context: TLSContext, server: ProxyServer) {
         guard let tls = TLSConnection(context: context, fd: fd) else { return nil }
         self.id = id
@@ -50,16 +59,48 @@ final class HBONEConnection: HTTP2SessionDelegate {
         self.remote = remote
         self.tls = tls
         self.server = server
+        role = context.role
+        session = HTTP2Session(role: role == .server ? .server : .client, settings: server.settings.http2, delegate: self)
         readWatcher = IOWatcher(loop: server.loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.readable() }
         writeWatcher = IOWatcher(loop: server.loop, fd: fd, direction: .write) { [unowned(unsafe) self] in self.writable() }
         timer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.timerFired() }
         timer.schedule(after: server.settings.handshakeTimeout)
-        readWatcher.start()
+        if role == .client {
+            state = .connecting
+            writeWatcher.start()  // connect completion
+        } else {
+            readWatcher.start()
+        }
     }
+
+    /// Client role: connects to `address` (an HBONE port, 15008) with `context` (our certificate).
+    public static func connect(to address: SocketAddress, context: TLSContext, server: ProxyServer) -> HBONEConnection? {
+        guard case .success(let fd) = Socket.connect(to: address) else { return nil }
+        guard let connection = HBONEConnection(id: 0, fd: fd, remote: address, context: context, server: server) else {
+            Socket.close(fd)
+            return nil
+        }
+        return connection
+    }
+
+    /// Client role: sends a CONNECT for `authority` (`IP:port`); the tunnel's reads and writes work once the
+    /// server answers 200 (writes before that wait in the tunnel). Nil when the session refuses a new stream.
+    public func openTunnel(authority: String, headers: [(String, String)] = []) -> Tunnel? {
+        guard role == .client, state != .closed, !goingAway,
+              let stream = session.request(headers: [(":method", "CONNECT"), (":authority", authority)] + headers, body: true)
+        else { return nil }
+        let tunnel = Tunnel(streamID: stream, connection: self, sendBound: server.settings.tunnelSendBound, established: false)
+        tunnels[stream] = tunnel
+        flush()
+        return tunnel
+    }
+
+    /// Whether another tunnel may be opened now (client role).
+    public var canOpenTunnel: Bool { state != .closed && !goingAway && tunnels.count < Int(server.settings.http2.maxConcurrentStreams) }
 
     deinit { if state != .closed { Socket.close(fd) } }
 
-    var tunnelCount: Int { tunnels.count }
+    public var tunnelCount: Int { tunnels.count }
 
     // MARK: - Handshake
 
@@ -79,9 +120,8 @@ final class HBONEConnection: HTTP2SessionDelegate {
                 handshakeFailed("identity", rejection.description)
             case .success(let identity):
                 self.identity = identity
-                server.counters.handshakesOK.increment()
+                if role == .server { server.counters.handshakesOK.increment() }
                 state = .open
-                session = HTTP2Session(role: .server, settings: server.settings.http2, delegate: self)
                 writeWatcher.stop()
                 readWatcher.start()
                 timer.scheduleRepeating(every: server.settings.keepaliveInterval)
@@ -92,7 +132,7 @@ final class HBONEConnection: HTTP2SessionDelegate {
     }
 
     private func handshakeFailed(_ reason: String, _ detail: String) {
-        server.counters.countHandshakeFailure(reason)
+        if role == .server { server.counters.countHandshakeFailure(reason) }
         server.logger.debug("HBONE handshake failed: \(detail)",
                             metadata: ["connection.id": "\(id)", "client": "\(remote?.description ?? "unknown")", "reason": "\(reason)"])
         close()
@@ -126,6 +166,10 @@ final class HBONEConnection: HTTP2SessionDelegate {
     }
 
     private func writable() {
+        if state == .connecting {
+            guard Socket.connectResult(fd) == 0 else { return handshakeFailed("closed", "connect to \(remote?.description ?? "?") failed") }
+            state = .handshaking
+        }
         if state == .handshaking { return continueHandshake() }
         if tls.wantsWritable { readable() }
         flush()
@@ -226,20 +270,26 @@ final class HBONEConnection: HTTP2SessionDelegate {
 
     // MARK: - HTTP2SessionDelegate
 
-    func http2BeginHeaders(stream: Int32) {
+    public func http2BeginHeaders(stream: Int32) {
         requests[stream] = TunnelRequest()
     }
 
-    func http2Header(stream: Int32, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
+    public func http2Header(stream: Int32, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
         requests[stream]?.add(name: name, value: value)
     }
 
-    func http2HeadersComplete(stream: Int32, endStream: Bool) {
-        guard let request = requests.removeValue(forKey: stream) else { return }  // trailers or a response: ignored
-        open(stream, request)
+    public func http2HeadersComplete(stream: Int32, endStream: Bool) {
+        guard let request = requests.removeValue(forKey: stream) else { return }
+        if role == .server {
+            open(stream, request)
+        } else if let tunnel = tunnels[stream], !tunnel.established {
+            tunnel.responded(status: request.status)
+            if request.status != 200 { session.reset(stream: stream, code: .cancel) }
+            if !tunnel.queued { tunnel.queued = true; notify.append(tunnel) }
+        }
     }
 
-    func http2Data(stream: Int32, _ bytes: UnsafeRawBufferPointer) {
+    public func http2Data(stream: Int32, _ bytes: UnsafeRawBufferPointer) {
         if let tunnel = tunnels[stream] {
             tunnel.receivedData(bytes)
         } else {
@@ -247,25 +297,25 @@ final class HBONEConnection: HTTP2SessionDelegate {
         }
     }
 
-    func http2RemoteEnded(stream: Int32) {
+    public func http2RemoteEnded(stream: Int32) {
         tunnels[stream]?.receivedEnd()
     }
 
-    func http2StreamClosed(stream: Int32, errorCode: UInt32) {
+    public func http2StreamClosed(stream: Int32, errorCode: UInt32) {
         requests[stream] = nil
         guard let tunnel = tunnels.removeValue(forKey: stream) else { return }
-        server.counters.tunnelsActive.increment(by: -1)
+        if role == .server { server.counters.tunnelsActive.increment(by: -1) }
         tunnel.closed(code: errorCode)
         if !tunnel.queued { tunnel.queued = true; notify.append(tunnel) }
         if goingAway && tunnels.isEmpty { needsFlush = true }
     }
 
-    func http2ReadData(stream: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HTTP2DataChunk {
+    public func http2ReadData(stream: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HTTP2DataChunk {
         guard let tunnel = tunnels[stream] else { return .bytes(0, end: true) }
         return tunnel.readData(into: buffer)
     }
 
-    func http2PingAcknowledged() { pingSentAt = nil }
+    public func http2PingAcknowledged() { pingSentAt = nil }
 
     // MARK: - Opening tunnels
 
@@ -311,7 +361,7 @@ final class HBONEConnection: HTTP2SessionDelegate {
 
     private func timerFired() {
         switch state {
-        case .handshaking:
+        case .connecting, .handshaking:
             handshakeFailed("timeout", "no complete handshake within \(server.settings.handshakeTimeout)")
         case .open:
             let now = server.loop.now
@@ -332,9 +382,9 @@ final class HBONEConnection: HTTP2SessionDelegate {
     }
 
     /// GOAWAY: the client opens no new tunnels here; open ones finish, then the connection closes.
-    func beginDrain() {
+    public func beginDrain() {
         guard state == .open, !goingAway else {
-            if state == .handshaking { close() }
+            if state == .handshaking || state == .connecting { close() }
             return
         }
         goingAway = true
@@ -356,7 +406,7 @@ final class HBONEConnection: HTTP2SessionDelegate {
                             metadata: ["connection.id": "\(id)", "goaway.code": "\(session.goAwayErrorSent ?? 0)"])
     }
 
-    func close() {
+    public func close() {
         guard state != .closed else { return }
         let wasOpen = state == .open
         state = .closed
@@ -367,19 +417,27 @@ final class HBONEConnection: HTTP2SessionDelegate {
         Socket.close(fd)
         let open = tunnels
         tunnels.removeAll()
-        server.counters.tunnelsActive.increment(by: -open.count)
+        if role == .server { server.counters.tunnelsActive.increment(by: -open.count) }
         for tunnel in open.values {
             // The connection died under the tunnel: an error, not a clean end of stream.
             tunnel.closed(code: HTTP2ErrorCode.internalError.rawValue)
             tunnel.notifyHandler()
         }
-        server.hboneConnectionClosed(self)
+        if role == .server {
+            server.hboneConnectionClosed(self)
+        } else {
+            let callback = onClosed
+            onClosed = nil
+            callback?(self)
+        }
     }
 }
 
 /// The fields of a CONNECT request that HBONE uses, gathered header by header.
 private final class TunnelRequest {
     var method = ""
+    /// `:status` of a response (client role).
+    var status = 0
     var authority: SocketAddress?
     var authorityText = ""
     var hasProtocol = false
@@ -391,6 +449,8 @@ private final class TunnelRequest {
         switch name.count {
         case 7 where name.elementsEqual(":method".utf8):
             method = String(decoding: value, as: UTF8.self)
+        case 7 where name.elementsEqual(":status".utf8):
+            status = Int(String(decoding: value, as: UTF8.self)) ?? 0
         case 10 where name.elementsEqual(":authority".utf8):
             authorityText = String(decoding: value, as: UTF8.self)
             authority = SocketAddress(authorityText)

@@ -11,10 +11,14 @@ import WaypointCore
 ///
 /// Thread: its worker's loop thread only. Ownership: its `HBONEConnection` (while the stream is open) and the
 /// session reading it; the links back (`connection`, `handler`) are unowned and cleared when either side ends.
-final class Tunnel: ByteStream {
+public final class Tunnel: ByteStream {
     let streamID: Int32
+    /// The CONNECT was answered 200 (always true on the server side, where we answer before handing it on).
+    private(set) var established: Bool
+    /// The CONNECT's `:status` (client side), 0 while none arrived.
+    public private(set) var status = 0
     unowned(unsafe) var connection: HBONEConnection?
-    unowned(unsafe) var handler: (any ByteStreamHandler)?
+    public unowned(unsafe) var handler: (any ByteStreamHandler)?
     private let received = ByteBuffer(lazyCapacity: 16 * 1024)
     private let pending = ByteBuffer(lazyCapacity: 16 * 1024)
     private let sendBound: Int
@@ -32,15 +36,28 @@ final class Tunnel: ByteStream {
     /// Already queued for a readiness notification by the connection.
     var queued = false
 
-    init(streamID: Int32, connection: HBONEConnection, sendBound: Int) {
+    init(streamID: Int32, connection: HBONEConnection, sendBound: Int, established: Bool = true) {
         self.streamID = streamID
         self.connection = connection
         self.sendBound = sendBound
+        self.established = established
+    }
+
+    /// Client side: the server's answer to our CONNECT. Anything but 200 fails the tunnel.
+    func responded(status: Int) {
+        self.status = status
+        if status == 200 {
+            established = true
+            connection?.dataReady(self, bytes: 0)
+        } else {
+            failedCode = HTTP2ErrorCode.refusedStream.rawValue
+            streamClosed = true
+        }
     }
 
     // MARK: ByteStream (the inner session's side)
 
-    func read(into buffer: UnsafeMutableRawBufferPointer) -> IOResult {
+    public func read(into buffer: UnsafeMutableRawBufferPointer) -> IOResult {
         if !received.isEmpty {
             let n = min(buffer.count, received.readableBytes)
             buffer.baseAddress!.copyMemory(from: received.readable.baseAddress!, byteCount: n)
@@ -52,7 +69,7 @@ final class Tunnel: ByteStream {
         return remoteEnded || streamClosed ? .eof : .wouldBlock
     }
 
-    func write(from buffer: UnsafeRawBufferPointer) -> IOResult {
+    public func write(from buffer: UnsafeRawBufferPointer) -> IOResult {
         guard !streamClosed && !localEnded, let connection else { return .failed(32) }  // EPIPE
         let room = sendBound - pending.readableBytes
         guard room > 0 else { return .wouldBlock }
@@ -62,17 +79,17 @@ final class Tunnel: ByteStream {
         return .bytes(n)
     }
 
-    func setReading(_ on: Bool) {
+    public func setReading(_ on: Bool) {
         wantsRead = on
         if on && readable { connection?.queue(self) }
     }
 
-    func setWriteInterest(_ on: Bool) {
+    public func setWriteInterest(_ on: Bool) {
         wantsWrite = on
         if on && writable { connection?.queue(self) }
     }
 
-    func close(graceful: Bool) {
+    public func close(graceful: Bool) {
         handler = nil
         wantsRead = false
         wantsWrite = false
@@ -94,7 +111,7 @@ final class Tunnel: ByteStream {
     // MARK: Connection side
 
     private var readable: Bool { !received.isEmpty || remoteEnded || streamClosed }
-    private var writable: Bool { streamClosed || pending.readableBytes < sendBound }
+    private var writable: Bool { streamClosed || (established && pending.readableBytes < sendBound) }
 
     /// Calls the handler for the readiness it asked for (from the connection's notification pass). Like a
     /// level-triggered socket watcher, a tunnel still readable afterwards (bytes left, or the end not yet seen)
@@ -130,6 +147,7 @@ final class Tunnel: ByteStream {
 
     /// Fills a DATA frame from `pending`; ends the stream once it is drained after `close(graceful: true)`.
     func readData(into buffer: UnsafeMutableRawBufferPointer) -> HTTP2DataChunk {
+        guard established else { return .deferred }  // a client sends nothing before the 200
         let wasFull = pending.readableBytes >= sendBound
         let n = min(buffer.count, pending.readableBytes)
         if n > 0 {
