@@ -465,25 +465,9 @@ private final class TunnelRequest {
         }
     }
 
-    /// The address in `forwarded: for="ip:port";host=...` (RFC 7239), as ztunnel writes it.
+    /// The address in `forwarded: for="ip:port";host=...`, as ztunnel writes it (an IP without a port too).
     static func forwardedFor(_ value: UnsafeRawBufferPointer) -> SocketAddress? {
-        let text = String(decoding: value, as: UTF8.self)
-        for element in text.split(separator: ",").first?.split(separator: ";") ?? [] {
-            let pair = element.trimmingCharacters(in: " ")
-            guard pair.lowercased().hasPrefix("for=") else { continue }
-            var address = pair.dropFirst(4)
-            if address.hasPrefix("\""), address.hasSuffix("\""), address.count >= 2 { address = address.dropFirst().dropLast() }
-            return SocketAddress(String(address)) ?? SocketAddress(ip: String(address), port: 0)
-        }
-        return nil
-    }
-}
-
-private extension Substring {
-    func trimmingCharacters(in set: Character) -> Substring {
-        var s = self
-        while s.first == set { s = s.dropFirst() }
-        while s.last == set { s = s.dropLast() }
-        return s
+        guard let address = Forwarded.firstFor(value) else { return nil }
+        return SocketAddress(address) ?? SocketAddress(ip: address, port: 0)
     }
 }

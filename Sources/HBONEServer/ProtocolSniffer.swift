@@ -45,13 +45,18 @@ final class ProtocolSniffer: ByteStreamHandler, DownstreamSession {
         let result = chunk.withUnsafeMutableBytes { stream.read(into: $0) }
         switch result {
         case .bytes(let n):
-            seen += chunk[0..<n]
-            if let kind = Self.classify(seen) { decide(kind) }
+            chunk.withUnsafeBytes { received(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
         case .wouldBlock:
             break
         case .eof, .failed:
             decide(.tcp)  // the relay sees the end and finishes cleanly
         }
+    }
+
+    /// Bytes read so far (from the stream, or given with the stream).
+    func received(_ bytes: UnsafeRawBufferPointer) {
+        seen += bytes
+        if let kind = Self.classify(seen) { decide(kind) }
     }
 
     /// `.http1` for an HTTP/1.x request line, `.tcp` for anything else, nil while undecided.

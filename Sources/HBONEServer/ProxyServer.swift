@@ -54,6 +54,17 @@ public final class ProxyServer {
         listeners.append(Listener(loop: loop, fd: fd) { [unowned(unsafe) self] fd, peer in self.accepted(fd, peer) })
     }
 
+    /// Starts accepting PROXY-protocol v2 connections (the sandwich mode) on a listening socket.
+    public func listenProxyProtocol(fd: Int32) {
+        listeners.append(Listener(loop: loop, fd: fd) { [unowned(unsafe) self] fd, peer in
+            guard !self.draining else { Socket.close(fd); return }
+            self.nextConnectionID += 1
+            self.counters.downstreamConnectionsTotal.increment()
+            self.counters.downstreamConnectionsActive.increment()
+            self.sessions[self.nextConnectionID] = ProxyProtocolConnection(id: self.nextConnectionID, fd: fd, remote: peer, server: self)
+        })
+    }
+
     private func accepted(_ fd: Int32, _ peer: SocketAddress?) {
         guard !draining else { Socket.close(fd); return }
         let facts = PeerFacts(identity: nil, sourceIP: peer?.ip ?? "unknown", sourceAddress: peer?.description ?? "unknown")
@@ -86,18 +97,22 @@ public final class ProxyServer {
 
     // MARK: - Sessions
 
-    /// Runs what the destination's protocol calls for over an accepted tunnel.
-    func startInnerSession(on stream: any ByteStream, peer: PeerFacts, destination: Destination, traceparent: [UInt8]) {
+    /// Runs what the destination's protocol calls for over an accepted tunnel. `initialInput`: bytes that
+    /// arrived with the PROXY header.
+    func startInnerSession(on stream: any ByteStream, peer: PeerFacts, destination: Destination, traceparent: [UInt8],
+                           initialInput: UnsafeRawBufferPointer? = nil) {
         switch destination.innerProtocol {
         case .http1:
-            startHTTP(on: stream, peer: peer, destination: destination, traceparent: traceparent, initialInput: nil)
+            startHTTP(on: stream, peer: peer, destination: destination, traceparent: traceparent, initialInput: initialInput)
         case .tcp, .http2:
-            startTCP(on: stream, destination: destination, initialInput: nil)
+            startTCP(on: stream, destination: destination, initialInput: initialInput)
         case .detect:
             nextConnectionID += 1
-            sessions[nextConnectionID] = ProtocolSniffer(id: nextConnectionID, stream: stream, peer: peer, destination: destination,
-                                                         traceparent: traceparent, server: self)
+            let sniffer = ProtocolSniffer(id: nextConnectionID, stream: stream, peer: peer, destination: destination,
+                                          traceparent: traceparent, server: self)
+            sessions[sniffer.id] = sniffer
             counters.downstreamConnectionsActive.increment()
+            if let initialInput, !initialInput.isEmpty { sniffer.received(initialInput) }
         }
     }
 

@@ -53,6 +53,9 @@ extension WaypointCommand {
         @Option(name: .long, help: "HBONE listener (mTLS 1.3 + HTTP/2 CONNECT), IP:port; on when --cert, --key and --ca are given.")
         var hboneListen = AddressArgument(argument: "0.0.0.0:15008")!
 
+        @Option(name: .long, help: "PROXY-protocol v2 listener (sandwich mode: the node's ztunnel terminates HBONE), IP:port.")
+        var proxyProtocolListen: AddressArgument?
+
         @Option(name: .long, help: "The waypoint's certificate chain (PEM), re-read when it changes.")
         var cert: String?
 
@@ -118,6 +121,7 @@ extension WaypointCommand {
             options.settings.headerTimeout = headerTimeout.duration
             options.settings.connectTimeout = connectTimeout.duration
             options.settings.handshakeTimeout = handshakeTimeout.duration
+            options.proxyProtocolListen = proxyProtocolListen?.address
             options.settings.trustDomains = ([trustDomain] + trustDomainAliases).map { $0.lowercased() }
             options.settings.http2.maxConcurrentStreams = UInt32(maxConcurrentStreams)
             let runtime: Runtime

@@ -18,6 +18,8 @@ final class Runtime {
         var httpListen: SocketAddress
         /// The HBONE listener; nil when no certificate was given.
         var hboneListen: SocketAddress?
+        /// The PROXY-protocol v2 listener (sandwich mode), if any.
+        var proxyProtocolListen: SocketAddress? = nil
         var certificates: CertificateSource?
         var adminListen: SocketAddress
         var workers: Int
@@ -48,6 +50,7 @@ final class Runtime {
     private(set) var httpAddress: SocketAddress
     private(set) var adminAddress: SocketAddress
     private(set) var hboneAddress: SocketAddress?
+    private(set) var proxyProtocolAddress: SocketAddress?
 
     /// Loads the config and binds every socket; throws a message for the user on failure.
     init(options: Options, logger: Logger) throws {
@@ -70,6 +73,15 @@ final class Runtime {
             fds.append(fd)
         }
         httpAddress = http
+        var proxyFDs: [Int32] = []
+        if var address = options.proxyProtocolListen {
+            for _ in 0..<options.workers {
+                let fd = try Self.bind(address)
+                if address.port == 0, let bound = Socket.localAddress(fd) { address = bound }
+                proxyFDs.append(fd)
+            }
+            proxyProtocolAddress = address
+        }
         let adminFD = try Self.bind(options.adminListen, reusePort: false)
         adminAddress = Socket.localAddress(adminFD) ?? options.adminListen
 
@@ -90,7 +102,7 @@ final class Runtime {
         let tally = DrainTally(doorbell: AsyncWatcher(loop: loop) { [unowned(unsafe) self] in self.workerDrained() })
         drainTally = tally
         for (index, fd) in fds.enumerated() {
-            workers.append(Worker(id: index, snapshot: snapshot, listenFDs: [fd], tls: tls, settings: options.settings,
+            workers.append(Worker(id: index, snapshot: snapshot, listenFDs: [fd], proxyProtocolFDs: proxyFDs.isEmpty ? [] : [proxyFDs[index]], tls: tls, settings: options.settings,
                                   accessLog: options.accessLog, logger: logger) { tally.workerDrained() })
         }
         assigned = Array(repeating: 0, count: workers.count)
@@ -122,7 +134,8 @@ final class Runtime {
             timer.scheduleRepeating(every: .seconds(1))
             pollTimer = timer
         }
-        logger.info("ready", metadata: ["http": "\(httpAddress)", "hbone": "\(hboneAddress?.description ?? "off")", "admin": "\(adminAddress)",
+        logger.info("ready", metadata: ["http": "\(httpAddress)", "hbone": "\(hboneAddress?.description ?? "off")",
+                                        "proxy_protocol": "\(proxyProtocolAddress?.description ?? "off")", "admin": "\(adminAddress)",
                                         "workers": "\(workers.count)", "config.generation": "\(snapshot.generation)"])
         loop.run()
         exit(0)
@@ -263,6 +276,8 @@ final class Runtime {
             ("{direction=\"received\"}", sum { $0.tunnelBytesReceived.value }),
             ("{direction=\"sent\"}", sum { $0.tunnelBytesSent.value }),
         ])
+        metric("waypoint_proxy_protocol_rejected_total", "counter", "PROXY-protocol connections closed for a missing or bad header, identity or destination.",
+               [("", sum { $0.proxyHeaderErrors.value })])
         metric("waypoint_hbone_keepalive_timeouts_total", "counter", "HBONE connections closed for an unanswered PING.",
                [("", sum { $0.keepaliveTimeouts.value })])
         metric("waypoint_http2_protocol_errors_total", "counter", "HBONE connections closed for a protocol error or flood.",

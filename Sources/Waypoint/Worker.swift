@@ -37,7 +37,7 @@ final class Worker: @unchecked Sendable {
     private let onDrained: @Sendable () -> Void
     private let logger: Logger
 
-    init(id: Int, snapshot: Snapshot, listenFDs: [Int32], tls: TLSContext?, settings: ProxySettings, accessLog: Bool,
+    init(id: Int, snapshot: Snapshot, listenFDs: [Int32], proxyProtocolFDs: [Int32], tls: TLSContext?, settings: ProxySettings, accessLog: Bool,
          logger: Logger, onDrained: @escaping @Sendable () -> Void) {
         var logger = logger
         logger[metadataKey: "worker.id"] = "\(id)"
@@ -52,6 +52,7 @@ final class Worker: @unchecked Sendable {
         server.updateEndpoints(snapshot.endpoints)
         server.tlsContext = tls
         for fd in listenFDs { server.listen(fd: fd) }
+        for fd in proxyProtocolFDs { server.listenProxyProtocol(fd: fd) }
         doorbell = AsyncWatcher(loop: loop) { [unowned(unsafe) self] in self.drainInbox() }
     }
 

@@ -86,6 +86,8 @@ class Proxy(Process):
         m = wait_for(r"admin=127\.0\.0\.1:(\d+).*hbone=(\S+) http=127\.0\.0\.1:(\d+)", self.stderr_path, process=self.proc)
         self.admin_port, self.port = int(m.group(1)), int(m.group(3))
         self.hbone_port = int(m.group(2).rsplit(":", 1)[1]) if m.group(2) != "off" else None
+        pp = re.search(r"proxy_protocol=(\S+)", m.string)
+        self.proxy_protocol_port = int(pp.group(1).rsplit(":", 1)[1]) if pp and pp.group(1) != "off" else None
 
     def metrics(self):
         """Prometheus samples as {name{labels}: value}."""

@@ -2,12 +2,21 @@
 import Glibc
 #endif
 
+/// Runs the harness named `target`.
+func run(_ target: String, _ bytes: UnsafeRawBufferPointer) {
+    switch target {
+    case "config": Harness.config(bytes)
+    case "proxy": Harness.proxy(bytes)
+    default: Harness.http1(bytes)
+    }
+}
+
 #if FUZZING
-/// libFuzzer entry point; `WAYPOINT_FUZZ_TARGET` picks the harness (http1 or config).
+/// libFuzzer entry point; `WAYPOINT_FUZZ_TARGET` picks the harness (http1, config or proxy).
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let bytes = UnsafeRawBufferPointer(start: data, count: size)
-    if fuzzTarget == "config" { Harness.config(bytes) } else { Harness.http1(bytes) }
+    run(fuzzTarget, bytes)
     return 0
 }
 
@@ -26,13 +35,13 @@ private func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<CInt>,
                                  _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
                                  _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt) -> CInt
 #else
-/// Replays saved inputs (e.g. a crash file from a fuzz run): `WaypointFuzz http1|config FILE...`.
+/// Replays saved inputs (e.g. a crash file from a fuzz run): `WaypointFuzz http1|config|proxy FILE...`.
 @main
 struct Replay {
     static func main() {
         let args = CommandLine.arguments.dropFirst()
-        guard let target = args.first, target == "http1" || target == "config" else {
-            print("usage: WaypointFuzz http1|config FILE...")
+        guard let target = args.first, ["http1", "config", "proxy"].contains(target) else {
+            print("usage: WaypointFuzz http1|config|proxy FILE...")
             exit(2)
         }
         for path in args.dropFirst() {
@@ -45,7 +54,7 @@ struct Replay {
                 bytes += buffer[0..<n]
             }
             fclose(file)
-            bytes.withUnsafeBytes { target == "config" ? Harness.config($0) : Harness.http1($0) }
+            bytes.withUnsafeBytes { run(target, $0) }
             print("ok \(path)")
         }
     }

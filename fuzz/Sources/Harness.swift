@@ -1,3 +1,4 @@
+import EventLoop
 import HTTPRouter
 import WaypointConfig
 import WaypointCore
@@ -43,6 +44,25 @@ enum Harness {
         if let spec = try? ManifestLoader.load(text: text, file: "fuzz.yaml", defaultNamespace: "default") {
             _ = SnapshotCompiler(namespace: "default").compile(spec, generation: 1)
         }
+    }
+
+    /// What arrives before any HTTP: PROXY v2 headers (with the identity TLV), and the CONNECT authority,
+    /// `forwarded` and SPIFFE ID texts.
+    static func proxy(_ data: UnsafeRawBufferPointer) {
+        switch ProxyProtocolHeader.parse(data) {
+        case .complete(let header, let length):
+            precondition(length >= 16 && length <= data.count, "header length outside the input")
+            if let identity = header.identity { _ = SpiffeIdentity(uri: identity) }
+            _ = SocketAddress(ip: header.destinationIP, port: header.destinationPort)
+        case .incomplete:
+            precondition(data.count < ProxyProtocolHeader.maxLength, "incomplete past the maximum length")
+        case .invalid:
+            break
+        }
+        let text = String(decoding: data, as: UTF8.self)
+        _ = SocketAddress(text)
+        _ = SpiffeIdentity(uri: text)
+        if let address = Forwarded.firstFor(data) { _ = SocketAddress(address) }
     }
 
     private static func check(_ range: ByteRange, in bytes: UnsafeRawBufferPointer) {
