@@ -19,6 +19,8 @@ public protocol ByteStream: AnyObject {
     /// Ends the stream. `graceful`: what was written is delivered, then end of stream; otherwise the peer
     /// sees an abort (a reset tunnel; for a socket, the close).
     func close(graceful: Bool)
+    /// For an outbound stream: it never got established (connect refused or timed out, CONNECT not answered 200).
+    var connectFailed: Bool { get }
 }
 
 /// The session side of a `ByteStream`.
@@ -35,12 +37,23 @@ final class SocketStream: ByteStream {
     private var readWatcher: IOWatcher!
     private var writeWatcher: IOWatcher!
     private var closed = false
+    /// An outbound socket whose connect has not completed yet.
+    private var connecting: Bool
+    private(set) var connectFailed = false
     unowned(unsafe) var handler: (any ByteStreamHandler)?
 
-    init(fd: Int32, loop: EventLoop) {
+    /// `connecting`: the fd comes from `Socket.connect`; its first writability tells the connect's outcome.
+    init(fd: Int32, loop: EventLoop, connecting: Bool = false) {
         self.fd = fd
+        self.connecting = connecting
         readWatcher = IOWatcher(loop: loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.handler?.streamReadable() }
-        writeWatcher = IOWatcher(loop: loop, fd: fd, direction: .write) { [unowned(unsafe) self] in self.handler?.streamWritable() }
+        writeWatcher = IOWatcher(loop: loop, fd: fd, direction: .write) { [unowned(unsafe) self] in
+            if self.connecting {
+                self.connecting = false
+                self.connectFailed = Socket.connectResult(self.fd) != 0
+            }
+            self.handler?.streamWritable()
+        }
     }
 
     deinit { close(graceful: false) }

@@ -28,6 +28,8 @@ public final class ProxyServer {
     private var nextConnectionID = 0
     /// The server-side TLS context for new HBONE connections (replaced when the certificate rotates).
     public var tlsContext: TLSContext?
+    /// The client-side context (the same certificate) for HBONE to upstream endpoints in the mesh.
+    public var clientTLSContext: TLSContext?
     /// Where TLS records are decrypted before HTTP/2 takes them: one per worker, since a read is processed
     /// completely before the next.
     let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 32 * 1024, alignment: 16)
@@ -150,10 +152,17 @@ public final class ProxyServer {
 
     /// Replaces the endpoint list that `RouteDecision.forward` indexes; pools for addresses still listed
     /// (and their idle connections) carry over, the others retire.
-    public func updateEndpoints(_ addresses: [SocketAddress]) {
+    /// `tunnels[i]`: endpoint i is in the mesh and reached by HBONE.
+    public func updateEndpoints(_ addresses: [SocketAddress], tunnels: [Bool]) {
         var existing: [SocketAddress: UpstreamPool] = [:]
         for pool in pools { existing[pool.address] = pool }
-        pools = addresses.map { address in existing.removeValue(forKey: address) ?? UpstreamPool(address: address, server: self) }
+        pools = zip(addresses, tunnels).map { address, tunnel in
+            if let pool = existing[address], pool.tunnel == tunnel {
+                existing[address] = nil
+                return pool
+            }
+            return UpstreamPool(address: address, tunnel: tunnel, server: self)
+        }
         for pool in existing.values { pool.retired = true }
     }
 

@@ -31,6 +31,8 @@ public struct ProxySettings: Sendable {
     /// How long a tunnel of undeclared protocol waits for its first bytes before it is treated as TCP
     /// (server-first protocols such as MySQL or SMTP never speak first).
     public var detectionTimeout: Duration = .seconds(1)
+    /// The port of the HBONE listener on mesh endpoints' nodes (ztunnel's 15008).
+    public var upstreamHBONEPort: UInt16 = 15008
 
     public init() {}
 }

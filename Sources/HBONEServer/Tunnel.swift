@@ -43,6 +43,8 @@ public final class Tunnel: ByteStream {
         self.established = established
     }
 
+    public var connectFailed: Bool { !established && (streamClosed || status != 0) }
+
     /// Client side: the server's answer to our CONNECT. Anything but 200 fails the tunnel.
     func responded(status: Int) {
         self.status = status

@@ -1,17 +1,18 @@
 import EventLoop
 import WaypointCore
 
-/// One TCP connection to an upstream endpoint: connecting, then serving one exchange at a time for the
-/// downstream connection it is attached to, then idle in its pool.
+/// One connection to an upstream endpoint, over a byte stream: a plaintext TCP socket, or an HBONE tunnel to the
+/// endpoint's node when it is in the mesh. Connecting, then serving one exchange at a time for the downstream
+/// session it is attached to, then idle in its pool.
 ///
 /// Thread: its worker's loop thread only. Ownership: its pool while idle; the attached `DownstreamConnection`
 /// while in use (which holds it strongly; `owner` is the unowned link back, cleared on detach). It holds its pool
 /// strongly: a reload can retire the pool while an exchange still uses the connection, which then returns to
 /// the retired pool and is closed there.
-final class UpstreamConnection {
+final class UpstreamConnection: ByteStreamHandler {
     enum State { case connecting, active, idle, closed }
 
-    let fd: Int32
+    private let stream: any ByteStream
     let pool: UpstreamPool
     private unowned(unsafe) let loop: EventLoop
     let input: ByteBuffer
@@ -20,24 +21,25 @@ final class UpstreamConnection {
     /// True when taken from the pool: a failure before any response byte may then be a stale keep-alive race.
     private(set) var reused = false
     unowned(unsafe) var owner: DownstreamConnection?
-    private var readWatcher: IOWatcher!
-    private var writeWatcher: IOWatcher!
     private var timer: Timer!
     private let settings: ProxySettings
 
-    init(fd: Int32, pool: UpstreamPool, loop: EventLoop, settings: ProxySettings) {
-        self.fd = fd
+    /// `stream` is still connecting: its first writability means connected (or `connectFailed`).
+    init(stream: any ByteStream, pool: UpstreamPool, loop: EventLoop, settings: ProxySettings) {
+        self.stream = stream
         self.pool = pool
         self.loop = loop
         self.settings = settings
         input = ByteBuffer(capacity: 16 * 1024)
         output = ByteBuffer(capacity: 4 * 1024)
-        readWatcher = IOWatcher(loop: loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.readable() }
-        writeWatcher = IOWatcher(loop: loop, fd: fd, direction: .write) { [unowned(unsafe) self] in self.writable() }
         timer = Timer(loop: loop) { [unowned(unsafe) self] in self.timedOut() }
-        writeWatcher.start()  // connect completion is signalled by writability
+        stream.handler = self
+        stream.setWriteInterest(true)  // connect completion is signalled by writability
         timer.schedule(after: settings.connectTimeout)
     }
+
+    func streamReadable() { readable() }
+    func streamWritable() { writable() }
 
     deinit { close() }
 
@@ -57,47 +59,46 @@ final class UpstreamConnection {
         state = .idle
         input.clear()
         output.clear()
-        readWatcher.start()
+        stream.setReading(true)
         timer.schedule(after: settings.upstreamIdleTimeout)
     }
 
-    func pauseReading() { readWatcher.stop() }
-    func resumeReading() { if state == .active { readWatcher.start() } }
+    func pauseReading() { stream.setReading(false) }
+    func resumeReading() { if state == .active { stream.setReading(true) } }
 
     /// Writes what `output` holds; arms the write watcher for the rest. Returns false when the connection failed.
     @discardableResult
     func flush() -> Bool {
         guard state == .active else { return true }
         while !output.isEmpty {
-            switch Socket.write(fd, from: output.readable) {
+            switch stream.write(from: output.readable) {
             case .bytes(let n): output.consume(n)
             case .wouldBlock:
-                writeWatcher.start()
+                stream.setWriteInterest(true)
                 return true
             case .eof, .failed:
                 fail(.reset)
                 return false
             }
         }
-        writeWatcher.stop()
+        stream.setWriteInterest(false)
         return true
     }
 
     private func writable() {
         if state == .connecting {
-            let error = Socket.connectResult(fd)
-            guard error == 0 else { fail(.connectFailed); return }
+            guard !stream.connectFailed else { fail(.connectFailed); return }
             state = .active
             timer.cancel()
-            readWatcher.start()
+            stream.setReading(true)
         }
         if flush() { owner?.upstreamDrained() }
     }
 
     private func readable() {
         let space = input.writableSpace()
-        guard space.count > 0 else { readWatcher.stop(); return }
-        switch Socket.read(fd, into: space) {
+        guard space.count > 0 else { stream.setReading(false); return }
+        switch stream.read(into: space) {
         case .bytes(let n):
             input.commitWrite(n)
             if state == .idle {
@@ -108,7 +109,7 @@ final class UpstreamConnection {
         case .wouldBlock:
             return
         case .eof, .failed:
-            if state == .idle { dropIdle() } else { fail(.reset) }
+            if state == .idle { dropIdle() } else { fail(state == .connecting ? .connectFailed : .reset) }
         }
     }
 
@@ -139,9 +140,9 @@ final class UpstreamConnection {
     func close() {
         guard state != .closed else { return }
         state = .closed
-        readWatcher.stop()
-        writeWatcher.stop()
+        stream.setReading(false)
+        stream.setWriteInterest(false)
         timer.cancel()
-        Socket.close(fd)
+        stream.close(graceful: true)
     }
 }

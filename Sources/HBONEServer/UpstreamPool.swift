@@ -1,21 +1,28 @@
 import EventLoop
 
 /// Keep-alive connections to one endpoint, owned by one worker: idle ones are reused most-recently-used first
-/// (the warmest, least likely to have been closed by the upstream).
+/// (the warmest, least likely to have been closed by the upstream). For an endpoint in the mesh, each
+/// connection is an HBONE tunnel (`CONNECT endpointIP:port` to the endpoint's node at port 15008, with the
+/// waypoint's own certificate); the tunnels share a few HBONE connections, each carrying many of them.
 ///
 /// Thread: its worker's loop thread only. Ownership: the `ProxyServer`, which keeps one pool per endpoint
 /// address across config reloads; a pool dropped by a reload is `retired` and closes connections as they return.
 final class UpstreamPool {
     let address: SocketAddress
+    /// Reached by HBONE rather than plaintext.
+    let tunnel: Bool
     let addressText: String
+    /// HBONE connections to the endpoint's node (tunnel pools only).
+    private var hboneConnections: [HBONEConnection] = []
     private unowned(unsafe) let server: ProxyServer
     private var idle: [UpstreamConnection] = []
     var retired = false {
         didSet { if retired { closeIdle() } }
     }
 
-    init(address: SocketAddress, server: ProxyServer) {
+    init(address: SocketAddress, tunnel: Bool, server: ProxyServer) {
         self.address = address
+        self.tunnel = tunnel
         self.addressText = address.description
         self.server = server
     }
@@ -28,11 +35,29 @@ final class UpstreamPool {
                 return connection
             }
         }
-        guard case .success(let fd) = Socket.connect(to: address) else { return nil }
+        guard let stream = tunnel ? openTunnel() : openSocket() else { return nil }
         server.counters.upstreamConnectionsTotal.increment()
-        let connection = UpstreamConnection(fd: fd, pool: self, loop: server.loop, settings: server.settings)
+        let connection = UpstreamConnection(stream: stream, pool: self, loop: server.loop, settings: server.settings)
         connection.attach(owner, reused: false)
         return connection
+    }
+
+    private func openSocket() -> (any ByteStream)? {
+        guard case .success(let fd) = Socket.connect(to: address) else { return nil }
+        return SocketStream(fd: fd, loop: server.loop, connecting: true)
+    }
+
+    /// A new tunnel on an HBONE connection with room, or on a new connection to the endpoint's node.
+    private func openTunnel() -> (any ByteStream)? {
+        if let open = hboneConnections.last(where: { $0.canOpenTunnel }), let tunnel = open.openTunnel(authority: addressText) {
+            return tunnel
+        }
+        guard let context = server.clientTLSContext,
+              let node = SocketAddress(ip: address.ip, port: server.settings.upstreamHBONEPort),
+              let connection = HBONEConnection.connect(to: node, context: context, server: server) else { return nil }
+        connection.onClosed = { [unowned(unsafe) self] closed in self.hboneConnections.removeAll { $0 === closed } }
+        hboneConnections.append(connection)
+        return connection.openTunnel(authority: addressText)
     }
 
     /// Takes back a connection whose exchange ended cleanly.
@@ -51,5 +76,6 @@ final class UpstreamPool {
         let connections = idle
         idle.removeAll()
         for c in connections { c.close() }
+        for connection in hboneConnections where connection.tunnelCount == 0 { connection.close() }
     }
 }

@@ -48,6 +48,7 @@ enum EnvironmentFlags {
         "run": [("config", true), ("http-listen", false), ("admin-listen", false), ("workers", false),
                 ("hbone-listen", false), ("proxy-protocol-listen", false), ("cert", false), ("key", false), ("ca", false), ("trust-domain", false),
                 ("trust-domain-aliases", true), ("max-concurrent-streams", false), ("handshake-timeout", false),
+                ("upstream-hbone-port", false),
                 ("namespace", false), ("drain-timeout", false), ("connect-timeout", false), ("header-timeout", false),
                 ("log-level", false), ("access-log", false)],
         "check": [("config", true), ("namespace", false)],

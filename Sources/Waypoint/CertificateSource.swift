@@ -17,12 +17,21 @@ struct CertificateSource {
         self.trustBundle = trustBundle
     }
 
-    /// The server context for HBONE connections; throws naming the file that failed. Nothing changes on failure.
-    mutating func load() throws(TLSError) -> TLSContext {
+    /// The contexts for HBONE connections, both ways; throws naming the file that failed. Nothing changes on failure.
+    mutating func load() throws(TLSError) -> TLSContexts {
         // Remember the files even if they fail, so a bad rotation is reported once, not every poll.
         fingerprint = ConfigSource.fingerprint([certificate, key, trustBundle])
-        return try TLSContext(role: .server, certificateFile: certificate, keyFile: key, trustBundleFile: trustBundle)
+        return TLSContexts(
+            server: try TLSContext(role: .server, certificateFile: certificate, keyFile: key, trustBundleFile: trustBundle),
+            client: try TLSContext(role: .client, certificateFile: certificate, keyFile: key, trustBundleFile: trustBundle))
     }
 
     func changed() -> Bool { ConfigSource.fingerprint([certificate, key, trustBundle]) != fingerprint }
+}
+
+/// The waypoint's certificate as a TLS server (HBONE from ztunnels) and as a client (HBONE to mesh endpoints;
+/// waypoints present their own identity upstream, they do not impersonate the caller).
+struct TLSContexts: Sendable {
+    let server: TLSContext
+    let client: TLSContext
 }

@@ -74,6 +74,9 @@ extension WaypointCommand {
         @Option(name: .long, help: "HTTP/2 streams (tunnels) per HBONE connection.")
         var maxConcurrentStreams = 200
 
+        @Option(name: .long, help: "HBONE port on the nodes of mesh endpoints (ztunnel's inbound).")
+        var upstreamHbonePort: UInt16 = 15008
+
         @Option(name: .long, help: "A TLS handshake must complete within this long.")
         var handshakeTimeout = DurationArgument(.seconds(10))
 
@@ -122,6 +125,7 @@ extension WaypointCommand {
             options.settings.connectTimeout = connectTimeout.duration
             options.settings.handshakeTimeout = handshakeTimeout.duration
             options.proxyProtocolListen = proxyProtocolListen?.address
+            options.settings.upstreamHBONEPort = upstreamHbonePort
             options.settings.trustDomains = ([trustDomain] + trustDomainAliases).map { $0.lowercased() }
             options.settings.http2.maxConcurrentStreams = UInt32(maxConcurrentStreams)
             let runtime: Runtime

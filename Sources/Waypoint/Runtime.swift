@@ -85,7 +85,7 @@ final class Runtime {
         let adminFD = try Self.bind(options.adminListen, reusePort: false)
         adminAddress = Socket.localAddress(adminFD) ?? options.adminListen
 
-        var tls: TLSContext? = nil
+        var tls: TLSContexts? = nil
         certificates = options.certificates
         if var source = certificates, let address = options.hboneListen {
             do {

@@ -12,7 +12,7 @@ import WaypointConfig
 enum WorkerEvent: Sendable {
     case replaceSnapshot(Snapshot)
     /// A new certificate: new HBONE connections use it, open ones keep theirs.
-    case replaceTLS(TLSContext)
+    case replaceTLS(TLSContexts)
     /// An accepted HBONE connection, balanced to this worker.
     case adoptHBONE(fd: Int32, peer: SocketAddress?)
     case drain
@@ -37,7 +37,7 @@ final class Worker: @unchecked Sendable {
     private let onDrained: @Sendable () -> Void
     private let logger: Logger
 
-    init(id: Int, snapshot: Snapshot, listenFDs: [Int32], proxyProtocolFDs: [Int32], tls: TLSContext?, settings: ProxySettings, accessLog: Bool,
+    init(id: Int, snapshot: Snapshot, listenFDs: [Int32], proxyProtocolFDs: [Int32], tls: TLSContexts?, settings: ProxySettings, accessLog: Bool,
          logger: Logger, onDrained: @escaping @Sendable () -> Void) {
         var logger = logger
         logger[metadataKey: "worker.id"] = "\(id)"
@@ -49,8 +49,9 @@ final class Worker: @unchecked Sendable {
         router = SnapshotRouter(snapshot: snapshot, seed: seed.next())
         server = ProxyServer(loop: loop, router: router, settings: settings, accessLog: accessLog, logger: logger)
         counters = server.counters
-        server.updateEndpoints(snapshot.endpoints)
-        server.tlsContext = tls
+        server.updateEndpoints(snapshot.endpoints, tunnels: snapshot.endpointTunnels)
+        server.tlsContext = tls?.server
+        server.clientTLSContext = tls?.client
         for fd in listenFDs { server.listen(fd: fd) }
         for fd in proxyProtocolFDs { server.listenProxyProtocol(fd: fd) }
         doorbell = AsyncWatcher(loop: loop) { [unowned(unsafe) self] in self.drainInbox() }
@@ -85,10 +86,11 @@ final class Worker: @unchecked Sendable {
             case .replaceSnapshot(let next):
                 // In-flight exchanges already hold their endpoint; new requests see the new snapshot.
                 router.replace(next)
-                server.updateEndpoints(next.endpoints)
+                server.updateEndpoints(next.endpoints, tunnels: next.endpointTunnels)
                 logger.debug("serving config generation \(next.generation)")
-            case .replaceTLS(let context):
-                server.tlsContext = context
+            case .replaceTLS(let contexts):
+                server.tlsContext = contexts.server
+                server.clientTLSContext = contexts.client
             case .adoptHBONE(let fd, let peer):
                 server.adoptHBONE(fd: fd, peer: peer)
             case .drain:

@@ -26,9 +26,14 @@ public struct EndpointSliceSpec: Sendable, Equatable {
     public var serviceName: String
     public var ports: [(name: String, port: Int)]
     public var endpoints: [(addresses: [String], ready: Bool)]
+    /// Annotation `networking.istio.io/tunnel: http`: the endpoints are in the mesh and reached by HBONE.
+    public var tunnel = false
+
+    /// The key Istio uses (as a WorkloadEntry/ServiceEntry endpoint label) for endpoints reached by HBONE.
+    public static let tunnelKey = "networking.istio.io/tunnel"
 
     public static func == (a: Self, b: Self) -> Bool {
-        a.namespace == b.namespace && a.name == b.name && a.serviceName == b.serviceName
+        a.namespace == b.namespace && a.name == b.name && a.serviceName == b.serviceName && a.tunnel == b.tunnel
             && a.ports.elementsEqual(b.ports, by: ==) && a.endpoints.elementsEqual(b.endpoints, by: ==)
     }
 }

@@ -60,7 +60,9 @@ enum ServiceParser {
             let ready = try node.optional("conditions")?.optional("ready")?.bool() ?? true
             endpoints.append((addresses, ready))
         }
-        return EndpointSliceSpec(namespace: namespace, name: name, serviceName: serviceName, ports: ports, endpoints: endpoints)
+        let annotations = try doc.required("metadata").optional("annotations")?.stringMap() ?? [:]
+        return EndpointSliceSpec(namespace: namespace, name: name, serviceName: serviceName, ports: ports, endpoints: endpoints,
+                                 tunnel: annotations[EndpointSliceSpec.tunnelKey] == "http")
     }
 
     static func serviceEntry(_ doc: ManifestNode, namespace: String, name: String) throws(ConfigError) -> ServiceEntrySpec {

@@ -41,6 +41,8 @@ public final class Snapshot: Sendable {
     public let clusters: [Cluster]
     /// Every distinct endpoint address; workers keep one connection pool per entry.
     public let endpoints: [SocketAddress]
+    /// Parallel to `endpoints`: true for an endpoint in the mesh, reached by HBONE to its node's port 15008.
+    public let endpointTunnels: [Bool]
     /// What an HBONE tunnel's `:authority` may name; anything else is refused (never an open relay).
     public let destinations: [SocketAddress: Destination]
     /// The active config as JSON, for the admin `/config_dump`.
@@ -49,11 +51,12 @@ public final class Snapshot: Sendable {
     public let warnings: [String]
 
     init(generation: UInt64, routes: RouteTable<RouteAction>, clusters: [Cluster], endpoints: [SocketAddress],
-         destinations: [SocketAddress: Destination], dump: String, warnings: [String]) {
+         endpointTunnels: [Bool], destinations: [SocketAddress: Destination], dump: String, warnings: [String]) {
         self.generation = generation
         self.routes = routes
         self.clusters = clusters
         self.endpoints = endpoints
+        self.endpointTunnels = endpointTunnels
         self.destinations = destinations
         self.dump = dump
         self.warnings = warnings

@@ -17,7 +17,7 @@ public struct SnapshotCompiler {
         var state = CompileState(spec: spec, compiler: self)
         state.build()
         return Snapshot(generation: generation, routes: RouteTable(virtualHosts: state.virtualHosts, names: state.names),
-                        clusters: state.clusters, endpoints: state.endpoints, destinations: state.destinations, dump: state.dump(generation: generation),
+                        clusters: state.clusters, endpoints: state.endpoints, endpointTunnels: state.endpointTunnels, destinations: state.destinations, dump: state.dump(generation: generation),
                         warnings: spec.warnings + state.warnings)
     }
 }
@@ -28,6 +28,8 @@ private struct CompileState {
     let compiler: SnapshotCompiler
     var clusters: [Cluster] = []
     var endpoints: [SocketAddress] = []
+    /// Per endpoint: reached by HBONE (in the mesh) rather than plaintext.
+    var endpointTunnels: [Bool] = []
     var endpointIndex: [SocketAddress: Int32] = [:]
     /// "ns/name:port" and "host:port" → cluster index.
     var clusterIndex: [String: Int32] = [:]
@@ -55,10 +57,14 @@ private struct CompileState {
 
     // MARK: - Clusters
 
-    mutating func endpoint(_ ip: String, _ port: Int) -> Int32? {
+    mutating func endpoint(_ ip: String, _ port: Int, tunnel: Bool) -> Int32? {
         guard let address = SocketAddress(ip: ip, port: UInt16(port)) else { return nil }
-        if let index = endpointIndex[address] { return index }
+        if let index = endpointIndex[address] {
+            if tunnel { endpointTunnels[Int(index)] = true }
+            return index
+        }
         endpoints.append(address)
+        endpointTunnels.append(tunnel)
         endpointIndex[address] = Int32(endpoints.count - 1)
         return Int32(endpoints.count - 1)
     }
@@ -93,7 +99,7 @@ private struct CompileState {
                     guard let targetPort else { continue }
                     for endpoint in slice.endpoints where endpoint.ready {
                         for ip in endpoint.addresses {
-                            guard let index = self.endpoint(ip, targetPort) else { continue }
+                            guard let index = self.endpoint(ip, targetPort, tunnel: slice.tunnel) else { continue }
                             if !members.contains(index) { members.append(index) }
                             addWorkload(index, InnerProtocol(appProtocol: port.appProtocol, portName: port.name))
                         }
@@ -110,7 +116,8 @@ private struct CompileState {
                 var members: [Int32] = []
                 for endpoint in entry.endpoints {
                     let target = endpoint.ports[port.name] ?? port.targetPort ?? port.number
-                    guard let index = self.endpoint(endpoint.address, target) else { continue }
+                    let tunnel = endpoint.labels[EndpointSliceSpec.tunnelKey] == "http"
+                    guard let index = self.endpoint(endpoint.address, target, tunnel: tunnel) else { continue }
                     if !members.contains(index) { members.append(index) }
                     addWorkload(index, InnerProtocol(appProtocol: port.proto, portName: port.name))
                 }
@@ -316,7 +323,9 @@ private struct CompileState {
             ("generation", .int(Int(generation))),
             ("clusters", .array(clusters.enumerated().map { index, cluster in
                 .object([("index", .int(index)), ("name", .string(cluster.name)),
-                         ("endpoints", .array(cluster.endpoints.map { .string(endpoints[Int($0)].description) }))])
+                         ("endpoints", .array(cluster.endpoints.map {
+                             .string(endpoints[Int($0)].description + (endpointTunnels[Int($0)] ? " (HBONE)" : ""))
+                         }))])
             })),
             ("virtualHosts", .array(dumpHosts)),
             ("warnings", .array((spec.warnings + warnings).map(JSONValue.string))),

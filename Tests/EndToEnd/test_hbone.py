@@ -369,3 +369,57 @@ def test_certificate_rotation_keeps_open_connections(origin_factory, hbone_proxy
     assert again.status(again.connect(f"{VIP}:80")) == 200
     for c in (old, fresh, again):
         c.close()
+
+
+def mesh_endpoint_yaml(origin_port):
+    """Service web whose endpoint is in the mesh (EndpointSlice annotated networking.istio.io/tunnel: http)."""
+    return f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  clusterIP: {VIP}
+  ports: [{{name: http, port: 80}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: web}}
+  annotations: {{networking.istio.io/tunnel: http}}
+addressType: IPv4
+ports: [{{name: http, port: {origin_port}}}]
+endpoints: [{{addresses: [127.0.0.1]}}]
+"""
+
+
+def test_mesh_endpoint_is_reached_by_hbone_with_the_waypoints_identity(origin_factory, hbone_proxy, certs):
+    origin = origin_factory("a")
+    # The destination node's HBONE terminator: a second waypoint that knows the origin as a workload address.
+    node = hbone_proxy(service_yaml("web", [("127.0.0.1", origin.port)]), name="node")
+    waypoint = hbone_proxy(mesh_endpoint_yaml(origin.port), extra=["--upstream-hbone-port", str(node.hbone_port), "--workers", "1"],
+                           name="waypoint")
+    from conftest import http_request
+    for i in range(3):
+        status, _, body = http_request(waypoint.port, "GET", f"/meshed{i}", host="web")
+        assert status == 200
+        assert json.loads(body)["path"] == f"/meshed{i}"
+    entry = json.loads(wait_for(r'\{[^\n]*"path":"/meshed0"[^\n]*\n', node.stdout_path).group(0))
+    # The waypoint presents its own identity upstream (it does not impersonate the caller).
+    assert entry["downstream_peer_principal"] == "cluster.local/ns/default/sa/waypoint"
+    node_metrics = node.metrics()
+    assert node_metrics["waypoint_hbone_connections_total"] == 1      # one HBONE connection...
+    assert node_metrics["waypoint_tunnels_total"] == 1                # ...one pooled tunnel, reused keep-alive
+
+
+def test_mesh_endpoint_without_hbone_listener_gets_503(origin_factory, hbone_proxy, certs):
+    origin = origin_factory("a")
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    waypoint = hbone_proxy(mesh_endpoint_yaml(origin.port), extra=["--upstream-hbone-port", str(port)])
+    from conftest import http_request
+    status, _, body = http_request(waypoint.port, "GET", "/", host="web")
+    assert (status, body) == (503, b"upstream connect error\n")
