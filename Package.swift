@@ -63,7 +63,8 @@ let package = Package(
         .testTarget(name: "WaypointCoreTests", dependencies: ["WaypointCore"]),
         .testTarget(name: "HTTPRouterTests", dependencies: ["HTTPRouter", "WaypointCore"]),
         .testTarget(name: "FiltersTests", dependencies: ["Filters", "WaypointCore"]),
-        .testTarget(name: "WaypointConfigTests", dependencies: ["WaypointConfig", "HTTPRouter", "WaypointCore"]),
+        .testTarget(name: "WaypointConfigTests", dependencies: ["WaypointConfig", "HTTPRouter", "WaypointCore", "EventLoop"]),
+        .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "WaypointCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

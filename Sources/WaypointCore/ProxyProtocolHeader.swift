@@ -15,6 +15,14 @@ public struct ProxyProtocolHeader: Sendable, Equatable {
     /// TLV 0xD0: the source workload's SPIFFE ID, if present.
     public var identity: String?
 
+    public init(sourceIP: String, sourcePort: UInt16, destinationIP: String, destinationPort: UInt16, identity: String?) {
+        self.sourceIP = sourceIP
+        self.sourcePort = sourcePort
+        self.destinationIP = destinationIP
+        self.destinationPort = destinationPort
+        self.identity = identity
+    }
+
     /// The TLV type ztunnel uses for the peer identity.
     public static let identityTLV: UInt8 = 0xD0
     static let signature: [UInt8] = [0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A]

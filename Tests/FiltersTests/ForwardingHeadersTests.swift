@@ -58,3 +58,31 @@ private func forward(_ request: String, client: String = "10.0.0.5") -> String {
                 == "HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\ncontent-length: 9\r\n\r\nno route\n")
     }
 }
+
+@Suite struct TraceparentTests {
+    private func forward(_ request: String, traceparent: String) -> String {
+        var head = RequestHead()
+        let bytes = Array(request.utf8)
+        let out = ByteBuffer(capacity: 512)
+        bytes.withUnsafeBytes { raw in
+            _ = HTTP1Parser.parseRequest(raw, into: &head)
+            Array("10.0.0.1".utf8).withUnsafeBytes { ip in
+                Array(traceparent.utf8).withUnsafeBytes { trace in
+                    ForwardingHeaders.writeRequest(head, raw, clientIP: ip, proto: "http", traceparent: trace, into: out) { $0.append("id") }
+                }
+            }
+        }
+        return String(decoding: out.readable, as: UTF8.self)
+    }
+
+    @Test func tunnelTraceparentIsAddedWhenTheRequestHasNone() {
+        let sent = forward("GET / HTTP/1.1\r\nHost: a\r\n\r\n", traceparent: "00-abc-def-00")
+        #expect(sent.contains("\r\ntraceparent: 00-abc-def-00\r\n"))
+    }
+
+    @Test func requestTraceparentWins() {
+        let sent = forward("GET / HTTP/1.1\r\nHost: a\r\nTraceparent: 00-mine-01\r\n\r\n", traceparent: "00-abc-def-00")
+        #expect(sent.contains("Traceparent: 00-mine-01\r\n"))
+        #expect(!sent.contains("00-abc-def-00"))
+    }
+}

@@ -2,6 +2,7 @@ import HTTPRouter
 import Testing
 import WaypointConfig
 import WaypointCore
+import EventLoop
 
 private let config = """
 apiVersion: v1
@@ -47,7 +48,8 @@ metadata: {name: ext, namespace: shop}
 spec:
   hosts: [ext.example.com]
   ports: [{name: http, number: 80, protocol: HTTP}]
-  endpoints: [{address: 10.0.0.9, ports: {http: 8081}}]
+  addresses: [240.0.0.9]
+  endpoints: [{address: 10.0.0.9, ports: {http: 8081}, labels: {networking.istio.io/tunnel: http}}]
 """
 
 /// The cluster name (or reply status) a request to `host` + `path` resolves to.
@@ -101,6 +103,30 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
     @Test func serviceEntryEndpointPortsByName() {
         let cluster = snapshot.clusters.first { $0.name == "ext.example.com:80" }!
         #expect(cluster.endpoints.map { snapshot.endpoints[Int($0)].description } == ["10.0.0.9:8081"])
+    }
+
+    /// HBONE `:authority` lookup: service VIPs and ServiceEntry addresses (routes apply), then endpoints; nothing else.
+    @Test(arguments: [
+        ("10.96.0.1:80", "shop/web", false), ("240.0.0.9:80", "shop/ext", false),
+        ("10.0.0.1:8080", "10.0.0.1:8080", true), ("10.0.0.9:8081", "10.0.0.9:8081", true),
+    ])
+    func tunnelDestinations(authority: String, name: String, workload: Bool) throws {
+        let address = SocketAddress(authority)!
+        let destination = try #require(snapshot.destinations[address])
+        #expect(destination.name == name)
+        #expect(destination.innerProtocol == .http1)
+        #expect(destination.virtualHost >= 0 && destination.cluster >= 0 && destination.endpoint == -1 || workload)
+        if workload { #expect(snapshot.endpoints[Int(destination.endpoint)] == address && destination.virtualHost == -1) }
+    }
+
+    @Test(arguments: ["10.96.0.1:81", "10.96.0.2:80", "10.0.0.1:80", "127.0.0.1:8080"])
+    func unknownAuthoritiesHaveNoDestination(authority: String) {
+        #expect(snapshot.destinations[SocketAddress(authority)!] == nil)
+    }
+
+    @Test func meshEndpointsAreMarkedForHBONE() {
+        let tunnels = zip(snapshot.endpoints, snapshot.endpointTunnels).filter(\.1).map { $0.0.description }
+        #expect(tunnels == ["10.0.0.9:8081"])
     }
 
     @Test func configDumpIsJSON() {
