@@ -189,6 +189,18 @@ for t in waypoint nghttpx-squid; do
     stop_target
 done
 
+# Balance: 4 connections x 50 tunnels against two workers; each worker should carry 100 tunnels and burn CPU.
+taskset -c 0,1 "$BIN" run --config "$work/waypoint.yaml" --workers 2 --access-log off --http-listen 127.0.0.1:0 \
+    --admin-listen 127.0.0.1:19000 --hbone-listen $HBONE --cert "$work/waypoint.pem" --key "$work/waypoint.key" \
+    --ca "$work/ca.pem" >"$work/balance.log" 2>&1 &
+BPID=$!; wait_port 19008
+AUTHORITY=$VIP; load -c 4 -s 50 -d "${DUR}s" > "$work/balance.out" &
+LPID=$!; sleep $((DUR / 2))
+balance_tunnels=$(curl -s http://127.0.0.1:19000/stats/prometheus | grep '^waypoint_worker_tunnels_active' | awk '{print $2}' | paste -sd/)
+balance_cpu=$(for t in /proc/$BPID/task/*; do awk '{print $14 + $15}' $t/stat; done | sort -rn | head -2 | paste -sd/)
+wait $LPID; kill $BPID; wait $BPID 2>/dev/null || true
+echo "balance (4 conns x 50 tunnels, 2 workers): tunnels per worker $balance_tunnels; CPU ticks of the two busiest threads $balance_cpu; $(cat "$work/balance.out")"
+
 python3 - "$results" "$extra" <<'PY'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))

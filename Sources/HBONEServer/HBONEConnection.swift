@@ -426,6 +426,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         if role == .server {
             server.hboneConnectionClosed(self)
         } else {
+            server.releaseLater(self)
             let callback = onClosed
             onClosed = nil
             callback?(self)

@@ -33,6 +33,11 @@ public final class ProxyServer {
     /// Where TLS records are decrypted before HTTP/2 takes them: one per worker, since a read is processed
     /// completely before the next.
     let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 32 * 1024, alignment: 16)
+    /// Connections and sessions that closed during this loop iteration. They are released just before the loop
+    /// blocks, never inside their own call stack: a connection that closes from deep in a callback (a failed
+    /// write in a flush) must stay valid until that stack unwinds.
+    private var closedObjects: [AnyObject] = []
+    private var releaser: PrepareWatcher?
     private var pools: [UpstreamPool] = []
     private var random: FastRandom
     public private(set) var draining = false
@@ -47,7 +52,13 @@ public final class ProxyServer {
         self.logger = logger
         var seed = SystemRandomNumberGenerator()
         random = FastRandom(seed: seed.next())
+        releaser = PrepareWatcher(loop: loop) { [unowned(unsafe) self] in
+            if !self.closedObjects.isEmpty { self.closedObjects.removeAll(keepingCapacity: true) }
+        }
     }
+
+    /// Keeps `object` alive until the end of this loop iteration (see `closedObjects`).
+    public func releaseLater(_ object: AnyObject) { closedObjects.append(object) }
 
     deinit { scratch.deallocate() }
 
@@ -92,7 +103,8 @@ public final class ProxyServer {
     }
 
     func hboneConnectionClosed(_ connection: HBONEConnection) {
-        guard hboneConnections.removeValue(forKey: connection.id) != nil else { return }
+        guard let closed = hboneConnections.removeValue(forKey: connection.id) else { return }
+        releaseLater(closed)
         counters.hboneConnectionsActive.increment(by: -1)
         checkDrained()
     }
@@ -142,7 +154,8 @@ public final class ProxyServer {
     }
 
     func sessionClosed(_ id: Int) {
-        guard sessions.removeValue(forKey: id) != nil else { return }
+        guard let closed = sessions.removeValue(forKey: id) else { return }
+        releaseLater(closed)
         counters.downstreamConnectionsActive.increment(by: -1)
         checkDrained()
     }

@@ -41,7 +41,7 @@ final class UpstreamConnection: ByteStreamHandler {
     func streamReadable() { readable() }
     func streamWritable() { writable() }
 
-    deinit { close() }
+    deinit { if state != .closed { stream.close(graceful: false) } }
 
     var isOpen: Bool { state == .idle || state == .active }
 
@@ -139,6 +139,7 @@ final class UpstreamConnection: ByteStreamHandler {
 
     func close() {
         guard state != .closed else { return }
+        pool.releaseLater(self)  // its owner may drop it while it is still on the call stack
         state = .closed
         stream.setReading(false)
         stream.setWriteInterest(false)

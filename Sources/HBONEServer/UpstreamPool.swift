@@ -60,6 +60,8 @@ final class UpstreamPool {
         return connection.openTunnel(authority: addressText)
     }
 
+    func releaseLater(_ object: AnyObject) { server.releaseLater(object) }
+
     /// Takes back a connection whose exchange ended cleanly.
     func checkin(_ connection: UpstreamConnection) {
         guard !retired, !server.draining else { connection.close(); return }

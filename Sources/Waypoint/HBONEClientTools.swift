@@ -173,7 +173,12 @@ final class LoadTunnel: ByteStreamHandler {
             guard bodyLeft == 0 else { return }
             bodyLeft = -1
             owner.completed(latency: owner.clock() - sentAt)
-            if let churnConnection { finished = true; churnConnection.close(); return }
+            if let churnConnection {
+                finished = true
+                tunnel.close(graceful: true)  // detaches this handler
+                churnConnection.close()
+                return
+            }
             send()
         }
     }
@@ -231,6 +236,12 @@ final class LoadThread: @unchecked Sendable {
             timers.append(setup)
         }
         loop.run()
+        // Watchers hold the loop unowned: free everything that owns one before the loop itself.
+        loadTunnels.removeAll()
+        clients.removeAll()
+        timers.removeAll()
+        server = nil
+        loop = nil
     }
 
     private func openConnection() {
@@ -253,7 +264,7 @@ final class LoadThread: @unchecked Sendable {
         let load = LoadTunnel(tunnel: tunnel, owner: self)
         load.churnConnection = connection
         connection.onClosed = { [unowned(unsafe) self] closed in
-            withExtendedLifetime(load) {}
+            self.server.releaseLater(load)  // it may still be on the call stack that closed the connection
             self.clients.removeAll { $0 === closed }
             self.churnOne()
         }
