@@ -183,8 +183,12 @@ echo -e "target\thandshakes_per_s\tidle_tunnel_bytes" > "$extra"
 for t in waypoint nghttpx-squid; do
     start_target "$t"
     hs=$(load --churn -c 8 -d "${DUR}s" | field rps)
-    per=$(taskset -c "$LOAD_CPU" python3 benchmarks/idle_tunnels.py --port 19008 --authority "$AUTHORITY" --tunnels "$IDLE_TUNNELS" \
-          --cert "$work/frontend.pem" --key "$work/frontend.key" --ca "$work/ca.pem" --pids $TPIDS)
+    # squid gives every tunnel an origin connection and its descriptors run out long before 10,000: the reference
+    # is measured with at most 2,000 idle tunnels.
+    n=$IDLE_TUNNELS; [ "$t" = waypoint ] || n=$(( IDLE_TUNNELS < 2000 ? IDLE_TUNNELS : 2000 ))
+    per=$(taskset -c "$LOAD_CPU" python3 benchmarks/idle_tunnels.py --port 19008 --authority "$AUTHORITY" --tunnels "$n" \
+          --cert "$work/frontend.pem" --key "$work/frontend.key" --ca "$work/ca.pem" --pids $TPIDS 2>/dev/null || echo failed)
+    per="$per (of $n)"
     echo -e "$t\t$hs\t$per" | tee -a "$extra"
     stop_target
 done

@@ -29,7 +29,9 @@ final class AccessLog {
         appendEscaped(entry.path)
         out.append("\",\"authority\":\"")
         appendEscaped(entry.authority)
-        out.append("\",\"protocol\":\"HTTP/1.1\",\"response_code\":")
+        out.append("\",\"protocol\":\"")
+        out.append(entry.protocol)
+        out.append("\",\"response_code\":")
         out.appendDecimal(entry.status)
         out.append(",\"response_flags\":\"")
         out.append(entry.flags)
@@ -57,6 +59,8 @@ final class AccessLog {
         var method: UnsafeRawBufferPointer
         var path: UnsafeRawBufferPointer
         var authority: UnsafeRawBufferPointer
+        /// `HTTP/1.1` or `HTTP/2` (h2c inside a tunnel).
+        var `protocol`: StaticString
         var client: String
         /// The caller's SPIFFE principal (HBONE and PROXY sandwich), nil on the plaintext listener.
         var principal: String?

@@ -578,7 +578,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             method: hasFields ? UnsafeRawBufferPointer(rebasing: fields[0..<logMethod]) : UnsafeRawBufferPointer(start: nil, count: 0),
             path: hasFields ? UnsafeRawBufferPointer(rebasing: fields[logMethod..<logPath]) : UnsafeRawBufferPointer(start: nil, count: 0),
             authority: hasFields ? UnsafeRawBufferPointer(rebasing: fields[logPath...]) : UnsafeRawBufferPointer(start: nil, count: 0),
-            client: peer.sourceAddress, principal: peer.identity?.principal, status: status, flags: flags, bytesReceived: bytesReceived, bytesSent: bytesSent,
+            protocol: "HTTP/1.1", client: peer.sourceAddress, principal: peer.identity?.principal, status: status, flags: flags, bytesReceived: bytesReceived, bytesSent: bytesSent,
             upstream: upstreamAddress, route: routeName))
         logFields.clear()
         logMethod = 0

@@ -2,7 +2,8 @@ import EventLoop
 import WaypointCore
 
 /// Decides what a tunnel of undeclared protocol carries from its first bytes, as Istio's protocol detection
-/// does: an HTTP/1.x request line → the HTTP/1.1 session (routes apply); anything else, or nothing within
+/// does: an HTTP/1.x request line → the HTTP/1.1 session, the HTTP/2 preface → h2c (routes apply to both);
+/// anything else, or nothing within
 /// `detectionTimeout` (server-first protocols) → the TCP relay. The bytes read are handed on, not lost.
 ///
 /// Thread: its worker's loop thread only. Ownership: the `ProxyServer` until it hands the stream on.
@@ -61,10 +62,9 @@ final class ProtocolSniffer: ByteStreamHandler, DownstreamSession {
 
     /// `.http1` for an HTTP/1.x request line, `.tcp` for anything else, nil while undecided.
     static func classify(_ bytes: [UInt8]) -> InnerProtocol? {
-        // A method token (upper-case letters, at most 16) and a space; "PRI " starts the HTTP/2 preface, which
-        // is relayed as bytes (routing inside h2c is not supported yet).
+        // A method token (upper-case letters, at most 16) and a space; "PRI " starts the HTTP/2 preface (h2c).
         for (i, b) in bytes.enumerated() {
-            if b == 0x20 { return i > 0 && !bytes.starts(with: "PRI ".utf8) ? .http1 : .tcp }
+            if b == 0x20 { return i == 0 ? .tcp : bytes.starts(with: "PRI ".utf8) ? .http2 : .http1 }
             if !(b >= 0x41 && b <= 0x5A) || i >= 16 { return .tcp }
         }
         return nil
@@ -78,6 +78,8 @@ final class ProtocolSniffer: ByteStreamHandler, DownstreamSession {
         seen.withUnsafeBytes { initial in
             if kind == .http1 {
                 server.startHTTP(on: stream, peer: peer, destination: destination, traceparent: traceparent, initialInput: initial)
+            } else if kind == .http2 {
+                server.startH2C(on: stream, peer: peer, destination: destination, traceparent: traceparent, initialInput: initial)
             } else {
                 server.startTCP(on: stream, destination: destination, initialInput: initial)
             }

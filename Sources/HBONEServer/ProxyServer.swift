@@ -118,7 +118,9 @@ public final class ProxyServer {
         switch destination.innerProtocol {
         case .http1:
             startHTTP(on: stream, peer: peer, destination: destination, traceparent: traceparent, initialInput: initialInput)
-        case .tcp, .http2:
+        case .http2:
+            startH2C(on: stream, peer: peer, destination: destination, traceparent: traceparent, initialInput: initialInput)
+        case .tcp:
             startTCP(on: stream, destination: destination, initialInput: initialInput)
         case .detect:
             nextConnectionID += 1
@@ -138,6 +140,15 @@ public final class ProxyServer {
         sessions[session.id] = session
         counters.downstreamConnectionsActive.increment()
         session.start()
+    }
+
+    func startH2C(on stream: any ByteStream, peer: PeerFacts, destination: Destination?, traceparent: [UInt8],
+                  initialInput: UnsafeRawBufferPointer?) {
+        nextConnectionID += 1
+        counters.downstreamConnectionsActive.increment()
+        let session = H2CProxySession(id: nextConnectionID, stream: stream, peer: peer, destination: destination,
+                                      traceparent: traceparent, initialInput: initialInput, server: self)
+        sessions[session.id] = session
     }
 
     func startTCP(on stream: any ByteStream, destination: Destination, initialInput: UnsafeRawBufferPointer?) {

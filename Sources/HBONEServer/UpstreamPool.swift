@@ -14,6 +14,8 @@ final class UpstreamPool {
     let addressText: String
     /// HBONE connections to the endpoint's node (tunnel pools only).
     private var hboneConnections: [HBONEConnection] = []
+    /// The HTTP/2 connection for h2c exchanges to this endpoint, opened on first use.
+    private var h2c: H2CUpstream?
     private unowned(unsafe) let server: ProxyServer
     private var idle: [UpstreamConnection] = []
     var retired = false {
@@ -40,6 +42,17 @@ final class UpstreamPool {
         let connection = UpstreamConnection(stream: stream, pool: self, loop: server.loop, settings: server.settings)
         connection.attach(owner, reused: false)
         return connection
+    }
+
+    /// The endpoint's HTTP/2 connection, opened (or replaced, when full or closed) on demand.
+    func h2cUpstream() -> H2CUpstream? {
+        if let h2c, h2c.canTakeStream { return h2c }
+        guard let stream = tunnel ? openTunnel() : openSocket() else { return nil }
+        server.counters.upstreamConnectionsTotal.increment()
+        let upstream = H2CUpstream(stream: stream, pool: self)
+        upstream.onClosed = { [unowned(unsafe) self, unowned(unsafe) upstream] in if self.h2c === upstream { self.h2c = nil } }
+        h2c = upstream
+        return upstream
     }
 
     private func openSocket() -> (any ByteStream)? {

@@ -29,6 +29,9 @@ public struct HTTP2Settings: Sendable {
 public enum HTTP2DataChunk {
     /// `count` bytes were written; `end` sets END_STREAM on this frame.
     case bytes(Int, end: Bool)
+    /// `count` bytes were written and the body ends here, followed by trailers that the delegate submitted
+    /// with `submitTrailers` during this call (which carry END_STREAM).
+    case bytesThenTrailers(Int)
     /// Nothing now; call `resume(stream:)` when there is.
     case deferred
 }
@@ -146,8 +149,17 @@ public final class HTTP2Session {
 
     /// Answers a stream with `:status` and extra headers; `body` attaches the delegate's DATA source.
     public func respond(stream: Int32, status: Int, headers: [(String, String)] = [], body: Bool) {
-        var fields: [(String, String)] = [(":status", String(status))]
-        fields += headers
+        respond(stream: stream, fields: [(":status", String(status))] + headers, body: body)
+    }
+
+    /// Sends a header block without a body: trailers after DATA (from `http2ReadData`, returning
+    /// `.bytesThenTrailers`), or a response that is headers only (`endStream`), as gRPC's trailers-only errors.
+    public func submitTrailers(stream: Int32, headers: [(String, String)]) {
+        withHeaderFields(headers) { nva in _ = nghttp2_submit_trailer(session, stream, nva.baseAddress, nva.count) }
+    }
+
+    /// Answers a stream with `fields` as given (`:status` first), with a body from the delegate or none.
+    public func respond(stream: Int32, fields: [(String, String)], body: Bool) {
         withHeaderFields(fields) { nva in
             if body {
                 var provider = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: readData)
@@ -293,6 +305,9 @@ private func readData(_ session: OpaquePointer?, _ stream: Int32, _ buffer: Unsa
     switch owner(userData).delegate.http2ReadData(stream: stream, into: UnsafeMutableRawBufferPointer(start: buffer, count: length)) {
     case .bytes(let n, let end):
         if end { flags!.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue }
+        return n
+    case .bytesThenTrailers(let n):
+        flags!.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue | NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue
         return n
     case .deferred:
         return Int(NGHTTP2_ERR_DEFERRED.rawValue)

@@ -423,3 +423,28 @@ def test_mesh_endpoint_without_hbone_listener_gets_503(origin_factory, hbone_pro
     from conftest import http_request
     status, _, body = http_request(waypoint.port, "GET", "/", host="web")
     assert (status, body) == (503, b"upstream connect error\n")
+
+
+@pytest.mark.parametrize("frame", [
+    bytes([0, 0, 8, 6, 0, 0, 0, 0, 0]) + b"pingping",     # PING, each wanting an ACK
+    bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]),                    # empty SETTINGS, each wanting an ACK
+])
+def test_control_frame_flood_from_a_peer_that_never_reads(mesh, certs, frame):
+    proxy, _ = mesh
+    flood = client(proxy, certs)
+    flood.wait(lambda: len(flood.settings) >= 3)
+    flood.sock.settimeout(10)
+    try:
+        for _ in range(100):
+            flood.sock.sendall(frame * 4000)   # acks pile up: the waypoint never buffers them without bound
+    except (ssl.SSLError, OSError):
+        pass
+    deadline = time.time() + 5
+    while proxy.metrics()["waypoint_http2_protocol_errors_total"] < 1:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    good = client(proxy, certs)
+    sid = good.connect(f"{VIP}:80")
+    assert good.status(sid) == 200
+    assert good.http(sid, get("/ok")).startswith(b"HTTP/1.1 200")
+    good.close()

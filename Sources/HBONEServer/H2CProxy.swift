@@ -1,0 +1,432 @@
+import EventLoop
+import HTTP2
+import WaypointCore
+
+/// One inner HTTP/2 request and its response, between a downstream h2c stream and an upstream h2c stream.
+/// Each direction's body waits in a buffer until the other side's DATA source takes it, and only then is the
+/// sender's window reopened (`consume`), so the stream windows bound what is buffered.
+///
+/// Thread: its worker's loop thread only. Ownership: its `H2CProxySession` and, while it has an upstream
+/// stream, its `H2CUpstream`.
+final class H2CExchange {
+    let downstreamID: Int32
+    var upstreamID: Int32 = 0
+    unowned(unsafe) var upstream: H2CUpstream?
+    /// Request fields as received (pseudo-headers included), lower-case names.
+    var requestFields: [(String, String)] = []
+    var responseFields: [(String, String)] = []
+    var trailers: [(String, String)] = []
+    let requestBody = ByteBuffer(lazyCapacity: 16 * 1024)
+    let responseBody = ByteBuffer(lazyCapacity: 16 * 1024)
+    var requestEnded = false
+    var responseStarted = false
+    var responseEnded = false
+    var isGRPC = false
+    // Access log
+    var start = 0.0
+    var status = 0
+    var route: String?
+    var upstreamAddress: String?
+
+    init(downstreamID: Int32) { self.downstreamID = downstreamID }
+}
+
+/// h2c inside a tunnel (a Service port declared `http2`/`grpc`/`h2c`, or detected from the HTTP/2 preface):
+/// a second nghttp2 session runs inside the stream; every inner request is routed like an HTTP/1.1 request
+/// (same router, host = the tunnel's service) and proxied to an upstream over HTTP/2 (prior knowledge), so
+/// gRPC trailers pass through. Local answers to gRPC requests are gRPC errors (`grpc-status`), not bare statuses.
+///
+/// Thread: its worker's loop thread only. Ownership: the `ProxyServer` (until closed); it owns its exchanges.
+final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession {
+    let id: Int
+    private unowned(unsafe) let server: ProxyServer
+    private var channel: HTTP2Channel!
+    private let peer: PeerFacts
+    private let destination: Destination?
+    private let traceparent: [UInt8]
+    private var exchanges: [Int32: H2CExchange] = [:]
+    private var closed = false
+
+    init(id: Int, stream: any ByteStream, peer: PeerFacts, destination: Destination?, traceparent: [UInt8],
+         initialInput: UnsafeRawBufferPointer?, server: ProxyServer) {
+        self.id = id
+        self.server = server
+        self.peer = peer
+        self.destination = destination
+        self.traceparent = traceparent
+        channel = HTTP2Channel(stream: stream, role: .server, delegate: self)
+        channel.onClosed = { [unowned(unsafe) self] in self.channelClosed() }
+        if let initialInput, !initialInput.isEmpty { channel.receive(initialInput) } else { channel.flush() }
+    }
+
+    func closeWhenIdle() {
+        channel.session.goAway()
+        channel.flush()
+        if exchanges.isEmpty { channel.close() }
+    }
+
+    private func channelClosed() {
+        guard !closed else { return }
+        closed = true
+        for exchange in exchanges.values { exchange.upstream?.cancel(exchange) }
+        exchanges.removeAll()
+        server.sessionClosed(id)
+    }
+
+    // MARK: HTTP2SessionDelegate (downstream side)
+
+    func http2BeginHeaders(stream: Int32) {
+        if exchanges[stream] == nil { exchanges[stream] = H2CExchange(downstreamID: stream) }
+    }
+
+    func http2Header(stream: Int32, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
+        guard let exchange = exchanges[stream], exchange.upstreamID == 0, !exchange.responseStarted else { return }
+        exchange.requestFields.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
+    }
+
+    func http2HeadersComplete(stream: Int32, endStream: Bool) {
+        guard let exchange = exchanges[stream] else { return }
+        if endStream { exchange.requestEnded = true }
+        if exchange.upstreamID == 0 && !exchange.responseStarted {
+            route(exchange)
+        } else if endStream {
+            exchange.upstream?.requestDataReady(exchange)  // request trailers are dropped; the end still counts
+        }
+    }
+
+    func http2Data(stream: Int32, _ bytes: UnsafeRawBufferPointer) {
+        guard let exchange = exchanges[stream], let upstream = exchange.upstream else {
+            channel.session.consume(stream: stream, bytes.count)  // answered locally: the body is dropped
+            return
+        }
+        exchange.requestBody.append(bytes)
+        upstream.requestDataReady(exchange)
+    }
+
+    func http2RemoteEnded(stream: Int32) {
+        guard let exchange = exchanges[stream] else { return }
+        exchange.requestEnded = true
+        exchange.upstream?.requestDataReady(exchange)
+    }
+
+    func http2StreamClosed(stream: Int32, errorCode: UInt32) {
+        guard let exchange = exchanges.removeValue(forKey: stream) else { return }
+        if !exchange.responseEnded || errorCode != 0 { exchange.upstream?.cancel(exchange) }
+        finish(exchange)
+    }
+
+    func http2ReadData(stream: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HTTP2DataChunk {
+        guard let exchange = exchanges[stream] else { return .bytes(0, end: true) }
+        let n = min(buffer.count, exchange.responseBody.readableBytes)
+        if n > 0 {
+            buffer.baseAddress!.copyMemory(from: exchange.responseBody.readable.baseAddress!, byteCount: n)
+            exchange.responseBody.consume(n)
+            exchange.upstream?.responseConsumed(exchange, n)
+        }
+        guard exchange.responseBody.isEmpty && exchange.responseEnded else { return n > 0 ? .bytes(n, end: false) : .deferred }
+        if exchange.trailers.isEmpty { return .bytes(n, end: true) }
+        channel.session.submitTrailers(stream: stream, headers: exchange.trailers)
+        return .bytesThenTrailers(n)
+    }
+
+    func http2PingAcknowledged() {}
+
+    // MARK: Routing
+
+    /// Routes with the same router as HTTP/1.1: the request is written as an HTTP/1.1 head (the pseudo-headers
+    /// become the request line and Host) so that matching has one implementation.
+    private func route(_ exchange: H2CExchange) {
+        exchange.start = server.loop.now
+        var method = "", path = "", authority = ""
+        var head = "", contentType = ""
+        for (name, value) in exchange.requestFields {
+            switch name {
+            case ":method": method = value
+            case ":path": path = value
+            case ":authority": authority = value
+            case ":scheme": break
+            case "host": if authority.isEmpty { authority = value }
+            default:
+                if name == "content-type" { contentType = value }
+                head += "\(name): \(value)\r\n"
+            }
+        }
+        exchange.isGRPC = contentType.hasPrefix("application/grpc")
+        let text = "\(method) \(path.isEmpty ? "/" : path) HTTP/1.1\r\nhost: \(authority)\r\n\(head)\r\n"
+        let decision: RouteDecision = Array(text.utf8).withUnsafeBytes { bytes in
+            var request = RequestHead()
+            guard case .complete = HTTP1Parser.parseRequest(bytes, into: &request) else {
+                return .reply(.badRequest(HTTP1Error(status: 400, "malformed request")))
+            }
+            return server.router.route(request, bytes, destination: destination)
+        }
+        switch decision {
+        case .reply(let reply):
+            replyLocally(exchange, reply)
+        case .forward(let endpoint, let route):
+            exchange.route = route
+            guard let pool = server.pool(endpoint), let upstream = pool.h2cUpstream() else {
+                server.counters.upstreamConnectFailures.increment()
+                return replyLocally(exchange, .upstreamConnectError)
+            }
+            exchange.upstreamAddress = pool.addressText
+            upstream.start(exchange, fields: forwardedFields(exchange, method: method, path: path, authority: authority), owner: self)
+        }
+    }
+
+    /// The request fields sent upstream: pseudo-headers, the client's headers minus hop-by-hop ones, and the
+    /// forwarding headers (as on HTTP/1.1: `x-forwarded-for` appended, `x-request-id` when absent, the tunnel's
+    /// `traceparent` when the request has none).
+    private func forwardedFields(_ exchange: H2CExchange, method: String, path: String, authority: String) -> [(String, String)] {
+        var fields: [(String, String)] = [(":method", method), (":scheme", "http"), (":authority", authority), (":path", path)]
+        var forwardedFor: String?
+        var hasRequestID = false, hasTraceparent = false
+        for (name, value) in exchange.requestFields where !name.hasPrefix(":") {
+            switch name {
+            case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host", "x-forwarded-proto":
+                continue
+            case "te" where value != "trailers":
+                continue
+            case "x-forwarded-for":
+                forwardedFor = forwardedFor.map { "\($0), \(value)" } ?? value
+                continue
+            case "x-request-id": hasRequestID = true
+            case "traceparent": hasTraceparent = true
+            default: break
+            }
+            fields.append((name, value))
+        }
+        fields.append(("x-forwarded-for", forwardedFor.map { "\($0), \(peer.sourceIP)" } ?? peer.sourceIP))
+        fields.append(("x-forwarded-proto", "http"))
+        if !hasRequestID {
+            let id = ByteBuffer(capacity: 40)
+            server.writeRequestID(id)
+            fields.append(("x-request-id", String(decoding: id.readable, as: UTF8.self)))
+        }
+        if !hasTraceparent && !traceparent.isEmpty { fields.append(("traceparent", String(decoding: traceparent, as: UTF8.self))) }
+        return fields
+    }
+
+    /// Answers without an upstream: an HTTP status with a short body, or for gRPC a trailers-only response with
+    /// the matching `grpc-status` (gRPC's HTTP-to-status mapping: 404 → UNIMPLEMENTED, 503 → UNAVAILABLE, ...).
+    private func replyLocally(_ exchange: H2CExchange, _ reply: LocalReply) {
+        exchange.status = reply.status
+        exchange.responseStarted = true
+        exchange.responseEnded = true
+        let message = reply.body.description.trimmingNewline()
+        if exchange.isGRPC {
+            channel.session.respond(stream: exchange.downstreamID, fields: [
+                (":status", "200"), ("content-type", "application/grpc"),
+                ("grpc-status", String(Self.grpcStatus(for: reply.status))), ("grpc-message", message),
+            ], body: false)
+        } else {
+            exchange.responseBody.append(string: message + "\n")
+            channel.session.respond(stream: exchange.downstreamID, fields: [
+                (":status", String(reply.status)), ("content-type", "text/plain"),
+                ("content-length", String(exchange.responseBody.readableBytes)),
+            ], body: true)
+        }
+        channel.flush()
+    }
+
+    static func grpcStatus(for httpStatus: Int) -> Int {
+        switch httpStatus {
+        case 400: return 13   // INTERNAL
+        case 401: return 16   // UNAUTHENTICATED
+        case 403: return 7    // PERMISSION_DENIED
+        case 404: return 12   // UNIMPLEMENTED
+        case 429, 502, 503, 504: return 14  // UNAVAILABLE
+        default: return 2     // UNKNOWN
+        }
+    }
+
+    // MARK: Upstream events
+
+    func requestConsumed(_ exchange: H2CExchange, _ count: Int) {
+        channel.session.consume(stream: exchange.downstreamID, count)
+        channel.flush()
+    }
+
+    func responseHeaders(_ exchange: H2CExchange) {
+        exchange.responseStarted = true
+        var fields: [(String, String)] = []
+        for (name, value) in exchange.responseFields {
+            switch name {
+            case ":status": exchange.status = Int(value) ?? 502; fields.insert((name, value), at: 0)
+            case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade": continue
+            default: if !name.hasPrefix(":") { fields.append((name, value)) }
+            }
+        }
+        channel.session.respond(stream: exchange.downstreamID, fields: fields, body: true)
+        channel.flush()
+    }
+
+    func responseDataReady(_ exchange: H2CExchange) {
+        channel.session.resume(stream: exchange.downstreamID)
+        channel.flush()
+    }
+
+    /// The upstream failed this exchange: a local answer if nothing was sent yet, else the stream is reset.
+    func upstreamFailed(_ exchange: H2CExchange, connectFailed: Bool) {
+        exchange.upstream = nil
+        guard exchanges[exchange.downstreamID] === exchange else { return }
+        if exchange.responseStarted {
+            channel.session.reset(stream: exchange.downstreamID, code: .internalError)
+            channel.flush()
+        } else {
+            if connectFailed { server.counters.upstreamConnectFailures.increment() }
+            replyLocally(exchange, connectFailed ? .upstreamConnectError : .upstreamReset)
+        }
+    }
+
+    private func finish(_ exchange: H2CExchange) {
+        if exchange.status > 0 { server.counters.countResponse(exchange.status) }
+        guard let log = server.accessLog else { return }
+        var method = "", path = "", authority = ""
+        for (name, value) in exchange.requestFields {
+            if name == ":method" { method = value } else if name == ":path" { path = value } else if name == ":authority" { authority = value }
+        }
+        Array(method.utf8).withUnsafeBytes { m in
+            Array(path.utf8).withUnsafeBytes { p in
+                Array(authority.utf8).withUnsafeBytes { a in
+                    log.record(AccessLog.Entry(
+                        startTime: exchange.start, duration: server.loop.now - exchange.start, method: m, path: p, authority: a,
+                        protocol: "HTTP/2", client: peer.sourceAddress, principal: peer.identity?.principal, status: exchange.status,
+                        flags: "-", bytesReceived: 0, bytesSent: 0, upstream: exchange.upstreamAddress, route: exchange.route))
+                }
+            }
+        }
+    }
+}
+
+/// An HTTP/2 (prior knowledge) connection to one upstream endpoint, multiplexing the h2c exchanges a worker
+/// sends there; over a plaintext socket or, for a mesh endpoint, an HBONE tunnel.
+///
+/// Thread: its worker's loop thread only. Ownership: its `UpstreamPool`, until the connection closes.
+final class H2CUpstream: HTTP2SessionDelegate {
+    private unowned(unsafe) let pool: UpstreamPool
+    private var channel: HTTP2Channel!
+    private var exchanges: [Int32: H2CExchange] = [:]
+    /// Owners of the exchanges (downstream sessions), by upstream stream.
+    private var owners: [Int32: H2CProxySession] = [:]
+    private(set) var closed = false
+    private var established = false
+    var onClosed: (() -> Void)?
+
+    init(stream: any ByteStream, pool: UpstreamPool) {
+        self.pool = pool
+        channel = HTTP2Channel(stream: stream, role: .client, delegate: self)
+        channel.onClosed = { [unowned(unsafe) self] in self.channelClosed() }
+    }
+
+    var canTakeStream: Bool { !closed && exchanges.count < 100 }
+
+    func start(_ exchange: H2CExchange, fields: [(String, String)], owner: H2CProxySession) {
+        guard let id = channel.session.request(headers: fields, body: true) else {
+            return owner.upstreamFailed(exchange, connectFailed: false)
+        }
+        exchange.upstreamID = id
+        exchange.upstream = self
+        exchanges[id] = exchange
+        owners[id] = owner
+        channel.flush()
+    }
+
+    func requestDataReady(_ exchange: H2CExchange) {
+        channel.session.resume(stream: exchange.upstreamID)
+        channel.flush()
+    }
+
+    func responseConsumed(_ exchange: H2CExchange, _ count: Int) {
+        channel.session.consume(stream: exchange.upstreamID, count)
+        channel.flush()
+    }
+
+    /// The downstream went away: reset the upstream stream.
+    func cancel(_ exchange: H2CExchange) {
+        exchange.upstream = nil
+        guard exchanges.removeValue(forKey: exchange.upstreamID) != nil else { return }
+        owners[exchange.upstreamID] = nil
+        channel.session.reset(stream: exchange.upstreamID, code: .cancel)
+        channel.flush()
+    }
+
+    private func channelClosed() {
+        guard !closed else { return }
+        closed = true
+        let failed = exchanges
+        let failedOwners = owners
+        exchanges.removeAll()
+        owners.removeAll()
+        for (id, exchange) in failed { failedOwners[id]?.upstreamFailed(exchange, connectFailed: !established) }
+        pool.releaseLater(self)
+        let callback = onClosed
+        onClosed = nil
+        callback?()
+    }
+
+    // MARK: HTTP2SessionDelegate (upstream side)
+
+    func http2BeginHeaders(stream: Int32) {}
+
+    func http2Header(stream: Int32, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
+        guard let exchange = exchanges[stream] else { return }
+        let field = (String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self))
+        if exchange.responseStarted { exchange.trailers.append(field) } else { exchange.responseFields.append(field) }
+    }
+
+    func http2HeadersComplete(stream: Int32, endStream: Bool) {
+        established = true
+        guard let exchange = exchanges[stream], let owner = owners[stream] else { return }
+        if !exchange.responseStarted {
+            if exchange.responseFields.first(where: { $0.0 == ":status" }).map({ $0.1.hasPrefix("1") }) == true {
+                exchange.responseFields.removeAll()  // interim (1xx) responses are not passed on
+                return
+            }
+            owner.responseHeaders(exchange)
+        }
+        if endStream {
+            exchange.responseEnded = true
+            owner.responseDataReady(exchange)
+        }
+    }
+
+    func http2Data(stream: Int32, _ bytes: UnsafeRawBufferPointer) {
+        guard let exchange = exchanges[stream], let owner = owners[stream] else {
+            channel.session.consume(stream: stream, bytes.count)
+            return
+        }
+        exchange.responseBody.append(bytes)
+        owner.responseDataReady(exchange)
+    }
+
+    func http2RemoteEnded(stream: Int32) {
+        guard let exchange = exchanges[stream], let owner = owners[stream] else { return }
+        exchange.responseEnded = true
+        owner.responseDataReady(exchange)
+    }
+
+    func http2StreamClosed(stream: Int32, errorCode: UInt32) {
+        guard let exchange = exchanges.removeValue(forKey: stream), let owner = owners.removeValue(forKey: stream) else { return }
+        if errorCode != 0 || !exchange.responseEnded { owner.upstreamFailed(exchange, connectFailed: false) }
+        exchange.upstream = nil
+    }
+
+    func http2ReadData(stream: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HTTP2DataChunk {
+        guard let exchange = exchanges[stream] else { return .bytes(0, end: true) }
+        let n = min(buffer.count, exchange.requestBody.readableBytes)
+        if n > 0 {
+            buffer.baseAddress!.copyMemory(from: exchange.requestBody.readable.baseAddress!, byteCount: n)
+            exchange.requestBody.consume(n)
+            owners[stream]?.requestConsumed(exchange, n)
+        }
+        if exchange.requestBody.isEmpty && exchange.requestEnded { return .bytes(n, end: true) }
+        return n > 0 ? .bytes(n, end: false) : .deferred
+    }
+
+    func http2PingAcknowledged() {}
+}
+
+private extension String {
+    func trimmingNewline() -> String { hasSuffix("\n") ? String(dropLast()) : self }
+}

@@ -1,0 +1,186 @@
+"""h2c inside HBONE tunnels: a second HTTP/2 session in the tunnel, each inner request routed like HTTP/1.1 and
+proxied to an HTTP/2 (prior knowledge) upstream, trailers (gRPC) passed through; local answers to gRPC requests
+are gRPC errors. The upstream and the inner client are Python's h2 (a stack this project did not write)."""
+import json
+import socket
+import threading
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+
+from conftest import service_yaml, wait_for
+from test_hbone import VIP, FORWARDED, certs, client, hbone_proxy  # noqa: F401 (fixtures)
+
+
+class H2COrigin:
+    """An h2c server: answers every request with JSON about it; `/grpc` answers with gRPC framing and trailers."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                s, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self.serve, args=(s,), daemon=True).start()
+
+    def serve(self, s):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        conn.initiate_connection()
+        s.sendall(conn.data_to_send())
+        requests, bodies = {}, {}
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.RequestReceived):
+                    requests[event.stream_id] = dict(event.headers)
+                    bodies[event.stream_id] = b""
+                elif isinstance(event, h2.events.DataReceived):
+                    bodies[event.stream_id] += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    headers = requests.pop(event.stream_id)
+                    body = bodies.pop(event.stream_id)
+                    if headers[":path"].startswith("/grpc"):
+                        conn.send_headers(event.stream_id, [(":status", "200"), ("content-type", "application/grpc")])
+                        conn.send_data(event.stream_id, b"\x00\x00\x00\x00\x02hi")
+                        conn.send_headers(event.stream_id, [("grpc-status", "0"), ("grpc-message", "ok")], end_stream=True)
+                    else:
+                        out = json.dumps({"path": headers[":path"], "headers": headers, "body_length": len(body)}).encode()
+                        conn.send_headers(event.stream_id, [(":status", "200"), ("content-type", "application/json"),
+                                                            ("content-length", str(len(out)))])
+                        conn.send_data(event.stream_id, out, end_stream=True)
+            s.sendall(conn.data_to_send())
+
+
+class InnerH2:
+    """An h2 client whose bytes travel inside one HBONE tunnel."""
+
+    def __init__(self, tunnel_client, sid):
+        self.c, self.sid = tunnel_client, sid
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.conn.initiate_connection()
+        self.seen = 0
+        self.responses, self.data, self.trailers, self.ended, self.resets = {}, {}, {}, set(), {}
+        self.flush()
+
+    def flush(self):
+        out = self.conn.data_to_send()
+        if out:
+            self.c.send(self.sid, out)
+
+    def request(self, path, headers=(), body=None, method="GET"):
+        stream = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(stream, [(":method", method), (":scheme", "http"), (":authority", "web"), (":path", path), *headers],
+                               end_stream=body is None)
+        if body is not None:
+            for i in range(0, len(body), 16384):   # the default frame size (the server's SETTINGS may not be in yet)
+                self.conn.send_data(stream, body[i:i + 16384], end_stream=i + 16384 >= len(body))
+        self.flush()
+        return stream
+
+    def wait(self, stream):
+        def done():
+            buf = bytes(self.c.data.get(self.sid, b""))
+            if len(buf) > self.seen:
+                for event in self.conn.receive_data(buf[self.seen:]):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        self.responses[event.stream_id] = dict(event.headers)
+                    elif isinstance(event, h2.events.TrailersReceived):
+                        self.trailers[event.stream_id] = dict(event.headers)
+                    elif isinstance(event, h2.events.DataReceived):
+                        self.data[event.stream_id] = self.data.get(event.stream_id, b"") + event.data
+                        self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    elif isinstance(event, h2.events.StreamEnded):
+                        self.ended.add(event.stream_id)
+                    elif isinstance(event, h2.events.StreamReset):
+                        self.resets[event.stream_id] = event.error_code
+                self.seen = len(buf)
+                self.flush()
+            return stream in self.ended or stream in self.resets
+        assert self.c.wait(done), "tunnel closed"
+        return self.responses.get(stream, {})
+
+
+@pytest.fixture
+def h2c_origin():
+    return H2COrigin()
+
+
+def test_h2c_requests_are_routed_and_proxied_over_http2(hbone_proxy, certs, h2c_origin):
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", h2c_origin.port)], cluster_ip=VIP, app_protocol="kubernetes.io/h2c"))
+    c = client(proxy, certs)
+    sid = c.connect(f"{VIP}:80", headers=[FORWARDED])
+    assert c.status(sid) == 200
+    inner = InnerH2(c, sid)
+    streams = [inner.request(f"/h2/{i}") for i in range(5)]
+    post = inner.request("/upload", body=b"x" * 60000, method="POST")
+    for stream in streams + [post]:
+        assert inner.wait(stream)[":status"] == "200"
+    seen = json.loads(inner.data[streams[0]])
+    assert seen["path"] == "/h2/0"
+    assert seen["headers"]["x-forwarded-for"] == "10.1.2.3"
+    assert "x-request-id" in seen["headers"]
+    assert json.loads(inner.data[post])["body_length"] == 60000
+    assert h2c_origin.connections == 1          # all requests multiplexed on one upstream HTTP/2 connection
+    entry = json.loads(wait_for(r'\{[^\n]*"path":"/h2/0"[^\n]*\n', proxy.stdout_path).group(0))
+    assert entry["protocol"] == "HTTP/2" and entry["response_code"] == 200
+    assert entry["downstream_peer_principal"] == "cluster.local/ns/default/sa/frontend"
+    c.close()
+
+
+def test_grpc_trailers_pass_through(hbone_proxy, certs, h2c_origin):
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", h2c_origin.port)], cluster_ip=VIP, port_name="grpc"))
+    c = client(proxy, certs)
+    sid = c.connect(f"{VIP}:80")
+    assert c.status(sid) == 200
+    inner = InnerH2(c, sid)
+    stream = inner.request("/grpc.Echo/Say", headers=[("content-type", "application/grpc"), ("te", "trailers")],
+                           body=b"\x00\x00\x00\x00\x02yo", method="POST")
+    assert inner.wait(stream)[":status"] == "200"
+    assert inner.data[stream] == b"\x00\x00\x00\x00\x02hi"
+    assert inner.trailers[stream] == {"grpc-status": "0", "grpc-message": "ok"}
+    c.close()
+
+
+def test_h2c_is_detected_from_the_preface(hbone_proxy, certs, h2c_origin):
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", h2c_origin.port)], cluster_ip=VIP, port_name="web"))
+    c = client(proxy, certs)
+    sid = c.connect(f"{VIP}:80")
+    assert c.status(sid) == 200
+    inner = InnerH2(c, sid)
+    stream = inner.request("/detected")
+    assert inner.wait(stream)[":status"] == "200"
+    assert json.loads(inner.data[stream])["path"] == "/detected"
+    c.close()
+
+
+def test_grpc_request_without_upstream_gets_grpc_unavailable(hbone_proxy, certs):
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", port)], cluster_ip=VIP, port_name="grpc"))
+    c = client(proxy, certs)
+    sid = c.connect(f"{VIP}:80")
+    assert c.status(sid) == 200
+    inner = InnerH2(c, sid)
+    grpc = inner.request("/grpc.Echo/Say", headers=[("content-type", "application/grpc")], body=b"\x00\x00\x00\x00\x00", method="POST")
+    response = inner.wait(grpc)
+    assert response[":status"] == "200" and response["grpc-status"] == "14"     # UNAVAILABLE, trailers-only
+    plain = inner.request("/plain")
+    assert inner.wait(plain)[":status"] == "503"
+    assert inner.data[plain] == b"upstream connect error\n"
+    c.close()
