@@ -200,6 +200,20 @@ extension WaypointCommand {
         static let configuration = CommandConfiguration(
             abstract: "Start two origins and the proxy with the embedded demo config on loopback, and print what to try.")
 
+        /// Writes the embedded demo PKI into a new private directory and returns its path.
+        static func writeDemoCertificates() throws -> String {
+            var template = Array("/tmp/waypoint-demo-XXXXXX".utf8CString)
+            guard let dir = mkdtemp(&template) else { throw StartupError("cannot create a directory for the demo certificates") }
+            let path = String(cString: dir)
+            for (name, pem) in DemoCertificates.files {
+                guard FileManager.default.createFile(atPath: "\(path)/\(name)", contents: Data(pem.utf8),
+                                                     attributes: [.posixPermissions: 0o600]) else {
+                    throw StartupError("cannot write \(path)/\(name)")
+                }
+            }
+            return path
+        }
+
         func run() throws {
             let logger = makeLogger(level: .info)
             signal(SIGPIPE, SIG_IGN)
@@ -209,8 +223,11 @@ extension WaypointCommand {
                     origin.start()
                 }
                 let http = SocketAddress("127.0.0.1:18080")!
+                let hbone = SocketAddress("127.0.0.1:15008")!
+                let pki = try Self.writeDemoCertificates()
                 let runtime = try Runtime(options: .init(
-                    configPaths: nil, httpListen: http, hboneListen: nil, certificates: nil,
+                    configPaths: nil, httpListen: http, hboneListen: hbone,
+                    certificates: CertificateSource(certificate: "\(pki)/waypoint.pem", key: "\(pki)/waypoint.key", trustBundle: "\(pki)/ca.pem"),
                     adminListen: SocketAddress("127.0.0.1:15000")!, workers: 2,
                     namespace: "default", drainTimeout: .seconds(5), accessLog: true), logger: logger)
                 // Written directly (not print's buffer), so it comes before the access-log lines workers write to fd 1.
@@ -222,6 +239,9 @@ extension WaypointCommand {
                   curl -s -H 'Host: reviews.default.svc.cluster.local' http://\(http)/v2/x   # prefix rule -> origin b
                   curl -s -H 'Host: demo.local' http://\(http)/ratings            # Gateway route, 90/10 split
                   curl -s -H 'Host: nowhere' http://\(http)/                      # 404 no route
+                HBONE (mTLS 1.3 + HTTP/2 CONNECT, as ztunnel sends it) on \(hbone), demo certificates in \(pki):
+                  waypoint hbone-client --connect \(hbone) --authority 10.96.0.10:80 --get /hello \\
+                      --cert \(pki)/client.pem --key \(pki)/client.key --ca \(pki)/ca.pem
                   curl -s http://127.0.0.1:15000/stats/prometheus
                   curl -s http://127.0.0.1:15000/config_dump
                 Ctrl-C drains and exits.
@@ -234,6 +254,8 @@ extension WaypointCommand {
             }
         }
     }
+
+    /// Writes the embedded demo PKI into a new private directory; returns its path.
 
     struct Version: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Print the version.")

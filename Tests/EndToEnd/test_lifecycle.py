@@ -190,6 +190,11 @@ def test_reload_that_removes_an_endpoint_in_use_lets_the_request_finish(origin_f
     assert proxy.proc.poll() is None
 
 
+def demo_binary():
+    from conftest import BINARY
+    return BINARY
+
+
 def test_demo_serves_the_embedded_config_and_exits_on_sigint(workdir, processes):
     """`make run` starts this: two origins and the proxy on fixed loopback ports."""
     from conftest import Process
@@ -202,5 +207,14 @@ def test_demo_serves_the_embedded_config_and_exits_on_sigint(workdir, processes)
     assert http_request(18080, "GET", "/", host="demo.local")[1]["x-origin"] == "a"
     assert http_request(18080, "GET", "/", host="nowhere")[0] == 404
     assert "curl -s -H 'Host: reviews'" in demo.stdout()
+    # The printed HBONE command works as printed: the demo PKI, the tunnel to service reviews, origin a.
+    import re
+    import shlex
+    import subprocess
+    printed = re.search(r"waypoint (hbone-client .*?)\n\s*(--cert .*)\n", demo.stdout())
+    args = shlex.split(printed.group(1).replace("\\", "") + " " + printed.group(2))
+    result = subprocess.run([str(demo_binary())] + args, capture_output=True, timeout=10)
+    assert result.returncode == 0, result.stderr
+    assert b"x-origin: a" in result.stdout and b'"path":"/hello"' in result.stdout
     os.kill(demo.pid, signal.SIGINT)
     assert demo.proc.wait(timeout=10) == 0
