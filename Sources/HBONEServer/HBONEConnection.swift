@@ -336,7 +336,11 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         server.counters.tunnelsActive.increment()
         session.respond(stream: stream, status: 200, body: true)
         let source = request.forwardedFor ?? remote
-        let facts = PeerFacts(identity: identity, sourceIP: source?.ip ?? "unknown", sourceAddress: source?.description ?? "unknown")
+        let facts = PeerFacts(identity: identity, sourceIP: source?.ip ?? "unknown", sourceAddress: source?.description ?? "unknown",
+                              baggage: request.baggage)
+        server.logger.trace("tunnel opened", metadata: [
+            "connection.id": "\(id)", "stream.id": "\(stream)", "destination": "\(destination.name)",
+            "source": "\(facts.sourceAddress)", "baggage": "\(facts.baggage ?? "")"])
         server.startInnerSession(on: tunnel, peer: facts, destination: destination, traceparent: request.traceparent)
     }
 
@@ -444,6 +448,7 @@ private final class TunnelRequest {
     var hasProtocol = false
     var forwardedFor: SocketAddress?
     var traceparent: [UInt8] = []
+    var baggage: String?
     var destination: Destination?
 
     func add(name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
@@ -461,6 +466,8 @@ private final class TunnelRequest {
             forwardedFor = Self.forwardedFor(value)
         case 11 where name.elementsEqual("traceparent".utf8):
             if value.count <= 128 { traceparent = Array(value) }
+        case 7 where name.elementsEqual("baggage".utf8):
+            if value.count <= 4096 { baggage = String(decoding: value, as: UTF8.self) }
         default:
             break
         }

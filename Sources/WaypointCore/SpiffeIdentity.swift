@@ -62,10 +62,14 @@ public struct PeerFacts: Sendable {
     public var sourceIP: String
     /// `ip:port` of the same, for logs.
     public var sourceAddress: String
+    /// The tunnel's `baggage` (ztunnel: `k8s.cluster.name=…,k8s.namespace.name=…,k8s.deployment.name=…,
+    /// service.name=…,service.version=…`): the source workload's metadata, kept for telemetry.
+    public var baggage: String?
 
-    public init(identity: SpiffeIdentity?, sourceIP: String, sourceAddress: String) {
+    public init(identity: SpiffeIdentity?, sourceIP: String, sourceAddress: String, baggage: String? = nil) {
         self.identity = identity
         self.sourceIP = sourceIP
         self.sourceAddress = sourceAddress
+        self.baggage = baggage
     }
 }
