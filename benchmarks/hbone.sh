@@ -26,13 +26,11 @@ BIN=$PWD/.build/release/waypoint
 work=$(mktemp -d /tmp/waypoint-hbone-bench.XXXXXX)
 chmod 755 "$work"
 pids=()
-cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; pkill -f "squid -N -f $work" 2>/dev/null || true; wait 2>/dev/null || true; }
+TPIDS=""
+cleanup() { for p in "${pids[@]:-}" $TPIDS; do kill "$p" 2>/dev/null || true; done; pkill -f "squid -N -f $work" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
-tree() { echo "$1"; for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do tree "$c"; done; }
-rss_kib() { local sum=0 p; for p in $*; do for q in $(tree "$p"); do sum=$((sum + $(awk '/^VmRSS:/{print $2}' "/proc/$q/status" 2>/dev/null || echo 0))); done; done; echo $sum; }
-cpu_ticks() { local sum=0 p; for p in $*; do for q in $(tree "$p"); do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$q/stat" 2>/dev/null || echo 0))); done; done; echo $sum; }
+source benchmarks/lib.sh
 
 # --- certificates (a test CA, the waypoint's server cert with a DNS SAN for nghttpx's clients, a client SPIFFE cert)
 python3 - "$work" <<'PY'
@@ -42,44 +40,10 @@ PY
 CERTS=(--cert "$work/frontend.pem" --key "$work/frontend.key" --ca "$work/ca.pem")
 
 # --- origins
-taskset -c "$LOAD_CPU" "$BIN" origin --listen $ORIGIN_A --name a >/dev/null 2>&1 & pids+=($!)
-taskset -c "$LOAD_CPU" "$BIN" origin --listen $ORIGIN_B --name b >/dev/null 2>&1 & pids+=($!)
-wait_port 19181; wait_port 19182
+start_origins $ORIGIN_A $ORIGIN_B
 
 # --- configs, written here so the benchmark stands on its own
-cat > "$work/waypoint.yaml" <<YAML
-apiVersion: v1
-kind: Service
-metadata: {name: web}
-spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: web-a, labels: {kubernetes.io/service-name: web}}
-ports: [{name: http, port: 19181}]
-endpoints: [{addresses: [127.0.0.1]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web-b}
-spec: {ports: [{name: http, port: 80}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: web-b, labels: {kubernetes.io/service-name: web-b}}
-ports: [{name: http, port: 19182}]
-endpoints: [{addresses: [127.0.0.1]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: web}
-spec:
-  parentRefs: [{group: "", kind: Service, name: web}]
-  rules:
-  - matches: [{path: {type: PathPrefix, value: /api}}, {headers: [{name: x-route, value: b}]}]
-    backendRefs: [{name: web-b, port: 80}]
-  - backendRefs: [{name: web, port: 80}]
-YAML
+write_waypoint_config "$work/waypoint.yaml" "${ORIGIN_A##*:}" "${ORIGIN_B##*:}" 10.96.0.10
 mkdir -p "$work/squid" && chown proxy:proxy "$work/squid" 2>/dev/null || true
 cat > "$work/squid.conf" <<CFG
 http_port $SQUID
@@ -103,30 +67,7 @@ http_access deny CONNECT !tunnel_ports
 http_access allow CONNECT localhost
 http_access deny all
 CFG
-cat > "$work/haproxy.cfg" <<CFG
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  option http-keep-alive
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-frontend fe
-  bind $HAPROXY
-  acl to_b path_beg /api/
-  acl to_b path /api
-  acl to_b req.hdr(x-route) -m str b
-  use_backend b if to_b
-  default_backend a
-backend a
-  http-reuse always
-  server a $ORIGIN_A
-backend b
-  http-reuse always
-  server b $ORIGIN_B
-CFG
+write_haproxy_config "$work/haproxy.cfg" $HAPROXY $ORIGIN_A $ORIGIN_B
 
 # start_target NAME -> sets TPIDS (processes under test) and AUTHORITY
 start_target() {

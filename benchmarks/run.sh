@@ -25,74 +25,14 @@ pids=()
 cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
-tree() { echo "$1"; for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do tree "$c"; done; }  # nginx forks its worker
-rss_kib() { local sum=0 p; for p in $(tree "$1"); do sum=$((sum + $(awk '/^VmRSS:/{print $2}' "/proc/$p/status"))); done; echo $sum; }
-cpu_ticks() { local sum=0 p; for p in $(tree "$1"); do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $sum; }
+source benchmarks/lib.sh
 
 # --- origins
-taskset -c "$LOAD_CPU" "$BIN" origin --listen $ORIGIN_A --name a >/dev/null 2>&1 & pids+=($!)
-taskset -c "$LOAD_CPU" "$BIN" origin --listen $ORIGIN_B --name b >/dev/null 2>&1 & pids+=($!)
-wait_port 19081; wait_port 19082
+start_origins $ORIGIN_A $ORIGIN_B
 
 # --- peer configs, written here so the benchmark stands on its own
-cat > "$work/waypoint.yaml" <<YAML
-apiVersion: v1
-kind: Service
-metadata: {name: web}
-spec: {ports: [{name: http, port: 80}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: web-a, labels: {kubernetes.io/service-name: web}}
-ports: [{name: http, port: 19081}]
-endpoints: [{addresses: [127.0.0.1]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: web-b}
-spec: {ports: [{name: http, port: 80}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: web-b, labels: {kubernetes.io/service-name: web-b}}
-ports: [{name: http, port: 19082}]
-endpoints: [{addresses: [127.0.0.1]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: web}
-spec:
-  parentRefs: [{group: "", kind: Service, name: web}]
-  rules:
-  - matches: [{path: {type: PathPrefix, value: /api}}, {headers: [{name: x-route, value: b}]}]
-    backendRefs: [{name: web-b, port: 80}]
-  - backendRefs: [{name: web, port: 80}]
-YAML
-cat > "$work/haproxy.cfg" <<CFG
-global
-  nbthread 1
-  maxconn 4096
-defaults
-  mode http
-  option http-keep-alive
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-frontend fe
-  bind 127.0.0.1:$PORT
-  acl to_b path_beg /api/
-  acl to_b path /api
-  acl to_b req.hdr(x-route) -m str b
-  use_backend b if to_b
-  default_backend a
-backend a
-  http-reuse always
-  server a $ORIGIN_A
-backend b
-  http-reuse always
-  server b $ORIGIN_B
-CFG
+write_waypoint_config "$work/waypoint.yaml" "${ORIGIN_A##*:}" "${ORIGIN_B##*:}"
+write_haproxy_config "$work/haproxy.cfg" 127.0.0.1:$PORT $ORIGIN_A $ORIGIN_B
 mkdir -p "$work/nginx"
 cat > "$work/nginx/nginx.conf" <<CFG
 worker_processes 1;

@@ -319,7 +319,7 @@ final class H2CUpstream: HTTP2SessionDelegate {
         channel.onClosed = { [unowned(unsafe) self] in self.channelClosed() }
     }
 
-    var canTakeStream: Bool { !closed && exchanges.count < 100 }
+    var canTakeStream: Bool { !closed && exchanges.count < min(100, channel.session.peerMaxConcurrentStreams) }
 
     func start(_ exchange: H2CExchange, fields: [(String, String)], owner: H2CProxySession) {
         guard let id = channel.session.request(headers: fields, body: true) else {

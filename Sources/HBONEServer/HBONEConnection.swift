@@ -95,8 +95,12 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         return tunnel
     }
 
-    /// Whether another tunnel may be opened now (client role).
-    public var canOpenTunnel: Bool { state != .closed && !goingAway && tunnels.count < Int(server.settings.http2.maxConcurrentStreams) }
+    /// Whether another tunnel may be opened now (client role): within the server's stream limit (ztunnel 200,
+    /// Envoy 100) and ours.
+    public var canOpenTunnel: Bool {
+        state != .closed && !goingAway
+            && tunnels.count < min(Int(server.settings.http2.maxConcurrentStreams), session.peerMaxConcurrentStreams)
+    }
 
     deinit { if state != .closed { Socket.close(fd) } }
 

@@ -147,6 +147,11 @@ public final class HTTP2Session {
     public var isAlive: Bool { nghttp2_session_want_read(session) != 0 || nghttp2_session_want_write(session) != 0 }
     public var wantsWrite: Bool { nghttp2_session_want_write(session) != 0 }
 
+    /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS (unlimited until its SETTINGS arrive).
+    public var peerMaxConcurrentStreams: Int {
+        Int(nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS))
+    }
+
     /// Answers a stream with `:status` and extra headers; `body` attaches the delegate's DATA source.
     public func respond(stream: Int32, status: Int, headers: [(String, String)] = [], body: Bool) {
         respond(stream: stream, fields: [(":status", String(status))] + headers, body: body)

@@ -50,6 +50,14 @@ def client(proxy, certs, who="frontend", **kwargs):
     return HBONEClient(proxy.hbone_port, cert, key, certs["ca"], **kwargs)
 
 
+def wait_metric(proxy, key, at_least=1, timeout=5):
+    """Waits until the Prometheus sample `key` reaches `at_least`."""
+    deadline = time.time() + timeout
+    while proxy.metrics().get(key, 0) < at_least:
+        assert time.time() < deadline, proxy.metrics()
+        time.sleep(0.05)
+
+
 def body_json(response):
     return json.loads(response.split(b"\r\n\r\n", 1)[1])
 
@@ -107,10 +115,7 @@ def test_bad_client_certificate_fails_the_handshake(mesh, certs, who, reason):
     except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
         outcome = "closed"
     assert outcome == "closed"
-    deadline = time.time() + 5
-    while proxy.metrics().get(f'waypoint_tls_handshakes_total{{result="failed",reason="{reason}"}}', 0) < 1:
-        assert time.time() < deadline, proxy.metrics()
-        time.sleep(0.05)
+    wait_metric(proxy, f'waypoint_tls_handshakes_total{{result="failed",reason="{reason}"}}')
     assert proxy.metrics()['waypoint_tls_handshakes_total{result="ok"}'] == 0
 
 
@@ -125,10 +130,7 @@ def test_handshake_requires_tls13_and_h2(mesh, certs, kwargs, reason):
         c = client(proxy, certs, **kwargs)
         sid = c.connect(f"{VIP}:80")
         assert c.status(sid) == 200
-    deadline = time.time() + 5
-    while proxy.metrics().get(f'waypoint_tls_handshakes_total{{result="failed",reason="{reason}"}}', 0) < 1:
-        assert time.time() < deadline, proxy.metrics()
-        time.sleep(0.05)
+    wait_metric(proxy, f'waypoint_tls_handshakes_total{{result="failed",reason="{reason}"}}')
 
 
 def test_trust_domain_alias_is_accepted(origin_factory, hbone_proxy, certs):
@@ -179,26 +181,21 @@ def test_workload_address_is_served(mesh, certs):
     c.close()
 
 
-def test_tcp_port_is_relayed_byte_for_byte(origin_factory, hbone_proxy, certs):
+@pytest.mark.parametrize("port_name, l7", [
+    ("tcp-db", False),   # a TCP port: bytes relayed untouched, even though they happen to be HTTP
+    ("web", True),       # undeclared: detected as HTTP/1.1 from the request line, so the L7 path runs
+    ("http", True),      # declared HTTP
+])
+def test_inner_protocol_follows_the_service_port(origin_factory, hbone_proxy, certs, port_name, l7):
     origin = origin_factory("a")
-    proxy = hbone_proxy(service_yaml("db", [("127.0.0.1", origin.port)], cluster_ip=VIP, port_name="tcp-db"))
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", origin.port)], cluster_ip=VIP, port_name=port_name))
     c = client(proxy, certs)
     sid = c.connect(f"{VIP}:80", headers=[FORWARDED])
     assert c.status(sid) == 200
-    # The origin speaks HTTP, but as a TCP port nothing is rewritten: no x-forwarded-for, no x-request-id.
-    seen = body_json(c.http(sid, get("/raw")))
-    assert "x-forwarded-for" not in seen["headers"] and "x-request-id" not in seen["headers"]
-    c.close()
-
-
-def test_undeclared_protocol_is_detected(origin_factory, hbone_proxy, certs):
-    origin = origin_factory("a")
-    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", origin.port)], cluster_ip=VIP, port_name="web"))
-    c = client(proxy, certs)
-    sid = c.connect(f"{VIP}:80", headers=[FORWARDED])
-    assert c.status(sid) == 200
-    seen = body_json(c.http(sid, get("/sniffed")))
-    assert seen["headers"]["x-forwarded-for"] == "10.1.2.3"     # detected as HTTP/1.1: the L7 path ran
+    seen = body_json(c.http(sid, get("/inner")))
+    assert seen["path"] == "/inner"
+    assert seen["headers"].get("x-forwarded-for") == ("10.1.2.3" if l7 else None)
+    assert ("x-request-id" in seen["headers"]) == l7
     c.close()
 
 
@@ -439,10 +436,7 @@ def test_control_frame_flood_from_a_peer_that_never_reads(mesh, certs, frame):
             flood.sock.sendall(frame * 4000)   # acks pile up: the waypoint never buffers them without bound
     except (ssl.SSLError, OSError):
         pass
-    deadline = time.time() + 5
-    while proxy.metrics()["waypoint_http2_protocol_errors_total"] < 1:
-        assert time.time() < deadline
-        time.sleep(0.05)
+    wait_metric(proxy, "waypoint_http2_protocol_errors_total")
     good = client(proxy, certs)
     sid = good.connect(f"{VIP}:80")
     assert good.status(sid) == 200

@@ -1,0 +1,83 @@
+# Shared by the benchmark scripts: process measurement helpers, the two test origins, and the routing config
+# that every target implements (host web; path prefix /api or header `x-route: b` -> origin b, else origin a).
+# Expects BIN, LOAD_CPU, work and the pids array from the caller.
+
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+# A process and its descendants (nginx forks its worker; the HBONE reference is two programs).
+tree() { echo "$1"; for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do tree "$c"; done; }
+rss_kib() { local sum=0 p q; for p in "$@"; do for q in $(tree "$p"); do sum=$((sum + $(awk '/^VmRSS:/{print $2}' "/proc/$q/status" 2>/dev/null || echo 0))); done; done; echo $sum; }
+cpu_ticks() { local sum=0 p q; for p in "$@"; do for q in $(tree "$p"); do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$q/stat" 2>/dev/null || echo 0))); done; done; echo $sum; }
+
+# start_origins A B: two `waypoint origin` servers (IP:port each) on CPU $LOAD_CPU.
+start_origins() {
+    taskset -c "$LOAD_CPU" "$BIN" origin --listen "$1" --name a >/dev/null 2>&1 & pids+=($!)
+    taskset -c "$LOAD_CPU" "$BIN" origin --listen "$2" --name b >/dev/null 2>&1 & pids+=($!)
+    wait_port "${1##*:}"; wait_port "${2##*:}"
+}
+
+# write_waypoint_config FILE PORT_A PORT_B [CLUSTER_IP]: service web (origin a, optional VIP), web-b (origin b),
+# and the HTTPRoute on web.
+write_waypoint_config() {
+    local vip=""; [ -n "${4:-}" ] && vip="clusterIP: $4, "
+    cat > "$1" <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {${vip}ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-a, labels: {kubernetes.io/service-name: web}}
+ports: [{name: http, port: $2}]
+endpoints: [{addresses: [127.0.0.1]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-b}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-b, labels: {kubernetes.io/service-name: web-b}}
+ports: [{name: http, port: $3}]
+endpoints: [{addresses: [127.0.0.1]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /api}}, {headers: [{name: x-route, value: b}]}]
+    backendRefs: [{name: web-b, port: 80}]
+  - backendRefs: [{name: web, port: 80}]
+YAML
+}
+
+# write_haproxy_config FILE BIND ORIGIN_A ORIGIN_B: the same routing in haproxy, one thread, keep-alive both sides.
+write_haproxy_config() {
+    cat > "$1" <<CFG
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend fe
+  bind $2
+  acl to_b path_beg /api/
+  acl to_b path /api
+  acl to_b req.hdr(x-route) -m str b
+  use_backend b if to_b
+  default_backend a
+backend a
+  http-reuse always
+  server a $3
+backend b
+  http-reuse always
+  server b $4
+CFG
+}
