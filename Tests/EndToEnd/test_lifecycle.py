@@ -200,7 +200,7 @@ def test_demo_serves_the_embedded_config_and_exits_on_sigint(workdir, processes)
     from conftest import Process
     demo = Process(["demo"], workdir, "demo")
     processes.append(demo)
-    wait_for(r"ready", demo.stderr_path, process=demo.proc)
+    wait_for(r"\] ready", demo.stderr_path, process=demo.proc)
     assert http_request(18080, "GET", "/hello", host="reviews")[1]["x-origin"] == "a"
     assert http_request(18080, "GET", "/", host="reviews", headers={"x-canary": "true"})[1]["x-origin"] == "b"
     assert http_request(18080, "GET", "/v2/x", host="reviews.default.svc.cluster.local")[1]["x-origin"] == "b"
