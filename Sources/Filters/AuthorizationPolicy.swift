@@ -1,0 +1,266 @@
+import WaypointCore
+
+/// One compiled Istio AuthorizationPolicy: its action and rules, matchers parsed once at load.
+public struct AuthorizationPolicy: Sendable {
+    public enum Action: String, Sendable { case allow = "ALLOW", deny = "DENY", audit = "AUDIT", custom = "CUSTOM" }
+
+    /// `namespace/name`, for logs, metrics and `explain`.
+    public let name: String
+    public let action: Action
+    /// Istio: "a policy without rules matches nothing"; `rules: [{}]` is one rule that matches everything.
+    public let rules: [Rule]
+
+    public init(name: String, action: Action, rules: [Rule]) {
+        self.name = name
+        self.action = action
+        self.rules = rules
+    }
+
+    /// A rule matches when one `from` entry, one `to` entry and every `when` condition match (an empty list
+    /// matches everything).
+    public struct Rule: Sendable {
+        public var from: [Source]
+        public var to: [Operation]
+        public var when: [Condition]
+
+        public init(from: [Source] = [], to: [Operation] = [], when: [Condition] = []) {
+            self.from = from
+            self.to = to
+            self.when = when
+        }
+    }
+
+    /// `rules[].from[].source`: every field given must hold (positive lists: any entry; `not…`: none).
+    public struct Source: Sendable {
+        public var principals: [StringMatch]?
+        public var notPrincipals: [StringMatch]?
+        public var namespaces: [StringMatch]?
+        public var notNamespaces: [StringMatch]?
+        /// `ns/sa` pairs.
+        public var serviceAccounts: [StringMatch]?
+        public var notServiceAccounts: [StringMatch]?
+        public var trustDomains: [StringMatch]?
+        public var ipBlocks: [CIDRBlock]?
+        public var notIpBlocks: [CIDRBlock]?
+        public var remoteIpBlocks: [CIDRBlock]?
+        public var notRemoteIpBlocks: [CIDRBlock]?
+
+        public init() {}
+    }
+
+    /// `rules[].to[].operation`. `hosts`, `methods` and `paths` (and their `not…`) are HTTP-only.
+    public struct Operation: Sendable {
+        public var hosts: [StringMatch]?
+        public var notHosts: [StringMatch]?
+        public var ports: [UInt16]?
+        public var notPorts: [UInt16]?
+        public var methods: [StringMatch]?
+        public var notMethods: [StringMatch]?
+        public var paths: [PathPattern]?
+        public var notPaths: [PathPattern]?
+
+        public init() {}
+
+        var usesHTTP: Bool {
+            hosts != nil || notHosts != nil || methods != nil || notMethods != nil || paths != nil || notPaths != nil
+        }
+    }
+
+    /// `rules[].when[]`: `key` with `values` (any) and `notValues` (none).
+    public struct Condition: Sendable {
+        public enum Key: Sendable, Equatable {
+            /// `request.headers[name]`, name lower-cased: HTTP-only.
+            case requestHeader([UInt8])
+            case sourceIP, remoteIP, sourceNamespace, sourcePrincipal, destinationIP, destinationPort, connectionSNI
+            /// A key Istio knows but we do not evaluate, or one nobody knows: never matches in an ALLOW rule,
+            /// always matches in a DENY rule (fail closed); `waypoint check` warns.
+            case unsupported(String)
+        }
+        public var key: Key
+        public var values: [StringMatch]?
+        public var notValues: [StringMatch]?
+        /// For `source.ip`, `remote.ip` and `destination.ip`: the values as CIDR blocks.
+        public var blocks: [CIDRBlock]?
+        public var notBlocks: [CIDRBlock]?
+
+        public init(key: Key, values: [StringMatch]?, notValues: [StringMatch]?, blocks: [CIDRBlock]? = nil, notBlocks: [CIDRBlock]? = nil) {
+            self.key = key
+            self.values = values
+            self.notValues = notValues
+            self.blocks = blocks
+            self.notBlocks = notBlocks
+        }
+    }
+}
+
+/// What authorization knows about one request (or one TCP tunnel, with `http` nil).
+///
+/// Built per request from the peer facts and the parsed head; the byte views are valid for the call only.
+public struct AuthorizationRequest {
+    public var principal: String?
+    public var namespace: String?
+    public var serviceAccount: String?
+    public var trustDomain: String?
+    /// The caller's IP as bytes (4 or 16), and as text for `when` conditions.
+    public var sourceIP: [UInt8]?
+    public var sourceIPText: String?
+    public var destinationIP: [UInt8]?
+    public var destinationIPText: String?
+    public var destinationPort: UInt16?
+    public var http: HTTP?
+
+    public init() {}
+
+    /// The HTTP attributes: Host (lower-cased, port stripped), method, normalized path without query, headers.
+    public struct HTTP {
+        public var host: UnsafeRawBufferPointer
+        public var method: UnsafeRawBufferPointer
+        public var path: UnsafeRawBufferPointer
+        /// The value of a header by lower-case name, duplicates joined with `,` (as Envoy presents them).
+        public var header: ([UInt8]) -> [UInt8]?
+
+        public init(host: UnsafeRawBufferPointer, method: UnsafeRawBufferPointer, path: UnsafeRawBufferPointer,
+                    header: @escaping ([UInt8]) -> [UInt8]?) {
+            self.host = host
+            self.method = method
+            self.path = path
+            self.header = header
+        }
+    }
+}
+
+/// The outcome of evaluating the policies that apply to a request.
+public enum AuthorizationDecision: Equatable, Sendable {
+    /// Allowed: by the named ALLOW policy, or with nil because no ALLOW policy applies.
+    case allow(policy: String?)
+    /// Denied by the named DENY (or unsupported CUSTOM) policy, or with nil because ALLOW policies apply and
+    /// none matched.
+    case deny(policy: String?)
+
+    public var isAllowed: Bool { if case .allow = self { return true } else { return false } }
+}
+
+/// The policies that apply to one destination, grouped by action in Istio's evaluation order.
+///
+/// Pure and immutable. Thread: any. Ownership: the config snapshot.
+public struct PolicySet: Sendable {
+    public let custom: [AuthorizationPolicy]
+    public let deny: [AuthorizationPolicy]
+    public let allow: [AuthorizationPolicy]
+    public let audit: [AuthorizationPolicy]
+
+    public static let empty = PolicySet(policies: [])
+
+    public init(policies: [AuthorizationPolicy]) {
+        custom = policies.filter { $0.action == .custom }
+        deny = policies.filter { $0.action == .deny }
+        allow = policies.filter { $0.action == .allow }
+        audit = policies.filter { $0.action == .audit }
+    }
+
+    public var isEmpty: Bool { custom.isEmpty && deny.isEmpty && allow.isEmpty && audit.isEmpty }
+
+    /// Istio's order (security.istio.io AuthorizationPolicy): "If there are any CUSTOM policies that match the
+    /// request, evaluate and deny the request if the evaluation result is deny. If there are any DENY policies
+    /// that match the request, deny the request. If there are no ALLOW policies for the workload, allow the
+    /// request. If any of the ALLOW policies match the request, allow the request. Deny the request."
+    /// CUSTOM (an external authorizer) is not supported, so a CUSTOM policy that applies denies: fail closed.
+    /// `audited` receives the AUDIT policies that match (they never change the decision).
+    public func evaluate(_ request: AuthorizationRequest, audited: (String) -> Void = { _ in }) -> AuthorizationDecision {
+        for policy in custom where Self.matches(policy, request, deny: true) { return .deny(policy: policy.name) }
+        for policy in deny where Self.matches(policy, request, deny: true) { return .deny(policy: policy.name) }
+        for policy in audit where Self.matches(policy, request, deny: false) { audited(policy.name) }
+        if allow.isEmpty { return .allow(policy: nil) }
+        for policy in allow where Self.matches(policy, request, deny: false) { return .allow(policy: policy.name) }
+        return .deny(policy: nil)
+    }
+
+    /// `deny` selects Istio's rule for attributes the traffic does not have (HTTP fields on a TCP tunnel,
+    /// unsupported keys): they count as matching in DENY policies and as not matching in ALLOW policies.
+    static func matches(_ policy: AuthorizationPolicy, _ request: AuthorizationRequest, deny: Bool) -> Bool {
+        policy.rules.contains { rule in
+            (rule.from.isEmpty || rule.from.contains { matches($0, request) })
+                && (rule.to.isEmpty || rule.to.contains { matches($0, request, deny: deny) })
+                && rule.when.allSatisfy { matches($0, request, deny: deny) }
+        }
+    }
+
+    static func matches(_ source: AuthorizationPolicy.Source, _ r: AuthorizationRequest) -> Bool {
+        func check(_ matchers: [StringMatch]?, _ value: String?, negate: Bool) -> Bool {
+            guard let matchers else { return true }
+            let hit = value.map { v in matchers.contains { $0.matches(v) } } ?? false
+            return negate ? !hit : hit
+        }
+        func check(_ blocks: [CIDRBlock]?, _ ip: [UInt8]?, negate: Bool) -> Bool {
+            guard let blocks else { return true }
+            let hit = ip.map { ip in blocks.contains { $0.contains(ip) } } ?? false
+            return negate ? !hit : hit
+        }
+        let account = r.namespace.flatMap { ns in r.serviceAccount.map { "\(ns)/\($0)" } }
+        return check(source.principals, r.principal, negate: false) && check(source.notPrincipals, r.principal, negate: true)
+            && check(source.namespaces, r.namespace, negate: false) && check(source.notNamespaces, r.namespace, negate: true)
+            && check(source.serviceAccounts, account, negate: false) && check(source.notServiceAccounts, account, negate: true)
+            && check(source.trustDomains, r.trustDomain, negate: false)
+            && check(source.ipBlocks, r.sourceIP, negate: false) && check(source.notIpBlocks, r.sourceIP, negate: true)
+            && check(source.remoteIpBlocks, r.sourceIP, negate: false) && check(source.notRemoteIpBlocks, r.sourceIP, negate: true)
+    }
+
+    static func matches(_ operation: AuthorizationPolicy.Operation, _ r: AuthorizationRequest, deny: Bool) -> Bool {
+        if let ports = operation.ports, !(r.destinationPort.map(ports.contains) ?? false) { return false }
+        if let notPorts = operation.notPorts, r.destinationPort.map(notPorts.contains) ?? false { return false }
+        guard let http = r.http else { return deny || !operation.usesHTTP }
+        func any(_ matchers: [StringMatch]?, _ value: UnsafeRawBufferPointer, negate: Bool) -> Bool {
+            guard let matchers else { return true }
+            let hit = matchers.contains { $0.matches(value) }
+            return negate ? !hit : hit
+        }
+        func any(_ patterns: [PathPattern]?, negate: Bool) -> Bool {
+            guard let patterns else { return true }
+            let hit = patterns.contains { $0.matches(http.path) }
+            return negate ? !hit : hit
+        }
+        return any(operation.hosts, http.host, negate: false) && any(operation.notHosts, http.host, negate: true)
+            && any(operation.methods, http.method, negate: false) && any(operation.notMethods, http.method, negate: true)
+            && any(operation.paths, negate: false) && any(operation.notPaths, negate: true)
+    }
+
+    static func matches(_ condition: AuthorizationPolicy.Condition, _ r: AuthorizationRequest, deny: Bool) -> Bool {
+        let value: [UInt8]?
+        switch condition.key {
+        case .requestHeader(let name):
+            guard let http = r.http else { return deny }
+            value = http.header(name)
+        case .sourceIP, .remoteIP:
+            return ipCondition(condition, r.sourceIP)
+        case .destinationIP:
+            return ipCondition(condition, r.destinationIP)
+        case .sourceNamespace: value = r.namespace.map { Array($0.utf8) }
+        case .sourcePrincipal: value = r.principal.map { Array($0.utf8) }
+        case .destinationPort: value = r.destinationPort.map { Array(String($0).utf8) }
+        case .connectionSNI: value = nil  // HBONE carries no SNI
+        case .unsupported: return deny
+        }
+        return value.withBytes { bytes in
+            let positive = condition.values.map { matchers in bytes.map { b in matchers.contains { $0.matches(b) } } ?? false } ?? true
+            let negative = condition.notValues.map { matchers in bytes.map { b in matchers.contains { $0.matches(b) } } ?? false } ?? false
+            return positive && !negative
+        }
+    }
+
+    private static func ipCondition(_ condition: AuthorizationPolicy.Condition, _ ip: [UInt8]?) -> Bool {
+        func hit(_ blocks: [CIDRBlock]?) -> Bool? {
+            guard let blocks else { return nil }
+            return ip.map { ip in blocks.contains { $0.contains(ip) } } ?? false
+        }
+        return (hit(condition.blocks) ?? true) && !(hit(condition.notBlocks) ?? false)
+    }
+}
+
+private extension Optional where Wrapped == [UInt8] {
+    func withBytes<R>(_ body: (UnsafeRawBufferPointer?) -> R) -> R {
+        switch self {
+        case .none: return body(nil)
+        case .some(let bytes): return bytes.withUnsafeBytes { body($0) }
+        }
+    }
+}
