@@ -47,7 +47,7 @@ let package = Package(
         ], swiftSettings: release),
         // Kubernetes manifests -> validated specs -> immutable Snapshot.
         .target(name: "WaypointConfig", dependencies: [
-            "WaypointCore", "EventLoop", "HTTPRouter", "Regex", "Yams",
+            "WaypointCore", "EventLoop", "HTTPRouter", "Filters", "Regex", "Yams",
         ], swiftSettings: release),
         .executableTarget(name: "Waypoint", dependencies: [
             "WaypointCore", "EventLoop", "HTTPRouter", "Filters", "HBONEServer", "WaypointConfig", "TLS", "HTTP2",
@@ -63,7 +63,7 @@ let package = Package(
         .testTarget(name: "WaypointCoreTests", dependencies: ["WaypointCore"]),
         .testTarget(name: "HTTPRouterTests", dependencies: ["HTTPRouter", "WaypointCore"]),
         .testTarget(name: "FiltersTests", dependencies: ["Filters", "WaypointCore"]),
-        .testTarget(name: "WaypointConfigTests", dependencies: ["WaypointConfig", "HTTPRouter", "WaypointCore", "EventLoop"]),
+        .testTarget(name: "WaypointConfigTests", dependencies: ["WaypointConfig", "HTTPRouter", "WaypointCore", "EventLoop", "Filters"]),
         .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "WaypointCore"]),
     ],
     swiftLanguageModes: [.v6]

@@ -266,6 +266,10 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             reject(error)
             return true
         }
+        guard normalizePath() else {
+            reject(HTTP1Error(status: 400, "invalid request path"))
+            return true
+        }
         keepAlive = head.keepAlive && !server.draining
         requestWasHead = head.isHeadMethod
         requestBody = BodyTracker(head.framing)
@@ -273,7 +277,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         bytesReceived = length
         if server.accessLog != nil { keepLogFields(headBytes) }
 
-        switch server.router.route(head, headBytes, destination: destination) {
+        switch server.router.route(head, headBytes, destination: destination, peer: peer) {
         case .reply(let reply):
             flags = reply == .noRoute ? "NR" : reply == .noHealthyUpstream ? "UH" : "-"
             discardingBody = true
@@ -284,6 +288,32 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             forward(headBytes, to: endpoint)
             input.consume(length)
         }
+        return true
+    }
+
+    /// Normalizes the request path in place (normalization never lengthens it; Istio's rules, see
+    /// `PathNormalization`), moves the query behind it and drops any `#fragment`, so that routing, authorization
+    /// and the upstream all see the same path. False when the path must be refused (400).
+    private func normalizePath() -> Bool {
+        guard head.path.count > 0 else { return true }
+        let base = input.base + input.readerIndex
+        let pathStart = Int(head.path.start)
+        let pathEnd = pathStart + Int(head.path.count)
+        let first = base.load(fromByteOffset: pathStart, as: UInt8.self)
+        guard first == 0x2F || first == 0x5C else { return true }  // asterisk-form (`OPTIONS *`)
+        let path = UnsafeMutableRawBufferPointer(start: base + pathStart, count: pathEnd - pathStart)
+        guard let length = server.settings.pathNormalization.normalize(path) else { return false }
+        let targetEnd = Int(head.target.start + head.target.count)
+        var queryEnd = pathEnd
+        if pathEnd < targetEnd && base.load(fromByteOffset: pathEnd, as: UInt8.self) == 0x3F {  // "?query[#fragment]"
+            queryEnd = pathEnd + 1
+            while queryEnd < targetEnd && base.load(fromByteOffset: queryEnd, as: UInt8.self) != 0x23 { queryEnd += 1 }
+        }
+        if length != pathEnd - pathStart && queryEnd > pathEnd {
+            (base + pathStart + length).copyMemory(from: base + pathEnd, byteCount: queryEnd - pathEnd)
+        }
+        head.path.count = Int32(length)
+        head.target.count = Int32(length + queryEnd - pathEnd)
         return true
     }
 

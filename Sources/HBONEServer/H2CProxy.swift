@@ -1,4 +1,5 @@
 import EventLoop
+import Filters
 import HTTP2
 import WaypointCore
 
@@ -152,13 +153,18 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession {
             }
         }
         exchange.isGRPC = contentType.hasPrefix("application/grpc")
+        // The same normalization as HTTP/1.1: what is authorized and routed is what the upstream gets.
+        guard let normalized = Self.normalize(path, server.settings.pathNormalization) else {
+            return replyLocally(exchange, .badRequest(HTTP1Error(status: 400, "invalid request path")))
+        }
+        path = normalized
         let text = "\(method) \(path.isEmpty ? "/" : path) HTTP/1.1\r\nhost: \(authority)\r\n\(head)\r\n"
         let decision: RouteDecision = Array(text.utf8).withUnsafeBytes { bytes in
             var request = RequestHead()
             guard case .complete = HTTP1Parser.parseRequest(bytes, into: &request) else {
                 return .reply(.badRequest(HTTP1Error(status: 400, "malformed request")))
             }
-            return server.router.route(request, bytes, destination: destination)
+            return server.router.route(request, bytes, destination: destination, peer: peer)
         }
         switch decision {
         case .reply(let reply):
@@ -172,6 +178,17 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession {
             exchange.upstreamAddress = pool.addressText
             upstream.start(exchange, fields: forwardedFields(exchange, method: method, path: path, authority: authority), owner: self)
         }
+    }
+
+    /// `path` (with its query) normalized; the fragment dropped; nil when it must be refused.
+    static func normalize(_ path: String, _ mode: PathNormalization) -> String? {
+        var bytes = Array(path.utf8)
+        if let hash = bytes.firstIndex(of: 0x23) { bytes.removeSubrange(hash...) }
+        let queryStart = bytes.firstIndex(of: 0x3F) ?? bytes.count
+        guard queryStart > 0, bytes[0] == 0x2F || bytes[0] == 0x5C else { return path.isEmpty ? path : String(decoding: bytes, as: UTF8.self) }
+        let length = bytes.withUnsafeMutableBytes { mode.normalize(UnsafeMutableRawBufferPointer(rebasing: $0[0..<queryStart])) }
+        guard let length else { return nil }
+        return String(decoding: bytes[0..<length] + bytes[queryStart...], as: UTF8.self)
     }
 
     /// The request fields sent upstream: pseudo-headers, the client's headers minus hop-by-hop ones, and the

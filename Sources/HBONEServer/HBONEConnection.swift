@@ -341,11 +341,12 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         session.respond(stream: stream, status: 200, body: true)
         let source = request.forwardedFor ?? remote
         let facts = PeerFacts(identity: identity, sourceIP: source?.ip ?? "unknown", sourceAddress: source?.description ?? "unknown",
-                              baggage: request.baggage)
+                              destinationIP: request.authority?.ip, baggage: request.baggage)
         server.logger.trace("tunnel opened", metadata: [
             "connection.id": "\(id)", "stream.id": "\(stream)", "destination": "\(destination.name)",
             "source": "\(facts.sourceAddress)", "baggage": "\(facts.baggage ?? "")"])
-        server.startInnerSession(on: tunnel, peer: facts, destination: destination, traceparent: request.traceparent)
+        server.startInnerSession(on: tunnel, peer: facts, destination: destination, traceparent: request.traceparent,
+                                 tcpAuthorized: destination.innerProtocol == .tcp)
     }
 
     private struct Refusal { let status: Int; let reason: StaticString }
@@ -360,6 +361,14 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         guard let destination = server.router.destination(for: address) else { return Refusal(status: 400, reason: "unknown_destination") }
         if destination.cluster >= 0 && !server.hasReadyEndpoints(destination) {
             return Refusal(status: 503, reason: "no_healthy_upstream")
+        }
+        // A byte-stream port is authorized here, before the 200 (ztunnel answers an L4 deny with 401); HTTP
+        // is authorized per request inside the tunnel.
+        if destination.innerProtocol == .tcp {
+            let source = request.forwardedFor ?? remote
+            let facts = PeerFacts(identity: identity, sourceIP: source?.ip ?? "unknown", sourceAddress: source?.description ?? "unknown",
+                                  destinationIP: request.authority?.ip)
+            guard server.router.authorizeTCP(to: destination, peer: facts) else { return Refusal(status: 401, reason: "denied") }
         }
         request.destination = destination
         return nil

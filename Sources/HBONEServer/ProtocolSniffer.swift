@@ -81,7 +81,7 @@ final class ProtocolSniffer: ByteStreamHandler, DownstreamSession {
             } else if kind == .http2 {
                 server.startH2C(on: stream, peer: peer, destination: destination, traceparent: traceparent, initialInput: initial)
             } else {
-                server.startTCP(on: stream, destination: destination, initialInput: initial)
+                server.startTCP(on: stream, destination: destination, peer: peer, initialInput: initial)
             }
         }
     }

@@ -68,7 +68,8 @@ final class ProxyProtocolConnection: DownstreamSession {
         guard destination.cluster < 0 || server.hasReadyEndpoints(destination) else { return refuse("no healthy upstream") }
         finish()
         let source = SocketAddress(ip: proxy.sourceIP, port: proxy.sourcePort)
-        let facts = PeerFacts(identity: identity, sourceIP: proxy.sourceIP, sourceAddress: source?.description ?? proxy.sourceIP)
+        let facts = PeerFacts(identity: identity, sourceIP: proxy.sourceIP, sourceAddress: source?.description ?? proxy.sourceIP,
+                              destinationIP: proxy.destinationIP)
         rest.withUnsafeBytes { initial in
             server.startInnerSession(on: SocketStream(fd: fd, loop: server.loop), peer: facts, destination: destination,
                                      traceparent: [], initialInput: initial)

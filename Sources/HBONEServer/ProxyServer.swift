@@ -18,7 +18,7 @@ public final class ProxyServer {
     public let loop: EventLoop
     let router: any RequestRouter
     public let settings: ProxySettings
-    public let counters = WorkerCounters()
+    public let counters: WorkerCounters
     let accessLog: AccessLog?
     /// Debug-level events of the data plane (rejected requests, upstream failures); never per successful request.
     let logger: Logger
@@ -44,8 +44,10 @@ public final class ProxyServer {
     /// Called once, when draining and the last connection has closed.
     public var onDrained: (() -> Void)?
 
-    public init(loop: EventLoop, router: any RequestRouter, settings: ProxySettings, accessLog: Bool, logger: Logger) {
+    public init(loop: EventLoop, router: any RequestRouter, settings: ProxySettings, accessLog: Bool, logger: Logger,
+                counters: WorkerCounters = WorkerCounters()) {
         self.loop = loop
+        self.counters = counters
         self.router = router
         self.settings = settings
         self.accessLog = accessLog ? AccessLog(loop: loop) : nil
@@ -113,15 +115,16 @@ public final class ProxyServer {
 
     /// Runs what the destination's protocol calls for over an accepted tunnel. `initialInput`: bytes that
     /// arrived with the PROXY header.
+    /// `tcpAuthorized`: the HBONE CONNECT already authorized a TCP destination (before answering 200).
     func startInnerSession(on stream: any ByteStream, peer: PeerFacts, destination: Destination, traceparent: [UInt8],
-                           initialInput: UnsafeRawBufferPointer? = nil) {
+                           initialInput: UnsafeRawBufferPointer? = nil, tcpAuthorized: Bool = false) {
         switch destination.innerProtocol {
         case .http1:
             startHTTP(on: stream, peer: peer, destination: destination, traceparent: traceparent, initialInput: initialInput)
         case .http2:
             startH2C(on: stream, peer: peer, destination: destination, traceparent: traceparent, initialInput: initialInput)
         case .tcp:
-            startTCP(on: stream, destination: destination, initialInput: initialInput)
+            startTCP(on: stream, destination: destination, peer: peer, initialInput: initialInput, authorized: tcpAuthorized)
         case .detect:
             nextConnectionID += 1
             let sniffer = ProtocolSniffer(id: nextConnectionID, stream: stream, peer: peer, destination: destination,
@@ -151,7 +154,14 @@ public final class ProxyServer {
         sessions[session.id] = session
     }
 
-    func startTCP(on stream: any ByteStream, destination: Destination, initialInput: UnsafeRawBufferPointer?) {
+    func startTCP(on stream: any ByteStream, destination: Destination, peer: PeerFacts, initialInput: UnsafeRawBufferPointer?,
+                  authorized: Bool = false) {
+        // Authorized before the upstream is dialed: a denied TCP tunnel never sends a byte upstream.
+        guard authorized || router.authorizeTCP(to: destination, peer: peer) else {
+            logger.debug("TCP tunnel denied by authorization", metadata: ["destination": "\(destination.name)", "client": "\(peer.sourceAddress)"])
+            stream.close(graceful: false)
+            return
+        }
         nextConnectionID += 1
         guard let endpoint = router.pickEndpoint(for: destination), let pool = pool(endpoint),
               let relay = TCPRelay(id: nextConnectionID, downstream: stream, upstream: pool.address, initialInput: initialInput, server: self)

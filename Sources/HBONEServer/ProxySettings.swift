@@ -1,3 +1,4 @@
+import Filters
 import HTTP2
 
 /// Limits and timeouts of the data plane, fixed at start-up.
@@ -14,6 +15,8 @@ public struct ProxySettings: Sendable {
     public var headerTimeout: Duration = .seconds(30)
     /// A pooled upstream connection unused this long is closed (kept below common origin keep-alive timeouts).
     public var upstreamIdleTimeout: Duration = .seconds(30)
+    /// How request paths are normalized before routing and authorization (Istio's default: BASE).
+    public var pathNormalization = PathNormalization.base
     /// `x-forwarded-proto` set on requests from this listener.
     public var forwardedProto: StaticString = "http"
 

@@ -16,8 +16,12 @@ public enum RouteDecision {
 /// nanoseconds), which keeps the data plane free of the config's types without `@inlinable` plumbing.
 /// Thread: its worker's loop thread only.
 public protocol RequestRouter: AnyObject {
-    /// Routes a request: by its Host header, or, inside a tunnel, by the tunnel's `destination`.
-    func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?) -> RouteDecision
+    /// Authorizes and routes a request: by its Host header, or, inside a tunnel, by the tunnel's `destination`.
+    /// `peer` is who sent it (the principal is nil on the plaintext listener). A denial is a `.reply`.
+    func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts) -> RouteDecision
+    /// Authorizes a byte-stream (TCP) tunnel to `destination` before anything reaches the upstream: only
+    /// connection attributes are known (Istio: DENY rules with HTTP-only fields match, ALLOW rules with them do not).
+    func authorizeTCP(to destination: Destination, peer: PeerFacts) -> Bool
     /// What a tunnel's `:authority` names, or nil when the waypoint serves no such address.
     func destination(for address: SocketAddress) -> Destination?
     /// Whether the destination's own cluster has a ready endpoint (a workload address always has one).

@@ -32,7 +32,7 @@ public final class WorkerCounters: Sendable {
     /// CONNECT streams answered with an error, indexed like `tunnelRefusalReasons`.
     public let tunnelRefusals = CounterArray(labels: WorkerCounters.tunnelRefusalReasons)
     public static let tunnelRefusalReasons = ["method", "extended_connect", "bad_authority", "unknown_destination",
-                                              "no_healthy_upstream", "draining"]
+                                              "no_healthy_upstream", "draining", "denied"]
     /// Payload bytes through tunnels: from clients (received) and to clients (sent).
     public let tunnelBytesReceived = Atomic<Int>(0)
     public let tunnelBytesSent = Atomic<Int>(0)
@@ -42,7 +42,18 @@ public final class WorkerCounters: Sendable {
     /// PROXY-protocol connections closed for a missing or malformed header.
     public let proxyHeaderErrors = Atomic<Int>(0)
 
+    // MARK: Authorization
+    public let authorizationAllowed = Atomic<Int>(0)
+    public let authorizationDenied = Atomic<Int>(0)
+    /// Decisions by policy name and result (allow, deny, audit). A lock, but only taken when a policy decided,
+    /// and the scrape is its only other user.
+    public let policyDecisions = Mutex<[String: Int]>([:])
+
     public init() {}
+
+    public func countPolicy(_ policy: String, _ result: StaticString) {
+        policyDecisions.withLock { $0["\(policy)|\(result)", default: 0] += 1 }
+    }
 
     func countHandshakeFailure(_ reason: String) {
         handshakeFailures.increment(Self.handshakeFailureReasons.firstIndex(of: reason) ?? 2)

@@ -113,23 +113,29 @@ public struct RouteTable<Action: Sendable>: Sendable {
     /// What a request to `host` (a Host header: name, optional `:port`) is routed by, or nil when no
     /// destination serves that host and port.
     public func ruleSet(forHost host: UnsafeRawBufferPointer) -> RuleSet<Action>? {
+        guard let (index, port) = virtualHost(forHost: host) else { return nil }
+        return virtualHosts[Int(index)].rules(forPort: port)
+    }
+
+    /// The virtual host serving `host` (name, optional `:port`) and the port it names, or nil when no name matches.
+    public func virtualHost(forHost host: UnsafeRawBufferPointer) -> (index: Int32, port: UInt16?)? {
         let (name, port) = Self.split(host)
         guard let name else { return nil }
         // Host names are case-insensitive (CVE-2021-39155 came from forgetting it): lower-case on a small stack copy.
-        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(name.count, 1)) { lower -> RuleSet<Action>? in
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(name.count, 1)) { lower -> (Int32, UInt16?)? in
             for i in 0..<name.count { lower[i] = HTTP1Parser.lowercased(name[i]) }
             let key = UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: lower[0..<name.count]))
-            if let index = exactHosts.lookup(key) { return virtualHosts[Int(index)].rules(forPort: port) }
+            if let index = exactHosts.lookup(key) { return (index, port) }
             for (suffix, index) in wildcardHosts where key.count > suffix.count && key.reversed().starts(with: suffix.reversed()) {
-                return virtualHosts[Int(index)].rules(forPort: port)
+                return (index, port)
             }
-            if let catchAll { return virtualHosts[Int(catchAll)].rules(forPort: port) }
+            if let catchAll { return (catchAll, port) }
             return nil
         }
     }
 
     /// Splits `name[:port]` (and `[v6]:port`), dropping one trailing dot from the name. Name nil when malformed.
-    static func split(_ host: UnsafeRawBufferPointer) -> (UnsafeRawBufferPointer?, UInt16?) {
+    public static func split(_ host: UnsafeRawBufferPointer) -> (UnsafeRawBufferPointer?, UInt16?) {
         var end = host.count
         var port: UInt16? = nil
         var i = end - 1

@@ -1,5 +1,6 @@
 import ArgumentParser
 import EventLoop
+import Filters
 import WaypointCore
 
 /// A duration flag in the Kubernetes/Go form (`5s`, `250ms`, `1m30s`).
@@ -35,6 +36,13 @@ enum Toggle: String, ExpressibleByArgument, CaseIterable {
     case on, off
 }
 
+/// `--path-normalization`, Istio's meshConfig names.
+enum PathNormalizationArgument: String, ExpressibleByArgument, CaseIterable {
+    case none = "NONE", base = "BASE", mergeSlashes = "MERGE_SLASHES", decodeAndMergeSlashes = "DECODE_AND_MERGE_SLASHES"
+
+    var mode: PathNormalization { PathNormalization(rawValue: rawValue)! }
+}
+
 /// `--log-level`.
 enum LogLevelArgument: String, ExpressibleByArgument, CaseIterable {
     case trace, debug, info, notice, warning, error, critical
@@ -48,7 +56,8 @@ enum EnvironmentFlags {
         "run": [("config", true), ("http-listen", false), ("admin-listen", false), ("workers", false),
                 ("hbone-listen", false), ("proxy-protocol-listen", false), ("cert", false), ("key", false), ("ca", false), ("trust-domain", false),
                 ("trust-domain-aliases", true), ("max-concurrent-streams", false), ("handshake-timeout", false),
-                ("upstream-hbone-port", false),
+                ("upstream-hbone-port", false), ("path-normalization", false), ("layered-authorization", false),
+                ("root-namespace", false),
                 ("namespace", false), ("drain-timeout", false), ("connect-timeout", false), ("header-timeout", false),
                 ("log-level", false), ("access-log", false)],
         "check": [("config", true), ("namespace", false)],

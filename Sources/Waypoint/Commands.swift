@@ -101,6 +101,15 @@ extension WaypointCommand {
         @Option(name: .long, help: "One JSON access-log line per request on stdout.")
         var accessLog = Toggle.on
 
+        @Option(name: .long, help: "Request path normalization before routing and authorization: NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES.")
+        var pathNormalization = PathNormalizationArgument.base
+
+        @Option(name: .long, help: "Apply namespace-wide and root-namespace AuthorizationPolicies (no targetRefs) to the waypoint.")
+        var layeredAuthorization = Toggle.on
+
+        @Option(name: .long, help: "Istio's root namespace (mesh-wide policies).")
+        var rootNamespace = "istio-system"
+
         func validate() throws {
             if let workers, workers < 1 || workers > 256 { throw ValidationError("--workers must be 1...256") }
             let given = [cert, key, ca].compactMap { $0 }.count
@@ -126,6 +135,9 @@ extension WaypointCommand {
             options.settings.handshakeTimeout = handshakeTimeout.duration
             options.proxyProtocolListen = proxyProtocolListen?.address
             options.settings.upstreamHBONEPort = upstreamHbonePort
+            options.settings.pathNormalization = pathNormalization.mode
+            options.layeredAuthorization = layeredAuthorization == .on
+            options.rootNamespace = rootNamespace
             options.settings.trustDomains = ([trustDomain] + trustDomainAliases).map { $0.lowercased() }
             options.settings.http2.maxConcurrentStreams = UInt32(maxConcurrentStreams)
             let runtime: Runtime

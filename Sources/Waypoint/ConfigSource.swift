@@ -13,6 +13,8 @@ struct ConfigSource {
     /// nil: the embedded demo config.
     let paths: [String]?
     let namespace: String
+    /// Compiler options beyond the namespace (root namespace, layered authorization).
+    var compilerOptions: (rootNamespace: String, layeredAuthorization: Bool) = ("istio-system", true)
     private var fingerprint: [String] = []
     private(set) var generation: UInt64 = 0
 
@@ -31,7 +33,10 @@ struct ConfigSource {
             spec = try ManifestLoader.load(text: DemoConfig.manifests, file: "<embedded demo config>", defaultNamespace: namespace)
         }
         generation += 1
-        return SnapshotCompiler(namespace: namespace).compile(spec, generation: generation)
+        var compiler = SnapshotCompiler(namespace: namespace)
+        compiler.rootNamespace = compilerOptions.rootNamespace
+        compiler.layeredAuthorization = compilerOptions.layeredAuthorization
+        return compiler.compile(spec, generation: generation)
     }
 
     /// True when the files differ from what the last `load()` read.

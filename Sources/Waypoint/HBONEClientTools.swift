@@ -9,7 +9,10 @@ import WaypointCore
 
 /// A router for processes that only open HBONE connections (the client tools): nothing is ever routed.
 final class NoRoutes: RequestRouter {
-    func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?) -> RouteDecision { .reply(.noRoute) }
+    func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts) -> RouteDecision {
+        .reply(.noRoute)
+    }
+    func authorizeTCP(to destination: Destination, peer: PeerFacts) -> Bool { false }
     func destination(for address: SocketAddress) -> Destination? { nil }
     func isReachable(_ destination: Destination) -> Bool { false }
     func pickEndpoint(for destination: Destination) -> Int32? { nil }

@@ -27,6 +27,8 @@ final class Runtime {
         var drainTimeout: Duration
         var accessLog: Bool
         var settings = ProxySettings()
+        var rootNamespace = "istio-system"
+        var layeredAuthorization = true
     }
 
     private let options: Options
@@ -57,6 +59,7 @@ final class Runtime {
         self.options = options
         self.logger = logger
         config = ConfigSource(paths: options.configPaths, namespace: options.namespace)
+        config.compilerOptions = (options.rootNamespace, options.layeredAuthorization)
         do {
             snapshot = try config.load()
         } catch {
@@ -282,6 +285,17 @@ final class Runtime {
                [("", sum { $0.keepaliveTimeouts.value })])
         metric("waypoint_http2_protocol_errors_total", "counter", "HBONE connections closed for a protocol error or flood.",
                [("", sum { $0.http2ProtocolErrors.value })])
+        metric("waypoint_authorization_decisions_total", "counter", "Authorization decisions, by result.", [
+            ("{result=\"allow\"}", sum { $0.authorizationAllowed.value }),
+            ("{result=\"deny\"}", sum { $0.authorizationDenied.value }),
+        ])
+        var byPolicy: [String: Int] = [:]
+        for worker in workers { worker.counters.policyDecisions.withLock { byPolicy.merge($0, uniquingKeysWith: +) } }
+        metric("waypoint_authorization_policy_decisions_total", "counter", "Decisions made by a policy (or by no ALLOW policy matching).",
+               byPolicy.sorted { $0.key < $1.key }.map { key, value in
+                   let parts = key.split(separator: "|", maxSplits: 1)
+                   return ("{policy=\"\(parts[0])\",result=\"\(parts.count > 1 ? parts[1] : "")\"}", value)
+               })
         metric("waypoint_config_reloads_total", "counter", "Config reloads, by result.",
                [("{result=\"ok\"}", reloadsOK), ("{result=\"failed\"}", reloadsFailed)])
         metric("waypoint_config_generation", "gauge", "Generation of the active config.", [("", Int(snapshot.generation))])

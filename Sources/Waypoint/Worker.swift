@@ -46,9 +46,9 @@ final class Worker: @unchecked Sendable {
         self.onDrained = onDrained
         loop = EventLoop()
         var seed = SystemRandomNumberGenerator()
-        router = SnapshotRouter(snapshot: snapshot, seed: seed.next())
-        server = ProxyServer(loop: loop, router: router, settings: settings, accessLog: accessLog, logger: logger)
-        counters = server.counters
+        counters = WorkerCounters()
+        router = SnapshotRouter(snapshot: snapshot, seed: seed.next(), counters: counters)
+        server = ProxyServer(loop: loop, router: router, settings: settings, accessLog: accessLog, logger: logger, counters: counters)
         server.updateEndpoints(snapshot.endpoints, tunnels: snapshot.endpointTunnels)
         server.tlsContext = tls?.server
         server.clientTLSContext = tls?.client

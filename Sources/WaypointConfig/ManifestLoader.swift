@@ -101,6 +101,10 @@ public enum ManifestLoader {
             spec.serviceEntries.append(try ServiceParser.serviceEntry(doc, namespace: namespace, name: name))
         case ("gateway.networking.k8s.io", "Gateway"):
             spec.gateways.append(try RouteParser.gateway(doc, namespace: namespace, name: name))
+        case ("security.istio.io", "AuthorizationPolicy"):
+            spec.authorizationPolicies.append(try SecurityParser.authorizationPolicy(doc, namespace: namespace, name: name))
+        case ("security.istio.io", "PeerAuthentication"):
+            spec.peerAuthentications.append(try SecurityParser.peerAuthentication(doc, namespace: namespace, name: name))
         case ("gateway.networking.k8s.io", "HTTPRoute"):
             spec.httpRoutes.append(try RouteParser.httpRoute(doc, namespace: namespace, name: name, creation: creation))
         default:

@@ -120,12 +120,14 @@ public struct HTTPRouteSpec: Sendable, Equatable {
 }
 
 /// Everything loaded from one set of manifest files, before compilation.
-public struct ConfigSpec: Sendable, Equatable {
+public struct ConfigSpec: Sendable {
     public var services: [ServiceSpec] = []
     public var endpointSlices: [EndpointSliceSpec] = []
     public var serviceEntries: [ServiceEntrySpec] = []
     public var gateways: [GatewaySpec] = []
     public var httpRoutes: [HTTPRouteSpec] = []
+    public var authorizationPolicies: [AuthorizationPolicySpec] = []
+    public var peerAuthentications: [PeerAuthenticationSpec] = []
     /// Non-fatal findings (skipped kinds, ignored fields), one line each.
     public var warnings: [String] = []
 

@@ -1,4 +1,5 @@
 import EventLoop
+import Filters
 import WaypointCore
 import HTTPRouter
 
@@ -45,19 +46,29 @@ public final class Snapshot: Sendable {
     public let endpointTunnels: [Bool]
     /// What an HBONE tunnel's `:authority` may name; anything else is refused (never an open relay).
     public let destinations: [SocketAddress: Destination]
+    /// Per virtual host (index into `routes.virtualHosts`): the AuthorizationPolicies that apply.
+    public let authorization: [PolicySet]
+    /// For requests whose host matches no virtual host: the waypoint-wide policies.
+    public let unmatchedHostPolicies: PolicySet
+    /// Per virtual host: PeerAuthentication STRICT, so plaintext requests are refused.
+    public let strictMTLS: [Bool]
     /// The active config as JSON, for the admin `/config_dump`.
     public let dump: String
     /// Findings that did not stop the load (skipped kinds, unresolved references).
     public let warnings: [String]
 
     init(generation: UInt64, routes: RouteTable<RouteAction>, clusters: [Cluster], endpoints: [SocketAddress],
-         endpointTunnels: [Bool], destinations: [SocketAddress: Destination], dump: String, warnings: [String]) {
+         endpointTunnels: [Bool], destinations: [SocketAddress: Destination], authorization: [PolicySet],
+         unmatchedHostPolicies: PolicySet, strictMTLS: [Bool], dump: String, warnings: [String]) {
         self.generation = generation
         self.routes = routes
         self.clusters = clusters
         self.endpoints = endpoints
         self.endpointTunnels = endpointTunnels
         self.destinations = destinations
+        self.authorization = authorization
+        self.unmatchedHostPolicies = unmatchedHostPolicies
+        self.strictMTLS = strictMTLS
         self.dump = dump
         self.warnings = warnings
     }

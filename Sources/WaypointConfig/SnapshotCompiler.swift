@@ -1,4 +1,5 @@
 import EventLoop
+import Filters
 import HTTPRouter
 import Regex
 import WaypointCore
@@ -10,6 +11,11 @@ public struct SnapshotCompiler {
     public var namespace: String
     /// The cluster DNS suffix of `name.ns.svc.<domain>`.
     public var clusterDomain = "cluster.local"
+    /// Istio's root namespace: its AuthorizationPolicies and PeerAuthentications without selector are mesh-wide.
+    public var rootNamespace = "istio-system"
+    /// Apply namespace-wide and root-namespace AuthorizationPolicies (no targetRefs) to the waypoint, which
+    /// Istio's own waypoints ignore (a namespace default-deny silently does nothing there).
+    public var layeredAuthorization = true
 
     public init(namespace: String) { self.namespace = namespace }
 
@@ -17,7 +23,8 @@ public struct SnapshotCompiler {
         var state = CompileState(spec: spec, compiler: self)
         state.build()
         return Snapshot(generation: generation, routes: RouteTable(virtualHosts: state.virtualHosts, names: state.names),
-                        clusters: state.clusters, endpoints: state.endpoints, endpointTunnels: state.endpointTunnels, destinations: state.destinations, dump: state.dump(generation: generation),
+                        clusters: state.clusters, endpoints: state.endpoints, endpointTunnels: state.endpointTunnels, destinations: state.destinations,
+                        authorization: state.authorization, unmatchedHostPolicies: state.unmatchedHostPolicies, strictMTLS: state.strictMTLS, dump: state.dump(generation: generation),
                         warnings: spec.warnings + state.warnings)
     }
 }
@@ -40,6 +47,11 @@ private struct CompileState {
     /// HBONE `:authority` → destination: service VIPs and ServiceEntry addresses first, then endpoints.
     var destinations: [SocketAddress: Destination] = [:]
     var workloadDestinations: [SocketAddress: Destination] = [:]
+    /// Who each virtual host belongs to: (kind, namespace, name).
+    var hostOwners: [(kind: String, namespace: String, name: String)] = []
+    var authorization: [PolicySet] = []
+    var unmatchedHostPolicies = PolicySet.empty
+    var strictMTLS: [Bool] = []
 
     init(spec: ConfigSpec, compiler: SnapshotCompiler) {
         self.spec = spec
@@ -53,6 +65,86 @@ private struct CompileState {
         buildServiceHosts()
         buildServiceEntryHosts()
         destinations.merge(workloadDestinations) { service, _ in service }
+        buildAuthorization()
+        buildPeerAuthentication()
+    }
+
+    // MARK: - Security
+
+    /// Which policies apply to which virtual host. Istio's waypoints apply policies with `targetRefs` to the
+    /// waypoint's Gateway (all its traffic), a Service or a ServiceEntry; with layering on, policies without
+    /// targetRefs apply to their namespace's services (and the root namespace's to everything).
+    mutating func buildAuthorization() {
+        enum Scope { case all, namespace(String), objects(Set<String>) }
+        var scoped: [(AuthorizationPolicy, Scope)] = []
+        for p in spec.authorizationPolicies {
+            let label = "AuthorizationPolicy \(p.namespace)/\(p.name)"
+            for key in p.unsupportedKeys {
+                warnings.append("\(label): condition key \(key) is not supported: it never matches in ALLOW rules and always matches in DENY rules")
+            }
+            if p.policy.action == .custom {
+                warnings.append("\(label): CUSTOM (external authorization) is not supported: the traffic it selects is denied")
+            }
+            if p.targetRefs.isEmpty {
+                if p.hasSelector {
+                    warnings.append("\(label): a workload selector selects pods, not a waypoint: ignored here")
+                } else if !compiler.layeredAuthorization {
+                    warnings.append("\(label): no targetRefs: ignored (as by Istio's waypoints); --layered-authorization applies it")
+                } else {
+                    scoped.append((p.policy, p.namespace == compiler.rootNamespace ? .all : .namespace(p.namespace)))
+                }
+                continue
+            }
+            var objects: Set<String> = []
+            var all = false
+            for ref in p.targetRefs {
+                switch (ref.group, ref.kind) {
+                case ("gateway.networking.k8s.io", "Gateway"):
+                    if spec.gateways.contains(where: { $0.namespace == p.namespace && $0.name == ref.name }) {
+                        all = true
+                    } else {
+                        warnings.append("\(label): targetRef Gateway \(p.namespace)/\(ref.name) not found: that reference applies to nothing")
+                    }
+                case ("", "Service"), ("core", "Service"):
+                    objects.insert("Service/\(p.namespace)/\(ref.name)")
+                case ("networking.istio.io", "ServiceEntry"):
+                    objects.insert("ServiceEntry/\(p.namespace)/\(ref.name)")
+                default:
+                    warnings.append("\(label): targetRef \(ref.group)/\(ref.kind) \(ref.name) is not a Gateway, Service or ServiceEntry: ignored")
+                }
+            }
+            scoped.append((p.policy, all ? .all : .objects(objects)))
+        }
+        authorization = hostOwners.map { owner in
+            PolicySet(policies: scoped.compactMap { policy, scope in
+                switch scope {
+                case .all: return policy
+                case .namespace(let ns): return owner.kind != "Gateway" && owner.namespace == ns ? policy : nil
+                case .objects(let set): return set.contains("\(owner.kind)/\(owner.namespace)/\(owner.name)") ? policy : nil
+                }
+            })
+        }
+        unmatchedHostPolicies = PolicySet(policies: scoped.compactMap { policy, scope in
+            if case .all = scope { return policy } else { return nil }
+        })
+    }
+
+    /// STRICT per virtual host: the namespace's PeerAuthentication, else the root namespace's (mesh-wide).
+    mutating func buildPeerAuthentication() {
+        var byNamespace: [String: PeerAuthenticationSpec.Mode] = [:]
+        for p in spec.peerAuthentications {
+            let label = "PeerAuthentication \(p.namespace)/\(p.name)"
+            if p.hasSelector { warnings.append("\(label): a workload selector selects pods, not a waypoint: ignored here"); continue }
+            if p.hasPortLevelMTLS { warnings.append("\(label): portLevelMtls is not supported: the namespace-wide mode applies to every port") }
+            if p.mode == .disable { warnings.append("\(label): DISABLE is not supported in ambient mode: treated as PERMISSIVE") }
+            byNamespace[p.namespace] = p.mode
+        }
+        let mesh = byNamespace[compiler.rootNamespace] ?? .unset
+        strictMTLS = hostOwners.map { owner in
+            guard owner.kind != "Gateway" else { return mesh == .strict }
+            let mode = byNamespace[owner.namespace] ?? .unset
+            return mode == .strict || (mode == .unset && mesh == .strict)
+        }
     }
 
     // MARK: - Clusters
@@ -196,6 +288,8 @@ private struct CompileState {
 
     mutating func addHost(_ host: VirtualHost<RouteAction>, names hostNames: [String], kind: String, name: String) {
         virtualHosts.append(host)
+        let parts = name.split(separator: "/", maxSplits: 1)
+        hostOwners.append(parts.count == 2 ? (kind, String(parts[0]), String(parts[1])) : (kind, "", name))
         for n in hostNames { names.append((n, virtualHosts.count - 1)) }
         dumpHosts.append(.object([
             ("kind", .string(kind)), ("name", .string(name)), ("hostnames", .array(hostNames.map(JSONValue.string))),

@@ -15,6 +15,10 @@ public enum LocalReply: Sendable, Equatable {
     case badUpstreamResponse
     /// The request was malformed, unsupported or too slow (400, 405, 408, 417, 431, 501, 505).
     case badRequest(HTTP1Error)
+    /// An AuthorizationPolicy denied the request (Envoy's RBAC filter answers exactly this).
+    case rbacDenied
+    /// PeerAuthentication STRICT covers the destination and the request came in plaintext.
+    case mtlsRequired
 
     public var status: Int {
         switch self {
@@ -22,6 +26,7 @@ public enum LocalReply: Sendable, Equatable {
         case .invalidBackend: return 500
         case .noHealthyUpstream, .upstreamConnectError, .upstreamReset: return 503
         case .badUpstreamResponse: return 502
+        case .rbacDenied, .mtlsRequired: return 403
         case .badRequest(let error): return error.status
         }
     }
@@ -34,6 +39,8 @@ public enum LocalReply: Sendable, Equatable {
         case .upstreamConnectError: return "upstream connect error\n"
         case .upstreamReset: return "upstream reset before response headers\n"
         case .badUpstreamResponse: return "malformed upstream response\n"
+        case .rbacDenied: return "RBAC: access denied"
+        case .mtlsRequired: return "mTLS is required: PeerAuthentication STRICT covers this destination\n"
         case .badRequest(let error):
             switch error.status {
             case 405: return "method not allowed\n"

@@ -7,8 +7,9 @@ public struct SpiffeIdentity: Sendable, Equatable, CustomStringConvertible {
     public let namespace: String
     public let serviceAccount: String
 
-    /// `trustDomain/ns/namespace/sa/serviceAccount`, as AuthorizationPolicy `principals` match it.
-    public var principal: String { "\(trustDomain)/ns/\(namespace)/sa/\(serviceAccount)" }
+    /// `trustDomain/ns/namespace/sa/serviceAccount`, as AuthorizationPolicy `principals` match it (built once,
+    /// since every request of the connection is authorized with it).
+    public let principal: String
     public var description: String { "spiffe://" + principal }
 
     /// Parses `spiffe://td/ns/NS/sa/SA`; nil for anything else (other paths, empty parts, query or fragment).
@@ -21,6 +22,7 @@ public struct SpiffeIdentity: Sendable, Equatable, CustomStringConvertible {
         trustDomain = parts[0].lowercased()
         namespace = String(parts[2])
         serviceAccount = String(parts[4])
+        principal = "\(trustDomain)/ns/\(namespace)/sa/\(serviceAccount)"
     }
 
     /// Why a peer certificate's identity was refused.
@@ -62,14 +64,23 @@ public struct PeerFacts: Sendable {
     public var sourceIP: String
     /// `ip:port` of the same, for logs.
     public var sourceAddress: String
+    /// `sourceIP` as 4 or 16 bytes (for CIDR matching), nil when unknown.
+    public let sourceIPBytes: [UInt8]?
+    /// The address the client dialed (the tunnel's `:authority`, the PROXY header's destination); nil on the
+    /// plaintext listener.
+    public var destinationIP: String?
+    public let destinationIPBytes: [UInt8]?
     /// The tunnel's `baggage` (ztunnel: `k8s.cluster.name=…,k8s.namespace.name=…,k8s.deployment.name=…,
     /// service.name=…,service.version=…`): the source workload's metadata, kept for telemetry.
     public var baggage: String?
 
-    public init(identity: SpiffeIdentity?, sourceIP: String, sourceAddress: String, baggage: String? = nil) {
+    public init(identity: SpiffeIdentity?, sourceIP: String, sourceAddress: String, destinationIP: String? = nil, baggage: String? = nil) {
         self.identity = identity
         self.sourceIP = sourceIP
         self.sourceAddress = sourceAddress
+        sourceIPBytes = IPAddress.parse(sourceIP)
+        self.destinationIP = destinationIP
+        destinationIPBytes = destinationIP.flatMap(IPAddress.parse)
         self.baggage = baggage
     }
 }
