@@ -60,6 +60,10 @@ let package = Package(
         .executableTarget(name: "WaypointFuzz", dependencies: ["WaypointCore", "HTTPRouter", "WaypointConfig", "EventLoop"],
                           path: "fuzz/Sources"),
 
+        // Authorization decision cost (benchmarks/README.md); built in CI, run by hand.
+        .executableTarget(name: "AuthzBenchmark", dependencies: ["Filters", "WaypointCore"], path: "benchmarks/authz",
+                          swiftSettings: release),
+
         .testTarget(name: "WaypointCoreTests", dependencies: ["WaypointCore"]),
         .testTarget(name: "HTTPRouterTests", dependencies: ["HTTPRouter", "WaypointCore"]),
         .testTarget(name: "FiltersTests", dependencies: ["Filters", "WaypointCore"]),

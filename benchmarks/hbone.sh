@@ -8,12 +8,13 @@
 # Load: $CONNS connections (default 4) x $STREAMS tunnels (default 16), one keep-alive HTTP/1.1 GET at a time in
 # each tunnel, $DUR seconds (default 10), $RUNS rounds (default 3) rotating the targets; medians reported.
 # Also measured per target: new mTLS connections per second (`--churn`, 8 concurrent) and memory per idle tunnel
-# (10,000 idle tunnels, `benchmarks/idle_tunnels.py`). Machines here are noisy: compare ratios within one run.
+# (10,000 idle tunnels, `benchmarks/idle_tunnels.py`); EXTRAS=0 skips those and the balance run. Target
+# `waypoint-100-policies` adds 100 AuthorizationPolicies. Machines here are noisy: compare ratios within one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-10}; RUNS=${RUNS:-3}; CONNS=${CONNS:-4}; STREAMS=${STREAMS:-16}
 PROXY_CPU=${PROXY_CPU:-0}; LOAD_CPU=${LOAD_CPU:-1}; IDLE_TUNNELS=${IDLE_TUNNELS:-10000}
-TARGETS=${TARGETS:-"waypoint nghttpx-squid nghttpx-squid-haproxy"}
+TARGETS=${TARGETS:-"waypoint waypoint-100-policies nghttpx-squid nghttpx-squid-haproxy"}
 ORIGIN_A=127.0.0.1:19181; ORIGIN_B=127.0.0.1:19182; HBONE=127.0.0.1:19008; SQUID=127.0.0.1:19128; HAPROXY=127.0.0.1:19190
 VIP=10.96.0.10:80
 
@@ -44,6 +45,14 @@ start_origins $ORIGIN_A $ORIGIN_B
 
 # --- configs, written here so the benchmark stands on its own
 write_waypoint_config "$work/waypoint.yaml" "${ORIGIN_A##*:}" "${ORIGIN_B##*:}" 10.96.0.10
+# The same plus 100 AuthorizationPolicies on the service: 99 ALLOWs for other callers, one for the load
+# generator's identity, and a DENY on /admin (the authorization cost of a realistic per-caller policy set).
+cp "$work/waypoint.yaml" "$work/waypoint-policies.yaml"
+for i in $(seq 0 99); do
+    sa=$([ "$i" = 50 ] && echo frontend || echo "caller-$i")
+    printf -- '---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-%s}\nspec:\n  targetRefs: [{kind: Service, group: "", name: web}]\n  rules:\n  - from: [{source: {principals: ["cluster.local/ns/default/sa/%s"]}}]\n    to: [{operation: {methods: [GET, POST], paths: ["/*"]}}]\n' "$i" "$sa" >> "$work/waypoint-policies.yaml"
+done
+printf -- '---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin}\nspec:\n  targetRefs: [{kind: Service, group: "", name: web}]\n  action: DENY\n  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]\n' >> "$work/waypoint-policies.yaml"
 mkdir -p "$work/squid" && chown proxy:proxy "$work/squid" 2>/dev/null || true
 cat > "$work/squid.conf" <<CFG
 http_port $SQUID
@@ -73,8 +82,9 @@ write_haproxy_config "$work/haproxy.cfg" $HAPROXY $ORIGIN_A $ORIGIN_B
 start_target() {
     TPIDS=""
     case $1 in
-    waypoint)
-        taskset -c "$PROXY_CPU" "$BIN" run --config "$work/waypoint.yaml" --workers 1 --access-log off \
+    waypoint|waypoint-100-policies)
+        config="$work/waypoint.yaml"; [ "$1" = waypoint ] || config="$work/waypoint-policies.yaml"
+        taskset -c "$PROXY_CPU" "$BIN" run --config "$config" --workers 1 --access-log off \
             --http-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --hbone-listen $HBONE \
             --cert "$work/waypoint.pem" --key "$work/waypoint.key" --ca "$work/ca.pem" >"$work/waypoint.log" 2>&1 &
         TPIDS=$!; AUTHORITY=$VIP ;;
@@ -121,7 +131,7 @@ done
 # New mTLS connections per second (one request each), and memory per idle tunnel.
 extra="$work/extra.tsv"
 echo -e "target\thandshakes_per_s\tidle_tunnel_bytes" > "$extra"
-for t in waypoint nghttpx-squid; do
+for t in $([ "${EXTRAS:-1}" = 1 ] && echo waypoint nghttpx-squid); do
     start_target "$t"
     hs=$(load --churn -c 8 -d "${DUR}s" | field rps)
     # squid gives every tunnel an origin connection and its descriptors run out long before 10,000: the reference
@@ -135,6 +145,7 @@ for t in waypoint nghttpx-squid; do
 done
 
 # Balance: 4 connections x 50 tunnels against two workers; each worker should carry 100 tunnels and burn CPU.
+if [ "${EXTRAS:-1}" = 1 ]; then
 taskset -c 0,1 "$BIN" run --config "$work/waypoint.yaml" --workers 2 --access-log off --http-listen 127.0.0.1:0 \
     --admin-listen 127.0.0.1:19000 --hbone-listen $HBONE --cert "$work/waypoint.pem" --key "$work/waypoint.key" \
     --ca "$work/ca.pem" >"$work/balance.log" 2>&1 &
@@ -145,6 +156,7 @@ balance_tunnels=$(curl -s http://127.0.0.1:19000/stats/prometheus | grep '^waypo
 balance_cpu=$(for t in /proc/$BPID/task/*; do awk '{print $14 + $15}' $t/stat; done | sort -rn | head -2 | paste -sd/)
 wait $LPID; kill $BPID; wait $BPID 2>/dev/null || true
 echo "balance (4 conns x 50 tunnels, 2 workers): tunnels per worker $balance_tunnels; CPU ticks of the two busiest threads $balance_cpu; $(cat "$work/balance.out")"
+fi
 
 python3 - "$results" "$extra" <<'PY'
 import csv, statistics, sys

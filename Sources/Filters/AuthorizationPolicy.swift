@@ -111,20 +111,35 @@ public struct AuthorizationRequest {
 
     public init() {}
 
-    /// The HTTP attributes: Host (lower-cased, port stripped), method, normalized path without query, headers.
+    /// The HTTP attributes: Host (lower-cased, port stripped), method, normalized path without query, and the
+    /// parsed head for header conditions (looked up only when a policy has one).
     public struct HTTP {
         public var host: UnsafeRawBufferPointer
         public var method: UnsafeRawBufferPointer
         public var path: UnsafeRawBufferPointer
-        /// The value of a header by lower-case name, duplicates joined with `,` (as Envoy presents them).
-        public var header: ([UInt8]) -> [UInt8]?
+        public var head: RequestHead?
+        public var headBytes: UnsafeRawBufferPointer
 
         public init(host: UnsafeRawBufferPointer, method: UnsafeRawBufferPointer, path: UnsafeRawBufferPointer,
-                    header: @escaping ([UInt8]) -> [UInt8]?) {
+                    head: RequestHead? = nil, headBytes: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0)) {
             self.host = host
             self.method = method
             self.path = path
-            self.header = header
+            self.head = head
+            self.headBytes = headBytes
+        }
+
+        /// A header's value by lower-case name; repeated headers joined with `,` (as Envoy presents them), so a
+        /// second copy of a header can neither hide nor replace the first.
+        public func header(_ name: [UInt8]) -> [UInt8]? {
+            guard let head else { return nil }
+            var value: [UInt8]? = nil
+            for field in head.headers where Int(field.name.count) == name.count {
+                let fieldName = field.name.bytes(in: headBytes)
+                guard zip(fieldName, name).allSatisfy({ HTTP1Parser.lowercased($0) == $1 }) else { continue }
+                if value == nil { value = Array(field.value.bytes(in: headBytes)) } else { value! += [0x2C] + field.value.bytes(in: headBytes) }
+            }
+            return value
         }
     }
 }
@@ -140,7 +155,14 @@ public enum AuthorizationDecision: Equatable, Sendable {
     public var isAllowed: Bool { if case .allow = self { return true } else { return false } }
 }
 
-/// The policies that apply to one destination, grouped by action in Istio's evaluation order.
+/// The policies that apply to one destination, grouped by action in Istio's evaluation order, and indexed so
+/// that a decision does not walk every policy.
+///
+/// The index: a policy whose every rule requires exact `principals` can only match those principals, so it is
+/// filed under each of them; the rest are always evaluated. A request then evaluates the policies filed under
+/// its principal plus the unfiled ones (measured: 1,000 principal-keyed policies cost about what 1 does).
+/// Which matching policy is named can differ from declaration order; the decision cannot, since any matching
+/// DENY denies and any matching ALLOW allows.
 ///
 /// Pure and immutable. Thread: any. Ownership: the config snapshot.
 public struct PolicySet: Sendable {
@@ -148,6 +170,8 @@ public struct PolicySet: Sendable {
     public let deny: [AuthorizationPolicy]
     public let allow: [AuthorizationPolicy]
     public let audit: [AuthorizationPolicy]
+    private let denyIndex: PrincipalIndex
+    private let allowIndex: PrincipalIndex
 
     public static let empty = PolicySet(policies: [])
 
@@ -156,6 +180,8 @@ public struct PolicySet: Sendable {
         deny = policies.filter { $0.action == .deny }
         allow = policies.filter { $0.action == .allow }
         audit = policies.filter { $0.action == .audit }
+        denyIndex = PrincipalIndex(deny)
+        allowIndex = PrincipalIndex(allow)
     }
 
     public var isEmpty: Bool { custom.isEmpty && deny.isEmpty && allow.isEmpty && audit.isEmpty }
@@ -168,11 +194,57 @@ public struct PolicySet: Sendable {
     /// `audited` receives the AUDIT policies that match (they never change the decision).
     public func evaluate(_ request: AuthorizationRequest, audited: (String) -> Void = { _ in }) -> AuthorizationDecision {
         for policy in custom where Self.matches(policy, request, deny: true) { return .deny(policy: policy.name) }
-        for policy in deny where Self.matches(policy, request, deny: true) { return .deny(policy: policy.name) }
+        if let policy = denyIndex.firstMatch(deny, request, deny: true) { return .deny(policy: policy.name) }
         for policy in audit where Self.matches(policy, request, deny: false) { audited(policy.name) }
         if allow.isEmpty { return .allow(policy: nil) }
-        for policy in allow where Self.matches(policy, request, deny: false) { return .allow(policy: policy.name) }
+        if let policy = allowIndex.firstMatch(allow, request, deny: false) { return .allow(policy: policy.name) }
         return .deny(policy: nil)
+    }
+
+    /// Policies filed by the exact principals they require; the others are always candidates.
+    struct PrincipalIndex: Sendable {
+        var byPrincipal: [String: [Int32]] = [:]
+        var unfiled: [Int32] = []
+
+        init(_ policies: [AuthorizationPolicy]) {
+            for (i, policy) in policies.enumerated() {
+                if let principals = Self.requiredPrincipals(policy) {
+                    for p in principals { byPrincipal[p, default: []].append(Int32(i)) }
+                } else {
+                    unfiled.append(Int32(i))
+                }
+            }
+        }
+
+        /// The exact principals a policy can match, or nil when any principal (or none) might match.
+        static func requiredPrincipals(_ policy: AuthorizationPolicy) -> Set<String>? {
+            var all: Set<String> = []
+            for rule in policy.rules {
+                guard !rule.from.isEmpty else { return nil }
+                for source in rule.from {
+                    guard let principals = source.principals else { return nil }
+                    for p in principals {
+                        guard case .exact(let bytes) = p else { return nil }
+                        all.insert(String(decoding: bytes, as: UTF8.self))
+                    }
+                }
+            }
+            return all
+        }
+
+        func firstMatch(_ policies: [AuthorizationPolicy], _ request: AuthorizationRequest, deny: Bool) -> AuthorizationPolicy? {
+            if let principal = request.principal, let filed = byPrincipal[principal] {
+                for i in filed where PolicySet.matches(policies[Int(i)], request, deny: deny) { return policies[Int(i)] }
+            }
+            for i in unfiled where PolicySet.matches(policies[Int(i)], request, deny: deny) { return policies[Int(i)] }
+            return nil
+        }
+    }
+
+    /// The index of the first rule of `policy` that matches (for `waypoint explain`), nil when none does.
+    public static func matchingRule(_ policy: AuthorizationPolicy, _ request: AuthorizationRequest) -> Int? {
+        let deny = policy.action == .deny || policy.action == .custom
+        return policy.rules.firstIndex { rule in matches(AuthorizationPolicy(name: "", action: policy.action, rules: [rule]), request, deny: deny) }
     }
 
     /// `deny` selects Istio's rule for attributes the traffic does not have (HTTP fields on a TCP tunnel,
@@ -196,13 +268,18 @@ public struct PolicySet: Sendable {
             let hit = ip.map { ip in blocks.contains { $0.contains(ip) } } ?? false
             return negate ? !hit : hit
         }
-        let account = r.namespace.flatMap { ns in r.serviceAccount.map { "\(ns)/\($0)" } }
-        return check(source.principals, r.principal, negate: false) && check(source.notPrincipals, r.principal, negate: true)
+        guard check(source.principals, r.principal, negate: false) && check(source.notPrincipals, r.principal, negate: true)
             && check(source.namespaces, r.namespace, negate: false) && check(source.notNamespaces, r.namespace, negate: true)
-            && check(source.serviceAccounts, account, negate: false) && check(source.notServiceAccounts, account, negate: true)
-            && check(source.trustDomains, r.trustDomain, negate: false)
+        else { return false }
+        guard check(source.trustDomains, r.trustDomain, negate: false)
             && check(source.ipBlocks, r.sourceIP, negate: false) && check(source.notIpBlocks, r.sourceIP, negate: true)
             && check(source.remoteIpBlocks, r.sourceIP, negate: false) && check(source.notRemoteIpBlocks, r.sourceIP, negate: true)
+        else { return false }
+        if source.serviceAccounts != nil || source.notServiceAccounts != nil {
+            let account = r.namespace.flatMap { ns in r.serviceAccount.map { "\(ns)/\($0)" } }  // `ns/sa`, built only when asked
+            guard check(source.serviceAccounts, account, negate: false) && check(source.notServiceAccounts, account, negate: true) else { return false }
+        }
+        return true
     }
 
     static func matches(_ operation: AuthorizationPolicy.Operation, _ r: AuthorizationRequest, deny: Bool) -> Bool {

@@ -49,6 +49,8 @@ final class AccessLog {
         appendOptional(entry.upstream)
         out.append(",\"route_name\":")
         appendOptional(entry.route)
+        out.append(",\"authorization_policy\":")
+        appendOptional(entry.policy)
         out.append("}\n")
         if out.readableBytes > 12 * 1024 { flush() }
     }
@@ -66,12 +68,14 @@ final class AccessLog {
         var principal: String?
         var status: Int
         /// Envoy response flags: `-`, `UF` (upstream connect failure), `UC` (upstream closed), `NR` (no route),
-        /// `UH` (no healthy upstream), `DC` (downstream closed).
+        /// `UH` (no healthy upstream), `DC` (downstream closed), `RBAC` (denied by authorization).
         var flags: StaticString
         var bytesReceived: Int
         var bytesSent: Int
         var upstream: String?
         var route: String?
+        /// The AuthorizationPolicy that allowed or denied the request, if one decided.
+        var policy: String? = nil
     }
 
     /// A JSON string, or `null`.

@@ -71,6 +71,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private var bytesReceived = 0
     private var bytesSent = 0
     private var routeName: String?
+    private var decidingPolicy: String?
     private var upstreamAddress: String?
     private let logFields: ByteBuffer
     private var logMethod = 0, logPath = 0
@@ -277,9 +278,11 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         bytesReceived = length
         if server.accessLog != nil { keepLogFields(headBytes) }
 
-        switch server.router.route(head, headBytes, destination: destination, peer: peer) {
+        let decision = server.router.route(head, headBytes, destination: destination, peer: peer)
+        decidingPolicy = server.router.lastDecidingPolicy
+        switch decision {
         case .reply(let reply):
-            flags = reply == .noRoute ? "NR" : reply == .noHealthyUpstream ? "UH" : "-"
+            flags = reply == .noRoute ? "NR" : reply == .noHealthyUpstream ? "UH" : reply == .rbacDenied || reply == .mtlsRequired ? "RBAC" : "-"
             discardingBody = true
             input.consume(length)
             replyLocally(reply)
@@ -433,6 +436,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         bytesSent = 0
         flags = "-"
         routeName = nil
+        decidingPolicy = nil
         upstreamAddress = nil
         upstreamPaused = false
         headStartedAt = server.loop.now
@@ -609,7 +613,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             path: hasFields ? UnsafeRawBufferPointer(rebasing: fields[logMethod..<logPath]) : UnsafeRawBufferPointer(start: nil, count: 0),
             authority: hasFields ? UnsafeRawBufferPointer(rebasing: fields[logPath...]) : UnsafeRawBufferPointer(start: nil, count: 0),
             protocol: "HTTP/1.1", client: peer.sourceAddress, principal: peer.identity?.principal, status: status, flags: flags, bytesReceived: bytesReceived, bytesSent: bytesSent,
-            upstream: upstreamAddress, route: routeName))
+            upstream: upstreamAddress, route: routeName, policy: decidingPolicy))
         logFields.clear()
         logMethod = 0
         logPath = 0

@@ -27,6 +27,7 @@ final class H2CExchange {
     var start = 0.0
     var status = 0
     var route: String?
+    var policy: String?
     var upstreamAddress: String?
 
     init(downstreamID: Int32) { self.downstreamID = downstreamID }
@@ -166,6 +167,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession {
             }
             return server.router.route(request, bytes, destination: destination, peer: peer)
         }
+        exchange.policy = server.router.lastDecidingPolicy
         switch decision {
         case .reply(let reply):
             replyLocally(exchange, reply)
@@ -309,7 +311,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession {
                     log.record(AccessLog.Entry(
                         startTime: exchange.start, duration: server.loop.now - exchange.start, method: m, path: p, authority: a,
                         protocol: "HTTP/2", client: peer.sourceAddress, principal: peer.identity?.principal, status: exchange.status,
-                        flags: "-", bytesReceived: 0, bytesSent: 0, upstream: exchange.upstreamAddress, route: exchange.route))
+                        flags: "-", bytesReceived: 0, bytesSent: 0, upstream: exchange.upstreamAddress, route: exchange.route,
+                        policy: exchange.policy))
                 }
             }
         }

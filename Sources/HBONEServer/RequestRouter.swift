@@ -19,6 +19,8 @@ public protocol RequestRouter: AnyObject {
     /// Authorizes and routes a request: by its Host header, or, inside a tunnel, by the tunnel's `destination`.
     /// `peer` is who sent it (the principal is nil on the plaintext listener). A denial is a `.reply`.
     func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts) -> RouteDecision
+    /// The policy that decided the last `route` call (allowed or denied it), nil when none did; for the access log.
+    var lastDecidingPolicy: String? { get }
     /// Authorizes a byte-stream (TCP) tunnel to `destination` before anything reaches the upstream: only
     /// connection attributes are known (Istio: DENY rules with HTTP-only fields match, ALLOW rules with them do not).
     func authorizeTCP(to destination: Destination, peer: PeerFacts) -> Bool

@@ -45,14 +45,35 @@ public final class WorkerCounters: Sendable {
     // MARK: Authorization
     public let authorizationAllowed = Atomic<Int>(0)
     public let authorizationDenied = Atomic<Int>(0)
-    /// Decisions by policy name and result (allow, deny, audit). A lock, but only taken when a policy decided,
-    /// and the scrape is its only other user.
-    public let policyDecisions = Mutex<[String: Int]>([:])
+    /// Denials because ALLOW policies applied and none matched.
+    public let authorizationNoAllowMatched = Atomic<Int>(0)
+    /// Decisions by policy: the worker counts into the current `CounterArray` (no lock); a config swap folds
+    /// its counts into `retired` under the lock, which the scrape also takes.
+    private let policyCounts = Mutex<(current: CounterArray?, retired: [String: Int])>((nil, [:]))
 
     public init() {}
 
-    public func countPolicy(_ policy: String, _ result: StaticString) {
-        policyDecisions.withLock { $0["\(policy)|\(result)", default: 0] += 1 }
+    /// Worker thread, at a config swap: a fresh array for `labels` (`policy|result` per entry).
+    public func publishPolicyCounters(labels: [String]) -> CounterArray {
+        let fresh = CounterArray(labels: labels)
+        policyCounts.withLock { state in
+            if let old = state.current {
+                for (i, label) in old.labels.enumerated() where old.value(i) > 0 { state.retired[label, default: 0] += old.value(i) }
+            }
+            state.current = fresh
+        }
+        return fresh
+    }
+
+    /// Any thread: totals by `policy|result`.
+    public func policyDecisionTotals() -> [String: Int] {
+        policyCounts.withLock { state in
+            var totals = state.retired
+            if let current = state.current {
+                for (i, label) in current.labels.enumerated() where current.value(i) > 0 { totals[label, default: 0] += current.value(i) }
+            }
+            return totals
+        }
     }
 
     func countHandshakeFailure(_ reason: String) {
@@ -92,7 +113,7 @@ public final class CounterArray: @unchecked Sendable {
     public let labels: [String]
     private let storage: UnsafeMutablePointer<Atomic<Int>>
 
-    init(labels: [String]) {
+    public init(labels: [String]) {
         self.labels = labels
         storage = .allocate(capacity: labels.count)
         for i in 0..<labels.count { (storage + i).initialize(to: Atomic(0)) }
@@ -103,7 +124,7 @@ public final class CounterArray: @unchecked Sendable {
         storage.deallocate()
     }
 
-    func increment(_ index: Int) { storage[index].increment() }
+    public func increment(_ index: Int) { storage[index].increment() }
 
     public func value(_ index: Int) -> Int { storage[index].value }
 }

@@ -16,7 +16,7 @@ struct WaypointCommand: ParsableCommand {
         commandName: "waypoint",
         abstract: "An L7 waypoint proxy for sidecarless service meshes.",
         discussion: "Every flag can also be set as WAYPOINT_<FLAG> in the environment (e.g. WAYPOINT_HTTP_LISTEN).",
-        subcommands: [Run.self, Check.self, Origin.self, Demo.self, HBONEClient.self, HBONELoad.self, Version.self],
+        subcommands: [Run.self, Check.self, Explain.self, Origin.self, Demo.self, HBONEClient.self, HBONELoad.self, Version.self],
         defaultSubcommand: Run.self)
 
     /// Parses the command line plus `WAYPOINT_*` variables and runs the chosen subcommand.

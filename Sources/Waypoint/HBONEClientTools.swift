@@ -13,6 +13,7 @@ final class NoRoutes: RequestRouter {
         .reply(.noRoute)
     }
     func authorizeTCP(to destination: Destination, peer: PeerFacts) -> Bool { false }
+    var lastDecidingPolicy: String? { nil }
     func destination(for address: SocketAddress) -> Destination? { nil }
     func isReachable(_ destination: Destination) -> Bool { false }
     func pickEndpoint(for destination: Destination) -> Int32? { nil }

@@ -289,8 +289,8 @@ final class Runtime {
             ("{result=\"allow\"}", sum { $0.authorizationAllowed.value }),
             ("{result=\"deny\"}", sum { $0.authorizationDenied.value }),
         ])
-        var byPolicy: [String: Int] = [:]
-        for worker in workers { worker.counters.policyDecisions.withLock { byPolicy.merge($0, uniquingKeysWith: +) } }
+        var byPolicy: [String: Int] = ["(no ALLOW policy matched)|deny": sum { $0.authorizationNoAllowMatched.value }]
+        for worker in workers { byPolicy.merge(worker.counters.policyDecisionTotals(), uniquingKeysWith: +) }
         metric("waypoint_authorization_policy_decisions_total", "counter", "Decisions made by a policy (or by no ALLOW policy matching).",
                byPolicy.sorted { $0.key < $1.key }.map { key, value in
                    let parts = key.split(separator: "|", maxSplits: 1)

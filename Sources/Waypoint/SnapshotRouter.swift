@@ -10,6 +10,10 @@ import WaypointCore
 /// Thread: its worker's loop thread only. Ownership: the worker; it swaps the snapshot when one is posted.
 final class SnapshotRouter: RequestRouter {
     private(set) var snapshot: Snapshot
+    private(set) var lastDecidingPolicy: String?
+    /// Per policy of the snapshot: its slot in `policyCounters` (allow at 3i, deny at 3i+1, audit at 3i+2).
+    private var policySlots: [String: Int] = [:]
+    private var policyCounters: CounterArray
     /// The worker's counters (authorization decisions).
     private let counters: WorkerCounters
     /// Next round-robin position per cluster of `snapshot`.
@@ -19,16 +23,19 @@ final class SnapshotRouter: RequestRouter {
     init(snapshot: Snapshot, seed: UInt64, counters: WorkerCounters) {
         self.snapshot = snapshot
         self.counters = counters
+        (policySlots, policyCounters) = Self.policyCounters(snapshot, counters)
         roundRobin = Array(repeating: 0, count: snapshot.clusters.count)
         random = FastRandom(seed: seed)
     }
 
     func replace(_ next: Snapshot) {
         snapshot = next
+        (policySlots, policyCounters) = Self.policyCounters(next, counters)
         roundRobin = Array(repeating: 0, count: next.clusters.count)
     }
 
     func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts) -> RouteDecision {
+        lastDecidingPolicy = nil
         // Which virtual host (service) this is for: the tunnel's destination, else the Host header.
         var host: Int32 = -1
         var port: UInt16? = nil
@@ -72,27 +79,16 @@ final class SnapshotRouter: RequestRouter {
     private func authorize(_ policies: PolicySet, _ head: RequestHead, _ bytes: UnsafeRawBufferPointer, peer: PeerFacts,
                            port: UInt16?) -> Bool {
         var request = Self.connectionAttributes(peer, port: port)
-        // Host: lower-cased, without its port (hosts compare case-insensitively: CVE-2021-39155).
+        // Host: lower-cased, without its port (hosts compare case-insensitively: CVE-2021-39155); on the stack.
         let (name, _) = RouteTable<RouteAction>.split(head.host.bytes(in: bytes))
-        let host = (name.map { Array($0) } ?? []).map(HTTP1Parser.lowercased)
-        return host.withUnsafeBytes { host in
+        let host = name ?? UnsafeRawBufferPointer(start: nil, count: 0)
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: max(host.count, 1)) { lower in
+            for i in 0..<host.count { lower[i] = HTTP1Parser.lowercased(host[i]) }
             request.http = AuthorizationRequest.HTTP(
-                host: host, method: head.method.bytes(in: bytes), path: head.path.bytes(in: bytes),
-                header: { name in Self.headerValue(head, bytes, name) })
+                host: UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: lower[0..<host.count])),
+                method: head.method.bytes(in: bytes), path: head.path.bytes(in: bytes), head: head, headBytes: bytes)
             return record(policies.evaluate(request, audited: audited))
         }
-    }
-
-    /// A header's value by lower-case name; repeated headers joined with `,` (as Envoy presents them), so a
-    /// second copy of a header can neither hide nor replace the first.
-    private static func headerValue(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, _ name: [UInt8]) -> [UInt8]? {
-        var value: [UInt8]? = nil
-        for field in head.headers where Int(field.name.count) == name.count {
-            let fieldName = field.name.bytes(in: bytes)
-            guard zip(fieldName, name).allSatisfy({ HTTP1Parser.lowercased($0) == $1 }) else { continue }
-            if value == nil { value = Array(field.value.bytes(in: bytes)) } else { value! += [0x2C] + field.value.bytes(in: bytes) }
-        }
-        return value
     }
 
     private static func connectionAttributes(_ peer: PeerFacts, port: UInt16?) -> AuthorizationRequest {
@@ -116,16 +112,34 @@ final class SnapshotRouter: RequestRouter {
         switch decision {
         case .allow(let policy):
             counters.authorizationAllowed.increment()
-            if let policy { counters.countPolicy(policy, "allow") }
+            if let policy { count(policy, 0) }
             return true
         case .deny(let policy):
             counters.authorizationDenied.increment()
-            counters.countPolicy(policy ?? "(no ALLOW policy matched)", "deny")
+            if let policy { count(policy, 1) } else { counters.authorizationNoAllowMatched.increment() }
             return false
         }
     }
 
-    private var audited: (String) -> Void { { [counters] policy in counters.countPolicy(policy, "audit") } }
+    private func count(_ policy: String, _ result: Int) {
+        lastDecidingPolicy = policy
+        if let slot = policySlots[policy] { policyCounters.increment(slot + result) }
+    }
+
+    private var audited: (String) -> Void {
+        { [unowned(unsafe) self] policy in if let slot = self.policySlots[policy] { self.policyCounters.increment(slot + 2) } }
+    }
+
+    /// Slots for every policy of `snapshot`, and the worker's fresh counters for them.
+    private static func policyCounters(_ snapshot: Snapshot, _ counters: WorkerCounters) -> ([String: Int], CounterArray) {
+        var names: [String] = []
+        for set in snapshot.authorization + [snapshot.unmatchedHostPolicies] {
+            for policy in set.custom + set.deny + set.allow + set.audit where !names.contains(policy.name) { names.append(policy.name) }
+        }
+        var slots: [String: Int] = [:]
+        for (i, name) in names.enumerated() { slots[name] = 3 * i }
+        return (slots, counters.publishPolicyCounters(labels: names.flatMap { ["\($0)|allow", "\($0)|deny", "\($0)|audit"] }))
+    }
 
     func isReachable(_ destination: Destination) -> Bool {
         destination.cluster < 0 || !snapshot.clusters[Int(destination.cluster)].endpoints.isEmpty

@@ -178,3 +178,22 @@ def test_bad_policy_is_a_config_error_naming_the_field(workdir):
     assert out.returncode == 1
     assert "requestPrincipals needs JWT authentication" in out.stdout
     assert "AuthorizationPolicy default/bad" in out.stdout
+
+
+def test_explain_names_the_deciding_policy_and_rule(workdir):
+    path = workdir / "explain.yaml"
+    path.write_text(service_yaml("web", [("127.0.0.1", 9)], cluster_ip=VIP) + ALLOW_FRONTEND + DENY_ADMIN)
+
+    def explain(*args):
+        out = subprocess.run([str(BINARY), "explain", "--config", str(path), *args], capture_output=True, text=True)
+        return out.stdout
+
+    denied = explain("--tunnel", f"{VIP}:80", "--principal", "cluster.local/ns/default/sa/frontend", "--path", "/public/../admin/x")
+    assert "request: GET /admin/x" in denied
+    assert "authorization: denied by DENY default/deny-admin, rule 0" in denied
+    assert "result: 403 RBAC: access denied" in denied
+    allowed = explain("--tunnel", f"{VIP}:80", "--principal", "cluster.local/ns/default/sa/frontend", "--path", "/ok")
+    assert "authorization: allowed by ALLOW default/allow-frontend, rule 0" in allowed
+    assert "result: forwarded by route default/web to endpoint 127.0.0.1:9" in allowed
+    nobody = explain("--host", "web", "--path", "/ok")
+    assert "authorization: denied (ALLOW policies apply and none matched)" in nobody

@@ -105,12 +105,16 @@ import WaypointCore
                          headers: [String: String] = [:], http: Bool = true) -> AuthorizationDecision {
         var (r, storage) = request(principal: principal, ip: ip, method: method, path: path, host: host, port: port)
         return storage[0].withUnsafeBytes { h in storage[1].withUnsafeBytes { m in storage[2].withUnsafeBytes { p in
-            if http {
-                r.http = AuthorizationRequest.HTTP(host: h, method: m, path: p) { name in
-                    headers[String(decoding: name, as: UTF8.self)].map { Array($0.utf8) }
-                }
+            guard http else { return PolicySet(policies: policies).evaluate(r) }
+            var text = "GET / HTTP/1.1\r\nhost: x\r\n"
+            for (name, value) in headers { text += "\(name): \(value)\r\n" }
+            let raw = Array((text + "\r\n").utf8)
+            return raw.withUnsafeBytes { rawBytes in
+                var head = RequestHead()
+                _ = HTTP1Parser.parseRequest(rawBytes, into: &head)
+                r.http = AuthorizationRequest.HTTP(host: h, method: m, path: p, head: head, headBytes: rawBytes)
+                return PolicySet(policies: policies).evaluate(r)
             }
-            return PolicySet(policies: policies).evaluate(r)
         } } }
     }
 

@@ -1,0 +1,153 @@
+import ArgumentParser
+import EventLoop
+import Filters
+import HBONEServer
+import HTTPRouter
+import WaypointConfig
+import WaypointCore
+
+extension WaypointCommand {
+    /// `waypoint explain`: runs one synthetic request through the same router and authorization code as the
+    /// proxy, against the given manifests, and says what happens to it and why.
+    struct Explain: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show how a request would be authorized and routed: the deciding policy and rule, the route, the backends.",
+            discussion: """
+            Example: waypoint explain --config ./manifests --tunnel 10.96.0.10:80 --principal cluster.local/ns/default/sa/frontend \\
+                       --method POST --path /admin/users --header x-user=alice
+            """)
+
+        @Option(name: .long, help: "Manifest file or directory (repeatable).")
+        var config: [String] = []
+
+        @Option(name: .long, help: "Namespace for manifests without one.")
+        var namespace = "default"
+
+        @Option(name: .long, help: "The HBONE :authority (service VIP:port) the request arrives through; without it, the plaintext listener.")
+        var tunnel: String?
+
+        @Option(name: .long, help: "Host header.")
+        var host = "web"
+
+        @Option(name: .long, help: "Method.")
+        var method = "GET"
+
+        @Option(name: .long, help: "Request path (and query), before normalization.")
+        var path = "/"
+
+        @Option(name: .long, help: "Header NAME=VALUE (repeatable).")
+        var header: [String] = []
+
+        @Option(name: .long, help: "Source principal (TD/ns/NS/sa/SA); none means plaintext.")
+        var principal: String?
+
+        @Option(name: .long, help: "Source IP.")
+        var sourceIP = "10.0.0.1"
+
+        @Option(name: .long, help: "Path normalization, as `run`.")
+        var pathNormalization = PathNormalizationArgument.base
+
+        @Option(name: .long, help: "Layered authorization, as `run`.")
+        var layeredAuthorization = Toggle.on
+
+        func validate() throws {
+            if config.isEmpty { throw ValidationError("--config is required") }
+            if let principal, SpiffeIdentity(uri: "spiffe://" + principal) == nil {
+                throw ValidationError("--principal must look like cluster.local/ns/NS/sa/SA")
+            }
+            if tunnel != nil && principal == nil { throw ValidationError("--tunnel needs --principal (HBONE is mutual TLS)") }
+        }
+
+        func run() throws {
+            let spec: ConfigSpec
+            do {
+                spec = try ManifestLoader.load(paths: config, defaultNamespace: namespace)
+            } catch {
+                for e in error.errors { print("error: \(e)") }
+                throw ExitCode(1)
+            }
+            var compiler = SnapshotCompiler(namespace: namespace)
+            compiler.layeredAuthorization = layeredAuthorization == .on
+            let snapshot = compiler.compile(spec, generation: 1)
+            var destination: Destination? = nil
+            if let tunnel {
+                guard let address = SocketAddress(tunnel), let found = snapshot.destinations[address] else {
+                    print("tunnel: CONNECT \(tunnel) refused with 400: not a service or endpoint served here")
+                    throw ExitCode(1)
+                }
+                destination = found
+                print("tunnel: CONNECT \(tunnel) → \(found.name) (\(found.innerProtocol))")
+            }
+            let identity = principal.flatMap { SpiffeIdentity(uri: "spiffe://" + $0) }
+            let peer = PeerFacts(identity: identity, sourceIP: sourceIP, sourceAddress: sourceIP, destinationIP: destination.map { _ in tunnel!.split(separator: ":").first.map(String.init) ?? "" } ?? nil)
+
+            var text = "\(method) \(path) HTTP/1.1\r\nhost: \(host)\r\n"
+            for h in header {
+                let parts = h.split(separator: "=", maxSplits: 1)
+                text += "\(parts[0]): \(parts.count > 1 ? parts[1] : "")\r\n"
+            }
+            var bytes = Array((text + "\r\n").utf8)
+            var head = RequestHead()
+            let parsed = bytes.withUnsafeBytes { HTTP1Parser.parseRequest($0, into: &head) }
+            guard case .complete = parsed else {
+                print("request: rejected by the HTTP/1.1 parser: \(parsed)")
+                throw ExitCode(1)
+            }
+            // The proxy's normalization, in place, exactly as `run` does it.
+            let normalized: Int? = bytes.withUnsafeMutableBytes { raw in
+                pathNormalization.mode.normalize(UnsafeMutableRawBufferPointer(rebasing: raw[Int(head.path.start)..<Int(head.path.start + head.path.count)]))
+            }
+            guard let normalized else {
+                print("request: 400, the path is refused by normalization (\(pathNormalization.rawValue))")
+                return
+            }
+            head.path.count = Int32(normalized)
+            bytes.withUnsafeBytes { print("request: \(method) \(head.path.string(in: $0)) host \(host) from \(principal ?? "plaintext (no principal)")") }
+
+            let router = SnapshotRouter(snapshot: snapshot, seed: 1, counters: WorkerCounters())
+            let decision = bytes.withUnsafeBytes { router.route(head, $0, destination: destination, peer: peer) }
+            explainAuthorization(snapshot, router, head, bytes, destination, peer)
+            switch decision {
+            case .reply(let reply):
+                print("result: \(reply.status) \(reply.body.description.trimmingCharacters(in: .newlines))")
+            case .forward(let endpoint, let route):
+                print("result: forwarded by route \(route) to endpoint \(snapshot.endpoints[Int(endpoint)])")
+            }
+        }
+
+        /// Which policies applied, and which policy and rule decided.
+        private func explainAuthorization(_ snapshot: Snapshot, _ router: SnapshotRouter, _ head: RequestHead, _ bytes: [UInt8],
+                                          _ destination: Destination?, _ peer: PeerFacts) {
+            var index: Int32 = destination?.virtualHost ?? -1
+            if destination == nil, let found = bytes.withUnsafeBytes({ snapshot.routes.virtualHost(forHost: head.host.bytes(in: $0)) }) {
+                index = found.index
+            }
+            let set = index >= 0 ? snapshot.authorization[Int(index)] : snapshot.unmatchedHostPolicies
+            if index >= 0 && snapshot.strictMTLS[Int(index)] { print("peer authentication: STRICT (plaintext is refused)") }
+            let all = set.custom + set.deny + set.audit + set.allow
+            print("policies applying: " + (all.isEmpty ? "none" : all.map { "\($0.action.rawValue) \($0.name)" }.joined(separator: ", ")))
+            guard let name = router.lastDecidingPolicy, let policy = all.first(where: { $0.name == name }) else {
+                print(set.allow.isEmpty ? "authorization: allowed (no ALLOW policy applies)" :
+                        "authorization: denied (ALLOW policies apply and none matched)")
+                return
+            }
+            var request = AuthorizationRequest()
+            request.principal = peer.identity?.principal
+            request.namespace = peer.identity?.namespace
+            request.serviceAccount = peer.identity?.serviceAccount
+            request.trustDomain = peer.identity?.trustDomain
+            request.sourceIP = peer.sourceIPBytes
+            request.destinationPort = destination?.port
+            let rule: Int? = bytes.withUnsafeBytes { raw in
+                let host = Array(head.host.bytes(in: raw)).map(HTTP1Parser.lowercased)
+                return host.withUnsafeBytes { h in
+                    request.http = AuthorizationRequest.HTTP(host: h, method: head.method.bytes(in: raw), path: head.path.bytes(in: raw),
+                                                             head: head, headBytes: raw)
+                    return PolicySet.matchingRule(policy, request)
+                }
+            }
+            let verdict = policy.action == .allow ? "allowed" : "denied"
+            print("authorization: \(verdict) by \(policy.action.rawValue) \(policy.name)\(rule.map { ", rule \($0)" } ?? "")")
+        }
+    }
+}

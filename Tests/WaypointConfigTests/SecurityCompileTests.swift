@@ -1,0 +1,97 @@
+import Filters
+import Testing
+import WaypointConfig
+import WaypointCore
+
+private let services = """
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: shop}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: other, namespace: blog}
+spec: {ports: [{name: http, port: 80}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: shop}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+"""
+
+private func policy(_ name: String, _ namespace: String, _ spec: String) -> String {
+    "\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: \(name), namespace: \(namespace)}\nspec:\n\(spec)\n"
+}
+
+/// Which policies apply to which service's virtual host, by name.
+private func applying(_ yaml: String, layered: Bool = true) throws -> [String: [String]] {
+    let spec = try ManifestLoader.load(text: services + yaml, file: "p.yaml", defaultNamespace: "shop")
+    var compiler = SnapshotCompiler(namespace: "shop")
+    compiler.layeredAuthorization = layered
+    let snapshot = compiler.compile(spec, generation: 1)
+    var result: [String: [String]] = [:]
+    for (host, name) in [("web.shop", "web"), ("api.shop", "api"), ("other.blog", "other")] {
+        let index = Array(host.utf8).withUnsafeBytes { snapshot.routes.virtualHost(forHost: $0)!.index }
+        let set = snapshot.authorization[Int(index)]
+        result[name] = (set.custom + set.deny + set.allow + set.audit).map(\.name).sorted()
+    }
+    return result
+}
+
+@Suite struct PolicyScopeTests {
+    @Test func serviceTargetRefAppliesToThatServiceOnly() throws {
+        let scope = try applying(policy("p", "shop", "  targetRefs: [{kind: Service, group: \"\", name: web}]\n  rules: [{}]"))
+        #expect(scope == ["web": ["shop/p"], "api": [], "other": []])
+    }
+
+    @Test func gatewayTargetRefAppliesToAllTraffic() throws {
+        let scope = try applying(policy("p", "shop", "  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]\n  action: DENY\n  rules: [{}]"))
+        #expect(scope == ["web": ["shop/p"], "api": ["shop/p"], "other": ["shop/p"]])
+    }
+
+    @Test func namespaceAndRootPoliciesAreLayered() throws {
+        let yaml = policy("ns-wide", "shop", "  {}") + policy("mesh-wide", "istio-system", "  action: DENY\n  rules: [{}]")
+        #expect(try applying(yaml) == ["web": ["istio-system/mesh-wide", "shop/ns-wide"], "api": ["istio-system/mesh-wide", "shop/ns-wide"],
+                                       "other": ["istio-system/mesh-wide"]])
+        #expect(try applying(yaml, layered: false) == ["web": [], "api": [], "other": []])
+    }
+
+    @Test func selectorPoliciesAreIgnored() throws {
+        #expect(try applying(policy("p", "shop", "  selector: {matchLabels: {app: web}}\n  rules: [{}]")) == ["web": [], "api": [], "other": []])
+    }
+}
+
+@Suite struct PrincipalIndexTests {
+    /// The index must never change a decision: the same requests against the same policies, 300 of them keyed by
+    /// principal plus wildcard ones, decide as a plain walk would.
+    @Test(arguments: ["cluster.local/ns/a/sa/s7", "cluster.local/ns/a/sa/s299", "cluster.local/ns/a/sa/none", "cluster.local/ns/b/sa/x"])
+    func indexKeepsDecisions(principal: String) {
+        var policies: [AuthorizationPolicy] = []
+        for i in 0..<300 {
+            var source = AuthorizationPolicy.Source()
+            source.principals = [StringMatch("cluster.local/ns/a/sa/s\(i)")]
+            policies.append(AuthorizationPolicy(name: "allow-\(i)", action: .allow, rules: [.init(from: [source])]))
+        }
+        var prefix = AuthorizationPolicy.Source()
+        prefix.principals = [StringMatch("cluster.local/ns/b/*")]
+        policies.append(AuthorizationPolicy(name: "allow-b", action: .allow, rules: [.init(from: [prefix])]))
+        var request = AuthorizationRequest()
+        request.principal = principal
+        let expected: AuthorizationDecision
+        switch principal {
+        case "cluster.local/ns/a/sa/s7": expected = .allow(policy: "allow-7")
+        case "cluster.local/ns/a/sa/s299": expected = .allow(policy: "allow-299")
+        case "cluster.local/ns/b/sa/x": expected = .allow(policy: "allow-b")
+        default: expected = .deny(policy: nil)
+        }
+        #expect(PolicySet(policies: policies).evaluate(request) == expected)
+    }
+}
