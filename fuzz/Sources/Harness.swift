@@ -1,4 +1,5 @@
 import EventLoop
+import Filters
 import HTTPRouter
 import WaypointConfig
 import WaypointCore
@@ -36,6 +37,22 @@ enum Harness {
         }
         if let all, let consumed { precondition(all == consumed && whole.bodyBytes == split.bodyBytes, "split scan differs") }
         _ = table.ruleSet(forHost: data)
+        normalization(data)
+    }
+
+    /// Path normalization: never longer, always absolute, no `.` or `..` segment left, in every mode.
+    static func normalization(_ data: UnsafeRawBufferPointer) {
+        for mode in PathNormalization.allCases {
+            var bytes = Array(data)
+            guard let length = bytes.withUnsafeMutableBytes({ mode.normalize($0) }) else { continue }
+            precondition(length <= data.count, "normalization grew the path")
+            guard mode != .none else { continue }
+            let path = bytes[0..<length]
+            precondition(path.first == 0x2F, "normalized path is not absolute")
+            for segment in path.split(separator: 0x2F, omittingEmptySubsequences: false) {
+                precondition(!segment.elementsEqual([0x2E]) && !segment.elementsEqual([0x2E, 0x2E]), "dot segment left")
+            }
+        }
     }
 
     /// Kubernetes manifests: any text must load or fail with errors, and compile when it loads.
