@@ -132,14 +132,22 @@ public struct AuthorizationRequest {
         /// A header's value by lower-case name; repeated headers joined with `,` (as Envoy presents them), so a
         /// second copy of a header can neither hide nor replace the first.
         public func header(_ name: [UInt8]) -> [UInt8]? {
-            guard let head else { return nil }
-            var value: [UInt8]? = nil
+            let copies = headerCopies(name)
+            guard var value = copies.first else { return nil }
+            for copy in copies.dropFirst() { value += [0x2C] + copy }
+            return value
+        }
+
+        /// Every value of a header, one per line it came on.
+        public func headerCopies(_ name: [UInt8]) -> [[UInt8]] {
+            guard let head else { return [] }
+            var copies: [[UInt8]] = []
             for field in head.headers where Int(field.name.count) == name.count {
                 let fieldName = field.name.bytes(in: headBytes)
                 guard zip(fieldName, name).allSatisfy({ HTTP1Parser.lowercased($0) == $1 }) else { continue }
-                if value == nil { value = Array(field.value.bytes(in: headBytes)) } else { value! += [0x2C] + field.value.bytes(in: headBytes) }
+                copies.append(Array(field.value.bytes(in: headBytes)))
             }
-            return value
+            return copies
         }
     }
 }
@@ -307,6 +315,12 @@ public struct PolicySet: Sendable {
         case .requestHeader(let name):
             guard let http = r.http else { return deny }
             value = http.header(name)
+            // Istio matches the joined value. In a DENY rule we also match each copy, so that repeating a
+            // header (`x-user: ok` then `x-user: blocked`) cannot slip past a deny: stricter, never looser.
+            if deny, condition.values != nil {
+                let copies = http.headerCopies(name)
+                if copies.count > 1 && copies.contains(where: { valueMatches(condition, $0) }) { return true }
+            }
         case .sourceIP, .remoteIP:
             return ipCondition(condition, r.sourceIP)
         case .destinationIP:
@@ -317,7 +331,12 @@ public struct PolicySet: Sendable {
         case .connectionSNI: value = nil  // HBONE carries no SNI
         case .unsupported: return deny
         }
-        return value.withBytes { bytes in
+        return valueMatches(condition, value)
+    }
+
+    /// `values` (any, when given) and not `notValues`; an absent value matches neither list.
+    private static func valueMatches(_ condition: AuthorizationPolicy.Condition, _ value: [UInt8]?) -> Bool {
+        value.withBytes { bytes in
             let positive = condition.values.map { matchers in bytes.map { b in matchers.contains { $0.matches(b) } } ?? false } ?? true
             let negative = condition.notValues.map { matchers in bytes.map { b in matchers.contains { $0.matches(b) } } ?? false } ?? false
             return positive && !negative

@@ -95,6 +95,10 @@ def test_header_conditions_and_case(origin_factory, proxy_factory):
     assert http_request(proxy.port, "GET", "/", host="web", headers={"X-USER": "blocked"})[0] == 403
     assert http_request(proxy.port, "GET", "/", host="web", headers={"x-user": "fine"})[0] == 200
     assert http_request(proxy.port, "GET", "/", host="web")[0] == 200
+    # A repeated header cannot slip past the deny, whichever copy comes first.
+    for first, second in [("ok", "blocked"), ("blocked", "ok")]:
+        request = f"GET / HTTP/1.1\r\nHost: web\r\nx-user: {first}\r\nX-User: {second}\r\nConnection: close\r\n\r\n"
+        assert status_of(raw_exchange(proxy.port, request.encode())) == 403
     # Host names compare case-insensitively: the policy follows the service, whatever the Host's case.
     assert http_request(proxy.port, "GET", "/", host="WEB", headers={"x-user": "blocked"})[0] == 403
 
