@@ -7,8 +7,15 @@ import HBONEServer
 import Logging
 import TLS
 
-/// The certificate flags of the client tools: the client's own certificate and the CA bundle for the server.
-struct ClientCertificateOptions: ParsableArguments {
+/// The flags the client tools share: where to connect, the tunnel's destination, the client's own certificate
+/// and the CA bundle for the server.
+struct HBONETargetOptions: ParsableArguments {
+    @Option(name: .long, help: "HBONE server, IP:port.")
+    var connect: AddressArgument
+
+    @Option(name: .long, help: "CONNECT :authority, the destination IP:port.")
+    var authority: String
+
     @Option(name: .long, help: "Client certificate chain (PEM) presented to the server.")
     var cert: String
 
@@ -35,29 +42,23 @@ extension WaypointCommand {
             abstract: "Open one HBONE tunnel (mTLS 1.3 + HTTP/2 CONNECT) and pipe stdin/stdout through it, or send one HTTP/1.1 request.",
             discussion: "Example: waypoint hbone-client --connect 10.0.0.5:15008 --authority 10.96.0.10:80 --cert c.pem --key k.pem --ca ca.pem --get /")
 
-        @Option(name: .long, help: "HBONE server, IP:port.")
-        var connect: AddressArgument
-
-        @Option(name: .long, help: "CONNECT :authority, the destination IP:port.")
-        var authority: String
-
         @Option(name: .long, help: "Send `GET PATH` (with connection: close) instead of piping stdin.")
         var get: String?
 
         @Option(name: .long, help: "Host header of --get.")
         var host = "localhost"
 
-        @OptionGroup var certificates: ClientCertificateOptions
+        @OptionGroup var target: HBONETargetOptions
 
         func run() throws {
             signal(SIGPIPE, SIG_IGN)
-            let context = try certificates.context()
+            let context = try target.context()
             let loop = EventLoop.makeDefault()
             let server = ProxyServer(loop: loop, router: NoRoutes(), settings: ProxySettings(), accessLog: false,
                                      logger: Logger(label: "hbone-client"))
-            guard let connection = HBONEConnection.connect(to: connect.address, context: context, server: server),
-                  let tunnel = connection.openTunnel(authority: authority) else {
-                writeStderr("hbone-client: cannot connect to \(connect.address)\n")
+            guard let connection = HBONEConnection.connect(to: target.connect.address, context: context, server: server),
+                  let tunnel = connection.openTunnel(authority: target.authority) else {
+                writeStderr("hbone-client: cannot connect to \(target.connect.address)\n")
                 throw ExitCode(1)
             }
             connection.onClosed = { _ in
@@ -75,12 +76,6 @@ extension WaypointCommand {
             commandName: "hbone-load",
             abstract: "HBONE load generator: connections × tunnels, keep-alive HTTP/1.1 GETs inside each tunnel, fixed duration.",
             discussion: "Prints one line: requests, req/s, latency percentiles (µs), errors. --churn opens one mTLS connection per request.")
-
-        @Option(name: .long, help: "HBONE server, IP:port.")
-        var connect: AddressArgument
-
-        @Option(name: .long, help: "CONNECT :authority, the destination IP:port.")
-        var authority: String
 
         @Option(name: .short, help: "Connections (per thread).")
         var connections = 4
@@ -103,13 +98,13 @@ extension WaypointCommand {
         @Flag(name: .long, help: "One request per new mTLS connection (measures handshakes per second).")
         var churn = false
 
-        @OptionGroup var certificates: ClientCertificateOptions
+        @OptionGroup var target: HBONETargetOptions
 
         func run() throws {
             signal(SIGPIPE, SIG_IGN)
-            let context = try certificates.context()
+            let context = try target.context()
             let request = Array("GET \(path) HTTP/1.1\r\nhost: \(host)\r\n\r\n".utf8)
-            let options = LoadThread.Options(target: connect.address, authority: authority, connections: connections,
+            let options = LoadThread.Options(target: target.connect.address, authority: target.authority, connections: connections,
                                              tunnels: churn ? 1 : streams, duration: duration.duration, churn: churn, context: context)
             let loads = (0..<threads).map { _ in LoadThread(options: options, request: request) }
             var handles: [pthread_t] = []
