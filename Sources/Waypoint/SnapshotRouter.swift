@@ -47,9 +47,11 @@ final class SnapshotRouter: RequestRouter {
         }
         // Security first, as Envoy's RBAC filter runs before the router: a denied request learns nothing of routes.
         if host >= 0 && snapshot.strictMTLS[Int(host)] && peer.identity == nil { return .reply(.mtlsRequired) }
-        let policies = host >= 0 ? snapshot.authorization[Int(host)] : snapshot.unmatchedHostPolicies
-        if !policies.isEmpty && !authorize(policies, head, bytes, peer: peer, port: port ?? destination?.port) {
-            return .reply(.rbacDenied)
+        // Checked in place first: copying a PolicySet out of the array costs retains, so only when one applies.
+        let hasPolicies = host >= 0 ? !snapshot.authorization[Int(host)].isEmpty : !snapshot.unmatchedHostPolicies.isEmpty
+        if hasPolicies {
+            let policies = host >= 0 ? snapshot.authorization[Int(host)] : snapshot.unmatchedHostPolicies
+            if !authorize(policies, head, bytes, peer: peer, port: port ?? destination?.port) { return .reply(.rbacDenied) }
         }
         if let destination, destination.virtualHost < 0 {
             return .forward(endpoint: destination.endpoint, route: destination.name)  // workload address
@@ -133,8 +135,9 @@ final class SnapshotRouter: RequestRouter {
     /// Slots for every policy of `snapshot`, and the worker's fresh counters for them.
     private static func policyCounters(_ snapshot: Snapshot, _ counters: WorkerCounters) -> ([String: Int], CounterArray) {
         var names: [String] = []
+        var seen: Set<String> = []
         for set in snapshot.authorization + [snapshot.unmatchedHostPolicies] {
-            for policy in set.custom + set.deny + set.allow + set.audit where !names.contains(policy.name) { names.append(policy.name) }
+            for policy in set.custom + set.deny + set.allow + set.audit where seen.insert(policy.name).inserted { names.append(policy.name) }
         }
         var slots: [String: Int] = [:]
         for (i, name) in names.enumerated() { slots[name] = 3 * i }
