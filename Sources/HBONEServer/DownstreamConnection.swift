@@ -56,9 +56,24 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private var discardingBody = false
     private var requestWasHead = false
     private var upstream: UpstreamConnection?
-    /// The request head as sent upstream, kept only while it may be replayed on a fresh connection.
+    /// The request as sent upstream (head, then body up to the retry policy's bound), kept while it may be
+    /// replayed: on a fresh connection when a reused one turns out stale, or by a retry.
     private let replay: ByteBuffer
+    /// Where the head ends in `replay` (the retry's attempt header goes before its blank line).
+    private var replayHeadLength = 0
+    /// A stale pooled connection may be replaced once (bodiless requests).
     private var replayable = false
+    /// The exchange may still be retried: `replay` holds the whole request.
+    private var retryable = false
+    /// Tries so far (1 = the first).
+    private var attempt = 1
+    private var endpoint: Int32 = -1
+    private var cluster: Int32 = -1
+    /// Backoff before the next try; created on the first retry.
+    private var retryTimer: Timer?
+    private var waitingToRetry = false
+    /// Counted in the server's exchanges in flight (the retry budget's base).
+    private var inFlight = false
     private var response = ResponseHead()
     private var responseScanned = 0
     private var responseHeadDone = false
@@ -286,8 +301,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             discardingBody = true
             input.consume(length)
             replyLocally(reply)
-        case .forward(let endpoint, let route):
+        case .forward(let endpoint, let route, let cluster):
             routeName = route
+            self.cluster = cluster
             forward(headBytes, to: endpoint)
             input.consume(length)
         }
@@ -346,6 +362,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     }
 
     private func forward(_ headBytes: UnsafeRawBufferPointer, to endpoint: Int32) {
+        self.endpoint = endpoint
         guard let pool = server.pool(endpoint), let connection = pool.checkout(for: self) else {
             flags = "UF"
             server.counters.upstreamConnectFailures.increment()
@@ -353,6 +370,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             replyLocally(.upstreamConnectError)
             return
         }
+        server.exchangesInFlight += 1
+        inFlight = true
         upstream = connection
         upstreamAddress = pool.addressText
         let start = connection.output.writerIndex
@@ -363,9 +382,11 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             }
         }
         replayable = connection.reused && requestDone
-        if replayable {
+        retryable = server.settings.defaultRetries != nil && !head.expectsContinue
+        if replayable || retryable {
             replay.clear()
             replay.append(UnsafeRawBufferPointer(rebasing: connection.output.readable[(start - connection.output.readerIndex)...]))
+            replayHeadLength = replay.readableBytes
         }
         if head.expectsContinue && !requestDone {
             // We answer the expectation ourselves (the Expect header is not forwarded).
@@ -403,7 +424,16 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             }
             requestDone = requestBody.isComplete
             if !discardingBody, let upstream {
-                upstream.output.append(UnsafeRawBufferPointer(rebasing: available[0..<take]))
+                let chunk = UnsafeRawBufferPointer(rebasing: available[0..<take])
+                upstream.output.append(chunk)
+                if retryable {
+                    // Kept for a replay while small; a larger body is streamed only, and not retried.
+                    if replay.readableBytes + take <= server.settings.defaultRetries?.replayBound ?? 0 {
+                        replay.append(chunk)
+                    } else {
+                        retryable = false
+                    }
+                }
             }
             bytesReceived += take
             input.consume(take)
@@ -424,6 +454,11 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             self.upstream = nil
         }
         if status > 0 { server.counters.countResponse(status) }
+        if attempt > 1 && status >= 200 && status < 500 { server.counters.retriesSucceeded.increment() }
+        endFlight()
+        retryable = false
+        waitingToRetry = false
+        retryTimer?.cancel()
         if let log = server.accessLog { writeLog(log) }
         inExchange = false
         requestDone = false
@@ -493,6 +528,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             fresh.output.append(replay.readable)
             return
         }
+        if retry(failure == .connectFailed ? .connectFailed : .reset) { return }
         server.logger.debug("upstream failed before the response head: \(failure)",
                             metadata: ["connection.id": "\(id)", "upstream": "\(connection.pool.addressText)"])
         switch failure {
@@ -539,6 +575,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                     source.consume(length)  // interim responses are ours to absorb (we answered 100-continue)
                     continue
                 }
+                if retry(.status(response.status)) { return }
                 status = response.status
                 if !response.keepAlive || !requestDone { response.keepAlive = response.keepAlive && requestDone }
                 if response.framing == .untilClose || server.draining { keepAlive = false }
@@ -582,6 +619,67 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             keepAlive = false
             discardingBody = true
         }
+    }
+
+    // MARK: - Retries
+
+    /// Leaves the budget's counts (exchange done, or the connection closed under it).
+    private func endFlight() {
+        if inFlight {
+            inFlight = false
+            server.exchangesInFlight -= 1
+            if attempt > 1 { server.retriesInFlight -= 1 }
+        }
+        attempt = 1
+    }
+
+    /// Starts another try of the current request when the policy, the attempt count and the budget allow it
+    /// and the whole request is in `replay` (nothing has been sent downstream yet: callers run before the
+    /// response head is written). True when a retry is under way (the failed upstream is already dropped).
+    private func retry(_ outcome: RetryPolicy.Outcome) -> Bool {
+        guard let policy = server.settings.defaultRetries, retryable, requestDone, !responseHeadDone,
+              attempt <= policy.maxRetries, policy.wouldRetry(outcome) else { return false }
+        guard attempt > 1 || server.retryBudgetAllows() else {
+            server.counters.retryBudgetExhausted.increment()
+            return false
+        }
+        if let upstream {
+            upstream.owner = nil
+            upstream.close()
+            self.upstream = nil
+        }
+        if attempt == 1 { server.retriesInFlight += 1 }
+        attempt += 1
+        responseScanned = 0
+        server.counters.retries.increment()
+        server.logger.debug("retrying: \(outcome)", metadata: ["connection.id": "\(id)", "attempt": "\(attempt)"])
+        if retryTimer == nil { retryTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.sendRetry() } }
+        waitingToRetry = true
+        retryTimer!.schedule(after: policy.backoff(retry: attempt - 1, random: server.random.next()))
+        return true
+    }
+
+    /// After the backoff: the replayed request, with `x-envoy-attempt-count`, to another endpoint when one is ready.
+    private func sendRetry() {
+        guard waitingToRetry, !closed else { return }
+        waitingToRetry = false
+        endpoint = server.router.alternateEndpoint(cluster: cluster, excluding: endpoint)
+        guard let pool = server.pool(endpoint), let connection = pool.checkout(for: self) else {
+            flags = "UF"
+            server.counters.upstreamConnectFailures.increment()
+            replyLocally(.upstreamConnectError)
+            finishIfDone()
+            return
+        }
+        upstream = connection
+        upstreamAddress = pool.addressText
+        let bytes = replay.readable
+        connection.output.append(UnsafeRawBufferPointer(rebasing: bytes[0..<(replayHeadLength - 2)]))
+        connection.output.append("x-envoy-attempt-count: ")
+        connection.output.appendDecimal(attempt)
+        connection.output.append("\r\n\r\n")
+        connection.output.append(UnsafeRawBufferPointer(rebasing: bytes[replayHeadLength...]))
+        connection.flush()
     }
 
     private func badResponse() {
@@ -642,6 +740,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         stream.setReading(false)
         stream.setWriteInterest(false)
         timer.cancel()
+        retryTimer?.cancel()
+        endFlight()
         if let upstream { upstream.owner = nil; upstream.close(); self.upstream = nil }
         stream.close(graceful: graceful)
         server.sessionClosed(id)

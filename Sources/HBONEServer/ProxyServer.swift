@@ -39,8 +39,13 @@ public final class ProxyServer {
     private var closedObjects: [AnyObject] = []
     private var releaser: PrepareWatcher?
     private var pools: [UpstreamPool] = []
-    private var random: FastRandom
+
     public private(set) var draining = false
+    /// Exchanges in flight upstream and, of those, retries in flight: the retry budget (Envoy's: retries may
+    /// add at most 20% to the load, with a floor of 3 concurrent) keeps a dying service from being multiplied.
+    var exchangesInFlight = 0
+    var retriesInFlight = 0
+    var random: FastRandom
     /// Called once, when draining and the last connection has closed.
     public var onDrained: (() -> Void)?
 
@@ -202,6 +207,11 @@ public final class ProxyServer {
 
     @inline(__always) func pool(_ endpoint: Int32) -> UpstreamPool? {
         endpoint >= 0 && Int(endpoint) < pools.count ? pools[Int(endpoint)] : nil
+    }
+
+    /// Whether one more retry fits the budget.
+    func retryBudgetAllows() -> Bool {
+        retriesInFlight < max(3, exchangesInFlight / 5)
     }
 
     /// A random v4 UUID for `x-request-id`, from a per-worker generator (no syscall, no lock).

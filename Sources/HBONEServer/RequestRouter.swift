@@ -4,8 +4,9 @@ import WaypointCore
 /// Where the data plane sends one request: decided by the code that knows the config.
 public enum RouteDecision {
     /// Forward to the endpoint with this index in the list given to `ProxyServer.updateEndpoints`.
-    /// `route` names the matched route for the access log.
-    case forward(endpoint: Int32, route: String)
+    /// `route` names the matched route for the access log; `cluster` is where a retry picks another endpoint
+    /// (-1: none, a workload address).
+    case forward(endpoint: Int32, route: String, cluster: Int32)
     /// Answer locally.
     case reply(LocalReply)
 }
@@ -28,6 +29,8 @@ public protocol RequestRouter: AnyObject {
     func destination(for address: SocketAddress) -> Destination?
     /// Whether the destination's own cluster has a ready endpoint (a workload address always has one).
     func isReachable(_ destination: Destination) -> Bool
+    /// For a retry: a ready endpoint of `cluster` other than `excluding` when there is one, else `excluding`.
+    func alternateEndpoint(cluster: Int32, excluding: Int32) -> Int32
     /// An endpoint for a byte-stream (TCP) tunnel, or nil when the destination has no ready endpoint.
     func pickEndpoint(for destination: Destination) -> Int32?
 }

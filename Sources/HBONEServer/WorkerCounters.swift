@@ -42,6 +42,14 @@ public final class WorkerCounters: Sendable {
     /// PROXY-protocol connections closed for a missing or malformed header.
     public let proxyHeaderErrors = Atomic<Int>(0)
 
+    // MARK: Retries
+    /// Retries started, by what triggered them (connect failure, reset, retriable status).
+    public let retries = Atomic<Int>(0)
+    /// Exchanges that succeeded (2xx-4xx) after at least one retry.
+    public let retriesSucceeded = Atomic<Int>(0)
+    /// Retries not made because the budget was spent.
+    public let retryBudgetExhausted = Atomic<Int>(0)
+
     // MARK: Authorization
     public let authorizationAllowed = Atomic<Int>(0)
     public let authorizationDenied = Atomic<Int>(0)

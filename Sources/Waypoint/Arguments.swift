@@ -57,7 +57,7 @@ enum EnvironmentFlags {
                 ("hbone-listen", false), ("proxy-protocol-listen", false), ("cert", false), ("key", false), ("ca", false), ("trust-domain", false),
                 ("trust-domain-aliases", true), ("max-concurrent-streams", false), ("handshake-timeout", false),
                 ("upstream-hbone-port", false), ("path-normalization", false), ("layered-authorization", false),
-                ("root-namespace", false),
+                ("root-namespace", false), ("default-retries", false),
                 ("namespace", false), ("drain-timeout", false), ("connect-timeout", false), ("header-timeout", false),
                 ("log-level", false), ("access-log", false)],
         "check": [("config", true), ("namespace", false)],

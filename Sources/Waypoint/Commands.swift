@@ -3,6 +3,7 @@ import Glibc
 #endif
 import ArgumentParser
 import EventLoop
+import Filters
 import Foundation
 import HBONEServer
 import Logging
@@ -107,6 +108,9 @@ extension WaypointCommand {
         @Option(name: .long, help: "Apply namespace-wide and root-namespace AuthorizationPolicies (no targetRefs) to the waypoint.")
         var layeredAuthorization = Toggle.on
 
+        @Option(name: .long, help: "Istio's default retries (2 retries on connect failure or 503, another endpoint each time).")
+        var defaultRetries = Toggle.on
+
         @Option(name: .long, help: "Istio's root namespace (mesh-wide policies).")
         var rootNamespace = "istio-system"
 
@@ -136,6 +140,7 @@ extension WaypointCommand {
             options.proxyProtocolListen = proxyProtocolListen?.address
             options.settings.upstreamHBONEPort = upstreamHbonePort
             options.settings.pathNormalization = pathNormalization.mode
+            options.settings.defaultRetries = defaultRetries == .on ? .istioDefault : nil
             options.layeredAuthorization = layeredAuthorization == .on
             options.rootNamespace = rootNamespace
             options.settings.trustDomains = ([trustDomain] + trustDomainAliases).map { $0.lowercased() }

@@ -14,6 +14,7 @@ final class NoRoutes: RequestRouter {
     }
     func authorizeTCP(to destination: Destination, peer: PeerFacts) -> Bool { false }
     var lastDecidingPolicy: String? { nil }
+    func alternateEndpoint(cluster: Int32, excluding: Int32) -> Int32 { excluding }
     func destination(for address: SocketAddress) -> Destination? { nil }
     func isReachable(_ destination: Destination) -> Bool { false }
     func pickEndpoint(for destination: Destination) -> Int32? { nil }

@@ -285,6 +285,12 @@ final class Runtime {
                [("", sum { $0.keepaliveTimeouts.value })])
         metric("waypoint_http2_protocol_errors_total", "counter", "HBONE connections closed for a protocol error or flood.",
                [("", sum { $0.http2ProtocolErrors.value })])
+        metric("waypoint_upstream_retries_total", "counter", "Retries started (connect failure, reset, retriable status).",
+               [("", sum { $0.retries.value })])
+        metric("waypoint_upstream_retries_succeeded_total", "counter", "Exchanges answered 2xx-4xx after at least one retry.",
+               [("", sum { $0.retriesSucceeded.value })])
+        metric("waypoint_upstream_retry_budget_exhausted_total", "counter", "Retries not made because the retry budget was spent.",
+               [("", sum { $0.retryBudgetExhausted.value })])
         metric("waypoint_authorization_decisions_total", "counter", "Authorization decisions, by result.", [
             ("{result=\"allow\"}", sum { $0.authorizationAllowed.value }),
             ("{result=\"deny\"}", sum { $0.authorizationDenied.value }),

@@ -54,7 +54,7 @@ final class SnapshotRouter: RequestRouter {
             if !authorize(policies, head, bytes, peer: peer, port: port ?? destination?.port) { return .reply(.rbacDenied) }
         }
         if let destination, destination.virtualHost < 0 {
-            return .forward(endpoint: destination.endpoint, route: destination.name)  // workload address
+            return .forward(endpoint: destination.endpoint, route: destination.name, cluster: -1)  // workload address
         }
         let rules = host >= 0 ? snapshot.routes.virtualHosts[Int(host)].rules(forPort: port) : nil
         guard let action = rules?.route(head, bytes) else { return .reply(.noRoute) }
@@ -65,7 +65,7 @@ final class SnapshotRouter: RequestRouter {
             let cluster = pick(backends)
             guard cluster >= 0 else { return .reply(.invalidBackend) }
             guard let endpoint = nextEndpoint(cluster) else { return .reply(.noHealthyUpstream) }
-            return .forward(endpoint: endpoint, route: backends.route)
+            return .forward(endpoint: endpoint, route: backends.route, cluster: cluster)
         }
     }
 
@@ -142,6 +142,17 @@ final class SnapshotRouter: RequestRouter {
         var slots: [String: Int] = [:]
         for (i, name) in names.enumerated() { slots[name] = 3 * i }
         return (slots, counters.publishPolicyCounters(labels: names.flatMap { ["\($0)|allow", "\($0)|deny", "\($0)|audit"] }))
+    }
+
+    func alternateEndpoint(cluster: Int32, excluding: Int32) -> Int32 {
+        guard cluster >= 0 else { return excluding }
+        let members = snapshot.clusters[Int(cluster)].endpoints
+        guard members.count > 1 else { return excluding }
+        // Round-robin from the current position, skipping the endpoint that just failed.
+        for _ in 0..<members.count {
+            if let next = nextEndpoint(cluster), next != excluding { return next }
+        }
+        return excluding
     }
 
     func isReachable(_ destination: Destination) -> Bool {

@@ -1,0 +1,77 @@
+import WaypointCore
+
+/// When and how a failed attempt is tried again: the pure half of retries (Envoy's split: "would retry?" here,
+/// budget and timers in the data plane).
+///
+/// Thread: any (a value). Ownership: the settings (Istio's default) or, later, a route.
+public struct RetryPolicy: Sendable, Equatable {
+    /// Istio's retry conditions that apply to HTTP/1.1 attempts.
+    public struct RetryOn: OptionSet, Sendable {
+        public let rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        /// The upstream could not be connected to (refused, unreachable, timed out).
+        public static let connectFailure = RetryOn(rawValue: 1)
+        /// The upstream closed or reset before a response head.
+        public static let reset = RetryOn(rawValue: 2)
+        /// A response status listed in `retriableStatusCodes`.
+        public static let retriableStatusCodes = RetryOn(rawValue: 4)
+        /// Any 5xx response (Envoy's `5xx`).
+        public static let serverError = RetryOn(rawValue: 8)
+        /// 502, 503 and 504 (Envoy's `gateway-error`).
+        public static let gatewayError = RetryOn(rawValue: 16)
+    }
+
+    /// What an attempt ended with, as far as retrying cares.
+    public enum Outcome: Equatable, Sendable {
+        case connectFailed
+        case reset
+        case status(Int)
+    }
+
+    /// Retries after the first try (Istio: `attempts`; total tries ≤ 1 + this).
+    public var maxRetries: Int
+    public var retryOn: RetryOn
+    public var retriableStatusCodes: [Int]
+    /// Exponential backoff with full jitter: try n waits a random time in [0, min(cap, base·2ⁿ⁻¹)).
+    public var backoffBase: Duration
+    public var backoffCap: Duration
+    /// A request whose head and body exceed this is not kept for replay, so it is not retried.
+    public var replayBound: Int
+
+    public init(maxRetries: Int, retryOn: RetryOn, retriableStatusCodes: [Int] = [], backoffBase: Duration = .milliseconds(25),
+                backoffCap: Duration = .milliseconds(250), replayBound: Int = 64 * 1024) {
+        self.maxRetries = maxRetries
+        self.retryOn = retryOn
+        self.retriableStatusCodes = retriableStatusCodes
+        self.backoffBase = backoffBase
+        self.backoffCap = backoffCap
+        self.replayBound = replayBound
+    }
+
+    /// Istio's default for every route without a retry policy (istio/istio `route/retry/retry.go`): 2 retries on
+    /// `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes` with 503, each to another host
+    /// when one is ready. (refused-stream, unavailable and cancelled are HTTP/2 and gRPC conditions.)
+    public static let istioDefault = RetryPolicy(maxRetries: 2, retryOn: [.connectFailure, .retriableStatusCodes],
+                                                 retriableStatusCodes: [503])
+
+    /// Whether this outcome calls for another try (attempt counts and budgets aside).
+    public func wouldRetry(_ outcome: Outcome) -> Bool {
+        switch outcome {
+        case .connectFailed: return retryOn.contains(.connectFailure)
+        case .reset: return retryOn.contains(.reset)
+        case .status(let status):
+            if retryOn.contains(.retriableStatusCodes) && retriableStatusCodes.contains(status) { return true }
+            if retryOn.contains(.serverError) && status >= 500 && status <= 599 { return true }
+            return retryOn.contains(.gatewayError) && (502...504).contains(status)
+        }
+    }
+
+    /// The wait before retry number `retry` (1 for the first retry); `random` is a uniform 64-bit value.
+    public func backoff(retry: Int, random: UInt64) -> Duration {
+        let ceiling = min(backoffCap, backoffBase * (1 << min(max(retry - 1, 0), 16)))
+        let (seconds, attoseconds) = ceiling.components
+        let nanos = UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
+        guard nanos > 0 else { return .zero }
+        return .nanoseconds(Int64(random % nanos))
+    }
+}

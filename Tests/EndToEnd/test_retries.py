@@ -1,0 +1,70 @@
+"""Istio's default retries on the HTTP/1.1 path: 2 retries on connect failure or 503, to another endpoint when
+one is ready, with `x-envoy-attempt-count`; never for big bodies, other statuses, or with --default-retries off."""
+import json
+import socket
+
+from conftest import http_request, service_yaml
+
+
+def closed_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_503_twice_then_200_is_retried_to_success(origin_factory, proxy_factory):
+    origin = origin_factory("a")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]))
+    status, _, body = http_request(proxy.port, "GET", "/x?fail=2&key=twice", host="web")
+    assert status == 200
+    assert json.loads(body)["headers"]["x-envoy-attempt-count"] == "3"   # the origin saw the third try
+    metrics = proxy.metrics()
+    assert metrics["waypoint_upstream_retries_total"] == 2
+    assert metrics["waypoint_upstream_retries_succeeded_total"] == 1
+
+
+def test_retries_stop_after_two(origin_factory, proxy_factory):
+    origin = origin_factory("a")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]))
+    assert http_request(proxy.port, "GET", "/x?fail=3&key=thrice", host="web")[0] == 503
+    # The fourth request with the key is the origin's first success: exactly three tries were made.
+    status, _, body = http_request(proxy.port, "GET", "/x?fail=3&key=thrice", host="web")
+    assert status == 200 and "x-envoy-attempt-count" not in json.loads(body)["headers"]
+    assert proxy.metrics()["waypoint_upstream_retries_total"] == 2
+
+
+def test_connect_failure_goes_to_another_endpoint(origin_factory, proxy_factory):
+    origin = origin_factory("a")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", closed_port()), ("127.0.0.1", origin.port)]))
+    for i in range(12):
+        status, _, body = http_request(proxy.port, "GET", f"/r{i}", host="web")
+        assert status == 200, body
+    assert proxy.metrics()["waypoint_upstream_retries_total"] >= 1
+
+
+def test_other_statuses_are_not_retried(origin_factory, proxy_factory):
+    origin = origin_factory("a")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]))
+    assert http_request(proxy.port, "GET", "/x?status=500", host="web")[0] == 500
+    assert http_request(proxy.port, "GET", "/x?status=504", host="web")[0] == 504
+    assert proxy.metrics()["waypoint_upstream_retries_total"] == 0
+
+
+def test_small_post_is_retried_big_post_is_not(origin_factory, proxy_factory):
+    origin = origin_factory("a")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]))
+    status, _, body = http_request(proxy.port, "POST", "/p?fail=1&key=small", host="web", body=b"x" * 1000)
+    assert status == 200
+    seen = json.loads(body)
+    assert seen["body_length"] == 1000 and seen["headers"]["x-envoy-attempt-count"] == "2"
+    big = b"y" * (1 << 20)   # beyond the 64 KiB replay bound: streamed, not kept, not retried
+    assert http_request(proxy.port, "POST", "/p?fail=1&key=big", host="web", body=big)[0] == 503
+
+
+def test_default_retries_off(origin_factory, proxy_factory):
+    origin = origin_factory("a")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]), extra=["--default-retries", "off"])
+    assert http_request(proxy.port, "GET", "/x?fail=1&key=off", host="web")[0] == 503
+    assert proxy.metrics()["waypoint_upstream_retries_total"] == 0

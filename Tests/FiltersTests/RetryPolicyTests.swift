@@ -1,0 +1,38 @@
+import Filters
+import Testing
+
+@Suite struct RetryPolicyTests {
+    @Test(arguments: [
+        (RetryPolicy.Outcome.connectFailed, true), (.reset, false), (.status(503), true), (.status(502), false),
+        (.status(500), false), (.status(504), false), (.status(200), false),
+    ])
+    func istioDefaultRetriesConnectFailuresAnd503(outcome: RetryPolicy.Outcome, expected: Bool) {
+        #expect(RetryPolicy.istioDefault.wouldRetry(outcome) == expected)
+    }
+
+    @Test(arguments: [(RetryPolicy.Outcome.status(502), true), (.status(504), true), (.status(500), false), (.reset, true)])
+    func gatewayErrorAndReset(outcome: RetryPolicy.Outcome, expected: Bool) {
+        let policy = RetryPolicy(maxRetries: 1, retryOn: [.gatewayError, .reset])
+        #expect(policy.wouldRetry(outcome) == expected)
+    }
+
+    @Test func serverErrorCoversEvery5xx() {
+        let policy = RetryPolicy(maxRetries: 1, retryOn: .serverError)
+        #expect((500...599).allSatisfy { policy.wouldRetry(.status($0)) })
+        #expect(!policy.wouldRetry(.status(499)))
+    }
+
+    /// Full jitter: retry n waits in [0, min(250 ms, 25 ms · 2ⁿ⁻¹)).
+    @Test(arguments: [(1, 25), (2, 50), (3, 100), (4, 200), (5, 250), (9, 250)])
+    func backoffStaysUnderItsCeiling(retry: Int, ceilingMs: Int) {
+        let policy = RetryPolicy.istioDefault
+        var generator = SystemRandomNumberGenerator()
+        var longest = Duration.zero
+        for _ in 0..<2000 {
+            let wait = policy.backoff(retry: retry, random: generator.next())
+            #expect(wait >= .zero && wait < .milliseconds(ceilingMs))
+            longest = max(longest, wait)
+        }
+        #expect(longest > .milliseconds(ceilingMs) * 0.9)   // and uses the whole range
+    }
+}
