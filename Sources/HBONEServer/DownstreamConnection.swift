@@ -372,6 +372,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         }
         server.exchangesInFlight += 1
         inFlight = true
+        if server.settings.defaultRetries != nil { server.earnRetryBudget(cluster) }
         upstream = connection
         upstreamAddress = pool.addressText
         let start = connection.output.writerIndex
@@ -639,7 +640,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private func retry(_ outcome: RetryPolicy.Outcome) -> Bool {
         guard let policy = server.settings.defaultRetries, retryable, requestDone, !responseHeadDone,
               attempt <= policy.maxRetries, policy.wouldRetry(outcome) else { return false }
-        guard attempt > 1 || server.retryBudgetAllows() else {
+        guard server.spendRetryBudget(cluster) else {
             server.counters.retryBudgetExhausted.increment()
             return false
         }

@@ -41,8 +41,7 @@ public final class ProxyServer {
     private var pools: [UpstreamPool] = []
 
     public private(set) var draining = false
-    /// Exchanges in flight upstream and, of those, retries in flight: the retry budget (Envoy's: retries may
-    /// add at most 20% to the load, with a floor of 3 concurrent) keeps a dying service from being multiplied.
+    /// Exchanges in flight upstream and, of those, ones retrying (the retry budget's floor).
     var exchangesInFlight = 0
     var retriesInFlight = 0
     var random: FastRandom
@@ -209,9 +208,23 @@ public final class ProxyServer {
         endpoint >= 0 && Int(endpoint) < pools.count ? pools[Int(endpoint)] : nil
     }
 
-    /// Whether one more retry fits the budget.
-    func retryBudgetAllows() -> Bool {
-        retriesInFlight < max(3, exchangesInFlight / 5)
+    /// Retry budget per backend cluster: each first attempt earns 0.2 of a retry (up to a burst of 100), each
+    /// retry spends one, so retries add at most 20% to a service's load; below 3 retries in flight one is
+    /// always allowed (the floor), so a quiet service can still retry.
+    private var retryTokens: [Int32: Double] = [:]
+
+    /// A first attempt to `cluster` started.
+    func earnRetryBudget(_ cluster: Int32) {
+        retryTokens[cluster] = min((retryTokens[cluster] ?? 0) + 0.2, 100)
+    }
+
+    /// Spends budget for one retry to `cluster`; false when there is none.
+    func spendRetryBudget(_ cluster: Int32) -> Bool {
+        if let tokens = retryTokens[cluster], tokens >= 1 {
+            retryTokens[cluster] = tokens - 1
+            return true
+        }
+        return retriesInFlight < 3
     }
 
     /// A random v4 UUID for `x-request-id`, from a per-worker generator (no syscall, no lock).

@@ -61,7 +61,7 @@ enum EnvironmentFlags {
                 ("namespace", false), ("drain-timeout", false), ("connect-timeout", false), ("header-timeout", false),
                 ("log-level", false), ("access-log", false)],
         "check": [("config", true), ("namespace", false)],
-        "origin": [("listen", false), ("workers", false), ("name", false)],
+        "origin": [("listen", false), ("workers", false), ("name", false), ("fail-percent", false)],
     ]
 
     /// `arguments` (without the program name) with flags from the environment appended where absent.

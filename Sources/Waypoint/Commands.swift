@@ -198,11 +198,14 @@ extension WaypointCommand {
         @Option(name: .long, help: "Name reported in the x-origin header and the JSON body.")
         var name = "origin"
 
+        @Option(name: .long, help: "Answer this percentage of requests with 503 (a flaky endpoint). GET /__requests reports the request count.")
+        var failPercent = 0
+
         func run() throws {
             signal(SIGPIPE, SIG_IGN)
             let origin: OriginServer
             do {
-                origin = try OriginServer(address: listen.address, threads: workers, name: name)
+                origin = try OriginServer(address: listen.address, threads: workers, name: name, failPercent: failPercent)
             } catch {
                 FileHandle.standardError.write(Data("waypoint origin: \(error)\n".utf8))
                 throw ExitCode(1)

@@ -15,11 +15,16 @@ final class OriginServer: @unchecked Sendable {
     // SAFETY: each OriginLoop is confined to the thread that runs it; only `failures` is shared, under a Mutex.
     let name: String
     let failures = Mutex<[String: Int]>([:])
+    /// Every request fails with 503 with this probability (percent): a flaky endpoint for retry benchmarks.
+    let failPercent: Int
+    /// Requests answered (`GET /__requests` reads it without counting itself): load amplification.
+    let requests = Atomic<Int>(0)
     private var loops: [OriginLoop] = []
 
     /// Binds `threads` sockets to `address` (port 0 resolved by the first) and returns the bound address.
-    init(address: SocketAddress, threads: Int, name: String) throws(SocketError) {
+    init(address: SocketAddress, threads: Int, name: String, failPercent: Int = 0) throws(SocketError) {
         self.name = name
+        self.failPercent = failPercent
         var bound = address
         var fds: [Int32] = []
         for _ in 0..<max(threads, 1) {
@@ -65,6 +70,8 @@ private func runOriginThread(_ context: UnsafeMutableRawPointer?) -> UnsafeMutab
 final class OriginLoop {
     let loop = EventLoop()
     let origin: OriginServer  // strong: the threads keep their server alive
+    /// For `--fail-percent`.
+    var random = FastRandom(seed: UInt64.random(in: 1...UInt64.max))
     private var acceptor: IOWatcher!
     private var connections: [Int32: OriginConnection] = [:]
     private let listenFD: Int32
@@ -113,6 +120,8 @@ final class OriginConnection {
         var size: Int? = nil
         var fail = 0
         var key = ""
+        /// `GET /__requests`: answer the origin's request count (not counted itself).
+        var countQuery = false
     }
 
     init(fd: Int32, owner: OriginLoop) {
@@ -206,6 +215,7 @@ final class OriginConnection {
         json.append("},\"body_length\":")
         knobs = Knobs()
         let target = head.target.bytes(in: bytes)
+        knobs.countQuery = head.path.bytes(in: bytes).elementsEqual("/__requests".utf8)
         if let q = target.firstIndex(of: 0x3F) {
             let query = String(decoding: target[(q + 1)...], as: UTF8.self)
             for pair in query.split(separator: "&") {
@@ -234,6 +244,13 @@ final class OriginConnection {
     private func respond() {
         var status = knobs.status
         if knobs.fail > 0 && owner.origin.shouldFail(key: knobs.key, times: knobs.fail) { status = 503 }
+        if knobs.countQuery {
+            knobs.size = nil
+            status = 200
+        } else {
+            owner.origin.requests.add(1, ordering: .relaxed)
+            if owner.origin.failPercent > 0 && Int(owner.random.next() % 100) < owner.origin.failPercent { status = 503 }
+        }
         output.append("HTTP/1.1 ")
         output.appendDecimal(status)
         output.append(" ")
@@ -248,8 +265,14 @@ final class OriginConnection {
             fillRemaining = size
             fill()
         } else {
-            json.appendDecimal(body.bodyBytes)
-            json.append("}\n")
+            if knobs.countQuery {
+                json.clear()
+                json.appendDecimal(owner.origin.requests.load(ordering: .relaxed))
+                json.append("\n")
+            } else {
+                json.appendDecimal(body.bodyBytes)
+                json.append("}\n")
+            }
             output.append("\r\ncontent-type: application/json\r\ncontent-length: ")
             output.appendDecimal(json.readableBytes)
             output.append("\r\n\r\n")
