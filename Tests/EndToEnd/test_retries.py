@@ -68,3 +68,33 @@ def test_default_retries_off(origin_factory, proxy_factory):
     proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]), extra=["--default-retries", "off"])
     assert http_request(proxy.port, "GET", "/x?fail=1&key=off", host="web")[0] == 503
     assert proxy.metrics()["waypoint_upstream_retries_total"] == 0
+
+
+def test_budget_bounds_the_load_on_a_dead_service(workdir, processes, proxy_factory):
+    """Every endpoint answers 503: under concurrent load, retries add at most ~20% (plus the floor of 3)."""
+    import re
+    import threading
+    import urllib.request
+    from conftest import Process, wait_for
+    origin = Process(["origin", "--listen", "127.0.0.1:0", "--name", "dead", "--fail-percent", "100"], workdir, "origin-dead")
+    processes.append(origin)
+    port = int(wait_for(r"listening on \S+:(\d+)", origin.stderr_path, process=origin.proc).group(1))
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", port)]), extra=["--workers", "1"])
+    sent = 0
+    lock = threading.Lock()
+
+    def client():
+        nonlocal sent
+        for _ in range(40):
+            assert http_request(proxy.port, "GET", "/", host="web")[0] == 503
+            with lock:
+                sent += 1
+    threads = [threading.Thread(target=client) for _ in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seen = int(urllib.request.urlopen(f"http://127.0.0.1:{port}/__requests").read())
+    assert sent == 960
+    assert seen <= sent * 1.2 + 3 * 2 * 10, (seen, sent)    # 20%, plus what the floor of 3 in flight can add
+    assert proxy.metrics()["waypoint_upstream_retry_budget_exhausted_total"] > 0
