@@ -60,7 +60,7 @@ enum EnvironmentFlags {
                 ("root-namespace", false), ("default-retries", false),
                 ("namespace", false), ("drain-timeout", false), ("connect-timeout", false), ("header-timeout", false),
                 ("log-level", false), ("access-log", false)],
-        "check": [("config", true), ("namespace", false)],
+        "check": [("config", true), ("namespace", false), ("layered-authorization", false), ("root-namespace", false)],
         "origin": [("listen", false), ("workers", false), ("name", false), ("fail-percent", false)],
     ]
 

@@ -166,6 +166,12 @@ extension WaypointCommand {
         @Option(name: .long, help: "Namespace for manifests without one.")
         var namespace = "default"
 
+        @Option(name: .long, help: "As `run`: apply namespace-wide and root-namespace AuthorizationPolicies.")
+        var layeredAuthorization = Toggle.on
+
+        @Option(name: .long, help: "As `run`: Istio's root namespace.")
+        var rootNamespace = "istio-system"
+
         func validate() throws {
             if config.isEmpty { throw ValidationError("--config is required") }
         }
@@ -173,10 +179,14 @@ extension WaypointCommand {
         func run() throws {
             do {
                 let spec = try ManifestLoader.load(paths: config, defaultNamespace: namespace)
-                let snapshot = SnapshotCompiler(namespace: namespace).compile(spec, generation: 1)
+                var compiler = SnapshotCompiler(namespace: namespace)
+                compiler.rootNamespace = rootNamespace
+                compiler.layeredAuthorization = layeredAuthorization == .on
+                let snapshot = compiler.compile(spec, generation: 1)
                 for warning in snapshot.warnings { print("warning: \(warning)") }
                 print("ok: \(spec.services.count) services, \(spec.endpointSlices.count) endpoint slices, "
-                      + "\(spec.serviceEntries.count) service entries, \(spec.gateways.count) gateways, \(spec.httpRoutes.count) HTTP routes")
+                      + "\(spec.serviceEntries.count) service entries, \(spec.gateways.count) gateways, \(spec.httpRoutes.count) HTTP routes, "
+                      + "\(spec.authorizationPolicies.count) authorization policies, \(spec.peerAuthentications.count) peer authentications")
             } catch {
                 for e in error.errors { print("error: \(e)") }
                 throw ExitCode(1)

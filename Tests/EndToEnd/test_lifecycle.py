@@ -156,7 +156,7 @@ def test_check_accepts_a_good_config_and_warns(workdir):
     out = subprocess.run([str(BINARY), "check", "--config", str(good)], capture_output=True, text=True)
     assert out.returncode == 0
     assert "skipping unsupported kind apps/v1 Deployment default/d" in out.stdout
-    assert out.stdout.splitlines()[-1] == "ok: 1 services, 1 endpoint slices, 0 service entries, 0 gateways, 0 HTTP routes"
+    assert out.stdout.splitlines()[-1] == "ok: 1 services, 1 endpoint slices, 0 service entries, 0 gateways, 0 HTTP routes, 0 authorization policies, 0 peer authentications"
 
 
 def test_a_bad_config_at_start_names_the_problem(workdir):
