@@ -19,6 +19,8 @@ public struct RetryPolicy: Sendable, Equatable {
         public static let serverError = RetryOn(rawValue: 8)
         /// 502, 503 and 504 (Envoy's `gateway-error`).
         public static let gatewayError = RetryOn(rawValue: 16)
+        /// The attempt ran past its per-try timeout (Gateway API: `backendRequest` timeouts are retried).
+        public static let perTryTimeout = RetryOn(rawValue: 32)
     }
 
     /// What an attempt ended with, as far as retrying cares.
@@ -26,6 +28,7 @@ public struct RetryPolicy: Sendable, Equatable {
         case connectFailed
         case reset
         case status(Int)
+        case perTryTimeout
     }
 
     /// Retries after the first try (Istio: `attempts`; total tries ≤ 1 + this).
@@ -54,11 +57,20 @@ public struct RetryPolicy: Sendable, Equatable {
     public static let istioDefault = RetryPolicy(maxRetries: 2, retryOn: [.connectFailure, .retriableStatusCodes],
                                                  retriableStatusCodes: [503])
 
+    /// Gateway API HTTPRoute `retry` (GEP-1731): `attempts` retries after the first try, on the listed `codes`
+    /// and on connect errors, resets and `backendRequest` timeouts; `backoff` is the base interval.
+    public static func gatewayAPI(codes: [Int], attempts: Int, backoff: Duration?) -> RetryPolicy {
+        RetryPolicy(maxRetries: attempts, retryOn: [.connectFailure, .reset, .retriableStatusCodes, .perTryTimeout],
+                    retriableStatusCodes: codes, backoffBase: backoff ?? .milliseconds(25),
+                    backoffCap: max(.milliseconds(250), (backoff ?? .zero) * 10))
+    }
+
     /// Whether this outcome calls for another try (attempt counts and budgets aside).
     public func wouldRetry(_ outcome: Outcome) -> Bool {
         switch outcome {
         case .connectFailed: return retryOn.contains(.connectFailure)
         case .reset: return retryOn.contains(.reset)
+        case .perTryTimeout: return retryOn.contains(.perTryTimeout)
         case .status(let status):
             if retryOn.contains(.retriableStatusCodes) && retriableStatusCodes.contains(status) { return true }
             if retryOn.contains(.serverError) && status >= 500 && status <= 599 { return true }
@@ -74,4 +86,25 @@ public struct RetryPolicy: Sendable, Equatable {
         guard nanos > 0 else { return .zero }
         return .nanoseconds(Int64(random % nanos))
     }
+}
+
+/// How a matched route forwards: its retry policy (nil: the proxy's default) and timeouts. Shared by every
+/// request of the route.
+///
+/// Thread: any (immutable). Ownership: the config snapshot.
+public final class ForwardPolicy: Sendable {
+    public let retry: RetryPolicy?
+    /// All tries together (Gateway API `timeouts.request`); on expiry 504.
+    public let requestTimeout: Duration?
+    /// Each try (`timeouts.backendRequest`); on expiry the try counts as failed (retried when the policy says so).
+    public let perTryTimeout: Duration?
+
+    public init(retry: RetryPolicy?, requestTimeout: Duration?, perTryTimeout: Duration?) {
+        self.retry = retry
+        self.requestTimeout = requestTimeout
+        self.perTryTimeout = perTryTimeout
+    }
+
+    /// No route-level policy: the proxy's default retries, no timeouts.
+    public static let standard = ForwardPolicy(retry: nil, requestTimeout: nil, perTryTimeout: nil)
 }

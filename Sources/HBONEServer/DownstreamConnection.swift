@@ -71,6 +71,12 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private var cluster: Int32 = -1
     /// Backoff before the next try; created on the first retry.
     private var retryTimer: Timer?
+    /// The matched route's retries and timeouts.
+    private var policy = ForwardPolicy.standard
+    /// `policy.requestTimeout` (all tries, until the response is complete) and `policy.perTryTimeout` (each try,
+    /// until its response head); created on first use.
+    private var requestTimer: Timer?
+    private var tryTimer: Timer?
     private var waitingToRetry = false
     /// Counted in the server's exchanges in flight (the retry budget's base).
     private var inFlight = false
@@ -301,9 +307,10 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             discardingBody = true
             input.consume(length)
             replyLocally(reply)
-        case .forward(let endpoint, let route, let cluster):
+        case .forward(let endpoint, let route, let cluster, let policy):
             routeName = route
             self.cluster = cluster
+            self.policy = policy
             forward(headBytes, to: endpoint)
             input.consume(length)
         }
@@ -372,7 +379,12 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         }
         server.exchangesInFlight += 1
         inFlight = true
-        if server.settings.defaultRetries != nil { server.earnRetryBudget(cluster) }
+        if retryPolicy != nil { server.earnRetryBudget(cluster) }
+        if let timeout = policy.requestTimeout {
+            if requestTimer == nil { requestTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.requestTimedOut() } }
+            requestTimer!.schedule(after: timeout)
+        }
+        startTryTimer()
         upstream = connection
         upstreamAddress = pool.addressText
         let start = connection.output.writerIndex
@@ -383,7 +395,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             }
         }
         replayable = connection.reused && requestDone
-        retryable = server.settings.defaultRetries != nil && !head.expectsContinue
+        retryable = retryPolicy != nil && !head.expectsContinue
         if replayable || retryable {
             replay.clear()
             replay.append(UnsafeRawBufferPointer(rebasing: connection.output.readable[(start - connection.output.readerIndex)...]))
@@ -429,7 +441,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                 upstream.output.append(chunk)
                 if retryable {
                     // Kept for a replay while small; a larger body is streamed only, and not retried.
-                    if replay.readableBytes + take <= server.settings.defaultRetries?.replayBound ?? 0 {
+                    if replay.readableBytes + take <= retryPolicy?.replayBound ?? 0 {
                         replay.append(chunk)
                     } else {
                         retryable = false
@@ -460,6 +472,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         retryable = false
         waitingToRetry = false
         retryTimer?.cancel()
+        requestTimer?.cancel()
+        tryTimer?.cancel()
+        policy = .standard
         if let log = server.accessLog { writeLog(log) }
         inExchange = false
         requestDone = false
@@ -577,6 +592,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                     continue
                 }
                 if retry(.status(response.status)) { return }
+                tryTimer?.cancel()
                 status = response.status
                 if !response.keepAlive || !requestDone { response.keepAlive = response.keepAlive && requestDone }
                 if response.framing == .untilClose || server.draining { keepAlive = false }
@@ -638,7 +654,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     /// and the whole request is in `replay` (nothing has been sent downstream yet: callers run before the
     /// response head is written). True when a retry is under way (the failed upstream is already dropped).
     private func retry(_ outcome: RetryPolicy.Outcome) -> Bool {
-        guard let policy = server.settings.defaultRetries, retryable, requestDone, !responseHeadDone,
+        guard let policy = retryPolicy, retryable, requestDone, !responseHeadDone,
               attempt <= policy.maxRetries, policy.wouldRetry(outcome) else { return false }
         guard server.spendRetryBudget(cluster) else {
             server.counters.retryBudgetExhausted.increment()
@@ -681,6 +697,55 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         connection.output.append("\r\n\r\n")
         connection.output.append(UnsafeRawBufferPointer(rebasing: bytes[replayHeadLength...]))
         connection.flush()
+        startTryTimer()
+    }
+
+    /// The route's retry policy, else the proxy's default (nil: no retries).
+    private var retryPolicy: RetryPolicy? { policy.retry ?? server.settings.defaultRetries }
+
+    private func startTryTimer() {
+        guard let timeout = policy.perTryTimeout else { return }
+        if tryTimer == nil { tryTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.tryTimedOut() } }
+        tryTimer!.schedule(after: timeout)
+    }
+
+    /// A try got no response head within `perTryTimeout`: retried when the policy says so, else 504.
+    private func tryTimedOut() {
+        guard inExchange, !responseHeadDone, !waitingToRetry, upstream != nil else { return }
+        if retry(.perTryTimeout) { return }
+        timedOut()
+    }
+
+    /// The whole request ran past `requestTimeout`: 504 when nothing was answered yet; a response cut off
+    /// mid-body aborts the client connection (it must not look complete).
+    private func requestTimedOut() {
+        guard inExchange, !responseDone else { return }
+        waitingToRetry = false
+        retryTimer?.cancel()
+        tryTimer?.cancel()
+        if responseHeadDone {
+            flags = "UT"
+            keepAlive = false
+            finishExchange()
+            abort()
+            return
+        }
+        timedOut()
+    }
+
+    private func timedOut() {
+        server.logger.debug("upstream request timeout", metadata: ["connection.id": "\(id)", "attempt": "\(attempt)"])
+        if let upstream {
+            upstream.owner = nil
+            upstream.close()
+            self.upstream = nil
+        }
+        flags = "UT"
+        discardingBody = true
+        replyLocally(.upstreamTimeout)
+        if !requestDone { keepAlive = false }
+        processInput()
+        if requestDone { finishIfDone() }
     }
 
     private func badResponse() {
@@ -742,6 +807,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         stream.setWriteInterest(false)
         timer.cancel()
         retryTimer?.cancel()
+        requestTimer?.cancel()
+        tryTimer?.cancel()
         endFlight()
         if let upstream { upstream.owner = nil; upstream.close(); self.upstream = nil }
         stream.close(graceful: graceful)

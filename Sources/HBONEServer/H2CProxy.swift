@@ -171,7 +171,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession {
         switch decision {
         case .reply(let reply):
             replyLocally(exchange, reply)
-        case .forward(let endpoint, let route, _):
+        case .forward(let endpoint, let route, _, _):
             exchange.route = route
             guard let pool = server.pool(endpoint), let upstream = pool.h2cUpstream() else {
                 server.counters.upstreamConnectFailures.increment()

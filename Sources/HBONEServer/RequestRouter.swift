@@ -1,12 +1,13 @@
 import EventLoop
+import Filters
 import WaypointCore
 
 /// Where the data plane sends one request: decided by the code that knows the config.
 public enum RouteDecision {
     /// Forward to the endpoint with this index in the list given to `ProxyServer.updateEndpoints`.
     /// `route` names the matched route for the access log; `cluster` is where a retry picks another endpoint
-    /// (-1: none, a workload address).
-    case forward(endpoint: Int32, route: String, cluster: Int32)
+    /// (-1: none, a workload address); `policy` holds the route's retries and timeouts.
+    case forward(endpoint: Int32, route: String, cluster: Int32, policy: ForwardPolicy)
     /// Answer locally.
     case reply(LocalReply)
 }

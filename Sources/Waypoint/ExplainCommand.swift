@@ -110,7 +110,7 @@ extension WaypointCommand {
             switch decision {
             case .reply(let reply):
                 print("result: \(reply.status) \(reply.body.description.trimmingCharacters(in: .newlines))")
-            case .forward(let endpoint, let route, _):
+            case .forward(let endpoint, let route, _, _):
                 print("result: forwarded by route \(route) to endpoint \(snapshot.endpoints[Int(endpoint)])")
             }
         }

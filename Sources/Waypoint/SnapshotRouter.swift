@@ -54,7 +54,7 @@ final class SnapshotRouter: RequestRouter {
             if !authorize(policies, head, bytes, peer: peer, port: port ?? destination?.port) { return .reply(.rbacDenied) }
         }
         if let destination, destination.virtualHost < 0 {
-            return .forward(endpoint: destination.endpoint, route: destination.name, cluster: -1)  // workload address
+            return .forward(endpoint: destination.endpoint, route: destination.name, cluster: -1, policy: .standard)  // workload address
         }
         let rules = host >= 0 ? snapshot.routes.virtualHosts[Int(host)].rules(forPort: port) : nil
         guard let action = rules?.route(head, bytes) else { return .reply(.noRoute) }
@@ -65,7 +65,7 @@ final class SnapshotRouter: RequestRouter {
             let cluster = pick(backends)
             guard cluster >= 0 else { return .reply(.invalidBackend) }
             guard let endpoint = nextEndpoint(cluster) else { return .reply(.noHealthyUpstream) }
-            return .forward(endpoint: endpoint, route: backends.route, cluster: cluster)
+            return .forward(endpoint: endpoint, route: backends.route, cluster: cluster, policy: backends.policy)
         }
     }
 

@@ -107,9 +107,19 @@ public struct HTTPRouteSpec: Sendable, Equatable {
         public var port: Int?
         public var weight: Int
     }
+    /// `rules[].retry` (GEP-1731).
+    public struct RetrySpec: Sendable, Equatable {
+        public var codes: [Int]
+        public var attempts: Int
+        public var backoff: Duration?
+    }
     public struct Rule: Sendable, Equatable {
         public var matches: [MatchSpec]
         public var backendRefs: [BackendRef]
+        /// `timeouts.request`, `timeouts.backendRequest`.
+        public var requestTimeout: Duration? = nil
+        public var backendRequestTimeout: Duration? = nil
+        public var retry: RetrySpec? = nil
     }
     public var namespace: String
     public var name: String

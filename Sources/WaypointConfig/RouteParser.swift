@@ -1,4 +1,5 @@
 import Regex
+import WaypointCore
 
 /// Reads Gateway and HTTPRoute documents (gateway.networking.k8s.io/v1).
 enum RouteParser {
@@ -47,10 +48,32 @@ enum RouteParser {
                                       name: try b.required("name").string(), port: try b.optional("port")?.int(in: 1...65535),
                                       weight: try b.optional("weight")?.int(in: 0...1_000_000) ?? 1))
             }
-            rules.append(.init(matches: matches, backendRefs: backends))
+            var rule = HTTPRouteSpec.Rule(matches: matches, backendRefs: backends)
+            if let timeouts = try r.optional("timeouts") {
+                rule.requestTimeout = try duration(timeouts, "request")
+                rule.backendRequestTimeout = try duration(timeouts, "backendRequest")
+                if let request = rule.requestTimeout, let backend = rule.backendRequestTimeout, backend > request {
+                    throw try timeouts.required("backendRequest").error("backendRequest must not be longer than request (Gateway API)")
+                }
+            }
+            if let retry = try r.optional("retry") {
+                var codes: [Int] = []
+                for c in try retry.optionalArray("codes") { codes.append(try c.int(in: 400...599)) }
+                rule.retry = .init(codes: codes, attempts: try retry.optional("attempts")?.int(in: 0...10) ?? 1,
+                                   backoff: try duration(retry, "backoff"))
+            }
+            rules.append(rule)
         }
         return HTTPRouteSpec(namespace: namespace, name: name, creationTimestamp: creation, parentRefs: parents,
                              hostnames: hostnames, rules: rules)
+    }
+
+    /// A Gateway API duration (`10s`, `500ms`, `1h`); "0s" means no timeout.
+    private static func duration(_ node: ManifestNode, _ key: String) throws(ConfigError) -> Duration? {
+        guard let value = try node.optional(key) else { return nil }
+        let text = try value.string()
+        guard let parsed = GoDuration.parse(text) else { throw value.error("invalid duration \"\(text)\"") }
+        return parsed == .zero ? nil : parsed
     }
 
     private static func match(_ m: ManifestNode) throws(ConfigError) -> HTTPRouteSpec.MatchSpec {

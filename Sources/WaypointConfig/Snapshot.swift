@@ -23,6 +23,15 @@ public struct BackendSet: Sendable {
     public let totalWeight: UInt32
     /// `namespace/name` of the route, or `namespace/service` for a service's default route.
     public let route: String
+    /// Retries and timeouts of the rule.
+    public let policy: ForwardPolicy
+
+    public init(clusters: [WeightedCluster], totalWeight: UInt32, route: String, policy: ForwardPolicy = .standard) {
+        self.clusters = clusters
+        self.totalWeight = totalWeight
+        self.route = route
+        self.policy = policy
+    }
 }
 
 /// What a route rule leads to.

@@ -249,7 +249,12 @@ private struct CompileState {
         }
         let total = weighted.reduce(UInt32(0)) { $0 + $1.weight }
         guard total > 0 else { return .reply(.invalidBackend) }  // all weights zero
-        return .forward(BackendSet(clusters: weighted, totalWeight: total, route: route))
+        var policy = ForwardPolicy.standard
+        if rule.retry != nil || rule.requestTimeout != nil || rule.backendRequestTimeout != nil {
+            policy = ForwardPolicy(retry: rule.retry.map { .gatewayAPI(codes: $0.codes, attempts: $0.attempts, backoff: $0.backoff) },
+                                   requestTimeout: rule.requestTimeout, perTryTimeout: rule.backendRequestTimeout)
+        }
+        return .forward(BackendSet(clusters: weighted, totalWeight: total, route: route, policy: policy))
     }
 
     mutating func rules(from routes: [HTTPRouteSpec]) -> [RouteRule<RouteAction>] {

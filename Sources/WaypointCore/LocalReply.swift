@@ -15,6 +15,8 @@ public enum LocalReply: Sendable, Equatable {
     case badUpstreamResponse
     /// The request was malformed, unsupported or too slow (400, 405, 408, 417, 431, 501, 505).
     case badRequest(HTTP1Error)
+    /// The route's timeout expired before a response head (Envoy's wording).
+    case upstreamTimeout
     /// An AuthorizationPolicy denied the request (Envoy's RBAC filter answers exactly this).
     case rbacDenied
     /// PeerAuthentication STRICT covers the destination and the request came in plaintext.
@@ -27,6 +29,7 @@ public enum LocalReply: Sendable, Equatable {
         case .noHealthyUpstream, .upstreamConnectError, .upstreamReset: return 503
         case .badUpstreamResponse: return 502
         case .rbacDenied, .mtlsRequired: return 403
+        case .upstreamTimeout: return 504
         case .badRequest(let error): return error.status
         }
     }
@@ -40,6 +43,7 @@ public enum LocalReply: Sendable, Equatable {
         case .upstreamReset: return "upstream reset before response headers\n"
         case .badUpstreamResponse: return "malformed upstream response\n"
         case .rbacDenied: return "RBAC: access denied"
+        case .upstreamTimeout: return "upstream request timeout\n"
         case .mtlsRequired: return "mTLS is required: PeerAuthentication STRICT covers this destination\n"
         case .badRequest(let error):
             switch error.status {

@@ -98,3 +98,57 @@ def test_budget_bounds_the_load_on_a_dead_service(workdir, processes, proxy_fact
     assert sent == 960
     assert seen <= sent * 1.2 + 3 * 2 * 10, (seen, sent)    # 20%, plus what the floor of 3 in flight can add
     assert proxy.metrics()["waypoint_upstream_retry_budget_exhausted_total"] > 0
+
+
+def route(spec):
+    return f"""
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web-route, namespace: default}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: web}}]
+  rules:
+  - backendRefs: [{{name: web, port: 80}}]
+{spec}
+"""
+
+
+def test_request_timeout_answers_504(origin_factory, proxy_factory):
+    import time
+    origin = origin_factory("a")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]) + route("    timeouts: {request: 300ms}"))
+    start = time.time()
+    status, _, body = http_request(proxy.port, "GET", "/slow?delay=2s", host="web")
+    assert (status, body) == (504, b"upstream request timeout\n")
+    assert time.time() - start < 1.5
+    assert http_request(proxy.port, "GET", "/fast", host="web")[0] == 200
+
+
+def test_backend_request_timeout_is_retried_to_another_endpoint(origin_factory, proxy_factory):
+    import time
+    origin = origin_factory("a")
+    hung = socket.socket()                 # accepts connections (backlog) and never answers
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(64)
+    spec = "    timeouts: {request: 3s, backendRequest: 200ms}\n    retry: {attempts: 2, codes: [503]}"
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", hung.getsockname()[1]), ("127.0.0.1", origin.port)]) + route(spec),
+                          extra=["--workers", "1"])
+    for i in range(4):
+        start = time.time()
+        assert http_request(proxy.port, "GET", f"/t{i}", host="web")[0] == 200
+        assert time.time() - start < 1.5
+    assert proxy.metrics()["waypoint_upstream_retries_total"] >= 1
+    hung.close()
+
+
+def test_gateway_api_retry_codes_and_attempts(origin_factory, proxy_factory):
+    origin = origin_factory("a")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]) + route("    retry: {attempts: 1, codes: [500, 503]}"))
+    # attempts: 1 means one retry: a key failing twice still fails.
+    assert http_request(proxy.port, "GET", "/x?fail=2&key=g1", host="web")[0] == 503
+    status, _, body = http_request(proxy.port, "GET", "/x?fail=1&key=g2", host="web")
+    assert status == 200 and json.loads(body)["headers"]["x-envoy-attempt-count"] == "2"
+    assert http_request(proxy.port, "GET", "/x?status=500", host="web")[0] == 500   # retried once, still 500
+    assert http_request(proxy.port, "GET", "/x?status=502", host="web")[0] == 502   # not a listed code
+    assert proxy.metrics()["waypoint_upstream_retries_total"] == 3
