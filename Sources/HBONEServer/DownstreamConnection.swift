@@ -468,6 +468,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         }
         if status > 0 { server.counters.countResponse(status) }
         if attempt > 1 && status >= 200 && status < 500 { server.counters.retriesSucceeded.increment() }
+        // A connect failure was answered 503 here, which counts the same for outlier detection.
+        if inFlight && status > 0 { server.router.reportAttempt(endpoint: endpoint, cluster: cluster, result: .status(status)) }
         endFlight()
         retryable = false
         waitingToRetry = false
@@ -666,6 +668,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             self.upstream = nil
         }
         if attempt == 1 { server.retriesInFlight += 1 }
+        reportAttempt(outcome)
         attempt += 1
         responseScanned = 0
         server.counters.retries.increment()
@@ -698,6 +701,18 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         connection.output.append(UnsafeRawBufferPointer(rebasing: bytes[replayHeadLength...]))
         connection.flush()
         startTryTimer()
+    }
+
+    /// A failed try, for outlier detection.
+    private func reportAttempt(_ outcome: RetryPolicy.Outcome) {
+        let result: OutlierDetection.Result
+        switch outcome {
+        case .connectFailed: result = .connectFailure
+        case .reset: result = .status(503)
+        case .status(let status): result = .status(status)
+        case .perTryTimeout: result = .status(504)
+        }
+        server.router.reportAttempt(endpoint: endpoint, cluster: cluster, result: result)
     }
 
     /// The route's retry policy, else the proxy's default (nil: no retries).

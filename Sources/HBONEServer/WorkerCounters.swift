@@ -50,6 +50,9 @@ public final class WorkerCounters: Sendable {
     /// Retries not made because the budget was spent.
     public let retryBudgetExhausted = Atomic<Int>(0)
 
+    /// Endpoints ejected by outlier detection.
+    public let outlierEjections = Atomic<Int>(0)
+
     // MARK: Authorization
     public let authorizationAllowed = Atomic<Int>(0)
     public let authorizationDenied = Atomic<Int>(0)

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import EventLoop
+import Filters
 import HBONEServer
 import Logging
 import TLS
@@ -15,6 +16,7 @@ final class NoRoutes: RequestRouter {
     func authorizeTCP(to destination: Destination, peer: PeerFacts) -> Bool { false }
     var lastDecidingPolicy: String? { nil }
     func alternateEndpoint(cluster: Int32, excluding: Int32) -> Int32 { excluding }
+    func reportAttempt(endpoint: Int32, cluster: Int32, result: OutlierDetection.Result) {}
     func destination(for address: SocketAddress) -> Destination? { nil }
     func isReachable(_ destination: Destination) -> Bool { false }
     func pickEndpoint(for destination: Destination) -> Int32? { nil }

@@ -291,6 +291,8 @@ final class Runtime {
                [("", sum { $0.retriesSucceeded.value })])
         metric("waypoint_upstream_retry_budget_exhausted_total", "counter", "Retries not made because the retry budget was spent.",
                [("", sum { $0.retryBudgetExhausted.value })])
+        metric("waypoint_outlier_ejections_total", "counter", "Endpoints ejected by outlier detection (DestinationRule).",
+               [("", sum { $0.outlierEjections.value })])
         metric("waypoint_authorization_decisions_total", "counter", "Authorization decisions, by result.", [
             ("{result=\"allow\"}", sum { $0.authorizationAllowed.value }),
             ("{result=\"deny\"}", sum { $0.authorizationDenied.value }),

@@ -20,9 +20,21 @@ final class SnapshotRouter: RequestRouter {
     private var roundRobin: [UInt32]
     private var random: FastRandom
 
-    init(snapshot: Snapshot, seed: UInt64, counters: WorkerCounters) {
+    /// Outlier detection state by endpoint (this worker's view, as Envoy's per-worker detectors).
+    private struct EndpointHealth {
+        var fiveXX = 0
+        var gateway = 0
+        var ejections = 0
+        var ejectedUntil = 0.0
+    }
+    private var health: [Int32: EndpointHealth] = [:]
+    /// The loop's time, for ejections.
+    private let now: () -> Double
+
+    init(snapshot: Snapshot, seed: UInt64, counters: WorkerCounters, now: @escaping () -> Double = { 0 }) {
         self.snapshot = snapshot
         self.counters = counters
+        self.now = now
         (policySlots, policyCounters) = Self.policyCounters(snapshot, counters)
         roundRobin = Array(repeating: 0, count: snapshot.clusters.count)
         random = FastRandom(seed: seed)
@@ -30,6 +42,7 @@ final class SnapshotRouter: RequestRouter {
 
     func replace(_ next: Snapshot) {
         snapshot = next
+        health.removeAll()  // endpoint indices change with the snapshot
         (policySlots, policyCounters) = Self.policyCounters(next, counters)
         roundRobin = Array(repeating: 0, count: next.clusters.count)
     }
@@ -163,14 +176,42 @@ final class SnapshotRouter: RequestRouter {
         destination.cluster >= 0 ? nextEndpoint(destination.cluster) : destination.endpoint
     }
 
-    /// Round-robin over the cluster's ready endpoints.
+    /// Round-robin over the cluster's ready endpoints, passing over ejected ones (unless all are: then, as
+    /// Envoy's panic mode, over all of them).
     @inline(__always)
     private func nextEndpoint(_ cluster: Int32) -> Int32? {
         let members = snapshot.clusters[Int(cluster)].endpoints
         guard !members.isEmpty else { return nil }
         let position = roundRobin[Int(cluster)]
         roundRobin[Int(cluster)] = position &+ 1
-        return members[Int(position % UInt32(members.count))]
+        let pick = members[Int(position % UInt32(members.count))]
+        guard !health.isEmpty, snapshot.clusters[Int(cluster)].outlierDetection != nil, isEjected(pick) else { return pick }
+        for offset in 1..<max(members.count, 1) {
+            let candidate = members[Int((position &+ UInt32(offset)) % UInt32(members.count))]
+            if !isEjected(candidate) { return candidate }
+        }
+        return pick
+    }
+
+    private func isEjected(_ endpoint: Int32) -> Bool { (health[endpoint]?.ejectedUntil ?? 0) > now() }
+
+    func reportAttempt(endpoint: Int32, cluster: Int32, result: OutlierDetection.Result) {
+        guard cluster >= 0, let detection = snapshot.clusters[Int(cluster)].outlierDetection else { return }
+        var state = health[endpoint] ?? EndpointHealth()
+        let trips = detection.record(result, fiveXX: &state.fiveXX, gateway: &state.gateway)
+        if trips && !isEjected(endpoint) {
+            let members = snapshot.clusters[Int(cluster)].endpoints
+            let ejected = members.filter(isEjected).count
+            if detection.mayEject(ejected: ejected, size: members.count) {
+                state.ejections += 1
+                let (seconds, attoseconds) = detection.baseEjectionTime.components
+                state.ejectedUntil = now() + (Double(seconds) + Double(attoseconds) / 1e18) * Double(state.ejections)
+                state.fiveXX = 0
+                state.gateway = 0
+                counters.outlierEjections.increment()
+            }
+        }
+        health[endpoint] = state
     }
 
     /// Weighted random choice; weight-0 entries are never chosen.

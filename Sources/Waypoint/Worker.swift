@@ -47,7 +47,7 @@ final class Worker: @unchecked Sendable {
         loop = EventLoop()
         var seed = SystemRandomNumberGenerator()
         counters = WorkerCounters()
-        router = SnapshotRouter(snapshot: snapshot, seed: seed.next(), counters: counters)
+        router = SnapshotRouter(snapshot: snapshot, seed: seed.next(), counters: counters) { [unowned(unsafe) loop] in loop.now }
         server = ProxyServer(loop: loop, router: router, settings: settings, accessLog: accessLog, logger: logger, counters: counters)
         server.updateEndpoints(snapshot.endpoints, tunnels: snapshot.endpointTunnels)
         server.tlsContext = tls?.server

@@ -101,6 +101,8 @@ public enum ManifestLoader {
             spec.serviceEntries.append(try ServiceParser.serviceEntry(doc, namespace: namespace, name: name))
         case ("gateway.networking.k8s.io", "Gateway"):
             spec.gateways.append(try RouteParser.gateway(doc, namespace: namespace, name: name))
+        case ("networking.istio.io", "DestinationRule"):
+            spec.destinationRules.append(try TrafficPolicyParser.destinationRule(doc, namespace: namespace, name: name))
         case ("security.istio.io", "AuthorizationPolicy"):
             spec.authorizationPolicies.append(try SecurityParser.authorizationPolicy(doc, namespace: namespace, name: name))
         case ("security.istio.io", "PeerAuthentication"):

@@ -1,3 +1,4 @@
+import Filters
 /// The parts of the users' Kubernetes manifests that waypoint reads, as validated values (`…Spec`).
 /// Field names follow the manifests so that `config_dump` and errors read like the YAML.
 
@@ -129,6 +130,15 @@ public struct HTTPRouteSpec: Sendable, Equatable {
     public var rules: [Rule]
 }
 
+/// `networking.istio.io/v1 DestinationRule`: the parts a waypoint applies.
+public struct DestinationRuleSpec: Sendable {
+    public var namespace: String
+    public var name: String
+    /// A service's short name, `name.namespace[.svc.cluster.local]`, or a ServiceEntry host.
+    public var host: String
+    public var outlierDetection: OutlierDetection?
+}
+
 /// Everything loaded from one set of manifest files, before compilation.
 public struct ConfigSpec: Sendable {
     public var services: [ServiceSpec] = []
@@ -138,6 +148,7 @@ public struct ConfigSpec: Sendable {
     public var httpRoutes: [HTTPRouteSpec] = []
     public var authorizationPolicies: [AuthorizationPolicySpec] = []
     public var peerAuthentications: [PeerAuthenticationSpec] = []
+    public var destinationRules: [DestinationRuleSpec] = []
     /// Non-fatal findings (skipped kinds, ignored fields), one line each.
     public var warnings: [String] = []
 

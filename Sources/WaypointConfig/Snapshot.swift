@@ -9,6 +9,8 @@ public struct Cluster: Sendable {
     public let name: String
     /// Indices into `Snapshot.endpoints`; only ready endpoints are listed.
     public let endpoints: [Int32]
+    /// From a DestinationRule on the service, if any.
+    public var outlierDetection: OutlierDetection? = nil
 }
 
 /// A backendRef after resolution: a cluster index, or -1 for a reference to nothing (500 when picked).

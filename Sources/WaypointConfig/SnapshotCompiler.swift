@@ -67,6 +67,30 @@ private struct CompileState {
         destinations.merge(workloadDestinations) { service, _ in service }
         buildAuthorization()
         buildPeerAuthentication()
+        applyDestinationRules()
+    }
+
+    /// DestinationRule traffic policies onto the clusters of the host they name (every port).
+    mutating func applyDestinationRules() {
+        for rule in spec.destinationRules {
+            let parts = rule.host.split(separator: ".")
+            var prefixes: [String] = []
+            if let service = spec.services.first(where: { s in
+                let fqdn = "\(s.name).\(s.namespace).svc.\(compiler.clusterDomain)"
+                return rule.host == fqdn || rule.host == "\(s.name).\(s.namespace)" || rule.host == "\(s.name).\(s.namespace).svc"
+                    || (parts.count == 1 && s.name == rule.host && s.namespace == rule.namespace)
+            }) {
+                prefixes.append("\(service.namespace)/\(service.name):")
+            } else if spec.serviceEntries.contains(where: { $0.hosts.contains(rule.host) }) {
+                prefixes.append("\(rule.host):")
+            } else {
+                warnings.append("DestinationRule \(rule.namespace)/\(rule.name): host \(rule.host) is not a known service or ServiceEntry host: ignored")
+                continue
+            }
+            for (i, cluster) in clusters.enumerated() where prefixes.contains(where: { cluster.name.hasPrefix($0) }) {
+                if let outlier = rule.outlierDetection { clusters[i].outlierDetection = outlier }
+            }
+        }
     }
 
     // MARK: - Security

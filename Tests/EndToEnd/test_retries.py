@@ -152,3 +152,30 @@ def test_gateway_api_retry_codes_and_attempts(origin_factory, proxy_factory):
     assert http_request(proxy.port, "GET", "/x?status=500", host="web")[0] == 500   # retried once, still 500
     assert http_request(proxy.port, "GET", "/x?status=502", host="web")[0] == 502   # not a listed code
     assert proxy.metrics()["waypoint_upstream_retries_total"] == 3
+
+
+def test_outlier_detection_ejects_a_failing_endpoint_and_brings_it_back(workdir, processes, origin_factory, proxy_factory):
+    import time
+    from conftest import Process, wait_for
+    good = origin_factory("good")
+    dead = Process(["origin", "--listen", "127.0.0.1:0", "--name", "dead", "--fail-percent", "100"], workdir, "origin-dead")
+    processes.append(dead)
+    dead_port = int(wait_for(r"listening on \S+:(\d+)", dead.stderr_path, process=dead.proc).group(1))
+    rule = """
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: default}
+spec:
+  host: web
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 2, baseEjectionTime: 1s, maxEjectionPercent: 100}
+"""
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", dead_port), ("127.0.0.1", good.port)]) + rule,
+                          extra=["--workers", "1", "--default-retries", "off"])
+    statuses = [http_request(proxy.port, "GET", f"/o{i}", host="web")[0] for i in range(20)]
+    assert statuses.count(503) == 2 and statuses[-10:] == [200] * 10   # two strikes, then ejected
+    assert proxy.metrics()["waypoint_outlier_ejections_total"] == 1
+    time.sleep(1.2)                                                       # baseEjectionTime × 1
+    later = [http_request(proxy.port, "GET", f"/p{i}", host="web")[0] for i in range(4)]
+    assert 503 in later                                                   # back in the pool

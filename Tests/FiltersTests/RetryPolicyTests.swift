@@ -36,3 +36,31 @@ import Testing
         #expect(longest > .milliseconds(ceilingMs) * 0.9)   // and uses the whole range
     }
 }
+
+@Suite struct OutlierDetectionTests {
+    @Test func consecutive5xxTripsAndSuccessResets() {
+        let detection = OutlierDetection(consecutive5xxErrors: 3, consecutiveGatewayErrors: nil)
+        var fiveXX = 0, gateway = 0
+        #expect(!detection.record(.status(500), fiveXX: &fiveXX, gateway: &gateway))
+        #expect(!detection.record(.connectFailure, fiveXX: &fiveXX, gateway: &gateway))
+        #expect(!detection.record(.status(200), fiveXX: &fiveXX, gateway: &gateway))   // resets
+        #expect(!detection.record(.status(503), fiveXX: &fiveXX, gateway: &gateway))
+        #expect(!detection.record(.status(500), fiveXX: &fiveXX, gateway: &gateway))
+        #expect(detection.record(.status(502), fiveXX: &fiveXX, gateway: &gateway))
+    }
+
+    @Test func gatewayErrorsCountOnly502To504AndConnectFailures() {
+        let detection = OutlierDetection(consecutive5xxErrors: nil, consecutiveGatewayErrors: 2)
+        var fiveXX = 0, gateway = 0
+        #expect(!detection.record(.status(503), fiveXX: &fiveXX, gateway: &gateway))
+        #expect(!detection.record(.status(500), fiveXX: &fiveXX, gateway: &gateway))   // not a gateway error: resets
+        #expect(!detection.record(.connectFailure, fiveXX: &fiveXX, gateway: &gateway))
+        #expect(detection.record(.status(504), fiveXX: &fiveXX, gateway: &gateway))
+    }
+
+    @Test(arguments: [(0, 10, 10, true), (1, 10, 10, false), (1, 10, 50, true), (5, 10, 50, false), (0, 1, 0, true)])
+    func maxEjectionPercentAlwaysAllowsOne(ejected: Int, size: Int, percent: Int, expected: Bool) {
+        let detection = OutlierDetection(consecutive5xxErrors: 1, consecutiveGatewayErrors: nil, maxEjectionPercent: percent)
+        #expect(detection.mayEject(ejected: ejected, size: size) == expected)
+    }
+}

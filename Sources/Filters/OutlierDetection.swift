@@ -1,0 +1,61 @@
+import WaypointCore
+
+/// DestinationRule `trafficPolicy.outlierDetection`: when an endpoint answers with too many consecutive errors
+/// it is ejected from its backend for a while (longer each time), within a cap on how much of the backend may
+/// be out at once.
+///
+/// Thread: any (a value). Ownership: the config snapshot, one per backend cluster.
+public struct OutlierDetection: Sendable, Equatable {
+    /// Consecutive 5xx answers (connect failures count as 5xx, as in Envoy) that eject; nil: not used.
+    public var consecutive5xxErrors: Int?
+    /// Consecutive 502, 503, 504 answers (and connect failures) that eject; nil: not used.
+    public var consecutiveGatewayErrors: Int?
+    /// An ejection lasts this times the number of times the endpoint was ejected.
+    public var baseEjectionTime: Duration
+    /// At most this share of the backend's endpoints is ejected at once (at least one may always be).
+    public var maxEjectionPercent: Int
+
+    public init(consecutive5xxErrors: Int?, consecutiveGatewayErrors: Int?, baseEjectionTime: Duration = .seconds(30),
+                maxEjectionPercent: Int = 10) {
+        self.consecutive5xxErrors = consecutive5xxErrors
+        self.consecutiveGatewayErrors = consecutiveGatewayErrors
+        self.baseEjectionTime = baseEjectionTime
+        self.maxEjectionPercent = maxEjectionPercent
+    }
+
+    /// How an attempt ended, for the consecutive counts.
+    public enum Result: Sendable {
+        case success
+        case connectFailure
+        case status(Int)
+
+        var is5xx: Bool {
+            switch self {
+            case .success: return false
+            case .connectFailure: return true
+            case .status(let s): return s >= 500
+            }
+        }
+        var isGatewayError: Bool {
+            switch self {
+            case .success: return false
+            case .connectFailure: return true
+            case .status(let s): return (502...504).contains(s)
+            }
+        }
+    }
+
+    /// Updates an endpoint's consecutive counts with `result`; true when they now call for an ejection.
+    public func record(_ result: Result, fiveXX: inout Int, gateway: inout Int) -> Bool {
+        fiveXX = result.is5xx ? fiveXX + 1 : 0
+        gateway = result.isGatewayError ? gateway + 1 : 0
+        if let limit = consecutive5xxErrors, limit > 0, fiveXX >= limit { return true }
+        if let limit = consecutiveGatewayErrors, limit > 0, gateway >= limit { return true }
+        return false
+    }
+
+    /// Whether one more endpoint of a backend of `size` may be ejected while `ejected` already are.
+    public func mayEject(ejected: Int, size: Int) -> Bool {
+        ejected == 0 || (ejected + 1) * 100 <= maxEjectionPercent * size
+    }
+}
