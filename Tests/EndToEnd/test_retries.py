@@ -179,3 +179,52 @@ spec:
     time.sleep(1.2)                                                       # baseEjectionTime × 1
     later = [http_request(proxy.port, "GET", f"/p{i}", host="web")[0] for i in range(4)]
     assert 503 in later                                                   # back in the pool
+
+
+class RawServer:
+    """A TCP server that reads a request, then either closes at once (`reply=None`: a reset before the response)
+    or sends `reply` and closes (a response cut off mid-body)."""
+
+    def __init__(self, reply=None):
+        import threading
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.reply = reply
+        self.accepted = 0
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.recv(65536)
+            if self.reply:
+                conn.sendall(self.reply)
+            conn.close()
+
+
+def test_reset_is_retried_by_a_gateway_api_policy_not_by_the_default(origin_factory, proxy_factory):
+    origin = origin_factory("a")
+    resetter = RawServer()
+    endpoints = [("127.0.0.1", resetter.port), ("127.0.0.1", origin.port)]
+    with_route = proxy_factory(service_yaml("web", endpoints) + route("    retry: {attempts: 1, codes: [503]}"),
+                               extra=["--workers", "1"], name="route")
+    assert [http_request(with_route.port, "GET", f"/r{i}", host="web")[0] for i in range(4)] == [200] * 4
+    default = proxy_factory(service_yaml("web", endpoints), extra=["--workers", "1"], name="default")
+    statuses = [http_request(default.port, "GET", f"/d{i}", host="web")[0] for i in range(4)]
+    assert statuses.count(503) == 2 and statuses.count(200) == 2       # Istio's default does not retry resets
+
+
+def test_nothing_is_retried_once_the_response_streams(proxy_factory):
+    cut = RawServer(reply=b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten b")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", cut.port)]) + route("    retry: {attempts: 2, codes: [503]}"))
+    from conftest import raw_exchange
+    response = raw_exchange(proxy.port, b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+    assert response.startswith(b"HTTP/1.1 200 OK") and response.endswith(b"only ten b")   # cut off, never complete
+    assert cut.accepted == 1
+    assert proxy.metrics()["waypoint_upstream_retries_total"] == 0
