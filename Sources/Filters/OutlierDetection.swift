@@ -59,3 +59,22 @@ public struct OutlierDetection: Sendable, Equatable {
         ejected == 0 || (ejected + 1) * 100 <= maxEjectionPercent * size
     }
 }
+
+/// DestinationRule `trafficPolicy.connectionPool`, the parts applied: per backend, Envoy's circuit-breaker-like
+/// limits that do not need a pending-request queue.
+///
+/// Thread: any (a value). Ownership: the config snapshot, one per backend cluster.
+public struct ConnectionPoolSettings: Sendable, Equatable {
+    /// `tcp.connectTimeout`: replaces the proxy's `--connect-timeout` for this backend.
+    public var connectTimeout: Duration?
+    /// `http.maxRequestsPerConnection`: an upstream connection is closed after serving this many requests.
+    public var maxRequestsPerConnection: Int?
+    /// `http.maxRetries`: retries in flight to this backend (per worker); beyond it a failure is returned as is.
+    public var maxRetries: Int?
+
+    public init(connectTimeout: Duration? = nil, maxRequestsPerConnection: Int? = nil, maxRetries: Int? = nil) {
+        self.connectTimeout = connectTimeout
+        self.maxRequestsPerConnection = maxRequestsPerConnection
+        self.maxRetries = maxRetries
+    }
+}

@@ -73,6 +73,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private var retryTimer: Timer?
     /// The matched route's retries and timeouts.
     private var policy = ForwardPolicy.standard
+    /// The backend's DestinationRule connection-pool settings.
+    private var limits: ConnectionPoolSettings?
     /// `policy.requestTimeout` (all tries, until the response is complete) and `policy.perTryTimeout` (each try,
     /// until its response head); created on first use.
     private var requestTimer: Timer?
@@ -370,7 +372,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
 
     private func forward(_ headBytes: UnsafeRawBufferPointer, to endpoint: Int32) {
         self.endpoint = endpoint
-        guard let pool = server.pool(endpoint), let connection = pool.checkout(for: self) else {
+        limits = server.router.connectionPool(cluster: cluster)
+        guard let pool = server.pool(endpoint), let connection = pool.checkout(for: self, connectTimeout: limits?.connectTimeout) else {
             flags = "UF"
             server.counters.upstreamConnectFailures.increment()
             discardingBody = true
@@ -459,7 +462,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private func finishExchange() {
         if let upstream {
             upstream.owner = nil
-            if responseDone && requestDone && response.keepAlive && upstream.input.isEmpty && upstream.isOpen {
+            let spent = limits?.maxRequestsPerConnection.map { $0 > 0 && upstream.requestsServed >= $0 } ?? false
+            if responseDone && requestDone && response.keepAlive && upstream.input.isEmpty && upstream.isOpen && !spent {
                 upstream.pool.checkin(upstream)
             } else {
                 upstream.close()
@@ -477,6 +481,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         requestTimer?.cancel()
         tryTimer?.cancel()
         policy = .standard
+        limits = nil
         if let log = server.accessLog { writeLog(log) }
         inExchange = false
         requestDone = false
@@ -647,7 +652,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         if inFlight {
             inFlight = false
             server.exchangesInFlight -= 1
-            if attempt > 1 { server.retriesInFlight -= 1 }
+            if attempt > 1 { server.retryEnded(cluster) }
         }
         attempt = 1
     }
@@ -662,12 +667,16 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             server.counters.retryBudgetExhausted.increment()
             return false
         }
+        if attempt == 1, let max = limits?.maxRetries, server.retriesInFlight(cluster) >= max {
+            server.counters.retryOverflow.increment()
+            return false
+        }
         if let upstream {
             upstream.owner = nil
             upstream.close()
             self.upstream = nil
         }
-        if attempt == 1 { server.retriesInFlight += 1 }
+        if attempt == 1 { server.retryStarted(cluster) }
         reportAttempt(outcome)
         attempt += 1
         responseScanned = 0
@@ -684,7 +693,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         guard waitingToRetry, !closed else { return }
         waitingToRetry = false
         endpoint = server.router.alternateEndpoint(cluster: cluster, excluding: endpoint)
-        guard let pool = server.pool(endpoint), let connection = pool.checkout(for: self) else {
+        guard let pool = server.pool(endpoint), let connection = pool.checkout(for: self, connectTimeout: limits?.connectTimeout) else {
             flags = "UF"
             server.counters.upstreamConnectFailures.increment()
             replyLocally(.upstreamConnectError)

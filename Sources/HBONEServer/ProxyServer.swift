@@ -213,6 +213,20 @@ public final class ProxyServer {
     /// always allowed (the floor), so a quiet service can still retry.
     private var retryTokens: [Int32: Double] = [:]
 
+    private var retriesByCluster: [Int32: Int] = [:]
+
+    func retryStarted(_ cluster: Int32) {
+        retriesInFlight += 1
+        retriesByCluster[cluster, default: 0] += 1
+    }
+
+    func retryEnded(_ cluster: Int32) {
+        retriesInFlight -= 1
+        retriesByCluster[cluster, default: 1] -= 1
+    }
+
+    func retriesInFlight(_ cluster: Int32) -> Int { retriesByCluster[cluster] ?? 0 }
+
     /// A first attempt to `cluster` started.
     func earnRetryBudget(_ cluster: Int32) {
         retryTokens[cluster] = min((retryTokens[cluster] ?? 0) + 0.2, 100)

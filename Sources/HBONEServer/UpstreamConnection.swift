@@ -25,7 +25,10 @@ final class UpstreamConnection: ByteStreamHandler {
     private let settings: ProxySettings
 
     /// `stream` is still connecting: its first writability means connected (or `connectFailed`).
-    init(stream: any ByteStream, pool: UpstreamPool, loop: EventLoop, settings: ProxySettings) {
+    /// Requests this connection has carried (DestinationRule `maxRequestsPerConnection`).
+    private(set) var requestsServed = 0
+
+    init(stream: any ByteStream, pool: UpstreamPool, loop: EventLoop, settings: ProxySettings, connectTimeout: Duration) {
         self.stream = stream
         self.pool = pool
         self.loop = loop
@@ -35,7 +38,7 @@ final class UpstreamConnection: ByteStreamHandler {
         timer = Timer(loop: loop) { [unowned(unsafe) self] in self.timedOut() }
         stream.handler = self
         stream.setWriteInterest(true)  // connect completion is signalled by writability
-        timer.schedule(after: settings.connectTimeout)
+        timer.schedule(after: connectTimeout)
     }
 
     func streamReadable() { readable() }
@@ -47,6 +50,7 @@ final class UpstreamConnection: ByteStreamHandler {
 
     func attach(_ owner: DownstreamConnection, reused: Bool) {
         self.owner = owner
+        requestsServed += 1
         self.reused = reused
         if state == .idle {
             state = .active

@@ -30,7 +30,8 @@ final class UpstreamPool {
     }
 
     /// An idle connection (marked reused) or a new one being connected; nil when the socket call itself failed.
-    func checkout(for owner: DownstreamConnection) -> UpstreamConnection? {
+    /// `connectTimeout`: the backend's (DestinationRule), else the proxy's.
+    func checkout(for owner: DownstreamConnection, connectTimeout: Duration? = nil) -> UpstreamConnection? {
         while let connection = idle.popLast() {
             if connection.isOpen {
                 connection.attach(owner, reused: true)
@@ -39,7 +40,8 @@ final class UpstreamPool {
         }
         guard let stream = tunnel ? openTunnel() : openSocket() else { return nil }
         server.counters.upstreamConnectionsTotal.increment()
-        let connection = UpstreamConnection(stream: stream, pool: self, loop: server.loop, settings: server.settings)
+        let connection = UpstreamConnection(stream: stream, pool: self, loop: server.loop, settings: server.settings,
+                                            connectTimeout: connectTimeout ?? server.settings.connectTimeout)
         connection.attach(owner, reused: false)
         return connection
     }

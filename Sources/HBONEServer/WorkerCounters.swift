@@ -50,6 +50,8 @@ public final class WorkerCounters: Sendable {
     /// Retries not made because the budget was spent.
     public let retryBudgetExhausted = Atomic<Int>(0)
 
+    /// Retries not made because the backend's `maxRetries` were in flight.
+    public let retryOverflow = Atomic<Int>(0)
     /// Endpoints ejected by outlier detection.
     public let outlierEjections = Atomic<Int>(0)
 

@@ -291,6 +291,8 @@ final class Runtime {
                [("", sum { $0.retriesSucceeded.value })])
         metric("waypoint_upstream_retry_budget_exhausted_total", "counter", "Retries not made because the retry budget was spent.",
                [("", sum { $0.retryBudgetExhausted.value })])
+        metric("waypoint_upstream_retry_overflow_total", "counter", "Retries not made because the backend's DestinationRule maxRetries were in flight.",
+               [("", sum { $0.retryOverflow.value })])
         metric("waypoint_outlier_ejections_total", "counter", "Endpoints ejected by outlier detection (DestinationRule).",
                [("", sum { $0.outlierEjections.value })])
         metric("waypoint_authorization_decisions_total", "counter", "Authorization decisions, by result.", [

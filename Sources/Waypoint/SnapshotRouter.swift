@@ -195,6 +195,10 @@ final class SnapshotRouter: RequestRouter {
 
     private func isEjected(_ endpoint: Int32) -> Bool { (health[endpoint]?.ejectedUntil ?? 0) > now() }
 
+    func connectionPool(cluster: Int32) -> ConnectionPoolSettings? {
+        cluster >= 0 ? snapshot.clusters[Int(cluster)].connectionPool : nil
+    }
+
     func reportAttempt(endpoint: Int32, cluster: Int32, result: OutlierDetection.Result) {
         guard cluster >= 0, let detection = snapshot.clusters[Int(cluster)].outlierDetection else { return }
         var state = health[endpoint] ?? EndpointHealth()

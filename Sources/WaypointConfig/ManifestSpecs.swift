@@ -137,6 +137,9 @@ public struct DestinationRuleSpec: Sendable {
     /// A service's short name, `name.namespace[.svc.cluster.local]`, or a ServiceEntry host.
     public var host: String
     public var outlierDetection: OutlierDetection?
+    public var connectionPool: ConnectionPoolSettings?
+    /// Fields read but not applied yet (`waypoint check` warns about each).
+    public var ignoredFields: [String]
 }
 
 /// Everything loaded from one set of manifest files, before compilation.

@@ -11,6 +11,7 @@ public struct Cluster: Sendable {
     public let endpoints: [Int32]
     /// From a DestinationRule on the service, if any.
     public var outlierDetection: OutlierDetection? = nil
+    public var connectionPool: ConnectionPoolSettings? = nil
 }
 
 /// A backendRef after resolution: a cluster index, or -1 for a reference to nothing (500 when picked).

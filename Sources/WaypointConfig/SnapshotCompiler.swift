@@ -73,6 +73,9 @@ private struct CompileState {
     /// DestinationRule traffic policies onto the clusters of the host they name (every port).
     mutating func applyDestinationRules() {
         for rule in spec.destinationRules {
+            for field in rule.ignoredFields {
+                warnings.append("DestinationRule \(rule.namespace)/\(rule.name): trafficPolicy \(field) is not applied yet")
+            }
             let parts = rule.host.split(separator: ".")
             var prefixes: [String] = []
             if let service = spec.services.first(where: { s in
@@ -89,6 +92,7 @@ private struct CompileState {
             }
             for (i, cluster) in clusters.enumerated() where prefixes.contains(where: { cluster.name.hasPrefix($0) }) {
                 if let outlier = rule.outlierDetection { clusters[i].outlierDetection = outlier }
+                if let pool = rule.connectionPool { clusters[i].connectionPool = pool }
             }
         }
     }

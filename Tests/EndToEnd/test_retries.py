@@ -228,3 +228,45 @@ def test_nothing_is_retried_once_the_response_streams(proxy_factory):
     assert response.startswith(b"HTTP/1.1 200 OK") and response.endswith(b"only ten b")   # cut off, never complete
     assert cut.accepted == 1
     assert proxy.metrics()["waypoint_upstream_retries_total"] == 0
+
+
+def destination_rule(traffic_policy):
+    return f"""
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: web, namespace: default}}
+spec:
+  host: web.default.svc.cluster.local
+  trafficPolicy:
+{traffic_policy}
+"""
+
+
+def test_connection_pool_limits(origin_factory, proxy_factory):
+    origin = origin_factory("a")
+    pool = "    connectionPool: {http: {maxRequestsPerConnection: 1, maxRetries: 0}, tcp: {connectTimeout: 2s}}"
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]) + destination_rule(pool), extra=["--workers", "1"])
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=5)
+    for i in range(3):                                   # one client connection, keep-alive
+        conn.request("GET", f"/k{i}", headers={"Host": "web"})
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200
+    conn.close()
+    metrics = proxy.metrics()
+    assert metrics["waypoint_upstream_connections_total"] == 3    # one request per upstream connection
+    assert http_request(proxy.port, "GET", "/x?fail=1&key=cp", host="web")[0] == 503   # maxRetries 0: not retried
+    assert proxy.metrics()["waypoint_upstream_retry_overflow_total"] == 1
+
+
+def test_check_lists_destination_rule_fields_not_applied(workdir):
+    import subprocess
+    from conftest import BINARY
+    path = workdir / "dr.yaml"
+    path.write_text(service_yaml("web", [("127.0.0.1", 9)]) + destination_rule("    loadBalancer: {simple: RANDOM}\n    connectionPool: {tcp: {maxConnections: 10}}"))
+    out = subprocess.run([str(BINARY), "check", "--config", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "trafficPolicy connectionPool.tcp.maxConnections is not applied yet" in out.stdout
+    assert "trafficPolicy loadBalancer is not applied yet" in out.stdout
