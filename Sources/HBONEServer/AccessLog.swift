@@ -51,6 +51,15 @@ final class AccessLog {
         appendOptional(entry.route)
         out.append(",\"authorization_policy\":")
         appendOptional(entry.policy)
+        if entry.attempts > 0 {
+            out.append(",\"upstream_request_attempt_count\":")
+            out.appendDecimal(entry.attempts)
+        }
+        if let note = entry.retryNote {
+            out.append(",\"retry\":\"")
+            out.append(note)
+            out.append("\"")
+        }
         out.append("}\n")
         if out.readableBytes > 12 * 1024 { flush() }
     }
@@ -76,6 +85,10 @@ final class AccessLog {
         var route: String?
         /// The AuthorizationPolicy that allowed or denied the request, if one decided.
         var policy: String? = nil
+        /// Tries made upstream (0: none, answered locally).
+        var attempts = 0
+        /// Why a failure that called for a retry was returned as is.
+        var retryNote: StaticString? = nil
     }
 
     /// A JSON string, or `null`.

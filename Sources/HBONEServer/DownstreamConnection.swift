@@ -67,6 +67,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private var retryable = false
     /// Tries so far (1 = the first).
     private var attempt = 1
+    /// The body outgrew the replay bound, so a failure that called for a retry was returned (access log says so).
+    private var bodyTooBigToRetry = false
+    private var retryNote: StaticString?
     private var endpoint: Int32 = -1
     private var cluster: Int32 = -1
     /// Backoff before the next try; created on the first retry.
@@ -448,6 +451,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                         replay.append(chunk)
                     } else {
                         retryable = false
+                        bodyTooBigToRetry = true
                     }
                 }
             }
@@ -474,6 +478,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         if attempt > 1 && status >= 200 && status < 500 { server.counters.retriesSucceeded.increment() }
         // A connect failure was answered 503 here, which counts the same for outlier detection.
         if inFlight && status > 0 { server.router.reportAttempt(endpoint: endpoint, cluster: cluster, result: .status(status)) }
+        if let log = server.accessLog { writeLog(log) }
         endFlight()
         retryable = false
         waitingToRetry = false
@@ -482,7 +487,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         tryTimer?.cancel()
         policy = .standard
         limits = nil
-        if let log = server.accessLog { writeLog(log) }
+        retryNote = nil
+        bodyTooBigToRetry = false
         inExchange = false
         requestDone = false
         responseDone = false
@@ -661,14 +667,21 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     /// and the whole request is in `replay` (nothing has been sent downstream yet: callers run before the
     /// response head is written). True when a retry is under way (the failed upstream is already dropped).
     private func retry(_ outcome: RetryPolicy.Outcome) -> Bool {
-        guard let policy = retryPolicy, retryable, requestDone, !responseHeadDone,
-              attempt <= policy.maxRetries, policy.wouldRetry(outcome) else { return false }
+        guard let policy = retryPolicy, requestDone, !responseHeadDone, attempt <= policy.maxRetries, policy.wouldRetry(outcome) else {
+            return false
+        }
+        guard retryable else {
+            if bodyTooBigToRetry { retryNote = "not retried: request body beyond the replay bound" }
+            return false
+        }
         guard server.spendRetryBudget(cluster) else {
             server.counters.retryBudgetExhausted.increment()
+            retryNote = "not retried: retry budget exhausted"
             return false
         }
         if attempt == 1, let max = limits?.maxRetries, server.retriesInFlight(cluster) >= max {
             server.counters.retryOverflow.increment()
+            retryNote = "not retried: maxRetries in flight"
             return false
         }
         if let upstream {
@@ -801,7 +814,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             path: hasFields ? UnsafeRawBufferPointer(rebasing: fields[logMethod..<logPath]) : UnsafeRawBufferPointer(start: nil, count: 0),
             authority: hasFields ? UnsafeRawBufferPointer(rebasing: fields[logPath...]) : UnsafeRawBufferPointer(start: nil, count: 0),
             protocol: "HTTP/1.1", client: peer.sourceAddress, principal: peer.identity?.principal, status: status, flags: flags, bytesReceived: bytesReceived, bytesSent: bytesSent,
-            upstream: upstreamAddress, route: routeName, policy: decidingPolicy))
+            upstream: upstreamAddress, route: routeName, policy: decidingPolicy, attempts: inFlight || attempt > 1 ? attempt : 0,
+            retryNote: retryNote))
         logFields.clear()
         logMethod = 0
         logPath = 0

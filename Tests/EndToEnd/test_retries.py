@@ -61,6 +61,11 @@ def test_small_post_is_retried_big_post_is_not(origin_factory, proxy_factory):
     assert seen["body_length"] == 1000 and seen["headers"]["x-envoy-attempt-count"] == "2"
     big = b"y" * (1 << 20)   # beyond the 64 KiB replay bound: streamed, not kept, not retried
     assert http_request(proxy.port, "POST", "/p?fail=1&key=big", host="web", body=big)[0] == 503
+    from conftest import wait_for
+    small_log = json.loads(wait_for(r'\{[^\n]*"path":"/p\?fail=1&key=small"[^\n]*\n', proxy.stdout_path).group(0))
+    assert small_log["upstream_request_attempt_count"] == 2
+    big_log = json.loads(wait_for(r'\{[^\n]*"path":"/p\?fail=1&key=big"[^\n]*\n', proxy.stdout_path).group(0))
+    assert big_log["retry"] == "not retried: request body beyond the replay bound" and big_log["upstream_request_attempt_count"] == 1
 
 
 def test_default_retries_off(origin_factory, proxy_factory):
