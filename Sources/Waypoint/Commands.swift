@@ -51,6 +51,12 @@ extension WaypointCommand {
         @Option(name: .long, help: "Admin listener (/healthz/ready, /stats/prometheus, /config_dump), IP:port.")
         var adminListen = AddressArgument(argument: "127.0.0.1:15000")!
 
+        @Option(name: .long, help: "A listener serving only /stats/prometheus (Istio's port 15020), IP:port.")
+        var statsListen: AddressArgument?
+
+        @Option(name: .long, help: "A listener serving only /healthz/ready (Istio's port 15021), IP:port.")
+        var healthListen: AddressArgument?
+
         @Option(name: .long, help: "HBONE listener (mTLS 1.3 + HTTP/2 CONNECT), IP:port; on when --cert, --key and --ca are given.")
         var hboneListen = AddressArgument(argument: "0.0.0.0:15008")!
 
@@ -138,6 +144,8 @@ extension WaypointCommand {
             options.settings.connectTimeout = connectTimeout.duration
             options.settings.handshakeTimeout = handshakeTimeout.duration
             options.proxyProtocolListen = proxyProtocolListen?.address
+            options.statsListen = statsListen?.address
+            options.healthListen = healthListen?.address
             options.settings.upstreamHBONEPort = upstreamHbonePort
             options.settings.pathNormalization = pathNormalization.mode
             options.settings.defaultRetries = defaultRetries == .on ? .istioDefault : nil

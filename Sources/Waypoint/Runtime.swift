@@ -22,6 +22,10 @@ final class Runtime {
         var proxyProtocolListen: SocketAddress? = nil
         var certificates: CertificateSource?
         var adminListen: SocketAddress
+        /// Extra listeners serving only `/stats/prometheus` (Istio's 15020) and only `/healthz/ready` (15021), so
+        /// the admin port (config dump) can stay on loopback.
+        var statsListen: SocketAddress? = nil
+        var healthListen: SocketAddress? = nil
         var workers: Int
         var namespace: String
         var drainTimeout: Duration
@@ -38,6 +42,9 @@ final class Runtime {
     private var snapshot: Snapshot
     private var workers: [Worker] = []
     private var admin: AdminServer?
+    private var publicEndpoints: [AdminServer] = []
+    /// Where the stats-only and health-only listeners ended up ("off" when not configured), for the ready line.
+    private var publicAddresses: [String] = ["off", "off"]
     private var watchers: [SignalWatcher] = []
     private var pollTimer: Timer?
     private var certificates: CertificateSource?
@@ -110,6 +117,15 @@ final class Runtime {
         }
         assigned = Array(repeating: 0, count: workers.count)
         admin = AdminServer(loop: loop, fd: adminFD) { [unowned(unsafe) self] path in self.adminResponse(path) }
+        for (index, (address, allowed)) in [(options.statsListen, ["/stats/prometheus", "/metrics"]),
+                                            (options.healthListen, ["/healthz/ready"])].enumerated() {
+            guard let address else { continue }
+            let fd = try Self.bind(address, reusePort: false)
+            publicAddresses[index] = (Socket.localAddress(fd) ?? address).description
+            publicEndpoints.append(AdminServer(loop: loop, fd: fd) { [unowned(unsafe) self] path in
+                allowed.contains(path) ? self.adminResponse(path) : (404, "text/plain", "not found\n")
+            })
+        }
     }
 
     private static func bind(_ address: SocketAddress, reusePort: Bool = true) throws -> Int32 {
@@ -138,7 +154,8 @@ final class Runtime {
             pollTimer = timer
         }
         logger.info("ready", metadata: ["http": "\(httpAddress)", "hbone": "\(hboneAddress?.description ?? "off")",
-                                        "proxy_protocol": "\(proxyProtocolAddress?.description ?? "off")", "admin": "\(adminAddress)",
+                                        "proxy_protocol": "\(proxyProtocolAddress?.description ?? "off")",
+                                        "stats": "\(publicAddresses[0])", "health": "\(publicAddresses[1])", "admin": "\(adminAddress)",
                                         "workers": "\(workers.count)", "config.generation": "\(snapshot.generation)"])
         loop.run()
         exit(0)

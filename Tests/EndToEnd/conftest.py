@@ -83,7 +83,7 @@ class Proxy(Process):
         args = ["run", "--config", str(config_dir), "--http-listen", "127.0.0.1:0",
                 "--admin-listen", "127.0.0.1:0", "--workers", "2", *extra]
         super().__init__(args, workdir, name, env=env)
-        m = wait_for(r"admin=127\.0\.0\.1:(\d+).*hbone=(\S+) http=127\.0\.0\.1:(\d+)", self.stderr_path, process=self.proc)
+        m = wait_for(r"admin=127\.0\.0\.1:(\d+).*hbone=(\S+) .*http=127\.0\.0\.1:(\d+)", self.stderr_path, process=self.proc)
         self.admin_port, self.port = int(m.group(1)), int(m.group(3))
         self.hbone_port = int(m.group(2).rsplit(":", 1)[1]) if m.group(2) != "off" else None
         pp = re.search(r"proxy_protocol=(\S+)", m.string)

@@ -218,3 +218,16 @@ def test_demo_serves_the_embedded_config_and_exits_on_sigint(workdir, processes)
     assert b"x-origin: a" in result.stdout and b'"path":"/hello"' in result.stdout
     os.kill(demo.pid, signal.SIGINT)
     assert demo.proc.wait(timeout=10) == 0
+
+
+def test_stats_and_health_listeners_serve_only_their_path(proxy_factory):
+    import re as _re
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", 9)]),
+                          extra=["--stats-listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"])
+    line = proxy.stderr()
+    stats = int(_re.search(r"stats=127\.0\.0\.1:(\d+)", line).group(1))
+    health = int(_re.search(r"health=127\.0\.0\.1:(\d+)", line).group(1))
+    assert http_request(stats, "GET", "/stats/prometheus", host="x")[0] == 200
+    assert http_request(stats, "GET", "/config_dump", host="x")[0] == 404      # the dump stays on the admin port
+    assert http_request(health, "GET", "/healthz/ready", host="x")[:3:2] == (200, b"ready\n")
+    assert http_request(health, "GET", "/stats/prometheus", host="x")[0] == 404
