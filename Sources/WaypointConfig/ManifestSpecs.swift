@@ -99,6 +99,8 @@ public struct HTTPRouteSpec: Sendable, Equatable {
         public var path: PathMatchSpec?
         public var headers: [HeaderMatchSpec]
         public var method: String?
+        /// Same shape as header matches; names are case-sensitive.
+        public var queryParams: [HeaderMatchSpec] = []
     }
     public struct BackendRef: Sendable, Equatable {
         public var group: String

@@ -104,10 +104,23 @@ enum RouteParser {
             }
             headers.append(.init(type: type, name: try h.required("name").string(), value: value))
         }
+        var queryParams: [HTTPRouteSpec.HeaderMatchSpec] = []
+        for q in try m.optionalArray("queryParams") {
+            let type = try q.optionalString("type") ?? "Exact"
+            let value = try q.required("value").string()
+            switch type {
+            case "Exact": break
+            case "RegularExpression":
+                do { _ = try Regex(value) } catch { throw try q.required("value").error(error.description) }
+            default:
+                throw try q.required("type").error("unsupported query match type \"\(type)\" (Exact, RegularExpression)")
+            }
+            queryParams.append(.init(type: type, name: try q.required("name").string(), value: value))
+        }
         let method = try m.optionalString("method")
         if let method, !["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"].contains(method) {
             throw try m.required("method").error("unsupported method \"\(method)\"")
         }
-        return .init(path: path, headers: headers, method: method)
+        return .init(path: path, headers: headers, method: method, queryParams: queryParams)
     }
 }

@@ -314,7 +314,10 @@ private struct CompileState {
         let headers = match.headers.map { h in
             HeaderMatch(name: h.name, value: h.type == "RegularExpression" ? .regex(try! Regex(h.value)) : .exact(Array(h.value.utf8)))
         }
-        return RequestMatch(path: path, method: match.method, headers: headers)
+        let queryParams = match.queryParams.map { q in
+            QueryMatch(name: q.name, value: q.type == "RegularExpression" ? .regex(try! Regex(q.value)) : .exact(Array(q.value.utf8)))
+        }
+        return RequestMatch(path: path, method: match.method, headers: headers, queryParams: queryParams)
     }
 
     // MARK: - Virtual hosts

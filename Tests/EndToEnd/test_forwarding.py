@@ -203,3 +203,23 @@ def test_half_closed_client_still_gets_every_pipelined_answer(basic):
     response = read_to_close(s)
     assert response.count(b"HTTP/1.1 200 OK") == 2
     assert b'"path":"/one"' in response and b'"path":"/two"' in response
+
+
+def test_query_param_match_routes(origin_factory, proxy_factory):
+    a, b = origin_factory("a"), origin_factory("b")
+    routes = """
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: by-query, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules:
+  - matches: [{queryParams: [{name: canary, value: "yes"}]}]
+    backendRefs: [{name: web-b, port: 80}]
+  - backendRefs: [{name: web, port: 80}]
+"""
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", a.port)]) + "---" + service_yaml("web-b", [("127.0.0.1", b.port)]) + routes)
+    assert http_request(proxy.port, "GET", "/x?canary=yes", host="web")[1]["x-origin"] == "b"
+    assert http_request(proxy.port, "GET", "/x?canary=no", host="web")[1]["x-origin"] == "a"
+    assert http_request(proxy.port, "GET", "/x", host="web")[1]["x-origin"] == "a"

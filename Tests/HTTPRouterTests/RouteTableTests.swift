@@ -113,3 +113,25 @@ private func rule(_ name: String, _ match: RequestMatch, route: String = "ns/r",
         #expect(result == nil)
     }
 }
+
+@Suite struct QueryMatchTests {
+    @Test(arguments: [
+        ("/s?version=2", true), ("/s?a=1&version=2", true), ("/s?version=3", false), ("/s?Version=2", false),
+        ("/s", false), ("/s?version", false), ("/s?version=2&version=3", true), ("/s?version=3&version=2", false),
+    ])
+    func exactNameCaseSensitiveFirstOccurrence(path: String, matches: Bool) {
+        let match = RequestMatch(queryParams: [QueryMatch(name: "version", value: .exact(Array("2".utf8)))])
+        let rules = RuleSet(rules: [rule("q", match)], fallback: nil)
+        #expect((route(rules, path) == "q") == matches)
+    }
+
+    @Test func regexValueAndPrecedenceCountsQueryMatches() throws {
+        let one = RequestMatch(queryParams: [QueryMatch(name: "env", value: .regex(try Regex("(dev|test)")))])
+        let two = RequestMatch(queryParams: [QueryMatch(name: "env", value: .regex(try Regex("(dev|test)"))),
+                                             QueryMatch(name: "debug", value: .exact(Array("1".utf8)))])
+        let rules = RuleSet(rules: [rule("one", one, index: 0), rule("two", two, index: 1)], fallback: nil)
+        #expect(route(rules, "/x?env=dev&debug=1") == "two")   // more query matches wins (Gateway API precedence)
+        #expect(route(rules, "/x?env=test") == "one")
+        #expect(route(rules, "/x?env=prod") == nil)
+    }
+}
