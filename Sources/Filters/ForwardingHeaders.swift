@@ -11,16 +11,18 @@ public enum ForwardingHeaders {
     /// possibly empty) is added when the request carries none, so the trace continues across the waypoint.
     public static func writeRequest(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, clientIP: UnsafeRawBufferPointer,
                                     proto: StaticString, traceparent: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
-                                    into out: ByteBuffer, requestID: (ByteBuffer) -> Void) {
+                                    modifier: HeaderModifier? = nil, into out: ByteBuffer, requestID: (ByteBuffer) -> Void) {
         out.append(head.method.bytes(in: bytes))
         out.append(0x20)
         if head.defaultedPath { out.append(0x2F) }
         out.append(head.target.bytes(in: bytes))
         out.append(" HTTP/1.1\r\n")
         // Absolute-form targets carry the authority: it becomes the Host header (RFC 9112 §3.2.2).
-        out.append("host: ")
-        out.append(head.host.bytes(in: bytes))
-        out.append("\r\n")
+        if modifier?.drops(UnsafeRawBufferPointer(start: ("host" as StaticString).utf8Start, count: 4)) != true {
+            out.append("host: ")
+            out.append(head.host.bytes(in: bytes))
+            out.append("\r\n")
+        }
 
         let connectionOptions = connectionOptionIndices(head, bytes)
         var forwardedFor: ByteRange? = nil
@@ -39,6 +41,7 @@ public enum ForwardingHeaders {
             case .other:
                 if !connectionOptions.isEmpty, isConnectionOption(name, connectionOptions, head, bytes) { continue }
             }
+            if let modifier, modifier.drops(name) { continue }
             out.append(name)
             out.append(": ")
             out.append(field.value.bytes(in: bytes))
@@ -63,12 +66,14 @@ public enum ForwardingHeaders {
             out.append(traceparent)
             out.append("\r\n")
         }
+        modifier?.writeAdded(into: out)
         writeFraming(head.framing, into: out)
         out.append("\r\n")
     }
 
     /// Writes `head` as the response sent downstream. `close` adds `connection: close`.
-    public static func writeResponse(_ head: ResponseHead, _ bytes: UnsafeRawBufferPointer, close: Bool, into out: ByteBuffer) {
+    public static func writeResponse(_ head: ResponseHead, _ bytes: UnsafeRawBufferPointer, close: Bool, modifier: HeaderModifier? = nil,
+                                     into out: ByteBuffer) {
         out.append("HTTP/1.1 ")
         out.appendDecimal(head.status)
         out.append(0x20)
@@ -80,11 +85,13 @@ public enum ForwardingHeaders {
             case .hopByHop, .framing: continue
             default: break
             }
+            if let modifier, modifier.drops(name) { continue }
             out.append(name)
             out.append(": ")
             out.append(field.value.bytes(in: bytes))
             out.append("\r\n")
         }
+        modifier?.writeAdded(into: out)
         writeFraming(head.framing, into: out)
         if close { out.append("connection: close\r\n") }
         out.append("\r\n")

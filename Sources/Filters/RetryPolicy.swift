@@ -88,8 +88,8 @@ public struct RetryPolicy: Sendable, Equatable {
     }
 }
 
-/// How a matched route forwards: its retry policy (nil: the proxy's default) and timeouts. Shared by every
-/// request of the route.
+/// How a matched route forwards: its retry policy (nil: the proxy's default), timeouts and header filters.
+/// Shared by every request of the route.
 ///
 /// Thread: any (immutable). Ownership: the config snapshot.
 public final class ForwardPolicy: Sendable {
@@ -98,11 +98,17 @@ public final class ForwardPolicy: Sendable {
     public let requestTimeout: Duration?
     /// Each try (`timeouts.backendRequest`); on expiry the try counts as failed (retried when the policy says so).
     public let perTryTimeout: Duration?
+    /// The rule's RequestHeaderModifier and ResponseHeaderModifier filters.
+    public let requestHeaders: HeaderModifier?
+    public let responseHeaders: HeaderModifier?
 
-    public init(retry: RetryPolicy?, requestTimeout: Duration?, perTryTimeout: Duration?) {
+    public init(retry: RetryPolicy?, requestTimeout: Duration?, perTryTimeout: Duration?,
+                requestHeaders: HeaderModifier? = nil, responseHeaders: HeaderModifier? = nil) {
         self.retry = retry
         self.requestTimeout = requestTimeout
         self.perTryTimeout = perTryTimeout
+        self.requestHeaders = requestHeaders
+        self.responseHeaders = responseHeaders
     }
 
     /// No route-level policy: the proxy's default retries, no timeouts.

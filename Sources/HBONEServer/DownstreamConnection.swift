@@ -397,6 +397,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         clientIP.withUnsafeBytes { ip in
             traceparent.withUnsafeBytes { trace in
                 ForwardingHeaders.writeRequest(head, headBytes, clientIP: ip, proto: server.settings.forwardedProto, traceparent: trace,
+                                               modifier: policy.requestHeaders,
                                                into: connection.output) { [unowned(unsafe) server] out in server.writeRequestID(out) }
             }
         }
@@ -610,7 +611,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                 if !response.keepAlive || !requestDone { response.keepAlive = response.keepAlive && requestDone }
                 if response.framing == .untilClose || server.draining { keepAlive = false }
                 let before = output.readableBytes
-                ForwardingHeaders.writeResponse(response, headBytes, close: !keepAlive, into: output)
+                ForwardingHeaders.writeResponse(response, headBytes, close: !keepAlive, modifier: policy.responseHeaders, into: output)
                 bytesSent += output.readableBytes - before
                 source.consume(length)
                 responseHeadDone = true

@@ -123,6 +123,11 @@ public struct HTTPRouteSpec: Sendable, Equatable {
         public var requestTimeout: Duration? = nil
         public var backendRequestTimeout: Duration? = nil
         public var retry: RetrySpec? = nil
+        public var requestHeaders: HeaderModifier? = nil
+        public var responseHeaders: HeaderModifier? = nil
+        /// Filter types not implemented yet: the rule answers 500, as the specification requires for a filter
+        /// that cannot be applied.
+        public var unsupportedFilters: [String] = []
     }
     public var namespace: String
     public var name: String

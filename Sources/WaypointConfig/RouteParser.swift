@@ -1,3 +1,4 @@
+import Filters
 import Regex
 import WaypointCore
 
@@ -62,10 +63,48 @@ enum RouteParser {
                 rule.retry = .init(codes: codes, attempts: try retry.optional("attempts")?.int(in: 0...10) ?? 1,
                                    backoff: try duration(retry, "backoff"))
             }
+            for f in try r.optionalArray("filters") {
+                let type = try f.required("type").string()
+                switch type {
+                case "RequestHeaderModifier": rule.requestHeaders = try headerModifier(try f.required("requestHeaderModifier"))
+                case "ResponseHeaderModifier": rule.responseHeaders = try headerModifier(try f.required("responseHeaderModifier"))
+                default: rule.unsupportedFilters.append(type)
+                }
+            }
             rules.append(rule)
         }
         return HTTPRouteSpec(namespace: namespace, name: name, creationTimestamp: creation, parentRefs: parents,
                              hostnames: hostnames, rules: rules)
+    }
+
+    /// Headers a modifier may not touch: they frame the message or belong to the hop.
+    static let protectedHeaders: Set<String> = ["content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
+                                                "te", "trailer", "proxy-connection"]
+
+    private static func headerModifier(_ node: ManifestNode) throws(ConfigError) -> HeaderModifier {
+        func pairs(_ key: String) throws(ConfigError) -> [(String, String)] {
+            var result: [(String, String)] = []
+            for item in try node.optionalArray(key) {
+                let name = try item.required("name").string()
+                try checkName(name, item)
+                result.append((name, try item.required("value").string()))
+            }
+            return result
+        }
+        var remove: [String] = []
+        for item in try node.optionalArray("remove") {
+            let name = try item.string()
+            try checkName(name, item)
+            remove.append(name)
+        }
+        return HeaderModifier(set: try pairs("set"), add: try pairs("add"), remove: remove)
+    }
+
+    private static func checkName(_ name: String, _ node: ManifestNode) throws(ConfigError) {
+        guard !name.isEmpty, name.utf8.allSatisfy(HTTP1Parser.isTokenChar) else { throw node.error("invalid header name \"\(name)\"") }
+        guard !protectedHeaders.contains(name.lowercased()) else {
+            throw node.error("header \(name) frames the message or belongs to the connection and cannot be modified")
+        }
     }
 
     /// A Gateway API duration (`10s`, `500ms`, `1h`); "0s" means no timeout.

@@ -271,6 +271,10 @@ private struct CompileState {
 
     mutating func action(for rule: HTTPRouteSpec.Rule, route: String) -> RouteAction {
         guard !rule.backendRefs.isEmpty else { return .reply(.invalidBackend) }
+        if !rule.unsupportedFilters.isEmpty {
+            warnings.append("HTTPRoute \(route): filter \(rule.unsupportedFilters.joined(separator: ", ")) is not supported yet: requests matching the rule get 500")
+            return .reply(.invalidBackend)
+        }
         var weighted: [WeightedCluster] = []
         for ref in rule.backendRefs {
             weighted.append(WeightedCluster(cluster: resolve(ref, route: route), weight: UInt32(ref.weight)))
@@ -278,9 +282,11 @@ private struct CompileState {
         let total = weighted.reduce(UInt32(0)) { $0 + $1.weight }
         guard total > 0 else { return .reply(.invalidBackend) }  // all weights zero
         var policy = ForwardPolicy.standard
-        if rule.retry != nil || rule.requestTimeout != nil || rule.backendRequestTimeout != nil {
+        if rule.retry != nil || rule.requestTimeout != nil || rule.backendRequestTimeout != nil || rule.requestHeaders != nil
+            || rule.responseHeaders != nil {
             policy = ForwardPolicy(retry: rule.retry.map { .gatewayAPI(codes: $0.codes, attempts: $0.attempts, backoff: $0.backoff) },
-                                   requestTimeout: rule.requestTimeout, perTryTimeout: rule.backendRequestTimeout)
+                                   requestTimeout: rule.requestTimeout, perTryTimeout: rule.backendRequestTimeout,
+                                   requestHeaders: rule.requestHeaders, responseHeaders: rule.responseHeaders)
         }
         return .forward(BackendSet(clusters: weighted, totalWeight: total, route: route, policy: policy))
     }

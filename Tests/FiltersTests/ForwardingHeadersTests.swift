@@ -86,3 +86,31 @@ private func forward(_ request: String, client: String = "10.0.0.5") -> String {
         #expect(!sent.contains("00-abc-def-00"))
     }
 }
+
+@Suite struct HeaderModifierTests {
+    private func forward(_ request: String, _ modifier: HeaderModifier) -> String {
+        var head = RequestHead()
+        let bytes = Array(request.utf8)
+        let out = ByteBuffer(capacity: 512)
+        bytes.withUnsafeBytes { raw in
+            _ = HTTP1Parser.parseRequest(raw, into: &head)
+            Array("10.0.0.1".utf8).withUnsafeBytes { ip in
+                ForwardingHeaders.writeRequest(head, raw, clientIP: ip, proto: "http", modifier: modifier, into: out) { $0.append("id") }
+            }
+        }
+        return String(decoding: out.readable, as: UTF8.self)
+    }
+
+    @Test func setReplacesAddAppendsRemoveDrops() {
+        let modifier = HeaderModifier(set: [("X-Env", "prod")], add: [("x-tag", "b")], remove: ["x-debug"])
+        let sent = forward("GET / HTTP/1.1\r\nHost: a\r\nx-env: dev\r\nX-ENV: qa\r\nx-tag: a\r\nX-Debug: 1\r\n\r\n", modifier)
+        #expect(!sent.contains("dev") && !sent.contains("qa") && !sent.lowercased().contains("x-debug"))
+        #expect(sent.contains("x-env: prod\r\n"))
+        #expect(sent.contains("x-tag: a\r\n") && sent.contains("x-tag: b\r\n"))
+    }
+
+    @Test func setHostReplacesTheHostLine() {
+        let sent = forward("GET / HTTP/1.1\r\nHost: a\r\n\r\n", HeaderModifier(set: [("host", "b.example")], add: [], remove: []))
+        #expect(sent.contains("host: b.example\r\n") && !sent.contains("host: a\r\n"))
+    }
+}

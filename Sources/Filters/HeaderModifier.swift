@@ -1,0 +1,42 @@
+import WaypointCore
+
+/// Gateway API `RequestHeaderModifier` / `ResponseHeaderModifier`: `set` replaces a header (adding it when
+/// absent), `add` appends another line, `remove` drops every line of a header. Names compare case-insensitively.
+///
+/// Thread: any (immutable). Ownership: the config snapshot (one per rule that has the filter).
+public struct HeaderModifier: Sendable, Equatable {
+    /// Lower-case names with their values.
+    public let set: [(name: [UInt8], value: [UInt8])]
+    public let add: [(name: [UInt8], value: [UInt8])]
+    public let remove: [[UInt8]]
+
+    public init(set: [(String, String)], add: [(String, String)], remove: [String]) {
+        self.set = set.map { (Array($0.0.lowercased().utf8), Array($0.1.utf8)) }
+        self.add = add.map { (Array($0.0.lowercased().utf8), Array($0.1.utf8)) }
+        self.remove = remove.map { Array($0.lowercased().utf8) }
+    }
+
+    public static func == (a: Self, b: Self) -> Bool {
+        a.set.elementsEqual(b.set, by: ==) && a.add.elementsEqual(b.add, by: ==) && a.remove == b.remove
+    }
+
+    /// Whether a header line of the message is dropped: removed, or replaced by a `set`.
+    @inline(__always)
+    public func drops(_ name: UnsafeRawBufferPointer) -> Bool {
+        remove.contains { Self.equalsLowercase(name, $0) } || set.contains { Self.equalsLowercase(name, $0.name) }
+    }
+
+    /// Writes the `set` and `add` lines.
+    public func writeAdded(into out: ByteBuffer) {
+        for (name, value) in set + add {
+            out.append(name)
+            out.append(": ")
+            out.append(value)
+            out.append("\r\n")
+        }
+    }
+
+    static func equalsLowercase(_ name: UnsafeRawBufferPointer, _ lower: [UInt8]) -> Bool {
+        name.count == lower.count && zip(name, lower).allSatisfy { HTTP1Parser.lowercased($0) == $1 }
+    }
+}
