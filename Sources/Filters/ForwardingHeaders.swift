@@ -11,16 +11,23 @@ public enum ForwardingHeaders {
     /// possibly empty) is added when the request carries none, so the trace continues across the waypoint.
     public static func writeRequest(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, clientIP: UnsafeRawBufferPointer,
                                     proto: StaticString, traceparent: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
-                                    modifier: HeaderModifier? = nil, into out: ByteBuffer, requestID: (ByteBuffer) -> Void) {
+                                    modifier: HeaderModifier? = nil, rewrite: URLRewrite? = nil, into out: ByteBuffer,
+                                    requestID: (ByteBuffer) -> Void) {
         out.append(head.method.bytes(in: bytes))
         out.append(0x20)
-        if head.defaultedPath { out.append(0x2F) }
-        out.append(head.target.bytes(in: bytes))
+        if let pathRewrite = rewrite?.path {
+            let target = head.target.bytes(in: bytes)
+            out.append(pathRewrite.apply(to: head.path.bytes(in: bytes)))
+            out.append(UnsafeRawBufferPointer(rebasing: target[min(Int(head.path.count), target.count)...]))  // the query
+        } else {
+            if head.defaultedPath { out.append(0x2F) }
+            out.append(head.target.bytes(in: bytes))
+        }
         out.append(" HTTP/1.1\r\n")
         // Absolute-form targets carry the authority: it becomes the Host header (RFC 9112 §3.2.2).
         if modifier?.drops(UnsafeRawBufferPointer(start: ("host" as StaticString).utf8Start, count: 4)) != true {
             out.append("host: ")
-            out.append(head.host.bytes(in: bytes))
+            if let hostname = rewrite?.hostname { out.append(hostname) } else { out.append(head.host.bytes(in: bytes)) }
             out.append("\r\n")
         }
 
@@ -93,6 +100,19 @@ public enum ForwardingHeaders {
         }
         modifier?.writeAdded(into: out)
         writeFraming(head.framing, into: out)
+        if close { out.append("connection: close\r\n") }
+        out.append("\r\n")
+    }
+
+    /// A redirect the proxy answers itself (RequestRedirect): no body.
+    public static func writeRedirect(status: Int, location: [UInt8], close: Bool, into out: ByteBuffer) {
+        out.append("HTTP/1.1 ")
+        out.appendDecimal(status)
+        out.append(0x20)
+        out.append(LocalReply.reasonPhrase(status))
+        out.append("\r\nlocation: ")
+        out.append(location)
+        out.append("\r\ncontent-length: 0\r\n")
         if close { out.append("connection: close\r\n") }
         out.append("\r\n")
     }

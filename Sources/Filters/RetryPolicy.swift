@@ -101,9 +101,12 @@ public final class ForwardPolicy: Sendable {
     /// The rule's RequestHeaderModifier and ResponseHeaderModifier filters.
     public let requestHeaders: HeaderModifier?
     public let responseHeaders: HeaderModifier?
+    /// The rule's URLRewrite filter.
+    public let rewrite: URLRewrite?
 
     public init(retry: RetryPolicy?, requestTimeout: Duration?, perTryTimeout: Duration?,
-                requestHeaders: HeaderModifier? = nil, responseHeaders: HeaderModifier? = nil) {
+                requestHeaders: HeaderModifier? = nil, responseHeaders: HeaderModifier? = nil, rewrite: URLRewrite? = nil) {
+        self.rewrite = rewrite
         self.retry = retry
         self.requestTimeout = requestTimeout
         self.perTryTimeout = perTryTimeout

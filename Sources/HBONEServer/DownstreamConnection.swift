@@ -312,6 +312,16 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             discardingBody = true
             input.consume(length)
             replyLocally(reply)
+        case .redirect(let code, let location):
+            discardingBody = true
+            input.consume(length)
+            status = code
+            responseHeadDone = true
+            responseDone = true
+            if !requestDone { keepAlive = false }
+            let before = output.readableBytes
+            ForwardingHeaders.writeRedirect(status: code, location: location, close: !keepAlive, into: output)
+            bytesSent = output.readableBytes - before
         case .forward(let endpoint, let route, let cluster, let policy):
             routeName = route
             self.cluster = cluster
@@ -397,7 +407,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         clientIP.withUnsafeBytes { ip in
             traceparent.withUnsafeBytes { trace in
                 ForwardingHeaders.writeRequest(head, headBytes, clientIP: ip, proto: server.settings.forwardedProto, traceparent: trace,
-                                               modifier: policy.requestHeaders,
+                                               modifier: policy.requestHeaders, rewrite: policy.rewrite,
                                                into: connection.output) { [unowned(unsafe) server] out in server.writeRequestID(out) }
             }
         }

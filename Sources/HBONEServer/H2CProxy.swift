@@ -171,6 +171,14 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession {
         switch decision {
         case .reply(let reply):
             replyLocally(exchange, reply)
+        case .redirect(let status, let location):
+            exchange.status = status
+            exchange.responseStarted = true
+            exchange.responseEnded = true
+            channel.session.respond(stream: exchange.downstreamID, fields: [
+                (":status", String(status)), ("location", String(decoding: location, as: UTF8.self)), ("content-length", "0"),
+            ], body: false)
+            channel.flush()
         case .forward(let endpoint, let route, _, _):
             exchange.route = route
             guard let pool = server.pool(endpoint), let upstream = pool.h2cUpstream() else {

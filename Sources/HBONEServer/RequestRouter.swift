@@ -10,6 +10,8 @@ public enum RouteDecision {
     case forward(endpoint: Int32, route: String, cluster: Int32, policy: ForwardPolicy)
     /// Answer locally.
     case reply(LocalReply)
+    /// Answer with a redirect (RequestRedirect): `status` 3xx and the `location` built from the request.
+    case redirect(status: Int, location: [UInt8])
 }
 
 /// Decides where each request and each HBONE tunnel goes. One instance per worker.

@@ -11,10 +11,13 @@ public enum PathMatch: Sendable {
     case regex(Regex)
 
     /// A prefix match with its trailing slash removed, as the specification compares element-wise.
-    public static func elementPrefix(_ prefix: String) -> PathMatch {
+    public static func elementPrefix(_ prefix: String) -> PathMatch { .prefix(elementPrefixBytes(prefix)) }
+
+    /// The bytes an element-wise prefix compares: the prefix without trailing slashes (`/` stays `/`).
+    public static func elementPrefixBytes(_ prefix: String) -> [UInt8] {
         var bytes = Array(prefix.utf8)
         while bytes.count > 1 && bytes.last == 0x2F { bytes.removeLast() }
-        return .prefix(bytes)
+        return bytes
     }
 
     @inline(__always)

@@ -110,6 +110,8 @@ extension WaypointCommand {
             switch decision {
             case .reply(let reply):
                 print("result: \(reply.status) \(reply.body.description.trimmingCharacters(in: .newlines))")
+            case .redirect(let status, let location):
+                print("result: \(status) redirect to \(String(decoding: location, as: UTF8.self))")
             case .forward(let endpoint, let route, _, _):
                 print("result: forwarded by route \(route) to endpoint \(snapshot.endpoints[Int(endpoint)])")
             }

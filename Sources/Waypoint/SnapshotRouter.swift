@@ -74,6 +74,13 @@ final class SnapshotRouter: RequestRouter {
         switch action {
         case .reply(let reply):
             return .reply(reply)
+        case .redirect(let redirect):
+            let (name, hostPort) = RouteTable<RouteAction>.split(head.host.bytes(in: bytes))
+            let target = head.target.bytes(in: bytes)
+            let location = redirect.location(host: name ?? UnsafeRawBufferPointer(start: nil, count: 0), requestPort: hostPort,
+                                             path: head.path.bytes(in: bytes),
+                                             query: UnsafeRawBufferPointer(rebasing: target[min(Int(head.path.count), target.count)...]))
+            return .redirect(status: redirect.statusCode, location: location)
         case .forward(let backends):
             let cluster = pick(backends)
             guard cluster >= 0 else { return .reply(.invalidBackend) }

@@ -125,6 +125,9 @@ public struct HTTPRouteSpec: Sendable, Equatable {
         public var retry: RetrySpec? = nil
         public var requestHeaders: HeaderModifier? = nil
         public var responseHeaders: HeaderModifier? = nil
+        /// URLRewrite / RequestRedirect; a ReplacePrefixMatch's matched prefix is filled in per match at compile time.
+        public var rewrite: URLRewrite? = nil
+        public var redirect: RequestRedirect? = nil
         /// Filter types not implemented yet: the rule answers 500, as the specification requires for a filter
         /// that cannot be applied.
         public var unsupportedFilters: [String] = []

@@ -68,6 +68,16 @@ enum RouteParser {
                 switch type {
                 case "RequestHeaderModifier": rule.requestHeaders = try headerModifier(try f.required("requestHeaderModifier"))
                 case "ResponseHeaderModifier": rule.responseHeaders = try headerModifier(try f.required("responseHeaderModifier"))
+                case "URLRewrite":
+                    let node = try f.required("urlRewrite")
+                    rule.rewrite = URLRewrite(hostname: try node.optionalString("hostname"), path: try pathModifier(node, matches))
+                case "RequestRedirect":
+                    let node = try f.required("requestRedirect")
+                    let scheme = try node.optionalString("scheme")
+                    if let scheme, scheme != "http" && scheme != "https" { throw try node.required("scheme").error("scheme must be http or https") }
+                    rule.redirect = RequestRedirect(
+                        scheme: scheme, hostname: try node.optionalString("hostname"), port: try node.optional("port")?.int(in: 1...65535),
+                        path: try pathModifier(node, matches), statusCode: try redirectStatus(node))
                 default: rule.unsupportedFilters.append(type)
                 }
             }
@@ -75,6 +85,33 @@ enum RouteParser {
         }
         return HTTPRouteSpec(namespace: namespace, name: name, creationTimestamp: creation, parentRefs: parents,
                              hostnames: hostnames, rules: rules)
+    }
+
+    private static func redirectStatus(_ node: ManifestNode) throws(ConfigError) -> Int {
+        guard let status = try node.optional("statusCode") else { return 302 }
+        let code = try status.int(in: 100...599)
+        guard [301, 302, 303, 307, 308].contains(code) else { throw status.error("statusCode must be 301, 302, 303, 307 or 308") }
+        return code
+    }
+
+    /// A `path` modifier; ReplacePrefixMatch needs every match of the rule to be a PathPrefix (Gateway API).
+    private static func pathModifier(_ node: ManifestNode, _ matches: [HTTPRouteSpec.MatchSpec]) throws(ConfigError) -> PathModifier? {
+        guard let path = try node.optional("path") else { return nil }
+        switch try path.required("type").string() {
+        case "ReplaceFullPath":
+            let value = try path.required("replaceFullPath").string()
+            guard value.hasPrefix("/") else { throw try path.required("replaceFullPath").error("a path must start with \"/\"") }
+            return .replaceFullPath(Array(value.utf8))
+        case "ReplacePrefixMatch":
+            let value = try path.required("replacePrefixMatch").string()
+            guard value.hasPrefix("/") else { throw try path.required("replacePrefixMatch").error("a path must start with \"/\"") }
+            guard matches.allSatisfy({ $0.path == nil || $0.path?.type == "PathPrefix" }) else {
+                throw path.error("ReplacePrefixMatch needs the rule's matches to be PathPrefix")
+            }
+            return .replacePrefixMatch(Array(value.utf8), matched: [])
+        case let other:
+            throw try path.required("type").error("unsupported path modifier \"\(other)\" (ReplaceFullPath, ReplacePrefixMatch)")
+        }
     }
 
     /// Headers a modifier may not touch: they frame the message or belong to the hop.

@@ -40,6 +40,8 @@ public struct BackendSet: Sendable {
 /// What a route rule leads to.
 public enum RouteAction: Sendable {
     case forward(BackendSet)
+    /// RequestRedirect: answered with a 3xx.
+    case redirect(RequestRedirect)
     /// A fixed answer: a rule without backendRefs answers 500 (Gateway API: no forwarding, no filter).
     case reply(LocalReply)
 }

@@ -270,6 +270,7 @@ private struct CompileState {
     }
 
     mutating func action(for rule: HTTPRouteSpec.Rule, route: String) -> RouteAction {
+        if let redirect = rule.redirect { return .redirect(redirect) }
         guard !rule.backendRefs.isEmpty else { return .reply(.invalidBackend) }
         if !rule.unsupportedFilters.isEmpty {
             warnings.append("HTTPRoute \(route): filter \(rule.unsupportedFilters.joined(separator: ", ")) is not supported yet: requests matching the rule get 500")
@@ -283,10 +284,10 @@ private struct CompileState {
         guard total > 0 else { return .reply(.invalidBackend) }  // all weights zero
         var policy = ForwardPolicy.standard
         if rule.retry != nil || rule.requestTimeout != nil || rule.backendRequestTimeout != nil || rule.requestHeaders != nil
-            || rule.responseHeaders != nil {
+            || rule.responseHeaders != nil || rule.rewrite != nil {
             policy = ForwardPolicy(retry: rule.retry.map { .gatewayAPI(codes: $0.codes, attempts: $0.attempts, backoff: $0.backoff) },
                                    requestTimeout: rule.requestTimeout, perTryTimeout: rule.backendRequestTimeout,
-                                   requestHeaders: rule.requestHeaders, responseHeaders: rule.responseHeaders)
+                                   requestHeaders: rule.requestHeaders, responseHeaders: rule.responseHeaders, rewrite: rule.rewrite)
         }
         return .forward(BackendSet(clusters: weighted, totalWeight: total, route: route, policy: policy))
     }
@@ -296,11 +297,19 @@ private struct CompileState {
         for route in routes {
             let routeName = "\(route.namespace)/\(route.name)"
             for (ruleIndex, rule) in route.rules.enumerated() {
-                let action = action(for: rule, route: routeName)
                 let origin = RuleOrigin(route: routeName, ruleIndex: ruleIndex, creationTimestamp: route.creationTimestamp)
                 let matches = rule.matches.isEmpty ? [HTTPRouteSpec.MatchSpec(path: nil, headers: [], method: nil)] : rule.matches
                 for match in matches {
-                    result.append(RouteRule(match: Self.compile(match), action: action, origin: origin))
+                    // A ReplacePrefixMatch replaces the prefix this match matched: the action is per match.
+                    var perMatch = rule
+                    let prefix = match.path.map { Array(PathMatch.elementPrefixBytes($0.value)) } ?? [0x2F]
+                    if case .replacePrefixMatch(let replacement, _)? = rule.rewrite?.path {
+                        perMatch.rewrite?.path = .replacePrefixMatch(replacement, matched: prefix)
+                    }
+                    if case .replacePrefixMatch(let replacement, _)? = rule.redirect?.path {
+                        perMatch.redirect?.path = .replacePrefixMatch(replacement, matched: prefix)
+                    }
+                    result.append(RouteRule(match: Self.compile(match), action: action(for: perMatch, route: routeName), origin: origin))
                 }
             }
         }
@@ -447,6 +456,7 @@ private struct CompileState {
     static func describe(_ action: RouteAction) -> JSONValue {
         switch action {
         case .reply(let reply): return .object([("reply", .int(reply.status))])
+        case .redirect(let redirect): return .object([("redirect", .int(redirect.statusCode))])
         case .forward(let set):
             return .object([("route", .string(set.route)), ("backends", .array(set.clusters.map {
                 .object([("cluster", .int(Int($0.cluster))), ("weight", .int(Int($0.weight)))])

@@ -262,3 +262,29 @@ spec:
     path.write_text(config.replace("x-secret]", "content-length]"))
     out = subprocess.run([str(BINARY), "check", "--config", str(path)], capture_output=True, text=True)
     assert out.returncode == 1 and "content-length frames the message" in out.stdout
+
+
+def test_url_rewrite_and_request_redirect(origin_factory, proxy_factory):
+    a = origin_factory("a")
+    routes = """
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: rewrites, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /old}}]
+    filters: [{type: RequestRedirect, requestRedirect: {scheme: https, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}, statusCode: 301}}]
+  - matches: [{path: {type: PathPrefix, value: /api/v1}}]
+    filters: [{type: URLRewrite, urlRewrite: {hostname: backend.internal, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v1}}}]
+    backendRefs: [{name: web, port: 80}]
+  - backendRefs: [{name: web, port: 80}]
+"""
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", a.port)]) + routes)
+    status, headers, body = http_request(proxy.port, "GET", "/old/page?x=1", host="web")
+    assert (status, headers["location"], body) == (301, "https://web/new/page?x=1", b"")
+    status, _, body = http_request(proxy.port, "GET", "/api/v1/items?limit=2", host="web")
+    seen = json.loads(body)
+    assert status == 200 and seen["path"] == "/v1/items?limit=2" and seen["headers"]["host"] == "backend.internal"
+    assert json.loads(http_request(proxy.port, "GET", "/other", host="web")[2])["path"] == "/other"

@@ -114,3 +114,32 @@ private func forward(_ request: String, client: String = "10.0.0.5") -> String {
         #expect(sent.contains("host: b.example\r\n") && !sent.contains("host: a\r\n"))
     }
 }
+
+@Suite struct RewriteAndRedirectTests {
+    private func apply(_ modifier: PathModifier, _ path: String) -> String {
+        Array(path.utf8).withUnsafeBytes { String(decoding: modifier.apply(to: $0), as: UTF8.self) }
+    }
+
+    /// Gateway API's examples for ReplacePrefixMatch.
+    @Test(arguments: [
+        ("/foo", "/xyz", "/foo/bar", "/xyz/bar"), ("/foo", "/xyz/", "/foo/bar", "/xyz/bar"), ("/foo", "/", "/foo/bar", "/bar"),
+        ("/foo", "/xyz", "/foo", "/xyz"), ("/foo", "/", "/foo", "/"), ("/", "/api", "/x", "/api/x"),
+    ])
+    func replacePrefixMatch(matched: String, replacement: String, path: String, expected: String) {
+        #expect(apply(.replacePrefixMatch(Array(replacement.utf8), matched: Array(matched.utf8)), path) == expected)
+    }
+
+    @Test func redirectKeepsWhatIsNotReplaced() {
+        func location(_ redirect: RequestRedirect, host: String, port: UInt16?, path: String, query: String) -> String {
+            Array(host.utf8).withUnsafeBytes { h in Array(path.utf8).withUnsafeBytes { p in Array(query.utf8).withUnsafeBytes { q in
+                String(decoding: redirect.location(host: h, requestPort: port, path: p, query: q), as: UTF8.self)
+            } } }
+        }
+        #expect(location(RequestRedirect(scheme: "https", hostname: nil, port: nil, path: nil, statusCode: 301), host: "web", port: 8080,
+                         path: "/a", query: "?x=1") == "https://web/a?x=1")
+        #expect(location(RequestRedirect(scheme: nil, hostname: "new.example", port: nil, path: .replaceFullPath(Array("/b".utf8)), statusCode: 302),
+                         host: "web", port: 8080, path: "/a", query: "") == "http://new.example:8080/b")
+        #expect(location(RequestRedirect(scheme: "https", hostname: nil, port: 443, path: nil, statusCode: 302), host: "web", port: nil,
+                         path: "/", query: "") == "https://web/")
+    }
+}

@@ -62,6 +62,7 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
         switch rules.route(head, bytes) {
         case nil: return "404"
         case .reply(let reply)?: return "\(reply.status)"
+        case .redirect(let redirect)?: return "redirect \(redirect.statusCode)"
         case .forward(let set)?:
             let c = set.clusters[0].cluster
             return c < 0 ? "unresolved" : snapshot.clusters[Int(c)].name
