@@ -29,6 +29,8 @@ final class H2CExchange {
     var route: String?
     var policy: String?
     var upstreamAddress: String?
+    /// The route's ResponseHeaderModifier.
+    var responseModifier: HeaderModifier?
 
     init(downstreamID: Int32) { self.downstreamID = downstreamID }
 }
@@ -179,15 +181,39 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession {
                 (":status", String(status)), ("location", String(decoding: location, as: UTF8.self)), ("content-length", "0"),
             ], body: false)
             channel.flush()
-        case .forward(let endpoint, let route, _, _):
+        case .forward(let endpoint, let route, _, let policy):
             exchange.route = route
+            exchange.responseModifier = policy.responseHeaders
             guard let pool = server.pool(endpoint), let upstream = pool.h2cUpstream() else {
                 server.counters.upstreamConnectFailures.increment()
                 return replyLocally(exchange, .upstreamConnectError)
             }
             exchange.upstreamAddress = pool.addressText
-            upstream.start(exchange, fields: forwardedFields(exchange, method: method, path: path, authority: authority), owner: self)
+            // The route's URLRewrite and RequestHeaderModifier apply here as on HTTP/1.1.
+            var upstreamPath = path, upstreamAuthority = authority
+            if let rewrite = policy.rewrite {
+                if let hostname = rewrite.hostname { upstreamAuthority = String(decoding: hostname, as: UTF8.self) }
+                if let modifier = rewrite.path {
+                    let query = path.firstIndex(of: "?").map { String(path[$0...]) } ?? ""
+                    let bare = String(path.prefix { $0 != "?" })
+                    upstreamPath = Array(bare.utf8).withUnsafeBytes { String(decoding: modifier.apply(to: $0), as: UTF8.self) } + query
+                }
+            }
+            var fields = forwardedFields(exchange, method: method, path: upstreamPath, authority: upstreamAuthority)
+            if let modifier = policy.requestHeaders { fields = Self.modify(fields, modifier) }
+            upstream.start(exchange, fields: fields, owner: self)
         }
+    }
+
+    /// A header list with a HeaderModifier applied (pseudo-headers untouched).
+    static func modify(_ fields: [(String, String)], _ modifier: HeaderModifier) -> [(String, String)] {
+        var result = fields.filter { name, _ in
+            name.hasPrefix(":") || !Array(name.utf8).withUnsafeBytes { modifier.drops($0) }
+        }
+        for (name, value) in modifier.set + modifier.add {
+            result.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
+        }
+        return result
     }
 
     /// `path` (with its query) normalized; the fragment dropped; nil when it must be refused.
@@ -284,6 +310,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession {
             default: if !name.hasPrefix(":") { fields.append((name, value)) }
             }
         }
+        if let modifier = exchange.responseModifier { fields = Self.modify(fields, modifier) }
         channel.session.respond(stream: exchange.downstreamID, fields: fields, body: true)
         channel.flush()
     }

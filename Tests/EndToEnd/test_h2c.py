@@ -184,3 +184,33 @@ def test_grpc_request_without_upstream_gets_grpc_unavailable(hbone_proxy, certs)
     assert inner.wait(plain)[":status"] == "503"
     assert inner.data[plain] == b"upstream connect error\n"
     c.close()
+
+
+def test_h2c_applies_route_filters(hbone_proxy, certs, h2c_origin):
+    route = """
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: filters, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    filters:
+    - {type: URLRewrite, urlRewrite: {hostname: backend.internal, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}
+    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-env, value: prod}], remove: [x-secret]}}
+    - {type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: x-served-by, value: waypoint}]}}
+    backendRefs: [{name: web, port: 80}]
+"""
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", h2c_origin.port)], cluster_ip=VIP, app_protocol="kubernetes.io/h2c") + route)
+    c = client(proxy, certs)
+    sid = c.connect(f"{VIP}:80")
+    assert c.status(sid) == 200
+    inner = InnerH2(c, sid)
+    stream = inner.request("/api/items?x=1", headers=[("x-env", "dev"), ("x-secret", "s")])
+    response = inner.wait(stream)
+    assert response[":status"] == "200" and response["x-served-by"] == "waypoint"
+    seen = json.loads(inner.data[stream])
+    assert seen["path"] == "/v2/items?x=1"
+    assert seen["headers"][":authority"] == "backend.internal" and seen["headers"]["x-env"] == "prod" and "x-secret" not in seen["headers"]
+    c.close()
