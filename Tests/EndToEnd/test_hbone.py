@@ -442,3 +442,14 @@ def test_control_frame_flood_from_a_peer_that_never_reads(mesh, certs, frame):
     assert good.status(sid) == 200
     assert good.http(sid, get("/ok")).startswith(b"HTTP/1.1 200")
     good.close()
+
+
+def test_silent_client_is_dropped_after_the_handshake_timeout(origin_factory, hbone_proxy, certs):
+    origin = origin_factory("a")
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", origin.port)], cluster_ip=VIP), extra=["--handshake-timeout", "500ms"])
+    s = socket.create_connection(("127.0.0.1", proxy.hbone_port), timeout=5)
+    start = time.time()
+    assert s.recv(1) == b""                        # closed by the waypoint, not by us
+    assert 0.3 < time.time() - start < 3
+    s.close()
+    wait_metric(proxy, 'waypoint_tls_handshakes_total{result="failed",reason="timeout"}')
