@@ -55,7 +55,7 @@ enum EnvironmentFlags {
     static let flags: [String: [(name: String, repeatable: Bool)]] = [
         "run": [("config", true), ("http-listen", false), ("admin-listen", false), ("workers", false),
                 ("hbone-listen", false), ("proxy-protocol-listen", false), ("stats-listen", false), ("health-listen", false), ("cert", false), ("key", false), ("ca", false), ("trust-domain", false),
-                ("trust-domain-aliases", true), ("max-concurrent-streams", false), ("handshake-timeout", false),
+                ("trust-domain-aliases", true), ("max-concurrent-streams", false), ("handshake-timeout", false), ("hbone-keepalive", false),
                 ("upstream-hbone-port", false), ("path-normalization", false), ("layered-authorization", false),
                 ("root-namespace", false), ("default-retries", false),
                 ("namespace", false), ("drain-timeout", false), ("connect-timeout", false), ("header-timeout", false),

@@ -84,6 +84,9 @@ extension WaypointCommand {
         @Option(name: .long, help: "HBONE port on the nodes of mesh endpoints (ztunnel's inbound).")
         var upstreamHbonePort: UInt16 = 15008
 
+        @Option(name: .long, help: "HBONE PING interval; a connection whose PING stays unanswered twice this long is closed (ztunnel: 10s).")
+        var hboneKeepalive = DurationArgument(.seconds(10))
+
         @Option(name: .long, help: "A TLS handshake must complete within this long.")
         var handshakeTimeout = DurationArgument(.seconds(10))
 
@@ -143,6 +146,8 @@ extension WaypointCommand {
             options.settings.headerTimeout = headerTimeout.duration
             options.settings.connectTimeout = connectTimeout.duration
             options.settings.handshakeTimeout = handshakeTimeout.duration
+            options.settings.keepaliveInterval = hboneKeepalive.duration
+            options.settings.keepaliveTimeout = hboneKeepalive.duration * 2
             options.proxyProtocolListen = proxyProtocolListen?.address
             options.statsListen = statsListen?.address
             options.healthListen = healthListen?.address

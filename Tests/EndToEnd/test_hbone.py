@@ -453,3 +453,27 @@ def test_silent_client_is_dropped_after_the_handshake_timeout(origin_factory, hb
     assert 0.3 < time.time() - start < 3
     s.close()
     wait_metric(proxy, 'waypoint_tls_handshakes_total{result="failed",reason="timeout"}')
+
+
+def test_peer_that_never_answers_ping_is_closed(origin_factory, hbone_proxy, certs):
+    origin = origin_factory("a")
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", origin.port)], cluster_ip=VIP), extra=["--hbone-keepalive", "300ms"])
+    c = client(proxy, certs)
+    c.wait(lambda: len(c.settings) >= 3)
+    # Stop reading: our PING ACKs are never sent, as from a hung peer.
+    time.sleep(1.5)
+    wait_metric(proxy, "waypoint_hbone_keepalive_timeouts_total")
+    assert proxy.metrics()["waypoint_hbone_connections_active"] == 0
+    # A peer that keeps answering stays connected over the same time.
+    alive = client(proxy, certs)
+    deadline = time.time() + 1.5
+    alive.sock.settimeout(0.2)
+    while time.time() < deadline:
+        try:
+            alive.pump()
+        except (socket.timeout, ssl.SSLError):
+            pass
+    sid = alive.connect(f"{VIP}:80")
+    assert alive.status(sid) == 200
+    alive.close()
+    c.close()
