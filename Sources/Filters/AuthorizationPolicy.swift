@@ -101,11 +101,10 @@ public struct AuthorizationRequest {
     public var namespace: String?
     public var serviceAccount: String?
     public var trustDomain: String?
-    /// The caller's IP as bytes (4 or 16), and as text for `when` conditions.
+    /// The caller's IP as bytes (4 or 16), for `ipBlocks` and `source.ip` conditions.
     public var sourceIP: [UInt8]?
-    public var sourceIPText: String?
+    /// The address the caller dialed (the tunnel's authority), for `destination.ip` conditions.
     public var destinationIP: [UInt8]?
-    public var destinationIPText: String?
     public var destinationPort: UInt16?
     public var http: HTTP?
 

@@ -145,7 +145,6 @@ public final class HTTP2Session {
 
     /// The session still has something to read or write; when neither, the connection can close.
     public var isAlive: Bool { nghttp2_session_want_read(session) != 0 || nghttp2_session_want_write(session) != 0 }
-    public var wantsWrite: Bool { nghttp2_session_want_write(session) != 0 }
 
     /// The peer's SETTINGS_MAX_CONCURRENT_STREAMS (unlimited until its SETTINGS arrive).
     public var peerMaxConcurrentStreams: Int {

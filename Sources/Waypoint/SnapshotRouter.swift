@@ -122,9 +122,7 @@ final class SnapshotRouter: RequestRouter {
             request.trustDomain = identity.trustDomain
         }
         request.sourceIP = peer.sourceIPBytes
-        request.sourceIPText = peer.sourceIP
         request.destinationIP = peer.destinationIPBytes
-        request.destinationIPText = peer.destinationIP
         request.destinationPort = port
         return request
     }

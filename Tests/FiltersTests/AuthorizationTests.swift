@@ -94,7 +94,6 @@ import WaypointCore
             r.trustDomain = identity.trustDomain
         }
         r.sourceIP = IPAddress.parse(ip)
-        r.sourceIPText = ip
         r.destinationPort = port
         let storage = [Array(host.utf8), Array(method.utf8), Array(path.utf8)]
         return (r, storage)
