@@ -78,6 +78,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private var policy = ForwardPolicy.standard
     /// The backend's DestinationRule connection-pool settings.
     private var limits: ConnectionPoolSettings?
+    /// The route's retry policy, else the proxy's default (nil: no retries); resolved once per exchange.
+    private var retryPolicy: RetryPolicy?
     /// `policy.requestTimeout` (all tries, until the response is complete) and `policy.perTryTimeout` (each try,
     /// until its response head); created on first use.
     private var requestTimer: Timer?
@@ -386,6 +388,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private func forward(_ headBytes: UnsafeRawBufferPointer, to endpoint: Int32) {
         self.endpoint = endpoint
         limits = server.router.connectionPool(cluster: cluster)
+        retryPolicy = policy.retry ?? server.settings.defaultRetries
         guard let pool = server.pool(endpoint), let connection = pool.checkout(for: self, connectTimeout: limits?.connectTimeout) else {
             flags = "UF"
             server.counters.upstreamConnectFailures.increment()
@@ -498,6 +501,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         tryTimer?.cancel()
         policy = .standard
         limits = nil
+        retryPolicy = nil
         retryNote = nil
         bodyTooBigToRetry = false
         inExchange = false
@@ -747,9 +751,6 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         }
         server.router.reportAttempt(endpoint: endpoint, cluster: cluster, result: result)
     }
-
-    /// The route's retry policy, else the proxy's default (nil: no retries).
-    private var retryPolicy: RetryPolicy? { policy.retry ?? server.settings.defaultRetries }
 
     private func startTryTimer() {
         guard let timeout = policy.perTryTimeout else { return }

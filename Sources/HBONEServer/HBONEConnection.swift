@@ -339,9 +339,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         server.counters.tunnelsTotal.increment()
         server.counters.tunnelsActive.increment()
         session.respond(stream: stream, status: 200, body: true)
-        let source = request.forwardedFor ?? remote
-        let facts = PeerFacts(identity: identity, sourceIP: source?.ip ?? "unknown", sourceAddress: source?.description ?? "unknown",
-                              destinationIP: request.authority?.ip, baggage: request.baggage)
+        let facts = request.facts!
         server.logger.trace("tunnel opened", metadata: [
             "connection.id": "\(id)", "stream.id": "\(stream)", "destination": "\(destination.name)",
             "source": "\(facts.sourceAddress)", "baggage": "\(facts.baggage ?? "")"])
@@ -351,7 +349,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
 
     private struct Refusal { let status: Int; let reason: StaticString }
 
-    /// Why a tunnel request is refused, or nil (and `request.destination` set) when it is accepted.
+    /// Why a tunnel request is refused, or nil (and `request.destination`, `request.facts` set) when it is accepted.
     private func check(_ request: TunnelRequest) -> Refusal? {
         guard !goingAway else { return Refusal(status: 503, reason: "draining") }
         guard request.method == "CONNECT" else { return Refusal(status: 405, reason: "method") }
@@ -364,13 +362,14 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         }
         // A byte-stream port is authorized here, before the 200 (ztunnel answers an L4 deny with 401); HTTP
         // is authorized per request inside the tunnel.
+        let source = request.forwardedFor ?? remote
+        let facts = PeerFacts(identity: identity, sourceIP: source?.ip ?? "unknown", sourceAddress: source?.description ?? "unknown",
+                              destinationIP: address.ip, baggage: request.baggage)
         if destination.innerProtocol == .tcp {
-            let source = request.forwardedFor ?? remote
-            let facts = PeerFacts(identity: identity, sourceIP: source?.ip ?? "unknown", sourceAddress: source?.description ?? "unknown",
-                                  destinationIP: request.authority?.ip)
             guard server.router.authorizeTCP(to: destination, peer: facts) else { return Refusal(status: 401, reason: "denied") }
         }
         request.destination = destination
+        request.facts = facts
         return nil
     }
 
@@ -463,6 +462,8 @@ private final class TunnelRequest {
     var traceparent: [UInt8] = []
     var baggage: String?
     var destination: Destination?
+    /// Who the tunnel is from, built once the request is accepted.
+    var facts: PeerFacts?
 
     func add(name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
         switch name.count {

@@ -79,7 +79,7 @@ extension WaypointCommand {
                 print("tunnel: CONNECT \(tunnel) → \(found.name) (\(found.innerProtocol))")
             }
             let identity = principal.flatMap { SpiffeIdentity(uri: "spiffe://" + $0) }
-            let peer = PeerFacts(identity: identity, sourceIP: sourceIP, sourceAddress: sourceIP, destinationIP: destination.map { _ in tunnel!.split(separator: ":").first.map(String.init) ?? "" } ?? nil)
+            let peer = PeerFacts(identity: identity, sourceIP: sourceIP, sourceAddress: sourceIP, destinationIP: tunnel.flatMap { SocketAddress($0)?.ip })
 
             var text = "\(method) \(path) HTTP/1.1\r\nhost: \(host)\r\n"
             for h in header {

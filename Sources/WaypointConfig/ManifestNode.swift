@@ -1,3 +1,4 @@
+import WaypointCore
 import Yams
 
 /// A YAML node with the path that led to it, so every read can fail with an error naming the field.
@@ -82,6 +83,17 @@ struct ManifestNode {
 
     // Conveniences for optional fields.
     func optionalString(_ key: String) throws(ConfigError) -> String? { try optional(key)?.string() }
+
+    /// A Kubernetes/Go duration (`10s`, `500ms`); an error naming the field when malformed. `zeroIsNil`:
+    /// Gateway API's "0s" means no timeout; elsewhere a zero duration is invalid.
+    func optionalDuration(_ key: String, zeroIsNil: Bool = false) throws(ConfigError) -> Duration? {
+        guard let value = try optional(key) else { return nil }
+        let text = try value.string()
+        guard let parsed = GoDuration.parse(text), parsed > .zero || (zeroIsNil && parsed == .zero) else {
+            throw value.error("invalid duration \"\(text)\"")
+        }
+        return parsed == .zero ? nil : parsed
+    }
     func optionalArray(_ key: String) throws(ConfigError) -> [ManifestNode] { try optional(key)?.array() ?? [] }
 
     private func describe() -> String {

@@ -51,8 +51,8 @@ enum RouteParser {
             }
             var rule = HTTPRouteSpec.Rule(matches: matches, backendRefs: backends)
             if let timeouts = try r.optional("timeouts") {
-                rule.requestTimeout = try duration(timeouts, "request")
-                rule.backendRequestTimeout = try duration(timeouts, "backendRequest")
+                rule.requestTimeout = try timeouts.optionalDuration("request", zeroIsNil: true)
+                rule.backendRequestTimeout = try timeouts.optionalDuration("backendRequest", zeroIsNil: true)
                 if let request = rule.requestTimeout, let backend = rule.backendRequestTimeout, backend > request {
                     throw try timeouts.required("backendRequest").error("backendRequest must not be longer than request (Gateway API)")
                 }
@@ -61,7 +61,7 @@ enum RouteParser {
                 var codes: [Int] = []
                 for c in try retry.optionalArray("codes") { codes.append(try c.int(in: 400...599)) }
                 rule.retry = .init(codes: codes, attempts: try retry.optional("attempts")?.int(in: 0...10) ?? 1,
-                                   backoff: try duration(retry, "backoff"))
+                                   backoff: try retry.optionalDuration("backoff", zeroIsNil: true))
             }
             for f in try r.optionalArray("filters") {
                 let type = try f.required("type").string()
@@ -142,14 +142,6 @@ enum RouteParser {
         guard !protectedHeaders.contains(name.lowercased()) else {
             throw node.error("header \(name) frames the message or belongs to the connection and cannot be modified")
         }
-    }
-
-    /// A Gateway API duration (`10s`, `500ms`, `1h`); "0s" means no timeout.
-    private static func duration(_ node: ManifestNode, _ key: String) throws(ConfigError) -> Duration? {
-        guard let value = try node.optional(key) else { return nil }
-        let text = try value.string()
-        guard let parsed = GoDuration.parse(text) else { throw value.error("invalid duration \"\(text)\"") }
-        return parsed == .zero ? nil : parsed
     }
 
     private static func match(_ m: ManifestNode) throws(ConfigError) -> HTTPRouteSpec.MatchSpec {

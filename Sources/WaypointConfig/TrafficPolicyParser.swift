@@ -15,7 +15,7 @@ enum TrafficPolicyParser {
                 outlier = OutlierDetection(
                     consecutive5xxErrors: try o.optional("consecutive5xxErrors")?.int(in: 0...Int(Int32.max)),
                     consecutiveGatewayErrors: try o.optional("consecutiveGatewayErrors")?.int(in: 0...Int(Int32.max)),
-                    baseEjectionTime: try duration(o, "baseEjectionTime") ?? .seconds(30),
+                    baseEjectionTime: try o.optionalDuration("baseEjectionTime") ?? .seconds(30),
                     maxEjectionPercent: try o.optional("maxEjectionPercent")?.int(in: 0...100) ?? 10)
                 // Istio's default when outlierDetection is present without counts: 5 consecutive 5xx.
                 if outlier!.consecutive5xxErrors == nil && outlier!.consecutiveGatewayErrors == nil { outlier!.consecutive5xxErrors = 5 }
@@ -23,7 +23,7 @@ enum TrafficPolicyParser {
             if let cp = try policy.optional("connectionPool") {
                 var settings = ConnectionPoolSettings()
                 if let tcp = try cp.optional("tcp") {
-                    settings.connectTimeout = try duration(tcp, "connectTimeout")
+                    settings.connectTimeout = try tcp.optionalDuration("connectTimeout")
                     for key in ["maxConnections", "tcpKeepalive", "idleTimeout", "maxConnectionDuration"] where try tcp.optional(key) != nil {
                         ignored.append("connectionPool.tcp.\(key)")
                     }
@@ -45,12 +45,5 @@ enum TrafficPolicyParser {
         if try spec.optional("subsets") != nil { ignored.append("subsets") }
         return DestinationRuleSpec(namespace: namespace, name: name, host: host, outlierDetection: outlier, connectionPool: pool,
                                    ignoredFields: ignored)
-    }
-
-    private static func duration(_ node: ManifestNode, _ key: String) throws(ConfigError) -> Duration? {
-        guard let value = try node.optional(key) else { return nil }
-        let text = try value.string()
-        guard let parsed = GoDuration.parse(text), parsed > .zero else { throw value.error("invalid duration \"\(text)\"") }
-        return parsed
     }
 }
