@@ -64,6 +64,10 @@ let package = Package(
         .executableTarget(name: "AuthzBenchmark", dependencies: ["Filters", "WaypointCore"], path: "benchmarks/authz",
                           swiftSettings: release),
 
+        // Route selection cost (benchmarks/README.md); built in CI, run by hand.
+        .executableTarget(name: "RoutingBenchmark", dependencies: ["HTTPRouter", "Regex", "WaypointCore"], path: "benchmarks/routing",
+                          swiftSettings: release),
+
         .testTarget(name: "WaypointCoreTests", dependencies: ["WaypointCore"]),
         .testTarget(name: "HTTPRouterTests", dependencies: ["HTTPRouter", "WaypointCore"]),
         .testTarget(name: "FiltersTests", dependencies: ["Filters", "WaypointCore"]),

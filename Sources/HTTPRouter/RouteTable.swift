@@ -28,16 +28,17 @@ public struct RouteRule<Action: Sendable>: Sendable {
     }
 }
 
-/// The rules for one destination (a service port, or the Gateway's hostnames), sorted by precedence.
+/// The rules for one destination (a service port, or the Gateway's hostnames), in decision order.
 /// `fallback` answers when no rule matches: the service itself when no route is attached, nil (404) otherwise.
 public struct RuleSet<Action: Sendable>: Sendable {
     public let rules: [RouteRule<Action>]
     public let fallback: Action?
+    private let index: RuleIndex
 
-    /// Sorts `rules` in Gateway API order: exact path, longest prefix, method, most header matches, then the
-    /// oldest route, then `namespace/name`, then rule order.
+    /// Sorts `rules` in Gateway API order: exact path, longest prefix, method, most header matches, most query
+    /// matches, then the oldest route, then `namespace/name`, then rule order.
     public init(rules: [RouteRule<Action>], fallback: Action?) {
-        self.rules = rules.enumerated().sorted { a, b in
+        self.init(orderedRules: rules.enumerated().sorted { a, b in
             let (pa, pb) = (a.element.match.precedence, b.element.match.precedence)
             if pa != pb { return pa < pb }
             let (oa, ob) = (a.element.origin, b.element.origin)
@@ -45,15 +46,119 @@ public struct RuleSet<Action: Sendable>: Sendable {
             if oa.route != ob.route { return oa.route < ob.route }
             if oa.ruleIndex != ob.ruleIndex { return oa.ruleIndex < ob.ruleIndex }
             return a.offset < b.offset
-        }.map(\.element)
-        self.fallback = fallback
+        }.map(\.element), fallback: fallback)
     }
 
-    /// The first rule in precedence order that matches, else the fallback.
+    /// Keeps `rules` in the given order, first match wins (Istio VirtualService `http[]`).
+    public init(orderedRules: [RouteRule<Action>], fallback: Action?) {
+        self.rules = orderedRules
+        self.fallback = fallback
+        self.index = RuleIndex(orderedRules.map(\.match))
+    }
+
+    /// The action of the first rule that matches, else the fallback.
     @inline(__always)
     public func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer) -> Action? {
-        for rule in rules where rule.match.matches(head, bytes) { return rule.action }
+        if let position = firstMatch(head, bytes) { return rules[position].action }
         return fallback
+    }
+
+    /// The position in `rules` of the first rule that matches. Only rules whose path can match are looked at:
+    /// exact paths by one hash lookup, prefixes (and regular expressions, by their leading literal text) by one
+    /// lookup per distinct prefix length; the rest are tried in order, and only while they could still come first.
+    public func firstMatch(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer) -> Int? {
+        let path = head.path.bytes(in: bytes)
+        var best = Int32.max
+        firstMatching(index.exact.lookup(path), head, bytes, before: &best)
+        for length in index.elementPrefixLengths {
+            if length > path.count { break }
+            guard length == path.count || path[length] == 0x2F else { continue }
+            firstMatching(index.elementPrefixes.lookup(UnsafeRawBufferPointer(rebasing: path[0..<length])), head, bytes, before: &best)
+        }
+        for length in index.stringPrefixLengths {
+            if length > path.count { break }
+            firstMatching(index.stringPrefixes.lookup(UnsafeRawBufferPointer(rebasing: path[0..<length])), head, bytes, before: &best)
+        }
+        for length in index.regexPrefixLengths {
+            if length > path.count { break }
+            firstMatching(index.regexPrefixes.lookup(UnsafeRawBufferPointer(rebasing: path[0..<length])), head, bytes,
+                          before: &best, checkingPath: true)
+        }
+        for position in index.scanned {
+            if position >= best { break }
+            if rules[Int(position)].match.matches(head, bytes) { best = position; break }
+        }
+        return best == .max ? nil : Int(best)
+    }
+
+    /// Lowers `best` to the first rule of `group` (whose path matches) that matches otherwise, if it comes earlier.
+    @inline(__always)
+    private func firstMatching(_ group: RuleIndex.Group?, _ head: RequestHead, _ bytes: UnsafeRawBufferPointer,
+                               before best: inout Int32, checkingPath: Bool = false) {
+        guard let group else { return }
+        for i in group.start..<(group.start + group.count) {
+            let position = index.positions[Int(i)]
+            if position >= best { return }
+            let match = rules[Int(position)].match
+            if checkingPath ? match.matches(head, bytes) : match.matchesBesidesPath(head, bytes) { best = position; return }
+        }
+    }
+}
+
+/// Rule positions grouped by what their path match needs, built once with the rule set.
+struct RuleIndex: Sendable {
+    /// A run of ascending rule positions in `positions`.
+    struct Group: Sendable {
+        var start: Int32
+        var count: Int32
+    }
+    /// Every group's positions, back to back.
+    let positions: [Int32]
+    let exact: ByteStringMap<Group>
+    let elementPrefixes: ByteStringMap<Group>
+    /// Distinct lengths of `elementPrefixes` keys, ascending.
+    let elementPrefixLengths: [Int]
+    let stringPrefixes: ByteStringMap<Group>
+    let stringPrefixLengths: [Int]
+    /// Regular expressions by the literal text they start with; the path is matched against them in full.
+    let regexPrefixes: ByteStringMap<Group>
+    let regexPrefixLengths: [Int]
+    /// Rules tried one by one: regular expressions without a leading literal, case-insensitive paths and the
+    /// prefix `/`; ascending.
+    let scanned: [Int32]
+
+    init(_ matches: [RequestMatch]) {
+        var exact: [[UInt8]: [Int32]] = [:]
+        var elementPrefixes: [[UInt8]: [Int32]] = [:]
+        var stringPrefixes: [[UInt8]: [Int32]] = [:]
+        var regexPrefixes: [[UInt8]: [Int32]] = [:]
+        var scanned: [Int32] = []
+        for (position, match) in matches.enumerated() {
+            let p = Int32(position)
+            switch match.path {
+            case .exact(let bytes) where !match.ignoreCase: exact[bytes, default: []].append(p)
+            case .prefix(let bytes) where !match.ignoreCase && bytes.count > 1: elementPrefixes[bytes, default: []].append(p)
+            case .stringPrefix(let bytes) where !match.ignoreCase && !bytes.isEmpty: stringPrefixes[bytes, default: []].append(p)
+            case .regex(let regex) where regex.literalPrefix.count > 1: regexPrefixes[regex.literalPrefix, default: []].append(p)
+            default: scanned.append(p)
+            }
+        }
+        var positions: [Int32] = []
+        func groups(_ keyed: [[UInt8]: [Int32]]) -> ByteStringMap<Group> {
+            ByteStringMap(keyed.map { key, list in
+                defer { positions += list }
+                return (key, Group(start: Int32(positions.count), count: Int32(list.count)))
+            })
+        }
+        self.exact = groups(exact)
+        self.elementPrefixes = groups(elementPrefixes)
+        self.stringPrefixes = groups(stringPrefixes)
+        self.regexPrefixes = groups(regexPrefixes)
+        self.positions = positions
+        elementPrefixLengths = Set(elementPrefixes.keys.map(\.count)).sorted()
+        stringPrefixLengths = Set(stringPrefixes.keys.map(\.count)).sorted()
+        regexPrefixLengths = Set(regexPrefixes.keys.map(\.count)).sorted()
+        self.scanned = scanned
     }
 }
 

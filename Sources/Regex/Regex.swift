@@ -32,6 +32,30 @@ public final class Regex: @unchecked Sendable {
 
     deinit { pcre2_code_free_8(code) }
 
+    /// The bytes every match must start with (the pattern's leading literal text), so that a caller can skip
+    /// the match for subjects that do not start with them. Empty when the pattern has alternation or options,
+    /// or starts with anything but a literal.
+    public var literalPrefix: [UInt8] {
+        let bytes = Array(pattern.utf8)
+        guard !bytes.contains(0x7C) else { return [] }  // '|': an alternative may start differently
+        var prefix: [UInt8] = []
+        for byte in bytes {
+            if Self.special.contains(byte) {
+                // A quantifier makes the character before it optional (all of its UTF-8 bytes).
+                if Self.quantifiers.contains(byte) {
+                    while let last = prefix.last, last & 0xC0 == 0x80 { prefix.removeLast() }
+                    if !prefix.isEmpty { prefix.removeLast() }
+                }
+                return prefix
+            }
+            prefix.append(byte)
+        }
+        return prefix
+    }
+
+    private static let special: Set<UInt8> = Set("\\^$.|?*+()[]{}#".utf8)
+    private static let quantifiers: Set<UInt8> = Set("?*+{".utf8)
+
     /// True when the whole of `subject` matches.
     public func matches(_ subject: UnsafeRawBufferPointer) -> Bool {
         guard let data = pcre2_match_data_create_from_pattern_8(code, nil) else { return false }

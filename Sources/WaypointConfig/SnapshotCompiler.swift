@@ -439,13 +439,9 @@ private struct CompileState {
     // MARK: - Dump
 
     static func describe(_ rule: RouteRule<RouteAction>) -> JSONValue {
-        var match: [(String, JSONValue)] = []
-        switch rule.match.path {
-        case .exact(let p): match.append(("path", .object([("type", .string("Exact")), ("value", .string(String(decoding: p, as: UTF8.self)))])))
-        case .prefix(let p): match.append(("path", .object([("type", .string("PathPrefix")), ("value", .string(String(decoding: p, as: UTF8.self)))])))
-        case .regex(let r): match.append(("path", .object([("type", .string("RegularExpression")), ("value", .string(r.pattern))])))
-        }
-        if let m = rule.match.method { match.append(("method", .string(String(decoding: m, as: UTF8.self)))) }
+        var match: [(String, JSONValue)] = [("path", .string(rule.match.path.description))]
+        if rule.match.ignoreCase { match.append(("ignoreUriCase", .string("true"))) }
+        if let m = rule.match.method { match.append(("method", .string(m.description))) }
         if !rule.match.headers.isEmpty {
             match.append(("headers", .array(rule.match.headers.map { .string(String(decoding: $0.name, as: UTF8.self)) })))
         }
