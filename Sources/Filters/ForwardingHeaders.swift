@@ -117,6 +117,20 @@ public enum ForwardingHeaders {
         out.append("\r\n")
     }
 
+    /// Writes a configured answer (VirtualService `directResponse`, fault abort): status, plain-text body.
+    public static func writeResponse(status: Int, body: [UInt8], omitBody: Bool, close: Bool, into out: ByteBuffer) {
+        out.append("HTTP/1.1 ")
+        out.appendDecimal(status)
+        out.append(0x20)
+        out.append(LocalReply.reasonPhrase(status))
+        out.append("\r\ncontent-type: text/plain\r\ncontent-length: ")
+        out.appendDecimal(body.count)
+        out.append("\r\n")
+        if close { out.append("connection: close\r\n") }
+        out.append("\r\n")
+        if !omitBody { out.append(body) }
+    }
+
     /// Writes a complete response the proxy answers itself.
     public static func writeLocalReply(_ reply: LocalReply, close: Bool, into out: ByteBuffer) {
         let body = reply.body

@@ -65,6 +65,35 @@ public struct RetryPolicy: Sendable, Equatable {
                     backoffCap: max(.milliseconds(250), (backoff ?? .zero) * 10))
     }
 
+    /// Istio VirtualService `retries`: up to `attempts` retries on the `retryOn` conditions (Envoy's names; numbers
+    /// are retriable status codes); without `retryOn`, Istio's default conditions. `5xx` and `gateway-error`
+    /// include connect failures, resets and per-try timeouts, as in Envoy; `retriable-4xx` is 409. HTTP/2 and
+    /// gRPC conditions (`refused-stream`, `cancelled`, ...) never occur on an HTTP/1.1 attempt.
+    public static func istio(attempts: Int, retryOn: String?) -> RetryPolicy {
+        guard let retryOn else {
+            var policy = istioDefault
+            policy.maxRetries = attempts
+            return policy
+        }
+        var conditions: RetryOn = []
+        var codes: [Int] = []
+        for item in retryOn.split(separator: ",") {
+            let name = item.filter { $0 != " " }
+            if let code = Int(name) { codes.append(code); continue }
+            switch name {
+            case "5xx": conditions.formUnion([.serverError, .connectFailure, .reset, .perTryTimeout])
+            case "gateway-error": conditions.formUnion([.gatewayError, .connectFailure, .reset, .perTryTimeout])
+            case "reset": conditions.formUnion([.reset, .perTryTimeout])
+            case "connect-failure", "reset-before-request": conditions.insert(.connectFailure)
+            case "retriable-4xx": codes.append(409)
+            case "retriable-status-codes": conditions.insert(.retriableStatusCodes)
+            default: break
+            }
+        }
+        if !codes.isEmpty { conditions.insert(.retriableStatusCodes) }
+        return RetryPolicy(maxRetries: attempts, retryOn: conditions, retriableStatusCodes: codes)
+    }
+
     /// Whether this outcome calls for another try (attempt counts and budgets aside).
     public func wouldRetry(_ outcome: Outcome) -> Bool {
         switch outcome {

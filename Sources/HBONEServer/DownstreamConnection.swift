@@ -324,6 +324,17 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             let before = output.readableBytes
             ForwardingHeaders.writeRedirect(status: code, location: location, close: !keepAlive, into: output)
             bytesSent = output.readableBytes - before
+        case .respond(let code, let body):
+            flags = "DR"
+            discardingBody = true
+            input.consume(length)
+            status = code
+            responseHeadDone = true
+            responseDone = true
+            if !requestDone { keepAlive = false }
+            let before = output.readableBytes
+            ForwardingHeaders.writeResponse(status: code, body: body, omitBody: requestWasHead, close: !keepAlive, into: output)
+            bytesSent = output.readableBytes - before
         case .forward(let endpoint, let route, let cluster, let policy):
             routeName = route
             self.cluster = cluster

@@ -181,6 +181,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession {
                 (":status", String(status)), ("location", String(decoding: location, as: UTF8.self)), ("content-length", "0"),
             ], body: false)
             channel.flush()
+        case .respond(let status, let body):
+            respond(exchange, status: status, body: body)
         case .forward(let endpoint, let route, _, let policy):
             exchange.route = route
             exchange.responseModifier = policy.responseHeaders
@@ -263,21 +265,24 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession {
     /// Answers without an upstream: an HTTP status with a short body, or for gRPC a trailers-only response with
     /// the matching `grpc-status` (gRPC's HTTP-to-status mapping: 404 → UNIMPLEMENTED, 503 → UNAVAILABLE, ...).
     private func replyLocally(_ exchange: H2CExchange, _ reply: LocalReply) {
-        exchange.status = reply.status
+        respond(exchange, status: reply.status, body: Array((reply.body.description.trimmingNewline() + "\n").utf8))
+    }
+
+    /// A complete answer of the proxy's own; to a gRPC caller as a gRPC status with the body as its message.
+    private func respond(_ exchange: H2CExchange, status: Int, body: [UInt8]) {
+        exchange.status = status
         exchange.responseStarted = true
         exchange.responseEnded = true
-        let message = reply.body.description.trimmingNewline()
         if exchange.isGRPC {
             channel.session.respond(stream: exchange.downstreamID, fields: [
                 (":status", "200"), ("content-type", "application/grpc"),
-                ("grpc-status", String(Self.grpcStatus(for: reply.status))), ("grpc-message", message),
+                ("grpc-status", String(Self.grpcStatus(for: status))), ("grpc-message", String(decoding: body, as: UTF8.self).trimmingNewline()),
             ], body: false)
         } else {
-            exchange.responseBody.append(string: message + "\n")
+            exchange.responseBody.append(body)
             channel.session.respond(stream: exchange.downstreamID, fields: [
-                (":status", String(reply.status)), ("content-type", "text/plain"),
-                ("content-length", String(exchange.responseBody.readableBytes)),
-            ], body: true)
+                (":status", String(status)), ("content-type", "text/plain"), ("content-length", String(body.count)),
+            ], body: !body.isEmpty)
         }
         channel.flush()
     }

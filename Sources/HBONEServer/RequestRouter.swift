@@ -12,6 +12,8 @@ public enum RouteDecision {
     case reply(LocalReply)
     /// Answer with a redirect (RequestRedirect): `status` 3xx and the `location` built from the request.
     case redirect(status: Int, location: [UInt8])
+    /// Answer with this status and body (VirtualService `directResponse`, fault abort).
+    case respond(status: Int, body: [UInt8])
 }
 
 /// Decides where each request and each HBONE tunnel goes. One instance per worker.

@@ -54,6 +54,8 @@ public final class WorkerCounters: Sendable {
     public let retryOverflow = Atomic<Int>(0)
     /// Endpoints ejected by outlier detection.
     public let outlierEjections = Atomic<Int>(0)
+    /// Requests answered by a VirtualService `fault.abort`.
+    public let faultAborts = Atomic<Int>(0)
 
     // MARK: Authorization
     public let authorizationAllowed = Atomic<Int>(0)

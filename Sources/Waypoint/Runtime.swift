@@ -312,6 +312,8 @@ final class Runtime {
                [("", sum { $0.retryOverflow.value })])
         metric("waypoint_outlier_ejections_total", "counter", "Endpoints ejected by outlier detection (DestinationRule).",
                [("", sum { $0.outlierEjections.value })])
+        metric("waypoint_fault_aborts_total", "counter", "Requests answered by a VirtualService fault abort.",
+               [("", sum { $0.faultAborts.value })])
         metric("waypoint_authorization_decisions_total", "counter", "Authorization decisions, by result.", [
             ("{result=\"allow\"}", sum { $0.authorizationAllowed.value }),
             ("{result=\"deny\"}", sum { $0.authorizationDenied.value }),

@@ -74,6 +74,8 @@ final class SnapshotRouter: RequestRouter {
         switch action {
         case .reply(let reply):
             return .reply(reply)
+        case .respond(let status, let body):
+            return .respond(status: status, body: body)
         case .redirect(let redirect):
             let (name, hostPort) = RouteTable<RouteAction>.split(head.host.bytes(in: bytes))
             let target = head.target.bytes(in: bytes)
@@ -82,6 +84,10 @@ final class SnapshotRouter: RequestRouter {
                                              query: UnsafeRawBufferPointer(rebasing: target[min(Int(head.path.count), target.count)...]))
             return .redirect(status: redirect.statusCode, location: location)
         case .forward(let backends):
+            if let abort = backends.abort, roll(abort.percent) {
+                counters.faultAborts.increment()
+                return .respond(status: abort.status, body: Self.abortBody)
+            }
             let cluster = pick(backends)
             guard cluster >= 0 else { return .reply(.invalidBackend) }
             guard let endpoint = nextEndpoint(cluster) else { return .reply(.noHealthyUpstream) }
@@ -221,6 +227,14 @@ final class SnapshotRouter: RequestRouter {
             }
         }
         health[endpoint] = state
+    }
+
+    /// Envoy's body for an injected abort.
+    private static let abortBody = Array("fault filter abort".utf8)
+
+    /// True for `percent` % of calls (Istio percentages have a resolution of 0.0001 %).
+    private func roll(_ percent: Double) -> Bool {
+        percent >= 100 || Double(random.next() % 1_000_000) < percent * 10_000
     }
 
     /// Weighted random choice; weight-0 entries are never chosen.

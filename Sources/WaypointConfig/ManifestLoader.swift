@@ -109,6 +109,8 @@ public enum ManifestLoader {
             spec.peerAuthentications.append(try SecurityParser.peerAuthentication(doc, namespace: namespace, name: name))
         case ("gateway.networking.k8s.io", "HTTPRoute"):
             spec.httpRoutes.append(try RouteParser.httpRoute(doc, namespace: namespace, name: name, creation: creation))
+        case ("networking.istio.io", "VirtualService"):
+            spec.virtualServices.append(try VirtualServiceParser.virtualService(doc, namespace: namespace, name: name, creation: creation))
         default:
             spec.warnings.append("\(doc.location.file): document \(doc.location.document): skipping unsupported kind \(apiVersion) \(kind) \(namespace)/\(name)")
         }

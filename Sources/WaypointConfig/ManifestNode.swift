@@ -56,6 +56,25 @@ struct ManifestNode {
         return value
     }
 
+    func number(in range: ClosedRange<Double>) throws(ConfigError) -> Double {
+        guard case .scalar(let s) = node, s.style == .plain, let value = Double(s.string), value.isFinite else {
+            throw error("expected a number, got \(describe())")
+        }
+        guard range.contains(value) else { throw error("\(value) is out of range \(range.lowerBound)...\(range.upperBound)") }
+        return value
+    }
+
+    /// A mapping's entries in document order, each value named by its key in errors.
+    func entries() throws(ConfigError) -> [(key: String, value: ManifestNode)] {
+        guard let mapping = node.mapping else { throw error("expected a mapping") }
+        var result: [(String, ManifestNode)] = []
+        for (key, value) in mapping {
+            guard case .scalar(let k) = key else { throw error("expected string keys") }
+            result.append((k.string, ManifestNode(node: value, path: child(k.string), location: location)))
+        }
+        return result
+    }
+
     func bool() throws(ConfigError) -> Bool {
         guard case .scalar(let s) = node, s.style == .plain else { throw error("expected true or false, got \(describe())") }
         switch s.string {

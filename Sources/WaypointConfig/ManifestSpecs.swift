@@ -159,6 +159,7 @@ public struct ConfigSpec: Sendable {
     public var serviceEntries: [ServiceEntrySpec] = []
     public var gateways: [GatewaySpec] = []
     public var httpRoutes: [HTTPRouteSpec] = []
+    public var virtualServices: [VirtualServiceSpec] = []
     public var authorizationPolicies: [AuthorizationPolicySpec] = []
     public var peerAuthentications: [PeerAuthenticationSpec] = []
     public var destinationRules: [DestinationRuleSpec] = []
@@ -166,4 +167,74 @@ public struct ConfigSpec: Sendable {
     public var warnings: [String] = []
 
     public init() {}
+}
+
+/// `networking.istio.io/v1 VirtualService`: the parts a waypoint applies to its services' HTTP traffic.
+public struct VirtualServiceSpec: Sendable {
+    /// Istio StringMatch: `exact`, `prefix`, `regex`, or empty (`{}`: present).
+    public struct StringMatchSpec: Sendable, Equatable {
+        public enum Kind: String, Sendable { case exact, prefix, regex, present }
+        public var kind: Kind
+        public var value: String
+    }
+    /// One `http[].match[]` entry; every condition must hold.
+    public struct Match: Sendable {
+        public var uri: StringMatchSpec?
+        public var ignoreUriCase = false
+        public var method: StringMatchSpec?
+        public var authority: StringMatchSpec?
+        public var headers: [(name: String, match: StringMatchSpec)] = []
+        public var withoutHeaders: [(name: String, match: StringMatchSpec)] = []
+        public var queryParams: [(name: String, match: StringMatchSpec)] = []
+        public var port: Int?
+        /// Conditions about the caller's pod that a waypoint cannot see (`sourceLabels`, `sourceNamespace`,
+        /// `gateways` other than mesh): the match never holds, and `waypoint check` says so.
+        public var unsupported: [String] = []
+    }
+    /// `route[]` entry: `destination` host/port/subset and its weight.
+    public struct Destination: Sendable, Equatable {
+        public var host: String
+        public var port: Int?
+        public var subset: String?
+        public var weight: Int
+    }
+    public struct Retries: Sendable {
+        public var attempts: Int
+        public var perTryTimeout: Duration?
+        public var retryOn: String?
+    }
+    public struct Fault: Sendable {
+        public var delay: Duration?
+        public var delayPercent: Double = 100
+        public var abortStatus: Int?
+        public var abortPercent: Double = 100
+    }
+    public struct HTTPRule: Sendable {
+        public var name: String?
+        public var matches: [Match] = []
+        public var route: [Destination] = []
+        public var redirect: RequestRedirect?
+        public var directResponse: (status: Int, body: [UInt8])?
+        /// `rewrite.uri` (replaces the matched prefix, else the whole path) and `rewrite.authority`.
+        public var rewriteURI: String?
+        public var rewriteAuthority: String?
+        public var requestHeaders: HeaderModifier?
+        public var responseHeaders: HeaderModifier?
+        public var timeout: Duration?
+        public var retries: Retries?
+        public var mirror: Destination?
+        public var mirrorPercent: Double = 100
+        public var fault: Fault?
+        /// Fields read but not applied: the rule answers 500 rather than route differently than asked.
+        public var unsupported: [String] = []
+    }
+    public var namespace: String
+    public var name: String
+    public var creationTimestamp: String
+    public var hosts: [String]
+    /// Empty or containing `mesh`: applies to the services' traffic; naming only gateways: not to a waypoint.
+    public var gateways: [String]
+    public var http: [HTTPRule]
+    /// Kinds of traffic described that a waypoint's HTTP routing does not take from a VirtualService.
+    public var ignoredSections: [String]
 }

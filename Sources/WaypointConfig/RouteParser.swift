@@ -137,7 +137,7 @@ enum RouteParser {
         return HeaderModifier(set: try pairs("set"), add: try pairs("add"), remove: remove)
     }
 
-    private static func checkName(_ name: String, _ node: ManifestNode) throws(ConfigError) {
+    static func checkName(_ name: String, _ node: ManifestNode) throws(ConfigError) {
         guard !name.isEmpty, name.utf8.allSatisfy(HTTP1Parser.isTokenChar) else { throw node.error("invalid header name \"\(name)\"") }
         guard !protectedHeaders.contains(name.lowercased()) else {
             throw node.error("header \(name) frames the message or belongs to the connection and cannot be modified")

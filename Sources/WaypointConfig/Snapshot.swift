@@ -28,12 +28,16 @@ public struct BackendSet: Sendable {
     public let route: String
     /// Retries and timeouts of the rule.
     public let policy: ForwardPolicy
+    /// VirtualService `fault.abort`: this share of requests is answered with the status instead.
+    public let abort: (status: Int, percent: Double)?
 
-    public init(clusters: [WeightedCluster], totalWeight: UInt32, route: String, policy: ForwardPolicy = .standard) {
+    public init(clusters: [WeightedCluster], totalWeight: UInt32, route: String, policy: ForwardPolicy = .standard,
+                abort: (status: Int, percent: Double)? = nil) {
         self.clusters = clusters
         self.totalWeight = totalWeight
         self.route = route
         self.policy = policy
+        self.abort = abort
     }
 }
 
@@ -44,6 +48,8 @@ public enum RouteAction: Sendable {
     case redirect(RequestRedirect)
     /// A fixed answer: a rule without backendRefs answers 500 (Gateway API: no forwarding, no filter).
     case reply(LocalReply)
+    /// VirtualService `directResponse`: this status and body.
+    case respond(status: Int, body: [UInt8])
 }
 
 /// Everything needed to route, compiled once per config load and shared read-only by all workers.

@@ -30,7 +30,7 @@ public struct SnapshotCompiler {
 }
 
 /// Working state of one compilation.
-private struct CompileState {
+struct CompileState {
     let spec: ConfigSpec
     let compiler: SnapshotCompiler
     var clusters: [Cluster] = []
@@ -58,7 +58,13 @@ private struct CompileState {
         self.compiler = compiler
     }
 
+    /// Appends a warning unless the same text is already there (a rule compiled once per port warns once).
+    mutating func warnOnce(_ text: String) {
+        if !warnings.contains(text) { warnings.append(text) }
+    }
+
     mutating func build() {
+        warnAboutVirtualServices()
         buildServiceClusters()
         buildServiceEntryClusters()
         buildGatewayHosts()
@@ -375,22 +381,35 @@ private struct CompileState {
 
     mutating func buildServiceHosts() {
         for service in spec.services {
+            let fqdn = "\(service.name).\(service.namespace).svc.\(compiler.clusterDomain)"
             let attached = spec.httpRoutes.filter { route in
                 route.parentRefs.contains { $0.isService && $0.namespace == service.namespace && $0.name == service.name }
             }
+            // Both kinds for one service: Istio leaves it undefined; here the HTTPRoutes win.
+            var virtualServices = self.virtualServices(fqdn: fqdn, hosts: [])
+            if !attached.isEmpty && !virtualServices.isEmpty {
+                for vs in virtualServices {
+                    warnings.append("VirtualService \(vs.namespace)/\(vs.name): service \(service.namespace)/\(service.name) has HTTPRoutes attached, which take precedence: not applied to it")
+                }
+                virtualServices = []
+            }
             var ports: [(port: UInt16, rules: RuleSet<RouteAction>)] = []
             for port in service.ports {
+                let own = clusterIndex["\(service.namespace)/\(service.name):\(port.port)"]!
+                if !virtualServices.isEmpty {
+                    // Istio: with a VirtualService, a request no rule matches gets 404.
+                    ports.append((UInt16(port.port), RuleSet(orderedRules: rules(from: virtualServices, port: port.port), fallback: nil)))
+                    continue
+                }
                 // GAMMA: routes whose parentRef names this port (or no port) apply; with none, traffic goes to the service.
                 let forPort = attached.filter { route in
                     route.parentRefs.contains { $0.isService && $0.namespace == service.namespace && $0.name == service.name && ($0.port == nil || $0.port == port.port) }
                 }
-                let own = clusterIndex["\(service.namespace)/\(service.name):\(port.port)"]!
                 let fallback: RouteAction? = forPort.isEmpty
                     ? .forward(BackendSet(clusters: [WeightedCluster(cluster: own, weight: 1)], totalWeight: 1, route: "\(service.namespace)/\(service.name)"))
                     : nil
                 ports.append((UInt16(port.port), RuleSet(rules: rules(from: forPort), fallback: fallback)))
             }
-            let fqdn = "\(service.name).\(service.namespace).svc.\(compiler.clusterDomain)"
             var hostNames = ["\(service.name).\(service.namespace)", "\(service.name).\(service.namespace).svc", fqdn]
             if service.namespace == compiler.namespace { hostNames.insert(service.name, at: 0) }
             if let ip = service.clusterIP { hostNames.append(ip) }
@@ -409,12 +428,14 @@ private struct CompileState {
 
     mutating func buildServiceEntryHosts() {
         for entry in spec.serviceEntries {
+            let virtualServices = self.virtualServices(fqdn: nil, hosts: entry.hosts)
             var ports: [(port: UInt16, rules: RuleSet<RouteAction>)] = []
             for port in entry.ports {
                 let own = clusterIndex["\(entry.hosts[0]):\(port.number)"]!
                 let fallback = RouteAction.forward(BackendSet(clusters: [WeightedCluster(cluster: own, weight: 1)], totalWeight: 1,
                                                               route: "\(entry.namespace)/\(entry.name)"))
-                ports.append((UInt16(port.number), RuleSet(rules: [], fallback: fallback)))
+                ports.append((UInt16(port.number), virtualServices.isEmpty ? RuleSet(rules: [], fallback: fallback)
+                                : RuleSet(orderedRules: rules(from: virtualServices, port: port.number), fallback: nil)))
             }
             addHost(VirtualHost(ports: ports, defaultPort: Self.defaultPort(entry.ports.map(\.number))),
                     names: entry.hosts + entry.addresses, kind: "ServiceEntry", name: "\(entry.namespace)/\(entry.name)")
@@ -453,6 +474,7 @@ private struct CompileState {
         switch action {
         case .reply(let reply): return .object([("reply", .int(reply.status))])
         case .redirect(let redirect): return .object([("redirect", .int(redirect.statusCode))])
+        case .respond(let status, _): return .object([("directResponse", .int(status))])
         case .forward(let set):
             return .object([("route", .string(set.route)), ("backends", .array(set.clusters.map {
                 .object([("cluster", .int(Int($0.cluster))), ("weight", .int(Int($0.weight)))])

@@ -1,0 +1,163 @@
+"""Istio VirtualService routing through the real binary: first match wins, every action kind, over real sockets."""
+import json
+import subprocess
+import textwrap
+
+from conftest import BINARY, http_request, service_yaml
+
+VIRTUAL_SERVICES = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: [reviews]
+  http:
+  - name: jason
+    match: [{headers: {end-user: {exact: jason}}}]
+    route: [{destination: {host: reviews-v2}}]
+  - match: [{uri: {exact: /health}}]
+    directResponse: {status: 200, body: {string: "healthy"}}
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new, redirectCode: 308}
+  - match: [{uri: {prefix: /chaos}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: reviews-v1}}]
+  - match: [{uri: {prefix: /api/v1}}, {uri: {prefix: /API/legacy}, ignoreUriCase: true}]
+    rewrite: {uri: /v1}
+    headers:
+      request: {set: {x-vs: rewritten}, remove: [x-drop]}
+      response: {add: {x-served-by: waypoint}}
+    route: [{destination: {host: reviews-v1.default.svc.cluster.local, port: {number: 80}}}]
+  - match: [{uri: {regex: "/items/[0-9]+"}, method: {exact: DELETE}}]
+    route: [{destination: {host: reviews-v2}}]
+  - match: [{uri: {prefix: /retry}}]
+    retries: {attempts: 2, retryOn: "5xx"}
+    route: [{destination: {host: reviews-v1}}]
+  - match: [{uri: {prefix: /noretry}}]
+    retries: {attempts: 0}
+    route: [{destination: {host: reviews-v1}}]
+  - match: [{withoutHeaders: {x-canary: {}}}]
+    route:
+    - {destination: {host: reviews-v1}, weight: 75}
+    - {destination: {host: reviews-v2}, weight: 25}
+  - match: [{sourceLabels: {app: frontend}}]
+    route: [{destination: {host: reviews-v2}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: default}
+spec:
+  hosts: [ratings.default.svc.cluster.local]
+  http:
+  - match: [{uri: {exact: /ratings}}]
+    route: [{destination: {host: reviews-v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: edge-only, namespace: default}
+spec:
+  hosts: [details]
+  gateways: [istio-system/edge]
+  http:
+  - route: [{destination: {host: reviews-v2}}]
+"""
+
+
+def config(v1, v2):
+    return "---".join([
+        service_yaml("reviews", [("127.0.0.1", v1.port)]),
+        service_yaml("reviews-v1", [("127.0.0.1", v1.port)]),
+        service_yaml("reviews-v2", [("127.0.0.1", v2.port)]),
+        service_yaml("ratings", [("127.0.0.1", v1.port)]),
+        service_yaml("details", [("127.0.0.1", v1.port)]),
+        VIRTUAL_SERVICES,
+    ])
+
+
+def get(proxy, path, host="reviews", method="GET", headers=None):
+    return http_request(proxy.port, method, path, host=host, headers=headers)
+
+
+def test_rules_in_declaration_order(origin_factory, proxy_factory):
+    v1, v2 = origin_factory("v1"), origin_factory("v2")
+    proxy = proxy_factory(config(v1, v2))
+
+    # The first rule wins even where a later one is more specific (Istio, unlike Gateway API).
+    status, headers, _ = get(proxy, "/api/v1/x", headers={"end-user": "jason"})
+    assert (status, headers["x-origin"]) == (200, "v2")
+
+    status, headers, body = get(proxy, "/health")
+    assert (status, body, headers["content-type"]) == (200, b"healthy", "text/plain")
+
+    status, headers, _ = get(proxy, "/old/page?q=1")
+    assert (status, headers["location"]) == (308, "http://reviews/new?q=1")
+
+    status, _, body = get(proxy, "/chaos")
+    assert (status, body) == (418, b"fault filter abort")
+    assert proxy.metrics()["waypoint_fault_aborts_total"] == 1
+
+    # rewrite.uri replaces the matched prefix; headers set/removed upstream, added downstream.
+    status, headers, body = get(proxy, "/api/v1/users?id=7", headers={"x-drop": "1", "x-vs": "client"})
+    seen = json.loads(body)
+    assert (status, headers["x-origin"], seen["path"]) == (200, "v1", "/v1/users?id=7")
+    assert seen["headers"]["x-vs"] == "rewritten" and "x-drop" not in seen["headers"]
+    assert headers["x-served-by"] == "waypoint"
+
+
+def test_ignore_uri_case_and_regex_with_method(origin_factory, proxy_factory):
+    v1, v2 = origin_factory("v1"), origin_factory("v2")
+    proxy = proxy_factory(config(v1, v2))
+    status, _, body = get(proxy, "/Api/LEGACY/thing")
+    assert (status, json.loads(body)["path"]) == (200, "/v1/thing")
+    status, headers, _ = get(proxy, "/items/42", method="DELETE", headers={"x-canary": "1"})
+    assert (status, headers["x-origin"]) == (200, "v2")
+    # Same path, another method: falls through to the weighted default, which needs x-canary absent: no rule left.
+    status, _, body = get(proxy, "/items/42", headers={"x-canary": "1"})
+    assert (status, body) == (404, b"no route\n")
+
+
+def test_weighted_default_and_unmatched(origin_factory, proxy_factory):
+    v1, v2 = origin_factory("v1"), origin_factory("v2")
+    proxy = proxy_factory(config(v1, v2))
+    seen = {"v1": 0, "v2": 0}
+    for i in range(400):
+        status, headers, _ = get(proxy, f"/w{i}")
+        assert status == 200
+        seen[headers["x-origin"]] += 1
+    assert 240 <= seen["v1"] <= 360, seen      # 75 % of 400 = 300, well inside 6 standard deviations
+    # ratings: only /ratings is routed; anything else 404 (a VirtualService is attached).
+    assert get(proxy, "/ratings", host="ratings")[0] == 200
+    assert get(proxy, "/other", host="ratings")[0] == 404
+    # details: the VirtualService names only a gateway, so the service's own traffic is untouched.
+    status, headers, _ = get(proxy, "/x", host="details")
+    assert (status, headers["x-origin"]) == (200, "v1")
+
+
+def test_retries_from_the_virtual_service(origin_factory, proxy_factory):
+    v1, v2 = origin_factory("v1"), origin_factory("v2")
+    proxy = proxy_factory(config(v1, v2), extra=["--default-retries", "off"])
+    status, headers, _ = get(proxy, "/retry?fail=2&key=vs-a")
+    assert status == 200
+    assert proxy.metrics()["waypoint_upstream_retries_total"] == 2
+    # attempts: 0 turns retries off for the rule, whatever the default.
+    status, _, _ = get(proxy, "/noretry?fail=1&key=vs-b")
+    assert status == 503
+
+
+def test_check_reports_what_is_not_applied(tmp_path, origin_factory):
+    v1, v2 = origin_factory("v1"), origin_factory("v2")
+    route = textwrap.dedent("""
+    apiVersion: gateway.networking.k8s.io/v1
+    kind: HTTPRoute
+    metadata: {name: ratings-route, namespace: default}
+    spec:
+      parentRefs: [{group: "", kind: Service, name: ratings}]
+      rules: [{backendRefs: [{name: reviews-v2, port: 80}]}]
+    """)
+    (tmp_path / "c.yaml").write_text(config(v1, v2) + "---" + route)
+    out = subprocess.run([str(BINARY), "check", "--config", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = out.stdout + out.stderr
+    assert "VirtualService default/ratings: service default/ratings has HTTPRoutes attached, which take precedence" in text
+    assert "VirtualService default/edge-only: gateways istio-system/edge do not include mesh" in text
+    assert "VirtualService default/reviews: http[9] match on sourceLabels cannot be evaluated by a waypoint" in text
