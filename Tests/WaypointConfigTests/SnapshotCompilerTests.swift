@@ -63,6 +63,7 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
         case nil: return "404"
         case .reply(let reply)?: return "\(reply.status)"
         case .redirect(let redirect)?: return "redirect \(redirect.statusCode)"
+        case .respond(let status, _)?: return "respond \(status)"
         case .forward(let set)?:
             let c = set.clusters[0].cluster
             return c < 0 ? "unresolved" : snapshot.clusters[Int(c)].name
