@@ -55,7 +55,14 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private var requestBody = BodyTracker(.none)
     private var discardingBody = false
     private var requestWasHead = false
-    private var upstream: UpstreamConnection?
+    /// The connection carrying the current attempt; its pool counts it as a request in flight (LEAST_REQUEST).
+    private var upstream: UpstreamConnection? {
+        didSet {
+            guard oldValue !== upstream else { return }
+            oldValue?.pool.requestsInFlight -= 1
+            upstream?.pool.requestsInFlight += 1
+        }
+    }
     /// The request as sent upstream (head, then body up to the retry policy's bound), kept while it may be
     /// replayed: on a fresh connection when a reused one turns out stale, or by a retry.
     private let replay: ByteBuffer

@@ -204,6 +204,9 @@ public final class ProxyServer {
         for pool in existing.values { pool.retired = true }
     }
 
+    /// Requests this worker has in flight to the endpoint (LEAST_REQUEST load balancing).
+    public func requestsInFlight(_ endpoint: Int32) -> Int { pool(endpoint)?.requestsInFlight ?? 0 }
+
     @inline(__always) func pool(_ endpoint: Int32) -> UpstreamPool? {
         endpoint >= 0 && Int(endpoint) < pools.count ? pools[Int(endpoint)] : nil
     }

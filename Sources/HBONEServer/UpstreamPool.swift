@@ -18,6 +18,8 @@ final class UpstreamPool {
     private var h2c: H2CUpstream?
     private unowned(unsafe) let server: ProxyServer
     private var idle: [UpstreamConnection] = []
+    /// HTTP/1.1 exchanges of this worker attached to this endpoint now.
+    var requestsInFlight = 0
     var retired = false {
         didSet { if retired { closeIdle() } }
     }

@@ -30,6 +30,8 @@ final class SnapshotRouter: RequestRouter {
     private var health: [Int32: EndpointHealth] = [:]
     /// The loop's time, for ejections.
     private let now: () -> Double
+    /// Requests this worker has in flight to an endpoint (set by the worker once its server exists).
+    var requestsInFlight: (Int32) -> Int = { _ in 0 }
 
     init(snapshot: Snapshot, seed: UInt64, counters: WorkerCounters, now: @escaping () -> Double = { 0 }) {
         self.snapshot = snapshot
@@ -90,7 +92,8 @@ final class SnapshotRouter: RequestRouter {
             }
             let cluster = pick(backends)
             guard cluster >= 0 else { return .reply(.invalidBackend) }
-            guard let endpoint = nextEndpoint(cluster) else { return .reply(.noHealthyUpstream) }
+            let hash = requestHash(cluster, head, bytes, peer)
+            guard let endpoint = nextEndpoint(cluster, hash: hash) else { return .reply(.noHealthyUpstream) }
             return .forward(endpoint: endpoint, route: backends.route, cluster: cluster, policy: backends.policy)
         }
     }
@@ -187,21 +190,74 @@ final class SnapshotRouter: RequestRouter {
         destination.cluster >= 0 ? nextEndpoint(destination.cluster) : destination.endpoint
     }
 
-    /// Round-robin over the cluster's ready endpoints, passing over ejected ones (unless all are: then, as
-    /// Envoy's panic mode, over all of them).
+    /// An endpoint of the cluster by its load balancer, passing over ejected endpoints (unless all are: then,
+    /// as Envoy's panic mode, over all of them). `hash` is the request's key for a consistent hash.
     @inline(__always)
-    private func nextEndpoint(_ cluster: Int32) -> Int32? {
+    private func nextEndpoint(_ cluster: Int32, hash: UInt64? = nil) -> Int32? {
         let members = snapshot.clusters[Int(cluster)].endpoints
         guard !members.isEmpty else { return nil }
+        let checkHealth = !health.isEmpty && snapshot.clusters[Int(cluster)].outlierDetection != nil
+        if members.count > 1 {
+            switch snapshot.clusters[Int(cluster)].loadBalancer {
+            case .roundRobin:
+                break
+            case .leastRequest:
+                // Power of two choices: two distinct random members, the one with fewer requests in flight.
+                let r = random.next()
+                let first = Int(UInt32(truncatingIfNeeded: r) % UInt32(members.count))
+                let second = (first + 1 + Int(UInt32(truncatingIfNeeded: r >> 32) % UInt32(members.count - 1))) % members.count
+                var (a, b) = (members[first], members[second])
+                if requestsInFlight(b) < requestsInFlight(a) { swap(&a, &b) }
+                if !checkHealth || !isEjected(a) { return a }
+                if !isEjected(b) { return b }
+            case .random:
+                let pick = members[Int(random.next() % UInt64(members.count))]
+                if !checkHealth || !isEjected(pick) { return pick }
+            case .consistentHash:
+                if let hash, let ring = snapshot.clusters[Int(cluster)].ring {
+                    for skip in 0..<members.count {
+                        let pick = members[Int(ring.member(for: hash, skip: skip))]
+                        if !checkHealth || !isEjected(pick) { return pick }
+                    }
+                }
+            }
+        }
         let position = roundRobin[Int(cluster)]
         roundRobin[Int(cluster)] = position &+ 1
         let pick = members[Int(position % UInt32(members.count))]
-        guard !health.isEmpty, snapshot.clusters[Int(cluster)].outlierDetection != nil, isEjected(pick) else { return pick }
+        guard checkHealth, isEjected(pick) else { return pick }
         for offset in 1..<max(members.count, 1) {
             let candidate = members[Int((position &+ UInt32(offset)) % UInt32(members.count))]
             if !isEjected(candidate) { return candidate }
         }
         return pick
+    }
+
+    /// The consistent-hash key of a request for a cluster that hashes, nil otherwise or when the request has
+    /// no such key (then it is balanced round-robin, as Envoy spreads requests without a key).
+    private func requestHash(_ cluster: Int32, _ head: RequestHead, _ bytes: UnsafeRawBufferPointer, _ peer: PeerFacts) -> UInt64? {
+        guard case .consistentHash(let key) = snapshot.clusters[Int(cluster)].loadBalancer else { return nil }
+        switch key {
+        case .sourceIP:
+            return peer.sourceIPBytes.map { HashRing.hash($0) }
+        case .header(let name):
+            let wanted = Array(name.utf8)
+            for field in head.headers where Int(field.name.count) == wanted.count {
+                let fieldName = field.name.bytes(in: bytes)
+                if fieldName.indices.allSatisfy({ HTTP1Parser.lowercased(fieldName[$0]) == wanted[$0] }) {
+                    return HashRing.hash(field.value.bytes(in: bytes))
+                }
+            }
+            return nil
+        case .queryParameter(let name):
+            let target = head.target.bytes(in: bytes)
+            let query = target[min(Int(head.path.count) + 1, target.count)...]
+            for pair in query.split(separator: 0x26) {  // '&'
+                let parts = pair.split(separator: 0x3D, maxSplits: 1, omittingEmptySubsequences: false)  // '='
+                if parts[0].elementsEqual(name.utf8) { return HashRing.hash(parts.count > 1 ? Array(parts[1]) : []) }
+            }
+            return nil
+        }
     }
 
     private func isEjected(_ endpoint: Int32) -> Bool { (health[endpoint]?.ejectedUntil ?? 0) > now() }

@@ -49,6 +49,7 @@ final class Worker: @unchecked Sendable {
         counters = WorkerCounters()
         router = SnapshotRouter(snapshot: snapshot, seed: seed.next(), counters: counters) { [unowned(unsafe) loop] in loop.now }
         server = ProxyServer(loop: loop, router: router, settings: settings, accessLog: accessLog, logger: logger, counters: counters)
+        router.requestsInFlight = { [unowned(unsafe) server] endpoint in server.requestsInFlight(endpoint) }
         server.updateEndpoints(snapshot.endpoints, tunnels: snapshot.endpointTunnels)
         server.tlsContext = tls?.server
         server.clientTLSContext = tls?.client

@@ -26,7 +26,8 @@ public struct EndpointSliceSpec: Sendable, Equatable {
     /// Label `kubernetes.io/service-name`.
     public var serviceName: String
     public var ports: [(name: String, port: Int)]
-    public var endpoints: [(addresses: [String], ready: Bool)]
+    /// `targetRef` names the Pod behind an endpoint (kind Pod only).
+    public var endpoints: [(addresses: [String], ready: Bool, pod: String?)]
     /// Annotation `networking.istio.io/tunnel: http`: the endpoints are in the mesh and reached by HBONE.
     public var tunnel = false
 
@@ -140,14 +141,30 @@ public struct HTTPRouteSpec: Sendable, Equatable {
     public var rules: [Rule]
 }
 
+/// `v1 Pod`: only its labels and IPs, which DestinationRule subsets select endpoints by.
+public struct PodSpec: Sendable, Equatable {
+    public var namespace: String
+    public var name: String
+    public var labels: [String: String]
+    public var ips: [String]
+}
+
 /// `networking.istio.io/v1 DestinationRule`: the parts a waypoint applies.
 public struct DestinationRuleSpec: Sendable {
+    /// `subsets[]`: endpoints whose labels include `labels`, optionally with their own load balancer.
+    public struct Subset: Sendable {
+        public var name: String
+        public var labels: [String: String]
+        public var loadBalancer: LoadBalancer?
+    }
     public var namespace: String
     public var name: String
     /// A service's short name, `name.namespace[.svc.cluster.local]`, or a ServiceEntry host.
     public var host: String
     public var outlierDetection: OutlierDetection?
     public var connectionPool: ConnectionPoolSettings?
+    public var loadBalancer: LoadBalancer?
+    public var subsets: [Subset] = []
     /// Fields read but not applied yet (`waypoint check` warns about each).
     public var ignoredFields: [String]
 }
@@ -163,6 +180,7 @@ public struct ConfigSpec: Sendable {
     public var authorizationPolicies: [AuthorizationPolicySpec] = []
     public var peerAuthentications: [PeerAuthenticationSpec] = []
     public var destinationRules: [DestinationRuleSpec] = []
+    public var pods: [PodSpec] = []
     /// Non-fatal findings (skipped kinds, ignored fields), one line each.
     public var warnings: [String] = []
 

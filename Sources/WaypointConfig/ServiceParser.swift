@@ -48,7 +48,7 @@ enum ServiceParser {
         for node in try doc.optionalArray("ports") {
             ports.append((try node.optionalString("name") ?? "", try node.required("port").int(in: 1...65535)))
         }
-        var endpoints: [(addresses: [String], ready: Bool)] = []
+        var endpoints: [(addresses: [String], ready: Bool, pod: String?)] = []
         for node in try doc.optionalArray("endpoints") {
             var addresses: [String] = []
             for a in try node.required("addresses").array() {
@@ -58,7 +58,9 @@ enum ServiceParser {
             }
             // Kubernetes: "nil should be interpreted as true".
             let ready = try node.optional("conditions")?.optional("ready")?.bool() ?? true
-            endpoints.append((addresses, ready))
+            let target = try node.optional("targetRef")
+            let pod = try target?.optionalString("kind") == "Pod" ? try target?.optionalString("name") : nil
+            endpoints.append((addresses, ready, pod))
         }
         let annotations = try doc.required("metadata").optional("annotations")?.stringMap() ?? [:]
         return EndpointSliceSpec(namespace: namespace, name: name, serviceName: serviceName, ports: ports, endpoints: endpoints,
@@ -97,5 +99,18 @@ enum ServiceParser {
             endpoints.append(.init(address: address, ports: endpointPorts, labels: try e.optional("labels")?.stringMap() ?? [:]))
         }
         return ServiceEntrySpec(namespace: namespace, name: name, hosts: hosts, addresses: addresses, ports: ports, endpoints: endpoints)
+    }
+
+    static func pod(_ doc: ManifestNode, namespace: String, name: String) throws(ConfigError) -> PodSpec {
+        let labels = try doc.required("metadata").optional("labels")?.stringMap() ?? [:]
+        var ips: [String] = []
+        if let status = try doc.optional("status") {
+            for node in try status.optionalArray("podIPs") { ips.append(try node.required("ip").string()) }
+            if let ip = try status.optionalString("podIP"), !ips.contains(ip) { ips.append(ip) }
+        }
+        for (i, ip) in ips.enumerated() where SocketAddress(ip: ip, port: 0) == nil {
+            throw doc.error("\"\(ip)\" is not an IP address", field: "status.podIPs[\(i)]")
+        }
+        return PodSpec(namespace: namespace, name: name, labels: labels, ips: ips)
     }
 }

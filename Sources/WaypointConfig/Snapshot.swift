@@ -12,6 +12,10 @@ public struct Cluster: Sendable {
     /// From a DestinationRule on the service, if any.
     public var outlierDetection: OutlierDetection? = nil
     public var connectionPool: ConnectionPoolSettings? = nil
+    /// Istio's default is LEAST_REQUEST.
+    public var loadBalancer = LoadBalancer.leastRequest
+    /// For `.consistentHash`: the ring over `endpoints`.
+    public var ring: HashRing? = nil
 }
 
 /// A backendRef after resolution: a cluster index, or -1 for a reference to nothing (500 when picked).

@@ -38,6 +38,8 @@ struct CompileState {
     /// Per endpoint: reached by HBONE (in the mesh) rather than plaintext.
     var endpointTunnels: [Bool] = []
     var endpointIndex: [SocketAddress: Int32] = [:]
+    /// Labels of the workload behind each endpoint (from its Pod, or its ServiceEntry endpoint), for subsets.
+    var endpointLabels: [Int32: [String: String]] = [:]
     /// "ns/name:port" and "host:port" → cluster index.
     var clusterIndex: [String: Int32] = [:]
     var virtualHosts: [VirtualHost<RouteAction>] = []
@@ -67,13 +69,13 @@ struct CompileState {
         warnAboutVirtualServices()
         buildServiceClusters()
         buildServiceEntryClusters()
+        applyDestinationRules()
         buildGatewayHosts()
         buildServiceHosts()
         buildServiceEntryHosts()
         destinations.merge(workloadDestinations) { service, _ in service }
         buildAuthorization()
         buildPeerAuthentication()
-        applyDestinationRules()
     }
 
     /// DestinationRule traffic policies onto the clusters of the host they name (every port).
@@ -96,10 +98,37 @@ struct CompileState {
                 warnings.append("DestinationRule \(rule.namespace)/\(rule.name): host \(rule.host) is not a known service or ServiceEntry host: ignored")
                 continue
             }
-            for (i, cluster) in clusters.enumerated() where prefixes.contains(where: { cluster.name.hasPrefix($0) }) {
+            let matching = clusters.indices.filter { i in prefixes.contains { clusters[i].name.hasPrefix($0) } && !clusters[i].name.contains("|") }
+            for i in matching {
                 if let outlier = rule.outlierDetection { clusters[i].outlierDetection = outlier }
                 if let pool = rule.connectionPool { clusters[i].connectionPool = pool }
+                if let balancer = rule.loadBalancer { setLoadBalancer(balancer, of: i) }
+                // Each subset is a cluster of its own (`base|subset`) with the endpoints whose labels match.
+                for subset in rule.subsets {
+                    let members = clusters[i].endpoints.filter { endpoint in
+                        let labels = endpointLabels[endpoint] ?? [:]
+                        return subset.labels.allSatisfy { labels[$0.key] == $0.value }
+                    }
+                    var cluster = Cluster(name: "\(clusters[i].name)|\(subset.name)", endpoints: members)
+                    cluster.outlierDetection = clusters[i].outlierDetection
+                    cluster.connectionPool = clusters[i].connectionPool
+                    clusterIndex[cluster.name] = Int32(clusters.count)
+                    clusters.append(cluster)
+                    setLoadBalancer(subset.loadBalancer ?? clusters[i].loadBalancer, of: clusters.count - 1)
+                    if members.isEmpty {
+                        warnOnce("DestinationRule \(rule.namespace)/\(rule.name): subset \(subset.name) selects no ready endpoint of \(clusters[i].name)")
+                    }
+                }
             }
+        }
+    }
+
+    mutating func setLoadBalancer(_ balancer: LoadBalancer, of cluster: Int) {
+        clusters[cluster].loadBalancer = balancer
+        if case .consistentHash = balancer {
+            clusters[cluster].ring = HashRing(memberKeys: clusters[cluster].endpoints.map { endpoints[Int($0)].description })
+        } else {
+            clusters[cluster].ring = nil
         }
     }
 
@@ -208,6 +237,13 @@ struct CompileState {
     }
 
     mutating func buildServiceClusters() {
+        // An endpoint's Pod: by the slice's targetRef, else by IP.
+        var podsByName: [String: [String: String]] = [:]
+        var podsByIP: [String: [String: String]] = [:]
+        for pod in spec.pods {
+            podsByName["\(pod.namespace)/\(pod.name)"] = pod.labels
+            for ip in pod.ips { podsByIP[ip] = pod.labels }
+        }
         for service in spec.services {
             let slices = spec.endpointSlices.filter { $0.namespace == service.namespace && $0.serviceName == service.name }
             for port in service.ports {
@@ -226,6 +262,8 @@ struct CompileState {
                     for endpoint in slice.endpoints where endpoint.ready {
                         for ip in endpoint.addresses {
                             guard let index = self.endpoint(ip, targetPort, tunnel: slice.tunnel) else { continue }
+                            let pod = endpoint.pod.flatMap { podsByName["\(slice.namespace)/\($0)"] } ?? podsByIP[ip]
+                            if let pod { endpointLabels[index] = pod }
                             if !members.contains(index) { members.append(index) }
                             addWorkload(index, InnerProtocol(appProtocol: port.appProtocol, portName: port.name))
                         }
@@ -244,6 +282,7 @@ struct CompileState {
                     let target = endpoint.ports[port.name] ?? port.targetPort ?? port.number
                     let tunnel = endpoint.labels[EndpointSliceSpec.tunnelKey] == "http"
                     guard let index = self.endpoint(endpoint.address, target, tunnel: tunnel) else { continue }
+                    endpointLabels[index] = endpoint.labels
                     if !members.contains(index) { members.append(index) }
                     addWorkload(index, InnerProtocol(appProtocol: port.proto, portName: port.name))
                 }

@@ -38,12 +38,52 @@ enum TrafficPolicyParser {
                 }
                 pool = settings
             }
-            for key in ["loadBalancer", "tls", "portLevelSettings", "tunnel", "proxyProtocol"] where try policy.optional(key) != nil {
+            for key in ["tls", "portLevelSettings", "tunnel", "proxyProtocol"] where try policy.optional(key) != nil {
                 ignored.append(key)
             }
         }
-        if try spec.optional("subsets") != nil { ignored.append("subsets") }
+        var loadBalancer: LoadBalancer? = nil
+        if let node = try spec.optional("trafficPolicy")?.optional("loadBalancer") { loadBalancer = try self.loadBalancer(node, &ignored) }
+        var subsets: [DestinationRuleSpec.Subset] = []
+        for s in try spec.optionalArray("subsets") {
+            let name = try s.required("name").string()
+            guard !subsets.contains(where: { $0.name == name }) else { throw try s.required("name").error("duplicate subset \"\(name)\"") }
+            let policy = try s.optional("trafficPolicy")
+            for key in ["outlierDetection", "connectionPool", "tls", "portLevelSettings"] where try policy?.optional(key) != nil {
+                ignored.append("subsets[\(name)].trafficPolicy.\(key)")
+            }
+            var subsetBalancer: LoadBalancer? = nil
+            if let node = try policy?.optional("loadBalancer") { subsetBalancer = try self.loadBalancer(node, &ignored) }
+            subsets.append(.init(name: name, labels: try s.optional("labels")?.stringMap() ?? [:], loadBalancer: subsetBalancer))
+        }
         return DestinationRuleSpec(namespace: namespace, name: name, host: host, outlierDetection: outlier, connectionPool: pool,
-                                   ignoredFields: ignored)
+                                   loadBalancer: loadBalancer, subsets: subsets, ignoredFields: ignored)
+    }
+
+    /// `loadBalancer`: `simple`, or `consistentHash` on a header, a query parameter or the source IP.
+    private static func loadBalancer(_ node: ManifestNode, _ ignored: inout [String]) throws(ConfigError) -> LoadBalancer {
+        for key in ["localityLbSetting", "warmupDurationSecs", "warmup"] where try node.optional(key) != nil {
+            ignored.append("loadBalancer.\(key)")
+        }
+        if let hash = try node.optional("consistentHash") {
+            if let header = try hash.optionalString("httpHeaderName") { return .consistentHash(.header(header.lowercased())) }
+            if let parameter = try hash.optionalString("httpQueryParameterName") { return .consistentHash(.queryParameter(parameter)) }
+            if try hash.optional("useSourceIp")?.bool() == true { return .consistentHash(.sourceIP) }
+            if try hash.optional("httpCookie") != nil {
+                ignored.append("loadBalancer.consistentHash.httpCookie (LEAST_REQUEST instead)")
+                return .leastRequest
+            }
+            throw hash.error("one of httpHeaderName, httpQueryParameterName or useSourceIp is required")
+        }
+        switch try node.optionalString("simple") ?? "LEAST_REQUEST" {
+        case "ROUND_ROBIN": return .roundRobin
+        case "LEAST_REQUEST", "LEAST_CONN", "UNSPECIFIED": return .leastRequest
+        case "RANDOM": return .random
+        case "PASSTHROUGH":
+            ignored.append("loadBalancer PASSTHROUGH (LEAST_REQUEST instead)")
+            return .leastRequest
+        case let other:
+            throw try node.required("simple").error("unknown load balancer \"\(other)\" (ROUND_ROBIN, LEAST_REQUEST, RANDOM, PASSTHROUGH)")
+        }
     }
 }

@@ -93,6 +93,11 @@ kind: EndpointSlice
 metadata: {{name: web-notready, labels: {{kubernetes.io/service-name: web}}}}
 ports: [{{name: http, port: 1}}]
 endpoints: [{{addresses: [127.0.0.9], conditions: {{ready: false}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: web}}
+spec: {{host: web, trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}}}}}
 """
     proxy = proxy_factory(config, extra=["--workers", "1"])
     servers = [http_request(proxy.port, "GET", "/", host="web")[1]["x-origin"] for _ in range(6)]
