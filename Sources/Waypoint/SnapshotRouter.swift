@@ -175,9 +175,16 @@ final class SnapshotRouter: RequestRouter {
         guard cluster >= 0 else { return excluding }
         let members = snapshot.clusters[Int(cluster)].endpoints
         guard members.count > 1 else { return excluding }
-        // Round-robin from the current position, skipping the endpoint that just failed.
-        for _ in 0..<members.count {
-            if let next = nextEndpoint(cluster), next != excluding { return next }
+        if let next = nextEndpoint(cluster), next != excluding { return next }
+        // The balancer chose the endpoint that just failed: the next one round-robin that is not it (nor ejected).
+        let checkHealth = !health.isEmpty && snapshot.clusters[Int(cluster)].outlierDetection != nil
+        let start = roundRobin[Int(cluster)]
+        for offset in 0..<UInt32(members.count) {
+            let candidate = members[Int((start &+ offset) % UInt32(members.count))]
+            if candidate != excluding && !(checkHealth && isEjected(candidate)) {
+                roundRobin[Int(cluster)] = start &+ offset &+ 1
+                return candidate
+            }
         }
         return excluding
     }

@@ -119,6 +119,17 @@ spec:
 """
 
 
+# Tests that count which endpoint each try reaches fix the balancer (Istio's default, LEAST_REQUEST, breaks
+# ties at random).
+ROUND_ROBIN = """
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web-round-robin, namespace: default}
+spec: {host: web, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}}
+"""
+
+
 def test_request_timeout_answers_504(origin_factory, proxy_factory):
     import time
     origin = origin_factory("a")
@@ -137,8 +148,8 @@ def test_backend_request_timeout_is_retried_to_another_endpoint(origin_factory, 
     hung.bind(("127.0.0.1", 0))
     hung.listen(64)
     spec = "    timeouts: {request: 3s, backendRequest: 200ms}\n    retry: {attempts: 2, codes: [503]}"
-    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", hung.getsockname()[1]), ("127.0.0.1", origin.port)]) + route(spec),
-                          extra=["--workers", "1"])
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", hung.getsockname()[1]), ("127.0.0.1", origin.port)]) + route(spec)
+                          + ROUND_ROBIN, extra=["--workers", "1"])
     for i in range(4):
         start = time.time()
         assert http_request(proxy.port, "GET", f"/t{i}", host="web")[0] == 200
@@ -217,10 +228,10 @@ def test_reset_is_retried_by_a_gateway_api_policy_not_by_the_default(origin_fact
     origin = origin_factory("a")
     resetter = RawServer()
     endpoints = [("127.0.0.1", resetter.port), ("127.0.0.1", origin.port)]
-    with_route = proxy_factory(service_yaml("web", endpoints) + route("    retry: {attempts: 1, codes: [503]}"),
+    with_route = proxy_factory(service_yaml("web", endpoints) + route("    retry: {attempts: 1, codes: [503]}") + ROUND_ROBIN,
                                extra=["--workers", "1"], name="route")
     assert [http_request(with_route.port, "GET", f"/r{i}", host="web")[0] for i in range(4)] == [200] * 4
-    default = proxy_factory(service_yaml("web", endpoints), extra=["--workers", "1"], name="default")
+    default = proxy_factory(service_yaml("web", endpoints) + ROUND_ROBIN, extra=["--workers", "1"], name="default")
     statuses = [http_request(default.port, "GET", f"/d{i}", host="web")[0] for i in range(4)]
     assert statuses.count(503) == 2 and statuses.count(200) == 2       # Istio's default does not retry resets
 
@@ -270,8 +281,8 @@ def test_check_lists_destination_rule_fields_not_applied(workdir):
     import subprocess
     from conftest import BINARY
     path = workdir / "dr.yaml"
-    path.write_text(service_yaml("web", [("127.0.0.1", 9)]) + destination_rule("    loadBalancer: {simple: RANDOM}\n    connectionPool: {tcp: {maxConnections: 10}}"))
+    path.write_text(service_yaml("web", [("127.0.0.1", 9)]) + destination_rule("    loadBalancer: {simple: RANDOM, localityLbSetting: {enabled: true}}\n    connectionPool: {tcp: {maxConnections: 10}}"))
     out = subprocess.run([str(BINARY), "check", "--config", str(path)], capture_output=True, text=True)
     assert out.returncode == 0
     assert "trafficPolicy connectionPool.tcp.maxConnections is not applied yet" in out.stdout
-    assert "trafficPolicy loadBalancer is not applied yet" in out.stdout
+    assert "trafficPolicy loadBalancer.localityLbSetting is not applied yet" in out.stdout
