@@ -117,6 +117,39 @@ public enum ForwardingHeaders {
         out.append("\r\n")
     }
 
+    /// Writes the head of a mirrored copy of `head` (a request head as sent upstream): the Host gets Envoy's
+    /// `-shadow` suffix on its name (`web:8080` → `web-shadow:8080`) and the copy asks for `connection: close`.
+    public static func writeMirrorHead(_ head: UnsafeRawBufferPointer, into out: ByteBuffer) {
+        var start = 0
+        while start < head.count {
+            var end = start
+            while end + 1 < head.count && !(head[end] == 0x0D && head[end + 1] == 0x0A) { end += 1 }
+            let line = UnsafeRawBufferPointer(rebasing: head[start..<end])
+            if line.isEmpty {
+                out.append("connection: close\r\n\r\n")
+                return
+            }
+            if line.count > 5 && HeaderModifier.equalsLowercase(UnsafeRawBufferPointer(rebasing: line[0..<5]), Array("host:".utf8)) {
+                var value = 5
+                while value < line.count && line[value] == 0x20 { value += 1 }
+                let host = UnsafeRawBufferPointer(rebasing: line[value...])
+                // The port starts at the last ':' after any IPv6 literal's ']'.
+                var nameEnd = host.count
+                if let colon = host.lastIndex(of: 0x3A), !host[colon...].contains(0x5D), host.first != 0x5B || host[..<colon].last == 0x5D {
+                    nameEnd = colon
+                }
+                out.append("host: ")
+                out.append(UnsafeRawBufferPointer(rebasing: host[0..<nameEnd]))
+                out.append("-shadow")
+                out.append(UnsafeRawBufferPointer(rebasing: host[nameEnd...]))
+            } else {
+                out.append(line)
+            }
+            out.append("\r\n")
+            start = end + 2
+        }
+    }
+
     /// Writes a configured answer (VirtualService `directResponse`, fault abort): status, plain-text body.
     public static func writeResponse(status: Int, body: [UInt8], omitBody: Bool, close: Bool, into out: ByteBuffer) {
         out.append("HTTP/1.1 ")

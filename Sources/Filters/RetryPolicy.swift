@@ -132,10 +132,15 @@ public final class ForwardPolicy: Sendable {
     public let responseHeaders: HeaderModifier?
     /// The rule's URLRewrite filter.
     public let rewrite: URLRewrite?
+    /// RequestMirror / VirtualService `mirror`: a copy of this share of requests goes to a cluster (an index
+    /// into the snapshot's clusters), answer dropped.
+    public let mirror: (cluster: Int32, percent: Double)?
 
     public init(retry: RetryPolicy?, requestTimeout: Duration?, perTryTimeout: Duration?,
-                requestHeaders: HeaderModifier? = nil, responseHeaders: HeaderModifier? = nil, rewrite: URLRewrite? = nil) {
+                requestHeaders: HeaderModifier? = nil, responseHeaders: HeaderModifier? = nil, rewrite: URLRewrite? = nil,
+                mirror: (cluster: Int32, percent: Double)? = nil) {
         self.rewrite = rewrite
+        self.mirror = mirror
         self.retry = retry
         self.requestTimeout = requestTimeout
         self.perTryTimeout = perTryTimeout

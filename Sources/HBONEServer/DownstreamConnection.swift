@@ -72,6 +72,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private var replayable = false
     /// The exchange may still be retried: `replay` holds the whole request.
     private var retryable = false
+    /// A copy goes to the route's mirror once the request is complete (`replay` holds it until then).
+    private var mirroring = false
     /// Tries so far (1 = the first).
     private var attempt = 1
     /// The body outgrew the replay bound, so a failure that called for a retry was returned (access log says so).
@@ -265,6 +267,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                 continue
             }
             if !requestDone { pumpRequestBody() }
+            if mirroring && requestDone { sendMirror() }
             if !requestDone || !responseDone { break }
             finishExchange()
         }
@@ -434,7 +437,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         }
         replayable = connection.reused && requestDone
         retryable = retryPolicy != nil && !head.expectsContinue
-        if replayable || retryable {
+        mirroring = policy.mirror.map { server.roll($0.percent) } ?? false
+        if replayable || retryable || mirroring {
             replay.clear()
             replay.append(UnsafeRawBufferPointer(rebasing: connection.output.readable[(start - connection.output.readerIndex)...]))
             replayHeadLength = replay.readableBytes
@@ -443,6 +447,21 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             // We answer the expectation ourselves (the Expect header is not forwarded).
             output.append("HTTP/1.1 100 Continue\r\n\r\n")
         }
+    }
+
+    /// The largest request body copied to a mirror when no retry policy sets the bound.
+    static let mirrorBodyBound = 64 * 1024
+
+    /// The complete request, as sent upstream, to an endpoint of the route's mirror.
+    private func sendMirror() {
+        mirroring = false
+        guard let mirror = policy.mirror, let endpoint = server.router.pickEndpoint(inCluster: mirror.cluster) else {
+            server.counters.mirrorsSkipped.increment()
+            return
+        }
+        let bytes = replay.readable
+        server.sendMirror(head: UnsafeRawBufferPointer(rebasing: bytes[0..<replayHeadLength]),
+                          body: UnsafeRawBufferPointer(rebasing: bytes[replayHeadLength...]), to: endpoint)
     }
 
     /// Moves body bytes of the current request from `input` to the upstream (or discards them).
@@ -477,13 +496,16 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             if !discardingBody, let upstream {
                 let chunk = UnsafeRawBufferPointer(rebasing: available[0..<take])
                 upstream.output.append(chunk)
-                if retryable {
-                    // Kept for a replay while small; a larger body is streamed only, and not retried.
-                    if replay.readableBytes + take <= retryPolicy?.replayBound ?? 0 {
+                if retryable || mirroring {
+                    // Kept for a replay (or the mirror) while small; a larger body is streamed only, not retried
+                    // and not mirrored.
+                    if replay.readableBytes + take <= retryPolicy?.replayBound ?? Self.mirrorBodyBound {
                         replay.append(chunk)
                     } else {
+                        if retryable { bodyTooBigToRetry = true }
+                        if mirroring { server.counters.mirrorsSkipped.increment() }
                         retryable = false
-                        bodyTooBigToRetry = true
+                        mirroring = false
                     }
                 }
             }

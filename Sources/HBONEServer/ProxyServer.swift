@@ -1,4 +1,5 @@
 import EventLoop
+import Filters
 import Logging
 import TLS
 import WaypointCore
@@ -65,6 +66,33 @@ public final class ProxyServer {
 
     /// Keeps `object` alive until the end of this loop iteration (see `closedObjects`).
     public func releaseLater(_ object: AnyObject) { closedObjects.append(object) }
+
+    /// True for `percent` % of calls (Istio and Gateway API percentages, to 0.0001 %).
+    func roll(_ percent: Double) -> Bool {
+        percent >= 100 || Double(random.next() % 1_000_000) < percent * 10_000
+    }
+
+    /// Mirrored requests in flight (bounded: beyond `maxMirrors` a copy is skipped, never queued).
+    private var mirrors: [ObjectIdentifier: MirrorRequest] = [:]
+    static let maxMirrors = 256
+
+    /// Sends a copy of a request (its upstream head, then `body`) to `endpoint`, answer dropped.
+    func sendMirror(head: UnsafeRawBufferPointer, body: UnsafeRawBufferPointer, to endpoint: Int32) {
+        guard mirrors.count < Self.maxMirrors, let pool = pool(endpoint), let stream = pool.openStream() else {
+            counters.mirrorsSkipped.increment()
+            return
+        }
+        let request = ByteBuffer(capacity: head.count + body.count + 64)
+        ForwardingHeaders.writeMirrorHead(head, into: request)
+        request.append(body)
+        let mirror = MirrorRequest(stream: stream, request: request, server: self)
+        mirrors[ObjectIdentifier(mirror)] = mirror
+        counters.mirrorRequests.increment()
+    }
+
+    func mirrorEnded(_ mirror: MirrorRequest) {
+        if let ended = mirrors.removeValue(forKey: ObjectIdentifier(mirror)) { releaseLater(ended) }
+    }
 
     deinit { scratch.deallocate() }
 

@@ -42,4 +42,6 @@ public protocol RequestRouter: AnyObject {
     func reportAttempt(endpoint: Int32, cluster: Int32, result: OutlierDetection.Result)
     /// An endpoint for a byte-stream (TCP) tunnel, or nil when the destination has no ready endpoint.
     func pickEndpoint(for destination: Destination) -> Int32?
+    /// An endpoint of `cluster` by its load balancer (a mirror's target), nil when it has none ready.
+    func pickEndpoint(inCluster cluster: Int32) -> Int32?
 }

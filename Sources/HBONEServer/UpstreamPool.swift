@@ -59,6 +59,9 @@ final class UpstreamPool {
         return upstream
     }
 
+    /// A new stream to the endpoint outside the pool (a mirrored request): a socket, or an HBONE tunnel.
+    func openStream() -> (any ByteStream)? { tunnel ? openTunnel() : openSocket() }
+
     private func openSocket() -> (any ByteStream)? {
         guard case .success(let fd) = Socket.connect(to: address) else { return nil }
         return SocketStream(fd: fd, loop: server.loop, connecting: true)

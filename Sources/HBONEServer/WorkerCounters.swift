@@ -54,6 +54,9 @@ public final class WorkerCounters: Sendable {
     public let retryOverflow = Atomic<Int>(0)
     /// Endpoints ejected by outlier detection.
     public let outlierEjections = Atomic<Int>(0)
+    /// Copies sent to a mirror, and copies not sent (too many in flight, body beyond the bound, no endpoint).
+    public let mirrorRequests = Atomic<Int>(0)
+    public let mirrorsSkipped = Atomic<Int>(0)
     /// Requests answered by a VirtualService `fault.abort`.
     public let faultAborts = Atomic<Int>(0)
 

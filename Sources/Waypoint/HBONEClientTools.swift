@@ -21,6 +21,7 @@ final class NoRoutes: RequestRouter {
     func destination(for address: SocketAddress) -> Destination? { nil }
     func isReachable(_ destination: Destination) -> Bool { false }
     func pickEndpoint(for destination: Destination) -> Int32? { nil }
+    func pickEndpoint(inCluster cluster: Int32) -> Int32? { nil }
 }
 
 /// The client side of one HBONE tunnel for `waypoint hbone-client`: stdin goes into the tunnel, the tunnel's

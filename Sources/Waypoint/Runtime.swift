@@ -312,6 +312,10 @@ final class Runtime {
                [("", sum { $0.retryOverflow.value })])
         metric("waypoint_outlier_ejections_total", "counter", "Endpoints ejected by outlier detection (DestinationRule).",
                [("", sum { $0.outlierEjections.value })])
+        metric("waypoint_mirror_requests_total", "counter", "Request copies for RequestMirror / VirtualService mirror, by result.", [
+            ("{result=\"sent\"}", sum { $0.mirrorRequests.value }),
+            ("{result=\"skipped\"}", sum { $0.mirrorsSkipped.value }),
+        ])
         metric("waypoint_fault_aborts_total", "counter", "Requests answered by a VirtualService fault abort.",
                [("", sum { $0.faultAborts.value })])
         metric("waypoint_authorization_decisions_total", "counter", "Authorization decisions, by result.", [

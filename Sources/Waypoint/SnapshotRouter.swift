@@ -193,6 +193,10 @@ final class SnapshotRouter: RequestRouter {
         destination.cluster < 0 || !snapshot.clusters[Int(destination.cluster)].endpoints.isEmpty
     }
 
+    func pickEndpoint(inCluster cluster: Int32) -> Int32? {
+        cluster >= 0 ? nextEndpoint(cluster) : nil
+    }
+
     func pickEndpoint(for destination: Destination) -> Int32? {
         destination.cluster >= 0 ? nextEndpoint(destination.cluster) : destination.endpoint
     }

@@ -129,6 +129,9 @@ public struct HTTPRouteSpec: Sendable, Equatable {
         /// URLRewrite / RequestRedirect; a ReplacePrefixMatch's matched prefix is filled in per match at compile time.
         public var rewrite: URLRewrite? = nil
         public var redirect: RequestRedirect? = nil
+        /// RequestMirror: the backend copies go to, and the share of requests copied (percent).
+        public var mirror: BackendRef? = nil
+        public var mirrorPercent: Double = 100
         /// Filter types not implemented yet: the rule answers 500, as the specification requires for a filter
         /// that cannot be applied.
         public var unsupportedFilters: [String] = []

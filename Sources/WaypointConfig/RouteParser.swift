@@ -42,14 +42,13 @@ enum RouteParser {
             var matches: [HTTPRouteSpec.MatchSpec] = []
             for m in try r.optionalArray("matches") { matches.append(try match(m)) }
             var backends: [HTTPRouteSpec.BackendRef] = []
+            var backendFilters = false
             for b in try r.optionalArray("backendRefs") {
-                let group = try b.optionalString("group") ?? ""
-                let kind = try b.optionalString("kind") ?? "Service"
-                backends.append(.init(group: group, kind: kind, namespace: try b.optionalString("namespace") ?? namespace,
-                                      name: try b.required("name").string(), port: try b.optional("port")?.int(in: 1...65535),
-                                      weight: try b.optional("weight")?.int(in: 0...1_000_000) ?? 1))
+                backends.append(try backendRef(b, namespace: namespace))
+                if try !b.optionalArray("filters").isEmpty { backendFilters = true }
             }
             var rule = HTTPRouteSpec.Rule(matches: matches, backendRefs: backends)
+            if backendFilters { rule.unsupportedFilters.append("backendRefs[].filters") }
             if let timeouts = try r.optional("timeouts") {
                 rule.requestTimeout = try timeouts.optionalDuration("request", zeroIsNil: true)
                 rule.backendRequestTimeout = try timeouts.optionalDuration("backendRequest", zeroIsNil: true)
@@ -78,6 +77,17 @@ enum RouteParser {
                     rule.redirect = RequestRedirect(
                         scheme: scheme, hostname: try node.optionalString("hostname"), port: try node.optional("port")?.int(in: 1...65535),
                         path: try pathModifier(node, matches), statusCode: try redirectStatus(node))
+                case "RequestMirror":
+                    let node = try f.required("requestMirror")
+                    rule.mirror = try backendRef(try node.required("backendRef"), namespace: namespace)
+                    if let percent = try node.optional("percent") {
+                        rule.mirrorPercent = Double(try percent.int(in: 0...100))
+                    } else if let fraction = try node.optional("fraction") {
+                        let numerator = try fraction.required("numerator").int(in: 0...Int(Int32.max))
+                        let denominator = try fraction.optional("denominator")?.int(in: 1...Int(Int32.max)) ?? 100
+                        guard numerator <= denominator else { throw fraction.error("numerator must not exceed denominator") }
+                        rule.mirrorPercent = Double(numerator) * 100 / Double(denominator)
+                    }
                 default: rule.unsupportedFilters.append(type)
                 }
             }
@@ -85,6 +95,12 @@ enum RouteParser {
         }
         return HTTPRouteSpec(namespace: namespace, name: name, creationTimestamp: creation, parentRefs: parents,
                              hostnames: hostnames, rules: rules)
+    }
+
+    private static func backendRef(_ b: ManifestNode, namespace: String) throws(ConfigError) -> HTTPRouteSpec.BackendRef {
+        .init(group: try b.optionalString("group") ?? "", kind: try b.optionalString("kind") ?? "Service",
+              namespace: try b.optionalString("namespace") ?? namespace, name: try b.required("name").string(),
+              port: try b.optional("port")?.int(in: 1...65535), weight: try b.optional("weight")?.int(in: 0...1_000_000) ?? 1)
     }
 
     private static func redirectStatus(_ node: ManifestNode) throws(ConfigError) -> Int {

@@ -329,10 +329,12 @@ struct CompileState {
         guard total > 0 else { return .reply(.invalidBackend) }  // all weights zero
         var policy = ForwardPolicy.standard
         if rule.retry != nil || rule.requestTimeout != nil || rule.backendRequestTimeout != nil || rule.requestHeaders != nil
-            || rule.responseHeaders != nil || rule.rewrite != nil {
+            || rule.responseHeaders != nil || rule.rewrite != nil || rule.mirror != nil {
+            let mirror = rule.mirror.map { (cluster: resolve($0, route: route), percent: rule.mirrorPercent) }
             policy = ForwardPolicy(retry: rule.retry.map { .gatewayAPI(codes: $0.codes, attempts: $0.attempts, backoff: $0.backoff) },
                                    requestTimeout: rule.requestTimeout, perTryTimeout: rule.backendRequestTimeout,
-                                   requestHeaders: rule.requestHeaders, responseHeaders: rule.responseHeaders, rewrite: rule.rewrite)
+                                   requestHeaders: rule.requestHeaders, responseHeaders: rule.responseHeaders, rewrite: rule.rewrite,
+                                   mirror: mirror)
         }
         return .forward(BackendSet(clusters: weighted, totalWeight: total, route: route, policy: policy))
     }
