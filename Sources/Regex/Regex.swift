@@ -53,6 +53,13 @@ public final class Regex: @unchecked Sendable {
         return prefix
     }
 
+    /// `text` as a pattern that matches exactly it.
+    public static func quote(_ text: String) -> String {
+        var out = ""
+        for c in text { if c.isASCII, let b = c.asciiValue, special.contains(b) { out.append("\\") }; out.append(c) }
+        return out
+    }
+
     private static let special: Set<UInt8> = Set("\\^$.|?*+()[]{}#".utf8)
     private static let quantifiers: Set<UInt8> = Set("?*+{".utf8)
 

@@ -142,6 +142,8 @@ public struct HTTPRouteSpec: Sendable, Equatable {
     public var parentRefs: [ParentRef]
     public var hostnames: [String]
     public var rules: [Rule]
+    /// `HTTPRoute`, or `GRPCRoute` for a GRPCRoute read as the HTTP/2 routes it means (`/service/method` paths).
+    public var kind = "HTTPRoute"
 }
 
 /// `v1 Pod`: only its labels and IPs, which DestinationRule subsets select endpoints by.

@@ -15,7 +15,8 @@ enum RouteParser {
                            listeners: listeners)
     }
 
-    static func httpRoute(_ doc: ManifestNode, namespace: String, name: String, creation: String) throws(ConfigError) -> HTTPRouteSpec {
+    static func httpRoute(_ doc: ManifestNode, namespace: String, name: String, creation: String,
+                          matchesOf readMatch: (ManifestNode) throws(ConfigError) -> HTTPRouteSpec.MatchSpec = { m throws(ConfigError) in try match(m) }) throws(ConfigError) -> HTTPRouteSpec {
         let spec = try doc.required("spec")
         var parents: [HTTPRouteSpec.ParentRef] = []
         for p in try spec.optionalArray("parentRefs") {
@@ -40,7 +41,7 @@ enum RouteParser {
         var rules: [HTTPRouteSpec.Rule] = []
         for r in try spec.optionalArray("rules") {
             var matches: [HTTPRouteSpec.MatchSpec] = []
-            for m in try r.optionalArray("matches") { matches.append(try match(m)) }
+            for m in try r.optionalArray("matches") { matches.append(try readMatch(m)) }
             var backends: [HTTPRouteSpec.BackendRef] = []
             var backendFilters = false
             for b in try r.optionalArray("backendRefs") {
@@ -95,6 +96,47 @@ enum RouteParser {
         }
         return HTTPRouteSpec(namespace: namespace, name: name, creationTimestamp: creation, parentRefs: parents,
                              hostnames: hostnames, rules: rules)
+    }
+
+    /// A GRPCRoute as the HTTP/2 routes it means: a method match becomes a path match on `/service/method`
+    /// (exact service and method: Exact; service only: PathPrefix `/service`; otherwise an anchored regular
+    /// expression), headers as they are; filters and backendRefs as an HTTPRoute's.
+    static func grpcRoute(_ doc: ManifestNode, namespace: String, name: String, creation: String) throws(ConfigError) -> HTTPRouteSpec {
+        var route = try httpRoute(doc, namespace: namespace, name: name, creation: creation, matchesOf: grpcMatch)
+        route.kind = "GRPCRoute"
+        return route
+    }
+
+    private static func grpcMatch(_ m: ManifestNode) throws(ConfigError) -> HTTPRouteSpec.MatchSpec {
+        var path: HTTPRouteSpec.PathMatchSpec? = nil
+        if let method = try m.optional("method") {
+            let type = try method.optionalString("type") ?? "Exact"
+            let service = try method.optionalString("service")
+            let name = try method.optionalString("method")
+            guard service != nil || name != nil else { throw method.error("one of service and method is required") }
+            switch type {
+            case "Exact":
+                for (key, value) in [("service", service), ("method", name)] {
+                    if let value, value.isEmpty || value.contains("/") { throw try method.required(key).error("must not be empty or contain \"/\"") }
+                }
+                if let service, let name {
+                    path = .init(type: "Exact", value: "/\(service)/\(name)")
+                } else if let service {
+                    path = .init(type: "PathPrefix", value: "/\(service)")
+                } else {
+                    path = .init(type: "RegularExpression", value: "/[^/]+/\(Regex.quote(name!))")
+                }
+            case "RegularExpression":
+                let pattern = "/(?:\(service ?? "[^/]+"))/(?:\(name ?? "[^/]+"))"
+                do { _ = try Regex(pattern) } catch { throw method.error(error.description) }
+                path = .init(type: "RegularExpression", value: pattern)
+            default:
+                throw try method.required("type").error("unsupported method match type \"\(type)\" (Exact, RegularExpression)")
+            }
+        }
+        var match = try self.match(m, allowing: ["headers"])
+        match.path = path
+        return match
     }
 
     private static func backendRef(_ b: ManifestNode, namespace: String) throws(ConfigError) -> HTTPRouteSpec.BackendRef {
@@ -160,9 +202,10 @@ enum RouteParser {
         }
     }
 
-    private static func match(_ m: ManifestNode) throws(ConfigError) -> HTTPRouteSpec.MatchSpec {
+    /// `allowing`: which parts are read (a GRPCRoute match has only headers besides its method).
+    private static func match(_ m: ManifestNode, allowing parts: Set<String> = ["path", "headers", "queryParams", "method"]) throws(ConfigError) -> HTTPRouteSpec.MatchSpec {
         var path: HTTPRouteSpec.PathMatchSpec? = nil
-        if let p = try m.optional("path") {
+        if parts.contains("path"), let p = try m.optional("path") {
             let type = try p.optionalString("type") ?? "PathPrefix"
             let value = try p.optionalString("value") ?? "/"
             switch type {
@@ -189,7 +232,7 @@ enum RouteParser {
             headers.append(.init(type: type, name: try h.required("name").string(), value: value))
         }
         var queryParams: [HTTPRouteSpec.HeaderMatchSpec] = []
-        for q in try m.optionalArray("queryParams") {
+        for q in try parts.contains("queryParams") ? m.optionalArray("queryParams") : [] {
             let type = try q.optionalString("type") ?? "Exact"
             let value = try q.required("value").string()
             switch type {
@@ -201,7 +244,7 @@ enum RouteParser {
             }
             queryParams.append(.init(type: type, name: try q.required("name").string(), value: value))
         }
-        let method = try m.optionalString("method")
+        let method = parts.contains("method") ? try m.optionalString("method") : nil
         if let method, !["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"].contains(method) {
             throw try m.required("method").error("unsupported method \"\(method)\"")
         }

@@ -299,7 +299,7 @@ struct CompileState {
     // MARK: - Backends
 
     /// Resolves a backendRef; -1 (with a warning) when it names nothing, so requests picking it get 500.
-    mutating func resolve(_ ref: HTTPRouteSpec.BackendRef, route: String) -> Int32 {
+    mutating func resolve(_ ref: HTTPRouteSpec.BackendRef, route: String, kind: String = "HTTPRoute") -> Int32 {
         var key: String? = nil
         if ref.kind == "Service" && (ref.group == "" || ref.group == "core") {
             if let service = spec.services.first(where: { $0.namespace == ref.namespace && $0.name == ref.name }) {
@@ -310,27 +310,27 @@ struct CompileState {
             key = "\(ref.name.lowercased()):\(port)"
         }
         if let key, let index = clusterIndex[key] { return index }
-        warnings.append("HTTPRoute \(route): backendRef \(ref.kind) \(ref.namespace)/\(ref.name)\(ref.port.map { ":\($0)" } ?? "") not found (ResolvedRefs=False); requests routed to it get 500")
+        warnings.append("\(kind) \(route): backendRef \(ref.kind) \(ref.namespace)/\(ref.name)\(ref.port.map { ":\($0)" } ?? "") not found (ResolvedRefs=False); requests routed to it get 500")
         return -1
     }
 
-    mutating func action(for rule: HTTPRouteSpec.Rule, route: String) -> RouteAction {
+    mutating func action(for rule: HTTPRouteSpec.Rule, route: String, kind: String) -> RouteAction {
         if let redirect = rule.redirect { return .redirect(redirect) }
         guard !rule.backendRefs.isEmpty else { return .reply(.invalidBackend) }
         if !rule.unsupportedFilters.isEmpty {
-            warnings.append("HTTPRoute \(route): filter \(rule.unsupportedFilters.joined(separator: ", ")) is not supported yet: requests matching the rule get 500")
+            warnings.append("\(kind) \(route): filter \(rule.unsupportedFilters.joined(separator: ", ")) is not supported yet: requests matching the rule get 500")
             return .reply(.invalidBackend)
         }
         var weighted: [WeightedCluster] = []
         for ref in rule.backendRefs {
-            weighted.append(WeightedCluster(cluster: resolve(ref, route: route), weight: UInt32(ref.weight)))
+            weighted.append(WeightedCluster(cluster: resolve(ref, route: route, kind: kind), weight: UInt32(ref.weight)))
         }
         let total = weighted.reduce(UInt32(0)) { $0 + $1.weight }
         guard total > 0 else { return .reply(.invalidBackend) }  // all weights zero
         var policy = ForwardPolicy.standard
         if rule.retry != nil || rule.requestTimeout != nil || rule.backendRequestTimeout != nil || rule.requestHeaders != nil
             || rule.responseHeaders != nil || rule.rewrite != nil || rule.mirror != nil {
-            let mirror = rule.mirror.map { (cluster: resolve($0, route: route), percent: rule.mirrorPercent) }
+            let mirror = rule.mirror.map { (cluster: resolve($0, route: route, kind: kind), percent: rule.mirrorPercent) }
             policy = ForwardPolicy(retry: rule.retry.map { .gatewayAPI(codes: $0.codes, attempts: $0.attempts, backoff: $0.backoff) },
                                    requestTimeout: rule.requestTimeout, perTryTimeout: rule.backendRequestTimeout,
                                    requestHeaders: rule.requestHeaders, responseHeaders: rule.responseHeaders, rewrite: rule.rewrite,
@@ -356,7 +356,7 @@ struct CompileState {
                     if case .replacePrefixMatch(let replacement, _)? = rule.redirect?.path {
                         perMatch.redirect?.path = .replacePrefixMatch(replacement, matched: prefix)
                     }
-                    result.append(RouteRule(match: Self.compile(match), action: action(for: perMatch, route: routeName), origin: origin))
+                    result.append(RouteRule(match: Self.compile(match), action: action(for: perMatch, route: routeName, kind: route.kind), origin: origin))
                 }
             }
         }
@@ -407,7 +407,7 @@ struct CompileState {
             }
         }
         for route in spec.httpRoutes where route.parentRefs.contains(where: { $0.isGateway }) && !gatewayRoutes.contains(route) {
-            warnings.append("HTTPRoute \(route.namespace)/\(route.name): parent Gateway not found (Accepted=False)")
+            warnings.append("\(route.kind) \(route.namespace)/\(route.name): parent Gateway not found (Accepted=False)")
         }
         var hostnames: [String] = []
         for route in gatewayRoutes {

@@ -242,8 +242,8 @@ metadata: {name: headers, namespace: default}
 spec:
   parentRefs: [{group: "", kind: Service, name: web}]
   rules:
-  - matches: [{path: {type: PathPrefix, value: /mirror}}]
-    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: web, port: 80}}}]
+  - matches: [{path: {type: PathPrefix, value: /extension}}]
+    filters: [{type: ExtensionRef, extensionRef: {group: example.com, kind: Lua, name: script}}]
     backendRefs: [{name: web, port: 80}]
   - filters:
     - type: RequestHeaderModifier
@@ -259,11 +259,11 @@ spec:
     assert status == 200 and seen["x-env"] == "prod" and seen["x-added"] == "1" and "x-secret" not in seen
     assert headers["x-origin"] == "hidden" and headers["x-served-by"] == "waypoint"
     # A filter that cannot be applied yet: the rule answers 500 (Gateway API), and check says why.
-    assert http_request(proxy.port, "GET", "/mirror", host="web")[0] == 500
+    assert http_request(proxy.port, "GET", "/extension", host="web")[0] == 500
     path = workdir / "filters.yaml"
     path.write_text(config)
     out = subprocess.run([str(BINARY), "check", "--config", str(path)], capture_output=True, text=True)
-    assert "filter RequestMirror is not supported yet" in out.stdout
+    assert "filter ExtensionRef is not supported yet" in out.stdout
     path.write_text(config.replace("x-secret]", "content-length]"))
     out = subprocess.run([str(BINARY), "check", "--config", str(path)], capture_output=True, text=True)
     assert out.returncode == 1 and "content-length frames the message" in out.stdout

@@ -214,3 +214,36 @@ spec:
     assert seen["path"] == "/v2/items?x=1"
     assert seen["headers"][":authority"] == "backend.internal" and seen["headers"]["x-env"] == "prod" and "x-secret" not in seen["headers"]
     c.close()
+
+
+def test_grpc_route_matches_service_and_method(hbone_proxy, certs, h2c_origin):
+    route = """
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules:
+  - matches: [{method: {service: grpc.Echo, method: Say}}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{method: {type: RegularExpression, service: "grpc\\\\.Admin", method: "Delete.*"}, headers: [{name: x-tenant, value: ops}]}]
+    backendRefs: [{name: web, port: 80}]
+"""
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", h2c_origin.port)], cluster_ip=VIP, port_name="grpc") + route)
+    c = client(proxy, certs)
+    sid = c.connect(f"{VIP}:80")
+    assert c.status(sid) == 200
+    inner = InnerH2(c, sid)
+    grpc = [("content-type", "application/grpc"), ("te", "trailers")]
+
+    def call(path, headers=()):
+        stream = inner.request(path, headers=grpc + list(headers), body=b"\x00\x00\x00\x00\x02yo", method="POST")
+        response = inner.wait(stream)
+        return response[":status"], inner.trailers.get(stream, response).get("grpc-status")
+
+    assert call("/grpc.Echo/Say") == ("200", "0")
+    assert call("/grpc.Admin/DeleteUser", [("x-tenant", "ops")]) == ("200", "0")
+    assert call("/grpc.Admin/DeleteUser", [("x-tenant", "dev")]) == ("200", "12")   # no rule: UNIMPLEMENTED
+    assert call("/grpc.Echo/Shout") == ("200", "12")
+    c.close()
