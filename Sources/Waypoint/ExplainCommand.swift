@@ -107,6 +107,11 @@ extension WaypointCommand {
             let router = SnapshotRouter(snapshot: snapshot, seed: 1, counters: WorkerCounters())
             let decision = bytes.withUnsafeBytes { router.route(head, $0, destination: destination, peer: peer) }
             explainAuthorization(snapshot, router, head, bytes, destination, peer)
+            if case .reply(let reply) = decision, reply == .rbacDenied || reply == .mtlsRequired {
+                // Denied before routing: routes are not looked at.
+            } else {
+                explainRouting(snapshot, head, bytes, destination)
+            }
             switch decision {
             case .reply(let reply):
                 print("result: \(reply.status) \(reply.body.description.trimmingCharacters(in: .newlines))")
@@ -116,6 +121,45 @@ extension WaypointCommand {
                 print("result: \(status) redirect to \(String(decoding: location, as: UTF8.self))")
             case .forward(let endpoint, let route, _, _):
                 print("result: forwarded by route \(route) to endpoint \(snapshot.endpoints[Int(endpoint)])")
+            }
+        }
+
+        /// Which rule matched, and why each rule before it in order did not (at most a screenful).
+        private func explainRouting(_ snapshot: Snapshot, _ head: RequestHead, _ bytes: [UInt8], _ destination: Destination?) {
+            bytes.withUnsafeBytes { raw in
+                var host: Int32 = destination?.virtualHost ?? -1
+                var port = destination?.port
+                if destination == nil, let found = snapshot.routes.virtualHost(forHost: head.host.bytes(in: raw)) { (host, port) = found }
+                guard host >= 0, let rules = snapshot.routes.virtualHosts[Int(host)].rules(forPort: port) else {
+                    print("routing: no service or route serves this host and port")
+                    return
+                }
+                let matched = rules.firstMatch(head, raw)
+                let shown = 12
+                for rule in rules.rules.prefix(min(matched ?? rules.rules.count, shown)) {
+                    print("  rule \(describe(rule.origin)) [\(rule.match.path)]: no match, \(failure(rule.match, head, raw))")
+                }
+                if (matched ?? rules.rules.count) > shown { print("  ... \((matched ?? rules.rules.count) - shown) more rules did not match") }
+                if let matched {
+                    let rule = rules.rules[matched]
+                    print("routing: matched rule \(describe(rule.origin)) [\(rule.match.path)]")
+                } else {
+                    print(rules.fallback == nil ? "routing: no rule matched (routes are attached, so 404)" : "routing: no route attached: to the service itself")
+                }
+            }
+        }
+
+        private func describe(_ origin: RuleOrigin) -> String { "\(origin.route) #\(origin.ruleIndex)" }
+
+        private func failure(_ match: RequestMatch, _ head: RequestHead, _ raw: UnsafeRawBufferPointer) -> String {
+            switch match.failedCondition(head, raw) {
+            case .path?, nil: return "path"
+            case .method?: return "method \(match.method.map { "\($0)" } ?? "")"
+            case .header(let i)?:
+                let condition = match.headers[i]
+                return "header \(String(decoding: condition.name, as: UTF8.self)) \(condition.negated ? "must not be " : "")\(condition.value)"
+            case .queryParam(let i)?:
+                return "query parameter \(String(decoding: match.queryParams[i].name, as: UTF8.self)) \(match.queryParams[i].value)"
             }
         }
 

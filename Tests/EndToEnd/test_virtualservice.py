@@ -161,3 +161,32 @@ def test_check_reports_what_is_not_applied(tmp_path, origin_factory):
     assert "VirtualService default/ratings: service default/ratings has HTTPRoutes attached, which take precedence" in text
     assert "VirtualService default/edge-only: gateways istio-system/edge do not include mesh" in text
     assert "VirtualService default/reviews: http[9] match on sourceLabels cannot be evaluated by a waypoint" in text
+
+
+def test_explain_names_the_rules_that_did_not_match(tmp_path):
+    (tmp_path / "c.yaml").write_text(service_yaml("web", [("127.0.0.1", 9)]) + """---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules:
+  - matches: [{path: {type: Exact, value: /api/v1}}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: x-canary, value: "true"}]}]
+    backendRefs: [{name: web, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /api}, method: POST}]
+    backendRefs: [{name: web, port: 80}]
+  - backendRefs: [{name: web, port: 80}]
+""")
+    out = subprocess.run([str(BINARY), "explain", "--config", str(tmp_path), "--host", "web", "--path", "/api/v2"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    start = lines.index("  rule default/r #0 [Exact /api/v1]: no match, path")
+    assert lines[start + 1:start + 5] == [
+        "  rule default/r #2 [PathPrefix /api]: no match, method = POST",       # method outranks header count
+        "  rule default/r #1 [PathPrefix /api]: no match, header x-canary = true",
+        "routing: matched rule default/r #3 [PathPrefix /]",
+        "result: forwarded by route default/r to endpoint 127.0.0.1:9",
+    ]
