@@ -147,6 +147,9 @@ extension CompileState {
                 if !rule.unsupported.isEmpty {
                     warnings.append("\(label): http[\(index)] uses \(rule.unsupported.joined(separator: ", ")), not supported: requests matching it get 500")
                 }
+                if rule.fault?.delay != nil {
+                    warnings.append("\(label): http[\(index)] fault.delay is not applied yet: requests are not delayed (fault.abort is)")
+                }
                 for match in rule.matches where !match.unsupported.isEmpty {
                     warnings.append("\(label): http[\(index)] match on \(match.unsupported.joined(separator: ", ")) cannot be evaluated by a waypoint: that match never holds")
                 }

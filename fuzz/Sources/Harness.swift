@@ -1,6 +1,7 @@
 import EventLoop
 import Filters
 import HTTPRouter
+import Regex
 import WaypointConfig
 import WaypointCore
 
@@ -17,6 +18,11 @@ enum Harness {
                 for range in [request.method, request.target, request.path, request.host] { check(range, in: head) }
                 for field in request.headers { check(field.name, in: head); check(field.value, in: head) }
                 _ = table.ruleSet(forHost: request.host.bytes(in: head))?.route(request, head)
+                // The compiled lookup must pick what a walk in order picks, for both orders.
+                for set in [mixed, mixedDeclared] {
+                    let walked = set.rules.firstIndex { $0.match.failedCondition(request, head) == nil }
+                    precondition(set.firstMatch(request, head) == walked, "compiled route selection differs from the walk")
+                }
             }
             var response = ResponseHead()
             if HTTP1Parser.parseResponse(head, requestWasHead: data.first == 0x48, into: &response) == .complete {
@@ -85,6 +91,22 @@ enum Harness {
     private static func check(_ range: ByteRange, in bytes: UnsafeRawBufferPointer) {
         precondition(range.start >= 0 && range.count >= 0 && Int(range.start + range.count) <= bytes.count, "range out of bounds")
     }
+
+    /// Every kind of path match the index treats differently, with method and header conditions.
+    static let mixedRules: [RouteRule<Int>] = {
+        let matches: [RequestMatch] = [
+            RequestMatch(path: .exact(Array("/a/b".utf8))), RequestMatch(path: .exact(Array("/a/b".utf8)), method: "POST"),
+            RequestMatch(path: .elementPrefix("/a")), RequestMatch(path: .elementPrefix("/a/b/"), headers: [HeaderMatch(name: "x", value: .present)]),
+            RequestMatch(path: .stringPrefix(Array("/a/b".utf8))), RequestMatch(path: .stringPrefix(Array("/A".utf8)), ignoreCase: true),
+            RequestMatch(path: .exact(Array("/Q".utf8)), ignoreCase: true), RequestMatch(path: .regex(try! Regex("/a/[0-9]+"))),
+            RequestMatch(path: .regex(try! Regex(".*z"))), RequestMatch(path: .regex(try! Regex("/ab?c"))),
+            RequestMatch(headers: [HeaderMatch(name: "y", value: .prefix(Array("1".utf8)), negated: true)]),
+            RequestMatch(queryParams: [QueryMatch(name: "q", value: .exact(Array("1".utf8)))]),
+        ]
+        return matches.enumerated().map { RouteRule(match: $1, action: $0, origin: RuleOrigin(route: "f/r", ruleIndex: $0)) }
+    }()
+    static let mixed = RuleSet(rules: mixedRules, fallback: -1)
+    static let mixedDeclared = RuleSet(orderedRules: mixedRules, fallback: -1)
 
     static let table: RouteTable<Int> = RouteTable(
         virtualHosts: [VirtualHost(ports: [(UInt16(80), RuleSet(rules: [
