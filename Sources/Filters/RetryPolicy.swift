@@ -135,10 +135,13 @@ public final class ForwardPolicy: Sendable {
     /// RequestMirror / VirtualService `mirror`: a copy of this share of requests goes to a cluster (an index
     /// into the snapshot's clusters), answer dropped.
     public let mirror: (cluster: Int32, percent: Double)?
+    /// VirtualService `fault.delay`: this share of requests waits this long before it is forwarded.
+    public let delay: (duration: Duration, percent: Double)?
 
     public init(retry: RetryPolicy?, requestTimeout: Duration?, perTryTimeout: Duration?,
                 requestHeaders: HeaderModifier? = nil, responseHeaders: HeaderModifier? = nil, rewrite: URLRewrite? = nil,
-                mirror: (cluster: Int32, percent: Double)? = nil) {
+                mirror: (cluster: Int32, percent: Double)? = nil, delay: (duration: Duration, percent: Double)? = nil) {
+        self.delay = delay
         self.rewrite = rewrite
         self.mirror = mirror
         self.retry = retry

@@ -72,6 +72,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private var replayable = false
     /// The exchange may still be retried: `replay` holds the whole request.
     private var retryable = false
+    /// A fault-delayed request: the endpoint it was routed to and the length of its head, still in `input`.
+    private var delayed: (endpoint: Int32, headLength: Int)?
+    private var faultTimer: Timer?
     /// A copy goes to the route's mirror once the request is complete (`replay` holds it until then).
     private var mirroring = false
     /// Tries so far (1 = the first).
@@ -257,7 +260,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
 
     /// Starts exchanges for complete heads in `input` and moves request body bytes upstream.
     private func processInput() {
-        while !closed {
+        while !closed && delayed == nil {
             if !inExchange {
                 guard !closing else { break }
                 guard startExchange() else {
@@ -277,6 +280,15 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             upstream?.flush()
             if closing && output.isEmpty { close() }
         }
+    }
+
+    /// After a fault delay: forwards the head that waited in `input`, then carries on with its body.
+    private func delayElapsed() {
+        guard let (endpoint, length) = delayed, !closed else { return }
+        delayed = nil
+        forward(UnsafeRawBufferPointer(rebasing: input.readable[0..<length]), to: endpoint)
+        input.consume(length)
+        processInput()
     }
 
     /// Parses the next head and routes it (or rejects it). False when the head is still incomplete.
@@ -349,6 +361,15 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             routeName = route
             self.cluster = cluster
             self.policy = policy
+            if let delay = policy.delay, server.roll(delay.percent) {
+                // VirtualService fault.delay: the head stays in `input` (and nothing else is read from it)
+                // until the delay is over, then the exchange goes on as if just routed.
+                delayed = (endpoint, length)
+                server.counters.faultDelays.increment()
+                if faultTimer == nil { faultTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.delayElapsed() } }
+                faultTimer!.schedule(after: delay.duration)
+                return true
+            }
             forward(headBytes, to: endpoint)
             input.consume(length)
         }
@@ -899,6 +920,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         retryTimer?.cancel()
         requestTimer?.cancel()
         tryTimer?.cancel()
+        faultTimer?.cancel()
         endFlight()
         if let upstream { upstream.owner = nil; upstream.close(); self.upstream = nil }
         stream.close(graceful: graceful)

@@ -57,8 +57,9 @@ public final class WorkerCounters: Sendable {
     /// Copies sent to a mirror, and copies not sent (too many in flight, body beyond the bound, no endpoint).
     public let mirrorRequests = Atomic<Int>(0)
     public let mirrorsSkipped = Atomic<Int>(0)
-    /// Requests answered by a VirtualService `fault.abort`.
+    /// Requests answered by a VirtualService `fault.abort`, and requests held by its `fault.delay`.
     public let faultAborts = Atomic<Int>(0)
+    public let faultDelays = Atomic<Int>(0)
 
     // MARK: Authorization
     public let authorizationAllowed = Atomic<Int>(0)

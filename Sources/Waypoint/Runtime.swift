@@ -318,6 +318,8 @@ final class Runtime {
         ])
         metric("waypoint_fault_aborts_total", "counter", "Requests answered by a VirtualService fault abort.",
                [("", sum { $0.faultAborts.value })])
+        metric("waypoint_fault_delays_total", "counter", "Requests held back by a VirtualService fault delay.",
+               [("", sum { $0.faultDelays.value })])
         metric("waypoint_authorization_decisions_total", "counter", "Authorization decisions, by result.", [
             ("{result=\"allow\"}", sum { $0.authorizationAllowed.value }),
             ("{result=\"deny\"}", sum { $0.authorizationDenied.value }),

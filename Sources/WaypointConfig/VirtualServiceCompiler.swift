@@ -78,7 +78,7 @@ extension CompileState {
         let policy = ForwardPolicy(retry: rule.retries.map { .istio(attempts: $0.attempts, retryOn: $0.retryOn) },
                                    requestTimeout: rule.timeout, perTryTimeout: rule.retries?.perTryTimeout,
                                    requestHeaders: rule.requestHeaders, responseHeaders: rule.responseHeaders, rewrite: rewrite,
-                                   mirror: mirror)
+                                   mirror: mirror, delay: rule.fault?.delay.map { (duration: $0, percent: rule.fault!.delayPercent) })
         let abort = rule.fault?.abortStatus.map { (status: $0, percent: rule.fault!.abortPercent) }
         return .forward(BackendSet(clusters: weighted, totalWeight: total, route: name, policy: policy, abort: abort))
     }
@@ -146,9 +146,6 @@ extension CompileState {
             for (index, rule) in vs.http.enumerated() {
                 if !rule.unsupported.isEmpty {
                     warnings.append("\(label): http[\(index)] uses \(rule.unsupported.joined(separator: ", ")), not supported: requests matching it get 500")
-                }
-                if rule.fault?.delay != nil {
-                    warnings.append("\(label): http[\(index)] fault.delay is not applied yet: requests are not delayed (fault.abort is)")
                 }
                 for match in rule.matches where !match.unsupported.isEmpty {
                     warnings.append("\(label): http[\(index)] match on \(match.unsupported.joined(separator: ", ")) cannot be evaluated by a waypoint: that match never holds")

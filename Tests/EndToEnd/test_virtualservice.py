@@ -190,3 +190,34 @@ spec:
         "routing: matched rule default/r #3 [PathPrefix /]",
         "result: forwarded by route default/r to endpoint 127.0.0.1:9",
     ]
+
+
+def test_fault_delay_holds_the_request_then_forwards_it_whole(origin_factory, proxy_factory):
+    import time
+    from conftest import raw_exchange
+    origin = origin_factory("a")
+    vs = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web]
+  http:
+  - match: [{uri: {prefix: /slow}}]
+    fault: {delay: {fixedDelay: 400ms, percentage: {value: 100}}}
+    route: [{destination: {host: web}}]
+  - route: [{destination: {host: web}}]
+"""
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]) + "---" + vs)
+    start = time.time()
+    assert http_request(proxy.port, "GET", "/fast", host="web")[0] == 200
+    assert time.time() - start < 0.3
+    # A POST with a body, then a pipelined GET: both answered, in order, the first after the delay.
+    start = time.time()
+    response = raw_exchange(proxy.port, b"POST /slow/x HTTP/1.1\r\nHost: web\r\nContent-Length: 5\r\n\r\nhello"
+                                        b"GET /fast/after HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+    elapsed = time.time() - start
+    assert 0.4 <= elapsed < 2, elapsed
+    bodies = [json.loads(part.split(b"HTTP/1.1")[0]) for part in response.split(b"\r\n\r\n")[1:] if part.startswith(b"{")]
+    assert [(b["path"], b["body_length"]) for b in bodies] == [("/slow/x", 5), ("/fast/after", 0)]
+    assert proxy.metrics()["waypoint_fault_delays_total"] == 1
