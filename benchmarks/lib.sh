@@ -81,3 +81,27 @@ backend b
   server b $4
 CFG
 }
+
+# rotation RUN WORD...: the words rotated left by RUN-1, so that no target always runs first (or last) on a
+# warming machine.
+rotation() { local k=$(( ($1 - 1) % ($# - 1) )); shift; local words=("$@"); echo "${words[@]:$k}" "${words[@]:0:$k}"; }
+
+# wrk_row FILE TARGET CPU_TICKS_BEFORE CPU_TICKS_AFTER: "rps<TAB>p50_ms<TAB>p99_ms<TAB>cpu_us_per_req" from a
+# `wrk --latency` report and the proxy's CPU ticks around it; warns on stderr about non-2xx/3xx answers.
+wrk_row() {
+    python3 - "$@" <<'PY'
+import os, re, sys
+text = open(sys.argv[1]).read()
+def ms(v):
+    n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+total = int(re.search(r"(\d+) requests in", text).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
+p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
+errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+if errors: print(f"warning: {sys.argv[2]} had {errors.group(1)} non-2xx responses", file=sys.stderr)
+cpu = (int(sys.argv[4]) - int(sys.argv[3])) / os.sysconf("SC_CLK_TCK") * 1e6 / total if total else 0
+print(f"{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{cpu:.1f}")
+PY
+}

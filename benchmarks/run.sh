@@ -68,14 +68,9 @@ start_target() { # name -> echoes pid (empty for direct); stdout goes to files s
 }
 
 results="$work/results.tsv"
-printf 'target\trun\trps\tp50_ms\tp99_ms\tidle_rss_kib\tload_rss_kib\tcpu_us_per_req\n' > "$results"
+printf 'target\trun\trps\tp50_ms\tp99_ms\tcpu_us_per_req\tidle_rss_kib\tload_rss_kib\n' > "$results"
 for run in $(seq "$RUNS"); do
-    # Rotate the order each run so no target always runs first (or last) on a warming machine.
-    set -- $TARGETS
-    order=("$@")
-    shift_by=$(( (run - 1) % ${#order[@]} ))
-    order=("${order[@]:$shift_by}" "${order[@]:0:$shift_by}")
-    for target in "${order[@]}"; do
+    for target in $(rotation "$run" $TARGETS); do
         pid=$(start_target "$target")
         port=$PORT; [ "$target" = direct ] && port=19081
         wait_port "$port"
@@ -91,22 +86,7 @@ for run in $(seq "$RUNS"); do
         wait $wrk_pid
         after=0; [ -n "$pid" ] && after=$(cpu_ticks "$pid")
         [ -n "$pid" ] && { kill "$pid"; wait "$pid" 2>/dev/null || true; }
-        python3 - "$work/wrk-$target-$run.txt" "$target" "$run" "$idle" "$load" "$before" "$after" >> "$results" <<'PY'
-import re, sys, os
-text = open(sys.argv[1]).read()
-def ms(v):
-    n, unit = re.match(r"([\d.]+)(\w+)", v).groups()
-    return float(n) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
-rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-total = int(re.search(r"(\d+) requests in", text).group(1))
-p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
-p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
-errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
-if errors: print(f"warning: {sys.argv[2]} had {errors.group(1)} non-2xx responses", file=sys.stderr)
-ticks = int(sys.argv[7]) - int(sys.argv[6])
-cpu = ticks / os.sysconf("SC_CLK_TCK") * 1e6 / total if total else 0
-print(f"{sys.argv[2]}\t{sys.argv[3]}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{sys.argv[4]}\t{sys.argv[5]}\t{cpu:.1f}")
-PY
+        printf '%s\t%s\t%s\t%s\t%s\n' "$target" "$run" "$(wrk_row "$work/wrk-$target-$run.txt" "$target" "$before" "$after")" "$idle" "$load" >> "$results"
     done
 done
 
