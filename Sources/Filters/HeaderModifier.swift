@@ -16,6 +16,23 @@ public struct HeaderModifier: Sendable, Equatable {
         self.remove = remove.map { Array($0.lowercased().utf8) }
     }
 
+    private init(set: [(name: [UInt8], value: [UInt8])], add: [(name: [UInt8], value: [UInt8])], remove: [[UInt8]]) {
+        self.set = set
+        self.add = add
+        self.remove = remove
+    }
+
+    /// `first` then `then` as one modifier (a rule's filter, then its backendRef's): a later `set` of a name
+    /// replaces an earlier `set` or `add` of it, and a later `remove` drops the earlier lines for it.
+    public static func combining(_ first: HeaderModifier?, then: HeaderModifier?) -> HeaderModifier? {
+        guard let first else { return then }
+        guard let then else { return first }
+        let replaced = Set(then.set.map(\.name) + then.remove)
+        return HeaderModifier(set: first.set.filter { !replaced.contains($0.name) } + then.set,
+                              add: first.add.filter { !replaced.contains($0.name) } + then.add,
+                              remove: first.remove + then.remove)
+    }
+
     public static func == (a: Self, b: Self) -> Bool {
         a.set.elementsEqual(b.set, by: ==) && a.add.elementsEqual(b.add, by: ==) && a.remove == b.remove
     }

@@ -90,11 +90,12 @@ final class SnapshotRouter: RequestRouter {
                 counters.faultAborts.increment()
                 return .respond(status: abort.status, body: Self.abortBody)
             }
-            let cluster = pick(backends)
+            let chosen = backends.clusters[pick(backends)]
+            let cluster = chosen.cluster
             guard cluster >= 0 else { return .reply(.invalidBackend) }
             let hash = requestHash(cluster, head, bytes, peer)
             guard let endpoint = nextEndpoint(cluster, hash: hash) else { return .reply(.noHealthyUpstream) }
-            return .forward(endpoint: endpoint, route: backends.route, cluster: cluster, policy: backends.policy)
+            return .forward(endpoint: endpoint, route: backends.route, cluster: cluster, policy: chosen.policy ?? backends.policy)
         }
     }
 
@@ -304,15 +305,15 @@ final class SnapshotRouter: RequestRouter {
         percent >= 100 || Double(random.next() % 1_000_000) < percent * 10_000
     }
 
-    /// Weighted random choice; weight-0 entries are never chosen.
+    /// Weighted random choice (an index into `backends.clusters`); weight-0 entries are never chosen.
     @inline(__always)
-    private func pick(_ backends: BackendSet) -> Int32 {
-        if backends.clusters.count == 1 { return backends.clusters[0].cluster }
+    private func pick(_ backends: BackendSet) -> Int {
+        if backends.clusters.count == 1 { return 0 }
         var point = UInt32(truncatingIfNeeded: random.next() % UInt64(backends.totalWeight))
-        for entry in backends.clusters {
-            if point < entry.weight { return entry.cluster }
+        for (index, entry) in backends.clusters.enumerated() {
+            if point < entry.weight { return index }
             point -= entry.weight
         }
-        return backends.clusters[backends.clusters.count - 1].cluster
+        return backends.clusters.count - 1
     }
 }

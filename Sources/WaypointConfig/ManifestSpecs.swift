@@ -110,6 +110,10 @@ public struct HTTPRouteSpec: Sendable, Equatable {
         public var name: String
         public var port: Int?
         public var weight: Int
+        /// `filters` on this backendRef: applied after the rule's own, to requests sent to this backend.
+        public var requestHeaders: HeaderModifier? = nil
+        public var responseHeaders: HeaderModifier? = nil
+        public var unsupportedFilters: [String] = []
     }
     /// `rules[].retry` (GEP-1731).
     public struct RetrySpec: Sendable, Equatable {

@@ -43,13 +43,19 @@ enum RouteParser {
             var matches: [HTTPRouteSpec.MatchSpec] = []
             for m in try r.optionalArray("matches") { matches.append(try readMatch(m)) }
             var backends: [HTTPRouteSpec.BackendRef] = []
-            var backendFilters = false
             for b in try r.optionalArray("backendRefs") {
-                backends.append(try backendRef(b, namespace: namespace))
-                if try !b.optionalArray("filters").isEmpty { backendFilters = true }
+                var ref = try backendRef(b, namespace: namespace)
+                for f in try b.optionalArray("filters") {
+                    switch try f.required("type").string() {
+                    case "RequestHeaderModifier": ref.requestHeaders = try headerModifier(try f.required("requestHeaderModifier"))
+                    case "ResponseHeaderModifier": ref.responseHeaders = try headerModifier(try f.required("responseHeaderModifier"))
+                    case let other: ref.unsupportedFilters.append(other)
+                    }
+                }
+                backends.append(ref)
             }
             var rule = HTTPRouteSpec.Rule(matches: matches, backendRefs: backends)
-            if backendFilters { rule.unsupportedFilters.append("backendRefs[].filters") }
+            for ref in backends { rule.unsupportedFilters += ref.unsupportedFilters.map { "\($0) (on backendRef \(ref.name))" } }
             if let timeouts = try r.optional("timeouts") {
                 rule.requestTimeout = try timeouts.optionalDuration("request", zeroIsNil: true)
                 rule.backendRequestTimeout = try timeouts.optionalDuration("backendRequest", zeroIsNil: true)

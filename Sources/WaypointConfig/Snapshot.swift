@@ -22,6 +22,8 @@ public struct Cluster: Sendable {
 public struct WeightedCluster: Sendable {
     public let cluster: Int32
     public let weight: UInt32
+    /// The rule's policy with this backendRef's own filters applied after the rule's; nil: the rule's.
+    public var policy: ForwardPolicy? = nil
 }
 
 /// Where a matched rule sends the request.

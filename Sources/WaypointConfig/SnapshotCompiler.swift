@@ -336,6 +336,13 @@ struct CompileState {
                                    requestHeaders: rule.requestHeaders, responseHeaders: rule.responseHeaders, rewrite: rule.rewrite,
                                    mirror: mirror)
         }
+        for (i, ref) in rule.backendRefs.enumerated() where ref.requestHeaders != nil || ref.responseHeaders != nil {
+            weighted[i].policy = ForwardPolicy(
+                retry: policy.retry, requestTimeout: policy.requestTimeout, perTryTimeout: policy.perTryTimeout,
+                requestHeaders: .combining(policy.requestHeaders, then: ref.requestHeaders),
+                responseHeaders: .combining(policy.responseHeaders, then: ref.responseHeaders), rewrite: policy.rewrite,
+                mirror: policy.mirror)
+        }
         return .forward(BackendSet(clusters: weighted, totalWeight: total, route: route, policy: policy))
     }
 

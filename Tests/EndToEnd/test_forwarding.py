@@ -293,3 +293,44 @@ spec:
     seen = json.loads(body)
     assert status == 200 and seen["path"] == "/v1/items?limit=2" and seen["headers"]["host"] == "backend.internal"
     assert json.loads(http_request(proxy.port, "GET", "/other", host="web")[2])["path"] == "/other"
+
+
+def test_backend_ref_filters_apply_after_the_rules_own(origin_factory, proxy_factory):
+    a, b = origin_factory("a"), origin_factory("b")
+    routes = """
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: split, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules:
+  - filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-rule, value: r}, {name: x-both, value: rule}], add: [{name: x-gone, value: "1"}]}
+    backendRefs:
+    - name: web-a
+      port: 80
+      filters:
+      - type: RequestHeaderModifier
+        requestHeaderModifier: {set: [{name: x-both, value: backend-a}], remove: [x-gone]}
+    - name: web-b
+      port: 80
+      filters:
+      - type: ResponseHeaderModifier
+        responseHeaderModifier: {add: [{name: x-via, value: b}]}
+"""
+    config = "---".join([service_yaml("web", [("127.0.0.1", a.port)]), service_yaml("web-a", [("127.0.0.1", a.port)]),
+                         service_yaml("web-b", [("127.0.0.1", b.port)])]) + routes
+    proxy = proxy_factory(config)
+    seen = set()
+    for i in range(40):
+        status, headers, body = http_request(proxy.port, "GET", f"/s{i}", host="web")
+        sent = json.loads(body)["headers"]
+        assert status == 200 and sent["x-rule"] == "r"
+        if headers["x-origin"] == "a":
+            assert sent["x-both"] == "backend-a" and "x-gone" not in sent and "x-via" not in headers
+        else:
+            assert sent["x-both"] == "rule" and sent["x-gone"] == "1" and headers["x-via"] == "b"
+        seen.add(headers["x-origin"])
+    assert seen == {"a", "b"}
