@@ -185,6 +185,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession {
             respond(exchange, status: status, body: body)
         case .forward(let endpoint, let route, _, let policy):
             exchange.route = route
+            // Mirrors copy HTTP/1.1 exchanges only so far; an HTTP/2 one is counted as not mirrored.
+            if policy.mirror != nil { server.counters.mirrorsSkipped.increment() }
             exchange.responseModifier = policy.responseHeaders
             guard let pool = server.pool(endpoint), let upstream = pool.h2cUpstream() else {
                 server.counters.upstreamConnectFailures.increment()

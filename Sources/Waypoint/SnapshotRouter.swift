@@ -191,7 +191,11 @@ final class SnapshotRouter: RequestRouter {
     }
 
     func isReachable(_ destination: Destination) -> Bool {
-        destination.cluster < 0 || !snapshot.clusters[Int(destination.cluster)].endpoints.isEmpty
+        guard destination.cluster >= 0 else { return true }
+        if let backends = snapshot.tcpRoutes[tcpRouteKey(destination.virtualHost, destination.port)] {
+            return backends.clusters.contains { $0.cluster >= 0 && $0.weight > 0 && !snapshot.clusters[Int($0.cluster)].endpoints.isEmpty }
+        }
+        return !snapshot.clusters[Int(destination.cluster)].endpoints.isEmpty
     }
 
     func pickEndpoint(inCluster cluster: Int32) -> Int32? {
@@ -199,7 +203,12 @@ final class SnapshotRouter: RequestRouter {
     }
 
     func pickEndpoint(for destination: Destination) -> Int32? {
-        destination.cluster >= 0 ? nextEndpoint(destination.cluster) : destination.endpoint
+        guard destination.cluster >= 0 else { return destination.endpoint }
+        if let backends = snapshot.tcpRoutes[tcpRouteKey(destination.virtualHost, destination.port)] {
+            let cluster = backends.clusters[pick(backends)].cluster
+            return cluster >= 0 ? nextEndpoint(cluster) : nil
+        }
+        return nextEndpoint(destination.cluster)
     }
 
     /// An endpoint of the cluster by its load balancer, passing over ejected endpoints (unless all are: then,

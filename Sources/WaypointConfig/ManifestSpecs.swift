@@ -186,6 +186,8 @@ public struct ConfigSpec: Sendable {
     public var gateways: [GatewaySpec] = []
     public var httpRoutes: [HTTPRouteSpec] = []
     public var virtualServices: [VirtualServiceSpec] = []
+    /// TCPRoutes, read as HTTPRoutes without matches or filters (parents and weighted backendRefs only).
+    public var tcpRoutes: [HTTPRouteSpec] = []
     public var authorizationPolicies: [AuthorizationPolicySpec] = []
     public var peerAuthentications: [PeerAuthenticationSpec] = []
     public var destinationRules: [DestinationRuleSpec] = []

@@ -104,6 +104,20 @@ enum RouteParser {
                              hostnames: hostnames, rules: rules)
     }
 
+    /// A TCPRoute (gateway.networking.k8s.io/v1alpha2): parents and weighted backendRefs; a TCP stream has
+    /// nothing to match or filter.
+    static func tcpRoute(_ doc: ManifestNode, namespace: String, name: String, creation: String) throws(ConfigError) -> HTTPRouteSpec {
+        let spec = try doc.required("spec")
+        for (i, r) in try spec.optionalArray("rules").enumerated() {
+            for key in ["matches", "filters"] where try r.optional(key) != nil {
+                throw try r.required(key).error("a TCPRoute rule has only backendRefs (rules[\(i)])")
+            }
+        }
+        var route = try httpRoute(doc, namespace: namespace, name: name, creation: creation)
+        route.kind = "TCPRoute"
+        return route
+    }
+
     /// A GRPCRoute as the HTTP/2 routes it means: a method match becomes a path match on `/service/method`
     /// (exact service and method: Exact; service only: PathPrefix `/service`; otherwise an anchored regular
     /// expression), headers as they are; filters and backendRefs as an HTTPRoute's.

@@ -58,6 +58,10 @@ public enum RouteAction: Sendable {
     case respond(status: Int, body: [UInt8])
 }
 
+/// The key of a service port in `Snapshot.tcpRoutes`.
+@inline(__always)
+public func tcpRouteKey(_ virtualHost: Int32, _ port: UInt16) -> UInt64 { UInt64(UInt32(bitPattern: virtualHost)) << 16 | UInt64(port) }
+
 /// Everything needed to route, compiled once per config load and shared read-only by all workers.
 ///
 /// Immutable; a stream keeps the snapshot it started with, so a reload never changes a request in flight.
@@ -72,6 +76,8 @@ public final class Snapshot: Sendable {
     public let endpointTunnels: [Bool]
     /// What an HBONE tunnel's `:authority` may name; anything else is refused (never an open relay).
     public let destinations: [SocketAddress: Destination]
+    /// TCPRoute backends of a service port, by `tcpRouteKey(virtualHost, port)`: where its byte streams go.
+    public let tcpRoutes: [UInt64: BackendSet]
     /// Per virtual host (index into `routes.virtualHosts`): the AuthorizationPolicies that apply.
     public let authorization: [PolicySet]
     /// For requests whose host matches no virtual host: the waypoint-wide policies.
@@ -84,7 +90,7 @@ public final class Snapshot: Sendable {
     public let warnings: [String]
 
     init(generation: UInt64, routes: RouteTable<RouteAction>, clusters: [Cluster], endpoints: [SocketAddress],
-         endpointTunnels: [Bool], destinations: [SocketAddress: Destination], authorization: [PolicySet],
+         endpointTunnels: [Bool], destinations: [SocketAddress: Destination], tcpRoutes: [UInt64: BackendSet], authorization: [PolicySet],
          unmatchedHostPolicies: PolicySet, strictMTLS: [Bool], dump: String, warnings: [String]) {
         self.generation = generation
         self.routes = routes
@@ -92,6 +98,7 @@ public final class Snapshot: Sendable {
         self.endpoints = endpoints
         self.endpointTunnels = endpointTunnels
         self.destinations = destinations
+        self.tcpRoutes = tcpRoutes
         self.authorization = authorization
         self.unmatchedHostPolicies = unmatchedHostPolicies
         self.strictMTLS = strictMTLS

@@ -23,7 +23,7 @@ public struct SnapshotCompiler {
         var state = CompileState(spec: spec, compiler: self)
         state.build()
         return Snapshot(generation: generation, routes: RouteTable(virtualHosts: state.virtualHosts, names: state.names),
-                        clusters: state.clusters, endpoints: state.endpoints, endpointTunnels: state.endpointTunnels, destinations: state.destinations,
+                        clusters: state.clusters, endpoints: state.endpoints, endpointTunnels: state.endpointTunnels, destinations: state.destinations, tcpRoutes: state.tcpRoutes,
                         authorization: state.authorization, unmatchedHostPolicies: state.unmatchedHostPolicies, strictMTLS: state.strictMTLS, dump: state.dump(generation: generation),
                         warnings: spec.warnings + state.warnings)
     }
@@ -49,6 +49,7 @@ struct CompileState {
     /// HBONE `:authority` → destination: service VIPs and ServiceEntry addresses first, then endpoints.
     var destinations: [SocketAddress: Destination] = [:]
     var workloadDestinations: [SocketAddress: Destination] = [:]
+    var tcpRoutes: [UInt64: BackendSet] = [:]
     /// Who each virtual host belongs to: (kind, namespace, name).
     var hostOwners: [(kind: String, namespace: String, name: String)] = []
     var authorization: [PolicySet] = []
@@ -464,6 +465,25 @@ struct CompileState {
             addHost(VirtualHost(ports: ports, defaultPort: Self.defaultPort(service.ports.map(\.port))),
                     names: hostNames, kind: "Service", name: "\(service.namespace)/\(service.name)")
             for port in service.ports {
+                // TCPRoutes attached to this port (or the whole service): its byte streams go to their backends.
+                let tcp = spec.tcpRoutes.filter { route in
+                    route.parentRefs.contains { $0.isService && $0.namespace == service.namespace && $0.name == service.name && ($0.port == nil || $0.port == port.port) }
+                }
+                if !tcp.isEmpty {
+                    let name = tcp.map { "\($0.namespace)/\($0.name)" }.joined(separator: ",")
+                    var weighted: [WeightedCluster] = []
+                    for route in tcp {
+                        for ref in route.rules.flatMap(\.backendRefs) {
+                            weighted.append(WeightedCluster(cluster: resolve(ref, route: "\(route.namespace)/\(route.name)", kind: route.kind), weight: UInt32(ref.weight)))
+                        }
+                    }
+                    let total = weighted.reduce(UInt32(0)) { $0 + $1.weight }
+                    if total > 0 {
+                        tcpRoutes[tcpRouteKey(Int32(virtualHosts.count - 1), UInt16(port.port))] = BackendSet(clusters: weighted, totalWeight: total, route: name)
+                    } else {
+                        warnings.append("TCPRoute \(name): no backendRef with weight: streams to \(service.namespace)/\(service.name):\(port.port) go to the service itself")
+                    }
+                }
                 guard let ip = service.clusterIP, let vip = SocketAddress(ip: ip, port: UInt16(port.port)) else { continue }
                 destinations[vip] = Destination(
                     virtualHost: Int32(virtualHosts.count - 1), port: UInt16(port.port),

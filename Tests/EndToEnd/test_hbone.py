@@ -477,3 +477,26 @@ def test_peer_that_never_answers_ping_is_closed(origin_factory, hbone_proxy, cer
     assert alive.status(sid) == 200
     alive.close()
     c.close()
+
+
+def test_tcp_route_sends_streams_to_its_backends(origin_factory, hbone_proxy, certs):
+    a, b = origin_factory("a"), origin_factory("b")
+    config = service_yaml("db", [("127.0.0.1", a.port)], cluster_ip=VIP, port_name="tcp-db") + "---" + \
+        service_yaml("db-v2", [("127.0.0.1", b.port)], port_name="tcp-db") + """---
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TCPRoute
+metadata: {name: db-canary, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: db, port: 80}]
+  rules:
+  - backendRefs: [{name: db-v2, port: 80, weight: 1}, {name: db, port: 80, weight: 0}]
+"""
+    proxy = hbone_proxy(config)
+    c = client(proxy, certs)
+    for i in range(5):
+        sid = c.connect(f"{VIP}:80")
+        assert c.status(sid) == 200
+        response = c.http(sid, get(f"/tcp{i}"))
+        assert b"\r\nx-origin: b\r\n" in response            # relayed by the TCPRoute to db-v2, never to db
+        assert b"x-request-id" not in response.split(b"\r\n\r\n", 1)[1]   # bytes untouched (no L7 headers added)
+    c.close()
