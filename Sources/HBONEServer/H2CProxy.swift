@@ -31,8 +31,36 @@ final class H2CExchange {
     var upstreamAddress: String?
     /// The route's ResponseHeaderModifier.
     var responseModifier: HeaderModifier?
+    /// The copy of this request on its way to the route's mirror, while the request body still flows.
+    var mirror: H2CExchange?
+    /// A fault delay in progress: the request body waits in `requestBody` until the timer starts the upstream.
+    var delayed = false
+    var delayTimer: Timer?
 
     init(downstreamID: Int32) { self.downstreamID = downstreamID }
+}
+
+/// Who hears about an h2c exchange's upstream stream: the downstream session, or the sink that drops the
+/// answers of mirrored requests.
+protocol H2CExchangeOwner: AnyObject {
+    func requestConsumed(_ exchange: H2CExchange, _ count: Int)
+    func responseHeaders(_ exchange: H2CExchange)
+    func responseDataReady(_ exchange: H2CExchange)
+    func upstreamFailed(_ exchange: H2CExchange, connectFailed: Bool)
+}
+
+/// The owner of mirrored HTTP/2 requests: their answers are read and dropped (windows reopened at once).
+///
+/// Thread: its worker's loop thread only. Ownership: the `ProxyServer`.
+final class H2CMirrorSink: H2CExchangeOwner {
+    func requestConsumed(_ exchange: H2CExchange, _ count: Int) {}
+    func responseHeaders(_ exchange: H2CExchange) { exchange.responseStarted = true }
+    func responseDataReady(_ exchange: H2CExchange) {
+        let n = exchange.responseBody.readableBytes
+        exchange.responseBody.clear()
+        if n > 0 { exchange.upstream?.responseConsumed(exchange, n) }
+    }
+    func upstreamFailed(_ exchange: H2CExchange, connectFailed: Bool) {}
 }
 
 /// h2c inside a tunnel (a Service port declared `http2`/`grpc`/`h2c`, or detected from the HTTP/2 preface):
@@ -41,7 +69,7 @@ final class H2CExchange {
 /// gRPC trailers pass through. Local answers to gRPC requests are gRPC errors (`grpc-status`), not bare statuses.
 ///
 /// Thread: its worker's loop thread only. Ownership: the `ProxyServer` (until closed); it owns its exchanges.
-final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession {
+final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchangeOwner {
     let id: Int
     private unowned(unsafe) let server: ProxyServer
     private var channel: HTTP2Channel!
@@ -72,7 +100,11 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession {
     private func channelClosed() {
         guard !closed else { return }
         closed = true
-        for exchange in exchanges.values { exchange.upstream?.cancel(exchange) }
+        for exchange in exchanges.values {
+            exchange.delayTimer?.cancel()
+            exchange.upstream?.cancel(exchange)
+            endMirror(of: exchange)
+        }
         exchanges.removeAll()
         server.sessionClosed(id)
     }
@@ -91,15 +123,35 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession {
     func http2HeadersComplete(stream: Int32, endStream: Bool) {
         guard let exchange = exchanges[stream] else { return }
         if endStream { exchange.requestEnded = true }
-        if exchange.upstreamID == 0 && !exchange.responseStarted {
+        if exchange.upstreamID == 0 && !exchange.responseStarted && !exchange.delayed {
             route(exchange)
         } else if endStream {
             exchange.upstream?.requestDataReady(exchange)  // request trailers are dropped; the end still counts
+            endMirror(of: exchange)
         }
     }
 
     func http2Data(stream: Int32, _ bytes: UnsafeRawBufferPointer) {
-        guard let exchange = exchanges[stream], let upstream = exchange.upstream else {
+        guard let exchange = exchanges[stream] else {
+            channel.session.consume(stream: stream, bytes.count)
+            return
+        }
+        if let mirror = exchange.mirror {
+            // The copy never holds the request back: a mirror that falls this far behind is dropped.
+            if mirror.requestBody.readableBytes + bytes.count > Self.mirrorBacklog {
+                server.counters.mirrorsSkipped.increment()
+                mirror.upstream?.cancel(mirror)
+                exchange.mirror = nil
+            } else {
+                mirror.requestBody.append(bytes)
+                mirror.upstream?.requestDataReady(mirror)
+            }
+        }
+        if exchange.delayed {
+            exchange.requestBody.append(bytes)  // held for the upstream; the stream window bounds it
+            return
+        }
+        guard let upstream = exchange.upstream else {
             channel.session.consume(stream: stream, bytes.count)  // answered locally: the body is dropped
             return
         }
@@ -111,12 +163,30 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession {
         guard let exchange = exchanges[stream] else { return }
         exchange.requestEnded = true
         exchange.upstream?.requestDataReady(exchange)
+        endMirror(of: exchange)
     }
 
     func http2StreamClosed(stream: Int32, errorCode: UInt32) {
         guard let exchange = exchanges.removeValue(forKey: stream) else { return }
+        exchange.delayTimer?.cancel()
         if !exchange.responseEnded || errorCode != 0 { exchange.upstream?.cancel(exchange) }
+        endMirror(of: exchange)
         finish(exchange)
+    }
+
+    /// The largest request body a mirror copy may have waiting to be sent.
+    static let mirrorBacklog = 64 * 1024
+
+    /// The request is complete (the copy gets its end too) or gone before it was (the copy is reset).
+    private func endMirror(of exchange: H2CExchange) {
+        guard let mirror = exchange.mirror else { return }
+        exchange.mirror = nil
+        if exchange.requestEnded {
+            mirror.requestEnded = true
+            mirror.upstream?.requestDataReady(mirror)
+        } else {
+            mirror.upstream?.cancel(mirror)
+        }
     }
 
     func http2ReadData(stream: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HTTP2DataChunk {
@@ -185,14 +255,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession {
             respond(exchange, status: status, body: body)
         case .forward(let endpoint, let route, _, let policy):
             exchange.route = route
-            // Mirrors copy HTTP/1.1 exchanges only so far; an HTTP/2 one is counted as not mirrored.
-            if policy.mirror != nil { server.counters.mirrorsSkipped.increment() }
             exchange.responseModifier = policy.responseHeaders
-            guard let pool = server.pool(endpoint), let upstream = pool.h2cUpstream() else {
-                server.counters.upstreamConnectFailures.increment()
-                return replyLocally(exchange, .upstreamConnectError)
-            }
-            exchange.upstreamAddress = pool.addressText
             // The route's URLRewrite and RequestHeaderModifier apply here as on HTTP/1.1.
             var upstreamPath = path, upstreamAuthority = authority
             if let rewrite = policy.rewrite {
@@ -205,8 +268,51 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession {
             }
             var fields = forwardedFields(exchange, method: method, path: upstreamPath, authority: upstreamAuthority)
             if let modifier = policy.requestHeaders { fields = Self.modify(fields, modifier) }
-            upstream.start(exchange, fields: fields, owner: self)
+            if let mirror = policy.mirror, server.roll(mirror.percent) { startMirror(exchange, fields: fields, cluster: mirror.cluster) }
+            if let delay = policy.delay, server.roll(delay.percent) {
+                server.counters.faultDelays.increment()
+                exchange.delayed = true
+                exchange.delayTimer = Timer(loop: server.loop) { [unowned(unsafe) self, unowned(unsafe) exchange] in
+                    exchange.delayed = false
+                    self.forward(exchange, to: endpoint, fields: fields)
+                }
+                exchange.delayTimer!.schedule(after: delay.duration)
+                return
+            }
+            forward(exchange, to: endpoint, fields: fields)
         }
+    }
+
+    /// Starts the upstream stream of a routed exchange (after any fault delay), with the body received so far.
+    private func forward(_ exchange: H2CExchange, to endpoint: Int32, fields: [(String, String)]) {
+        guard let pool = server.pool(endpoint), let upstream = pool.h2cUpstream() else {
+            server.counters.upstreamConnectFailures.increment()
+            return replyLocally(exchange, .upstreamConnectError)
+        }
+        exchange.upstreamAddress = pool.addressText
+        upstream.start(exchange, fields: fields, owner: self)
+        if !exchange.requestBody.isEmpty || exchange.requestEnded { upstream.requestDataReady(exchange) }
+        channel.flush()
+    }
+
+    /// A copy of the request, with Envoy's `-shadow` authority, on an HTTP/2 stream to an endpoint of the mirror
+    /// cluster; its body follows the original's as it arrives, and its answer is dropped.
+    private func startMirror(_ exchange: H2CExchange, fields: [(String, String)], cluster: Int32) {
+        guard let endpoint = server.router.pickEndpoint(inCluster: cluster), let pool = server.pool(endpoint),
+              let upstream = pool.h2cUpstream() else {
+            server.counters.mirrorsSkipped.increment()
+            return
+        }
+        let copy = H2CExchange(downstreamID: 0)
+        copy.requestEnded = exchange.requestEnded
+        let shadowed = fields.map { name, value in
+            guard name == ":authority" else { return (name, value) }
+            let colon = value.lastIndex(of: ":").flatMap { value[$0...].contains("]") ? nil : $0 } ?? value.endIndex
+            return (name, value[..<colon] + "-shadow" + value[colon...])
+        }
+        upstream.start(copy, fields: shadowed, owner: server.h2cMirrorSink)
+        server.counters.mirrorRequests.increment()
+        if !copy.requestEnded { exchange.mirror = copy }
     }
 
     /// A header list with a HeaderModifier applied (pseudo-headers untouched).
@@ -369,8 +475,8 @@ final class H2CUpstream: HTTP2SessionDelegate {
     private unowned(unsafe) let pool: UpstreamPool
     private var channel: HTTP2Channel!
     private var exchanges: [Int32: H2CExchange] = [:]
-    /// Owners of the exchanges (downstream sessions), by upstream stream.
-    private var owners: [Int32: H2CProxySession] = [:]
+    /// Owners of the exchanges (downstream sessions, or the mirror sink), by upstream stream.
+    private var owners: [Int32: any H2CExchangeOwner] = [:]
     private(set) var closed = false
     private var established = false
     var onClosed: (() -> Void)?
@@ -383,7 +489,7 @@ final class H2CUpstream: HTTP2SessionDelegate {
 
     var canTakeStream: Bool { !closed && exchanges.count < min(100, channel.session.peerMaxConcurrentStreams) }
 
-    func start(_ exchange: H2CExchange, fields: [(String, String)], owner: H2CProxySession) {
+    func start(_ exchange: H2CExchange, fields: [(String, String)], owner: any H2CExchangeOwner) {
         guard let id = channel.session.request(headers: fields, body: true) else {
             return owner.upstreamFailed(exchange, connectFailed: false)
         }

@@ -72,6 +72,9 @@ public final class ProxyServer {
         percent >= 100 || Double(random.next() % 1_000_000) < percent * 10_000
     }
 
+    /// Drops the answers of mirrored HTTP/2 requests.
+    let h2cMirrorSink = H2CMirrorSink()
+
     /// Mirrored requests in flight (bounded: beyond `maxMirrors` a copy is skipped, never queued).
     private var mirrors: [ObjectIdentifier: MirrorRequest] = [:]
     static let maxMirrors = 256

@@ -23,6 +23,7 @@ class H2COrigin:
         self.listener.listen(16)
         self.port = self.listener.getsockname()[1]
         self.connections = 0
+        self.seen = []          # (headers, body) of every complete request
         threading.Thread(target=self.accept, daemon=True).start()
 
     def accept(self):
@@ -53,6 +54,7 @@ class H2COrigin:
                 elif isinstance(event, h2.events.StreamEnded):
                     headers = requests.pop(event.stream_id)
                     body = bodies.pop(event.stream_id)
+                    self.seen.append((headers, body))
                     if headers[":path"].startswith("/grpc"):
                         conn.send_headers(event.stream_id, [(":status", "200"), ("content-type", "application/grpc")])
                         conn.send_data(event.stream_id, b"\x00\x00\x00\x00\x02hi")
@@ -246,4 +248,59 @@ spec:
     assert call("/grpc.Admin/DeleteUser", [("x-tenant", "ops")]) == ("200", "0")
     assert call("/grpc.Admin/DeleteUser", [("x-tenant", "dev")]) == ("200", "12")   # no rule: UNIMPLEMENTED
     assert call("/grpc.Echo/Shout") == ("200", "12")
+    c.close()
+
+
+def test_grpc_mirror_and_fault_delay_over_http2(hbone_proxy, certs, h2c_origin):
+    import time
+    shadow = H2COrigin()
+    routes = """
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo, namespace: default}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web}]
+  rules:
+  - matches: [{method: {service: grpc.Echo}}]
+    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 80}}}]
+    backendRefs: [{name: web, port: 80}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: slow, namespace: default}
+spec:
+  hosts: [slow]
+  http:
+  - fault: {delay: {fixedDelay: 400ms, percentage: {value: 100}}}
+    route: [{destination: {host: web}}]
+"""
+    config = service_yaml("web", [("127.0.0.1", h2c_origin.port)], cluster_ip=VIP, port_name="grpc") + "---" + \
+        service_yaml("shadow", [("127.0.0.1", shadow.port)], port_name="grpc") + "---" + \
+        service_yaml("slow", [("127.0.0.1", h2c_origin.port)], cluster_ip="10.96.0.77", port_name="grpc") + routes
+    proxy = hbone_proxy(config)
+    c = client(proxy, certs)
+    sid = c.connect(f"{VIP}:80")
+    assert c.status(sid) == 200
+    inner = InnerH2(c, sid)
+    grpc = [("content-type", "application/grpc"), ("te", "trailers")]
+    stream = inner.request("/grpc.Echo/Say", headers=grpc, body=b"\x00\x00\x00\x00\x05hello", method="POST")
+    assert inner.wait(stream)[":status"] == "200" and inner.trailers[stream]["grpc-status"] == "0"
+    deadline = time.time() + 5
+    while not shadow.seen and time.time() < deadline:
+        time.sleep(0.02)
+    headers, body = shadow.seen[0]
+    assert headers[":path"] == "/grpc.Echo/Say" and headers[":authority"].endswith("-shadow")
+    assert body == b"\x00\x00\x00\x00\x05hello"
+    # A delayed HTTP/2 request: its body, sent while it waits, arrives whole after the delay.
+    sid2 = c.connect("10.96.0.77:80")
+    assert c.status(sid2) == 200
+    slow = InnerH2(c, sid2)
+    start = time.time()
+    post = slow.request("/upload", body=b"y" * 30000, method="POST")
+    assert slow.wait(post)[":status"] == "200"
+    assert time.time() - start >= 0.4
+    assert json.loads(slow.data[post])["body_length"] == 30000
+    assert proxy.metrics()["waypoint_fault_delays_total"] == 1
+    assert proxy.metrics()['waypoint_mirror_requests_total{result="sent"}'] == 1
     c.close()
