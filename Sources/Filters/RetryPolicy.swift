@@ -132,18 +132,18 @@ public final class ForwardPolicy: Sendable {
     public let responseHeaders: HeaderModifier?
     /// The rule's URLRewrite filter.
     public let rewrite: URLRewrite?
-    /// RequestMirror / VirtualService `mirror`: a copy of this share of requests goes to a cluster (an index
-    /// into the snapshot's clusters), answer dropped.
-    public let mirror: (cluster: Int32, percent: Double)?
+    /// RequestMirror filters / VirtualService `mirror(s)`: for each, a copy of its share of requests goes to a
+    /// cluster (an index into the snapshot's clusters), answer dropped. At most 32.
+    public let mirrors: [(cluster: Int32, percent: Double)]
     /// VirtualService `fault.delay`: this share of requests waits this long before it is forwarded.
     public let delay: (duration: Duration, percent: Double)?
 
     public init(retry: RetryPolicy?, requestTimeout: Duration?, perTryTimeout: Duration?,
                 requestHeaders: HeaderModifier? = nil, responseHeaders: HeaderModifier? = nil, rewrite: URLRewrite? = nil,
-                mirror: (cluster: Int32, percent: Double)? = nil, delay: (duration: Duration, percent: Double)? = nil) {
+                mirrors: [(cluster: Int32, percent: Double)] = [], delay: (duration: Duration, percent: Double)? = nil) {
         self.delay = delay
         self.rewrite = rewrite
-        self.mirror = mirror
+        self.mirrors = Array(mirrors.prefix(32))
         self.retry = retry
         self.requestTimeout = requestTimeout
         self.perTryTimeout = perTryTimeout

@@ -75,8 +75,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     /// A fault-delayed request: the endpoint it was routed to and the length of its head, still in `input`.
     private var delayed: (endpoint: Int32, headLength: Int)?
     private var faultTimer: Timer?
-    /// A copy goes to the route's mirror once the request is complete (`replay` holds it until then).
-    private var mirroring = false
+    /// Which of the route's mirrors (bit i: `policy.mirrors[i]`) get a copy once the request is complete
+    /// (`replay` holds it until then).
+    private var mirroring: UInt32 = 0
     /// Tries so far (1 = the first).
     private var attempt = 1
     /// The body outgrew the replay bound, so a failure that called for a retry was returned (access log says so).
@@ -270,7 +271,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                 continue
             }
             if !requestDone { pumpRequestBody() }
-            if mirroring && requestDone { sendMirror() }
+            if mirroring != 0 && requestDone { sendMirrors() }
             if !requestDone || !responseDone { break }
             finishExchange()
         }
@@ -458,8 +459,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         }
         replayable = connection.reused && requestDone
         retryable = retryPolicy != nil && !head.expectsContinue
-        mirroring = policy.mirror.map { server.roll($0.percent) } ?? false
-        if replayable || retryable || mirroring {
+        mirroring = 0
+        for (i, mirror) in policy.mirrors.enumerated() where server.roll(mirror.percent) { mirroring |= 1 << i }
+        if replayable || retryable || mirroring != 0 {
             replay.clear()
             replay.append(UnsafeRawBufferPointer(rebasing: connection.output.readable[(start - connection.output.readerIndex)...]))
             replayHeadLength = replay.readableBytes
@@ -473,16 +475,18 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     /// The largest request body copied to a mirror when no retry policy sets the bound.
     static let mirrorBodyBound = 64 * 1024
 
-    /// The complete request, as sent upstream, to an endpoint of the route's mirror.
-    private func sendMirror() {
-        mirroring = false
-        guard let mirror = policy.mirror, let endpoint = server.router.pickEndpoint(inCluster: mirror.cluster) else {
-            server.counters.mirrorsSkipped.increment()
-            return
-        }
+    /// The complete request, as sent upstream, to an endpoint of each chosen mirror.
+    private func sendMirrors() {
         let bytes = replay.readable
-        server.sendMirror(head: UnsafeRawBufferPointer(rebasing: bytes[0..<replayHeadLength]),
-                          body: UnsafeRawBufferPointer(rebasing: bytes[replayHeadLength...]), to: endpoint)
+        for (i, mirror) in policy.mirrors.enumerated() where mirroring & (1 << i) != 0 {
+            guard let endpoint = server.router.pickEndpoint(inCluster: mirror.cluster) else {
+                server.counters.mirrorsSkipped.increment()
+                continue
+            }
+            server.sendMirror(head: UnsafeRawBufferPointer(rebasing: bytes[0..<replayHeadLength]),
+                              body: UnsafeRawBufferPointer(rebasing: bytes[replayHeadLength...]), to: endpoint)
+        }
+        mirroring = 0
     }
 
     /// Moves body bytes of the current request from `input` to the upstream (or discards them).
@@ -517,16 +521,16 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             if !discardingBody, let upstream {
                 let chunk = UnsafeRawBufferPointer(rebasing: available[0..<take])
                 upstream.output.append(chunk)
-                if retryable || mirroring {
+                if retryable || mirroring != 0 {
                     // Kept for a replay (or the mirror) while small; a larger body is streamed only, not retried
                     // and not mirrored.
                     if replay.readableBytes + take <= retryPolicy?.replayBound ?? Self.mirrorBodyBound {
                         replay.append(chunk)
                     } else {
                         if retryable { bodyTooBigToRetry = true }
-                        if mirroring { server.counters.mirrorsSkipped.increment() }
+                        if mirroring != 0 { server.counters.mirrorsSkipped.increment() }
                         retryable = false
-                        mirroring = false
+                        mirroring = 0
                     }
                 }
             }

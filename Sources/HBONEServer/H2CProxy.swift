@@ -31,8 +31,8 @@ final class H2CExchange {
     var upstreamAddress: String?
     /// The route's ResponseHeaderModifier.
     var responseModifier: HeaderModifier?
-    /// The copy of this request on its way to the route's mirror, while the request body still flows.
-    var mirror: H2CExchange?
+    /// The copies of this request on their way to the route's mirrors, while the request body still flows.
+    var mirrors: [H2CExchange] = []
     /// A fault delay in progress: the request body waits in `requestBody` until the timer starts the upstream.
     var delayed = false
     var delayTimer: Timer?
@@ -103,7 +103,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         for exchange in exchanges.values {
             exchange.delayTimer?.cancel()
             exchange.upstream?.cancel(exchange)
-            endMirror(of: exchange)
+            endMirrors(of: exchange)
         }
         exchanges.removeAll()
         server.sessionClosed(id)
@@ -127,7 +127,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             route(exchange)
         } else if endStream {
             exchange.upstream?.requestDataReady(exchange)  // request trailers are dropped; the end still counts
-            endMirror(of: exchange)
+            endMirrors(of: exchange)
         }
     }
 
@@ -136,16 +136,16 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             channel.session.consume(stream: stream, bytes.count)
             return
         }
-        if let mirror = exchange.mirror {
-            // The copy never holds the request back: a mirror that falls this far behind is dropped.
+        // The copies never hold the request back: a mirror that falls this far behind is dropped.
+        exchange.mirrors.removeAll { mirror in
             if mirror.requestBody.readableBytes + bytes.count > Self.mirrorBacklog {
                 server.counters.mirrorsSkipped.increment()
                 mirror.upstream?.cancel(mirror)
-                exchange.mirror = nil
-            } else {
-                mirror.requestBody.append(bytes)
-                mirror.upstream?.requestDataReady(mirror)
+                return true
             }
+            mirror.requestBody.append(bytes)
+            mirror.upstream?.requestDataReady(mirror)
+            return false
         }
         if exchange.delayed {
             exchange.requestBody.append(bytes)  // held for the upstream; the stream window bounds it
@@ -163,30 +163,31 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         guard let exchange = exchanges[stream] else { return }
         exchange.requestEnded = true
         exchange.upstream?.requestDataReady(exchange)
-        endMirror(of: exchange)
+        endMirrors(of: exchange)
     }
 
     func http2StreamClosed(stream: Int32, errorCode: UInt32) {
         guard let exchange = exchanges.removeValue(forKey: stream) else { return }
         exchange.delayTimer?.cancel()
         if !exchange.responseEnded || errorCode != 0 { exchange.upstream?.cancel(exchange) }
-        endMirror(of: exchange)
+        endMirrors(of: exchange)
         finish(exchange)
     }
 
     /// The largest request body a mirror copy may have waiting to be sent.
     static let mirrorBacklog = 64 * 1024
 
-    /// The request is complete (the copy gets its end too) or gone before it was (the copy is reset).
-    private func endMirror(of exchange: H2CExchange) {
-        guard let mirror = exchange.mirror else { return }
-        exchange.mirror = nil
-        if exchange.requestEnded {
-            mirror.requestEnded = true
-            mirror.upstream?.requestDataReady(mirror)
-        } else {
-            mirror.upstream?.cancel(mirror)
+    /// The request is complete (the copies get their end too) or gone before it was (the copies are reset).
+    private func endMirrors(of exchange: H2CExchange) {
+        for mirror in exchange.mirrors {
+            if exchange.requestEnded {
+                mirror.requestEnded = true
+                mirror.upstream?.requestDataReady(mirror)
+            } else {
+                mirror.upstream?.cancel(mirror)
+            }
         }
+        exchange.mirrors.removeAll()
     }
 
     func http2ReadData(stream: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HTTP2DataChunk {
@@ -268,7 +269,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             }
             var fields = forwardedFields(exchange, method: method, path: upstreamPath, authority: upstreamAuthority)
             if let modifier = policy.requestHeaders { fields = Self.modify(fields, modifier) }
-            if let mirror = policy.mirror, server.roll(mirror.percent) { startMirror(exchange, fields: fields, cluster: mirror.cluster) }
+            for mirror in policy.mirrors where server.roll(mirror.percent) { startMirror(exchange, fields: fields, cluster: mirror.cluster) }
             if let delay = policy.delay, server.roll(delay.percent) {
                 server.counters.faultDelays.increment()
                 exchange.delayed = true
@@ -312,7 +313,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         }
         upstream.start(copy, fields: shadowed, owner: server.h2cMirrorSink)
         server.counters.mirrorRequests.increment()
-        if !copy.requestEnded { exchange.mirror = copy }
+        if !copy.requestEnded { exchange.mirrors.append(copy) }
     }
 
     /// A header list with a HeaderModifier applied (pseudo-headers untouched).

@@ -115,6 +115,10 @@ public struct HTTPRouteSpec: Sendable, Equatable {
         public var responseHeaders: HeaderModifier? = nil
         public var unsupportedFilters: [String] = []
     }
+    public struct Mirror: Sendable, Equatable {
+        public var backend: BackendRef
+        public var percent: Double
+    }
     /// `rules[].retry` (GEP-1731).
     public struct RetrySpec: Sendable, Equatable {
         public var codes: [Int]
@@ -133,9 +137,8 @@ public struct HTTPRouteSpec: Sendable, Equatable {
         /// URLRewrite / RequestRedirect; a ReplacePrefixMatch's matched prefix is filled in per match at compile time.
         public var rewrite: URLRewrite? = nil
         public var redirect: RequestRedirect? = nil
-        /// RequestMirror: the backend copies go to, and the share of requests copied (percent).
-        public var mirror: BackendRef? = nil
-        public var mirrorPercent: Double = 100
+        /// RequestMirror filters: the backend copies go to, and the share of requests copied (percent).
+        public var mirrors: [Mirror] = []
         /// Filter types not implemented yet: the rule answers 500, as the specification requires for a filter
         /// that cannot be applied.
         public var unsupportedFilters: [String] = []
@@ -251,8 +254,8 @@ public struct VirtualServiceSpec: Sendable {
         public var responseHeaders: HeaderModifier?
         public var timeout: Duration?
         public var retries: Retries?
-        public var mirror: Destination?
-        public var mirrorPercent: Double = 100
+        /// `mirror` + `mirrorPercentage`, and `mirrors[]`: where copies go, and the share copied (percent).
+        public var mirrors: [(destination: Destination, percent: Double)] = []
         public var fault: Fault?
         /// Fields read but not applied: the rule answers 500 rather than route differently than asked.
         public var unsupported: [String] = []

@@ -86,15 +86,16 @@ enum RouteParser {
                         path: try pathModifier(node, matches), statusCode: try redirectStatus(node))
                 case "RequestMirror":
                     let node = try f.required("requestMirror")
-                    rule.mirror = try backendRef(try node.required("backendRef"), namespace: namespace)
-                    if let percent = try node.optional("percent") {
-                        rule.mirrorPercent = Double(try percent.int(in: 0...100))
+                    var percent = 100.0
+                    if let value = try node.optional("percent") {
+                        percent = Double(try value.int(in: 0...100))
                     } else if let fraction = try node.optional("fraction") {
                         let numerator = try fraction.required("numerator").int(in: 0...Int(Int32.max))
                         let denominator = try fraction.optional("denominator")?.int(in: 1...Int(Int32.max)) ?? 100
                         guard numerator <= denominator else { throw fraction.error("numerator must not exceed denominator") }
-                        rule.mirrorPercent = Double(numerator) * 100 / Double(denominator)
+                        percent = Double(numerator) * 100 / Double(denominator)
                     }
+                    rule.mirrors.append(.init(backend: try backendRef(try node.required("backendRef"), namespace: namespace), percent: percent))
                 default: rule.unsupportedFilters.append(type)
                 }
             }

@@ -330,19 +330,19 @@ struct CompileState {
         guard total > 0 else { return .reply(.invalidBackend) }  // all weights zero
         var policy = ForwardPolicy.standard
         if rule.retry != nil || rule.requestTimeout != nil || rule.backendRequestTimeout != nil || rule.requestHeaders != nil
-            || rule.responseHeaders != nil || rule.rewrite != nil || rule.mirror != nil {
-            let mirror = rule.mirror.map { (cluster: resolve($0, route: route, kind: kind), percent: rule.mirrorPercent) }
+            || rule.responseHeaders != nil || rule.rewrite != nil || !rule.mirrors.isEmpty {
+            let mirrors = rule.mirrors.map { (cluster: resolve($0.backend, route: route, kind: kind), percent: $0.percent) }
             policy = ForwardPolicy(retry: rule.retry.map { .gatewayAPI(codes: $0.codes, attempts: $0.attempts, backoff: $0.backoff) },
                                    requestTimeout: rule.requestTimeout, perTryTimeout: rule.backendRequestTimeout,
                                    requestHeaders: rule.requestHeaders, responseHeaders: rule.responseHeaders, rewrite: rule.rewrite,
-                                   mirror: mirror)
+                                   mirrors: mirrors)
         }
         for (i, ref) in rule.backendRefs.enumerated() where ref.requestHeaders != nil || ref.responseHeaders != nil {
             weighted[i].policy = ForwardPolicy(
                 retry: policy.retry, requestTimeout: policy.requestTimeout, perTryTimeout: policy.perTryTimeout,
                 requestHeaders: .combining(policy.requestHeaders, then: ref.requestHeaders),
                 responseHeaders: .combining(policy.responseHeaders, then: ref.responseHeaders), rewrite: policy.rewrite,
-                mirror: policy.mirror)
+                mirrors: policy.mirrors)
         }
         return .forward(BackendSet(clusters: weighted, totalWeight: total, route: route, policy: policy))
     }

@@ -74,11 +74,11 @@ extension CompileState {
             }
             rewrite = URLRewrite(hostname: rule.rewriteAuthority, path: path)
         }
-        let mirror = rule.mirror.map { (cluster: resolve($0, namespace: vs.namespace, port: port, from: name), percent: rule.mirrorPercent) }
+        let mirrors = rule.mirrors.map { (cluster: resolve($0.destination, namespace: vs.namespace, port: port, from: name), percent: $0.percent) }
         let policy = ForwardPolicy(retry: rule.retries.map { .istio(attempts: $0.attempts, retryOn: $0.retryOn) },
                                    requestTimeout: rule.timeout, perTryTimeout: rule.retries?.perTryTimeout,
                                    requestHeaders: rule.requestHeaders, responseHeaders: rule.responseHeaders, rewrite: rewrite,
-                                   mirror: mirror, delay: rule.fault?.delay.map { (duration: $0, percent: rule.fault!.delayPercent) })
+                                   mirrors: mirrors, delay: rule.fault?.delay.map { (duration: $0, percent: rule.fault!.delayPercent) })
         let abort = rule.fault?.abortStatus.map { (status: $0, percent: rule.fault!.abortPercent) }
         return .forward(BackendSet(clusters: weighted, totalWeight: total, route: name, policy: policy, abort: abort))
     }

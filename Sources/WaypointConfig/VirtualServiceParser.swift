@@ -81,14 +81,18 @@ enum VirtualServiceParser {
                                  perTryTimeout: try retries.optionalDuration("perTryTimeout"), retryOn: retryOn)
         }
         if let mirror = try r.optional("mirror") {
-            rule.mirror = try destination(mirror)
+            var percent = 100.0
             if let percentage = try r.optional("mirrorPercentage") {
-                rule.mirrorPercent = try percentage.required("value").number(in: 0...100)
-            } else if let percent = try r.optional("mirrorPercent") {
-                rule.mirrorPercent = Double(try percent.int(in: 0...100))
+                percent = try percentage.required("value").number(in: 0...100)
+            } else if let value = try r.optional("mirrorPercent") {
+                percent = Double(try value.int(in: 0...100))
             }
+            rule.mirrors.append((try destination(mirror), percent))
         }
-        if try !r.optionalArray("mirrors").isEmpty { rule.unsupported.append("mirrors") }
+        for m in try r.optionalArray("mirrors") {
+            let percent = try m.optional("percentage").map { p throws(ConfigError) in try p.required("value").number(in: 0...100) } ?? 100
+            rule.mirrors.append((try destination(try m.required("destination")), percent))
+        }
         if let fault = try r.optional("fault") {
             var spec = VirtualServiceSpec.Fault()
             if let delay = try fault.optional("delay") {

@@ -109,9 +109,14 @@ spec:
     route: [{destination: {host: web}}]
     mirror: {host: shadow}
     mirrorPercentage: {value: 0}
+  - match: [{uri: {prefix: /both}}]
+    route: [{destination: {host: web}}]
+    mirrors: [{destination: {host: shadow}}, {destination: {host: audit}, percentage: {value: 100}}]
 """
+    audit = Recorder(reply=b"HTTP/1.1 204 No Content\r\n\r\n")
     config = service_yaml("web", [("127.0.0.1", origin.port)]) + "---" + \
-        service_yaml("shadow", [("127.0.0.1", shadow.port)]) + "---" + vs
+        service_yaml("shadow", [("127.0.0.1", shadow.port)]) + "---" + \
+        service_yaml("audit", [("127.0.0.1", audit.port)]) + "---" + vs
     proxy = proxy_factory(config)
     for i in range(50):
         assert http_request(proxy.port, "GET", f"/none/{i}", host="web")[0] == 200
@@ -121,3 +126,8 @@ spec:
     paths = [r[0].split(" ")[1] for r in shadow.requests]
     assert not any(p.startswith("/none") for p in paths)
     assert 60 <= len(paths) <= 140, len(paths)   # 50 % of 200, within 5.6 standard deviations
+    # `mirrors`: every copy target gets one.
+    before = len(shadow.requests)
+    assert http_request(proxy.port, "GET", "/both/1", host="web")[0] == 200
+    assert wait_until(lambda: len(shadow.requests) == before + 1 and len(audit.requests) == 1)
+    assert audit.requests[0][0].startswith("GET /both/1 HTTP/1.1")

@@ -24,13 +24,15 @@ import Testing
             fault: {abort: {httpStatus: 503, percentage: {value: 12.5}}, delay: {fixedDelay: 2s, percent: 10}}
             mirror: {host: web-shadow}
             mirrorPercentage: {value: 5.0}
+            mirrors: [{destination: {host: audit, port: {number: 9000}}, percentage: {value: 1.5}}, {destination: {host: copy}}]
         """).virtualServices[0].http[0]
         #expect(rule.matches[0].uri == .init(kind: .prefix, value: "/a") && rule.matches[0].ignoreUriCase)
         #expect(rule.matches[0].headers[0].name == "x-user" && rule.matches[0].headers[0].match == .init(kind: .regex, value: "u[0-9]+"))
         #expect(rule.route == [.init(host: "web", port: 8080, subset: "v2", weight: 30), .init(host: "web", port: nil, subset: nil, weight: 70)])
         #expect(rule.timeout == .seconds(3) && rule.retries?.attempts == 4 && rule.retries?.perTryTimeout == .milliseconds(500))
         #expect(rule.fault?.abortStatus == 503 && rule.fault?.abortPercent == 12.5 && rule.fault?.delay == .seconds(2) && rule.fault?.delayPercent == 10)
-        #expect(rule.mirror?.host == "web-shadow" && rule.mirrorPercent == 5)
+        #expect(rule.mirrors.map(\.destination.host) == ["web-shadow", "audit", "copy"] && rule.mirrors.map(\.percent) == [5, 1.5, 100])
+        #expect(rule.mirrors[1].destination.port == 9000)
         let policy = RetryPolicy.istio(attempts: 4, retryOn: rule.retries?.retryOn)
         #expect(policy.wouldRetry(.status(502)) && policy.wouldRetry(.status(409)) && policy.wouldRetry(.connectFailed))
         #expect(!policy.wouldRetry(.status(500)))
