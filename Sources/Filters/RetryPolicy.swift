@@ -151,6 +151,14 @@ public final class ForwardPolicy: Sendable {
         self.responseHeaders = responseHeaders
     }
 
+    /// This policy with a backend's own header filters applied after the rule's (per-backendRef filters,
+    /// VirtualService `route[].headers`).
+    public func addingHeaders(request: HeaderModifier?, response: HeaderModifier?) -> ForwardPolicy {
+        ForwardPolicy(retry: retry, requestTimeout: requestTimeout, perTryTimeout: perTryTimeout,
+                      requestHeaders: .combining(requestHeaders, then: request), responseHeaders: .combining(responseHeaders, then: response),
+                      rewrite: rewrite, mirrors: mirrors, delay: delay)
+    }
+
     /// No route-level policy: the proxy's default retries, no timeouts.
     public static let standard = ForwardPolicy(retry: nil, requestTimeout: nil, perTryTimeout: nil)
 }

@@ -229,6 +229,9 @@ public struct VirtualServiceSpec: Sendable {
         public var port: Int?
         public var subset: String?
         public var weight: Int
+        /// `route[].headers`: applied after the rule's `headers`, to requests sent to this destination.
+        public var requestHeaders: HeaderModifier? = nil
+        public var responseHeaders: HeaderModifier? = nil
     }
     public struct Retries: Sendable {
         public var attempts: Int

@@ -338,11 +338,7 @@ struct CompileState {
                                    mirrors: mirrors)
         }
         for (i, ref) in rule.backendRefs.enumerated() where ref.requestHeaders != nil || ref.responseHeaders != nil {
-            weighted[i].policy = ForwardPolicy(
-                retry: policy.retry, requestTimeout: policy.requestTimeout, perTryTimeout: policy.perTryTimeout,
-                requestHeaders: .combining(policy.requestHeaders, then: ref.requestHeaders),
-                responseHeaders: .combining(policy.responseHeaders, then: ref.responseHeaders), rewrite: policy.rewrite,
-                mirrors: policy.mirrors)
+            weighted[i].policy = policy.addingHeaders(request: ref.requestHeaders, response: ref.responseHeaders)
         }
         return .forward(BackendSet(clusters: weighted, totalWeight: total, route: route, policy: policy))
     }

@@ -80,6 +80,9 @@ extension CompileState {
                                    requestHeaders: rule.requestHeaders, responseHeaders: rule.responseHeaders, rewrite: rewrite,
                                    mirrors: mirrors, delay: rule.fault?.delay.map { (duration: $0, percent: rule.fault!.delayPercent) })
         let abort = rule.fault?.abortStatus.map { (status: $0, percent: rule.fault!.abortPercent) }
+        for (i, destination) in rule.route.enumerated() where destination.requestHeaders != nil || destination.responseHeaders != nil {
+            weighted[i].policy = policy.addingHeaders(request: destination.requestHeaders, response: destination.responseHeaders)
+        }
         return .forward(BackendSet(clusters: weighted, totalWeight: total, route: name, policy: policy, abort: abort))
     }
 

@@ -36,7 +36,10 @@ enum VirtualServiceParser {
             } else {
                 destination.weight = routes.count == 1 ? 100 : 0
             }
-            if try d.optional("headers") != nil { rule.unsupported.append("route[].headers") }
+            if let headers = try d.optional("headers") {
+                destination.requestHeaders = try headerOperations(try headers.optional("request"))
+                destination.responseHeaders = try headerOperations(try headers.optional("response"))
+            }
             rule.route.append(destination)
         }
         if let redirect = try r.optional("redirect") {

@@ -38,8 +38,8 @@ spec:
     route: [{destination: {host: reviews-v1}}]
   - match: [{withoutHeaders: {x-canary: {}}}]
     route:
-    - {destination: {host: reviews-v1}, weight: 75}
-    - {destination: {host: reviews-v2}, weight: 25}
+    - {destination: {host: reviews-v1}, weight: 75, headers: {request: {set: {x-dest: v1}}}}
+    - {destination: {host: reviews-v2}, weight: 25, headers: {response: {add: {x-dest-response: v2}}}}
   - match: [{sourceLabels: {app: frontend}}]
     route: [{destination: {host: reviews-v2}}]
 ---
@@ -121,9 +121,13 @@ def test_weighted_default_and_unmatched(origin_factory, proxy_factory):
     proxy = proxy_factory(config(v1, v2))
     seen = {"v1": 0, "v2": 0}
     for i in range(400):
-        status, headers, _ = get(proxy, f"/w{i}")
+        status, headers, body = get(proxy, f"/w{i}")
         assert status == 200
-        seen[headers["x-origin"]] += 1
+        origin = headers["x-origin"]
+        seen[origin] += 1
+        # route[].headers apply to the destination they are on only.
+        assert (json.loads(body)["headers"].get("x-dest"), headers.get("x-dest-response")) == \
+            (("v1", None) if origin == "v1" else (None, "v2"))
     assert 240 <= seen["v1"] <= 360, seen      # 75 % of 400 = 300, well inside 6 standard deviations
     # ratings: only /ratings is routed; anything else 404 (a VirtualService is attached).
     assert get(proxy, "/ratings", host="ratings")[0] == 200
