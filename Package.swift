@@ -39,7 +39,7 @@ let package = Package(
         // Pure: compiled route tables.
         .target(name: "HTTPRouter", dependencies: ["WaypointCore", "Regex"], swiftSettings: release),
         // Pure: header operations applied on the way through.
-        .target(name: "Filters", dependencies: ["WaypointCore"], swiftSettings: release),
+        .target(name: "Filters", dependencies: ["WaypointCore", "Regex"], swiftSettings: release),
         // The data plane: listeners, downstream sessions, upstream pools.
         .target(name: "HBONEServer", dependencies: [
             "WaypointCore", "EventLoop", "Filters", "TLS", "HTTP2",

@@ -1,10 +1,23 @@
+import Regex
 import WaypointCore
 
-/// A Gateway API path modifier: replace the whole path, or the prefix the rule matched.
+/// A path modifier: replace the whole path, or the prefix the rule matched (Gateway API), or every match of
+/// a regular expression (Istio `uriRegexRewrite`).
 public enum PathModifier: Sendable, Equatable {
     case replaceFullPath([UInt8])
     /// The replacement, and the matched prefix it replaces (element-wise, as PathPrefix matched it).
     case replacePrefixMatch([UInt8], matched: [UInt8])
+    /// Every match of the (unanchored) pattern replaced; the replacement in PCRE2 syntax.
+    case replaceRegex(Regex, [UInt8])
+
+    public static func == (a: Self, b: Self) -> Bool {
+        switch (a, b) {
+        case (.replaceFullPath(let x), .replaceFullPath(let y)): return x == y
+        case (.replacePrefixMatch(let x, let m), .replacePrefixMatch(let y, let n)): return x == y && m == n
+        case (.replaceRegex(let r, let x), .replaceRegex(let s, let y)): return r.pattern == s.pattern && x == y
+        default: return false
+        }
+    }
 
     /// The new path for `path`. Gateway API: `/foo/bar` matched by `/foo` with replacement `/xyz` becomes
     /// `/xyz/bar`, with replacement `/` becomes `/bar`.
@@ -12,6 +25,9 @@ public enum PathModifier: Sendable, Equatable {
         switch self {
         case .replaceFullPath(let full):
             return full
+        case .replaceRegex(let regex, let replacement):
+            guard let result = regex.replacingAll(in: path, with: replacement), result.first == 0x2F else { return Array(path) }
+            return result
         case .replacePrefixMatch(let replacement, let matched):
             let keep = matched.count == 1 ? 0 : min(matched.count, path.count)  // "/" matched nothing to strip
             var rest = Array(path[keep...])

@@ -11,13 +11,14 @@ public final class Regex: @unchecked Sendable {
     private let code: OpaquePointer
     public let pattern: String
 
-    /// Compiles `pattern`; throws a message naming the offset of the error.
-    public init(_ pattern: String) throws(RegexError) {
+    /// Compiles `pattern`; throws a message naming the offset of the error. `anchored`: it must match the whole
+    /// subject (matching); otherwise it may match anywhere (`replacingAll`).
+    public init(_ pattern: String, anchored: Bool = true) throws(RegexError) {
         var errorCode: Int32 = 0
         var errorOffset = 0
+        let options = anchored ? UInt32(PCRE2_ANCHORED | PCRE2_ENDANCHORED | PCRE2_UTF) : UInt32(PCRE2_UTF)
         let compiled = pattern.withCString { p in
-            pcre2_compile_8(p, wp_pcre2_zero_terminated(), UInt32(PCRE2_ANCHORED | PCRE2_ENDANCHORED | PCRE2_UTF),
-                            &errorCode, &errorOffset, nil)
+            pcre2_compile_8(p, wp_pcre2_zero_terminated(), options, &errorCode, &errorOffset, nil)
         }
         guard let compiled else {
             var message = [UInt8](repeating: 0, count: 256)
@@ -31,6 +32,54 @@ public final class Regex: @unchecked Sendable {
     }
 
     deinit { pcre2_code_free_8(code) }
+
+    /// `subject` with every match replaced by `replacement` (PCRE2 syntax: `$1` or `${1}` for a group, `$$` for
+    /// `$`), or nil when the replacement names a group the pattern lacks.
+    public func replacingAll(in subject: UnsafeRawBufferPointer, with replacement: [UInt8]) -> [UInt8]? {
+        let base = subject.baseAddress?.assumingMemoryBound(to: UInt8.self) ?? UnsafePointer(bitPattern: 1)!
+        var capacity = subject.count * 2 + replacement.count + 64
+        for _ in 0..<2 {
+            var output = [UInt8](repeating: 0, count: capacity)
+            var length = capacity
+            let rc = replacement.withUnsafeBufferPointer { r in
+                output.withUnsafeMutableBufferPointer { out in
+                    pcre2_substitute_8(code, base, subject.count, 0, UInt32(PCRE2_SUBSTITUTE_GLOBAL | PCRE2_SUBSTITUTE_OVERFLOW_LENGTH),
+                                       nil, nil, r.baseAddress ?? UnsafePointer(bitPattern: 1)!, r.count, out.baseAddress, &length)
+                }
+            }
+            if rc >= 0 { return Array(output[0..<length]) }
+            guard rc == PCRE2_ERROR_NOMEMORY else { return nil }
+            capacity = length  // the length it needs
+        }
+        return nil
+    }
+
+    /// The number of capturing groups in the pattern.
+    public var captureCount: Int {
+        var count: UInt32 = 0
+        _ = pcre2_pattern_info_8(code, UInt32(PCRE2_INFO_CAPTURECOUNT), &count)
+        return Int(count)
+    }
+
+    /// An RE2-style replacement (Istio's and Envoy's `\1` for group 1) in PCRE2's syntax (`${1}`, `$$`), and the
+    /// highest group it names.
+    public static func pcre2Replacement(fromRE2 text: String) -> (replacement: [UInt8], highestGroup: Int) {
+        var out: [UInt8] = []
+        var highest = 0
+        var bytes = Array(text.utf8)[...]
+        while let byte = bytes.popFirst() {
+            if byte == 0x5C, let next = bytes.first, next >= 0x30 && next <= 0x39 {  // \N
+                bytes.removeFirst()
+                highest = max(highest, Int(next - 0x30))
+                out += Array("${\(next - 0x30)}".utf8)
+            } else if byte == 0x24 {  // a literal $
+                out += [0x24, 0x24]
+            } else {
+                out.append(byte)
+            }
+        }
+        return (out, highest)
+    }
 
     /// The bytes every match must start with (the pattern's leading literal text), so that a caller can skip
     /// the match for subjects that do not start with them. Empty when the pattern has alternation or options,

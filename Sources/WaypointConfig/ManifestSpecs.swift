@@ -1,4 +1,5 @@
 import Filters
+import Regex
 /// The parts of the users' Kubernetes manifests that waypoint reads, as validated values (`…Spec`).
 /// Field names follow the manifests so that `config_dump` and errors read like the YAML.
 
@@ -252,6 +253,8 @@ public struct VirtualServiceSpec: Sendable {
         public var directResponse: (status: Int, body: [UInt8])?
         /// `rewrite.uri` (replaces the matched prefix, else the whole path) and `rewrite.authority`.
         public var rewriteURI: String?
+        /// `rewrite.uriRegexRewrite`: every match of the pattern replaced (replacement in PCRE2 syntax).
+        public var rewriteRegex: (regex: Regex, replacement: [UInt8])?
         public var rewriteAuthority: String?
         public var requestHeaders: HeaderModifier?
         public var responseHeaders: HeaderModifier?

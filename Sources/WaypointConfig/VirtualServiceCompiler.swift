@@ -62,8 +62,8 @@ extension CompileState {
         let total = weighted.reduce(UInt32(0)) { $0 + $1.weight }
         guard total > 0 else { return .reply(.invalidBackend) }
         var rewrite: URLRewrite? = nil
-        if rule.rewriteURI != nil || rule.rewriteAuthority != nil {
-            var path: PathModifier? = nil
+        if rule.rewriteURI != nil || rule.rewriteRegex != nil || rule.rewriteAuthority != nil {
+            var path: PathModifier? = rule.rewriteRegex.map { .replaceRegex($0.regex, $0.replacement) }
             if let uri = rule.rewriteURI {
                 // Istio: a prefix match has its matched prefix replaced; any other match, the whole path.
                 if let matched = match.uri, matched.kind == .prefix {

@@ -70,7 +70,17 @@ enum VirtualServiceParser {
             rule.rewriteURI = try rewrite.optionalString("uri")
             if let uri = rule.rewriteURI, !uri.hasPrefix("/") { throw try rewrite.required("uri").error("a path must start with \"/\"") }
             rule.rewriteAuthority = try rewrite.optionalString("authority")
-            if try rewrite.optional("uriRegexRewrite") != nil { rule.unsupported.append("rewrite.uriRegexRewrite") }
+            if let regexRewrite = try rewrite.optional("uriRegexRewrite") {
+                let pattern = try regexRewrite.required("match").string()
+                let regex: Regex
+                do { regex = try Regex(pattern, anchored: false) } catch { throw try regexRewrite.required("match").error(error.description) }
+                let (replacement, highestGroup) = Regex.pcre2Replacement(fromRE2: try regexRewrite.required("rewrite").string())
+                guard highestGroup <= regex.captureCount else {
+                    throw try regexRewrite.required("rewrite").error("names group \\\(highestGroup); the pattern has \(regex.captureCount)")
+                }
+                guard rule.rewriteURI == nil else { throw regexRewrite.error("uri and uriRegexRewrite exclude each other") }
+                rule.rewriteRegex = (regex, replacement)
+            }
         }
         if let headers = try r.optional("headers") {
             rule.requestHeaders = try headerOperations(try headers.optional("request"))

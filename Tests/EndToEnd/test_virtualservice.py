@@ -36,6 +36,9 @@ spec:
   - match: [{uri: {prefix: /noretry}}]
     retries: {attempts: 0}
     route: [{destination: {host: reviews-v1}}]
+  - match: [{uri: {prefix: /service/}}]
+    rewrite: {uriRegexRewrite: {match: "^/service/([^/]+)(/.*)$", rewrite: "\\\\2/instance/\\\\1"}}
+    route: [{destination: {host: reviews-v1}}]
   - match: [{withoutHeaders: {x-canary: {}}}]
     route:
     - {destination: {host: reviews-v1}, weight: 75, headers: {request: {set: {x-dest: v1}}}}
@@ -102,6 +105,9 @@ def test_rules_in_declaration_order(origin_factory, proxy_factory):
     assert (status, headers["x-origin"], seen["path"]) == (200, "v1", "/v1/users?id=7")
     assert seen["headers"]["x-vs"] == "rewritten" and "x-drop" not in seen["headers"]
     assert headers["x-served-by"] == "waypoint"
+    # uriRegexRewrite (Istio's documented example): groups swapped, the query kept.
+    status, _, body = get(proxy, "/service/reviews/v1/api?x=1")
+    assert (status, json.loads(body)["path"]) == (200, "/v1/api/instance/reviews?x=1")
 
 
 def test_ignore_uri_case_and_regex_with_method(origin_factory, proxy_factory):
@@ -164,7 +170,7 @@ def test_check_reports_what_is_not_applied(tmp_path, origin_factory):
     text = out.stdout + out.stderr
     assert "VirtualService default/ratings: service default/ratings has HTTPRoutes attached, which take precedence" in text
     assert "VirtualService default/edge-only: gateways istio-system/edge do not include mesh" in text
-    assert "VirtualService default/reviews: http[9] match on sourceLabels cannot be evaluated by a waypoint" in text
+    assert "VirtualService default/reviews: http[10] match on sourceLabels cannot be evaluated by a waypoint" in text
 
 
 def test_explain_names_the_rules_that_did_not_match(tmp_path):

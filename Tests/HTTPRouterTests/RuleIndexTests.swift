@@ -104,3 +104,24 @@ import WaypointCore
         #expect(try Regex(pattern).literalPrefix == Array(expected.utf8))
     }
 }
+
+@Suite struct RegexReplacementTests {
+    @Test(arguments: [
+        ("^/service/([^/]+)(/.*)$", "\\2/instance/\\1", "/service/foo/v1/api", "/v1/api/instance/foo"),
+        ("a", "b", "/aaa", "/bbb"),                       // every match
+        ("/v1/", "/v1$/", "/v1/x", "/v1$/x"),             // a literal $ stays literal
+        ("nomatch", "x", "/path", "/path"),
+    ])
+    func re2StyleReplacement(_ pattern: String, _ rewrite: String, _ path: String, _ expected: String) throws {
+        let regex = try Regex(pattern, anchored: false)
+        let (replacement, highest) = Regex.pcre2Replacement(fromRE2: rewrite)
+        #expect(highest <= regex.captureCount)
+        let result = Array(path.utf8).withUnsafeBytes { regex.replacingAll(in: $0, with: replacement) }
+        #expect(result.map { String(decoding: $0, as: UTF8.self) } == expected)
+    }
+
+    @Test func highestGroupIsReported() throws {
+        #expect(Regex.pcre2Replacement(fromRE2: "/\\3/\\1").highestGroup == 3)
+        #expect(try Regex("(a)(b)", anchored: false).captureCount == 2)
+    }
+}

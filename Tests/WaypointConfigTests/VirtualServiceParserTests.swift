@@ -46,6 +46,8 @@ import Testing
         ("  - route: [{destination: {host: a}}, {destination: {host: b}}]", "http[0].route", "weights are required"),
         ("  - directResponse: {status: 700}", "http[0].directResponse.status", "out of range"),
         ("  - match: []", "http[0]", "a rule needs route, redirect or directResponse"),
+        ("  - rewrite: {uriRegexRewrite: {match: \"/(a)\", rewrite: \"/\\\\2\"}}\n    route: [{destination: {host: web}}]",
+         "http[0].rewrite.uriRegexRewrite.rewrite", "names group \\2; the pattern has 1"),
     ])
     func badRulesNameTheField(http: String, field: String, message: String) {
         do {
