@@ -265,6 +265,8 @@ public struct VirtualServiceSpec: Sendable {
         public var fault: Fault?
         /// Fields read but not applied: the rule answers 500 rather than route differently than asked.
         public var unsupported: [String] = []
+        /// Fields ignored with a warning because routing stays right without them.
+        public var ignored: [String] = []
     }
     public var namespace: String
     public var name: String

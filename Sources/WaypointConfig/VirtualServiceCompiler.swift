@@ -150,6 +150,9 @@ extension CompileState {
                 if !rule.unsupported.isEmpty {
                     warnings.append("\(label): http[\(index)] uses \(rule.unsupported.joined(separator: ", ")), not supported: requests matching it get 500")
                 }
+                for field in rule.ignored {
+                    warnings.append("\(label): http[\(index)] \(field) is not applied (requests are routed without it)")
+                }
                 for match in rule.matches where !match.unsupported.isEmpty {
                     warnings.append("\(label): http[\(index)] match on \(match.unsupported.joined(separator: ", ")) cannot be evaluated by a waypoint: that match never holds")
                 }

@@ -124,7 +124,9 @@ enum VirtualServiceParser {
             }
             rule.fault = spec
         }
-        for key in ["delegate", "corsPolicy"] where try r.optional(key) != nil { rule.unsupported.append(key) }
+        if try r.optional("delegate") != nil { rule.unsupported.append("delegate") }
+        // Browser-facing CORS headers matter little for mesh traffic; routing goes on without them.
+        if try r.optional("corsPolicy") != nil { rule.ignored.append("corsPolicy") }
         let actions = [!rule.route.isEmpty, rule.redirect != nil, rule.directResponse != nil].filter { $0 }.count
         guard actions == 1 else {
             throw r.error(actions == 0 ? "a rule needs route, redirect or directResponse" : "route, redirect and directResponse exclude each other")
