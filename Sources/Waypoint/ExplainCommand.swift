@@ -143,10 +143,32 @@ extension WaypointCommand {
                 if let matched {
                     let rule = rules.rules[matched]
                     print("routing: matched rule \(describe(rule.origin)) [\(rule.match.path)]")
+                    if case .forward(let set) = rule.action { explainBackends(snapshot, set) }
                 } else {
                     print(rules.fallback == nil ? "routing: no rule matched (routes are attached, so 404)" : "routing: no route attached: to the service itself")
                 }
             }
+        }
+
+        /// Where a forwarding rule may send the request, and what it does to it on the way.
+        private func explainBackends(_ snapshot: Snapshot, _ set: BackendSet) {
+            let backends = set.clusters.map { entry -> String in
+                let name = entry.cluster >= 0 ? snapshot.clusters[Int(entry.cluster)].name : "(unresolved: 500)"
+                return set.clusters.count > 1 ? "\(name) weight \(entry.weight)" : name
+            }
+            print("backends: " + backends.joined(separator: ", "))
+            let policy = set.policy
+            var filters: [String] = []
+            if policy.requestHeaders != nil { filters.append("request headers") }
+            if policy.responseHeaders != nil { filters.append("response headers") }
+            if set.clusters.contains(where: { $0.policy != nil }) { filters.append("per-backend headers") }
+            if policy.rewrite != nil { filters.append("rewrite") }
+            if !policy.mirrors.isEmpty { filters.append("mirror to " + policy.mirrors.map { $0.cluster >= 0 ? snapshot.clusters[Int($0.cluster)].name : "(unresolved)" }.joined(separator: ", ")) }
+            if let retry = policy.retry { filters.append("retries \(retry.maxRetries)") }
+            if let timeout = policy.requestTimeout { filters.append("timeout \(timeout)") }
+            if let delay = policy.delay { filters.append("fault delay \(delay.duration) at \(delay.percent)%") }
+            if let abort = set.abort { filters.append("fault abort \(abort.status) at \(abort.percent)%") }
+            if !filters.isEmpty { print("filters: " + filters.joined(separator: ", ")) }
         }
 
         private func describe(_ origin: RuleOrigin) -> String { "\(origin.route) #\(origin.ruleIndex)" }

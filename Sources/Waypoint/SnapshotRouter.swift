@@ -318,11 +318,6 @@ final class SnapshotRouter: RequestRouter {
     @inline(__always)
     private func pick(_ backends: BackendSet) -> Int {
         if backends.clusters.count == 1 { return 0 }
-        var point = UInt32(truncatingIfNeeded: random.next() % UInt64(backends.totalWeight))
-        for (index, entry) in backends.clusters.enumerated() {
-            if point < entry.weight { return index }
-            point -= entry.weight
-        }
-        return backends.clusters.count - 1
+        return backends.entry(at: UInt32(truncatingIfNeeded: random.next() % UInt64(backends.totalWeight)))
     }
 }

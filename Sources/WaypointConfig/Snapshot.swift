@@ -45,6 +45,17 @@ public struct BackendSet: Sendable {
         self.policy = policy
         self.abort = abort
     }
+
+    /// The entry a weighted draw lands on for `point` in `0..<totalWeight` (weight-0 entries are never chosen).
+    @inline(__always)
+    public func entry(at point: UInt32) -> Int {
+        var point = point
+        for (index, entry) in clusters.enumerated() {
+            if point < entry.weight { return index }
+            point -= entry.weight
+        }
+        return clusters.count - 1
+    }
 }
 
 /// What a route rule leads to.

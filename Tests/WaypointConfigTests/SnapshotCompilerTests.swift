@@ -1,6 +1,6 @@
 import HTTPRouter
 import Testing
-import WaypointConfig
+@testable import WaypointConfig
 import WaypointCore
 import EventLoop
 
@@ -134,5 +134,21 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
     @Test func configDumpIsJSON() {
         #expect(snapshot.dump.contains("\"generation\": 7"))
         #expect(snapshot.dump.contains("shop/web:80"))
+    }
+}
+
+@Suite struct WeightedBackendTests {
+    @Test func tenThousandDrawsFollowTheWeightsAndNeverPickWeightZero() {
+        let set = BackendSet(clusters: [WeightedCluster(cluster: 0, weight: 70), WeightedCluster(cluster: 1, weight: 0),
+                                        WeightedCluster(cluster: 2, weight: 20), WeightedCluster(cluster: 3, weight: 10)],
+                             totalWeight: 100, route: "ns/r")
+        var generator = SystemRandomNumberGenerator()
+        var counts = [0, 0, 0, 0]
+        for _ in 0..<10_000 { counts[set.entry(at: UInt32.random(in: 0..<100, using: &generator))] += 1 }
+        #expect(counts[1] == 0)
+        // Binomial standard deviations at n = 10,000: 46, 40 and 30; allow 5 of them.
+        #expect(abs(counts[0] - 7_000) < 230 && abs(counts[2] - 2_000) < 200 && abs(counts[3] - 1_000) < 150, "\(counts)")
+        // Every point maps to the entry whose range holds it.
+        #expect((0..<100).map { set.entry(at: UInt32($0)) } == Array(repeating: 0, count: 70) + Array(repeating: 2, count: 20) + Array(repeating: 3, count: 10))
     }
 }
