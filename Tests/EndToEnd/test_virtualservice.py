@@ -194,11 +194,12 @@ spec:
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     start = lines.index("  rule default/r #0 [Exact /api/v1]: no match, path")
+    assert lines[-1] == "result: forwarded by route default/r to endpoint 127.0.0.1:9"
     assert lines[start + 1:start + 5] == [
         "  rule default/r #2 [PathPrefix /api]: no match, method = POST",       # method outranks header count
         "  rule default/r #1 [PathPrefix /api]: no match, header x-canary = true",
         "routing: matched rule default/r #3 [PathPrefix /]",
-        "result: forwarded by route default/r to endpoint 127.0.0.1:9",
+        "backends: default/web:80",
     ]
 
 
