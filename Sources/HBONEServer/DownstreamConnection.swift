@@ -113,6 +113,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private var bytesSent = 0
     private var routeName: String?
     private var decidingPolicy: String?
+    /// Istio metric labels: the caller (interned once per connection) and the request's destination service.
+    private let principalID: Int32
+    private var serviceID: Int32 = -1
     private var upstreamAddress: String?
     private let logFields: ByteBuffer
     private var logMethod = 0, logPath = 0
@@ -124,6 +127,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         self.stream = stream
         self.server = server
         self.peer = peer
+        principalID = server.counters.istio.intern(principal: peer.identity?.principal, namespace: peer.identity?.namespace)
         self.destination = destination
         self.traceparent = traceparent
         clientIP = Array(peer.sourceIP.utf8)
@@ -331,6 +335,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
 
         let decision = server.router.route(head, headBytes, destination: destination, peer: peer)
         decidingPolicy = server.router.lastDecidingPolicy
+        serviceID = server.router.lastService
         switch decision {
         case .reply(let reply):
             flags = reply == .noRoute ? "NR" : reply == .noHealthyUpstream ? "UH" : reply == .rbacDenied || reply == .mtlsRequired ? "RBAC" : "-"
@@ -557,6 +562,11 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         if attempt > 1 && status >= 200 && status < 500 { server.counters.retriesSucceeded.increment() }
         // A connect failure was answered 503 here, which counts the same for outlier detection.
         if inFlight && status > 0 { server.router.reportAttempt(endpoint: endpoint, cluster: cluster, result: .status(status)) }
+        if status > 0 {
+            server.counters.istio.recordRequest(principal: principalID, service: serviceID, grpc: false, mutualTLS: peer.identity != nil,
+                                                status: status, flags: flags, durationMs: (server.loop.now - exchangeStart) * 1000,
+                                                requestBytes: bytesReceived, responseBytes: bytesSent)
+        }
         if let log = server.accessLog { writeLog(log) }
         endFlight()
         retryable = false

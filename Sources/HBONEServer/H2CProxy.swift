@@ -29,6 +29,10 @@ final class H2CExchange {
     var route: String?
     var policy: String?
     var upstreamAddress: String?
+    /// The destination service, interned for Istio's metrics, and the body bytes each way.
+    var service: Int32 = -1
+    var bytesIn = 0
+    var bytesOut = 0
     /// The route's ResponseHeaderModifier.
     var responseModifier: HeaderModifier?
     /// The copies of this request on their way to the route's mirrors, while the request body still flows.
@@ -78,12 +82,15 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     private let traceparent: [UInt8]
     private var exchanges: [Int32: H2CExchange] = [:]
     private var closed = false
+    /// The caller, interned once for Istio's metrics.
+    private let principalID: Int32
 
     init(id: Int, stream: any ByteStream, peer: PeerFacts, destination: Destination?, traceparent: [UInt8],
          initialInput: UnsafeRawBufferPointer?, server: ProxyServer) {
         self.id = id
         self.server = server
         self.peer = peer
+        principalID = server.counters.istio.intern(principal: peer.identity?.principal, namespace: peer.identity?.namespace)
         self.destination = destination
         self.traceparent = traceparent
         channel = HTTP2Channel(stream: stream, role: .server, delegate: self)
@@ -149,6 +156,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         }
         if exchange.delayed {
             exchange.requestBody.append(bytes)  // held for the upstream; the stream window bounds it
+            exchange.bytesIn += bytes.count
             return
         }
         guard let upstream = exchange.upstream else {
@@ -156,6 +164,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             return
         }
         exchange.requestBody.append(bytes)
+        exchange.bytesIn += bytes.count
         upstream.requestDataReady(exchange)
     }
 
@@ -196,6 +205,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         if n > 0 {
             buffer.baseAddress!.copyMemory(from: exchange.responseBody.readable.baseAddress!, byteCount: n)
             exchange.responseBody.consume(n)
+            exchange.bytesOut += n
             exchange.upstream?.responseConsumed(exchange, n)
         }
         guard exchange.responseBody.isEmpty && exchange.responseEnded else { return n > 0 ? .bytes(n, end: false) : .deferred }
@@ -241,6 +251,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             return server.router.route(request, bytes, destination: destination, peer: peer)
         }
         exchange.policy = server.router.lastDecidingPolicy
+        exchange.service = server.router.lastService
         switch decision {
         case .reply(let reply):
             replyLocally(exchange, reply)
@@ -448,7 +459,13 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     }
 
     private func finish(_ exchange: H2CExchange) {
-        if exchange.status > 0 { server.counters.countResponse(exchange.status) }
+        if exchange.status > 0 {
+            server.counters.countResponse(exchange.status)
+            server.counters.istio.recordRequest(principal: principalID, service: exchange.service, grpc: exchange.isGRPC,
+                                                mutualTLS: peer.identity != nil, status: exchange.status, flags: "-",
+                                                durationMs: (server.loop.now - exchange.start) * 1000, requestBytes: exchange.bytesIn,
+                                                responseBytes: exchange.bytesOut)
+        }
         guard let log = server.accessLog else { return }
         var method = "", path = "", authority = ""
         for (name, value) in exchange.requestFields {

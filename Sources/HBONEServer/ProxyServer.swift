@@ -199,7 +199,9 @@ public final class ProxyServer {
         }
         nextConnectionID += 1
         guard let endpoint = router.pickEndpoint(for: destination), let pool = pool(endpoint),
-              let relay = TCPRelay(id: nextConnectionID, downstream: stream, upstream: pool.address, initialInput: initialInput, server: self)
+              let relay = TCPRelay(id: nextConnectionID, downstream: stream, upstream: pool.address, initialInput: initialInput, server: self,
+                                   series: (counters.istio.intern(principal: peer.identity?.principal, namespace: peer.identity?.namespace),
+                                            router.service(of: destination), peer.identity != nil))
         else {
             counters.upstreamConnectFailures.increment()
             stream.close(graceful: false)

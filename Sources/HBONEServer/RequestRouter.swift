@@ -27,6 +27,10 @@ public protocol RequestRouter: AnyObject {
     func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts) -> RouteDecision
     /// The policy that decided the last `route` call (allowed or denied it), nil when none did; for the access log.
     var lastDecidingPolicy: String? { get }
+    /// The destination service of the last `route` call, interned in the worker's `IstioMetrics` (-1: unknown).
+    var lastService: Int32 { get }
+    /// The interned destination service of a tunnel's destination (-1 for a workload address).
+    func service(of destination: Destination) -> Int32
     /// Authorizes a byte-stream (TCP) tunnel to `destination` before anything reaches the upstream: only
     /// connection attributes are known (Istio: DENY rules with HTTP-only fields match, ALLOW rules with them do not).
     func authorizeTCP(to destination: Destination, peer: PeerFacts) -> Bool

@@ -21,11 +21,17 @@ final class TCPRelay: ByteStreamHandler, DownstreamSession {
     private var upstreamEnded = false
     private var upstreamShutDown = false
     private var closed = false
+    /// `istio_tcp_*` series: who, to which service, and the bytes each way.
+    private let series: (principal: Int32, service: Int32, mutualTLS: Bool)
+    private var bytesReceived = 0
+    private var bytesSent = 0
 
     /// Starts connecting to `upstream`; nil when the socket call itself failed.
-    init?(id: Int, downstream: any ByteStream, upstream: SocketAddress, initialInput: UnsafeRawBufferPointer?, server: ProxyServer) {
+    init?(id: Int, downstream: any ByteStream, upstream: SocketAddress, initialInput: UnsafeRawBufferPointer?, server: ProxyServer,
+          series: (principal: Int32, service: Int32, mutualTLS: Bool)) {
         guard case .success(let fd) = Socket.connect(to: upstream) else { return nil }
         self.id = id
+        self.series = series
         self.server = server
         self.downstream = downstream
         upstreamFD = fd
@@ -35,7 +41,8 @@ final class TCPRelay: ByteStreamHandler, DownstreamSession {
         connectTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.connectFailed() }
         connectTimer.schedule(after: server.settings.connectTimeout)
         upstreamWrite.start()
-        if let initialInput { toUpstream.append(initialInput) }
+        if let initialInput { toUpstream.append(initialInput); bytesReceived = initialInput.count }
+        server.counters.istio.recordTCP(principal: series.principal, service: series.service, mutualTLS: series.mutualTLS, closed: false)
         downstream.handler = self
         // Read the client only once the upstream is there, so nothing piles up while connecting.
     }
@@ -49,7 +56,7 @@ final class TCPRelay: ByteStreamHandler, DownstreamSession {
             let space = toUpstream.writableSpace()
             guard space.count > 0 else { downstream.setReading(false); break }
             switch downstream.read(into: space) {
-            case .bytes(let n): toUpstream.commitWrite(n)
+            case .bytes(let n): toUpstream.commitWrite(n); bytesReceived += n
             case .wouldBlock: flushUpstream(); return
             case .eof:
                 downstreamEnded = true
@@ -65,7 +72,7 @@ final class TCPRelay: ByteStreamHandler, DownstreamSession {
     private func flushDownstream() {
         while !toDownstream.isEmpty {
             switch downstream.write(from: toDownstream.readable) {
-            case .bytes(let n): toDownstream.consume(n)
+            case .bytes(let n): toDownstream.consume(n); bytesSent += n
             case .wouldBlock:
                 downstream.setWriteInterest(true)
                 return
@@ -145,6 +152,8 @@ final class TCPRelay: ByteStreamHandler, DownstreamSession {
     private func close(graceful: Bool) {
         guard !closed else { return }
         closed = true
+        server.counters.istio.recordTCP(principal: series.principal, service: series.service, mutualTLS: series.mutualTLS, closed: true,
+                                        received: bytesReceived, sent: bytesSent)
         upstreamRead.stop()
         upstreamWrite.stop()
         connectTimer.cancel()

@@ -70,7 +70,10 @@ public final class WorkerCounters: Sendable {
     /// its counts into `retired` under the lock, which the scrape also takes.
     private let policyCounts = Mutex<(current: CounterArray?, retired: [String: Int])>((nil, [:]))
 
-    public init() {}
+    /// Istio's standard request and TCP metrics (series by label set).
+    public let istio: IstioMetrics
+
+    public init(istioSeries: Int = 2000) { istio = IstioMetrics(capacity: istioSeries) }
 
     /// Worker thread, at a config swap: a fresh array for `labels` (`policy|result` per entry).
     public func publishPolicyCounters(labels: [String]) -> CounterArray {

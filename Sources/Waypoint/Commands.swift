@@ -120,6 +120,9 @@ extension WaypointCommand {
         @Option(name: .long, help: "Istio's default retries (2 retries on connect failure or 503, another endpoint each time).")
         var defaultRetries = Toggle.on
 
+        @Option(name: .long, help: "Istio metric series (label sets) per worker; later ones are counted in an overflow series.")
+        var istioMetricsMaxSeries = 2000
+
         @Option(name: .long, help: "Istio's root namespace (mesh-wide policies).")
         var rootNamespace = "istio-system"
 
@@ -128,6 +131,7 @@ extension WaypointCommand {
             let given = [cert, key, ca].compactMap { $0 }.count
             if given != 0 && given != 3 { throw ValidationError("--cert, --key and --ca go together") }
             if maxConcurrentStreams < 1 { throw ValidationError("--max-concurrent-streams must be at least 1") }
+            if istioMetricsMaxSeries < 1 || istioMetricsMaxSeries > 1_000_000 { throw ValidationError("--istio-metrics-max-series must be 1...1000000") }
         }
 
         func run() throws {
@@ -154,6 +158,7 @@ extension WaypointCommand {
             options.settings.upstreamHBONEPort = upstreamHbonePort
             options.settings.pathNormalization = pathNormalization.mode
             options.settings.defaultRetries = defaultRetries == .on ? .istioDefault : nil
+            options.settings.istioMetricsMaxSeries = istioMetricsMaxSeries
             options.layeredAuthorization = layeredAuthorization == .on
             options.rootNamespace = rootNamespace
             options.settings.trustDomains = ([trustDomain] + trustDomainAliases).map { $0.lowercased() }

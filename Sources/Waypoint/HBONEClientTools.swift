@@ -15,6 +15,8 @@ final class NoRoutes: RequestRouter {
     }
     func authorizeTCP(to destination: Destination, peer: PeerFacts) -> Bool { false }
     var lastDecidingPolicy: String? { nil }
+    var lastService: Int32 { -1 }
+    func service(of destination: Destination) -> Int32 { -1 }
     func alternateEndpoint(cluster: Int32, excluding: Int32) -> Int32 { excluding }
     func reportAttempt(endpoint: Int32, cluster: Int32, result: OutlierDetection.Result) {}
     func connectionPool(cluster: Int32) -> ConnectionPoolSettings? { nil }

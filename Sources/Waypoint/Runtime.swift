@@ -335,6 +335,7 @@ final class Runtime {
                [("{result=\"ok\"}", reloadsOK), ("{result=\"failed\"}", reloadsFailed)])
         metric("waypoint_config_generation", "gauge", "Generation of the active config.", [("", Int(snapshot.generation))])
         metric("waypoint_workers", "gauge", "Worker threads.", [("", workers.count)])
+        text += IstioMetrics.prometheusText(workers.map(\.counters.istio))
         return text
     }
 }

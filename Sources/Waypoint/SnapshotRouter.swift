@@ -11,6 +11,9 @@ import WaypointCore
 final class SnapshotRouter: RequestRouter {
     private(set) var snapshot: Snapshot
     private(set) var lastDecidingPolicy: String?
+    private(set) var lastService: Int32 = -1
+    /// Per virtual host of the snapshot: its service interned in the worker's Istio metrics.
+    private var serviceIDs: [Int32] = []
     /// Per policy of the snapshot: its slot in `policyCounters` (allow at 3i, deny at 3i+1, audit at 3i+2).
     private var policySlots: [String: Int] = [:]
     private var policyCounters: CounterArray
@@ -40,6 +43,7 @@ final class SnapshotRouter: RequestRouter {
         (policySlots, policyCounters) = Self.policyCounters(snapshot, counters)
         roundRobin = Array(repeating: 0, count: snapshot.clusters.count)
         random = FastRandom(seed: seed)
+        serviceIDs = snapshot.services.map { counters.istio.intern(service: $0.fqdn, name: $0.name, namespace: $0.namespace) }
     }
 
     func replace(_ next: Snapshot) {
@@ -47,6 +51,7 @@ final class SnapshotRouter: RequestRouter {
         health.removeAll()  // endpoint indices change with the snapshot
         (policySlots, policyCounters) = Self.policyCounters(next, counters)
         roundRobin = Array(repeating: 0, count: next.clusters.count)
+        serviceIDs = next.services.map { counters.istio.intern(service: $0.fqdn, name: $0.name, namespace: $0.namespace) }
     }
 
     func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts) -> RouteDecision {
@@ -60,6 +65,7 @@ final class SnapshotRouter: RequestRouter {
         } else if !head.host.isEmpty, let found = snapshot.routes.virtualHost(forHost: head.host.bytes(in: bytes)) {
             (host, port) = found
         }
+        lastService = host >= 0 ? serviceIDs[Int(host)] : -1
         // Security first, as Envoy's RBAC filter runs before the router: a denied request learns nothing of routes.
         if host >= 0 && snapshot.strictMTLS[Int(host)] && peer.identity == nil { return .reply(.mtlsRequired) }
         // Checked in place first: copying a PolicySet out of the array costs retains, so only when one applies.
@@ -100,6 +106,10 @@ final class SnapshotRouter: RequestRouter {
     }
 
     func destination(for address: SocketAddress) -> Destination? { snapshot.destinations[address] }
+
+    func service(of destination: Destination) -> Int32 {
+        destination.virtualHost >= 0 ? serviceIDs[Int(destination.virtualHost)] : -1
+    }
 
     func authorizeTCP(to destination: Destination, peer: PeerFacts) -> Bool {
         let policies = destination.virtualHost >= 0 ? snapshot.authorization[Int(destination.virtualHost)] : snapshot.unmatchedHostPolicies

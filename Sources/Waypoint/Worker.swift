@@ -46,7 +46,7 @@ final class Worker: @unchecked Sendable {
         self.onDrained = onDrained
         loop = EventLoop()
         var seed = SystemRandomNumberGenerator()
-        counters = WorkerCounters()
+        counters = WorkerCounters(istioSeries: settings.istioMetricsMaxSeries)
         router = SnapshotRouter(snapshot: snapshot, seed: seed.next(), counters: counters) { [unowned(unsafe) loop] in loop.now }
         server = ProxyServer(loop: loop, router: router, settings: settings, accessLog: accessLog, logger: logger, counters: counters)
         router.requestsInFlight = { [unowned(unsafe) server] endpoint in server.requestsInFlight(endpoint) }

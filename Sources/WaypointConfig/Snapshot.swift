@@ -95,6 +95,8 @@ public final class Snapshot: Sendable {
     public let unmatchedHostPolicies: PolicySet
     /// Per virtual host: PeerAuthentication STRICT, so plaintext requests are refused.
     public let strictMTLS: [Bool]
+    /// Per virtual host: the destination service as Istio's metrics name it (fqdn, name, namespace).
+    public let services: [(fqdn: String, name: String, namespace: String)]
     /// The active config as JSON, for the admin `/config_dump`.
     public let dump: String
     /// Findings that did not stop the load (skipped kinds, unresolved references).
@@ -102,7 +104,9 @@ public final class Snapshot: Sendable {
 
     init(generation: UInt64, routes: RouteTable<RouteAction>, clusters: [Cluster], endpoints: [SocketAddress],
          endpointTunnels: [Bool], destinations: [SocketAddress: Destination], tcpRoutes: [UInt64: BackendSet], authorization: [PolicySet],
-         unmatchedHostPolicies: PolicySet, strictMTLS: [Bool], dump: String, warnings: [String]) {
+         unmatchedHostPolicies: PolicySet, strictMTLS: [Bool], services: [(fqdn: String, name: String, namespace: String)],
+         dump: String, warnings: [String]) {
+        self.services = services
         self.generation = generation
         self.routes = routes
         self.clusters = clusters

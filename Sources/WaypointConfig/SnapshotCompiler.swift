@@ -24,7 +24,7 @@ public struct SnapshotCompiler {
         state.build()
         return Snapshot(generation: generation, routes: RouteTable(virtualHosts: state.virtualHosts, names: state.names),
                         clusters: state.clusters, endpoints: state.endpoints, endpointTunnels: state.endpointTunnels, destinations: state.destinations, tcpRoutes: state.tcpRoutes,
-                        authorization: state.authorization, unmatchedHostPolicies: state.unmatchedHostPolicies, strictMTLS: state.strictMTLS, dump: state.dump(generation: generation),
+                        authorization: state.authorization, unmatchedHostPolicies: state.unmatchedHostPolicies, strictMTLS: state.strictMTLS, services: state.services, dump: state.dump(generation: generation),
                         warnings: spec.warnings + state.warnings)
     }
 }
@@ -52,6 +52,8 @@ struct CompileState {
     var tcpRoutes: [UInt64: BackendSet] = [:]
     /// Who each virtual host belongs to: (kind, namespace, name).
     var hostOwners: [(kind: String, namespace: String, name: String)] = []
+    /// Per virtual host: (fqdn, name, namespace) for Istio's destination_service labels.
+    var services: [(fqdn: String, name: String, namespace: String)] = []
     var authorization: [PolicySet] = []
     var unmatchedHostPolicies = PolicySet.empty
     var strictMTLS: [Bool] = []
@@ -392,6 +394,11 @@ struct CompileState {
         virtualHosts.append(host)
         let parts = name.split(separator: "/", maxSplits: 1)
         hostOwners.append(parts.count == 2 ? (kind, String(parts[0]), String(parts[1])) : (kind, "", name))
+        switch kind {
+        case "Service": services.append(("\(parts[1]).\(parts[0]).svc.\(compiler.clusterDomain)", String(parts[1]), String(parts[0])))
+        case "ServiceEntry": services.append((hostNames.first ?? name, hostNames.first ?? name, String(parts[0])))
+        default: services.append((name, name, "unknown"))
+        }
         for n in hostNames { names.append((n, virtualHosts.count - 1)) }
         dumpHosts.append(.object([
             ("kind", .string(kind)), ("name", .string(name)), ("hostnames", .array(hostNames.map(JSONValue.string))),
