@@ -19,16 +19,20 @@ public final class Listener {
 
     deinit { close() }
 
-    private func acceptPending() {
+    private func acceptPending(limit: Int = 64) {
         // Bounded so one busy listener cannot starve the loop's other work.
-        for _ in 0..<64 {
+        for _ in 0..<limit {
             guard let (fd, peer) = Socket.accept(self.fd) else { return }
             onAccept(fd, peer)
         }
     }
 
+    /// Stops listening. Connections already in the accept queue are taken first: closing a listener resets
+    /// them (with SO_REUSEPORT, Linux hands them to a sibling socket instead only when `net.ipv4.tcp_migrate_req`
+    /// is 1), and a rolling update must not lose them.
     public func close() {
         guard watcher != nil else { return }
+        acceptPending(limit: .max)
         watcher = nil
         Socket.close(fd)
     }

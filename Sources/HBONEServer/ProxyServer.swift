@@ -292,18 +292,26 @@ public final class ProxyServer {
         out.appendHex(low & 0xFFFF_FFFF_FFFF, width: 12)
     }
 
-    /// Stops accepting, closes idle connections and lets in-flight exchanges finish; `onDrained` fires when
-    /// the last connection is gone.
+    /// Stops accepting and lets in-flight exchanges finish; `onDrained` fires when the last connection is gone.
+    /// HTTP/1.1 keep-alive connections answer their next request with `connection: close`; those still idle
+    /// after `settings.drainIdleGrace` are closed then (closing an idle connection races a request the client
+    /// may be sending on it, so it is left a moment to send one). HBONE connections get GOAWAY.
     public func beginDrain() {
         guard !draining else { return }
         draining = true
         for listener in listeners { listener.close() }
         listeners.removeAll()
         for pool in pools { pool.closeIdle() }
-        for session in Array(sessions.values) { session.closeWhenIdle() }
         for connection in Array(hboneConnections.values) { connection.beginDrain() }
+        let grace = Timer(loop: loop) { [unowned(unsafe) self] in
+            for session in Array(self.sessions.values) { session.closeWhenIdle() }
+        }
+        grace.schedule(after: settings.drainIdleGrace)
+        drainGrace = grace
         checkDrained()
     }
+
+    private var drainGrace: Timer?
 
     private func checkDrained() {
         if draining && sessions.isEmpty && hboneConnections.isEmpty { drained() }

@@ -15,6 +15,8 @@ public struct ProxySettings: Sendable {
     public var headerTimeout: Duration = .seconds(30)
     /// A pooled upstream connection unused this long is closed (kept below common origin keep-alive timeouts).
     public var upstreamIdleTimeout: Duration = .seconds(30)
+    /// How long a draining worker leaves idle keep-alive connections open for a last request (`--drain-idle-grace`).
+    public var drainIdleGrace: Duration = .seconds(2)
     /// Istio metric series per worker before new label sets go to the overflow series (`--istio-metrics-max-series`).
     public var istioMetricsMaxSeries = 2000
     /// Retries for HTTP/1.1 exchanges without a route-level policy (Istio's default; nil: `--default-retries off`).

@@ -120,6 +120,9 @@ extension WaypointCommand {
         @Option(name: .long, help: "Istio's default retries (2 retries on connect failure or 503, another endpoint each time).")
         var defaultRetries = Toggle.on
 
+        @Option(name: .long, help: "While draining, how long idle keep-alive connections stay open for a last request (answered with connection: close).")
+        var drainIdleGrace = DurationArgument(.seconds(2))
+
         @Option(name: .long, help: "Istio metric series (label sets) per worker; later ones are counted in an overflow series.")
         var istioMetricsMaxSeries = 2000
 
@@ -159,6 +162,7 @@ extension WaypointCommand {
             options.settings.pathNormalization = pathNormalization.mode
             options.settings.defaultRetries = defaultRetries == .on ? .istioDefault : nil
             options.settings.istioMetricsMaxSeries = istioMetricsMaxSeries
+            options.settings.drainIdleGrace = drainIdleGrace.duration
             options.layeredAuthorization = layeredAuthorization == .on
             options.rootNamespace = rootNamespace
             options.settings.trustDomains = ([trustDomain] + trustDomainAliases).map { $0.lowercased() }

@@ -104,7 +104,8 @@ final class Runtime {
                 throw StartupError("invalid HBONE certificate: \(error)")
             }
             certificates = source
-            let fd = try Self.bind(address, reusePort: false)
+            // SO_REUSEPORT so that a new process can take over the port during a rolling update.
+            let fd = try Self.bind(address, reusePort: true)
             hboneAddress = Socket.localAddress(fd) ?? address
             hboneListener = Listener(loop: loop, fd: fd) { [unowned(unsafe) self] fd, peer in self.balance(fd, peer) }
         }
