@@ -171,6 +171,33 @@ public enum Socket {
         return .success(fd)
     }
 
+    /// One blocking request/response for a background thread (never a loop thread): connects, writes `request`,
+    /// reads until the peer closes; every step bounded by `timeout`. Nil on any failure.
+    public static func blockingExchange(with address: SocketAddress, request: [UInt8], timeout: Duration) -> [UInt8]? {
+        let fd = socket(address.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        let (seconds, attoseconds) = timeout.components
+        var limit = timeval(tv_sec: Int(seconds), tv_usec: Int(attoseconds / 1_000_000_000_000))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+        guard address.withSockAddr({ Glibc.connect(fd, $0, $1) }) == 0 else { return nil }
+        var sent = 0
+        while sent < request.count {
+            let n = request.withUnsafeBytes { send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
+            guard n > 0 else { return nil }
+            sent += n
+        }
+        var response: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n == 0 { return response }
+            guard n > 0 else { return nil }
+            response += chunk[0..<n]
+        }
+    }
+
     /// The outcome of a connect started by `connect(to:)`: 0 on success, else the errno.
     public static func connectResult(_ fd: Int32) -> Int32 {
         var code: Int32 = 0

@@ -8,9 +8,12 @@ import WaypointCore
 public enum ForwardingHeaders {
     /// Writes `head` (whose ranges point into `bytes`) as an HTTP/1.1 request for an upstream.
     /// `requestID` is called only when the request has no `x-request-id`. `traceparent` (the HBONE tunnel's,
-    /// possibly empty) is added when the request carries none, so the trace continues across the waypoint.
+    /// possibly empty) is added when the request carries none, so the trace continues across the waypoint;
+    /// `replaceTraceparent`: it replaces the request's own (the waypoint traced the request: its span is the
+    /// upstream's parent).
     public static func writeRequest(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, clientIP: UnsafeRawBufferPointer,
                                     proto: StaticString, traceparent: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+                                    replaceTraceparent: Bool = false,
                                     modifier: HeaderModifier? = nil, rewrite: URLRewrite? = nil, into out: ByteBuffer,
                                     requestID: (ByteBuffer) -> Void) {
         out.append(head.method.bytes(in: bytes))
@@ -44,7 +47,9 @@ public enum ForwardingHeaders {
                 if forwardedFor == nil { forwardedFor = field.value }
                 continue
             case .requestID: hasRequestID = true
-            case .traceparent: hasTraceparent = true
+            case .traceparent:
+                if replaceTraceparent { continue }
+                hasTraceparent = true
             case .other:
                 if !connectionOptions.isEmpty, isConnectionOption(name, connectionOptions, head, bytes) { continue }
             }

@@ -72,6 +72,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private var replayable = false
     /// The exchange may still be retried: `replay` holds the whole request.
     private var retryable = false
+    /// The traced request's span, finished and exported with the exchange.
+    private var span: FinishedSpan?
     /// A fault-delayed request: the endpoint it was routed to and the length of its head, still in `input`.
     private var delayed: (endpoint: Int32, headLength: Int)?
     private var faultTimer: Timer?
@@ -455,9 +457,16 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         upstream = connection
         upstreamAddress = pool.addressText
         let start = connection.output.writerIndex
+        if let tracer = server.settings.tracer { startSpan(tracer, headBytes) }
+        let upstreamTraceparent = span.map { span -> [UInt8] in
+            let out = ByteBuffer(capacity: 64)
+            span.context.writeTraceparent(into: out)
+            return Array(out.readable)
+        } ?? traceparent
         clientIP.withUnsafeBytes { ip in
-            traceparent.withUnsafeBytes { trace in
+            upstreamTraceparent.withUnsafeBytes { trace in
                 ForwardingHeaders.writeRequest(head, headBytes, clientIP: ip, proto: server.settings.forwardedProto, traceparent: trace,
+                                               replaceTraceparent: span != nil,
                                                modifier: policy.requestHeaders, rewrite: policy.rewrite,
                                                into: connection.output) { [unowned(unsafe) server] out in server.writeRequestID(out) }
             }
@@ -475,6 +484,23 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             // We answer the expectation ourselves (the Expect header is not forwarded).
             output.append("HTTP/1.1 100 Continue\r\n\r\n")
         }
+    }
+
+    /// Decides whether this request is traced (its `traceparent`'s sampled flag, else the sample rate) and,
+    /// if so, opens its span (only traced requests allocate for it).
+    private func startSpan(_ tracer: SpanExporter, _ headBytes: UnsafeRawBufferPointer) {
+        var incoming = UnsafeRawBufferPointer(start: nil, count: 0)
+        for field in head.headers where HTTP1Parser.equalsLowercase(field.name.bytes(in: headBytes), "traceparent") {
+            incoming = field.value.bytes(in: headBytes)
+        }
+        guard let context = TraceContext.decide(traceparent: incoming, sampleRate: tracer.sampleRate, random: &server.random) else { return }
+        let authority = String(decoding: head.host.bytes(in: headBytes), as: UTF8.self)
+        var attributes = [("http.method", String(decoding: head.method.bytes(in: headBytes), as: UTF8.self)),
+                          ("http.url", "http://" + authority + String(decoding: head.target.bytes(in: headBytes), as: UTF8.self)),
+                          ("http.protocol", "HTTP/1.1"), ("downstream_cluster", "-")]
+        if let principal = peer.identity?.principal { attributes.append(("peer.principal", "spiffe://" + principal)) }
+        if let routeName { attributes.append(("route_name", routeName)) }
+        span = FinishedSpan(context: context, name: authority + "/*", start: exchangeStart, end: 0, attributes: attributes, status: 0)
     }
 
     /// The largest request body copied to a mirror when no retry policy sets the bound.
@@ -566,6 +592,13 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             server.counters.istio.recordRequest(principal: principalID, service: serviceID, grpc: false, mutualTLS: peer.identity != nil,
                                                 status: status, flags: flags, durationMs: (server.loop.now - exchangeStart) * 1000,
                                                 requestBytes: bytesReceived, responseBytes: bytesSent)
+        }
+        if var finished = span, let tracer = server.settings.tracer {
+            finished.end = server.loop.now
+            finished.status = status
+            if let upstreamAddress { finished.attributes.append(("upstream_address", upstreamAddress)) }
+            tracer.submit(finished)
+            span = nil
         }
         if let log = server.accessLog { writeLog(log) }
         endFlight()

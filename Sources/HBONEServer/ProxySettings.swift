@@ -17,6 +17,8 @@ public struct ProxySettings: Sendable {
     public var upstreamIdleTimeout: Duration = .seconds(30)
     /// How long a draining worker leaves idle keep-alive connections open for a last request (`--drain-idle-grace`).
     public var drainIdleGrace: Duration = .seconds(2)
+    /// Traces sampled requests and exports their spans (OTLP/HTTP); nil: no tracing (`--otlp-endpoint`).
+    public var tracer: SpanExporter?
     /// Istio metric series per worker before new label sets go to the overflow series (`--istio-metrics-max-series`).
     public var istioMetricsMaxSeries = 2000
     /// Retries for HTTP/1.1 exchanges without a route-level policy (Istio's default; nil: `--default-retries off`).

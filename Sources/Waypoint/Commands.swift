@@ -123,6 +123,12 @@ extension WaypointCommand {
         @Option(name: .long, help: "While draining, how long idle keep-alive connections stay open for a last request (answered with connection: close).")
         var drainIdleGrace = DurationArgument(.seconds(2))
 
+        @Option(name: .long, help: "OTLP/HTTP collector (IP:PORT) that spans of traced requests are sent to (POST /v1/traces); off by default.")
+        var otlpEndpoint: AddressArgument?
+
+        @Option(name: .long, help: "Percent of requests without an incoming sampling decision that are traced (with --otlp-endpoint).")
+        var traceSampleRate = 1.0
+
         @Option(name: .long, help: "Istio metric series (label sets) per worker; later ones are counted in an overflow series.")
         var istioMetricsMaxSeries = 2000
 
@@ -134,6 +140,7 @@ extension WaypointCommand {
             let given = [cert, key, ca].compactMap { $0 }.count
             if given != 0 && given != 3 { throw ValidationError("--cert, --key and --ca go together") }
             if maxConcurrentStreams < 1 { throw ValidationError("--max-concurrent-streams must be at least 1") }
+            if !(0...100).contains(traceSampleRate) { throw ValidationError("--trace-sample-rate must be 0...100 (percent)") }
             if istioMetricsMaxSeries < 1 || istioMetricsMaxSeries > 1_000_000 { throw ValidationError("--istio-metrics-max-series must be 1...1000000") }
         }
 
@@ -163,6 +170,11 @@ extension WaypointCommand {
             options.settings.defaultRetries = defaultRetries == .on ? .istioDefault : nil
             options.settings.istioMetricsMaxSeries = istioMetricsMaxSeries
             options.settings.drainIdleGrace = drainIdleGrace.duration
+            if let otlpEndpoint {
+                let exporter = SpanExporter(endpoint: otlpEndpoint.address, serviceName: "waypoint", sampleRate: traceSampleRate)
+                exporter.start()
+                options.settings.tracer = exporter
+            }
             options.layeredAuthorization = layeredAuthorization == .on
             options.rootNamespace = rootNamespace
             options.settings.trustDomains = ([trustDomain] + trustDomainAliases).map { $0.lowercased() }

@@ -336,6 +336,11 @@ final class Runtime {
                [("{result=\"ok\"}", reloadsOK), ("{result=\"failed\"}", reloadsFailed)])
         metric("waypoint_config_generation", "gauge", "Generation of the active config.", [("", Int(snapshot.generation))])
         metric("waypoint_workers", "gauge", "Worker threads.", [("", workers.count)])
+        if let tracer = options.settings.tracer {
+            metric("waypoint_trace_spans_total", "counter", "Spans of traced requests, by what became of them.", [
+                ("{result=\"exported\"}", tracer.exported.value), ("{result=\"dropped\"}", tracer.dropped.value),
+            ])
+        }
         text += IstioMetrics.prometheusText(workers.map(\.counters.istio))
         return text
     }

@@ -86,6 +86,15 @@ enum Harness {
         _ = SocketAddress(text)
         _ = SpiffeIdentity(uri: text)
         if let address = Forwarded.firstFor(data) { _ = SocketAddress(address) }
+        // traceparent: what parses, continued with a new span, parses back to the same trace with that span.
+        if let parsed = TraceContext.parse(data) {
+            let continued = TraceContext(traceHigh: parsed.high, traceLow: parsed.low, parent: parsed.parent, span: parsed.parent ^ 0x5A5A)
+            let out = ByteBuffer(capacity: 64)
+            continued.writeTraceparent(into: out)
+            let again = TraceContext.parse(out.readable)
+            precondition(again.map { $0.high == parsed.high && $0.low == parsed.low && $0.parent == continued.span && $0.sampled } ?? (continued.span == 0),
+                         "traceparent does not round-trip")
+        }
     }
 
     private static func check(_ range: ByteRange, in bytes: UnsafeRawBufferPointer) {
