@@ -21,7 +21,9 @@ final class AccessLog {
     /// Appends one finished request; its byte views are valid only during the call.
     func record(_ entry: borrowing Entry) {
         let out = buffer
-        out.append("{\"start_time_ms\":")
+        out.append("{\"start_time\":\"")
+        appendTimestamp(entry.startTime)
+        out.append("\",\"start_time_ms\":")
         out.appendDecimal(Int(entry.startTime * 1000))
         out.append(",\"method\":\"")
         appendEscaped(entry.method)
@@ -45,6 +47,12 @@ final class AccessLog {
         out.append(string: entry.client)
         out.append("\",\"downstream_peer_principal\":")
         appendOptional(entry.principal)
+        out.append(",\"user_agent\":")
+        appendOptional(entry.userAgent)
+        out.append(",\"x_forwarded_for\":")
+        appendOptional(entry.forwardedFor)
+        out.append(",\"request_id\":")
+        appendOptional(entry.requestID)
         out.append(",\"upstream_host\":")
         appendOptional(entry.upstream)
         out.append(",\"route_name\":")
@@ -89,6 +97,47 @@ final class AccessLog {
         var attempts = 0
         /// Why a failure that called for a retry was returned as is.
         var retryNote: StaticString? = nil
+        /// Request headers Istio's default log carries (empty: absent); `requestID` as sent upstream.
+        var userAgent = UnsafeRawBufferPointer(start: nil, count: 0)
+        var forwardedFor = UnsafeRawBufferPointer(start: nil, count: 0)
+        var requestID = UnsafeRawBufferPointer(start: nil, count: 0)
+    }
+
+    /// A JSON string of the bytes, or `null` when there are none.
+    private func appendOptional(_ bytes: UnsafeRawBufferPointer) {
+        guard !bytes.isEmpty else { buffer.append("null"); return }
+        buffer.append("\"")
+        appendEscaped(bytes)
+        buffer.append("\"")
+    }
+
+    /// `time` (Unix seconds) as RFC 3339 UTC with milliseconds, as Envoy's `%START_TIME%`.
+    private func appendTimestamp(_ time: Double) {
+        let millis = Int(time * 1000)
+        let (days, dayMillis) = millis.quotientAndRemainder(dividingBy: 86_400_000)
+        // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+        let z = days + 719_468
+        let era = (z >= 0 ? z : z - 146_096) / 146_097
+        let doe = z - era * 146_097
+        let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
+        let mp = (5 * doy + 2) / 153
+        let day = doy - (153 * mp + 2) / 5 + 1
+        let month = mp < 10 ? mp + 3 : mp - 9
+        let year = yoe + era * 400 + (month <= 2 ? 1 : 0)
+        func two(_ n: Int) { if n < 10 { buffer.append(0x30) }; buffer.appendDecimal(n) }
+        buffer.appendDecimal(year)
+        buffer.append(0x2D); two(month)
+        buffer.append(0x2D); two(day)
+        buffer.append(0x54); two(dayMillis / 3_600_000)
+        buffer.append(0x3A); two(dayMillis / 60_000 % 60)
+        buffer.append(0x3A); two(dayMillis / 1000 % 60)
+        buffer.append(0x2E)
+        let ms = dayMillis % 1000
+        if ms < 100 { buffer.append(0x30) }
+        if ms < 10 { buffer.append(0x30) }
+        buffer.appendDecimal(ms)
+        buffer.append(0x5A)
     }
 
     /// A JSON string, or `null`.

@@ -120,7 +120,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private var serviceID: Int32 = -1
     private var upstreamAddress: String?
     private let logFields: ByteBuffer
-    private var logMethod = 0, logPath = 0
+    /// Where each kept field ends in `logFields`: method, target, authority, user-agent, x-forwarded-for; the
+    /// request id follows.
+    private var logMethod = 0, logPath = 0, logAuthority = 0, logAgent = 0, logForwarded = 0
 
     /// `initialInput`: bytes already read from the stream (protocol detection looked at them).
     init(id: Int, stream: any ByteStream, peer: PeerFacts, destination: Destination? = nil, traceparent: [UInt8] = [],
@@ -468,7 +470,11 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                 ForwardingHeaders.writeRequest(head, headBytes, clientIP: ip, proto: server.settings.forwardedProto, traceparent: trace,
                                                replaceTraceparent: span != nil,
                                                modifier: policy.requestHeaders, rewrite: policy.rewrite,
-                                               into: connection.output) { [unowned(unsafe) server] out in server.writeRequestID(out) }
+                                               into: connection.output) { [unowned(unsafe) self] out in
+                    let start = out.readableBytes
+                    self.server.writeRequestID(out)
+                    if self.server.accessLog != nil { self.logFields.append(UnsafeRawBufferPointer(rebasing: out.readable[start...])) }
+                }
             }
         }
         replayable = connection.reused && requestDone
@@ -923,22 +929,40 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         logFields.append(head.target.bytes(in: headBytes))
         logPath = logFields.readableBytes
         logFields.append(head.host.bytes(in: headBytes))
+        logAuthority = logFields.readableBytes
+        var agent: ByteRange?, forwarded: ByteRange?, requestID: ByteRange?
+        for field in head.headers {
+            let name = field.name.bytes(in: headBytes)
+            if HTTP1Parser.equalsLowercase(name, "user-agent") { agent = field.value }
+            else if HTTP1Parser.equalsLowercase(name, "x-forwarded-for") { if forwarded == nil { forwarded = field.value } }
+            else if HTTP1Parser.equalsLowercase(name, "x-request-id") { requestID = field.value }
+        }
+        if let agent { logFields.append(agent.bytes(in: headBytes)) }
+        logAgent = logFields.readableBytes
+        if let forwarded { logFields.append(forwarded.bytes(in: headBytes)) }
+        logForwarded = logFields.readableBytes
+        if let requestID { logFields.append(requestID.bytes(in: headBytes)) }
     }
 
     private func writeLog(_ log: AccessLog) {
         let fields = logFields.readable
-        let hasFields = fields.count >= logPath
+        let hasFields = fields.count >= logForwarded && logForwarded > 0
+        func field(_ range: Range<Int>) -> UnsafeRawBufferPointer {
+            hasFields ? UnsafeRawBufferPointer(rebasing: fields[range]) : UnsafeRawBufferPointer(start: nil, count: 0)
+        }
         log.record(AccessLog.Entry(
             startTime: exchangeStart, duration: server.loop.now - exchangeStart,
-            method: hasFields ? UnsafeRawBufferPointer(rebasing: fields[0..<logMethod]) : UnsafeRawBufferPointer(start: nil, count: 0),
-            path: hasFields ? UnsafeRawBufferPointer(rebasing: fields[logMethod..<logPath]) : UnsafeRawBufferPointer(start: nil, count: 0),
-            authority: hasFields ? UnsafeRawBufferPointer(rebasing: fields[logPath...]) : UnsafeRawBufferPointer(start: nil, count: 0),
+            method: field(0..<logMethod), path: field(logMethod..<logPath), authority: field(logPath..<logAuthority),
             protocol: "HTTP/1.1", client: peer.sourceAddress, principal: peer.identity?.principal, status: status, flags: flags, bytesReceived: bytesReceived, bytesSent: bytesSent,
             upstream: upstreamAddress, route: routeName, policy: decidingPolicy, attempts: inFlight || attempt > 1 ? attempt : 0,
-            retryNote: retryNote))
+            retryNote: retryNote, userAgent: field(logAuthority..<logAgent), forwardedFor: field(logAgent..<logForwarded),
+            requestID: field(logForwarded..<fields.count)))
         logFields.clear()
         logMethod = 0
         logPath = 0
+        logAuthority = 0
+        logAgent = 0
+        logForwarded = 0
     }
 
     // MARK: - Closing

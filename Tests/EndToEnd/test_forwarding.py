@@ -186,18 +186,28 @@ def test_head_request_has_no_body(basic):
 
 
 def test_access_log_line_per_request(basic):
-    proxy, _ = basic
-    http_request(proxy.port, "GET", "/logged", host="web")
+    proxy, origin = basic
     import time
+    from datetime import datetime, timezone
+    before = datetime.now(timezone.utc)
+    _, _, body = http_request(proxy.port, "GET", "/logged", host="web", headers={"User-Agent": "probe/1", "X-Forwarded-For": "203.0.113.7"})
+    http_request(proxy.port, "GET", "/second", host="web", headers={"X-Request-Id": "given-id"})
     for _ in range(50):
         lines = [json.loads(l) for l in proxy.stdout().splitlines() if l]
-        if lines:
+        if len(lines) == 2:
             break
         time.sleep(0.05)
-    assert lines[-1]["path"] == "/logged"
-    assert lines[-1]["response_code"] == 200
-    assert lines[-1]["authority"] == "web"
-    assert lines[-1]["route_name"] == "default/web"
+    first, second = lines
+    assert first["path"] == "/logged"
+    assert first["response_code"] == 200
+    assert first["authority"] == "web"
+    assert first["route_name"] == "default/web"
+    # Istio's default JSON fields: start_time (RFC 3339), user_agent, x_forwarded_for as received, request_id as sent.
+    started = datetime.strptime(first["start_time"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    assert abs((started - before).total_seconds()) < 5 and first["start_time_ms"] == int(started.timestamp() * 1000)
+    assert first["user_agent"] == "probe/1" and first["x_forwarded_for"] == "203.0.113.7"
+    assert first["request_id"] == json.loads(body)["headers"]["x-request-id"]
+    assert second["request_id"] == "given-id" and second["user_agent"] is None and second["x_forwarded_for"] is None
 
 
 def test_half_closed_client_still_gets_every_pipelined_answer(basic):
