@@ -1,6 +1,20 @@
 # Shared by the benchmark scripts: process measurement helpers, the two test origins, and the routing config
 # that every target implements (host web; path prefix /api or header `x-route: b` -> origin b, else origin a).
-# Expects BIN, LOAD_CPU, work and the pids array from the caller.
+# `bench_prepare` sets BIN, work and the pids array; LOAD_CPU comes from the caller.
+
+# bench_prepare NAME PACKAGE...: installs what is missing, builds the release binary, and sets BIN, a scratch
+# directory `work`, and `pids` (killed on exit).
+bench_prepare() {
+    local name=$1; shift
+    for p in "$@"; do
+        dpkg -s "$p" >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; break; }
+    done
+    make -s release >/dev/null
+    BIN=$PWD/.build/release/waypoint
+    work=$(mktemp -d "/tmp/waypoint-$name.XXXXXX")
+    pids=()
+    trap 'for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true' EXIT
+}
 
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 # A process and its descendants (nginx forks its worker; the HBONE reference is two programs).

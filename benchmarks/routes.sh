@@ -14,16 +14,8 @@ ORIGIN_A=127.0.0.1:19081; ORIGIN_B=127.0.0.1:19082; PORT=19090
 PROBE=$(( RULES / 2 / 10 * 10 ))
 BENCH_PATH=${BENCH_PATH:-/svc$PROBE/api/items}
 
-for p in wrk haproxy; do
-    dpkg -s "$p" >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk haproxy; break; }
-done
-make -s release >/dev/null
-BIN=$PWD/.build/release/waypoint
-work=$(mktemp -d /tmp/waypoint-routes.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
 source benchmarks/lib.sh
+bench_prepare routes wrk haproxy
 start_origins $ORIGIN_A $ORIGIN_B
 
 python3 - "$work" "$RULES" "${ORIGIN_A##*:}" "${ORIGIN_B##*:}" "$ORIGIN_A" "$ORIGIN_B" "$PORT" <<'PY'

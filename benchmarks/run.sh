@@ -15,17 +15,8 @@ PATH_UNDER_TEST=${BENCH_PATH:-/}
 TARGETS=${TARGETS:-"direct waypoint haproxy nginx"}
 ORIGIN_A=127.0.0.1:19081; ORIGIN_B=127.0.0.1:19082; PORT=19090
 
-for p in wrk haproxy nginx-light; do
-    dpkg -s "$p" >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk haproxy nginx-light; break; }
-done
-make -s release >/dev/null
-BIN=$PWD/.build/release/waypoint
-work=$(mktemp -d /tmp/waypoint-bench.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
 source benchmarks/lib.sh
+bench_prepare bench wrk haproxy nginx-light
 
 # --- origins
 start_origins $ORIGIN_A $ORIGIN_B
