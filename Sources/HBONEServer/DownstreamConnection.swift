@@ -503,7 +503,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         let authority = String(decoding: head.host.bytes(in: headBytes), as: UTF8.self)
         var attributes = [("http.method", String(decoding: head.method.bytes(in: headBytes), as: UTF8.self)),
                           ("http.url", "http://" + authority + String(decoding: head.target.bytes(in: headBytes), as: UTF8.self)),
-                          ("http.protocol", "HTTP/1.1"), ("downstream_cluster", "-")]
+                          ("http.protocol", "HTTP/1.1")]
         if let principal = peer.identity?.principal { attributes.append(("peer.principal", "spiffe://" + principal)) }
         if let routeName { attributes.append(("route_name", routeName)) }
         span = FinishedSpan(context: context, name: authority + "/*", start: exchangeStart, end: 0, attributes: attributes, status: 0)
