@@ -591,7 +591,10 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             self.upstream = nil
         }
         if status > 0 { server.counters.countResponse(status) }
-        if attempt > 1 && status >= 200 && status < 500 { server.counters.retriesSucceeded.increment() }
+        if attempt > 1 && status >= 200 && status < 500 {
+            server.counters.retriesSucceeded.increment()
+            server.counters.istio.recordRetry(service: serviceID, .succeeded)
+        }
         // A connect failure was answered 503 here, which counts the same for outlier detection.
         if inFlight && status > 0 { server.router.reportAttempt(endpoint: endpoint, cluster: cluster, result: .status(status)) }
         if status > 0 {
@@ -805,6 +808,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         }
         guard server.spendRetryBudget(cluster) else {
             server.counters.retryBudgetExhausted.increment()
+            server.counters.istio.recordRetry(service: serviceID, .budgetExhausted)
             retryNote = "not retried: retry budget exhausted"
             return false
         }
@@ -823,6 +827,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         attempt += 1
         responseScanned = 0
         server.counters.retries.increment()
+        server.counters.istio.recordRetry(service: serviceID, .started)
         server.logger.debug("retrying: \(outcome)", metadata: ["connection.id": "\(id)", "attempt": "\(attempt)"])
         if retryTimer == nil { retryTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.sendRetry() } }
         waitingToRetry = true

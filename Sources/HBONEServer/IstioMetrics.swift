@@ -49,6 +49,10 @@ public final class IstioMetrics: @unchecked Sendable {
     private var principalIDs: [String: Int32] = [:]
     private var serviceIDs: [String: Int32] = [:]
     public let overflowed = Atomic<Int>(0)
+    /// Per interned service (up to `maxServices`): retries started, exchanges that succeeded after a retry, and
+    /// retries refused by the budget.
+    public static let maxServices = 1024
+    private let retryCounts: UnsafeMutablePointer<Atomic<Int>>
 
     /// `capacity` series (plus the overflow one); memory is touched only as series appear.
     public init(capacity: Int = 2000) {
@@ -58,6 +62,8 @@ public final class IstioMetrics: @unchecked Sendable {
         // The overflow series is slot `capacity`, ready from the start.
         (keys + capacity).initialize(to: Key(principal: -1, service: -1, code: 0, flags: 0, kind: 0, mutualTLS: false))
         for i in 0..<Self.stride { (counts + capacity * Self.stride + i).initialize(to: Atomic(0)) }
+        retryCounts = .allocate(capacity: Self.maxServices * 3)
+        for i in 0..<Self.maxServices * 3 { (retryCounts + i).initialize(to: Atomic(0)) }
     }
 
     deinit {
@@ -68,6 +74,17 @@ public final class IstioMetrics: @unchecked Sendable {
         (counts + capacity * Self.stride).deinitialize(count: Self.stride)
         keys.deallocate()
         counts.deallocate()
+        retryCounts.deinitialize(count: Self.maxServices * 3)
+        retryCounts.deallocate()
+    }
+
+    /// What became of a retry, counted per destination service.
+    public enum RetryEvent: Int { case started = 0, succeeded = 1, budgetExhausted = 2 }
+
+    /// Counts a retry event for `service` (an interned id; -1 and ids past `maxServices` are not counted here).
+    public func recordRetry(service: Int32, _ event: RetryEvent) {
+        guard service >= 0 && Int(service) < Self.maxServices else { return }
+        retryCounts[Int(service) * 3 + event.rawValue].increment()
     }
 
     // MARK: Worker side
@@ -274,6 +291,23 @@ extension IstioMetrics {
             ("istio_tcp_sent_bytes_total", "Bytes sent to callers through byte-stream tunnels.", { (s: Series) in s.tcp.sent }),
         ] as [(String, String, (Series) -> Int)] {
             family(name, "counter", help, tcp) { key, s in text += "\(name){\(key)} \(pick(s))\n" }
+        }
+        // Retries per destination service, summed over workers by service name.
+        var retries: [String: [Int]] = [:]
+        for worker in workers {
+            let services = worker.names.withLock { $0.services }
+            for (id, service) in services.enumerated() where id < maxServices {
+                let counts = (0..<3).map { worker.retryCounts[id * 3 + $0].value }
+                guard counts.contains(where: { $0 > 0 }) else { continue }
+                retries[service.0, default: [0, 0, 0]] = zip(retries[service.0] ?? [0, 0, 0], counts).map(+)
+            }
+        }
+        text += "# HELP waypoint_service_retries_total Retries by destination service, by what became of them.\n"
+        text += "# TYPE waypoint_service_retries_total counter\n"
+        for (service, counts) in retries.sorted(by: { $0.key < $1.key }) {
+            for (result, count) in zip(["started", "succeeded", "budget_exhausted"], counts) {
+                text += "waypoint_service_retries_total{\(labelText([("destination_service", service), ("result", result)]))} \(count)\n"
+            }
         }
         let overflow = workers.reduce(0) { $0 + $1.overflowed.value }
         text += "# HELP waypoint_istio_series_overflow_total Requests counted in the overflow series (per-worker series cap reached).\n"

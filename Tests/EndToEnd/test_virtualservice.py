@@ -148,7 +148,11 @@ def test_retries_from_the_virtual_service(origin_factory, proxy_factory):
     proxy = proxy_factory(config(v1, v2), extra=["--default-retries", "off"])
     status, headers, _ = get(proxy, "/retry?fail=2&key=vs-a")
     assert status == 200
-    assert proxy.metrics()["waypoint_upstream_retries_total"] == 2
+    metrics = proxy.metrics()
+    assert metrics["waypoint_upstream_retries_total"] == 2
+    # Per destination service (the service the request was for).
+    by_service = 'waypoint_service_retries_total{destination_service="reviews.default.svc.cluster.local",result="%s"}'
+    assert (metrics[by_service % "started"], metrics[by_service % "succeeded"], metrics[by_service % "budget_exhausted"]) == (2, 1, 0)
     # attempts: 0 turns retries off for the rule, whatever the default.
     status, _, _ = get(proxy, "/noretry?fail=1&key=vs-b")
     assert status == 503
