@@ -71,10 +71,18 @@ public struct ConnectionPoolSettings: Sendable, Equatable {
     public var maxRequestsPerConnection: Int?
     /// `http.maxRetries`: retries in flight to this backend (per worker); beyond it a failure is returned as is.
     public var maxRetries: Int?
+    /// `tcp.maxConnections`: HTTP/1.1 connections open to this backend's endpoints (per worker); a request that
+    /// would need another waits for one to free up.
+    public var maxConnections: Int?
+    /// `http.http1MaxPendingRequests`: requests waiting for a connection (per worker); beyond it, 503 at once.
+    public var maxPendingRequests: Int?
 
-    public init(connectTimeout: Duration? = nil, maxRequestsPerConnection: Int? = nil, maxRetries: Int? = nil) {
+    public init(connectTimeout: Duration? = nil, maxRequestsPerConnection: Int? = nil, maxRetries: Int? = nil,
+                maxConnections: Int? = nil, maxPendingRequests: Int? = nil) {
         self.connectTimeout = connectTimeout
         self.maxRequestsPerConnection = maxRequestsPerConnection
         self.maxRetries = maxRetries
+        self.maxConnections = maxConnections
+        self.maxPendingRequests = maxPendingRequests
     }
 }

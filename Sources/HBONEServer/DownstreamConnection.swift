@@ -77,6 +77,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     /// A fault-delayed request: the endpoint it was routed to and the length of its head, still in `input`.
     private var delayed: (endpoint: Int32, headLength: Int)?
     private var faultTimer: Timer?
+    /// Bounds a wait for a connection (DestinationRule `tcp.maxConnections`) to the connect timeout.
+    private var pendingTimer: Timer?
     /// Which of the route's mirrors (bit i: `policy.mirrors[i]`) get a copy once the request is complete
     /// (`replay` holds it until then).
     private var mirroring: UInt32 = 0
@@ -291,6 +293,36 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         }
     }
 
+    /// Called by the server when this waiting request's cluster may have a connection: goes on if so.
+    func resumeIfCapacity() -> Bool {
+        guard let (endpoint, _) = delayed, !closed else { return true }  // gone: off the queue
+        guard let limit = limits(of: cluster), server.hasConnectionCapacity(cluster: cluster, endpoint: endpoint, limit: limit) else {
+            return false
+        }
+        pendingTimer?.cancel()
+        delayElapsed()
+        return true
+    }
+
+    private func limits(of cluster: Int32) -> Int? { server.router.connectionPool(cluster: cluster)?.maxConnections }
+
+    /// Waited a connect timeout without a connection: 503 overflow, as a full queue would have answered.
+    private func pendingTimedOut() {
+        guard let (_, length) = delayed, !closed else { return }
+        server.dequeue(self, cluster: cluster)
+        delayed = nil
+        overflow(headLength: length)
+        processInput()
+    }
+
+    private func overflow(headLength: Int) {
+        flags = "UO"
+        server.counters.upstreamOverflow.increment()
+        discardingBody = true
+        input.consume(headLength)
+        replyLocally(.upstreamOverflow)
+    }
+
     /// After a fault delay: forwards the head that waited in `input`, then carries on with its body.
     private func delayElapsed() {
         guard let (endpoint, length) = delayed, !closed else { return }
@@ -371,6 +403,19 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             routeName = route
             self.cluster = cluster
             self.policy = policy
+            if let limits = server.router.connectionPool(cluster: cluster), let limit = limits.maxConnections,
+               !server.hasConnectionCapacity(cluster: cluster, endpoint: endpoint, limit: limit) {
+                // DestinationRule circuit breaking: wait for a connection (head kept in `input`), or 503 at once
+                // when the pending queue is full.
+                guard server.enqueue(self, cluster: cluster, maxPending: limits.maxPendingRequests) else {
+                    overflow(headLength: length)
+                    return true
+                }
+                delayed = (endpoint, length)
+                if pendingTimer == nil { pendingTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.pendingTimedOut() } }
+                pendingTimer!.schedule(after: limits.connectTimeout ?? server.settings.connectTimeout)
+                return true
+            }
             if let delay = policy.delay, server.roll(delay.percent) {
                 // VirtualService fault.delay: the head stays in `input` (and nothing else is read from it)
                 // until the delay is over, then the exchange goes on as if just routed.
@@ -997,6 +1042,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         requestTimer?.cancel()
         tryTimer?.cancel()
         faultTimer?.cancel()
+        pendingTimer?.cancel()
+        if delayed != nil { server.dequeue(self, cluster: cluster) }
         endFlight()
         if let upstream { upstream.owner = nil; upstream.close(); self.upstream = nil }
         stream.close(graceful: graceful)

@@ -162,7 +162,7 @@ public final class IstioMetrics: @unchecked Sendable {
     }
 
     /// Envoy's response flags this proxy sets (the access log's `response_flags`).
-    static let flagNames: [StaticString] = ["-", "NR", "UH", "UF", "RBAC", "DR", "UT", "UC", "DC"]
+    static let flagNames: [StaticString] = ["-", "NR", "UH", "UF", "RBAC", "DR", "UT", "UC", "DC", "UO"]
     @inline(__always)
     static func flagIndex(_ flags: StaticString) -> UInt8 {
         let wanted = UnsafeBufferPointer(start: flags.utf8Start, count: flags.utf8CodeUnitCount)

@@ -72,6 +72,42 @@ public final class ProxyServer {
         percent >= 100 || Double(random.next() % 1_000_000) < percent * 10_000
     }
 
+    // MARK: Connection limits (DestinationRule circuit breaking, per worker)
+
+    /// Requests waiting for a connection of a cluster at its `tcp.maxConnections`, oldest first.
+    private var waiting: [Int32: [DownstreamConnection]] = [:]
+    /// Wakes waiters on the next loop iteration after a connection frees up (never inside the caller's stack).
+    private lazy var capacityTimer = Timer(loop: loop) { [unowned(unsafe) self] in self.wakeWaiters() }
+
+    /// Whether an exchange to `endpoint` of `cluster` may have a connection now: an idle one, or room for one more.
+    func hasConnectionCapacity(cluster: Int32, endpoint: Int32, limit: Int) -> Bool {
+        if pool(endpoint)?.hasIdleConnection == true { return true }
+        return router.endpoints(inCluster: cluster).reduce(0) { $0 + (pool($1)?.openConnections ?? 0) } < limit
+    }
+
+    /// Queues a request for a connection of `cluster`; false when `maxPending` are already waiting.
+    func enqueue(_ connection: DownstreamConnection, cluster: Int32, maxPending: Int?) -> Bool {
+        if let maxPending, waiting[cluster, default: []].count >= maxPending { return false }
+        waiting[cluster, default: []].append(connection)
+        return true
+    }
+
+    func dequeue(_ connection: DownstreamConnection, cluster: Int32) {
+        waiting[cluster]?.removeAll { $0 === connection }
+    }
+
+    func upstreamCapacityFreed() {
+        if !waiting.isEmpty { capacityTimer.schedule(after: .zero) }
+    }
+
+    /// Lets the oldest waiter of each cluster go on while its cluster has capacity.
+    private func wakeWaiters() {
+        for cluster in Array(waiting.keys) {
+            while let first = waiting[cluster]?.first, first.resumeIfCapacity() { waiting[cluster]?.removeFirst() }
+            if waiting[cluster]?.isEmpty == true { waiting[cluster] = nil }
+        }
+    }
+
     /// Drops the answers of mirrored HTTP/2 requests.
     let h2cMirrorSink = H2CMirrorSink()
 

@@ -48,4 +48,6 @@ public protocol RequestRouter: AnyObject {
     func pickEndpoint(for destination: Destination) -> Int32?
     /// An endpoint of `cluster` by its load balancer (a mirror's target), nil when it has none ready.
     func pickEndpoint(inCluster cluster: Int32) -> Int32?
+    /// The ready endpoints of `cluster` (for its connection limit).
+    func endpoints(inCluster cluster: Int32) -> [Int32]
 }

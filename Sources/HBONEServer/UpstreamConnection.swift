@@ -145,6 +145,7 @@ final class UpstreamConnection: ByteStreamHandler {
         guard state != .closed else { return }
         pool.releaseLater(self)  // its owner may drop it while it is still on the call stack
         state = .closed
+        pool.connectionClosed()
         stream.setReading(false)
         stream.setWriteInterest(false)
         timer.cancel()

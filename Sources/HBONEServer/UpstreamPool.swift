@@ -20,6 +20,9 @@ final class UpstreamPool {
     private var idle: [UpstreamConnection] = []
     /// HTTP/1.1 exchanges of this worker attached to this endpoint now.
     var requestsInFlight = 0
+    /// HTTP/1.1 connections open (idle or in use) from this worker to this endpoint.
+    private(set) var openConnections = 0
+    var hasIdleConnection: Bool { !idle.isEmpty }
     var retired = false {
         didSet { if retired { closeIdle() } }
     }
@@ -42,6 +45,7 @@ final class UpstreamPool {
         }
         guard let stream = tunnel ? openTunnel() : openSocket() else { return nil }
         server.counters.upstreamConnectionsTotal.increment()
+        openConnections += 1
         let connection = UpstreamConnection(stream: stream, pool: self, loop: server.loop, settings: server.settings,
                                             connectTimeout: connectTimeout ?? server.settings.connectTimeout)
         connection.attach(owner, reused: false)
@@ -87,6 +91,13 @@ final class UpstreamPool {
         guard !retired, !server.draining else { connection.close(); return }
         connection.becomeIdle()
         idle.append(connection)
+        server.upstreamCapacityFreed()
+    }
+
+    /// A connection of this pool closed: room for another (DestinationRule `tcp.maxConnections`).
+    func connectionClosed() {
+        openConnections -= 1
+        server.upstreamCapacityFreed()
     }
 
     /// Called by an idle connection that the upstream closed or that timed out.

@@ -50,6 +50,9 @@ public final class WorkerCounters: Sendable {
     /// Retries not made because the budget was spent.
     public let retryBudgetExhausted = Atomic<Int>(0)
 
+    /// Requests refused (503) because the backend's connections and pending queue were full, or a pending one waited
+    /// past the connect timeout (DestinationRule `tcp.maxConnections`, `http.http1MaxPendingRequests`).
+    public let upstreamOverflow = Atomic<Int>(0)
     /// Retries not made because the backend's `maxRetries` were in flight.
     public let retryOverflow = Atomic<Int>(0)
     /// Endpoints ejected by outlier detection.

@@ -24,6 +24,7 @@ final class NoRoutes: RequestRouter {
     func isReachable(_ destination: Destination) -> Bool { false }
     func pickEndpoint(for destination: Destination) -> Int32? { nil }
     func pickEndpoint(inCluster cluster: Int32) -> Int32? { nil }
+    func endpoints(inCluster cluster: Int32) -> [Int32] { [] }
 }
 
 /// The client side of one HBONE tunnel for `waypoint hbone-client`: stdin goes into the tunnel, the tunnel's

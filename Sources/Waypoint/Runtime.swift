@@ -311,6 +311,8 @@ final class Runtime {
                [("", sum { $0.retryBudgetExhausted.value })])
         metric("waypoint_upstream_retry_overflow_total", "counter", "Retries not made because the backend's DestinationRule maxRetries were in flight.",
                [("", sum { $0.retryOverflow.value })])
+        metric("waypoint_upstream_overflow_total", "counter", "Requests refused because the backend's connection limit and pending queue were full.",
+               [("", sum { $0.upstreamOverflow.value })])
         metric("waypoint_outlier_ejections_total", "counter", "Endpoints ejected by outlier detection (DestinationRule).",
                [("", sum { $0.outlierEjections.value })])
         metric("waypoint_mirror_requests_total", "counter", "Request copies for RequestMirror / VirtualService mirror, by result.", [

@@ -208,6 +208,10 @@ final class SnapshotRouter: RequestRouter {
         return !snapshot.clusters[Int(destination.cluster)].endpoints.isEmpty
     }
 
+    func endpoints(inCluster cluster: Int32) -> [Int32] {
+        cluster >= 0 ? snapshot.clusters[Int(cluster)].endpoints : []
+    }
+
     func pickEndpoint(inCluster cluster: Int32) -> Int32? {
         cluster >= 0 ? nextEndpoint(cluster) : nil
     }

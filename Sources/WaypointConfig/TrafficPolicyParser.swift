@@ -24,14 +24,16 @@ enum TrafficPolicyParser {
                 var settings = ConnectionPoolSettings()
                 if let tcp = try cp.optional("tcp") {
                     settings.connectTimeout = try tcp.optionalDuration("connectTimeout")
-                    for key in ["maxConnections", "tcpKeepalive", "idleTimeout", "maxConnectionDuration"] where try tcp.optional(key) != nil {
+                    settings.maxConnections = try tcp.optional("maxConnections")?.int(in: 1...Int(Int32.max))
+                    for key in ["tcpKeepalive", "idleTimeout", "maxConnectionDuration"] where try tcp.optional(key) != nil {
                         ignored.append("connectionPool.tcp.\(key)")
                     }
                 }
                 if let http = try cp.optional("http") {
                     settings.maxRequestsPerConnection = try http.optional("maxRequestsPerConnection")?.int(in: 0...Int(Int32.max))
                     settings.maxRetries = try http.optional("maxRetries")?.int(in: 0...Int(Int32.max))
-                    for key in ["http1MaxPendingRequests", "http2MaxRequests", "idleTimeout", "h2UpgradePolicy", "maxConcurrentStreams"]
+                    settings.maxPendingRequests = try http.optional("http1MaxPendingRequests")?.int(in: 0...Int(Int32.max))
+                    for key in ["http2MaxRequests", "idleTimeout", "h2UpgradePolicy", "maxConcurrentStreams"]
                     where try http.optional(key) != nil {
                         ignored.append("connectionPool.http.\(key)")
                     }

@@ -17,6 +17,8 @@ public enum LocalReply: Sendable, Equatable {
     case badRequest(HTTP1Error)
     /// The route's timeout expired before a response head (Envoy's wording).
     case upstreamTimeout
+    /// The backend's connection limit and pending-request queue (DestinationRule circuit breaking) are full.
+    case upstreamOverflow
     /// An AuthorizationPolicy denied the request (Envoy's RBAC filter answers exactly this).
     case rbacDenied
     /// PeerAuthentication STRICT covers the destination and the request came in plaintext.
@@ -26,7 +28,7 @@ public enum LocalReply: Sendable, Equatable {
         switch self {
         case .noRoute: return 404
         case .invalidBackend: return 500
-        case .noHealthyUpstream, .upstreamConnectError, .upstreamReset: return 503
+        case .noHealthyUpstream, .upstreamConnectError, .upstreamReset, .upstreamOverflow: return 503
         case .badUpstreamResponse: return 502
         case .rbacDenied, .mtlsRequired: return 403
         case .upstreamTimeout: return 504
@@ -44,6 +46,7 @@ public enum LocalReply: Sendable, Equatable {
         case .badUpstreamResponse: return "malformed upstream response\n"
         case .rbacDenied: return "RBAC: access denied"
         case .upstreamTimeout: return "upstream request timeout\n"
+        case .upstreamOverflow: return "upstream connect error or disconnect/reset before headers. reset reason: overflow\n"
         case .mtlsRequired: return "mTLS is required: PeerAuthentication STRICT covers this destination\n"
         case .badRequest(let error):
             switch error.status {

@@ -2,6 +2,8 @@
 one is ready, with `x-envoy-attempt-count`; never for big bodies, other statuses, or with --default-retries off."""
 import json
 import socket
+import threading
+import time
 
 from conftest import http_request, service_yaml
 
@@ -281,8 +283,42 @@ def test_check_lists_destination_rule_fields_not_applied(workdir):
     import subprocess
     from conftest import BINARY
     path = workdir / "dr.yaml"
-    path.write_text(service_yaml("web", [("127.0.0.1", 9)]) + destination_rule("    loadBalancer: {simple: RANDOM, localityLbSetting: {enabled: true}}\n    connectionPool: {tcp: {maxConnections: 10}}"))
+    path.write_text(service_yaml("web", [("127.0.0.1", 9)]) + destination_rule("    loadBalancer: {simple: RANDOM, localityLbSetting: {enabled: true}}\n    connectionPool: {tcp: {maxConnections: 10, tcpKeepalive: {time: 7200s}}}"))
     out = subprocess.run([str(BINARY), "check", "--config", str(path)], capture_output=True, text=True)
     assert out.returncode == 0
-    assert "trafficPolicy connectionPool.tcp.maxConnections is not applied yet" in out.stdout
+    assert "trafficPolicy connectionPool.tcp.tcpKeepalive is not applied yet" in out.stdout
     assert "trafficPolicy loadBalancer.localityLbSetting is not applied yet" in out.stdout
+
+
+def test_circuit_breaking_queues_then_overflows(origin_factory, proxy_factory):
+    """DestinationRule tcp.maxConnections 1 and http1MaxPendingRequests 1 (Istio's circuit-breaking task): one
+    request on the connection, one waiting for it, the rest refused at once with 503 overflow."""
+    origin = origin_factory("a")
+    pool = "    connectionPool: {tcp: {maxConnections: 1, connectTimeout: 2s}, http: {http1MaxPendingRequests: 1}}"
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]) + destination_rule(pool), extra=["--workers", "1"])
+    results = []
+
+    def call(i):
+        results.append(http_request(proxy.port, "GET", f"/cb{i}?delay=400ms", host="web"))
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)                      # in order: the first takes the connection, the second waits
+    for t in threads:
+        t.join(timeout=10)
+    statuses = sorted(status for status, _, _ in results)
+    assert statuses == [200, 200, 503, 503, 503]
+    refused = [body for status, _, body in results if status == 503]
+    assert all(b"reset reason: overflow" in body for body in refused)
+    metrics = proxy.metrics()
+    assert metrics["waypoint_upstream_overflow_total"] == 3
+    assert metrics["waypoint_upstream_connections_total"] == 1      # the waiter reused the one connection
+    # A waiter that gets no connection within the connect timeout is refused the same way.
+    slow = threading.Thread(target=lambda: http_request(proxy.port, "GET", "/hold?delay=3s", host="web"))
+    slow.start()
+    time.sleep(0.1)
+    started = time.time()
+    status, _, _ = http_request(proxy.port, "GET", "/late", host="web")
+    assert status == 503 and 1.8 < time.time() - started < 3
+    slow.join(timeout=10)
