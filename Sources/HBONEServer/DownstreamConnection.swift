@@ -73,7 +73,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     /// The exchange may still be retried: `replay` holds the whole request.
     private var retryable = false
     /// The traced request's span, finished and exported with the exchange.
-    private var span: FinishedSpan?
+    private var span: Span?
     /// A fault-delayed request: the endpoint it was routed to and the length of its head, still in `input`.
     private var delayed: (endpoint: Int32, headLength: Int)?
     private var faultTimer: Timer?
@@ -551,7 +551,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                           ("http.protocol", "HTTP/1.1")]
         if let principal = peer.identity?.principal { attributes.append(("peer.principal", "spiffe://" + principal)) }
         if let routeName { attributes.append(("route_name", routeName)) }
-        span = FinishedSpan(context: context, name: authority + "/*", start: exchangeStart, end: 0, attributes: attributes, status: 0)
+        span = Span(context: context, name: authority + "/*", start: exchangeStart, attributes: attributes)
     }
 
     /// The largest request body copied to a mirror when no retry policy sets the bound.
@@ -647,7 +647,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                                                 status: status, flags: flags, durationMs: (server.loop.now - exchangeStart) * 1000,
                                                 requestBytes: bytesReceived, responseBytes: bytesSent)
         }
-        if var finished = span, let tracer = server.settings.tracer {
+        if let finished = span, let tracer = server.settings.tracer {
             finished.end = server.loop.now
             finished.status = status
             if let upstreamAddress { finished.attributes.append(("upstream_address", upstreamAddress)) }

@@ -5,14 +5,22 @@ import WaypointCore
 import Glibc
 #endif
 
-/// One finished span, as OTLP's JSON encoding spells it.
-struct FinishedSpan {
-    var context: TraceContext
-    var name: String
-    var start: Double
-    var end: Double
+/// The span of one traced request, exported as OTLP's JSON encoding spells it once the request ends.
+/// A class: the data plane keeps an optional one per exchange, and a nil reference costs nothing to pass around.
+final class Span {
+    let context: TraceContext
+    let name: String
+    let start: Double
+    var end = 0.0
     var attributes: [(String, String)]
-    var status: Int
+    var status = 0
+
+    init(context: TraceContext, name: String, start: Double, attributes: [(String, String)]) {
+        self.context = context
+        self.name = name
+        self.start = start
+        self.attributes = attributes
+    }
 
     func json() -> String {
         func hex(_ v: UInt64) -> String { let s = String(v, radix: 16); return String(repeating: "0", count: 16 - s.count) + s }
@@ -62,7 +70,7 @@ public final class SpanExporter: @unchecked Sendable {
         self.sampleRate = sampleRate
     }
 
-    func submit(_ span: FinishedSpan) {
+    func submit(_ span: Span) {
         let json = span.json()
         let accepted = queue.withLock { spans -> Bool in
             guard spans.count < Self.maxQueued else { return false }

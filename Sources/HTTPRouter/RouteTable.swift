@@ -30,14 +30,17 @@ public struct RouteRule<Action: Sendable>: Sendable {
 
 /// The rules for one destination (a service port, or the Gateway's hostnames), in decision order.
 /// `fallback` answers when no rule matches: the service itself when no route is attached, nil (404) otherwise.
-public struct RuleSet<Action: Sendable>: Sendable {
+///
+/// A class: a request looks its rule set up on every request, and a reference costs one retain where a struct
+/// of the index's tables would cost one per table. Thread: immutable, any thread.
+public final class RuleSet<Action: Sendable>: Sendable {
     public let rules: [RouteRule<Action>]
     public let fallback: Action?
     private let index: RuleIndex
 
     /// Sorts `rules` in Gateway API order: exact path, longest prefix, method, most header matches, most query
     /// matches, then the oldest route, then `namespace/name`, then rule order.
-    public init(rules: [RouteRule<Action>], fallback: Action?) {
+    public convenience init(rules: [RouteRule<Action>], fallback: Action?) {
         self.init(orderedRules: rules.enumerated().sorted { a, b in
             let (pa, pb) = (a.element.match.precedence, b.element.match.precedence)
             if pa != pb { return pa < pb }

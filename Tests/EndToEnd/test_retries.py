@@ -39,7 +39,7 @@ def test_retries_stop_after_two(origin_factory, proxy_factory):
 
 def test_connect_failure_goes_to_another_endpoint(origin_factory, proxy_factory):
     origin = origin_factory("a")
-    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", closed_port()), ("127.0.0.1", origin.port)]))
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", closed_port()), ("127.0.0.1", origin.port)]) + ROUND_ROBIN)
     for i in range(12):
         status, _, body = http_request(proxy.port, "GET", f"/r{i}", host="web")
         assert status == 200, body
@@ -188,6 +188,7 @@ spec:
   host: web
   trafficPolicy:
     outlierDetection: {consecutive5xxErrors: 2, baseEjectionTime: 1s, maxEjectionPercent: 100}
+    loadBalancer: {simple: ROUND_ROBIN}     # which endpoint each request reaches is counted below
 """
     proxy = proxy_factory(service_yaml("web", [("127.0.0.1", dead_port), ("127.0.0.1", good.port)]) + rule,
                           extra=["--workers", "1", "--default-retries", "off"])
