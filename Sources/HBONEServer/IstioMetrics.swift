@@ -138,6 +138,20 @@ public final class IstioMetrics: @unchecked Sendable {
     /// The series for `key`, created on first use; the overflow series once `capacity` are in use.
     @inline(__always)
     private func slot(_ key: Key) -> Int {
+        // Consecutive requests mostly share their labels: compare with the last key before hashing.
+        if key == lastKey { return lastSlot }
+        let slot = findSlot(key)
+        if slot != capacity {  // the overflow series counts each request it takes
+            lastKey = key
+            lastSlot = slot
+        }
+        return slot
+    }
+
+    private var lastKey = Key(principal: -2, service: -2, code: 0, flags: 0, kind: 0, mutualTLS: false)
+    private var lastSlot = 0
+
+    private func findSlot(_ key: Key) -> Int {
         if let found = index[key] { return Int(found) }
         let used = published.load(ordering: .relaxed)
         guard used < capacity else {
