@@ -79,10 +79,10 @@ public final class IstioMetrics: @unchecked Sendable {
     }
 
     /// What became of a retry, counted per destination service.
-    public enum RetryEvent: Int { case started = 0, succeeded = 1, budgetExhausted = 2 }
+    enum RetryEvent: Int { case started = 0, succeeded = 1, budgetExhausted = 2 }
 
     /// Counts a retry event for `service` (an interned id; -1 and ids past `maxServices` are not counted here).
-    public func recordRetry(service: Int32, _ event: RetryEvent) {
+    func recordRetry(service: Int32, _ event: RetryEvent) {
         guard service >= 0 && Int(service) < Self.maxServices else { return }
         retryCounts[Int(service) * 3 + event.rawValue].increment()
     }
@@ -90,7 +90,7 @@ public final class IstioMetrics: @unchecked Sendable {
     // MARK: Worker side
 
     /// The id of a caller's principal (`cluster.local/ns/NS/sa/SA`), or -1 for none (plaintext).
-    public func intern(principal: String?, namespace: String?) -> Int32 {
+    func intern(principal: String?, namespace: String?) -> Int32 {
         guard let principal else { return -1 }
         if let id = principalIDs[principal] { return id }
         let id = names.withLock { tables -> Int32 in
@@ -113,7 +113,7 @@ public final class IstioMetrics: @unchecked Sendable {
     }
 
     /// One HTTP request: status, Envoy-style response flags, duration and body sizes.
-    public func recordRequest(principal: Int32, service: Int32, grpc: Bool, mutualTLS: Bool, status: Int, flags: StaticString,
+    func recordRequest(principal: Int32, service: Int32, grpc: Bool, mutualTLS: Bool, status: Int, flags: StaticString,
                               durationMs: Double, requestBytes: Int, responseBytes: Int) {
         let base = slot(Key(principal: principal, service: service, code: UInt16(clamping: status), flags: Self.flagIndex(flags),
                              kind: grpc ? 1 : 0, mutualTLS: mutualTLS)) * Self.stride
@@ -124,7 +124,7 @@ public final class IstioMetrics: @unchecked Sendable {
     }
 
     /// A byte-stream tunnel opened (`closed` false) or closed with its byte counts.
-    public func recordTCP(principal: Int32, service: Int32, mutualTLS: Bool, closed: Bool, received: Int = 0, sent: Int = 0) {
+    func recordTCP(principal: Int32, service: Int32, mutualTLS: Bool, closed: Bool, received: Int = 0, sent: Int = 0) {
         let base = slot(Key(principal: principal, service: service, code: 0, flags: 0, kind: 2, mutualTLS: mutualTLS)) * Self.stride
         if closed {
             counts[base + 1].increment()
@@ -190,19 +190,19 @@ public final class IstioMetrics: @unchecked Sendable {
     // MARK: Scrape side
 
     /// One series as the scrape renders it.
-    public struct Series {
-        public var labels: [(String, String)]
-        public var kind: UInt8
+    struct Series {
+        var labels: [(String, String)]
+        var kind: UInt8
         /// Requests; duration, request size and response size as (per-bucket counts, sum); or TCP counts.
-        public var requests: Int
-        public var duration: ([Int], Double)
-        public var requestSize: ([Int], Double)
-        public var responseSize: ([Int], Double)
-        public var tcp: (opened: Int, closed: Int, received: Int, sent: Int)
+        var requests: Int
+        var duration: ([Int], Double)
+        var requestSize: ([Int], Double)
+        var responseSize: ([Int], Double)
+        var tcp: (opened: Int, closed: Int, received: Int, sent: Int)
     }
 
     /// Every published series (and the overflow one when it was used), with Istio's label names and values.
-    public func samples() -> [Series] {
+    func samples() -> [Series] {
         let used = published.load(ordering: .acquiring)
         let tables = names.withLock { $0 }
         var result: [Series] = []
