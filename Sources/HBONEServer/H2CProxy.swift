@@ -37,6 +37,8 @@ final class H2CExchange {
     var responseModifier: HeaderModifier?
     /// The copies of this request on their way to the route's mirrors, while the request body still flows.
     var mirrors: [H2CExchange] = []
+    /// The span when this request is traced.
+    var span: Span?
     /// A fault delay in progress: the request body waits in `requestBody` until the timer starts the upstream.
     var delayed = false
     var delayTimer: Timer?
@@ -280,6 +282,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             }
             var fields = forwardedFields(exchange, method: method, path: upstreamPath, authority: upstreamAuthority)
             if let modifier = policy.requestHeaders { fields = Self.modify(fields, modifier) }
+            if let tracer = server.settings.tracer { trace(exchange, &fields, tracer, method: method, path: path, authority: authority) }
             for mirror in policy.mirrors where server.roll(mirror.percent) { startMirror(exchange, fields: fields, cluster: mirror.cluster) }
             if let delay = policy.delay, server.roll(delay.percent) {
                 server.counters.faultDelays.increment()
@@ -293,6 +296,24 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             }
             forward(exchange, to: endpoint, fields: fields)
         }
+    }
+
+    /// Decides whether the request is traced (as HTTP/1.1 does); if so, opens its span and makes it the parent
+    /// in the upstream's `traceparent`.
+    private func trace(_ exchange: H2CExchange, _ fields: inout [(String, String)], _ tracer: SpanExporter, method: String, path: String,
+                       authority: String) {
+        let incoming = fields.last { $0.0 == "traceparent" }?.1 ?? ""
+        guard let context = Array(incoming.utf8).withUnsafeBytes({
+            TraceContext.decide(traceparent: $0, sampleRate: tracer.sampleRate, random: &server.random)
+        }) else { return }
+        var attributes = [("http.method", method), ("http.url", "http://" + authority + path), ("http.protocol", "HTTP/2")]
+        if let principal = peer.identity?.principal { attributes.append(("peer.principal", "spiffe://" + principal)) }
+        if let route = exchange.route { attributes.append(("route_name", route)) }
+        exchange.span = Span(context: context, name: authority + "/*", start: exchange.start, attributes: attributes)
+        let out = ByteBuffer(capacity: 64)
+        context.writeTraceparent(into: out)
+        fields.removeAll { $0.0 == "traceparent" }
+        fields.append(("traceparent", String(decoding: out.readable, as: UTF8.self)))
     }
 
     /// Starts the upstream stream of a routed exchange (after any fault delay), with the body received so far.
@@ -459,6 +480,12 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     }
 
     private func finish(_ exchange: H2CExchange) {
+        if let span = exchange.span, let tracer = server.settings.tracer {
+            span.end = server.loop.now
+            span.status = exchange.status
+            if let upstream = exchange.upstreamAddress { span.attributes.append(("upstream_address", upstream)) }
+            tracer.submit(span)
+        }
         if exchange.status > 0 {
             server.counters.countResponse(exchange.status)
             server.counters.istio.recordRequest(principal: principalID, service: exchange.service, grpc: exchange.isGRPC,

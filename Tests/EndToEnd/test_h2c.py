@@ -4,6 +4,7 @@ are gRPC errors. The upstream and the inner client are Python's h2 (a stack this
 import json
 import socket
 import threading
+import time
 
 import h2.config
 import h2.connection
@@ -303,4 +304,26 @@ spec:
     assert json.loads(slow.data[post])["body_length"] == 30000
     assert proxy.metrics()["waypoint_fault_delays_total"] == 1
     assert proxy.metrics()['waypoint_mirror_requests_total{result="sent"}'] == 1
+    c.close()
+
+
+def test_h2c_requests_are_traced(hbone_proxy, certs, h2c_origin):
+    from test_tracing import Collector, PARENT, TRACE
+    collector = Collector()
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", h2c_origin.port)], cluster_ip=VIP, port_name="grpc"),
+                        extra=["--otlp-endpoint", f"127.0.0.1:{collector.port}", "--trace-sample-rate", "0"])
+    c = client(proxy, certs)
+    sid = c.connect(f"{VIP}:80")
+    assert c.status(sid) == 200
+    inner = InnerH2(c, sid)
+    stream = inner.request("/traced", headers=[("traceparent", f"00-{TRACE}-{PARENT}-01")])
+    assert inner.wait(stream)[":status"] == "200"
+    untraced = inner.request("/untraced")
+    assert inner.wait(untraced)[":status"] == "200"
+    span = collector.wait(1)[0]
+    assert span["traceId"] == TRACE and span["parentSpanId"] == PARENT
+    assert {a["key"]: a["value"] for a in span["attributes"]}["http.protocol"] == {"stringValue": "HTTP/2"}
+    assert json.loads(inner.data[stream])["headers"]["traceparent"] == f"00-{TRACE}-{span['spanId']}-01"
+    time.sleep(1.2)
+    assert len(collector.spans) == 1
     c.close()
