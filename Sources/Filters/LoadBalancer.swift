@@ -9,9 +9,10 @@ public enum LoadBalancer: Sendable, Equatable {
 
     /// What a consistent hash is computed over.
     public enum HashKey: Sendable, Equatable {
-        /// A request header (lower-case name); requests without it are spread as by LEAST_REQUEST.
-        case header(String)
-        case queryParameter(String)
+        /// A request header (lower-case name bytes); requests without it are balanced round-robin.
+        case header([UInt8])
+        /// A query parameter (name bytes, case-sensitive).
+        case queryParameter([UInt8])
         case sourceIP
     }
 }

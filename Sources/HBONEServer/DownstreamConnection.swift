@@ -296,15 +296,13 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     /// Called by the server when this waiting request's cluster may have a connection: goes on if so.
     func resumeIfCapacity() -> Bool {
         guard let (endpoint, _) = delayed, !closed else { return true }  // gone: off the queue
-        guard let limit = limits(of: cluster), server.hasConnectionCapacity(cluster: cluster, endpoint: endpoint, limit: limit) else {
+        guard let limit = limits?.maxConnections, server.hasConnectionCapacity(cluster: cluster, endpoint: endpoint, limit: limit) else {
             return false
         }
         pendingTimer?.cancel()
         delayElapsed()
         return true
     }
-
-    private func limits(of cluster: Int32) -> Int? { server.router.connectionPool(cluster: cluster)?.maxConnections }
 
     /// Waited a connect timeout without a connection: 503 overflow, as a full queue would have answered.
     private func pendingTimedOut() {
@@ -403,7 +401,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             routeName = route
             self.cluster = cluster
             self.policy = policy
-            if let limits = server.router.connectionPool(cluster: cluster), let limit = limits.maxConnections,
+            limits = server.router.connectionPool(cluster: cluster)
+            if let limits, let limit = limits.maxConnections,
                !server.hasConnectionCapacity(cluster: cluster, endpoint: endpoint, limit: limit) {
                 // DestinationRule circuit breaking: wait for a connection (head kept in `input`), or 503 at once
                 // when the pending queue is full.
@@ -484,7 +483,6 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
 
     private func forward(_ headBytes: UnsafeRawBufferPointer, to endpoint: Int32) {
         self.endpoint = endpoint
-        limits = server.router.connectionPool(cluster: cluster)
         retryPolicy = policy.retry ?? server.settings.defaultRetries
         guard let pool = server.pool(endpoint), let connection = pool.checkout(for: self, connectTimeout: limits?.connectTimeout) else {
             flags = "UF"
@@ -540,10 +538,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     /// Decides whether this request is traced (its `traceparent`'s sampled flag, else the sample rate) and,
     /// if so, opens its span (only traced requests allocate for it).
     private func startSpan(_ tracer: SpanExporter, _ headBytes: UnsafeRawBufferPointer) {
-        var incoming = UnsafeRawBufferPointer(start: nil, count: 0)
-        for field in head.headers where HTTP1Parser.equalsLowercase(field.name.bytes(in: headBytes), "traceparent") {
-            incoming = field.value.bytes(in: headBytes)
-        }
+        let incoming = head.firstHeader(Self.traceparentName, in: headBytes) ?? UnsafeRawBufferPointer(start: nil, count: 0)
         guard let context = TraceContext.decide(traceparent: incoming, sampleRate: tracer.sampleRate, random: &server.random) else { return }
         let authority = String(decoding: head.host.bytes(in: headBytes), as: UTF8.self)
         var attributes = [("http.method", String(decoding: head.method.bytes(in: headBytes), as: UTF8.self)),
@@ -553,6 +548,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         if let routeName { attributes.append(("route_name", routeName)) }
         span = Span(context: context, name: authority + "/*", start: exchangeStart, attributes: attributes)
     }
+
+    private static let traceparentName = Array("traceparent".utf8)
 
     /// The largest request body copied to a mirror when no retry policy sets the bound.
     static let mirrorBodyBound = 64 * 1024

@@ -145,29 +145,10 @@ public struct RequestMatch: Sendable {
         for (i, condition) in headers.enumerated() where Self.anyHeader(condition, head, bytes) == condition.negated {
             return .header(i)
         }
-        if !queryParams.isEmpty {
-            let target = head.target.bytes(in: bytes)
-            let query = UnsafeRawBufferPointer(rebasing: target[min(Int(head.path.count) + 1, target.count)...])
-            for (i, condition) in queryParams.enumerated() where !Self.queryParam(condition, in: query) { return .queryParam(i) }
+        for (i, condition) in queryParams.enumerated() {
+            guard let value = head.queryParameter(condition.name, in: bytes), condition.value.matches(value) else { return .queryParam(i) }
         }
         return nil
-    }
-
-    /// Whether the first `name=value` pair of `query` with the condition's name has a matching value.
-    private static func queryParam(_ condition: QueryMatch, in query: UnsafeRawBufferPointer) -> Bool {
-        var start = 0
-        while start <= query.count {
-            var end = start
-            while end < query.count && query[end] != 0x26 { end += 1 }  // '&'
-            let pair = UnsafeRawBufferPointer(rebasing: query[start..<end])
-            let equals = pair.firstIndex(of: 0x3D) ?? pair.count           // '='
-            if pair[0..<equals].elementsEqual(condition.name) {
-                let value = equals < pair.count ? UnsafeRawBufferPointer(rebasing: pair[(equals + 1)...]) : UnsafeRawBufferPointer(start: nil, count: 0)
-                return condition.value.matches(value)
-            }
-            start = end + 1
-        }
-        return false
     }
 
     private static func anyHeader(_ condition: HeaderMatch, _ head: RequestHead, _ bytes: UnsafeRawBufferPointer) -> Bool {

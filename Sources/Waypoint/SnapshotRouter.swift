@@ -276,22 +276,9 @@ final class SnapshotRouter: RequestRouter {
         case .sourceIP:
             return peer.sourceIPBytes.map { HashRing.hash($0) }
         case .header(let name):
-            let wanted = Array(name.utf8)
-            for field in head.headers where Int(field.name.count) == wanted.count {
-                let fieldName = field.name.bytes(in: bytes)
-                if fieldName.indices.allSatisfy({ HTTP1Parser.lowercased(fieldName[$0]) == wanted[$0] }) {
-                    return HashRing.hash(field.value.bytes(in: bytes))
-                }
-            }
-            return nil
+            return head.firstHeader(name, in: bytes).map { HashRing.hash($0) }
         case .queryParameter(let name):
-            let target = head.target.bytes(in: bytes)
-            let query = target[min(Int(head.path.count) + 1, target.count)...]
-            for pair in query.split(separator: 0x26) {  // '&'
-                let parts = pair.split(separator: 0x3D, maxSplits: 1, omittingEmptySubsequences: false)  // '='
-                if parts[0].elementsEqual(name.utf8) { return HashRing.hash(parts.count > 1 ? Array(parts[1]) : []) }
-            }
-            return nil
+            return head.queryParameter(name, in: bytes).map { HashRing.hash($0) }
         }
     }
 

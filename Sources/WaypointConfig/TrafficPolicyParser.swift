@@ -68,8 +68,8 @@ enum TrafficPolicyParser {
             ignored.append("loadBalancer.\(key)")
         }
         if let hash = try node.optional("consistentHash") {
-            if let header = try hash.optionalString("httpHeaderName") { return .consistentHash(.header(header.lowercased())) }
-            if let parameter = try hash.optionalString("httpQueryParameterName") { return .consistentHash(.queryParameter(parameter)) }
+            if let header = try hash.optionalString("httpHeaderName") { return .consistentHash(.header(Array(header.lowercased().utf8))) }
+            if let parameter = try hash.optionalString("httpQueryParameterName") { return .consistentHash(.queryParameter(Array(parameter.utf8))) }
             if try hash.optional("useSourceIp")?.bool() == true { return .consistentHash(.sourceIP) }
             if try hash.optional("httpCookie") != nil {
                 ignored.append("loadBalancer.consistentHash.httpCookie (LEAST_REQUEST instead)")

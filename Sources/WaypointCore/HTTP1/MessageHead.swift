@@ -64,6 +64,36 @@ public struct RequestHead: Sendable {
     public var defaultedPath = false
 
     public init() { headers.reserveCapacity(32) }
+
+    /// The value of the first header named `lowerName` (lower-case; names compare case-insensitively).
+    public func firstHeader(_ lowerName: [UInt8], in bytes: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+        for field in headers where Int(field.name.count) == lowerName.count {
+            let name = field.name.bytes(in: bytes)
+            var equal = true
+            for i in 0..<name.count where HTTP1Parser.lowercased(name[i]) != lowerName[i] { equal = false; break }
+            if equal { return field.value.bytes(in: bytes) }
+        }
+        return nil
+    }
+
+    /// The value of the first `name=value` pair of the query named `name` (case-sensitive; empty when it has
+    /// no `=`), nil when there is none.
+    public func queryParameter(_ name: [UInt8], in bytes: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer? {
+        let target = target.bytes(in: bytes)
+        let query = UnsafeRawBufferPointer(rebasing: target[min(Int(path.count) + 1, target.count)...])
+        var start = 0
+        while start <= query.count {
+            var end = start
+            while end < query.count && query[end] != 0x26 { end += 1 }  // '&'
+            let pair = UnsafeRawBufferPointer(rebasing: query[start..<end])
+            let equals = pair.firstIndex(of: 0x3D) ?? pair.count           // '='
+            if pair[0..<equals].elementsEqual(name) {
+                return equals < pair.count ? UnsafeRawBufferPointer(rebasing: pair[(equals + 1)...]) : UnsafeRawBufferPointer(start: nil, count: 0)
+            }
+            start = end + 1
+        }
+        return nil
+    }
 }
 
 /// A parsed response head; ranges point into the upstream input buffer.
