@@ -86,3 +86,37 @@ public struct ConnectionPoolSettings: Sendable, Equatable {
         self.maxPendingRequests = maxPendingRequests
     }
 }
+
+extension OutlierDetection.Result {
+    /// How a failed try counts: a reset as 503, a per-try timeout as 504, a gRPC status as its HTTP equivalent
+    /// (as in Envoy).
+    public init(_ outcome: RetryPolicy.Outcome) {
+        switch outcome {
+        case .connectFailed: self = .connectFailure
+        case .reset, .refusedStream: self = .status(503)
+        case .perTryTimeout: self = .status(504)
+        case .status(let status): self = .status(status)
+        case .grpcStatus(let code): self = .status(OutlierDetection.httpStatus(forGRPC: code))
+        }
+    }
+}
+
+extension OutlierDetection {
+    /// gRPC's status codes as HTTP statuses (Envoy's mapping, which its outlier detection counts).
+    public static func httpStatus(forGRPC code: Int) -> Int {
+        switch code {
+        case 0: return 200
+        case 1: return 499
+        case 3, 9, 11: return 400
+        case 4: return 504
+        case 5: return 404
+        case 6, 10: return 409
+        case 7: return 403
+        case 8: return 429
+        case 12: return 501
+        case 14: return 503
+        case 16: return 401
+        default: return 500
+        }
+    }
+}

@@ -5,10 +5,10 @@ import WaypointCore
 ///
 /// Thread: any (a value). Ownership: the settings (Istio's default) or, later, a route.
 public struct RetryPolicy: Sendable, Equatable {
-    /// Istio's retry conditions that apply to HTTP/1.1 attempts.
+    /// Istio's retry conditions (Envoy's `retry_on`).
     public struct RetryOn: OptionSet, Sendable {
-        public let rawValue: UInt8
-        public init(rawValue: UInt8) { self.rawValue = rawValue }
+        public let rawValue: UInt16
+        public init(rawValue: UInt16) { self.rawValue = rawValue }
         /// The upstream could not be connected to (refused, unreachable, timed out).
         public static let connectFailure = RetryOn(rawValue: 1)
         /// The upstream closed or reset before a response head.
@@ -21,13 +21,26 @@ public struct RetryPolicy: Sendable, Equatable {
         public static let gatewayError = RetryOn(rawValue: 16)
         /// The attempt ran past its per-try timeout (Gateway API: `backendRequest` timeouts are retried).
         public static let perTryTimeout = RetryOn(rawValue: 32)
+        /// The HTTP/2 upstream refused the stream (RST_STREAM or GOAWAY with REFUSED_STREAM): it did not process it.
+        public static let refusedStream = RetryOn(rawValue: 64)
+        /// gRPC statuses in a trailers-only response: CANCELLED (1), DEADLINE_EXCEEDED (4), RESOURCE_EXHAUSTED (8),
+        /// INTERNAL (13), UNAVAILABLE (14).
+        public static let grpcCancelled = RetryOn(rawValue: 128)
+        public static let grpcDeadlineExceeded = RetryOn(rawValue: 256)
+        public static let grpcResourceExhausted = RetryOn(rawValue: 512)
+        public static let grpcInternal = RetryOn(rawValue: 1024)
+        public static let grpcUnavailable = RetryOn(rawValue: 2048)
     }
 
     /// What an attempt ended with, as far as retrying cares.
     public enum Outcome: Equatable, Sendable {
         case connectFailed
         case reset
+        /// An HTTP/2 upstream refused the stream (REFUSED_STREAM).
+        case refusedStream
         case status(Int)
+        /// A gRPC response that is only headers, with this `grpc-status`.
+        case grpcStatus(Int)
         case perTryTimeout
     }
 
@@ -54,7 +67,8 @@ public struct RetryPolicy: Sendable, Equatable {
     /// Istio's default for every route without a retry policy (istio/istio `route/retry/retry.go`): 2 retries on
     /// `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes` with 503, each to another host
     /// when one is ready. (refused-stream, unavailable and cancelled are HTTP/2 and gRPC conditions.)
-    public static let istioDefault = RetryPolicy(maxRetries: 2, retryOn: [.connectFailure, .retriableStatusCodes],
+    public static let istioDefault = RetryPolicy(maxRetries: 2, retryOn: [.connectFailure, .refusedStream, .grpcUnavailable,
+                                                                          .grpcCancelled, .retriableStatusCodes],
                                                  retriableStatusCodes: [503])
 
     /// Gateway API HTTPRoute `retry` (GEP-1731): `attempts` retries after the first try, on the listed `codes`
@@ -67,8 +81,9 @@ public struct RetryPolicy: Sendable, Equatable {
 
     /// Istio VirtualService `retries`: up to `attempts` retries on the `retryOn` conditions (Envoy's names; numbers
     /// are retriable status codes); without `retryOn`, Istio's default conditions. `5xx` and `gateway-error`
-    /// include connect failures, resets and per-try timeouts, as in Envoy; `retriable-4xx` is 409. HTTP/2 and
-    /// gRPC conditions (`refused-stream`, `cancelled`, ...) never occur on an HTTP/1.1 attempt.
+    /// include connect failures, resets (a refused stream is one) and per-try timeouts, as in Envoy; `retriable-4xx`
+    /// is 409. HTTP/2 and gRPC conditions (`refused-stream`, `cancelled`, ...) never occur on an HTTP/1.1 attempt;
+    /// `retriable-headers` and `envoy-ratelimited` never hold here.
     public static func istio(attempts: Int, retryOn: String?) -> RetryPolicy {
         guard let retryOn else {
             var policy = istioDefault
@@ -87,6 +102,12 @@ public struct RetryPolicy: Sendable, Equatable {
             case "connect-failure", "reset-before-request": conditions.insert(.connectFailure)
             case "retriable-4xx": codes.append(409)
             case "retriable-status-codes": conditions.insert(.retriableStatusCodes)
+            case "refused-stream": conditions.insert(.refusedStream)
+            case "cancelled": conditions.insert(.grpcCancelled)
+            case "deadline-exceeded": conditions.insert(.grpcDeadlineExceeded)
+            case "resource-exhausted": conditions.insert(.grpcResourceExhausted)
+            case "internal": conditions.insert(.grpcInternal)
+            case "unavailable": conditions.insert(.grpcUnavailable)
             default: break
             }
         }
@@ -99,7 +120,17 @@ public struct RetryPolicy: Sendable, Equatable {
         switch outcome {
         case .connectFailed: return retryOn.contains(.connectFailure)
         case .reset: return retryOn.contains(.reset)
+        case .refusedStream: return !retryOn.isDisjoint(with: [.refusedStream, .reset])
         case .perTryTimeout: return retryOn.contains(.perTryTimeout)
+        case .grpcStatus(let code):
+            switch code {
+            case 1: return retryOn.contains(.grpcCancelled)
+            case 4: return retryOn.contains(.grpcDeadlineExceeded)
+            case 8: return retryOn.contains(.grpcResourceExhausted)
+            case 13: return retryOn.contains(.grpcInternal)
+            case 14: return retryOn.contains(.grpcUnavailable)
+            default: return false
+            }
         case .status(let status):
             if retryOn.contains(.retriableStatusCodes) && retriableStatusCodes.contains(status) { return true }
             if retryOn.contains(.serverError) && status >= 500 && status <= 599 { return true }

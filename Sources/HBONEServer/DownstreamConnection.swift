@@ -865,7 +865,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             self.upstream = nil
         }
         if attempt == 1 { server.retryStarted(cluster) }
-        reportAttempt(outcome)
+        server.router.reportAttempt(endpoint: endpoint, cluster: cluster, result: OutlierDetection.Result(outcome))
         attempt += 1
         responseScanned = 0
         server.counters.retries.increment()
@@ -899,18 +899,6 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         connection.output.append(UnsafeRawBufferPointer(rebasing: bytes[replayHeadLength...]))
         connection.flush()
         startTryTimer()
-    }
-
-    /// A failed try, for outlier detection.
-    private func reportAttempt(_ outcome: RetryPolicy.Outcome) {
-        let result: OutlierDetection.Result
-        switch outcome {
-        case .connectFailed: result = .connectFailure
-        case .reset: result = .status(503)
-        case .status(let status): result = .status(status)
-        case .perTryTimeout: result = .status(504)
-        }
-        server.router.reportAttempt(endpoint: endpoint, cluster: cluster, result: result)
     }
 
     private func startTryTimer() {

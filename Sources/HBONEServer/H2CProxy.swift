@@ -39,9 +39,37 @@ final class H2CExchange {
     var mirrors: [H2CExchange] = []
     /// The span when this request is traced.
     var span: Span?
-    /// A fault delay in progress: the request body waits in `requestBody` until the timer starts the upstream.
-    var delayed = false
-    var delayTimer: Timer?
+    /// Envoy response flags for the access log (`UF`, `UC`, `UT`).
+    var flags: StaticString = "-"
+
+    // Forwarding, once routed to an upstream.
+    var cluster: Int32 = -1
+    var endpoint: Int32 = -1
+    var forwardPolicy = ForwardPolicy.standard
+    /// The request fields sent upstream (a retry adds `x-envoy-attempt-count`).
+    var upstreamFields: [(String, String)] = []
+    /// The upstream stream waits to start (fault delay or retry backoff); the request body meanwhile waits in
+    /// `requestBody`, bounded by the client's stream window.
+    var held = false
+    /// Ends a fault delay or a retry's backoff.
+    var startTimer: Timer?
+    var tryTimer: Timer?
+    var requestTimer: Timer?
+    /// Counted in the worker's exchanges in flight (the retry budget's base) from the first attempt on.
+    var inFlight = false
+
+    // Retries.
+    var retryPolicy: RetryPolicy?
+    var attempt = 1
+    /// The request body received so far, kept while it is within the retry policy's replay bound; nil: no
+    /// retry is possible (no policy, or the body outgrew the bound).
+    var replay: ByteBuffer?
+    /// What the failed attempt ended with, while its retry waits (answered if the retry cannot happen after all).
+    var retriedOutcome: RetryPolicy.Outcome?
+    /// Request body bytes this attempt has sent, and bytes the client was credited for in all (a replayed byte
+    /// is credited once).
+    var sentInAttempt = 0
+    var credited = 0
 
     init(downstreamID: Int32) { self.downstreamID = downstreamID }
 }
@@ -52,7 +80,8 @@ protocol H2CExchangeOwner: AnyObject {
     func requestConsumed(_ exchange: H2CExchange, _ count: Int)
     func responseHeaders(_ exchange: H2CExchange)
     func responseDataReady(_ exchange: H2CExchange)
-    func upstreamFailed(_ exchange: H2CExchange, connectFailed: Bool)
+    /// The upstream stream failed before the exchange was complete: `.connectFailed`, `.reset` or `.refusedStream`.
+    func upstreamFailed(_ exchange: H2CExchange, _ outcome: RetryPolicy.Outcome)
 }
 
 /// The owner of mirrored HTTP/2 requests: their answers are read and dropped (windows reopened at once).
@@ -66,13 +95,15 @@ final class H2CMirrorSink: H2CExchangeOwner {
         exchange.responseBody.clear()
         if n > 0 { exchange.upstream?.responseConsumed(exchange, n) }
     }
-    func upstreamFailed(_ exchange: H2CExchange, connectFailed: Bool) {}
+    func upstreamFailed(_ exchange: H2CExchange, _ outcome: RetryPolicy.Outcome) {}
 }
 
 /// h2c inside a tunnel (a Service port declared `http2`/`grpc`/`h2c`, or detected from the HTTP/2 preface):
 /// a second nghttp2 session runs inside the stream; every inner request is routed like an HTTP/1.1 request
 /// (same router, host = the tunnel's service) and proxied to an upstream over HTTP/2 (prior knowledge), so
 /// gRPC trailers pass through. Local answers to gRPC requests are gRPC errors (`grpc-status`), not bare statuses.
+/// Timeouts and retries follow the route's policy as on HTTP/1.1; a retry replays the request body kept so far
+/// and may start before the request has ended, and HTTP/2 adds the refused-stream and gRPC-status conditions.
 ///
 /// Thread: its worker's loop thread only. Ownership: the `ProxyServer` (until closed); it owns its exchanges.
 final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchangeOwner {
@@ -110,9 +141,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         guard !closed else { return }
         closed = true
         for exchange in exchanges.values {
-            exchange.delayTimer?.cancel()
             exchange.upstream?.cancel(exchange)
-            endMirrors(of: exchange)
+            release(exchange)
         }
         exchanges.removeAll()
         server.sessionClosed(id)
@@ -132,7 +162,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     func http2HeadersComplete(stream: Int32, endStream: Bool) {
         guard let exchange = exchanges[stream] else { return }
         if endStream { exchange.requestEnded = true }
-        if exchange.upstreamID == 0 && !exchange.responseStarted && !exchange.delayed {
+        if exchange.upstreamID == 0 && !exchange.responseStarted && !exchange.held && !exchange.inFlight {
             route(exchange)
         } else if endStream {
             exchange.upstream?.requestDataReady(exchange)  // request trailers are dropped; the end still counts
@@ -156,8 +186,16 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             mirror.upstream?.requestDataReady(mirror)
             return false
         }
-        if exchange.delayed {
-            exchange.requestBody.append(bytes)  // held for the upstream; the stream window bounds it
+        if let replay = exchange.replay {
+            if replay.readableBytes + bytes.count <= exchange.retryPolicy!.replayBound {
+                replay.append(bytes)
+            } else {
+                exchange.replay = nil
+                if exchange.held, let outcome = exchange.retriedOutcome { return giveUpRetry(exchange, outcome) }
+            }
+        }
+        if exchange.held {
+            exchange.requestBody.append(bytes)
             exchange.bytesIn += bytes.count
             return
         }
@@ -179,10 +217,21 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
 
     func http2StreamClosed(stream: Int32, errorCode: UInt32) {
         guard let exchange = exchanges.removeValue(forKey: stream) else { return }
-        exchange.delayTimer?.cancel()
         if !exchange.responseEnded || errorCode != 0 { exchange.upstream?.cancel(exchange) }
-        endMirrors(of: exchange)
         finish(exchange)
+        release(exchange)
+    }
+
+    /// The exchange is over: its timers stop, its mirrors end, it leaves the retry budget's counts.
+    private func release(_ exchange: H2CExchange) {
+        exchange.startTimer?.cancel()
+        exchange.tryTimer?.cancel()
+        exchange.requestTimer?.cancel()
+        endMirrors(of: exchange)
+        guard exchange.inFlight else { return }
+        exchange.inFlight = false
+        server.exchangesInFlight -= 1
+        if exchange.attempt > 1 { server.retryEnded(exchange.cluster) }
     }
 
     /// The largest request body a mirror copy may have waiting to be sent.
@@ -267,7 +316,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             channel.flush()
         case .respond(let status, let body):
             respond(exchange, status: status, body: body)
-        case .forward(let endpoint, let route, _, let policy):
+        case .forward(let endpoint, let route, let cluster, let policy):
             exchange.route = route
             exchange.responseModifier = policy.responseHeaders
             // The route's URLRewrite and RequestHeaderModifier apply here as on HTTP/1.1.
@@ -284,17 +333,17 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             if let modifier = policy.requestHeaders { fields = Self.modify(fields, modifier) }
             if let tracer = server.settings.tracer { trace(exchange, &fields, tracer, method: method, path: path, authority: authority) }
             for mirror in policy.mirrors where server.roll(mirror.percent) { startMirror(exchange, fields: fields, cluster: mirror.cluster) }
+            exchange.cluster = cluster
+            exchange.endpoint = endpoint
+            exchange.forwardPolicy = policy
+            exchange.upstreamFields = fields
+            exchange.retryPolicy = policy.retry ?? server.settings.defaultRetries
+            if exchange.retryPolicy != nil { exchange.replay = ByteBuffer(lazyCapacity: 16 * 1024) }
             if let delay = policy.delay, server.roll(delay.percent) {
                 server.counters.faultDelays.increment()
-                exchange.delayed = true
-                exchange.delayTimer = Timer(loop: server.loop) { [unowned(unsafe) self, unowned(unsafe) exchange] in
-                    exchange.delayed = false
-                    self.forward(exchange, to: endpoint, fields: fields)
-                }
-                exchange.delayTimer!.schedule(after: delay.duration)
-                return
+                return hold(exchange, for: delay.duration)
             }
-            forward(exchange, to: endpoint, fields: fields)
+            beginForwarding(exchange)
         }
     }
 
@@ -316,16 +365,151 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         fields.append(("traceparent", String(decoding: out.readable, as: UTF8.self)))
     }
 
-    /// Starts the upstream stream of a routed exchange (after any fault delay), with the body received so far.
-    private func forward(_ exchange: H2CExchange, to endpoint: Int32, fields: [(String, String)]) {
-        guard let pool = server.pool(endpoint), let upstream = pool.h2cUpstream() else {
-            server.counters.upstreamConnectFailures.increment()
-            return replyLocally(exchange, .upstreamConnectError)
+    // MARK: Attempts, timeouts and retries
+
+    /// The first attempt (after any fault delay): the exchange joins the retry budget's counts and the route's
+    /// timeout starts (after the delay, as in Envoy).
+    private func beginForwarding(_ exchange: H2CExchange) {
+        exchange.inFlight = true
+        server.exchangesInFlight += 1
+        if exchange.retryPolicy != nil { server.earnRetryBudget(exchange.cluster) }
+        if let timeout = exchange.forwardPolicy.requestTimeout {
+            exchange.requestTimer = timer(for: exchange) { session, exchange in session.requestTimedOut(exchange) }
+            exchange.requestTimer!.schedule(after: timeout)
+        }
+        startAttempt(exchange)
+    }
+
+    /// Opens this attempt's upstream stream with the request body received so far.
+    private func startAttempt(_ exchange: H2CExchange) {
+        guard let pool = server.pool(exchange.endpoint), let upstream = pool.h2cUpstream() else {
+            return attemptFailed(exchange, .connectFailed)
         }
         exchange.upstreamAddress = pool.addressText
+        var fields = exchange.upstreamFields
+        if exchange.attempt > 1 { fields.append(("x-envoy-attempt-count", String(exchange.attempt))) }
         upstream.start(exchange, fields: fields, owner: self)
+        guard exchange.upstream === upstream else { return }  // refused at once (and already handled)
+        if let timeout = exchange.forwardPolicy.perTryTimeout {
+            if exchange.tryTimer == nil { exchange.tryTimer = timer(for: exchange) { session, exchange in session.tryTimedOut(exchange) } }
+            exchange.tryTimer!.schedule(after: timeout)
+        }
         if !exchange.requestBody.isEmpty || exchange.requestEnded { upstream.requestDataReady(exchange) }
         channel.flush()
+    }
+
+    /// A timer that acts on the exchange if it still exists when it fires (looked up by stream, never dangling).
+    private func timer(for exchange: H2CExchange, _ action: @escaping (H2CProxySession, H2CExchange) -> Void) -> Timer {
+        let id = exchange.downstreamID
+        return Timer(loop: server.loop) { [unowned(unsafe) self] in
+            if let exchange = self.exchanges[id] { action(self, exchange) }
+        }
+    }
+
+    /// Holds the upstream stream back for `duration` (fault delay, retry backoff), then starts it.
+    private func hold(_ exchange: H2CExchange, for duration: Duration) {
+        exchange.held = true
+        if exchange.startTimer == nil {
+            exchange.startTimer = timer(for: exchange) { session, exchange in session.holdEnded(exchange) }
+        }
+        exchange.startTimer!.schedule(after: duration)
+    }
+
+    private func holdEnded(_ exchange: H2CExchange) {
+        guard exchange.held else { return }
+        exchange.held = false
+        guard exchange.inFlight else { return beginForwarding(exchange) }
+        // A retry: the whole body again, to another endpoint when one is ready.
+        exchange.retriedOutcome = nil
+        exchange.requestBody.clear()
+        if let replay = exchange.replay { exchange.requestBody.append(replay.readable) }
+        exchange.sentInAttempt = 0
+        exchange.endpoint = server.router.alternateEndpoint(cluster: exchange.cluster, excluding: exchange.endpoint)
+        startAttempt(exchange)
+    }
+
+    /// An attempt ended with no response to pass on: retried when the policy allows, else answered here.
+    private func attemptFailed(_ exchange: H2CExchange, _ outcome: RetryPolicy.Outcome) {
+        if retry(exchange, outcome) { return }
+        exchange.upstream?.cancel(exchange)
+        answerFailure(exchange, outcome)
+    }
+
+    private func answerFailure(_ exchange: H2CExchange, _ outcome: RetryPolicy.Outcome) {
+        exchange.tryTimer?.cancel()
+        switch outcome {
+        case .connectFailed:
+            exchange.flags = "UF"
+            server.counters.upstreamConnectFailures.increment()
+            replyLocally(exchange, .upstreamConnectError)
+        case .perTryTimeout:
+            exchange.flags = "UT"
+            replyLocally(exchange, .upstreamTimeout)
+        default:
+            exchange.flags = "UC"
+            replyLocally(exchange, .upstreamReset)
+        }
+    }
+
+    /// A retry was waiting when the request body outgrew the replay bound: the failure it retried is answered.
+    private func giveUpRetry(_ exchange: H2CExchange, _ outcome: RetryPolicy.Outcome) {
+        exchange.held = false
+        exchange.startTimer?.cancel()
+        answerFailure(exchange, outcome)
+    }
+
+    /// Starts another try when the policy, the attempt count, the replay bound and the budget allow it and
+    /// nothing of the response went downstream yet. True when a retry is under way (the failed stream is reset).
+    private func retry(_ exchange: H2CExchange, _ outcome: RetryPolicy.Outcome) -> Bool {
+        guard let policy = exchange.retryPolicy, exchange.inFlight, !exchange.responseStarted, exchange.replay != nil,
+              exchange.attempt <= policy.maxRetries, policy.wouldRetry(outcome) else { return false }
+        let cluster = exchange.cluster
+        guard server.spendRetryBudget(cluster) else {
+            server.counters.retryBudgetExhausted.increment()
+            server.counters.istio.recordRetry(service: exchange.service, .budgetExhausted)
+            return false
+        }
+        if exchange.attempt == 1, let max = server.router.connectionPool(cluster: cluster)?.maxRetries, server.retriesInFlight(cluster) >= max {
+            server.counters.retryOverflow.increment()
+            return false
+        }
+        exchange.upstream?.cancel(exchange)
+        exchange.tryTimer?.cancel()
+        if exchange.attempt == 1 { server.retryStarted(cluster) }
+        server.router.reportAttempt(endpoint: exchange.endpoint, cluster: cluster, result: OutlierDetection.Result(outcome))
+        exchange.attempt += 1
+        exchange.responseFields.removeAll()
+        exchange.trailers.removeAll()
+        exchange.responseBody.clear()
+        exchange.responseEnded = false
+        exchange.retriedOutcome = outcome
+        server.counters.retries.increment()
+        server.counters.istio.recordRetry(service: exchange.service, .started)
+        hold(exchange, for: policy.backoff(retry: exchange.attempt - 1, random: server.random.next()))
+        return true
+    }
+
+    /// A try got no response head within `perTryTimeout`: retried when the policy says so, else 504.
+    private func tryTimedOut(_ exchange: H2CExchange) {
+        guard !exchange.responseStarted, !exchange.held, exchange.upstream != nil else { return }
+        attemptFailed(exchange, .perTryTimeout)
+    }
+
+    /// The route's timeout (all tries together) expired: 504 when nothing was answered yet, else the stream is
+    /// reset (a cut-off response must not look complete).
+    private func requestTimedOut(_ exchange: H2CExchange) {
+        guard !exchange.responseEnded else { return }
+        exchange.held = false
+        exchange.startTimer?.cancel()
+        exchange.tryTimer?.cancel()
+        exchange.upstream?.cancel(exchange)
+        exchange.flags = "UT"
+        if exchange.responseStarted {
+            channel.session.reset(stream: exchange.downstreamID, code: .cancel)
+            channel.flush()
+        } else {
+            replyLocally(exchange, .upstreamTimeout)
+        }
     }
 
     /// A copy of the request, with Envoy's `-shadow` authority, on an HTTP/2 stream to an endpoint of the mirror
@@ -447,6 +631,12 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     }
 
     func responseHeaders(_ exchange: H2CExchange) {
+        let status = Int(exchange.responseFields.first { $0.0 == ":status" }?.1 ?? "") ?? 502
+        // gRPC errors come as trailers-only responses: their grpc-status is known before anything is sent.
+        let grpcStatus = exchange.responseEnded ? exchange.responseFields.first { $0.0 == "grpc-status" }.flatMap { Int($0.1) } : nil
+        if retry(exchange, .status(status)) { return }
+        if let grpcStatus, retry(exchange, .grpcStatus(grpcStatus)) { return }
+        exchange.tryTimer?.cancel()
         exchange.responseStarted = true
         var fields: [(String, String)] = []
         for (name, value) in exchange.responseFields {
@@ -466,16 +656,17 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         channel.flush()
     }
 
-    /// The upstream failed this exchange: a local answer if nothing was sent yet, else the stream is reset.
-    func upstreamFailed(_ exchange: H2CExchange, connectFailed: Bool) {
+    /// The upstream failed this exchange: retried or answered here if nothing was sent yet, else the stream is reset.
+    func upstreamFailed(_ exchange: H2CExchange, _ outcome: RetryPolicy.Outcome) {
         exchange.upstream = nil
         guard exchanges[exchange.downstreamID] === exchange else { return }
         if exchange.responseStarted {
+            exchange.flags = "UC"
+            server.counters.upstreamResetsMidResponse.increment()
             channel.session.reset(stream: exchange.downstreamID, code: .internalError)
             channel.flush()
         } else {
-            if connectFailed { server.counters.upstreamConnectFailures.increment() }
-            replyLocally(exchange, connectFailed ? .upstreamConnectError : .upstreamReset)
+            attemptFailed(exchange, outcome)
         }
     }
 
@@ -486,10 +677,19 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             if let upstream = exchange.upstreamAddress { span.attributes.append(("upstream_address", upstream)) }
             tracer.submit(span)
         }
+        if exchange.inFlight && exchange.status > 0 {
+            let grpcStatus = exchange.isGRPC ? (exchange.trailers + exchange.responseFields).first { $0.0 == "grpc-status" }.flatMap { Int($0.1) } : nil
+            let outlierStatus = grpcStatus.map(OutlierDetection.httpStatus(forGRPC:)) ?? exchange.status
+            server.router.reportAttempt(endpoint: exchange.endpoint, cluster: exchange.cluster, result: .status(outlierStatus))
+            if exchange.attempt > 1 && outlierStatus < 500 {
+                server.counters.retriesSucceeded.increment()
+                server.counters.istio.recordRetry(service: exchange.service, .succeeded)
+            }
+        }
         if exchange.status > 0 {
             server.counters.countResponse(exchange.status)
             server.counters.istio.recordRequest(principal: principalID, service: exchange.service, grpc: exchange.isGRPC,
-                                                mutualTLS: peer.identity != nil, status: exchange.status, flags: "-",
+                                                mutualTLS: peer.identity != nil, status: exchange.status, flags: exchange.flags,
                                                 durationMs: (server.loop.now - exchange.start) * 1000, requestBytes: exchange.bytesIn,
                                                 responseBytes: exchange.bytesOut)
         }
@@ -504,8 +704,9 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
                     log.record(AccessLog.Entry(
                         startTime: exchange.start, duration: server.loop.now - exchange.start, method: m, path: p, authority: a,
                         protocol: "HTTP/2", client: peer.sourceAddress, principal: peer.identity?.principal, status: exchange.status,
-                        flags: "-", bytesReceived: 0, bytesSent: 0, upstream: exchange.upstreamAddress, route: exchange.route,
-                        policy: exchange.policy))
+                        flags: exchange.flags, bytesReceived: exchange.bytesIn, bytesSent: exchange.bytesOut,
+                        upstream: exchange.upstreamAddress, route: exchange.route, policy: exchange.policy,
+                        attempts: exchange.inFlight ? exchange.attempt : 0))
                 }
             }
         }
@@ -515,15 +716,17 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
 /// An HTTP/2 (prior knowledge) connection to one upstream endpoint, multiplexing the h2c exchanges a worker
 /// sends there; over a plaintext socket or, for a mesh endpoint, an HBONE tunnel.
 ///
-/// Thread: its worker's loop thread only. Ownership: its `UpstreamPool`, until the connection closes.
+/// Thread: its worker's loop thread only. Ownership: its `UpstreamPool`, until the connection closes. It holds
+/// its pool strongly: a reload can retire the pool while exchanges still use the connection, which then closes
+/// when the last of them ends.
 final class H2CUpstream: HTTP2SessionDelegate {
-    private unowned(unsafe) let pool: UpstreamPool
+    private let pool: UpstreamPool
+    private var retiring = false
     private var channel: HTTP2Channel!
     private var exchanges: [Int32: H2CExchange] = [:]
     /// Owners of the exchanges (downstream sessions, or the mirror sink), by upstream stream.
     private var owners: [Int32: any H2CExchangeOwner] = [:]
     private(set) var closed = false
-    private var established = false
     var onClosed: (() -> Void)?
 
     init(stream: any ByteStream, pool: UpstreamPool) {
@@ -532,17 +735,30 @@ final class H2CUpstream: HTTP2SessionDelegate {
         channel.onClosed = { [unowned(unsafe) self] in self.channelClosed() }
     }
 
-    var canTakeStream: Bool { !closed && exchanges.count < min(100, channel.session.peerMaxConcurrentStreams) }
+    var canTakeStream: Bool {
+        !closed && channel.session.acceptsNewRequests && exchanges.count < min(100, channel.session.peerMaxConcurrentStreams)
+    }
 
     func start(_ exchange: H2CExchange, fields: [(String, String)], owner: any H2CExchangeOwner) {
         guard let id = channel.session.request(headers: fields, body: true) else {
-            return owner.upstreamFailed(exchange, connectFailed: false)
+            return owner.upstreamFailed(exchange, .refusedStream)
         }
         exchange.upstreamID = id
         exchange.upstream = self
         exchanges[id] = exchange
         owners[id] = owner
+        pool.requestsInFlight += 1
         channel.flush()
+    }
+
+    /// The pool was retired: close once no exchange uses the connection.
+    func retire() {
+        retiring = true
+        closeIfRetired()
+    }
+
+    private func closeIfRetired() {
+        if retiring && exchanges.isEmpty { channel.close() }
     }
 
     func requestDataReady(_ exchange: H2CExchange) {
@@ -560,8 +776,10 @@ final class H2CUpstream: HTTP2SessionDelegate {
         exchange.upstream = nil
         guard exchanges.removeValue(forKey: exchange.upstreamID) != nil else { return }
         owners[exchange.upstreamID] = nil
+        pool.requestsInFlight -= 1
         channel.session.reset(stream: exchange.upstreamID, code: .cancel)
         channel.flush()
+        closeIfRetired()
     }
 
     private func channelClosed() {
@@ -571,7 +789,9 @@ final class H2CUpstream: HTTP2SessionDelegate {
         let failedOwners = owners
         exchanges.removeAll()
         owners.removeAll()
-        for (id, exchange) in failed { failedOwners[id]?.upstreamFailed(exchange, connectFailed: !established) }
+        pool.requestsInFlight -= failed.count
+        let outcome: RetryPolicy.Outcome = channel.heardFromPeer ? .reset : .connectFailed
+        for (id, exchange) in failed { failedOwners[id]?.upstreamFailed(exchange, outcome) }
         pool.releaseLater(self)
         let callback = onClosed
         onClosed = nil
@@ -589,14 +809,15 @@ final class H2CUpstream: HTTP2SessionDelegate {
     }
 
     func http2HeadersComplete(stream: Int32, endStream: Bool) {
-        established = true
         guard let exchange = exchanges[stream], let owner = owners[stream] else { return }
         if !exchange.responseStarted {
             if exchange.responseFields.first(where: { $0.0 == ":status" }).map({ $0.1.hasPrefix("1") }) == true {
                 exchange.responseFields.removeAll()  // interim (1xx) responses are not passed on
                 return
             }
+            exchange.responseEnded = endStream
             owner.responseHeaders(exchange)
+            guard exchange.upstream === self else { return }  // the owner retries it elsewhere
         }
         if endStream {
             exchange.responseEnded = true
@@ -621,8 +842,14 @@ final class H2CUpstream: HTTP2SessionDelegate {
 
     func http2StreamClosed(stream: Int32, errorCode: UInt32) {
         guard let exchange = exchanges.removeValue(forKey: stream), let owner = owners.removeValue(forKey: stream) else { return }
-        if errorCode != 0 || !exchange.responseEnded { owner.upstreamFailed(exchange, connectFailed: false) }
+        pool.requestsInFlight -= 1
         exchange.upstream = nil
+        if errorCode == HTTP2ErrorCode.refusedStream.rawValue {
+            owner.upstreamFailed(exchange, .refusedStream)
+        } else if errorCode != 0 || !exchange.responseEnded {
+            owner.upstreamFailed(exchange, .reset)
+        }
+        closeIfRetired()
     }
 
     func http2ReadData(stream: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HTTP2DataChunk {
@@ -631,7 +858,12 @@ final class H2CUpstream: HTTP2SessionDelegate {
         if n > 0 {
             buffer.baseAddress!.copyMemory(from: exchange.requestBody.readable.baseAddress!, byteCount: n)
             exchange.requestBody.consume(n)
-            owners[stream]?.requestConsumed(exchange, n)
+            exchange.sentInAttempt += n
+            let credit = exchange.sentInAttempt - exchange.credited
+            if credit > 0 {
+                exchange.credited += credit
+                owners[stream]?.requestConsumed(exchange, credit)
+            }
         }
         if exchange.requestBody.isEmpty && exchange.requestEnded { return .bytes(n, end: true) }
         return n > 0 ? .bytes(n, end: false) : .deferred

@@ -16,6 +16,8 @@ final class HTTP2Channel: ByteStreamHandler {
     private var flushing = false
     private var needsFlush = false
     private(set) var closed = false
+    /// Bytes arrived from the peer: it was reached (a failure after this is a reset, not a connect failure).
+    private(set) var heardFromPeer = false
     /// Called once when the channel closes (stream ended, protocol error, or `close`).
     var onClosed: (() -> Void)?
 
@@ -43,6 +45,7 @@ final class HTTP2Channel: ByteStreamHandler {
             for _ in 0..<16 where !closed {
                 switch stream.read(into: buffer) {
                 case .bytes(let n):
+                    heardFromPeer = true
                     inSession = true
                     let ok = session.receive(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
                     inSession = false

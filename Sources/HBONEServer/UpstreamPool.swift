@@ -24,7 +24,11 @@ final class UpstreamPool {
     private(set) var openConnections = 0
     var hasIdleConnection: Bool { !idle.isEmpty }
     var retired = false {
-        didSet { if retired { closeIdle() } }
+        didSet {
+            guard retired else { return }
+            closeIdle()
+            h2c?.retire()
+        }
     }
 
     init(address: SocketAddress, tunnel: Bool, server: ProxyServer) {

@@ -151,6 +151,10 @@ public final class HTTP2Session {
         Int(nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS))
     }
 
+    /// Whether a new request stream may be opened (client role): false once a GOAWAY was sent or received or
+    /// the stream IDs are spent.
+    public var acceptsNewRequests: Bool { nghttp2_session_check_request_allowed(session) != 0 }
+
     /// Answers a stream with `:status` and extra headers; `body` attaches the delegate's DATA source.
     public func respond(stream: Int32, status: Int, headers: [(String, String)] = [], body: Bool) {
         respond(stream: stream, fields: [(":status", String(status))] + headers, body: body)

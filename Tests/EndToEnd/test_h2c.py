@@ -16,7 +16,11 @@ from test_hbone import VIP, FORWARDED, certs, client, hbone_proxy  # noqa: F401 
 
 
 class H2COrigin:
-    """An h2c server: answers every request with JSON about it; `/grpc` answers with gRPC framing and trailers."""
+    """An h2c server: answers every request with JSON about it; `/grpc` answers with gRPC framing and trailers.
+    A query `fail=N&key=K&how=H` makes the first N requests with key K fail: `503`, `refuse` (RST_STREAM
+    REFUSED_STREAM), `reset` (RST_STREAM INTERNAL_ERROR), `grpc14`/`grpc13` (trailers-only gRPC status),
+    `goaway` (GOAWAY refusing the stream, then close), `midreset` (a head and part of the body, then
+    RST_STREAM) or `hang` (no answer)."""
 
     def __init__(self):
         self.listener = socket.socket()
@@ -25,6 +29,9 @@ class H2COrigin:
         self.port = self.listener.getsockname()[1]
         self.connections = 0
         self.seen = []          # (headers, body) of every complete request
+        self.arrived = []       # headers of every request, complete or not
+        self.failed = {}        # key -> failures so far
+        self.lock = threading.Lock()
         threading.Thread(target=self.accept, daemon=True).start()
 
     def accept(self):
@@ -36,27 +43,71 @@ class H2COrigin:
             self.connections += 1
             threading.Thread(target=self.serve, args=(s,), daemon=True).start()
 
+    def failure(self, headers):
+        """How this request should fail (None: answer it)."""
+        path = headers[":path"]
+        if "?" not in path:
+            return None
+        query = dict(kv.split("=", 1) for kv in path.split("?", 1)[1].split("&") if "=" in kv)
+        if "fail" not in query:
+            return None
+        with self.lock:
+            key = query.get("key", "")
+            if self.failed.get(key, 0) >= int(query["fail"]):
+                return None
+            self.failed[key] = self.failed.get(key, 0) + 1
+        return query.get("how", "503")
+
     def serve(self, s):
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
         conn.initiate_connection()
         s.sendall(conn.data_to_send())
-        requests, bodies = {}, {}
+        requests, bodies, failing = {}, {}, {}
         while True:
-            data = s.recv(65536)
+            try:
+                data = s.recv(65536)
+            except OSError:
+                return
             if not data:
                 return
             for event in conn.receive_data(data):
                 if isinstance(event, h2.events.RequestReceived):
-                    requests[event.stream_id] = dict(event.headers)
-                    bodies[event.stream_id] = b""
+                    headers = dict(event.headers)
+                    self.arrived.append(headers)
+                    how = self.failure(headers)
+                    if how == "refuse" or how == "reset":
+                        conn.reset_stream(event.stream_id, error_code=7 if how == "refuse" else 2)
+                    elif how == "goaway":
+                        conn.close_connection(last_stream_id=max(0, event.stream_id - 2))
+                        s.sendall(conn.data_to_send())
+                        s.close()
+                        return
+                    else:
+                        requests[event.stream_id] = headers
+                        bodies[event.stream_id] = b""
+                        failing[event.stream_id] = how
                 elif isinstance(event, h2.events.DataReceived):
-                    bodies[event.stream_id] += event.data
+                    if event.stream_id in bodies:
+                        bodies[event.stream_id] += event.data
                     conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-                elif isinstance(event, h2.events.StreamEnded):
+                elif isinstance(event, h2.events.StreamEnded) and event.stream_id in requests:
                     headers = requests.pop(event.stream_id)
                     body = bodies.pop(event.stream_id)
+                    how = failing.pop(event.stream_id)
                     self.seen.append((headers, body))
-                    if headers[":path"].startswith("/grpc"):
+                    if how == "hang":
+                        continue
+                    if how in ("grpc14", "grpc13"):
+                        conn.send_headers(event.stream_id, [(":status", "200"), ("content-type", "application/grpc"),
+                                                            ("grpc-status", how[4:]), ("grpc-message", "failing")], end_stream=True)
+                    elif how == "midreset":
+                        conn.send_headers(event.stream_id, [(":status", "200"), ("content-length", "100")])
+                        conn.send_data(event.stream_id, b"part")
+                        conn.reset_stream(event.stream_id, error_code=2)
+                    elif how == "503":
+                        conn.send_headers(event.stream_id, [(":status", "503"), ("content-length", "4")])
+                        conn.send_data(event.stream_id, b"fail", end_stream=True)
+                    elif headers[":path"].startswith("/grpc"):
                         conn.send_headers(event.stream_id, [(":status", "200"), ("content-type", "application/grpc")])
                         conn.send_data(event.stream_id, b"\x00\x00\x00\x00\x02hi")
                         conn.send_headers(event.stream_id, [("grpc-status", "0"), ("grpc-message", "ok")], end_stream=True)
@@ -65,7 +116,10 @@ class H2COrigin:
                         conn.send_headers(event.stream_id, [(":status", "200"), ("content-type", "application/json"),
                                                             ("content-length", str(len(out)))])
                         conn.send_data(event.stream_id, out, end_stream=True)
-            s.sendall(conn.data_to_send())
+            try:
+                s.sendall(conn.data_to_send())
+            except OSError:
+                return
 
 
 class InnerH2:
