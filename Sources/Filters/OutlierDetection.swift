@@ -60,33 +60,6 @@ public struct OutlierDetection: Sendable, Equatable {
     }
 }
 
-/// DestinationRule `trafficPolicy.connectionPool`, the parts applied: per backend, Envoy's circuit-breaker-like
-/// limits that do not need a pending-request queue.
-///
-/// Thread: any (a value). Ownership: the config snapshot, one per backend cluster.
-public struct ConnectionPoolSettings: Sendable, Equatable {
-    /// `tcp.connectTimeout`: replaces the proxy's `--connect-timeout` for this backend.
-    public var connectTimeout: Duration?
-    /// `http.maxRequestsPerConnection`: an upstream connection is closed after serving this many requests.
-    public var maxRequestsPerConnection: Int?
-    /// `http.maxRetries`: retries in flight to this backend (per worker); beyond it a failure is returned as is.
-    public var maxRetries: Int?
-    /// `tcp.maxConnections`: HTTP/1.1 connections open to this backend's endpoints (per worker); a request that
-    /// would need another waits for one to free up.
-    public var maxConnections: Int?
-    /// `http.http1MaxPendingRequests`: requests waiting for a connection (per worker); beyond it, 503 at once.
-    public var maxPendingRequests: Int?
-
-    public init(connectTimeout: Duration? = nil, maxRequestsPerConnection: Int? = nil, maxRetries: Int? = nil,
-                maxConnections: Int? = nil, maxPendingRequests: Int? = nil) {
-        self.connectTimeout = connectTimeout
-        self.maxRequestsPerConnection = maxRequestsPerConnection
-        self.maxRetries = maxRetries
-        self.maxConnections = maxConnections
-        self.maxPendingRequests = maxPendingRequests
-    }
-}
-
 extension OutlierDetection.Result {
     /// How a failed try counts: a reset as 503, a per-try timeout as 504, a gRPC status as its HTTP equivalent
     /// (as in Envoy).

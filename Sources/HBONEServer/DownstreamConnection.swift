@@ -94,7 +94,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     /// The matched route's retries and timeouts.
     private var policy = ForwardPolicy.standard
     /// The backend's DestinationRule connection-pool settings.
-    private var limits: ConnectionPoolSettings?
+    private var limits: ClusterLimits?
     /// The route's retry policy, else the proxy's default (nil: no retries); resolved once per exchange.
     private var retryPolicy: RetryPolicy?
     /// `policy.requestTimeout` (all tries, until the response is complete) and `policy.perTryTimeout` (each try,
@@ -296,9 +296,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     /// Called by the server when this waiting request's cluster may have a connection: goes on if so.
     func resumeIfCapacity() -> Bool {
         guard let (endpoint, _) = delayed, !closed else { return true }  // gone: off the queue
-        guard let limit = limits?.maxConnections, server.hasConnectionCapacity(cluster: cluster, endpoint: endpoint, limit: limit) else {
-            return false
-        }
+        guard let limits, server.hasConnectionCapacity(endpoint: endpoint, limits: limits) else { return false }
         pendingTimer?.cancel()
         delayElapsed()
         return true
@@ -307,17 +305,22 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     /// Waited a connect timeout without a connection: 503 overflow, as a full queue would have answered.
     private func pendingTimedOut() {
         guard let (_, length) = delayed, !closed else { return }
-        server.dequeue(self, cluster: cluster)
+        server.dequeue(self, limits: limits)
         delayed = nil
         overflow(headLength: length)
         processInput()
     }
 
     private func overflow(headLength: Int) {
+        input.consume(headLength)
+        overflowRequests()
+    }
+
+    /// 503 overflow: the backend's pending queue or its requests in flight (`http2MaxRequests`) are full.
+    private func overflowRequests() {
         flags = "UO"
         server.counters.upstreamOverflow.increment()
         discardingBody = true
-        input.consume(headLength)
         replyLocally(.upstreamOverflow)
     }
 
@@ -401,18 +404,17 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             routeName = route
             self.cluster = cluster
             self.policy = policy
-            limits = server.router.connectionPool(cluster: cluster)
-            if let limits, let limit = limits.maxConnections,
-               !server.hasConnectionCapacity(cluster: cluster, endpoint: endpoint, limit: limit) {
+            limits = server.router.limits(cluster: cluster)
+            if let limits, !server.hasConnectionCapacity(endpoint: endpoint, limits: limits) {
                 // DestinationRule circuit breaking: wait for a connection (head kept in `input`), or 503 at once
                 // when the pending queue is full.
-                guard server.enqueue(self, cluster: cluster, maxPending: limits.maxPendingRequests) else {
+                guard server.enqueue(self, limits: limits) else {
                     overflow(headLength: length)
                     return true
                 }
                 delayed = (endpoint, length)
                 if pendingTimer == nil { pendingTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.pendingTimedOut() } }
-                pendingTimer!.schedule(after: limits.connectTimeout ?? server.settings.connectTimeout)
+                pendingTimer!.schedule(after: limits.settings.connectTimeout ?? server.settings.connectTimeout)
                 return true
             }
             if let delay = policy.delay, server.roll(delay.percent) {
@@ -484,7 +486,12 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private func forward(_ headBytes: UnsafeRawBufferPointer, to endpoint: Int32) {
         self.endpoint = endpoint
         retryPolicy = policy.retry ?? server.settings.defaultRetries
-        guard let pool = server.pool(endpoint), let connection = pool.checkout(for: self, connectTimeout: limits?.connectTimeout) else {
+        if let limits, !limits.enterRequest() {
+            overflowRequests()
+            return
+        }
+        guard let pool = server.pool(endpoint), let connection = pool.checkout(for: self, limits: limits) else {
+            limits?.leaveRequest()
             flags = "UF"
             server.counters.upstreamConnectFailures.increment()
             discardingBody = true
@@ -624,7 +631,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private func finishExchange() {
         if let upstream {
             upstream.owner = nil
-            let spent = limits?.maxRequestsPerConnection.map { $0 > 0 && upstream.requestsServed >= $0 } ?? false
+            let spent = limits?.settings.maxRequestsPerConnection.map { $0 > 0 && upstream.requestsServed >= $0 } ?? false
             if responseDone && requestDone && response.keepAlive && upstream.input.isEmpty && upstream.isOpen && !spent {
                 upstream.pool.checkin(upstream)
             } else {
@@ -724,7 +731,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             abort()
             return
         }
-        if failure == .reset && replayable, let fresh = connection.pool.checkout(for: self) {
+        if failure == .reset && replayable, let fresh = connection.pool.checkout(for: self, limits: limits) {
             // A pooled connection closed by the upstream just as we reused it: replay once on a new connection.
             replayable = false
             upstream = fresh
@@ -832,7 +839,11 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         if inFlight {
             inFlight = false
             server.exchangesInFlight -= 1
-            if attempt > 1 { server.retryEnded(cluster) }
+            limits?.leaveRequest()
+            if attempt > 1 {
+                server.retriesInFlight -= 1
+                limits?.leaveRetry()
+            }
         }
         attempt = 1
     }
@@ -854,7 +865,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             retryNote = "not retried: retry budget exhausted"
             return false
         }
-        if attempt == 1, let max = limits?.maxRetries, server.retriesInFlight(cluster) >= max {
+        if attempt == 1, let limits, !limits.enterRetry() {
             server.counters.retryOverflow.increment()
             retryNote = "not retried: maxRetries in flight"
             return false
@@ -864,7 +875,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             upstream.close()
             self.upstream = nil
         }
-        if attempt == 1 { server.retryStarted(cluster) }
+        if attempt == 1 { server.retriesInFlight += 1 }
         server.router.reportAttempt(endpoint: endpoint, cluster: cluster, result: OutlierDetection.Result(outcome))
         attempt += 1
         responseScanned = 0
@@ -882,7 +893,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         guard waitingToRetry, !closed else { return }
         waitingToRetry = false
         endpoint = server.router.alternateEndpoint(cluster: cluster, excluding: endpoint)
-        guard let pool = server.pool(endpoint), let connection = pool.checkout(for: self, connectTimeout: limits?.connectTimeout) else {
+        guard let pool = server.pool(endpoint), let connection = pool.checkout(for: self, limits: limits) else {
             flags = "UF"
             server.counters.upstreamConnectFailures.increment()
             replyLocally(.upstreamConnectError)
@@ -1028,7 +1039,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         tryTimer?.cancel()
         faultTimer?.cancel()
         pendingTimer?.cancel()
-        if delayed != nil { server.dequeue(self, cluster: cluster) }
+        if delayed != nil { server.dequeue(self, limits: limits) }
         endFlight()
         if let upstream { upstream.owner = nil; upstream.close(); self.upstream = nil }
         stream.close(graceful: graceful)

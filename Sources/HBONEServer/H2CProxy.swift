@@ -46,6 +46,8 @@ final class H2CExchange {
     var cluster: Int32 = -1
     var endpoint: Int32 = -1
     var forwardPolicy = ForwardPolicy.standard
+    /// The backend's connection-pool limits (`http2MaxRequests`, `maxRetries`), counted into while in flight.
+    var limits: ClusterLimits?
     /// The request fields sent upstream (a retry adds `x-envoy-attempt-count`).
     var upstreamFields: [(String, String)] = []
     /// The upstream stream waits to start (fault delay or retry backoff); the request body meanwhile waits in
@@ -55,7 +57,8 @@ final class H2CExchange {
     var startTimer: Timer?
     var tryTimer: Timer?
     var requestTimer: Timer?
-    /// Counted in the worker's exchanges in flight (the retry budget's base) from the first attempt on.
+    /// Counted in the worker's exchanges in flight (the retry budget's base) and the backend's requests in
+    /// flight from the first attempt on.
     var inFlight = false
 
     // Retries.
@@ -231,7 +234,11 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         guard exchange.inFlight else { return }
         exchange.inFlight = false
         server.exchangesInFlight -= 1
-        if exchange.attempt > 1 { server.retryEnded(exchange.cluster) }
+        exchange.limits?.leaveRequest()
+        if exchange.attempt > 1 {
+            server.retriesInFlight -= 1
+            exchange.limits?.leaveRetry()
+        }
     }
 
     /// The largest request body a mirror copy may have waiting to be sent.
@@ -336,6 +343,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             exchange.cluster = cluster
             exchange.endpoint = endpoint
             exchange.forwardPolicy = policy
+            exchange.limits = server.router.limits(cluster: cluster)
             exchange.upstreamFields = fields
             exchange.retryPolicy = policy.retry ?? server.settings.defaultRetries
             if exchange.retryPolicy != nil { exchange.replay = ByteBuffer(lazyCapacity: 16 * 1024) }
@@ -370,6 +378,11 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     /// The first attempt (after any fault delay): the exchange joins the retry budget's counts and the route's
     /// timeout starts (after the delay, as in Envoy).
     private func beginForwarding(_ exchange: H2CExchange) {
+        if let limits = exchange.limits, !limits.enterRequest() {
+            exchange.flags = "UO"
+            server.counters.upstreamOverflow.increment()
+            return replyLocally(exchange, .upstreamOverflow)
+        }
         exchange.inFlight = true
         server.exchangesInFlight += 1
         if exchange.retryPolicy != nil { server.earnRetryBudget(exchange.cluster) }
@@ -469,13 +482,13 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             server.counters.istio.recordRetry(service: exchange.service, .budgetExhausted)
             return false
         }
-        if exchange.attempt == 1, let max = server.router.connectionPool(cluster: cluster)?.maxRetries, server.retriesInFlight(cluster) >= max {
+        if exchange.attempt == 1, let limits = exchange.limits, !limits.enterRetry() {
             server.counters.retryOverflow.increment()
             return false
         }
         exchange.upstream?.cancel(exchange)
         exchange.tryTimer?.cancel()
-        if exchange.attempt == 1 { server.retryStarted(cluster) }
+        if exchange.attempt == 1 { server.retriesInFlight += 1 }
         server.router.reportAttempt(endpoint: exchange.endpoint, cluster: cluster, result: OutlierDetection.Result(outcome))
         exchange.attempt += 1
         exchange.responseFields.removeAll()

@@ -72,40 +72,52 @@ public final class ProxyServer {
         percent >= 100 || Double(random.next() % 1_000_000) < percent * 10_000
     }
 
-    // MARK: Connection limits (DestinationRule circuit breaking, per worker)
+    // MARK: Connection limits (DestinationRule circuit breaking, proxy-wide counts)
 
-    /// Requests waiting for a connection of a cluster at its `tcp.maxConnections`, oldest first.
-    private var waiting: [Int32: [DownstreamConnection]] = [:]
-    /// Wakes waiters on the next loop iteration after a connection frees up (never inside the caller's stack).
+    /// This worker's requests waiting for a connection of a backend at its `tcp.maxConnections`, oldest
+    /// first, by the backend's limits.
+    private var waiting: [ObjectIdentifier: (limits: ClusterLimits, queue: [DownstreamConnection])] = [:]
+    /// Wakes waiters on the next loop iteration after a connection of this worker frees up (never inside the
+    /// caller's stack); while any wait, also every few milliseconds, for connections other workers close.
     private lazy var capacityTimer = Timer(loop: loop) { [unowned(unsafe) self] in self.wakeWaiters() }
+    static let waiterRecheck = Duration.milliseconds(5)
 
-    /// Whether an exchange to `endpoint` of `cluster` may have a connection now: an idle one, or room for one more.
-    func hasConnectionCapacity(cluster: Int32, endpoint: Int32, limit: Int) -> Bool {
-        if pool(endpoint)?.hasIdleConnection == true { return true }
-        return router.endpoints(inCluster: cluster).reduce(0) { $0 + (pool($1)?.openConnections ?? 0) } < limit
+    /// Whether an exchange to `endpoint` may have a connection now: an idle one here, room for one more, or
+    /// none at all from this worker to the endpoint (Envoy's rule: a pool may always open its first connection,
+    /// or its waiters could starve while other workers' connections sit idle).
+    func hasConnectionCapacity(endpoint: Int32, limits: ClusterLimits) -> Bool {
+        guard let pool = pool(endpoint) else { return true }
+        return pool.hasIdleConnection || pool.openConnections == 0 || limits.mayOpenConnection
     }
 
-    /// Queues a request for a connection of `cluster`; false when `maxPending` are already waiting.
-    func enqueue(_ connection: DownstreamConnection, cluster: Int32, maxPending: Int?) -> Bool {
-        if let maxPending, waiting[cluster, default: []].count >= maxPending { return false }
-        waiting[cluster, default: []].append(connection)
+    /// Queues a request for a connection of the backend; false when `maxPendingRequests` already wait.
+    func enqueue(_ connection: DownstreamConnection, limits: ClusterLimits) -> Bool {
+        guard limits.enterPending() else { return false }
+        waiting[ObjectIdentifier(limits), default: (limits, [])].queue.append(connection)
+        if !capacityTimer.isActive { capacityTimer.schedule(after: Self.waiterRecheck) }
         return true
     }
 
-    func dequeue(_ connection: DownstreamConnection, cluster: Int32) {
-        waiting[cluster]?.removeAll { $0 === connection }
+    func dequeue(_ connection: DownstreamConnection, limits: ClusterLimits?) {
+        guard let limits, let index = waiting[ObjectIdentifier(limits)]?.queue.firstIndex(where: { $0 === connection }) else { return }
+        waiting[ObjectIdentifier(limits)]?.queue.remove(at: index)
+        limits.leavePending()
     }
 
     func upstreamCapacityFreed() {
         if !waiting.isEmpty { capacityTimer.schedule(after: .zero) }
     }
 
-    /// Lets the oldest waiter of each cluster go on while its cluster has capacity.
+    /// Lets the oldest waiter of each backend go on while the backend has capacity.
     private func wakeWaiters() {
-        for cluster in Array(waiting.keys) {
-            while let first = waiting[cluster]?.first, first.resumeIfCapacity() { waiting[cluster]?.removeFirst() }
-            if waiting[cluster]?.isEmpty == true { waiting[cluster] = nil }
+        for key in Array(waiting.keys) {
+            while let first = waiting[key]?.queue.first, first.resumeIfCapacity() {
+                waiting[key]?.queue.removeFirst()
+                waiting[key]?.limits.leavePending()
+            }
+            if waiting[key]?.queue.isEmpty == true { waiting[key] = nil }
         }
+        if !waiting.isEmpty { capacityTimer.schedule(after: Self.waiterRecheck) }
     }
 
     /// Drops the answers of mirrored HTTP/2 requests.
@@ -284,20 +296,6 @@ public final class ProxyServer {
     /// retry spends one, so retries add at most 20% to a service's load; below 3 retries in flight one is
     /// always allowed (the floor), so a quiet service can still retry.
     private var retryTokens: [Int32: Double] = [:]
-
-    private var retriesByCluster: [Int32: Int] = [:]
-
-    func retryStarted(_ cluster: Int32) {
-        retriesInFlight += 1
-        retriesByCluster[cluster, default: 0] += 1
-    }
-
-    func retryEnded(_ cluster: Int32) {
-        retriesInFlight -= 1
-        retriesByCluster[cluster, default: 1] -= 1
-    }
-
-    func retriesInFlight(_ cluster: Int32) -> Int { retriesByCluster[cluster] ?? 0 }
 
     /// A first attempt to `cluster` started.
     func earnRetryBudget(_ cluster: Int32) {

@@ -40,8 +40,8 @@ public protocol RequestRouter: AnyObject {
     func isReachable(_ destination: Destination) -> Bool
     /// For a retry: a ready endpoint of `cluster` other than `excluding` when there is one, else `excluding`.
     func alternateEndpoint(cluster: Int32, excluding: Int32) -> Int32
-    /// The backend's connection-pool settings (DestinationRule), nil when none.
-    func connectionPool(cluster: Int32) -> ConnectionPoolSettings?
+    /// The backend's connection-pool limits (DestinationRule) with their proxy-wide counts, nil when none.
+    func limits(cluster: Int32) -> ClusterLimits?
     /// How an attempt to `endpoint` of `cluster` ended, for outlier detection (ejections).
     func reportAttempt(endpoint: Int32, cluster: Int32, result: OutlierDetection.Result)
     /// An endpoint for a byte-stream (TCP) tunnel, or nil when the destination has no ready endpoint.

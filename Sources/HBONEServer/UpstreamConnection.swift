@@ -1,3 +1,4 @@
+import Filters
 import EventLoop
 import WaypointCore
 
@@ -23,14 +24,18 @@ final class UpstreamConnection: ByteStreamHandler {
     unowned(unsafe) var owner: DownstreamConnection?
     private var timer: Timer!
     private let settings: ProxySettings
-
-    /// `stream` is still connecting: its first writability means connected (or `connectFailed`).
     /// Requests this connection has carried (DestinationRule `maxRequestsPerConnection`).
     private(set) var requestsServed = 0
+    /// The limits of the backend it was opened for, if it has any: counted in their connections until closed.
+    private let limits: ClusterLimits?
 
-    init(stream: any ByteStream, pool: UpstreamPool, loop: EventLoop, settings: ProxySettings, connectTimeout: Duration) {
+    /// `stream` is still connecting: its first writability means connected (or `connectFailed`).
+    init(stream: any ByteStream, pool: UpstreamPool, loop: EventLoop, settings: ProxySettings, connectTimeout: Duration,
+         limits: ClusterLimits?) {
         self.stream = stream
         self.pool = pool
+        self.limits = limits
+        limits?.connectionOpened()
         self.loop = loop
         self.settings = settings
         input = ByteBuffer(capacity: 16 * 1024)
@@ -145,6 +150,7 @@ final class UpstreamConnection: ByteStreamHandler {
         guard state != .closed else { return }
         pool.releaseLater(self)  // its owner may drop it while it is still on the call stack
         state = .closed
+        limits?.connectionClosed()
         pool.connectionClosed()
         stream.setReading(false)
         stream.setWriteInterest(false)

@@ -1,3 +1,4 @@
+import Filters
 import EventLoop
 
 /// Keep-alive connections to one endpoint, owned by one worker: idle ones are reused most-recently-used first
@@ -18,7 +19,7 @@ final class UpstreamPool {
     private var h2c: H2CUpstream?
     private unowned(unsafe) let server: ProxyServer
     private var idle: [UpstreamConnection] = []
-    /// HTTP/1.1 exchanges of this worker attached to this endpoint now.
+    /// Exchanges (HTTP/1.1 and h2c) of this worker attached to this endpoint now.
     var requestsInFlight = 0
     /// HTTP/1.1 connections open (idle or in use) from this worker to this endpoint.
     private(set) var openConnections = 0
@@ -38,9 +39,9 @@ final class UpstreamPool {
         self.server = server
     }
 
-    /// An idle connection (marked reused) or a new one being connected; nil when the socket call itself failed.
-    /// `connectTimeout`: the backend's (DestinationRule), else the proxy's.
-    func checkout(for owner: DownstreamConnection, connectTimeout: Duration? = nil) -> UpstreamConnection? {
+    /// An idle connection (marked reused) or a new one being connected, counted in the backend's `limits`;
+    /// nil when the socket call itself failed. The connect timeout is the backend's (DestinationRule), else the proxy's.
+    func checkout(for owner: DownstreamConnection, limits: ClusterLimits?) -> UpstreamConnection? {
         while let connection = idle.popLast() {
             if connection.isOpen {
                 connection.attach(owner, reused: true)
@@ -51,7 +52,7 @@ final class UpstreamPool {
         server.counters.upstreamConnectionsTotal.increment()
         openConnections += 1
         let connection = UpstreamConnection(stream: stream, pool: self, loop: server.loop, settings: server.settings,
-                                            connectTimeout: connectTimeout ?? server.settings.connectTimeout)
+                                            connectTimeout: limits?.settings.connectTimeout ?? server.settings.connectTimeout, limits: limits)
         connection.attach(owner, reused: false)
         return connection
     }

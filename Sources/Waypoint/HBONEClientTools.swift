@@ -19,7 +19,7 @@ final class NoRoutes: RequestRouter {
     func service(of destination: Destination) -> Int32 { -1 }
     func alternateEndpoint(cluster: Int32, excluding: Int32) -> Int32 { excluding }
     func reportAttempt(endpoint: Int32, cluster: Int32, result: OutlierDetection.Result) {}
-    func connectionPool(cluster: Int32) -> ConnectionPoolSettings? { nil }
+    func limits(cluster: Int32) -> ClusterLimits? { nil }
     func destination(for address: SocketAddress) -> Destination? { nil }
     func isReachable(_ destination: Destination) -> Bool { false }
     func pickEndpoint(for destination: Destination) -> Int32? { nil }

@@ -284,8 +284,8 @@ final class SnapshotRouter: RequestRouter {
 
     private func isEjected(_ endpoint: Int32) -> Bool { (health[endpoint]?.ejectedUntil ?? 0) > now() }
 
-    func connectionPool(cluster: Int32) -> ConnectionPoolSettings? {
-        cluster >= 0 ? snapshot.clusters[Int(cluster)].connectionPool : nil
+    func limits(cluster: Int32) -> ClusterLimits? {
+        cluster >= 0 ? snapshot.clusters[Int(cluster)].limits : nil
     }
 
     func reportAttempt(endpoint: Int32, cluster: Int32, result: OutlierDetection.Result) {

@@ -12,6 +12,9 @@ public struct Cluster: Sendable {
     /// From a DestinationRule on the service, if any.
     public var outlierDetection: OutlierDetection? = nil
     public var connectionPool: ConnectionPoolSettings? = nil
+    /// The proxy-wide counts `connectionPool` is checked against: made with the snapshot, one per cluster
+    /// (a subset's limits are its own, as an Envoy cluster's are).
+    public internal(set) var limits: ClusterLimits? = nil
     /// Istio's default is LEAST_REQUEST.
     public var loadBalancer = LoadBalancer.leastRequest
     /// For `.consistentHash`: the ring over `endpoints`.
@@ -109,7 +112,11 @@ public final class Snapshot: Sendable {
         self.services = services
         self.generation = generation
         self.routes = routes
-        self.clusters = clusters
+        self.clusters = clusters.map { cluster in
+            var cluster = cluster
+            cluster.limits = cluster.connectionPool.map(ClusterLimits.init)
+            return cluster
+        }
         self.endpoints = endpoints
         self.endpointTunnels = endpointTunnels
         self.destinations = destinations

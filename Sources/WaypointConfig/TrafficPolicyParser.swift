@@ -24,16 +24,17 @@ enum TrafficPolicyParser {
                 var settings = ConnectionPoolSettings()
                 if let tcp = try cp.optional("tcp") {
                     settings.connectTimeout = try tcp.optionalDuration("connectTimeout")
-                    settings.maxConnections = try tcp.optional("maxConnections")?.int(in: 1...Int(Int32.max))
+                    settings.maxConnections = try limit(tcp, "maxConnections")
                     for key in ["tcpKeepalive", "idleTimeout", "maxConnectionDuration"] where try tcp.optional(key) != nil {
                         ignored.append("connectionPool.tcp.\(key)")
                     }
                 }
                 if let http = try cp.optional("http") {
                     settings.maxRequestsPerConnection = try http.optional("maxRequestsPerConnection")?.int(in: 0...Int(Int32.max))
-                    settings.maxRetries = try http.optional("maxRetries")?.int(in: 0...Int(Int32.max))
-                    settings.maxPendingRequests = try http.optional("http1MaxPendingRequests")?.int(in: 0...Int(Int32.max))
-                    for key in ["http2MaxRequests", "idleTimeout", "h2UpgradePolicy", "maxConcurrentStreams"]
+                    settings.maxRetries = try limit(http, "maxRetries")
+                    settings.maxPendingRequests = try limit(http, "http1MaxPendingRequests")
+                    settings.maxRequests = try limit(http, "http2MaxRequests")
+                    for key in ["idleTimeout", "h2UpgradePolicy", "maxConcurrentStreams"]
                     where try http.optional(key) != nil {
                         ignored.append("connectionPool.http.\(key)")
                     }
@@ -60,6 +61,12 @@ enum TrafficPolicyParser {
         }
         return DestinationRuleSpec(namespace: namespace, name: name, host: host, outlierDetection: outlier, connectionPool: pool,
                                    loadBalancer: loadBalancer, subsets: subsets, ignoredFields: ignored)
+    }
+
+    /// A connection-pool limit: 0 or absent means none (Istio sets only positive values; its default is unlimited).
+    private static func limit(_ node: ManifestNode, _ key: String) throws(ConfigError) -> Int? {
+        guard let value = try node.optional(key)?.int(in: 0...Int(Int32.max)), value > 0 else { return nil }
+        return value
     }
 
     /// `loadBalancer`: `simple`, or `consistentHash` on a header, a query parameter or the source IP.

@@ -276,8 +276,65 @@ def test_connection_pool_limits(origin_factory, proxy_factory):
     conn.close()
     metrics = proxy.metrics()
     assert metrics["waypoint_upstream_connections_total"] == 3    # one request per upstream connection
-    assert http_request(proxy.port, "GET", "/x?fail=1&key=cp", host="web")[0] == 503   # maxRetries 0: not retried
-    assert proxy.metrics()["waypoint_upstream_retry_overflow_total"] == 1
+    # maxRetries 0 means no limit (Istio sets only positive values), so this is retried.
+    assert http_request(proxy.port, "GET", "/x?fail=1&key=cp", host="web")[0] == 200
+    assert proxy.metrics()["waypoint_upstream_retry_overflow_total"] == 0
+
+
+def concurrently(calls):
+    """Runs the calls at once (each in its own thread); their results in call order."""
+    results = [None] * len(calls)
+
+    def run(i):
+        results[i] = calls[i]()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    return results
+
+
+def test_max_retries_hold_for_the_whole_proxy(origin_factory, proxy_factory):
+    """maxRetries 1 with two workers: of two requests failing at once, one is retried, the other gets its 503."""
+    origin = origin_factory("a")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]) + destination_rule("    connectionPool: {http: {maxRetries: 1}}"),
+                          extra=["--workers", "2"])
+    for round in range(3):
+        results = concurrently([lambda k=k: http_request(proxy.port, "GET", f"/x?fail=1&key=r{round}{k}&delay=300ms", host="web")[0]
+                                for k in range(2)])
+        assert sorted(results) == [200, 503]
+    assert proxy.metrics()["waypoint_upstream_retry_overflow_total"] == 3
+
+
+def test_max_connections_hold_for_the_whole_proxy(origin_factory, proxy_factory):
+    """maxConnections 2 with two workers: once each worker has its connection (a worker may always open its
+    first, as in Envoy), six slow requests at once get no third, however they spread over the workers (counted
+    per worker, the one that gets three or more would open a second)."""
+    origin = origin_factory("a")
+    pool = "    connectionPool: {tcp: {maxConnections: 2, connectTimeout: 5s}, http: {http1MaxPendingRequests: 10}}"
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]) + destination_rule(pool), extra=["--workers", "2"])
+    for i in range(24):                                   # new client connections: both workers get one
+        assert http_request(proxy.port, "GET", f"/warm{i}", host="web")[0] == 200
+    assert proxy.metrics()["waypoint_upstream_connections_total"] == 2
+    results = concurrently([lambda i=i: http_request(proxy.port, "GET", f"/c{i}?delay=300ms", host="web")[0] for i in range(6)])
+    assert results == [200] * 6
+    assert proxy.metrics()["waypoint_upstream_connections_total"] == 2
+
+
+def test_max_requests_hold_for_the_whole_proxy(origin_factory, proxy_factory):
+    """http2MaxRequests 2 with two workers: of five slow requests at once, two go through, three get 503 at once."""
+    origin = origin_factory("a")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]) + destination_rule("    connectionPool: {http: {http2MaxRequests: 2}}"),
+                          extra=["--workers", "2"])
+    start = time.time()
+    results = concurrently([lambda i=i: (http_request(proxy.port, "GET", f"/m{i}?delay=500ms", host="web"), time.time() - start)
+                            for i in range(5)])
+    assert sorted(status for (status, _, _), _ in results) == [200, 200, 503, 503, 503]
+    assert all(elapsed < 0.4 and b"reset reason: overflow" in body for (status, _, body), elapsed in results if status == 503)
+    assert proxy.metrics()["waypoint_upstream_overflow_total"] == 3
+    # The counts come back down: the next request goes through.
+    assert http_request(proxy.port, "GET", "/after", host="web")[0] == 200
 
 
 def test_check_lists_destination_rule_fields_not_applied(workdir):

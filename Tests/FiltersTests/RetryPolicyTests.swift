@@ -4,9 +4,10 @@ import Testing
 @Suite struct RetryPolicyTests {
     @Test(arguments: [
         (RetryPolicy.Outcome.connectFailed, true), (.reset, false), (.status(503), true), (.status(502), false),
-        (.status(500), false), (.status(504), false), (.status(200), false),
+        (.status(500), false), (.status(504), false), (.status(200), false), (.refusedStream, true),
+        (.grpcStatus(14), true), (.grpcStatus(1), true), (.grpcStatus(13), false), (.grpcStatus(4), false),
     ])
-    func istioDefaultRetriesConnectFailuresAnd503(outcome: RetryPolicy.Outcome, expected: Bool) {
+    func istioDefaultRetriesConnectFailuresRefusedStreamsUnavailableCancelledAnd503(outcome: RetryPolicy.Outcome, expected: Bool) {
         #expect(RetryPolicy.istioDefault.wouldRetry(outcome) == expected)
     }
 
@@ -14,6 +15,21 @@ import Testing
     func gatewayErrorAndReset(outcome: RetryPolicy.Outcome, expected: Bool) {
         let policy = RetryPolicy(maxRetries: 1, retryOn: [.gatewayError, .reset])
         #expect(policy.wouldRetry(outcome) == expected)
+    }
+
+    /// Envoy's rule: a refused stream is a reset, so `reset`, `5xx` and `gateway-error` retry it too.
+    @Test(arguments: [("reset", true), ("5xx", true), ("gateway-error", true), ("refused-stream", true), ("connect-failure", false)])
+    func refusedStreamIsAReset(retryOn: String, expected: Bool) {
+        #expect(RetryPolicy.istio(attempts: 1, retryOn: retryOn).wouldRetry(.refusedStream) == expected)
+    }
+
+    @Test func grpcConditionsByName() {
+        let policy = RetryPolicy.istio(attempts: 1, retryOn: "cancelled,deadline-exceeded,resource-exhausted,internal,unavailable")
+        #expect([1, 4, 8, 13, 14].allSatisfy { policy.wouldRetry(.grpcStatus($0)) })
+        #expect(![0, 2, 3, 5, 7, 12, 16].contains { policy.wouldRetry(.grpcStatus($0)) })
+        #expect(!policy.wouldRetry(.status(503)) && !policy.wouldRetry(.reset))
+        let internalOnly = RetryPolicy.istio(attempts: 1, retryOn: "internal")
+        #expect(internalOnly.wouldRetry(.grpcStatus(13)) && !internalOnly.wouldRetry(.grpcStatus(14)))
     }
 
     @Test func serverErrorCoversEvery5xx() {
@@ -62,5 +78,45 @@ import Testing
     func maxEjectionPercentAlwaysAllowsOne(ejected: Int, size: Int, percent: Int, expected: Bool) {
         let detection = OutlierDetection(consecutive5xxErrors: 1, consecutiveGatewayErrors: nil, maxEjectionPercent: percent)
         #expect(detection.mayEject(ejected: ejected, size: size) == expected)
+    }
+}
+
+@Suite struct ClusterLimitsTests {
+    @Test func countsStopAtTheLimitAndComeBackDown() {
+        let limits = ClusterLimits(ConnectionPoolSettings(maxRetries: 2, maxPendingRequests: 1, maxRequests: 3))
+        #expect(limits.enterRequest() && limits.enterRequest() && limits.enterRequest())
+        #expect(!limits.enterRequest())                 // refused, and not counted
+        #expect(limits.requests.load(ordering: .relaxed) == 3)
+        limits.leaveRequest()
+        #expect(limits.enterRequest())
+        #expect(limits.enterPending() && !limits.enterPending())
+        #expect(limits.enterRetry() && limits.enterRetry() && !limits.enterRetry())
+    }
+
+    @Test func noLimitCountsWithoutRefusing() {
+        let limits = ClusterLimits(ConnectionPoolSettings(connectTimeout: .seconds(1)))
+        #expect((0..<1000).allSatisfy { _ in limits.enterRequest() && limits.enterPending() })
+        for _ in 0..<10_000 { limits.connectionOpened() }
+        #expect(limits.mayOpenConnection)
+    }
+
+    @Test func connectionsAgainstMaxConnections() {
+        let limits = ClusterLimits(ConnectionPoolSettings(maxConnections: 2))
+        limits.connectionOpened()
+        #expect(limits.mayOpenConnection)
+        limits.connectionOpened()
+        #expect(!limits.mayOpenConnection)
+        limits.connectionClosed()
+        #expect(limits.mayOpenConnection)
+    }
+
+    /// Every worker counts into the same object: concurrent entries never pass the limit.
+    @Test func concurrentEntriesNeverPassTheLimit() async {
+        let limits = ClusterLimits(ConnectionPoolSettings(maxRequests: 50))
+        let admitted = await withTaskGroup(of: Int.self) { group in
+            for _ in 0..<8 { group.addTask { (0..<1000).reduce(0) { n, _ in limits.enterRequest() ? n + 1 : n } } }
+            return await group.reduce(0, +)
+        }
+        #expect(admitted == 50)
     }
 }

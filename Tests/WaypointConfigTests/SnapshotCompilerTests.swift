@@ -1,3 +1,4 @@
+import Filters
 import HTTPRouter
 import Testing
 @testable import WaypointConfig
@@ -150,5 +151,37 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
         #expect(abs(counts[0] - 7_000) < 230 && abs(counts[2] - 2_000) < 200 && abs(counts[3] - 1_000) < 150, "\(counts)")
         // Every point maps to the entry whose range holds it.
         #expect((0..<100).map { set.entry(at: UInt32($0)) } == Array(repeating: 0, count: 70) + Array(repeating: 2, count: 20) + Array(repeating: 3, count: 10))
+    }
+}
+
+@Suite struct ConnectionPoolCompileTests {
+    private func compile(_ connectionPool: String) throws -> Snapshot {
+        let text = config + """
+
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: DestinationRule
+        metadata: {name: web, namespace: shop}
+        spec:
+          host: web
+          trafficPolicy: {connectionPool: \(connectionPool)}
+          subsets: [{name: v1, labels: {version: v1}}]
+        """
+        return SnapshotCompiler(namespace: "shop").compile(try ManifestLoader.load(text: text, file: "c.yaml", defaultNamespace: "shop"), generation: 1)
+    }
+
+    @Test func limitsAreReadAndZeroMeansNone() throws {
+        let snapshot = try compile("{tcp: {maxConnections: 0}, http: {http2MaxRequests: 7, maxRetries: 0, http1MaxPendingRequests: 3}}")
+        let web = try #require(snapshot.clusters.first { $0.name == "shop/web:80" })
+        #expect(web.connectionPool == ConnectionPoolSettings(maxPendingRequests: 3, maxRequests: 7))
+    }
+
+    /// A subset is a cluster of its own in Envoy, with its own circuit breakers: its counts are its own.
+    @Test func eachClusterCountsForItself() throws {
+        let snapshot = try compile("{http: {http2MaxRequests: 1}}")
+        let web = try #require(snapshot.clusters.first { $0.name == "shop/web:80" }?.limits)
+        let subset = try #require(snapshot.clusters.first { $0.name == "shop/web:80|v1" }?.limits)
+        #expect(web !== subset)
+        #expect(web.enterRequest() && subset.enterRequest() && !web.enterRequest())
     }
 }
