@@ -53,6 +53,9 @@ public struct RetryPolicy: Sendable, Equatable {
     public var backoffCap: Duration
     /// A request whose head and body exceed this is not kept for replay, so it is not retried.
     public var replayBound: Int
+    /// VirtualService `retryRemoteLocalities`: with locality load balancing, later retries leave the
+    /// localities already tried (Envoy's previous-priorities retry plugin, as Istio configures it).
+    public var retryRemoteLocalities = false
 
     public init(maxRetries: Int, retryOn: RetryOn, retriableStatusCodes: [Int] = [], backoffBase: Duration = .milliseconds(25),
                 backoffCap: Duration = .milliseconds(250), replayBound: Int = 64 * 1024) {
@@ -84,10 +87,11 @@ public struct RetryPolicy: Sendable, Equatable {
     /// include connect failures, resets (a refused stream is one) and per-try timeouts, as in Envoy; `retriable-4xx`
     /// is 409. HTTP/2 and gRPC conditions (`refused-stream`, `cancelled`, ...) never occur on an HTTP/1.1 attempt;
     /// `retriable-headers` and `envoy-ratelimited` never hold here.
-    public static func istio(attempts: Int, retryOn: String?) -> RetryPolicy {
+    public static func istio(attempts: Int, retryOn: String?, remoteLocalities: Bool = false) -> RetryPolicy {
         guard let retryOn else {
             var policy = istioDefault
             policy.maxRetries = attempts
+            policy.retryRemoteLocalities = remoteLocalities
             return policy
         }
         var conditions: RetryOn = []
@@ -112,7 +116,9 @@ public struct RetryPolicy: Sendable, Equatable {
             }
         }
         if !codes.isEmpty { conditions.insert(.retriableStatusCodes) }
-        return RetryPolicy(maxRetries: attempts, retryOn: conditions, retriableStatusCodes: codes)
+        var policy = RetryPolicy(maxRetries: attempts, retryOn: conditions, retriableStatusCodes: codes)
+        policy.retryRemoteLocalities = remoteLocalities
+        return policy
     }
 
     /// Whether this outcome calls for another try (attempt counts and budgets aside).

@@ -64,6 +64,8 @@ final class H2CExchange {
     // Retries.
     var retryPolicy: RetryPolicy?
     var attempt = 1
+    /// The locality tiers tried, when the policy retries in other localities.
+    var triedLocalities: TriedLocalities?
     /// The request body received so far, kept while it is within the retry policy's replay bound; nil: no
     /// retry is possible (no policy, or the body outgrew the bound).
     var replay: ByteBuffer?
@@ -346,7 +348,10 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             exchange.limits = server.router.limits(cluster: cluster)
             exchange.upstreamFields = fields
             exchange.retryPolicy = policy.retry ?? server.settings.defaultRetries
-            if exchange.retryPolicy != nil { exchange.replay = ByteBuffer(lazyCapacity: 16 * 1024) }
+            if let retry = exchange.retryPolicy {
+                exchange.replay = ByteBuffer(lazyCapacity: 16 * 1024)
+                if retry.retryRemoteLocalities { exchange.triedLocalities = TriedLocalities() }
+            }
             if let delay = policy.delay, server.roll(delay.percent) {
                 server.counters.faultDelays.increment()
                 return hold(exchange, for: delay.duration)
@@ -437,7 +442,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         exchange.requestBody.clear()
         if let replay = exchange.replay { exchange.requestBody.append(replay.readable) }
         exchange.sentInAttempt = 0
-        exchange.endpoint = server.router.alternateEndpoint(cluster: exchange.cluster, excluding: exchange.endpoint)
+        exchange.endpoint = server.router.alternateEndpoint(cluster: exchange.cluster, excluding: exchange.endpoint,
+                                                            localities: &exchange.triedLocalities)
         startAttempt(exchange)
     }
 

@@ -16,6 +16,23 @@ public enum RouteDecision {
     case respond(status: Int, body: [UInt8])
 }
 
+/// The locality tiers a request's tries went to, for VirtualService `retryRemoteLocalities`: Envoy's
+/// previous-priorities retry plugin with the update frequency Istio gives it (2): the first two tries use the
+/// normal tier loads, the third and fourth leave out the tiers of the first two, the fifth those of the first
+/// four, and so on; when every tier is left out, none is.
+///
+/// Thread: its exchange's. Ownership: the exchange (a value).
+public struct TriedLocalities: Sendable {
+    /// Bit n: a try went to tier n.
+    public var tried: UInt8 = 0
+    /// The tiers the next picks leave out.
+    public var excluded: UInt8 = 0
+    /// The try about to be made (1: the first).
+    public var tries = 1
+
+    public init() {}
+}
+
 /// Decides where each request and each HBONE tunnel goes. One instance per worker.
 ///
 /// A class-bound existential: the data plane makes one indirect call per request through it (a few
@@ -39,7 +56,8 @@ public protocol RequestRouter: AnyObject {
     /// Whether the destination's own cluster has a ready endpoint (a workload address always has one).
     func isReachable(_ destination: Destination) -> Bool
     /// For a retry: a ready endpoint of `cluster` other than `excluding` when there is one, else `excluding`.
-    func alternateEndpoint(cluster: Int32, excluding: Int32) -> Int32
+    /// `localities` (VirtualService `retryRemoteLocalities`, nil when not asked for) records the tiers tried.
+    func alternateEndpoint(cluster: Int32, excluding: Int32, localities: inout TriedLocalities?) -> Int32
     /// The backend's connection-pool limits (DestinationRule) with their proxy-wide counts, nil when none.
     func limits(cluster: Int32) -> ClusterLimits?
     /// How an attempt to `endpoint` of `cluster` ended, for outlier detection (ejections).

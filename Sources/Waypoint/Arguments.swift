@@ -1,6 +1,7 @@
 import ArgumentParser
 import EventLoop
 import Filters
+import WaypointConfig
 import WaypointCore
 
 /// A duration flag in the Kubernetes/Go form (`5s`, `250ms`, `1m30s`).
@@ -29,6 +30,18 @@ struct AddressArgument: ExpressibleByArgument, CustomStringConvertible {
 
     var description: String { address.description }
     var defaultValueDescription: String { description }
+}
+
+/// A `region/zone/subzone` flag (fewer parts allowed).
+struct LocalityArgument: ExpressibleByArgument, CustomStringConvertible {
+    let locality: Locality
+
+    init?(argument: String) {
+        guard let parsed = Locality(argument), !parsed.isEmpty else { return nil }
+        locality = parsed
+    }
+
+    var description: String { locality.description }
 }
 
 /// `--access-log on|off`.

@@ -135,6 +135,9 @@ extension WaypointCommand {
         @Option(name: .long, help: "Istio's root namespace (mesh-wide policies).")
         var rootNamespace = "istio-system"
 
+        @Option(name: .long, help: "Where the waypoint runs, region/zone/subzone: backends with outlier detection then prefer nearby endpoints (Istio's locality load balancing).")
+        var locality: LocalityArgument?
+
         func validate() throws {
             if let workers, workers < 1 || workers > 256 { throw ValidationError("--workers must be 1...256") }
             let given = [cert, key, ca].compactMap { $0 }.count
@@ -177,6 +180,7 @@ extension WaypointCommand {
             }
             options.layeredAuthorization = layeredAuthorization == .on
             options.rootNamespace = rootNamespace
+            options.locality = locality?.locality
             options.settings.trustDomains = ([trustDomain] + trustDomainAliases).map { $0.lowercased() }
             options.settings.http2.maxConcurrentStreams = UInt32(maxConcurrentStreams)
             let runtime: Runtime

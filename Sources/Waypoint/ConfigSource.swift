@@ -13,14 +13,15 @@ struct ConfigSource {
     /// nil: the embedded demo config.
     let paths: [String]?
     let namespace: String
-    /// Compiler options beyond the namespace (root namespace, layered authorization).
-    var compilerOptions: (rootNamespace: String, layeredAuthorization: Bool) = ("istio-system", true)
+    /// The compiler with its options (root namespace, layered authorization, locality).
+    var compiler: SnapshotCompiler
     private var fingerprint: [String] = []
     private(set) var generation: UInt64 = 0
 
     init(paths: [String]?, namespace: String) {
         self.paths = paths
         self.namespace = namespace
+        compiler = SnapshotCompiler(namespace: namespace)
     }
 
     /// Loads and compiles the current files. Throws every error found; nothing changes on failure.
@@ -33,9 +34,6 @@ struct ConfigSource {
             spec = try ManifestLoader.load(text: DemoConfig.manifests, file: "<embedded demo config>", defaultNamespace: namespace)
         }
         generation += 1
-        var compiler = SnapshotCompiler(namespace: namespace)
-        compiler.rootNamespace = compilerOptions.rootNamespace
-        compiler.layeredAuthorization = compilerOptions.layeredAuthorization
         return compiler.compile(spec, generation: generation)
     }
 

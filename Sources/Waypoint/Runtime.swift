@@ -33,6 +33,8 @@ final class Runtime {
         var settings = ProxySettings()
         var rootNamespace = "istio-system"
         var layeredAuthorization = true
+        /// Where the waypoint runs (locality load balancing), nil when not given.
+        var locality: Locality?
     }
 
     private let options: Options
@@ -66,7 +68,9 @@ final class Runtime {
         self.options = options
         self.logger = logger
         config = ConfigSource(paths: options.configPaths, namespace: options.namespace)
-        config.compilerOptions = (options.rootNamespace, options.layeredAuthorization)
+        config.compiler.rootNamespace = options.rootNamespace
+        config.compiler.layeredAuthorization = options.layeredAuthorization
+        config.compiler.locality = options.locality
         do {
             snapshot = try config.load()
         } catch {

@@ -182,11 +182,19 @@ final class SnapshotRouter: RequestRouter {
         return (slots, counters.publishPolicyCounters(labels: names.flatMap { ["\($0)|allow", "\($0)|deny", "\($0)|audit"] }))
     }
 
-    func alternateEndpoint(cluster: Int32, excluding: Int32) -> Int32 {
+    func alternateEndpoint(cluster: Int32, excluding: Int32, localities: inout TriedLocalities?) -> Int32 {
         guard cluster >= 0 else { return excluding }
         let members = snapshot.clusters[Int(cluster)].endpoints
         guard members.count > 1 else { return excluding }
-        if let next = nextEndpoint(cluster), next != excluding { return next }
+        var excludedTiers: UInt8 = 0
+        if var state = localities, let tiers = snapshot.clusters[Int(cluster)].tiers {
+            if let tier = tiers.firstIndex(where: { $0.contains(excluding) }) { state.tried |= 1 << tier }
+            state.tries += 1
+            if state.tries % 2 == 1 { state.excluded = state.tried }  // tries 3, 5, ...: Istio's update frequency 2
+            excludedTiers = state.excluded
+            localities = state
+        }
+        if let next = nextEndpoint(cluster, excludingTiers: excludedTiers), next != excluding { return next }
         // The balancer chose the endpoint that just failed: the next one round-robin that is not it (nor ejected).
         let checkHealth = !health.isEmpty && snapshot.clusters[Int(cluster)].outlierDetection != nil
         let start = roundRobin[Int(cluster)]
@@ -226,12 +234,17 @@ final class SnapshotRouter: RequestRouter {
     }
 
     /// An endpoint of the cluster by its load balancer, passing over ejected endpoints (unless all are: then,
-    /// as Envoy's panic mode, over all of them). `hash` is the request's key for a consistent hash.
+    /// as Envoy's panic mode, over all of them). `hash` is the request's key for a consistent hash. With
+    /// locality tiers, the balancer picks within a tier chosen by the tiers' health (`excludingTiers`: bits of
+    /// tiers to leave out, for `retryRemoteLocalities`).
     @inline(__always)
-    private func nextEndpoint(_ cluster: Int32, hash: UInt64? = nil) -> Int32? {
-        let members = snapshot.clusters[Int(cluster)].endpoints
+    private func nextEndpoint(_ cluster: Int32, hash: UInt64? = nil, excludingTiers: UInt8 = 0) -> Int32? {
+        var members = snapshot.clusters[Int(cluster)].endpoints
         guard !members.isEmpty else { return nil }
         let checkHealth = !health.isEmpty && snapshot.clusters[Int(cluster)].outlierDetection != nil
+        if let tiers = snapshot.clusters[Int(cluster)].tiers {
+            members = tiers[tier(tiers, checkHealth: checkHealth, excluding: excludingTiers)]
+        }
         if members.count > 1 {
             switch snapshot.clusters[Int(cluster)].loadBalancer {
             case .roundRobin:
@@ -266,6 +279,29 @@ final class SnapshotRouter: RequestRouter {
             if !isEjected(candidate) { return candidate }
         }
         return pick
+    }
+
+    /// Envoy's priority load with its overprovisioning factor of 1.4: each tier, nearest first, takes
+    /// min(100 %, 1.4 × its healthy share) of the requests until they are all placed (spread in proportion when
+    /// the tiers together fall short). Left-out tiers count as unhealthy; if that leaves none, none is left out;
+    /// if no tier is healthy, the nearest takes all (panic).
+    private func tier(_ tiers: [[Int32]], checkHealth: Bool, excluding: UInt8) -> Int {
+        if !checkHealth && excluding & 1 == 0 { return 0 }   // the nearest tier is whole: it takes everything
+        return withUnsafeTemporaryAllocation(of: Int.self, capacity: tiers.count) { health in
+            var total = 0
+            for (i, members) in tiers.enumerated() {
+                let healthy = excluding & (1 << i) != 0 ? 0 : checkHealth ? members.count { !isEjected($0) } : members.count
+                health[i] = min(100, 140 * healthy / members.count)
+                total += health[i]
+            }
+            guard total > 0 else { return excluding != 0 ? tier(tiers, checkHealth: checkHealth, excluding: 0) : 0 }
+            var draw = Int(random.next() % UInt64(min(total, 100)))
+            for i in 0..<tiers.count {
+                if draw < health[i] { return i }
+                draw -= health[i]
+            }
+            return 0
+        }
     }
 
     /// The consistent-hash key of a request for a cluster that hashes, nil otherwise or when the request has

@@ -97,6 +97,8 @@ public enum ManifestLoader {
             spec.services.append(try ServiceParser.service(doc, namespace: namespace, name: name, creation: creation))
         case ("", "Pod"):
             spec.pods.append(try ServiceParser.pod(doc, namespace: namespace, name: name))
+        case ("", "Node"):
+            spec.nodes.append(try ServiceParser.node(doc, name: name))
         case ("discovery.k8s.io", "EndpointSlice"):
             spec.endpointSlices.append(try ServiceParser.endpointSlice(doc, namespace: namespace, name: name))
         case ("networking.istio.io", "ServiceEntry"):

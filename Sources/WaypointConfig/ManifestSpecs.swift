@@ -27,8 +27,8 @@ public struct EndpointSliceSpec: Sendable, Equatable {
     /// Label `kubernetes.io/service-name`.
     public var serviceName: String
     public var ports: [(name: String, port: Int)]
-    /// `targetRef` names the Pod behind an endpoint (kind Pod only).
-    public var endpoints: [(addresses: [String], ready: Bool, pod: String?)]
+    /// `targetRef` names the Pod behind an endpoint (kind Pod only); `zone` and `nodeName` place it.
+    public var endpoints: [(addresses: [String], ready: Bool, pod: String?, zone: String?, node: String?)]
     /// Annotation `networking.istio.io/tunnel: http`: the endpoints are in the mesh and reached by HBONE.
     public var tunnel = false
 
@@ -53,6 +53,8 @@ public struct ServiceEntrySpec: Sendable, Equatable {
         public var address: String
         public var ports: [String: Int]
         public var labels: [String: String]
+        /// `locality`: `region/zone/subzone`.
+        public var locality: Locality?
     }
     public var namespace: String
     public var name: String
@@ -154,7 +156,14 @@ public struct HTTPRouteSpec: Sendable, Equatable {
     public var kind = "HTTPRoute"
 }
 
-/// `v1 Pod`: only its labels and IPs, which DestinationRule subsets select endpoints by.
+/// `v1 Node`: its labels, whose topology labels place the endpoints on it (locality).
+public struct NodeSpec: Sendable, Equatable {
+    public var name: String
+    public var labels: [String: String]
+}
+
+/// `v1 Pod`: only its labels and IPs, which DestinationRule subsets select endpoints by (and the label
+/// `istio-locality` places it).
 public struct PodSpec: Sendable, Equatable {
     public var namespace: String
     public var name: String
@@ -196,6 +205,7 @@ public struct ConfigSpec: Sendable {
     public var peerAuthentications: [PeerAuthenticationSpec] = []
     public var destinationRules: [DestinationRuleSpec] = []
     public var pods: [PodSpec] = []
+    public var nodes: [NodeSpec] = []
     /// Non-fatal findings (skipped kinds, ignored fields), one line each.
     public var warnings: [String] = []
 
@@ -238,6 +248,7 @@ public struct VirtualServiceSpec: Sendable {
         public var attempts: Int
         public var perTryTimeout: Duration?
         public var retryOn: String?
+        public var retryRemoteLocalities = false
     }
     public struct Fault: Sendable {
         public var delay: Duration?

@@ -48,7 +48,7 @@ enum ServiceParser {
         for node in try doc.optionalArray("ports") {
             ports.append((try node.optionalString("name") ?? "", try node.required("port").int(in: 1...65535)))
         }
-        var endpoints: [(addresses: [String], ready: Bool, pod: String?)] = []
+        var endpoints: [(addresses: [String], ready: Bool, pod: String?, zone: String?, node: String?)] = []
         for node in try doc.optionalArray("endpoints") {
             var addresses: [String] = []
             for a in try node.required("addresses").array() {
@@ -60,7 +60,7 @@ enum ServiceParser {
             let ready = try node.optional("conditions")?.optional("ready")?.bool() ?? true
             let target = try node.optional("targetRef")
             let pod = try target?.optionalString("kind") == "Pod" ? try target?.optionalString("name") : nil
-            endpoints.append((addresses, ready, pod))
+            endpoints.append((addresses, ready, pod, try node.optionalString("zone"), try node.optionalString("nodeName")))
         }
         let annotations = try doc.required("metadata").optional("annotations")?.stringMap() ?? [:]
         return EndpointSliceSpec(namespace: namespace, name: name, serviceName: serviceName, ports: ports, endpoints: endpoints,
@@ -96,9 +96,19 @@ enum ServiceParser {
                     endpointPorts[key] = try portsNode.required(key).int(in: 1...65535)
                 }
             }
-            endpoints.append(.init(address: address, ports: endpointPorts, labels: try e.optional("labels")?.stringMap() ?? [:]))
+            var locality: Locality? = nil
+            if let text = try e.optionalString("locality") {
+                guard let parsed = Locality(text) else { throw try e.required("locality").error("a locality is region/zone/subzone") }
+                locality = parsed
+            }
+            endpoints.append(.init(address: address, ports: endpointPorts, labels: try e.optional("labels")?.stringMap() ?? [:],
+                                   locality: locality))
         }
         return ServiceEntrySpec(namespace: namespace, name: name, hosts: hosts, addresses: addresses, ports: ports, endpoints: endpoints)
+    }
+
+    static func node(_ doc: ManifestNode, name: String) throws(ConfigError) -> NodeSpec {
+        NodeSpec(name: name, labels: try doc.required("metadata").optional("labels")?.stringMap() ?? [:])
     }
 
     static func pod(_ doc: ManifestNode, namespace: String, name: String) throws(ConfigError) -> PodSpec {

@@ -19,6 +19,9 @@ public struct Cluster: Sendable {
     public var loadBalancer = LoadBalancer.leastRequest
     /// For `.consistentHash`: the ring over `endpoints`.
     public var ring: HashRing? = nil
+    /// With locality load balancing: `endpoints` grouped by nearness to the waypoint, nearest first (at
+    /// least two tiers); nil: all equally near.
+    public var tiers: [[Int32]]? = nil
 }
 
 /// A backendRef after resolution: a cluster index, or -1 for a reference to nothing (500 when picked).

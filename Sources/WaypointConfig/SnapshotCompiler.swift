@@ -16,6 +16,9 @@ public struct SnapshotCompiler {
     /// Apply namespace-wide and root-namespace AuthorizationPolicies (no targetRefs) to the waypoint, which
     /// Istio's own waypoints ignore (a namespace default-deny silently does nothing there).
     public var layeredAuthorization = true
+    /// Where the waypoint itself runs (`--locality`): with it, backends with outlier detection prefer
+    /// endpoints nearby (Istio's locality load balancing); nil: every endpoint is equally near.
+    public var locality: Locality?
 
     public init(namespace: String) { self.namespace = namespace }
 
@@ -40,6 +43,8 @@ struct CompileState {
     var endpointIndex: [SocketAddress: Int32] = [:]
     /// Labels of the workload behind each endpoint (from its Pod, or its ServiceEntry endpoint), for subsets.
     var endpointLabels: [Int32: [String: String]] = [:]
+    /// Where each endpoint runs, when known.
+    var endpointLocality: [Int32: Locality] = [:]
     /// "ns/name:port" and "host:port" → cluster index.
     var clusterIndex: [String: Int32] = [:]
     var virtualHosts: [VirtualHost<RouteAction>] = []
@@ -73,6 +78,7 @@ struct CompileState {
         buildServiceClusters()
         buildServiceEntryClusters()
         applyDestinationRules()
+        groupByLocality()
         buildGatewayHosts()
         buildServiceHosts()
         buildServiceEntryHosts()
@@ -123,6 +129,22 @@ struct CompileState {
                     }
                 }
             }
+        }
+    }
+
+    /// Istio's locality load balancing, which takes effect where a backend has outlier detection: its
+    /// endpoints in tiers by nearness to the waypoint (same subzone, zone, region, elsewhere); the balancer
+    /// then prefers the nearest tier while it is healthy enough. Not for consistent hashing (one ring).
+    mutating func groupByLocality() {
+        guard let own = compiler.locality else { return }
+        for i in clusters.indices where clusters[i].outlierDetection != nil {
+            if case .consistentHash = clusters[i].loadBalancer { continue }
+            var tiers: [[Int32]] = Array(repeating: [], count: 4)
+            for endpoint in clusters[i].endpoints {
+                tiers[own.priority(of: endpointLocality[endpoint] ?? Locality())].append(endpoint)
+            }
+            tiers.removeAll { $0.isEmpty }
+            if tiers.count > 1 { clusters[i].tiers = tiers }
         }
     }
 
@@ -247,6 +269,8 @@ struct CompileState {
             podsByName["\(pod.namespace)/\(pod.name)"] = pod.labels
             for ip in pod.ips { podsByIP[ip] = pod.labels }
         }
+        var nodeLocality: [String: Locality] = [:]
+        for node in spec.nodes { nodeLocality[node.name] = Locality(nodeLabels: node.labels) }
         for service in spec.services {
             let slices = spec.endpointSlices.filter { $0.namespace == service.namespace && $0.serviceName == service.name }
             for port in service.ports {
@@ -267,6 +291,11 @@ struct CompileState {
                             guard let index = self.endpoint(ip, targetPort, tunnel: slice.tunnel) else { continue }
                             let pod = endpoint.pod.flatMap { podsByName["\(slice.namespace)/\($0)"] } ?? podsByIP[ip]
                             if let pod { endpointLabels[index] = pod }
+                            // Istio's order: the Pod's `istio-locality` label, its Node's topology labels, the slice's zone.
+                            if let locality = pod?["istio-locality"].flatMap({ Locality($0, separator: ".") })
+                                ?? endpoint.node.flatMap({ nodeLocality[$0] }) ?? endpoint.zone.map({ Locality(zone: $0) }) {
+                                endpointLocality[index] = locality
+                            }
                             if !members.contains(index) { members.append(index) }
                             addWorkload(index, InnerProtocol(appProtocol: port.appProtocol, portName: port.name))
                         }
@@ -286,6 +315,7 @@ struct CompileState {
                     let tunnel = endpoint.labels[EndpointSliceSpec.tunnelKey] == "http"
                     guard let index = self.endpoint(endpoint.address, target, tunnel: tunnel) else { continue }
                     endpointLabels[index] = endpoint.labels
+                    if let locality = endpoint.locality { endpointLocality[index] = locality }
                     if !members.contains(index) { members.append(index) }
                     addWorkload(index, InnerProtocol(appProtocol: port.proto, portName: port.name))
                 }

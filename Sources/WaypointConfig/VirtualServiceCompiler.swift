@@ -75,7 +75,9 @@ extension CompileState {
             rewrite = URLRewrite(hostname: rule.rewriteAuthority, path: path)
         }
         let mirrors = rule.mirrors.map { (cluster: resolve($0.destination, namespace: vs.namespace, port: port, from: name), percent: $0.percent) }
-        let policy = ForwardPolicy(retry: rule.retries.map { .istio(attempts: $0.attempts, retryOn: $0.retryOn) },
+        let policy = ForwardPolicy(retry: rule.retries.map {
+            .istio(attempts: $0.attempts, retryOn: $0.retryOn, remoteLocalities: $0.retryRemoteLocalities)
+        },
                                    requestTimeout: rule.timeout, perTryTimeout: rule.retries?.perTryTimeout,
                                    requestHeaders: rule.requestHeaders, responseHeaders: rule.responseHeaders, rewrite: rewrite,
                                    mirrors: mirrors, delay: rule.fault?.delay.map { (duration: $0, percent: rule.fault!.delayPercent) })

@@ -91,7 +91,8 @@ enum VirtualServiceParser {
             let retryOn = try retries.optionalString("retryOn")
             if let retryOn { try checkRetryOn(retryOn, try retries.required("retryOn")) }
             rule.retries = .init(attempts: try retries.optional("attempts")?.int(in: 0...100) ?? 2,
-                                 perTryTimeout: try retries.optionalDuration("perTryTimeout"), retryOn: retryOn)
+                                 perTryTimeout: try retries.optionalDuration("perTryTimeout"), retryOn: retryOn,
+                                 retryRemoteLocalities: try retries.optional("retryRemoteLocalities")?.bool() ?? false)
         }
         if let mirror = try r.optional("mirror") {
             var percent = 100.0
