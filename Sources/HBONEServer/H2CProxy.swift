@@ -196,7 +196,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
                 replay.append(bytes)
             } else {
                 exchange.replay = nil
-                if exchange.held, let outcome = exchange.retriedOutcome { return giveUpRetry(exchange, outcome) }
+                if exchange.held, let outcome = exchange.retriedOutcome { giveUpRetry(exchange, outcome) }
             }
         }
         if exchange.held {
@@ -227,12 +227,14 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         release(exchange)
     }
 
-    /// The exchange is over: its timers stop, its mirrors end, it leaves the retry budget's counts.
+    /// The exchange is over: its timers stop, its mirrors end, body bytes it took but never sent on are
+    /// credited back (the connection's window must not shrink for good), it leaves the retry budget's counts.
     private func release(_ exchange: H2CExchange) {
         exchange.startTimer?.cancel()
         exchange.tryTimer?.cancel()
         exchange.requestTimer?.cancel()
         endMirrors(of: exchange)
+        if exchange.bytesIn > exchange.credited { channel.session.consume(stream: exchange.downstreamID, exchange.bytesIn - exchange.credited) }
         guard exchange.inFlight else { return }
         exchange.inFlight = false
         server.exchangesInFlight -= 1
@@ -697,7 +699,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             tracer.submit(span)
         }
         if exchange.inFlight && exchange.status > 0 {
-            let grpcStatus = exchange.isGRPC ? (exchange.trailers + exchange.responseFields).first { $0.0 == "grpc-status" }.flatMap { Int($0.1) } : nil
+            let field = exchange.isGRPC ? exchange.trailers.first { $0.0 == "grpc-status" } ?? exchange.responseFields.first { $0.0 == "grpc-status" } : nil
+            let grpcStatus = field.flatMap { Int($0.1) }
             let outlierStatus = grpcStatus.map(OutlierDetection.httpStatus(forGRPC:)) ?? exchange.status
             server.router.reportAttempt(endpoint: exchange.endpoint, cluster: exchange.cluster, result: .status(outlierStatus))
             if exchange.attempt > 1 && outlierStatus < 500 {

@@ -65,7 +65,9 @@ enum Harness {
     static func config(_ data: UnsafeRawBufferPointer) {
         let text = String(decoding: data, as: UTF8.self)
         if let spec = try? ManifestLoader.load(text: text, file: "fuzz.yaml", defaultNamespace: "default") {
-            _ = SnapshotCompiler(namespace: "default").compile(spec, generation: 1)
+            var compiler = SnapshotCompiler(namespace: "default")
+            compiler.locality = Locality(region: "r1", zone: "z1", subzone: "s1")   // so locality tiers are built too
+            _ = compiler.compile(spec, generation: 1)
         }
     }
 
