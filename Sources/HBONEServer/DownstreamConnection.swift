@@ -634,7 +634,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private func finishExchange() {
         if let upstream {
             upstream.owner = nil
-            let spent = limits?.settings.maxRequestsPerConnection.map { $0 > 0 && upstream.requestsServed >= $0 } ?? false
+            let spent = limits.map {
+                ($0.settings.maxRequestsPerConnection.map { $0 > 0 && upstream.requestsServed >= $0 } ?? false) || server.shouldReleaseConnection($0)
+            } ?? false
             if responseDone && requestDone && response.keepAlive && upstream.input.isEmpty && upstream.isOpen && !spent {
                 upstream.pool.checkin(upstream)
             } else {

@@ -82,12 +82,42 @@ public final class ProxyServer {
     private lazy var capacityTimer = Timer(loop: loop) { [unowned(unsafe) self] in self.wakeWaiters() }
     static let waiterRecheck = Duration.milliseconds(5)
 
-    /// Whether an exchange to `endpoint` may have a connection now: an idle one here, room for one more, or
-    /// none at all from this worker to the endpoint (Envoy's rule: a pool may always open its first connection,
-    /// or its waiters could starve while other workers' connections sit idle).
+    /// Connections this worker has open for each backend with limits (its share of their proxy-wide count).
+    private var limitedConnections: [ObjectIdentifier: Int] = [:]
+
+    func limitedConnectionOpened(_ limits: ClusterLimits) {
+        limits.connectionOpened()
+        limitedConnections[ObjectIdentifier(limits), default: 0] += 1
+    }
+
+    func limitedConnectionClosed(_ limits: ClusterLimits) {
+        limits.connectionClosed()
+        let key = ObjectIdentifier(limits)
+        limitedConnections[key, default: 1] -= 1
+        if limitedConnections[key] == 0 { limitedConnections[key] = nil }
+    }
+
+    /// Whether an exchange to `endpoint` may have a connection now: an idle one here; none at all from this
+    /// worker to the endpoint (Envoy's rule: a pool may always open its first connection, or its waiters could
+    /// starve while other workers hold the limit); or room for one more that this worker may take.
     func hasConnectionCapacity(endpoint: Int32, limits: ClusterLimits) -> Bool {
         guard let pool = pool(endpoint) else { return true }
-        return pool.hasIdleConnection || pool.openConnections == 0 || limits.mayOpenConnection
+        if pool.hasIdleConnection || pool.openConnections == 0 { return true }
+        return limits.mayOpenConnection && !holdsFairShare(limits, beyond: false)
+    }
+
+    /// Whether this worker should give a connection of the backend back rather than keep it: it holds more than
+    /// its fair share (the limit ÷ workers) while requests on other workers wait for one. Without this, the
+    /// worker that happened to open the connections first would keep them all and serve its clients faster.
+    func shouldReleaseConnection(_ limits: ClusterLimits) -> Bool { holdsFairShare(limits, beyond: true) }
+
+    private func holdsFairShare(_ limits: ClusterLimits, beyond: Bool) -> Bool {
+        guard settings.workers > 1, let limit = limits.settings.maxConnections else { return false }
+        let key = ObjectIdentifier(limits)
+        let waitingElsewhere = limits.pending.load(ordering: .relaxed) > (waiting[key]?.queue.count ?? 0)
+        guard waitingElsewhere else { return false }
+        let held = limitedConnections[key] ?? 0, share = max(1, limit / settings.workers)
+        return beyond ? held > share : held >= share
     }
 
     /// Queues a request for a connection of the backend; false when `maxPendingRequests` already wait.

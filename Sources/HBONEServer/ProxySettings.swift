@@ -21,7 +21,10 @@ public struct ProxySettings: Sendable {
     public var tracer: SpanExporter?
     /// Istio metric series per worker before new label sets go to the overflow series (`--istio-metrics-max-series`).
     public var istioMetricsMaxSeries = 2000
-    /// Retries for HTTP/1.1 exchanges without a route-level policy (Istio's default; nil: `--default-retries off`).
+    /// Workers in the process: they share the backends' connection limits, each keeping at most its fair share
+    /// of a limit's connections while other workers' requests wait for one.
+    public var workers = 1
+    /// Retries for exchanges without a route-level policy (Istio's default; nil: `--default-retries off`).
     public var defaultRetries: RetryPolicy? = .istioDefault
     /// How request paths are normalized before routing and authorization (Istio's default: BASE).
     public var pathNormalization = PathNormalization.base

@@ -35,7 +35,6 @@ final class UpstreamConnection: ByteStreamHandler {
         self.stream = stream
         self.pool = pool
         self.limits = limits
-        limits?.connectionOpened()
         self.loop = loop
         self.settings = settings
         input = ByteBuffer(capacity: 16 * 1024)
@@ -150,8 +149,7 @@ final class UpstreamConnection: ByteStreamHandler {
         guard state != .closed else { return }
         pool.releaseLater(self)  // its owner may drop it while it is still on the call stack
         state = .closed
-        limits?.connectionClosed()
-        pool.connectionClosed()
+        pool.connectionClosed(limits: limits)
         stream.setReading(false)
         stream.setWriteInterest(false)
         timer.cancel()

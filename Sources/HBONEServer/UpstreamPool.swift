@@ -51,6 +51,7 @@ final class UpstreamPool {
         guard let stream = tunnel ? openTunnel() : openSocket() else { return nil }
         server.counters.upstreamConnectionsTotal.increment()
         openConnections += 1
+        if let limits { server.limitedConnectionOpened(limits) }
         let connection = UpstreamConnection(stream: stream, pool: self, loop: server.loop, settings: server.settings,
                                             connectTimeout: limits?.settings.connectTimeout ?? server.settings.connectTimeout, limits: limits)
         connection.attach(owner, reused: false)
@@ -100,8 +101,9 @@ final class UpstreamPool {
     }
 
     /// A connection of this pool closed: room for another (DestinationRule `tcp.maxConnections`).
-    func connectionClosed() {
+    func connectionClosed(limits: ClusterLimits?) {
         openConnections -= 1
+        if let limits { server.limitedConnectionClosed(limits) }
         server.upstreamCapacityFreed()
     }
 

@@ -65,6 +65,8 @@ final class Runtime {
 
     /// Loads the config and binds every socket; throws a message for the user on failure.
     init(options: Options, logger: Logger) throws {
+        var options = options
+        options.settings.workers = options.workers
         self.options = options
         self.logger = logger
         config = ConfigSource(paths: options.configPaths, namespace: options.namespace)
