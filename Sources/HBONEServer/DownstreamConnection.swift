@@ -884,7 +884,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         server.router.reportAttempt(endpoint: endpoint, cluster: cluster, result: OutlierDetection.Result(outcome))
         attempt += 1
         responseScanned = 0
-        server.counters.retries.increment()
+        server.counters.countRetry(outcome)
         server.counters.istio.recordRetry(service: serviceID, .started)
         server.logger.debug("retrying: \(outcome)", metadata: ["connection.id": "\(id)", "attempt": "\(attempt)"])
         if retryTimer == nil { retryTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.sendRetry() } }

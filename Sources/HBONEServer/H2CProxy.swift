@@ -504,7 +504,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         exchange.responseBody.clear()
         exchange.responseEnded = false
         exchange.retriedOutcome = outcome
-        server.counters.retries.increment()
+        server.counters.countRetry(outcome)
         server.counters.istio.recordRetry(service: exchange.service, .started)
         hold(exchange, for: policy.backoff(retry: exchange.attempt - 1, random: server.random.next()))
         return true

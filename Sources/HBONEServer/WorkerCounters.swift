@@ -1,3 +1,4 @@
+import Filters
 import Synchronization
 
 /// One worker's counters. The worker is the only writer, so an increment is a relaxed load and store (two
@@ -43,8 +44,9 @@ public final class WorkerCounters: Sendable {
     public let proxyHeaderErrors = Atomic<Int>(0)
 
     // MARK: Retries
-    /// Retries started, by what triggered them (connect failure, reset, retriable status).
-    public let retries = Atomic<Int>(0)
+    /// Retries started, by what triggered them, indexed like `retryReasons`.
+    public let retries = CounterArray(labels: WorkerCounters.retryReasons)
+    public static let retryReasons = ["connect_failure", "reset", "refused_stream", "status", "grpc_status", "per_try_timeout"]
     /// Exchanges that succeeded (2xx-4xx) after at least one retry.
     public let retriesSucceeded = Atomic<Int>(0)
     /// Retries not made because the budget was spent.
@@ -108,6 +110,17 @@ public final class WorkerCounters: Sendable {
     func countTunnelRefusal(_ reason: StaticString) {
         let text = reason.description
         tunnelRefusals.increment(Self.tunnelRefusalReasons.firstIndex(of: text) ?? 0)
+    }
+
+    func countRetry(_ outcome: RetryPolicy.Outcome) {
+        switch outcome {
+        case .connectFailed: retries.increment(0)
+        case .reset: retries.increment(1)
+        case .refusedStream: retries.increment(2)
+        case .status: retries.increment(3)
+        case .grpcStatus: retries.increment(4)
+        case .perTryTimeout: retries.increment(5)
+        }
     }
 
     @inline(__always) func countResponse(_ status: Int) {

@@ -309,8 +309,10 @@ final class Runtime {
                [("", sum { $0.keepaliveTimeouts.value })])
         metric("waypoint_http2_protocol_errors_total", "counter", "HBONE connections closed for a protocol error or flood.",
                [("", sum { $0.http2ProtocolErrors.value })])
-        metric("waypoint_upstream_retries_total", "counter", "Retries started (connect failure, reset, retriable status).",
-               [("", sum { $0.retries.value })])
+        metric("waypoint_upstream_retries_total", "counter", "Retries started, by what the failed try ended with.",
+               WorkerCounters.retryReasons.enumerated().map { index, reason in
+                   ("{reason=\"\(reason)\"}", sum { $0.retries.value(index) })
+               })
         metric("waypoint_upstream_retries_succeeded_total", "counter", "Exchanges answered 2xx-4xx after at least one retry.",
                [("", sum { $0.retriesSucceeded.value })])
         metric("waypoint_upstream_retry_budget_exhausted_total", "counter", "Retries not made because the retry budget was spent.",

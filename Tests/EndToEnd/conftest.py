@@ -125,6 +125,11 @@ endpoints: [{{addresses: [{ip}]}}]
     return "---".join(docs) + (("---\n" + textwrap.dedent(routes)) if routes else "")
 
 
+def total(samples, name):
+    """The sum of a metric's samples over all its label sets."""
+    return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
+
+
 def http_request(port, method, path, host, headers=None, body=None, timeout=10):
     """One request on a fresh connection via http.client; returns (status, headers dict, body bytes)."""
     import http.client

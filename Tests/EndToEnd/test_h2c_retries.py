@@ -5,7 +5,7 @@ import json
 import socket
 import time
 
-from conftest import service_yaml
+from conftest import service_yaml, total
 from test_h2c import H2COrigin, InnerH2
 from test_hbone import VIP, certs, client, hbone_proxy  # noqa: F401 (fixtures)
 
@@ -48,7 +48,8 @@ def test_503_twice_then_200_is_retried_with_the_body_replayed(hbone_proxy, certs
     assert attempt_counts(origin, "a") == [None, "2", "3"]
     assert [b for h, b in origin.seen if "key=a" in h[":path"]] == [body, body, body]
     metrics = proxy.metrics()
-    assert metrics["waypoint_upstream_retries_total"] == 2
+    assert total(metrics, "waypoint_upstream_retries_total") == 2
+    assert metrics['waypoint_upstream_retries_total{reason="status"}'] == 2
     assert metrics["waypoint_upstream_retries_succeeded_total"] == 1
     c.close()
 
@@ -83,6 +84,10 @@ def test_refused_stream_and_grpc_unavailable_are_retried_by_default(hbone_proxy,
     stream = inner.request("/x?fail=1&key=z&how=reset")
     assert inner.wait(stream)[":status"] == "503"
     assert attempt_counts(origin, "z") == [None]
+    metrics = proxy.metrics()
+    assert metrics['waypoint_upstream_retries_total{reason="refused_stream"}'] == 1
+    assert metrics['waypoint_upstream_retries_total{reason="grpc_status"}'] == 2
+    assert total(metrics, "waypoint_upstream_retries_total") == 3
     c.close()
 
 
@@ -130,6 +135,7 @@ def test_per_try_timeout_is_retried_and_the_route_timeout_bounds_all_tries(hbone
     assert inner.wait(stream)["grpc-status"] == "14"
     assert 0.4 <= time.time() - start < 0.7
     assert attempt_counts(origin, "t") == [None, "2"]
+    assert proxy.metrics()['waypoint_upstream_retries_total{reason="per_try_timeout"}'] == 2
     c.close()
 
 
@@ -180,7 +186,9 @@ spec: {host: web, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}}
         assert inner.wait(stream)[":status"] == "200"
     assert len(origin.seen) == 6
     # Round robin sends at least every other first try to the dead endpoint (a retry's pick takes a turn too).
-    assert 3 <= proxy.metrics()["waypoint_upstream_retries_total"] <= 6
+    metrics = proxy.metrics()
+    assert 3 <= metrics['waypoint_upstream_retries_total{reason="connect_failure"}'] <= 6
+    assert total(metrics, "waypoint_upstream_retries_total") == metrics['waypoint_upstream_retries_total{reason="connect_failure"}']
     c.close()
 
 
@@ -194,5 +202,5 @@ def test_no_retry_once_the_response_has_started(hbone_proxy, certs):
     inner.wait(stream)
     assert inner.responses[stream][":status"] == "200" and stream in inner.resets
     assert attempt_counts(origin, "m") == [None]
-    assert proxy.metrics().get("waypoint_upstream_retries_total", 0) == 0
+    assert total(proxy.metrics(), "waypoint_upstream_retries_total") == 0
     c.close()
