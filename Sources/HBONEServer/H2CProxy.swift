@@ -69,6 +69,8 @@ final class H2CExchange {
     /// The request body received so far, kept while it is within the retry policy's replay bound; nil: no
     /// retry is possible (no policy, or the body outgrew the bound).
     var replay: ByteBuffer?
+    /// Why a failure that called for a retry was answered as is (access log).
+    var retryNote: StaticString?
     /// What the failed attempt ended with, while its retry waits (answered if the retry cannot happen after all).
     var retriedOutcome: RetryPolicy.Outcome?
     /// Request body bytes this attempt has sent, and bytes the client was credited for in all (a replayed byte
@@ -474,6 +476,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
 
     /// A retry was waiting when the request body outgrew the replay bound: the failure it retried is answered.
     private func giveUpRetry(_ exchange: H2CExchange, _ outcome: RetryPolicy.Outcome) {
+        exchange.retryNote = "not retried: request body beyond the replay bound"
         exchange.held = false
         exchange.startTimer?.cancel()
         answerFailure(exchange, outcome)
@@ -482,16 +485,22 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     /// Starts another try when the policy, the attempt count, the replay bound and the budget allow it and
     /// nothing of the response went downstream yet. True when a retry is under way (the failed stream is reset).
     private func retry(_ exchange: H2CExchange, _ outcome: RetryPolicy.Outcome) -> Bool {
-        guard let policy = exchange.retryPolicy, exchange.inFlight, !exchange.responseStarted, exchange.replay != nil,
+        guard let policy = exchange.retryPolicy, exchange.inFlight, !exchange.responseStarted,
               exchange.attempt <= policy.maxRetries, policy.wouldRetry(outcome) else { return false }
+        guard exchange.replay != nil else {
+            exchange.retryNote = "not retried: request body beyond the replay bound"
+            return false
+        }
         let cluster = exchange.cluster
         guard server.spendRetryBudget(cluster) else {
             server.counters.retryBudgetExhausted.increment()
             server.counters.istio.recordRetry(service: exchange.service, .budgetExhausted)
+            exchange.retryNote = "not retried: retry budget exhausted"
             return false
         }
         if exchange.attempt == 1, let limits = exchange.limits, !limits.enterRetry() {
             server.counters.retryOverflow.increment()
+            exchange.retryNote = "not retried: maxRetries in flight"
             return false
         }
         exchange.upstream?.cancel(exchange)
@@ -728,7 +737,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
                         protocol: "HTTP/2", client: peer.sourceAddress, principal: peer.identity?.principal, status: exchange.status,
                         flags: exchange.flags, bytesReceived: exchange.bytesIn, bytesSent: exchange.bytesOut,
                         upstream: exchange.upstreamAddress, route: exchange.route, policy: exchange.policy,
-                        attempts: exchange.inFlight ? exchange.attempt : 0))
+                        attempts: exchange.inFlight ? exchange.attempt : 0, retryNote: exchange.retryNote))
                 }
             }
         }

@@ -5,7 +5,7 @@ import json
 import socket
 import time
 
-from conftest import service_yaml, total
+from conftest import service_yaml, total, wait_for
 from test_h2c import H2COrigin, InnerH2
 from test_hbone import VIP, certs, client, hbone_proxy  # noqa: F401 (fixtures)
 
@@ -163,6 +163,9 @@ def test_body_beyond_the_replay_bound_is_not_retried(hbone_proxy, certs):
     stream = inner.request("/upload?fail=1&key=big", body=b"b" * (100 * 1024), method="POST")
     assert inner.wait(stream)[":status"] == "503"
     assert attempt_counts(origin, "big") == [None]
+    log = json.loads(wait_for(r'\{[^\n]*"path":"/upload\?fail=1&key=big"[^\n]*\n', proxy.stdout_path).group(0))
+    assert log["retry"] == "not retried: request body beyond the replay bound" and log["upstream_request_attempt_count"] == 1
+    assert log["protocol"] == "HTTP/2" and log["bytes_received"] == 100 * 1024
     c.close()
 
 
