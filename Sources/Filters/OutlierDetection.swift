@@ -10,18 +10,46 @@ public struct OutlierDetection: Sendable, Equatable {
     public var consecutive5xxErrors: Int?
     /// Consecutive 502, 503, 504 answers (and connect failures) that eject; nil: not used.
     public var consecutiveGatewayErrors: Int?
-    /// An ejection lasts this times the number of times the endpoint was ejected.
+    /// An ejection lasts this times the number of times in a row the endpoint was ejected (see `ejectionTime`).
     public var baseEjectionTime: Duration
     /// At most this share of the backend's endpoints is ejected at once (at least one may always be).
     public var maxEjectionPercent: Int
+    /// Envoy's sweep interval: the ejection count decays by one per interval (see `decayed`).
+    public var interval: Duration
+    /// Below this share of non-ejected endpoints, ejections are ignored (Envoy's panic threshold, which Istio
+    /// sets from it); 0, Istio's default: never, so with every endpoint ejected requests get 503.
+    public var minHealthPercent: Int
 
     public init(consecutive5xxErrors: Int?, consecutiveGatewayErrors: Int?, baseEjectionTime: Duration = .seconds(30),
-                maxEjectionPercent: Int = 10) {
+                maxEjectionPercent: Int = 10, interval: Duration = .seconds(10), minHealthPercent: Int = 0) {
         self.consecutive5xxErrors = consecutive5xxErrors
         self.consecutiveGatewayErrors = consecutiveGatewayErrors
         self.baseEjectionTime = baseEjectionTime
         self.maxEjectionPercent = maxEjectionPercent
+        self.interval = interval
+        self.minHealthPercent = minHealthPercent
     }
+
+    /// Envoy's cap on one ejection (`max_ejection_time`, left at its default by Istio).
+    public static let maxEjectionTime = Duration.seconds(300)
+
+    /// How long the `count`th ejection in a row lasts: baseEjectionTime × count, at most 300 s (or
+    /// baseEjectionTime, when that is longer).
+    public func ejectionTime(_ count: Int) -> Duration {
+        min(baseEjectionTime * max(count, 1), max(baseEjectionTime, Self.maxEjectionTime))
+    }
+
+    /// The ejection count of an endpoint back for `healthy` since its last ejection ended: Envoy lowers it by
+    /// one at each interval sweep once the endpoint has been back for baseEjectionTime, so an endpoint that
+    /// stays well is ejected briefly again, one that keeps failing for longer and longer.
+    public func decayed(_ count: Int, healthyFor healthy: Duration) -> Int {
+        guard healthy >= baseEjectionTime, interval > .zero else { return count }
+        let sweeps = Int(((healthy - baseEjectionTime) / interval).rounded(.down)) + 1
+        return max(0, count - sweeps)
+    }
+
+    /// Whether the backend is below `minHealthPercent` with `healthy` of `size` endpoints not ejected.
+    public func panics(healthy: Int, size: Int) -> Bool { healthy * 100 < minHealthPercent * size }
 
     /// How an attempt ended, for the consecutive counts.
     public enum Result: Sendable {

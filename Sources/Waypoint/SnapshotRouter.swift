@@ -233,15 +233,19 @@ final class SnapshotRouter: RequestRouter {
         return nextEndpoint(destination.cluster)
     }
 
-    /// An endpoint of the cluster by its load balancer, passing over ejected endpoints (unless all are: then,
-    /// as Envoy's panic mode, over all of them). `hash` is the request's key for a consistent hash. With
+    /// An endpoint of the cluster by its load balancer, passing over ejected endpoints (all of them count while
+    /// fewer than `minHealthPercent` are healthy: Envoy's panic mode); nil when none is ready or all are ejected. `hash` is the request's key for a consistent hash. With
     /// locality tiers, the balancer picks within a tier chosen by the tiers' health (`excludingTiers`: bits of
     /// tiers to leave out, for `retryRemoteLocalities`).
     @inline(__always)
     private func nextEndpoint(_ cluster: Int32, hash: UInt64? = nil, excludingTiers: UInt8 = 0) -> Int32? {
         var members = snapshot.clusters[Int(cluster)].endpoints
         guard !members.isEmpty else { return nil }
-        let checkHealth = !health.isEmpty && snapshot.clusters[Int(cluster)].outlierDetection != nil
+        var checkHealth = !health.isEmpty && snapshot.clusters[Int(cluster)].outlierDetection != nil
+        if checkHealth, let detection = snapshot.clusters[Int(cluster)].outlierDetection, detection.minHealthPercent > 0,
+           detection.panics(healthy: members.count { !isEjected($0) }, size: members.count) {
+            checkHealth = false  // panic: ejections are ignored
+        }
         if let tiers = snapshot.clusters[Int(cluster)].tiers {
             members = tiers[tier(tiers, checkHealth: checkHealth, excluding: excludingTiers)]
         }
@@ -278,13 +282,13 @@ final class SnapshotRouter: RequestRouter {
             let candidate = members[Int((position &+ UInt32(offset)) % UInt32(members.count))]
             if !isEjected(candidate) { return candidate }
         }
-        return pick
+        return nil  // every endpoint ejected and no panic: no healthy upstream
     }
 
     /// Envoy's priority load with its overprovisioning factor of 1.4: each tier, nearest first, takes
     /// min(100 %, 1.4 × its healthy share) of the requests until they are all placed (spread in proportion when
     /// the tiers together fall short). Left-out tiers count as unhealthy; if that leaves none, none is left out;
-    /// if no tier is healthy, the nearest takes all (panic).
+    /// if no tier is healthy, the nearest takes all.
     private func tier(_ tiers: [[Int32]], checkHealth: Bool, excluding: UInt8) -> Int {
         if !checkHealth && excluding & 1 == 0 { return 0 }   // the nearest tier is whole: it takes everything
         return withUnsafeTemporaryAllocation(of: Int.self, capacity: tiers.count) { health in
@@ -332,9 +336,10 @@ final class SnapshotRouter: RequestRouter {
             let members = snapshot.clusters[Int(cluster)].endpoints
             let ejected = members.filter(isEjected).count
             if detection.mayEject(ejected: ejected, size: members.count) {
-                state.ejections += 1
-                let (seconds, attoseconds) = detection.baseEjectionTime.components
-                state.ejectedUntil = now() + (Double(seconds) + Double(attoseconds) / 1e18) * Double(state.ejections)
+                let back = state.ejectedUntil > 0 ? Duration.milliseconds(Int64((now() - state.ejectedUntil) * 1000)) : .zero
+                state.ejections = detection.decayed(state.ejections, healthyFor: back) + 1
+                let (seconds, attoseconds) = detection.ejectionTime(state.ejections).components
+                state.ejectedUntil = now() + Double(seconds) + Double(attoseconds) / 1e18
                 state.fiveXX = 0
                 state.gateway = 0
                 counters.outlierEjections.increment()

@@ -16,7 +16,12 @@ enum TrafficPolicyParser {
                     consecutive5xxErrors: try o.optional("consecutive5xxErrors")?.int(in: 0...Int(Int32.max)),
                     consecutiveGatewayErrors: try o.optional("consecutiveGatewayErrors")?.int(in: 0...Int(Int32.max)),
                     baseEjectionTime: try o.optionalDuration("baseEjectionTime") ?? .seconds(30),
-                    maxEjectionPercent: try o.optional("maxEjectionPercent")?.int(in: 0...100) ?? 10)
+                    maxEjectionPercent: try o.optional("maxEjectionPercent")?.int(in: 0...100) ?? 10,
+                    interval: try o.optionalDuration("interval") ?? .seconds(10),
+                    minHealthPercent: try o.optional("minHealthPercent")?.int(in: 0...100) ?? 0)
+                for key in ["consecutiveLocalOriginFailures", "splitExternalLocalOriginErrors"] where try o.optional(key) != nil {
+                    ignored.append("outlierDetection.\(key)")
+                }
                 // Istio's default when outlierDetection is present without counts: 5 consecutive 5xx.
                 if outlier!.consecutive5xxErrors == nil && outlier!.consecutiveGatewayErrors == nil { outlier!.consecutive5xxErrors = 5 }
             }

@@ -4,6 +4,7 @@ import json
 import socket
 import threading
 import time
+import urllib.request
 
 from conftest import http_request, service_yaml, total
 
@@ -81,7 +82,6 @@ def test_budget_bounds_the_load_on_a_dead_service(workdir, processes, proxy_fact
     """Every endpoint answers 503: under concurrent load, retries add at most ~20% (plus the floor of 3)."""
     import re
     import threading
-    import urllib.request
     from conftest import Process, wait_for
     origin = Process(["origin", "--listen", "127.0.0.1:0", "--name", "dead", "--fail-percent", "100"], workdir, "origin-dead")
     processes.append(origin)
@@ -380,3 +380,32 @@ def test_circuit_breaking_queues_then_overflows(origin_factory, proxy_factory):
     status, _, _ = http_request(proxy.port, "GET", "/late", host="web")
     assert status == 503 and 1.8 < time.time() - started < 3
     slow.join(timeout=10)
+
+
+def test_all_endpoints_ejected_is_no_healthy_upstream_unless_min_health_percent(workdir, processes, proxy_factory):
+    """Istio sets Envoy's panic threshold from minHealthPercent (default 0: off): a backend whose only endpoint is
+    ejected answers 503 `no healthy upstream` without reaching it, until the ejection ends; with
+    minHealthPercent 50 the ejection is ignored (panic) and the endpoint still gets the requests."""
+    from conftest import Process, wait_for
+    dead = Process(["origin", "--listen", "127.0.0.1:0", "--name", "dead", "--fail-percent", "100"], workdir, "origin-dead")
+    processes.append(dead)
+    port = int(wait_for(r"listening on \S+:(\d+)", dead.stderr_path, process=dead.proc).group(1))
+
+    def seen():
+        return int(urllib.request.urlopen(f"http://127.0.0.1:{port}/__requests").read())
+    for min_health, name in (("", "strict"), (", minHealthPercent: 50", "panic")):
+        outlier = f"    outlierDetection: {{consecutive5xxErrors: 2, baseEjectionTime: 1s{min_health}}}"
+        proxy = proxy_factory(service_yaml("web", [("127.0.0.1", port)]) + destination_rule(outlier),
+                              extra=["--workers", "1", "--default-retries", "off"], name=name)
+        before = seen()
+        for i in range(2):
+            assert http_request(proxy.port, "GET", f"/{name}{i}", host="web")[0] == 503   # the origin's 503s eject it
+        status, _, body = http_request(proxy.port, "GET", f"/{name}-ejected", host="web")
+        if name == "strict":
+            assert status == 503 and body == b"no healthy upstream\n" and seen() == before + 2
+            time.sleep(1.2)
+            http_request(proxy.port, "GET", f"/{name}-back", host="web")
+            assert seen() == before + 3                                     # back after baseEjectionTime
+        else:
+            assert status == 503 and seen() == before + 3                   # the origin's own 503: reached in panic
+        assert proxy.metrics()["waypoint_outlier_ejections_total"] == 1

@@ -79,6 +79,27 @@ import Testing
         let detection = OutlierDetection(consecutive5xxErrors: 1, consecutiveGatewayErrors: nil, maxEjectionPercent: percent)
         #expect(detection.mayEject(ejected: ejected, size: size) == expected)
     }
+
+    /// baseEjectionTime × ejections in a row, capped at Envoy's 300 s unless the base itself is longer.
+    @Test(arguments: [(30, 1, 30), (30, 3, 90), (30, 10, 300), (30, 50, 300), (400, 2, 400)])
+    func ejectionTimeGrowsToTheCap(base: Int, count: Int, seconds: Int) {
+        let detection = OutlierDetection(consecutive5xxErrors: 5, consecutiveGatewayErrors: nil, baseEjectionTime: .seconds(base))
+        #expect(detection.ejectionTime(count) == .seconds(seconds))
+    }
+
+    /// One less per interval (10 s) once back for baseEjectionTime (30 s).
+    @Test(arguments: [(0, 4), (29, 4), (30, 3), (39, 3), (40, 2), (60, 0), (600, 0)])
+    func ejectionCountDecays(healthySeconds: Int, expected: Int) {
+        let detection = OutlierDetection(consecutive5xxErrors: 5, consecutiveGatewayErrors: nil)
+        #expect(detection.decayed(4, healthyFor: .seconds(healthySeconds)) == expected)
+    }
+
+    @Test func panicBelowMinHealthPercentOnly() {
+        let never = OutlierDetection(consecutive5xxErrors: 5, consecutiveGatewayErrors: nil)
+        #expect(!never.panics(healthy: 0, size: 3))          // Istio's default 0: all ejected is no healthy upstream
+        let half = OutlierDetection(consecutive5xxErrors: 5, consecutiveGatewayErrors: nil, minHealthPercent: 50)
+        #expect(half.panics(healthy: 1, size: 3) && !half.panics(healthy: 2, size: 4))
+    }
 }
 
 @Suite struct ClusterLimitsTests {
