@@ -234,9 +234,10 @@ final class SnapshotRouter: RequestRouter {
     }
 
     /// An endpoint of the cluster by its load balancer, passing over ejected endpoints (all of them count while
-    /// fewer than `minHealthPercent` are healthy: Envoy's panic mode); nil when none is ready or all are ejected. `hash` is the request's key for a consistent hash. With
-    /// locality tiers, the balancer picks within a tier chosen by the tiers' health (`excludingTiers`: bits of
-    /// tiers to leave out, for `retryRemoteLocalities`).
+    /// fewer than `minHealthPercent` are healthy: Envoy's panic mode); nil when none is ready or all are
+    /// ejected. `hash` is the request's key for a consistent hash. With locality tiers, the balancer picks
+    /// within a tier chosen by the tiers' health (`excludingTiers`: bits of tiers to leave out, for
+    /// `retryRemoteLocalities`).
     @inline(__always)
     private func nextEndpoint(_ cluster: Int32, hash: UInt64? = nil, excludingTiers: UInt8 = 0) -> Int32? {
         var members = snapshot.clusters[Int(cluster)].endpoints
