@@ -74,8 +74,14 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private var retryable = false
     /// The traced request's span, finished and exported with the exchange.
     private var span: Span?
-    /// A fault-delayed request: the endpoint it was routed to and the length of its head, still in `input`.
-    private var delayed: (endpoint: Int32, headLength: Int)?
+    /// What a waiting request does when its wait ends: go to the endpoint it was routed to, or be answered
+    /// (a fault abort after a fault delay).
+    private enum WaitingAction {
+        case forward(endpoint: Int32)
+        case respond(status: Int, body: [UInt8])
+    }
+    /// A request waiting (fault delay, or a connection under circuit breaking), its head still in `input`.
+    private var delayed: (action: WaitingAction, headLength: Int)?
     private var faultTimer: Timer?
     /// Bounds a wait for a connection (DestinationRule `tcp.maxConnections`) to the connect timeout.
     private var pendingTimer: Timer?
@@ -297,7 +303,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
 
     /// Called by the server when this waiting request's cluster may have a connection: goes on if so.
     func resumeIfCapacity() -> Bool {
-        guard let (endpoint, _) = delayed, !closed else { return true }  // gone: off the queue
+        guard case .forward(let endpoint)? = delayed?.action, !closed else { return true }  // gone: off the queue
         guard let limits, server.hasConnectionCapacity(endpoint: endpoint, limits: limits) else { return false }
         pendingTimer?.cancel()
         delayElapsed()
@@ -326,13 +332,32 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         replyLocally(.upstreamOverflow)
     }
 
-    /// After a fault delay: forwards the head that waited in `input`, then carries on with its body.
+    /// After a fault delay: forwards the head that waited in `input` and carries on with its body, or answers.
     private func delayElapsed() {
-        guard let (endpoint, length) = delayed, !closed else { return }
+        guard let (action, length) = delayed, !closed else { return }
         delayed = nil
-        forward(UnsafeRawBufferPointer(rebasing: input.readable[0..<length]), to: endpoint)
-        input.consume(length)
+        switch action {
+        case .forward(let endpoint):
+            forward(UnsafeRawBufferPointer(rebasing: input.readable[0..<length]), to: endpoint)
+            input.consume(length)
+        case .respond(let status, let body):
+            respond(status: status, body: body, headLength: length)
+        }
         processInput()
+    }
+
+    /// Answers with the route's own response (direct response, fault abort), the body of the request dropped.
+    private func respond(status code: Int, body: [UInt8], headLength: Int) {
+        flags = "DR"
+        discardingBody = true
+        input.consume(headLength)
+        status = code
+        responseHeadDone = true
+        responseDone = true
+        if !requestDone { keepAlive = false }
+        let before = output.readableBytes
+        ForwardingHeaders.writeResponse(status: code, body: body, omitBody: requestWasHead, close: !keepAlive, into: output)
+        bytesSent = output.readableBytes - before
     }
 
     /// Parses the next head and routes it (or rejects it). False when the head is still incomplete.
@@ -391,17 +416,14 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             let before = output.readableBytes
             ForwardingHeaders.writeRedirect(status: code, location: location, close: !keepAlive, into: output)
             bytesSent = output.readableBytes - before
-        case .respond(let code, let body):
-            flags = "DR"
-            discardingBody = true
-            input.consume(length)
-            status = code
-            responseHeadDone = true
-            responseDone = true
-            if !requestDone { keepAlive = false }
-            let before = output.readableBytes
-            ForwardingHeaders.writeResponse(status: code, body: body, omitBody: requestWasHead, close: !keepAlive, into: output)
-            bytesSent = output.readableBytes - before
+        case .respond(let code, let body, let delay):
+            guard let delay else {
+                respond(status: code, body: body, headLength: length)
+                return true
+            }
+            delayed = (.respond(status: code, body: body), length)
+            if faultTimer == nil { faultTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.delayElapsed() } }
+            faultTimer!.schedule(after: delay)
         case .forward(let endpoint, let route, let cluster, let policy):
             routeName = route
             self.cluster = cluster
@@ -414,7 +436,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                     overflow(headLength: length)
                     return true
                 }
-                delayed = (endpoint, length)
+                delayed = (.forward(endpoint: endpoint), length)
                 if pendingTimer == nil { pendingTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.pendingTimedOut() } }
                 pendingTimer!.schedule(after: limits.settings.connectTimeout ?? server.settings.connectTimeout)
                 return true
@@ -422,7 +444,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             if let delay = policy.delay, server.roll(delay.percent) {
                 // VirtualService fault.delay: the head stays in `input` (and nothing else is read from it)
                 // until the delay is over, then the exchange goes on as if just routed.
-                delayed = (endpoint, length)
+                delayed = (.forward(endpoint: endpoint), length)
                 server.counters.faultDelays.increment()
                 if faultTimer == nil { faultTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.delayElapsed() } }
                 faultTimer!.schedule(after: delay.duration)

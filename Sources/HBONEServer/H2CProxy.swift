@@ -55,6 +55,8 @@ final class H2CExchange {
     var held = false
     /// Ends a fault delay or a retry's backoff.
     var startTimer: Timer?
+    /// A fault abort answered when the fault delay ends (Envoy delays first).
+    var delayedResponse: (status: Int, body: [UInt8])?
     var tryTimer: Timer?
     var requestTimer: Timer?
     /// Counted in the worker's exchanges in flight (the retry budget's base) and the backend's requests in
@@ -327,8 +329,10 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
                 (":status", String(status)), ("location", String(decoding: location, as: UTF8.self)), ("content-length", "0"),
             ], body: false)
             channel.flush()
-        case .respond(let status, let body):
-            respond(exchange, status: status, body: body)
+        case .respond(let status, let body, let delay):
+            guard let delay else { return respond(exchange, status: status, body: body) }
+            exchange.delayedResponse = (status, body)
+            hold(exchange, for: delay)
         case .forward(let endpoint, let route, let cluster, let policy):
             exchange.route = route
             exchange.responseModifier = policy.responseHeaders
@@ -440,6 +444,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     private func holdEnded(_ exchange: H2CExchange) {
         guard exchange.held else { return }
         exchange.held = false
+        if let (status, body) = exchange.delayedResponse { return respond(exchange, status: status, body: body) }
         guard exchange.inFlight else { return beginForwarding(exchange) }
         // A retry: the whole body again, to another endpoint when one is ready.
         exchange.retriedOutcome = nil

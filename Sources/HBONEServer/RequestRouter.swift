@@ -12,8 +12,9 @@ public enum RouteDecision {
     case reply(LocalReply)
     /// Answer with a redirect (RequestRedirect): `status` 3xx and the `location` built from the request.
     case redirect(status: Int, location: [UInt8])
-    /// Answer with this status and body (VirtualService `directResponse`, fault abort).
-    case respond(status: Int, body: [UInt8])
+    /// Answer with this status and body (VirtualService `directResponse`, fault abort), after `delay` when
+    /// one is given (a fault delay that also applies: Envoy's fault filter delays first, then aborts).
+    case respond(status: Int, body: [UInt8], delay: Duration?)
 }
 
 /// The locality tiers a request's tries went to, for VirtualService `retryRemoteLocalities`: Envoy's

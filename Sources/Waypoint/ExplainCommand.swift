@@ -115,8 +115,9 @@ extension WaypointCommand {
             switch decision {
             case .reply(let reply):
                 print("result: \(reply.status) \(reply.body.description.trimmingCharacters(in: .newlines))")
-            case .respond(let status, let body):
-                print("result: \(status) answered by the waypoint: \(String(decoding: body, as: UTF8.self))")
+            case .respond(let status, let body, let delay):
+                let after = delay.map { " after \(GoDuration.format($0))" } ?? ""
+                print("result: \(status) answered by the waypoint\(after): \(String(decoding: body, as: UTF8.self))")
             case .redirect(let status, let location):
                 print("result: \(status) redirect to \(String(decoding: location, as: UTF8.self))")
             case .forward(let endpoint, let route, _, _):

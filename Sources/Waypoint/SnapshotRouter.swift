@@ -83,7 +83,7 @@ final class SnapshotRouter: RequestRouter {
         case .reply(let reply):
             return .reply(reply)
         case .respond(let status, let body):
-            return .respond(status: status, body: body)
+            return .respond(status: status, body: body, delay: nil)
         case .redirect(let redirect):
             let (name, hostPort) = RouteTable<RouteAction>.split(head.host.bytes(in: bytes))
             let target = head.target.bytes(in: bytes)
@@ -94,7 +94,13 @@ final class SnapshotRouter: RequestRouter {
         case .forward(let backends):
             if let abort = backends.abort, roll(abort.percent) {
                 counters.faultAborts.increment()
-                return .respond(status: abort.status, body: Self.abortBody)
+                // Envoy's fault filter delays first: a delay that applies too holds the abort back.
+                var delay: Duration? = nil
+                if let fault = backends.policy.delay, roll(fault.percent) {
+                    counters.faultDelays.increment()
+                    delay = fault.duration
+                }
+                return .respond(status: abort.status, body: Self.abortBody, delay: delay)
             }
             let chosen = backends.clusters[pick(backends)]
             let cluster = chosen.cluster

@@ -327,6 +327,9 @@ metadata: {name: slow, namespace: default}
 spec:
   hosts: [slow]
   http:
+  - match: [{uri: {prefix: /broken}}]
+    fault: {delay: {fixedDelay: 400ms, percentage: {value: 100}}, abort: {httpStatus: 503, percentage: {value: 100}}}
+    route: [{destination: {host: web}}]
   - fault: {delay: {fixedDelay: 400ms, percentage: {value: 100}}}
     route: [{destination: {host: web}}]
 """
@@ -357,6 +360,14 @@ spec:
     assert time.time() - start >= 0.4
     assert json.loads(slow.data[post])["body_length"] == 30000
     assert proxy.metrics()["waypoint_fault_delays_total"] == 1
+    # Delay and abort: the abort comes after the delay (Envoy's order), the body sent meanwhile dropped.
+    start = time.time()
+    broken = slow.request("/broken", body=b"z" * 30000, method="POST")
+    assert slow.wait(broken)[":status"] == "503"
+    assert time.time() - start >= 0.4
+    assert slow.data[broken] == b"fault filter abort"
+    assert proxy.metrics()["waypoint_fault_aborts_total"] == 1
+    assert len(h2c_origin.seen) == 2                       # the gRPC call and the delayed POST, not /broken
     assert proxy.metrics()['waypoint_mirror_requests_total{result="sent"}'] == 1
     c.close()
 

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import textwrap
+import urllib.request
 
 from conftest import BINARY, http_request, service_yaml, total
 
@@ -236,3 +237,32 @@ spec:
     bodies = [json.loads(part.split(b"HTTP/1.1")[0]) for part in response.split(b"\r\n\r\n")[1:] if part.startswith(b"{")]
     assert [(b["path"], b["body_length"]) for b in bodies] == [("/slow/x", 5), ("/fast/after", 0)]
     assert proxy.metrics()["waypoint_fault_delays_total"] == 1
+
+
+def test_fault_delay_comes_before_the_abort(origin_factory, proxy_factory):
+    """Envoy's fault filter delays first, then aborts: with both at 100 %, the abort arrives after the delay and
+    the request (body and all) never reaches the origin."""
+    import time
+    origin = origin_factory("a")
+    vs = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web]
+  http:
+  - match: [{uri: {prefix: /broken}}]
+    fault: {delay: {fixedDelay: 400ms, percentage: {value: 100}}, abort: {httpStatus: 503, percentage: {value: 100}}}
+    route: [{destination: {host: web}}]
+  - route: [{destination: {host: web}}]
+"""
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]) + "---" + vs)
+    start = time.time()
+    status, _, body = http_request(proxy.port, "POST", "/broken", host="web", body=b"hello")
+    assert 0.4 <= time.time() - start < 2
+    assert (status, body) == (503, b"fault filter abort")
+    assert http_request(proxy.port, "GET", "/fine", host="web")[0] == 200
+    metrics = proxy.metrics()
+    assert metrics["waypoint_fault_delays_total"] == 1 and metrics["waypoint_fault_aborts_total"] == 1
+    requests = int(urllib.request.urlopen(f"http://127.0.0.1:{origin.port}/__requests").read())
+    assert requests == 1                                   # only /fine reached the origin
