@@ -24,8 +24,9 @@ struct ConfigSource {
         compiler = SnapshotCompiler(namespace: namespace)
     }
 
-    /// Loads and compiles the current files. Throws every error found; nothing changes on failure.
-    mutating func load() throws(ConfigErrors) -> Snapshot {
+    /// Loads and compiles the current files. Throws every error found; nothing changes on failure. Backends
+    /// whose connection-pool settings `previous` already had keep counting into the same limits.
+    mutating func load(previous: Snapshot? = nil) throws(ConfigErrors) -> Snapshot {
         let spec: ConfigSpec
         if let paths {
             fingerprint = Self.fingerprint(paths)
@@ -34,7 +35,7 @@ struct ConfigSource {
             spec = try ManifestLoader.load(text: DemoConfig.manifests, file: "<embedded demo config>", defaultNamespace: namespace)
         }
         generation += 1
-        return compiler.compile(spec, generation: generation)
+        return compiler.compile(spec, generation: generation, previous: previous)
     }
 
     /// True when the files differ from what the last `load()` read.

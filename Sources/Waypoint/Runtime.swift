@@ -173,7 +173,7 @@ final class Runtime {
     private func reload(reason: String) {
         guard !draining else { return }
         do {
-            let next = try config.load()
+            let next = try config.load(previous: snapshot)
             snapshot = next
             reloadsOK += 1
             for warning in next.warnings { logger.warning("\(warning)") }

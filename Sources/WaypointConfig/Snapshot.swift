@@ -111,13 +111,17 @@ public final class Snapshot: Sendable {
     init(generation: UInt64, routes: RouteTable<RouteAction>, clusters: [Cluster], endpoints: [SocketAddress],
          endpointTunnels: [Bool], destinations: [SocketAddress: Destination], tcpRoutes: [UInt64: BackendSet], authorization: [PolicySet],
          unmatchedHostPolicies: PolicySet, strictMTLS: [Bool], services: [(fqdn: String, name: String, namespace: String)],
-         dump: String, warnings: [String]) {
+         dump: String, warnings: [String], previous: Snapshot?) {
         self.services = services
         self.generation = generation
         self.routes = routes
+        var kept: [String: ClusterLimits] = [:]
+        for cluster in previous?.clusters ?? [] { if let limits = cluster.limits { kept[cluster.name] = limits } }
         self.clusters = clusters.map { cluster in
             var cluster = cluster
-            cluster.limits = cluster.connectionPool.map(ClusterLimits.init)
+            cluster.limits = cluster.connectionPool.map { settings in
+                kept[cluster.name].flatMap { $0.settings == settings ? $0 : nil } ?? ClusterLimits(settings)
+            }
             return cluster
         }
         self.endpoints = endpoints

@@ -22,13 +22,16 @@ public struct SnapshotCompiler {
 
     public init(namespace: String) { self.namespace = namespace }
 
-    public func compile(_ spec: ConfigSpec, generation: UInt64) -> Snapshot {
+    /// `previous`: the snapshot this one replaces; a backend with the same name and connection-pool settings
+    /// keeps its `ClusterLimits`, so what is in flight stays counted (as Envoy keeps a cluster that CDS did
+    /// not change), whatever else the reload changed.
+    public func compile(_ spec: ConfigSpec, generation: UInt64, previous: Snapshot? = nil) -> Snapshot {
         var state = CompileState(spec: spec, compiler: self)
         state.build()
         return Snapshot(generation: generation, routes: RouteTable(virtualHosts: state.virtualHosts, names: state.names),
                         clusters: state.clusters, endpoints: state.endpoints, endpointTunnels: state.endpointTunnels, destinations: state.destinations, tcpRoutes: state.tcpRoutes,
                         authorization: state.authorization, unmatchedHostPolicies: state.unmatchedHostPolicies, strictMTLS: state.strictMTLS, services: state.services, dump: state.dump(generation: generation),
-                        warnings: spec.warnings + state.warnings)
+                        warnings: spec.warnings + state.warnings, previous: previous)
     }
 }
 

@@ -409,3 +409,28 @@ def test_all_endpoints_ejected_is_no_healthy_upstream_unless_min_health_percent(
         else:
             assert status == 503 and seen() == before + 3                   # the origin's own 503: reached in panic
         assert proxy.metrics()["waypoint_outlier_ejections_total"] == 1
+
+
+def test_a_reload_keeps_counting_requests_in_flight(origin_factory, proxy_factory):
+    """http2MaxRequests 2, two slow requests in flight, then a reload that changes something else: the third
+    request still finds the limit reached (counts carry over; reset, it would get through)."""
+    import os
+    import signal
+    origin = origin_factory("a")
+    rule = destination_rule("    connectionPool: {http: {http2MaxRequests: 2}}")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]) + rule)
+    slow = [threading.Thread(target=http_request, args=(proxy.port, "GET", f"/slow{i}?delay=1500ms", "web")) for i in range(2)]
+    for t in slow:
+        t.start()
+    time.sleep(0.3)
+    (proxy.config_dir / "config.yaml").write_text(service_yaml("web", [("127.0.0.1", origin.port)], port_name="http-web") + rule)
+    os.kill(proxy.pid, signal.SIGHUP)
+    deadline = time.time() + 5
+    while proxy.metrics().get('waypoint_config_reloads_total{result="ok"}', 0) < 1:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    status, _, body = http_request(proxy.port, "GET", "/third", host="web")
+    assert status == 503 and b"reset reason: overflow" in body
+    for t in slow:
+        t.join(timeout=5)
+    assert http_request(proxy.port, "GET", "/after", host="web")[0] == 200

@@ -155,7 +155,7 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
 }
 
 @Suite struct ConnectionPoolCompileTests {
-    private func compile(_ connectionPool: String) throws -> Snapshot {
+    private func compile(_ connectionPool: String, previous: Snapshot? = nil) throws -> Snapshot {
         let text = config + """
 
         ---
@@ -167,7 +167,8 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
           trafficPolicy: {connectionPool: \(connectionPool)}
           subsets: [{name: v1, labels: {version: v1}}]
         """
-        return SnapshotCompiler(namespace: "shop").compile(try ManifestLoader.load(text: text, file: "c.yaml", defaultNamespace: "shop"), generation: 1)
+        return SnapshotCompiler(namespace: "shop").compile(try ManifestLoader.load(text: text, file: "c.yaml", defaultNamespace: "shop"),
+                                                           generation: 1, previous: previous)
     }
 
     @Test func limitsAreReadAndZeroMeansNone() throws {
@@ -183,5 +184,16 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
         let subset = try #require(snapshot.clusters.first { $0.name == "shop/web:80|v1" }?.limits)
         #expect(web !== subset)
         #expect(web.enterRequest() && subset.enterRequest() && !web.enterRequest())
+    }
+
+    /// A reload keeps counting into the same limits when the backend's settings did not change (what is in
+    /// flight stays counted); changed settings start a new count, as a new Envoy cluster would.
+    @Test func reloadsKeepUnchangedLimits() throws {
+        let first = try compile("{http: {http2MaxRequests: 1}}")
+        let same = try compile("{http: {http2MaxRequests: 1}}", previous: first)
+        let changed = try compile("{http: {http2MaxRequests: 2}}", previous: same)
+        func limits(_ snapshot: Snapshot) -> ClusterLimits? { snapshot.clusters.first { $0.name == "shop/web:80" }?.limits }
+        #expect(limits(first) === limits(same))
+        #expect(limits(same) !== limits(changed) && limits(changed)?.settings.maxRequests == 2)
     }
 }
