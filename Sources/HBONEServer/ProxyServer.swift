@@ -301,8 +301,10 @@ public final class ProxyServer {
 
     /// Replaces the endpoint list that `RouteDecision.forward` indexes; pools for addresses still listed
     /// (and their idle connections) carry over, the others retire.
-    /// `tunnels[i]`: endpoint i is in the mesh and reached by HBONE.
+    /// `tunnels[i]`: endpoint i is in the mesh and reached by HBONE. Called with each new snapshot, whose
+    /// cluster indices may differ: the retry budgets (by cluster) start over.
     public func updateEndpoints(_ addresses: [SocketAddress], tunnels: [Bool]) {
+        retryTokens.removeAll()
         var existing: [SocketAddress: UpstreamPool] = [:]
         for pool in pools { existing[pool.address] = pool }
         pools = zip(addresses, tunnels).map { address, tunnel in

@@ -47,8 +47,14 @@ final class SnapshotRouter: RequestRouter {
     }
 
     func replace(_ next: Snapshot) {
+        // Endpoint indices change with the snapshot: outlier state follows each endpoint's address, so a reload
+        // neither brings ejected endpoints back nor forgets their errors (Envoy keeps it for hosts that stay).
+        var index: [SocketAddress: Int32] = [:]
+        for (i, address) in next.endpoints.enumerated() { index[address] = Int32(i) }
+        var kept: [Int32: EndpointHealth] = [:]
+        for (old, state) in health { if let new = index[snapshot.endpoints[Int(old)]] { kept[new] = state } }
+        health = kept
         snapshot = next
-        health.removeAll()  // endpoint indices change with the snapshot
         (policySlots, policyCounters) = Self.policyCounters(next, counters)
         roundRobin = Array(repeating: 0, count: next.clusters.count)
         serviceIDs = next.services.map { counters.istio.intern(service: $0.fqdn, name: $0.name, namespace: $0.namespace) }

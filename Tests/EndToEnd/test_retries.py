@@ -434,3 +434,28 @@ def test_a_reload_keeps_counting_requests_in_flight(origin_factory, proxy_factor
     for t in slow:
         t.join(timeout=5)
     assert http_request(proxy.port, "GET", "/after", host="web")[0] == 200
+
+
+def test_a_reload_keeps_ejections(workdir, processes, origin_factory, proxy_factory):
+    """An endpoint ejected by outlier detection stays ejected through a reload that changes something else."""
+    import os
+    import signal
+    from conftest import Process, wait_for
+    good = origin_factory("good")
+    dead = Process(["origin", "--listen", "127.0.0.1:0", "--name", "dead", "--fail-percent", "100"], workdir, "origin-dead")
+    processes.append(dead)
+    dead_port = int(wait_for(r"listening on \S+:(\d+)", dead.stderr_path, process=dead.proc).group(1))
+    rule = destination_rule("    outlierDetection: {consecutive5xxErrors: 1, baseEjectionTime: 30s, maxEjectionPercent: 50}\n"
+                            "    loadBalancer: {simple: ROUND_ROBIN}")
+    endpoints = [("127.0.0.1", dead_port), ("127.0.0.1", good.port)]
+    proxy = proxy_factory(service_yaml("web", endpoints) + rule, extra=["--workers", "1", "--default-retries", "off"])
+    statuses = [http_request(proxy.port, "GET", f"/a{i}", host="web")[0] for i in range(4)]
+    assert statuses.count(503) == 1                        # the dead endpoint answered once and is out
+    (proxy.config_dir / "config.yaml").write_text(service_yaml("web", endpoints, port_name="http-web") + rule)
+    os.kill(proxy.pid, signal.SIGHUP)
+    deadline = time.time() + 5
+    while proxy.metrics().get('waypoint_config_reloads_total{result="ok"}', 0) < 1:
+        assert time.time() < deadline
+        time.sleep(0.05)
+    assert [http_request(proxy.port, "GET", f"/b{i}", host="web")[0] for i in range(6)] == [200] * 6
+    assert int(urllib.request.urlopen(f"http://127.0.0.1:{dead_port}/__requests").read()) == 1
