@@ -56,7 +56,8 @@ public protocol RequestRouter: AnyObject {
     func destination(for address: SocketAddress) -> Destination?
     /// Whether the destination's own cluster has a ready endpoint (a workload address always has one).
     func isReachable(_ destination: Destination) -> Bool
-    /// For a retry: a ready endpoint of `cluster` other than `excluding` when there is one, else `excluding`.
+    /// For a retry: a ready endpoint of `cluster` other than `excluding` when there is one, else `excluding`
+    /// (always `excluding` for a consistent-hash backend, unless it was ejected: Istio's retry policy there).
     /// `localities` (VirtualService `retryRemoteLocalities`, nil when not asked for) records the tiers tried.
     func alternateEndpoint(cluster: Int32, excluding: Int32, localities: inout TriedLocalities?) -> Int32
     /// The backend's connection-pool limits (DestinationRule) with their proxy-wide counts, nil when none.

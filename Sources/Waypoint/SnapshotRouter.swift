@@ -198,6 +198,12 @@ final class SnapshotRouter: RequestRouter {
         guard cluster >= 0 else { return excluding }
         let members = snapshot.clusters[Int(cluster)].endpoints
         guard members.count > 1 else { return excluding }
+        let checkHealth = !health.isEmpty && snapshot.clusters[Int(cluster)].outlierDetection != nil
+        // Istio gives consistent-hash routes no previous-hosts predicate: the retry stays on the hashed endpoint
+        // unless it was ejected meanwhile.
+        if case .consistentHash = snapshot.clusters[Int(cluster)].loadBalancer, !(checkHealth && isEjected(excluding)) {
+            return excluding
+        }
         var excludedTiers: UInt8 = 0
         if var state = localities, let tiers = snapshot.clusters[Int(cluster)].tiers {
             if let tier = tiers.firstIndex(where: { $0.contains(excluding) }) { state.tried |= 1 << tier }
@@ -208,7 +214,6 @@ final class SnapshotRouter: RequestRouter {
         }
         if let next = nextEndpoint(cluster, excludingTiers: excludedTiers), next != excluding { return next }
         // The balancer chose the endpoint that just failed: the next one round-robin that is not it (nor ejected).
-        let checkHealth = !health.isEmpty && snapshot.clusters[Int(cluster)].outlierDetection != nil
         let start = roundRobin[Int(cluster)]
         for offset in 0..<UInt32(members.count) {
             let candidate = members[Int((start &+ offset) % UInt32(members.count))]

@@ -78,7 +78,7 @@ extension CompileState {
         let policy = ForwardPolicy(retry: rule.retries.map {
             .istio(attempts: $0.attempts, retryOn: $0.retryOn, remoteLocalities: $0.retryRemoteLocalities)
         },
-                                   requestTimeout: rule.timeout, perTryTimeout: rule.retries?.perTryTimeout,
+                                   requestTimeout: rule.timeout, perTryTimeout: rule.retries.flatMap { $0.attempts > 0 ? $0.perTryTimeout : nil },
                                    requestHeaders: rule.requestHeaders, responseHeaders: rule.responseHeaders, rewrite: rewrite,
                                    mirrors: mirrors, delay: rule.fault?.delay.map { (duration: $0, percent: rule.fault!.delayPercent) })
         let abort = rule.fault?.abortStatus.map { (status: $0, percent: rule.fault!.abortPercent) }

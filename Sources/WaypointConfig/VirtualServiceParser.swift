@@ -90,7 +90,8 @@ enum VirtualServiceParser {
         if let retries = try r.optional("retries") {
             let retryOn = try retries.optionalString("retryOn")
             if let retryOn { try checkRetryOn(retryOn, try retries.required("retryOn")) }
-            rule.retries = .init(attempts: try retries.optional("attempts")?.int(in: 0...100) ?? 2,
+            // Istio: `attempts` unset (0) disables retries for the rule, perTryTimeout included.
+            rule.retries = .init(attempts: try retries.optional("attempts")?.int(in: 0...100) ?? 0,
                                  perTryTimeout: try retries.optionalDuration("perTryTimeout"), retryOn: retryOn,
                                  retryRemoteLocalities: try retries.optional("retryRemoteLocalities")?.bool() ?? false)
         }

@@ -1,4 +1,5 @@
 """DestinationRule subsets (endpoints selected by Pod labels) and load balancers, through the real binary."""
+import json
 import socket
 import threading
 from collections import Counter
@@ -96,6 +97,12 @@ def test_subsets_and_consistent_hash(workdir, processes, proxy_factory):
         assert len(seen) == 1, (user, seen)
         owners[user] = seen.pop()
     assert set(owners.values()) == {"v1", "v2"}, Counter(owners.values())
+    # A retry keeps to the hashed endpoint (Istio's retry policy for consistent-hash routes has no
+    # previous-hosts predicate): both tries of a user's failing request reach the user's owner.
+    for user in range(6):
+        status, owner, body = origin(f"/hashed/retry?fail=1&key=u{user}", **{"x-user": f"user-{user}"})
+        assert (status, owner) == (200, owners[user])
+        assert json.loads(body)["headers"]["x-envoy-attempt-count"] == "2"
 
 
 def test_least_request_avoids_the_endpoint_with_requests_in_flight(origin_factory, proxy_factory):

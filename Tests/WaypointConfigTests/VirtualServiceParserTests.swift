@@ -15,6 +15,30 @@ import Testing
         """, file: "vs.yaml", defaultNamespace: "shop")
     }
 
+    /// Istio's `ConvertPolicy`: attempts unset or 0 disables retries for the rule, and its perTryTimeout with them.
+    @Test func retriesWithoutAttemptsAreOff() throws {
+        let spec = try load("  - retries: {perTryTimeout: 1s, retryOn: 5xx}\n    route: [{destination: {host: web}}]")
+        #expect(spec.virtualServices[0].http[0].retries?.attempts == 0)
+        let snapshot = SnapshotCompiler(namespace: "shop").compile(try ManifestLoader.load(text: """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: web, namespace: shop}
+        spec: {ports: [{name: http, port: 80}]}
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: VirtualService
+        metadata: {name: vs, namespace: shop}
+        spec:
+          hosts: [web]
+          http: [{retries: {perTryTimeout: 1s}, route: [{destination: {host: web}}]}]
+        """, file: "vs.yaml", defaultNamespace: "shop"), generation: 1)
+        guard case .forward(let backends)? = snapshot.routes.virtualHosts.first?.rules(forPort: 80)?.rules.first?.action else {
+            Issue.record("no forward rule")
+            return
+        }
+        #expect(backends.policy.retry?.maxRetries == 0 && backends.policy.perTryTimeout == nil)
+    }
+
     @Test func everyPartIsRead() throws {
         let rule = try load("""
           - match: [{uri: {prefix: /a}, headers: {X-User: {regex: "u[0-9]+"}}, queryParams: {v: {exact: "2"}}, ignoreUriCase: true}]
