@@ -41,7 +41,7 @@ public enum ForwardingHeaders {
         for field in head.headers {
             let name = field.name.bytes(in: bytes)
             switch classify(name) {
-            case .hopByHop, .framing, .host, .expect, .forwardedProto: continue
+            case .hopByHop, .framing, .host, .expect, .forwardedProto, .attemptCount: continue
             case .forwardedFor:
                 // Several x-forwarded-for lines are one list (RFC 9110 §5.3): keep the first, append ours.
                 if forwardedFor == nil { forwardedFor = field.value }
@@ -80,8 +80,14 @@ public enum ForwardingHeaders {
         }
         modifier?.writeAdded(into: out)
         writeFraming(head.framing, into: out)
+        out.append(firstAttempt)
         out.append("\r\n")
     }
+
+    /// The last header line of every request sent upstream: `x-envoy-attempt-count` as Istio has Envoy send it
+    /// (`include_request_attempt_count`: 1 on the first try; a client's own is replaced). Last, so that a retry
+    /// replaces it by cutting these bytes before the blank line.
+    public static let firstAttempt: StaticString = "x-envoy-attempt-count: 1\r\n"
 
     /// Writes `head` as the response sent downstream. `close` adds `connection: close`.
     public static func writeResponse(_ head: ResponseHead, _ bytes: UnsafeRawBufferPointer, close: Bool, modifier: HeaderModifier? = nil,
@@ -197,7 +203,7 @@ public enum ForwardingHeaders {
         }
     }
 
-    enum HeaderClass { case hopByHop, framing, host, expect, forwardedFor, forwardedProto, requestID, traceparent, other }
+    enum HeaderClass { case hopByHop, framing, host, expect, forwardedFor, forwardedProto, requestID, traceparent, attemptCount, other }
 
     /// Classifies a header name, case-insensitively, by length first so most names cost one comparison.
     @inline(__always)
@@ -215,6 +221,7 @@ public enum ForwardingHeaders {
         case 16 where HTTP1Parser.equalsLowercase(name, "proxy-connection"): return .hopByHop
         case 17 where HTTP1Parser.equalsLowercase(name, "transfer-encoding"): return .framing
         case 17 where HTTP1Parser.equalsLowercase(name, "x-forwarded-proto"): return .forwardedProto
+        case 21 where HTTP1Parser.equalsLowercase(name, "x-envoy-attempt-count"): return .attemptCount
         default: return .other
         }
     }

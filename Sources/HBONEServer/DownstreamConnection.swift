@@ -930,7 +930,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         upstream = connection
         upstreamAddress = pool.addressText
         let bytes = replay.readable
-        connection.output.append(UnsafeRawBufferPointer(rebasing: bytes[0..<(replayHeadLength - 2)]))
+        let headWithoutAttempt = replayHeadLength - 2 - ForwardingHeaders.firstAttempt.utf8CodeUnitCount
+        connection.output.append(UnsafeRawBufferPointer(rebasing: bytes[0..<headWithoutAttempt]))
         connection.output.append("x-envoy-attempt-count: ")
         connection.output.appendDecimal(attempt)
         connection.output.append("\r\n\r\n")

@@ -48,7 +48,7 @@ final class H2CExchange {
     var forwardPolicy = ForwardPolicy.standard
     /// The backend's connection-pool limits (`http2MaxRequests`, `maxRetries`), counted into while in flight.
     var limits: ClusterLimits?
-    /// The request fields sent upstream (a retry adds `x-envoy-attempt-count`).
+    /// The request fields sent upstream, but for `x-envoy-attempt-count` (added per attempt, as Istio has Envoy do).
     var upstreamFields: [(String, String)] = []
     /// The upstream stream waits to start (fault delay or retry backoff); the request body meanwhile waits in
     /// `requestBody`, bounded by the client's stream window.
@@ -413,7 +413,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         }
         exchange.upstreamAddress = pool.addressText
         var fields = exchange.upstreamFields
-        if exchange.attempt > 1 { fields.append(("x-envoy-attempt-count", String(exchange.attempt))) }
+        fields.append(("x-envoy-attempt-count", String(exchange.attempt)))
         upstream.start(exchange, fields: fields, owner: self)
         guard exchange.upstream === upstream else { return }  // refused at once (and already handled)
         if let timeout = exchange.forwardPolicy.perTryTimeout {
@@ -598,7 +598,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         var hasRequestID = false, hasTraceparent = false
         for (name, value) in exchange.requestFields where !name.hasPrefix(":") {
             switch name {
-            case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host", "x-forwarded-proto":
+            case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host", "x-forwarded-proto",
+                 "x-envoy-attempt-count":
                 continue
             case "te" where value != "trailers":
                 continue

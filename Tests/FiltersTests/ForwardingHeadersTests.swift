@@ -20,19 +20,25 @@ private func forward(_ request: String, client: String = "10.0.0.5") -> String {
         let sent = forward("GET /p?q HTTP/1.1\r\nHost: svc\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: 5\r\nTE: trailers\r\n"
                            + "Upgrade: h2c\r\nProxy-Connection: x\r\nX-Secret: s\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\r\n")
         #expect(sent == "GET /p?q HTTP/1.1\r\nhost: svc\r\nAccept: */*\r\nx-forwarded-for: 10.0.0.5\r\n"
-                + "x-forwarded-proto: http\r\nx-request-id: generated-id\r\n\r\n")
+                + "x-forwarded-proto: http\r\nx-request-id: generated-id\r\nx-envoy-attempt-count: 1\r\n\r\n")
     }
 
     @Test func appendsToAnExistingForwardedForAndKeepsRequestID() {
         let sent = forward("POST / HTTP/1.1\r\nHost: svc\r\nX-Forwarded-For: 1.2.3.4\r\nX-Request-Id: abc\r\nContent-Length: 3\r\n\r\n")
         #expect(sent == "POST / HTTP/1.1\r\nhost: svc\r\nX-Request-Id: abc\r\nx-forwarded-for: 1.2.3.4, 10.0.0.5\r\n"
-                + "x-forwarded-proto: http\r\ncontent-length: 3\r\n\r\n")
+                + "x-forwarded-proto: http\r\ncontent-length: 3\r\nx-envoy-attempt-count: 1\r\n\r\n")
     }
 
     @Test func reEmitsChunkedFramingAndDropsExpect() {
         let sent = forward("PUT / HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\nX-Request-Id: r\r\n\r\n")
         #expect(sent == "PUT / HTTP/1.1\r\nhost: svc\r\nX-Request-Id: r\r\nx-forwarded-for: 10.0.0.5\r\nx-forwarded-proto: http\r\n"
-                + "transfer-encoding: chunked\r\n\r\n")
+                + "transfer-encoding: chunked\r\nx-envoy-attempt-count: 1\r\n\r\n")
+    }
+
+    /// Istio has Envoy send the attempt count on every request; a client's own is not passed on.
+    @Test func attemptCountIsOursAndLast() {
+        let sent = forward("GET / HTTP/1.1\r\nHost: svc\r\nX-Envoy-Attempt-Count: 7\r\nX-Request-Id: r\r\n\r\n")
+        #expect(!sent.contains("7") && sent.hasSuffix("\r\n" + ForwardingHeaders.firstAttempt.description + "\r\n"))
     }
 
     @Test func absoluteFormBecomesOriginFormWithHost() {
