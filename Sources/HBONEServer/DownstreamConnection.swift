@@ -103,8 +103,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private var limits: ClusterLimits?
     /// The route's retry policy, else the proxy's default (nil: no retries); resolved once per exchange.
     private var retryPolicy: RetryPolicy?
-    /// The locality tiers tried, when the policy retries in other localities.
-    private var triedLocalities: TriedLocalities?
+    /// Where this request's tries went (retries avoid them).
+    private var retryHistory = RetryHistory()
     /// `policy.requestTimeout` (all tries, until the response is complete) and `policy.perTryTimeout` (each try,
     /// until its response head); created on first use.
     private var requestTimer: Timer?
@@ -510,7 +510,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private func forward(_ headBytes: UnsafeRawBufferPointer, to endpoint: Int32) {
         self.endpoint = endpoint
         retryPolicy = policy.retry ?? server.settings.defaultRetries
-        triedLocalities = retryPolicy?.retryRemoteLocalities == true ? TriedLocalities() : nil
+        retryHistory = RetryHistory(remoteLocalities: retryPolicy?.retryRemoteLocalities == true)
         if let limits, !limits.enterRequest() {
             overflowRequests()
             return
@@ -919,7 +919,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private func sendRetry() {
         guard waitingToRetry, !closed else { return }
         waitingToRetry = false
-        endpoint = server.router.alternateEndpoint(cluster: cluster, excluding: endpoint, localities: &triedLocalities)
+        endpoint = server.router.alternateEndpoint(cluster: cluster, failed: endpoint, history: &retryHistory)
         guard let pool = server.pool(endpoint), let connection = pool.checkout(for: self, limits: limits) else {
             flags = "UF"
             server.counters.upstreamConnectFailures.increment()

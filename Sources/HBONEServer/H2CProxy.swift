@@ -66,8 +66,8 @@ final class H2CExchange {
     // Retries.
     var retryPolicy: RetryPolicy?
     var attempt = 1
-    /// The locality tiers tried, when the policy retries in other localities.
-    var triedLocalities: TriedLocalities?
+    /// Where the tries went (retries avoid them).
+    var retryHistory = RetryHistory()
     /// The request body received so far, kept while it is within the retry policy's replay bound; nil: no
     /// retry is possible (no policy, or the body outgrew the bound).
     var replay: ByteBuffer?
@@ -358,7 +358,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             exchange.retryPolicy = policy.retry ?? server.settings.defaultRetries
             if let retry = exchange.retryPolicy {
                 exchange.replay = ByteBuffer(lazyCapacity: 16 * 1024)
-                if retry.retryRemoteLocalities { exchange.triedLocalities = TriedLocalities() }
+                exchange.retryHistory.remoteLocalities = retry.retryRemoteLocalities
             }
             if let delay = policy.delay, server.roll(delay.percent) {
                 server.counters.faultDelays.increment()
@@ -451,8 +451,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         exchange.requestBody.clear()
         if let replay = exchange.replay { exchange.requestBody.append(replay.readable) }
         exchange.sentInAttempt = 0
-        exchange.endpoint = server.router.alternateEndpoint(cluster: exchange.cluster, excluding: exchange.endpoint,
-                                                            localities: &exchange.triedLocalities)
+        exchange.endpoint = server.router.alternateEndpoint(cluster: exchange.cluster, failed: exchange.endpoint,
+                                                            history: &exchange.retryHistory)
         startAttempt(exchange)
     }
 

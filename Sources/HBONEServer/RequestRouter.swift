@@ -17,21 +17,24 @@ public enum RouteDecision {
     case respond(status: Int, body: [UInt8], delay: Duration?)
 }
 
-/// The locality tiers a request's tries went to, for VirtualService `retryRemoteLocalities`: Envoy's
-/// previous-priorities retry plugin with the update frequency Istio gives it (2): the first two tries use the
+/// Where a request's tries went, for picking the next one as Istio has Envoy do: a retry avoids every endpoint
+/// tried before (the previous-hosts predicate, up to 5 picks), and with `retryRemoteLocalities` the locality
+/// tiers tried (the previous-priorities plugin with Istio's update frequency of 2: the first two tries use the
 /// normal tier loads, the third and fourth leave out the tiers of the first two, the fifth those of the first
-/// four, and so on; when every tier is left out, none is.
+/// four, and so on; when every tier is left out, none is).
 ///
-/// Thread: its exchange's. Ownership: the exchange (a value).
-public struct TriedLocalities: Sendable {
+/// Thread: its exchange's. Ownership: the exchange (a value; its array allocates only once a retry happens).
+public struct RetryHistory: Sendable {
+    /// Endpoints tried so far.
+    public var endpoints: [Int32] = []
+    /// The policy's `retryRemoteLocalities`.
+    public var remoteLocalities: Bool
     /// Bit n: a try went to tier n.
-    public var tried: UInt8 = 0
+    public var tiersTried: UInt8 = 0
     /// The tiers the next picks leave out.
-    public var excluded: UInt8 = 0
-    /// The try about to be made (1: the first).
-    public var tries = 1
+    public var tiersExcluded: UInt8 = 0
 
-    public init() {}
+    public init(remoteLocalities: Bool = false) { self.remoteLocalities = remoteLocalities }
 }
 
 /// Decides where each request and each HBONE tunnel goes. One instance per worker.
@@ -56,10 +59,10 @@ public protocol RequestRouter: AnyObject {
     func destination(for address: SocketAddress) -> Destination?
     /// Whether the destination's own cluster has a ready endpoint (a workload address always has one).
     func isReachable(_ destination: Destination) -> Bool
-    /// For a retry: a ready endpoint of `cluster` other than `excluding` when there is one, else `excluding`
-    /// (always `excluding` for a consistent-hash backend, unless it was ejected: Istio's retry policy there).
-    /// `localities` (VirtualService `retryRemoteLocalities`, nil when not asked for) records the tiers tried.
-    func alternateEndpoint(cluster: Int32, excluding: Int32, localities: inout TriedLocalities?) -> Int32
+    /// For a retry after a try at `failed`: a ready endpoint of `cluster` not tried before when there is one
+    /// (always `failed` for a consistent-hash backend, unless it was ejected: Istio's retry policy there).
+    /// Records `failed` in `history`.
+    func alternateEndpoint(cluster: Int32, failed: Int32, history: inout RetryHistory) -> Int32
     /// The backend's connection-pool limits (DestinationRule) with their proxy-wide counts, nil when none.
     func limits(cluster: Int32) -> ClusterLimits?
     /// How an attempt to `endpoint` of `cluster` ended, for outlier detection (ejections).

@@ -17,7 +17,7 @@ final class NoRoutes: RequestRouter {
     var lastDecidingPolicy: String? { nil }
     var lastService: Int32 { -1 }
     func service(of destination: Destination) -> Int32 { -1 }
-    func alternateEndpoint(cluster: Int32, excluding: Int32, localities: inout TriedLocalities?) -> Int32 { excluding }
+    func alternateEndpoint(cluster: Int32, failed: Int32, history: inout RetryHistory) -> Int32 { failed }
     func reportAttempt(endpoint: Int32, cluster: Int32, result: OutlierDetection.Result) {}
     func limits(cluster: Int32) -> ClusterLimits? { nil }
     func destination(for address: SocketAddress) -> Destination? { nil }

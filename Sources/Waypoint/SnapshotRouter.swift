@@ -194,35 +194,41 @@ final class SnapshotRouter: RequestRouter {
         return (slots, counters.publishPolicyCounters(labels: names.flatMap { ["\($0)|allow", "\($0)|deny", "\($0)|audit"] }))
     }
 
-    func alternateEndpoint(cluster: Int32, excluding: Int32, localities: inout TriedLocalities?) -> Int32 {
-        guard cluster >= 0 else { return excluding }
+    func alternateEndpoint(cluster: Int32, failed: Int32, history: inout RetryHistory) -> Int32 {
+        history.endpoints.append(failed)
+        guard cluster >= 0 else { return failed }
         let members = snapshot.clusters[Int(cluster)].endpoints
-        guard members.count > 1 else { return excluding }
+        guard members.count > 1 else { return failed }
         let checkHealth = !health.isEmpty && snapshot.clusters[Int(cluster)].outlierDetection != nil
         // Istio gives consistent-hash routes no previous-hosts predicate: the retry stays on the hashed endpoint
         // unless it was ejected meanwhile.
-        if case .consistentHash = snapshot.clusters[Int(cluster)].loadBalancer, !(checkHealth && isEjected(excluding)) {
-            return excluding
+        if case .consistentHash = snapshot.clusters[Int(cluster)].loadBalancer, !(checkHealth && isEjected(failed)) {
+            return failed
         }
-        var excludedTiers: UInt8 = 0
-        if var state = localities, let tiers = snapshot.clusters[Int(cluster)].tiers {
-            if let tier = tiers.firstIndex(where: { $0.contains(excluding) }) { state.tried |= 1 << tier }
-            state.tries += 1
-            if state.tries % 2 == 1 { state.excluded = state.tried }  // tries 3, 5, ...: Istio's update frequency 2
-            excludedTiers = state.excluded
-            localities = state
+        if history.remoteLocalities, let tiers = snapshot.clusters[Int(cluster)].tiers {
+            if let tier = tiers.firstIndex(where: { $0.contains(failed) }) { history.tiersTried |= 1 << tier }
+            // The try about to be made is number endpoints.count + 1: at 3, 5, ... (update frequency 2) the tiers
+            // tried so far are left out.
+            if history.endpoints.count % 2 == 0 { history.tiersExcluded = history.tiersTried }
         }
-        if let next = nextEndpoint(cluster, excludingTiers: excludedTiers), next != excluding { return next }
-        // The balancer chose the endpoint that just failed: the next one round-robin that is not it (nor ejected).
+        // Envoy's previous-hosts predicate: up to 5 picks by the balancer for one not tried yet.
+        var pick: Int32? = nil
+        for _ in 0..<5 {
+            pick = nextEndpoint(cluster, excludingTiers: history.tiersExcluded)
+            if let pick, !history.endpoints.contains(pick) { return pick }
+        }
+        // Then, as Envoy, the balancer's last pick when tiers apply (a retry never leaves its tier by itself);
+        // otherwise the next endpoint round-robin not tried (nor ejected), else the last pick.
+        if snapshot.clusters[Int(cluster)].tiers != nil { return pick ?? failed }
         let start = roundRobin[Int(cluster)]
         for offset in 0..<UInt32(members.count) {
             let candidate = members[Int((start &+ offset) % UInt32(members.count))]
-            if candidate != excluding && !(checkHealth && isEjected(candidate)) {
+            if !history.endpoints.contains(candidate) && !(checkHealth && isEjected(candidate)) {
                 roundRobin[Int(cluster)] = start &+ offset &+ 1
                 return candidate
             }
         }
-        return excluding
+        return pick ?? failed
     }
 
     func isReachable(_ destination: Destination) -> Bool {

@@ -60,10 +60,12 @@ def test_each_retry_goes_to_another_endpoint(hbone_proxy, certs):
                                      port_name="grpc"))
     c, inner = open_inner(proxy, certs)
     for i in range(4):
-        # Each origin fails its first request of the key: the tries must alternate (first, other, first).
+        # Each origin fails its first request of the key: the second try must go to the other one; the third
+        # (both tried) to either, which answers.
         stream = inner.request(f"/x?fail=1&key=k{i}")
         assert inner.wait(stream)[":status"] == "200"
-        assert sorted([attempt_counts(a, f"k{i}"), attempt_counts(b, f"k{i}")], key=len) == [["2"], ["1", "3"]]
+        tries = sorted([attempt_counts(a, f"k{i}"), attempt_counts(b, f"k{i}")])
+        assert tries in ([["1"], ["2", "3"]], [["1", "3"], ["2"]])
     c.close()
 
 

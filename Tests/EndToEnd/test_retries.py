@@ -461,3 +461,23 @@ def test_a_reload_keeps_ejections(workdir, processes, origin_factory, proxy_fact
         time.sleep(0.05)
     assert [http_request(proxy.port, "GET", f"/b{i}", host="web")[0] for i in range(6)] == [200] * 6
     assert int(urllib.request.urlopen(f"http://127.0.0.1:{dead_port}/__requests").read()) == 1
+
+
+def test_retries_avoid_every_endpoint_tried(origin_factory, proxy_factory):
+    """Envoy's previous-hosts predicate, as Istio configures it: with three endpoints that each fail their first
+    request of a key, tries 1-3 reach three different endpoints (so each fails once) and the fourth answers."""
+    origins = [origin_factory(name) for name in ("a", "b", "c")]
+    vs = """
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: web, namespace: default}
+spec:
+  hosts: [web]
+  http: [{retries: {attempts: 3, retryOn: 5xx}, route: [{destination: {host: web}}]}]
+"""
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", o.port) for o in origins]) + destination_rule(
+        "    loadBalancer: {simple: RANDOM}") + vs, extra=["--workers", "1"])
+    for i in range(10):
+        status, _, body = http_request(proxy.port, "GET", f"/p?fail=1&key=p{i}", host="web")
+        assert status == 200 and json.loads(body)["headers"]["x-envoy-attempt-count"] == "4"
