@@ -408,7 +408,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
 
     /// Opens this attempt's upstream stream with the request body received so far.
     private func startAttempt(_ exchange: H2CExchange) {
-        guard let pool = server.pool(exchange.endpoint), let upstream = pool.h2cUpstream() else {
+        guard let pool = server.pool(exchange.endpoint),
+              let upstream = pool.h2cUpstream(maxRequestsPerConnection: exchange.limits?.settings.maxRequestsPerConnection) else {
             return attemptFailed(exchange, .connectFailed)
         }
         exchange.upstreamAddress = pool.addressText
@@ -758,7 +759,11 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
 /// when the last of them ends.
 final class H2CUpstream: HTTP2SessionDelegate {
     private let pool: UpstreamPool
+    /// Closing once its last exchange ends: its pool was retired, or it carried `maxStreams`.
     private var retiring = false
+    /// DestinationRule `maxRequestsPerConnection`: streams this connection may carry in all (nil: no limit).
+    private let maxStreams: Int?
+    private var streamsStarted = 0
     private var channel: HTTP2Channel!
     private var exchanges: [Int32: H2CExchange] = [:]
     /// Owners of the exchanges (downstream sessions, or the mirror sink), by upstream stream.
@@ -766,14 +771,15 @@ final class H2CUpstream: HTTP2SessionDelegate {
     private(set) var closed = false
     var onClosed: (() -> Void)?
 
-    init(stream: any ByteStream, pool: UpstreamPool) {
+    init(stream: any ByteStream, pool: UpstreamPool, maxStreams: Int? = nil) {
         self.pool = pool
+        self.maxStreams = maxStreams
         channel = HTTP2Channel(stream: stream, role: .client, delegate: self)
         channel.onClosed = { [unowned(unsafe) self] in self.channelClosed() }
     }
 
     var canTakeStream: Bool {
-        !closed && channel.session.acceptsNewRequests && exchanges.count < min(100, channel.session.peerMaxConcurrentStreams)
+        !closed && !retiring && channel.session.acceptsNewRequests && exchanges.count < min(100, channel.session.peerMaxConcurrentStreams)
     }
 
     func start(_ exchange: H2CExchange, fields: [(String, String)], owner: any H2CExchangeOwner) {
@@ -785,6 +791,8 @@ final class H2CUpstream: HTTP2SessionDelegate {
         exchanges[id] = exchange
         owners[id] = owner
         pool.requestsInFlight += 1
+        streamsStarted += 1
+        if let maxStreams, streamsStarted >= maxStreams { retiring = true }  // spent: closes after its last stream
         channel.flush()
     }
 

@@ -15,8 +15,9 @@ final class UpstreamPool {
     let addressText: String
     /// HBONE connections to the endpoint's node (tunnel pools only).
     private var hboneConnections: [HBONEConnection] = []
-    /// The HTTP/2 connection for h2c exchanges to this endpoint, opened on first use.
-    private var h2c: H2CUpstream?
+    /// The HTTP/2 connections for h2c exchanges to this endpoint, opened on demand: usually one; more while the
+    /// newest is full, and ones that take no more streams (spent, GOAWAY) stay here until their last ends.
+    private var h2c: [H2CUpstream] = []
     private unowned(unsafe) let server: ProxyServer
     private var idle: [UpstreamConnection] = []
     /// Exchanges (HTTP/1.1 and h2c) of this worker attached to this endpoint now.
@@ -28,7 +29,7 @@ final class UpstreamPool {
         didSet {
             guard retired else { return }
             closeIdle()
-            h2c?.retire()
+            for upstream in h2c { upstream.retire() }
         }
     }
 
@@ -58,14 +59,15 @@ final class UpstreamPool {
         return connection
     }
 
-    /// The endpoint's HTTP/2 connection, opened (or replaced, when full or closed) on demand.
-    func h2cUpstream() -> H2CUpstream? {
-        if let h2c, h2c.canTakeStream { return h2c }
+    /// An HTTP/2 connection to the endpoint that takes another stream, opened when none does; a new one carries
+    /// at most `maxRequestsPerConnection` streams (DestinationRule).
+    func h2cUpstream(maxRequestsPerConnection: Int? = nil) -> H2CUpstream? {
+        if let open = h2c.last(where: { $0.canTakeStream }) { return open }
         guard let stream = tunnel ? openTunnel() : openSocket() else { return nil }
         server.counters.upstreamConnectionsTotal.increment()
-        let upstream = H2CUpstream(stream: stream, pool: self)
-        upstream.onClosed = { [unowned(unsafe) self, unowned(unsafe) upstream] in if self.h2c === upstream { self.h2c = nil } }
-        h2c = upstream
+        let upstream = H2CUpstream(stream: stream, pool: self, maxStreams: maxRequestsPerConnection.flatMap { $0 > 0 ? $0 : nil })
+        upstream.onClosed = { [unowned(unsafe) self, unowned(unsafe) upstream] in self.h2c.removeAll { $0 === upstream } }
+        h2c.append(upstream)
         return upstream
     }
 

@@ -28,6 +28,7 @@ class H2COrigin:
         self.listener.listen(16)
         self.port = self.listener.getsockname()[1]
         self.connections = 0
+        self.closed = 0         # connections the proxy closed
         self.seen = []          # (headers, body) of every complete request
         self.arrived = []       # headers of every request, complete or not
         self.failed = {}        # key -> failures so far
@@ -69,6 +70,7 @@ class H2COrigin:
             except OSError:
                 return
             if not data:
+                self.closed += 1
                 return
             for event in conn.receive_data(data):
                 if isinstance(event, h2.events.RequestReceived):

@@ -210,3 +210,29 @@ def test_no_retry_once_the_response_has_started(hbone_proxy, certs):
     assert attempt_counts(origin, "m") == ["1"]
     assert total(proxy.metrics(), "waypoint_upstream_retries_total") == 0
     c.close()
+
+
+def test_max_requests_per_connection_over_http2(hbone_proxy, certs):
+    """DestinationRule maxRequestsPerConnection 2: five HTTP/2 requests use three upstream connections, each
+    closed after its last stream."""
+    origin = H2COrigin()
+    rule = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: default}
+spec: {host: web, trafficPolicy: {connectionPool: {http: {maxRequestsPerConnection: 2}}}}
+"""
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", origin.port)], cluster_ip=VIP, port_name="grpc", routes=rule))
+    c, inner = open_inner(proxy, certs)
+    for i in range(5):
+        stream = inner.request(f"/r{i}")
+        assert inner.wait(stream)[":status"] == "200"
+    assert origin.connections == 3
+    assert proxy.metrics()["waypoint_upstream_connections_total"] == 3
+    deadline = time.time() + 5
+    while origin.closed < 2:                               # the two spent ones; the third has a stream left
+        assert time.time() < deadline
+        time.sleep(0.02)
+    time.sleep(0.2)
+    assert origin.closed == 2
+    c.close()
