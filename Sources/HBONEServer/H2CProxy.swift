@@ -408,10 +408,14 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
 
     /// Opens this attempt's upstream stream with the request body received so far.
     private func startAttempt(_ exchange: H2CExchange) {
-        guard let pool = server.pool(exchange.endpoint),
-              let upstream = pool.h2cUpstream(maxRequestsPerConnection: exchange.limits?.settings.maxRequestsPerConnection) else {
-            return attemptFailed(exchange, .connectFailed)
+        guard let pool = server.pool(exchange.endpoint) else { return attemptFailed(exchange, .connectFailed) }
+        if let limits = exchange.limits, !pool.h2cHasCapacity(limits) {
+            // The endpoint's connections take no more streams and the backend's connection limit is reached.
+            exchange.flags = "UO"
+            server.counters.upstreamOverflow.increment()
+            return replyLocally(exchange, .upstreamOverflow)
         }
+        guard let upstream = pool.h2cUpstream(limits: exchange.limits) else { return attemptFailed(exchange, .connectFailed) }
         exchange.upstreamAddress = pool.addressText
         var fields = exchange.upstreamFields
         fields.append(("x-envoy-attempt-count", String(exchange.attempt)))
@@ -552,7 +556,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     /// cluster; its body follows the original's as it arrives, and its answer is dropped.
     private func startMirror(_ exchange: H2CExchange, fields: [(String, String)], cluster: Int32) {
         guard let endpoint = server.router.pickEndpoint(inCluster: cluster), let pool = server.pool(endpoint),
-              let upstream = pool.h2cUpstream() else {
+              let upstream = pool.h2cUpstream(limits: nil) else {
             server.counters.mirrorsSkipped.increment()
             return
         }

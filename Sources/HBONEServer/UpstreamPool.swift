@@ -59,16 +59,28 @@ final class UpstreamPool {
         return connection
     }
 
-    /// An HTTP/2 connection to the endpoint that takes another stream, opened when none does; a new one carries
-    /// at most `maxRequestsPerConnection` streams (DestinationRule).
-    func h2cUpstream(maxRequestsPerConnection: Int? = nil) -> H2CUpstream? {
+    /// An HTTP/2 connection to the endpoint that takes another stream, opened when none does. A new one counts
+    /// in the backend's `limits` (DestinationRule `tcp.maxConnections`) and carries at most
+    /// `maxRequestsPerConnection` streams.
+    func h2cUpstream(limits: ClusterLimits?) -> H2CUpstream? {
         if let open = h2c.last(where: { $0.canTakeStream }) { return open }
         guard let stream = tunnel ? openTunnel() : openSocket() else { return nil }
         server.counters.upstreamConnectionsTotal.increment()
-        let upstream = H2CUpstream(stream: stream, pool: self, maxStreams: maxRequestsPerConnection.flatMap { $0 > 0 ? $0 : nil })
-        upstream.onClosed = { [unowned(unsafe) self, unowned(unsafe) upstream] in self.h2c.removeAll { $0 === upstream } }
+        let upstream = H2CUpstream(stream: stream, pool: self,
+                                   maxStreams: limits?.settings.maxRequestsPerConnection.flatMap { $0 > 0 ? $0 : nil })
+        if let limits { server.limitedConnectionOpened(limits) }
+        upstream.onClosed = { [unowned(unsafe) self, unowned(unsafe) upstream] in
+            self.h2c.removeAll { $0 === upstream }
+            if let limits { self.server.limitedConnectionClosed(limits) }
+        }
         h2c.append(upstream)
         return upstream
+    }
+
+    /// Whether an h2c exchange of a backend with `limits` may have a stream here now: a connection takes one, this
+    /// worker has none to the endpoint yet (Envoy's rule against starvation), or the backend may open another.
+    func h2cHasCapacity(_ limits: ClusterLimits) -> Bool {
+        h2c.isEmpty || h2c.contains { $0.canTakeStream } || limits.mayOpenConnection
     }
 
     /// A new stream to the endpoint outside the pool (a mirrored request): a socket, or an HBONE tunnel.

@@ -236,3 +236,35 @@ spec: {host: web, trafficPolicy: {connectionPool: {http: {maxRequestsPerConnecti
     time.sleep(0.2)
     assert origin.closed == 2
     c.close()
+
+
+def test_max_connections_over_http2(hbone_proxy, certs):
+    """maxConnections 1 with maxRequestsPerConnection 1 (every stream needs a connection of its own): while one
+    request holds the only connection, the next is refused with 503 overflow; once it is gone, one goes through."""
+    origin = H2COrigin()
+    rule = """
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: default}
+spec: {host: web, trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}, http: {maxRequestsPerConnection: 1}}}}
+"""
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", origin.port)], cluster_ip=VIP, port_name="grpc", routes=rule),
+                        extra=["--default-retries", "off"])
+    c, inner = open_inner(proxy, certs)
+    held = inner.request("/held?fail=1&key=h&how=hang")
+    deadline = time.time() + 5
+    while not origin.arrived:
+        assert time.time() < deadline
+        time.sleep(0.02)
+    refused = inner.request("/second")
+    assert inner.wait(refused)[":status"] == "503"
+    assert b"reset reason: overflow" in inner.data[refused]
+    inner.conn.reset_stream(held)                          # the client gives up: the connection closes
+    inner.flush()
+    deadline = time.time() + 5
+    while origin.closed < 1:
+        assert time.time() < deadline
+        time.sleep(0.02)
+    assert inner.wait(inner.request("/third"))[":status"] == "200"
+    assert proxy.metrics()["waypoint_upstream_overflow_total"] == 1
+    c.close()
