@@ -391,11 +391,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     /// The first attempt (after any fault delay): the exchange joins the retry budget's counts and the route's
     /// timeout starts (after the delay, as in Envoy).
     private func beginForwarding(_ exchange: H2CExchange) {
-        if let limits = exchange.limits, !limits.enterRequest() {
-            exchange.flags = "UO"
-            server.counters.upstreamOverflow.increment()
-            return replyLocally(exchange, .upstreamOverflow)
-        }
+        if let limits = exchange.limits, !limits.enterRequest() { return overflow(exchange) }
         exchange.inFlight = true
         server.exchangesInFlight += 1
         if exchange.retryPolicy != nil { server.earnRetryBudget(exchange.cluster) }
@@ -409,12 +405,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     /// Opens this attempt's upstream stream with the request body received so far.
     private func startAttempt(_ exchange: H2CExchange) {
         guard let pool = server.pool(exchange.endpoint) else { return attemptFailed(exchange, .connectFailed) }
-        if let limits = exchange.limits, !pool.h2cHasCapacity(limits) {
-            // The endpoint's connections take no more streams and the backend's connection limit is reached.
-            exchange.flags = "UO"
-            server.counters.upstreamOverflow.increment()
-            return replyLocally(exchange, .upstreamOverflow)
-        }
+        // The endpoint's connections take no more streams and the backend's connection limit is reached.
+        if let limits = exchange.limits, !pool.h2cHasCapacity(limits) { return overflow(exchange) }
         guard let upstream = pool.h2cUpstream(limits: exchange.limits) else { return attemptFailed(exchange, .connectFailed) }
         exchange.upstreamAddress = pool.addressText
         var fields = exchange.upstreamFields
@@ -427,6 +419,13 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         }
         if !exchange.requestBody.isEmpty || exchange.requestEnded { upstream.requestDataReady(exchange) }
         channel.flush()
+    }
+
+    /// 503 overflow: the backend's requests in flight (`http2MaxRequests`) or connections are at their limit.
+    private func overflow(_ exchange: H2CExchange) {
+        exchange.flags = "UO"
+        server.counters.upstreamOverflow.increment()
+        replyLocally(exchange, .upstreamOverflow)
     }
 
     /// A timer that acts on the exchange if it still exists when it fires (looked up by stream, never dangling).

@@ -103,21 +103,21 @@ public final class ProxyServer {
     func hasConnectionCapacity(endpoint: Int32, limits: ClusterLimits) -> Bool {
         guard let pool = pool(endpoint) else { return true }
         if pool.hasIdleConnection || pool.openConnections == 0 { return true }
-        return limits.mayOpenConnection && !holdsFairShare(limits, beyond: false)
+        return limits.mayOpenConnection && !(fairShare(limits).map { $0.held >= $0.share } ?? false)
     }
 
     /// Whether this worker should give a connection of the backend back rather than keep it: it holds more than
-    /// its fair share (the limit ÷ workers) while requests on other workers wait for one. Without this, the
-    /// worker that happened to open the connections first would keep them all and serve its clients faster.
-    func shouldReleaseConnection(_ limits: ClusterLimits) -> Bool { holdsFairShare(limits, beyond: true) }
+    /// its fair share while requests on other workers wait for one. Without this, the worker that happened to
+    /// open the connections first would keep them all and serve its clients faster.
+    func shouldReleaseConnection(_ limits: ClusterLimits) -> Bool { fairShare(limits).map { $0.held > $0.share } ?? false }
 
-    private func holdsFairShare(_ limits: ClusterLimits, beyond: Bool) -> Bool {
-        guard settings.workers > 1, let limit = limits.settings.maxConnections else { return false }
+    /// The backend's connections this worker holds and its fair share of the limit (limit ÷ workers, at least
+    /// one), when requests on other workers wait for a connection; nil when none do (or without a limit).
+    private func fairShare(_ limits: ClusterLimits) -> (held: Int, share: Int)? {
+        guard settings.workers > 1, let limit = limits.settings.maxConnections else { return nil }
         let key = ObjectIdentifier(limits)
-        let waitingElsewhere = limits.pending.load(ordering: .relaxed) > (waiting[key]?.queue.count ?? 0)
-        guard waitingElsewhere else { return false }
-        let held = limitedConnections[key] ?? 0, share = max(1, limit / settings.workers)
-        return beyond ? held > share : held >= share
+        guard limits.pending.load(ordering: .relaxed) > (waiting[key]?.queue.count ?? 0) else { return nil }
+        return (limitedConnections[key] ?? 0, max(1, limit / settings.workers))
     }
 
     /// Queues a request for a connection of the backend; false when `maxPendingRequests` already wait.
