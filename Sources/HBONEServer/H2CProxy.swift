@@ -46,6 +46,8 @@ final class H2CExchange {
     var cluster: Int32 = -1
     var endpoint: Int32 = -1
     var forwardPolicy = ForwardPolicy.standard
+    /// All tries together: the route's timeout, or for gRPC the call's own deadline within it.
+    var requestTimeout: Duration?
     /// The backend's connection-pool limits (`http2MaxRequests`, `maxRetries`), counted into while in flight.
     var limits: ClusterLimits?
     /// The request fields sent upstream, but for `x-envoy-attempt-count` (added per attempt, as Istio has Envoy do).
@@ -353,6 +355,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             exchange.cluster = cluster
             exchange.endpoint = endpoint
             exchange.forwardPolicy = policy
+            exchange.requestTimeout = policy.requestTimeout
+            if exchange.isGRPC { applyGRPCTimeout(exchange, &fields) }
             exchange.limits = server.router.limits(cluster: cluster)
             exchange.upstreamFields = fields
             exchange.retryPolicy = policy.retry ?? server.settings.defaultRetries
@@ -388,6 +392,20 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
 
     // MARK: Attempts, timeouts and retries
 
+    /// Istio has Envoy honour a gRPC call's `grpc-timeout` (`max_grpc_timeout` = the route's timeout): the call's
+    /// deadline, capped by the route's timeout, bounds all tries (absent, malformed or 0: the route's timeout);
+    /// the upstream is told the timeout that applies to its try (the per-try timeout when shorter).
+    private func applyGRPCTimeout(_ exchange: H2CExchange, _ fields: inout [(String, String)]) {
+        let index = fields.firstIndex { $0.0 == "grpc-timeout" }
+        if let index, let asked = GRPCTimeout.parse(fields[index].1), asked > .zero {
+            exchange.requestTimeout = exchange.requestTimeout.map { min($0, asked) } ?? asked
+        }
+        guard let expected = [exchange.requestTimeout, exchange.forwardPolicy.perTryTimeout].compactMap({ $0 }).min(),
+              expected > .zero else { return }
+        if let index { fields.remove(at: index) }
+        fields.append(("grpc-timeout", GRPCTimeout.format(expected)))
+    }
+
     /// The first attempt (after any fault delay): the exchange joins the retry budget's counts and the route's
     /// timeout starts (after the delay, as in Envoy).
     private func beginForwarding(_ exchange: H2CExchange) {
@@ -395,7 +413,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         exchange.inFlight = true
         server.exchangesInFlight += 1
         if exchange.retryPolicy != nil { server.earnRetryBudget(exchange.cluster) }
-        if let timeout = exchange.forwardPolicy.requestTimeout {
+        if let timeout = exchange.requestTimeout {
             exchange.requestTimer = timer(for: exchange) { session, exchange in session.requestTimedOut(exchange) }
             exchange.requestTimer!.schedule(after: timeout)
         }

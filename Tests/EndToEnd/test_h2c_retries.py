@@ -268,3 +268,38 @@ spec: {host: web, trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}, htt
     assert inner.wait(inner.request("/third"))[":status"] == "200"
     assert proxy.metrics()["waypoint_upstream_overflow_total"] == 1
     c.close()
+
+
+def test_grpc_timeout_header_is_the_calls_deadline(hbone_proxy, certs):
+    """As Istio configures Envoy (max_grpc_timeout = the route's timeout): a gRPC call's grpc-timeout bounds it,
+    capped by the route's timeout, and the upstream is told the timeout that applies."""
+    origin = H2COrigin()
+    capped = """
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: capped, namespace: default}
+spec:
+  hosts: [capped]
+  http: [{timeout: 200ms, route: [{destination: {host: web}}]}]
+"""
+    config = service_yaml("web", [("127.0.0.1", origin.port)], cluster_ip=VIP, port_name="grpc") + "---" + \
+        service_yaml("capped", [("127.0.0.1", origin.port)], cluster_ip="10.96.0.88", port_name="grpc") + "---" + capped
+    proxy = hbone_proxy(config, extra=["--default-retries", "off"])
+    c, inner = open_inner(proxy, certs)
+    start = time.time()
+    call = inner.request("/grpc.Echo/Say?fail=1&key=d&how=hang", headers=GRPC + [("grpc-timeout", "300m")],
+                         body=b"\x00\x00\x00\x00\x01x", method="POST")
+    assert inner.wait(call)["grpc-status"] == "14"
+    assert 0.3 <= time.time() - start < 2
+    assert [h["grpc-timeout"] for h in origin.arrived if "key=d" in h[":path"]] == ["300m"]
+    # The route's 200 ms caps a call that asks for 5 s.
+    sid = c.connect("10.96.0.88:80")
+    assert c.status(sid) == 200
+    other = InnerH2(c, sid)
+    start = time.time()
+    call = other.request("/grpc.Echo/Say?fail=1&key=e&how=hang", headers=GRPC + [("grpc-timeout", "5S")],
+                         body=b"\x00\x00\x00\x00\x01x", method="POST")
+    assert other.wait(call)["grpc-status"] == "14"
+    assert 0.2 <= time.time() - start < 2
+    assert [h["grpc-timeout"] for h in origin.arrived if "key=e" in h[":path"]] == ["200m"]
+    c.close()

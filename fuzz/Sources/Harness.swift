@@ -72,7 +72,7 @@ enum Harness {
     }
 
     /// What arrives before any HTTP: PROXY v2 headers (with the identity TLV), and the CONNECT authority,
-    /// `forwarded` and SPIFFE ID texts.
+    /// `forwarded` and SPIFFE ID texts; and the header texts parsed per request (traceparent, grpc-timeout).
     static func proxy(_ data: UnsafeRawBufferPointer) {
         switch ProxyProtocolHeader.parse(data) {
         case .complete(let header, let length):
@@ -88,6 +88,10 @@ enum Harness {
         _ = SocketAddress(text)
         _ = SpiffeIdentity(uri: text)
         if let address = Forwarded.firstFor(data) { _ = SocketAddress(address) }
+        // grpc-timeout: what parses formats to a header that parses to at least as long (rounded up, never 0 for > 0).
+        if let timeout = GRPCTimeout.parse(text) {
+            precondition(GRPCTimeout.parse(GRPCTimeout.format(timeout)).map { $0 >= timeout } ?? false, "grpc-timeout does not round-trip")
+        }
         // traceparent: what parses, continued with a new span, parses back to the same trace with that span.
         if let parsed = TraceContext.parse(data) {
             let continued = TraceContext(traceHigh: parsed.high, traceLow: parsed.low, parent: parsed.parent, span: parsed.parent ^ 0x5A5A)
