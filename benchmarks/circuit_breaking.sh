@@ -9,19 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-10}; CONNS=${CONNS:-64}; LIMIT=${LIMIT:-4}; PROXY_CPU=${PROXY_CPU:-0}; LOAD_CPU=${LOAD_CPU:-1}
 ORIGIN=19381; PROXY=19390
-for p in wrk haproxy; do
-    dpkg -s "$p" >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk haproxy; break; }
-done
-make -s release >/dev/null
-BIN=$PWD/.build/release/waypoint
-work=$(mktemp -d /tmp/waypoint-cb.XXXXXX)
-TPIDS=""
-cleanup() { for p in $TPIDS ${OPID:-}; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
 source benchmarks/lib.sh
+bench_prepare cb wrk haproxy
 
 taskset -c "$LOAD_CPU" "$BIN" origin --listen "127.0.0.1:$ORIGIN" --name o >/dev/null 2>&1 &
-OPID=$!
+pids+=($!)
 wait_port $ORIGIN
 
 cat > "$work/waypoint.yaml" <<YAML
@@ -68,10 +60,11 @@ start() {
                   --http-listen 127.0.0.1:$PROXY --admin-listen 127.0.0.1:0 >/dev/null 2>&1 & ;;
     haproxy) taskset -c "$PROXY_CPU" haproxy -f "$work/haproxy.cfg" >/dev/null 2>&1 & ;;
     esac
-    TPIDS=$!
+    proxy=$!
+    pids+=($proxy)
     wait_port $PROXY
 }
-stop() { kill $TPIDS; wait $TPIDS 2>/dev/null || true; TPIDS=""; sleep 0.5; }
+stop() { kill $proxy; wait $proxy 2>/dev/null || true; sleep 0.5; }
 
 # The origin's established connections from the proxy, highest of the samples taken until $1 exists.
 sample_connections() {

@@ -510,7 +510,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private func forward(_ headBytes: UnsafeRawBufferPointer, to endpoint: Int32) {
         self.endpoint = endpoint
         retryPolicy = policy.retry ?? server.settings.defaultRetries
-        retryHistory = RetryHistory(remoteLocalities: retryPolicy?.retryRemoteLocalities == true)
+        retryHistory.start(remoteLocalities: retryPolicy?.retryRemoteLocalities == true)
         if let limits, !limits.enterRequest() {
             overflowRequests()
             return
@@ -523,9 +523,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             replyLocally(.upstreamConnectError)
             return
         }
-        server.exchangesInFlight += 1
         inFlight = true
-        if retryPolicy != nil { server.earnRetryBudget(cluster) }
+        server.exchangeStarted(cluster: cluster, mayRetry: retryPolicy != nil)
         if let timeout = policy.requestTimeout {
             if requestTimer == nil { requestTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.requestTimedOut() } }
             requestTimer!.schedule(after: timeout)
@@ -865,12 +864,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private func endFlight() {
         if inFlight {
             inFlight = false
-            server.exchangesInFlight -= 1
-            limits?.leaveRequest()
-            if attempt > 1 {
-                server.retriesInFlight -= 1
-                limits?.leaveRetry()
-            }
+            server.exchangeEnded(limits: limits, retried: attempt > 1)
         }
         attempt = 1
     }
@@ -886,15 +880,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             if bodyTooBigToRetry { retryNote = "not retried: request body beyond the replay bound" }
             return false
         }
-        guard server.spendRetryBudget(cluster) else {
-            server.counters.retryBudgetExhausted.increment()
-            server.counters.istio.recordRetry(service: serviceID, .budgetExhausted)
-            retryNote = "not retried: retry budget exhausted"
-            return false
-        }
-        if attempt == 1, let limits, !limits.enterRetry() {
-            server.counters.retryOverflow.increment()
-            retryNote = "not retried: maxRetries in flight"
+        if let refused = server.admitRetry(outcome, endpoint: endpoint, cluster: cluster, limits: limits, service: serviceID,
+                                           first: attempt == 1) {
+            retryNote = refused
             return false
         }
         if let upstream {
@@ -902,12 +890,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             upstream.close()
             self.upstream = nil
         }
-        if attempt == 1 { server.retriesInFlight += 1 }
-        server.router.reportAttempt(endpoint: endpoint, cluster: cluster, result: OutlierDetection.Result(outcome))
         attempt += 1
         responseScanned = 0
-        server.counters.countRetry(outcome)
-        server.counters.istio.recordRetry(service: serviceID, .started)
         server.logger.debug("retrying: \(outcome)", metadata: ["connection.id": "\(id)", "attempt": "\(attempt)"])
         if retryTimer == nil { retryTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.sendRetry() } }
         waitingToRetry = true

@@ -243,12 +243,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         if exchange.bytesIn > exchange.credited { channel.session.consume(stream: exchange.downstreamID, exchange.bytesIn - exchange.credited) }
         guard exchange.inFlight else { return }
         exchange.inFlight = false
-        server.exchangesInFlight -= 1
-        exchange.limits?.leaveRequest()
-        if exchange.attempt > 1 {
-            server.retriesInFlight -= 1
-            exchange.limits?.leaveRetry()
-        }
+        server.exchangeEnded(limits: exchange.limits, retried: exchange.attempt > 1)
     }
 
     /// The largest request body a mirror copy may have waiting to be sent.
@@ -362,7 +357,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             exchange.retryPolicy = policy.retry ?? server.settings.defaultRetries
             if let retry = exchange.retryPolicy {
                 exchange.replay = ByteBuffer(lazyCapacity: 16 * 1024)
-                exchange.retryHistory.remoteLocalities = retry.retryRemoteLocalities
+                exchange.retryHistory.start(remoteLocalities: retry.retryRemoteLocalities)
             }
             if let delay = policy.delay, server.roll(delay.percent) {
                 server.counters.faultDelays.increment()
@@ -411,8 +406,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     private func beginForwarding(_ exchange: H2CExchange) {
         if let limits = exchange.limits, !limits.enterRequest() { return overflow(exchange) }
         exchange.inFlight = true
-        server.exchangesInFlight += 1
-        if exchange.retryPolicy != nil { server.earnRetryBudget(exchange.cluster) }
+        server.exchangeStarted(cluster: exchange.cluster, mayRetry: exchange.retryPolicy != nil)
         if let timeout = exchange.requestTimeout {
             exchange.requestTimer = timer(for: exchange) { session, exchange in session.requestTimedOut(exchange) }
             exchange.requestTimer!.schedule(after: timeout)
@@ -518,30 +512,19 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             exchange.retryNote = "not retried: request body beyond the replay bound"
             return false
         }
-        let cluster = exchange.cluster
-        guard server.spendRetryBudget(cluster) else {
-            server.counters.retryBudgetExhausted.increment()
-            server.counters.istio.recordRetry(service: exchange.service, .budgetExhausted)
-            exchange.retryNote = "not retried: retry budget exhausted"
-            return false
-        }
-        if exchange.attempt == 1, let limits = exchange.limits, !limits.enterRetry() {
-            server.counters.retryOverflow.increment()
-            exchange.retryNote = "not retried: maxRetries in flight"
+        if let refused = server.admitRetry(outcome, endpoint: exchange.endpoint, cluster: exchange.cluster, limits: exchange.limits,
+                                           service: exchange.service, first: exchange.attempt == 1) {
+            exchange.retryNote = refused
             return false
         }
         exchange.upstream?.cancel(exchange)
         exchange.tryTimer?.cancel()
-        if exchange.attempt == 1 { server.retriesInFlight += 1 }
-        server.router.reportAttempt(endpoint: exchange.endpoint, cluster: cluster, result: OutlierDetection.Result(outcome))
         exchange.attempt += 1
         exchange.responseFields.removeAll()
         exchange.trailers.removeAll()
         exchange.responseBody.clear()
         exchange.responseEnded = false
         exchange.retriedOutcome = outcome
-        server.counters.countRetry(outcome)
-        server.counters.istio.recordRetry(service: exchange.service, .started)
         hold(exchange, for: policy.backoff(retry: exchange.attempt - 1, random: server.random.next()))
         return true
     }

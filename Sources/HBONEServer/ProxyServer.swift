@@ -42,9 +42,8 @@ public final class ProxyServer {
     private var pools: [UpstreamPool] = []
 
     public private(set) var draining = false
-    /// Exchanges in flight upstream and, of those, ones retrying (the retry budget's floor).
-    var exchangesInFlight = 0
-    var retriesInFlight = 0
+    /// Exchanges retrying now (the retry budget's floor).
+    private var retriesInFlight = 0
     var random: FastRandom
     /// Called once, when draining and the last connection has closed.
     public var onDrained: (() -> Void)?
@@ -329,18 +328,43 @@ public final class ProxyServer {
     /// always allowed (the floor), so a quiet service can still retry.
     private var retryTokens: [Int32: Double] = [:]
 
-    /// A first attempt to `cluster` started.
-    func earnRetryBudget(_ cluster: Int32) {
-        retryTokens[cluster] = min((retryTokens[cluster] ?? 0) + 0.2, 100)
+    /// A first attempt to `cluster` started; one that may be retried earns budget.
+    func exchangeStarted(cluster: Int32, mayRetry: Bool) {
+        if mayRetry { retryTokens[cluster] = min((retryTokens[cluster] ?? 0) + 0.2, 100) }
     }
 
-    /// Spends budget for one retry to `cluster`; false when there is none.
-    func spendRetryBudget(_ cluster: Int32) -> Bool {
+    /// An exchange that went upstream is over: it leaves the backend's requests in flight and, if it retried,
+    /// the retries in flight.
+    func exchangeEnded(limits: ClusterLimits?, retried: Bool) {
+        limits?.leaveRequest()
+        guard retried else { return }
+        retriesInFlight -= 1
+        limits?.leaveRetry()
+    }
+
+    /// Admits a retry of a try at `endpoint` that ended with `outcome`, as far as the proxy goes: the backend's
+    /// retry budget and, for an exchange's first retry, its `maxRetries` in flight. An admitted retry is counted
+    /// (and the try reported to outlier detection): nil. A refused one is counted too: why, for the access log.
+    func admitRetry(_ outcome: RetryPolicy.Outcome, endpoint: Int32, cluster: Int32, limits: ClusterLimits?, service: Int32,
+                    first: Bool) -> StaticString? {
         if let tokens = retryTokens[cluster], tokens >= 1 {
             retryTokens[cluster] = tokens - 1
-            return true
+        } else if retriesInFlight >= 3 {
+            counters.retryBudgetExhausted.increment()
+            counters.istio.recordRetry(service: service, .budgetExhausted)
+            return "not retried: retry budget exhausted"
         }
-        return retriesInFlight < 3
+        if first {
+            guard limits?.enterRetry() ?? true else {
+                counters.retryOverflow.increment()
+                return "not retried: maxRetries in flight"
+            }
+            retriesInFlight += 1
+        }
+        router.reportAttempt(endpoint: endpoint, cluster: cluster, result: OutlierDetection.Result(outcome))
+        counters.countRetry(outcome)
+        counters.istio.recordRetry(service: service, .started)
+        return nil
     }
 
     /// A random v4 UUID for `x-request-id`, from a per-worker generator (no syscall, no lock).

@@ -28,13 +28,19 @@ public struct RetryHistory: Sendable {
     /// Endpoints tried so far.
     public var endpoints: [Int32] = []
     /// The policy's `retryRemoteLocalities`.
-    public var remoteLocalities: Bool
+    public var remoteLocalities = false
     /// Bit n: a try went to tier n.
     public var tiersTried: UInt8 = 0
     /// The tiers the next picks leave out.
     public var tiersExcluded: UInt8 = 0
 
-    public init(remoteLocalities: Bool = false) { self.remoteLocalities = remoteLocalities }
+    public init() {}
+
+    /// Starts over for a new request (nothing to release when the last one never retried).
+    public mutating func start(remoteLocalities: Bool) {
+        if !endpoints.isEmpty { self = RetryHistory() }
+        self.remoteLocalities = remoteLocalities
+    }
 }
 
 /// Decides where each request and each HBONE tunnel goes. One instance per worker.

@@ -72,8 +72,10 @@ class Process:
 
 
 class Origin(Process):
-    def __init__(self, workdir, name):
-        super().__init__(["origin", "--listen", "127.0.0.1:0", "--name", name], workdir, f"origin-{name}")
+    """`waypoint origin`; `fail_percent` 100 makes a dead endpoint (503 to everything)."""
+    def __init__(self, workdir, name, fail_percent=0):
+        super().__init__(["origin", "--listen", "127.0.0.1:0", "--name", name, "--fail-percent", str(fail_percent)], workdir,
+                         f"origin-{name}")
         m = wait_for(r"listening on (\S+):(\d+)", self.stderr_path, process=self.proc)
         self.host, self.port = m.group(1), int(m.group(2))
 
@@ -123,6 +125,20 @@ ports: [{{name: {port_name}, port: {target}}}]
 endpoints: [{{addresses: [{ip}]}}]
 """)
     return "---".join(docs) + (("---\n" + textwrap.dedent(routes)) if routes else "")
+
+
+def wait_until(predicate, timeout=5.0):
+    """Polls `predicate` until it holds or `timeout` passes; its last value."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and not predicate():
+        time.sleep(0.02)
+    return predicate()
+
+
+def origin_requests(port):
+    """Requests a `waypoint origin` has answered (its `/__requests` count, which does not count itself)."""
+    import urllib.request
+    return int(urllib.request.urlopen(f"http://127.0.0.1:{port}/__requests").read())
 
 
 def total(samples, name):
@@ -200,8 +216,8 @@ def processes():
 
 @pytest.fixture
 def origin_factory(workdir, processes):
-    def make(name):
-        o = Origin(workdir, name)
+    def make(name, fail_percent=0):
+        o = Origin(workdir, name, fail_percent)
         processes.append(o)
         return o
     return make

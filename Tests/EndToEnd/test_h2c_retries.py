@@ -5,7 +5,7 @@ import json
 import socket
 import time
 
-from conftest import service_yaml, total, wait_for
+from conftest import service_yaml, total, wait_for, wait_until
 from test_h2c import H2COrigin, InnerH2
 from test_hbone import VIP, certs, client, hbone_proxy  # noqa: F401 (fixtures)
 
@@ -229,10 +229,7 @@ spec: {host: web, trafficPolicy: {connectionPool: {http: {maxRequestsPerConnecti
         assert inner.wait(stream)[":status"] == "200"
     assert origin.connections == 3
     assert proxy.metrics()["waypoint_upstream_connections_total"] == 3
-    deadline = time.time() + 5
-    while origin.closed < 2:                               # the two spent ones; the third has a stream left
-        assert time.time() < deadline
-        time.sleep(0.02)
+    assert wait_until(lambda: origin.closed >= 2)          # the two spent ones; the third has a stream left
     time.sleep(0.2)
     assert origin.closed == 2
     c.close()
@@ -252,19 +249,13 @@ spec: {host: web, trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}, htt
                         extra=["--default-retries", "off"])
     c, inner = open_inner(proxy, certs)
     held = inner.request("/held?fail=1&key=h&how=hang")
-    deadline = time.time() + 5
-    while not origin.arrived:
-        assert time.time() < deadline
-        time.sleep(0.02)
+    assert wait_until(lambda: origin.arrived)
     refused = inner.request("/second")
     assert inner.wait(refused)[":status"] == "503"
     assert b"reset reason: overflow" in inner.data[refused]
     inner.conn.reset_stream(held)                          # the client gives up: the connection closes
     inner.flush()
-    deadline = time.time() + 5
-    while origin.closed < 1:
-        assert time.time() < deadline
-        time.sleep(0.02)
+    assert wait_until(lambda: origin.closed >= 1)
     assert inner.wait(inner.request("/third"))[":status"] == "200"
     assert proxy.metrics()["waypoint_upstream_overflow_total"] == 1
     c.close()

@@ -6,16 +6,7 @@ import subprocess
 import threading
 import time
 
-from conftest import BINARY, Proxy, http_request, service_yaml, wait_for
-
-
-def wait_until(predicate, timeout=5.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+from conftest import BINARY, Proxy, http_request, service_yaml, wait_for, wait_until
 
 
 def test_sighup_reload_switches_routing_and_a_bad_reload_keeps_it(origin_factory, proxy_factory):

@@ -2,21 +2,12 @@
 `retryRemoteLocalities`: the waypoint runs at `--locality`, endpoints are placed by their EndpointSlice `zone`,
 their Node's topology labels or a ServiceEntry endpoint's `locality`. Origins count the requests they see."""
 import json
-import urllib.request
 
-from conftest import Process, http_request, wait_for
-
-
-def dead_origin(workdir, processes, name):
-    """An origin answering every request 503."""
-    origin = Process(["origin", "--listen", "127.0.0.1:0", "--name", name, "--fail-percent", "100"], workdir, f"origin-{name}")
-    processes.append(origin)
-    origin.port = int(wait_for(r"listening on \S+:(\d+)", origin.stderr_path, process=origin.proc).group(1))
-    return origin
+from conftest import http_request, origin_requests
 
 
 def seen(origin):
-    return int(urllib.request.urlopen(f"http://127.0.0.1:{origin.port}/__requests").read())
+    return origin_requests(origin.port)
 
 
 def config(endpoints, retries="", outlier="{consecutive5xxErrors: 1000}"):
@@ -81,9 +72,9 @@ def test_without_a_locality_every_endpoint_is_equally_near(origin_factory, proxy
     assert (seen(near), seen(far)) == (5, 5)              # round robin over both
 
 
-def test_an_unhealthy_near_tier_spills_over(workdir, processes, origin_factory, proxy_factory):
+def test_an_unhealthy_near_tier_spills_over(origin_factory, proxy_factory):
     """Both near endpoints ejected (one 503 ejects): the far tier takes every request."""
-    near = [dead_origin(workdir, processes, f"near{i}") for i in range(2)]
+    near = [origin_factory(f"near{i}", fail_percent=100) for i in range(2)]
     far = origin_factory("far")
     proxy = proxy_factory(config([(near[0].port, "r1-a", None), (near[1].port, "r1-a", None), (far.port, None, "far-node")],
                                  outlier="{consecutive5xxErrors: 1, baseEjectionTime: 30s, maxEjectionPercent: 100}"),
@@ -94,11 +85,11 @@ def test_an_unhealthy_near_tier_spills_over(workdir, processes, origin_factory, 
     assert statuses.count(503) == 2 and statuses[-10:] == [200] * 10
 
 
-def test_retry_remote_localities(workdir, processes, origin_factory, proxy_factory):
+def test_retry_remote_localities(origin_factory, proxy_factory):
     """Two near endpoints that always fail and a far one that works, 2 retries on 5xx: without
     retryRemoteLocalities every try stays near (503); with it the third try leaves the tier tried (200)."""
     for remote, expected in (("false", 503), ("true", 200)):
-        near = [dead_origin(workdir, processes, f"near{i}-{remote}") for i in range(2)]
+        near = [origin_factory(f"near{i}-{remote}", fail_percent=100) for i in range(2)]
         far = origin_factory(f"far-{remote}")
         retries = f"retries: {{attempts: 2, retryOn: 5xx, retryRemoteLocalities: {remote}}}"
         proxy = proxy_factory(config([(near[0].port, "r1-a", None), (near[1].port, "r1-a", None), (far.port, None, "far-node")],

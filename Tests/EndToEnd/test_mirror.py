@@ -4,7 +4,7 @@ import socket
 import threading
 import time
 
-from conftest import http_request, service_yaml
+from conftest import http_request, service_yaml, wait_until
 
 
 class Recorder:
@@ -61,13 +61,6 @@ spec:
       requestMirror: {{backendRef: {{name: {mirror_port_name}, port: 80}}{percent}}}
     backendRefs: [{{name: web, port: 80}}]
 """
-
-
-def wait_until(predicate, timeout=5):
-    deadline = time.time() + timeout
-    while time.time() < deadline and not predicate():
-        time.sleep(0.02)
-    return predicate()
 
 
 def test_request_mirror_copies_head_and_body_and_never_waits(origin_factory, proxy_factory):

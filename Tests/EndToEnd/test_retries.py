@@ -4,9 +4,8 @@ import json
 import socket
 import threading
 import time
-import urllib.request
 
-from conftest import http_request, service_yaml, total
+from conftest import http_request, origin_requests, service_yaml, total, wait_until
 
 
 def closed_port():
@@ -78,14 +77,9 @@ def test_default_retries_off(origin_factory, proxy_factory):
     assert total(proxy.metrics(), "waypoint_upstream_retries_total") == 0
 
 
-def test_budget_bounds_the_load_on_a_dead_service(workdir, processes, proxy_factory):
+def test_budget_bounds_the_load_on_a_dead_service(origin_factory, proxy_factory):
     """Every endpoint answers 503: under concurrent load, retries add at most ~20% (plus the floor of 3)."""
-    import re
-    import threading
-    from conftest import Process, wait_for
-    origin = Process(["origin", "--listen", "127.0.0.1:0", "--name", "dead", "--fail-percent", "100"], workdir, "origin-dead")
-    processes.append(origin)
-    port = int(wait_for(r"listening on \S+:(\d+)", origin.stderr_path, process=origin.proc).group(1))
+    port = origin_factory("dead", fail_percent=100).port
     proxy = proxy_factory(service_yaml("web", [("127.0.0.1", port)]), extra=["--workers", "1"])
     sent = 0
     lock = threading.Lock()
@@ -101,7 +95,7 @@ def test_budget_bounds_the_load_on_a_dead_service(workdir, processes, proxy_fact
         t.start()
     for t in threads:
         t.join()
-    seen = int(urllib.request.urlopen(f"http://127.0.0.1:{port}/__requests").read())
+    seen = origin_requests(port)
     assert sent == 960
     assert seen <= sent * 1.2 + 3 * 2 * 10, (seen, sent)    # 20%, plus what the floor of 3 in flight can add
     assert proxy.metrics()["waypoint_upstream_retry_budget_exhausted_total"] > 0
@@ -172,13 +166,9 @@ def test_gateway_api_retry_codes_and_attempts(origin_factory, proxy_factory):
     assert total(proxy.metrics(), "waypoint_upstream_retries_total") == 3
 
 
-def test_outlier_detection_ejects_a_failing_endpoint_and_brings_it_back(workdir, processes, origin_factory, proxy_factory):
-    import time
-    from conftest import Process, wait_for
+def test_outlier_detection_ejects_a_failing_endpoint_and_brings_it_back(origin_factory, proxy_factory):
     good = origin_factory("good")
-    dead = Process(["origin", "--listen", "127.0.0.1:0", "--name", "dead", "--fail-percent", "100"], workdir, "origin-dead")
-    processes.append(dead)
-    dead_port = int(wait_for(r"listening on \S+:(\d+)", dead.stderr_path, process=dead.proc).group(1))
+    dead_port = origin_factory("dead", fail_percent=100).port
     rule = """
 ---
 apiVersion: networking.istio.io/v1
@@ -384,17 +374,14 @@ def test_circuit_breaking_queues_then_overflows(origin_factory, proxy_factory):
     slow.join(timeout=10)
 
 
-def test_all_endpoints_ejected_is_no_healthy_upstream_unless_min_health_percent(workdir, processes, proxy_factory):
+def test_all_endpoints_ejected_is_no_healthy_upstream_unless_min_health_percent(origin_factory, proxy_factory):
     """Istio sets Envoy's panic threshold from minHealthPercent (default 0: off): a backend whose only endpoint is
     ejected answers 503 `no healthy upstream` without reaching it, until the ejection ends; with
     minHealthPercent 50 the ejection is ignored (panic) and the endpoint still gets the requests."""
-    from conftest import Process, wait_for
-    dead = Process(["origin", "--listen", "127.0.0.1:0", "--name", "dead", "--fail-percent", "100"], workdir, "origin-dead")
-    processes.append(dead)
-    port = int(wait_for(r"listening on \S+:(\d+)", dead.stderr_path, process=dead.proc).group(1))
+    port = origin_factory("dead", fail_percent=100).port
 
     def seen():
-        return int(urllib.request.urlopen(f"http://127.0.0.1:{port}/__requests").read())
+        return origin_requests(port)
     for min_health, name in (("", "strict"), (", minHealthPercent: 50", "panic")):
         outlier = f"    outlierDetection: {{consecutive5xxErrors: 2, baseEjectionTime: 1s{min_health}}}"
         proxy = proxy_factory(service_yaml("web", [("127.0.0.1", port)]) + destination_rule(outlier),
@@ -413,11 +400,18 @@ def test_all_endpoints_ejected_is_no_healthy_upstream_unless_min_health_percent(
         assert proxy.metrics()["waypoint_outlier_ejections_total"] == 1
 
 
+def reload(proxy, config):
+    """Replaces the proxy's config and waits until it is in use (SIGHUP, first reload)."""
+    import os
+    import signal
+    (proxy.config_dir / "config.yaml").write_text(config)
+    os.kill(proxy.pid, signal.SIGHUP)
+    assert wait_until(lambda: proxy.metrics().get('waypoint_config_reloads_total{result="ok"}', 0) >= 1)
+
+
 def test_a_reload_keeps_counting_requests_in_flight(origin_factory, proxy_factory):
     """http2MaxRequests 2, two slow requests in flight, then a reload that changes something else: the third
     request still finds the limit reached (counts carry over; reset, it would get through)."""
-    import os
-    import signal
     origin = origin_factory("a")
     rule = destination_rule("    connectionPool: {http: {http2MaxRequests: 2}}")
     proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]) + rule)
@@ -425,12 +419,7 @@ def test_a_reload_keeps_counting_requests_in_flight(origin_factory, proxy_factor
     for t in slow:
         t.start()
     time.sleep(0.3)
-    (proxy.config_dir / "config.yaml").write_text(service_yaml("web", [("127.0.0.1", origin.port)], port_name="http-web") + rule)
-    os.kill(proxy.pid, signal.SIGHUP)
-    deadline = time.time() + 5
-    while proxy.metrics().get('waypoint_config_reloads_total{result="ok"}', 0) < 1:
-        assert time.time() < deadline
-        time.sleep(0.05)
+    reload(proxy, service_yaml("web", [("127.0.0.1", origin.port)], port_name="http-web") + rule)
     status, _, body = http_request(proxy.port, "GET", "/third", host="web")
     assert status == 503 and b"reset reason: overflow" in body
     for t in slow:
@@ -438,29 +427,19 @@ def test_a_reload_keeps_counting_requests_in_flight(origin_factory, proxy_factor
     assert http_request(proxy.port, "GET", "/after", host="web")[0] == 200
 
 
-def test_a_reload_keeps_ejections(workdir, processes, origin_factory, proxy_factory):
+def test_a_reload_keeps_ejections(origin_factory, proxy_factory):
     """An endpoint ejected by outlier detection stays ejected through a reload that changes something else."""
-    import os
-    import signal
-    from conftest import Process, wait_for
     good = origin_factory("good")
-    dead = Process(["origin", "--listen", "127.0.0.1:0", "--name", "dead", "--fail-percent", "100"], workdir, "origin-dead")
-    processes.append(dead)
-    dead_port = int(wait_for(r"listening on \S+:(\d+)", dead.stderr_path, process=dead.proc).group(1))
+    dead_port = origin_factory("dead", fail_percent=100).port
     rule = destination_rule("    outlierDetection: {consecutive5xxErrors: 1, baseEjectionTime: 30s, maxEjectionPercent: 50}\n"
                             "    loadBalancer: {simple: ROUND_ROBIN}")
     endpoints = [("127.0.0.1", dead_port), ("127.0.0.1", good.port)]
     proxy = proxy_factory(service_yaml("web", endpoints) + rule, extra=["--workers", "1", "--default-retries", "off"])
     statuses = [http_request(proxy.port, "GET", f"/a{i}", host="web")[0] for i in range(4)]
     assert statuses.count(503) == 1                        # the dead endpoint answered once and is out
-    (proxy.config_dir / "config.yaml").write_text(service_yaml("web", endpoints, port_name="http-web") + rule)
-    os.kill(proxy.pid, signal.SIGHUP)
-    deadline = time.time() + 5
-    while proxy.metrics().get('waypoint_config_reloads_total{result="ok"}', 0) < 1:
-        assert time.time() < deadline
-        time.sleep(0.05)
+    reload(proxy, service_yaml("web", endpoints, port_name="http-web") + rule)
     assert [http_request(proxy.port, "GET", f"/b{i}", host="web")[0] for i in range(6)] == [200] * 6
-    assert int(urllib.request.urlopen(f"http://127.0.0.1:{dead_port}/__requests").read()) == 1
+    assert origin_requests(dead_port) == 1
 
 
 def test_retries_avoid_every_endpoint_tried(origin_factory, proxy_factory):

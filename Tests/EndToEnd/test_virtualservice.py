@@ -2,9 +2,8 @@
 import json
 import subprocess
 import textwrap
-import urllib.request
 
-from conftest import BINARY, http_request, service_yaml, total
+from conftest import BINARY, http_request, origin_requests, service_yaml, total
 
 VIRTUAL_SERVICES = """
 apiVersion: networking.istio.io/v1
@@ -264,5 +263,4 @@ spec:
     assert http_request(proxy.port, "GET", "/fine", host="web")[0] == 200
     metrics = proxy.metrics()
     assert metrics["waypoint_fault_delays_total"] == 1 and metrics["waypoint_fault_aborts_total"] == 1
-    requests = int(urllib.request.urlopen(f"http://127.0.0.1:{origin.port}/__requests").read())
-    assert requests == 1                                   # only /fine reached the origin
+    assert origin_requests(origin.port) == 1               # only /fine reached the origin
