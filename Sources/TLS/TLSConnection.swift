@@ -33,6 +33,11 @@ public enum HandshakeProgress: Equatable {
 /// One TLS connection over a non-blocking socket (`SSL_set_fd`: OpenSSL reads and writes the fd itself, which
 /// saves the copy through memory BIOs).
 ///
+/// OpenSSL's error queue is per thread, shared by every connection of a worker, and `SSL_get_error` reports
+/// `SSL_ERROR_SSL` whenever that queue is not empty: an error one connection left behind would make another
+/// connection's harmless would-block look fatal. So every call here empties the queue before it calls OpenSSL
+/// (as `SSL_get_error`'s manual requires, and as nghttpx does) and leaves it empty when it returns.
+///
 /// Thread: its connection's loop thread only. Ownership: one HBONE connection; frees the `SSL` in `deinit`
 /// (the fd belongs to the caller).
 public final class TLSConnection {
@@ -78,6 +83,7 @@ public final class TLSConnection {
 
     @inline(__always)
     public func read(into buffer: UnsafeMutableRawBufferPointer) -> IOResult {
+        ERR_clear_error()
         let rc = SSL_read(ssl, buffer.baseAddress, Int32(min(buffer.count, Int(Int32.max))))
         if rc > 0 { wantsWritable = false; return .bytes(Int(rc)) }
         return outcome(rc)
@@ -85,6 +91,7 @@ public final class TLSConnection {
 
     @inline(__always)
     public func write(from buffer: UnsafeRawBufferPointer) -> IOResult {
+        ERR_clear_error()
         let rc = SSL_write(ssl, buffer.baseAddress, Int32(min(buffer.count, Int(Int32.max))))
         if rc > 0 { wantsWritable = false; return .bytes(Int(rc)) }
         return outcome(rc)
@@ -108,8 +115,13 @@ public final class TLSConnection {
         }
     }
 
-    /// Sends close_notify (best effort; the socket is closed right after).
-    public func shutdown() { _ = SSL_shutdown(ssl) }
+    /// Sends close_notify (best effort; the socket is closed right after). A connection that failed or never
+    /// finished its handshake gets none: OpenSSL would only queue an error ("shutdown while in init").
+    public func shutdown() {
+        ERR_clear_error()
+        if SSL_is_init_finished(ssl) == 1 { _ = SSL_shutdown(ssl) }
+        ERR_clear_error()
+    }
 
     /// The ALPN protocol agreed on, if any.
     public var negotiatedProtocol: String? {
@@ -122,6 +134,7 @@ public final class TLSConnection {
 
     /// The URI subject-alternative names of the verified peer certificate (empty without one).
     public var peerURIs: [String] {
+        defer { ERR_clear_error() }
         guard let cert = SSL_get0_peer_certificate(ssl) else { return [] }
         guard let raw = X509_get_ext_d2i(cert, NID_subject_alt_name, nil, nil) else { return [] }
         let names = OpaquePointer(raw)

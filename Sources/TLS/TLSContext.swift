@@ -35,6 +35,8 @@ public final class TLSContext: @unchecked Sendable {
 
     /// Loads `certificateFile` (PEM chain), `keyFile` and `trustBundleFile` (PEM CAs); throws naming the file.
     public init(role: Role, certificateFile: String, keyFile: String, trustBundleFile: String) throws(TLSError) {
+        // Loading may leave recovered errors queued on this thread (one of its workers, on a rotation): none stay.
+        defer { ERR_clear_error() }
         guard let ctx = SSL_CTX_new(role == .server ? TLS_server_method() : TLS_client_method()) else {
             throw TLSError("SSL_CTX_new failed")
         }
