@@ -232,4 +232,5 @@ public enum Socket {
     public static func shutdownWrite(_ fd: Int32) { _ = Glibc.shutdown(fd, Int32(SHUT_WR)) }
 
     public static func close(_ fd: Int32) { _ = Glibc.close(fd) }
+
 }

@@ -28,6 +28,9 @@ public final class Timer {
 
     public var isActive: Bool { watcher.pointee.active != 0 }
 
+    /// Whether the last schedule was `scheduleRepeating`.
+    public var isRepeating: Bool { repeating }
+
     /// Fires once after `delay`, replacing any earlier schedule.
     public func schedule(after delay: Duration) { arm(delay, repeating: false) }
 

@@ -128,7 +128,10 @@ public final class HBONEConnection: HTTP2SessionDelegate {
                 state = .open
                 writeWatcher.stop()
                 readWatcher.start()
-                timer.scheduleRepeating(every: server.settings.keepaliveInterval)
+                // A client has until the handshake timeout again to send its HTTP/2 preface (a one-shot timer
+                // until `http2PrefaceReceived`); PINGs start after.
+                if role == .server { timer.schedule(after: server.settings.handshakeTimeout) }
+                else { timer.scheduleRepeating(every: server.settings.keepaliveInterval) }
                 if server.draining { beginDrain() }
                 readable()  // the client's preface may already be here
             }
@@ -321,6 +324,16 @@ public final class HBONEConnection: HTTP2SessionDelegate {
 
     public func http2PingAcknowledged() { pingSentAt = nil }
 
+    /// The client's preface arrived within the handshake timeout: from now on the timer sends PINGs.
+    public func http2PrefaceReceived() {
+        if role == .server { timer.scheduleRepeating(every: server.settings.keepaliveInterval) }
+    }
+
+    public func http2StreamRefused(stream: Int32, reason: HTTP2Refusal) {
+        server.counters.countTunnelRefusal(reason.label)
+        server.logger.debug("stream refused: \(reason.label)", metadata: ["connection.id": "\(id)", "stream.id": "\(stream)"])
+    }
+
     // MARK: - Opening tunnels
 
     /// Checks a CONNECT and answers it: 200 and a tunnel, or an error status and the stream ends. The
@@ -379,6 +392,10 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         switch state {
         case .connecting, .handshaking:
             handshakeFailed("timeout", "no complete handshake within \(server.settings.handshakeTimeout)")
+        case .open where !timer.isRepeating:
+            server.counters.prefaceTimeouts.increment()
+            server.logger.debug("HBONE client sent no HTTP/2 preface; closing", metadata: ["connection.id": "\(id)"])
+            close()
         case .open:
             let now = server.loop.now
             if let sent = pingSentAt {
@@ -408,12 +425,13 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         flush()
     }
 
-    /// A protocol error or flood: send what nghttp2 queued (its GOAWAY), then close.
+    /// A protocol error or flood: send what nghttp2 queued and a GOAWAY saying why (best effort: a peer that
+    /// does not read gets none), then close.
     private func protocolFailure() {
         countProtocolFailure()
-        _ = session.send(into: output, limit: 16 * 1024)
-        if !output.isEmpty { _ = tls.write(from: output.readable) }
-        close()
+        session.appendFinalFrames(into: output, limit: 16 * 1024)
+        while !output.isEmpty, case .bytes(let n) = tls.write(from: output.readable) { output.consume(n) }
+        close(lastWords: true)
     }
 
     private func countProtocolFailure() {
@@ -422,7 +440,9 @@ public final class HBONEConnection: HTTP2SessionDelegate {
                             metadata: ["connection.id": "\(id)", "goaway.code": "\(session.goAwayErrorSent ?? 0)"])
     }
 
-    public func close() {
+    /// Closes the connection and ends its tunnels; `lastWords` when what was just written (a GOAWAY) must
+    /// reach the peer even though it is still sending.
+    public func close(lastWords: Bool = false) {
         guard state != .closed else { return }
         let wasOpen = state == .open
         state = .closed
@@ -430,7 +450,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         writeWatcher.stop()
         timer.cancel()
         if wasOpen { tls.shutdown() }
-        Socket.close(fd)
+        if lastWords { LingeringClose(loop: server.loop, fd: fd) } else { Socket.close(fd) }
         let open = tunnels
         tunnels.removeAll()
         if role == .server { server.counters.tunnelsActive.increment(by: -open.count) }

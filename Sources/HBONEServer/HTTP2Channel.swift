@@ -35,7 +35,7 @@ final class HTTP2Channel: ByteStreamHandler {
         inSession = true
         let ok = session.receive(bytes)
         inSession = false
-        if !ok { close() } else { flush() }
+        if !ok { failed() } else { flush() }
     }
 
     func streamReadable() {
@@ -49,7 +49,7 @@ final class HTTP2Channel: ByteStreamHandler {
                     inSession = true
                     let ok = session.receive(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
                     inSession = false
-                    if !ok { return close() }
+                    if !ok { return failed() }
                 case .wouldBlock:
                     return flush()
                 case .eof, .failed:
@@ -91,6 +91,13 @@ final class HTTP2Channel: ByteStreamHandler {
             stream.setWriteInterest(false)
         } while needsFlush && !closed
         if !session.isAlive { close() }
+    }
+
+    /// A protocol error or flood: what nghttp2 still has and a GOAWAY saying why, then close.
+    private func failed() {
+        session.appendFinalFrames(into: output, limit: 16 * 1024)
+        while !output.isEmpty, case .bytes(let n) = stream.write(from: output.readable) { output.consume(n) }
+        close()
     }
 
     func close() {

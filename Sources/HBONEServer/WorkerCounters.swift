@@ -30,14 +30,17 @@ public final class WorkerCounters: Sendable {
                                                  "identity", "timeout"]
     public let tunnelsActive = Atomic<Int>(0)
     public let tunnelsTotal = Atomic<Int>(0)
-    /// CONNECT streams answered with an error, indexed like `tunnelRefusalReasons`.
+    /// CONNECT streams answered with an error or reset unopened, indexed like `tunnelRefusalReasons`.
     public let tunnelRefusals = CounterArray(labels: WorkerCounters.tunnelRefusalReasons)
     public static let tunnelRefusalReasons = ["method", "extended_connect", "bad_authority", "unknown_destination",
-                                              "no_healthy_upstream", "draining", "denied"]
+                                              "no_healthy_upstream", "draining", "denied", "too_many_streams",
+                                              "header_list_too_large"]
     /// Payload bytes through tunnels: from clients (received) and to clients (sent).
     public let tunnelBytesReceived = Atomic<Int>(0)
     public let tunnelBytesSent = Atomic<Int>(0)
     public let keepaliveTimeouts = Atomic<Int>(0)
+    /// Connections closed because the client sent no HTTP/2 preface within the handshake timeout.
+    public let prefaceTimeouts = Atomic<Int>(0)
     /// Connections closed for an HTTP/2 protocol error or a flood (rapid reset, CONTINUATION, SETTINGS/PING).
     public let http2ProtocolErrors = Atomic<Int>(0)
     /// PROXY-protocol connections closed for a missing or malformed header.

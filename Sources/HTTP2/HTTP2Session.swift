@@ -3,7 +3,8 @@ public import WaypointCore
 
 /// HTTP/2 settings we send, plus the limits that protect us from hostile peers.
 public struct HTTP2Settings: Sendable {
-    /// SETTINGS_MAX_CONCURRENT_STREAMS (ztunnel's server: 200).
+    /// SETTINGS_MAX_CONCURRENT_STREAMS (ztunnel's server: 200). A server session refuses a stream past it
+    /// with REFUSED_STREAM and keeps the others (RFC 9113 5.1.2: a stream error, not a connection error).
     public var maxConcurrentStreams: UInt32 = 200
     /// SETTINGS_INITIAL_WINDOW_SIZE (ztunnel: 4 MiB).
     public var streamWindow: Int32 = 4 << 20
@@ -11,7 +12,9 @@ public struct HTTP2Settings: Sendable {
     public var connectionWindow: Int32 = 16 << 20
     /// SETTINGS_MAX_FRAME_SIZE (ztunnel: 1 MiB).
     public var maxFrameSize: UInt32 = 1 << 20
-    /// SETTINGS_MAX_HEADER_LIST_SIZE; ztunnel's header lists stay below 16 KiB.
+    /// SETTINGS_MAX_HEADER_LIST_SIZE; ztunnel's header lists stay below 16 KiB. A header block that decodes
+    /// to more (name + value + 32 per field, RFC 9113 6.5.2) has its stream reset as soon as it crosses the
+    /// limit, and the rest of the block is not decoded into fields (an HPACK bomb costs no more than this).
     public var maxHeaderListSize: UInt32 = 64 << 10
     /// Advertise SETTINGS_ENABLE_CONNECT_PROTOCOL so that an extended CONNECT reaches us and gets a 400,
     /// instead of a bare stream reset from the library.
@@ -36,6 +39,17 @@ public enum HTTP2DataChunk {
     case deferred
 }
 
+/// Why a session ended the connection on its own; the GOAWAY it sends says the same.
+public enum HTTP2Failure: Equatable, Sendable {
+    /// The peer broke the protocol (bad preface, malformed frames, compression errors).
+    case protocolError
+    /// The peer sent more than it may: CONTINUATION, SETTINGS, PING or reset floods.
+    case flood
+
+    var code: HTTP2ErrorCode { self == .flood ? .enhanceYourCalm : .protocolError }
+    var debugText: String { self == .flood ? "flood" : "protocol error" }
+}
+
 /// Receives what an `HTTP2Session` decodes. Every call happens inside `receive` or `send` on the session's
 /// thread; the delegate must not call `receive` or `send` from inside one (it may submit, reset and resume).
 public protocol HTTP2SessionDelegate: AnyObject {
@@ -55,6 +69,25 @@ public protocol HTTP2SessionDelegate: AnyObject {
     func http2ReadData(stream: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HTTP2DataChunk
     /// The peer acknowledged our PING.
     func http2PingAcknowledged()
+    /// The peer's connection preface is complete (its first SETTINGS arrived); by default ignored.
+    func http2PrefaceReceived()
+    /// The session reset a stream of the peer's on its own (`http2StreamClosed` follows); by default ignored.
+    func http2StreamRefused(stream: Int32, reason: HTTP2Refusal)
+}
+
+extension HTTP2SessionDelegate {
+    public func http2PrefaceReceived() {}
+    public func http2StreamRefused(stream: Int32, reason: HTTP2Refusal) {}
+}
+
+/// Why a session reset a peer's stream without asking its delegate.
+public enum HTTP2Refusal: Sendable {
+    /// Opened past our SETTINGS_MAX_CONCURRENT_STREAMS: REFUSED_STREAM, the peer may retry it.
+    case tooManyStreams
+    /// Its header list crossed our SETTINGS_MAX_HEADER_LIST_SIZE.
+    case headerListTooLarge
+
+    public var label: StaticString { self == .tooManyStreams ? "too_many_streams" : "header_list_too_large" }
 }
 
 /// One nghttp2 session (server or client side) driven through memory: `receive` feeds it bytes from the
@@ -70,10 +103,17 @@ public final class HTTP2Session {
     private var session: OpaquePointer!
     unowned(unsafe) let delegate: any HTTP2SessionDelegate
     private let settings: HTTP2Settings
-    /// CONTINUATION frames seen in the header block being received.
-    private var continuations = 0
-    /// Set when a callback found the peer abusive; `receive` then fails.
-    public private(set) var floodDetected = false
+    /// Decoded bytes of the header block being received (name + value + 32 per field).
+    private var headerListBytes = 0
+    /// Streams the peer opened that are not closed yet (server role).
+    private var peerStreams = 0
+    private let isServer: Bool
+    /// Our first SETTINGS frame still has to go out (server role): see `send`.
+    private var initialSettingsPending: Bool
+    /// Why `receive` failed, once it has; nil while the session is healthy.
+    public private(set) var failure: HTTP2Failure?
+    /// Whether the peer's first SETTINGS (the end of its connection preface) has arrived.
+    fileprivate var prefaceReceived = false
     /// The error code of a GOAWAY the session sent on its own (nghttp2 ends a session this way for protocol
     /// errors and for floods such as rapid reset), nil while none was sent.
     public fileprivate(set) var goAwayErrorSent: UInt32?
@@ -81,6 +121,8 @@ public final class HTTP2Session {
     public init(role: Role, settings: HTTP2Settings, delegate: any HTTP2SessionDelegate) {
         self.delegate = delegate
         self.settings = settings
+        isServer = role == .server
+        initialSettingsPending = isServer
         var callbacks: OpaquePointer?
         nghttp2_session_callbacks_new(&callbacks)
         defer { nghttp2_session_callbacks_del(callbacks) }
@@ -89,7 +131,6 @@ public final class HTTP2Session {
         nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, onFrameReceived)
         nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, onDataChunk)
         nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, onStreamClose)
-        nghttp2_session_callbacks_set_on_begin_frame_callback(callbacks, onBeginFrame)
         nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, onFrameSent)
 
         var option: OpaquePointer?
@@ -109,8 +150,13 @@ public final class HTTP2Session {
         precondition(rc == 0 && raw != nil, "nghttp2 session: out of memory")
         session = raw
 
+        // nghttp2 ends the whole connection (GOAWAY) when a peer opens one stream past the limit it was given,
+        // where RFC 9113 5.1.2 asks for a stream error. So a server's nghttp2 is given twice the limit, `send`
+        // writes the real limit into the SETTINGS frame on the wire, and `beganHeaders` refuses the excess.
+        let concurrentStreams = role == .server ? settings.maxConcurrentStreams.multipliedReportingOverflow(by: 2).partialValue
+                                                : settings.maxConcurrentStreams
         var entries = [
-            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue), value: settings.maxConcurrentStreams),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue), value: concurrentStreams),
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: UInt32(settings.streamWindow)),
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_FRAME_SIZE.rawValue), value: settings.maxFrameSize),
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue), value: settings.maxHeaderListSize),
@@ -127,8 +173,13 @@ public final class HTTP2Session {
     /// Feeds bytes from the peer. False when the session failed (protocol error or flood): close the connection
     /// after one last `send` (which carries our GOAWAY).
     public func receive(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard failure == nil else { return false }
         let rc = nghttp2_session_mem_recv(session, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), bytes.count)
-        return rc >= 0 && !floodDetected
+        if rc < 0 {
+            let flooded = [NGHTTP2_ERR_FLOODED, NGHTTP2_ERR_TOO_MANY_CONTINUATIONS, NGHTTP2_ERR_TOO_MANY_SETTINGS].map(\.rawValue)
+            failure = flooded.contains(Int32(rc)) ? .flood : .protocolError
+        }
+        return failure == nil
     }
 
     /// Appends frames to send to `out` until it holds `limit` bytes or nothing is pending. False on failure.
@@ -139,8 +190,35 @@ public final class HTTP2Session {
             if n < 0 { return false }
             if n == 0 { break }
             out.append(UnsafeRawBufferPointer(start: data, count: n))
+            if initialSettingsPending { advertiseConcurrentStreams(inLast: n, of: out) }
         }
         return true
+    }
+
+    /// Writes `maxConcurrentStreams` over the doubled value nghttp2 put in our first SETTINGS frame (the last
+    /// `count` bytes of `out`; its first entry, as submitted in `init`).
+    private func advertiseConcurrentStreams(inLast count: Int, of out: ByteBuffer) {
+        initialSettingsPending = false
+        let frame = out.base + out.writerIndex - count
+        guard count >= 15, frame.load(fromByteOffset: 3, as: UInt8.self) == UInt8(NGHTTP2_SETTINGS.rawValue),
+              frame.load(fromByteOffset: 9, as: UInt8.self) == 0,
+              frame.load(fromByteOffset: 10, as: UInt8.self) == UInt8(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue)
+        else { preconditionFailure("nghttp2's first frame is not our SETTINGS") }
+        frame.storeBytes(of: settings.maxConcurrentStreams.bigEndian, toByteOffset: 11, as: UInt32.self)
+    }
+
+    /// After `receive` failed: the frames nghttp2 still has (up to `limit` bytes), then a GOAWAY saying why
+    /// when nghttp2 sent none itself (it sends none when it stops on a flood or a callback's error).
+    public func appendFinalFrames(into out: ByteBuffer, limit: Int) {
+        _ = send(into: out, limit: limit)
+        guard goAwayErrorSent == nil, let failure else { return }
+        let debug = Array(failure.debugText.utf8)
+        let last = UInt32(bitPattern: nghttp2_session_get_last_proc_stream_id(session))
+        var frame: [UInt8] = [0, 0, UInt8(8 + debug.count), UInt8(NGHTTP2_GOAWAY.rawValue), 0, 0, 0, 0, 0]
+        for value in [last, failure.code.rawValue] { frame += withUnsafeBytes(of: value.bigEndian, Array.init) }
+        frame += debug
+        frame.withUnsafeBytes { out.append($0) }
+        goAwayErrorSent = failure.code.rawValue
     }
 
     /// The session still has something to read or write; when neither, the connection can close.
@@ -227,18 +305,41 @@ public final class HTTP2Session {
         }
     }
 
-    fileprivate func beganFrame(type: UInt8, stream: Int32) -> Int32 {
-        if type == UInt8(NGHTTP2_HEADERS.rawValue) {
-            continuations = 0
-        } else if type == UInt8(NGHTTP2_CONTINUATION.rawValue) {
-            continuations += 1
-            if continuations > settings.maxContinuations {
-                floodDetected = true
-                return NGHTTP2_ERR_CALLBACK_FAILURE.rawValue
+    /// A header block starts. A request past `maxConcurrentStreams` is refused here, before its fields are
+    /// decoded: our RST_STREAM goes out and nghttp2 skips the block (it adds no reset of its own to a stream
+    /// already resetting).
+    fileprivate func beganHeaders(_ frame: nghttp2_frame) -> Int32 {
+        headerListBytes = 0
+        if isServer && frame.headers.cat == NGHTTP2_HCAT_REQUEST {
+            peerStreams += 1
+            if peerStreams > Int(settings.maxConcurrentStreams) {
+                reset(stream: frame.hd.stream_id, code: .refusedStream)
+                delegate.http2StreamRefused(stream: frame.hd.stream_id, reason: .tooManyStreams)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue
             }
         }
+        delegate.http2BeginHeaders(stream: frame.hd.stream_id)
         return 0
     }
+
+    /// One decoded field. Past `maxHeaderListSize` the stream is reset and the rest of its block skipped
+    /// (nghttp2 resets it with INTERNAL_ERROR, as Envoy's waypoint does on a header overflow).
+    fileprivate func receivedHeader(stream: Int32, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) -> Int32 {
+        headerListBytes += name.count + value.count + 32
+        if headerListBytes > Int(settings.maxHeaderListSize) {
+            delegate.http2StreamRefused(stream: stream, reason: .headerListTooLarge)
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue
+        }
+        delegate.http2Header(stream: stream, name: name, value: value)
+        return 0
+    }
+
+    fileprivate func streamClosed(_ stream: Int32, errorCode: UInt32) {
+        if isServer && stream & 1 == 1 { peerStreams -= 1 }
+        delegate.http2StreamClosed(stream: stream, errorCode: errorCode)
+    }
+
+
 }
 
 /// RST_STREAM and GOAWAY codes we send.
@@ -254,10 +355,6 @@ private func owner(_ userData: UnsafeMutableRawPointer?) -> HTTP2Session {
     Unmanaged<HTTP2Session>.fromOpaque(userData!).takeUnretainedValue()
 }
 
-private func onBeginFrame(_ session: OpaquePointer?, _ hd: UnsafePointer<nghttp2_frame_hd>?, _ userData: UnsafeMutableRawPointer?) -> Int32 {
-    owner(userData).beganFrame(type: hd!.pointee.type, stream: hd!.pointee.stream_id)
-}
-
 private func onFrameSent(_ session: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ userData: UnsafeMutableRawPointer?) -> Int32 {
     let frame = frame!.pointee
     if UInt32(frame.hd.type) == NGHTTP2_GOAWAY.rawValue && frame.goaway.error_code != 0 {
@@ -267,16 +364,14 @@ private func onFrameSent(_ session: OpaquePointer?, _ frame: UnsafePointer<nghtt
 }
 
 private func onBeginHeaders(_ session: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ userData: UnsafeMutableRawPointer?) -> Int32 {
-    owner(userData).delegate.http2BeginHeaders(stream: frame!.pointee.hd.stream_id)
-    return 0
+    owner(userData).beganHeaders(frame!.pointee)
 }
 
 private func onHeader(_ session: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ name: UnsafePointer<UInt8>?, _ nameLength: Int,
                       _ value: UnsafePointer<UInt8>?, _ valueLength: Int, _ flags: UInt8, _ userData: UnsafeMutableRawPointer?) -> Int32 {
-    owner(userData).delegate.http2Header(stream: frame!.pointee.hd.stream_id,
-                                         name: UnsafeRawBufferPointer(start: name, count: nameLength),
-                                         value: UnsafeRawBufferPointer(start: value, count: valueLength))
-    return 0
+    owner(userData).receivedHeader(stream: frame!.pointee.hd.stream_id,
+                                   name: UnsafeRawBufferPointer(start: name, count: nameLength),
+                                   value: UnsafeRawBufferPointer(start: value, count: valueLength))
 }
 
 private func onFrameReceived(_ session: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ userData: UnsafeMutableRawPointer?) -> Int32 {
@@ -290,6 +385,9 @@ private func onFrameReceived(_ session: OpaquePointer?, _ frame: UnsafePointer<n
         delegate.http2RemoteEnded(stream: hd.stream_id)
     case NGHTTP2_PING.rawValue where hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0:
         delegate.http2PingAcknowledged()
+    case NGHTTP2_SETTINGS.rawValue where !owner(userData).prefaceReceived:
+        owner(userData).prefaceReceived = true
+        delegate.http2PrefaceReceived()
     default:
         break
     }
@@ -303,7 +401,7 @@ private func onDataChunk(_ session: OpaquePointer?, _ flags: UInt8, _ stream: In
 }
 
 private func onStreamClose(_ session: OpaquePointer?, _ stream: Int32, _ errorCode: UInt32, _ userData: UnsafeMutableRawPointer?) -> Int32 {
-    owner(userData).delegate.http2StreamClosed(stream: stream, errorCode: errorCode)
+    owner(userData).streamClosed(stream, errorCode: errorCode)
     return 0
 }
 

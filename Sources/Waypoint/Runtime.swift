@@ -307,6 +307,8 @@ final class Runtime {
                [("", sum { $0.proxyHeaderErrors.value })])
         metric("waypoint_hbone_keepalive_timeouts_total", "counter", "HBONE connections closed for an unanswered PING.",
                [("", sum { $0.keepaliveTimeouts.value })])
+        metric("waypoint_hbone_preface_timeouts_total", "counter", "HBONE connections closed for no HTTP/2 preface after the TLS handshake.",
+               [("", sum { $0.prefaceTimeouts.value })])
         metric("waypoint_http2_protocol_errors_total", "counter", "HBONE connections closed for a protocol error or flood.",
                [("", sum { $0.http2ProtocolErrors.value })])
         metric("waypoint_upstream_retries_total", "counter", "Retries started, by what the failed try ended with.",

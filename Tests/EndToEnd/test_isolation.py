@@ -3,11 +3,16 @@ connection on the same worker (one worker) keeps its open tunnel and can open ne
 import socket
 import ssl
 import struct
+import threading
 import time
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
 import pytest
 
-from conftest import service_yaml
+from conftest import http_request, service_yaml
 from hbone import get
 from test_hbone import VIP, certs, client, hbone_proxy, wait_metric  # noqa: F401 (fixtures)
 
@@ -144,3 +149,109 @@ def test_a_peer_ending_leaves_the_bystander_serving(one_worker, certs, end):
         assert bystander.status(fresh) == 200 and served(bystander, fresh), end
     assert not bystander.closed and bystander.goaway is None
     bystander.close()
+
+
+class FakeNode:
+    """A destination node's HBONE terminator, as ztunnel's inbound: mutual TLS 1.3 + h2 (Python's `ssl` and
+    `h2`), CONNECT answered 200, and inside each tunnel an HTTP/1.1 server that answers `200 ok` keep-alive.
+    `die(how)` ends every connection it holds without a close_notify."""
+    RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+    def __init__(self, host, port, certs):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        self.ctx.load_cert_chain(*certs["frontend"])
+        self.ctx.load_verify_locations(certs["ca"])
+        self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.ctx.set_alpn_protocols(["h2"])
+        self.listener = socket.create_server((host, port))
+        self.port = self.listener.getsockname()[1]
+        self.connections = []
+        self.dead = 0
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self.serve, args=(raw,), daemon=True).start()
+
+    def serve(self, raw):
+        s = None
+        try:
+            s = self.ctx.wrap_socket(raw, server_side=True)
+            self.connections.append(s)
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+            conn.initiate_connection()
+            s.sendall(conn.data_to_send())
+            pending = {}
+            while chunk := s.recv(65536):
+                for event in conn.receive_data(chunk):
+                    if isinstance(event, h2.events.RequestReceived):
+                        conn.send_headers(event.stream_id, [(":status", "200")])
+                        pending[event.stream_id] = b""
+                    elif isinstance(event, h2.events.DataReceived):
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                        pending[event.stream_id] += event.data
+                        while b"\r\n\r\n" in pending[event.stream_id]:
+                            _, _, pending[event.stream_id] = pending[event.stream_id].partition(b"\r\n\r\n")
+                            conn.send_data(event.stream_id, self.RESPONSE)
+                s.sendall(conn.data_to_send())
+        except (OSError, ValueError, h2.exceptions.ProtocolError):
+            pass
+        finally:
+            (s or raw).close()                        # no close_notify: Python's close sends none
+
+    def die(self, how):
+        """Ends every connection: TCP RST, or FIN without close_notify."""
+        for s in self.connections:
+            if how == "rst":
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                socket.socket.shutdown(s, socket.SHUT_RD)      # wakes the serving thread, whose close sends RST
+            else:
+                socket.socket.shutdown(s, socket.SHUT_RDWR)
+        self.dead += len(self.connections)
+        self.connections = []
+
+
+def mesh_service(name, vip, ip, port):
+    """A Service whose one endpoint is in the mesh (reached by HBONE)."""
+    return f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: default}}
+spec:
+  clusterIP: {vip}
+  ports: [{{name: http, port: 80}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {name}-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: {name}}}
+  annotations: {{networking.istio.io/tunnel: http}}
+addressType: IPv4
+ports: [{{name: http, port: 8080}}]
+endpoints: [{{addresses: [{ip}]}}]
+"""
+
+
+@pytest.mark.parametrize("how", ["rst", "fin_without_close_notify"])
+def test_a_destination_dying_leaves_the_other_pooled_connection(hbone_proxy, certs, how):
+    a = FakeNode("127.0.0.2", 0, certs)
+    b = FakeNode("127.0.0.3", a.port, certs)
+    config = mesh_service("web", "10.96.0.10", "127.0.0.2", a.port) + "---" + mesh_service("api", "10.96.0.11", "127.0.0.3", a.port)
+    waypoint = hbone_proxy(config, extra=["--upstream-hbone-port", str(a.port), "--workers", "1"])
+    for host in ("web", "api", "web"):
+        assert http_request(waypoint.port, "GET", "/", host=host)[::2] == (200, b"ok")
+    assert len(a.connections) == 1 and len(b.connections) == 1
+    for _ in range(3):
+        b.die(how)
+        time.sleep(0.05)
+        assert http_request(waypoint.port, "GET", "/", host="web")[::2] == (200, b"ok")
+        assert http_request(waypoint.port, "GET", "/", host="api")[::2] == (200, b"ok")   # a new connection
+    assert (b.dead, len(b.connections)) == (3, 1)     # api's connection died three times and was made anew
+    assert len(a.connections) == 1                    # web's pooled connection lived through it all
