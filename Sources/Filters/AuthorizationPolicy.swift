@@ -177,12 +177,15 @@ public struct PolicySet: Sendable {
     public let deny: [AuthorizationPolicy]
     public let allow: [AuthorizationPolicy]
     public let audit: [AuthorizationPolicy]
+    /// DENY and CUSTOM rules also see the request's hardened path (`PathNormalization.hardened`): see `evaluate`.
+    public let hardenedDenyPaths: Bool
     private let denyIndex: PrincipalIndex
     private let allowIndex: PrincipalIndex
 
     public static let empty = PolicySet(policies: [])
 
-    public init(policies: [AuthorizationPolicy]) {
+    public init(policies: [AuthorizationPolicy], hardenedDenyPaths: Bool = true) {
+        self.hardenedDenyPaths = hardenedDenyPaths
         custom = policies.filter { $0.action == .custom }
         deny = policies.filter { $0.action == .deny }
         allow = policies.filter { $0.action == .allow }
@@ -199,13 +202,31 @@ public struct PolicySet: Sendable {
     /// request. If any of the ALLOW policies match the request, allow the request. Deny the request."
     /// CUSTOM (an external authorizer) is not supported, so a CUSTOM policy that applies denies: fail closed.
     /// `audited` receives the AUDIT policies that match (they never change the decision).
+    ///
+    /// Deliberately safer than Istio: with `hardenedDenyPaths`, a CUSTOM or DENY rule that does not match the
+    /// path as normalized is tried once more against the hardened path (slashes merged, `;` parameters
+    /// dropped, `%2F` and unreserved characters decoded), so `//admin` or `/admin;x` cannot slip past a DENY
+    /// on `/admin` under Istio's default BASE normalization (the CVE-2021-31920 family). ALLOW rules see only
+    /// the normalized path, as in Istio, and what is forwarded never changes.
     public func evaluate(_ request: AuthorizationRequest, audited: (String) -> Void = { _ in }) -> AuthorizationDecision {
-        for policy in custom where Self.matches(policy, request, deny: true) { return .deny(policy: policy.name) }
-        if let policy = denyIndex.firstMatch(deny, request, deny: true) { return .deny(policy: policy.name) }
+        if let policy = firstDenying(request) { return .deny(policy: policy.name) }
+        if hardenedDenyPaths && !(custom.isEmpty && deny.isEmpty), let http = request.http,
+           let policy = PathNormalization.withHardened(http.path, { hardened -> AuthorizationPolicy? in
+               var hardenedRequest = request
+               hardenedRequest.http!.path = hardened
+               return firstDenying(hardenedRequest)
+           }) ?? nil {
+            return .deny(policy: policy.name)
+        }
         for policy in audit where Self.matches(policy, request, deny: false) { audited(policy.name) }
         if allow.isEmpty { return .allow(policy: nil) }
         if let policy = allowIndex.firstMatch(allow, request, deny: false) { return .allow(policy: policy.name) }
         return .deny(policy: nil)
+    }
+
+    /// The first CUSTOM (unsupported: it denies) or DENY policy that matches.
+    private func firstDenying(_ request: AuthorizationRequest) -> AuthorizationPolicy? {
+        custom.first { Self.matches($0, request, deny: true) } ?? denyIndex.firstMatch(deny, request, deny: true)
     }
 
     /// Policies filed by the exact principals they require; the others are always candidates.

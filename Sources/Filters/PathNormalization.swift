@@ -47,6 +47,35 @@ public enum PathNormalization: String, Sendable, CaseIterable {
         return Self.removeDotSegments(path, count: w)
     }
 
+    /// Calls `body` with `path` hardened: `;` path parameters dropped from every segment, then normalized as
+    /// DECODE_AND_MERGE_SLASHES. Returns nil without calling `body` when hardening changes nothing (the
+    /// common case: no copy is made) or the path is not absolute. What DENY rules are also checked against.
+    public static func withHardened<R>(_ path: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> R) -> R? {
+        guard let first = path.first, first == 0x2F || first == 0x5C, mayHarden(path) else { return nil }
+        return withUnsafeTemporaryAllocation(byteCount: path.count, alignment: 1) { copy -> R? in
+            var n = 0
+            var inParameter = false
+            for b in path {
+                if b == 0x2F || b == 0x5C { inParameter = false } else if b == 0x3B { inParameter = true }
+                if !inParameter { copy[n] = b; n += 1 }
+            }
+            guard let length = decodeAndMergeSlashes.normalize(UnsafeMutableRawBufferPointer(rebasing: copy[0..<n])) else { return nil }
+            let hardened = UnsafeRawBufferPointer(rebasing: copy[0..<length])
+            guard !hardened.elementsEqual(path) else { return nil }
+            return body(hardened)
+        }
+    }
+
+    /// Whether hardening could change `path`: it has `;`, `%`, `\`, `//` or a segment starting with `.`.
+    private static func mayHarden(_ path: UnsafeRawBufferPointer) -> Bool {
+        var previous: UInt8 = 0
+        for b in path {
+            if b == 0x3B || b == 0x25 || b == 0x5C || (previous == 0x2F && (b == 0x2F || b == 0x2E)) { return true }
+            previous = b
+        }
+        return false
+    }
+
     /// RFC 3986 §5.2.4 on an absolute path, in place; returns the new length.
     static func removeDotSegments(_ path: UnsafeMutableRawBufferPointer, count: Int) -> Int {
         var w = 0      // output length; output always starts with "/"

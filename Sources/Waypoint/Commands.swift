@@ -117,6 +117,9 @@ extension WaypointCommand {
         @Option(name: .long, help: "Apply namespace-wide and root-namespace AuthorizationPolicies (no targetRefs) to the waypoint.")
         var layeredAuthorization = Toggle.on
 
+        @Option(name: .long, help: "DENY rules also match the path hardened (slashes merged, ';' parameters dropped, %2F decoded); off: exactly Istio.")
+        var hardenDenyPaths = Toggle.on
+
         @Option(name: .long, help: "Istio's default retries (2 retries on connect failure or 503, another endpoint each time).")
         var defaultRetries = Toggle.on
 
@@ -179,6 +182,7 @@ extension WaypointCommand {
                 options.settings.tracer = exporter
             }
             options.layeredAuthorization = layeredAuthorization == .on
+            options.hardenedDenyPaths = hardenDenyPaths == .on
             options.rootNamespace = rootNamespace
             options.locality = locality?.locality
             options.settings.trustDomains = ([trustDomain] + trustDomainAliases).map { $0.lowercased() }
@@ -207,6 +211,9 @@ extension WaypointCommand {
         @Option(name: .long, help: "As `run`: apply namespace-wide and root-namespace AuthorizationPolicies.")
         var layeredAuthorization = Toggle.on
 
+        @Option(name: .long, help: "As `run`: DENY rules also match the hardened path.")
+        var hardenDenyPaths = Toggle.on
+
         @Option(name: .long, help: "As `run`: Istio's root namespace.")
         var rootNamespace = "istio-system"
 
@@ -220,6 +227,7 @@ extension WaypointCommand {
                 var compiler = SnapshotCompiler(namespace: namespace)
                 compiler.rootNamespace = rootNamespace
                 compiler.layeredAuthorization = layeredAuthorization == .on
+                compiler.hardenedDenyPaths = hardenDenyPaths == .on
                 let snapshot = compiler.compile(spec, generation: 1)
                 for warning in snapshot.warnings { print("warning: \(warning)") }
                 print("ok: \(spec.services.count) services, \(spec.endpointSlices.count) endpoint slices, "

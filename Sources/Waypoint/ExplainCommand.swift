@@ -50,6 +50,9 @@ extension WaypointCommand {
         @Option(name: .long, help: "Layered authorization, as `run`.")
         var layeredAuthorization = Toggle.on
 
+        @Option(name: .long, help: "DENY rules also match the hardened path, as `run`.")
+        var hardenDenyPaths = Toggle.on
+
         func validate() throws {
             if config.isEmpty { throw ValidationError("--config is required") }
             if let principal, SpiffeIdentity(uri: "spiffe://" + principal) == nil {
@@ -68,6 +71,7 @@ extension WaypointCommand {
             }
             var compiler = SnapshotCompiler(namespace: namespace)
             compiler.layeredAuthorization = layeredAuthorization == .on
+            compiler.hardenedDenyPaths = hardenDenyPaths == .on
             let snapshot = compiler.compile(spec, generation: 1)
             var destination: Destination? = nil
             if let tunnel {

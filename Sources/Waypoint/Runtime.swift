@@ -33,6 +33,7 @@ final class Runtime {
         var settings = ProxySettings()
         var rootNamespace = "istio-system"
         var layeredAuthorization = true
+        var hardenedDenyPaths = true
         /// Where the waypoint runs (locality load balancing), nil when not given.
         var locality: Locality?
     }
@@ -72,6 +73,7 @@ final class Runtime {
         config = ConfigSource(paths: options.configPaths, namespace: options.namespace)
         config.compiler.rootNamespace = options.rootNamespace
         config.compiler.layeredAuthorization = options.layeredAuthorization
+        config.compiler.hardenedDenyPaths = options.hardenedDenyPaths
         config.compiler.locality = options.locality
         do {
             snapshot = try config.load()

@@ -16,6 +16,8 @@ public struct SnapshotCompiler {
     /// Apply namespace-wide and root-namespace AuthorizationPolicies (no targetRefs) to the waypoint, which
     /// Istio's own waypoints ignore (a namespace default-deny silently does nothing there).
     public var layeredAuthorization = true
+    /// DENY and CUSTOM rules also match the request's hardened path (`PolicySet.evaluate`); off: exactly Istio.
+    public var hardenedDenyPaths = true
     /// Where the waypoint itself runs (`--locality`): with it, backends with outlier detection prefer
     /// endpoints nearby (Istio's locality load balancing); nil: every endpoint is equally near.
     public var locality: Locality?
@@ -213,11 +215,11 @@ struct CompileState {
                 case .namespace(let ns): return owner.kind != "Gateway" && owner.namespace == ns ? policy : nil
                 case .objects(let set): return set.contains("\(owner.kind)/\(owner.namespace)/\(owner.name)") ? policy : nil
                 }
-            })
+            }, hardenedDenyPaths: compiler.hardenedDenyPaths)
         }
         unmatchedHostPolicies = PolicySet(policies: scoped.compactMap { policy, scope in
             if case .all = scope { return policy } else { return nil }
-        })
+        }, hardenedDenyPaths: compiler.hardenedDenyPaths)
     }
 
     /// STRICT per virtual host: the namespace's PeerAuthentication, else the root namespace's (mesh-wide).

@@ -37,6 +37,15 @@ import WaypointCore
     @Test func noneLeavesThePathAlone() {
         #expect(normalize("/a/../b//c", .none) == "/a/../b//c")
     }
+
+    @Test(arguments: [
+        ("//admin", "/admin"), ("/admin;x", "/admin"), ("/admin;x/y;z=1", "/admin/y"), ("/public;/../admin", "/admin"),
+        ("/%2Fadmin", "/admin"), ("/a/..//admin", "/admin"), ("/admin", nil), ("/index.html", nil), ("/a%20b", nil),
+    ] as [(String, String?)])
+    func hardened(path: String, expected: String?) {
+        let bytes = Array(path.utf8)
+        #expect(bytes.withUnsafeBytes { PathNormalization.withHardened($0) { String(decoding: $0, as: UTF8.self) } } == expected)
+    }
 }
 
 @Suite struct StringAndAddressMatchTests {
@@ -101,10 +110,10 @@ import WaypointCore
 
     static func evaluate(_ policies: [Policy], principal: String? = "cluster.local/ns/default/sa/frontend", ip: String = "10.1.2.3",
                          method: String = "GET", path: String = "/", host: String = "web", port: UInt16 = 80,
-                         headers: [String: String] = [:], http: Bool = true) -> AuthorizationDecision {
+                         headers: [String: String] = [:], http: Bool = true, hardened: Bool = true) -> AuthorizationDecision {
         var (r, storage) = request(principal: principal, ip: ip, method: method, path: path, host: host, port: port)
         return storage[0].withUnsafeBytes { h in storage[1].withUnsafeBytes { m in storage[2].withUnsafeBytes { p in
-            guard http else { return PolicySet(policies: policies).evaluate(r) }
+            guard http else { return PolicySet(policies: policies, hardenedDenyPaths: hardened).evaluate(r) }
             var text = "GET / HTTP/1.1\r\nhost: x\r\n"
             for (name, value) in headers { text += "\(name): \(value)\r\n" }
             let raw = Array((text + "\r\n").utf8)
@@ -112,7 +121,7 @@ import WaypointCore
                 var head = RequestHead()
                 _ = HTTP1Parser.parseRequest(rawBytes, into: &head)
                 r.http = AuthorizationRequest.HTTP(host: h, method: m, path: p, head: head, headBytes: rawBytes)
-                return PolicySet(policies: policies).evaluate(r)
+                return PolicySet(policies: policies, hardenedDenyPaths: hardened).evaluate(r)
             }
         } } }
     }
@@ -128,6 +137,23 @@ import WaypointCore
     static let denyAdmin = Policy(name: "ns/deny-admin", action: .deny, rules: [rule(to: [operation { $0.paths = [PathPattern("/admin*")!] }])])
     static let allowNothing = Policy(name: "ns/allow-nothing", action: .allow, rules: [])
     static let allowAll = Policy(name: "ns/allow-all", action: .allow, rules: [rule()])
+
+    static let denyExactAdmin = Policy(name: "ns/deny-admin", action: .deny, rules: [rule(to: [operation { $0.paths = [PathPattern("/admin")!] }])])
+    static let allowExactPublic = Policy(name: "ns/allow-public", action: .allow, rules: [rule(to: [operation { $0.paths = [PathPattern("/public")!] }])])
+
+    /// DENY also sees the hardened path; Istio (`hardened: false`) lets these through under BASE normalization.
+    @Test(arguments: ["//admin", "/admin;x", "/admin;", "//admin;jsessionid=1"])
+    func denyMatchesTheHardenedPath(path: String) {
+        #expect(Self.evaluate([Self.denyExactAdmin], path: path) == .deny(policy: "ns/deny-admin"))
+        #expect(Self.evaluate([Self.denyExactAdmin], path: path, hardened: false) == .allow(policy: nil))
+    }
+
+    /// ALLOW stays as in Istio: a hardened path never makes a request allowed.
+    @Test func allowIgnoresTheHardenedPath() {
+        #expect(Self.evaluate([Self.allowExactPublic], path: "/public") == .allow(policy: "ns/allow-public"))
+        #expect(Self.evaluate([Self.allowExactPublic], path: "/public;x") == .deny(policy: nil))
+        #expect(Self.evaluate([Self.allowExactPublic], path: "//public") == .deny(policy: nil))
+    }
 
     @Test func noPoliciesAllow() { #expect(Self.evaluate([]) == .allow(policy: nil)) }
     @Test func allowMatches() { #expect(Self.evaluate([Self.frontendOnly]) == .allow(policy: "ns/allow-frontend")) }
