@@ -49,7 +49,19 @@ public final class HBONEConnection: HTTP2SessionDelegate {
     private var needsFlush = false
     /// When our unanswered PING went out.
     private var pingSentAt: Double?
-    private var goingAway = false
+    /// PINGs sent and acknowledged (acks come in order: the n-th ack answers the n-th PING).
+    private var pingsSent = 0, pingsAcked = 0
+    private var drain = Drain.serving
+
+    /// A graceful shutdown in RFC 9113 6.8's two steps, so that no tunnel the client opens meanwhile is lost.
+    enum Drain: Equatable {
+        case serving
+        /// A GOAWAY with the largest stream ID went out (the client opens no new tunnels here) and a PING after
+        /// it: once that PING's ack arrives, every CONNECT sent before the client saw the notice has arrived.
+        case noticed(untilAck: Int)
+        /// The real GOAWAY went out; the connection closes after its last tunnel.
+        case goingAway
+    }
 
     /// Server role: an accepted socket. Client role: a socket whose connect is in progress.
     init?(id: Int, fd: Int32, remote: SocketAddress?, context: TLSContext, server: ProxyServer) {
@@ -86,7 +98,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
     /// Client role: sends a CONNECT for `authority` (`IP:port`); the tunnel's reads and writes work once the
     /// server answers 200 (writes before that wait in the tunnel). Nil when the session refuses a new stream.
     public func openTunnel(authority: String, headers: [(String, String)] = []) -> Tunnel? {
-        guard role == .client, state != .closed, !goingAway,
+        guard role == .client, state != .closed, drain == .serving,
               let stream = session.request(headers: [(":method", "CONNECT"), (":authority", authority)] + headers, body: true)
         else { return nil }
         let tunnel = Tunnel(streamID: stream, connection: self, sendBound: server.settings.tunnelSendBound, established: false)
@@ -98,7 +110,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
     /// Whether another tunnel may be opened now (client role): within the server's stream limit (ztunnel 200,
     /// Envoy 100) and ours.
     public var canOpenTunnel: Bool {
-        state != .closed && !goingAway
+        state != .closed && drain == .serving
             && tunnels.count < min(Int(server.settings.http2.maxConcurrentStreams), session.peerMaxConcurrentStreams)
     }
 
@@ -200,7 +212,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
             notifyTunnels()
         } while needsFlush && state == .open
         // Done: the peer is gone, or we are going away and the last tunnel ended with everything sent.
-        if state == .open && (!session.isAlive || (goingAway && tunnels.isEmpty && output.isEmpty)) {
+        if state == .open && (!session.isAlive || (drain == .goingAway && tunnels.isEmpty && output.isEmpty)) {
             if session.goAwayErrorSent != nil { countProtocolFailure() }
             close()
         }
@@ -314,7 +326,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         if role == .server { server.counters.tunnelsActive.increment(by: -1) }
         tunnel.closed(code: errorCode)
         if !tunnel.queued { tunnel.queued = true; notify.append(tunnel) }
-        if goingAway && tunnels.isEmpty { needsFlush = true }
+        if drain == .goingAway && tunnels.isEmpty { needsFlush = true }
     }
 
     public func http2ReadData(stream: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HTTP2DataChunk {
@@ -322,7 +334,15 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         return tunnel.readData(into: buffer)
     }
 
-    public func http2PingAcknowledged() { pingSentAt = nil }
+    public func http2PingAcknowledged() {
+        pingSentAt = nil
+        pingsAcked += 1
+        if case .noticed(let ack) = drain, pingsAcked >= ack {
+            drain = .goingAway
+            session.goAway()
+            needsFlush = true
+        }
+    }
 
     /// The client's preface arrived within the handshake timeout: from now on the timer sends PINGs.
     public func http2PrefaceReceived() {
@@ -339,6 +359,12 @@ public final class HBONEConnection: HTTP2SessionDelegate {
     /// Checks a CONNECT and answers it: 200 and a tunnel, or an error status and the stream ends. The
     /// connection lives on either way.
     private func open(_ stream: Int32, _ request: TunnelRequest) {
+        guard drain != .goingAway else {
+            // Past the GOAWAY's last stream ID (sent before the GOAWAY left): unprocessed, the client may retry.
+            server.counters.countTunnelRefusal("draining")
+            session.reset(stream: stream, code: .refusedStream)
+            return
+        }
         if let refusal = check(request) {
             server.counters.countTunnelRefusal(refusal.reason)
             server.logger.debug("tunnel refused: \(refusal.status) \(refusal.reason)",
@@ -364,7 +390,6 @@ public final class HBONEConnection: HTTP2SessionDelegate {
 
     /// Why a tunnel request is refused, or nil (and `request.destination`, `request.facts` set) when it is accepted.
     private func check(_ request: TunnelRequest) -> Refusal? {
-        guard !goingAway else { return Refusal(status: 503, reason: "draining") }
         guard request.method == "CONNECT" else { return Refusal(status: 405, reason: "method") }
         guard !request.hasProtocol else { return Refusal(status: 400, reason: "extended_connect") }
         guard let address = request.authority else { return Refusal(status: 400, reason: "bad_authority") }
@@ -406,7 +431,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
                 }
             } else {
                 pingSentAt = now
-                session.ping()
+                sendPing()
                 flush()
             }
         case .closed:
@@ -414,15 +439,23 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         }
     }
 
-    /// GOAWAY: the client opens no new tunnels here; open ones finish, then the connection closes.
+    /// GOAWAY in two steps (`Drain`): the client opens no new tunnels here; open ones finish, then the
+    /// connection closes. A connection still in its handshake is drained once the handshake completes.
     public func beginDrain() {
-        guard state == .open, !goingAway else {
-            if state == .handshaking || state == .connecting { close() }
+        guard state == .open, drain == .serving else {
+            if state == .connecting { close() }
             return
         }
-        goingAway = true
-        session.goAway()
+        session.shutdownNotice()
+        sendPing()
+        if pingSentAt == nil { pingSentAt = server.loop.now }   // a peer that never acks is closed by the keepalive
+        drain = .noticed(untilAck: pingsSent)
         flush()
+    }
+
+    private func sendPing() {
+        pingsSent += 1
+        session.ping()
     }
 
     /// A protocol error or flood: send what nghttp2 queued and a GOAWAY saying why (best effort: a peer that

@@ -280,6 +280,10 @@ public final class HTTP2Session {
 
     public func ping() { _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil) }
 
+    /// The first step of a graceful shutdown (server role): a GOAWAY with the largest stream ID, which tells the
+    /// client to open no new streams while still accepting those already on their way (RFC 9113 6.8).
+    public func shutdownNotice() { _ = nghttp2_submit_shutdown_notice(session) }
+
     /// GOAWAY with the last stream we accepted: no new streams, the open ones finish.
     public func goAway(code: HTTP2ErrorCode = .noError) {
         let last = nghttp2_session_get_last_proc_stream_id(session)

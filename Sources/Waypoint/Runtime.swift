@@ -225,10 +225,12 @@ final class Runtime {
 
     private func beginDrain(signal: String) {
         guard !draining else { return }
-        draining = true
-        logger.info("draining", metadata: ["signal": "\(signal)", "drain.timeout": "\(options.drainTimeout)"])
+        // The listener first: closing takes the connections already in its accept queue, which must still be
+        // handed to workers (they are drained like the others once their handshake completes).
         hboneListener?.close()
         hboneListener = nil
+        draining = true
+        logger.info("draining", metadata: ["signal": "\(signal)", "drain.timeout": "\(options.drainTimeout)"])
         for worker in workers { worker.post(.drain) }
         let timer = Timer(loop: loop) { [unowned(unsafe) self] in
             self.logger.warning("drain timeout expired; exiting with connections still open")

@@ -24,6 +24,14 @@ class HBONEClient:
         raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.sock = ctx.wrap_socket(raw)
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        # A graceful GOAWAY lets streams up to last_stream_id finish and comes with more frames (a PING to time
+        # the final GOAWAY, RFC 9113 6.8), but h2 ends the connection on any GOAWAY and drops what it had queued
+        # (a PING ack, say): this one stays open and keeps its queue; `pump` marks it closed for an error GOAWAY.
+        self.conn.clear_outbound_data_buffer = lambda: None
+        machine = self.conn.state_machine
+        machine._transitions = dict(machine._transitions)
+        machine._transitions[(h2.connection.ConnectionState.CLIENT_OPEN, h2.connection.ConnectionInputs.RECV_GOAWAY)] = (
+            None, h2.connection.ConnectionState.CLIENT_OPEN)
         self.conn.initiate_connection()
         # ztunnel's client settings: 4 MiB stream window, 16 MiB connection window, 1 MiB frames.
         self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 4 << 20,
@@ -79,11 +87,7 @@ class HBONEClient:
                 self.settings.update({k: v.new_value for k, v in event.changed_settings.items()})
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.goaway = event
-                if event.error_code == 0:
-                    # A graceful GOAWAY lets streams up to last_stream_id finish (RFC 9113 §6.8), but h2's state
-                    # machine treats any GOAWAY as the end: put it back to open so those streams can complete.
-                    self.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
-                else:
+                if event.error_code != 0:
                     self.closed = True
         self.flush()
         return True

@@ -500,3 +500,73 @@ spec:
         assert b"\r\nx-origin: b\r\n" in response            # relayed by the TCPRoute to db-v2, never to db
         assert b"x-request-id" not in response.split(b"\r\n\r\n", 1)[1]   # bytes untouched (no L7 headers added)
     c.close()
+
+
+def test_rolling_update_on_the_hbone_port_loses_no_request(origin_factory, workdir, processes, certs):
+    """Two waypoints on one SO_REUSEPORT HBONE port, the old one SIGTERMed while clients keep opening tunnels as
+    ztunnel does (a new connection once the old one says GOAWAY): every request is answered 200."""
+    from conftest import Process
+    origin = origin_factory("a")
+    config = workdir / "rolling"
+    config.mkdir()
+    (config / "c.yaml").write_text(service_yaml("web", [("127.0.0.1", origin.port)], cluster_ip=VIP))
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    cert, key = certs["waypoint"]
+
+    def start(name):
+        p = Process(["run", "--config", str(config), "--http-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+                     "--hbone-listen", f"127.0.0.1:{port}", "--cert", cert, "--key", key, "--ca", certs["ca"],
+                     "--workers", "2", "--access-log", "off"], workdir, name)
+        processes.append(p)
+        wait_for(r"ready", p.stderr_path, process=p.proc)
+        return p
+
+    old = start("old")
+    stop = threading.Event()
+    results = {"ok": 0, "failed": []}
+    lock = threading.Lock()
+
+    def load():
+        c = None
+        while not stop.is_set():
+            try:
+                if c is None or c.goaway is not None or c.closed:
+                    if c is not None:
+                        c.close()
+                    c = HBONEClient(port, *certs["frontend"], certs["ca"], timeout=5)
+                sid = c.connect(f"{VIP}:80")
+                status = c.status(sid)
+                response = c.http(sid, get("/")) if status == 200 else b""
+                c.send(sid, b"", end_stream=True)
+                ok = status == 200 and response.startswith(b"HTTP/1.1 200")
+                with lock:
+                    if ok:
+                        results["ok"] += 1
+                    else:
+                        results["failed"].append((status, c.resets.get(sid), c.goaway, response[:40]))
+            except Exception as error:     # a reset, a refused connection or a timeout is a lost request
+                with lock:
+                    results["failed"].append(repr(error))
+                c = None
+        if c is not None:
+            c.close()
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    new = start("new")
+    time.sleep(0.5)
+    os.kill(old.pid, signal.SIGTERM)
+    assert old.proc.wait(timeout=15) == 0
+    served_before = results["ok"]
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    assert results["failed"] == []
+    assert results["ok"] > served_before > 50         # load ran before, during and after the handover
+    assert new.proc.poll() is None
