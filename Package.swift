@@ -57,7 +57,7 @@ let package = Package(
 
         // libFuzzer harnesses for the parsers of untrusted bytes (fuzz/run.sh builds them with -DFUZZING);
         // a plain build makes a replay tool that runs saved inputs through the same code.
-        .executableTarget(name: "WaypointFuzz", dependencies: ["WaypointCore", "HTTPRouter", "WaypointConfig", "EventLoop", "Filters", "Regex"],
+        .executableTarget(name: "WaypointFuzz", dependencies: ["WaypointCore", "HTTPRouter", "WaypointConfig", "EventLoop", "Filters", "Regex", "HTTP2"],
                           path: "fuzz/Sources"),
 
         // Authorization decision cost (benchmarks/README.md); built in CI, run by hand.

@@ -8,7 +8,7 @@ seconds=${FUZZ_SECONDS:-60}
 swift build -c release --scratch-path .build-fuzz --product WaypointFuzz \
     -Xswiftc -sanitize=fuzzer,address -Xswiftc -DFUZZING -Xswiftc -parse-as-library 2>&1 | grep -v "Cannot export local symbol" || true
 binary=.build-fuzz/release/WaypointFuzz
-for target in ${FUZZ_TARGETS:-http1 config proxy}; do
+for target in ${FUZZ_TARGETS:-http1 http2 config proxy}; do
     mkdir -p "fuzz-corpus/$target"
     echo "== fuzzing $target for ${seconds}s"
     ASAN_OPTIONS=detect_leaks=0 WAYPOINT_FUZZ_TARGET=$target "$binary" -max_total_time="$seconds" -max_len=8192 -print_final_stats=1 -detect_leaks=0 \

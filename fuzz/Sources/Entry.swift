@@ -7,12 +7,13 @@ func run(_ target: String, _ bytes: UnsafeRawBufferPointer) {
     switch target {
     case "config": Harness.config(bytes)
     case "proxy": Harness.proxy(bytes)
+    case "http2": Harness.http2(bytes)
     default: Harness.http1(bytes)
     }
 }
 
 #if FUZZING
-/// libFuzzer entry point; `WAYPOINT_FUZZ_TARGET` picks the harness (http1, config or proxy).
+/// libFuzzer entry point; `WAYPOINT_FUZZ_TARGET` picks the harness (http1, http2, config or proxy).
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     let bytes = UnsafeRawBufferPointer(start: data, count: size)
@@ -35,13 +36,13 @@ private func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<CInt>,
                                  _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
                                  _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt) -> CInt
 #else
-/// Replays saved inputs (e.g. a crash file from a fuzz run): `WaypointFuzz http1|config|proxy FILE...`.
+/// Replays saved inputs (e.g. a crash file from a fuzz run): `WaypointFuzz http1|http2|config|proxy FILE...`.
 @main
 struct Replay {
     static func main() {
         let args = CommandLine.arguments.dropFirst()
-        guard let target = args.first, ["http1", "config", "proxy"].contains(target) else {
-            print("usage: WaypointFuzz http1|config|proxy FILE...")
+        guard let target = args.first, ["http1", "http2", "config", "proxy"].contains(target) else {
+            print("usage: WaypointFuzz http1|http2|config|proxy FILE...")
             exit(2)
         }
         for path in args.dropFirst() {

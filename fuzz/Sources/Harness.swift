@@ -44,6 +44,7 @@ enum Harness {
         if let all, let consumed { precondition(all == consumed && whole.bodyBytes == split.bodyBytes, "split scan differs") }
         _ = table.ruleSet(forHost: data)
         normalization(data)
+        hardening(data)
     }
 
     /// Path normalization: never longer, always absolute, no `.` or `..` segment left, in every mode.
