@@ -49,8 +49,6 @@ public final class HBONEConnection: HTTP2SessionDelegate {
     private var needsFlush = false
     /// When our unanswered PING went out.
     private var pingSentAt: Double?
-    /// PINGs sent and acknowledged (acks come in order: the n-th ack answers the n-th PING).
-    private var pingsSent = 0, pingsAcked = 0
     private var drain = Drain.serving
 
     /// A graceful shutdown in RFC 9113 6.8's two steps, so that no tunnel the client opens meanwhile is lost.
@@ -336,8 +334,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
 
     public func http2PingAcknowledged() {
         pingSentAt = nil
-        pingsAcked += 1
-        if case .noticed(let ack) = drain, pingsAcked >= ack {
+        if case .noticed(let ack) = drain, session.pingsAcked >= ack {
             drain = .goingAway
             session.goAway()
             needsFlush = true
@@ -431,7 +428,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
                 }
             } else {
                 pingSentAt = now
-                sendPing()
+                session.ping()
                 flush()
             }
         case .closed:
@@ -446,16 +443,9 @@ public final class HBONEConnection: HTTP2SessionDelegate {
             if state == .connecting { close() }
             return
         }
-        session.shutdownNotice()
-        sendPing()
+        drain = .noticed(untilAck: session.shutdownNotice())
         if pingSentAt == nil { pingSentAt = server.loop.now }   // a peer that never acks is closed by the keepalive
-        drain = .noticed(untilAck: pingsSent)
         flush()
-    }
-
-    private func sendPing() {
-        pingsSent += 1
-        session.ping()
     }
 
     /// A protocol error or flood: send what nghttp2 queued and a GOAWAY saying why (best effort: a peer that

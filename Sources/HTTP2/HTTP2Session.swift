@@ -112,6 +112,11 @@ public final class HTTP2Session {
     private var initialSettingsPending: Bool
     /// Why `receive` failed, once it has; nil while the session is healthy.
     public private(set) var failure: HTTP2Failure?
+    /// PINGs we sent and the acks that came back (acks come in order: the n-th answers the n-th PING).
+    public private(set) var pingsSent = 0
+    public fileprivate(set) var pingsAcked = 0
+    /// A shutdown notice was submitted; its PING goes out once the notice has.
+    private var pingAfterNotice = false
     /// Whether the peer's first SETTINGS (the end of its connection preface) has arrived.
     fileprivate var prefaceReceived = false
     /// The error code of a GOAWAY the session sent on its own (nghttp2 ends a session this way for protocol
@@ -278,11 +283,30 @@ public final class HTTP2Session {
         _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream, code.rawValue)
     }
 
-    public func ping() { _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil) }
+    public func ping() {
+        pingsSent += 1
+        _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil)
+    }
 
     /// The first step of a graceful shutdown (server role): a GOAWAY with the largest stream ID, which tells the
-    /// client to open no new streams while still accepting those already on their way (RFC 9113 6.8).
-    public func shutdownNotice() { _ = nghttp2_submit_shutdown_notice(session) }
+    /// client to open no new streams while still accepting those already on their way (RFC 9113 6.8), then a
+    /// PING once that GOAWAY is out (nghttp2 sends PINGs ahead of GOAWAYs, so it is submitted only then).
+    /// Returns that PING's number: when `pingsAcked` reaches it, the client has seen the notice and every
+    /// stream it opened before has arrived.
+    public func shutdownNotice() -> Int {
+        _ = nghttp2_submit_shutdown_notice(session)
+        pingsSent += 1
+        pingAfterNotice = true
+        return pingsSent
+    }
+
+    fileprivate func sentGoAway(_ goaway: nghttp2_goaway) {
+        if goaway.error_code != 0 { goAwayErrorSent = goaway.error_code }
+        if pingAfterNotice && goaway.last_stream_id == Int32.max {
+            pingAfterNotice = false
+            _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil)
+        }
+    }
 
     /// GOAWAY with the last stream we accepted: no new streams, the open ones finish.
     public func goAway(code: HTTP2ErrorCode = .noError) {
@@ -361,9 +385,7 @@ private func owner(_ userData: UnsafeMutableRawPointer?) -> HTTP2Session {
 
 private func onFrameSent(_ session: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ userData: UnsafeMutableRawPointer?) -> Int32 {
     let frame = frame!.pointee
-    if UInt32(frame.hd.type) == NGHTTP2_GOAWAY.rawValue && frame.goaway.error_code != 0 {
-        owner(userData).goAwayErrorSent = frame.goaway.error_code
-    }
+    if UInt32(frame.hd.type) == NGHTTP2_GOAWAY.rawValue { owner(userData).sentGoAway(frame.goaway) }
     return 0
 }
 
@@ -388,6 +410,7 @@ private func onFrameReceived(_ session: OpaquePointer?, _ frame: UnsafePointer<n
     case NGHTTP2_DATA.rawValue where endStream:
         delegate.http2RemoteEnded(stream: hd.stream_id)
     case NGHTTP2_PING.rawValue where hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0:
+        owner(userData).pingsAcked += 1
         delegate.http2PingAcknowledged()
     case NGHTTP2_SETTINGS.rawValue where !owner(userData).prefaceReceived:
         owner(userData).prefaceReceived = true
