@@ -83,7 +83,7 @@ public final class TLSConnection {
 
     @inline(__always)
     public func read(into buffer: UnsafeMutableRawBufferPointer) -> IOResult {
-        ERR_clear_error()
+        clearErrorQueue()
         let rc = SSL_read(ssl, buffer.baseAddress, Int32(min(buffer.count, Int(Int32.max))))
         if rc > 0 { wantsWritable = false; return .bytes(Int(rc)) }
         return outcome(rc)
@@ -91,10 +91,17 @@ public final class TLSConnection {
 
     @inline(__always)
     public func write(from buffer: UnsafeRawBufferPointer) -> IOResult {
-        ERR_clear_error()
+        clearErrorQueue()
         let rc = SSL_write(ssl, buffer.baseAddress, Int32(min(buffer.count, Int(Int32.max))))
         if rc > 0 { wantsWritable = false; return .bytes(Int(rc)) }
         return outcome(rc)
+    }
+
+    /// Empties the thread's error queue. Peeking first: clearing an empty queue costs ~10 times a peek, and on
+    /// the hot path the queue is always empty (measured: +1,900 instructions per HBONE request otherwise).
+    @inline(__always)
+    private func clearErrorQueue() {
+        if ERR_peek_error() != 0 { ERR_clear_error() }
     }
 
     private func outcome(_ rc: Int32) -> IOResult {
