@@ -16,9 +16,11 @@ let package = Package(
         .executable(name: "waypoint", targets: ["Waypoint"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
-        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        // Pinned exactly (reproducible builds; Package.resolved stays out of git, as the local package mirror's
+        // commit ids are not upstream's).
+        .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams", exact: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-log", exact: "1.16.2"),
     ],
     targets: [
         // C libraries: one system-library target each; shim.h turns macros into callable functions.
