@@ -2,6 +2,7 @@
 policies), the plain rendering matches the kustomize base, the Dockerfile ships exactly the libraries the binary
 links, and the Deployment's flags are ones the binary accepts."""
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -104,3 +105,20 @@ def test_dockerfile_runtime_packages_match_ldd():
         if owner and owner not in {"libc6", "libgcc-s1"}:   # in every Debian base image
             needed.add(owner)
     assert needed == set(install), (needed, install)
+
+
+def test_dockerfile_build_context_holds_the_whole_package(tmp_path):
+    # No container engine runs here: copy exactly what the build stage COPYs and let SwiftPM check that every
+    # target's folder is there (a target added to Package.swift but not to the Dockerfile broke the image once).
+    build = (DEPLOY / "Dockerfile").read_text().split("FROM debian:bookworm-slim", 1)[0]
+    copies = re.findall(r"^COPY (\S+) (\S+)$", build, re.MULTILINE)
+    assert copies, build
+    for source, destination in copies:
+        target = tmp_path / (Path(source).name if destination == "./" else destination)
+        if (ROOT / source).is_dir():
+            shutil.copytree(ROOT / source, target)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ROOT / source, target)
+    described = subprocess.run(["swift", "package", "describe", "--type", "json"], cwd=tmp_path, capture_output=True, text=True)
+    assert described.returncode == 0, described.stderr
