@@ -18,19 +18,20 @@ final class AccessLog {
         flusher = PrepareWatcher(loop: loop) { [unowned(unsafe) self] in self.flush() }
     }
 
-    /// Appends one finished request; its byte views are valid only during the call.
+    /// Appends one finished request.
     func record(_ entry: borrowing Entry) {
         let out = buffer
+        let request = entry.request
         out.append("{\"start_time\":\"")
         appendTimestamp(entry.startTime)
         out.append("\",\"start_time_ms\":")
         out.appendDecimal(Int(entry.startTime * 1000))
         out.append(",\"method\":\"")
-        appendEscaped(entry.method)
+        appendEscaped(request[.method])
         out.append("\",\"path\":\"")
-        appendEscaped(entry.path)
+        appendEscaped(request[.path])
         out.append("\",\"authority\":\"")
-        appendEscaped(entry.authority)
+        appendEscaped(request[.authority])
         out.append("\",\"protocol\":\"")
         out.append(entry.protocol)
         out.append("\",\"response_code\":")
@@ -48,11 +49,11 @@ final class AccessLog {
         out.append("\",\"downstream_peer_principal\":")
         appendOptional(entry.principal)
         out.append(",\"user_agent\":")
-        appendOptional(entry.userAgent)
+        appendOptional(request[.userAgent])
         out.append(",\"x_forwarded_for\":")
-        appendOptional(entry.forwardedFor)
+        appendOptional(request[.forwardedFor])
         out.append(",\"request_id\":")
-        appendOptional(entry.requestID)
+        appendOptional(request[.requestID])
         out.append(",\"upstream_host\":")
         appendOptional(entry.upstream)
         out.append(",\"route_name\":")
@@ -75,9 +76,8 @@ final class AccessLog {
     struct Entry: ~Copyable {
         var startTime: Double
         var duration: Double
-        var method: UnsafeRawBufferPointer
-        var path: UnsafeRawBufferPointer
-        var authority: UnsafeRawBufferPointer
+        /// What the line says about the request itself, whatever carried it.
+        var request: RequestLogFields
         /// `HTTP/1.1` or `HTTP/2` (h2c inside a tunnel).
         var `protocol`: StaticString
         var client: String
@@ -97,10 +97,6 @@ final class AccessLog {
         var attempts = 0
         /// Why a failure that called for a retry was returned as is.
         var retryNote: StaticString? = nil
-        /// Request headers Istio's default log carries (empty: absent); `requestID` as sent upstream.
-        var userAgent = UnsafeRawBufferPointer(start: nil, count: 0)
-        var forwardedFor = UnsafeRawBufferPointer(start: nil, count: 0)
-        var requestID = UnsafeRawBufferPointer(start: nil, count: 0)
     }
 
     /// A JSON string of the bytes, or `null` when there are none.
@@ -161,5 +157,55 @@ final class AccessLog {
             if n <= 0 { if n < 0 && errno == EINTR { continue }; buffer.clear(); return }  // stdout gone: drop, never stall
             buffer.consume(n)
         }
+    }
+}
+
+/// What an access-log line says about the request, copied when its head is parsed (those bytes do not live until
+/// the exchange ends) into one buffer, in `Field` order: the same fields, kept the same way, whether the request
+/// came as HTTP/1.1 or HTTP/2. A field never kept reads as empty (logged as `null`).
+///
+/// Thread: its worker's loop thread only. Ownership: one downstream connection (reused for each of its requests)
+/// or one h2c exchange.
+final class RequestLogFields {
+    enum Field: Int {
+        case method, path, authority
+        /// Headers Istio's default log format carries: user-agent and x-forwarded-for as received, x-request-id
+        /// as sent upstream.
+        case userAgent, forwardedFor, requestID
+    }
+
+    private let buffer = ByteBuffer(lazyCapacity: 256)
+    /// Where each field ends in `buffer`; fields after `kept` are empty.
+    private var ends = [Int](repeating: 0, count: 6)
+    private var kept = 0
+
+    /// Keeps `field`'s bytes: fields come in `Field` order, and the last one kept may be given again to replace it
+    /// (the request id generated for the upstream is known only when the request is forwarded).
+    func keep(_ field: Field, _ bytes: UnsafeRawBufferPointer) {
+        precondition(field.rawValue + 1 >= kept, "log fields out of order")
+        if field.rawValue + 1 == kept { kept -= 1 }
+        let start = kept == 0 ? 0 : ends[kept - 1]
+        buffer.truncate(to: start)
+        for i in kept..<field.rawValue { ends[i] = start }
+        buffer.append(bytes)
+        ends[field.rawValue] = buffer.readableBytes
+        kept = field.rawValue + 1
+    }
+
+    func keep(_ field: Field, _ text: String) {
+        var text = text
+        text.withUTF8 { keep(field, UnsafeRawBufferPointer($0)) }
+    }
+
+    subscript(field: Field) -> UnsafeRawBufferPointer {
+        guard field.rawValue < kept else { return UnsafeRawBufferPointer(start: nil, count: 0) }
+        let start = field.rawValue == 0 ? 0 : ends[field.rawValue - 1]
+        return UnsafeRawBufferPointer(rebasing: buffer.readable[start..<ends[field.rawValue]])
+    }
+
+    /// For the next request.
+    func clear() {
+        buffer.clear()
+        kept = 0
     }
 }

@@ -129,10 +129,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private let principalID: Int32
     private var serviceID: Int32 = -1
     private var upstreamAddress: String?
-    private let logFields: ByteBuffer
-    /// Where each kept field ends in `logFields`: method, target, authority, user-agent, x-forwarded-for; the
-    /// request id follows.
-    private var logMethod = 0, logPath = 0, logAuthority = 0, logAgent = 0, logForwarded = 0
+    private let logFields = RequestLogFields()
 
     /// `initialInput`: bytes already read from the stream (protocol detection looked at them).
     init(id: Int, stream: any ByteStream, peer: PeerFacts, destination: Destination? = nil, traceparent: [UInt8] = [],
@@ -149,7 +146,6 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         input = ByteBuffer(lazyCapacity: 16 * 1024)
         output = ByteBuffer(lazyCapacity: 16 * 1024)
         replay = ByteBuffer(lazyCapacity: 512)
-        logFields = ByteBuffer(lazyCapacity: 256)
         lastActivity = server.loop.now
         timer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.checkIdle() }
         let tick = min(server.settings.downstreamIdleTimeout, server.settings.headerTimeout) / 4
@@ -402,7 +398,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         serviceID = server.router.lastService
         switch decision {
         case .reply(let reply):
-            flags = reply == .noRoute ? "NR" : reply == .noHealthyUpstream ? "UH" : reply == .rbacDenied || reply == .mtlsRequired ? "RBAC" : "-"
+            flags = reply.responseFlags
             discardingBody = true
             input.consume(length)
             replyLocally(reply)
@@ -547,7 +543,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                                                into: connection.output) { [unowned(unsafe) self] out in
                     let start = out.readableBytes
                     self.server.writeRequestID(out)
-                    if self.server.accessLog != nil { self.logFields.append(UnsafeRawBufferPointer(rebasing: out.readable[start...])) }
+                    if self.server.accessLog != nil { self.logFields.keep(.requestID, UnsafeRawBufferPointer(rebasing: out.readable[start...])) }
                 }
             }
         }
@@ -982,12 +978,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
 
     private func keepLogFields(_ headBytes: UnsafeRawBufferPointer) {
         logFields.clear()
-        logFields.append(head.method.bytes(in: headBytes))
-        logMethod = logFields.readableBytes
-        logFields.append(head.target.bytes(in: headBytes))
-        logPath = logFields.readableBytes
-        logFields.append(head.host.bytes(in: headBytes))
-        logAuthority = logFields.readableBytes
+        logFields.keep(.method, head.method.bytes(in: headBytes))
+        logFields.keep(.path, head.target.bytes(in: headBytes))
+        logFields.keep(.authority, head.host.bytes(in: headBytes))
         var agent: ByteRange?, forwarded: ByteRange?, requestID: ByteRange?
         for field in head.headers {
             let name = field.name.bytes(in: headBytes)
@@ -995,32 +988,18 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             else if HTTP1Parser.equalsLowercase(name, "x-forwarded-for") { if forwarded == nil { forwarded = field.value } }
             else if HTTP1Parser.equalsLowercase(name, "x-request-id") { requestID = field.value }
         }
-        if let agent { logFields.append(agent.bytes(in: headBytes)) }
-        logAgent = logFields.readableBytes
-        if let forwarded { logFields.append(forwarded.bytes(in: headBytes)) }
-        logForwarded = logFields.readableBytes
-        if let requestID { logFields.append(requestID.bytes(in: headBytes)) }
+        if let agent { logFields.keep(.userAgent, agent.bytes(in: headBytes)) }
+        if let forwarded { logFields.keep(.forwardedFor, forwarded.bytes(in: headBytes)) }
+        if let requestID { logFields.keep(.requestID, requestID.bytes(in: headBytes)) }
     }
 
     private func writeLog(_ log: AccessLog) {
-        let fields = logFields.readable
-        let hasFields = fields.count >= logForwarded && logForwarded > 0
-        func field(_ range: Range<Int>) -> UnsafeRawBufferPointer {
-            hasFields ? UnsafeRawBufferPointer(rebasing: fields[range]) : UnsafeRawBufferPointer(start: nil, count: 0)
-        }
         log.record(AccessLog.Entry(
-            startTime: exchangeStart, duration: server.loop.now - exchangeStart,
-            method: field(0..<logMethod), path: field(logMethod..<logPath), authority: field(logPath..<logAuthority),
+            startTime: exchangeStart, duration: server.loop.now - exchangeStart, request: logFields,
             protocol: "HTTP/1.1", client: peer.sourceAddress, principal: peer.identity?.principal, status: status, flags: flags, bytesReceived: bytesReceived, bytesSent: bytesSent,
             upstream: upstreamAddress, route: routeName, policy: decidingPolicy, attempts: inFlight || attempt > 1 ? attempt : 0,
-            retryNote: retryNote, userAgent: field(logAuthority..<logAgent), forwardedFor: field(logAgent..<logForwarded),
-            requestID: field(logForwarded..<fields.count)))
+            retryNote: retryNote))
         logFields.clear()
-        logMethod = 0
-        logPath = 0
-        logAuthority = 0
-        logAgent = 0
-        logForwarded = 0
     }
 
     // MARK: - Closing

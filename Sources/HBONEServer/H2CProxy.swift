@@ -39,8 +39,10 @@ final class H2CExchange {
     var mirrors: [H2CExchange] = []
     /// The span when this request is traced.
     var span: Span?
-    /// Envoy response flags for the access log (`UF`, `UC`, `UT`).
+    /// Envoy response flags for the access log and Istio's metrics (`NR`, `UH`, `RBAC`, `DR`, `UF`, `UC`, `UT`, …).
     var flags: StaticString = "-"
+    /// What the access log says about the request, kept when it is routed (only while the log is on).
+    var logFields: RequestLogFields?
 
     // Forwarding, once routed to an upstream.
     var cluster: Int32 = -1
@@ -305,6 +307,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             return replyLocally(exchange, .badRequest(HTTP1Error(status: 400, "invalid request path")))
         }
         path = normalized
+        if server.accessLog != nil { keepLogFields(exchange, method: method, path: path, authority: authority) }
         let text = "\(method) \(path.isEmpty ? "/" : path) HTTP/1.1\r\nhost: \(authority)\r\n\(head)\r\n"
         let decision: RouteDecision = Array(text.utf8).withUnsafeBytes { bytes in
             var request = RequestHead()
@@ -327,6 +330,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             ], body: false)
             channel.flush()
         case .respond(let status, let body, let delay):
+            exchange.flags = "DR"
             guard let delay else { return respond(exchange, status: status, body: body) }
             exchange.delayedResponse = (status, body)
             hold(exchange, for: delay)
@@ -344,6 +348,9 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
                 }
             }
             var fields = forwardedFields(exchange, method: method, path: upstreamPath, authority: upstreamAuthority)
+            if let log = exchange.logFields, log[.requestID].isEmpty, let id = fields.last(where: { $0.0 == "x-request-id" }) {
+                log.keep(.requestID, id.1)   // the one generated for the upstream
+            }
             if let modifier = policy.requestHeaders { fields = Self.modify(fields, modifier) }
             if let tracer = server.settings.tracer { trace(exchange, &fields, tracer, method: method, path: path, authority: authority) }
             for mirror in policy.mirrors where server.roll(mirror.percent) { startMirror(exchange, fields: fields, cluster: mirror.cluster) }
@@ -631,6 +638,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     /// Answers without an upstream: an HTTP status with a short body, or for gRPC a trailers-only response with
     /// the matching `grpc-status` (gRPC's HTTP-to-status mapping: 404 → UNIMPLEMENTED, 503 → UNAVAILABLE, ...).
     private func replyLocally(_ exchange: H2CExchange, _ reply: LocalReply) {
+        exchange.flags = reply.responseFlags
         respond(exchange, status: reply.status, body: Array((reply.body.description.trimmingNewline() + "\n").utf8))
     }
 
@@ -736,22 +744,24 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
                                                 responseBytes: exchange.bytesOut)
         }
         guard let log = server.accessLog else { return }
-        var method = "", path = "", authority = ""
-        for (name, value) in exchange.requestFields {
-            if name == ":method" { method = value } else if name == ":path" { path = value } else if name == ":authority" { authority = value }
+        log.record(AccessLog.Entry(
+            startTime: exchange.start, duration: server.loop.now - exchange.start, request: exchange.logFields ?? RequestLogFields(),
+            protocol: "HTTP/2", client: peer.sourceAddress, principal: peer.identity?.principal, status: exchange.status,
+            flags: exchange.flags, bytesReceived: exchange.bytesIn, bytesSent: exchange.bytesOut,
+            upstream: exchange.upstreamAddress, route: exchange.route, policy: exchange.policy,
+            attempts: exchange.inFlight ? exchange.attempt : 0, retryNote: exchange.retryNote))
+    }
+
+    /// The access log's fields, as HTTP/1.1 keeps them: the normalized path, the first `x-forwarded-for`.
+    private func keepLogFields(_ exchange: H2CExchange, method: String, path: String, authority: String) {
+        let fields = RequestLogFields()
+        fields.keep(.method, method)
+        fields.keep(.path, path)
+        fields.keep(.authority, authority)
+        for (field, name) in [(RequestLogFields.Field.userAgent, "user-agent"), (.forwardedFor, "x-forwarded-for"), (.requestID, "x-request-id")] {
+            if let value = exchange.requestFields.first(where: { $0.0 == name }) { fields.keep(field, value.1) }
         }
-        Array(method.utf8).withUnsafeBytes { m in
-            Array(path.utf8).withUnsafeBytes { p in
-                Array(authority.utf8).withUnsafeBytes { a in
-                    log.record(AccessLog.Entry(
-                        startTime: exchange.start, duration: server.loop.now - exchange.start, method: m, path: p, authority: a,
-                        protocol: "HTTP/2", client: peer.sourceAddress, principal: peer.identity?.principal, status: exchange.status,
-                        flags: exchange.flags, bytesReceived: exchange.bytesIn, bytesSent: exchange.bytesOut,
-                        upstream: exchange.upstreamAddress, route: exchange.route, policy: exchange.policy,
-                        attempts: exchange.inFlight ? exchange.attempt : 0, retryNote: exchange.retryNote))
-                }
-            }
-        }
+        exchange.logFields = fields
     }
 }
 

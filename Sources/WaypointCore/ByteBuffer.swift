@@ -51,6 +51,12 @@ public final class ByteBuffer {
 
     public func clear() { readerIndex = 0; writerIndex = 0 }
 
+    /// Drops readable bytes after the first `count`.
+    public func truncate(to count: Int) {
+        precondition(count >= 0 && count <= readableBytes)
+        writerIndex = readerIndex + count
+    }
+
     /// Moves the unread bytes to the front.
     public func compact() {
         guard readerIndex > 0 else { return }

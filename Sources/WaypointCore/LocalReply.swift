@@ -36,6 +36,16 @@ public enum LocalReply: Sendable, Equatable {
         }
     }
 
+    /// Envoy's response flags for a request the routing step answered itself (access log, Istio's metrics).
+    public var responseFlags: StaticString {
+        switch self {
+        case .noRoute: return "NR"
+        case .noHealthyUpstream: return "UH"
+        case .rbacDenied, .mtlsRequired: return "RBAC"
+        default: return "-"
+        }
+    }
+
     public var body: StaticString {
         switch self {
         case .noRoute: return "no route\n"
