@@ -175,9 +175,12 @@ final class RequestLogFields {
     }
 
     private let buffer = ByteBuffer(lazyCapacity: 256)
-    /// Where each field ends in `buffer`; fields after `kept` are empty.
-    private var ends = [Int](repeating: 0, count: 6)
+    /// Where each field ends in `buffer`; fields after `kept` are empty. Raw memory: an array cost ~200
+    /// instructions per logged request in copy-on-write and bounds checks (callgrind).
+    private let ends = UnsafeMutablePointer<Int>.allocate(capacity: 6)
     private var kept = 0
+
+    deinit { ends.deallocate() }
 
     /// Keeps `field`'s bytes: fields come in `Field` order, and the last one kept may be given again to replace it
     /// (the request id generated for the upstream is known only when the request is forwarded).
