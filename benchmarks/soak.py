@@ -32,6 +32,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "Tests", "EndToEnd"))
 import pki                                   # noqa: E402  (the test PKI: SPIFFE certificates)
+from conftest import free_port               # noqa: E402
 from hbone import HBONEClient, get           # noqa: E402
 from test_h2c import H2COrigin, InnerH2      # noqa: E402
 
@@ -39,14 +40,6 @@ BIN = os.path.join(ROOT, ".build", "release", "waypoint")
 SECONDS = int(os.environ.get("SOAK_SECONDS", "600"))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 WEB, GRPC, RAW = "10.96.0.10", "10.96.0.11", "10.96.0.12"
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def origin(port, name):

@@ -127,6 +127,61 @@ endpoints: [{{addresses: [{ip}]}}]
     return "---".join(docs) + (("---\n" + textwrap.dedent(routes)) if routes else "")
 
 
+def free_port():
+    """A loopback port nothing listens on right now."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return port
+
+
+def rolling_handover(workdir, processes, args, load, served_before_at_least):
+    """Two waypoints on one SO_REUSEPORT port (`args` without the config), the old one SIGTERMed while eight
+    threads run `load(stop, record)`, each calling `record(ok, detail)` per request: nothing may fail, and load
+    must run before, during and after the handover."""
+    try:   # lets Linux hand a closing listener's queued connections to its sibling (root in this netns only)
+        with open("/proc/sys/net/ipv4/tcp_migrate_req", "w") as f:
+            f.write("1")
+    except OSError:
+        pass
+
+    def start(name):
+        p = Process(["run", *args, "--admin-listen", "127.0.0.1:0", "--workers", "2", "--access-log", "off"], workdir, name)
+        processes.append(p)
+        wait_for(r"ready", p.stderr_path, process=p.proc)
+        return p
+
+    old = start("old")
+    stop = threading.Event()
+    results = {"ok": 0, "failed": []}
+    lock = threading.Lock()
+
+    def record(ok, detail=None):
+        with lock:
+            if ok:
+                results["ok"] += 1
+            else:
+                results["failed"].append(detail)
+
+    threads = [threading.Thread(target=load, args=(stop, record)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    new = start("new")
+    time.sleep(0.5)
+    os.kill(old.pid, signal.SIGTERM)
+    assert old.proc.wait(timeout=15) == 0
+    served_before = results["ok"]
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    assert results["failed"] == []
+    assert results["ok"] > served_before > served_before_at_least
+    assert new.proc.poll() is None
+
+
 def wait_until(predicate, timeout=5.0):
     """Polls `predicate` until it holds or `timeout` passes; its last value."""
     deadline = time.time() + timeout

@@ -7,7 +7,6 @@ import re
 import pytest
 
 from conftest import service_yaml, wait_for
-from hbone import get
 from test_h2c import H2COrigin, InnerH2
 from test_hbone import VIP, FORWARDED, certs, client, hbone_proxy  # noqa: F401 (fixtures)
 

@@ -7,7 +7,6 @@ import signal
 import socket
 import ssl
 import tempfile
-import threading
 import time
 
 import h2.events
@@ -368,26 +367,26 @@ def test_certificate_rotation_keeps_open_connections(origin_factory, hbone_proxy
         c.close()
 
 
-def mesh_endpoint_yaml(origin_port):
-    """Service web whose endpoint is in the mesh (EndpointSlice annotated networking.istio.io/tunnel: http)."""
+def mesh_endpoint_yaml(origin_port, name="web", vip=VIP, ip="127.0.0.1"):
+    """A Service whose endpoint is in the mesh (EndpointSlice annotated networking.istio.io/tunnel: http)."""
     return f"""
 apiVersion: v1
 kind: Service
-metadata: {{name: web, namespace: default}}
+metadata: {{name: {name}, namespace: default}}
 spec:
-  clusterIP: {VIP}
+  clusterIP: {vip}
   ports: [{{name: http, port: 80}}]
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
-  name: web-1
+  name: {name}-1
   namespace: default
-  labels: {{kubernetes.io/service-name: web}}
+  labels: {{kubernetes.io/service-name: {name}}}
   annotations: {{networking.istio.io/tunnel: http}}
 addressType: IPv4
 ports: [{{name: http, port: {origin_port}}}]
-endpoints: [{{addresses: [127.0.0.1]}}]
+endpoints: [{{addresses: [{ip}]}}]
 """
 
 
@@ -505,31 +504,15 @@ spec:
 def test_rolling_update_on_the_hbone_port_loses_no_request(origin_factory, workdir, processes, certs):
     """Two waypoints on one SO_REUSEPORT HBONE port, the old one SIGTERMed while clients keep opening tunnels as
     ztunnel does (a new connection once the old one says GOAWAY): every request is answered 200."""
-    from conftest import Process
+    from conftest import free_port, rolling_handover
     origin = origin_factory("a")
     config = workdir / "rolling"
     config.mkdir()
     (config / "c.yaml").write_text(service_yaml("web", [("127.0.0.1", origin.port)], cluster_ip=VIP))
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     cert, key = certs["waypoint"]
 
-    def start(name):
-        p = Process(["run", "--config", str(config), "--http-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-                     "--hbone-listen", f"127.0.0.1:{port}", "--cert", cert, "--key", key, "--ca", certs["ca"],
-                     "--workers", "2", "--access-log", "off"], workdir, name)
-        processes.append(p)
-        wait_for(r"ready", p.stderr_path, process=p.proc)
-        return p
-
-    old = start("old")
-    stop = threading.Event()
-    results = {"ok": 0, "failed": []}
-    lock = threading.Lock()
-
-    def load():
+    def load(stop, record):
         c = None
         while not stop.is_set():
             try:
@@ -540,36 +523,16 @@ def test_rolling_update_on_the_hbone_port_loses_no_request(origin_factory, workd
                 sid = c.connect(f"{VIP}:80")
                 status = c.status(sid)
                 response = c.http(sid, get("/")) if status == 200 else b""
-                ok = status == 200 and response.startswith(b"HTTP/1.1 200")
+                record(status == 200 and response.startswith(b"HTTP/1.1 200"), (sid, status, c.resets.get(sid), c.goaway, response[:40]))
                 try:
                     c.send(sid, b"", end_stream=True)   # the answer is in: a connection closed by now loses nothing
                 except (ssl.SSLError, OSError):
                     c.closed = True
-                with lock:
-                    if ok:
-                        results["ok"] += 1
-                    else:
-                        results["failed"].append((sid, status, c.resets.get(sid), c.goaway, c.closed, response[:40]))
             except Exception as error:     # a reset, a refused connection or a timeout is a lost request
-                with lock:
-                    results["failed"].append(repr(error))
+                record(False, repr(error))
                 c = None
         if c is not None:
             c.close()
 
-    threads = [threading.Thread(target=load) for _ in range(8)]
-    for t in threads:
-        t.start()
-    time.sleep(0.5)
-    new = start("new")
-    time.sleep(0.5)
-    os.kill(old.pid, signal.SIGTERM)
-    assert old.proc.wait(timeout=15) == 0
-    served_before = results["ok"]
-    time.sleep(0.5)
-    stop.set()
-    for t in threads:
-        t.join(timeout=10)
-    assert results["failed"] == []
-    assert results["ok"] > served_before > 50         # load ran before, during and after the handover
-    assert new.proc.poll() is None
+    rolling_handover(workdir, processes, ["--config", str(config), "--http-listen", "127.0.0.1:0", "--hbone-listen", f"127.0.0.1:{port}",
+                                          "--cert", cert, "--key", key, "--ca", certs["ca"]], load, 50)

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import http_request, service_yaml
 from hbone import get
-from test_hbone import VIP, certs, client, hbone_proxy, wait_metric  # noqa: F401 (fixtures)
+from test_hbone import VIP, certs, client, hbone_proxy, mesh_endpoint_yaml  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
@@ -216,34 +216,11 @@ class FakeNode:
         self.connections = []
 
 
-def mesh_service(name, vip, ip, port):
-    """A Service whose one endpoint is in the mesh (reached by HBONE)."""
-    return f"""
-apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: default}}
-spec:
-  clusterIP: {vip}
-  ports: [{{name: http, port: 80}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {name}-1
-  namespace: default
-  labels: {{kubernetes.io/service-name: {name}}}
-  annotations: {{networking.istio.io/tunnel: http}}
-addressType: IPv4
-ports: [{{name: http, port: 8080}}]
-endpoints: [{{addresses: [{ip}]}}]
-"""
-
-
 @pytest.mark.parametrize("how", ["rst", "fin_without_close_notify"])
 def test_a_destination_dying_leaves_the_other_pooled_connection(hbone_proxy, certs, how):
     a = FakeNode("127.0.0.2", 0, certs)
     b = FakeNode("127.0.0.3", a.port, certs)
-    config = mesh_service("web", "10.96.0.10", "127.0.0.2", a.port) + "---" + mesh_service("api", "10.96.0.11", "127.0.0.3", a.port)
+    config = mesh_endpoint_yaml(8080, ip="127.0.0.2") + "---" + mesh_endpoint_yaml(8080, name="api", vip="10.96.0.11", ip="127.0.0.3")
     waypoint = hbone_proxy(config, extra=["--upstream-hbone-port", str(a.port), "--workers", "1"])
     for host in ("web", "api", "web"):
         assert http_request(waypoint.port, "GET", "/", host=host)[::2] == (200, b"ok")

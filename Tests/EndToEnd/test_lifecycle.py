@@ -228,68 +228,27 @@ def test_rolling_update_on_one_port_loses_no_request(origin_factory, workdir, pr
     """Two waypoints on one SO_REUSEPORT port, the old one SIGTERMed under keep-alive load: every request is
     answered 200 (draining answers with connection: close; the listener takes its accept queue before closing)."""
     import http.client
-    import socket as sockets
-    from conftest import Process, wait_for
-    try:   # lets Linux hand a closing listener's queued connections to its sibling (root in this netns only)
-        with open("/proc/sys/net/ipv4/tcp_migrate_req", "w") as f:
-            f.write("1")
-    except OSError:
-        pass
+    from conftest import free_port, rolling_handover
     origin = origin_factory("a")
     config = workdir / "rolling"
     config.mkdir()
     (config / "c.yaml").write_text(service_yaml("web", [("127.0.0.1", origin.port)]))
-    probe = sockets.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
 
-    def start(name):
-        p = Process(["run", "--config", str(config), "--http-listen", f"127.0.0.1:{port}", "--admin-listen", "127.0.0.1:0",
-                     "--workers", "2", "--access-log", "off"], workdir, name)
-        processes.append(p)
-        wait_for(r"ready", p.stderr_path, process=p.proc)
-        return p
-
-    old = start("old")
-    stop = threading.Event()
-    results = {"ok": 0, "failed": []}
-    lock = threading.Lock()
-
-    def load():
+    def load(stop, record):
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         while not stop.is_set():
             try:
                 conn.request("GET", "/", headers={"Host": "web"})
                 response = conn.getresponse()
                 response.read()
-                with lock:
-                    if response.status == 200:
-                        results["ok"] += 1
-                    else:
-                        results["failed"].append(response.status)
+                record(response.status == 200, response.status)
                 if response.will_close:
                     conn.close()
             except Exception as error:     # a reset or a refused connection is a lost request
-                with lock:
-                    results["failed"].append(repr(error))
+                record(False, repr(error))
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         conn.close()
 
-    threads = [threading.Thread(target=load) for _ in range(8)]
-    for t in threads:
-        t.start()
-    time.sleep(0.5)
-    new = start("new")
-    time.sleep(0.5)
-    os.kill(old.pid, signal.SIGTERM)
-    assert old.proc.wait(timeout=15) == 0
-    served_before = results["ok"]
-    time.sleep(0.5)
-    stop.set()
-    for t in threads:
-        t.join(timeout=10)
-    assert results["failed"] == []
-    assert results["ok"] > served_before > 100        # load ran before, during and after the handover
-    assert new.proc.poll() is None
+    rolling_handover(workdir, processes, ["--config", str(config), "--http-listen", f"127.0.0.1:{port}"], load, 100)

@@ -5,15 +5,7 @@ import socket
 import threading
 import time
 
-from conftest import http_request, origin_requests, service_yaml, total, wait_until
-
-
-def closed_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+from conftest import free_port, http_request, origin_requests, service_yaml, total, wait_until
 
 
 def test_503_twice_then_200_is_retried_to_success(origin_factory, proxy_factory):
@@ -39,7 +31,7 @@ def test_retries_stop_after_two(origin_factory, proxy_factory):
 
 def test_connect_failure_goes_to_another_endpoint(origin_factory, proxy_factory):
     origin = origin_factory("a")
-    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", closed_port()), ("127.0.0.1", origin.port)]) + ROUND_ROBIN)
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", free_port()), ("127.0.0.1", origin.port)]) + ROUND_ROBIN)
     for i in range(12):
         status, _, body = http_request(proxy.port, "GET", f"/r{i}", host="web")
         assert status == 200, body
