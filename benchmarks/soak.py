@@ -164,6 +164,18 @@ def sample(pid, admin_port):
     return rss, len(os.listdir(f"/proc/{pid}/fd")), threads, int(failed)
 
 
+def sockets(pid):
+    """The proxy's TCP sockets by state and the far side's port (where an fd growth would come from)."""
+    out = subprocess.run(["ss", "-tanpH"], capture_output=True, text=True).stdout
+    counts = {}
+    for line in out.splitlines():
+        if f"pid={pid}," in line:
+            fields = line.split()
+            key = f"{fields[0]} ->{fields[4].rsplit(':', 1)[1]}"
+            counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
 def main():
     os.makedirs(RESULTS, exist_ok=True)
     work = tempfile.mkdtemp(prefix="waypoint-soak-")
@@ -200,6 +212,7 @@ def main():
     for t in threads:
         t.start()
     samples = []
+    sockets_at_two = {}
     start = time.time()
     flaky_down_since = None
     outages = []                                                   # seconds the flaky origin was down, give or take one
@@ -208,6 +221,8 @@ def main():
         if proxy.poll() is not None:
             break
         samples.append((second, *sample(proxy.pid, admin_port)))
+        if second == 120:
+            sockets_at_two = sockets(proxy.pid)
         if second % 10 == 9:                                       # reload: a new snapshot
             with open(config_file + ".new", "w") as f:
                 f.write(config(stable_port, flaky_port, h2c.port, second))
@@ -222,6 +237,7 @@ def main():
             outages.append((flaky_down_since, second + 1))
             flaky_down_since = None
         time.sleep(max(0, second + 1 - (time.time() - start)))
+    sockets_at_end = sockets(proxy.pid)
     stop.set()
     outputs = [load.communicate(timeout=60)[0] for load in loads]
     for t in threads:
@@ -245,6 +261,8 @@ def main():
         f"duration {last[0] + 1} s, proxy alive at the end: {alive}",
         f"RSS: {at_two[1]} KiB at {at_two[0]} s, {last[1]} KiB at the end ({last[1] / at_two[1]:.3f}x), max {max(s[1] for s in samples)} KiB",
         f"fds: {at_two[2]} at {at_two[0]} s, {last[2]} at the end; threads: {sorted({s[3] for s in samples})}",
+        f"TCP sockets at 120 s: {sockets_at_two}",
+        f"TCP sockets at the end: {sockets_at_end}",
         "hbone-load (HTTP/1.1 in tunnels): " + outputs[0].strip(),
         "hbone-load --churn (handshake per request): " + outputs[1].strip(),
         "wrk (plaintext): " + " ".join(line.strip() for line in outputs[2].splitlines() if "requests in" in line or "Non-2xx" in line or "errors" in line),

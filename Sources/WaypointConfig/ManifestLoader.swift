@@ -76,6 +76,17 @@ public enum ManifestLoader {
         }
     }
 
+    /// A Kubernetes object name (RFC 1123 subdomain, `dots`) or namespace (RFC 1123 label): lower-case letters,
+    /// digits and `-` (and `.`), starting and ending with a letter or digit.
+    static func isName(_ text: String, maxLength: Int, dots: Bool) -> Bool {
+        let bytes = Array(text.utf8)
+        func alphanumeric(_ b: UInt8) -> Bool { (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) }
+        guard let first = bytes.first, let last = bytes.last, bytes.count <= maxLength, alphanumeric(first), alphanumeric(last) else {
+            return false
+        }
+        return bytes.allSatisfy { alphanumeric($0) || $0 == 0x2D || (dots && $0 == 0x2E) }
+    }
+
     static func loadDocument(_ root: ManifestNode, defaultNamespace: String, into spec: inout ConfigSpec) throws(ConfigError) {
         guard root.node.mapping != nil else { throw root.error("a manifest must be a mapping") }
         let apiVersion = try root.required("apiVersion").string()
@@ -85,8 +96,20 @@ public enum ManifestLoader {
             return
         }
         let metadata = try root.required("metadata")
-        let name = try metadata.required("name").string()
-        let namespace = try metadata.optionalString("namespace") ?? defaultNamespace
+        let nameNode = try metadata.required("name")
+        let name = try nameNode.string()
+        // Kubernetes' own rules: names key the compiled tables (`namespace/name`), so an empty one or a `/` in
+        // either would make two objects one, or break the key.
+        guard isName(name, maxLength: 253, dots: true) else {
+            throw nameNode.error("must be a lowercase RFC 1123 name (a-z, 0-9, '-', '.'; at most 253)")
+        }
+        var namespace = defaultNamespace
+        if let node = try metadata.optional("namespace") {
+            namespace = try node.string()
+            guard isName(namespace, maxLength: 63, dots: false) else {
+                throw node.error("must be a lowercase RFC 1123 label (a-z, 0-9, '-'; at most 63)")
+            }
+        }
         let creation = try metadata.optionalString("creationTimestamp") ?? ""
         let doc = root.describing("\(kind) \(namespace)/\(name)")
         // The group decides the kind; any served version of it reads the same (v1, v1beta1, v1alpha3, ...).

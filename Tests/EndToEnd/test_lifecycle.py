@@ -6,6 +6,8 @@ import subprocess
 import threading
 import time
 
+import pytest
+
 from conftest import BINARY, Proxy, http_request, service_yaml, wait_for, wait_until
 
 
@@ -139,6 +141,25 @@ def test_check_reports_every_error_with_file_document_and_field(workdir):
         f"error: {bad}: document 0 (Service default/a): spec.ports[0].port: 0 is out of range 1...65535",
         f"error: {bad}: document 1 (HTTPRoute default/r): spec.rules[0].matches[0].path.value: a path must start with \"/\"",
     ]
+
+
+@pytest.mark.parametrize("metadata, field, message", [
+    ('{name: "", namespace: shop}', "metadata.name", "must be a lowercase RFC 1123 name (a-z, 0-9, '-', '.'; at most 253)"),
+    ("{name: a/b}", "metadata.name", "must be a lowercase RFC 1123 name (a-z, 0-9, '-', '.'; at most 253)"),
+    ("{name: web, namespace: Shop}", "metadata.namespace", "must be a lowercase RFC 1123 label (a-z, 0-9, '-'; at most 63)"),
+])
+def test_object_names_follow_kubernetes_rules(origin_factory, proxy_factory, workdir, metadata, field, message):
+    # Found by the config fuzzer: a Service with an empty name crashed `check`, and a reload to it the proxy.
+    bad = workdir / "names.yaml"
+    bad.write_text(f"apiVersion: v1\nkind: Service\nmetadata: {metadata}\nspec: {{ports: [{{name: http, port: 80}}]}}\n")
+    out = subprocess.run([str(BINARY), "check", "--config", str(bad)], capture_output=True, text=True)
+    assert (out.returncode, out.stdout.splitlines()) == (1, [f"error: {bad}: document 0: {field}: {message}"])
+    origin = origin_factory("a")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]))
+    (proxy.config_dir / "config.yaml").write_text(bad.read_text())
+    os.kill(proxy.pid, signal.SIGHUP)
+    assert wait_until(lambda: proxy.metrics()['waypoint_config_reloads_total{result="failed"}'] >= 1)
+    assert http_request(proxy.port, "GET", "/", host="web")[0] == 200
 
 
 def test_check_accepts_a_good_config_and_warns(workdir):
