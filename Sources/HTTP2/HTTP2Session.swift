@@ -200,16 +200,24 @@ public final class HTTP2Session {
         return true
     }
 
-    /// Writes `maxConcurrentStreams` over the doubled value nghttp2 put in our first SETTINGS frame (the last
-    /// `count` bytes of `out`; its first entry, as submitted in `init`).
+    /// Writes `maxConcurrentStreams` over the doubled value nghttp2 put in our first SETTINGS frame, found among
+    /// the frames in the last `count` bytes of `out` (its first entry, as submitted in `init`).
     private func advertiseConcurrentStreams(inLast count: Int, of out: ByteBuffer) {
-        initialSettingsPending = false
-        let frame = out.base + out.writerIndex - count
-        guard count >= 15, frame.load(fromByteOffset: 3, as: UInt8.self) == UInt8(NGHTTP2_SETTINGS.rawValue),
-              frame.load(fromByteOffset: 9, as: UInt8.self) == 0,
-              frame.load(fromByteOffset: 10, as: UInt8.self) == UInt8(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue)
-        else { preconditionFailure("nghttp2's first frame is not our SETTINGS") }
-        frame.storeBytes(of: settings.maxConcurrentStreams.bigEndian, toByteOffset: 11, as: UInt32.self)
+        var frame = out.base + out.writerIndex - count
+        let end = out.base + out.writerIndex
+        while end - frame >= 9 {
+            let length = Int(frame.load(as: UInt8.self)) << 16 | Int(frame.load(fromByteOffset: 1, as: UInt8.self)) << 8
+                | Int(frame.load(fromByteOffset: 2, as: UInt8.self))
+            let isSettings = frame.load(fromByteOffset: 3, as: UInt8.self) == UInt8(NGHTTP2_SETTINGS.rawValue)
+                && frame.load(fromByteOffset: 4, as: UInt8.self) & UInt8(NGHTTP2_FLAG_ACK.rawValue) == 0
+            if isSettings && length >= 6 && end - frame >= 15 && frame.load(fromByteOffset: 9, as: UInt8.self) == 0
+                && frame.load(fromByteOffset: 10, as: UInt8.self) == UInt8(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue) {
+                frame.storeBytes(of: settings.maxConcurrentStreams.bigEndian, toByteOffset: 11, as: UInt32.self)
+                initialSettingsPending = false
+                return
+            }
+            frame += 9 + length
+        }
     }
 
     /// After `receive` failed: the frames nghttp2 still has (up to `limit` bytes), then a GOAWAY saying why
