@@ -31,7 +31,7 @@ let package = Package(
         .systemLibrary(name: "CNghttp2", path: "Sources/CNghttp2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
 
         // Thin Swift wrappers: the only modules that import the C targets.
-        .target(name: "EventLoop", dependencies: ["CLibEV"], swiftSettings: release),
+        .target(name: "EventLoop", dependencies: ["CLibEV", "WaypointCore"], swiftSettings: release),
         .target(name: "Regex", dependencies: ["CPCRE2"], swiftSettings: release),
         .target(name: "TLS", dependencies: ["COpenSSL", "EventLoop"], swiftSettings: release),
         .target(name: "HTTP2", dependencies: ["CNghttp2", "WaypointCore"], swiftSettings: release),
@@ -49,7 +49,7 @@ let package = Package(
         ], swiftSettings: release),
         // Kubernetes manifests -> validated specs -> immutable Snapshot.
         .target(name: "WaypointConfig", dependencies: [
-            "WaypointCore", "EventLoop", "HTTPRouter", "Filters", "Regex", "Yams",
+            "WaypointCore", "HTTPRouter", "Filters", "Regex", "Yams",
         ], swiftSettings: release),
         .executableTarget(name: "Waypoint", dependencies: [
             "WaypointCore", "EventLoop", "HTTPRouter", "Filters", "HBONEServer", "WaypointConfig", "TLS", "HTTP2",
@@ -59,7 +59,7 @@ let package = Package(
 
         // libFuzzer harnesses for the parsers of untrusted bytes (fuzz/run.sh builds them with -DFUZZING);
         // a plain build makes a replay tool that runs saved inputs through the same code.
-        .executableTarget(name: "WaypointFuzz", dependencies: ["WaypointCore", "HTTPRouter", "WaypointConfig", "EventLoop", "Filters", "Regex", "HTTP2"],
+        .executableTarget(name: "WaypointFuzz", dependencies: ["WaypointCore", "HTTPRouter", "WaypointConfig", "Filters", "Regex", "HTTP2"],
                           path: "fuzz/Sources"),
 
         // Authorization decision cost (benchmarks/README.md); built in CI, run by hand.
@@ -73,7 +73,7 @@ let package = Package(
         .testTarget(name: "WaypointCoreTests", dependencies: ["WaypointCore"]),
         .testTarget(name: "HTTPRouterTests", dependencies: ["HTTPRouter", "WaypointCore"]),
         .testTarget(name: "FiltersTests", dependencies: ["Filters", "WaypointCore"]),
-        .testTarget(name: "WaypointConfigTests", dependencies: ["WaypointConfig", "HTTPRouter", "WaypointCore", "EventLoop", "Filters"]),
+        .testTarget(name: "WaypointConfigTests", dependencies: ["WaypointConfig", "HTTPRouter", "WaypointCore", "Filters"]),
         .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "WaypointCore"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,4 +1,5 @@
 import EventLoop
+import WaypointCore
 
 /// A listening socket on a worker's loop: accepts until the kernel has no more pending connections, and hands
 /// each one to `onAccept`. Stops (and closes the socket) on `close()`, as a drain begins.

@@ -1,5 +1,6 @@
 import Filters
 import EventLoop
+import WaypointCore
 
 /// Keep-alive connections to one endpoint, owned by one worker: idle ones are reused most-recently-used first
 /// (the warmest, least likely to have been closed by the upstream). For an endpoint in the mesh, each

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import ArgumentParser
 import EventLoop
+import WaypointCore
 import Filters
 import Foundation
 import HBONEServer

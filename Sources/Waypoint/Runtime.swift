@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import EventLoop
+import WaypointCore
 import HBONEServer
 import Logging
 import Synchronization

@@ -1,4 +1,4 @@
-import EventLoop
+import WaypointCore
 
 /// Reads Service, EndpointSlice and ServiceEntry documents.
 enum ServiceParser {

@@ -1,4 +1,3 @@
-import EventLoop
 import Filters
 import WaypointCore
 import HTTPRouter

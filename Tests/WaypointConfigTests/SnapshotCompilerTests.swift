@@ -3,7 +3,6 @@ import HTTPRouter
 import Testing
 @testable import WaypointConfig
 import WaypointCore
-import EventLoop
 
 private let config = """
 apiVersion: v1

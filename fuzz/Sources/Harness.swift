@@ -1,4 +1,3 @@
-import EventLoop
 import Filters
 import HTTPRouter
 import Regex
