@@ -121,7 +121,12 @@ public final class Tunnel: ByteStream {
     func notifyHandler() {
         if wantsRead && readable { handler?.streamReadable() }
         if wantsWrite && writable { handler?.streamWritable() }
-        if wantsRead && readable && handler != nil { connection?.queue(self) }
+        guard wantsRead && readable && handler != nil else { return }
+        if let connection { return connection.queue(self) }
+        // Closed: no connection is left to notify us again, so the session reads on now until it has seen the
+        // end (bounded; it stops when it pauses). Otherwise a session that had not yet read the last bytes
+        // never learned the tunnel was gone, and held its upstream open for good.
+        for _ in 0..<64 where wantsRead && readable && handler != nil { handler?.streamReadable() }
     }
 
     /// DATA from the client. Copied, because nghttp2's buffer is gone after the callback.

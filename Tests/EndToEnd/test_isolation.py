@@ -12,7 +12,7 @@ import h2.events
 import h2.exceptions
 import pytest
 
-from conftest import http_request, service_yaml
+from conftest import http_request, service_yaml, wait_until
 from hbone import get
 from test_hbone import VIP, certs, client, hbone_proxy, mesh_endpoint_yaml  # noqa: F401 (fixtures)
 
@@ -232,3 +232,19 @@ def test_a_destination_dying_leaves_the_other_pooled_connection(hbone_proxy, cer
         assert http_request(waypoint.port, "GET", "/", host="api")[::2] == (200, b"ok")   # a new connection
     assert (b.dead, len(b.connections)) == (3, 1)     # api's connection died three times and was made anew
     assert len(a.connections) == 1                    # web's pooled connection lived through it all
+
+
+@pytest.mark.parametrize("end", ["close", "end_stream"])
+def test_a_client_gone_mid_body_leaves_no_session_or_upstream_behind(one_worker, certs, end):
+    # The tunnel ended while its session had not yet read the last bytes (the upstream still connecting): the
+    # session never learned of it and held an upstream connection, the origin waiting for the body, for good.
+    proxy = one_worker
+    for _ in range(40):
+        c = client(proxy, certs)
+        sid = c.connect(f"{VIP}:80")
+        assert c.status(sid) == 200
+        c.send(sid, b"POST /upload HTTP/1.1\r\nHost: web\r\nContent-Length: 100000\r\n\r\n" + b"y" * 5000, end_stream=end == "end_stream")
+        time.sleep(0.002)
+        c.sock.close()
+    assert wait_until(lambda: proxy.metrics()["waypoint_downstream_connections_active"] == 0), proxy.metrics()["waypoint_downstream_connections_active"]
+    assert proxy.metrics()["waypoint_upstream_connections_total"] > 0     # the requests did go upstream
