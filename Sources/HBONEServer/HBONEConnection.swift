@@ -482,6 +482,9 @@ public final class HBONEConnection: HTTP2SessionDelegate {
             tunnel.closed(code: HTTP2ErrorCode.internalError.rawValue)
             tunnel.notifyHandler()
         }
+        // Tunnels that ended just before (a client's RST_STREAM in the same read as its close) were waiting for
+        // the notification pass that `flush` runs, which a closed connection never reaches: they hear it now.
+        notifyTunnels()
         if role == .server {
             server.hboneConnectionClosed(self)
         } else {

@@ -234,7 +234,7 @@ def test_a_destination_dying_leaves_the_other_pooled_connection(hbone_proxy, cer
     assert len(a.connections) == 1                    # web's pooled connection lived through it all
 
 
-@pytest.mark.parametrize("end", ["close", "end_stream"])
+@pytest.mark.parametrize("end", ["close", "end_stream", "reset"])
 def test_a_client_gone_mid_body_leaves_no_session_or_upstream_behind(one_worker, certs, end):
     # The tunnel ended while its session had not yet read the last bytes (the upstream still connecting): the
     # session never learned of it and held an upstream connection, the origin waiting for the body, for good.
@@ -244,6 +244,9 @@ def test_a_client_gone_mid_body_leaves_no_session_or_upstream_behind(one_worker,
         sid = c.connect(f"{VIP}:80")
         assert c.status(sid) == 200
         c.send(sid, b"POST /upload HTTP/1.1\r\nHost: web\r\nContent-Length: 100000\r\n\r\n" + b"y" * 5000, end_stream=end == "end_stream")
+        if end == "reset":             # RST_STREAM and the close in one read: the reset tunnel's notification
+            c.conn.reset_stream(sid)   # was still queued when the connection closed
+            c.flush()
         time.sleep(0.002)
         c.sock.close()
     assert wait_until(lambda: proxy.metrics()["waypoint_downstream_connections_active"] == 0), proxy.metrics()["waypoint_downstream_connections_active"]
