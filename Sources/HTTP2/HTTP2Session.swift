@@ -181,8 +181,12 @@ public final class HTTP2Session {
         guard failure == nil else { return false }
         let rc = nghttp2_session_mem_recv(session, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), bytes.count)
         if rc < 0 {
-            let flooded = [NGHTTP2_ERR_FLOODED, NGHTTP2_ERR_TOO_MANY_CONTINUATIONS, NGHTTP2_ERR_TOO_MANY_SETTINGS].map(\.rawValue)
-            failure = flooded.contains(Int32(rc)) ? .flood : .protocolError
+            switch Int32(rc) {
+            case NGHTTP2_ERR_FLOODED.rawValue, NGHTTP2_ERR_TOO_MANY_CONTINUATIONS.rawValue, NGHTTP2_ERR_TOO_MANY_SETTINGS.rawValue:
+                failure = .flood
+            default:
+                failure = .protocolError
+            }
         }
         return failure == nil
     }
