@@ -252,6 +252,9 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         }
     }
 
+    /// Where this worker's tunnels hear about readiness once their stream has closed.
+    var closedTunnels: ClosedTunnelNotifier { server.closedTunnels }
+
     /// A session will hear about readiness of `tunnel` after the current step.
     func queue(_ tunnel: Tunnel) {
         guard !tunnel.queued else { return }

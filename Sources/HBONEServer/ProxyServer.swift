@@ -39,6 +39,8 @@ public final class ProxyServer {
     /// write in a flush) must stay valid until that stack unwinds.
     private var closedObjects: [AnyObject] = []
     private var releaser: PrepareWatcher?
+    /// Readiness for tunnels whose HTTP/2 stream has closed (see `Tunnel.requestNotification`).
+    let closedTunnels: ClosedTunnelNotifier
     private var pools: [UpstreamPool] = []
 
     public private(set) var draining = false
@@ -56,6 +58,7 @@ public final class ProxyServer {
         self.settings = settings
         self.accessLog = accessLog ? AccessLog(loop: loop) : nil
         self.logger = logger
+        closedTunnels = ClosedTunnelNotifier(loop: loop)
         var seed = SystemRandomNumberGenerator()
         random = FastRandom(seed: seed.next())
         releaser = PrepareWatcher(loop: loop) { [unowned(unsafe) self] in

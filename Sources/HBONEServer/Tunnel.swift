@@ -18,6 +18,8 @@ public final class Tunnel: ByteStream {
     /// The CONNECT's `:status` (client side), 0 while none arrived.
     public private(set) var status = 0
     unowned(unsafe) var connection: HBONEConnection?
+    /// Delivers readiness once the stream has closed and `connection` is gone.
+    private unowned(unsafe) var afterClose: ClosedTunnelNotifier?
     public unowned(unsafe) var handler: (any ByteStreamHandler)?
     private let received = ByteBuffer(lazyCapacity: 16 * 1024)
     private let pending = ByteBuffer(lazyCapacity: 16 * 1024)
@@ -83,12 +85,12 @@ public final class Tunnel: ByteStream {
 
     public func setReading(_ on: Bool) {
         wantsRead = on
-        if on && readable { connection?.queue(self) }
+        if on && readable { requestNotification() }
     }
 
     public func setWriteInterest(_ on: Bool) {
         wantsWrite = on
-        if on && writable { connection?.queue(self) }
+        if on && writable { requestNotification() }
     }
 
     public func close(graceful: Bool) {
@@ -121,12 +123,14 @@ public final class Tunnel: ByteStream {
     func notifyHandler() {
         if wantsRead && readable { handler?.streamReadable() }
         if wantsWrite && writable { handler?.streamWritable() }
-        guard wantsRead && readable && handler != nil else { return }
-        if let connection { return connection.queue(self) }
-        // Closed: no connection is left to notify us again, so the session reads on now until it has seen the
-        // end (bounded; it stops when it pauses). Otherwise a session that had not yet read the last bytes
-        // never learned the tunnel was gone, and held its upstream open for good.
-        for _ in 0..<64 where wantsRead && readable && handler != nil { handler?.streamReadable() }
+        if wantsRead && readable && handler != nil { requestNotification() }
+    }
+
+    /// Asks for a `notifyHandler` call after the current step: from the connection while the stream is open,
+    /// from the worker's `ClosedTunnelNotifier` after. A session that paused reading and resumes once the
+    /// client is gone must still see the last bytes and the end, or it holds its upstream open for good.
+    private func requestNotification() {
+        if let connection { connection.queue(self) } else { afterClose?.queue(self) }
     }
 
     /// DATA from the client. Copied, because nghttp2's buffer is gone after the callback.
@@ -149,6 +153,7 @@ public final class Tunnel: ByteStream {
     func closed(code: UInt32) {
         streamClosed = true
         if code != HTTP2ErrorCode.noError.rawValue && code != HTTP2ErrorCode.cancel.rawValue { failedCode = code }
+        afterClose = connection?.closedTunnels
         connection = nil
     }
 
@@ -169,5 +174,37 @@ public final class Tunnel: ByteStream {
             return .bytes(n, end: true)
         }
         return n > 0 ? .bytes(n, end: false) : .deferred
+    }
+}
+
+/// Readiness notifications for tunnels whose stream has closed (their connection no longer runs notification
+/// passes, and may be gone): delivered on the next loop iteration, never inside the caller's stack, with the
+/// same level-triggered rule as a connection's pass.
+///
+/// Thread: its worker's loop thread only. Ownership: the worker's `ProxyServer`; queued tunnels are held until
+/// notified.
+final class ClosedTunnelNotifier {
+    private var waiting: [Tunnel] = []
+    private var timer: Timer?
+    private unowned(unsafe) let loop: EventLoop
+
+    init(loop: EventLoop) { self.loop = loop }
+
+    func queue(_ tunnel: Tunnel) {
+        guard !tunnel.queued else { return }
+        tunnel.queued = true
+        waiting.append(tunnel)
+        let timer = self.timer ?? Timer(loop: loop) { [unowned(unsafe) self] in self.deliver() }
+        self.timer = timer
+        if !timer.isActive { timer.schedule(after: .zero) }
+    }
+
+    private func deliver() {
+        let batch = waiting
+        waiting.removeAll(keepingCapacity: true)
+        for tunnel in batch {
+            tunnel.queued = false
+            tunnel.notifyHandler()
+        }
     }
 }

@@ -251,3 +251,70 @@ def test_a_client_gone_mid_body_leaves_no_session_or_upstream_behind(one_worker,
         c.sock.close()
     assert wait_until(lambda: proxy.metrics()["waypoint_downstream_connections_active"] == 0), proxy.metrics()["waypoint_downstream_connections_active"]
     assert proxy.metrics()["waypoint_upstream_connections_total"] > 0     # the requests did go upstream
+
+
+class SlowOrigin:
+    """A raw TCP origin that accepts one connection and reads nothing until `start_reading` is set; then it
+    reads to the end and records when the proxy closed the connection (`closed_by_proxy`)."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # a small window: the proxy
+        self.listener.bind(("127.0.0.1", 0))                                  # blocks on it soon
+        self.listener.listen(4)
+        self.port = self.listener.getsockname()[1]
+        self.start_reading = threading.Event()
+        self.closed_by_proxy = threading.Event()
+        self.received = 0
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        conn, _ = self.listener.accept()
+        self.start_reading.wait(30)
+        conn.settimeout(30)
+        try:
+            while chunk := conn.recv(1 << 16):
+                self.received += len(chunk)
+        except OSError:
+            pass
+        self.closed_by_proxy.set()
+
+
+def fill_window(c, sid, seconds=0.5):
+    """Sends body bytes on `sid` as fast as flow control allows, until the proxy has given no credit for
+    `seconds` (its session stopped reading the tunnel); the bytes sent."""
+    sent = 0
+    c.sock.settimeout(0.02)
+    idle_since = time.time()
+    while time.time() - idle_since < seconds:
+        room = min(c.conn.local_flow_control_window(sid), c.conn.max_outbound_frame_size)
+        if room > 0:
+            c.send(sid, b"z" * room)
+            sent += room
+            idle_since = time.time()
+            continue
+        try:
+            c.pump()
+        except (socket.timeout, TimeoutError):
+            pass
+    return sent
+
+
+def test_a_session_resuming_after_its_tunnel_closed_still_sees_the_end(proxy_factory, hbone_proxy, certs):
+    # The session had stopped reading the tunnel (the upstream was not taking bytes) when the client went away;
+    # when the upstream drained and it read again, no connection was left to tell it the tunnel had ended: it
+    # held the upstream connection, and the origin waited for the rest of the body, for good.
+    origin = SlowOrigin()
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", origin.port)], cluster_ip=VIP), extra=["--workers", "1"])
+    c = client(proxy, certs)
+    sid = c.connect(f"{VIP}:80")
+    assert c.status(sid) == 200
+    c.send(sid, b"POST /upload HTTP/1.1\r\nHost: web\r\nContent-Length: 100000000\r\n\r\n")
+    sent = fill_window(c, sid)
+    assert 0 < sent < 100_000_000                            # the session paused: the client was held back
+    c.sock.close()                                           # the client is gone, bytes still in the tunnel
+    time.sleep(0.2)
+    assert proxy.metrics()["waypoint_downstream_connections_active"] == 1
+    origin.start_reading.set()
+    assert origin.closed_by_proxy.wait(5), origin.received
+    assert wait_until(lambda: proxy.metrics()["waypoint_downstream_connections_active"] == 0)
