@@ -72,8 +72,6 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private var replayable = false
     /// The exchange may still be retried: `replay` holds the whole request.
     private var retryable = false
-    /// The traced request's span, finished and exported with the exchange.
-    private var span: Span?
     /// What a waiting request does when its wait ends: go to the endpoint it was routed to, or be answered
     /// (a fault abort after a fault delay).
     private enum WaitingAction {
@@ -88,13 +86,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     /// Which of the route's mirrors (bit i: `policy.mirrors[i]`) get a copy once the request is complete
     /// (`replay` holds it until then).
     private var mirroring: UInt32 = 0
-    /// Tries so far (1 = the first).
-    private var attempt = 1
     /// The body outgrew the replay bound, so a failure that called for a retry was returned (access log says so).
     private var bodyTooBigToRetry = false
-    private var retryNote: StaticString?
-    private var endpoint: Int32 = -1
-    private var cluster: Int32 = -1
     /// Backoff before the next try; created on the first retry.
     private var retryTimer: Timer?
     /// The matched route's retries and timeouts.
@@ -110,25 +103,15 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private var requestTimer: Timer?
     private var tryTimer: Timer?
     private var waitingToRetry = false
-    /// Counted in the server's exchanges in flight (the retry budget's base).
-    private var inFlight = false
     private var response = ResponseHead()
     private var responseScanned = 0
     private var responseHeadDone = false
     private var responseDone = false
     private var responseBody = BodyTracker(.none)
-    // Access-log fields.
-    private var exchangeStart = 0.0
-    private var status = 0
-    private var flags: StaticString = "-"
-    private var bytesReceived = 0
-    private var bytesSent = 0
-    private var routeName: String?
-    private var decidingPolicy: String?
-    /// Istio metric labels: the caller (interned once per connection) and the request's destination service.
+    /// What the request and its tries come to, for telemetry (one `ProxyServer.report` when it ends).
+    private var record = ExchangeRecord()
+    /// The caller, interned once per connection for Istio's metrics.
     private let principalID: Int32
-    private var serviceID: Int32 = -1
-    private var upstreamAddress: String?
     private let logFields = RequestLogFields()
 
     /// `initialInput`: bytes already read from the stream (protocol detection looked at them).
@@ -249,9 +232,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         pause(.finished)
         clientClosed = true
         if inExchange && !requestDone {
-            flags = "DC"
+            record.flags = "DC"
             if !responseHeadDone {
-                status = 0
+                record.status = 0
                 finishExchange()
             }
             abort()
@@ -322,7 +305,6 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
 
     /// 503 overflow: the backend's pending queue or its requests in flight (`http2MaxRequests`) are full.
     private func overflowRequests() {
-        flags = "UO"
         server.counters.upstreamOverflow.increment()
         discardingBody = true
         replyLocally(.upstreamOverflow)
@@ -344,16 +326,16 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
 
     /// Answers with the route's own response (direct response, fault abort), the body of the request dropped.
     private func respond(status code: Int, body: [UInt8], headLength: Int) {
-        flags = "DR"
+        record.flags = "DR"
         discardingBody = true
         input.consume(headLength)
-        status = code
+        record.status = code
         responseHeadDone = true
         responseDone = true
         if !requestDone { keepAlive = false }
         let before = output.readableBytes
         ForwardingHeaders.writeResponse(status: code, body: body, omitBody: requestWasHead, close: !keepAlive, into: output)
-        bytesSent = output.readableBytes - before
+        record.bytesSent = output.readableBytes - before
     }
 
     /// Parses the next head and routes it (or rejects it). False when the head is still incomplete.
@@ -376,7 +358,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             return true
         }
         inExchange = true
-        exchangeStart = server.loop.now
+        record.start = server.loop.now
         let headBytes = UnsafeRawBufferPointer(rebasing: bytes[0..<length])
         if case .failed(let error) = HTTP1Parser.parseRequest(headBytes, into: &head) {
             reject(error)
@@ -390,28 +372,27 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         requestWasHead = head.isHeadMethod
         requestBody = BodyTracker(head.framing)
         requestDone = requestBody.isComplete
-        bytesReceived = length
+        record.bytesReceived = length
         if server.accessLog != nil { keepLogFields(headBytes) }
 
         let decision = server.router.route(head, headBytes, destination: destination, peer: peer)
-        decidingPolicy = server.router.lastDecidingPolicy
-        serviceID = server.router.lastService
+        record.policy = server.router.lastDecidingPolicy
+        record.service = server.router.lastService
         switch decision {
         case .reply(let reply):
-            flags = reply.responseFlags
             discardingBody = true
             input.consume(length)
             replyLocally(reply)
         case .redirect(let code, let location):
             discardingBody = true
             input.consume(length)
-            status = code
+            record.status = code
             responseHeadDone = true
             responseDone = true
             if !requestDone { keepAlive = false }
             let before = output.readableBytes
             ForwardingHeaders.writeRedirect(status: code, location: location, close: !keepAlive, into: output)
-            bytesSent = output.readableBytes - before
+            record.bytesSent = output.readableBytes - before
         case .respond(let code, let body, let delay):
             guard let delay else {
                 respond(status: code, body: body, headLength: length)
@@ -421,8 +402,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             if faultTimer == nil { faultTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.delayElapsed() } }
             faultTimer!.schedule(after: delay)
         case .forward(let endpoint, let route, let cluster, let policy):
-            routeName = route
-            self.cluster = cluster
+            record.route = route
+            record.cluster = cluster
             self.policy = policy
             limits = server.router.limits(cluster: cluster)
             if let limits, !server.hasConnectionCapacity(endpoint: endpoint, limits: limits) {
@@ -483,7 +464,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         server.logger.debug("rejected request: \(error.status) \(error.reason)",
                             metadata: ["connection.id": "\(id)", "client": "\(peer.sourceAddress)"])
         inExchange = true
-        exchangeStart = server.loop.now
+        record.start = server.loop.now
         keepAlive = false
         requestDone = true
         input.clear()
@@ -492,7 +473,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     }
 
     private func replyLocally(_ reply: LocalReply) {
-        status = reply.status
+        record.status = reply.status
+        record.flags = reply.responseFlags
         responseHeadDone = true
         responseDone = true
         if !requestDone && reply.status >= 500 { keepAlive = false }
@@ -500,37 +482,35 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         if head.expectsContinue && !requestDone { keepAlive = false; requestDone = true; pause(.finished) }
         let before = output.readableBytes
         ForwardingHeaders.writeLocalReply(reply, close: !keepAlive, into: output)
-        bytesSent = output.readableBytes - before
+        record.bytesSent = output.readableBytes - before
     }
 
     private func forward(_ headBytes: UnsafeRawBufferPointer, to endpoint: Int32) {
-        self.endpoint = endpoint
+        record.endpoint = endpoint
         retryPolicy = policy.retry ?? server.settings.defaultRetries
         retryHistory.start(remoteLocalities: retryPolicy?.retryRemoteLocalities == true)
         if let limits, !limits.enterRequest() {
             overflowRequests()
             return
         }
-        guard let pool = server.pool(endpoint), let connection = pool.checkout(for: self, limits: limits) else {
+        guard let pool = server.pool(record.endpoint), let connection = pool.checkout(for: self, limits: limits) else {
             limits?.leaveRequest()
-            flags = "UF"
             server.counters.upstreamConnectFailures.increment()
             discardingBody = true
             replyLocally(.upstreamConnectError)
             return
         }
-        inFlight = true
-        server.exchangeStarted(cluster: cluster, mayRetry: retryPolicy != nil)
+        server.exchangeStarted(&record, mayRetry: retryPolicy != nil)
         if let timeout = policy.requestTimeout {
             if requestTimer == nil { requestTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.requestTimedOut() } }
             requestTimer!.schedule(after: timeout)
         }
         startTryTimer()
         upstream = connection
-        upstreamAddress = pool.addressText
+        record.upstreamAddress = pool.addressText
         let start = connection.output.writerIndex
         if let tracer = server.settings.tracer { startSpan(tracer, headBytes) }
-        let upstreamTraceparent = span.map { span -> [UInt8] in
+        let upstreamTraceparent = record.span.map { span -> [UInt8] in
             let out = ByteBuffer(capacity: 64)
             span.context.writeTraceparent(into: out)
             return Array(out.readable)
@@ -538,7 +518,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         clientIP.withUnsafeBytes { ip in
             upstreamTraceparent.withUnsafeBytes { trace in
                 ForwardingHeaders.writeRequest(head, headBytes, clientIP: ip, proto: server.settings.forwardedProto, traceparent: trace,
-                                               replaceTraceparent: span != nil,
+                                               replaceTraceparent: record.span != nil,
                                                modifier: policy.requestHeaders, rewrite: policy.rewrite,
                                                into: connection.output) { [unowned(unsafe) self] out in
                     let start = out.readableBytes
@@ -572,8 +552,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                           ("http.url", "http://" + authority + String(decoding: head.target.bytes(in: headBytes), as: UTF8.self)),
                           ("http.protocol", "HTTP/1.1")]
         if let principal = peer.identity?.principal { attributes.append(("peer.principal", "spiffe://" + principal)) }
-        if let routeName { attributes.append(("route_name", routeName)) }
-        span = Span(context: context, name: authority + "/*", start: exchangeStart, attributes: attributes)
+        if let route = record.route { attributes.append(("route_name", route)) }
+        record.span = Span(context: context, name: authority + "/*", start: record.start, attributes: attributes)
     }
 
     private static let traceparentName = Array("traceparent".utf8)
@@ -640,7 +620,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                     }
                 }
             }
-            bytesReceived += take
+            record.bytesReceived += take
             input.consume(take)
         }
         if paused.contains(.upstreamBackpressure) && (upstream?.output.readableBytes ?? 0) < server.settings.pendingOutputBound {
@@ -661,27 +641,10 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             }
             self.upstream = nil
         }
-        if status > 0 { server.counters.countResponse(status) }
-        if attempt > 1 && status >= 200 && status < 500 {
-            server.counters.retriesSucceeded.increment()
-            server.counters.istio.recordRetry(service: serviceID, .succeeded)
-        }
-        // A connect failure was answered 503 here, which counts the same for outlier detection.
-        if inFlight && status > 0 { server.router.reportAttempt(endpoint: endpoint, cluster: cluster, result: .status(status)) }
-        if status > 0 {
-            server.counters.istio.recordRequest(principal: principalID, service: serviceID, grpc: false, mutualTLS: peer.identity != nil,
-                                                status: status, flags: flags, durationMs: (server.loop.now - exchangeStart) * 1000,
-                                                requestBytes: bytesReceived, responseBytes: bytesSent)
-        }
-        if let finished = span, let tracer = server.settings.tracer {
-            finished.end = server.loop.now
-            finished.status = status
-            if let upstreamAddress { finished.attributes.append(("upstream_address", upstreamAddress)) }
-            tracer.submit(finished)
-            span = nil
-        }
-        if let log = server.accessLog { writeLog(log) }
-        endFlight()
+        server.report(record, grpcStatus: nil, protocol: "HTTP/1.1", peer: peer, principal: principalID, log: logFields)
+        if server.accessLog != nil { logFields.clear() }
+        server.exchangeEnded(&record, limits: limits)
+        record = ExchangeRecord()
         retryable = false
         waitingToRetry = false
         retryTimer?.cancel()
@@ -690,7 +653,6 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         policy = .standard
         limits = nil
         retryPolicy = nil
-        retryNote = nil
         bodyTooBigToRetry = false
         inExchange = false
         requestDone = false
@@ -699,12 +661,6 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         discardingBody = false
         replayable = false
         responseScanned = 0
-        status = 0
-        bytesSent = 0
-        flags = "-"
-        routeName = nil
-        decidingPolicy = nil
-        upstreamAddress = nil
         upstreamPaused = false
         headStartedAt = server.loop.now
         if !keepAlive {
@@ -745,7 +701,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             // Mid-response: the client must see a broken response, never one that looks complete.
             server.logger.debug("upstream failed mid-response; aborting the client connection",
                                 metadata: ["connection.id": "\(id)", "upstream": "\(connection.pool.addressText)"])
-            flags = "UC"
+            record.flags = "UC"
             server.counters.upstreamResetsMidResponse.increment()
             keepAlive = false
             flushOutput()
@@ -765,11 +721,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                             metadata: ["connection.id": "\(id)", "upstream": "\(connection.pool.addressText)"])
         switch failure {
         case .connectFailed:
-            flags = "UF"
             server.counters.upstreamConnectFailures.increment()
             replyLocally(.upstreamConnectError)
         case .reset:
-            flags = "UC"
             replyLocally(.upstreamReset)
         }
         discardingBody = true
@@ -809,12 +763,12 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                 }
                 if retry(.status(response.status)) { return }
                 tryTimer?.cancel()
-                status = response.status
+                record.status = response.status
                 if !response.keepAlive || !requestDone { response.keepAlive = response.keepAlive && requestDone }
                 if response.framing == .untilClose || server.draining { keepAlive = false }
                 let before = output.readableBytes
                 ForwardingHeaders.writeResponse(response, headBytes, close: !keepAlive, modifier: policy.responseHeaders, into: output)
-                bytesSent += output.readableBytes - before
+                record.bytesSent += output.readableBytes - before
                 source.consume(length)
                 responseHeadDone = true
                 replayable = false
@@ -843,7 +797,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             }
             responseDone = responseBody.isComplete
             output.append(UnsafeRawBufferPointer(rebasing: available[0..<take]))
-            bytesSent += take
+            record.bytesSent += take
             source.consume(take)
         }
         if responseDone && !requestDone {
@@ -856,42 +810,29 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
 
     // MARK: - Retries
 
-    /// Leaves the budget's counts (exchange done, or the connection closed under it).
-    private func endFlight() {
-        if inFlight {
-            inFlight = false
-            server.exchangeEnded(limits: limits, retried: attempt > 1)
-        }
-        attempt = 1
-    }
-
     /// Starts another try of the current request when the policy, the attempt count and the budget allow it
     /// and the whole request is in `replay` (nothing has been sent downstream yet: callers run before the
     /// response head is written). True when a retry is under way (the failed upstream is already dropped).
     private func retry(_ outcome: RetryPolicy.Outcome) -> Bool {
-        guard let policy = retryPolicy, requestDone, !responseHeadDone, attempt <= policy.maxRetries, policy.wouldRetry(outcome) else {
+        guard let policy = retryPolicy, requestDone, !responseHeadDone, record.attempt <= policy.maxRetries, policy.wouldRetry(outcome) else {
             return false
         }
         guard retryable else {
-            if bodyTooBigToRetry { retryNote = "not retried: request body beyond the replay bound" }
+            if bodyTooBigToRetry { record.retryNote = "not retried: request body beyond the replay bound" }
             return false
         }
-        if let refused = server.admitRetry(outcome, endpoint: endpoint, cluster: cluster, limits: limits, service: serviceID,
-                                           first: attempt == 1) {
-            retryNote = refused
-            return false
-        }
+        guard server.admitRetry(outcome, of: &record, limits: limits) else { return false }
         if let upstream {
             upstream.owner = nil
             upstream.close()
             self.upstream = nil
         }
-        attempt += 1
+        record.attempt += 1
         responseScanned = 0
-        server.logger.debug("retrying: \(outcome)", metadata: ["connection.id": "\(id)", "attempt": "\(attempt)"])
+        server.logger.debug("retrying: \(outcome)", metadata: ["connection.id": "\(id)", "attempt": "\(record.attempt)"])
         if retryTimer == nil { retryTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.sendRetry() } }
         waitingToRetry = true
-        retryTimer!.schedule(after: policy.backoff(retry: attempt - 1, random: server.random.next()))
+        retryTimer!.schedule(after: policy.backoff(retry: record.attempt - 1, random: server.random.next()))
         return true
     }
 
@@ -899,21 +840,20 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private func sendRetry() {
         guard waitingToRetry, !closed else { return }
         waitingToRetry = false
-        endpoint = server.router.alternateEndpoint(cluster: cluster, failed: endpoint, history: &retryHistory)
-        guard let pool = server.pool(endpoint), let connection = pool.checkout(for: self, limits: limits) else {
-            flags = "UF"
+        record.endpoint = server.router.alternateEndpoint(cluster: record.cluster, failed: record.endpoint, history: &retryHistory)
+        guard let pool = server.pool(record.endpoint), let connection = pool.checkout(for: self, limits: limits) else {
             server.counters.upstreamConnectFailures.increment()
             replyLocally(.upstreamConnectError)
             finishIfDone()
             return
         }
         upstream = connection
-        upstreamAddress = pool.addressText
+        record.upstreamAddress = pool.addressText
         let bytes = replay.readable
         let headWithoutAttempt = replayHeadLength - 2 - ForwardingHeaders.firstAttempt.utf8CodeUnitCount
         connection.output.append(UnsafeRawBufferPointer(rebasing: bytes[0..<headWithoutAttempt]))
         connection.output.append("x-envoy-attempt-count: ")
-        connection.output.appendDecimal(attempt)
+        connection.output.appendDecimal(record.attempt)
         connection.output.append("\r\n\r\n")
         connection.output.append(UnsafeRawBufferPointer(rebasing: bytes[replayHeadLength...]))
         connection.flush()
@@ -941,7 +881,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         retryTimer?.cancel()
         tryTimer?.cancel()
         if responseHeadDone {
-            flags = "UT"
+            record.flags = "UT"
             keepAlive = false
             finishExchange()
             abort()
@@ -951,13 +891,12 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     }
 
     private func timedOut() {
-        server.logger.debug("upstream request timeout", metadata: ["connection.id": "\(id)", "attempt": "\(attempt)"])
+        server.logger.debug("upstream request timeout", metadata: ["connection.id": "\(id)", "attempt": "\(record.attempt)"])
         if let upstream {
             upstream.owner = nil
             upstream.close()
             self.upstream = nil
         }
-        flags = "UT"
         discardingBody = true
         replyLocally(.upstreamTimeout)
         if !requestDone { keepAlive = false }
@@ -993,15 +932,6 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         if let requestID { logFields.keep(.requestID, requestID.bytes(in: headBytes)) }
     }
 
-    private func writeLog(_ log: AccessLog) {
-        log.record(AccessLog.Entry(
-            startTime: exchangeStart, duration: server.loop.now - exchangeStart, request: logFields,
-            protocol: "HTTP/1.1", client: peer.sourceAddress, principal: peer.identity?.principal, status: status, flags: flags, bytesReceived: bytesReceived, bytesSent: bytesSent,
-            upstream: upstreamAddress, route: routeName, policy: decidingPolicy, attempts: inFlight || attempt > 1 ? attempt : 0,
-            retryNote: retryNote))
-        logFields.clear()
-    }
-
     // MARK: - Closing
 
     /// Starts a graceful close: the current exchange (if any) finishes, then the connection closes.
@@ -1031,7 +961,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         faultTimer?.cancel()
         pendingTimer?.cancel()
         if delayed != nil { server.dequeue(self, limits: limits) }
-        endFlight()
+        server.exchangeEnded(&record, limits: limits)
         if let upstream { upstream.owner = nil; upstream.close(); self.upstream = nil }
         stream.close(graceful: graceful)
         server.sessionClosed(id)

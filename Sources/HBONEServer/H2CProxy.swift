@@ -22,31 +22,16 @@ final class H2CExchange {
     var requestEnded = false
     var responseStarted = false
     var responseEnded = false
-    var isGRPC = false
-    // Access log
-    var start = 0.0
-    var status = 0
-    var route: String?
-    var policy: String?
-    var upstreamAddress: String?
-    /// The destination service, interned for Istio's metrics, and the body bytes each way.
-    var service: Int32 = -1
-    var bytesIn = 0
-    var bytesOut = 0
+    /// What the request and its tries come to, for telemetry (one `ProxyServer.report` when it ends).
+    var record = ExchangeRecord()
     /// The route's ResponseHeaderModifier.
     var responseModifier: HeaderModifier?
     /// The copies of this request on their way to the route's mirrors, while the request body still flows.
     var mirrors: [H2CExchange] = []
-    /// The span when this request is traced.
-    var span: Span?
-    /// Envoy response flags for the access log and Istio's metrics (`NR`, `UH`, `RBAC`, `DR`, `UF`, `UC`, `UT`, …).
-    var flags: StaticString = "-"
     /// What the access log says about the request, kept when it is routed (only while the log is on).
     var logFields: RequestLogFields?
 
     // Forwarding, once routed to an upstream.
-    var cluster: Int32 = -1
-    var endpoint: Int32 = -1
     var forwardPolicy = ForwardPolicy.standard
     /// All tries together: the route's timeout, or for gRPC the call's own deadline within it.
     var requestTimeout: Duration?
@@ -63,20 +48,14 @@ final class H2CExchange {
     var delayedResponse: (status: Int, body: [UInt8])?
     var tryTimer: Timer?
     var requestTimer: Timer?
-    /// Counted in the worker's exchanges in flight (the retry budget's base) and the backend's requests in
-    /// flight from the first attempt on.
-    var inFlight = false
 
     // Retries.
     var retryPolicy: RetryPolicy?
-    var attempt = 1
     /// Where the tries went (retries avoid them).
     var retryHistory = RetryHistory()
     /// The request body received so far, kept while it is within the retry policy's replay bound; nil: no
     /// retry is possible (no policy, or the body outgrew the bound).
     var replay: ByteBuffer?
-    /// Why a failure that called for a retry was answered as is (access log).
-    var retryNote: StaticString?
     /// What the failed attempt ended with, while its retry waits (answered if the retry cannot happen after all).
     var retriedOutcome: RetryPolicy.Outcome?
     /// Request body bytes this attempt has sent, and bytes the client was credited for in all (a replayed byte
@@ -175,7 +154,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     func http2HeadersComplete(stream: Int32, endStream: Bool) {
         guard let exchange = exchanges[stream] else { return }
         if endStream { exchange.requestEnded = true }
-        if exchange.upstreamID == 0 && !exchange.responseStarted && !exchange.held && !exchange.inFlight {
+        if exchange.upstreamID == 0 && !exchange.responseStarted && !exchange.held && !exchange.record.inFlight {
             route(exchange)
         } else if endStream {
             exchange.upstream?.requestDataReady(exchange)  // request trailers are dropped; the end still counts
@@ -209,7 +188,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         }
         if exchange.held {
             exchange.requestBody.append(bytes)
-            exchange.bytesIn += bytes.count
+            exchange.record.bytesReceived += bytes.count
             return
         }
         guard let upstream = exchange.upstream else {
@@ -217,7 +196,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             return
         }
         exchange.requestBody.append(bytes)
-        exchange.bytesIn += bytes.count
+        exchange.record.bytesReceived += bytes.count
         upstream.requestDataReady(exchange)
     }
 
@@ -242,10 +221,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         exchange.tryTimer?.cancel()
         exchange.requestTimer?.cancel()
         endMirrors(of: exchange)
-        if exchange.bytesIn > exchange.credited { channel.session.consume(stream: exchange.downstreamID, exchange.bytesIn - exchange.credited) }
-        guard exchange.inFlight else { return }
-        exchange.inFlight = false
-        server.exchangeEnded(limits: exchange.limits, retried: exchange.attempt > 1)
+        if exchange.record.bytesReceived > exchange.credited { channel.session.consume(stream: exchange.downstreamID, exchange.record.bytesReceived - exchange.credited) }
+        server.exchangeEnded(&exchange.record, limits: exchange.limits)
     }
 
     /// The largest request body a mirror copy may have waiting to be sent.
@@ -270,7 +247,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         if n > 0 {
             buffer.baseAddress!.copyMemory(from: exchange.responseBody.readable.baseAddress!, byteCount: n)
             exchange.responseBody.consume(n)
-            exchange.bytesOut += n
+            exchange.record.bytesSent += n
             exchange.upstream?.responseConsumed(exchange, n)
         }
         guard exchange.responseBody.isEmpty && exchange.responseEnded else { return n > 0 ? .bytes(n, end: false) : .deferred }
@@ -286,7 +263,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     /// Routes with the same router as HTTP/1.1: the request is written as an HTTP/1.1 head (the pseudo-headers
     /// become the request line and Host) so that matching has one implementation.
     private func route(_ exchange: H2CExchange) {
-        exchange.start = server.loop.now
+        exchange.record.start = server.loop.now
         var method = "", path = "", authority = ""
         var head = "", contentType = ""
         for (name, value) in exchange.requestFields {
@@ -301,7 +278,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
                 head += "\(name): \(value)\r\n"
             }
         }
-        exchange.isGRPC = contentType.hasPrefix("application/grpc")
+        exchange.record.grpc = contentType.hasPrefix("application/grpc")
         // The same normalization as HTTP/1.1: what is authorized and routed is what the upstream gets.
         guard let normalized = Self.normalize(path, server.settings.pathNormalization) else {
             return replyLocally(exchange, .badRequest(HTTP1Error(status: 400, "invalid request path")))
@@ -316,13 +293,13 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             }
             return server.router.route(request, bytes, destination: destination, peer: peer)
         }
-        exchange.policy = server.router.lastDecidingPolicy
-        exchange.service = server.router.lastService
+        exchange.record.policy = server.router.lastDecidingPolicy
+        exchange.record.service = server.router.lastService
         switch decision {
         case .reply(let reply):
             replyLocally(exchange, reply)
         case .redirect(let status, let location):
-            exchange.status = status
+            exchange.record.status = status
             exchange.responseStarted = true
             exchange.responseEnded = true
             channel.session.respond(stream: exchange.downstreamID, fields: [
@@ -330,12 +307,12 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             ], body: false)
             channel.flush()
         case .respond(let status, let body, let delay):
-            exchange.flags = "DR"
+            exchange.record.flags = "DR"
             guard let delay else { return respond(exchange, status: status, body: body) }
             exchange.delayedResponse = (status, body)
             hold(exchange, for: delay)
         case .forward(let endpoint, let route, let cluster, let policy):
-            exchange.route = route
+            exchange.record.route = route
             exchange.responseModifier = policy.responseHeaders
             // The route's URLRewrite and RequestHeaderModifier apply here as on HTTP/1.1.
             var upstreamPath = path, upstreamAuthority = authority
@@ -354,11 +331,11 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             if let modifier = policy.requestHeaders { fields = Self.modify(fields, modifier) }
             if let tracer = server.settings.tracer { trace(exchange, &fields, tracer, method: method, path: path, authority: authority) }
             for mirror in policy.mirrors where server.roll(mirror.percent) { startMirror(exchange, fields: fields, cluster: mirror.cluster) }
-            exchange.cluster = cluster
-            exchange.endpoint = endpoint
+            exchange.record.cluster = cluster
+            exchange.record.endpoint = endpoint
             exchange.forwardPolicy = policy
             exchange.requestTimeout = policy.requestTimeout
-            if exchange.isGRPC { applyGRPCTimeout(exchange, &fields) }
+            if exchange.record.grpc { applyGRPCTimeout(exchange, &fields) }
             exchange.limits = server.router.limits(cluster: cluster)
             exchange.upstreamFields = fields
             exchange.retryPolicy = policy.retry ?? server.settings.defaultRetries
@@ -384,8 +361,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         }) else { return }
         var attributes = [("http.method", method), ("http.url", "http://" + authority + path), ("http.protocol", "HTTP/2")]
         if let principal = peer.identity?.principal { attributes.append(("peer.principal", "spiffe://" + principal)) }
-        if let route = exchange.route { attributes.append(("route_name", route)) }
-        exchange.span = Span(context: context, name: authority + "/*", start: exchange.start, attributes: attributes)
+        if let route = exchange.record.route { attributes.append(("route_name", route)) }
+        exchange.record.span = Span(context: context, name: authority + "/*", start: exchange.record.start, attributes: attributes)
         let out = ByteBuffer(capacity: 64)
         context.writeTraceparent(into: out)
         fields.removeAll { $0.0 == "traceparent" }
@@ -412,8 +389,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     /// timeout starts (after the delay, as in Envoy).
     private func beginForwarding(_ exchange: H2CExchange) {
         if let limits = exchange.limits, !limits.enterRequest() { return overflow(exchange) }
-        exchange.inFlight = true
-        server.exchangeStarted(cluster: exchange.cluster, mayRetry: exchange.retryPolicy != nil)
+        server.exchangeStarted(&exchange.record, mayRetry: exchange.retryPolicy != nil)
         if let timeout = exchange.requestTimeout {
             exchange.requestTimer = timer(for: exchange) { session, exchange in session.requestTimedOut(exchange) }
             exchange.requestTimer!.schedule(after: timeout)
@@ -423,13 +399,13 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
 
     /// Opens this attempt's upstream stream with the request body received so far.
     private func startAttempt(_ exchange: H2CExchange) {
-        guard let pool = server.pool(exchange.endpoint) else { return attemptFailed(exchange, .connectFailed) }
+        guard let pool = server.pool(exchange.record.endpoint) else { return attemptFailed(exchange, .connectFailed) }
         // The endpoint's connections take no more streams and the backend's connection limit is reached.
         if let limits = exchange.limits, !pool.h2cHasCapacity(limits) { return overflow(exchange) }
         guard let upstream = pool.h2cUpstream(limits: exchange.limits) else { return attemptFailed(exchange, .connectFailed) }
-        exchange.upstreamAddress = pool.addressText
+        exchange.record.upstreamAddress = pool.addressText
         var fields = exchange.upstreamFields
-        fields.append(("x-envoy-attempt-count", String(exchange.attempt)))
+        fields.append(("x-envoy-attempt-count", String(exchange.record.attempt)))
         upstream.start(exchange, fields: fields, owner: self)
         guard exchange.upstream === upstream else { return }  // refused at once (and already handled)
         if let timeout = exchange.forwardPolicy.perTryTimeout {
@@ -442,7 +418,6 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
 
     /// 503 overflow: the backend's requests in flight (`http2MaxRequests`) or connections are at their limit.
     private func overflow(_ exchange: H2CExchange) {
-        exchange.flags = "UO"
         server.counters.upstreamOverflow.increment()
         replyLocally(exchange, .upstreamOverflow)
     }
@@ -468,13 +443,13 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         guard exchange.held else { return }
         exchange.held = false
         if let (status, body) = exchange.delayedResponse { return respond(exchange, status: status, body: body) }
-        guard exchange.inFlight else { return beginForwarding(exchange) }
+        guard exchange.record.inFlight else { return beginForwarding(exchange) }
         // A retry: the whole body again, to another endpoint when one is ready.
         exchange.retriedOutcome = nil
         exchange.requestBody.clear()
         if let replay = exchange.replay { exchange.requestBody.append(replay.readable) }
         exchange.sentInAttempt = 0
-        exchange.endpoint = server.router.alternateEndpoint(cluster: exchange.cluster, failed: exchange.endpoint,
+        exchange.record.endpoint = server.router.alternateEndpoint(cluster: exchange.record.cluster, failed: exchange.record.endpoint,
                                                             history: &exchange.retryHistory)
         startAttempt(exchange)
     }
@@ -490,21 +465,18 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         exchange.tryTimer?.cancel()
         switch outcome {
         case .connectFailed:
-            exchange.flags = "UF"
             server.counters.upstreamConnectFailures.increment()
             replyLocally(exchange, .upstreamConnectError)
         case .perTryTimeout:
-            exchange.flags = "UT"
             replyLocally(exchange, .upstreamTimeout)
         default:
-            exchange.flags = "UC"
             replyLocally(exchange, .upstreamReset)
         }
     }
 
     /// A retry was waiting when the request body outgrew the replay bound: the failure it retried is answered.
     private func giveUpRetry(_ exchange: H2CExchange, _ outcome: RetryPolicy.Outcome) {
-        exchange.retryNote = "not retried: request body beyond the replay bound"
+        exchange.record.retryNote = "not retried: request body beyond the replay bound"
         exchange.held = false
         exchange.startTimer?.cancel()
         answerFailure(exchange, outcome)
@@ -513,26 +485,22 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     /// Starts another try when the policy, the attempt count, the replay bound and the budget allow it and
     /// nothing of the response went downstream yet. True when a retry is under way (the failed stream is reset).
     private func retry(_ exchange: H2CExchange, _ outcome: RetryPolicy.Outcome) -> Bool {
-        guard let policy = exchange.retryPolicy, exchange.inFlight, !exchange.responseStarted,
-              exchange.attempt <= policy.maxRetries, policy.wouldRetry(outcome) else { return false }
+        guard let policy = exchange.retryPolicy, exchange.record.inFlight, !exchange.responseStarted,
+              exchange.record.attempt <= policy.maxRetries, policy.wouldRetry(outcome) else { return false }
         guard exchange.replay != nil else {
-            exchange.retryNote = "not retried: request body beyond the replay bound"
+            exchange.record.retryNote = "not retried: request body beyond the replay bound"
             return false
         }
-        if let refused = server.admitRetry(outcome, endpoint: exchange.endpoint, cluster: exchange.cluster, limits: exchange.limits,
-                                           service: exchange.service, first: exchange.attempt == 1) {
-            exchange.retryNote = refused
-            return false
-        }
+        guard server.admitRetry(outcome, of: &exchange.record, limits: exchange.limits) else { return false }
         exchange.upstream?.cancel(exchange)
         exchange.tryTimer?.cancel()
-        exchange.attempt += 1
+        exchange.record.attempt += 1
         exchange.responseFields.removeAll()
         exchange.trailers.removeAll()
         exchange.responseBody.clear()
         exchange.responseEnded = false
         exchange.retriedOutcome = outcome
-        hold(exchange, for: policy.backoff(retry: exchange.attempt - 1, random: server.random.next()))
+        hold(exchange, for: policy.backoff(retry: exchange.record.attempt - 1, random: server.random.next()))
         return true
     }
 
@@ -550,7 +518,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         exchange.startTimer?.cancel()
         exchange.tryTimer?.cancel()
         exchange.upstream?.cancel(exchange)
-        exchange.flags = "UT"
+        exchange.record.flags = "UT"
         if exchange.responseStarted {
             channel.session.reset(stream: exchange.downstreamID, code: .cancel)
             channel.flush()
@@ -638,16 +606,16 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     /// Answers without an upstream: an HTTP status with a short body, or for gRPC a trailers-only response with
     /// the matching `grpc-status` (gRPC's HTTP-to-status mapping: 404 → UNIMPLEMENTED, 503 → UNAVAILABLE, ...).
     private func replyLocally(_ exchange: H2CExchange, _ reply: LocalReply) {
-        exchange.flags = reply.responseFlags
+        exchange.record.flags = reply.responseFlags
         respond(exchange, status: reply.status, body: Array((reply.body.description.trimmingNewline() + "\n").utf8))
     }
 
     /// A complete answer of the proxy's own; to a gRPC caller as a gRPC status with the body as its message.
     private func respond(_ exchange: H2CExchange, status: Int, body: [UInt8]) {
-        exchange.status = status
+        exchange.record.status = status
         exchange.responseStarted = true
         exchange.responseEnded = true
-        if exchange.isGRPC {
+        if exchange.record.grpc {
             channel.session.respond(stream: exchange.downstreamID, fields: [
                 (":status", "200"), ("content-type", "application/grpc"),
                 ("grpc-status", String(Self.grpcStatus(for: status))), ("grpc-message", String(decoding: body, as: UTF8.self).trimmingNewline()),
@@ -690,7 +658,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         var fields: [(String, String)] = []
         for (name, value) in exchange.responseFields {
             switch name {
-            case ":status": exchange.status = Int(value) ?? 502; fields.insert((name, value), at: 0)
+            case ":status": exchange.record.status = Int(value) ?? 502; fields.insert((name, value), at: 0)
             case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade": continue
             default: if !name.hasPrefix(":") { fields.append((name, value)) }
             }
@@ -710,7 +678,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         exchange.upstream = nil
         guard exchanges[exchange.downstreamID] === exchange else { return }
         if exchange.responseStarted {
-            exchange.flags = "UC"
+            exchange.record.flags = "UC"
             server.counters.upstreamResetsMidResponse.increment()
             channel.session.reset(stream: exchange.downstreamID, code: .internalError)
             channel.flush()
@@ -720,36 +688,10 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     }
 
     private func finish(_ exchange: H2CExchange) {
-        if let span = exchange.span, let tracer = server.settings.tracer {
-            span.end = server.loop.now
-            span.status = exchange.status
-            if let upstream = exchange.upstreamAddress { span.attributes.append(("upstream_address", upstream)) }
-            tracer.submit(span)
-        }
-        if exchange.inFlight && exchange.status > 0 {
-            let field = exchange.isGRPC ? exchange.trailers.first { $0.0 == "grpc-status" } ?? exchange.responseFields.first { $0.0 == "grpc-status" } : nil
-            let grpcStatus = field.flatMap { Int($0.1) }
-            let outlierStatus = grpcStatus.map(OutlierDetection.httpStatus(forGRPC:)) ?? exchange.status
-            server.router.reportAttempt(endpoint: exchange.endpoint, cluster: exchange.cluster, result: .status(outlierStatus))
-            if exchange.attempt > 1 && outlierStatus < 500 {
-                server.counters.retriesSucceeded.increment()
-                server.counters.istio.recordRetry(service: exchange.service, .succeeded)
-            }
-        }
-        if exchange.status > 0 {
-            server.counters.countResponse(exchange.status)
-            server.counters.istio.recordRequest(principal: principalID, service: exchange.service, grpc: exchange.isGRPC,
-                                                mutualTLS: peer.identity != nil, status: exchange.status, flags: exchange.flags,
-                                                durationMs: (server.loop.now - exchange.start) * 1000, requestBytes: exchange.bytesIn,
-                                                responseBytes: exchange.bytesOut)
-        }
-        guard let log = server.accessLog else { return }
-        log.record(AccessLog.Entry(
-            startTime: exchange.start, duration: server.loop.now - exchange.start, request: exchange.logFields ?? RequestLogFields(),
-            protocol: "HTTP/2", client: peer.sourceAddress, principal: peer.identity?.principal, status: exchange.status,
-            flags: exchange.flags, bytesReceived: exchange.bytesIn, bytesSent: exchange.bytesOut,
-            upstream: exchange.upstreamAddress, route: exchange.route, policy: exchange.policy,
-            attempts: exchange.inFlight ? exchange.attempt : 0, retryNote: exchange.retryNote))
+        let grpcStatus = exchange.record.grpc
+            ? (exchange.trailers.first { $0.0 == "grpc-status" } ?? exchange.responseFields.first { $0.0 == "grpc-status" }).flatMap { Int($0.1) }
+            : nil
+        server.report(exchange.record, grpcStatus: grpcStatus, protocol: "HTTP/2", peer: peer, principal: principalID, log: exchange.logFields)
     }
 
     /// The access log's fields, as HTTP/1.1 keeps them: the normalized path, the first `x-forwarded-for`.

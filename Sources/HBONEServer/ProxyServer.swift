@@ -331,43 +331,48 @@ public final class ProxyServer {
     /// always allowed (the floor), so a quiet service can still retry.
     private var retryTokens: [Int32: Double] = [:]
 
-    /// A first attempt to `cluster` started; one that may be retried earns budget.
-    func exchangeStarted(cluster: Int32, mayRetry: Bool) {
-        if mayRetry { retryTokens[cluster] = min((retryTokens[cluster] ?? 0) + 0.2, 100) }
+    /// The request goes upstream for the first time: it joins the backend's requests in flight (the caller
+    /// entered `limits`) and the retry budget's base; one that may be retried earns budget.
+    func exchangeStarted(_ record: inout ExchangeRecord, mayRetry: Bool) {
+        record.inFlight = true
+        if mayRetry { retryTokens[record.cluster] = min((retryTokens[record.cluster] ?? 0) + 0.2, 100) }
     }
 
-    /// An exchange that went upstream is over: it leaves the backend's requests in flight and, if it retried,
-    /// the retries in flight.
-    func exchangeEnded(limits: ClusterLimits?, retried: Bool) {
+    /// The request leaves the counts it joined upstream (it is over, or its connection closed under it): the
+    /// backend's requests in flight and, if it retried, the retries in flight.
+    func exchangeEnded(_ record: inout ExchangeRecord, limits: ClusterLimits?) {
+        guard record.inFlight else { return }
+        record.inFlight = false
         limits?.leaveRequest()
-        guard retried else { return }
+        guard record.attempt > 1 else { return }
         retriesInFlight -= 1
         limits?.leaveRetry()
     }
 
-    /// Admits a retry of a try at `endpoint` that ended with `outcome`, as far as the proxy goes: the backend's
-    /// retry budget and, for an exchange's first retry, its `maxRetries` in flight. An admitted retry is counted
-    /// (and the try reported to outlier detection): nil. A refused one is counted too: why, for the access log.
-    func admitRetry(_ outcome: RetryPolicy.Outcome, endpoint: Int32, cluster: Int32, limits: ClusterLimits?, service: Int32,
-                    first: Bool) -> StaticString? {
-        if let tokens = retryTokens[cluster], tokens >= 1 {
-            retryTokens[cluster] = tokens - 1
+    /// Admits a retry of the record's try that ended with `outcome`, as far as the proxy goes: the backend's
+    /// retry budget and, for the request's first retry, its `maxRetries` in flight. An admitted retry is counted
+    /// (and the try reported to outlier detection). A refused one is counted too, and the record keeps why.
+    func admitRetry(_ outcome: RetryPolicy.Outcome, of record: inout ExchangeRecord, limits: ClusterLimits?) -> Bool {
+        if let tokens = retryTokens[record.cluster], tokens >= 1 {
+            retryTokens[record.cluster] = tokens - 1
         } else if retriesInFlight >= 3 {
             counters.retryBudgetExhausted.increment()
-            counters.istio.recordRetry(service: service, .budgetExhausted)
-            return "not retried: retry budget exhausted"
+            counters.istio.recordRetry(service: record.service, .budgetExhausted)
+            record.retryNote = "not retried: retry budget exhausted"
+            return false
         }
-        if first {
+        if record.attempt == 1 {
             guard limits?.enterRetry() ?? true else {
                 counters.retryOverflow.increment()
-                return "not retried: maxRetries in flight"
+                record.retryNote = "not retried: maxRetries in flight"
+                return false
             }
             retriesInFlight += 1
         }
-        router.reportAttempt(endpoint: endpoint, cluster: cluster, result: OutlierDetection.Result(outcome))
+        router.reportAttempt(endpoint: record.endpoint, cluster: record.cluster, result: OutlierDetection.Result(outcome))
         counters.countRetry(outcome)
-        counters.istio.recordRetry(service: service, .started)
-        return nil
+        counters.istio.recordRetry(service: record.service, .started)
+        return true
     }
 
     /// A random v4 UUID for `x-request-id`, from a per-worker generator (no syscall, no lock).

@@ -36,13 +36,18 @@ public enum LocalReply: Sendable, Equatable {
         }
     }
 
-    /// Envoy's response flags for a request the routing step answered itself (access log, Istio's metrics).
+    /// Envoy's response flags for a request the proxy answered itself (access log, Istio's metrics); every
+    /// transport takes them from here.
     public var responseFlags: StaticString {
         switch self {
         case .noRoute: return "NR"
         case .noHealthyUpstream: return "UH"
         case .rbacDenied, .mtlsRequired: return "RBAC"
-        default: return "-"
+        case .upstreamConnectError: return "UF"
+        case .upstreamReset: return "UC"
+        case .upstreamTimeout: return "UT"
+        case .upstreamOverflow: return "UO"
+        case .invalidBackend, .badUpstreamResponse, .badRequest: return "-"
         }
     }
 

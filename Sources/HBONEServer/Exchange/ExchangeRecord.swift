@@ -1,0 +1,80 @@
+import Filters
+import WaypointCore
+
+/// What one request and its tries come to, whatever carried it (HTTP/1.1 or h2c): the decision's names for
+/// telemetry, the tries' bookkeeping, and what went each way. Both pipelines fill one, and `ProxyServer.report`
+/// turns it into the counters, outlier detection, Istio's metrics, the span and the access-log line, once, so
+/// that every transport reports the same way.
+///
+/// Thread: its exchange's. Ownership: a value inside its exchange; a new request starts with one assignment.
+struct ExchangeRecord {
+    /// When the request head was complete (the loop's clock).
+    var start = 0.0
+    /// The status sent downstream; 0 while none was.
+    var status = 0
+    /// Envoy's response flags (`NR`, `UH`, `RBAC`, `DR`, `UF`, `UC`, `UT`, `UO`, `DC`), `-` when none apply.
+    var flags: StaticString = "-"
+    /// Request bytes taken from the client and response bytes sent to it (HTTP/1.1: heads included; h2c: bodies).
+    var bytesReceived = 0
+    var bytesSent = 0
+    /// The matched route's name, when the request was routed.
+    var route: String?
+    /// The AuthorizationPolicy that allowed or denied the request, when one decided.
+    var policy: String?
+    /// The destination service, interned for Istio's metrics (-1: unknown).
+    var service: Int32 = -1
+    /// A gRPC call (`content-type: application/grpc…`): Istio's metrics say so, and its status counts.
+    var grpc = false
+    /// Where the last try went (the upstream's address text for the log and span; the endpoint and its cluster
+    /// for outlier detection and retries; -1 before routing).
+    var upstreamAddress: String?
+    var endpoint: Int32 = -1
+    var cluster: Int32 = -1
+    /// The try under way or last made: 1 until a retry.
+    var attempt = 1
+    /// The request went upstream: it is counted in the retry budget's base and the backend's requests in flight
+    /// until `ProxyServer.endFlight`.
+    var inFlight = false
+    /// Why a failure that called for a retry was answered as is.
+    var retryNote: StaticString?
+    /// The span, when the request is traced.
+    var span: Span?
+
+    /// Tries made upstream, for the access log (0: answered here without one).
+    var attempts: Int { inFlight || attempt > 1 ? attempt : 0 }
+}
+
+extension ProxyServer {
+    /// The end of one request, reported the same way for every transport: the response counters, a retry that
+    /// succeeded, the last try's result for outlier detection (a gRPC status counts as its HTTP equivalent, as
+    /// in Envoy), Istio's request metrics, the span and the access-log line. `grpcStatus`: the call's status, when
+    /// the upstream sent one.
+    func report(_ record: ExchangeRecord, grpcStatus: Int?, protocol: StaticString, peer: PeerFacts, principal: Int32,
+                log fields: RequestLogFields?) {
+        let status = record.status
+        if status > 0 {
+            let outcome = grpcStatus.map(OutlierDetection.httpStatus(forGRPC:)) ?? status
+            if record.inFlight { router.reportAttempt(endpoint: record.endpoint, cluster: record.cluster, result: .status(outcome)) }
+            if record.attempt > 1 && outcome >= 200 && outcome < 500 {
+                counters.retriesSucceeded.increment()
+                counters.istio.recordRetry(service: record.service, .succeeded)
+            }
+            counters.countResponse(status)
+            counters.istio.recordRequest(principal: principal, service: record.service, grpc: record.grpc, mutualTLS: peer.identity != nil,
+                                         status: status, flags: record.flags, durationMs: (loop.now - record.start) * 1000,
+                                         requestBytes: record.bytesReceived, responseBytes: record.bytesSent)
+        }
+        if let span = record.span, let tracer = settings.tracer {
+            span.end = loop.now
+            span.status = status
+            if let upstream = record.upstreamAddress { span.attributes.append(("upstream_address", upstream)) }
+            tracer.submit(span)
+        }
+        guard let accessLog else { return }
+        accessLog.record(AccessLog.Entry(
+            startTime: record.start, duration: loop.now - record.start, request: fields ?? RequestLogFields(), protocol: `protocol`,
+            client: peer.sourceAddress, principal: peer.identity?.principal, status: status, flags: record.flags,
+            bytesReceived: record.bytesReceived, bytesSent: record.bytesSent, upstream: record.upstreamAddress, route: record.route,
+            policy: record.policy, attempts: record.attempts, retryNote: record.retryNote))
+    }
+}
