@@ -7,16 +7,16 @@
 /// Thread: its loop's thread only. Ownership: keeps itself alive until the socket is closed.
 public final class LingeringClose {
     private let fd: Int32
-    private var reader: IOWatcher!
-    private var timer: Timer!
+    private unowned(unsafe) let loop: EventLoop
+    private lazy var reader = IOWatcher(loop: loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.drain() }
+    private lazy var timer = Timer(loop: loop) { [unowned(unsafe) self] in self.finish() }
     private var retained: LingeringClose?
 
     @discardableResult
     public init(loop: EventLoop, fd: Int32, timeout: Duration = .seconds(2)) {
         self.fd = fd
+        self.loop = loop
         Socket.shutdownWrite(fd)
-        reader = IOWatcher(loop: loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.drain() }
-        timer = Timer(loop: loop) { [unowned(unsafe) self] in self.finish() }
         retained = self
         timer.schedule(after: timeout)
         reader.start()

@@ -48,3 +48,16 @@ public final class Timer {
 
     public func cancel() { ev_timer_stop(loop.raw, watcher) }
 }
+
+extension Optional where Wrapped == Timer {
+    /// Schedules a one-shot timer created on first use (`make` runs only then): timers most requests never
+    /// need cost nothing until one does.
+    public mutating func schedule(after delay: Duration, creating make: @autoclosure () -> Timer) {
+        let timer: Timer
+        switch self {
+        case .some(let existing): timer = existing
+        case .none: timer = make(); self = timer
+        }
+        timer.schedule(after: delay)
+    }
+}

@@ -35,7 +35,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private let clientIP: [UInt8]
     private let input: ByteBuffer
     private let output: ByteBuffer
-    private var timer: Timer!
+    private lazy var timer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.checkIdle() }
     private var paused: PauseReasons = []
     /// We stopped reading the upstream because `output` is over the bound.
     private var upstreamPaused = false
@@ -130,7 +130,6 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         output = ByteBuffer(lazyCapacity: 16 * 1024)
         replay = ByteBuffer(lazyCapacity: 512)
         lastActivity = server.loop.now
-        timer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.checkIdle() }
         let tick = min(server.settings.downstreamIdleTimeout, server.settings.headerTimeout) / 4
         timer.scheduleRepeating(every: max(tick, .milliseconds(50)))
         stream.handler = self
@@ -399,8 +398,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                 return true
             }
             delayed = (.respond(status: code, body: body), length)
-            if faultTimer == nil { faultTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.delayElapsed() } }
-            faultTimer!.schedule(after: delay)
+            faultTimer.schedule(after: delay, creating: Timer(loop: server.loop) { [unowned(unsafe) self] in self.delayElapsed() })
         case .forward(let endpoint, let route, let cluster, let policy):
             record.route = route
             record.cluster = cluster
@@ -414,8 +412,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                     return true
                 }
                 delayed = (.forward(endpoint: endpoint), length)
-                if pendingTimer == nil { pendingTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.pendingTimedOut() } }
-                pendingTimer!.schedule(after: limits.settings.connectTimeout ?? server.settings.connectTimeout)
+                pendingTimer.schedule(after: limits.settings.connectTimeout ?? server.settings.connectTimeout, creating: Timer(loop: server.loop) { [unowned(unsafe) self] in self.pendingTimedOut() })
                 return true
             }
             if let delay = policy.delay, server.roll(delay.percent) {
@@ -423,8 +420,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                 // until the delay is over, then the exchange goes on as if just routed.
                 delayed = (.forward(endpoint: endpoint), length)
                 server.counters.faultDelays.increment()
-                if faultTimer == nil { faultTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.delayElapsed() } }
-                faultTimer!.schedule(after: delay.duration)
+                faultTimer.schedule(after: delay.duration, creating: Timer(loop: server.loop) { [unowned(unsafe) self] in self.delayElapsed() })
                 return true
             }
             forward(headBytes, to: endpoint)
@@ -502,14 +498,19 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         }
         server.exchangeStarted(&record, mayRetry: retryPolicy != nil)
         if let timeout = policy.requestTimeout {
-            if requestTimer == nil { requestTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.requestTimedOut() } }
-            requestTimer!.schedule(after: timeout)
+            requestTimer.schedule(after: timeout, creating: Timer(loop: server.loop) { [unowned(unsafe) self] in self.requestTimedOut() })
         }
         startTryTimer()
         upstream = connection
         record.upstreamAddress = pool.addressText
         let start = connection.output.writerIndex
-        if let tracer = server.settings.tracer { startSpan(tracer, headBytes) }
+        if let tracer = server.settings.tracer {
+            let incoming = head.firstHeader(Self.traceparentName, in: headBytes) ?? UnsafeRawBufferPointer(start: nil, count: 0)
+            server.startSpan(&record, tracer, traceparent: incoming, protocol: "HTTP/1.1", peer: peer) {
+                (String(decoding: head.method.bytes(in: headBytes), as: UTF8.self), String(decoding: head.host.bytes(in: headBytes), as: UTF8.self),
+                 String(decoding: head.target.bytes(in: headBytes), as: UTF8.self))
+            }
+        }
         let upstreamTraceparent = record.span.map { span -> [UInt8] in
             let out = ByteBuffer(capacity: 64)
             span.context.writeTraceparent(into: out)
@@ -540,20 +541,6 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             // We answer the expectation ourselves (the Expect header is not forwarded).
             output.append("HTTP/1.1 100 Continue\r\n\r\n")
         }
-    }
-
-    /// Decides whether this request is traced (its `traceparent`'s sampled flag, else the sample rate) and,
-    /// if so, opens its span (only traced requests allocate for it).
-    private func startSpan(_ tracer: SpanExporter, _ headBytes: UnsafeRawBufferPointer) {
-        let incoming = head.firstHeader(Self.traceparentName, in: headBytes) ?? UnsafeRawBufferPointer(start: nil, count: 0)
-        guard let context = TraceContext.decide(traceparent: incoming, sampleRate: tracer.sampleRate, random: &server.random) else { return }
-        let authority = String(decoding: head.host.bytes(in: headBytes), as: UTF8.self)
-        var attributes = [("http.method", String(decoding: head.method.bytes(in: headBytes), as: UTF8.self)),
-                          ("http.url", "http://" + authority + String(decoding: head.target.bytes(in: headBytes), as: UTF8.self)),
-                          ("http.protocol", "HTTP/1.1")]
-        if let principal = peer.identity?.principal { attributes.append(("peer.principal", "spiffe://" + principal)) }
-        if let route = record.route { attributes.append(("route_name", route)) }
-        record.span = Span(context: context, name: authority + "/*", start: record.start, attributes: attributes)
     }
 
     private static let traceparentName = Array("traceparent".utf8)
@@ -814,25 +801,18 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     /// and the whole request is in `replay` (nothing has been sent downstream yet: callers run before the
     /// response head is written). True when a retry is under way (the failed upstream is already dropped).
     private func retry(_ outcome: RetryPolicy.Outcome) -> Bool {
-        guard let policy = retryPolicy, requestDone, !responseHeadDone, record.attempt <= policy.maxRetries, policy.wouldRetry(outcome) else {
-            return false
-        }
-        guard retryable else {
-            if bodyTooBigToRetry { record.retryNote = "not retried: request body beyond the replay bound" }
-            return false
-        }
-        guard server.admitRetry(outcome, of: &record, limits: limits) else { return false }
+        guard requestDone, !responseHeadDone,
+              let backoff = server.retryBackoff(after: outcome, policy: retryPolicy, replay: retryable ? .kept : bodyTooBigToRetry ? .beyondBound : .impossible,
+                                                record: &record, limits: limits) else { return false }
         if let upstream {
             upstream.owner = nil
             upstream.close()
             self.upstream = nil
         }
-        record.attempt += 1
         responseScanned = 0
         server.logger.debug("retrying: \(outcome)", metadata: ["connection.id": "\(id)", "attempt": "\(record.attempt)"])
-        if retryTimer == nil { retryTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.sendRetry() } }
         waitingToRetry = true
-        retryTimer!.schedule(after: policy.backoff(retry: record.attempt - 1, random: server.random.next()))
+        retryTimer.schedule(after: backoff, creating: Timer(loop: server.loop) { [unowned(unsafe) self] in self.sendRetry() })
         return true
     }
 
@@ -862,8 +842,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
 
     private func startTryTimer() {
         guard let timeout = policy.perTryTimeout else { return }
-        if tryTimer == nil { tryTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.tryTimedOut() } }
-        tryTimer!.schedule(after: timeout)
+        tryTimer.schedule(after: timeout, creating: Timer(loop: server.loop) { [unowned(unsafe) self] in self.tryTimedOut() })
     }
 
     /// A try got no response head within `perTryTimeout`: retried when the policy says so, else 504.

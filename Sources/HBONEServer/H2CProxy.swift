@@ -329,7 +329,18 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
                 log.keep(.requestID, id.1)   // the one generated for the upstream
             }
             if let modifier = policy.requestHeaders { fields = Self.modify(fields, modifier) }
-            if let tracer = server.settings.tracer { trace(exchange, &fields, tracer, method: method, path: path, authority: authority) }
+            if let tracer = server.settings.tracer {
+                let incoming = fields.last { $0.0 == "traceparent" }?.1 ?? ""
+                Array(incoming.utf8).withUnsafeBytes { incoming in
+                    server.startSpan(&exchange.record, tracer, traceparent: incoming, protocol: "HTTP/2", peer: peer) { (method, authority, path) }
+                }
+                if let span = exchange.record.span {   // the span is the upstream's parent
+                    let out = ByteBuffer(capacity: 64)
+                    span.context.writeTraceparent(into: out)
+                    fields.removeAll { $0.0 == "traceparent" }
+                    fields.append(("traceparent", String(decoding: out.readable, as: UTF8.self)))
+                }
+            }
             for mirror in policy.mirrors where server.roll(mirror.percent) { startMirror(exchange, fields: fields, cluster: mirror.cluster) }
             exchange.record.cluster = cluster
             exchange.record.endpoint = endpoint
@@ -349,24 +360,6 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             }
             beginForwarding(exchange)
         }
-    }
-
-    /// Decides whether the request is traced (as HTTP/1.1 does); if so, opens its span and makes it the parent
-    /// in the upstream's `traceparent`.
-    private func trace(_ exchange: H2CExchange, _ fields: inout [(String, String)], _ tracer: SpanExporter, method: String, path: String,
-                       authority: String) {
-        let incoming = fields.last { $0.0 == "traceparent" }?.1 ?? ""
-        guard let context = Array(incoming.utf8).withUnsafeBytes({
-            TraceContext.decide(traceparent: $0, sampleRate: tracer.sampleRate, random: &server.random)
-        }) else { return }
-        var attributes = [("http.method", method), ("http.url", "http://" + authority + path), ("http.protocol", "HTTP/2")]
-        if let principal = peer.identity?.principal { attributes.append(("peer.principal", "spiffe://" + principal)) }
-        if let route = exchange.record.route { attributes.append(("route_name", route)) }
-        exchange.record.span = Span(context: context, name: authority + "/*", start: exchange.record.start, attributes: attributes)
-        let out = ByteBuffer(capacity: 64)
-        context.writeTraceparent(into: out)
-        fields.removeAll { $0.0 == "traceparent" }
-        fields.append(("traceparent", String(decoding: out.readable, as: UTF8.self)))
     }
 
     // MARK: Attempts, timeouts and retries
@@ -391,8 +384,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         if let limits = exchange.limits, !limits.enterRequest() { return overflow(exchange) }
         server.exchangeStarted(&exchange.record, mayRetry: exchange.retryPolicy != nil)
         if let timeout = exchange.requestTimeout {
-            exchange.requestTimer = timer(for: exchange) { session, exchange in session.requestTimedOut(exchange) }
-            exchange.requestTimer!.schedule(after: timeout)
+            exchange.requestTimer.schedule(after: timeout, creating: timer(for: exchange) { session, exchange in session.requestTimedOut(exchange) })
         }
         startAttempt(exchange)
     }
@@ -409,8 +401,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         upstream.start(exchange, fields: fields, owner: self)
         guard exchange.upstream === upstream else { return }  // refused at once (and already handled)
         if let timeout = exchange.forwardPolicy.perTryTimeout {
-            if exchange.tryTimer == nil { exchange.tryTimer = timer(for: exchange) { session, exchange in session.tryTimedOut(exchange) } }
-            exchange.tryTimer!.schedule(after: timeout)
+            exchange.tryTimer.schedule(after: timeout, creating: timer(for: exchange) { session, exchange in session.tryTimedOut(exchange) })
         }
         if !exchange.requestBody.isEmpty || exchange.requestEnded { upstream.requestDataReady(exchange) }
         channel.flush()
@@ -433,10 +424,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     /// Holds the upstream stream back for `duration` (fault delay, retry backoff), then starts it.
     private func hold(_ exchange: H2CExchange, for duration: Duration) {
         exchange.held = true
-        if exchange.startTimer == nil {
-            exchange.startTimer = timer(for: exchange) { session, exchange in session.holdEnded(exchange) }
-        }
-        exchange.startTimer!.schedule(after: duration)
+        exchange.startTimer.schedule(after: duration, creating: timer(for: exchange) { session, exchange in session.holdEnded(exchange) })
     }
 
     private func holdEnded(_ exchange: H2CExchange) {
@@ -485,22 +473,17 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     /// Starts another try when the policy, the attempt count, the replay bound and the budget allow it and
     /// nothing of the response went downstream yet. True when a retry is under way (the failed stream is reset).
     private func retry(_ exchange: H2CExchange, _ outcome: RetryPolicy.Outcome) -> Bool {
-        guard let policy = exchange.retryPolicy, exchange.record.inFlight, !exchange.responseStarted,
-              exchange.record.attempt <= policy.maxRetries, policy.wouldRetry(outcome) else { return false }
-        guard exchange.replay != nil else {
-            exchange.record.retryNote = "not retried: request body beyond the replay bound"
-            return false
-        }
-        guard server.admitRetry(outcome, of: &exchange.record, limits: exchange.limits) else { return false }
+        guard exchange.record.inFlight, !exchange.responseStarted,
+              let backoff = server.retryBackoff(after: outcome, policy: exchange.retryPolicy, replay: exchange.replay != nil ? .kept : .beyondBound,
+                                                record: &exchange.record, limits: exchange.limits) else { return false }
         exchange.upstream?.cancel(exchange)
         exchange.tryTimer?.cancel()
-        exchange.record.attempt += 1
         exchange.responseFields.removeAll()
         exchange.trailers.removeAll()
         exchange.responseBody.clear()
         exchange.responseEnded = false
         exchange.retriedOutcome = outcome
-        hold(exchange, for: policy.backoff(retry: exchange.record.attempt - 1, random: server.random.next()))
+        hold(exchange, for: backoff)
         return true
     }
 

@@ -32,7 +32,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
     private var session: HTTP2Session!
     private var readWatcher: IOWatcher!
     private var writeWatcher: IOWatcher!
-    private var timer: Timer!
+    private lazy var timer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.timerFired() }
     private(set) var state = State.handshaking
     /// The peer's verified identity (the client's for the server role, the server's for the client role).
     public private(set) var identity: SpiffeIdentity?
@@ -73,7 +73,6 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         session = HTTP2Session(role: role == .server ? .server : .client, settings: server.settings.http2, delegate: self)
         readWatcher = IOWatcher(loop: server.loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.readable() }
         writeWatcher = IOWatcher(loop: server.loop, fd: fd, direction: .write) { [unowned(unsafe) self] in self.writable() }
-        timer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.timerFired() }
         timer.schedule(after: server.settings.handshakeTimeout)
         if role == .client {
             state = .connecting

@@ -10,7 +10,7 @@ final class MirrorRequest: ByteStreamHandler {
     private let stream: any ByteStream
     private let pending: ByteBuffer
     private unowned(unsafe) let server: ProxyServer
-    private var timer: Timer!
+    private lazy var timer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.end() }
     private var ended = false
 
     /// Mirrors are bounded in time as well as number: one that gets no end within this is dropped.
@@ -20,7 +20,6 @@ final class MirrorRequest: ByteStreamHandler {
         self.stream = stream
         self.pending = request
         self.server = server
-        timer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.end() }
         timer.schedule(after: Self.timeout)
         stream.handler = self
         stream.setReading(true)

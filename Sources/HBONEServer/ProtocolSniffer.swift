@@ -15,7 +15,7 @@ final class ProtocolSniffer: ByteStreamHandler, DownstreamSession {
     private let destination: Destination
     private let traceparent: [UInt8]
     private var seen: [UInt8] = []
-    private var timer: Timer!
+    private lazy var timer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.decide(.tcp) }
     private var done = false
 
     init(id: Int, stream: any ByteStream, peer: PeerFacts, destination: Destination, traceparent: [UInt8], server: ProxyServer) {
@@ -25,7 +25,6 @@ final class ProtocolSniffer: ByteStreamHandler, DownstreamSession {
         self.peer = peer
         self.destination = destination
         self.traceparent = traceparent
-        timer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.decide(.tcp) }
         timer.schedule(after: server.settings.detectionTimeout)
         stream.handler = self
         stream.setReading(true)

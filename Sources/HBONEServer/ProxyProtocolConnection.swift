@@ -14,7 +14,7 @@ final class ProxyProtocolConnection: DownstreamSession {
     private let fd: Int32
     private let remote: SocketAddress?
     private var watcher: IOWatcher!
-    private var timer: Timer!
+    private lazy var timer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.refuse("no PROXY header in time") }
     private var header: [UInt8] = []
     private var done = false
 
@@ -24,7 +24,6 @@ final class ProxyProtocolConnection: DownstreamSession {
         self.fd = fd
         self.remote = remote
         watcher = IOWatcher(loop: server.loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.readable() }
-        timer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.refuse("no PROXY header in time") }
         timer.schedule(after: server.settings.handshakeTimeout)
         watcher.start()
     }

@@ -13,7 +13,7 @@ final class TCPRelay: ByteStreamHandler, DownstreamSession {
     private let upstreamFD: Int32
     private var upstreamRead: IOWatcher!
     private var upstreamWrite: IOWatcher!
-    private var connectTimer: Timer!
+    private lazy var connectTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.connectFailed() }
     private var connected = false
     private let toUpstream = ByteBuffer(lazyCapacity: 16 * 1024)
     private let toDownstream = ByteBuffer(lazyCapacity: 16 * 1024)
@@ -38,7 +38,6 @@ final class TCPRelay: ByteStreamHandler, DownstreamSession {
         server.counters.upstreamConnectionsTotal.increment()
         upstreamRead = IOWatcher(loop: server.loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.upstreamReadable() }
         upstreamWrite = IOWatcher(loop: server.loop, fd: fd, direction: .write) { [unowned(unsafe) self] in self.upstreamWritable() }
-        connectTimer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.connectFailed() }
         connectTimer.schedule(after: server.settings.connectTimeout)
         upstreamWrite.start()
         if let initialInput { toUpstream.append(initialInput); bytesReceived = initialInput.count }

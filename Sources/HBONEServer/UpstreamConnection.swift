@@ -22,7 +22,7 @@ final class UpstreamConnection: ByteStreamHandler {
     /// True when taken from the pool: a failure before any response byte may then be a stale keep-alive race.
     private(set) var reused = false
     unowned(unsafe) var owner: DownstreamConnection?
-    private var timer: Timer!
+    private lazy var timer = Timer(loop: loop) { [unowned(unsafe) self] in self.timedOut() }
     private let settings: ProxySettings
     /// Requests this connection has carried (DestinationRule `maxRequestsPerConnection`).
     private(set) var requestsServed = 0
@@ -39,7 +39,6 @@ final class UpstreamConnection: ByteStreamHandler {
         self.settings = settings
         input = ByteBuffer(capacity: 16 * 1024)
         output = ByteBuffer(capacity: 4 * 1024)
-        timer = Timer(loop: loop) { [unowned(unsafe) self] in self.timedOut() }
         stream.handler = self
         stream.setWriteInterest(true)  // connect completion is signalled by writability
         timer.schedule(after: connectTimeout)

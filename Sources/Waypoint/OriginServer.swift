@@ -101,7 +101,11 @@ final class OriginConnection {
     private let json = ByteBuffer(capacity: 2 * 1024)
     private var readWatcher: IOWatcher!
     private var writeWatcher: IOWatcher!
-    private var delayTimer: Timer!
+    private lazy var delayTimer = Timer(loop: owner.loop) { [unowned(unsafe) self] in
+        self.waiting = false
+        self.respond()
+        self.process()
+    }
     private var head = RequestHead()
     private var scanned = 0
     private var inRequest = false
@@ -131,11 +135,6 @@ final class OriginConnection {
         writeWatcher = IOWatcher(loop: owner.loop, fd: fd, direction: .write) { [unowned(unsafe) self] in
             self.flush()
             if self.output.isEmpty && self.fillRemaining == 0 { self.process() }  // pipelined requests waited for this
-        }
-        delayTimer = Timer(loop: owner.loop) { [unowned(unsafe) self] in
-            self.waiting = false
-            self.respond()
-            self.process()
         }
         readWatcher.start()
     }

@@ -44,7 +44,34 @@ struct ExchangeRecord {
     var attempts: Int { inFlight || attempt > 1 ? attempt : 0 }
 }
 
+/// Whether a request can be sent again for a retry.
+enum Replay {
+    /// The whole request is kept.
+    case kept
+    /// Its body outgrew the retry policy's replay bound (the access log says so when a retry was called for).
+    case beyondBound
+    /// It cannot be sent again for another reason (a `100-continue` request).
+    case impossible
+}
+
 extension ProxyServer {
+    /// Whether the try that ended with `outcome` is tried again, and after what backoff: when the policy's
+    /// conditions and attempts allow it, the request can be replayed and the proxy admits it (`admitRetry`). The
+    /// record counts the new try, or keeps why a retry that was called for was not made. The caller has checked
+    /// that nothing of the response went downstream.
+    func retryBackoff(after outcome: RetryPolicy.Outcome, policy: RetryPolicy?, replay: Replay, record: inout ExchangeRecord,
+                      limits: ClusterLimits?) -> Duration? {
+        guard let policy, record.attempt <= policy.maxRetries, policy.wouldRetry(outcome) else { return nil }
+        switch replay {
+        case .kept: break
+        case .beyondBound: record.retryNote = "not retried: request body beyond the replay bound"; return nil
+        case .impossible: return nil
+        }
+        guard admitRetry(outcome, of: &record, limits: limits) else { return nil }
+        record.attempt += 1
+        return policy.backoff(retry: record.attempt - 1, random: random.next())
+    }
+
     /// The end of one request, reported the same way for every transport: the response counters, a retry that
     /// succeeded, the last try's result for outlier detection (a gRPC status counts as its HTTP equivalent, as
     /// in Envoy), Istio's request metrics, the span and the access-log line. `grpcStatus`: the call's status, when
@@ -76,5 +103,18 @@ extension ProxyServer {
             client: peer.sourceAddress, principal: peer.identity?.principal, status: status, flags: record.flags,
             bytesReceived: record.bytesReceived, bytesSent: record.bytesSent, upstream: record.upstreamAddress, route: record.route,
             policy: record.policy, attempts: record.attempts, retryNote: record.retryNote))
+    }
+
+    /// Decides whether the request is traced (its `traceparent`'s sampled flag, else the sample rate) and, if so,
+    /// opens its span in the record; only then are the request's `method`, `authority` and `target` read (only
+    /// traced requests allocate for it).
+    func startSpan(_ record: inout ExchangeRecord, _ tracer: SpanExporter, traceparent: UnsafeRawBufferPointer, protocol: String,
+                   peer: PeerFacts, request: () -> (method: String, authority: String, target: String)) {
+        guard let context = TraceContext.decide(traceparent: traceparent, sampleRate: tracer.sampleRate, random: &random) else { return }
+        let (method, authority, target) = request()
+        var attributes = [("http.method", method), ("http.url", "http://" + authority + target), ("http.protocol", `protocol`)]
+        if let principal = peer.identity?.principal { attributes.append(("peer.principal", "spiffe://" + principal)) }
+        if let route = record.route { attributes.append(("route_name", route)) }
+        record.span = Span(context: context, name: authority + "/*", start: record.start, attributes: attributes)
     }
 }
