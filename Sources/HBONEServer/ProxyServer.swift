@@ -357,7 +357,7 @@ public final class ProxyServer {
             retryTokens[record.cluster] = tokens - 1
         } else if retriesInFlight >= 3 {
             counters.retryBudgetExhausted.increment()
-            counters.istio.recordRetry(service: record.service, .budgetExhausted)
+            counters.istio.recordRetry(service: record.labels.service, .budgetExhausted)
             record.retryNote = "not retried: retry budget exhausted"
             return false
         }
@@ -371,7 +371,7 @@ public final class ProxyServer {
         }
         router.reportAttempt(endpoint: record.endpoint, cluster: record.cluster, result: OutlierDetection.Result(outcome))
         counters.countRetry(outcome)
-        counters.istio.recordRetry(service: record.service, .started)
+        counters.istio.recordRetry(service: record.labels.service, .started)
         return true
     }
 

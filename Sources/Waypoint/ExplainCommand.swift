@@ -109,8 +109,9 @@ extension WaypointCommand {
             bytes.withUnsafeBytes { print("request: \(method) \(head.path.string(in: $0)) host \(host) from \(principal ?? "plaintext (no principal)")") }
 
             let router = SnapshotRouter(snapshot: snapshot, seed: 1, counters: WorkerCounters())
-            let decision = bytes.withUnsafeBytes { router.route(head, $0, destination: destination, peer: peer) }
-            explainAuthorization(snapshot, router, head, bytes, destination, peer)
+            var labels = RouteLabels()
+            let decision = bytes.withUnsafeBytes { router.route(head, $0, destination: destination, peer: peer, labels: &labels) }
+            explainAuthorization(snapshot, labels.policy, head, bytes, destination, peer)
             if case .reply(let reply) = decision, reply == .rbacDenied || reply == .mtlsRequired {
                 // Denied before routing: routes are not looked at.
             } else {
@@ -191,7 +192,7 @@ extension WaypointCommand {
         }
 
         /// Which policies applied, and which policy and rule decided.
-        private func explainAuthorization(_ snapshot: Snapshot, _ router: SnapshotRouter, _ head: RequestHead, _ bytes: [UInt8],
+        private func explainAuthorization(_ snapshot: Snapshot, _ decidingPolicy: String?, _ head: RequestHead, _ bytes: [UInt8],
                                           _ destination: Destination?, _ peer: PeerFacts) {
             var index: Int32 = destination?.virtualHost ?? -1
             if destination == nil, let found = bytes.withUnsafeBytes({ snapshot.routes.virtualHost(forHost: head.host.bytes(in: $0)) }) {
@@ -201,7 +202,7 @@ extension WaypointCommand {
             if index >= 0 && snapshot.strictMTLS[Int(index)] { print("peer authentication: STRICT (plaintext is refused)") }
             let all = set.custom + set.deny + set.audit + set.allow
             print("policies applying: " + (all.isEmpty ? "none" : all.map { "\($0.action.rawValue) \($0.name)" }.joined(separator: ", ")))
-            guard let name = router.lastDecidingPolicy, let policy = all.first(where: { $0.name == name }) else {
+            guard let name = decidingPolicy, let policy = all.first(where: { $0.name == name }) else {
                 print(set.allow.isEmpty ? "authorization: allowed (no ALLOW policy applies)" :
                         "authorization: denied (ALLOW policies apply and none matched)")
                 return

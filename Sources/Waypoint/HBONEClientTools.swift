@@ -10,12 +10,11 @@ import WaypointCore
 
 /// A router for processes that only open HBONE connections (the client tools): nothing is ever routed.
 final class NoRoutes: RequestRouter {
-    func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts) -> RouteDecision {
+    func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts,
+               labels: inout RouteLabels) -> RouteDecision {
         .reply(.noRoute)
     }
     func authorizeTCP(to destination: Destination, peer: PeerFacts) -> Bool { false }
-    var lastDecidingPolicy: String? { nil }
-    var lastService: Int32 { -1 }
     func service(of destination: Destination) -> Int32 { -1 }
     func alternateEndpoint(cluster: Int32, failed: Int32, history: inout RetryHistory) -> Int32 { failed }
     func reportAttempt(endpoint: Int32, cluster: Int32, result: OutlierDetection.Result) {}

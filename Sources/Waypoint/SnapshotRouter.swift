@@ -10,8 +10,6 @@ import WaypointCore
 /// Thread: its worker's loop thread only. Ownership: the worker; it swaps the snapshot when one is posted.
 final class SnapshotRouter: RequestRouter {
     private(set) var snapshot: Snapshot
-    private(set) var lastDecidingPolicy: String?
-    private(set) var lastService: Int32 = -1
     /// Per virtual host of the snapshot: its service interned in the worker's Istio metrics.
     private var serviceIDs: [Int32] = []
     /// Per policy of the snapshot: its slot in `policyCounters` (allow at 3i, deny at 3i+1, audit at 3i+2).
@@ -60,8 +58,9 @@ final class SnapshotRouter: RequestRouter {
         serviceIDs = next.services.map { counters.istio.intern(service: $0.fqdn, name: $0.name, namespace: $0.namespace) }
     }
 
-    func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts) -> RouteDecision {
-        lastDecidingPolicy = nil
+    func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts,
+               labels: inout RouteLabels) -> RouteDecision {
+        labels.policy = nil
         // Which virtual host (service) this is for: the tunnel's destination, else the Host header.
         var host: Int32 = -1
         var port: UInt16? = nil
@@ -71,14 +70,18 @@ final class SnapshotRouter: RequestRouter {
         } else if !head.host.isEmpty, let found = snapshot.routes.virtualHost(forHost: head.host.bytes(in: bytes)) {
             (host, port) = found
         }
-        lastService = host >= 0 ? serviceIDs[Int(host)] : -1
+        labels.service = host >= 0 ? serviceIDs[Int(host)] : -1
         // Security first, as Envoy's RBAC filter runs before the router: a denied request learns nothing of routes.
         if host >= 0 && snapshot.strictMTLS[Int(host)] && peer.identity == nil { return .reply(.mtlsRequired) }
         // Checked in place first: copying a PolicySet out of the array costs retains, so only when one applies.
         let hasPolicies = host >= 0 ? !snapshot.authorization[Int(host)].isEmpty : !snapshot.unmatchedHostPolicies.isEmpty
         if hasPolicies {
             let policies = host >= 0 ? snapshot.authorization[Int(host)] : snapshot.unmatchedHostPolicies
-            if !authorize(policies, head, bytes, peer: peer, port: port ?? destination?.port) { return .reply(.rbacDenied) }
+            let decision = authorize(policies, head, bytes, peer: peer, port: port ?? destination?.port)
+            switch decision {
+            case .allow(let policy), .deny(let policy): labels.policy = policy
+            }
+            if !record(decision) { return .reply(.rbacDenied) }
         }
         if let destination, destination.virtualHost < 0 {
             return .forward(endpoint: destination.endpoint, route: destination.name, cluster: -1, policy: .standard)  // workload address
@@ -131,7 +134,7 @@ final class SnapshotRouter: RequestRouter {
 
     /// Evaluates the policies for an HTTP request.
     private func authorize(_ policies: PolicySet, _ head: RequestHead, _ bytes: UnsafeRawBufferPointer, peer: PeerFacts,
-                           port: UInt16?) -> Bool {
+                           port: UInt16?) -> AuthorizationDecision {
         var request = Self.connectionAttributes(peer, port: port)
         // Host: lower-cased, without its port (hosts compare case-insensitively: CVE-2021-39155); on the stack.
         let (name, _) = RouteTable<RouteAction>.split(head.host.bytes(in: bytes))
@@ -141,7 +144,7 @@ final class SnapshotRouter: RequestRouter {
             request.http = AuthorizationRequest.HTTP(
                 host: UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: lower[0..<host.count])),
                 method: head.method.bytes(in: bytes), path: head.path.bytes(in: bytes), head: head, headBytes: bytes)
-            return record(policies.evaluate(request, audited: audited))
+            return policies.evaluate(request, audited: audited)
         }
     }
 
@@ -174,7 +177,6 @@ final class SnapshotRouter: RequestRouter {
     }
 
     private func count(_ policy: String, _ result: Int) {
-        lastDecidingPolicy = policy
         if let slot = policySlots[policy] { policyCounters.increment(slot + result) }
     }
 

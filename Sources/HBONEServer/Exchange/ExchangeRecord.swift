@@ -19,10 +19,8 @@ struct ExchangeRecord {
     var bytesSent = 0
     /// The matched route's name, when the request was routed.
     var route: String?
-    /// The AuthorizationPolicy that allowed or denied the request, when one decided.
-    var policy: String?
-    /// The destination service, interned for Istio's metrics (-1: unknown).
-    var service: Int32 = -1
+    /// The deciding AuthorizationPolicy and the destination service, as routing named them.
+    var labels = RouteLabels()
     /// A gRPC call (`content-type: application/grpc…`): Istio's metrics say so, and its status counts.
     var grpc = false
     /// Where the last try went (the upstream's address text for the log and span; the endpoint and its cluster
@@ -84,10 +82,10 @@ extension ProxyServer {
             if record.inFlight { router.reportAttempt(endpoint: record.endpoint, cluster: record.cluster, result: .status(outcome)) }
             if record.attempt > 1 && outcome >= 200 && outcome < 500 {
                 counters.retriesSucceeded.increment()
-                counters.istio.recordRetry(service: record.service, .succeeded)
+                counters.istio.recordRetry(service: record.labels.service, .succeeded)
             }
             counters.countResponse(status)
-            counters.istio.recordRequest(principal: principal, service: record.service, grpc: record.grpc, mutualTLS: peer.identity != nil,
+            counters.istio.recordRequest(principal: principal, service: record.labels.service, grpc: record.grpc, mutualTLS: peer.identity != nil,
                                          status: status, flags: record.flags, durationMs: (loop.now - record.start) * 1000,
                                          requestBytes: record.bytesReceived, responseBytes: record.bytesSent)
         }
@@ -102,7 +100,7 @@ extension ProxyServer {
             startTime: record.start, duration: loop.now - record.start, request: fields ?? RequestLogFields(), protocol: `protocol`,
             client: peer.sourceAddress, principal: peer.identity?.principal, status: status, flags: record.flags,
             bytesReceived: record.bytesReceived, bytesSent: record.bytesSent, upstream: record.upstreamAddress, route: record.route,
-            policy: record.policy, attempts: record.attempts, retryNote: record.retryNote))
+            policy: record.labels.policy, attempts: record.attempts, retryNote: record.retryNote))
     }
 
     /// Decides whether the request is traced (its `traceparent`'s sampled flag, else the sample rate) and, if so,

@@ -17,6 +17,18 @@ public enum RouteDecision {
     case respond(status: Int, body: [UInt8], delay: Duration?)
 }
 
+/// What a routing decision names for telemetry, whatever it decided: filled by `RequestRouter.route`.
+///
+/// Thread: its exchange's. Ownership: a value inside the exchange's record.
+public struct RouteLabels: Sendable {
+    /// The AuthorizationPolicy that allowed or denied the request, nil when none decided.
+    public var policy: String?
+    /// The destination service, interned in the worker's `IstioMetrics` (-1: unknown).
+    public var service: Int32 = -1
+
+    public init() {}
+}
+
 /// Where a request's tries went, for picking the next one as Istio has Envoy do: a retry avoids every endpoint
 /// tried before (the previous-hosts predicate, up to 5 picks), and with `retryRemoteLocalities` the locality
 /// tiers tried (the previous-priorities plugin with Istio's update frequency of 2: the first two tries use the
@@ -50,12 +62,10 @@ public struct RetryHistory: Sendable {
 /// Thread: its worker's loop thread only.
 public protocol RequestRouter: AnyObject {
     /// Authorizes and routes a request: by its Host header, or, inside a tunnel, by the tunnel's `destination`.
-    /// `peer` is who sent it (the principal is nil on the plaintext listener). A denial is a `.reply`.
-    func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts) -> RouteDecision
-    /// The policy that decided the last `route` call (allowed or denied it), nil when none did; for the access log.
-    var lastDecidingPolicy: String? { get }
-    /// The destination service of the last `route` call, interned in the worker's `IstioMetrics` (-1: unknown).
-    var lastService: Int32 { get }
+    /// `peer` is who sent it (the principal is nil on the plaintext listener). A denial is a `.reply`. `labels`
+    /// gets the deciding policy and the destination service, whatever the decision.
+    func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts,
+               labels: inout RouteLabels) -> RouteDecision
     /// The interned destination service of a tunnel's destination (-1 for a workload address).
     func service(of destination: Destination) -> Int32
     /// Authorizes a byte-stream (TCP) tunnel to `destination` before anything reaches the upstream: only

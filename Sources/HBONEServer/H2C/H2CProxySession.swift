@@ -204,10 +204,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             guard case .complete = HTTP1Parser.parseRequest(bytes, into: &request) else {
                 return .reply(.badRequest(HTTP1Error(status: 400, "malformed request")))
             }
-            return server.router.route(request, bytes, destination: destination, peer: peer)
+            return server.router.route(request, bytes, destination: destination, peer: peer, labels: &exchange.record.labels)
         }
-        exchange.record.policy = server.router.lastDecidingPolicy
-        exchange.record.service = server.router.lastService
         switch decision {
         case .reply(let reply):
             replyLocally(exchange, reply)

@@ -374,9 +374,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         record.bytesReceived = length
         if server.accessLog != nil { keepLogFields(headBytes) }
 
-        let decision = server.router.route(head, headBytes, destination: destination, peer: peer)
-        record.policy = server.router.lastDecidingPolicy
-        record.service = server.router.lastService
+        let decision = server.router.route(head, headBytes, destination: destination, peer: peer, labels: &record.labels)
         switch decision {
         case .reply(let reply):
             discardingBody = true
