@@ -47,12 +47,17 @@ let package = Package(
             "WaypointCore", "EventLoop", "Filters", "TLS", "HTTP2",
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: release),
+        // The data plane's RequestRouter over a Snapshot: authorization, routes, backend and endpoint choice
+        // (load balancing, locality, outlier detection).
+        .target(name: "SnapshotRouting", dependencies: [
+            "WaypointCore", "HTTPRouter", "Filters", "HBONEServer", "WaypointConfig",
+        ], swiftSettings: release),
         // Kubernetes manifests -> validated specs -> immutable Snapshot.
         .target(name: "WaypointConfig", dependencies: [
             "WaypointCore", "HTTPRouter", "Filters", "Regex", "Yams",
         ], swiftSettings: release),
         .executableTarget(name: "Waypoint", dependencies: [
-            "WaypointCore", "EventLoop", "HTTPRouter", "Filters", "HBONEServer", "WaypointConfig", "TLS", "HTTP2",
+            "WaypointCore", "EventLoop", "HTTPRouter", "Filters", "HBONEServer", "WaypointConfig", "SnapshotRouting", "TLS", "HTTP2",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: release),
@@ -75,6 +80,9 @@ let package = Package(
         .testTarget(name: "FiltersTests", dependencies: ["Filters", "WaypointCore"]),
         .testTarget(name: "WaypointConfigTests", dependencies: ["WaypointConfig", "HTTPRouter", "WaypointCore", "Filters"]),
         .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "WaypointCore"]),
+        .testTarget(name: "SnapshotRoutingTests", dependencies: [
+            "SnapshotRouting", "HBONEServer", "WaypointConfig", "WaypointCore", "Filters",
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

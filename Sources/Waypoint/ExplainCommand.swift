@@ -2,6 +2,7 @@ import ArgumentParser
 import EventLoop
 import Filters
 import HBONEServer
+import SnapshotRouting
 import HTTPRouter
 import WaypointConfig
 import WaypointCore

@@ -4,6 +4,7 @@ import Glibc
 import EventLoop
 import WaypointCore
 import HBONEServer
+import SnapshotRouting
 import Logging
 import Synchronization
 import TLS

@@ -1,4 +1,3 @@
-import EventLoop
 import Filters
 import HBONEServer
 import HTTPRouter
@@ -8,8 +7,8 @@ import WaypointCore
 /// Routes requests with the worker's current snapshot: host → rules → weighted backend → round-robin endpoint.
 ///
 /// Thread: its worker's loop thread only. Ownership: the worker; it swaps the snapshot when one is posted.
-final class SnapshotRouter: RequestRouter {
-    private(set) var snapshot: Snapshot
+public final class SnapshotRouter: RequestRouter {
+    public private(set) var snapshot: Snapshot
     /// Per virtual host of the snapshot: its service interned in the worker's Istio metrics.
     private var serviceIDs: [Int32] = []
     /// Per policy of the snapshot: its slot in `policyCounters` (allow at 3i, deny at 3i+1, audit at 3i+2).
@@ -32,9 +31,9 @@ final class SnapshotRouter: RequestRouter {
     /// The loop's time, for ejections.
     private let now: () -> Double
     /// Requests this worker has in flight to an endpoint (set by the worker once its server exists).
-    var requestsInFlight: (Int32) -> Int = { _ in 0 }
+    public var requestsInFlight: (Int32) -> Int = { _ in 0 }
 
-    init(snapshot: Snapshot, seed: UInt64, counters: WorkerCounters, now: @escaping () -> Double = { 0 }) {
+    public init(snapshot: Snapshot, seed: UInt64, counters: WorkerCounters, now: @escaping () -> Double = { 0 }) {
         self.snapshot = snapshot
         self.counters = counters
         self.now = now
@@ -44,7 +43,7 @@ final class SnapshotRouter: RequestRouter {
         serviceIDs = snapshot.services.map { counters.istio.intern(service: $0.fqdn, name: $0.name, namespace: $0.namespace) }
     }
 
-    func replace(_ next: Snapshot) {
+    public func replace(_ next: Snapshot) {
         // Endpoint indices change with the snapshot: outlier state follows each endpoint's address, so a reload
         // neither brings ejected endpoints back nor forgets their errors (Envoy keeps it for hosts that stay).
         var index: [SocketAddress: Int32] = [:]
@@ -58,7 +57,7 @@ final class SnapshotRouter: RequestRouter {
         serviceIDs = next.services.map { counters.istio.intern(service: $0.fqdn, name: $0.name, namespace: $0.namespace) }
     }
 
-    func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts,
+    public func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts,
                labels: inout RouteLabels) -> RouteDecision {
         labels.policy = nil
         // Which virtual host (service) this is for: the tunnel's destination, else the Host header.
@@ -120,13 +119,13 @@ final class SnapshotRouter: RequestRouter {
         }
     }
 
-    func destination(for address: SocketAddress) -> Destination? { snapshot.destinations[address] }
+    public func destination(for address: SocketAddress) -> Destination? { snapshot.destinations[address] }
 
-    func service(of destination: Destination) -> Int32 {
+    public func service(of destination: Destination) -> Int32 {
         destination.virtualHost >= 0 ? serviceIDs[Int(destination.virtualHost)] : -1
     }
 
-    func authorizeTCP(to destination: Destination, peer: PeerFacts) -> Bool {
+    public func authorizeTCP(to destination: Destination, peer: PeerFacts) -> Bool {
         let policies = destination.virtualHost >= 0 ? snapshot.authorization[Int(destination.virtualHost)] : snapshot.unmatchedHostPolicies
         guard !policies.isEmpty else { return true }
         return record(policies.evaluate(Self.connectionAttributes(peer, port: destination.port), audited: audited))
@@ -196,7 +195,7 @@ final class SnapshotRouter: RequestRouter {
         return (slots, counters.publishPolicyCounters(labels: names.flatMap { ["\($0)|allow", "\($0)|deny", "\($0)|audit"] }))
     }
 
-    func alternateEndpoint(cluster: Int32, failed: Int32, history: inout RetryHistory) -> Int32 {
+    public func alternateEndpoint(cluster: Int32, failed: Int32, history: inout RetryHistory) -> Int32 {
         history.endpoints.append(failed)
         guard cluster >= 0 else { return failed }
         let members = snapshot.clusters[Int(cluster)].endpoints
@@ -233,7 +232,7 @@ final class SnapshotRouter: RequestRouter {
         return pick ?? failed
     }
 
-    func isReachable(_ destination: Destination) -> Bool {
+    public func isReachable(_ destination: Destination) -> Bool {
         guard destination.cluster >= 0 else { return true }
         if let backends = snapshot.tcpRoutes[tcpRouteKey(destination.virtualHost, destination.port)] {
             return backends.clusters.contains { $0.cluster >= 0 && $0.weight > 0 && !snapshot.clusters[Int($0.cluster)].endpoints.isEmpty }
@@ -241,15 +240,15 @@ final class SnapshotRouter: RequestRouter {
         return !snapshot.clusters[Int(destination.cluster)].endpoints.isEmpty
     }
 
-    func endpoints(inCluster cluster: Int32) -> [Int32] {
+    public func endpoints(inCluster cluster: Int32) -> [Int32] {
         cluster >= 0 ? snapshot.clusters[Int(cluster)].endpoints : []
     }
 
-    func pickEndpoint(inCluster cluster: Int32) -> Int32? {
+    public func pickEndpoint(inCluster cluster: Int32) -> Int32? {
         cluster >= 0 ? nextEndpoint(cluster) : nil
     }
 
-    func pickEndpoint(for destination: Destination) -> Int32? {
+    public func pickEndpoint(for destination: Destination) -> Int32? {
         guard destination.cluster >= 0 else { return destination.endpoint }
         if let backends = snapshot.tcpRoutes[tcpRouteKey(destination.virtualHost, destination.port)] {
             let cluster = backends.clusters[pick(backends)].cluster
@@ -350,11 +349,11 @@ final class SnapshotRouter: RequestRouter {
 
     private func isEjected(_ endpoint: Int32) -> Bool { (health[endpoint]?.ejectedUntil ?? 0) > now() }
 
-    func limits(cluster: Int32) -> ClusterLimits? {
+    public func limits(cluster: Int32) -> ClusterLimits? {
         cluster >= 0 ? snapshot.clusters[Int(cluster)].limits : nil
     }
 
-    func reportAttempt(endpoint: Int32, cluster: Int32, result: OutlierDetection.Result) {
+    public func reportAttempt(endpoint: Int32, cluster: Int32, result: OutlierDetection.Result) {
         guard cluster >= 0, let detection = snapshot.clusters[Int(cluster)].outlierDetection else { return }
         var state = health[endpoint] ?? EndpointHealth()
         let trips = detection.record(result, fiveXX: &state.fiveXX, gateway: &state.gateway)
