@@ -51,6 +51,16 @@ public final class ByteBuffer {
 
     public func clear() { readerIndex = 0; writerIndex = 0 }
 
+    /// Moves as many readable bytes as fit into `buffer` (copied, then consumed); how many.
+    @inline(__always) public func move(into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        let n = min(buffer.count, readableBytes)
+        if n > 0 {
+            buffer.baseAddress!.copyMemory(from: readable.baseAddress!, byteCount: n)
+            consume(n)
+        }
+        return n
+    }
+
     /// Drops readable bytes after the first `count`.
     public func truncate(to count: Int) {
         precondition(count >= 0 && count <= readableBytes)

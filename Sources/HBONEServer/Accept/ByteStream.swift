@@ -1,4 +1,5 @@
 import EventLoop
+import WaypointCore
 
 /// The byte stream a downstream session runs over: a plaintext socket, a PROXY-protocol socket or an HBONE
 /// tunnel. It behaves like a non-blocking socket (STYLE 1b), so the HTTP/1.1 session and the TCP relay never
@@ -21,6 +22,30 @@ public protocol ByteStream: AnyObject {
     func close(graceful: Bool)
     /// For an outbound stream: it never got established (connect refused or timed out, CONNECT not answered 200).
     var connectFailed: Bool { get }
+}
+
+extension ByteStream {
+    /// Writes `buffer` out until it is empty or the stream takes no more; then write interest is on, so the
+    /// handler hears when there is room, or off once it is empty (when `disarmWhenEmpty`). The bytes written,
+    /// or nil when the stream failed (the buffer is left as it is).
+    @inline(__always)
+    func writeOut(_ buffer: ByteBuffer, disarmWhenEmpty: Bool = true) -> Int? {
+        var written = 0
+        while !buffer.isEmpty {
+            switch write(from: buffer.readable) {
+            case .bytes(let n):
+                buffer.consume(n)
+                written += n
+            case .wouldBlock:
+                setWriteInterest(true)
+                return written
+            case .eof, .failed:
+                return nil
+            }
+        }
+        if disarmWhenEmpty { setWriteInterest(false) }
+        return written
+    }
 }
 
 /// The session side of a `ByteStream`.

@@ -156,10 +156,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
 
     func http2ReadData(stream: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HTTP2DataChunk {
         guard let exchange = exchanges[stream] else { return .bytes(0, end: true) }
-        let n = min(buffer.count, exchange.responseBody.readableBytes)
+        let n = exchange.responseBody.move(into: buffer)
         if n > 0 {
-            buffer.baseAddress!.copyMemory(from: exchange.responseBody.readable.baseAddress!, byteCount: n)
-            exchange.responseBody.consume(n)
             exchange.record.bytesSent += n
             exchange.upstream?.responseConsumed(exchange, n)
         }

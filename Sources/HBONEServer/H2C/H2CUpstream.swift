@@ -151,10 +151,8 @@ final class H2CUpstream: HTTP2SessionDelegate {
 
     func http2ReadData(stream: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HTTP2DataChunk {
         guard let exchange = exchanges[stream] else { return .bytes(0, end: true) }
-        let n = min(buffer.count, exchange.requestBody.readableBytes)
+        let n = exchange.requestBody.move(into: buffer)
         if n > 0 {
-            buffer.baseAddress!.copyMemory(from: exchange.requestBody.readable.baseAddress!, byteCount: n)
-            exchange.requestBody.consume(n)
             exchange.sentInAttempt += n
             let credit = exchange.sentInAttempt - exchange.credited
             if credit > 0 {

@@ -78,17 +78,9 @@ final class HTTP2Channel: ByteStreamHandler {
                     guard ok else { return close() }
                     if output.isEmpty { break }
                 }
-                switch stream.write(from: output.readable) {
-                case .bytes(let n):
-                    output.consume(n)
-                case .wouldBlock:
-                    stream.setWriteInterest(true)
-                    return
-                case .eof, .failed:
-                    return close()
-                }
+                guard stream.writeOut(output) != nil else { return close() }
+                if !output.isEmpty { return }
             }
-            stream.setWriteInterest(false)
         } while needsFlush && !closed
         if !session.isAlive { close() }
     }

@@ -63,9 +63,7 @@ public final class Tunnel: ByteStream {
 
     public func read(into buffer: UnsafeMutableRawBufferPointer) -> IOResult {
         if !received.isEmpty {
-            let n = min(buffer.count, received.readableBytes)
-            buffer.baseAddress!.copyMemory(from: received.readable.baseAddress!, byteCount: n)
-            received.consume(n)
+            let n = received.move(into: buffer)
             connection?.consumed(self, n)
             return .bytes(n)
         }
@@ -161,11 +159,7 @@ public final class Tunnel: ByteStream {
     func readData(into buffer: UnsafeMutableRawBufferPointer) -> HTTP2DataChunk {
         guard established else { return .deferred }  // a client sends nothing before the 200
         let wasFull = pending.readableBytes >= sendBound
-        let n = min(buffer.count, pending.readableBytes)
-        if n > 0 {
-            buffer.baseAddress!.copyMemory(from: pending.readable.baseAddress!, byteCount: n)
-            pending.consume(n)
-        }
+        let n = pending.move(into: buffer)
         if wasFull && wantsWrite { connection?.queue(self) }
         if pending.isEmpty && localEnded {
             // Our side is complete; a client still sending is asked to stop, without error (RFC 9113 §8.1:

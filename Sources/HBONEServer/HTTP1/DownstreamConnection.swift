@@ -197,22 +197,10 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
 
     /// Writes pending output; arms the write watcher for what the socket does not take now.
     private func flushOutput() {
-        while !output.isEmpty {
-            switch stream.write(from: output.readable) {
-            case .bytes(let n):
-                output.consume(n)
-                lastActivity = server.loop.now
-            case .wouldBlock:
-                stream.setWriteInterest(true)
-                return
-            case .eof, .failed:
-                abort()
-                return
-            }
-        }
         // While the upstream is paused for our sake, stay armed: `writable()` is the one place that resumes it,
         // whoever drained the output.
-        if !upstreamPaused { stream.setWriteInterest(false) }
+        guard let written = stream.writeOut(output, disarmWhenEmpty: !upstreamPaused) else { return abort() }
+        if written > 0 { lastActivity = server.loop.now }
     }
 
     private func pause(_ reason: PauseReasons) {

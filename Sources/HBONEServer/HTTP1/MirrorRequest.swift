@@ -29,14 +29,7 @@ final class MirrorRequest: ByteStreamHandler {
     func streamWritable() {
         guard !ended else { return }
         if stream.connectFailed { return end() }
-        while !pending.isEmpty {
-            switch stream.write(from: pending.readable) {
-            case .bytes(let n): pending.consume(n)
-            case .wouldBlock: return
-            case .eof, .failed: return end()
-            }
-        }
-        stream.setWriteInterest(false)
+        if stream.writeOut(pending) == nil { end() }
     }
 
     func streamReadable() {

@@ -69,17 +69,9 @@ final class TCPRelay: ByteStreamHandler, DownstreamSession {
     func streamWritable() { flushDownstream() }
 
     private func flushDownstream() {
-        while !toDownstream.isEmpty {
-            switch downstream.write(from: toDownstream.readable) {
-            case .bytes(let n): toDownstream.consume(n); bytesSent += n
-            case .wouldBlock:
-                downstream.setWriteInterest(true)
-                return
-            case .eof, .failed:
-                return close(graceful: false)
-            }
-        }
-        downstream.setWriteInterest(false)
+        guard let written = downstream.writeOut(toDownstream) else { return close(graceful: false) }
+        bytesSent += written
+        if !toDownstream.isEmpty { return }
         if upstreamEnded { return finishIfDone() }
         if connected { upstreamRead.start() }
     }

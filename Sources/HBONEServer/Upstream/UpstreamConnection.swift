@@ -77,18 +77,10 @@ final class UpstreamConnection: ByteStreamHandler {
     @discardableResult
     func flush() -> Bool {
         guard state == .active else { return true }
-        while !output.isEmpty {
-            switch stream.write(from: output.readable) {
-            case .bytes(let n): output.consume(n)
-            case .wouldBlock:
-                stream.setWriteInterest(true)
-                return true
-            case .eof, .failed:
-                fail(.reset)
-                return false
-            }
+        guard stream.writeOut(output) != nil else {
+            fail(.reset)
+            return false
         }
-        stream.setWriteInterest(false)
         return true
     }
 
