@@ -6,14 +6,22 @@ RELEASE_BIN  := .build/release/waypoint
 # A static Swift runtime: one binary that needs only the C libraries at run time.
 RELEASE_FLAGS := -c release --static-swift-stdlib
 
-.PHONY: run test deps release unit e2e sanitize fuzz bench clean
+.PHONY: run test deps lint format release unit e2e sanitize fuzz bench clean
 
 ## make run: install what is missing, build release, start the demo (two origins + the proxy on loopback).
 run: release
 	$(RELEASE_BIN) demo
 
-## make test: unit tests (swift-testing) then black-box tests against the release binary (pytest).
-test: deps release unit e2e
+## make test: the format check, unit tests (swift-testing), then black-box tests against the release binary (pytest).
+test: deps lint release unit e2e
+
+## make lint: the Swift sources as swift-format (.swift-format, 140 columns) writes them; `make format` rewrites them so.
+SWIFT_SOURCES := Sources Tests/*Tests Package.swift fuzz/Sources benchmarks/authz benchmarks/routing
+lint:
+	$(SWIFT) format lint --strict -r $(SWIFT_SOURCES)
+
+format:
+	$(SWIFT) format format -i -r $(SWIFT_SOURCES)
 
 deps:
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -6,14 +6,14 @@ import PackageDescription
 /// cross-module optimization so the generic route table is specialized where the data plane calls it instead
 /// of instantiating generic metadata per request.
 let release: [SwiftSetting] = [
-    .unsafeFlags(["-enforce-exclusivity=unchecked", "-cross-module-optimization"], .when(configuration: .release)),
+    .unsafeFlags(["-enforce-exclusivity=unchecked", "-cross-module-optimization"], .when(configuration: .release))
 ]
 
 let package = Package(
     name: "waypoint",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "waypoint", targets: ["Waypoint"]),
+        .executable(name: "waypoint", targets: ["Waypoint"])
     ],
     dependencies: [
         // Pinned exactly (reproducible builds; Package.resolved stays out of git, as the local package mirror's
@@ -25,8 +25,9 @@ let package = Package(
     targets: [
         // C libraries: one system-library target each; shim.h turns macros into callable functions.
         .systemLibrary(name: "CLibEV", path: "Sources/CLibEV"),
-        .systemLibrary(name: "CPCRE2", path: "Sources/CPCRE2", pkgConfig: "libpcre2-8",
-                       providers: [.apt(["libpcre2-dev"])]),
+        .systemLibrary(
+            name: "CPCRE2", path: "Sources/CPCRE2", pkgConfig: "libpcre2-8",
+            providers: [.apt(["libpcre2-dev"])]),
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CNghttp2", path: "Sources/CNghttp2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
 
@@ -43,46 +44,59 @@ let package = Package(
         // Pure: header operations applied on the way through.
         .target(name: "Filters", dependencies: ["WaypointCore", "Regex"], swiftSettings: release),
         // The data plane: listeners, downstream sessions, upstream pools.
-        .target(name: "HBONEServer", dependencies: [
-            "WaypointCore", "EventLoop", "Filters", "TLS", "HTTP2",
-            .product(name: "Logging", package: "swift-log"),
-        ], swiftSettings: release),
+        .target(
+            name: "HBONEServer",
+            dependencies: [
+                "WaypointCore", "EventLoop", "Filters", "TLS", "HTTP2",
+                .product(name: "Logging", package: "swift-log"),
+            ], swiftSettings: release),
         // The data plane's RequestRouter over a Snapshot: authorization, routes, backend and endpoint choice
         // (load balancing, locality, outlier detection).
-        .target(name: "SnapshotRouting", dependencies: [
-            "WaypointCore", "HTTPRouter", "Filters", "HBONEServer", "WaypointConfig",
-        ], swiftSettings: release),
+        .target(
+            name: "SnapshotRouting",
+            dependencies: [
+                "WaypointCore", "HTTPRouter", "Filters", "HBONEServer", "WaypointConfig",
+            ], swiftSettings: release),
         // Kubernetes manifests -> validated specs -> immutable Snapshot.
-        .target(name: "WaypointConfig", dependencies: [
-            "WaypointCore", "HTTPRouter", "Filters", "Regex", "Yams",
-        ], swiftSettings: release),
-        .executableTarget(name: "Waypoint", dependencies: [
-            "WaypointCore", "EventLoop", "HTTPRouter", "Filters", "HBONEServer", "WaypointConfig", "SnapshotRouting", "TLS", "HTTP2",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "Logging", package: "swift-log"),
-        ], swiftSettings: release),
+        .target(
+            name: "WaypointConfig",
+            dependencies: [
+                "WaypointCore", "HTTPRouter", "Filters", "Regex", "Yams",
+            ], swiftSettings: release),
+        .executableTarget(
+            name: "Waypoint",
+            dependencies: [
+                "WaypointCore", "EventLoop", "HTTPRouter", "Filters", "HBONEServer", "WaypointConfig", "SnapshotRouting", "TLS", "HTTP2",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ], swiftSettings: release),
 
         // libFuzzer harnesses for the parsers of untrusted bytes (fuzz/run.sh builds them with -DFUZZING);
         // a plain build makes a replay tool that runs saved inputs through the same code.
-        .executableTarget(name: "WaypointFuzz", dependencies: ["WaypointCore", "HTTPRouter", "WaypointConfig", "Filters", "Regex", "HTTP2"],
-                          path: "fuzz/Sources"),
+        .executableTarget(
+            name: "WaypointFuzz", dependencies: ["WaypointCore", "HTTPRouter", "WaypointConfig", "Filters", "Regex", "HTTP2"],
+            path: "fuzz/Sources"),
 
         // Authorization decision cost (benchmarks/README.md); built in CI, run by hand.
-        .executableTarget(name: "AuthzBenchmark", dependencies: ["Filters", "WaypointCore"], path: "benchmarks/authz",
-                          swiftSettings: release),
+        .executableTarget(
+            name: "AuthzBenchmark", dependencies: ["Filters", "WaypointCore"], path: "benchmarks/authz",
+            swiftSettings: release),
 
         // Route selection cost (benchmarks/README.md); built in CI, run by hand.
-        .executableTarget(name: "RoutingBenchmark", dependencies: ["HTTPRouter", "Regex", "WaypointCore"], path: "benchmarks/routing",
-                          swiftSettings: release),
+        .executableTarget(
+            name: "RoutingBenchmark", dependencies: ["HTTPRouter", "Regex", "WaypointCore"], path: "benchmarks/routing",
+            swiftSettings: release),
 
         .testTarget(name: "WaypointCoreTests", dependencies: ["WaypointCore"]),
         .testTarget(name: "HTTPRouterTests", dependencies: ["HTTPRouter", "WaypointCore"]),
         .testTarget(name: "FiltersTests", dependencies: ["Filters", "WaypointCore"]),
         .testTarget(name: "WaypointConfigTests", dependencies: ["WaypointConfig", "HTTPRouter", "WaypointCore", "Filters"]),
         .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "WaypointCore"]),
-        .testTarget(name: "SnapshotRoutingTests", dependencies: [
-            "SnapshotRouting", "HBONEServer", "WaypointConfig", "WaypointCore", "Filters",
-        ]),
+        .testTarget(
+            name: "SnapshotRoutingTests",
+            dependencies: [
+                "SnapshotRouting", "HBONEServer", "WaypointConfig", "WaypointCore", "Filters",
+            ]),
     ],
     swiftLanguageModes: [.v6]
 )

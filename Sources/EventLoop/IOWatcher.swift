@@ -15,9 +15,11 @@ public final class IOWatcher {
         self.loop = loop
         self.onReady = onReady
         let events = direction == .read ? Int32(EV_READ) : Int32(EV_WRITE)
-        wp_ev_io_init(watcher, { _, w, _ in
-            Unmanaged<IOWatcher>.fromOpaque(w!.pointee.data).takeUnretainedValue().onReady()
-        }, fd, events)
+        wp_ev_io_init(
+            watcher,
+            { _, w, _ in
+                Unmanaged<IOWatcher>.fromOpaque(w!.pointee.data).takeUnretainedValue().onReady()
+            }, fd, events)
         watcher.pointee.data = Unmanaged.passUnretained(self).toOpaque()
     }
 

@@ -1,4 +1,3 @@
-
 /// Closes a socket after a last write the peer must see (a GOAWAY): closing with unread input makes the
 /// kernel send RST, and an RST makes the peer drop what it has not read yet. So our side ends first (FIN after
 /// the data), the peer's input is read and dropped until it ends too or `timeout` passes, then the socket

@@ -11,9 +11,11 @@ public final class SignalWatcher {
     public init(loop: EventLoop, signal: Int32, onSignal: @escaping () -> Void) {
         self.loop = loop
         self.onSignal = onSignal
-        wp_ev_signal_init(watcher, { _, w, _ in
-            Unmanaged<SignalWatcher>.fromOpaque(w!.pointee.data).takeUnretainedValue().onSignal()
-        }, signal)
+        wp_ev_signal_init(
+            watcher,
+            { _, w, _ in
+                Unmanaged<SignalWatcher>.fromOpaque(w!.pointee.data).takeUnretainedValue().onSignal()
+            }, signal)
         watcher.pointee.data = Unmanaged.passUnretained(self).toOpaque()
         ev_signal_start(loop.raw, watcher)
     }

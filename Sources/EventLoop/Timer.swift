@@ -13,11 +13,13 @@ public final class Timer {
     public init(loop: EventLoop, onFire: @escaping () -> Void) {
         self.loop = loop
         self.onFire = onFire
-        wp_ev_timer_init(watcher, { _, w, _ in
-            let timer = Unmanaged<Timer>.fromOpaque(w!.pointee.data).takeUnretainedValue()
-            if !timer.repeating { timer.cancel() }
-            timer.onFire()
-        }, 0, 0)
+        wp_ev_timer_init(
+            watcher,
+            { _, w, _ in
+                let timer = Unmanaged<Timer>.fromOpaque(w!.pointee.data).takeUnretainedValue()
+                if !timer.repeating { timer.cancel() }
+                timer.onFire()
+            }, 0, 0)
         watcher.pointee.data = Unmanaged.passUnretained(self).toOpaque()
     }
 

@@ -83,7 +83,8 @@ public struct AuthorizationPolicy: Sendable {
         public var blocks: [CIDRBlock]?
         public var notBlocks: [CIDRBlock]?
 
-        public init(key: Key, values: [StringMatch]?, notValues: [StringMatch]?, blocks: [CIDRBlock]? = nil, notBlocks: [CIDRBlock]? = nil) {
+        public init(key: Key, values: [StringMatch]?, notValues: [StringMatch]?, blocks: [CIDRBlock]? = nil, notBlocks: [CIDRBlock]? = nil)
+        {
             self.key = key
             self.values = values
             self.notValues = notValues
@@ -119,8 +120,10 @@ public struct AuthorizationRequest {
         public var head: RequestHead?
         public var headBytes: UnsafeRawBufferPointer
 
-        public init(host: UnsafeRawBufferPointer, method: UnsafeRawBufferPointer, path: UnsafeRawBufferPointer,
-                    head: RequestHead? = nil, headBytes: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0)) {
+        public init(
+            host: UnsafeRawBufferPointer, method: UnsafeRawBufferPointer, path: UnsafeRawBufferPointer,
+            head: RequestHead? = nil, headBytes: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0)
+        ) {
             self.host = host
             self.method = method
             self.path = path
@@ -211,11 +214,14 @@ public struct PolicySet: Sendable {
     public func evaluate(_ request: AuthorizationRequest, audited: (String) -> Void = { _ in }) -> AuthorizationDecision {
         if let policy = firstDenying(request) { return .deny(policy: policy.name) }
         if hardenedDenyPaths && !(custom.isEmpty && deny.isEmpty), let http = request.http,
-           let policy = PathNormalization.withHardened(http.path, { hardened -> AuthorizationPolicy? in
-               var hardenedRequest = request
-               hardenedRequest.http!.path = hardened
-               return firstDenying(hardenedRequest)
-           }) ?? nil {
+            let policy = PathNormalization.withHardened(
+                http.path,
+                { hardened -> AuthorizationPolicy? in
+                    var hardenedRequest = request
+                    hardenedRequest.http!.path = hardened
+                    return firstDenying(hardenedRequest)
+                }) ?? nil
+        {
             return .deny(policy: policy.name)
         }
         for policy in audit where Self.matches(policy, request, deny: false) { audited(policy.name) }
@@ -272,7 +278,9 @@ public struct PolicySet: Sendable {
     /// The index of the first rule of `policy` that matches (for `waypoint explain`), nil when none does.
     public static func matchingRule(_ policy: AuthorizationPolicy, _ request: AuthorizationRequest) -> Int? {
         let deny = policy.action == .deny || policy.action == .custom
-        return policy.rules.firstIndex { rule in matches(AuthorizationPolicy(name: "", action: policy.action, rules: [rule]), request, deny: deny) }
+        return policy.rules.firstIndex { rule in
+            matches(AuthorizationPolicy(name: "", action: policy.action, rules: [rule]), request, deny: deny)
+        }
     }
 
     /// `deny` selects Istio's rule for attributes the traffic does not have (HTTP fields on a TCP tunnel,
@@ -296,16 +304,20 @@ public struct PolicySet: Sendable {
             let hit = ip.map { ip in blocks.contains { $0.contains(ip) } } ?? false
             return negate ? !hit : hit
         }
-        guard check(source.principals, r.principal, negate: false) && check(source.notPrincipals, r.principal, negate: true)
-            && check(source.namespaces, r.namespace, negate: false) && check(source.notNamespaces, r.namespace, negate: true)
+        guard
+            check(source.principals, r.principal, negate: false) && check(source.notPrincipals, r.principal, negate: true)
+                && check(source.namespaces, r.namespace, negate: false) && check(source.notNamespaces, r.namespace, negate: true)
         else { return false }
-        guard check(source.trustDomains, r.trustDomain, negate: false)
-            && check(source.ipBlocks, r.sourceIP, negate: false) && check(source.notIpBlocks, r.sourceIP, negate: true)
-            && check(source.remoteIpBlocks, r.sourceIP, negate: false) && check(source.notRemoteIpBlocks, r.sourceIP, negate: true)
+        guard
+            check(source.trustDomains, r.trustDomain, negate: false)
+                && check(source.ipBlocks, r.sourceIP, negate: false) && check(source.notIpBlocks, r.sourceIP, negate: true)
+                && check(source.remoteIpBlocks, r.sourceIP, negate: false) && check(source.notRemoteIpBlocks, r.sourceIP, negate: true)
         else { return false }
         if source.serviceAccounts != nil || source.notServiceAccounts != nil {
             let account = r.namespace.flatMap { ns in r.serviceAccount.map { "\(ns)/\($0)" } }  // `ns/sa`, built only when asked
-            guard check(source.serviceAccounts, account, negate: false) && check(source.notServiceAccounts, account, negate: true) else { return false }
+            guard check(source.serviceAccounts, account, negate: false) && check(source.notServiceAccounts, account, negate: true) else {
+                return false
+            }
         }
         return true
     }

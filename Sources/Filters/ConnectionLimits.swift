@@ -20,8 +20,10 @@ public struct ConnectionPoolSettings: Sendable, Equatable {
     /// beyond it, 503 at once.
     public var maxRequests: Int?
 
-    public init(connectTimeout: Duration? = nil, maxRequestsPerConnection: Int? = nil, maxRetries: Int? = nil,
-                maxConnections: Int? = nil, maxPendingRequests: Int? = nil, maxRequests: Int? = nil) {
+    public init(
+        connectTimeout: Duration? = nil, maxRequestsPerConnection: Int? = nil, maxRetries: Int? = nil,
+        maxConnections: Int? = nil, maxPendingRequests: Int? = nil, maxRequests: Int? = nil
+    ) {
         self.connectTimeout = connectTimeout
         self.maxRequestsPerConnection = maxRequestsPerConnection
         self.maxRetries = maxRetries

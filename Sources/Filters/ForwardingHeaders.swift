@@ -11,11 +11,13 @@ public enum ForwardingHeaders {
     /// possibly empty) is added when the request carries none, so the trace continues across the waypoint;
     /// `replaceTraceparent`: it replaces the request's own (the waypoint traced the request: its span is the
     /// upstream's parent).
-    public static func writeRequest(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, clientIP: UnsafeRawBufferPointer,
-                                    proto: StaticString, traceparent: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
-                                    replaceTraceparent: Bool = false,
-                                    modifier: HeaderModifier? = nil, rewrite: URLRewrite? = nil, into out: ByteBuffer,
-                                    requestID: (ByteBuffer) -> Void) {
+    public static func writeRequest(
+        _ head: RequestHead, _ bytes: UnsafeRawBufferPointer, clientIP: UnsafeRawBufferPointer,
+        proto: StaticString, traceparent: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
+        replaceTraceparent: Bool = false,
+        modifier: HeaderModifier? = nil, rewrite: URLRewrite? = nil, into out: ByteBuffer,
+        requestID: (ByteBuffer) -> Void
+    ) {
         out.append(head.method.bytes(in: bytes))
         out.append(0x20)
         if let pathRewrite = rewrite?.path {
@@ -90,8 +92,10 @@ public enum ForwardingHeaders {
     public static let firstAttempt: StaticString = "x-envoy-attempt-count: 1\r\n"
 
     /// Writes `head` as the response sent downstream. `close` adds `connection: close`.
-    public static func writeResponse(_ head: ResponseHead, _ bytes: UnsafeRawBufferPointer, close: Bool, modifier: HeaderModifier? = nil,
-                                     into out: ByteBuffer) {
+    public static func writeResponse(
+        _ head: ResponseHead, _ bytes: UnsafeRawBufferPointer, close: Bool, modifier: HeaderModifier? = nil,
+        into out: ByteBuffer
+    ) {
         out.append("HTTP/1.1 ")
         out.appendDecimal(head.status)
         out.append(0x20)
@@ -213,7 +217,8 @@ public enum ForwardingHeaders {
         case 4 where HTTP1Parser.equalsLowercase(name, "host"): return .host
         case 6 where HTTP1Parser.equalsLowercase(name, "expect"): return .expect
         case 7 where HTTP1Parser.equalsLowercase(name, "upgrade"), 7 where HTTP1Parser.equalsLowercase(name, "trailer"): return .hopByHop
-        case 10 where HTTP1Parser.equalsLowercase(name, "connection"), 10 where HTTP1Parser.equalsLowercase(name, "keep-alive"): return .hopByHop
+        case 10 where HTTP1Parser.equalsLowercase(name, "connection"), 10 where HTTP1Parser.equalsLowercase(name, "keep-alive"):
+            return .hopByHop
         case 11 where HTTP1Parser.equalsLowercase(name, "traceparent"): return .traceparent
         case 12 where HTTP1Parser.equalsLowercase(name, "x-request-id"): return .requestID
         case 14 where HTTP1Parser.equalsLowercase(name, "content-length"): return .framing
@@ -241,8 +246,10 @@ public enum ForwardingHeaders {
     }
 
     /// True when `name` is listed in one of the given `connection` headers: such headers are hop-by-hop too.
-    private static func isConnectionOption(_ name: UnsafeRawBufferPointer, _ indices: [Int], _ head: RequestHead,
-                                           _ bytes: UnsafeRawBufferPointer) -> Bool {
+    private static func isConnectionOption(
+        _ name: UnsafeRawBufferPointer, _ indices: [Int], _ head: RequestHead,
+        _ bytes: UnsafeRawBufferPointer
+    ) -> Bool {
         var listed = false
         for i in indices {
             HTTP1Parser.forEachToken(head.headers[i].value.bytes(in: bytes)) { token in

@@ -28,9 +28,10 @@ public struct HeaderModifier: Sendable, Equatable {
         guard let first else { return then }
         guard let then else { return first }
         let replaced = Set(then.set.map(\.name) + then.remove)
-        return HeaderModifier(set: first.set.filter { !replaced.contains($0.name) } + then.set,
-                              add: first.add.filter { !replaced.contains($0.name) } + then.add,
-                              remove: first.remove + then.remove)
+        return HeaderModifier(
+            set: first.set.filter { !replaced.contains($0.name) } + then.set,
+            add: first.add.filter { !replaced.contains($0.name) } + then.add,
+            remove: first.remove + then.remove)
     }
 
     public static func == (a: Self, b: Self) -> Bool {

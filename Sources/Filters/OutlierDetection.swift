@@ -20,8 +20,10 @@ public struct OutlierDetection: Sendable, Equatable {
     /// sets from it); 0, Istio's default: never, so with every endpoint ejected requests get 503.
     public var minHealthPercent: Int
 
-    public init(consecutive5xxErrors: Int?, consecutiveGatewayErrors: Int?, baseEjectionTime: Duration = .seconds(30),
-                maxEjectionPercent: Int = 10, interval: Duration = .seconds(10), minHealthPercent: Int = 0) {
+    public init(
+        consecutive5xxErrors: Int?, consecutiveGatewayErrors: Int?, baseEjectionTime: Duration = .seconds(30),
+        maxEjectionPercent: Int = 10, interval: Duration = .seconds(10), minHealthPercent: Int = 0
+    ) {
         self.consecutive5xxErrors = consecutive5xxErrors
         self.consecutiveGatewayErrors = consecutiveGatewayErrors
         self.baseEjectionTime = baseEjectionTime

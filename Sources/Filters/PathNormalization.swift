@@ -78,7 +78,7 @@ public enum PathNormalization: String, Sendable, CaseIterable {
 
     /// RFC 3986 §5.2.4 on an absolute path, in place; returns the new length.
     static func removeDotSegments(_ path: UnsafeMutableRawBufferPointer, count: Int) -> Int {
-        var w = 0      // output length; output always starts with "/"
+        var w = 0  // output length; output always starts with "/"
         var r = 0
         while r < count {
             // At a "/": look at the segment that follows.

@@ -57,8 +57,10 @@ public struct RetryPolicy: Sendable, Equatable {
     /// localities already tried (Envoy's previous-priorities retry plugin, as Istio configures it).
     public var retryRemoteLocalities = false
 
-    public init(maxRetries: Int, retryOn: RetryOn, retriableStatusCodes: [Int] = [], backoffBase: Duration = .milliseconds(25),
-                backoffCap: Duration = .milliseconds(250), replayBound: Int = 64 * 1024) {
+    public init(
+        maxRetries: Int, retryOn: RetryOn, retriableStatusCodes: [Int] = [], backoffBase: Duration = .milliseconds(25),
+        backoffCap: Duration = .milliseconds(250), replayBound: Int = 64 * 1024
+    ) {
         self.maxRetries = maxRetries
         self.retryOn = retryOn
         self.retriableStatusCodes = retriableStatusCodes
@@ -70,16 +72,21 @@ public struct RetryPolicy: Sendable, Equatable {
     /// Istio's default for every route without a retry policy (istio/istio `route/retry/retry.go`): 2 retries on
     /// `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes` with 503, each to another host
     /// when one is ready. (refused-stream, unavailable and cancelled are HTTP/2 and gRPC conditions.)
-    public static let istioDefault = RetryPolicy(maxRetries: 2, retryOn: [.connectFailure, .refusedStream, .grpcUnavailable,
-                                                                          .grpcCancelled, .retriableStatusCodes],
-                                                 retriableStatusCodes: [503])
+    public static let istioDefault = RetryPolicy(
+        maxRetries: 2,
+        retryOn: [
+            .connectFailure, .refusedStream, .grpcUnavailable,
+            .grpcCancelled, .retriableStatusCodes,
+        ],
+        retriableStatusCodes: [503])
 
     /// Gateway API HTTPRoute `retry` (GEP-1731): `attempts` retries after the first try, on the listed `codes`
     /// and on connect errors, resets and `backendRequest` timeouts; `backoff` is the base interval.
     public static func gatewayAPI(codes: [Int], attempts: Int, backoff: Duration?) -> RetryPolicy {
-        RetryPolicy(maxRetries: attempts, retryOn: [.connectFailure, .reset, .retriableStatusCodes, .perTryTimeout],
-                    retriableStatusCodes: codes, backoffBase: backoff ?? .milliseconds(25),
-                    backoffCap: max(.milliseconds(250), (backoff ?? .zero) * 10))
+        RetryPolicy(
+            maxRetries: attempts, retryOn: [.connectFailure, .reset, .retriableStatusCodes, .perTryTimeout],
+            retriableStatusCodes: codes, backoffBase: backoff ?? .milliseconds(25),
+            backoffCap: max(.milliseconds(250), (backoff ?? .zero) * 10))
     }
 
     /// Istio VirtualService `retries`: up to `attempts` retries on the `retryOn` conditions (Envoy's names; numbers
@@ -175,9 +182,11 @@ public final class ForwardPolicy: Sendable {
     /// VirtualService `fault.delay`: this share of requests waits this long before it is forwarded.
     public let delay: (duration: Duration, percent: Double)?
 
-    public init(retry: RetryPolicy?, requestTimeout: Duration?, perTryTimeout: Duration?,
-                requestHeaders: HeaderModifier? = nil, responseHeaders: HeaderModifier? = nil, rewrite: URLRewrite? = nil,
-                mirrors: [(cluster: Int32, percent: Double)] = [], delay: (duration: Duration, percent: Double)? = nil) {
+    public init(
+        retry: RetryPolicy?, requestTimeout: Duration?, perTryTimeout: Duration?,
+        requestHeaders: HeaderModifier? = nil, responseHeaders: HeaderModifier? = nil, rewrite: URLRewrite? = nil,
+        mirrors: [(cluster: Int32, percent: Double)] = [], delay: (duration: Duration, percent: Double)? = nil
+    ) {
         self.delay = delay
         self.rewrite = rewrite
         self.mirrors = Array(mirrors.prefix(32))
@@ -191,9 +200,10 @@ public final class ForwardPolicy: Sendable {
     /// This policy with a backend's own header filters applied after the rule's (per-backendRef filters,
     /// VirtualService `route[].headers`).
     public func addingHeaders(request: HeaderModifier?, response: HeaderModifier?) -> ForwardPolicy {
-        ForwardPolicy(retry: retry, requestTimeout: requestTimeout, perTryTimeout: perTryTimeout,
-                      requestHeaders: .combining(requestHeaders, then: request), responseHeaders: .combining(responseHeaders, then: response),
-                      rewrite: rewrite, mirrors: mirrors, delay: delay)
+        ForwardPolicy(
+            retry: retry, requestTimeout: requestTimeout, perTryTimeout: perTryTimeout,
+            requestHeaders: .combining(requestHeaders, then: request), responseHeaders: .combining(responseHeaders, then: response),
+            rewrite: rewrite, mirrors: mirrors, delay: delay)
     }
 
     /// No route-level policy: the proxy's default retries, no timeouts.

@@ -71,8 +71,10 @@ public struct RequestRedirect: Sendable, Equatable {
     /// The `location` for a request with this Host (name and optional port), path and query (with its `?`).
     /// Gateway API: the port is left out when it is the scheme's default; a changed scheme without a port
     /// uses the scheme's default.
-    public func location(host: UnsafeRawBufferPointer, requestPort: UInt16?, path: UnsafeRawBufferPointer,
-                         query: UnsafeRawBufferPointer) -> [UInt8] {
+    public func location(
+        host: UnsafeRawBufferPointer, requestPort: UInt16?, path: UnsafeRawBufferPointer,
+        query: UnsafeRawBufferPointer
+    ) -> [UInt8] {
         let scheme = self.scheme ?? "http"
         var port: Int? = self.port ?? (self.scheme == nil ? requestPort.map(Int.init) : nil)
         if (scheme == "http" && port == 80) || (scheme == "https" && port == 443) { port = nil }

@@ -50,8 +50,10 @@ public final class ProxyServer {
     /// Called once, when draining and the last connection has closed.
     public var onDrained: (() -> Void)?
 
-    public init(loop: EventLoop, router: any RequestRouter, settings: ProxySettings, accessLog: Bool, logger: Logger,
-                counters: WorkerCounters = WorkerCounters()) {
+    public init(
+        loop: EventLoop, router: any RequestRouter, settings: ProxySettings, accessLog: Bool, logger: Logger,
+        counters: WorkerCounters = WorkerCounters()
+    ) {
         self.loop = loop
         self.counters = counters
         self.router = router
@@ -186,13 +188,15 @@ public final class ProxyServer {
 
     /// Starts accepting PROXY-protocol v2 connections (the sandwich mode) on a listening socket.
     public func listenProxyProtocol(fd: Int32) {
-        listeners.append(Listener(loop: loop, fd: fd) { [unowned(unsafe) self] fd, peer in
-            guard !self.draining else { Socket.close(fd); return }
-            self.nextConnectionID += 1
-            self.counters.downstreamConnectionsTotal.increment()
-            self.counters.downstreamConnectionsActive.increment()
-            self.sessions[self.nextConnectionID] = ProxyProtocolConnection(id: self.nextConnectionID, fd: fd, remote: peer, server: self)
-        })
+        listeners.append(
+            Listener(loop: loop, fd: fd) { [unowned(unsafe) self] fd, peer in
+                guard !self.draining else { Socket.close(fd); return }
+                self.nextConnectionID += 1
+                self.counters.downstreamConnectionsTotal.increment()
+                self.counters.downstreamConnectionsActive.increment()
+                self.sessions[self.nextConnectionID] = ProxyProtocolConnection(
+                    id: self.nextConnectionID, fd: fd, remote: peer, server: self)
+            })
     }
 
     private func accepted(_ fd: Int32, _ peer: SocketAddress?) {
@@ -231,8 +235,10 @@ public final class ProxyServer {
     /// Runs what the destination's protocol calls for over an accepted tunnel. `initialInput`: bytes that
     /// arrived with the PROXY header.
     /// `tcpAuthorized`: the HBONE CONNECT already authorized a TCP destination (before answering 200).
-    func startInnerSession(on stream: any ByteStream, peer: PeerFacts, destination: Destination, traceparent: [UInt8],
-                           initialInput: UnsafeRawBufferPointer? = nil, tcpAuthorized: Bool = false) {
+    func startInnerSession(
+        on stream: any ByteStream, peer: PeerFacts, destination: Destination, traceparent: [UInt8],
+        initialInput: UnsafeRawBufferPointer? = nil, tcpAuthorized: Bool = false
+    ) {
         switch destination.innerProtocol {
         case .http1:
             startHTTP(on: stream, peer: peer, destination: destination, traceparent: traceparent, initialInput: initialInput)
@@ -242,46 +248,59 @@ public final class ProxyServer {
             startTCP(on: stream, destination: destination, peer: peer, initialInput: initialInput, authorized: tcpAuthorized)
         case .detect:
             nextConnectionID += 1
-            let sniffer = ProtocolSniffer(id: nextConnectionID, stream: stream, peer: peer, destination: destination,
-                                          traceparent: traceparent, server: self)
+            let sniffer = ProtocolSniffer(
+                id: nextConnectionID, stream: stream, peer: peer, destination: destination,
+                traceparent: traceparent, server: self)
             sessions[sniffer.id] = sniffer
             counters.downstreamConnectionsActive.increment()
             if let initialInput, !initialInput.isEmpty { sniffer.received(initialInput) }
         }
     }
 
-    func startHTTP(on stream: any ByteStream, peer: PeerFacts, destination: Destination?, traceparent: [UInt8],
-                   initialInput: UnsafeRawBufferPointer?) {
+    func startHTTP(
+        on stream: any ByteStream, peer: PeerFacts, destination: Destination?, traceparent: [UInt8],
+        initialInput: UnsafeRawBufferPointer?
+    ) {
         nextConnectionID += 1
-        let session = DownstreamConnection(id: nextConnectionID, stream: stream, peer: peer, destination: destination,
-                                           traceparent: traceparent, initialInput: initialInput, server: self)
+        let session = DownstreamConnection(
+            id: nextConnectionID, stream: stream, peer: peer, destination: destination,
+            traceparent: traceparent, initialInput: initialInput, server: self)
         sessions[session.id] = session
         counters.downstreamConnectionsActive.increment()
         session.start()
     }
 
-    func startH2C(on stream: any ByteStream, peer: PeerFacts, destination: Destination?, traceparent: [UInt8],
-                  initialInput: UnsafeRawBufferPointer?) {
+    func startH2C(
+        on stream: any ByteStream, peer: PeerFacts, destination: Destination?, traceparent: [UInt8],
+        initialInput: UnsafeRawBufferPointer?
+    ) {
         nextConnectionID += 1
         counters.downstreamConnectionsActive.increment()
-        let session = H2CProxySession(id: nextConnectionID, stream: stream, peer: peer, destination: destination,
-                                      traceparent: traceparent, initialInput: initialInput, server: self)
+        let session = H2CProxySession(
+            id: nextConnectionID, stream: stream, peer: peer, destination: destination,
+            traceparent: traceparent, initialInput: initialInput, server: self)
         sessions[session.id] = session
     }
 
-    func startTCP(on stream: any ByteStream, destination: Destination, peer: PeerFacts, initialInput: UnsafeRawBufferPointer?,
-                  authorized: Bool = false) {
+    func startTCP(
+        on stream: any ByteStream, destination: Destination, peer: PeerFacts, initialInput: UnsafeRawBufferPointer?,
+        authorized: Bool = false
+    ) {
         // Authorized before the upstream is dialed: a denied TCP tunnel never sends a byte upstream.
         guard authorized || router.authorizeTCP(to: destination, peer: peer) else {
-            logger.debug("TCP tunnel denied by authorization", metadata: ["destination": "\(destination.name)", "client": "\(peer.sourceAddress)"])
+            logger.debug(
+                "TCP tunnel denied by authorization", metadata: ["destination": "\(destination.name)", "client": "\(peer.sourceAddress)"])
             stream.close(graceful: false)
             return
         }
         nextConnectionID += 1
         guard let endpoint = router.pickEndpoint(for: destination), let pool = pool(endpoint),
-              let relay = TCPRelay(id: nextConnectionID, downstream: stream, upstream: pool.address, initialInput: initialInput, server: self,
-                                   series: (counters.istio.intern(principal: peer.identity?.principal, namespace: peer.identity?.namespace),
-                                            router.service(of: destination), peer.identity != nil))
+            let relay = TCPRelay(
+                id: nextConnectionID, downstream: stream, upstream: pool.address, initialInput: initialInput, server: self,
+                series: (
+                    counters.istio.intern(principal: peer.identity?.principal, namespace: peer.identity?.namespace),
+                    router.service(of: destination), peer.identity != nil
+                ))
         else {
             counters.upstreamConnectFailures.increment()
             stream.close(graceful: false)
@@ -414,7 +433,6 @@ public final class ProxyServer {
     private func checkDrained() {
         if draining && sessions.isEmpty && hboneConnections.isEmpty { drained() }
     }
-
 
     private func drained() {
         accessLog?.flush()

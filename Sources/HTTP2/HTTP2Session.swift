@@ -149,7 +149,8 @@ public final class HTTP2Session {
 
         let me = Unmanaged.passUnretained(self).toOpaque()
         var raw: OpaquePointer?
-        let rc = role == .server
+        let rc =
+            role == .server
             ? nghttp2_session_server_new2(&raw, callbacks, me, option)
             : nghttp2_session_client_new2(&raw, callbacks, me, option)
         precondition(rc == 0 && raw != nil, "nghttp2 session: out of memory")
@@ -158,8 +159,10 @@ public final class HTTP2Session {
         // nghttp2 ends the whole connection (GOAWAY) when a peer opens one stream past the limit it was given,
         // where RFC 9113 5.1.2 asks for a stream error. So a server's nghttp2 is given twice the limit, `send`
         // writes the real limit into the SETTINGS frame on the wire, and `beganHeaders` refuses the excess.
-        let concurrentStreams = role == .server ? settings.maxConcurrentStreams.multipliedReportingOverflow(by: 2).partialValue
-                                                : settings.maxConcurrentStreams
+        let concurrentStreams =
+            role == .server
+            ? settings.maxConcurrentStreams.multipliedReportingOverflow(by: 2).partialValue
+            : settings.maxConcurrentStreams
         var entries = [
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue), value: concurrentStreams),
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: UInt32(settings.streamWindow)),
@@ -210,12 +213,15 @@ public final class HTTP2Session {
         var frame = out.base + out.writerIndex - count
         let end = out.base + out.writerIndex
         while end - frame >= 9 {
-            let length = Int(frame.load(as: UInt8.self)) << 16 | Int(frame.load(fromByteOffset: 1, as: UInt8.self)) << 8
+            let length =
+                Int(frame.load(as: UInt8.self)) << 16 | Int(frame.load(fromByteOffset: 1, as: UInt8.self)) << 8
                 | Int(frame.load(fromByteOffset: 2, as: UInt8.self))
-            let isSettings = frame.load(fromByteOffset: 3, as: UInt8.self) == UInt8(NGHTTP2_SETTINGS.rawValue)
+            let isSettings =
+                frame.load(fromByteOffset: 3, as: UInt8.self) == UInt8(NGHTTP2_SETTINGS.rawValue)
                 && frame.load(fromByteOffset: 4, as: UInt8.self) & UInt8(NGHTTP2_FLAG_ACK.rawValue) == 0
             if isSettings && length >= 6 && end - frame >= 15 && frame.load(fromByteOffset: 9, as: UInt8.self) == 0
-                && frame.load(fromByteOffset: 10, as: UInt8.self) == UInt8(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue) {
+                && frame.load(fromByteOffset: 10, as: UInt8.self) == UInt8(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue)
+            {
                 frame.storeBytes(of: settings.maxConcurrentStreams.bigEndian, toByteOffset: 11, as: UInt32.self)
                 initialSettingsPending = false
                 return
@@ -337,8 +343,10 @@ public final class HTTP2Session {
             nva.reserveCapacity(fields.count)
             for (name, value) in fields {
                 let n = name.utf8.count, v = value.utf8.count
-                nva.append(nghttp2_nv(name: bytes.baseAddress! + offset, value: bytes.baseAddress! + offset + n,
-                                      namelen: n, valuelen: v, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
+                nva.append(
+                    nghttp2_nv(
+                        name: bytes.baseAddress! + offset, value: bytes.baseAddress! + offset + n,
+                        namelen: n, valuelen: v, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue)))
                 offset += n + v
             }
             return nva.withUnsafeBufferPointer(body)
@@ -379,13 +387,12 @@ public final class HTTP2Session {
         delegate.http2StreamClosed(stream: stream, errorCode: errorCode)
     }
 
-
 }
 
 /// RST_STREAM and GOAWAY codes we send.
 public enum HTTP2ErrorCode: UInt32, Sendable {
     case noError = 0, protocolError = 1, internalError = 2, flowControlError = 3, refusedStream = 7, cancel = 8,
-         connectError = 10, enhanceYourCalm = 11
+        connectError = 10, enhanceYourCalm = 11
 }
 
 // MARK: - nghttp2 callbacks (global functions: C function pointers carry no context or actor isolation)
@@ -401,18 +408,25 @@ private func onFrameSent(_ session: OpaquePointer?, _ frame: UnsafePointer<nghtt
     return 0
 }
 
-private func onBeginHeaders(_ session: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ userData: UnsafeMutableRawPointer?) -> Int32 {
+private func onBeginHeaders(_ session: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ userData: UnsafeMutableRawPointer?)
+    -> Int32
+{
     owner(userData).beganHeaders(frame!.pointee)
 }
 
-private func onHeader(_ session: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ name: UnsafePointer<UInt8>?, _ nameLength: Int,
-                      _ value: UnsafePointer<UInt8>?, _ valueLength: Int, _ flags: UInt8, _ userData: UnsafeMutableRawPointer?) -> Int32 {
-    owner(userData).receivedHeader(stream: frame!.pointee.hd.stream_id,
-                                   name: UnsafeRawBufferPointer(start: name, count: nameLength),
-                                   value: UnsafeRawBufferPointer(start: value, count: valueLength))
+private func onHeader(
+    _ session: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ name: UnsafePointer<UInt8>?, _ nameLength: Int,
+    _ value: UnsafePointer<UInt8>?, _ valueLength: Int, _ flags: UInt8, _ userData: UnsafeMutableRawPointer?
+) -> Int32 {
+    owner(userData).receivedHeader(
+        stream: frame!.pointee.hd.stream_id,
+        name: UnsafeRawBufferPointer(start: name, count: nameLength),
+        value: UnsafeRawBufferPointer(start: value, count: valueLength))
 }
 
-private func onFrameReceived(_ session: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ userData: UnsafeMutableRawPointer?) -> Int32 {
+private func onFrameReceived(_ session: OpaquePointer?, _ frame: UnsafePointer<nghttp2_frame>?, _ userData: UnsafeMutableRawPointer?)
+    -> Int32
+{
     let hd = frame!.pointee.hd
     let endStream = hd.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
     let delegate = owner(userData).delegate
@@ -433,8 +447,10 @@ private func onFrameReceived(_ session: OpaquePointer?, _ frame: UnsafePointer<n
     return 0
 }
 
-private func onDataChunk(_ session: OpaquePointer?, _ flags: UInt8, _ stream: Int32, _ data: UnsafePointer<UInt8>?, _ length: Int,
-                         _ userData: UnsafeMutableRawPointer?) -> Int32 {
+private func onDataChunk(
+    _ session: OpaquePointer?, _ flags: UInt8, _ stream: Int32, _ data: UnsafePointer<UInt8>?, _ length: Int,
+    _ userData: UnsafeMutableRawPointer?
+) -> Int32 {
     owner(userData).delegate.http2Data(stream: stream, UnsafeRawBufferPointer(start: data, count: length))
     return 0
 }
@@ -444,9 +460,11 @@ private func onStreamClose(_ session: OpaquePointer?, _ stream: Int32, _ errorCo
     return 0
 }
 
-private func readData(_ session: OpaquePointer?, _ stream: Int32, _ buffer: UnsafeMutablePointer<UInt8>?, _ length: Int,
-                      _ flags: UnsafeMutablePointer<UInt32>?, _ source: UnsafeMutablePointer<nghttp2_data_source>?,
-                      _ userData: UnsafeMutableRawPointer?) -> Int {
+private func readData(
+    _ session: OpaquePointer?, _ stream: Int32, _ buffer: UnsafeMutablePointer<UInt8>?, _ length: Int,
+    _ flags: UnsafeMutablePointer<UInt32>?, _ source: UnsafeMutablePointer<nghttp2_data_source>?,
+    _ userData: UnsafeMutableRawPointer?
+) -> Int {
     switch owner(userData).delegate.http2ReadData(stream: stream, into: UnsafeMutableRawBufferPointer(start: buffer, count: length)) {
     case .bytes(let n, let end):
         if end { flags!.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue }

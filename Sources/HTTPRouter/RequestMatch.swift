@@ -103,10 +103,13 @@ public struct RequestMatch: Sendable {
     public var queryParams: [QueryMatch]
 
     /// The specification's default match: `PathPrefix /`.
-    public init(path: PathMatch = .prefix([0x2F]), ignoreCase: Bool = false, method: String? = nil, headers: [HeaderMatch] = [],
-                queryParams: [QueryMatch] = []) {
-        self.init(path: path, ignoreCase: ignoreCase, methodMatch: method.map { .exact(Array($0.utf8)) }, headers: headers,
-                  queryParams: queryParams)
+    public init(
+        path: PathMatch = .prefix([0x2F]), ignoreCase: Bool = false, method: String? = nil, headers: [HeaderMatch] = [],
+        queryParams: [QueryMatch] = []
+    ) {
+        self.init(
+            path: path, ignoreCase: ignoreCase, methodMatch: method.map { .exact(Array($0.utf8)) }, headers: headers,
+            queryParams: queryParams)
     }
 
     public init(path: PathMatch, ignoreCase: Bool, methodMatch: ValueMatch?, headers: [HeaderMatch], queryParams: [QueryMatch]) {

@@ -41,15 +41,16 @@ public final class RuleSet<Action: Sendable>: Sendable {
     /// Sorts `rules` in Gateway API order: exact path, longest prefix, method, most header matches, most query
     /// matches, then the oldest route, then `namespace/name`, then rule order.
     public convenience init(rules: [RouteRule<Action>], fallback: Action?) {
-        self.init(orderedRules: rules.enumerated().sorted { a, b in
-            let (pa, pb) = (a.element.match.precedence, b.element.match.precedence)
-            if pa != pb { return pa < pb }
-            let (oa, ob) = (a.element.origin, b.element.origin)
-            if oa.creationTimestamp != ob.creationTimestamp { return oa.creationTimestamp < ob.creationTimestamp }
-            if oa.route != ob.route { return oa.route < ob.route }
-            if oa.ruleIndex != ob.ruleIndex { return oa.ruleIndex < ob.ruleIndex }
-            return a.offset < b.offset
-        }.map(\.element), fallback: fallback)
+        self.init(
+            orderedRules: rules.enumerated().sorted { a, b in
+                let (pa, pb) = (a.element.match.precedence, b.element.match.precedence)
+                if pa != pb { return pa < pb }
+                let (oa, ob) = (a.element.origin, b.element.origin)
+                if oa.creationTimestamp != ob.creationTimestamp { return oa.creationTimestamp < ob.creationTimestamp }
+                if oa.route != ob.route { return oa.route < ob.route }
+                if oa.ruleIndex != ob.ruleIndex { return oa.ruleIndex < ob.ruleIndex }
+                return a.offset < b.offset
+            }.map(\.element), fallback: fallback)
     }
 
     /// Keeps `rules` in the given order, first match wins (Istio VirtualService `http[]`).
@@ -84,8 +85,9 @@ public final class RuleSet<Action: Sendable>: Sendable {
         }
         for length in index.regexPrefixLengths {
             if length > path.count { break }
-            firstMatching(index.regexPrefixes.lookup(UnsafeRawBufferPointer(rebasing: path[0..<length])), head, bytes,
-                          before: &best, checkingPath: true)
+            firstMatching(
+                index.regexPrefixes.lookup(UnsafeRawBufferPointer(rebasing: path[0..<length])), head, bytes,
+                before: &best, checkingPath: true)
         }
         for position in index.scanned {
             if position >= best { break }
@@ -96,8 +98,10 @@ public final class RuleSet<Action: Sendable>: Sendable {
 
     /// Lowers `best` to the first rule of `group` (whose path matches) that matches otherwise, if it comes earlier.
     @inline(__always)
-    private func firstMatching(_ group: RuleIndex.Group?, _ head: RequestHead, _ bytes: UnsafeRawBufferPointer,
-                               before best: inout Int32, checkingPath: Bool = false) {
+    private func firstMatching(
+        _ group: RuleIndex.Group?, _ head: RequestHead, _ bytes: UnsafeRawBufferPointer,
+        before best: inout Int32, checkingPath: Bool = false
+    ) {
         guard let group else { return }
         for i in group.start..<(group.start + group.count) {
             let position = index.positions[Int(i)]
@@ -148,10 +152,11 @@ struct RuleIndex: Sendable {
         }
         var positions: [Int32] = []
         func groups(_ keyed: [[UInt8]: [Int32]]) -> ByteStringMap<Group> {
-            ByteStringMap(keyed.map { key, list in
-                defer { positions += list }
-                return (key, Group(start: Int32(positions.count), count: Int32(list.count)))
-            })
+            ByteStringMap(
+                keyed.map { key, list in
+                    defer { positions += list }
+                    return (key, Group(start: Int32(positions.count), count: Int32(list.count)))
+                })
         }
         self.exact = groups(exact)
         self.elementPrefixes = groups(elementPrefixes)

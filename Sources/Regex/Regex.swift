@@ -43,8 +43,9 @@ public final class Regex: @unchecked Sendable {
             var length = capacity
             let rc = replacement.withUnsafeBufferPointer { r in
                 output.withUnsafeMutableBufferPointer { out in
-                    pcre2_substitute_8(code, base, subject.count, 0, UInt32(PCRE2_SUBSTITUTE_GLOBAL | PCRE2_SUBSTITUTE_OVERFLOW_LENGTH),
-                                       nil, nil, r.baseAddress ?? UnsafePointer(bitPattern: 1)!, r.count, out.baseAddress, &length)
+                    pcre2_substitute_8(
+                        code, base, subject.count, 0, UInt32(PCRE2_SUBSTITUTE_GLOBAL | PCRE2_SUBSTITUTE_OVERFLOW_LENGTH),
+                        nil, nil, r.baseAddress ?? UnsafePointer(bitPattern: 1)!, r.count, out.baseAddress, &length)
                 }
             }
             if rc >= 0 { return Array(output[0..<length]) }

@@ -57,8 +57,10 @@ public final class SnapshotRouter: RequestRouter {
         serviceIDs = next.services.map { counters.istio.intern(service: $0.fqdn, name: $0.name, namespace: $0.namespace) }
     }
 
-    public func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts,
-               labels: inout RouteLabels) -> RouteDecision {
+    public func route(
+        _ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts,
+        labels: inout RouteLabels
+    ) -> RouteDecision {
         labels.policy = nil
         // Which virtual host (service) this is for: the tunnel's destination, else the Host header.
         var host: Int32 = -1
@@ -95,9 +97,10 @@ public final class SnapshotRouter: RequestRouter {
         case .redirect(let redirect):
             let (name, hostPort) = RouteTable<RouteAction>.split(head.host.bytes(in: bytes))
             let target = head.target.bytes(in: bytes)
-            let location = redirect.location(host: name ?? UnsafeRawBufferPointer(start: nil, count: 0), requestPort: hostPort,
-                                             path: head.path.bytes(in: bytes),
-                                             query: UnsafeRawBufferPointer(rebasing: target[min(Int(head.path.count), target.count)...]))
+            let location = redirect.location(
+                host: name ?? UnsafeRawBufferPointer(start: nil, count: 0), requestPort: hostPort,
+                path: head.path.bytes(in: bytes),
+                query: UnsafeRawBufferPointer(rebasing: target[min(Int(head.path.count), target.count)...]))
             return .redirect(status: redirect.statusCode, location: location)
         case .forward(let backends):
             if let abort = backends.abort, roll(abort.percent) {
@@ -132,8 +135,10 @@ public final class SnapshotRouter: RequestRouter {
     }
 
     /// Evaluates the policies for an HTTP request.
-    private func authorize(_ policies: PolicySet, _ head: RequestHead, _ bytes: UnsafeRawBufferPointer, peer: PeerFacts,
-                           port: UInt16?) -> AuthorizationDecision {
+    private func authorize(
+        _ policies: PolicySet, _ head: RequestHead, _ bytes: UnsafeRawBufferPointer, peer: PeerFacts,
+        port: UInt16?
+    ) -> AuthorizationDecision {
         var request = Self.connectionAttributes(peer, port: port)
         // Host: lower-cased, without its port (hosts compare case-insensitively: CVE-2021-39155); on the stack.
         let (name, _) = RouteTable<RouteAction>.split(head.host.bytes(in: bytes))
@@ -188,7 +193,9 @@ public final class SnapshotRouter: RequestRouter {
         var names: [String] = []
         var seen: Set<String> = []
         for set in snapshot.authorization + [snapshot.unmatchedHostPolicies] {
-            for policy in set.custom + set.deny + set.allow + set.audit where seen.insert(policy.name).inserted { names.append(policy.name) }
+            for policy in set.custom + set.deny + set.allow + set.audit where seen.insert(policy.name).inserted {
+                names.append(policy.name)
+            }
         }
         var slots: [String: Int] = [:]
         for (i, name) in names.enumerated() { slots[name] = 3 * i }
@@ -268,7 +275,8 @@ public final class SnapshotRouter: RequestRouter {
         guard !members.isEmpty else { return nil }
         var checkHealth = !health.isEmpty && snapshot.clusters[Int(cluster)].outlierDetection != nil
         if checkHealth, let detection = snapshot.clusters[Int(cluster)].outlierDetection, detection.minHealthPercent > 0,
-           detection.panics(healthy: members.count { !isEjected($0) }, size: members.count) {
+            detection.panics(healthy: members.count { !isEjected($0) }, size: members.count)
+        {
             checkHealth = false  // panic: ejections are ignored
         }
         if let tiers = snapshot.clusters[Int(cluster)].tiers {
@@ -315,7 +323,7 @@ public final class SnapshotRouter: RequestRouter {
     /// the tiers together fall short). Left-out tiers count as unhealthy; if that leaves none, none is left out;
     /// if no tier is healthy, the nearest takes all.
     private func tier(_ tiers: [[Int32]], checkHealth: Bool, excluding: UInt8) -> Int {
-        if !checkHealth && excluding & 1 == 0 { return 0 }   // the nearest tier is whole: it takes everything
+        if !checkHealth && excluding & 1 == 0 { return 0 }  // the nearest tier is whole: it takes everything
         return withUnsafeTemporaryAllocation(of: Int.self, capacity: tiers.count) { health in
             var total = 0
             for (i, members) in tiers.enumerated() {

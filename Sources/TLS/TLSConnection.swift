@@ -149,7 +149,8 @@ public final class TLSConnection {
         var uris: [String] = []
         for i in 0..<wp_sk_general_name_num(names) {
             guard let name = wp_sk_general_name_value(names, i), let uri = wp_general_name_uri(name),
-                  let data = ASN1_STRING_get0_data(uri) else { continue }
+                let data = ASN1_STRING_get0_data(uri)
+            else { continue }
             uris.append(String(decoding: UnsafeBufferPointer(start: data, count: Int(ASN1_STRING_length(uri))), as: UTF8.self))
         }
         return uris

@@ -66,16 +66,21 @@ enum LogLevelArgument: String, ExpressibleByArgument, CaseIterable {
 enum EnvironmentFlags {
     /// Flags each subcommand accepts from the environment, with whether they are repeatable.
     static let flags: [String: [(name: String, repeatable: Bool)]] = [
-        "run": [("config", true), ("http-listen", false), ("admin-listen", false), ("workers", false),
-                ("hbone-listen", false), ("proxy-protocol-listen", false), ("stats-listen", false), ("health-listen", false), ("cert", false), ("key", false), ("ca", false), ("trust-domain", false),
-                ("trust-domain-aliases", true), ("max-concurrent-streams", false), ("handshake-timeout", false), ("hbone-keepalive", false),
-                ("upstream-hbone-port", false), ("path-normalization", false), ("layered-authorization", false),
-                ("harden-deny-paths", false),
-                ("root-namespace", false), ("default-retries", false),
-                ("namespace", false), ("drain-timeout", false), ("connect-timeout", false), ("header-timeout", false),
-                ("log-level", false), ("access-log", false)],
-        "check": [("config", true), ("namespace", false), ("layered-authorization", false), ("harden-deny-paths", false),
-                  ("root-namespace", false)],
+        "run": [
+            ("config", true), ("http-listen", false), ("admin-listen", false), ("workers", false),
+            ("hbone-listen", false), ("proxy-protocol-listen", false), ("stats-listen", false), ("health-listen", false), ("cert", false),
+            ("key", false), ("ca", false), ("trust-domain", false),
+            ("trust-domain-aliases", true), ("max-concurrent-streams", false), ("handshake-timeout", false), ("hbone-keepalive", false),
+            ("upstream-hbone-port", false), ("path-normalization", false), ("layered-authorization", false),
+            ("harden-deny-paths", false),
+            ("root-namespace", false), ("default-retries", false),
+            ("namespace", false), ("drain-timeout", false), ("connect-timeout", false), ("header-timeout", false),
+            ("log-level", false), ("access-log", false),
+        ],
+        "check": [
+            ("config", true), ("namespace", false), ("layered-authorization", false), ("harden-deny-paths", false),
+            ("root-namespace", false),
+        ],
         "origin": [("listen", false), ("workers", false), ("name", false), ("fail-percent", false)],
     ]
 

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import ArgumentParser
 import EventLoop
@@ -23,8 +23,9 @@ struct WaypointCommand: ParsableCommand {
 
     /// Parses the command line plus `WAYPOINT_*` variables and runs the chosen subcommand.
     static func runWithEnvironment() {
-        let arguments = EnvironmentFlags.apply(to: Array(CommandLine.arguments.dropFirst()),
-                                               environment: ProcessInfo.processInfo.environment)
+        let arguments = EnvironmentFlags.apply(
+            to: Array(CommandLine.arguments.dropFirst()),
+            environment: ProcessInfo.processInfo.environment)
         main(arguments)
     }
 }
@@ -85,7 +86,8 @@ extension WaypointCommand {
         @Option(name: .long, help: "HBONE port on the nodes of mesh endpoints (ztunnel's inbound).")
         var upstreamHbonePort: UInt16 = 15008
 
-        @Option(name: .long, help: "HBONE PING interval; a connection whose PING stays unanswered twice this long is closed (ztunnel: 10s).")
+        @Option(
+            name: .long, help: "HBONE PING interval; a connection whose PING stays unanswered twice this long is closed (ztunnel: 10s).")
         var hboneKeepalive = DurationArgument(.seconds(10))
 
         @Option(name: .long, help: "A TLS handshake must complete within this long.")
@@ -112,22 +114,29 @@ extension WaypointCommand {
         @Option(name: .long, help: "One JSON access-log line per request on stdout.")
         var accessLog = Toggle.on
 
-        @Option(name: .long, help: "Request path normalization before routing and authorization: NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES.")
+        @Option(
+            name: .long,
+            help: "Request path normalization before routing and authorization: NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES.")
         var pathNormalization = PathNormalizationArgument.base
 
         @Option(name: .long, help: "Apply namespace-wide and root-namespace AuthorizationPolicies (no targetRefs) to the waypoint.")
         var layeredAuthorization = Toggle.on
 
-        @Option(name: .long, help: "DENY rules also match the path hardened (slashes merged, ';' parameters dropped, %2F decoded); off: exactly Istio.")
+        @Option(
+            name: .long,
+            help: "DENY rules also match the path hardened (slashes merged, ';' parameters dropped, %2F decoded); off: exactly Istio.")
         var hardenDenyPaths = Toggle.on
 
         @Option(name: .long, help: "Istio's default retries (2 retries on connect failure or 503, another endpoint each time).")
         var defaultRetries = Toggle.on
 
-        @Option(name: .long, help: "While draining, how long idle keep-alive connections stay open for a last request (answered with connection: close).")
+        @Option(
+            name: .long,
+            help: "While draining, how long idle keep-alive connections stay open for a last request (answered with connection: close).")
         var drainIdleGrace = DurationArgument(.seconds(2))
 
-        @Option(name: .long, help: "OTLP/HTTP collector (IP:PORT) that spans of traced requests are sent to (POST /v1/traces); off by default.")
+        @Option(
+            name: .long, help: "OTLP/HTTP collector (IP:PORT) that spans of traced requests are sent to (POST /v1/traces); off by default.")
         var otlpEndpoint: AddressArgument?
 
         @Option(name: .long, help: "Percent of requests without an incoming sampling decision that are traced (with --otlp-endpoint).")
@@ -139,7 +148,11 @@ extension WaypointCommand {
         @Option(name: .long, help: "Istio's root namespace (mesh-wide policies).")
         var rootNamespace = "istio-system"
 
-        @Option(name: .long, help: "Where the waypoint runs, region/zone/subzone: backends with outlier detection then prefer nearby endpoints (Istio's locality load balancing).")
+        @Option(
+            name: .long,
+            help:
+                "Where the waypoint runs, region/zone/subzone: backends with outlier detection then prefer nearby endpoints (Istio's locality load balancing)."
+        )
         var locality: LocalityArgument?
 
         func validate() throws {
@@ -148,7 +161,9 @@ extension WaypointCommand {
             if given != 0 && given != 3 { throw ValidationError("--cert, --key and --ca go together") }
             if maxConcurrentStreams < 1 { throw ValidationError("--max-concurrent-streams must be at least 1") }
             if !(0...100).contains(traceSampleRate) { throw ValidationError("--trace-sample-rate must be 0...100 (percent)") }
-            if istioMetricsMaxSeries < 1 || istioMetricsMaxSeries > 1_000_000 { throw ValidationError("--istio-metrics-max-series must be 1...1000000") }
+            if istioMetricsMaxSeries < 1 || istioMetricsMaxSeries > 1_000_000 {
+                throw ValidationError("--istio-metrics-max-series must be 1...1000000")
+            }
         }
 
         func run() throws {
@@ -231,9 +246,11 @@ extension WaypointCommand {
                 compiler.hardenedDenyPaths = hardenDenyPaths == .on
                 let snapshot = compiler.compile(spec, generation: 1)
                 for warning in snapshot.warnings { print("warning: \(warning)") }
-                print("ok: \(spec.services.count) services, \(spec.endpointSlices.count) endpoint slices, "
-                      + "\(spec.serviceEntries.count) service entries, \(spec.gateways.count) gateways, \(spec.httpRoutes.count) HTTP routes, "
-                      + "\(spec.authorizationPolicies.count) authorization policies, \(spec.peerAuthentications.count) peer authentications")
+                print(
+                    "ok: \(spec.services.count) services, \(spec.endpointSlices.count) endpoint slices, "
+                        + "\(spec.serviceEntries.count) service entries, \(spec.gateways.count) gateways, \(spec.httpRoutes.count) HTTP routes, "
+                        + "\(spec.authorizationPolicies.count) authorization policies, \(spec.peerAuthentications.count) peer authentications"
+                )
             } catch {
                 for e in error.errors { print("error: \(e)") }
                 throw ExitCode(1)
@@ -255,7 +272,8 @@ extension WaypointCommand {
         @Option(name: .long, help: "Name reported in the x-origin header and the JSON body.")
         var name = "origin"
 
-        @Option(name: .long, help: "Answer this percentage of requests with 503 (a flaky endpoint). GET /__requests reports the request count.")
+        @Option(
+            name: .long, help: "Answer this percentage of requests with 503 (a flaky endpoint). GET /__requests reports the request count.")
         var failPercent = 0
 
         func run() throws {
@@ -283,8 +301,11 @@ extension WaypointCommand {
             guard let dir = mkdtemp(&template) else { throw StartupError("cannot create a directory for the demo certificates") }
             let path = String(cString: dir)
             for (name, pem) in DemoCertificates.files {
-                guard FileManager.default.createFile(atPath: "\(path)/\(name)", contents: Data(pem.utf8),
-                                                     attributes: [.posixPermissions: 0o600]) else {
+                guard
+                    FileManager.default.createFile(
+                        atPath: "\(path)/\(name)", contents: Data(pem.utf8),
+                        attributes: [.posixPermissions: 0o600])
+                else {
                     throw StartupError("cannot write \(path)/\(name)")
                 }
             }
@@ -302,28 +323,32 @@ extension WaypointCommand {
                 let http = SocketAddress("127.0.0.1:18080")!
                 let hbone = SocketAddress("127.0.0.1:15008")!
                 let pki = try Self.writeDemoCertificates()
-                let runtime = try Runtime(options: .init(
-                    configPaths: nil, httpListen: http, hboneListen: hbone,
-                    certificates: CertificateSource(certificate: "\(pki)/waypoint.pem", key: "\(pki)/waypoint.key", trustBundle: "\(pki)/ca.pem"),
-                    adminListen: SocketAddress("127.0.0.1:15000")!, workers: 2,
-                    namespace: "default", drainTimeout: .seconds(5), accessLog: true), logger: logger)
+                let runtime = try Runtime(
+                    options: .init(
+                        configPaths: nil, httpListen: http, hboneListen: hbone,
+                        certificates: CertificateSource(
+                            certificate: "\(pki)/waypoint.pem", key: "\(pki)/waypoint.key", trustBundle: "\(pki)/ca.pem"),
+                        adminListen: SocketAddress("127.0.0.1:15000")!, workers: 2,
+                        namespace: "default", drainTimeout: .seconds(5), accessLog: true), logger: logger)
                 // Written directly (not print's buffer), so it comes before the access-log lines workers write to fd 1.
-                FileHandle.standardOutput.write(Data("""
-                waypoint demo: origins a (\(DemoConfig.originA)) and b (\(DemoConfig.originB)), proxy on \(http), admin on 127.0.0.1:15000
-                Try:
-                  curl -s -H 'Host: reviews' http://\(http)/hello                 # service reviews -> origin a
-                  curl -s -H 'Host: reviews' -H 'x-canary: true' http://\(http)/  # mesh route -> origin b
-                  curl -s -H 'Host: reviews.default.svc.cluster.local' http://\(http)/v2/x   # prefix rule -> origin b
-                  curl -s -H 'Host: demo.local' http://\(http)/ratings            # Gateway route, 90/10 split
-                  curl -s -H 'Host: nowhere' http://\(http)/                      # 404 no route
-                HBONE (mTLS 1.3 + HTTP/2 CONNECT, as ztunnel sends it) on \(hbone), demo certificates in \(pki):
-                  waypoint hbone-client --connect \(hbone) --authority 10.96.0.10:80 --get /hello \\
-                      --cert \(pki)/client.pem --key \(pki)/client.key --ca \(pki)/ca.pem
-                  curl -s http://127.0.0.1:15000/stats/prometheus
-                  curl -s http://127.0.0.1:15000/config_dump
-                Ctrl-C drains and exits.
+                FileHandle.standardOutput.write(
+                    Data(
+                        """
+                        waypoint demo: origins a (\(DemoConfig.originA)) and b (\(DemoConfig.originB)), proxy on \(http), admin on 127.0.0.1:15000
+                        Try:
+                          curl -s -H 'Host: reviews' http://\(http)/hello                 # service reviews -> origin a
+                          curl -s -H 'Host: reviews' -H 'x-canary: true' http://\(http)/  # mesh route -> origin b
+                          curl -s -H 'Host: reviews.default.svc.cluster.local' http://\(http)/v2/x   # prefix rule -> origin b
+                          curl -s -H 'Host: demo.local' http://\(http)/ratings            # Gateway route, 90/10 split
+                          curl -s -H 'Host: nowhere' http://\(http)/                      # 404 no route
+                        HBONE (mTLS 1.3 + HTTP/2 CONNECT, as ztunnel sends it) on \(hbone), demo certificates in \(pki):
+                          waypoint hbone-client --connect \(hbone) --authority 10.96.0.10:80 --get /hello \\
+                              --cert \(pki)/client.pem --key \(pki)/client.key --ca \(pki)/ca.pem
+                          curl -s http://127.0.0.1:15000/stats/prometheus
+                          curl -s http://127.0.0.1:15000/config_dump
+                        Ctrl-C drains and exits.
 
-                """.utf8))
+                        """.utf8))
                 runtime.run()
             } catch {
                 logger.critical("\(error)")

@@ -14,9 +14,9 @@ extension WaypointCommand {
         static let configuration = CommandConfiguration(
             abstract: "Show how a request would be authorized and routed: the deciding policy and rule, the route, the backends.",
             discussion: """
-            Example: waypoint explain --config ./manifests --tunnel 10.96.0.10:80 --principal cluster.local/ns/default/sa/frontend \\
-                       --method POST --path /admin/users --header x-user=alice
-            """)
+                Example: waypoint explain --config ./manifests --tunnel 10.96.0.10:80 --principal cluster.local/ns/default/sa/frontend \\
+                           --method POST --path /admin/users --header x-user=alice
+                """)
 
         @Option(name: .long, help: "Manifest file or directory (repeatable).")
         var config: [String] = []
@@ -24,7 +24,8 @@ extension WaypointCommand {
         @Option(name: .long, help: "Namespace for manifests without one.")
         var namespace = "default"
 
-        @Option(name: .long, help: "The HBONE :authority (service VIP:port) the request arrives through; without it, the plaintext listener.")
+        @Option(
+            name: .long, help: "The HBONE :authority (service VIP:port) the request arrives through; without it, the plaintext listener.")
         var tunnel: String?
 
         @Option(name: .long, help: "Host header.")
@@ -84,7 +85,8 @@ extension WaypointCommand {
                 print("tunnel: CONNECT \(tunnel) → \(found.name) (\(found.innerProtocol))")
             }
             let identity = principal.flatMap { SpiffeIdentity(uri: "spiffe://" + $0) }
-            let peer = PeerFacts(identity: identity, sourceIP: sourceIP, sourceAddress: sourceIP, destinationIP: tunnel.flatMap { SocketAddress($0)?.ip })
+            let peer = PeerFacts(
+                identity: identity, sourceIP: sourceIP, sourceAddress: sourceIP, destinationIP: tunnel.flatMap { SocketAddress($0)?.ip })
 
             var text = "\(method) \(path) HTTP/1.1\r\nhost: \(host)\r\n"
             for h in header {
@@ -100,14 +102,17 @@ extension WaypointCommand {
             }
             // The proxy's normalization, in place, exactly as `run` does it.
             let normalized: Int? = bytes.withUnsafeMutableBytes { raw in
-                pathNormalization.mode.normalize(UnsafeMutableRawBufferPointer(rebasing: raw[Int(head.path.start)..<Int(head.path.start + head.path.count)]))
+                pathNormalization.mode.normalize(
+                    UnsafeMutableRawBufferPointer(rebasing: raw[Int(head.path.start)..<Int(head.path.start + head.path.count)]))
             }
             guard let normalized else {
                 print("request: 400, the path is refused by normalization (\(pathNormalization.rawValue))")
                 return
             }
             head.path.count = Int32(normalized)
-            bytes.withUnsafeBytes { print("request: \(method) \(head.path.string(in: $0)) host \(host) from \(principal ?? "plaintext (no principal)")") }
+            bytes.withUnsafeBytes {
+                print("request: \(method) \(head.path.string(in: $0)) host \(host) from \(principal ?? "plaintext (no principal)")")
+            }
 
             let router = SnapshotRouter(snapshot: snapshot, seed: 1, counters: WorkerCounters())
             var labels = RouteLabels()
@@ -146,13 +151,18 @@ extension WaypointCommand {
                 for rule in rules.rules.prefix(min(matched ?? rules.rules.count, shown)) {
                     print("  rule \(describe(rule.origin)) [\(rule.match.path)]: no match, \(failure(rule.match, head, raw))")
                 }
-                if (matched ?? rules.rules.count) > shown { print("  ... \((matched ?? rules.rules.count) - shown) more rules did not match") }
+                if (matched ?? rules.rules.count) > shown {
+                    print("  ... \((matched ?? rules.rules.count) - shown) more rules did not match")
+                }
                 if let matched {
                     let rule = rules.rules[matched]
                     print("routing: matched rule \(describe(rule.origin)) [\(rule.match.path)]")
                     if case .forward(let set) = rule.action { explainBackends(snapshot, set) }
                 } else {
-                    print(rules.fallback == nil ? "routing: no rule matched (routes are attached, so 404)" : "routing: no route attached: to the service itself")
+                    print(
+                        rules.fallback == nil
+                            ? "routing: no rule matched (routes are attached, so 404)" : "routing: no route attached: to the service itself"
+                    )
                 }
             }
         }
@@ -170,7 +180,12 @@ extension WaypointCommand {
             if policy.responseHeaders != nil { filters.append("response headers") }
             if set.clusters.contains(where: { $0.policy != nil }) { filters.append("per-backend headers") }
             if policy.rewrite != nil { filters.append("rewrite") }
-            if !policy.mirrors.isEmpty { filters.append("mirror to " + policy.mirrors.map { $0.cluster >= 0 ? snapshot.clusters[Int($0.cluster)].name : "(unresolved)" }.joined(separator: ", ")) }
+            if !policy.mirrors.isEmpty {
+                filters.append(
+                    "mirror to "
+                        + policy.mirrors.map { $0.cluster >= 0 ? snapshot.clusters[Int($0.cluster)].name : "(unresolved)" }.joined(
+                            separator: ", "))
+            }
             if let retry = policy.retry { filters.append("retries \(retry.maxRetries)") }
             if let timeout = policy.requestTimeout { filters.append("timeout \(timeout)") }
             if let delay = policy.delay { filters.append("fault delay \(delay.duration) at \(delay.percent)%") }
@@ -186,15 +201,18 @@ extension WaypointCommand {
             case .method?: return "method \(match.method.map { "\($0)" } ?? "")"
             case .header(let i)?:
                 let condition = match.headers[i]
-                return "header \(String(decoding: condition.name, as: UTF8.self)) \(condition.negated ? "must not be " : "")\(condition.value)"
+                return
+                    "header \(String(decoding: condition.name, as: UTF8.self)) \(condition.negated ? "must not be " : "")\(condition.value)"
             case .queryParam(let i)?:
                 return "query parameter \(String(decoding: match.queryParams[i].name, as: UTF8.self)) \(match.queryParams[i].value)"
             }
         }
 
         /// Which policies applied, and which policy and rule decided.
-        private func explainAuthorization(_ snapshot: Snapshot, _ decidingPolicy: String?, _ head: RequestHead, _ bytes: [UInt8],
-                                          _ destination: Destination?, _ peer: PeerFacts) {
+        private func explainAuthorization(
+            _ snapshot: Snapshot, _ decidingPolicy: String?, _ head: RequestHead, _ bytes: [UInt8],
+            _ destination: Destination?, _ peer: PeerFacts
+        ) {
             var index: Int32 = destination?.virtualHost ?? -1
             if destination == nil, let found = bytes.withUnsafeBytes({ snapshot.routes.virtualHost(forHost: head.host.bytes(in: $0)) }) {
                 index = found.index
@@ -204,8 +222,10 @@ extension WaypointCommand {
             let all = set.custom + set.deny + set.audit + set.allow
             print("policies applying: " + (all.isEmpty ? "none" : all.map { "\($0.action.rawValue) \($0.name)" }.joined(separator: ", ")))
             guard let name = decidingPolicy, let policy = all.first(where: { $0.name == name }) else {
-                print(set.allow.isEmpty ? "authorization: allowed (no ALLOW policy applies)" :
-                        "authorization: denied (ALLOW policies apply and none matched)")
+                print(
+                    set.allow.isEmpty
+                        ? "authorization: allowed (no ALLOW policy applies)"
+                        : "authorization: denied (ALLOW policies apply and none matched)")
                 return
             }
             var request = AuthorizationRequest()
@@ -218,8 +238,9 @@ extension WaypointCommand {
             let rule: Int? = bytes.withUnsafeBytes { raw in
                 let host = Array(head.host.bytes(in: raw)).map(HTTP1Parser.lowercased)
                 return host.withUnsafeBytes { h in
-                    request.http = AuthorizationRequest.HTTP(host: h, method: head.method.bytes(in: raw), path: head.path.bytes(in: raw),
-                                                             head: head, headBytes: raw)
+                    request.http = AuthorizationRequest.HTTP(
+                        host: h, method: head.method.bytes(in: raw), path: head.path.bytes(in: raw),
+                        head: head, headBytes: raw)
                     return PolicySet.matchingRule(policy, request)
                 }
             }

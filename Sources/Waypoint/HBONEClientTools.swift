@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import EventLoop
 import Filters
@@ -10,8 +10,10 @@ import WaypointCore
 
 /// A router for processes that only open HBONE connections (the client tools): nothing is ever routed.
 final class NoRoutes: RequestRouter {
-    func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts,
-               labels: inout RouteLabels) -> RouteDecision {
+    func route(
+        _ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts,
+        labels: inout RouteLabels
+    ) -> RouteDecision {
         .reply(.noRoute)
     }
     func authorizeTCP(to destination: Destination, peer: PeerFacts) -> Bool { false }
@@ -80,7 +82,9 @@ final class TunnelPipe: ByteStreamHandler {
             let result = chunk.withUnsafeMutableBytes { tunnel.read(into: $0) }
             switch result {
             case .bytes(let n):
-                chunk.withUnsafeBytes { bytes in var off = 0; while off < n { let w = write(1, bytes.baseAddress! + off, n - off); if w <= 0 { break }; off += w } }
+                chunk.withUnsafeBytes { bytes in
+                    var off = 0; while off < n { let w = write(1, bytes.baseAddress! + off, n - off); if w <= 0 { break }; off += w }
+                }
             case .wouldBlock:
                 return
             case .eof, .failed:
@@ -167,9 +171,12 @@ final class LoadTunnel: ByteStreamHandler {
             if bodyLeft < 0 {
                 guard let length = HTTP1Parser.findHeadEnd(input.readable, scanned: &scanned) else { return }
                 scanned = 0
-                guard case .complete = HTTP1Parser.parseResponse(UnsafeRawBufferPointer(rebasing: input.readable[0..<length]),
-                                                                 requestWasHead: false, into: &head),
-                      case .contentLength(let n) = head.framing else {
+                guard
+                    case .complete = HTTP1Parser.parseResponse(
+                        UnsafeRawBufferPointer(rebasing: input.readable[0..<length]),
+                        requestWasHead: false, into: &head),
+                    case .contentLength(let n) = head.framing
+                else {
                     owner.failed("bad response")
                     tunnel.close(graceful: false)
                     return
@@ -271,7 +278,8 @@ final class LoadThread: @unchecked Sendable {
     private func churnOne() {
         guard !stopped else { return }
         guard let connection = HBONEConnection.connect(to: options.target, context: options.context, server: server),
-              let tunnel = connection.openTunnel(authority: options.authority) else { return failed("tcp connect") }
+            let tunnel = connection.openTunnel(authority: options.authority)
+        else { return failed("tcp connect") }
         let load = LoadTunnel(tunnel: tunnel, owner: self)
         load.churnConnection = connection
         connection.onClosed = { [unowned(unsafe) self] closed in

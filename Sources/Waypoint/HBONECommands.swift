@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import ArgumentParser
 import EventLoop
@@ -40,7 +40,9 @@ extension WaypointCommand {
         static let configuration = CommandConfiguration(
             commandName: "hbone-client",
             abstract: "Open one HBONE tunnel (mTLS 1.3 + HTTP/2 CONNECT) and pipe stdin/stdout through it, or send one HTTP/1.1 request.",
-            discussion: "Example: waypoint hbone-client --connect 10.0.0.5:15008 --authority 10.96.0.10:80 --cert c.pem --key k.pem --ca ca.pem --get /")
+            discussion:
+                "Example: waypoint hbone-client --connect 10.0.0.5:15008 --authority 10.96.0.10:80 --cert c.pem --key k.pem --ca ca.pem --get /"
+        )
 
         @Option(name: .long, help: "Send `GET PATH` (with connection: close) instead of piping stdin.")
         var get: String?
@@ -54,10 +56,12 @@ extension WaypointCommand {
             signal(SIGPIPE, SIG_IGN)
             let context = try target.context()
             let loop = EventLoop.makeDefault()
-            let server = ProxyServer(loop: loop, router: NoRoutes(), settings: ProxySettings(), accessLog: false,
-                                     logger: Logger(label: "hbone-client"))
+            let server = ProxyServer(
+                loop: loop, router: NoRoutes(), settings: ProxySettings(), accessLog: false,
+                logger: Logger(label: "hbone-client"))
             guard let connection = HBONEConnection.connect(to: target.connect.address, context: context, server: server),
-                  let tunnel = connection.openTunnel(authority: target.authority) else {
+                let tunnel = connection.openTunnel(authority: target.authority)
+            else {
                 writeStderr("hbone-client: cannot connect to \(target.connect.address)\n")
                 throw ExitCode(1)
             }
@@ -75,7 +79,8 @@ extension WaypointCommand {
         static let configuration = CommandConfiguration(
             commandName: "hbone-load",
             abstract: "HBONE load generator: connections × tunnels, keep-alive HTTP/1.1 GETs inside each tunnel, fixed duration.",
-            discussion: "Prints one line: requests, req/s, latency percentiles (µs), errors. --churn opens one mTLS connection per request.")
+            discussion: "Prints one line: requests, req/s, latency percentiles (µs), errors. --churn opens one mTLS connection per request."
+        )
 
         @Option(name: .short, help: "Connections (per thread).")
         var connections = 4
@@ -104,8 +109,9 @@ extension WaypointCommand {
             signal(SIGPIPE, SIG_IGN)
             let context = try target.context()
             let request = Array("GET \(path) HTTP/1.1\r\nhost: \(host)\r\n\r\n".utf8)
-            let options = LoadThread.Options(target: target.connect.address, authority: target.authority, connections: connections,
-                                             tunnels: churn ? 1 : streams, duration: duration.duration, churn: churn, context: context)
+            let options = LoadThread.Options(
+                target: target.connect.address, authority: target.authority, connections: connections,
+                tunnels: churn ? 1 : streams, duration: duration.duration, churn: churn, context: context)
             let loads = (0..<threads).map { _ in LoadThread(options: options, request: request) }
             var handles: [pthread_t] = []
             for load in loads {
@@ -122,10 +128,12 @@ extension WaypointCommand {
                 latencies.isEmpty ? 0 : Int(latencies[min(latencies.count - 1, Int(Double(latencies.count) * p))] * 1e6)
             }
             let seconds = Double(duration.duration.components.seconds) + Double(duration.duration.components.attoseconds) / 1e18
-            let errorText = errors.isEmpty ? "none" : errors.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
-            print("requests=\(latencies.count) rps=\(Int(Double(latencies.count) / seconds)) p50_us=\(percentile(0.5)) "
-                  + "p90_us=\(percentile(0.9)) p99_us=\(percentile(0.99)) p999_us=\(percentile(0.999)) "
-                  + "max_us=\(percentile(1.0)) tunnels=\(loads.reduce(0) { $0 + $1.openedTunnels }) errors=\(errorText)")
+            let errorText =
+                errors.isEmpty ? "none" : errors.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+            print(
+                "requests=\(latencies.count) rps=\(Int(Double(latencies.count) / seconds)) p50_us=\(percentile(0.5)) "
+                    + "p90_us=\(percentile(0.9)) p99_us=\(percentile(0.99)) p999_us=\(percentile(0.999)) "
+                    + "max_us=\(percentile(1.0)) tunnels=\(loads.reduce(0) { $0 + $1.openedTunnels }) errors=\(errorText)")
             if latencies.isEmpty { throw ExitCode(1) }
         }
     }

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import EventLoop
 import Synchronization
@@ -159,7 +159,10 @@ final class OriginConnection {
                 scanned = 0
                 let bytes = UnsafeRawBufferPointer(rebasing: input.readable[0..<length])
                 if case .failed(let error) = HTTP1Parser.parseRequest(bytes, into: &head) {
-                    output.append(string: "HTTP/1.1 \(error.status) \(LocalReply.reasonPhrase(error.status))\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    output.append(
+                        string:
+                            "HTTP/1.1 \(error.status) \(LocalReply.reasonPhrase(error.status))\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    )
                     closing = true
                     break
                 }

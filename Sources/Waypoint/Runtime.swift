@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import EventLoop
 import WaypointCore
@@ -122,19 +122,26 @@ final class Runtime {
         let tally = DrainTally(doorbell: AsyncWatcher(loop: loop) { [unowned(unsafe) self] in self.workerDrained() })
         drainTally = tally
         for (index, fd) in fds.enumerated() {
-            workers.append(Worker(id: index, snapshot: snapshot, listenFDs: [fd], proxyProtocolFDs: proxyFDs.isEmpty ? [] : [proxyFDs[index]], tls: tls, settings: options.settings,
-                                  accessLog: options.accessLog, logger: logger) { tally.workerDrained() })
+            workers.append(
+                Worker(
+                    id: index, snapshot: snapshot, listenFDs: [fd], proxyProtocolFDs: proxyFDs.isEmpty ? [] : [proxyFDs[index]], tls: tls,
+                    settings: options.settings,
+                    accessLog: options.accessLog, logger: logger
+                ) { tally.workerDrained() })
         }
         assigned = Array(repeating: 0, count: workers.count)
         admin = AdminServer(loop: loop, fd: adminFD) { [unowned(unsafe) self] path in self.adminResponse(path) }
-        for (index, (address, allowed)) in [(options.statsListen, ["/stats/prometheus", "/metrics"]),
-                                            (options.healthListen, ["/healthz/ready"])].enumerated() {
+        for (index, (address, allowed)) in [
+            (options.statsListen, ["/stats/prometheus", "/metrics"]),
+            (options.healthListen, ["/healthz/ready"]),
+        ].enumerated() {
             guard let address else { continue }
             let fd = try Self.bind(address, reusePort: false)
             publicAddresses[index] = (Socket.localAddress(fd) ?? address).description
-            publicEndpoints.append(AdminServer(loop: loop, fd: fd) { [unowned(unsafe) self] path in
-                allowed.contains(path) ? self.adminResponse(path) : (404, "text/plain", "not found\n")
-            })
+            publicEndpoints.append(
+                AdminServer(loop: loop, fd: fd) { [unowned(unsafe) self] path in
+                    allowed.contains(path) ? self.adminResponse(path) : (404, "text/plain", "not found\n")
+                })
         }
     }
 
@@ -163,10 +170,14 @@ final class Runtime {
             timer.scheduleRepeating(every: .seconds(1))
             pollTimer = timer
         }
-        logger.info("ready", metadata: ["http": "\(httpAddress)", "hbone": "\(hboneAddress?.description ?? "off")",
-                                        "proxy_protocol": "\(proxyProtocolAddress?.description ?? "off")",
-                                        "stats": "\(publicAddresses[0])", "health": "\(publicAddresses[1])", "admin": "\(adminAddress)",
-                                        "workers": "\(workers.count)", "config.generation": "\(snapshot.generation)"])
+        logger.info(
+            "ready",
+            metadata: [
+                "http": "\(httpAddress)", "hbone": "\(hboneAddress?.description ?? "off")",
+                "proxy_protocol": "\(proxyProtocolAddress?.description ?? "off")",
+                "stats": "\(publicAddresses[0])", "health": "\(publicAddresses[1])", "admin": "\(adminAddress)",
+                "workers": "\(workers.count)", "config.generation": "\(snapshot.generation)",
+            ])
         loop.run()
         exit(0)
     }
@@ -184,8 +195,9 @@ final class Runtime {
             logger.info("config reloaded", metadata: ["reason": "\(reason)", "config.generation": "\(next.generation)"])
         } catch {
             reloadsFailed += 1
-            logger.error("config reload rejected, keeping generation \(snapshot.generation):\n\(error)",
-                         metadata: ["reason": "\(reason)"])
+            logger.error(
+                "config reload rejected, keeping generation \(snapshot.generation):\n\(error)",
+                metadata: ["reason": "\(reason)"])
         }
     }
 
@@ -270,93 +282,130 @@ final class Runtime {
             text += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
             for (labels, value) in samples { text += "\(name)\(labels) \(value)\n" }
         }
-        metric("waypoint_downstream_connections_total", "counter", "Downstream connections accepted.",
-               [("", sum { $0.downstreamConnectionsTotal.value })])
-        metric("waypoint_downstream_connections_active", "gauge", "Downstream connections open now.",
-               [("", sum { $0.downstreamConnectionsActive.value })])
-        metric("waypoint_downstream_requests_total", "counter", "Responses sent downstream, by status class.", [
-            ("{status_class=\"1xx\"}", sum { $0.responses1xx.value }),
-            ("{status_class=\"2xx\"}", sum { $0.responses2xx.value }),
-            ("{status_class=\"3xx\"}", sum { $0.responses3xx.value }),
-            ("{status_class=\"4xx\"}", sum { $0.responses4xx.value }),
-            ("{status_class=\"5xx\"}", sum { $0.responses5xx.value }),
-        ])
-        metric("waypoint_upstream_connections_total", "counter", "Upstream connections opened.",
-               [("", sum { $0.upstreamConnectionsTotal.value })])
-        metric("waypoint_upstream_connect_failures_total", "counter", "Upstream connects that failed or timed out.",
-               [("", sum { $0.upstreamConnectFailures.value })])
-        metric("waypoint_upstream_resets_total", "counter", "Responses cut off by an upstream failure after their head was sent.",
-               [("", sum { $0.upstreamResetsMidResponse.value })])
-        metric("waypoint_hbone_connections_total", "counter", "HBONE connections accepted.",
-               [("", sum { $0.hboneConnectionsTotal.value })])
-        metric("waypoint_hbone_connections_active", "gauge", "HBONE connections open now.",
-               [("", sum { $0.hboneConnectionsActive.value })])
-        metric("waypoint_tls_handshakes_total", "counter", "HBONE TLS handshakes, by result and failure reason.",
-               [("{result=\"ok\"}", sum { $0.handshakesOK.value })]
-               + WorkerCounters.handshakeFailureReasons.enumerated().map { index, reason in
-                   ("{result=\"failed\",reason=\"\(reason)\"}", sum { $0.handshakeFailures.value(index) })
-               })
+        metric(
+            "waypoint_downstream_connections_total", "counter", "Downstream connections accepted.",
+            [("", sum { $0.downstreamConnectionsTotal.value })])
+        metric(
+            "waypoint_downstream_connections_active", "gauge", "Downstream connections open now.",
+            [("", sum { $0.downstreamConnectionsActive.value })])
+        metric(
+            "waypoint_downstream_requests_total", "counter", "Responses sent downstream, by status class.",
+            [
+                ("{status_class=\"1xx\"}", sum { $0.responses1xx.value }),
+                ("{status_class=\"2xx\"}", sum { $0.responses2xx.value }),
+                ("{status_class=\"3xx\"}", sum { $0.responses3xx.value }),
+                ("{status_class=\"4xx\"}", sum { $0.responses4xx.value }),
+                ("{status_class=\"5xx\"}", sum { $0.responses5xx.value }),
+            ])
+        metric(
+            "waypoint_upstream_connections_total", "counter", "Upstream connections opened.",
+            [("", sum { $0.upstreamConnectionsTotal.value })])
+        metric(
+            "waypoint_upstream_connect_failures_total", "counter", "Upstream connects that failed or timed out.",
+            [("", sum { $0.upstreamConnectFailures.value })])
+        metric(
+            "waypoint_upstream_resets_total", "counter", "Responses cut off by an upstream failure after their head was sent.",
+            [("", sum { $0.upstreamResetsMidResponse.value })])
+        metric(
+            "waypoint_hbone_connections_total", "counter", "HBONE connections accepted.",
+            [("", sum { $0.hboneConnectionsTotal.value })])
+        metric(
+            "waypoint_hbone_connections_active", "gauge", "HBONE connections open now.",
+            [("", sum { $0.hboneConnectionsActive.value })])
+        metric(
+            "waypoint_tls_handshakes_total", "counter", "HBONE TLS handshakes, by result and failure reason.",
+            [("{result=\"ok\"}", sum { $0.handshakesOK.value })]
+                + WorkerCounters.handshakeFailureReasons.enumerated().map { index, reason in
+                    ("{result=\"failed\",reason=\"\(reason)\"}", sum { $0.handshakeFailures.value(index) })
+                })
         metric("waypoint_tunnels_active", "gauge", "HBONE tunnels open now.", [("", sum { $0.tunnelsActive.value })])
-        metric("waypoint_worker_tunnels_active", "gauge", "HBONE tunnels open now, per worker (balance).",
-               workers.map { ("{worker=\"\($0.id)\"}", $0.counters.tunnelsActive.value) })
+        metric(
+            "waypoint_worker_tunnels_active", "gauge", "HBONE tunnels open now, per worker (balance).",
+            workers.map { ("{worker=\"\($0.id)\"}", $0.counters.tunnelsActive.value) })
         metric("waypoint_tunnels_total", "counter", "HBONE tunnels opened.", [("", sum { $0.tunnelsTotal.value })])
-        metric("waypoint_tunnels_refused_total", "counter", "CONNECT streams refused, by reason.",
-               WorkerCounters.tunnelRefusalReasons.enumerated().map { index, reason in
-                   ("{reason=\"\(reason)\"}", sum { $0.tunnelRefusals.value(index) })
-               })
-        metric("waypoint_tunnel_bytes_total", "counter", "Payload bytes through HBONE tunnels, by direction.", [
-            ("{direction=\"received\"}", sum { $0.tunnelBytesReceived.value }),
-            ("{direction=\"sent\"}", sum { $0.tunnelBytesSent.value }),
-        ])
-        metric("waypoint_proxy_protocol_rejected_total", "counter", "PROXY-protocol connections closed for a missing or bad header, identity or destination.",
-               [("", sum { $0.proxyHeaderErrors.value })])
-        metric("waypoint_hbone_keepalive_timeouts_total", "counter", "HBONE connections closed for an unanswered PING.",
-               [("", sum { $0.keepaliveTimeouts.value })])
-        metric("waypoint_hbone_preface_timeouts_total", "counter", "HBONE connections closed for no HTTP/2 preface after the TLS handshake.",
-               [("", sum { $0.prefaceTimeouts.value })])
-        metric("waypoint_http2_protocol_errors_total", "counter", "HBONE connections closed for a protocol error or flood.",
-               [("", sum { $0.http2ProtocolErrors.value })])
-        metric("waypoint_upstream_retries_total", "counter", "Retries started, by what the failed try ended with.",
-               WorkerCounters.retryReasons.enumerated().map { index, reason in
-                   ("{reason=\"\(reason)\"}", sum { $0.retries.value(index) })
-               })
-        metric("waypoint_upstream_retries_succeeded_total", "counter", "Exchanges answered 2xx-4xx after at least one retry.",
-               [("", sum { $0.retriesSucceeded.value })])
-        metric("waypoint_upstream_retry_budget_exhausted_total", "counter", "Retries not made because the retry budget was spent.",
-               [("", sum { $0.retryBudgetExhausted.value })])
-        metric("waypoint_upstream_retry_overflow_total", "counter", "Retries not made because the backend's DestinationRule maxRetries were in flight.",
-               [("", sum { $0.retryOverflow.value })])
-        metric("waypoint_upstream_overflow_total", "counter", "Requests refused because the backend's connection limit and pending queue were full.",
-               [("", sum { $0.upstreamOverflow.value })])
-        metric("waypoint_outlier_ejections_total", "counter", "Endpoints ejected by outlier detection (DestinationRule).",
-               [("", sum { $0.outlierEjections.value })])
-        metric("waypoint_mirror_requests_total", "counter", "Request copies for RequestMirror / VirtualService mirror, by result.", [
-            ("{result=\"sent\"}", sum { $0.mirrorRequests.value }),
-            ("{result=\"skipped\"}", sum { $0.mirrorsSkipped.value }),
-        ])
-        metric("waypoint_fault_aborts_total", "counter", "Requests answered by a VirtualService fault abort.",
-               [("", sum { $0.faultAborts.value })])
-        metric("waypoint_fault_delays_total", "counter", "Requests held back by a VirtualService fault delay.",
-               [("", sum { $0.faultDelays.value })])
-        metric("waypoint_authorization_decisions_total", "counter", "Authorization decisions, by result.", [
-            ("{result=\"allow\"}", sum { $0.authorizationAllowed.value }),
-            ("{result=\"deny\"}", sum { $0.authorizationDenied.value }),
-        ])
+        metric(
+            "waypoint_tunnels_refused_total", "counter", "CONNECT streams refused, by reason.",
+            WorkerCounters.tunnelRefusalReasons.enumerated().map { index, reason in
+                ("{reason=\"\(reason)\"}", sum { $0.tunnelRefusals.value(index) })
+            })
+        metric(
+            "waypoint_tunnel_bytes_total", "counter", "Payload bytes through HBONE tunnels, by direction.",
+            [
+                ("{direction=\"received\"}", sum { $0.tunnelBytesReceived.value }),
+                ("{direction=\"sent\"}", sum { $0.tunnelBytesSent.value }),
+            ])
+        metric(
+            "waypoint_proxy_protocol_rejected_total", "counter",
+            "PROXY-protocol connections closed for a missing or bad header, identity or destination.",
+            [("", sum { $0.proxyHeaderErrors.value })])
+        metric(
+            "waypoint_hbone_keepalive_timeouts_total", "counter", "HBONE connections closed for an unanswered PING.",
+            [("", sum { $0.keepaliveTimeouts.value })])
+        metric(
+            "waypoint_hbone_preface_timeouts_total", "counter", "HBONE connections closed for no HTTP/2 preface after the TLS handshake.",
+            [("", sum { $0.prefaceTimeouts.value })])
+        metric(
+            "waypoint_http2_protocol_errors_total", "counter", "HBONE connections closed for a protocol error or flood.",
+            [("", sum { $0.http2ProtocolErrors.value })])
+        metric(
+            "waypoint_upstream_retries_total", "counter", "Retries started, by what the failed try ended with.",
+            WorkerCounters.retryReasons.enumerated().map { index, reason in
+                ("{reason=\"\(reason)\"}", sum { $0.retries.value(index) })
+            })
+        metric(
+            "waypoint_upstream_retries_succeeded_total", "counter", "Exchanges answered 2xx-4xx after at least one retry.",
+            [("", sum { $0.retriesSucceeded.value })])
+        metric(
+            "waypoint_upstream_retry_budget_exhausted_total", "counter", "Retries not made because the retry budget was spent.",
+            [("", sum { $0.retryBudgetExhausted.value })])
+        metric(
+            "waypoint_upstream_retry_overflow_total", "counter",
+            "Retries not made because the backend's DestinationRule maxRetries were in flight.",
+            [("", sum { $0.retryOverflow.value })])
+        metric(
+            "waypoint_upstream_overflow_total", "counter",
+            "Requests refused because the backend's connection limit and pending queue were full.",
+            [("", sum { $0.upstreamOverflow.value })])
+        metric(
+            "waypoint_outlier_ejections_total", "counter", "Endpoints ejected by outlier detection (DestinationRule).",
+            [("", sum { $0.outlierEjections.value })])
+        metric(
+            "waypoint_mirror_requests_total", "counter", "Request copies for RequestMirror / VirtualService mirror, by result.",
+            [
+                ("{result=\"sent\"}", sum { $0.mirrorRequests.value }),
+                ("{result=\"skipped\"}", sum { $0.mirrorsSkipped.value }),
+            ])
+        metric(
+            "waypoint_fault_aborts_total", "counter", "Requests answered by a VirtualService fault abort.",
+            [("", sum { $0.faultAborts.value })])
+        metric(
+            "waypoint_fault_delays_total", "counter", "Requests held back by a VirtualService fault delay.",
+            [("", sum { $0.faultDelays.value })])
+        metric(
+            "waypoint_authorization_decisions_total", "counter", "Authorization decisions, by result.",
+            [
+                ("{result=\"allow\"}", sum { $0.authorizationAllowed.value }),
+                ("{result=\"deny\"}", sum { $0.authorizationDenied.value }),
+            ])
         var byPolicy: [String: Int] = ["(no ALLOW policy matched)|deny": sum { $0.authorizationNoAllowMatched.value }]
         for worker in workers { byPolicy.merge(worker.counters.policyDecisionTotals(), uniquingKeysWith: +) }
-        metric("waypoint_authorization_policy_decisions_total", "counter", "Decisions made by a policy (or by no ALLOW policy matching).",
-               byPolicy.sorted { $0.key < $1.key }.map { key, value in
-                   let parts = key.split(separator: "|", maxSplits: 1)
-                   return ("{policy=\"\(parts[0])\",result=\"\(parts.count > 1 ? parts[1] : "")\"}", value)
-               })
-        metric("waypoint_config_reloads_total", "counter", "Config reloads, by result.",
-               [("{result=\"ok\"}", reloadsOK), ("{result=\"failed\"}", reloadsFailed)])
+        metric(
+            "waypoint_authorization_policy_decisions_total", "counter", "Decisions made by a policy (or by no ALLOW policy matching).",
+            byPolicy.sorted { $0.key < $1.key }.map { key, value in
+                let parts = key.split(separator: "|", maxSplits: 1)
+                return ("{policy=\"\(parts[0])\",result=\"\(parts.count > 1 ? parts[1] : "")\"}", value)
+            })
+        metric(
+            "waypoint_config_reloads_total", "counter", "Config reloads, by result.",
+            [("{result=\"ok\"}", reloadsOK), ("{result=\"failed\"}", reloadsFailed)])
         metric("waypoint_config_generation", "gauge", "Generation of the active config.", [("", Int(snapshot.generation))])
         metric("waypoint_workers", "gauge", "Worker threads.", [("", workers.count)])
         if let tracer = options.settings.tracer {
-            metric("waypoint_trace_spans_total", "counter", "Spans of traced requests, by what became of them.", [
-                ("{result=\"exported\"}", tracer.exported.value), ("{result=\"dropped\"}", tracer.dropped.value),
-            ])
+            metric(
+                "waypoint_trace_spans_total", "counter", "Spans of traced requests, by what became of them.",
+                [
+                    ("{result=\"exported\"}", tracer.exported.value), ("{result=\"dropped\"}", tracer.dropped.value),
+                ])
         }
         text += IstioMetrics.prometheusText(workers.map(\.counters.istio))
         return text

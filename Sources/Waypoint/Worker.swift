@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import EventLoop
 import WaypointCore
@@ -39,8 +39,11 @@ final class Worker: @unchecked Sendable {
     private let onDrained: @Sendable () -> Void
     private let logger: Logger
 
-    init(id: Int, snapshot: Snapshot, listenFDs: [Int32], proxyProtocolFDs: [Int32], tls: TLSContexts?, settings: ProxySettings, accessLog: Bool,
-         logger: Logger, onDrained: @escaping @Sendable () -> Void) {
+    init(
+        id: Int, snapshot: Snapshot, listenFDs: [Int32], proxyProtocolFDs: [Int32], tls: TLSContexts?, settings: ProxySettings,
+        accessLog: Bool,
+        logger: Logger, onDrained: @escaping @Sendable () -> Void
+    ) {
         var logger = logger
         logger[metadataKey: "worker.id"] = "\(id)"
         self.id = id

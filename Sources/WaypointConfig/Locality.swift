@@ -22,9 +22,10 @@ public struct Locality: Sendable, Equatable, CustomStringConvertible {
 
     /// From a Node's topology labels.
     init(nodeLabels labels: [String: String]) {
-        self.init(region: labels["topology.kubernetes.io/region"] ?? labels["failure-domain.beta.kubernetes.io/region"] ?? "",
-                  zone: labels["topology.kubernetes.io/zone"] ?? labels["failure-domain.beta.kubernetes.io/zone"] ?? "",
-                  subzone: labels["topology.istio.io/subzone"] ?? "")
+        self.init(
+            region: labels["topology.kubernetes.io/region"] ?? labels["failure-domain.beta.kubernetes.io/region"] ?? "",
+            zone: labels["topology.kubernetes.io/zone"] ?? labels["failure-domain.beta.kubernetes.io/zone"] ?? "",
+            subzone: labels["topology.istio.io/subzone"] ?? "")
     }
 
     public var isEmpty: Bool { region.isEmpty && zone.isEmpty && subzone.isEmpty }

@@ -143,7 +143,9 @@ public enum ManifestLoader {
         case ("networking.istio.io", "VirtualService"):
             spec.virtualServices.append(try VirtualServiceParser.virtualService(doc, namespace: namespace, name: name, creation: creation))
         default:
-            spec.warnings.append("\(doc.location.file): document \(doc.location.document): skipping unsupported kind \(apiVersion) \(kind) \(namespace)/\(name)")
+            spec.warnings.append(
+                "\(doc.location.file): document \(doc.location.document): skipping unsupported kind \(apiVersion) \(kind) \(namespace)/\(name)"
+            )
         }
     }
 }

@@ -15,8 +15,9 @@ struct ManifestNode {
     }
 
     func error(_ message: String, field: String? = nil) -> ConfigError {
-        ConfigError(file: location.file, document: location.document, object: location.object,
-                    field: field ?? (path.isEmpty ? nil : path), message: message)
+        ConfigError(
+            file: location.file, document: location.document, object: location.object,
+            field: field ?? (path.isEmpty ? nil : path), message: message)
     }
 
     /// The same node, with errors naming the object it belongs to (`Kind namespace/name`).
@@ -32,7 +33,9 @@ struct ManifestNode {
     func optional(_ key: String) throws(ConfigError) -> ManifestNode? {
         guard let mapping = node.mapping else { throw error("expected a mapping") }
         guard let value = mapping[key] else { return nil }
-        if case .scalar(let s) = value, s.tag.rawValue == Tag.Name.null.rawValue || (s.string == "null" || s.string == "~") && s.style == .plain {
+        if case .scalar(let s) = value,
+            s.tag.rawValue == Tag.Name.null.rawValue || (s.string == "null" || s.string == "~") && s.style == .plain
+        {
             return nil
         }
         return ManifestNode(node: value, path: child(key), location: location)

@@ -8,23 +8,29 @@ enum RouteParser {
         let spec = try doc.required("spec")
         var listeners: [GatewaySpec.Listener] = []
         for l in try spec.required("listeners").array() {
-            listeners.append(.init(name: try l.required("name").string(), port: try l.required("port").int(in: 1...65535),
-                                   proto: try l.required("protocol").string(), hostname: try l.optionalString("hostname")))
+            listeners.append(
+                .init(
+                    name: try l.required("name").string(), port: try l.required("port").int(in: 1...65535),
+                    proto: try l.required("protocol").string(), hostname: try l.optionalString("hostname")))
         }
-        return GatewaySpec(namespace: namespace, name: name, gatewayClassName: try spec.optionalString("gatewayClassName") ?? "",
-                           listeners: listeners)
+        return GatewaySpec(
+            namespace: namespace, name: name, gatewayClassName: try spec.optionalString("gatewayClassName") ?? "",
+            listeners: listeners)
     }
 
-    static func httpRoute(_ doc: ManifestNode, namespace: String, name: String, creation: String,
-                          matchesOf readMatch: (ManifestNode) throws(ConfigError) -> HTTPRouteSpec.MatchSpec = { m throws(ConfigError) in try match(m) }) throws(ConfigError) -> HTTPRouteSpec {
+    static func httpRoute(
+        _ doc: ManifestNode, namespace: String, name: String, creation: String,
+        matchesOf readMatch: (ManifestNode) throws(ConfigError) -> HTTPRouteSpec.MatchSpec = { m throws(ConfigError) in try match(m) }
+    ) throws(ConfigError) -> HTTPRouteSpec {
         let spec = try doc.required("spec")
         var parents: [HTTPRouteSpec.ParentRef] = []
         for p in try spec.optionalArray("parentRefs") {
             let group = try p.optionalString("group") ?? "gateway.networking.k8s.io"
             let kind = try p.optionalString("kind") ?? "Gateway"
-            let ref = HTTPRouteSpec.ParentRef(group: group, kind: kind, namespace: try p.optionalString("namespace") ?? namespace,
-                                              name: try p.required("name").string(), port: try p.optional("port")?.int(in: 1...65535),
-                                              sectionName: try p.optionalString("sectionName"))
+            let ref = HTTPRouteSpec.ParentRef(
+                group: group, kind: kind, namespace: try p.optionalString("namespace") ?? namespace,
+                name: try p.required("name").string(), port: try p.optional("port")?.int(in: 1...65535),
+                sectionName: try p.optionalString("sectionName"))
             guard ref.isService || ref.isGateway else {
                 throw p.error("unsupported parent \(group.isEmpty ? "" : group + "/")\(kind): expected a Service or a Gateway")
             }
@@ -66,8 +72,9 @@ enum RouteParser {
             if let retry = try r.optional("retry") {
                 var codes: [Int] = []
                 for c in try retry.optionalArray("codes") { codes.append(try c.int(in: 400...599)) }
-                rule.retry = .init(codes: codes, attempts: try retry.optional("attempts")?.int(in: 0...10) ?? 1,
-                                   backoff: try retry.optionalDuration("backoff", zeroIsNil: true))
+                rule.retry = .init(
+                    codes: codes, attempts: try retry.optional("attempts")?.int(in: 0...10) ?? 1,
+                    backoff: try retry.optionalDuration("backoff", zeroIsNil: true))
             }
             for f in try r.optionalArray("filters") {
                 let type = try f.required("type").string()
@@ -80,7 +87,9 @@ enum RouteParser {
                 case "RequestRedirect":
                     let node = try f.required("requestRedirect")
                     let scheme = try node.optionalString("scheme")
-                    if let scheme, scheme != "http" && scheme != "https" { throw try node.required("scheme").error("scheme must be http or https") }
+                    if let scheme, scheme != "http" && scheme != "https" {
+                        throw try node.required("scheme").error("scheme must be http or https")
+                    }
                     rule.redirect = RequestRedirect(
                         scheme: scheme, hostname: try node.optionalString("hostname"), port: try node.optional("port")?.int(in: 1...65535),
                         path: try pathModifier(node, matches), statusCode: try redirectStatus(node))
@@ -95,14 +104,16 @@ enum RouteParser {
                         guard numerator <= denominator else { throw fraction.error("numerator must not exceed denominator") }
                         percent = Double(numerator) * 100 / Double(denominator)
                     }
-                    rule.mirrors.append(.init(backend: try backendRef(try node.required("backendRef"), namespace: namespace), percent: percent))
+                    rule.mirrors.append(
+                        .init(backend: try backendRef(try node.required("backendRef"), namespace: namespace), percent: percent))
                 default: rule.unsupportedFilters.append(type)
                 }
             }
             rules.append(rule)
         }
-        return HTTPRouteSpec(namespace: namespace, name: name, creationTimestamp: creation, parentRefs: parents,
-                             hostnames: hostnames, rules: rules)
+        return HTTPRouteSpec(
+            namespace: namespace, name: name, creationTimestamp: creation, parentRefs: parents,
+            hostnames: hostnames, rules: rules)
     }
 
     /// A TCPRoute (gateway.networking.k8s.io/v1alpha2): parents and weighted backendRefs; a TCP stream has
@@ -138,7 +149,9 @@ enum RouteParser {
             switch type {
             case "Exact":
                 for (key, value) in [("service", service), ("method", name)] {
-                    if let value, value.isEmpty || value.contains("/") { throw try method.required(key).error("must not be empty or contain \"/\"") }
+                    if let value, value.isEmpty || value.contains("/") {
+                        throw try method.required(key).error("must not be empty or contain \"/\"")
+                    }
                 }
                 if let service, let name {
                     path = .init(type: "Exact", value: "/\(service)/\(name)")
@@ -161,9 +174,10 @@ enum RouteParser {
     }
 
     private static func backendRef(_ b: ManifestNode, namespace: String) throws(ConfigError) -> HTTPRouteSpec.BackendRef {
-        .init(group: try b.optionalString("group") ?? "", kind: try b.optionalString("kind") ?? "Service",
-              namespace: try b.optionalString("namespace") ?? namespace, name: try b.required("name").string(),
-              port: try b.optional("port")?.int(in: 1...65535), weight: try b.optional("weight")?.int(in: 0...1_000_000) ?? 1)
+        .init(
+            group: try b.optionalString("group") ?? "", kind: try b.optionalString("kind") ?? "Service",
+            namespace: try b.optionalString("namespace") ?? namespace, name: try b.required("name").string(),
+            port: try b.optional("port")?.int(in: 1...65535), weight: try b.optional("weight")?.int(in: 0...1_000_000) ?? 1)
     }
 
     private static func redirectStatus(_ node: ManifestNode) throws(ConfigError) -> Int {
@@ -194,8 +208,10 @@ enum RouteParser {
     }
 
     /// Headers a modifier may not touch: they frame the message or belong to the hop.
-    static let protectedHeaders: Set<String> = ["content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
-                                                "te", "trailer", "proxy-connection"]
+    static let protectedHeaders: Set<String> = [
+        "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade",
+        "te", "trailer", "proxy-connection",
+    ]
 
     private static func headerModifier(_ node: ManifestNode) throws(ConfigError) -> HeaderModifier {
         func pairs(_ key: String) throws(ConfigError) -> [(String, String)] {
@@ -224,7 +240,9 @@ enum RouteParser {
     }
 
     /// `allowing`: which parts are read (a GRPCRoute match has only headers besides its method).
-    private static func match(_ m: ManifestNode, allowing parts: Set<String> = ["path", "headers", "queryParams", "method"]) throws(ConfigError) -> HTTPRouteSpec.MatchSpec {
+    private static func match(_ m: ManifestNode, allowing parts: Set<String> = ["path", "headers", "queryParams", "method"])
+        throws(ConfigError) -> HTTPRouteSpec.MatchSpec
+    {
         var path: HTTPRouteSpec.PathMatchSpec? = nil
         if parts.contains("path"), let p = try m.optional("path") {
             let type = try p.optionalString("type") ?? "PathPrefix"

@@ -41,8 +41,10 @@ enum SecurityParser {
         var refNodes = try spec?.optionalArray("targetRefs") ?? []
         if let single = try spec?.optional("targetRef") { refNodes.append(single) }
         for ref in refNodes {
-            refs.append(.init(group: try ref.optionalString("group") ?? "", kind: try ref.required("kind").string(),
-                              name: try ref.required("name").string()))
+            refs.append(
+                .init(
+                    group: try ref.optionalString("group") ?? "", kind: try ref.required("kind").string(),
+                    name: try ref.required("name").string()))
         }
         let actionText = try spec?.optionalString("action") ?? "ALLOW"
         guard let action = AuthorizationPolicy.Action(rawValue: actionText) else {
@@ -61,10 +63,11 @@ enum SecurityParser {
             }
             rules.append(rule)
         }
-        return AuthorizationPolicySpec(namespace: namespace, name: name, targetRefs: refs,
-                                       hasSelector: try spec?.optional("selector") != nil,
-                                       policy: AuthorizationPolicy(name: "\(namespace)/\(name)", action: action, rules: rules),
-                                       unsupportedKeys: unsupported)
+        return AuthorizationPolicySpec(
+            namespace: namespace, name: name, targetRefs: refs,
+            hasSelector: try spec?.optional("selector") != nil,
+            policy: AuthorizationPolicy(name: "\(namespace)/\(name)", action: action, rules: rules),
+            unsupportedKeys: unsupported)
     }
 
     private static func strings(_ node: ManifestNode, _ key: String, caseInsensitive: Bool = false) throws(ConfigError) -> [StringMatch]? {
@@ -190,7 +193,8 @@ enum SecurityParser {
         guard let mode = PeerAuthenticationSpec.Mode(rawValue: modeText) else {
             throw (spec ?? doc).error("unknown mTLS mode \"\(modeText)\" (UNSET, PERMISSIVE, STRICT or DISABLE)", field: "spec.mtls.mode")
         }
-        return PeerAuthenticationSpec(namespace: namespace, name: name, hasSelector: try spec?.optional("selector") != nil, mode: mode,
-                                      hasPortLevelMTLS: try spec?.optional("portLevelMtls") != nil)
+        return PeerAuthenticationSpec(
+            namespace: namespace, name: name, hasSelector: try spec?.optional("selector") != nil, mode: mode,
+            hasPortLevelMTLS: try spec?.optional("portLevelMtls") != nil)
     }
 }

@@ -21,14 +21,18 @@ enum ServiceParser {
                     target = .number(n)
                 } else {
                     let text = try t.string()
-                    guard !text.isEmpty, Int(text) == nil else { throw t.error("expected a port number 1...65535 or a port name, got \"\(text)\"") }
+                    guard !text.isEmpty, Int(text) == nil else {
+                        throw t.error("expected a port number 1...65535 or a port name, got \"\(text)\"")
+                    }
                     target = .name(text)
                 }
             } else {
                 target = .number(port)
             }
-            ports.append(ServicePortSpec(name: try node.optionalString("name") ?? "", port: port, targetPort: target,
-                                         appProtocol: try node.optionalString("appProtocol")))
+            ports.append(
+                ServicePortSpec(
+                    name: try node.optionalString("name") ?? "", port: port, targetPort: target,
+                    appProtocol: try node.optionalString("appProtocol")))
         }
         if ports.count > 1, let unnamed = ports.firstIndex(where: { $0.name.isEmpty }) {
             throw doc.error("a Service with several ports must name each one", field: "spec.ports[\(unnamed)].name")
@@ -63,8 +67,9 @@ enum ServiceParser {
             endpoints.append((addresses, ready, pod, try node.optionalString("zone"), try node.optionalString("nodeName")))
         }
         let annotations = try doc.required("metadata").optional("annotations")?.stringMap() ?? [:]
-        return EndpointSliceSpec(namespace: namespace, name: name, serviceName: serviceName, ports: ports, endpoints: endpoints,
-                                 tunnel: annotations[EndpointSliceSpec.tunnelKey] == "http")
+        return EndpointSliceSpec(
+            namespace: namespace, name: name, serviceName: serviceName, ports: ports, endpoints: endpoints,
+            tunnel: annotations[EndpointSliceSpec.tunnelKey] == "http")
     }
 
     static func serviceEntry(_ doc: ManifestNode, namespace: String, name: String) throws(ConfigError) -> ServiceEntrySpec {
@@ -76,13 +81,17 @@ enum ServiceParser {
         var addresses: [String] = []
         for a in try spec.optionalArray("addresses") {
             let ip = try a.string()
-            guard SocketAddress(ip: ip, port: 0) != nil else { throw a.error("\"\(ip)\" is not an IP address (CIDR ranges are not supported)") }
+            guard SocketAddress(ip: ip, port: 0) != nil else {
+                throw a.error("\"\(ip)\" is not an IP address (CIDR ranges are not supported)")
+            }
             addresses.append(ip)
         }
         var ports: [ServiceEntrySpec.Port] = []
         for p in try spec.optionalArray("ports") {
-            ports.append(.init(name: try p.optionalString("name") ?? "", number: try p.required("number").int(in: 1...65535),
-                               targetPort: try p.optional("targetPort")?.int(in: 1...65535), proto: try p.optionalString("protocol")))
+            ports.append(
+                .init(
+                    name: try p.optionalString("name") ?? "", number: try p.required("number").int(in: 1...65535),
+                    targetPort: try p.optional("targetPort")?.int(in: 1...65535), proto: try p.optionalString("protocol")))
         }
         var endpoints: [ServiceEntrySpec.Endpoint] = []
         for e in try spec.optionalArray("endpoints") {
@@ -101,8 +110,10 @@ enum ServiceParser {
                 guard let parsed = Locality(text) else { throw try e.required("locality").error("a locality is region/zone/subzone") }
                 locality = parsed
             }
-            endpoints.append(.init(address: address, ports: endpointPorts, labels: try e.optional("labels")?.stringMap() ?? [:],
-                                   locality: locality))
+            endpoints.append(
+                .init(
+                    address: address, ports: endpointPorts, labels: try e.optional("labels")?.stringMap() ?? [:],
+                    locality: locality))
         }
         return ServiceEntrySpec(namespace: namespace, name: name, hosts: hosts, addresses: addresses, ports: ports, endpoints: endpoints)
     }

@@ -42,8 +42,10 @@ public struct BackendSet: Sendable {
     /// VirtualService `fault.abort`: this share of requests is answered with the status instead.
     public let abort: (status: Int, percent: Double)?
 
-    public init(clusters: [WeightedCluster], totalWeight: UInt32, route: String, policy: ForwardPolicy = .standard,
-                abort: (status: Int, percent: Double)? = nil) {
+    public init(
+        clusters: [WeightedCluster], totalWeight: UInt32, route: String, policy: ForwardPolicy = .standard,
+        abort: (status: Int, percent: Double)? = nil
+    ) {
         self.clusters = clusters
         self.totalWeight = totalWeight
         self.route = route
@@ -107,10 +109,12 @@ public final class Snapshot: Sendable {
     /// Findings that did not stop the load (skipped kinds, unresolved references).
     public let warnings: [String]
 
-    init(generation: UInt64, routes: RouteTable<RouteAction>, clusters: [Cluster], endpoints: [SocketAddress],
-         endpointTunnels: [Bool], destinations: [SocketAddress: Destination], tcpRoutes: [UInt64: BackendSet], authorization: [PolicySet],
-         unmatchedHostPolicies: PolicySet, strictMTLS: [Bool], services: [(fqdn: String, name: String, namespace: String)],
-         dump: String, warnings: [String], previous: Snapshot?) {
+    init(
+        generation: UInt64, routes: RouteTable<RouteAction>, clusters: [Cluster], endpoints: [SocketAddress],
+        endpointTunnels: [Bool], destinations: [SocketAddress: Destination], tcpRoutes: [UInt64: BackendSet], authorization: [PolicySet],
+        unmatchedHostPolicies: PolicySet, strictMTLS: [Bool], services: [(fqdn: String, name: String, namespace: String)],
+        dump: String, warnings: [String], previous: Snapshot?
+    ) {
         self.services = services
         self.generation = generation
         self.routes = routes

@@ -29,10 +29,13 @@ public struct SnapshotCompiler {
     public func compile(_ spec: ConfigSpec, generation: UInt64, previous: Snapshot? = nil) -> Snapshot {
         var state = CompileState(spec: spec, compiler: self)
         state.build()
-        return Snapshot(generation: generation, routes: RouteTable(virtualHosts: state.virtualHosts, names: state.names),
-                        clusters: state.clusters, endpoints: state.endpoints, endpointTunnels: state.endpointTunnels, destinations: state.destinations, tcpRoutes: state.tcpRoutes,
-                        authorization: state.authorization, unmatchedHostPolicies: state.unmatchedHostPolicies, strictMTLS: state.strictMTLS, services: state.services, dump: state.dump(generation: generation),
-                        warnings: spec.warnings + state.warnings, previous: previous)
+        return Snapshot(
+            generation: generation, routes: RouteTable(virtualHosts: state.virtualHosts, names: state.names),
+            clusters: state.clusters, endpoints: state.endpoints, endpointTunnels: state.endpointTunnels, destinations: state.destinations,
+            tcpRoutes: state.tcpRoutes,
+            authorization: state.authorization, unmatchedHostPolicies: state.unmatchedHostPolicies, strictMTLS: state.strictMTLS,
+            services: state.services, dump: state.dump(generation: generation),
+            warnings: spec.warnings + state.warnings, previous: previous)
     }
 }
 
@@ -108,10 +111,14 @@ struct CompileState {
             } else if spec.serviceEntries.contains(where: { $0.hosts.contains(rule.host) }) {
                 prefixes.append("\(rule.host):")
             } else {
-                warnings.append("DestinationRule \(rule.namespace)/\(rule.name): host \(rule.host) is not a known service or ServiceEntry host: ignored")
+                warnings.append(
+                    "DestinationRule \(rule.namespace)/\(rule.name): host \(rule.host) is not a known service or ServiceEntry host: ignored"
+                )
                 continue
             }
-            let matching = clusters.indices.filter { i in prefixes.contains { clusters[i].name.hasPrefix($0) } && !clusters[i].name.contains("|") }
+            let matching = clusters.indices.filter { i in
+                prefixes.contains { clusters[i].name.hasPrefix($0) } && !clusters[i].name.contains("|")
+            }
             for i in matching {
                 if let outlier = rule.outlierDetection { clusters[i].outlierDetection = outlier }
                 if let pool = rule.connectionPool { clusters[i].connectionPool = pool }
@@ -129,7 +136,9 @@ struct CompileState {
                     clusters.append(cluster)
                     setLoadBalancer(subset.loadBalancer ?? clusters[i].loadBalancer, of: clusters.count - 1)
                     if members.isEmpty {
-                        warnOnce("DestinationRule \(rule.namespace)/\(rule.name): subset \(subset.name) selects no ready endpoint of \(clusters[i].name)")
+                        warnOnce(
+                            "DestinationRule \(rule.namespace)/\(rule.name): subset \(subset.name) selects no ready endpoint of \(clusters[i].name)"
+                        )
                     }
                 }
             }
@@ -172,7 +181,8 @@ struct CompileState {
         for p in spec.authorizationPolicies {
             let label = "AuthorizationPolicy \(p.namespace)/\(p.name)"
             for key in p.unsupportedKeys {
-                warnings.append("\(label): condition key \(key) is not supported: it never matches in ALLOW rules and always matches in DENY rules")
+                warnings.append(
+                    "\(label): condition key \(key) is not supported: it never matches in ALLOW rules and always matches in DENY rules")
             }
             if p.policy.action == .custom {
                 warnings.append("\(label): CUSTOM (external authorization) is not supported: the traffic it selects is denied")
@@ -195,30 +205,34 @@ struct CompileState {
                     if spec.gateways.contains(where: { $0.namespace == p.namespace && $0.name == ref.name }) {
                         all = true
                     } else {
-                        warnings.append("\(label): targetRef Gateway \(p.namespace)/\(ref.name) not found: that reference applies to nothing")
+                        warnings.append(
+                            "\(label): targetRef Gateway \(p.namespace)/\(ref.name) not found: that reference applies to nothing")
                     }
                 case ("", "Service"), ("core", "Service"):
                     objects.insert("Service/\(p.namespace)/\(ref.name)")
                 case ("networking.istio.io", "ServiceEntry"):
                     objects.insert("ServiceEntry/\(p.namespace)/\(ref.name)")
                 default:
-                    warnings.append("\(label): targetRef \(ref.group)/\(ref.kind) \(ref.name) is not a Gateway, Service or ServiceEntry: ignored")
+                    warnings.append(
+                        "\(label): targetRef \(ref.group)/\(ref.kind) \(ref.name) is not a Gateway, Service or ServiceEntry: ignored")
                 }
             }
             scoped.append((p.policy, all ? .all : .objects(objects)))
         }
         authorization = hostOwners.map { owner in
-            PolicySet(policies: scoped.compactMap { policy, scope in
-                switch scope {
-                case .all: return policy
-                case .namespace(let ns): return owner.kind != "Gateway" && owner.namespace == ns ? policy : nil
-                case .objects(let set): return set.contains("\(owner.kind)/\(owner.namespace)/\(owner.name)") ? policy : nil
-                }
-            }, hardenedDenyPaths: compiler.hardenedDenyPaths)
+            PolicySet(
+                policies: scoped.compactMap { policy, scope in
+                    switch scope {
+                    case .all: return policy
+                    case .namespace(let ns): return owner.kind != "Gateway" && owner.namespace == ns ? policy : nil
+                    case .objects(let set): return set.contains("\(owner.kind)/\(owner.namespace)/\(owner.name)") ? policy : nil
+                    }
+                }, hardenedDenyPaths: compiler.hardenedDenyPaths)
         }
-        unmatchedHostPolicies = PolicySet(policies: scoped.compactMap { policy, scope in
-            if case .all = scope { return policy } else { return nil }
-        }, hardenedDenyPaths: compiler.hardenedDenyPaths)
+        unmatchedHostPolicies = PolicySet(
+            policies: scoped.compactMap { policy, scope in
+                if case .all = scope { return policy } else { return nil }
+            }, hardenedDenyPaths: compiler.hardenedDenyPaths)
     }
 
     /// STRICT per virtual host: the namespace's PeerAuthentication, else the root namespace's (mesh-wide).
@@ -227,7 +241,9 @@ struct CompileState {
         for p in spec.peerAuthentications {
             let label = "PeerAuthentication \(p.namespace)/\(p.name)"
             if p.hasSelector { warnings.append("\(label): a workload selector selects pods, not a waypoint: ignored here"); continue }
-            if p.hasPortLevelMTLS { warnings.append("\(label): portLevelMtls is not supported: the namespace-wide mode applies to every port") }
+            if p.hasPortLevelMTLS {
+                warnings.append("\(label): portLevelMtls is not supported: the namespace-wide mode applies to every port")
+            }
             if p.mode == .disable { warnings.append("\(label): DISABLE is not supported in ambient mode: treated as PERMISSIVE") }
             byNamespace[p.namespace] = p.mode
         }
@@ -256,8 +272,9 @@ struct CompileState {
     mutating func addWorkload(_ endpoint: Int32, _ innerProtocol: InnerProtocol) {
         let address = endpoints[Int(endpoint)]
         guard workloadDestinations[address] == nil else { return }
-        workloadDestinations[address] = Destination(virtualHost: -1, port: address.port, cluster: -1, endpoint: endpoint,
-                                                    innerProtocol: innerProtocol, name: address.description, host: address.description)
+        workloadDestinations[address] = Destination(
+            virtualHost: -1, port: address.port, cluster: -1, endpoint: endpoint,
+            innerProtocol: innerProtocol, name: address.description, host: address.description)
     }
 
     mutating func addCluster(_ name: String, _ members: [Int32]) {
@@ -297,7 +314,8 @@ struct CompileState {
                             if let pod { endpointLabels[index] = pod }
                             // Istio's order: the Pod's `istio-locality` label, its Node's topology labels, the slice's zone.
                             if let locality = pod?["istio-locality"].flatMap({ Locality($0, separator: ".") })
-                                ?? endpoint.node.flatMap({ nodeLocality[$0] }) ?? endpoint.zone.map({ Locality(zone: $0) }) {
+                                ?? endpoint.node.flatMap({ nodeLocality[$0] }) ?? endpoint.zone.map({ Locality(zone: $0) })
+                            {
                                 endpointLocality[index] = locality
                             }
                             if !members.contains(index) { members.append(index) }
@@ -324,7 +342,8 @@ struct CompileState {
                     addWorkload(index, InnerProtocol(appProtocol: port.proto, portName: port.name))
                 }
                 if entry.endpoints.isEmpty {
-                    warnings.append("ServiceEntry \(entry.namespace)/\(entry.name): no endpoints (DNS resolution is not supported); requests get 503")
+                    warnings.append(
+                        "ServiceEntry \(entry.namespace)/\(entry.name): no endpoints (DNS resolution is not supported); requests get 503")
                 }
                 for host in entry.hosts where clusterIndex["\(host):\(port.number)"] == nil {
                     addCluster("\(host):\(port.number)", members)
@@ -347,7 +366,9 @@ struct CompileState {
             key = "\(ref.name.lowercased()):\(port)"
         }
         if let key, let index = clusterIndex[key] { return index }
-        warnings.append("\(kind) \(route): backendRef \(ref.kind) \(ref.namespace)/\(ref.name)\(ref.port.map { ":\($0)" } ?? "") not found (ResolvedRefs=False); requests routed to it get 500")
+        warnings.append(
+            "\(kind) \(route): backendRef \(ref.kind) \(ref.namespace)/\(ref.name)\(ref.port.map { ":\($0)" } ?? "") not found (ResolvedRefs=False); requests routed to it get 500"
+        )
         return -1
     }
 
@@ -355,7 +376,9 @@ struct CompileState {
         if let redirect = rule.redirect { return .redirect(redirect) }
         guard !rule.backendRefs.isEmpty else { return .reply(.invalidBackend) }
         if !rule.unsupportedFilters.isEmpty {
-            warnings.append("\(kind) \(route): filter \(rule.unsupportedFilters.joined(separator: ", ")) is not supported yet: requests matching the rule get 500")
+            warnings.append(
+                "\(kind) \(route): filter \(rule.unsupportedFilters.joined(separator: ", ")) is not supported yet: requests matching the rule get 500"
+            )
             return .reply(.invalidBackend)
         }
         var weighted: [WeightedCluster] = []
@@ -366,12 +389,14 @@ struct CompileState {
         guard total > 0 else { return .reply(.invalidBackend) }  // all weights zero
         var policy = ForwardPolicy.standard
         if rule.retry != nil || rule.requestTimeout != nil || rule.backendRequestTimeout != nil || rule.requestHeaders != nil
-            || rule.responseHeaders != nil || rule.rewrite != nil || !rule.mirrors.isEmpty {
+            || rule.responseHeaders != nil || rule.rewrite != nil || !rule.mirrors.isEmpty
+        {
             let mirrors = rule.mirrors.map { (cluster: resolve($0.backend, route: route, kind: kind), percent: $0.percent) }
-            policy = ForwardPolicy(retry: rule.retry.map { .gatewayAPI(codes: $0.codes, attempts: $0.attempts, backoff: $0.backoff) },
-                                   requestTimeout: rule.requestTimeout, perTryTimeout: rule.backendRequestTimeout,
-                                   requestHeaders: rule.requestHeaders, responseHeaders: rule.responseHeaders, rewrite: rule.rewrite,
-                                   mirrors: mirrors)
+            policy = ForwardPolicy(
+                retry: rule.retry.map { .gatewayAPI(codes: $0.codes, attempts: $0.attempts, backoff: $0.backoff) },
+                requestTimeout: rule.requestTimeout, perTryTimeout: rule.backendRequestTimeout,
+                requestHeaders: rule.requestHeaders, responseHeaders: rule.responseHeaders, rewrite: rule.rewrite,
+                mirrors: mirrors)
         }
         for (i, ref) in rule.backendRefs.enumerated() where ref.requestHeaders != nil || ref.responseHeaders != nil {
             weighted[i].policy = policy.addingHeaders(request: ref.requestHeaders, response: ref.responseHeaders)
@@ -396,7 +421,9 @@ struct CompileState {
                     if case .replacePrefixMatch(let replacement, _)? = rule.redirect?.path {
                         perMatch.redirect?.path = .replacePrefixMatch(replacement, matched: prefix)
                     }
-                    result.append(RouteRule(match: Self.compile(match), action: action(for: perMatch, route: routeName, kind: route.kind), origin: origin))
+                    result.append(
+                        RouteRule(
+                            match: Self.compile(match), action: action(for: perMatch, route: routeName, kind: route.kind), origin: origin))
                 }
             }
         }
@@ -434,13 +461,20 @@ struct CompileState {
         default: services.append((name, name, "unknown"))
         }
         for n in hostNames { names.append((n, virtualHosts.count - 1)) }
-        dumpHosts.append(.object([
-            ("kind", .string(kind)), ("name", .string(name)), ("hostnames", .array(hostNames.map(JSONValue.string))),
-            ("ports", .array(host.ports.map { entry in
-                .object([("port", .int(Int(entry.port))), ("rules", .array(entry.rules.rules.map(Self.describe))),
-                         ("fallback", entry.rules.fallback.map(Self.describe) ?? .string("404"))])
-            })),
-        ]))
+        dumpHosts.append(
+            .object([
+                ("kind", .string(kind)), ("name", .string(name)), ("hostnames", .array(hostNames.map(JSONValue.string))),
+                (
+                    "ports",
+                    .array(
+                        host.ports.map { entry in
+                            .object([
+                                ("port", .int(Int(entry.port))), ("rules", .array(entry.rules.rules.map(Self.describe))),
+                                ("fallback", entry.rules.fallback.map(Self.describe) ?? .string("404")),
+                            ])
+                        })
+                ),
+            ]))
     }
 
     /// Routes with a Gateway parent: grouped by hostname, each group one virtual host serving any port.
@@ -475,7 +509,9 @@ struct CompileState {
             var virtualServices = self.virtualServices(fqdn: fqdn, hosts: [])
             if !attached.isEmpty && !virtualServices.isEmpty {
                 for vs in virtualServices {
-                    warnings.append("VirtualService \(vs.namespace)/\(vs.name): service \(service.namespace)/\(service.name) has HTTPRoutes attached, which take precedence: not applied to it")
+                    warnings.append(
+                        "VirtualService \(vs.namespace)/\(vs.name): service \(service.namespace)/\(service.name) has HTTPRoutes attached, which take precedence: not applied to it"
+                    )
                 }
                 virtualServices = []
             }
@@ -489,36 +525,53 @@ struct CompileState {
                 }
                 // GAMMA: routes whose parentRef names this port (or no port) apply; with none, traffic goes to the service.
                 let forPort = attached.filter { route in
-                    route.parentRefs.contains { $0.isService && $0.namespace == service.namespace && $0.name == service.name && ($0.port == nil || $0.port == port.port) }
+                    route.parentRefs.contains {
+                        $0.isService && $0.namespace == service.namespace && $0.name == service.name
+                            && ($0.port == nil || $0.port == port.port)
+                    }
                 }
-                let fallback: RouteAction? = forPort.isEmpty
-                    ? .forward(BackendSet(clusters: [WeightedCluster(cluster: own, weight: 1)], totalWeight: 1, route: "\(service.namespace)/\(service.name)"))
+                let fallback: RouteAction? =
+                    forPort.isEmpty
+                    ? .forward(
+                        BackendSet(
+                            clusters: [WeightedCluster(cluster: own, weight: 1)], totalWeight: 1,
+                            route: "\(service.namespace)/\(service.name)"))
                     : nil
                 ports.append((UInt16(port.port), RuleSet(rules: rules(from: forPort), fallback: fallback)))
             }
             var hostNames = ["\(service.name).\(service.namespace)", "\(service.name).\(service.namespace).svc", fqdn]
             if service.namespace == compiler.namespace { hostNames.insert(service.name, at: 0) }
             if let ip = service.clusterIP { hostNames.append(ip) }
-            addHost(VirtualHost(ports: ports, defaultPort: Self.defaultPort(service.ports.map(\.port))),
-                    names: hostNames, kind: "Service", name: "\(service.namespace)/\(service.name)")
+            addHost(
+                VirtualHost(ports: ports, defaultPort: Self.defaultPort(service.ports.map(\.port))),
+                names: hostNames, kind: "Service", name: "\(service.namespace)/\(service.name)")
             for port in service.ports {
                 // TCPRoutes attached to this port (or the whole service): its byte streams go to their backends.
                 let tcp = spec.tcpRoutes.filter { route in
-                    route.parentRefs.contains { $0.isService && $0.namespace == service.namespace && $0.name == service.name && ($0.port == nil || $0.port == port.port) }
+                    route.parentRefs.contains {
+                        $0.isService && $0.namespace == service.namespace && $0.name == service.name
+                            && ($0.port == nil || $0.port == port.port)
+                    }
                 }
                 if !tcp.isEmpty {
                     let name = tcp.map { "\($0.namespace)/\($0.name)" }.joined(separator: ",")
                     var weighted: [WeightedCluster] = []
                     for route in tcp {
                         for ref in route.rules.flatMap(\.backendRefs) {
-                            weighted.append(WeightedCluster(cluster: resolve(ref, route: "\(route.namespace)/\(route.name)", kind: route.kind), weight: UInt32(ref.weight)))
+                            weighted.append(
+                                WeightedCluster(
+                                    cluster: resolve(ref, route: "\(route.namespace)/\(route.name)", kind: route.kind),
+                                    weight: UInt32(ref.weight)))
                         }
                     }
                     let total = weighted.reduce(UInt32(0)) { $0 + $1.weight }
                     if total > 0 {
-                        tcpRoutes[tcpRouteKey(Int32(virtualHosts.count - 1), UInt16(port.port))] = BackendSet(clusters: weighted, totalWeight: total, route: name)
+                        tcpRoutes[tcpRouteKey(Int32(virtualHosts.count - 1), UInt16(port.port))] = BackendSet(
+                            clusters: weighted, totalWeight: total, route: name)
                     } else {
-                        warnings.append("TCPRoute \(name): no backendRef with weight: streams to \(service.namespace)/\(service.name):\(port.port) go to the service itself")
+                        warnings.append(
+                            "TCPRoute \(name): no backendRef with weight: streams to \(service.namespace)/\(service.name):\(port.port) go to the service itself"
+                        )
                     }
                 }
                 guard let ip = service.clusterIP, let vip = SocketAddress(ip: ip, port: UInt16(port.port)) else { continue }
@@ -537,13 +590,21 @@ struct CompileState {
             var ports: [(port: UInt16, rules: RuleSet<RouteAction>)] = []
             for port in entry.ports {
                 let own = clusterIndex["\(entry.hosts[0]):\(port.number)"]!
-                let fallback = RouteAction.forward(BackendSet(clusters: [WeightedCluster(cluster: own, weight: 1)], totalWeight: 1,
-                                                              route: "\(entry.namespace)/\(entry.name)"))
-                ports.append((UInt16(port.number), virtualServices.isEmpty ? RuleSet(rules: [], fallback: fallback)
-                                : RuleSet(orderedRules: rules(from: virtualServices, port: port.number), fallback: nil)))
+                let fallback = RouteAction.forward(
+                    BackendSet(
+                        clusters: [WeightedCluster(cluster: own, weight: 1)], totalWeight: 1,
+                        route: "\(entry.namespace)/\(entry.name)"))
+                ports.append(
+                    (
+                        UInt16(port.number),
+                        virtualServices.isEmpty
+                            ? RuleSet(rules: [], fallback: fallback)
+                            : RuleSet(orderedRules: rules(from: virtualServices, port: port.number), fallback: nil)
+                    ))
             }
-            addHost(VirtualHost(ports: ports, defaultPort: Self.defaultPort(entry.ports.map(\.number))),
-                    names: entry.hosts + entry.addresses, kind: "ServiceEntry", name: "\(entry.namespace)/\(entry.name)")
+            addHost(
+                VirtualHost(ports: ports, defaultPort: Self.defaultPort(entry.ports.map(\.number))),
+                names: entry.hosts + entry.addresses, kind: "ServiceEntry", name: "\(entry.namespace)/\(entry.name)")
             for address in entry.addresses {
                 for port in entry.ports {
                     guard let vip = SocketAddress(ip: address, port: UInt16(port.number)), destinations[vip] == nil else { continue }
@@ -571,8 +632,10 @@ struct CompileState {
         if !rule.match.headers.isEmpty {
             match.append(("headers", .array(rule.match.headers.map { .string(String(decoding: $0.name, as: UTF8.self)) })))
         }
-        return .object([("route", .string(rule.origin.route)), ("rule", .int(rule.origin.ruleIndex)), ("match", .object(match)),
-                        ("action", describe(rule.action))])
+        return .object([
+            ("route", .string(rule.origin.route)), ("rule", .int(rule.origin.ruleIndex)), ("match", .object(match)),
+            ("action", describe(rule.action)),
+        ])
     }
 
     static func describe(_ action: RouteAction) -> JSONValue {
@@ -581,21 +644,38 @@ struct CompileState {
         case .redirect(let redirect): return .object([("redirect", .int(redirect.statusCode))])
         case .respond(let status, _): return .object([("directResponse", .int(status))])
         case .forward(let set):
-            return .object([("route", .string(set.route)), ("backends", .array(set.clusters.map {
-                .object([("cluster", .int(Int($0.cluster))), ("weight", .int(Int($0.weight)))])
-            }))])
+            return .object([
+                ("route", .string(set.route)),
+                (
+                    "backends",
+                    .array(
+                        set.clusters.map {
+                            .object([("cluster", .int(Int($0.cluster))), ("weight", .int(Int($0.weight)))])
+                        })
+                ),
+            ])
         }
     }
 
     func dump(generation: UInt64) -> String {
         JSONValue.object([
             ("generation", .int(Int(generation))),
-            ("clusters", .array(clusters.enumerated().map { index, cluster in
-                .object([("index", .int(index)), ("name", .string(cluster.name)),
-                         ("endpoints", .array(cluster.endpoints.map {
-                             .string(endpoints[Int($0)].description + (endpointTunnels[Int($0)] ? " (HBONE)" : ""))
-                         }))])
-            })),
+            (
+                "clusters",
+                .array(
+                    clusters.enumerated().map { index, cluster in
+                        .object([
+                            ("index", .int(index)), ("name", .string(cluster.name)),
+                            (
+                                "endpoints",
+                                .array(
+                                    cluster.endpoints.map {
+                                        .string(endpoints[Int($0)].description + (endpointTunnels[Int($0)] ? " (HBONE)" : ""))
+                                    })
+                            ),
+                        ])
+                    })
+            ),
             ("virtualHosts", .array(dumpHosts)),
             ("warnings", .array((spec.warnings + warnings).map(JSONValue.string))),
         ]).rendered()

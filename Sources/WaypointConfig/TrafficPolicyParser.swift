@@ -64,8 +64,9 @@ enum TrafficPolicyParser {
             if let node = try policy?.optional("loadBalancer") { subsetBalancer = try self.loadBalancer(node, &ignored) }
             subsets.append(.init(name: name, labels: try s.optional("labels")?.stringMap() ?? [:], loadBalancer: subsetBalancer))
         }
-        return DestinationRuleSpec(namespace: namespace, name: name, host: host, outlierDetection: outlier, connectionPool: pool,
-                                   loadBalancer: loadBalancer, subsets: subsets, ignoredFields: ignored)
+        return DestinationRuleSpec(
+            namespace: namespace, name: name, host: host, outlierDetection: outlier, connectionPool: pool,
+            loadBalancer: loadBalancer, subsets: subsets, ignoredFields: ignored)
     }
 
     /// A connection-pool limit: 0 or absent means none (Istio sets only positive values; its default is unlimited).
@@ -81,7 +82,9 @@ enum TrafficPolicyParser {
         }
         if let hash = try node.optional("consistentHash") {
             if let header = try hash.optionalString("httpHeaderName") { return .consistentHash(.header(Array(header.lowercased().utf8))) }
-            if let parameter = try hash.optionalString("httpQueryParameterName") { return .consistentHash(.queryParameter(Array(parameter.utf8))) }
+            if let parameter = try hash.optionalString("httpQueryParameterName") {
+                return .consistentHash(.queryParameter(Array(parameter.utf8)))
+            }
             if try hash.optional("useSourceIp")?.bool() == true { return .consistentHash(.sourceIP) }
             if try hash.optional("httpCookie") != nil {
                 ignored.append("loadBalancer.consistentHash.httpCookie (LEAST_REQUEST instead)")

@@ -10,12 +10,14 @@ extension CompileState {
     /// (a ServiceEntry's), oldest first as Istio merges them, that apply to mesh traffic.
     func virtualServices(fqdn: String?, hosts: [String]) -> [VirtualServiceSpec] {
         spec.virtualServices.filter { vs in
-            (vs.gateways.isEmpty || vs.gateways.contains("mesh")) && vs.hosts.contains { host in
-                if let fqdn, qualified(host, namespace: vs.namespace) == fqdn { return true }
-                return hosts.contains(host)
-            }
+            (vs.gateways.isEmpty || vs.gateways.contains("mesh"))
+                && vs.hosts.contains { host in
+                    if let fqdn, qualified(host, namespace: vs.namespace) == fqdn { return true }
+                    return hosts.contains(host)
+                }
         }.sorted { a, b in
-            a.creationTimestamp != b.creationTimestamp ? a.creationTimestamp < b.creationTimestamp
+            a.creationTimestamp != b.creationTimestamp
+                ? a.creationTimestamp < b.creationTimestamp
                 : (a.namespace, a.name) < (b.namespace, b.name)
         }
     }
@@ -48,16 +50,20 @@ extension CompileState {
         return result
     }
 
-    private mutating func action(_ rule: VirtualServiceSpec.HTTPRule, _ match: VirtualServiceSpec.Match, _ vs: VirtualServiceSpec,
-                                 port: Int) -> RouteAction {
+    private mutating func action(
+        _ rule: VirtualServiceSpec.HTTPRule, _ match: VirtualServiceSpec.Match, _ vs: VirtualServiceSpec,
+        port: Int
+    ) -> RouteAction {
         guard rule.unsupported.isEmpty else { return .reply(.invalidBackend) }
         if let (status, body) = rule.directResponse { return .respond(status: status, body: body) }
         if let redirect = rule.redirect { return .redirect(redirect) }
         let name = "\(vs.namespace)/\(vs.name)"
         var weighted: [WeightedCluster] = []
         for destination in rule.route {
-            weighted.append(WeightedCluster(cluster: resolve(destination, namespace: vs.namespace, port: port, from: name),
-                                            weight: UInt32(destination.weight)))
+            weighted.append(
+                WeightedCluster(
+                    cluster: resolve(destination, namespace: vs.namespace, port: port, from: name),
+                    weight: UInt32(destination.weight)))
         }
         let total = weighted.reduce(UInt32(0)) { $0 + $1.weight }
         guard total > 0 else { return .reply(.invalidBackend) }
@@ -74,13 +80,16 @@ extension CompileState {
             }
             rewrite = URLRewrite(hostname: rule.rewriteAuthority, path: path)
         }
-        let mirrors = rule.mirrors.map { (cluster: resolve($0.destination, namespace: vs.namespace, port: port, from: name), percent: $0.percent) }
-        let policy = ForwardPolicy(retry: rule.retries.map {
-            .istio(attempts: $0.attempts, retryOn: $0.retryOn, remoteLocalities: $0.retryRemoteLocalities)
-        },
-                                   requestTimeout: rule.timeout, perTryTimeout: rule.retries.flatMap { $0.attempts > 0 ? $0.perTryTimeout : nil },
-                                   requestHeaders: rule.requestHeaders, responseHeaders: rule.responseHeaders, rewrite: rewrite,
-                                   mirrors: mirrors, delay: rule.fault?.delay.map { (duration: $0, percent: rule.fault!.delayPercent) })
+        let mirrors = rule.mirrors.map {
+            (cluster: resolve($0.destination, namespace: vs.namespace, port: port, from: name), percent: $0.percent)
+        }
+        let policy = ForwardPolicy(
+            retry: rule.retries.map {
+                .istio(attempts: $0.attempts, retryOn: $0.retryOn, remoteLocalities: $0.retryRemoteLocalities)
+            },
+            requestTimeout: rule.timeout, perTryTimeout: rule.retries.flatMap { $0.attempts > 0 ? $0.perTryTimeout : nil },
+            requestHeaders: rule.requestHeaders, responseHeaders: rule.responseHeaders, rewrite: rewrite,
+            mirrors: mirrors, delay: rule.fault?.delay.map { (duration: $0, percent: rule.fault!.delayPercent) })
         let abort = rule.fault?.abortStatus.map { (status: $0, percent: rule.fault!.abortPercent) }
         for (i, destination) in rule.route.enumerated() where destination.requestHeaders != nil || destination.responseHeaders != nil {
             weighted[i].policy = policy.addingHeaders(request: destination.requestHeaders, response: destination.responseHeaders)
@@ -126,8 +135,9 @@ extension CompileState {
         if let authority = match.authority { headers.append(HeaderMatch(name: "host", value: value(authority))) }
         headers += match.headers.map { HeaderMatch(name: $0.name, value: value($0.match)) }
         headers += match.withoutHeaders.map { HeaderMatch(name: $0.name, value: value($0.match), negated: true) }
-        return RequestMatch(path: path, ignoreCase: match.ignoreUriCase, methodMatch: match.method.map(value), headers: headers,
-                            queryParams: match.queryParams.map { QueryMatch(name: $0.name, value: value($0.match)) })
+        return RequestMatch(
+            path: path, ignoreCase: match.ignoreUriCase, methodMatch: match.method.map(value), headers: headers,
+            queryParams: match.queryParams.map { QueryMatch(name: $0.name, value: value($0.match)) })
     }
 
     private static func value(_ spec: VirtualServiceSpec.StringMatchSpec) -> ValueMatch {
@@ -150,13 +160,17 @@ extension CompileState {
             for section in vs.ignoredSections { warnings.append("\(label): \(section) routes are not applied by a waypoint") }
             for (index, rule) in vs.http.enumerated() {
                 if !rule.unsupported.isEmpty {
-                    warnings.append("\(label): http[\(index)] uses \(rule.unsupported.joined(separator: ", ")), not supported: requests matching it get 500")
+                    warnings.append(
+                        "\(label): http[\(index)] uses \(rule.unsupported.joined(separator: ", ")), not supported: requests matching it get 500"
+                    )
                 }
                 for field in rule.ignored {
                     warnings.append("\(label): http[\(index)] \(field) is not applied (requests are routed without it)")
                 }
                 for match in rule.matches where !match.unsupported.isEmpty {
-                    warnings.append("\(label): http[\(index)] match on \(match.unsupported.joined(separator: ", ")) cannot be evaluated by a waypoint: that match never holds")
+                    warnings.append(
+                        "\(label): http[\(index)] match on \(match.unsupported.joined(separator: ", ")) cannot be evaluated by a waypoint: that match never holds"
+                    )
                 }
             }
         }

@@ -5,7 +5,9 @@ import WaypointCore
 
 /// Reads VirtualService documents (networking.istio.io): `hosts` and `http[]`, as Istio's reference describes them.
 enum VirtualServiceParser {
-    static func virtualService(_ doc: ManifestNode, namespace: String, name: String, creation: String) throws(ConfigError) -> VirtualServiceSpec {
+    static func virtualService(_ doc: ManifestNode, namespace: String, name: String, creation: String) throws(ConfigError)
+        -> VirtualServiceSpec
+    {
         let spec = try doc.required("spec")
         var hosts: [String] = []
         for h in try spec.required("hosts").array() {
@@ -20,8 +22,9 @@ enum VirtualServiceParser {
         for key in ["tcp", "tls"] where try spec.optional(key) != nil { ignored.append(key) }
         var gateways: [String] = []
         for g in try spec.optionalArray("gateways") { gateways.append(try g.string()) }
-        return VirtualServiceSpec(namespace: namespace, name: name, creationTimestamp: creation, hosts: hosts, gateways: gateways,
-                                  http: rules, ignoredSections: ignored)
+        return VirtualServiceSpec(
+            namespace: namespace, name: name, creationTimestamp: creation, hosts: hosts, gateways: gateways,
+            http: rules, ignoredSections: ignored)
     }
 
     private static func rule(_ r: ManifestNode) throws(ConfigError) -> VirtualServiceSpec.HTTPRule {
@@ -45,13 +48,16 @@ enum VirtualServiceParser {
         if let redirect = try r.optional("redirect") {
             let code = try redirect.optional("redirectCode")?.int(in: 300...399) ?? 301
             let scheme = try redirect.optionalString("scheme")
-            if let scheme, scheme != "http" && scheme != "https" { throw try redirect.required("scheme").error("scheme must be http or https") }
+            if let scheme, scheme != "http" && scheme != "https" {
+                throw try redirect.required("scheme").error("scheme must be http or https")
+            }
             let uri = try redirect.optionalString("uri")
             if let uri, !uri.hasPrefix("/") { throw try redirect.required("uri").error("a path must start with \"/\"") }
             if try redirect.optional("derivePort") != nil { rule.unsupported.append("redirect.derivePort") }
-            rule.redirect = RequestRedirect(scheme: scheme, hostname: try redirect.optionalString("authority"),
-                                            port: try redirect.optional("port")?.int(in: 1...65535),
-                                            path: uri.map { .replaceFullPath(Array($0.utf8)) }, statusCode: code)
+            rule.redirect = RequestRedirect(
+                scheme: scheme, hostname: try redirect.optionalString("authority"),
+                port: try redirect.optional("port")?.int(in: 1...65535),
+                path: uri.map { .replaceFullPath(Array($0.utf8)) }, statusCode: code)
         }
         if let direct = try r.optional("directResponse") {
             let status = try direct.required("status").int(in: 200...599)
@@ -60,7 +66,9 @@ enum VirtualServiceParser {
                 if let text = try b.optionalString("string") {
                     body = Array(text.utf8)
                 } else if let encoded = try b.optional("bytes") {
-                    guard let decoded = Data(base64Encoded: try encoded.string()).map(Array.init) else { throw encoded.error("body.bytes must be base64") }
+                    guard let decoded = Data(base64Encoded: try encoded.string()).map(Array.init) else {
+                        throw encoded.error("body.bytes must be base64")
+                    }
                     body = decoded
                 }
             }
@@ -73,7 +81,9 @@ enum VirtualServiceParser {
             if let regexRewrite = try rewrite.optional("uriRegexRewrite") {
                 let pattern = try regexRewrite.required("match").string()
                 let regex: Regex
-                do { regex = try Regex(pattern, anchored: false) } catch { throw try regexRewrite.required("match").error(error.description) }
+                do { regex = try Regex(pattern, anchored: false) } catch {
+                    throw try regexRewrite.required("match").error(error.description)
+                }
                 let (replacement, highestGroup) = Regex.pcre2Replacement(fromRE2: try regexRewrite.required("rewrite").string())
                 guard highestGroup <= regex.captureCount else {
                     throw try regexRewrite.required("rewrite").error("names group \\\(highestGroup); the pattern has \(regex.captureCount)")
@@ -91,9 +101,10 @@ enum VirtualServiceParser {
             let retryOn = try retries.optionalString("retryOn")
             if let retryOn { try checkRetryOn(retryOn, try retries.required("retryOn")) }
             // Istio: `attempts` unset (0) disables retries for the rule, perTryTimeout included.
-            rule.retries = .init(attempts: try retries.optional("attempts")?.int(in: 0...100) ?? 0,
-                                 perTryTimeout: try retries.optionalDuration("perTryTimeout"), retryOn: retryOn,
-                                 retryRemoteLocalities: try retries.optional("retryRemoteLocalities")?.bool() ?? false)
+            rule.retries = .init(
+                attempts: try retries.optional("attempts")?.int(in: 0...100) ?? 0,
+                perTryTimeout: try retries.optionalDuration("perTryTimeout"), retryOn: retryOn,
+                retryRemoteLocalities: try retries.optional("retryRemoteLocalities")?.bool() ?? false)
         }
         if let mirror = try r.optional("mirror") {
             var percent = 100.0
@@ -131,7 +142,8 @@ enum VirtualServiceParser {
         if try r.optional("corsPolicy") != nil { rule.ignored.append("corsPolicy") }
         let actions = [!rule.route.isEmpty, rule.redirect != nil, rule.directResponse != nil].filter { $0 }.count
         guard actions == 1 else {
-            throw r.error(actions == 0 ? "a rule needs route, redirect or directResponse" : "route, redirect and directResponse exclude each other")
+            throw r.error(
+                actions == 0 ? "a rule needs route, redirect or directResponse" : "route, redirect and directResponse exclude each other")
         }
         if rule.route.count > 1 && rule.route.allSatisfy({ $0.weight == 0 }) {
             throw try r.required("route").error("weights are required when there is more than one destination")
@@ -186,7 +198,9 @@ enum VirtualServiceParser {
             match.queryParams.append((name, parsed))
         }
         match.port = try m.optional("port")?.int(in: 1...65535)
-        for key in ["sourceLabels", "sourceNamespace", "scheme", "statPrefix"] where try m.optional(key) != nil { match.unsupported.append(key) }
+        for key in ["sourceLabels", "sourceNamespace", "scheme", "statPrefix"] where try m.optional(key) != nil {
+            match.unsupported.append(key)
+        }
         for g in try m.optionalArray("gateways") where try g.string() != "mesh" { match.unsupported.append("gateways") }
         return match
     }

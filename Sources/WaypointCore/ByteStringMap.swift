@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// An immutable hash map from byte strings to values, looked up with a borrowed byte view so that a request
@@ -51,7 +51,6 @@ public struct ByteStringMap<Value: Sendable>: Sendable {
         }
         return nil
     }
-
 
     @inline(__always)
     static func hash(_ bytes: UnsafeRawBufferPointer) -> UInt64 {

@@ -34,7 +34,8 @@ public struct Destination: Sendable {
     /// The service's `name.namespace.svc.<domain>` (the Host of inner requests that carry none).
     public let host: String
 
-    public init(virtualHost: Int32, port: UInt16, cluster: Int32, endpoint: Int32, innerProtocol: InnerProtocol, name: String, host: String) {
+    public init(virtualHost: Int32, port: UInt16, cluster: Int32, endpoint: Int32, innerProtocol: InnerProtocol, name: String, host: String)
+    {
         self.virtualHost = virtualHost
         self.port = port
         self.cluster = cluster

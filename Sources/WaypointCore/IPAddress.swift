@@ -12,7 +12,8 @@ public enum IPAddress {
         var bytes: [UInt8] = []
         for part in parts {
             guard !part.isEmpty, part.count <= 3, part.allSatisfy({ $0.isASCII && $0.isNumber }), let value = UInt8(part),
-                  part.count == 1 || part.first != "0" else { return nil }
+                part.count == 1 || part.first != "0"
+            else { return nil }
             bytes.append(value)
         }
         return bytes

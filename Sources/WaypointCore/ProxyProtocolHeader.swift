@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A PROXY protocol v2 header as the local ztunnel writes it in the "sandwich" mode (kgateway): the original

@@ -17,8 +17,9 @@ public struct SpiffeIdentity: Sendable, Equatable, CustomStringConvertible {
         guard uri.hasPrefix("spiffe://") else { return nil }
         let parts = uri.dropFirst("spiffe://".count).split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 5, parts[1] == "ns", parts[3] == "sa",
-              !parts[0].isEmpty, !parts[2].isEmpty, !parts[4].isEmpty,
-              !uri.contains(where: { $0 == "?" || $0 == "#" || $0 == "%" || $0.isWhitespace }) else { return nil }
+            !parts[0].isEmpty, !parts[2].isEmpty, !parts[4].isEmpty,
+            !uri.contains(where: { $0 == "?" || $0 == "#" || $0 == "%" || $0.isWhitespace })
+        else { return nil }
         trustDomain = parts[0].lowercased()
         namespace = String(parts[2])
         serviceAccount = String(parts[4])

@@ -28,9 +28,10 @@ public struct TraceContext: Sendable, Equatable {
     /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`; nil when malformed or all-zero ids.
     public static func parse(_ value: UnsafeRawBufferPointer) -> (high: UInt64, low: UInt64, parent: UInt64, sampled: Bool)? {
         guard value.count == 55, value[2] == 0x2D, value[35] == 0x2D, value[52] == 0x2D,
-              value[0] == 0x30, value[1] == 0x30,
-              let high = hex(value, 3, 16), let low = hex(value, 19, 16), let parent = hex(value, 36, 16), let flags = hex(value, 53, 2),
-              high | low != 0, parent != 0 else { return nil }
+            value[0] == 0x30, value[1] == 0x30,
+            let high = hex(value, 3, 16), let low = hex(value, 19, 16), let parent = hex(value, 36, 16), let flags = hex(value, 53, 2),
+            high | low != 0, parent != 0
+        else { return nil }
         return (high, low, parent, flags & 1 == 1)
     }
 

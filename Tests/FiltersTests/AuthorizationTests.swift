@@ -38,10 +38,11 @@ import WaypointCore
         #expect(normalize("/a/../b//c", .none) == "/a/../b//c")
     }
 
-    @Test(arguments: [
-        ("//admin", "/admin"), ("/admin;x", "/admin"), ("/admin;x/y;z=1", "/admin/y"), ("/public;/../admin", "/admin"),
-        ("/%2Fadmin", "/admin"), ("/a/..//admin", "/admin"), ("/admin", nil), ("/index.html", nil), ("/a%20b", nil),
-    ] as [(String, String?)])
+    @Test(
+        arguments: [
+            ("//admin", "/admin"), ("/admin;x", "/admin"), ("/admin;x/y;z=1", "/admin/y"), ("/public;/../admin", "/admin"),
+            ("/%2Fadmin", "/admin"), ("/a/..//admin", "/admin"), ("/admin", nil), ("/index.html", nil), ("/a%20b", nil),
+        ] as [(String, String?)])
     func hardened(path: String, expected: String?) {
         let bytes = Array(path.utf8)
         #expect(bytes.withUnsafeBytes { PathNormalization.withHardened($0) { String(decoding: $0, as: UTF8.self) } } == expected)
@@ -92,9 +93,11 @@ import WaypointCore
 @Suite struct PolicyEvaluationTests {
     typealias Policy = AuthorizationPolicy
 
-    static func request(principal: String? = "cluster.local/ns/default/sa/frontend", ip: String = "10.1.2.3",
-                        method: String = "GET", path: String = "/", host: String = "web", port: UInt16 = 80,
-                        headers: [String: String] = [:], http: Bool = true) -> (AuthorizationRequest, [[UInt8]]) {
+    static func request(
+        principal: String? = "cluster.local/ns/default/sa/frontend", ip: String = "10.1.2.3",
+        method: String = "GET", path: String = "/", host: String = "web", port: UInt16 = 80,
+        headers: [String: String] = [:], http: Bool = true
+    ) -> (AuthorizationRequest, [[UInt8]]) {
         var r = AuthorizationRequest()
         r.principal = principal
         if let principal, let identity = SpiffeIdentity(uri: "spiffe://" + principal) {
@@ -108,22 +111,28 @@ import WaypointCore
         return (r, storage)
     }
 
-    static func evaluate(_ policies: [Policy], principal: String? = "cluster.local/ns/default/sa/frontend", ip: String = "10.1.2.3",
-                         method: String = "GET", path: String = "/", host: String = "web", port: UInt16 = 80,
-                         headers: [String: String] = [:], http: Bool = true, hardened: Bool = true) -> AuthorizationDecision {
+    static func evaluate(
+        _ policies: [Policy], principal: String? = "cluster.local/ns/default/sa/frontend", ip: String = "10.1.2.3",
+        method: String = "GET", path: String = "/", host: String = "web", port: UInt16 = 80,
+        headers: [String: String] = [:], http: Bool = true, hardened: Bool = true
+    ) -> AuthorizationDecision {
         var (r, storage) = request(principal: principal, ip: ip, method: method, path: path, host: host, port: port)
-        return storage[0].withUnsafeBytes { h in storage[1].withUnsafeBytes { m in storage[2].withUnsafeBytes { p in
-            guard http else { return PolicySet(policies: policies, hardenedDenyPaths: hardened).evaluate(r) }
-            var text = "GET / HTTP/1.1\r\nhost: x\r\n"
-            for (name, value) in headers { text += "\(name): \(value)\r\n" }
-            let raw = Array((text + "\r\n").utf8)
-            return raw.withUnsafeBytes { rawBytes in
-                var head = RequestHead()
-                _ = HTTP1Parser.parseRequest(rawBytes, into: &head)
-                r.http = AuthorizationRequest.HTTP(host: h, method: m, path: p, head: head, headBytes: rawBytes)
-                return PolicySet(policies: policies, hardenedDenyPaths: hardened).evaluate(r)
+        return storage[0].withUnsafeBytes { h in
+            storage[1].withUnsafeBytes { m in
+                storage[2].withUnsafeBytes { p in
+                    guard http else { return PolicySet(policies: policies, hardenedDenyPaths: hardened).evaluate(r) }
+                    var text = "GET / HTTP/1.1\r\nhost: x\r\n"
+                    for (name, value) in headers { text += "\(name): \(value)\r\n" }
+                    let raw = Array((text + "\r\n").utf8)
+                    return raw.withUnsafeBytes { rawBytes in
+                        var head = RequestHead()
+                        _ = HTTP1Parser.parseRequest(rawBytes, into: &head)
+                        r.http = AuthorizationRequest.HTTP(host: h, method: m, path: p, head: head, headBytes: rawBytes)
+                        return PolicySet(policies: policies, hardenedDenyPaths: hardened).evaluate(r)
+                    }
+                }
             }
-        } } }
+        }
     }
 
     static func rule(from: [Policy.Source] = [], to: [Policy.Operation] = [], when: [Policy.Condition] = []) -> Policy.Rule {
@@ -133,13 +142,18 @@ import WaypointCore
     static func source(_ edit: (inout Policy.Source) -> Void) -> Policy.Source { var s = Policy.Source(); edit(&s); return s }
     static func operation(_ edit: (inout Policy.Operation) -> Void) -> Policy.Operation { var o = Policy.Operation(); edit(&o); return o }
 
-    static let frontendOnly = Policy(name: "ns/allow-frontend", action: .allow, rules: [rule(from: [source { $0.principals = [StringMatch("cluster.local/ns/default/sa/frontend")] }])])
-    static let denyAdmin = Policy(name: "ns/deny-admin", action: .deny, rules: [rule(to: [operation { $0.paths = [PathPattern("/admin*")!] }])])
+    static let frontendOnly = Policy(
+        name: "ns/allow-frontend", action: .allow,
+        rules: [rule(from: [source { $0.principals = [StringMatch("cluster.local/ns/default/sa/frontend")] }])])
+    static let denyAdmin = Policy(
+        name: "ns/deny-admin", action: .deny, rules: [rule(to: [operation { $0.paths = [PathPattern("/admin*")!] }])])
     static let allowNothing = Policy(name: "ns/allow-nothing", action: .allow, rules: [])
     static let allowAll = Policy(name: "ns/allow-all", action: .allow, rules: [rule()])
 
-    static let denyExactAdmin = Policy(name: "ns/deny-admin", action: .deny, rules: [rule(to: [operation { $0.paths = [PathPattern("/admin")!] }])])
-    static let allowExactPublic = Policy(name: "ns/allow-public", action: .allow, rules: [rule(to: [operation { $0.paths = [PathPattern("/public")!] }])])
+    static let denyExactAdmin = Policy(
+        name: "ns/deny-admin", action: .deny, rules: [rule(to: [operation { $0.paths = [PathPattern("/admin")!] }])])
+    static let allowExactPublic = Policy(
+        name: "ns/allow-public", action: .allow, rules: [rule(to: [operation { $0.paths = [PathPattern("/public")!] }])])
 
     /// DENY also sees the hardened path; Istio (`hardened: false`) lets these through under BASE normalization.
     @Test(arguments: ["//admin", "/admin;x", "/admin;", "//admin;jsessionid=1"])
@@ -157,17 +171,27 @@ import WaypointCore
 
     @Test func noPoliciesAllow() { #expect(Self.evaluate([]) == .allow(policy: nil)) }
     @Test func allowMatches() { #expect(Self.evaluate([Self.frontendOnly]) == .allow(policy: "ns/allow-frontend")) }
-    @Test func allowNotMatchedDenies() { #expect(Self.evaluate([Self.frontendOnly], principal: "cluster.local/ns/default/sa/other") == .deny(policy: nil)) }
+    @Test func allowNotMatchedDenies() {
+        #expect(Self.evaluate([Self.frontendOnly], principal: "cluster.local/ns/default/sa/other") == .deny(policy: nil))
+    }
     @Test func plaintextHasNoPrincipal() { #expect(Self.evaluate([Self.frontendOnly], principal: nil) == .deny(policy: nil)) }
-    @Test func denyBeatsAllow() { #expect(Self.evaluate([Self.frontendOnly, Self.denyAdmin], path: "/admin/x") == .deny(policy: "ns/deny-admin")) }
+    @Test func denyBeatsAllow() {
+        #expect(Self.evaluate([Self.frontendOnly, Self.denyAdmin], path: "/admin/x") == .deny(policy: "ns/deny-admin"))
+    }
     @Test func allowWithoutRulesDeniesAll() { #expect(Self.evaluate([Self.allowNothing]) == .deny(policy: nil)) }
     @Test func emptyRuleMatchesAll() { #expect(Self.evaluate([Self.allowAll], principal: nil) == .allow(policy: "ns/allow-all")) }
-    @Test func denyWithoutRulesMatchesNothing() { #expect(Self.evaluate([Policy(name: "d", action: .deny, rules: [])]) == .allow(policy: nil)) }
-    @Test func customFailsClosed() { #expect(Self.evaluate([Policy(name: "c", action: .custom, rules: [Self.rule()])]) == .deny(policy: "c")) }
+    @Test func denyWithoutRulesMatchesNothing() {
+        #expect(Self.evaluate([Policy(name: "d", action: .deny, rules: [])]) == .allow(policy: nil))
+    }
+    @Test func customFailsClosed() {
+        #expect(Self.evaluate([Policy(name: "c", action: .custom, rules: [Self.rule()])]) == .deny(policy: "c"))
+    }
     @Test func auditNeverBlocks() {
         var audited: [String] = []
         let (r, _) = Self.request()
-        #expect(PolicySet(policies: [Policy(name: "a", action: .audit, rules: [Self.rule()])]).evaluate(r) { audited.append($0) } == .allow(policy: nil))
+        #expect(
+            PolicySet(policies: [Policy(name: "a", action: .audit, rules: [Self.rule()])]).evaluate(r) { audited.append($0) }
+                == .allow(policy: nil))
         #expect(audited == ["a"])
     }
 
@@ -175,7 +199,8 @@ import WaypointCore
         ("cluster.local/ns/default/sa/frontend", false), ("cluster.local/ns/default/sa/other", true), ("cluster.local/ns/shop/sa/x", true),
     ])
     func notPrincipals(principal: String, allowed: Bool) {
-        let policy = Policy(name: "p", action: .allow, rules: [Self.rule(from: [Self.source { $0.notPrincipals = [StringMatch("*/sa/frontend")] }])])
+        let policy = Policy(
+            name: "p", action: .allow, rules: [Self.rule(from: [Self.source { $0.notPrincipals = [StringMatch("*/sa/frontend")] }])])
         #expect(Self.evaluate([policy], principal: principal).isAllowed == allowed)
     }
 
@@ -187,36 +212,55 @@ import WaypointCore
 
     @Test(arguments: [("10.1.2.3", true), ("10.9.9.9", false), ("fd00::5", true)])
     func ipBlocksV4AndV6(ip: String, allowed: Bool) {
-        let policy = Policy(name: "p", action: .allow, rules: [Self.rule(from: [Self.source { $0.ipBlocks = [CIDRBlock("10.1.0.0/16")!, CIDRBlock("fd00::/8")!] }])])
+        let policy = Policy(
+            name: "p", action: .allow,
+            rules: [Self.rule(from: [Self.source { $0.ipBlocks = [CIDRBlock("10.1.0.0/16")!, CIDRBlock("fd00::/8")!] }])])
         #expect(Self.evaluate([policy], ip: ip).isAllowed == allowed)
     }
 
     @Test(arguments: [("GET", "/api/v1", true), ("POST", "/api/v1", false), ("GET", "/other", false)])
     func fieldsInOneOperationAllHold(method: String, path: String, allowed: Bool) {
-        let policy = Policy(name: "p", action: .allow, rules: [Self.rule(to: [Self.operation { $0.methods = [StringMatch("GET")]; $0.paths = [PathPattern("/api/*")!] }])])
+        let policy = Policy(
+            name: "p", action: .allow,
+            rules: [
+                Self.rule(to: [
+                    Self.operation {
+                        $0.methods = [StringMatch("GET")]; $0.paths = [PathPattern("/api/*")!]
+                    }
+                ])
+            ])
         #expect(Self.evaluate([policy], method: method, path: path).isAllowed == allowed)
     }
 
     @Test(arguments: [("GET", "/x", true), ("POST", "/api/x", true), ("POST", "/x", false)])
     func operationEntriesAreAlternatives(method: String, path: String, allowed: Bool) {
-        let policy = Policy(name: "p", action: .allow, rules: [Self.rule(to: [
-            Self.operation { $0.methods = [StringMatch("GET")] }, Self.operation { $0.paths = [PathPattern("/api/*")!] },
-        ])])
+        let policy = Policy(
+            name: "p", action: .allow,
+            rules: [
+                Self.rule(to: [
+                    Self.operation { $0.methods = [StringMatch("GET")] }, Self.operation { $0.paths = [PathPattern("/api/*")!] },
+                ])
+            ])
         #expect(Self.evaluate([policy], method: method, path: path).isAllowed == allowed)
     }
 
     @Test(arguments: [("web", true), ("WEB.default", false), ("api", false)])
     func hostsCaseInsensitive(host: String, allowed: Bool) {
         // Hosts are lower-cased by the caller (the request's Host, port stripped) and in the pattern.
-        let policy = Policy(name: "p", action: .allow, rules: [Self.rule(to: [Self.operation { $0.hosts = [StringMatch("WEB", caseInsensitive: true)] }])])
+        let policy = Policy(
+            name: "p", action: .allow, rules: [Self.rule(to: [Self.operation { $0.hosts = [StringMatch("WEB", caseInsensitive: true)] }])])
         #expect(Self.evaluate([policy], host: host.lowercased()).isAllowed == allowed)
     }
 
     @Test(arguments: [([String: String](), false), (["x-token": "secret"], true), (["x-token": "other"], false)])
     func whenRequestHeader(headers: [String: String], allowed: Bool) {
-        let policy = Policy(name: "p", action: .allow, rules: [Self.rule(when: [
-            Policy.Condition(key: .requestHeader(Array("x-token".utf8)), values: [StringMatch("secret")], notValues: nil),
-        ])])
+        let policy = Policy(
+            name: "p", action: .allow,
+            rules: [
+                Self.rule(when: [
+                    Policy.Condition(key: .requestHeader(Array("x-token".utf8)), values: [StringMatch("secret")], notValues: nil)
+                ])
+            ])
         #expect(Self.evaluate([policy], headers: headers).isAllowed == allowed)
     }
 

@@ -17,21 +17,25 @@ private func forward(_ request: String, client: String = "10.0.0.5") -> String {
 
 @Suite struct ForwardingHeadersTests {
     @Test func removesHopByHopAndAddsForwardingHeaders() {
-        let sent = forward("GET /p?q HTTP/1.1\r\nHost: svc\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: 5\r\nTE: trailers\r\n"
-                           + "Upgrade: h2c\r\nProxy-Connection: x\r\nX-Secret: s\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\r\n")
-        #expect(sent == "GET /p?q HTTP/1.1\r\nhost: svc\r\nAccept: */*\r\nx-forwarded-for: 10.0.0.5\r\n"
+        let sent = forward(
+            "GET /p?q HTTP/1.1\r\nHost: svc\r\nConnection: keep-alive, X-Secret\r\nKeep-Alive: 5\r\nTE: trailers\r\n"
+                + "Upgrade: h2c\r\nProxy-Connection: x\r\nX-Secret: s\r\nX-Forwarded-Proto: https\r\nAccept: */*\r\n\r\n")
+        #expect(
+            sent == "GET /p?q HTTP/1.1\r\nhost: svc\r\nAccept: */*\r\nx-forwarded-for: 10.0.0.5\r\n"
                 + "x-forwarded-proto: http\r\nx-request-id: generated-id\r\nx-envoy-attempt-count: 1\r\n\r\n")
     }
 
     @Test func appendsToAnExistingForwardedForAndKeepsRequestID() {
         let sent = forward("POST / HTTP/1.1\r\nHost: svc\r\nX-Forwarded-For: 1.2.3.4\r\nX-Request-Id: abc\r\nContent-Length: 3\r\n\r\n")
-        #expect(sent == "POST / HTTP/1.1\r\nhost: svc\r\nX-Request-Id: abc\r\nx-forwarded-for: 1.2.3.4, 10.0.0.5\r\n"
+        #expect(
+            sent == "POST / HTTP/1.1\r\nhost: svc\r\nX-Request-Id: abc\r\nx-forwarded-for: 1.2.3.4, 10.0.0.5\r\n"
                 + "x-forwarded-proto: http\r\ncontent-length: 3\r\nx-envoy-attempt-count: 1\r\n\r\n")
     }
 
     @Test func reEmitsChunkedFramingAndDropsExpect() {
         let sent = forward("PUT / HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\nX-Request-Id: r\r\n\r\n")
-        #expect(sent == "PUT / HTTP/1.1\r\nhost: svc\r\nX-Request-Id: r\r\nx-forwarded-for: 10.0.0.5\r\nx-forwarded-proto: http\r\n"
+        #expect(
+            sent == "PUT / HTTP/1.1\r\nhost: svc\r\nX-Request-Id: r\r\nx-forwarded-for: 10.0.0.5\r\nx-forwarded-proto: http\r\n"
                 + "transfer-encoding: chunked\r\nx-envoy-attempt-count: 1\r\n\r\n")
     }
 
@@ -54,13 +58,15 @@ private func forward(_ request: String, client: String = "10.0.0.5") -> String {
             #expect(HTTP1Parser.parseResponse(buffer, requestWasHead: false, into: &head) == .complete)
             ForwardingHeaders.writeResponse(head, buffer, close: true, into: out)
         }
-        #expect(String(decoding: out.readable, as: UTF8.self) == "HTTP/1.1 200 OK\r\nX-A: b\r\ncontent-length: 2\r\nconnection: close\r\n\r\n")
+        #expect(
+            String(decoding: out.readable, as: UTF8.self) == "HTTP/1.1 200 OK\r\nX-A: b\r\ncontent-length: 2\r\nconnection: close\r\n\r\n")
     }
 
     @Test func localReply() {
         let out = ByteBuffer(capacity: 256)
         ForwardingHeaders.writeLocalReply(.noRoute, close: false, into: out)
-        #expect(String(decoding: out.readable, as: UTF8.self)
+        #expect(
+            String(decoding: out.readable, as: UTF8.self)
                 == "HTTP/1.1 404 Not Found\r\ncontent-type: text/plain\r\ncontent-length: 9\r\n\r\nno route\n")
     }
 }
@@ -74,7 +80,9 @@ private func forward(_ request: String, client: String = "10.0.0.5") -> String {
             _ = HTTP1Parser.parseRequest(raw, into: &head)
             Array("10.0.0.1".utf8).withUnsafeBytes { ip in
                 Array(traceparent.utf8).withUnsafeBytes { trace in
-                    ForwardingHeaders.writeRequest(head, raw, clientIP: ip, proto: "http", traceparent: trace, into: out) { $0.append("id") }
+                    ForwardingHeaders.writeRequest(head, raw, clientIP: ip, proto: "http", traceparent: trace, into: out) {
+                        $0.append("id")
+                    }
                 }
             }
         }
@@ -137,15 +145,25 @@ private func forward(_ request: String, client: String = "10.0.0.5") -> String {
 
     @Test func redirectKeepsWhatIsNotReplaced() {
         func location(_ redirect: RequestRedirect, host: String, port: UInt16?, path: String, query: String) -> String {
-            Array(host.utf8).withUnsafeBytes { h in Array(path.utf8).withUnsafeBytes { p in Array(query.utf8).withUnsafeBytes { q in
-                String(decoding: redirect.location(host: h, requestPort: port, path: p, query: q), as: UTF8.self)
-            } } }
+            Array(host.utf8).withUnsafeBytes { h in
+                Array(path.utf8).withUnsafeBytes { p in
+                    Array(query.utf8).withUnsafeBytes { q in
+                        String(decoding: redirect.location(host: h, requestPort: port, path: p, query: q), as: UTF8.self)
+                    }
+                }
+            }
         }
-        #expect(location(RequestRedirect(scheme: "https", hostname: nil, port: nil, path: nil, statusCode: 301), host: "web", port: 8080,
-                         path: "/a", query: "?x=1") == "https://web/a?x=1")
-        #expect(location(RequestRedirect(scheme: nil, hostname: "new.example", port: nil, path: .replaceFullPath(Array("/b".utf8)), statusCode: 302),
-                         host: "web", port: 8080, path: "/a", query: "") == "http://new.example:8080/b")
-        #expect(location(RequestRedirect(scheme: "https", hostname: nil, port: 443, path: nil, statusCode: 302), host: "web", port: nil,
-                         path: "/", query: "") == "https://web/")
+        #expect(
+            location(
+                RequestRedirect(scheme: "https", hostname: nil, port: nil, path: nil, statusCode: 301), host: "web", port: 8080,
+                path: "/a", query: "?x=1") == "https://web/a?x=1")
+        #expect(
+            location(
+                RequestRedirect(scheme: nil, hostname: "new.example", port: nil, path: .replaceFullPath(Array("/b".utf8)), statusCode: 302),
+                host: "web", port: 8080, path: "/a", query: "") == "http://new.example:8080/b")
+        #expect(
+            location(
+                RequestRedirect(scheme: "https", hostname: nil, port: 443, path: nil, statusCode: 302), host: "web", port: nil,
+                path: "/", query: "") == "https://web/")
     }
 }

@@ -49,7 +49,7 @@ import Testing
             #expect(wait >= .zero && wait < .milliseconds(ceilingMs))
             longest = max(longest, wait)
         }
-        #expect(longest > .milliseconds(ceilingMs) * 0.9)   // and uses the whole range
+        #expect(longest > .milliseconds(ceilingMs) * 0.9)  // and uses the whole range
     }
 }
 
@@ -59,7 +59,7 @@ import Testing
         var fiveXX = 0, gateway = 0
         #expect(!detection.record(.status(500), fiveXX: &fiveXX, gateway: &gateway))
         #expect(!detection.record(.connectFailure, fiveXX: &fiveXX, gateway: &gateway))
-        #expect(!detection.record(.status(200), fiveXX: &fiveXX, gateway: &gateway))   // resets
+        #expect(!detection.record(.status(200), fiveXX: &fiveXX, gateway: &gateway))  // resets
         #expect(!detection.record(.status(503), fiveXX: &fiveXX, gateway: &gateway))
         #expect(!detection.record(.status(500), fiveXX: &fiveXX, gateway: &gateway))
         #expect(detection.record(.status(502), fiveXX: &fiveXX, gateway: &gateway))
@@ -69,7 +69,7 @@ import Testing
         let detection = OutlierDetection(consecutive5xxErrors: nil, consecutiveGatewayErrors: 2)
         var fiveXX = 0, gateway = 0
         #expect(!detection.record(.status(503), fiveXX: &fiveXX, gateway: &gateway))
-        #expect(!detection.record(.status(500), fiveXX: &fiveXX, gateway: &gateway))   // not a gateway error: resets
+        #expect(!detection.record(.status(500), fiveXX: &fiveXX, gateway: &gateway))  // not a gateway error: resets
         #expect(!detection.record(.connectFailure, fiveXX: &fiveXX, gateway: &gateway))
         #expect(detection.record(.status(504), fiveXX: &fiveXX, gateway: &gateway))
     }
@@ -96,7 +96,7 @@ import Testing
 
     @Test func panicBelowMinHealthPercentOnly() {
         let never = OutlierDetection(consecutive5xxErrors: 5, consecutiveGatewayErrors: nil)
-        #expect(!never.panics(healthy: 0, size: 3))          // Istio's default 0: all ejected is no healthy upstream
+        #expect(!never.panics(healthy: 0, size: 3))  // Istio's default 0: all ejected is no healthy upstream
         let half = OutlierDetection(consecutive5xxErrors: 5, consecutiveGatewayErrors: nil, minHealthPercent: 50)
         #expect(half.panics(healthy: 1, size: 3) && !half.panics(healthy: 2, size: 4))
     }
@@ -106,7 +106,7 @@ import Testing
     @Test func countsStopAtTheLimitAndComeBackDown() {
         let limits = ClusterLimits(ConnectionPoolSettings(maxRetries: 2, maxPendingRequests: 1, maxRequests: 3))
         #expect(limits.enterRequest() && limits.enterRequest() && limits.enterRequest())
-        #expect(!limits.enterRequest())                 // refused, and not counted
+        #expect(!limits.enterRequest())  // refused, and not counted
         #expect(limits.requests.load(ordering: .relaxed) == 3)
         limits.leaveRequest()
         #expect(limits.enterRequest())

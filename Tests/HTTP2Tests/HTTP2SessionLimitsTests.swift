@@ -19,8 +19,10 @@ import WaypointCore
 
     static func frame(type: UInt8, flags: UInt8 = 0, stream: UInt32, _ payload: [UInt8]) -> [UInt8] {
         let n = payload.count
-        return [UInt8(n >> 16), UInt8(n >> 8 & 0xff), UInt8(n & 0xff), type, flags,
-                UInt8(stream >> 24), UInt8(stream >> 16 & 0xff), UInt8(stream >> 8 & 0xff), UInt8(stream & 0xff)] + payload
+        return [
+            UInt8(n >> 16), UInt8(n >> 8 & 0xff), UInt8(n & 0xff), type, flags,
+            UInt8(stream >> 24), UInt8(stream >> 16 & 0xff), UInt8(stream >> 8 & 0xff), UInt8(stream & 0xff),
+        ] + payload
     }
 
     /// HEADERS with END_HEADERS: `:method CONNECT`, `:authority`, then `extra` (HPACK literals without
@@ -30,7 +32,7 @@ import WaypointCore
             let n = text.utf8.count
             return (n < 127 ? [UInt8(n)] : [0x7f, UInt8(n - 127)]) + Array(text.utf8)
         }
-        var block: [UInt8] = [0x02] + literal("CONNECT") + [0x01] + literal("10.0.0.1:80")   // static names 2, 1
+        var block: [UInt8] = [0x02] + literal("CONNECT") + [0x01] + literal("10.0.0.1:80")  // static names 2, 1
         for (name, value) in extra { block += [0x00] + literal(name) + literal(value) }
         return frame(type: 1, flags: 0x4, stream: stream, block)
     }
@@ -61,11 +63,11 @@ import WaypointCore
 
     @Test func advertisesItsLimitAndRefusesOnlyTheStreamsPastIt() {
         let settings = sent().first { $0.type == 4 }!.payload
-        #expect(Array(settings.prefix(6)) == [0, 3, 0, 0, 0, 3])          // MAX_CONCURRENT_STREAMS 3 on the wire
+        #expect(Array(settings.prefix(6)) == [0, 3, 0, 0, 0, 3])  // MAX_CONCURRENT_STREAMS 3 on the wire
         #expect(receive([1, 3, 5, 7, 9].flatMap { Self.connect(stream: $0) }))
         #expect(peer.complete == [1, 3, 5])
         let resets = sent().filter { $0.type == 3 }
-        #expect(resets.map(\.stream) == [7, 9] && resets.allSatisfy { Self.code($0.payload) == 7 })   // REFUSED_STREAM
+        #expect(resets.map(\.stream) == [7, 9] && resets.allSatisfy { Self.code($0.payload) == 7 })  // REFUSED_STREAM
         #expect(peer.closed == [7: 7, 9: 7])
         // One stream ends: room for one more, and the connection never ended.
         #expect(receive(Self.frame(type: 3, stream: 3, [0, 0, 0, 8])))
@@ -80,7 +82,7 @@ import WaypointCore
         #expect(receive(Self.connect(stream: 1, extra: [("x-big", big)]) + Self.connect(stream: 3)))
         #expect(peer.complete == [3])
         let resets = sent().filter { $0.type == 3 }
-        #expect(resets.map(\.stream) == [1] && Self.code(resets[0].payload) == 2)   // INTERNAL_ERROR, as Envoy
+        #expect(resets.map(\.stream) == [1] && Self.code(resets[0].payload) == 2)  // INTERNAL_ERROR, as Envoy
         #expect(session.failure == nil)
     }
 

@@ -59,8 +59,12 @@ final class Recorder: HTTP2SessionDelegate {
     }
 
     @Test func connectTunnelCarriesBytesBothWays() throws {
-        let stream = try #require(clientSession.request(headers: [(":method", "CONNECT"), (":authority", "10.96.0.10:80"),
-                                                                   ("forwarded", "for=\"10.1.2.3:5\"")], body: true))
+        let stream = try #require(
+            clientSession.request(
+                headers: [
+                    (":method", "CONNECT"), (":authority", "10.96.0.10:80"),
+                    ("forwarded", "for=\"10.1.2.3:5\""),
+                ], body: true))
         exchange()
         #expect(server.complete == [stream])
         let fields = Dictionary(server.headers[stream]!, uniquingKeysWith: { a, _ in a })

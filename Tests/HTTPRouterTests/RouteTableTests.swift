@@ -16,7 +16,8 @@ private func route(_ rules: RuleSet<String>, _ path: String, method: String = "G
     }
 }
 
-private func rule(_ name: String, _ match: RequestMatch, route: String = "ns/r", created: String = "", index: Int = 0) -> RouteRule<String> {
+private func rule(_ name: String, _ match: RequestMatch, route: String = "ns/r", created: String = "", index: Int = 0) -> RouteRule<String>
+{
     RouteRule(match: match, action: name, origin: RuleOrigin(route: route, ruleIndex: index, creationTimestamp: created))
 }
 
@@ -50,14 +51,17 @@ private func rule(_ name: String, _ match: RequestMatch, route: String = "ns/r",
 
     @Test func precedenceFollowsTheSpecification() {
         // Listed in reverse precedence; sorting must restore the spec's order.
-        let rules = RuleSet(rules: [
-            rule("newer-route", RequestMatch(path: .elementPrefix("/api")), route: "a/new", created: "2024-02-01T00:00:00Z"),
-            rule("older-route", RequestMatch(path: .elementPrefix("/api")), route: "z/old", created: "2024-01-01T00:00:00Z"),
-            rule("headers", RequestMatch(path: .elementPrefix("/api/v1"), headers: [HeaderMatch(name: "x-a", value: .exact(Array("1".utf8)))])),
-            rule("method", RequestMatch(path: .elementPrefix("/api/v1"), method: "POST")),
-            rule("longer", RequestMatch(path: .elementPrefix("/api/v1"))),
-            rule("exact", RequestMatch(path: .exact(Array("/api/v1".utf8)))),
-        ], fallback: nil)
+        let rules = RuleSet(
+            rules: [
+                rule("newer-route", RequestMatch(path: .elementPrefix("/api")), route: "a/new", created: "2024-02-01T00:00:00Z"),
+                rule("older-route", RequestMatch(path: .elementPrefix("/api")), route: "z/old", created: "2024-01-01T00:00:00Z"),
+                rule(
+                    "headers",
+                    RequestMatch(path: .elementPrefix("/api/v1"), headers: [HeaderMatch(name: "x-a", value: .exact(Array("1".utf8)))])),
+                rule("method", RequestMatch(path: .elementPrefix("/api/v1"), method: "POST")),
+                rule("longer", RequestMatch(path: .elementPrefix("/api/v1"))),
+                rule("exact", RequestMatch(path: .exact(Array("/api/v1".utf8)))),
+            ], fallback: nil)
         #expect(route(rules, "/api/v1") == "exact")
         #expect(route(rules, "/api/v1/x", method: "POST") == "method")
         #expect(route(rules, "/api/v1/x", headers: [("X-A", "1")]) == "headers")
@@ -66,18 +70,20 @@ private func rule(_ name: String, _ match: RequestMatch, route: String = "ns/r",
     }
 
     @Test func namespaceNameBreaksTimestampTies() {
-        let rules = RuleSet(rules: [
-            rule("b", RequestMatch(), route: "ns/b"),
-            rule("a", RequestMatch(), route: "ns/a"),
-        ], fallback: nil)
+        let rules = RuleSet(
+            rules: [
+                rule("b", RequestMatch(), route: "ns/b"),
+                rule("a", RequestMatch(), route: "ns/a"),
+            ], fallback: nil)
         #expect(route(rules, "/") == "a")
     }
 
     @Test func headerNamesAreCaseInsensitiveAndValuesExact() throws {
-        let rules = RuleSet(rules: [
-            rule("exact", RequestMatch(headers: [HeaderMatch(name: "X-Canary", value: .exact(Array("true".utf8)))])),
-            rule("regex", RequestMatch(headers: [HeaderMatch(name: "x-v", value: .regex(try Regex("v[12]")))])),
-        ], fallback: "default")
+        let rules = RuleSet(
+            rules: [
+                rule("exact", RequestMatch(headers: [HeaderMatch(name: "X-Canary", value: .exact(Array("true".utf8)))])),
+                rule("regex", RequestMatch(headers: [HeaderMatch(name: "x-v", value: .regex(try Regex("v[12]")))])),
+            ], fallback: "default")
         #expect(route(rules, "/", headers: [("x-canary", "true")]) == "exact")
         #expect(route(rules, "/", headers: [("X-CANARY", "true")]) == "exact")
         #expect(route(rules, "/", headers: [("x-canary", "TRUE")]) == "default")
@@ -93,10 +99,12 @@ private func rule(_ name: String, _ match: RequestMatch, route: String = "ns/r",
     }
 
     private func table() -> RouteTable<String> {
-        let a = VirtualHost(ports: [(80, RuleSet(rules: [], fallback: "a:80")), (8080, RuleSet(rules: [], fallback: "a:8080"))], defaultPort: 80)
+        let a = VirtualHost(
+            ports: [(80, RuleSet(rules: [], fallback: "a:80")), (8080, RuleSet(rules: [], fallback: "a:8080"))], defaultPort: 80)
         let wild = VirtualHost(ports: [(UInt16(0), RuleSet<String>(rules: [], fallback: "wild"))], defaultPort: 0)
         let any = VirtualHost(ports: [(UInt16(0), RuleSet<String>(rules: [], fallback: "any"))], defaultPort: 0)
-        return RouteTable(virtualHosts: [a, wild, any], names: [("a", 0), ("a.ns.svc.cluster.local", 0), ("10.0.0.1", 0), ("*.example.com", 1), ("*", 2)])
+        return RouteTable(
+            virtualHosts: [a, wild, any], names: [("a", 0), ("a.ns.svc.cluster.local", 0), ("10.0.0.1", 0), ("*.example.com", 1), ("*", 2)])
     }
 
     @Test(arguments: [
@@ -127,10 +135,12 @@ private func rule(_ name: String, _ match: RequestMatch, route: String = "ns/r",
 
     @Test func regexValueAndPrecedenceCountsQueryMatches() throws {
         let one = RequestMatch(queryParams: [QueryMatch(name: "env", value: .regex(try Regex("(dev|test)")))])
-        let two = RequestMatch(queryParams: [QueryMatch(name: "env", value: .regex(try Regex("(dev|test)"))),
-                                             QueryMatch(name: "debug", value: .exact(Array("1".utf8)))])
+        let two = RequestMatch(queryParams: [
+            QueryMatch(name: "env", value: .regex(try Regex("(dev|test)"))),
+            QueryMatch(name: "debug", value: .exact(Array("1".utf8))),
+        ])
         let rules = RuleSet(rules: [rule("one", one, index: 0), rule("two", two, index: 1)], fallback: nil)
-        #expect(route(rules, "/x?env=dev&debug=1") == "two")   // more query matches wins (Gateway API precedence)
+        #expect(route(rules, "/x?env=dev&debug=1") == "two")  // more query matches wins (Gateway API precedence)
         #expect(route(rules, "/x?env=test") == "one")
         #expect(route(rules, "/x?env=prod") == nil)
     }

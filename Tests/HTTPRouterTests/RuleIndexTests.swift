@@ -22,7 +22,9 @@ import WaypointCore
         var generator = SystemRandomNumberGenerator()
         let segments = ["a", "b", "api", "v1", "users", "A", "x.y"]
         func randomPath() -> String {
-            "/" + (0..<Int.random(in: 0...3, using: &generator)).map { _ in segments.randomElement(using: &generator)! }.joined(separator: "/")
+            "/"
+                + (0..<Int.random(in: 0...3, using: &generator)).map { _ in segments.randomElement(using: &generator)! }.joined(
+                    separator: "/")
         }
         for round in 0..<40 {
             var matches: [RequestMatch] = []
@@ -36,8 +38,10 @@ import WaypointCore
                 default: path = .prefix([0x2F])
                 }
                 let headers = Bool.random(using: &generator) ? [HeaderMatch(name: "x-v", value: .exact(Array("1".utf8)))] : []
-                matches.append(RequestMatch(path: path, ignoreCase: Int.random(in: 0...5, using: &generator) == 0,
-                                            method: Bool.random(using: &generator) ? nil : "GET", headers: headers))
+                matches.append(
+                    RequestMatch(
+                        path: path, ignoreCase: Int.random(in: 0...5, using: &generator) == 0,
+                        method: Bool.random(using: &generator) ? nil : "GET", headers: headers))
             }
             let rules = matches.enumerated().map { RouteRule(match: $1, action: $0, origin: RuleOrigin(route: "r", ruleIndex: $0)) }
             let ordered = RuleSet(orderedRules: rules, fallback: -1)
@@ -58,12 +62,15 @@ import WaypointCore
 
     @Test func orderedRulesKeepDeclarationOrder() {
         let rules = [
-            RouteRule(match: RequestMatch(path: .stringPrefix(Array("/api".utf8))), action: "prefix", origin: RuleOrigin(route: "vs", ruleIndex: 0)),
-            RouteRule(match: RequestMatch(path: .exact(Array("/api/v1".utf8))), action: "exact", origin: RuleOrigin(route: "vs", ruleIndex: 1)),
+            RouteRule(
+                match: RequestMatch(path: .stringPrefix(Array("/api".utf8))), action: "prefix",
+                origin: RuleOrigin(route: "vs", ruleIndex: 0)),
+            RouteRule(
+                match: RequestMatch(path: .exact(Array("/api/v1".utf8))), action: "exact", origin: RuleOrigin(route: "vs", ruleIndex: 1)),
         ]
         parse(request("GET", "/api/v1")) { head, bytes in
             #expect(RuleSet(orderedRules: rules, fallback: nil).route(head, bytes) == "prefix")  // VirtualService: first wins
-            #expect(RuleSet(rules: rules, fallback: nil).route(head, bytes) == "exact")          // Gateway API: exact wins
+            #expect(RuleSet(rules: rules, fallback: nil).route(head, bytes) == "exact")  // Gateway API: exact wins
         }
         parse(request("GET", "/apiary")) { head, bytes in
             #expect(RuleSet(orderedRules: rules, fallback: nil).route(head, bytes) == "prefix")  // byte-wise prefix
@@ -72,8 +79,9 @@ import WaypointCore
 
     @Test(arguments: [("/API/v1", true), ("/api/V1/x", true), ("/apiv1", true), ("/ap", false)])
     func ignoreUriCaseAppliesToPrefix(_ path: String, _ matches: Bool) {
-        let rule = RouteRule(match: RequestMatch(path: .stringPrefix(Array("/Api".utf8)), ignoreCase: true), action: "x",
-                             origin: RuleOrigin(route: "vs", ruleIndex: 0))
+        let rule = RouteRule(
+            match: RequestMatch(path: .stringPrefix(Array("/Api".utf8)), ignoreCase: true), action: "x",
+            origin: RuleOrigin(route: "vs", ruleIndex: 0))
         parse(request("GET", path)) { head, bytes in
             #expect((RuleSet(orderedRules: [rule], fallback: nil).route(head, bytes) == "x") == matches)
         }
@@ -81,15 +89,21 @@ import WaypointCore
 
     @Test func headerPrefixPresenceAndAbsence() {
         let rules = [
-            RouteRule(match: RequestMatch(headers: [HeaderMatch(name: "x-debug", value: .present)]), action: "debug",
-                      origin: RuleOrigin(route: "vs", ruleIndex: 0)),
-            RouteRule(match: RequestMatch(headers: [HeaderMatch(name: "x-user", value: .prefix(Array("test-".utf8))),
-                                                    HeaderMatch(name: "x-block", value: .present, negated: true)]),
-                      action: "tester", origin: RuleOrigin(route: "vs", ruleIndex: 1)),
+            RouteRule(
+                match: RequestMatch(headers: [HeaderMatch(name: "x-debug", value: .present)]), action: "debug",
+                origin: RuleOrigin(route: "vs", ruleIndex: 0)),
+            RouteRule(
+                match: RequestMatch(headers: [
+                    HeaderMatch(name: "x-user", value: .prefix(Array("test-".utf8))),
+                    HeaderMatch(name: "x-block", value: .present, negated: true),
+                ]),
+                action: "tester", origin: RuleOrigin(route: "vs", ruleIndex: 1)),
         ]
         let set = RuleSet(orderedRules: rules, fallback: "default")
-        for (headers, expected) in [([("X-Debug", "")], "debug"), ([("x-user", "test-7")], "tester"),
-                                    ([("x-user", "test-7"), ("x-block", "1")], "default"), ([("x-user", "prod")], "default")] {
+        for (headers, expected) in [
+            ([("X-Debug", "")], "debug"), ([("x-user", "test-7")], "tester"),
+            ([("x-user", "test-7"), ("x-block", "1")], "default"), ([("x-user", "prod")], "default"),
+        ] {
             parse(request("GET", "/", headers)) { head, bytes in #expect(set.route(head, bytes) == expected, "\(headers)") }
         }
     }
@@ -108,8 +122,8 @@ import WaypointCore
 @Suite struct RegexReplacementTests {
     @Test(arguments: [
         ("^/service/([^/]+)(/.*)$", "\\2/instance/\\1", "/service/foo/v1/api", "/v1/api/instance/foo"),
-        ("a", "b", "/aaa", "/bbb"),                       // every match
-        ("/v1/", "/v1$/", "/v1/x", "/v1$/x"),             // a literal $ stays literal
+        ("a", "b", "/aaa", "/bbb"),  // every match
+        ("/v1/", "/v1$/", "/v1/x", "/v1$/x"),  // a literal $ stays literal
         ("nomatch", "x", "/path", "/path"),
     ])
     func re2StyleReplacement(_ pattern: String, _ rewrite: String, _ path: String, _ expected: String) throws {

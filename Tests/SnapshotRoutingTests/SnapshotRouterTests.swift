@@ -7,78 +7,80 @@ import WaypointCore
 /// `web` has three endpoints (round robin, outlier detection after two 5xx); `api` one; `guarded` one, with a
 /// DENY and an ALLOW policy.
 private let config = """
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: shop}
-spec:
-  ports: [{name: http, port: 80}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
-ports: [{name: http, port: 8080}]
-endpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.2]}, {addresses: [10.0.0.3]}]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: web, namespace: shop}
-spec:
-  host: web
-  trafficPolicy:
-    loadBalancer: {simple: ROUND_ROBIN}
-    outlierDetection: {consecutive5xxErrors: 2, baseEjectionTime: 30s, maxEjectionPercent: 100}
----
-apiVersion: v1
-kind: Service
-metadata: {name: api, namespace: shop}
-spec:
-  ports: [{name: http, port: 80}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: api-1, namespace: shop, labels: {kubernetes.io/service-name: api}}
-ports: [{name: http, port: 9090}]
-endpoints: [{addresses: [10.0.1.1]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: guarded, namespace: shop}
-spec:
-  ports: [{name: http, port: 80}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: guarded-1, namespace: shop, labels: {kubernetes.io/service-name: guarded}}
-ports: [{name: http, port: 7070}]
-endpoints: [{addresses: [10.0.2.1]}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-admin, namespace: shop}
-spec:
-  targetRefs: [{kind: Service, group: "", name: guarded}]
-  action: DENY
-  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: frontend-only, namespace: shop}
-spec:
-  targetRefs: [{kind: Service, group: "", name: guarded}]
-  action: ALLOW
-  rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/frontend"]}}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: empty, namespace: shop}
-spec:
-  ports: [{name: http, port: 80}]
-"""
+    apiVersion: v1
+    kind: Service
+    metadata: {name: web, namespace: shop}
+    spec:
+      ports: [{name: http, port: 80}]
+    ---
+    apiVersion: discovery.k8s.io/v1
+    kind: EndpointSlice
+    metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+    ports: [{name: http, port: 8080}]
+    endpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.2]}, {addresses: [10.0.0.3]}]
+    ---
+    apiVersion: networking.istio.io/v1
+    kind: DestinationRule
+    metadata: {name: web, namespace: shop}
+    spec:
+      host: web
+      trafficPolicy:
+        loadBalancer: {simple: ROUND_ROBIN}
+        outlierDetection: {consecutive5xxErrors: 2, baseEjectionTime: 30s, maxEjectionPercent: 100}
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata: {name: api, namespace: shop}
+    spec:
+      ports: [{name: http, port: 80}]
+    ---
+    apiVersion: discovery.k8s.io/v1
+    kind: EndpointSlice
+    metadata: {name: api-1, namespace: shop, labels: {kubernetes.io/service-name: api}}
+    ports: [{name: http, port: 9090}]
+    endpoints: [{addresses: [10.0.1.1]}]
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata: {name: guarded, namespace: shop}
+    spec:
+      ports: [{name: http, port: 80}]
+    ---
+    apiVersion: discovery.k8s.io/v1
+    kind: EndpointSlice
+    metadata: {name: guarded-1, namespace: shop, labels: {kubernetes.io/service-name: guarded}}
+    ports: [{name: http, port: 7070}]
+    endpoints: [{addresses: [10.0.2.1]}]
+    ---
+    apiVersion: security.istio.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: no-admin, namespace: shop}
+    spec:
+      targetRefs: [{kind: Service, group: "", name: guarded}]
+      action: DENY
+      rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+    ---
+    apiVersion: security.istio.io/v1
+    kind: AuthorizationPolicy
+    metadata: {name: frontend-only, namespace: shop}
+    spec:
+      targetRefs: [{kind: Service, group: "", name: guarded}]
+      action: ALLOW
+      rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/frontend"]}}]}]
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata: {name: empty, namespace: shop}
+    spec:
+      ports: [{name: http, port: 80}]
+    """
 
-private let frontend = PeerFacts(identity: SpiffeIdentity(uri: "spiffe://cluster.local/ns/shop/sa/frontend"),
-                                 sourceIP: "10.1.0.1", sourceAddress: "10.1.0.1:40000")
-private let stranger = PeerFacts(identity: SpiffeIdentity(uri: "spiffe://cluster.local/ns/shop/sa/other"),
-                                 sourceIP: "10.1.0.2", sourceAddress: "10.1.0.2:40000")
+private let frontend = PeerFacts(
+    identity: SpiffeIdentity(uri: "spiffe://cluster.local/ns/shop/sa/frontend"),
+    sourceIP: "10.1.0.1", sourceAddress: "10.1.0.1:40000")
+private let stranger = PeerFacts(
+    identity: SpiffeIdentity(uri: "spiffe://cluster.local/ns/shop/sa/other"),
+    sourceIP: "10.1.0.2", sourceAddress: "10.1.0.2:40000")
 
 /// A router over the test config, with a clock the test moves.
 private final class Fixture {
@@ -127,16 +129,16 @@ private final class Fixture {
         let f = try Fixture()
         #expect(f.target("nowhere") == "404")
         #expect(f.route("nowhere").1.service == -1)
-        #expect(f.target("empty") == "503")                                   // no endpoint: no healthy upstream
+        #expect(f.target("empty") == "503")  // no endpoint: no healthy upstream
         #expect(f.route("empty").1.service >= 0)
         let (denied, deniedLabels) = f.route("guarded", "/admin/x")
         #expect(f.target("guarded", "/admin/x") == "403")
         guard case .reply(.rbacDenied) = denied else { Issue.record("\(denied)"); return }
         #expect(deniedLabels.policy == "shop/no-admin")
         #expect(f.route("guarded", "/ok").1.policy == "shop/frontend-only")  // allowed by the ALLOW policy
-        #expect(f.target("guarded", "/ok", peer: stranger) == "403")         // no ALLOW matched: denied, no policy named
+        #expect(f.target("guarded", "/ok", peer: stranger) == "403")  // no ALLOW matched: denied, no policy named
         #expect(f.route("guarded", "/ok", peer: stranger).1.policy == nil)
-        #expect(f.route("web").1.policy == nil)                              // no policy applies
+        #expect(f.route("web").1.policy == nil)  // no policy applies
     }
 
     @Test func roundRobinVisitsEveryEndpointInTurn() throws {
@@ -152,10 +154,10 @@ private final class Fixture {
         let cluster = f.cluster(of: "web")
         let bad = f.snapshot.endpoints.firstIndex { $0.description == "10.0.0.2:8080" }.map(Int32.init)!
         f.router.reportAttempt(endpoint: bad, cluster: cluster, result: .status(503))
-        #expect((0..<6).contains { _ in f.target("web") == "10.0.0.2:8080" })   // one 5xx: still in
+        #expect((0..<6).contains { _ in f.target("web") == "10.0.0.2:8080" })  // one 5xx: still in
         f.router.reportAttempt(endpoint: bad, cluster: cluster, result: .status(503))
         #expect(!(0..<6).contains { _ in f.target("web") == "10.0.0.2:8080" })  // two: ejected
-        f.clock += 31                                                          // baseEjectionTime 30s
+        f.clock += 31  // baseEjectionTime 30s
         #expect((0..<6).contains { _ in f.target("web") == "10.0.0.2:8080" })
     }
 
@@ -168,7 +170,7 @@ private final class Fixture {
         let third = f.router.alternateEndpoint(cluster: cluster, failed: second, history: &history)
         #expect(Set([first, second, third]).count == 3)
         #expect(history.endpoints == [first, second])
-        let api = f.cluster(of: "api")                                         // one endpoint: the same again
+        let api = f.cluster(of: "api")  // one endpoint: the same again
         let only = f.snapshot.endpoints.firstIndex { $0.description == "10.0.1.1:9090" }.map(Int32.init)!
         #expect(f.router.alternateEndpoint(cluster: api, failed: only, history: &history) == only)
     }

@@ -9,16 +9,17 @@ import WaypointConfig
             ("empty", .array([])),
             ("nested", .object([])),
         ])
-        #expect(value.rendered() == """
-        {
-          "name": "a \\"quoted\\" \\\\ line\\nnext\\u0001",
-          "list": [
-            1,
-            -2
-          ],
-          "empty": [],
-          "nested": {}
-        }
-        """)
+        #expect(
+            value.rendered() == """
+                {
+                  "name": "a \\"quoted\\" \\\\ line\\nnext\\u0001",
+                  "list": [
+                    1,
+                    -2
+                  ],
+                  "empty": [],
+                  "nested": {}
+                }
+                """)
     }
 }

@@ -5,7 +5,7 @@ import Testing
     /// Istio's default failover order for a proxy in r1/z1/s1.
     @Test(arguments: [
         ("r1/z1/s1", 0), ("r1/z1/s2", 1), ("r1/z1", 1), ("r1/z2/s1", 2), ("r2/z1/s1", 3), ("", 3),
-        ("/z1", 1),      // a zone alone (an EndpointSlice's `zone`) is taken to be in the proxy's region
+        ("/z1", 1),  // a zone alone (an EndpointSlice's `zone`) is taken to be in the proxy's region
         ("/z9", 3),
     ])
     func priority(endpoint: String, expected: Int) throws {
@@ -20,44 +20,45 @@ import Testing
     }
 
     private static let manifests = """
-    apiVersion: v1
-    kind: Service
-    metadata: {name: web, namespace: shop}
-    spec: {ports: [{name: http, port: 80}]}
-    ---
-    apiVersion: v1
-    kind: Node
-    metadata: {name: n2, labels: {topology.kubernetes.io/region: r1, topology.kubernetes.io/zone: z2}}
-    ---
-    apiVersion: v1
-    kind: Pod
-    metadata: {name: p3, namespace: shop, labels: {istio-locality: r1.z1.s1}}
-    status: {podIP: 10.0.0.3}
-    ---
-    apiVersion: discovery.k8s.io/v1
-    kind: EndpointSlice
-    metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
-    ports: [{name: http, port: 8080}]
-    endpoints:
-    - {addresses: [10.0.0.1], zone: z1}
-    - {addresses: [10.0.0.2], nodeName: n2}
-    - {addresses: [10.0.0.3], zone: z9}
-    - {addresses: [10.0.0.4]}
-    ---
-    apiVersion: networking.istio.io/v1
-    kind: ServiceEntry
-    metadata: {name: ext, namespace: shop}
-    spec:
-      hosts: [ext.example.com]
-      ports: [{name: http, number: 80}]
-      endpoints: [{address: 10.1.0.1, locality: r2/z1}, {address: 10.1.0.2, locality: r1/z1/s1}]
-    """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: web, namespace: shop}
+        spec: {ports: [{name: http, port: 80}]}
+        ---
+        apiVersion: v1
+        kind: Node
+        metadata: {name: n2, labels: {topology.kubernetes.io/region: r1, topology.kubernetes.io/zone: z2}}
+        ---
+        apiVersion: v1
+        kind: Pod
+        metadata: {name: p3, namespace: shop, labels: {istio-locality: r1.z1.s1}}
+        status: {podIP: 10.0.0.3}
+        ---
+        apiVersion: discovery.k8s.io/v1
+        kind: EndpointSlice
+        metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+        ports: [{name: http, port: 8080}]
+        endpoints:
+        - {addresses: [10.0.0.1], zone: z1}
+        - {addresses: [10.0.0.2], nodeName: n2}
+        - {addresses: [10.0.0.3], zone: z9}
+        - {addresses: [10.0.0.4]}
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: ServiceEntry
+        metadata: {name: ext, namespace: shop}
+        spec:
+          hosts: [ext.example.com]
+          ports: [{name: http, number: 80}]
+          endpoints: [{address: 10.1.0.1, locality: r2/z1}, {address: 10.1.0.2, locality: r1/z1/s1}]
+        """
 
     private func tiers(_ destinationRules: String, locality: String? = "r1/z1/s1") throws -> [String: [[String]]] {
         var compiler = SnapshotCompiler(namespace: "shop")
         compiler.locality = locality.flatMap { Locality($0) }
-        let snapshot = compiler.compile(try ManifestLoader.load(text: Self.manifests + destinationRules, file: "l.yaml", defaultNamespace: "shop"),
-                                        generation: 1)
+        let snapshot = compiler.compile(
+            try ManifestLoader.load(text: Self.manifests + destinationRules, file: "l.yaml", defaultNamespace: "shop"),
+            generation: 1)
         var result: [String: [[String]]] = [:]
         for cluster in snapshot.clusters {
             if let tiers = cluster.tiers { result[cluster.name] = tiers.map { $0.map { snapshot.endpoints[Int($0)].description } } }

@@ -3,26 +3,29 @@ import WaypointConfig
 
 @Suite struct RouteTimeoutParsingTests {
     private func load(_ rule: String) throws(ConfigErrors) -> ConfigSpec {
-        try ManifestLoader.load(text: """
-        apiVersion: v1
-        kind: Service
-        metadata: {name: web, namespace: shop}
-        spec: {ports: [{name: http, port: 80}]}
+        try ManifestLoader.load(
+            text: """
+                apiVersion: v1
+                kind: Service
+                metadata: {name: web, namespace: shop}
+                spec: {ports: [{name: http, port: 80}]}
 
-        ---
-        apiVersion: gateway.networking.k8s.io/v1
-        kind: HTTPRoute
-        metadata: {name: r, namespace: shop}
-        spec:
-          parentRefs: [{group: "", kind: Service, name: web}]
-          rules:
-          - backendRefs: [{name: web, port: 80}]
-        \(rule)
-        """, file: "r.yaml", defaultNamespace: "shop")
+                ---
+                apiVersion: gateway.networking.k8s.io/v1
+                kind: HTTPRoute
+                metadata: {name: r, namespace: shop}
+                spec:
+                  parentRefs: [{group: "", kind: Service, name: web}]
+                  rules:
+                  - backendRefs: [{name: web, port: 80}]
+                \(rule)
+                """, file: "r.yaml", defaultNamespace: "shop")
     }
 
     @Test func timeoutsAndRetryAreRead() throws {
-        let rule = try load("    timeouts: {request: 2s, backendRequest: 500ms}\n    retry: {attempts: 3, codes: [502, 503], backoff: 100ms}").httpRoutes[0].rules[0]
+        let rule = try load(
+            "    timeouts: {request: 2s, backendRequest: 500ms}\n    retry: {attempts: 3, codes: [502, 503], backoff: 100ms}"
+        ).httpRoutes[0].rules[0]
         #expect(rule.requestTimeout == .seconds(2) && rule.backendRequestTimeout == .milliseconds(500))
         #expect(rule.retry?.codes == [502, 503] && rule.retry?.attempts == 3 && rule.retry?.backoff == .milliseconds(100))
     }

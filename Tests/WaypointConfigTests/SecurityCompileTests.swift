@@ -4,28 +4,28 @@ import WaypointConfig
 import WaypointCore
 
 private let services = """
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: shop}
-spec: {ports: [{name: http, port: 80}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: api, namespace: shop}
-spec: {ports: [{name: http, port: 80}]}
----
-apiVersion: v1
-kind: Service
-metadata: {name: other, namespace: blog}
-spec: {ports: [{name: http, port: 80}]}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: waypoint, namespace: shop}
-spec:
-  gatewayClassName: istio-waypoint
-  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
-"""
+    apiVersion: v1
+    kind: Service
+    metadata: {name: web, namespace: shop}
+    spec: {ports: [{name: http, port: 80}]}
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata: {name: api, namespace: shop}
+    spec: {ports: [{name: http, port: 80}]}
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata: {name: other, namespace: blog}
+    spec: {ports: [{name: http, port: 80}]}
+    ---
+    apiVersion: gateway.networking.k8s.io/v1
+    kind: Gateway
+    metadata: {name: waypoint, namespace: shop}
+    spec:
+      gatewayClassName: istio-waypoint
+      listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+    """
 
 private func policy(_ name: String, _ namespace: String, _ spec: String) -> String {
     "\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: \(name), namespace: \(namespace)}\nspec:\n\(spec)\n"
@@ -53,19 +53,28 @@ private func applying(_ yaml: String, layered: Bool = true) throws -> [String: [
     }
 
     @Test func gatewayTargetRefAppliesToAllTraffic() throws {
-        let scope = try applying(policy("p", "shop", "  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]\n  action: DENY\n  rules: [{}]"))
+        let scope = try applying(
+            policy(
+                "p", "shop",
+                "  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]\n  action: DENY\n  rules: [{}]"))
         #expect(scope == ["web": ["shop/p"], "api": ["shop/p"], "other": ["shop/p"]])
     }
 
     @Test func namespaceAndRootPoliciesAreLayered() throws {
         let yaml = policy("ns-wide", "shop", "  {}") + policy("mesh-wide", "istio-system", "  action: DENY\n  rules: [{}]")
-        #expect(try applying(yaml) == ["web": ["istio-system/mesh-wide", "shop/ns-wide"], "api": ["istio-system/mesh-wide", "shop/ns-wide"],
-                                       "other": ["istio-system/mesh-wide"]])
+        #expect(
+            try applying(yaml) == [
+                "web": ["istio-system/mesh-wide", "shop/ns-wide"], "api": ["istio-system/mesh-wide", "shop/ns-wide"],
+                "other": ["istio-system/mesh-wide"],
+            ])
         #expect(try applying(yaml, layered: false) == ["web": [], "api": [], "other": []])
     }
 
     @Test func selectorPoliciesAreIgnored() throws {
-        #expect(try applying(policy("p", "shop", "  selector: {matchLabels: {app: web}}\n  rules: [{}]")) == ["web": [], "api": [], "other": []])
+        #expect(
+            try applying(policy("p", "shop", "  selector: {matchLabels: {app: web}}\n  rules: [{}]")) == [
+                "web": [], "api": [], "other": [],
+            ])
     }
 }
 

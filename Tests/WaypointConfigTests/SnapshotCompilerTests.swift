@@ -5,52 +5,52 @@ import Testing
 import WaypointCore
 
 private let config = """
-apiVersion: v1
-kind: Service
-metadata: {name: web, namespace: shop}
-spec:
-  clusterIP: 10.96.0.1
-  ports: [{name: http, port: 80}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
-ports: [{name: http, port: 8080}]
-endpoints: [{addresses: [10.0.0.1]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: api, namespace: shop}
-spec:
-  ports: [{name: http, port: 80}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: api-1, namespace: shop, labels: {kubernetes.io/service-name: api}}
-ports: [{name: http, port: 9090}]
-endpoints: [{addresses: [10.0.0.2]}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: api-split, namespace: shop}
-spec:
-  parentRefs: [{kind: Service, group: "", name: api}]
-  rules:
-  - matches: [{path: {type: PathPrefix, value: /v2}}]
-    backendRefs: [{name: web, port: 80}]
-  - matches: [{path: {type: Exact, value: /missing}}]
-    backendRefs: [{name: nothere, port: 80}]
-  - matches: [{path: {type: Exact, value: /empty}}]
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: ext, namespace: shop}
-spec:
-  hosts: [ext.example.com]
-  ports: [{name: http, number: 80, protocol: HTTP}]
-  addresses: [240.0.0.9]
-  endpoints: [{address: 10.0.0.9, ports: {http: 8081}, labels: {networking.istio.io/tunnel: http}}]
-"""
+    apiVersion: v1
+    kind: Service
+    metadata: {name: web, namespace: shop}
+    spec:
+      clusterIP: 10.96.0.1
+      ports: [{name: http, port: 80}]
+    ---
+    apiVersion: discovery.k8s.io/v1
+    kind: EndpointSlice
+    metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+    ports: [{name: http, port: 8080}]
+    endpoints: [{addresses: [10.0.0.1]}]
+    ---
+    apiVersion: v1
+    kind: Service
+    metadata: {name: api, namespace: shop}
+    spec:
+      ports: [{name: http, port: 80}]
+    ---
+    apiVersion: discovery.k8s.io/v1
+    kind: EndpointSlice
+    metadata: {name: api-1, namespace: shop, labels: {kubernetes.io/service-name: api}}
+    ports: [{name: http, port: 9090}]
+    endpoints: [{addresses: [10.0.0.2]}]
+    ---
+    apiVersion: gateway.networking.k8s.io/v1
+    kind: HTTPRoute
+    metadata: {name: api-split, namespace: shop}
+    spec:
+      parentRefs: [{kind: Service, group: "", name: api}]
+      rules:
+      - matches: [{path: {type: PathPrefix, value: /v2}}]
+        backendRefs: [{name: web, port: 80}]
+      - matches: [{path: {type: Exact, value: /missing}}]
+        backendRefs: [{name: nothere, port: 80}]
+      - matches: [{path: {type: Exact, value: /empty}}]
+    ---
+    apiVersion: networking.istio.io/v1
+    kind: ServiceEntry
+    metadata: {name: ext, namespace: shop}
+    spec:
+      hosts: [ext.example.com]
+      ports: [{name: http, number: 80, protocol: HTTP}]
+      addresses: [240.0.0.9]
+      endpoints: [{address: 10.0.0.9, ports: {http: 8081}, labels: {networking.istio.io/tunnel: http}}]
+    """
 
 /// The cluster name (or reply status) a request to `host` + `path` resolves to.
 private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String {
@@ -87,9 +87,9 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
         ("10.96.0.1", "/", "shop/web:80"),
         ("web:81", "/", "no host"),
         ("api", "/v2/items", "shop/web:80"),
-        ("api", "/v1/items", "404"),          // GAMMA: a route is attached, nothing matched
-        ("api", "/missing", "unresolved"),    // invalid backendRef: 500 when picked
-        ("api", "/empty", "500"),             // a rule without backendRefs
+        ("api", "/v1/items", "404"),  // GAMMA: a route is attached, nothing matched
+        ("api", "/missing", "unresolved"),  // invalid backendRef: 500 when picked
+        ("api", "/empty", "500"),  // a rule without backendRefs
         ("ext.example.com", "/", "ext.example.com:80"),
         ("unknown", "/", "no host"),
     ])
@@ -139,9 +139,12 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
 
 @Suite struct WeightedBackendTests {
     @Test func tenThousandDrawsFollowTheWeightsAndNeverPickWeightZero() {
-        let set = BackendSet(clusters: [WeightedCluster(cluster: 0, weight: 70), WeightedCluster(cluster: 1, weight: 0),
-                                        WeightedCluster(cluster: 2, weight: 20), WeightedCluster(cluster: 3, weight: 10)],
-                             totalWeight: 100, route: "ns/r")
+        let set = BackendSet(
+            clusters: [
+                WeightedCluster(cluster: 0, weight: 70), WeightedCluster(cluster: 1, weight: 0),
+                WeightedCluster(cluster: 2, weight: 20), WeightedCluster(cluster: 3, weight: 10),
+            ],
+            totalWeight: 100, route: "ns/r")
         var generator = SystemRandomNumberGenerator()
         var counts = [0, 0, 0, 0]
         for _ in 0..<10_000 { counts[set.entry(at: UInt32.random(in: 0..<100, using: &generator))] += 1 }
@@ -149,25 +152,29 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
         // Binomial standard deviations at n = 10,000: 46, 40 and 30; allow 5 of them.
         #expect(abs(counts[0] - 7_000) < 230 && abs(counts[2] - 2_000) < 200 && abs(counts[3] - 1_000) < 150, "\(counts)")
         // Every point maps to the entry whose range holds it.
-        #expect((0..<100).map { set.entry(at: UInt32($0)) } == Array(repeating: 0, count: 70) + Array(repeating: 2, count: 20) + Array(repeating: 3, count: 10))
+        #expect(
+            (0..<100).map { set.entry(at: UInt32($0)) } == Array(repeating: 0, count: 70) + Array(repeating: 2, count: 20)
+                + Array(repeating: 3, count: 10))
     }
 }
 
 @Suite struct ConnectionPoolCompileTests {
     private func compile(_ connectionPool: String, previous: Snapshot? = nil) throws -> Snapshot {
-        let text = config + """
+        let text =
+            config + """
 
-        ---
-        apiVersion: networking.istio.io/v1
-        kind: DestinationRule
-        metadata: {name: web, namespace: shop}
-        spec:
-          host: web
-          trafficPolicy: {connectionPool: \(connectionPool)}
-          subsets: [{name: v1, labels: {version: v1}}]
-        """
-        return SnapshotCompiler(namespace: "shop").compile(try ManifestLoader.load(text: text, file: "c.yaml", defaultNamespace: "shop"),
-                                                           generation: 1, previous: previous)
+                ---
+                apiVersion: networking.istio.io/v1
+                kind: DestinationRule
+                metadata: {name: web, namespace: shop}
+                spec:
+                  host: web
+                  trafficPolicy: {connectionPool: \(connectionPool)}
+                  subsets: [{name: v1, labels: {version: v1}}]
+                """
+        return SnapshotCompiler(namespace: "shop").compile(
+            try ManifestLoader.load(text: text, file: "c.yaml", defaultNamespace: "shop"),
+            generation: 1, previous: previous)
     }
 
     @Test func limitsAreReadAndZeroMeansNone() throws {

@@ -2,8 +2,10 @@ import Testing
 import WaypointCore
 
 @Suite struct GRPCTimeoutTests {
-    @Test(arguments: [("1H", Duration.seconds(3600)), ("2M", .seconds(120)), ("3S", .seconds(3)), ("250m", .milliseconds(250)),
-                      ("7u", .microseconds(7)), ("99999999n", .nanoseconds(99_999_999)), ("0m", .zero)])
+    @Test(arguments: [
+        ("1H", Duration.seconds(3600)), ("2M", .seconds(120)), ("3S", .seconds(3)), ("250m", .milliseconds(250)),
+        ("7u", .microseconds(7)), ("99999999n", .nanoseconds(99_999_999)), ("0m", .zero),
+    ])
     func parses(text: String, expected: Duration) {
         #expect(GRPCTimeout.parse(text) == expected)
     }

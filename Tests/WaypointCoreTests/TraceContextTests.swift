@@ -8,15 +8,16 @@ import WaypointCore
 
     @Test func validValueAndFlags() throws {
         let parsed = try #require(parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"))
-        #expect(parsed.high == 0x4bf92f3577b34da6 && parsed.low == 0xa3ce929d0e0e4736 && parsed.parent == 0x00f067aa0ba902b7 && parsed.sampled)
+        #expect(
+            parsed.high == 0x4bf92f3577b34da6 && parsed.low == 0xa3ce929d0e0e4736 && parsed.parent == 0x00f067aa0ba902b7 && parsed.sampled)
         #expect(parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")?.sampled == false)
     }
 
     @Test(arguments: [
-        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",   // all-zero trace id
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",   // all-zero parent
-        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",   // upper-case hex
-        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",   // unknown version
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",  // all-zero trace id
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",  // all-zero parent
+        "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",  // upper-case hex
+        "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",  // unknown version
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",  // wrong length
         "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
     ])

@@ -22,13 +22,18 @@ import WaypointCore
     @Test func certificateNeedsExactlyOneTrustedSpiffeID() throws {
         let domains = ["cluster.local", "old.local"]
         let good = "spiffe://cluster.local/ns/default/sa/frontend"
-        #expect(try SpiffeIdentity.fromCertificate(uris: [good, "https://example.com"], trustDomains: domains).get().namespace == "default")
-        #expect(try SpiffeIdentity.fromCertificate(uris: ["spiffe://old.local/ns/a/sa/b"], trustDomains: domains).get().trustDomain == "old.local")
+        #expect(
+            try SpiffeIdentity.fromCertificate(uris: [good, "https://example.com"], trustDomains: domains).get().namespace == "default")
+        #expect(
+            try SpiffeIdentity.fromCertificate(uris: ["spiffe://old.local/ns/a/sa/b"], trustDomains: domains).get().trustDomain
+                == "old.local")
         #expect(SpiffeIdentity.fromCertificate(uris: [], trustDomains: domains) == .failure(.noSpiffeID))
         #expect(SpiffeIdentity.fromCertificate(uris: [good, good], trustDomains: domains) == .failure(.severalSpiffeIDs))
-        #expect(SpiffeIdentity.fromCertificate(uris: ["spiffe://evil.example/ns/a/sa/b"], trustDomains: domains)
+        #expect(
+            SpiffeIdentity.fromCertificate(uris: ["spiffe://evil.example/ns/a/sa/b"], trustDomains: domains)
                 == .failure(.untrustedDomain("evil.example")))
-        #expect(SpiffeIdentity.fromCertificate(uris: ["spiffe://cluster.local/x"], trustDomains: domains)
+        #expect(
+            SpiffeIdentity.fromCertificate(uris: ["spiffe://cluster.local/x"], trustDomains: domains)
                 == .failure(.malformed("spiffe://cluster.local/x")))
     }
 }
@@ -75,8 +80,9 @@ import WaypointCore
     @Test func parsesAddressesAndIdentity() {
         let bytes = Self.header() + Array("GET".utf8)
         let result = bytes.withUnsafeBytes { ProxyProtocolHeader.parse($0) }
-        let expected = ProxyProtocolHeader(sourceIP: "10.1.2.3", sourcePort: 5555, destinationIP: "10.96.0.10", destinationPort: 80,
-                                           identity: "spiffe://cluster.local/ns/a/sa/b")
+        let expected = ProxyProtocolHeader(
+            sourceIP: "10.1.2.3", sourcePort: 5555, destinationIP: "10.96.0.10", destinationPort: 80,
+            identity: "spiffe://cluster.local/ns/a/sa/b")
         #expect(result == .complete(expected, length: bytes.count - 3))
     }
 

@@ -7,9 +7,15 @@ import WaypointCore
 
 func policies(_ count: Int) -> PolicySet {
     var list: [AuthorizationPolicy] = [
-        AuthorizationPolicy(name: "ns/deny-admin", action: .deny, rules: [
-            .init(to: [{ var o = AuthorizationPolicy.Operation(); o.paths = [PathPattern("/admin*")!]; return o }()]),
-        ]),
+        AuthorizationPolicy(
+            name: "ns/deny-admin", action: .deny,
+            rules: [
+                .init(to: [
+                    {
+                        var o = AuthorizationPolicy.Operation(); o.paths = [PathPattern("/admin*")!]; return o
+                    }()
+                ])
+            ])
     ]
     for i in 0..<count {
         var source = AuthorizationPolicy.Source()
@@ -30,16 +36,20 @@ func median(_ set: PolicySet, principal: String, path: String) -> (Double, Autho
     let host = Array("web".utf8), method = Array("GET".utf8), pathBytes = Array(path.utf8)
     var decision = AuthorizationDecision.deny(policy: nil)
     var samples: [Double] = []
-    host.withUnsafeBytes { h in method.withUnsafeBytes { m in pathBytes.withUnsafeBytes { p in
-        request.http = AuthorizationRequest.HTTP(host: h, method: m, path: p)
-        let clock = ContinuousClock()
-        for _ in 0..<200 {
-            let start = clock.now
-            for _ in 0..<1000 { decision = set.evaluate(request) }
-            let elapsed = clock.now - start
-            samples.append(Double(elapsed.components.attoseconds) / 1e9 / 1000 + Double(elapsed.components.seconds) * 1e9 / 1000)
+    host.withUnsafeBytes { h in
+        method.withUnsafeBytes { m in
+            pathBytes.withUnsafeBytes { p in
+                request.http = AuthorizationRequest.HTTP(host: h, method: m, path: p)
+                let clock = ContinuousClock()
+                for _ in 0..<200 {
+                    let start = clock.now
+                    for _ in 0..<1000 { decision = set.evaluate(request) }
+                    let elapsed = clock.now - start
+                    samples.append(Double(elapsed.components.attoseconds) / 1e9 / 1000 + Double(elapsed.components.seconds) * 1e9 / 1000)
+                }
+            }
         }
-    } } }
+    }
     samples.sort()
     return (samples[samples.count / 2], decision)
 }

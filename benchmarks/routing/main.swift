@@ -14,7 +14,9 @@ func rules(_ count: Int) -> [RouteRule<Int>] {
         switch i % 10 {
         case 0, 1, 2, 3: match = RequestMatch(path: .exact(Array("/svc\(i)/api/items".utf8)))
         case 4, 5, 6, 7: match = RequestMatch(path: .elementPrefix("/svc\(i)/api"))
-        case 8: match = RequestMatch(path: .elementPrefix("/svc\(i)"), headers: [HeaderMatch(name: "x-canary", value: .exact(Array("true".utf8)))])
+        case 8:
+            match = RequestMatch(
+                path: .elementPrefix("/svc\(i)"), headers: [HeaderMatch(name: "x-canary", value: .exact(Array("true".utf8)))])
         default: match = RequestMatch(path: .regex(try! Regex("/re\(i)/[0-9]+/detail")))
         }
         return RouteRule(match: match, action: i, origin: RuleOrigin(route: "ns/r\(i / 10)", ruleIndex: i % 10))

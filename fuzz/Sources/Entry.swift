@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Runs the harness named `target`.
@@ -13,51 +13,53 @@ func run(_ target: String, _ bytes: UnsafeRawBufferPointer) {
 }
 
 #if FUZZING
-/// libFuzzer entry point; `WAYPOINT_FUZZ_TARGET` picks the harness (http1, http2, config or proxy).
-@_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
-    let bytes = UnsafeRawBufferPointer(start: data, count: size)
-    run(fuzzTarget, bytes)
-    return 0
-}
+    /// libFuzzer entry point; `WAYPOINT_FUZZ_TARGET` picks the harness (http1, http2, config or proxy).
+    @_cdecl("LLVMFuzzerTestOneInput")
+    public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+        let bytes = UnsafeRawBufferPointer(start: data, count: size)
+        run(fuzzTarget, bytes)
+        return 0
+    }
 
-nonisolated(unsafe) private let fuzzTarget = getenv("WAYPOINT_FUZZ_TARGET").map { String(cString: $0) } ?? "http1"
+    nonisolated(unsafe) private let fuzzTarget = getenv("WAYPOINT_FUZZ_TARGET").map { String(cString: $0) } ?? "http1"
 
-/// SwiftPM links an executable's entry point as `<Target>_main`; hand control to libFuzzer's driver from there.
-@_cdecl("WaypointFuzz_main")
-public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
-    var count = argc
-    var vector = argv
-    return LLVMFuzzerRunDriver(&count, &vector, fuzzOneInput)
-}
+    /// SwiftPM links an executable's entry point as `<Target>_main`; hand control to libFuzzer's driver from there.
+    @_cdecl("WaypointFuzz_main")
+    public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+        var count = argc
+        var vector = argv
+        return LLVMFuzzerRunDriver(&count, &vector, fuzzOneInput)
+    }
 
-@_silgen_name("LLVMFuzzerRunDriver")
-private func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<CInt>,
-                                 _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-                                 _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt) -> CInt
+    @_silgen_name("LLVMFuzzerRunDriver")
+    private func LLVMFuzzerRunDriver(
+        _ argc: UnsafeMutablePointer<CInt>,
+        _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+        _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt
+    ) -> CInt
 #else
-/// Replays saved inputs (e.g. a crash file from a fuzz run): `WaypointFuzz http1|http2|config|proxy FILE...`.
-@main
-struct Replay {
-    static func main() {
-        let args = CommandLine.arguments.dropFirst()
-        guard let target = args.first, ["http1", "http2", "config", "proxy"].contains(target) else {
-            print("usage: WaypointFuzz http1|http2|config|proxy FILE...")
-            exit(2)
-        }
-        for path in args.dropFirst() {
-            guard let file = fopen(path, "rb") else { print("cannot open \(path)"); exit(1) }
-            var bytes: [UInt8] = []
-            var buffer = [UInt8](repeating: 0, count: 65536)
-            while true {
-                let n = fread(&buffer, 1, buffer.count, file)
-                if n <= 0 { break }
-                bytes += buffer[0..<n]
+    /// Replays saved inputs (e.g. a crash file from a fuzz run): `WaypointFuzz http1|http2|config|proxy FILE...`.
+    @main
+    struct Replay {
+        static func main() {
+            let args = CommandLine.arguments.dropFirst()
+            guard let target = args.first, ["http1", "http2", "config", "proxy"].contains(target) else {
+                print("usage: WaypointFuzz http1|http2|config|proxy FILE...")
+                exit(2)
             }
-            fclose(file)
-            bytes.withUnsafeBytes { run(target, $0) }
-            print("ok \(path)")
+            for path in args.dropFirst() {
+                guard let file = fopen(path, "rb") else { print("cannot open \(path)"); exit(1) }
+                var bytes: [UInt8] = []
+                var buffer = [UInt8](repeating: 0, count: 65536)
+                while true {
+                    let n = fread(&buffer, 1, buffer.count, file)
+                    if n <= 0 { break }
+                    bytes += buffer[0..<n]
+                }
+                fclose(file)
+                bytes.withUnsafeBytes { run(target, $0) }
+                print("ok \(path)")
+            }
         }
     }
-}
 #endif

@@ -21,7 +21,11 @@ final class FuzzPeer: HTTP2SessionDelegate {
     func http2HeadersComplete(stream: Int32, endStream: Bool) {
         completed += 1
         guard isServer else { return }
-        if completed % 3 == 0 { session.reset(stream: stream, code: .cancel) } else { session.respond(stream: stream, status: 200, body: true) }
+        if completed % 3 == 0 {
+            session.reset(stream: stream, code: .cancel)
+        } else {
+            session.respond(stream: stream, status: 200, body: true)
+        }
     }
     func http2Data(stream: Int32, _ bytes: UnsafeRawBufferPointer) { session.consume(stream: stream, bytes.count) }
     func http2RemoteEnded(stream: Int32) {}
@@ -76,7 +80,8 @@ extension Harness {
             precondition(hardened.count <= data.count && hardened.first == 0x2F, "hardened path grew or is not absolute")
             precondition(!hardened.contains(0x3B), "a ';' parameter is left")
             for segment in hardened.split(separator: 0x2F, omittingEmptySubsequences: false).dropFirst().dropLast() {
-                precondition(!segment.isEmpty && !segment.elementsEqual([0x2E]) && !segment.elementsEqual([0x2E, 0x2E]), "empty or dot segment left")
+                precondition(
+                    !segment.isEmpty && !segment.elementsEqual([0x2E]) && !segment.elementsEqual([0x2E, 0x2E]), "empty or dot segment left")
             }
         }
     }

@@ -66,7 +66,7 @@ enum Harness {
         let text = String(decoding: data, as: UTF8.self)
         if let spec = try? ManifestLoader.load(text: text, file: "fuzz.yaml", defaultNamespace: "default") {
             var compiler = SnapshotCompiler(namespace: "default")
-            compiler.locality = Locality(region: "r1", zone: "z1", subzone: "s1")   // so locality tiers are built too
+            compiler.locality = Locality(region: "r1", zone: "z1", subzone: "s1")  // so locality tiers are built too
             _ = compiler.compile(spec, generation: 1)
         }
     }
@@ -98,8 +98,10 @@ enum Harness {
             let out = ByteBuffer(capacity: 64)
             continued.writeTraceparent(into: out)
             let again = TraceContext.parse(out.readable)
-            precondition(again.map { $0.high == parsed.high && $0.low == parsed.low && $0.parent == continued.span && $0.sampled } ?? (continued.span == 0),
-                         "traceparent does not round-trip")
+            precondition(
+                again.map { $0.high == parsed.high && $0.low == parsed.low && $0.parent == continued.span && $0.sampled }
+                    ?? (continued.span == 0),
+                "traceparent does not round-trip")
         }
     }
 
@@ -111,7 +113,8 @@ enum Harness {
     static let mixedRules: [RouteRule<Int>] = {
         let matches: [RequestMatch] = [
             RequestMatch(path: .exact(Array("/a/b".utf8))), RequestMatch(path: .exact(Array("/a/b".utf8)), method: "POST"),
-            RequestMatch(path: .elementPrefix("/a")), RequestMatch(path: .elementPrefix("/a/b/"), headers: [HeaderMatch(name: "x", value: .present)]),
+            RequestMatch(path: .elementPrefix("/a")),
+            RequestMatch(path: .elementPrefix("/a/b/"), headers: [HeaderMatch(name: "x", value: .present)]),
             RequestMatch(path: .stringPrefix(Array("/a/b".utf8))), RequestMatch(path: .stringPrefix(Array("/A".utf8)), ignoreCase: true),
             RequestMatch(path: .exact(Array("/Q".utf8)), ignoreCase: true), RequestMatch(path: .regex(try! Regex("/a/[0-9]+"))),
             RequestMatch(path: .regex(try! Regex(".*z"))), RequestMatch(path: .regex(try! Regex("/ab?c"))),
@@ -124,8 +127,19 @@ enum Harness {
     static let mixedDeclared = RuleSet(orderedRules: mixedRules, fallback: -1)
 
     static let table: RouteTable<Int> = RouteTable(
-        virtualHosts: [VirtualHost(ports: [(UInt16(80), RuleSet(rules: [
-            RouteRule(match: RequestMatch(path: .elementPrefix("/api")), action: 1, origin: RuleOrigin(route: "f/r", ruleIndex: 0)),
-        ], fallback: 0))], defaultPort: 80)],
+        virtualHosts: [
+            VirtualHost(
+                ports: [
+                    (
+                        UInt16(80),
+                        RuleSet(
+                            rules: [
+                                RouteRule(
+                                    match: RequestMatch(path: .elementPrefix("/api")), action: 1,
+                                    origin: RuleOrigin(route: "f/r", ruleIndex: 0))
+                            ], fallback: 0)
+                    )
+                ], defaultPort: 80)
+        ],
         names: [("web", 0), ("*.example.com", 0)])
 }

@@ -61,17 +61,20 @@ final class ProxyProtocolConnection: DownstreamSession {
         case .failure(let rejection): return refuse(rejection.description)
         }
         guard let target = SocketAddress(ip: proxy.destinationIP, port: proxy.destinationPort),
-              let destination = server.router.destination(for: target) else {
+            let destination = server.router.destination(for: target)
+        else {
             return refuse("destination \(proxy.destinationIP):\(proxy.destinationPort) is not served here")
         }
         guard destination.cluster < 0 || server.hasReadyEndpoints(destination) else { return refuse("no healthy upstream") }
         finish()
         let source = SocketAddress(ip: proxy.sourceIP, port: proxy.sourcePort)
-        let facts = PeerFacts(identity: identity, sourceIP: proxy.sourceIP, sourceAddress: source?.description ?? proxy.sourceIP,
-                              destinationIP: proxy.destinationIP)
+        let facts = PeerFacts(
+            identity: identity, sourceIP: proxy.sourceIP, sourceAddress: source?.description ?? proxy.sourceIP,
+            destinationIP: proxy.destinationIP)
         rest.withUnsafeBytes { initial in
-            server.startInnerSession(on: SocketStream(fd: fd, loop: server.loop), peer: facts, destination: destination,
-                                     traceparent: [], initialInput: initial)
+            server.startInnerSession(
+                on: SocketStream(fd: fd, loop: server.loop), peer: facts, destination: destination,
+                traceparent: [], initialInput: initial)
         }
     }
 

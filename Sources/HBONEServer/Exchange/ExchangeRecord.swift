@@ -57,8 +57,10 @@ extension ProxyServer {
     /// conditions and attempts allow it, the request can be replayed and the proxy admits it (`admitRetry`). The
     /// record counts the new try, or keeps why a retry that was called for was not made. The caller has checked
     /// that nothing of the response went downstream.
-    func retryBackoff(after outcome: RetryPolicy.Outcome, policy: RetryPolicy?, replay: Replay, record: inout ExchangeRecord,
-                      limits: ClusterLimits?) -> Duration? {
+    func retryBackoff(
+        after outcome: RetryPolicy.Outcome, policy: RetryPolicy?, replay: Replay, record: inout ExchangeRecord,
+        limits: ClusterLimits?
+    ) -> Duration? {
         guard let policy, record.attempt <= policy.maxRetries, policy.wouldRetry(outcome) else { return nil }
         switch replay {
         case .kept: break
@@ -74,8 +76,10 @@ extension ProxyServer {
     /// succeeded, the last try's result for outlier detection (a gRPC status counts as its HTTP equivalent, as
     /// in Envoy), Istio's request metrics, the span and the access-log line. `grpcStatus`: the call's status, when
     /// the upstream sent one.
-    func report(_ record: ExchangeRecord, grpcStatus: Int?, protocol: StaticString, peer: PeerFacts, principal: Int32,
-                log fields: RequestLogFields?) {
+    func report(
+        _ record: ExchangeRecord, grpcStatus: Int?, protocol: StaticString, peer: PeerFacts, principal: Int32,
+        log fields: RequestLogFields?
+    ) {
         let status = record.status
         if status > 0 {
             let outcome = grpcStatus.map(OutlierDetection.httpStatus(forGRPC:)) ?? status
@@ -85,9 +89,10 @@ extension ProxyServer {
                 counters.istio.recordRetry(service: record.labels.service, .succeeded)
             }
             counters.countResponse(status)
-            counters.istio.recordRequest(principal: principal, service: record.labels.service, grpc: record.grpc, mutualTLS: peer.identity != nil,
-                                         status: status, flags: record.flags, durationMs: (loop.now - record.start) * 1000,
-                                         requestBytes: record.bytesReceived, responseBytes: record.bytesSent)
+            counters.istio.recordRequest(
+                principal: principal, service: record.labels.service, grpc: record.grpc, mutualTLS: peer.identity != nil,
+                status: status, flags: record.flags, durationMs: (loop.now - record.start) * 1000,
+                requestBytes: record.bytesReceived, responseBytes: record.bytesSent)
         }
         if let span = record.span, let tracer = settings.tracer {
             span.end = loop.now
@@ -96,18 +101,21 @@ extension ProxyServer {
             tracer.submit(span)
         }
         guard let accessLog else { return }
-        accessLog.record(AccessLog.Entry(
-            startTime: record.start, duration: loop.now - record.start, request: fields ?? RequestLogFields(), protocol: `protocol`,
-            client: peer.sourceAddress, principal: peer.identity?.principal, status: status, flags: record.flags,
-            bytesReceived: record.bytesReceived, bytesSent: record.bytesSent, upstream: record.upstreamAddress, route: record.route,
-            policy: record.labels.policy, attempts: record.attempts, retryNote: record.retryNote))
+        accessLog.record(
+            AccessLog.Entry(
+                startTime: record.start, duration: loop.now - record.start, request: fields ?? RequestLogFields(), protocol: `protocol`,
+                client: peer.sourceAddress, principal: peer.identity?.principal, status: status, flags: record.flags,
+                bytesReceived: record.bytesReceived, bytesSent: record.bytesSent, upstream: record.upstreamAddress, route: record.route,
+                policy: record.labels.policy, attempts: record.attempts, retryNote: record.retryNote))
     }
 
     /// Decides whether the request is traced (its `traceparent`'s sampled flag, else the sample rate) and, if so,
     /// opens its span in the record; only then are the request's `method`, `authority` and `target` read (only
     /// traced requests allocate for it).
-    func startSpan(_ record: inout ExchangeRecord, _ tracer: SpanExporter, traceparent: UnsafeRawBufferPointer, protocol: String,
-                   peer: PeerFacts, request: () -> (method: String, authority: String, target: String)) {
+    func startSpan(
+        _ record: inout ExchangeRecord, _ tracer: SpanExporter, traceparent: UnsafeRawBufferPointer, protocol: String,
+        peer: PeerFacts, request: () -> (method: String, authority: String, target: String)
+    ) {
         guard let context = TraceContext.decide(traceparent: traceparent, sampleRate: tracer.sampleRate, random: &random) else { return }
         let (method, authority, target) = request()
         var attributes = [("http.method", method), ("http.url", "http://" + authority + target), ("http.protocol", `protocol`)]

@@ -64,8 +64,10 @@ public protocol RequestRouter: AnyObject {
     /// Authorizes and routes a request: by its Host header, or, inside a tunnel, by the tunnel's `destination`.
     /// `peer` is who sent it (the principal is nil on the plaintext listener). A denial is a `.reply`. `labels`
     /// gets the deciding policy and the destination service, whatever the decision.
-    func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts,
-               labels: inout RouteLabels) -> RouteDecision
+    func route(
+        _ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts,
+        labels: inout RouteLabels
+    ) -> RouteDecision
     /// The interned destination service of a tunnel's destination (-1 for a workload address).
     func service(of destination: Destination) -> Int32
     /// Authorizes a byte-stream (TCP) tunnel to `destination` before anything reaches the upstream: only

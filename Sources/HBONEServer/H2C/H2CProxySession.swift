@@ -23,8 +23,10 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     /// The caller, interned once for Istio's metrics.
     private let principalID: Int32
 
-    init(id: Int, stream: any ByteStream, peer: PeerFacts, destination: Destination?, traceparent: [UInt8],
-         initialInput: UnsafeRawBufferPointer?, server: ProxyServer) {
+    init(
+        id: Int, stream: any ByteStream, peer: PeerFacts, destination: Destination?, traceparent: [UInt8],
+        initialInput: UnsafeRawBufferPointer?, server: ProxyServer
+    ) {
         self.id = id
         self.server = server
         self.peer = peer
@@ -134,7 +136,9 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         exchange.tryTimer?.cancel()
         exchange.requestTimer?.cancel()
         endMirrors(of: exchange)
-        if exchange.record.bytesReceived > exchange.credited { channel.session.consume(stream: exchange.downstreamID, exchange.record.bytesReceived - exchange.credited) }
+        if exchange.record.bytesReceived > exchange.credited {
+            channel.session.consume(stream: exchange.downstreamID, exchange.record.bytesReceived - exchange.credited)
+        }
         server.exchangeEnded(&exchange.record, limits: exchange.limits)
     }
 
@@ -211,9 +215,11 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             exchange.record.status = status
             exchange.responseStarted = true
             exchange.responseEnded = true
-            channel.session.respond(stream: exchange.downstreamID, fields: [
-                (":status", String(status)), ("location", String(decoding: location, as: UTF8.self)), ("content-length", "0"),
-            ], body: false)
+            channel.session.respond(
+                stream: exchange.downstreamID,
+                fields: [
+                    (":status", String(status)), ("location", String(decoding: location, as: UTF8.self)), ("content-length", "0"),
+                ], body: false)
             channel.flush()
         case .respond(let status, let body, let delay):
             exchange.record.flags = "DR"
@@ -235,22 +241,26 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             }
             var fields = forwardedFields(exchange, method: method, path: upstreamPath, authority: upstreamAuthority)
             if let log = exchange.logFields, log[.requestID].isEmpty, let id = fields.last(where: { $0.0 == "x-request-id" }) {
-                log.keep(.requestID, id.1)   // the one generated for the upstream
+                log.keep(.requestID, id.1)  // the one generated for the upstream
             }
             if let modifier = policy.requestHeaders { fields = Self.modify(fields, modifier) }
             if let tracer = server.settings.tracer {
                 let incoming = fields.last { $0.0 == "traceparent" }?.1 ?? ""
                 Array(incoming.utf8).withUnsafeBytes { incoming in
-                    server.startSpan(&exchange.record, tracer, traceparent: incoming, protocol: "HTTP/2", peer: peer) { (method, authority, path) }
+                    server.startSpan(&exchange.record, tracer, traceparent: incoming, protocol: "HTTP/2", peer: peer) {
+                        (method, authority, path)
+                    }
                 }
-                if let span = exchange.record.span {   // the span is the upstream's parent
+                if let span = exchange.record.span {  // the span is the upstream's parent
                     let out = ByteBuffer(capacity: 64)
                     span.context.writeTraceparent(into: out)
                     fields.removeAll { $0.0 == "traceparent" }
                     fields.append(("traceparent", String(decoding: out.readable, as: UTF8.self)))
                 }
             }
-            for mirror in policy.mirrors where server.roll(mirror.percent) { startMirror(exchange, fields: fields, cluster: mirror.cluster) }
+            for mirror in policy.mirrors where server.roll(mirror.percent) {
+                startMirror(exchange, fields: fields, cluster: mirror.cluster)
+            }
             exchange.record.cluster = cluster
             exchange.record.endpoint = endpoint
             exchange.forwardPolicy = policy
@@ -282,7 +292,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             exchange.requestTimeout = exchange.requestTimeout.map { min($0, asked) } ?? asked
         }
         guard let expected = [exchange.requestTimeout, exchange.forwardPolicy.perTryTimeout].compactMap({ $0 }).min(),
-              expected > .zero else { return }
+            expected > .zero
+        else { return }
         if let index { fields.remove(at: index) }
         fields.append(("grpc-timeout", GRPCTimeout.format(expected)))
     }
@@ -293,7 +304,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         if let limits = exchange.limits, !limits.enterRequest() { return overflow(exchange) }
         server.exchangeStarted(&exchange.record, mayRetry: exchange.retryPolicy != nil)
         if let timeout = exchange.requestTimeout {
-            exchange.requestTimer.schedule(after: timeout, creating: timer(for: exchange) { session, exchange in session.requestTimedOut(exchange) })
+            exchange.requestTimer.schedule(
+                after: timeout, creating: timer(for: exchange) { session, exchange in session.requestTimedOut(exchange) })
         }
         startAttempt(exchange)
     }
@@ -310,7 +322,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         upstream.start(exchange, fields: fields, owner: self)
         guard exchange.upstream === upstream else { return }  // refused at once (and already handled)
         if let timeout = exchange.forwardPolicy.perTryTimeout {
-            exchange.tryTimer.schedule(after: timeout, creating: timer(for: exchange) { session, exchange in session.tryTimedOut(exchange) })
+            exchange.tryTimer.schedule(
+                after: timeout, creating: timer(for: exchange) { session, exchange in session.tryTimedOut(exchange) })
         }
         if !exchange.requestBody.isEmpty || exchange.requestEnded { upstream.requestDataReady(exchange) }
         channel.flush()
@@ -346,8 +359,9 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         exchange.requestBody.clear()
         if let replay = exchange.replay { exchange.requestBody.append(replay.readable) }
         exchange.sentInAttempt = 0
-        exchange.record.endpoint = server.router.alternateEndpoint(cluster: exchange.record.cluster, failed: exchange.record.endpoint,
-                                                            history: &exchange.retryHistory)
+        exchange.record.endpoint = server.router.alternateEndpoint(
+            cluster: exchange.record.cluster, failed: exchange.record.endpoint,
+            history: &exchange.retryHistory)
         startAttempt(exchange)
     }
 
@@ -383,8 +397,10 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     /// nothing of the response went downstream yet. True when a retry is under way (the failed stream is reset).
     private func retry(_ exchange: H2CExchange, _ outcome: RetryPolicy.Outcome) -> Bool {
         guard exchange.record.inFlight, !exchange.responseStarted,
-              let backoff = server.retryBackoff(after: outcome, policy: exchange.retryPolicy, replay: exchange.replay != nil ? .kept : .beyondBound,
-                                                record: &exchange.record, limits: exchange.limits) else { return false }
+            let backoff = server.retryBackoff(
+                after: outcome, policy: exchange.retryPolicy, replay: exchange.replay != nil ? .kept : .beyondBound,
+                record: &exchange.record, limits: exchange.limits)
+        else { return false }
         exchange.upstream?.cancel(exchange)
         exchange.tryTimer?.cancel()
         exchange.responseFields.removeAll()
@@ -423,7 +439,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     /// cluster; its body follows the original's as it arrives, and its answer is dropped.
     private func startMirror(_ exchange: H2CExchange, fields: [(String, String)], cluster: Int32) {
         guard let endpoint = server.router.pickEndpoint(inCluster: cluster), let pool = server.pool(endpoint),
-              let upstream = pool.h2cUpstream(limits: nil) else {
+            let upstream = pool.h2cUpstream(limits: nil)
+        else {
             server.counters.mirrorsSkipped.increment()
             return
         }
@@ -455,7 +472,9 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         var bytes = Array(path.utf8)
         if let hash = bytes.firstIndex(of: 0x23) { bytes.removeSubrange(hash...) }
         let queryStart = bytes.firstIndex(of: 0x3F) ?? bytes.count
-        guard queryStart > 0, bytes[0] == 0x2F || bytes[0] == 0x5C else { return path.isEmpty ? path : String(decoding: bytes, as: UTF8.self) }
+        guard queryStart > 0, bytes[0] == 0x2F || bytes[0] == 0x5C else {
+            return path.isEmpty ? path : String(decoding: bytes, as: UTF8.self)
+        }
         let length = bytes.withUnsafeMutableBytes { mode.normalize(UnsafeMutableRawBufferPointer(rebasing: $0[0..<queryStart])) }
         guard let length else { return nil }
         return String(decoding: bytes[0..<length] + bytes[queryStart...], as: UTF8.self)
@@ -471,7 +490,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         for (name, value) in exchange.requestFields where !name.hasPrefix(":") {
             switch name {
             case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host", "x-forwarded-proto",
-                 "x-envoy-attempt-count":
+                "x-envoy-attempt-count":
                 continue
             case "te" where value != "trailers":
                 continue
@@ -508,27 +527,32 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         exchange.responseStarted = true
         exchange.responseEnded = true
         if exchange.record.grpc {
-            channel.session.respond(stream: exchange.downstreamID, fields: [
-                (":status", "200"), ("content-type", "application/grpc"),
-                ("grpc-status", String(Self.grpcStatus(for: status))), ("grpc-message", String(decoding: body, as: UTF8.self).trimmingNewline()),
-            ], body: false)
+            channel.session.respond(
+                stream: exchange.downstreamID,
+                fields: [
+                    (":status", "200"), ("content-type", "application/grpc"),
+                    ("grpc-status", String(Self.grpcStatus(for: status))),
+                    ("grpc-message", String(decoding: body, as: UTF8.self).trimmingNewline()),
+                ], body: false)
         } else {
             exchange.responseBody.append(body)
-            channel.session.respond(stream: exchange.downstreamID, fields: [
-                (":status", String(status)), ("content-type", "text/plain"), ("content-length", String(body.count)),
-            ], body: !body.isEmpty)
+            channel.session.respond(
+                stream: exchange.downstreamID,
+                fields: [
+                    (":status", String(status)), ("content-type", "text/plain"), ("content-length", String(body.count)),
+                ], body: !body.isEmpty)
         }
         channel.flush()
     }
 
     static func grpcStatus(for httpStatus: Int) -> Int {
         switch httpStatus {
-        case 400: return 13   // INTERNAL
-        case 401: return 16   // UNAUTHENTICATED
-        case 403: return 7    // PERMISSION_DENIED
-        case 404: return 12   // UNIMPLEMENTED
+        case 400: return 13  // INTERNAL
+        case 401: return 16  // UNAUTHENTICATED
+        case 403: return 7  // PERMISSION_DENIED
+        case 404: return 12  // UNIMPLEMENTED
         case 429, 502, 503, 504: return 14  // UNAVAILABLE
-        default: return 2     // UNKNOWN
+        default: return 2  // UNKNOWN
         }
     }
 
@@ -580,10 +604,14 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     }
 
     private func finish(_ exchange: H2CExchange) {
-        let grpcStatus = exchange.record.grpc
-            ? (exchange.trailers.first { $0.0 == "grpc-status" } ?? exchange.responseFields.first { $0.0 == "grpc-status" }).flatMap { Int($0.1) }
+        let grpcStatus =
+            exchange.record.grpc
+            ? (exchange.trailers.first { $0.0 == "grpc-status" } ?? exchange.responseFields.first { $0.0 == "grpc-status" }).flatMap {
+                Int($0.1)
+            }
             : nil
-        server.report(exchange.record, grpcStatus: grpcStatus, protocol: "HTTP/2", peer: peer, principal: principalID, log: exchange.logFields)
+        server.report(
+            exchange.record, grpcStatus: grpcStatus, protocol: "HTTP/2", peer: peer, principal: principalID, log: exchange.logFields)
     }
 
     /// The access log's fields, as HTTP/1.1 keeps them: the normalized path, the first `x-forwarded-for`.
@@ -592,7 +620,9 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         fields.keep(.method, method)
         fields.keep(.path, path)
         fields.keep(.authority, authority)
-        for (field, name) in [(RequestLogFields.Field.userAgent, "user-agent"), (.forwardedFor, "x-forwarded-for"), (.requestID, "x-request-id")] {
+        for (field, name) in [
+            (RequestLogFields.Field.userAgent, "user-agent"), (.forwardedFor, "x-forwarded-for"), (.requestID, "x-request-id"),
+        ] {
             if let value = exchange.requestFields.first(where: { $0.0 == name }) { fields.keep(field, value.1) }
         }
         exchange.logFields = fields

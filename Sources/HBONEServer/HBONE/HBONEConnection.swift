@@ -96,7 +96,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
     /// server answers 200 (writes before that wait in the tunnel). Nil when the session refuses a new stream.
     public func openTunnel(authority: String, headers: [(String, String)] = []) -> Tunnel? {
         guard role == .client, state != .closed, drain == .serving,
-              let stream = session.request(headers: [(":method", "CONNECT"), (":authority", authority)] + headers, body: true)
+            let stream = session.request(headers: [(":method", "CONNECT"), (":authority", authority)] + headers, body: true)
         else { return nil }
         let tunnel = Tunnel(streamID: stream, connection: self, sendBound: server.settings.tunnelSendBound, established: false)
         tunnels[stream] = tunnel
@@ -139,8 +139,11 @@ public final class HBONEConnection: HTTP2SessionDelegate {
                 readWatcher.start()
                 // A client has until the handshake timeout again to send its HTTP/2 preface (a one-shot timer
                 // until `http2PrefaceReceived`); PINGs start after.
-                if role == .server { timer.schedule(after: server.settings.handshakeTimeout) }
-                else { timer.scheduleRepeating(every: server.settings.keepaliveInterval) }
+                if role == .server {
+                    timer.schedule(after: server.settings.handshakeTimeout)
+                } else {
+                    timer.scheduleRepeating(every: server.settings.keepaliveInterval)
+                }
                 if server.draining { beginDrain() }
                 readable()  // the client's preface may already be here
             }
@@ -149,8 +152,9 @@ public final class HBONEConnection: HTTP2SessionDelegate {
 
     private func handshakeFailed(_ reason: String, _ detail: String) {
         if role == .server { server.counters.countHandshakeFailure(reason) }
-        server.logger.debug("HBONE handshake failed: \(detail)",
-                            metadata: ["connection.id": "\(id)", "client": "\(remote?.description ?? "unknown")", "reason": "\(reason)"])
+        server.logger.debug(
+            "HBONE handshake failed: \(detail)",
+            metadata: ["connection.id": "\(id)", "client": "\(remote?.description ?? "unknown")", "reason": "\(reason)"])
         close()
     }
 
@@ -366,8 +370,9 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         }
         if let refusal = check(request) {
             server.counters.countTunnelRefusal(refusal.reason)
-            server.logger.debug("tunnel refused: \(refusal.status) \(refusal.reason)",
-                                metadata: ["connection.id": "\(id)", "stream.id": "\(stream)", "authority": "\(request.authorityText)"])
+            server.logger.debug(
+                "tunnel refused: \(refusal.status) \(refusal.reason)",
+                metadata: ["connection.id": "\(id)", "stream.id": "\(stream)", "authority": "\(request.authorityText)"])
             session.respond(stream: stream, status: refusal.status, body: false)
             return
         }
@@ -378,11 +383,15 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         server.counters.tunnelsActive.increment()
         session.respond(stream: stream, status: 200, body: true)
         let facts = request.facts!
-        server.logger.trace("tunnel opened", metadata: [
-            "connection.id": "\(id)", "stream.id": "\(stream)", "destination": "\(destination.name)",
-            "source": "\(facts.sourceAddress)", "baggage": "\(facts.baggage ?? "")"])
-        server.startInnerSession(on: tunnel, peer: facts, destination: destination, traceparent: request.traceparent,
-                                 tcpAuthorized: destination.innerProtocol == .tcp)
+        server.logger.trace(
+            "tunnel opened",
+            metadata: [
+                "connection.id": "\(id)", "stream.id": "\(stream)", "destination": "\(destination.name)",
+                "source": "\(facts.sourceAddress)", "baggage": "\(facts.baggage ?? "")",
+            ])
+        server.startInnerSession(
+            on: tunnel, peer: facts, destination: destination, traceparent: request.traceparent,
+            tcpAuthorized: destination.innerProtocol == .tcp)
     }
 
     private struct Refusal { let status: Int; let reason: StaticString }
@@ -400,8 +409,9 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         // A byte-stream port is authorized here, before the 200 (ztunnel answers an L4 deny with 401); HTTP
         // is authorized per request inside the tunnel.
         let source = request.forwardedFor ?? remote
-        let facts = PeerFacts(identity: identity, sourceIP: source?.ip ?? "unknown", sourceAddress: source?.description ?? "unknown",
-                              destinationIP: address.ip, baggage: request.baggage)
+        let facts = PeerFacts(
+            identity: identity, sourceIP: source?.ip ?? "unknown", sourceAddress: source?.description ?? "unknown",
+            destinationIP: address.ip, baggage: request.baggage)
         if destination.innerProtocol == .tcp {
             guard server.router.authorizeTCP(to: destination, peer: facts) else { return Refusal(status: 401, reason: "denied") }
         }
@@ -446,7 +456,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
             return
         }
         drain = .noticed(untilAck: session.shutdownNotice())
-        if pingSentAt == nil { pingSentAt = server.loop.now }   // a peer that never acks is closed by the keepalive
+        if pingSentAt == nil { pingSentAt = server.loop.now }  // a peer that never acks is closed by the keepalive
         flush()
     }
 
@@ -461,8 +471,9 @@ public final class HBONEConnection: HTTP2SessionDelegate {
 
     private func countProtocolFailure() {
         server.counters.http2ProtocolErrors.increment()
-        server.logger.debug("HTTP/2 protocol error or flood; closing",
-                            metadata: ["connection.id": "\(id)", "goaway.code": "\(session.goAwayErrorSent ?? 0)"])
+        server.logger.debug(
+            "HTTP/2 protocol error or flood; closing",
+            metadata: ["connection.id": "\(id)", "goaway.code": "\(session.goAwayErrorSent ?? 0)"])
     }
 
     /// Closes the connection and ends its tunnels; `lastWords` when what was just written (a GOAWAY) must

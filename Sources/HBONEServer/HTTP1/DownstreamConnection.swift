@@ -115,8 +115,10 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private let logFields = RequestLogFields()
 
     /// `initialInput`: bytes already read from the stream (protocol detection looked at them).
-    init(id: Int, stream: any ByteStream, peer: PeerFacts, destination: Destination? = nil, traceparent: [UInt8] = [],
-         initialInput: UnsafeRawBufferPointer? = nil, server: ProxyServer) {
+    init(
+        id: Int, stream: any ByteStream, peer: PeerFacts, destination: Destination? = nil, traceparent: [UInt8] = [],
+        initialInput: UnsafeRawBufferPointer? = nil, server: ProxyServer
+    ) {
         self.id = id
         self.stream = stream
         self.server = server
@@ -398,7 +400,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                     return true
                 }
                 delayed = (.forward(endpoint: endpoint), length)
-                pendingTimer.schedule(after: limits.settings.connectTimeout ?? server.settings.connectTimeout, creating: Timer(loop: server.loop) { [unowned(unsafe) self] in self.pendingTimedOut() })
+                pendingTimer.schedule(
+                    after: limits.settings.connectTimeout ?? server.settings.connectTimeout,
+                    creating: Timer(loop: server.loop) { [unowned(unsafe) self] in self.pendingTimedOut() })
                 return true
             }
             if let delay = policy.delay, server.roll(delay.percent) {
@@ -406,7 +410,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                 // until the delay is over, then the exchange goes on as if just routed.
                 delayed = (.forward(endpoint: endpoint), length)
                 server.counters.faultDelays.increment()
-                faultTimer.schedule(after: delay.duration, creating: Timer(loop: server.loop) { [unowned(unsafe) self] in self.delayElapsed() })
+                faultTimer.schedule(
+                    after: delay.duration, creating: Timer(loop: server.loop) { [unowned(unsafe) self] in self.delayElapsed() })
                 return true
             }
             forward(headBytes, to: endpoint)
@@ -443,8 +448,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
 
     /// A request that cannot be parsed: answer and close, since where it ends is unknown.
     private func reject(_ error: HTTP1Error) {
-        server.logger.debug("rejected request: \(error.status) \(error.reason)",
-                            metadata: ["connection.id": "\(id)", "client": "\(peer.sourceAddress)"])
+        server.logger.debug(
+            "rejected request: \(error.status) \(error.reason)",
+            metadata: ["connection.id": "\(id)", "client": "\(peer.sourceAddress)"])
         inExchange = true
         record.start = server.loop.now
         keepAlive = false
@@ -493,24 +499,32 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         if let tracer = server.settings.tracer {
             let incoming = head.firstHeader(Self.traceparentName, in: headBytes) ?? UnsafeRawBufferPointer(start: nil, count: 0)
             server.startSpan(&record, tracer, traceparent: incoming, protocol: "HTTP/1.1", peer: peer) {
-                (String(decoding: head.method.bytes(in: headBytes), as: UTF8.self), String(decoding: head.host.bytes(in: headBytes), as: UTF8.self),
-                 String(decoding: head.target.bytes(in: headBytes), as: UTF8.self))
+                (
+                    String(decoding: head.method.bytes(in: headBytes), as: UTF8.self),
+                    String(decoding: head.host.bytes(in: headBytes), as: UTF8.self),
+                    String(decoding: head.target.bytes(in: headBytes), as: UTF8.self)
+                )
             }
         }
-        let upstreamTraceparent = record.span.map { span -> [UInt8] in
-            let out = ByteBuffer(capacity: 64)
-            span.context.writeTraceparent(into: out)
-            return Array(out.readable)
-        } ?? traceparent
+        let upstreamTraceparent =
+            record.span.map { span -> [UInt8] in
+                let out = ByteBuffer(capacity: 64)
+                span.context.writeTraceparent(into: out)
+                return Array(out.readable)
+            } ?? traceparent
         clientIP.withUnsafeBytes { ip in
             upstreamTraceparent.withUnsafeBytes { trace in
-                ForwardingHeaders.writeRequest(head, headBytes, clientIP: ip, proto: server.settings.forwardedProto, traceparent: trace,
-                                               replaceTraceparent: record.span != nil,
-                                               modifier: policy.requestHeaders, rewrite: policy.rewrite,
-                                               into: connection.output) { [unowned(unsafe) self] out in
+                ForwardingHeaders.writeRequest(
+                    head, headBytes, clientIP: ip, proto: server.settings.forwardedProto, traceparent: trace,
+                    replaceTraceparent: record.span != nil,
+                    modifier: policy.requestHeaders, rewrite: policy.rewrite,
+                    into: connection.output
+                ) { [unowned(unsafe) self] out in
                     let start = out.readableBytes
                     self.server.writeRequestID(out)
-                    if self.server.accessLog != nil { self.logFields.keep(.requestID, UnsafeRawBufferPointer(rebasing: out.readable[start...])) }
+                    if self.server.accessLog != nil {
+                        self.logFields.keep(.requestID, UnsafeRawBufferPointer(rebasing: out.readable[start...]))
+                    }
                 }
             }
         }
@@ -542,8 +556,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                 server.counters.mirrorsSkipped.increment()
                 continue
             }
-            server.sendMirror(head: UnsafeRawBufferPointer(rebasing: bytes[0..<replayHeadLength]),
-                              body: UnsafeRawBufferPointer(rebasing: bytes[replayHeadLength...]), to: endpoint)
+            server.sendMirror(
+                head: UnsafeRawBufferPointer(rebasing: bytes[0..<replayHeadLength]),
+                body: UnsafeRawBufferPointer(rebasing: bytes[replayHeadLength...]), to: endpoint)
         }
         mirroring = 0
     }
@@ -604,9 +619,11 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private func finishExchange() {
         if let upstream {
             upstream.owner = nil
-            let spent = limits.map {
-                ($0.settings.maxRequestsPerConnection.map { $0 > 0 && upstream.requestsServed >= $0 } ?? false) || server.shouldReleaseConnection($0)
-            } ?? false
+            let spent =
+                limits.map {
+                    ($0.settings.maxRequestsPerConnection.map { $0 > 0 && upstream.requestsServed >= $0 } ?? false)
+                        || server.shouldReleaseConnection($0)
+                } ?? false
             if responseDone && requestDone && response.keepAlive && upstream.input.isEmpty && upstream.isOpen && !spent {
                 upstream.pool.checkin(upstream)
             } else {
@@ -672,8 +689,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                 return
             }
             // Mid-response: the client must see a broken response, never one that looks complete.
-            server.logger.debug("upstream failed mid-response; aborting the client connection",
-                                metadata: ["connection.id": "\(id)", "upstream": "\(connection.pool.addressText)"])
+            server.logger.debug(
+                "upstream failed mid-response; aborting the client connection",
+                metadata: ["connection.id": "\(id)", "upstream": "\(connection.pool.addressText)"])
             record.flags = "UC"
             server.counters.upstreamResetsMidResponse.increment()
             keepAlive = false
@@ -690,8 +708,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             return
         }
         if retry(failure == .connectFailed ? .connectFailed : .reset) { return }
-        server.logger.debug("upstream failed before the response head: \(failure)",
-                            metadata: ["connection.id": "\(id)", "upstream": "\(connection.pool.addressText)"])
+        server.logger.debug(
+            "upstream failed before the response head: \(failure)",
+            metadata: ["connection.id": "\(id)", "upstream": "\(connection.pool.addressText)"])
         switch failure {
         case .connectFailed:
             server.counters.upstreamConnectFailures.increment()
@@ -788,8 +807,10 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     /// response head is written). True when a retry is under way (the failed upstream is already dropped).
     private func retry(_ outcome: RetryPolicy.Outcome) -> Bool {
         guard requestDone, !responseHeadDone,
-              let backoff = server.retryBackoff(after: outcome, policy: retryPolicy, replay: retryable ? .kept : bodyTooBigToRetry ? .beyondBound : .impossible,
-                                                record: &record, limits: limits) else { return false }
+            let backoff = server.retryBackoff(
+                after: outcome, policy: retryPolicy, replay: retryable ? .kept : bodyTooBigToRetry ? .beyondBound : .impossible,
+                record: &record, limits: limits)
+        else { return false }
         if let upstream {
             upstream.owner = nil
             upstream.close()
@@ -888,9 +909,13 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         var agent: ByteRange?, forwarded: ByteRange?, requestID: ByteRange?
         for field in head.headers {
             let name = field.name.bytes(in: headBytes)
-            if HTTP1Parser.equalsLowercase(name, "user-agent") { agent = field.value }
-            else if HTTP1Parser.equalsLowercase(name, "x-forwarded-for") { if forwarded == nil { forwarded = field.value } }
-            else if HTTP1Parser.equalsLowercase(name, "x-request-id") { requestID = field.value }
+            if HTTP1Parser.equalsLowercase(name, "user-agent") {
+                agent = field.value
+            } else if HTTP1Parser.equalsLowercase(name, "x-forwarded-for") {
+                if forwarded == nil { forwarded = field.value }
+            } else if HTTP1Parser.equalsLowercase(name, "x-request-id") {
+                requestID = field.value
+            }
         }
         if let agent { logFields.keep(.userAgent, agent.bytes(in: headBytes)) }
         if let forwarded { logFields.keep(.forwardedFor, forwarded.bytes(in: headBytes)) }

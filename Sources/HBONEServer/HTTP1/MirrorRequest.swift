@@ -37,7 +37,7 @@ final class MirrorRequest: ByteStreamHandler {
         withUnsafeTemporaryAllocation(byteCount: 16 * 1024, alignment: 1) { scratch in
             while !ended {
                 switch stream.read(into: scratch) {
-                case .bytes: continue          // the mirror's answer is dropped
+                case .bytes: continue  // the mirror's answer is dropped
                 case .wouldBlock: return
                 case .eof, .failed: end()
                 }

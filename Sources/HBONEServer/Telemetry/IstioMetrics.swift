@@ -29,8 +29,10 @@ public final class IstioMetrics: @unchecked Sendable {
     }
 
     /// Istio's default buckets for request durations (ms) and sizes (bytes).
-    public static let durationBuckets: [Double] = [0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
-                                                   60000, 300000, 600000, 1800000, 3600000]
+    public static let durationBuckets: [Double] = [
+        0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
+        60000, 300000, 600000, 1800000, 3600000,
+    ]
     public static let sizeBuckets: [Double] = [1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000]
     /// Per series: requests, duration buckets + sum (µs), request bytes buckets + sum, response bytes buckets +
     /// sum; for TCP series, opened, closed, received, sent in the first four.
@@ -113,10 +115,15 @@ public final class IstioMetrics: @unchecked Sendable {
     }
 
     /// One HTTP request: status, Envoy-style response flags, duration and body sizes.
-    func recordRequest(principal: Int32, service: Int32, grpc: Bool, mutualTLS: Bool, status: Int, flags: StaticString,
-                              durationMs: Double, requestBytes: Int, responseBytes: Int) {
-        let base = slot(Key(principal: principal, service: service, code: UInt16(clamping: status), flags: Self.flagIndex(flags),
-                             kind: grpc ? 1 : 0, mutualTLS: mutualTLS)) * Self.stride
+    func recordRequest(
+        principal: Int32, service: Int32, grpc: Bool, mutualTLS: Bool, status: Int, flags: StaticString,
+        durationMs: Double, requestBytes: Int, responseBytes: Int
+    ) {
+        let base =
+            slot(
+                Key(
+                    principal: principal, service: service, code: UInt16(clamping: status), flags: Self.flagIndex(flags),
+                    kind: grpc ? 1 : 0, mutualTLS: mutualTLS)) * Self.stride
         counts[base].increment()
         Self.observe(durationMs, Self.durationBuckets, counts + base + Self.durationBase, scale: 1000)
         Self.observe(Double(requestBytes), Self.sizeBuckets, counts + base + Self.requestBase, scale: 1)
@@ -218,19 +225,25 @@ public final class IstioMetrics: @unchecked Sendable {
             let requests = counts[base].value
             let tcp = (counts[base].value, counts[base + 1].value, counts[base + 2].value, counts[base + 3].value)
             if slot == capacity && requests == 0 && tcp.1 == 0 { continue }
-            result.append(Series(labels: labels(key, tables, overflow: slot == capacity), kind: key.kind, requests: requests,
-                                 duration: (duration.0, duration.1 / 1000), requestSize: requestSize,
-                                 responseSize: responseSize, tcp: tcp))
+            result.append(
+                Series(
+                    labels: labels(key, tables, overflow: slot == capacity), kind: key.kind, requests: requests,
+                    duration: (duration.0, duration.1 / 1000), requestSize: requestSize,
+                    responseSize: responseSize, tcp: tcp))
         }
         return result
     }
 
-    private func labels(_ key: Key, _ tables: (principals: [(principal: String, namespace: String)], services: [(String, String, String)]),
-                        overflow: Bool) -> [(String, String)] {
+    private func labels(
+        _ key: Key, _ tables: (principals: [(principal: String, namespace: String)], services: [(String, String, String)]),
+        overflow: Bool
+    ) -> [(String, String)] {
         if overflow {
-            return ["source_principal", "source_workload_namespace", "destination_service", "destination_service_name",
-                    "destination_service_namespace", "request_protocol", "response_code", "response_flags",
-                    "connection_security_policy"].map { ($0, "overflow") }
+            return [
+                "source_principal", "source_workload_namespace", "destination_service", "destination_service_name",
+                "destination_service_namespace", "request_protocol", "response_code", "response_flags",
+                "connection_security_policy",
+            ].map { ($0, "overflow") }
         }
         let principal = key.principal >= 0 ? tables.principals[Int(key.principal)] : (principal: "unknown", namespace: "unknown")
         let service = key.service >= 0 ? tables.services[Int(key.service)] : ("unknown", "unknown", "unknown")
@@ -263,8 +276,10 @@ extension IstioMetrics {
                     existing.duration = add(existing.duration, series.duration)
                     existing.requestSize = add(existing.requestSize, series.requestSize)
                     existing.responseSize = add(existing.responseSize, series.responseSize)
-                    existing.tcp = (existing.tcp.opened + series.tcp.opened, existing.tcp.closed + series.tcp.closed,
-                                    existing.tcp.received + series.tcp.received, existing.tcp.sent + series.tcp.sent)
+                    existing.tcp = (
+                        existing.tcp.opened + series.tcp.opened, existing.tcp.closed + series.tcp.closed,
+                        existing.tcp.received + series.tcp.received, existing.tcp.sent + series.tcp.sent
+                    )
                     merged[key] = existing
                 } else {
                     merged[key] = series
@@ -301,7 +316,10 @@ extension IstioMetrics {
         for (name, help, pick) in [
             ("istio_tcp_connections_opened_total", "Byte-stream tunnels opened.", { (s: Series) in s.tcp.opened }),
             ("istio_tcp_connections_closed_total", "Byte-stream tunnels closed.", { (s: Series) in s.tcp.closed }),
-            ("istio_tcp_received_bytes_total", "Bytes received from callers through byte-stream tunnels.", { (s: Series) in s.tcp.received }),
+            (
+                "istio_tcp_received_bytes_total", "Bytes received from callers through byte-stream tunnels.",
+                { (s: Series) in s.tcp.received }
+            ),
             ("istio_tcp_sent_bytes_total", "Bytes sent to callers through byte-stream tunnels.", { (s: Series) in s.tcp.sent }),
         ] as [(String, String, (Series) -> Int)] {
             family(name, "counter", help, tcp) { key, s in text += "\(name){\(key)} \(pick(s))\n" }

@@ -2,7 +2,7 @@ import EventLoop
 import Synchronization
 import WaypointCore
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The span of one traced request, exported as OTLP's JSON encoding spells it once the request ends.
@@ -28,7 +28,9 @@ final class Span {
         var text = "{\"traceId\":\"\(hex(context.traceHigh))\(hex(context.traceLow))\",\"spanId\":\"\(hex(context.span))\","
         if context.parent != 0 { text += "\"parentSpanId\":\"\(hex(context.parent))\"," }
         text += "\"name\":\(quote(name)),\"kind\":2,\"startTimeUnixNano\":\"\(nanos(start))\",\"endTimeUnixNano\":\"\(nanos(end))\","
-        text += "\"attributes\":[" + attributes.map { "{\"key\":\(quote($0.0)),\"value\":{\"stringValue\":\(quote($0.1))}}" }.joined(separator: ",")
+        text +=
+            "\"attributes\":["
+            + attributes.map { "{\"key\":\(quote($0.0)),\"value\":{\"stringValue\":\(quote($0.1))}}" }.joined(separator: ",")
         text += ",{\"key\":\"http.status_code\",\"value\":{\"intValue\":\"\(status)\"}}],"
         text += "\"status\":{\"code\":\(status >= 500 || status == 0 ? 2 : 0)}}"
         return text
@@ -40,7 +42,8 @@ final class Span {
             switch scalar {
             case "\"": out += "\\\""
             case "\\": out += "\\\\"
-            case _ where scalar.value < 0x20: out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count) + String(scalar.value, radix: 16)
+            case _ where scalar.value < 0x20:
+                out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count) + String(scalar.value, radix: 16)
             default: out.unicodeScalars.append(scalar)
             }
         }
@@ -85,11 +88,13 @@ public final class SpanExporter: @unchecked Sendable {
         self.interval = interval
         let box = Unmanaged.passRetained(self)
         var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { context in
-            let exporter = Unmanaged<SpanExporter>.fromOpaque(context!).takeRetainedValue()
-            exporter.run()
-            return nil
-        }, box.toOpaque())
+        let rc = pthread_create(
+            &thread, nil,
+            { context in
+                let exporter = Unmanaged<SpanExporter>.fromOpaque(context!).takeRetainedValue()
+                exporter.run()
+                return nil
+            }, box.toOpaque())
         precondition(rc == 0, "pthread_create failed: \(rc)")
         pthread_detach(thread)
     }
@@ -105,9 +110,12 @@ public final class SpanExporter: @unchecked Sendable {
                 return spans
             }
             guard !batch.isEmpty else { continue }
-            let body = "{\"resourceSpans\":[{\"resource\":{\"attributes\":[{\"key\":\"service.name\",\"value\":{\"stringValue\":\"\(serviceName)\"}}]},"
+            let body =
+                "{\"resourceSpans\":[{\"resource\":{\"attributes\":[{\"key\":\"service.name\",\"value\":{\"stringValue\":\"\(serviceName)\"}}]},"
                 + "\"scopeSpans\":[{\"scope\":{\"name\":\"waypoint\"},\"spans\":[" + batch.joined(separator: ",") + "]}]}]}"
-            let request = "POST /v1/traces HTTP/1.1\r\nhost: \(endpoint)\r\ncontent-type: application/json\r\ncontent-length: \(body.utf8.count)\r\nconnection: close\r\n\r\n" + body
+            let request =
+                "POST /v1/traces HTTP/1.1\r\nhost: \(endpoint)\r\ncontent-type: application/json\r\ncontent-length: \(body.utf8.count)\r\nconnection: close\r\n\r\n"
+                + body
             let response = Socket.blockingExchange(with: endpoint, request: Array(request.utf8), timeout: .seconds(5))
             if let response, response.starts(with: Array("HTTP/1.1 2".utf8)) || response.starts(with: Array("HTTP/1.0 2".utf8)) {
                 exported.increment(by: batch.count)

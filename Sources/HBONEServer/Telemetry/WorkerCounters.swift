@@ -26,15 +26,19 @@ public final class WorkerCounters: Sendable {
     public let handshakesOK = Atomic<Int>(0)
     /// Failed handshakes, indexed like `handshakeFailureReasons`.
     public let handshakeFailures = CounterArray(labels: WorkerCounters.handshakeFailureReasons)
-    public static let handshakeFailureReasons = ["no_certificate", "certificate_rejected", "protocol", "closed", "alpn",
-                                                 "identity", "timeout"]
+    public static let handshakeFailureReasons = [
+        "no_certificate", "certificate_rejected", "protocol", "closed", "alpn",
+        "identity", "timeout",
+    ]
     public let tunnelsActive = Atomic<Int>(0)
     public let tunnelsTotal = Atomic<Int>(0)
     /// CONNECT streams answered with an error or reset unopened, indexed like `tunnelRefusalReasons`.
     public let tunnelRefusals = CounterArray(labels: WorkerCounters.tunnelRefusalReasons)
-    public static let tunnelRefusalReasons = ["method", "extended_connect", "bad_authority", "unknown_destination",
-                                              "no_healthy_upstream", "draining", "denied", "too_many_streams",
-                                              "header_list_too_large"]
+    public static let tunnelRefusalReasons = [
+        "method", "extended_connect", "bad_authority", "unknown_destination",
+        "no_healthy_upstream", "draining", "denied", "too_many_streams",
+        "header_list_too_large",
+    ]
     /// Payload bytes through tunnels: from clients (received) and to clients (sent).
     public let tunnelBytesReceived = Atomic<Int>(0)
     public let tunnelBytesSent = Atomic<Int>(0)

@@ -27,8 +27,10 @@ final class TCPRelay: ByteStreamHandler, DownstreamSession {
     private var bytesSent = 0
 
     /// Starts connecting to `upstream`; nil when the socket call itself failed.
-    init?(id: Int, downstream: any ByteStream, upstream: SocketAddress, initialInput: UnsafeRawBufferPointer?, server: ProxyServer,
-          series: (principal: Int32, service: Int32, mutualTLS: Bool)) {
+    init?(
+        id: Int, downstream: any ByteStream, upstream: SocketAddress, initialInput: UnsafeRawBufferPointer?, server: ProxyServer,
+        series: (principal: Int32, service: Int32, mutualTLS: Bool)
+    ) {
         guard case .success(let fd) = Socket.connect(to: upstream) else { return nil }
         self.id = id
         self.series = series
@@ -143,8 +145,9 @@ final class TCPRelay: ByteStreamHandler, DownstreamSession {
     private func close(graceful: Bool) {
         guard !closed else { return }
         closed = true
-        server.counters.istio.recordTCP(principal: series.principal, service: series.service, mutualTLS: series.mutualTLS, closed: true,
-                                        received: bytesReceived, sent: bytesSent)
+        server.counters.istio.recordTCP(
+            principal: series.principal, service: series.service, mutualTLS: series.mutualTLS, closed: true,
+            received: bytesReceived, sent: bytesSent)
         upstreamRead.stop()
         upstreamWrite.stop()
         connectTimer.cancel()

@@ -30,8 +30,10 @@ final class UpstreamConnection: ByteStreamHandler {
     private let limits: ClusterLimits?
 
     /// `stream` is still connecting: its first writability means connected (or `connectFailed`).
-    init(stream: any ByteStream, pool: UpstreamPool, loop: EventLoop, settings: ProxySettings, connectTimeout: Duration,
-         limits: ClusterLimits?) {
+    init(
+        stream: any ByteStream, pool: UpstreamPool, loop: EventLoop, settings: ProxySettings, connectTimeout: Duration,
+        limits: ClusterLimits?
+    ) {
         self.stream = stream
         self.pool = pool
         self.limits = limits

@@ -54,8 +54,9 @@ final class UpstreamPool {
         server.counters.upstreamConnectionsTotal.increment()
         openConnections += 1
         if let limits { server.limitedConnectionOpened(limits) }
-        let connection = UpstreamConnection(stream: stream, pool: self, loop: server.loop, settings: server.settings,
-                                            connectTimeout: limits?.settings.connectTimeout ?? server.settings.connectTimeout, limits: limits)
+        let connection = UpstreamConnection(
+            stream: stream, pool: self, loop: server.loop, settings: server.settings,
+            connectTimeout: limits?.settings.connectTimeout ?? server.settings.connectTimeout, limits: limits)
         connection.attach(owner, reused: false)
         return connection
     }
@@ -67,8 +68,9 @@ final class UpstreamPool {
         if let open = h2c.last(where: { $0.canTakeStream }) { return open }
         guard let stream = tunnel ? openTunnel() : openSocket() else { return nil }
         server.counters.upstreamConnectionsTotal.increment()
-        let upstream = H2CUpstream(stream: stream, pool: self,
-                                   maxStreams: limits?.settings.maxRequestsPerConnection.flatMap { $0 > 0 ? $0 : nil })
+        let upstream = H2CUpstream(
+            stream: stream, pool: self,
+            maxStreams: limits?.settings.maxRequestsPerConnection.flatMap { $0 > 0 ? $0 : nil })
         if let limits { server.limitedConnectionOpened(limits) }
         upstream.onClosed = { [unowned(unsafe) self, unowned(unsafe) upstream] in
             self.h2c.removeAll { $0 === upstream }
@@ -98,8 +100,9 @@ final class UpstreamPool {
             return tunnel
         }
         guard let context = server.clientTLSContext,
-              let node = SocketAddress(ip: address.ip, port: server.settings.upstreamHBONEPort),
-              let connection = HBONEConnection.connect(to: node, context: context, server: server) else { return nil }
+            let node = SocketAddress(ip: address.ip, port: server.settings.upstreamHBONEPort),
+            let connection = HBONEConnection.connect(to: node, context: context, server: server)
+        else { return nil }
         connection.onClosed = { [unowned(unsafe) self] closed in self.hboneConnections.removeAll { $0 === closed } }
         hboneConnections.append(connection)
         return connection.openTunnel(authority: addressText)

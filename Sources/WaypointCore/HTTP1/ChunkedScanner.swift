@@ -41,7 +41,13 @@ public struct ChunkedScanner: Sendable {
                 }
             case .extensions:
                 // chunk-ext: skipped, but only visible characters may appear (no bare CR, no NUL).
-                if b == 0x0D { state = .sizeLF } else if b == 0x0A { endOfSizeLine() } else if b < 0x20 && b != 0x09 || b == 0x7F { return nil }
+                if b == 0x0D {
+                    state = .sizeLF
+                } else if b == 0x0A {
+                    endOfSizeLine()
+                } else if b < 0x20 && b != 0x09 || b == 0x7F {
+                    return nil
+                }
             case .sizeLF:
                 guard b == 0x0A else { return nil }
                 endOfSizeLine()
@@ -58,9 +64,23 @@ public struct ChunkedScanner: Sendable {
                 guard b == 0x0A else { return nil }
                 state = .size
             case .trailerLineStart:
-                if b == 0x0D { state = .finalLF } else if b == 0x0A { state = .done; return i + 1 } else if b == 0x20 || b == 0x09 { return nil } else { state = .trailerLine }
+                if b == 0x0D {
+                    state = .finalLF
+                } else if b == 0x0A {
+                    state = .done; return i + 1
+                } else if b == 0x20 || b == 0x09 {
+                    return nil
+                } else {
+                    state = .trailerLine
+                }
             case .trailerLine:
-                if b == 0x0D { state = .trailerLF } else if b == 0x0A { state = .trailerLineStart } else if b < 0x20 && b != 0x09 || b == 0x7F { return nil }
+                if b == 0x0D {
+                    state = .trailerLF
+                } else if b == 0x0A {
+                    state = .trailerLineStart
+                } else if b < 0x20 && b != 0x09 || b == 0x7F {
+                    return nil
+                }
             case .trailerLF:
                 guard b == 0x0A else { return nil }
                 state = .trailerLineStart

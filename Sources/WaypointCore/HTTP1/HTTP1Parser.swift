@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The HTTP/1.1 message-head parser (RFC 9112), strict where leniency has enabled request smuggling.
@@ -140,8 +140,10 @@ public enum HTTP1Parser {
     }
 
     /// Records path and (for absolute form) host. Returns an error for a target we cannot route.
-    private static func splitTarget(_ bytes: UnsafeRawBufferPointer, _ start: Int, _ end: Int, isConnect: Bool,
-                                    into head: inout RequestHead) -> HTTP1Error? {
+    private static func splitTarget(
+        _ bytes: UnsafeRawBufferPointer, _ start: Int, _ end: Int, isConnect: Bool,
+        into head: inout RequestHead
+    ) -> HTTP1Error? {
         if isConnect { return HTTP1Error(status: 405, "CONNECT is not supported on this listener") }
         var pathStart = start
         if bytes[start] != 0x2F {  // not origin form
@@ -153,7 +155,8 @@ public enum HTTP1Parser {
             // absolute form: scheme "://" authority [path]
             let target = UnsafeRawBufferPointer(rebasing: bytes[start..<end])
             guard let schemeEnd = target.firstIndex(of: 0x3A), schemeEnd > 0,
-                  target.count > schemeEnd + 3, target[schemeEnd + 1] == 0x2F, target[schemeEnd + 2] == 0x2F else {
+                target.count > schemeEnd + 3, target[schemeEnd + 1] == 0x2F, target[schemeEnd + 2] == 0x2F
+            else {
                 return .bad("malformed request target")
             }
             let authorityStart = start + schemeEnd + 3
@@ -220,7 +223,9 @@ public enum HTTP1Parser {
                     }
                 case 14 where equalsLowercase(name, "content-length"):
                     guard let length = parseContentLength(value) else { return .failed(HTTP1Error(status: 502, "invalid content-length")) }
-                    if let earlier = contentLength, earlier != length { return .failed(HTTP1Error(status: 502, "conflicting content-length")) }
+                    if let earlier = contentLength, earlier != length {
+                        return .failed(HTTP1Error(status: 502, "conflicting content-length"))
+                    }
                     contentLength = length
                 case 17 where equalsLowercase(name, "transfer-encoding"):
                     transferEncoding = true
@@ -253,7 +258,7 @@ public enum HTTP1Parser {
     /// RFC 9110 §5.6.2 tchar, as a 128-bit membership mask (one shift and test per byte instead of a switch).
     @inline(__always) public static func isTokenChar(_ b: UInt8) -> Bool {
         // Bits set for ! # $ % & ' * + - . ^ _ ` | ~ and digits and letters.
-        let low: UInt64 = 0x03FF_6CFA_0000_0000   // 0x00-0x3F
+        let low: UInt64 = 0x03FF_6CFA_0000_0000  // 0x00-0x3F
         let high: UInt64 = 0x57FF_FFFF_C7FF_FFFE  // 0x40-0x7F
         if b < 64 { return (low >> UInt64(b)) & 1 == 1 }
         if b < 128 { return (high >> UInt64(b - 64)) & 1 == 1 }
@@ -324,7 +329,7 @@ private struct Cursor {
 
     /// Consumes CRLF or LF.
     mutating func lineEnd() -> Bool {
-        if peek() == 0x0D { advance() ; guard peek() == 0x0A else { return false } }
+        if peek() == 0x0D { advance(); guard peek() == 0x0A else { return false } }
         guard peek() == 0x0A else { return false }
         advance()
         return true
@@ -374,7 +379,9 @@ private struct Cursor {
             }
         }
         guard lineEnd() else { return .failed(.bad("bare CR in header value")) }
-        return .field(HeaderField(name: ByteRange(start: nameStart, count: nameEnd - nameStart),
-                                  value: ByteRange(start: valueStart, count: valueEnd - valueStart)))
+        return .field(
+            HeaderField(
+                name: ByteRange(start: nameStart, count: nameEnd - nameStart),
+                value: ByteRange(start: valueStart, count: valueEnd - valueStart)))
     }
 }

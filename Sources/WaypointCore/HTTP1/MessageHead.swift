@@ -86,9 +86,10 @@ public struct RequestHead: Sendable {
             var end = start
             while end < query.count && query[end] != 0x26 { end += 1 }  // '&'
             let pair = UnsafeRawBufferPointer(rebasing: query[start..<end])
-            let equals = pair.firstIndex(of: 0x3D) ?? pair.count           // '='
+            let equals = pair.firstIndex(of: 0x3D) ?? pair.count  // '='
             if pair[0..<equals].elementsEqual(name) {
-                return equals < pair.count ? UnsafeRawBufferPointer(rebasing: pair[(equals + 1)...]) : UnsafeRawBufferPointer(start: nil, count: 0)
+                return equals < pair.count
+                    ? UnsafeRawBufferPointer(rebasing: pair[(equals + 1)...]) : UnsafeRawBufferPointer(start: nil, count: 0)
             }
             start = end + 1
         }
