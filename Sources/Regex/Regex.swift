@@ -5,7 +5,7 @@ internal import CPCRE2
 /// Anchored at both ends: Gateway API and Istio regex matches apply to the entire value.
 /// Thread: matching allocates a per-call match-data block, so one Regex may be shared by all workers.
 /// Ownership: the compiled table that holds it; the code is freed in `deinit`.
-public final class Regex: @unchecked Sendable {
+public final class Regex: @unchecked Sendable, Equatable {
     // SAFETY: pcre2_code is immutable after compile and JIT compile, and PCRE2 documents it as shareable
     // between threads; each match uses its own match data.
     private let code: OpaquePointer
@@ -32,6 +32,9 @@ public final class Regex: @unchecked Sendable {
     }
 
     deinit { pcre2_code_free_8(code) }
+
+    /// Two expressions are equal when their patterns are (configs compare specs to find what changed).
+    public static func == (lhs: Regex, rhs: Regex) -> Bool { lhs.pattern == rhs.pattern }
 
     /// `subject` with every match replaced by `replacement` (PCRE2 syntax: `$1` or `${1}` for a group, `$$` for
     /// `$`), or nil when the replacement names a group the pattern lacks.

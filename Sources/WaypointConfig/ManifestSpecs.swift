@@ -93,11 +93,15 @@ public struct HTTPRouteSpec: Sendable, Equatable {
     public struct PathMatchSpec: Sendable, Equatable {
         public var type: String
         public var value: String
+        /// `value` compiled, for `RegularExpression` (the parser checks it by compiling it once).
+        public var regex: Regex?
     }
     public struct HeaderMatchSpec: Sendable, Equatable {
         public var type: String
         public var name: String
         public var value: String
+        /// `value` compiled, for `RegularExpression`.
+        public var regex: Regex?
     }
     public struct MatchSpec: Sendable, Equatable {
         public var path: PathMatchSpec?
@@ -219,6 +223,8 @@ public struct VirtualServiceSpec: Sendable {
         public enum Kind: String, Sendable { case exact, prefix, regex, present }
         public var kind: Kind
         public var value: String
+        /// `value` compiled, for `regex`.
+        public var regex: Regex?
     }
     /// One `http[].match[]` entry; every condition must hold.
     public struct Match: Sendable {

@@ -139,6 +139,13 @@ enum RouteParser {
         return route
     }
 
+    /// A path match on a gRPC method pattern, compiled here.
+    private static func methodPath(_ pattern: String, _ method: ManifestNode) throws(ConfigError) -> HTTPRouteSpec.PathMatchSpec {
+        do { return .init(type: "RegularExpression", value: pattern, regex: try Regex(pattern)) } catch {
+            throw method.error(error.description)
+        }
+    }
+
     private static func grpcMatch(_ m: ManifestNode) throws(ConfigError) -> HTTPRouteSpec.MatchSpec {
         var path: HTTPRouteSpec.PathMatchSpec? = nil
         if let method = try m.optional("method") {
@@ -157,13 +164,11 @@ enum RouteParser {
                     path = .init(type: "Exact", value: "/\(service)/\(name)")
                 } else if let service {
                     path = .init(type: "PathPrefix", value: "/\(service)")
-                } else {
-                    path = .init(type: "RegularExpression", value: "/[^/]+/\(Regex.quote(name!))")
+                } else if let name {
+                    path = try methodPath("/[^/]+/\(Regex.quote(name))", method)
                 }
             case "RegularExpression":
-                let pattern = "/(?:\(service ?? "[^/]+"))/(?:\(name ?? "[^/]+"))"
-                do { _ = try Regex(pattern) } catch { throw method.error(error.description) }
-                path = .init(type: "RegularExpression", value: pattern)
+                path = try methodPath("/(?:\(service ?? "[^/]+"))/(?:\(name ?? "[^/]+"))", method)
             default:
                 throw try method.required("type").error("unsupported method match type \"\(type)\" (Exact, RegularExpression)")
             }
@@ -247,41 +252,44 @@ enum RouteParser {
         if parts.contains("path"), let p = try m.optional("path") {
             let type = try p.optionalString("type") ?? "PathPrefix"
             let value = try p.optionalString("value") ?? "/"
+            var regex: Regex? = nil
             switch type {
             case "Exact", "PathPrefix":
                 guard value.hasPrefix("/") else { throw try p.required("value").error("a path must start with \"/\"") }
             case "RegularExpression":
-                do { _ = try Regex(value) } catch { throw try p.required("value").error(error.description) }
+                do { regex = try Regex(value) } catch { throw try p.required("value").error(error.description) }
             default:
                 throw try p.required("type").error("unsupported path match type \"\(type)\" (Exact, PathPrefix, RegularExpression)")
             }
-            path = .init(type: type, value: value)
+            path = .init(type: type, value: value, regex: regex)
         }
         var headers: [HTTPRouteSpec.HeaderMatchSpec] = []
         for h in try m.optionalArray("headers") {
             let type = try h.optionalString("type") ?? "Exact"
             let value = try h.required("value").string()
+            var regex: Regex? = nil
             switch type {
             case "Exact": break
             case "RegularExpression":
-                do { _ = try Regex(value) } catch { throw try h.required("value").error(error.description) }
+                do { regex = try Regex(value) } catch { throw try h.required("value").error(error.description) }
             default:
                 throw try h.required("type").error("unsupported header match type \"\(type)\" (Exact, RegularExpression)")
             }
-            headers.append(.init(type: type, name: try h.required("name").string(), value: value))
+            headers.append(.init(type: type, name: try h.required("name").string(), value: value, regex: regex))
         }
         var queryParams: [HTTPRouteSpec.HeaderMatchSpec] = []
         for q in try parts.contains("queryParams") ? m.optionalArray("queryParams") : [] {
             let type = try q.optionalString("type") ?? "Exact"
             let value = try q.required("value").string()
+            var regex: Regex? = nil
             switch type {
             case "Exact": break
             case "RegularExpression":
-                do { _ = try Regex(value) } catch { throw try q.required("value").error(error.description) }
+                do { regex = try Regex(value) } catch { throw try q.required("value").error(error.description) }
             default:
                 throw try q.required("type").error("unsupported query match type \"\(type)\" (Exact, RegularExpression)")
             }
-            queryParams.append(.init(type: type, name: try q.required("name").string(), value: value))
+            queryParams.append(.init(type: type, name: try q.required("name").string(), value: value, regex: regex))
         }
         let method = parts.contains("method") ? try m.optionalString("method") : nil
         if let method, !["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"].contains(method) {

@@ -430,21 +430,22 @@ struct CompileState {
         return result
     }
 
-    /// Patterns were validated by the parser, so compiling them again cannot fail.
+    /// Regular expressions come compiled from the parser (a spec without one, made by hand, matches its pattern
+    /// literally: never more than it says).
     static func compile(_ match: HTTPRouteSpec.MatchSpec) -> RequestMatch {
         var path = PathMatch.prefix([0x2F])
         if let p = match.path {
             switch p.type {
             case "Exact": path = .exact(Array(p.value.utf8))
-            case "RegularExpression": path = .regex(try! Regex(p.value))
+            case "RegularExpression": path = p.regex.map(PathMatch.regex) ?? .exact(Array(p.value.utf8))
             default: path = .elementPrefix(p.value)
             }
         }
         let headers = match.headers.map { h in
-            HeaderMatch(name: h.name, value: h.type == "RegularExpression" ? .regex(try! Regex(h.value)) : .exact(Array(h.value.utf8)))
+            HeaderMatch(name: h.name, value: h.regex.map(ValueMatch.regex) ?? .exact(Array(h.value.utf8)))
         }
         let queryParams = match.queryParams.map { q in
-            QueryMatch(name: q.name, value: q.type == "RegularExpression" ? .regex(try! Regex(q.value)) : .exact(Array(q.value.utf8)))
+            QueryMatch(name: q.name, value: q.regex.map(ValueMatch.regex) ?? .exact(Array(q.value.utf8)))
         }
         return RequestMatch(path: path, method: match.method, headers: headers, queryParams: queryParams)
     }

@@ -121,14 +121,15 @@ extension CompileState {
         return -1
     }
 
-    /// Patterns were validated by the parser, so compiling them again cannot fail.
+    /// Regular expressions come compiled from the parser (a spec without one, made by hand, matches its pattern
+    /// literally: never more than it says).
     static func compile(_ match: VirtualServiceSpec.Match) -> RequestMatch {
         var path = PathMatch.prefix([0x2F])
         if let uri = match.uri {
             switch uri.kind {
-            case .exact: path = .exact(Array(uri.value.utf8))
+            case .exact, .present: path = .exact(Array(uri.value.utf8))  // `uri: {}` matches the empty path only
             case .prefix: path = .stringPrefix(Array(uri.value.utf8))
-            case .regex, .present: path = .regex(try! Regex(uri.value))
+            case .regex: path = uri.regex.map(PathMatch.regex) ?? .exact(Array(uri.value.utf8))
             }
         }
         var headers: [HeaderMatch] = []
@@ -144,7 +145,7 @@ extension CompileState {
         switch spec.kind {
         case .exact: return .exact(Array(spec.value.utf8))
         case .prefix: return .prefix(Array(spec.value.utf8))
-        case .regex: return .regex(try! Regex(spec.value))
+        case .regex: return spec.regex.map(ValueMatch.regex) ?? .exact(Array(spec.value.utf8))
         case .present: return .present
         }
     }

@@ -213,10 +213,8 @@ enum VirtualServiceParser {
             throw value.error("unsupported string match \"\(key)\" (exact, prefix, regex)")
         }
         let text = try value.string()
-        if kind == .regex {
-            do { _ = try Regex(text) } catch { throw value.error(error.description) }
-        }
-        return .init(kind: kind, value: text)
+        guard kind == .regex else { return .init(kind: kind, value: text) }
+        do { return .init(kind: kind, value: text, regex: try Regex(text)) } catch { throw value.error(error.description) }
     }
 
     private static func headerOperations(_ node: ManifestNode?) throws(ConfigError) -> HeaderModifier? {

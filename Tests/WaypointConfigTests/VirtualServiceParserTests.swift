@@ -1,4 +1,5 @@
 import Filters
+import Regex
 import Testing
 @testable import WaypointConfig
 
@@ -56,7 +57,10 @@ import Testing
             """
         ).virtualServices[0].http[0]
         #expect(rule.matches[0].uri == .init(kind: .prefix, value: "/a") && rule.matches[0].ignoreUriCase)
-        #expect(rule.matches[0].headers[0].name == "x-user" && rule.matches[0].headers[0].match == .init(kind: .regex, value: "u[0-9]+"))
+        let expected = VirtualServiceSpec.StringMatchSpec(kind: .regex, value: "u[0-9]+", regex: try Regex("u[0-9]+"))
+        #expect(rule.matches[0].headers[0].name == "x-user" && rule.matches[0].headers[0].match == expected)
+        let compiled = rule.matches[0].headers[0].match.regex
+        #expect(Array("u42".utf8).withUnsafeBytes { compiled?.matches($0) } == true)  // compiled once, by the parser
         #expect(
             rule.route == [
                 .init(host: "web", port: 8080, subset: "v2", weight: 30), .init(host: "web", port: nil, subset: nil, weight: 70),
