@@ -5,6 +5,9 @@ import WaypointCore
 
 /// Turns a validated `ConfigSpec` into an immutable `Snapshot`: resolves services to endpoints, attaches
 /// routes to their parents and sorts rules by precedence. Everything is checked before anything is switched.
+///
+/// Size: the compilation passes share one working state (`CompileState`, ~680 lines with it); VirtualServices
+/// compile in their own file.
 public struct SnapshotCompiler {
     /// The namespace that bare service names (`Host: reviews`) resolve in.
     public var namespace: String

@@ -11,6 +11,9 @@ import WaypointCore
 /// and may start before the request has ended, and HTTP/2 adds the refused-stream and gRPC-status conditions.
 ///
 /// Thread: its worker's loop thread only. Ownership: the `ProxyServer` (until closed); it owns its exchanges.
+///
+/// Size: one state machine whose state is private to it (~630 lines); it shrinks as its exchange logic moves
+/// into `Exchange/` (issue 14).
 final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchangeOwner {
     let id: Int
     private unowned(unsafe) let server: ProxyServer

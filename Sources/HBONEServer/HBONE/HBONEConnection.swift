@@ -18,6 +18,8 @@ import WaypointCore
 ///
 /// Thread: its worker's loop thread only. Ownership: the `ProxyServer` (server role, until closed) or whoever
 /// opened it (client role, told by `onClosed`); it owns its open tunnels.
+///
+/// Size: both roles and the drain share one connection state machine (~550 lines with the CONNECT fields).
 public final class HBONEConnection: HTTP2SessionDelegate {
     enum State { case connecting, handshaking, open, closed }
 

@@ -12,6 +12,9 @@ import WaypointCore
 ///
 /// Thread: its worker's loop thread only. Ownership: the `ProxyServer` (until `close()`); it owns its byte
 /// stream, and its upstream connection while an exchange is in flight.
+///
+/// Size: one state machine whose state is private to it (~950 lines); split across files, that state would be
+/// open to the whole module. It shrinks as its exchange logic moves into `Exchange/` (issue 14).
 final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     /// Why reading from the client is paused; reading resumes when the set is empty.
     struct PauseReasons: OptionSet {
