@@ -30,12 +30,20 @@ let package = Package(
             providers: [.apt(["libpcre2-dev"])]),
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CNghttp2", path: "Sources/CNghttp2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
+        .systemLibrary(
+            name: "CJSONC", path: "Sources/CJSONC", pkgConfig: "json-c", providers: [.apt(["libjson-c-dev"])]),
 
         // Thin Swift wrappers: the only modules that import the C targets.
         .target(name: "EventLoop", dependencies: ["CLibEV", "WaypointCore"], swiftSettings: release),
         .target(name: "Regex", dependencies: ["CPCRE2"], swiftSettings: release),
         .target(name: "TLS", dependencies: ["COpenSSL", "EventLoop"], swiftSettings: release),
         .target(name: "HTTP2", dependencies: ["CNghttp2", "WaypointCore"], swiftSettings: release),
+        .target(name: "JSON", dependencies: ["CJSONC"], swiftSettings: release),
+        // The Kubernetes API as a config source: credentials, list and watch, the objects they keep.
+        .target(
+            name: "Kubernetes",
+            dependencies: ["JSON", "TLS", "EventLoop", "WaypointCore", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: release),
 
         // Byte buffers, sockets, the HTTP/1.1 codec, durations: shared by everything above.
         .target(name: "WaypointCore", swiftSettings: release),
@@ -61,12 +69,13 @@ let package = Package(
         .target(
             name: "WaypointConfig",
             dependencies: [
-                "WaypointCore", "HTTPRouter", "Filters", "Regex", "Yams",
+                "WaypointCore", "HTTPRouter", "Filters", "Regex", "JSON", "Yams",
             ], swiftSettings: release),
         .executableTarget(
             name: "Waypoint",
             dependencies: [
                 "WaypointCore", "EventLoop", "HTTPRouter", "Filters", "HBONEServer", "WaypointConfig", "SnapshotRouting", "TLS", "HTTP2",
+                "JSON", "Kubernetes",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ], swiftSettings: release),

@@ -37,3 +37,8 @@ static int wp_alpn_select_h2(SSL *ssl, const unsigned char **out, unsigned char 
     return SSL_TLSEXT_ERR_ALERT_FATAL;
 }
 static inline void wp_ssl_ctx_require_alpn_h2(SSL_CTX *ctx) { SSL_CTX_set_alpn_select_cb(ctx, wp_alpn_select_h2, NULL); }
+
+/// TLS 1.2 or later (an HTTPS API server, not HBONE).
+static inline int wp_ssl_ctx_tls12_or_later(SSL_CTX *ctx) { return SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION); }
+/// SNI for a client connection (a macro in OpenSSL).
+static inline long wp_ssl_set_server_name(SSL *ssl, const char *name) { return SSL_set_tlsext_host_name(ssl, name); }

@@ -164,6 +164,24 @@ public enum Socket {
         }
     }
 
+    /// A blocking connection for a background thread (never a loop thread): connect, reads and writes each
+    /// bounded by `timeout` (a read that times out reports `.wouldBlock`).
+    public static func connectBlocking(to address: SocketAddress, timeout: Duration) -> Result<Int32, SocketError> {
+        let fd = socket(address.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return .failure(SocketError(call: "socket", code: errno)) }
+        let (seconds, attoseconds) = timeout.components
+        var limit = timeval(tv_sec: Int(seconds), tv_usec: Int(attoseconds / 1_000_000_000_000))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+        setNoDelay(fd)
+        guard address.withSockAddr({ Glibc.connect(fd, $0, $1) }) == 0 else {
+            let code = errno
+            close(fd)
+            return .failure(SocketError(call: "connect \(address)", code: code))
+        }
+        return .success(fd)
+    }
+
     /// The outcome of a connect started by `connect(to:)`: 0 on success, else the errno.
     public static func connectResult(_ fd: Int32) -> Int32 {
         var code: Int32 = 0

@@ -54,6 +54,18 @@ public final class TLSConnection {
 
     deinit { SSL_free(ssl) }
 
+    /// Client side: sends `name` as SNI and requires the server's certificate to be for it (a DNS name, or an IP
+    /// address in its IP SANs). Call before the handshake.
+    public func expectServer(_ name: String) {
+        let param = SSL_get0_param(ssl)
+        if name.contains(":") || name.utf8.allSatisfy({ $0 == 0x2E || ($0 >= 0x30 && $0 <= 0x39) }) {
+            _ = X509_VERIFY_PARAM_set1_ip_asc(param, name)
+        } else {
+            _ = wp_ssl_set_server_name(ssl, name)
+            _ = X509_VERIFY_PARAM_set1_host(param, name, 0)
+        }
+    }
+
     public func handshake() -> HandshakeProgress {
         ERR_clear_error()
         let rc = SSL_do_handshake(ssl)

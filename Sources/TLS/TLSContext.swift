@@ -74,5 +74,58 @@ public final class TLSContext: @unchecked Sendable {
         }
     }
 
+    /// A client context for an HTTPS API (the Kubernetes API server): TLS 1.2 or later, no ALPN (HTTP/1.1), the
+    /// server's certificate verified against `trustBundle` (PEM text), and a client certificate when `certificate`
+    /// and `key` (PEM text) are given. `source` names where the PEM came from in errors.
+    public init(httpsClientTrusting trustBundle: String, certificate: String? = nil, key: String? = nil, source: String) throws(TLSError) {
+        defer { ERR_clear_error() }
+        guard let ctx = SSL_CTX_new(TLS_client_method()) else { throw TLSError("SSL_CTX_new failed") }
+        raw = ctx
+        role = .client
+        guard wp_ssl_ctx_tls12_or_later(ctx) == 1 else { throw TLSError("cannot require TLS 1.2") }
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
+        let store = SSL_CTX_get_cert_store(ctx)
+        var added = 0
+        try Self.eachPEM(trustBundle, source: source) { (bio) throws(TLSError) in
+            while let certificate = PEM_read_bio_X509(bio, nil, nil, nil) {
+                defer { X509_free(certificate) }
+                guard X509_STORE_add_cert(store, certificate) == 1 else { throw TLSError("\(source): cannot add a CA certificate") }
+                added += 1
+            }
+        }
+        guard added > 0 else { throw TLSError("\(source): no CA certificate in the trust bundle") }
+        if let certificate, let key {
+            try Self.eachPEM(certificate, source: source) { (bio) throws(TLSError) in
+                guard let x509 = PEM_read_bio_X509(bio, nil, nil, nil) else {
+                    throw TLSError("\(source): cannot read the client certificate")
+                }
+                defer { X509_free(x509) }
+                guard SSL_CTX_use_certificate(ctx, x509) == 1 else { throw TLSError("\(source): cannot use the client certificate") }
+            }
+            try Self.eachPEM(key, source: source) { (bio) throws(TLSError) in
+                guard let pkey = PEM_read_bio_PrivateKey(bio, nil, nil, nil) else {
+                    throw TLSError("\(source): cannot read the client key")
+                }
+                defer { EVP_PKEY_free(pkey) }
+                guard SSL_CTX_use_PrivateKey(ctx, pkey) == 1, SSL_CTX_check_private_key(ctx) == 1 else {
+                    throw TLSError("\(source): the client key does not match the client certificate")
+                }
+            }
+        }
+    }
+
+    /// Runs `body` with a memory BIO over `pem`.
+    private static func eachPEM(_ pem: String, source: String, _ body: (OpaquePointer) throws(TLSError) -> Void) throws(TLSError) {
+        let result: Result<Void, TLSError> = Array(pem.utf8).withUnsafeBytes { bytes in
+            guard let bio = BIO_new_mem_buf(bytes.baseAddress, Int32(bytes.count)) else {
+                return .failure(TLSError("\(source): cannot read PEM"))
+            }
+            defer { BIO_free(bio) }
+            do throws(TLSError) { try body(bio) } catch { return .failure(error) }
+            return .success(())
+        }
+        try result.get()
+    }
+
     deinit { SSL_CTX_free(raw) }
 }

@@ -2,6 +2,7 @@
     import Glibc
 #endif
 import ArgumentParser
+import Kubernetes
 import EventLoop
 import WaypointCore
 import Filters
@@ -155,6 +156,30 @@ extension WaypointCommand {
         )
         var locality: LocalityArgument?
 
+        @Option(
+            name: .long,
+            help:
+                "Watch the Kubernetes API for config (env WAYPOINT_KUBERNETES); default on in a pod (KUBERNETES_SERVICE_HOST set) without --config."
+        )
+        var kubernetes: Toggle?
+
+        @Option(
+            name: .long, help: "Reach the Kubernetes API as this kubeconfig's current context says (env KUBECONFIG); turns --kubernetes on."
+        )
+        var kubeconfig: String?
+
+        @Option(name: .long, help: "Further namespaces whose objects the waypoint reads (comma-separated), besides --namespace.")
+        var watchNamespaces: String?
+
+        @Option(name: .long, help: "How long start-up waits for the first list of every watched kind before serving what it has.")
+        var kubernetesSyncTimeout = DurationArgument(.seconds(30))
+
+        @Option(name: .long, help: "How long the API server keeps each watch open before the waypoint resumes it.")
+        var kubernetesWatchTimeout = DurationArgument(.seconds(300))
+
+        @Option(name: .long, help: "How often a kind the API server does not serve (CRD not installed) is looked for again.")
+        var kubernetesProbeInterval = DurationArgument(.seconds(60))
+
         func validate() throws {
             if let workers, workers < 1 || workers > 256 { throw ValidationError("--workers must be 1...256") }
             let given = [cert, key, ca].compactMap { $0 }.count
@@ -164,6 +189,34 @@ extension WaypointCommand {
             if istioMetricsMaxSeries < 1 || istioMetricsMaxSeries > 1_000_000 {
                 throw ValidationError("--istio-metrics-max-series must be 1...1000000")
             }
+        }
+
+        /// The Kubernetes source's settings when it is on: asked for (flag or env), a kubeconfig given, or running
+        /// in a pod without --config.
+        private func kubernetesOptions() throws -> KubernetesSource.Options? {
+            let environment = ProcessInfo.processInfo.environment
+            let kubeconfigPath = kubeconfig ?? environment["KUBECONFIG"]
+            let asked = kubernetes ?? environment["WAYPOINT_KUBERNETES"].flatMap(Toggle.init(argument:))
+            let inPod = environment["KUBERNETES_SERVICE_HOST"] != nil && config.isEmpty && kubeconfigPath == nil
+            guard asked.map({ $0 == .on }) ?? (kubeconfigPath != nil || inPod) else { return nil }
+            let credentials: APICredentials
+            if let kubeconfigPath {
+                let file = try Kubeconfig.load(path: kubeconfigPath)
+                credentials = APICredentials(
+                    host: file.host, port: file.port, trustBundle: file.trustBundle, tokenFile: file.tokenFile, token: file.token,
+                    clientCertificate: file.clientCertificate, clientKey: file.clientKey, source: kubeconfigPath)
+            } else {
+                credentials = try APICredentials.inCluster(environment: environment)
+            }
+            var namespaces = [namespace]
+            for extra in (watchNamespaces ?? "").split(separator: ",") where !namespaces.contains(String(extra)) {
+                namespaces.append(String(extra))
+            }
+            var options = KubernetesSource.Options(credentials: credentials, namespaces: namespaces, rootNamespace: rootNamespace)
+            options.syncTimeout = kubernetesSyncTimeout.duration
+            options.settings.watchSeconds = max(1, Int(kubernetesWatchTimeout.duration.components.seconds))
+            options.settings.absentProbe = kubernetesProbeInterval.duration
+            return options
         }
 
         func run() throws {
@@ -203,6 +256,12 @@ extension WaypointCommand {
             options.locality = locality?.locality
             options.settings.trustDomains = ([trustDomain] + trustDomainAliases).map { $0.lowercased() }
             options.settings.http2.maxConcurrentStreams = UInt32(maxConcurrentStreams)
+            do {
+                options.kubernetes = try kubernetesOptions()
+            } catch {
+                logger.critical("\(error)")
+                throw ExitCode(1)
+            }
             let runtime: Runtime
             do {
                 runtime = try Runtime(options: options, logger: logger)

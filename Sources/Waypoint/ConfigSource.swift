@@ -2,6 +2,7 @@
     import Glibc
 #endif
 import Foundation
+import JSON
 import WaypointConfig
 
 /// The user's manifests: loads and compiles them, and tells when the files changed.
@@ -15,6 +16,8 @@ struct ConfigSource {
     let namespace: String
     /// The compiler with its options (root namespace, layered authorization, locality).
     var compiler: SnapshotCompiler
+    /// The Kubernetes API's objects (read at each load), when that source is on.
+    var apiObjects: (() -> [JSON])?
     private var fingerprint: [String] = []
     private(set) var generation: UInt64 = 0
 
@@ -28,7 +31,10 @@ struct ConfigSource {
     /// whose connection-pool settings `previous` already had keep counting into the same limits.
     mutating func load(previous: Snapshot? = nil) throws(ConfigErrors) -> Snapshot {
         let spec: ConfigSpec
-        if let paths {
+        if let apiObjects {
+            fingerprint = Self.fingerprint(paths ?? [])
+            spec = try ManifestLoader.load(paths: paths ?? [], objects: apiObjects(), source: "kubernetes", defaultNamespace: namespace)
+        } else if let paths {
             fingerprint = Self.fingerprint(paths)
             spec = try ManifestLoader.load(paths: paths, defaultNamespace: namespace)
         } else {

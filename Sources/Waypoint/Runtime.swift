@@ -37,12 +37,15 @@ final class Runtime {
         var hardenedDenyPaths = true
         /// Where the waypoint runs (locality load balancing), nil when not given.
         var locality: Locality?
+        /// The Kubernetes API as a config source, when on.
+        var kubernetes: KubernetesSource.Options?
     }
 
     private let options: Options
     private let logger: Logger
     private let loop = EventLoop.makeDefault()
     private var config: ConfigSource
+    private var kubernetes: KubernetesSource?
     private var snapshot: Snapshot
     private var workers: [Worker] = []
     private var admin: AdminServer?
@@ -76,6 +79,20 @@ final class Runtime {
         config.compiler.layeredAuthorization = options.layeredAuthorization
         config.compiler.hardenedDenyPaths = options.hardenedDenyPaths
         config.compiler.locality = options.locality
+        if let apiOptions = options.kubernetes {
+            let source: KubernetesSource
+            do {
+                source = try KubernetesSource(options: apiOptions, loop: loop, logger: logger)
+            } catch {
+                throw StartupError("kubernetes: \(error)")
+            }
+            if !source.waitForSync(timeout: apiOptions.syncTimeout) {
+                logger.warning("kubernetes: not every kind was listed within \(apiOptions.syncTimeout); serving what arrived")
+            }
+            let store = source.store
+            config.apiObjects = { store.objects() }
+            kubernetes = source
+        }
         do {
             snapshot = try config.load()
         } catch {
@@ -162,6 +179,7 @@ final class Runtime {
             SignalWatcher(loop: loop, signal: SIGTERM) { [unowned(unsafe) self] in self.beginDrain(signal: "SIGTERM") },
             SignalWatcher(loop: loop, signal: SIGINT) { [unowned(unsafe) self] in self.beginDrain(signal: "SIGINT") },
         ]
+        kubernetes?.onChange = { [unowned(unsafe) self] in self.reload(reason: "kubernetes") }
         if options.configPaths != nil || certificates != nil {
             let timer = Timer(loop: loop) { [unowned(unsafe) self] in
                 if self.config.changed() { self.reload(reason: "files changed") }

@@ -1,4 +1,5 @@
 import Foundation
+import JSON
 import Yams
 
 /// Reads Kubernetes manifests (files or directories of `.yaml`/`.yml`/`.json`, multi-document) into a
@@ -30,6 +31,38 @@ public enum ManifestLoader {
         load(text: text, file: file, defaultNamespace: defaultNamespace, into: &spec, errors: &errors)
         if !errors.isEmpty { throw ConfigErrors(errors: errors) }
         return spec
+    }
+
+    /// Parses manifests from files (as `load(paths:)`) and objects from the Kubernetes API (`source` names them in
+    /// errors, with the object's kind, namespace and name); every error of both is thrown together.
+    public static func load(paths: [String], objects: [JSON], source: String, defaultNamespace: String) throws(ConfigErrors) -> ConfigSpec {
+        var spec = ConfigSpec()
+        var errors: [ConfigError] = []
+        do { spec = try load(paths: paths, defaultNamespace: defaultNamespace) } catch { errors = error.errors }
+        for (index, object) in objects.enumerated() {
+            let location = ManifestNode.Location(file: source, document: index, object: nil)
+            do throws(ConfigError) {
+                try loadDocument(
+                    ManifestNode(node: node(object), path: "", location: location), defaultNamespace: defaultNamespace, into: &spec)
+            } catch {
+                errors.append(error)
+            }
+        }
+        if !errors.isEmpty { throw ConfigErrors(errors: errors) }
+        return spec
+    }
+
+    /// A JSON value as the YAML node the parsers read: strings quoted (so `"80"` stays a string), numbers,
+    /// booleans and null plain.
+    static func node(_ json: JSON) -> Node {
+        switch json {
+        case .null: return Node("null", Tag(.null), .plain)
+        case .bool(let value): return Node(value ? "true" : "false", Tag(.bool), .plain)
+        case .number(let text): return Node(text, Tag(text.contains(".") || text.contains("e") ? .float : .int), .plain)
+        case .string(let text): return Node(text, Tag(.str), .doubleQuoted)
+        case .array(let items): return Node(items.map(node))
+        case .object(let entries): return Node(entries.map { (Node($0.0, Tag(.str), .doubleQuoted), node($0.1)) })
+        }
     }
 
     static func files(at path: String, errors: inout [ConfigError]) -> [String] {

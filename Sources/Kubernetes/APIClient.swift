@@ -1,0 +1,302 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+import EventLoop
+import TLS
+import WaypointCore
+
+/// Where the Kubernetes API server is and how to prove who we are: from the pod's service account (in a cluster)
+/// or from a kubeconfig.
+///
+/// Thread: any (a value).
+public struct APICredentials: Sendable {
+    /// `host:port` of the API server (an IP address or a DNS name, resolved at each connect).
+    public var host: String
+    public var port: UInt16
+    /// PEM text of the CAs the API server's certificate must chain to.
+    public var trustBundle: String
+    /// A bearer token file, re-read on every request (projected tokens rotate), or a fixed token.
+    public var tokenFile: String?
+    public var token: String?
+    /// A client certificate and key (PEM text), when the kubeconfig uses one.
+    public var clientCertificate: String?
+    public var clientKey: String?
+    /// Where these came from, for error messages.
+    public var source: String
+
+    public init(
+        host: String, port: UInt16, trustBundle: String, tokenFile: String? = nil, token: String? = nil,
+        clientCertificate: String? = nil, clientKey: String? = nil, source: String
+    ) {
+        (self.host, self.port, self.trustBundle, self.tokenFile, self.token) = (host, port, trustBundle, tokenFile, token)
+        (self.clientCertificate, self.clientKey, self.source) = (clientCertificate, clientKey, source)
+    }
+
+    /// The pod's own: `KUBERNETES_SERVICE_HOST`/`_PORT` and the service account's mounted token and CA.
+    public static func inCluster(
+        environment: [String: String],
+        serviceAccount: String = "/var/run/secrets/kubernetes.io/serviceaccount"
+    ) throws(APIError) -> APICredentials {
+        guard let host = environment["KUBERNETES_SERVICE_HOST"], let portText = environment["KUBERNETES_SERVICE_PORT"],
+            let port = UInt16(portText)
+        else {
+            throw APIError("in-cluster config: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT must be set")
+        }
+        let caFile = "\(serviceAccount)/ca.crt"
+        guard let trustBundle = readFile(caFile) else { throw APIError("in-cluster config: cannot read \(caFile)") }
+        let tokenFile = "\(serviceAccount)/token"
+        guard readFile(tokenFile) != nil else { throw APIError("in-cluster config: cannot read \(tokenFile)") }
+        return APICredentials(host: host, port: port, trustBundle: trustBundle, tokenFile: tokenFile, source: "in-cluster config")
+    }
+
+    /// The current bearer token (the file is read now), nil when none is configured.
+    func currentToken() -> String? {
+        if let tokenFile { return Self.readFile(tokenFile).map { $0.trimmingWhitespace() } }
+        return token
+    }
+
+    static func readFile(_ path: String) -> String? {
+        guard let file = fopen(path, "rb") else { return nil }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = fread(&chunk, 1, chunk.count, file)
+            if n == 0 { break }
+            bytes += chunk[0..<n]
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+/// A request to the API server that failed: the status and the server's message, or what went wrong on the way.
+public struct APIError: Error, CustomStringConvertible, Sendable {
+    /// The HTTP status, 0 when none came (connect, TLS or read failure).
+    public let status: Int
+    public let description: String
+    public init(_ description: String, status: Int = 0) { (self.description, self.status) = (description, status) }
+}
+
+/// One HTTP/1.1 GET to the API server over TLS on a blocking socket (a background thread's), whose body is read
+/// as lines: a LIST response is one line of JSON, a WATCH response one line per event. Only one line is held at
+/// a time.
+///
+/// Thread: the one that made it. Ownership: its caller; the connection closes in `deinit`.
+final class APIResponse {
+    /// The response's status (set once the head is read).
+    private(set) var status = 0
+    private let fd: Int32
+    private let tls: TLSConnection
+    private var buffer: [UInt8] = []
+    /// The longest line accepted (a LIST page of Kubernetes objects is well below).
+    static let maxLine = 64 * 1024 * 1024
+
+    /// Connects, sends `GET path`, reads the head. Throws on any failure before the head.
+    init(credentials: APICredentials, context: TLSContext, path: String, timeout: Duration) throws(APIError) {
+        guard let address = Self.resolve(credentials.host, credentials.port) else {
+            throw APIError("cannot resolve \(credentials.host)")
+        }
+        switch Socket.connectBlocking(to: address, timeout: timeout) {
+        case .success(let fd): self.fd = fd
+        case .failure(let error): throw APIError("\(error)")
+        }
+        guard let tls = TLSConnection(context: context, fd: fd) else {
+            Socket.close(fd)
+            throw APIError("TLS set-up failed")
+        }
+        self.tls = tls
+        tls.expectServer(credentials.host)
+        // From here on `deinit` closes the connection when this throws.
+        guard case .done = tls.handshake() else {
+            throw APIError(
+                "TLS handshake with \(credentials.host):\(credentials.port) failed (is the CA in \(credentials.source) the API server's?)")
+        }
+        var request = "GET \(path) HTTP/1.1\r\nHost: \(credentials.host):\(credentials.port)\r\nAccept: application/json\r\n"
+        request += "User-Agent: waypoint\r\n"
+        if let token = credentials.currentToken() { request += "Authorization: Bearer \(token)\r\n" }
+        request += "\r\n"
+        var out = Array(request.utf8)
+        while !out.isEmpty {
+            guard case .bytes(let n) = out.withUnsafeBytes({ tls.write(from: $0) }) else {
+                throw APIError("request to the API server failed")
+            }
+            out.removeFirst(n)
+        }
+        let head = try readHead()
+        status = head.status
+        body = head.chunked ? .chunkSize : head.contentLength.map(Body.length) ?? .untilClose
+    }
+
+    deinit {
+        tls.shutdown()
+        Socket.close(fd)
+    }
+
+    /// The next line of the body without its newline; nil at the end of the body. Throws when the connection
+    /// fails or times out mid-body.
+    func nextLine() throws(APIError) -> [UInt8]? {
+        var scanned = 0
+        while true {
+            if let newline = buffer[scanned...].firstIndex(of: 0x0A) {
+                let line = Array(buffer[..<newline])
+                buffer.removeFirst(newline + 1)
+                return line
+            }
+            scanned = buffer.count
+            guard scanned <= Self.maxLine else { throw APIError("a line of the response is over \(Self.maxLine) bytes") }
+            guard try fillBody() else {
+                guard !buffer.isEmpty else { return nil }
+                defer { buffer.removeAll() }
+                return buffer
+            }
+        }
+    }
+
+    /// The whole body (a status object of an error response, say), bounded.
+    func readBody() throws(APIError) -> [UInt8] {
+        var all: [UInt8] = []
+        while let line = try nextLine() {
+            all += line
+            if all.count > 1 << 20 { break }
+        }
+        return all
+    }
+
+    // MARK: Reading
+
+    private var raw: [UInt8] = []
+
+    /// Reads more of the raw stream into `raw`; false at end of stream.
+    private func readRaw() throws(APIError) -> Bool {
+        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
+        let result = chunk.withUnsafeMutableBytes { tls.read(into: $0) }
+        switch result {
+        case .bytes(let n):
+            raw += chunk[0..<n]
+            return true
+        case .eof:
+            return false
+        case .wouldBlock:
+            throw APIError("the API server sent nothing for too long")
+        case .failed:
+            throw APIError("the connection to the API server failed")
+        }
+    }
+
+    private func readHead() throws(APIError) -> (status: Int, chunked: Bool, contentLength: Int?) {
+        while true {
+            if let end = Self.find([0x0D, 0x0A, 0x0D, 0x0A], in: raw) {
+                let text = String(decoding: raw[..<end], as: UTF8.self)
+                raw.removeFirst(end + 4)
+                let lines = text.split(separator: "\r\n", omittingEmptySubsequences: false)
+                let parts = lines.first?.split(separator: " ") ?? []
+                guard parts.count >= 2, let status = Int(parts[1]) else { throw APIError("malformed response from the API server") }
+                var chunked = false
+                var length: Int?
+                for line in lines.dropFirst() {
+                    guard let colon = line.firstIndex(of: ":") else { continue }
+                    let name = line[..<colon].lowercased()
+                    let value = line[line.index(after: colon)...].trimmingWhitespace()
+                    if name == "transfer-encoding" && value.lowercased().contains("chunked") { chunked = true }
+                    if name == "content-length" { length = Int(value) }
+                }
+                return (status, chunked, length)
+            }
+            guard raw.count < 64 * 1024 else { throw APIError("response head from the API server too large") }
+            guard try readRaw() else { throw APIError("the API server closed the connection before answering") }
+        }
+    }
+
+    /// Where the body reader is.
+    private enum Body {
+        case length(Int)
+        case untilClose
+        case chunkSize
+        case chunkData(Int)
+        /// The CRLF after a chunk's data.
+        case chunkEnd
+        case done
+    }
+    private var body: Body = .done
+
+    /// Moves body bytes from the raw stream into `buffer` (de-chunked); false at the end of the body.
+    private func fillBody() throws(APIError) -> Bool {
+        while true {
+            switch body {
+            case .done:
+                return false
+            case .length(0):
+                body = .done
+            case .length(let left), .chunkData(let left):
+                if raw.isEmpty, !(try readRaw()) { throw APIError("the API server closed the connection mid-body") }
+                let take = min(raw.count, left)
+                buffer += raw[..<take]
+                raw.removeFirst(take)
+                if case .length = body { body = .length(left - take) } else { body = left == take ? .chunkEnd : .chunkData(left - take) }
+                return true
+            case .untilClose:
+                if raw.isEmpty, !(try readRaw()) { body = .done; return false }
+                buffer += raw
+                raw.removeAll()
+                return true
+            case .chunkEnd, .chunkSize:
+                guard let end = Self.find([0x0D, 0x0A], in: raw) else {
+                    guard raw.count < 4096 else { throw APIError("malformed chunk from the API server") }
+                    guard try readRaw() else { throw APIError("the API server closed the connection mid-body") }
+                    continue
+                }
+                let line = String(decoding: raw[..<end], as: UTF8.self)
+                raw.removeFirst(end + 2)
+                if case .chunkEnd = body {
+                    guard line.isEmpty else { throw APIError("malformed chunk from the API server") }
+                    body = .chunkSize
+                    continue
+                }
+                guard let size = Int((line.split(separator: ";").first ?? "").trimmingWhitespace(), radix: 16), size >= 0 else {
+                    throw APIError("malformed chunk from the API server")
+                }
+                body = size == 0 ? .done : .chunkData(size)
+            }
+        }
+    }
+
+    private static func find(_ needle: [UInt8], in haystack: [UInt8]) -> Int? {
+        guard haystack.count >= needle.count else { return nil }
+        for i in 0...(haystack.count - needle.count) where haystack[i] == needle[0] {
+            if haystack[i..<(i + needle.count)].elementsEqual(needle) { return i }
+        }
+        return nil
+    }
+
+    /// The address for `host` (an IP address, or a name resolved now).
+    static func resolve(_ host: String, _ port: UInt16) -> SocketAddress? {
+        if let address = SocketAddress(ip: host, port: port) { return address }
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var result: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, nil, &hints, &result) == 0, let first = result else { return nil }
+        defer { freeaddrinfo(result) }
+        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        if first.pointee.ai_family == AF_INET {
+            first.pointee.ai_addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
+                var address = sin.pointee.sin_addr
+                _ = inet_ntop(AF_INET, &address, &text, socklen_t(text.count))
+            }
+        } else {
+            first.pointee.ai_addr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { sin6 in
+                var address = sin6.pointee.sin6_addr
+                _ = inet_ntop(AF_INET6, &address, &text, socklen_t(text.count))
+            }
+        }
+        return SocketAddress(ip: String(cString: text), port: port)
+    }
+}
+
+extension StringProtocol {
+    /// Without leading and trailing spaces, tabs and line ends.
+    func trimmingWhitespace() -> String {
+        let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\r" || $0 == "\n" }
+        guard let start = firstIndex(where: { !isSpace($0) }), let end = lastIndex(where: { !isSpace($0) }) else { return "" }
+        return String(self[start...end])
+    }
+}

@@ -1,0 +1,141 @@
+import JSON
+
+/// A kind of object the waypoint reads, and where: one namespace's collection.
+public struct WatchedKind: Sendable, Hashable {
+    /// API group (`""` for the core group), version, plural resource and kind (`Service`).
+    public var group: String
+    public var version: String
+    public var resource: String
+    public var kind: String
+    public var namespace: String
+
+    public init(group: String, version: String, resource: String, kind: String, namespace: String) {
+        (self.group, self.version, self.resource, self.kind, self.namespace) = (group, version, resource, kind, namespace)
+    }
+
+    /// `apiVersion` as objects of this kind carry it.
+    public var apiVersion: String { group.isEmpty ? version : "\(group)/\(version)" }
+
+    /// The collection's path (`/api/v1/namespaces/NS/services`).
+    public var path: String {
+        (group.isEmpty ? "/api/\(version)" : "/apis/\(group)/\(version)") + "/namespaces/\(namespace)/\(resource)"
+    }
+
+    /// `kind namespace` for logs and metrics.
+    public var label: String { "\(kind) \(namespace)" }
+
+    /// What the waypoint reads in `namespace`: Services and EndpointSlices, Gateway API routes, Istio's routing,
+    /// traffic and security objects.
+    public static func all(in namespace: String) -> [WatchedKind] {
+        [
+            WatchedKind(group: "", version: "v1", resource: "services", kind: "Service", namespace: namespace),
+            WatchedKind(group: "discovery.k8s.io", version: "v1", resource: "endpointslices", kind: "EndpointSlice", namespace: namespace),
+            WatchedKind(group: "gateway.networking.k8s.io", version: "v1", resource: "httproutes", kind: "HTTPRoute", namespace: namespace),
+            WatchedKind(group: "gateway.networking.k8s.io", version: "v1", resource: "grpcroutes", kind: "GRPCRoute", namespace: namespace),
+            WatchedKind(
+                group: "networking.istio.io", version: "v1", resource: "virtualservices", kind: "VirtualService", namespace: namespace),
+            WatchedKind(
+                group: "networking.istio.io", version: "v1", resource: "destinationrules", kind: "DestinationRule", namespace: namespace),
+            WatchedKind(
+                group: "networking.istio.io", version: "v1", resource: "serviceentries", kind: "ServiceEntry", namespace: namespace),
+            WatchedKind(
+                group: "security.istio.io", version: "v1", resource: "authorizationpolicies", kind: "AuthorizationPolicy",
+                namespace: namespace),
+            WatchedKind(
+                group: "security.istio.io", version: "v1", resource: "peerauthentications", kind: "PeerAuthentication", namespace: namespace
+            ),
+        ]
+    }
+
+    /// The mesh-wide policies of the root namespace.
+    public static func rootPolicies(in namespace: String) -> [WatchedKind] {
+        all(in: namespace).filter { $0.group == "security.istio.io" }
+    }
+}
+
+/// One kind's objects as the API server last told them, and the resourceVersion to resume from: the
+/// list-then-watch protocol of client-go's reflector, as a value with no I/O, so every transition is tested.
+///
+/// Thread: its watcher's. Ownership: its `KindWatcher`.
+public struct WatchCache: Sendable {
+    public let kind: WatchedKind
+    /// By `namespace/name`.
+    public private(set) var objects: [String: JSON] = [:]
+    /// Where a watch resumes; empty until the first complete list.
+    public private(set) var resourceVersion = ""
+    /// The first complete list arrived.
+    public private(set) var synced = false
+    /// Objects of a list being read page by page (swapped in whole when the last page arrives).
+    private var listing: [String: JSON] = [:]
+
+    public init(kind: WatchedKind) { self.kind = kind }
+
+    /// What to do after an input.
+    public enum Next: Equatable, Sendable {
+        /// Read the next page of the list, with this `continue` token.
+        case listPage(String)
+        /// Watch from `resourceVersion`.
+        case watch
+        /// Start the list over (410 Gone: the history is gone).
+        case relist
+    }
+
+    /// A page of a LIST response (`{metadata: {resourceVersion, continue}, items: [...]}`); `first` when it is
+    /// the answer to a list without a `continue` token.
+    public mutating func receivedPage(_ page: JSON, first: Bool) throws(APIError) -> Next {
+        guard case .array(let items)? = page["items"] else { throw APIError("a \(kind.kind) list without items") }
+        if first { listing = [:] }
+        for item in items { if let key = Self.key(item) { listing[key] = stamped(item) } }
+        if let token = page["metadata"]?["continue"]?.string, !token.isEmpty { return .listPage(token) }
+        objects = listing
+        listing = [:]
+        resourceVersion = page["metadata"]?["resourceVersion"]?.string ?? ""
+        synced = true
+        return .watch
+    }
+
+    /// One watch event (`{type, object}`): true when the objects changed.
+    public mutating func receivedEvent(_ event: JSON) throws(APIError) -> (changed: Bool, next: Next) {
+        guard let type = event["type"]?.string, let object = event["object"] else { throw APIError("a watch event without type or object") }
+        if let version = object["metadata"]?["resourceVersion"]?.string, type != "ERROR" { resourceVersion = version }
+        switch type {
+        case "ADDED", "MODIFIED":
+            guard let key = Self.key(object) else { throw APIError("a \(kind.kind) without metadata.name") }
+            let stampedObject = stamped(object)
+            let changed = objects[key] != stampedObject
+            objects[key] = stampedObject
+            return (changed, .watch)
+        case "DELETED":
+            guard let key = Self.key(object) else { throw APIError("a \(kind.kind) without metadata.name") }
+            return (objects.removeValue(forKey: key) != nil, .watch)
+        case "BOOKMARK":
+            return (false, .watch)
+        case "ERROR":
+            // A Status object; 410 Gone: the resourceVersion is too old, list again.
+            if object["code"]?.int == 410 { return (false, .relist) }
+            throw APIError("watch error: \(object["message"]?.string ?? "unknown")", status: object["code"]?.int ?? 0)
+        default:
+            throw APIError("unknown watch event type \(type)")
+        }
+    }
+
+    /// A 410 Gone answer to a watch or a page: forget the resourceVersion, keep serving the objects until the
+    /// new list replaces them.
+    public mutating func gone() {
+        resourceVersion = ""
+        listing = [:]
+    }
+
+    /// `namespace/name` of an object.
+    static func key(_ object: JSON) -> String? {
+        guard let name = object["metadata"]?["name"]?.string else { return nil }
+        return "\(object["metadata"]?["namespace"]?.string ?? "")/\(name)"
+    }
+
+    /// The object with `apiVersion` and `kind`, which list items leave out.
+    private func stamped(_ object: JSON) -> JSON {
+        guard case .object(var entries) = object, object["kind"] == nil || object["apiVersion"] == nil else { return object }
+        entries.removeAll { $0.0 == "kind" || $0.0 == "apiVersion" }
+        return .object([("apiVersion", .string(kind.apiVersion)), ("kind", .string(kind.kind))] + entries)
+    }
+}

@@ -1,0 +1,247 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+import JSON
+import Logging
+import Synchronization
+import TLS
+
+/// The objects of every watched kind as the API server last told them, shared by the watcher threads (which
+/// write) and the main thread (which reads them to compile a snapshot).
+///
+/// Thread: any; a mutex guards the state. Ownership: the runtime and every watcher.
+public final class APIObjectStore: Sendable {
+    private struct State {
+        var objects: [WatchedKind: [String: JSON]] = [:]
+        /// Kinds whose first list completed, or whose resource does not exist (a CRD not installed).
+        var settled: Set<WatchedKind> = []
+        var lastEvent = 0.0
+    }
+    private let state = Mutex(State())
+    /// Told (from a watcher thread) whenever the objects change: the runtime's doorbell.
+    private let onChange: @Sendable () -> Void
+
+    public init(onChange: @escaping @Sendable () -> Void) { self.onChange = onChange }
+
+    /// Every object, in a stable order (by kind, then namespace/name), for one compilation.
+    public func objects() -> [JSON] {
+        state.withLock { state in
+            state.objects.sorted { $0.key.path < $1.key.path }.flatMap { $0.value.sorted { $0.key < $1.key }.map(\.value) }
+        }
+    }
+
+    /// Object counts by kind label, for metrics.
+    public func counts() -> [(String, Int)] {
+        state.withLock { state in state.objects.map { ($0.key.label, $0.value.count) }.sorted { $0.0 < $1.0 } }
+    }
+
+    /// Whether every kind in `kinds` has been listed (or found absent) once.
+    public func settled(_ kinds: [WatchedKind]) -> Bool {
+        state.withLock { state in kinds.allSatisfy(state.settled.contains) }
+    }
+
+    func replace(_ kind: WatchedKind, with objects: [String: JSON], notify: Bool) {
+        state.withLock { state in
+            state.objects[kind] = objects
+            state.settled.insert(kind)
+        }
+        if notify { onChange() }
+    }
+
+    func absent(_ kind: WatchedKind) {
+        let had = state.withLock { state in
+            state.settled.insert(kind)
+            return state.objects.removeValue(forKey: kind).map { !$0.isEmpty } ?? false
+        }
+        if had { onChange() }
+    }
+}
+
+/// Keeps one kind's objects in an `APIObjectStore` current: LIST (paginated), then WATCH from the list's
+/// resourceVersion with bookmarks, as client-go's reflector does. A watch the server ends (its timeout) resumes
+/// from the last resourceVersion; 410 Gone lists again; a kind whose resource is absent (404: its CRD is not
+/// installed) is skipped with one warning and probed again every `absentProbe`; 401 and 403 say which
+/// credential or RBAC rule is missing; every other failure backs off (0.5 s doubling to 30 s, with jitter) and
+/// retries forever. The objects are kept whatever fails: a waypoint that lost the API server serves on.
+///
+/// Thread: its own (blocking I/O). Ownership: keeps itself alive for the life of the process.
+public final class KindWatcher: @unchecked Sendable {
+    // SAFETY: every member is set in init and only used by the watcher's own thread afterwards.
+    private let kind: WatchedKind
+    private let credentials: APICredentials
+    private let context: TLSContext
+    private let store: APIObjectStore
+    private let logger: Logger
+    private let settings: WatchSettings
+
+    public init(
+        kind: WatchedKind, credentials: APICredentials, context: TLSContext, store: APIObjectStore, logger: Logger,
+        settings: WatchSettings
+    ) {
+        (self.kind, self.credentials, self.context, self.store, self.logger, self.settings) = (
+            kind, credentials, context, store, logger, settings
+        )
+    }
+
+    /// Starts the watcher's thread.
+    public func start() {
+        let box = Unmanaged.passRetained(self)
+        var thread = pthread_t()
+        var attributes = pthread_attr_t()
+        pthread_attr_init(&attributes)
+        pthread_attr_setstacksize(&attributes, 256 * 1024)
+        let rc = pthread_create(
+            &thread, &attributes,
+            { context in
+                Unmanaged<KindWatcher>.fromOpaque(context!).takeUnretainedValue().run()
+            }, box.toOpaque())
+        pthread_attr_destroy(&attributes)
+        precondition(rc == 0, "pthread_create failed: \(rc)")
+        pthread_detach(thread)
+    }
+
+    private func run() -> Never {
+        var cache = WatchCache(kind: kind)
+        var backoff = Backoff(floor: settings.backoffFloor, ceiling: settings.backoffCeiling)
+        var warnedAbsent = false
+        while true {
+            do throws(APIError) {
+                if cache.resourceVersion.isEmpty { try list(&cache) }
+                try watch(&cache)
+                backoff.reset()
+            } catch {
+                switch error.status {
+                case 404:
+                    if !warnedAbsent {
+                        logger.warning(
+                            "kubernetes: \(kind.kind) is not served by the API server (CRD not installed?); skipped, probed again every \(settings.absentProbe)"
+                        )
+                    }
+                    warnedAbsent = true
+                    cache.gone()
+                    store.absent(kind)
+                    sleep(settings.absentProbe)
+                    continue
+                case 410:
+                    cache.gone()
+                    continue
+                case 401:
+                    logger.error(
+                        "kubernetes: 401 Unauthorized listing \(kind.label): the API server refused the token from \(credentials.source)")
+                case 403:
+                    logger.error(
+                        "kubernetes: 403 Forbidden: the service account may not list and watch \(kind.resource) in namespace \(kind.namespace); grant apiGroups [\"\(kind.group)\"] resources [\"\(kind.resource)\"] verbs [get, list, watch]"
+                    )
+                default:
+                    logger.warning("kubernetes: \(kind.label): \(error); retrying")
+                }
+                sleep(backoff.next())
+            }
+        }
+    }
+
+    private func list(_ cache: inout WatchCache) throws(APIError) {
+        var token: String? = nil
+        while true {
+            var path = "\(kind.path)?limit=\(settings.pageSize)"
+            if let token { path += "&continue=\(Self.escape(token))" }
+            let response = try APIResponse(credentials: credentials, context: context, path: path, timeout: settings.requestTimeout)
+            try Self.check(response)
+            let body = try response.readBody()
+            let page: JSON
+            do { page = try body.withUnsafeBytes { bytes throws(JSONError) in try JSON.parse(bytes) } } catch {
+                throw APIError("\(kind.label) list: \(error)")
+            }
+            switch try cache.receivedPage(page, first: token == nil) {
+            case .listPage(let next): token = next
+            case .watch, .relist:
+                store.replace(kind, with: cache.objects, notify: true)
+                return
+            }
+        }
+    }
+
+    private func watch(_ cache: inout WatchCache) throws(APIError) {
+        let path =
+            "\(kind.path)?watch=1&allowWatchBookmarks=true&resourceVersion=\(Self.escape(cache.resourceVersion))"
+            + "&timeoutSeconds=\(settings.watchSeconds)"
+        let response = try APIResponse(
+            credentials: credentials, context: context, path: path,
+            timeout: .seconds(settings.watchSeconds + 30))
+        try Self.check(response)
+        while let line = try response.nextLine() {
+            if line.isEmpty { continue }
+            let event: JSON
+            do { event = try line.withUnsafeBytes { bytes throws(JSONError) in try JSON.parse(bytes) } } catch {
+                throw APIError("\(kind.label) watch: \(error)")
+            }
+            let (changed, next) = try cache.receivedEvent(event)
+            if changed { store.replace(kind, with: cache.objects, notify: true) }
+            if next == .relist { throw APIError("resourceVersion too old", status: 410) }
+        }
+    }
+
+    /// Turns a non-200 answer into an error carrying its status and the server's message.
+    private static func check(_ response: APIResponse) throws(APIError) {
+        guard response.status != 200 else { return }
+        let body = (try? response.readBody()) ?? []
+        let message = (try? body.withUnsafeBytes { bytes throws(JSONError) in try JSON.parse(bytes) })?["message"]?.string
+        throw APIError("HTTP \(response.status)" + (message.map { ": \($0)" } ?? ""), status: response.status)
+    }
+
+    /// Percent-encodes a query value (continue tokens are base64 and may hold `+`, `/`, `=`).
+    static func escape(_ value: String) -> String {
+        var out = ""
+        for byte in value.utf8 {
+            switch byte {
+            case 0x30...0x39, 0x41...0x5A, 0x61...0x7A, 0x2D, 0x2E, 0x5F, 0x7E: out.unicodeScalars.append(Unicode.Scalar(byte))
+            default: out += "%" + String(byte, radix: 16, uppercase: true).leftPadded(2)
+            }
+        }
+        return out
+    }
+
+    private func sleep(_ duration: Duration) {
+        let (seconds, attoseconds) = duration.components
+        var time = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
+        var left = timespec()
+        while nanosleep(&time, &left) != 0 { time = left }
+    }
+}
+
+/// How the watchers talk to the API server.
+public struct WatchSettings: Sendable {
+    /// Items per LIST page.
+    public var pageSize = 500
+    /// The server ends each watch after this long (client-go's reflector asks for 5 to 10 minutes); resumed then.
+    public var watchSeconds = 300
+    /// Connect, TLS and each read of a LIST.
+    public var requestTimeout = Duration.seconds(30)
+    public var backoffFloor = Duration.milliseconds(500)
+    public var backoffCeiling = Duration.seconds(30)
+    /// How often a kind the API server does not serve is looked for again.
+    public var absentProbe = Duration.seconds(60)
+
+    public init() {}
+}
+
+/// Exponential backoff with jitter: floor, doubling up to the ceiling, each wait drawn from [½, 1] of it.
+struct Backoff {
+    let floor: Duration
+    let ceiling: Duration
+    private var current: Duration
+
+    init(floor: Duration, ceiling: Duration) { (self.floor, self.ceiling, current) = (floor, ceiling, floor) }
+
+    mutating func reset() { current = floor }
+
+    mutating func next() -> Duration {
+        let wait = current / 2 + current / 2 * Double.random(in: 0...1)
+        current = min(current * 2, ceiling)
+        return wait
+    }
+}
+
+extension String {
+    fileprivate func leftPadded(_ width: Int) -> String { String(repeating: "0", count: max(0, width - count)) + self }
+}

@@ -1,0 +1,84 @@
+#if canImport(Glibc)
+    import Glibc
+#endif
+import EventLoop
+import JSON
+import Kubernetes
+import Logging
+import TLS
+import WaypointConfig
+
+/// The Kubernetes API as a config source beside the files: a watcher per kind and namespace keeps the shared
+/// store current; each change rings the main loop, which compiles and swaps a snapshot at most every
+/// `debounce` (a burst of events, a rollout, becomes one compile).
+///
+/// Thread: created and read on the main thread; its watchers run on their own. Ownership: the `Runtime`.
+final class KubernetesSource {
+    struct Options {
+        var credentials: APICredentials
+        var namespaces: [String]
+        var rootNamespace: String
+        var settings = WatchSettings()
+        /// How long start-up waits for every kind's first list before serving what it has.
+        var syncTimeout = Duration.seconds(30)
+    }
+
+    let store: APIObjectStore
+    let kinds: [WatchedKind]
+    /// Runs on the main loop after changes, at most once per `window`.
+    var onChange: (() -> Void)?
+    private unowned(unsafe) let loop: EventLoop
+    private let doorbell = DoorbellBox()
+    private lazy var debounce = Timer(loop: loop) { [unowned(unsafe) self] in self.onChange?() }
+    /// Coalescing window: the first change schedules a compile this long after; later ones join it.
+    static let window = Duration.milliseconds(100)
+
+    /// Starts the watchers.
+    init(options: Options, loop: EventLoop, logger: Logger) throws(APIError) {
+        let context: TLSContext
+        do {
+            context = try TLSContext(
+                httpsClientTrusting: options.credentials.trustBundle, certificate: options.credentials.clientCertificate,
+                key: options.credentials.clientKey, source: options.credentials.source)
+        } catch {
+            throw APIError("\(options.credentials.source): \(error)")
+        }
+        self.loop = loop
+        let box = doorbell
+        store = APIObjectStore { box.ring() }
+        var kinds: [WatchedKind] = []
+        for namespace in options.namespaces { kinds += WatchedKind.all(in: namespace) }
+        if !options.namespaces.contains(options.rootNamespace) { kinds += WatchedKind.rootPolicies(in: options.rootNamespace) }
+        self.kinds = kinds
+        box.watcher = AsyncWatcher(loop: loop) { [unowned(unsafe) self] in
+            if !self.debounce.isActive { self.debounce.schedule(after: Self.window) }
+        }
+        for kind in kinds {
+            KindWatcher(
+                kind: kind, credentials: options.credentials, context: context, store: store, logger: logger, settings: options.settings
+            )
+            .start()
+        }
+    }
+
+    /// Blocks (at start-up, before the loop runs) until every kind was listed once or `timeout` passed; whether
+    /// they all were.
+    func waitForSync(timeout: Duration) -> Bool {
+        var waited = Duration.zero
+        while !store.settled(kinds) {
+            guard waited < timeout else { return false }
+            var pause = timespec(tv_sec: 0, tv_nsec: 20_000_000)
+            nanosleep(&pause, nil)
+            waited += .milliseconds(20)
+        }
+        return true
+    }
+}
+
+/// The main loop's doorbell for watcher threads: set once, before any watcher runs.
+private final class DoorbellBox: @unchecked Sendable {
+    // SAFETY: `watcher` is set on the main thread before the watcher threads start, then only read;
+    // `AsyncWatcher.send` is thread-safe.
+    var watcher: AsyncWatcher?
+    func ring() { watcher?.send() }
+}

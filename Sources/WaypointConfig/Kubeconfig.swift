@@ -1,0 +1,117 @@
+import Foundation
+import Yams
+
+/// What a kubeconfig says about reaching the API server, for its current context: the server, the CA and the
+/// user's credential. Anything it cannot use is an error naming the field.
+public struct Kubeconfig: Sendable {
+    public var host: String
+    public var port: UInt16
+    /// PEM text of the CA (from `certificate-authority-data`, or the file `certificate-authority` names).
+    public var trustBundle: String
+    public var token: String?
+    public var tokenFile: String?
+    public var clientCertificate: String?
+    public var clientKey: String?
+
+    public static func load(path: String) throws(ConfigError) -> Kubeconfig {
+        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
+            throw ConfigError(file: path, message: "cannot read file")
+        }
+        let root: Node
+        do {
+            guard let node = try Yams.compose(yaml: text) else { throw ConfigError(file: path, message: "empty kubeconfig") }
+            root = node
+        } catch let error as ConfigError {
+            throw error
+        } catch {
+            throw ConfigError(file: path, message: "invalid YAML: \(error)")
+        }
+        let doc = ManifestNode(node: root, path: "", location: .init(file: path, document: 0, object: nil))
+        let contextName = try doc.required("current-context").string()
+        func named(_ list: String, _ name: String) throws(ConfigError) -> ManifestNode {
+            for entry in try doc.optionalArray(list) where try entry.required("name").string() == name {
+                return try entry.required(String(list.dropLast()))
+            }
+            throw try doc.required(list).error("no entry named \"\(name)\"")
+        }
+        let context = try named("contexts", contextName)
+        let cluster = try named("clusters", try context.required("cluster").string())
+        let user = try named("users", try context.required("user").string())
+
+        let serverNode = try cluster.required("server")
+        let server = try serverNode.string()
+        guard server.hasPrefix("https://") else { throw serverNode.error("only https:// API servers are supported") }
+        var hostPort = String(server.dropFirst(8).prefix { $0 != "/" })
+        var port: UInt16 = 443
+        if let colon = hostPort.lastIndex(of: ":"), !hostPort.hasSuffix("]") {
+            guard let parsed = UInt16(hostPort[hostPort.index(after: colon)...]) else {
+                throw serverNode.error("invalid port in \(server)")
+            }
+            port = parsed
+            hostPort = String(hostPort[..<colon])
+        }
+        let host = hostPort.hasPrefix("[") ? String(hostPort.dropFirst().dropLast()) : hostPort
+
+        let trustBundle: String
+        if let data = try cluster.optional("certificate-authority-data") {
+            guard let pem = Base64.decode(try data.string()) else { throw data.error("not valid base64") }
+            trustBundle = pem
+        } else if let file = try cluster.optional("certificate-authority") {
+            guard let contents = FileManager.default.contents(atPath: try file.string()), let pem = String(data: contents, encoding: .utf8)
+            else {
+                throw file.error("cannot read \(try file.string())")
+            }
+            trustBundle = pem
+        } else {
+            throw cluster.error(
+                "certificate-authority-data or certificate-authority is required (the API server's certificate is always verified)")
+        }
+
+        var config = Kubeconfig(host: host, port: port, trustBundle: trustBundle)
+        config.token = try user.optionalString("token")
+        config.tokenFile = try user.optionalString("tokenFile")
+        if let cert = try user.optional("client-certificate-data"), let key = try user.optional("client-key-data") {
+            guard let certPEM = Base64.decode(try cert.string()) else { throw cert.error("not valid base64") }
+            guard let keyPEM = Base64.decode(try key.string()) else { throw key.error("not valid base64") }
+            (config.clientCertificate, config.clientKey) = (certPEM, keyPEM)
+        }
+        for unsupported in ["exec", "auth-provider", "client-certificate", "client-key", "username"]
+        where try user.optional(unsupported) != nil {
+            throw try user.required(unsupported).error("not supported: use token, tokenFile or client-certificate-data/client-key-data")
+        }
+        guard config.token != nil || config.tokenFile != nil || config.clientCertificate != nil else {
+            throw user.error("no credential: token, tokenFile or client-certificate-data/client-key-data is required")
+        }
+        return config
+    }
+
+    init(host: String, port: UInt16, trustBundle: String) { (self.host, self.port, self.trustBundle) = (host, port, trustBundle) }
+}
+
+/// Standard base64 (RFC 4648), as kubeconfig data fields use it.
+enum Base64 {
+    static func decode(_ text: String) -> String? {
+        var bytes: [UInt8] = []
+        var accumulator: UInt32 = 0
+        var bits = 0
+        for char in text.utf8 {
+            let value: UInt8
+            switch char {
+            case 0x41...0x5A: value = char - 0x41
+            case 0x61...0x7A: value = char - 0x61 + 26
+            case 0x30...0x39: value = char - 0x30 + 52
+            case 0x2B: value = 62
+            case 0x2F: value = 63
+            case 0x3D, 0x0A, 0x0D, 0x20: continue
+            default: return nil
+            }
+            accumulator = accumulator << 6 | UInt32(value)
+            bits += 6
+            if bits >= 8 {
+                bits -= 8
+                bytes.append(UInt8(truncatingIfNeeded: accumulator >> UInt32(bits)))
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}

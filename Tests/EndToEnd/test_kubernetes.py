@@ -1,0 +1,200 @@
+"""The Kubernetes API as the config source: the real binary against a stand-in API server (fake_apiserver.py:
+HTTPS, list with pagination, chunked watches with bookmarks, 410 Gone, 401/403/404, server-side closes)."""
+import time
+
+import pytest
+
+from conftest import http_request, wait_until
+from fake_apiserver import FakeAPIServer
+from test_hbone import certs  # noqa: F401 (fixture)
+
+
+def service(name, port=80, namespace="default"):
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace},
+            "spec": {"ports": [{"name": "http", "port": port}]}}
+
+
+def slice_(name, service_name, ports, namespace="default"):
+    """An EndpointSlice with one endpoint per (ip, port); ports must all be the same."""
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"kubernetes.io/service-name": service_name}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": ports[0][1]}],
+            "endpoints": [{"addresses": [ip], "conditions": {"ready": True}} for ip, _ in ports]}
+
+
+def route(name, service_name, path, backend):
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": name, "namespace": "default"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": service_name}],
+                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": path}}],
+                                "backendRefs": [{"name": backend, "port": 80}]}]}}
+
+
+@pytest.fixture
+def api(certs):
+    server = FakeAPIServer(certs)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def waypoint(api, proxy_factory, workdir):
+    """A waypoint following `api` (one worker, short watches so their resumption is exercised)."""
+    def make(extra=(), kubeconfig=None):
+        path = kubeconfig or api.kubeconfig(str(workdir))
+        return proxy_factory("", extra=["--kubeconfig", path, "--workers", "1", "--kubernetes-watch-timeout", "2s", *extra])
+    return make
+
+
+def served_by(proxy, path="/", host="web"):
+    """Which origin answered (its name), or the status when none did."""
+    status, headers, body = http_request(proxy.port, "GET", path, host=host)
+    return headers.get("x-origin", status) if status == 200 else status
+
+
+def test_objects_applied_after_start_route_within_a_second(api, waypoint, origin_factory):
+    a, b = origin_factory("a"), origin_factory("b")
+    api.apply(service("web"))
+    api.apply(slice_("web-1", "web", [("127.0.0.1", a.port)]))
+    proxy = waypoint()
+    assert served_by(proxy) == "a"
+    api.apply(service("api"))
+    api.apply(slice_("api-1", "api", [("127.0.0.1", b.port)]))
+    api.apply(route("split", "web", "/v2", "api"))
+    start = time.time()
+    assert wait_until(lambda: served_by(proxy, "/v2/x") == "b", timeout=1.0), served_by(proxy, "/v2/x")
+    assert time.time() - start < 1.0
+    assert served_by(proxy, "/v1") == 404                    # a route is attached and nothing matched (GAMMA)
+    api.delete("HTTPRoute", "split")
+    assert wait_until(lambda: served_by(proxy, "/v2/x") == "a", timeout=1.0)
+    # LIST then WATCH from the list's resourceVersion, with bookmarks, per kind, paginated
+    watch = api.watches("HTTPRoute")[0][1]
+    assert "allowWatchBookmarks=true" in watch and "resourceVersion=" in watch and "limit=500" in api.lists("HTTPRoute")[0][1]
+
+
+def test_a_rolling_replacement_of_every_endpoint_loses_no_request(api, waypoint, origin_factory):
+    old = [origin_factory(f"old{i}") for i in range(2)]
+    new = [origin_factory(f"new{i}") for i in range(2)]
+    api.apply(service("web"))
+    api.apply(slice_("web-1", "web", [("127.0.0.1", old[0].port)]))
+    api.apply(slice_("web-2", "web", [("127.0.0.1", old[1].port)]))
+    proxy = waypoint()
+    failures = []
+    seen = set()
+    for step in range(2):                                   # each old endpoint stays until its replacement is ready
+        api.apply(slice_(f"web-new-{step}", "web", [("127.0.0.1", new[step].port)]))
+        for _ in range(20):
+            got = served_by(proxy)
+            (seen.add(got) if isinstance(got, str) else failures.append(got))
+        api.delete("EndpointSlice", f"web-{step + 1}")
+        start = time.time()
+        gone = f"old{step}"
+        # the removed endpoint stops getting traffic within a second
+        assert wait_until(lambda: all(served_by(proxy) != gone for _ in range(6)), timeout=1.0)
+        assert time.time() - start < 1.0
+        for _ in range(20):
+            got = served_by(proxy)
+            (seen.add(got) if isinstance(got, str) else failures.append(got))
+    assert failures == []
+    assert {"new0", "new1"} <= seen
+    assert all(served_by(proxy) in ("new0", "new1") for _ in range(10))
+
+
+def test_410_gone_relists_and_loses_nothing(api, waypoint, origin_factory):
+    a, b = origin_factory("a"), origin_factory("b")
+    api.apply(service("web"))
+    api.apply(slice_("web-1", "web", [("127.0.0.1", a.port)]))
+    proxy = waypoint()
+    assert served_by(proxy) == "a"
+    lists = len(api.lists("EndpointSlice"))
+    api.compact()                                           # every resourceVersion so far is gone
+    api.drop_watches()                                      # the watch must resume: from a compacted version
+    api.apply(slice_("web-1", "web", [("127.0.0.1", b.port)]))   # a change made meanwhile
+    assert wait_until(lambda: served_by(proxy) == "b", timeout=5.0)
+    assert len(api.lists("EndpointSlice")) > lists         # 410 made it list again
+
+
+def test_the_api_server_gone_changes_nothing_and_the_waypoint_catches_up(api, waypoint, origin_factory):
+    a, b = origin_factory("a"), origin_factory("b")
+    api.apply(service("web"))
+    api.apply(slice_("web-1", "web", [("127.0.0.1", a.port)]))
+    proxy = waypoint()
+    assert served_by(proxy) == "a"
+    api.pause()
+    for _ in range(30):                                     # 3 s without an API server: traffic as before
+        assert served_by(proxy) == "a"
+        time.sleep(0.1)
+    api.apply(slice_("web-1", "web", [("127.0.0.1", b.port)]))
+    api.resume()
+    assert wait_until(lambda: served_by(proxy) == "b", timeout=10.0)
+
+
+def test_a_broken_object_is_rejected_and_the_previous_config_keeps_serving(api, waypoint, origin_factory):
+    a = origin_factory("a")
+    api.apply(service("web"))
+    api.apply(slice_("web-1", "web", [("127.0.0.1", a.port)]))
+    proxy = waypoint()
+    assert served_by(proxy) == "a"
+    broken = route("broken", "web", "/x", "web")
+    broken["spec"]["rules"][0]["matches"][0]["path"] = {"type": "RegularExpression", "value": "(unclosed"}
+    api.apply(broken)
+    assert wait_until(lambda: proxy.metrics().get('waypoint_config_reloads_total{result="failed"}', 0) >= 1)
+    assert served_by(proxy) == "a" and served_by(proxy, "/x") == "a"
+    log = open(proxy.stderr_path).read()
+    assert "kubernetes" in log and "HTTPRoute default/broken" in log and "spec.rules[0].matches[0].path.value" in log
+
+
+def test_a_kind_whose_crd_is_installed_later_is_picked_up(api, certs, waypoint, origin_factory):
+    a, b = origin_factory("a"), origin_factory("b")
+    api.installed.discard("HTTPRoute")
+    api.apply(service("web"))
+    api.apply(slice_("web-1", "web", [("127.0.0.1", a.port)]))
+    api.apply(service("api"))
+    api.apply(slice_("api-1", "api", [("127.0.0.1", b.port)]))
+    proxy = waypoint(extra=["--kubernetes-probe-interval", "500ms"])
+    assert served_by(proxy, "/v2") == "a"                   # started without HTTPRoute: 404 on its list
+    assert "HTTPRoute is not served by the API server" in open(proxy.stderr_path).read()
+    api.installed.add("HTTPRoute")
+    api.apply(route("split", "web", "/v2", "api"))
+    assert wait_until(lambda: served_by(proxy, "/v2") == "b", timeout=3.0)
+
+
+def test_a_rotated_token_is_used(api, waypoint, workdir, origin_factory):
+    a, b = origin_factory("a"), origin_factory("b")
+    token_file = workdir / "token"
+    token_file.write_text("token-1\n")
+    api.apply(service("web"))
+    api.apply(slice_("web-1", "web", [("127.0.0.1", a.port)]))
+    proxy = waypoint(kubeconfig=api.kubeconfig(str(workdir), token_file=str(token_file)))
+    assert served_by(proxy) == "a"
+    token_file.write_text("token-2\n")                       # rotated on disk, then the old one is refused
+    api.token = "token-2"
+    api.drop_watches()
+    api.apply(slice_("web-1", "web", [("127.0.0.1", b.port)]))
+    assert wait_until(lambda: served_by(proxy) == "b", timeout=5.0)
+    assert api.requests[-1][2] == "Bearer token-2"
+
+
+def test_forbidden_and_unauthorized_name_what_is_missing(api, waypoint, workdir):
+    api.forbidden.add("VirtualService")
+    kubeconfig = api.kubeconfig(str(workdir))                # with token-1, which the server now refuses
+    api.token = "another"
+    proxy = waypoint(extra=["--kubernetes-sync-timeout", "300ms"], kubeconfig=kubeconfig)
+    assert wait_until(lambda: "401 Unauthorized" in open(proxy.stderr_path).read())
+    assert "refused the token from" in open(proxy.stderr_path).read()
+    api.token = "token-1"
+    assert wait_until(lambda: 'resources ["virtualservices"] verbs [get, list, watch]' in open(proxy.stderr_path).read(), timeout=20)
+
+
+def test_an_unusable_kubeconfig_is_a_startup_error_naming_the_field(workdir, proxy_factory):
+    path = workdir / "kubeconfig"
+    path.write_text("""apiVersion: v1
+kind: Config
+current-context: test
+contexts: [{name: test, context: {cluster: c, user: u}}]
+clusters: [{name: c, cluster: {server: "http://127.0.0.1:1"}}]
+users: [{name: u, user: {token: x}}]
+""")
+    with pytest.raises(Exception):
+        proxy_factory("", extra=["--kubeconfig", str(path)])
+    log = open(workdir / "proxy.stderr").read()
+    assert "clusters[0].cluster.server" in log and "only https://" in log
