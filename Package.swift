@@ -83,7 +83,8 @@ let package = Package(
         // libFuzzer harnesses for the parsers of untrusted bytes (fuzz/run.sh builds them with -DFUZZING);
         // a plain build makes a replay tool that runs saved inputs through the same code.
         .executableTarget(
-            name: "WaypointFuzz", dependencies: ["WaypointCore", "HTTPRouter", "WaypointConfig", "Filters", "Regex", "HTTP2"],
+            name: "WaypointFuzz",
+            dependencies: ["WaypointCore", "HTTPRouter", "WaypointConfig", "Filters", "Regex", "HTTP2", "JSON", "Kubernetes"],
             path: "fuzz/Sources"),
 
         // Authorization decision cost (benchmarks/README.md); built in CI, run by hand.
@@ -101,6 +102,7 @@ let package = Package(
         .testTarget(name: "FiltersTests", dependencies: ["Filters", "WaypointCore"]),
         .testTarget(name: "WaypointConfigTests", dependencies: ["WaypointConfig", "HTTPRouter", "WaypointCore", "Filters", "Regex"]),
         .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "WaypointCore"]),
+        .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes", "JSON"]),
         .testTarget(
             name: "SnapshotRoutingTests",
             dependencies: [

@@ -417,6 +417,14 @@ final class Runtime {
             "waypoint_config_reloads_total", "counter", "Config reloads, by result.",
             [("{result=\"ok\"}", reloadsOK), ("{result=\"failed\"}", reloadsFailed)])
         metric("waypoint_config_generation", "gauge", "Generation of the active config.", [("", Int(snapshot.generation))])
+        if let kubernetes {
+            metric(
+                "waypoint_kubernetes_objects", "gauge", "Objects the Kubernetes API source holds, by kind and namespace.",
+                kubernetes.store.counts().map { kind, count in
+                    let parts = kind.split(separator: " ")
+                    return ("{kind=\"\(parts[0])\",namespace=\"\(parts.count > 1 ? parts[1] : "")\"}", count)
+                })
+        }
         metric("waypoint_workers", "gauge", "Worker threads.", [("", workers.count)])
         if let tracer = options.settings.tracer {
             metric(

@@ -122,3 +122,23 @@ def test_dockerfile_build_context_holds_the_whole_package(tmp_path):
             shutil.copy(ROOT / source, target)
     described = subprocess.run(["swift", "package", "describe", "--type", "json"], cwd=tmp_path, capture_output=True, text=True)
     assert described.returncode == 0, described.stderr
+
+
+def test_kubernetes_overlay_grants_exactly_the_reads_the_watchers_make(tmp_path):
+    docs = [d for d in yaml.safe_load_all((DEPLOY / "overlays" / "kubernetes" / "rbac.yaml").read_text()) if d]
+    for i, doc in enumerate(docs):
+        path = tmp_path / f"rbac-{i}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        out = subprocess.run(["kubernetes-validate", "--strict", "--kubernetes-version", "1.30.0", str(path)],
+                             capture_output=True, text=True)
+        assert out.returncode == 0, out.stdout + out.stderr
+    granted = {(group, resource) for doc in docs if doc["kind"] == "Role" and "namespace" not in doc["metadata"]
+               for rule in doc["rules"] for group in rule["apiGroups"] for resource in rule["resources"]
+               if rule["verbs"] == ["get", "list", "watch"]}
+    # what the binary watches (Sources/Kubernetes/Watch.swift: WatchedKind.all), as the fake API server maps them
+    from fake_apiserver import CORE, GROUPED
+    watched = {("", "services")} | {(g, r) for kind, (g, _, r) in GROUPED.items()}
+    assert granted == watched
+    root = [doc for doc in docs if doc["kind"] == "Role" and doc["metadata"].get("namespace") == "istio-system"][0]
+    assert {r for rule in root["rules"] for r in rule["resources"]} == {"authorizationpolicies", "peerauthentications"}
+    assert all(set(rule["verbs"]) == {"get", "list", "watch"} for doc in docs if doc["kind"] == "Role" for rule in doc["rules"])

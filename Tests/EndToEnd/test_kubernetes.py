@@ -64,6 +64,9 @@ def test_objects_applied_after_start_route_within_a_second(api, waypoint, origin
     assert wait_until(lambda: served_by(proxy, "/v2/x") == "b", timeout=1.0), served_by(proxy, "/v2/x")
     assert time.time() - start < 1.0
     assert served_by(proxy, "/v1") == 404                    # a route is attached and nothing matched (GAMMA)
+    metrics = proxy.metrics()
+    assert metrics['waypoint_kubernetes_objects{kind="HTTPRoute",namespace="default"}'] == 1
+    assert metrics['waypoint_kubernetes_objects{kind="Service",namespace="default"}'] == 2
     api.delete("HTTPRoute", "split")
     assert wait_until(lambda: served_by(proxy, "/v2/x") == "a", timeout=1.0)
     # LIST then WATCH from the list's resourceVersion, with bookmarks, per kind, paginated
@@ -85,12 +88,14 @@ def test_a_rolling_replacement_of_every_endpoint_loses_no_request(api, waypoint,
         for _ in range(20):
             got = served_by(proxy)
             (seen.add(got) if isinstance(got, str) else failures.append(got))
+        # the removed endpoint stops getting traffic within a second (the config generation tells when)
+        generation = proxy.metrics()["waypoint_config_generation"]
         api.delete("EndpointSlice", f"web-{step + 1}")
         start = time.time()
         gone = f"old{step}"
-        # the removed endpoint stops getting traffic within a second
-        assert wait_until(lambda: all(served_by(proxy) != gone for _ in range(6)), timeout=1.0)
+        assert wait_until(lambda: proxy.metrics()["waypoint_config_generation"] > generation, timeout=1.0)
         assert time.time() - start < 1.0
+        assert all(served_by(proxy) != gone for _ in range(6))
         for _ in range(20):
             got = served_by(proxy)
             (seen.add(got) if isinstance(got, str) else failures.append(got))

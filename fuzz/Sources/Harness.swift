@@ -1,5 +1,7 @@
 import Filters
 import HTTPRouter
+import JSON
+import Kubernetes
 import Regex
 import WaypointConfig
 import WaypointCore
@@ -68,6 +70,26 @@ enum Harness {
             var compiler = SnapshotCompiler(namespace: "default")
             compiler.locality = Locality(region: "r1", zone: "z1", subzone: "s1")  // so locality tiers are built too
             _ = compiler.compile(spec, generation: 1)
+        }
+    }
+
+    /// What the Kubernetes API sends: each line a watch event (or a list page) through the JSON decoder, the
+    /// watch state machine and, for an object, the config loader and compiler (what a hostile or broken API server
+    /// could feed the waypoint).
+    static func kubernetes(_ data: UnsafeRawBufferPointer) {
+        var cache = WatchCache(kind: WatchedKind(group: "", version: "v1", resource: "services", kind: "Service", namespace: "default"))
+        var objects: [JSON] = []
+        for line in data.split(separator: 0x0A) {
+            guard let value = try? JSON.parse(UnsafeRawBufferPointer(rebasing: line)) else { continue }
+            if value["items"] != nil {
+                _ = try? cache.receivedPage(value, first: true)
+            } else if let (changed, _) = try? cache.receivedEvent(value), changed {
+                objects = Array(cache.objects.values)
+            }
+            if let object = value["object"] { objects.append(object) }
+        }
+        if let spec = try? ManifestLoader.load(paths: [], objects: objects, source: "fuzz", defaultNamespace: "default") {
+            _ = SnapshotCompiler(namespace: "default").compile(spec, generation: 1)
         }
     }
 
