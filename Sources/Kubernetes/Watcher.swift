@@ -15,7 +15,8 @@ public final class APIObjectStore: Sendable {
         var objects: [WatchedKind: [String: JSON]] = [:]
         /// Kinds whose first list completed, or whose resource does not exist (a CRD not installed).
         var settled: Set<WatchedKind> = []
-        var lastEvent = 0.0
+        /// When the oldest change not yet taken by `takeChangedSince` arrived.
+        var changedSince: ContinuousClock.Instant?
     }
     private let state = Mutex(State())
     /// Told (from a watcher thread) whenever the objects change: the runtime's doorbell.
@@ -40,10 +41,20 @@ public final class APIObjectStore: Sendable {
         state.withLock { state in kinds.allSatisfy(state.settled.contains) }
     }
 
+    /// When the oldest change since the last call arrived (nil: none since): the runtime takes it when it swaps
+    /// in a snapshot with every change so far, to measure event-to-swap latency.
+    public func takeChangedSince() -> ContinuousClock.Instant? {
+        state.withLock { state in
+            defer { state.changedSince = nil }
+            return state.changedSince
+        }
+    }
+
     func replace(_ kind: WatchedKind, with objects: [String: JSON], notify: Bool) {
         state.withLock { state in
             state.objects[kind] = objects
             state.settled.insert(kind)
+            if notify && state.changedSince == nil { state.changedSince = .now }
         }
         if notify { onChange() }
     }
@@ -51,7 +62,9 @@ public final class APIObjectStore: Sendable {
     func absent(_ kind: WatchedKind) {
         let had = state.withLock { state in
             state.settled.insert(kind)
-            return state.objects.removeValue(forKey: kind).map { !$0.isEmpty } ?? false
+            let had = state.objects.removeValue(forKey: kind).map { !$0.isEmpty } ?? false
+            if had && state.changedSince == nil { state.changedSince = .now }
+            return had
         }
         if had { onChange() }
     }

@@ -18,6 +18,8 @@ struct ConfigSource {
     var compiler: SnapshotCompiler
     /// The Kubernetes API's objects (read at each load), when that source is on.
     var apiObjects: (() -> [JSON])?
+    /// The API objects' parses, kept across loads.
+    private let parsedObjects = ParsedObjects()
     private var fingerprint: [String] = []
     private(set) var generation: UInt64 = 0
 
@@ -30,10 +32,13 @@ struct ConfigSource {
     /// Loads and compiles the current files. Throws every error found; nothing changes on failure. Backends
     /// whose connection-pool settings `previous` already had keep counting into the same limits.
     mutating func load(previous: Snapshot? = nil) throws(ConfigErrors) -> Snapshot {
+        let clock = ContinuousClock()
+        let started = clock.now
         let spec: ConfigSpec
         if let apiObjects {
             fingerprint = Self.fingerprint(paths ?? [])
-            spec = try ManifestLoader.load(paths: paths ?? [], objects: apiObjects(), source: "kubernetes", defaultNamespace: namespace)
+            spec = try ManifestLoader.load(
+                paths: paths ?? [], objects: apiObjects(), source: "kubernetes", defaultNamespace: namespace, cache: parsedObjects)
         } else if let paths {
             fingerprint = Self.fingerprint(paths)
             spec = try ManifestLoader.load(paths: paths, defaultNamespace: namespace)
@@ -41,8 +46,14 @@ struct ConfigSource {
             spec = try ManifestLoader.load(text: DemoConfig.manifests, file: "<embedded demo config>", defaultNamespace: namespace)
         }
         generation += 1
-        return compiler.compile(spec, generation: generation, previous: previous)
+        let parsed = clock.now
+        let snapshot = compiler.compile(spec, generation: generation, previous: previous)
+        timings = (parsed - started, clock.now - parsed)
+        return snapshot
     }
+
+    /// How long the last load took to read and parse the manifests, and to compile them.
+    private(set) var timings = (parse: Duration.zero, compile: Duration.zero)
 
     /// True when the files differ from what the last `load()` read.
     func changed() -> Bool {

@@ -30,6 +30,16 @@ final class KubernetesSource {
     private unowned(unsafe) let loop: EventLoop
     private let doorbell = DoorbellBox()
     private lazy var debounce = Timer(loop: loop) { [unowned(unsafe) self] in self.onChange?() }
+    /// Seconds from a change reaching a watcher to the swap of the snapshot with it.
+    private(set) var eventToSwap = Histogram(bounds: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10])
+
+    /// The snapshot with every change so far was swapped in now.
+    func swapped() {
+        guard let since = store.takeChangedSince() else { return }
+        let (seconds, attoseconds) = (ContinuousClock.now - since).components
+        eventToSwap.observe(Double(seconds) + Double(attoseconds) / 1e18)
+    }
+
     /// Coalescing window: the first change schedules a compile this long after; later ones join it.
     static let window = Duration.milliseconds(100)
 
@@ -62,9 +72,10 @@ final class KubernetesSource {
     }
 
     /// Blocks (at start-up, before the loop runs) until every kind was listed once or `timeout` passed; whether
-    /// they all were.
+    /// they all were. The first lists are not changes: the latency metric starts after them.
     func waitForSync(timeout: Duration) -> Bool {
         var waited = Duration.zero
+        defer { _ = store.takeChangedSince() }
         while !store.settled(kinds) {
             guard waited < timeout else { return false }
             var pause = timespec(tv_sec: 0, tv_nsec: 20_000_000)
@@ -81,4 +92,31 @@ private final class DoorbellBox: @unchecked Sendable {
     // `AsyncWatcher.send` is thread-safe.
     var watcher: AsyncWatcher?
     func ring() { watcher?.send() }
+}
+
+/// A Prometheus histogram kept by one thread.
+struct Histogram {
+    let bounds: [Double]
+    private(set) var counts: [Int]
+    private(set) var sum = 0.0
+    private(set) var count = 0
+
+    init(bounds: [Double]) {
+        self.bounds = bounds
+        counts = Array(repeating: 0, count: bounds.count)
+    }
+
+    mutating func observe(_ value: Double) {
+        for (i, bound) in bounds.enumerated() where value <= bound { counts[i] += 1 }
+        sum += value
+        count += 1
+    }
+
+    /// The exposition lines of `name`: cumulative buckets, `+Inf`, sum and count.
+    func lines(_ name: String) -> String {
+        var text = ""
+        for (bound, n) in zip(bounds, counts) { text += "\(name)_bucket{le=\"\(bound)\"} \(n)\n" }
+        text += "\(name)_bucket{le=\"+Inf\"} \(count)\n\(name)_sum \(sum)\n\(name)_count \(count)\n"
+        return text
+    }
 }

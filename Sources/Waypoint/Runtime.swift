@@ -210,6 +210,7 @@ final class Runtime {
             reloadsOK += 1
             for warning in next.warnings { logger.warning("\(warning)") }
             for worker in workers { worker.post(.replaceSnapshot(next)) }
+            kubernetes?.swapped()
             logger.info("config reloaded", metadata: ["reason": "\(reason)", "config.generation": "\(next.generation)"])
         } catch {
             reloadsFailed += 1
@@ -417,6 +418,13 @@ final class Runtime {
             "waypoint_config_reloads_total", "counter", "Config reloads, by result.",
             [("{result=\"ok\"}", reloadsOK), ("{result=\"failed\"}", reloadsFailed)])
         metric("waypoint_config_generation", "gauge", "Generation of the active config.", [("", Int(snapshot.generation))])
+        let (parse, compile) = config.timings
+        text += "# HELP waypoint_config_load_seconds How long the last config load took, by phase.\n"
+        text += "# TYPE waypoint_config_load_seconds gauge\n"
+        text +=
+            "waypoint_config_load_seconds{phase=\"parse\"} \(Double(parse.components.attoseconds) / 1e18 + Double(parse.components.seconds))\n"
+        text +=
+            "waypoint_config_load_seconds{phase=\"compile\"} \(Double(compile.components.attoseconds) / 1e18 + Double(compile.components.seconds))\n"
         if let kubernetes {
             metric(
                 "waypoint_kubernetes_objects", "gauge", "Objects the Kubernetes API source holds, by kind and namespace.",
@@ -424,6 +432,9 @@ final class Runtime {
                     let parts = kind.split(separator: " ")
                     return ("{kind=\"\(parts[0])\",namespace=\"\(parts.count > 1 ? parts[1] : "")\"}", count)
                 })
+            text += "# HELP waypoint_kubernetes_event_to_swap_seconds From a change reaching the waypoint to the snapshot swap with it.\n"
+            text += "# TYPE waypoint_kubernetes_event_to_swap_seconds histogram\n"
+            text += kubernetes.eventToSwap.lines("waypoint_kubernetes_event_to_swap_seconds")
         }
         metric("waypoint_workers", "gauge", "Worker threads.", [("", workers.count)])
         if let tracer = options.settings.tracer {

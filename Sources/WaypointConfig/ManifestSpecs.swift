@@ -214,6 +214,23 @@ public struct ConfigSpec: Sendable {
     public var warnings: [String] = []
 
     public init() {}
+
+    /// Adds what `other` holds (the objects of another file or API object).
+    public mutating func append(_ other: ConfigSpec) {
+        services += other.services
+        endpointSlices += other.endpointSlices
+        serviceEntries += other.serviceEntries
+        gateways += other.gateways
+        httpRoutes += other.httpRoutes
+        virtualServices += other.virtualServices
+        tcpRoutes += other.tcpRoutes
+        authorizationPolicies += other.authorizationPolicies
+        peerAuthentications += other.peerAuthentications
+        destinationRules += other.destinationRules
+        pods += other.pods
+        nodes += other.nodes
+        warnings += other.warnings
+    }
 }
 
 /// `networking.istio.io/v1 VirtualService`: the parts a waypoint applies to its services' HTTP traffic.

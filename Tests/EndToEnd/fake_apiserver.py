@@ -67,7 +67,7 @@ class FakeAPIServer:
         self.lock = threading.Condition()
         self.rv = 100
         self.objects = {}          # collection path -> {name: object}
-        self.history = []          # (rv, collection path, type, object)
+        self.history = {}          # collection path -> [(rv, type, object)], oldest first
         self.compacted = 0         # resourceVersions at or below this are gone
         self.requests = []         # (method, path with query, authorization) in arrival order
         self.epoch = 0             # bumped to cut every open watch
@@ -87,7 +87,7 @@ class FakeAPIServer:
             path = collection(obj["kind"], meta["namespace"])
             existed = meta["name"] in self.objects.setdefault(path, {})
             self.objects[path][meta["name"]] = obj
-            self.history.append((self.rv, path, "MODIFIED" if existed else "ADDED", obj))
+            self.history.setdefault(path, []).append((self.rv, "MODIFIED" if existed else "ADDED", obj))
             self.lock.notify_all()
 
     def delete(self, kind, name, namespace="default"):
@@ -96,7 +96,7 @@ class FakeAPIServer:
             obj = self.objects.get(path, {}).pop(name)
             self.rv += 1
             obj = dict(obj, metadata=dict(obj["metadata"], resourceVersion=str(self.rv)))
-            self.history.append((self.rv, path, "DELETED", obj))
+            self.history.setdefault(path, []).append((self.rv, "DELETED", obj))
             self.lock.notify_all()
 
     def compact(self):
@@ -105,7 +105,7 @@ class FakeAPIServer:
         with self.lock:
             self.rv += 5
             self.compacted = self.rv
-            self.history = []
+            self.history = {}
 
     def drop_watches(self):
         with self.lock:
@@ -208,6 +208,18 @@ users: [{{name: waypoint, user: {{{credential}}}}}]
                 self.end_headers()
                 self.wfile.write(body)
 
+            def after(self, path, rv):
+                """The changes of `path` after `rv` (the lock held)."""
+                events = server.history.get(path, [])
+                low, high = 0, len(events)
+                while low < high:
+                    mid = (low + high) // 2
+                    if events[mid][0] <= rv:
+                        low = mid + 1
+                    else:
+                        high = mid
+                return events[low:]
+
             def chunk(self, obj):
                 data = (json.dumps(obj) + "\n").encode()
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
@@ -237,17 +249,17 @@ users: [{{name: waypoint, user: {{{credential}}}}}]
                     last_bookmark = time.time()
                     while time.time() < deadline:
                         with server.lock:
-                            pending = [h for h in server.history if h[0] > sent_rv and h[1] == path]
+                            pending = self.after(path, sent_rv)
                             if not pending and server.epoch == epoch:
                                 server.lock.wait(0.2)
-                                pending = [h for h in server.history if h[0] > sent_rv and h[1] == path]
+                                pending = self.after(path, sent_rv)
                             cut = server.epoch != epoch
                             current = server.rv
                         if cut:
                             self.close_connection = True
                             self.connection.shutdown(socket.SHUT_RDWR)
                             return
-                        for rv, _, type_, obj in pending:
+                        for rv, type_, obj in pending:
                             self.chunk({"type": type_, "object": obj})
                             sent_rv = rv
                         if bookmarks and time.time() - last_bookmark > 1:

@@ -67,6 +67,8 @@ def test_objects_applied_after_start_route_within_a_second(api, waypoint, origin
     metrics = proxy.metrics()
     assert metrics['waypoint_kubernetes_objects{kind="HTTPRoute",namespace="default"}'] == 1
     assert metrics['waypoint_kubernetes_objects{kind="Service",namespace="default"}'] == 2
+    swaps = metrics["waypoint_kubernetes_event_to_swap_seconds_count"]
+    assert swaps >= 1 and metrics['waypoint_kubernetes_event_to_swap_seconds_bucket{le="1.0"}'] == swaps
     api.delete("HTTPRoute", "split")
     assert wait_until(lambda: served_by(proxy, "/v2/x") == "a", timeout=1.0)
     # LIST then WATCH from the list's resourceVersion, with bookmarks, per kind, paginated

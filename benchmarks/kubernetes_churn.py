@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""Kubernetes source under churn: a namespace of 1,000 Services / 10,000 endpoints served by the stand-in API
+server (Tests/EndToEnd/fake_apiserver.py, on loopback), 100 endpoint changes per second for CHURN_SECONDS
+(default 60) while `waypoint hbone-load` runs at full speed through the waypoint (one worker) to one of those
+services; and 9,000 Services in other namespaces the waypoint must never read.
+
+Reports: the time from a change reaching the waypoint to the snapshot swap (p50/p99 from the
+waypoint_kubernetes_event_to_swap_seconds histogram; target p99 <= 250 ms), the HBONE throughput during churn
+against the same load without churn (target >= 0.95x), the proxy's RSS before and after the namespace's config
+is loaded (target: <= 20 MiB added), the main thread's CPU per second of churn (compiling), and which collections
+the waypoint listed or watched.
+Usage: python3 benchmarks/kubernetes_churn.py   (after `make release`)
+"""
+import os
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "Tests", "EndToEnd"))
+import pki                                   # noqa: E402  (the test PKI)
+from fake_apiserver import FakeAPIServer     # noqa: E402  (the stand-in API server)
+
+BIN = os.path.join(ROOT, ".build", "release", "waypoint")
+CHURN = int(os.environ.get("CHURN_SECONDS", "60"))
+IDLE = int(os.environ.get("IDLE_SECONDS", "30"))
+RATE = 100
+VIP = "10.96.0.10"
+
+
+def service(name, namespace, ip=None):
+    spec = {"ports": [{"name": "http", "port": 80}]}
+    if ip:
+        spec["clusterIP"] = ip
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def endpoint_slice(name, service_name, namespace, addresses, port):
+    return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": namespace, "labels": {"kubernetes.io/service-name": service_name}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": port}],
+            "endpoints": [{"addresses": [a], "conditions": {"ready": True}} for a in addresses]}
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
+
+
+def main_thread_cpu(pid):
+    """utime + stime of the main thread (where snapshots compile), in seconds."""
+    with open(f"/proc/{pid}/task/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def metrics(admin):
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=10)
+    conn.request("GET", "/stats/prometheus")
+    body = conn.getresponse().read().decode()
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in body.splitlines() if line and not line.startswith("#"))}
+
+
+def quantile(samples, q):
+    """From cumulative histogram buckets {le: count}: the smallest bound holding q of the observations."""
+    total = samples["+Inf"]
+    for bound in sorted((b for b in samples if b != "+Inf"), key=float):
+        if samples[bound] >= q * total:
+            return float(bound)
+    return float("inf")
+
+
+def hbone_load(work, port, seconds):
+    out = subprocess.run([BIN, "hbone-load", "-c", "4", "-s", "8", "-d", f"{seconds}s", "--connect", f"127.0.0.1:{port}",
+                          "--authority", f"{VIP}:80", "--host", "web", "--cert", f"{work}/frontend.pem",
+                          "--key", f"{work}/frontend.key", "--ca", f"{work}/ca.pem"], capture_output=True, text=True).stdout
+    return float(re.search(r"rps=(\d+)", out).group(1)), out.strip()
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="waypoint-k8s-churn-")
+    certs = pki.make(work)
+    api = FakeAPIServer(certs)
+    origin = subprocess.Popen([BIN, "origin", "--listen", "127.0.0.1:19481", "--name", "a"], stderr=subprocess.DEVNULL)
+    procs = [origin]
+    try:
+        api.apply(service("web", "default", VIP))
+        api.apply(endpoint_slice("web-1", "web", "default", ["127.0.0.1"], 19481))
+        for i in range(1000):
+            api.apply(service(f"svc-{i}", "default", f"10.97.{i // 250}.{i % 250 + 1}"))
+            api.apply(endpoint_slice(f"svc-{i}-1", f"svc-{i}", "default",
+                                     [f"10.{i // 250 + 10}.{i % 250}.{e + 1}" for e in range(10)], 8080))
+        for i in range(9000):                              # elsewhere: never read
+            api.apply(service(f"far-{i}", f"team-{i % 30}"))
+        kubeconfig = api.kubeconfig(work)
+        proxy = subprocess.Popen([BIN, "run", "--kubeconfig", kubeconfig, "--workers", "1", "--http-listen", "127.0.0.1:0",
+                                  "--admin-listen", "127.0.0.1:0", "--hbone-listen", "127.0.0.1:0", "--access-log", "off",
+                                  "--cert", f"{work}/waypoint.pem", "--key", f"{work}/waypoint.key", "--ca", f"{work}/ca.pem"],
+                                 stderr=subprocess.PIPE, text=True)
+        procs.append(proxy)
+        started = time.time()
+        line = ""
+        while "ready" not in line:
+            line = proxy.stderr.readline()
+        load_time = time.time() - started
+        admin = int(re.search(r"admin=127\.0\.0\.1:(\d+)", line).group(1))
+        hbone = int(re.search(r"hbone=127\.0\.0\.1:(\d+)", line).group(1))
+        threading.Thread(target=lambda: [None for _ in proxy.stderr], daemon=True).start()
+        rss_loaded = rss_kib(proxy.pid)
+
+        idle_rps, idle_out = hbone_load(work, hbone, IDLE)
+
+        stop = threading.Event()
+        changes = [0]
+
+        def churn():
+            next_at = time.time()
+            while not stop.is_set():
+                i = random.randrange(1000)
+                api.apply(endpoint_slice(f"svc-{i}-1", f"svc-{i}", "default",
+                                         [f"10.{i // 250 + 10}.{i % 250}.{random.randrange(1, 250)}" for _ in range(10)], 8080))
+                changes[0] += 1
+                next_at += 1 / RATE
+                time.sleep(max(0, next_at - time.time()))
+
+        cpu_before = main_thread_cpu(proxy.pid)
+        thread = threading.Thread(target=churn)
+        thread.start()
+        churn_rps, churn_out = hbone_load(work, hbone, CHURN)
+        stop.set()
+        thread.join()
+        time.sleep(1)
+        cpu = main_thread_cpu(proxy.pid) - cpu_before
+        m = metrics(admin)
+        buckets = {re.search(r'le="([^"]+)"', k).group(1): v for k, v in m.items()
+                   if k.startswith("waypoint_kubernetes_event_to_swap_seconds_bucket")}
+        swaps = m["waypoint_kubernetes_event_to_swap_seconds_count"]
+        paths = sorted({r[1].split("?")[0] for r in api.requests})
+        foreign = [p for p in paths if "/namespaces/team-" in p]
+        print(f"namespace: 1,001 Services, 10,001 endpoints; 9,000 Services in 30 other namespaces")
+        print(f"start-up to ready (initial lists + compile): {load_time:.2f} s; RSS when ready: {rss_loaded / 1024:.1f} MiB; "
+              f"after the churn: {rss_kib(proxy.pid) / 1024:.1f} MiB")
+        print(f"churn: {changes[0]} endpoint changes in {CHURN} s; {int(swaps)} swaps; event to swap p50 <= {quantile(buckets, 0.5)} s, "
+              f"p99 <= {quantile(buckets, 0.99)} s")
+        print(f"HBONE load without churn: {idle_rps:.0f} req/s; during churn: {churn_rps:.0f} req/s ({churn_rps / idle_rps:.2f}x)")
+        print(f"main thread CPU during churn: {cpu:.1f} s in {CHURN} s ({cpu / CHURN * 100:.0f}% of a core)")
+        parse, compile_ = (m['waypoint_config_load_seconds{phase="%s"}' % phase] * 1000 for phase in ("parse", "compile"))
+        print(f"last load: parse {parse:.0f} ms, compile {compile_:.0f} ms")
+        print(f"collections read: {len(paths)}; in other namespaces: {len(foreign)}")
+        print("idle load:", idle_out.splitlines()[-1])
+        print("churn load:", churn_out.splitlines()[-1])
+        # a waypoint started with only the 9,000 far Services would read nothing more: none of their paths was asked
+    finally:
+        for p in procs:
+            p.terminate()
+        api.close()
+
+
+if __name__ == "__main__":
+    main()
