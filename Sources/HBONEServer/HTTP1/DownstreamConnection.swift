@@ -319,6 +319,14 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     /// Answers with the route's own response (direct response, fault abort), the body of the request dropped.
     private func respond(status code: Int, body: [UInt8], headLength: Int) {
         record.flags = "DR"
+        answer(status: code, headLength: headLength) { [requestWasHead] output, close in
+            ForwardingHeaders.writeResponse(status: code, body: body, omitBody: requestWasHead, close: close, into: output)
+        }
+    }
+
+    /// A complete answer of the route's own (`write` puts it in `output`, closing the connection when told);
+    /// the request's head is consumed and its body read and dropped.
+    private func answer(status code: Int, headLength: Int, _ write: (ByteBuffer, _ close: Bool) -> Void) {
         discardingBody = true
         input.consume(headLength)
         record.status = code
@@ -326,7 +334,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         responseDone = true
         if !requestDone { keepAlive = false }
         let before = output.readableBytes
-        ForwardingHeaders.writeResponse(status: code, body: body, omitBody: requestWasHead, close: !keepAlive, into: output)
+        write(output, !keepAlive)
         record.bytesSent = output.readableBytes - before
     }
 
@@ -374,15 +382,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             input.consume(length)
             replyLocally(reply)
         case .redirect(let code, let location):
-            discardingBody = true
-            input.consume(length)
-            record.status = code
-            responseHeadDone = true
-            responseDone = true
-            if !requestDone { keepAlive = false }
-            let before = output.readableBytes
-            ForwardingHeaders.writeRedirect(status: code, location: location, close: !keepAlive, into: output)
-            record.bytesSent = output.readableBytes - before
+            answer(status: code, headLength: length) { output, close in
+                ForwardingHeaders.writeRedirect(status: code, location: location, close: close, into: output)
+            }
         case .respond(let code, let body, let delay):
             guard let delay else {
                 respond(status: code, body: body, headLength: length)
