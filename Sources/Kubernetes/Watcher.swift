@@ -17,6 +17,10 @@ public final class APIObjectStore: Sendable {
         var settled: Set<WatchedKind> = []
         /// When the oldest change not yet taken by `takeChangedSince` arrived.
         var changedSince: ContinuousClock.Instant?
+        /// Watches (or lists) started again, by `kind namespace` and why.
+        var restarts: [WatchedKind: [WatchRestart: Int]] = [:]
+        /// Unix time of the last list page or watch event.
+        var lastEvent = 0.0
     }
     private let state = Mutex(State())
     /// Told (from a watcher thread) whenever the objects change: the runtime's doorbell.
@@ -39,6 +43,27 @@ public final class APIObjectStore: Sendable {
     /// Whether every kind in `kinds` has been listed (or found absent) once.
     public func settled(_ kinds: [WatchedKind]) -> Bool {
         state.withLock { state in kinds.allSatisfy(state.settled.contains) }
+    }
+
+    /// Restarts by kind and reason, for `waypoint_kubernetes_watch_restarts_total`.
+    public func restarts() -> [(kind: WatchedKind, reason: WatchRestart, count: Int)] {
+        state.withLock { state in
+            state.restarts.flatMap { kind, reasons in reasons.map { (kind, $0.key, $0.value) } }
+                .sorted { ($0.kind.path, $0.reason.rawValue) < ($1.kind.path, $1.reason.rawValue) }
+        }
+    }
+
+    /// Unix time of the last list page or watch event from the API server (0: none yet).
+    public var lastEvent: Double { state.withLock { $0.lastEvent } }
+
+    func restarted(_ kind: WatchedKind, _ reason: WatchRestart) {
+        state.withLock { state in state.restarts[kind, default: [:]][reason, default: 0] += 1 }
+    }
+
+    func heard() {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        state.withLock { state in state.lastEvent = Double(now.tv_sec) + Double(now.tv_nsec) / 1e9 }
     }
 
     /// When the oldest change since the last call arrived (nil: none since): the runtime takes it when it swaps
@@ -122,7 +147,9 @@ public final class KindWatcher: @unchecked Sendable {
                 if cache.resourceVersion.isEmpty { try list(&cache) }
                 try watch(&cache)
                 backoff.reset()
+                store.restarted(kind, .closed)
             } catch {
+                store.restarted(kind, Self.reason(error.status))
                 switch error.status {
                 case 404:
                     if !warnedAbsent {
@@ -165,6 +192,7 @@ public final class KindWatcher: @unchecked Sendable {
             do { page = try body.withUnsafeBytes { bytes throws(JSONError) in try JSON.parse(bytes) } } catch {
                 throw APIError("\(kind.label) list: \(error)")
             }
+            store.heard()
             switch try cache.receivedPage(page, first: token == nil) {
             case .listPage(let next): token = next
             case .watch, .relist:
@@ -188,9 +216,20 @@ public final class KindWatcher: @unchecked Sendable {
             do { event = try line.withUnsafeBytes { bytes throws(JSONError) in try JSON.parse(bytes) } } catch {
                 throw APIError("\(kind.label) watch: \(error)")
             }
+            store.heard()
             let (changed, next) = try cache.receivedEvent(event)
             if changed { store.replace(kind, with: cache.objects, notify: true) }
             if next == .relist { throw APIError("resourceVersion too old", status: 410) }
+        }
+    }
+
+    private static func reason(_ status: Int) -> WatchRestart {
+        switch status {
+        case 404: return .absent
+        case 410: return .gone
+        case 401: return .unauthorized
+        case 403: return .forbidden
+        default: return .error
         }
     }
 
@@ -220,6 +259,20 @@ public final class KindWatcher: @unchecked Sendable {
         var left = timespec()
         while nanosleep(&time, &left) != 0 { time = left }
     }
+}
+
+/// Why a watcher started over.
+public enum WatchRestart: String, Sendable {
+    /// The server ended the watch (its timeout): resumed from the last resourceVersion.
+    case closed
+    /// 410 Gone: listed again.
+    case gone
+    /// 404: the kind is not served (CRD not installed).
+    case absent
+    case unauthorized
+    case forbidden
+    /// Anything else (connection refused, reset, timeout, malformed data): backed off.
+    case error
 }
 
 /// How the watchers talk to the API server.

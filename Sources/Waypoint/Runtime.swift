@@ -432,6 +432,14 @@ final class Runtime {
                     let parts = kind.split(separator: " ")
                     return ("{kind=\"\(parts[0])\",namespace=\"\(parts.count > 1 ? parts[1] : "")\"}", count)
                 })
+            metric(
+                "waypoint_kubernetes_watch_restarts_total", "counter", "Watches started again, by kind, namespace and why.",
+                kubernetes.store.restarts().map { kind, reason, count in
+                    ("{kind=\"\(kind.kind)\",namespace=\"\(kind.namespace)\",reason=\"\(reason.rawValue)\"}", count)
+                })
+            text += "# HELP waypoint_kubernetes_last_event_timestamp_seconds When the API server last sent a list page or event.\n"
+            text += "# TYPE waypoint_kubernetes_last_event_timestamp_seconds gauge\n"
+            text += "waypoint_kubernetes_last_event_timestamp_seconds \(kubernetes.store.lastEvent)\n"
             text += "# HELP waypoint_kubernetes_event_to_swap_seconds From a change reaching the waypoint to the snapshot swap with it.\n"
             text += "# TYPE waypoint_kubernetes_event_to_swap_seconds histogram\n"
             text += kubernetes.eventToSwap.lines("waypoint_kubernetes_event_to_swap_seconds")

@@ -118,6 +118,9 @@ def test_410_gone_relists_and_loses_nothing(api, waypoint, origin_factory):
     api.apply(slice_("web-1", "web", [("127.0.0.1", b.port)]))   # a change made meanwhile
     assert wait_until(lambda: served_by(proxy) == "b", timeout=5.0)
     assert len(api.lists("EndpointSlice")) > lists         # 410 made it list again
+    metrics = proxy.metrics()
+    assert metrics['waypoint_kubernetes_watch_restarts_total{kind="EndpointSlice",namespace="default",reason="gone"}'] >= 1
+    assert abs(metrics["waypoint_kubernetes_last_event_timestamp_seconds"] - time.time()) < 5
 
 
 def test_the_api_server_gone_changes_nothing_and_the_waypoint_catches_up(api, waypoint, origin_factory):
@@ -133,6 +136,8 @@ def test_the_api_server_gone_changes_nothing_and_the_waypoint_catches_up(api, wa
     api.apply(slice_("web-1", "web", [("127.0.0.1", b.port)]))
     api.resume()
     assert wait_until(lambda: served_by(proxy) == "b", timeout=10.0)
+    restarts = {k: v for k, v in proxy.metrics().items() if k.startswith('waypoint_kubernetes_watch_restarts_total{kind="Service"')}
+    assert restarts.get('waypoint_kubernetes_watch_restarts_total{kind="Service",namespace="default",reason="error"}', 0) >= 1, restarts
 
 
 def test_a_broken_object_is_rejected_and_the_previous_config_keeps_serving(api, waypoint, origin_factory):
