@@ -8,17 +8,22 @@ public struct WatchedKind: Sendable, Hashable {
     public var resource: String
     public var kind: String
     public var namespace: String
+    /// A cluster-scoped kind read for one object only (`metadata.name` = `namespace`): the waypoint's Namespace.
+    public var clusterScoped = false
 
-    public init(group: String, version: String, resource: String, kind: String, namespace: String) {
+    public init(group: String, version: String, resource: String, kind: String, namespace: String, clusterScoped: Bool = false) {
         (self.group, self.version, self.resource, self.kind, self.namespace) = (group, version, resource, kind, namespace)
+        self.clusterScoped = clusterScoped
     }
 
     /// `apiVersion` as objects of this kind carry it.
     public var apiVersion: String { group.isEmpty ? version : "\(group)/\(version)" }
 
-    /// The collection's path (`/api/v1/namespaces/NS/services`).
+    /// The collection's path (`/api/v1/namespaces/NS/services`; a cluster-scoped kind's with its field selector).
     public var path: String {
-        (group.isEmpty ? "/api/\(version)" : "/apis/\(group)/\(version)") + "/namespaces/\(namespace)/\(resource)"
+        let base = group.isEmpty ? "/api/\(version)" : "/apis/\(group)/\(version)"
+        return clusterScoped
+            ? "\(base)/\(resource)?fieldSelector=metadata.name%3D\(namespace)" : "\(base)/namespaces/\(namespace)/\(resource)"
     }
 
     /// `kind namespace` for logs and metrics.
@@ -28,6 +33,7 @@ public struct WatchedKind: Sendable, Hashable {
     /// traffic and security objects.
     public static func all(in namespace: String) -> [WatchedKind] {
         [
+            WatchedKind(group: "", version: "v1", resource: "namespaces", kind: "Namespace", namespace: namespace, clusterScoped: true),
             WatchedKind(group: "", version: "v1", resource: "services", kind: "Service", namespace: namespace),
             WatchedKind(group: "discovery.k8s.io", version: "v1", resource: "endpointslices", kind: "EndpointSlice", namespace: namespace),
             WatchedKind(group: "gateway.networking.k8s.io", version: "v1", resource: "httproutes", kind: "HTTPRoute", namespace: namespace),

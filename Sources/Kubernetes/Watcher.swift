@@ -183,7 +183,7 @@ public final class KindWatcher: @unchecked Sendable {
     private func list(_ cache: inout WatchCache) throws(APIError) {
         var token: String? = nil
         while true {
-            var path = "\(kind.path)?limit=\(settings.pageSize)"
+            var path = "\(kind.path)\(kind.path.contains("?") ? "&" : "?")limit=\(settings.pageSize)"
             if let token { path += "&continue=\(Self.escape(token))" }
             let response = try APIResponse(credentials: credentials, context: context, path: path, timeout: settings.requestTimeout)
             try Self.check(response)
@@ -204,7 +204,7 @@ public final class KindWatcher: @unchecked Sendable {
 
     private func watch(_ cache: inout WatchCache) throws(APIError) {
         let path =
-            "\(kind.path)?watch=1&allowWatchBookmarks=true&resourceVersion=\(Self.escape(cache.resourceVersion))"
+            "\(kind.path)\(kind.path.contains("?") ? "&" : "?")watch=1&allowWatchBookmarks=true&resourceVersion=\(Self.escape(cache.resourceVersion))"
             + "&timeoutSeconds=\(settings.watchSeconds)"
         let response = try APIResponse(
             credentials: credentials, context: context, path: path,

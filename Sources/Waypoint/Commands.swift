@@ -171,6 +171,13 @@ extension WaypointCommand {
         @Option(name: .long, help: "Further namespaces whose objects the waypoint reads (comma-separated), besides --namespace.")
         var watchNamespaces: String?
 
+        @Option(
+            name: .long,
+            help:
+                "This waypoint's Gateway name in --namespace: with the Kubernetes API, only Services whose istio.io/use-waypoint names it are served."
+        )
+        var gateway = "waypoint"
+
         @Option(name: .long, help: "How long start-up waits for the first list of every watched kind before serving what it has.")
         var kubernetesSyncTimeout = DurationArgument(.seconds(30))
 
@@ -212,7 +219,8 @@ extension WaypointCommand {
             for extra in (watchNamespaces ?? "").split(separator: ",") where !namespaces.contains(String(extra)) {
                 namespaces.append(String(extra))
             }
-            var options = KubernetesSource.Options(credentials: credentials, namespaces: namespaces, rootNamespace: rootNamespace)
+            var options = KubernetesSource.Options(
+                credentials: credentials, namespaces: namespaces, rootNamespace: rootNamespace, gateway: gateway)
             options.syncTimeout = kubernetesSyncTimeout.duration
             options.settings.watchSeconds = max(1, Int(kubernetesWatchTimeout.duration.components.seconds))
             options.settings.absentProbe = kubernetesProbeInterval.duration

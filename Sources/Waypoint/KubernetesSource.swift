@@ -18,6 +18,8 @@ final class KubernetesSource {
         var credentials: APICredentials
         var namespaces: [String]
         var rootNamespace: String
+        /// This waypoint's Gateway: only Services bound to it are served.
+        var gateway: String
         var settings = WatchSettings()
         /// How long start-up waits for every kind's first list before serving what it has.
         var syncTimeout = Duration.seconds(30)

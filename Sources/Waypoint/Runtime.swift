@@ -91,6 +91,7 @@ final class Runtime {
             }
             let store = source.store
             config.apiObjects = { store.objects() }
+            config.compiler.gateway = apiOptions.gateway
             kubernetes = source
         }
         do {

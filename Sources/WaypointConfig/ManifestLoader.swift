@@ -171,6 +171,8 @@ public enum ManifestLoader {
             spec.pods.append(try ServiceParser.pod(doc, namespace: namespace, name: name))
         case ("", "Node"):
             spec.nodes.append(try ServiceParser.node(doc, name: name))
+        case ("", "Namespace"):
+            spec.namespaces.append(try ServiceParser.namespace(doc, name: name))
         case ("discovery.k8s.io", "EndpointSlice"):
             spec.endpointSlices.append(try ServiceParser.endpointSlice(doc, namespace: namespace, name: name))
         case ("networking.istio.io", "ServiceEntry"):

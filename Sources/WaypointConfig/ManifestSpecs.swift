@@ -10,6 +10,8 @@ public struct ServiceSpec: Sendable, Equatable {
     public var clusterIP: String?
     public var ports: [ServicePortSpec]
     public var creationTimestamp: String
+    /// The Service's `metadata.labels` (its `istio.io/use-waypoint` binding among them).
+    public var labels: [String: String] = [:]
 }
 
 public struct ServicePortSpec: Sendable, Equatable {
@@ -166,6 +168,12 @@ public struct NodeSpec: Sendable, Equatable {
     public var labels: [String: String]
 }
 
+/// `v1 Namespace`: its labels (a namespace-wide `istio.io/use-waypoint`).
+public struct NamespaceSpec: Sendable, Equatable {
+    public var name: String
+    public var labels: [String: String]
+}
+
 /// `v1 Pod`: only its labels and IPs, which DestinationRule subsets select endpoints by (and the label
 /// `istio-locality` places it).
 public struct PodSpec: Sendable, Equatable {
@@ -210,6 +218,7 @@ public struct ConfigSpec: Sendable {
     public var destinationRules: [DestinationRuleSpec] = []
     public var pods: [PodSpec] = []
     public var nodes: [NodeSpec] = []
+    public var namespaces: [NamespaceSpec] = []
     /// Non-fatal findings (skipped kinds, ignored fields), one line each.
     public var warnings: [String] = []
 
@@ -229,6 +238,7 @@ public struct ConfigSpec: Sendable {
         destinationRules += other.destinationRules
         pods += other.pods
         nodes += other.nodes
+        namespaces += other.namespaces
         warnings += other.warnings
     }
 }

@@ -37,7 +37,9 @@ enum ServiceParser {
         if ports.count > 1, let unnamed = ports.firstIndex(where: { $0.name.isEmpty }) {
             throw doc.error("a Service with several ports must name each one", field: "spec.ports[\(unnamed)].name")
         }
-        return ServiceSpec(namespace: namespace, name: name, clusterIP: clusterIP, ports: ports, creationTimestamp: creation)
+        return ServiceSpec(
+            namespace: namespace, name: name, clusterIP: clusterIP, ports: ports, creationTimestamp: creation,
+            labels: try doc.required("metadata").optional("labels")?.stringMap() ?? [:])
     }
 
     static func endpointSlice(_ doc: ManifestNode, namespace: String, name: String) throws(ConfigError) -> EndpointSliceSpec {
@@ -116,6 +118,10 @@ enum ServiceParser {
                     locality: locality))
         }
         return ServiceEntrySpec(namespace: namespace, name: name, hosts: hosts, addresses: addresses, ports: ports, endpoints: endpoints)
+    }
+
+    static func namespace(_ doc: ManifestNode, name: String) throws(ConfigError) -> NamespaceSpec {
+        NamespaceSpec(name: name, labels: try doc.required("metadata").optional("labels")?.stringMap() ?? [:])
     }
 
     static func node(_ doc: ManifestNode, name: String) throws(ConfigError) -> NodeSpec {

@@ -23,8 +23,22 @@ public struct SnapshotCompiler {
     /// Where the waypoint itself runs (`--locality`): with it, backends with outlier detection prefer
     /// endpoints nearby (Istio's locality load balancing); nil: every endpoint is equally near.
     public var locality: Locality?
+    /// This waypoint's Gateway (`--gateway`, in `namespace`) when only the Services bound to it are served, as
+    /// Istio decides from `istio.io/use-waypoint` (on the Service, else its Namespace; `none` opts out) and
+    /// `istio.io/use-waypoint-namespace`; nil: every Service given is served (files).
+    public var gateway: String?
 
     public init(namespace: String) { self.namespace = namespace }
+
+    /// Whether `service` sends its traffic to this waypoint (always, without `gateway`).
+    func isBound(_ service: ServiceSpec, namespaces: [String: [String: String]]) -> Bool {
+        guard let gateway else { return true }
+        let own = service.labels["istio.io/use-waypoint"]
+        let namespaceLabels = namespaces[service.namespace] ?? [:]
+        guard let name = own ?? namespaceLabels["istio.io/use-waypoint"], name != "none" else { return false }
+        let waypointNamespace = (own != nil ? service.labels : namespaceLabels)["istio.io/use-waypoint-namespace"] ?? service.namespace
+        return name == gateway && waypointNamespace == namespace
+    }
 
     /// `previous`: the snapshot this one replaces; a backend with the same name and connection-pool settings
     /// keeps its `ClusterLimits`, so what is in flight stays counted (as Envoy keeps a cluster that CDS did
@@ -508,7 +522,11 @@ struct CompileState {
     }
 
     mutating func buildServiceHosts() {
+        var namespaceLabels: [String: [String: String]] = [:]
+        for namespace in spec.namespaces { namespaceLabels[namespace.name] = namespace.labels }
         for service in spec.services {
+            // Not bound to this waypoint: a backend like any other, but no tunnel is accepted to it.
+            let bound = compiler.isBound(service, namespaces: namespaceLabels)
             let fqdn = "\(service.name).\(service.namespace).svc.\(compiler.clusterDomain)"
             let attached = spec.httpRoutes.filter { route in
                 route.parentRefs.contains { $0.isService && $0.namespace == service.namespace && $0.name == service.name }
@@ -582,7 +600,7 @@ struct CompileState {
                         )
                     }
                 }
-                guard let ip = service.clusterIP, let vip = SocketAddress(ip: ip, port: UInt16(port.port)) else { continue }
+                guard bound, let ip = service.clusterIP, let vip = SocketAddress(ip: ip, port: UInt16(port.port)) else { continue }
                 destinations[vip] = Destination(
                     virtualHost: Int32(virtualHosts.count - 1), port: UInt16(port.port),
                     cluster: clusterIndex["\(service.namespace)/\(service.name):\(port.port)"]!, endpoint: -1,

@@ -22,7 +22,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
-CORE = {"Service": "services", "Endpoints": "endpoints", "Pod": "pods"}
+CORE = {"Service": "services", "Endpoints": "endpoints", "Pod": "pods", "Namespace": "namespaces"}
 GROUPED = {
     "EndpointSlice": ("discovery.k8s.io", "v1", "endpointslices"),
     "HTTPRoute": ("gateway.networking.k8s.io", "v1", "httproutes"),
@@ -33,10 +33,12 @@ GROUPED = {
     "AuthorizationPolicy": ("security.istio.io", "v1", "authorizationpolicies"),
     "PeerAuthentication": ("security.istio.io", "v1", "peerauthentications"),
 }
-BUILTIN = {"Service", "Endpoints", "Pod", "EndpointSlice"}
+BUILTIN = {"Service", "Endpoints", "Pod", "EndpointSlice", "Namespace"}
 
 
 def collection(kind, namespace):
+    if kind == "Namespace":                  # cluster-scoped
+        return "/api/v1/namespaces"
     if kind in CORE:
         return f"/api/v1/namespaces/{namespace}/{CORE[kind]}"
     group, version, resource = GROUPED[kind]
@@ -44,6 +46,8 @@ def collection(kind, namespace):
 
 
 def kind_of(path):
+    if path == "/api/v1/namespaces":
+        return "Namespace"
     for kind in list(CORE) + list(GROUPED):
         resource = CORE.get(kind) or GROUPED[kind][2]
         if path.endswith("/" + resource):
@@ -82,9 +86,10 @@ class FakeAPIServer:
             self.rv += 1
             obj = json.loads(json.dumps(obj))
             meta = obj.setdefault("metadata", {})
-            meta.setdefault("namespace", "default")
+            if obj["kind"] != "Namespace":
+                meta.setdefault("namespace", "default")
             meta["resourceVersion"] = str(self.rv)
-            path = collection(obj["kind"], meta["namespace"])
+            path = collection(obj["kind"], meta.get("namespace"))
             existed = meta["name"] in self.objects.setdefault(path, {})
             self.objects[path][meta["name"]] = obj
             self.history.setdefault(path, []).append((self.rv, "MODIFIED" if existed else "ADDED", obj))
@@ -195,6 +200,7 @@ users: [{{name: waypoint, user: {{{credential}}}}}]
                     else:
                         rv, offset = server.rv, 0
                     items = sorted(server.objects.get(path, {}).values(), key=lambda o: o["metadata"]["name"])
+                    items = [o for o in items if self.selected(o, query)]
                     page = items[offset:offset + limit]
                     more = offset + limit < len(items)
                 stripped = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in page]
@@ -207,6 +213,15 @@ users: [{{name: waypoint, user: {{{credential}}}}}]
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def selected(self, obj, query):
+                """Whether `obj` passes the request's `fieldSelector` (only `metadata.name=X` is supported)."""
+                selector = query.get("fieldSelector")
+                if not selector:
+                    return True
+                field, _, value = selector.partition("=")
+                assert field == "metadata.name", selector
+                return obj["metadata"]["name"] == value
 
             def after(self, path, rv):
                 """The changes of `path` after `rv` (the lock held)."""
@@ -260,7 +275,8 @@ users: [{{name: waypoint, user: {{{credential}}}}}]
                             self.connection.shutdown(socket.SHUT_RDWR)
                             return
                         for rv, type_, obj in pending:
-                            self.chunk({"type": type_, "object": obj})
+                            if self.selected(obj, query):
+                                self.chunk({"type": type_, "object": obj})
                             sent_rv = rv
                         if bookmarks and time.time() - last_bookmark > 1:
                             self.chunk({"type": "BOOKMARK", "object": {"kind": "Bookmark", "apiVersion": "v1",

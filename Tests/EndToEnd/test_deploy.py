@@ -137,8 +137,10 @@ def test_kubernetes_overlay_grants_exactly_the_reads_the_watchers_make(tmp_path)
                if rule["verbs"] == ["get", "list", "watch"]}
     # what the binary watches (Sources/Kubernetes/Watch.swift: WatchedKind.all), as the fake API server maps them
     from fake_apiserver import CORE, GROUPED
-    watched = {("", "services")} | {(g, r) for kind, (g, _, r) in GROUPED.items()}
+    watched = {("", "services")} | {(g, r) for kind, (g, _, r) in GROUPED.items()}   # namespaced; Namespace below
     assert granted == watched
     root = [doc for doc in docs if doc["kind"] == "Role" and doc["metadata"].get("namespace") == "istio-system"][0]
     assert {r for rule in root["rules"] for r in rule["resources"]} == {"authorizationpolicies", "peerauthentications"}
-    assert all(set(rule["verbs"]) == {"get", "list", "watch"} for doc in docs if doc["kind"] == "Role" for rule in doc["rules"])
+    assert all(set(rule["verbs"]) == {"get", "list", "watch"} for doc in docs if doc["kind"].endswith("Role") for rule in doc["rules"])
+    cluster = [doc for doc in docs if doc["kind"] == "ClusterRole"]
+    assert [(r["resources"], r["resourceNames"]) for doc in cluster for r in doc["rules"]] == [(["namespaces"], ["bookinfo"])]

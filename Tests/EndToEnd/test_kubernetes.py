@@ -9,9 +9,16 @@ from fake_apiserver import FakeAPIServer
 from test_hbone import certs  # noqa: F401 (fixture)
 
 
-def service(name, port=80, namespace="default"):
-    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace},
-            "spec": {"ports": [{"name": "http", "port": port}]}}
+def service(name, port=80, namespace="default", cluster_ip=None, labels=None):
+    spec = {"ports": [{"name": "http", "port": port}]}
+    if cluster_ip:
+        spec["clusterIP"] = cluster_ip
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace, "labels": labels or {}},
+            "spec": spec}
+
+
+def namespace(name, labels):
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}
 
 
 def slice_(name, service_name, ports, namespace="default"):
@@ -210,3 +217,40 @@ users: [{name: u, user: {token: x}}]
         proxy_factory("", extra=["--kubeconfig", str(path)])
     log = open(workdir / "proxy.stderr").read()
     assert "clusters[0].cluster.server" in log and "only https://" in log
+
+
+def test_only_services_bound_to_this_waypoint_take_tunnels(api, waypoint, origin_factory, certs):
+    # Istio's binding: istio.io/use-waypoint on the Service, else on its Namespace; `none` opts out; the name must
+    # be this waypoint's Gateway (--gateway) in its namespace (istio.io/use-waypoint-namespace for another one).
+    from hbone import get
+    from test_hbone import client
+    a = origin_factory("a")
+    api.apply(namespace("default", {"istio.io/use-waypoint": "waypoint"}))
+    cases = {                                           # name -> (cluster IP, labels, served)
+        "bound-by-namespace": ("10.96.1.1", {}, True),
+        "opted-out": ("10.96.1.2", {"istio.io/use-waypoint": "none"}, False),
+        "other-waypoint": ("10.96.1.3", {"istio.io/use-waypoint": "east"}, False),
+        "bound-by-label": ("10.96.1.4", {"istio.io/use-waypoint": "waypoint", "istio.io/use-waypoint-namespace": "default"}, True),
+        "elsewhere": ("10.96.1.5", {"istio.io/use-waypoint": "waypoint", "istio.io/use-waypoint-namespace": "infra"}, False),
+    }
+    for name, (ip, labels, _) in cases.items():
+        api.apply(service(name, cluster_ip=ip, labels=labels))
+        api.apply(slice_(f"{name}-1", name, [("127.0.0.1", a.port)]))
+    cert, key = certs["waypoint"]
+    proxy = waypoint(extra=["--hbone-listen", "127.0.0.1:0", "--cert", cert, "--key", key, "--ca", certs["ca"]])
+    def tunnel_status(ip):
+        c = client(proxy, certs)
+        status = c.status(c.connect(f"{ip}:80"))
+        c.close()
+        return status
+
+    c = client(proxy, certs)
+    for name, (ip, _, served) in cases.items():
+        sid = c.connect(f"{ip}:80")
+        assert c.status(sid) == (200 if served else 400), name
+        if served:
+            assert c.http(sid, get("/", host=name)).startswith(b"HTTP/1.1 200"), name
+    # the namespace label removed: only the Service that names the waypoint itself stays bound
+    api.apply(namespace("default", {}))
+    assert wait_until(lambda: tunnel_status("10.96.1.1") == 400)
+    assert tunnel_status("10.96.1.4") == 200
