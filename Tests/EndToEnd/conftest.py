@@ -19,6 +19,10 @@ BINARY = Path(os.environ.get("WAYPOINT_BIN", ROOT / ".build" / "release" / "wayp
 # A static binary finds no backtracer by itself; point it at the toolchain's so a crash prints its stack.
 BACKTRACER = Path("/opt/swift/usr/libexec/swift/linux/swift-backtrace-static")
 CRASH_ENV = {"SWIFT_BACKTRACE": f"enable=yes,swift-backtrace={BACKTRACER}"} if BACKTRACER.exists() else {}
+# The machine's own cluster settings never reach the binaries under test (a CI runner in a pod, or with a
+# KUBECONFIG, would otherwise turn the Kubernetes source on): tests that want it pass --kubeconfig.
+for _name in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "WAYPOINT_KUBERNETES"):
+    os.environ.pop(_name, None)
 
 
 def wait_for(pattern, path, timeout=10.0, process=None):

@@ -254,3 +254,18 @@ def test_only_services_bound_to_this_waypoint_take_tunnels(api, waypoint, origin
     api.apply(namespace("default", {}))
     assert wait_until(lambda: tunnel_status("10.96.1.1") == 400)
     assert tunnel_status("10.96.1.4") == 200
+
+
+def test_in_a_pod_without_config_the_api_source_is_on_by_default(workdir, proxy_factory, origin_factory):
+    import subprocess
+    from conftest import BINARY, service_yaml
+    pod = {**__import__("os").environ, "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": "6443"}
+    out = subprocess.run([str(BINARY), "run", "--http-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+                         env=pod, capture_output=True, text=True, timeout=20)
+    # no service account mounted here: a clear start-up error, not the embedded demo config
+    assert out.returncode == 1
+    assert "in-cluster config: cannot read /var/run/secrets/kubernetes.io/serviceaccount/ca.crt" in out.stderr
+    # with --config the files are the source (the API only when asked)
+    a = origin_factory("a")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", a.port)]), env=pod)
+    assert served_by(proxy) == "a"
