@@ -181,6 +181,15 @@ public final class KindWatcher: @unchecked Sendable {
     }
 
     private func list(_ cache: inout WatchCache) throws(APIError) {
+        try Self.list(kind, into: &cache, credentials: credentials, context: context, settings: settings) { store.heard() }
+        store.replace(kind, with: cache.objects, notify: true)
+    }
+
+    /// Lists `kind` completely (every page) into `cache`; `heard` runs for each page.
+    static func list(
+        _ kind: WatchedKind, into cache: inout WatchCache, credentials: APICredentials, context: TLSContext,
+        settings: WatchSettings, heard: () -> Void = {}
+    ) throws(APIError) {
         var token: String? = nil
         while true {
             var path = "\(kind.path)\(kind.path.contains("?") ? "&" : "?")limit=\(settings.pageSize)"
@@ -192,14 +201,38 @@ public final class KindWatcher: @unchecked Sendable {
             do { page = try body.withUnsafeBytes { bytes throws(JSONError) in try JSON.parse(bytes) } } catch {
                 throw APIError("\(kind.label) list: \(error)")
             }
-            store.heard()
+            heard()
             switch try cache.receivedPage(page, first: token == nil) {
             case .listPage(let next): token = next
-            case .watch, .relist:
-                store.replace(kind, with: cache.objects, notify: true)
-                return
+            case .watch, .relist: return
             }
         }
+    }
+
+    /// Every object of `kinds` as the API server has them now (one list each; a kind it does not serve has
+    /// none): what `waypoint explain --kubeconfig` reads.
+    public static func listOnce(_ kinds: [WatchedKind], credentials: APICredentials, settings: WatchSettings = WatchSettings())
+        throws(APIError) -> [JSON]
+    {
+        let context: TLSContext
+        do {
+            context = try TLSContext(
+                httpsClientTrusting: credentials.trustBundle, certificate: credentials.clientCertificate, key: credentials.clientKey,
+                source: credentials.source)
+        } catch {
+            throw APIError("\(credentials.source): \(error)")
+        }
+        var objects: [JSON] = []
+        for kind in kinds {
+            var cache = WatchCache(kind: kind)
+            do {
+                try list(kind, into: &cache, credentials: credentials, context: context, settings: settings)
+            } catch  where error.status == 404 {
+                continue
+            }
+            objects += cache.objects.sorted { $0.key < $1.key }.map(\.value)
+        }
+        return objects
     }
 
     private func watch(_ cache: inout WatchCache) throws(APIError) {

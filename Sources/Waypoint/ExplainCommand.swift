@@ -4,6 +4,8 @@ import Filters
 import HBONEServer
 import SnapshotRouting
 import HTTPRouter
+import JSON
+import Kubernetes
 import WaypointConfig
 import WaypointCore
 
@@ -20,6 +22,9 @@ extension WaypointCommand {
 
         @Option(name: .long, help: "Manifest file or directory (repeatable).")
         var config: [String] = []
+
+        @Option(name: .long, help: "Read the config from the Kubernetes API as this kubeconfig says (with --config: both).")
+        var kubeconfig: String?
 
         @Option(name: .long, help: "Namespace for manifests without one.")
         var namespace = "default"
@@ -56,7 +61,7 @@ extension WaypointCommand {
         var hardenDenyPaths = Toggle.on
 
         func validate() throws {
-            if config.isEmpty { throw ValidationError("--config is required") }
+            if config.isEmpty && kubeconfig == nil { throw ValidationError("--config or --kubeconfig is required") }
             if let principal, SpiffeIdentity(uri: "spiffe://" + principal) == nil {
                 throw ValidationError("--principal must look like cluster.local/ns/NS/sa/SA")
             }
@@ -65,8 +70,21 @@ extension WaypointCommand {
 
         func run() throws {
             let spec: ConfigSpec
+            var objects: [JSON] = []
+            if let kubeconfig {
+                do {
+                    let file = try Kubeconfig.load(path: kubeconfig)
+                    let credentials = APICredentials(
+                        host: file.host, port: file.port, trustBundle: file.trustBundle, tokenFile: file.tokenFile, token: file.token,
+                        clientCertificate: file.clientCertificate, clientKey: file.clientKey, source: kubeconfig)
+                    objects = try KindWatcher.listOnce(WatchedKind.all(in: namespace), credentials: credentials)
+                } catch {
+                    print("error: \(error)")
+                    throw ExitCode(1)
+                }
+            }
             do {
-                spec = try ManifestLoader.load(paths: config, defaultNamespace: namespace)
+                spec = try ManifestLoader.load(paths: config, objects: objects, source: "kubernetes", defaultNamespace: namespace)
             } catch {
                 for e in error.errors { print("error: \(e)") }
                 throw ExitCode(1)

@@ -269,3 +269,19 @@ def test_in_a_pod_without_config_the_api_source_is_on_by_default(workdir, proxy_
     a = origin_factory("a")
     proxy = proxy_factory(service_yaml("web", [("127.0.0.1", a.port)]), env=pod)
     assert served_by(proxy) == "a"
+
+
+def test_explain_reads_the_cluster_through_a_kubeconfig(api, workdir, origin_factory):
+    import subprocess
+    from conftest import BINARY
+    api.apply(service("web", cluster_ip="10.96.0.10"))
+    api.apply(slice_("web-1", "web", [("127.0.0.1", 9)]))
+    api.apply({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "deny-admin", "namespace": "default"},
+               "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "web"}], "action": "DENY",
+                        "rules": [{"to": [{"operation": {"paths": ["/admin*"]}}]}]}})
+    out = subprocess.run([str(BINARY), "explain", "--kubeconfig", api.kubeconfig(str(workdir)), "--tunnel", "10.96.0.10:80",
+                          "--principal", "cluster.local/ns/default/sa/frontend", "--path", "/admin/x"],
+                         capture_output=True, text=True, timeout=30)
+    assert "authorization: denied by DENY default/deny-admin, rule 0" in out.stdout, out.stdout + out.stderr
+    assert "result: 403" in out.stdout
+    assert not api.watches("Service")                     # one list per kind, no watch
