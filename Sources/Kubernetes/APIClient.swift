@@ -49,6 +49,15 @@ public struct APICredentials: Sendable {
         return APICredentials(host: host, port: port, trustBundle: trustBundle, tokenFile: tokenFile, source: "in-cluster config")
     }
 
+    /// The TLS client context these credentials call for (their CA, their client certificate if any).
+    public func tlsContext() throws(APIError) -> TLSContext {
+        do {
+            return try TLSContext(httpsClientTrusting: trustBundle, certificate: clientCertificate, key: clientKey, source: source)
+        } catch {
+            throw APIError("\(source): \(error)")
+        }
+    }
+
     /// The current bearer token (the file is read now), nil when none is configured.
     func currentToken() -> String? {
         if let tokenFile { return Self.readFile(tokenFile).map { $0.trimmingWhitespace() } }

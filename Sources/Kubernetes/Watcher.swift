@@ -214,14 +214,7 @@ public final class KindWatcher: @unchecked Sendable {
     public static func listOnce(_ kinds: [WatchedKind], credentials: APICredentials, settings: WatchSettings = WatchSettings())
         throws(APIError) -> [JSON]
     {
-        let context: TLSContext
-        do {
-            context = try TLSContext(
-                httpsClientTrusting: credentials.trustBundle, certificate: credentials.clientCertificate, key: credentials.clientKey,
-                source: credentials.source)
-        } catch {
-            throw APIError("\(credentials.source): \(error)")
-        }
+        let context = try credentials.tlsContext()
         var objects: [JSON] = []
         for kind in kinds {
             var cache = WatchCache(kind: kind)

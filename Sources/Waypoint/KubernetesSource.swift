@@ -9,8 +9,8 @@ import TLS
 import WaypointConfig
 
 /// The Kubernetes API as a config source beside the files: a watcher per kind and namespace keeps the shared
-/// store current; each change rings the main loop, which compiles and swaps a snapshot at most every
-/// `debounce` (a burst of events, a rollout, becomes one compile).
+/// store current; each change rings the main loop, which compiles and swaps a snapshot at most once per
+/// `window` (a burst of events, a rollout, becomes one compile).
 ///
 /// Thread: created and read on the main thread; its watchers run on their own. Ownership: the `Runtime`.
 final class KubernetesSource {
@@ -47,14 +47,7 @@ final class KubernetesSource {
 
     /// Starts the watchers.
     init(options: Options, loop: EventLoop, logger: Logger) throws(APIError) {
-        let context: TLSContext
-        do {
-            context = try TLSContext(
-                httpsClientTrusting: options.credentials.trustBundle, certificate: options.credentials.clientCertificate,
-                key: options.credentials.clientKey, source: options.credentials.source)
-        } catch {
-            throw APIError("\(options.credentials.source): \(error)")
-        }
+        let context = try options.credentials.tlsContext()
         self.loop = loop
         let box = doorbell
         store = APIObjectStore { box.ring() }
