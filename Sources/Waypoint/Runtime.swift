@@ -289,7 +289,25 @@ final class Runtime {
         case "/stats/prometheus", "/metrics":
             return (200, "text/plain; version=0.0.4", metrics())
         case "/config_dump":
-            return (200, "application/json", snapshot.dump + "\n")
+            guard let kubernetes, case .object(var entries) = snapshot.dumpValue else {
+                return (200, "application/json", snapshot.dump + "\n")
+            }
+            // Which objects came from the API, at which resourceVersion (the files are listed by `waypoint check`).
+            entries.append(
+                (
+                    "kubernetesObjects",
+                    .array(
+                        kubernetes.store.objects().map { object in
+                            let metadata = object["metadata"]
+                            return .object([
+                                ("kind", .string(object["kind"]?.string ?? "")),
+                                ("namespace", .string(metadata?["namespace"]?.string ?? "")),
+                                ("name", .string(metadata?["name"]?.string ?? "")),
+                                ("resourceVersion", .string(metadata?["resourceVersion"]?.string ?? "")),
+                            ])
+                        })
+                ))
+            return (200, "application/json", JSONValue.object(entries).rendered() + "\n")
         default:
             return (404, "text/plain", "not found\n")
         }

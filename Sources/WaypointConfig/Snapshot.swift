@@ -107,7 +107,8 @@ public final class Snapshot: Sendable {
     /// The active config as JSON, for the admin `/config_dump`: rendered when asked (rendering it with every
     /// compile cost ~40 % of a load for 1,000 services, measured under API churn).
     public var dump: String { dumpValue.rendered() }
-    private let dumpValue: JSONValue
+    /// The same, as a value (the runtime adds what it knows of the config's sources).
+    public let dumpValue: JSONValue
     /// Findings that did not stop the load (skipped kinds, unresolved references).
     public let warnings: [String]
 

@@ -74,6 +74,11 @@ def test_objects_applied_after_start_route_within_a_second(api, waypoint, origin
     metrics = proxy.metrics()
     assert metrics['waypoint_kubernetes_objects{kind="HTTPRoute",namespace="default"}'] == 1
     assert metrics['waypoint_kubernetes_objects{kind="Service",namespace="default"}'] == 2
+    import json
+    dump = json.loads(http_request(proxy.admin_port, "GET", "/config_dump", host="admin")[2])
+    listed = {(o["kind"], o["name"]): o["resourceVersion"] for o in dump["kubernetesObjects"]}
+    assert listed[("HTTPRoute", "split")] == api.objects["/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes"]["split"]["metadata"]["resourceVersion"]
+    assert ("Service", "web") in listed and ("EndpointSlice", "api-1") in listed
     swaps = metrics["waypoint_kubernetes_event_to_swap_seconds_count"]
     assert swaps >= 1 and metrics['waypoint_kubernetes_event_to_swap_seconds_bucket{le="1.0"}'] == swaps
     api.delete("HTTPRoute", "split")
