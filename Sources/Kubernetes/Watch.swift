@@ -36,6 +36,7 @@ public struct WatchedKind: Sendable, Hashable {
             WatchedKind(group: "", version: "v1", resource: "namespaces", kind: "Namespace", namespace: namespace, clusterScoped: true),
             WatchedKind(group: "", version: "v1", resource: "services", kind: "Service", namespace: namespace),
             WatchedKind(group: "discovery.k8s.io", version: "v1", resource: "endpointslices", kind: "EndpointSlice", namespace: namespace),
+            WatchedKind(group: "", version: "v1", resource: "pods", kind: "Pod", namespace: namespace),
             WatchedKind(group: "gateway.networking.k8s.io", version: "v1", resource: "httproutes", kind: "HTTPRoute", namespace: namespace),
             WatchedKind(group: "gateway.networking.k8s.io", version: "v1", resource: "grpcroutes", kind: "GRPCRoute", namespace: namespace),
             WatchedKind(
@@ -138,10 +139,21 @@ public struct WatchCache: Sendable {
         return "\(object["metadata"]?["namespace"]?.string ?? "")/\(name)"
     }
 
-    /// The object with `apiVersion` and `kind`, which list items leave out.
+    /// The object as kept: with `apiVersion` and `kind`, which list items leave out; without `managedFields`;
+    /// and of kinds that carry much more than the waypoint reads, only that (a Pod: its metadata and IPs).
     private func stamped(_ object: JSON) -> JSON {
-        guard case .object(var entries) = object, object["kind"] == nil || object["apiVersion"] == nil else { return object }
+        guard case .object(var entries) = object else { return object }
+        if kind.kind == "Pod" {
+            let status = object["status"].map { status in
+                JSON.object([("podIP", status["podIP"] ?? .null), ("podIPs", status["podIPs"] ?? .array([]))])
+            }
+            entries = [("metadata", object["metadata"] ?? .object([]))] + (status.map { [("status", $0)] } ?? [])
+        }
         entries.removeAll { $0.0 == "kind" || $0.0 == "apiVersion" }
+        entries = entries.map { key, value in
+            guard key == "metadata", case .object(let fields) = value else { return (key, value) }
+            return (key, .object(fields.filter { $0.0 != "managedFields" }))
+        }
         return .object([("apiVersion", .string(kind.apiVersion)), ("kind", .string(kind.kind))] + entries)
     }
 }

@@ -137,7 +137,7 @@ def test_kubernetes_overlay_grants_exactly_the_reads_the_watchers_make(tmp_path)
                if rule["verbs"] == ["get", "list", "watch"]}
     # what the binary watches (Sources/Kubernetes/Watch.swift: WatchedKind.all), as the fake API server maps them
     from fake_apiserver import CORE, GROUPED
-    watched = {("", "services")} | {(g, r) for kind, (g, _, r) in GROUPED.items()}   # namespaced; Namespace below
+    watched = {("", "services"), ("", "pods")} | {(g, r) for kind, (g, _, r) in GROUPED.items()}   # namespaced; Namespace below
     assert granted == watched
     root = [doc for doc in docs if doc["kind"] == "Role" and doc["metadata"].get("namespace") == "istio-system"][0]
     assert {r for rule in root["rules"] for r in rule["resources"]} == {"authorizationpolicies", "peerauthentications"}

@@ -290,3 +290,28 @@ def test_explain_reads_the_cluster_through_a_kubeconfig(api, workdir, origin_fac
     assert "authorization: denied by DENY default/deny-admin, rule 0" in out.stdout, out.stdout + out.stderr
     assert "result: 403" in out.stdout
     assert not api.watches("Service")                     # one list per kind, no watch
+
+
+def test_destination_rule_subsets_follow_pod_labels_live(api, waypoint, origin_factory):
+    a, b = origin_factory("a"), origin_factory("b")
+    api.apply(service("web"))
+    for name, origin, version in (("web-a", a, "v1"), ("web-b", b, "v2")):
+        api.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default", "labels": {"version": version},
+                                                                  "managedFields": [{"manager": "kubectl"}]},
+                   "spec": {"containers": [{"name": "app", "image": "x"}]}, "status": {"podIP": "127.0.0.1"}})
+        api.apply({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                   "metadata": {"name": name, "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+                   "addressType": "IPv4", "ports": [{"name": "http", "port": origin.port}],
+                   "endpoints": [{"addresses": ["127.0.0.1"], "targetRef": {"kind": "Pod", "name": name}}]})
+    api.apply({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "web", "namespace": "default"},
+               "spec": {"host": "web", "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}})
+    api.apply({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "web", "namespace": "default"},
+               "spec": {"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web", "subset": "v2"}}]}]}})
+    proxy = waypoint()
+    assert all(served_by(proxy) == "b" for _ in range(6))                    # only the v2 pod
+    api.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-b", "namespace": "default", "labels": {"version": "v1"}},
+               "status": {"podIP": "127.0.0.1"}})                              # relabelled: subset v2 is empty now
+    assert wait_until(lambda: served_by(proxy) == 503, timeout=2.0)
+    import json
+    dump = json.loads(http_request(proxy.admin_port, "GET", "/config_dump", host="admin")[2])
+    assert {(o["kind"], o["name"]) for o in dump["kubernetesObjects"]} >= {("Pod", "web-a"), ("Pod", "web-b")}

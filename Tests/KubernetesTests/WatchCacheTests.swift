@@ -49,6 +49,19 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
         #expect(cache.objects.keys.sorted() == ["default/b"] && cache.resourceVersion == "30")
     }
 
+    @Test func podsAreKeptAsTheirMetadataAndIPsOnly() throws {
+        let pods = WatchedKind(group: "", version: "v1", resource: "pods", kind: "Pod", namespace: "default")
+        var cache = WatchCache(kind: pods)
+        let pod =
+            #"{"metadata":{"name":"p","namespace":"default","labels":{"v":"1"},"managedFields":[{"manager":"x"}]},"spec":{"containers":[]},"status":{"podIP":"10.0.0.1","phase":"Running"}}"#
+        _ = try cache.receivedPage(json(#"{"metadata":{"resourceVersion":"1"},"items":[\#(pod)]}"#), first: true)
+        #expect(
+            cache.objects["default/p"]
+                == json(
+                    #"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"default","labels":{"v":"1"}},"status":{"podIP":"10.0.0.1","podIPs":[]}}"#
+                ))
+    }
+
     @Test func malformedEventsAreErrors() {
         var cache = WatchCache(kind: kind)
         #expect(throws: APIError.self) { try cache.receivedEvent(json(#"{"type":"ADDED"}"#)) }
