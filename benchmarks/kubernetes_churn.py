@@ -89,6 +89,8 @@ def main():
     origin = subprocess.Popen([BIN, "origin", "--listen", "127.0.0.1:19481", "--name", "a"], stderr=subprocess.DEVNULL)
     procs = [origin]
     try:
+        # the namespace uses this waypoint (istio.io/use-waypoint), so its Services take tunnels
+        api.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default", "labels": {"istio.io/use-waypoint": "waypoint"}}})
         api.apply(service("web", "default", VIP))
         api.apply(endpoint_slice("web-1", "web", "default", ["127.0.0.1"], 19481))
         for i in range(1000):
