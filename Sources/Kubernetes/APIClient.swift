@@ -161,12 +161,13 @@ final class APIResponse {
         }
     }
 
-    /// The whole body (a status object of an error response, say), bounded.
-    func readBody() throws(APIError) -> [UInt8] {
+    /// The whole body (a LIST page; a Status object of an error), refused past `limit` bytes rather than cut
+    /// (a cut page would never parse, and the list would be retried forever).
+    func readBody(limit: Int = APIResponse.maxLine) throws(APIError) -> [UInt8] {
         var all: [UInt8] = []
         while let line = try nextLine() {
             all += line
-            if all.count > 1 << 20 { break }
+            guard all.count <= limit else { throw APIError("a response from the API server is over \(limit) bytes") }
         }
         return all
     }

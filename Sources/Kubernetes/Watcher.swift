@@ -262,7 +262,7 @@ public final class KindWatcher: @unchecked Sendable {
     /// Turns a non-200 answer into an error carrying its status and the server's message.
     private static func check(_ response: APIResponse) throws(APIError) {
         guard response.status != 200 else { return }
-        let body = (try? response.readBody()) ?? []
+        let body = (try? response.readBody(limit: 64 * 1024)) ?? []
         let message = (try? body.withUnsafeBytes { bytes throws(JSONError) in try JSON.parse(bytes) })?["message"]?.string
         throw APIError("HTTP \(response.status)" + (message.map { ": \($0)" } ?? ""), status: response.status)
     }

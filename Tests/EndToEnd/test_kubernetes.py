@@ -315,3 +315,14 @@ def test_destination_rule_subsets_follow_pod_labels_live(api, waypoint, origin_f
     import json
     dump = json.loads(http_request(proxy.admin_port, "GET", "/config_dump", host="admin")[2])
     assert {(o["kind"], o["name"]) for o in dump["kubernetesObjects"]} >= {("Pod", "web-a"), ("Pod", "web-b")}
+
+
+def test_a_list_page_over_a_mebibyte_is_read_whole(api, waypoint, origin_factory):
+    a = origin_factory("a")
+    big = service("web")
+    big["metadata"]["annotations"] = {"example.com/notes": "x" * (3 << 20)}   # kubectl's last-applied copies can be large
+    api.apply(big)
+    api.apply(slice_("web-1", "web", [("127.0.0.1", a.port)]))
+    proxy = waypoint()
+    assert served_by(proxy) == "a"
+    assert proxy.metrics()['waypoint_kubernetes_objects{kind="Service",namespace="default"}'] == 1
