@@ -90,7 +90,12 @@ public struct WatchCache: Sendable {
     /// A page of a LIST response (`{metadata: {resourceVersion, continue}, items: [...]}`); `first` when it is
     /// the answer to a list without a `continue` token.
     public mutating func receivedPage(_ page: JSON, first: Bool) throws(APIError) -> Next {
-        guard case .array(let items)? = page["items"] else { throw APIError("a \(kind.kind) list without items") }
+        let items: [JSON]
+        switch page["items"] {
+        case .array(let list)?: items = list
+        case .null?: items = []  // an empty list as Go's encoder may write it
+        default: throw APIError("a \(kind.kind) list without items")
+        }
         if first { listing = [:] }
         for item in items { if let key = Self.key(item) { listing[key] = stamped(item) } }
         if let token = page["metadata"]?["continue"]?.string, !token.isEmpty { return .listPage(token) }

@@ -38,6 +38,12 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
         #expect(try cache.receivedEvent(json(#"{"type":"DELETED","object":\#(item("a", "22"))}"#)) == (false, .watch))
     }
 
+    @Test func aListWithNullItemsIsEmpty() throws {
+        var cache = WatchCache(kind: kind)
+        #expect(try cache.receivedPage(json(#"{"metadata":{"resourceVersion":"3"},"items":null}"#), first: true) == .watch)
+        #expect(cache.synced && cache.objects.isEmpty)
+    }
+
     @Test func goneRelistsAndKeepsServingUntilTheNewList() throws {
         var cache = WatchCache(kind: kind)
         _ = try cache.receivedPage(json(#"{"metadata":{"resourceVersion":"10"},"items":[\#(item("a", "5"))]}"#), first: true)
