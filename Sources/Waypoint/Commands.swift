@@ -208,10 +208,7 @@ extension WaypointCommand {
             guard asked.map({ $0 == .on }) ?? (kubeconfigPath != nil || inPod) else { return nil }
             let credentials: APICredentials
             if let kubeconfigPath {
-                let file = try Kubeconfig.load(path: kubeconfigPath)
-                credentials = APICredentials(
-                    host: file.host, port: file.port, trustBundle: file.trustBundle, tokenFile: file.tokenFile, token: file.token,
-                    clientCertificate: file.clientCertificate, clientKey: file.clientKey, source: kubeconfigPath)
+                credentials = APICredentials(try Kubeconfig.load(path: kubeconfigPath), path: kubeconfigPath)
             } else {
                 credentials = try APICredentials.inCluster(environment: environment)
             }

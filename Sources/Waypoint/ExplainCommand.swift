@@ -73,10 +73,7 @@ extension WaypointCommand {
             var objects: [JSON] = []
             if let kubeconfig {
                 do {
-                    let file = try Kubeconfig.load(path: kubeconfig)
-                    let credentials = APICredentials(
-                        host: file.host, port: file.port, trustBundle: file.trustBundle, tokenFile: file.tokenFile, token: file.token,
-                        clientCertificate: file.clientCertificate, clientKey: file.clientKey, source: kubeconfig)
+                    let credentials = APICredentials(try Kubeconfig.load(path: kubeconfig), path: kubeconfig)
                     objects = try KindWatcher.listOnce(WatchedKind.all(in: namespace), credentials: credentials)
                 } catch {
                     print("error: \(error)")

@@ -38,8 +38,7 @@ final class KubernetesSource {
     /// The snapshot with every change so far was swapped in now.
     func swapped() {
         guard let since = store.takeChangedSince() else { return }
-        let (seconds, attoseconds) = (ContinuousClock.now - since).components
-        eventToSwap.observe(Double(seconds) + Double(attoseconds) / 1e18)
+        eventToSwap.observe((ContinuousClock.now - since).seconds)
     }
 
     /// Coalescing window: the first change schedules a compile this long after; later ones join it.
@@ -78,6 +77,15 @@ final class KubernetesSource {
             waited += .milliseconds(20)
         }
         return true
+    }
+}
+
+extension APICredentials {
+    /// What a kubeconfig's current context says (`path` names it in errors).
+    init(_ file: Kubeconfig, path: String) {
+        self.init(
+            host: file.host, port: file.port, trustBundle: file.trustBundle, tokenFile: file.tokenFile, token: file.token,
+            clientCertificate: file.clientCertificate, clientKey: file.clientKey, source: path)
     }
 }
 

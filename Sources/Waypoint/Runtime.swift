@@ -440,10 +440,8 @@ final class Runtime {
         let (parse, compile) = config.timings
         text += "# HELP waypoint_config_load_seconds How long the last config load took, by phase.\n"
         text += "# TYPE waypoint_config_load_seconds gauge\n"
-        text +=
-            "waypoint_config_load_seconds{phase=\"parse\"} \(Double(parse.components.attoseconds) / 1e18 + Double(parse.components.seconds))\n"
-        text +=
-            "waypoint_config_load_seconds{phase=\"compile\"} \(Double(compile.components.attoseconds) / 1e18 + Double(compile.components.seconds))\n"
+        text += "waypoint_config_load_seconds{phase=\"parse\"} \(parse.seconds)\n"
+        text += "waypoint_config_load_seconds{phase=\"compile\"} \(compile.seconds)\n"
         if let kubernetes {
             metric(
                 "waypoint_kubernetes_objects", "gauge", "Objects the Kubernetes API source holds, by kind and namespace.",
