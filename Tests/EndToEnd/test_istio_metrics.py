@@ -35,8 +35,8 @@ def test_plaintext_requests_are_counted_with_istio_labels(origin_factory, proxy_
     ok = samples(families, "istio_requests", "_total", response_code="200", **SERVICE)
     assert len(ok) == 1 and ok[0].value == 3
     assert ok[0].labels == {**SERVICE, "source_principal": "unknown", "source_workload_namespace": "unknown",
-                            "request_protocol": "http", "response_code": "200", "response_flags": "-",
-                            "connection_security_policy": "none"}
+                            "request_protocol": "http", "response_code": "200", "grpc_response_status": "",
+                            "response_flags": "-", "connection_security_policy": "none"}
     assert samples(families, "istio_requests", "_total", response_code="503", **SERVICE)[0].value == 1
     # Histograms: cumulative buckets ending in +Inf = count; request sizes are total sizes (head and 500-byte body,
     # as Istio's request.total_size).

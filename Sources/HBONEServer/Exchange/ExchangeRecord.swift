@@ -74,15 +74,15 @@ extension ProxyServer {
 
     /// The end of one request, reported the same way for every transport: the response counters, a retry that
     /// succeeded, the last try's result for outlier detection (a gRPC status counts as its HTTP equivalent, as
-    /// in Envoy), Istio's request metrics, the span and the access-log line. `grpcStatus`: the call's status, when
-    /// the upstream sent one.
+    /// in Envoy), Istio's request metrics, the span and the access-log line. `grpc`: the call's status, when
+    /// the answer carried one.
     func report(
-        _ record: ExchangeRecord, grpcStatus: Int?, protocol: StaticString, peer: PeerFacts, principal: Int32,
+        _ record: ExchangeRecord, grpc: GRPCStatus?, protocol: StaticString, peer: PeerFacts, principal: Int32,
         log fields: RequestLogFields?
     ) {
         let status = record.status
         if status > 0 {
-            let outcome = grpcStatus.map(OutlierDetection.httpStatus(forGRPC:)) ?? status
+            let outcome = grpc.map { OutlierDetection.httpStatus(forGRPC: $0.code) } ?? status
             if record.inFlight { router.reportAttempt(endpoint: record.endpoint, cluster: record.cluster, result: .status(outcome)) }
             if record.attempt > 1 && outcome >= 200 && outcome < 500 {
                 counters.retriesSucceeded.increment()
@@ -90,8 +90,8 @@ extension ProxyServer {
             }
             counters.countResponse(status)
             counters.istio.recordRequest(
-                principal: principal, service: record.labels.service, grpc: record.grpc, mutualTLS: peer.identity != nil,
-                status: status, flags: record.flags, durationMs: (loop.now - record.start) * 1000,
+                principal: principal, service: record.labels.service, grpc: record.grpc, grpcStatus: grpc?.code ?? -1,
+                mutualTLS: peer.identity != nil, status: status, flags: record.flags, durationMs: (loop.now - record.start) * 1000,
                 requestBytes: record.bytesReceived, responseBytes: record.bytesSent)
         }
         if let span = record.span, let tracer = settings.tracer {
@@ -106,7 +106,7 @@ extension ProxyServer {
                 startTime: record.start, duration: loop.now - record.start, request: fields ?? RequestLogFields(), protocol: `protocol`,
                 client: peer.sourceAddress, principal: peer.identity?.principal, status: status, flags: record.flags,
                 bytesReceived: record.bytesReceived, bytesSent: record.bytesSent, upstream: record.upstreamAddress, route: record.route,
-                policy: record.labels.policy, attempts: record.attempts, retryNote: record.retryNote))
+                policy: record.labels.policy, attempts: record.attempts, retryNote: record.retryNote, grpc: grpc))
     }
 
     /// Decides whether the request is traced (its `traceparent`'s sampled flag, else the sample rate) and, if so,
@@ -123,4 +123,12 @@ extension ProxyServer {
         if let route = record.route { attributes.append(("route_name", route)) }
         record.span = Span(context: context, name: authority + "/*", start: record.start, attributes: attributes)
     }
+}
+
+/// A gRPC call's outcome as its answer said it (`grpc-status`, `grpc-message`): Istio's `grpc_response_status`
+/// and the access log's `grpc_status` and `grpc_message`.
+struct GRPCStatus {
+    var code: Int
+    /// As sent (percent-encoded, gRPC's wire form).
+    var message: String?
 }

@@ -530,13 +530,12 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         exchange.responseStarted = true
         exchange.responseEnded = true
         if exchange.record.grpc {
-            channel.session.respond(
-                stream: exchange.downstreamID,
-                fields: [
-                    (":status", "200"), ("content-type", "application/grpc"),
-                    ("grpc-status", String(Self.grpcStatus(for: status))),
-                    ("grpc-message", String(decoding: body, as: UTF8.self).trimmingNewline()),
-                ], body: false)
+            exchange.responseFields = [
+                (":status", "200"), ("content-type", "application/grpc"),
+                ("grpc-status", String(Self.grpcStatus(for: status))),
+                ("grpc-message", String(decoding: body, as: UTF8.self).trimmingNewline()),
+            ]
+            channel.session.respond(stream: exchange.downstreamID, fields: exchange.responseFields, body: false)
         } else {
             exchange.responseBody.append(body)
             channel.session.respond(
@@ -583,7 +582,10 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             }
         }
         if let modifier = exchange.responseModifier { fields = Self.modify(fields, modifier) }
-        channel.session.respond(stream: exchange.downstreamID, fields: fields, body: true)
+        // A head that ended the upstream's stream (gRPC's trailers-only errors) ends the downstream one the same way:
+        // grpc-core reads an empty DATA frame with END_STREAM after it as a broken call, not as the status it carries.
+        let headersOnly = exchange.responseEnded && exchange.responseBody.isEmpty
+        channel.session.respond(stream: exchange.downstreamID, fields: fields, body: !headersOnly)
         channel.flush()
     }
 
@@ -607,14 +609,16 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     }
 
     private func finish(_ exchange: H2CExchange) {
-        let grpcStatus =
-            exchange.record.grpc
-            ? (exchange.trailers.first { $0.0 == "grpc-status" } ?? exchange.responseFields.first { $0.0 == "grpc-status" }).flatMap {
-                Int($0.1)
-            }
-            : nil
         server.report(
-            exchange.record, grpcStatus: grpcStatus, protocol: "HTTP/2", peer: peer, principal: principalID, log: exchange.logFields)
+            exchange.record, grpc: exchange.record.grpc ? Self.grpcStatus(of: exchange) : nil, protocol: "HTTP/2", peer: peer,
+            principal: principalID, log: exchange.logFields)
+    }
+
+    /// The call's status as the answer gave it: in the trailers, or in the head of a trailers-only answer.
+    private static func grpcStatus(of exchange: H2CExchange) -> GRPCStatus? {
+        let block = exchange.trailers.contains { $0.0 == "grpc-status" } ? exchange.trailers : exchange.responseFields
+        guard let code = block.first(where: { $0.0 == "grpc-status" }).flatMap({ Int($0.1) }) else { return nil }
+        return GRPCStatus(code: code, message: block.first { $0.0 == "grpc-message" }?.1)
     }
 
     /// The access log's fields, as HTTP/1.1 keeps them: the normalized path, the first `x-forwarded-for`.

@@ -636,7 +636,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             }
             self.upstream = nil
         }
-        server.report(record, grpcStatus: nil, protocol: "HTTP/1.1", peer: peer, principal: principalID, log: logFields)
+        server.report(record, grpc: nil, protocol: "HTTP/1.1", peer: peer, principal: principalID, log: logFields)
         if server.accessLog != nil { logFields.clear() }
         server.exchangeEnded(&record, limits: limits)
         record = ExchangeRecord()

@@ -64,6 +64,13 @@ final class AccessLog {
             out.append(",\"upstream_request_attempt_count\":")
             out.appendDecimal(entry.attempts)
         }
+        if let grpc = entry.grpc {
+            out.append(",\"grpc_status\":")
+            out.appendDecimal(grpc.code)
+            out.append(",\"grpc_message\":")
+            var message = grpc.message ?? ""
+            message.withUTF8 { appendOptional(UnsafeRawBufferPointer($0)) }
+        }
         if let note = entry.retryNote {
             out.append(",\"retry\":\"")
             out.append(note)
@@ -97,6 +104,8 @@ final class AccessLog {
         var attempts = 0
         /// Why a failure that called for a retry was returned as is.
         var retryNote: StaticString? = nil
+        /// A gRPC call's status and message, when its answer carried them.
+        var grpc: GRPCStatus? = nil
     }
 
     /// A JSON string of the bytes, or `null` when there are none.

@@ -25,6 +25,8 @@ public final class IstioMetrics: @unchecked Sendable {
         var flags: UInt8
         /// 0 http, 1 grpc, 2 tcp.
         var kind: UInt8
+        /// The gRPC status of a gRPC call's answer, -1 when there was none.
+        var grpcStatus: Int8 = -1
         var mutualTLS: Bool
     }
 
@@ -116,14 +118,14 @@ public final class IstioMetrics: @unchecked Sendable {
 
     /// One HTTP request: status, Envoy-style response flags, duration and body sizes.
     func recordRequest(
-        principal: Int32, service: Int32, grpc: Bool, mutualTLS: Bool, status: Int, flags: StaticString,
+        principal: Int32, service: Int32, grpc: Bool, grpcStatus: Int, mutualTLS: Bool, status: Int, flags: StaticString,
         durationMs: Double, requestBytes: Int, responseBytes: Int
     ) {
         let base =
             slot(
                 Key(
                     principal: principal, service: service, code: UInt16(clamping: status), flags: Self.flagIndex(flags),
-                    kind: grpc ? 1 : 0, mutualTLS: mutualTLS)) * Self.stride
+                    kind: grpc ? 1 : 0, grpcStatus: Int8(clamping: grpcStatus), mutualTLS: mutualTLS)) * Self.stride
         counts[base].increment()
         Self.observe(durationMs, Self.durationBuckets, counts + base + Self.durationBase, scale: 1000)
         Self.observe(Double(requestBytes), Self.sizeBuckets, counts + base + Self.requestBase, scale: 1)
@@ -198,7 +200,9 @@ public final class IstioMetrics: @unchecked Sendable {
 
     /// One series as the scrape renders it.
     struct Series {
+        /// The labels of every family but `istio_requests_total`, whose `requestLabels` add `grpc_response_status`.
         var labels: [(String, String)]
+        var requestLabels: [(String, String)]
         var kind: UInt8
         /// Requests; duration, request size and response size as (per-bucket counts, sum); or TCP counts.
         var requests: Int
@@ -227,7 +231,8 @@ public final class IstioMetrics: @unchecked Sendable {
             if slot == capacity && requests == 0 && tcp.1 == 0 { continue }
             result.append(
                 Series(
-                    labels: labels(key, tables, overflow: slot == capacity), kind: key.kind, requests: requests,
+                    labels: labels(key, tables, overflow: slot == capacity, grpcStatus: false),
+                    requestLabels: labels(key, tables, overflow: slot == capacity, grpcStatus: true), kind: key.kind, requests: requests,
                     duration: (duration.0, duration.1 / 1000), requestSize: requestSize,
                     responseSize: responseSize, tcp: tcp))
         }
@@ -236,14 +241,14 @@ public final class IstioMetrics: @unchecked Sendable {
 
     private func labels(
         _ key: Key, _ tables: (principals: [(principal: String, namespace: String)], services: [(String, String, String)]),
-        overflow: Bool
+        overflow: Bool, grpcStatus: Bool
     ) -> [(String, String)] {
         if overflow {
             return [
                 "source_principal", "source_workload_namespace", "destination_service", "destination_service_name",
-                "destination_service_namespace", "request_protocol", "response_code", "response_flags",
-                "connection_security_policy",
-            ].map { ($0, "overflow") }
+                "destination_service_namespace", "request_protocol", "response_code", grpcStatus ? "grpc_response_status" : nil,
+                "response_flags", "connection_security_policy",
+            ].compactMap { $0.map { ($0, "overflow") } }
         }
         let principal = key.principal >= 0 ? tables.principals[Int(key.principal)] : (principal: "unknown", namespace: "unknown")
         let service = key.service >= 0 ? tables.services[Int(key.service)] : ("unknown", "unknown", "unknown")
@@ -256,6 +261,8 @@ public final class IstioMetrics: @unchecked Sendable {
         ]
         if key.kind != 2 {
             labels.append(("response_code", String(key.code)))
+            // As Istio: on istio_requests_total only, empty for a request that is not a gRPC call or got no status.
+            if grpcStatus { labels.append(("grpc_response_status", key.grpcStatus >= 0 ? String(key.grpcStatus) : "")) }
             labels.append(("response_flags", Self.flagNames[Int(key.flags)].description))
         }
         labels.append(("connection_security_policy", key.mutualTLS ? "mutual_tls" : "none"))
@@ -268,8 +275,16 @@ extension IstioMetrics {
     public static func prometheusText(_ workers: [IstioMetrics]) -> String {
         var merged: [String: Series] = [:]
         var order: [String] = []
+        // istio_requests_total is split further, by grpc_response_status.
+        var requestCounts: [String: Int] = [:]
+        var requestOrder: [String] = []
         for worker in workers {
             for series in worker.samples() {
+                if series.kind != 2 {
+                    let key = labelText([("reporter", "waypoint")] + series.requestLabels)
+                    if requestCounts[key] == nil { requestOrder.append(key) }
+                    requestCounts[key, default: 0] += series.requests
+                }
                 let key = labelText([("reporter", "waypoint")] + series.labels)
                 if var existing = merged[key] {
                     existing.requests += series.requests
@@ -294,9 +309,8 @@ extension IstioMetrics {
             text += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
             for key in keys { body(key, merged[key]!) }
         }
-        family("istio_requests_total", "counter", "Requests, by Istio's standard labels.", http) { key, s in
-            text += "istio_requests_total{\(key)} \(s.requests)\n"
-        }
+        text += "# HELP istio_requests_total Requests, by Istio's standard labels.\n# TYPE istio_requests_total counter\n"
+        for key in requestOrder { text += "istio_requests_total{\(key)} \(requestCounts[key]!)\n" }
         for (name, help, buckets, pick) in [
             ("istio_request_duration_milliseconds", "Request duration in milliseconds.", durationBuckets, { (s: Series) in s.duration }),
             ("istio_request_bytes", "Request body size in bytes.", sizeBuckets, { (s: Series) in s.requestSize }),
