@@ -45,6 +45,9 @@ let package = Package(
             dependencies: ["JSON", "TLS", "EventLoop", "WaypointCore", .product(name: "Logging", package: "swift-log")],
             swiftSettings: release),
 
+        // The waypoint's identity from the mesh's CA (istiod): the gRPC call, the protobuf fields, the rotation.
+        .target(name: "MeshIdentity", dependencies: ["TLS", "HTTP2", "EventLoop", "JSON", "WaypointCore"], swiftSettings: release),
+
         // Byte buffers, sockets, the HTTP/1.1 codec, durations: shared by everything above.
         .target(name: "WaypointCore", swiftSettings: release),
         // Pure: compiled route tables.
@@ -75,7 +78,7 @@ let package = Package(
             name: "Waypoint",
             dependencies: [
                 "WaypointCore", "EventLoop", "HTTPRouter", "Filters", "HBONEServer", "WaypointConfig", "SnapshotRouting", "TLS", "HTTP2",
-                "JSON", "Kubernetes",
+                "JSON", "Kubernetes", "MeshIdentity",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ], swiftSettings: release),

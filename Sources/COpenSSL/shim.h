@@ -2,6 +2,8 @@
 #include <openssl/ssl.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
+#include <openssl/pem.h>
+#include <openssl/evp.h>
 #include <string.h>
 
 static inline int wp_ssl_ctx_tls13_only(SSL_CTX *ctx) {
@@ -42,3 +44,45 @@ static inline void wp_ssl_ctx_require_alpn_h2(SSL_CTX *ctx) { SSL_CTX_set_alpn_s
 static inline int wp_ssl_ctx_tls12_or_later(SSL_CTX *ctx) { return SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION); }
 /// SNI for a client connection (a macro in OpenSSL).
 static inline long wp_ssl_set_server_name(SSL *ssl, const char *name) { return SSL_set_tlsext_host_name(ssl, name); }
+
+/// An EC P-256 key pair generated in memory (a macro over a variadic call in OpenSSL 3); NULL on failure.
+static inline EVP_PKEY *wp_ec_p256_key(void) { return EVP_EC_gen("P-256"); }
+
+/// A certificate signing request as ztunnel makes one: an empty subject, one URI SAN (critical, as RFC 5280
+/// asks when the subject is empty), signed with SHA-256 by `key`; as PEM in a memory BIO, NULL on failure.
+static inline BIO *wp_csr_with_uri_san(EVP_PKEY *key, const char *uri) {
+    X509_REQ *req = X509_REQ_new();
+    STACK_OF(X509_EXTENSION) *extensions = sk_X509_EXTENSION_new_null();
+    GENERAL_NAMES *names = GENERAL_NAMES_new();
+    GENERAL_NAME *name = GENERAL_NAME_new();
+    ASN1_IA5STRING *text = ASN1_IA5STRING_new();
+    X509_EXTENSION *san = NULL;
+    BIO *out = NULL;
+    if (!req || !extensions || !names || !name || !text || !ASN1_STRING_set(text, uri, -1)) goto done;
+    GENERAL_NAME_set0_value(name, GEN_URI, text);
+    text = NULL;
+    if (!sk_GENERAL_NAME_push(names, name)) goto done;
+    name = NULL;
+    san = X509V3_EXT_i2d(NID_subject_alt_name, 1, names);
+    if (!san || !sk_X509_EXTENSION_push(extensions, san)) goto done;
+    san = NULL;
+    if (!X509_REQ_set_version(req, 0) || !X509_REQ_set_pubkey(req, key) || !X509_REQ_add_extensions(req, extensions)
+        || !X509_REQ_sign(req, key, EVP_sha256())) goto done;
+    out = BIO_new(BIO_s_mem());
+    if (out && !PEM_write_bio_X509_REQ(out, req)) { BIO_free(out); out = NULL; }
+done:
+    X509_EXTENSION_free(san);
+    ASN1_IA5STRING_free(text);
+    GENERAL_NAME_free(name);
+    GENERAL_NAMES_free(names);
+    sk_X509_EXTENSION_pop_free(extensions, X509_EXTENSION_free);
+    X509_REQ_free(req);
+    return out;
+}
+
+/// The bytes held by a memory BIO (a macro in OpenSSL).
+static inline long wp_bio_mem_data(BIO *bio, char **data) { return BIO_get_mem_data(bio, data); }
+/// Adds one certificate of the chain sent after the leaf (a macro in OpenSSL); takes its own reference.
+static inline long wp_ssl_ctx_add1_chain_cert(SSL_CTX *ctx, X509 *cert) { return SSL_CTX_add1_chain_cert(ctx, cert); }
+/// Frees memory OpenSSL allocated (a macro in OpenSSL).
+static inline void wp_openssl_free(void *pointer) { OPENSSL_free(pointer); }

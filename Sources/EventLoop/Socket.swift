@@ -182,6 +182,30 @@ public enum Socket {
         return .success(fd)
     }
 
+    /// The address for `host` (an IP address, or a name resolved now, blocking: for the control-plane threads,
+    /// never a worker).
+    public static func resolve(_ host: String, _ port: UInt16) -> SocketAddress? {
+        if let address = SocketAddress(ip: host, port: port) { return address }
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var result: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, nil, &hints, &result) == 0, let first = result else { return nil }
+        defer { freeaddrinfo(result) }
+        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        if first.pointee.ai_family == AF_INET {
+            first.pointee.ai_addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
+                var address = sin.pointee.sin_addr
+                _ = inet_ntop(AF_INET, &address, &text, socklen_t(text.count))
+            }
+        } else {
+            first.pointee.ai_addr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { sin6 in
+                var address = sin6.pointee.sin6_addr
+                _ = inet_ntop(AF_INET6, &address, &text, socklen_t(text.count))
+            }
+        }
+        return SocketAddress(ip: String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self), port: port)
+    }
+
     /// The outcome of a connect started by `connect(to:)`: 0 on success, else the errno.
     public static func connectResult(_ fd: Int32) -> Int32 {
         var code: Int32 = 0

@@ -102,7 +102,7 @@ final class APIResponse {
 
     /// Connects, sends `GET path`, reads the head. Throws on any failure before the head.
     init(credentials: APICredentials, context: TLSContext, path: String, timeout: Duration) throws(APIError) {
-        guard let address = Self.resolve(credentials.host, credentials.port) else {
+        guard let address = Socket.resolve(credentials.host, credentials.port) else {
             throw APIError("cannot resolve \(credentials.host)")
         }
         switch Socket.connectBlocking(to: address, timeout: timeout) {
@@ -276,29 +276,6 @@ final class APIResponse {
             if haystack[i..<(i + needle.count)].elementsEqual(needle) { return i }
         }
         return nil
-    }
-
-    /// The address for `host` (an IP address, or a name resolved now).
-    static func resolve(_ host: String, _ port: UInt16) -> SocketAddress? {
-        if let address = SocketAddress(ip: host, port: port) { return address }
-        var hints = addrinfo()
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        var result: UnsafeMutablePointer<addrinfo>?
-        guard getaddrinfo(host, nil, &hints, &result) == 0, let first = result else { return nil }
-        defer { freeaddrinfo(result) }
-        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-        if first.pointee.ai_family == AF_INET {
-            first.pointee.ai_addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
-                var address = sin.pointee.sin_addr
-                _ = inet_ntop(AF_INET, &address, &text, socklen_t(text.count))
-            }
-        } else {
-            first.pointee.ai_addr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { sin6 in
-                var address = sin6.pointee.sin6_addr
-                _ = inet_ntop(AF_INET6, &address, &text, socklen_t(text.count))
-            }
-        }
-        return SocketAddress(ip: String(cString: text), port: port)
     }
 }
 

@@ -5,6 +5,7 @@ import JSON
 import Logging
 import Synchronization
 import TLS
+import WaypointCore
 
 /// The objects of every watched kind as the API server last told them, shared by the watcher threads (which
 /// write) and the main thread (which reads them to compile a snapshot).
@@ -123,19 +124,7 @@ public final class KindWatcher: @unchecked Sendable {
 
     /// Starts the watcher's thread.
     public func start() {
-        let box = Unmanaged.passRetained(self)
-        var thread = pthread_t()
-        var attributes = pthread_attr_t()
-        pthread_attr_init(&attributes)
-        pthread_attr_setstacksize(&attributes, 256 * 1024)
-        let rc = pthread_create(
-            &thread, &attributes,
-            { context in
-                Unmanaged<KindWatcher>.fromOpaque(context!).takeUnretainedValue().run()
-            }, box.toOpaque())
-        pthread_attr_destroy(&attributes)
-        precondition(rc == 0, "pthread_create failed: \(rc)")
-        pthread_detach(thread)
+        ControlThread.start { self.run() }
     }
 
     private func run() -> Never {
@@ -160,7 +149,7 @@ public final class KindWatcher: @unchecked Sendable {
                     warnedAbsent = true
                     cache.gone()
                     store.absent(kind)
-                    sleep(settings.absentProbe)
+                    ControlThread.sleep(settings.absentProbe)
                     continue
                 case 410:
                     cache.gone()
@@ -175,7 +164,7 @@ public final class KindWatcher: @unchecked Sendable {
                 default:
                     logger.warning("kubernetes: \(kind.label): \(error); retrying")
                 }
-                sleep(backoff.next())
+                ControlThread.sleep(backoff.next())
             }
         }
     }
@@ -278,13 +267,6 @@ public final class KindWatcher: @unchecked Sendable {
         }
         return out
     }
-
-    private func sleep(_ duration: Duration) {
-        let (seconds, attoseconds) = duration.components
-        var time = timespec(tv_sec: Int(seconds), tv_nsec: Int(attoseconds / 1_000_000_000))
-        var left = timespec()
-        while nanosleep(&time, &left) != 0 { time = left }
-    }
 }
 
 /// Why a watcher started over.
@@ -318,22 +300,6 @@ public struct WatchSettings: Sendable {
 }
 
 /// Exponential backoff with jitter: floor, doubling up to the ceiling, each wait drawn from [½, 1] of it.
-struct Backoff {
-    let floor: Duration
-    let ceiling: Duration
-    private var current: Duration
-
-    init(floor: Duration, ceiling: Duration) { (self.floor, self.ceiling, current) = (floor, ceiling, floor) }
-
-    mutating func reset() { current = floor }
-
-    mutating func next() -> Duration {
-        let wait = current / 2 + current / 2 * Double.random(in: 0...1)
-        current = min(current * 2, ceiling)
-        return wait
-    }
-}
-
 extension String {
     fileprivate func leftPadded(_ width: Int) -> String { String(repeating: "0", count: max(0, width - count)) + self }
 }

@@ -155,16 +155,6 @@ public final class TLSConnection {
     public var peerURIs: [String] {
         defer { ERR_clear_error() }
         guard let cert = SSL_get0_peer_certificate(ssl) else { return [] }
-        guard let raw = X509_get_ext_d2i(cert, NID_subject_alt_name, nil, nil) else { return [] }
-        let names = OpaquePointer(raw)
-        defer { wp_general_names_free(names) }
-        var uris: [String] = []
-        for i in 0..<wp_sk_general_name_num(names) {
-            guard let name = wp_sk_general_name_value(names, i), let uri = wp_general_name_uri(name),
-                let data = ASN1_STRING_get0_data(uri)
-            else { continue }
-            uris.append(String(decoding: UnsafeBufferPointer(start: data, count: Int(ASN1_STRING_length(uri))), as: UTF8.self))
-        }
-        return uris
+        return CertificateInfo.uris(of: cert)
     }
 }

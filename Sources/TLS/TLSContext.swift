@@ -37,11 +37,42 @@ public final class TLSContext: @unchecked Sendable {
     public init(role: Role, certificateFile: String, keyFile: String, trustBundleFile: String) throws(TLSError) {
         // Loading may leave recovered errors queued on this thread (one of its workers, on a rotation): none stay.
         defer { ERR_clear_error() }
+        raw = try Self.hboneContext(role)
+        self.role = role
+        guard SSL_CTX_use_certificate_chain_file(raw, certificateFile) == 1 else {
+            throw TLSError("\(certificateFile): cannot load the certificate chain")
+        }
+        guard SSL_CTX_use_PrivateKey_file(raw, keyFile, SSL_FILETYPE_PEM) == 1 else {
+            throw TLSError("\(keyFile): cannot load the private key")
+        }
+        guard SSL_CTX_check_private_key(raw) == 1 else {
+            throw TLSError("\(keyFile): the private key does not match the certificate in \(certificateFile)")
+        }
+        guard SSL_CTX_load_verify_locations(raw, trustBundleFile, nil) == 1 else {
+            throw TLSError("\(trustBundleFile): cannot load the trust bundle")
+        }
+    }
+
+    /// The same from memory: a certificate chain (PEM, leaf first) issued for `key`, and the trust bundle (PEM
+    /// CAs), as the mesh's CA returned them. `source` names where they came from in errors.
+    public init(role: Role, certificateChain: String, key: PrivateKey, trustBundle: String, source: String) throws(TLSError) {
+        defer { ERR_clear_error() }
+        raw = try Self.hboneContext(role)
+        self.role = role
+        try Self.useCertificateChain(raw, certificateChain, source: source)
+        guard SSL_CTX_use_PrivateKey(raw, key.raw) == 1, SSL_CTX_check_private_key(raw) == 1 else {
+            throw TLSError("\(source): the certificate was not issued for this key")
+        }
+        try Self.trust(raw, trustBundle, source: source)
+    }
+
+    /// A new context with HBONE's settings for `role` (freed here if a setting fails).
+    private static func hboneContext(_ role: Role) throws(TLSError) -> OpaquePointer {
         guard let ctx = SSL_CTX_new(role == .server ? TLS_server_method() : TLS_client_method()) else {
             throw TLSError("SSL_CTX_new failed")
         }
-        raw = ctx
-        self.role = role
+        var ok = false
+        defer { if !ok { SSL_CTX_free(ctx) } }
         guard wp_ssl_ctx_tls13_only(ctx) == 1 else { throw TLSError("cannot restrict to TLS 1.3") }
         _ = wp_ssl_ctx_set_mode(ctx, wp_ssl_mode_nonblocking_writes())
         SSL_CTX_set_options(ctx, wp_ssl_op_no_ticket())
@@ -50,18 +81,6 @@ public final class TLSContext: @unchecked Sendable {
         guard SSL_CTX_set_ciphersuites(ctx, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256") == 1 else {
             throw TLSError("cannot set cipher suites")
         }
-        guard SSL_CTX_use_certificate_chain_file(ctx, certificateFile) == 1 else {
-            throw TLSError("\(certificateFile): cannot load the certificate chain")
-        }
-        guard SSL_CTX_use_PrivateKey_file(ctx, keyFile, SSL_FILETYPE_PEM) == 1 else {
-            throw TLSError("\(keyFile): cannot load the private key")
-        }
-        guard SSL_CTX_check_private_key(ctx) == 1 else {
-            throw TLSError("\(keyFile): the private key does not match the certificate in \(certificateFile)")
-        }
-        guard SSL_CTX_load_verify_locations(ctx, trustBundleFile, nil) == 1 else {
-            throw TLSError("\(trustBundleFile): cannot load the trust bundle")
-        }
         switch role {
         case .server:
             // mTLS: no certificate, or one that does not chain to the bundle, fails the handshake with an alert.
@@ -69,24 +88,36 @@ public final class TLSContext: @unchecked Sendable {
             wp_ssl_ctx_require_alpn_h2(ctx)
         case .client:
             SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
-            let alpn: [UInt8] = [2, 0x68, 0x32]  // "h2"
-            guard SSL_CTX_set_alpn_protos(ctx, alpn, UInt32(alpn.count)) == 0 else { throw TLSError("cannot set ALPN") }
+            try offerH2(ctx)
         }
+        ok = true
+        return ctx
     }
 
-    /// A client context for an HTTPS API (the Kubernetes API server): TLS 1.2 or later, no ALPN (HTTP/1.1), the
-    /// server's certificate verified against `trustBundle` (PEM text), and a client certificate when `certificate`
-    /// and `key` (PEM text) are given. `source` names where the PEM came from in errors.
-    public init(httpsClientTrusting trustBundle: String, certificate: String? = nil, key: String? = nil, source: String) throws(TLSError) {
-        defer { ERR_clear_error() }
-        guard let ctx = SSL_CTX_new(TLS_client_method()) else { throw TLSError("SSL_CTX_new failed") }
-        raw = ctx
-        role = .client
-        guard wp_ssl_ctx_tls12_or_later(ctx) == 1 else { throw TLSError("cannot require TLS 1.2") }
-        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
+    private static func offerH2(_ ctx: OpaquePointer) throws(TLSError) {
+        let alpn: [UInt8] = [2, 0x68, 0x32]  // "h2"
+        guard SSL_CTX_set_alpn_protos(ctx, alpn, UInt32(alpn.count)) == 0 else { throw TLSError("cannot set ALPN") }
+    }
+
+    /// The first certificate of `pem` as the context's own, the rest as the chain sent after it.
+    private static func useCertificateChain(_ ctx: OpaquePointer, _ pem: String, source: String) throws(TLSError) {
+        var count = 0
+        try eachPEM(pem, source: source) { (bio) throws(TLSError) in
+            while let x509 = PEM_read_bio_X509(bio, nil, nil, nil) {
+                defer { X509_free(x509) }
+                let used = count == 0 ? SSL_CTX_use_certificate(ctx, x509) : Int32(wp_ssl_ctx_add1_chain_cert(ctx, x509))
+                guard used == 1 else { throw TLSError("\(source): cannot use certificate \(count + 1) of the chain") }
+                count += 1
+            }
+        }
+        guard count > 0 else { throw TLSError("\(source): no certificate in the chain") }
+    }
+
+    /// Every CA certificate of `pem` as trusted; throws when there is none.
+    private static func trust(_ ctx: OpaquePointer, _ pem: String, source: String) throws(TLSError) {
         let store = SSL_CTX_get_cert_store(ctx)
         var added = 0
-        try Self.eachPEM(trustBundle, source: source) { (bio) throws(TLSError) in
+        try eachPEM(pem, source: source) { (bio) throws(TLSError) in
             while let certificate = PEM_read_bio_X509(bio, nil, nil, nil) {
                 defer { X509_free(certificate) }
                 guard X509_STORE_add_cert(store, certificate) == 1 else { throw TLSError("\(source): cannot add a CA certificate") }
@@ -94,6 +125,23 @@ public final class TLSContext: @unchecked Sendable {
             }
         }
         guard added > 0 else { throw TLSError("\(source): no CA certificate in the trust bundle") }
+    }
+
+    /// A client context for an HTTPS API (the Kubernetes API server; istiod's CA with `http2`): TLS 1.2 or
+    /// later, ALPN `h2` when `http2` (else none: HTTP/1.1), the server's certificate verified against
+    /// `trustBundle` (PEM text), and a client certificate when `certificate` and `key` (PEM text) are given.
+    /// `source` names where the PEM came from in errors.
+    public init(
+        httpsClientTrusting trustBundle: String, certificate: String? = nil, key: String? = nil, http2: Bool = false, source: String
+    ) throws(TLSError) {
+        defer { ERR_clear_error() }
+        guard let ctx = SSL_CTX_new(TLS_client_method()) else { throw TLSError("SSL_CTX_new failed") }
+        raw = ctx
+        role = .client
+        guard wp_ssl_ctx_tls12_or_later(ctx) == 1 else { throw TLSError("cannot require TLS 1.2") }
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
+        if http2 { try Self.offerH2(ctx) }
+        try Self.trust(ctx, trustBundle, source: source)
         if let certificate, let key {
             try Self.eachPEM(certificate, source: source) { (bio) throws(TLSError) in
                 guard let x509 = PEM_read_bio_X509(bio, nil, nil, nil) else {

@@ -75,7 +75,8 @@ enum EnvironmentFlags {
             ("harden-deny-paths", false),
             ("root-namespace", false), ("default-retries", false),
             ("namespace", false), ("drain-timeout", false), ("connect-timeout", false), ("header-timeout", false),
-            ("log-level", false), ("access-log", false),
+            ("log-level", false), ("access-log", false), ("ca-address", false), ("ca-server-name", false), ("ca-root", false),
+            ("ca-token-file", false), ("cluster-id", false),
         ],
         "check": [
             ("config", true), ("namespace", false), ("layered-authorization", false), ("harden-deny-paths", false),

@@ -9,6 +9,7 @@ import Filters
 import Foundation
 import HBONEServer
 import Logging
+import MeshIdentity
 import WaypointConfig
 
 /// The `waypoint` command line.
@@ -187,10 +188,35 @@ extension WaypointCommand {
         @Option(name: .long, help: "How often a kind the API server does not serve (CRD not installed) is looked for again.")
         var kubernetesProbeInterval = DurationArgument(.seconds(60))
 
+        @Option(
+            name: .long,
+            help:
+                "The mesh CA (istiod) that issues the HBONE certificate, HOST:PORT (env WAYPOINT_CA_ADDRESS); default istiod.istio-system.svc:15012 with --kubernetes and no --cert."
+        )
+        var caAddress: String?
+
+        @Option(name: .long, help: "The name the CA's serving certificate must carry (default: the host of --ca-address).")
+        var caServerName: String?
+
+        @Option(name: .long, help: "The mesh root (PEM) that the CA's serving certificate chains to.")
+        var caRoot = "/var/run/secrets/istio/root-cert.pem"
+
+        @Option(name: .long, help: "The projected service-account token (audience istio-ca) sent to the CA, re-read on every request.")
+        var caTokenFile = "/var/run/secrets/tokens/istio-token"
+
+        @Option(name: .long, help: "The cluster ID sent to the CA (istiod validates the token against that cluster).")
+        var clusterId = "Kubernetes"
+
         func validate() throws {
             if let workers, workers < 1 || workers > 256 { throw ValidationError("--workers must be 1...256") }
             let given = [cert, key, ca].compactMap { $0 }.count
             if given != 0 && given != 3 { throw ValidationError("--cert, --key and --ca go together") }
+            if given != 0 && caAddress != nil {
+                throw ValidationError("--ca-address and --cert are alternatives: one source of the certificate")
+            }
+            if let caAddress, Self.hostAndPort(caAddress) == nil {
+                throw ValidationError("--ca-address must be HOST:PORT, not \(caAddress)")
+            }
             if maxConcurrentStreams < 1 { throw ValidationError("--max-concurrent-streams must be at least 1") }
             if !(0...100).contains(traceSampleRate) { throw ValidationError("--trace-sample-rate must be 0...100 (percent)") }
             if istioMetricsMaxSeries < 1 || istioMetricsMaxSeries > 1_000_000 {
@@ -224,17 +250,48 @@ extension WaypointCommand {
             return options
         }
 
+        /// The mesh CA when the certificate comes from it: asked for (flag or env), or the default with the
+        /// Kubernetes source on and no certificate files.
+        private func meshCA(kubernetes: Bool) -> IstioCA? {
+            guard cert == nil else { return nil }
+            guard let address = caAddress ?? (kubernetes ? Self.istiod : nil),
+                let (host, port) = Self.hostAndPort(address)
+            else { return nil }
+            var ca = IstioCA(host: host, port: port, serverName: caServerName, rootFile: caRoot, tokenFile: caTokenFile)
+            ca.clusterID = clusterId
+            return ca
+        }
+
+        static let istiod = "istiod.istio-system.svc:15012"
+
+        /// `host:port` or `[v6]:port`.
+        static func hostAndPort(_ text: String) -> (String, UInt16)? {
+            guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else { return nil }
+            var host = text[..<colon]
+            if host.hasPrefix("[") && host.hasSuffix("]") { host = host.dropFirst().dropLast() }
+            return host.isEmpty ? nil : (String(host), port)
+        }
+
         func run() throws {
             let logger = makeLogger(level: logLevel)
+            let kubernetesOptions: KubernetesSource.Options?
+            do {
+                kubernetesOptions = try self.kubernetesOptions()
+            } catch {
+                logger.critical("\(error)")
+                throw ExitCode(1)
+            }
             var certificates: CertificateSource? = nil
+            let meshCA = meshCA(kubernetes: kubernetesOptions != nil)
             if let cert, let key, let ca {
                 certificates = CertificateSource(certificate: cert, key: key, trustBundle: ca)
-            } else {
-                logger.info("HBONE listener off: --cert, --key and --ca not given")
+            } else if meshCA == nil {
+                logger.info("HBONE listener off: --cert, --key and --ca not given, no --ca-address")
             }
             var options = Runtime.Options(
                 configPaths: config.isEmpty ? nil : config, httpListen: httpListen.address,
-                hboneListen: certificates == nil ? nil : hboneListen.address, certificates: certificates, adminListen: adminListen.address,
+                hboneListen: certificates == nil && meshCA == nil ? nil : hboneListen.address, certificates: certificates,
+                adminListen: adminListen.address,
                 workers: workers ?? ProcessInfo.processInfo.activeProcessorCount, namespace: namespace,
                 drainTimeout: drainTimeout.duration, accessLog: accessLog == .on)
             options.settings.headerTimeout = headerTimeout.duration
@@ -261,12 +318,8 @@ extension WaypointCommand {
             options.locality = locality?.locality
             options.settings.trustDomains = ([trustDomain] + trustDomainAliases).map { $0.lowercased() }
             options.settings.http2.maxConcurrentStreams = UInt32(maxConcurrentStreams)
-            do {
-                options.kubernetes = try kubernetesOptions()
-            } catch {
-                logger.critical("\(error)")
-                throw ExitCode(1)
-            }
+            options.kubernetes = kubernetesOptions
+            options.meshCA = meshCA
             let runtime: Runtime
             do {
                 runtime = try Runtime(options: options, logger: logger)

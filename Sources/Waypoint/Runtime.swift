@@ -5,6 +5,7 @@ import EventLoop
 import WaypointCore
 import HBONEServer
 import Logging
+import MeshIdentity
 import Synchronization
 import TLS
 import WaypointConfig
@@ -39,6 +40,8 @@ final class Runtime {
         var locality: Locality?
         /// The Kubernetes API as a config source, when on.
         var kubernetes: KubernetesSource.Options?
+        /// The HBONE certificate from the mesh's CA (istiod) instead of `certificates` files.
+        var meshCA: IstioCA? = nil
     }
 
     private let options: Options
@@ -55,7 +58,10 @@ final class Runtime {
     private var watchers: [SignalWatcher] = []
     private var pollTimer: Timer?
     private var certificates: CertificateSource?
+    private var meshCertificates: MeshCertificates?
     private var hboneListener: Listener?
+    /// The bound HBONE socket waiting for the first certificate from the mesh's CA (nothing is accepted before).
+    private var waitingHBONEFD: Int32?
     /// HBONE connections handed to each worker (compared with what it adopted, to count those in flight).
     private var assigned: [Int] = []
     private var drainTimer: Timer?
@@ -135,6 +141,12 @@ final class Runtime {
             let fd = try Self.bind(address, reusePort: true)
             hboneAddress = Socket.localAddress(fd) ?? address
             hboneListener = Listener(loop: loop, fd: fd) { [unowned(unsafe) self] fd, peer in self.balance(fd, peer) }
+        } else if let ca = options.meshCA, let address = options.hboneListen {
+            let fd = try Self.bind(address, reusePort: true)
+            hboneAddress = Socket.localAddress(fd) ?? address
+            waitingHBONEFD = fd
+            meshCertificates = MeshCertificates(
+                ca: ca, trustDomain: options.settings.trustDomains.first ?? "cluster.local", loop: loop, logger: logger)
         }
 
         let tally = DrainTally(doorbell: AsyncWatcher(loop: loop) { [unowned(unsafe) self] in self.workerDrained() })
@@ -181,6 +193,8 @@ final class Runtime {
             SignalWatcher(loop: loop, signal: SIGINT) { [unowned(unsafe) self] in self.beginDrain(signal: "SIGINT") },
         ]
         kubernetes?.onChange = { [unowned(unsafe) self] in self.reload(reason: "kubernetes") }
+        meshCertificates?.onInstalled = { [unowned(unsafe) self] contexts, first in self.installCertificate(contexts, first: first) }
+        meshCertificates?.start()
         if options.configPaths != nil || certificates != nil {
             let timer = Timer(loop: loop) { [unowned(unsafe) self] in
                 if self.config.changed() { self.reload(reason: "files changed") }
@@ -254,6 +268,17 @@ final class Runtime {
         }
     }
 
+    /// A certificate from the mesh's CA: the workers use it for new handshakes; the first one opens the HBONE
+    /// listener.
+    private func installCertificate(_ contexts: TLSContexts, first: Bool) {
+        guard !draining else { return }
+        for worker in workers { worker.post(.replaceTLS(contexts)) }
+        if let fd = waitingHBONEFD {
+            waitingHBONEFD = nil
+            hboneListener = Listener(loop: loop, fd: fd) { [unowned(unsafe) self] fd, peer in self.balance(fd, peer) }
+        }
+    }
+
     // MARK: - Drain
 
     private func beginDrain(signal: String) {
@@ -262,6 +287,8 @@ final class Runtime {
         // handed to workers (they are drained like the others once their handshake completes).
         hboneListener?.close()
         hboneListener = nil
+        if let fd = waitingHBONEFD { Socket.close(fd) }
+        waitingHBONEFD = nil
         draining = true
         logger.info("draining", metadata: ["signal": "\(signal)", "drain.timeout": "\(options.drainTimeout)"])
         for worker in workers { worker.post(.drain) }
@@ -285,13 +312,17 @@ final class Runtime {
     private func adminResponse(_ path: String) -> (Int, String, String) {
         switch path {
         case "/healthz/ready":
-            return draining ? (503, "text/plain", "draining\n") : (200, "text/plain", "ready\n")
+            if draining { return (503, "text/plain", "draining\n") }
+            if let meshCertificates, !meshCertificates.isServing { return (503, "text/plain", meshCertificates.notReadyReason + "\n") }
+            return (200, "text/plain", "ready\n")
         case "/stats/prometheus", "/metrics":
             return (200, "text/plain; version=0.0.4", metrics())
         case "/config_dump":
-            guard let kubernetes, case .object(var entries) = snapshot.dumpValue else {
+            guard kubernetes != nil || meshCertificates != nil, case .object(var entries) = snapshot.dumpValue else {
                 return (200, "application/json", snapshot.dump + "\n")
             }
+            if let meshCertificates { entries.append(("certificate", meshCertificates.dumpValue)) }
+            guard let kubernetes else { return (200, "application/json", JSONValue.object(entries).rendered() + "\n") }
             // Which objects came from the API, at which resourceVersion (the files are listed by `waypoint check`).
             entries.append(
                 (
@@ -469,6 +500,7 @@ final class Runtime {
                     ("{result=\"exported\"}", tracer.exported.value), ("{result=\"dropped\"}", tracer.dropped.value),
                 ])
         }
+        text += meshCertificates?.metricsText ?? ""
         text += IstioMetrics.prometheusText(workers.map(\.counters.istio))
         return text
     }
