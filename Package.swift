@@ -87,7 +87,9 @@ let package = Package(
         // a plain build makes a replay tool that runs saved inputs through the same code.
         .executableTarget(
             name: "WaypointFuzz",
-            dependencies: ["WaypointCore", "HTTPRouter", "WaypointConfig", "Filters", "Regex", "HTTP2", "JSON", "Kubernetes"],
+            dependencies: [
+                "WaypointCore", "HTTPRouter", "WaypointConfig", "Filters", "Regex", "HTTP2", "JSON", "Kubernetes", "MeshIdentity",
+            ],
             path: "fuzz/Sources"),
 
         // Authorization decision cost (benchmarks/README.md); built in CI, run by hand.
@@ -106,6 +108,7 @@ let package = Package(
         .testTarget(name: "WaypointConfigTests", dependencies: ["WaypointConfig", "HTTPRouter", "WaypointCore", "Filters", "Regex"]),
         .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "WaypointCore"]),
         .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes", "JSON"]),
+        .testTarget(name: "MeshIdentityTests", dependencies: ["MeshIdentity", "TLS"]),
         .testTarget(
             name: "SnapshotRoutingTests",
             dependencies: [

@@ -71,7 +71,7 @@ public struct IstioCA: Sendable {
     }
 
     /// `IstioCertificateResponse.cert_chain` (= 1, repeated string); other fields are skipped.
-    static func chain(from answer: [UInt8]) throws(CAError) -> [String] {
+    public static func chain(from answer: [UInt8]) throws(CAError) -> [String] {
         let chain: [String]
         do {
             chain = try certChain(answer)

@@ -4,12 +4,13 @@ links, and the Deployment's flags are ones the binary accepts."""
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import BINARY, ROOT
+from conftest import BINARY, ROOT, http_request
 
 DEPLOY = ROOT / "deploy"
 BASE = DEPLOY / "base"
@@ -70,29 +71,111 @@ def test_deployment_matches_istio_waypoint_shape():
 
 
 def test_deployment_flags_are_accepted_by_the_binary(tmp_path):
-    """The container's arguments, run against local stand-ins for the mounted files: the proxy starts."""
+    """The container's arguments against local stand-ins for the mounts and for istiod: the proxy gets its
+    certificate and becomes ready on the health port."""
+    from fake_istiod import FakeIstiod
     docs = {doc["kind"]: doc for _, doc in base_documents()}
     args = docs["Deployment"]["spec"]["template"]["spec"]["containers"][0]["args"]
-    import pki
-    certs = pki.make(str(tmp_path))
+    istiod = FakeIstiod(str(tmp_path))
+    token = tmp_path / "istio-token"
+    token.write_text(istiod.allow("default", "waypoint"))
     config = tmp_path / "config"
     config.mkdir()
     (config / "gateway.yaml").write_text((BASE / "gateway.yaml").read_text())
-    local = {"/etc/waypoint/config": str(config), "/var/run/secrets/waypoint/tls.crt": certs["waypoint"][0],
-             "/var/run/secrets/waypoint/tls.key": certs["waypoint"][1], "/var/run/secrets/waypoint/ca.crt": certs["ca"]}
+    local = {"/etc/waypoint/config": str(config), "istiod.istio-system.svc:15012": f"127.0.0.1:{istiod.port}"}
     replaced = []
     for a in args:
         for k, v in local.items():
             a = a.replace(k, v)
-        a = re.sub(r"(0\.0\.0\.0|127\.0\.0\.1):\d+", "127.0.0.1:0", a)
+        a = re.sub(r"(0\.0\.0\.0|127\.0\.0\.1):(15008|8080|15000|15020|15021)$", "127.0.0.1:0", a)
         replaced.append(a)
+    # Where the pod's mounts put the token and the root (the defaults, checked below), here.
+    replaced += ["--ca-server-name", FakeIstiod.SERVER_NAME, "--ca-root", istiod.root_path, "--ca-token-file", str(token)]
     proc = subprocess.Popen([str(BINARY), *replaced], stderr=subprocess.PIPE, text=True)
     try:
-        line = proc.stderr.readline()
-        assert "ready" in line, line
+        line = ""
+        while "ready" not in line and proc.poll() is None:
+            line = proc.stderr.readline()
+        health = int(re.search(r"health=127\.0\.0\.1:(\d+)", line).group(1))
+        deadline = time.time() + 10
+        while http_request(health, "GET", "/healthz/ready", host="probe")[0] != 200:
+            assert time.time() < deadline, "not ready"
+            time.sleep(0.05)
     finally:
         proc.kill()
         proc.wait()
+        istiod.stop()
+
+
+def run_defaults():
+    """The binary's default for each `run` flag that has one."""
+    text = subprocess.run([str(BINARY), "run", "--help"], capture_output=True, text=True).stdout
+    entries = re.findall(r"--([a-z-]+) <[^>]+> (.*?)(?= --[a-z]|$)", re.sub(r"\s+", " ", text))
+    return {flag: m.group(1) for flag, help in entries if (m := re.search(r"\(default: (\S+?)\)", help))}
+
+
+def test_mounts_are_where_the_binary_looks_for_the_token_and_the_mesh_root():
+    defaults = run_defaults()
+    pod = {doc["kind"]: doc for _, doc in base_documents()}["Deployment"]["spec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    token = volumes["istio-token"]["projected"]["sources"][0]["serviceAccountToken"]
+    assert token == {"audience": "istio-ca", "expirationSeconds": 43200, "path": "istio-token"}
+    assert f'{mounts["istio-token"]}/{token["path"]}' == defaults["ca-token-file"] == "/var/run/secrets/tokens/istio-token"
+    assert volumes["istiod-ca-cert"]["configMap"] == {"name": "istio-ca-root-cert"}   # key root-cert.pem, as istiod writes it
+    assert f'{mounts["istiod-ca-cert"]}/root-cert.pem' == defaults["ca-root"]
+    assert pod["serviceAccountName"] == "waypoint"
+
+
+def apply_json_patch(doc, operations):
+    """RFC 6902 add/replace/remove/test, as kustomize applies an overlay's patches."""
+    for op in operations:
+        *parents, last = [int(p) if p.isdigit() else p for p in op["path"].strip("/").split("/")]
+        target = doc
+        for p in parents:
+            target = target[p]
+        if op["op"] == "test":
+            assert target[last] == op["value"], op
+        elif op["op"] == "remove":
+            del target[last]
+        elif op["op"] == "add" and last == "-":
+            target.append(op["value"])
+        elif op["op"] == "add" and isinstance(target, list):
+            target.insert(last, op["value"])
+        else:
+            target[last] = op["value"]
+    return doc
+
+
+def overlay(name):
+    """The base with the overlay's patches applied, by kind."""
+    spec = yaml.safe_load((DEPLOY / "overlays" / name / "kustomization.yaml").read_text())
+    docs = {doc["kind"]: doc for _, doc in base_documents()}
+    for patch in spec.get("patches", []):
+        apply_json_patch(docs[patch["target"]["kind"]], yaml.safe_load(patch["patch"]))
+    return spec["namespace"], docs
+
+
+@pytest.mark.parametrize("name", ["example", "kubernetes", "spiffe-files"])
+def test_gateway_is_a_manually_deployed_waypoint_in_every_overlay(name):
+    namespace, docs = overlay(name)
+    gateway = docs["Gateway"]["spec"]
+    # One Hostname address: istiod starts no Envoy for it and fills status.addresses from this Service.
+    assert gateway["addresses"] == [{"type": "Hostname", "value": f'{docs["Service"]["metadata"]["name"]}.{namespace}.svc.cluster.local'}]
+    pod = docs["Deployment"]["spec"]["template"]
+    assert pod["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] == docs["Gateway"]["metadata"]["name"]
+
+
+def test_spiffe_files_overlay_takes_the_certificate_from_the_csi_driver():
+    _, docs = overlay("spiffe-files")
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert not any(a.startswith("--ca-address") for a in args)
+    assert {"--cert=/var/run/secrets/waypoint/tls.crt", "--key=/var/run/secrets/waypoint/tls.key",
+            "--ca=/var/run/secrets/waypoint/ca.crt"} <= set(args)
+    assert [v["name"] for v in pod["volumes"]] == ["config", "identity"]
+    assert pod["volumes"][1]["csi"]["driver"] == "spiffe.csi.cert-manager.io"
+    assert {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}["identity"] == "/var/run/secrets/waypoint"
 
 
 def test_dockerfile_runtime_packages_match_ldd():

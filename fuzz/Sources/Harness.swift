@@ -2,6 +2,7 @@ import Filters
 import HTTPRouter
 import JSON
 import Kubernetes
+import MeshIdentity
 import Regex
 import WaypointConfig
 import WaypointCore
@@ -91,6 +92,20 @@ enum Harness {
         if let spec = try? ManifestLoader.load(paths: [], objects: objects, source: "fuzz", defaultNamespace: "default") {
             _ = SnapshotCompiler(namespace: "default").compile(spec, generation: 1)
         }
+    }
+
+    /// What the mesh's CA answers: the protobuf fields of a CreateCertificate answer (every field read, the chain
+    /// extracted), and the service-account token whose claims name the identity asked for.
+    static func meshCA(_ data: UnsafeRawBufferPointer) {
+        let bytes = Array(data)
+        var reader = ProtobufReader(bytes[...])
+        while let field = try? reader.next() {
+            if case .lengthDelimited(let value) = field.value {
+                precondition(value.startIndex >= bytes.startIndex && value.endIndex <= bytes.endIndex)
+            }
+        }
+        _ = try? IstioCA.chain(from: bytes)
+        _ = try? serviceAccount(ofToken: String(decoding: data, as: UTF8.self))
     }
 
     /// What arrives before any HTTP: PROXY v2 headers (with the identity TLV), and the CONNECT authority,
