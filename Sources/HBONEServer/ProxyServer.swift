@@ -322,18 +322,18 @@ public final class ProxyServer {
 
     /// Replaces the endpoint list that `RouteDecision.forward` indexes; pools for addresses still listed
     /// (and their idle connections) carry over, the others retire.
-    /// `tunnels[i]`: endpoint i is in the mesh and reached by HBONE. Called with each new snapshot, whose
-    /// cluster indices may differ: the retry budgets (by cluster) start over.
-    public func updateEndpoints(_ addresses: [SocketAddress], tunnels: [Bool]) {
+    /// `transports[i]`: how endpoint i is reached (plaintext, or HBONE to a given identity). Called with each new
+    /// snapshot, whose cluster indices may differ: the retry budgets (by cluster) start over.
+    public func updateEndpoints(_ addresses: [SocketAddress], transports: [EndpointTransport]) {
         retryTokens.removeAll()
         var existing: [SocketAddress: UpstreamPool] = [:]
         for pool in pools { existing[pool.address] = pool }
-        pools = zip(addresses, tunnels).map { address, tunnel in
-            if let pool = existing[address], pool.tunnel == tunnel {
+        pools = zip(addresses, transports).map { address, transport in
+            if let pool = existing[address], pool.transport == transport {
                 existing[address] = nil
                 return pool
             }
-            return UpstreamPool(address: address, tunnel: tunnel, server: self)
+            return UpstreamPool(address: address, transport: transport, server: self)
         }
         for pool in existing.values { pool.retired = true }
     }

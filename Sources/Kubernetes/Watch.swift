@@ -145,14 +145,18 @@ public struct WatchCache: Sendable {
     }
 
     /// The object as kept: with `apiVersion` and `kind`, which list items leave out; without `managedFields`;
-    /// and of kinds that carry much more than the waypoint reads, only that (a Pod: its metadata and IPs).
+    /// and of kinds that carry much more than the waypoint reads, only that (a Pod: its metadata, service account
+    /// and IPs).
     private func stamped(_ object: JSON) -> JSON {
         guard case .object(var entries) = object else { return object }
         if kind.kind == "Pod" {
             let status = object["status"].map { status in
                 JSON.object([("podIP", status["podIP"] ?? .null), ("podIPs", status["podIPs"] ?? .array([]))])
             }
-            entries = [("metadata", object["metadata"] ?? .object([]))] + (status.map { [("status", $0)] } ?? [])
+            let spec = object["spec"]?["serviceAccountName"].map { JSON.object([("serviceAccountName", $0)]) }
+            entries =
+                [("metadata", object["metadata"] ?? .object([]))] + (spec.map { [("spec", $0)] } ?? [])
+                + (status.map { [("status", $0)] } ?? [])
         }
         entries.removeAll { $0.0 == "kind" || $0.0 == "apiVersion" }
         entries = entries.map { key, value in

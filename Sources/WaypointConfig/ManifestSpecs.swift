@@ -174,13 +174,16 @@ public struct NamespaceSpec: Sendable, Equatable {
     public var labels: [String: String]
 }
 
-/// `v1 Pod`: only its labels and IPs, which DestinationRule subsets select endpoints by (and the label
-/// `istio-locality` places it).
+/// `v1 Pod`: its labels and IPs, which DestinationRule subsets select endpoints by (the label `istio-locality`
+/// places it, `istio.io/dataplane-mode` puts it in the ambient mesh), and its service account (the identity
+/// its ztunnel presents for it).
 public struct PodSpec: Sendable, Equatable {
     public var namespace: String
     public var name: String
     public var labels: [String: String]
     public var ips: [String]
+    /// `spec.serviceAccountName` (`default` when unset).
+    public var serviceAccount = "default"
 }
 
 /// `networking.istio.io/v1 DestinationRule`: the parts a waypoint applies.

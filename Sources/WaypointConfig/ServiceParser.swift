@@ -138,6 +138,7 @@ enum ServiceParser {
         for (i, ip) in ips.enumerated() where SocketAddress(ip: ip, port: 0) == nil {
             throw doc.error("\"\(ip)\" is not an IP address", field: "status.podIPs[\(i)]")
         }
-        return PodSpec(namespace: namespace, name: name, labels: labels, ips: ips)
+        let account = try doc.optional("spec")?.optionalString("serviceAccountName") ?? ""
+        return PodSpec(namespace: namespace, name: name, labels: labels, ips: ips, serviceAccount: account.isEmpty ? "default" : account)
     }
 }

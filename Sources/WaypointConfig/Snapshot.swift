@@ -90,8 +90,9 @@ public final class Snapshot: Sendable {
     public let clusters: [Cluster]
     /// Every distinct endpoint address; workers keep one connection pool per entry.
     public let endpoints: [SocketAddress]
-    /// Parallel to `endpoints`: true for an endpoint in the mesh, reached by HBONE to its node's port 15008.
-    public let endpointTunnels: [Bool]
+    /// Parallel to `endpoints`: plaintext, or for an endpoint in the mesh HBONE to its node's port 15008 (and the
+    /// identity its certificate must name).
+    public let endpointTransports: [EndpointTransport]
     /// What an HBONE tunnel's `:authority` may name; anything else is refused (never an open relay).
     public let destinations: [SocketAddress: Destination]
     /// TCPRoute backends of a service port, by `tcpRouteKey(virtualHost, port)`: where its byte streams go.
@@ -114,7 +115,8 @@ public final class Snapshot: Sendable {
 
     init(
         generation: UInt64, routes: RouteTable<RouteAction>, clusters: [Cluster], endpoints: [SocketAddress],
-        endpointTunnels: [Bool], destinations: [SocketAddress: Destination], tcpRoutes: [UInt64: BackendSet], authorization: [PolicySet],
+        endpointTransports: [EndpointTransport], destinations: [SocketAddress: Destination], tcpRoutes: [UInt64: BackendSet],
+        authorization: [PolicySet],
         unmatchedHostPolicies: PolicySet, strictMTLS: [Bool], services: [(fqdn: String, name: String, namespace: String)],
         dump: JSONValue, warnings: [String], previous: Snapshot?
     ) {
@@ -131,7 +133,7 @@ public final class Snapshot: Sendable {
             return cluster
         }
         self.endpoints = endpoints
-        self.endpointTunnels = endpointTunnels
+        self.endpointTransports = endpointTransports
         self.destinations = destinations
         self.tcpRoutes = tcpRoutes
         self.authorization = authorization

@@ -48,7 +48,8 @@ public struct SnapshotCompiler {
         state.build()
         return Snapshot(
             generation: generation, routes: RouteTable(virtualHosts: state.virtualHosts, names: state.names),
-            clusters: state.clusters, endpoints: state.endpoints, endpointTunnels: state.endpointTunnels, destinations: state.destinations,
+            clusters: state.clusters, endpoints: state.endpoints, endpointTransports: state.endpointTransports,
+            destinations: state.destinations,
             tcpRoutes: state.tcpRoutes,
             authorization: state.authorization, unmatchedHostPolicies: state.unmatchedHostPolicies, strictMTLS: state.strictMTLS,
             services: state.services, dump: state.dump(generation: generation),
@@ -62,8 +63,8 @@ struct CompileState {
     let compiler: SnapshotCompiler
     var clusters: [Cluster] = []
     var endpoints: [SocketAddress] = []
-    /// Per endpoint: reached by HBONE (in the mesh) rather than plaintext.
-    var endpointTunnels: [Bool] = []
+    /// Per endpoint: plaintext, or HBONE (in the mesh) and to whom.
+    var endpointTransports: [EndpointTransport] = []
     var endpointIndex: [SocketAddress: Int32] = [:]
     /// Labels of the workload behind each endpoint (from its Pod, or its ServiceEntry endpoint), for subsets.
     var endpointLabels: [Int32: [String: String]] = [:]
@@ -274,14 +275,19 @@ struct CompileState {
 
     // MARK: - Clusters
 
-    mutating func endpoint(_ ip: String, _ port: Int, tunnel: Bool) -> Int32? {
+    /// The index of endpoint `ip:port`, added on first sight. An address listed twice is reached by HBONE if either
+    /// listing says so, with the identity one of them knows.
+    mutating func endpoint(_ ip: String, _ port: Int, transport: EndpointTransport) -> Int32? {
         guard let address = SocketAddress(ip: ip, port: UInt16(port)) else { return nil }
         if let index = endpointIndex[address] {
-            if tunnel { endpointTunnels[Int(index)] = true }
+            switch (endpointTransports[Int(index)], transport) {
+            case (.plaintext, .hbone), (.hbone(nil), .hbone(.some)): endpointTransports[Int(index)] = transport
+            default: break
+            }
             return index
         }
         endpoints.append(address)
-        endpointTunnels.append(tunnel)
+        endpointTransports.append(transport)
         endpointIndex[address] = Int32(endpoints.count - 1)
         return Int32(endpoints.count - 1)
     }
@@ -294,6 +300,18 @@ struct CompileState {
             innerProtocol: innerProtocol, name: address.description, host: address.description)
     }
 
+    /// How a Service's endpoint is reached, as Istio decides ambient membership: a Pod labelled
+    /// `istio.io/dataplane-mode: ambient`, or in a namespace so labelled and not opted out with `none`, is in the
+    /// mesh and reached by HBONE, its ztunnel presenting the Pod's service account; so is any endpoint of a slice
+    /// annotated `networking.istio.io/tunnel: http` (file mode). Everything else is plaintext.
+    static func transport(to pod: PodSpec?, namespaceLabels: [String: [String: String]], annotated: Bool) -> EndpointTransport {
+        let key = "istio.io/dataplane-mode"
+        guard let pod else { return annotated ? .hbone(peer: nil) : .plaintext }
+        let mode = pod.labels[key] ?? namespaceLabels[pod.namespace]?[key]
+        guard (pod.labels[key] != "none" && mode == "ambient") || annotated else { return .plaintext }
+        return .hbone(peer: ServiceAccountName(namespace: pod.namespace, name: pod.serviceAccount))
+    }
+
     mutating func addCluster(_ name: String, _ members: [Int32]) {
         clusterIndex[name] = Int32(clusters.count)
         clusters.append(Cluster(name: name, endpoints: members))
@@ -301,12 +319,14 @@ struct CompileState {
 
     mutating func buildServiceClusters() {
         // An endpoint's Pod: by the slice's targetRef, else by IP.
-        var podsByName: [String: [String: String]] = [:]
-        var podsByIP: [String: [String: String]] = [:]
+        var podsByName: [String: PodSpec] = [:]
+        var podsByIP: [String: PodSpec] = [:]
         for pod in spec.pods {
-            podsByName["\(pod.namespace)/\(pod.name)"] = pod.labels
-            for ip in pod.ips { podsByIP[ip] = pod.labels }
+            podsByName["\(pod.namespace)/\(pod.name)"] = pod
+            for ip in pod.ips { podsByIP[ip] = pod }
         }
+        var namespaceLabels: [String: [String: String]] = [:]
+        for namespace in spec.namespaces { namespaceLabels[namespace.name] = namespace.labels }
         var nodeLocality: [String: Locality] = [:]
         for node in spec.nodes { nodeLocality[node.name] = Locality(nodeLabels: node.labels) }
         // Slices by their service, once (filtering all slices per service was quadratic: 1,000 services and
@@ -330,11 +350,12 @@ struct CompileState {
                     guard let targetPort else { continue }
                     for endpoint in slice.endpoints where endpoint.ready {
                         for ip in endpoint.addresses {
-                            guard let index = self.endpoint(ip, targetPort, tunnel: slice.tunnel) else { continue }
                             let pod = endpoint.pod.flatMap { podsByName["\(slice.namespace)/\($0)"] } ?? podsByIP[ip]
-                            if let pod { endpointLabels[index] = pod }
+                            let transport = Self.transport(to: pod, namespaceLabels: namespaceLabels, annotated: slice.tunnel)
+                            guard let index = self.endpoint(ip, targetPort, transport: transport) else { continue }
+                            if let pod { endpointLabels[index] = pod.labels }
                             // Istio's order: the Pod's `istio-locality` label, its Node's topology labels, the slice's zone.
-                            if let locality = pod?["istio-locality"].flatMap({ Locality($0, separator: ".") })
+                            if let locality = pod?.labels["istio-locality"].flatMap({ Locality($0, separator: ".") })
                                 ?? endpoint.node.flatMap({ nodeLocality[$0] }) ?? endpoint.zone.map({ Locality(zone: $0) })
                             {
                                 endpointLocality[index] = locality
@@ -355,8 +376,9 @@ struct CompileState {
                 var members: [Int32] = []
                 for endpoint in entry.endpoints {
                     let target = endpoint.ports[port.name] ?? port.targetPort ?? port.number
-                    let tunnel = endpoint.labels[EndpointSliceSpec.tunnelKey] == "http"
-                    guard let index = self.endpoint(endpoint.address, target, tunnel: tunnel) else { continue }
+                    let transport: EndpointTransport =
+                        endpoint.labels[EndpointSliceSpec.tunnelKey] == "http" ? .hbone(peer: nil) : .plaintext
+                    guard let index = self.endpoint(endpoint.address, target, transport: transport) else { continue }
                     endpointLabels[index] = endpoint.labels
                     if let locality = endpoint.locality { endpointLocality[index] = locality }
                     if !members.contains(index) { members.append(index) }
@@ -683,6 +705,15 @@ struct CompileState {
         }
     }
 
+    /// An endpoint's transport as the dump shows it after the address.
+    static func describe(_ transport: EndpointTransport) -> String {
+        switch transport {
+        case .plaintext: return ""
+        case .hbone(nil): return " (HBONE)"
+        case .hbone(let peer?): return " (HBONE, \(peer))"
+        }
+    }
+
     func dump(generation: UInt64) -> JSONValue {
         JSONValue.object([
             ("generation", .int(Int(generation))),
@@ -696,7 +727,7 @@ struct CompileState {
                                 "endpoints",
                                 .array(
                                     cluster.endpoints.map {
-                                        .string(endpoints[Int($0)].description + (endpointTunnels[Int($0)] ? " (HBONE)" : ""))
+                                        .string(endpoints[Int($0)].description + Self.describe(endpointTransports[Int($0)]))
                                     })
                             ),
                         ])

@@ -421,6 +421,65 @@ def test_mesh_endpoint_without_hbone_listener_gets_503(origin_factory, hbone_pro
     assert (status, body) == (503, b"upstream connect error\n")
 
 
+def ambient_endpoint_yaml(origin_port, pod_labels, namespace_labels, service_account):
+    """A Service whose endpoint's Pod is (or is not) in the ambient mesh by Istio's labels, no annotation."""
+    return f"""
+apiVersion: v1
+kind: Namespace
+metadata: {{name: default, labels: {namespace_labels}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web-0, namespace: default, labels: {pod_labels}}}
+spec: {{serviceAccountName: {service_account}}}
+status: {{podIP: 127.0.0.1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  clusterIP: {VIP}
+  ports: [{{name: http, port: 80}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{{name: http, port: {origin_port}}}]
+endpoints: [{{addresses: [127.0.0.1], targetRef: {{kind: Pod, name: web-0}}}}]
+"""
+
+
+@pytest.mark.parametrize("pod_labels, namespace_labels, service_account, outcome", [
+    ({"istio.io/dataplane-mode": "ambient"}, {}, "waypoint", "hbone"),
+    ({}, {"istio.io/dataplane-mode": "ambient"}, "waypoint", "hbone"),
+    ({"istio.io/dataplane-mode": "none"}, {"istio.io/dataplane-mode": "ambient"}, "waypoint", "plaintext"),
+    ({}, {}, "waypoint", "plaintext"),
+    # The node's ztunnel must answer as the destination Pod: a certificate of another service account is refused.
+    ({"istio.io/dataplane-mode": "ambient"}, {}, "reviews", "refused"),
+])
+def test_ambient_membership_follows_istios_labels_and_the_pods_identity_is_checked(
+        origin_factory, hbone_proxy, certs, pod_labels, namespace_labels, service_account, outcome):
+    origin = origin_factory("a")
+    # The destination node's HBONE terminator presents ns/default/sa/waypoint (the test PKI's waypoint certificate).
+    node = hbone_proxy(service_yaml("web", [("127.0.0.1", origin.port)]), name="node")
+    config = ambient_endpoint_yaml(origin.port, json.dumps(pod_labels), json.dumps(namespace_labels), service_account)
+    waypoint = hbone_proxy(config, extra=["--upstream-hbone-port", str(node.hbone_port), "--workers", "1"], name="waypoint")
+    from conftest import http_request
+    status, _, body = http_request(waypoint.port, "GET", "/ambient", host="web")
+    tunnels = node.metrics()["waypoint_tunnels_total"]
+    if outcome == "refused":
+        assert (status, body, tunnels) == (503, b"upstream connect error\n", 0)
+        wait_for(r"upstream HBONE refused: 127\.0\.0\.1:\d+ presents spiffe://cluster\.local/ns/default/sa/waypoint, "
+                 r"the destination runs as ns/default/sa/reviews", waypoint.stderr_path)
+    else:
+        assert status == 200 and json.loads(body)["path"] == "/ambient"
+        assert tunnels == (1 if outcome == "hbone" else 0)
+
+
 @pytest.mark.parametrize("frame", [
     bytes([0, 0, 8, 6, 0, 0, 0, 0, 0]) + b"pingping",     # PING, each wanting an ACK
     bytes([0, 0, 0, 4, 0, 0, 0, 0, 0]),                    # empty SETTINGS, each wanting an ACK

@@ -127,7 +127,7 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
     }
 
     @Test func meshEndpointsAreMarkedForHBONE() {
-        let tunnels = zip(snapshot.endpoints, snapshot.endpointTunnels).filter(\.1).map { $0.0.description }
+        let tunnels = zip(snapshot.endpoints, snapshot.endpointTransports).filter(\.1.isHBONE).map { $0.0.description }
         #expect(tunnels == ["10.0.0.9:8081"])
     }
 
@@ -201,5 +201,31 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
         func limits(_ snapshot: Snapshot) -> ClusterLimits? { snapshot.clusters.first { $0.name == "shop/web:80" }?.limits }
         #expect(limits(first) === limits(same))
         #expect(limits(same) !== limits(changed) && limits(changed)?.settings.maxRequests == 2)
+    }
+}
+
+@Suite struct AmbientMembershipTests {
+    private func pod(_ labels: [String: String], account: String = "reviews") -> PodSpec {
+        PodSpec(namespace: "shop", name: "reviews-0", labels: labels, ips: ["10.0.0.5"], serviceAccount: account)
+    }
+    private let ambient = ["istio.io/dataplane-mode": "ambient"]
+    private let none = ["istio.io/dataplane-mode": "none"]
+    private let reviews = EndpointTransport.hbone(peer: ServiceAccountName(namespace: "shop", name: "reviews"))
+
+    @Test func aPodOrItsNamespaceLabelledAmbientIsReachedByHBONEAsItsServiceAccount() {
+        #expect(CompileState.transport(to: pod(ambient), namespaceLabels: [:], annotated: false) == reviews)
+        #expect(CompileState.transport(to: pod([:]), namespaceLabels: ["shop": ambient], annotated: false) == reviews)
+    }
+
+    @Test func noneOptsOutAndUnlabelledIsPlaintext() {
+        #expect(CompileState.transport(to: pod(none), namespaceLabels: ["shop": ambient], annotated: false) == .plaintext)
+        #expect(CompileState.transport(to: pod([:]), namespaceLabels: ["other": ambient], annotated: false) == .plaintext)
+        #expect(CompileState.transport(to: pod(ambient), namespaceLabels: [:], annotated: false) != .plaintext)
+    }
+
+    @Test func theTunnelAnnotationStillWorksWithOrWithoutAPod() {
+        #expect(CompileState.transport(to: nil, namespaceLabels: [:], annotated: true) == .hbone(peer: nil))
+        #expect(CompileState.transport(to: pod([:]), namespaceLabels: [:], annotated: true) == reviews)
+        #expect(CompileState.transport(to: nil, namespaceLabels: [:], annotated: false) == .plaintext)
     }
 }

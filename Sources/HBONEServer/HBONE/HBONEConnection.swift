@@ -25,6 +25,8 @@ public final class HBONEConnection: HTTP2SessionDelegate {
 
     let id: Int
     private let role: TLSContext.Role
+    /// Client role: whom the server's certificate must name (nil: any identity of an accepted trust domain).
+    private let expectedPeer: ServiceAccountName?
     /// Client role: called once when the connection closes.
     public var onClosed: ((HBONEConnection) -> Void)?
     private let fd: Int32
@@ -63,9 +65,11 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         case goingAway
     }
 
-    /// Server role: an accepted socket. Client role: a socket whose connect is in progress.
-    init?(id: Int, fd: Int32, remote: SocketAddress?, context: TLSContext, server: ProxyServer) {
+    /// Server role: an accepted socket. Client role: a socket whose connect is in progress, to a peer that must
+    /// present `expectedPeer`'s identity when given.
+    init?(id: Int, fd: Int32, remote: SocketAddress?, context: TLSContext, server: ProxyServer, expectedPeer: ServiceAccountName? = nil) {
         guard let tls = TLSConnection(context: context, fd: fd) else { return nil }
+        self.expectedPeer = expectedPeer
         self.id = id
         self.fd = fd
         self.remote = remote
@@ -84,10 +88,16 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         }
     }
 
-    /// Client role: connects to `address` (an HBONE port, 15008) with `context` (our certificate).
-    public static func connect(to address: SocketAddress, context: TLSContext, server: ProxyServer) -> HBONEConnection? {
+    /// Client role: connects to `address` (an HBONE port, 15008) with `context` (our certificate); the server must
+    /// prove `expectedPeer`'s identity when given (the destination Pod's, which its node's ztunnel presents).
+    public static func connect(
+        to address: SocketAddress, context: TLSContext, server: ProxyServer, expectedPeer: ServiceAccountName? = nil
+    ) -> HBONEConnection? {
         guard case .success(let fd) = Socket.connect(to: address) else { return nil }
-        guard let connection = HBONEConnection(id: 0, fd: fd, remote: address, context: context, server: server) else {
+        guard
+            let connection = HBONEConnection(
+                id: 0, fd: fd, remote: address, context: context, server: server, expectedPeer: expectedPeer)
+        else {
             Socket.close(fd)
             return nil
         }
@@ -134,6 +144,12 @@ public final class HBONEConnection: HTTP2SessionDelegate {
             case .failure(let rejection):
                 handshakeFailed("identity", rejection.description)
             case .success(let identity):
+                if let expectedPeer, !expectedPeer.matches(identity) {
+                    server.logger.warning(
+                        "upstream HBONE refused: \(remote?.description ?? "the peer") presents \(identity), the destination runs as \(expectedPeer)"
+                    )
+                    return handshakeFailed("identity", "the peer is \(identity), not \(expectedPeer)")
+                }
                 self.identity = identity
                 if role == .server { server.counters.handshakesOK.increment() }
                 state = .open

@@ -11,8 +11,8 @@ import WaypointCore
 /// address across config reloads; a pool dropped by a reload is `retired` and closes connections as they return.
 final class UpstreamPool {
     let address: SocketAddress
-    /// Reached by HBONE rather than plaintext.
-    let tunnel: Bool
+    /// Plaintext, or HBONE (and to whom).
+    let transport: EndpointTransport
     let addressText: String
     /// HBONE connections to the endpoint's node (tunnel pools only).
     private var hboneConnections: [HBONEConnection] = []
@@ -34,9 +34,9 @@ final class UpstreamPool {
         }
     }
 
-    init(address: SocketAddress, tunnel: Bool, server: ProxyServer) {
+    init(address: SocketAddress, transport: EndpointTransport, server: ProxyServer) {
         self.address = address
-        self.tunnel = tunnel
+        self.transport = transport
         self.addressText = address.description
         self.server = server
     }
@@ -50,7 +50,7 @@ final class UpstreamPool {
                 return connection
             }
         }
-        guard let stream = tunnel ? openTunnel() : openSocket() else { return nil }
+        guard let stream = openStream() else { return nil }
         server.counters.upstreamConnectionsTotal.increment()
         openConnections += 1
         if let limits { server.limitedConnectionOpened(limits) }
@@ -66,7 +66,7 @@ final class UpstreamPool {
     /// `maxRequestsPerConnection` streams.
     func h2cUpstream(limits: ClusterLimits?) -> H2CUpstream? {
         if let open = h2c.last(where: { $0.canTakeStream }) { return open }
-        guard let stream = tunnel ? openTunnel() : openSocket() else { return nil }
+        guard let stream = openStream() else { return nil }
         server.counters.upstreamConnectionsTotal.increment()
         let upstream = H2CUpstream(
             stream: stream, pool: self,
@@ -87,7 +87,7 @@ final class UpstreamPool {
     }
 
     /// A new stream to the endpoint outside the pool (a mirrored request): a socket, or an HBONE tunnel.
-    func openStream() -> (any ByteStream)? { tunnel ? openTunnel() : openSocket() }
+    func openStream() -> (any ByteStream)? { transport.isHBONE ? openTunnel() : openSocket() }
 
     private func openSocket() -> (any ByteStream)? {
         guard case .success(let fd) = Socket.connect(to: address) else { return nil }
@@ -101,7 +101,8 @@ final class UpstreamPool {
         }
         guard let context = server.clientTLSContext,
             let node = SocketAddress(ip: address.ip, port: server.settings.upstreamHBONEPort),
-            let connection = HBONEConnection.connect(to: node, context: context, server: server)
+            case .hbone(let peer) = transport,
+            let connection = HBONEConnection.connect(to: node, context: context, server: server, expectedPeer: peer)
         else { return nil }
         connection.onClosed = { [unowned(unsafe) self] closed in self.hboneConnections.removeAll { $0 === closed } }
         hboneConnections.append(connection)

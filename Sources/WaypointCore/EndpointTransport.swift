@@ -1,0 +1,27 @@
+/// How the waypoint reaches one endpoint.
+public enum EndpointTransport: Sendable, Equatable {
+    /// A plain TCP connection: the endpoint is outside the ambient mesh.
+    case plaintext
+    /// An HBONE tunnel through the endpoint's node (port 15008, `CONNECT ip:port`, the waypoint's own certificate).
+    /// `peer`: whom the node's certificate must name, the destination Pod's service account (its ztunnel answers
+    /// as that Pod); nil when the Pod is not known (then any identity of an accepted trust domain, as Envoy).
+    case hbone(peer: ServiceAccountName?)
+
+    public var isHBONE: Bool { self != .plaintext }
+}
+
+/// A Kubernetes service account, the part of a SPIFFE ID (`…/ns/<namespace>/sa/<name>`) a workload is known by.
+public struct ServiceAccountName: Sendable, Hashable, CustomStringConvertible {
+    public var namespace: String
+    public var name: String
+
+    public init(namespace: String, name: String) {
+        self.namespace = namespace
+        self.name = name
+    }
+
+    public var description: String { "ns/\(namespace)/sa/\(name)" }
+
+    /// Whether `identity` is this service account (in whichever accepted trust domain).
+    public func matches(_ identity: SpiffeIdentity) -> Bool { identity.namespace == namespace && identity.serviceAccount == name }
+}
