@@ -108,7 +108,7 @@ let package = Package(
         .testTarget(name: "WaypointConfigTests", dependencies: ["WaypointConfig", "HTTPRouter", "WaypointCore", "Filters", "Regex"]),
         .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "WaypointCore"]),
         .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes", "JSON"]),
-        .testTarget(name: "MeshIdentityTests", dependencies: ["MeshIdentity", "TLS"]),
+        .testTarget(name: "MeshIdentityTests", dependencies: ["MeshIdentity", "TLS", "WaypointCore"]),
         .testTarget(
             name: "SnapshotRoutingTests",
             dependencies: [

@@ -298,7 +298,7 @@ public final class ProxyServer {
             let relay = TCPRelay(
                 id: nextConnectionID, downstream: stream, upstream: pool.address, initialInput: initialInput, server: self,
                 series: (
-                    counters.istio.intern(principal: peer.identity?.principal, namespace: peer.identity?.namespace),
+                    counters.istio.intern(source: peer),
                     router.service(of: destination), peer.identity != nil
                 ))
         else {
@@ -322,9 +322,10 @@ public final class ProxyServer {
 
     /// Replaces the endpoint list that `RouteDecision.forward` indexes; pools for addresses still listed
     /// (and their idle connections) carry over, the others retire.
-    /// `transports[i]`: how endpoint i is reached (plaintext, or HBONE to a given identity). Called with each new
-    /// snapshot, whose cluster indices may differ: the retry budgets (by cluster) start over.
-    public func updateEndpoints(_ addresses: [SocketAddress], transports: [EndpointTransport]) {
+    /// `transports[i]`: how endpoint i is reached (plaintext, or HBONE to a given identity); `workloads[i]`: its
+    /// Pod's labels for Istio's metrics. Called with each new snapshot, whose cluster indices may differ: the
+    /// retry budgets (by cluster) start over.
+    public func updateEndpoints(_ addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels?]) {
         retryTokens.removeAll()
         var existing: [SocketAddress: UpstreamPool] = [:]
         for pool in pools { existing[pool.address] = pool }
@@ -336,6 +337,9 @@ public final class ProxyServer {
             return UpstreamPool(address: address, transport: transport, server: self)
         }
         for pool in existing.values { pool.retired = true }
+        for (pool, workload) in zip(pools, workloads) {
+            pool.destinationWorkload = workload.map { counters.istio.intern(destination: $0) } ?? -1
+        }
     }
 
     /// Requests this worker has in flight to the endpoint (LEAST_REQUEST load balancing).

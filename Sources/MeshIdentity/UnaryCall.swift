@@ -95,7 +95,7 @@ final class UnaryCall: HTTP2SessionDelegate {
             throw CAError("the answer has no grpc-status (stream reset code \(closed ?? 0))")
         }
         guard grpcStatus == 0 else {
-            let message = fields["grpc-message"].map { Self.percentDecoded($0) } ?? ""
+            let message = fields["grpc-message"].map { percentDecoded($0[...]) } ?? ""
             throw CAError("grpc-status \(grpcStatus) (\(Self.statusName(grpcStatus))): \(message)")
         }
         guard response.count >= 5, response[0] == 0 else { throw CAError("the answer is not one uncompressed gRPC message") }
@@ -112,21 +112,6 @@ final class UnaryCall: HTTP2SessionDelegate {
             "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
         ]
         return code >= 0 && code < names.count ? names[code] : "status \(code)"
-    }
-
-    /// `grpc-message` is percent-encoded on the wire.
-    static func percentDecoded(_ text: String) -> String {
-        var bytes: [UInt8] = []
-        var utf8 = Array(text.utf8)[...]
-        while let byte = utf8.popFirst() {
-            if byte == 0x25, utf8.count >= 2, let value = UInt8(String(decoding: utf8.prefix(2), as: UTF8.self), radix: 16) {
-                bytes.append(value)
-                utf8 = utf8.dropFirst(2)
-            } else {
-                bytes.append(byte)
-            }
-        }
-        return String(decoding: bytes, as: UTF8.self)
     }
 
     // MARK: HTTP2SessionDelegate

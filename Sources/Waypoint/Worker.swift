@@ -55,7 +55,7 @@ final class Worker: @unchecked Sendable {
         router = SnapshotRouter(snapshot: snapshot, seed: seed.next(), counters: counters) { [unowned(unsafe) loop] in loop.now }
         server = ProxyServer(loop: loop, router: router, settings: settings, accessLog: accessLog, logger: logger, counters: counters)
         router.requestsInFlight = { [unowned(unsafe) server] endpoint in server.requestsInFlight(endpoint) }
-        server.updateEndpoints(snapshot.endpoints, transports: snapshot.endpointTransports)
+        server.updateEndpoints(snapshot.endpoints, transports: snapshot.endpointTransports, workloads: snapshot.endpointWorkloads)
         server.tlsContext = tls?.server
         server.clientTLSContext = tls?.client
         for fd in listenFDs { server.listen(fd: fd) }
@@ -92,7 +92,7 @@ final class Worker: @unchecked Sendable {
             case .replaceSnapshot(let next):
                 // In-flight exchanges already hold their endpoint; new requests see the new snapshot.
                 router.replace(next)
-                server.updateEndpoints(next.endpoints, transports: next.endpointTransports)
+                server.updateEndpoints(next.endpoints, transports: next.endpointTransports, workloads: next.endpointWorkloads)
                 logger.debug("serving config generation \(next.generation)")
             case .replaceTLS(let contexts):
                 server.tlsContext = contexts.server

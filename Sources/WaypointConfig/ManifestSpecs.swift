@@ -1,5 +1,6 @@
 import Filters
 import Regex
+import WaypointCore
 /// The parts of the users' Kubernetes manifests that waypoint reads, as validated values (`…Spec`).
 /// Field names follow the manifests so that `config_dump` and errors read like the YAML.
 
@@ -184,6 +185,8 @@ public struct PodSpec: Sendable, Equatable {
     public var ips: [String]
     /// `spec.serviceAccountName` (`default` when unset).
     public var serviceAccount = "default"
+    /// Istio's destination labels for it (its controller from `metadata.ownerReferences`, app, version, …).
+    public var workload = WorkloadLabels()
 }
 
 /// `networking.istio.io/v1 DestinationRule`: the parts a waypoint applies.

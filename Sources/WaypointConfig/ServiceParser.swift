@@ -139,6 +139,15 @@ enum ServiceParser {
             throw doc.error("\"\(ip)\" is not an IP address", field: "status.podIPs[\(i)]")
         }
         let account = try doc.optional("spec")?.optionalString("serviceAccountName") ?? ""
-        return PodSpec(namespace: namespace, name: name, labels: labels, ips: ips, serviceAccount: account.isEmpty ? "default" : account)
+        // The controller among the owners (a ReplicaSet's Deployment is found by its name, as Istio does).
+        var owner: (kind: String, name: String)? = nil
+        for reference in try doc.required("metadata").optionalArray("ownerReferences") {
+            guard let kind = try reference.optionalString("kind"), let ownerName = try reference.optionalString("name") else { continue }
+            let controller = try reference.optional("controller")?.bool() ?? false
+            if owner == nil || controller { owner = (kind, ownerName) }
+        }
+        return PodSpec(
+            namespace: namespace, name: name, labels: labels, ips: ips, serviceAccount: account.isEmpty ? "default" : account,
+            workload: WorkloadLabels(pod: name, namespace: namespace, labels: labels, owner: owner))
     }
 }

@@ -93,6 +93,8 @@ public final class Snapshot: Sendable {
     /// Parallel to `endpoints`: plaintext, or for an endpoint in the mesh HBONE to its node's port 15008 (and the
     /// identity its certificate must name).
     public let endpointTransports: [EndpointTransport]
+    /// Parallel to `endpoints`: the workload behind an endpoint whose Pod is known (Istio's destination labels).
+    public let endpointWorkloads: [WorkloadLabels?]
     /// What an HBONE tunnel's `:authority` may name; anything else is refused (never an open relay).
     public let destinations: [SocketAddress: Destination]
     /// TCPRoute backends of a service port, by `tcpRouteKey(virtualHost, port)`: where its byte streams go.
@@ -115,7 +117,8 @@ public final class Snapshot: Sendable {
 
     init(
         generation: UInt64, routes: RouteTable<RouteAction>, clusters: [Cluster], endpoints: [SocketAddress],
-        endpointTransports: [EndpointTransport], destinations: [SocketAddress: Destination], tcpRoutes: [UInt64: BackendSet],
+        endpointTransports: [EndpointTransport], endpointWorkloads: [WorkloadLabels?], destinations: [SocketAddress: Destination],
+        tcpRoutes: [UInt64: BackendSet],
         authorization: [PolicySet],
         unmatchedHostPolicies: PolicySet, strictMTLS: [Bool], services: [(fqdn: String, name: String, namespace: String)],
         dump: JSONValue, warnings: [String], previous: Snapshot?
@@ -134,6 +137,7 @@ public final class Snapshot: Sendable {
         }
         self.endpoints = endpoints
         self.endpointTransports = endpointTransports
+        self.endpointWorkloads = endpointWorkloads
         self.destinations = destinations
         self.tcpRoutes = tcpRoutes
         self.authorization = authorization

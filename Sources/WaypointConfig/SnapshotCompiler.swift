@@ -49,6 +49,7 @@ public struct SnapshotCompiler {
         return Snapshot(
             generation: generation, routes: RouteTable(virtualHosts: state.virtualHosts, names: state.names),
             clusters: state.clusters, endpoints: state.endpoints, endpointTransports: state.endpointTransports,
+            endpointWorkloads: state.endpointWorkloads,
             destinations: state.destinations,
             tcpRoutes: state.tcpRoutes,
             authorization: state.authorization, unmatchedHostPolicies: state.unmatchedHostPolicies, strictMTLS: state.strictMTLS,
@@ -65,6 +66,8 @@ struct CompileState {
     var endpoints: [SocketAddress] = []
     /// Per endpoint: plaintext, or HBONE (in the mesh) and to whom.
     var endpointTransports: [EndpointTransport] = []
+    /// Per endpoint: its Pod's workload labels, when the Pod is known.
+    var endpointWorkloads: [WorkloadLabels?] = []
     var endpointIndex: [SocketAddress: Int32] = [:]
     /// Labels of the workload behind each endpoint (from its Pod, or its ServiceEntry endpoint), for subsets.
     var endpointLabels: [Int32: [String: String]] = [:]
@@ -288,6 +291,7 @@ struct CompileState {
         }
         endpoints.append(address)
         endpointTransports.append(transport)
+        endpointWorkloads.append(nil)
         endpointIndex[address] = Int32(endpoints.count - 1)
         return Int32(endpoints.count - 1)
     }
@@ -353,7 +357,10 @@ struct CompileState {
                             let pod = endpoint.pod.flatMap { podsByName["\(slice.namespace)/\($0)"] } ?? podsByIP[ip]
                             let transport = Self.transport(to: pod, namespaceLabels: namespaceLabels, annotated: slice.tunnel)
                             guard let index = self.endpoint(ip, targetPort, transport: transport) else { continue }
-                            if let pod { endpointLabels[index] = pod.labels }
+                            if let pod {
+                                endpointLabels[index] = pod.labels
+                                endpointWorkloads[Int(index)] = pod.workload
+                            }
                             // Istio's order: the Pod's `istio-locality` label, its Node's topology labels, the slice's zone.
                             if let locality = pod?.labels["istio-locality"].flatMap({ Locality($0, separator: ".") })
                                 ?? endpoint.node.flatMap({ nodeLocality[$0] }) ?? endpoint.zone.map({ Locality(zone: $0) })

@@ -6,7 +6,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import http_request, service_yaml
 from hbone import get
-from test_hbone import VIP, certs, client, hbone_proxy  # noqa: F401 (fixtures)
+from test_hbone import FORWARDED, VIP, certs, client, hbone_proxy  # noqa: F401 (fixtures)
 
 
 def scrape(proxy):
@@ -34,9 +34,13 @@ def test_plaintext_requests_are_counted_with_istio_labels(origin_factory, proxy_
     families = scrape(proxy)
     ok = samples(families, "istio_requests", "_total", response_code="200", **SERVICE)
     assert len(ok) == 1 and ok[0].value == 3
-    assert ok[0].labels == {**SERVICE, "source_principal": "unknown", "source_workload_namespace": "unknown",
-                            "request_protocol": "http", "response_code": "200", "grpc_response_status": "",
-                            "response_flags": "-", "connection_security_policy": "none"}
+    unknown = {f"{side}_{label}": "unknown" for side, labels in [
+        ("source", ["workload", "canonical_service", "canonical_revision", "workload_namespace", "principal", "app", "version",
+                    "cluster"]),
+        ("destination", ["workload", "workload_namespace", "app", "version", "canonical_service", "canonical_revision"])]
+        for label in labels}
+    assert ok[0].labels == {**SERVICE, **unknown, "request_protocol": "http", "response_code": "200",
+                            "grpc_response_status": "", "response_flags": "-", "connection_security_policy": "none"}
     assert samples(families, "istio_requests", "_total", response_code="503", **SERVICE)[0].value == 1
     # Histograms: cumulative buckets ending in +Inf = count; request sizes are total sizes (head and 500-byte body,
     # as Istio's request.total_size).
@@ -77,6 +81,40 @@ def test_hbone_requests_and_tcp_tunnels_carry_the_caller(origin_factory, hbone_p
     assert samples(families, "istio_tcp_connections_closed", "_total", **db)[0].value == 1
     assert samples(families, "istio_tcp_received_bytes", "_total", **db)[0].value == len(get("/raw"))
     assert samples(families, "istio_tcp_sent_bytes", "_total", **db)[0].value == len(response)
+
+
+def test_source_labels_come_from_baggage_and_destination_labels_from_the_pod(origin_factory, hbone_proxy, certs):
+    """What ztunnel sends in the CONNECT (`baggage`) names the caller's workload; the endpoint's Pod (labels and
+    owner) names the destination workload, as Istio's dashboards group by them."""
+    origin = origin_factory("a")
+    pod = """
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-v2-5b8d9f7c6-x7k2p
+  namespace: default
+  labels: {app: web, version: v2, pod-template-hash: 5b8d9f7c6}
+  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-v2-5b8d9f7c6, uid: u1, controller: true}]
+status: {podIP: 127.0.0.1}
+"""
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", origin.port)], cluster_ip=VIP) + "---" + pod)
+    c = client(proxy, certs)
+    baggage = ("k8s.cluster.name=east,k8s.namespace.name=shop,k8s.deployment.name=frontend-v1,"
+               "service.name=frontend,service.version=v1%2E0;prop=1")
+    sid = c.connect(f"{VIP}:80", headers=[("baggage", baggage), FORWARDED])
+    assert c.status(sid) == 200
+    assert c.http(sid, get("/labelled")).startswith(b"HTTP/1.1 200")
+    c.close()
+    series = samples(scrape(proxy), "istio_requests", "_total", response_code="200", **SERVICE)
+    assert len(series) == 1 and series[0].value == 1
+    labels = series[0].labels
+    assert {k: v for k, v in labels.items() if k.startswith("source_")} == {
+        "source_workload": "frontend-v1", "source_canonical_service": "frontend", "source_canonical_revision": "v1.0",
+        "source_workload_namespace": "shop", "source_principal": "spiffe://cluster.local/ns/default/sa/frontend",
+        "source_app": "frontend", "source_version": "v1.0", "source_cluster": "east"}
+    assert {k: v for k, v in labels.items() if k.startswith("destination_") and not k.startswith("destination_service")} == {
+        "destination_workload": "web-v2", "destination_workload_namespace": "default", "destination_app": "web",
+        "destination_version": "v2", "destination_canonical_service": "web", "destination_canonical_revision": "v2"}
 
 
 def test_series_beyond_the_cap_go_to_the_overflow_series(origin_factory, proxy_factory):

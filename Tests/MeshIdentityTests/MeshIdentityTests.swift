@@ -1,5 +1,6 @@
 import TLS
 import Testing
+import WaypointCore
 
 @testable import MeshIdentity
 
@@ -100,7 +101,7 @@ private func hex(_ text: String) -> [UInt8] {
     }
 
     @Test func grpcMessagesArePercentDecoded() {
-        #expect(UnaryCall.percentDecoded("no%20such%3A %E2%9C%93 100%") == "no such: ✓ 100%")
+        #expect(percentDecoded("no%20such%3A %E2%9C%93 100%") == "no such: ✓ 100%")
         #expect(UnaryCall.statusName(16) == "UNAUTHENTICATED" && UnaryCall.statusName(99) == "status 99")
     }
 

@@ -109,7 +109,7 @@ enum Harness {
     }
 
     /// What arrives before any HTTP: PROXY v2 headers (with the identity TLV), and the CONNECT authority,
-    /// `forwarded` and SPIFFE ID texts; and the header texts parsed per request (traceparent, grpc-timeout).
+    /// `forwarded`, `baggage` and SPIFFE ID texts; and the header texts parsed per request (traceparent, grpc-timeout).
     static func proxy(_ data: UnsafeRawBufferPointer) {
         switch ProxyProtocolHeader.parse(data) {
         case .complete(let header, let length):
@@ -140,6 +140,8 @@ enum Harness {
                     ?? (continued.span == 0),
                 "traceparent does not round-trip")
         }
+        // The tunnel's baggage, which names the caller's workload in Istio's metrics.
+        _ = WorkloadLabels(baggage: String(decoding: data, as: UTF8.self), identityNamespace: nil)
     }
 
     private static func check(_ range: ByteRange, in bytes: UnsafeRawBufferPointer) {

@@ -90,7 +90,8 @@ extension ProxyServer {
             }
             counters.countResponse(status)
             counters.istio.recordRequest(
-                principal: principal, service: record.labels.service, grpc: record.grpc, grpcStatus: grpc?.code ?? -1,
+                principal: principal, service: record.labels.service, destination: pool(record.endpoint)?.destinationWorkload ?? -1,
+                grpc: record.grpc, grpcStatus: grpc?.code ?? -1,
                 mutualTLS: peer.identity != nil, status: status, flags: record.flags, durationMs: (loop.now - record.start) * 1000,
                 requestBytes: record.bytesReceived, responseBytes: record.bytesSent)
         }

@@ -33,7 +33,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         self.id = id
         self.server = server
         self.peer = peer
-        principalID = server.counters.istio.intern(principal: peer.identity?.principal, namespace: peer.identity?.namespace)
+        principalID = server.counters.istio.intern(source: peer)
         self.destination = destination
         self.traceparent = traceparent
         channel = HTTP2Channel(stream: stream, role: .server, delegate: self)

@@ -126,7 +126,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         self.stream = stream
         self.server = server
         self.peer = peer
-        principalID = server.counters.istio.intern(principal: peer.identity?.principal, namespace: peer.identity?.namespace)
+        principalID = server.counters.istio.intern(source: peer)
         self.destination = destination
         self.traceparent = traceparent
         clientIP = Array(peer.sourceIP.utf8)

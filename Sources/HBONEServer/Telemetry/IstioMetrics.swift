@@ -1,12 +1,15 @@
 import Synchronization
+import WaypointCore
 
 /// Istio's standard metrics for one worker: `istio_requests_total`, `istio_request_duration_milliseconds`,
 /// `istio_request_bytes`, `istio_response_bytes` per request, and `istio_tcp_*` per byte-stream tunnel, each
-/// series labelled as Istio labels them (source principal and namespace, destination service, protocol,
-/// response code and flags, connection security policy).
+/// series labelled as Istio labels them (the source workload from the tunnel's baggage and its principal, the
+/// destination workload from the endpoint's Pod, the destination service, protocol, response code and flags,
+/// connection security policy).
 ///
-/// The worker finds a request's series with one dictionary lookup on a key of small integers (principals and
-/// services are interned when a connection starts or a config is swapped in, never per request) and counts
+/// The worker finds a request's series with one dictionary lookup on a key of small integers (sources,
+/// destination workloads and services are interned when a connection starts or a config is swapped in, never
+/// per request) and counts
 /// with relaxed atomics; the scrape reads the published series from another thread. At most `capacity`
 /// series per worker: later label sets are counted in one overflow series (labels `overflow`).
 ///
@@ -19,8 +22,11 @@ public final class IstioMetrics: @unchecked Sendable {
 
     /// What distinguishes a series (interned names as indices into `names`).
     struct Key: Hashable {
+        /// The caller (principal and workload labels), -1 unknown.
         var principal: Int32
         var service: Int32
+        /// The destination workload (the endpoint's Pod), -1 unknown.
+        var destination: Int32 = -1
         var code: UInt16
         var flags: UInt8
         /// 0 http, 1 grpc, 2 tcp.
@@ -48,9 +54,16 @@ public final class IstioMetrics: @unchecked Sendable {
     private let counts: UnsafeMutablePointer<Atomic<Int>>
     private let published = Atomic<Int>(0)
     private var index: [Key: Int32] = [:]
-    /// Interned label values: principals (with their namespace) and services (fqdn, name, namespace).
-    private let names = Mutex<(principals: [(principal: String, namespace: String)], services: [(String, String, String)])>(([], []))
-    private var principalIDs: [String: Int32] = [:]
+    /// Interned label values: sources (principal and workload), services (fqdn, name, namespace) and destination
+    /// workloads.
+    private let names = Mutex<Names>(Names())
+    struct Names {
+        var sources: [(principal: String?, workload: WorkloadLabels)] = []
+        var services: [(String, String, String)] = []
+        var destinations: [WorkloadLabels] = []
+    }
+    private var sourceIDs: [String: Int32] = [:]
+    private var destinationIDs: [WorkloadLabels: Int32] = [:]
     private var serviceIDs: [String: Int32] = [:]
     public let overflowed = Atomic<Int>(0)
     /// Per interned service (up to `maxServices`): retries started, exchanges that succeeded after a retry, and
@@ -93,15 +106,29 @@ public final class IstioMetrics: @unchecked Sendable {
 
     // MARK: Worker side
 
-    /// The id of a caller's principal (`cluster.local/ns/NS/sa/SA`), or -1 for none (plaintext).
-    func intern(principal: String?, namespace: String?) -> Int32 {
-        guard let principal else { return -1 }
-        if let id = principalIDs[principal] { return id }
+    /// The id of a caller: its principal (`cluster.local/ns/NS/sa/SA`) and the workload its tunnel's `baggage`
+    /// names; -1 when neither is known (plaintext).
+    func intern(source peer: PeerFacts) -> Int32 {
+        guard peer.identity != nil || peer.baggage != nil else { return -1 }
+        let key = (peer.identity?.principal ?? "") + "\u{0}" + (peer.baggage ?? "")
+        if let id = sourceIDs[key] { return id }
+        let workload = WorkloadLabels(baggage: peer.baggage, identityNamespace: peer.identity?.namespace)
         let id = names.withLock { tables -> Int32 in
-            tables.principals.append((principal, namespace ?? "unknown"))
-            return Int32(tables.principals.count - 1)
+            tables.sources.append((peer.identity?.principal, workload))
+            return Int32(tables.sources.count - 1)
         }
-        principalIDs[principal] = id
+        sourceIDs[key] = id
+        return id
+    }
+
+    /// The id of a destination workload (an endpoint's Pod), interned when a config is swapped in.
+    public func intern(destination workload: WorkloadLabels) -> Int32 {
+        if let id = destinationIDs[workload] { return id }
+        let id = names.withLock { tables -> Int32 in
+            tables.destinations.append(workload)
+            return Int32(tables.destinations.count - 1)
+        }
+        destinationIDs[workload] = id
         return id
     }
 
@@ -118,13 +145,15 @@ public final class IstioMetrics: @unchecked Sendable {
 
     /// One HTTP request: status, Envoy-style response flags, duration and body sizes.
     func recordRequest(
-        principal: Int32, service: Int32, grpc: Bool, grpcStatus: Int, mutualTLS: Bool, status: Int, flags: StaticString,
+        principal: Int32, service: Int32, destination: Int32, grpc: Bool, grpcStatus: Int, mutualTLS: Bool, status: Int,
+        flags: StaticString,
         durationMs: Double, requestBytes: Int, responseBytes: Int
     ) {
         let base =
             slot(
                 Key(
-                    principal: principal, service: service, code: UInt16(clamping: status), flags: Self.flagIndex(flags),
+                    principal: principal, service: service, destination: destination, code: UInt16(clamping: status),
+                    flags: Self.flagIndex(flags),
                     kind: grpc ? 1 : 0, grpcStatus: Int8(clamping: grpcStatus), mutualTLS: mutualTLS)) * Self.stride
         counts[base].increment()
         Self.observe(durationMs, Self.durationBuckets, counts + base + Self.durationBase, scale: 1000)
@@ -239,25 +268,32 @@ public final class IstioMetrics: @unchecked Sendable {
         return result
     }
 
-    private func labels(
-        _ key: Key, _ tables: (principals: [(principal: String, namespace: String)], services: [(String, String, String)]),
-        overflow: Bool, grpcStatus: Bool
-    ) -> [(String, String)] {
+    /// Istio's labels, in Istio's order.
+    private func labels(_ key: Key, _ tables: Names, overflow: Bool, grpcStatus: Bool) -> [(String, String)] {
         if overflow {
             return [
-                "source_principal", "source_workload_namespace", "destination_service", "destination_service_name",
+                "source_workload", "source_canonical_service", "source_canonical_revision", "source_workload_namespace",
+                "source_principal", "source_app", "source_version", "source_cluster", "destination_workload",
+                "destination_workload_namespace", "destination_app", "destination_version", "destination_service",
+                "destination_canonical_service", "destination_canonical_revision", "destination_service_name",
                 "destination_service_namespace", "request_protocol", "response_code", grpcStatus ? "grpc_response_status" : nil,
                 "response_flags", "connection_security_policy",
             ].compactMap { $0.map { ($0, "overflow") } }
         }
-        let principal = key.principal >= 0 ? tables.principals[Int(key.principal)] : (principal: "unknown", namespace: "unknown")
+        let source = key.principal >= 0 ? tables.sources[Int(key.principal)] : (principal: nil, workload: WorkloadLabels())
+        let destination = key.destination >= 0 ? tables.destinations[Int(key.destination)] : WorkloadLabels()
         let service = key.service >= 0 ? tables.services[Int(key.service)] : ("unknown", "unknown", "unknown")
         var labels: [(String, String)] = [
-            ("source_principal", key.principal >= 0 ? "spiffe://" + principal.principal : "unknown"),
-            ("source_workload_namespace", principal.namespace),
-            ("destination_service", service.0), ("destination_service_name", service.1),
-            ("destination_service_namespace", service.2),
-            ("request_protocol", ["http", "grpc", "tcp"][Int(key.kind)]),
+            ("source_workload", source.workload.workload), ("source_canonical_service", source.workload.canonicalService),
+            ("source_canonical_revision", source.workload.canonicalRevision),
+            ("source_workload_namespace", source.workload.namespace),
+            ("source_principal", source.principal.map { "spiffe://" + $0 } ?? "unknown"), ("source_app", source.workload.app),
+            ("source_version", source.workload.version), ("source_cluster", source.workload.cluster),
+            ("destination_workload", destination.workload), ("destination_workload_namespace", destination.namespace),
+            ("destination_app", destination.app), ("destination_version", destination.version),
+            ("destination_service", service.0), ("destination_canonical_service", destination.canonicalService),
+            ("destination_canonical_revision", destination.canonicalRevision), ("destination_service_name", service.1),
+            ("destination_service_namespace", service.2), ("request_protocol", ["http", "grpc", "tcp"][Int(key.kind)]),
         ]
         if key.kind != 2 {
             labels.append(("response_code", String(key.code)))

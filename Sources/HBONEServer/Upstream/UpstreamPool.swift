@@ -13,6 +13,8 @@ final class UpstreamPool {
     let address: SocketAddress
     /// Plaintext, or HBONE (and to whom).
     let transport: EndpointTransport
+    /// The endpoint's Pod as Istio's destination labels name it (interned in the worker's metrics), -1 unknown.
+    var destinationWorkload: Int32 = -1
     let addressText: String
     /// HBONE connections to the endpoint's node (tunnel pools only).
     private var hboneConnections: [HBONEConnection] = []
