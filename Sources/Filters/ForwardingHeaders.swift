@@ -10,11 +10,12 @@ public enum ForwardingHeaders {
     /// `requestID` is called only when the request has no `x-request-id`. `traceparent` (the HBONE tunnel's,
     /// possibly empty) is added when the request carries none, so the trace continues across the waypoint;
     /// `replaceTraceparent`: it replaces the request's own (the waypoint traced the request: its span is the
-    /// upstream's parent).
+    /// upstream's parent). `upgrade`: the client's `Upgrade` offer goes on, with `connection: upgrade` (the only
+    /// hop-by-hop headers passed on).
     public static func writeRequest(
         _ head: RequestHead, _ bytes: UnsafeRawBufferPointer, clientIP: UnsafeRawBufferPointer,
         proto: StaticString, traceparent: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0),
-        replaceTraceparent: Bool = false,
+        replaceTraceparent: Bool = false, upgrade: Bool = false,
         modifier: HeaderModifier? = nil, rewrite: URLRewrite? = nil, into out: ByteBuffer,
         requestID: (ByteBuffer) -> Void
     ) {
@@ -82,6 +83,11 @@ public enum ForwardingHeaders {
         }
         modifier?.writeAdded(into: out)
         writeFraming(head.framing, into: out)
+        if upgrade {
+            out.append("connection: upgrade\r\nupgrade: ")
+            out.append(head.upgrade.bytes(in: bytes))
+            out.append("\r\n")
+        }
         out.append(firstAttempt)
         out.append("\r\n")
     }
@@ -91,9 +97,10 @@ public enum ForwardingHeaders {
     /// replaces it by cutting these bytes before the blank line.
     public static let firstAttempt: StaticString = "x-envoy-attempt-count: 1\r\n"
 
-    /// Writes `head` as the response sent downstream. `close` adds `connection: close`.
+    /// Writes `head` as the response sent downstream. `close` adds `connection: close`; `upgrade` (a `101` the
+    /// client asked for) keeps the upstream's `Upgrade` and adds `connection: upgrade`.
     public static func writeResponse(
-        _ head: ResponseHead, _ bytes: UnsafeRawBufferPointer, close: Bool, modifier: HeaderModifier? = nil,
+        _ head: ResponseHead, _ bytes: UnsafeRawBufferPointer, close: Bool, upgrade: Bool = false, modifier: HeaderModifier? = nil,
         into out: ByteBuffer
     ) {
         out.append("HTTP/1.1 ")
@@ -104,6 +111,7 @@ public enum ForwardingHeaders {
         for field in head.headers {
             let name = field.name.bytes(in: bytes)
             switch classify(name) {
+            case .hopByHop where upgrade && name.count == 7 && HTTP1Parser.equalsLowercase(name, "upgrade"): break
             case .hopByHop, .framing: continue
             default: break
             }
@@ -115,6 +123,7 @@ public enum ForwardingHeaders {
         }
         modifier?.writeAdded(into: out)
         writeFraming(head.framing, into: out)
+        if upgrade { out.append("connection: upgrade\r\n") }
         if close { out.append("connection: close\r\n") }
         out.append("\r\n")
     }

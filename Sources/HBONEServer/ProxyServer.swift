@@ -310,6 +310,11 @@ public final class ProxyServer {
         counters.downstreamConnectionsActive.increment()
     }
 
+    /// The session under `id` became `session` (an HTTP/1.1 connection that switched protocols, now a relay).
+    func replaceSession(_ id: Int, with session: any DownstreamSession) {
+        if let old = sessions.updateValue(session, forKey: id) { releaseLater(old) }
+    }
+
     func sessionClosed(_ id: Int) {
         guard let closed = sessions.removeValue(forKey: id) else { return }
         releaseLater(closed)

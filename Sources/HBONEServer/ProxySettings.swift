@@ -28,6 +28,9 @@ public struct ProxySettings: Sendable {
     public var defaultRetries: RetryPolicy? = .istioDefault
     /// How request paths are normalized before routing and authorization (Istio's default: BASE).
     public var pathNormalization = PathNormalization.base
+    /// HTTP/1.1 `Upgrade` (WebSocket) passes through and a `101` turns the connection into a byte relay, as
+    /// Istio's waypoints allow by default; off: the offer is dropped (hop-by-hop) and the request is plain HTTP.
+    public var upgrades = true
     /// `x-forwarded-proto` set on requests from this listener.
     public var forwardedProto: StaticString = "http"
 

@@ -73,7 +73,7 @@ enum EnvironmentFlags {
             ("trust-domain-aliases", true), ("max-concurrent-streams", false), ("handshake-timeout", false), ("hbone-keepalive", false),
             ("upstream-hbone-port", false), ("path-normalization", false), ("layered-authorization", false),
             ("harden-deny-paths", false),
-            ("root-namespace", false), ("default-retries", false),
+            ("root-namespace", false), ("default-retries", false), ("http-upgrades", false),
             ("namespace", false), ("drain-timeout", false), ("connect-timeout", false), ("header-timeout", false),
             ("log-level", false), ("access-log", false), ("ca-address", false), ("ca-server-name", false), ("ca-root", false),
             ("ca-token-file", false), ("cluster-id", false),

@@ -134,6 +134,11 @@ extension WaypointCommand {
 
         @Option(
             name: .long,
+            help: "HTTP/1.1 Upgrade (WebSocket) passes through and a 101 makes the connection a byte relay, as Istio's waypoints allow.")
+        var httpUpgrades = Toggle.on
+
+        @Option(
+            name: .long,
             help: "While draining, how long idle keep-alive connections stay open for a last request (answered with connection: close).")
         var drainIdleGrace = DurationArgument(.seconds(2))
 
@@ -305,6 +310,7 @@ extension WaypointCommand {
             options.settings.upstreamHBONEPort = upstreamHbonePort
             options.settings.pathNormalization = pathNormalization.mode
             options.settings.defaultRetries = defaultRetries == .on ? .istioDefault : nil
+            options.settings.upgrades = httpUpgrades == .on
             options.settings.istioMetricsMaxSeries = istioMetricsMaxSeries
             options.settings.drainIdleGrace = drainIdleGrace.duration
             if let otlpEndpoint {

@@ -58,6 +58,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private var requestBody = BodyTracker(.none)
     private var discardingBody = false
     private var requestWasHead = false
+    /// The request offers an `Upgrade` that goes upstream; a `101` answer turns the session into a `ByteRelay`.
+    private var upgrading = false
     /// The connection carrying the current attempt; its pool counts it as a request in flight (LEAST_REQUEST).
     private var upstream: UpstreamConnection? {
         didSet {
@@ -517,11 +519,13 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                 span.context.writeTraceparent(into: out)
                 return Array(out.readable)
             } ?? traceparent
+        // An upgrade offer without a body (a WebSocket handshake) goes on; otherwise it is dropped as hop-by-hop.
+        upgrading = server.settings.upgrades && !head.upgrade.isEmpty && requestDone
         clientIP.withUnsafeBytes { ip in
             upstreamTraceparent.withUnsafeBytes { trace in
                 ForwardingHeaders.writeRequest(
                     head, headBytes, clientIP: ip, proto: server.settings.forwardedProto, traceparent: trace,
-                    replaceTraceparent: record.span != nil,
+                    replaceTraceparent: record.span != nil, upgrade: upgrading,
                     modifier: policy.requestHeaders, rewrite: policy.rewrite,
                     into: connection.output
                 ) { [unowned(unsafe) self] out in
@@ -649,6 +653,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         limits = nil
         retryPolicy = nil
         bodyTooBigToRetry = false
+        upgrading = false
         inExchange = false
         requestDone = false
         responseDone = false
@@ -671,6 +676,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     /// Moves what the upstream sent downstream and, when that ends the exchange, starts the next one.
     private func responseProgress() {
         pumpResponse()
+        guard !closed else { return }  // switched protocols: a relay has the streams now
         if responseDone && requestDone { processInput() } else { flushOutput() }
         if closing && output.isEmpty { close() }
     }
@@ -754,6 +760,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                     badResponse()
                     return
                 }
+                if response.status == 101 && upgrading {
+                    return switchProtocols(headBytes, length: length)
+                }
                 if response.status < 200 {
                     source.consume(length)  // interim responses are ours to absorb (we answered 100-continue)
                     continue
@@ -803,6 +812,48 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             keepAlive = false
             discardingBody = true
         }
+    }
+
+    /// The upstream accepted the client's `Upgrade` (`101`): its head goes down with `Upgrade` kept, and this
+    /// session hands both streams, and the bytes read past either head, to a `ByteRelay` under the same id. The
+    /// exchange counts as one request (status 101), reported when the relay ends with the bytes it moved.
+    private func switchProtocols(_ headBytes: UnsafeRawBufferPointer, length: Int) {
+        guard let upstream else { return }
+        tryTimer?.cancel()
+        requestTimer?.cancel()
+        record.status = 101
+        ForwardingHeaders.writeResponse(response, headBytes, close: false, upgrade: true, modifier: policy.responseHeaders, into: output)
+        upstream.input.consume(length)
+        output.append(upstream.input.readable)
+        upstream.input.clear()
+        upstream.owner = nil
+        self.upstream = nil
+        guard let upstreamStream = upstream.detachStream() else {
+            upstream.close()
+            return abort()
+        }
+        record.bytesReceived += input.readableBytes
+        var record = self.record
+        let limits = self.limits
+        let peer = self.peer
+        let principal = principalID
+        let log = logFields
+        let relay = ByteRelay(id: id, client: stream, upstream: upstreamStream, toClient: output, toUpstream: input, server: server) {
+            [unowned(unsafe) server] received, sent in
+            record.bytesReceived += received
+            record.bytesSent += sent
+            server.report(record, grpc: nil, protocol: "HTTP/1.1", peer: peer, principal: principal, log: log)
+            server.exchangeEnded(&record, limits: limits)
+        }
+        // This session ends here without closing its stream or reporting: the relay has both.
+        closed = true
+        self.record = ExchangeRecord()
+        timer.cancel()
+        retryTimer?.cancel()
+        faultTimer?.cancel()
+        pendingTimer?.cancel()
+        server.replaceSession(id, with: relay)
+        relay.start()
     }
 
     // MARK: - Retries

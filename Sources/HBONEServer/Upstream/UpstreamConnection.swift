@@ -138,6 +138,18 @@ final class UpstreamConnection: ByteStreamHandler {
         close()
     }
 
+    /// Gives up its stream to a relay (the upstream switched protocols): the connection is closed for its pool
+    /// and its limits, the stream lives on. Pending output is written first; nil when some could not be.
+    func detachStream() -> (any ByteStream)? {
+        guard state == .active, flush(), output.isEmpty else { return nil }
+        pool.releaseLater(self)
+        state = .closed
+        pool.connectionClosed(limits: limits)
+        timer.cancel()
+        stream.handler = nil
+        return stream
+    }
+
     func close() {
         guard state != .closed else { return }
         pool.releaseLater(self)  // its owner may drop it while it is still on the call stack

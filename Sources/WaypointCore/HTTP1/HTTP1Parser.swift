@@ -42,6 +42,7 @@ public enum HTTP1Parser {
     /// Validates a complete request head (`bytes` is exactly the head, as found by `findHeadEnd`).
     public static func parseRequest(_ bytes: UnsafeRawBufferPointer, into head: inout RequestHead) -> Outcome {
         head.headers.removeAll(keepingCapacity: true)
+        head.upgrade = .empty
         head.host = .empty
         head.framing = .none
         head.expectsContinue = false
@@ -79,6 +80,8 @@ public enum HTTP1Parser {
         var chunked = false
         var connectionClose = false
         var connectionKeepAlive = false
+        var connectionUpgrade = false
+        var upgrade: ByteRange? = nil
 
         while true {
             switch cursor.headerLine() {
@@ -101,7 +104,11 @@ public enum HTTP1Parser {
                     forEachToken(value) { token in
                         if equalsLowercase(token, "close") { connectionClose = true }
                         if equalsLowercase(token, "keep-alive") { connectionKeepAlive = true }
+                        if equalsLowercase(token, "upgrade") { connectionUpgrade = true }
                     }
+                case 7 where equalsLowercase(name, "upgrade"):
+                    // Several Upgrade lines would be one list; a switch is only offered for exactly one.
+                    upgrade = upgrade == nil && !value.isEmpty ? field.value : .empty
                 case 14 where equalsLowercase(name, "content-length"):
                     guard let length = parseContentLength(value) else { return .failed(.bad("invalid content-length")) }
                     if let earlier = contentLength, earlier != length { return .failed(.bad("conflicting content-length headers")) }
@@ -136,6 +143,7 @@ public enum HTTP1Parser {
         }
         if !head.isHTTP10 && !sawHost { return .failed(.bad("missing host header")) }
         if connectionClose { head.keepAlive = false } else if head.isHTTP10 && connectionKeepAlive { head.keepAlive = true }
+        if connectionUpgrade && !head.isHTTP10, let upgrade { head.upgrade = upgrade }
         return .complete
     }
 

@@ -58,6 +58,9 @@ public struct RequestHead: Sendable {
     public var framing = BodyFraming.none
     public var keepAlive = true
     public var expectsContinue = false
+    /// The `Upgrade` header's value when `Connection` lists `upgrade` (HTTP/1.1): the protocols the client asks
+    /// to switch to (WebSocket); empty otherwise.
+    public var upgrade = ByteRange.empty
     /// Bytes of the head including the blank line that ends it.
     public var length = 0
     /// True when the target was `/` filled in for an empty absolute-form path.

@@ -1,0 +1,126 @@
+"""HTTP/1.1 Upgrade through the waypoint, with a WebSocket stack this project did not write on both ends (the
+`websockets` package): the handshake's Upgrade goes upstream, the 101 comes back, and the connection becomes a
+byte relay both ways, on the plaintext listener and inside an HBONE tunnel. A refused upgrade stays plain
+HTTP; `--http-upgrades off` drops the offer."""
+import json
+import os
+import socket
+import threading
+import time
+
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
+from websockets.sync.server import serve
+
+from conftest import http_request, service_yaml, wait_for
+from test_grpc import HBONEForwarder
+from test_hbone import VIP, certs, client, hbone_proxy  # noqa: F401 (fixtures)
+
+MIB = 1 << 20
+
+
+class EchoServer:
+    """Echoes every message; `/headers` answers with the handshake's request headers; `/refuse` answers 403."""
+
+    def __init__(self):
+        def handler(connection):
+            if connection.request.path == "/headers":
+                connection.send(json.dumps({k.lower(): v for k, v in connection.request.headers.raw_items()}))
+            for message in connection:
+                connection.send(message)
+
+        def process_request(connection, request):
+            if request.path == "/refuse":
+                return connection.respond(403, "not here\n")
+            return None
+
+        self.server = serve(handler, "127.0.0.1", 0, max_size=None, process_request=process_request)
+        self.port = self.server.socket.getsockname()[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def echo():
+    server = EchoServer()
+    yield server
+    server.server.shutdown()
+
+
+def ws(port, path="/chat", host="web"):
+    """A client whose connection goes to `port` while the handshake names `host`."""
+    return connect(f"ws://{host}{path}", sock=socket.create_connection(("127.0.0.1", port)), max_size=None, open_timeout=10)
+
+
+def exchange_both_ways(connection):
+    connection.send("hello")
+    assert connection.recv(timeout=10) == "hello"
+    big = os.urandom(MIB)   # incompressible: permessage-deflate is on by default
+    connection.send(big)
+    assert connection.recv(timeout=30) == big
+
+
+def test_websocket_through_the_plaintext_listener(proxy_factory, echo):
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", echo.port)]))
+    with ws(proxy.port, "/headers") as connection:
+        headers = json.loads(connection.recv(timeout=10))
+        assert headers["upgrade"] == "websocket" and headers["connection"].lower() == "upgrade"
+        assert headers["x-forwarded-for"] == "127.0.0.1" and "sec-websocket-key" in headers
+        exchange_both_ways(connection)
+    # One request, status 101, reported when the relay ended, with the bytes it moved.
+    entry = json.loads(wait_for(r'\{[^\n]*"path":"/headers"[^\n]*\n', proxy.stdout_path).group(0))
+    assert entry["response_code"] == 101 and entry["bytes_received"] > MIB and entry["bytes_sent"] > MIB
+    assert proxy.metrics()['waypoint_downstream_requests_total{status_class="1xx"}'] == 1
+
+
+def test_websocket_inside_an_hbone_tunnel(hbone_proxy, certs, echo):
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", echo.port)], cluster_ip=VIP))
+    forwarder = HBONEForwarder(lambda: client(proxy, certs), f"{VIP}:80")
+    with ws(forwarder.port) as connection:
+        exchange_both_ways(connection)
+    entry = json.loads(wait_for(r'\{[^\n]*"path":"/chat"[^\n]*\n', proxy.stdout_path).group(0))
+    assert entry["response_code"] == 101 and entry["downstream_peer_principal"] == "cluster.local/ns/default/sa/frontend"
+
+
+def test_a_refused_upgrade_is_a_plain_response_and_the_connection_goes_on(proxy_factory, echo):
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", echo.port)]))
+    with pytest.raises(InvalidStatus) as refused:
+        ws(proxy.port, "/refuse")
+    assert refused.value.response.status_code == 403
+    # On one connection: the refused offer, then a plain request, answered in order.
+    s = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    s.sendall(b"GET /refuse HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    first = b""
+    while b"not here\n" not in first:
+        first += s.recv(65536)
+    assert first.startswith(b"HTTP/1.1 403 ")
+    s.sendall(b"GET /again HTTP/1.1\r\nHost: web\r\n\r\n")
+    assert s.recv(65536).startswith(b"HTTP/1.1 ")     # answered: the connection stayed HTTP
+    s.close()
+
+
+def test_a_client_that_stops_reading_keeps_rss_bounded(proxy_factory):
+    """64 MiB pushed by the server at a client that reads nothing: the relay's buffers stay bounded."""
+    def flood(connection):
+        for _ in range(64):
+            connection.send(os.urandom(MIB))
+    server = serve(flood, "127.0.0.1", 0, max_size=None, compression=None)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", server.socket.getsockname()[1])]))
+    before = proxy.rss_kib()
+    with ws(proxy.port) as connection:
+        time.sleep(2)                        # not reading: the flood backs up into the server
+        grown = proxy.rss_kib() - before
+        got = sum(len(connection.recv(timeout=30)) for _ in range(64))
+    server.shutdown()
+    assert got == 64 * MIB
+    assert grown < 8 * 1024, f"RSS grew {grown} KiB while the client did not read"
+
+
+def test_upgrades_off_drops_the_offer(proxy_factory, echo):
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", echo.port)]), extra=["--http-upgrades", "off"])
+    with pytest.raises(InvalidStatus) as refused:
+        ws(proxy.port)
+    # The origin saw no Upgrade (hop-by-hop, dropped) and answered as to plain HTTP.
+    assert refused.value.response.status_code == 426
