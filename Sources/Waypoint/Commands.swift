@@ -196,7 +196,7 @@ extension WaypointCommand {
         @Option(
             name: .long,
             help:
-                "The mesh CA (istiod) that issues the HBONE certificate, HOST:PORT (env WAYPOINT_CA_ADDRESS); default istiod.istio-system.svc:15012 with --kubernetes and no --cert."
+                "The mesh CA (istiod) that issues the HBONE certificate, HOST:PORT (env WAYPOINT_CA_ADDRESS); default istiod.istio-system.svc:15012 with --kubernetes and no --cert; none: no CA (and no HBONE without --cert)."
         )
         var caAddress: String?
 
@@ -216,10 +216,10 @@ extension WaypointCommand {
             if let workers, workers < 1 || workers > 256 { throw ValidationError("--workers must be 1...256") }
             let given = [cert, key, ca].compactMap { $0 }.count
             if given != 0 && given != 3 { throw ValidationError("--cert, --key and --ca go together") }
-            if given != 0 && caAddress != nil {
+            if given != 0 && caAddress != nil && caAddress != "none" {
                 throw ValidationError("--ca-address and --cert are alternatives: one source of the certificate")
             }
-            if let caAddress, Self.hostAndPort(caAddress) == nil {
+            if let caAddress, caAddress != "none", Self.hostAndPort(caAddress) == nil {
                 throw ValidationError("--ca-address must be HOST:PORT, not \(caAddress)")
             }
             if maxConcurrentStreams < 1 { throw ValidationError("--max-concurrent-streams must be at least 1") }
@@ -258,7 +258,7 @@ extension WaypointCommand {
         /// The mesh CA when the certificate comes from it: asked for (flag or env), or the default with the
         /// Kubernetes source on and no certificate files.
         private func meshCA(kubernetes: Bool) -> IstioCA? {
-            guard cert == nil else { return nil }
+            guard cert == nil, caAddress != "none" else { return nil }
             guard let address = caAddress ?? (kubernetes ? Self.istiod : nil),
                 let (host, port) = Self.hostAndPort(address)
             else { return nil }

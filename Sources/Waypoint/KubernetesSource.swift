@@ -25,10 +25,24 @@ final class KubernetesSource {
         var syncTimeout = Duration.seconds(30)
     }
 
+    /// Where the first lists stand.
+    enum Sync: Equatable {
+        /// Some kinds are not listed yet; past `deadline` the waypoint serves what it has.
+        case listing(deadline: ContinuousClock.Instant)
+        case synced
+        /// The timeout passed first: these kinds were not listed then.
+        case timedOut(missing: [String])
+    }
+
     let store: APIObjectStore
     let kinds: [WatchedKind]
     /// Runs on the main loop after changes, at most once per `window`.
     var onChange: (() -> Void)?
+    /// Runs on the main loop once, when every kind was listed or the sync timeout passed.
+    var onSynced: (() -> Void)?
+    private(set) var sync: Sync = .synced
+    private lazy var syncCheck = Timer(loop: loop) { [unowned(unsafe) self] in self.checkSync() }
+    private let logger: Logger
     private unowned(unsafe) let loop: EventLoop
     private let doorbell = DoorbellBox()
     private lazy var debounce = Timer(loop: loop) { [unowned(unsafe) self] in self.onChange?() }
@@ -48,6 +62,7 @@ final class KubernetesSource {
     init(options: Options, loop: EventLoop, logger: Logger) throws(APIError) {
         let context = try options.credentials.tlsContext()
         self.loop = loop
+        self.logger = logger
         let box = doorbell
         store = APIObjectStore { box.ring() }
         var kinds: [WatchedKind] = []
@@ -65,18 +80,34 @@ final class KubernetesSource {
         }
     }
 
-    /// Blocks (at start-up, before the loop runs) until every kind was listed once or `timeout` passed; whether
-    /// they all were. The first lists are not changes: the latency metric starts after them.
-    func waitForSync(timeout: Duration) -> Bool {
-        var waited = Duration.zero
-        defer { _ = store.takeChangedSince() }
-        while !store.settled(kinds) {
-            guard waited < timeout else { return false }
-            var pause = timespec(tv_sec: 0, tv_nsec: 20_000_000)
-            nanosleep(&pause, nil)
-            waited += .milliseconds(20)
+    /// Starts waiting for every kind's first list (at most `timeout`); `onSynced` runs when it is over. The
+    /// first lists are not changes: the latency metric starts after them.
+    func beginSync(timeout: Duration) {
+        sync = .listing(deadline: .now + timeout)
+        syncCheck.scheduleRepeating(every: .milliseconds(20))
+    }
+
+    private func checkSync() {
+        guard case .listing(let deadline) = sync else { return }
+        if store.settled(kinds) {
+            sync = .synced
+        } else if ContinuousClock.now >= deadline {
+            let missing = kinds.filter { !store.settled([$0]) }.map(\.label)
+            sync = .timedOut(missing: missing)
+            logger.warning("kubernetes: not listed within the sync timeout, serving what arrived: \(missing.joined(separator: ", "))")
+        } else {
+            return
         }
-        return true
+        syncCheck.cancel()
+        _ = store.takeChangedSince()
+        onSynced?()
+    }
+
+    /// Why the waypoint is not ready yet, while the first lists are under way.
+    var waitingFor: String? {
+        guard case .listing = sync else { return nil }
+        let missing = kinds.filter { !store.settled([$0]) }.map(\.label)
+        return "kubernetes: waiting for the first list of " + missing.joined(separator: ", ")
     }
 }
 

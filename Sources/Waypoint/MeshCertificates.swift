@@ -77,7 +77,8 @@ final class MeshCertificates {
         case .failed(let reason, let retryIn):
             renewals.failed += 1
             lastError = reason
-            logger.error("HBONE certificate from \(source) failed: \(reason); retrying in \(retryIn)")
+            logger.error(
+                "HBONE certificate from \(source) failed: \(reason); retrying in \(retryIn) (--cert, or --ca-address none, to do without)")
         }
     }
 

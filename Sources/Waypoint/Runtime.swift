@@ -92,9 +92,6 @@ final class Runtime {
             } catch {
                 throw StartupError("kubernetes: \(error)")
             }
-            if !source.waitForSync(timeout: apiOptions.syncTimeout) {
-                logger.warning("kubernetes: not every kind was listed within \(apiOptions.syncTimeout); serving what arrived")
-            }
             let store = source.store
             config.apiObjects = { store.objects() }
             config.compiler.gateway = apiOptions.gateway
@@ -186,13 +183,23 @@ final class Runtime {
     /// Starts the workers and runs the main loop until the process exits.
     func run() -> Never {
         signal(SIGPIPE, SIG_IGN)
-        for worker in workers { worker.start() }
         watchers = [
             SignalWatcher(loop: loop, signal: SIGHUP) { [unowned(unsafe) self] in self.reload(reason: "SIGHUP") },
             SignalWatcher(loop: loop, signal: SIGTERM) { [unowned(unsafe) self] in self.beginDrain(signal: "SIGTERM") },
             SignalWatcher(loop: loop, signal: SIGINT) { [unowned(unsafe) self] in self.beginDrain(signal: "SIGINT") },
         ]
         kubernetes?.onChange = { [unowned(unsafe) self] in self.reload(reason: "kubernetes") }
+        if let kubernetes, let timeout = options.kubernetes?.syncTimeout {
+            // Nothing is served before the first lists are in (or the timeout passed): the workers start then,
+            // with the snapshot compiled from them; until then connections wait in the listen queues.
+            kubernetes.onSynced = { [unowned(unsafe) self] in
+                self.reload(reason: "kubernetes synced")
+                self.startWorkers()
+            }
+            kubernetes.beginSync(timeout: timeout)
+        } else {
+            startWorkers()
+        }
         meshCertificates?.onInstalled = { [unowned(unsafe) self] contexts, first in self.installCertificate(contexts, first: first) }
         meshCertificates?.start()
         if options.configPaths != nil || certificates != nil {
@@ -213,6 +220,14 @@ final class Runtime {
             ])
         loop.run()
         exit(0)
+    }
+
+    private var workersStarted = false
+
+    private func startWorkers() {
+        guard !workersStarted else { return }
+        workersStarted = true
+        for worker in workers { worker.start() }
     }
 
     // MARK: - Reload
@@ -283,6 +298,10 @@ final class Runtime {
 
     private func beginDrain(signal: String) {
         guard !draining else { return }
+        guard workersStarted else {
+            logger.info("stopping before serving", metadata: ["signal": "\(signal)"])
+            exit(0)
+        }
         // The listener first: closing takes the connections already in its accept queue, which must still be
         // handed to workers (they are drained like the others once their handshake completes).
         hboneListener?.close()
@@ -313,6 +332,7 @@ final class Runtime {
         switch path {
         case "/healthz/ready":
             if draining { return (503, "text/plain", "draining\n") }
+            if let waiting = kubernetes?.waitingFor { return (503, "text/plain", waiting + "\n") }
             if let meshCertificates, !meshCertificates.isServing { return (503, "text/plain", meshCertificates.notReadyReason + "\n") }
             return (200, "text/plain", "ready\n")
         case "/stats/prometheus", "/metrics":

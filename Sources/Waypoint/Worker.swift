@@ -63,8 +63,10 @@ final class Worker: @unchecked Sendable {
         doorbell = AsyncWatcher(loop: loop) { [unowned(unsafe) self] in self.drainInbox() }
     }
 
-    /// Starts the worker thread.
+    /// Starts the worker thread; what was posted before applies first (the thread does not exist yet, so it is
+    /// applied here).
     func start() {
+        drainInbox()
         var thread = pthread_t()
         let context = Unmanaged.passRetained(self).toOpaque()
         let rc = pthread_create(&thread, nil, runWorkerThread, context)

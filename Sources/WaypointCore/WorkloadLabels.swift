@@ -25,7 +25,7 @@ public struct WorkloadLabels: Sendable, Hashable {
         namespace = identityNamespace ?? "unknown"
         guard let baggage else { return }
         for member in baggage.split(separator: ",").prefix(64) {
-            let pair = member.split(separator: ";", maxSplits: 1)[0]
+            let pair = member.prefix { $0 != ";" }  // properties after `;` are not read
             guard let equals = pair.firstIndex(of: "=") else { continue }
             let key = pair[..<equals].trimmingSpaces()
             let value = percentDecoded(pair[pair.index(after: equals)...].trimmingSpaces())

@@ -117,6 +117,20 @@ status: {podIP: 127.0.0.1}
         "destination_version": "v2", "destination_canonical_service": "web", "destination_canonical_revision": "v2"}
 
 
+def test_hostile_baggage_is_ignored_and_the_worker_lives_on(origin_factory, hbone_proxy, certs):
+    origin = origin_factory("a")
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", origin.port)], cluster_ip=VIP), extra=["--workers", "1"])
+    c = client(proxy, certs)
+    for baggage in [";", ",;,", "k8s.pod.name=%", "=" * 4000, ",".join(["a=b"] * 500)]:
+        sid = c.connect(f"{VIP}:80", headers=[("baggage", baggage)])
+        assert c.status(sid) == 200
+        assert c.http(sid, get("/b")).startswith(b"HTTP/1.1 200")
+    c.close()
+    series = samples(scrape(proxy), "istio_requests", "_total", response_code="200", **SERVICE)
+    assert sum(s.value for s in series) == 5
+    assert {s.labels["source_workload"] for s in series} == {"unknown", "%"}    # a lone % is kept as it is
+
+
 def test_series_beyond_the_cap_go_to_the_overflow_series(origin_factory, proxy_factory):
     origin = origin_factory("a")
     proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]),

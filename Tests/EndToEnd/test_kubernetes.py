@@ -1,10 +1,11 @@
 """The Kubernetes API as the config source: the real binary against a stand-in API server (fake_apiserver.py:
 HTTPS, list with pagination, chunked watches with bookmarks, 410 Gone, 401/403/404, server-side closes)."""
+import threading
 import time
 
 import pytest
 
-from conftest import http_request, wait_until
+from conftest import http_request, wait_for, wait_until
 from fake_apiserver import FakeAPIServer
 from test_hbone import certs  # noqa: F401 (fixture)
 
@@ -48,7 +49,9 @@ def waypoint(api, proxy_factory, workdir):
     """A waypoint following `api` (one worker, short watches so their resumption is exercised)."""
     def make(extra=(), kubeconfig=None):
         path = kubeconfig or api.kubeconfig(str(workdir))
-        return proxy_factory("", extra=["--kubeconfig", path, "--workers", "1", "--kubernetes-watch-timeout", "2s", *extra])
+        # No mesh CA here (the API source turns istiod's on by default): these waypoints need no HBONE certificate.
+        return proxy_factory("", extra=["--kubeconfig", path, "--workers", "1", "--kubernetes-watch-timeout", "2s",
+                                        "--ca-address", "none", *extra])
     return make
 
 
@@ -329,3 +332,32 @@ def test_a_list_page_over_a_mebibyte_is_read_whole(api, waypoint, origin_factory
     proxy = waypoint()
     assert served_by(proxy) == "a"
     assert proxy.metrics()['waypoint_kubernetes_objects{kind="Service",namespace="default"}'] == 1
+
+
+def test_nothing_is_served_and_readiness_is_503_until_the_first_lists(api, waypoint, origin_factory):
+    a = origin_factory("a")
+    api.apply(service("web"))
+    api.apply(slice_("web-1", "web", [("127.0.0.1", a.port)]))
+    api.pause()                                              # the API server is not there yet
+    proxy = waypoint()
+    status, _, body = http_request(proxy.admin_port, "GET", "/healthz/ready", host="admin")
+    assert status == 503 and body.startswith(b"kubernetes: waiting for the first list of ") and b"Service default" in body
+    # A request that arrives now waits (never answered from a partial config: no policy or route is missing).
+    answered = []
+    early = threading.Thread(target=lambda: answered.append(served_by(proxy)), daemon=True)
+    early.start()
+    time.sleep(0.5)
+    assert answered == []
+    api.resume()
+    early.join(timeout=10)
+    assert answered == ["a"]
+    assert http_request(proxy.admin_port, "GET", "/healthz/ready", host="admin")[0] == 200
+
+
+def test_after_the_sync_timeout_it_serves_what_it_has_and_says_so(api, waypoint):
+    api.pause()
+    proxy = waypoint(extra=["--kubernetes-sync-timeout", "1s"])
+    assert http_request(proxy.admin_port, "GET", "/healthz/ready", host="admin")[0] == 503
+    assert wait_until(lambda: http_request(proxy.admin_port, "GET", "/healthz/ready", host="admin")[0] == 200, timeout=5.0)
+    wait_for(r"not listed within the sync timeout, serving what arrived: [^\n]*Service default", proxy.stderr_path)
+    api.resume()

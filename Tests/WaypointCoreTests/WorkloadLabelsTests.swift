@@ -16,6 +16,10 @@ import WaypointCore
         let labels = WorkloadLabels(baggage: nil, identityNamespace: "shop")
         #expect(labels.namespace == "shop" && labels.workload == "unknown" && labels.cluster == "unknown")
         #expect(WorkloadLabels(baggage: "garbage,=x,k8s.pod.name=,a=b", identityNamespace: nil) == WorkloadLabels())
+        // What the fuzzer found (fuzz/crashes/proxy-crash-2d14…): a member that is only properties.
+        for hostile in [";", ",;,", ";k8s.pod.name=x", "k8s.pod.name=;"] {
+            #expect(WorkloadLabels(baggage: hostile, identityNamespace: nil) == WorkloadLabels())
+        }
     }
 
     @Test func aPodsControllerIsItsWorkloadAndItsLabelsItsCanonicalNames() {
