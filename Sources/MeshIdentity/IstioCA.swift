@@ -3,6 +3,7 @@
 #endif
 import JSON
 import TLS
+import WaypointCore
 
 /// Why a certificate could not be had from the mesh's CA; the text says which step failed.
 public struct CAError: Error, CustomStringConvertible, Sendable {
@@ -100,7 +101,7 @@ public struct IstioCA: Sendable {
 /// (`system:serviceaccount:NS:SA`). The signature is not checked here: istiod checks it with a TokenReview.
 public func serviceAccount(ofToken token: String) throws(CAError) -> (namespace: String, name: String) {
     let parts = token.split(separator: ".", omittingEmptySubsequences: false)
-    guard parts.count == 3, let payload = base64URLDecoded(parts[1]) else { throw CAError("the CA token is not a JWT") }
+    guard parts.count == 3, let payload = base64Decoded(parts[1]) else { throw CAError("the CA token is not a JWT") }
     let claims: JSON
     do {
         claims = try payload.withUnsafeBytes { (bytes) throws(JSONError) in try JSON.parse(bytes) }
@@ -113,32 +114,6 @@ public func serviceAccount(ofToken token: String) throws(CAError) -> (namespace:
         throw CAError("the CA token's subject \"\(subject)\" is not system:serviceaccount:NAMESPACE:NAME")
     }
     return (String(fields[2]), String(fields[3]))
-}
-
-/// RFC 4648 §5 (JWT segments carry no padding; padding is accepted anyway).
-func base64URLDecoded(_ text: Substring) -> [UInt8]? {
-    var bytes: [UInt8] = []
-    var accumulator: UInt32 = 0
-    var bits = 0
-    for character in text.utf8 {
-        let value: UInt32
-        switch character {
-        case UInt8(ascii: "A")...UInt8(ascii: "Z"): value = UInt32(character - UInt8(ascii: "A"))
-        case UInt8(ascii: "a")...UInt8(ascii: "z"): value = UInt32(character - UInt8(ascii: "a")) + 26
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): value = UInt32(character - UInt8(ascii: "0")) + 52
-        case UInt8(ascii: "-"), UInt8(ascii: "+"): value = 62
-        case UInt8(ascii: "_"), UInt8(ascii: "/"): value = 63
-        case UInt8(ascii: "="): continue
-        default: return nil
-        }
-        accumulator = accumulator << 6 | value
-        bits += 6
-        if bits >= 8 {
-            bits -= 8
-            bytes.append(UInt8(truncatingIfNeeded: accumulator >> UInt32(bits)))
-        }
-    }
-    return bytes
 }
 
 /// A small text file's contents without surrounding whitespace; nil when it cannot be read.

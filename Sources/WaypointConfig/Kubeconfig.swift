@@ -1,4 +1,5 @@
 import Foundation
+import WaypointCore
 import Yams
 
 /// What a kubeconfig says about reaching the API server, for its current context: the server, the CA and the
@@ -54,8 +55,7 @@ public struct Kubeconfig: Sendable {
 
         let trustBundle: String
         if let data = try cluster.optional("certificate-authority-data") {
-            guard let pem = Base64.decode(try data.string()) else { throw data.error("not valid base64") }
-            trustBundle = pem
+            trustBundle = try Self.decoded(data)
         } else if let file = try cluster.optional("certificate-authority") {
             guard let contents = FileManager.default.contents(atPath: try file.string()), let pem = String(data: contents, encoding: .utf8)
             else {
@@ -71,9 +71,7 @@ public struct Kubeconfig: Sendable {
         config.token = try user.optionalString("token")
         config.tokenFile = try user.optionalString("tokenFile")
         if let cert = try user.optional("client-certificate-data"), let key = try user.optional("client-key-data") {
-            guard let certPEM = Base64.decode(try cert.string()) else { throw cert.error("not valid base64") }
-            guard let keyPEM = Base64.decode(try key.string()) else { throw key.error("not valid base64") }
-            (config.clientCertificate, config.clientKey) = (certPEM, keyPEM)
+            (config.clientCertificate, config.clientKey) = (try Self.decoded(cert), try Self.decoded(key))
         }
         for unsupported in ["exec", "auth-provider", "client-certificate", "client-key", "username"]
         where try user.optional(unsupported) != nil {
@@ -85,33 +83,11 @@ public struct Kubeconfig: Sendable {
         return config
     }
 
-    init(host: String, port: UInt16, trustBundle: String) { (self.host, self.port, self.trustBundle) = (host, port, trustBundle) }
-}
-
-/// Standard base64 (RFC 4648), as kubeconfig data fields use it.
-enum Base64 {
-    static func decode(_ text: String) -> String? {
-        var bytes: [UInt8] = []
-        var accumulator: UInt32 = 0
-        var bits = 0
-        for char in text.utf8 {
-            let value: UInt8
-            switch char {
-            case 0x41...0x5A: value = char - 0x41
-            case 0x61...0x7A: value = char - 0x61 + 26
-            case 0x30...0x39: value = char - 0x30 + 52
-            case 0x2B: value = 62
-            case 0x2F: value = 63
-            case 0x3D, 0x0A, 0x0D, 0x20: continue
-            default: return nil
-            }
-            accumulator = accumulator << 6 | UInt32(value)
-            bits += 6
-            if bits >= 8 {
-                bits -= 8
-                bytes.append(UInt8(truncatingIfNeeded: accumulator >> UInt32(bits)))
-            }
-        }
+    /// A `…-data` field: base64 of PEM text.
+    private static func decoded(_ node: ManifestNode) throws(ConfigError) -> String {
+        guard let bytes = base64Decoded(try node.string()) else { throw node.error("not valid base64") }
         return String(decoding: bytes, as: UTF8.self)
     }
+
+    init(host: String, port: UInt16, trustBundle: String) { (self.host, self.port, self.trustBundle) = (host, port, trustBundle) }
 }

@@ -75,10 +75,10 @@ private func hex(_ text: String) -> [UInt8] {
     }
 
     @Test func base64URLDecodesWithAndWithoutPadding() {
-        #expect(base64URLDecoded("aGk") == Array("hi".utf8))
-        #expect(base64URLDecoded("aGk=") == Array("hi".utf8))
-        #expect(base64URLDecoded("-_8") == [0xFB, 0xFF])
-        #expect(base64URLDecoded("a b") == nil)
+        #expect(base64Decoded("aGk") == Array("hi".utf8))
+        #expect(base64Decoded("aGk=") == Array("hi".utf8))
+        #expect(base64Decoded("-_8") == [0xFB, 0xFF] && base64Decoded("+/8") == [0xFB, 0xFF])
+        #expect(base64Decoded("a!b") == nil)
     }
 
     @Test func aCSRCarriesTheIdentityAndIsSignedByItsKey() throws {
