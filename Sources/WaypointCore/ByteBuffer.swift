@@ -76,6 +76,17 @@ public final class ByteBuffer {
         writerIndex = n
     }
 
+    /// Gives a block grown past `limit` back once the buffer is empty; the next write allocates the initial size
+    /// again (a connection that streamed a large body keeps no large buffer while idle).
+    public func shrink(above limit: Int) {
+        guard isEmpty, capacity > limit else { return }
+        base.deallocate()
+        base = emptyStorage
+        capacity = 0
+        readerIndex = 0
+        writerIndex = 0
+    }
+
     /// Makes room for `count` more bytes, growing the block if compaction is not enough.
     @inline(__always) public func reserve(_ count: Int) {
         if capacity - writerIndex >= count { return }

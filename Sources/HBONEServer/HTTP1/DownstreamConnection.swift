@@ -802,8 +802,15 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                 return
             }
             responseDone = responseBody.isComplete
-            output.append(UnsafeRawBufferPointer(rebasing: available[0..<take]))
             record.bytesSent += take
+            var body = UnsafeRawBufferPointer(rebasing: available[0..<take])
+            if output.isEmpty, case .bytes(let n) = stream.write(from: body) {
+                // Nothing queued before it: the body goes out straight from the upstream's buffer (no copy, and
+                // `output` stays small however large the body).
+                body = UnsafeRawBufferPointer(rebasing: body[n...])
+                lastActivity = server.loop.now
+            }
+            output.append(body)
             source.consume(take)
         }
         if responseDone && !requestDone {

@@ -39,12 +39,16 @@ final class UpstreamConnection: ByteStreamHandler {
         self.limits = limits
         self.loop = loop
         self.settings = settings
-        input = ByteBuffer(capacity: 16 * 1024)
+        input = ByteBuffer(capacity: Self.inputSize)
         output = ByteBuffer(capacity: 4 * 1024)
         stream.handler = self
         stream.setWriteInterest(true)  // connect completion is signalled by writability
         timer.schedule(after: connectTimeout)
     }
+
+    /// The input buffer's size for heads and small bodies, and how far it grows while a large body streams.
+    static let inputSize = 16 * 1024
+    static let maxInputSize = 256 * 1024
 
     func streamReadable() { readable() }
     func streamWritable() { writable() }
@@ -67,6 +71,7 @@ final class UpstreamConnection: ByteStreamHandler {
         owner = nil
         state = .idle
         input.clear()
+        input.shrink(above: Self.inputSize)
         output.clear()
         stream.setReading(true)
         timer.schedule(after: settings.upstreamIdleTimeout)
@@ -102,6 +107,9 @@ final class UpstreamConnection: ByteStreamHandler {
         switch stream.read(into: space) {
         case .bytes(let n):
             input.commitWrite(n)
+            // A read that filled the buffer means a body is streaming in: the next read may take more at once
+            // (fewer reads, writes and wake-ups per MiB), up to `maxInputSize`; it shrinks back when idle.
+            if n == space.count && input.capacity < Self.maxInputSize { input.reserve(input.capacity) }
             if state == .idle {
                 dropIdle()  // bytes on an idle connection mean the upstream is confused: never reuse it
                 return
