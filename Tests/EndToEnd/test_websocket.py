@@ -124,3 +124,50 @@ def test_upgrades_off_drops_the_offer(proxy_factory, echo):
         ws(proxy.port)
     # The origin saw no Upgrade (hop-by-hop, dropped) and answered as to plain HTTP.
     assert refused.value.response.status_code == 426
+
+
+class HalfCloseOrigin:
+    """Answers an `Upgrade: echo` with 101, then reads until the client's end and only then answers
+    `got:<everything>` and closes: the client's half-close must reach it, and the answer must still come back."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        s, _ = self.listener.accept()
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += s.recv(4096)
+        s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+        data = head.split(b"\r\n\r\n", 1)[1]
+        while chunk := s.recv(65536):
+            data += chunk
+        s.sendall(b"got:" + data)
+        s.close()
+
+
+@pytest.mark.parametrize("transport", ["plaintext", "hbone"])
+def test_a_half_close_is_passed_on_and_the_answer_still_comes_back(proxy_factory, hbone_proxy, certs, transport):
+    origin = HalfCloseOrigin()
+    if transport == "plaintext":
+        port = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)])).port
+    else:
+        proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", origin.port)], cluster_ip=VIP))
+        port = HBONEForwarder(lambda: client(proxy, certs), f"{VIP}:80").port
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"GET /echo HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101 ") and b"upgrade: echo" in head.lower()
+    rest = head.split(b"\r\n\r\n", 1)[1]
+    s.sendall(b"ping")
+    s.shutdown(socket.SHUT_WR)                 # our end; the answer comes after it
+    while chunk := s.recv(65536):
+        rest += chunk
+    assert rest == b"got:ping"
+    s.close()

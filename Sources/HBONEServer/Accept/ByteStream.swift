@@ -20,6 +20,9 @@ public protocol ByteStream: AnyObject {
     /// Ends the stream. `graceful`: what was written is delivered, then end of stream; otherwise the peer
     /// sees an abort (a reset tunnel; for a socket, the close).
     func close(graceful: Bool)
+    /// Half-close: what was written is delivered, then end of stream, while reading goes on (a socket's
+    /// `shutdown(SHUT_WR)`, a tunnel's END_STREAM).
+    func shutdownWrite()
     /// For an outbound stream: it never got established (connect refused or timed out, CONNECT not answered 200).
     var connectFailed: Bool { get }
 }
@@ -87,6 +90,8 @@ final class SocketStream: ByteStream {
     @inline(__always) func write(from buffer: UnsafeRawBufferPointer) -> IOResult { Socket.write(fd, from: buffer) }
     func setReading(_ on: Bool) { if on && !closed { readWatcher.start() } else { readWatcher.stop() } }
     func setWriteInterest(_ on: Bool) { if on && !closed { writeWatcher.start() } else { writeWatcher.stop() } }
+
+    func shutdownWrite() { if !closed { Socket.shutdownWrite(fd) } }
 
     func close(graceful: Bool) {
         guard !closed else { return }

@@ -91,6 +91,12 @@ public final class Tunnel: ByteStream {
         if on && writable { requestNotification() }
     }
 
+    public func shutdownWrite() {
+        guard !discarding, !streamClosed, !localEnded, let connection else { return }
+        localEnded = true
+        connection.dataReady(self, bytes: 0)
+    }
+
     public func close(graceful: Bool) {
         handler = nil
         wantsRead = false

@@ -1,8 +1,9 @@
 import WaypointCore
 
 /// After `101 Switching Protocols` (a WebSocket, say): the client's stream and the upstream's relay bytes both
-/// ways, whatever they are, until either side ends; then what it sent is delivered and both close. At most one
-/// buffer per direction: a side that cannot take more pauses reading from the other.
+/// ways, whatever they are. A side's end of stream is passed on once what it sent is delivered (half-close); the
+/// relay closes when both directions ended, or at once when either fails. At most one buffer per direction: a
+/// side that cannot take more pauses reading from the other.
 ///
 /// Thread: its worker's loop thread only. Ownership: the `ProxyServer` (it replaces the HTTP/1.1 session under
 /// the same id); it owns both streams.
@@ -11,8 +12,10 @@ final class ByteRelay: DownstreamSession {
     final class End: ByteStreamHandler {
         let stream: any ByteStream
         let pending: ByteBuffer
-        /// It sent its end of stream (or failed).
+        /// It sent its end of stream.
         var ended = false
+        /// The other side's end was passed on to it.
+        var shutDown = false
         unowned(unsafe) var relay: ByteRelay?
 
         init(_ stream: any ByteStream, pending: ByteBuffer) {
@@ -86,9 +89,13 @@ final class ByteRelay: DownstreamSession {
         if sink === client { sent += written }
         guard sink.pending.isEmpty else { return }
         let source = other(sink)
-        // Everything the ended side sent is delivered: the relay is done.
-        if source.ended { return close(graceful: true) }
-        source.stream.setReading(true)
+        guard source.ended else { return source.stream.setReading(true) }
+        // Everything the ended side sent is delivered: its end goes on; both directions ended, the relay is done.
+        if !sink.shutDown {
+            sink.shutDown = true
+            sink.stream.shutdownWrite()
+        }
+        if client.shutDown && upstream.shutDown { close(graceful: true) }
     }
 
     private func close(graceful: Bool) {
