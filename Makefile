@@ -44,13 +44,15 @@ e2e:
 
 ## make asan: the black-box suite against an AddressSanitizer build of the binary (object lifetimes with
 ## `unowned(unsafe)` are exercised here, not in the fuzzers); any report fails the run. CI runs it after `make test`
-## (~7 minutes). The RSS-bound tests are left out: they would measure ASan's shadow memory and quarantine.
+## (~7 minutes). The RSS-bound tests are left out: they would measure ASan's shadow memory and quarantine; so are
+## the rolling-update handovers, which race two processes on one port against wall-clock sleeps and lost one
+## request in ~14 runs under ASan's slowdown (the same before this session; they run in `make e2e`).
 SANITIZER_LOGS := $(CURDIR)/.build-sanitize
 asan: deps
 	$(SWIFT) build --sanitize=address --scratch-path .build-asan
 	rm -rf $(SANITIZER_LOGS) && mkdir -p $(SANITIZER_LOGS)
 	ASAN_OPTIONS="log_path=$(SANITIZER_LOGS)/asan detect_leaks=0" \
-		WAYPOINT_BIN=.build-asan/debug/waypoint python3 -m pytest -q -p no:cacheprovider Tests/EndToEnd -k "not rss"
+		WAYPOINT_BIN=.build-asan/debug/waypoint python3 -m pytest -q -p no:cacheprovider Tests/EndToEnd -k "not rss and not rolling"
 	@if ls $(SANITIZER_LOGS)/* >/dev/null 2>&1; then cat $(SANITIZER_LOGS)/*; echo "sanitizer reports above"; exit 1; fi
 	@echo "no AddressSanitizer report"
 
