@@ -15,8 +15,8 @@ import WaypointConfig
 ///
 /// Thread: main thread only (the agent's events arrive through a mailbox). Ownership: the `Runtime`.
 final class MeshCertificates {
-    /// Called with the contexts of each new certificate; `first` for the first one.
-    var onInstalled: ((TLSContexts, _ first: Bool) -> Void)?
+    /// Called with the contexts of each new certificate.
+    var onInstalled: ((TLSContexts) -> Void)?
     private(set) var current: CertificateAgent.Issued?
     private var renewals = (succeeded: 0, failed: 0)
     private var lastError: String?
@@ -63,11 +63,10 @@ final class MeshCertificates {
                 logger.error("HBONE certificate from \(source) unusable, keeping the current one: \(error)")
                 return
             }
-            let first = current == nil
             current = issued
             renewals.succeeded += 1
             lastError = nil
-            onInstalled?(contexts, first)
+            onInstalled?(contexts)
             logger.info(
                 "HBONE certificate issued",
                 metadata: [

@@ -200,7 +200,7 @@ final class Runtime {
         } else {
             startWorkers()
         }
-        meshCertificates?.onInstalled = { [unowned(unsafe) self] contexts, first in self.installCertificate(contexts, first: first) }
+        meshCertificates?.onInstalled = { [unowned(unsafe) self] contexts in self.installCertificate(contexts) }
         meshCertificates?.start()
         if options.configPaths != nil || certificates != nil {
             let timer = Timer(loop: loop) { [unowned(unsafe) self] in
@@ -285,7 +285,7 @@ final class Runtime {
 
     /// A certificate from the mesh's CA: the workers use it for new handshakes; the first one opens the HBONE
     /// listener.
-    private func installCertificate(_ contexts: TLSContexts, first: Bool) {
+    private func installCertificate(_ contexts: TLSContexts) {
         guard !draining else { return }
         for worker in workers { worker.post(.replaceTLS(contexts)) }
         if let fd = waitingHBONEFD {
