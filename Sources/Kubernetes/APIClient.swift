@@ -43,9 +43,9 @@ public struct APICredentials: Sendable {
             throw APIError("in-cluster config: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT must be set")
         }
         let caFile = "\(serviceAccount)/ca.crt"
-        guard let trustBundle = readFile(caFile) else { throw APIError("in-cluster config: cannot read \(caFile)") }
+        guard let trustBundle = readTextFile(caFile) else { throw APIError("in-cluster config: cannot read \(caFile)") }
         let tokenFile = "\(serviceAccount)/token"
-        guard readFile(tokenFile) != nil else { throw APIError("in-cluster config: cannot read \(tokenFile)") }
+        guard readTextFile(tokenFile) != nil else { throw APIError("in-cluster config: cannot read \(tokenFile)") }
         return APICredentials(host: host, port: port, trustBundle: trustBundle, tokenFile: tokenFile, source: "in-cluster config")
     }
 
@@ -60,21 +60,8 @@ public struct APICredentials: Sendable {
 
     /// The current bearer token (the file is read now), nil when none is configured.
     func currentToken() -> String? {
-        if let tokenFile { return Self.readFile(tokenFile).map { $0.trimmingWhitespace() } }
+        if let tokenFile { return readTextFile(tokenFile).map { $0.trimmingWhitespace() } }
         return token
-    }
-
-    static func readFile(_ path: String) -> String? {
-        guard let file = fopen(path, "rb") else { return nil }
-        defer { fclose(file) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 4096)
-        while true {
-            let n = fread(&chunk, 1, chunk.count, file)
-            if n == 0 { break }
-            bytes += chunk[0..<n]
-        }
-        return String(decoding: bytes, as: UTF8.self)
     }
 }
 
@@ -276,14 +263,5 @@ final class APIResponse {
             if haystack[i..<(i + needle.count)].elementsEqual(needle) { return i }
         }
         return nil
-    }
-}
-
-extension StringProtocol {
-    /// Without leading and trailing spaces, tabs and line ends.
-    func trimmingWhitespace() -> String {
-        let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\t" || $0 == "\r" || $0 == "\n" }
-        guard let start = firstIndex(where: { !isSpace($0) }), let end = lastIndex(where: { !isSpace($0) }) else { return "" }
-        return String(self[start...end])
     }
 }

@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-    import Glibc
-#endif
 import JSON
 import TLS
 import WaypointCore
@@ -43,13 +40,17 @@ public struct IstioCA: Sendable {
 
     /// The token as it is now (projected tokens rotate; read on every call).
     public func token() throws(CAError) -> String {
-        guard let text = readText(tokenFile), !text.isEmpty else { throw CAError("cannot read the CA token \(tokenFile)") }
-        return text
+        guard let token = readTextFile(tokenFile)?.trimmingWhitespace(), !token.isEmpty else {
+            throw CAError("cannot read the CA token \(tokenFile)")
+        }
+        return token
     }
 
     /// Sends `csr` (PEM) and returns the chain istiod issued: leaf first, the last entry the root(s).
     public func createCertificate(csr: String, token: String) throws(CAError) -> [String] {
-        guard let root = readText(rootFile), !root.isEmpty else { throw CAError("cannot read the mesh root \(rootFile)") }
+        guard let root = readTextFile(rootFile), !root.trimmingWhitespace().isEmpty else {
+            throw CAError("cannot read the mesh root \(rootFile)")
+        }
         let context: TLSContext
         do {
             context = try TLSContext(httpsClientTrusting: root, http2: true, source: rootFile)
@@ -114,21 +115,4 @@ public func serviceAccount(ofToken token: String) throws(CAError) -> (namespace:
         throw CAError("the CA token's subject \"\(subject)\" is not system:serviceaccount:NAMESPACE:NAME")
     }
     return (String(fields[2]), String(fields[3]))
-}
-
-/// A small text file's contents without surrounding whitespace; nil when it cannot be read.
-func readText(_ path: String) -> String? {
-    guard let file = fopen(path, "r") else { return nil }
-    defer { fclose(file) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 4096)
-    while bytes.count < 1 << 20 {
-        let n = fread(&chunk, 1, chunk.count, file)
-        if n <= 0 { break }
-        bytes += chunk[0..<n]
-    }
-    let text = String(decoding: bytes, as: UTF8.self)
-    let isSpace: (Character) -> Bool = { $0 == " " || $0 == "\n" || $0 == "\r" || $0 == "\t" }
-    guard let start = text.firstIndex(where: { !isSpace($0) }), let end = text.lastIndex(where: { !isSpace($0) }) else { return "" }
-    return String(text[start...end])
 }

@@ -30,8 +30,8 @@ final class KubernetesSource {
         /// Some kinds are not listed yet; past `deadline` the waypoint serves what it has.
         case listing(deadline: ContinuousClock.Instant)
         case synced
-        /// The timeout passed first: these kinds were not listed then.
-        case timedOut(missing: [String])
+        /// The timeout passed first (the kinds not listed then were logged).
+        case timedOut
     }
 
     let store: APIObjectStore
@@ -92,9 +92,8 @@ final class KubernetesSource {
         if store.settled(kinds) {
             sync = .synced
         } else if ContinuousClock.now >= deadline {
-            let missing = kinds.filter { !store.settled([$0]) }.map(\.label)
-            sync = .timedOut(missing: missing)
-            logger.warning("kubernetes: not listed within the sync timeout, serving what arrived: \(missing.joined(separator: ", "))")
+            sync = .timedOut
+            logger.warning("kubernetes: not listed within the sync timeout, serving what arrived: \(missingKinds.joined(separator: ", "))")
         } else {
             return
         }
@@ -106,9 +105,11 @@ final class KubernetesSource {
     /// Why the waypoint is not ready yet, while the first lists are under way.
     var waitingFor: String? {
         guard case .listing = sync else { return nil }
-        let missing = kinds.filter { !store.settled([$0]) }.map(\.label)
-        return "kubernetes: waiting for the first list of " + missing.joined(separator: ", ")
+        return "kubernetes: waiting for the first list of " + missingKinds.joined(separator: ", ")
     }
+
+    /// The kinds not listed yet, as logs name them.
+    private var missingKinds: [String] { kinds.filter { !store.settled([$0]) }.map(\.label) }
 }
 
 extension APICredentials {

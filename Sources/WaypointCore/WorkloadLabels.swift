@@ -27,8 +27,8 @@ public struct WorkloadLabels: Sendable, Hashable {
         for member in baggage.split(separator: ",").prefix(64) {
             let pair = member.prefix { $0 != ";" }  // properties after `;` are not read
             guard let equals = pair.firstIndex(of: "=") else { continue }
-            let key = pair[..<equals].trimmingSpaces()
-            let value = percentDecoded(pair[pair.index(after: equals)...].trimmingSpaces())
+            let key = pair[..<equals].trimmingWhitespace()
+            let value = percentDecoded(pair[pair.index(after: equals)...].trimmingWhitespace()[...])
             guard !value.isEmpty, value.utf8.count <= 253 else { continue }
             switch key {
             case "k8s.cluster.name": cluster = value
@@ -57,14 +57,5 @@ public struct WorkloadLabels: Sendable, Hashable {
         canonicalService = labels["service.istio.io/canonical-name"] ?? labels["app.kubernetes.io/name"] ?? labels["app"] ?? workload
         canonicalRevision =
             labels["service.istio.io/canonical-revision"] ?? labels["app.kubernetes.io/version"] ?? labels["version"] ?? "latest"
-    }
-}
-
-extension Substring {
-    fileprivate func trimmingSpaces() -> Substring {
-        var text = self
-        while text.first == " " || text.first == "\t" { text = text.dropFirst() }
-        while text.last == " " || text.last == "\t" { text = text.dropLast() }
-        return text
     }
 }

@@ -96,7 +96,7 @@ def test_a_refused_upgrade_is_a_plain_response_and_the_connection_goes_on(proxy_
         first += s.recv(65536)
     assert first.startswith(b"HTTP/1.1 403 ")
     s.sendall(b"GET /again HTTP/1.1\r\nHost: web\r\n\r\n")
-    assert s.recv(65536).startswith(b"HTTP/1.1 ")     # answered: the connection stayed HTTP
+    assert s.recv(65536).startswith(b"HTTP/1.1 426 ")   # the origin answers it as plain HTTP: the connection stayed HTTP
     s.close()
 
 

@@ -62,7 +62,12 @@ public final class IstioMetrics: @unchecked Sendable {
         var services: [(String, String, String)] = []
         var destinations: [WorkloadLabels] = []
     }
-    private var sourceIDs: [String: Int32] = [:]
+    /// A caller as the tunnel names it: its principal and its `baggage` text.
+    private struct SourceKey: Hashable {
+        var principal: String?
+        var baggage: String?
+    }
+    private var sourceIDs: [SourceKey: Int32] = [:]
     private var destinationIDs: [WorkloadLabels: Int32] = [:]
     private var serviceIDs: [String: Int32] = [:]
     public let overflowed = Atomic<Int>(0)
@@ -110,7 +115,7 @@ public final class IstioMetrics: @unchecked Sendable {
     /// names; -1 when neither is known (plaintext).
     func intern(source peer: PeerFacts) -> Int32 {
         guard peer.identity != nil || peer.baggage != nil else { return -1 }
-        let key = (peer.identity?.principal ?? "") + "\u{0}" + (peer.baggage ?? "")
+        let key = SourceKey(principal: peer.identity?.principal, baggage: peer.baggage)
         if let id = sourceIDs[key] { return id }
         let workload = WorkloadLabels(baggage: peer.baggage, identityNamespace: peer.identity?.namespace)
         let id = names.withLock { tables -> Int32 in
