@@ -80,7 +80,7 @@ public final class ProxyServer {
 
     /// This worker's requests waiting for a connection of a backend at its `tcp.maxConnections`, oldest
     /// first, by the backend's limits.
-    private var waiting: [ObjectIdentifier: (limits: ClusterLimits, queue: [DownstreamConnection])] = [:]
+    private var waiting: [ObjectIdentifier: (limits: ClusterLimits, queue: [Exchange])] = [:]
     /// Wakes waiters on the next loop iteration after a connection of this worker frees up (never inside the
     /// caller's stack); while any wait, also every few milliseconds, for connections other workers close.
     private lazy var capacityTimer = Timer(loop: loop) { [unowned(unsafe) self] in self.wakeWaiters() }
@@ -125,15 +125,15 @@ public final class ProxyServer {
     }
 
     /// Queues a request for a connection of the backend; false when `maxPendingRequests` already wait.
-    func enqueue(_ connection: DownstreamConnection, limits: ClusterLimits) -> Bool {
+    func enqueue(_ exchange: Exchange, limits: ClusterLimits) -> Bool {
         guard limits.enterPending() else { return false }
-        waiting[ObjectIdentifier(limits), default: (limits, [])].queue.append(connection)
+        waiting[ObjectIdentifier(limits), default: (limits, [])].queue.append(exchange)
         if !capacityTimer.isActive { capacityTimer.schedule(after: Self.waiterRecheck) }
         return true
     }
 
-    func dequeue(_ connection: DownstreamConnection, limits: ClusterLimits?) {
-        guard let limits, let index = waiting[ObjectIdentifier(limits)]?.queue.firstIndex(where: { $0 === connection }) else { return }
+    func dequeue(_ exchange: Exchange, limits: ClusterLimits?) {
+        guard let limits, let index = waiting[ObjectIdentifier(limits)]?.queue.firstIndex(where: { $0 === exchange }) else { return }
         waiting[ObjectIdentifier(limits)]?.queue.remove(at: index)
         limits.leavePending()
     }

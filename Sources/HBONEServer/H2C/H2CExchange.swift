@@ -3,18 +3,24 @@ import Filters
 import HTTP2
 import WaypointCore
 
-/// One inner HTTP/2 request and its response, between a downstream h2c stream and an upstream h2c stream.
+/// One inner HTTP/2 request and its response, between a downstream h2c stream and an upstream h2c stream: the
+/// h2c transport of an `Exchange` (which decides routing, tries, retries and timeouts), or a mirrored copy.
 /// Each direction's body waits in a buffer until the other side's DATA source takes it, and only then is the
 /// sender's window reopened (`consume`), so the stream windows bound what is buffered.
 ///
 /// Thread: its worker's loop thread only. Ownership: its `H2CProxySession` and, while it has an upstream
 /// stream, its `H2CUpstream`.
-final class H2CExchange {
+final class H2CExchange: ExchangeTransport {
     let downstreamID: Int32
     var upstreamID: Int32 = 0
     unowned(unsafe) var upstream: H2CUpstream?
+    private unowned(unsafe) let session: H2CProxySession
+    /// What happens to the request (never made for a mirrored copy).
+    lazy var control = session.makeExchange(for: self)
     /// Request fields as received (pseudo-headers included), lower-case names.
     var requestFields: [(String, String)] = []
+    /// The request's method, authority and path (normalized), once it is routed.
+    var method = "", authority = "", path = ""
     var responseFields: [(String, String)] = []
     var trailers: [(String, String)] = []
     let requestBody = ByteBuffer(lazyCapacity: 16 * 1024)
@@ -22,48 +28,33 @@ final class H2CExchange {
     var requestEnded = false
     var responseStarted = false
     var responseEnded = false
-    /// What the request and its tries come to, for telemetry (one `ProxyServer.report` when it ends).
-    var record = ExchangeRecord()
-    /// The route's ResponseHeaderModifier.
-    var responseModifier: HeaderModifier?
     /// The copies of this request on their way to the route's mirrors, while the request body still flows.
     var mirrors: [H2CExchange] = []
-    /// What the access log says about the request, kept when it is routed (only while the log is on).
-    var logFields: RequestLogFields?
-
-    // Forwarding, once routed to an upstream.
-    var forwardPolicy = ForwardPolicy.standard
-    /// All tries together: the route's timeout, or for gRPC the call's own deadline within it.
-    var requestTimeout: Duration?
-    /// The backend's connection-pool limits (`http2MaxRequests`, `maxRetries`), counted into while in flight.
-    var limits: ClusterLimits?
-    /// The request fields sent upstream, but for `x-envoy-attempt-count` (added per attempt, as Istio has Envoy do).
+    /// The request fields sent upstream, but for `x-envoy-attempt-count` (added per try, as Istio has Envoy do).
     var upstreamFields: [(String, String)] = []
-    /// The upstream stream waits to start (fault delay or retry backoff); the request body meanwhile waits in
-    /// `requestBody`, bounded by the client's stream window.
-    var held = false
-    /// Ends a fault delay or a retry's backoff.
-    var startTimer: Timer?
-    /// A fault abort answered when the fault delay ends (Envoy delays first).
-    var delayedResponse: (status: Int, body: [UInt8])?
-    var tryTimer: Timer?
-    var requestTimer: Timer?
-
-    // Retries.
-    var retryPolicy: RetryPolicy?
-    /// Where the tries went (retries avoid them).
-    var retryHistory = RetryHistory()
     /// The request body received so far, kept while it is within the retry policy's replay bound; nil: no
     /// retry is possible (no policy, or the body outgrew the bound).
-    var replay: ByteBuffer?
-    /// What the failed attempt ended with, while its retry waits (answered if the retry cannot happen after all).
-    var retriedOutcome: RetryPolicy.Outcome?
-    /// Request body bytes this attempt has sent, and bytes the client was credited for in all (a replayed byte
+    var replayBody: ByteBuffer?
+    /// Request body bytes this try has sent, and bytes the client was credited for in all (a replayed byte
     /// is credited once).
     var sentInAttempt = 0
     var credited = 0
 
-    init(downstreamID: Int32) { self.downstreamID = downstreamID }
+    init(downstreamID: Int32, session: H2CProxySession) {
+        self.downstreamID = downstreamID
+        self.session = session
+    }
+
+    // MARK: ExchangeTransport (the session does the work)
+
+    var needsConnectionPerTry: Bool { false }
+    var replay: Replay { replayBody != nil ? .kept : .beyondBound }
+    func prepareForwarding() { session.prepareForwarding(self) }
+    func sendTry(to pool: UpstreamPool) -> TryStart { session.sendTry(self, to: pool) }
+    func dropTry() { session.dropTry(self) }
+    func answer(_ answer: LocalAnswer) { session.answer(self, answer) }
+    func breakResponse(timedOut: Bool) { session.breakResponse(self, timedOut: timedOut) }
+    func exchangeProgressed() { session.flush() }
 }
 
 /// Who hears about an h2c exchange's upstream stream: the downstream session, or the sink that drops the

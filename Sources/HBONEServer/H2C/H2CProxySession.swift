@@ -7,13 +7,11 @@ import WaypointCore
 /// a second nghttp2 session runs inside the stream; every inner request is routed like an HTTP/1.1 request
 /// (same router, host = the tunnel's service) and proxied to an upstream over HTTP/2 (prior knowledge), so
 /// gRPC trailers pass through. Local answers to gRPC requests are gRPC errors (`grpc-status`), not bare statuses.
-/// Timeouts and retries follow the route's policy as on HTTP/1.1; a retry replays the request body kept so far
-/// and may start before the request has ended, and HTTP/2 adds the refused-stream and gRPC-status conditions.
+/// Each request's `Exchange` decides (routing, tries, retries, timeouts, local answers); this session is its h2c
+/// transport: a retry replays the request body kept so far and may start before the request has ended, and
+/// HTTP/2 adds the refused-stream and gRPC-status retry conditions.
 ///
 /// Thread: its worker's loop thread only. Ownership: the `ProxyServer` (until closed); it owns its exchanges.
-///
-/// Size: one state machine whose state is private to it (~630 lines); it shrinks as its exchange logic moves
-/// into `Exchange/` (issue 14).
 final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchangeOwner {
     let id: Int
     private unowned(unsafe) let server: ProxyServer
@@ -53,6 +51,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         for exchange in exchanges.values {
             exchange.upstream?.cancel(exchange)
             release(exchange)
+            exchange.control.end()
+            server.releaseLater(exchange)  // its exchange's call stack may be under this one
         }
         exchanges.removeAll()
         server.sessionClosed(id)
@@ -61,7 +61,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     // MARK: HTTP2SessionDelegate (downstream side)
 
     func http2BeginHeaders(stream: Int32) {
-        if exchanges[stream] == nil { exchanges[stream] = H2CExchange(downstreamID: stream) }
+        if exchanges[stream] == nil { exchanges[stream] = H2CExchange(downstreamID: stream, session: self) }
     }
 
     func http2Header(stream: Int32, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
@@ -72,7 +72,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     func http2HeadersComplete(stream: Int32, endStream: Bool) {
         guard let exchange = exchanges[stream] else { return }
         if endStream { exchange.requestEnded = true }
-        if exchange.upstreamID == 0 && !exchange.responseStarted && !exchange.held && !exchange.record.inFlight {
+        if exchange.control.isIdle {
             route(exchange)
         } else if endStream {
             exchange.upstream?.requestDataReady(exchange)  // request trailers are dropped; the end still counts
@@ -96,17 +96,17 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             mirror.upstream?.requestDataReady(mirror)
             return false
         }
-        if let replay = exchange.replay {
-            if replay.readableBytes + bytes.count <= exchange.retryPolicy!.replayBound {
+        if let replay = exchange.replayBody {
+            if replay.readableBytes + bytes.count <= exchange.control.retryPolicy?.replayBound ?? 0 {
                 replay.append(bytes)
             } else {
-                exchange.replay = nil
-                if exchange.held, let outcome = exchange.retriedOutcome { giveUpRetry(exchange, outcome) }
+                exchange.replayBody = nil
+                exchange.control.replayLost()
             }
         }
-        if exchange.held {
+        if exchange.control.isWaiting {
             exchange.requestBody.append(bytes)
-            exchange.record.bytesReceived += bytes.count
+            exchange.control.record.bytesReceived += bytes.count
             return
         }
         guard let upstream = exchange.upstream else {
@@ -114,7 +114,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             return
         }
         exchange.requestBody.append(bytes)
-        exchange.record.bytesReceived += bytes.count
+        exchange.control.record.bytesReceived += bytes.count
         upstream.requestDataReady(exchange)
     }
 
@@ -128,21 +128,17 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     func http2StreamClosed(stream: Int32, errorCode: UInt32) {
         guard let exchange = exchanges.removeValue(forKey: stream) else { return }
         if !exchange.responseEnded || errorCode != 0 { exchange.upstream?.cancel(exchange) }
-        finish(exchange)
         release(exchange)
+        exchange.control.finish(grpc: exchange.control.record.grpc ? Self.grpcStatus(of: exchange) : nil)
+        server.releaseLater(exchange)  // the stream may close from under its exchange's own call (an answer's flush)
     }
 
-    /// The exchange is over: its timers stop, its mirrors end, body bytes it took but never sent on are
-    /// credited back (the connection's window must not shrink for good), it leaves the retry budget's counts.
+    /// The stream is gone: its mirrors end, and body bytes it took but never sent on are credited back (the
+    /// connection's window must not shrink for good).
     private func release(_ exchange: H2CExchange) {
-        exchange.startTimer?.cancel()
-        exchange.tryTimer?.cancel()
-        exchange.requestTimer?.cancel()
         endMirrors(of: exchange)
-        if exchange.record.bytesReceived > exchange.credited {
-            channel.session.consume(stream: exchange.downstreamID, exchange.record.bytesReceived - exchange.credited)
-        }
-        server.exchangeEnded(&exchange.record, limits: exchange.limits)
+        let received = exchange.control.record.bytesReceived
+        if received > exchange.credited { channel.session.consume(stream: exchange.downstreamID, received - exchange.credited) }
     }
 
     /// The largest request body a mirror copy may have waiting to be sent.
@@ -165,7 +161,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         guard let exchange = exchanges[stream] else { return .bytes(0, end: true) }
         let n = exchange.responseBody.move(into: buffer)
         if n > 0 {
-            exchange.record.bytesSent += n
+            exchange.control.record.bytesSent += n
             exchange.upstream?.responseConsumed(exchange, n)
         }
         guard exchange.responseBody.isEmpty && exchange.responseEnded else { return n > 0 ? .bytes(n, end: false) : .deferred }
@@ -181,41 +177,140 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     /// Routes with the same router as HTTP/1.1: the request is written as an HTTP/1.1 head (the pseudo-headers
     /// become the request line and Host) so that matching has one implementation.
     private func route(_ exchange: H2CExchange) {
-        exchange.record.start = server.loop.now
-        var method = "", path = "", authority = ""
+        let control = exchange.control
+        control.start()
         var head = "", contentType = ""
         for (name, value) in exchange.requestFields {
             switch name {
-            case ":method": method = value
-            case ":path": path = value
-            case ":authority": authority = value
+            case ":method": exchange.method = value
+            case ":path": exchange.path = value
+            case ":authority": exchange.authority = value
             case ":scheme": break
-            case "host": if authority.isEmpty { authority = value }
+            case "host": if exchange.authority.isEmpty { exchange.authority = value }
             default:
                 if name == "content-type" { contentType = value }
                 head += "\(name): \(value)\r\n"
             }
         }
-        exchange.record.grpc = contentType.hasPrefix("application/grpc")
+        control.record.grpc = contentType.hasPrefix("application/grpc")
         // The same normalization as HTTP/1.1: what is authorized and routed is what the upstream gets.
-        guard let normalized = Self.normalize(path, server.settings.pathNormalization) else {
-            return replyLocally(exchange, .badRequest(HTTP1Error(status: 400, "invalid request path")))
+        guard let normalized = Self.normalize(exchange.path, server.settings.pathNormalization) else {
+            return control.decide(.reply(.badRequest(HTTP1Error(status: 400, "invalid request path"))))
         }
-        path = normalized
-        if server.accessLog != nil { keepLogFields(exchange, method: method, path: path, authority: authority) }
-        let text = "\(method) \(path.isEmpty ? "/" : path) HTTP/1.1\r\nhost: \(authority)\r\n\(head)\r\n"
+        exchange.path = normalized
+        if let log = control.log { keepLogFields(exchange, log) }
+        let text = "\(exchange.method) \(normalized.isEmpty ? "/" : normalized) HTTP/1.1\r\nhost: \(exchange.authority)\r\n\(head)\r\n"
         let decision: RouteDecision = Array(text.utf8).withUnsafeBytes { bytes in
             var request = RequestHead()
             guard case .complete = HTTP1Parser.parseRequest(bytes, into: &request) else {
                 return .reply(.badRequest(HTTP1Error(status: 400, "malformed request")))
             }
-            return server.router.route(request, bytes, destination: destination, peer: peer, labels: &exchange.record.labels)
+            return server.router.route(request, bytes, destination: destination, peer: peer, labels: &control.record.labels)
         }
-        switch decision {
+        control.decide(decision)
+        channel.flush()
+    }
+
+    // MARK: ExchangeTransport (for each exchange)
+
+    func makeExchange(for exchange: H2CExchange) -> Exchange {
+        Exchange(transport: exchange, server: server, peer: peer, principal: principalID, protocol: "HTTP/2")
+    }
+
+    func flush() { channel.flush() }
+
+    /// The fields the tries send: the route's URLRewrite and RequestHeaderModifier applied as on HTTP/1.1, the
+    /// forwarding headers, the span as the upstream's parent, the gRPC deadline; the mirrors start.
+    func prepareForwarding(_ exchange: H2CExchange) {
+        let control = exchange.control
+        let policy = control.policy
+        var upstreamPath = exchange.path, upstreamAuthority = exchange.authority
+        if let rewrite = policy.rewrite {
+            if let hostname = rewrite.hostname { upstreamAuthority = String(decoding: hostname, as: UTF8.self) }
+            if let modifier = rewrite.path {
+                let path = exchange.path
+                let query = path.firstIndex(of: "?").map { String(path[$0...]) } ?? ""
+                let bare = String(path.prefix { $0 != "?" })
+                upstreamPath = Array(bare.utf8).withUnsafeBytes { String(decoding: modifier.apply(to: $0), as: UTF8.self) } + query
+            }
+        }
+        var fields = forwardedFields(exchange, method: exchange.method, path: upstreamPath, authority: upstreamAuthority)
+        if let log = control.log, log[.requestID].isEmpty, let id = fields.last(where: { $0.0 == "x-request-id" }) {
+            log.keep(.requestID, id.1)  // the one generated for the upstream
+        }
+        if let modifier = policy.requestHeaders { fields = Self.modify(fields, modifier) }
+        if let tracer = server.settings.tracer {
+            let incoming = fields.last { $0.0 == "traceparent" }?.1 ?? ""
+            Array(incoming.utf8).withUnsafeBytes { incoming in
+                server.startSpan(&control.record, tracer, traceparent: incoming, protocol: "HTTP/2", peer: peer) {
+                    (exchange.method, exchange.authority, exchange.path)
+                }
+            }
+            if let span = control.record.span {  // the span is the upstream's parent
+                let out = ByteBuffer(capacity: 64)
+                span.context.writeTraceparent(into: out)
+                fields.removeAll { $0.0 == "traceparent" }
+                fields.append(("traceparent", String(decoding: out.readable, as: UTF8.self)))
+            }
+        }
+        for mirror in policy.mirrors where server.roll(mirror.percent) {
+            startMirror(exchange, fields: fields, cluster: mirror.cluster)
+        }
+        if control.record.grpc { applyGRPCTimeout(control, &fields) }
+        exchange.upstreamFields = fields
+        if control.retryPolicy != nil { exchange.replayBody = ByteBuffer(lazyCapacity: 16 * 1024) }
+    }
+
+    /// Istio has Envoy honour a gRPC call's `grpc-timeout` (`max_grpc_timeout` = the route's timeout): the call's
+    /// deadline, capped by the route's timeout, bounds all tries (absent, malformed or 0: the route's timeout);
+    /// the upstream is told the timeout that applies to its try (the per-try timeout when shorter).
+    private func applyGRPCTimeout(_ control: Exchange, _ fields: inout [(String, String)]) {
+        let index = fields.firstIndex { $0.0 == "grpc-timeout" }
+        if let index, let asked = GRPCTimeout.parse(fields[index].1), asked > .zero {
+            control.requestTimeout = control.requestTimeout.map { min($0, asked) } ?? asked
+        }
+        guard let expected = [control.requestTimeout, control.policy.perTryTimeout].compactMap({ $0 }).min(), expected > .zero
+        else { return }
+        if let index { fields.remove(at: index) }
+        fields.append(("grpc-timeout", GRPCTimeout.format(expected)))
+    }
+
+    /// Opens this try's upstream stream with the request body received so far (a retry: the whole body again).
+    func sendTry(_ exchange: H2CExchange, to pool: UpstreamPool) -> TryStart {
+        let limits = exchange.control.limits
+        // The endpoint's connections take no more streams and the backend's connection limit is reached.
+        if let limits, !pool.h2cHasCapacity(limits) { return .overflow }
+        guard let upstream = pool.h2cUpstream(limits: limits) else { return .connectFailed }
+        if exchange.control.record.attempt > 1 {
+            exchange.requestBody.clear()
+            if let replay = exchange.replayBody { exchange.requestBody.append(replay.readable) }
+            exchange.sentInAttempt = 0
+        }
+        var fields = exchange.upstreamFields
+        fields.append(("x-envoy-attempt-count", String(exchange.control.record.attempt)))
+        upstream.start(exchange, fields: fields, owner: self)
+        guard exchange.upstream === upstream else { return .sent }  // refused at once (and already handled)
+        if !exchange.requestBody.isEmpty || exchange.requestEnded { upstream.requestDataReady(exchange) }
+        channel.flush()
+        return .sent
+    }
+
+    /// Resets the try's upstream stream and forgets what it answered.
+    func dropTry(_ exchange: H2CExchange) {
+        exchange.upstream?.cancel(exchange)
+        exchange.responseFields.removeAll()
+        exchange.trailers.removeAll()
+        exchange.responseBody.clear()
+        exchange.responseEnded = false
+    }
+
+    /// Answers without an upstream: an HTTP status with a short body, or for gRPC a trailers-only response with
+    /// the matching `grpc-status` (gRPC's HTTP-to-status mapping: 404 → UNIMPLEMENTED, 503 → UNAVAILABLE, ...).
+    func answer(_ exchange: H2CExchange, _ answer: LocalAnswer) {
+        switch answer {
         case .reply(let reply):
-            replyLocally(exchange, reply)
+            respond(exchange, status: reply.status, body: Array((reply.body.description.trimmingNewline() + "\n").utf8))
         case .redirect(let status, let location):
-            exchange.record.status = status
             exchange.responseStarted = true
             exchange.responseEnded = true
             channel.session.respond(
@@ -224,218 +319,16 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
                     (":status", String(status)), ("location", String(decoding: location, as: UTF8.self)), ("content-length", "0"),
                 ], body: false)
             channel.flush()
-        case .respond(let status, let body, let delay):
-            exchange.record.flags = "DR"
-            guard let delay else { return respond(exchange, status: status, body: body) }
-            exchange.delayedResponse = (status, body)
-            hold(exchange, for: delay)
-        case .forward(let endpoint, let route, let cluster, let policy):
-            exchange.record.route = route
-            exchange.responseModifier = policy.responseHeaders
-            // The route's URLRewrite and RequestHeaderModifier apply here as on HTTP/1.1.
-            var upstreamPath = path, upstreamAuthority = authority
-            if let rewrite = policy.rewrite {
-                if let hostname = rewrite.hostname { upstreamAuthority = String(decoding: hostname, as: UTF8.self) }
-                if let modifier = rewrite.path {
-                    let query = path.firstIndex(of: "?").map { String(path[$0...]) } ?? ""
-                    let bare = String(path.prefix { $0 != "?" })
-                    upstreamPath = Array(bare.utf8).withUnsafeBytes { String(decoding: modifier.apply(to: $0), as: UTF8.self) } + query
-                }
-            }
-            var fields = forwardedFields(exchange, method: method, path: upstreamPath, authority: upstreamAuthority)
-            if let log = exchange.logFields, log[.requestID].isEmpty, let id = fields.last(where: { $0.0 == "x-request-id" }) {
-                log.keep(.requestID, id.1)  // the one generated for the upstream
-            }
-            if let modifier = policy.requestHeaders { fields = Self.modify(fields, modifier) }
-            if let tracer = server.settings.tracer {
-                let incoming = fields.last { $0.0 == "traceparent" }?.1 ?? ""
-                Array(incoming.utf8).withUnsafeBytes { incoming in
-                    server.startSpan(&exchange.record, tracer, traceparent: incoming, protocol: "HTTP/2", peer: peer) {
-                        (method, authority, path)
-                    }
-                }
-                if let span = exchange.record.span {  // the span is the upstream's parent
-                    let out = ByteBuffer(capacity: 64)
-                    span.context.writeTraceparent(into: out)
-                    fields.removeAll { $0.0 == "traceparent" }
-                    fields.append(("traceparent", String(decoding: out.readable, as: UTF8.self)))
-                }
-            }
-            for mirror in policy.mirrors where server.roll(mirror.percent) {
-                startMirror(exchange, fields: fields, cluster: mirror.cluster)
-            }
-            exchange.record.cluster = cluster
-            exchange.record.endpoint = endpoint
-            exchange.forwardPolicy = policy
-            exchange.requestTimeout = policy.requestTimeout
-            if exchange.record.grpc { applyGRPCTimeout(exchange, &fields) }
-            exchange.limits = server.router.limits(cluster: cluster)
-            exchange.upstreamFields = fields
-            exchange.retryPolicy = policy.retry ?? server.settings.defaultRetries
-            if let retry = exchange.retryPolicy {
-                exchange.replay = ByteBuffer(lazyCapacity: 16 * 1024)
-                exchange.retryHistory.start(remoteLocalities: retry.retryRemoteLocalities)
-            }
-            if let delay = policy.delay, server.roll(delay.percent) {
-                server.counters.faultDelays.increment()
-                return hold(exchange, for: delay.duration)
-            }
-            beginForwarding(exchange)
+        case .respond(let status, let body):
+            respond(exchange, status: status, body: body)
         }
     }
 
-    // MARK: Attempts, timeouts and retries
-
-    /// Istio has Envoy honour a gRPC call's `grpc-timeout` (`max_grpc_timeout` = the route's timeout): the call's
-    /// deadline, capped by the route's timeout, bounds all tries (absent, malformed or 0: the route's timeout);
-    /// the upstream is told the timeout that applies to its try (the per-try timeout when shorter).
-    private func applyGRPCTimeout(_ exchange: H2CExchange, _ fields: inout [(String, String)]) {
-        let index = fields.firstIndex { $0.0 == "grpc-timeout" }
-        if let index, let asked = GRPCTimeout.parse(fields[index].1), asked > .zero {
-            exchange.requestTimeout = exchange.requestTimeout.map { min($0, asked) } ?? asked
-        }
-        guard let expected = [exchange.requestTimeout, exchange.forwardPolicy.perTryTimeout].compactMap({ $0 }).min(),
-            expected > .zero
-        else { return }
-        if let index { fields.remove(at: index) }
-        fields.append(("grpc-timeout", GRPCTimeout.format(expected)))
-    }
-
-    /// The first attempt (after any fault delay): the exchange joins the retry budget's counts and the route's
-    /// timeout starts (after the delay, as in Envoy).
-    private func beginForwarding(_ exchange: H2CExchange) {
-        if let limits = exchange.limits, !limits.enterRequest() { return overflow(exchange) }
-        server.exchangeStarted(&exchange.record, mayRetry: exchange.retryPolicy != nil)
-        if let timeout = exchange.requestTimeout {
-            exchange.requestTimer.schedule(
-                after: timeout, creating: timer(for: exchange) { session, exchange in session.requestTimedOut(exchange) })
-        }
-        startAttempt(exchange)
-    }
-
-    /// Opens this attempt's upstream stream with the request body received so far.
-    private func startAttempt(_ exchange: H2CExchange) {
-        guard let pool = server.pool(exchange.record.endpoint) else { return attemptFailed(exchange, .connectFailed) }
-        // The endpoint's connections take no more streams and the backend's connection limit is reached.
-        if let limits = exchange.limits, !pool.h2cHasCapacity(limits) { return overflow(exchange) }
-        guard let upstream = pool.h2cUpstream(limits: exchange.limits) else { return attemptFailed(exchange, .connectFailed) }
-        exchange.record.upstreamAddress = pool.addressText
-        var fields = exchange.upstreamFields
-        fields.append(("x-envoy-attempt-count", String(exchange.record.attempt)))
-        upstream.start(exchange, fields: fields, owner: self)
-        guard exchange.upstream === upstream else { return }  // refused at once (and already handled)
-        if let timeout = exchange.forwardPolicy.perTryTimeout {
-            exchange.tryTimer.schedule(
-                after: timeout, creating: timer(for: exchange) { session, exchange in session.tryTimedOut(exchange) })
-        }
-        if !exchange.requestBody.isEmpty || exchange.requestEnded { upstream.requestDataReady(exchange) }
+    /// Resets the downstream stream: a cut-off response must not look complete.
+    func breakResponse(_ exchange: H2CExchange, timedOut: Bool) {
+        exchange.upstream?.cancel(exchange)
+        channel.session.reset(stream: exchange.downstreamID, code: timedOut ? .cancel : .internalError)
         channel.flush()
-    }
-
-    /// 503 overflow: the backend's requests in flight (`http2MaxRequests`) or connections are at their limit.
-    private func overflow(_ exchange: H2CExchange) {
-        server.counters.upstreamOverflow.increment()
-        replyLocally(exchange, .upstreamOverflow)
-    }
-
-    /// A timer that acts on the exchange if it still exists when it fires (looked up by stream, never dangling).
-    private func timer(for exchange: H2CExchange, _ action: @escaping (H2CProxySession, H2CExchange) -> Void) -> Timer {
-        let id = exchange.downstreamID
-        return Timer(loop: server.loop) { [unowned(unsafe) self] in
-            if let exchange = self.exchanges[id] { action(self, exchange) }
-        }
-    }
-
-    /// Holds the upstream stream back for `duration` (fault delay, retry backoff), then starts it.
-    private func hold(_ exchange: H2CExchange, for duration: Duration) {
-        exchange.held = true
-        exchange.startTimer.schedule(after: duration, creating: timer(for: exchange) { session, exchange in session.holdEnded(exchange) })
-    }
-
-    private func holdEnded(_ exchange: H2CExchange) {
-        guard exchange.held else { return }
-        exchange.held = false
-        if let (status, body) = exchange.delayedResponse { return respond(exchange, status: status, body: body) }
-        guard exchange.record.inFlight else { return beginForwarding(exchange) }
-        // A retry: the whole body again, to another endpoint when one is ready.
-        exchange.retriedOutcome = nil
-        exchange.requestBody.clear()
-        if let replay = exchange.replay { exchange.requestBody.append(replay.readable) }
-        exchange.sentInAttempt = 0
-        exchange.record.endpoint = server.router.alternateEndpoint(
-            cluster: exchange.record.cluster, failed: exchange.record.endpoint,
-            history: &exchange.retryHistory)
-        startAttempt(exchange)
-    }
-
-    /// An attempt ended with no response to pass on: retried when the policy allows, else answered here.
-    private func attemptFailed(_ exchange: H2CExchange, _ outcome: RetryPolicy.Outcome) {
-        if retry(exchange, outcome) { return }
-        exchange.upstream?.cancel(exchange)
-        answerFailure(exchange, outcome)
-    }
-
-    private func answerFailure(_ exchange: H2CExchange, _ outcome: RetryPolicy.Outcome) {
-        exchange.tryTimer?.cancel()
-        switch outcome {
-        case .connectFailed:
-            server.counters.upstreamConnectFailures.increment()
-            replyLocally(exchange, .upstreamConnectError)
-        case .perTryTimeout:
-            replyLocally(exchange, .upstreamTimeout)
-        default:
-            replyLocally(exchange, .upstreamReset)
-        }
-    }
-
-    /// A retry was waiting when the request body outgrew the replay bound: the failure it retried is answered.
-    private func giveUpRetry(_ exchange: H2CExchange, _ outcome: RetryPolicy.Outcome) {
-        exchange.record.retryNote = "not retried: request body beyond the replay bound"
-        exchange.held = false
-        exchange.startTimer?.cancel()
-        answerFailure(exchange, outcome)
-    }
-
-    /// Starts another try when the policy, the attempt count, the replay bound and the budget allow it and
-    /// nothing of the response went downstream yet. True when a retry is under way (the failed stream is reset).
-    private func retry(_ exchange: H2CExchange, _ outcome: RetryPolicy.Outcome) -> Bool {
-        guard exchange.record.inFlight, !exchange.responseStarted,
-            let backoff = server.retryBackoff(
-                after: outcome, policy: exchange.retryPolicy, replay: exchange.replay != nil ? .kept : .beyondBound,
-                record: &exchange.record, limits: exchange.limits)
-        else { return false }
-        exchange.upstream?.cancel(exchange)
-        exchange.tryTimer?.cancel()
-        exchange.responseFields.removeAll()
-        exchange.trailers.removeAll()
-        exchange.responseBody.clear()
-        exchange.responseEnded = false
-        exchange.retriedOutcome = outcome
-        hold(exchange, for: backoff)
-        return true
-    }
-
-    /// A try got no response head within `perTryTimeout`: retried when the policy says so, else 504.
-    private func tryTimedOut(_ exchange: H2CExchange) {
-        guard !exchange.responseStarted, !exchange.held, exchange.upstream != nil else { return }
-        attemptFailed(exchange, .perTryTimeout)
-    }
-
-    /// The route's timeout (all tries together) expired: 504 when nothing was answered yet, else the stream is
-    /// reset (a cut-off response must not look complete).
-    private func requestTimedOut(_ exchange: H2CExchange) {
-        guard !exchange.responseEnded else { return }
-        exchange.held = false
-        exchange.startTimer?.cancel()
-        exchange.tryTimer?.cancel()
-        exchange.upstream?.cancel(exchange)
-        exchange.record.flags = "UT"
-        if exchange.responseStarted {
-            channel.session.reset(stream: exchange.downstreamID, code: .cancel)
-            channel.flush()
-        } else {
-            replyLocally(exchange, .upstreamTimeout)
-        }
     }
 
     /// A copy of the request, with Envoy's `-shadow` authority, on an HTTP/2 stream to an endpoint of the mirror
@@ -447,7 +340,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             server.counters.mirrorsSkipped.increment()
             return
         }
-        let copy = H2CExchange(downstreamID: 0)
+        let copy = H2CExchange(downstreamID: 0, session: self)
         copy.requestEnded = exchange.requestEnded
         let shadowed = fields.map { name, value in
             guard name == ":authority" else { return (name, value) }
@@ -517,19 +410,11 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         return fields
     }
 
-    /// Answers without an upstream: an HTTP status with a short body, or for gRPC a trailers-only response with
-    /// the matching `grpc-status` (gRPC's HTTP-to-status mapping: 404 → UNIMPLEMENTED, 503 → UNAVAILABLE, ...).
-    private func replyLocally(_ exchange: H2CExchange, _ reply: LocalReply) {
-        exchange.record.flags = reply.responseFlags
-        respond(exchange, status: reply.status, body: Array((reply.body.description.trimmingNewline() + "\n").utf8))
-    }
-
     /// A complete answer of the proxy's own; to a gRPC caller as a gRPC status with the body as its message.
     private func respond(_ exchange: H2CExchange, status: Int, body: [UInt8]) {
-        exchange.record.status = status
         exchange.responseStarted = true
         exchange.responseEnded = true
-        if exchange.record.grpc {
+        if exchange.control.record.grpc {
             exchange.responseFields = [
                 (":status", "200"), ("content-type", "application/grpc"),
                 ("grpc-status", String(Self.grpcStatus(for: status))),
@@ -569,19 +454,17 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         let status = Int(exchange.responseFields.first { $0.0 == ":status" }?.1 ?? "") ?? 502
         // gRPC errors come as trailers-only responses: their grpc-status is known before anything is sent.
         let grpcStatus = exchange.responseEnded ? exchange.responseFields.first { $0.0 == "grpc-status" }.flatMap { Int($0.1) } : nil
-        if retry(exchange, .status(status)) { return }
-        if let grpcStatus, retry(exchange, .grpcStatus(grpcStatus)) { return }
-        exchange.tryTimer?.cancel()
+        if exchange.control.responseHead(status: status, grpcStatus: grpcStatus) { return channel.flush() }
         exchange.responseStarted = true
         var fields: [(String, String)] = []
         for (name, value) in exchange.responseFields {
             switch name {
-            case ":status": exchange.record.status = Int(value) ?? 502; fields.insert((name, value), at: 0)
+            case ":status": fields.insert((name, value), at: 0)
             case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade": continue
             default: if !name.hasPrefix(":") { fields.append((name, value)) }
             }
         }
-        if let modifier = exchange.responseModifier { fields = Self.modify(fields, modifier) }
+        if let modifier = exchange.control.policy.responseHeaders { fields = Self.modify(fields, modifier) }
         // A head that ended the upstream's stream (gRPC's trailers-only errors) ends the downstream one the same way:
         // grpc-core reads an empty DATA frame with END_STREAM after it as a broken call, not as the status it carries.
         let headersOnly = exchange.responseEnded && exchange.responseBody.isEmpty
@@ -590,6 +473,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     }
 
     func responseDataReady(_ exchange: H2CExchange) {
+        if exchange.responseEnded, case .responding = exchange.control.state { exchange.control.responseCompleted() }
         channel.session.resume(stream: exchange.downstreamID)
         channel.flush()
     }
@@ -598,20 +482,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     func upstreamFailed(_ exchange: H2CExchange, _ outcome: RetryPolicy.Outcome) {
         exchange.upstream = nil
         guard exchanges[exchange.downstreamID] === exchange else { return }
-        if exchange.responseStarted {
-            exchange.record.flags = "UC"
-            server.counters.upstreamResetsMidResponse.increment()
-            channel.session.reset(stream: exchange.downstreamID, code: .internalError)
-            channel.flush()
-        } else {
-            attemptFailed(exchange, outcome)
-        }
-    }
-
-    private func finish(_ exchange: H2CExchange) {
-        server.report(
-            exchange.record, grpc: exchange.record.grpc ? Self.grpcStatus(of: exchange) : nil, protocol: "HTTP/2", peer: peer,
-            principal: principalID, log: exchange.logFields)
+        exchange.control.upstreamFailed(outcome)
+        channel.flush()
     }
 
     /// The call's status as the answer gave it: in the trailers, or in the head of a trailers-only answer.
@@ -622,17 +494,15 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     }
 
     /// The access log's fields, as HTTP/1.1 keeps them: the normalized path, the first `x-forwarded-for`.
-    private func keepLogFields(_ exchange: H2CExchange, method: String, path: String, authority: String) {
-        let fields = RequestLogFields()
-        fields.keep(.method, method)
-        fields.keep(.path, path)
-        fields.keep(.authority, authority)
+    private func keepLogFields(_ exchange: H2CExchange, _ fields: RequestLogFields) {
+        fields.keep(.method, exchange.method)
+        fields.keep(.path, exchange.path)
+        fields.keep(.authority, exchange.authority)
         for (field, name) in [
             (RequestLogFields.Field.userAgent, "user-agent"), (.forwardedFor, "x-forwarded-for"), (.requestID, "x-request-id"),
         ] {
             if let value = exchange.requestFields.first(where: { $0.0 == name }) { fields.keep(field, value.1) }
         }
-        exchange.logFields = fields
     }
 }
 

@@ -13,9 +13,10 @@ import WaypointCore
 /// Thread: its worker's loop thread only. Ownership: the `ProxyServer` (until `close()`); it owns its byte
 /// stream, and its upstream connection while an exchange is in flight.
 ///
-/// Size: one state machine whose state is private to it (~950 lines); split across files, that state would be
-/// open to the whole module. It shrinks as its exchange logic moves into `Exchange/` (issue 14).
-final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
+/// What happens to each request (routing, waits, tries, retries, timeouts, local answers, the report) is its
+/// `Exchange`'s to decide; this type is the HTTP/1.1 transport of it: it parses heads, writes them in HTTP/1.1
+/// form and moves bodies under backpressure.
+final class DownstreamConnection: ByteStreamHandler, DownstreamSession, ExchangeTransport {
     /// Why reading from the client is paused; reading resumes when the set is empty.
     struct PauseReasons: OptionSet {
         let rawValue: UInt8
@@ -50,9 +51,14 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private var clientClosed = false
 
     // MARK: Exchange state (reset per request)
+    /// The current request, from its head to its report.
+    private lazy var exchange = Exchange(
+        transport: self, server: server, peer: peer, principal: server.counters.istio.intern(source: peer), protocol: "HTTP/1.1")
     private var head = RequestHead()
     private var scanned = 0
-    private var inExchange = false
+    /// The length of the current request's head while it still waits at the start of `input` (routing, a fault
+    /// delay, a wait for a connection); 0 once it went upstream or was answered.
+    private var headLength = 0
     private var keepAlive = true
     private var requestDone = false
     private var requestBody = BodyTracker(.none)
@@ -60,7 +66,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private var requestWasHead = false
     /// The request offers an `Upgrade` that goes upstream; a `101` answer turns the session into a `ByteRelay`.
     private var upgrading = false
-    /// The connection carrying the current attempt; its pool counts it as a request in flight (LEAST_REQUEST).
+    /// The connection carrying the current try; its pool counts it as a request in flight (LEAST_REQUEST).
     private var upstream: UpstreamConnection? {
         didSet {
             guard oldValue !== upstream else { return }
@@ -70,54 +76,21 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     }
     /// The request as sent upstream (head, then body up to the retry policy's bound), kept while it may be
     /// replayed: on a fresh connection when a reused one turns out stale, or by a retry.
-    private let replay: ByteBuffer
-    /// Where the head ends in `replay` (the retry's attempt header goes before its blank line).
+    private let replayBuffer: ByteBuffer
+    /// Where the head ends in `replayBuffer` (the retry's attempt header goes before its blank line).
     private var replayHeadLength = 0
     /// A stale pooled connection may be replaced once (bodiless requests).
     private var replayable = false
-    /// The exchange may still be retried: `replay` holds the whole request.
+    /// The exchange may still be retried: `replayBuffer` holds the whole request.
     private var retryable = false
-    /// What a waiting request does when its wait ends: go to the endpoint it was routed to, or be answered
-    /// (a fault abort after a fault delay).
-    private enum WaitingAction {
-        case forward(endpoint: Int32)
-        case respond(status: Int, body: [UInt8])
-    }
-    /// A request waiting (fault delay, or a connection under circuit breaking), its head still in `input`.
-    private var delayed: (action: WaitingAction, headLength: Int)?
-    private var faultTimer: Timer?
-    /// Bounds a wait for a connection (DestinationRule `tcp.maxConnections`) to the connect timeout.
-    private var pendingTimer: Timer?
     /// Which of the route's mirrors (bit i: `policy.mirrors[i]`) get a copy once the request is complete
-    /// (`replay` holds it until then).
+    /// (`replayBuffer` holds it until then).
     private var mirroring: UInt32 = 0
     /// The body outgrew the replay bound, so a failure that called for a retry was returned (access log says so).
     private var bodyTooBigToRetry = false
-    /// Backoff before the next try; created on the first retry.
-    private var retryTimer: Timer?
-    /// The matched route's retries and timeouts.
-    private var policy = ForwardPolicy.standard
-    /// The backend's DestinationRule connection-pool settings.
-    private var limits: ClusterLimits?
-    /// The route's retry policy, else the proxy's default (nil: no retries); resolved once per exchange.
-    private var retryPolicy: RetryPolicy?
-    /// Where this request's tries went (retries avoid them).
-    private var retryHistory = RetryHistory()
-    /// `policy.requestTimeout` (all tries, until the response is complete) and `policy.perTryTimeout` (each try,
-    /// until its response head); created on first use.
-    private var requestTimer: Timer?
-    private var tryTimer: Timer?
-    private var waitingToRetry = false
     private var response = ResponseHead()
     private var responseScanned = 0
-    private var responseHeadDone = false
-    private var responseDone = false
     private var responseBody = BodyTracker(.none)
-    /// What the request and its tries come to, for telemetry (one `ProxyServer.report` when it ends).
-    private var record = ExchangeRecord()
-    /// The caller, interned once per connection for Istio's metrics.
-    private let principalID: Int32
-    private let logFields = RequestLogFields()
 
     /// `initialInput`: bytes already read from the stream (protocol detection looked at them).
     init(
@@ -128,14 +101,13 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         self.stream = stream
         self.server = server
         self.peer = peer
-        principalID = server.counters.istio.intern(source: peer)
         self.destination = destination
         self.traceparent = traceparent
         clientIP = Array(peer.sourceIP.utf8)
         // Lazy: an idle tunnel holds no buffer memory until its first request.
         input = ByteBuffer(lazyCapacity: 16 * 1024)
         output = ByteBuffer(lazyCapacity: 16 * 1024)
-        replay = ByteBuffer(lazyCapacity: 512)
+        replayBuffer = ByteBuffer(lazyCapacity: 512)
         lastActivity = server.loop.now
         let tick = min(server.settings.downstreamIdleTimeout, server.settings.headerTimeout) / 4
         timer.scheduleRepeating(every: max(tick, .milliseconds(50)))
@@ -159,7 +131,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     func streamReadable() { readable() }
     func streamWritable() { writable() }
 
-    var isIdle: Bool { !inExchange && input.isEmpty && output.isEmpty }
+    var isIdle: Bool { exchange.isIdle && input.isEmpty && output.isEmpty }
 
     // MARK: - Downstream I/O
 
@@ -167,7 +139,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         var space = input.writableSpace()
         if space.count == 0 {
             // Grow only while a head is still incomplete; otherwise wait for the exchange to drain it.
-            if !inExchange && input.capacity < server.settings.maxHeadBytes + 4096 {
+            if exchange.isIdle && input.capacity < server.settings.maxHeadBytes + 4096 {
                 input.reserve(input.capacity)
                 space = input.writableSpace()
             } else {
@@ -177,7 +149,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         }
         switch stream.read(into: space) {
         case .bytes(let n):
-            if input.isEmpty && !inExchange { headStartedAt = server.loop.now }
+            if input.isEmpty && exchange.isIdle { headStartedAt = server.loop.now }
             input.commitWrite(n)
             lastActivity = server.loop.now
             processInput()
@@ -225,10 +197,10 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private func clientFinished() {
         pause(.finished)
         clientClosed = true
-        if inExchange && !requestDone {
-            record.flags = "DC"
-            if !responseHeadDone {
-                record.status = 0
+        if !exchange.isIdle && !requestDone {
+            exchange.record.flags = "DC"
+            if !exchange.hasResponded {
+                exchange.record.status = 0
                 finishExchange()
             }
             abort()
@@ -238,7 +210,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     }
 
     private func checkIdle() {
-        guard !inExchange else { return }
+        guard exchange.isIdle else { return }
         let now = server.loop.now
         if !input.isEmpty && now - headStartedAt >= server.settings.headerTimeout.seconds {
             reject(HTTP1Error(status: 408, "request header timeout"))
@@ -252,8 +224,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
 
     /// Starts exchanges for complete heads in `input` and moves request body bytes upstream.
     private func processInput() {
-        while !closed && delayed == nil {
-            if !inExchange {
+        while !closed && !exchange.holdsRequest {
+            if exchange.isIdle {
                 guard !closing else { break }
                 guard startExchange() else {
                     if clientClosed { closing = true }  // no complete request left and none can come
@@ -263,7 +235,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             }
             if !requestDone { pumpRequestBody() }
             if mirroring != 0 && requestDone { sendMirrors() }
-            if !requestDone || !responseDone { break }
+            if !requestDone || !exchange.isComplete { break }
             finishExchange()
         }
         if !closed {
@@ -272,72 +244,6 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             upstream?.flush()
             if closing && output.isEmpty { close() }
         }
-    }
-
-    /// Called by the server when this waiting request's cluster may have a connection: goes on if so.
-    func resumeIfCapacity() -> Bool {
-        guard case .forward(let endpoint)? = delayed?.action, !closed else { return true }  // gone: off the queue
-        guard let limits, server.hasConnectionCapacity(endpoint: endpoint, limits: limits) else { return false }
-        pendingTimer?.cancel()
-        delayElapsed()
-        return true
-    }
-
-    /// Waited a connect timeout without a connection: 503 overflow, as a full queue would have answered.
-    private func pendingTimedOut() {
-        guard let (_, length) = delayed, !closed else { return }
-        server.dequeue(self, limits: limits)
-        delayed = nil
-        overflow(headLength: length)
-        processInput()
-    }
-
-    private func overflow(headLength: Int) {
-        input.consume(headLength)
-        overflowRequests()
-    }
-
-    /// 503 overflow: the backend's pending queue or its requests in flight (`http2MaxRequests`) are full.
-    private func overflowRequests() {
-        server.counters.upstreamOverflow.increment()
-        discardingBody = true
-        replyLocally(.upstreamOverflow)
-    }
-
-    /// After a fault delay: forwards the head that waited in `input` and carries on with its body, or answers.
-    private func delayElapsed() {
-        guard let (action, length) = delayed, !closed else { return }
-        delayed = nil
-        switch action {
-        case .forward(let endpoint):
-            forward(UnsafeRawBufferPointer(rebasing: input.readable[0..<length]), to: endpoint)
-            input.consume(length)
-        case .respond(let status, let body):
-            respond(status: status, body: body, headLength: length)
-        }
-        processInput()
-    }
-
-    /// Answers with the route's own response (direct response, fault abort), the body of the request dropped.
-    private func respond(status code: Int, body: [UInt8], headLength: Int) {
-        record.flags = "DR"
-        answer(status: code, headLength: headLength) { [requestWasHead] output, close in
-            ForwardingHeaders.writeResponse(status: code, body: body, omitBody: requestWasHead, close: close, into: output)
-        }
-    }
-
-    /// A complete answer of the route's own (`write` puts it in `output`, closing the connection when told);
-    /// the request's head is consumed and its body read and dropped.
-    private func answer(status code: Int, headLength: Int, _ write: (ByteBuffer, _ close: Bool) -> Void) {
-        discardingBody = true
-        input.consume(headLength)
-        record.status = code
-        responseHeadDone = true
-        responseDone = true
-        if !requestDone { keepAlive = false }
-        let before = output.readableBytes
-        write(output, !keepAlive)
-        record.bytesSent = output.readableBytes - before
     }
 
     /// Parses the next head and routes it (or rejects it). False when the head is still incomplete.
@@ -359,8 +265,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             reject(HTTP1Error(status: 431, "request head too large"))
             return true
         }
-        inExchange = true
-        record.start = server.loop.now
+        exchange.start()
         let headBytes = UnsafeRawBufferPointer(rebasing: bytes[0..<length])
         if case .failed(let error) = HTTP1Parser.parseRequest(headBytes, into: &head) {
             reject(error)
@@ -374,56 +279,11 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         requestWasHead = head.isHeadMethod
         requestBody = BodyTracker(head.framing)
         requestDone = requestBody.isComplete
-        record.bytesReceived = length
-        if server.accessLog != nil { keepLogFields(headBytes) }
-
-        let decision = server.router.route(head, headBytes, destination: destination, peer: peer, labels: &record.labels)
-        switch decision {
-        case .reply(let reply):
-            discardingBody = true
-            input.consume(length)
-            replyLocally(reply)
-        case .redirect(let code, let location):
-            answer(status: code, headLength: length) { output, close in
-                ForwardingHeaders.writeRedirect(status: code, location: location, close: close, into: output)
-            }
-        case .respond(let code, let body, let delay):
-            guard let delay else {
-                respond(status: code, body: body, headLength: length)
-                return true
-            }
-            delayed = (.respond(status: code, body: body), length)
-            faultTimer.schedule(after: delay, creating: Timer(loop: server.loop) { [unowned(unsafe) self] in self.delayElapsed() })
-        case .forward(let endpoint, let route, let cluster, let policy):
-            record.route = route
-            record.cluster = cluster
-            self.policy = policy
-            limits = server.router.limits(cluster: cluster)
-            if let limits, !server.hasConnectionCapacity(endpoint: endpoint, limits: limits) {
-                // DestinationRule circuit breaking: wait for a connection (head kept in `input`), or 503 at once
-                // when the pending queue is full.
-                guard server.enqueue(self, limits: limits) else {
-                    overflow(headLength: length)
-                    return true
-                }
-                delayed = (.forward(endpoint: endpoint), length)
-                pendingTimer.schedule(
-                    after: limits.settings.connectTimeout ?? server.settings.connectTimeout,
-                    creating: Timer(loop: server.loop) { [unowned(unsafe) self] in self.pendingTimedOut() })
-                return true
-            }
-            if let delay = policy.delay, server.roll(delay.percent) {
-                // VirtualService fault.delay: the head stays in `input` (and nothing else is read from it)
-                // until the delay is over, then the exchange goes on as if just routed.
-                delayed = (.forward(endpoint: endpoint), length)
-                server.counters.faultDelays.increment()
-                faultTimer.schedule(
-                    after: delay.duration, creating: Timer(loop: server.loop) { [unowned(unsafe) self] in self.delayElapsed() })
-                return true
-            }
-            forward(headBytes, to: endpoint)
-            input.consume(length)
-        }
+        headLength = length
+        exchange.record.bytesReceived = length
+        if let log = exchange.log { keepLogFields(headBytes, log) }
+        let decision = server.router.route(head, headBytes, destination: destination, peer: peer, labels: &exchange.record.labels)
+        exchange.decide(decision)
         return true
     }
 
@@ -458,63 +318,99 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         server.logger.debug(
             "rejected request: \(error.status) \(error.reason)",
             metadata: ["connection.id": "\(id)", "client": "\(peer.sourceAddress)"])
-        inExchange = true
-        record.start = server.loop.now
+        if exchange.isIdle { exchange.start() }
         keepAlive = false
         requestDone = true
         input.clear()
+        headLength = 0
         pause(.finished)
-        replyLocally(.badRequest(error))
+        exchange.decide(.reply(.badRequest(error)))
     }
 
-    private func replyLocally(_ reply: LocalReply) {
-        record.status = reply.status
-        record.flags = reply.responseFlags
-        responseHeadDone = true
-        responseDone = true
-        if !requestDone && reply.status >= 500 { keepAlive = false }
-        // A 100-continue client that is refused sends no body; do not wait for one.
-        if head.expectsContinue && !requestDone { keepAlive = false; requestDone = true; pause(.finished) }
-        let before = output.readableBytes
-        ForwardingHeaders.writeLocalReply(reply, close: !keepAlive, into: output)
-        record.bytesSent = output.readableBytes - before
+    // MARK: - ExchangeTransport
+
+    var needsConnectionPerTry: Bool { true }
+
+    var replay: Replay {
+        guard requestDone else { return .impossible }
+        return retryable ? .kept : bodyTooBigToRetry ? .beyondBound : .impossible
     }
 
-    private func forward(_ headBytes: UnsafeRawBufferPointer, to endpoint: Int32) {
-        record.endpoint = endpoint
-        retryPolicy = policy.retry ?? server.settings.defaultRetries
-        retryHistory.start(remoteLocalities: retryPolicy?.retryRemoteLocalities == true)
-        if let limits, !limits.enterRequest() {
-            overflowRequests()
-            return
+    /// Opens the request's span (the head still waits in `input`).
+    func prepareForwarding() {
+        guard let tracer = server.settings.tracer else { return }
+        let headBytes = UnsafeRawBufferPointer(rebasing: input.readable[0..<headLength])
+        let incoming = head.firstHeader(Self.traceparentName, in: headBytes) ?? UnsafeRawBufferPointer(start: nil, count: 0)
+        server.startSpan(&exchange.record, tracer, traceparent: incoming, protocol: "HTTP/1.1", peer: peer) {
+            (
+                String(decoding: head.method.bytes(in: headBytes), as: UTF8.self),
+                String(decoding: head.host.bytes(in: headBytes), as: UTF8.self),
+                String(decoding: head.target.bytes(in: headBytes), as: UTF8.self)
+            )
         }
-        guard let pool = server.pool(record.endpoint), let connection = pool.checkout(for: self, limits: limits) else {
-            limits?.leaveRequest()
-            server.counters.upstreamConnectFailures.increment()
-            discardingBody = true
-            replyLocally(.upstreamConnectError)
-            return
-        }
-        server.exchangeStarted(&record, mayRetry: retryPolicy != nil)
-        if let timeout = policy.requestTimeout {
-            requestTimer.schedule(after: timeout, creating: Timer(loop: server.loop) { [unowned(unsafe) self] in self.requestTimedOut() })
-        }
-        startTryTimer()
+    }
+
+    func sendTry(to pool: UpstreamPool) -> TryStart {
+        guard let connection = pool.checkout(for: self, limits: exchange.limits) else { return .connectFailed }
         upstream = connection
-        record.upstreamAddress = pool.addressText
-        let start = connection.output.writerIndex
-        if let tracer = server.settings.tracer {
-            let incoming = head.firstHeader(Self.traceparentName, in: headBytes) ?? UnsafeRawBufferPointer(start: nil, count: 0)
-            server.startSpan(&record, tracer, traceparent: incoming, protocol: "HTTP/1.1", peer: peer) {
-                (
-                    String(decoding: head.method.bytes(in: headBytes), as: UTF8.self),
-                    String(decoding: head.host.bytes(in: headBytes), as: UTF8.self),
-                    String(decoding: head.target.bytes(in: headBytes), as: UTF8.self)
-                )
-            }
+        if headLength > 0 { sendFirstTry(on: connection) } else { sendRetry(on: connection) }
+        return .sent
+    }
+
+    func dropTry() {
+        responseScanned = 0
+        guard let upstream else { return }
+        upstream.owner = nil
+        upstream.close()
+        self.upstream = nil
+    }
+
+    /// Writes the answer; the request's head is consumed (if it still waits) and its body read and dropped.
+    func answer(_ answer: LocalAnswer) {
+        discardingBody = true
+        if headLength > 0 {
+            input.consume(headLength)
+            headLength = 0
         }
+        let before = output.readableBytes
+        switch answer {
+        case .reply(let reply):
+            if !requestDone && reply.status >= 500 { keepAlive = false }
+            // A 100-continue client that is refused sends no body; do not wait for one.
+            if head.expectsContinue && !requestDone {
+                keepAlive = false
+                requestDone = true
+                pause(.finished)
+            }
+            ForwardingHeaders.writeLocalReply(reply, close: !keepAlive, into: output)
+        case .redirect(let status, let location):
+            if !requestDone { keepAlive = false }
+            ForwardingHeaders.writeRedirect(status: status, location: location, close: !keepAlive, into: output)
+        case .respond(let status, let body):
+            if !requestDone { keepAlive = false }
+            ForwardingHeaders.writeResponse(status: status, body: body, omitBody: requestWasHead, close: !keepAlive, into: output)
+        }
+        exchange.record.bytesSent = output.readableBytes - before
+    }
+
+    /// The client must see a broken response, never one that looks complete: the connection is reset.
+    func breakResponse(timedOut: Bool) {
+        keepAlive = false
+        flushOutput()
+        finishExchange()
+        abort()
+    }
+
+    func exchangeProgressed() { processInput() }
+
+    /// The first try: the head, with the forwarding headers and the route's header changes, then the body as it
+    /// comes; kept for a replay (a stale connection, a retry) or the mirrors while it may be needed.
+    private func sendFirstTry(on connection: UpstreamConnection) {
+        let headBytes = UnsafeRawBufferPointer(rebasing: input.readable[0..<headLength])
+        let policy = exchange.policy
+        let start = connection.output.writerIndex
         let upstreamTraceparent =
-            record.span.map { span -> [UInt8] in
+            exchange.record.span.map { span -> [UInt8] in
                 let out = ByteBuffer(capacity: 64)
                 span.context.writeTraceparent(into: out)
                 return Array(out.readable)
@@ -525,31 +421,43 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             upstreamTraceparent.withUnsafeBytes { trace in
                 ForwardingHeaders.writeRequest(
                     head, headBytes, clientIP: ip, proto: server.settings.forwardedProto, traceparent: trace,
-                    replaceTraceparent: record.span != nil, upgrade: upgrading,
+                    replaceTraceparent: exchange.record.span != nil, upgrade: upgrading,
                     modifier: policy.requestHeaders, rewrite: policy.rewrite,
                     into: connection.output
                 ) { [unowned(unsafe) self] out in
                     let start = out.readableBytes
                     self.server.writeRequestID(out)
-                    if self.server.accessLog != nil {
-                        self.logFields.keep(.requestID, UnsafeRawBufferPointer(rebasing: out.readable[start...]))
-                    }
+                    self.exchange.log?.keep(.requestID, UnsafeRawBufferPointer(rebasing: out.readable[start...]))
                 }
             }
         }
         replayable = connection.reused && requestDone
-        retryable = retryPolicy != nil && !head.expectsContinue
+        retryable = exchange.retryPolicy != nil && !head.expectsContinue
         mirroring = 0
         for (i, mirror) in policy.mirrors.enumerated() where server.roll(mirror.percent) { mirroring |= 1 << i }
         if replayable || retryable || mirroring != 0 {
-            replay.clear()
-            replay.append(UnsafeRawBufferPointer(rebasing: connection.output.readable[(start - connection.output.readerIndex)...]))
-            replayHeadLength = replay.readableBytes
+            replayBuffer.clear()
+            replayBuffer.append(UnsafeRawBufferPointer(rebasing: connection.output.readable[(start - connection.output.readerIndex)...]))
+            replayHeadLength = replayBuffer.readableBytes
         }
         if head.expectsContinue && !requestDone {
             // We answer the expectation ourselves (the Expect header is not forwarded).
             output.append("HTTP/1.1 100 Continue\r\n\r\n")
         }
+        input.consume(headLength)
+        headLength = 0
+    }
+
+    /// A retry: the replayed request, with `x-envoy-attempt-count`.
+    private func sendRetry(on connection: UpstreamConnection) {
+        let bytes = replayBuffer.readable
+        let headWithoutAttempt = replayHeadLength - 2 - ForwardingHeaders.firstAttempt.utf8CodeUnitCount
+        connection.output.append(UnsafeRawBufferPointer(rebasing: bytes[0..<headWithoutAttempt]))
+        connection.output.append("x-envoy-attempt-count: ")
+        connection.output.appendDecimal(exchange.record.attempt)
+        connection.output.append("\r\n\r\n")
+        connection.output.append(UnsafeRawBufferPointer(rebasing: bytes[replayHeadLength...]))
+        connection.flush()
     }
 
     private static let traceparentName = Array("traceparent".utf8)
@@ -559,8 +467,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
 
     /// The complete request, as sent upstream, to an endpoint of each chosen mirror.
     private func sendMirrors() {
-        let bytes = replay.readable
-        for (i, mirror) in policy.mirrors.enumerated() where mirroring & (1 << i) != 0 {
+        let bytes = replayBuffer.readable
+        for (i, mirror) in exchange.policy.mirrors.enumerated() where mirroring & (1 << i) != 0 {
             guard let endpoint = server.router.pickEndpoint(inCluster: mirror.cluster) else {
                 server.counters.mirrorsSkipped.increment()
                 continue
@@ -587,14 +495,11 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             guard let take = requestBody.consume(available) else {
                 // Malformed chunked framing: where this request ends, and the next begins, is unknown.
                 keepAlive = false
-                if !responseHeadDone {
-                    upstream?.close()
-                    upstream = nil
-                    discardingBody = true
-                    replyLocally(.badRequest(HTTP1Error(status: 400, "malformed chunked body")))
+                if !exchange.hasResponded {
                     requestDone = true
                     pause(.finished)
                     input.clear()
+                    exchange.refuse(.badRequest(HTTP1Error(status: 400, "malformed chunked body")))
                 } else {
                     abort()
                 }
@@ -607,8 +512,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                 if retryable || mirroring != 0 {
                     // Kept for a replay (or the mirror) while small; a larger body is streamed only, not retried
                     // and not mirrored.
-                    if replay.readableBytes + take <= retryPolicy?.replayBound ?? Self.mirrorBodyBound {
-                        replay.append(chunk)
+                    if replayBuffer.readableBytes + take <= exchange.retryPolicy?.replayBound ?? Self.mirrorBodyBound {
+                        replayBuffer.append(chunk)
                     } else {
                         if retryable { bodyTooBigToRetry = true }
                         if mirroring != 0 { server.counters.mirrorsSkipped.increment() }
@@ -617,7 +522,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                     }
                 }
             }
-            record.bytesReceived += take
+            exchange.record.bytesReceived += take
             input.consume(take)
         }
         if paused.contains(.upstreamBackpressure) && (upstream?.output.readableBytes ?? 0) < server.settings.pendingOutputBound {
@@ -629,35 +534,22 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         if let upstream {
             upstream.owner = nil
             let spent =
-                limits.map {
+                exchange.limits.map {
                     ($0.settings.maxRequestsPerConnection.map { $0 > 0 && upstream.requestsServed >= $0 } ?? false)
                         || server.shouldReleaseConnection($0)
                 } ?? false
-            if responseDone && requestDone && response.keepAlive && upstream.input.isEmpty && upstream.isOpen && !spent {
+            if exchange.isComplete && requestDone && response.keepAlive && upstream.input.isEmpty && upstream.isOpen && !spent {
                 upstream.pool.checkin(upstream)
             } else {
                 upstream.close()
             }
             self.upstream = nil
         }
-        server.report(record, grpc: nil, protocol: "HTTP/1.1", peer: peer, principal: principalID, log: logFields)
-        if server.accessLog != nil { logFields.clear() }
-        server.exchangeEnded(&record, limits: limits)
-        record = ExchangeRecord()
+        exchange.finish()
         retryable = false
-        waitingToRetry = false
-        retryTimer?.cancel()
-        requestTimer?.cancel()
-        tryTimer?.cancel()
-        policy = .standard
-        limits = nil
-        retryPolicy = nil
         bodyTooBigToRetry = false
         upgrading = false
-        inExchange = false
         requestDone = false
-        responseDone = false
-        responseHeadDone = false
         discardingBody = false
         replayable = false
         responseScanned = 0
@@ -677,7 +569,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     private func responseProgress() {
         pumpResponse()
         guard !closed else { return }  // switched protocols: a relay has the streams now
-        if responseDone && requestDone { processInput() } else { flushOutput() }
+        if exchange.isComplete && requestDone { processInput() } else { flushOutput() }
         if closing && output.isEmpty { close() }
     }
 
@@ -691,63 +583,39 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     func upstreamFailed(_ connection: UpstreamConnection, _ failure: UpstreamConnection.Failure) {
         guard connection === upstream else { return }
         upstream = nil
-        if responseHeadDone {
+        if exchange.hasResponded {
             responseBody.connectionClosed()
             if responseBody.isComplete && failure == .reset {
                 // The body of a close-delimited response ends with the connection.
-                responseDone = true
+                if !exchange.isComplete { exchange.responseCompleted() }
                 if requestDone { processInput() }
                 return
             }
-            // Mid-response: the client must see a broken response, never one that looks complete.
             server.logger.debug(
                 "upstream failed mid-response; aborting the client connection",
                 metadata: ["connection.id": "\(id)", "upstream": "\(connection.pool.addressText)"])
-            record.flags = "UC"
-            server.counters.upstreamResetsMidResponse.increment()
-            keepAlive = false
-            flushOutput()
-            finishExchange()
-            abort()
+            exchange.upstreamFailed(.reset)
             return
         }
-        if failure == .reset && replayable, let fresh = connection.pool.checkout(for: self, limits: limits) {
+        if failure == .reset && replayable, let fresh = connection.pool.checkout(for: self, limits: exchange.limits) {
             // A pooled connection closed by the upstream just as we reused it: replay once on a new connection.
             replayable = false
             upstream = fresh
-            fresh.output.append(replay.readable)
+            fresh.output.append(replayBuffer.readable)
             return
         }
-        if retry(failure == .connectFailed ? .connectFailed : .reset) { return }
         server.logger.debug(
             "upstream failed before the response head: \(failure)",
             metadata: ["connection.id": "\(id)", "upstream": "\(connection.pool.addressText)"])
-        switch failure {
-        case .connectFailed:
-            server.counters.upstreamConnectFailures.increment()
-            replyLocally(.upstreamConnectError)
-        case .reset:
-            replyLocally(.upstreamReset)
-        }
-        discardingBody = true
-        if !requestDone { keepAlive = false }
+        exchange.upstreamFailed(failure == .connectFailed ? .connectFailed : .reset)
         processInput()
-        if requestDone { finishIfDone() }
-    }
-
-    private func finishIfDone() {
-        if inExchange && requestDone && responseDone {
-            finishExchange()
-            processInput()
-        }
-        if closing && output.isEmpty { close() }
     }
 
     /// Parses the response head and moves body bytes downstream, bounded by `pendingOutputBound`.
     private func pumpResponse() {
-        guard let upstream, inExchange, !responseDone else { return }
+        guard let upstream, exchange.isForwarding else { return }
         let source = upstream.input
-        if !responseHeadDone {
+        if case .trying = exchange.state {
             while true {
                 let bytes = source.readable
                 guard let length = HTTP1Parser.findHeadEnd(bytes, scanned: &responseScanned) else {
@@ -767,23 +635,21 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                     source.consume(length)  // interim responses are ours to absorb (we answered 100-continue)
                     continue
                 }
-                if retry(.status(response.status)) { return }
-                tryTimer?.cancel()
-                record.status = response.status
+                if exchange.responseHead(status: response.status) { return }
                 if !response.keepAlive || !requestDone { response.keepAlive = response.keepAlive && requestDone }
                 if response.framing == .untilClose || server.draining { keepAlive = false }
                 let before = output.readableBytes
-                ForwardingHeaders.writeResponse(response, headBytes, close: !keepAlive, modifier: policy.responseHeaders, into: output)
-                record.bytesSent += output.readableBytes - before
+                ForwardingHeaders.writeResponse(
+                    response, headBytes, close: !keepAlive, modifier: exchange.policy.responseHeaders, into: output)
+                exchange.record.bytesSent += output.readableBytes - before
                 source.consume(length)
-                responseHeadDone = true
                 replayable = false
                 responseBody = BodyTracker(response.framing)
-                responseDone = responseBody.isComplete
+                if responseBody.isComplete { exchange.responseCompleted() }
                 break
             }
         }
-        while !responseDone && !source.isEmpty {
+        while !exchange.isComplete && !source.isEmpty {
             if output.readableBytes >= server.settings.pendingOutputBound {
                 // Same rule downstream: stop reading the upstream only while our write watcher is armed.
                 flushOutput()
@@ -801,8 +667,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
                 upstreamFailed(upstream, .reset)
                 return
             }
-            responseDone = responseBody.isComplete
-            record.bytesSent += take
+            if responseBody.isComplete { exchange.responseCompleted() }
+            exchange.record.bytesSent += take
             var body = UnsafeRawBufferPointer(rebasing: available[0..<take])
             if output.isEmpty, case .bytes(let n) = stream.write(from: body) {
                 // Nothing queued before it: the body goes out straight from the upstream's buffer (no copy, and
@@ -813,7 +679,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             output.append(body)
             source.consume(take)
         }
-        if responseDone && !requestDone {
+        if exchange.isComplete && !requestDone {
             // The upstream answered before reading the whole body: finish reading it, but do not reuse either side.
             response.keepAlive = false
             keepAlive = false
@@ -826,10 +692,8 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
     /// exchange counts as one request (status 101), reported when the relay ends with the bytes it moved.
     private func switchProtocols(_ headBytes: UnsafeRawBufferPointer, length: Int) {
         guard let upstream else { return }
-        tryTimer?.cancel()
-        requestTimer?.cancel()
-        record.status = 101
-        ForwardingHeaders.writeResponse(response, headBytes, close: false, upgrade: true, modifier: policy.responseHeaders, into: output)
+        ForwardingHeaders.writeResponse(
+            response, headBytes, close: false, upgrade: true, modifier: exchange.policy.responseHeaders, into: output)
         upstream.input.consume(length)
         output.append(upstream.input.readable)
         upstream.input.clear()
@@ -839,132 +703,25 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
             upstream.close()
             return abort()
         }
-        record.bytesReceived += input.readableBytes
-        var record = self.record
-        let limits = self.limits
-        let peer = self.peer
-        let principal = principalID
-        let log = logFields
-        let relay = ByteRelay(id: id, client: stream, upstream: upstreamStream, toClient: output, toUpstream: input, server: server) {
-            [unowned(unsafe) server] received, sent in
-            record.bytesReceived += received
-            record.bytesSent += sent
-            server.report(record, grpc: nil, protocol: "HTTP/1.1", peer: peer, principal: principal, log: log)
-            server.exchangeEnded(&record, limits: limits)
-        }
+        exchange.record.bytesReceived += input.readableBytes
+        let relay = ByteRelay(
+            id: id, client: stream, upstream: upstreamStream, toClient: output, toUpstream: input, server: server,
+            onClosed: exchange.handOff())
         // This session ends here without closing its stream or reporting: the relay has both.
         closed = true
-        self.record = ExchangeRecord()
         timer.cancel()
-        retryTimer?.cancel()
-        faultTimer?.cancel()
-        pendingTimer?.cancel()
         server.replaceSession(id, with: relay)
         relay.start()
     }
 
-    // MARK: - Retries
-
-    /// Starts another try of the current request when the policy, the attempt count and the budget allow it
-    /// and the whole request is in `replay` (nothing has been sent downstream yet: callers run before the
-    /// response head is written). True when a retry is under way (the failed upstream is already dropped).
-    private func retry(_ outcome: RetryPolicy.Outcome) -> Bool {
-        guard requestDone, !responseHeadDone,
-            let backoff = server.retryBackoff(
-                after: outcome, policy: retryPolicy, replay: retryable ? .kept : bodyTooBigToRetry ? .beyondBound : .impossible,
-                record: &record, limits: limits)
-        else { return false }
-        if let upstream {
-            upstream.owner = nil
-            upstream.close()
-            self.upstream = nil
-        }
-        responseScanned = 0
-        server.logger.debug("retrying: \(outcome)", metadata: ["connection.id": "\(id)", "attempt": "\(record.attempt)"])
-        waitingToRetry = true
-        retryTimer.schedule(after: backoff, creating: Timer(loop: server.loop) { [unowned(unsafe) self] in self.sendRetry() })
-        return true
-    }
-
-    /// After the backoff: the replayed request, with `x-envoy-attempt-count`, to another endpoint when one is ready.
-    private func sendRetry() {
-        guard waitingToRetry, !closed else { return }
-        waitingToRetry = false
-        record.endpoint = server.router.alternateEndpoint(cluster: record.cluster, failed: record.endpoint, history: &retryHistory)
-        guard let pool = server.pool(record.endpoint), let connection = pool.checkout(for: self, limits: limits) else {
-            server.counters.upstreamConnectFailures.increment()
-            replyLocally(.upstreamConnectError)
-            finishIfDone()
-            return
-        }
-        upstream = connection
-        record.upstreamAddress = pool.addressText
-        let bytes = replay.readable
-        let headWithoutAttempt = replayHeadLength - 2 - ForwardingHeaders.firstAttempt.utf8CodeUnitCount
-        connection.output.append(UnsafeRawBufferPointer(rebasing: bytes[0..<headWithoutAttempt]))
-        connection.output.append("x-envoy-attempt-count: ")
-        connection.output.appendDecimal(record.attempt)
-        connection.output.append("\r\n\r\n")
-        connection.output.append(UnsafeRawBufferPointer(rebasing: bytes[replayHeadLength...]))
-        connection.flush()
-        startTryTimer()
-    }
-
-    private func startTryTimer() {
-        guard let timeout = policy.perTryTimeout else { return }
-        tryTimer.schedule(after: timeout, creating: Timer(loop: server.loop) { [unowned(unsafe) self] in self.tryTimedOut() })
-    }
-
-    /// A try got no response head within `perTryTimeout`: retried when the policy says so, else 504.
-    private func tryTimedOut() {
-        guard inExchange, !responseHeadDone, !waitingToRetry, upstream != nil else { return }
-        if retry(.perTryTimeout) { return }
-        timedOut()
-    }
-
-    /// The whole request ran past `requestTimeout`: 504 when nothing was answered yet; a response cut off
-    /// mid-body aborts the client connection (it must not look complete).
-    private func requestTimedOut() {
-        guard inExchange, !responseDone else { return }
-        waitingToRetry = false
-        retryTimer?.cancel()
-        tryTimer?.cancel()
-        if responseHeadDone {
-            record.flags = "UT"
-            keepAlive = false
-            finishExchange()
-            abort()
-            return
-        }
-        timedOut()
-    }
-
-    private func timedOut() {
-        server.logger.debug("upstream request timeout", metadata: ["connection.id": "\(id)", "attempt": "\(record.attempt)"])
-        if let upstream {
-            upstream.owner = nil
-            upstream.close()
-            self.upstream = nil
-        }
-        discardingBody = true
-        replyLocally(.upstreamTimeout)
-        if !requestDone { keepAlive = false }
-        processInput()
-        if requestDone { finishIfDone() }
-    }
-
     private func badResponse() {
-        upstream?.close()
-        upstream = nil
-        discardingBody = true
-        replyLocally(.badUpstreamResponse)
-        if !requestDone { keepAlive = false }
-        finishIfDone()
+        exchange.upstreamMisbehaved()
+        processInput()
     }
 
     // MARK: - Logging
 
-    private func keepLogFields(_ headBytes: UnsafeRawBufferPointer) {
+    private func keepLogFields(_ headBytes: UnsafeRawBufferPointer, _ logFields: RequestLogFields) {
         logFields.clear()
         logFields.keep(.method, head.method.bytes(in: headBytes))
         logFields.keep(.path, head.target.bytes(in: headBytes))
@@ -1008,13 +765,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession {
         stream.setReading(false)
         stream.setWriteInterest(false)
         timer.cancel()
-        retryTimer?.cancel()
-        requestTimer?.cancel()
-        tryTimer?.cancel()
-        faultTimer?.cancel()
-        pendingTimer?.cancel()
-        if delayed != nil { server.dequeue(self, limits: limits) }
-        server.exchangeEnded(&record, limits: limits)
+        exchange.end()
         if let upstream { upstream.owner = nil; upstream.close(); self.upstream = nil }
         stream.close(graceful: graceful)
         server.sessionClosed(id)

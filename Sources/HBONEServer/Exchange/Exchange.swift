@@ -1,0 +1,459 @@
+import EventLoop
+import Filters
+import WaypointCore
+
+/// What a transport (HTTP/1.1 or h2c downstream, with its upstream) does for its `Exchange`: it moves heads,
+/// bodies and trailers in its own wire form and reports what the upstream did; the exchange decides what happens.
+///
+/// Thread: its worker's loop thread only.
+protocol ExchangeTransport: AnyObject {
+    /// Whether each try needs a connection of its own (HTTP/1.1): the backend's `tcp.maxConnections` then makes a
+    /// request wait for one (HTTP/2 multiplexes, and overflows at the stream limit instead).
+    var needsConnectionPerTry: Bool { get }
+    /// Whether the request can be sent again now.
+    var replay: Replay { get }
+    /// The request is routed upstream: what the first try needs is made ready (upstream headers, span, mirrors).
+    func prepareForwarding()
+    /// Sends the request to `pool`'s endpoint: the first try, or (`record.attempt > 1`) a retry replaying the
+    /// request with its `x-envoy-attempt-count`. A failure may be reported before this returns.
+    func sendTry(to pool: UpstreamPool) -> TryStart
+    /// Lets go of the current try's upstream (its connection closed, its stream reset): its answer is not wanted.
+    func dropTry()
+    /// Answers the request here; the exchange has set the record's status and flags.
+    func answer(_ answer: LocalAnswer)
+    /// Cuts off a response already under way, so that the client cannot take it for a complete one.
+    func breakResponse(timedOut: Bool)
+    /// The exchange moved on by itself (a delay or backoff ended, a timeout fired, a connection freed up): the
+    /// transport carries on from there.
+    func exchangeProgressed()
+}
+
+/// How sending a try went, as far as it is known at once.
+enum TryStart {
+    case sent
+    /// No connection could be had (the try failed: retried or answered 503).
+    case connectFailed
+    /// The backend is at its connection-pool limit (503 overflow).
+    case overflow
+}
+
+/// An answer the proxy makes itself.
+enum LocalAnswer {
+    /// A refusal or failure (no route, denied, upstream failures), with its flags.
+    case reply(LocalReply)
+    /// A RequestRedirect.
+    case redirect(status: Int, location: [UInt8])
+    /// The route's own response (VirtualService `directResponse`, fault abort).
+    case respond(status: Int, body: [UInt8])
+}
+
+/// One request's life, whatever carries it: the route decision, fault delays and waits for a connection, the
+/// tries (retry state, per-try and route timeouts, backoff, the next endpoint), the local answers and their flags,
+/// and one report when it ends. Transports (`DownstreamConnection` for HTTP/1.1, `H2CExchange` for h2c) move the
+/// bytes and call in with what happened; every transport gets every feature from here, the same way.
+///
+/// Thread: its worker's loop thread only. Ownership: its transport (an HTTP/1.1 connection reuses one for each of
+/// its requests, an h2c stream has its own); its timers die with it, so they never outlive what they act on.
+final class Exchange {
+    /// Where the request stands. A new request starts from `.idle` with one assignment.
+    enum State {
+        /// No request.
+        case idle
+        /// The head is complete and being routed.
+        case routing
+        /// A fault delay, after which the request is forwarded or (a fault abort) answered.
+        case delayed(AfterDelay)
+        /// A connection of the backend under circuit breaking (`tcp.maxConnections`), up to the connect timeout.
+        case waitingForConnection
+        /// A try is out and no response head has arrived.
+        case trying
+        /// A try failed with this outcome; its retry waits out the backoff.
+        case backoff(RetryPolicy.Outcome)
+        /// The response head went downstream: no retry any more.
+        case responding
+        /// The response is complete, or the request was answered here.
+        case complete
+    }
+
+    enum AfterDelay {
+        case forward
+        case respond(status: Int, body: [UInt8])
+    }
+
+    private unowned(unsafe) let transport: any ExchangeTransport
+    private unowned(unsafe) let server: ProxyServer
+    private let peer: PeerFacts
+    /// The caller, interned for Istio's metrics.
+    private let principal: Int32
+    private let protocolName: StaticString
+    private(set) var state = State.idle
+    /// What the request and its tries come to, for telemetry.
+    var record = ExchangeRecord()
+    /// What the access log says about the request (nil when the log is off).
+    let log: RequestLogFields?
+    /// The matched route's header changes, retries and timeouts.
+    private(set) var policy = ForwardPolicy.standard
+    /// The backend's DestinationRule connection-pool settings.
+    private(set) var limits: ClusterLimits?
+    /// The route's retry policy, else the proxy's default (nil: no retries).
+    private(set) var retryPolicy: RetryPolicy?
+    /// All tries together: the route's timeout, or a shorter one the transport sets (a gRPC call's deadline).
+    var requestTimeout: Duration?
+    /// Where the tries went (retries avoid them).
+    private var history = RetryHistory()
+    /// Ends a fault delay, a wait for a connection or a retry's backoff.
+    private var waitTimer: Timer?
+    private var tryTimer: Timer?
+    private var requestTimer: Timer?
+
+    init(transport: any ExchangeTransport, server: ProxyServer, peer: PeerFacts, principal: Int32, protocol: StaticString) {
+        self.transport = transport
+        self.server = server
+        self.peer = peer
+        self.principal = principal
+        protocolName = `protocol`
+        log = server.accessLog != nil ? RequestLogFields() : nil
+    }
+
+    var isIdle: Bool {
+        if case .idle = state { return true }
+        return false
+    }
+
+    /// The request's head waits with its transport (a fault delay, a wait for a connection): nothing of it has
+    /// gone upstream yet.
+    var holdsRequest: Bool {
+        switch state {
+        case .delayed, .waitingForConnection: return true
+        default: return false
+        }
+    }
+
+    /// No try is out while one will be (a delay, a wait for a connection, a retry's backoff): h2c keeps the
+    /// request body meanwhile.
+    var isWaiting: Bool {
+        switch state {
+        case .delayed, .waitingForConnection, .backoff: return true
+        default: return false
+        }
+    }
+
+    /// A try is out or its response is streaming: the upstream's bytes are wanted.
+    var isForwarding: Bool {
+        switch state {
+        case .trying, .responding: return true
+        default: return false
+        }
+    }
+
+    /// Something of the response went downstream (or all of it).
+    var hasResponded: Bool {
+        switch state {
+        case .responding, .complete: return true
+        default: return false
+        }
+    }
+
+    var isComplete: Bool {
+        if case .complete = state { return true }
+        return false
+    }
+
+    // MARK: - Routing
+
+    /// A request head is complete.
+    func start() {
+        state = .routing
+        record.start = server.loop.now
+    }
+
+    /// Acts on the router's decision for the request.
+    func decide(_ decision: RouteDecision) {
+        switch decision {
+        case .reply(let reply):
+            answer(.reply(reply))
+        case .redirect(let status, let location):
+            answer(.redirect(status: status, location: location))
+        case .respond(let status, let body, let delay):
+            record.flags = "DR"
+            guard let delay else { return answer(.respond(status: status, body: body)) }
+            wait(.delayed(.respond(status: status, body: body)), for: delay)
+        case .forward(let endpoint, let route, let cluster, let policy):
+            record.route = route
+            record.cluster = cluster
+            record.endpoint = endpoint
+            self.policy = policy
+            requestTimeout = policy.requestTimeout
+            limits = server.router.limits(cluster: cluster)
+            retryPolicy = policy.retry ?? server.settings.defaultRetries
+            history.start(remoteLocalities: retryPolicy?.retryRemoteLocalities == true)
+            transport.prepareForwarding()
+            if let delay = policy.delay, server.roll(delay.percent) {
+                // VirtualService fault.delay: the request waits (the route's timeout starts after it, as in Envoy).
+                server.counters.faultDelays.increment()
+                return wait(.delayed(.forward), for: delay.duration)
+            }
+            forwardWhenConnected()
+        }
+    }
+
+    /// Under circuit breaking, an HTTP/1.1 request waits for a connection (or is answered 503 at once when
+    /// `maxPendingRequests` already wait); otherwise the first try goes out.
+    private func forwardWhenConnected() {
+        if let limits, transport.needsConnectionPerTry, !server.hasConnectionCapacity(endpoint: record.endpoint, limits: limits) {
+            guard server.enqueue(self, limits: limits) else { return overflow() }
+            return wait(.waitingForConnection, for: limits.settings.connectTimeout ?? server.settings.connectTimeout)
+        }
+        begin()
+    }
+
+    /// Called by the server when this waiting request's backend may have a connection: goes on if so. False
+    /// while it must wait on.
+    func resumeIfCapacity() -> Bool {
+        guard case .waitingForConnection = state else { return true }  // gone: off the queue
+        guard let limits, server.hasConnectionCapacity(endpoint: record.endpoint, limits: limits) else { return false }
+        waitTimer?.cancel()
+        begin()
+        transport.exchangeProgressed()
+        return true
+    }
+
+    /// The first try: the request joins the backend's requests in flight and the retry budget's base, and the
+    /// route's timeout starts.
+    private func begin() {
+        if let limits, !limits.enterRequest() { return overflow() }
+        server.exchangeStarted(&record, mayRetry: retryPolicy != nil)
+        if let timeout = requestTimeout {
+            requestTimer.schedule(after: timeout, creating: timer { $0.requestTimedOut() })
+        }
+        sendTry()
+    }
+
+    private func sendTry() {
+        state = .trying
+        guard let pool = server.pool(record.endpoint) else { return tryFailed(.connectFailed) }
+        record.upstreamAddress = pool.addressText
+        let attempt = record.attempt
+        switch transport.sendTry(to: pool) {
+        case .sent:
+            // A try refused at once was handled already (retried or answered).
+            guard case .trying = state, record.attempt == attempt else { return }
+            if let timeout = policy.perTryTimeout {
+                tryTimer.schedule(after: timeout, creating: timer { $0.tryTimedOut() })
+            }
+        case .connectFailed:
+            tryFailed(.connectFailed)
+        case .overflow:
+            overflow()
+        }
+    }
+
+    /// 503 overflow: the backend's pending queue, requests in flight (`http2MaxRequests`) or streams are full.
+    private func overflow() {
+        server.counters.upstreamOverflow.increment()
+        answer(.reply(.upstreamOverflow))
+    }
+
+    private func wait(_ state: State, for duration: Duration) {
+        self.state = state
+        waitTimer.schedule(after: duration, creating: timer { $0.waitEnded() })
+    }
+
+    private func waitEnded() {
+        switch state {
+        case .delayed(.respond(let status, let body)):
+            answer(.respond(status: status, body: body))
+        case .delayed(.forward):
+            forwardWhenConnected()
+        case .waitingForConnection:
+            // A connect timeout without a connection: 503 overflow, as a full queue would have answered.
+            server.dequeue(self, limits: limits)
+            overflow()
+        case .backoff:
+            // The retry: the whole request again, to another endpoint when one is ready.
+            record.endpoint = server.router.alternateEndpoint(cluster: record.cluster, failed: record.endpoint, history: &history)
+            sendTry()
+        default:
+            return
+        }
+        transport.exchangeProgressed()
+    }
+
+    /// A timer that acts on this exchange (which owns it, so it never fires on a freed one).
+    private func timer(_ action: @escaping (Exchange) -> Void) -> Timer {
+        Timer(loop: server.loop) { [unowned(unsafe) self] in action(self) }
+    }
+
+    // MARK: - Tries
+
+    /// The try's response head arrived with `status` (and, when it ended the stream, the gRPC status it carried).
+    /// True when the head is dropped because a retry is under way; else it goes downstream now.
+    func responseHead(status: Int, grpcStatus: Int? = nil) -> Bool {
+        if retry(.status(status)) { return true }
+        if let grpcStatus, retry(.grpcStatus(grpcStatus)) { return true }
+        tryTimer?.cancel()
+        state = .responding
+        record.status = status
+        return false
+    }
+
+    /// The response is complete (the route's timeout no longer applies).
+    func responseCompleted() {
+        state = .complete
+        requestTimer?.cancel()
+        tryTimer?.cancel()
+    }
+
+    /// The upstream failed the exchange: before the response head, the try is retried or answered here; after
+    /// it, the response is cut off (`UC`).
+    func upstreamFailed(_ outcome: RetryPolicy.Outcome) {
+        switch state {
+        case .trying:
+            tryFailed(outcome)
+        case .responding:
+            record.flags = "UC"
+            server.counters.upstreamResetsMidResponse.increment()
+            state = .complete
+            transport.breakResponse(timedOut: false)
+        default:
+            break
+        }
+    }
+
+    /// The upstream's answer cannot be read (malformed head or framing): 502, never retried.
+    func upstreamMisbehaved() {
+        transport.dropTry()
+        answer(.reply(.badUpstreamResponse))
+    }
+
+    /// Answers `reply` now, whatever was under way short of a response (a malformed request body).
+    func refuse(_ reply: LocalReply) {
+        if case .waitingForConnection = state { server.dequeue(self, limits: limits) }
+        transport.dropTry()
+        answer(.reply(reply))
+    }
+
+    /// The request can no longer be replayed (its body outgrew the bound): a retry waiting for its backoff is
+    /// given up, and the failure it retried is answered.
+    func replayLost() {
+        guard case .backoff(let outcome) = state else { return }
+        record.retryNote = "not retried: request body beyond the replay bound"
+        answerFailure(outcome)
+    }
+
+    private func tryFailed(_ outcome: RetryPolicy.Outcome) {
+        if retry(outcome) { return }
+        transport.dropTry()
+        answerFailure(outcome)
+    }
+
+    private func answerFailure(_ outcome: RetryPolicy.Outcome) {
+        switch outcome {
+        case .connectFailed:
+            server.counters.upstreamConnectFailures.increment()
+            answer(.reply(.upstreamConnectError))
+        case .perTryTimeout:
+            answer(.reply(.upstreamTimeout))
+        default:
+            answer(.reply(.upstreamReset))
+        }
+    }
+
+    /// Starts another try when the policy's conditions and attempts, the replay and the budget allow it and
+    /// nothing of the response went downstream. True when a retry is under way (the failed try is dropped).
+    private func retry(_ outcome: RetryPolicy.Outcome) -> Bool {
+        guard case .trying = state,
+            let backoff = server.retryBackoff(
+                after: outcome, policy: retryPolicy, replay: transport.replay, record: &record, limits: limits)
+        else { return false }
+        transport.dropTry()
+        tryTimer?.cancel()
+        server.logger.debug("retrying: \(outcome)", metadata: ["attempt": "\(record.attempt)"])
+        wait(.backoff(outcome), for: backoff)
+        return true
+    }
+
+    /// A try got no response head within `perTryTimeout`: retried when the policy says so, else 504.
+    private func tryTimedOut() {
+        guard case .trying = state else { return }
+        tryFailed(.perTryTimeout)
+        transport.exchangeProgressed()
+    }
+
+    /// The route's timeout (all tries together) expired: 504 when nothing was answered yet, else the response is
+    /// cut off.
+    private func requestTimedOut() {
+        switch state {
+        case .trying, .backoff:
+            server.logger.debug("upstream request timeout", metadata: ["attempt": "\(record.attempt)"])
+            waitTimer?.cancel()
+            transport.dropTry()
+            answer(.reply(.upstreamTimeout))
+        case .responding:
+            record.flags = "UT"
+            state = .complete
+            transport.breakResponse(timedOut: true)
+        default:
+            return
+        }
+        transport.exchangeProgressed()
+    }
+
+    private func answer(_ local: LocalAnswer) {
+        switch local {
+        case .reply(let reply):
+            record.status = reply.status
+            record.flags = reply.responseFlags
+        case .redirect(let status, _), .respond(let status, _):
+            record.status = status
+        }
+        responseCompleted()
+        waitTimer?.cancel()
+        transport.answer(local)
+    }
+
+    // MARK: - The end
+
+    /// The exchange is over: it is reported (counters, outlier detection, Istio's metrics, span, access log),
+    /// leaves the counts it joined, and is ready for the next request. `grpc`: the call's status, when the answer
+    /// carried one.
+    func finish(grpc: GRPCStatus? = nil) {
+        server.report(record, grpc: grpc, protocol: protocolName, peer: peer, principal: principal, log: log)
+        end()
+    }
+
+    /// Ends the exchange without a report (its connection is gone): timers stop, the counts it joined are left.
+    func end() {
+        waitTimer?.cancel()
+        tryTimer?.cancel()
+        requestTimer?.cancel()
+        if case .waitingForConnection = state { server.dequeue(self, limits: limits) }
+        server.exchangeEnded(&record, limits: limits)
+        state = .idle
+        record = ExchangeRecord()
+        policy = .standard
+        limits = nil
+        retryPolicy = nil
+        requestTimeout = nil
+        log?.clear()
+    }
+
+    /// The connection switched protocols (HTTP/1.1 `101`): the exchange goes on as a byte relay, which reports it
+    /// when it ends (with the bytes it moved) through the returned closure.
+    func handOff() -> (_ received: Int, _ sent: Int) -> Void {
+        waitTimer?.cancel()
+        tryTimer?.cancel()
+        requestTimer?.cancel()
+        record.status = 101
+        var record = self.record
+        let (limits, server, peer, principal, protocolName, log) = (limits, server, peer, principal, protocolName, log)
+        self.record = ExchangeRecord()  // the relay has the counts to leave, and the log fields
+        state = .idle
+        return { received, sent in
+            record.bytesReceived += received
+            record.bytesSent += sent
+            server.report(record, grpc: nil, protocol: protocolName, peer: peer, principal: principal, log: log)
+            server.exchangeEnded(&record, limits: limits)
+        }
+    }
+}
