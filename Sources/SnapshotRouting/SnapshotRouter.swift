@@ -57,11 +57,17 @@ public final class SnapshotRouter: RequestRouter {
         serviceIDs = next.services.map { counters.istio.intern(service: $0.fqdn, name: $0.name, namespace: $0.namespace) }
     }
 
-    public func route(
+    public func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts) -> RouteDecision {
+        var labels = RouteLabels()
+        let action = action(head, bytes, destination: destination, peer: peer, labels: &labels)
+        return RouteDecision(action, labels: labels)
+    }
+
+    /// The decision's action; `labels` gets the deciding policy and the destination service on the way.
+    private func action(
         _ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts,
         labels: inout RouteLabels
-    ) -> RouteDecision {
-        labels.policy = nil
+    ) -> RouteDecision.Action {
         // Which virtual host (service) this is for: the tunnel's destination, else the Host header.
         var host: Int32 = -1
         var port: UInt16? = nil

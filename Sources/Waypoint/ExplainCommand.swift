@@ -130,15 +130,14 @@ extension WaypointCommand {
             }
 
             let router = SnapshotRouter(snapshot: snapshot, seed: 1, counters: WorkerCounters())
-            var labels = RouteLabels()
-            let decision = bytes.withUnsafeBytes { router.route(head, $0, destination: destination, peer: peer, labels: &labels) }
-            explainAuthorization(snapshot, labels.policy, head, bytes, destination, peer)
-            if case .reply(let reply) = decision, reply == .rbacDenied || reply == .mtlsRequired {
+            let decision = bytes.withUnsafeBytes { router.route(head, $0, destination: destination, peer: peer) }
+            explainAuthorization(snapshot, decision.labels.policy, head, bytes, destination, peer)
+            if case .reply(let reply) = decision.action, reply == .rbacDenied || reply == .mtlsRequired {
                 // Denied before routing: routes are not looked at.
             } else {
                 explainRouting(snapshot, head, bytes, destination)
             }
-            switch decision {
+            switch decision.action {
             case .reply(let reply):
                 print("result: \(reply.status) \(reply.body.description.trimmingCharacters(in: .newlines))")
             case .respond(let status, let body, let delay):

@@ -8,26 +8,6 @@ import Logging
 import TLS
 import WaypointCore
 
-/// A router for processes that only open HBONE connections (the client tools): nothing is ever routed.
-final class NoRoutes: RequestRouter {
-    func route(
-        _ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts,
-        labels: inout RouteLabels
-    ) -> RouteDecision {
-        .reply(.noRoute)
-    }
-    func authorizeTCP(to destination: Destination, peer: PeerFacts) -> Bool { false }
-    func service(of destination: Destination) -> Int32 { -1 }
-    func alternateEndpoint(cluster: Int32, failed: Int32, history: inout RetryHistory) -> Int32 { failed }
-    func reportAttempt(endpoint: Int32, cluster: Int32, result: OutlierDetection.Result) {}
-    func limits(cluster: Int32) -> ClusterLimits? { nil }
-    func destination(for address: SocketAddress) -> Destination? { nil }
-    func isReachable(_ destination: Destination) -> Bool { false }
-    func pickEndpoint(for destination: Destination) -> Int32? { nil }
-    func pickEndpoint(inCluster cluster: Int32) -> Int32? { nil }
-    func endpoints(inCluster cluster: Int32) -> [Int32] { [] }
-}
-
 /// The client side of one HBONE tunnel for `waypoint hbone-client`: stdin goes into the tunnel, the tunnel's
 /// bytes go to stdout; the process exits when the tunnel ends (status 0 only after a 200).
 ///
@@ -221,7 +201,8 @@ final class LoadThread: @unchecked Sendable {
     let options: Options
     let request: [UInt8]
     private var loop: EventLoop!
-    private var server: ProxyServer!
+    /// What the connections share (no server: this process only opens connections).
+    private var worker: WorkerContext!
     private var clients: [HBONEConnection] = []
     private var loadTunnels: [LoadTunnel] = []
     private(set) var latencies: [Double] = []
@@ -242,7 +223,7 @@ final class LoadThread: @unchecked Sendable {
         loop = EventLoop()
         var settings = ProxySettings()
         settings.trustDomains = ["cluster.local"]
-        server = ProxyServer(loop: loop, router: NoRoutes(), settings: settings, accessLog: false, logger: Logger(label: "hbone-load"))
+        worker = WorkerContext(loop: loop, settings: settings, logger: Logger(label: "hbone-load"))
         if options.churn {
             for _ in 0..<options.connections { churnOne() }
             startMeasuring()
@@ -258,12 +239,12 @@ final class LoadThread: @unchecked Sendable {
         loadTunnels.removeAll()
         clients.removeAll()
         timers.removeAll()
-        server = nil
+        worker = nil
         loop = nil
     }
 
     private func openConnection() {
-        guard let connection = HBONEConnection.connect(to: options.target, context: options.context, server: server) else {
+        guard let connection = HBONEConnection.connect(to: options.target, context: options.context, worker: worker) else {
             return failed("tcp connect")
         }
         clients.append(connection)
@@ -277,13 +258,13 @@ final class LoadThread: @unchecked Sendable {
     /// Churn: a new mTLS connection, one tunnel, one request, close, repeat.
     private func churnOne() {
         guard !stopped else { return }
-        guard let connection = HBONEConnection.connect(to: options.target, context: options.context, server: server),
+        guard let connection = HBONEConnection.connect(to: options.target, context: options.context, worker: worker),
             let tunnel = connection.openTunnel(authority: options.authority)
         else { return failed("tcp connect") }
         let load = LoadTunnel(tunnel: tunnel, owner: self)
         load.churnConnection = connection
         connection.onClosed = { [unowned(unsafe) self] closed in
-            self.server.releaseLater(load)  // it may still be on the call stack that closed the connection
+            self.worker.releaseLater(load)  // it may still be on the call stack that closed the connection
             self.clients.removeAll { $0 === closed }
             self.churnOne()
         }

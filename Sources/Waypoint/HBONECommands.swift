@@ -56,10 +56,8 @@ extension WaypointCommand {
             signal(SIGPIPE, SIG_IGN)
             let context = try target.context()
             let loop = EventLoop.makeDefault()
-            let server = ProxyServer(
-                loop: loop, router: NoRoutes(), settings: ProxySettings(), accessLog: false,
-                logger: Logger(label: "hbone-client"))
-            guard let connection = HBONEConnection.connect(to: target.connect.address, context: context, server: server),
+            let worker = WorkerContext(loop: loop, settings: ProxySettings(), logger: Logger(label: "hbone-client"))
+            guard let connection = HBONEConnection.connect(to: target.connect.address, context: context, worker: worker),
                 let tunnel = connection.openTunnel(authority: target.authority)
             else {
                 writeStderr("hbone-client: cannot connect to \(target.connect.address)\n")
@@ -71,7 +69,7 @@ extension WaypointCommand {
             }
             let request = get.map { Array("GET \($0) HTTP/1.1\r\nhost: \(host)\r\nconnection: close\r\n\r\n".utf8) }
             let pipe = TunnelPipe(tunnel: tunnel, loop: loop, request: request)
-            withExtendedLifetime((server, connection, pipe)) { loop.run() }
+            withExtendedLifetime((worker, connection, pipe)) { loop.run() }
         }
     }
 

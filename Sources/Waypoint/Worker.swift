@@ -54,7 +54,7 @@ final class Worker: @unchecked Sendable {
         counters = WorkerCounters(istioSeries: settings.istioMetricsMaxSeries)
         router = SnapshotRouter(snapshot: snapshot, seed: seed.next(), counters: counters) { [unowned(unsafe) loop] in loop.now }
         server = ProxyServer(loop: loop, router: router, settings: settings, accessLog: accessLog, logger: logger, counters: counters)
-        router.requestsInFlight = { [unowned(unsafe) server] endpoint in server.requestsInFlight(endpoint) }
+        router.requestsInFlight = { [unowned(unsafe) server] endpoint in server.upstreams.requestsInFlight(endpoint) }
         server.updateEndpoints(snapshot.endpoints, transports: snapshot.endpointTransports, workloads: snapshot.endpointWorkloads)
         server.tlsContext = tls?.server
         server.clientTLSContext = tls?.client

@@ -97,15 +97,14 @@ private final class Fixture {
     }
 
     /// The decision for `GET path` to `host`, and the labels routing gave it.
-    func route(_ host: String, _ path: String = "/", peer: PeerFacts = frontend) -> (RouteDecision, RouteLabels) {
+    func route(_ host: String, _ path: String = "/", peer: PeerFacts = frontend) -> (RouteDecision.Action, RouteLabels) {
         let text = "GET \(path) HTTP/1.1\r\nHost: \(host)\r\n\r\n"
-        var labels = RouteLabels()
         let decision = Array(text.utf8).withUnsafeBytes { bytes -> RouteDecision in
             var head = RequestHead()
             _ = HTTP1Parser.parseRequest(bytes, into: &head)
-            return router.route(head, bytes, destination: nil, peer: peer, labels: &labels)
+            return router.route(head, bytes, destination: nil, peer: peer)
         }
-        return (decision, labels)
+        return (decision.action, decision.labels)
     }
 
     /// The endpoint address a request to `host` goes to, or the status it is answered with.

@@ -2,51 +2,6 @@ import EventLoop
 import Filters
 import WaypointCore
 
-/// What a transport (HTTP/1.1 or h2c downstream, with its upstream) does for its `Exchange`: it moves heads,
-/// bodies and trailers in its own wire form and reports what the upstream did; the exchange decides what happens.
-///
-/// Thread: its worker's loop thread only.
-protocol ExchangeTransport: AnyObject {
-    /// Whether each try needs a connection of its own (HTTP/1.1): the backend's `tcp.maxConnections` then makes a
-    /// request wait for one (HTTP/2 multiplexes, and overflows at the stream limit instead).
-    var needsConnectionPerTry: Bool { get }
-    /// Whether the request can be sent again now.
-    var replay: Replay { get }
-    /// The request is routed upstream: what the first try needs is made ready (upstream headers, span, mirrors).
-    func prepareForwarding()
-    /// Sends the request to `pool`'s endpoint: the first try, or (`record.attempt > 1`) a retry replaying the
-    /// request with its `x-envoy-attempt-count`. A failure may be reported before this returns.
-    func sendTry(to pool: UpstreamPool) -> TryStart
-    /// Lets go of the current try's upstream (its connection closed, its stream reset): its answer is not wanted.
-    func dropTry()
-    /// Answers the request here; the exchange has set the record's status and flags.
-    func answer(_ answer: LocalAnswer)
-    /// Cuts off a response already under way, so that the client cannot take it for a complete one.
-    func breakResponse(timedOut: Bool)
-    /// The exchange moved on by itself (a delay or backoff ended, a timeout fired, a connection freed up): the
-    /// transport carries on from there.
-    func exchangeProgressed()
-}
-
-/// How sending a try went, as far as it is known at once.
-enum TryStart {
-    case sent
-    /// No connection could be had (the try failed: retried or answered 503).
-    case connectFailed
-    /// The backend is at its connection-pool limit (503 overflow).
-    case overflow
-}
-
-/// An answer the proxy makes itself.
-enum LocalAnswer {
-    /// A refusal or failure (no route, denied, upstream failures), with its flags.
-    case reply(LocalReply)
-    /// A RequestRedirect.
-    case redirect(status: Int, location: [UInt8])
-    /// The route's own response (VirtualService `directResponse`, fault abort).
-    case respond(status: Int, body: [UInt8])
-}
-
 /// One request's life, whatever carries it: the route decision, fault delays and waits for a connection, the
 /// tries (retry state, per-try and route timeouts, backoff, the next endpoint), the local answers and their flags,
 /// and one report when it ends. Transports (`DownstreamConnection` for HTTP/1.1, `H2CExchange` for h2c) move the
@@ -55,14 +10,15 @@ enum LocalAnswer {
 /// Thread: its worker's loop thread only. Ownership: its transport (an HTTP/1.1 connection reuses one for each of
 /// its requests, an h2c stream has its own); its timers die with it, so they never outlive what they act on.
 final class Exchange {
-    /// Where the request stands. A new request starts from `.idle` with one assignment.
+    /// Where the request stands. A new request starts from `.idle` with one assignment. Trivial (no reference in
+    /// any case), so that reading it costs no retain: the data plane asks it several times per request.
     enum State {
         /// No request.
         case idle
         /// The head is complete and being routed.
         case routing
-        /// A fault delay, after which the request is forwarded or (a fault abort) answered.
-        case delayed(AfterDelay)
+        /// A fault delay, after which the request is forwarded or (a fault abort) answered with `heldAnswer`.
+        case delayed(then: AfterDelay)
         /// A connection of the backend under circuit breaking (`tcp.maxConnections`), up to the connect timeout.
         case waitingForConnection
         /// A try is out and no response head has arrived.
@@ -77,10 +33,11 @@ final class Exchange {
 
     enum AfterDelay {
         case forward
-        case respond(status: Int, body: [UInt8])
+        case answer
     }
 
-    private unowned(unsafe) let transport: any ExchangeTransport
+    /// Set once, right after both exist (the transport owns the exchange).
+    unowned(unsafe) var transport: (any ExchangeTransport)?
     private unowned(unsafe) let server: ProxyServer
     private let peer: PeerFacts
     /// The caller, interned for Istio's metrics.
@@ -97,6 +54,8 @@ final class Exchange {
     private(set) var limits: ClusterLimits?
     /// The route's retry policy, else the proxy's default (nil: no retries).
     private(set) var retryPolicy: RetryPolicy?
+    /// The fault abort a fault delay holds back.
+    private var heldAnswer: LocalAnswer?
     /// All tries together: the route's timeout, or a shorter one the transport sets (a gRPC call's deadline).
     var requestTimeout: Duration?
     /// Where the tries went (retries avoid them).
@@ -106,8 +65,7 @@ final class Exchange {
     private var tryTimer: Timer?
     private var requestTimer: Timer?
 
-    init(transport: any ExchangeTransport, server: ProxyServer, peer: PeerFacts, principal: Int32, protocol: StaticString) {
-        self.transport = transport
+    init(server: ProxyServer, peer: PeerFacts, principal: Int32, protocol: StaticString) {
         self.server = server
         self.peer = peer
         self.principal = principal
@@ -169,7 +127,12 @@ final class Exchange {
 
     /// Acts on the router's decision for the request.
     func decide(_ decision: RouteDecision) {
-        switch decision {
+        record.labels = decision.labels
+        decide(decision.action)
+    }
+
+    private func decide(_ action: RouteDecision.Action) {
+        switch action {
         case .reply(let reply):
             answer(.reply(reply))
         case .redirect(let status, let location):
@@ -177,7 +140,8 @@ final class Exchange {
         case .respond(let status, let body, let delay):
             record.flags = "DR"
             guard let delay else { return answer(.respond(status: status, body: body)) }
-            wait(.delayed(.respond(status: status, body: body)), for: delay)
+            heldAnswer = .respond(status: status, body: body)
+            wait(.delayed(then: .answer), for: delay)
         case .forward(let endpoint, let route, let cluster, let policy):
             record.route = route
             record.cluster = cluster
@@ -187,11 +151,11 @@ final class Exchange {
             limits = server.router.limits(cluster: cluster)
             retryPolicy = policy.retry ?? server.settings.defaultRetries
             history.start(remoteLocalities: retryPolicy?.retryRemoteLocalities == true)
-            transport.prepareForwarding()
+            transport?.prepareForwarding()
             if let delay = policy.delay, server.roll(delay.percent) {
                 // VirtualService fault.delay: the request waits (the route's timeout starts after it, as in Envoy).
                 server.counters.faultDelays.increment()
-                return wait(.delayed(.forward), for: delay.duration)
+                return wait(.delayed(then: .forward), for: delay.duration)
             }
             forwardWhenConnected()
         }
@@ -200,8 +164,10 @@ final class Exchange {
     /// Under circuit breaking, an HTTP/1.1 request waits for a connection (or is answered 503 at once when
     /// `maxPendingRequests` already wait); otherwise the first try goes out.
     private func forwardWhenConnected() {
-        if let limits, transport.needsConnectionPerTry, !server.hasConnectionCapacity(endpoint: record.endpoint, limits: limits) {
-            guard server.enqueue(self, limits: limits) else { return overflow() }
+        if let limits, transport?.needsConnectionPerTry == true,
+            !server.upstreams.hasConnectionCapacity(endpoint: record.endpoint, limits: limits)
+        {
+            guard server.upstreams.enqueue(self, limits: limits) else { return overflow() }
             return wait(.waitingForConnection, for: limits.settings.connectTimeout ?? server.settings.connectTimeout)
         }
         begin()
@@ -211,10 +177,10 @@ final class Exchange {
     /// while it must wait on.
     func resumeIfCapacity() -> Bool {
         guard case .waitingForConnection = state else { return true }  // gone: off the queue
-        guard let limits, server.hasConnectionCapacity(endpoint: record.endpoint, limits: limits) else { return false }
+        guard let limits, server.upstreams.hasConnectionCapacity(endpoint: record.endpoint, limits: limits) else { return false }
         waitTimer?.cancel()
         begin()
-        transport.exchangeProgressed()
+        transport?.exchangeProgressed()
         return true
     }
 
@@ -222,7 +188,8 @@ final class Exchange {
     /// route's timeout starts.
     private func begin() {
         if let limits, !limits.enterRequest() { return overflow() }
-        server.exchangeStarted(&record, mayRetry: retryPolicy != nil)
+        record.inFlight = true
+        if retryPolicy != nil { server.retryBudget.earn(record.cluster) }
         if let timeout = requestTimeout {
             requestTimer.schedule(after: timeout, creating: timer { $0.requestTimedOut() })
         }
@@ -231,10 +198,10 @@ final class Exchange {
 
     private func sendTry() {
         state = .trying
-        guard let pool = server.pool(record.endpoint) else { return tryFailed(.connectFailed) }
+        guard let pool = server.upstreams.pool(record.endpoint) else { return tryFailed(.connectFailed) }
         record.upstreamAddress = pool.addressText
         let attempt = record.attempt
-        switch transport.sendTry(to: pool) {
+        switch transport?.sendTry(to: pool) ?? .connectFailed {
         case .sent:
             // A try refused at once was handled already (retried or answered).
             guard case .trying = state, record.attempt == attempt else { return }
@@ -261,13 +228,14 @@ final class Exchange {
 
     private func waitEnded() {
         switch state {
-        case .delayed(.respond(let status, let body)):
-            answer(.respond(status: status, body: body))
-        case .delayed(.forward):
+        case .delayed(then: .answer):
+            if let held = heldAnswer { answer(held) }
+            heldAnswer = nil
+        case .delayed(then: .forward):
             forwardWhenConnected()
         case .waitingForConnection:
             // A connect timeout without a connection: 503 overflow, as a full queue would have answered.
-            server.dequeue(self, limits: limits)
+            server.upstreams.dequeue(self, limits: limits)
             overflow()
         case .backoff:
             // The retry: the whole request again, to another endpoint when one is ready.
@@ -276,7 +244,7 @@ final class Exchange {
         default:
             return
         }
-        transport.exchangeProgressed()
+        transport?.exchangeProgressed()
     }
 
     /// A timer that acts on this exchange (which owns it, so it never fires on a freed one).
@@ -314,7 +282,7 @@ final class Exchange {
             record.flags = "UC"
             server.counters.upstreamResetsMidResponse.increment()
             state = .complete
-            transport.breakResponse(timedOut: false)
+            transport?.breakResponse(timedOut: false)
         default:
             break
         }
@@ -322,14 +290,14 @@ final class Exchange {
 
     /// The upstream's answer cannot be read (malformed head or framing): 502, never retried.
     func upstreamMisbehaved() {
-        transport.dropTry()
+        transport?.dropTry()
         answer(.reply(.badUpstreamResponse))
     }
 
     /// Answers `reply` now, whatever was under way short of a response (a malformed request body).
     func refuse(_ reply: LocalReply) {
-        if case .waitingForConnection = state { server.dequeue(self, limits: limits) }
-        transport.dropTry()
+        if case .waitingForConnection = state { server.upstreams.dequeue(self, limits: limits) }
+        transport?.dropTry()
         answer(.reply(reply))
     }
 
@@ -343,7 +311,7 @@ final class Exchange {
 
     private func tryFailed(_ outcome: RetryPolicy.Outcome) {
         if retry(outcome) { return }
-        transport.dropTry()
+        transport?.dropTry()
         answerFailure(outcome)
     }
 
@@ -362,22 +330,52 @@ final class Exchange {
     /// Starts another try when the policy's conditions and attempts, the replay and the budget allow it and
     /// nothing of the response went downstream. True when a retry is under way (the failed try is dropped).
     private func retry(_ outcome: RetryPolicy.Outcome) -> Bool {
-        guard case .trying = state,
-            let backoff = server.retryBackoff(
-                after: outcome, policy: retryPolicy, replay: transport.replay, record: &record, limits: limits)
-        else { return false }
-        transport.dropTry()
+        guard case .trying = state, let backoff = retryBackoff(after: outcome) else { return false }
+        transport?.dropTry()
         tryTimer?.cancel()
         server.logger.debug("retrying: \(outcome)", metadata: ["attempt": "\(record.attempt)"])
         wait(.backoff(outcome), for: backoff)
         return true
     }
 
+    /// Whether the try that ended with `outcome` is tried again, and after what backoff: when the policy's
+    /// conditions and attempts allow it, the request can be replayed, and the retry budget and the backend's
+    /// `maxRetries` admit it. An admitted retry is counted (and the try reported to outlier detection); a refused
+    /// one is counted too, and the record keeps why.
+    private func retryBackoff(after outcome: RetryPolicy.Outcome) -> Duration? {
+        guard let retryPolicy, record.attempt <= retryPolicy.maxRetries, retryPolicy.wouldRetry(outcome) else { return nil }
+        switch transport?.replay ?? .impossible {
+        case .kept: break
+        case .beyondBound: record.retryNote = "not retried: request body beyond the replay bound"; return nil
+        case .impossible: return nil
+        }
+        let counters = server.counters
+        guard server.retryBudget.spend(record.cluster) else {
+            counters.retryBudgetExhausted.increment()
+            counters.istio.recordRetry(service: record.labels.service, .budgetExhausted)
+            record.retryNote = "not retried: retry budget exhausted"
+            return nil
+        }
+        if record.attempt == 1 {
+            guard limits?.enterRetry() ?? true else {
+                counters.retryOverflow.increment()
+                record.retryNote = "not retried: maxRetries in flight"
+                return nil
+            }
+            server.retryBudget.retryStarted()
+        }
+        server.router.reportAttempt(endpoint: record.endpoint, cluster: record.cluster, result: OutlierDetection.Result(outcome))
+        counters.countRetry(outcome)
+        counters.istio.recordRetry(service: record.labels.service, .started)
+        record.attempt += 1
+        return retryPolicy.backoff(retry: record.attempt - 1, random: server.random.next())
+    }
+
     /// A try got no response head within `perTryTimeout`: retried when the policy says so, else 504.
     private func tryTimedOut() {
         guard case .trying = state else { return }
         tryFailed(.perTryTimeout)
-        transport.exchangeProgressed()
+        transport?.exchangeProgressed()
     }
 
     /// The route's timeout (all tries together) expired: 504 when nothing was answered yet, else the response is
@@ -387,16 +385,16 @@ final class Exchange {
         case .trying, .backoff:
             server.logger.debug("upstream request timeout", metadata: ["attempt": "\(record.attempt)"])
             waitTimer?.cancel()
-            transport.dropTry()
+            transport?.dropTry()
             answer(.reply(.upstreamTimeout))
         case .responding:
             record.flags = "UT"
             state = .complete
-            transport.breakResponse(timedOut: true)
+            transport?.breakResponse(timedOut: true)
         default:
             return
         }
-        transport.exchangeProgressed()
+        transport?.exchangeProgressed()
     }
 
     private func answer(_ local: LocalAnswer) {
@@ -409,7 +407,7 @@ final class Exchange {
         }
         responseCompleted()
         waitTimer?.cancel()
-        transport.answer(local)
+        transport?.answer(local)
     }
 
     // MARK: - The end
@@ -427,8 +425,8 @@ final class Exchange {
         waitTimer?.cancel()
         tryTimer?.cancel()
         requestTimer?.cancel()
-        if case .waitingForConnection = state { server.dequeue(self, limits: limits) }
-        server.exchangeEnded(&record, limits: limits)
+        if case .waitingForConnection = state { server.upstreams.dequeue(self, limits: limits) }
+        server.retryBudget.leave(&record, limits: limits)
         state = .idle
         record = ExchangeRecord()
         policy = .standard
@@ -453,7 +451,7 @@ final class Exchange {
             record.bytesReceived += received
             record.bytesSent += sent
             server.report(record, grpc: nil, protocol: protocolName, peer: peer, principal: principal, log: log)
-            server.exchangeEnded(&record, limits: limits)
+            server.retryBudget.leave(&record, limits: limits)
         }
     }
 }

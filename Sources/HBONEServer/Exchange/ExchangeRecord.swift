@@ -31,7 +31,7 @@ struct ExchangeRecord {
     /// The try under way or last made: 1 until a retry.
     var attempt = 1
     /// The request went upstream: it is counted in the retry budget's base and the backend's requests in flight
-    /// until `ProxyServer.endFlight`.
+    /// until `RetryBudget.leave`.
     var inFlight = false
     /// Why a failure that called for a retry was answered as is.
     var retryNote: StaticString?
@@ -42,36 +42,7 @@ struct ExchangeRecord {
     var attempts: Int { inFlight || attempt > 1 ? attempt : 0 }
 }
 
-/// Whether a request can be sent again for a retry.
-enum Replay {
-    /// The whole request is kept.
-    case kept
-    /// Its body outgrew the retry policy's replay bound (the access log says so when a retry was called for).
-    case beyondBound
-    /// It cannot be sent again for another reason (a `100-continue` request).
-    case impossible
-}
-
 extension ProxyServer {
-    /// Whether the try that ended with `outcome` is tried again, and after what backoff: when the policy's
-    /// conditions and attempts allow it, the request can be replayed and the proxy admits it (`admitRetry`). The
-    /// record counts the new try, or keeps why a retry that was called for was not made. The caller has checked
-    /// that nothing of the response went downstream.
-    func retryBackoff(
-        after outcome: RetryPolicy.Outcome, policy: RetryPolicy?, replay: Replay, record: inout ExchangeRecord,
-        limits: ClusterLimits?
-    ) -> Duration? {
-        guard let policy, record.attempt <= policy.maxRetries, policy.wouldRetry(outcome) else { return nil }
-        switch replay {
-        case .kept: break
-        case .beyondBound: record.retryNote = "not retried: request body beyond the replay bound"; return nil
-        case .impossible: return nil
-        }
-        guard admitRetry(outcome, of: &record, limits: limits) else { return nil }
-        record.attempt += 1
-        return policy.backoff(retry: record.attempt - 1, random: random.next())
-    }
-
     /// The end of one request, reported the same way for every transport: the response counters, a retry that
     /// succeeded, the last try's result for outlier detection (a gRPC status counts as its HTTP equivalent, as
     /// in Envoy), Istio's request metrics, the span and the access-log line. `grpc`: the call's status, when
@@ -90,7 +61,8 @@ extension ProxyServer {
             }
             counters.countResponse(status)
             counters.istio.recordRequest(
-                principal: principal, service: record.labels.service, destination: pool(record.endpoint)?.destinationWorkload ?? -1,
+                principal: principal, service: record.labels.service,
+                destination: upstreams.pool(record.endpoint)?.destinationWorkload ?? -1,
                 grpc: record.grpc, grpcStatus: grpc?.code ?? -1,
                 mutualTLS: peer.identity != nil, status: status, flags: record.flags, durationMs: (loop.now - record.start) * 1000,
                 requestBytes: record.bytesReceived, responseBytes: record.bytesSent)

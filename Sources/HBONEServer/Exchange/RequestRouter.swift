@@ -2,24 +2,37 @@ import EventLoop
 import Filters
 import WaypointCore
 
-/// Where the data plane sends one request: decided by the code that knows the config.
-public enum RouteDecision {
-    /// Forward to the endpoint with this index in the list given to `ProxyServer.updateEndpoints`.
-    /// `route` names the matched route for the access log; `cluster` is where a retry picks another endpoint
-    /// (-1: none, a workload address); `policy` holds the route's retries and timeouts.
-    case forward(endpoint: Int32, route: String, cluster: Int32, policy: ForwardPolicy)
-    /// Answer locally.
-    case reply(LocalReply)
-    /// Answer with a redirect (RequestRedirect): `status` 3xx and the `location` built from the request.
-    case redirect(status: Int, location: [UInt8])
-    /// Answer with this status and body (VirtualService `directResponse`, fault abort), after `delay` when
-    /// one is given (a fault delay that also applies: Envoy's fault filter delays first, then aborts).
-    case respond(status: Int, body: [UInt8], delay: Duration?)
+/// Where the data plane sends one request, and what named it for telemetry: decided by the code that knows
+/// the config.
+public struct RouteDecision {
+    public enum Action {
+        /// Forward to the endpoint with this index in the list given to `ProxyServer.updateEndpoints`.
+        /// `route` names the matched route for the access log; `cluster` is where a retry picks another endpoint
+        /// (-1: none, a workload address); `policy` holds the route's retries and timeouts.
+        case forward(endpoint: Int32, route: String, cluster: Int32, policy: ForwardPolicy)
+        /// Answer locally.
+        case reply(LocalReply)
+        /// Answer with a redirect (RequestRedirect): `status` 3xx and the `location` built from the request.
+        case redirect(status: Int, location: [UInt8])
+        /// Answer with this status and body (VirtualService `directResponse`, fault abort), after `delay` when
+        /// one is given (a fault delay that also applies: Envoy's fault filter delays first, then aborts).
+        case respond(status: Int, body: [UInt8], delay: Duration?)
+    }
+
+    public var action: Action
+    /// The AuthorizationPolicy that allowed or denied the request, and the destination service, whatever the
+    /// action.
+    public var labels: RouteLabels
+
+    public init(_ action: Action, labels: RouteLabels = RouteLabels()) {
+        self.action = action
+        self.labels = labels
+    }
 }
 
-/// What a routing decision names for telemetry, whatever it decided: filled by `RequestRouter.route`.
+/// What a routing decision names for telemetry.
 ///
-/// Thread: its exchange's. Ownership: a value inside the exchange's record.
+/// Thread: its exchange's. Ownership: a value inside the decision, then the exchange's record.
 public struct RouteLabels: Sendable {
     /// The AuthorizationPolicy that allowed or denied the request, nil when none decided.
     public var policy: String?
@@ -62,12 +75,8 @@ public struct RetryHistory: Sendable {
 /// Thread: its worker's loop thread only.
 public protocol RequestRouter: AnyObject {
     /// Authorizes and routes a request: by its Host header, or, inside a tunnel, by the tunnel's `destination`.
-    /// `peer` is who sent it (the principal is nil on the plaintext listener). A denial is a `.reply`. `labels`
-    /// gets the deciding policy and the destination service, whatever the decision.
-    func route(
-        _ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts,
-        labels: inout RouteLabels
-    ) -> RouteDecision
+    /// `peer` is who sent it (the principal is nil on the plaintext listener). A denial is a `.reply`.
+    func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts) -> RouteDecision
     /// The interned destination service of a tunnel's destination (-1 for a workload address).
     func service(of destination: Destination) -> Int32
     /// Authorizes a byte-stream (TCP) tunnel to `destination` before anything reaches the upstream: only

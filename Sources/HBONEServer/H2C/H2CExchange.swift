@@ -15,8 +15,8 @@ final class H2CExchange: ExchangeTransport {
     var upstreamID: Int32 = 0
     unowned(unsafe) var upstream: H2CUpstream?
     private unowned(unsafe) let session: H2CProxySession
-    /// What happens to the request (never made for a mirrored copy).
-    lazy var control = session.makeExchange(for: self)
+    /// What happens to the request (unused for a mirrored copy).
+    let control: Exchange
     /// Request fields as received (pseudo-headers included), lower-case names.
     var requestFields: [(String, String)] = []
     /// The request's method, authority and path (normalized), once it is routed.
@@ -43,6 +43,8 @@ final class H2CExchange: ExchangeTransport {
     init(downstreamID: Int32, session: H2CProxySession) {
         self.downstreamID = downstreamID
         self.session = session
+        control = session.makeExchange()
+        control.transport = self
     }
 
     // MARK: ExchangeTransport (the session does the work)

@@ -195,7 +195,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         control.record.grpc = contentType.hasPrefix("application/grpc")
         // The same normalization as HTTP/1.1: what is authorized and routed is what the upstream gets.
         guard let normalized = Self.normalize(exchange.path, server.settings.pathNormalization) else {
-            return control.decide(.reply(.badRequest(HTTP1Error(status: 400, "invalid request path"))))
+            return control.decide(RouteDecision(.reply(.badRequest(HTTP1Error(status: 400, "invalid request path")))))
         }
         exchange.path = normalized
         if let log = control.log { keepLogFields(exchange, log) }
@@ -203,9 +203,9 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         let decision: RouteDecision = Array(text.utf8).withUnsafeBytes { bytes in
             var request = RequestHead()
             guard case .complete = HTTP1Parser.parseRequest(bytes, into: &request) else {
-                return .reply(.badRequest(HTTP1Error(status: 400, "malformed request")))
+                return RouteDecision(.reply(.badRequest(HTTP1Error(status: 400, "malformed request"))))
             }
-            return server.router.route(request, bytes, destination: destination, peer: peer, labels: &control.record.labels)
+            return server.router.route(request, bytes, destination: destination, peer: peer)
         }
         control.decide(decision)
         channel.flush()
@@ -213,8 +213,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
 
     // MARK: ExchangeTransport (for each exchange)
 
-    func makeExchange(for exchange: H2CExchange) -> Exchange {
-        Exchange(transport: exchange, server: server, peer: peer, principal: principalID, protocol: "HTTP/2")
+    func makeExchange() -> Exchange {
+        Exchange(server: server, peer: peer, principal: principalID, protocol: "HTTP/2")
     }
 
     func flush() { channel.flush() }
@@ -334,7 +334,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     /// A copy of the request, with Envoy's `-shadow` authority, on an HTTP/2 stream to an endpoint of the mirror
     /// cluster; its body follows the original's as it arrives, and its answer is dropped.
     private func startMirror(_ exchange: H2CExchange, fields: [(String, String)], cluster: Int32) {
-        guard let endpoint = server.router.pickEndpoint(inCluster: cluster), let pool = server.pool(endpoint),
+        guard let endpoint = server.router.pickEndpoint(inCluster: cluster), let pool = server.upstreams.pool(endpoint),
             let upstream = pool.h2cUpstream(limits: nil)
         else {
             server.counters.mirrorsSkipped.increment()
@@ -347,7 +347,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             let colon = value.lastIndex(of: ":").flatMap { value[$0...].contains("]") ? nil : $0 } ?? value.endIndex
             return (name, value[..<colon] + "-shadow" + value[colon...])
         }
-        upstream.start(copy, fields: shadowed, owner: server.h2cMirrorSink)
+        upstream.start(copy, fields: shadowed, owner: server.upstreams.h2cMirrorSink)
         server.counters.mirrorRequests.increment()
         if !copy.requestEnded { exchange.mirrors.append(copy) }
     }

@@ -3,6 +3,27 @@ import HTTP2
 import TLS
 import WaypointCore
 
+/// What the server role of an HBONE connection asks of the waypoint: which destinations it serves, whether a
+/// byte-stream tunnel is allowed, and where an accepted tunnel's bytes go.
+///
+/// Thread: its worker's loop thread only.
+protocol TunnelAcceptor: AnyObject {
+    /// Draining: new connections get GOAWAY as soon as they are open.
+    var draining: Bool { get }
+    /// What a tunnel's `:authority` names, or nil when the waypoint serves no such address.
+    func destination(for address: SocketAddress) -> Destination?
+    /// Whether a destination's own cluster has a ready endpoint (a tunnel to a service without one gets 503).
+    func hasReadyEndpoints(_ destination: Destination) -> Bool
+    /// Authorizes a byte-stream tunnel before its 200 (only connection attributes are known).
+    func authorizeTCP(to destination: Destination, peer: PeerFacts) -> Bool
+    /// Runs what the destination's protocol calls for over an accepted tunnel.
+    func startInnerSession(
+        on stream: any ByteStream, peer: PeerFacts, destination: Destination, traceparent: [UInt8], initialInput: UnsafeRawBufferPointer?,
+        tcpAuthorized: Bool)
+    /// The connection closed (it is released after the loop iteration).
+    func hboneConnectionClosed(_ connection: HBONEConnection)
+}
+
 /// One HBONE connection: mutual TLS 1.3, then an HTTP/2 session whose CONNECT streams are tunnels.
 ///
 /// Server role (from a ztunnel), written as phases like ztunnel's inbound: handshake → identity → per stream:
@@ -16,8 +37,8 @@ import WaypointCore
 /// nghttp2 must not be re-entered from its callbacks, so callbacks only record what happened (data into the
 /// tunnel, a tunnel to notify); sessions are notified, and frames sent, after `receive`/`send` return.
 ///
-/// Thread: its worker's loop thread only. Ownership: the `ProxyServer` (server role, until closed) or whoever
-/// opened it (client role, told by `onClosed`); it owns its open tunnels.
+/// Thread: its worker's loop thread only. Ownership: its acceptor, the `ProxyServer` (server role, until closed),
+/// or whoever opened it (client role, told by `onClosed`); it owns its open tunnels.
 ///
 /// Size: both roles and the drain share one connection state machine (~550 lines with the CONNECT fields).
 public final class HBONEConnection: HTTP2SessionDelegate {
@@ -30,13 +51,15 @@ public final class HBONEConnection: HTTP2SessionDelegate {
     /// Client role: called once when the connection closes.
     public var onClosed: ((HBONEConnection) -> Void)?
     private let fd: Int32
-    private unowned(unsafe) let server: ProxyServer
+    private unowned(unsafe) let worker: WorkerContext
+    /// Server role: where accepted tunnels go.
+    private unowned(unsafe) let acceptor: (any TunnelAcceptor)?
     private let remote: SocketAddress?
     private let tls: TLSConnection
     private var session: HTTP2Session!
     private var readWatcher: IOWatcher!
     private var writeWatcher: IOWatcher!
-    private lazy var timer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.timerFired() }
+    private lazy var timer = Timer(loop: worker.loop) { [unowned(unsafe) self] in self.timerFired() }
     private(set) var state = State.handshaking
     /// The peer's verified identity (the client's for the server role, the server's for the client role).
     public private(set) var identity: SpiffeIdentity?
@@ -67,19 +90,23 @@ public final class HBONEConnection: HTTP2SessionDelegate {
 
     /// Server role: an accepted socket. Client role: a socket whose connect is in progress, to a peer that must
     /// present `expectedPeer`'s identity when given.
-    init?(id: Int, fd: Int32, remote: SocketAddress?, context: TLSContext, server: ProxyServer, expectedPeer: ServiceAccountName? = nil) {
+    init?(
+        id: Int, fd: Int32, remote: SocketAddress?, context: TLSContext, worker: WorkerContext, acceptor: (any TunnelAcceptor)?,
+        expectedPeer: ServiceAccountName? = nil
+    ) {
         guard let tls = TLSConnection(context: context, fd: fd) else { return nil }
         self.expectedPeer = expectedPeer
         self.id = id
         self.fd = fd
         self.remote = remote
         self.tls = tls
-        self.server = server
+        self.worker = worker
+        self.acceptor = acceptor
         role = context.role
-        session = HTTP2Session(role: role == .server ? .server : .client, settings: server.settings.http2, delegate: self)
-        readWatcher = IOWatcher(loop: server.loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.readable() }
-        writeWatcher = IOWatcher(loop: server.loop, fd: fd, direction: .write) { [unowned(unsafe) self] in self.writable() }
-        timer.schedule(after: server.settings.handshakeTimeout)
+        session = HTTP2Session(role: role == .server ? .server : .client, settings: worker.settings.http2, delegate: self)
+        readWatcher = IOWatcher(loop: worker.loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.readable() }
+        writeWatcher = IOWatcher(loop: worker.loop, fd: fd, direction: .write) { [unowned(unsafe) self] in self.writable() }
+        timer.schedule(after: worker.settings.handshakeTimeout)
         if role == .client {
             state = .connecting
             writeWatcher.start()  // connect completion
@@ -91,12 +118,12 @@ public final class HBONEConnection: HTTP2SessionDelegate {
     /// Client role: connects to `address` (an HBONE port, 15008) with `context` (our certificate); the server must
     /// prove `expectedPeer`'s identity when given (the destination Pod's, which its node's ztunnel presents).
     public static func connect(
-        to address: SocketAddress, context: TLSContext, server: ProxyServer, expectedPeer: ServiceAccountName? = nil
+        to address: SocketAddress, context: TLSContext, worker: WorkerContext, expectedPeer: ServiceAccountName? = nil
     ) -> HBONEConnection? {
         guard case .success(let fd) = Socket.connect(to: address) else { return nil }
         guard
             let connection = HBONEConnection(
-                id: 0, fd: fd, remote: address, context: context, server: server, expectedPeer: expectedPeer)
+                id: 0, fd: fd, remote: address, context: context, worker: worker, acceptor: nil, expectedPeer: expectedPeer)
         else {
             Socket.close(fd)
             return nil
@@ -110,7 +137,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         guard role == .client, state != .closed, drain == .serving,
             let stream = session.request(headers: [(":method", "CONNECT"), (":authority", authority)] + headers, body: true)
         else { return nil }
-        let tunnel = Tunnel(streamID: stream, connection: self, sendBound: server.settings.tunnelSendBound, established: false)
+        let tunnel = Tunnel(streamID: stream, connection: self, sendBound: worker.settings.tunnelSendBound, established: false)
         tunnels[stream] = tunnel
         flush()
         return tunnel
@@ -120,7 +147,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
     /// Envoy 100) and ours.
     public var canOpenTunnel: Bool {
         state != .closed && drain == .serving
-            && tunnels.count < min(Int(server.settings.http2.maxConcurrentStreams), session.peerMaxConcurrentStreams)
+            && tunnels.count < min(Int(worker.settings.http2.maxConcurrentStreams), session.peerMaxConcurrentStreams)
     }
 
     deinit { if state != .closed { Socket.close(fd) } }
@@ -140,37 +167,37 @@ public final class HBONEConnection: HTTP2SessionDelegate {
             handshakeFailed(failure.label, "\(failure)")
         case .done:
             guard tls.negotiatedProtocol == "h2" else { return handshakeFailed("alpn", "the client did not negotiate h2") }
-            switch SpiffeIdentity.fromCertificate(uris: tls.peerURIs, trustDomains: server.settings.trustDomains) {
+            switch SpiffeIdentity.fromCertificate(uris: tls.peerURIs, trustDomains: worker.settings.trustDomains) {
             case .failure(let rejection):
                 handshakeFailed("identity", rejection.description)
             case .success(let identity):
                 if let expectedPeer, !expectedPeer.matches(identity) {
-                    server.logger.warning(
+                    worker.logger.warning(
                         "upstream HBONE refused: \(remote?.description ?? "the peer") presents \(identity), the destination runs as \(expectedPeer)"
                     )
                     return handshakeFailed("identity", "the peer is \(identity), not \(expectedPeer)")
                 }
                 self.identity = identity
-                if role == .server { server.counters.handshakesOK.increment() }
+                if role == .server { worker.counters.handshakesOK.increment() }
                 state = .open
                 writeWatcher.stop()
                 readWatcher.start()
                 // A client has until the handshake timeout again to send its HTTP/2 preface (a one-shot timer
                 // until `http2PrefaceReceived`); PINGs start after.
                 if role == .server {
-                    timer.schedule(after: server.settings.handshakeTimeout)
+                    timer.schedule(after: worker.settings.handshakeTimeout)
                 } else {
-                    timer.scheduleRepeating(every: server.settings.keepaliveInterval)
+                    timer.scheduleRepeating(every: worker.settings.keepaliveInterval)
                 }
-                if server.draining { beginDrain() }
+                if acceptor?.draining == true { beginDrain() }
                 readable()  // the client's preface may already be here
             }
         }
     }
 
     private func handshakeFailed(_ reason: String, _ detail: String) {
-        if role == .server { server.counters.countHandshakeFailure(reason) }
-        server.logger.debug(
+        if role == .server { worker.counters.countHandshakeFailure(reason) }
+        worker.logger.debug(
             "HBONE handshake failed: \(detail)",
             metadata: ["connection.id": "\(id)", "client": "\(remote?.description ?? "unknown")", "reason": "\(reason)"])
         close()
@@ -183,7 +210,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
             if state == .handshaking { continueHandshake() }
             return
         }
-        let scratch = server.scratch
+        let scratch = worker.scratch
         // Bounded, so that one busy connection cannot starve the loop's other connections.
         for _ in 0..<16 {
             switch tls.read(into: scratch) {
@@ -274,7 +301,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
     }
 
     /// Where this worker's tunnels hear about readiness once their stream has closed.
-    var closedTunnels: ClosedTunnelNotifier { server.closedTunnels }
+    var closedTunnels: ClosedTunnelNotifier { worker.closedTunnels }
 
     /// A session will hear about readiness of `tunnel` after the current step.
     func queue(_ tunnel: Tunnel) {
@@ -289,12 +316,12 @@ public final class HBONEConnection: HTTP2SessionDelegate {
     func consumed(_ tunnel: Tunnel, _ count: Int) {
         guard count > 0 else { return }
         session.consume(stream: tunnel.streamID, count)
-        server.counters.tunnelBytesReceived.increment(by: count)
+        worker.counters.tunnelBytesReceived.increment(by: count)
         if !inSession { needsFlush = true; if !flushing { flush() } }
     }
 
     func dataReady(_ tunnel: Tunnel, bytes: Int) {
-        server.counters.tunnelBytesSent.increment(by: bytes)
+        worker.counters.tunnelBytesSent.increment(by: bytes)
         session.resume(stream: tunnel.streamID)
         flush()
     }
@@ -345,7 +372,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
     public func http2StreamClosed(stream: Int32, errorCode: UInt32) {
         requests[stream] = nil
         guard let tunnel = tunnels.removeValue(forKey: stream) else { return }
-        if role == .server { server.counters.tunnelsActive.increment(by: -1) }
+        if role == .server { worker.counters.tunnelsActive.increment(by: -1) }
         tunnel.closed(code: errorCode)
         if !tunnel.queued { tunnel.queued = true; notify.append(tunnel) }
         if drain == .goingAway && tunnels.isEmpty { needsFlush = true }
@@ -367,12 +394,12 @@ public final class HBONEConnection: HTTP2SessionDelegate {
 
     /// The client's preface arrived within the handshake timeout: from now on the timer sends PINGs.
     public func http2PrefaceReceived() {
-        if role == .server { timer.scheduleRepeating(every: server.settings.keepaliveInterval) }
+        if role == .server { timer.scheduleRepeating(every: worker.settings.keepaliveInterval) }
     }
 
     public func http2StreamRefused(stream: Int32, reason: HTTP2Refusal) {
-        server.counters.countTunnelRefusal(reason.label)
-        server.logger.debug("stream refused: \(reason.label)", metadata: ["connection.id": "\(id)", "stream.id": "\(stream)"])
+        worker.counters.countTunnelRefusal(reason.label)
+        worker.logger.debug("stream refused: \(reason.label)", metadata: ["connection.id": "\(id)", "stream.id": "\(stream)"])
     }
 
     // MARK: - Opening tunnels
@@ -382,33 +409,33 @@ public final class HBONEConnection: HTTP2SessionDelegate {
     private func open(_ stream: Int32, _ request: TunnelRequest) {
         guard drain != .goingAway else {
             // Past the GOAWAY's last stream ID (sent before the GOAWAY left): unprocessed, the client may retry.
-            server.counters.countTunnelRefusal("draining")
+            worker.counters.countTunnelRefusal("draining")
             session.reset(stream: stream, code: .refusedStream)
             return
         }
         if let refusal = check(request) {
-            server.counters.countTunnelRefusal(refusal.reason)
-            server.logger.debug(
+            worker.counters.countTunnelRefusal(refusal.reason)
+            worker.logger.debug(
                 "tunnel refused: \(refusal.status) \(refusal.reason)",
                 metadata: ["connection.id": "\(id)", "stream.id": "\(stream)", "authority": "\(request.authorityText)"])
             session.respond(stream: stream, status: refusal.status, body: false)
             return
         }
         let destination = request.destination!
-        let tunnel = Tunnel(streamID: stream, connection: self, sendBound: server.settings.tunnelSendBound)
+        let tunnel = Tunnel(streamID: stream, connection: self, sendBound: worker.settings.tunnelSendBound)
         tunnels[stream] = tunnel
-        server.counters.tunnelsTotal.increment()
-        server.counters.tunnelsActive.increment()
+        worker.counters.tunnelsTotal.increment()
+        worker.counters.tunnelsActive.increment()
         session.respond(stream: stream, status: 200, body: true)
         let facts = request.facts!
-        server.logger.trace(
+        worker.logger.trace(
             "tunnel opened",
             metadata: [
                 "connection.id": "\(id)", "stream.id": "\(stream)", "destination": "\(destination.name)",
                 "source": "\(facts.sourceAddress)", "baggage": "\(facts.baggage ?? "")",
             ])
-        server.startInnerSession(
-            on: tunnel, peer: facts, destination: destination, traceparent: request.traceparent,
+        acceptor?.startInnerSession(
+            on: tunnel, peer: facts, destination: destination, traceparent: request.traceparent, initialInput: nil,
             tcpAuthorized: destination.innerProtocol == .tcp)
     }
 
@@ -420,8 +447,8 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         guard !request.hasProtocol else { return Refusal(status: 400, reason: "extended_connect") }
         guard let address = request.authority else { return Refusal(status: 400, reason: "bad_authority") }
         // Only addresses this waypoint serves: never an open relay (ztunnel and agentgateway answer 400 too).
-        guard let destination = server.router.destination(for: address) else { return Refusal(status: 400, reason: "unknown_destination") }
-        if destination.cluster >= 0 && !server.hasReadyEndpoints(destination) {
+        guard let destination = acceptor?.destination(for: address) else { return Refusal(status: 400, reason: "unknown_destination") }
+        if destination.cluster >= 0 && acceptor?.hasReadyEndpoints(destination) != true {
             return Refusal(status: 503, reason: "no_healthy_upstream")
         }
         // A byte-stream port is authorized here, before the 200 (ztunnel answers an L4 deny with 401); HTTP
@@ -431,7 +458,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
             identity: identity, sourceIP: source?.ip ?? "unknown", sourceAddress: source?.description ?? "unknown",
             destinationIP: address.ip, baggage: request.baggage)
         if destination.innerProtocol == .tcp {
-            guard server.router.authorizeTCP(to: destination, peer: facts) else { return Refusal(status: 401, reason: "denied") }
+            guard acceptor?.authorizeTCP(to: destination, peer: facts) == true else { return Refusal(status: 401, reason: "denied") }
         }
         request.destination = destination
         request.facts = facts
@@ -443,17 +470,17 @@ public final class HBONEConnection: HTTP2SessionDelegate {
     private func timerFired() {
         switch state {
         case .connecting, .handshaking:
-            handshakeFailed("timeout", "no complete handshake within \(server.settings.handshakeTimeout)")
+            handshakeFailed("timeout", "no complete handshake within \(worker.settings.handshakeTimeout)")
         case .open where !timer.isRepeating:
-            server.counters.prefaceTimeouts.increment()
-            server.logger.debug("HBONE client sent no HTTP/2 preface; closing", metadata: ["connection.id": "\(id)"])
+            worker.counters.prefaceTimeouts.increment()
+            worker.logger.debug("HBONE client sent no HTTP/2 preface; closing", metadata: ["connection.id": "\(id)"])
             close()
         case .open:
-            let now = server.loop.now
+            let now = worker.loop.now
             if let sent = pingSentAt {
-                if now - sent >= server.settings.keepaliveTimeout.seconds {
-                    server.logger.debug("HBONE peer did not answer PING; closing", metadata: ["connection.id": "\(id)"])
-                    server.counters.keepaliveTimeouts.increment()
+                if now - sent >= worker.settings.keepaliveTimeout.seconds {
+                    worker.logger.debug("HBONE peer did not answer PING; closing", metadata: ["connection.id": "\(id)"])
+                    worker.counters.keepaliveTimeouts.increment()
                     close()
                 }
             } else {
@@ -474,7 +501,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
             return
         }
         drain = .noticed(untilAck: session.shutdownNotice())
-        if pingSentAt == nil { pingSentAt = server.loop.now }  // a peer that never acks is closed by the keepalive
+        if pingSentAt == nil { pingSentAt = worker.loop.now }  // a peer that never acks is closed by the keepalive
         flush()
     }
 
@@ -488,8 +515,8 @@ public final class HBONEConnection: HTTP2SessionDelegate {
     }
 
     private func countProtocolFailure() {
-        server.counters.http2ProtocolErrors.increment()
-        server.logger.debug(
+        worker.counters.http2ProtocolErrors.increment()
+        worker.logger.debug(
             "HTTP/2 protocol error or flood; closing",
             metadata: ["connection.id": "\(id)", "goaway.code": "\(session.goAwayErrorSent ?? 0)"])
     }
@@ -504,10 +531,10 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         writeWatcher.stop()
         timer.cancel()
         if wasOpen { tls.shutdown() }
-        if lastWords { LingeringClose(loop: server.loop, fd: fd) } else { Socket.close(fd) }
+        if lastWords { LingeringClose(loop: worker.loop, fd: fd) } else { Socket.close(fd) }
         let open = tunnels
         tunnels.removeAll()
-        if role == .server { server.counters.tunnelsActive.increment(by: -open.count) }
+        if role == .server { worker.counters.tunnelsActive.increment(by: -open.count) }
         for tunnel in open.values {
             // The connection died under the tunnel: an error, not a clean end of stream.
             tunnel.closed(code: HTTP2ErrorCode.internalError.rawValue)
@@ -517,9 +544,9 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         // the notification pass that `flush` runs, which a closed connection never reaches: they hear it now.
         notifyTunnels()
         if role == .server {
-            server.hboneConnectionClosed(self)
+            acceptor?.hboneConnectionClosed(self)
         } else {
-            server.releaseLater(self)
+            worker.releaseLater(self)
             let callback = onClosed
             onClosed = nil
             callback?(self)

@@ -16,6 +16,10 @@ import WaypointCore
 /// What happens to each request (routing, waits, tries, retries, timeouts, local answers, the report) is its
 /// `Exchange`'s to decide; this type is the HTTP/1.1 transport of it: it parses heads, writes them in HTTP/1.1
 /// form and moves bodies under backpressure.
+///
+/// Size: ~750 lines of one codec state machine (request and response framing, pipelining, backpressure both
+/// ways, the replay and mirrors, the switch to a relay after `101`); split across files, its private state would
+/// be open to the whole module.
 final class DownstreamConnection: ByteStreamHandler, DownstreamSession, ExchangeTransport {
     /// Why reading from the client is paused; reading resumes when the set is empty.
     struct PauseReasons: OptionSet {
@@ -52,8 +56,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
 
     // MARK: Exchange state (reset per request)
     /// The current request, from its head to its report.
-    private lazy var exchange = Exchange(
-        transport: self, server: server, peer: peer, principal: server.counters.istio.intern(source: peer), protocol: "HTTP/1.1")
+    private let exchange: Exchange
     private var head = RequestHead()
     private var scanned = 0
     /// The length of the current request's head while it still waits at the start of `input` (routing, a fault
@@ -101,6 +104,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
         self.stream = stream
         self.server = server
         self.peer = peer
+        exchange = Exchange(server: server, peer: peer, principal: server.counters.istio.intern(source: peer), protocol: "HTTP/1.1")
         self.destination = destination
         self.traceparent = traceparent
         clientIP = Array(peer.sourceIP.utf8)
@@ -111,6 +115,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
         lastActivity = server.loop.now
         let tick = min(server.settings.downstreamIdleTimeout, server.settings.headerTimeout) / 4
         timer.scheduleRepeating(every: max(tick, .milliseconds(50)))
+        exchange.transport = self
         stream.handler = self
         stream.setReading(true)
         if let initialInput, !initialInput.isEmpty {
@@ -282,8 +287,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
         headLength = length
         exchange.record.bytesReceived = length
         if let log = exchange.log { keepLogFields(headBytes, log) }
-        let decision = server.router.route(head, headBytes, destination: destination, peer: peer, labels: &exchange.record.labels)
-        exchange.decide(decision)
+        exchange.decide(server.router.route(head, headBytes, destination: destination, peer: peer))
         return true
     }
 
@@ -324,7 +328,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
         input.clear()
         headLength = 0
         pause(.finished)
-        exchange.decide(.reply(.badRequest(error)))
+        exchange.decide(RouteDecision(.reply(.badRequest(error))))
     }
 
     // MARK: - ExchangeTransport
@@ -473,7 +477,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
                 server.counters.mirrorsSkipped.increment()
                 continue
             }
-            server.sendMirror(
+            server.upstreams.sendMirror(
                 head: UnsafeRawBufferPointer(rebasing: bytes[0..<replayHeadLength]),
                 body: UnsafeRawBufferPointer(rebasing: bytes[replayHeadLength...]), to: endpoint)
         }
@@ -536,7 +540,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
             let spent =
                 exchange.limits.map {
                     ($0.settings.maxRequestsPerConnection.map { $0 > 0 && upstream.requestsServed >= $0 } ?? false)
-                        || server.shouldReleaseConnection($0)
+                        || server.upstreams.shouldReleaseConnection($0)
                 } ?? false
             if exchange.isComplete && requestDone && response.keepAlive && upstream.input.isEmpty && upstream.isOpen && !spent {
                 upstream.pool.checkin(upstream)

@@ -9,17 +9,19 @@ import WaypointCore
 final class MirrorRequest: ByteStreamHandler {
     private let stream: any ByteStream
     private let pending: ByteBuffer
-    private unowned(unsafe) let server: ProxyServer
-    private lazy var timer = Timer(loop: server.loop) { [unowned(unsafe) self] in self.end() }
+    private unowned(unsafe) let clusters: UpstreamClusters
+    private let loop: EventLoop
+    private lazy var timer = Timer(loop: loop) { [unowned(unsafe) self] in self.end() }
     private var ended = false
 
     /// Mirrors are bounded in time as well as number: one that gets no end within this is dropped.
     static let timeout: Duration = .seconds(30)
 
-    init(stream: any ByteStream, request: ByteBuffer, server: ProxyServer) {
+    init(stream: any ByteStream, request: ByteBuffer, clusters: UpstreamClusters, loop: EventLoop) {
         self.stream = stream
         self.pending = request
-        self.server = server
+        self.clusters = clusters
+        self.loop = loop
         timer.schedule(after: Self.timeout)
         stream.handler = self
         stream.setReading(true)
@@ -50,6 +52,6 @@ final class MirrorRequest: ByteStreamHandler {
         ended = true
         timer.cancel()
         stream.close(graceful: false)
-        server.mirrorEnded(self)
+        clusters.mirrorEnded(self)
     }
 }

@@ -55,7 +55,7 @@ final class UpstreamPool {
         guard let stream = openStream() else { return nil }
         server.counters.upstreamConnectionsTotal.increment()
         openConnections += 1
-        if let limits { server.limitedConnectionOpened(limits) }
+        if let limits { server.upstreams.limitedConnectionOpened(limits) }
         let connection = UpstreamConnection(
             stream: stream, pool: self, loop: server.loop, settings: server.settings,
             connectTimeout: limits?.settings.connectTimeout ?? server.settings.connectTimeout, limits: limits)
@@ -73,10 +73,10 @@ final class UpstreamPool {
         let upstream = H2CUpstream(
             stream: stream, pool: self,
             maxStreams: limits?.settings.maxRequestsPerConnection.flatMap { $0 > 0 ? $0 : nil })
-        if let limits { server.limitedConnectionOpened(limits) }
+        if let limits { server.upstreams.limitedConnectionOpened(limits) }
         upstream.onClosed = { [unowned(unsafe) self, unowned(unsafe) upstream] in
             self.h2c.removeAll { $0 === upstream }
-            if let limits { self.server.limitedConnectionClosed(limits) }
+            if let limits { self.server.upstreams.limitedConnectionClosed(limits) }
         }
         h2c.append(upstream)
         return upstream
@@ -104,7 +104,7 @@ final class UpstreamPool {
         guard let context = server.clientTLSContext,
             let node = SocketAddress(ip: address.ip, port: server.settings.upstreamHBONEPort),
             case .hbone(let peer) = transport,
-            let connection = HBONEConnection.connect(to: node, context: context, server: server, expectedPeer: peer)
+            let connection = HBONEConnection.connect(to: node, context: context, worker: server.context, expectedPeer: peer)
         else { return nil }
         connection.onClosed = { [unowned(unsafe) self] closed in self.hboneConnections.removeAll { $0 === closed } }
         hboneConnections.append(connection)
@@ -118,14 +118,14 @@ final class UpstreamPool {
         guard !retired, !server.draining else { connection.close(); return }
         connection.becomeIdle()
         idle.append(connection)
-        server.upstreamCapacityFreed()
+        server.upstreams.upstreamCapacityFreed()
     }
 
     /// A connection of this pool closed: room for another (DestinationRule `tcp.maxConnections`).
     func connectionClosed(limits: ClusterLimits?) {
         openConnections -= 1
-        if let limits { server.limitedConnectionClosed(limits) }
-        server.upstreamCapacityFreed()
+        if let limits { server.upstreams.limitedConnectionClosed(limits) }
+        server.upstreams.upstreamCapacityFreed()
     }
 
     /// Called by an idle connection that the upstream closed or that timed out.
