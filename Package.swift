@@ -19,7 +19,6 @@ let package = Package(
         // Pinned exactly (reproducible builds; Package.resolved stays out of git, as the local package mirror's
         // commit ids are not upstream's).
         .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
-        .package(url: "https://github.com/jpsim/Yams", exact: "6.2.2"),
         .package(url: "https://github.com/apple/swift-log", exact: "1.16.2"),
     ],
     targets: [
@@ -32,6 +31,7 @@ let package = Package(
         .systemLibrary(name: "CNghttp2", path: "Sources/CNghttp2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
         .systemLibrary(
             name: "CJSONC", path: "Sources/CJSONC", pkgConfig: "json-c", providers: [.apt(["libjson-c-dev"])]),
+        .systemLibrary(name: "CYAML", path: "Sources/CYAML", pkgConfig: "yaml-0.1", providers: [.apt(["libyaml-dev"])]),
 
         // Thin Swift wrappers: the only modules that import the C targets.
         .target(name: "EventLoop", dependencies: ["CLibEV", "WaypointCore"], swiftSettings: release),
@@ -39,6 +39,7 @@ let package = Package(
         .target(name: "TLS", dependencies: ["COpenSSL", "EventLoop"], swiftSettings: release),
         .target(name: "HTTP2", dependencies: ["CNghttp2", "WaypointCore"], swiftSettings: release),
         .target(name: "JSON", dependencies: ["CJSONC"], swiftSettings: release),
+        .target(name: "YAML", dependencies: ["CYAML"], swiftSettings: release),
         // The Kubernetes API as a config source: credentials, list and watch, the objects they keep.
         .target(
             name: "Kubernetes",
@@ -72,7 +73,7 @@ let package = Package(
         .target(
             name: "WaypointConfig",
             dependencies: [
-                "WaypointCore", "HTTPRouter", "Filters", "Regex", "JSON", "Yams",
+                "WaypointCore", "HTTPRouter", "Filters", "Regex", "JSON", "YAML",
             ], swiftSettings: release),
         .executableTarget(
             name: "Waypoint",
@@ -108,6 +109,7 @@ let package = Package(
         .testTarget(name: "WaypointConfigTests", dependencies: ["WaypointConfig", "HTTPRouter", "WaypointCore", "Filters", "Regex"]),
         .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "WaypointCore"]),
         .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes", "JSON"]),
+        .testTarget(name: "YAMLTests", dependencies: ["YAML"]),
         .testTarget(name: "MeshIdentityTests", dependencies: ["MeshIdentity", "TLS", "WaypointCore"]),
         .testTarget(
             name: "SnapshotRoutingTests",

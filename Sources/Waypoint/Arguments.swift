@@ -90,7 +90,7 @@ enum EnvironmentFlags {
         guard let subcommand = arguments.first, let known = flags[subcommand] else { return arguments }
         var result = arguments
         for (name, repeatable) in known {
-            let variable = "WAYPOINT_" + name.uppercased().replacingOccurrences(of: "-", with: "_")
+            let variable = "WAYPOINT_" + String(name.uppercased().map { $0 == "-" ? "_" : $0 })
             guard let value = environment[variable], !value.isEmpty else { continue }
             let given = arguments.contains { $0 == "--\(name)" || $0.hasPrefix("--\(name)=") }
             guard !given else { continue }

@@ -6,7 +6,6 @@ import Kubernetes
 import EventLoop
 import WaypointCore
 import Filters
-import Foundation
 import HBONEServer
 import Logging
 import MeshIdentity
@@ -27,7 +26,7 @@ struct WaypointCommand: ParsableCommand {
     static func runWithEnvironment() {
         let arguments = EnvironmentFlags.apply(
             to: Array(CommandLine.arguments.dropFirst()),
-            environment: ProcessInfo.processInfo.environment)
+            environment: processEnvironment())
         main(arguments)
     }
 }
@@ -232,7 +231,7 @@ extension WaypointCommand {
         /// The Kubernetes source's settings when it is on: asked for (flag or env), a kubeconfig given, or running
         /// in a pod without --config.
         private func kubernetesOptions() throws -> KubernetesSource.Options? {
-            let environment = ProcessInfo.processInfo.environment
+            let environment = processEnvironment()
             let kubeconfigPath = kubeconfig ?? environment["KUBECONFIG"]
             let asked = kubernetes ?? environment["WAYPOINT_KUBERNETES"].flatMap(Toggle.init(argument:))
             let inPod = environment["KUBERNETES_SERVICE_HOST"] != nil && config.isEmpty && kubeconfigPath == nil
@@ -297,7 +296,7 @@ extension WaypointCommand {
                 configPaths: config.isEmpty ? nil : config, httpListen: httpListen.address,
                 hboneListen: certificates == nil && meshCA == nil ? nil : hboneListen.address, certificates: certificates,
                 adminListen: adminListen.address,
-                workers: workers ?? ProcessInfo.processInfo.activeProcessorCount, namespace: namespace,
+                workers: workers ?? availableCPUs(), namespace: namespace,
                 drainTimeout: drainTimeout.duration, accessLog: accessLog == .on)
             options.settings.headerTimeout = headerTimeout.duration
             options.settings.connectTimeout = connectTimeout.duration
@@ -405,11 +404,11 @@ extension WaypointCommand {
             do {
                 origin = try OriginServer(address: listen.address, threads: workers, name: name, failPercent: failPercent)
             } catch {
-                FileHandle.standardError.write(Data("waypoint origin: \(error)\n".utf8))
+                writeStderr("waypoint origin: \(error)\n")
                 throw ExitCode(1)
             }
             origin.start()
-            FileHandle.standardError.write(Data("origin \(name) listening on \(origin.address)\n".utf8))
+            writeStderr("origin \(name) listening on \(origin.address)\n")
             while true { pause() }
         }
     }
@@ -424,13 +423,7 @@ extension WaypointCommand {
             guard let dir = mkdtemp(&template) else { throw StartupError("cannot create a directory for the demo certificates") }
             let path = String(cString: dir)
             for (name, pem) in DemoCertificates.files {
-                guard
-                    FileManager.default.createFile(
-                        atPath: "\(path)/\(name)", contents: Data(pem.utf8),
-                        attributes: [.posixPermissions: 0o600])
-                else {
-                    throw StartupError("cannot write \(path)/\(name)")
-                }
+                guard writeTextFile("\(path)/\(name)", pem, mode: 0o600) else { throw StartupError("cannot write \(path)/\(name)") }
             }
             return path
         }
@@ -454,24 +447,23 @@ extension WaypointCommand {
                         adminListen: SocketAddress("127.0.0.1:15000")!, workers: 2,
                         namespace: "default", drainTimeout: .seconds(5), accessLog: true), logger: logger)
                 // Written directly (not print's buffer), so it comes before the access-log lines workers write to fd 1.
-                FileHandle.standardOutput.write(
-                    Data(
-                        """
-                        waypoint demo: origins a (\(DemoConfig.originA)) and b (\(DemoConfig.originB)), proxy on \(http), admin on 127.0.0.1:15000
-                        Try:
-                          curl -s -H 'Host: reviews' http://\(http)/hello                 # service reviews -> origin a
-                          curl -s -H 'Host: reviews' -H 'x-canary: true' http://\(http)/  # mesh route -> origin b
-                          curl -s -H 'Host: reviews.default.svc.cluster.local' http://\(http)/v2/x   # prefix rule -> origin b
-                          curl -s -H 'Host: demo.local' http://\(http)/ratings            # Gateway route, 90/10 split
-                          curl -s -H 'Host: nowhere' http://\(http)/                      # 404 no route
-                        HBONE (mTLS 1.3 + HTTP/2 CONNECT, as ztunnel sends it) on \(hbone), demo certificates in \(pki):
-                          waypoint hbone-client --connect \(hbone) --authority 10.96.0.10:80 --get /hello \\
-                              --cert \(pki)/client.pem --key \(pki)/client.key --ca \(pki)/ca.pem
-                          curl -s http://127.0.0.1:15000/stats/prometheus
-                          curl -s http://127.0.0.1:15000/config_dump
-                        Ctrl-C drains and exits.
+                writeStdout(
+                    """
+                    waypoint demo: origins a (\(DemoConfig.originA)) and b (\(DemoConfig.originB)), proxy on \(http), admin on 127.0.0.1:15000
+                    Try:
+                      curl -s -H 'Host: reviews' http://\(http)/hello                 # service reviews -> origin a
+                      curl -s -H 'Host: reviews' -H 'x-canary: true' http://\(http)/  # mesh route -> origin b
+                      curl -s -H 'Host: reviews.default.svc.cluster.local' http://\(http)/v2/x   # prefix rule -> origin b
+                      curl -s -H 'Host: demo.local' http://\(http)/ratings            # Gateway route, 90/10 split
+                      curl -s -H 'Host: nowhere' http://\(http)/                      # 404 no route
+                    HBONE (mTLS 1.3 + HTTP/2 CONNECT, as ztunnel sends it) on \(hbone), demo certificates in \(pki):
+                      waypoint hbone-client --connect \(hbone) --authority 10.96.0.10:80 --get /hello \\
+                          --cert \(pki)/client.pem --key \(pki)/client.key --ca \(pki)/ca.pem
+                      curl -s http://127.0.0.1:15000/stats/prometheus
+                      curl -s http://127.0.0.1:15000/config_dump
+                    Ctrl-C drains and exits.
 
-                        """.utf8))
+                    """)
                 runtime.run()
             } catch {
                 logger.critical("\(error)")
@@ -479,8 +471,6 @@ extension WaypointCommand {
             }
         }
     }
-
-    /// Writes the embedded demo PKI into a new private directory; returns its path.
 
     struct Version: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Print the version.")

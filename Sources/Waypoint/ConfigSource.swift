@@ -1,8 +1,8 @@
 #if canImport(Glibc)
     import Glibc
 #endif
-import Foundation
 import JSON
+import WaypointCore
 import WaypointConfig
 
 /// The user's manifests: loads and compiles them, and tells when the files changed.
@@ -66,7 +66,7 @@ struct ConfigSource {
         var result: [String] = []
         for path in paths {
             var entries = [path]
-            if let names = try? FileManager.default.contentsOfDirectory(atPath: path) {
+            if let names = directoryEntries(path) {
                 entries += names.filter { !$0.hasPrefix(".") }.sorted().map { "\(path)/\($0)" }
             }
             for entry in entries {

@@ -139,7 +139,7 @@ extension WaypointCommand {
             }
             switch decision.action {
             case .reply(let reply):
-                print("result: \(reply.status) \(reply.body.description.trimmingCharacters(in: .newlines))")
+                print("result: \(reply.status) \(reply.body.description.trimmingWhitespace())")
             case .respond(let status, let body, let delay):
                 let after = delay.map { " after \(GoDuration.format($0))" } ?? ""
                 print("result: \(status) answered by the waypoint\(after): \(String(decoding: body, as: UTF8.self))")

@@ -79,10 +79,20 @@ final class TunnelPipe: ByteStreamHandler {
     }
 }
 
-/// Writes to stderr, unbuffered.
-func writeStderr(_ text: String) {
-    var text = text
-    text.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+/// Writes all of `text` to stderr (or stdout), unbuffered.
+func writeStderr(_ text: String) { writeAll(2, text) }
+
+func writeStdout(_ text: String) { writeAll(1, text) }
+
+private func writeAll(_ fd: Int32, _ text: String) {
+    var bytes = Array(text.utf8)
+    var offset = 0
+    while offset < bytes.count {
+        let n = bytes.withUnsafeMutableBytes { write(fd, $0.baseAddress! + offset, $0.count - offset) }
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { return }
+        offset += n
+    }
 }
 
 // MARK: - Load generator

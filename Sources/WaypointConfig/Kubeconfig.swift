@@ -1,6 +1,5 @@
-import Foundation
 import WaypointCore
-import Yams
+import YAML
 
 /// What a kubeconfig says about reaching the API server, for its current context: the server, the CA and the
 /// user's credential. Anything it cannot use is an error naming the field.
@@ -15,18 +14,14 @@ public struct Kubeconfig: Sendable {
     public var clientKey: String?
 
     public static func load(path: String) throws(ConfigError) -> Kubeconfig {
-        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8) else {
-            throw ConfigError(file: path, message: "cannot read file")
-        }
-        let root: Node
-        do {
-            guard let node = try Yams.compose(yaml: text) else { throw ConfigError(file: path, message: "empty kubeconfig") }
-            root = node
-        } catch let error as ConfigError {
-            throw error
+        guard let text = readTextFile(path) else { throw ConfigError(file: path, message: "cannot read file") }
+        let parsed: YAMLNode?
+        do throws(YAMLError) {
+            parsed = try YAMLDocuments(text).next()
         } catch {
             throw ConfigError(file: path, message: "invalid YAML: \(error)")
         }
+        guard let root = parsed else { throw ConfigError(file: path, message: "empty kubeconfig") }
         let doc = ManifestNode(node: root, path: "", location: .init(file: path, document: 0, object: nil))
         let contextName = try doc.required("current-context").string()
         func named(_ list: String, _ name: String) throws(ConfigError) -> ManifestNode {
@@ -57,10 +52,7 @@ public struct Kubeconfig: Sendable {
         if let data = try cluster.optional("certificate-authority-data") {
             trustBundle = try Self.decoded(data)
         } else if let file = try cluster.optional("certificate-authority") {
-            guard let contents = FileManager.default.contents(atPath: try file.string()), let pem = String(data: contents, encoding: .utf8)
-            else {
-                throw file.error("cannot read \(try file.string())")
-            }
+            guard let pem = readTextFile(try file.string()) else { throw file.error("cannot read \(try file.string())") }
             trustBundle = pem
         } else {
             throw cluster.error(

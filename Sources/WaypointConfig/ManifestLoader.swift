@@ -1,6 +1,6 @@
-import Foundation
 import JSON
-import Yams
+import WaypointCore
+import YAML
 
 /// Reads Kubernetes manifests (files or directories of `.yaml`/`.yml`/`.json`, multi-document) into a
 /// `ConfigSpec`, collecting every error with its file, document and field.
@@ -13,7 +13,7 @@ public enum ManifestLoader {
         var errors: [ConfigError] = []
         for path in paths {
             for file in files(at: path, errors: &errors) {
-                guard let data = FileManager.default.contents(atPath: file), let text = String(data: data, encoding: .utf8) else {
+                guard let text = readTextFile(file) else {
                     errors.append(ConfigError(file: file, message: "cannot read file"))
                     continue
                 }
@@ -70,25 +70,24 @@ public enum ManifestLoader {
 
     /// A JSON value as the YAML node the parsers read: strings quoted (so `"80"` stays a string), numbers,
     /// booleans and null plain.
-    static func node(_ json: JSON) -> Node {
+    static func node(_ json: JSON) -> YAMLNode {
         switch json {
-        case .null: return Node("null", Tag(.null), .plain)
-        case .bool(let value): return Node(value ? "true" : "false", Tag(.bool), .plain)
-        case .number(let text): return Node(text, Tag(text.contains(".") || text.contains("e") ? .float : .int), .plain)
-        case .string(let text): return Node(text, Tag(.str), .doubleQuoted)
-        case .array(let items): return Node(items.map(node))
-        case .object(let entries): return Node(entries.map { (Node($0.0, Tag(.str), .doubleQuoted), node($0.1)) })
+        case .null: return .scalar(YAMLScalar(text: "null", isPlain: true, isNull: true))
+        case .bool(let value): return .scalar(YAMLScalar(text: value ? "true" : "false", isPlain: true))
+        case .number(let text): return .scalar(YAMLScalar(text: text, isPlain: true))
+        case .string(let text): return .scalar(YAMLScalar(text: text, isPlain: false))
+        case .array(let items): return .sequence(items.map(node))
+        case .object(let entries): return .mapping(entries.map { (.scalar(YAMLScalar(text: $0.0, isPlain: false)), node($0.1)) })
         }
     }
 
     static func files(at path: String, errors: inout [ConfigError]) -> [String] {
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+        guard let directory = isDirectory(path) else {
             errors.append(ConfigError(file: path, message: "no such file or directory"))
             return []
         }
-        guard isDirectory.boolValue else { return [path] }
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: path) else {
+        guard directory else { return [path] }
+        guard let names = directoryEntries(path) else {
             errors.append(ConfigError(file: path, message: "cannot list directory"))
             return []
         }
@@ -97,25 +96,19 @@ public enum ManifestLoader {
     }
 
     static func load(text: String, file: String, defaultNamespace: String, into spec: inout ConfigSpec, errors: inout [ConfigError]) {
-        let parser: Parser
-        do {
-            parser = try Parser(yaml: text)
-        } catch {
-            errors.append(ConfigError(file: file, message: "invalid YAML: \(error)"))
-            return
-        }
+        let documents = YAMLDocuments(text)
         var index = 0
         while true {
-            let root: Node?
+            let root: YAMLNode?
             do {
-                root = try parser.nextRoot()
+                root = try documents.next()
             } catch {
                 errors.append(ConfigError(file: file, document: index, message: "invalid YAML: \(error)"))
                 return
             }
             guard let root else { return }
             defer { index += 1 }
-            if case .scalar(let s) = root, s.string.isEmpty || s.string == "null" { continue }  // empty document
+            if case .scalar(let s) = root, s.isNull { continue }  // empty document
             let location = ManifestNode.Location(file: file, document: index, object: nil)
             do throws(ConfigError) {
                 try loadDocument(ManifestNode(node: root, path: "", location: location), defaultNamespace: defaultNamespace, into: &spec)
@@ -137,7 +130,7 @@ public enum ManifestLoader {
     }
 
     static func loadDocument(_ root: ManifestNode, defaultNamespace: String, into spec: inout ConfigSpec) throws(ConfigError) {
-        guard root.node.mapping != nil else { throw root.error("a manifest must be a mapping") }
+        guard case .mapping = root.node else { throw root.error("a manifest must be a mapping") }
         let apiVersion = try root.required("apiVersion").string()
         let kind = try root.required("kind").string()
         if kind == "List", apiVersion == "v1" {  // `kubectl get -o yaml` output

@@ -1,9 +1,9 @@
 import WaypointCore
-import Yams
+import YAML
 
 /// A YAML node with the path that led to it, so every read can fail with an error naming the field.
 struct ManifestNode {
-    let node: Node
+    let node: YAMLNode
     let path: String
     let location: Location
 
@@ -29,15 +29,16 @@ struct ManifestNode {
 
     private func child(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
 
-    /// The value at `key`, or nil when absent or YAML null.
+    /// The value at `key` (its first entry), or nil when absent or YAML null.
     func optional(_ key: String) throws(ConfigError) -> ManifestNode? {
-        guard let mapping = node.mapping else { throw error("expected a mapping") }
-        guard let value = mapping[key] else { return nil }
-        if case .scalar(let s) = value,
-            s.tag.rawValue == Tag.Name.null.rawValue || (s.string == "null" || s.string == "~") && s.style == .plain
-        {
-            return nil
-        }
+        guard case .mapping(let mapping) = node else { throw error("expected a mapping") }
+        guard
+            let value = mapping.first(where: { entry in
+                if case .scalar(let name) = entry.key { return name.text == key }
+                return false
+            })?.value
+        else { return nil }
+        if case .scalar(let s) = value, s.isNull { return nil }
         return ManifestNode(node: value, path: child(key), location: location)
     }
 
@@ -48,11 +49,11 @@ struct ManifestNode {
 
     func string() throws(ConfigError) -> String {
         guard case .scalar(let s) = node else { throw error("expected a string") }
-        return s.string
+        return s.text
     }
 
     func int(in range: ClosedRange<Int>) throws(ConfigError) -> Int {
-        guard case .scalar(let s) = node, s.style == .plain, let value = Int(s.string) else {
+        guard case .scalar(let s) = node, s.isPlain, let value = Int(s.text) else {
             throw error("expected an integer, got \(describe())")
         }
         guard range.contains(value) else { throw error("\(value) is out of range \(range.lowerBound)...\(range.upperBound)") }
@@ -60,7 +61,7 @@ struct ManifestNode {
     }
 
     func number(in range: ClosedRange<Double>) throws(ConfigError) -> Double {
-        guard case .scalar(let s) = node, s.style == .plain, let value = Double(s.string), value.isFinite else {
+        guard case .scalar(let s) = node, s.isPlain, let value = Double(s.text), value.isFinite else {
             throw error("expected a number, got \(describe())")
         }
         guard range.contains(value) else { throw error("\(value) is out of range \(range.lowerBound)...\(range.upperBound)") }
@@ -69,18 +70,18 @@ struct ManifestNode {
 
     /// A mapping's entries in document order, each value named by its key in errors.
     func entries() throws(ConfigError) -> [(key: String, value: ManifestNode)] {
-        guard let mapping = node.mapping else { throw error("expected a mapping") }
+        guard case .mapping(let mapping) = node else { throw error("expected a mapping") }
         var result: [(String, ManifestNode)] = []
         for (key, value) in mapping {
             guard case .scalar(let k) = key else { throw error("expected string keys") }
-            result.append((k.string, ManifestNode(node: value, path: child(k.string), location: location)))
+            result.append((k.text, ManifestNode(node: value, path: child(k.text), location: location)))
         }
         return result
     }
 
     func bool() throws(ConfigError) -> Bool {
-        guard case .scalar(let s) = node, s.style == .plain else { throw error("expected true or false, got \(describe())") }
-        switch s.string {
+        guard case .scalar(let s) = node, s.isPlain else { throw error("expected true or false, got \(describe())") }
+        switch s.text {
         case "true", "True", "TRUE": return true
         case "false", "False", "FALSE": return false
         default: throw error("expected true or false, got \(describe())")
@@ -94,11 +95,11 @@ struct ManifestNode {
 
     /// A string-to-string mapping (labels, annotations).
     func stringMap() throws(ConfigError) -> [String: String] {
-        guard let mapping = node.mapping else { throw error("expected a mapping") }
+        guard case .mapping(let mapping) = node else { throw error("expected a mapping") }
         var result: [String: String] = [:]
         for (key, value) in mapping {
             guard case .scalar(let k) = key, case .scalar(let v) = value else { throw error("expected string keys and values") }
-            result[k.string] = v.string
+            if result[k.text] == nil { result[k.text] = v.text }
         }
         return result
     }
@@ -120,10 +121,9 @@ struct ManifestNode {
 
     private func describe() -> String {
         switch node {
-        case .scalar(let s): return "\"\(s.string)\""
+        case .scalar(let s): return "\"\(s.text)\""
         case .mapping: return "a mapping"
         case .sequence: return "a list"
-        case .alias: return "an alias"
         }
     }
 }

@@ -89,9 +89,7 @@ enum SecurityParser {
     }
 
     private static func checkFields(_ node: ManifestNode, _ allowed: Set<String>, _ what: String) throws(ConfigError) {
-        guard let mapping = node.node.mapping else { throw node.error("expected a mapping") }
-        for (key, _) in mapping {
-            let name = key.string ?? ""
+        for (name, _) in try node.entries() {
             guard allowed.contains(name) else { throw node.error("unknown \(what) field \"\(name)\"") }
         }
     }

@@ -1,5 +1,4 @@
 import Filters
-import Foundation
 import Regex
 import WaypointCore
 
@@ -66,7 +65,7 @@ enum VirtualServiceParser {
                 if let text = try b.optionalString("string") {
                     body = Array(text.utf8)
                 } else if let encoded = try b.optional("bytes") {
-                    guard let decoded = Data(base64Encoded: try encoded.string()).map(Array.init) else {
+                    guard let decoded = base64Decoded(try encoded.string()) else {
                         throw encoded.error("body.bytes must be base64")
                     }
                     body = decoded
@@ -171,7 +170,7 @@ enum VirtualServiceParser {
     ]
 
     private static func checkRetryOn(_ text: String, _ node: ManifestNode) throws(ConfigError) {
-        for item in text.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
+        for item in text.split(separator: ",").map({ String($0).trimmingWhitespace() }) {
             if let code = Int(item), (100...599).contains(code) { continue }
             guard retryConditions.contains(item) else { throw node.error("unknown retry condition \"\(item)\"") }
         }

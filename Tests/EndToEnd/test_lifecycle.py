@@ -185,6 +185,18 @@ def test_version():
     assert out.returncode == 0 and out.stdout.startswith("waypoint ")
 
 
+def test_binary_links_no_foundation_and_no_icu():
+    """Foundation and ICU cost most of the idle memory: YAML goes through libyaml, files and the environment
+    through libc. FoundationEssentials (no ICU) stays, pulled in by swift-argument-parser."""
+    symbols = subprocess.run(["nm", str(BINARY)], capture_output=True, text=True, check=True).stdout
+    assert "$s10Foundation" not in symbols  # the Foundation module's own mangled names
+    assert "FoundationInternationalization" not in symbols
+    assert not any(name in symbols for name in (" ucol_open", " ubrk_open", " ucal_open", "_FoundationICU"))
+    assert "yaml_parser_parse" in symbols  # and the YAML really comes from libyaml
+    linked = subprocess.run(["ldd", str(BINARY)], capture_output=True, text=True).stdout
+    assert "libFoundation" not in linked and "libicu" not in linked and "libyaml" in linked
+
+
 def test_reload_that_removes_an_endpoint_in_use_lets_the_request_finish(origin_factory, proxy_factory):
     """The exchange holds a connection from a pool the reload retires: it completes, then that connection closes."""
     a, b = origin_factory("a"), origin_factory("b")

@@ -143,7 +143,7 @@ private func errors(_ text: String) -> [ConfigError] {
                 ])
         }
         let good = try ManifestLoader.load(
-            text: list.replacingOccurrences(of: "port: 0", with: "port: 81"), file: "list.yaml",
+            text: list.split(separator: "port: 0", omittingEmptySubsequences: false).joined(separator: "port: 81"), file: "list.yaml",
             defaultNamespace: "ns")
         #expect(good.services.map(\.name) == ["a", "b"])
     }

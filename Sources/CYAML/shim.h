@@ -1,0 +1,2 @@
+// libyaml imports fully; this header only brings it in.
+#include <yaml.h>
