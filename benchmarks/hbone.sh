@@ -9,7 +9,8 @@
 # each tunnel, $DUR seconds (default 10), $RUNS rounds (default 3) rotating the targets; medians reported.
 # Also measured per target: new mTLS connections per second (`--churn`, 8 concurrent) and memory per idle tunnel
 # (10,000 idle tunnels, `benchmarks/idle_tunnels.py`); EXTRAS=0 skips those and the balance run. Target
-# `waypoint-100-policies` adds 100 AuthorizationPolicies. Machines here are noisy: compare ratios within one run.
+# `waypoint-100-policies` adds 100 AuthorizationPolicies; `waypoint-base` runs BASE_BIN (an older build) for a
+# before/after in one run. Machines here are noisy: compare ratios within one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-10}; RUNS=${RUNS:-3}; CONNS=${CONNS:-4}; STREAMS=${STREAMS:-16}
@@ -82,9 +83,10 @@ write_haproxy_config "$work/haproxy.cfg" $HAPROXY $ORIGIN_A $ORIGIN_B
 start_target() {
     TPIDS=""
     case $1 in
-    waypoint|waypoint-100-policies)
-        config="$work/waypoint.yaml"; [ "$1" = waypoint ] || config="$work/waypoint-policies.yaml"
-        taskset -c "$PROXY_CPU" "$BIN" run --config "$config" --workers 1 --access-log off \
+    waypoint|waypoint-100-policies|waypoint-base)
+        config="$work/waypoint.yaml"; [ "$1" != waypoint-100-policies ] || config="$work/waypoint-policies.yaml"
+        bin=$BIN; [ "$1" != waypoint-base ] || bin=${BASE_BIN:?waypoint-base needs BASE_BIN, an older build}
+        taskset -c "$PROXY_CPU" "$bin" run --config "$config" --workers 1 --access-log off \
             --http-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --hbone-listen $HBONE \
             --cert "$work/waypoint.pem" --key "$work/waypoint.key" --ca "$work/ca.pem" >"$work/waypoint.log" 2>&1 &
         TPIDS=$!; AUTHORITY=$VIP ;;

@@ -7,6 +7,8 @@
 # proxy's CPU time per request. Targets are rotated run by run ($RUNS, default 3) and medians are reported,
 # with each peer's ratio to waypoint. Machines here are noisy: compare ratios within one run of this script.
 #
+# Target `waypoint-base` runs BASE_BIN (an older build) for a before/after in one run.
+#
 # Routing (all three): Host web; path prefix /api or header `x-route: b` -> origin b, everything else -> origin a.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,8 +53,10 @@ CFG
 start_target() { # name -> echoes pid (empty for direct); stdout goes to files so $(...) does not wait for it
     case $1 in
         direct) echo "" ;;
-        waypoint) taskset -c "$PROXY_CPU" "$BIN" run --config "$work/waypoint.yaml" --http-listen 127.0.0.1:$PORT \
-                      --admin-listen 127.0.0.1:19091 --workers 1 --access-log off >/dev/null 2>"$work/waypoint.log" & echo $! ;;
+        waypoint|waypoint-base)
+            bin=$BIN; [ "$1" = waypoint ] || bin=${BASE_BIN:?waypoint-base needs BASE_BIN, an older build}
+            taskset -c "$PROXY_CPU" "$bin" run --config "$work/waypoint.yaml" --http-listen 127.0.0.1:$PORT \
+                --admin-listen 127.0.0.1:19091 --workers 1 --access-log off >/dev/null 2>"$work/waypoint.log" & echo $! ;;
         haproxy) taskset -c "$PROXY_CPU" haproxy -db -f "$work/haproxy.cfg" >/dev/null 2>"$work/haproxy.log" & echo $! ;;
         nginx) taskset -c "$PROXY_CPU" nginx -e "$work/nginx/error.log" -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' >/dev/null 2>&1 & echo $! ;;
     esac

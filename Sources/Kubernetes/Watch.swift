@@ -40,6 +40,9 @@ public struct WatchedKind: Sendable, Hashable {
             WatchedKind(group: "gateway.networking.k8s.io", version: "v1", resource: "httproutes", kind: "HTTPRoute", namespace: namespace),
             WatchedKind(group: "gateway.networking.k8s.io", version: "v1", resource: "grpcroutes", kind: "GRPCRoute", namespace: namespace),
             WatchedKind(
+                group: "gateway.networking.k8s.io", version: "v1beta1", resource: "referencegrants", kind: "ReferenceGrant",
+                namespace: namespace),
+            WatchedKind(
                 group: "networking.istio.io", version: "v1", resource: "virtualservices", kind: "VirtualService", namespace: namespace),
             WatchedKind(
                 group: "networking.istio.io", version: "v1", resource: "destinationrules", kind: "DestinationRule", namespace: namespace),

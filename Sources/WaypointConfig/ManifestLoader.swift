@@ -182,6 +182,8 @@ public enum ManifestLoader {
             spec.httpRoutes.append(try RouteParser.httpRoute(doc, namespace: namespace, name: name, creation: creation))
         case ("gateway.networking.k8s.io", "TCPRoute"):
             spec.tcpRoutes.append(try RouteParser.tcpRoute(doc, namespace: namespace, name: name, creation: creation))
+        case ("gateway.networking.k8s.io", "ReferenceGrant"):
+            spec.referenceGrants.append(try RouteParser.referenceGrant(doc, namespace: namespace, name: name))
         case ("gateway.networking.k8s.io", "GRPCRoute"):
             spec.httpRoutes.append(try RouteParser.grpcRoute(doc, namespace: namespace, name: name, creation: creation))
         case ("networking.istio.io", "VirtualService"):

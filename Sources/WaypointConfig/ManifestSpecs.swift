@@ -67,6 +67,36 @@ public struct ServiceEntrySpec: Sendable, Equatable {
     public var endpoints: [Endpoint]
 }
 
+/// `gateway.networking.k8s.io/v1beta1 ReferenceGrant`: lets routes of other namespaces refer to objects of this
+/// one (a backendRef to a Service here). Without one, such a reference is refused (`RefNotPermitted`).
+public struct ReferenceGrantSpec: Sendable, Equatable {
+    public struct From: Sendable, Equatable {
+        public var group: String
+        public var kind: String
+        public var namespace: String
+    }
+    public struct To: Sendable, Equatable {
+        public var group: String
+        public var kind: String
+        /// Nil: every object of the kind.
+        public var name: String?
+    }
+    public var namespace: String
+    public var name: String
+    public var from: [From]
+    public var to: [To]
+
+    /// Whether a `fromKind` (a Gateway API route) in `fromNamespace` may refer to the `toKind` object `toName`
+    /// (core group: "") in this namespace.
+    public func permits(fromKind: String, fromNamespace: String, toGroup: String, toKind: String, toName: String) -> Bool {
+        from.contains { $0.group == "gateway.networking.k8s.io" && $0.kind == fromKind && $0.namespace == fromNamespace }
+            && to.contains { Self.sameGroup($0.group, toGroup) && $0.kind == toKind && ($0.name == nil || $0.name == toName) }
+    }
+
+    /// The core group is written "" or "core".
+    static func sameGroup(_ a: String, _ b: String) -> Bool { a == b || (a.isEmpty || a == "core") && (b.isEmpty || b == "core") }
+}
+
 /// `gateway.networking.k8s.io/v1 Gateway`: the waypoint itself.
 public struct GatewaySpec: Sendable, Equatable {
     public struct Listener: Sendable, Equatable {
@@ -225,6 +255,7 @@ public struct ConfigSpec: Sendable {
     public var pods: [PodSpec] = []
     public var nodes: [NodeSpec] = []
     public var namespaces: [NamespaceSpec] = []
+    public var referenceGrants: [ReferenceGrantSpec] = []
     /// Non-fatal findings (skipped kinds, ignored fields), one line each.
     public var warnings: [String] = []
 
@@ -245,6 +276,7 @@ public struct ConfigSpec: Sendable {
         pods += other.pods
         nodes += other.nodes
         namespaces += other.namespaces
+        referenceGrants += other.referenceGrants
         warnings += other.warnings
     }
 }

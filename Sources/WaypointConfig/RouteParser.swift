@@ -118,6 +118,23 @@ enum RouteParser {
 
     /// A TCPRoute (gateway.networking.k8s.io/v1alpha2): parents and weighted backendRefs; a TCP stream has
     /// nothing to match or filter.
+    static func referenceGrant(_ doc: ManifestNode, namespace: String, name: String) throws(ConfigError) -> ReferenceGrantSpec {
+        let spec = try doc.required("spec")
+        var grant = ReferenceGrantSpec(namespace: namespace, name: name, from: [], to: [])
+        for from in try spec.required("from").array() {
+            grant.from.append(
+                .init(
+                    group: try from.required("group").string(), kind: try from.required("kind").string(),
+                    namespace: try from.required("namespace").string()))
+        }
+        for to in try spec.required("to").array() {
+            grant.to.append(
+                .init(group: try to.required("group").string(), kind: try to.required("kind").string(), name: try to.optionalString("name"))
+            )
+        }
+        return grant
+    }
+
     static func tcpRoute(_ doc: ManifestNode, namespace: String, name: String, creation: String) throws(ConfigError) -> HTTPRouteSpec {
         let spec = try doc.required("spec")
         for (i, r) in try spec.optionalArray("rules").enumerated() {

@@ -404,9 +404,22 @@ struct CompileState {
 
     // MARK: - Backends
 
-    /// Resolves a backendRef; -1 (with a warning) when it names nothing, so requests picking it get 500.
+    /// Resolves a backendRef of the route `route` (`namespace/name`); -1 (with a warning) when it names nothing or
+    /// another namespace's Service that no ReferenceGrant there opens to the route, so requests picking it get 500.
     mutating func resolve(_ ref: HTTPRouteSpec.BackendRef, route: String, kind: String = "HTTPRoute") -> Int32 {
         var key: String? = nil
+        let routeNamespace = String(route.prefix { $0 != "/" })
+        if ref.kind == "Service" && ReferenceGrantSpec.sameGroup(ref.group, ""), ref.namespace != routeNamespace,
+            !spec.referenceGrants.contains(where: {
+                $0.namespace == ref.namespace
+                    && $0.permits(fromKind: kind, fromNamespace: routeNamespace, toGroup: "", toKind: "Service", toName: ref.name)
+            })
+        {
+            warnings.append(
+                "\(kind) \(route): backendRef Service \(ref.namespace)/\(ref.name) is in another namespace and no ReferenceGrant there allows it (RefNotPermitted); requests routed to it get 500"
+            )
+            return -1
+        }
         if ref.kind == "Service" && (ref.group == "" || ref.group == "core") {
             if let service = spec.services.first(where: { $0.namespace == ref.namespace && $0.name == ref.name }) {
                 let port = ref.port ?? (service.ports.count == 1 ? service.ports[0].port : nil)

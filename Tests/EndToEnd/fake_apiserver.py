@@ -27,6 +27,7 @@ GROUPED = {
     "EndpointSlice": ("discovery.k8s.io", "v1", "endpointslices"),
     "HTTPRoute": ("gateway.networking.k8s.io", "v1", "httproutes"),
     "GRPCRoute": ("gateway.networking.k8s.io", "v1", "grpcroutes"),
+    "ReferenceGrant": ("gateway.networking.k8s.io", "v1beta1", "referencegrants"),
     "VirtualService": ("networking.istio.io", "v1", "virtualservices"),
     "DestinationRule": ("networking.istio.io", "v1", "destinationrules"),
     "ServiceEntry": ("networking.istio.io", "v1", "serviceentries"),
@@ -56,8 +57,9 @@ def kind_of(path):
 
 
 class FakeAPIServer:
-    def __init__(self, certs, token="token-1", installed=("HTTPRoute", "GRPCRoute", "VirtualService", "DestinationRule",
-                                                         "ServiceEntry", "AuthorizationPolicy", "PeerAuthentication")):
+    def __init__(self, certs, token="token-1", installed=("HTTPRoute", "GRPCRoute", "ReferenceGrant", "VirtualService",
+                                                         "DestinationRule", "ServiceEntry", "AuthorizationPolicy",
+                                                         "PeerAuthentication")):
         key, cert = certs["ca_obj"].issue(dns=["kubernetes.default.svc"], ips=["127.0.0.1"])
         import pki
         import tempfile

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import http_request, wait_for, wait_until
+from conftest import http_request, origin_requests, wait_for, wait_until
 from fake_apiserver import FakeAPIServer
 from test_hbone import certs  # noqa: F401 (fixture)
 
@@ -361,3 +361,26 @@ def test_after_the_sync_timeout_it_serves_what_it_has_and_says_so(api, waypoint)
     assert wait_until(lambda: http_request(proxy.admin_port, "GET", "/healthz/ready", host="admin")[0] == 200, timeout=5.0)
     wait_for(r"not listed within the sync timeout, serving what arrived: [^\n]*Service default", proxy.stderr_path)
     api.resume()
+
+
+def test_a_cross_namespace_backend_waits_for_its_reference_grant(api, waypoint, origin_factory):
+    """Gateway API: an HTTPRoute may send to another namespace's Service only once a ReferenceGrant there allows
+    it (until then, and again once the grant is deleted, 500 as Istio answers); the grant is watched live."""
+    a = origin_factory("a")
+    api.apply(service("web"))
+    api.apply(service("db", namespace="data"))
+    api.apply(slice_("db-1", "db", [("127.0.0.1", a.port)], namespace="data"))
+    cross = route("to-data", "web", "/", "db")
+    cross["spec"]["rules"][0]["backendRefs"][0]["namespace"] = "data"
+    api.apply(cross)
+    proxy = waypoint(extra=["--watch-namespaces", "data"])
+    assert wait_until(lambda: served_by(proxy) == 500, timeout=5)
+    assert origin_requests(a.port) == 0
+    grant = {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+             "metadata": {"name": "from-default", "namespace": "data"},
+             "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "default"}],
+                      "to": [{"group": "", "kind": "Service", "name": "db"}]}}
+    api.apply(grant)
+    assert wait_until(lambda: served_by(proxy) == "a", timeout=3)
+    api.delete("ReferenceGrant", "from-default", namespace="data")
+    assert wait_until(lambda: served_by(proxy) == 500, timeout=3)
