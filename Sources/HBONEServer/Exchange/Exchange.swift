@@ -173,7 +173,7 @@ final class Exchange {
         begin()
     }
 
-    /// Called by the server when this waiting request's backend may have a connection: goes on if so. False
+    /// Called by `UpstreamClusters` when this waiting request's backend may have a connection: goes on if so. False
     /// while it must wait on.
     func resumeIfCapacity() -> Bool {
         guard case .waitingForConnection = state else { return true }  // gone: off the queue
@@ -229,7 +229,7 @@ final class Exchange {
     private func waitEnded() {
         switch state {
         case .delayed(then: .answer):
-            if let held = heldAnswer { answer(held) }
+            answer(heldAnswer ?? .reply(.invalidBackend))
             heldAnswer = nil
         case .delayed(then: .forward):
             forwardWhenConnected()
@@ -432,6 +432,7 @@ final class Exchange {
         policy = .standard
         limits = nil
         retryPolicy = nil
+        heldAnswer = nil
         requestTimeout = nil
         log?.clear()
     }
