@@ -10,6 +10,8 @@ public struct WatchedKind: Sendable, Hashable {
     public var namespace: String
     /// A cluster-scoped kind read for one object only (`metadata.name` = `namespace`): the waypoint's Namespace.
     public var clusterScoped = false
+    /// A namespaced kind read for one object only (`metadata.name`): the waypoint's own Gateway.
+    public var objectName: String?
 
     public init(group: String, version: String, resource: String, kind: String, namespace: String, clusterScoped: Bool = false) {
         (self.group, self.version, self.resource, self.kind, self.namespace) = (group, version, resource, kind, namespace)
@@ -22,12 +24,21 @@ public struct WatchedKind: Sendable, Hashable {
     /// The collection's path (`/api/v1/namespaces/NS/services`; a cluster-scoped kind's with its field selector).
     public var path: String {
         let base = group.isEmpty ? "/api/\(version)" : "/apis/\(group)/\(version)"
-        return clusterScoped
-            ? "\(base)/\(resource)?fieldSelector=metadata.name%3D\(namespace)" : "\(base)/namespaces/\(namespace)/\(resource)"
+        if clusterScoped { return "\(base)/\(resource)?fieldSelector=metadata.name%3D\(namespace)" }
+        let collection = "\(base)/namespaces/\(namespace)/\(resource)"
+        return objectName.map { "\(collection)?fieldSelector=metadata.name%3D\($0)" } ?? collection
     }
 
-    /// `kind namespace` for logs and metrics.
-    public var label: String { "\(kind) \(namespace)" }
+    /// `kind namespace` (`kind namespace/name` for one object) for logs and metrics.
+    public var label: String { "\(kind) \(namespace)\(objectName.map { "/\($0)" } ?? "")" }
+
+    /// The waypoint's own Gateway (its listeners' `allowedRoutes`).
+    public static func gateway(named name: String, in namespace: String) -> WatchedKind {
+        var kind = WatchedKind(
+            group: "gateway.networking.k8s.io", version: "v1", resource: "gateways", kind: "Gateway", namespace: namespace)
+        kind.objectName = name
+        return kind
+    }
 
     /// What the waypoint reads in `namespace`: Services and EndpointSlices, Gateway API routes, Istio's routing,
     /// traffic and security objects.

@@ -179,7 +179,7 @@ extension WaypointCommand {
         @Option(
             name: .long,
             help:
-                "This waypoint's Gateway name in --namespace: with the Kubernetes API, only Services whose istio.io/use-waypoint names it are served."
+                "This waypoint's Gateway name in --namespace: policies and routes targeting a Gateway apply only when they name it; with the Kubernetes API, only Services whose istio.io/use-waypoint names it are served."
         )
         var gateway = "waypoint"
 
@@ -303,6 +303,7 @@ extension WaypointCommand {
             options.settings.handshakeTimeout = handshakeTimeout.duration
             options.settings.keepaliveInterval = hboneKeepalive.duration
             options.settings.keepaliveTimeout = hboneKeepalive.duration * 2
+            options.gateway = gateway
             options.proxyProtocolListen = proxyProtocolListen?.address
             options.statsListen = statsListen?.address
             options.healthListen = healthListen?.address
@@ -355,6 +356,9 @@ extension WaypointCommand {
         @Option(name: .long, help: "As `run`: Istio's root namespace.")
         var rootNamespace = "istio-system"
 
+        @Option(name: .long, help: "As `run`: this waypoint's Gateway name in --namespace.")
+        var gateway = "waypoint"
+
         func validate() throws {
             if config.isEmpty { throw ValidationError("--config is required") }
         }
@@ -364,6 +368,7 @@ extension WaypointCommand {
                 let spec = try ManifestLoader.load(paths: config, defaultNamespace: namespace)
                 var compiler = SnapshotCompiler(namespace: namespace)
                 compiler.rootNamespace = rootNamespace
+                compiler.gatewayName = gateway
                 compiler.layeredAuthorization = layeredAuthorization == .on
                 compiler.hardenedDenyPaths = hardenDenyPaths == .on
                 let snapshot = compiler.compile(spec, generation: 1)

@@ -29,6 +29,9 @@ extension WaypointCommand {
         @Option(name: .long, help: "Namespace for manifests without one.")
         var namespace = "default"
 
+        @Option(name: .long, help: "As `run`: this waypoint's Gateway name in --namespace.")
+        var gateway = "waypoint"
+
         @Option(
             name: .long, help: "The HBONE :authority (service VIP:port) the request arrives through; without it, the plaintext listener.")
         var tunnel: String?
@@ -74,7 +77,8 @@ extension WaypointCommand {
             if let kubeconfig {
                 do {
                     let credentials = APICredentials(try Kubeconfig.load(path: kubeconfig), path: kubeconfig)
-                    objects = try KindWatcher.listOnce(WatchedKind.all(in: namespace), credentials: credentials)
+                    objects = try KindWatcher.listOnce(
+                        WatchedKind.all(in: namespace) + [.gateway(named: gateway, in: namespace)], credentials: credentials)
                 } catch {
                     print("error: \(error)")
                     throw ExitCode(1)
@@ -87,6 +91,7 @@ extension WaypointCommand {
                 throw ExitCode(1)
             }
             var compiler = SnapshotCompiler(namespace: namespace)
+            compiler.gatewayName = gateway
             compiler.layeredAuthorization = layeredAuthorization == .on
             compiler.hardenedDenyPaths = hardenDenyPaths == .on
             let snapshot = compiler.compile(spec, generation: 1)

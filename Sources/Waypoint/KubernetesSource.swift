@@ -67,6 +67,7 @@ final class KubernetesSource {
         store = APIObjectStore { box.ring() }
         var kinds: [WatchedKind] = []
         for namespace in options.namespaces { kinds += WatchedKind.all(in: namespace) }
+        if let own = options.namespaces.first { kinds.append(.gateway(named: options.gateway, in: own)) }
         if !options.namespaces.contains(options.rootNamespace) { kinds += WatchedKind.rootPolicies(in: options.rootNamespace) }
         self.kinds = kinds
         box.watcher = AsyncWatcher(loop: loop) { [unowned(unsafe) self] in

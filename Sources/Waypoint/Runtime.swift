@@ -30,6 +30,8 @@ final class Runtime {
         var healthListen: SocketAddress? = nil
         var workers: Int
         var namespace: String
+        /// This waypoint's Gateway (`--gateway`, in `namespace`).
+        var gateway = "waypoint"
         var drainTimeout: Duration
         var accessLog: Bool
         var settings = ProxySettings()
@@ -82,6 +84,7 @@ final class Runtime {
         self.logger = logger
         config = ConfigSource(paths: options.configPaths, namespace: options.namespace)
         config.compiler.rootNamespace = options.rootNamespace
+        config.compiler.gatewayName = options.gateway
         config.compiler.layeredAuthorization = options.layeredAuthorization
         config.compiler.hardenedDenyPaths = options.hardenedDenyPaths
         config.compiler.locality = options.locality

@@ -97,6 +97,33 @@ public struct ReferenceGrantSpec: Sendable, Equatable {
     static func sameGroup(_ a: String, _ b: String) -> Bool { a == b || (a.isEmpty || a == "core") && (b.isEmpty || b == "core") }
 }
 
+/// A Kubernetes label selector (`matchLabels` and `matchExpressions`, all of which must hold).
+public struct LabelSelector: Sendable, Equatable {
+    public enum Operator: String, Sendable, Equatable {
+        case `in` = "In", notIn = "NotIn", exists = "Exists", doesNotExist = "DoesNotExist"
+    }
+    public struct Requirement: Sendable, Equatable {
+        public var key: String
+        public var op: Operator
+        public var values: [String]
+    }
+    public var matchLabels: [String: String] = [:]
+    public var matchExpressions: [Requirement] = []
+
+    public func matches(_ labels: [String: String]) -> Bool {
+        matchLabels.allSatisfy { labels[$0.key] == $0.value }
+            && matchExpressions.allSatisfy { requirement in
+                let value = labels[requirement.key]
+                switch requirement.op {
+                case .in: return value.map(requirement.values.contains) ?? false
+                case .notIn: return value.map { !requirement.values.contains($0) } ?? true
+                case .exists: return value != nil
+                case .doesNotExist: return value == nil
+                }
+            }
+    }
+}
+
 /// `gateway.networking.k8s.io/v1 Gateway`: the waypoint itself.
 public struct GatewaySpec: Sendable, Equatable {
     public struct Listener: Sendable, Equatable {
@@ -104,6 +131,29 @@ public struct GatewaySpec: Sendable, Equatable {
         public var port: Int
         public var proto: String
         public var hostname: String?
+        public var allowedRoutes = AllowedRoutes()
+    }
+    /// Which routes may attach to a listener: from which namespaces, of which kinds.
+    public struct AllowedRoutes: Sendable, Equatable {
+        public enum From: Sendable, Equatable {
+            /// The Gateway's own namespace (Gateway API's default).
+            case same
+            case all
+            /// Namespaces whose labels the selector matches.
+            case selector(LabelSelector)
+        }
+        public var from = From.same
+        /// Route kinds (group `gateway.networking.k8s.io`); nil: HTTPRoute and GRPCRoute, what a waypoint serves.
+        public var kinds: [String]?
+
+        public func allows(kind: String, namespace: String, gatewayNamespace: String, namespaceLabels: [String: String]) -> Bool {
+            guard (kinds ?? ["HTTPRoute", "GRPCRoute"]).contains(kind) else { return false }
+            switch from {
+            case .same: return namespace == gatewayNamespace
+            case .all: return true
+            case .selector(let selector): return selector.matches(namespaceLabels)
+            }
+        }
     }
     public var namespace: String
     public var name: String

@@ -8,10 +8,29 @@ enum RouteParser {
         let spec = try doc.required("spec")
         var listeners: [GatewaySpec.Listener] = []
         for l in try spec.required("listeners").array() {
-            listeners.append(
-                .init(
-                    name: try l.required("name").string(), port: try l.required("port").int(in: 1...65535),
-                    proto: try l.required("protocol").string(), hostname: try l.optionalString("hostname")))
+            var listener = GatewaySpec.Listener(
+                name: try l.required("name").string(), port: try l.required("port").int(in: 1...65535),
+                proto: try l.required("protocol").string(), hostname: try l.optionalString("hostname"))
+            if let allowed = try l.optional("allowedRoutes") {
+                if let namespaces = try allowed.optional("namespaces") {
+                    switch try namespaces.optionalString("from") ?? "Same" {
+                    case "Same": listener.allowedRoutes.from = .same
+                    case "All": listener.allowedRoutes.from = .all
+                    case "Selector": listener.allowedRoutes.from = .selector(try labelSelector(try namespaces.required("selector")))
+                    case let other: throw namespaces.error("unknown from \"\(other)\" (Same, All or Selector)", field: "from")
+                    }
+                }
+                if let kinds = try allowed.optional("kinds") {
+                    var names: [String] = []
+                    for kind in try kinds.array() {
+                        let group = try kind.optionalString("group") ?? "gateway.networking.k8s.io"
+                        guard group == "gateway.networking.k8s.io" else { continue }  // no route kinds of other groups here
+                        names.append(try kind.required("kind").string())
+                    }
+                    listener.allowedRoutes.kinds = names
+                }
+            }
+            listeners.append(listener)
         }
         return GatewaySpec(
             namespace: namespace, name: name, gatewayClassName: try spec.optionalString("gatewayClassName") ?? "",
@@ -118,6 +137,21 @@ enum RouteParser {
 
     /// A TCPRoute (gateway.networking.k8s.io/v1alpha2): parents and weighted backendRefs; a TCP stream has
     /// nothing to match or filter.
+    static func labelSelector(_ node: ManifestNode) throws(ConfigError) -> LabelSelector {
+        var selector = LabelSelector()
+        if let labels = try node.optional("matchLabels") { selector.matchLabels = try labels.stringMap() }
+        for expression in try node.optionalArray("matchExpressions") {
+            let op = try expression.required("operator")
+            guard let parsed = LabelSelector.Operator(rawValue: try op.string()) else {
+                throw op.error("unknown operator \"\(try op.string())\" (In, NotIn, Exists or DoesNotExist)")
+            }
+            var values: [String] = []
+            for value in try expression.optionalArray("values") { values.append(try value.string()) }
+            selector.matchExpressions.append(.init(key: try expression.required("key").string(), op: parsed, values: values))
+        }
+        return selector
+    }
+
     static func referenceGrant(_ doc: ManifestNode, namespace: String, name: String) throws(ConfigError) -> ReferenceGrantSpec {
         let spec = try doc.required("spec")
         var grant = ReferenceGrantSpec(namespace: namespace, name: name, from: [], to: [])

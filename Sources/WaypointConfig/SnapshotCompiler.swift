@@ -27,8 +27,14 @@ public struct SnapshotCompiler {
     /// Istio decides from `istio.io/use-waypoint` (on the Service, else its Namespace; `none` opts out) and
     /// `istio.io/use-waypoint-namespace`; nil: every Service given is served (files).
     public var gateway: String?
+    /// This waypoint's own Gateway name (`--gateway`, in `namespace`), whatever serves: AuthorizationPolicies
+    /// whose targetRef is a Gateway, and routes whose parentRef is one, apply only when they name it.
+    public var gatewayName = "waypoint"
 
     public init(namespace: String) { self.namespace = namespace }
+
+    /// Whether a Gateway reference names this waypoint.
+    func isOwnGateway(namespace: String, name: String) -> Bool { namespace == self.namespace && name == gatewayName }
 
     /// Whether `service` sends its traffic to this waypoint (always, without `gateway`).
     func isBound(_ service: ServiceSpec, namespaces: [String: [String: String]]) -> Bool {
@@ -223,11 +229,14 @@ struct CompileState {
             for ref in p.targetRefs {
                 switch (ref.group, ref.kind) {
                 case ("gateway.networking.k8s.io", "Gateway"):
-                    if spec.gateways.contains(where: { $0.namespace == p.namespace && $0.name == ref.name }) {
+                    // The waypoint's own Gateway, whether or not its object was read; another Gateway's policies
+                    // are another waypoint's.
+                    if compiler.isOwnGateway(namespace: p.namespace, name: ref.name) {
                         all = true
                     } else {
                         warnings.append(
-                            "\(label): targetRef Gateway \(p.namespace)/\(ref.name) not found: that reference applies to nothing")
+                            "\(label): targetRef Gateway \(p.namespace)/\(ref.name) is not this waypoint (\(compiler.namespace)/\(compiler.gatewayName)): that reference applies to nothing here"
+                        )
                     }
                 case ("", "Service"), ("core", "Service"):
                     objects.insert("Service/\(p.namespace)/\(ref.name)")
@@ -541,16 +550,44 @@ struct CompileState {
             ]))
     }
 
-    /// Routes with a Gateway parent: grouped by hostname, each group one virtual host serving any port.
+    /// Routes whose parent is this waypoint's Gateway and that one of its listeners allows (`allowedRoutes`:
+    /// namespaces and kinds; the Gateway API default, same namespace, when its object was not read): grouped by
+    /// hostname, each group one virtual host serving any port.
     mutating func buildGatewayHosts() {
-        let gatewayRoutes = spec.httpRoutes.filter { route in
-            route.parentRefs.contains { ref in
-                guard ref.isGateway else { return false }
-                return spec.gateways.contains { $0.namespace == ref.namespace && $0.name == ref.name }
+        var namespaceLabels: [String: [String: String]] = [:]
+        for namespace in spec.namespaces { namespaceLabels[namespace.name] = namespace.labels }
+        let own = spec.gateways.first { compiler.isOwnGateway(namespace: $0.namespace, name: $0.name) }
+        let listeners = own?.listeners ?? [.init(name: "mesh", port: 15008, proto: "HBONE")]
+        var gatewayRoutes: [HTTPRouteSpec] = []
+        for route in spec.httpRoutes {
+            var refused: String?
+            for ref in route.parentRefs where ref.isGateway {
+                guard compiler.isOwnGateway(namespace: ref.namespace, name: ref.name) else {
+                    refused = refused ?? "parent Gateway \(ref.namespace)/\(ref.name) is not this waypoint (Accepted=False here)"
+                    continue
+                }
+                let named = listeners.filter {
+                    ($0.name == ref.sectionName || ref.sectionName == nil) && (ref.port == nil || $0.port == ref.port)
+                }
+                guard !named.isEmpty else {
+                    refused = "no listener of Gateway \(ref.namespace)/\(ref.name) matches its sectionName/port (NoMatchingParent)"
+                    continue
+                }
+                guard
+                    named.contains(where: {
+                        $0.allowedRoutes.allows(
+                            kind: route.kind, namespace: route.namespace, gatewayNamespace: compiler.namespace,
+                            namespaceLabels: namespaceLabels[route.namespace] ?? [:])
+                    })
+                else {
+                    refused = "the listeners of Gateway \(ref.namespace)/\(ref.name) do not allow it (NotAllowedByListeners)"
+                    continue
+                }
+                refused = nil
+                gatewayRoutes.append(route)
+                break
             }
-        }
-        for route in spec.httpRoutes where route.parentRefs.contains(where: { $0.isGateway }) && !gatewayRoutes.contains(route) {
-            warnings.append("\(route.kind) \(route.namespace)/\(route.name): parent Gateway not found (Accepted=False)")
+            if let refused { warnings.append("\(route.kind) \(route.namespace)/\(route.name): \(refused)") }
         }
         var hostnames: [String] = []
         for route in gatewayRoutes {

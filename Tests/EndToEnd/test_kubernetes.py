@@ -384,3 +384,33 @@ def test_a_cross_namespace_backend_waits_for_its_reference_grant(api, waypoint, 
     assert wait_until(lambda: served_by(proxy) == "a", timeout=3)
     api.delete("ReferenceGrant", "from-default", namespace="data")
     assert wait_until(lambda: served_by(proxy) == 500, timeout=3)
+
+
+def test_policies_and_routes_bound_to_the_waypoints_own_gateway(api, waypoint, origin_factory):
+    """Istio's usual way to put L7 policy on a waypoint: an AuthorizationPolicy whose targetRef is the waypoint's
+    Gateway. It applies from the start, before (or without) the Gateway object. A route from another namespace
+    attaches to the Gateway only once a listener's allowedRoutes lets that namespace in (watched live)."""
+    a, b = origin_factory("a"), origin_factory("b")
+    api.apply(service("web"))
+    api.apply(slice_("web-1", "web", [("127.0.0.1", a.port)]))
+    api.apply(service("blog-svc", namespace="blog"))
+    api.apply(slice_("blog-1", "blog-svc", [("127.0.0.1", b.port)], namespace="blog"))
+    api.apply({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+               "metadata": {"name": "no-admin", "namespace": "default"},
+               "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": "waypoint"}],
+                        "action": "DENY", "rules": [{"to": [{"operation": {"paths": ["/admin"]}}]}]}})
+    api.apply({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+               "metadata": {"name": "site", "namespace": "blog"},
+               "spec": {"parentRefs": [{"name": "waypoint", "namespace": "default"}], "hostnames": ["site.example.com"],
+                        "rules": [{"backendRefs": [{"name": "blog-svc", "port": 80}]}]}})
+    proxy = waypoint(extra=["--watch-namespaces", "blog"])
+    assert wait_until(lambda: served_by(proxy, "/") == "a", timeout=5)
+    assert served_by(proxy, "/admin") == 403
+    assert served_by(proxy, "/", host="site.example.com") == 404   # a route from blog: not allowed by default
+    api.apply({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "waypoint", "namespace": "default"},
+               "spec": {"gatewayClassName": "istio-waypoint",
+                        "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE",
+                                       "allowedRoutes": {"namespaces": {"from": "All"}}}]}})
+    assert wait_until(lambda: served_by(proxy, "/", host="site.example.com") == "b", timeout=3)
+    assert served_by(proxy, "/admin") == 403   # the policy still binds

@@ -1,6 +1,7 @@
 """Reloads, draining, the admin listener, the CLI and the environment."""
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -193,8 +194,10 @@ def test_binary_links_no_foundation_and_no_icu():
     assert "FoundationInternationalization" not in symbols
     assert not any(name in symbols for name in (" ucol_open", " ubrk_open", " ucal_open", "_FoundationICU"))
     assert "yaml_parser_parse" in symbols  # and the YAML really comes from libyaml
+    # (a sanitizer build links the Swift libraries dynamically: FoundationEssentials may show there, not these)
     linked = subprocess.run(["ldd", str(BINARY)], capture_output=True, text=True).stdout
-    assert "libFoundation" not in linked and "libicu" not in linked and "libyaml" in linked
+    assert not re.search(r"libFoundation\.so|libFoundationInternationalization|lib_FoundationICU|libicu", linked), linked
+    assert "libyaml" in linked
 
 
 def test_reload_that_removes_an_endpoint_in_use_lets_the_request_finish(origin_factory, proxy_factory):

@@ -18,6 +18,10 @@ private let services = """
     kind: Service
     metadata: {name: other, namespace: blog}
     spec: {ports: [{name: http, port: 80}]}
+    """
+
+private let gatewayObject = """
+
     ---
     apiVersion: gateway.networking.k8s.io/v1
     kind: Gateway
@@ -32,8 +36,8 @@ private func policy(_ name: String, _ namespace: String, _ spec: String) -> Stri
 }
 
 /// Which policies apply to which service's virtual host, by name.
-private func applying(_ yaml: String, layered: Bool = true) throws -> [String: [String]] {
-    let spec = try ManifestLoader.load(text: services + yaml, file: "p.yaml", defaultNamespace: "shop")
+private func applying(_ yaml: String, layered: Bool = true, gatewayRead: Bool = true) throws -> [String: [String]] {
+    let spec = try ManifestLoader.load(text: services + (gatewayRead ? gatewayObject : "") + yaml, file: "p.yaml", defaultNamespace: "shop")
     var compiler = SnapshotCompiler(namespace: "shop")
     compiler.layeredAuthorization = layered
     let snapshot = compiler.compile(spec, generation: 1)
@@ -58,6 +62,30 @@ private func applying(_ yaml: String, layered: Bool = true) throws -> [String: [
                 "p", "shop",
                 "  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]\n  action: DENY\n  rules: [{}]"))
         #expect(scope == ["web": ["shop/p"], "api": ["shop/p"], "other": ["shop/p"]])
+    }
+
+    /// The waypoint's own Gateway (`--gateway` in its namespace) is known without its object (in the API source it
+    /// may not be read yet, or not be readable): a policy bound to it must never be dropped.
+    @Test func ownGatewayTargetRefAppliesWithoutItsObject() throws {
+        let scope = try applying(
+            policy(
+                "p", "shop",
+                "  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]\n  action: DENY\n  rules: [{}]"),
+            gatewayRead: false)
+        #expect(scope == ["web": ["shop/p"], "api": ["shop/p"], "other": ["shop/p"]])
+    }
+
+    /// Another waypoint's policies are not this one's, even when that Gateway's object is in the config.
+    @Test func anotherGatewaysPolicyAppliesNowhereHere() throws {
+        let other =
+            "\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: east, namespace: shop}\n"
+            + "spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}\n"
+        let scope = try applying(
+            other
+                + policy(
+                    "p", "shop",
+                    "  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: east}]\n  action: ALLOW\n  rules: [{}]"))
+        #expect(scope == ["web": [], "api": [], "other": []])
     }
 
     @Test func namespaceAndRootPoliciesAreLayered() throws {

@@ -295,3 +295,90 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
         #expect(try compile(grant).target == expected)
     }
 }
+
+/// Routes attach to this waypoint's Gateway only as its listeners' `allowedRoutes` allow (Gateway API: the same
+/// namespace unless a listener says otherwise), and only to this waypoint's own Gateway.
+@Suite struct AllowedRoutesTests {
+    static let base = """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: web, namespace: shop}
+        spec: {clusterIP: 10.96.0.1, ports: [{name: http, port: 80}]}
+        ---
+        apiVersion: v1
+        kind: Namespace
+        metadata: {name: blog, labels: {team: blue}}
+        """
+
+    static func gateway(_ allowed: String?, name: String = "waypoint") -> String {
+        """
+        ---
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: Gateway
+        metadata: {name: \(name), namespace: shop}
+        spec:
+          gatewayClassName: istio-waypoint
+          listeners: [{name: mesh, port: 15008, protocol: HBONE\(allowed.map { ", allowedRoutes: \($0)" } ?? "")}]
+
+        """
+    }
+
+    static func route(in namespace: String, parent: String = "{name: waypoint, namespace: shop}", kind: String = "HTTPRoute") -> String {
+        """
+        ---
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: \(kind)
+        metadata: {name: site, namespace: \(namespace)}
+        spec:
+          parentRefs: [\(parent)]
+          hostnames: [site.example.com]
+          rules: [{backendRefs: [{name: web, namespace: shop, port: 80}]}]
+        ---
+        apiVersion: gateway.networking.k8s.io/v1beta1
+        kind: ReferenceGrant
+        metadata: {name: any, namespace: shop}
+        spec:
+          from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: blog}, {group: gateway.networking.k8s.io, kind: GRPCRoute, namespace: blog}]
+          to: [{group: "", kind: Service}]
+
+        """
+    }
+
+    /// Whether the route serves `site.example.com`, and the compiler's warnings.
+    func compile(_ yaml: String) throws -> (attached: Bool, warnings: [String]) {
+        let spec = try ManifestLoader.load(text: Self.base + "\n" + yaml, file: "g.yaml", defaultNamespace: "shop")
+        let snapshot = SnapshotCompiler(namespace: "shop").compile(spec, generation: 1)
+        return (resolve(snapshot, host: "site.example.com", path: "/") == "shop/web:80", snapshot.warnings)
+    }
+
+    /// (manifests, whether the route attaches)
+    static let cases: [(String, Bool)] = {
+        var cases: [(String, Bool)] = []
+        func add(_ yaml: String, _ attached: Bool) { cases.append((yaml, attached)) }
+        add(gateway(nil) + route(in: "shop"), true)  // same namespace: the default
+        add(route(in: "shop"), true)  // the Gateway's object not read: its defaults
+        add(gateway(nil) + route(in: "blog"), false)  // another namespace: not by default
+        add(route(in: "blog"), false)
+        add(gateway("{namespaces: {from: All}}") + route(in: "blog"), true)
+        add(gateway("{namespaces: {from: Selector, selector: {matchLabels: {team: blue}}}}") + route(in: "blog"), true)
+        add(gateway("{namespaces: {from: Selector, selector: {matchLabels: {team: red}}}}") + route(in: "blog"), false)
+        let expression = "{matchExpressions: [{key: team, operator: In, values: [blue, green]}]}"
+        add(gateway("{namespaces: {from: Selector, selector: \(expression)}}") + route(in: "blog"), true)
+        add(gateway("{namespaces: {from: All}, kinds: [{kind: GRPCRoute}]}") + route(in: "blog"), false)  // kind not allowed
+        add(gateway("{namespaces: {from: All}, kinds: [{kind: GRPCRoute}]}") + route(in: "blog", kind: "GRPCRoute"), true)
+        add(gateway(nil) + route(in: "shop", parent: "{name: waypoint, sectionName: other}"), false)  // no such listener
+        add(gateway(nil) + route(in: "shop", parent: "{name: waypoint, sectionName: mesh}"), true)
+        add(gateway(nil, name: "east") + route(in: "shop", parent: "{name: east}"), false)  // another waypoint's Gateway
+        return cases
+    }()
+
+    @Test(arguments: cases)
+    func attachesOnlyAsAllowed(_ yaml: String, _ attached: Bool) throws {
+        #expect(try compile(yaml).attached == attached)
+    }
+
+    @Test func aRefusedRouteSaysWhy() throws {
+        #expect(try compile(Self.gateway(nil) + Self.route(in: "blog")).warnings.contains { $0.contains("NotAllowedByListeners") })
+        #expect(try compile(Self.route(in: "shop", parent: "{name: east}")).warnings.contains { $0.contains("is not this waypoint") })
+    }
+}
