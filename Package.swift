@@ -18,7 +18,9 @@ let package = Package(
     dependencies: [
         // Pinned exactly (reproducible builds; Package.resolved stays out of git, as the local package mirror's
         // commit ids are not upstream's).
+        // The CLI: subcommands, flags, help and validation (it brings FoundationEssentials, ~0.8 MiB resident).
         .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
+        // The logging API (levels, metadata) the control plane and the data plane's debug events write to.
         .package(url: "https://github.com/apple/swift-log", exact: "1.16.2"),
     ],
     targets: [

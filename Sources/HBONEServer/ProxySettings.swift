@@ -13,6 +13,9 @@ public struct ProxySettings: Sendable {
     /// A request head must arrive completely within this long of its first byte, else 408 and close
     /// (a client trickling a head byte by byte would otherwise hold the connection forever).
     public var headerTimeout: Duration = .seconds(30)
+    /// A byte relay (a TCP tunnel, a connection that switched protocols after `101`) that moved no byte either way
+    /// for this long is closed (Envoy's tcp_proxy `idle_timeout`, 1 hour); nil: never.
+    public var relayIdleTimeout: Duration? = .seconds(3600)
     /// A pooled upstream connection unused this long is closed (kept below common origin keep-alive timeouts).
     public var upstreamIdleTimeout: Duration = .seconds(30)
     /// How long a draining worker leaves idle keep-alive connections open for a last request (`--drain-idle-grace`).

@@ -109,6 +109,11 @@ extension WaypointCommand {
         @Option(name: .long, help: "A request head must arrive within this long of its first byte (else 408).")
         var headerTimeout = DurationArgument(.seconds(30))
 
+        @Option(
+            name: .long,
+            help: "TCP tunnels and upgraded (WebSocket) connections that move no byte either way this long are closed (0s: never).")
+        var relayIdleTimeout = DurationArgument(.seconds(3600))
+
         @Option(name: .long, help: "Log level.")
         var logLevel = LogLevelArgument.info
 
@@ -299,6 +304,7 @@ extension WaypointCommand {
                 workers: workers ?? availableCPUs(), namespace: namespace,
                 drainTimeout: drainTimeout.duration, accessLog: accessLog == .on)
             options.settings.headerTimeout = headerTimeout.duration
+            options.settings.relayIdleTimeout = relayIdleTimeout.duration > .zero ? relayIdleTimeout.duration : nil
             options.settings.connectTimeout = connectTimeout.duration
             options.settings.handshakeTimeout = handshakeTimeout.duration
             options.settings.keepaliveInterval = hboneKeepalive.duration

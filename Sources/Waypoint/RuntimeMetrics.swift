@@ -35,6 +35,10 @@ extension Runtime {
             "waypoint_upstream_resets_total", "counter", "Responses cut off by an upstream failure after their head was sent.",
             [("", sum { $0.upstreamResetsMidResponse.value })])
         metric(
+            "waypoint_relay_idle_timeouts_total", "counter",
+            "TCP tunnels and upgraded (WebSocket) connections closed for moving no byte within --relay-idle-timeout.",
+            [("", sum { $0.relayIdleTimeouts.value })])
+        metric(
             "waypoint_hbone_connections_total", "counter", "HBONE connections accepted.",
             [("", sum { $0.hboneConnectionsTotal.value })])
         metric(

@@ -171,3 +171,35 @@ def test_a_half_close_is_passed_on_and_the_answer_still_comes_back(proxy_factory
         rest += chunk
     assert rest == b"got:ping"
     s.close()
+
+
+def test_an_idle_relay_is_closed_and_a_busy_one_is_not(proxy_factory, hbone_proxy, certs, echo, origin_factory):
+    """A byte relay that moves nothing for --relay-idle-timeout is closed (Envoy's tcp_proxy idle_timeout, 1 h by
+    default), counted; one that keeps moving bytes outlives the timeout many times over. Both kinds of relay: a
+    WebSocket after its 101, and a TCP tunnel (here a `tcp-` port inside HBONE)."""
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", echo.port)]), extra=["--relay-idle-timeout", "400ms"])
+    with ws(proxy.port) as busy, ws(proxy.port) as quiet:
+        deadline = time.time() + 1.6
+        while time.time() < deadline:          # four timeouts' worth of traffic, a message every 100 ms
+            busy.send("tick")
+            assert busy.recv(timeout=5) == "tick"
+            time.sleep(0.1)
+        with pytest.raises(Exception):           # the quiet one was closed under its client
+            quiet.send("late")
+            quiet.recv(timeout=2)
+        busy.send("still here")
+        assert busy.recv(timeout=5) == "still here"
+    assert proxy.metrics()["waypoint_relay_idle_timeouts_total"] == 1
+
+    origin = origin_factory("a")
+    tunnels = hbone_proxy(service_yaml("db", [("127.0.0.1", origin.port)], cluster_ip=VIP, port_name="tcp-db"),
+                          extra=["--relay-idle-timeout", "400ms"], name="tunnels")
+    c = client(tunnels, certs)
+    sid = c.connect(f"{VIP}:80")
+    assert c.status(sid) == 200
+    assert b"x-origin: a" in c.http(sid, b"GET / HTTP/1.1\r\nhost: db\r\n\r\n")
+    started = time.time()
+    c.wait(lambda: sid in c.ended or sid in c.resets)      # nothing sent: the waypoint ends the tunnel
+    assert 0.3 < time.time() - started < 3
+    assert tunnels.metrics()["waypoint_relay_idle_timeouts_total"] == 1
+    c.close()

@@ -19,6 +19,8 @@ public final class WorkerCounters: Sendable {
     public let upstreamConnectFailures = Atomic<Int>(0)
     /// Responses cut off because the upstream failed after the head was sent.
     public let upstreamResetsMidResponse = Atomic<Int>(0)
+    /// Byte relays closed for moving nothing within the relay idle timeout.
+    public let relayIdleTimeouts = Atomic<Int>(0)
 
     // MARK: HBONE
     public let hboneConnectionsActive = Atomic<Int>(0)

@@ -2,8 +2,8 @@ import WaypointCore
 
 /// After `101 Switching Protocols` (a WebSocket, say): the client's stream and the upstream's relay bytes both
 /// ways, whatever they are. A side's end of stream is passed on once what it sent is delivered (half-close); the
-/// relay closes when both directions ended, or at once when either fails. At most one buffer per direction: a
-/// side that cannot take more pauses reading from the other.
+/// relay closes when both directions ended, at once when either fails, or when it moved nothing for the relay idle
+/// timeout. At most one buffer per direction: a side that cannot take more pauses reading from the other.
 ///
 /// Thread: its worker's loop thread only. Ownership: the `ProxyServer` (it replaces the HTTP/1.1 session under
 /// the same id); it owns both streams.
@@ -35,6 +35,7 @@ final class ByteRelay: DownstreamSession {
     private var received = 0
     private var sent = 0
     private var closed = false
+    private let idle: RelayIdleTimeout
     /// Told once, with the relay's byte counts, when it closes.
     private let onClosed: (_ received: Int, _ sent: Int) -> Void
 
@@ -48,9 +49,14 @@ final class ByteRelay: DownstreamSession {
         self.client = End(client, pending: toClient)
         self.upstream = End(upstream, pending: toUpstream)
         self.onClosed = onClosed
+        idle = RelayIdleTimeout(loop: server.loop, timeout: server.settings.relayIdleTimeout)
         for end in [self.client, self.upstream] {
             end.relay = self
             end.stream.handler = end
+        }
+        idle.start { [unowned(unsafe) self] in
+            self.server.counters.relayIdleTimeouts.increment()
+            self.close(graceful: true)
         }
     }
 
@@ -72,6 +78,7 @@ final class ByteRelay: DownstreamSession {
             switch source.stream.read(into: space) {
             case .bytes(let n):
                 sink.pending.commitWrite(n)
+                idle.activity()
                 if source === client { received += n }
             case .wouldBlock: break reading
             case .eof:
@@ -101,6 +108,7 @@ final class ByteRelay: DownstreamSession {
     private func close(graceful: Bool) {
         guard !closed else { return }
         closed = true
+        idle.cancel()
         for end in [client, upstream] {
             end.stream.setReading(false)
             end.stream.setWriteInterest(false)

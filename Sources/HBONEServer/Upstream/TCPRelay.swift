@@ -3,7 +3,7 @@ import WaypointCore
 
 /// A byte-for-byte relay between a downstream stream (a TCP tunnel) and a new upstream TCP connection, with
 /// half-close carried both ways and at most one 16 KiB buffer per direction: a side that cannot take more
-/// pauses reading from the other.
+/// pauses reading from the other. Closed when it moved nothing for the relay idle timeout.
 ///
 /// Thread: its worker's loop thread only. Ownership: the `ProxyServer` (until closed); it owns both ends.
 final class TCPRelay: ByteStreamHandler, DownstreamSession {
@@ -21,6 +21,7 @@ final class TCPRelay: ByteStreamHandler, DownstreamSession {
     private var upstreamEnded = false
     private var upstreamShutDown = false
     private var closed = false
+    private let idle: RelayIdleTimeout
     /// `istio_tcp_*` series: who, to which service, and the bytes each way.
     private let series: (principal: Int32, service: Int32, mutualTLS: Bool)
     private var bytesReceived = 0
@@ -37,6 +38,7 @@ final class TCPRelay: ByteStreamHandler, DownstreamSession {
         self.server = server
         self.downstream = downstream
         upstreamFD = fd
+        idle = RelayIdleTimeout(loop: server.loop, timeout: server.settings.relayIdleTimeout)
         server.counters.upstreamConnectionsTotal.increment()
         upstreamRead = IOWatcher(loop: server.loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.upstreamReadable() }
         upstreamWrite = IOWatcher(loop: server.loop, fd: fd, direction: .write) { [unowned(unsafe) self] in self.upstreamWritable() }
@@ -45,6 +47,10 @@ final class TCPRelay: ByteStreamHandler, DownstreamSession {
         if let initialInput { toUpstream.append(initialInput); bytesReceived = initialInput.count }
         server.counters.istio.recordTCP(principal: series.principal, service: series.service, mutualTLS: series.mutualTLS, closed: false)
         downstream.handler = self
+        idle.start { [unowned(unsafe) self] in
+            self.server.counters.relayIdleTimeouts.increment()
+            self.close(graceful: true)
+        }
         // Read the client only once the upstream is there, so nothing piles up while connecting.
     }
 
@@ -57,7 +63,10 @@ final class TCPRelay: ByteStreamHandler, DownstreamSession {
             let space = toUpstream.writableSpace()
             guard space.count > 0 else { downstream.setReading(false); break }
             switch downstream.read(into: space) {
-            case .bytes(let n): toUpstream.commitWrite(n); bytesReceived += n
+            case .bytes(let n):
+                toUpstream.commitWrite(n)
+                bytesReceived += n
+                idle.activity()
             case .wouldBlock: flushUpstream(); return
             case .eof:
                 downstreamEnded = true
@@ -117,7 +126,9 @@ final class TCPRelay: ByteStreamHandler, DownstreamSession {
             let space = toDownstream.writableSpace()
             guard space.count > 0 else { upstreamRead.stop(); break }
             switch Socket.read(upstreamFD, into: space) {
-            case .bytes(let n): toDownstream.commitWrite(n)
+            case .bytes(let n):
+                toDownstream.commitWrite(n)
+                idle.activity()
             case .wouldBlock: return flushDownstream()
             case .eof:
                 upstreamEnded = true
@@ -145,6 +156,7 @@ final class TCPRelay: ByteStreamHandler, DownstreamSession {
     private func close(graceful: Bool) {
         guard !closed else { return }
         closed = true
+        idle.cancel()
         server.counters.istio.recordTCP(
             principal: series.principal, service: series.service, mutualTLS: series.mutualTLS, closed: true,
             received: bytesReceived, sent: bytesSent)
