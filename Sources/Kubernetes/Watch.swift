@@ -51,6 +51,8 @@ public struct WatchedKind: Sendable, Hashable {
             WatchedKind(group: "gateway.networking.k8s.io", version: "v1", resource: "httproutes", kind: "HTTPRoute", namespace: namespace),
             WatchedKind(group: "gateway.networking.k8s.io", version: "v1", resource: "grpcroutes", kind: "GRPCRoute", namespace: namespace),
             WatchedKind(
+                group: "gateway.networking.k8s.io", version: "v1alpha2", resource: "tcproutes", kind: "TCPRoute", namespace: namespace),
+            WatchedKind(
                 group: "gateway.networking.k8s.io", version: "v1beta1", resource: "referencegrants", kind: "ReferenceGrant",
                 namespace: namespace),
             WatchedKind(

@@ -28,6 +28,7 @@ GROUPED = {
     "HTTPRoute": ("gateway.networking.k8s.io", "v1", "httproutes"),
     "GRPCRoute": ("gateway.networking.k8s.io", "v1", "grpcroutes"),
     "ReferenceGrant": ("gateway.networking.k8s.io", "v1beta1", "referencegrants"),
+    "TCPRoute": ("gateway.networking.k8s.io", "v1alpha2", "tcproutes"),
     "Gateway": ("gateway.networking.k8s.io", "v1", "gateways"),
     "VirtualService": ("networking.istio.io", "v1", "virtualservices"),
     "DestinationRule": ("networking.istio.io", "v1", "destinationrules"),
@@ -58,9 +59,9 @@ def kind_of(path):
 
 
 class FakeAPIServer:
-    def __init__(self, certs, token="token-1", installed=("HTTPRoute", "GRPCRoute", "ReferenceGrant", "Gateway", "VirtualService",
-                                                         "DestinationRule", "ServiceEntry", "AuthorizationPolicy",
-                                                         "PeerAuthentication")):
+    def __init__(self, certs, token="token-1",
+                 installed=("HTTPRoute", "GRPCRoute", "TCPRoute", "ReferenceGrant", "Gateway", "VirtualService",
+                            "DestinationRule", "ServiceEntry", "AuthorizationPolicy", "PeerAuthentication")):
         key, cert = certs["ca_obj"].issue(dns=["kubernetes.default.svc"], ips=["127.0.0.1"])
         import pki
         import tempfile

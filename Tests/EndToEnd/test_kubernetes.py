@@ -7,6 +7,7 @@ import pytest
 
 from conftest import http_request, origin_requests, wait_for, wait_until
 from fake_apiserver import FakeAPIServer
+from hbone import HBONEClient
 from test_hbone import certs  # noqa: F401 (fixture)
 
 
@@ -414,3 +415,32 @@ def test_policies_and_routes_bound_to_the_waypoints_own_gateway(api, waypoint, o
                                        "allowedRoutes": {"namespaces": {"from": "All"}}}]}})
     assert wait_until(lambda: served_by(proxy, "/", host="site.example.com") == "b", timeout=3)
     assert served_by(proxy, "/admin") == 403   # the policy still binds
+
+
+def test_a_tcp_route_from_the_api_sends_byte_streams_to_its_backend(api, waypoint, origin_factory, certs):
+    """TCPRoutes are read from the API too (v1alpha2): a tunnel to a `tcp-` port goes where the route says."""
+    a, b = origin_factory("a"), origin_factory("b")
+    db = service("db", cluster_ip="10.96.0.10", labels={"istio.io/use-waypoint": "waypoint"})
+    db["spec"]["ports"][0]["name"] = "tcp-db"   # a byte-stream port
+    api.apply(db)
+    api.apply(slice_("db-1", "db", [("127.0.0.1", a.port)]))
+    api.apply(service("db-v2"))
+    api.apply(slice_("db-v2-1", "db-v2", [("127.0.0.1", b.port)]))
+    api.apply({"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute",
+               "metadata": {"name": "db-canary", "namespace": "default"},
+               "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "db", "port": 80}],
+                        "rules": [{"backendRefs": [{"name": "db-v2", "port": 80, "weight": 1}]}]}})
+    cert, key = certs["waypoint"]
+    proxy = waypoint(extra=["--hbone-listen", "127.0.0.1:0", "--cert", cert, "--key", key, "--ca", certs["ca"]])
+
+    def through_tunnel():
+        c = HBONEClient(proxy.hbone_port, *certs["frontend"], certs["ca"])
+        try:
+            sid = c.connect("10.96.0.10:80")
+            if c.status(sid) != 200:
+                return None
+            response = c.http(sid, b"GET / HTTP/1.1\r\nhost: db\r\n\r\n")
+            return "b" if b"x-origin: b" in response else "a" if b"x-origin: a" in response else None
+        finally:
+            c.close()
+    assert wait_until(lambda: through_tunnel() == "b", timeout=5)
