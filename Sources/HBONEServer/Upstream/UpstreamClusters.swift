@@ -109,7 +109,7 @@ public final class UpstreamClusters {
         limits.leavePending()
     }
 
-    func upstreamCapacityFreed() {
+    func capacityFreed() {
         if !waiting.isEmpty { capacityTimer.schedule(after: .zero) }
     }
 

@@ -118,14 +118,14 @@ final class UpstreamPool {
         guard !retired, !server.draining else { connection.close(); return }
         connection.becomeIdle()
         idle.append(connection)
-        server.upstreams.upstreamCapacityFreed()
+        server.upstreams.capacityFreed()
     }
 
     /// A connection of this pool closed: room for another (DestinationRule `tcp.maxConnections`).
     func connectionClosed(limits: ClusterLimits?) {
         openConnections -= 1
         if let limits { server.upstreams.limitedConnectionClosed(limits) }
-        server.upstreams.upstreamCapacityFreed()
+        server.upstreams.capacityFreed()
     }
 
     /// Called by an idle connection that the upstream closed or that timed out.
