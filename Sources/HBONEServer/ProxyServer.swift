@@ -224,6 +224,14 @@ public final class ProxyServer: TunnelAcceptor {
         upstreams.updateEndpoints(addresses, transports: transports, workloads: workloads, server: self)
     }
 
+    /// The same endpoints grown or revised in place (`UpstreamClusters.patchEndpoints`); clusters kept their
+    /// indices, so the retry budgets carry on.
+    public func patchEndpoints(
+        _ addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels?], revised: [Int32]
+    ) {
+        upstreams.patchEndpoints(addresses, transports: transports, workloads: workloads, revised: revised, server: self)
+    }
+
     /// A random v4 UUID for `x-request-id`, from a per-worker generator (no syscall, no lock).
     func writeRequestID(_ out: ByteBuffer) {
         let high = random.next() & 0xFFFF_FFFF_FFFF_0FFF | 0x0000_0000_0000_4000

@@ -44,6 +44,11 @@ public final class SnapshotRouter: RequestRouter {
     }
 
     public func replace(_ next: Snapshot) {
+        if next.lineage == snapshot.lineage {
+            // Endpoints changed only: hosts, policies and clusters are the same, and indices kept their address.
+            snapshot = next
+            return
+        }
         // Endpoint indices change with the snapshot: outlier state follows each endpoint's address, so a reload
         // neither brings ejected endpoints back nor forgets their errors (Envoy keeps it for hosts that stay).
         var index: [SocketAddress: Int32] = [:]

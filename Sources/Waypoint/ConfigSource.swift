@@ -20,6 +20,10 @@ struct ConfigSource {
     var apiObjects: (() -> [JSON])?
     /// The API objects' parses, kept across loads.
     private let parsedObjects = ParsedObjects()
+    /// With the API source: the last compilation, which endpoint changes update.
+    private var compiled: CompiledConfig?
+    /// Compilations of everything, and endpoint updates.
+    private(set) var compiles = (full: 0, endpoints: 0)
     private var fingerprint: [String] = []
     private(set) var generation: UInt64 = 0
 
@@ -35,10 +39,14 @@ struct ConfigSource {
         let clock = ContinuousClock()
         let started = clock.now
         let spec: ConfigSpec
+        var endpointChanges: ConfigSpec? = nil
         if let apiObjects {
-            fingerprint = Self.fingerprint(paths ?? [])
+            let files = Self.fingerprint(paths ?? [])
+            let filesSame = files == fingerprint
+            fingerprint = files
             spec = try ManifestLoader.load(
                 paths: paths ?? [], objects: apiObjects(), source: "kubernetes", defaultNamespace: namespace, cache: parsedObjects)
+            endpointChanges = parsedObjects.takeEndpointChanges().flatMap { filesSame ? $0 : nil }
         } else if let paths {
             fingerprint = Self.fingerprint(paths)
             spec = try ManifestLoader.load(paths: paths, defaultNamespace: namespace)
@@ -47,9 +55,19 @@ struct ConfigSource {
         }
         generation += 1
         let parsed = clock.now
-        let snapshot = compiler.compile(spec, generation: generation, previous: previous)
+        let result: CompiledConfig
+        if let compiled, let endpointChanges,
+            let updated = compiler.update(compiled, spec: spec, changes: endpointChanges, generation: generation)
+        {
+            result = updated
+            compiles.endpoints += 1
+        } else {
+            result = compiler.compileKeepingState(spec, generation: generation, previous: previous)
+            compiles.full += 1
+        }
+        if apiObjects != nil { compiled = result }
         timings = (parsed - started, clock.now - parsed)
-        return snapshot
+        return result.snapshot
     }
 
     /// How long the last load took to read and parse the manifests, and to compile them.

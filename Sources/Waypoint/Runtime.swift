@@ -52,6 +52,9 @@ final class Runtime {
     private(set) var config: ConfigSource
     private(set) var kubernetes: KubernetesSource?
     private(set) var snapshot: Snapshot
+    /// The snapshot before `snapshot`, released at the next reload on this thread: by then every worker has
+    /// swapped, so freeing it (10,000 endpoints take milliseconds) does not stall a worker.
+    private var retired: Snapshot?
     private(set) var workers: [Worker] = []
     private var admin: AdminServer?
     private var publicEndpoints: [AdminServer] = []
@@ -239,6 +242,7 @@ final class Runtime {
         guard !draining else { return }
         do {
             let next = try config.load(previous: snapshot)
+            retired = snapshot
             snapshot = next
             reloadsOK += 1
             for warning in next.warnings { logger.warning("\(warning)") }

@@ -130,7 +130,14 @@ extension Runtime {
         metric(
             "waypoint_config_reloads_total", "counter", "Config reloads, by result.",
             [("{result=\"ok\"}", reloadsOK), ("{result=\"failed\"}", reloadsFailed)])
+        metric(
+            "waypoint_config_rejected_total", "counter", "Config changes rejected (the previous config kept serving).",
+            [("", reloadsFailed)])
         metric("waypoint_config_generation", "gauge", "Generation of the active config.", [("", Int(snapshot.generation))])
+        metric(
+            "waypoint_config_compiles_total", "counter",
+            "Snapshots compiled: everything, or only the Services that changed EndpointSlices and Pods touch.",
+            [("{mode=\"full\"}", config.compiles.full), ("{mode=\"endpoints\"}", config.compiles.endpoints)])
         let (parse, compile) = config.timings
         text += "# HELP waypoint_config_load_seconds How long the last config load took, by phase.\n"
         text += "# TYPE waypoint_config_load_seconds gauge\n"

@@ -93,8 +93,14 @@ final class Worker: @unchecked Sendable {
             switch event {
             case .replaceSnapshot(let next):
                 // In-flight exchanges already hold their endpoint; new requests see the new snapshot.
+                if next.lineage == router.snapshot.lineage {
+                    server.patchEndpoints(
+                        next.endpoints, transports: next.endpointTransports, workloads: next.endpointWorkloads,
+                        revised: next.revisedEndpoints)
+                } else {
+                    server.updateEndpoints(next.endpoints, transports: next.endpointTransports, workloads: next.endpointWorkloads)
+                }
                 router.replace(next)
-                server.updateEndpoints(next.endpoints, transports: next.endpointTransports, workloads: next.endpointWorkloads)
                 logger.debug("serving config generation \(next.generation)")
             case .replaceTLS(let contexts):
                 server.tlsContext = contexts.server

@@ -203,6 +203,9 @@ public enum ManifestLoader {
 /// Thread: the one that loads the config. Ownership: its `ConfigSource`.
 public final class ParsedObjects {
     private var entries: [String: (version: String, result: Result<ConfigSpec, ConfigError>)] = [:]
+    /// The objects that changed since `takeEndpointChanges`, old and new versions, while they are EndpointSlices
+    /// and Pods only; nil once anything else changed (or an object could not be told apart from its last version).
+    private var endpointChanges: ConfigSpec? = ConfigSpec()
 
     public init() {}
 
@@ -211,16 +214,37 @@ public final class ParsedObjects {
         let key = [object["apiVersion"]?.string, object["kind"]?.string, metadata?["namespace"]?.string, metadata?["name"]?.string]
             .map { $0 ?? "" }.joined(separator: "/")
         guard let version = metadata?["resourceVersion"]?.string, !version.isEmpty, seen.insert(key).inserted else {
+            endpointChanges = nil
             return ManifestLoader.load(object: object, source: source, defaultNamespace: defaultNamespace)
         }
-        if let cached = entries[key], cached.version == version { return cached.result }
+        let cached = entries[key]
+        if let cached, cached.version == version { return cached.result }
         let result = ManifestLoader.load(object: object, source: source, defaultNamespace: defaultNamespace)
         entries[key] = (version, result)
+        note(cached?.result)
+        note(result)
         return result
     }
 
     /// Forgets objects that are gone.
     func keep(only keys: Set<String>) {
-        if entries.count > keys.count { entries = entries.filter { keys.contains($0.key) } }
+        guard entries.count > keys.count else { return }
+        for (key, entry) in entries where !keys.contains(key) { note(entry.result) }
+        entries = entries.filter { keys.contains($0.key) }
+    }
+
+    private func note(_ version: Result<ConfigSpec, ConfigError>?) {
+        guard let version else { return }
+        guard case .success(let spec) = version, spec.onlyEndpoints, endpointChanges != nil else {
+            endpointChanges = nil
+            return
+        }
+        endpointChanges?.append(spec)
+    }
+
+    /// What changed since the last call if only EndpointSlices and Pods did (their old and new versions), else nil.
+    public func takeEndpointChanges() -> ConfigSpec? {
+        defer { endpointChanges = ConfigSpec() }
+        return endpointChanges
     }
 }

@@ -50,23 +50,13 @@ public struct SnapshotCompiler {
     /// keeps its `ClusterLimits`, so what is in flight stays counted (as Envoy keeps a cluster that CDS did
     /// not change), whatever else the reload changed.
     public func compile(_ spec: ConfigSpec, generation: UInt64, previous: Snapshot? = nil) -> Snapshot {
-        var state = CompileState(spec: spec, compiler: self)
-        state.build()
-        return Snapshot(
-            generation: generation, routes: RouteTable(virtualHosts: state.virtualHosts, names: state.names),
-            clusters: state.clusters, endpoints: state.endpoints, endpointTransports: state.endpointTransports,
-            endpointWorkloads: state.endpointWorkloads,
-            destinations: state.destinations,
-            tcpRoutes: state.tcpRoutes,
-            authorization: state.authorization, unmatchedHostPolicies: state.unmatchedHostPolicies, strictMTLS: state.strictMTLS,
-            services: state.services, dump: state.dump(generation: generation),
-            warnings: spec.warnings + state.warnings, previous: previous)
+        compileKeepingState(spec, generation: generation, previous: previous).snapshot
     }
 }
 
 /// Working state of one compilation.
 struct CompileState {
-    let spec: ConfigSpec
+    var spec: ConfigSpec
     let compiler: SnapshotCompiler
     var clusters: [Cluster] = []
     var endpoints: [SocketAddress] = []
@@ -79,6 +69,13 @@ struct CompileState {
     var endpointLabels: [Int32: [String: String]] = [:]
     /// Where each endpoint runs, when known.
     var endpointLocality: [Int32: Locality] = [:]
+    /// Per endpoint: how many clusters list it (subsets not counted). 0: dead, left behind by an endpoint
+    /// update (indices keep their address within a lineage) until the next full compile.
+    var endpointRefs: [Int32] = []
+    /// Per cluster with DestinationRule subsets: each subset's cluster and the labels it selects.
+    var subsets: [Int32: [(cluster: Int32, labels: [String: String])]] = [:]
+    /// See `Snapshot.lineage`.
+    var lineage: UInt64 = 0
     /// "ns/name:port" and "host:port" → cluster index.
     var clusterIndex: [String: Int32] = [:]
     var virtualHosts: [VirtualHost<RouteAction>] = []
@@ -160,6 +157,7 @@ struct CompileState {
                     cluster.outlierDetection = clusters[i].outlierDetection
                     cluster.connectionPool = clusters[i].connectionPool
                     clusterIndex[cluster.name] = Int32(clusters.count)
+                    subsets[Int32(i), default: []].append((Int32(clusters.count), subset.labels))
                     clusters.append(cluster)
                     setLoadBalancer(subset.loadBalancer ?? clusters[i].loadBalancer, of: clusters.count - 1)
                     if members.isEmpty {
@@ -176,16 +174,19 @@ struct CompileState {
     /// endpoints in tiers by nearness to the waypoint (same subzone, zone, region, elsewhere); the balancer
     /// then prefers the nearest tier while it is healthy enough. Not for consistent hashing (one ring).
     mutating func groupByLocality() {
-        guard let own = compiler.locality else { return }
-        for i in clusters.indices where clusters[i].outlierDetection != nil {
-            if case .consistentHash = clusters[i].loadBalancer { continue }
-            var tiers: [[Int32]] = Array(repeating: [], count: 4)
-            for endpoint in clusters[i].endpoints {
-                tiers[own.priority(of: endpointLocality[endpoint] ?? Locality())].append(endpoint)
-            }
-            tiers.removeAll { $0.isEmpty }
-            if tiers.count > 1 { clusters[i].tiers = tiers }
+        for i in clusters.indices { groupByLocality(i) }
+    }
+
+    mutating func groupByLocality(_ i: Int) {
+        clusters[i].tiers = nil
+        guard let own = compiler.locality, clusters[i].outlierDetection != nil else { return }
+        if case .consistentHash = clusters[i].loadBalancer { return }
+        var tiers: [[Int32]] = Array(repeating: [], count: 4)
+        for endpoint in clusters[i].endpoints {
+            tiers[own.priority(of: endpointLocality[endpoint] ?? Locality())].append(endpoint)
         }
+        tiers.removeAll { $0.isEmpty }
+        if tiers.count > 1 { clusters[i].tiers = tiers }
     }
 
     mutating func setLoadBalancer(_ balancer: LoadBalancer, of cluster: Int) {
@@ -301,6 +302,7 @@ struct CompileState {
         endpoints.append(address)
         endpointTransports.append(transport)
         endpointWorkloads.append(nil)
+        endpointRefs.append(0)
         endpointIndex[address] = Int32(endpoints.count - 1)
         return Int32(endpoints.count - 1)
     }
@@ -325,65 +327,58 @@ struct CompileState {
         return .hbone(peer: ServiceAccountName(namespace: pod.namespace, name: pod.serviceAccount))
     }
 
+    /// A Service port's or ServiceEntry host port's cluster; its members count as listed (subsets do not).
     mutating func addCluster(_ name: String, _ members: [Int32]) {
         clusterIndex[name] = Int32(clusters.count)
         clusters.append(Cluster(name: name, endpoints: members))
+        for endpoint in members { endpointRefs[Int(endpoint)] += 1 }
     }
 
     mutating func buildServiceClusters() {
-        // An endpoint's Pod: by the slice's targetRef, else by IP.
-        var podsByName: [String: PodSpec] = [:]
-        var podsByIP: [String: PodSpec] = [:]
-        for pod in spec.pods {
-            podsByName["\(pod.namespace)/\(pod.name)"] = pod
-            for ip in pod.ips { podsByIP[ip] = pod }
-        }
-        var namespaceLabels: [String: [String: String]] = [:]
-        for namespace in spec.namespaces { namespaceLabels[namespace.name] = namespace.labels }
-        var nodeLocality: [String: Locality] = [:]
-        for node in spec.nodes { nodeLocality[node.name] = Locality(nodeLabels: node.labels) }
-        // Slices by their service, once (filtering all slices per service was quadratic: 1,000 services and
-        // 1,000 slices cost a million comparisons per compile).
-        var slicesByService: [String: [EndpointSliceSpec]] = [:]
-        for slice in spec.endpointSlices { slicesByService["\(slice.namespace)/\(slice.serviceName)", default: []].append(slice) }
+        let lookups = EndpointLookups(spec)
         for service in spec.services {
-            let slices = slicesByService["\(service.namespace)/\(service.name)"] ?? []
             for port in service.ports {
-                var members: [Int32] = []
-                for slice in slices {
-                    // EndpointSlice ports carry the service port's name; a numeric targetPort is the fallback.
-                    let targetPort: Int?
-                    if let named = slice.ports.first(where: { $0.name == port.name }) {
-                        targetPort = named.port
-                    } else if case .number(let n) = port.targetPort {
-                        targetPort = n
-                    } else {
-                        targetPort = nil
-                    }
-                    guard let targetPort else { continue }
-                    for endpoint in slice.endpoints where endpoint.ready {
-                        for ip in endpoint.addresses {
-                            let pod = endpoint.pod.flatMap { podsByName["\(slice.namespace)/\($0)"] } ?? podsByIP[ip]
-                            let transport = Self.transport(to: pod, namespaceLabels: namespaceLabels, annotated: slice.tunnel)
-                            guard let index = self.endpoint(ip, targetPort, transport: transport) else { continue }
-                            if let pod {
-                                endpointLabels[index] = pod.labels
-                                endpointWorkloads[Int(index)] = pod.workload
-                            }
-                            // Istio's order: the Pod's `istio-locality` label, its Node's topology labels, the slice's zone.
-                            if let locality = pod?.labels["istio-locality"].flatMap({ Locality($0, separator: ".") })
-                                ?? endpoint.node.flatMap({ nodeLocality[$0] }) ?? endpoint.zone.map({ Locality(zone: $0) })
-                            {
-                                endpointLocality[index] = locality
-                            }
-                            if !members.contains(index) { members.append(index) }
-                            addWorkload(index, InnerProtocol(appProtocol: port.appProtocol, portName: port.name))
-                        }
-                    }
-                }
-                addCluster("\(service.namespace)/\(service.name):\(port.port)", members)
+                addCluster("\(service.namespace)/\(service.name):\(port.port)", members(of: service, port: port, lookups))
             }
         }
+    }
+
+    /// The ready endpoints of a Service port, added to `endpoints` on first sight, with what their Pods say
+    /// (labels, workload, locality).
+    mutating func members(of service: ServiceSpec, port: ServicePortSpec, _ lookups: EndpointLookups) -> [Int32] {
+        var members: [Int32] = []
+        for slice in lookups.slicesByService["\(service.namespace)/\(service.name)"] ?? [] {
+            // EndpointSlice ports carry the service port's name; a numeric targetPort is the fallback.
+            let targetPort: Int?
+            if let named = slice.ports.first(where: { $0.name == port.name }) {
+                targetPort = named.port
+            } else if case .number(let n) = port.targetPort {
+                targetPort = n
+            } else {
+                targetPort = nil
+            }
+            guard let targetPort else { continue }
+            for endpoint in slice.endpoints where endpoint.ready {
+                for ip in endpoint.addresses {
+                    let pod = endpoint.pod.flatMap { lookups.podsByName["\(slice.namespace)/\($0)"] } ?? lookups.podsByIP[ip]
+                    let transport = Self.transport(to: pod, namespaceLabels: lookups.namespaceLabels, annotated: slice.tunnel)
+                    guard let index = self.endpoint(ip, targetPort, transport: transport) else { continue }
+                    if let pod {
+                        endpointLabels[index] = pod.labels
+                        endpointWorkloads[Int(index)] = pod.workload
+                    }
+                    // Istio's order: the Pod's `istio-locality` label, its Node's topology labels, the slice's zone.
+                    if let locality = pod?.labels["istio-locality"].flatMap({ Locality($0, separator: ".") })
+                        ?? endpoint.node.flatMap({ lookups.nodeLocality[$0] }) ?? endpoint.zone.map({ Locality(zone: $0) })
+                    {
+                        endpointLocality[index] = locality
+                    }
+                    if !members.contains(index) { members.append(index) }
+                    addWorkload(index, InnerProtocol(appProtocol: port.appProtocol, portName: port.name))
+                }
+            }
+        }
+        return members
     }
 
     mutating func buildServiceEntryClusters() {
@@ -771,27 +766,32 @@ struct CompileState {
         }
     }
 
-    func dump(generation: UInt64) -> JSONValue {
-        JSONValue.object([
-            ("generation", .int(Int(generation))),
-            (
-                "clusters",
-                .array(
-                    clusters.enumerated().map { index, cluster in
-                        .object([
-                            ("index", .int(index)), ("name", .string(cluster.name)),
-                            (
-                                "endpoints",
-                                .array(
-                                    cluster.endpoints.map {
-                                        .string(endpoints[Int($0)].description + Self.describe(endpointTransports[Int($0)]))
-                                    })
-                            ),
-                        ])
-                    })
-            ),
-            ("virtualHosts", .array(dumpHosts)),
-            ("warnings", .array((spec.warnings + warnings).map(JSONValue.string))),
-        ])
+    /// The `/config_dump` of this state, rendered when asked (the values are shared, not copied).
+    func dumpSource(generation: UInt64) -> @Sendable () -> JSONValue {
+        let (clusters, endpoints, transports, hosts) = (clusters, endpoints, endpointTransports, dumpHosts)
+        let warnings = spec.warnings + warnings
+        return {
+            JSONValue.object([
+                ("generation", .int(Int(generation))),
+                (
+                    "clusters",
+                    .array(
+                        clusters.enumerated().map { index, cluster in
+                            .object([
+                                ("index", .int(index)), ("name", .string(cluster.name)),
+                                (
+                                    "endpoints",
+                                    .array(
+                                        cluster.endpoints.map {
+                                            .string(endpoints[Int($0)].description + Self.describe(transports[Int($0)]))
+                                        })
+                                ),
+                            ])
+                        })
+                ),
+                ("virtualHosts", .array(hosts)),
+                ("warnings", .array(warnings.map(JSONValue.string))),
+            ])
+        }
     }
 }

@@ -102,6 +102,8 @@ def test_a_rolling_replacement_of_every_endpoint_loses_no_request(api, waypoint,
     api.apply(slice_("web-1", "web", [("127.0.0.1", old[0].port)]))
     api.apply(slice_("web-2", "web", [("127.0.0.1", old[1].port)]))
     proxy = waypoint()
+    assert wait_until(lambda: http_request(proxy.admin_port, "GET", "/healthz/ready", host="admin")[0] == 200)
+    full = proxy.metrics()['waypoint_config_compiles_total{mode="full"}']
     failures = []
     seen = set()
     for step in range(2):                                   # each old endpoint stays until its replacement is ready
@@ -123,6 +125,10 @@ def test_a_rolling_replacement_of_every_endpoint_loses_no_request(api, waypoint,
     assert failures == []
     assert {"new0", "new1"} <= seen
     assert all(served_by(proxy) in ("new0", "new1") for _ in range(10))
+    # only EndpointSlices changed: each swap was an endpoint update of the Service, not a compile of everything
+    metrics = proxy.metrics()
+    assert metrics['waypoint_config_compiles_total{mode="full"}'] == full
+    assert metrics['waypoint_config_compiles_total{mode="endpoints"}'] >= 4
 
 
 def test_410_gone_relists_and_loses_nothing(api, waypoint, origin_factory):
@@ -315,10 +321,12 @@ def test_destination_rule_subsets_follow_pod_labels_live(api, waypoint, origin_f
     api.apply({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "web", "namespace": "default"},
                "spec": {"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web", "subset": "v2"}}]}]}})
     proxy = waypoint()
+    updates = proxy.metrics()['waypoint_config_compiles_total{mode="endpoints"}']
     assert all(served_by(proxy) == "b" for _ in range(6))                    # only the v2 pod
     api.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-b", "namespace": "default", "labels": {"version": "v1"}},
                "status": {"podIP": "127.0.0.1"}})                              # relabelled: subset v2 is empty now
     assert wait_until(lambda: served_by(proxy) == 503, timeout=2.0)
+    assert proxy.metrics()['waypoint_config_compiles_total{mode="endpoints"}'] > updates   # a Pod change: an endpoint update
     import json
     dump = json.loads(http_request(proxy.admin_port, "GET", "/config_dump", host="admin")[2])
     assert {(o["kind"], o["name"]) for o in dump["kubernetesObjects"]} >= {("Pod", "web-a"), ("Pod", "web-b")}

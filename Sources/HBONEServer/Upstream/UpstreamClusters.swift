@@ -35,6 +35,28 @@ public final class UpstreamClusters {
         }
     }
 
+    /// The same endpoint list grown or revised in place (a snapshot of the same lineage): indices below the
+    /// pools' count kept their address; pools of `revised` endpoints take their new transport (a new pool) or
+    /// workload; the endpoints past the end are new.
+    func patchEndpoints(
+        _ addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels?], revised: [Int32],
+        server: ProxyServer
+    ) {
+        for endpoint in revised where Int(endpoint) < pools.count {
+            let i = Int(endpoint)
+            if pools[i].transport != transports[i] {
+                pools[i].retired = true
+                pools[i] = UpstreamPool(address: addresses[i], transport: transports[i], server: server)
+            }
+            pools[i].destinationWorkload = workloads[i].map { worker.counters.istio.intern(destination: $0) } ?? -1
+        }
+        for i in pools.count..<addresses.count {
+            let pool = UpstreamPool(address: addresses[i], transport: transports[i], server: server)
+            pool.destinationWorkload = workloads[i].map { worker.counters.istio.intern(destination: $0) } ?? -1
+            pools.append(pool)
+        }
+    }
+
     /// Requests this worker has in flight to the endpoint (LEAST_REQUEST load balancing).
     public func requestsInFlight(_ endpoint: Int32) -> Int { pool(endpoint)?.requestsInFlight ?? 0 }
 

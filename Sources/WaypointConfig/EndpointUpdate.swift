@@ -1,0 +1,160 @@
+import HTTPRouter
+import WaypointCore
+
+/// A compilation kept for the next one: when only EndpointSlices and Pods changed (a rollout, an autoscaler),
+/// `SnapshotCompiler.update` resolves the Services they touch again instead of compiling everything.
+public struct CompiledConfig {
+    var state: CompileState
+    public let snapshot: Snapshot
+}
+
+/// What resolving a Service's endpoints looks up: Pods by name and IP, Namespace labels, Node localities and
+/// the slices of each service.
+struct EndpointLookups {
+    var podsByName: [String: PodSpec] = [:]
+    var podsByIP: [String: PodSpec] = [:]
+    var namespaceLabels: [String: [String: String]] = [:]
+    var nodeLocality: [String: Locality] = [:]
+    /// By `namespace/service` (grouped once: filtering every slice per service was quadratic).
+    var slicesByService: [String: [EndpointSliceSpec]] = [:]
+
+    /// `services`: only their slices (an update); nil: all.
+    init(_ spec: ConfigSpec, services: Set<String>? = nil) {
+        for pod in spec.pods {
+            podsByName["\(pod.namespace)/\(pod.name)"] = pod
+            for ip in pod.ips { podsByIP[ip] = pod }
+        }
+        for namespace in spec.namespaces { namespaceLabels[namespace.name] = namespace.labels }
+        for node in spec.nodes { nodeLocality[node.name] = Locality(nodeLabels: node.labels) }
+        for slice in spec.endpointSlices {
+            let key = "\(slice.namespace)/\(slice.serviceName)"
+            if services?.contains(key) ?? true { slicesByService[key, default: []].append(slice) }
+        }
+    }
+}
+
+extension ConfigSpec {
+    /// Whether this holds EndpointSlices and Pods only (what an endpoint update can apply).
+    var onlyEndpoints: Bool {
+        services.isEmpty && serviceEntries.isEmpty && gateways.isEmpty && httpRoutes.isEmpty && virtualServices.isEmpty
+            && tcpRoutes.isEmpty && authorizationPolicies.isEmpty && peerAuthentications.isEmpty && destinationRules.isEmpty
+            && nodes.isEmpty && namespaces.isEmpty && referenceGrants.isEmpty && warnings.isEmpty
+    }
+}
+
+extension SnapshotCompiler {
+    /// A snapshot of `spec`, and what the next `update` needs.
+    public func compileKeepingState(_ spec: ConfigSpec, generation: UInt64, previous: Snapshot? = nil) -> CompiledConfig {
+        var state = CompileState(spec: spec, compiler: self)
+        state.build()
+        state.lineage = generation
+        let snapshot = state.snapshot(
+            generation: generation, routes: RouteTable(virtualHosts: state.virtualHosts, names: state.names), revised: [],
+            previous: previous)
+        return CompiledConfig(state: state, snapshot: snapshot)
+    }
+
+    /// `compiled` with `spec`, which differs from the spec it was compiled from only in the EndpointSlices and
+    /// Pods of `changes` (their old and new versions): the Services they touch get their endpoints resolved
+    /// again, everything else is kept. The snapshot stays in `compiled`'s lineage. nil: compile everything
+    /// (dead endpoints outnumber live ones).
+    public func update(_ compiled: CompiledConfig, spec: ConfigSpec, changes: ConfigSpec, generation: UInt64) -> CompiledConfig? {
+        var state = compiled.state
+        guard state.updateEndpoints(spec, touching: Self.services(touchedBy: changes, in: spec)) else { return nil }
+        let snapshot = state.snapshot(
+            generation: generation, routes: compiled.snapshot.routes, revised: state.revised(since: compiled.state),
+            previous: compiled.snapshot)
+        return CompiledConfig(state: state, snapshot: snapshot)
+    }
+
+    /// `namespace/name` of the Services whose endpoints `changes` may change: those of a changed slice, and
+    /// those with an endpoint a changed Pod backs (by the slice's targetRef or by IP).
+    static func services(touchedBy changes: ConfigSpec, in spec: ConfigSpec) -> Set<String> {
+        var touched = Set(changes.endpointSlices.map { "\($0.namespace)/\($0.serviceName)" })
+        guard !changes.pods.isEmpty else { return touched }
+        let names = Set(changes.pods.map { "\($0.namespace)/\($0.name)" })
+        let ips = Set(changes.pods.flatMap(\.ips))
+        for slice in spec.endpointSlices {
+            let backed = slice.endpoints.contains { endpoint in
+                endpoint.pod.map { names.contains("\(slice.namespace)/\($0)") } == true || endpoint.addresses.contains(where: ips.contains)
+            }
+            if backed { touched.insert("\(slice.namespace)/\(slice.serviceName)") }
+        }
+        return touched
+    }
+}
+
+extension CompileState {
+    /// Resolves the endpoints of `services` again from `spec` (their clusters, subsets, rings and locality
+    /// tiers). Endpoint indices keep their address; new ones are appended; one no cluster lists any more is
+    /// dead: its workload address is refused and it starts afresh if it comes back. False: a full compile is due.
+    mutating func updateEndpoints(_ spec: ConfigSpec, touching services: Set<String>) -> Bool {
+        self.spec = spec
+        let lookups = EndpointLookups(spec, services: services)
+        var dropped: [Int32] = []
+        for service in spec.services where services.contains("\(service.namespace)/\(service.name)") {
+            for port in service.ports {
+                guard let cluster = clusterIndex["\(service.namespace)/\(service.name):\(port.port)"] else { return false }
+                let members = members(of: service, port: port, lookups)
+                let i = Int(cluster)
+                for endpoint in clusters[i].endpoints { endpointRefs[Int(endpoint)] -= 1 }
+                for endpoint in members {
+                    endpointRefs[Int(endpoint)] += 1
+                    let address = endpoints[Int(endpoint)]
+                    if destinations[address] == nil { destinations[address] = workloadDestinations[address] }
+                }
+                dropped += clusters[i].endpoints
+                clusters[i].endpoints = members
+                refresh(cluster: i)
+                for subset in subsets[cluster] ?? [] {
+                    let s = Int(subset.cluster)
+                    clusters[s].endpoints = members.filter { endpoint in
+                        let labels = endpointLabels[endpoint] ?? [:]
+                        return subset.labels.allSatisfy { labels[$0.key] == $0.value }
+                    }
+                    refresh(cluster: s)
+                }
+            }
+        }
+        for endpoint in dropped where endpointRefs[Int(endpoint)] == 0 { retire(endpoint) }
+        let live = endpointRefs.reduce(0) { $0 + ($1 > 0 ? 1 : 0) }
+        return endpoints.count - live <= max(1024, live)
+    }
+
+    /// A cluster's ring and locality tiers after its members changed.
+    private mutating func refresh(cluster i: Int) {
+        setLoadBalancer(clusters[i].loadBalancer, of: i)
+        groupByLocality(i)
+    }
+
+    /// An endpoint no cluster lists: tunnels to its address are refused, and what its Pod said is forgotten (if
+    /// the address comes back it is resolved as new).
+    private mutating func retire(_ endpoint: Int32) {
+        let address = endpoints[Int(endpoint)]
+        workloadDestinations[address] = nil
+        if destinations[address]?.endpoint == endpoint { destinations[address] = nil }
+        endpointTransports[Int(endpoint)] = .plaintext
+        endpointWorkloads[Int(endpoint)] = nil
+        endpointLabels[endpoint] = nil
+        endpointLocality[endpoint] = nil
+    }
+
+    /// Endpoints (of `before`'s) whose transport or workload differ now; the workers renew their pools.
+    func revised(since before: CompileState) -> [Int32] {
+        var revised: [Int32] = []
+        for i in before.endpoints.indices
+        where endpointTransports[i] != before.endpointTransports[i] || endpointWorkloads[i] != before.endpointWorkloads[i] {
+            revised.append(Int32(i))
+        }
+        return revised
+    }
+
+    func snapshot(generation: UInt64, routes: RouteTable<RouteAction>, revised: [Int32], previous: Snapshot?) -> Snapshot {
+        Snapshot(
+            generation: generation, lineage: lineage, routes: routes, clusters: clusters, endpoints: endpoints,
+            endpointTransports: endpointTransports, endpointWorkloads: endpointWorkloads, revisedEndpoints: revised,
+            destinations: destinations, tcpRoutes: tcpRoutes,
+            authorization: authorization, unmatchedHostPolicies: unmatchedHostPolicies, strictMTLS: strictMTLS, services: services,
+            dump: dumpSource(generation: generation), warnings: spec.warnings + warnings, previous: previous)
+    }
+}

@@ -1,0 +1,204 @@
+import Filters
+import Testing
+@testable import WaypointConfig
+import WaypointCore
+
+/// An endpoint update must give what compiling everything gives: after each of many random EndpointSlice and
+/// Pod changes (a rollout, relabelling, deletions), every cluster, subset and tunnel destination of the updated
+/// snapshot equals the full compile's, and a worker patching its pools as told ends with the same endpoints.
+@Suite struct EndpointUpdateTests {
+    static let services = """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: web, namespace: shop}
+        spec: {clusterIP: 10.96.0.1, ports: [{name: http, port: 80}, {name: admin, port: 81}]}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: reviews, namespace: shop}
+        spec: {clusterIP: 10.96.0.2, ports: [{name: http, port: 9080}]}
+        ---
+        apiVersion: v1
+        kind: Service
+        metadata: {name: ratings, namespace: shop}
+        spec: {clusterIP: 10.96.0.3, ports: [{name: http, port: 9080}]}
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: DestinationRule
+        metadata: {name: reviews, namespace: shop}
+        spec:
+          host: reviews
+          subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]
+        ---
+        apiVersion: networking.istio.io/v1
+        kind: DestinationRule
+        metadata: {name: ratings, namespace: shop}
+        spec: {host: ratings, trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user}}}}
+
+        """
+
+    /// A deterministic generator (the same steps on every run).
+    struct Steps {
+        var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+        mutating func next(_ bound: Int) -> Int {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Int((state >> 33) % UInt64(bound))
+        }
+    }
+
+    static func pod(_ n: Int, version: String, ambient: Bool) -> PodSpec {
+        var labels = ["version": version, "app": "shop"]
+        if ambient { labels["istio.io/dataplane-mode"] = "ambient" }
+        var workload = WorkloadLabels()
+        workload.version = version
+        return PodSpec(
+            namespace: "shop", name: "pod-\(n)", labels: labels, ips: ["10.0.0.\(n)"], serviceAccount: "sa-\(n % 3)", workload: workload)
+    }
+
+    static func slice(_ service: String, _ pods: [Int], ready: Bool = true) -> EndpointSliceSpec {
+        EndpointSliceSpec(
+            namespace: "shop", name: "\(service)-1", serviceName: service, ports: [("http", 8080), ("admin", 8081)],
+            endpoints: pods.map { (["10.0.0.\($0)"], ready, "pod-\($0)", nil, nil) })
+    }
+
+    /// What routing sees: each cluster's endpoints (address, transport, workload version) and the tunnel
+    /// destinations (address → where to).
+    static func view(_ snapshot: Snapshot) -> [String] {
+        var lines: [String] = []
+        for cluster in snapshot.clusters {
+            let members = cluster.endpoints.map { i in
+                "\(snapshot.endpoints[Int(i)]) \(snapshot.endpointTransports[Int(i)]) \(snapshot.endpointWorkloads[Int(i)]?.version ?? "-")"
+            }
+            lines.append("\(cluster.name): \(members.sorted()) ring=\(cluster.ring != nil)")
+        }
+        for (address, destination) in snapshot.destinations {
+            let target =
+                destination.endpoint >= 0 ? snapshot.endpoints[Int(destination.endpoint)].description : "cluster \(destination.cluster)"
+            lines.append("\(address) -> \(target) \(destination.name)")
+        }
+        return lines.sorted()
+    }
+
+    @Test func updatesMatchAFullCompileThroughManyChanges() throws {
+        let compiler = SnapshotCompiler(namespace: "shop")
+        var spec = try ManifestLoader.load(text: Self.services, file: "test.yaml", defaultNamespace: "shop")
+        var pods = (1...12).map { Self.pod($0, version: $0 % 2 == 0 ? "v2" : "v1", ambient: $0 % 4 == 0) }
+        var slices = ["web": [1, 2, 3], "reviews": [4, 5, 6, 7], "ratings": [8]]
+        func assemble() -> ConfigSpec {
+            var next = spec
+            next.pods = pods
+            next.endpointSlices = slices.keys.sorted().map { Self.slice($0, slices[$0]!) }
+            return next
+        }
+        spec = assemble()
+        var compiled = compiler.compileKeepingState(spec, generation: 1)
+        let lineage = compiled.snapshot.lineage
+        // The worker's pools: address and transport per index, patched as the snapshots say.
+        var pools = zip(compiled.snapshot.endpoints, compiled.snapshot.endpointTransports).map { ($0, $1) }
+        var steps = Steps()
+        var fullCompilesAsked = 0
+        for generation in UInt64(2)...300 {
+            var changes = ConfigSpec()
+            let service = ["web", "reviews", "ratings"][steps.next(3)]
+            switch steps.next(4) {
+            case 0:  // a rollout step: one endpoint replaced by a new Pod
+                var members = slices[service] ?? []
+                if !members.isEmpty { members.remove(at: steps.next(members.count)) }
+                let n = 13 + steps.next(40)
+                if !pods.contains(where: { $0.name == "pod-\(n)" }) {
+                    pods.append(Self.pod(n, version: steps.next(2) == 0 ? "v1" : "v2", ambient: steps.next(2) == 0))
+                    changes.pods.append(pods.last!)
+                }
+                members.append(n)
+                if let old = slices[service] { changes.endpointSlices.append(Self.slice(service, old)) }
+                slices[service] = members
+                changes.endpointSlices.append(Self.slice(service, members))
+            case 1 where !pods.isEmpty:  // a Pod relabelled: subsets follow
+                let i = steps.next(pods.count)
+                changes.pods.append(pods[i])
+                let version = pods[i].labels["version"] == "v1" ? "v2" : "v1"
+                pods[i] = Self.pod(Int(pods[i].ips[0].split(separator: ".").last!)!, version: version, ambient: pods[i].labels.count > 2)
+                changes.pods.append(pods[i])
+            case 2:  // a slice deleted, or created again
+                if let old = slices.removeValue(forKey: service) {
+                    changes.endpointSlices.append(Self.slice(service, old))
+                } else {
+                    slices[service] = [1 + steps.next(12)]
+                    changes.endpointSlices.append(Self.slice(service, slices[service]!))
+                }
+            case _ where pods.isEmpty:
+                continue
+            default:  // a Pod deleted with its endpoints
+                let i = steps.next(pods.count)
+                let n = Int(pods[i].ips[0].split(separator: ".").last!)!
+                changes.pods.append(pods.remove(at: i))
+                for (name, members) in slices where members.contains(n) {
+                    changes.endpointSlices.append(Self.slice(name, members))
+                    slices[name] = members.filter { $0 != n }
+                    changes.endpointSlices.append(Self.slice(name, slices[name]!))
+                }
+            }
+            spec = assemble()
+            let previousCount = compiled.snapshot.endpoints.count
+            guard let updated = compiler.update(compiled, spec: spec, changes: changes, generation: generation) else {
+                fullCompilesAsked += 1
+                compiled = compiler.compileKeepingState(spec, generation: generation)
+                pools = zip(compiled.snapshot.endpoints, compiled.snapshot.endpointTransports).map { ($0, $1) }
+                continue
+            }
+            let full = compiler.compile(spec, generation: generation)
+            #expect(Self.view(updated.snapshot) == Self.view(full), "generation \(generation)")
+            #expect(updated.snapshot.lineage == compiled.snapshot.lineage)
+            let snapshot = updated.snapshot
+            #expect(snapshot.endpoints[..<previousCount] == compiled.snapshot.endpoints[...], "indices keep their address")
+            for i in snapshot.revisedEndpoints { pools[Int(i)].1 = snapshot.endpointTransports[Int(i)] }
+            pools += zip(snapshot.endpoints, snapshot.endpointTransports).dropFirst(pools.count).map { ($0, $1) }
+            for cluster in snapshot.clusters {
+                for i in cluster.endpoints {
+                    #expect(pools[Int(i)].0 == snapshot.endpoints[Int(i)] && pools[Int(i)].1 == snapshot.endpointTransports[Int(i)])
+                }
+            }
+            compiled = updated
+        }
+        #expect(compiled.snapshot.lineage == lineage || fullCompilesAsked > 0)
+    }
+
+    @Test func onlyEndpointSlicesAndPodsAreEndpointChanges() throws {
+        let loaded = try ManifestLoader.load(text: Self.services, file: "test.yaml", defaultNamespace: "shop")
+        var changes = ConfigSpec()
+        changes.pods = [Self.pod(1, version: "v1", ambient: false)]
+        changes.endpointSlices = [Self.slice("web", [1])]
+        #expect(changes.onlyEndpoints)
+        #expect(!loaded.onlyEndpoints)
+    }
+
+    /// Dead endpoints (listed by no cluster) pile up within a lineage; past as many as live ones (and 1,024),
+    /// the update asks for a full compile, which starts a new lineage without them.
+    @Test func deadEndpointsBringAFullCompile() throws {
+        let compiler = SnapshotCompiler(namespace: "shop")
+        var spec = try ManifestLoader.load(text: Self.services, file: "test.yaml", defaultNamespace: "shop")
+        spec.endpointSlices = [Self.slice("web", [1])]
+        var compiled = compiler.compileKeepingState(spec, generation: 1)
+        var generation: UInt64 = 1
+        for round in 0..<3000 {
+            let old = spec.endpointSlices
+            let ip = "10.\(1 + round / 250).\(round % 250).1"
+            spec.endpointSlices = [
+                EndpointSliceSpec(
+                    namespace: "shop", name: "web-1", serviceName: "web", ports: [("http", 8080)], endpoints: [([ip], true, nil, nil, nil)])
+            ]
+            var changes = ConfigSpec()
+            changes.endpointSlices = old + spec.endpointSlices
+            generation += 1
+            guard let updated = compiler.update(compiled, spec: spec, changes: changes, generation: generation) else {
+                // two endpoints (ports 8080 and 81, the admin port's numeric target) die per round
+                #expect((1023...1024).contains(compiled.snapshot.endpoints.count - 2), "asked after \(round) rounds")
+                let full = compiler.compileKeepingState(spec, generation: generation)
+                #expect(full.snapshot.endpoints.count == 2 && full.snapshot.lineage != compiled.snapshot.lineage)
+                return
+            }
+            compiled = updated
+        }
+        Issue.record("never asked for a full compile")
+    }
+}
