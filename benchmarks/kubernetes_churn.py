@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(ROOT, "Tests", "EndToEnd"))
 import pki                                   # noqa: E402  (the test PKI)
 from fake_apiserver import FakeAPIServer     # noqa: E402  (the stand-in API server)
 
-BIN = os.path.join(ROOT, ".build", "release", "waypoint")
+BIN = os.environ.get("WAYPOINT_BIN", os.path.join(ROOT, ".build", "release", "waypoint"))
 CHURN = int(os.environ.get("CHURN_SECONDS", "60"))
 IDLE = int(os.environ.get("IDLE_SECONDS", "30"))
 RATE = 100
@@ -64,6 +64,13 @@ def metrics(admin):
     conn.request("GET", "/stats/prometheus")
     body = conn.getresponse().read().decode()
     return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in body.splitlines() if line and not line.startswith("#"))}
+
+
+def ready(admin):
+    import http.client
+    conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=10)
+    conn.request("GET", "/healthz/ready")
+    return conn.getresponse().status == 200
 
 
 def quantile(samples, q):
@@ -109,10 +116,12 @@ def main():
         line = ""
         while "ready" not in line:
             line = proxy.stderr.readline()
-        load_time = time.time() - started
         admin = int(re.search(r"admin=127\.0\.0\.1:(\d+)", line).group(1))
         hbone = int(re.search(r"hbone=127\.0\.0\.1:(\d+)", line).group(1))
         threading.Thread(target=lambda: [None for _ in proxy.stderr], daemon=True).start()
+        while not ready(admin):                     # listening, then serving once every kind was listed
+            time.sleep(0.01)
+        load_time = time.time() - started
         rss_loaded = rss_kib(proxy.pid)
 
         idle_rps, idle_out = hbone_load(work, hbone, IDLE)

@@ -219,17 +219,21 @@ public final class ProxyServer: TunnelAcceptor {
 
     /// Takes a new snapshot's endpoints (see `UpstreamClusters.updateEndpoints`); its cluster indices may differ,
     /// so the retry budgets start over.
-    public func updateEndpoints(_ addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels?]) {
+    public func updateEndpoints(
+        _ addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels], workloadOf: [Int32]
+    ) {
         retryBudget.reset()
-        upstreams.updateEndpoints(addresses, transports: transports, workloads: workloads, server: self)
+        upstreams.updateEndpoints(addresses, transports: transports, workloads: workloads, workloadOf: workloadOf, server: self)
     }
 
     /// The same endpoints grown or revised in place (`UpstreamClusters.patchEndpoints`); clusters kept their
     /// indices, so the retry budgets carry on.
     public func patchEndpoints(
-        _ addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels?], revised: [Int32]
+        _ addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels], workloadOf: [Int32],
+        revised: [Int32]
     ) {
-        upstreams.patchEndpoints(addresses, transports: transports, workloads: workloads, revised: revised, server: self)
+        upstreams.patchEndpoints(
+            addresses, transports: transports, workloads: workloads, workloadOf: workloadOf, revised: revised, server: self)
     }
 
     /// A random v4 UUID for `x-request-id`, from a per-worker generator (no syscall, no lock).

@@ -14,6 +14,8 @@ import WaypointCore
 public final class APIObjectStore: Sendable {
     private struct State {
         var objects: [WatchedKind: [String: JSON]] = [:]
+        /// Per kind: bumped whenever its objects change, so a reader takes only the kinds that did.
+        var revisions: [WatchedKind: Int] = [:]
         /// Kinds whose first list completed, or whose resource does not exist (a CRD not installed).
         var settled: Set<WatchedKind> = []
         /// When the oldest change not yet taken by `takeChangedSince` arrived.
@@ -33,6 +35,16 @@ public final class APIObjectStore: Sendable {
     public func objects() -> [JSON] {
         state.withLock { state in
             state.objects.sorted { $0.key.path < $1.key.path }.flatMap { $0.value.sorted { $0.key < $1.key }.map(\.value) }
+        }
+    }
+
+    /// The kinds whose objects changed since the revisions in `known` (by `WatchedKind.path`), each with its
+    /// new revision and objects (by name), in a stable order (by kind).
+    public func objects(changedSince known: [String: Int]) -> [(kind: String, revision: Int, objects: [JSON])] {
+        state.withLock { state in
+            state.revisions.filter { known[$0.key.path] != $0.value }.sorted { $0.key.path < $1.key.path }.map { kind, revision in
+                (kind.path, revision, (state.objects[kind] ?? [:]).sorted { $0.key < $1.key }.map(\.value))
+            }
         }
     }
 
@@ -79,6 +91,7 @@ public final class APIObjectStore: Sendable {
     func replace(_ kind: WatchedKind, with objects: [String: JSON], notify: Bool) {
         state.withLock { state in
             state.objects[kind] = objects
+            state.revisions[kind, default: 0] += 1
             state.settled.insert(kind)
             if notify && state.changedSince == nil { state.changedSince = .now }
         }
@@ -89,6 +102,7 @@ public final class APIObjectStore: Sendable {
         let had = state.withLock { state in
             state.settled.insert(kind)
             let had = state.objects.removeValue(forKey: kind).map { !$0.isEmpty } ?? false
+            state.revisions[kind, default: 0] += 1
             if had && state.changedSince == nil { state.changedSince = .now }
             return had
         }

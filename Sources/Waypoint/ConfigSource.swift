@@ -16,10 +16,12 @@ struct ConfigSource {
     let namespace: String
     /// The compiler with its options (root namespace, layered authorization, locality).
     var compiler: SnapshotCompiler
-    /// The Kubernetes API's objects (read at each load), when that source is on.
-    var apiObjects: (() -> [JSON])?
-    /// The API objects' parses, kept across loads.
-    private let parsedObjects = ParsedObjects()
+    /// The Kubernetes API's objects of the kinds changed since the given revisions, when that source is on.
+    var apiObjects: ((_ known: [String: Int]) -> [(kind: String, revision: Int, objects: [JSON])])?
+    /// The API objects as specs, per kind.
+    private var apiSpecs = APISpecs()
+    /// With the API source: the files' spec as of `fingerprint` (nil: read them at the next load).
+    private var fileSpec: ConfigSpec?
     /// With the API source: the last compilation, which endpoint changes update.
     private var compiled: CompiledConfig?
     /// Compilations of everything, and endpoint updates.
@@ -41,12 +43,27 @@ struct ConfigSource {
         let spec: ConfigSpec
         var endpointChanges: ConfigSpec? = nil
         if let apiObjects {
+            var errors: [ConfigError] = []
             let files = Self.fingerprint(paths ?? [])
-            let filesSame = files == fingerprint
-            fingerprint = files
-            spec = try ManifestLoader.load(
-                paths: paths ?? [], objects: apiObjects(), source: "kubernetes", defaultNamespace: namespace, cache: parsedObjects)
-            endpointChanges = parsedObjects.takeEndpointChanges().flatMap { filesSame ? $0 : nil }
+            let filesChanged = files != fingerprint || fileSpec == nil
+            if filesChanged {
+                fingerprint = files
+                do { fileSpec = try ManifestLoader.load(paths: paths ?? [], defaultNamespace: namespace) } catch {
+                    errors += error.errors
+                    fileSpec = nil
+                }
+            }
+            do {
+                endpointChanges = try apiSpecs.refresh(from: apiObjects(apiSpecs.revisions), namespace: namespace)
+            } catch {
+                errors += error.errors
+            }
+            guard errors.isEmpty, let fileSpec else {
+                compiled = nil  // what failed was taken: the next load compiles everything
+                throw ConfigErrors(errors: errors)
+            }
+            if filesChanged { endpointChanges = nil }
+            spec = apiSpecs.merged(after: fileSpec)
         } else if let paths {
             fingerprint = Self.fingerprint(paths)
             spec = try ManifestLoader.load(paths: paths, defaultNamespace: namespace)
@@ -97,5 +114,45 @@ struct ConfigSource {
             }
         }
         return result
+    }
+}
+
+/// The Kubernetes API's objects as specs, per kind (`WatchedKind.path`): a load parses only the kinds whose
+/// objects changed, and of those only the objects whose resourceVersion did; the others are merged as they were.
+private struct APISpecs {
+    private var kinds: [String: (revision: Int, cache: ParsedObjects, spec: ConfigSpec)] = [:]
+
+    /// The revision of each kind as last read (-1: read it again).
+    var revisions: [String: Int] { kinds.mapValues(\.revision) }
+
+    /// Parses the kinds in `changed`. Returns their changed objects (old and new versions) when only EndpointSlices
+    /// and Pods changed, else nil; throws every error found (a kind that failed is read again next time).
+    mutating func refresh(from changed: [(kind: String, revision: Int, objects: [JSON])], namespace: String) throws(ConfigErrors)
+        -> ConfigSpec?
+    {
+        var errors: [ConfigError] = []
+        var changes: ConfigSpec? = ConfigSpec()
+        for (kind, revision, objects) in changed {
+            let cache = kinds[kind]?.cache ?? ParsedObjects()
+            do {
+                let spec = try ManifestLoader.load(
+                    paths: [], objects: objects, source: "kubernetes", defaultNamespace: namespace, cache: cache)
+                kinds[kind] = (revision, cache, spec)
+            } catch {
+                errors += error.errors
+                kinds[kind] = (-1, cache, kinds[kind]?.spec ?? ConfigSpec())
+            }
+            let taken = cache.takeEndpointChanges()
+            if let more = taken, changes != nil { changes?.append(more) } else { changes = nil }
+        }
+        if !errors.isEmpty { throw ConfigErrors(errors: errors) }
+        return changes
+    }
+
+    /// `files` and then every kind's objects, in a stable order (by kind, then namespace/name).
+    func merged(after files: ConfigSpec) -> ConfigSpec {
+        var spec = files
+        for kind in kinds.keys.sorted() { spec.append(kinds[kind]!.spec) }
+        return spec
     }
 }

@@ -84,6 +84,10 @@ final class Runtime {
         var options = options
         options.settings.workers = options.workers
         self.options = options
+        // One malloc arena per worker and one for the main thread (and, shared, the control threads: one
+        // Kubernetes watcher per kind and namespace would each hold an arena of their own, ~15 MiB resident
+        // under API churn for no speed).
+        limitMallocArenas(options.workers + 2)
         self.logger = logger
         config = ConfigSource(paths: options.configPaths, namespace: options.namespace)
         config.compiler.rootNamespace = options.rootNamespace
@@ -99,7 +103,7 @@ final class Runtime {
                 throw StartupError("kubernetes: \(error)")
             }
             let store = source.store
-            config.apiObjects = { store.objects() }
+            config.apiObjects = { known in store.objects(changedSince: known) }
             config.compiler.gateway = apiOptions.gateway
             kubernetes = source
         }

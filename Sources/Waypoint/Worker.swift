@@ -55,7 +55,9 @@ final class Worker: @unchecked Sendable {
         router = SnapshotRouter(snapshot: snapshot, seed: seed.next(), counters: counters) { [unowned(unsafe) loop] in loop.now }
         server = ProxyServer(loop: loop, router: router, settings: settings, accessLog: accessLog, logger: logger, counters: counters)
         router.requestsInFlight = { [unowned(unsafe) server] endpoint in server.upstreams.requestsInFlight(endpoint) }
-        server.updateEndpoints(snapshot.endpoints, transports: snapshot.endpointTransports, workloads: snapshot.endpointWorkloads)
+        server.updateEndpoints(
+            snapshot.endpoints, transports: snapshot.endpointTransports, workloads: snapshot.workloads,
+            workloadOf: snapshot.endpointWorkloads)
         server.tlsContext = tls?.server
         server.clientTLSContext = tls?.client
         for fd in listenFDs { server.listen(fd: fd) }
@@ -95,10 +97,12 @@ final class Worker: @unchecked Sendable {
                 // In-flight exchanges already hold their endpoint; new requests see the new snapshot.
                 if next.lineage == router.snapshot.lineage {
                     server.patchEndpoints(
-                        next.endpoints, transports: next.endpointTransports, workloads: next.endpointWorkloads,
-                        revised: next.revisedEndpoints)
+                        next.endpoints, transports: next.endpointTransports, workloads: next.workloads,
+                        workloadOf: next.endpointWorkloads, revised: next.revisedEndpoints)
                 } else {
-                    server.updateEndpoints(next.endpoints, transports: next.endpointTransports, workloads: next.endpointWorkloads)
+                    server.updateEndpoints(
+                        next.endpoints, transports: next.endpointTransports, workloads: next.workloads,
+                        workloadOf: next.endpointWorkloads)
                 }
                 router.replace(next)
                 logger.debug("serving config generation \(next.generation)")

@@ -30,4 +30,6 @@ public struct ConfigError: Error, Sendable, Equatable, CustomStringConvertible {
 public struct ConfigErrors: Error, Sendable, CustomStringConvertible {
     public var errors: [ConfigError]
     public var description: String { errors.map(\.description).joined(separator: "\n") }
+
+    public init(errors: [ConfigError]) { self.errors = errors }
 }

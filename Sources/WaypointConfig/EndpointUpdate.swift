@@ -57,7 +57,7 @@ extension SnapshotCompiler {
     /// `compiled` with `spec`, which differs from the spec it was compiled from only in the EndpointSlices and
     /// Pods of `changes` (their old and new versions): the Services they touch get their endpoints resolved
     /// again, everything else is kept. The snapshot stays in `compiled`'s lineage. nil: compile everything
-    /// (dead endpoints outnumber live ones).
+    /// (dead endpoints exceed a quarter of the live ones and 1,024: a full compile drops them).
     public func update(_ compiled: CompiledConfig, spec: ConfigSpec, changes: ConfigSpec, generation: UInt64) -> CompiledConfig? {
         var state = compiled.state
         guard state.updateEndpoints(spec, touching: Self.services(touchedBy: changes, in: spec)) else { return nil }
@@ -118,7 +118,7 @@ extension CompileState {
         }
         for endpoint in dropped where endpointRefs[Int(endpoint)] == 0 { retire(endpoint) }
         let live = endpointRefs.reduce(0) { $0 + ($1 > 0 ? 1 : 0) }
-        return endpoints.count - live <= max(1024, live)
+        return endpoints.count - live <= max(1024, live / 4)
     }
 
     /// A cluster's ring and locality tiers after its members changed.
@@ -134,7 +134,7 @@ extension CompileState {
         workloadDestinations[address] = nil
         if destinations[address]?.endpoint == endpoint { destinations[address] = nil }
         endpointTransports[Int(endpoint)] = .plaintext
-        endpointWorkloads[Int(endpoint)] = nil
+        endpointWorkloads[Int(endpoint)] = -1
         endpointLabels[endpoint] = nil
         endpointLocality[endpoint] = nil
     }
@@ -152,7 +152,8 @@ extension CompileState {
     func snapshot(generation: UInt64, routes: RouteTable<RouteAction>, revised: [Int32], previous: Snapshot?) -> Snapshot {
         Snapshot(
             generation: generation, lineage: lineage, routes: routes, clusters: clusters, endpoints: endpoints,
-            endpointTransports: endpointTransports, endpointWorkloads: endpointWorkloads, revisedEndpoints: revised,
+            endpointTransports: endpointTransports, workloads: workloads, endpointWorkloads: endpointWorkloads,
+            revisedEndpoints: revised,
             destinations: destinations, tcpRoutes: tcpRoutes,
             authorization: authorization, unmatchedHostPolicies: unmatchedHostPolicies, strictMTLS: strictMTLS, services: services,
             dump: dumpSource(generation: generation), warnings: spec.warnings + warnings, previous: previous)

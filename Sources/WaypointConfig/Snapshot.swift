@@ -100,7 +100,9 @@ public final class Snapshot: Sendable {
     /// identity its certificate must name).
     public let endpointTransports: [EndpointTransport]
     /// Parallel to `endpoints`: the workload behind an endpoint whose Pod is known (Istio's destination labels).
-    public let endpointWorkloads: [WorkloadLabels?]
+    public let endpointWorkloads: [Int32]
+    /// The distinct workloads `endpointWorkloads` indexes (within a lineage only added to).
+    public let workloads: [WorkloadLabels]
     /// What an HBONE tunnel's `:authority` may name; anything else is refused (never an open relay).
     public let destinations: [SocketAddress: Destination]
     /// TCPRoute backends of a service port, by `tcpRouteKey(virtualHost, port)`: where its byte streams go.
@@ -124,7 +126,7 @@ public final class Snapshot: Sendable {
 
     init(
         generation: UInt64, lineage: UInt64, routes: RouteTable<RouteAction>, clusters: [Cluster], endpoints: [SocketAddress],
-        endpointTransports: [EndpointTransport], endpointWorkloads: [WorkloadLabels?], revisedEndpoints: [Int32],
+        endpointTransports: [EndpointTransport], workloads: [WorkloadLabels], endpointWorkloads: [Int32], revisedEndpoints: [Int32],
         destinations: [SocketAddress: Destination], tcpRoutes: [UInt64: BackendSet], authorization: [PolicySet],
         unmatchedHostPolicies: PolicySet, strictMTLS: [Bool], services: [(fqdn: String, name: String, namespace: String)],
         dump: @escaping @Sendable () -> JSONValue, warnings: [String], previous: Snapshot?
@@ -146,6 +148,7 @@ public final class Snapshot: Sendable {
         self.endpoints = endpoints
         self.endpointTransports = endpointTransports
         self.endpointWorkloads = endpointWorkloads
+        self.workloads = workloads
         self.destinations = destinations
         self.tcpRoutes = tcpRoutes
         self.authorization = authorization

@@ -62,8 +62,11 @@ struct CompileState {
     var endpoints: [SocketAddress] = []
     /// Per endpoint: plaintext, or HBONE (in the mesh) and to whom.
     var endpointTransports: [EndpointTransport] = []
-    /// Per endpoint: its Pod's workload labels, when the Pod is known.
-    var endpointWorkloads: [WorkloadLabels?] = []
+    /// Per endpoint: its Pod's workload (index into `workloads`; -1: the Pod is not known).
+    var endpointWorkloads: [Int32] = []
+    /// Every distinct workload behind an endpoint (a Deployment's thousand Pods are one entry).
+    var workloads: [WorkloadLabels] = []
+    var workloadIndex: [WorkloadLabels: Int32] = [:]
     var endpointIndex: [SocketAddress: Int32] = [:]
     /// Labels of the workload behind each endpoint (from its Pod, or its ServiceEntry endpoint), for subsets.
     var endpointLabels: [Int32: [String: String]] = [:]
@@ -301,10 +304,18 @@ struct CompileState {
         }
         endpoints.append(address)
         endpointTransports.append(transport)
-        endpointWorkloads.append(nil)
+        endpointWorkloads.append(-1)
         endpointRefs.append(0)
         endpointIndex[address] = Int32(endpoints.count - 1)
         return Int32(endpoints.count - 1)
+    }
+
+    /// The index of `labels` in `workloads`, added on first sight.
+    mutating func workload(_ labels: WorkloadLabels) -> Int32 {
+        if let index = workloadIndex[labels] { return index }
+        workloads.append(labels)
+        workloadIndex[labels] = Int32(workloads.count - 1)
+        return Int32(workloads.count - 1)
     }
 
     mutating func addWorkload(_ endpoint: Int32, _ innerProtocol: InnerProtocol) {
@@ -365,7 +376,7 @@ struct CompileState {
                     guard let index = self.endpoint(ip, targetPort, transport: transport) else { continue }
                     if let pod {
                         endpointLabels[index] = pod.labels
-                        endpointWorkloads[Int(index)] = pod.workload
+                        endpointWorkloads[Int(index)] = workload(pod.workload)
                     }
                     // Istio's order: the Pod's `istio-locality` label, its Node's topology labels, the slice's zone.
                     if let locality = pod?.labels["istio-locality"].flatMap({ Locality($0, separator: ".") })

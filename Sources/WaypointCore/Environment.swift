@@ -27,3 +27,17 @@ public func availableCPUs() -> Int {
     }
     return max(cpus, 1)
 }
+
+/// Caps glibc's malloc arenas at `count` (threads beyond share them). glibc gives each new thread an arena of
+/// its own up to 8 per core; a thread that only parses now and then (a Kubernetes watcher) keeps its arena's
+/// freed memory resident.
+public func limitMallocArenas(_ count: Int) {
+    _ = glibcMallopt(mallocArenaMaxParameter, Int32(count))
+}
+
+/// `M_ARENA_MAX` of glibc's `<malloc.h>`, which the Glibc module does not import.
+private let mallocArenaMaxParameter: Int32 = -8
+
+/// glibc's `int mallopt(int param, int value)` (declared in `<malloc.h>`, not in the Glibc module).
+@_silgen_name("mallopt")
+private func glibcMallopt(_ parameter: Int32, _ value: Int32) -> Int32

@@ -61,13 +61,18 @@ import WaypointCore
             endpoints: pods.map { (["10.0.0.\($0)"], ready, "pod-\($0)", nil, nil) })
     }
 
+    static func version(_ snapshot: Snapshot, _ endpoint: Int32) -> String {
+        let workload = snapshot.endpointWorkloads[Int(endpoint)]
+        return workload >= 0 ? snapshot.workloads[Int(workload)].version : "-"
+    }
+
     /// What routing sees: each cluster's endpoints (address, transport, workload version) and the tunnel
     /// destinations (address → where to).
     static func view(_ snapshot: Snapshot) -> [String] {
         var lines: [String] = []
         for cluster in snapshot.clusters {
             let members = cluster.endpoints.map { i in
-                "\(snapshot.endpoints[Int(i)]) \(snapshot.endpointTransports[Int(i)]) \(snapshot.endpointWorkloads[Int(i)]?.version ?? "-")"
+                "\(snapshot.endpoints[Int(i)]) \(snapshot.endpointTransports[Int(i)]) \(version(snapshot, i))"
             }
             lines.append("\(cluster.name): \(members.sorted()) ring=\(cluster.ring != nil)")
         }
@@ -172,7 +177,7 @@ import WaypointCore
         #expect(!loaded.onlyEndpoints)
     }
 
-    /// Dead endpoints (listed by no cluster) pile up within a lineage; past as many as live ones (and 1,024),
+    /// Dead endpoints (listed by no cluster) pile up within a lineage; past a quarter of the live ones and 1,024,
     /// the update asks for a full compile, which starts a new lineage without them.
     @Test func deadEndpointsBringAFullCompile() throws {
         let compiler = SnapshotCompiler(namespace: "shop")

@@ -15,10 +15,11 @@ public final class UpstreamClusters {
 
     /// Replaces the endpoint list that `RouteDecision.forward` indexes; pools for addresses still listed
     /// (and their idle connections) carry over, the others retire.
-    /// `transports[i]`: how endpoint i is reached (plaintext, or HBONE to a given identity); `workloads[i]`: its
-    /// Pod's labels for Istio's metrics.
+    /// `transports[i]`: how endpoint i is reached (plaintext, or HBONE to a given identity);
+    /// `workloads[workloadOf[i]]`: its Pod's labels for Istio's metrics (-1: none known).
     func updateEndpoints(
-        _ addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels?], server: ProxyServer
+        _ addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels], workloadOf: [Int32],
+        server: ProxyServer
     ) {
         var existing: [SocketAddress: UpstreamPool] = [:]
         for pool in pools { existing[pool.address] = pool }
@@ -30,31 +31,36 @@ public final class UpstreamClusters {
             return UpstreamPool(address: address, transport: transport, server: server)
         }
         for pool in existing.values { pool.retired = true }
-        for (pool, workload) in zip(pools, workloads) {
-            pool.destinationWorkload = workload.map { worker.counters.istio.intern(destination: $0) } ?? -1
-        }
+        let interned = intern(workloads)
+        for (pool, workload) in zip(pools, workloadOf) { pool.destinationWorkload = workload >= 0 ? interned[Int(workload)] : -1 }
     }
 
     /// The same endpoint list grown or revised in place (a snapshot of the same lineage): indices below the
     /// pools' count kept their address; pools of `revised` endpoints take their new transport (a new pool) or
     /// workload; the endpoints past the end are new.
     func patchEndpoints(
-        _ addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels?], revised: [Int32],
-        server: ProxyServer
+        _ addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels], workloadOf: [Int32],
+        revised: [Int32], server: ProxyServer
     ) {
+        let interned = intern(workloads)
         for endpoint in revised where Int(endpoint) < pools.count {
             let i = Int(endpoint)
             if pools[i].transport != transports[i] {
                 pools[i].retired = true
                 pools[i] = UpstreamPool(address: addresses[i], transport: transports[i], server: server)
             }
-            pools[i].destinationWorkload = workloads[i].map { worker.counters.istio.intern(destination: $0) } ?? -1
+            pools[i].destinationWorkload = workloadOf[i] >= 0 ? interned[Int(workloadOf[i])] : -1
         }
         for i in pools.count..<addresses.count {
             let pool = UpstreamPool(address: addresses[i], transport: transports[i], server: server)
-            pool.destinationWorkload = workloads[i].map { worker.counters.istio.intern(destination: $0) } ?? -1
+            pool.destinationWorkload = workloadOf[i] >= 0 ? interned[Int(workloadOf[i])] : -1
             pools.append(pool)
         }
+    }
+
+    /// The workloads' ids in this worker's Istio metrics.
+    private func intern(_ workloads: [WorkloadLabels]) -> [Int32] {
+        workloads.map { worker.counters.istio.intern(destination: $0) }
     }
 
     /// Requests this worker has in flight to the endpoint (LEAST_REQUEST load balancing).
