@@ -1,19 +1,21 @@
 #!/usr/bin/env python3
 """Kubernetes source under churn: a namespace of 1,000 Services / 10,000 endpoints served by the stand-in API
-server (Tests/EndToEnd/fake_apiserver.py, on loopback), 100 endpoint changes per second for CHURN_SECONDS
-(default 60) while `waypoint hbone-load` runs at full speed through the waypoint (one worker) to one of those
-services; and 9,000 Services in other namespaces the waypoint must never read.
+server (Tests/EndToEnd/fake_apiserver.py, on loopback), 100 endpoint changes per second while `waypoint
+hbone-load` runs at full speed through the waypoint (one worker) to one of those services, in windows of
+WINDOW_SECONDS (10) without and with churn, A B B A, ROUNDS (3) times; and 9,000 Services in other namespaces the
+waypoint must never read.
 
 Reports: the time from a change reaching the waypoint to the snapshot swap (p50/p99 from the
 waypoint_kubernetes_event_to_swap_seconds histogram; target p99 <= 250 ms), the HBONE throughput during churn
 against the same load without churn (target >= 0.95x), the proxy's RSS before and after the namespace's config
 is loaded (target: <= 20 MiB added), the main thread's CPU per second of churn (compiling), and which collections
 the waypoint listed or watched.
-Usage: python3 benchmarks/kubernetes_churn.py   (after `make release`)
+Usage: python3 benchmarks/kubernetes_churn.py   (after `make release`; WAYPOINT_BIN=... for another build)
 """
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,8 +28,8 @@ import pki                                   # noqa: E402  (the test PKI)
 from fake_apiserver import FakeAPIServer     # noqa: E402  (the stand-in API server)
 
 BIN = os.environ.get("WAYPOINT_BIN", os.path.join(ROOT, ".build", "release", "waypoint"))
-CHURN = int(os.environ.get("CHURN_SECONDS", "60"))
-IDLE = int(os.environ.get("IDLE_SECONDS", "30"))
+WINDOW = int(os.environ.get("WINDOW_SECONDS", "10"))
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
 RATE = 100
 VIP = "10.96.0.10"
 
@@ -124,14 +126,18 @@ def main():
         load_time = time.time() - started
         rss_loaded = rss_kib(proxy.pid)
 
-        idle_rps, idle_out = hbone_load(work, hbone, IDLE)
-
+        # Windows of load without and with churn, in the order A B B A (repeated), so that the neighbours' noise
+        # and any drift weigh on both alike; the ratio is of the medians.
         stop = threading.Event()
+        churning = threading.Event()
         changes = [0]
 
         def churn():
             next_at = time.time()
             while not stop.is_set():
+                if not churning.wait(0.05):
+                    next_at = time.time()
+                    continue
                 i = random.randrange(1000)
                 api.apply(endpoint_slice(f"svc-{i}-1", f"svc-{i}", "default",
                                          [f"10.{i // 250 + 10}.{i % 250}.{random.randrange(1, 250)}" for _ in range(10)], 8080))
@@ -139,14 +145,24 @@ def main():
                 next_at += 1 / RATE
                 time.sleep(max(0, next_at - time.time()))
 
-        cpu_before = main_thread_cpu(proxy.pid)
         thread = threading.Thread(target=churn)
         thread.start()
-        churn_rps, churn_out = hbone_load(work, hbone, CHURN)
+        rates = {False: [], True: []}
+        outputs = {False: [], True: []}
+        cpu = 0.0
+        for on in [False, True, True, False] * ROUNDS:
+            (churning.set if on else churning.clear)()
+            before = main_thread_cpu(proxy.pid)
+            rps, out = hbone_load(work, hbone, WINDOW)
+            if on:
+                cpu += main_thread_cpu(proxy.pid) - before
+            rates[on].append(rps)
+            outputs[on].append(out.splitlines()[-1])
         stop.set()
         thread.join()
         time.sleep(1)
-        cpu = main_thread_cpu(proxy.pid) - cpu_before
+        churn_seconds = WINDOW * 2 * ROUNDS
+        idle_rps, churn_rps = statistics.median(rates[False]), statistics.median(rates[True])
         m = metrics(admin)
         buckets = {re.search(r'le="([^"]+)"', k).group(1): v for k, v in m.items()
                    if k.startswith("waypoint_kubernetes_event_to_swap_seconds_bucket")}
@@ -156,15 +172,17 @@ def main():
         print(f"namespace: 1,001 Services, 10,001 endpoints; 9,000 Services in 30 other namespaces")
         print(f"start-up to ready (initial lists + compile): {load_time:.2f} s; RSS when ready: {rss_loaded / 1024:.1f} MiB; "
               f"after the churn: {rss_kib(proxy.pid) / 1024:.1f} MiB")
-        print(f"churn: {changes[0]} endpoint changes in {CHURN} s; {int(swaps)} swaps; event to swap p50 <= {quantile(buckets, 0.5)} s, "
+        print(f"churn: {changes[0]} endpoint changes in {churn_seconds} s; {int(swaps)} swaps; event to swap p50 <= {quantile(buckets, 0.5)} s, "
               f"p99 <= {quantile(buckets, 0.99)} s")
-        print(f"HBONE load without churn: {idle_rps:.0f} req/s; during churn: {churn_rps:.0f} req/s ({churn_rps / idle_rps:.2f}x)")
-        print(f"main thread CPU during churn: {cpu:.1f} s in {CHURN} s ({cpu / CHURN * 100:.0f}% of a core)")
+        print(f"HBONE load without churn: {idle_rps:.0f} req/s; during churn: {churn_rps:.0f} req/s ({churn_rps / idle_rps:.2f}x), "
+              f"medians of {2 * ROUNDS} windows of {WINDOW} s each (A B B A)")
+        print("  without:", " ".join(f"{r:.0f}" for r in rates[False]), "| with:", " ".join(f"{r:.0f}" for r in rates[True]))
+        print(f"main thread CPU during churn: {cpu:.1f} s in {churn_seconds} s ({cpu / churn_seconds * 100:.0f}% of a core)")
         parse, compile_ = (m['waypoint_config_load_seconds{phase="%s"}' % phase] * 1000 for phase in ("parse", "compile"))
         print(f"last load: parse {parse:.0f} ms, compile {compile_:.0f} ms")
         print(f"collections read: {len(paths)}; in other namespaces: {len(foreign)}")
-        print("idle load:", idle_out.splitlines()[-1])
-        print("churn load:", churn_out.splitlines()[-1])
+        print("last window without churn:", outputs[False][-1])
+        print("last window with churn:", outputs[True][-1])
         # a waypoint started with only the 9,000 far Services would read nothing more: none of their paths was asked
     finally:
         for p in procs:

@@ -52,9 +52,15 @@ final class Runtime {
     private(set) var config: ConfigSource
     private(set) var kubernetes: KubernetesSource?
     private(set) var snapshot: Snapshot
-    /// The snapshot before `snapshot`, released at the next reload on this thread: by then every worker has
-    /// swapped, so freeing it (10,000 endpoints take milliseconds) does not stall a worker.
+    /// The snapshot before `snapshot`, released on this thread a second after the reload: by then every worker
+    /// has swapped, so freeing it (10,000 endpoints take milliseconds) does not stall a worker.
     private var retired: Snapshot?
+    /// A second after a reload (at most once a second under churn): frees `retired` and gives the freed
+    /// memory back to the system.
+    private lazy var retireTimer = Timer(loop: loop) { [unowned(unsafe) self] in
+        self.retired = nil
+        releaseFreeMemory()
+    }
     private(set) var workers: [Worker] = []
     private var admin: AdminServer?
     private var publicEndpoints: [AdminServer] = []
@@ -251,6 +257,7 @@ final class Runtime {
             reloadsOK += 1
             for warning in next.warnings { logger.warning("\(warning)") }
             for worker in workers { worker.post(.replaceSnapshot(next)) }
+            if !retireTimer.isActive { retireTimer.schedule(after: .seconds(1)) }
             kubernetes?.swapped()
             logger.info("config reloaded", metadata: ["reason": "\(reason)", "config.generation": "\(next.generation)"])
         } catch {

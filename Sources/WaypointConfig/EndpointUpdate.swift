@@ -98,11 +98,7 @@ extension CompileState {
                 let members = members(of: service, port: port, lookups)
                 let i = Int(cluster)
                 for endpoint in clusters[i].endpoints { endpointRefs[Int(endpoint)] -= 1 }
-                for endpoint in members {
-                    endpointRefs[Int(endpoint)] += 1
-                    let address = endpoints[Int(endpoint)]
-                    if destinations[address] == nil { destinations[address] = workloadDestinations[address] }
-                }
+                for endpoint in members { endpointRefs[Int(endpoint)] += 1 }
                 dropped += clusters[i].endpoints
                 clusters[i].endpoints = members
                 refresh(cluster: i)
@@ -131,7 +127,6 @@ extension CompileState {
     /// the address comes back it is resolved as new).
     private mutating func retire(_ endpoint: Int32) {
         let address = endpoints[Int(endpoint)]
-        workloadDestinations[address] = nil
         if destinations[address]?.endpoint == endpoint { destinations[address] = nil }
         endpointTransports[Int(endpoint)] = .plaintext
         endpointWorkloads[Int(endpoint)] = -1

@@ -87,7 +87,9 @@ struct CompileState {
     var dumpHosts: [JSONValue] = []
     /// HBONE `:authority` → destination: service VIPs and ServiceEntry addresses first, then endpoints.
     var destinations: [SocketAddress: Destination] = [:]
-    var workloadDestinations: [SocketAddress: Destination] = [:]
+    /// During a full build, workload addresses wait here until the services' addresses are in `destinations`
+    /// (which win); nil afterwards: an endpoint update adds them to `destinations` where free.
+    var workloadDestinations: [SocketAddress: Destination]? = [:]
     var tcpRoutes: [UInt64: BackendSet] = [:]
     /// Who each virtual host belongs to: (kind, namespace, name).
     var hostOwners: [(kind: String, namespace: String, name: String)] = []
@@ -116,7 +118,8 @@ struct CompileState {
         buildGatewayHosts()
         buildServiceHosts()
         buildServiceEntryHosts()
-        destinations.merge(workloadDestinations) { service, _ in service }
+        destinations.merge(workloadDestinations ?? [:]) { service, _ in service }
+        workloadDestinations = nil
         buildAuthorization()
         buildPeerAuthentication()
     }
@@ -320,10 +323,15 @@ struct CompileState {
 
     mutating func addWorkload(_ endpoint: Int32, _ innerProtocol: InnerProtocol) {
         let address = endpoints[Int(endpoint)]
-        guard workloadDestinations[address] == nil else { return }
-        workloadDestinations[address] = Destination(
+        guard (workloadDestinations ?? destinations)[address] == nil else { return }
+        let destination = Destination(
             virtualHost: -1, port: address.port, cluster: -1, endpoint: endpoint,
             innerProtocol: innerProtocol, name: address.description, host: address.description)
+        if workloadDestinations != nil {
+            workloadDestinations?[address] = destination
+        } else {
+            destinations[address] = destination
+        }
     }
 
     /// How a Service's endpoint is reached, as Istio decides ambient membership: a Pod labelled

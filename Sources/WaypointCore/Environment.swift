@@ -41,3 +41,13 @@ private let mallocArenaMaxParameter: Int32 = -8
 /// glibc's `int mallopt(int param, int value)` (declared in `<malloc.h>`, not in the Glibc module).
 @_silgen_name("mallopt")
 private func glibcMallopt(_ parameter: Int32, _ value: Int32) -> Int32
+
+/// Gives the free memory inside malloc's arenas back to the system (glibc's `malloc_trim(0)`): after a config
+/// swap freed the previous snapshot, its pages would otherwise stay resident between live allocations.
+public func releaseFreeMemory() {
+    _ = glibcMallocTrim(0)
+}
+
+/// glibc's `int malloc_trim(size_t pad)` (declared in `<malloc.h>`).
+@_silgen_name("malloc_trim")
+private func glibcMallocTrim(_ pad: Int) -> Int32
