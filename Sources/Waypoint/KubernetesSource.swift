@@ -47,7 +47,7 @@ final class KubernetesSource {
     private let doorbell = DoorbellBox()
     private lazy var debounce = Timer(loop: loop) { [unowned(unsafe) self] in self.onChange?() }
     /// Seconds from a change reaching a watcher to the swap of the snapshot with it.
-    private(set) var eventToSwap = Histogram(bounds: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10])
+    private(set) var eventToSwap = Histogram(bounds: [0.005, 0.01, 0.025, 0.05, 0.1, 0.125, 0.15, 0.2, 0.25, 0.5, 1, 2.5, 5, 10])
 
     /// The snapshot with every change so far was swapped in now.
     func swapped() {
