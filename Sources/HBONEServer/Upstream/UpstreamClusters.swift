@@ -9,7 +9,15 @@ import WaypointCore
 /// Thread: its worker's loop thread only. Ownership: its `ProxyServer`.
 public final class UpstreamClusters {
     private unowned(unsafe) let worker: WorkerContext
-    private var pools: [UpstreamPool] = []
+    /// Per endpoint: its pool, made when a request first goes there (most endpoints of a large namespace never
+    /// see this worker's traffic, and a pool costs ~250 bytes).
+    private var pools: [UpstreamPool?] = []
+    /// The snapshot's endpoints, to make pools from: addresses, transports, and workloads (ids in this worker's
+    /// Istio metrics, -1 unknown).
+    private var addresses: [SocketAddress] = []
+    private var transports: [EndpointTransport] = []
+    private var workloadIDs: [Int32] = []
+    private unowned(unsafe) var server: ProxyServer?
 
     init(worker: WorkerContext) { self.worker = worker }
 
@@ -21,18 +29,16 @@ public final class UpstreamClusters {
         _ addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels], workloadOf: [Int32],
         server: ProxyServer
     ) {
+        take(addresses, transports, workloads, workloadOf, server)
         var existing: [SocketAddress: UpstreamPool] = [:]
-        for pool in pools { existing[pool.address] = pool }
-        pools = zip(addresses, transports).map { address, transport in
-            if let pool = existing[address], pool.transport == transport {
-                existing[address] = nil
-                return pool
-            }
-            return UpstreamPool(address: address, transport: transport, server: server)
+        for case let pool? in pools { existing[pool.address] = pool }
+        pools = zip(addresses, transports).enumerated().map { i, entry in
+            guard let pool = existing[entry.0], pool.transport == entry.1 else { return nil }
+            existing[entry.0] = nil
+            pool.destinationWorkload = workloadIDs[i]
+            return pool
         }
         for pool in existing.values { pool.retired = true }
-        let interned = intern(workloads)
-        for (pool, workload) in zip(pools, workloadOf) { pool.destinationWorkload = workload >= 0 ? interned[Int(workload)] : -1 }
     }
 
     /// The same endpoint list grown or revised in place (a snapshot of the same lineage): indices below the
@@ -42,37 +48,50 @@ public final class UpstreamClusters {
         _ addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels], workloadOf: [Int32],
         revised: [Int32], server: ProxyServer
     ) {
-        let interned = intern(workloads)
+        take(addresses, transports, workloads, workloadOf, server)
         for endpoint in revised where Int(endpoint) < pools.count {
-            let i = Int(endpoint)
-            if pools[i].transport != transports[i] {
-                pools[i].retired = true
-                pools[i] = UpstreamPool(address: addresses[i], transport: transports[i], server: server)
+            guard let pool = pools[Int(endpoint)] else { continue }
+            if pool.transport != transports[Int(endpoint)] {
+                pool.retired = true
+                pools[Int(endpoint)] = nil
+            } else {
+                pool.destinationWorkload = workloadIDs[Int(endpoint)]
             }
-            pools[i].destinationWorkload = workloadOf[i] >= 0 ? interned[Int(workloadOf[i])] : -1
         }
-        for i in pools.count..<addresses.count {
-            let pool = UpstreamPool(address: addresses[i], transport: transports[i], server: server)
-            pool.destinationWorkload = workloadOf[i] >= 0 ? interned[Int(workloadOf[i])] : -1
-            pools.append(pool)
-        }
+        pools += repeatElement(nil, count: addresses.count - pools.count)
     }
 
-    /// The workloads' ids in this worker's Istio metrics.
-    private func intern(_ workloads: [WorkloadLabels]) -> [Int32] {
-        workloads.map { worker.counters.istio.intern(destination: $0) }
+    private func take(
+        _ addresses: [SocketAddress], _ transports: [EndpointTransport], _ workloads: [WorkloadLabels], _ workloadOf: [Int32],
+        _ server: ProxyServer
+    ) {
+        let interned = workloads.map { worker.counters.istio.intern(destination: $0) }
+        (self.addresses, self.transports, self.server) = (addresses, transports, server)
+        workloadIDs = workloadOf.map { $0 >= 0 ? interned[Int($0)] : -1 }
     }
 
     /// Requests this worker has in flight to the endpoint (LEAST_REQUEST load balancing).
-    public func requestsInFlight(_ endpoint: Int32) -> Int { pool(endpoint)?.requestsInFlight ?? 0 }
+    public func requestsInFlight(_ endpoint: Int32) -> Int {
+        endpoint >= 0 && Int(endpoint) < pools.count ? pools[Int(endpoint)]?.requestsInFlight ?? 0 : 0
+    }
 
+    /// The endpoint's pool, made on first use.
     @inline(__always) func pool(_ endpoint: Int32) -> UpstreamPool? {
-        endpoint >= 0 && Int(endpoint) < pools.count ? pools[Int(endpoint)] : nil
+        guard endpoint >= 0 && Int(endpoint) < pools.count else { return nil }
+        return pools[Int(endpoint)] ?? makePool(Int(endpoint))
+    }
+
+    private func makePool(_ i: Int) -> UpstreamPool? {
+        guard let server else { return nil }
+        let pool = UpstreamPool(address: addresses[i], transport: transports[i], server: server)
+        pool.destinationWorkload = workloadIDs[i]
+        pools[i] = pool
+        return pool
     }
 
     /// Draining: idle keep-alive connections close now.
     func closeIdle() {
-        for pool in pools { pool.closeIdle() }
+        for case let pool? in pools { pool.closeIdle() }
     }
 
     // MARK: Connection limits (DestinationRule circuit breaking, proxy-wide counts)
