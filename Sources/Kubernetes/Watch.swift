@@ -174,11 +174,23 @@ public struct WatchCache: Sendable {
                 [("metadata", object["metadata"] ?? .object([]))] + (spec.map { [("spec", $0)] } ?? [])
                 + (status.map { [("status", $0)] } ?? [])
         }
-        entries.removeAll { $0.0 == "kind" || $0.0 == "apiVersion" }
+        // Only a Pod's status is read; other kinds' (a route's conditions, written by istiod) is dropped.
+        entries.removeAll { $0.0 == "kind" || $0.0 == "apiVersion" || ($0.0 == "status" && kind.kind != "Pod") }
         entries = entries.map { key, value in
             guard key == "metadata", case .object(let fields) = value else { return (key, value) }
-            return (key, .object(fields.filter { $0.0 != "managedFields" }))
+            return (key, .object(fields.compactMap(Self.keptMetadata)))
         }
         return .object([("apiVersion", .string(kind.apiVersion)), ("kind", .string(kind.kind))] + entries)
+    }
+
+    /// A metadata field as kept: not `managedFields`, and no annotation `kubectl.kubernetes.io/last-applied-configuration`
+    /// (a whole copy of the object as a string, on everything applied with `kubectl apply`).
+    private static func keptMetadata(_ field: (String, JSON)) -> (String, JSON)? {
+        switch field {
+        case ("managedFields", _): return nil
+        case ("annotations", .object(let annotations)):
+            return ("annotations", .object(annotations.filter { $0.0 != "kubectl.kubernetes.io/last-applied-configuration" }))
+        default: return field
+        }
     }
 }

@@ -68,6 +68,22 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
                 ))
     }
 
+    /// What no parser reads is not kept: `managedFields`, kubectl's last-applied copy of the object, and the status
+    /// of anything but a Pod.
+    @Test func objectsAreKeptWithoutWhatNoParserReads() throws {
+        let routes = WatchedKind(
+            group: "gateway.networking.k8s.io", version: "v1", resource: "httproutes", kind: "HTTPRoute", namespace: "default")
+        var cache = WatchCache(kind: routes)
+        let route =
+            #"{"metadata":{"name":"r","namespace":"default","annotations":{"kubectl.kubernetes.io/last-applied-configuration":"{\"big\":1}","team":"a"},"managedFields":[]},"spec":{"rules":[]},"status":{"parents":[{"conditions":[]}]}}"#
+        _ = try cache.receivedPage(json(#"{"metadata":{"resourceVersion":"1"},"items":[\#(route)]}"#), first: true)
+        #expect(
+            cache.objects["default/r"]
+                == json(
+                    #"{"apiVersion":"gateway.networking.k8s.io/v1","kind":"HTTPRoute","metadata":{"name":"r","namespace":"default","annotations":{"team":"a"}},"spec":{"rules":[]}}"#
+                ))
+    }
+
     @Test func malformedEventsAreErrors() {
         var cache = WatchCache(kind: kind)
         #expect(throws: APIError.self) { try cache.receivedEvent(json(#"{"type":"ADDED"}"#)) }
