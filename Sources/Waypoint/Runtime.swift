@@ -252,10 +252,12 @@ final class Runtime {
         guard !draining else { return }
         do {
             let next = try config.load(previous: snapshot)
+            let known = Set(snapshot.warnings)
             retired = snapshot
             snapshot = next
             reloadsOK += 1
-            for warning in next.warnings { logger.warning("\(warning)") }
+            // New findings only: under API churn the same warnings would repeat with every swap.
+            for warning in next.warnings where !known.contains(warning) { logger.warning("\(warning)") }
             for worker in workers { worker.post(.replaceSnapshot(next)) }
             if !retireTimer.isActive { retireTimer.schedule(after: .seconds(1)) }
             kubernetes?.swapped()
