@@ -101,7 +101,6 @@ import WaypointCore
         // The worker's pools: address and transport per index, patched as the snapshots say.
         var pools = zip(compiled.snapshot.endpoints, compiled.snapshot.endpointTransports).map { ($0, $1) }
         var steps = Steps()
-        var fullCompilesAsked = 0
         for generation in UInt64(2)...300 {
             var changes = ConfigSpec()
             let service = ["web", "reviews", "ratings"][steps.next(3)]
@@ -145,11 +144,10 @@ import WaypointCore
             }
             spec = assemble()
             let previousCount = compiled.snapshot.endpoints.count
+            // ~50 addresses can never leave 1,024 dead endpoints: every step must be an update
             guard let updated = compiler.update(compiled, spec: spec, changes: changes, generation: generation) else {
-                fullCompilesAsked += 1
-                compiled = compiler.compileKeepingState(spec, generation: generation)
-                pools = zip(compiled.snapshot.endpoints, compiled.snapshot.endpointTransports).map { ($0, $1) }
-                continue
+                Issue.record("generation \(generation) asked for a full compile")
+                return
             }
             let full = compiler.compile(spec, generation: generation)
             #expect(Self.view(updated.snapshot) == Self.view(full), "generation \(generation)")
@@ -165,7 +163,7 @@ import WaypointCore
             }
             compiled = updated
         }
-        #expect(compiled.snapshot.lineage == lineage || fullCompilesAsked > 0)
+        #expect(compiled.snapshot.lineage == lineage)
     }
 
     @Test func onlyEndpointSlicesAndPodsAreEndpointChanges() throws {
