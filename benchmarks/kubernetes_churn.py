@@ -109,22 +109,33 @@ def main():
         for i in range(9000):                              # elsewhere: never read
             api.apply(service(f"far-{i}", f"team-{i % 30}"))
         kubeconfig = api.kubeconfig(work)
-        proxy = subprocess.Popen([BIN, "run", "--kubeconfig", kubeconfig, "--workers", "1", "--http-listen", "127.0.0.1:0",
-                                  "--admin-listen", "127.0.0.1:0", "--hbone-listen", "127.0.0.1:0", "--access-log", "off",
-                                  "--cert", f"{work}/waypoint.pem", "--key", f"{work}/waypoint.key", "--ca", f"{work}/ca.pem"],
-                                 stderr=subprocess.PIPE, text=True)
-        procs.append(proxy)
-        started = time.time()
-        line = ""
-        while "ready" not in line:
-            line = proxy.stderr.readline()
-        admin = int(re.search(r"admin=127\.0\.0\.1:(\d+)", line).group(1))
-        hbone = int(re.search(r"hbone=127\.0\.0\.1:(\d+)", line).group(1))
-        threading.Thread(target=lambda: [None for _ in proxy.stderr], daemon=True).start()
-        while not ready(admin):                     # listening, then serving once every kind was listed
-            time.sleep(0.01)
-        load_time = time.time() - started
-        time.sleep(2)                               # the replaced start-up snapshots are freed a second after a swap
+
+        def start(*extra):
+            """A waypoint following the API server: (process, admin port, HBONE port, seconds to ready)."""
+            proxy = subprocess.Popen([BIN, "run", "--kubeconfig", kubeconfig, "--workers", "1", "--http-listen", "127.0.0.1:0",
+                                      "--admin-listen", "127.0.0.1:0", "--hbone-listen", "127.0.0.1:0", "--access-log", "off",
+                                      "--cert", f"{work}/waypoint.pem", "--key", f"{work}/waypoint.key", "--ca", f"{work}/ca.pem",
+                                      *extra], stderr=subprocess.PIPE, text=True)
+            procs.append(proxy)
+            started = time.time()
+            line = ""
+            while "ready" not in line:
+                line = proxy.stderr.readline()
+            admin = int(re.search(r"admin=127\.0\.0\.1:(\d+)", line).group(1))
+            hbone = int(re.search(r"hbone=127\.0\.0\.1:(\d+)", line).group(1))
+            threading.Thread(target=lambda: [None for _ in proxy.stderr], daemon=True).start()
+            while not ready(admin):                 # listening, then serving once every kind was listed
+                time.sleep(0.01)
+            load_time = time.time() - started
+            time.sleep(2)                           # the replaced start-up snapshots are freed a second after a swap
+            return proxy, admin, hbone, load_time
+
+        # The same waypoint for a namespace with nothing in it: what the config below adds is measured against it.
+        empty, _, _, _ = start("--namespace", "empty")
+        rss_empty = rss_kib(empty.pid)
+        empty.terminate()
+        empty.wait()
+        proxy, admin, hbone, load_time = start()
         rss_loaded = rss_kib(proxy.pid)
 
         # Windows of load without and with churn, in the order A B B A (repeated), so that the neighbours' noise
@@ -168,11 +179,14 @@ def main():
         buckets = {re.search(r'le="([^"]+)"', k).group(1): v for k, v in m.items()
                    if k.startswith("waypoint_kubernetes_event_to_swap_seconds_bucket")}
         swaps = m["waypoint_kubernetes_event_to_swap_seconds_count"]
-        paths = sorted({r[1].split("?")[0] for r in api.requests})
+        # what the measured waypoint read (the empty-namespace one's reads aside)
+        paths = sorted({r[1].split("?")[0] for r in api.requests if "empty" not in r[1]})
         foreign = [p for p in paths if "/namespaces/team-" in p]
         print(f"namespace: 1,001 Services, 10,001 endpoints; 9,000 Services in 30 other namespaces")
+        rss_after = rss_kib(proxy.pid)
         print(f"start-up to ready (initial lists + compile): {load_time:.2f} s; RSS 2 s after ready: {rss_loaded / 1024:.1f} MiB; "
-              f"after the churn: {rss_kib(proxy.pid) / 1024:.1f} MiB")
+              f"after the churn: {rss_after / 1024:.1f} MiB; for an empty namespace: {rss_empty / 1024:.1f} MiB, so the config "
+              f"adds {(rss_loaded - rss_empty) / 1024:.1f} MiB ({(rss_after - rss_empty) / 1024:.1f} after the churn)")
         print(f"churn: {changes[0]} endpoint changes in {churn_seconds} s; {int(swaps)} swaps; event to swap p50 <= {quantile(buckets, 0.5)} s, "
               f"p99 <= {quantile(buckets, 0.99)} s")
         print(f"HBONE load without churn: {idle_rps:.0f} req/s; during churn: {churn_rps:.0f} req/s ({churn_rps / idle_rps:.2f}x), "
