@@ -8,12 +8,11 @@ public struct CompiledConfig {
     public let snapshot: Snapshot
 }
 
-/// What resolving a Service's endpoints looks up: Pods by name and IP, Namespace labels, Node localities and
-/// the slices of each service.
+/// What resolving a Service's endpoints looks up: Pods by name and IP, Node localities and the slices of each
+/// service.
 struct EndpointLookups {
     var podsByName: [String: PodSpec] = [:]
     var podsByIP: [String: PodSpec] = [:]
-    var namespaceLabels: [String: [String: String]] = [:]
     var nodeLocality: [String: Locality] = [:]
     /// By `namespace/service` (grouped once: filtering every slice per service was quadratic).
     var slicesByService: [String: [EndpointSliceSpec]] = [:]
@@ -24,7 +23,6 @@ struct EndpointLookups {
             podsByName["\(pod.namespace)/\(pod.name)"] = pod
             for ip in pod.ips { podsByIP[ip] = pod }
         }
-        for namespace in spec.namespaces { namespaceLabels[namespace.name] = namespace.labels }
         for node in spec.nodes { nodeLocality[node.name] = Locality(nodeLabels: node.labels) }
         for slice in spec.endpointSlices {
             let key = "\(slice.namespace)/\(slice.serviceName)"

@@ -135,8 +135,7 @@ enum RouteParser {
             hostnames: hostnames, rules: rules)
     }
 
-    /// A TCPRoute (gateway.networking.k8s.io/v1alpha2): parents and weighted backendRefs; a TCP stream has
-    /// nothing to match or filter.
+    /// A Kubernetes label selector: `matchLabels` and `matchExpressions` (In, NotIn, Exists, DoesNotExist).
     static func labelSelector(_ node: ManifestNode) throws(ConfigError) -> LabelSelector {
         var selector = LabelSelector()
         if let labels = try node.optional("matchLabels") { selector.matchLabels = try labels.stringMap() }
@@ -152,6 +151,7 @@ enum RouteParser {
         return selector
     }
 
+    /// A ReferenceGrant (gateway.networking.k8s.io/v1beta1): which kinds in which namespaces may refer to what here.
     static func referenceGrant(_ doc: ManifestNode, namespace: String, name: String) throws(ConfigError) -> ReferenceGrantSpec {
         let spec = try doc.required("spec")
         var grant = ReferenceGrantSpec(namespace: namespace, name: name, from: [], to: [])
@@ -169,6 +169,8 @@ enum RouteParser {
         return grant
     }
 
+    /// A TCPRoute (gateway.networking.k8s.io/v1alpha2): parents and weighted backendRefs; a TCP stream has
+    /// nothing to match or filter.
     static func tcpRoute(_ doc: ManifestNode, namespace: String, name: String, creation: String) throws(ConfigError) -> HTTPRouteSpec {
         let spec = try doc.required("spec")
         for (i, r) in try spec.optionalArray("rules").enumerated() {

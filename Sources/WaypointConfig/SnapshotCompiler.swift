@@ -98,10 +98,14 @@ struct CompileState {
     var authorization: [PolicySet] = []
     var unmatchedHostPolicies = PolicySet.empty
     var strictMTLS: [Bool] = []
+    /// Labels by Namespace name (ambient membership, waypoint binding, `allowedRoutes` selectors); an endpoint
+    /// update never changes Namespaces.
+    let namespaceLabels: [String: [String: String]]
 
     init(spec: ConfigSpec, compiler: SnapshotCompiler) {
         self.spec = spec
         self.compiler = compiler
+        namespaceLabels = Dictionary(spec.namespaces.map { ($0.name, $0.labels) }) { _, last in last }
     }
 
     /// Appends a warning unless the same text is already there (a rule compiled once per port warns once).
@@ -380,7 +384,7 @@ struct CompileState {
             for endpoint in slice.endpoints where endpoint.ready {
                 for ip in endpoint.addresses {
                     let pod = endpoint.pod.flatMap { lookups.podsByName["\(slice.namespace)/\($0)"] } ?? lookups.podsByIP[ip]
-                    let transport = Self.transport(to: pod, namespaceLabels: lookups.namespaceLabels, annotated: slice.tunnel)
+                    let transport = Self.transport(to: pod, namespaceLabels: namespaceLabels, annotated: slice.tunnel)
                     guard let index = self.endpoint(ip, targetPort, transport: transport) else { continue }
                     if let pod {
                         endpointLabels[index] = pod.labels
@@ -568,8 +572,6 @@ struct CompileState {
     /// namespaces and kinds; the Gateway API default, same namespace, when its object was not read): grouped by
     /// hostname, each group one virtual host serving any port.
     mutating func buildGatewayHosts() {
-        var namespaceLabels: [String: [String: String]] = [:]
-        for namespace in spec.namespaces { namespaceLabels[namespace.name] = namespace.labels }
         let own = spec.gateways.first { compiler.isOwnGateway(namespace: $0.namespace, name: $0.name) }
         let listeners = own?.listeners ?? [.init(name: "mesh", port: 15008, proto: "HBONE")]
         var gatewayRoutes: [HTTPRouteSpec] = []
@@ -615,8 +617,6 @@ struct CompileState {
     }
 
     mutating func buildServiceHosts() {
-        var namespaceLabels: [String: [String: String]] = [:]
-        for namespace in spec.namespaces { namespaceLabels[namespace.name] = namespace.labels }
         for service in spec.services {
             // Not bound to this waypoint: a backend like any other, but no tunnel is accepted to it.
             let bound = compiler.isBound(service, namespaces: namespaceLabels)

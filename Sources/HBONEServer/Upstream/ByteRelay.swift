@@ -49,15 +49,12 @@ final class ByteRelay: DownstreamSession {
         self.client = End(client, pending: toClient)
         self.upstream = End(upstream, pending: toUpstream)
         self.onClosed = onClosed
-        idle = RelayIdleTimeout(loop: server.loop, timeout: server.settings.relayIdleTimeout)
+        idle = RelayIdleTimeout(server: server)
         for end in [self.client, self.upstream] {
             end.relay = self
             end.stream.handler = end
         }
-        idle.start { [unowned(unsafe) self] in
-            self.server.counters.relayIdleTimeouts.increment()
-            self.close(graceful: true)
-        }
+        idle.start { [unowned(unsafe) self] in self.close(graceful: true) }
     }
 
     /// Sends what waits and starts reading both sides.

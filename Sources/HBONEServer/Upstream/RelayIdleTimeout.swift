@@ -1,19 +1,21 @@
 import EventLoop
 
-/// Ends a byte relay that moved no byte either way for the relay idle timeout: a periodic check of a last-activity
-/// stamp, so that moving bytes costs one store and never touches the timer.
+/// Ends a byte relay that moved no byte either way for the relay idle timeout (`ProxySettings.relayIdleTimeout`),
+/// and counts it: a periodic check of a last-activity stamp, so that moving bytes costs one store and never
+/// touches the timer.
 ///
 /// Thread: its loop's thread only. Ownership: its relay, which cancels it when it closes.
 final class RelayIdleTimeout {
     private unowned(unsafe) let loop: EventLoop
+    private let counters: WorkerCounters
     private let timeout: Duration?
     private var lastActivity: Double
     private var timer: Timer?
 
-    /// `timeout` nil: never.
-    init(loop: EventLoop, timeout: Duration?) {
-        self.loop = loop
-        self.timeout = timeout
+    init(server: ProxyServer) {
+        loop = server.loop
+        counters = server.counters
+        timeout = server.settings.relayIdleTimeout
         lastActivity = loop.now
     }
 
@@ -24,6 +26,7 @@ final class RelayIdleTimeout {
         let timer = Timer(loop: loop) { [unowned(unsafe) self] in
             guard self.loop.now - self.lastActivity >= limit else { return }
             self.cancel()
+            self.counters.relayIdleTimeouts.increment()
             onIdle()
         }
         timer.scheduleRepeating(every: max(timeout / 4, .milliseconds(50)))

@@ -38,7 +38,7 @@ final class TCPRelay: ByteStreamHandler, DownstreamSession {
         self.server = server
         self.downstream = downstream
         upstreamFD = fd
-        idle = RelayIdleTimeout(loop: server.loop, timeout: server.settings.relayIdleTimeout)
+        idle = RelayIdleTimeout(server: server)
         server.counters.upstreamConnectionsTotal.increment()
         upstreamRead = IOWatcher(loop: server.loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.upstreamReadable() }
         upstreamWrite = IOWatcher(loop: server.loop, fd: fd, direction: .write) { [unowned(unsafe) self] in self.upstreamWritable() }
@@ -47,10 +47,7 @@ final class TCPRelay: ByteStreamHandler, DownstreamSession {
         if let initialInput { toUpstream.append(initialInput); bytesReceived = initialInput.count }
         server.counters.istio.recordTCP(principal: series.principal, service: series.service, mutualTLS: series.mutualTLS, closed: false)
         downstream.handler = self
-        idle.start { [unowned(unsafe) self] in
-            self.server.counters.relayIdleTimeouts.increment()
-            self.close(graceful: true)
-        }
+        idle.start { [unowned(unsafe) self] in self.close(graceful: true) }
         // Read the client only once the upstream is there, so nothing piles up while connecting.
     }
 
