@@ -289,7 +289,8 @@ public struct DestinationRuleSpec: Sendable {
     public var ignoredFields: [String]
 }
 
-/// Everything loaded from one set of manifest files, before compilation.
+/// Everything loaded from one set of manifest files, before compilation. A field added here must be added to
+/// `onlyEndpoints` too (EndpointUpdate.swift), or its changes would be applied as endpoint updates.
 public struct ConfigSpec: Sendable {
     public var services: [ServiceSpec] = []
     public var endpointSlices: [EndpointSliceSpec] = []
