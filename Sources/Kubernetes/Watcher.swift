@@ -234,10 +234,10 @@ public final class KindWatcher: @unchecked Sendable {
     private func watch(_ cache: inout WatchCache) throws(APIError) {
         let path =
             "\(kind.path)\(kind.path.contains("?") ? "&" : "?")watch=1&allowWatchBookmarks=true&resourceVersion=\(Self.escape(cache.resourceVersion))"
-            + "&timeoutSeconds=\(settings.watchSeconds)"
+            + "&timeoutSeconds=\(Int.random(in: settings.watchSeconds..<2 * settings.watchSeconds))"
         let response = try APIResponse(
             credentials: credentials, context: context, path: path,
-            timeout: .seconds(settings.watchSeconds + 30))
+            timeout: .seconds(2 * settings.watchSeconds + 30))
         try Self.check(response)
         while let line = try response.nextLine() {
             if line.isEmpty { continue }
@@ -301,7 +301,8 @@ public enum WatchRestart: String, Sendable {
 public struct WatchSettings: Sendable {
     /// Items per LIST page.
     public var pageSize = 500
-    /// The server ends each watch after this long (client-go's reflector asks for 5 to 10 minutes); resumed then.
+    /// The server ends each watch after this long to twice as long, drawn per watch as client-go's reflector
+    /// does (5 to 10 minutes by default), so that watchers started together do not all reconnect together.
     public var watchSeconds = 300
     /// Connect, TLS and each read of a LIST.
     public var requestTimeout = Duration.seconds(30)

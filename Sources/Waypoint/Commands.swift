@@ -191,7 +191,9 @@ extension WaypointCommand {
         @Option(name: .long, help: "How long start-up waits for the first list of every watched kind before serving what it has.")
         var kubernetesSyncTimeout = DurationArgument(.seconds(30))
 
-        @Option(name: .long, help: "How long the API server keeps each watch open before the waypoint resumes it.")
+        @Option(
+            name: .long,
+            help: "How long (to twice as long, drawn per watch) the API server keeps each watch open before the waypoint resumes it.")
         var kubernetesWatchTimeout = DurationArgument(.seconds(300))
 
         @Option(name: .long, help: "How often a kind the API server does not serve (CRD not installed) is looked for again.")

@@ -291,11 +291,28 @@ users: [{{name: waypoint, user: {{{credential}}}}}]
                 except (BrokenPipeError, ConnectionResetError, OSError):
                     pass
 
-        httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        httpd.daemon_threads = True
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(self.cert_path, self.key_path)
-        httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+
+        class Server(ThreadingHTTPServer):
+            # As a real API server: a deep accept queue, and each TLS handshake on the connection's own thread.
+            # With Python's default (5, handshakes in the accepting thread) the waypoint's watchers reconnecting
+            # together overflowed the queue, and the kernel's dropped SYN cost a 1 s retransmission.
+            request_queue_size = 1024
+            daemon_threads = True
+
+            def finish_request(self, request, client_address):
+                try:
+                    request = ctx.wrap_socket(request, server_side=True)
+                except (ssl.SSLError, OSError):
+                    request.close()
+                    return
+                try:
+                    super().finish_request(request, client_address)
+                finally:
+                    self.shutdown_request(request)   # the wrapped socket (the raw one was detached)
+
+        httpd = Server(("127.0.0.1", port), Handler)
         self.httpd = httpd
         self.port = httpd.server_address[1]
         threading.Thread(target=httpd.serve_forever, daemon=True).start()

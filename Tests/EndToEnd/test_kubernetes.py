@@ -2,6 +2,7 @@
 HTTPS, list with pagination, chunked watches with bookmarks, 410 Gone, 401/403/404, server-side closes)."""
 import threading
 import time
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -83,9 +84,12 @@ def test_objects_applied_after_start_route_within_a_second(api, waypoint, origin
     listed = {(o["kind"], o["name"]): o["resourceVersion"] for o in dump["kubernetesObjects"]}
     assert listed[("HTTPRoute", "split")] == api.objects["/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes"]["split"]["metadata"]["resourceVersion"]
     assert ("Service", "web") in listed and ("EndpointSlice", "api-1") in listed
-    # the server ends each watch after --kubernetes-watch-timeout (2 s): it is resumed, and counted as such
+    # the server ends each watch after --kubernetes-watch-timeout (2 s) to twice that, drawn per watch as client-go
+    # does (watchers started together must not reconnect together): it is resumed, and counted as such
     closed = 'waypoint_kubernetes_watch_restarts_total{kind="HTTPRoute",namespace="default",reason="closed"}'
-    assert wait_until(lambda: proxy.metrics().get(closed, 0) >= 1, timeout=5.0)
+    assert wait_until(lambda: proxy.metrics().get(closed, 0) >= 1, timeout=8.0)
+    timeouts = [int(parse_qs(urlparse(r[1]).query)["timeoutSeconds"][0]) for r in api.requests if "watch=1" in r[1]]
+    assert len(timeouts) >= 16 and set(timeouts) == {2, 3}, timeouts
     swaps = metrics["waypoint_kubernetes_event_to_swap_seconds_count"]
     assert swaps >= 1 and metrics['waypoint_kubernetes_event_to_swap_seconds_bucket{le="1.0"}'] == swaps
     api.delete("HTTPRoute", "split")
