@@ -4,9 +4,20 @@ import PackageDescription
 /// Release builds of our own modules: dynamic exclusivity checks off (measured with callgrind: 37% of the
 /// instructions per proxied request were swift_beginAccess and its access set; the static checks stay), and
 /// cross-module optimization so the generic route table is specialized where the data plane calls it instead
-/// of instantiating generic metadata per request.
+/// of instantiating generic metadata per request. Each function in its own section, so that the linker can place
+/// them as `linker/order.txt` says (see `lean` below).
 let release: [SwiftSetting] = [
-    .unsafeFlags(["-enforce-exclusivity=unchecked", "-cross-module-optimization"], .when(configuration: .release))
+    .unsafeFlags(["-enforce-exclusivity=unchecked", "-cross-module-optimization", "-function-sections"], .when(configuration: .release))
+]
+
+/// How the waypoint binary is linked, for fewer resident pages (benchmarks/rss_map.py): lld (shipped with the
+/// toolchain) instead of gold, for packed relative relocations (`.relr.dyn`: ~1 MiB of `.rela.dyn` the loader
+/// read and kept resident becomes 8 KiB) and for `linker/order.txt`, the functions start-up, idle and the
+/// request paths run, placed together at the start of `.text` (`linker/order.sh` writes it).
+let root = String(#filePath.dropLast("Package.swift".count))
+let lean = [
+    "-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs",
+    "-Xlinker", "--symbol-ordering-file=\(root)linker/order.txt", "-Xlinker", "--no-warn-symbol-ordering",
 ]
 
 let package = Package(
@@ -18,10 +29,8 @@ let package = Package(
     dependencies: [
         // Pinned exactly (reproducible builds; Package.resolved stays out of git, as the local package mirror's
         // commit ids are not upstream's).
-        // The CLI: subcommands, flags, help and validation (it brings FoundationEssentials, ~0.8 MiB resident).
-        .package(url: "https://github.com/apple/swift-argument-parser", exact: "1.8.2"),
         // The logging API (levels, metadata) the control plane and the data plane's debug events write to.
-        .package(url: "https://github.com/apple/swift-log", exact: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-log", exact: "1.16.2")
     ],
     targets: [
         // C libraries: one system-library target each; shim.h turns macros into callable functions.
@@ -51,6 +60,8 @@ let package = Package(
         // The waypoint's identity from the mesh's CA (istiod): the gRPC call, the protobuf fields, the rotation.
         .target(name: "MeshIdentity", dependencies: ["TLS", "HTTP2", "EventLoop", "JSON", "WaypointCore"], swiftSettings: release),
 
+        // The command line: subcommands, flags (also from the environment), help.
+        .target(name: "CLI"),
         // Byte buffers, sockets, the HTTP/1.1 codec, durations: shared by everything above.
         .target(name: "WaypointCore", swiftSettings: release),
         // Pure: compiled route tables.
@@ -82,9 +93,10 @@ let package = Package(
             dependencies: [
                 "WaypointCore", "EventLoop", "HTTPRouter", "Filters", "HBONEServer", "WaypointConfig", "SnapshotRouting", "TLS", "HTTP2",
                 "JSON", "Kubernetes", "MeshIdentity",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "CLI",
                 .product(name: "Logging", package: "swift-log"),
-            ], swiftSettings: release),
+            ], swiftSettings: release,
+            linkerSettings: [.unsafeFlags(lean, .when(configuration: .release))]),
 
         // libFuzzer harnesses for the parsers of untrusted bytes (fuzz/run.sh builds them with -DFUZZING);
         // a plain build makes a replay tool that runs saved inputs through the same code.
@@ -112,6 +124,7 @@ let package = Package(
         .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "WaypointCore"]),
         .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes", "JSON"]),
         .testTarget(name: "YAMLTests", dependencies: ["YAML"]),
+        .testTarget(name: "CLITests", dependencies: ["CLI"]),
         .testTarget(name: "MeshIdentityTests", dependencies: ["MeshIdentity", "TLS", "WaypointCore"]),
         .testTarget(
             name: "SnapshotRoutingTests",

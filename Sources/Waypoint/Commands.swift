@@ -1,7 +1,7 @@
 #if canImport(Glibc)
     import Glibc
 #endif
-import ArgumentParser
+import CLI
 import Kubernetes
 import EventLoop
 import WaypointCore
@@ -11,23 +11,20 @@ import Logging
 import MeshIdentity
 import WaypointConfig
 
-/// The `waypoint` command line.
-struct WaypointCommand: ParsableCommand {
+/// The `waypoint` command line: subcommands, `run` when none is named.
+enum WaypointCommand {
     static let version = "0.1.0"
 
-    static let configuration = CommandConfiguration(
-        commandName: "waypoint",
-        abstract: "An L7 waypoint proxy for sidecarless service meshes.",
-        discussion: "Every flag can also be set as WAYPOINT_<FLAG> in the environment (e.g. WAYPOINT_HTTP_LISTEN).",
-        subcommands: [Run.self, Check.self, Explain.self, Origin.self, Demo.self, HBONEClient.self, HBONELoad.self, Version.self],
-        defaultSubcommand: Run.self)
+    static var program: Program {
+        Program(
+            name: "waypoint", abstract: "An L7 waypoint proxy for sidecarless service meshes.",
+            commands: [Run.self, Check.self, Explain.self, Origin.self, Demo.self, HBONEClient.self, HBONELoad.self, Version.self],
+            defaultCommand: Run.self, environmentPrefix: "WAYPOINT_")
+    }
 
     /// Parses the command line plus `WAYPOINT_*` variables and runs the chosen subcommand.
-    static func runWithEnvironment() {
-        let arguments = EnvironmentFlags.apply(
-            to: Array(CommandLine.arguments.dropFirst()),
-            environment: processEnvironment())
-        main(arguments)
+    static func main() -> Never {
+        program.main(Array(CommandLine.arguments.dropFirst()), environment: processEnvironment())
     }
 }
 
@@ -42,196 +39,187 @@ func makeLogger(level: LogLevelArgument) -> Logger {
 }
 
 extension WaypointCommand {
-    struct Run: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Run the proxy (the default subcommand).")
+    struct Run: Command {
+        static let name = "run"
+        static let abstract = "Run the proxy (the default subcommand)."
 
-        @Option(name: .long, help: "Manifest file or directory (repeatable). Without it, the embedded demo config.")
+        @Option(help: "Manifest file or directory (repeatable). Without it, the embedded demo config.")
         var config: [String] = []
 
-        @Option(name: .long, help: "Plaintext HTTP/1.1 listener, IP:port.")
-        var httpListen = AddressArgument(argument: "0.0.0.0:8080")!
+        @Option(help: "Plaintext HTTP/1.1 listener, IP:port.")
+        var httpListen = AddressArgument(flag: "0.0.0.0:8080")!
 
-        @Option(name: .long, help: "Admin listener (/healthz/ready, /stats/prometheus, /config_dump), IP:port.")
-        var adminListen = AddressArgument(argument: "127.0.0.1:15000")!
+        @Option(help: "Admin listener (/healthz/ready, /stats/prometheus, /config_dump), IP:port.")
+        var adminListen = AddressArgument(flag: "127.0.0.1:15000")!
 
-        @Option(name: .long, help: "A listener serving only /stats/prometheus (Istio's port 15020), IP:port.")
+        @Option(help: "A listener serving only /stats/prometheus (Istio's port 15020), IP:port.")
         var statsListen: AddressArgument?
 
-        @Option(name: .long, help: "A listener serving only /healthz/ready (Istio's port 15021), IP:port.")
+        @Option(help: "A listener serving only /healthz/ready (Istio's port 15021), IP:port.")
         var healthListen: AddressArgument?
 
-        @Option(name: .long, help: "HBONE listener (mTLS 1.3 + HTTP/2 CONNECT), IP:port; on when --cert, --key and --ca are given.")
-        var hboneListen = AddressArgument(argument: "0.0.0.0:15008")!
+        @Option(help: "HBONE listener (mTLS 1.3 + HTTP/2 CONNECT), IP:port; on when --cert, --key and --ca are given.")
+        var hboneListen = AddressArgument(flag: "0.0.0.0:15008")!
 
-        @Option(name: .long, help: "PROXY-protocol v2 listener (sandwich mode: the node's ztunnel terminates HBONE), IP:port.")
+        @Option(help: "PROXY-protocol v2 listener (sandwich mode: the node's ztunnel terminates HBONE), IP:port.")
         var proxyProtocolListen: AddressArgument?
 
-        @Option(name: .long, help: "The waypoint's certificate chain (PEM), re-read when it changes.")
+        @Option(help: "The waypoint's certificate chain (PEM), re-read when it changes.")
         var cert: String?
 
-        @Option(name: .long, help: "The certificate's private key (PEM).")
+        @Option(help: "The certificate's private key (PEM).")
         var key: String?
 
-        @Option(name: .long, help: "Trust bundle (PEM CA certificates) that peer certificates must chain to.")
+        @Option(help: "Trust bundle (PEM CA certificates) that peer certificates must chain to.")
         var ca: String?
 
-        @Option(name: .long, help: "Trust domain of accepted peer SPIFFE IDs.")
+        @Option(help: "Trust domain of accepted peer SPIFFE IDs.")
         var trustDomain = "cluster.local"
 
-        @Option(name: .long, help: "Further accepted trust domains (repeatable).")
+        @Option(help: "Further accepted trust domains (repeatable).")
         var trustDomainAliases: [String] = []
 
-        @Option(name: .long, help: "HTTP/2 streams (tunnels) per HBONE connection.")
+        @Option(help: "HTTP/2 streams (tunnels) per HBONE connection.")
         var maxConcurrentStreams = 200
 
-        @Option(name: .long, help: "HBONE port on the nodes of mesh endpoints (ztunnel's inbound).")
+        @Option(help: "HBONE port on the nodes of mesh endpoints (ztunnel's inbound).")
         var upstreamHbonePort: UInt16 = 15008
 
         @Option(
-            name: .long, help: "HBONE PING interval; a connection whose PING stays unanswered twice this long is closed (ztunnel: 10s).")
+            help: "HBONE PING interval; a connection whose PING stays unanswered twice this long is closed (ztunnel: 10s).")
         var hboneKeepalive = DurationArgument(.seconds(10))
 
-        @Option(name: .long, help: "A TLS handshake must complete within this long.")
+        @Option(help: "A TLS handshake must complete within this long.")
         var handshakeTimeout = DurationArgument(.seconds(10))
 
-        @Option(name: .long, help: "Worker threads (default: the number of cores).")
+        @Option(help: "Worker threads (default: the number of cores).")
         var workers: Int?
 
-        @Option(name: .long, help: "Namespace for manifests without one, and for bare service names in Host.")
+        @Option(help: "Namespace for manifests without one, and for bare service names in Host.")
         var namespace = "default"
 
-        @Option(name: .long, help: "How long in-flight requests may take to finish after SIGTERM.")
+        @Option(help: "How long in-flight requests may take to finish after SIGTERM.")
         var drainTimeout = DurationArgument(.seconds(5))
 
-        @Option(name: .long, help: "Upstream connect timeout (503 upstream connect error when it expires).")
+        @Option(help: "Upstream connect timeout (503 upstream connect error when it expires).")
         var connectTimeout = DurationArgument(.seconds(5))
 
-        @Option(name: .long, help: "A request head must arrive within this long of its first byte (else 408).")
+        @Option(help: "A request head must arrive within this long of its first byte (else 408).")
         var headerTimeout = DurationArgument(.seconds(30))
 
         @Option(
-            name: .long,
             help: "TCP tunnels and upgraded (WebSocket) connections that move no byte either way this long are closed (0s: never).")
         var relayIdleTimeout = DurationArgument(.seconds(3600))
 
-        @Option(name: .long, help: "Log level.")
+        @Option(help: "Log level.")
         var logLevel = LogLevelArgument.info
 
-        @Option(name: .long, help: "One JSON access-log line per request on stdout.")
+        @Option(help: "One JSON access-log line per request on stdout.")
         var accessLog = Toggle.on
 
         @Option(
-            name: .long,
             help: "Request path normalization before routing and authorization: NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES.")
         var pathNormalization = PathNormalizationArgument.base
 
-        @Option(name: .long, help: "Apply namespace-wide and root-namespace AuthorizationPolicies (no targetRefs) to the waypoint.")
+        @Option(help: "Apply namespace-wide and root-namespace AuthorizationPolicies (no targetRefs) to the waypoint.")
         var layeredAuthorization = Toggle.on
 
         @Option(
-            name: .long,
             help: "DENY rules also match the path hardened (slashes merged, ';' parameters dropped, %2F decoded); off: exactly Istio.")
         var hardenDenyPaths = Toggle.on
 
-        @Option(name: .long, help: "Istio's default retries (2 retries on connect failure or 503, another endpoint each time).")
+        @Option(help: "Istio's default retries (2 retries on connect failure or 503, another endpoint each time).")
         var defaultRetries = Toggle.on
 
         @Option(
-            name: .long,
             help: "HTTP/1.1 Upgrade (WebSocket) passes through and a 101 makes the connection a byte relay, as Istio's waypoints allow.")
         var httpUpgrades = Toggle.on
 
         @Option(
-            name: .long,
             help: "While draining, how long idle keep-alive connections stay open for a last request (answered with connection: close).")
         var drainIdleGrace = DurationArgument(.seconds(2))
 
         @Option(
-            name: .long, help: "OTLP/HTTP collector (IP:PORT) that spans of traced requests are sent to (POST /v1/traces); off by default.")
+            help: "OTLP/HTTP collector (IP:PORT) that spans of traced requests are sent to (POST /v1/traces); off by default.")
         var otlpEndpoint: AddressArgument?
 
-        @Option(name: .long, help: "Percent of requests without an incoming sampling decision that are traced (with --otlp-endpoint).")
+        @Option(help: "Percent of requests without an incoming sampling decision that are traced (with --otlp-endpoint).")
         var traceSampleRate = 1.0
 
-        @Option(name: .long, help: "Istio metric series (label sets) per worker; later ones are counted in an overflow series.")
+        @Option(help: "Istio metric series (label sets) per worker; later ones are counted in an overflow series.")
         var istioMetricsMaxSeries = 2000
 
-        @Option(name: .long, help: "Istio's root namespace (mesh-wide policies).")
+        @Option(help: "Istio's root namespace (mesh-wide policies).")
         var rootNamespace = "istio-system"
 
         @Option(
-            name: .long,
             help:
                 "Where the waypoint runs, region/zone/subzone: backends with outlier detection then prefer nearby endpoints (Istio's locality load balancing)."
         )
         var locality: LocalityArgument?
 
         @Option(
-            name: .long,
             help:
                 "Watch the Kubernetes API for config (env WAYPOINT_KUBERNETES); default on in a pod (KUBERNETES_SERVICE_HOST set) without --config."
         )
         var kubernetes: Toggle?
 
         @Option(
-            name: .long, help: "Reach the Kubernetes API as this kubeconfig's current context says (env KUBECONFIG); turns --kubernetes on."
+            help: "Reach the Kubernetes API as this kubeconfig's current context says (env KUBECONFIG); turns --kubernetes on."
         )
         var kubeconfig: String?
 
-        @Option(name: .long, help: "Further namespaces whose objects the waypoint reads (comma-separated), besides --namespace.")
+        @Option(help: "Further namespaces whose objects the waypoint reads (comma-separated), besides --namespace.")
         var watchNamespaces: String?
 
         @Option(
-            name: .long,
             help:
                 "This waypoint's Gateway name in --namespace: policies and routes targeting a Gateway apply only when they name it; with the Kubernetes API, only Services whose istio.io/use-waypoint names it are served."
         )
         var gateway = "waypoint"
 
-        @Option(name: .long, help: "How long start-up waits for the first list of every watched kind before serving what it has.")
+        @Option(help: "How long start-up waits for the first list of every watched kind before serving what it has.")
         var kubernetesSyncTimeout = DurationArgument(.seconds(30))
 
         @Option(
-            name: .long,
             help: "How long (to twice as long, drawn per watch) the API server keeps each watch open before the waypoint resumes it.")
         var kubernetesWatchTimeout = DurationArgument(.seconds(300))
 
-        @Option(name: .long, help: "How often a kind the API server does not serve (CRD not installed) is looked for again.")
+        @Option(help: "How often a kind the API server does not serve (CRD not installed) is looked for again.")
         var kubernetesProbeInterval = DurationArgument(.seconds(60))
 
         @Option(
-            name: .long,
             help:
                 "The mesh CA (istiod) that issues the HBONE certificate, HOST:PORT (env WAYPOINT_CA_ADDRESS); default istiod.istio-system.svc:15012 with --kubernetes and no --cert; none: no CA (and no HBONE without --cert)."
         )
         var caAddress: String?
 
-        @Option(name: .long, help: "The name the CA's serving certificate must carry (default: the host of --ca-address).")
+        @Option(help: "The name the CA's serving certificate must carry (default: the host of --ca-address).")
         var caServerName: String?
 
-        @Option(name: .long, help: "The mesh root (PEM) that the CA's serving certificate chains to.")
+        @Option(help: "The mesh root (PEM) that the CA's serving certificate chains to.")
         var caRoot = "/var/run/secrets/istio/root-cert.pem"
 
-        @Option(name: .long, help: "The projected service-account token (audience istio-ca) sent to the CA, re-read on every request.")
+        @Option(help: "The projected service-account token (audience istio-ca) sent to the CA, re-read on every request.")
         var caTokenFile = "/var/run/secrets/tokens/istio-token"
 
-        @Option(name: .long, help: "The cluster ID sent to the CA (istiod validates the token against that cluster).")
+        @Option(help: "The cluster ID sent to the CA (istiod validates the token against that cluster).")
         var clusterId = "Kubernetes"
 
         func validate() throws {
-            if let workers, workers < 1 || workers > 256 { throw ValidationError("--workers must be 1...256") }
+            if let workers, workers < 1 || workers > 256 { throw UsageError("--workers must be 1...256") }
             let given = [cert, key, ca].compactMap { $0 }.count
-            if given != 0 && given != 3 { throw ValidationError("--cert, --key and --ca go together") }
+            if given != 0 && given != 3 { throw UsageError("--cert, --key and --ca go together") }
             if given != 0 && caAddress != nil && caAddress != "none" {
-                throw ValidationError("--ca-address and --cert are alternatives: one source of the certificate")
+                throw UsageError("--ca-address and --cert are alternatives: one source of the certificate")
             }
             if let caAddress, caAddress != "none", Self.hostAndPort(caAddress) == nil {
-                throw ValidationError("--ca-address must be HOST:PORT, not \(caAddress)")
+                throw UsageError("--ca-address must be HOST:PORT, not \(caAddress)")
             }
-            if maxConcurrentStreams < 1 { throw ValidationError("--max-concurrent-streams must be at least 1") }
-            if !(0...100).contains(traceSampleRate) { throw ValidationError("--trace-sample-rate must be 0...100 (percent)") }
+            if maxConcurrentStreams < 1 { throw UsageError("--max-concurrent-streams must be at least 1") }
+            if !(0...100).contains(traceSampleRate) { throw UsageError("--trace-sample-rate must be 0...100 (percent)") }
             if istioMetricsMaxSeries < 1 || istioMetricsMaxSeries > 1_000_000 {
-                throw ValidationError("--istio-metrics-max-series must be 1...1000000")
+                throw UsageError("--istio-metrics-max-series must be 1...1000000")
             }
         }
 
@@ -240,9 +228,8 @@ extension WaypointCommand {
         private func kubernetesOptions() throws -> KubernetesSource.Options? {
             let environment = processEnvironment()
             let kubeconfigPath = kubeconfig ?? environment["KUBECONFIG"]
-            let asked = kubernetes ?? environment["WAYPOINT_KUBERNETES"].flatMap(Toggle.init(argument:))
             let inPod = environment["KUBERNETES_SERVICE_HOST"] != nil && config.isEmpty && kubeconfigPath == nil
-            guard asked.map({ $0 == .on }) ?? (kubeconfigPath != nil || inPod) else { return nil }
+            guard kubernetes.map({ $0 == .on }) ?? (kubeconfigPath != nil || inPod) else { return nil }
             let credentials: APICredentials
             if let kubeconfigPath {
                 credentials = APICredentials(try Kubeconfig.load(path: kubeconfigPath), path: kubeconfigPath)
@@ -345,30 +332,30 @@ extension WaypointCommand {
         }
     }
 
-    struct Check: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "Validate manifests: print every error (file, document, field) and warning; exit 1 on errors.")
+    struct Check: Command {
+        static let name = "check"
+        static let abstract = "Validate manifests: print every error (file, document, field) and warning; exit 1 on errors."
 
-        @Option(name: .long, help: "Manifest file or directory (repeatable).")
+        @Option(help: "Manifest file or directory (repeatable).")
         var config: [String] = []
 
-        @Option(name: .long, help: "Namespace for manifests without one.")
+        @Option(help: "Namespace for manifests without one.")
         var namespace = "default"
 
-        @Option(name: .long, help: "As `run`: apply namespace-wide and root-namespace AuthorizationPolicies.")
+        @Option(help: "As `run`: apply namespace-wide and root-namespace AuthorizationPolicies.")
         var layeredAuthorization = Toggle.on
 
-        @Option(name: .long, help: "As `run`: DENY rules also match the hardened path.")
+        @Option(help: "As `run`: DENY rules also match the hardened path.")
         var hardenDenyPaths = Toggle.on
 
-        @Option(name: .long, help: "As `run`: Istio's root namespace.")
+        @Option(help: "As `run`: Istio's root namespace.")
         var rootNamespace = "istio-system"
 
-        @Option(name: .long, help: "As `run`: this waypoint's Gateway name in --namespace.")
+        @Option(help: "As `run`: this waypoint's Gateway name in --namespace.")
         var gateway = "waypoint"
 
         func validate() throws {
-            if config.isEmpty { throw ValidationError("--config is required") }
+            if config.isEmpty { throw UsageError("--config is required") }
         }
 
         func run() throws {
@@ -393,22 +380,22 @@ extension WaypointCommand {
         }
     }
 
-    struct Origin: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "A fast test origin that answers JSON describing each request.",
-            discussion: "Query knobs: status=N, delay=DURATION, size=BYTES, fail=N&key=K (first N requests with key K get 503).")
+    struct Origin: Command {
+        static let name = "origin"
+        static let abstract = "A fast test origin that answers JSON describing each request."
+        static let discussion = "Query knobs: status=N, delay=DURATION, size=BYTES, fail=N&key=K (first N requests with key K get 503)."
 
-        @Option(name: .long, help: "Listen address, IP:port.")
-        var listen = AddressArgument(argument: "127.0.0.1:18181")!
+        @Option(help: "Listen address, IP:port.")
+        var listen = AddressArgument(flag: "127.0.0.1:18181")!
 
-        @Option(name: .long, help: "Threads, each with its own SO_REUSEPORT socket.")
+        @Option(help: "Threads, each with its own SO_REUSEPORT socket.")
         var workers = 1
 
-        @Option(name: .long, help: "Name reported in the x-origin header and the JSON body.")
+        @Option(help: "Name reported in the x-origin header and the JSON body.")
         var name = "origin"
 
         @Option(
-            name: .long, help: "Answer this percentage of requests with 503 (a flaky endpoint). GET /__requests reports the request count.")
+            help: "Answer this percentage of requests with 503 (a flaky endpoint). GET /__requests reports the request count.")
         var failPercent = 0
 
         func run() throws {
@@ -426,9 +413,9 @@ extension WaypointCommand {
         }
     }
 
-    struct Demo: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "Start two origins and the proxy with the embedded demo config on loopback, and print what to try.")
+    struct Demo: Command {
+        static let name = "demo"
+        static let abstract = "Start two origins and the proxy with the embedded demo config on loopback, and print what to try."
 
         /// Writes the embedded demo PKI into a new private directory and returns its path.
         static func writeDemoCertificates() throws -> String {
@@ -485,8 +472,9 @@ extension WaypointCommand {
         }
     }
 
-    struct Version: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Print the version.")
+    struct Version: Command {
+        static let name = "version"
+        static let abstract = "Print the version."
         func run() { print("waypoint \(WaypointCommand.version)") }
     }
 }

@@ -1,4 +1,4 @@
-import ArgumentParser
+import CLI
 import EventLoop
 import Filters
 import HBONEServer
@@ -12,63 +12,63 @@ import WaypointCore
 extension WaypointCommand {
     /// `waypoint explain`: runs one synthetic request through the same router and authorization code as the
     /// proxy, against the given manifests, and says what happens to it and why.
-    struct Explain: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            abstract: "Show how a request would be authorized and routed: the deciding policy and rule, the route, the backends.",
-            discussion: """
-                Example: waypoint explain --config ./manifests --tunnel 10.96.0.10:80 --principal cluster.local/ns/default/sa/frontend \\
-                           --method POST --path /admin/users --header x-user=alice
-                """)
+    struct Explain: Command {
+        static let name = "explain"
+        static let abstract = "Show how a request would be authorized and routed: the deciding policy and rule, the route, the backends."
+        static let discussion = """
+            Example: waypoint explain --config ./manifests --tunnel 10.96.0.10:80 --principal cluster.local/ns/default/sa/frontend \\
+                       --method POST --path /admin/users --header x-user=alice
+            """
 
-        @Option(name: .long, help: "Manifest file or directory (repeatable).")
+        @Option(help: "Manifest file or directory (repeatable).")
         var config: [String] = []
 
-        @Option(name: .long, help: "Read the config from the Kubernetes API as this kubeconfig says (with --config: both).")
+        @Option(help: "Read the config from the Kubernetes API as this kubeconfig says (with --config: both).")
         var kubeconfig: String?
 
-        @Option(name: .long, help: "Namespace for manifests without one.")
+        @Option(help: "Namespace for manifests without one.")
         var namespace = "default"
 
-        @Option(name: .long, help: "As `run`: this waypoint's Gateway name in --namespace.")
+        @Option(help: "As `run`: this waypoint's Gateway name in --namespace.")
         var gateway = "waypoint"
 
         @Option(
-            name: .long, help: "The HBONE :authority (service VIP:port) the request arrives through; without it, the plaintext listener.")
+            help: "The HBONE :authority (service VIP:port) the request arrives through; without it, the plaintext listener.")
         var tunnel: String?
 
-        @Option(name: .long, help: "Host header.")
+        @Option(help: "Host header.")
         var host = "web"
 
-        @Option(name: .long, help: "Method.")
+        @Option(help: "Method.")
         var method = "GET"
 
-        @Option(name: .long, help: "Request path (and query), before normalization.")
+        @Option(help: "Request path (and query), before normalization.")
         var path = "/"
 
-        @Option(name: .long, help: "Header NAME=VALUE (repeatable).")
+        @Option(help: "Header NAME=VALUE (repeatable).")
         var header: [String] = []
 
-        @Option(name: .long, help: "Source principal (TD/ns/NS/sa/SA); none means plaintext.")
+        @Option(help: "Source principal (TD/ns/NS/sa/SA); none means plaintext.")
         var principal: String?
 
-        @Option(name: .long, help: "Source IP.")
+        @Option(help: "Source IP.")
         var sourceIP = "10.0.0.1"
 
-        @Option(name: .long, help: "Path normalization, as `run`.")
+        @Option(help: "Path normalization, as `run`.")
         var pathNormalization = PathNormalizationArgument.base
 
-        @Option(name: .long, help: "Layered authorization, as `run`.")
+        @Option(help: "Layered authorization, as `run`.")
         var layeredAuthorization = Toggle.on
 
-        @Option(name: .long, help: "DENY rules also match the hardened path, as `run`.")
+        @Option(help: "DENY rules also match the hardened path, as `run`.")
         var hardenDenyPaths = Toggle.on
 
         func validate() throws {
-            if config.isEmpty && kubeconfig == nil { throw ValidationError("--config or --kubeconfig is required") }
+            if config.isEmpty && kubeconfig == nil { throw UsageError("--config or --kubeconfig is required") }
             if let principal, SpiffeIdentity(uri: "spiffe://" + principal) == nil {
-                throw ValidationError("--principal must look like cluster.local/ns/NS/sa/SA")
+                throw UsageError("--principal must look like cluster.local/ns/NS/sa/SA")
             }
-            if tunnel != nil && principal == nil { throw ValidationError("--tunnel needs --principal (HBONE is mutual TLS)") }
+            if tunnel != nil && principal == nil { throw UsageError("--tunnel needs --principal (HBONE is mutual TLS)") }
         }
 
         func run() throws {

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
     import Glibc
 #endif
-import ArgumentParser
+import CLI
 import EventLoop
 import HBONEServer
 import Logging
@@ -9,20 +9,20 @@ import TLS
 
 /// The flags the client tools share: where to connect, the tunnel's destination, the client's own certificate
 /// and the CA bundle for the server.
-struct HBONETargetOptions: ParsableArguments {
-    @Option(name: .long, help: "HBONE server, IP:port.")
+struct HBONETargetOptions: FlagSet {
+    @Option(help: "HBONE server, IP:port.")
     var connect: AddressArgument
 
-    @Option(name: .long, help: "CONNECT :authority, the destination IP:port.")
+    @Option(help: "CONNECT :authority, the destination IP:port.")
     var authority: String
 
-    @Option(name: .long, help: "Client certificate chain (PEM) presented to the server.")
+    @Option(help: "Client certificate chain (PEM) presented to the server.")
     var cert: String
 
-    @Option(name: .long, help: "The certificate's private key (PEM).")
+    @Option(help: "The certificate's private key (PEM).")
     var key: String
 
-    @Option(name: .long, help: "Trust bundle (PEM) the server's certificate must chain to.")
+    @Option(help: "Trust bundle (PEM) the server's certificate must chain to.")
     var ca: String
 
     func context() throws -> TLSContext {
@@ -36,21 +36,20 @@ struct HBONETargetOptions: ParsableArguments {
 }
 
 extension WaypointCommand {
-    struct HBONEClient: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            commandName: "hbone-client",
-            abstract: "Open one HBONE tunnel (mTLS 1.3 + HTTP/2 CONNECT) and pipe stdin/stdout through it, or send one HTTP/1.1 request.",
-            discussion:
-                "Example: waypoint hbone-client --connect 10.0.0.5:15008 --authority 10.96.0.10:80 --cert c.pem --key k.pem --ca ca.pem --get /"
-        )
+    struct HBONEClient: Command {
+        static let abstract =
+            "Open one HBONE tunnel (mTLS 1.3 + HTTP/2 CONNECT) and pipe stdin/stdout through it, or send one HTTP/1.1 request."
+        static let discussion =
+            "Example: waypoint hbone-client --connect 10.0.0.5:15008 --authority 10.96.0.10:80 --cert c.pem --key k.pem --ca ca.pem --get /"
+        static let name = "hbone-client"
 
-        @Option(name: .long, help: "Send `GET PATH` (with connection: close) instead of piping stdin.")
+        @Option(help: "Send `GET PATH` (with connection: close) instead of piping stdin.")
         var get: String?
 
-        @Option(name: .long, help: "Host header of --get.")
+        @Option(help: "Host header of --get.")
         var host = "localhost"
 
-        @OptionGroup var target: HBONETargetOptions
+        @Flags var target: HBONETargetOptions
 
         func run() throws {
             signal(SIGPIPE, SIG_IGN)
@@ -73,12 +72,11 @@ extension WaypointCommand {
         }
     }
 
-    struct HBONELoad: ParsableCommand {
-        static let configuration = CommandConfiguration(
-            commandName: "hbone-load",
-            abstract: "HBONE load generator: connections × tunnels, keep-alive HTTP/1.1 GETs inside each tunnel, fixed duration.",
-            discussion: "Prints one line: requests, req/s, latency percentiles (µs), errors. --churn opens one mTLS connection per request."
-        )
+    struct HBONELoad: Command {
+        static let abstract = "HBONE load generator: connections × tunnels, keep-alive HTTP/1.1 GETs inside each tunnel, fixed duration."
+        static let discussion =
+            "Prints one line: requests, req/s, latency percentiles (µs), errors. --churn opens one mTLS connection per request."
+        static let name = "hbone-load"
 
         @Option(name: .short, help: "Connections (per thread).")
         var connections = 4
@@ -89,19 +87,19 @@ extension WaypointCommand {
         @Option(name: .short, help: "Measured duration.")
         var duration = DurationArgument(.seconds(10))
 
-        @Option(name: .long, help: "Load threads, each with its own connections.")
+        @Option(help: "Load threads, each with its own connections.")
         var threads = 1
 
-        @Option(name: .long, help: "Path of the inner GET.")
+        @Option(help: "Path of the inner GET.")
         var path = "/"
 
-        @Option(name: .long, help: "Host header of the inner GET.")
+        @Option(help: "Host header of the inner GET.")
         var host = "svc"
 
-        @Flag(name: .long, help: "One request per new mTLS connection (measures handshakes per second).")
+        @Switch(help: "One request per new mTLS connection (measures handshakes per second).")
         var churn = false
 
-        @OptionGroup var target: HBONETargetOptions
+        @Flags var target: HBONETargetOptions
 
         func run() throws {
             signal(SIGPIPE, SIG_IGN)

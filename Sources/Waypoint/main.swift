@@ -1,2 +1,2 @@
 // Start-up only: everything else lives in other files, so no closure here is inferred @MainActor (FACTS §3).
-WaypointCommand.runWithEnvironment()
+WaypointCommand.main()
