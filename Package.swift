@@ -18,6 +18,7 @@ let root = String(#filePath.dropLast("Package.swift".count))
 let lean = [
     "-use-ld=lld", "-Xlinker", "-z", "-Xlinker", "pack-relative-relocs",
     "-Xlinker", "--symbol-ordering-file=\(root)linker/order.txt", "-Xlinker", "--no-warn-symbol-ordering",
+    "-Xlinker", "--no-export-dynamic",
 ]
 
 let package = Package(
