@@ -1,7 +1,3 @@
-#if canImport(Glibc)
-    import Glibc
-#endif
-
 /// A subcommand: its flags (a `FlagSet`), what help says about it, and what it does.
 public protocol Command: FlagSet {
     static var name: String { get }
@@ -24,7 +20,7 @@ public struct UsageError: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
-/// Ends the process with this status (the command has already said why).
+/// Ends the process with this status (the command has already said why); the program's `main` exits with it.
 public struct ExitCode: Error {
     public let status: Int32
     public init(_ status: Int32) { self.status = status }
@@ -78,25 +74,6 @@ public struct Program {
         }
     }
 
-    /// Runs `arguments` and exits.
-    public func main(_ arguments: [String], environment: [String: String]) -> Never {
-        switch parse(arguments, environment: environment) {
-        case .exit(let text, let status):
-            write(status == 0 ? 1 : 2, text)
-            exit(status)
-        case .run(let command):
-            do {
-                try command.run()
-                exit(0)
-            } catch let code as ExitCode {
-                exit(code.status)
-            } catch {
-                write(2, "Error: \(error)\n")
-                exit(1)
-            }
-        }
-    }
-
     private func parse(_ type: any Command.Type, _ arguments: [String], environment: [String: String]) throws(UsageError)
         -> any Command
     {
@@ -129,12 +106,12 @@ public struct Program {
         for (name, found) in flags where !found.given && found.spelling == .long {
             let variable = environmentPrefix + String(name.uppercased().map { $0 == "-" ? "_" : $0 })
             guard let value = environment[variable], !value.isEmpty else { continue }
-            for text in found.repeatable ? value.split(separator: ",").map(String.init) : [value] where !found.accept(text) {
-                throw UsageError("\(Self.invalid(text, name, found)) (from \(variable))")
+            for text in found.repeatable ? value.split(separator: ",").map(String.init) : [value] {
+                guard found.accept(text) else { throw UsageError("\(Self.invalid(text, name, found)) (from \(variable))") }
             }
         }
-        if let (name, _) = flags.first(where: { $0.flag.required && !$0.flag.given }) {
-            throw UsageError("missing '\(spelt(name, flags.first { $0.name == name }!.flag))'")
+        if let (name, missing) = flags.first(where: { $0.flag.required && !$0.flag.given }) {
+            throw UsageError("missing '\(spelt(name, missing))'")
         }
         return command
     }
@@ -186,16 +163,4 @@ public struct Program {
 private func spelt(_ name: String, _ flag: any AnyFlag) -> String {
     let dashes = flag.spelling == .short ? "-" : "--"
     return flag.takesValue ? "\(dashes)\(name) <\(name)>" : "\(dashes)\(name)"
-}
-
-private func write(_ fd: Int32, _ text: String) {
-    var text = text
-    text.withUTF8 { bytes in
-        var offset = 0
-        while offset < bytes.count {
-            let written = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-            if written <= 0 { return }
-            offset += written
-        }
-    }
 }

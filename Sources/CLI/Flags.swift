@@ -79,8 +79,8 @@ final class FlagStorage<Value>: AnyFlag {
         (self.defaultDescription, self.choices, self.parse) = (defaultDescription, choices, parse)
     }
 
-    var required: Bool { value == nil && defaultDescription == nil && !isOptional }
-    private var isOptional: Bool { Value.self is any OptionalFlag.Type }
+    /// Only a flag declared without a value starts out nil (an Optional one starts as `.some(nil)`).
+    var required: Bool { value == nil }
 
     func accept(_ text: String) -> Bool {
         guard let parsed = parse(text, value, !given) else { return false }
@@ -89,10 +89,6 @@ final class FlagStorage<Value>: AnyFlag {
         return true
     }
 }
-
-/// Marks `Optional` flag values (not required when absent).
-protocol OptionalFlag {}
-extension Optional: OptionalFlag {}
 
 /// Choices of a value type, for help.
 private func choices<T>(of type: T.Type) -> [String] {

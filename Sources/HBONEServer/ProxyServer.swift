@@ -219,21 +219,15 @@ public final class ProxyServer: TunnelAcceptor {
 
     /// Takes a new snapshot's endpoints (see `UpstreamClusters.updateEndpoints`); its cluster indices may differ,
     /// so the retry budgets start over.
-    public func updateEndpoints(
-        _ addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels], workloadOf: [Int32]
-    ) {
+    public func updateEndpoints(_ endpoints: UpstreamEndpoints) {
         retryBudget.reset()
-        upstreams.updateEndpoints(addresses, transports: transports, workloads: workloads, workloadOf: workloadOf, server: self)
+        upstreams.updateEndpoints(endpoints, server: self)
     }
 
     /// The same endpoints grown or revised in place (`UpstreamClusters.patchEndpoints`); clusters kept their
     /// indices, so the retry budgets carry on.
-    public func patchEndpoints(
-        _ addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels], workloadOf: [Int32],
-        revised: [Int32]
-    ) {
-        upstreams.patchEndpoints(
-            addresses, transports: transports, workloads: workloads, workloadOf: workloadOf, revised: revised, server: self)
+    public func patchEndpoints(_ endpoints: UpstreamEndpoints, revised: [Int32]) {
+        upstreams.patchEndpoints(endpoints, revised: revised, server: self)
     }
 
     /// A random v4 UUID for `x-request-id`, from a per-worker generator (no syscall, no lock).

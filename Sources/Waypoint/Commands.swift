@@ -24,7 +24,21 @@ enum WaypointCommand {
 
     /// Parses the command line plus `WAYPOINT_*` variables and runs the chosen subcommand.
     static func main() -> Never {
-        program.main(Array(CommandLine.arguments.dropFirst()), environment: processEnvironment())
+        switch program.parse(Array(CommandLine.arguments.dropFirst()), environment: processEnvironment()) {
+        case .exit(let text, let status):
+            if status == 0 { writeStdout(text) } else { writeStderr(text) }
+            exit(status)
+        case .run(let command):
+            do {
+                try command.run()
+                exit(0)
+            } catch let code as ExitCode {
+                exit(code.status)
+            } catch {
+                writeStderr("Error: \(error)\n")
+                exit(1)
+            }
+        }
     }
 }
 

@@ -55,9 +55,7 @@ final class Worker: @unchecked Sendable {
         router = SnapshotRouter(snapshot: snapshot, seed: seed.next(), counters: counters) { [unowned(unsafe) loop] in loop.now }
         server = ProxyServer(loop: loop, router: router, settings: settings, accessLog: accessLog, logger: logger, counters: counters)
         router.requestsInFlight = { [unowned(unsafe) server] endpoint in server.upstreams.requestsInFlight(endpoint) }
-        server.updateEndpoints(
-            snapshot.endpoints, transports: snapshot.endpointTransports, workloads: snapshot.workloads,
-            workloadOf: snapshot.endpointWorkloads)
+        server.updateEndpoints(snapshot.upstreamEndpoints)
         server.tlsContext = tls?.server
         server.clientTLSContext = tls?.client
         for fd in listenFDs { server.listen(fd: fd) }
@@ -96,13 +94,9 @@ final class Worker: @unchecked Sendable {
             case .replaceSnapshot(let next):
                 // In-flight exchanges already hold their endpoint; new requests see the new snapshot.
                 if next.lineage == router.snapshot.lineage {
-                    server.patchEndpoints(
-                        next.endpoints, transports: next.endpointTransports, workloads: next.workloads,
-                        workloadOf: next.endpointWorkloads, revised: next.revisedEndpoints)
+                    server.patchEndpoints(next.upstreamEndpoints, revised: next.revisedEndpoints)
                 } else {
-                    server.updateEndpoints(
-                        next.endpoints, transports: next.endpointTransports, workloads: next.workloads,
-                        workloadOf: next.endpointWorkloads)
+                    server.updateEndpoints(next.upstreamEndpoints)
                 }
                 router.replace(next)
                 logger.debug("serving config generation \(next.generation)")
@@ -125,4 +119,11 @@ private func runWorkerThread(_ context: UnsafeMutableRawPointer?) -> UnsafeMutab
     let worker = Unmanaged<Worker>.fromOpaque(context!).takeRetainedValue()
     worker.run()
     return nil
+}
+
+extension Snapshot {
+    /// The endpoints as a worker's upstream side takes them.
+    fileprivate var upstreamEndpoints: UpstreamEndpoints {
+        UpstreamEndpoints(addresses: endpoints, transports: endpointTransports, workloads: workloads, workloadOf: endpointWorkloads)
+    }
 }

@@ -102,10 +102,7 @@ extension CompileState {
                 refresh(cluster: i)
                 for subset in subsets[cluster] ?? [] {
                     let s = Int(subset.cluster)
-                    clusters[s].endpoints = members.filter { endpoint in
-                        let labels = endpointLabels[endpoint] ?? [:]
-                        return subset.labels.allSatisfy { labels[$0.key] == $0.value }
-                    }
+                    clusters[s].endpoints = self.members(members, selectedBy: subset.labels)
                     refresh(cluster: s)
                 }
             }

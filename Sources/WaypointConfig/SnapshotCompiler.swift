@@ -108,6 +108,14 @@ struct CompileState {
         namespaceLabels = Dictionary(spec.namespaces.map { ($0.name, $0.labels) }) { _, last in last }
     }
 
+    /// The endpoints of `members` whose workload carries every label of a DestinationRule subset's `labels`.
+    func members(_ members: [Int32], selectedBy labels: [String: String]) -> [Int32] {
+        members.filter { endpoint in
+            let own = endpointLabels[endpoint] ?? [:]
+            return labels.allSatisfy { own[$0.key] == $0.value }
+        }
+    }
+
     /// Appends a warning unless the same text is already there (a rule compiled once per port warns once).
     mutating func warnOnce(_ text: String) {
         if !warnings.contains(text) { warnings.append(text) }
@@ -159,10 +167,7 @@ struct CompileState {
                 if let balancer = rule.loadBalancer { setLoadBalancer(balancer, of: i) }
                 // Each subset is a cluster of its own (`base|subset`) with the endpoints whose labels match.
                 for subset in rule.subsets {
-                    let members = clusters[i].endpoints.filter { endpoint in
-                        let labels = endpointLabels[endpoint] ?? [:]
-                        return subset.labels.allSatisfy { labels[$0.key] == $0.value }
-                    }
+                    let members = self.members(clusters[i].endpoints, selectedBy: subset.labels)
                     var cluster = Cluster(name: "\(clusters[i].name)|\(subset.name)", endpoints: members)
                     cluster.outlierDetection = clusters[i].outlierDetection
                     cluster.connectionPool = clusters[i].connectionPool

@@ -130,6 +130,19 @@ def test_flags_come_from_the_environment(origin_factory, workdir, processes):
     assert p.stdout() == ""  # access log off
 
 
+def test_every_flag_of_the_default_subcommand_comes_from_the_environment():
+    """No subcommand named (run is the default) and a flag the old hand-kept list left out: both read, and a bad
+    value is a usage error naming the variable."""
+    env = {**os.environ, "WAYPOINT_TRACE_SAMPLE_RATE": "500"}
+    out = subprocess.run([str(BINARY)], env=env, capture_output=True, text=True, timeout=10)
+    assert out.returncode == 64, out.stderr
+    assert out.stderr == "Error: --trace-sample-rate must be 0...100 (percent)\nSee 'waypoint run --help'.\n"
+    env = {**os.environ, "WAYPOINT_WORKERS": "many"}
+    out = subprocess.run([str(BINARY), "run"], env=env, capture_output=True, text=True, timeout=10)
+    assert out.returncode == 64
+    assert out.stderr.startswith("Error: the value 'many' is invalid for '--workers <workers>' (from WAYPOINT_WORKERS)\n")
+
+
 def test_check_reports_every_error_with_file_document_and_field(workdir):
     bad = workdir / "bad.yaml"
     bad.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 0}]}\n---\n"

@@ -2,6 +2,24 @@ import EventLoop
 import Filters
 import WaypointCore
 
+/// A snapshot's endpoints as the upstream side needs them, parallel arrays indexed as `RouteDecision` names
+/// endpoints.
+public struct UpstreamEndpoints: Sendable {
+    public var addresses: [SocketAddress] = []
+    /// How each is reached: plaintext, or HBONE to a given identity.
+    public var transports: [EndpointTransport] = []
+    /// The distinct workloads behind them (Istio's destination labels).
+    public var workloads: [WorkloadLabels] = []
+    /// Per endpoint: its index in `workloads` (-1: its Pod is not known).
+    public var workloadOf: [Int32] = []
+
+    public init(addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels], workloadOf: [Int32]) {
+        (self.addresses, self.transports, self.workloads, self.workloadOf) = (addresses, transports, workloads, workloadOf)
+    }
+
+    init() {}
+}
+
 /// One worker's upstream side: a keep-alive pool per endpoint (indexed as `RouteDecision` names endpoints), the
 /// backends' connection limits (DestinationRule circuit breaking, counted proxy-wide) with the requests waiting
 /// for a connection, and the mirrored requests in flight.
@@ -12,10 +30,9 @@ public final class UpstreamClusters {
     /// Per endpoint: its pool, made when a request first goes there (most endpoints of a large namespace never
     /// see this worker's traffic, and a pool costs ~250 bytes).
     private var pools: [UpstreamPool?] = []
-    /// The snapshot's endpoints, to make pools from: addresses, transports, and workloads (ids in this worker's
-    /// Istio metrics, -1 unknown).
-    private var addresses: [SocketAddress] = []
-    private var transports: [EndpointTransport] = []
+    /// The snapshot's endpoints, to make pools from.
+    private var endpoints = UpstreamEndpoints()
+    /// Per endpoint: its workload's id in this worker's Istio metrics (-1: unknown).
     private var workloadIDs: [Int32] = []
     private unowned(unsafe) var server: ProxyServer?
 
@@ -23,16 +40,11 @@ public final class UpstreamClusters {
 
     /// Replaces the endpoint list that `RouteDecision.forward` indexes; pools for addresses still listed
     /// (and their idle connections) carry over, the others retire.
-    /// `transports[i]`: how endpoint i is reached (plaintext, or HBONE to a given identity);
-    /// `workloads[workloadOf[i]]`: its Pod's labels for Istio's metrics (-1: none known).
-    func updateEndpoints(
-        _ addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels], workloadOf: [Int32],
-        server: ProxyServer
-    ) {
-        take(addresses, transports, workloads, workloadOf, server)
+    func updateEndpoints(_ endpoints: UpstreamEndpoints, server: ProxyServer) {
+        take(endpoints, server)
         var existing: [SocketAddress: UpstreamPool] = [:]
         for case let pool? in pools { existing[pool.address] = pool }
-        pools = zip(addresses, transports).enumerated().map { i, entry in
+        pools = zip(endpoints.addresses, endpoints.transports).enumerated().map { i, entry in
             guard let pool = existing[entry.0], pool.transport == entry.1 else { return nil }
             existing[entry.0] = nil
             pool.destinationWorkload = workloadIDs[i]
@@ -44,30 +56,24 @@ public final class UpstreamClusters {
     /// The same endpoint list grown or revised in place (a snapshot of the same lineage): indices below the
     /// pools' count kept their address; pools of `revised` endpoints take their new transport (a new pool) or
     /// workload; the endpoints past the end are new.
-    func patchEndpoints(
-        _ addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels], workloadOf: [Int32],
-        revised: [Int32], server: ProxyServer
-    ) {
-        take(addresses, transports, workloads, workloadOf, server)
+    func patchEndpoints(_ endpoints: UpstreamEndpoints, revised: [Int32], server: ProxyServer) {
+        take(endpoints, server)
         for endpoint in revised where Int(endpoint) < pools.count {
             guard let pool = pools[Int(endpoint)] else { continue }
-            if pool.transport != transports[Int(endpoint)] {
+            if pool.transport != endpoints.transports[Int(endpoint)] {
                 pool.retired = true
                 pools[Int(endpoint)] = nil
             } else {
                 pool.destinationWorkload = workloadIDs[Int(endpoint)]
             }
         }
-        pools += repeatElement(nil, count: addresses.count - pools.count)
+        pools += repeatElement(nil, count: endpoints.addresses.count - pools.count)
     }
 
-    private func take(
-        _ addresses: [SocketAddress], _ transports: [EndpointTransport], _ workloads: [WorkloadLabels], _ workloadOf: [Int32],
-        _ server: ProxyServer
-    ) {
-        let interned = workloads.map { worker.counters.istio.intern(destination: $0) }
-        (self.addresses, self.transports, self.server) = (addresses, transports, server)
-        workloadIDs = workloadOf.map { $0 >= 0 ? interned[Int($0)] : -1 }
+    private func take(_ endpoints: UpstreamEndpoints, _ server: ProxyServer) {
+        let interned = endpoints.workloads.map { worker.counters.istio.intern(destination: $0) }
+        (self.endpoints, self.server) = (endpoints, server)
+        workloadIDs = endpoints.workloadOf.map { $0 >= 0 ? interned[Int($0)] : -1 }
     }
 
     /// Requests this worker has in flight to the endpoint (LEAST_REQUEST load balancing).
@@ -83,7 +89,7 @@ public final class UpstreamClusters {
 
     private func makePool(_ i: Int) -> UpstreamPool? {
         guard let server else { return nil }
-        let pool = UpstreamPool(address: addresses[i], transport: transports[i], server: server)
+        let pool = UpstreamPool(address: endpoints.addresses[i], transport: endpoints.transports[i], server: server)
         pool.destinationWorkload = workloadIDs[i]
         pools[i] = pool
         return pool
