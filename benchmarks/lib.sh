@@ -130,6 +130,69 @@ static_resources:
 CFG
 }
 
+# write_envoy_hbone_config FILE PORT ORIGIN_PORT CERT KEY CA: Envoy as Istio configures a waypoint: mTLS 1.3 with
+# ALPN h2 on 127.0.0.1:PORT, HTTP/2 CONNECT terminated (Istio's window sizes) and handed to an internal listener
+# whose HTTP connection manager routes the inner HTTP/1.1 to 127.0.0.1:ORIGIN_PORT (no timeout: bulk bodies).
+write_envoy_hbone_config() {
+    local hcm=type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+    local router='[{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]'
+    cat > "$1" <<CFG
+bootstrap_extensions:
+- name: envoy.bootstrap.internal_listener
+  typed_config: {"@type": type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener}
+static_resources:
+  listeners:
+  - name: connect_terminate
+    address: {socket_address: {address: 127.0.0.1, port_value: $2}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_params: {tls_minimum_protocol_version: TLSv1_3}
+            alpn_protocols: [h2]
+            tls_certificates: [{certificate_chain: {filename: "$4"}, private_key: {filename: "$5"}}]
+            validation_context: {trusted_ca: {filename: "$6"}}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": $hcm
+          stat_prefix: connect_terminate
+          codec_type: HTTP2
+          http2_protocol_options: {allow_connect: true, max_concurrent_streams: 200, initial_stream_window_size: 4194304, initial_connection_window_size: 16777216}
+          upgrade_configs: [{upgrade_type: CONNECT}]
+          route_config:
+            virtual_hosts:
+            - name: connect
+              domains: ["*"]
+              routes:
+              - match: {connect_matcher: {}}
+                route: {cluster: main_internal, upgrade_configs: [{upgrade_type: CONNECT, connect_config: {}}]}
+          http_filters: $router
+  - name: main_internal
+    internal_listener: {}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": $hcm
+          stat_prefix: inner
+          route_config:
+            virtual_hosts: [{name: web, domains: ["*"], routes: [{match: {prefix: "/"}, route: {cluster: web, timeout: 0s}}]}]
+          http_filters: $router
+  clusters:
+  - name: main_internal
+    load_assignment: {cluster_name: main_internal, endpoints: [{lb_endpoints: [{endpoint: {address: {envoy_internal_address: {server_listener_name: main_internal}}}}]}]}
+  - name: web
+    type: STATIC
+    load_assignment:
+      cluster_name: web
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $3}}}}]}]
+CFG
+}
+
 # rotation RUN WORD...: the words rotated left by RUN-1, so that no target always runs first (or last) on a
 # warming machine.
 rotation() { local k=$(( ($1 - 1) % ($# - 1) )); shift; local words=("$@"); echo "${words[@]:$k}" "${words[@]:0:$k}"; }

@@ -96,6 +96,10 @@ public enum HTTP2Refusal: Sendable {
 /// Window updates are manual (`nghttp2_option_set_no_auto_window_update`): the delegate calls `consume`
 /// only when received bytes have left for the next hop, so a slow next hop slows that stream alone.
 ///
+/// DATA is copied once: the delegate writes a frame's payload straight into the caller's output buffer, behind
+/// room left for the frame header (`NGHTTP2_DATA_FLAG_NO_COPY`), and frames are sized so that a frame with its
+/// header fills whole 16 KiB TLS records (a 16,393-byte frame cost a second, 9-byte record and write).
+///
 /// Thread: its connection's loop thread only. Ownership: one HBONE connection; frees the session in `deinit`.
 public final class HTTP2Session {
     public enum Role { case server, client }
@@ -122,6 +126,8 @@ public final class HTTP2Session {
     /// The error code of a GOAWAY the session sent on its own (nghttp2 ends a session this way for protocol
     /// errors and for floods such as rapid reset), nil while none was sent.
     public fileprivate(set) var goAwayErrorSent: UInt32?
+    /// The buffer `send` is filling, where DATA payloads are written directly.
+    fileprivate unowned(unsafe) var output: ByteBuffer?
 
     public init(role: Role, settings: HTTP2Settings, delegate: any HTTP2SessionDelegate) {
         self.delegate = delegate
@@ -137,6 +143,8 @@ public final class HTTP2Session {
         nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, onDataChunk)
         nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, onStreamClose)
         nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, onFrameSent)
+        nghttp2_session_callbacks_set_send_data_callback(callbacks, sendData)
+        nghttp2_session_callbacks_set_data_source_read_length_callback(callbacks, dataLength)
 
         var option: OpaquePointer?
         nghttp2_option_new(&option)
@@ -196,6 +204,8 @@ public final class HTTP2Session {
 
     /// Appends frames to send to `out` until it holds `limit` bytes or nothing is pending. False on failure.
     public func send(into out: ByteBuffer, limit: Int) -> Bool {
+        output = out
+        defer { output = nil }
         while out.readableBytes < limit {
             var data: UnsafePointer<UInt8>?
             let n = nghttp2_session_mem_send(session, &data)
@@ -460,19 +470,49 @@ private func onStreamClose(_ session: OpaquePointer?, _ stream: Int32, _ errorCo
     return 0
 }
 
+/// A DATA frame's payload, written by the delegate into the output buffer after room for the 9-byte header
+/// that `sendData` fills in.
 private func readData(
     _ session: OpaquePointer?, _ stream: Int32, _ buffer: UnsafeMutablePointer<UInt8>?, _ length: Int,
     _ flags: UnsafeMutablePointer<UInt32>?, _ source: UnsafeMutablePointer<nghttp2_data_source>?,
     _ userData: UnsafeMutableRawPointer?
 ) -> Int {
-    switch owner(userData).delegate.http2ReadData(stream: stream, into: UnsafeMutableRawBufferPointer(start: buffer, count: length)) {
+    let me = owner(userData)
+    guard let out = me.output else { return Int(NGHTTP2_ERR_DEFERRED.rawValue) }  // DATA is packed only in `send`
+    out.reserve(frameHeaderSize + length)
+    let payload = UnsafeMutableRawBufferPointer(start: out.base + out.writerIndex + frameHeaderSize, count: length)
+    switch me.delegate.http2ReadData(stream: stream, into: payload) {
     case .bytes(let n, let end):
+        flags!.pointee |= NGHTTP2_DATA_FLAG_NO_COPY.rawValue
         if end { flags!.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue }
         return n
     case .bytesThenTrailers(let n):
-        flags!.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue | NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue
+        flags!.pointee |= NGHTTP2_DATA_FLAG_NO_COPY.rawValue | NGHTTP2_DATA_FLAG_EOF.rawValue | NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue
         return n
     case .deferred:
         return Int(NGHTTP2_ERR_DEFERRED.rawValue)
     }
 }
+
+/// Completes a DATA frame whose payload `readData` already wrote: the header goes in front of it (we never pad).
+private func sendData(
+    _ session: OpaquePointer?, _ frame: UnsafeMutablePointer<nghttp2_frame>?, _ header: UnsafePointer<UInt8>?,
+    _ length: Int, _ source: UnsafeMutablePointer<nghttp2_data_source>?, _ userData: UnsafeMutableRawPointer?
+) -> Int32 {
+    guard let out = owner(userData).output, let header else { return NGHTTP2_ERR_CALLBACK_FAILURE.rawValue }
+    (out.base + out.writerIndex).copyMemory(from: header, byteCount: frameHeaderSize)
+    out.commitWrite(frameHeaderSize + length)
+    return 0
+}
+
+/// The DATA payload per frame: 64 KiB or 16 KiB on the wire with the header (whole TLS records), as the peer's
+/// SETTINGS_MAX_FRAME_SIZE allows (at least 16 KiB); nghttp2 lowers it to the flow-control windows.
+private func dataLength(
+    _ session: OpaquePointer?, _ type: UInt8, _ stream: Int32, _ connectionWindow: Int32, _ streamWindow: Int32,
+    _ peerMaxFrameSize: UInt32, _ userData: UnsafeMutableRawPointer?
+) -> Int {
+    let large = 64 * 1024 - frameHeaderSize
+    return peerMaxFrameSize >= large ? large : 16 * 1024 - frameHeaderSize
+}
+
+private let frameHeaderSize = 9

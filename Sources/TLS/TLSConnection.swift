@@ -1,5 +1,6 @@
 internal import COpenSSL
 public import EventLoop
+internal import WaypointCore
 
 /// Why a handshake did not complete; `label` is the metrics label.
 public enum HandshakeFailure: Error, Equatable, Sendable {
@@ -30,8 +31,10 @@ public enum HandshakeProgress: Equatable {
     case failed(HandshakeFailure)
 }
 
-/// One TLS connection over a non-blocking socket (`SSL_set_fd`: OpenSSL reads and writes the fd itself, which
-/// saves the copy through memory BIOs).
+/// One TLS connection over a non-blocking socket. OpenSSL reads the fd itself; what it writes (records sealed
+/// for the peer) goes to `sealed` and reaches the socket in one `write` per call: a 64 KiB `write(from:)` is
+/// four records and one system call instead of four, and one TCP segment on the way (measured on a 256 MiB
+/// HBONE download: the kernel's share per byte was what set us behind Envoy).
 ///
 /// OpenSSL's error queue is per thread, shared by every connection of a worker, and `SSL_get_error` reports
 /// `SSL_ERROR_SSL` whenever that queue is not empty: an error one connection left behind would make another
@@ -42,14 +45,46 @@ public enum HandshakeProgress: Equatable {
 /// (the fd belongs to the caller).
 public final class TLSConnection {
     private let ssl: OpaquePointer
-    /// Whether the last read or write stopped because OpenSSL needs the socket writable.
-    public private(set) var wantsWritable = false
+    private let fd: Int32
+    /// Records OpenSSL sealed that the socket has not taken yet.
+    fileprivate let sealed = ByteBuffer(lazyCapacity: 72 * 1024)
+    /// The socket failed while taking sealed records; the next write reports it.
+    private var sendError: Int32?
 
     public init?(context: TLSContext, fd: Int32) {
-        guard let ssl = SSL_new(context.raw) else { return nil }
+        guard let ssl = SSL_new(context.raw), let output = BIO_new(sealedRecordsMethod) else { return nil }
         self.ssl = ssl
-        SSL_set_fd(ssl, fd)
+        self.fd = fd
+        SSL_set_rfd(ssl, fd)
+        BIO_set_data(output, Unmanaged.passUnretained(self).toOpaque())
+        BIO_set_init(output, 1)
+        SSL_set0_wbio(ssl, output)
         if context.role == .server { SSL_set_accept_state(ssl) } else { SSL_set_connect_state(ssl) }
+    }
+
+    /// Whether sealed records still wait for the socket (call `flush` when it is writable).
+    public var hasPendingOutput: Bool { !sealed.isEmpty }
+
+    /// Writes sealed records to the socket; `.wouldBlock` while some remain (wait for writability).
+    @discardableResult
+    public func flush() -> IOResult {
+        if let sendError { return .failed(sendError) }
+        while !sealed.isEmpty {
+            switch Socket.write(fd, from: sealed.readable) {
+            case .bytes(let n):
+                sealed.consume(n)
+            case .wouldBlock:
+                return .wouldBlock
+            case .failed(let code):
+                sendError = code
+                return .failed(code)
+            case .eof:
+                sendError = 32  // EPIPE
+                return .failed(32)
+            }
+        }
+        sealed.shrink(above: 72 * 1024)
+        return .bytes(0)
     }
 
     deinit { SSL_free(ssl) }
@@ -67,8 +102,10 @@ public final class TLSConnection {
     }
 
     public func handshake() -> HandshakeProgress {
+        if case .wouldBlock = flush() { return .wantWrite }
         ERR_clear_error()
         let rc = SSL_do_handshake(ssl)
+        if case .wouldBlock = flush() { return .wantWrite }
         if rc == 1 { return .done }
         let error = SSL_get_error(ssl, rc)
         switch error {
@@ -97,15 +134,22 @@ public final class TLSConnection {
     public func read(into buffer: UnsafeMutableRawBufferPointer) -> IOResult {
         clearErrorQueue()
         let rc = SSL_read(ssl, buffer.baseAddress, Int32(min(buffer.count, Int(Int32.max))))
-        if rc > 0 { wantsWritable = false; return .bytes(Int(rc)) }
+        if !sealed.isEmpty { flush() }  // a key update or an alert the read answered
+        if rc > 0 { return .bytes(Int(rc)) }
         return outcome(rc)
     }
 
     @inline(__always)
+    /// Seals `buffer` and sends it, after any records still waiting: `.wouldBlock` (nothing taken) while those
+    /// cannot all go. Taken bytes the socket cannot take at once wait in `sealed`: see `hasPendingOutput`.
     public func write(from buffer: UnsafeRawBufferPointer) -> IOResult {
+        guard case .bytes = flush() else { return sendError.map { .failed($0) } ?? .wouldBlock }
         clearErrorQueue()
         let rc = SSL_write(ssl, buffer.baseAddress, Int32(min(buffer.count, Int(Int32.max))))
-        if rc > 0 { wantsWritable = false; return .bytes(Int(rc)) }
+        if rc > 0 {
+            flush()
+            return .bytes(Int(rc))
+        }
         return outcome(rc)
     }
 
@@ -118,11 +162,7 @@ public final class TLSConnection {
 
     private func outcome(_ rc: Int32) -> IOResult {
         switch SSL_get_error(ssl, rc) {
-        case SSL_ERROR_WANT_READ:
-            wantsWritable = false
-            return .wouldBlock
-        case SSL_ERROR_WANT_WRITE:
-            wantsWritable = true
+        case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
             return .wouldBlock
         case SSL_ERROR_ZERO_RETURN:
             return .eof
@@ -140,6 +180,7 @@ public final class TLSConnection {
         ERR_clear_error()
         if SSL_is_init_finished(ssl) == 1 { _ = SSL_shutdown(ssl) }
         ERR_clear_error()
+        flush()
     }
 
     /// The ALPN protocol agreed on, if any.
@@ -158,3 +199,31 @@ public final class TLSConnection {
         return CertificateInfo.uris(of: cert)
     }
 }
+
+/// The BIO that OpenSSL writes sealed records to: they are appended to the connection's `sealed` buffer (the
+/// BIO's data), never refused.
+/// SAFETY: made once (a lazy global), only read after; OpenSSL allows one BIO_METHOD across threads.
+nonisolated(unsafe) private let sealedRecordsMethod: OpaquePointer = {
+    guard let method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "waypoint sealed records") else {
+        fatalError("OpenSSL: cannot create a BIO method")
+    }
+    _ = BIO_meth_set_write(method) { bio, data, length in
+        let connection = Unmanaged<TLSConnection>.fromOpaque(BIO_get_data(bio)).takeUnretainedValue()
+        connection.sealed.append(UnsafeRawBufferPointer(start: data, count: Int(length)))
+        return length
+    }
+    // OpenSSL flushes when its handshake turns from writing to reading (and a blocking socket must have sent
+    // its flight by then); application data is flushed by the connection, after each whole write.
+    _ = BIO_meth_set_ctrl(method) { bio, command, _, _ in
+        guard command == BIO_CTRL_FLUSH else { return 0 }
+        BIO_clear_flags(bio, BIO_FLAGS_READ | BIO_FLAGS_WRITE | BIO_FLAGS_IO_SPECIAL | BIO_FLAGS_SHOULD_RETRY)
+        switch Unmanaged<TLSConnection>.fromOpaque(BIO_get_data(bio)).takeUnretainedValue().flush() {
+        case .bytes: return 1
+        case .wouldBlock:
+            BIO_set_flags(bio, BIO_FLAGS_WRITE | BIO_FLAGS_SHOULD_RETRY)
+            return -1
+        case .eof, .failed: return -1
+        }
+    }
+    return method
+}()

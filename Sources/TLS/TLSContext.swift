@@ -74,7 +74,7 @@ public final class TLSContext: @unchecked Sendable {
         var ok = false
         defer { if !ok { SSL_CTX_free(ctx) } }
         guard wp_ssl_ctx_tls13_only(ctx) == 1 else { throw TLSError("cannot restrict to TLS 1.3") }
-        _ = wp_ssl_ctx_set_mode(ctx, wp_ssl_mode_nonblocking_writes())
+        _ = wp_ssl_ctx_set_mode(ctx, wp_ssl_mode_whole_writes())
         SSL_CTX_set_options(ctx, wp_ssl_op_no_ticket())
         _ = wp_ssl_ctx_session_cache_off(ctx)
         guard wp_ssl_ctx_set_groups(ctx, "P-256:P-384:X25519") == 1 else { throw TLSError("cannot set key exchange groups") }

@@ -9,7 +9,8 @@ import TLS
 import WaypointCore
 
 /// The client side of one HBONE tunnel for `waypoint hbone-client`: stdin goes into the tunnel, the tunnel's
-/// bytes go to stdout; the process exits when the tunnel ends (status 0 only after a 200).
+/// bytes go to stdout; the process exits when the tunnel ends (status 0 only after a 200), or with `--get` as
+/// soon as the response is complete (its framing says when; no server has to close anything).
 ///
 /// Thread: the main thread's loop. Ownership: the command, for the life of the process.
 final class TunnelPipe: ByteStreamHandler {
@@ -17,12 +18,16 @@ final class TunnelPipe: ByteStreamHandler {
     private var stdinWatcher: IOWatcher?
     private let pending = ByteBuffer(capacity: 16 * 1024)
     private var stdinEnded = false
+    private let chunk = ByteBuffer(capacity: 64 * 1024)
+    /// `--get`: the response as it arrives, to know where it ends.
+    private var response: ResponseEnd?
 
     init(tunnel: Tunnel, loop: EventLoop, request: [UInt8]?) {
         self.tunnel = tunnel
         if let request {
             pending.append(request)
             stdinEnded = true
+            response = ResponseEnd()
         } else {
             stdinWatcher = IOWatcher(loop: loop, fd: 0, direction: .read) { [unowned(unsafe) self] in self.stdinReadable() }
             stdinWatcher?.start()
@@ -57,14 +62,20 @@ final class TunnelPipe: ByteStreamHandler {
     }
 
     func streamReadable() {
-        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
         while true {
-            let result = chunk.withUnsafeMutableBytes { tunnel.read(into: $0) }
-            switch result {
+            switch tunnel.read(into: chunk.writableSpace()) {
             case .bytes(let n):
-                chunk.withUnsafeBytes { bytes in
-                    var off = 0; while off < n { let w = write(1, bytes.baseAddress! + off, n - off); if w <= 0 { break }; off += w }
+                chunk.commitWrite(n)
+                let bytes = chunk.readable
+                var off = 0
+                while off < n {
+                    let w = write(1, bytes.baseAddress! + off, n - off)
+                    if w <= 0 { break }
+                    off += w
                 }
+                let complete = response?.see(bytes) ?? false
+                chunk.clear()
+                if complete { finish() }
             case .wouldBlock:
                 return
             case .eof, .failed:
@@ -79,7 +90,36 @@ final class TunnelPipe: ByteStreamHandler {
     }
 }
 
-/// Writes all of `text` to stderr (or stdout), unbuffered.
+/// Where one HTTP/1.1 response ends in the bytes that pass by: its head (kept until complete), then its body's
+/// framing. A response that cannot be parsed, or ends only when the connection closes, never completes here.
+struct ResponseEnd {
+    private var head = [UInt8]()
+    private var scanned = 0
+    private var body: BodyTracker?
+
+    /// Sees the next bytes; true once the response is complete.
+    mutating func see(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        if body == nil {
+            head.append(contentsOf: bytes)
+            let all = head
+            let rest: [UInt8]? = all.withUnsafeBytes { all in
+                guard let length = HTTP1Parser.findHeadEnd(all, scanned: &scanned) else { return nil }
+                var parsed = ResponseHead()
+                guard case .complete = HTTP1Parser.parseResponse(UnsafeRawBufferPointer(rebasing: all[0..<length]),
+                                                                 requestWasHead: false, into: &parsed)
+                else { return nil }
+                body = BodyTracker(parsed.framing)
+                return Array(all[length...])
+            }
+            guard let rest else { return false }
+            head = []
+            return rest.withUnsafeBytes { see($0) }
+        }
+        _ = body!.consume(bytes)
+        return body!.isComplete
+    }
+}
+
 func writeStderr(_ text: String) { writeAll(2, text) }
 
 func writeStdout(_ text: String) { writeAll(1, text) }

@@ -43,7 +43,7 @@ extension WaypointCommand {
             "Example: waypoint hbone-client --connect 10.0.0.5:15008 --authority 10.96.0.10:80 --cert c.pem --key k.pem --ca ca.pem --get /"
         static let name = "hbone-client"
 
-        @Option(help: "Send `GET PATH` (with connection: close) instead of piping stdin.")
+        @Option(help: "Send `GET PATH` and exit when the response is complete, instead of piping stdin.")
         var get: String?
 
         @Option(help: "Host header of --get.")
@@ -66,7 +66,7 @@ extension WaypointCommand {
                 writeStderr("hbone-client: connection closed\n")
                 Glibc.exit(1)
             }
-            let request = get.map { Array("GET \($0) HTTP/1.1\r\nhost: \(host)\r\nconnection: close\r\n\r\n".utf8) }
+            let request = get.map { Array("GET \($0) HTTP/1.1\r\nhost: \(host)\r\n\r\n".utf8) }
             let pipe = TunnelPipe(tunnel: tunnel, loop: loop, request: request)
             withExtendedLifetime((worker, connection, pipe)) { loop.run() }
         }

@@ -220,7 +220,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
                 inSession = false
                 guard ok else { return protocolFailure() }
             case .wouldBlock:
-                if tls.wantsWritable { writeWatcher.start() }
+                if tls.hasPendingOutput { writeWatcher.start() }
                 flush()
                 return
             case .eof, .failed:
@@ -236,7 +236,6 @@ public final class HBONEConnection: HTTP2SessionDelegate {
             state = .handshaking
         }
         if state == .handshaking { return continueHandshake() }
-        if tls.wantsWritable { readable() }
         flush()
     }
 
@@ -285,8 +284,17 @@ public final class HBONEConnection: HTTP2SessionDelegate {
                 return false
             }
         }
-        writeWatcher.stop()
-        return true
+        switch tls.flush() {  // sealed records the socket could not take at once
+        case .bytes:
+            writeWatcher.stop()
+            return true
+        case .wouldBlock:
+            writeWatcher.start()
+            return true
+        case .eof, .failed:
+            close()
+            return false
+        }
     }
 
     private func notifyTunnels() {
