@@ -105,8 +105,10 @@ struct ResponseEnd {
             let rest: [UInt8]? = all.withUnsafeBytes { all in
                 guard let length = HTTP1Parser.findHeadEnd(all, scanned: &scanned) else { return nil }
                 var parsed = ResponseHead()
-                guard case .complete = HTTP1Parser.parseResponse(UnsafeRawBufferPointer(rebasing: all[0..<length]),
-                                                                 requestWasHead: false, into: &parsed)
+                guard
+                    case .complete = HTTP1Parser.parseResponse(
+                        UnsafeRawBufferPointer(rebasing: all[0..<length]),
+                        requestWasHead: false, into: &parsed)
                 else { return nil }
                 body = BodyTracker(parsed.framing)
                 return Array(all[length...])
