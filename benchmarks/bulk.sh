@@ -95,33 +95,41 @@ stop() { kill_tree "$pid"; wait "$pid" 2>/dev/null || true; }
 now() { date +%s.%N; }
 rate() { python3 -c "import sys; print($((SIZE_MIB << 20)) / (float(sys.argv[2]) - float(sys.argv[1])))" "$1" "$2"; }
 
-# measure TARGET: prints "down_MBps up_MBps".
+# ms TICKS_BEFORE TICKS_AFTER: the proxy's CPU time between two `cpu_ticks` readings, in ms.
+ms() { echo $(( ($2 - $1) * 1000 / $(getconf CLK_TCK) )); }
+
+# measure TARGET: prints "down_MBps up_MBps down_cpu_ms up_cpu_ms" (the proxy's CPU time per transfer: when the
+# client's core is the bottleneck, as through HBONE where it decrypts everything, MB/s no longer tells the
+# proxies apart and CPU per byte does).
 measure() {
-    local down up t0 t1 answer bytes=$((SIZE_MIB << 20))
+    local down up t0 t1 c0 c1 down_cpu up_cpu answer bytes=$((SIZE_MIB << 20))
     case "$1" in
     *-hbone)
         start "$1"
-        t0=$(now)
+        c0=$(cpu_ticks "$pid"); t0=$(now)
         taskset -c 1 "$BIN" "${HBONE_CLIENT[@]}" --get /big > "$work/down.out"
-        t1=$(now)
+        t1=$(now); c1=$(cpu_ticks "$pid"); down_cpu=$(ms "$c0" "$c1")
         stop
         [ "$(stat -c %s "$work/down.out")" -gt "$bytes" ] || { echo "$1: short download" >&2; exit 1; }
         down=$(rate "$t0" "$t1")
         start "$1" 19482
-        t0=$(now)
+        c0=$(cpu_ticks "$pid"); t0=$(now)
         answer=$({ printf 'POST /upload HTTP/1.1\r\nhost: web\r\ncontent-length: %d\r\nconnection: close\r\n\r\n' "$bytes"
                    cat "$work/big"; } | taskset -c 1 "$BIN" "${HBONE_CLIENT[@]}")
-        t1=$(now)
+        t1=$(now); c1=$(cpu_ticks "$pid"); up_cpu=$(ms "$c0" "$c1")
         stop
         [[ "$answer" == *"\"body_length\":$bytes"* ]] || { echo "$1: the origin did not get the whole upload: $answer" >&2; exit 1; }
         up=$(rate "$t0" "$t1") ;;
     *)
         start "$1"
+        c0=$(cpu_ticks "$pid")
         down=$(taskset -c 1 curl -s -o /dev/null -H 'Host: web' -w '%{speed_download}' http://127.0.0.1:19480/big)
+        c1=$(cpu_ticks "$pid"); down_cpu=$(ms "$c0" "$c1")
         up=$(taskset -c 1 curl -s -o /dev/null -H 'Host: web' -H 'Expect:' -T "$work/big" -w '%{speed_upload}' http://127.0.0.1:19480/upload)
+        up_cpu=$(ms "$c1" "$(cpu_ticks "$pid")")
         stop ;;
     esac
-    python3 -c "import sys; print(f'{float(sys.argv[1]) / 1e6:.0f} {float(sys.argv[2]) / 1e6:.0f}')" "$down" "$up"
+    python3 -c "import sys; print(f'{float(sys.argv[1]) / 1e6:.0f} {float(sys.argv[2]) / 1e6:.0f} {sys.argv[3]} {sys.argv[4]}')" "$down" "$up" "$down_cpu" "$up_cpu"
 }
 
 declare -A results
@@ -129,13 +137,14 @@ for run in $(seq 1 "$RUNS"); do
     for target in $(rotation "$run" $TARGETS); do
         row=$(measure "$target")
         results[$target]+="$row;"
-        echo "run $run $target: down/up MB/s $row"
+        echo "run $run $target: down/up MB/s, proxy CPU ms: $row"
     done
 done
 for target in $TARGETS; do
     python3 - "$target" "${results[$target]}" <<'PY'
 import statistics, sys
 rows = [tuple(map(float, r.split())) for r in sys.argv[2].split(";") if r]
-print(f"{sys.argv[1]}: median download {statistics.median(r[0] for r in rows):.0f} MB/s, upload {statistics.median(r[1] for r in rows):.0f} MB/s")
+m = [statistics.median(r[i] for r in rows) for i in range(4)]
+print(f"{sys.argv[1]}: median download {m[0]:.0f} MB/s ({m[2]:.0f} ms of proxy CPU), upload {m[1]:.0f} MB/s ({m[3]:.0f} ms)")
 PY
 done

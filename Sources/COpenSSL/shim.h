@@ -13,6 +13,7 @@ static inline long wp_ssl_ctx_set_mode(SSL_CTX *ctx, long mode) { return SSL_CTX
 /// Whole writes (the output BIO never refuses, so SSL_write seals everything it is given at once; partial
 /// writes would return after each 16 KiB record), and OpenSSL's buffers released while idle.
 static inline long wp_ssl_mode_whole_writes(void) { return SSL_MODE_RELEASE_BUFFERS; }
+static inline void wp_ssl_ctx_read_ahead(SSL_CTX *ctx) { SSL_CTX_set_read_ahead(ctx, 1); }
 static inline uint64_t wp_ssl_op_no_ticket(void) { return SSL_OP_NO_TICKET; }
 static inline int wp_ssl_ctx_set_groups(SSL_CTX *ctx, const char *list) { return SSL_CTX_set1_groups_list(ctx, list); }
 static inline long wp_ssl_ctx_session_cache_off(SSL_CTX *ctx) { return SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF); }

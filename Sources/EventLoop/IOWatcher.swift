@@ -32,4 +32,8 @@ public final class IOWatcher {
 
     public func start() { if !isActive { ev_io_start(loop.raw, watcher) } }
     public func stop() { if isActive { ev_io_stop(loop.raw, watcher) } }
+
+    /// Calls the callback on the loop's next iteration as if the fd were ready (for input already buffered
+    /// above the socket, which the kernel will not announce).
+    public func feed() { ev_feed_event(loop.raw, UnsafeMutableRawPointer(watcher), watcher.pointee.events & Int32(EV_READ | EV_WRITE)) }
 }

@@ -46,8 +46,12 @@ public enum HandshakeProgress: Equatable {
 public final class TLSConnection {
     private let ssl: OpaquePointer
     private let fd: Int32
-    /// Records OpenSSL sealed that the socket has not taken yet.
-    fileprivate let sealed = ByteBuffer(lazyCapacity: 72 * 1024)
+    /// Records OpenSSL sealed that the socket has not taken yet: room for one record while idle, grown to fit
+    /// each larger write and given back once the socket took it.
+    fileprivate let sealed = ByteBuffer(lazyCapacity: TLSConnection.recordSpace)
+    private static let recordSpace = 16 * 1024 + recordOverhead
+    /// A TLS 1.3 record's header, content type and AEAD tag.
+    private static let recordOverhead = 22
     /// The socket failed while taking sealed records; the next write reports it.
     private var sendError: Int32?
 
@@ -61,6 +65,10 @@ public final class TLSConnection {
         SSL_set0_wbio(ssl, output)
         if context.role == .server { SSL_set_accept_state(ssl) } else { SSL_set_connect_state(ssl) }
     }
+
+    /// Whether decrypted or read-ahead input waits inside OpenSSL: the socket will not announce it, so a reader
+    /// that stops before `read` answers `.wouldBlock` must come back by itself.
+    public var hasBufferedInput: Bool { SSL_has_pending(ssl) == 1 }
 
     /// Whether sealed records still wait for the socket (call `flush` when it is writable).
     public var hasPendingOutput: Bool { !sealed.isEmpty }
@@ -83,7 +91,7 @@ public final class TLSConnection {
                 return .failed(32)
             }
         }
-        sealed.shrink(above: 72 * 1024)
+        sealed.shrink(above: Self.recordSpace)
         return .bytes(0)
     }
 
@@ -139,12 +147,13 @@ public final class TLSConnection {
         return outcome(rc)
     }
 
-    @inline(__always)
     /// Seals `buffer` and sends it, after any records still waiting: `.wouldBlock` (nothing taken) while those
     /// cannot all go. Taken bytes the socket cannot take at once wait in `sealed`: see `hasPendingOutput`.
+    @inline(__always)
     public func write(from buffer: UnsafeRawBufferPointer) -> IOResult {
         guard case .bytes = flush() else { return sendError.map { .failed($0) } ?? .wouldBlock }
         clearErrorQueue()
+        sealed.reserve(buffer.count + (buffer.count / (16 * 1024) + 1) * Self.recordOverhead)
         let rc = SSL_write(ssl, buffer.baseAddress, Int32(min(buffer.count, Int(Int32.max))))
         if rc > 0 {
             flush()

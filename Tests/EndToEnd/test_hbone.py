@@ -6,6 +6,7 @@ import shutil
 import signal
 import socket
 import ssl
+import subprocess
 import tempfile
 import time
 
@@ -13,7 +14,7 @@ import h2.events
 import pytest
 
 import pki
-from conftest import service_yaml, wait_for
+from conftest import BINARY, service_yaml, wait_for
 from hbone import HBONEClient, get
 
 VIP = "10.96.0.10"
@@ -254,6 +255,51 @@ def test_slow_reader_of_100_mib_keeps_rss_bounded(mesh, certs):
     assert total >= 100 * 1024 * 1024
     assert stalled_rss - before < 24 * 1024, (before, stalled_rss)
     assert peak - before < 32 * 1024, (before, peak)
+
+
+def test_bulk_download_frames_fill_whole_tls_records(mesh, certs):
+    """A 4 MiB body to a client that allows 1 MiB frames (as ztunnel does): every byte arrives, and no DATA frame
+    carries more than 65,527 bytes, so that with its 9-byte header it is exactly four 16 KiB TLS records (a frame
+    a few bytes over would cost a record, and a write, of its own); bulk frames are that size."""
+    proxy, _ = mesh
+    c = client(proxy, certs)
+    sid = c.connect(f"{VIP}:80")
+    assert c.status(sid) == 200
+    sizes = []
+    receive = c.conn.receive_data
+
+    def spy(data):
+        events = receive(data)
+        sizes.extend(e.flow_controlled_length for e in events if isinstance(e, h2.events.DataReceived) and e.stream_id == sid)
+        return events
+    c.conn.receive_data = spy
+    size = 4 << 20
+    response = c.http(sid, get(f"/big?size={size}"))
+    c.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and body == b"x" * size
+    assert max(sizes) == 65527 and sizes.count(65527) >= len(sizes) // 2, sizes
+
+
+def test_bulk_uploads_through_the_hbone_client_reach_the_origin_whole_and_at_once(mesh, certs, workdir):
+    """4 MiB piped through `waypoint hbone-client` (a sender as fast as the proxy), 16 times: the origin counts
+    every byte, and no upload waits. The proxy reads TLS ahead, 64 KiB per read(2), and stops after 16 records
+    per turn; records OpenSSL already holds must be read on the next turn, as the socket will not announce them
+    (without that, about one upload in seven stalled until the next PING, 10 s later)."""
+    proxy, _ = mesh
+    size = 4 << 20
+    payload = workdir / "upload.bin"
+    payload.write_bytes(f"POST /up HTTP/1.1\r\nhost: web\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n".encode()
+                        + os.urandom(size))
+    cert, key = certs["frontend"]
+    for _ in range(16):
+        with open(payload, "rb") as stdin:
+            out = subprocess.run([str(BINARY), "hbone-client", "--connect", f"127.0.0.1:{proxy.hbone_port}",
+                                  "--authority", f"{VIP}:80", "--cert", cert, "--key", key, "--ca", certs["ca"]],
+                                 stdin=stdin, capture_output=True, timeout=5)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(b"HTTP/1.1 200")
+        assert body_json(out.stdout)["body_length"] == size
 
 
 def test_rapid_reset_flood_closes_the_offender_and_spares_others(mesh, certs):

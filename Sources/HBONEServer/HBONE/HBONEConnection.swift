@@ -227,6 +227,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
                 return close()
             }
         }
+        if tls.hasBufferedInput { readWatcher.feed() }  // the rest on the next loop iteration
         flush()
     }
 

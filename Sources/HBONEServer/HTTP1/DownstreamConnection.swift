@@ -109,7 +109,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
         self.traceparent = traceparent
         clientIP = Array(peer.sourceIP.utf8)
         // Lazy: an idle tunnel holds no buffer memory until its first request.
-        input = ByteBuffer(lazyCapacity: 16 * 1024)
+        input = ByteBuffer(lazyCapacity: Self.inputSize)
         output = ByteBuffer(lazyCapacity: 16 * 1024)
         replayBuffer = ByteBuffer(lazyCapacity: 512)
         lastActivity = server.loop.now
@@ -155,7 +155,10 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
         switch stream.read(into: space) {
         case .bytes(let n):
             if input.isEmpty && exchange.isIdle { headStartedAt = server.loop.now }
+            // A read that filled the buffer while a body streams: the next may take more at once (fewer reads
+            // here, fewer and larger writes upstream), up to `maxBodyInput`; it shrinks back between requests.
             input.commitWrite(n)
+            if n == space.count && !exchange.isIdle && input.capacity < Self.maxBodyInput { input.reserve(input.capacity) }
             lastActivity = server.loop.now
             processInput()
         case .wouldBlock:
@@ -468,6 +471,9 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
 
     /// The largest request body copied to a mirror when no retry policy sets the bound.
     static let mirrorBodyBound = 64 * 1024
+    /// The input buffer's size for heads and small bodies, and how far it grows while a large body streams in.
+    static let inputSize = 16 * 1024
+    static let maxBodyInput = 256 * 1024
 
     /// The complete request, as sent upstream, to an endpoint of each chosen mirror.
     private func sendMirrors() {
@@ -550,6 +556,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
             self.upstream = nil
         }
         exchange.finish()
+        input.shrink(above: Self.inputSize)
         retryable = false
         bodyTooBigToRetry = false
         upgrading = false

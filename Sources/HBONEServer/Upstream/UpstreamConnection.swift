@@ -73,6 +73,7 @@ final class UpstreamConnection: ByteStreamHandler {
         input.clear()
         input.shrink(above: Self.inputSize)
         output.clear()
+        output.shrink(above: 4 * 1024)  // a streamed request body may have grown it
         stream.setReading(true)
         timer.schedule(after: settings.upstreamIdleTimeout)
     }
