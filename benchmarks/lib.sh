@@ -131,11 +131,14 @@ CFG
 }
 
 # write_envoy_hbone_config FILE PORT ORIGIN_PORT CERT KEY CA: Envoy as Istio configures a waypoint: mTLS 1.3 with
-# ALPN h2 on 127.0.0.1:PORT, HTTP/2 CONNECT terminated (Istio's window sizes) and handed to an internal listener
-# whose HTTP connection manager routes the inner HTTP/1.1 to 127.0.0.1:ORIGIN_PORT (no timeout: bulk bodies).
+# ALPN h2 on 127.0.0.1:PORT, HTTP/2 CONNECT terminated (Istio's window sizes and stream limit) and handed to an
+# internal listener whose HTTP connection manager routes the inner HTTP/1.1 to 127.0.0.1:ORIGIN_PORT (no timeout:
+# bulk bodies; circuit breakers lifted, as Istio does).
 write_envoy_hbone_config() {
     local hcm=type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
     local router='[{name: envoy.filters.http.router, typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}]'
+    # Istio lifts Envoy's default circuit breakers (1,024 requests per cluster) on the clusters it generates.
+    local unlimited='{max_connections: 4294967295, max_pending_requests: 4294967295, max_requests: 4294967295, max_retries: 4294967295}'
     cat > "$1" <<CFG
 bootstrap_extensions:
 - name: envoy.bootstrap.internal_listener
@@ -184,9 +187,11 @@ static_resources:
           http_filters: $router
   clusters:
   - name: main_internal
+    circuit_breakers: {thresholds: [$unlimited]}
     load_assignment: {cluster_name: main_internal, endpoints: [{lb_endpoints: [{endpoint: {address: {envoy_internal_address: {server_listener_name: main_internal}}}}]}]}
   - name: web
     type: STATIC
+    circuit_breakers: {thresholds: [$unlimited]}
     load_assignment:
       cluster_name: web
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $3}}}}]}]

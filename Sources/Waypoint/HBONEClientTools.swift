@@ -10,7 +10,8 @@ import WaypointCore
 
 /// The client side of one HBONE tunnel for `waypoint hbone-client`: stdin goes into the tunnel, the tunnel's
 /// bytes go to stdout; the process exits when the tunnel ends (status 0 only after a 200), or with `--get` as
-/// soon as the response is complete (its framing says when; no server has to close anything).
+/// soon as the response is complete (its framing says when; no server has to close anything; status 1 if the
+/// tunnel ends first).
 ///
 /// Thread: the main thread's loop. Ownership: the command, for the life of the process.
 final class TunnelPipe: ByteStreamHandler {
@@ -75,18 +76,28 @@ final class TunnelPipe: ByteStreamHandler {
                 }
                 let complete = response?.see(bytes) ?? false
                 chunk.clear()
-                if complete { finish() }
+                if complete { finish(complete: true) }
             case .wouldBlock:
                 return
-            case .eof, .failed:
+            case .eof:
+                finish(complete: response?.connectionClosed() ?? false)
+            case .failed:
                 finish()
             }
         }
     }
 
-    private func finish() -> Never {
-        if tunnel.status != 200 { writeStderr("hbone-client: CONNECT answered \(tunnel.status)\n") }
-        exit(tunnel.status == 200 ? 0 : 1)
+    /// Exits: 0 after a 200 to the CONNECT and, with `--get`, a complete response.
+    private func finish(complete: Bool = false) -> Never {
+        if tunnel.status != 200 {
+            writeStderr("hbone-client: CONNECT answered \(tunnel.status)\n")
+            exit(1)
+        }
+        if response != nil && !complete {
+            writeStderr("hbone-client: the tunnel ended before the response was complete\n")
+            exit(1)
+        }
+        exit(0)
     }
 }
 
@@ -119,6 +130,12 @@ struct ResponseEnd {
         }
         _ = body!.consume(bytes)
         return body!.isComplete
+    }
+
+    /// The tunnel ended: true if that completes the response (one whose body runs until the close).
+    mutating func connectionClosed() -> Bool {
+        body?.connectionClosed()
+        return body?.isComplete ?? false
     }
 }
 

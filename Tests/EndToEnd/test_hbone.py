@@ -281,6 +281,20 @@ def test_bulk_download_frames_fill_whole_tls_records(mesh, certs):
     assert max(sizes) == 65527 and sizes.count(65527) >= len(sizes) // 2, sizes
 
 
+def test_hbone_client_get_ends_with_the_response_on_a_kept_alive_tunnel(mesh, certs):
+    """`waypoint hbone-client --get` asks for keep-alive and still exits as soon as the response is complete (by
+    its content-length; nothing closes the tunnel), printing exactly the head and the body."""
+    proxy, _ = mesh
+    cert, key = certs["frontend"]
+    out = subprocess.run([str(BINARY), "hbone-client", "--connect", f"127.0.0.1:{proxy.hbone_port}", "--authority",
+                          f"{VIP}:80", "--host", "web", "--cert", cert, "--key", key, "--ca", certs["ca"],
+                          "--get", "/big?size=300000"], capture_output=True, timeout=5)
+    assert out.returncode == 0, out.stderr
+    head, _, body = out.stdout.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"connection: close" not in head.lower()
+    assert body == b"x" * 300000
+
+
 def test_bulk_uploads_through_the_hbone_client_reach_the_origin_whole_and_at_once(mesh, certs, workdir):
     """4 MiB piped through `waypoint hbone-client` (a sender as fast as the proxy), 16 times: the origin counts
     every byte, and no upload waits. The proxy reads TLS ahead, 64 KiB per read(2), and stops after 16 records
