@@ -10,8 +10,11 @@ public struct WatchedKind: Sendable, Hashable {
     public var namespace: String
     /// A cluster-scoped kind read for one object only (`metadata.name` = `namespace`): the waypoint's Namespace.
     public var clusterScoped = false
-    /// A namespaced kind read for one object only (`metadata.name`): the waypoint's own Gateway.
+    /// A namespaced kind read for one object only (`metadata.name`): the waypoint's own Gateway, a Service in
+    /// another namespace that a route sends traffic to.
     public var objectName: String?
+    /// A namespaced kind read for the objects with one label only (`key=value`): that Service's EndpointSlices.
+    public var labelSelector: String?
 
     public init(group: String, version: String, resource: String, kind: String, namespace: String, clusterScoped: Bool = false) {
         (self.group, self.version, self.resource, self.kind, self.namespace) = (group, version, resource, kind, namespace)
@@ -26,11 +29,16 @@ public struct WatchedKind: Sendable, Hashable {
         let base = group.isEmpty ? "/api/\(version)" : "/apis/\(group)/\(version)"
         if clusterScoped { return "\(base)/\(resource)?fieldSelector=metadata.name%3D\(namespace)" }
         let collection = "\(base)/namespaces/\(namespace)/\(resource)"
-        return objectName.map { "\(collection)?fieldSelector=metadata.name%3D\($0)" } ?? collection
+        if let objectName { return "\(collection)?fieldSelector=metadata.name%3D\(objectName)" }
+        if let labelSelector { return "\(collection)?labelSelector=\(KindWatcher.escape(labelSelector))" }
+        return collection
     }
 
-    /// `kind namespace` (`kind namespace/name` for one object) for logs and metrics.
-    public var label: String { "\(kind) \(namespace)\(objectName.map { "/\($0)" } ?? "")" }
+    /// `kind namespace` (`kind namespace/name` for one object, `kind namespace key=value` for a label's) for logs
+    /// and metrics.
+    public var label: String {
+        "\(kind) \(namespace)\(objectName.map { "/\($0)" } ?? "")\(labelSelector.map { " \($0)" } ?? "")"
+    }
 
     /// The waypoint's own Gateway (its listeners' `allowedRoutes`).
     public static func gateway(named name: String, in namespace: String) -> WatchedKind {
@@ -39,6 +47,19 @@ public struct WatchedKind: Sendable, Hashable {
         kind.objectName = name
         return kind
     }
+
+    /// One Service of another namespace and its EndpointSlices: the backend of a route here.
+    public static func service(named name: String, in namespace: String) -> [WatchedKind] {
+        let all = all(in: namespace)
+        var service = all.first { $0.kind == "Service" }!
+        service.objectName = name
+        var slices = all.first { $0.kind == "EndpointSlice" }!
+        slices.labelSelector = "kubernetes.io/service-name=\(name)"
+        return [service, slices]
+    }
+
+    /// Another namespace's ReferenceGrants, which say whether a route here may use a Service there.
+    public static func referenceGrants(in namespace: String) -> WatchedKind { all(in: namespace).first { $0.kind == "ReferenceGrant" }! }
 
     /// What the waypoint reads in `namespace`: Services and EndpointSlices, Gateway API routes, Istio's routing,
     /// traffic and security objects.

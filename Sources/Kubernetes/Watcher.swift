@@ -24,6 +24,10 @@ public final class APIObjectStore: Sendable {
         var restarts: [WatchedKind: [WatchRestart: Int]] = [:]
         /// Unix time of the last list page or watch event.
         var lastEvent = 0.0
+        /// The watcher each kind's objects come from (its token); a kind no longer followed has none, and a
+        /// watcher that lost its kind writes nothing more and ends.
+        var owners: [WatchedKind: Int] = [:]
+        var tokens = 0
     }
     private let state = Mutex(State())
     /// Told (from a watcher thread) whenever the objects change: the runtime's doorbell.
@@ -48,9 +52,15 @@ public final class APIObjectStore: Sendable {
         }
     }
 
-    /// Object counts by kind label, for metrics.
-    public func counts() -> [(String, Int)] {
-        state.withLock { state in state.objects.map { ($0.key.label, $0.value.count) }.sorted { $0.0 < $1.0 } }
+    /// Object counts by kind and namespace (whole collections and single objects together), for metrics.
+    public func counts() -> [(kind: String, namespace: String, count: Int)] {
+        let totals = state.withLock { state in
+            state.objects.reduce(into: [String: (String, String, Int)]()) { totals, entry in
+                let key = "\(entry.key.kind) \(entry.key.namespace)"
+                totals[key] = (entry.key.kind, entry.key.namespace, (totals[key]?.2 ?? 0) + entry.value.count)
+            }
+        }
+        return totals.sorted { $0.key < $1.key }.map { ($0.value.0, $0.value.1, $0.value.2) }
     }
 
     /// Whether every kind in `kinds` has been listed (or found absent) once.
@@ -88,18 +98,46 @@ public final class APIObjectStore: Sendable {
         }
     }
 
-    func replace(_ kind: WatchedKind, with objects: [String: JSON], notify: Bool) {
+    /// Makes a new watcher of `kind` its source; returns the watcher's token.
+    func register(_ kind: WatchedKind) -> Int {
         state.withLock { state in
+            state.tokens += 1
+            state.owners[kind] = state.tokens
+            return state.tokens
+        }
+    }
+
+    /// Stops following `kind`: its objects are dropped now (a change), and its watcher ends.
+    public func forget(_ kind: WatchedKind) {
+        let had = state.withLock { state in
+            state.owners[kind] = nil
+            state.settled.remove(kind)
+            let had = state.objects.removeValue(forKey: kind).map { !$0.isEmpty } ?? false
+            state.revisions[kind, default: 0] += 1
+            if had && state.changedSince == nil { state.changedSince = .now }
+            return had
+        }
+        if had { onChange() }
+    }
+
+    /// Whether the watcher with `token` is still the source of `kind`.
+    func owns(_ kind: WatchedKind, _ token: Int) -> Bool { state.withLock { $0.owners[kind] == token } }
+
+    func replace(_ kind: WatchedKind, token: Int, with objects: [String: JSON], notify: Bool) {
+        let taken = state.withLock { state in
+            guard state.owners[kind] == token else { return false }
             state.objects[kind] = objects
             state.revisions[kind, default: 0] += 1
             state.settled.insert(kind)
             if notify && state.changedSince == nil { state.changedSince = .now }
+            return true
         }
-        if notify { onChange() }
+        if notify && taken { onChange() }
     }
 
-    func absent(_ kind: WatchedKind) {
+    func absent(_ kind: WatchedKind, token: Int) {
         let had = state.withLock { state in
+            guard state.owners[kind] == token else { return false }
             state.settled.insert(kind)
             let had = state.objects.removeValue(forKey: kind).map { !$0.isEmpty } ?? false
             state.revisions[kind, default: 0] += 1
@@ -117,10 +155,15 @@ public final class APIObjectStore: Sendable {
 /// credential or RBAC rule is missing; every other failure backs off (0.5 s doubling to 30 s, with jitter) and
 /// retries forever. The objects are kept whatever fails: a waypoint that lost the API server serves on.
 ///
-/// Thread: its own (blocking I/O). Ownership: keeps itself alive for the life of the process.
+/// A watcher ends when the store forgets its kind (`APIObjectStore.forget`): it writes nothing after that, and
+/// its thread returns at its next step (at the latest when the server ends the current watch).
+///
+/// Thread: its own (blocking I/O). Ownership: keeps itself alive until it ends.
 public final class KindWatcher: @unchecked Sendable {
     // SAFETY: every member is set in init and only used by the watcher's own thread afterwards.
     private let kind: WatchedKind
+    /// Its registration with the store.
+    private let token: Int
     private let credentials: APICredentials
     private let context: TLSContext
     private let store: APIObjectStore
@@ -134,6 +177,7 @@ public final class KindWatcher: @unchecked Sendable {
         (self.kind, self.credentials, self.context, self.store, self.logger, self.settings) = (
             kind, credentials, context, store, logger, settings
         )
+        token = store.register(kind)
     }
 
     /// Starts the watcher's thread.
@@ -141,14 +185,15 @@ public final class KindWatcher: @unchecked Sendable {
         ControlThread.start { self.run() }
     }
 
-    private func run() -> Never {
+    private func run() {
         var cache = WatchCache(kind: kind)
         var backoff = Backoff(floor: settings.backoffFloor, ceiling: settings.backoffCeiling)
         var warnedAbsent = false
-        while true {
+        while store.owns(kind, token) {
             do throws(APIError) {
                 if cache.resourceVersion.isEmpty { try list(&cache) }
                 try watch(&cache)
+                guard store.owns(kind, token) else { return }
                 backoff.reset()
                 store.restarted(kind, .closed)
             } catch {
@@ -162,7 +207,7 @@ public final class KindWatcher: @unchecked Sendable {
                     }
                     warnedAbsent = true
                     cache.gone()
-                    store.absent(kind)
+                    store.absent(kind, token: token)
                     ControlThread.sleep(settings.absentProbe)
                     continue
                 case 410:
@@ -185,7 +230,7 @@ public final class KindWatcher: @unchecked Sendable {
 
     private func list(_ cache: inout WatchCache) throws(APIError) {
         try Self.list(kind, into: &cache, credentials: credentials, context: context, settings: settings) { store.heard() }
-        store.replace(kind, with: cache.objects, notify: true)
+        store.replace(kind, token: token, with: cache.objects, notify: true)
     }
 
     /// Lists `kind` completely (every page) into `cache`; `heard` runs for each page.
@@ -245,9 +290,10 @@ public final class KindWatcher: @unchecked Sendable {
             do { event = try line.withUnsafeBytes { bytes throws(JSONError) in try JSON.parse(bytes) } } catch {
                 throw APIError("\(kind.label) watch: \(error)")
             }
+            guard store.owns(kind, token) else { return }  // no longer followed
             store.heard()
             let (changed, next) = try cache.receivedEvent(event)
-            if changed { store.replace(kind, with: cache.objects, notify: true) }
+            if changed { store.replace(kind, token: token, with: cache.objects, notify: true) }
             if next == .relist { throw APIError("resourceVersion too old", status: 410) }
         }
     }

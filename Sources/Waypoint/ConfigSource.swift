@@ -28,6 +28,8 @@ struct ConfigSource {
     private(set) var compiles = (full: 0, endpoints: 0)
     private var fingerprint: [String] = []
     private(set) var generation: UInt64 = 0
+    /// With the API source: the Services in other namespaces that the last loaded config's routes name.
+    private(set) var foreignReferences = ForeignReferences()
 
     init(paths: [String]?, namespace: String) {
         self.paths = paths
@@ -64,6 +66,7 @@ struct ConfigSource {
             }
             if filesChanged { endpointChanges = nil }
             spec = apiSpecs.merged(after: fileSpec)
+            foreignReferences = spec.foreignReferences(clusterDomain: compiler.clusterDomain)
         } else if let paths {
             fingerprint = Self.fingerprint(paths)
             spec = try ManifestLoader.load(paths: paths, defaultNamespace: namespace)

@@ -35,7 +35,15 @@ final class KubernetesSource {
     }
 
     let store: APIObjectStore
+    /// The collections watched from the start (and for good).
     let kinds: [WatchedKind]
+    /// Single Services, their EndpointSlices and ReferenceGrants of other namespaces, watched while routes here
+    /// send traffic there (`follow`).
+    private var followed: [WatchedKind: KindWatcher] = [:]
+    private let namespaces: Set<String>
+    private let credentials: APICredentials
+    private let context: TLSContext
+    private let settings: WatchSettings
     /// Runs on the main loop after changes, at most once per `window`.
     var onChange: (() -> Void)?
     /// Runs on the main loop once, when every kind was listed or the sync timeout passed.
@@ -63,6 +71,10 @@ final class KubernetesSource {
         let context = try options.credentials.tlsContext()
         self.loop = loop
         self.logger = logger
+        self.context = context
+        credentials = options.credentials
+        settings = options.settings
+        namespaces = Set(options.namespaces)
         let box = doorbell
         store = APIObjectStore { box.ring() }
         var kinds: [WatchedKind] = []
@@ -78,6 +90,31 @@ final class KubernetesSource {
                 kind: kind, credentials: options.credentials, context: context, store: store, logger: logger, settings: options.settings
             )
             .start()
+        }
+    }
+
+    /// Watches what `references` name outside the watched namespaces (each Service by name, its EndpointSlices by
+    /// label, and the ReferenceGrants of a namespace a Gateway API route points into), and stops watching, and
+    /// drops, what they no longer name. Never lists a whole collection of another namespace.
+    func follow(_ references: ForeignReferences) {
+        var wanted: Set<WatchedKind> = []
+        for service in references.services where !namespaces.contains(service.namespace) {
+            wanted.formUnion(WatchedKind.service(named: service.name, in: service.namespace))
+        }
+        for namespace in references.grantNamespaces where !namespaces.contains(namespace) {
+            wanted.insert(.referenceGrants(in: namespace))
+        }
+        for kind in followed.keys where !wanted.contains(kind) {
+            followed[kind] = nil
+            store.forget(kind)
+            logger.info("kubernetes: no longer referenced, stopped watching \(kind.label)")
+        }
+        for kind in wanted.sorted(by: { $0.path < $1.path }) where followed[kind] == nil {
+            let watcher = KindWatcher(
+                kind: kind, credentials: credentials, context: context, store: store, logger: logger, settings: settings)
+            followed[kind] = watcher
+            watcher.start()
+            logger.info("kubernetes: referenced by a route here, watching \(kind.label)")
         }
     }
 

@@ -261,6 +261,7 @@ final class Runtime {
             for worker in workers { worker.post(.replaceSnapshot(next)) }
             if !retireTimer.isActive { retireTimer.schedule(after: .seconds(1)) }
             kubernetes?.swapped()
+            kubernetes?.follow(config.foreignReferences)
             logger.info("config reloaded", metadata: ["reason": "\(reason)", "config.generation": "\(next.generation)"])
         } catch {
             reloadsFailed += 1

@@ -146,10 +146,7 @@ extension Runtime {
         if let kubernetes {
             metric(
                 "waypoint_kubernetes_objects", "gauge", "Objects the Kubernetes API source holds, by kind and namespace.",
-                kubernetes.store.counts().map { kind, count in
-                    let parts = kind.split(separator: " ")
-                    return ("{kind=\"\(parts[0])\",namespace=\"\(parts.count > 1 ? parts[1] : "")\"}", count)
-                })
+                kubernetes.store.counts().map { kind, namespace, count in ("{kind=\"\(kind)\",namespace=\"\(namespace)\"}", count) })
             metric(
                 "waypoint_kubernetes_watch_restarts_total", "counter", "Watches started again, by kind, namespace and why.",
                 kubernetes.store.restarts().map { kind, reason, count in

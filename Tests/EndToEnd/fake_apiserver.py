@@ -219,13 +219,20 @@ users: [{{name: waypoint, user: {{{credential}}}}}]
                 self.wfile.write(body)
 
             def selected(self, obj, query):
-                """Whether `obj` passes the request's `fieldSelector` (only `metadata.name=X` is supported)."""
+                """Whether `obj` passes the request's `fieldSelector` (only `metadata.name=X`) and `labelSelector`
+                (equality terms `k=v`, comma-separated)."""
                 selector = query.get("fieldSelector")
-                if not selector:
-                    return True
-                field, _, value = selector.partition("=")
-                assert field == "metadata.name", selector
-                return obj["metadata"]["name"] == value
+                if selector:
+                    field, _, value = selector.partition("=")
+                    assert field == "metadata.name", selector
+                    if obj["metadata"]["name"] != value:
+                        return False
+                labels = obj["metadata"].get("labels") or {}
+                for term in filter(None, (query.get("labelSelector") or "").split(",")):
+                    key, _, value = term.partition("=")
+                    if labels.get(key) != value:
+                        return False
+                return True
 
             def after(self, path, rv):
                 """The changes of `path` after `rv` (the lock held)."""

@@ -225,5 +225,11 @@ def test_kubernetes_overlay_grants_exactly_the_reads_the_watchers_make(tmp_path)
     root = [doc for doc in docs if doc["kind"] == "Role" and doc["metadata"].get("namespace") == "istio-system"][0]
     assert {r for rule in root["rules"] for r in rule["resources"]} == {"authorizationpolicies", "peerauthentications"}
     assert all(set(rule["verbs"]) == {"get", "list", "watch"} for doc in docs if doc["kind"].endswith("Role") for rule in doc["rules"])
-    cluster = [doc for doc in docs if doc["kind"] == "ClusterRole"]
-    assert [(r["resources"], r["resourceNames"]) for doc in cluster for r in doc["rules"]] == [(["namespaces"], ["bookinfo"])]
+    cluster = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "ClusterRole"}
+    assert [(r["resources"], r["resourceNames"]) for r in cluster["waypoint-bookinfo-namespace-reader"]["rules"]] == [
+        (["namespaces"], ["bookinfo"])]
+    # Backends in other namespaces: one Service, its EndpointSlices, the namespace's ReferenceGrants (WatchedKind.service,
+    # WatchedKind.referenceGrants); nothing else cluster-wide.
+    assert {(g, r) for rule in cluster["waypoint-backend-reader"]["rules"] for g in rule["apiGroups"] for r in rule["resources"]} == {
+        ("", "services"), ("discovery.k8s.io", "endpointslices"), ("gateway.networking.k8s.io", "referencegrants")}
+    assert set(cluster) == {"waypoint-bookinfo-namespace-reader", "waypoint-backend-reader"}

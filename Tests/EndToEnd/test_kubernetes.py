@@ -1,5 +1,6 @@
 """The Kubernetes API as the config source: the real binary against a stand-in API server (fake_apiserver.py:
 HTTPS, list with pagination, chunked watches with bookmarks, 410 Gone, 401/403/404, server-side closes)."""
+import json
 import threading
 import time
 from urllib.parse import parse_qs, urlparse
@@ -79,7 +80,6 @@ def test_objects_applied_after_start_route_within_a_second(api, waypoint, origin
     metrics = proxy.metrics()
     assert metrics['waypoint_kubernetes_objects{kind="HTTPRoute",namespace="default"}'] == 1
     assert metrics['waypoint_kubernetes_objects{kind="Service",namespace="default"}'] == 2
-    import json
     dump = json.loads(http_request(proxy.admin_port, "GET", "/config_dump", host="admin")[2])
     listed = {(o["kind"], o["name"]): o["resourceVersion"] for o in dump["kubernetesObjects"]}
     assert listed[("HTTPRoute", "split")] == api.objects["/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes"]["split"]["metadata"]["resourceVersion"]
@@ -335,7 +335,7 @@ def test_destination_rule_subsets_follow_pod_labels_live(api, waypoint, origin_f
                "status": {"podIP": "127.0.0.1"}})                              # relabelled: subset v2 is empty now
     assert wait_until(lambda: served_by(proxy) == 503, timeout=2.0)
     assert proxy.metrics()['waypoint_config_compiles_total{mode="endpoints"}'] > updates   # a Pod change: an endpoint update
-    import json
+
     dump = json.loads(http_request(proxy.admin_port, "GET", "/config_dump", host="admin")[2])
     assert {(o["kind"], o["name"]) for o in dump["kubernetesObjects"]} >= {("Pod", "web-a"), ("Pod", "web-b")}
 
@@ -401,6 +401,44 @@ def test_a_cross_namespace_backend_waits_for_its_reference_grant(api, waypoint, 
     assert wait_until(lambda: served_by(proxy) == "a", timeout=3)
     api.delete("ReferenceGrant", "from-default", namespace="data")
     assert wait_until(lambda: served_by(proxy) == 500, timeout=3)
+
+
+def test_a_backend_in_an_unwatched_namespace_is_watched_by_name_while_referenced(api, waypoint, origin_factory):
+    """A route here sends to Service `db` in namespace `data`, which the waypoint does not watch: it reads that one
+    Service (by name), its EndpointSlices (by label) and `data`'s ReferenceGrants, nothing else of `data` (not
+    `cache`, another Service there), follows their changes live, and drops them once no route names them."""
+    a, b = origin_factory("a"), origin_factory("b")
+    api.apply(service("web"))
+    for name in ("db", "cache"):
+        api.apply(service(name, namespace="data"))
+    api.apply(slice_("db-1", "db", [("127.0.0.1", a.port)], namespace="data"))
+    api.apply(slice_("cache-1", "cache", [("127.0.0.1", b.port)], namespace="data"))
+    api.apply({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+               "metadata": {"name": "from-default", "namespace": "data"},
+               "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "default"}],
+                        "to": [{"group": "", "kind": "Service", "name": "db"}]}})
+    cross = route("to-data", "web", "/", "db")
+    cross["spec"]["rules"][0]["backendRefs"][0]["namespace"] = "data"
+    api.apply(cross)
+    proxy = waypoint()
+    assert wait_until(lambda: served_by(proxy) == "a", timeout=5)
+
+    data = [urlparse(r[1]) for r in api.requests if "/namespaces/data/" in r[1]]
+    reads = {(u.path.rsplit("/", 1)[1], parse_qs(u.query).get("fieldSelector", [""])[0],
+              parse_qs(u.query).get("labelSelector", [""])[0]) for u in data}
+    assert reads == {("services", "metadata.name=db", ""), ("endpointslices", "", "kubernetes.io/service-name=db"),
+                     ("referencegrants", "", "")}, reads
+
+    # Live: db's endpoint moves to origin b.
+    api.apply(slice_("db-1", "db", [("127.0.0.1", b.port)], namespace="data"))
+    assert wait_until(lambda: served_by(proxy) == "b", timeout=3)
+
+    def dumped_from_data():
+        dump = json.loads(http_request(proxy.admin_port, "GET", "/config_dump", host="admin")[2])
+        return {(o["kind"], o["name"]) for o in dump["kubernetesObjects"] if o["namespace"] == "data"}
+    assert dumped_from_data() == {("Service", "db"), ("EndpointSlice", "db-1"), ("ReferenceGrant", "from-default")}
+    api.delete("HTTPRoute", "to-data")
+    assert wait_until(lambda: dumped_from_data() == set(), timeout=3)
 
 
 def test_policies_and_routes_bound_to_the_waypoints_own_gateway(api, waypoint, origin_factory):

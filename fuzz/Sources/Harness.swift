@@ -71,6 +71,7 @@ enum Harness {
             var compiler = SnapshotCompiler(namespace: "default")
             compiler.locality = Locality(region: "r1", zone: "z1", subzone: "s1")  // so locality tiers are built too
             _ = compiler.compile(spec, generation: 1)
+            _ = spec.foreignReferences(clusterDomain: compiler.clusterDomain)
         }
     }
 
@@ -91,6 +92,7 @@ enum Harness {
         }
         if let spec = try? ManifestLoader.load(paths: [], objects: objects, source: "fuzz", defaultNamespace: "default") {
             _ = SnapshotCompiler(namespace: "default").compile(spec, generation: 1)
+            _ = spec.foreignReferences(clusterDomain: "cluster.local")  // what the source then watches by name
         }
     }
 

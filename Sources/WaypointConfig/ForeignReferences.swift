@@ -1,0 +1,58 @@
+/// The Services that routes send traffic to in namespaces other than their own: what a Kubernetes source must
+/// read beyond the namespaces it watches whole (one Service and its EndpointSlices each, by name), and where a
+/// Gateway API route's reference needs a ReferenceGrant read.
+public struct ForeignReferences: Equatable, Sendable {
+    public struct Service: Hashable, Sendable, Comparable {
+        public var namespace: String
+        public var name: String
+
+        public init(namespace: String, name: String) { (self.namespace, self.name) = (namespace, name) }
+
+        public static func < (a: Service, b: Service) -> Bool { (a.namespace, a.name) < (b.namespace, b.name) }
+    }
+
+    public var services: Set<Service> = []
+    /// Namespaces whose ReferenceGrants decide whether a Gateway API route may use a Service there.
+    public var grantNamespaces: Set<String> = []
+
+    public init() {}
+}
+
+extension ConfigSpec {
+    /// The Services named in another namespace by HTTPRoute, GRPCRoute and TCPRoute backendRefs and mirrors (also
+    /// those no ReferenceGrant allows yet: the grant may come), and by VirtualService destinations and mirrors
+    /// (`name.namespace`, `name.namespace.svc` or `name.namespace.svc.DOMAIN`; Istio needs no grant).
+    public func foreignReferences(clusterDomain: String) -> ForeignReferences {
+        var found = ForeignReferences()
+        for route in httpRoutes + tcpRoutes {
+            for rule in route.rules {
+                for ref in rule.backendRefs + rule.mirrors.map(\.backend)
+                where ref.kind == "Service" && (ref.group == "" || ref.group == "core") && ref.namespace != route.namespace {
+                    found.services.insert(.init(namespace: ref.namespace, name: ref.name))
+                    found.grantNamespaces.insert(ref.namespace)
+                }
+            }
+        }
+        for service in virtualServices {
+            for rule in service.http {
+                for destination in rule.route + rule.mirrors.map(\.destination) {
+                    guard let target = Self.service(host: destination.host, clusterDomain: clusterDomain),
+                        target.namespace != service.namespace
+                    else { continue }
+                    found.services.insert(target)
+                }
+            }
+        }
+        return found
+    }
+
+    /// The Service a qualified host names (`name.namespace[.svc[.DOMAIN]]`); nil for a short name (the referrer's
+    /// namespace) or any other host (a ServiceEntry's, say).
+    static func service(host: String, clusterDomain: String) -> ForeignReferences.Service? {
+        let labels = host.lowercased().split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+        guard labels.count >= 2, labels.allSatisfy({ !$0.isEmpty }) else { return nil }
+        let rest = labels.dropFirst(2).joined(separator: ".")
+        guard rest.isEmpty || rest == "svc" || rest == "svc.\(clusterDomain)" else { return nil }
+        return .init(namespace: labels[1], name: labels[0])
+    }
+}
