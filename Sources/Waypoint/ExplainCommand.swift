@@ -79,6 +79,16 @@ extension WaypointCommand {
                     let credentials = APICredentials(try Kubeconfig.load(path: kubeconfig), path: kubeconfig)
                     objects = try KindWatcher.listOnce(
                         WatchedKind.all(in: namespace) + [.gateway(named: gateway, in: namespace)], credentials: credentials)
+                    // The backends that routes here name in other namespaces, read by name as `run` does.
+                    if let first = try? ManifestLoader.load(
+                        paths: config, objects: objects, source: "kubernetes", defaultNamespace: namespace)
+                    {
+                        let references = first.foreignReferences(clusterDomain: SnapshotCompiler(namespace: namespace).clusterDomain)
+                        let kinds =
+                            references.services.sorted().flatMap { WatchedKind.service(named: $0.name, in: $0.namespace) }
+                            + references.grantNamespaces.sorted().map { WatchedKind.referenceGrants(in: $0) }
+                        objects += try KindWatcher.listOnce(kinds.filter { $0.namespace != namespace }, credentials: credentials)
+                    }
                 } catch {
                     print("error: \(error)")
                     throw ExitCode(1)

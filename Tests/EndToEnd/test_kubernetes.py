@@ -313,6 +313,23 @@ def test_explain_reads_the_cluster_through_a_kubeconfig(api, workdir, origin_fac
     assert not api.watches("Service")                     # one list per kind, no watch
 
 
+def test_explain_reads_a_backend_of_another_namespace_by_name(api, workdir):
+    """`explain --kubeconfig` reads what a route names in another namespace as `run` does: by name only."""
+    import subprocess
+    from conftest import BINARY
+    api.apply(service("web", cluster_ip="10.96.0.10"))
+    api.apply(service("db", namespace="data"))
+    api.apply(slice_("db-1", "db", [("127.0.0.1", 9)], namespace="data"))
+    api.apply({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "to-db", "namespace": "default"},
+               "spec": {"hosts": ["web"], "http": [{"route": [{"destination": {"host": "db.data.svc.cluster.local"}}]}]}})
+    out = subprocess.run([str(BINARY), "explain", "--kubeconfig", api.kubeconfig(str(workdir)), "--tunnel", "10.96.0.10:80",
+                          "--principal", "cluster.local/ns/default/sa/frontend", "--path", "/"],
+                         capture_output=True, text=True, timeout=30)
+    assert "backends: data/db:80" in out.stdout and "to endpoint 127.0.0.1:9" in out.stdout, out.stdout + out.stderr
+    assert {urlparse(r[1]).query for r in api.requests if "/namespaces/data/services" in r[1]} == {
+        "fieldSelector=metadata.name%3Ddb&limit=500"}
+
+
 def test_destination_rule_subsets_follow_pod_labels_live(api, waypoint, origin_factory):
     a, b = origin_factory("a"), origin_factory("b")
     api.apply(service("web"))
