@@ -155,10 +155,23 @@ public struct GatewaySpec: Sendable, Equatable {
             }
         }
     }
+    /// Istio's `istio.io/waypoint-for` label: which traffic a waypoint takes.
+    public enum TrafficType: String, Sendable, Equatable {
+        /// Traffic to Services (Istio's default).
+        case service
+        /// Traffic addressed to workloads (Pod IPs).
+        case workload
+        case all
+        case none
+
+        public var takesServices: Bool { self == .service || self == .all }
+        public var takesWorkloads: Bool { self == .workload || self == .all }
+    }
     public var namespace: String
     public var name: String
     public var gatewayClassName: String
     public var listeners: [Listener]
+    public var waypointFor = TrafficType.service
 }
 
 /// `gateway.networking.k8s.io/v1 HTTPRoute`.

@@ -32,9 +32,18 @@ enum RouteParser {
             }
             listeners.append(listener)
         }
-        return GatewaySpec(
+        var gateway = GatewaySpec(
             namespace: namespace, name: name, gatewayClassName: try spec.optionalString("gatewayClassName") ?? "",
             listeners: listeners)
+        let labels = try doc.required("metadata").optional("labels")
+        if let waypointFor = try labels?.optionalString("istio.io/waypoint-for") {
+            guard let traffic = GatewaySpec.TrafficType(rawValue: waypointFor) else {
+                throw labels!.error(
+                    "unknown istio.io/waypoint-for \"\(waypointFor)\" (service, workload, all or none)", field: "istio.io/waypoint-for")
+            }
+            gateway.waypointFor = traffic
+        }
+        return gateway
     }
 
     static func httpRoute(

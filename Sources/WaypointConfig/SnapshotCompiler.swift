@@ -36,13 +36,33 @@ public struct SnapshotCompiler {
     /// Whether a Gateway reference names this waypoint.
     func isOwnGateway(namespace: String, name: String) -> Bool { namespace == self.namespace && name == gatewayName }
 
-    /// Whether `service` sends its traffic to this waypoint (always, without `gateway`).
-    func isBound(_ service: ServiceSpec, namespaces: [String: [String: String]]) -> Bool {
-        guard let gateway else { return true }
-        let own = service.labels["istio.io/use-waypoint"]
-        let namespaceLabels = namespaces[service.namespace] ?? [:]
+    /// Whether `service` sends its traffic to this waypoint (always, without `gateway`): its Gateway's
+    /// `istio.io/waypoint-for` takes Services, and the Service (else its Namespace) names it.
+    func isBound(_ service: ServiceSpec, namespaces: [String: [String: String]], waypointFor: GatewaySpec.TrafficType) -> Bool {
+        guard gateway != nil else { return true }
+        return waypointFor.takesServices && names(labels: service.labels, in: service.namespace, namespaces: namespaces)
+    }
+
+    /// Whether the workload with `labels` (a Pod's, or a ServiceEntry endpoint's) in `namespace` sends the traffic
+    /// addressed to it to this waypoint (always, without `gateway`): Istio's `istio.io/waypoint-for` takes
+    /// workloads (`workload` or `all`; the default, `service`, does not), and the Pod (else its Namespace) names it.
+    func isBound(
+        workload labels: [String: String], in namespace: String, namespaces: [String: [String: String]],
+        waypointFor: GatewaySpec.TrafficType
+    )
+        -> Bool
+    {
+        guard gateway != nil else { return true }
+        return waypointFor.takesWorkloads && names(labels: labels, in: namespace, namespaces: namespaces)
+    }
+
+    /// Whether `istio.io/use-waypoint` in `labels`, else on the Namespace, names this waypoint (`none` opts out;
+    /// `istio.io/use-waypoint-namespace`, beside the label that applies, for a waypoint in another namespace).
+    private func names(labels: [String: String], in objectNamespace: String, namespaces: [String: [String: String]]) -> Bool {
+        let own = labels["istio.io/use-waypoint"]
+        let namespaceLabels = namespaces[objectNamespace] ?? [:]
         guard let name = own ?? namespaceLabels["istio.io/use-waypoint"], name != "none" else { return false }
-        let waypointNamespace = (own != nil ? service.labels : namespaceLabels)["istio.io/use-waypoint-namespace"] ?? service.namespace
+        let waypointNamespace = (own != nil ? labels : namespaceLabels)["istio.io/use-waypoint-namespace"] ?? objectNamespace
         return name == gateway && waypointNamespace == namespace
     }
 
@@ -101,11 +121,15 @@ struct CompileState {
     /// Labels by Namespace name (ambient membership, waypoint binding, `allowedRoutes` selectors); an endpoint
     /// update never changes Namespaces.
     let namespaceLabels: [String: [String: String]]
+    /// Which traffic this waypoint takes (its own Gateway's `istio.io/waypoint-for`); an endpoint update never
+    /// changes Gateways.
+    let waypointFor: GatewaySpec.TrafficType
 
     init(spec: ConfigSpec, compiler: SnapshotCompiler) {
         self.spec = spec
         self.compiler = compiler
         namespaceLabels = Dictionary(spec.namespaces.map { ($0.name, $0.labels) }) { _, last in last }
+        waypointFor = spec.gateways.first { compiler.isOwnGateway(namespace: $0.namespace, name: $0.name) }?.waypointFor ?? .service
     }
 
     /// The endpoints of `members` whose workload carries every label of a DestinationRule subset's `labels`.
@@ -330,6 +354,17 @@ struct CompileState {
         return Int32(workloads.count - 1)
     }
 
+    /// Tunnels to `endpoint`'s address are no longer taken (its Pod stopped naming this waypoint; an endpoint
+    /// update: a full build starts without any).
+    mutating func dropWorkload(_ endpoint: Int32) {
+        let address = endpoints[Int(endpoint)]
+        if workloadDestinations == nil, let destination = destinations[address], destination.virtualHost == -1,
+            destination.endpoint == endpoint
+        {
+            destinations[address] = nil
+        }
+    }
+
     mutating func addWorkload(_ endpoint: Int32, _ innerProtocol: InnerProtocol) {
         let address = endpoints[Int(endpoint)]
         guard (workloadDestinations ?? destinations)[address] == nil else { return }
@@ -402,7 +437,13 @@ struct CompileState {
                         endpointLocality[index] = locality
                     }
                     if !members.contains(index) { members.append(index) }
-                    addWorkload(index, InnerProtocol(appProtocol: port.appProtocol, portName: port.name))
+                    if compiler.isBound(
+                        workload: pod?.labels ?? [:], in: slice.namespace, namespaces: namespaceLabels, waypointFor: waypointFor)
+                    {
+                        addWorkload(index, InnerProtocol(appProtocol: port.appProtocol, portName: port.name))
+                    } else {
+                        dropWorkload(index)
+                    }
                 }
             }
         }
@@ -421,7 +462,11 @@ struct CompileState {
                     endpointLabels[index] = endpoint.labels
                     if let locality = endpoint.locality { endpointLocality[index] = locality }
                     if !members.contains(index) { members.append(index) }
-                    addWorkload(index, InnerProtocol(appProtocol: port.proto, portName: port.name))
+                    if compiler.isBound(
+                        workload: endpoint.labels, in: entry.namespace, namespaces: namespaceLabels, waypointFor: waypointFor)
+                    {
+                        addWorkload(index, InnerProtocol(appProtocol: port.proto, portName: port.name))
+                    }
                 }
                 if entry.endpoints.isEmpty {
                     warnings.append(
@@ -624,7 +669,7 @@ struct CompileState {
     mutating func buildServiceHosts() {
         for service in spec.services {
             // Not bound to this waypoint: a backend like any other, but no tunnel is accepted to it.
-            let bound = compiler.isBound(service, namespaces: namespaceLabels)
+            let bound = compiler.isBound(service, namespaces: namespaceLabels, waypointFor: waypointFor)
             let fqdn = "\(service.name).\(service.namespace).svc.\(compiler.clusterDomain)"
             let attached = spec.httpRoutes.filter { route in
                 route.parentRefs.contains { $0.isService && $0.namespace == service.namespace && $0.name == service.name }

@@ -282,6 +282,52 @@ def test_only_services_bound_to_this_waypoint_take_tunnels(api, waypoint, origin
     assert tunnel_status("10.96.1.4") == 200
 
 
+def test_traffic_addressed_to_pods_takes_the_waypoint_only_as_istio_binds_it(api, waypoint, origin_factory, certs):
+    """Istio's binding of workload traffic (a tunnel to a Pod's address): the waypoint's Gateway must take
+    workloads (`istio.io/waypoint-for: workload` or `all`; the default, `service`, does not), and the Pod, else its
+    Namespace, must name the waypoint in `istio.io/use-waypoint` (`none` opts out). Anything else gets 400, as an
+    unknown destination: Service-targeted policies cannot be skipped by tunnelling to a Pod directly."""
+    from test_hbone import client
+    a = origin_factory("a")
+    pods = {"labelled": ("127.0.0.2", {"istio.io/use-waypoint": "waypoint"}), "plain": ("127.0.0.3", {}),
+            "opted-out": ("127.0.0.4", {"istio.io/use-waypoint": "none"})}
+    api.apply(service("web", cluster_ip="10.96.0.10", labels={"istio.io/use-waypoint": "waypoint"}))
+    for name, (ip, labels) in pods.items():
+        api.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default", "labels": labels},
+                   "status": {"podIP": ip}})
+    api.apply({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+               "metadata": {"name": "web-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+               "addressType": "IPv4", "ports": [{"name": "http", "port": a.port}],
+               "endpoints": [{"addresses": [ip], "targetRef": {"kind": "Pod", "name": name}} for name, (ip, _) in pods.items()]})
+    gateway = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "waypoint", "namespace": "default", "labels": {}},
+               "spec": {"gatewayClassName": "istio-waypoint", "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}}
+    api.apply(gateway)
+    cert, key = certs["waypoint"]
+    proxy = waypoint(extra=["--hbone-listen", "127.0.0.1:0", "--cert", cert, "--key", key, "--ca", certs["ca"]])
+
+    def statuses():
+        c = client(proxy, certs)
+        found = {name: c.status(c.connect(f"{ip}:{a.port}")) for name, (ip, _) in pods.items()}
+        found["service"] = c.status(c.connect("10.96.0.10:80"))
+        c.close()
+        return found
+    # waypoint-for unset (service): Services only
+    assert statuses() == {"labelled": 400, "plain": 400, "opted-out": 400, "service": 200}
+    gateway["metadata"]["labels"] = {"istio.io/waypoint-for": "all"}
+    api.apply(gateway)
+    assert wait_until(lambda: statuses() == {"labelled": 200, "plain": 400, "opted-out": 400, "service": 200})
+    api.apply(namespace("default", {"istio.io/use-waypoint": "waypoint"}))   # the namespace binds the plain Pod too
+    assert wait_until(lambda: statuses() == {"labelled": 200, "plain": 200, "opted-out": 400, "service": 200})
+    api.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "labelled", "namespace": "default",
+                                                              "labels": {"istio.io/use-waypoint": "none"}},
+               "status": {"podIP": "127.0.0.2"}})                                # a Pod change: an endpoint update
+    assert wait_until(lambda: statuses()["labelled"] == 400)
+    gateway["metadata"]["labels"] = {"istio.io/waypoint-for": "workload"}
+    api.apply(gateway)
+    assert wait_until(lambda: statuses() == {"labelled": 400, "plain": 200, "opted-out": 400, "service": 400})
+
+
 def test_in_a_pod_without_config_the_api_source_is_on_by_default(workdir, proxy_factory, origin_factory):
     import subprocess
     from conftest import BINARY, service_yaml

@@ -40,3 +40,32 @@ import WaypointConfig
         do { _ = try load(rule) } catch { #expect(error.errors.contains { "\($0)".contains(message) }) }
     }
 }
+
+@Suite struct WaypointForTests {
+    private func gateway(_ labels: String) throws(ConfigErrors) -> GatewaySpec {
+        try ManifestLoader.load(
+            text: """
+                apiVersion: gateway.networking.k8s.io/v1
+                kind: Gateway
+                metadata: {name: waypoint, namespace: shop, labels: {\(labels)}}
+                spec: {gatewayClassName: istio-waypoint, listeners: [{name: mesh, port: 15008, protocol: HBONE}]}
+                """, file: "g.yaml", defaultNamespace: "shop"
+        ).gateways[0]
+    }
+
+    @Test func istiosLabelSaysWhichTrafficTheWaypointTakes() throws {
+        #expect(try gateway("").waypointFor == .service)
+        #expect(try gateway("istio.io/waypoint-for: all").waypointFor == .all)
+        #expect(try gateway("istio.io/waypoint-for: workload").waypointFor.takesWorkloads)
+        #expect(try !gateway("istio.io/waypoint-for: workload").waypointFor.takesServices)
+        #expect(try !gateway("istio.io/waypoint-for: none").waypointFor.takesServices)
+    }
+
+    @Test func anUnknownValueIsAnErrorNamingTheLabel() {
+        #expect {
+            _ = try gateway("istio.io/waypoint-for: everything")
+        } throws: { error in
+            "\(error)".contains("g.yaml") && "\(error)".contains("istio.io/waypoint-for") && "\(error)".contains("everything")
+        }
+    }
+}
