@@ -102,6 +102,7 @@ extension WaypointCommand {
             }
             var compiler = SnapshotCompiler(namespace: namespace)
             compiler.gatewayName = gateway
+            if kubeconfig != nil { compiler.gateway = gateway }  // as `run` reading the API: only what binds to it is served
             compiler.layeredAuthorization = layeredAuthorization == .on
             compiler.hardenedDenyPaths = hardenDenyPaths == .on
             let snapshot = compiler.compile(spec, generation: 1)

@@ -346,7 +346,7 @@ def test_in_a_pod_without_config_the_api_source_is_on_by_default(workdir, proxy_
 def test_explain_reads_the_cluster_through_a_kubeconfig(api, workdir, origin_factory):
     import subprocess
     from conftest import BINARY
-    api.apply(service("web", cluster_ip="10.96.0.10"))
+    api.apply(service("web", cluster_ip="10.96.0.10", labels={"istio.io/use-waypoint": "waypoint"}))
     api.apply(slice_("web-1", "web", [("127.0.0.1", 9)]))
     api.apply({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "deny-admin", "namespace": "default"},
                "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "web"}], "action": "DENY",
@@ -357,13 +357,19 @@ def test_explain_reads_the_cluster_through_a_kubeconfig(api, workdir, origin_fac
     assert "authorization: denied by DENY default/deny-admin, rule 0" in out.stdout, out.stdout + out.stderr
     assert "result: 403" in out.stdout
     assert not api.watches("Service")                     # one list per kind, no watch
+    # as `run` reading the API: a Service that does not name this waypoint is not served
+    api.apply(service("unbound", cluster_ip="10.96.0.11"))
+    out = subprocess.run([str(BINARY), "explain", "--kubeconfig", api.kubeconfig(str(workdir)), "--tunnel", "10.96.0.11:80",
+                          "--principal", "cluster.local/ns/default/sa/frontend", "--path", "/"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "CONNECT 10.96.0.11:80 refused with 400" in out.stdout, out.stdout + out.stderr
 
 
 def test_explain_reads_a_backend_of_another_namespace_by_name(api, workdir):
     """`explain --kubeconfig` reads what a route names in another namespace as `run` does: by name only."""
     import subprocess
     from conftest import BINARY
-    api.apply(service("web", cluster_ip="10.96.0.10"))
+    api.apply(service("web", cluster_ip="10.96.0.10", labels={"istio.io/use-waypoint": "waypoint"}))
     api.apply(service("db", namespace="data"))
     api.apply(slice_("db-1", "db", [("127.0.0.1", 9)], namespace="data"))
     api.apply({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "to-db", "namespace": "default"},
