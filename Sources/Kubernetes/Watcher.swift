@@ -112,10 +112,7 @@ public final class APIObjectStore: Sendable {
         let had = state.withLock { state in
             state.owners[kind] = nil
             state.settled.remove(kind)
-            let had = state.objects.removeValue(forKey: kind).map { !$0.isEmpty } ?? false
-            state.revisions[kind, default: 0] += 1
-            if had && state.changedSince == nil { state.changedSince = .now }
-            return had
+            return Self.drop(kind, from: &state)
         }
         if had { onChange() }
     }
@@ -139,12 +136,17 @@ public final class APIObjectStore: Sendable {
         let had = state.withLock { state in
             guard state.owners[kind] == token else { return false }
             state.settled.insert(kind)
-            let had = state.objects.removeValue(forKey: kind).map { !$0.isEmpty } ?? false
-            state.revisions[kind, default: 0] += 1
-            if had && state.changedSince == nil { state.changedSince = .now }
-            return had
+            return Self.drop(kind, from: &state)
         }
         if had { onChange() }
+    }
+
+    /// Drops `kind`'s objects; true when it had some (a change).
+    private static func drop(_ kind: WatchedKind, from state: inout State) -> Bool {
+        let had = state.objects.removeValue(forKey: kind).map { !$0.isEmpty } ?? false
+        state.revisions[kind, default: 0] += 1
+        if had && state.changedSince == nil { state.changedSince = .now }
+        return had
     }
 }
 

@@ -274,28 +274,24 @@ public final class HBONEConnection: HTTP2SessionDelegate {
                 guard ok else { close(); return false }
                 if output.isEmpty { break }
             }
-            switch tls.write(from: output.readable) {
-            case .bytes(let n):
-                output.consume(n)
-            case .wouldBlock:
-                writeWatcher.start()
-                return true
-            case .eof, .failed:
-                close()
-                return false
-            }
+            let result = tls.write(from: output.readable)
+            guard case .bytes(let n) = result else { return stalled(result) }
+            output.consume(n)
         }
-        switch tls.flush() {  // sealed records the socket could not take at once
-        case .bytes:
-            writeWatcher.stop()
-            return true
-        case .wouldBlock:
-            writeWatcher.start()
-            return true
-        case .eof, .failed:
+        let flushed = tls.flush()  // sealed records the socket could not take at once
+        guard case .bytes = flushed else { return stalled(flushed) }
+        writeWatcher.stop()
+        return true
+    }
+
+    /// A write that did not go through: wait for writability (true), or the connection failed and is closed.
+    private func stalled(_ result: IOResult) -> Bool {
+        guard case .wouldBlock = result else {
             close()
             return false
         }
+        writeWatcher.start()
+        return true
     }
 
     private func notifyTunnels() {
