@@ -60,6 +60,27 @@ def main_thread_cpu(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def threads_cpu(pid):
+    """CPU seconds of the process's threads by name (`worker-0`, `watch Service`, the main thread as `waypoint`)."""
+    totals = {}
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as f:
+                head, rest = f.read().rsplit(")", 1)
+            fields = rest.split()
+            name = head.split("(", 1)[1]
+            totals[name] = totals.get(name, 0) + (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except OSError:
+            pass
+    return totals
+
+
+def own_cpu():
+    """CPU seconds of this process: the stand-in API server and the churn generator."""
+    t = os.times()
+    return t.user + t.system
+
+
 def metrics(admin):
     import http.client
     conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=10)
@@ -162,12 +183,19 @@ def main():
         rates = {False: [], True: []}
         outputs = {False: [], True: []}
         cpu = 0.0
+        # Per window, where the two cores went: the worker's CPU per request, the waypoint's other threads (main:
+        # compiling; watchers: reading the API), and this process (the stand-in API server serving the churn).
+        spent = {False: [], True: []}
         for on in [False, True, True, False] * ROUNDS:
             (churning.set if on else churning.clear)()
-            before = main_thread_cpu(proxy.pid)
+            before, threads_before, own_before = main_thread_cpu(proxy.pid), threads_cpu(proxy.pid), own_cpu()
             rps, out = hbone_load(work, hbone, WINDOW)
             if on:
                 cpu += main_thread_cpu(proxy.pid) - before
+            threads_after = threads_cpu(proxy.pid)
+            used = {k: threads_after.get(k, 0) - threads_before.get(k, 0) for k in threads_after}
+            worker = used.get("worker-0", 0)
+            spent[on].append((worker / max(rps * WINDOW, 1) * 1e6, sum(used.values()) - worker, own_cpu() - own_before))
             rates[on].append(rps)
             outputs[on].append(out.splitlines()[-1])
         stop.set()
@@ -193,6 +221,10 @@ def main():
               f"medians of {2 * ROUNDS} windows of {WINDOW} s each (A B B A)")
         print("  without:", " ".join(f"{r:.0f}" for r in rates[False]), "| with:", " ".join(f"{r:.0f}" for r in rates[True]))
         print(f"main thread CPU during churn: {cpu:.1f} s in {churn_seconds} s ({cpu / churn_seconds * 100:.0f}% of a core)")
+        for on in (False, True):
+            per_request, others, api_cpu = (statistics.median(x[i] for x in spent[on]) for i in range(3))
+            print(f"  {'with' if on else 'without'} churn, per window of {WINDOW} s (medians): worker {per_request:.1f} µs of CPU per request; "
+                  f"the waypoint's other threads {others:.2f} s; the stand-in API server {api_cpu:.2f} s")
         parse, compile_ = (m['waypoint_config_load_seconds{phase="%s"}' % phase] * 1000 for phase in ("parse", "compile"))
         print(f"last load: parse {parse:.0f} ms, compile {compile_:.0f} ms")
         print(f"collections read: {len(paths)}; in other namespaces: {len(foreign)}")

@@ -47,7 +47,12 @@ public final class APIObjectStore: Sendable {
     public func objects(changedSince known: [String: Int]) -> [(kind: String, revision: Int, objects: [JSON])] {
         state.withLock { state in
             state.revisions.filter { known[$0.key.path] != $0.value }.sorted { $0.key.path < $1.key.path }.map { kind, revision in
-                (kind.path, revision, (state.objects[kind] ?? [:]).sorted { $0.key < $1.key }.map(\.value))
+                // Byte order (the same as String's for these ASCII names, without its Unicode rules: ~7 % of a
+                // compile's time under endpoint churn went to comparing names).
+                (
+                    kind.path, revision,
+                    (state.objects[kind] ?? [:]).sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }.map(\.value)
+                )
             }
         }
     }
@@ -184,7 +189,7 @@ public final class KindWatcher: @unchecked Sendable {
 
     /// Starts the watcher's thread.
     public func start() {
-        ControlThread.start { self.run() }
+        ControlThread.start(name: "watch \(kind.kind)") { self.run() }
     }
 
     private func run() {

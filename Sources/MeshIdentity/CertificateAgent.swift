@@ -38,7 +38,7 @@ public final class CertificateAgent: Sendable {
     }
 
     public func start() {
-        ControlThread.start { self.run() }
+        ControlThread.start(name: "mesh-ca") { self.run() }
     }
 
     private func run() {

@@ -81,6 +81,7 @@ final class Worker: @unchecked Sendable {
     }
 
     fileprivate func run() {
+        nameThisThread("worker-\(id)")
         loop.run()
     }
 

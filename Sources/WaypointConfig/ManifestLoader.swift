@@ -211,8 +211,8 @@ public final class ParsedObjects {
 
     func parse(_ object: JSON, seen: inout Set<String>, source: String, defaultNamespace: String) -> Result<ConfigSpec, ConfigError> {
         let metadata = object["metadata"]
-        let key = [object["apiVersion"]?.string, object["kind"]?.string, metadata?["namespace"]?.string, metadata?["name"]?.string]
-            .map { $0 ?? "" }.joined(separator: "/")
+        let key =
+            "\(object["apiVersion"]?.string ?? "")/\(object["kind"]?.string ?? "")/\(metadata?["namespace"]?.string ?? "")/\(metadata?["name"]?.string ?? "")"
         guard let version = metadata?["resourceVersion"]?.string, !version.isEmpty, seen.insert(key).inserted else {
             endpointChanges = nil
             return ManifestLoader.load(object: object, source: source, defaultNamespace: defaultNamespace)

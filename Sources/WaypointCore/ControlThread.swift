@@ -5,13 +5,18 @@
 /// Threads of the control plane (Kubernetes watchers, the certificate agent): blocking I/O on a small stack,
 /// never a worker's loop.
 public enum ControlThread {
-    /// Runs `body` on a new detached thread with a 256 KiB stack.
-    public static func start(_ body: @escaping @Sendable () -> Void) {
+    /// Runs `body` on a new detached thread with a 256 KiB stack, named `name` (its first 15 bytes: what `top -H`
+    /// and `/proc/PID/task/*/comm` show).
+    public static func start(name: String, _ body: @escaping @Sendable () -> Void) {
         final class Box: Sendable {
             let body: @Sendable () -> Void
             init(_ body: @escaping @Sendable () -> Void) { self.body = body }
         }
-        let box = Unmanaged.passRetained(Box(body))
+        let box = Unmanaged.passRetained(
+            Box {
+                nameThisThread(name)
+                body()
+            })
         var thread = pthread_t()
         var attributes = pthread_attr_t()
         pthread_attr_init(&attributes)
@@ -35,6 +40,16 @@ public enum ControlThread {
         var left = timespec()
         while nanosleep(&time, &left) != 0 { time = left }
     }
+}
+
+/// Names the calling thread (its first 15 bytes, the kernel's limit): what `top -H` and `/proc/PID/task/*/comm`
+/// show. Best effort.
+public func nameThisThread(_ name: String) {
+    let fd = open("/proc/thread-self/comm", O_WRONLY)
+    guard fd >= 0 else { return }
+    let bytes = Array(name.utf8.prefix(15))
+    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    close(fd)
 }
 
 /// Exponential backoff with jitter for retrying a control-plane call: each wait is half the current step plus
