@@ -281,6 +281,7 @@ public final class HBONEConnection: HTTP2SessionDelegate {
         let flushed = tls.flush()  // sealed records the socket could not take at once
         guard case .bytes = flushed else { return stalled(flushed) }
         writeWatcher.stop()
+        if tunnels.isEmpty { output.shrink(above: 16 * 1024) }  // what a bulk transfer grew, given back when idle
         return true
     }
 
