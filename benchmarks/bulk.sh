@@ -9,6 +9,7 @@
 # - HBONE targets (mTLS 1.3 + HTTP/2 CONNECT, one tunnel, `waypoint hbone-client` as the client): waypoint-hbone,
 #   and envoy-hbone configured as Istio configures its waypoint.
 # Targets waypoint-base and waypoint-base-hbone run BASE_BIN (an older build) for a before/after in one run.
+# KEEP=1 keeps the work folder (certificates, configs, Envoy) for runs by hand.
 # Usage: RUNS=3 TARGETS="waypoint haproxy envoy waypoint-hbone envoy-hbone" benchmarks/bulk.sh [WAYPOINT_BINARY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,9 @@ for tool in nginx haproxy curl; do
     command -v "$tool" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light haproxy curl; }
 done
 source benchmarks/lib.sh
+for port in 19408 19480 19481 19482; do   # a leftover server there would answer in place of this run's
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "bulk.sh: port $port is in use" >&2; exit 1; fi
+done
 kill_tree() { for q in $(tree "$1" | tac); do kill "$q" 2>/dev/null || true; done; }
 work=$(mktemp -d /tmp/waypoint-bulk.XXXXXX)
 pids=()
