@@ -125,16 +125,17 @@ public final class APIObjectStore: Sendable {
     /// Whether the watcher with `token` is still the source of `kind`.
     func owns(_ kind: WatchedKind, _ token: Int) -> Bool { state.withLock { $0.owners[kind] == token } }
 
-    func replace(_ kind: WatchedKind, token: Int, with objects: [String: JSON], notify: Bool) {
+    /// `kind`'s objects as its watcher now has them (a change), unless the watcher lost the kind.
+    func replace(_ kind: WatchedKind, token: Int, with objects: [String: JSON]) {
         let taken = state.withLock { state in
             guard state.owners[kind] == token else { return false }
             state.objects[kind] = objects
             state.revisions[kind, default: 0] += 1
             state.settled.insert(kind)
-            if notify && state.changedSince == nil { state.changedSince = .now }
+            if state.changedSince == nil { state.changedSince = .now }
             return true
         }
-        if notify && taken { onChange() }
+        if taken { onChange() }
     }
 
     func absent(_ kind: WatchedKind, token: Int) {
@@ -237,7 +238,7 @@ public final class KindWatcher: @unchecked Sendable {
 
     private func list(_ cache: inout WatchCache) throws(APIError) {
         try Self.list(kind, into: &cache, credentials: credentials, context: context, settings: settings) { store.heard() }
-        store.replace(kind, token: token, with: cache.objects, notify: true)
+        store.replace(kind, token: token, with: cache.objects)
     }
 
     /// Lists `kind` completely (every page) into `cache`; `heard` runs for each page.
@@ -300,7 +301,7 @@ public final class KindWatcher: @unchecked Sendable {
             guard store.owns(kind, token) else { return }  // no longer followed
             store.heard()
             let (changed, next) = try cache.receivedEvent(event)
-            if changed { store.replace(kind, token: token, with: cache.objects, notify: true) }
+            if changed { store.replace(kind, token: token, with: cache.objects) }
             if next == .relist { throw APIError("resourceVersion too old", status: 410) }
         }
     }

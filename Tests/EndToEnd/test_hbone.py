@@ -8,6 +8,7 @@ import socket
 import ssl
 import subprocess
 import tempfile
+import threading
 import time
 
 import h2.events
@@ -293,6 +294,30 @@ def test_hbone_client_get_ends_with_the_response_on_a_kept_alive_tunnel(mesh, ce
     head, _, body = out.stdout.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and b"connection: close" not in head.lower()
     assert body == b"x" * 300000
+
+
+def test_hbone_client_get_fails_when_the_tunnel_ends_before_the_response(hbone_proxy, certs):
+    """An origin that promises 100,000 bytes and closes after 50,000: `hbone-client --get` prints what came and
+    exits 1 saying so (a benchmark must not time a truncated download as a whole one)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve():
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 100000\r\n\r\n" + b"x" * 50000)
+        conn.close()
+    threading.Thread(target=serve, daemon=True).start()
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", listener.getsockname()[1])], cluster_ip=VIP))
+    cert, key = certs["frontend"]
+    out = subprocess.run([str(BINARY), "hbone-client", "--connect", f"127.0.0.1:{proxy.hbone_port}", "--authority",
+                          f"{VIP}:80", "--host", "web", "--cert", cert, "--key", key, "--ca", certs["ca"], "--get", "/"],
+                         capture_output=True, timeout=10)
+    listener.close()
+    assert out.returncode == 1
+    assert b"ended before the response was complete" in out.stderr
+    assert out.stdout.endswith(b"\r\n\r\n" + b"x" * 50000)
 
 
 def test_bulk_uploads_through_the_hbone_client_reach_the_origin_whole_and_at_once(mesh, certs, workdir):
