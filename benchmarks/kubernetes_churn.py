@@ -10,7 +10,8 @@ waypoint_kubernetes_event_to_swap_seconds histogram; target p99 <= 250 ms), the 
 against the same load without churn (target >= 0.95x), the proxy's RSS before and after the namespace's config
 is loaded (target: <= 20 MiB added), the main thread's CPU per second of churn (compiling), and which collections
 the waypoint listed or watched.
-Usage: python3 benchmarks/kubernetes_churn.py   (after `make release`; WAYPOINT_BIN=... for another build)
+Usage: python3 benchmarks/kubernetes_churn.py   (after `make release`; WAYPOINT_BIN=... for another build;
+PERF_OUT=FILE records the waypoint with `perf record -g` during the first churn window)
 """
 import os
 import random
@@ -30,6 +31,7 @@ from fake_apiserver import FakeAPIServer     # noqa: E402  (the stand-in API ser
 BIN = os.environ.get("WAYPOINT_BIN", os.path.join(ROOT, ".build", "release", "waypoint"))
 WINDOW = int(os.environ.get("WINDOW_SECONDS", "10"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
+PERF_OUT = os.environ.get("PERF_OUT")   # `perf record -g` of the waypoint during the first churn window, to this file
 RATE = 100
 VIP = "10.96.0.10"
 
@@ -189,7 +191,13 @@ def main():
         for on in [False, True, True, False] * ROUNDS:
             (churning.set if on else churning.clear)()
             before, threads_before, own_before = main_thread_cpu(proxy.pid), threads_cpu(proxy.pid), own_cpu()
+            perf = None
+            if on and PERF_OUT and not os.path.exists(PERF_OUT):
+                perf = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-p", str(proxy.pid), "-o", PERF_OUT, "--",
+                                         "sleep", str(WINDOW - 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             rps, out = hbone_load(work, hbone, WINDOW)
+            if perf:
+                perf.wait()
             if on:
                 cpu += main_thread_cpu(proxy.pid) - before
             threads_after = threads_cpu(proxy.pid)

@@ -14,8 +14,8 @@ import WaypointCore
 public final class APIObjectStore: Sendable {
     private struct State {
         var objects: [WatchedKind: [String: JSON]] = [:]
-        /// Per kind: bumped whenever its objects change, so a reader takes only the kinds that did.
-        var revisions: [WatchedKind: Int] = [:]
+        /// What changed per kind since the reader last took it (`takeChanges`).
+        var pending: [WatchedKind: Pending] = [:]
         /// Kinds whose first list completed, or whose resource does not exist (a CRD not installed).
         var settled: Set<WatchedKind> = []
         /// When the oldest change not yet taken by `takeChangedSince` arrived.
@@ -35,24 +35,24 @@ public final class APIObjectStore: Sendable {
 
     public init(onChange: @escaping @Sendable () -> Void) { self.onChange = onChange }
 
-    /// Every object, in a stable order (by kind, then namespace/name), for one compilation.
+    /// Every object, in a stable order (by kind, then namespace/name), for `/config_dump`.
     public func objects() -> [JSON] {
         state.withLock { state in
             state.objects.sorted { $0.key.path < $1.key.path }.flatMap { $0.value.sorted { $0.key < $1.key }.map(\.value) }
         }
     }
 
-    /// The kinds whose objects changed since the revisions in `known` (by `WatchedKind.path`), each with its
-    /// new revision and objects (by name), in a stable order (by kind).
-    public func objects(changedSince known: [String: Int]) -> [(kind: String, revision: Int, objects: [JSON])] {
+    /// What changed in each kind (by `WatchedKind.path`) since the last call: the reader keeps its own copy up to
+    /// date with these, so a change costs what it touched, not what the kind holds.
+    public func takeChanges() -> [(kind: String, changes: KindChanges)] {
         state.withLock { state in
-            state.revisions.filter { known[$0.key.path] != $0.value }.sorted { $0.key.path < $1.key.path }.map { kind, revision in
-                // Byte order (the same as String's for these ASCII names, without its Unicode rules: ~7 % of a
-                // compile's time under endpoint churn went to comparing names).
-                (
-                    kind.path, revision,
-                    (state.objects[kind] ?? [:]).sorted { $0.key.utf8.lexicographicallyPrecedes($1.key.utf8) }.map(\.value)
-                )
+            defer { state.pending = [:] }
+            return state.pending.map { kind, pending in
+                let objects = state.objects[kind] ?? [:]
+                switch pending {
+                case .all: return (kind.path, .all(objects))
+                case .some(let keys): return (kind.path, .some(keys.map { ($0, objects[$0]) }))
+                }
             }
         }
     }
@@ -125,13 +125,32 @@ public final class APIObjectStore: Sendable {
     /// Whether the watcher with `token` is still the source of `kind`.
     func owns(_ kind: WatchedKind, _ token: Int) -> Bool { state.withLock { $0.owners[kind] == token } }
 
-    /// `kind`'s objects as its watcher now has them (a change), unless the watcher lost the kind.
+    /// `kind`'s objects as its watcher listed them (a change), unless the watcher lost the kind.
     func replace(_ kind: WatchedKind, token: Int, with objects: [String: JSON]) {
         let taken = state.withLock { state in
             guard state.owners[kind] == token else { return false }
             state.objects[kind] = objects
-            state.revisions[kind, default: 0] += 1
+            state.pending[kind] = .all
             state.settled.insert(kind)
+            if state.changedSince == nil { state.changedSince = .now }
+            return true
+        }
+        if taken { onChange() }
+    }
+
+    /// One object of `kind` as a watch event left it (nil: deleted), unless the watcher lost the kind.
+    func update(_ kind: WatchedKind, token: Int, key: String, to object: JSON?) {
+        let taken = state.withLock { state in
+            guard state.owners[kind] == token else { return false }
+            state.objects[kind, default: [:]][key] = object
+            switch state.pending[kind] {
+            case .all?: break
+            case .some(var keys)?:
+                state.pending[kind] = nil  // unique, so the insert does not copy
+                keys.insert(key)
+                state.pending[kind] = .some(keys)
+            case nil: state.pending[kind] = .some([key])
+            }
             if state.changedSince == nil { state.changedSince = .now }
             return true
         }
@@ -150,10 +169,24 @@ public final class APIObjectStore: Sendable {
     /// Drops `kind`'s objects; true when it had some (a change).
     private static func drop(_ kind: WatchedKind, from state: inout State) -> Bool {
         let had = state.objects.removeValue(forKey: kind).map { !$0.isEmpty } ?? false
-        state.revisions[kind, default: 0] += 1
+        state.pending[kind] = .all
         if had && state.changedSince == nil { state.changedSince = .now }
         return had
     }
+}
+
+/// What changed in one kind since its reader last looked.
+public enum KindChanges: Sendable {
+    /// Everything (a list, or the kind no longer followed): these are all its objects now, by `namespace/name`.
+    case all([String: JSON])
+    /// These objects, by `namespace/name`: the new version, or nil when deleted.
+    case some([(key: String, object: JSON?)])
+}
+
+/// What a kind's reader has not taken yet.
+private enum Pending {
+    case all
+    case some(Set<String>)
 }
 
 /// Keeps one kind's objects in an `APIObjectStore` current: LIST (paginated), then WATCH from the list's
@@ -301,7 +334,9 @@ public final class KindWatcher: @unchecked Sendable {
             guard store.owns(kind, token) else { return }  // no longer followed
             store.heard()
             let (changed, next) = try cache.receivedEvent(event)
-            if changed { store.replace(kind, token: token, with: cache.objects) }
+            if changed, let key = event["object"].flatMap(WatchCache.key) {
+                store.update(kind, token: token, key: key, to: cache.objects[key])
+            }
             if next == .relist { throw APIError("resourceVersion too old", status: 410) }
         }
     }

@@ -2,6 +2,7 @@
     import Glibc
 #endif
 import JSON
+import Kubernetes
 import WaypointCore
 import WaypointConfig
 
@@ -16,8 +17,8 @@ struct ConfigSource {
     let namespace: String
     /// The compiler with its options (root namespace, layered authorization, locality).
     var compiler: SnapshotCompiler
-    /// The Kubernetes API's objects of the kinds changed since the given revisions, when that source is on.
-    var apiObjects: ((_ known: [String: Int]) -> [(kind: String, revision: Int, objects: [JSON])])?
+    /// What changed in the Kubernetes API's objects since the last call, per kind, when that source is on.
+    var apiChanges: (() -> [(kind: String, changes: KindChanges)])?
     /// The API objects as specs, per kind.
     private var apiSpecs = APISpecs()
     /// With the API source: the files' spec as of `fingerprint` (nil: read them at the next load).
@@ -44,7 +45,7 @@ struct ConfigSource {
         let started = clock.now
         let spec: ConfigSpec
         var endpointChanges: ConfigSpec? = nil
-        if let apiObjects {
+        if let apiChanges {
             var errors: [ConfigError] = []
             let files = Self.fingerprint(paths ?? [])
             let filesChanged = files != fingerprint || fileSpec == nil
@@ -56,7 +57,7 @@ struct ConfigSource {
                 }
             }
             do {
-                endpointChanges = try apiSpecs.refresh(from: apiObjects(apiSpecs.revisions), namespace: namespace)
+                endpointChanges = try apiSpecs.refresh(from: apiChanges(), namespace: namespace)
             } catch {
                 errors += error.errors
             }
@@ -85,7 +86,7 @@ struct ConfigSource {
             result = compiler.compileKeepingState(spec, generation: generation, previous: previous)
             compiles.full += 1
         }
-        if apiObjects != nil { compiled = result }
+        if apiChanges != nil { compiled = result }
         timings = (parsed - started, clock.now - parsed)
         return result.snapshot
     }
@@ -120,36 +121,31 @@ struct ConfigSource {
     }
 }
 
-/// The Kubernetes API's objects as specs, per kind (`WatchedKind.path`): a load parses only the kinds whose
-/// objects changed, and of those only the objects whose resourceVersion did; the others are merged as they were.
+/// The Kubernetes API's objects as specs, per kind (`WatchedKind.path`), patched with each load's changes.
 private struct APISpecs {
-    private var kinds: [String: (revision: Int, cache: ParsedObjects, spec: ConfigSpec)] = [:]
+    private var kinds: [String: ParsedKind] = [:]
 
-    /// The revision of each kind as last read (-1: read it again).
-    var revisions: [String: Int] { kinds.mapValues(\.revision) }
-
-    /// Parses the kinds in `changed`. Returns their changed objects (old and new versions) when only EndpointSlices
-    /// and Pods changed, else nil; throws every error found (a kind that failed is read again next time).
-    mutating func refresh(from changed: [(kind: String, revision: Int, objects: [JSON])], namespace: String) throws(ConfigErrors)
-        -> ConfigSpec?
-    {
-        var errors: [ConfigError] = []
-        var changes: ConfigSpec? = ConfigSpec()
-        for (kind, revision, objects) in changed {
-            let cache = kinds[kind]?.cache ?? ParsedObjects()
-            do {
-                let spec = try ManifestLoader.load(
-                    paths: [], objects: objects, source: "kubernetes", defaultNamespace: namespace, cache: cache)
-                kinds[kind] = (revision, cache, spec)
-            } catch {
-                errors += error.errors
-                kinds[kind] = (-1, cache, kinds[kind]?.spec ?? ConfigSpec())
+    /// Applies `changes`. Returns the changed objects (old and new versions) when only EndpointSlices and Pods
+    /// changed, else nil; throws every error found in any kind (a broken object fails every load until it is
+    /// fixed or deleted).
+    mutating func refresh(from changes: [(kind: String, changes: KindChanges)], namespace: String) throws(ConfigErrors) -> ConfigSpec? {
+        var endpointChanges: ConfigSpec? = ConfigSpec()
+        for (kind, change) in changes {
+            var parsed = kinds.removeValue(forKey: kind) ?? ParsedKind(source: "kubernetes", defaultNamespace: namespace)
+            switch change {
+            case .all(let objects): parsed.replace(with: objects)
+            case .some(let objects): parsed.apply(objects)
             }
-            let taken = cache.takeEndpointChanges()
-            if let more = taken, changes != nil { changes?.append(more) } else { changes = nil }
+            if let more = parsed.takeEndpointChanges(), endpointChanges != nil {
+                endpointChanges?.append(more)
+            } else {
+                endpointChanges = nil
+            }
+            if !parsed.isEmpty { kinds[kind] = parsed }
         }
+        let errors = kinds.keys.sorted().flatMap { kinds[$0]!.errors }
         if !errors.isEmpty { throw ConfigErrors(errors: errors) }
-        return changes
+        return endpointChanges
     }
 
     /// `files` and then every kind's objects, in a stable order (by kind, then namespace/name).

@@ -109,7 +109,7 @@ final class Runtime {
                 throw StartupError("kubernetes: \(error)")
             }
             let store = source.store
-            config.apiObjects = { known in store.objects(changedSince: known) }
+            config.apiChanges = { store.takeChanges() }
             config.compiler.gateway = apiOptions.gateway
             kubernetes = source
         }

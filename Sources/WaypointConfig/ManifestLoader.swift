@@ -34,23 +34,19 @@ public enum ManifestLoader {
     }
 
     /// Parses manifests from files (as `load(paths:)`) and objects from the Kubernetes API (`source` names them in
-    /// errors, with the object's kind, namespace and name); every error of both is thrown together. `cache` keeps
-    /// each object's parse by identity and resourceVersion, so a change re-parses only what it touched.
-    public static func load(
-        paths: [String], objects: [JSON], source: String, defaultNamespace: String,
-        cache: ParsedObjects = ParsedObjects()
-    ) throws(ConfigErrors) -> ConfigSpec {
+    /// errors, with the object's kind, namespace and name); every error of both is thrown together.
+    public static func load(paths: [String], objects: [JSON], source: String, defaultNamespace: String) throws(ConfigErrors)
+        -> ConfigSpec
+    {
         var spec = ConfigSpec()
         var errors: [ConfigError] = []
         do { spec = try load(paths: paths, defaultNamespace: defaultNamespace) } catch { errors = error.errors }
-        var seen: Set<String> = []
         for object in objects {
-            switch cache.parse(object, seen: &seen, source: source, defaultNamespace: defaultNamespace) {
+            switch load(object: object, source: source, defaultNamespace: defaultNamespace) {
             case .success(let fragment): spec.append(fragment)
             case .failure(let error): errors.append(error)
             }
         }
-        cache.keep(only: seen)
         if !errors.isEmpty { throw ConfigErrors(errors: errors) }
         return spec
     }
@@ -193,58 +189,5 @@ public enum ManifestLoader {
                 "\(doc.location.file): document \(doc.location.document): skipping unsupported kind \(apiVersion) \(kind) \(namespace)/\(name)"
             )
         }
-    }
-}
-
-/// API objects already parsed, by identity (`apiVersion`, `kind`, namespace, name) and resourceVersion: under
-/// churn only the objects that changed are parsed again (parsing 2,000 objects costs ~500 ms; compiling their
-/// specs ~60 ms, measured).
-///
-/// Thread: the one that loads the config. Ownership: its `ConfigSource`.
-public final class ParsedObjects {
-    private var entries: [String: (version: String, result: Result<ConfigSpec, ConfigError>)] = [:]
-    /// The objects that changed since `takeEndpointChanges`, old and new versions, while they are EndpointSlices
-    /// and Pods only; nil once anything else changed (or an object could not be told apart from its last version).
-    private var endpointChanges: ConfigSpec? = ConfigSpec()
-
-    public init() {}
-
-    func parse(_ object: JSON, seen: inout Set<String>, source: String, defaultNamespace: String) -> Result<ConfigSpec, ConfigError> {
-        let metadata = object["metadata"]
-        let key =
-            "\(object["apiVersion"]?.string ?? "")/\(object["kind"]?.string ?? "")/\(metadata?["namespace"]?.string ?? "")/\(metadata?["name"]?.string ?? "")"
-        guard let version = metadata?["resourceVersion"]?.string, !version.isEmpty, seen.insert(key).inserted else {
-            endpointChanges = nil
-            return ManifestLoader.load(object: object, source: source, defaultNamespace: defaultNamespace)
-        }
-        let cached = entries[key]
-        if let cached, cached.version == version { return cached.result }
-        let result = ManifestLoader.load(object: object, source: source, defaultNamespace: defaultNamespace)
-        entries[key] = (version, result)
-        note(cached?.result)
-        note(result)
-        return result
-    }
-
-    /// Forgets objects that are gone.
-    func keep(only keys: Set<String>) {
-        guard entries.count > keys.count else { return }
-        for (key, entry) in entries where !keys.contains(key) { note(entry.result) }
-        entries = entries.filter { keys.contains($0.key) }
-    }
-
-    private func note(_ version: Result<ConfigSpec, ConfigError>?) {
-        guard let version else { return }
-        guard case .success(let spec) = version, spec.onlyEndpoints, endpointChanges != nil else {
-            endpointChanges = nil
-            return
-        }
-        endpointChanges?.append(spec)
-    }
-
-    /// What changed since the last call if only EndpointSlices and Pods did (their old and new versions), else nil.
-    public func takeEndpointChanges() -> ConfigSpec? {
-        defer { endpointChanges = ConfigSpec() }
-        return endpointChanges
     }
 }
