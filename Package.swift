@@ -121,7 +121,8 @@ let package = Package(
         .testTarget(name: "WaypointCoreTests", dependencies: ["WaypointCore"]),
         .testTarget(name: "HTTPRouterTests", dependencies: ["HTTPRouter", "WaypointCore"]),
         .testTarget(name: "FiltersTests", dependencies: ["Filters", "WaypointCore"]),
-        .testTarget(name: "WaypointConfigTests", dependencies: ["WaypointConfig", "HTTPRouter", "WaypointCore", "Filters", "Regex", "JSON"]),
+        .testTarget(
+            name: "WaypointConfigTests", dependencies: ["WaypointConfig", "HTTPRouter", "WaypointCore", "Filters", "Regex", "JSON"]),
         .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "WaypointCore"]),
         .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes", "JSON"]),
         .testTarget(name: "YAMLTests", dependencies: ["YAML"]),
