@@ -72,7 +72,9 @@ class FakeAPIServer:
         self.installed = set(installed) | BUILTIN
         self.forbidden = set()
         self.gone_as_event = False
-        self.lock = threading.Condition()
+        self.mutex = threading.RLock()
+        self.lock = threading.Condition(self.mutex)
+        self.changed = {}          # collection path -> a Condition on `mutex`: only that collection's watches wake
         self.rv = 100
         self.objects = {}          # collection path -> {name: object}
         self.history = {}          # collection path -> [(rv, type, object)], oldest first
@@ -97,7 +99,7 @@ class FakeAPIServer:
             existed = meta["name"] in self.objects.setdefault(path, {})
             self.objects[path][meta["name"]] = obj
             self.history.setdefault(path, []).append((self.rv, "MODIFIED" if existed else "ADDED", obj))
-            self.lock.notify_all()
+            self.wake(path)
 
     def delete(self, kind, name, namespace="default"):
         with self.lock:
@@ -106,7 +108,13 @@ class FakeAPIServer:
             self.rv += 1
             obj = dict(obj, metadata=dict(obj["metadata"], resourceVersion=str(self.rv)))
             self.history.setdefault(path, []).append((self.rv, "DELETED", obj))
-            self.lock.notify_all()
+            self.wake(path)
+
+    def wake(self, path=None):
+        """Wakes the watches of `path` (None: every watch); the lock held."""
+        for watched, condition in self.changed.items():
+            if path is None or watched == path:
+                condition.notify_all()
 
     def compact(self):
         """Forgets the history, as etcd's compaction after writes elsewhere does: watches and continue tokens from
@@ -119,14 +127,14 @@ class FakeAPIServer:
     def drop_watches(self):
         with self.lock:
             self.epoch += 1
-            self.lock.notify_all()
+            self.wake()
 
     def pause(self):
         """The API server is gone: open watches are cut and new connections refused until `resume`."""
         with self.lock:
             self.paused = True
             self.epoch += 1
-            self.lock.notify_all()
+            self.wake()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -277,7 +285,7 @@ users: [{{name: waypoint, user: {{{credential}}}}}]
                         with server.lock:
                             pending = self.after(path, sent_rv)
                             if not pending and server.epoch == epoch:
-                                server.lock.wait(0.2)
+                                server.changed.setdefault(path, threading.Condition(server.mutex)).wait(0.2)
                                 pending = self.after(path, sent_rv)
                             cut = server.epoch != epoch
                             current = server.rv
