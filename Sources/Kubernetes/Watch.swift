@@ -97,22 +97,33 @@ public struct WatchedKind: Sendable, Hashable {
     }
 }
 
-/// One kind's objects as the API server last told them, and the resourceVersion to resume from: the
-/// list-then-watch protocol of client-go's reflector, as a value with no I/O, so every transition is tested.
+/// The list-then-watch protocol of client-go's reflector for one kind, as a value with no I/O, so every
+/// transition is tested: where a watch resumes, and which events change the objects as the waypoint keeps them.
+///
+/// Of each object it keeps only its compact JSON text as kept (`stamped`), to tell a real change from one in
+/// fields it drops (a status, managedFields); the objects themselves go to the store.
 ///
 /// Thread: its watcher's. Ownership: its `KindWatcher`.
 public struct WatchCache: Sendable {
     public let kind: WatchedKind
-    /// By `namespace/name`.
-    public private(set) var objects: [String: JSON] = [:]
+    /// Each object's fingerprint, by `namespace/name`.
+    private var seen: [String: [UInt8]] = [:]
     /// Where a watch resumes; empty until the first complete list.
     public private(set) var resourceVersion = ""
     /// The first complete list arrived.
     public private(set) var synced = false
-    /// Objects of a list being read page by page (swapped in whole when the last page arrives).
+    /// Objects of a list being read page by page (handed over whole when the last page arrives).
     private var listing: [String: JSON] = [:]
+    /// The last complete list, until `takeList`.
+    private var listed: [String: JSON]?
 
     public init(kind: WatchedKind) { self.kind = kind }
+
+    /// How many objects the kind has.
+    public var count: Int { seen.count }
+
+    /// The keys (`namespace/name`) of the objects the kind has.
+    public var keys: Dictionary<String, [UInt8]>.Keys { seen.keys }
 
     /// What to do after an input.
     public enum Next: Equatable, Sendable {
@@ -125,7 +136,7 @@ public struct WatchCache: Sendable {
     }
 
     /// A page of a LIST response (`{metadata: {resourceVersion, continue}, items: [...]}`); `first` when it is
-    /// the answer to a list without a `continue` token.
+    /// the answer to a list without a `continue` token. After the last page (`.watch`), `takeList` has them all.
     public mutating func receivedPage(_ page: JSON, first: Bool) throws(APIError) -> Next {
         let items: [JSON]
         switch page["items"] {
@@ -136,39 +147,52 @@ public struct WatchCache: Sendable {
         if first { listing = [:] }
         for item in items { if let key = Self.key(item) { listing[key] = stamped(item) } }
         if let token = page["metadata"]?["continue"]?.string, !token.isEmpty { return .listPage(token) }
-        objects = listing
+        seen = listing.mapValues(Self.fingerprint)
+        listed = listing
         listing = [:]
         resourceVersion = page["metadata"]?["resourceVersion"]?.string ?? ""
         synced = true
         return .watch
     }
 
-    /// One watch event (`{type, object}`): true when the objects changed.
-    public mutating func receivedEvent(_ event: JSON) throws(APIError) -> (changed: Bool, next: Next) {
+    /// The objects of the last complete list, once (by `namespace/name`, as kept).
+    public mutating func takeList() -> [String: JSON] {
+        defer { listed = nil }
+        return listed ?? [:]
+    }
+
+    /// What one event changed: an object as kept now, or nil when it was deleted.
+    public struct Change: Sendable, Equatable {
+        public let key: String
+        public let object: JSON?
+    }
+
+    /// One watch event (`{type, object}`): the change it makes, if any.
+    public mutating func receivedEvent(_ event: JSON) throws(APIError) -> (change: Change?, next: Next) {
         guard let type = event["type"]?.string, let object = event["object"] else { throw APIError("a watch event without type or object") }
         if let version = object["metadata"]?["resourceVersion"]?.string, type != "ERROR" { resourceVersion = version }
         switch type {
         case "ADDED", "MODIFIED":
             guard let key = Self.key(object) else { throw APIError("a \(kind.kind) without metadata.name") }
-            let stampedObject = stamped(object)
-            let changed = objects[key] != stampedObject
-            objects[key] = stampedObject
-            return (changed, .watch)
+            let kept = stamped(object)
+            let text = Self.fingerprint(kept)
+            guard seen.updateValue(text, forKey: key) != text else { return (nil, .watch) }
+            return (Change(key: key, object: kept), .watch)
         case "DELETED":
             guard let key = Self.key(object) else { throw APIError("a \(kind.kind) without metadata.name") }
-            return (objects.removeValue(forKey: key) != nil, .watch)
+            return (seen.removeValue(forKey: key).map { _ in Change(key: key, object: nil) }, .watch)
         case "BOOKMARK":
-            return (false, .watch)
+            return (nil, .watch)
         case "ERROR":
             // A Status object; 410 Gone: the resourceVersion is too old, list again.
-            if object["code"]?.int == 410 { return (false, .relist) }
+            if object["code"]?.int == 410 { return (nil, .relist) }
             throw APIError("watch error: \(object["message"]?.string ?? "unknown")", status: object["code"]?.int ?? 0)
         default:
             throw APIError("unknown watch event type \(type)")
         }
     }
 
-    /// A 410 Gone answer to a watch or a page: forget the resourceVersion, keep serving the objects until the
+    /// A 410 Gone answer to a watch or a page: forget the resourceVersion; the objects keep serving until the
     /// new list replaces them.
     public mutating func gone() {
         resourceVersion = ""
@@ -202,6 +226,18 @@ public struct WatchCache: Sendable {
             return (key, .object(fields.compactMap(Self.keptMetadata)))
         }
         return .object([("apiVersion", .string(kind.apiVersion)), ("kind", .string(kind.kind))] + entries)
+    }
+
+    /// An object as kept, as compact text without its resourceVersion: equal for two versions that differ only
+    /// in what the waypoint drops (a status update moves the resourceVersion and nothing else it reads).
+    static func fingerprint(_ kept: JSON) -> [UInt8] {
+        guard case .object(let entries) = kept else { return kept.encoded() }
+        return JSON.object(
+            entries.map { key, value in
+                guard key == "metadata", case .object(let fields) = value else { return (key, value) }
+                return (key, .object(fields.filter { $0.0 != "resourceVersion" }))
+            }
+        ).encoded()
     }
 
     /// A metadata field as kept: not `managedFields`, and no annotation `kubectl.kubernetes.io/last-applied-configuration`

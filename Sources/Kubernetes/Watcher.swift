@@ -7,15 +7,16 @@ import Synchronization
 import TLS
 import WaypointCore
 
-/// The objects of every watched kind as the API server last told them, shared by the watcher threads (which
-/// write) and the main thread (which reads them to compile a snapshot).
+/// What changed in every watched kind since the main thread last took it, written by the watcher threads (the
+/// main thread keeps the objects, as parsed specs), with each kind's sync state, counts and restarts.
 ///
 /// Thread: any; a mutex guards the state. Ownership: the runtime and every watcher.
 public final class APIObjectStore: Sendable {
     private struct State {
-        var objects: [WatchedKind: [String: JSON]] = [:]
-        /// What changed per kind since the reader last took it (`takeChanges`).
-        var pending: [WatchedKind: Pending] = [:]
+        /// What changed per kind since the reader last took it (`takeChanges`); the reader keeps the objects.
+        var pending: [WatchedKind: KindChanges] = [:]
+        /// How many objects each kind has.
+        var counts: [WatchedKind: Int] = [:]
         /// Kinds whose first list completed, or whose resource does not exist (a CRD not installed).
         var settled: Set<WatchedKind> = []
         /// When the oldest change not yet taken by `takeChangedSince` arrived.
@@ -35,34 +36,21 @@ public final class APIObjectStore: Sendable {
 
     public init(onChange: @escaping @Sendable () -> Void) { self.onChange = onChange }
 
-    /// Every object, in a stable order (by kind, then namespace/name), for `/config_dump`.
-    public func objects() -> [JSON] {
-        state.withLock { state in
-            state.objects.sorted { $0.key.path < $1.key.path }.flatMap { $0.value.sorted { $0.key < $1.key }.map(\.value) }
-        }
-    }
-
-    /// What changed in each kind (by `WatchedKind.path`) since the last call: the reader keeps its own copy up to
-    /// date with these, so a change costs what it touched, not what the kind holds.
-    public func takeChanges() -> [(kind: String, changes: KindChanges)] {
+    /// What changed in each kind since the last call, for the one reader, which keeps its own copy of the
+    /// objects up to date with these: a change costs what it touched, not what the kind holds.
+    public func takeChanges() -> [(kind: WatchedKind, changes: KindChanges)] {
         state.withLock { state in
             defer { state.pending = [:] }
-            return state.pending.map { kind, pending in
-                let objects = state.objects[kind] ?? [:]
-                switch pending {
-                case .all: return (kind.path, .all(objects))
-                case .some(let keys): return (kind.path, .some(keys.map { ($0, objects[$0]) }))
-                }
-            }
+            return state.pending.map { ($0.key, $0.value) }
         }
     }
 
     /// Object counts by kind and namespace (whole collections and single objects together), for metrics.
     public func counts() -> [(kind: String, namespace: String, count: Int)] {
         let totals = state.withLock { state in
-            state.objects.reduce(into: [String: (String, String, Int)]()) { totals, entry in
+            state.counts.reduce(into: [String: (String, String, Int)]()) { totals, entry in
                 let key = "\(entry.key.kind) \(entry.key.namespace)"
-                totals[key] = (entry.key.kind, entry.key.namespace, (totals[key]?.2 ?? 0) + entry.value.count)
+                totals[key] = (entry.key.kind, entry.key.namespace, (totals[key]?.2 ?? 0) + entry.value)
             }
         }
         return totals.sorted { $0.key < $1.key }.map { ($0.value.0, $0.value.1, $0.value.2) }
@@ -129,8 +117,8 @@ public final class APIObjectStore: Sendable {
     func replace(_ kind: WatchedKind, token: Int, with objects: [String: JSON]) {
         let taken = state.withLock { state in
             guard state.owners[kind] == token else { return false }
-            state.objects[kind] = objects
-            state.pending[kind] = .all
+            state.pending[kind] = .all(objects)
+            state.counts[kind] = objects.count
             state.settled.insert(kind)
             if state.changedSince == nil { state.changedSince = .now }
             return true
@@ -138,19 +126,22 @@ public final class APIObjectStore: Sendable {
         if taken { onChange() }
     }
 
-    /// One object of `kind` as a watch event left it (nil: deleted), unless the watcher lost the kind.
-    func update(_ kind: WatchedKind, token: Int, key: String, to object: JSON?) {
+    /// One object of `kind` as a watch event left it (nil: deleted), unless the watcher lost the kind; `count`:
+    /// how many objects the kind has now.
+    func update(_ kind: WatchedKind, token: Int, key: String, to object: JSON?, count: Int) {
         let taken = state.withLock { state in
             guard state.owners[kind] == token else { return false }
-            state.objects[kind, default: [:]][key] = object
-            switch state.pending[kind] {
-            case .all?: break
-            case .some(var keys)?:
-                state.pending[kind] = nil  // unique, so the insert does not copy
-                keys.insert(key)
-                state.pending[kind] = .some(keys)
-            case nil: state.pending[kind] = .some([key])
+            switch state.pending.removeValue(forKey: kind) {  // taken out, so that the change below does not copy it
+            case .all(var objects)?:
+                objects[key] = object
+                state.pending[kind] = .all(objects)
+            case .some(var objects)?:
+                objects.updateValue(object, forKey: key)
+                state.pending[kind] = .some(objects)
+            case nil:
+                state.pending[kind] = .some([key: object])
             }
+            state.counts[kind] = count
             if state.changedSince == nil { state.changedSince = .now }
             return true
         }
@@ -168,8 +159,8 @@ public final class APIObjectStore: Sendable {
 
     /// Drops `kind`'s objects; true when it had some (a change).
     private static func drop(_ kind: WatchedKind, from state: inout State) -> Bool {
-        let had = state.objects.removeValue(forKey: kind).map { !$0.isEmpty } ?? false
-        state.pending[kind] = .all
+        let had = (state.counts.removeValue(forKey: kind) ?? 0) > 0
+        state.pending[kind] = .all([:])
         if had && state.changedSince == nil { state.changedSince = .now }
         return had
     }
@@ -180,13 +171,7 @@ public enum KindChanges: Sendable {
     /// Everything (a list, or the kind no longer followed): these are all its objects now, by `namespace/name`.
     case all([String: JSON])
     /// These objects, by `namespace/name`: the new version, or nil when deleted.
-    case some([(key: String, object: JSON?)])
-}
-
-/// What a kind's reader has not taken yet.
-private enum Pending {
-    case all
-    case some(Set<String>)
+    case some([String: JSON?])
 }
 
 /// Keeps one kind's objects in an `APIObjectStore` current: LIST (paginated), then WATCH from the list's
@@ -271,7 +256,7 @@ public final class KindWatcher: @unchecked Sendable {
 
     private func list(_ cache: inout WatchCache) throws(APIError) {
         try Self.list(kind, into: &cache, credentials: credentials, context: context, settings: settings) { store.heard() }
-        store.replace(kind, token: token, with: cache.objects)
+        store.replace(kind, token: token, with: cache.takeList())
     }
 
     /// Lists `kind` completely (every page) into `cache`; `heard` runs for each page.
@@ -312,7 +297,7 @@ public final class KindWatcher: @unchecked Sendable {
             } catch  where error.status == 404 {
                 continue
             }
-            objects += cache.objects.sorted { $0.key < $1.key }.map(\.value)
+            objects += cache.takeList().sorted { $0.key < $1.key }.map(\.value)
         }
         return objects
     }
@@ -333,10 +318,8 @@ public final class KindWatcher: @unchecked Sendable {
             }
             guard store.owns(kind, token) else { return }  // no longer followed
             store.heard()
-            let (changed, next) = try cache.receivedEvent(event)
-            if changed, let key = event["object"].flatMap(WatchCache.key) {
-                store.update(kind, token: token, key: key, to: cache.objects[key])
-            }
+            let (change, next) = try cache.receivedEvent(event)
+            if let change { store.update(kind, token: token, key: change.key, to: change.object, count: cache.count) }
             if next == .relist { throw APIError("resourceVersion too old", status: 410) }
         }
     }

@@ -18,7 +18,7 @@ struct ConfigSource {
     /// The compiler with its options (root namespace, layered authorization, locality).
     var compiler: SnapshotCompiler
     /// What changed in the Kubernetes API's objects since the last call, per kind, when that source is on.
-    var apiChanges: (() -> [(kind: String, changes: KindChanges)])?
+    var apiChanges: (() -> [(kind: WatchedKind, changes: KindChanges)])?
     /// The API objects as specs, per kind.
     private var apiSpecs = APISpecs()
     /// With the API source: the files' spec as of `fingerprint` (nil: read them at the next load).
@@ -29,6 +29,8 @@ struct ConfigSource {
     private(set) var compiles = (full: 0, endpoints: 0)
     private var fingerprint: [String] = []
     private(set) var generation: UInt64 = 0
+    /// With the API source: every object read (kind, namespace, name, resourceVersion), for `/config_dump`.
+    var apiObjects: [(kind: String, namespace: String, name: String, resourceVersion: String)] { apiSpecs.objects }
     /// With the API source: the Services in other namespaces that the last loaded config's routes name.
     private(set) var foreignReferences = ForeignReferences()
 
@@ -121,14 +123,16 @@ struct ConfigSource {
     }
 }
 
-/// The Kubernetes API's objects as specs, per kind (`WatchedKind.path`), patched with each load's changes.
+/// The Kubernetes API's objects as specs, per kind, patched with each load's changes.
 private struct APISpecs {
-    private var kinds: [String: ParsedKind] = [:]
+    private var kinds: [WatchedKind: ParsedKind] = [:]
 
     /// Applies `changes`. Returns the changed objects (old and new versions) when only EndpointSlices and Pods
     /// changed, else nil; throws every error found in any kind (a broken object fails every load until it is
     /// fixed or deleted).
-    mutating func refresh(from changes: [(kind: String, changes: KindChanges)], namespace: String) throws(ConfigErrors) -> ConfigSpec? {
+    mutating func refresh(from changes: [(kind: WatchedKind, changes: KindChanges)], namespace: String) throws(ConfigErrors)
+        -> ConfigSpec?
+    {
         var endpointChanges: ConfigSpec? = ConfigSpec()
         for (kind, change) in changes {
             var parsed = kinds.removeValue(forKey: kind) ?? ParsedKind(source: "kubernetes", defaultNamespace: namespace)
@@ -143,7 +147,7 @@ private struct APISpecs {
             }
             if !parsed.isEmpty { kinds[kind] = parsed }
         }
-        let errors = kinds.keys.sorted().flatMap { kinds[$0]!.errors }
+        let errors = ordered.flatMap(\.parsed.errors)
         if !errors.isEmpty { throw ConfigErrors(errors: errors) }
         return endpointChanges
     }
@@ -151,7 +155,22 @@ private struct APISpecs {
     /// `files` and then every kind's objects, in a stable order (by kind, then namespace/name).
     func merged(after files: ConfigSpec) -> ConfigSpec {
         var spec = files
-        for kind in kinds.keys.sorted() { spec.append(kinds[kind]!.spec) }
+        for (_, parsed) in ordered { spec.append(parsed.spec) }
         return spec
+    }
+
+    /// Every object read: kind, namespace, name and resourceVersion, in the order of `merged`.
+    var objects: [(kind: String, namespace: String, name: String, resourceVersion: String)] {
+        ordered.flatMap { kind, parsed in
+            parsed.versions.map { key, version in
+                let parts = key.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+                return (kind.kind, String(parts[0]), parts.count > 1 ? String(parts[1]) : "", version)
+            }
+        }
+    }
+
+    /// The kinds by path.
+    private var ordered: [(kind: WatchedKind, parsed: ParsedKind)] {
+        kinds.sorted { $0.key.path < $1.key.path }.map { ($0.key, $0.value) }
     }
 }

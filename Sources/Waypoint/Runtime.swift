@@ -363,19 +363,16 @@ final class Runtime {
                 return (200, "application/json", snapshot.dump + "\n")
             }
             if let meshCertificates { entries.append(("certificate", meshCertificates.dumpValue)) }
-            guard let kubernetes else { return (200, "application/json", JSONValue.object(entries).rendered() + "\n") }
+            guard kubernetes != nil else { return (200, "application/json", JSONValue.object(entries).rendered() + "\n") }
             // Which objects came from the API, at which resourceVersion (the files are listed by `waypoint check`).
             entries.append(
                 (
                     "kubernetesObjects",
                     .array(
-                        kubernetes.store.objects().map { object in
-                            let metadata = object["metadata"]
-                            return .object([
-                                ("kind", .string(object["kind"]?.string ?? "")),
-                                ("namespace", .string(metadata?["namespace"]?.string ?? "")),
-                                ("name", .string(metadata?["name"]?.string ?? "")),
-                                ("resourceVersion", .string(metadata?["resourceVersion"]?.string ?? "")),
+                        config.apiObjects.map { kind, namespace, name, version in
+                            .object([
+                                ("kind", .string(kind)), ("namespace", .string(namespace)), ("name", .string(name)),
+                                ("resourceVersion", .string(version)),
                             ])
                         })
                 ))

@@ -32,6 +32,9 @@ public struct ParsedKind {
 
     public var isEmpty: Bool { entries.isEmpty }
 
+    /// Each object's key (`namespace/name`) and the resourceVersion read, in key order.
+    public var versions: [(key: String, resourceVersion: String)] { entries.map { ($0.key, $0.resourceVersion) } }
+
     /// The kind now holds exactly `objects` (by key), as a list says; those whose resourceVersion is the one
     /// already read are not parsed again.
     public mutating func replace(with objects: [String: JSON]) {
@@ -56,8 +59,8 @@ public struct ParsedKind {
         rebuild()
     }
 
-    /// Applies a watch's changes: each object's new version, or nil when it was deleted.
-    public mutating func apply(_ changes: [(key: String, object: JSON?)]) {
+    /// Applies a watch's changes: each object's new version, or nil when it was deleted (by key).
+    public mutating func apply(_ changes: [String: JSON?]) {
         for (key, object) in changes {
             let (i, found) = position(of: key)
             if let object {

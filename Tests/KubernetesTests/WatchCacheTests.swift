@@ -12,47 +12,63 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
 }
 
 @Suite struct WatchCacheTests {
-    @Test func aPagedListIsSwappedInWholeAndStampedWithItsKind() throws {
+    @Test func aPagedListIsHandedOverWholeAndStampedWithItsKind() throws {
         var cache = WatchCache(kind: kind)
         let first = json(#"{"metadata":{"resourceVersion":"10","continue":"tok"},"items":[\#(item("a", "5"))]}"#)
         #expect(try cache.receivedPage(first, first: true) == .listPage("tok"))
-        #expect(cache.objects.isEmpty && !cache.synced)  // nothing half-listed is served
+        #expect(cache.count == 0 && !cache.synced && cache.takeList().isEmpty)  // nothing half-listed is served
         let last = json(#"{"metadata":{"resourceVersion":"10"},"items":[\#(item("b", "7"))]}"#)
         #expect(try cache.receivedPage(last, first: false) == .watch)
         #expect(cache.synced && cache.resourceVersion == "10")
-        #expect(cache.objects.keys.sorted() == ["default/a", "default/b"])
-        #expect(cache.objects["default/a"]?["kind"] == .string("Service"))
-        #expect(cache.objects["default/a"]?["apiVersion"] == .string("v1"))
+        let list = cache.takeList()
+        #expect(list.keys.sorted() == ["default/a", "default/b"] && cache.keys.sorted() == ["default/a", "default/b"])
+        #expect(list["default/a"]?["kind"] == .string("Service"))
+        #expect(list["default/a"]?["apiVersion"] == .string("v1"))
+        #expect(cache.takeList().isEmpty)  // handed over once
     }
 
     @Test func eventsAddModifyDeleteAndMoveTheResourceVersion() throws {
         var cache = WatchCache(kind: kind)
         _ = try cache.receivedPage(json(#"{"metadata":{"resourceVersion":"10"},"items":[]}"#), first: true)
-        #expect(try cache.receivedEvent(json(#"{"type":"ADDED","object":\#(item("a", "11"))}"#)) == (true, .watch))
-        #expect(try cache.receivedEvent(json(#"{"type":"MODIFIED","object":\#(item("a", "12", port: 81))}"#)) == (true, .watch))
-        #expect(cache.objects["default/a"]?["spec"]?["ports"] == .array([.object([("port", .number("81"))])]))
-        #expect(try cache.receivedEvent(json(#"{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"20"}}}"#)) == (false, .watch))
+        let added = try cache.receivedEvent(json(#"{"type":"ADDED","object":\#(item("a", "11"))}"#))
+        #expect(added.change?.key == "default/a" && added.change?.object?["kind"] == .string("Service") && added.next == .watch)
+        let modified = try cache.receivedEvent(json(#"{"type":"MODIFIED","object":\#(item("a", "12", port: 81))}"#))
+        #expect(modified.change?.object?["spec"]?["ports"] == .array([.object([("port", .number("81"))])]))
+        #expect(try cache.receivedEvent(json(#"{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"20"}}}"#)) == (nil, .watch))
         #expect(cache.resourceVersion == "20")
-        #expect(try cache.receivedEvent(json(#"{"type":"DELETED","object":\#(item("a", "21"))}"#)) == (true, .watch))
-        #expect(cache.objects.isEmpty && cache.resourceVersion == "21")
-        #expect(try cache.receivedEvent(json(#"{"type":"DELETED","object":\#(item("a", "22"))}"#)) == (false, .watch))
+        let deleted = try cache.receivedEvent(json(#"{"type":"DELETED","object":\#(item("a", "21"))}"#))
+        #expect(deleted == (WatchCache.Change(key: "default/a", object: nil), .watch))
+        #expect(cache.count == 0 && cache.resourceVersion == "21")
+        #expect(try cache.receivedEvent(json(#"{"type":"DELETED","object":\#(item("a", "22"))}"#)) == (nil, .watch))
+    }
+
+    /// A status update moves the resourceVersion and nothing the waypoint keeps: not a change.
+    @Test func aVersionThatDiffersOnlyInWhatIsDroppedIsNoChange() throws {
+        var cache = WatchCache(kind: kind)
+        _ = try cache.receivedPage(json(#"{"metadata":{"resourceVersion":"10"},"items":[\#(item("a", "5"))]}"#), first: true)
+        let status =
+            #"{"metadata":{"name":"a","namespace":"default","resourceVersion":"11"},"spec":{"ports":[{"port":80}]},"status":{"x":1}}"#
+        #expect(try cache.receivedEvent(json(#"{"type":"MODIFIED","object":\#(status)}"#)) == (nil, .watch))
+        #expect(cache.resourceVersion == "11")
+        #expect(try cache.receivedEvent(json(#"{"type":"MODIFIED","object":\#(item("a", "12", port: 81))}"#)).change != nil)
     }
 
     @Test func aListWithNullItemsIsEmpty() throws {
         var cache = WatchCache(kind: kind)
         #expect(try cache.receivedPage(json(#"{"metadata":{"resourceVersion":"3"},"items":null}"#), first: true) == .watch)
-        #expect(cache.synced && cache.objects.isEmpty)
+        #expect(cache.synced && cache.count == 0)
     }
 
     @Test func goneRelistsAndKeepsServingUntilTheNewList() throws {
         var cache = WatchCache(kind: kind)
         _ = try cache.receivedPage(json(#"{"metadata":{"resourceVersion":"10"},"items":[\#(item("a", "5"))]}"#), first: true)
+        _ = cache.takeList()
         let event = json(#"{"type":"ERROR","object":{"kind":"Status","code":410,"message":"too old resource version"}}"#)
-        #expect(try cache.receivedEvent(event) == (false, .relist))
+        #expect(try cache.receivedEvent(event) == (nil, .relist))
         cache.gone()
-        #expect(cache.resourceVersion.isEmpty && cache.objects.count == 1)
+        #expect(cache.resourceVersion.isEmpty && cache.count == 1)
         _ = try cache.receivedPage(json(#"{"metadata":{"resourceVersion":"30"},"items":[\#(item("b", "29"))]}"#), first: true)
-        #expect(cache.objects.keys.sorted() == ["default/b"] && cache.resourceVersion == "30")
+        #expect(cache.takeList().keys.sorted() == ["default/b"] && cache.keys.sorted() == ["default/b"] && cache.resourceVersion == "30")
     }
 
     @Test func podsAreKeptAsTheirMetadataAndIPsOnly() throws {
@@ -62,7 +78,7 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
             #"{"metadata":{"name":"p","namespace":"default","labels":{"v":"1"},"managedFields":[{"manager":"x"}]},"spec":{"containers":[]},"status":{"podIP":"10.0.0.1","phase":"Running"}}"#
         _ = try cache.receivedPage(json(#"{"metadata":{"resourceVersion":"1"},"items":[\#(pod)]}"#), first: true)
         #expect(
-            cache.objects["default/p"]
+            cache.takeList()["default/p"]
                 == json(
                     #"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","namespace":"default","labels":{"v":"1"}},"status":{"podIP":"10.0.0.1","podIPs":[]}}"#
                 ))
@@ -78,7 +94,7 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
             #"{"metadata":{"name":"r","namespace":"default","annotations":{"kubectl.kubernetes.io/last-applied-configuration":"{\"big\":1}","team":"a"},"managedFields":[]},"spec":{"rules":[]},"status":{"parents":[{"conditions":[]}]}}"#
         _ = try cache.receivedPage(json(#"{"metadata":{"resourceVersion":"1"},"items":[\#(route)]}"#), first: true)
         #expect(
-            cache.objects["default/r"]
+            cache.takeList()["default/r"]
                 == json(
                     #"{"apiVersion":"gateway.networking.k8s.io/v1","kind":"HTTPRoute","metadata":{"name":"r","namespace":"default","annotations":{"team":"a"}},"spec":{"rules":[]}}"#
                 ))
@@ -103,6 +119,15 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
 }
 
 @Suite struct JSONTests {
+    @Test func encodesCompactlyAndParsesBackTheSame() throws {
+        let text = #"{"a":[1,-2.5,true,false,null],"b":"q\"uote\\back\u0001\nline","c":{},"d":[],"é":"ü"}"#
+        let value = json(text)
+        #expect(
+            String(decoding: value.encoded(), as: UTF8.self)
+                == #"{"a":[1,-2.5,true,false,null],"b":"q\"uote\\back\u0001\u000aline","c":{},"d":[],"é":"ü"}"#)
+        #expect(try value.encoded().withUnsafeBytes { bytes throws(JSONError) in try JSON.parse(bytes) } == value)
+    }
+
     @Test func valuesAsWritten() throws {
         let value = try JSON.parse(#"{"a":[1,2.5,-3e2,true,false,null],"s":"x\u00e9\n\"","n":{}}"#)
         #expect(value["a"] == .array([.number("1"), .number("2.5"), .number("-3e2"), .bool(true), .bool(false), .null]))

@@ -76,23 +76,23 @@ enum Harness {
     }
 
     /// What the Kubernetes API sends: each line a watch event (or a list page) through the JSON decoder, the
-    /// watch state machine and, for an object, the config loader and compiler (what a hostile or broken API server
+    /// watch state machine, the parsed objects it patches and the compiler (what a hostile or broken API server
     /// could feed the waypoint).
     static func kubernetes(_ data: UnsafeRawBufferPointer) {
         var cache = WatchCache(kind: WatchedKind(group: "", version: "v1", resource: "services", kind: "Service", namespace: "default"))
-        var objects: [JSON] = []
+        var parsed = ParsedKind(source: "fuzz", defaultNamespace: "default")
         for line in data.split(separator: 0x0A) {
             guard let value = try? JSON.parse(UnsafeRawBufferPointer(rebasing: line)) else { continue }
             if value["items"] != nil {
-                _ = try? cache.receivedPage(value, first: true)
-            } else if let (changed, _) = try? cache.receivedEvent(value), changed {
-                objects = Array(cache.objects.values)
+                if (try? cache.receivedPage(value, first: true)) == .watch { parsed.replace(with: cache.takeList()) }
+            } else if let change = (try? cache.receivedEvent(value))?.change {
+                parsed.apply([change.key: change.object])
             }
-            if let object = value["object"] { objects.append(object) }
         }
-        if let spec = try? ManifestLoader.load(paths: [], objects: objects, source: "fuzz", defaultNamespace: "default") {
-            _ = SnapshotCompiler(namespace: "default").compile(spec, generation: 1)
-            _ = spec.foreignReferences(clusterDomain: "cluster.local")  // what the source then watches by name
+        _ = parsed.takeEndpointChanges()
+        if parsed.errors.isEmpty {
+            _ = SnapshotCompiler(namespace: "default").compile(parsed.spec, generation: 1)
+            _ = parsed.spec.foreignReferences(clusterDomain: "cluster.local")  // what the source then watches by name
         }
     }
 
