@@ -229,6 +229,9 @@ def main():
               f"medians of {2 * ROUNDS} windows of {WINDOW} s each (A B B A)")
         print("  without:", " ".join(f"{r:.0f}" for r in rates[False]), "| with:", " ".join(f"{r:.0f}" for r in rates[True]))
         print(f"main thread CPU during churn: {cpu:.1f} s in {churn_seconds} s ({cpu / churn_seconds * 100:.0f}% of a core)")
+        worker_cost = {on: statistics.median(x[0] for x in spent[on]) for on in (False, True)}
+        print(f"the worker's capacity during churn vs none (requests per second of its CPU): "
+              f"{worker_cost[False] / worker_cost[True]:.2f}x")
         for on in (False, True):
             per_request, others, api_cpu = (statistics.median(x[i] for x in spent[on]) for i in range(3))
             print(f"  {'with' if on else 'without'} churn, per window of {WINDOW} s (medians): worker {per_request:.1f} µs of CPU per request; "
