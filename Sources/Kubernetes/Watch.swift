@@ -58,6 +58,16 @@ public struct WatchedKind: Sendable, Hashable {
         return [service, slices]
     }
 
+    /// The Pods of another namespace that a label selector (`k=v,k2=v2`) selects: a referenced Service's.
+    public static func pods(selectedBy selector: String, in namespace: String) -> WatchedKind {
+        var pods = all(in: namespace).first { $0.kind == "Pod" }!
+        pods.labelSelector = selector
+        return pods
+    }
+
+    /// Another namespace's DestinationRules: those of a Service there apply to its clients here too.
+    public static func destinationRules(in namespace: String) -> WatchedKind { all(in: namespace).first { $0.kind == "DestinationRule" }! }
+
     /// Another namespace's ReferenceGrants, which say whether a route here may use a Service there.
     public static func referenceGrants(in namespace: String) -> WatchedKind { all(in: namespace).first { $0.kind == "ReferenceGrant" }! }
 

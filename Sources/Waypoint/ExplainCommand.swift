@@ -79,15 +79,22 @@ extension WaypointCommand {
                     let credentials = APICredentials(try Kubeconfig.load(path: kubeconfig), path: kubeconfig)
                     objects = try KindWatcher.listOnce(
                         WatchedKind.all(in: namespace) + [.gateway(named: gateway, in: namespace)], credentials: credentials)
-                    // The backends that routes here name in other namespaces, read by name as `run` does.
-                    if let first = try? ManifestLoader.load(
-                        paths: config, objects: objects, source: "kubernetes", defaultNamespace: namespace)
-                    {
-                        let references = first.foreignReferences(clusterDomain: SnapshotCompiler(namespace: namespace).clusterDomain)
+                    // What routes here name in other namespaces, read as `run` reads it: the Services first, then
+                    // what they select.
+                    var listed: Set<WatchedKind> = []
+                    for _ in 0..<2 {
+                        guard
+                            let spec = try? ManifestLoader.load(
+                                paths: config, objects: objects, source: "kubernetes", defaultNamespace: namespace)
+                        else { break }
+                        let references = spec.foreignReferences(clusterDomain: SnapshotCompiler(namespace: namespace).clusterDomain)
                         let kinds =
                             references.services.sorted().flatMap { WatchedKind.service(named: $0.name, in: $0.namespace) }
                             + references.grantNamespaces.sorted().map { WatchedKind.referenceGrants(in: $0) }
-                        objects += try KindWatcher.listOnce(kinds.filter { $0.namespace != namespace }, credentials: credentials)
+                            + references.namespaces.sorted().map { WatchedKind.destinationRules(in: $0) }
+                            + references.pods.sorted().map { WatchedKind.pods(selectedBy: $0.selector, in: $0.namespace) }
+                        let new = kinds.filter { $0.namespace != namespace && listed.insert($0).inserted }
+                        objects += try KindWatcher.listOnce(new, credentials: credentials)
                     }
                 } catch {
                     print("error: \(error)")

@@ -94,8 +94,9 @@ final class KubernetesSource {
     }
 
     /// Watches what `references` name outside the watched namespaces (each Service by name, its EndpointSlices by
-    /// label, and the ReferenceGrants of a namespace a Gateway API route points into), and stops watching, and
-    /// drops, what they no longer name. Never lists a whole collection of another namespace.
+    /// label and its Pods by its selector; the DestinationRules of its namespace; the ReferenceGrants of a
+    /// namespace a Gateway API route points into), and stops watching, and drops, what they no longer name. Of
+    /// another namespace it lists no Services, EndpointSlices or Pods but those.
     func follow(_ references: ForeignReferences) {
         var wanted: Set<WatchedKind> = []
         for service in references.services where !namespaces.contains(service.namespace) {
@@ -103,6 +104,12 @@ final class KubernetesSource {
         }
         for namespace in references.grantNamespaces where !namespaces.contains(namespace) {
             wanted.insert(.referenceGrants(in: namespace))
+        }
+        for namespace in references.namespaces where !namespaces.contains(namespace) {
+            wanted.insert(.destinationRules(in: namespace))
+        }
+        for pods in references.pods where !namespaces.contains(pods.namespace) {
+            wanted.insert(.pods(selectedBy: pods.selector, in: pods.namespace))
         }
         for kind in followed.keys where !wanted.contains(kind) {
             followed[kind] = nil

@@ -1,6 +1,8 @@
 /// The Services that routes send traffic to in namespaces other than their own: what a Kubernetes source must
-/// read beyond the namespaces it watches whole (one Service and its EndpointSlices each, by name), and where a
-/// Gateway API route's reference needs a ReferenceGrant read.
+/// read beyond the namespaces it watches whole (one Service and its EndpointSlices each, by name; once the Service
+/// is read, the Pods its selector selects, for subsets and workload identities), the DestinationRules of those
+/// namespaces (Istio applies a Service's own namespace's rules to every client), and where a Gateway API route's
+/// reference needs a ReferenceGrant read.
 public struct ForeignReferences: Equatable, Sendable {
     public struct Service: Hashable, Sendable, Comparable {
         public var namespace: String
@@ -11,9 +13,22 @@ public struct ForeignReferences: Equatable, Sendable {
         public static func < (a: Service, b: Service) -> Bool { (a.namespace, a.name) < (b.namespace, b.name) }
     }
 
+    /// The Pods behind a Service: its namespace and its selector as a label selector (`k=v,k2=v2`, keys in order).
+    public struct Pods: Hashable, Sendable, Comparable {
+        public var namespace: String
+        public var selector: String
+
+        public static func < (a: Pods, b: Pods) -> Bool { (a.namespace, a.selector) < (b.namespace, b.selector) }
+    }
+
     public var services: Set<Service> = []
     /// Namespaces whose ReferenceGrants decide whether a Gateway API route may use a Service there.
     public var grantNamespaces: Set<String> = []
+    /// The Pods of the referenced Services read so far.
+    public var pods: Set<Pods> = []
+
+    /// Namespaces with a referenced Service: their DestinationRules apply to it.
+    public var namespaces: Set<String> { Set(services.map(\.namespace)) }
 
     public init() {}
 }
@@ -42,6 +57,11 @@ extension ConfigSpec {
                     found.services.insert(target)
                 }
             }
+        }
+        for service in services where found.services.contains(.init(namespace: service.namespace, name: service.name)) {
+            guard !service.selector.isEmpty else { continue }  // no selector: its endpoints are managed by hand
+            let selector = service.selector.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",")
+            found.pods.insert(.init(namespace: service.namespace, selector: selector))
         }
         return found
     }

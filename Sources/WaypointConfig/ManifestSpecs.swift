@@ -13,6 +13,8 @@ public struct ServiceSpec: Sendable, Equatable {
     public var creationTimestamp: String
     /// The Service's `metadata.labels` (its `istio.io/use-waypoint` binding among them).
     public var labels: [String: String] = [:]
+    /// `spec.selector`: the labels of the Pods behind it.
+    public var selector: [String: String] = [:]
 }
 
 public struct ServicePortSpec: Sendable, Equatable {

@@ -39,7 +39,8 @@ enum ServiceParser {
         }
         return ServiceSpec(
             namespace: namespace, name: name, clusterIP: clusterIP, ports: ports, creationTimestamp: creation,
-            labels: try doc.required("metadata").optional("labels")?.stringMap() ?? [:])
+            labels: try doc.required("metadata").optional("labels")?.stringMap() ?? [:],
+            selector: try spec.optional("selector")?.stringMap() ?? [:])
     }
 
     static func endpointSlice(_ doc: ManifestNode, namespace: String, name: String) throws(ConfigError) -> EndpointSliceSpec {

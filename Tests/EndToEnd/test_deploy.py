@@ -228,8 +228,9 @@ def test_kubernetes_overlay_grants_exactly_the_reads_the_watchers_make(tmp_path)
     cluster = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "ClusterRole"}
     assert [(r["resources"], r["resourceNames"]) for r in cluster["waypoint-bookinfo-namespace-reader"]["rules"]] == [
         (["namespaces"], ["bookinfo"])]
-    # Backends in other namespaces: one Service, its EndpointSlices, the namespace's ReferenceGrants (WatchedKind.service,
-    # WatchedKind.referenceGrants); nothing else cluster-wide.
+    # Backends in other namespaces: one Service, its EndpointSlices and Pods, the namespace's DestinationRules and
+    # ReferenceGrants (WatchedKind.service, .pods, .destinationRules, .referenceGrants); nothing else cluster-wide.
     assert {(g, r) for rule in cluster["waypoint-backend-reader"]["rules"] for g in rule["apiGroups"] for r in rule["resources"]} == {
-        ("", "services"), ("discovery.k8s.io", "endpointslices"), ("gateway.networking.k8s.io", "referencegrants")}
+        ("", "services"), ("", "pods"), ("discovery.k8s.io", "endpointslices"), ("gateway.networking.k8s.io", "referencegrants"),
+        ("networking.istio.io", "destinationrules")}
     assert set(cluster) == {"waypoint-bookinfo-namespace-reader", "waypoint-backend-reader"}

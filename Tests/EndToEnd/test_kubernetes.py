@@ -496,7 +496,7 @@ def test_a_backend_in_an_unwatched_namespace_is_watched_by_name_while_referenced
     reads = {(u.path.rsplit("/", 1)[1], parse_qs(u.query).get("fieldSelector", [""])[0],
               parse_qs(u.query).get("labelSelector", [""])[0]) for u in data}
     assert reads == {("services", "metadata.name=db", ""), ("endpointslices", "", "kubernetes.io/service-name=db"),
-                     ("referencegrants", "", "")}, reads
+                     ("referencegrants", "", ""), ("destinationrules", "", "")}, reads
 
     # Live: db's endpoint moves to origin b.
     api.apply(slice_("db-1", "db", [("127.0.0.1", b.port)], namespace="data"))
@@ -508,6 +508,48 @@ def test_a_backend_in_an_unwatched_namespace_is_watched_by_name_while_referenced
     assert dumped_from_data() == {("Service", "db"), ("EndpointSlice", "db-1"), ("ReferenceGrant", "from-default")}
     api.delete("HTTPRoute", "to-data")
     assert wait_until(lambda: dumped_from_data() == set(), timeout=3)
+
+
+def test_subsets_of_a_backend_in_an_unwatched_namespace_follow_its_pods_and_destination_rules(api, waypoint, origin_factory):
+    """A VirtualService here sends to subset v2 of `db` in namespace `data`, defined by a DestinationRule in `data`
+    (Istio applies a Service's own namespace's rules to every client). The waypoint reads the Pods `db` selects (by
+    its selector, once the Service is read) and `data`'s DestinationRules, and follows both live: no other Pod."""
+    a, b = origin_factory("a"), origin_factory("b")
+    api.apply(service("web"))
+    db = service("db", namespace="data")
+    db["spec"]["selector"] = {"app": "db"}
+    api.apply(db)
+    for version, origin in (("v1", a), ("v2", b)):
+        api.apply({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": f"db-{version}", "namespace": "data", "labels": {"app": "db", "version": version}},
+                   "status": {"podIP": f"10.1.0.{version[1]}"}})
+        api.apply({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                   "metadata": {"name": f"db-{version}", "namespace": "data", "labels": {"kubernetes.io/service-name": "db"}},
+                   "addressType": "IPv4", "ports": [{"name": "http", "port": origin.port}],
+                   "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True},
+                                  "targetRef": {"kind": "Pod", "name": f"db-{version}"}}]})
+    api.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "other", "namespace": "data", "labels": {"app": "other"}},
+               "status": {"podIP": "10.1.0.9"}})
+    rule = {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "db", "namespace": "data"},
+            "spec": {"host": "db.data.svc.cluster.local",
+                     "subsets": [{"name": "v1", "labels": {"version": "v1"}}, {"name": "v2", "labels": {"version": "v2"}}]}}
+    api.apply(rule)
+    api.apply({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "to-db", "namespace": "default"},
+               "spec": {"hosts": ["web"], "http": [{"route": [{"destination": {"host": "db.data.svc.cluster.local", "subset": "v2"}}]}]}})
+    proxy = waypoint()
+    assert wait_until(lambda: served_by(proxy) == "b", timeout=5)
+    assert {served_by(proxy) for _ in range(10)} == {"b"}
+    pod_reads = {parse_qs(urlparse(r[1]).query).get("labelSelector", [""])[0] for r in api.requests if "/namespaces/data/pods" in r[1]}
+    assert pod_reads == {"app=db"}, pod_reads
+
+    # Live: the rule's subset v2 now selects version v1's Pod, then that Pod is relabelled v3 (no endpoint left).
+    rule["spec"]["subsets"][1]["labels"] = {"version": "v1"}
+    api.apply(rule)
+    assert wait_until(lambda: served_by(proxy) == "a", timeout=3)
+    api.apply({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": "db-v1", "namespace": "data", "labels": {"app": "db", "version": "v3"}},
+               "status": {"podIP": "10.1.0.1"}})
+    assert wait_until(lambda: served_by(proxy) == 503, timeout=3)
 
 
 def test_policies_and_routes_bound_to_the_waypoints_own_gateway(api, waypoint, origin_factory):

@@ -45,6 +45,32 @@ import WaypointConfig
         #expect(references.grantNamespaces == ["data", "jobs", "qa"])
     }
 
+    /// Once a referenced Service is read, the Pods its selector selects (keys in order); one without a selector
+    /// (endpoints managed by hand) or not referenced adds none.
+    @Test func theReferencedServicesReadAddTheirPods() throws {
+        let services = """
+            ---
+            apiVersion: v1
+            kind: Service
+            metadata: {name: db, namespace: data}
+            spec: {selector: {tier: db, app: pg}, ports: [{port: 5432}]}
+            ---
+            apiVersion: v1
+            kind: Service
+            metadata: {name: cart, namespace: orders}
+            spec: {ports: [{port: 80}]}
+            ---
+            apiVersion: v1
+            kind: Service
+            metadata: {name: other, namespace: data}
+            spec: {selector: {app: other}, ports: [{port: 80}]}
+            """
+        let references = try ManifestLoader.load(text: Self.manifests + "\n" + services, file: "r.yaml", defaultNamespace: "shop")
+            .foreignReferences(clusterDomain: "cluster.local")
+        #expect(references.pods.sorted().map { "\($0.namespace) \($0.selector)" } == ["data app=pg,tier=db"])
+        #expect(references.namespaces == ["audit", "billing", "data", "id", "jobs", "orders", "qa"])
+    }
+
     @Test func anotherClusterDomainIsNotAService() throws {
         let references = try ManifestLoader.load(text: Self.manifests, file: "r.yaml", defaultNamespace: "shop")
             .foreignReferences(clusterDomain: "corp.example")
