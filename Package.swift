@@ -68,7 +68,8 @@ let package = Package(
         // Pure: compiled route tables.
         .target(name: "HTTPRouter", dependencies: ["WaypointCore", "Regex"], swiftSettings: release),
         // Pure: header operations applied on the way through.
-        .target(name: "Filters", dependencies: ["WaypointCore", "Regex"], swiftSettings: release),
+        .target(name: "Filters", dependencies: ["WaypointCore", "Regex", "JSON"], swiftSettings: release),
+        .target(name: "JWT", dependencies: ["Filters", "TLS", "JSON", "WaypointCore"], swiftSettings: release),
         // The data plane: listeners, downstream sessions, upstream pools.
         .target(
             name: "HBONEServer",
@@ -81,13 +82,13 @@ let package = Package(
         .target(
             name: "SnapshotRouting",
             dependencies: [
-                "WaypointCore", "HTTPRouter", "Filters", "HBONEServer", "WaypointConfig",
+                "WaypointCore", "HTTPRouter", "Filters", "JWT", "HBONEServer", "WaypointConfig",
             ], swiftSettings: release),
         // Kubernetes manifests -> validated specs -> immutable Snapshot.
         .target(
             name: "WaypointConfig",
             dependencies: [
-                "WaypointCore", "HTTPRouter", "Filters", "Regex", "JSON", "YAML",
+                "WaypointCore", "HTTPRouter", "Filters", "JWT", "Regex", "JSON", "YAML",
             ], swiftSettings: release),
         .executableTarget(
             name: "Waypoint",

@@ -4,6 +4,10 @@
 #include <openssl/x509v3.h>
 #include <openssl/pem.h>
 #include <openssl/evp.h>
+#include <openssl/core_names.h>
+#include <openssl/param_build.h>
+#include <openssl/rsa.h>
+#include <openssl/ec.h>
 #include <string.h>
 
 static inline int wp_ssl_ctx_tls13_only(SSL_CTX *ctx) {
@@ -87,3 +91,81 @@ static inline long wp_bio_mem_data(BIO *bio, char **data) { return BIO_get_mem_d
 static inline long wp_ssl_ctx_add1_chain_cert(SSL_CTX *ctx, X509 *cert) { return SSL_CTX_add1_chain_cert(ctx, cert); }
 /// Frees memory OpenSSL allocated (a macro in OpenSSL).
 static inline void wp_openssl_free(void *pointer) { OPENSSL_free(pointer); }
+
+/// A public key from its JSON Web Key parts (RFC 7518 §6): RSA modulus and exponent, big-endian; NULL when
+/// OpenSSL refuses them.
+static inline EVP_PKEY *wp_rsa_public_key(const unsigned char *n, size_t n_len, const unsigned char *e, size_t e_len) {
+    BIGNUM *bn_n = BN_bin2bn(n, (int)n_len, NULL), *bn_e = BN_bin2bn(e, (int)e_len, NULL);
+    OSSL_PARAM_BLD *build = OSSL_PARAM_BLD_new();
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "RSA", NULL);
+    EVP_PKEY *key = NULL;
+    if (bn_n && bn_e && build && ctx && OSSL_PARAM_BLD_push_BN(build, OSSL_PKEY_PARAM_RSA_N, bn_n)
+        && OSSL_PARAM_BLD_push_BN(build, OSSL_PKEY_PARAM_RSA_E, bn_e) && (params = OSSL_PARAM_BLD_to_param(build))
+        && EVP_PKEY_fromdata_init(ctx) == 1) {
+        if (EVP_PKEY_fromdata(ctx, &key, EVP_PKEY_PUBLIC_KEY, params) != 1) key = NULL;
+    }
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(build);
+    EVP_PKEY_CTX_free(ctx);
+    BN_free(bn_n);
+    BN_free(bn_e);
+    return key;
+}
+
+/// A public key on the named curve ("P-256", "P-384") from its uncompressed point (0x04 || x || y); NULL when
+/// the point is not on the curve.
+static inline EVP_PKEY *wp_ec_public_key(const char *curve, const unsigned char *point, size_t point_len) {
+    OSSL_PARAM params[3];
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, (char *)curve, 0);
+    params[1] = OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, (void *)point, point_len);
+    params[2] = OSSL_PARAM_construct_end();
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    EVP_PKEY *key = NULL;
+    if (ctx && EVP_PKEY_fromdata_init(ctx) == 1 && EVP_PKEY_fromdata(ctx, &key, EVP_PKEY_PUBLIC_KEY, params) != 1) key = NULL;
+    EVP_PKEY_CTX_free(ctx);
+    if (key) {  // fromdata does not check the point: a key off the curve must not verify anything
+        EVP_PKEY_CTX *check = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
+        int ok = check && EVP_PKEY_public_check(check) == 1;
+        EVP_PKEY_CTX_free(check);
+        if (!ok) { EVP_PKEY_free(key); key = NULL; }
+    }
+    return key;
+}
+
+/// Verifies `sig` over `data` with `key` and the digest named (SHA256/384/512). `pss`: RSASSA-PSS with a salt as
+/// long as the digest (JWS PS256...). `raw_ecdsa_half`: the signature is JWS's r || s, each this many bytes
+/// (converted to DER here); 0 for RSA. 1 when valid.
+static inline int wp_verify_signature(EVP_PKEY *key, const char *digest, int pss, size_t raw_ecdsa_half,
+                                      const unsigned char *sig, size_t sig_len, const unsigned char *data, size_t data_len) {
+    unsigned char *der = NULL;
+    int der_len = 0;
+    if (raw_ecdsa_half) {
+        if (sig_len != 2 * raw_ecdsa_half) return 0;
+        ECDSA_SIG *ecdsa = ECDSA_SIG_new();
+        BIGNUM *r = BN_bin2bn(sig, (int)raw_ecdsa_half, NULL), *s = BN_bin2bn(sig + raw_ecdsa_half, (int)raw_ecdsa_half, NULL);
+        if (!ecdsa || !r || !s || ECDSA_SIG_set0(ecdsa, r, s) != 1) {
+            BN_free(r); BN_free(s); ECDSA_SIG_free(ecdsa);
+            return 0;
+        }
+        der_len = i2d_ECDSA_SIG(ecdsa, &der);
+        ECDSA_SIG_free(ecdsa);
+        if (der_len <= 0) return 0;
+        sig = der;
+        sig_len = (size_t)der_len;
+    }
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    EVP_PKEY_CTX *pctx = NULL;
+    int ok = md && EVP_DigestVerifyInit_ex(md, &pctx, digest, NULL, NULL, key, NULL) == 1;
+    if (ok && pss) {
+        ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) == 1
+            && EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) == 1;
+    }
+    ok = ok && EVP_DigestVerify(md, sig, sig_len, data, data_len) == 1;
+    EVP_MD_CTX_free(md);
+    OPENSSL_free(der);
+    return ok;
+}
+
+/// The key's size in bits (an RSA modulus, an EC group order).
+static inline int wp_pkey_bits(const EVP_PKEY *key) { return EVP_PKEY_get_bits(key); }

@@ -44,6 +44,9 @@ public struct AuthorizationPolicy: Sendable {
         public var notIpBlocks: [CIDRBlock]?
         public var remoteIpBlocks: [CIDRBlock]?
         public var notRemoteIpBlocks: [CIDRBlock]?
+        /// The verified JWT's `iss/sub` (RequestAuthentication).
+        public var requestPrincipals: [StringMatch]?
+        public var notRequestPrincipals: [StringMatch]?
 
         public init() {}
     }
@@ -72,6 +75,10 @@ public struct AuthorizationPolicy: Sendable {
             /// `request.headers[name]`, name lower-cased: HTTP-only.
             case requestHeader([UInt8])
             case sourceIP, remoteIP, sourceNamespace, sourcePrincipal, destinationIP, destinationPort, connectionSNI
+            /// `request.auth.principal`, `.audiences`, `.presenter`, and `.claims[name]...` (a path into nested
+            /// claims): what the verified JWT says. HTTP-only.
+            case requestPrincipal, requestAudiences, requestPresenter
+            case requestClaim([String])
             /// A key Istio knows but we do not evaluate, or one nobody knows: never matches in an ALLOW rule,
             /// always matches in a DENY rule (fail closed); `waypoint check` warns.
             case unsupported(String)
@@ -108,6 +115,8 @@ public struct AuthorizationRequest {
     public var destinationIP: [UInt8]?
     public var destinationPort: UInt16?
     public var http: HTTP?
+    /// What the request's verified JWT says; nil without one.
+    public var jwt: JWTIdentity?
 
     public init() {}
 
@@ -313,6 +322,10 @@ public struct PolicySet: Sendable {
                 && check(source.ipBlocks, r.sourceIP, negate: false) && check(source.notIpBlocks, r.sourceIP, negate: true)
                 && check(source.remoteIpBlocks, r.sourceIP, negate: false) && check(source.notRemoteIpBlocks, r.sourceIP, negate: true)
         else { return false }
+        guard
+            check(source.requestPrincipals, r.jwt?.principal, negate: false)
+                && check(source.notRequestPrincipals, r.jwt?.principal, negate: true)
+        else { return false }
         if source.serviceAccounts != nil || source.notServiceAccounts != nil {
             let account = r.namespace.flatMap { ns in r.serviceAccount.map { "\(ns)/\($0)" } }  // `ns/sa`, built only when asked
             guard check(source.serviceAccounts, account, negate: false) && check(source.notServiceAccounts, account, negate: true) else {
@@ -361,9 +374,30 @@ public struct PolicySet: Sendable {
         case .sourcePrincipal: value = r.principal.map { Array($0.utf8) }
         case .destinationPort: value = r.destinationPort.map { Array(String($0).utf8) }
         case .connectionSNI: value = nil  // HBONE carries no SNI
+        case .requestPrincipal, .requestAudiences, .requestPresenter, .requestClaim:
+            guard r.http != nil else { return deny }
+            return valuesMatch(condition, jwtValues(condition.key, r.jwt))
         case .unsupported: return deny
         }
         return valueMatches(condition, value)
+    }
+
+    /// A JWT attribute's values (one, or each of a list); nil when the request has no such attribute.
+    private static func jwtValues(_ key: AuthorizationPolicy.Condition.Key, _ jwt: JWTIdentity?) -> [String]? {
+        guard let jwt else { return nil }
+        switch key {
+        case .requestPrincipal: return jwt.principal.map { [$0] }
+        case .requestAudiences: return jwt.audiences.isEmpty ? nil : jwt.audiences
+        case .requestPresenter: return jwt.presenter.map { [$0] }
+        case .requestClaim(let path): return jwt.claim(path)
+        default: return nil
+        }
+    }
+
+    /// `values` (any value matches any) and not `notValues` (no value matches any); absent matches neither.
+    private static func valuesMatch(_ condition: AuthorizationPolicy.Condition, _ values: [String]?) -> Bool {
+        func hit(_ matchers: [StringMatch]) -> Bool { values?.contains { v in matchers.contains { $0.matches(v) } } ?? false }
+        return (condition.values.map(hit) ?? true) && !(condition.notValues.map(hit) ?? false)
     }
 
     /// `values` (any, when given) and not `notValues`; an absent value matches neither list.

@@ -206,6 +206,15 @@ public final class ForwardPolicy: Sendable {
             rewrite: rewrite, mirrors: mirrors, delay: delay)
     }
 
+    /// This policy with `request` applied before the rule's request header filters (what RequestAuthentication
+    /// changes: the token's header removed, claims as headers; Envoy's jwt_authn runs before the router).
+    public func applying(first request: HeaderModifier) -> ForwardPolicy {
+        ForwardPolicy(
+            retry: retry, requestTimeout: requestTimeout, perTryTimeout: perTryTimeout,
+            requestHeaders: .combining(request, then: requestHeaders), responseHeaders: responseHeaders, rewrite: rewrite,
+            mirrors: mirrors, delay: delay)
+    }
+
     /// No route-level policy: the proxy's default retries, no timeouts.
     public static let standard = ForwardPolicy(retry: nil, requestTimeout: nil, perTryTimeout: nil)
 }

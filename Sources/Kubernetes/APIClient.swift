@@ -73,49 +73,60 @@ public struct APIError: Error, CustomStringConvertible, Sendable {
     public init(_ description: String, status: Int = 0) { (self.description, self.status) = (description, status) }
 }
 
-/// One HTTP/1.1 GET to the API server over TLS on a blocking socket (a background thread's), whose body is read
-/// as lines: a LIST response is one line of JSON, a WATCH response one line per event. Only one line is held at
-/// a time.
+/// One HTTP/1.1 GET on a blocking socket (a background thread's), over TLS to the API server (or plain, for
+/// `fetch`), whose body is read as lines: a LIST response is one line of JSON, a WATCH response one line per
+/// event. Only one line is held at a time.
 ///
 /// Thread: the one that made it. Ownership: its caller; the connection closes in `deinit`.
 final class APIResponse {
     /// The response's status (set once the head is read).
     private(set) var status = 0
     private let fd: Int32
-    private let tls: TLSConnection
+    /// nil: plain HTTP.
+    private let tls: TLSConnection?
     private var buffer: [UInt8] = []
     /// The longest line accepted (a LIST page of Kubernetes objects is well below).
     static let maxLine = 64 * 1024 * 1024
 
     /// Connects, sends `GET path`, reads the head. Throws on any failure before the head.
-    init(credentials: APICredentials, context: TLSContext, path: String, timeout: Duration) throws(APIError) {
-        guard let address = Socket.resolve(credentials.host, credentials.port) else {
-            throw APIError("cannot resolve \(credentials.host)")
-        }
+    convenience init(credentials: APICredentials, context: TLSContext, path: String, timeout: Duration) throws(APIError) {
+        try self.init(
+            host: credentials.host, port: credentials.port, context: context, path: path, token: credentials.currentToken(),
+            timeout: timeout, peer: "the API server", trustSource: credentials.source)
+    }
+
+    /// `GET path` from `host:port`, over TLS with `context` (nil: plain HTTP), with a bearer `token` if given;
+    /// `peer` names the server in errors.
+    init(
+        host: String, port: UInt16, context: TLSContext?, path: String, token: String?, timeout: Duration, peer: String,
+        trustSource: String
+    ) throws(APIError) {
+        guard let address = Socket.resolve(host, port) else { throw APIError("cannot resolve \(host)") }
         switch Socket.connectBlocking(to: address, timeout: timeout) {
         case .success(let fd): self.fd = fd
         case .failure(let error): throw APIError("\(error)")
         }
-        guard let tls = TLSConnection(context: context, fd: fd) else {
-            Socket.close(fd)
-            throw APIError("TLS set-up failed")
+        if let context {
+            guard let tls = TLSConnection(context: context, fd: fd) else {
+                Socket.close(fd)
+                throw APIError("TLS set-up failed")
+            }
+            self.tls = tls
+            tls.expectServer(host)
+            // From here on `deinit` closes the connection when this throws.
+            guard case .done = tls.handshake() else {
+                throw APIError("TLS handshake with \(host):\(port) failed (is the CA in \(trustSource) \(peer)'s?)")
+            }
+        } else {
+            tls = nil
         }
-        self.tls = tls
-        tls.expectServer(credentials.host)
-        // From here on `deinit` closes the connection when this throws.
-        guard case .done = tls.handshake() else {
-            throw APIError(
-                "TLS handshake with \(credentials.host):\(credentials.port) failed (is the CA in \(credentials.source) the API server's?)")
-        }
-        var request = "GET \(path) HTTP/1.1\r\nHost: \(credentials.host):\(credentials.port)\r\nAccept: application/json\r\n"
+        var request = "GET \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nAccept: application/json\r\n"
         request += "User-Agent: waypoint\r\n"
-        if let token = credentials.currentToken() { request += "Authorization: Bearer \(token)\r\n" }
+        if let token { request += "Authorization: Bearer \(token)\r\n" }
         request += "\r\n"
         var out = Array(request.utf8)
         while !out.isEmpty {
-            guard case .bytes(let n) = out.withUnsafeBytes({ tls.write(from: $0) }) else {
-                throw APIError("request to the API server failed")
-            }
+            guard case .bytes(let n) = out.withUnsafeBytes({ write($0) }) else { throw APIError("request to \(peer) failed") }
             out.removeFirst(n)
         }
         let head = try readHead()
@@ -124,9 +135,12 @@ final class APIResponse {
     }
 
     deinit {
-        tls.shutdown()
-        Socket.close(fd)
+        if let tls { tls.shutdown() } else { Socket.close(fd) }
     }
+
+    private func write(_ bytes: UnsafeRawBufferPointer) -> IOResult { tls?.write(from: bytes) ?? Socket.write(fd, from: bytes) }
+
+    private func read(_ bytes: UnsafeMutableRawBufferPointer) -> IOResult { tls?.read(into: bytes) ?? Socket.read(fd, into: bytes) }
 
     /// The next line of the body without its newline; nil at the end of the body. Throws when the connection
     /// fails or times out mid-body.
@@ -166,7 +180,7 @@ final class APIResponse {
     /// Reads more of the raw stream into `raw`; false at end of stream.
     private func readRaw() throws(APIError) -> Bool {
         var chunk = [UInt8](repeating: 0, count: 16 * 1024)
-        let result = chunk.withUnsafeMutableBytes { tls.read(into: $0) }
+        let result = chunk.withUnsafeMutableBytes { read($0) }
         switch result {
         case .bytes(let n):
             raw += chunk[0..<n]
@@ -264,4 +278,40 @@ final class APIResponse {
         }
         return nil
     }
+}
+
+/// A GET of an `http://` or `https://` URL on this (blocking) thread, TLS verified against `trustBundle` (PEM):
+/// the body of a 200 answer, at most `limit` bytes. For the control plane's fetches besides the API's (a JWKS).
+public func fetch(url: String, trustBundle: String, timeout: Duration = .seconds(10), limit: Int = 1024 * 1024) throws(APIError)
+    -> [UInt8]
+{
+    let secure: Bool
+    var rest: Substring
+    if url.hasPrefix("https://") {
+        (secure, rest) = (true, url.dropFirst(8))
+    } else if url.hasPrefix("http://") {
+        (secure, rest) = (false, url.dropFirst(7))
+    } else {
+        throw APIError("\(url): not an http:// or https:// URL")
+    }
+    let slash = rest.firstIndex(of: "/") ?? rest.endIndex
+    let authority = rest[..<slash]
+    rest = rest[slash...]
+    var host = authority
+    var port: UInt16 = secure ? 443 : 80
+    if let colon = authority.lastIndex(of: ":"), !authority.hasSuffix("]") {
+        guard let number = UInt16(authority[authority.index(after: colon)...]) else { throw APIError("\(url): bad port") }
+        (host, port) = (authority[..<colon], number)
+    }
+    if host.hasPrefix("["), host.hasSuffix("]") { host = host.dropFirst().dropLast() }
+    guard !host.isEmpty else { throw APIError("\(url): no host") }
+    let context: TLSContext?
+    do { context = secure ? try TLSContext(httpsClientTrusting: trustBundle, source: "the system trust store") : nil } catch {
+        throw APIError("\(error)")
+    }
+    let response = try APIResponse(
+        host: String(host), port: port, context: context, path: rest.isEmpty ? "/" : String(rest), token: nil, timeout: timeout,
+        peer: url, trustSource: "the system trust store")
+    guard response.status == 200 else { throw APIError("\(url): HTTP \(response.status)", status: response.status) }
+    return try response.readBody(limit: limit)
 }

@@ -125,6 +125,9 @@ extension WaypointCommand {
             help: "TCP tunnels and upgraded (WebSocket) connections that move no byte either way this long are closed (0s: never).")
         var relayIdleTimeout = DurationArgument(.seconds(3600))
 
+        @Option(help: "How often the key sets of RequestAuthentication jwksUris are fetched again (a failure retries sooner).")
+        var jwksRefresh = DurationArgument(.seconds(20 * 60))
+
         @Option(help: "Log level.")
         var logLevel = LogLevelArgument.info
 
@@ -309,6 +312,7 @@ extension WaypointCommand {
             options.settings.headerTimeout = headerTimeout.duration
             options.settings.relayIdleTimeout = relayIdleTimeout.duration > .zero ? relayIdleTimeout.duration : nil
             options.settings.connectTimeout = connectTimeout.duration
+            options.jwksRefresh = jwksRefresh.duration
             options.settings.handshakeTimeout = handshakeTimeout.duration
             options.settings.keepaliveInterval = hboneKeepalive.duration
             options.settings.keepaliveTimeout = hboneKeepalive.duration * 2

@@ -29,6 +29,8 @@ struct ConfigSource {
     private(set) var compiles = (full: 0, endpoints: 0)
     private var fingerprint: [String] = []
     private(set) var generation: UInt64 = 0
+    /// The `jwksUri`s of the last loaded config's RequestAuthentications: the key sets to fetch.
+    private(set) var jwksURIs: Set<String> = []
     /// With the API source: every object read (kind, namespace, name, resourceVersion), for `/config_dump`.
     var apiObjects: [(kind: String, namespace: String, name: String, resourceVersion: String)] { apiSpecs.objects }
     /// With the API source: the Services in other namespaces that the last loaded config's routes name.
@@ -76,6 +78,10 @@ struct ConfigSource {
         } else {
             spec = try ManifestLoader.load(text: DemoConfig.manifests, file: "<embedded demo config>", defaultNamespace: namespace)
         }
+        jwksURIs = Set(
+            spec.requestAuthentications.flatMap(\.rules).compactMap { rule in
+                if case .uri(let uri) = rule.jwks { return uri } else { return nil }
+            })
         generation += 1
         let parsed = clock.now
         let result: CompiledConfig

@@ -42,6 +42,8 @@ final class Runtime {
         var locality: Locality?
         /// The Kubernetes API as a config source, when on.
         var kubernetes: KubernetesSource.Options?
+        /// How often RequestAuthentication `jwksUri` key sets are fetched again.
+        var jwksRefresh = Duration.seconds(20 * 60)
         /// The HBONE certificate from the mesh's CA (istiod) instead of `certificates` files.
         var meshCA: IstioCA? = nil
     }
@@ -51,6 +53,8 @@ final class Runtime {
     private let loop = EventLoop.makeDefault()
     private(set) var config: ConfigSource
     private(set) var kubernetes: KubernetesSource?
+    /// The RequestAuthentication key sets named by URI.
+    private let jwks: JWKSFetcher
     private(set) var snapshot: Snapshot
     /// The snapshot before `snapshot`, released on this thread a second after the reload: by then every worker
     /// has swapped, so freeing it (10,000 endpoints take milliseconds) does not stall a worker.
@@ -113,11 +117,14 @@ final class Runtime {
             config.compiler.gateway = apiOptions.gateway
             kubernetes = source
         }
+        jwks = JWKSFetcher(
+            loop: loop, logger: logger, refresh: options.jwksRefresh, trustBundle: readTextFile("/etc/ssl/certs/ca-certificates.crt") ?? "")
         do {
             snapshot = try config.load()
         } catch {
             throw StartupError("invalid config:\n\(error)")
         }
+        jwks.want(config.jwksURIs)
         for warning in snapshot.warnings { logger.warning("\(warning)") }
 
         // Every worker binds its own socket (SO_REUSEPORT) to the same address; port 0 is resolved by the first.
@@ -205,6 +212,7 @@ final class Runtime {
             SignalWatcher(loop: loop, signal: SIGINT) { [unowned(unsafe) self] in self.beginDrain(signal: "SIGINT") },
         ]
         kubernetes?.onChange = { [unowned(unsafe) self] in self.reload(reason: "kubernetes") }
+        jwks.onChange = { [unowned(unsafe) self] in self.reload(reason: "jwks") }
         if let kubernetes, let timeout = options.kubernetes?.syncTimeout {
             // Nothing is served before the first lists are in (or the timeout passed): the workers start then,
             // with the snapshot compiled from them; until then connections wait in the listen queues.
@@ -251,6 +259,7 @@ final class Runtime {
     private func reload(reason: String) {
         guard !draining else { return }
         do {
+            config.compiler.jwks = jwks.keys
             let next = try config.load(previous: snapshot)
             let known = Set(snapshot.warnings)
             retired = snapshot
@@ -262,6 +271,7 @@ final class Runtime {
             if !retireTimer.isActive { retireTimer.schedule(after: .seconds(1)) }
             kubernetes?.swapped()
             kubernetes?.follow(config.foreignReferences)
+            jwks.want(config.jwksURIs)
             logger.info("config reloaded", metadata: ["reason": "\(reason)", "config.generation": "\(next.generation)"])
         } catch {
             reloadsFailed += 1

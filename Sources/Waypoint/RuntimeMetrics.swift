@@ -119,6 +119,9 @@ extension Runtime {
                 ("{result=\"allow\"}", sum { $0.authorizationAllowed.value }),
                 ("{result=\"deny\"}", sum { $0.authorizationDenied.value }),
             ])
+        metric(
+            "waypoint_jwt_rejected_total", "counter", "Requests refused with 401 because their JWT was not valid (RequestAuthentication).",
+            [("", sum { $0.jwtRejected.value })])
         var byPolicy: [String: Int] = ["(no ALLOW policy matched)|deny": sum { $0.authorizationNoAllowMatched.value }]
         for worker in workers { byPolicy.merge(worker.counters.policyDecisionTotals(), uniquingKeysWith: +) }
         metric(

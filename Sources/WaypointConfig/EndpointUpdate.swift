@@ -1,4 +1,5 @@
 import HTTPRouter
+import JWT
 import WaypointCore
 
 /// A compilation kept for the next one: when only EndpointSlices and Pods changed (a rollout, an autoscaler),
@@ -36,6 +37,7 @@ extension ConfigSpec {
     var onlyEndpoints: Bool {
         services.isEmpty && serviceEntries.isEmpty && gateways.isEmpty && httpRoutes.isEmpty && virtualServices.isEmpty
             && tcpRoutes.isEmpty && authorizationPolicies.isEmpty && peerAuthentications.isEmpty && destinationRules.isEmpty
+            && requestAuthentications.isEmpty
             && nodes.isEmpty && namespaces.isEmpty && referenceGrants.isEmpty && warnings.isEmpty
     }
 }
@@ -145,7 +147,8 @@ extension CompileState {
             endpointTransports: endpointTransports, workloads: workloads, endpointWorkloads: endpointWorkloads,
             revisedEndpoints: revised,
             destinations: destinations, tcpRoutes: tcpRoutes,
-            authorization: authorization, unmatchedHostPolicies: unmatchedHostPolicies, strictMTLS: strictMTLS, services: services,
+            authorization: authorization, unmatchedHostPolicies: unmatchedHostPolicies, authentication: authentication,
+            unmatchedHostAuthentication: unmatchedHostAuthentication, strictMTLS: strictMTLS, services: services,
             dump: dumpSource(generation: generation), warnings: spec.warnings + warnings, previous: previous)
     }
 }

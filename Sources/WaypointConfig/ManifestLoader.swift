@@ -172,6 +172,8 @@ public enum ManifestLoader {
             spec.destinationRules.append(try TrafficPolicyParser.destinationRule(doc, namespace: namespace, name: name))
         case ("security.istio.io", "AuthorizationPolicy"):
             spec.authorizationPolicies.append(try SecurityParser.authorizationPolicy(doc, namespace: namespace, name: name))
+        case ("security.istio.io", "RequestAuthentication"):
+            spec.requestAuthentications.append(try SecurityParser.requestAuthentication(doc, namespace: namespace, name: name))
         case ("security.istio.io", "PeerAuthentication"):
             spec.peerAuthentications.append(try SecurityParser.peerAuthentication(doc, namespace: namespace, name: name))
         case ("gateway.networking.k8s.io", "HTTPRoute"):

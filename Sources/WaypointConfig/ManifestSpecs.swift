@@ -317,6 +317,7 @@ public struct ConfigSpec: Sendable {
     public var tcpRoutes: [HTTPRouteSpec] = []
     public var authorizationPolicies: [AuthorizationPolicySpec] = []
     public var peerAuthentications: [PeerAuthenticationSpec] = []
+    public var requestAuthentications: [RequestAuthenticationSpec] = []
     public var destinationRules: [DestinationRuleSpec] = []
     public var pods: [PodSpec] = []
     public var nodes: [NodeSpec] = []
@@ -338,6 +339,7 @@ public struct ConfigSpec: Sendable {
         tcpRoutes += other.tcpRoutes
         authorizationPolicies += other.authorizationPolicies
         peerAuthentications += other.peerAuthentications
+        requestAuthentications += other.requestAuthentications
         destinationRules += other.destinationRules
         pods += other.pods
         nodes += other.nodes

@@ -1,4 +1,5 @@
 import Filters
+import JWT
 
 /// `security.istio.io/v1 AuthorizationPolicy`, parsed and compiled (matchers built once).
 public struct AuthorizationPolicySpec: Sendable {
@@ -15,6 +16,31 @@ public struct AuthorizationPolicySpec: Sendable {
     public var policy: AuthorizationPolicy
     /// `when` keys we do not evaluate (Istio ignores unknown ones silently; we warn, and fail closed in DENY).
     public var unsupportedKeys: [String]
+}
+
+/// `security.istio.io/v1 RequestAuthentication`: the JWT rules for the traffic it targets.
+public struct RequestAuthenticationSpec: Sendable {
+    public struct Rule: Sendable {
+        public enum Keys: Sendable {
+            case inline(JSONWebKeySet)
+            /// Fetched off the workers (`jwksUri`); until then, no token of this issuer verifies.
+            case uri(String)
+        }
+        public var issuer: String
+        public var audiences: [String] = []
+        public var jwks: Keys = .uri("")
+        public var locations: [JWTRule.Location] = []
+        public var forwardOriginalToken = false
+        public var outputPayloadToHeader: String?
+        public var outputClaimToHeaders: [(header: String, claim: String)] = []
+
+        init(issuer: String) { self.issuer = issuer }
+    }
+    public var namespace: String
+    public var name: String
+    public var targetRefs: [AuthorizationPolicySpec.TargetRef]
+    public var hasSelector: Bool
+    public var rules: [Rule]
 }
 
 /// `security.istio.io/v1 PeerAuthentication`.
@@ -96,10 +122,9 @@ enum SecurityParser {
 
     static func source(_ node: ManifestNode) throws(ConfigError) -> AuthorizationPolicy.Source {
         try checkFields(node, sourceFields, "source")
-        for key in ["requestPrincipals", "notRequestPrincipals"] where try node.optional(key) != nil {
-            throw node.error("\(key) needs JWT authentication (RequestAuthentication), which is not supported yet")
-        }
         var s = AuthorizationPolicy.Source()
+        s.requestPrincipals = try strings(node, "requestPrincipals")
+        s.notRequestPrincipals = try strings(node, "notRequestPrincipals")
         s.principals = try strings(node, "principals")
         s.notPrincipals = try strings(node, "notPrincipals")
         s.namespaces = try strings(node, "namespaces")
@@ -164,6 +189,11 @@ enum SecurityParser {
         var ipKey = false
         if key.hasPrefix("request.headers["), key.hasSuffix("]"), key.count > "request.headers[]".count {
             parsed = .requestHeader(Array(key.dropFirst("request.headers[".count).dropLast().lowercased().utf8))
+        } else if key.hasPrefix("request.auth.claims[") {
+            guard let path = claimPath(key.dropFirst("request.auth.claims".count)) else {
+                throw node.error("\"\(key)\" is not a claim: request.auth.claims[name] or request.auth.claims[name][nested]...")
+            }
+            parsed = .requestClaim(path)
         } else {
             switch key {
             case "source.ip": parsed = .sourceIP; ipKey = true
@@ -173,6 +203,9 @@ enum SecurityParser {
             case "source.principal": parsed = .sourcePrincipal
             case "destination.port": parsed = .destinationPort
             case "connection.sni": parsed = .connectionSNI
+            case "request.auth.principal": parsed = .requestPrincipal
+            case "request.auth.audiences": parsed = .requestAudiences
+            case "request.auth.presenter": parsed = .requestPresenter
             default: parsed = .unsupported(key)
             }
         }
@@ -183,6 +216,66 @@ enum SecurityParser {
         }
         if case .unsupported = parsed { return (condition, false) }
         return (condition, true)
+    }
+
+    /// `[a][b]` as `["a", "b"]`; nil when not that form.
+    static func claimPath(_ text: Substring) -> [String]? {
+        var path: [String] = []
+        var rest = text
+        while !rest.isEmpty {
+            guard rest.first == "[", let close = rest.firstIndex(of: "]") else { return nil }
+            let name = rest[rest.index(after: rest.startIndex)..<close]
+            guard !name.isEmpty, !name.contains("[") else { return nil }
+            path.append(String(name))
+            rest = rest[rest.index(after: close)...]
+        }
+        return path.isEmpty ? nil : path
+    }
+
+    static func requestAuthentication(_ doc: ManifestNode, namespace: String, name: String) throws(ConfigError)
+        -> RequestAuthenticationSpec
+    {
+        let spec = try doc.optional("spec")
+        var refs: [AuthorizationPolicySpec.TargetRef] = []
+        var refNodes = try spec?.optionalArray("targetRefs") ?? []
+        if let single = try spec?.optional("targetRef") { refNodes.append(single) }
+        for ref in refNodes {
+            refs.append(
+                .init(
+                    group: try ref.optionalString("group") ?? "", kind: try ref.required("kind").string(),
+                    name: try ref.required("name").string()))
+        }
+        var rules: [RequestAuthenticationSpec.Rule] = []
+        for node in try spec?.optionalArray("jwtRules") ?? [] {
+            var rule = RequestAuthenticationSpec.Rule(issuer: try node.required("issuer").string())
+            for audience in try node.optionalArray("audiences") { rule.audiences.append(try audience.string()) }
+            if let jwks = try node.optionalString("jwks") {
+                do { rule.jwks = .inline(try JSONWebKeySet(json: jwks)) } catch { throw try node.required("jwks").error("\(error)") }
+            } else if let uri = try node.optionalString("jwksUri") {
+                guard uri.hasPrefix("https://") || uri.hasPrefix("http://") else {
+                    throw try node.required("jwksUri").error("must be an http:// or https:// URL")
+                }
+                rule.jwks = .uri(uri)
+            } else {
+                throw node.error("a jwtRule needs jwks or jwksUri (OpenID discovery from the issuer is not supported)")
+            }
+            for header in try node.optionalArray("fromHeaders") {
+                let headerName = try header.required("name").string()
+                guard !headerName.isEmpty else { throw try header.required("name").error("must not be empty") }
+                rule.locations.append(
+                    .header(name: Array(headerName.lowercased().utf8), prefix: Array((try header.optionalString("prefix") ?? "").utf8)))
+            }
+            for parameter in try node.optionalArray("fromParams") { rule.locations.append(.parameter(try parameter.string())) }
+            for cookie in try node.optionalArray("fromCookies") { rule.locations.append(.cookie(try cookie.string())) }
+            rule.forwardOriginalToken = try node.optional("forwardOriginalToken")?.bool() ?? false
+            rule.outputPayloadToHeader = try node.optionalString("outputPayloadToHeader")
+            for output in try node.optionalArray("outputClaimToHeaders") {
+                rule.outputClaimToHeaders.append((try output.required("header").string(), try output.required("claim").string()))
+            }
+            rules.append(rule)
+        }
+        return RequestAuthenticationSpec(
+            namespace: namespace, name: name, targetRefs: refs, hasSelector: try spec?.optional("selector") != nil, rules: rules)
     }
 
     static func peerAuthentication(_ doc: ManifestNode, namespace: String, name: String) throws(ConfigError) -> PeerAuthenticationSpec {

@@ -1,4 +1,5 @@
 import Filters
+import JWT
 import WaypointCore
 import HTTPRouter
 
@@ -111,6 +112,10 @@ public final class Snapshot: Sendable {
     public let authorization: [PolicySet]
     /// For requests whose host matches no virtual host: the waypoint-wide policies.
     public let unmatchedHostPolicies: PolicySet
+    /// Per virtual host: the RequestAuthentication JWT rules that apply (nil: none).
+    public let authentication: [RequestAuthenticator?]
+    /// For requests whose host matches no virtual host: the waypoint-wide JWT rules.
+    public let unmatchedHostAuthentication: RequestAuthenticator?
     /// Per virtual host: PeerAuthentication STRICT, so plaintext requests are refused.
     public let strictMTLS: [Bool]
     /// Per virtual host: the destination service as Istio's metrics name it (fqdn, name, namespace).
@@ -128,7 +133,8 @@ public final class Snapshot: Sendable {
         generation: UInt64, lineage: UInt64, routes: RouteTable<RouteAction>, clusters: [Cluster], endpoints: [SocketAddress],
         endpointTransports: [EndpointTransport], workloads: [WorkloadLabels], endpointWorkloads: [Int32], revisedEndpoints: [Int32],
         destinations: [SocketAddress: Destination], tcpRoutes: [UInt64: BackendSet], authorization: [PolicySet],
-        unmatchedHostPolicies: PolicySet, strictMTLS: [Bool], services: [(fqdn: String, name: String, namespace: String)],
+        unmatchedHostPolicies: PolicySet, authentication: [RequestAuthenticator?], unmatchedHostAuthentication: RequestAuthenticator?,
+        strictMTLS: [Bool], services: [(fqdn: String, name: String, namespace: String)],
         dump: @escaping @Sendable () -> JSONValue, warnings: [String], previous: Snapshot?
     ) {
         self.services = services
@@ -153,6 +159,8 @@ public final class Snapshot: Sendable {
         self.tcpRoutes = tcpRoutes
         self.authorization = authorization
         self.unmatchedHostPolicies = unmatchedHostPolicies
+        self.authentication = authentication
+        self.unmatchedHostAuthentication = unmatchedHostAuthentication
         self.strictMTLS = strictMTLS
         self.dumpSource = dump
         self.warnings = warnings

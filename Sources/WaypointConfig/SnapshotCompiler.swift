@@ -1,5 +1,6 @@
 import Filters
 import HTTPRouter
+import JWT
 import Regex
 import WaypointCore
 
@@ -30,6 +31,8 @@ public struct SnapshotCompiler {
     /// This waypoint's own Gateway name (`--gateway`, in `namespace`), whatever serves: AuthorizationPolicies
     /// whose targetRef is a Gateway, and routes whose parentRef is one, apply only when they name it.
     public var gatewayName = "waypoint"
+    /// The key sets fetched so far for RequestAuthentication `jwksUri`s, by URI.
+    public var jwks: [String: JSONWebKeySet] = [:]
 
     public init(namespace: String) { self.namespace = namespace }
 
@@ -117,6 +120,8 @@ struct CompileState {
     var services: [(fqdn: String, name: String, namespace: String)] = []
     var authorization: [PolicySet] = []
     var unmatchedHostPolicies = PolicySet.empty
+    var authentication: [RequestAuthenticator?] = []
+    var unmatchedHostAuthentication: RequestAuthenticator?
     var strictMTLS: [Bool] = []
     /// Labels by Namespace name (ambient membership, waypoint binding, `allowedRoutes` selectors); an endpoint
     /// update never changes Namespaces.
@@ -157,6 +162,7 @@ struct CompileState {
         destinations.merge(workloadDestinations ?? [:]) { service, _ in service }
         workloadDestinations = nil
         buildAuthorization()
+        buildRequestAuthentication()
         buildPeerAuthentication()
     }
 
@@ -242,9 +248,65 @@ struct CompileState {
     /// Which policies apply to which virtual host. Istio's waypoints apply policies with `targetRefs` to the
     /// waypoint's Gateway (all its traffic), a Service or a ServiceEntry; with layering on, policies without
     /// targetRefs apply to their namespace's services (and the root namespace's to everything).
+    /// Which virtual hosts a security policy applies to.
+    enum PolicyScope {
+        case all
+        case namespace(String)
+        case objects(Set<String>)
+
+        func covers(_ owner: (kind: String, namespace: String, name: String)) -> Bool {
+            switch self {
+            case .all: return true
+            case .namespace(let ns): return owner.kind != "Gateway" && owner.namespace == ns
+            case .objects(let set): return set.contains("\(owner.kind)/\(owner.namespace)/\(owner.name)")
+            }
+        }
+    }
+
+    /// Where a policy (AuthorizationPolicy, RequestAuthentication) applies, as Istio's waypoints decide: its
+    /// targetRefs (this waypoint's Gateway: everything; Services and ServiceEntries: theirs); without any, a
+    /// workload selector never selects a waypoint and a namespace-wide policy applies only with
+    /// `--layered-authorization` (root namespace: mesh-wide). nil: nowhere here (with a warning).
+    mutating func scope(
+        of label: String, namespace: String, targetRefs: [AuthorizationPolicySpec.TargetRef], hasSelector: Bool
+    ) -> PolicyScope? {
+        if targetRefs.isEmpty {
+            if hasSelector {
+                warnings.append("\(label): a workload selector selects pods, not a waypoint: ignored here")
+            } else if !compiler.layeredAuthorization {
+                warnings.append("\(label): no targetRefs: ignored (as by Istio's waypoints); --layered-authorization applies it")
+            } else {
+                return namespace == compiler.rootNamespace ? .all : .namespace(namespace)
+            }
+            return nil
+        }
+        var objects: Set<String> = []
+        var all = false
+        for ref in targetRefs {
+            switch (ref.group, ref.kind) {
+            case ("gateway.networking.k8s.io", "Gateway"):
+                // The waypoint's own Gateway, whether or not its object was read; another Gateway's policies
+                // are another waypoint's.
+                if compiler.isOwnGateway(namespace: namespace, name: ref.name) {
+                    all = true
+                } else {
+                    warnings.append(
+                        "\(label): targetRef Gateway \(namespace)/\(ref.name) is not this waypoint (\(compiler.namespace)/\(compiler.gatewayName)): that reference applies to nothing here"
+                    )
+                }
+            case ("", "Service"), ("core", "Service"):
+                objects.insert("Service/\(namespace)/\(ref.name)")
+            case ("networking.istio.io", "ServiceEntry"):
+                objects.insert("ServiceEntry/\(namespace)/\(ref.name)")
+            default:
+                warnings.append("\(label): targetRef \(ref.group)/\(ref.kind) \(ref.name) is not a Gateway, Service or ServiceEntry: ignored")
+            }
+        }
+        return all ? .all : .objects(objects)
+    }
+
     mutating func buildAuthorization() {
-        enum Scope { case all, namespace(String), objects(Set<String>) }
-        var scoped: [(AuthorizationPolicy, Scope)] = []
+        var scoped: [(AuthorizationPolicy, PolicyScope)] = []
         for p in spec.authorizationPolicies {
             let label = "AuthorizationPolicy \(p.namespace)/\(p.name)"
             for key in p.unsupportedKeys {
@@ -254,55 +316,54 @@ struct CompileState {
             if p.policy.action == .custom {
                 warnings.append("\(label): CUSTOM (external authorization) is not supported: the traffic it selects is denied")
             }
-            if p.targetRefs.isEmpty {
-                if p.hasSelector {
-                    warnings.append("\(label): a workload selector selects pods, not a waypoint: ignored here")
-                } else if !compiler.layeredAuthorization {
-                    warnings.append("\(label): no targetRefs: ignored (as by Istio's waypoints); --layered-authorization applies it")
-                } else {
-                    scoped.append((p.policy, p.namespace == compiler.rootNamespace ? .all : .namespace(p.namespace)))
-                }
-                continue
+            if let scope = scope(of: label, namespace: p.namespace, targetRefs: p.targetRefs, hasSelector: p.hasSelector) {
+                scoped.append((p.policy, scope))
             }
-            var objects: Set<String> = []
-            var all = false
-            for ref in p.targetRefs {
-                switch (ref.group, ref.kind) {
-                case ("gateway.networking.k8s.io", "Gateway"):
-                    // The waypoint's own Gateway, whether or not its object was read; another Gateway's policies
-                    // are another waypoint's.
-                    if compiler.isOwnGateway(namespace: p.namespace, name: ref.name) {
-                        all = true
-                    } else {
-                        warnings.append(
-                            "\(label): targetRef Gateway \(p.namespace)/\(ref.name) is not this waypoint (\(compiler.namespace)/\(compiler.gatewayName)): that reference applies to nothing here"
-                        )
-                    }
-                case ("", "Service"), ("core", "Service"):
-                    objects.insert("Service/\(p.namespace)/\(ref.name)")
-                case ("networking.istio.io", "ServiceEntry"):
-                    objects.insert("ServiceEntry/\(p.namespace)/\(ref.name)")
-                default:
-                    warnings.append(
-                        "\(label): targetRef \(ref.group)/\(ref.kind) \(ref.name) is not a Gateway, Service or ServiceEntry: ignored")
-                }
-            }
-            scoped.append((p.policy, all ? .all : .objects(objects)))
         }
         authorization = hostOwners.map { owner in
-            PolicySet(
-                policies: scoped.compactMap { policy, scope in
-                    switch scope {
-                    case .all: return policy
-                    case .namespace(let ns): return owner.kind != "Gateway" && owner.namespace == ns ? policy : nil
-                    case .objects(let set): return set.contains("\(owner.kind)/\(owner.namespace)/\(owner.name)") ? policy : nil
-                    }
-                }, hardenedDenyPaths: compiler.hardenedDenyPaths)
+            PolicySet(policies: scoped.compactMap { $1.covers(owner) ? $0 : nil }, hardenedDenyPaths: compiler.hardenedDenyPaths)
         }
         unmatchedHostPolicies = PolicySet(
             policies: scoped.compactMap { policy, scope in
                 if case .all = scope { return policy } else { return nil }
             }, hardenedDenyPaths: compiler.hardenedDenyPaths)
+    }
+
+    /// The JWT rules per virtual host (RequestAuthentication, scoped as AuthorizationPolicies are). A rule whose
+    /// `jwksUri` was not fetched yet has no keys: its tokens fail (401) and requests without one pass, as under
+    /// Istio while istiod cannot fetch the keys.
+    mutating func buildRequestAuthentication() {
+        var scoped: [(JWTRule, PolicyScope)] = []
+        for p in spec.requestAuthentications {
+            let label = "RequestAuthentication \(p.namespace)/\(p.name)"
+            guard let scope = scope(of: label, namespace: p.namespace, targetRefs: p.targetRefs, hasSelector: p.hasSelector) else {
+                continue
+            }
+            for rule in p.rules {
+                let keys: JSONWebKeySet
+                switch rule.jwks {
+                case .inline(let set): keys = set
+                case .uri(let uri):
+                    if let fetched = compiler.jwks[uri] {
+                        keys = fetched
+                    } else {
+                        keys = .none
+                        warnings.append("\(label): the keys of issuer \(rule.issuer) are not fetched yet from \(uri): its tokens are refused")
+                    }
+                }
+                var compiled = JWTRule(issuer: rule.issuer, audiences: rule.audiences, keys: keys, locations: rule.locations)
+                compiled.forwardOriginalToken = rule.forwardOriginalToken
+                compiled.outputPayloadToHeader = rule.outputPayloadToHeader
+                compiled.outputClaimToHeaders = rule.outputClaimToHeaders
+                scoped.append((compiled, scope))
+            }
+        }
+        func authenticator(_ rules: [JWTRule]) -> RequestAuthenticator? { rules.isEmpty ? nil : RequestAuthenticator(rules: rules) }
+        authentication = hostOwners.map { owner in authenticator(scoped.compactMap { $1.covers(owner) ? $0 : nil }) }
+        unmatchedHostAuthentication = authenticator(
+            scoped.compactMap { rule, scope in
+                if case .all = scope { return rule } else { return nil }
+            })
     }
 
     /// STRICT per virtual host: the namespace's PeerAuthentication, else the root namespace's (mesh-wide).

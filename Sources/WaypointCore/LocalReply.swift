@@ -23,6 +23,8 @@ public enum LocalReply: Sendable, Equatable {
     case rbacDenied
     /// PeerAuthentication STRICT covers the destination and the request came in plaintext.
     case mtlsRequired
+    /// A RequestAuthentication covers the destination and the request's JWT is not valid (Envoy's jwt_authn: 401).
+    case jwtRejected(JWTRejection)
 
     public var status: Int {
         switch self {
@@ -31,6 +33,7 @@ public enum LocalReply: Sendable, Equatable {
         case .noHealthyUpstream, .upstreamConnectError, .upstreamReset, .upstreamOverflow: return 503
         case .badUpstreamResponse: return 502
         case .rbacDenied, .mtlsRequired: return 403
+        case .jwtRejected: return 401
         case .upstreamTimeout: return 504
         case .badRequest(let error): return error.status
         }
@@ -47,7 +50,7 @@ public enum LocalReply: Sendable, Equatable {
         case .upstreamReset: return "UC"
         case .upstreamTimeout: return "UT"
         case .upstreamOverflow: return "UO"
-        case .invalidBackend, .badUpstreamResponse, .badRequest: return "-"
+        case .invalidBackend, .badUpstreamResponse, .badRequest, .jwtRejected: return "-"
         }
     }
 
@@ -63,6 +66,7 @@ public enum LocalReply: Sendable, Equatable {
         case .upstreamTimeout: return "upstream request timeout\n"
         case .upstreamOverflow: return "upstream connect error or disconnect/reset before headers. reset reason: overflow\n"
         case .mtlsRequired: return "mTLS is required: PeerAuthentication STRICT covers this destination\n"
+        case .jwtRejected(let rejection): return rejection.message
         case .badRequest(let error):
             switch error.status {
             case 405: return "method not allowed\n"
@@ -106,6 +110,27 @@ public enum LocalReply: Sendable, Equatable {
         case 504: return "Gateway Timeout"
         case 505: return "HTTP Version Not Supported"
         default: return "Unknown"
+        }
+    }
+}
+
+/// Why a request's JWT was refused, with Envoy's jwt_authn wording.
+public enum JWTRejection: Error, Sendable, Equatable {
+    case malformed, badHeader, badPayload, unknownIssuer, unsupportedAlgorithm, noMatchingKey, badSignature, expired, notYetValid
+    case audienceNotAllowed
+
+    public var message: StaticString {
+        switch self {
+        case .malformed: return "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections"
+        case .badHeader: return "Jwt header is an invalid JSON"
+        case .badPayload: return "Jwt payload is an invalid JSON"
+        case .unknownIssuer: return "Jwt issuer is not configured"
+        case .unsupportedAlgorithm: return "Jwt header [alg] is not supported"
+        case .noMatchingKey: return "Jwks doesn't have key to match kid or alg from Jwt"
+        case .badSignature: return "Jwt verification fails"
+        case .expired: return "Jwt is expired"
+        case .notYetValid: return "Jwt not yet valid"
+        case .audienceNotAllowed: return "Audiences in Jwt are not allowed"
         }
     }
 }

@@ -80,6 +80,8 @@ public final class WorkerCounters: Sendable {
     public let authorizationDenied = Atomic<Int>(0)
     /// Denials because ALLOW policies applied and none matched.
     public let authorizationNoAllowMatched = Atomic<Int>(0)
+    /// Requests refused because their JWT was not valid (RequestAuthentication).
+    public let jwtRejected = Atomic<Int>(0)
     /// Decisions by policy: the worker counts into the current `CounterArray` (no lock); a config swap folds
     /// its counts into `retired` under the lock, which the scrape also takes.
     private let policyCounts = Mutex<(current: CounterArray?, retired: [String: Int])>((nil, [:]))
