@@ -106,6 +106,7 @@ let package = Package(
             name: "WaypointFuzz",
             dependencies: [
                 "WaypointCore", "HTTPRouter", "WaypointConfig", "Filters", "Regex", "HTTP2", "JSON", "Kubernetes", "MeshIdentity",
+                "JWT",
             ],
             path: "fuzz/Sources"),
 
@@ -121,9 +122,10 @@ let package = Package(
 
         .testTarget(name: "WaypointCoreTests", dependencies: ["WaypointCore"]),
         .testTarget(name: "HTTPRouterTests", dependencies: ["HTTPRouter", "WaypointCore"]),
-        .testTarget(name: "FiltersTests", dependencies: ["Filters", "WaypointCore"]),
+        .testTarget(name: "FiltersTests", dependencies: ["Filters", "WaypointCore", "JSON"]),
+        .testTarget(name: "JWTTests", dependencies: ["JWT", "Filters", "JSON", "WaypointCore"]),
         .testTarget(
-            name: "WaypointConfigTests", dependencies: ["WaypointConfig", "HTTPRouter", "WaypointCore", "Filters", "Regex", "JSON"]),
+            name: "WaypointConfigTests", dependencies: ["WaypointConfig", "HTTPRouter", "WaypointCore", "Filters", "Regex", "JSON", "JWT"]),
         .testTarget(name: "HTTP2Tests", dependencies: ["HTTP2", "WaypointCore"]),
         .testTarget(name: "KubernetesTests", dependencies: ["Kubernetes", "JSON"]),
         .testTarget(name: "YAMLTests", dependencies: ["YAML"]),

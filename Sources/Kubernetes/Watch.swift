@@ -98,10 +98,13 @@ public struct WatchedKind: Sendable, Hashable {
             WatchedKind(
                 group: "security.istio.io", version: "v1", resource: "peerauthentications", kind: "PeerAuthentication", namespace: namespace
             ),
+            WatchedKind(
+                group: "security.istio.io", version: "v1", resource: "requestauthentications", kind: "RequestAuthentication",
+                namespace: namespace),
         ]
     }
 
-    /// The mesh-wide policies of the root namespace.
+    /// The mesh-wide policies of the root namespace (authorization, peer and request authentication).
     public static func rootPolicies(in namespace: String) -> [WatchedKind] {
         all(in: namespace).filter { $0.group == "security.istio.io" }
     }

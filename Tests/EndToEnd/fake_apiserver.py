@@ -35,6 +35,7 @@ GROUPED = {
     "ServiceEntry": ("networking.istio.io", "v1", "serviceentries"),
     "AuthorizationPolicy": ("security.istio.io", "v1", "authorizationpolicies"),
     "PeerAuthentication": ("security.istio.io", "v1", "peerauthentications"),
+    "RequestAuthentication": ("security.istio.io", "v1", "requestauthentications"),
 }
 BUILTIN = {"Service", "Endpoints", "Pod", "EndpointSlice", "Namespace"}
 
@@ -61,7 +62,8 @@ def kind_of(path):
 class FakeAPIServer:
     def __init__(self, certs, token="token-1",
                  installed=("HTTPRoute", "GRPCRoute", "TCPRoute", "ReferenceGrant", "Gateway", "VirtualService",
-                            "DestinationRule", "ServiceEntry", "AuthorizationPolicy", "PeerAuthentication")):
+                            "DestinationRule", "ServiceEntry", "AuthorizationPolicy", "PeerAuthentication",
+                            "RequestAuthentication")):
         key, cert = certs["ca_obj"].issue(dns=["kubernetes.default.svc"], ips=["127.0.0.1"])
         import pki
         import tempfile

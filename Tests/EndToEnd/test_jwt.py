@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from conftest import http_request, service_yaml, wait_until
+from test_hbone import certs  # noqa: F401 (fixture)
 
 ISSUER = "https://issuer.example.com"
 
@@ -192,3 +193,29 @@ def test_a_bad_jwks_is_a_config_error_naming_the_field(proxy_factory, origin_fac
     out = subprocess.run([BINARY, "check", "--config", str(path)], capture_output=True, text=True)
     assert out.returncode != 0
     assert "RequestAuthentication default/jwt" in out.stdout + out.stderr and "jwks" in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_a_request_authentication_applied_through_the_kubernetes_api(certs, proxy_factory, workdir, origin_factory):
+    """Watched like every policy kind: applied after start, it refuses bad tokens within a second; deleted, it
+    stops applying."""
+    from fake_apiserver import FakeAPIServer
+    from test_kubernetes import served_by, service, slice_
+    api = FakeAPIServer(certs)
+    try:
+        origin = origin_factory("a")
+        api.apply(service("web"))
+        api.apply(slice_("web-1", "web", [("127.0.0.1", origin.port)]))
+        proxy = proxy_factory("", extra=["--kubeconfig", api.kubeconfig(str(workdir)), "--workers", "1", "--ca-address", "none"])
+        bad = {"Authorization": f"Bearer {token(OTHER_KEY)}"}
+        assert served_by(proxy) == "a"
+        assert http_request(proxy.port, "GET", "/", host="web", headers=bad)[0] == 200   # no RequestAuthentication yet
+        api.apply({"apiVersion": "security.istio.io/v1", "kind": "RequestAuthentication",
+                   "metadata": {"name": "jwt", "namespace": "default"},
+                   "spec": {"targetRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                            "jwtRules": [{"issuer": ISSUER, "jwks": JWKS}]}})
+        assert wait_until(lambda: http_request(proxy.port, "GET", "/", host="web", headers=bad)[0] == 401, timeout=3)
+        assert get(proxy, token())[0] == 200
+        api.delete("RequestAuthentication", "jwt")
+        assert wait_until(lambda: http_request(proxy.port, "GET", "/", host="web", headers=bad)[0] == 200, timeout=3)
+    finally:
+        api.close()

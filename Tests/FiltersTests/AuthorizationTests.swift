@@ -1,3 +1,4 @@
+import JSON
 import Filters
 import Testing
 import WaypointCore
@@ -114,9 +115,10 @@ import WaypointCore
     static func evaluate(
         _ policies: [Policy], principal: String? = "cluster.local/ns/default/sa/frontend", ip: String = "10.1.2.3",
         method: String = "GET", path: String = "/", host: String = "web", port: UInt16 = 80,
-        headers: [String: String] = [:], http: Bool = true, hardened: Bool = true
+        headers: [String: String] = [:], http: Bool = true, hardened: Bool = true, jwt: JWTIdentity? = nil
     ) -> AuthorizationDecision {
         var (r, storage) = request(principal: principal, ip: ip, method: method, path: path, host: host, port: port)
+        r.jwt = jwt
         return storage[0].withUnsafeBytes { h in
             storage[1].withUnsafeBytes { m in
                 storage[2].withUnsafeBytes { p in
@@ -282,5 +284,47 @@ import WaypointCore
     func ports(port: UInt16, allowed: Bool) {
         let policy = Policy(name: "p", action: .allow, rules: [Self.rule(to: [Self.operation { $0.ports = [80] }])])
         #expect(Self.evaluate([policy], port: port, http: false).isAllowed == allowed)
+    }
+
+    static func jwt(_ claims: String) -> JWTIdentity {
+        JWTIdentity(
+            principal: "https://issuer/alice", audiences: ["shop", "web"], presenter: "app", claims: try! JSON.parse(claims), expiry: nil,
+            requestHeaders: nil)
+    }
+
+    @Test func requestPrincipalsNeedAVerifiedToken() {
+        var source = Policy.Source()
+        source.requestPrincipals = [StringMatch("https://issuer/*")]
+        let allow = Policy(name: "a", action: .allow, rules: [Self.rule(from: [source])])
+        #expect(Self.evaluate([allow], jwt: Self.jwt("{}")) == .allow(policy: "a"))
+        #expect(Self.evaluate([allow]) == .deny(policy: nil))  // no token: no request principal
+        // Istio's "require a JWT": DENY what has no request principal
+        var anonymous = Policy.Source()
+        anonymous.notRequestPrincipals = [StringMatch("*")]
+        let requireJWT = Policy(name: "d", action: .deny, rules: [Self.rule(from: [anonymous])])
+        #expect(Self.evaluate([requireJWT]) == .deny(policy: "d"))
+        #expect(Self.evaluate([requireJWT], jwt: Self.jwt("{}")) == .allow(policy: nil))
+    }
+
+    @Test func requestAuthConditionsReadClaimsAudiencesAndPresenter() {
+        func allowed(
+            _ key: Policy.Condition.Key, _ values: [String]?, not notValues: [String]? = nil, claims: String = "{}", http: Bool = true
+        )
+            -> Bool
+        {
+            let condition = Policy.Condition(
+                key: key, values: values.map { $0.map { StringMatch($0) } }, notValues: notValues.map { $0.map { StringMatch($0) } })
+            return Self.evaluate(
+                [Policy(name: "a", action: .allow, rules: [Self.rule(when: [condition])])], http: http, jwt: Self.jwt(claims)
+            ).isAllowed
+        }
+        #expect(allowed(.requestClaim(["groups"]), ["admins"], claims: #"{"groups":["users","admins"]}"#))
+        #expect(!allowed(.requestClaim(["groups"]), ["admins"], claims: #"{"groups":["users"]}"#))
+        #expect(!allowed(.requestClaim(["groups"]), nil, not: ["banned"], claims: #"{"groups":["users","banned"]}"#))
+        #expect(allowed(.requestClaim(["org", "team"]), ["co*"], claims: #"{"org":{"team":"core"}}"#))
+        #expect(!allowed(.requestClaim(["missing"]), ["x"]))
+        #expect(allowed(.requestAudiences, ["web"]) && !allowed(.requestAudiences, ["other"]))
+        #expect(allowed(.requestPresenter, ["app"]) && allowed(.requestPrincipal, ["https://issuer/alice"]))
+        #expect(!allowed(.requestPrincipal, ["https://issuer/alice"], http: false))  // TCP has no JWT: ALLOW does not match
     }
 }

@@ -113,7 +113,10 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
         #expect(kind.path == "/api/v1/namespaces/default/services")
         let routes = WatchedKind.all(in: "shop").first { $0.kind == "HTTPRoute" }
         #expect(routes?.path == "/apis/gateway.networking.k8s.io/v1/namespaces/shop/httproutes")
-        #expect(WatchedKind.rootPolicies(in: "istio-system").map(\.kind) == ["AuthorizationPolicy", "PeerAuthentication"])
+        #expect(
+            WatchedKind.rootPolicies(in: "istio-system").map(\.kind) == [
+                "AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication",
+            ])
         #expect(KindWatcher.escape("a+b/c=") == "a%2Bb%2Fc%3D")
     }
 }

@@ -1,4 +1,5 @@
 import Filters
+import JWT
 import Testing
 import WaypointConfig
 import WaypointCore
@@ -130,5 +131,63 @@ private func applying(_ yaml: String, layered: Bool = true, gatewayRead: Bool = 
         default: expected = .deny(policy: nil)
         }
         #expect(PolicySet(policies: policies).evaluate(request) == expected)
+    }
+}
+
+@Suite struct RequestAuthenticationCompileTests {
+    private static func compile(_ yaml: String, jwks: [String: JSONWebKeySet] = [:]) throws -> (
+        issuers: [String: [String]], warnings: [String]
+    ) {
+        let spec = try ManifestLoader.load(text: services + gatewayObject + yaml, file: "r.yaml", defaultNamespace: "shop")
+        var compiler = SnapshotCompiler(namespace: "shop")
+        compiler.jwks = jwks
+        let snapshot = compiler.compile(spec, generation: 1)
+        var issuers: [String: [String]] = [:]
+        for (host, name) in [("web.shop", "web"), ("api.shop", "api"), ("other.blog", "other")] {
+            let index = Array(host.utf8).withUnsafeBytes { snapshot.routes.virtualHost(forHost: $0)!.index }
+            issuers[name] = snapshot.authentication[Int(index)]?.rules.map(\.issuer) ?? []
+        }
+        return (issuers, snapshot.warnings)
+    }
+
+    private static func rule(_ name: String, target: String, issuer: String) -> String {
+        """
+
+        ---
+        apiVersion: security.istio.io/v1
+        kind: RequestAuthentication
+        metadata: {name: \(name), namespace: shop}
+        spec:
+          \(target)
+          jwtRules: [{issuer: \(issuer), jwksUri: "https://\(issuer)/keys", fromHeaders: [{name: X-Token}]}]
+        """
+    }
+
+    @Test func rulesApplyWhereTheirTargetRefsPointAndUnfetchedKeysRefuseTokens() throws {
+        let yaml =
+            Self.rule("web-only", target: "targetRefs: [{kind: Service, group: \"\", name: web}]", issuer: "a.example")
+            + Self.rule(
+                "everything", target: "targetRef: {kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}", issuer: "b.example")
+            + Self.rule("pods", target: "selector: {matchLabels: {app: web}}", issuer: "c.example")
+        let (issuers, warnings) = try Self.compile(yaml)
+        #expect(issuers == ["web": ["a.example", "b.example"], "api": ["b.example"], "other": ["b.example"]])
+        #expect(warnings.contains("RequestAuthentication shop/pods: a workload selector selects pods, not a waypoint: ignored here"))
+        #expect(warnings.contains { $0.contains("the keys of issuer a.example are not fetched yet from https://a.example/keys") })
+    }
+
+    @Test func jwtRuleFieldsAreCheckedWithTheirNames() {
+        for (field, message) in [
+            ("{issuer: x}", "needs jwks or jwksUri"), ("{issuer: x, jwksUri: ftp://x/keys}", "must be an http:// or https:// URL"),
+            ("{jwksUri: https://x/keys}", "issuer"), (#"{issuer: x, jwks: '{"keys":[]}'}"#, "no RSA or EC"),
+        ] {
+            let yaml =
+                "\n---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: r, namespace: shop}\nspec: {jwtRules: [\(field)]}\n"
+            do {
+                _ = try ManifestLoader.load(text: yaml, file: "r.yaml", defaultNamespace: "shop")
+                Issue.record("\(field) was accepted")
+            } catch {
+                #expect("\(error)".contains(message) && "\(error)".contains("RequestAuthentication shop/r"), "\(error)")
+            }
+        }
     }
 }

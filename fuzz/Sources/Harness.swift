@@ -1,6 +1,7 @@
 import Filters
 import HTTPRouter
 import JSON
+import JWT
 import Kubernetes
 import MeshIdentity
 import Regex
@@ -93,6 +94,22 @@ enum Harness {
         if parsed.errors.isEmpty {
             _ = SnapshotCompiler(namespace: "default").compile(parsed.spec, generation: 1)
             _ = parsed.spec.foreignReferences(clusterDomain: "cluster.local")  // what the source then watches by name
+        }
+    }
+
+    /// What a client and a key server send: the first line a JWKS (a `jwksUri` answer), the rest a request's
+    /// `Authorization` header; the token is found, parsed and verified against those keys (what a hostile client
+    /// or key server could feed the waypoint).
+    static func jwt(_ data: UnsafeRawBufferPointer) {
+        let lines = data.split(separator: 0x0A, maxSplits: 1, omittingEmptySubsequences: false)
+        let keys = (try? JSONWebKeySet(json: String(decoding: lines[0], as: UTF8.self))) ?? .none
+        let header = lines.count > 1 ? Array(lines[1]) : []
+        let rules = RequestAuthenticator(rules: [
+            JWTRule(issuer: "https://issuer.example.com", audiences: ["shop"], keys: keys, locations: [])
+        ])
+        let request = RequestAuthenticator.Request(header: { $0 == Array("authorization".utf8) ? header : nil }, query: header)
+        for presented in rules.tokens(in: request) {
+            if case .success(let identity) = rules.verify(presented, now: 1_800_000_000) { _ = identity.claim(["groups"]) }
         }
     }
 
