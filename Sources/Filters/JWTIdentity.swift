@@ -16,7 +16,8 @@ public struct JWTIdentity: Sendable {
     /// The token's header removed (unless `forwardOriginalToken`) and the rule's output headers set.
     public var requestHeaders: HeaderModifier?
 
-    public init(principal: String?, audiences: [String], presenter: String?, claims: JSON, expiry: Double?, requestHeaders: HeaderModifier?) {
+    public init(principal: String?, audiences: [String], presenter: String?, claims: JSON, expiry: Double?, requestHeaders: HeaderModifier?)
+    {
         self.principal = principal
         self.audiences = audiences
         self.presenter = presenter

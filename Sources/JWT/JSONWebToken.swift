@@ -37,7 +37,9 @@ struct JSONWebToken {
     /// base64url without padding, as JWS writes segments; nil for anything else.
     private static func decode(_ segment: ArraySlice<UInt8>) -> [UInt8]? {
         guard
-            segment.allSatisfy({ ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D || $0 == 0x5F })
+            segment.allSatisfy({
+                ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D || $0 == 0x5F
+            })
         else { return nil }
         return base64Decoded(String(decoding: segment, as: UTF8.self))
     }

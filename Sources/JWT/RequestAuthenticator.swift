@@ -27,7 +27,9 @@ public struct JWTRule: Sendable {
     /// Headers set to a claim's value (a string, number or boolean claim).
     public var outputClaimToHeaders: [(header: String, claim: String)] = []
 
-    public static let defaultLocations: [Location] = [.header(name: Array("authorization".utf8), prefix: Array("Bearer ".utf8)), .parameter("access_token")]
+    public static let defaultLocations: [Location] = [
+        .header(name: Array("authorization".utf8), prefix: Array("Bearer ".utf8)), .parameter("access_token"),
+    ]
 
     public init(issuer: String, audiences: [String], keys: JSONWebKeySet, locations: [Location]) {
         self.issuer = issuer
@@ -79,7 +81,8 @@ public struct RequestAuthenticator: Sendable {
                 if let at = found.firstIndex(where: { $0.location == location }) {
                     let seen = found[at]
                     if !seen.rules.contains(i) {
-                        found[at] = Presented(token: seen.token, rules: seen.rules + [i], location: location, locationIndex: seen.locationIndex)
+                        found[at] = Presented(
+                            token: seen.token, rules: seen.rules + [i], location: location, locationIndex: seen.locationIndex)
                     }
                     continue
                 }
@@ -100,7 +103,8 @@ public struct RequestAuthenticator: Sendable {
         let candidates = rule.keys.candidates(id: token.keyID, algorithm: token.algorithm)
         guard !candidates.isEmpty else { return .failure(.noMatchingKey) }
         let signed = token.signingInput.withUnsafeBytes { input in
-            token.signature.withUnsafeBytes { signature in candidates.contains { $0.verifies(signature, of: input, with: token.algorithm) } }
+            token.signature.withUnsafeBytes { signature in candidates.contains { $0.verifies(signature, of: input, with: token.algorithm) }
+            }
         }
         guard signed else { return .failure(.badSignature) }
         if let expiry = token.time("exp") {

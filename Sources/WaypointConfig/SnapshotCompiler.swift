@@ -299,7 +299,8 @@ struct CompileState {
             case ("networking.istio.io", "ServiceEntry"):
                 objects.insert("ServiceEntry/\(namespace)/\(ref.name)")
             default:
-                warnings.append("\(label): targetRef \(ref.group)/\(ref.kind) \(ref.name) is not a Gateway, Service or ServiceEntry: ignored")
+                warnings.append(
+                    "\(label): targetRef \(ref.group)/\(ref.kind) \(ref.name) is not a Gateway, Service or ServiceEntry: ignored")
             }
         }
         return all ? .all : .objects(objects)
@@ -348,7 +349,8 @@ struct CompileState {
                         keys = fetched
                     } else {
                         keys = .none
-                        warnings.append("\(label): the keys of issuer \(rule.issuer) are not fetched yet from \(uri): its tokens are refused")
+                        warnings.append(
+                            "\(label): the keys of issuer \(rule.issuer) are not fetched yet from \(uri): its tokens are refused")
                     }
                 }
                 var compiled = JWTRule(issuer: rule.issuer, audiences: rule.audiences, keys: keys, locations: rule.locations)
