@@ -95,8 +95,7 @@ public final class SnapshotRouter: RequestRouter {
         // RequestAuthentication before authorization, as Envoy's jwt_authn runs before RBAC: a token that is not
         // valid is refused (401); a valid one names the request's principal and claims.
         var jwt: JWTIdentity? = nil
-        let hasRules = host >= 0 ? snapshot.authentication[Int(host)] != nil : snapshot.unmatchedHostAuthentication != nil
-        if hasRules, let rules = host >= 0 ? snapshot.authentication[Int(host)] : snapshot.unmatchedHostAuthentication {
+        if snapshot.hasAuthentication, let rules = host >= 0 ? snapshot.authentication[Int(host)] : snapshot.unmatchedHostAuthentication {
             switch authenticate(rules, head, bytes, host: host) {
             case .failure(let rejection):
                 counters.jwtRejected.increment()

@@ -116,6 +116,8 @@ public final class Snapshot: Sendable {
     public let authentication: [RequestAuthenticator?]
     /// For requests whose host matches no virtual host: the waypoint-wide JWT rules.
     public let unmatchedHostAuthentication: RequestAuthenticator?
+    /// Whether any JWT rules apply anywhere (else requests skip looking).
+    public let hasAuthentication: Bool
     /// Per virtual host: PeerAuthentication STRICT, so plaintext requests are refused.
     public let strictMTLS: [Bool]
     /// Per virtual host: the destination service as Istio's metrics name it (fqdn, name, namespace).
@@ -161,6 +163,7 @@ public final class Snapshot: Sendable {
         self.unmatchedHostPolicies = unmatchedHostPolicies
         self.authentication = authentication
         self.unmatchedHostAuthentication = unmatchedHostAuthentication
+        hasAuthentication = unmatchedHostAuthentication != nil || authentication.contains { $0 != nil }
         self.strictMTLS = strictMTLS
         self.dumpSource = dump
         self.warnings = warnings
