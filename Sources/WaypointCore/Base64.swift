@@ -24,3 +24,19 @@ public func base64Decoded(_ text: some StringProtocol) -> [UInt8]? {
     }
     return bytes
 }
+
+/// Base64 (RFC 4648, standard alphabet, padded): a WebSocket handshake's key.
+public func base64Encoded(_ bytes: [UInt8]) -> String {
+    let table = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+    var out: [UInt8] = []
+    out.reserveCapacity((bytes.count + 2) / 3 * 4)
+    var i = 0
+    while i < bytes.count {
+        let chunk = bytes[i..<min(i + 3, bytes.count)]
+        var value = 0
+        for (j, byte) in chunk.enumerated() { value |= Int(byte) << (16 - 8 * j) }
+        for j in 0..<4 { out.append(j <= chunk.count ? table[(value >> (18 - 6 * j)) & 63] : 0x3D) }
+        i += 3
+    }
+    return String(decoding: out, as: UTF8.self)
+}

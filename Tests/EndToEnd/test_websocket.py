@@ -203,3 +203,131 @@ def test_an_idle_relay_is_closed_and_a_busy_one_is_not(proxy_factory, hbone_prox
     assert 0.3 < time.time() - started < 3
     assert tunnels.metrics()["waypoint_relay_idle_timeouts_total"] == 1
     c.close()
+
+
+class H2WebSocket:
+    """WebSocket over HTTP/2 (RFC 8441) from Python's `h2`: an extended CONNECT on an h2c connection, then
+    WebSocket frames (RFC 6455, masked from the client) as the stream's DATA, with flow control both ways."""
+
+    def __init__(self, port, path, authority="web"):
+        import h2.config
+        import h2.connection
+        import h2.events
+        import h2.settings
+        self.events = h2.events
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.conn.initiate_connection()
+        self.flush()
+        while self.conn.remote_settings.get(h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL) != 1:
+            self.pump()
+        self.stream = self.conn.get_next_available_stream_id()
+        self.conn.send_headers(self.stream, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+                                             (":path", path), (":authority", authority), ("sec-websocket-version", "13")])
+        self.flush()
+        self.status, self.headers, self.data, self.ended = None, {}, b"", False
+        while self.status is None:
+            self.pump()
+
+    def flush(self):
+        self.sock.sendall(self.conn.data_to_send())
+
+    def pump(self):
+        chunk = self.sock.recv(65536)
+        assert chunk, "the proxy closed the connection"
+        for event in self.conn.receive_data(chunk):
+            if isinstance(event, self.events.ResponseReceived):
+                headers = dict(event.headers)
+                self.status, self.headers = int(headers[":status"]), headers
+            elif isinstance(event, self.events.DataReceived):
+                self.data += event.data
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, (self.events.StreamEnded, self.events.StreamReset)):
+                self.ended = True
+        self.flush()
+
+    def send(self, payload, opcode=None):
+        opcode = opcode or (0x1 if isinstance(payload, str) else 0x2)
+        payload = payload.encode() if isinstance(payload, str) else payload
+        mask = os.urandom(4)
+        length = len(payload)
+        head = bytes([0x80 | opcode]) + (bytes([0x80 | length]) if length < 126 else
+                                         bytes([0xFE]) + length.to_bytes(2, "big") if length < 65536 else
+                                         bytes([0xFF]) + length.to_bytes(8, "big"))
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        pending = head + mask + masked
+        while pending:
+            window = min(self.conn.local_flow_control_window(self.stream), self.conn.max_outbound_frame_size)
+            if window <= 0:
+                self.pump()
+                continue
+            self.conn.send_data(self.stream, pending[:window])
+            pending = pending[window:]
+            self.flush()
+
+    def recv(self):
+        """The next whole message from the server (unmasked frames; continuation frames joined)."""
+        message = b""
+        while True:
+            while True:
+                frame = self.parse()
+                if frame:
+                    break
+                self.pump()
+            fin, opcode, payload = frame
+            message += payload
+            if fin:
+                return message.decode() if opcode == 0x1 else message
+
+    def parse(self):
+        data = self.data
+        if len(data) < 2:
+            return None
+        length, offset = data[1] & 0x7F, 2
+        if length == 126:
+            if len(data) < 4:
+                return None
+            length, offset = int.from_bytes(data[2:4], "big"), 4
+        elif length == 127:
+            if len(data) < 10:
+                return None
+            length, offset = int.from_bytes(data[2:10], "big"), 10
+        if len(data) < offset + length:
+            return None
+        self.data = data[offset + length:]
+        return bool(data[0] & 0x80), data[0] & 0x0F, data[offset:offset + length]
+
+    def close(self):
+        self.sock.close()
+
+
+def test_websocket_over_http2_extended_connect(hbone_proxy, certs, echo):
+    """RFC 8441 from an h2c client (inside an HBONE tunnel, where h2c reaches a waypoint), translated to an
+    HTTP/1.1 upgrade to the origin (the `websockets` server): 200 on the stream, then frames both ways; a refusal
+    keeps its status and body."""
+    # a port without a protocol hint: the waypoint detects h2c from the preface; the origin speaks HTTP/1.1
+    proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", echo.port)], cluster_ip=VIP, port_name="ws"))
+    forwarder = HBONEForwarder(lambda: client(proxy, certs), f"{VIP}:80")
+    socket_ = H2WebSocket(forwarder.port, "/headers")
+    assert socket_.status == 200
+    headers = json.loads(socket_.recv())
+    assert headers["upgrade"] == "websocket" and headers["sec-websocket-version"] == "13"
+    assert len(base64_decoded(headers["sec-websocket-key"])) == 16        # a key of the proxy's own
+    socket_.send("hello")
+    assert socket_.recv() == "hello"
+    big = os.urandom(MIB)
+    socket_.send(big)
+    assert socket_.recv() == big
+    socket_.close()
+    refused = H2WebSocket(forwarder.port, "/refuse")
+    while not refused.ended:
+        refused.pump()
+    assert refused.status == 403 and refused.data == b"not here\n"
+    refused.close()
+    entry = json.loads(wait_for(r'\{[^\n]*"path":"/headers"[^\n]*\n', proxy.stdout_path).group(0))
+    assert entry["response_code"] == 101 and entry["bytes_received"] > MIB and entry["bytes_sent"] > MIB
+
+
+def base64_decoded(text):
+    import base64
+    return base64.b64decode(text)

@@ -20,6 +20,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     private let destination: Destination?
     private let traceparent: [UInt8]
     private var exchanges: [Int32: H2CExchange] = [:]
+    /// WebSocket streams (RFC 8441 extended CONNECT), each bridged to an HTTP/1.1 session.
+    private var bridges: [Int32: WebSocketBridge] = [:]
     private var closed = false
     /// The caller, interned once for Istio's metrics.
     private let principalID: Int32
@@ -34,7 +36,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         principalID = server.counters.istio.intern(source: peer)
         self.destination = destination
         self.traceparent = traceparent
-        channel = HTTP2Channel(stream: stream, role: .server, delegate: self)
+        channel = HTTP2Channel(stream: stream, role: .server, delegate: self, extendedConnect: server.settings.upgrades)
         channel.onClosed = { [unowned(unsafe) self] in self.channelClosed() }
         if let initialInput, !initialInput.isEmpty { channel.receive(initialInput) } else { channel.flush() }
     }
@@ -42,7 +44,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     func closeWhenIdle() {
         channel.session.goAway()
         channel.flush()
-        if exchanges.isEmpty { channel.close() }
+        if exchanges.isEmpty && bridges.isEmpty { channel.close() }
     }
 
     private func channelClosed() {
@@ -55,6 +57,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             server.releaseLater(exchange)  // its exchange's call stack may be under this one
         }
         exchanges.removeAll()
+        for bridge in bridges.values { bridge.closed() }
+        bridges.removeAll()
         server.sessionClosed(id)
     }
 
@@ -81,6 +85,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     }
 
     func http2Data(stream: Int32, _ bytes: UnsafeRawBufferPointer) {
+        if let bridge = bridges[stream] { return bridge.receivedData(bytes) }
         guard let exchange = exchanges[stream] else {
             channel.session.consume(stream: stream, bytes.count)
             return
@@ -119,6 +124,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     }
 
     func http2RemoteEnded(stream: Int32) {
+        if let bridge = bridges[stream] { return bridge.receivedEnd() }
         guard let exchange = exchanges[stream] else { return }
         exchange.requestEnded = true
         exchange.upstream?.requestDataReady(exchange)
@@ -126,6 +132,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     }
 
     func http2StreamClosed(stream: Int32, errorCode: UInt32) {
+        if let bridge = bridges.removeValue(forKey: stream) { return bridge.closed() }
         guard let exchange = exchanges.removeValue(forKey: stream) else { return }
         if !exchange.responseEnded || errorCode != 0 { exchange.upstream?.cancel(exchange) }
         release(exchange)
@@ -158,6 +165,10 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     }
 
     func http2ReadData(stream: Int32, into buffer: UnsafeMutableRawBufferPointer) -> HTTP2DataChunk {
+        if let bridge = bridges[stream] {
+            guard let (count, end) = bridge.readData(into: buffer) else { return .deferred }
+            return .bytes(count, end: end)
+        }
         guard let exchange = exchanges[stream] else { return .bytes(0, end: true) }
         let n = exchange.responseBody.move(into: buffer)
         if n > 0 {
@@ -177,6 +188,9 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     /// Routes with the same router as HTTP/1.1: the request is written as an HTTP/1.1 head (the pseudo-headers
     /// become the request line and Host) so that matching has one implementation.
     private func route(_ exchange: H2CExchange) {
+        if server.settings.upgrades, exchange.requestFields.contains(where: { $0 == (":protocol", "websocket") }) {
+            return bridgeWebSocket(exchange)
+        }
         let control = exchange.control
         control.start()
         var head = "", contentType = ""
@@ -208,6 +222,57 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             return server.router.route(request, bytes, destination: destination, peer: peer)
         }
         control.decide(decision)
+        channel.flush()
+    }
+
+    // MARK: WebSocket over HTTP/2
+
+    /// Hands an extended CONNECT for a WebSocket to an HTTP/1.1 session as the handshake it stands for: `GET`
+    /// of its `:path` with `Upgrade: websocket`, a key of our own (RFC 8441 has none) and the client's other
+    /// headers; `Connection: close`, so that a refusal ends the stream.
+    private func bridgeWebSocket(_ exchange: H2CExchange) {
+        let stream = exchange.downstreamID
+        exchanges[stream] = nil
+        var path = "/", authority = "", headers = ""
+        for (name, value) in exchange.requestFields {
+            switch name {
+            case ":path": path = value
+            case ":authority": authority = value
+            case "host": if authority.isEmpty { authority = value }
+            case ":method", ":scheme", ":protocol", "connection", "upgrade", "sec-websocket-key", "content-length", "transfer-encoding":
+                continue
+            default: headers += "\(name): \(value)\r\n"
+            }
+        }
+        var key = [UInt8](repeating: 0, count: 16)
+        for i in key.indices { key[i] = UInt8.random(in: 0...255) }
+        let handshake =
+            "GET \(path) HTTP/1.1\r\nhost: \(authority)\r\nupgrade: websocket\r\nconnection: upgrade, close\r\n"
+            + "sec-websocket-key: \(base64Encoded(key))\r\n\(headers)\r\n"
+        let bridge = WebSocketBridge(streamID: stream, owner: self, loop: server.loop, handshake: Array(handshake.utf8))
+        bridges[stream] = bridge
+        server.startHTTP(on: bridge, peer: peer, destination: destination, traceparent: traceparent, initialInput: nil)
+    }
+
+    func respond(_ bridge: WebSocketBridge, status: Int, fields: [(String, String)], body: Bool) {
+        channel.session.respond(stream: bridge.streamID, status: status, headers: fields, body: body)
+        channel.flush()
+    }
+
+    func dataReady(_ bridge: WebSocketBridge) {
+        channel.session.resume(stream: bridge.streamID)
+        channel.flush()
+    }
+
+    func consumed(_ bridge: WebSocketBridge, _ count: Int) {
+        channel.session.consume(stream: bridge.streamID, count)
+        channel.flush()
+    }
+
+    func reset(_ bridge: WebSocketBridge) {
+        bridges[bridge.streamID] = nil
+        bridge.closed()
+        channel.session.reset(stream: bridge.streamID, code: .cancel)
         channel.flush()
     }
 

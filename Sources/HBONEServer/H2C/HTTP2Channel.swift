@@ -21,10 +21,11 @@ final class HTTP2Channel: ByteStreamHandler {
     /// Called once when the channel closes (stream ended, protocol error, or `close`).
     var onClosed: (() -> Void)?
 
-    init(stream: any ByteStream, role: HTTP2Session.Role, delegate: any HTTP2SessionDelegate) {
+    /// `extendedConnect`: a server that takes RFC 8441 extended CONNECT (WebSocket over HTTP/2).
+    init(stream: any ByteStream, role: HTTP2Session.Role, delegate: any HTTP2SessionDelegate, extendedConnect: Bool = false) {
         self.stream = stream
         var settings = HTTP2Settings()
-        settings.enableConnectProtocol = false
+        settings.enableConnectProtocol = extendedConnect
         session = HTTP2Session(role: role, settings: settings, delegate: delegate)
         stream.handler = self
         stream.setReading(true)
