@@ -12,7 +12,8 @@ import WaypointCore
 ///
 /// Thread: `want` and `keys` on the main thread; fetches on its own. Ownership: the `Runtime`.
 final class JWKSFetcher: @unchecked Sendable {
-    // SAFETY: the mutable state is behind `state`'s mutex; `doorbell.send` is thread-safe; the rest is immutable.
+    // SAFETY: the mutable state is behind `state`'s mutex; `doorbell` is set on the main thread before the fetching
+    // thread starts and never changed after (that thread only calls its thread-safe `send`).
     private struct State {
         /// The URIs the config names, and when each is due.
         var due: [String: ContinuousClock.Instant] = [:]
@@ -22,7 +23,10 @@ final class JWKSFetcher: @unchecked Sendable {
         var running = false
     }
     private let state = Mutex(State())
-    private let doorbell: AsyncWatcher
+    /// Made by the first `want` that names a URI (before the thread that rings it starts), so that a runtime
+    /// whose start-up fails holds no watcher on its loop.
+    private var doorbell: AsyncWatcher?
+    private unowned(unsafe) let loop: EventLoop
     private let logger: Logger
     private let refresh: Duration
     /// PEM roots for `https://` URIs.
@@ -40,8 +44,7 @@ final class JWKSFetcher: @unchecked Sendable {
     }
 
     init(loop: EventLoop, logger: Logger, refresh: Duration = .seconds(20 * 60), trustBundle: String) {
-        let callback = callback
-        doorbell = AsyncWatcher(loop: loop) { callback.body?() }
+        self.loop = loop
         self.logger = logger
         self.refresh = refresh
         self.trustBundle = trustBundle
@@ -50,8 +53,12 @@ final class JWKSFetcher: @unchecked Sendable {
     /// The key sets fetched so far, by URI.
     var keys: [String: JSONWebKeySet] { state.withLock { $0.fetched.mapValues(\.keys) } }
 
-    /// Fetches `uris` from now on (new ones at once) and forgets the others.
+    /// Fetches `uris` from now on (new ones at once) and forgets the others. Main thread, after start-up.
     func want(_ uris: Set<String>) {
+        if doorbell == nil && !uris.isEmpty {
+            let callback = callback
+            doorbell = AsyncWatcher(loop: loop) { callback.body?() }
+        }
         let start = state.withLock { state in
             for uri in state.due.keys where !uris.contains(uri) {
                 state.due[uri] = nil
@@ -104,7 +111,7 @@ final class JWKSFetcher: @unchecked Sendable {
         }
         if changed {
             logger.info("jwks: new keys from \(uri)")
-            doorbell.send()
+            doorbell?.send()
         }
     }
 }

@@ -124,7 +124,6 @@ final class Runtime {
         } catch {
             throw StartupError("invalid config:\n\(error)")
         }
-        jwks.want(config.jwksURIs)
         for warning in snapshot.warnings { logger.warning("\(warning)") }
 
         // Every worker binds its own socket (SO_REUSEPORT) to the same address; port 0 is resolved by the first.
@@ -213,6 +212,7 @@ final class Runtime {
         ]
         kubernetes?.onChange = { [unowned(unsafe) self] in self.reload(reason: "kubernetes") }
         jwks.onChange = { [unowned(unsafe) self] in self.reload(reason: "jwks") }
+        jwks.want(config.jwksURIs)
         if let kubernetes, let timeout = options.kubernetes?.syncTimeout {
             // Nothing is served before the first lists are in (or the timeout passed): the workers start then,
             // with the snapshot compiled from them; until then connections wait in the listen queues.
