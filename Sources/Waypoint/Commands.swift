@@ -344,7 +344,10 @@ extension WaypointCommand {
                 runtime = try Runtime(options: options, logger: logger)
             } catch {
                 logger.critical("\(error)")
-                throw ExitCode(1)
+                // At once: background threads (Kubernetes watchers mid-handshake) may still be running, and the
+                // exit handlers would tear OpenSSL down under them.
+                fflush(nil)  // every output stream
+                _exit(1)
             }
             runtime.run()
         }

@@ -50,7 +50,6 @@ final class Runtime {
 
     let options: Options
     private let logger: Logger
-    private let loop = EventLoop.makeDefault()
     private(set) var config: ConfigSource
     private(set) var kubernetes: KubernetesSource?
     /// The RequestAuthentication key sets named by URI.
@@ -88,6 +87,10 @@ final class Runtime {
     private(set) var adminAddress: SocketAddress
     private(set) var hboneAddress: SocketAddress?
     private(set) var proxyProtocolAddress: SocketAddress?
+
+    /// Declared last: when start-up fails, the properties made so far are destroyed in declaration order, and
+    /// the watchers among them (the Kubernetes source's doorbell, say) still need the loop.
+    private let loop = EventLoop.makeDefault()
 
     /// Loads the config and binds every socket; throws a message for the user on failure.
     init(options: Options, logger: Logger) throws {

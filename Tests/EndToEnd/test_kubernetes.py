@@ -609,3 +609,18 @@ def test_a_tcp_route_from_the_api_sends_byte_streams_to_its_backend(api, waypoin
         finally:
             c.close()
     assert wait_until(lambda: through_tunnel() == "b", timeout=5)
+
+
+def test_a_bad_config_file_beside_the_api_stops_start_up_cleanly(api, workdir):
+    """Start-up fails on a broken file while the API watchers are already connecting: the message names the
+    field and the process exits 1 at once (it once crashed tearing OpenSSL down under a watcher's handshake)."""
+    import subprocess
+    from conftest import BINARY
+    bad = workdir / "bad.yaml"
+    bad.write_text("apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: x}]}\n")
+    for _ in range(3):
+        out = subprocess.run([str(BINARY), "run", "--kubeconfig", api.kubeconfig(str(workdir)), "--config", str(bad),
+                              "--http-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--ca-address", "none"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 1, out.stderr
+        assert 'spec.ports[0].port: expected an integer, got "x"' in out.stderr
