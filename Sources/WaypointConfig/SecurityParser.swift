@@ -63,15 +63,7 @@ enum SecurityParser {
 
     static func authorizationPolicy(_ doc: ManifestNode, namespace: String, name: String) throws(ConfigError) -> AuthorizationPolicySpec {
         let spec = try doc.optional("spec")
-        var refs: [AuthorizationPolicySpec.TargetRef] = []
-        var refNodes = try spec?.optionalArray("targetRefs") ?? []
-        if let single = try spec?.optional("targetRef") { refNodes.append(single) }
-        for ref in refNodes {
-            refs.append(
-                .init(
-                    group: try ref.optionalString("group") ?? "", kind: try ref.required("kind").string(),
-                    name: try ref.required("name").string()))
-        }
+        let refs = try targetRefs(spec)
         let actionText = try spec?.optionalString("action") ?? "ALLOW"
         guard let action = AuthorizationPolicy.Action(rawValue: actionText) else {
             throw (spec ?? doc).error("unknown action \"\(actionText)\" (ALLOW, DENY, AUDIT or CUSTOM)", field: "spec.action")
@@ -94,6 +86,20 @@ enum SecurityParser {
             hasSelector: try spec?.optional("selector") != nil,
             policy: AuthorizationPolicy(name: "\(namespace)/\(name)", action: action, rules: rules),
             unsupportedKeys: unsupported)
+    }
+
+    /// `targetRefs` and the older single `targetRef` of a policy's spec.
+    private static func targetRefs(_ spec: ManifestNode?) throws(ConfigError) -> [AuthorizationPolicySpec.TargetRef] {
+        var refs: [AuthorizationPolicySpec.TargetRef] = []
+        var nodes = try spec?.optionalArray("targetRefs") ?? []
+        if let single = try spec?.optional("targetRef") { nodes.append(single) }
+        for ref in nodes {
+            refs.append(
+                .init(
+                    group: try ref.optionalString("group") ?? "", kind: try ref.required("kind").string(),
+                    name: try ref.required("name").string()))
+        }
+        return refs
     }
 
     private static func strings(_ node: ManifestNode, _ key: String, caseInsensitive: Bool = false) throws(ConfigError) -> [StringMatch]? {
@@ -236,15 +242,7 @@ enum SecurityParser {
         -> RequestAuthenticationSpec
     {
         let spec = try doc.optional("spec")
-        var refs: [AuthorizationPolicySpec.TargetRef] = []
-        var refNodes = try spec?.optionalArray("targetRefs") ?? []
-        if let single = try spec?.optional("targetRef") { refNodes.append(single) }
-        for ref in refNodes {
-            refs.append(
-                .init(
-                    group: try ref.optionalString("group") ?? "", kind: try ref.required("kind").string(),
-                    name: try ref.required("name").string()))
-        }
+        let refs = try targetRefs(spec)
         var rules: [RequestAuthenticationSpec.Rule] = []
         for node in try spec?.optionalArray("jwtRules") ?? [] {
             var rule = RequestAuthenticationSpec.Rule(issuer: try node.required("issuer").string())
