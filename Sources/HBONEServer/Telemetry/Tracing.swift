@@ -92,8 +92,7 @@ public final class SpanExporter: @unchecked Sendable {
             &thread, nil,
             { context in
                 let exporter = Unmanaged<SpanExporter>.fromOpaque(context!).takeRetainedValue()
-                exporter.run()
-                return nil
+                exporter.run()  // never returns
             }, box.toOpaque())
         precondition(rc == 0, "pthread_create failed: \(rc)")
         pthread_detach(thread)
