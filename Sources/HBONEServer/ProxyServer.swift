@@ -148,12 +148,12 @@ public final class ProxyServer: TunnelAcceptor {
 
     func startHTTP(
         on stream: any ByteStream, peer: PeerFacts, destination: Destination?, traceparent: [UInt8],
-        initialInput: UnsafeRawBufferPointer?
+        initialInput: UnsafeRawBufferPointer?, protocol: StaticString = "HTTP/1.1"
     ) {
         nextConnectionID += 1
         let session = DownstreamConnection(
             id: nextConnectionID, stream: stream, peer: peer, destination: destination,
-            traceparent: traceparent, initialInput: initialInput, server: self)
+            traceparent: traceparent, initialInput: initialInput, protocol: `protocol`, server: self)
         sessions[session.id] = session
         counters.downstreamConnectionsActive.increment()
         session.start()

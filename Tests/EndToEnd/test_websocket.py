@@ -326,6 +326,7 @@ def test_websocket_over_http2_extended_connect(hbone_proxy, certs, echo):
     refused.close()
     entry = json.loads(wait_for(r'\{[^\n]*"path":"/headers"[^\n]*\n', proxy.stdout_path).group(0))
     assert entry["response_code"] == 101 and entry["bytes_received"] > MIB and entry["bytes_sent"] > MIB
+    assert entry["protocol"] == "HTTP/2"
 
 
 def base64_decoded(text):

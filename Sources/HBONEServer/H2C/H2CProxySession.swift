@@ -251,7 +251,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             + "sec-websocket-key: \(base64Encoded(key))\r\n\(headers)\r\n"
         let bridge = WebSocketBridge(streamID: stream, owner: self, loop: server.loop, handshake: Array(handshake.utf8))
         bridges[stream] = bridge
-        server.startHTTP(on: bridge, peer: peer, destination: destination, traceparent: traceparent, initialInput: nil)
+        server.startHTTP(on: bridge, peer: peer, destination: destination, traceparent: traceparent, initialInput: nil, protocol: "HTTP/2")
     }
 
     func respond(_ bridge: WebSocketBridge, status: Int, fields: [(String, String)], body: Bool) {

@@ -96,15 +96,20 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
     private var responseBody = BodyTracker(.none)
 
     /// `initialInput`: bytes already read from the stream (protocol detection looked at them).
+    /// What the access log and spans call the client's protocol: HTTP/1.1, or HTTP/2 for a WebSocket bridged
+    /// from an extended CONNECT.
+    private let protocolName: StaticString
+
     init(
         id: Int, stream: any ByteStream, peer: PeerFacts, destination: Destination? = nil, traceparent: [UInt8] = [],
-        initialInput: UnsafeRawBufferPointer? = nil, server: ProxyServer
+        initialInput: UnsafeRawBufferPointer? = nil, protocol: StaticString = "HTTP/1.1", server: ProxyServer
     ) {
         self.id = id
+        protocolName = `protocol`
         self.stream = stream
         self.server = server
         self.peer = peer
-        exchange = Exchange(server: server, peer: peer, principal: server.counters.istio.intern(source: peer), protocol: "HTTP/1.1")
+        exchange = Exchange(server: server, peer: peer, principal: server.counters.istio.intern(source: peer), protocol: `protocol`)
         self.destination = destination
         self.traceparent = traceparent
         clientIP = Array(peer.sourceIP.utf8)
@@ -348,7 +353,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
         guard let tracer = server.settings.tracer else { return }
         let headBytes = UnsafeRawBufferPointer(rebasing: input.readable[0..<headLength])
         let incoming = head.firstHeader(Self.traceparentName, in: headBytes) ?? UnsafeRawBufferPointer(start: nil, count: 0)
-        server.startSpan(&exchange.record, tracer, traceparent: incoming, protocol: "HTTP/1.1", peer: peer) {
+        server.startSpan(&exchange.record, tracer, traceparent: incoming, protocol: "\(protocolName)", peer: peer) {
             (
                 String(decoding: head.method.bytes(in: headBytes), as: UTF8.self),
                 String(decoding: head.host.bytes(in: headBytes), as: UTF8.self),
