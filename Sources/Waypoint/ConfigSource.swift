@@ -1,7 +1,6 @@
 #if canImport(Glibc)
     import Glibc
 #endif
-import JSON
 import Kubernetes
 import WaypointCore
 import WaypointConfig

@@ -2,7 +2,6 @@
     import Glibc
 #endif
 import EventLoop
-import JSON
 import Kubernetes
 import Logging
 import TLS

@@ -309,7 +309,7 @@ def test_websocket_over_http2_extended_connect(hbone_proxy, certs, echo):
     proxy = hbone_proxy(service_yaml("web", [("127.0.0.1", echo.port)], cluster_ip=VIP, port_name="ws"))
     forwarder = HBONEForwarder(lambda: client(proxy, certs), f"{VIP}:80")
     socket_ = H2WebSocket(forwarder.port, "/headers")
-    assert socket_.status == 200
+    assert socket_.status == 200 and "sec-websocket-accept" not in socket_.headers and "upgrade" not in socket_.headers
     headers = json.loads(socket_.recv())
     assert headers["upgrade"] == "websocket" and headers["sec-websocket-version"] == "13"
     assert len(base64_decoded(headers["sec-websocket-key"])) == 16        # a key of the proxy's own
@@ -323,6 +323,7 @@ def test_websocket_over_http2_extended_connect(hbone_proxy, certs, echo):
     while not refused.ended:
         refused.pump()
     assert refused.status == 403 and refused.data == b"not here\n"
+    assert refused.headers["content-type"].startswith("text/plain") and "sec-websocket-accept" not in refused.headers
     refused.close()
     entry = json.loads(wait_for(r'\{[^\n]*"path":"/headers"[^\n]*\n', proxy.stdout_path).group(0))
     assert entry["response_code"] == 101 and entry["bytes_received"] > MIB and entry["bytes_sent"] > MIB

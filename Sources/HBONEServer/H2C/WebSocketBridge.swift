@@ -106,15 +106,13 @@ final class WebSocketBridge: ByteStream {
         for field in head.headers {
             let name = String(decoding: field.name.bytes(in: headBytes), as: UTF8.self).lowercased()
             let value = String(decoding: field.value.bytes(in: headBytes), as: UTF8.self)
-            switch name {
-            case "sec-websocket-protocol",
-                "sec-websocket-extensions" where head.status == 101:
-                fields.append((name, value))
-            case "content-type",
-                "content-length" where head.status != 101:
-                fields.append((name, value))
-            default: continue  // hop-by-hop and the handshake's own (upgrade, connection, sec-websocket-accept)
-            }
+            // A 101 keeps the subprotocol and extensions agreed on; another answer its content type and length.
+            // The rest is hop-by-hop or the handshake's own (upgrade, connection, sec-websocket-accept).
+            let kept =
+                head.status == 101
+                ? name == "sec-websocket-protocol" || name == "sec-websocket-extensions"
+                : name == "content-type" || name == "content-length"
+            if kept { fields.append((name, value)) }
         }
         pending.consume(length)
         if head.status == 101 {
