@@ -9,11 +9,14 @@ public struct AuthorizationPolicy: Sendable {
     public let action: Action
     /// Istio: "a policy without rules matches nothing"; `rules: [{}]` is one rule that matches everything.
     public let rules: [Rule]
+    /// A CUSTOM policy's external authorizer: an index into the snapshot's `authorizers` (-1 otherwise).
+    public let provider: Int32
 
-    public init(name: String, action: Action, rules: [Rule]) {
+    public init(name: String, action: Action, rules: [Rule], provider: Int32 = -1) {
         self.name = name
         self.action = action
         self.rules = rules
+        self.provider = provider
     }
 
     /// A rule matches when one `from` entry, one `to` entry and every `when` condition match (an empty list
@@ -167,8 +170,7 @@ public struct AuthorizationRequest {
 public enum AuthorizationDecision: Equatable, Sendable {
     /// Allowed: by the named ALLOW policy, or with nil because no ALLOW policy applies.
     case allow(policy: String?)
-    /// Denied by the named DENY (or unsupported CUSTOM) policy, or with nil because ALLOW policies apply and
-    /// none matched.
+    /// Denied by the named DENY policy, or with nil because ALLOW policies apply and none matched.
     case deny(policy: String?)
 
     public var isAllowed: Bool { if case .allow = self { return true } else { return false } }
@@ -212,25 +214,16 @@ public struct PolicySet: Sendable {
     /// request, evaluate and deny the request if the evaluation result is deny. If there are any DENY policies
     /// that match the request, deny the request. If there are no ALLOW policies for the workload, allow the
     /// request. If any of the ALLOW policies match the request, allow the request. Deny the request."
-    /// CUSTOM (an external authorizer) is not supported, so a CUSTOM policy that applies denies: fail closed.
+    /// This is the decision after CUSTOM (`externalCheck`), which the data plane asks first and waits for.
     /// `audited` receives the AUDIT policies that match (they never change the decision).
     ///
-    /// Deliberately safer than Istio: with `hardenedDenyPaths`, a CUSTOM or DENY rule that does not match the
+    /// Deliberately safer than Istio: with `hardenedDenyPaths`, a DENY rule that does not match the
     /// path as normalized is tried once more against the hardened path (slashes merged, `;` parameters
     /// dropped, `%2F` and unreserved characters decoded), so `//admin` or `/admin;x` cannot slip past a DENY
     /// on `/admin` under Istio's default BASE normalization (the CVE-2021-31920 family). ALLOW rules see only
     /// the normalized path, as in Istio, and what is forwarded never changes.
     public func evaluate(_ request: AuthorizationRequest, audited: (String) -> Void = { _ in }) -> AuthorizationDecision {
-        if let policy = firstDenying(request) { return .deny(policy: policy.name) }
-        if hardenedDenyPaths && !(custom.isEmpty && deny.isEmpty), let http = request.http,
-            let policy = PathNormalization.withHardened(
-                http.path,
-                { hardened -> AuthorizationPolicy? in
-                    var hardenedRequest = request
-                    hardenedRequest.http!.path = hardened
-                    return firstDenying(hardenedRequest)
-                }) ?? nil
-        {
+        if !deny.isEmpty, let policy = firstMatch(request, { denyIndex.firstMatch(deny, $0, deny: true) }) {
             return .deny(policy: policy.name)
         }
         for policy in audit where Self.matches(policy, request, deny: false) { audited(policy.name) }
@@ -239,9 +232,27 @@ public struct PolicySet: Sendable {
         return .deny(policy: nil)
     }
 
-    /// The first CUSTOM (unsupported: it denies) or DENY policy that matches.
-    private func firstDenying(_ request: AuthorizationRequest) -> AuthorizationPolicy? {
-        custom.first { Self.matches($0, request, deny: true) } ?? denyIndex.firstMatch(deny, request, deny: true)
+    /// The CUSTOM policy whose external authorizer decides first (Istio allows one provider per workload: the
+    /// first that matches), nil when none matches. Matched as DENY rules are (attributes the request lacks
+    /// match; the hardened path too), so a CUSTOM check is never skipped by a path trick.
+    public func externalCheck(_ request: AuthorizationRequest) -> AuthorizationPolicy? {
+        guard !custom.isEmpty else { return nil }
+        return firstMatch(request) { request in custom.first { Self.matches($0, request, deny: true) } }
+    }
+
+    /// `find` on the request, then (with `hardenedDenyPaths`) on the request with its hardened path.
+    private func firstMatch(
+        _ request: AuthorizationRequest, _ find: (AuthorizationRequest) -> AuthorizationPolicy?
+    ) -> AuthorizationPolicy? {
+        if let policy = find(request) { return policy }
+        guard hardenedDenyPaths, let http = request.http else { return nil }
+        return PathNormalization.withHardened(
+            http.path,
+            { hardened -> AuthorizationPolicy? in
+                var hardenedRequest = request
+                hardenedRequest.http!.path = hardened
+                return find(hardenedRequest)
+            }) ?? nil
     }
 
     /// Policies filed by the exact principals they require; the others are always candidates.

@@ -175,12 +175,22 @@ public enum ForwardingHeaders {
     }
 
     /// Writes a configured answer (VirtualService `directResponse`, fault abort): status, plain-text body.
-    public static func writeResponse(status: Int, body: [UInt8], omitBody: Bool, close: Bool, into out: ByteBuffer) {
+    public static func writeResponse(
+        status: Int, headers: [ExternalAuthorizer.HeaderLine] = [], body: [UInt8], omitBody: Bool, close: Bool, into out: ByteBuffer
+    ) {
         out.append("HTTP/1.1 ")
         out.appendDecimal(status)
         out.append(0x20)
         out.append(LocalReply.reasonPhrase(status))
-        out.append("\r\ncontent-type: text/plain\r\ncontent-length: ")
+        out.append("\r\n")
+        for header in headers {
+            out.append(string: header.name)
+            out.append(": ")
+            out.append(string: header.value)
+            out.append("\r\n")
+        }
+        if !headers.contains(where: { $0.name == "content-type" }) { out.append("content-type: text/plain\r\n") }
+        out.append("content-length: ")
         out.appendDecimal(body.count)
         out.append("\r\n")
         if close { out.append("connection: close\r\n") }

@@ -35,6 +35,8 @@ public final class ProxyServer: TunnelAcceptor {
     public var clientTLSContext: TLSContext?
     /// The upstream side: endpoints' connection pools, connection limits and the requests waiting on them, mirrors.
     public let upstreams: UpstreamClusters
+    /// Calls to external authorizers (CUSTOM AuthorizationPolicies), made on the first check.
+    lazy var externalAuthorization = ExternalAuthorization(server: self)
 
     public private(set) var draining = false
     /// Retries this worker may still make, per backend.

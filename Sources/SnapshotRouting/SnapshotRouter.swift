@@ -67,18 +67,20 @@ public final class SnapshotRouter: RequestRouter {
     public func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts) -> RouteDecision {
         var labels = RouteLabels()
         var jwtHeaders: HeaderModifier? = nil
-        var action = action(head, bytes, destination: destination, peer: peer, labels: &labels, jwtHeaders: &jwtHeaders)
+        var check: ExternalCheck? = nil
+        var action = action(head, bytes, destination: destination, peer: peer, labels: &labels, jwtHeaders: &jwtHeaders, check: &check)
         if let jwtHeaders, case .forward(let endpoint, let route, let cluster, let policy) = action {
             action = .forward(endpoint: endpoint, route: route, cluster: cluster, policy: policy.applying(first: jwtHeaders))
         }
-        return RouteDecision(action, labels: labels)
+        return RouteDecision(action, labels: labels, check: check)
     }
 
-    /// The decision's action; `labels` gets the deciding policy and the destination service on the way, and
-    /// `jwtHeaders` what a verified JWT changes in the forwarded request.
+    /// The decision's action; `labels` gets the deciding policy and the destination service on the way,
+    /// `jwtHeaders` what a verified JWT changes in the forwarded request, and `check` the external check a
+    /// CUSTOM policy calls for (asked first: the action assumes it allows).
     private func action(
         _ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts,
-        labels: inout RouteLabels, jwtHeaders: inout HeaderModifier?
+        labels: inout RouteLabels, jwtHeaders: inout HeaderModifier?, check: inout ExternalCheck?
     ) -> RouteDecision.Action {
         // Which virtual host (service) this is for: the tunnel's destination, else the Host header.
         var host: Int32 = -1
@@ -109,7 +111,8 @@ public final class SnapshotRouter: RequestRouter {
         let hasPolicies = host >= 0 ? !snapshot.authorization[Int(host)].isEmpty : !snapshot.unmatchedHostPolicies.isEmpty
         if hasPolicies {
             let policies = host >= 0 ? snapshot.authorization[Int(host)] : snapshot.unmatchedHostPolicies
-            let decision = authorize(policies, head, bytes, peer: peer, port: port ?? destination?.port, jwt: jwt)
+            let (decision, custom) = authorize(policies, head, bytes, peer: peer, port: port ?? destination?.port, jwt: jwt)
+            if let custom { check = externalCheck(custom, head, bytes, peer: peer, port: port ?? destination?.port) }
             switch decision {
             case .allow(let policy), .deny(let policy): labels.policy = policy
             }
@@ -213,11 +216,12 @@ public final class SnapshotRouter: RequestRouter {
         return .success(first)
     }
 
-    /// Evaluates the policies for an HTTP request.
+    /// Evaluates the policies for an HTTP request: the decision of DENY and ALLOW, and the CUSTOM policy whose
+    /// external authorizer is asked first, if one matches.
     private func authorize(
         _ policies: PolicySet, _ head: RequestHead, _ bytes: UnsafeRawBufferPointer, peer: PeerFacts,
         port: UInt16?, jwt: JWTIdentity?
-    ) -> AuthorizationDecision {
+    ) -> (AuthorizationDecision, custom: AuthorizationPolicy?) {
         var request = Self.connectionAttributes(peer, port: port)
         request.jwt = jwt
         // Host: lower-cased, without its port (hosts compare case-insensitively: CVE-2021-39155); on the stack.
@@ -228,7 +232,30 @@ public final class SnapshotRouter: RequestRouter {
             request.http = AuthorizationRequest.HTTP(
                 host: UnsafeRawBufferPointer(UnsafeMutableBufferPointer(rebasing: lower[0..<host.count])),
                 method: head.method.bytes(in: bytes), path: head.path.bytes(in: bytes), head: head, headBytes: bytes)
-            return policies.evaluate(request, audited: audited)
+            return (policies.evaluate(request, audited: audited), policies.externalCheck(request))
+        }
+    }
+
+    /// What the CUSTOM policy's authorizer is asked about the request.
+    private func externalCheck(
+        _ policy: AuthorizationPolicy, _ head: RequestHead, _ bytes: UnsafeRawBufferPointer, peer: PeerFacts, port: UInt16?
+    ) -> ExternalCheck {
+        let authorizer = snapshot.authorizers[Int(policy.provider)]
+        switch authorizer.api {
+        case .http(let settings):
+            let out = ByteBuffer(capacity: 512)
+            ExternalAuthorizer.httpCheck(settings, head, bytes, into: out)
+            return ExternalCheck(authorizer: authorizer, policy: policy.name, request: Array(out.readable))
+        case .grpc:
+            let now = self.now()
+            let sourcePort = peer.sourceAddress.split(separator: ":").last.flatMap { UInt32($0) } ?? 0
+            let attributes = ExternalAuthorizer.Attributes(
+                sourceIP: peer.sourceIP, sourcePort: sourcePort, sourcePrincipal: peer.identity?.description,
+                destinationIP: peer.destinationIP, destinationPort: UInt32(port ?? 0),
+                protocolName: head.isHTTP2 ? "HTTP/2" : head.isHTTP10 ? "HTTP/1.0" : "HTTP/1.1",
+                time: (Int64(now), UInt32(max(0, (now - now.rounded(.down)) * 1e9))))
+            return ExternalCheck(
+                authorizer: authorizer, policy: policy.name, request: ExternalAuthorizer.grpcCheck(head, bytes, attributes))
         }
     }
 

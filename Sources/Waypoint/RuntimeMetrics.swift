@@ -122,6 +122,12 @@ extension Runtime {
         metric(
             "waypoint_jwt_rejected_total", "counter", "Requests refused with 401 because their JWT was not valid (RequestAuthentication).",
             [("", sum { $0.jwtRejected.value })])
+        metric(
+            "waypoint_ext_authz_checks_total", "counter",
+            "External authorization checks (CUSTOM AuthorizationPolicy), by result (failed: no answer in time, unreachable, 5xx).",
+            WorkerCounters.externalCheckResults.enumerated().map { index, result in
+                ("{result=\"\(result)\"}", sum { $0.externalChecks.value(index) })
+            })
         var byPolicy: [String: Int] = ["(no ALLOW policy matched)|deny": sum { $0.authorizationNoAllowMatched.value }]
         for worker in workers { byPolicy.merge(worker.counters.policyDecisionTotals(), uniquingKeysWith: +) }
         metric(

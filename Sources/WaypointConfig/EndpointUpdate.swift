@@ -38,7 +38,7 @@ extension ConfigSpec {
         services.isEmpty && serviceEntries.isEmpty && gateways.isEmpty && httpRoutes.isEmpty && virtualServices.isEmpty
             && tcpRoutes.isEmpty && authorizationPolicies.isEmpty && peerAuthentications.isEmpty && destinationRules.isEmpty
             && requestAuthentications.isEmpty
-            && nodes.isEmpty && namespaces.isEmpty && referenceGrants.isEmpty && warnings.isEmpty
+            && nodes.isEmpty && namespaces.isEmpty && referenceGrants.isEmpty && meshConfigs.isEmpty && warnings.isEmpty
     }
 }
 
@@ -148,7 +148,7 @@ extension CompileState {
             revisedEndpoints: revised,
             destinations: destinations, tcpRoutes: tcpRoutes,
             authorization: authorization, unmatchedHostPolicies: unmatchedHostPolicies, authentication: authentication,
-            unmatchedHostAuthentication: unmatchedHostAuthentication, strictMTLS: strictMTLS, services: services,
+            unmatchedHostAuthentication: unmatchedHostAuthentication, strictMTLS: strictMTLS, services: services, authorizers: authorizers,
             dump: dumpSource(generation: generation), warnings: spec.warnings + warnings, previous: previous)
     }
 }

@@ -162,6 +162,10 @@ public enum ManifestLoader {
             spec.nodes.append(try ServiceParser.node(doc, name: name))
         case ("", "Namespace"):
             spec.namespaces.append(try ServiceParser.namespace(doc, name: name))
+        case ("", "ConfigMap") where name == MeshConfigParser.configMapName:
+            let mesh = try MeshConfigParser.meshConfig(doc, namespace: namespace, name: name)
+            spec.meshConfigs.append(mesh)
+            spec.warnings += mesh.warnings
         case ("discovery.k8s.io", "EndpointSlice"):
             spec.endpointSlices.append(try ServiceParser.endpointSlice(doc, namespace: namespace, name: name))
         case ("networking.istio.io", "ServiceEntry"):

@@ -323,6 +323,8 @@ public struct ConfigSpec: Sendable {
     public var nodes: [NodeSpec] = []
     public var namespaces: [NamespaceSpec] = []
     public var referenceGrants: [ReferenceGrantSpec] = []
+    /// The `istio` ConfigMaps' mesh configs (the root namespace's applies).
+    public var meshConfigs: [MeshConfigSpec] = []
     /// Non-fatal findings (skipped kinds, ignored fields), one line each.
     public var warnings: [String] = []
 
@@ -345,6 +347,7 @@ public struct ConfigSpec: Sendable {
         nodes += other.nodes
         namespaces += other.namespaces
         referenceGrants += other.referenceGrants
+        meshConfigs += other.meshConfigs
         warnings += other.warnings
     }
 }

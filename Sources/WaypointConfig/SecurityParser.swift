@@ -16,6 +16,8 @@ public struct AuthorizationPolicySpec: Sendable {
     public var policy: AuthorizationPolicy
     /// `when` keys we do not evaluate (Istio ignores unknown ones silently; we warn, and fail closed in DENY).
     public var unsupportedKeys: [String]
+    /// A CUSTOM policy's `provider.name`: the mesh config's extension provider that decides.
+    public var provider: String?
 }
 
 /// `security.istio.io/v1 RequestAuthentication`: the JWT rules for the traffic it targets.
@@ -81,11 +83,19 @@ enum SecurityParser {
             }
             rules.append(rule)
         }
+        // Istio's validation: CUSTOM names its provider, and only CUSTOM has one.
+        let provider = try spec?.optional("provider")?.required("name").string()
+        if action == .custom && provider == nil {
+            throw (spec ?? doc).error("a CUSTOM policy names its extension provider", field: "spec.provider.name")
+        }
+        if action != .custom && provider != nil {
+            throw (spec ?? doc).error("only a CUSTOM policy has a provider", field: "spec.provider")
+        }
         return AuthorizationPolicySpec(
             namespace: namespace, name: name, targetRefs: refs,
             hasSelector: try spec?.optional("selector") != nil,
             policy: AuthorizationPolicy(name: "\(namespace)/\(name)", action: action, rules: rules),
-            unsupportedKeys: unsupported)
+            unsupportedKeys: unsupported, provider: provider)
     }
 
     /// `targetRefs` and the older single `targetRef` of a policy's spec.

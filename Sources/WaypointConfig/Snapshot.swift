@@ -122,6 +122,8 @@ public final class Snapshot: Sendable {
     public let strictMTLS: [Bool]
     /// Per virtual host: the destination service as Istio's metrics name it (fqdn, name, namespace).
     public let services: [(fqdn: String, name: String, namespace: String)]
+    /// The mesh config's external authorizers (CUSTOM policies' `provider` indexes them).
+    public let authorizers: [ExternalAuthorizer]
     /// The active config as JSON, for the admin `/config_dump`: rendered when asked (rendering it with every
     /// compile cost ~40 % of a load for 1,000 services, measured under API churn).
     public var dump: String { dumpValue.rendered() }
@@ -136,7 +138,7 @@ public final class Snapshot: Sendable {
         endpointTransports: [EndpointTransport], workloads: [WorkloadLabels], endpointWorkloads: [Int32], revisedEndpoints: [Int32],
         destinations: [SocketAddress: Destination], tcpRoutes: [UInt64: BackendSet], authorization: [PolicySet],
         unmatchedHostPolicies: PolicySet, authentication: [RequestAuthenticator?], unmatchedHostAuthentication: RequestAuthenticator?,
-        strictMTLS: [Bool], services: [(fqdn: String, name: String, namespace: String)],
+        strictMTLS: [Bool], services: [(fqdn: String, name: String, namespace: String)], authorizers: [ExternalAuthorizer],
         dump: @escaping @Sendable () -> JSONValue, warnings: [String], previous: Snapshot?
     ) {
         self.services = services
@@ -165,6 +167,7 @@ public final class Snapshot: Sendable {
         self.unmatchedHostAuthentication = unmatchedHostAuthentication
         hasAuthentication = unmatchedHostAuthentication != nil || authentication.contains { $0 != nil }
         self.strictMTLS = strictMTLS
+        self.authorizers = authorizers
         self.dumpSource = dump
         self.warnings = warnings
     }

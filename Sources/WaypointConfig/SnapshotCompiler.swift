@@ -120,6 +120,8 @@ struct CompileState {
     var services: [(fqdn: String, name: String, namespace: String)] = []
     var authorization: [PolicySet] = []
     var unmatchedHostPolicies = PolicySet.empty
+    /// The mesh config's external authorizers, their clusters resolved (CUSTOM policies index them).
+    var authorizers: [ExternalAuthorizer] = []
     var authentication: [RequestAuthenticator?] = []
     var unmatchedHostAuthentication: RequestAuthenticator?
     var strictMTLS: [Bool] = []
@@ -161,6 +163,7 @@ struct CompileState {
         buildServiceEntryHosts()
         destinations.merge(workloadDestinations ?? [:]) { service, _ in service }
         workloadDestinations = nil
+        buildExternalAuthorizers()
         buildAuthorization()
         buildRequestAuthentication()
         buildPeerAuthentication()
@@ -314,11 +317,20 @@ struct CompileState {
                 warnings.append(
                     "\(label): condition key \(key) is not supported: it never matches in ALLOW rules and always matches in DENY rules")
             }
-            if p.policy.action == .custom {
-                warnings.append("\(label): CUSTOM (external authorization) is not supported: the traffic it selects is denied")
+            var policy = p.policy
+            if policy.action == .custom {
+                if let provider = authorizers.firstIndex(where: { $0.name == p.provider }) {
+                    policy = AuthorizationPolicy(name: policy.name, action: .custom, rules: policy.rules, provider: Int32(provider))
+                } else {
+                    // Fail closed, as Istio does for a CUSTOM policy it cannot build.
+                    warnings.append(
+                        "\(label): extension provider \"\(p.provider ?? "")\" is not in the mesh config's extensionProviders (ConfigMap \(compiler.rootNamespace)/\(MeshConfigParser.configMapName)): the traffic it selects is denied"
+                    )
+                    policy = AuthorizationPolicy(name: policy.name, action: .deny, rules: policy.rules)
+                }
             }
             if let scope = scope(of: label, namespace: p.namespace, targetRefs: p.targetRefs, hasSelector: p.hasSelector) {
-                scoped.append((p.policy, scope))
+                scoped.append((policy, scope))
             }
         }
         authorization = hostOwners.map { owner in
@@ -328,6 +340,31 @@ struct CompileState {
             policies: scoped.compactMap { policy, scope in
                 if case .all = scope { return policy } else { return nil }
             }, hardenedDenyPaths: compiler.hardenedDenyPaths)
+    }
+
+    /// The root namespace's mesh config's ext_authz providers, each sent to the cluster of the Service port it
+    /// names: `name.namespace.svc.<domain>` (optionally `namespace/` first) is that Service, another host a
+    /// ServiceEntry's. An unknown one is kept with no cluster: its checks fail (`statusOnError`, or `failOpen`).
+    mutating func buildExternalAuthorizers() {
+        guard let mesh = spec.meshConfigs.last(where: { $0.namespace == compiler.rootNamespace }) else { return }
+        let suffix = ".svc.\(compiler.clusterDomain)"
+        authorizers = mesh.authorizers.map { authorizer in
+            var authorizer = authorizer
+            let host = String(authorizer.service.split(separator: "/", maxSplits: 1).last ?? "").lowercased()
+            var key = "\(host):\(authorizer.port)"
+            if host.hasSuffix(suffix) {
+                let parts = host.dropLast(suffix.count).split(separator: ".")
+                if parts.count == 2 { key = "\(parts[1])/\(parts[0]):\(authorizer.port)" }
+            }
+            if let cluster = clusterIndex[key] {
+                authorizer.cluster = cluster
+            } else {
+                warnings.append(
+                    "mesh config \(mesh.namespace)/\(mesh.name): extension provider \(authorizer.name): service \(authorizer.service) port \(authorizer.port) is not known: its checks fail (\(authorizer.failOpen ? "failOpen: allowed" : "denied \(authorizer.statusOnError)"))"
+                )
+            }
+            return authorizer
+        }
     }
 
     /// The JWT rules per virtual host (RequestAuthentication, scoped as AuthorizationPolicies are). A rule whose

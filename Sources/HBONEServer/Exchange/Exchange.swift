@@ -17,6 +17,8 @@ final class Exchange {
         case idle
         /// The head is complete and being routed.
         case routing
+        /// A CUSTOM policy's external authorizer is asked; the decision's action waits for its answer.
+        case authorizing
         /// A fault delay, after which the request is forwarded or (a fault abort) answered with `heldAnswer`.
         case delayed(then: AfterDelay)
         /// A connection of the backend under circuit breaking (`tcp.maxConnections`), up to the connect timeout.
@@ -56,6 +58,9 @@ final class Exchange {
     private(set) var retryPolicy: RetryPolicy?
     /// The fault abort a fault delay holds back.
     private var heldAnswer: LocalAnswer?
+    /// While an external authorizer is asked: the decision's action, the authorizer, and the call in flight.
+    private var checked: (action: RouteDecision.Action, authorizer: ExternalAuthorizer)?
+    private var checkCall: ExternalCheckCall?
     /// All tries together: the route's timeout, or a shorter one the transport sets (a gRPC call's deadline).
     var requestTimeout: Duration?
     /// Where the tries went (retries avoid them).
@@ -82,16 +87,16 @@ final class Exchange {
     /// gone upstream yet.
     var holdsRequest: Bool {
         switch state {
-        case .delayed, .waitingForConnection: return true
+        case .authorizing, .delayed, .waitingForConnection: return true
         default: return false
         }
     }
 
-    /// No try is out while one will be (a delay, a wait for a connection, a retry's backoff): h2c keeps the
-    /// request body meanwhile.
+    /// No try is out while one will be (a check, a delay, a wait for a connection, a retry's backoff): h2c keeps
+    /// the request body meanwhile.
     var isWaiting: Bool {
         switch state {
-        case .delayed, .waitingForConnection, .backoff: return true
+        case .authorizing, .delayed, .waitingForConnection, .backoff: return true
         default: return false
         }
     }
@@ -125,10 +130,53 @@ final class Exchange {
         record.start = server.loop.now
     }
 
-    /// Acts on the router's decision for the request.
+    /// Acts on the router's decision for the request: at once, or once its external check allows.
     func decide(_ decision: RouteDecision) {
         record.labels = decision.labels
-        decide(decision.action)
+        guard let check = decision.check else { return decide(decision.action) }
+        checked = (decision.action, check.authorizer)
+        state = .authorizing
+        guard let call = server.externalAuthorization.ask(check, for: self) else { return checkFinished(.failed) }
+        checkCall = call
+        waitTimer.schedule(after: check.authorizer.timeout, creating: timer { $0.waitEnded() })
+    }
+
+    /// The external authorizer answered (called by its call, never from inside `decide`).
+    func checkAnswered(_ outcome: ExternalAuthorizer.Outcome) {
+        guard case .authorizing = state else { return }
+        checkCall = nil
+        waitTimer?.cancel()
+        checkFinished(outcome)
+        transport?.exchangeProgressed()
+    }
+
+    /// Acts on a check's outcome as Envoy's ext_authz does: allowed, the action goes on with the authorizer's
+    /// header changes; denied, the client gets the authorizer's answer (`UAEX`); failed, `failOpen` goes on and
+    /// otherwise `statusOnError` answers.
+    private func checkFinished(_ outcome: ExternalAuthorizer.Outcome) {
+        guard let (action, authorizer) = checked else { return }
+        checked = nil
+        let counters = server.counters.externalChecks
+        switch outcome {
+        case .allowed(let upstream, let downstream):
+            counters.increment(0)
+            guard upstream != nil || downstream != nil, case .forward(let endpoint, let route, let cluster, let policy) = action else {
+                return decide(action)
+            }
+            let changed = (upstream.map { policy.applying(first: $0) } ?? policy).addingHeaders(request: nil, response: downstream)
+            decide(.forward(endpoint: endpoint, route: route, cluster: cluster, policy: changed))
+        case .denied(let status, let headers, let body):
+            counters.increment(1)
+            record.flags = "UAEX"
+            answer(.denied(status: status, headers: headers, body: body))
+        case .failed where authorizer.failOpen:
+            counters.increment(3)
+            decide(action)
+        case .failed:
+            counters.increment(2)
+            record.flags = "UAEX"
+            answer(.respond(status: authorizer.statusOnError, body: []))
+        }
     }
 
     private func decide(_ action: RouteDecision.Action) {
@@ -228,6 +276,11 @@ final class Exchange {
 
     private func waitEnded() {
         switch state {
+        case .authorizing:
+            // The authorizer's timeout: no decision, so the check failed.
+            checkCall?.cancel()
+            checkCall = nil
+            checkFinished(.failed)
         case .delayed(then: .answer):
             answer(heldAnswer ?? .reply(.invalidBackend))
             heldAnswer = nil
@@ -402,7 +455,7 @@ final class Exchange {
         case .reply(let reply):
             record.status = reply.status
             record.flags = reply.responseFlags
-        case .redirect(let status, _), .respond(let status, _):
+        case .redirect(let status, _), .respond(let status, _), .denied(let status, _, _):
             record.status = status
         }
         responseCompleted()
@@ -422,6 +475,9 @@ final class Exchange {
 
     /// Ends the exchange without a report (its connection is gone): timers stop, the counts it joined are left.
     func end() {
+        checkCall?.cancel()
+        checkCall = nil
+        checked = nil
         waitTimer?.cancel()
         tryTimer?.cancel()
         requestTimer?.cancel()

@@ -1,3 +1,4 @@
+import Filters
 import WaypointCore
 
 /// What a transport (HTTP/1.1 or h2c downstream, with its upstream) does for its `Exchange`: it moves heads,
@@ -53,4 +54,6 @@ enum LocalAnswer {
     case redirect(status: Int, location: [UInt8])
     /// The route's own response (VirtualService `directResponse`, fault abort).
     case respond(status: Int, body: [UInt8])
+    /// An external authorizer's denial: its status, the headers it passes on and its body.
+    case denied(status: Int, headers: [ExternalAuthorizer.HeaderLine], body: [UInt8])
 }

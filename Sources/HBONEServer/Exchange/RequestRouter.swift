@@ -23,10 +23,30 @@ public struct RouteDecision {
     /// The AuthorizationPolicy that allowed or denied the request, and the destination service, whatever the
     /// action.
     public var labels: RouteLabels
+    /// A CUSTOM policy's external authorizer, asked before `action` is taken (which assumes it allows).
+    public var check: ExternalCheck?
 
-    public init(_ action: Action, labels: RouteLabels = RouteLabels()) {
+    public init(_ action: Action, labels: RouteLabels = RouteLabels(), check: ExternalCheck? = nil) {
         self.action = action
         self.labels = labels
+        self.check = check
+    }
+}
+
+/// One request's check with an external authorizer (a CUSTOM AuthorizationPolicy): whom to ask and what.
+///
+/// Thread: its exchange's. Ownership: the decision, then the exchange until the answer.
+public struct ExternalCheck {
+    public let authorizer: ExternalAuthorizer
+    /// The CUSTOM policy that called for it.
+    public let policy: String
+    /// What is sent: the HTTP check request, or the gRPC `CheckRequest` message.
+    public let request: [UInt8]
+
+    public init(authorizer: ExternalAuthorizer, policy: String, request: [UInt8]) {
+        self.authorizer = authorizer
+        self.policy = policy
+        self.request = request
     }
 }
 

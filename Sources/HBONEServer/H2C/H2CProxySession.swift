@@ -219,6 +219,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             guard case .complete = HTTP1Parser.parseRequest(bytes, into: &request) else {
                 return RouteDecision(.reply(.badRequest(HTTP1Error(status: 400, "malformed request"))))
             }
+            request.isHTTP2 = true
             return server.router.route(request, bytes, destination: destination, peer: peer)
         }
         control.decide(decision)
@@ -386,6 +387,8 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
             channel.flush()
         case .respond(let status, let body):
             respond(exchange, status: status, body: body)
+        case .denied(let status, let headers, let body):
+            respond(exchange, status: status, headers: headers.map { ($0.name, $0.value) }, body: body)
         }
     }
 
@@ -476,23 +479,26 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     }
 
     /// A complete answer of the proxy's own; to a gRPC caller as a gRPC status with the body as its message.
-    private func respond(_ exchange: H2CExchange, status: Int, body: [UInt8]) {
+    /// `headers` (lower-case names) come from an external authorizer's denial.
+    private func respond(_ exchange: H2CExchange, status: Int, headers: [(String, String)] = [], body: [UInt8]) {
         exchange.responseStarted = true
         exchange.responseEnded = true
+        let passed = headers.filter { name, _ in name != "content-type" || !exchange.control.record.grpc }
         if exchange.control.record.grpc {
-            exchange.responseFields = [
-                (":status", "200"), ("content-type", "application/grpc"),
-                ("grpc-status", String(Self.grpcStatus(for: status))),
-                ("grpc-message", String(decoding: body, as: UTF8.self).trimmingNewline()),
-            ]
+            exchange.responseFields =
+                [
+                    (":status", "200"), ("content-type", "application/grpc"),
+                    ("grpc-status", String(Self.grpcStatus(for: status))),
+                    ("grpc-message", String(decoding: body, as: UTF8.self).trimmingNewline()),
+                ] + passed
             channel.session.respond(stream: exchange.downstreamID, fields: exchange.responseFields, body: false)
         } else {
             exchange.responseBody.append(body)
+            let contentType = passed.contains { $0.0 == "content-type" } ? [] : [("content-type", "text/plain")]
             channel.session.respond(
                 stream: exchange.downstreamID,
-                fields: [
-                    (":status", String(status)), ("content-type", "text/plain"), ("content-length", String(body.count)),
-                ], body: !body.isEmpty)
+                fields: [(":status", String(status))] + contentType + passed + [("content-length", String(body.count))],
+                body: !body.isEmpty)
         }
         channel.flush()
     }

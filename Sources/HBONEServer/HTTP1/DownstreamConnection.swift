@@ -401,6 +401,10 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
         case .respond(let status, let body):
             if !requestDone { keepAlive = false }
             ForwardingHeaders.writeResponse(status: status, body: body, omitBody: requestWasHead, close: !keepAlive, into: output)
+        case .denied(let status, let headers, let body):
+            if !requestDone { keepAlive = false }
+            ForwardingHeaders.writeResponse(
+                status: status, headers: headers, body: body, omitBody: requestWasHead, close: !keepAlive, into: output)
         }
         exchange.record.bytesSent = output.readableBytes - before
     }

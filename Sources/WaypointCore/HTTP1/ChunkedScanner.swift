@@ -105,6 +105,27 @@ public struct ChunkedScanner: Sendable {
         }
     }
 
+    /// The data of a complete chunked body that a scanner accepted (sizes, extensions and trailers dropped).
+    public static func decode(_ body: UnsafeRawBufferPointer) -> [UInt8] {
+        var data: [UInt8] = []
+        var i = 0
+        while i < body.count {
+            var size = 0
+            while i < body.count, let digit = hexValue(body[i]) {
+                size = size << 4 | digit
+                i += 1
+            }
+            while i < body.count && body[i] != 0x0A { i += 1 }  // extensions, CR
+            i += 1
+            guard size > 0, i + size <= body.count else { break }
+            data += body[i..<(i + size)]
+            i += size
+            while i < body.count && body[i] != 0x0A { i += 1 }  // CR
+            i += 1
+        }
+        return data
+    }
+
     @inline(__always) private static func hexValue(_ b: UInt8) -> Int? {
         switch b {
         case 0x30...0x39: return Int(b - 0x30)

@@ -54,6 +54,8 @@ public struct RequestHead: Sendable {
     public var host = ByteRange.empty
     public var headers: [HeaderField] = []
     public var isHTTP10 = false
+    /// Carried by HTTP/2 (an h2c stream, its head rewritten as HTTP/1.1 for routing).
+    public var isHTTP2 = false
     public var isHeadMethod = false
     public var framing = BodyFraming.none
     public var keepAlive = true

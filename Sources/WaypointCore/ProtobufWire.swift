@@ -1,5 +1,6 @@
 /// Protocol Buffers' wire format, as much as the mesh's few control-plane messages need (istiod's
-/// `IstioCertificateRequest`/`Response`): varints, length-delimited fields, nested messages. Fields are written
+/// `IstioCertificateRequest`/`Response`, ext_authz's `CheckRequest`/`CheckResponse`): varints, length-delimited
+/// fields, nested messages, maps. Fields are written
 /// in the order given; reading skips fields it is not asked about, as protobuf's own decoders do.
 public struct ProtobufWriter {
     public private(set) var bytes: [UInt8] = []
@@ -19,9 +20,24 @@ public struct ProtobufWriter {
         varint(UInt64(bitPattern: value))
     }
 
-    /// A nested message field.
+    /// A `uint32`/`int32` (non-negative) field; zero is left out.
+    public mutating func uint32(_ field: Int, _ value: UInt32) {
+        guard value != 0 else { return }
+        varint(UInt64(field) << 3)
+        varint(UInt64(value))
+    }
+
+    /// A nested message field (written even when empty: presence is what a message field says).
     public mutating func message(_ field: Int, _ message: ProtobufWriter) {
         lengthDelimited(field, message.bytes)
+    }
+
+    /// One entry of a `map<string, string>` field (an entry message with key 1 and value 2).
+    public mutating func mapEntry(_ field: Int, key: String, value: String) {
+        var entry = ProtobufWriter()
+        entry.string(1, key)
+        entry.string(2, value)
+        message(field, entry)
     }
 
     private mutating func lengthDelimited(_ field: Int, _ value: [UInt8]) {
@@ -53,6 +69,8 @@ public struct ProtobufReader {
 
     public struct Malformed: Error, CustomStringConvertible {
         public let description: String
+
+        public init(description: String) { self.description = description }
     }
 
     private let bytes: ArraySlice<UInt8>

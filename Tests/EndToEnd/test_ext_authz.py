@@ -1,0 +1,298 @@
+"""External authorization (a CUSTOM AuthorizationPolicy calling an `extensionProviders` entry of the mesh config in
+the `istio` ConfigMap), black-box, against check servers we did not write the protocol of: an HTTP one
+(`http.server`) and a gRPC one (`grpcio`, serving `envoy.service.auth.v3.Authorization/Check` with the messages
+compiled at test time by protobuf's own compiler). They allow with headers, deny with a status, headers and a
+body, time out, fail with a 5xx or UNAVAILABLE, and go away (failOpen both ways); requests arrive over HTTP/1.1
+and over h2c inside an HBONE tunnel."""
+import importlib
+import json
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from concurrent import futures
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import grpc
+import pytest
+
+from conftest import free_port, http_request, origin_requests, service_yaml, wait_for
+from test_h2c import InnerH2, h2c_origin  # noqa: F401 (fixture)
+from test_hbone import VIP, FORWARDED, certs, client, hbone_proxy  # noqa: F401 (fixtures)
+
+
+class HTTPAuthorizer:
+    """An HTTP check server: the check's `x-ext-authz` header says how to answer (allow, deny, slow, error).
+    Every check it gets is kept: (method, path, headers)."""
+
+    def __init__(self):
+        checks = self.checks = []
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def answer(self):
+                checks.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+                verdict = self.headers.get("x-ext-authz", "")
+                if verdict == "slow":
+                    time.sleep(2)
+                if verdict in ("allow", "slow"):
+                    self.send_response(200)
+                    self.send_header("x-user", "alice")
+                    self.send_header("x-ext-authz-check-result", "allowed")
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                elif verdict == "error":
+                    self.send_response(500)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                else:
+                    body = b"denied by ext_authz\n"
+                    self.send_response(403)
+                    self.send_header("x-ext-authz-check-result", "denied")
+                    self.send_header("content-type", "text/plain; charset=utf-8")
+                    self.send_header("content-length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+
+            do_GET = do_POST = do_HEAD = do_DELETE = answer
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+_compiled = None
+
+
+def messages():
+    """The ext_authz.proto modules, compiled once per run with grpc_tools' protoc."""
+    global _compiled
+    if _compiled is None:
+        from grpc_tools import protoc
+        import grpc_tools
+        proto_dir = os.path.join(os.path.dirname(__file__), "proto")
+        out = tempfile.mkdtemp(prefix="waypoint-proto-")
+        include = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
+        rc = protoc.main(["protoc", f"-I{proto_dir}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}",
+                          os.path.join(proto_dir, "ext_authz.proto")])
+        assert rc == 0, "protoc failed on ext_authz.proto"
+        sys.path.insert(0, out)
+        _compiled = (importlib.import_module("ext_authz_pb2"), importlib.import_module("ext_authz_pb2_grpc"))
+    return _compiled
+
+
+class GRPCAuthorizer:
+    """`envoy.service.auth.v3.Authorization/Check`: allows with `x-user: bob` set and `x-remove-me` removed,
+    denies with 401, `www-authenticate` and a body, or fails the call (UNAVAILABLE), as the request's
+    `x-ext-authz` header says. Every CheckRequest it gets is kept."""
+
+    def __init__(self):
+        pb, pb_grpc = messages()
+        self.checks = []
+        outer = self
+
+        class Service(pb_grpc.AuthorizationServicer):
+            def Check(self, request, context):
+                outer.checks.append(request)
+                verdict = request.attributes.request.http.headers.get("x-ext-authz", "")
+                if verdict == "allow":
+                    return pb.CheckResponse(
+                        status=pb.RpcStatus(code=0),
+                        ok_response=pb.OkHttpResponse(
+                            headers=[pb.HeaderValueOption(header=pb.HeaderValue(key="x-user", value="bob"))],
+                            headers_to_remove=["x-remove-me"]))
+                if verdict == "fail":
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "policy engine down")
+                return pb.CheckResponse(
+                    status=pb.RpcStatus(code=7),
+                    denied_response=pb.DeniedHttpResponse(
+                        status=pb.HttpStatus(code=401),
+                        headers=[pb.HeaderValueOption(header=pb.HeaderValue(key="www-authenticate", value='Bearer realm="shop"'))],
+                        body="no token\n"))
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        pb_grpc.add_AuthorizationServicer_to_server(Service(), self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+
+def mesh_config(providers):
+    """The `istio` ConfigMap in the root namespace, its `mesh` key holding `providers` (YAML, indented 4)."""
+    return f"""
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |
+    extensionProviders:
+{providers}"""
+
+
+def custom_policy(provider, paths="/api/*"):
+    return f"""
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ext-authz, namespace: default}}
+spec:
+  targetRefs: [{{kind: Service, group: "", name: web}}]
+  action: CUSTOM
+  provider: {{name: {provider}}}
+  rules: [{{to: [{{operation: {{paths: ["{paths}"]}}}}]}}]
+"""
+
+
+def config(origin, authorizer_port, providers, provider, cluster_ip=None, port_name="http"):
+    return (service_yaml("web", [("127.0.0.1", origin.port)], cluster_ip=cluster_ip, port_name=port_name)
+            + "---" + service_yaml("ext-authz", [("127.0.0.1", authorizer_port)], namespace="foo", port=8000)
+            + mesh_config(providers) + custom_policy(provider))
+
+
+HTTP_PROVIDER = """
+    - name: http-authz
+      envoyExtAuthzHttp:
+        service: ext-authz.foo.svc.cluster.local
+        port: 8000
+        timeout: 500ms
+        statusOnError: "503"
+        pathPrefix: /check
+        includeRequestHeadersInCheck: [x-ext-authz, "x-forwarded-*"]
+        includeAdditionalHeadersInCheck: {x-check-from: waypoint}
+        headersToUpstreamOnAllow: [x-user]
+        headersToDownstreamOnDeny: [x-ext-authz-check-result, content-type]
+"""
+
+
+def get(proxy, path, verdict=None, headers=None):
+    headers = dict(headers or {})
+    if verdict:
+        headers["x-ext-authz"] = verdict
+    return http_request(proxy.port, "GET", path, host="web", headers=headers)
+
+
+def test_http_authorizer_allows_denies_and_fails_closed(origin_factory, proxy_factory):
+    origin = origin_factory("a")
+    authorizer = HTTPAuthorizer()
+    proxy = proxy_factory(config(origin, authorizer.port, HTTP_PROVIDER, "http-authz"))
+    # not selected by the CUSTOM rule: never checked
+    assert get(proxy, "/public")[0] == 200
+    assert authorizer.checks == []
+    # allowed: the authorizer's x-user reaches the upstream, its other headers do not
+    status, _, body = get(proxy, "/api/items?q=1", "allow",
+                          {"Authorization": "Bearer t0k", "x-other": "not sent", "x-forwarded-proto": "http"})
+    assert status == 200, body
+    seen = json.loads(body)["headers"]
+    assert seen.get("x-user") == "alice" and "x-ext-authz-check-result" not in seen
+    method, path, checked = authorizer.checks[-1]
+    assert (method, path) == ("GET", "/check/api/items?q=1")
+    assert checked["host"] == "web" and checked["content-length"] == "0"
+    assert checked["authorization"] == "Bearer t0k"             # Envoy always sends it
+    assert checked["x-ext-authz"] == "allow" and checked["x-forwarded-proto"] == "http"
+    assert checked["x-check-from"] == "waypoint"
+    assert "x-other" not in checked
+    # denied: the authorizer's status, the headers the provider passes on, and its body; the upstream never hears
+    before = origin_requests(origin.port)
+    status, headers, body = get(proxy, "/api/items", "deny")
+    assert (status, body) == (403, b"denied by ext_authz\n")
+    assert headers["x-ext-authz-check-result"] == "denied" and headers["content-type"] == "text/plain; charset=utf-8"
+    # failed: a 5xx from the authorizer and no answer within the timeout are statusOnError, failing closed
+    assert get(proxy, "/api/items", "error")[0] == 503
+    started = time.time()
+    assert get(proxy, "/api/items", "slow")[0] == 503
+    assert time.time() - started < 1.5
+    assert origin_requests(origin.port) == before
+    # the same connection to the authorizer carries the next check after a timeout closed the last one
+    assert get(proxy, "/api/items", "allow")[0] == 200
+    metrics = proxy.metrics()
+    assert metrics['waypoint_ext_authz_checks_total{result="allowed"}'] == 2
+    assert metrics['waypoint_ext_authz_checks_total{result="denied"}'] == 1
+    assert metrics['waypoint_ext_authz_checks_total{result="failed_denied"}'] == 2
+    entry = json.loads(wait_for(r'\{[^\n]*"response_code":403[^\n]*\n', proxy.stdout_path).group(0))
+    assert entry["response_flags"] == "UAEX", entry
+
+
+def test_an_unreachable_authorizer_fails_open_or_closed_as_configured(origin_factory, proxy_factory):
+    origin = origin_factory("a")
+    dead = free_port()
+    for fail_open, expected in (("true", 200), ("false", 403)):
+        providers = f"""
+    - name: gone
+      envoyExtAuthzHttp:
+        service: ext-authz.foo.svc.cluster.local
+        port: 8000
+        failOpen: {fail_open}
+"""
+        proxy = proxy_factory(config(origin, dead, providers, "gone"), name=f"proxy-{fail_open}")
+        assert get(proxy, "/api/x", "allow")[0] == expected, fail_open
+        result = "failed_allowed" if fail_open == "true" else "failed_denied"
+        assert proxy.metrics()[f'waypoint_ext_authz_checks_total{{result="{result}"}}'] == 1
+
+
+def test_a_custom_policy_naming_no_provider_denies(origin_factory, proxy_factory):
+    origin = origin_factory("a")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.port)]) + custom_policy("nowhere"))
+    assert get(proxy, "/api/x", "allow")[0] == 403
+    assert get(proxy, "/public")[0] == 200
+    assert 'extension provider "nowhere" is not in the mesh config' in proxy.stderr()
+
+
+GRPC_PROVIDER = """
+    - name: grpc-authz
+      envoyExtAuthzGrpc:
+        service: ext-authz.foo.svc.cluster.local
+        port: 8000
+        timeout: 2s
+"""
+
+
+def test_grpc_authorizer_over_http1(origin_factory, proxy_factory):
+    origin = origin_factory("a")
+    authorizer = GRPCAuthorizer()
+    proxy = proxy_factory(config(origin, authorizer.port, GRPC_PROVIDER, "grpc-authz"))
+    status, _, body = get(proxy, "/api/items?id=7", "allow", {"x-remove-me": "secret", "x-request-id": "rid-1"})
+    assert status == 200, body
+    seen = json.loads(body)["headers"]
+    assert seen.get("x-user") == "bob" and "x-remove-me" not in seen
+    check = authorizer.checks[-1].attributes
+    http = check.request.http
+    assert (http.method, http.path, http.host, http.scheme, http.protocol) == ("GET", "/api/items?id=7", "web", "http", "HTTP/1.1")
+    assert http.id == "rid-1" and http.headers["x-remove-me"] == "secret" and http.headers[":path"] == "/api/items?id=7"
+    assert check.source.address.socket_address.address == "127.0.0.1" and check.source.address.socket_address.port_value > 0
+    assert check.request.time.seconds >= int(time.time()) - 60
+    status, headers, body = get(proxy, "/api/items", "deny")
+    assert (status, body, headers["www-authenticate"]) == (401, b"no token\n", 'Bearer realm="shop"')
+    # the call failing (UNAVAILABLE) is a failed check: statusOnError's default, 403
+    assert get(proxy, "/api/items", "fail")[0] == 403
+    metrics = proxy.metrics()
+    assert [metrics[f'waypoint_ext_authz_checks_total{{result="{r}"}}'] for r in ("allowed", "denied", "failed_denied")] == [1, 1, 1]
+
+
+def test_grpc_authorizer_for_h2c_in_an_hbone_tunnel(hbone_proxy, certs, h2c_origin):
+    authorizer = GRPCAuthorizer()
+    # the port declares no protocol: each tunnel's is detected (h2c here), and the origin speaks h2c
+    proxy = hbone_proxy(config(h2c_origin, authorizer.port, GRPC_PROVIDER, "grpc-authz", cluster_ip=VIP, port_name="web"))
+    c = client(proxy, certs)
+    sid = c.connect(f"{VIP}:80", headers=[FORWARDED])
+    assert c.status(sid) == 200
+    inner = InnerH2(c, sid)
+    denied = inner.request("/api/items", headers=[("x-ext-authz", "deny")])
+    head = inner.wait(denied)
+    assert (head[":status"], head["www-authenticate"], inner.data[denied]) == ("401", 'Bearer realm="shop"', b"no token\n")
+    allowed = inner.request("/api/items", headers=[("x-ext-authz", "allow"), ("x-remove-me", "secret")])
+    assert inner.wait(allowed)[":status"] == "200"
+    forwarded = dict(h2c_origin.seen[-1][0])
+    assert forwarded["x-user"] == "bob" and "x-remove-me" not in forwarded
+    assert len(h2c_origin.seen) == 1                                     # the denied request never reached it
+    check = authorizer.checks[0].attributes
+    assert check.request.http.protocol == "HTTP/2"
+    assert check.source.principal == "spiffe://cluster.local/ns/default/sa/frontend"
+    assert check.source.address.socket_address.address == "10.1.2.3"    # the tunnel's Forwarded for=
+    assert check.destination.address.socket_address.port_value == 80
