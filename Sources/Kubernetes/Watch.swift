@@ -108,6 +108,13 @@ public struct WatchedKind: Sendable, Hashable {
     public static func rootPolicies(in namespace: String) -> [WatchedKind] {
         all(in: namespace).filter { $0.group == "security.istio.io" }
     }
+
+    /// Istio's mesh config: the root namespace's `istio` ConfigMap (its ext_authz `extensionProviders`).
+    public static func meshConfig(in namespace: String) -> WatchedKind {
+        var kind = WatchedKind(group: "", version: "v1", resource: "configmaps", kind: "ConfigMap", namespace: namespace)
+        kind.objectName = "istio"
+        return kind
+    }
 }
 
 /// The list-then-watch protocol of client-go's reflector for one kind, as a value with no I/O, so every

@@ -80,6 +80,7 @@ final class KubernetesSource {
         for namespace in options.namespaces { kinds += WatchedKind.all(in: namespace) }
         if let own = options.namespaces.first { kinds.append(.gateway(named: options.gateway, in: own)) }
         if !options.namespaces.contains(options.rootNamespace) { kinds += WatchedKind.rootPolicies(in: options.rootNamespace) }
+        kinds.append(.meshConfig(in: options.rootNamespace))
         self.kinds = kinds
         box.watcher = AsyncWatcher(loop: loop) { [unowned(unsafe) self] in
             if !self.debounce.isActive { self.debounce.schedule(after: Self.window) }

@@ -36,7 +36,8 @@ public struct ForeignReferences: Equatable, Sendable {
 extension ConfigSpec {
     /// The Services named in another namespace by HTTPRoute, GRPCRoute and TCPRoute backendRefs and mirrors (also
     /// those no ReferenceGrant allows yet: the grant may come), and by VirtualService destinations and mirrors
-    /// (`name.namespace`, `name.namespace.svc` or `name.namespace.svc.DOMAIN`; Istio needs no grant).
+    /// (`name.namespace`, `name.namespace.svc` or `name.namespace.svc.DOMAIN`; Istio needs no grant), and by the
+    /// mesh config's external authorizers.
     public func foreignReferences(clusterDomain: String) -> ForeignReferences {
         var found = ForeignReferences()
         for route in httpRoutes + tcpRoutes {
@@ -56,6 +57,12 @@ extension ConfigSpec {
                     else { continue }
                     found.services.insert(target)
                 }
+            }
+        }
+        for mesh in meshConfigs {
+            for authorizer in mesh.authorizers {
+                let host = authorizer.service.split(separator: "/", maxSplits: 1).last.map(String.init) ?? authorizer.service
+                if let target = Self.service(host: host, clusterDomain: clusterDomain) { found.services.insert(target) }
             }
         }
         for service in services where found.services.contains(.init(namespace: service.namespace, name: service.name)) {

@@ -22,7 +22,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
-CORE = {"Service": "services", "Endpoints": "endpoints", "Pod": "pods", "Namespace": "namespaces"}
+CORE = {"Service": "services", "Endpoints": "endpoints", "Pod": "pods", "Namespace": "namespaces", "ConfigMap": "configmaps"}
 GROUPED = {
     "EndpointSlice": ("discovery.k8s.io", "v1", "endpointslices"),
     "HTTPRoute": ("gateway.networking.k8s.io", "v1", "httproutes"),
@@ -37,7 +37,7 @@ GROUPED = {
     "PeerAuthentication": ("security.istio.io", "v1", "peerauthentications"),
     "RequestAuthentication": ("security.istio.io", "v1", "requestauthentications"),
 }
-BUILTIN = {"Service", "Endpoints", "Pod", "EndpointSlice", "Namespace"}
+BUILTIN = {"Service", "Endpoints", "Pod", "EndpointSlice", "Namespace", "ConfigMap"}
 
 
 def collection(kind, namespace):

@@ -223,7 +223,10 @@ def test_kubernetes_overlay_grants_exactly_the_reads_the_watchers_make(tmp_path)
     watched = {("", "services"), ("", "pods")} | {(g, r) for kind, (g, _, r) in GROUPED.items()}   # namespaced; Namespace below
     assert granted == watched
     root = [doc for doc in docs if doc["kind"] == "Role" and doc["metadata"].get("namespace") == "istio-system"][0]
-    assert {r for rule in root["rules"] for r in rule["resources"]} == {"authorizationpolicies", "peerauthentications", "requestauthentications"}
+    assert {r for rule in root["rules"] for r in rule["resources"]} == {
+        "authorizationpolicies", "peerauthentications", "requestauthentications", "configmaps"}
+    # of the root namespace's ConfigMaps, the mesh config only (WatchedKind.meshConfig)
+    assert [rule.get("resourceNames") for rule in root["rules"] if rule["resources"] == ["configmaps"]] == [["istio"]]
     assert all(set(rule["verbs"]) == {"get", "list", "watch"} for doc in docs if doc["kind"].endswith("Role") for rule in doc["rules"])
     cluster = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "ClusterRole"}
     assert [(r["resources"], r["resourceNames"]) for r in cluster["waypoint-bookinfo-namespace-reader"]["rules"]] == [

@@ -624,3 +624,42 @@ def test_a_bad_config_file_beside_the_api_stops_start_up_cleanly(api, workdir):
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 1, out.stderr
         assert 'spec.ports[0].port: expected an integer, got "x"' in out.stderr
+
+
+def test_the_mesh_configs_authorizer_is_followed_live(api, waypoint, origin_factory):
+    """The `istio` ConfigMap of the root namespace names an HTTP ext_authz provider whose Service is in namespace
+    `authz`, which the waypoint does not watch: it reads that ConfigMap by name, the provider's Service and its
+    EndpointSlices by name, and a CUSTOM policy here calls it. Changing the mesh config (the provider's port now
+    dead, failOpen on) takes effect live."""
+    from test_ext_authz import HTTPAuthorizer
+    a = origin_factory("a")
+    authorizer = HTTPAuthorizer()
+    api.apply(service("web"))
+    api.apply(slice_("web-1", "web", [("127.0.0.1", a.port)]))
+    api.apply(service("checker", namespace="authz", port=8000))
+    api.apply(slice_("checker-1", "checker", [("127.0.0.1", authorizer.port)], namespace="authz"))
+
+    def mesh(port, fail_open):
+        api.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "istio", "namespace": "istio-system"},
+                   "data": {"mesh": "extensionProviders:\n- name: checker\n  envoyExtAuthzHttp:\n"
+                                    f"    service: checker.authz.svc.cluster.local\n    port: {port}\n"
+                                    f"    failOpen: {fail_open}\n    includeRequestHeadersInCheck: [x-ext-authz]\n"}})
+    mesh(8000, "false")
+    api.apply({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy", "metadata": {"name": "ext", "namespace": "default"},
+               "spec": {"targetRefs": [{"kind": "Service", "group": "", "name": "web"}], "action": "CUSTOM",
+                        "provider": {"name": "checker"}, "rules": [{}]}})
+    proxy = waypoint()
+
+    def status(verdict):
+        return http_request(proxy.port, "GET", "/", host="web", headers={"x-ext-authz": verdict})[0]
+    assert wait_until(lambda: status("allow") == 200, timeout=5)
+    assert status("deny") == 403 and authorizer.checks[-1][2]["x-ext-authz"] == "deny"
+    reads = {(urlparse(r[1]).path, urlparse(r[1]).query.split("&")[0]) for r in api.requests
+             if "/namespaces/istio-system/configmaps" in r[1] or "/namespaces/authz/" in r[1]}
+    assert {path.rsplit("/", 1)[1] for path, _ in reads} == {"configmaps", "services", "endpointslices", "destinationrules"}
+    assert ("/api/v1/namespaces/istio-system/configmaps", "fieldSelector=metadata.name%3Distio") in reads
+    # the provider now points at a port with no endpoint: its checks fail, and failOpen lets them through
+    mesh(8001, "true")
+    assert wait_until(lambda: status("deny") == 200, timeout=5)
+    mesh(8001, "false")
+    assert wait_until(lambda: status("allow") == 403, timeout=5)

@@ -117,12 +117,25 @@ import WaypointCore
         method: String = "GET", path: String = "/", host: String = "web", port: UInt16 = 80,
         headers: [String: String] = [:], http: Bool = true, hardened: Bool = true, jwt: JWTIdentity? = nil
     ) -> AuthorizationDecision {
+        withRequest(
+            principal: principal, ip: ip, method: method, path: path, host: host, port: port, headers: headers, http: http, jwt: jwt
+        ) {
+            PolicySet(policies: policies, hardenedDenyPaths: hardened).evaluate($0)
+        }
+    }
+
+    /// `body` applied to a request with these attributes (its bytes live during the call).
+    static func withRequest<T>(
+        principal: String? = "cluster.local/ns/default/sa/frontend", ip: String = "10.1.2.3",
+        method: String = "GET", path: String = "/", host: String = "web", port: UInt16 = 80,
+        headers: [String: String] = [:], http: Bool = true, jwt: JWTIdentity? = nil, _ body: (AuthorizationRequest) -> T
+    ) -> T {
         var (r, storage) = request(principal: principal, ip: ip, method: method, path: path, host: host, port: port)
         r.jwt = jwt
         return storage[0].withUnsafeBytes { h in
             storage[1].withUnsafeBytes { m in
                 storage[2].withUnsafeBytes { p in
-                    guard http else { return PolicySet(policies: policies, hardenedDenyPaths: hardened).evaluate(r) }
+                    guard http else { return body(r) }
                     var text = "GET / HTTP/1.1\r\nhost: x\r\n"
                     for (name, value) in headers { text += "\(name): \(value)\r\n" }
                     let raw = Array((text + "\r\n").utf8)
@@ -130,7 +143,7 @@ import WaypointCore
                         var head = RequestHead()
                         _ = HTTP1Parser.parseRequest(rawBytes, into: &head)
                         r.http = AuthorizationRequest.HTTP(host: h, method: m, path: p, head: head, headBytes: rawBytes)
-                        return PolicySet(policies: policies, hardenedDenyPaths: hardened).evaluate(r)
+                        return body(r)
                     }
                 }
             }
@@ -185,8 +198,15 @@ import WaypointCore
     @Test func denyWithoutRulesMatchesNothing() {
         #expect(Self.evaluate([Policy(name: "d", action: .deny, rules: [])]) == .allow(policy: nil))
     }
-    @Test func customFailsClosed() {
-        #expect(Self.evaluate([Policy(name: "c", action: .custom, rules: [Self.rule()])]) == .deny(policy: "c"))
+    /// CUSTOM is asked first (`externalCheck`) and is not part of the local decision; it is matched like DENY,
+    /// the hardened path included.
+    @Test func customIsTheExternalCheck() {
+        let custom = Policy(name: "c", action: .custom, rules: [Self.rule(to: [Self.operation { $0.paths = [PathPattern("/api/*")!] }])])
+        let set = PolicySet(policies: [custom, Self.denyAdmin])
+        #expect(Self.evaluate([custom]) == .allow(policy: nil))
+        for (path, checked) in [("/api/x", true), ("//api/x", true), ("/api;v=1/x", true), ("/public", false)] {
+            #expect(Self.withRequest(path: path) { set.externalCheck($0)?.name } == (checked ? "c" : nil), "\(path)")
+        }
     }
     @Test func auditNeverBlocks() {
         var audited: [String] = []

@@ -191,3 +191,133 @@ private func applying(_ yaml: String, layered: Bool = true, gatewayRead: Bool = 
         }
     }
 }
+
+/// The `istio` ConfigMap's mesh config: ext_authz providers, and the CUSTOM policies that name them.
+@Suite struct ExternalAuthorizerConfigTests {
+    private static let mesh = """
+
+        ---
+        apiVersion: v1
+        kind: ConfigMap
+        metadata: {name: istio, namespace: istio-system}
+        data:
+          mesh: |
+            defaultConfig: {discoveryAddress: "istiod.istio-system.svc:15012"}
+            extensionProviders:
+            - name: zipkin
+              zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}
+            - name: opa
+              envoyExtAuthzGrpc: {service: opa.shop.svc.cluster.local, port: 9191, timeout: 250ms, failOpen: true}
+            - name: oauth2
+              envoyExtAuthzHttp:
+                service: blog/other.blog.svc.cluster.local
+                port: 80
+                statusOnError: "503"
+                pathPrefix: /oauth2/auth
+                headersToUpstreamOnAllow: [x-auth-request-*]
+            - name: nowhere
+              envoyExtAuthzHttp: {service: gone.shop.svc.cluster.local, port: 80}
+        """
+
+    private static func compile(_ yaml: String) throws -> Snapshot {
+        let spec = try ManifestLoader.load(text: services + mesh + yaml, file: "m.yaml", defaultNamespace: "shop")
+        return SnapshotCompiler(namespace: "shop").compile(spec, generation: 1)
+    }
+
+    @Test func providersAreReadAndTheirServicesResolved() throws {
+        let snapshot = try Self.compile("")
+        #expect(snapshot.authorizers.map(\.name) == ["opa", "oauth2", "nowhere"])
+        let (opa, oauth2, nowhere) = (snapshot.authorizers[0], snapshot.authorizers[1], snapshot.authorizers[2])
+        #expect(opa.timeout == .milliseconds(250) && opa.failOpen && opa.statusOnError == 403)
+        #expect(opa.authority == "opa.shop.svc.cluster.local:9191")
+        #expect(opa.cluster == -1)  // no such Service port: its checks fail (open, here)
+        #expect(oauth2.cluster >= 0 && snapshot.clusters[Int(oauth2.cluster)].name == "blog/other:80")
+        #expect(oauth2.statusOnError == 503 && oauth2.timeout == .seconds(600) && !oauth2.failOpen)
+        guard case .http(let settings) = oauth2.api else { Issue.record("not HTTP"); return }
+        #expect(
+            settings.pathPrefix == Array("/oauth2/auth".utf8)
+                && settings.headersToUpstreamOnAllow == [.prefix(Array("x-auth-request-".utf8))])
+        #expect(nowhere.cluster == -1)
+        #expect(
+            snapshot.warnings.contains {
+                $0.contains("extension provider nowhere: service gone.shop.svc.cluster.local port 80 is not known")
+            })
+    }
+
+    @Test func customPoliciesNameTheirProviderOrDeny() throws {
+        let policies = """
+
+            ---
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: ext, namespace: shop}
+            spec:
+              targetRefs: [{kind: Service, group: "", name: web}]
+              action: CUSTOM
+              provider: {name: oauth2}
+              rules: [{}]
+            ---
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: typo, namespace: shop}
+            spec:
+              targetRefs: [{kind: Service, group: "", name: api}]
+              action: CUSTOM
+              provider: {name: oauth}
+              rules: [{}]
+            """
+        let snapshot = try Self.compile(policies)
+        func set(_ host: String) -> PolicySet {
+            snapshot.authorization[Int(Array(host.utf8).withUnsafeBytes { snapshot.routes.virtualHost(forHost: $0)!.index })]
+        }
+        #expect(set("web.shop").custom.map(\.provider) == [1])
+        // an unknown provider fails closed: the policy denies what it selects
+        #expect(set("api.shop").custom.isEmpty && set("api.shop").deny.map(\.name) == ["shop/typo"])
+        #expect(
+            snapshot.warnings.contains {
+                $0.contains("AuthorizationPolicy shop/typo: extension provider \"oauth\" is not in the mesh config")
+            })
+    }
+
+    @Test(arguments: [
+        (
+            "  action: CUSTOM\n  rules: [{}]",
+            "p.yaml: document 0 (AuthorizationPolicy shop/p): spec.provider.name: a CUSTOM policy names its extension provider"
+        ),
+        (
+            "  action: DENY\n  provider: {name: opa}\n  rules: [{}]",
+            "p.yaml: document 0 (AuthorizationPolicy shop/p): spec.provider: only a CUSTOM policy has a provider"
+        ),
+    ])
+    func providerMistakesNameTheField(spec: String, expected: String) {
+        let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n\(spec)\n"
+        do {
+            _ = try ManifestLoader.load(text: yaml, file: "p.yaml", defaultNamespace: "shop")
+            Issue.record("loaded")
+        } catch {
+            #expect("\(error)" == expected)
+        }
+    }
+
+    @Test func meshConfigErrorsNameTheFieldInside() {
+        let yaml = """
+            apiVersion: v1
+            kind: ConfigMap
+            metadata: {name: istio, namespace: istio-system}
+            data:
+              mesh: |
+                extensionProviders:
+                - name: opa
+                  envoyExtAuthzGrpc: {service: opa.shop.svc.cluster.local, port: 70000}
+            """
+        do {
+            _ = try ManifestLoader.load(text: yaml, file: "mesh.yaml", defaultNamespace: "shop")
+            Issue.record("loaded")
+        } catch {
+            #expect(
+                "\(error)"
+                    == "mesh.yaml: document 0 (ConfigMap istio-system/istio): data.mesh.extensionProviders[0].envoyExtAuthzGrpc.port: 70000 is out of range 1...65535"
+            )
+        }
+    }
+}
