@@ -211,7 +211,8 @@ public struct ExternalAuthorizer: Sendable {
     }
 
     /// An HTTP check's answer (`settings` from `api`): 200 allows, with the headers the settings pass on; a
-    /// 5xx fails (as Envoy's HTTP client counts it); any other status denies with its headers and body.
+    /// 5xx fails (as Envoy's HTTP client counts it), and so does a status that is no valid final one (1xx,
+    /// 600 and above); any other status denies with its headers and body.
     public static func outcome(
         _ settings: HTTPSettings, status: Int, headers: [(name: String, value: String)], body: [UInt8]
     ) -> Outcome {
@@ -228,8 +229,8 @@ public struct ExternalAuthorizer: Sendable {
             return .allowed(
                 upstream: upstream.isEmpty ? nil : HeaderModifier(set: upstream, add: [], remove: []),
                 downstream: downstream.isEmpty ? nil : HeaderModifier(set: [], add: downstream, remove: []))
-        case 500...599:
-            return .failed
+        case 500...599, ..<200, 600...:
+            return .failed  // a 5xx (Envoy's HTTP client), or no valid final status
         default:
             let passed =
                 settings.headersToDownstreamOnDeny.map(picked)
@@ -237,7 +238,7 @@ public struct ExternalAuthorizer: Sendable {
                     let lower = name.lowercased()
                     return Self.isFraming(lower) || lower == "host" ? nil : (lower, value)
                 }
-            return .denied(status: max(status, 100), headers: passed.map { HeaderLine($0.0, $0.1) }, body: body)
+            return .denied(status: status, headers: passed.map { HeaderLine($0.0, $0.1) }, body: body)
         }
     }
 

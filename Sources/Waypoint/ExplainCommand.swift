@@ -154,6 +154,13 @@ extension WaypointCommand {
 
             let router = SnapshotRouter(snapshot: snapshot, seed: 1, counters: WorkerCounters())
             let decision = bytes.withUnsafeBytes { router.route(head, $0, destination: destination, peer: peer) }
+            if let check = decision.check {
+                let authorizer = check.authorizer
+                print(
+                    "external authorization: CUSTOM \(check.policy) asks provider \(authorizer.name) (\(authorizer.service):\(authorizer.port)) first;"
+                        + " what follows holds if it allows (failing, \(authorizer.failOpen ? "allowed" : "answered \(authorizer.statusOnError)"))"
+                )
+            }
             explainAuthorization(snapshot, decision.labels.policy, head, bytes, destination, peer)
             if case .reply(let reply) = decision.action, reply == .rbacDenied || reply == .mtlsRequired {
                 // Denied before routing: routes are not looked at.

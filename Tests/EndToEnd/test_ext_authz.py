@@ -296,3 +296,18 @@ def test_grpc_authorizer_for_h2c_in_an_hbone_tunnel(hbone_proxy, certs, h2c_orig
     assert check.source.principal == "spiffe://cluster.local/ns/default/sa/frontend"
     assert check.source.address.socket_address.address == "10.1.2.3"    # the tunnel's Forwarded for=
     assert check.destination.address.socket_address.port_value == 80
+
+
+def test_explain_says_which_provider_is_asked_first(workdir, origin_factory):
+    import subprocess
+    from conftest import BINARY
+    path = workdir / "explain.yaml"
+    path.write_text(config(origin_factory("a"), 9, HTTP_PROVIDER, "http-authz"))
+    out = subprocess.run([str(BINARY), "explain", "--config", str(path), "--host", "web", "--path", "/api/x"],
+                         capture_output=True, text=True).stdout
+    assert ("external authorization: CUSTOM default/ext-authz asks provider http-authz "
+            "(ext-authz.foo.svc.cluster.local:8000) first; what follows holds if it allows (failing, answered 503)") in out, out
+    assert "result: forwarded by route" in out
+    public = subprocess.run([str(BINARY), "explain", "--config", str(path), "--host", "web", "--path", "/public"],
+                            capture_output=True, text=True).stdout
+    assert "external authorization" not in public, public

@@ -46,6 +46,9 @@ import WaypointCore
                 == .allowed(upstream: HeaderModifier(set: [("x-user", "alice")], add: [], remove: []), downstream: nil))
         // a 5xx is a failed check (Envoy's HTTP client), not a denial
         #expect(ExternalAuthorizer.outcome(settings, status: 503, headers: headers, body: Array("x".utf8)) == .failed)
+        // no valid final status: failed too, never passed on (found by the extauthz fuzz target: 806)
+        #expect(ExternalAuthorizer.outcome(settings, status: 806, headers: headers, body: []) == .failed)
+        #expect(ExternalAuthorizer.outcome(settings, status: 101, headers: headers, body: []) == .failed)
         // a denial passes on every header but Host and the framing ones unless the provider lists them
         #expect(
             ExternalAuthorizer.outcome(settings, status: 401, headers: headers, body: Array("no".utf8))

@@ -11,12 +11,13 @@ func run(_ target: String, _ bytes: UnsafeRawBufferPointer) {
     case "kubernetes": Harness.kubernetes(bytes)
     case "meshca": Harness.meshCA(bytes)
     case "jwt": Harness.jwt(bytes)
+    case "extauthz": Harness.extAuthz(bytes)
     default: Harness.http1(bytes)
     }
 }
 
 #if FUZZING
-    /// libFuzzer entry point; `WAYPOINT_FUZZ_TARGET` picks the harness (http1, http2, config, proxy, kubernetes, meshca or jwt).
+    /// libFuzzer entry point; `WAYPOINT_FUZZ_TARGET` picks the harness (http1, http2, config, proxy, kubernetes, meshca, jwt or extauthz).
     @_cdecl("LLVMFuzzerTestOneInput")
     public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         let bytes = UnsafeRawBufferPointer(start: data, count: size)
@@ -41,13 +42,15 @@ func run(_ target: String, _ bytes: UnsafeRawBufferPointer) {
         _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt
     ) -> CInt
 #else
-    /// Replays saved inputs (e.g. a crash file from a fuzz run): `WaypointFuzz http1|http2|config|proxy|kubernetes|meshca|jwt FILE...`.
+    /// Replays saved inputs (e.g. a crash file from a fuzz run): `WaypointFuzz http1|http2|config|proxy|kubernetes|meshca|jwt|extauthz FILE...`.
     @main
     struct Replay {
         static func main() {
             let args = CommandLine.arguments.dropFirst()
-            guard let target = args.first, ["http1", "http2", "config", "proxy", "kubernetes", "meshca", "jwt"].contains(target) else {
-                print("usage: WaypointFuzz http1|http2|config|proxy|kubernetes|meshca|jwt FILE...")
+            guard let target = args.first,
+                ["http1", "http2", "config", "proxy", "kubernetes", "meshca", "jwt", "extauthz"].contains(target)
+            else {
+                print("usage: WaypointFuzz http1|http2|config|proxy|kubernetes|meshca|jwt|extauthz FILE...")
                 exit(2)
             }
             for path in args.dropFirst() {

@@ -113,6 +113,56 @@ enum Harness {
         }
     }
 
+    /// What an external authorizer answers: a gRPC `CheckResponse` (first byte even) or an HTTP answer (odd),
+    /// read as the worker reads it (head, body framing, chunked decoding) into a check outcome. No header line
+    /// an outcome carries may hold CR, LF or NUL, and a chunked body decodes to the bytes the scanner counted.
+    static func extAuthz(_ data: UnsafeRawBufferPointer) {
+        guard let first = data.first else { return }
+        let rest = UnsafeRawBufferPointer(rebasing: data[1...])
+        func safe(_ text: String) -> Bool { !text.utf8.contains { $0 == 0x0D || $0 == 0x0A || $0 == 0 } }
+        let outcome: ExternalAuthorizer.Outcome
+        if first % 2 == 0 {
+            guard let read = try? ExternalAuthorizer.outcome(checkResponse: Array(rest)[...]) else { return }
+            outcome = read
+        } else {
+            var scanned = 0
+            guard let length = HTTP1Parser.findHeadEnd(rest, scanned: &scanned) else { return }
+            var head = ResponseHead()
+            guard
+                case .complete = HTTP1Parser.parseResponse(
+                    UnsafeRawBufferPointer(rebasing: rest[0..<length]), requestWasHead: false, into: &head)
+            else { return }
+            let body = UnsafeRawBufferPointer(rebasing: rest[length...])
+            var tracker = BodyTracker(head.framing)
+            guard let taken = tracker.consume(body) else { return }
+            tracker.connectionClosed()
+            guard tracker.isComplete else { return }
+            let bodyBytes = UnsafeRawBufferPointer(rebasing: body[0..<taken])
+            var decoded = Array(bodyBytes)
+            if head.framing == .chunked {
+                decoded = ChunkedScanner.decode(bodyBytes)
+                precondition(decoded.count == tracker.bodyBytes, "decoded \(decoded.count) bytes of \(tracker.bodyBytes)")
+            }
+            let headers = head.headers.map { ($0.name.string(in: rest), $0.value.string(in: rest)) }
+            var settings = ExternalAuthorizer.HTTPSettings()
+            settings.headersToUpstreamOnAllow = [HeaderNamePattern("x-*")]
+            outcome = ExternalAuthorizer.outcome(settings, status: head.status, headers: headers, body: decoded)
+        }
+        switch outcome {
+        case .allowed(let upstream, let downstream):
+            for modifier in [upstream, downstream].compactMap({ $0 }) {
+                for (name, value) in modifier.set + modifier.add {
+                    precondition(safe(String(decoding: name, as: UTF8.self)) && safe(String(decoding: value, as: UTF8.self)))
+                }
+            }
+        case .denied(let status, let headers, _):
+            precondition((100...599).contains(status))
+            for header in headers { precondition(safe(header.name) && safe(header.value)) }
+        case .failed:
+            break
+        }
+    }
+
     /// What the mesh's CA answers: the protobuf fields of a CreateCertificate answer (every field read, the chain
     /// extracted), and the service-account token whose claims name the identity asked for.
     static func meshCA(_ data: UnsafeRawBufferPointer) {
