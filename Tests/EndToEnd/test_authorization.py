@@ -172,7 +172,7 @@ def test_namespace_default_deny_applies_when_layered(origin_factory, proxy_facto
     assert http_request(proxy.port, "GET", "/", host="web")[0] == expected
 
 
-def test_custom_fails_closed_and_check_explains(origin_factory, proxy_factory, workdir):
+def test_custom_with_an_unknown_provider_fails_closed_and_check_explains(origin_factory, proxy_factory, workdir):
     origin = origin_factory("a")
     custom = policy("ext-authz", """  targetRefs: [{kind: Service, group: "", name: web}]
   action: CUSTOM
@@ -189,7 +189,8 @@ def test_custom_fails_closed_and_check_explains(origin_factory, proxy_factory, w
     path.write_text(config)
     out = subprocess.run([str(BINARY), "check", "--config", str(path)], capture_output=True, text=True)
     assert out.returncode == 0
-    assert "CUSTOM (external authorization) is not supported" in out.stdout
+    assert ('AuthorizationPolicy default/ext-authz: extension provider "my-authz" is not in the mesh config\'s extensionProviders'
+            " (ConfigMap istio-system/istio): the traffic it selects is denied") in out.stdout, out.stdout
     assert "condition key experimental.envoy.filters.network.mysql_proxy[db.table] is not supported" in out.stdout
 
 
