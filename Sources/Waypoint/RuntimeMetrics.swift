@@ -125,8 +125,8 @@ extension Runtime {
         metric(
             "waypoint_ext_authz_checks_total", "counter",
             "External authorization checks (CUSTOM AuthorizationPolicy), by result (failed: no answer in time, unreachable, 5xx).",
-            WorkerCounters.externalCheckResults.enumerated().map { index, result in
-                ("{result=\"\(result)\"}", sum { $0.externalChecks.value(index) })
+            WorkerCounters.ExternalCheckResult.allCases.map { result in
+                ("{result=\"\(result.label)\"}", sum { $0.externalChecks.value(result.rawValue) })
             })
         var byPolicy: [String: Int] = ["(no ALLOW policy matched)|deny": sum { $0.authorizationNoAllowMatched.value }]
         for worker in workers { byPolicy.merge(worker.counters.policyDecisionTotals(), uniquingKeysWith: +) }

@@ -156,24 +156,24 @@ final class Exchange {
     private func checkFinished(_ outcome: ExternalAuthorizer.Outcome) {
         guard let (action, authorizer) = checked else { return }
         checked = nil
-        let counters = server.counters.externalChecks
+        func count(_ result: WorkerCounters.ExternalCheckResult) { server.counters.externalChecks.increment(result.rawValue) }
         switch outcome {
         case .allowed(let upstream, let downstream):
-            counters.increment(0)
+            count(.allowed)
             guard upstream != nil || downstream != nil, case .forward(let endpoint, let route, let cluster, let policy) = action else {
                 return decide(action)
             }
             let changed = (upstream.map { policy.applying(first: $0) } ?? policy).addingHeaders(request: nil, response: downstream)
             decide(.forward(endpoint: endpoint, route: route, cluster: cluster, policy: changed))
         case .denied(let status, let headers, let body):
-            counters.increment(1)
+            count(.denied)
             record.flags = "UAEX"
             answer(.denied(status: status, headers: headers, body: body))
         case .failed where authorizer.failOpen:
-            counters.increment(3)
+            count(.failedAllowed)
             decide(action)
         case .failed:
-            counters.increment(2)
+            count(.failedDenied)
             record.flags = "UAEX"
             answer(.respond(status: authorizer.statusOnError, body: []))
         }

@@ -84,8 +84,14 @@ public final class WorkerCounters: Sendable {
     public let jwtRejected = Atomic<Int>(0)
     /// External authorization checks (CUSTOM policies) by result, indexed like `externalCheckResults`: allowed,
     /// denied, and failed (unreachable, timed out, 5xx, unreadable) then denied or (`failOpen`) allowed.
-    public let externalChecks = CounterArray(labels: WorkerCounters.externalCheckResults)
-    public static let externalCheckResults = ["allowed", "denied", "failed_denied", "failed_allowed"]
+    public let externalChecks = CounterArray(labels: ExternalCheckResult.allCases.map(\.label))
+
+    /// How an external authorization check ended.
+    public enum ExternalCheckResult: Int, CaseIterable, Sendable {
+        case allowed, denied, failedDenied, failedAllowed
+
+        public var label: String { ["allowed", "denied", "failed_denied", "failed_allowed"][rawValue] }
+    }
     /// Decisions by policy: the worker counts into the current `CounterArray` (no lock); a config swap folds
     /// its counts into `retired` under the lock, which the scrape also takes.
     private let policyCounts = Mutex<(current: CounterArray?, retired: [String: Int])>((nil, [:]))
