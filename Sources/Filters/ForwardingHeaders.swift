@@ -198,13 +198,18 @@ public enum ForwardingHeaders {
         if !omitBody { out.append(body) }
     }
 
-    /// Writes a complete response the proxy answers itself.
-    public static func writeLocalReply(_ reply: LocalReply, close: Bool, into out: ByteBuffer) {
+    /// Writes a complete response the proxy answers itself; `challenge`, a `www-authenticate` value (a JWT
+    /// refusal's).
+    public static func writeLocalReply(_ reply: LocalReply, close: Bool, challenge: [UInt8]? = nil, into out: ByteBuffer) {
         let body = reply.body
         out.append("HTTP/1.1 ")
         out.appendDecimal(reply.status)
         out.append(0x20)
         out.append(LocalReply.reasonPhrase(reply.status))
+        if let challenge {
+            out.append("\r\nwww-authenticate: ")
+            out.append(challenge)
+        }
         out.append("\r\ncontent-type: text/plain\r\ncontent-length: ")
         out.appendDecimal(body.utf8CodeUnitCount)
         out.append("\r\n")

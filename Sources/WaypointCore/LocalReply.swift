@@ -114,6 +114,15 @@ public enum LocalReply: Sendable, Equatable {
     }
 }
 
+extension LocalReply {
+    /// The `www-authenticate` value of a JWT refusal, as Envoy 1.40's jwt_authn writes it (seen side by side):
+    /// `Bearer realm="http://<Host><target>", error="invalid_token"`, the Host and the target as the request
+    /// gave them.
+    public static func bearerChallenge(host: UnsafeRawBufferPointer, target: UnsafeRawBufferPointer) -> [UInt8] {
+        Array("Bearer realm=\"http://".utf8) + host + target + Array("\", error=\"invalid_token\"".utf8)
+    }
+}
+
 /// Why a request's JWT was refused, with Envoy's jwt_authn wording.
 public enum JWTRejection: Error, Sendable, Equatable {
     case malformed, badHeader, badPayload, unknownIssuer, unsupportedAlgorithm, noMatchingKey, badSignature, expired, notYetValid

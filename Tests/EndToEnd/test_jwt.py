@@ -13,7 +13,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from conftest import http_request, service_yaml, wait_until
-from test_hbone import certs  # noqa: F401 (fixture)
+from test_h2c import InnerH2, h2c_origin  # noqa: F401 (fixture)
+from test_hbone import VIP, FORWARDED, certs, client, hbone_proxy  # noqa: F401 (fixtures)
 
 ISSUER = "https://issuer.example.com"
 
@@ -44,8 +45,8 @@ def token(key=RSA_KEY, kid="rsa-1", algorithm="RS256", **claims):
     return jwt.encode(body, key, algorithm=algorithm, headers={"kid": kid})
 
 
-def config(origin, jwks_line, extra_rule="", policy=""):
-    return service_yaml("web", [("127.0.0.1", origin.port)]) + f"""
+def config(origin, jwks_line, extra_rule="", policy="", **service):
+    return service_yaml("web", [("127.0.0.1", origin.port)], **service) + f"""
 ---
 apiVersion: security.istio.io/v1
 kind: RequestAuthentication
@@ -219,3 +220,25 @@ def test_a_request_authentication_applied_through_the_kubernetes_api(certs, prox
         assert wait_until(lambda: http_request(proxy.port, "GET", "/", host="web", headers=bad)[0] == 200, timeout=3)
     finally:
         api.close()
+
+
+def test_a_refusal_carries_envoys_bearer_challenge(origin_factory, proxy_factory, hbone_proxy, certs, h2c_origin):
+    """`www-authenticate` as Envoy 1.40's jwt_authn writes it (seen side by side with the same token): the realm is
+    `http://` + the Host as sent + the target with its query."""
+    origin = origin_factory("a")
+    proxy = proxy_factory(config(origin, f"jwks: '{JWKS}'"))
+    expired = token(exp=int(time.time()) - 3600)
+    status, headers, body = http_request(proxy.port, "GET", "/api/items?q=1", host="web:8080",
+                                         headers={"Authorization": f"Bearer {expired}"})
+    assert (status, body) == (401, b"Jwt is expired")
+    assert headers["www-authenticate"] == 'Bearer realm="http://web:8080/api/items?q=1", error="invalid_token"'
+    assert "www-authenticate" not in http_request(proxy.port, "GET", "/", host="web")[1]   # no token: no challenge
+    # h2c inside an HBONE tunnel (the port declares no protocol): the same header, from :authority and :path
+    tunnelled = hbone_proxy(config(h2c_origin, f"jwks: '{JWKS}'", cluster_ip=VIP, port_name="web"), name="hbone")
+    c = client(tunnelled, certs)
+    sid = c.connect(f"{VIP}:80", headers=[FORWARDED])
+    assert c.status(sid) == 200
+    inner = InnerH2(c, sid)
+    refused = inner.request("/x?y=1", headers=[("authorization", f"Bearer {expired}")])
+    head = inner.wait(refused)
+    assert head[":status"] == "401" and head["www-authenticate"] == 'Bearer realm="http://web/x?y=1", error="invalid_token"'

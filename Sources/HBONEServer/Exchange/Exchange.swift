@@ -58,8 +58,8 @@ final class Exchange {
     private(set) var retryPolicy: RetryPolicy?
     /// The fault abort a fault delay holds back.
     private var heldAnswer: LocalAnswer?
-    /// While an external authorizer is asked: the decision's action, the authorizer, and the call in flight.
-    private var checked: (action: RouteDecision.Action, authorizer: ExternalAuthorizer)?
+    /// While an external authorizer is asked: the check, the decision's action, and the call in flight.
+    private var checked: (check: ExternalCheck, action: RouteDecision.Action)?
     private var checkCall: ExternalCheckCall?
     /// All tries together: the route's timeout, or a shorter one the transport sets (a gRPC call's deadline).
     var requestTimeout: Duration?
@@ -134,7 +134,7 @@ final class Exchange {
     func decide(_ decision: RouteDecision) {
         record.labels = decision.labels
         guard let check = decision.check else { return decide(decision.action) }
-        checked = (decision.action, check.authorizer)
+        checked = (check, decision.action)
         state = .authorizing
         guard let call = server.externalAuthorization.ask(check, for: self) else { return checkFinished(.failed) }
         checkCall = call
@@ -154,8 +154,9 @@ final class Exchange {
     /// header changes; denied, the client gets the authorizer's answer (`UAEX`); failed, `failOpen` goes on and
     /// otherwise `statusOnError` answers.
     private func checkFinished(_ outcome: ExternalAuthorizer.Outcome) {
-        guard let (action, authorizer) = checked else { return }
+        guard let (check, action) = checked else { return }
         checked = nil
+        let authorizer = check.authorizer
         func count(_ result: WorkerCounters.ExternalCheckResult) { server.counters.externalChecks.increment(result.rawValue) }
         switch outcome {
         case .allowed(let upstream, let downstream):
@@ -475,9 +476,11 @@ final class Exchange {
 
     /// Ends the exchange without a report (its connection is gone): timers stop, the counts it joined are left.
     func end() {
-        checkCall?.cancel()
-        checkCall = nil
-        checked = nil
+        if checked != nil {  // asked, not answered: the answer is no longer wanted
+            checkCall?.cancel()
+            checkCall = nil
+            checked = nil
+        }
         waitTimer?.cancel()
         tryTimer?.cancel()
         requestTimer?.cancel()

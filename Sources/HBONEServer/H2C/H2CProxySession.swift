@@ -375,7 +375,14 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     func answer(_ exchange: H2CExchange, _ answer: LocalAnswer) {
         switch answer {
         case .reply(let reply):
-            respond(exchange, status: reply.status, body: Array((reply.body.description.trimmingNewline() + "\n").utf8))
+            var headers: [(String, String)] = []
+            if case .jwtRejected = reply {
+                let challenge = Array(exchange.authority.utf8).withUnsafeBytes { host in
+                    Array(exchange.path.utf8).withUnsafeBytes { LocalReply.bearerChallenge(host: host, target: $0) }
+                }
+                headers.append(("www-authenticate", String(decoding: challenge, as: UTF8.self)))
+            }
+            respond(exchange, status: reply.status, headers: headers, body: Array((reply.body.description.trimmingNewline() + "\n").utf8))
         case .redirect(let status, let location):
             exchange.responseStarted = true
             exchange.responseEnded = true

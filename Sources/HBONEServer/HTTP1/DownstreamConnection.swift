@@ -380,6 +380,11 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
     /// Writes the answer; the request's head is consumed (if it still waits) and its body read and dropped.
     func answer(_ answer: LocalAnswer) {
         discardingBody = true
+        var challenge: [UInt8]? = nil
+        if case .reply(.jwtRejected) = answer, headLength > 0 {
+            let bytes = UnsafeRawBufferPointer(rebasing: input.readable[0..<headLength])
+            challenge = LocalReply.bearerChallenge(host: head.host.bytes(in: bytes), target: head.target.bytes(in: bytes))
+        }
         if headLength > 0 {
             input.consume(headLength)
             headLength = 0
@@ -394,7 +399,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
                 requestDone = true
                 pause(.finished)
             }
-            ForwardingHeaders.writeLocalReply(reply, close: !keepAlive, into: output)
+            ForwardingHeaders.writeLocalReply(reply, close: !keepAlive, challenge: challenge, into: output)
         case .redirect(let status, let location):
             if !requestDone { keepAlive = false }
             ForwardingHeaders.writeRedirect(status: status, location: location, close: !keepAlive, into: output)
