@@ -80,12 +80,7 @@ for run in $(seq "$RUNS"); do
                     >/dev/null 2>&1 & pid=$!; port=$ENVOY_PORT ;;
         esac
         wait_port $port
-        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -H 'Host: web' "http://127.0.0.1:$port/" >/dev/null
-        before=$(cpu_ticks "$pid")
-        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DUR}s" --latency -H 'Host: web' "http://127.0.0.1:$port/" > "$work/wrk-$target-$run.txt"
-        after=$(cpu_ticks "$pid")
-        echo -e "$target\t$(wrk_row "$work/wrk-$target-$run.txt" "$target" "$before" "$after")" >> "$work/rows.tsv"
-        kill "$pid"; wait "$pid" 2>/dev/null || true
+        measure_wrk "$pid" $port "$target" "$run" -H 'Host: web'
     done
 done
 python3 - "$work/rows.tsv" <<'PY'

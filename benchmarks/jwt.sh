@@ -60,12 +60,7 @@ for run in $(seq "$RUNS"); do
             RS256|ES256) args+=(-H "Authorization: Bearer $(cat "$work/$target.token")") ;;
             ES256-uncached) args+=(-s "$work/uncached.lua") ;;
         esac
-        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s "${args[@]}" "http://127.0.0.1:$PORT/" >/dev/null
-        before=$(cpu_ticks "$pid")
-        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "${args[@]}" "http://127.0.0.1:$PORT/" > "$work/wrk-$target-$run.txt"
-        after=$(cpu_ticks "$pid")
-        echo -e "$target\t$(wrk_row "$work/wrk-$target-$run.txt" "$target" "$before" "$after")" >> "$work/rows.tsv"
-        kill "$pid"; wait "$pid" 2>/dev/null || true
+        measure_wrk "$pid" $PORT "$target" "$run" "${args[@]}"
     done
 done
 python3 - "$work/rows.tsv" <<'PY'

@@ -202,6 +202,19 @@ CFG
 # warming machine.
 rotation() { local k=$(( ($1 - 1) % ($# - 1) )); shift; local words=("$@"); echo "${words[@]:$k}" "${words[@]:0:$k}"; }
 
+# measure_wrk PID PORT TARGET RUN [WRK_ARGS...]: a 1 s warm-up, then $DUR s of wrk (one thread, $CONNS
+# connections, on $LOAD_CPU) against http://127.0.0.1:PORT/; appends "TARGET<TAB>wrk_row" to $work/rows.tsv, with
+# the CPU of PID (the proxy) meanwhile; then stops PID.
+measure_wrk() {
+    local pid=$1 port=$2 target=$3 run=$4 before after; shift 4
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s "$@" "http://127.0.0.1:$port/" >/dev/null
+    before=$(cpu_ticks "$pid")
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "$@" "http://127.0.0.1:$port/" > "$work/wrk-$target-$run.txt"
+    after=$(cpu_ticks "$pid")
+    echo -e "$target\t$(wrk_row "$work/wrk-$target-$run.txt" "$target" "$before" "$after")" >> "$work/rows.tsv"
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+
 # wrk_row FILE TARGET CPU_TICKS_BEFORE CPU_TICKS_AFTER: "rps<TAB>p50_ms<TAB>p99_ms<TAB>cpu_us_per_req" from a
 # `wrk --latency` report and the proxy's CPU ticks around it; warns on stderr about non-2xx/3xx answers.
 wrk_row() {

@@ -131,6 +131,28 @@ endpoints: [{{addresses: [{ip}]}}]
     return "---".join(docs) + (("---\n" + textwrap.dedent(routes)) if routes else "")
 
 
+_protos = {}
+
+
+def compiled_proto(name):
+    """The modules (messages, services) of Tests/EndToEnd/proto/NAME.proto, compiled once per run by grpc_tools'
+    protoc: protobuf's own codec then checks the waypoint's hand-encoded messages."""
+    if name not in _protos:
+        import importlib
+        import sys
+        from grpc_tools import protoc
+        import grpc_tools
+        proto_dir = Path(__file__).parent / "proto"
+        out = tempfile.mkdtemp(prefix="waypoint-proto-")
+        include = Path(grpc_tools.__file__).parent / "_proto"
+        rc = protoc.main(["protoc", f"-I{proto_dir}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}",
+                          str(proto_dir / f"{name}.proto")])
+        assert rc == 0, f"protoc failed on {name}.proto"
+        sys.path.insert(0, out)
+        _protos[name] = (importlib.import_module(f"{name}_pb2"), importlib.import_module(f"{name}_pb2_grpc"))
+    return _protos[name]
+
+
 def free_port():
     """A loopback port nothing listens on right now."""
     probe = socket.socket()

@@ -7,11 +7,8 @@ Its certificates live `lifetime` seconds so that rotation happens within a test;
 UNAVAILABLE (an outage)."""
 import base64
 import datetime
-import importlib
 import json
 import os
-import sys
-import tempfile
 import threading
 from concurrent import futures
 
@@ -21,25 +18,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 import pki
-
-_PROTO_DIR = os.path.join(os.path.dirname(__file__), "proto")
-_compiled = None
-
+from conftest import compiled_proto
 
 def messages():
-    """The ca.proto modules (messages, services), compiled once per test run with grpc_tools' protoc."""
-    global _compiled
-    if _compiled is None:
-        from grpc_tools import protoc
-        import grpc_tools
-        out = tempfile.mkdtemp(prefix="waypoint-proto-")
-        include = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-        rc = protoc.main(["protoc", f"-I{_PROTO_DIR}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}",
-                          os.path.join(_PROTO_DIR, "ca.proto")])
-        assert rc == 0, "protoc failed on ca.proto"
-        sys.path.insert(0, out)
-        _compiled = (importlib.import_module("ca_pb2"), importlib.import_module("ca_pb2_grpc"))
-    return _compiled
+    """The ca.proto modules (messages, services)."""
+    return compiled_proto("ca")
 
 
 def service_account_token(namespace, name):

@@ -4,21 +4,15 @@ the `istio` ConfigMap), black-box, against check servers we did not write the pr
 compiled at test time by protobuf's own compiler). They allow with headers, deny with a status, headers and a
 body, time out, fail with a 5xx or UNAVAILABLE, and go away (failOpen both ways); requests arrive over HTTP/1.1
 and over h2c inside an HBONE tunnel."""
-import importlib
 import json
-import os
-import re
-import sys
-import tempfile
 import threading
 import time
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
-import pytest
 
-from conftest import free_port, http_request, origin_requests, service_yaml, wait_for
+from conftest import compiled_proto, free_port, http_request, origin_requests, service_yaml, wait_for
 from test_h2c import InnerH2, h2c_origin  # noqa: F401 (fixture)
 from test_hbone import VIP, FORWARDED, certs, client, hbone_proxy  # noqa: F401 (fixtures)
 
@@ -68,24 +62,9 @@ class HTTPAuthorizer:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
-_compiled = None
-
-
 def messages():
-    """The ext_authz.proto modules, compiled once per run with grpc_tools' protoc."""
-    global _compiled
-    if _compiled is None:
-        from grpc_tools import protoc
-        import grpc_tools
-        proto_dir = os.path.join(os.path.dirname(__file__), "proto")
-        out = tempfile.mkdtemp(prefix="waypoint-proto-")
-        include = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-        rc = protoc.main(["protoc", f"-I{proto_dir}", f"-I{include}", f"--python_out={out}", f"--grpc_python_out={out}",
-                          os.path.join(proto_dir, "ext_authz.proto")])
-        assert rc == 0, "protoc failed on ext_authz.proto"
-        sys.path.insert(0, out)
-        _compiled = (importlib.import_module("ext_authz_pb2"), importlib.import_module("ext_authz_pb2_grpc"))
-    return _compiled
+    """The ext_authz.proto modules (messages, services)."""
+    return compiled_proto("ext_authz")
 
 
 class GRPCAuthorizer:
