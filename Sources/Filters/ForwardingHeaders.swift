@@ -98,7 +98,9 @@ public enum ForwardingHeaders {
     public static let firstAttempt: StaticString = "x-envoy-attempt-count: 1\r\n"
 
     /// Writes `head` as the response sent downstream. `close` adds `connection: close`; `upgrade` (a `101` the
-    /// client asked for) keeps the upstream's `Upgrade` and adds `connection: upgrade`.
+    /// client asked for) keeps the upstream's `Upgrade` and adds `connection: upgrade`. A response without a body
+    /// keeps the upstream's `content-length` (`0`, or a HEAD response's entity length), as Envoy does: without
+    /// it, a kept-alive client would read a `200` as delimited by the close.
     public static func writeResponse(
         _ head: ResponseHead, _ bytes: UnsafeRawBufferPointer, close: Bool, upgrade: Bool = false, modifier: HeaderModifier? = nil,
         into out: ByteBuffer
@@ -108,10 +110,12 @@ public enum ForwardingHeaders {
         out.append(0x20)
         out.append(head.reason.bytes(in: bytes))
         out.append("\r\n")
+        let keepsLength = head.framing == .none && head.status >= 200 && head.status != 204
         for field in head.headers {
             let name = field.name.bytes(in: bytes)
             switch classify(name) {
             case .hopByHop where upgrade && name.count == 7 && HTTP1Parser.equalsLowercase(name, "upgrade"): break
+            case .framing where keepsLength && name.count == 14 && HTTP1Parser.equalsLowercase(name, "content-length"): break
             case .hopByHop, .framing: continue
             default: break
             }

@@ -290,3 +290,26 @@ def test_explain_says_which_provider_is_asked_first(workdir, origin_factory):
     public = subprocess.run([str(BINARY), "explain", "--config", str(path), "--host", "web", "--path", "/public"],
                             capture_output=True, text=True).stdout
     assert "external authorization" not in public, public
+
+
+def test_an_authorizer_in_the_mesh_is_reached_through_hbone(origin_factory, hbone_proxy, certs):
+    """The authorizer's endpoint is an ambient workload (its EndpointSlice says `networking.istio.io/tunnel: http`):
+    checks travel in HBONE tunnels to its node, with the waypoint's own identity, and allow and deny as before."""
+    origin = origin_factory("a")
+    authorizer = HTTPAuthorizer()
+    # the authorizer's node: an HBONE terminator that knows it as a workload address
+    node = hbone_proxy(service_yaml("ext-authz", [("127.0.0.1", authorizer.port)], namespace="foo", port=8000), name="node")
+    meshed = (service_yaml("web", [("127.0.0.1", origin.port)])
+              + "---" + service_yaml("ext-authz", [("127.0.0.1", authorizer.port)], namespace="foo", port=8000).replace(
+                  "labels: {kubernetes.io/service-name: ext-authz}}",
+                  "labels: {kubernetes.io/service-name: ext-authz}, annotations: {networking.istio.io/tunnel: http}}")
+              # the first check waits for an mTLS handshake with the node: more than 500 ms on a busy machine
+              + mesh_config(HTTP_PROVIDER.replace("timeout: 500ms", "timeout: 10s")) + custom_policy("http-authz"))
+    assert "networking.istio.io/tunnel" in meshed
+    waypoint = hbone_proxy(meshed, extra=["--upstream-hbone-port", str(node.hbone_port)], name="waypoint")
+    assert get(waypoint, "/api/x", "allow")[0] == 200
+    assert get(waypoint, "/api/x", "deny")[0] == 403
+    assert [path for _, path, _ in authorizer.checks] == ["/check/api/x", "/check/api/x"]
+    entry = json.loads(wait_for(r'\{[^\n]*"path":"/check/api/x"[^\n]*\n', node.stdout_path).group(0))
+    assert entry["downstream_peer_principal"] == "cluster.local/ns/default/sa/waypoint"
+    assert node.metrics()["waypoint_tunnels_total"] >= 1

@@ -344,3 +344,41 @@ spec:
             assert sent["x-both"] == "rule" and sent["x-gone"] == "1" and headers["x-via"] == "b"
         seen.add(headers["x-origin"])
     assert seen == {"a", "b"}
+
+
+def test_an_empty_response_keeps_its_length_on_a_kept_alive_connection(proxy_factory):
+    """A `200` with `content-length: 0` (a health check, an empty POST answer, an ext_authz allow) reaches the client
+    with its length, so a kept-alive client reads it at once; a HEAD answer keeps the entity's length."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Empty(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def do_HEAD(self):
+            self.send_response(200)
+            self.send_header("content-length", "1234")
+            self.end_headers()
+
+    origin = ThreadingHTTPServer(("127.0.0.1", 0), Empty)
+    threading.Thread(target=origin.serve_forever, daemon=True).start()
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", origin.server_address[1])]))
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=3)
+    for _ in range(2):                          # the same connection: the first answer was read to its end
+        conn.request("GET", "/", headers={"Host": "web"})
+        response = conn.getresponse()
+        assert (response.status, response.getheader("content-length"), response.read()) == (200, "0", b"")
+    conn.request("HEAD", "/", headers={"Host": "web"})
+    response = conn.getresponse()
+    assert (response.status, response.getheader("content-length")) == (200, "1234")
+    response.read()
+    conn.close()
+    origin.shutdown()

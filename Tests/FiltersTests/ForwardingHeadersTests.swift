@@ -50,6 +50,24 @@ private func forward(_ request: String, client: String = "10.0.0.5") -> String {
         #expect(sent.hasPrefix("GET / HTTP/1.1\r\nhost: svc.ns:8080\r\nX-Request-Id: r\r\n"))
     }
 
+    /// A response without a body keeps its `content-length` (found through an HBONE node: a kept-alive `200` with
+    /// `content-length: 0` went out with no framing at all, so the client waited for the close).
+    @Test(arguments: [
+        ("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        ("HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n", true, "HTTP/1.1 200 OK\r\nContent-Length: 42\r\n\r\n"),
+        ("HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", false, "HTTP/1.1 204 No Content\r\n\r\n"),
+        ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", true, "HTTP/1.1 200 OK\r\n\r\n"),
+    ])
+    func bodylessResponsesKeepTheirLength(text: String, requestWasHead: Bool, expected: String) {
+        let out = ByteBuffer(capacity: 256)
+        Array(text.utf8).withUnsafeBytes { buffer in
+            var head = ResponseHead()
+            #expect(HTTP1Parser.parseResponse(buffer, requestWasHead: requestWasHead, into: &head) == .complete)
+            ForwardingHeaders.writeResponse(head, buffer, close: false, into: out)
+        }
+        #expect(String(decoding: out.readable, as: UTF8.self) == expected)
+    }
+
     @Test func responseHeadDropsHopByHopAndSaysClose() {
         let text = "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\nX-A: b\r\n\r\n"
         let out = ByteBuffer(capacity: 256)
