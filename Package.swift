@@ -88,7 +88,7 @@ let package = Package(
         .target(
             name: "WaypointConfig",
             dependencies: [
-                "WaypointCore", "HTTPRouter", "Filters", "JWT", "Regex", "JSON", "YAML",
+                "WaypointCore", "HTTPRouter", "Filters", "JWT", "Regex", "JSON", "YAML", "TLS",
             ], swiftSettings: release),
         .executableTarget(
             name: "Waypoint",

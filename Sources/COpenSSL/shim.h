@@ -29,6 +29,10 @@ static inline void wp_general_names_free(GENERAL_NAMES *names) { GENERAL_NAMES_f
 static inline const ASN1_IA5STRING *wp_general_name_uri(const GENERAL_NAME *name) {
     return name->type == GEN_URI ? name->d.uniformResourceIdentifier : NULL;
 }
+/// The DNS name of a GENERAL_NAME of type GEN_DNS, else NULL.
+static inline const ASN1_IA5STRING *wp_general_name_dns(const GENERAL_NAME *name) {
+    return name->type == GEN_DNS ? name->d.dNSName : NULL;
+}
 
 /// ALPN: the server accepts only "h2" (HBONE); a client offering anything else fails the handshake.
 static int wp_alpn_select_h2(SSL *ssl, const unsigned char **out, unsigned char *outlen,

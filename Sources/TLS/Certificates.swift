@@ -77,17 +77,24 @@ public struct CertificateInfo: Sendable, Equatable {
     }
 
     /// The URI subject-alternative names of `x509`.
-    static func uris(of x509: OpaquePointer) -> [String] {
+    static func uris(of x509: OpaquePointer) -> [String] { alternativeNames(of: x509, wp_general_name_uri) }
+
+    /// The DNS subject-alternative names of `x509`.
+    static func dnsNames(of x509: OpaquePointer) -> [String] { alternativeNames(of: x509, wp_general_name_dns) }
+
+    /// The subject-alternative names of one type (`pick` gives a name's text when it is of that type).
+    private static func alternativeNames(
+        of x509: OpaquePointer, _ pick: (UnsafePointer<GENERAL_NAME>?) -> UnsafePointer<ASN1_IA5STRING>?
+    ) -> [String] {
         guard let raw = X509_get_ext_d2i(x509, NID_subject_alt_name, nil, nil) else { return [] }
         let names = OpaquePointer(raw)
         defer { wp_general_names_free(names) }
-        var uris: [String] = []
+        var found: [String] = []
         for i in 0..<wp_sk_general_name_num(names) {
-            guard let name = wp_sk_general_name_value(names, i), let uri = wp_general_name_uri(name),
-                let data = ASN1_STRING_get0_data(uri)
+            guard let name = wp_sk_general_name_value(names, i), let text = pick(name), let data = ASN1_STRING_get0_data(text)
             else { continue }
-            uris.append(String(decoding: UnsafeBufferPointer(start: data, count: Int(ASN1_STRING_length(uri))), as: UTF8.self))
+            found.append(String(decoding: UnsafeBufferPointer(start: data, count: Int(ASN1_STRING_length(text))), as: UTF8.self))
         }
-        return uris
+        return found
     }
 }

@@ -70,6 +70,10 @@ public final class TLSConnection {
     /// that stops before `read` answers `.wouldBlock` must come back by itself.
     public var hasBufferedInput: Bool { SSL_has_pending(ssl) == 1 }
 
+    /// Whether decrypted application data waits inside OpenSSL (a record larger than the last read): the next
+    /// `read` returns it without the socket.
+    public var hasDecryptedInput: Bool { SSL_pending(ssl) > 0 }
+
     /// Whether sealed records still wait for the socket (call `flush` when it is writable).
     public var hasPendingOutput: Bool { !sealed.isEmpty }
 
@@ -206,6 +210,18 @@ public final class TLSConnection {
         defer { ERR_clear_error() }
         guard let cert = SSL_get0_peer_certificate(ssl) else { return [] }
         return CertificateInfo.uris(of: cert)
+    }
+
+    /// The DNS subject-alternative names of the peer certificate (empty without one).
+    public var peerDNSNames: [String] {
+        defer { ERR_clear_error() }
+        guard let cert = SSL_get0_peer_certificate(ssl) else { return [] }
+        return CertificateInfo.dnsNames(of: cert)
+    }
+
+    /// Client side: sends `name` as SNI only (the certificate is checked by the caller, against other names).
+    public func sendServerName(_ name: String) {
+        _ = wp_ssl_set_server_name(ssl, name)
     }
 }
 

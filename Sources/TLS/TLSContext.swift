@@ -134,18 +134,20 @@ public final class TLSContext: @unchecked Sendable {
     /// A client context for an HTTPS API (the Kubernetes API server; istiod's CA with `http2`): TLS 1.2 or
     /// later, ALPN `h2` when `http2` (else none: HTTP/1.1), the server's certificate verified against
     /// `trustBundle` (PEM text), and a client certificate when `certificate` and `key` (PEM text) are given.
-    /// `source` names where the PEM came from in errors.
+    /// `source` names where the PEM came from in errors. `verifyPeer` false accepts any server certificate
+    /// (DestinationRule `insecureSkipVerify`; the trust bundle may then be empty).
     public init(
-        httpsClientTrusting trustBundle: String, certificate: String? = nil, key: String? = nil, http2: Bool = false, source: String
+        httpsClientTrusting trustBundle: String, certificate: String? = nil, key: String? = nil, http2: Bool = false,
+        verifyPeer: Bool = true, source: String
     ) throws(TLSError) {
         defer { ERR_clear_error() }
         guard let ctx = SSL_CTX_new(TLS_client_method()) else { throw TLSError("SSL_CTX_new failed") }
         raw = ctx
         role = .client
         guard wp_ssl_ctx_tls12_or_later(ctx) == 1 else { throw TLSError("cannot require TLS 1.2") }
-        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nil)
+        SSL_CTX_set_verify(ctx, verifyPeer ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, nil)
         if http2 { try Self.offerH2(ctx) }
-        try Self.trust(ctx, trustBundle, source: source)
+        if verifyPeer || !trustBundle.isEmpty { try Self.trust(ctx, trustBundle, source: source) }
         if let certificate, let key {
             try Self.eachPEM(certificate, source: source) { (bio) throws(TLSError) in
                 guard let x509 = PEM_read_bio_X509(bio, nil, nil, nil) else {

@@ -125,6 +125,7 @@ private func runWorkerThread(_ context: UnsafeMutableRawPointer?) -> UnsafeMutab
 extension Snapshot {
     /// The endpoints as a worker's upstream side takes them.
     fileprivate var upstreamEndpoints: UpstreamEndpoints {
-        UpstreamEndpoints(addresses: endpoints, transports: endpointTransports, workloads: workloads, workloadOf: endpointWorkloads)
+        UpstreamEndpoints(
+            addresses: endpoints, transports: endpointTransports, workloads: workloads, workloadOf: endpointWorkloads, tls: upstreamTLS)
     }
 }

@@ -149,6 +149,7 @@ extension CompileState {
             destinations: destinations, tcpRoutes: tcpRoutes,
             authorization: authorization, unmatchedHostPolicies: unmatchedHostPolicies, authentication: authentication,
             unmatchedHostAuthentication: unmatchedHostAuthentication, strictMTLS: strictMTLS, services: services, authorizers: authorizers,
+            upstreamTLS: upstreamTLS,
             dump: dumpSource(generation: generation), warnings: spec.warnings + warnings, previous: previous)
     }
 }

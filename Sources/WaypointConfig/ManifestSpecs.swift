@@ -300,8 +300,23 @@ public struct DestinationRuleSpec: Sendable {
     public var connectionPool: ConnectionPoolSettings?
     public var loadBalancer: LoadBalancer?
     public var subsets: [Subset] = []
+    /// `trafficPolicy.tls` with mode SIMPLE or MUTUAL: TLS originated to the host's endpoints.
+    public var tls: TLSOrigination?
     /// Fields read but not applied yet (`waypoint check` warns about each).
     public var ignoredFields: [String]
+}
+
+/// DestinationRule `trafficPolicy.tls` for TLS origination: PEM files as paths in the waypoint's file system.
+public struct TLSOrigination: Sendable, Equatable {
+    public enum Mode: String, Sendable { case simple = "SIMPLE", mutual = "MUTUAL" }
+    public var mode: Mode
+    /// `caCertificates`; nil: the system's trust store.
+    public var caCertificates: String?
+    public var clientCertificate: String?
+    public var privateKey: String?
+    public var sni: String?
+    public var subjectAltNames: [String]
+    public var insecureSkipVerify: Bool
 }
 
 /// Everything loaded from one set of manifest files, before compilation. A field added here must be added to

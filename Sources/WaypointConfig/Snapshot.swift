@@ -1,5 +1,6 @@
 import Filters
 import JWT
+import TLS
 import WaypointCore
 import HTTPRouter
 
@@ -124,6 +125,8 @@ public final class Snapshot: Sendable {
     public let services: [(fqdn: String, name: String, namespace: String)]
     /// The mesh config's external authorizers (CUSTOM policies' `provider` indexes them).
     public let authorizers: [ExternalAuthorizer]
+    /// DestinationRules' TLS origination (`EndpointTransport.tls` indexes it; nil: unusable, connections fail).
+    public let upstreamTLS: [UpstreamTLS?]
     /// The active config as JSON, for the admin `/config_dump`: rendered when asked (rendering it with every
     /// compile cost ~40 % of a load for 1,000 services, measured under API churn).
     public var dump: String { dumpValue.rendered() }
@@ -139,7 +142,7 @@ public final class Snapshot: Sendable {
         destinations: [SocketAddress: Destination], tcpRoutes: [UInt64: BackendSet], authorization: [PolicySet],
         unmatchedHostPolicies: PolicySet, authentication: [RequestAuthenticator?], unmatchedHostAuthentication: RequestAuthenticator?,
         strictMTLS: [Bool], services: [(fqdn: String, name: String, namespace: String)], authorizers: [ExternalAuthorizer],
-        dump: @escaping @Sendable () -> JSONValue, warnings: [String], previous: Snapshot?
+        upstreamTLS: [UpstreamTLS?], dump: @escaping @Sendable () -> JSONValue, warnings: [String], previous: Snapshot?
     ) {
         self.services = services
         self.generation = generation
@@ -168,6 +171,7 @@ public final class Snapshot: Sendable {
         hasAuthentication = unmatchedHostAuthentication != nil || authentication.contains { $0 != nil }
         self.strictMTLS = strictMTLS
         self.authorizers = authorizers
+        self.upstreamTLS = upstreamTLS
         self.dumpSource = dump
         self.warnings = warnings
     }

@@ -2,6 +2,7 @@ import Filters
 import HTTPRouter
 import JWT
 import Regex
+import TLS
 import WaypointCore
 
 /// Turns a validated `ConfigSpec` into an immutable `Snapshot`: resolves services to endpoints, attaches
@@ -122,6 +123,10 @@ struct CompileState {
     var unmatchedHostPolicies = PolicySet.empty
     /// The mesh config's external authorizers, their clusters resolved (CUSTOM policies index them).
     var authorizers: [ExternalAuthorizer] = []
+    /// TLS origination settings of DestinationRules (`EndpointTransport.tls` indexes them; nil: unusable, so
+    /// connections fail), and which by the Service (`ns/name`) or ServiceEntry host they apply to.
+    var upstreamTLS: [UpstreamTLS?] = []
+    var upstreamTLSIndex: [String: Int32] = [:]
     var authentication: [RequestAuthenticator?] = []
     var unmatchedHostAuthentication: RequestAuthenticator?
     var strictMTLS: [Bool] = []
@@ -154,6 +159,7 @@ struct CompileState {
 
     mutating func build() {
         warnAboutVirtualServices()
+        buildUpstreamTLS()
         buildServiceClusters()
         buildServiceEntryClusters()
         applyDestinationRules()
@@ -169,28 +175,65 @@ struct CompileState {
         buildPeerAuthentication()
     }
 
+    /// What a DestinationRule's host names: a Service (`ns/name`) or a ServiceEntry host; nil when neither.
+    func target(of rule: DestinationRuleSpec) -> String? {
+        let parts = rule.host.split(separator: ".")
+        if let service = spec.services.first(where: { s in
+            let fqdn = "\(s.name).\(s.namespace).svc.\(compiler.clusterDomain)"
+            return rule.host == fqdn || rule.host == "\(s.name).\(s.namespace)" || rule.host == "\(s.name).\(s.namespace).svc"
+                || (parts.count == 1 && s.name == rule.host && s.namespace == rule.namespace)
+        }) {
+            return "\(service.namespace)/\(service.name)"
+        }
+        return spec.serviceEntries.contains(where: { $0.hosts.contains(rule.host) }) ? rule.host : nil
+    }
+
+    /// DestinationRules' TLS origination: a client context per rule, built here (off the workers) from its PEM
+    /// files, the system's trust store without `caCertificates`. A file that cannot be used is a warning and
+    /// the rule's connections fail (503), never plaintext.
+    mutating func buildUpstreamTLS() {
+        for rule in spec.destinationRules {
+            guard let tls = rule.tls, let target = target(of: rule), upstreamTLSIndex[target] == nil else { continue }
+            upstreamTLSIndex[target] = Int32(upstreamTLS.count)
+            let label = "DestinationRule \(rule.namespace)/\(rule.name)"
+            let caPath = tls.caCertificates ?? "/etc/ssl/certs/ca-certificates.crt"
+            let trust = readTextFile(caPath)
+            let certificate = tls.clientCertificate.flatMap { readTextFile($0) }
+            let key = tls.privateKey.flatMap { readTextFile($0) }
+            guard trust != nil || tls.insecureSkipVerify, tls.mode == .simple || (certificate != nil && key != nil) else {
+                warnings.append(
+                    "\(label): trafficPolicy.tls: cannot read \(trust == nil ? caPath : "the client certificate or key"): connections fail")
+                upstreamTLS.append(nil)
+                continue
+            }
+            do {
+                let context = try TLSContext(
+                    httpsClientTrusting: trust ?? "", certificate: certificate, key: key, verifyPeer: !tls.insecureSkipVerify,
+                    source: "\(label) trafficPolicy.tls")
+                upstreamTLS.append(
+                    UpstreamTLS(
+                        context: context, serverName: tls.sni ?? rule.host, subjectAltNames: tls.subjectAltNames,
+                        verify: !tls.insecureSkipVerify))
+            } catch {
+                warnings.append("\(label): \(error): connections fail")
+                upstreamTLS.append(nil)
+            }
+        }
+    }
+
     /// DestinationRule traffic policies onto the clusters of the host they name (every port).
     mutating func applyDestinationRules() {
         for rule in spec.destinationRules {
             for field in rule.ignoredFields {
                 warnings.append("DestinationRule \(rule.namespace)/\(rule.name): trafficPolicy \(field) is not applied yet")
             }
-            let parts = rule.host.split(separator: ".")
-            var prefixes: [String] = []
-            if let service = spec.services.first(where: { s in
-                let fqdn = "\(s.name).\(s.namespace).svc.\(compiler.clusterDomain)"
-                return rule.host == fqdn || rule.host == "\(s.name).\(s.namespace)" || rule.host == "\(s.name).\(s.namespace).svc"
-                    || (parts.count == 1 && s.name == rule.host && s.namespace == rule.namespace)
-            }) {
-                prefixes.append("\(service.namespace)/\(service.name):")
-            } else if spec.serviceEntries.contains(where: { $0.hosts.contains(rule.host) }) {
-                prefixes.append("\(rule.host):")
-            } else {
+            guard let target = target(of: rule) else {
                 warnings.append(
                     "DestinationRule \(rule.namespace)/\(rule.name): host \(rule.host) is not a known service or ServiceEntry host: ignored"
                 )
                 continue
             }
+            let prefixes = ["\(target):"]
             let matching = clusters.indices.filter { i in
                 prefixes.contains { clusters[i].name.hasPrefix($0) } && !clusters[i].name.contains("|")
             }
@@ -433,7 +476,7 @@ struct CompileState {
         guard let address = SocketAddress(ip: ip, port: UInt16(port)) else { return nil }
         if let index = endpointIndex[address] {
             switch (endpointTransports[Int(index)], transport) {
-            case (.plaintext, .hbone), (.hbone(nil), .hbone(.some)): endpointTransports[Int(index)] = transport
+            case (.plaintext, .hbone), (.hbone(nil), .hbone(.some)), (.plaintext, .tls): endpointTransports[Int(index)] = transport
             default: break
             }
             return index
@@ -510,6 +553,7 @@ struct CompileState {
     /// (labels, workload, locality).
     mutating func members(of service: ServiceSpec, port: ServicePortSpec, _ lookups: EndpointLookups) -> [Int32] {
         var members: [Int32] = []
+        let tls = upstreamTLSIndex["\(service.namespace)/\(service.name)"]
         for slice in lookups.slicesByService["\(service.namespace)/\(service.name)"] ?? [] {
             // EndpointSlice ports carry the service port's name; a numeric targetPort is the fallback.
             let targetPort: Int?
@@ -524,7 +568,8 @@ struct CompileState {
             for endpoint in slice.endpoints where endpoint.ready {
                 for ip in endpoint.addresses {
                     let pod = endpoint.pod.flatMap { lookups.podsByName["\(slice.namespace)/\($0)"] } ?? lookups.podsByIP[ip]
-                    let transport = Self.transport(to: pod, namespaceLabels: namespaceLabels, annotated: slice.tunnel)
+                    var transport = Self.transport(to: pod, namespaceLabels: namespaceLabels, annotated: slice.tunnel)
+                    if let tls, transport == .plaintext { transport = .tls(tls) }  // a mesh endpoint keeps HBONE
                     guard let index = self.endpoint(ip, targetPort, transport: transport) else { continue }
                     if let pod {
                         endpointLabels[index] = pod.labels
@@ -552,12 +597,14 @@ struct CompileState {
 
     mutating func buildServiceEntryClusters() {
         for entry in spec.serviceEntries {
+            let tlsIndex = upstreamTLSIndex
+            let tls = entry.hosts.lazy.compactMap { tlsIndex[$0] }.first
             for port in entry.ports {
                 var members: [Int32] = []
                 for endpoint in entry.endpoints {
                     let target = endpoint.ports[port.name] ?? port.targetPort ?? port.number
                     let transport: EndpointTransport =
-                        endpoint.labels[EndpointSliceSpec.tunnelKey] == "http" ? .hbone(peer: nil) : .plaintext
+                        endpoint.labels[EndpointSliceSpec.tunnelKey] == "http" ? .hbone(peer: nil) : tls.map { .tls($0) } ?? .plaintext
                     guard let index = self.endpoint(endpoint.address, target, transport: transport) else { continue }
                     endpointLabels[index] = endpoint.labels
                     if let locality = endpoint.locality { endpointLocality[index] = locality }
@@ -932,6 +979,7 @@ struct CompileState {
         case .plaintext: return ""
         case .hbone(nil): return " (HBONE)"
         case .hbone(let peer?): return " (HBONE, \(peer))"
+        case .tls: return " (TLS)"
         }
     }
 

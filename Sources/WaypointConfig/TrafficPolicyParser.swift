@@ -10,6 +10,7 @@ enum TrafficPolicyParser {
         var outlier: OutlierDetection? = nil
         var pool: ConnectionPoolSettings? = nil
         var ignored: [String] = []
+        var tls: TLSOrigination? = nil
         if let policy = try spec.optional("trafficPolicy") {
             if let o = try policy.optional("outlierDetection") {
                 outlier = OutlierDetection(
@@ -46,7 +47,8 @@ enum TrafficPolicyParser {
                 }
                 pool = settings
             }
-            for key in ["tls", "portLevelSettings", "tunnel", "proxyProtocol"] where try policy.optional(key) != nil {
+            if let node = try policy.optional("tls") { tls = try self.tls(node, &ignored) }
+            for key in ["portLevelSettings", "tunnel", "proxyProtocol"] where try policy.optional(key) != nil {
                 ignored.append(key)
             }
         }
@@ -66,7 +68,31 @@ enum TrafficPolicyParser {
         }
         return DestinationRuleSpec(
             namespace: namespace, name: name, host: host, outlierDetection: outlier, connectionPool: pool,
-            loadBalancer: loadBalancer, subsets: subsets, ignoredFields: ignored)
+            loadBalancer: loadBalancer, subsets: subsets, tls: tls, ignoredFields: ignored)
+    }
+
+    /// `trafficPolicy.tls`: SIMPLE and MUTUAL originate TLS; DISABLE (the default) and ISTIO_MUTUAL (the mesh's
+    /// own mTLS, which ambient endpoints get as HBONE) none. MUTUAL without a client certificate and key is an
+    /// error, as in Istio's validation.
+    private static func tls(_ node: ManifestNode, _ ignored: inout [String]) throws(ConfigError) -> TLSOrigination? {
+        let modeNode = try node.optional("mode")
+        let modeText = try modeNode?.string() ?? "DISABLE"
+        if modeText == "DISABLE" || modeText == "ISTIO_MUTUAL" { return nil }
+        guard let mode = TLSOrigination.Mode(rawValue: modeText) else {
+            throw (modeNode ?? node).error("unknown TLS mode \"\(modeText)\" (DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL)")
+        }
+        var settings = TLSOrigination(
+            mode: mode, caCertificates: try node.optionalString("caCertificates"),
+            clientCertificate: try node.optionalString("clientCertificate"), privateKey: try node.optionalString("privateKey"),
+            sni: try node.optionalString("sni"),
+            subjectAltNames: try node.optionalArray("subjectAltNames").map { (n) throws(ConfigError) in try n.string() },
+            insecureSkipVerify: try node.optional("insecureSkipVerify")?.bool() ?? false)
+        if settings.caCertificates?.isEmpty == true { settings.caCertificates = nil }
+        if try node.optional("credentialName") != nil { ignored.append("tls.credentialName (a Secret: give the PEM files' paths)") }
+        if mode == .mutual && (settings.clientCertificate == nil || settings.privateKey == nil) {
+            throw node.error("MUTUAL needs clientCertificate and privateKey (files)", field: "\(node.path).clientCertificate")
+        }
+        return settings
     }
 
     /// A connection-pool limit: 0 or absent means none (Istio sets only positive values; its default is unlimited).

@@ -6,8 +6,11 @@ public enum EndpointTransport: Sendable, Equatable {
     /// `peer`: whom the node's certificate must name, the destination Pod's service account (its ztunnel answers
     /// as that Pod); nil when the Pod is not known (then any identity of an accepted trust domain, as Envoy).
     case hbone(peer: ServiceAccountName?)
+    /// TLS originated by the waypoint (DestinationRule `tls` SIMPLE or MUTUAL): the settings are the snapshot's
+    /// `upstreamTLS` entry with this index.
+    case tls(Int32)
 
-    public var isHBONE: Bool { self != .plaintext }
+    public var isHBONE: Bool { if case .hbone = self { return true } else { return false } }
 }
 
 /// A Kubernetes service account, the part of a SPIFFE ID (`…/ns/<namespace>/sa/<name>`) a workload is known by.

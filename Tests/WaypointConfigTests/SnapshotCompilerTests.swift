@@ -382,3 +382,52 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
         #expect(try compile(Self.route(in: "shop", parent: "{name: east}")).warnings.contains { $0.contains("is not this waypoint") })
     }
 }
+
+/// DestinationRule `trafficPolicy.tls`: TLS origination onto the endpoints of the host it names.
+@Suite struct TLSOriginationCompileTests {
+    private func compile(_ tls: String) throws -> Snapshot {
+        let text =
+            config + """
+
+                ---
+                apiVersion: networking.istio.io/v1
+                kind: DestinationRule
+                metadata: {name: web, namespace: shop}
+                spec:
+                  host: web
+                  trafficPolicy: {tls: \(tls)}
+                """
+        return SnapshotCompiler(namespace: "shop").compile(
+            try ManifestLoader.load(text: text, file: "t.yaml", defaultNamespace: "shop"), generation: 1)
+    }
+
+    private func transports(_ snapshot: Snapshot) -> [EndpointTransport] {
+        snapshot.clusters.first { $0.name == "shop/web:80" }!.endpoints.map { snapshot.endpointTransports[Int($0)] }
+    }
+
+    @Test func simpleTLSReachesTheEndpointsOfTheHost() throws {
+        let snapshot = try compile("{mode: SIMPLE, insecureSkipVerify: true, sni: web.example.com}")
+        #expect(!transports(snapshot).isEmpty && transports(snapshot).allSatisfy { $0 == .tls(0) })
+        let tls = try #require(snapshot.upstreamTLS.first ?? nil)
+        #expect(tls.serverName == "web.example.com" && !tls.verify)
+    }
+
+    @Test(arguments: ["{mode: DISABLE}", "{mode: ISTIO_MUTUAL}", "{}"])
+    func otherModesOriginateNothing(tls: String) throws {
+        let snapshot = try compile(tls)
+        #expect(snapshot.upstreamTLS.isEmpty && transports(snapshot).allSatisfy { $0 == .plaintext })
+    }
+
+    /// A CA file that cannot be read: a warning, and the endpoints stay TLS with no usable settings, so
+    /// connections fail rather than go out in the clear.
+    @Test func anUnreadableCAFailsClosed() throws {
+        let snapshot = try compile("{mode: SIMPLE, caCertificates: /nonexistent/ca.pem}")
+        #expect(snapshot.upstreamTLS.count == 1 && snapshot.upstreamTLS[0] == nil)
+        #expect(transports(snapshot).allSatisfy { $0 == .tls(0) })
+        #expect(snapshot.warnings.contains { $0.contains("DestinationRule shop/web: trafficPolicy.tls: cannot read /nonexistent/ca.pem") })
+    }
+
+    @Test func anUnknownModeNamesTheField() {
+        #expect(throws: ConfigErrors.self) { try compile("{mode: STRICT}") }
+    }
+}

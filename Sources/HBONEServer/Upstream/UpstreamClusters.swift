@@ -1,5 +1,6 @@
 import EventLoop
 import Filters
+import TLS
 import WaypointCore
 
 /// A snapshot's endpoints as the upstream side needs them, parallel arrays indexed as `RouteDecision` names
@@ -12,9 +13,19 @@ public struct UpstreamEndpoints: Sendable {
     public var workloads: [WorkloadLabels] = []
     /// Per endpoint: its index in `workloads` (-1: its Pod is not known).
     public var workloadOf: [Int32] = []
+    /// What `EndpointTransport.tls` indexes: DestinationRules' TLS origination.
+    public var tls: [UpstreamTLS?] = []
 
-    public init(addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels], workloadOf: [Int32]) {
-        (self.addresses, self.transports, self.workloads, self.workloadOf) = (addresses, transports, workloads, workloadOf)
+    public init(
+        addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels], workloadOf: [Int32], tls: [UpstreamTLS?]
+    ) {
+        (self.addresses, self.transports, self.workloads, self.workloadOf, self.tls) = (addresses, transports, workloads, workloadOf, tls)
+    }
+
+    /// Endpoint `i`'s TLS origination (nil for other transports, or an unusable rule).
+    func tls(of i: Int) -> UpstreamTLS? {
+        guard case .tls(let index) = transports[i], index >= 0, Int(index) < tls.count else { return nil }
+        return tls[Int(index)]
     }
 
     init() {}
@@ -45,7 +56,8 @@ public final class UpstreamClusters {
         var existing: [SocketAddress: UpstreamPool] = [:]
         for case let pool? in pools { existing[pool.address] = pool }
         pools = zip(endpoints.addresses, endpoints.transports).enumerated().map { i, entry in
-            guard let pool = existing[entry.0], pool.transport == entry.1 else { return nil }
+            // a pool keeps its connections only with the same transport (and the same TLS settings object)
+            guard let pool = existing[entry.0], pool.transport == entry.1, pool.tls === endpoints.tls(of: i) else { return nil }
             existing[entry.0] = nil
             pool.destinationWorkload = workloadIDs[i]
             return pool
@@ -60,7 +72,7 @@ public final class UpstreamClusters {
         take(endpoints, server)
         for endpoint in revised where Int(endpoint) < pools.count {
             guard let pool = pools[Int(endpoint)] else { continue }
-            if pool.transport != endpoints.transports[Int(endpoint)] {
+            if pool.transport != endpoints.transports[Int(endpoint)] || pool.tls !== endpoints.tls(of: Int(endpoint)) {
                 pool.retired = true
                 pools[Int(endpoint)] = nil
             } else {
@@ -89,7 +101,8 @@ public final class UpstreamClusters {
 
     private func makePool(_ i: Int) -> UpstreamPool? {
         guard let server else { return nil }
-        let pool = UpstreamPool(address: endpoints.addresses[i], transport: endpoints.transports[i], server: server)
+        let pool = UpstreamPool(
+            address: endpoints.addresses[i], transport: endpoints.transports[i], tls: endpoints.tls(of: i), server: server)
         pool.destinationWorkload = workloadIDs[i]
         pools[i] = pool
         return pool

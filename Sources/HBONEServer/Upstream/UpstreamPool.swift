@@ -1,4 +1,5 @@
 import Filters
+import TLS
 import EventLoop
 import WaypointCore
 
@@ -11,8 +12,10 @@ import WaypointCore
 /// address across config reloads; a pool dropped by a reload is `retired` and closes connections as they return.
 final class UpstreamPool {
     let address: SocketAddress
-    /// Plaintext, or HBONE (and to whom).
+    /// Plaintext, HBONE (and to whom), or TLS originated with `tls`.
     let transport: EndpointTransport
+    /// The DestinationRule's TLS origination for a `.tls` endpoint (nil: unusable, every connect fails).
+    let tls: UpstreamTLS?
     /// The endpoint's Pod as Istio's destination labels name it (interned in the worker's metrics), -1 unknown.
     var destinationWorkload: Int32 = -1
     let addressText: String
@@ -36,9 +39,10 @@ final class UpstreamPool {
         }
     }
 
-    init(address: SocketAddress, transport: EndpointTransport, server: ProxyServer) {
+    init(address: SocketAddress, transport: EndpointTransport, tls: UpstreamTLS?, server: ProxyServer) {
         self.address = address
         self.transport = transport
+        self.tls = tls
         self.addressText = address.description
         self.server = server
     }
@@ -88,8 +92,21 @@ final class UpstreamPool {
         h2c.isEmpty || h2c.contains { $0.canTakeStream } || limits.mayOpenConnection
     }
 
-    /// A new stream to the endpoint outside the pool (a mirrored request): a socket, or an HBONE tunnel.
-    func openStream() -> (any ByteStream)? { transport.isHBONE ? openTunnel() : openSocket() }
+    /// A new stream to the endpoint outside the pool (a mirrored request): a socket, TLS over one, or an HBONE
+    /// tunnel.
+    func openStream() -> (any ByteStream)? {
+        switch transport {
+        case .plaintext: return openSocket()
+        case .hbone: return openTunnel()
+        case .tls:
+            guard let tls, case .success(let fd) = Socket.connect(to: address) else { return nil }
+            guard let stream = TLSStream(fd: fd, loop: server.loop, settings: tls) else {
+                Socket.close(fd)
+                return nil
+            }
+            return stream
+        }
+    }
 
     private func openSocket() -> (any ByteStream)? {
         guard case .success(let fd) = Socket.connect(to: address) else { return nil }
