@@ -1,7 +1,7 @@
 # waypoint: the two commands a new user needs are `make run` and `make test`.
 SWIFT        ?= swift
 DEB_PACKAGES := libev-dev libnghttp2-dev libssl-dev libpcre2-dev libjson-c-dev libyaml-dev pkg-config curl
-PY_PACKAGES  := pytest prometheus-client h2 cryptography kubernetes-validate pyyaml grpcio grpcio-tools websockets pyjwt
+PY_PACKAGES  := pytest prometheus-client h2 cryptography kubernetes-validate pyyaml grpcio grpcio-tools websockets pyjwt dnslib
 RELEASE_BIN  := .build/release/waypoint
 # A static Swift runtime: one binary that needs only the C libraries at run time.
 RELEASE_FLAGS := -c release --static-swift-stdlib
@@ -30,7 +30,7 @@ deps:
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
-	@python3 -c "import pytest, prometheus_client, h2, cryptography, kubernetes_validate, yaml, grpc, grpc_tools, websockets, jwt" 2>/dev/null || python3 -m pip install -q $(PY_PACKAGES)
+	@python3 -c "import pytest, prometheus_client, h2, cryptography, kubernetes_validate, yaml, grpc, grpc_tools, websockets, jwt, dnslib" 2>/dev/null || python3 -m pip install -q $(PY_PACKAGES)
 
 release: deps
 	$(SWIFT) build $(RELEASE_FLAGS)

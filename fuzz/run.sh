@@ -13,7 +13,7 @@ swift build -c release --scratch-path .build-fuzz --product WaypointFuzz \
 binary=.build-fuzz/release/WaypointFuzz
 export ASAN_OPTIONS=detect_leaks=0
 mkdir -p fuzz/crashes
-for target in ${FUZZ_TARGETS:-http1 http2 config proxy kubernetes meshca jwt extauthz}; do
+for target in ${FUZZ_TARGETS:-http1 http2 config proxy kubernetes meshca jwt extauthz dns}; do
     corpus=fuzz/corpus/$target
     mkdir -p "$corpus"
     echo "== fuzzing $target for ${seconds}s"

@@ -164,6 +164,24 @@ public enum Socket {
         }
     }
 
+    /// One UDP datagram exchange for a background thread (never a loop thread): sends `request` to `address`
+    /// from a connected socket (so only its answers are read) and returns the first datagram that comes back
+    /// within `timeout`, at most 64 KiB. Nil on any failure.
+    public static func datagramExchange(with address: SocketAddress, request: [UInt8], timeout: Duration) -> [UInt8]? {
+        let fd = socket(address.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        let (seconds, attoseconds) = timeout.components
+        var limit = timeval(tv_sec: Int(seconds), tv_usec: Int(attoseconds / 1_000_000_000_000))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+        guard address.withSockAddr({ Glibc.connect(fd, $0, $1) }) == 0 else { return nil }
+        guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else { return nil }
+        var answer = [UInt8](repeating: 0, count: 65536)
+        let n = answer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        guard n > 0 else { return nil }
+        return Array(answer[0..<n])
+    }
+
     /// A blocking connection for a background thread (never a loop thread): connect, reads and writes each
     /// bounded by `timeout` (a read that times out reports `.wouldBlock`).
     public static func connectBlocking(to address: SocketAddress, timeout: Duration) -> Result<Int32, SocketError> {

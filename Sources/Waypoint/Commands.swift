@@ -128,6 +128,12 @@ extension WaypointCommand {
         @Option(help: "How often the key sets of RequestAuthentication jwksUris are fetched again (a failure retries sooner).")
         var jwksRefresh = DurationArgument(.seconds(20 * 60))
 
+        @Option(help: "The name server (IP:port) for ServiceEntry hosts with resolution DNS (default: /etc/resolv.conf's first).")
+        var dnsServer: AddressArgument?
+
+        @Option(help: "A DNS answer is asked again after its TTL, but not sooner than this (at most every 60s).")
+        var dnsMinRefresh = DurationArgument(.seconds(5))
+
         @Option(help: "Log level.")
         var logLevel = LogLevelArgument.info
 
@@ -313,6 +319,8 @@ extension WaypointCommand {
             options.settings.relayIdleTimeout = relayIdleTimeout.duration > .zero ? relayIdleTimeout.duration : nil
             options.settings.connectTimeout = connectTimeout.duration
             options.jwksRefresh = jwksRefresh.duration
+            options.dnsServer = dnsServer?.address
+            options.dnsMinRefresh = dnsMinRefresh.duration
             options.settings.handshakeTimeout = handshakeTimeout.duration
             options.settings.keepaliveInterval = hboneKeepalive.duration
             options.settings.keepaliveTimeout = hboneKeepalive.duration * 2

@@ -30,6 +30,8 @@ struct ConfigSource {
     private(set) var generation: UInt64 = 0
     /// The `jwksUri`s of the last loaded config's RequestAuthentications: the key sets to fetch.
     private(set) var jwksURIs: Set<String> = []
+    /// The host names of the last loaded config's ServiceEntries with DNS resolution: the names to resolve.
+    private(set) var dnsNames: Set<String> = []
     /// With the API source: every object read (kind, namespace, name, resourceVersion), for `/config_dump`.
     var apiObjects: [(kind: String, namespace: String, name: String, resourceVersion: String)] { apiSpecs.objects }
     /// With the API source: the Services in other namespaces that the last loaded config's routes name.
@@ -81,6 +83,7 @@ struct ConfigSource {
             spec.requestAuthentications.flatMap(\.rules).compactMap { rule in
                 if case .uri(let uri) = rule.jwks { return uri } else { return nil }
             })
+        dnsNames = Set(spec.serviceEntries.flatMap(\.namesToResolve))
         generation += 1
         let parsed = clock.now
         let result: CompiledConfig

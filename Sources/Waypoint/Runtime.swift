@@ -44,6 +44,9 @@ final class Runtime {
         var kubernetes: KubernetesSource.Options?
         /// How often RequestAuthentication `jwksUri` key sets are fetched again.
         var jwksRefresh = Duration.seconds(20 * 60)
+        /// The name server for ServiceEntry DNS resolution (nil: /etc/resolv.conf's), and its refresh floor.
+        var dnsServer: SocketAddress?
+        var dnsMinRefresh = Duration.seconds(5)
         /// The HBONE certificate from the mesh's CA (istiod) instead of `certificates` files.
         var meshCA: IstioCA? = nil
     }
@@ -54,6 +57,7 @@ final class Runtime {
     private(set) var kubernetes: KubernetesSource?
     /// The RequestAuthentication key sets named by URI.
     private let jwks: JWKSFetcher
+    let dns: DNSResolver
     private(set) var snapshot: Snapshot
     /// The snapshot before `snapshot`, released on this thread a second after the reload: by then every worker
     /// has swapped, so freeing it (10,000 endpoints take milliseconds) does not stall a worker.
@@ -120,6 +124,8 @@ final class Runtime {
             config.compiler.gateway = apiOptions.gateway
             kubernetes = source
         }
+        dns = DNSResolver(
+            loop: loop, logger: logger, server: options.dnsServer ?? DNSResolver.systemNameServer(), minRefresh: options.dnsMinRefresh)
         jwks = JWKSFetcher(
             loop: loop, logger: logger, refresh: options.jwksRefresh, trustBundle: readTextFile("/etc/ssl/certs/ca-certificates.crt") ?? "")
         do {
@@ -216,6 +222,8 @@ final class Runtime {
         kubernetes?.onChange = { [unowned(unsafe) self] in self.reload(reason: "kubernetes") }
         jwks.onChange = { [unowned(unsafe) self] in self.reload(reason: "jwks") }
         jwks.want(config.jwksURIs)
+        dns.onChange = { [unowned(unsafe) self] in self.reload(reason: "dns") }
+        dns.want(config.dnsNames)
         if let kubernetes, let timeout = options.kubernetes?.syncTimeout {
             // Nothing is served before the first lists are in (or the timeout passed): the workers start then,
             // with the snapshot compiled from them; until then connections wait in the listen queues.
@@ -263,6 +271,7 @@ final class Runtime {
         guard !draining else { return }
         do {
             config.compiler.jwks = jwks.keys
+            config.compiler.resolvedNames = dns.addresses
             let next = try config.load(previous: snapshot)
             let known = Set(snapshot.warnings)
             retired = snapshot
@@ -275,6 +284,7 @@ final class Runtime {
             kubernetes?.swapped()
             kubernetes?.follow(config.foreignReferences)
             jwks.want(config.jwksURIs)
+            dns.want(config.dnsNames)
             logger.info("config reloaded", metadata: ["reason": "\(reason)", "config.generation": "\(next.generation)"])
         } catch {
             reloadsFailed += 1

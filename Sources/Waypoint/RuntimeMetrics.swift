@@ -140,6 +140,13 @@ extension Runtime {
             "waypoint_config_reloads_total", "counter", "Config reloads, by result.",
             [("{result=\"ok\"}", reloadsOK), ("{result=\"failed\"}", reloadsFailed)])
         metric(
+            "waypoint_dns_resolutions_total", "counter",
+            "Resolutions of ServiceEntry host names (resolution: DNS), by result (failed: the addresses before are kept).",
+            [
+                ("{result=\"ok\"}", dns.succeeded.load(ordering: .relaxed)),
+                ("{result=\"failed\"}", dns.failed.load(ordering: .relaxed)),
+            ])
+        metric(
             "waypoint_config_rejected_total", "counter", "Config changes rejected (the previous config kept serving).",
             [("", reloadsFailed)])
         metric("waypoint_config_generation", "gauge", "Generation of the active config.", [("", Int(snapshot.generation))])

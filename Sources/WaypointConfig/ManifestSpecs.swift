@@ -61,12 +61,31 @@ public struct ServiceEntrySpec: Sendable, Equatable {
         /// `locality`: `region/zone/subzone`.
         public var locality: Locality?
     }
+    /// `resolution`: how the endpoints' addresses are found.
+    public enum Resolution: String, Sendable {
+        /// `STATIC` (and `NONE`, the default): the endpoints' IP addresses as given.
+        case none = "NONE", `static` = "STATIC"
+        /// `DNS`: every address the names (the endpoints', else the hosts) resolve to; `DNS_ROUND_ROBIN`: the
+        /// first one only, as Envoy's logical DNS.
+        case dns = "DNS", dnsRoundRobin = "DNS_ROUND_ROBIN"
+
+        public var resolvesNames: Bool { self == .dns || self == .dnsRoundRobin }
+    }
     public var namespace: String
     public var name: String
     public var hosts: [String]
     public var addresses: [String]
     public var ports: [Port]
     public var endpoints: [Endpoint]
+    public var resolution: Resolution = .none
+
+    /// The host names to resolve (lower-case): the endpoints' that are not IP addresses, or the hosts when there
+    /// are no endpoints. Empty without DNS resolution.
+    public var namesToResolve: [String] {
+        guard resolution.resolvesNames else { return [] }
+        if endpoints.isEmpty { return hosts.filter { !$0.hasPrefix("*") } }
+        return endpoints.map(\.address).filter { SocketAddress(ip: $0, port: 0) == nil }.map { $0.lowercased() }
+    }
 }
 
 /// `gateway.networking.k8s.io/v1beta1 ReferenceGrant`: lets routes of other namespaces refer to objects of this

@@ -96,11 +96,17 @@ enum ServiceParser {
                     name: try p.optionalString("name") ?? "", number: try p.required("number").int(in: 1...65535),
                     targetPort: try p.optional("targetPort")?.int(in: 1...65535), proto: try p.optionalString("protocol")))
         }
+        let resolutionNode = try spec.optional("resolution")
+        let resolutionText = try resolutionNode?.string() ?? "NONE"
+        guard let resolution = ServiceEntrySpec.Resolution(rawValue: resolutionText) else {
+            throw (resolutionNode ?? spec).error("unknown resolution \"\(resolutionText)\" (NONE, STATIC, DNS or DNS_ROUND_ROBIN)")
+        }
         var endpoints: [ServiceEntrySpec.Endpoint] = []
         for e in try spec.optionalArray("endpoints") {
             let address = try e.required("address").string()
-            guard SocketAddress(ip: address, port: 0) != nil else {
-                throw try e.required("address").error("\"\(address)\" is not an IP address (name resolution is not supported)")
+            guard SocketAddress(ip: address, port: 0) != nil || resolution.resolvesNames else {
+                throw try e.required("address").error(
+                    "\"\(address)\" is not an IP address (a host name needs resolution: DNS or DNS_ROUND_ROBIN)")
             }
             var endpointPorts: [String: Int] = [:]
             if let portsNode = try e.optional("ports") {
@@ -118,7 +124,9 @@ enum ServiceParser {
                     address: address, ports: endpointPorts, labels: try e.optional("labels")?.stringMap() ?? [:],
                     locality: locality))
         }
-        return ServiceEntrySpec(namespace: namespace, name: name, hosts: hosts, addresses: addresses, ports: ports, endpoints: endpoints)
+        return ServiceEntrySpec(
+            namespace: namespace, name: name, hosts: hosts, addresses: addresses, ports: ports, endpoints: endpoints, resolution: resolution
+        )
     }
 
     static func namespace(_ doc: ManifestNode, name: String) throws(ConfigError) -> NamespaceSpec {

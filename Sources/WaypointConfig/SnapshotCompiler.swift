@@ -34,6 +34,8 @@ public struct SnapshotCompiler {
     public var gatewayName = "waypoint"
     /// The key sets fetched so far for RequestAuthentication `jwksUri`s, by URI.
     public var jwks: [String: JSONWebKeySet] = [:]
+    /// The addresses resolved so far for ServiceEntry host names (`resolution: DNS`), by lower-case name.
+    public var resolvedNames: [String: [String]] = [:]
 
     public init(namespace: String) { self.namespace = namespace }
 
@@ -233,10 +235,8 @@ struct CompileState {
                 )
                 continue
             }
-            let prefixes = ["\(target):"]
-            let matching = clusters.indices.filter { i in
-                prefixes.contains { clusters[i].name.hasPrefix($0) } && !clusters[i].name.contains("|")
-            }
+            let prefix = "\(target):"
+            let matching = clusters.indices.filter { i in clusters[i].name.hasPrefix(prefix) && !clusters[i].name.contains("|") }
             for i in matching {
                 if let outlier = rule.outlierDetection { clusters[i].outlierDetection = outlier }
                 if let pool = rule.connectionPool { clusters[i].connectionPool = pool }
@@ -599,9 +599,26 @@ struct CompileState {
         for entry in spec.serviceEntries {
             let tlsIndex = upstreamTLSIndex
             let tls = entry.hosts.lazy.compactMap { tlsIndex[$0] }.first
+            // With DNS resolution, each named endpoint (or each host, without endpoints) stands for the addresses
+            // its name resolved to (the first only for DNS_ROUND_ROBIN); nothing until the first answer.
+            var endpoints = entry.endpoints
+            if entry.resolution.resolvesNames {
+                let named =
+                    entry.endpoints.isEmpty
+                    ? entry.namesToResolve.map { ServiceEntrySpec.Endpoint(address: $0, ports: [:], labels: [:]) } : endpoints
+                endpoints = named.flatMap { endpoint in
+                    guard SocketAddress(ip: endpoint.address, port: 0) == nil else { return [endpoint] }
+                    let resolved = compiler.resolvedNames[endpoint.address.lowercased()] ?? []
+                    return resolved.prefix(entry.resolution == .dnsRoundRobin ? 1 : resolved.count).map { ip in
+                        var copy = endpoint
+                        copy.address = ip
+                        return copy
+                    }
+                }
+            }
             for port in entry.ports {
                 var members: [Int32] = []
-                for endpoint in entry.endpoints {
+                for endpoint in endpoints {
                     let target = endpoint.ports[port.name] ?? port.targetPort ?? port.number
                     let transport: EndpointTransport =
                         endpoint.labels[EndpointSliceSpec.tunnelKey] == "http" ? .hbone(peer: nil) : tls.map { .tls($0) } ?? .plaintext
@@ -615,9 +632,11 @@ struct CompileState {
                         addWorkload(index, InnerProtocol(appProtocol: port.proto, portName: port.name))
                     }
                 }
-                if entry.endpoints.isEmpty {
-                    warnings.append(
-                        "ServiceEntry \(entry.namespace)/\(entry.name): no endpoints (DNS resolution is not supported); requests get 503")
+                if endpoints.isEmpty {
+                    warnOnce(
+                        entry.resolution.resolvesNames
+                            ? "ServiceEntry \(entry.namespace)/\(entry.name): \(entry.namesToResolve.joined(separator: ", ")) resolved to no address yet; requests get 503"
+                            : "ServiceEntry \(entry.namespace)/\(entry.name): no endpoints; requests get 503")
                 }
                 for host in entry.hosts where clusterIndex["\(host):\(port.number)"] == nil {
                     addCluster("\(host):\(port.number)", members)

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import http_request
+from conftest import http_request, wait_for
 import pki
 
 
@@ -103,8 +103,8 @@ def test_simple_tls_verifies_the_server(tls_pki, proxy_factory):
     untrusted = proxy_factory(egress(origin.port, f"{{mode: SIMPLE, caCertificates: {tls_pki['other-ca']}}}"), name="untrusted")
     assert get(untrusted)[0] == 503
     assert len(origin.seen) == 2
-    entry = untrusted.stdout().strip().splitlines()[-1]
-    assert json.loads(entry)["response_flags"] == "UF", entry
+    entry = json.loads(wait_for(r'\{[^\n]*"response_code":503[^\n]*\n', untrusted.stdout_path).group(0))
+    assert entry["response_flags"] == "UF", entry
 
 
 def test_subject_alt_names_and_sni(tls_pki, proxy_factory):

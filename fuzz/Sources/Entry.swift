@@ -12,12 +12,13 @@ func run(_ target: String, _ bytes: UnsafeRawBufferPointer) {
     case "meshca": Harness.meshCA(bytes)
     case "jwt": Harness.jwt(bytes)
     case "extauthz": Harness.extAuthz(bytes)
+    case "dns": Harness.dns(bytes)
     default: Harness.http1(bytes)
     }
 }
 
 #if FUZZING
-    /// libFuzzer entry point; `WAYPOINT_FUZZ_TARGET` picks the harness (http1, http2, config, proxy, kubernetes, meshca, jwt or extauthz).
+    /// libFuzzer entry point; `WAYPOINT_FUZZ_TARGET` picks the harness (http1, http2, config, proxy, kubernetes, meshca, jwt, extauthz or dns).
     @_cdecl("LLVMFuzzerTestOneInput")
     public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         let bytes = UnsafeRawBufferPointer(start: data, count: size)
@@ -42,15 +43,15 @@ func run(_ target: String, _ bytes: UnsafeRawBufferPointer) {
         _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt
     ) -> CInt
 #else
-    /// Replays saved inputs (e.g. a crash file from a fuzz run): `WaypointFuzz http1|http2|config|proxy|kubernetes|meshca|jwt|extauthz FILE...`.
+    /// Replays saved inputs (e.g. a crash file from a fuzz run): `WaypointFuzz http1|http2|config|proxy|kubernetes|meshca|jwt|extauthz|dns FILE...`.
     @main
     struct Replay {
         static func main() {
             let args = CommandLine.arguments.dropFirst()
             guard let target = args.first,
-                ["http1", "http2", "config", "proxy", "kubernetes", "meshca", "jwt", "extauthz"].contains(target)
+                ["http1", "http2", "config", "proxy", "kubernetes", "meshca", "jwt", "extauthz", "dns"].contains(target)
             else {
-                print("usage: WaypointFuzz http1|http2|config|proxy|kubernetes|meshca|jwt|extauthz FILE...")
+                print("usage: WaypointFuzz http1|http2|config|proxy|kubernetes|meshca|jwt|extauthz|dns FILE...")
                 exit(2)
             }
             for path in args.dropFirst() {

@@ -163,6 +163,18 @@ enum Harness {
         }
     }
 
+    /// What a name server answers: a DNS answer to an A and to an AAAA query for `api.example.com` (ids 7),
+    /// compression pointers and CNAME chains followed; addresses are well-formed IP text.
+    static func dns(_ data: UnsafeRawBufferPointer) {
+        let bytes = Array(data)
+        for type in [DNSMessage.RecordType.a, .aaaa] {
+            guard case .addresses(let found, _)? = try? DNSMessage.answer(bytes, id: 7, name: "api.example.com", type: type) else {
+                continue
+            }
+            for address in found { precondition(SocketAddress(ip: address, port: 0) != nil, "not an address: \(address)") }
+        }
+    }
+
     /// What the mesh's CA answers: the protobuf fields of a CreateCertificate answer (every field read, the chain
     /// extracted), and the service-account token whose claims name the identity asked for.
     static func meshCA(_ data: UnsafeRawBufferPointer) {

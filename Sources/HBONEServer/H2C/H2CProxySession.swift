@@ -486,7 +486,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     }
 
     /// A complete answer of the proxy's own; to a gRPC caller as a gRPC status with the body as its message.
-    /// `headers` (lower-case names) come from an external authorizer's denial.
+    /// `headers` (lower-case names): an external authorizer's denial's, or a JWT refusal's challenge.
     private func respond(_ exchange: H2CExchange, status: Int, headers: [(String, String)] = [], body: [UInt8]) {
         exchange.responseStarted = true
         exchange.responseEnded = true
