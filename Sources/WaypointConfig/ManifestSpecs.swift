@@ -321,13 +321,37 @@ public struct DestinationRuleSpec: Sendable {
     public var subsets: [Subset] = []
     /// `trafficPolicy.tls` with mode SIMPLE or MUTUAL: TLS originated to the host's endpoints.
     public var tls: TLSOrigination?
+    /// `trafficPolicy.portLevelSettings`, by port number: for that port, each field given replaces the rule's.
+    public var portLevel: [Int: Policy] = [:]
     /// Fields read but not applied yet (`waypoint check` warns about each).
     public var ignoredFields: [String]
+
+    /// The applied fields of a traffic policy.
+    public struct Policy: Sendable {
+        public var outlierDetection: OutlierDetection?
+        public var connectionPool: ConnectionPoolSettings?
+        public var loadBalancer: LoadBalancer?
+        public var tls: TLSOrigination?
+    }
+
+    /// The policy for `port`: the rule's, with the fields its `portLevelSettings` entry gives replaced (Istio
+    /// merges them field by field).
+    public func policy(port: Int?) -> Policy {
+        var merged = Policy(outlierDetection: outlierDetection, connectionPool: connectionPool, loadBalancer: loadBalancer, tls: tls)
+        guard let port, let level = portLevel[port] else { return merged }
+        if let value = level.outlierDetection { merged.outlierDetection = value }
+        if let value = level.connectionPool { merged.connectionPool = value }
+        if let value = level.loadBalancer { merged.loadBalancer = value }
+        if let value = level.tls { merged.tls = value }
+        return merged
+    }
 }
 
 /// DestinationRule `trafficPolicy.tls` for TLS origination: PEM files as paths in the waypoint's file system.
 public struct TLSOrigination: Sendable, Equatable {
-    public enum Mode: String, Sendable { case simple = "SIMPLE", mutual = "MUTUAL" }
+    /// `disable`: DISABLE or ISTIO_MUTUAL (the mesh's own mTLS, which ambient endpoints get as HBONE): none
+    /// originated (a port's entry so turns off the rule's).
+    public enum Mode: String, Sendable { case disable = "DISABLE", simple = "SIMPLE", mutual = "MUTUAL" }
     public var mode: Mode
     /// `caCertificates`; nil: the system's trust store.
     public var caCertificates: String?

@@ -193,34 +193,55 @@ struct CompileState {
     /// DestinationRules' TLS origination: a client context per rule, built here (off the workers) from its PEM
     /// files, the system's trust store without `caCertificates`. A file that cannot be used is a warning and
     /// the rule's connections fail (503), never plaintext.
+    /// A port's `portLevelSettings` TLS is keyed `target:port` (-1: none originated there, whatever the rule says).
     mutating func buildUpstreamTLS() {
         for rule in spec.destinationRules {
-            guard let tls = rule.tls, let target = target(of: rule), upstreamTLSIndex[target] == nil else { continue }
-            upstreamTLSIndex[target] = Int32(upstreamTLS.count)
-            let label = "DestinationRule \(rule.namespace)/\(rule.name)"
-            let caPath = tls.caCertificates ?? "/etc/ssl/certs/ca-certificates.crt"
-            let trust = readTextFile(caPath)
-            let certificate = tls.clientCertificate.flatMap { readTextFile($0) }
-            let key = tls.privateKey.flatMap { readTextFile($0) }
-            guard trust != nil || tls.insecureSkipVerify, tls.mode == .simple || (certificate != nil && key != nil) else {
-                warnings.append(
-                    "\(label): trafficPolicy.tls: cannot read \(trust == nil ? caPath : "the client certificate or key"): connections fail")
-                upstreamTLS.append(nil)
-                continue
-            }
-            do {
-                let context = try TLSContext(
-                    httpsClientTrusting: trust ?? "", certificate: certificate, key: key, verifyPeer: !tls.insecureSkipVerify,
-                    source: "\(label) trafficPolicy.tls")
-                upstreamTLS.append(
-                    UpstreamTLS(
-                        context: context, serverName: tls.sni ?? rule.host, subjectAltNames: tls.subjectAltNames,
-                        verify: !tls.insecureSkipVerify))
-            } catch {
-                warnings.append("\(label): \(error): connections fail")
-                upstreamTLS.append(nil)
+            guard let target = target(of: rule) else { continue }
+            if let tls = rule.tls, upstreamTLSIndex[target] == nil { addUpstreamTLS(tls, rule: rule, key: target) }
+            for (port, policy) in rule.portLevel {
+                if let tls = policy.tls, upstreamTLSIndex["\(target):\(port)"] == nil {
+                    addUpstreamTLS(tls, rule: rule, key: "\(target):\(port)")
+                }
             }
         }
+    }
+
+    /// The TLS origination of `rule` (or of one of its ports) under `key`.
+    mutating func addUpstreamTLS(_ tls: TLSOrigination, rule: DestinationRuleSpec, key: String) {
+        guard tls.mode != .disable else {
+            upstreamTLSIndex[key] = -1
+            return
+        }
+        upstreamTLSIndex[key] = Int32(upstreamTLS.count)
+        let label = "DestinationRule \(rule.namespace)/\(rule.name)"
+        let caPath = tls.caCertificates ?? "/etc/ssl/certs/ca-certificates.crt"
+        let trust = readTextFile(caPath)
+        let certificate = tls.clientCertificate.flatMap { readTextFile($0) }
+        let privateKey = tls.privateKey.flatMap { readTextFile($0) }
+        guard trust != nil || tls.insecureSkipVerify, tls.mode == .simple || (certificate != nil && privateKey != nil) else {
+            warnings.append(
+                "\(label): trafficPolicy.tls: cannot read \(trust == nil ? caPath : "the client certificate or key"): connections fail")
+            upstreamTLS.append(nil)
+            return
+        }
+        do {
+            let context = try TLSContext(
+                httpsClientTrusting: trust ?? "", certificate: certificate, key: privateKey, verifyPeer: !tls.insecureSkipVerify,
+                source: "\(label) trafficPolicy.tls")
+            upstreamTLS.append(
+                UpstreamTLS(
+                    context: context, serverName: tls.sni ?? rule.host, subjectAltNames: tls.subjectAltNames,
+                    verify: !tls.insecureSkipVerify))
+        } catch {
+            warnings.append("\(label): \(error): connections fail")
+            upstreamTLS.append(nil)
+        }
+    }
+
+    /// The TLS origination for a port of `target` (a Service `ns/name` or a ServiceEntry host), nil for none.
+    func upstreamTLS(for target: String, port: Int) -> Int32? {
+        guard let index = upstreamTLSIndex["\(target):\(port)"] ?? upstreamTLSIndex[target], index >= 0 else { return nil }
+        return index
     }
 
     /// DestinationRule traffic policies onto the clusters of the host they name (every port).
@@ -238,9 +259,10 @@ struct CompileState {
             let prefix = "\(target):"
             let matching = clusters.indices.filter { i in clusters[i].name.hasPrefix(prefix) && !clusters[i].name.contains("|") }
             for i in matching {
-                if let outlier = rule.outlierDetection { clusters[i].outlierDetection = outlier }
-                if let pool = rule.connectionPool { clusters[i].connectionPool = pool }
-                if let balancer = rule.loadBalancer { setLoadBalancer(balancer, of: i) }
+                let policy = rule.policy(port: Int(clusters[i].name.dropFirst(prefix.count)))
+                if let outlier = policy.outlierDetection { clusters[i].outlierDetection = outlier }
+                if let pool = policy.connectionPool { clusters[i].connectionPool = pool }
+                if let balancer = policy.loadBalancer { setLoadBalancer(balancer, of: i) }
                 // Each subset is a cluster of its own (`base|subset`) with the endpoints whose labels match.
                 for subset in rule.subsets {
                     let members = self.members(clusters[i].endpoints, selectedBy: subset.labels)
@@ -553,7 +575,7 @@ struct CompileState {
     /// (labels, workload, locality).
     mutating func members(of service: ServiceSpec, port: ServicePortSpec, _ lookups: EndpointLookups) -> [Int32] {
         var members: [Int32] = []
-        let tls = upstreamTLSIndex["\(service.namespace)/\(service.name)"]
+        let tls = upstreamTLS(for: "\(service.namespace)/\(service.name)", port: port.port)
         for slice in lookups.slicesByService["\(service.namespace)/\(service.name)"] ?? [] {
             // EndpointSlice ports carry the service port's name; a numeric targetPort is the fallback.
             let targetPort: Int?
@@ -597,8 +619,6 @@ struct CompileState {
 
     mutating func buildServiceEntryClusters() {
         for entry in spec.serviceEntries {
-            let tlsIndex = upstreamTLSIndex
-            let tls = entry.hosts.lazy.compactMap { tlsIndex[$0] }.first
             // With DNS resolution, each named endpoint (or each host, without endpoints) stands for the addresses
             // its name resolved to (the first only for DNS_ROUND_ROBIN); nothing until the first answer.
             var endpoints = entry.endpoints
@@ -618,6 +638,8 @@ struct CompileState {
             }
             for port in entry.ports {
                 var members: [Int32] = []
+                var tls: Int32? = nil
+                for host in entry.hosts where tls == nil { tls = upstreamTLS(for: host, port: port.number) }
                 for endpoint in endpoints {
                     let target = endpoint.ports[port.name] ?? port.targetPort ?? port.number
                     let transport: EndpointTransport =

@@ -7,53 +7,19 @@ enum TrafficPolicyParser {
     static func destinationRule(_ doc: ManifestNode, namespace: String, name: String) throws(ConfigError) -> DestinationRuleSpec {
         let spec = try doc.required("spec")
         let host = try spec.required("host").string().lowercased()
-        var outlier: OutlierDetection? = nil
-        var pool: ConnectionPoolSettings? = nil
         var ignored: [String] = []
-        var tls: TLSOrigination? = nil
-        if let policy = try spec.optional("trafficPolicy") {
-            if let o = try policy.optional("outlierDetection") {
-                outlier = OutlierDetection(
-                    consecutive5xxErrors: try o.optional("consecutive5xxErrors")?.int(in: 0...Int(Int32.max)),
-                    consecutiveGatewayErrors: try o.optional("consecutiveGatewayErrors")?.int(in: 0...Int(Int32.max)),
-                    baseEjectionTime: try o.optionalDuration("baseEjectionTime") ?? .seconds(30),
-                    maxEjectionPercent: try o.optional("maxEjectionPercent")?.int(in: 0...100) ?? 10,
-                    interval: try o.optionalDuration("interval") ?? .seconds(10),
-                    minHealthPercent: try o.optional("minHealthPercent")?.int(in: 0...100) ?? 0)
-                for key in ["consecutiveLocalOriginFailures", "splitExternalLocalOriginErrors"] where try o.optional(key) != nil {
-                    ignored.append("outlierDetection.\(key)")
-                }
-                // Istio's default when outlierDetection is present without counts: 5 consecutive 5xx.
-                if outlier!.consecutive5xxErrors == nil && outlier!.consecutiveGatewayErrors == nil { outlier!.consecutive5xxErrors = 5 }
-            }
-            if let cp = try policy.optional("connectionPool") {
-                var settings = ConnectionPoolSettings()
-                if let tcp = try cp.optional("tcp") {
-                    settings.connectTimeout = try tcp.optionalDuration("connectTimeout")
-                    settings.maxConnections = try limit(tcp, "maxConnections")
-                    for key in ["tcpKeepalive", "idleTimeout", "maxConnectionDuration"] where try tcp.optional(key) != nil {
-                        ignored.append("connectionPool.tcp.\(key)")
-                    }
-                }
-                if let http = try cp.optional("http") {
-                    settings.maxRequestsPerConnection = try http.optional("maxRequestsPerConnection")?.int(in: 0...Int(Int32.max))
-                    settings.maxRetries = try limit(http, "maxRetries")
-                    settings.maxPendingRequests = try limit(http, "http1MaxPendingRequests")
-                    settings.maxRequests = try limit(http, "http2MaxRequests")
-                    for key in ["idleTimeout", "h2UpgradePolicy", "maxConcurrentStreams"]
-                    where try http.optional(key) != nil {
-                        ignored.append("connectionPool.http.\(key)")
-                    }
-                }
-                pool = settings
-            }
-            if let node = try policy.optional("tls") { tls = try self.tls(node, &ignored) }
-            for key in ["portLevelSettings", "tunnel", "proxyProtocol"] where try policy.optional(key) != nil {
-                ignored.append(key)
+        var policy = DestinationRuleSpec.Policy()
+        var portLevel: [Int: DestinationRuleSpec.Policy] = [:]
+        if let node = try spec.optional("trafficPolicy") {
+            policy = try trafficPolicy(node, &ignored, prefix: "")
+            for key in ["tunnel", "proxyProtocol"] where try node.optional(key) != nil { ignored.append(key) }
+            for settings in try node.optionalArray("portLevelSettings") {
+                let portNode = try settings.required("port").required("number")
+                let port = try portNode.int(in: 1...65535)
+                guard portLevel[port] == nil else { throw portNode.error("another portLevelSettings entry has port \(port)") }
+                portLevel[port] = try trafficPolicy(settings, &ignored, prefix: "portLevelSettings[\(port)].")
             }
         }
-        var loadBalancer: LoadBalancer? = nil
-        if let node = try spec.optional("trafficPolicy")?.optional("loadBalancer") { loadBalancer = try self.loadBalancer(node, &ignored) }
         var subsets: [DestinationRuleSpec.Subset] = []
         for s in try spec.optionalArray("subsets") {
             let name = try s.required("name").string()
@@ -67,18 +33,66 @@ enum TrafficPolicyParser {
             subsets.append(.init(name: name, labels: try s.optional("labels")?.stringMap() ?? [:], loadBalancer: subsetBalancer))
         }
         return DestinationRuleSpec(
-            namespace: namespace, name: name, host: host, outlierDetection: outlier, connectionPool: pool,
-            loadBalancer: loadBalancer, subsets: subsets, tls: tls, ignoredFields: ignored)
+            namespace: namespace, name: name, host: host, outlierDetection: policy.outlierDetection,
+            connectionPool: policy.connectionPool, loadBalancer: policy.loadBalancer, subsets: subsets, tls: policy.tls,
+            portLevel: portLevel, ignoredFields: ignored)
+    }
+
+    /// A traffic policy's applied fields (the rule's, or one port's `portLevelSettings` entry, whose fields
+    /// replace the rule's for that port); `prefix` names where it is in `ignored`.
+    private static func trafficPolicy(
+        _ policy: ManifestNode, _ ignored: inout [String], prefix: String
+    ) throws(ConfigError) -> DestinationRuleSpec.Policy {
+        var result = DestinationRuleSpec.Policy()
+        if let o = try policy.optional("outlierDetection") {
+            result.outlierDetection = OutlierDetection(
+                consecutive5xxErrors: try o.optional("consecutive5xxErrors")?.int(in: 0...Int(Int32.max)),
+                consecutiveGatewayErrors: try o.optional("consecutiveGatewayErrors")?.int(in: 0...Int(Int32.max)),
+                baseEjectionTime: try o.optionalDuration("baseEjectionTime") ?? .seconds(30),
+                maxEjectionPercent: try o.optional("maxEjectionPercent")?.int(in: 0...100) ?? 10,
+                interval: try o.optionalDuration("interval") ?? .seconds(10),
+                minHealthPercent: try o.optional("minHealthPercent")?.int(in: 0...100) ?? 0)
+            for key in ["consecutiveLocalOriginFailures", "splitExternalLocalOriginErrors"] where try o.optional(key) != nil {
+                ignored.append("\(prefix)outlierDetection.\(key)")
+            }
+            // Istio's default when outlierDetection is present without counts: 5 consecutive 5xx.
+            if result.outlierDetection!.consecutive5xxErrors == nil && result.outlierDetection!.consecutiveGatewayErrors == nil {
+                result.outlierDetection!.consecutive5xxErrors = 5
+            }
+        }
+        if let cp = try policy.optional("connectionPool") {
+            var settings = ConnectionPoolSettings()
+            if let tcp = try cp.optional("tcp") {
+                settings.connectTimeout = try tcp.optionalDuration("connectTimeout")
+                settings.maxConnections = try limit(tcp, "maxConnections")
+                for key in ["tcpKeepalive", "idleTimeout", "maxConnectionDuration"] where try tcp.optional(key) != nil {
+                    ignored.append("\(prefix)connectionPool.tcp.\(key)")
+                }
+            }
+            if let http = try cp.optional("http") {
+                settings.maxRequestsPerConnection = try http.optional("maxRequestsPerConnection")?.int(in: 0...Int(Int32.max))
+                settings.maxRetries = try limit(http, "maxRetries")
+                settings.maxPendingRequests = try limit(http, "http1MaxPendingRequests")
+                settings.maxRequests = try limit(http, "http2MaxRequests")
+                for key in ["idleTimeout", "h2UpgradePolicy", "maxConcurrentStreams"]
+                where try http.optional(key) != nil {
+                    ignored.append("\(prefix)connectionPool.http.\(key)")
+                }
+            }
+            result.connectionPool = settings
+        }
+        if let node = try policy.optional("tls") { result.tls = try tls(node, &ignored) }
+        if let node = try policy.optional("loadBalancer") { result.loadBalancer = try loadBalancer(node, &ignored) }
+        return result
     }
 
     /// `trafficPolicy.tls`: SIMPLE and MUTUAL originate TLS; DISABLE (the default) and ISTIO_MUTUAL (the mesh's
     /// own mTLS, which ambient endpoints get as HBONE) none. MUTUAL without a client certificate and key is an
     /// error, as in Istio's validation.
-    private static func tls(_ node: ManifestNode, _ ignored: inout [String]) throws(ConfigError) -> TLSOrigination? {
+    private static func tls(_ node: ManifestNode, _ ignored: inout [String]) throws(ConfigError) -> TLSOrigination {
         let modeNode = try node.optional("mode")
         let modeText = try modeNode?.string() ?? "DISABLE"
-        if modeText == "DISABLE" || modeText == "ISTIO_MUTUAL" { return nil }
-        guard let mode = TLSOrigination.Mode(rawValue: modeText) else {
+        guard let mode = modeText == "ISTIO_MUTUAL" ? .disable : TLSOrigination.Mode(rawValue: modeText) else {
             throw (modeNode ?? node).error("unknown TLS mode \"\(modeText)\" (DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL)")
         }
         var settings = TLSOrigination(

@@ -430,4 +430,46 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
     @Test func anUnknownModeNamesTheField() {
         #expect(throws: ConfigErrors.self) { try compile("{mode: STRICT}") }
     }
+
+    /// `portLevelSettings`: for its port, each field given replaces the rule's (Istio merges field by field); a
+    /// port's `tls: {mode: DISABLE}` turns the rule's TLS off there.
+    @Test func portLevelSettingsReplaceTheRulesFieldsForTheirPort() throws {
+        let text =
+            config + """
+
+                ---
+                apiVersion: v1
+                kind: Service
+                metadata: {name: two, namespace: shop}
+                spec: {ports: [{name: http, port: 80}, {name: admin, port: 81}]}
+                ---
+                apiVersion: discovery.k8s.io/v1
+                kind: EndpointSlice
+                metadata: {name: two-1, namespace: shop, labels: {kubernetes.io/service-name: two}}
+                ports: [{name: http, port: 8080}, {name: admin, port: 8081}]
+                endpoints: [{addresses: [10.0.0.5]}]
+                ---
+                apiVersion: networking.istio.io/v1
+                kind: DestinationRule
+                metadata: {name: two, namespace: shop}
+                spec:
+                  host: two
+                  trafficPolicy:
+                    tls: {mode: SIMPLE, insecureSkipVerify: true}
+                    connectionPool: {tcp: {maxConnections: 5}}
+                    portLevelSettings:
+                    - port: {number: 81}
+                      tls: {mode: DISABLE}
+                      connectionPool: {tcp: {maxConnections: 1}}
+                      loadBalancer: {simple: ROUND_ROBIN}
+                """
+        let snapshot = SnapshotCompiler(namespace: "shop").compile(
+            try ManifestLoader.load(text: text, file: "p.yaml", defaultNamespace: "shop"), generation: 1)
+        let http = try #require(snapshot.clusters.first { $0.name == "shop/two:80" })
+        let admin = try #require(snapshot.clusters.first { $0.name == "shop/two:81" })
+        #expect(http.connectionPool?.maxConnections == 5 && admin.connectionPool?.maxConnections == 1)
+        #expect(admin.loadBalancer == .roundRobin && http.loadBalancer == .leastRequest)
+        #expect(snapshot.endpointTransports[Int(http.endpoints[0])] == .tls(0))
+        #expect(snapshot.endpointTransports[Int(admin.endpoints[0])] == .plaintext)
+    }
 }
