@@ -44,6 +44,8 @@ public enum ForwardingHeaders {
         for field in head.headers {
             let name = field.name.bytes(in: bytes)
             switch classify(name) {
+            // A request without a body keeps its `content-length: 0` (a POST without one may get 411 upstream).
+            case .framing where head.framing == .none && name.count == 14 && HTTP1Parser.equalsLowercase(name, "content-length"): break
             case .hopByHop, .framing, .host, .expect, .forwardedProto, .attemptCount: continue
             case .forwardedFor:
                 // Several x-forwarded-for lines are one list (RFC 9110 §5.3): keep the first, append ours.

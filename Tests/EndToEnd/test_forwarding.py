@@ -382,3 +382,10 @@ def test_an_empty_response_keeps_its_length_on_a_kept_alive_connection(proxy_fac
     response.read()
     conn.close()
     origin.shutdown()
+
+
+def test_an_empty_post_keeps_its_length_upstream(basic):
+    proxy, origin = basic
+    status, _, body = http_request(proxy.port, "POST", "/empty", host="web", body=b"")
+    assert status == 200
+    assert json.loads(body)["headers"].get("content-length") == "0"

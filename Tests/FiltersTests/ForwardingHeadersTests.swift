@@ -32,6 +32,15 @@ private func forward(_ request: String, client: String = "10.0.0.5") -> String {
                 + "x-forwarded-proto: http\r\ncontent-length: 3\r\nx-envoy-attempt-count: 1\r\n\r\n")
     }
 
+    /// An empty body keeps its `content-length: 0` upstream, as Envoy sends it (servers may answer a bodiless
+    /// POST without one with 411).
+    @Test func anEmptyBodyKeepsItsLength() {
+        let sent = forward("POST /empty HTTP/1.1\r\nHost: svc\r\nContent-Length: 0\r\nX-Request-Id: r\r\n\r\n")
+        #expect(
+            sent == "POST /empty HTTP/1.1\r\nhost: svc\r\nContent-Length: 0\r\nX-Request-Id: r\r\nx-forwarded-for: 10.0.0.5\r\n"
+                + "x-forwarded-proto: http\r\nx-envoy-attempt-count: 1\r\n\r\n")
+    }
+
     @Test func reEmitsChunkedFramingAndDropsExpect() {
         let sent = forward("PUT / HTTP/1.1\r\nHost: svc\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\nX-Request-Id: r\r\n\r\n")
         #expect(
