@@ -56,8 +56,9 @@ final class Runtime {
     private(set) var config: ConfigSource
     private(set) var kubernetes: KubernetesSource?
     /// The RequestAuthentication key sets named by URI.
-    private let jwks: JWKSFetcher
-    let dns: DNSResolver
+    private let jwks: BackgroundRefresher<JWKSFetcher.Document>
+    private let dns: BackgroundRefresher<[String]>
+    let dnsResolutions = DNSResolver.Counters()
     private(set) var snapshot: Snapshot
     /// The snapshot before `snapshot`, released on this thread a second after the reload: by then every worker
     /// has swapped, so freeing it (10,000 endpoints take milliseconds) does not stall a worker.
@@ -124,9 +125,10 @@ final class Runtime {
             config.compiler.gateway = apiOptions.gateway
             kubernetes = source
         }
-        dns = DNSResolver(
-            loop: loop, logger: logger, server: options.dnsServer ?? DNSResolver.systemNameServer(), minRefresh: options.dnsMinRefresh)
-        jwks = JWKSFetcher(
+        dns = DNSResolver.refresher(
+            loop: loop, logger: logger, server: options.dnsServer ?? DNSResolver.systemNameServer(), minRefresh: options.dnsMinRefresh,
+            counters: dnsResolutions)
+        jwks = JWKSFetcher.refresher(
             loop: loop, logger: logger, refresh: options.jwksRefresh, trustBundle: readTextFile("/etc/ssl/certs/ca-certificates.crt") ?? "")
         do {
             snapshot = try config.load()
@@ -270,8 +272,8 @@ final class Runtime {
     private func reload(reason: String) {
         guard !draining else { return }
         do {
-            config.compiler.jwks = jwks.keys
-            config.compiler.resolvedNames = dns.addresses
+            config.compiler.jwks = jwks.values.mapValues(\.keys)
+            config.compiler.resolvedNames = dns.values
             let next = try config.load(previous: snapshot)
             let known = Set(snapshot.warnings)
             retired = snapshot

@@ -143,8 +143,8 @@ extension Runtime {
             "waypoint_dns_resolutions_total", "counter",
             "Resolutions of ServiceEntry host names (resolution: DNS), by result (failed: the addresses before are kept).",
             [
-                ("{result=\"ok\"}", dns.succeeded.load(ordering: .relaxed)),
-                ("{result=\"failed\"}", dns.failed.load(ordering: .relaxed)),
+                ("{result=\"ok\"}", dnsResolutions.succeeded.load(ordering: .relaxed)),
+                ("{result=\"failed\"}", dnsResolutions.failed.load(ordering: .relaxed)),
             ])
         metric(
             "waypoint_config_rejected_total", "counter", "Config changes rejected (the previous config kept serving).",
