@@ -158,23 +158,27 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
     }
 }
 
+/// `config` with a DestinationRule for `web` (`trafficPolicy` in YAML flow style, and a subset v1).
+private func compileWithRule(trafficPolicy: String, previous: Snapshot? = nil) throws -> Snapshot {
+    let text =
+        config + """
+
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: web, namespace: shop}
+            spec:
+              host: web
+              trafficPolicy: \(trafficPolicy)
+              subsets: [{name: v1, labels: {version: v1}}]
+            """
+    return SnapshotCompiler(namespace: "shop").compile(
+        try ManifestLoader.load(text: text, file: "c.yaml", defaultNamespace: "shop"), generation: 1, previous: previous)
+}
+
 @Suite struct ConnectionPoolCompileTests {
     private func compile(_ connectionPool: String, previous: Snapshot? = nil) throws -> Snapshot {
-        let text =
-            config + """
-
-                ---
-                apiVersion: networking.istio.io/v1
-                kind: DestinationRule
-                metadata: {name: web, namespace: shop}
-                spec:
-                  host: web
-                  trafficPolicy: {connectionPool: \(connectionPool)}
-                  subsets: [{name: v1, labels: {version: v1}}]
-                """
-        return SnapshotCompiler(namespace: "shop").compile(
-            try ManifestLoader.load(text: text, file: "c.yaml", defaultNamespace: "shop"),
-            generation: 1, previous: previous)
+        try compileWithRule(trafficPolicy: "{connectionPool: \(connectionPool)}", previous: previous)
     }
 
     @Test func limitsAreReadAndZeroMeansNone() throws {
@@ -385,21 +389,7 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
 
 /// DestinationRule `trafficPolicy.tls`: TLS origination onto the endpoints of the host it names.
 @Suite struct TLSOriginationCompileTests {
-    private func compile(_ tls: String) throws -> Snapshot {
-        let text =
-            config + """
-
-                ---
-                apiVersion: networking.istio.io/v1
-                kind: DestinationRule
-                metadata: {name: web, namespace: shop}
-                spec:
-                  host: web
-                  trafficPolicy: {tls: \(tls)}
-                """
-        return SnapshotCompiler(namespace: "shop").compile(
-            try ManifestLoader.load(text: text, file: "t.yaml", defaultNamespace: "shop"), generation: 1)
-    }
+    private func compile(_ tls: String) throws -> Snapshot { try compileWithRule(trafficPolicy: "{tls: \(tls)}") }
 
     private func transports(_ snapshot: Snapshot) -> [EndpointTransport] {
         snapshot.clusters.first { $0.name == "shop/web:80" }!.endpoints.map { snapshot.endpointTransports[Int($0)] }
