@@ -215,9 +215,10 @@ struct CompileState {
         upstreamTLSIndex[key] = Int32(upstreamTLS.count)
         let label = "DestinationRule \(rule.namespace)/\(rule.name)"
         let caPath = tls.caCertificates ?? "/etc/ssl/certs/ca-certificates.crt"
-        let trust = readTextFile(caPath)
-        let certificate = tls.clientCertificate.flatMap { readTextFile($0) }
-        let privateKey = tls.privateKey.flatMap { readTextFile($0) }
+        // Regular files only: a DestinationRule from the API must not make the main thread read /dev/zero or a FIFO.
+        let trust = readRegularTextFile(caPath)
+        let certificate = tls.clientCertificate.flatMap { readRegularTextFile($0) }
+        let privateKey = tls.privateKey.flatMap { readRegularTextFile($0) }
         guard trust != nil || tls.insecureSkipVerify, tls.mode == .simple || (certificate != nil && privateKey != nil) else {
             warnings.append(
                 "\(label): trafficPolicy.tls: cannot read \(trust == nil ? caPath : "the client certificate or key"): connections fail")

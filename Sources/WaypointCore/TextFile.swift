@@ -19,6 +19,14 @@ public func readTextFile(_ path: String, limit: Int = 64 << 20) -> String? {
     return String(decoding: bytes, as: UTF8.self)
 }
 
+/// A regular file's text, at most `limit` bytes; nil for anything else (a device, FIFO or directory, which
+/// could block or never end). For paths a config names (PEM files of a DestinationRule from the API).
+public func readRegularTextFile(_ path: String, limit: Int = 1 << 20) -> String? {
+    var info = stat()
+    guard stat(path, &info) == 0, info.st_mode & S_IFMT == S_IFREG else { return nil }
+    return readTextFile(path, limit: limit)
+}
+
 /// Writes `text` to `path` (created with `mode`, or truncated); false when it cannot.
 public func writeTextFile(_ path: String, _ text: String, mode: mode_t = 0o644) -> Bool {
     let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)

@@ -417,6 +417,14 @@ private func compileWithRule(trafficPolicy: String, previous: Snapshot? = nil) t
         #expect(snapshot.warnings.contains { $0.contains("DestinationRule shop/web: trafficPolicy.tls: cannot read /nonexistent/ca.pem") })
     }
 
+    /// Only regular files are read: a rule naming a device (or a FIFO) cannot make the compile block or read
+    /// forever.
+    @Test(arguments: ["/dev/zero", "/", "/dev/stdin"])
+    func aPathThatIsNoFileIsNotRead(path: String) throws {
+        let snapshot = try compile("{mode: SIMPLE, caCertificates: \(path)}")
+        #expect(snapshot.upstreamTLS.count == 1 && snapshot.upstreamTLS[0] == nil)
+    }
+
     @Test func anUnknownModeNamesTheField() {
         #expect(throws: ConfigErrors.self) { try compile("{mode: STRICT}") }
     }
