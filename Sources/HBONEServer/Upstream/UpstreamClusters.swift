@@ -7,7 +7,7 @@ import WaypointCore
 /// endpoints.
 public struct UpstreamEndpoints: Sendable {
     public var addresses: [SocketAddress] = []
-    /// How each is reached: plaintext, or HBONE to a given identity.
+    /// How each is reached: plaintext, HBONE to a given identity, or TLS the waypoint originates.
     public var transports: [EndpointTransport] = []
     /// The distinct workloads behind them (Istio's destination labels).
     public var workloads: [WorkloadLabels] = []
