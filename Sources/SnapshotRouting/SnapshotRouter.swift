@@ -150,8 +150,13 @@ public final class SnapshotRouter: RequestRouter {
             let chosen = backends.clusters[pick(backends)]
             let cluster = chosen.cluster
             guard cluster >= 0 else { return .reply(.invalidBackend) }
-            let hash = requestHash(cluster, head, bytes, peer)
-            guard let endpoint = nextEndpoint(cluster, hash: hash) else { return .reply(.noHealthyUpstream) }
+            let endpoint: Int32?
+            if snapshot.clusters[Int(cluster)].originalDestination {
+                endpoint = originalEndpoint(cluster, destination)
+            } else {
+                endpoint = nextEndpoint(cluster, hash: requestHash(cluster, head, bytes, peer))
+            }
+            guard let endpoint else { return .reply(.noHealthyUpstream) }
             return .forward(endpoint: endpoint, route: backends.route, cluster: cluster, policy: chosen.policy ?? backends.policy)
         }
     }
@@ -311,7 +316,7 @@ public final class SnapshotRouter: RequestRouter {
 
     public func alternateEndpoint(cluster: Int32, failed: Int32, history: inout RetryHistory) -> Int32 {
         history.endpoints.append(failed)
-        guard cluster >= 0 else { return failed }
+        guard cluster >= 0, !snapshot.clusters[Int(cluster)].originalDestination else { return failed }
         let members = snapshot.clusters[Int(cluster)].endpoints
         guard members.count > 1 else { return failed }
         let checkHealth = !health.isEmpty && snapshot.clusters[Int(cluster)].outlierDetection != nil
@@ -349,9 +354,25 @@ public final class SnapshotRouter: RequestRouter {
     public func isReachable(_ destination: Destination) -> Bool {
         guard destination.cluster >= 0 else { return true }
         if let backends = snapshot.tcpRoutes[tcpRouteKey(destination.virtualHost, destination.port)] {
-            return backends.clusters.contains { $0.cluster >= 0 && $0.weight > 0 && !snapshot.clusters[Int($0.cluster)].endpoints.isEmpty }
+            return backends.clusters.contains { $0.cluster >= 0 && $0.weight > 0 && reaches($0.cluster, destination) }
         }
-        return !snapshot.clusters[Int(destination.cluster)].endpoints.isEmpty
+        return reaches(destination.cluster, destination)
+    }
+
+    /// Whether `cluster` has an endpoint for a request through `destination`.
+    private func reaches(_ cluster: Int32, _ destination: Destination) -> Bool {
+        snapshot.clusters[Int(cluster)].originalDestination
+            ? originalEndpoint(cluster, destination) != nil : !snapshot.clusters[Int(cluster)].endpoints.isEmpty
+    }
+
+    /// A passthrough cluster's endpoint for a request through `destination`: the address its tunnel named, when
+    /// it is one of the cluster's; nil otherwise (the plaintext listener, or a route from another service's
+    /// address), so that passthrough never reaches an address no tunnel asked for.
+    private func originalEndpoint(_ cluster: Int32, _ destination: Destination?) -> Int32? {
+        guard let endpoint = destination?.originalEndpoint, endpoint >= 0,
+            snapshot.clusters[Int(cluster)].endpoints.contains(endpoint)
+        else { return nil }
+        return endpoint
     }
 
     public func endpoints(inCluster cluster: Int32) -> [Int32] {
@@ -359,16 +380,17 @@ public final class SnapshotRouter: RequestRouter {
     }
 
     public func pickEndpoint(inCluster cluster: Int32) -> Int32? {
-        cluster >= 0 ? nextEndpoint(cluster) : nil
+        cluster >= 0 && !snapshot.clusters[Int(cluster)].originalDestination ? nextEndpoint(cluster) : nil
     }
 
     public func pickEndpoint(for destination: Destination) -> Int32? {
         guard destination.cluster >= 0 else { return destination.endpoint }
+        var cluster = destination.cluster
         if let backends = snapshot.tcpRoutes[tcpRouteKey(destination.virtualHost, destination.port)] {
-            let cluster = backends.clusters[pick(backends)].cluster
-            return cluster >= 0 ? nextEndpoint(cluster) : nil
+            cluster = backends.clusters[pick(backends)].cluster
+            guard cluster >= 0 else { return nil }
         }
-        return nextEndpoint(destination.cluster)
+        return snapshot.clusters[Int(cluster)].originalDestination ? originalEndpoint(cluster, destination) : nextEndpoint(cluster)
     }
 
     /// An endpoint of the cluster by its load balancer, passing over ejected endpoints (all of them count while

@@ -63,7 +63,8 @@ public struct ServiceEntrySpec: Sendable, Equatable {
     }
     /// `resolution`: how the endpoints' addresses are found.
     public enum Resolution: String, Sendable {
-        /// `STATIC` (and `NONE`, the default): the endpoints' IP addresses as given.
+        /// `NONE` (the default): passthrough, each of the entry's `addresses` reached as itself (Envoy's original
+        /// destination: the address a tunnel names); `STATIC`: the endpoints' IP addresses as given.
         case none = "NONE", `static` = "STATIC"
         /// `DNS`: every address the names (the endpoints', else the hosts) resolve to; `DNS_ROUND_ROBIN`: the
         /// first one only, as Envoy's logical DNS.

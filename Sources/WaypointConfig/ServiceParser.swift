@@ -102,6 +102,9 @@ enum ServiceParser {
             throw (resolutionNode ?? spec).error("unknown resolution \"\(resolutionText)\" (NONE, STATIC, DNS or DNS_ROUND_ROBIN)")
         }
         var endpoints: [ServiceEntrySpec.Endpoint] = []
+        if resolution == .none, let first = try spec.optionalArray("endpoints").first {
+            throw first.error("endpoints need resolution STATIC, DNS or DNS_ROUND_ROBIN (with NONE, the default, Istio rejects them)")
+        }
         for e in try spec.optionalArray("endpoints") {
             let address = try e.required("address").string()
             guard SocketAddress(ip: address, port: 0) != nil || resolution.resolvesNames else {

@@ -10,6 +10,9 @@ public struct Cluster: Sendable {
     public let name: String
     /// Indices into `Snapshot.endpoints`; only ready endpoints are listed.
     public internal(set) var endpoints: [Int32]
+    /// A passthrough ServiceEntry's (`resolution: NONE`): `endpoints` are its addresses, and a request goes to
+    /// the one its tunnel named (`Destination.originalEndpoint`), never to another.
+    public internal(set) var originalDestination = false
     /// From a DestinationRule on the service, if any.
     public var outlierDetection: OutlierDetection? = nil
     public var connectionPool: ConnectionPoolSettings? = nil

@@ -266,8 +266,12 @@ struct CompileState {
                 if let balancer = policy.loadBalancer { setLoadBalancer(balancer, of: i) }
                 // Each subset is a cluster of its own (`base|subset`) with the endpoints whose labels match.
                 for subset in rule.subsets {
-                    let members = self.members(clusters[i].endpoints, selectedBy: subset.labels)
+                    // A passthrough entry's subsets pass through too: its addresses carry no labels.
+                    let members =
+                        clusters[i].originalDestination
+                        ? clusters[i].endpoints : self.members(clusters[i].endpoints, selectedBy: subset.labels)
                     var cluster = Cluster(name: "\(clusters[i].name)|\(subset.name)", endpoints: members)
+                    cluster.originalDestination = clusters[i].originalDestination
                     cluster.outlierDetection = clusters[i].outlierDetection
                     cluster.connectionPool = clusters[i].connectionPool
                     clusterIndex[cluster.name] = Int32(clusters.count)
@@ -623,7 +627,10 @@ struct CompileState {
             // With DNS resolution, each named endpoint (or each host, without endpoints) stands for the addresses
             // its name resolved to (the first only for DNS_ROUND_ROBIN); nothing until the first answer.
             var endpoints = entry.endpoints
-            if entry.resolution.resolvesNames {
+            if entry.resolution == .none {
+                // Passthrough: each address is an endpoint of its own, reached by tunnels that name it.
+                endpoints = entry.addresses.map { ServiceEntrySpec.Endpoint(address: $0, ports: [:], labels: [:]) }
+            } else if entry.resolution.resolvesNames {
                 let named =
                     entry.endpoints.isEmpty
                     ? entry.namesToResolve.map { ServiceEntrySpec.Endpoint(address: $0, ports: [:], labels: [:]) } : endpoints
@@ -649,20 +656,30 @@ struct CompileState {
                     endpointLabels[index] = endpoint.labels
                     if let locality = endpoint.locality { endpointLocality[index] = locality }
                     if !members.contains(index) { members.append(index) }
-                    if compiler.isBound(
-                        workload: endpoint.labels, in: entry.namespace, namespaces: namespaceLabels, waypointFor: waypointFor)
+                    if entry.resolution != .none,
+                        compiler.isBound(
+                            workload: endpoint.labels, in: entry.namespace, namespaces: namespaceLabels, waypointFor: waypointFor)
                     {
                         addWorkload(index, InnerProtocol(appProtocol: port.proto, portName: port.name))
                     }
                 }
                 if endpoints.isEmpty {
-                    warnOnce(
-                        entry.resolution.resolvesNames
-                            ? "ServiceEntry \(entry.namespace)/\(entry.name): \(entry.namesToResolve.joined(separator: ", ")) resolved to no address yet; requests get 503"
-                            : "ServiceEntry \(entry.namespace)/\(entry.name): no endpoints; requests get 503")
+                    switch entry.resolution {
+                    case .dns, .dnsRoundRobin:
+                        warnOnce(
+                            "ServiceEntry \(entry.namespace)/\(entry.name): \(entry.namesToResolve.joined(separator: ", ")) resolved to no address yet; requests get 503"
+                        )
+                    case .none:
+                        warnOnce(
+                            "ServiceEntry \(entry.namespace)/\(entry.name): resolution NONE without addresses: no tunnel names it, so requests routed to it get 503"
+                        )
+                    case .static:
+                        warnOnce("ServiceEntry \(entry.namespace)/\(entry.name): no endpoints; requests get 503")
+                    }
                 }
                 for host in entry.hosts where clusterIndex["\(host):\(port.number)"] == nil {
                     addCluster("\(host):\(port.number)", members)
+                    clusters[clusters.count - 1].originalDestination = entry.resolution == .none
                 }
             }
         }
@@ -966,11 +983,14 @@ struct CompileState {
             for address in entry.addresses {
                 for port in entry.ports {
                     guard let vip = SocketAddress(ip: address, port: UInt16(port.number)), destinations[vip] == nil else { continue }
+                    let original =
+                        entry.resolution == .none
+                        ? SocketAddress(ip: address, port: UInt16(port.targetPort ?? port.number)).flatMap { endpointIndex[$0] } : nil
                     destinations[vip] = Destination(
                         virtualHost: Int32(virtualHosts.count - 1), port: UInt16(port.number),
                         cluster: clusterIndex["\(entry.hosts[0]):\(port.number)"]!, endpoint: -1,
                         innerProtocol: InnerProtocol(appProtocol: port.proto, portName: port.name),
-                        name: "\(entry.namespace)/\(entry.name)", host: entry.hosts[0])
+                        name: "\(entry.namespace)/\(entry.name)", host: entry.hosts[0], originalEndpoint: original ?? -1)
                 }
             }
         }

@@ -33,9 +33,14 @@ public struct Destination: Sendable {
     public let name: String
     /// The service's `name.namespace.svc.<domain>` (the Host of inner requests that carry none).
     public let host: String
+    /// For an address of a passthrough ServiceEntry (`resolution: NONE`): the endpoint that is this address
+    /// itself, where a request routed to that entry goes (Envoy's original destination); else -1.
+    public let originalEndpoint: Int32
 
-    public init(virtualHost: Int32, port: UInt16, cluster: Int32, endpoint: Int32, innerProtocol: InnerProtocol, name: String, host: String)
-    {
+    public init(
+        virtualHost: Int32, port: UInt16, cluster: Int32, endpoint: Int32, innerProtocol: InnerProtocol, name: String, host: String,
+        originalEndpoint: Int32 = -1
+    ) {
         self.virtualHost = virtualHost
         self.port = port
         self.cluster = cluster
@@ -43,5 +48,6 @@ public struct Destination: Sendable {
         self.innerProtocol = innerProtocol
         self.name = name
         self.host = host
+        self.originalEndpoint = originalEndpoint
     }
 }

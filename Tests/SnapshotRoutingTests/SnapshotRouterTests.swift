@@ -5,7 +5,7 @@ import WaypointConfig
 import WaypointCore
 
 /// `web` has three endpoints (round robin, outlier detection after two 5xx); `api` one; `guarded` one, with a
-/// DENY and an ALLOW policy.
+/// DENY and an ALLOW policy; `egress.example.com` passes through to its two addresses.
 private let config = """
     apiVersion: v1
     kind: Service
@@ -73,6 +73,14 @@ private let config = """
     metadata: {name: empty, namespace: shop}
     spec:
       ports: [{name: http, port: 80}]
+    ---
+    apiVersion: networking.istio.io/v1
+    kind: ServiceEntry
+    metadata: {name: egress, namespace: shop}
+    spec:
+      hosts: [egress.example.com]
+      addresses: [240.1.0.1, 240.1.0.2]
+      ports: [{name: http, number: 80, targetPort: 8080}]
     """
 
 private let frontend = PeerFacts(
@@ -96,20 +104,24 @@ private final class Fixture {
         clock = { [unowned self] in self.clock }
     }
 
-    /// The decision for `GET path` to `host`, and the labels routing gave it.
-    func route(_ host: String, _ path: String = "/", peer: PeerFacts = frontend) -> (RouteDecision.Action, RouteLabels) {
+    /// The decision for `GET path` to `host` (inside a tunnel to `tunnel`, an `IP:port`), and the labels routing
+    /// gave it.
+    func route(
+        _ host: String, _ path: String = "/", peer: PeerFacts = frontend, tunnel: String? = nil
+    ) -> (RouteDecision.Action, RouteLabels) {
         let text = "GET \(path) HTTP/1.1\r\nHost: \(host)\r\n\r\n"
+        let destination = tunnel.flatMap { router.destination(for: SocketAddress($0)!) }
         let decision = Array(text.utf8).withUnsafeBytes { bytes -> RouteDecision in
             var head = RequestHead()
             _ = HTTP1Parser.parseRequest(bytes, into: &head)
-            return router.route(head, bytes, destination: nil, peer: peer)
+            return router.route(head, bytes, destination: destination, peer: peer)
         }
         return (decision.action, decision.labels)
     }
 
     /// The endpoint address a request to `host` goes to, or the status it is answered with.
-    func target(_ host: String, _ path: String = "/", peer: PeerFacts = frontend) -> String {
-        switch route(host, path, peer: peer).0 {
+    func target(_ host: String, _ path: String = "/", peer: PeerFacts = frontend, tunnel: String? = nil) -> String {
+        switch route(host, path, peer: peer, tunnel: tunnel).0 {
         case .forward(let endpoint, _, _, _): return snapshot.endpoints[Int(endpoint)].description
         case .reply(let reply): return "\(reply.status)"
         case .respond(let status, _, _): return "respond \(status)"
@@ -124,6 +136,23 @@ private final class Fixture {
 }
 
 @Suite struct SnapshotRouterTests {
+    /// `resolution: NONE`: a request, a retry and a TCP tunnel go to the address the tunnel named (at the target
+    /// port), never to the entry's other address; without a tunnel there is no original destination (503).
+    @Test func aPassthroughEntrySendsEachTunnelWhereItWasGoing() throws {
+        let fixture = try Fixture()
+        for address in ["240.1.0.1", "240.1.0.2", "240.1.0.1"] {
+            for _ in 0..<3 { #expect(fixture.target("egress.example.com", tunnel: "\(address):80") == "\(address):8080") }
+        }
+        #expect(fixture.target("egress.example.com") == "503")
+        let destination = try #require(fixture.router.destination(for: SocketAddress("240.1.0.2:80")!))
+        #expect(fixture.router.isReachable(destination))
+        let endpoint = try #require(fixture.router.pickEndpoint(for: destination))
+        #expect(fixture.snapshot.endpoints[Int(endpoint)].description == "240.1.0.2:8080")
+        var history = RetryHistory()
+        #expect(fixture.router.alternateEndpoint(cluster: destination.cluster, failed: endpoint, history: &history) == endpoint)
+        #expect(fixture.router.pickEndpoint(inCluster: destination.cluster) == nil)
+    }
+
     @Test func localAnswersAndTheirLabels() throws {
         let f = try Fixture()
         #expect(f.target("nowhere") == "404")

@@ -49,6 +49,7 @@ import Testing
         metadata: {name: ext, namespace: shop}
         spec:
           hosts: [ext.example.com]
+          resolution: STATIC
           ports: [{name: http, number: 80}]
           endpoints: [{address: 10.1.0.1, locality: r2/z1}, {address: 10.1.0.2, locality: r1/z1/s1}]
         """

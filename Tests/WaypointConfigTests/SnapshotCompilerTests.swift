@@ -47,6 +47,7 @@ private let config = """
     metadata: {name: ext, namespace: shop}
     spec:
       hosts: [ext.example.com]
+      resolution: STATIC
       ports: [{name: http, number: 80, protocol: HTTP}]
       addresses: [240.0.0.9]
       endpoints: [{address: 10.0.0.9, ports: {http: 8081}, labels: {networking.istio.io/tunnel: http}}]
@@ -119,6 +120,26 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
         #expect(destination.innerProtocol == .http1)
         #expect(destination.virtualHost >= 0 && destination.cluster >= 0 && destination.endpoint == -1 || workload)
         if workload { #expect(snapshot.endpoints[Int(destination.endpoint)] == address && destination.virtualHost == -1) }
+    }
+
+    /// `resolution: NONE` is passthrough: endpoints are refused there, as Istio's validation does.
+    @Test func aPassthroughEntryHasNoEndpoints() {
+        let text = """
+            apiVersion: networking.istio.io/v1
+            kind: ServiceEntry
+            metadata: {name: ext, namespace: shop}
+            spec:
+              hosts: [ext.example.com]
+              ports: [{name: http, number: 80}]
+              endpoints: [{address: 10.0.0.9}]
+            """
+        #expect(throws: ConfigErrors.self) { try ManifestLoader.load(text: text, file: "n.yaml", defaultNamespace: "shop") }
+        do {
+            _ = try ManifestLoader.load(text: text, file: "n.yaml", defaultNamespace: "shop")
+        } catch {
+            #expect(
+                error.description.contains("n.yaml: document 0 (ServiceEntry shop/ext): spec.endpoints[0]: endpoints need resolution STATIC"))
+        }
     }
 
     @Test(arguments: ["10.96.0.1:81", "10.96.0.2:80", "10.0.0.1:80", "127.0.0.1:8080"])

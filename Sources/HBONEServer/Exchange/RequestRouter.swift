@@ -117,7 +117,8 @@ public protocol RequestRouter: AnyObject {
     func reportAttempt(endpoint: Int32, cluster: Int32, result: OutlierDetection.Result)
     /// An endpoint for a byte-stream (TCP) tunnel, or nil when the destination has no ready endpoint.
     func pickEndpoint(for destination: Destination) -> Int32?
-    /// An endpoint of `cluster` by its load balancer (a mirror's target), nil when it has none ready.
+    /// An endpoint of `cluster` by its load balancer (a mirror's target, an authorizer), nil when it has none ready
+    /// or passes through (no tunnel named an address of it).
     func pickEndpoint(inCluster cluster: Int32) -> Int32?
     /// The ready endpoints of `cluster` (for its connection limit).
     func endpoints(inCluster cluster: Int32) -> [Int32]
