@@ -224,10 +224,17 @@ public struct ExternalAuthorizer: Sendable {
         }
         switch status {
         case 200:
-            let upstream = picked(settings.headersToUpstreamOnAllow)
-            let downstream = picked(settings.headersToDownstreamOnAllow)
+            // `x-envoy-auth-headers-to-remove`: request headers the authorizer takes away (comma-separated, as
+            // Envoy reads it; never a pseudo-header or Host); the header itself goes nowhere.
+            let remove = headers.filter { $0.name.lowercased() == Self.headersToRemove }.flatMap { line in
+                line.value.split(separator: ",").map { $0.trimmingWhitespace().lowercased() }.filter {
+                    !$0.isEmpty && !$0.hasPrefix(":") && $0 != "host"
+                }
+            }
+            let upstream = picked(settings.headersToUpstreamOnAllow).filter { $0.0 != Self.headersToRemove }
+            let downstream = picked(settings.headersToDownstreamOnAllow).filter { $0.0 != Self.headersToRemove }
             return .allowed(
-                upstream: upstream.isEmpty ? nil : HeaderModifier(set: upstream, add: [], remove: []),
+                upstream: upstream.isEmpty && remove.isEmpty ? nil : HeaderModifier(set: upstream, add: [], remove: remove),
                 downstream: downstream.isEmpty ? nil : HeaderModifier(set: [], add: downstream, remove: []))
         case 500...599, ..<200, 600...:
             return .failed  // a 5xx (Envoy's HTTP client), or no valid final status
@@ -241,6 +248,9 @@ public struct ExternalAuthorizer: Sendable {
             return .denied(status: status, headers: passed.map { HeaderLine($0.0, $0.1) }, body: body)
         }
     }
+
+    /// The HTTP check answer's header naming request headers to remove.
+    static let headersToRemove = "x-envoy-auth-headers-to-remove"
 
     /// Headers that describe the check answer's own framing or connection, never passed on.
     static func isFraming(_ lower: String) -> Bool {

@@ -39,6 +39,7 @@ class HTTPAuthorizer:
                     self.send_response(200)
                     self.send_header("x-user", "alice")
                     self.send_header("x-ext-authz-check-result", "allowed")
+                    self.send_header("x-envoy-auth-headers-to-remove", "x-api-key")
                     self.send_header("content-length", "0")
                     self.end_headers()
                 elif verdict == "error":
@@ -164,12 +165,14 @@ def test_http_authorizer_allows_denies_and_fails_closed(origin_factory, proxy_fa
     # not selected by the CUSTOM rule: never checked
     assert get(proxy, "/public")[0] == 200
     assert authorizer.checks == []
-    # allowed: the authorizer's x-user reaches the upstream, its other headers do not
+    # allowed: the authorizer's x-user reaches the upstream, its other headers do not, and the header it asks
+    # to remove (x-envoy-auth-headers-to-remove) is gone
     status, _, body = get(proxy, "/api/items?q=1", "allow",
-                          {"Authorization": "Bearer t0k", "x-other": "not sent", "x-forwarded-proto": "http"})
+                          {"Authorization": "Bearer t0k", "x-other": "not sent", "x-forwarded-proto": "http", "x-api-key": "k3y"})
     assert status == 200, body
     seen = json.loads(body)["headers"]
     assert seen.get("x-user") == "alice" and "x-ext-authz-check-result" not in seen
+    assert "x-api-key" not in seen and "x-envoy-auth-headers-to-remove" not in seen and seen["x-other"] == "not sent"
     method, path, checked = authorizer.checks[-1]
     assert (method, path) == ("GET", "/check/api/items?q=1")
     assert checked["host"] == "web" and checked["content-length"] == "0"

@@ -59,6 +59,19 @@ import WaypointCore
                 == .denied(status: 302, headers: [.init("x-other", "1")], body: []))
     }
 
+    /// Envoy's `x-envoy-auth-headers-to-remove`: the listed request headers go, never a pseudo-header or Host,
+    /// and the header itself is passed nowhere, even where a pattern matches it.
+    @Test func anAllowingAnswerCanRemoveRequestHeaders() {
+        var settings = ExternalAuthorizer.HTTPSettings()
+        settings.headersToUpstreamOnAllow = [HeaderNamePattern("x-*")]
+        let headers = [("X-Envoy-Auth-Headers-To-Remove", " Authorization, x-api-key ,:path,host,"), ("x-user", "bob")]
+        #expect(
+            ExternalAuthorizer.outcome(settings, status: 200, headers: headers, body: [])
+                == .allowed(
+                    upstream: HeaderModifier(set: [("x-user", "bob")], add: [], remove: ["authorization", "x-api-key"]),
+                    downstream: nil))
+    }
+
     private static func header(_ name: String, _ value: String, append: Bool? = nil) -> ProtobufWriter {
         var header = ProtobufWriter()
         header.string(1, name)
