@@ -33,6 +33,20 @@ public struct ExternalAuthorizer: Sendable {
         public init() {}
     }
 
+    /// `includeRequestBodyInCheck`: the request body is buffered and sent with the check.
+    public struct BodyInCheck: Sendable, Equatable {
+        /// `maxRequestBytes`: the most that is buffered and sent.
+        public var maxBytes: Int
+        /// `allowPartialMessage`: a longer body is checked by its first `maxBytes`; otherwise it is refused (413).
+        public var allowPartial: Bool
+        /// `packAsBytes`: the gRPC check carries it as `raw_body` rather than `body`.
+        public var packAsBytes: Bool
+
+        public init(maxBytes: Int, allowPartial: Bool, packAsBytes: Bool) {
+            (self.maxBytes, self.allowPartial, self.packAsBytes) = (maxBytes, allowPartial, packAsBytes)
+        }
+    }
+
     /// The provider's `name`, which CUSTOM policies' `provider.name` gives.
     public let name: String
     public let api: API
@@ -46,8 +60,13 @@ public struct ExternalAuthorizer: Sendable {
     /// A failed check allows the request (`failOpen`); otherwise it is answered `statusOnError`.
     public let failOpen: Bool
     public let statusOnError: Int
+    /// nil: checks carry the request's head only.
+    public let bodyInCheck: BodyInCheck?
 
-    public init(name: String, api: API, service: String, port: Int, timeout: Duration?, failOpen: Bool, statusOnError: Int?) {
+    public init(
+        name: String, api: API, service: String, port: Int, timeout: Duration?, failOpen: Bool, statusOnError: Int?,
+        bodyInCheck: BodyInCheck? = nil
+    ) {
         self.name = name
         self.api = api
         self.service = service
@@ -55,6 +74,7 @@ public struct ExternalAuthorizer: Sendable {
         self.timeout = timeout ?? .seconds(600)
         self.failOpen = failOpen
         self.statusOnError = statusOnError ?? 403
+        self.bodyInCheck = bodyInCheck
     }
 
     /// The `:authority` (Host) of gRPC checks: the Service's host name and port.
@@ -95,6 +115,46 @@ public struct ExternalAuthorizer: Sendable {
             out.append("\r\n")
         }
         out.append("\r\n")
+    }
+
+    /// `check` (from `httpCheck` or `grpcCheck`) with the request's `body` (its first `maxBytes` when `partial`),
+    /// as Envoy sends it with `with_request_body`: the HTTP check's `content-length` and body, or the gRPC
+    /// `CheckRequest`'s `body` (`raw_body` with `packAsBytes`); both with the header `x-envoy-auth-partial-body`.
+    /// An empty body leaves the check as it is (Envoy buffered nothing).
+    public func addingBody(_ body: [UInt8], partial: Bool, to check: [UInt8]) -> [UInt8] {
+        guard !body.isEmpty else { return check }
+        let flag = partial ? "true" : "false"
+        switch api {
+        case .http:
+            // `httpCheck` wrote `content-length: 0` as the line after Host; no earlier line can hold a CR LF.
+            let marker = Array("\r\ncontent-length: 0\r\n".utf8)
+            guard let at = Self.firstIndex(of: marker, in: check) else { return check }
+            let lines = Array("\r\ncontent-length: \(body.count)\r\n\(Self.partialBodyHeader): \(flag)\r\n".utf8)
+            return Array(check[..<at]) + lines + check[(at + marker.count)...] + body
+        case .grpc:
+            // Appended as a second `attributes.request.http`: protobuf merges a repeated message field into one.
+            var http = ProtobufWriter()
+            http.mapEntry(3, key: Self.partialBodyHeader, value: flag)
+            http.bytes(bodyInCheck?.packAsBytes == true ? 12 : 11, body)
+            var request = ProtobufWriter()
+            request.message(2, http)
+            var context = ProtobufWriter()
+            context.message(4, request)
+            var more = ProtobufWriter()
+            more.message(1, context)
+            return check + more.bytes
+        }
+    }
+
+    /// Says whether a check's body is the request's first `maxRequestBytes` only.
+    static let partialBodyHeader = "x-envoy-auth-partial-body"
+
+    private static func firstIndex(of marker: [UInt8], in bytes: [UInt8]) -> Int? {
+        guard bytes.count >= marker.count else { return nil }
+        for i in 0...(bytes.count - marker.count) where bytes[i] == marker[0] && bytes[i..<(i + marker.count)].elementsEqual(marker) {
+            return i
+        }
+        return nil
     }
 
     /// What a gRPC check tells about the request and its peers (`CheckRequest.attributes`).

@@ -34,21 +34,11 @@ enum MeshConfigParser {
             let nameNode = try provider.required("name")
             let name = try nameNode.string()
             guard names.insert(name).inserted else { throw nameNode.error("another extension provider has the name \"\(name)\"") }
-            let node: ManifestNode
             if let http = try provider.optional("envoyExtAuthzHttp") {
-                node = http
                 spec.authorizers.append(try authorizer(http, name: name, api: .http(try httpSettings(http))))
             } else if let grpc = try provider.optional("envoyExtAuthzGrpc") {
-                node = grpc
                 spec.authorizers.append(try authorizer(grpc, name: name, api: .grpc))
-            } else {
-                continue  // tracing, logging and metrics providers: not the waypoint's business here
-            }
-            if try node.optional("includeRequestBodyInCheck") != nil {
-                spec.warnings.append(
-                    "\(node.location.file): \(node.path).includeRequestBodyInCheck is not supported yet: checks carry the request's head only"
-                )
-            }
+            }  // else tracing, logging and metrics providers: not the waypoint's business here
         }
         return spec
     }
@@ -68,7 +58,20 @@ enum MeshConfigParser {
         }
         return ExternalAuthorizer(
             name: name, api: api, service: service, port: port, timeout: try node.optionalDuration("timeout"),
-            failOpen: try node.optional("failOpen")?.bool() ?? false, statusOnError: statusOnError)
+            failOpen: try node.optional("failOpen")?.bool() ?? false, statusOnError: statusOnError,
+            bodyInCheck: try bodyInCheck(node))
+    }
+
+    /// `includeRequestBodyInCheck`; `maxRequestBytes` must be positive (Envoy refuses 0).
+    private static func bodyInCheck(_ node: ManifestNode) throws(ConfigError) -> ExternalAuthorizer.BodyInCheck? {
+        guard let body = try node.optional("includeRequestBodyInCheck") else { return nil }
+        guard let maxNode = try body.optional("maxRequestBytes") else {
+            throw body.error("maxRequestBytes is required (Envoy buffers at most that much)", field: "\(body.path).maxRequestBytes")
+        }
+        return ExternalAuthorizer.BodyInCheck(
+            maxBytes: try maxNode.int(in: 1...Int(UInt32.max)),
+            allowPartial: try body.optional("allowPartialMessage")?.bool() ?? false,
+            packAsBytes: try body.optional("packAsBytes")?.bool() ?? false)
     }
 
     private static func httpSettings(_ node: ManifestNode) throws(ConfigError) -> ExternalAuthorizer.HTTPSettings {

@@ -13,6 +13,12 @@ public struct ProtobufWriter {
         lengthDelimited(field, Array(value.utf8))
     }
 
+    /// A `bytes` field; empty values are left out.
+    public mutating func bytes(_ field: Int, _ value: [UInt8]) {
+        guard !value.isEmpty else { return }
+        lengthDelimited(field, value)
+    }
+
     /// An `int64` field; zero is left out (proto3's default).
     public mutating func int64(_ field: Int, _ value: Int64) {
         guard value != 0 else { return }

@@ -23,6 +23,7 @@ class HTTPAuthorizer:
 
     def __init__(self):
         checks = self.checks = []
+        bodies = self.bodies = []
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -32,6 +33,7 @@ class HTTPAuthorizer:
 
             def answer(self):
                 checks.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+                bodies.append(self.rfile.read(int(self.headers.get("content-length", "0"))))
                 verdict = self.headers.get("x-ext-authz", "")
                 if verdict == "slow":
                     time.sleep(2)
@@ -82,6 +84,9 @@ class GRPCAuthorizer:
             def Check(self, request, context):
                 outer.checks.append(request)
                 verdict = request.attributes.request.http.headers.get("x-ext-authz", "")
+                if verdict == "body":   # allowed when the body, as the check carries it, says so
+                    http = request.attributes.request.http
+                    verdict = "allow" if (http.raw_body or http.body.encode()).startswith(b"allow") else "deny"
                 if verdict == "allow":
                     return pb.CheckResponse(
                         status=pb.RpcStatus(code=0),
@@ -278,6 +283,110 @@ def test_grpc_authorizer_for_h2c_in_an_hbone_tunnel(hbone_proxy, certs, h2c_orig
     assert check.source.principal == "spiffe://cluster.local/ns/default/sa/frontend"
     assert check.source.address.socket_address.address == "10.1.2.3"    # the tunnel's Forwarded for=
     assert check.destination.address.socket_address.port_value == 80
+
+
+def body_provider(name, kind, body):
+    return f"""
+    - name: {name}
+      {kind}:
+        service: ext-authz.foo.svc.cluster.local
+        port: 8000
+        includeRequestHeadersInCheck: [x-ext-authz]
+        includeRequestBodyInCheck: {body}
+"""
+
+
+def post(proxy, body, verdict="allow", chunked=False, expect=False):
+    """POSTs `body` (chunked in 7-byte chunks when asked); returns (status, the origin's JSON or the body)."""
+    import socket
+    head = f"POST /api/items HTTP/1.1\r\nHost: web\r\nx-ext-authz: {verdict}\r\n"
+    if expect:
+        head += "Expect: 100-continue\r\n"
+    if chunked:
+        framed = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7]) for i in range(0, len(body), 7)) + b"0\r\n\r\n"
+        head += "Transfer-Encoding: chunked\r\n\r\n"
+    else:
+        framed = body
+        head += f"Content-Length: {len(body)}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as s:
+        s.sendall(head.encode())
+        if expect:
+            assert s.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(framed)
+        response = b""
+        while b"\r\n\r\n" not in response:
+            response += s.recv(65536)
+        head_bytes, _, rest = response.partition(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head_bytes.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        while len(rest) < length:
+            rest += s.recv(65536)
+        status = int(head_bytes.split(b" ")[1])
+        return status, (json.loads(rest) if status == 200 else rest)
+
+
+def test_the_http_check_carries_the_body_and_the_upstream_gets_all_of_it(origin_factory, proxy_factory):
+    """`includeRequestBodyInCheck`: the check's body is the request's, or its first maxRequestBytes with
+    `x-envoy-auth-partial-body: true`; the upstream gets the whole body either way, content-length or chunked."""
+    origin = origin_factory("a")
+    authorizer = HTTPAuthorizer()
+    provider = body_provider("http-body", "envoyExtAuthzHttp", "{maxRequestBytes: 16, allowPartialMessage: true}")
+    proxy = proxy_factory(config(origin, authorizer.port, provider, "http-body"))
+    for chunked in (False, True):
+        for expect in (False, True):
+            status, seen = post(proxy, b"small body", chunked=chunked, expect=expect)
+            assert status == 200 and seen["body_length"] == 10, seen
+            assert authorizer.bodies[-1] == b"small body"
+            assert authorizer.checks[-1][2]["x-envoy-auth-partial-body"] == "false"
+            assert authorizer.checks[-1][2]["content-length"] == "10"
+            big = bytes(range(48, 48 + 70)) * 1000
+            status, seen = post(proxy, big, chunked=chunked, expect=expect)
+            assert status == 200 and seen["body_length"] == len(big), seen
+            assert authorizer.bodies[-1] == big[:16] and authorizer.checks[-1][2]["x-envoy-auth-partial-body"] == "true"
+    # a bodiless request's check is as before: content-length 0, no partial-body header
+    assert get(proxy, "/api/items", "allow")[0] == 200
+    assert authorizer.bodies[-1] == b"" and "x-envoy-auth-partial-body" not in authorizer.checks[-1][2]
+
+
+def test_a_body_over_the_limit_is_refused_without_partial_messages(origin_factory, proxy_factory):
+    origin = origin_factory("a")
+    authorizer = HTTPAuthorizer()
+    provider = body_provider("http-body", "envoyExtAuthzHttp", "{maxRequestBytes: 16}")
+    proxy = proxy_factory(config(origin, authorizer.port, provider, "http-body"))
+    checks = len(authorizer.checks)
+    for chunked in (False, True):
+        assert post(proxy, b"x" * 17, chunked=chunked) == (413, b"Payload Too Large")
+    assert len(authorizer.checks) == checks and origin_requests(origin.port) == 0   # never asked, never forwarded
+    assert post(proxy, b"x" * 16)[0] == 200
+
+
+def test_the_grpc_check_carries_the_body_as_text_or_bytes(origin_factory, proxy_factory, hbone_proxy, certs, h2c_origin):
+    origin = origin_factory("a")
+    for packed in ("false", "true"):
+        authorizer = GRPCAuthorizer()
+        provider = body_provider("grpc-body", "envoyExtAuthzGrpc", f"{{maxRequestBytes: 64, packAsBytes: {packed}}}")
+        proxy = proxy_factory(config(origin, authorizer.port, provider, "grpc-body"), name=f"packed-{packed}")
+        status, seen = post(proxy, b"allow: me", verdict="body")
+        assert status == 200 and seen["body_length"] == 9
+        http = authorizer.checks[-1].attributes.request.http
+        assert (http.raw_body, http.body) == ((b"allow: me", "") if packed == "true" else (b"", "allow: me"))
+        assert http.headers["x-envoy-auth-partial-body"] == "false"
+        assert post(proxy, b"deny me", verdict="body")[0] == 401
+    # h2c inside an HBONE tunnel: the body is collected from DATA frames
+    authorizer = GRPCAuthorizer()
+    provider = body_provider("grpc-body", "envoyExtAuthzGrpc", "{maxRequestBytes: 1000, allowPartialMessage: true}")
+    proxy = hbone_proxy(config(h2c_origin, authorizer.port, provider, "grpc-body", cluster_ip=VIP, port_name="web"), name="h2c")
+    c = client(proxy, certs)
+    sid = c.connect(f"{VIP}:80", headers=[FORWARDED])
+    assert c.status(sid) == 200
+    inner = InnerH2(c, sid)
+    body = b"allow" + b"." * 60000
+    stream = inner.request("/api/items", headers=[("x-ext-authz", "body")], body=body, method="POST")
+    assert inner.wait(stream)[":status"] == "200"
+    assert h2c_origin.seen[-1][1] == body
+    http = authorizer.checks[-1].attributes.request.http
+    assert http.body == body[:1000].decode() and http.headers["x-envoy-auth-partial-body"] == "true"
+    denied = inner.request("/api/items", headers=[("x-ext-authz", "body")], body=b"nope", method="POST")
+    assert inner.wait(denied)[":status"] == "401"
 
 
 def test_explain_says_which_provider_is_asked_first(workdir, origin_factory):

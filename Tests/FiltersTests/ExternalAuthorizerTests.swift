@@ -29,6 +29,21 @@ import WaypointCore
         )
     }
 
+    /// `includeRequestBodyInCheck`: the HTTP check's content-length and body, and the partial-body header.
+    @Test func theHTTPCheckCanCarryTheBody() {
+        let authorizer = ExternalAuthorizer(
+            name: "a", api: .http(.init()), service: "authz", port: 80, timeout: nil, failOpen: false, statusOnError: nil,
+            bodyInCheck: .init(maxBytes: 4, allowPartial: true, packAsBytes: false))
+        let out = ByteBuffer(capacity: 256)
+        Self.withHead(Self.request) { ExternalAuthorizer.httpCheck(.init(), $0, $1, into: out) }
+        let check = Array(out.readable)
+        #expect(
+            String(decoding: authorizer.addingBody(Array("hell".utf8), partial: true, to: check), as: UTF8.self)
+                == "POST /api/items?id=7 HTTP/1.1\r\nhost: web\r\ncontent-length: 4\r\nx-envoy-auth-partial-body: true\r\nAuthorization: Bearer t\r\n\r\nhell"
+        )
+        #expect(authorizer.addingBody([], partial: false, to: check) == check)  // nothing buffered: no header either
+    }
+
     @Test(arguments: [
         ("x-user", "X-User", true), ("x-user", "x-users", false), ("x-*", "X-Anything", true), ("*-token", "id-token", true),
         ("*-token", "token", false), ("*", "", true),
@@ -171,6 +186,19 @@ import WaypointCore
             headers[try text(entry, 1)] = try text(entry, 2)
         }
         #expect(headers["x-tag"] == "a,b")  // repeated headers joined, as Envoy does
+        // with the body: a second `attributes.request.http` that protobuf merges into the first
+        for packed in [false, true] {
+            let authorizer = ExternalAuthorizer(
+                name: "a", api: .grpc, service: "authz", port: 80, timeout: nil, failOpen: false, statusOnError: nil,
+                bodyInCheck: .init(maxBytes: 8, allowPartial: false, packAsBytes: packed))
+            let withBody = authorizer.addingBody(Array("hello".utf8), partial: false, to: check)
+            #expect(withBody.starts(with: check))
+            let added = try message(try message(try message(withBody[check.count...], 1), 4), 2)
+            #expect(try text(added, packed ? 12 : 11) == "hello")
+            #expect(try message(added, packed ? 11 : 12).isEmpty)
+            let entry = try message(added, 3)
+            #expect(try text(entry, 1) == "x-envoy-auth-partial-body" && text(entry, 2) == "false")
+        }
         #expect(headers[":authority"] == "web" && headers[":method"] == "POST" && headers["host"] == nil)
         let source = try message(context, 1)
         #expect(try text(source, 4) == "spiffe://cluster.local/ns/default/sa/frontend")

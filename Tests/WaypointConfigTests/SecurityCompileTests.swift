@@ -207,7 +207,12 @@ private func applying(_ yaml: String, layered: Bool = true, gatewayRead: Bool = 
             - name: zipkin
               zipkin: {service: zipkin.istio-system.svc.cluster.local, port: 9411}
             - name: opa
-              envoyExtAuthzGrpc: {service: opa.shop.svc.cluster.local, port: 9191, timeout: 250ms, failOpen: true}
+              envoyExtAuthzGrpc:
+                service: opa.shop.svc.cluster.local
+                port: 9191
+                timeout: 250ms
+                failOpen: true
+                includeRequestBodyInCheck: {maxRequestBytes: 4096, packAsBytes: true}
             - name: oauth2
               envoyExtAuthzHttp:
                 service: blog/other.blog.svc.cluster.local
@@ -230,6 +235,7 @@ private func applying(_ yaml: String, layered: Bool = true, gatewayRead: Bool = 
         let (opa, oauth2, nowhere) = (snapshot.authorizers[0], snapshot.authorizers[1], snapshot.authorizers[2])
         #expect(opa.timeout == .milliseconds(250) && opa.failOpen && opa.statusOnError == 403)
         #expect(opa.authority == "opa.shop.svc.cluster.local:9191")
+        #expect(opa.bodyInCheck == .init(maxBytes: 4096, allowPartial: false, packAsBytes: true) && oauth2.bodyInCheck == nil)
         #expect(opa.cluster == -1)  // no such Service port: its checks fail (open, here)
         #expect(oauth2.cluster >= 0 && snapshot.clusters[Int(oauth2.cluster)].name == "blog/other:80")
         #expect(oauth2.statusOnError == 503 && oauth2.timeout == .seconds(600) && !oauth2.failOpen)
@@ -299,7 +305,15 @@ private func applying(_ yaml: String, layered: Bool = true, gatewayRead: Bool = 
         }
     }
 
-    @Test func meshConfigErrorsNameTheFieldInside() {
+    @Test(arguments: [
+        ("port: 70000", "envoyExtAuthzGrpc.port: 70000 is out of range 1...65535"),
+        (
+            "port: 9191, includeRequestBodyInCheck: {allowPartialMessage: true}",
+            "envoyExtAuthzGrpc.includeRequestBodyInCheck.maxRequestBytes: maxRequestBytes is required (Envoy buffers at most that much)"
+        ),
+        ("port: 9191, includeRequestBodyInCheck: {maxRequestBytes: 0}", "maxRequestBytes: 0 is out of range"),
+    ])
+    func meshConfigErrorsNameTheFieldInside(fields: String, expected: String) {
         let yaml = """
             apiVersion: v1
             kind: ConfigMap
@@ -308,16 +322,14 @@ private func applying(_ yaml: String, layered: Bool = true, gatewayRead: Bool = 
               mesh: |
                 extensionProviders:
                 - name: opa
-                  envoyExtAuthzGrpc: {service: opa.shop.svc.cluster.local, port: 70000}
+                  envoyExtAuthzGrpc: {service: opa.shop.svc.cluster.local, \(fields)}
             """
         do {
             _ = try ManifestLoader.load(text: yaml, file: "mesh.yaml", defaultNamespace: "shop")
             Issue.record("loaded")
         } catch {
-            #expect(
-                "\(error)"
-                    == "mesh.yaml: document 0 (ConfigMap istio-system/istio): data.mesh.extensionProviders[0].envoyExtAuthzGrpc.port: 70000 is out of range 1...65535"
-            )
+            let prefix = "mesh.yaml: document 0 (ConfigMap istio-system/istio): data.mesh.extensionProviders[0]."
+            #expect("\(error)".hasPrefix(prefix) && "\(error)".contains(expected), "\(error)")
         }
     }
 }

@@ -17,6 +17,9 @@ final class Exchange {
         case idle
         /// The head is complete and being routed.
         case routing
+        /// A CUSTOM policy's authorizer wants the request body (`includeRequestBodyInCheck`): it is buffered
+        /// before the check goes out.
+        case collectingBody
         /// A CUSTOM policy's external authorizer is asked; the decision's action waits for its answer.
         case authorizing
         /// A fault delay, after which the request is forwarded or (a fault abort) answered with `heldAnswer`.
@@ -87,16 +90,22 @@ final class Exchange {
     /// gone upstream yet.
     var holdsRequest: Bool {
         switch state {
-        case .authorizing, .delayed, .waitingForConnection: return true
+        case .collectingBody, .authorizing, .delayed, .waitingForConnection: return true
         default: return false
         }
+    }
+
+    /// The request body is wanted for an external check: the transport calls `bodyArrived()` as it comes.
+    var collectsBody: Bool {
+        if case .collectingBody = state { return true }
+        return false
     }
 
     /// No try is out while one will be (a check, a delay, a wait for a connection, a retry's backoff): h2c keeps
     /// the request body meanwhile.
     var isWaiting: Bool {
         switch state {
-        case .authorizing, .delayed, .waitingForConnection, .backoff: return true
+        case .collectingBody, .authorizing, .delayed, .waitingForConnection, .backoff: return true
         default: return false
         }
     }
@@ -135,10 +144,43 @@ final class Exchange {
         record.labels = decision.labels
         guard let check = decision.check else { return decide(decision.action) }
         checked = (check, decision.action)
-        state = .authorizing
-        guard let call = server.externalAuthorization.ask(check, for: self) else { return checkFinished(.failed) }
-        checkCall = call
+        // The authorizer's timeout covers the whole wait: buffering the body, then the check.
         waitTimer.schedule(after: check.authorizer.timeout, creating: timer { $0.waitEnded() })
+        guard check.authorizer.bodyInCheck != nil else { return ask(check.request) }
+        state = .collectingBody
+        bodyArrived()
+    }
+
+    /// More of the request body arrived (or it ended) while it is collected for the check (called by the transport,
+    /// which carries on after it returns): once the body ended or
+    /// is longer than `maxRequestBytes`, the check goes out with it, or a body too long for a whole-body check
+    /// is refused with 413 (Envoy's buffer limit, whatever `failOpen` says).
+    func bodyArrived() {
+        guard case .collectingBody = state, let (check, _) = checked, let settings = check.authorizer.bodyInCheck,
+            let transport
+        else { return }
+        let (body, extent) = transport.requestBody(upTo: settings.maxBytes)
+        switch extent {
+        case .more:
+            return
+        case .ended:
+            ask(check.authorizer.addingBody(body, partial: false, to: check.request))
+        case .exceeds where settings.allowPartial:
+            ask(check.authorizer.addingBody(body, partial: true, to: check.request))
+        case .exceeds:
+            checked = nil
+            answer(.respond(status: 413, body: Self.payloadTooLarge))
+        }
+    }
+
+    static let payloadTooLarge = Array("Payload Too Large".utf8)
+
+    /// Sends the check.
+    private func ask(_ request: [UInt8]) {
+        guard let (check, _) = checked else { return }
+        state = .authorizing
+        guard let call = server.externalAuthorization.ask(check, request: request, for: self) else { return checkFinished(.failed) }
+        checkCall = call
     }
 
     /// The external authorizer answered (called by its call, never from inside `decide`).
@@ -277,7 +319,7 @@ final class Exchange {
 
     private func waitEnded() {
         switch state {
-        case .authorizing:
+        case .collectingBody, .authorizing:
             // The authorizer's timeout: no decision, so the check failed.
             checkCall?.cancel()
             checkCall = nil

@@ -22,6 +22,9 @@ protocol ExchangeTransport: AnyObject {
     func answer(_ answer: LocalAnswer)
     /// Cuts off a response already under way, so that the client cannot take it for a complete one.
     func breakResponse(timedOut: Bool)
+    /// The request body so far, for an external check: at most its first `limit` bytes (decoded), and how far the
+    /// body goes past them. Called while the exchange collects the body; it says when more came (`bodyArrived`).
+    func requestBody(upTo limit: Int) -> ([UInt8], BodyExtent)
     /// The exchange moved on by itself (a delay or backoff ended, a timeout fired, a connection freed up): the
     /// transport carries on from there.
     func exchangeProgressed()
@@ -35,6 +38,16 @@ enum Replay {
     case beyondBound
     /// It cannot be sent again for another reason (a `100-continue` request).
     case impossible
+}
+
+/// How much request body there is beyond what the transport has.
+enum BodyExtent {
+    /// The body ended within what it has.
+    case ended
+    /// More arrived than was asked for, or no more can be held: the body is longer.
+    case exceeds
+    /// More may come.
+    case more
 }
 
 /// How sending a try went, as far as it is known at once.

@@ -20,9 +20,9 @@ final class ExternalAuthorization {
 
     init(server: ProxyServer) { self.server = server }
 
-    /// Sends `check` on behalf of `exchange`; nil when it cannot even start (the authorizer's Service has no
-    /// ready endpoint, or no socket could be had): the check failed.
-    func ask(_ check: ExternalCheck, for exchange: Exchange) -> ExternalCheckCall? {
+    /// Sends `check`'s `request` (its own, or with the request body added) on behalf of `exchange`; nil when it
+    /// cannot even start (the authorizer's Service has no ready endpoint, or no socket could be had): the check failed.
+    func ask(_ check: ExternalCheck, request: [UInt8], for exchange: Exchange) -> ExternalCheckCall? {
         let authorizer = check.authorizer
         guard authorizer.cluster >= 0, let endpoint = server.router.pickEndpoint(inCluster: authorizer.cluster),
             let pool = server.upstreams.pool(endpoint)
@@ -38,7 +38,7 @@ final class ExternalAuthorization {
             }
             guard let connection else { return nil }
             busyHTTP[ObjectIdentifier(connection)] = connection
-            connection.send(check.request, settings: settings, call: call)
+            connection.send(request, settings: settings, call: call)
         case .grpc:
             let channel: GRPCCheckChannel
             if let open = grpc[pool.address]?.last(where: { $0.takesCalls }) {
@@ -54,7 +54,7 @@ final class ExternalAuthorization {
                 }
                 grpc[address, default: []].append(channel)
             }
-            guard channel.send(check.request, call: call) else { return nil }
+            guard channel.send(request, call: call) else { return nil }
         }
         return call
     }

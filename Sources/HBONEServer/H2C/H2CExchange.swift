@@ -55,6 +55,11 @@ final class H2CExchange: ExchangeTransport {
     func sendTry(to pool: UpstreamPool) -> TryStart { session.sendTry(self, to: pool) }
     func dropTry() { session.dropTry(self) }
     func answer(_ answer: LocalAnswer) { session.answer(self, answer) }
+    func requestBody(upTo limit: Int) -> ([UInt8], BodyExtent) {
+        let held = requestBody.readable
+        if held.count > limit { return (Array(held[0..<limit]), .exceeds) }
+        return requestEnded ? (Array(held), .ended) : ([], .more)
+    }
     func breakResponse(timedOut: Bool) { session.breakResponse(self, timedOut: timedOut) }
     func exchangeProgressed() { session.flush() }
 }

@@ -81,7 +81,14 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         } else if endStream {
             exchange.upstream?.requestDataReady(exchange)  // request trailers are dropped; the end still counts
             endMirrors(of: exchange)
+            if exchange.control.collectsBody { bodyArrived(exchange) }
         }
+    }
+
+    /// More of a request body collected for an external check arrived, or it ended.
+    private func bodyArrived(_ exchange: H2CExchange) {
+        exchange.control.bodyArrived()
+        flush()
     }
 
     func http2Data(stream: Int32, _ bytes: UnsafeRawBufferPointer) {
@@ -112,6 +119,12 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         if exchange.control.isWaiting {
             exchange.requestBody.append(bytes)
             exchange.control.record.bytesReceived += bytes.count
+            if exchange.control.collectsBody {
+                // Collected for an external check: the client may send past the stream window, up to the limit.
+                channel.session.consume(stream: stream, bytes.count)
+                exchange.credited += bytes.count
+                bodyArrived(exchange)
+            }
             return
         }
         guard let upstream = exchange.upstream else {
@@ -129,6 +142,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         exchange.requestEnded = true
         exchange.upstream?.requestDataReady(exchange)
         endMirrors(of: exchange)
+        if exchange.control.collectsBody { bodyArrived(exchange) }
     }
 
     func http2StreamClosed(stream: Int32, errorCode: UInt32) {

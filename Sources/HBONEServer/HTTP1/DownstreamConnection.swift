@@ -67,6 +67,10 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
     private var requestBody = BodyTracker(.none)
     private var discardingBody = false
     private var requestWasHead = false
+    /// This request's `100 Continue` went out (the body was collected for an external check first).
+    private var continued = false
+    /// While the body is collected for an external check: how far `input` may grow to hold it.
+    private var collectCapacity = 0
     /// The request offers an `Upgrade` that goes upstream; a `101` answer turns the session into a `ByteRelay`.
     private var upgrading = false
     /// The connection carrying the current try; its pool counts it as a request in flight (LEAST_REQUEST).
@@ -237,6 +241,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
 
     /// Starts exchanges for complete heads in `input` and moves request body bytes upstream.
     private func processInput() {
+        if exchange.collectsBody { exchange.bodyArrived() }
         while !closed && !exchange.holdsRequest {
             if exchange.isIdle {
                 guard !closing else { break }
@@ -292,6 +297,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
         requestWasHead = head.isHeadMethod
         requestBody = BodyTracker(head.framing)
         requestDone = requestBody.isComplete
+        continued = false
         headLength = length
         exchange.record.bytesReceived = length
         if let log = exchange.log { keepLogFields(headBytes, log) }
@@ -424,6 +430,28 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
 
     func exchangeProgressed() { processInput() }
 
+    /// The body so far, decoded from the bytes after the head in `input` (they stay there for the upstream). The
+    /// input grows to hold the head, `limit` + 1 body bytes and, chunked, their framing; a body that does not fit
+    /// then exceeds the limit. A `100 Continue` goes out first when the client waits for one.
+    func requestBody(upTo limit: Int) -> ([UInt8], BodyExtent) {
+        if head.expectsContinue && !continued {
+            continued = true
+            output.append("HTTP/1.1 100 Continue\r\n\r\n")
+        }
+        let held = UnsafeRawBufferPointer(rebasing: input.readable[headLength...])
+        var tracker = requestBody
+        // Malformed chunking: the check goes without a body, and forwarding refuses the request (400).
+        guard let take = tracker.consume(held) else { return ([], .ended) }
+        let framed = UnsafeRawBufferPointer(rebasing: held[0..<take])
+        let body = requestBody.framing == .chunked ? ChunkedScanner.decode(framed) : Array(framed)
+        if body.count > limit { return (Array(body[0..<limit]), .exceeds) }
+        if tracker.isComplete { return (body, .ended) }
+        collectCapacity = headLength + (requestBody.framing == .chunked ? 2 * limit + 4096 : limit + 1)
+        if input.readableBytes >= collectCapacity { return (body, .exceeds) }
+        if input.readableBytes == input.capacity { input.reserve(min(input.capacity, collectCapacity - input.readableBytes)) }
+        return (body, .more)
+    }
+
     /// The first try: the head, with the forwarding headers and the route's header changes, then the body as it
     /// comes; kept for a replay (a stale connection, a retry) or the mirrors while it may be needed.
     private func sendFirstTry(on connection: UpstreamConnection) {
@@ -461,7 +489,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
             replayBuffer.append(UnsafeRawBufferPointer(rebasing: connection.output.readable[(start - connection.output.readerIndex)...]))
             replayHeadLength = replayBuffer.readableBytes
         }
-        if head.expectsContinue && !requestDone {
+        if head.expectsContinue && !requestDone && !continued {
             // We answer the expectation ourselves (the Expect header is not forwarded).
             output.append("HTTP/1.1 100 Continue\r\n\r\n")
         }

@@ -105,7 +105,8 @@ public struct ChunkedScanner: Sendable {
         }
     }
 
-    /// The data of a complete chunked body that a scanner accepted (sizes, extensions and trailers dropped).
+    /// The data of a chunked body (or its start) that a scanner accepted: sizes, extensions and trailers dropped,
+    /// a chunk cut off kept as far as it goes.
     public static func decode(_ body: UnsafeRawBufferPointer) -> [UInt8] {
         var data: [UInt8] = []
         var i = 0
@@ -117,8 +118,8 @@ public struct ChunkedScanner: Sendable {
             }
             while i < body.count && body[i] != 0x0A { i += 1 }  // extensions, CR
             i += 1
-            guard size > 0, i + size <= body.count else { break }
-            data += body[i..<(i + size)]
+            guard size > 0, i < body.count else { break }
+            data += body[i..<min(i + size, body.count)]
             i += size
             while i < body.count && body[i] != 0x0A { i += 1 }  // CR
             i += 1
