@@ -138,16 +138,13 @@ public enum Socket {
     }
 
     /// One blocking request/response for a background thread (never a loop thread): connects, writes `request`,
-    /// reads until the peer closes; every step bounded by `timeout`. Nil on any failure.
-    public static func blockingExchange(with address: SocketAddress, request: [UInt8], timeout: Duration) -> [UInt8]? {
-        let fd = socket(address.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return nil }
+    /// reads until the peer closes or, given `length`, until the response is as long as `length` says (it sees the
+    /// bytes so far; nil while it cannot tell); every step bounded by `timeout`. Nil on any failure.
+    public static func blockingExchange(
+        with address: SocketAddress, request: [UInt8], timeout: Duration, length: (([UInt8]) -> Int?)? = nil
+    ) -> [UInt8]? {
+        guard case .success(let fd) = connectedBlocking(address, type: Int32(SOCK_STREAM.rawValue), timeout: timeout) else { return nil }
         defer { close(fd) }
-        let (seconds, attoseconds) = timeout.components
-        var limit = timeval(tv_sec: Int(seconds), tv_usec: Int(attoseconds / 1_000_000_000_000))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-        guard address.withSockAddr({ Glibc.connect(fd, $0, $1) }) == 0 else { return nil }
         var sent = 0
         while sent < request.count {
             let n = request.withUnsafeBytes { send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
@@ -157,8 +154,9 @@ public enum Socket {
         var response: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
+            if let length, let expected = length(response), response.count >= expected { return Array(response[0..<expected]) }
             let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-            if n == 0 { return response }
+            if n == 0 { return length == nil ? response : nil }
             guard n > 0 else { return nil }
             response += chunk[0..<n]
         }
@@ -168,13 +166,8 @@ public enum Socket {
     /// from a connected socket (so only its answers are read) and returns the first datagram that comes back
     /// within `timeout`, at most 64 KiB. Nil on any failure.
     public static func datagramExchange(with address: SocketAddress, request: [UInt8], timeout: Duration) -> [UInt8]? {
-        let fd = socket(address.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return nil }
+        guard case .success(let fd) = connectedBlocking(address, type: Int32(SOCK_DGRAM.rawValue), timeout: timeout) else { return nil }
         defer { close(fd) }
-        let (seconds, attoseconds) = timeout.components
-        var limit = timeval(tv_sec: Int(seconds), tv_usec: Int(attoseconds / 1_000_000_000_000))
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-        guard address.withSockAddr({ Glibc.connect(fd, $0, $1) }) == 0 else { return nil }
         guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == request.count else { return nil }
         var answer = [UInt8](repeating: 0, count: 65536)
         let n = answer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
@@ -185,13 +178,20 @@ public enum Socket {
     /// A blocking connection for a background thread (never a loop thread): connect, reads and writes each
     /// bounded by `timeout` (a read that times out reports `.wouldBlock`).
     public static func connectBlocking(to address: SocketAddress, timeout: Duration) -> Result<Int32, SocketError> {
-        let fd = socket(address.isIPv6 ? AF_INET6 : AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        let result = connectedBlocking(address, type: Int32(SOCK_STREAM.rawValue), timeout: timeout)
+        if case .success(let fd) = result { setNoDelay(fd) }
+        return result
+    }
+
+    /// A blocking socket of `type` (`SOCK_STREAM`, `SOCK_DGRAM`) connected to `address`, its connect, sends and
+    /// receives each bounded by `timeout`.
+    private static func connectedBlocking(_ address: SocketAddress, type: Int32, timeout: Duration) -> Result<Int32, SocketError> {
+        let fd = socket(address.isIPv6 ? AF_INET6 : AF_INET, type | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return .failure(SocketError(call: "socket", code: errno)) }
         let (seconds, attoseconds) = timeout.components
         var limit = timeval(tv_sec: Int(seconds), tv_usec: Int(attoseconds / 1_000_000_000_000))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
-        setNoDelay(fd)
         guard address.withSockAddr({ Glibc.connect(fd, $0, $1) }) == 0 else {
             let code = errno
             close(fd)

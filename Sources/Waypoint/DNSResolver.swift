@@ -4,10 +4,11 @@ import Synchronization
 import WaypointCore
 
 /// The addresses of ServiceEntry host names (`resolution: DNS` or `DNS_ROUND_ROBIN`), kept by a
-/// `BackgroundRefresher`: A and AAAA queries over UDP to the name server, at once when a name appears, then
-/// again when the answer's TTL runs out, kept within `minRefresh`...60 s (Istio's DNS refresh rate is the
-/// ceiling). A failure (no answer within 2 s, SERVFAIL, NXDOMAIN, a malformed or truncated answer) keeps the
-/// addresses resolved before and retries (1 s doubling to 30 s). A changed answer rings the main loop.
+/// `BackgroundRefresher`: A and AAAA queries over UDP to the name server (asked again over TCP when an answer
+/// is truncated), at once when a name appears, then again when the answer's TTL runs out, kept within
+/// `minRefresh`...60 s (Istio's DNS refresh rate is the ceiling). A failure (no answer within 2 s, SERVFAIL,
+/// NXDOMAIN, a malformed answer) keeps the addresses resolved before and retries (1 s doubling to 30 s). A
+/// changed answer rings the main loop.
 enum DNSResolver {
     /// Resolutions by result, for `waypoint_dns_resolutions_total`.
     final class Counters: Sendable {
@@ -58,8 +59,16 @@ enum DNSResolver {
         for type in [DNSMessage.RecordType.a, .aaaa] {
             let id = UInt16.random(in: 0...UInt16.max)
             guard let question = DNSMessage.query(id: id, name: name, type: type) else { return .failure(.init("not a DNS name")) }
-            guard let bytes = Socket.datagramExchange(with: server, request: question, timeout: .seconds(2)) else {
+            guard var bytes = Socket.datagramExchange(with: server, request: question, timeout: .seconds(2)) else {
                 return .failure(.init("no answer from \(server) within 2 s"))
+            }
+            if DNSMessage.isTruncated(bytes) {
+                // Too large for a datagram: the same question over TCP (RFC 7766).
+                guard
+                    let framed = Socket.blockingExchange(
+                        with: server, request: DNSMessage.tcpFramed(question), timeout: .seconds(2), length: DNSMessage.tcpFramedLength)
+                else { return .failure(.init("truncated over UDP, and no answer from \(server) over TCP within 2 s")) }
+                bytes = Array(framed.dropFirst(2))
             }
             do {
                 switch try DNSMessage.answer(bytes, id: id, name: name, type: type) {

@@ -41,8 +41,17 @@ public enum DNSMessage {
         case failed(rcode: UInt8)
     }
 
+    /// Whether an answer says it was cut to fit a datagram (TC): the question is then asked again over TCP.
+    public static func isTruncated(_ bytes: [UInt8]) -> Bool { bytes.count >= 3 && bytes[2] & 0x02 != 0 }
+
+    /// A message as DNS over TCP carries it (RFC 7766): its length in two bytes, then the message.
+    public static func tcpFramed(_ message: [UInt8]) -> [UInt8] { [UInt8(message.count >> 8), UInt8(message.count & 0xFF)] + message }
+
+    /// How long a TCP-framed message is, length bytes included, once its first two bytes are in.
+    public static func tcpFramedLength(_ bytes: [UInt8]) -> Int? { bytes.count >= 2 ? 2 + (Int(bytes[0]) << 8 | Int(bytes[1])) : nil }
+
     /// The answer to the query `id` for `name`'s `type` records. Throws when the bytes are not that answer
-    /// (another id, not a response, truncated (TC: no TCP retry here), or malformed).
+    /// (another id, not a response, truncated (TC), or malformed).
     public static func answer(_ bytes: [UInt8], id: UInt16, name: String, type: RecordType) throws(Malformed) -> Answer {
         guard bytes.count >= 12 else { throw Malformed("shorter than a header") }
         guard UInt16(bytes[0]) << 8 | UInt16(bytes[1]) == id else { throw Malformed("another query's id") }

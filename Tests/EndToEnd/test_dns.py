@@ -3,7 +3,7 @@ answers change during the test: the waypoint resolves the hosts off its workers,
 runs out, uses only the first address for DNS_ROUND_ROBIN, and keeps the last answer when the server goes away."""
 import pytest
 from dnslib import AAAA, QTYPE, RR, A
-from dnslib.server import BaseResolver, DNSServer
+from dnslib.server import BaseResolver, DNSHandler, DNSServer
 
 from conftest import Process, free_port, http_request, wait_for, wait_until
 
@@ -14,11 +14,13 @@ class Zone(BaseResolver):
     def __init__(self):
         self.records = {}
         self.questions = []
+        self.protocols = []
 
     def resolve(self, request, handler):
         reply = request.reply()
         name = str(request.q.qname).rstrip(".").lower()
         self.questions.append((name, QTYPE[request.q.qtype]))
+        self.protocols.append(handler.protocol)
         if request.q.qtype == QTYPE.A:
             for ip in self.records.get(name, []):
                 reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(ip), ttl=1))
@@ -96,3 +98,27 @@ def test_a_name_that_does_not_resolve_gets_503_and_says_so(zone, workdir, proces
     assert served_by(proxy, "gone.example.com") == 503
     assert wait_until(lambda: proxy.metrics()['waypoint_dns_resolutions_total{result="ok"}'] >= 1, timeout=5)
     assert "gone.example.com resolved to no address yet" in proxy.stderr()
+
+
+class TruncatingHandler(DNSHandler):
+    udplen = 512   # a larger answer goes over UDP cut short, with TC set: the resolver must ask again over TCP
+
+
+def test_an_answer_too_large_for_udp_is_asked_again_over_tcp(workdir, processes, proxy_factory):
+    zone = Zone()
+    udp = DNSServer(zone, port=0, address="127.0.0.1", handler=TruncatingHandler)
+    udp.start_thread()
+    dns_port = udp.server.server_address[1]
+    tcp = DNSServer(zone, port=dns_port, address="127.0.0.1", tcp=True, handler=TruncatingHandler)
+    tcp.start_thread()
+    port = free_port()
+    origins(workdir, processes, port)
+    # 40 addresses (over 512 bytes), origin b's first: DNS_ROUND_ROBIN uses that one
+    zone.records = {"big.example.com": ["127.0.0.2"] + [f"127.0.1.{i}" for i in range(1, 40)]}
+    proxy = proxy_factory(entry("big", "big.example.com", port, "DNS_ROUND_ROBIN"),
+                          extra=["--dns-server", f"127.0.0.1:{dns_port}", "--dns-min-refresh", "1s"])
+    assert wait_until(lambda: served_by(proxy, "big.example.com") == "b", timeout=5)
+    assert "udp" in zone.protocols and "tcp" in zone.protocols
+    assert proxy.metrics()['waypoint_dns_resolutions_total{result="failed"}'] == 0
+    udp.stop()
+    tcp.stop()

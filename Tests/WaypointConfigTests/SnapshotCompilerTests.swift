@@ -138,7 +138,8 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
             _ = try ManifestLoader.load(text: text, file: "n.yaml", defaultNamespace: "shop")
         } catch {
             #expect(
-                error.description.contains("n.yaml: document 0 (ServiceEntry shop/ext): spec.endpoints[0]: endpoints need resolution STATIC"))
+                error.description.contains(
+                    "n.yaml: document 0 (ServiceEntry shop/ext): spec.endpoints[0]: endpoints need resolution STATIC"))
         }
     }
 

@@ -3,6 +3,15 @@ import WaypointCore
 
 /// The DNS codec against hand-built messages (a real server, `dnslib`, answers in Tests/EndToEnd/test_dns.py).
 @Suite struct DNSMessageTests {
+    /// DNS over TCP (RFC 7766): a two-byte length before the message; an answer with TC is asked again that way.
+    @Test func tcpFramingAndTruncation() {
+        let message: [UInt8] = Array(repeating: 7, count: 300)
+        let framed = DNSMessage.tcpFramed(message)
+        #expect(framed.prefix(2) == [1, 44] && framed.count == 302)
+        #expect(DNSMessage.tcpFramedLength([1]) == nil && DNSMessage.tcpFramedLength(Array(framed.prefix(2))) == 302)
+        #expect(DNSMessage.isTruncated([0, 1, 0x83]) && !DNSMessage.isTruncated([0, 1, 0x81]) && !DNSMessage.isTruncated([0, 1]))
+    }
+
     @Test func aQueryAsksForRecursion() {
         #expect(
             DNSMessage.query(id: 0x1234, name: "API.example.com.", type: .aaaa)
