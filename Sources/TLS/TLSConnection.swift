@@ -223,6 +223,12 @@ public final class TLSConnection {
     public func sendServerName(_ name: String) {
         _ = wp_ssl_set_server_name(ssl, name)
     }
+
+    /// Offers ALPN `h2` alone (a client about to speak HTTP/2, as Envoy offers it for an HTTP/2 cluster).
+    public func offerH2() {
+        let alpn: [UInt8] = [2, 0x68, 0x32]  // "h2"
+        _ = SSL_set_alpn_protos(ssl, alpn, UInt32(alpn.count))
+    }
 }
 
 /// The BIO that OpenSSL writes sealed records to: they are appended to the connection's `sealed` buffer (the

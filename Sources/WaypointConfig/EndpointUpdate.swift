@@ -90,6 +90,7 @@ extension CompileState {
     /// dead: its workload address is refused and it starts afresh if it comes back. False: a full compile is due.
     mutating func updateEndpoints(_ spec: ConfigSpec, touching services: Set<String>) -> Bool {
         self.spec = spec
+        guard endpointVariants.isEmpty else { return false }  // a subset's own TLS: resolved by a full compile
         let lookups = EndpointLookups(spec, services: services)
         var dropped: [Int32] = []
         for service in spec.services where services.contains("\(service.namespace)/\(service.name)") {

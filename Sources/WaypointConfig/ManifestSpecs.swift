@@ -306,11 +306,14 @@ public struct PodSpec: Sendable, Equatable {
 
 /// `networking.istio.io/v1 DestinationRule`: the parts a waypoint applies.
 public struct DestinationRuleSpec: Sendable {
-    /// `subsets[]`: endpoints whose labels include `labels`, optionally with their own load balancer.
+    /// `subsets[]`: endpoints whose labels include `labels`, optionally with a traffic policy of their own.
     public struct Subset: Sendable {
         public var name: String
         public var labels: [String: String]
-        public var loadBalancer: LoadBalancer?
+        /// `trafficPolicy`: each field given replaces the rule's.
+        public var policy = Policy()
+        /// Its `trafficPolicy.portLevelSettings`, by port number.
+        public var portLevel: [Int: Policy] = [:]
     }
     public var namespace: String
     public var name: String
@@ -335,16 +338,27 @@ public struct DestinationRuleSpec: Sendable {
         public var tls: TLSOrigination?
     }
 
-    /// The policy for `port`: the rule's, with the fields its `portLevelSettings` entry gives replaced (Istio
-    /// merges them field by field).
-    public func policy(port: Int?) -> Policy {
+    /// The policy for `port` (of `subset`): the rule's, then its `portLevelSettings` entry's, the subset's and the
+    /// subset's port entry's fields, each replacing what came before (Istio merges them field by field, in this
+    /// order).
+    public func policy(port: Int?, subset: Subset? = nil) -> Policy {
         var merged = Policy(outlierDetection: outlierDetection, connectionPool: connectionPool, loadBalancer: loadBalancer, tls: tls)
-        guard let port, let level = portLevel[port] else { return merged }
-        if let value = level.outlierDetection { merged.outlierDetection = value }
-        if let value = level.connectionPool { merged.connectionPool = value }
-        if let value = level.loadBalancer { merged.loadBalancer = value }
-        if let value = level.tls { merged.tls = value }
+        if let port, let level = portLevel[port] { merged.override(with: level) }
+        if let subset {
+            merged.override(with: subset.policy)
+            if let port, let level = subset.portLevel[port] { merged.override(with: level) }
+        }
         return merged
+    }
+}
+
+extension DestinationRuleSpec.Policy {
+    /// Each field `other` gives replaces this one's.
+    mutating func override(with other: Self) {
+        if let value = other.outlierDetection { outlierDetection = value }
+        if let value = other.connectionPool { connectionPool = value }
+        if let value = other.loadBalancer { loadBalancer = value }
+        if let value = other.tls { tls = value }
     }
 }
 

@@ -80,6 +80,12 @@ public struct SnapshotCompiler {
     }
 }
 
+/// An endpoint reached with other TLS settings (index; -1 plaintext) than its own.
+struct EndpointVariant: Hashable {
+    var endpoint: Int32
+    var tls: Int32
+}
+
 /// Working state of one compilation.
 struct CompileState {
     var spec: ConfigSpec
@@ -103,6 +109,9 @@ struct CompileState {
     var endpointRefs: [Int32] = []
     /// Per cluster with DestinationRule subsets: each subset's cluster and the labels it selects.
     var subsets: [Int32: [(cluster: Int32, labels: [String: String])]] = [:]
+    /// Endpoints reached another way than their address's own endpoint (a subset's own TLS), by that endpoint
+    /// and the TLS settings' index (-1: plaintext). Same address and workload, an index of their own.
+    var endpointVariants: [EndpointVariant: Int32] = [:]
     /// See `Snapshot.lineage`.
     var lineage: UInt64 = 0
     /// "ns/name:port" and "host:port" → cluster index.
@@ -260,24 +269,37 @@ struct CompileState {
             let prefix = "\(target):"
             let matching = clusters.indices.filter { i in clusters[i].name.hasPrefix(prefix) && !clusters[i].name.contains("|") }
             for i in matching {
-                let policy = rule.policy(port: Int(clusters[i].name.dropFirst(prefix.count)))
+                let port = Int(clusters[i].name.dropFirst(prefix.count))
+                let policy = rule.policy(port: port)
                 if let outlier = policy.outlierDetection { clusters[i].outlierDetection = outlier }
                 if let pool = policy.connectionPool { clusters[i].connectionPool = pool }
                 if let balancer = policy.loadBalancer { setLoadBalancer(balancer, of: i) }
-                // Each subset is a cluster of its own (`base|subset`) with the endpoints whose labels match.
+                // Each subset is a cluster of its own (`base|subset`) with the endpoints whose labels match, and
+                // its own traffic policy over the rule's.
                 for subset in rule.subsets {
                     // A passthrough entry's subsets pass through too: its addresses carry no labels.
-                    let members =
+                    var members =
                         clusters[i].originalDestination
                         ? clusters[i].endpoints : self.members(clusters[i].endpoints, selectedBy: subset.labels)
+                    let own = rule.policy(port: port, subset: subset)
+                    if own.tls != policy.tls {
+                        var tls: Int32 = -1
+                        if let settings = own.tls {
+                            // Subsets of a port with the same settings share them (and their endpoints' variants).
+                            let key = "\(clusters[i].name)|\(settings)"
+                            if upstreamTLSIndex[key] == nil { addUpstreamTLS(settings, rule: rule, key: key) }
+                            tls = upstreamTLSIndex[key]!
+                        }
+                        members = members.map { variant(of: $0, tls: tls) }
+                    }
                     var cluster = Cluster(name: "\(clusters[i].name)|\(subset.name)", endpoints: members)
                     cluster.originalDestination = clusters[i].originalDestination
-                    cluster.outlierDetection = clusters[i].outlierDetection
-                    cluster.connectionPool = clusters[i].connectionPool
+                    cluster.outlierDetection = own.outlierDetection
+                    cluster.connectionPool = own.connectionPool
                     clusterIndex[cluster.name] = Int32(clusters.count)
                     subsets[Int32(i), default: []].append((Int32(clusters.count), subset.labels))
                     clusters.append(cluster)
-                    setLoadBalancer(subset.loadBalancer ?? clusters[i].loadBalancer, of: clusters.count - 1)
+                    setLoadBalancer(own.loadBalancer ?? .leastRequest, of: clusters.count - 1)
                     if members.isEmpty {
                         warnOnce(
                             "DestinationRule \(rule.namespace)/\(rule.name): subset \(subset.name) selects no ready endpoint of \(clusters[i].name)"
@@ -514,6 +536,25 @@ struct CompileState {
         endpointRefs.append(0)
         endpointIndex[address] = Int32(endpoints.count - 1)
         return Int32(endpoints.count - 1)
+    }
+
+    /// `endpoint` reached with the TLS settings `tls` (-1: plaintext) rather than its own way: itself when that is
+    /// its way already or it is in the mesh (HBONE), else a variant endpoint with the same address and workload.
+    mutating func variant(of endpoint: Int32, tls: Int32) -> Int32 {
+        let transport: EndpointTransport = tls >= 0 ? .tls(tls) : .plaintext
+        let own = endpointTransports[Int(endpoint)]
+        guard !own.isHBONE, own != transport else { return endpoint }
+        let key = EndpointVariant(endpoint: endpoint, tls: tls)
+        if let known = endpointVariants[key] { return known }
+        let index = Int32(endpoints.count)
+        endpoints.append(endpoints[Int(endpoint)])
+        endpointTransports.append(transport)
+        endpointWorkloads.append(endpointWorkloads[Int(endpoint)])
+        endpointRefs.append(1)
+        endpointLabels[index] = endpointLabels[endpoint]
+        endpointLocality[index] = endpointLocality[endpoint]
+        endpointVariants[key] = index
+        return index
     }
 
     /// The index of `labels` in `workloads`, added on first sight.

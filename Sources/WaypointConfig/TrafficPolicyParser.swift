@@ -11,31 +11,38 @@ enum TrafficPolicyParser {
         var policy = DestinationRuleSpec.Policy()
         var portLevel: [Int: DestinationRuleSpec.Policy] = [:]
         if let node = try spec.optional("trafficPolicy") {
-            policy = try trafficPolicy(node, &ignored, prefix: "")
-            for key in ["tunnel", "proxyProtocol"] where try node.optional(key) != nil { ignored.append(key) }
-            for settings in try node.optionalArray("portLevelSettings") {
-                let portNode = try settings.required("port").required("number")
-                let port = try portNode.int(in: 1...65535)
-                guard portLevel[port] == nil else { throw portNode.error("another portLevelSettings entry has port \(port)") }
-                portLevel[port] = try trafficPolicy(settings, &ignored, prefix: "portLevelSettings[\(port)].")
-            }
+            (policy, portLevel) = try trafficPolicyWithPorts(node, &ignored, prefix: "")
         }
         var subsets: [DestinationRuleSpec.Subset] = []
         for s in try spec.optionalArray("subsets") {
             let name = try s.required("name").string()
             guard !subsets.contains(where: { $0.name == name }) else { throw try s.required("name").error("duplicate subset \"\(name)\"") }
-            let policy = try s.optional("trafficPolicy")
-            for key in ["outlierDetection", "connectionPool", "tls", "portLevelSettings"] where try policy?.optional(key) != nil {
-                ignored.append("subsets[\(name)].trafficPolicy.\(key)")
+            var subset = DestinationRuleSpec.Subset(name: name, labels: try s.optional("labels")?.stringMap() ?? [:])
+            if let node = try s.optional("trafficPolicy") {
+                (subset.policy, subset.portLevel) = try trafficPolicyWithPorts(node, &ignored, prefix: "subsets[\(name)].")
             }
-            var subsetBalancer: LoadBalancer? = nil
-            if let node = try policy?.optional("loadBalancer") { subsetBalancer = try self.loadBalancer(node, &ignored) }
-            subsets.append(.init(name: name, labels: try s.optional("labels")?.stringMap() ?? [:], loadBalancer: subsetBalancer))
+            subsets.append(subset)
         }
         return DestinationRuleSpec(
             namespace: namespace, name: name, host: host, outlierDetection: policy.outlierDetection,
             connectionPool: policy.connectionPool, loadBalancer: policy.loadBalancer, subsets: subsets, tls: policy.tls,
             portLevel: portLevel, ignoredFields: ignored)
+    }
+
+    /// A `trafficPolicy` (the rule's or a subset's) and its `portLevelSettings` entries by port.
+    private static func trafficPolicyWithPorts(
+        _ node: ManifestNode, _ ignored: inout [String], prefix: String
+    ) throws(ConfigError) -> (DestinationRuleSpec.Policy, [Int: DestinationRuleSpec.Policy]) {
+        let policy = try trafficPolicy(node, &ignored, prefix: prefix)
+        for key in ["tunnel", "proxyProtocol"] where try node.optional(key) != nil { ignored.append("\(prefix)\(key)") }
+        var portLevel: [Int: DestinationRuleSpec.Policy] = [:]
+        for settings in try node.optionalArray("portLevelSettings") {
+            let portNode = try settings.required("port").required("number")
+            let port = try portNode.int(in: 1...65535)
+            guard portLevel[port] == nil else { throw portNode.error("another portLevelSettings entry has port \(port)") }
+            portLevel[port] = try trafficPolicy(settings, &ignored, prefix: "\(prefix)portLevelSettings[\(port)].")
+        }
+        return (policy, portLevel)
     }
 
     /// A traffic policy's applied fields (the rule's, or one port's `portLevelSettings` entry, whose fields

@@ -3,6 +3,7 @@ proxied to an HTTP/2 (prior knowledge) upstream, trailers (gRPC) passed through;
 are gRPC errors. The upstream and the inner client are Python's h2 (a stack this project did not write)."""
 import json
 import socket
+import ssl
 import threading
 import time
 
@@ -22,7 +23,9 @@ class H2COrigin:
     `goaway` (GOAWAY refusing the stream, then close), `midreset` (a head and part of the body, then
     RST_STREAM) or `hang` (no answer)."""
 
-    def __init__(self):
+    def __init__(self, tls=None):
+        self.tls = tls          # an ssl.SSLContext: HTTP/2 over TLS (its ALPN protocols as set), not h2c
+        self.alpn = []          # the ALPN protocol of every TLS connection (None: none agreed)
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(16)
@@ -60,6 +63,12 @@ class H2COrigin:
         return query.get("how", "503")
 
     def serve(self, s):
+        if self.tls:
+            try:
+                s = self.tls.wrap_socket(s, server_side=True)
+            except (ssl.SSLError, OSError):
+                return
+            self.alpn.append(s.selected_alpn_protocol())
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
         conn.initiate_connection()
         s.sendall(conn.data_to_send())

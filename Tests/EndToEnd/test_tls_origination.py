@@ -10,6 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import http_request, wait_for
+from test_h2c import H2COrigin, InnerH2
+from test_hbone import certs, client, hbone_proxy  # noqa: F401 (fixtures)
 import pki
 
 
@@ -147,3 +149,88 @@ def test_mutual_without_a_key_is_a_config_error(tls_pki, workdir):
     assert out.returncode == 1
     assert ("(DestinationRule default/api): spec.trafficPolicy.tls.clientCertificate: MUTUAL needs clientCertificate "
             "and privateKey (files)") in out.stdout, out.stdout
+
+
+def test_an_http2_upstream_gets_alpn_h2(tls_pki, hbone_proxy, certs):
+    """An HTTP/2 port (h2c inside the tunnel) with TLS origination: the handshake offers ALPN h2, as Envoy does for
+    an HTTP/2 cluster, and the request goes over HTTP/2 on TLS to a server that requires h2."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*tls_pki["server"])
+    context.set_alpn_protocols(["h2"])
+    origin = H2COrigin(tls=context)
+    config = f"""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api, namespace: default}}
+spec:
+  hosts: [api.example.com]
+  addresses: [240.0.0.1]
+  ports: [{{number: 80, name: grpc, protocol: HTTP2, targetPort: {origin.port}}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: api, namespace: default}}
+spec:
+  host: api.example.com
+  trafficPolicy:
+    tls: {{mode: SIMPLE, caCertificates: {tls_pki['ca']}}}
+"""
+    proxy = hbone_proxy(config)
+    c = client(proxy, certs)
+    sid = c.connect("240.0.0.1:80")
+    assert c.status(sid) == 200
+    inner = InnerH2(c, sid)
+    for i in range(3):
+        stream = inner.request(f"/items/{i}")
+        assert inner.wait(stream)[":status"] == "200"
+        assert json.loads(inner.data[stream])["path"] == f"/items/{i}"
+    assert origin.alpn == ["h2"]   # one TLS connection, h2 agreed, every request on it
+
+
+def test_a_subsets_own_tls_applies_to_its_endpoints_only(tls_pki, origin_factory, proxy_factory):
+    """DestinationRule subsets: v2's own `trafficPolicy.tls` originates TLS to its endpoint; v1's stays plaintext."""
+    https = HTTPSOrigin(*tls_pki["server"])
+    plain = origin_factory("v1")
+    config = f"""
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api, namespace: default}}
+spec:
+  hosts: [api.example.com]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {plain.port}}}, labels: {{version: v1}}}}
+  - {{address: 127.0.0.1, ports: {{http: {https.port}}}, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: api, namespace: default}}
+spec:
+  host: api.example.com
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - name: v2
+    labels: {{version: v2}}
+    trafficPolicy:
+      tls: {{mode: SIMPLE, caCertificates: {tls_pki['ca']}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: api, namespace: default}}
+spec:
+  hosts: [api.example.com]
+  http:
+  - match: [{{headers: {{x-version: {{exact: v2}}}}}}]
+    route: [{{destination: {{host: api.example.com, subset: v2}}}}]
+  - route: [{{destination: {{host: api.example.com, subset: v1}}}}]
+"""
+    proxy = proxy_factory(config)
+    for _ in range(2):
+        status, headers, _ = http_request(proxy.port, "GET", "/a", host="api.example.com")
+        assert status == 200 and headers.get("x-origin") == "v1"
+        status, _, body = http_request(proxy.port, "GET", "/b", host="api.example.com", headers={"x-version": "v2"})
+        assert status == 200 and json.loads(body) == {"path": "/b", "sni": "api.example.com", "client": None}
+    assert https.seen == ["/b", "/b"]

@@ -492,4 +492,52 @@ private func compileWithRule(trafficPolicy: String, previous: Snapshot? = nil) t
         #expect(snapshot.endpointTransports[Int(http.endpoints[0])] == .tls(0))
         #expect(snapshot.endpointTransports[Int(admin.endpoints[0])] == .plaintext)
     }
+
+    /// A subset's own `trafficPolicy` replaces the rule's fields for its cluster: TLS to its endpoints only (the
+    /// same addresses stay plaintext for the host and other subsets), and its connection pool.
+    @Test func aSubsetsOwnPolicyAppliesToItsCluster() throws {
+        let text = """
+            apiVersion: networking.istio.io/v1
+            kind: ServiceEntry
+            metadata: {name: pay, namespace: shop}
+            spec:
+              hosts: [pay.example.com]
+              ports: [{name: http, number: 80}]
+              resolution: STATIC
+              endpoints: [{address: 10.9.0.1, labels: {version: v1}}, {address: 10.9.0.2, labels: {version: v2}}]
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: DestinationRule
+            metadata: {name: pay, namespace: shop}
+            spec:
+              host: pay.example.com
+              trafficPolicy: {connectionPool: {tcp: {maxConnections: 5}}}
+              subsets:
+              - {name: v1, labels: {version: v1}}
+              - name: v2
+                labels: {version: v2}
+                trafficPolicy:
+                  tls: {mode: SIMPLE, insecureSkipVerify: true}
+                  connectionPool: {tcp: {maxConnections: 2}}
+              - name: all
+                trafficPolicy: {tls: {mode: SIMPLE, insecureSkipVerify: true}}
+            """
+        let snapshot = SnapshotCompiler(namespace: "shop").compile(
+            try ManifestLoader.load(text: text, file: "s.yaml", defaultNamespace: "shop"), generation: 1)
+        func reached(_ name: String) throws -> [String] {
+            let cluster = try #require(snapshot.clusters.first { $0.name == name })
+            return cluster.endpoints.map {
+                "\(snapshot.endpoints[Int($0)]) \(snapshot.endpointTransports[Int($0)] == .plaintext ? "plain" : "tls")"
+            }
+        }
+        #expect(try reached("pay.example.com:80") == ["10.9.0.1:80 plain", "10.9.0.2:80 plain"])
+        #expect(try reached("pay.example.com:80|v1") == ["10.9.0.1:80 plain"])
+        #expect(try reached("pay.example.com:80|v2") == ["10.9.0.2:80 tls"])
+        #expect(try reached("pay.example.com:80|all") == ["10.9.0.1:80 tls", "10.9.0.2:80 tls"])
+        let v2 = try #require(snapshot.clusters.first { $0.name == "pay.example.com:80|v2" })
+        let all = try #require(snapshot.clusters.first { $0.name == "pay.example.com:80|all" })
+        #expect(v2.endpoints[0] == all.endpoints[1])  // one variant endpoint for the same address and TLS
+        #expect(v2.connectionPool?.maxConnections == 2 && all.connectionPool?.maxConnections == 5)
+        #expect(!snapshot.warnings.contains { $0.contains("not applied") })
+    }
 }

@@ -44,7 +44,7 @@ final class ExternalAuthorization {
             if let open = grpc[pool.address]?.last(where: { $0.takesCalls }) {
                 channel = open
             } else {
-                guard let stream = pool.openStream() else { return nil }
+                guard let stream = pool.openStream(http2: true) else { return nil }
                 server.counters.upstreamConnectionsTotal.increment()
                 channel = GRPCCheckChannel(stream: stream, authority: authorizer.authority, timeout: authorizer.timeout)
                 let address = pool.address

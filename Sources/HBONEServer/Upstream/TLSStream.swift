@@ -22,8 +22,9 @@ final class TLSStream: ByteStream {
     private var wantsWrite = false
     unowned(unsafe) var handler: (any ByteStreamHandler)?
 
-    /// `fd` comes from `Socket.connect` (its first writability tells the connect's outcome).
-    init?(fd: Int32, loop: EventLoop, settings: UpstreamTLS) {
+    /// `fd` comes from `Socket.connect` (its first writability tells the connect's outcome). `http2`: the stream
+    /// carries HTTP/2, so ALPN offers `h2` (else nothing, HTTP/1.1, as Istio configures Envoy).
+    init?(fd: Int32, loop: EventLoop, settings: UpstreamTLS, http2: Bool) {
         guard let tls = TLSConnection(context: settings.context, fd: fd) else { return nil }
         self.fd = fd
         self.tls = tls
@@ -33,6 +34,7 @@ final class TLSStream: ByteStream {
         } else {
             tls.sendServerName(settings.serverName)
         }
+        if http2 { tls.offerH2() }
         readWatcher = IOWatcher(loop: loop, fd: fd, direction: .read) { [unowned(unsafe) self] in self.readable() }
         writeWatcher = IOWatcher(loop: loop, fd: fd, direction: .write) { [unowned(unsafe) self] in self.writable() }
         writeWatcher.start()

@@ -72,7 +72,7 @@ final class UpstreamPool {
     /// `maxRequestsPerConnection` streams.
     func h2cUpstream(limits: ClusterLimits?) -> H2CUpstream? {
         if let open = h2c.last(where: { $0.canTakeStream }) { return open }
-        guard let stream = openStream() else { return nil }
+        guard let stream = openStream(http2: true) else { return nil }
         server.counters.upstreamConnectionsTotal.increment()
         let upstream = H2CUpstream(
             stream: stream, pool: self,
@@ -92,15 +92,15 @@ final class UpstreamPool {
         h2c.isEmpty || h2c.contains { $0.canTakeStream } || limits.mayOpenConnection
     }
 
-    /// A new stream to the endpoint outside the pool (a mirrored request): a socket, TLS over one, or an HBONE
-    /// tunnel.
-    func openStream() -> (any ByteStream)? {
+    /// A new stream to the endpoint (a mirrored request's, a check's, or a pooled connection's): a socket, TLS over
+    /// one (offering ALPN `h2` when it will carry `http2`), or an HBONE tunnel.
+    func openStream(http2: Bool = false) -> (any ByteStream)? {
         switch transport {
         case .plaintext: return openSocket()
         case .hbone: return openTunnel()
         case .tls:
             guard let tls, case .success(let fd) = Socket.connect(to: address) else { return nil }
-            guard let stream = TLSStream(fd: fd, loop: server.loop, settings: tls) else {
+            guard let stream = TLSStream(fd: fd, loop: server.loop, settings: tls, http2: http2) else {
                 Socket.close(fd)
                 return nil
             }
