@@ -109,6 +109,13 @@ public struct WatchedKind: Sendable, Hashable {
         all(in: namespace).filter { $0.group == "security.istio.io" }
     }
 
+    /// One Secret: TLS credentials a DestinationRule names (`credentialName`).
+    public static func secret(named name: String, in namespace: String) -> WatchedKind {
+        var kind = WatchedKind(group: "", version: "v1", resource: "secrets", kind: "Secret", namespace: namespace)
+        kind.objectName = name
+        return kind
+    }
+
     /// Istio's mesh config: the root namespace's `istio` ConfigMap (its ext_authz `extensionProviders`).
     public static func meshConfig(in namespace: String) -> WatchedKind {
         var kind = WatchedKind(group: "", version: "v1", resource: "configmaps", kind: "ConfigMap", namespace: namespace)

@@ -40,6 +40,8 @@ final class KubernetesSource {
     /// send traffic there (`follow`).
     private var followed: [WatchedKind: KindWatcher] = [:]
     private let namespaces: Set<String>
+    /// The waypoint's namespace, where the Secrets it reads are.
+    private let ownNamespace: String
     private let credentials: APICredentials
     private let context: TLSContext
     private let settings: WatchSettings
@@ -74,6 +76,7 @@ final class KubernetesSource {
         credentials = options.credentials
         settings = options.settings
         namespaces = Set(options.namespaces)
+        ownNamespace = options.namespaces.first ?? "default"
         let box = doorbell
         store = APIObjectStore { box.ring() }
         var kinds: [WatchedKind] = []
@@ -95,8 +98,9 @@ final class KubernetesSource {
 
     /// Watches what `references` name outside the watched namespaces (each Service by name, its EndpointSlices by
     /// label and its Pods by its selector; the DestinationRules of its namespace; the ReferenceGrants of a
-    /// namespace a Gateway API route points into), and stops watching, and drops, what they no longer name. Of
-    /// another namespace it lists no Services, EndpointSlices or Pods but those.
+    /// namespace a Gateway API route points into) and the Secrets named for TLS origination (by name, in the
+    /// waypoint's namespace), and stops watching, and drops, what they no longer name. Of another namespace it
+    /// lists no Services, EndpointSlices or Pods but those; of Secrets, none but those.
     func follow(_ references: ForeignReferences) {
         var wanted: Set<WatchedKind> = []
         for service in references.services where !namespaces.contains(service.namespace) {
@@ -111,6 +115,7 @@ final class KubernetesSource {
         for pods in references.pods where !namespaces.contains(pods.namespace) {
             wanted.insert(.pods(selectedBy: pods.selector, in: pods.namespace))
         }
+        for name in references.secrets { wanted.insert(.secret(named: name, in: ownNamespace)) }
         for kind in followed.keys where !wanted.contains(kind) {
             followed[kind] = nil
             store.forget(kind)
@@ -121,7 +126,7 @@ final class KubernetesSource {
                 kind: kind, credentials: credentials, context: context, store: store, logger: logger, settings: settings)
             followed[kind] = watcher
             watcher.start()
-            logger.info("kubernetes: referenced by a route here, watching \(kind.label)")
+            logger.info("kubernetes: referenced here (a route, an authorizer, a credential), watching \(kind.label)")
         }
     }
 

@@ -38,7 +38,8 @@ extension ConfigSpec {
         services.isEmpty && serviceEntries.isEmpty && gateways.isEmpty && httpRoutes.isEmpty && virtualServices.isEmpty
             && tcpRoutes.isEmpty && authorizationPolicies.isEmpty && peerAuthentications.isEmpty && destinationRules.isEmpty
             && requestAuthentications.isEmpty
-            && nodes.isEmpty && namespaces.isEmpty && referenceGrants.isEmpty && meshConfigs.isEmpty && warnings.isEmpty
+            && nodes.isEmpty && namespaces.isEmpty && referenceGrants.isEmpty && meshConfigs.isEmpty && secrets.isEmpty
+            && warnings.isEmpty
     }
 }
 

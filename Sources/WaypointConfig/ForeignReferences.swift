@@ -1,8 +1,8 @@
 /// The Services that routes send traffic to in namespaces other than their own: what a Kubernetes source must
 /// read beyond the namespaces it watches whole (one Service and its EndpointSlices each, by name; once the Service
 /// is read, the Pods its selector selects, for subsets and workload identities), the DestinationRules of those
-/// namespaces (Istio applies a Service's own namespace's rules to every client), and where a Gateway API route's
-/// reference needs a ReferenceGrant read.
+/// namespaces (Istio applies a Service's own namespace's rules to every client), where a Gateway API route's
+/// reference needs a ReferenceGrant read, and the Secrets DestinationRules take TLS credentials from.
 public struct ForeignReferences: Equatable, Sendable {
     public struct Service: Hashable, Sendable, Comparable {
         public var namespace: String
@@ -26,6 +26,8 @@ public struct ForeignReferences: Equatable, Sendable {
     public var grantNamespaces: Set<String> = []
     /// The Pods of the referenced Services read so far.
     public var pods: Set<Pods> = []
+    /// Secrets of the waypoint's own namespace that DestinationRules name (`credentialName`, and its `-cacert`).
+    public var secrets: Set<String> = []
 
     /// Namespaces with a referenced Service: their DestinationRules apply to it.
     public var namespaces: Set<String> { Set(services.map(\.namespace)) }
@@ -37,7 +39,7 @@ extension ConfigSpec {
     /// The Services named in another namespace by HTTPRoute, GRPCRoute and TCPRoute backendRefs and mirrors (also
     /// those no ReferenceGrant allows yet: the grant may come), and by VirtualService destinations and mirrors
     /// (`name.namespace`, `name.namespace.svc` or `name.namespace.svc.DOMAIN`; Istio needs no grant), and by the
-    /// mesh config's external authorizers.
+    /// mesh config's external authorizers; and the Secrets of DestinationRules' `credentialName`s.
     public func foreignReferences(clusterDomain: String) -> ForeignReferences {
         var found = ForeignReferences()
         for route in httpRoutes + tcpRoutes {
@@ -63,6 +65,12 @@ extension ConfigSpec {
             for authorizer in mesh.authorizers {
                 let host = authorizer.service.split(separator: "/", maxSplits: 1).last.map(String.init) ?? authorizer.service
                 if let target = Self.service(host: host, clusterDomain: clusterDomain) { found.services.insert(target) }
+            }
+        }
+        for rule in destinationRules {
+            let policies = [rule.policy(port: nil)] + rule.portLevel.values + rule.subsets.flatMap { [$0.policy] + $0.portLevel.values }
+            for case let name? in policies.map({ $0.tls?.credentialName }) {
+                found.secrets.formUnion([name, "\(name)-cacert"])
             }
         }
         for service in services where found.services.contains(.init(namespace: service.namespace, name: service.name)) {

@@ -160,6 +160,8 @@ public enum ManifestLoader {
             spec.pods.append(try ServiceParser.pod(doc, namespace: namespace, name: name))
         case ("", "Node"):
             spec.nodes.append(try ServiceParser.node(doc, name: name))
+        case ("", "Secret"):
+            spec.secrets.append(try ServiceParser.secret(doc, namespace: namespace, name: name))
         case ("", "Namespace"):
             spec.namespaces.append(try ServiceParser.namespace(doc, name: name))
         case ("", "ConfigMap") where name == MeshConfigParser.configMapName:

@@ -284,6 +284,18 @@ public struct NodeSpec: Sendable, Equatable {
     public var labels: [String: String]
 }
 
+/// `v1 Secret`: what a DestinationRule's `credentialName` names, its keys' bytes.
+public struct SecretSpec: Sendable, Equatable {
+    public var namespace: String
+    public var name: String
+    public var data: [String: [UInt8]]
+
+    /// The text under the first of `keys` the Secret has.
+    func text(_ keys: String...) -> String? {
+        keys.lazy.compactMap { self.data[$0] }.first.map { String(decoding: $0, as: UTF8.self) }
+    }
+}
+
 /// `v1 Namespace`: its labels (a namespace-wide `istio.io/use-waypoint`).
 public struct NamespaceSpec: Sendable, Equatable {
     public var name: String
@@ -372,6 +384,10 @@ public struct TLSOrigination: Sendable, Equatable {
     public var caCertificates: String?
     public var clientCertificate: String?
     public var privateKey: String?
+    /// `credentialName`: a Secret in the waypoint's namespace holding the client certificate and key
+    /// (`tls.crt`/`tls.key`, or `cert`/`key`) and the CA (`ca.crt` or `cacert`, else in the Secret `NAME-cacert`),
+    /// instead of the three paths.
+    public var credentialName: String?
     public var sni: String?
     public var subjectAltNames: [String]
     public var insecureSkipVerify: Bool
@@ -398,6 +414,8 @@ public struct ConfigSpec: Sendable {
     public var referenceGrants: [ReferenceGrantSpec] = []
     /// The `istio` ConfigMaps' mesh configs (the root namespace's applies).
     public var meshConfigs: [MeshConfigSpec] = []
+    /// Secrets DestinationRules name (`credentialName`).
+    public var secrets: [SecretSpec] = []
     /// Non-fatal findings (skipped kinds, ignored fields), one line each.
     public var warnings: [String] = []
 
@@ -421,6 +439,7 @@ public struct ConfigSpec: Sendable {
         namespaces += other.namespaces
         referenceGrants += other.referenceGrants
         meshConfigs += other.meshConfigs
+        secrets += other.secrets
         warnings += other.warnings
     }
 }

@@ -132,6 +132,19 @@ enum ServiceParser {
         )
     }
 
+    /// A Secret's `data` (base64) and `stringData` (which wins, as the API server merges it).
+    static func secret(_ doc: ManifestNode, namespace: String, name: String) throws(ConfigError) -> SecretSpec {
+        var data: [String: [UInt8]] = [:]
+        if let node = try doc.optional("data") {
+            for (key, text) in try node.stringMap() {
+                guard let bytes = base64Decoded(text) else { throw try node.required(key).error("is not base64") }
+                data[key] = bytes
+            }
+        }
+        for (key, text) in try doc.optional("stringData")?.stringMap() ?? [:] { data[key] = Array(text.utf8) }
+        return SecretSpec(namespace: namespace, name: name, data: data)
+    }
+
     static func namespace(_ doc: ManifestNode, name: String) throws(ConfigError) -> NamespaceSpec {
         NamespaceSpec(name: name, labels: try doc.required("metadata").optional("labels")?.stringMap() ?? [:])
     }

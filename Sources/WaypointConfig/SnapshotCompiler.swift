@@ -223,14 +223,9 @@ struct CompileState {
         }
         upstreamTLSIndex[key] = Int32(upstreamTLS.count)
         let label = "DestinationRule \(rule.namespace)/\(rule.name)"
-        let caPath = tls.caCertificates ?? "/etc/ssl/certs/ca-certificates.crt"
-        // Regular files only: a DestinationRule from the API must not make the main thread read /dev/zero or a FIFO.
-        let trust = readRegularTextFile(caPath)
-        let certificate = tls.clientCertificate.flatMap { readRegularTextFile($0) }
-        let privateKey = tls.privateKey.flatMap { readRegularTextFile($0) }
+        let (trust, certificate, privateKey, noTrust, noClient) = credentials(of: tls)
         guard trust != nil || tls.insecureSkipVerify, tls.mode == .simple || (certificate != nil && privateKey != nil) else {
-            warnings.append(
-                "\(label): trafficPolicy.tls: cannot read \(trust == nil ? caPath : "the client certificate or key"): connections fail")
+            warnings.append("\(label): trafficPolicy.tls: \(trust == nil ? noTrust : noClient): connections fail")
             upstreamTLS.append(nil)
             return
         }
@@ -240,12 +235,46 @@ struct CompileState {
                 source: "\(label) trafficPolicy.tls")
             upstreamTLS.append(
                 UpstreamTLS(
-                    context: context, serverName: tls.sni ?? rule.host, subjectAltNames: tls.subjectAltNames,
+                    context: context, serverName: tls.sni ?? serverName(of: rule), subjectAltNames: tls.subjectAltNames,
                     verify: !tls.insecureSkipVerify))
         } catch {
             warnings.append("\(label): \(error): connections fail")
             upstreamTLS.append(nil)
         }
+    }
+
+    /// The PEM texts of a TLS origination: its files (regular files only: a DestinationRule from the API must not
+    /// make the main thread read /dev/zero or a FIFO), or its `credentialName` Secret in the waypoint's namespace
+    /// (the CA from the Secret `NAME-cacert` first, as Istio's SDS looks); and what to say when the CA, or the
+    /// client certificate and key, are missing.
+    func credentials(
+        of tls: TLSOrigination
+    ) -> (trust: String?, certificate: String?, key: String?, noTrust: String, noClient: String) {
+        guard let name = tls.credentialName else {
+            let caPath = tls.caCertificates ?? "/etc/ssl/certs/ca-certificates.crt"
+            return (
+                readRegularTextFile(caPath), tls.clientCertificate.flatMap { readRegularTextFile($0) },
+                tls.privateKey.flatMap { readRegularTextFile($0) }, "cannot read \(caPath)", "cannot read the client certificate or key"
+            )
+        }
+        let own = spec.secrets.filter { $0.namespace == compiler.namespace }
+        let described = "credentialName: Secret \(compiler.namespace)/\(name)"
+        guard let secret = own.first(where: { $0.name == name }) else {
+            return (nil, nil, nil, "\(described) not found", "\(described) not found")
+        }
+        let caSecret = own.first { $0.name == "\(name)-cacert" }
+        return (
+            caSecret?.text("ca.crt", "cacert") ?? secret.text("ca.crt", "cacert"), secret.text("tls.crt", "cert"),
+            secret.text("tls.key", "key"), "\(described) has no ca.crt or cacert (nor has a Secret \(name)-cacert)",
+            "\(described) has no tls.crt and tls.key (or cert and key)"
+        )
+    }
+
+    /// The SNI (and the name the certificate must carry) without `sni`: the host the rule names, a Service's as its
+    /// full name (`name.namespace.svc.<domain>`, what a short `host: name` means).
+    func serverName(of rule: DestinationRuleSpec) -> String {
+        guard let target = target(of: rule), let slash = target.firstIndex(of: "/") else { return rule.host }
+        return "\(target[target.index(after: slash)...]).\(target[..<slash]).svc.\(compiler.clusterDomain)"
     }
 
     /// The TLS origination for a port of `target` (a Service `ns/name` or a ServiceEntry host), nil for none.

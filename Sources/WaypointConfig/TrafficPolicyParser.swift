@@ -105,13 +105,20 @@ enum TrafficPolicyParser {
         var settings = TLSOrigination(
             mode: mode, caCertificates: try node.optionalString("caCertificates"),
             clientCertificate: try node.optionalString("clientCertificate"), privateKey: try node.optionalString("privateKey"),
-            sni: try node.optionalString("sni"),
+            credentialName: try node.optionalString("credentialName"), sni: try node.optionalString("sni"),
             subjectAltNames: try node.optionalArray("subjectAltNames").map { (n) throws(ConfigError) in try n.string() },
             insecureSkipVerify: try node.optional("insecureSkipVerify")?.bool() ?? false)
         if settings.caCertificates?.isEmpty == true { settings.caCertificates = nil }
-        if try node.optional("credentialName") != nil { ignored.append("tls.credentialName (a Secret: give the PEM files' paths)") }
-        if mode == .mutual && (settings.clientCertificate == nil || settings.privateKey == nil) {
-            throw node.error("MUTUAL needs clientCertificate and privateKey (files)", field: "\(node.path).clientCertificate")
+        if settings.credentialName?.isEmpty == true { settings.credentialName = nil }
+        if settings.credentialName != nil && mode != .disable {
+            // Istio's validation: the Secret holds them all.
+            guard settings.caCertificates == nil && settings.clientCertificate == nil && settings.privateKey == nil else {
+                throw node.error(
+                    "cannot specify client certificates or CA certificate if credentialName is set", field: "\(node.path).credentialName")
+            }
+        } else if mode == .mutual && (settings.clientCertificate == nil || settings.privateKey == nil) {
+            throw node.error(
+                "MUTUAL needs clientCertificate and privateKey (files) or credentialName", field: "\(node.path).clientCertificate")
         }
         return settings
     }

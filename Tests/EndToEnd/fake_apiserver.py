@@ -22,7 +22,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
-CORE = {"Service": "services", "Endpoints": "endpoints", "Pod": "pods", "Namespace": "namespaces", "ConfigMap": "configmaps"}
+CORE = {"Service": "services", "Endpoints": "endpoints", "Pod": "pods", "Namespace": "namespaces", "ConfigMap": "configmaps",
+        "Secret": "secrets"}
 GROUPED = {
     "EndpointSlice": ("discovery.k8s.io", "v1", "endpointslices"),
     "HTTPRoute": ("gateway.networking.k8s.io", "v1", "httproutes"),
@@ -37,7 +38,7 @@ GROUPED = {
     "PeerAuthentication": ("security.istio.io", "v1", "peerauthentications"),
     "RequestAuthentication": ("security.istio.io", "v1", "requestauthentications"),
 }
-BUILTIN = {"Service", "Endpoints", "Pod", "EndpointSlice", "Namespace", "ConfigMap"}
+BUILTIN = {"Service", "Endpoints", "Pod", "EndpointSlice", "Namespace", "ConfigMap", "Secret"}
 
 
 def collection(kind, namespace):

@@ -221,7 +221,10 @@ def test_kubernetes_overlay_grants_exactly_the_reads_the_watchers_make(tmp_path)
     # what the binary watches (Sources/Kubernetes/Watch.swift: WatchedKind.all), as the fake API server maps them
     from fake_apiserver import CORE, GROUPED
     watched = {("", "services"), ("", "pods")} | {(g, r) for kind, (g, _, r) in GROUPED.items()}   # namespaced; Namespace below
-    assert granted == watched
+    # Secrets (WatchedKind.secret): only the ones DestinationRules name, by resourceNames
+    assert granted == watched | {("", "secrets")}
+    secrets = [rule for doc in docs if doc["kind"] == "Role" for rule in doc["rules"] if rule["resources"] == ["secrets"]]
+    assert len(secrets) == 1 and secrets[0]["resourceNames"]
     root = [doc for doc in docs if doc["kind"] == "Role" and doc["metadata"].get("namespace") == "istio-system"][0]
     assert {r for rule in root["rules"] for r in rule["resources"]} == {
         "authorizationpolicies", "peerauthentications", "requestauthentications", "configmaps"}

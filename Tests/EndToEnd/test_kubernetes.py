@@ -665,3 +665,40 @@ def test_the_mesh_configs_authorizer_is_followed_live(api, waypoint, origin_fact
     assert wait_until(lambda: status("deny") == 200, timeout=5)
     mesh(8001, "false")
     assert wait_until(lambda: status("allow") == 403, timeout=5)
+
+
+def test_a_credential_secret_is_read_by_name_and_followed_live(api, waypoint, workdir):
+    """DestinationRule `credentialName`: the Secret of the waypoint's namespace is read by name (never the
+    namespace's other Secrets), its `ca.crt` verifies the origin, and changing it takes effect live."""
+    import base64
+    import pki
+    from test_tls_origination import HTTPSOrigin
+    ca, other = pki.CA("api CA"), pki.CA("another CA")
+    origin = HTTPSOrigin(*pki.write(str(workdir), "api", *ca.issue(dns=["api.default.svc.cluster.local"])))
+
+    def secret(issuer):
+        pem = issuer.cert.public_bytes(pki.serialization.Encoding.PEM)
+        api.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "api-credentials", "namespace": "default"},
+                   "type": "Opaque", "data": {"ca.crt": base64.b64encode(pem).decode()}})
+    api.apply(service("api"))
+    api.apply(slice_("api-1", "api", [("127.0.0.1", origin.port)]))
+    api.apply({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "api", "namespace": "default"},
+               "spec": {"host": "api", "trafficPolicy": {"tls": {"mode": "SIMPLE", "credentialName": "api-credentials"}}}})
+    api.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "unrelated", "namespace": "default"},
+               "data": {"password": base64.b64encode(b"hunter2").decode()}})
+    proxy = waypoint()
+
+    def status():
+        return http_request(proxy.port, "GET", "/x", host="api")[0]
+    assert status() == 503                                         # no Secret yet: connections fail, never plaintext
+    assert "credentialName: Secret default/api-credentials not found" in proxy.stderr()
+    secret(ca)
+    assert wait_until(lambda: status() == 200, timeout=5)
+    secret(other)                                                  # now a CA that did not sign the origin's certificate
+    assert wait_until(lambda: status() == 503, timeout=5)
+    seen = len(origin.seen)
+    assert status() == 503 and len(origin.seen) == seen            # refused in the handshake: nothing sent
+    reads = [urlparse(r[1]) for r in api.requests if "/secrets" in r[1]]
+    assert reads and all(parse_qs(r.query)["fieldSelector"][0] in ("metadata.name=api-credentials", "metadata.name=api-credentials-cacert")
+                         for r in reads)
+    assert "hunter2" not in proxy.stderr()

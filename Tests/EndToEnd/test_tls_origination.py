@@ -234,3 +234,38 @@ spec:
         status, _, body = http_request(proxy.port, "GET", "/b", host="api.example.com", headers={"x-version": "v2"})
         assert status == 200 and json.loads(body) == {"path": "/b", "sni": "api.example.com", "client": None}
     assert https.seen == ["/b", "/b"]
+
+
+def test_mutual_tls_from_a_credential_secret(tls_pki, proxy_factory):
+    """`credentialName`: a `kubernetes.io/tls` Secret (tls.crt, tls.key) in the waypoint's namespace, its CA in the
+    Secret NAME-cacert, as Istio reads them; the three file paths are then not allowed."""
+    origin = HTTPSOrigin(*tls_pki["server"], client_ca=tls_pki["ca"])
+    cert, key = tls_pki["client"]
+
+    def block(path):
+        return "|\n    " + "\n    ".join(open(path).read().strip().splitlines())
+    secrets = f"""
+apiVersion: v1
+kind: Secret
+metadata: {{name: api-client, namespace: default}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: {block(cert)}
+  tls.key: {block(key)}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: api-client-cacert, namespace: default}}
+stringData:
+  cacert: {block(tls_pki['ca'])}
+---
+"""
+    proxy = proxy_factory(secrets + egress(origin.port, "{mode: MUTUAL, credentialName: api-client}"), extra=["--namespace", "default"])
+    status, _, body = get(proxy)
+    assert status == 200, body
+    assert json.loads(body)["client"] == {"commonName": "workload"}
+    # the Secret is gone: connections fail, nothing in the clear
+    proxy.config_dir.joinpath("config.yaml").write_text(egress(origin.port, "{mode: MUTUAL, credentialName: api-client}"))
+    assert wait_for(r"credentialName: Secret default/api-client not found", proxy.stderr_path)
+    assert get(proxy)[0] == 503
+    assert len(origin.seen) == 1

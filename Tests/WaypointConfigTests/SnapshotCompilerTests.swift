@@ -451,6 +451,26 @@ private func compileWithRule(trafficPolicy: String, previous: Snapshot? = nil) t
         #expect(throws: ConfigErrors.self) { try compile("{mode: STRICT}") }
     }
 
+    /// `credentialName`: a Secret of the waypoint's namespace, read (by a Kubernetes source) with its `-cacert`;
+    /// one that is missing fails closed with a warning; with file paths too it is an error, as Istio validates.
+    @Test func aCredentialNameIsASecretOfTheWaypointsNamespace() throws {
+        let snapshot = try compile("{mode: MUTUAL, credentialName: web-client}")
+        #expect(snapshot.upstreamTLS.count == 1 && snapshot.upstreamTLS[0] == nil)
+        #expect(transports(snapshot).allSatisfy { $0 == .tls(0) })
+        #expect(snapshot.warnings.contains { $0.contains("credentialName: Secret shop/web-client not found: connections fail") })
+        let spec = try ManifestLoader.load(
+            text: "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r, namespace: blog}\n"
+                + "spec: {host: web.shop.svc.cluster.local, subsets: [{name: a, trafficPolicy: {tls: {mode: SIMPLE, credentialName: c}}}]}",
+            file: "r.yaml", defaultNamespace: "shop")
+        #expect(spec.foreignReferences(clusterDomain: "cluster.local").secrets == ["c", "c-cacert"])
+        do {
+            _ = try compile("{mode: SIMPLE, credentialName: web-client, caCertificates: /etc/ca.pem}")
+            Issue.record("accepted")
+        } catch {
+            #expect("\(error)".contains("trafficPolicy.tls.credentialName: cannot specify client certificates or CA certificate"))
+        }
+    }
+
     /// `portLevelSettings`: for its port, each field given replaces the rule's (Istio merges field by field); a
     /// port's `tls: {mode: DISABLE}` turns the rule's TLS off there.
     @Test func portLevelSettingsReplaceTheRulesFieldsForTheirPort() throws {
