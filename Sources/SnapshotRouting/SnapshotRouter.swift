@@ -365,14 +365,14 @@ public final class SnapshotRouter: RequestRouter {
             ? originalEndpoint(cluster, destination) != nil : !snapshot.clusters[Int(cluster)].endpoints.isEmpty
     }
 
-    /// A passthrough cluster's endpoint for a request through `destination`: the address its tunnel named, when
-    /// it is one of the cluster's; nil otherwise (the plaintext listener, or a route from another service's
-    /// address), so that passthrough never reaches an address no tunnel asked for.
+    /// A passthrough cluster's endpoint for a request through `destination`: the one at the address its tunnel
+    /// named (a subset's may be a variant with its own TLS), when the cluster has it; nil otherwise (the plaintext
+    /// listener, or a route from another service's address), so that passthrough never reaches an address no
+    /// tunnel asked for.
     private func originalEndpoint(_ cluster: Int32, _ destination: Destination?) -> Int32? {
-        guard let endpoint = destination?.originalEndpoint, endpoint >= 0,
-            snapshot.clusters[Int(cluster)].endpoints.contains(endpoint)
-        else { return nil }
-        return endpoint
+        guard let original = destination?.originalEndpoint, original >= 0 else { return nil }
+        let address = snapshot.endpoints[Int(original)]
+        return snapshot.clusters[Int(cluster)].endpoints.first { snapshot.endpoints[Int($0)] == address }
     }
 
     public func endpoints(inCluster cluster: Int32) -> [Int32] {

@@ -5,7 +5,8 @@ import WaypointConfig
 import WaypointCore
 
 /// `web` has three endpoints (round robin, outlier detection after two 5xx); `api` one; `guarded` one, with a
-/// DENY and an ALLOW policy; `egress.example.com` passes through to its two addresses.
+/// DENY and an ALLOW policy; `egress.example.com` passes through to its two addresses, `vault.example.com` to
+/// its address over TLS (a subset's).
 private let config = """
     apiVersion: v1
     kind: Service
@@ -81,6 +82,28 @@ private let config = """
       hosts: [egress.example.com]
       addresses: [240.1.0.1, 240.1.0.2]
       ports: [{name: http, number: 80, targetPort: 8080}]
+    ---
+    apiVersion: networking.istio.io/v1
+    kind: ServiceEntry
+    metadata: {name: vault, namespace: shop}
+    spec:
+      hosts: [vault.example.com]
+      addresses: [240.2.0.1]
+      ports: [{name: http, number: 80}]
+    ---
+    apiVersion: networking.istio.io/v1
+    kind: DestinationRule
+    metadata: {name: vault, namespace: shop}
+    spec:
+      host: vault.example.com
+      subsets: [{name: tls, trafficPolicy: {tls: {mode: SIMPLE, insecureSkipVerify: true}}}]
+    ---
+    apiVersion: networking.istio.io/v1
+    kind: VirtualService
+    metadata: {name: vault, namespace: shop}
+    spec:
+      hosts: [vault.example.com]
+      http: [{route: [{destination: {host: vault.example.com, subset: tls}}]}]
     """
 
 private let frontend = PeerFacts(
@@ -151,6 +174,13 @@ private final class Fixture {
         var history = RetryHistory()
         #expect(fixture.router.alternateEndpoint(cluster: destination.cluster, failed: endpoint, history: &history) == endpoint)
         #expect(fixture.router.pickEndpoint(inCluster: destination.cluster) == nil)
+        // a subset with TLS of its own passes through too, to the same address over TLS
+        guard case .forward(let endpoint, _, _, _) = fixture.route("vault.example.com", tunnel: "240.2.0.1:80").0 else {
+            Issue.record("not forwarded")
+            return
+        }
+        #expect(fixture.snapshot.endpoints[Int(endpoint)].description == "240.2.0.1:80")
+        #expect(fixture.snapshot.endpointTransports[Int(endpoint)] == .tls(0))
     }
 
     @Test func localAnswersAndTheirLabels() throws {

@@ -151,10 +151,10 @@ final class Exchange {
         bodyArrived()
     }
 
-    /// More of the request body arrived (or it ended) while it is collected for the check (called by the transport,
-    /// which carries on after it returns): once the body ended or
-    /// is longer than `maxRequestBytes`, the check goes out with it, or a body too long for a whole-body check
-    /// is refused with 413 (Envoy's buffer limit, whatever `failOpen` says).
+    /// More of the request body arrived (or it ended) while it is collected for the check; the transport calls it
+    /// and carries on after it returns. Once the body ended or is longer than `maxRequestBytes`, the check goes
+    /// out with it; a body too long for a whole-body check is refused with 413 (Envoy's buffer limit, whatever
+    /// `failOpen` says).
     func bodyArrived() {
         guard case .collectingBody = state, let (check, _) = checked, let settings = check.authorizer.bodyInCheck,
             let transport
