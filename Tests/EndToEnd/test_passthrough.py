@@ -4,15 +4,14 @@ with no tunnel has no original destination (503). The two addresses are loopback
 server on the same port."""
 import json
 import socket
-import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-import pki
 from conftest import free_port, http_request
-from hbone import HBONEClient, get
+from hbone import get
+from test_hbone import certs, client, hbone_proxy  # noqa: F401 (fixtures)
 
 
 class NamedOrigin:
@@ -56,14 +55,8 @@ class NamedEcho:
         threading.Thread(target=accept, daemon=True).start()
 
 
-@pytest.fixture(scope="module")
-def certs():
-    with tempfile.TemporaryDirectory(prefix="waypoint-pki-") as d:
-        yield pki.make(d)
-
-
 @pytest.fixture
-def egress(proxy_factory, certs):
+def egress(hbone_proxy):
     """ServiceEntry api.example.com with addresses 127.0.0.2 and 127.0.0.3, an HTTP port and a TLS (TCP) port,
     and a server on each address and port."""
     http_port, tcp_port = free_port(), free_port()
@@ -79,14 +72,12 @@ spec:
   addresses: [127.0.0.2, 127.0.0.3]
   ports: [{{number: {http_port}, name: http, protocol: HTTP}}, {{number: {tcp_port}, name: tls, protocol: TLS}}]
 """
-    cert, key = certs["waypoint"]
-    proxy = proxy_factory(config, extra=["--hbone-listen", "127.0.0.1:0", "--cert", cert, "--key", key, "--ca", certs["ca"]])
-    return proxy, http_port, tcp_port
+    return hbone_proxy(config), http_port, tcp_port
 
 
 def test_each_tunnel_reaches_the_address_it_named(egress, certs):
     proxy, http_port, _ = egress
-    c = HBONEClient(proxy.hbone_port, *certs["frontend"], certs["ca"])
+    c = client(proxy, certs)
     for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.2"):
         sid = c.connect(f"{ip}:{http_port}")
         assert c.status(sid) == 200
@@ -99,7 +90,7 @@ def test_each_tunnel_reaches_the_address_it_named(egress, certs):
 
 def test_a_tcp_tunnel_passes_through_to_its_address(egress, certs):
     proxy, _, tcp_port = egress
-    c = HBONEClient(proxy.hbone_port, *certs["frontend"], certs["ca"])
+    c = client(proxy, certs)
     sid = c.connect(f"127.0.0.3:{tcp_port}")
     assert c.status(sid) == 200
     c.send(sid, b"ping")

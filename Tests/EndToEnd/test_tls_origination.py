@@ -67,15 +67,17 @@ def tls_pki(workdir):
     return paths
 
 
-def egress(port, tls):
-    """ServiceEntry api.example.com:80 with one endpoint on the origin's HTTPS port, and its DestinationRule."""
+def egress(port, tls, protocol="HTTP", address="240.0.0.1"):
+    """ServiceEntry api.example.com:80 (at `address` for tunnels) with one endpoint on the origin's HTTPS port, and
+    its DestinationRule."""
     return f"""
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: api, namespace: default}}
 spec:
   hosts: [api.example.com]
-  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: {port}}}]
+  addresses: [{address}]
+  ports: [{{number: 80, name: {protocol.lower()}, protocol: {protocol}, targetPort: {port}}}]
   resolution: STATIC
   endpoints: [{{address: 127.0.0.1}}]
 ---
@@ -158,26 +160,7 @@ def test_an_http2_upstream_gets_alpn_h2(tls_pki, hbone_proxy, certs):
     context.load_cert_chain(*tls_pki["server"])
     context.set_alpn_protocols(["h2"])
     origin = H2COrigin(tls=context)
-    config = f"""
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: api, namespace: default}}
-spec:
-  hosts: [api.example.com]
-  addresses: [240.0.0.1]
-  ports: [{{number: 80, name: grpc, protocol: HTTP2, targetPort: {origin.port}}}]
-  resolution: STATIC
-  endpoints: [{{address: 127.0.0.1}}]
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: api, namespace: default}}
-spec:
-  host: api.example.com
-  trafficPolicy:
-    tls: {{mode: SIMPLE, caCertificates: {tls_pki['ca']}}}
-"""
-    proxy = hbone_proxy(config)
+    proxy = hbone_proxy(egress(origin.port, f"{{mode: SIMPLE, caCertificates: {tls_pki['ca']}}}", protocol="HTTP2"))
     c = client(proxy, certs)
     sid = c.connect("240.0.0.1:80")
     assert c.status(sid) == 200
