@@ -322,8 +322,9 @@ public struct ExternalAuthorizer: Sendable {
         }
     }
 
-    /// A gRPC check's `CheckResponse`: status OK allows, with `ok_response`'s headers (set, or added when
-    /// `append` is true) and `headers_to_remove`; any other status denies with `denied_response`'s status
+    /// A gRPC check's `CheckResponse`: status OK allows, with `ok_response`'s headers (set, or with `append: true`
+    /// joined to an existing value with a comma, as Envoy 1.40 does; `append_action` is ignored, as there) and
+    /// `headers_to_remove`; any other status denies with `denied_response`'s status
     /// (403 when absent), headers and body. Malformed bytes throw.
     public static func outcome(checkResponse bytes: ArraySlice<UInt8>) throws(ProtobufReader.Malformed) -> Outcome {
         var reader = ProtobufReader(bytes)
@@ -342,7 +343,7 @@ public struct ExternalAuthorizer: Sendable {
         }
         if code == 0 {
             var set: [(String, String)] = []
-            var add: [(String, String)] = []
+            var appended: [(String, String)] = []
             var remove: [String] = []
             var downstream: [(String, String)] = []
             var okReader = ProtobufReader(ok ?? [])
@@ -351,7 +352,7 @@ public struct ExternalAuthorizer: Sendable {
                 switch field {
                 case 2:
                     let (name, value, append) = try headerValueOption(message)
-                    if append { add.append((name, value)) } else { set.append((name, value)) }
+                    if append { appended.append((name, value)) } else { set.append((name, value)) }
                 case 5: remove.append(String(decoding: message, as: UTF8.self).lowercased())
                 case 6:
                     let (name, value, _) = try headerValueOption(message)
@@ -360,7 +361,9 @@ public struct ExternalAuthorizer: Sendable {
                 }
             }
             remove.removeAll { $0.hasPrefix(":") || $0 == "host" }  // Envoy ignores these (the request would break)
-            let upstream = set.isEmpty && add.isEmpty && remove.isEmpty ? nil : HeaderModifier(set: set, add: add, remove: remove)
+            let upstream =
+                set.isEmpty && appended.isEmpty && remove.isEmpty
+                ? nil : HeaderModifier(set: set, add: [], remove: remove, append: appended)
             return .allowed(upstream: upstream, downstream: downstream.isEmpty ? nil : HeaderModifier(set: [], add: downstream, remove: []))
         }
         var status = 403

@@ -41,6 +41,7 @@ public enum ForwardingHeaders {
         var forwardedFor: ByteRange? = nil
         var hasRequestID = false
         var hasTraceparent = false
+        var joined: UInt64 = 0
         for field in head.headers {
             let name = field.name.bytes(in: bytes)
             switch classify(name) {
@@ -58,7 +59,7 @@ public enum ForwardingHeaders {
             case .other:
                 if !connectionOptions.isEmpty, isConnectionOption(name, connectionOptions, head, bytes) { continue }
             }
-            if let modifier, modifier.drops(name) { continue }
+            if let modifier, modifier.rewrites(name, field.value.bytes(in: bytes), joined: &joined, into: out) { continue }
             out.append(name)
             out.append(": ")
             out.append(field.value.bytes(in: bytes))
@@ -83,7 +84,7 @@ public enum ForwardingHeaders {
             out.append(traceparent)
             out.append("\r\n")
         }
-        modifier?.writeAdded(into: out)
+        modifier?.writeAdded(into: out, joined: joined)
         writeFraming(head.framing, into: out)
         if upgrade {
             out.append("connection: upgrade\r\nupgrade: ")

@@ -11,6 +11,7 @@ from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import grpc
+from google.protobuf import wrappers_pb2 as wrappers
 
 from conftest import compiled_proto, free_port, http_request, origin_requests, service_yaml, wait_for
 from test_h2c import InnerH2, h2c_origin  # noqa: F401 (fixture)
@@ -91,7 +92,9 @@ class GRPCAuthorizer:
                     return pb.CheckResponse(
                         status=pb.RpcStatus(code=0),
                         ok_response=pb.OkHttpResponse(
-                            headers=[pb.HeaderValueOption(header=pb.HeaderValue(key="x-user", value="bob"))],
+                            headers=[pb.HeaderValueOption(header=pb.HeaderValue(key="x-user", value="bob")),
+                                     pb.HeaderValueOption(header=pb.HeaderValue(key="x-tag", value="authz"),
+                                                          append=wrappers.BoolValue(value=True))],
                             headers_to_remove=["x-remove-me"]))
                 if verdict == "fail":
                     context.abort(grpc.StatusCode.UNAVAILABLE, "policy engine down")
@@ -244,10 +247,11 @@ def test_grpc_authorizer_over_http1(origin_factory, proxy_factory):
     origin = origin_factory("a")
     authorizer = GRPCAuthorizer()
     proxy = proxy_factory(config(origin, authorizer.port, GRPC_PROVIDER, "grpc-authz"))
-    status, _, body = get(proxy, "/api/items?id=7", "allow", {"x-remove-me": "secret", "x-request-id": "rid-1"})
+    status, _, body = get(proxy, "/api/items?id=7", "allow", {"x-remove-me": "secret", "x-request-id": "rid-1", "x-tag": "client"})
     assert status == 200, body
     seen = json.loads(body)["headers"]
     assert seen.get("x-user") == "bob" and "x-remove-me" not in seen
+    assert seen["x-tag"] == "client,authz"                               # append: true joins, as Envoy 1.40 does
     check = authorizer.checks[-1].attributes
     http = check.request.http
     assert (http.method, http.path, http.host, http.scheme, http.protocol) == ("GET", "/api/items?id=7", "web", "http", "HTTP/1.1")
@@ -273,10 +277,11 @@ def test_grpc_authorizer_for_h2c_in_an_hbone_tunnel(hbone_proxy, certs, h2c_orig
     denied = inner.request("/api/items", headers=[("x-ext-authz", "deny")])
     head = inner.wait(denied)
     assert (head[":status"], head["www-authenticate"], inner.data[denied]) == ("401", 'Bearer realm="shop"', b"no token\n")
-    allowed = inner.request("/api/items", headers=[("x-ext-authz", "allow"), ("x-remove-me", "secret")])
+    allowed = inner.request("/api/items", headers=[("x-ext-authz", "allow"), ("x-remove-me", "secret"), ("x-tag", "client")])
     assert inner.wait(allowed)[":status"] == "200"
     forwarded = dict(h2c_origin.seen[-1][0])
     assert forwarded["x-user"] == "bob" and "x-remove-me" not in forwarded
+    assert forwarded["x-tag"] == "client,authz"                           # append: true joins, as Envoy 1.40 does
     assert len(h2c_origin.seen) == 1                                     # the denied request never reached it
     check = authorizer.checks[0].attributes
     assert check.request.http.protocol == "HTTP/2"

@@ -121,7 +121,7 @@ import WaypointCore
         #expect(
             try ExternalAuthorizer.outcome(checkResponse: Self.checkResponse(code: 0, ok: ok)[...])
                 == .allowed(
-                    upstream: HeaderModifier(set: [("x-user", "bob")], add: [("x-tag", "t")], remove: ["x-remove-me"]),
+                    upstream: HeaderModifier(set: [("x-user", "bob")], add: [], remove: ["x-remove-me"], append: [("x-tag", "t")]),
                     downstream: HeaderModifier(set: [], add: [("x-served-by", "authz")], remove: [])))
         #expect(try ExternalAuthorizer.outcome(checkResponse: Self.checkResponse(code: 0)[...]) == .allowed(upstream: nil, downstream: nil))
 

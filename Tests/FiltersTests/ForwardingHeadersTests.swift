@@ -150,6 +150,15 @@ private func forward(_ request: String, client: String = "10.0.0.5") -> String {
         #expect(sent.contains("x-tag: a\r\n") && sent.contains("x-tag: b\r\n"))
     }
 
+    /// An ext_authz answer's `append: true`, as Envoy 1.40 applies it: joined to the header's first line with a
+    /// comma, added when the request has none.
+    @Test func appendJoinsTheFirstLineOrAdds() {
+        let modifier = HeaderModifier(set: [], add: [], remove: [], append: [("x-tag", "new"), ("x-user", "bob")])
+        let sent = forward("GET / HTTP/1.1\r\nHost: a\r\nX-Tag: old\r\nx-tag: second\r\n\r\n", modifier)
+        #expect(sent.contains("X-Tag: old,new\r\nx-tag: second\r\n") && sent.contains("x-user: bob\r\n"))
+        #expect(!sent.contains("x-tag: new"))
+    }
+
     @Test func setHostReplacesTheHostLine() {
         let sent = forward("GET / HTTP/1.1\r\nHost: a\r\n\r\n", HeaderModifier(set: [("host", "b.example")], add: [], remove: []))
         #expect(sent.contains("host: b.example\r\n") && !sent.contains("host: a\r\n"))

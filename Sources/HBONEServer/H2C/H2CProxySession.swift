@@ -449,6 +449,10 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
         for (name, value) in modifier.set + modifier.add {
             result.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
         }
+        for (name, value) in modifier.append {
+            let (name, value) = (String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self))
+            if let i = result.firstIndex(where: { $0.0 == name }) { result[i].1 += ",\(value)" } else { result.append((name, value)) }
+        }
         return result
     }
 
