@@ -76,16 +76,19 @@ public struct HeaderModifier: Sendable, Equatable {
 
     /// Writes the `set` and `add` lines, and the `append` ones that `joined` does not mark.
     public func writeAdded(into out: ByteBuffer, joined: UInt64 = 0) {
-        for (i, (name, value)) in (set + add + append).enumerated()
-        where i < set.count + add.count || !isJoined(i - set.count - add.count, joined) {
-            out.append(name)
-            out.append(": ")
-            out.append(value)
-            out.append("\r\n")
+        for (name, value) in set { Self.writeLine(name, value, into: out) }
+        for (name, value) in add { Self.writeLine(name, value, into: out) }
+        for (i, (name, value)) in append.enumerated() where i >= 64 || joined & (1 << i) == 0 {
+            Self.writeLine(name, value, into: out)
         }
     }
 
-    private func isJoined(_ i: Int, _ joined: UInt64) -> Bool { i < 64 && joined & (1 << i) != 0 }
+    private static func writeLine(_ name: [UInt8], _ value: [UInt8], into out: ByteBuffer) {
+        out.append(name)
+        out.append(": ")
+        out.append(value)
+        out.append("\r\n")
+    }
 
     static func equalsLowercase(_ name: UnsafeRawBufferPointer, _ lower: [UInt8]) -> Bool {
         name.count == lower.count && zip(name, lower).allSatisfy { HTTP1Parser.lowercased($0) == $1 }
