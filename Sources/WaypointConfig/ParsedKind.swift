@@ -59,18 +59,42 @@ public struct ParsedKind {
         rebuild()
     }
 
-    /// Applies a watch's changes: each object's new version, or nil when it was deleted (by key).
+    /// Applies a watch's changes: each object's new version, or nil when it was deleted (by key). New versions of
+    /// EndpointSlices and Pods (what churns) go into `spec` in place; anything else rebuilds it.
     public mutating func apply(_ changes: [String: JSON?]) {
+        var patched = errors.isEmpty
         for (key, object) in changes {
             let (i, found) = position(of: key)
             if let object {
                 let entry = parse(key, object, replacing: found ? entries[i] : nil)
-                if found { entries[i] = entry } else { entries.insert(entry, at: i) }
+                if found {
+                    if patched { patched = patch(i, with: entry.result) }
+                    entries[i] = entry
+                } else {
+                    entries.insert(entry, at: i)
+                    patched = false
+                }
             } else if found {
                 note(entries.remove(at: i).result)
+                patched = false
             }
         }
-        rebuild()
+        if !patched { rebuild() }
+    }
+
+    /// Puts entry `i`'s new version into `spec` in place when every entry is one EndpointSlice (or one Pod) and so
+    /// is this one; false: `spec` must be rebuilt.
+    private mutating func patch(_ i: Int, with result: Result<ConfigSpec, ConfigError>) -> Bool {
+        guard case .success(let fragment) = result, fragment.onlyEndpoints else { return false }
+        if fragment.endpointSlices.count == 1 && fragment.pods.isEmpty && spec.endpointSlices.count == entries.count {
+            spec.endpointSlices[i] = fragment.endpointSlices[0]
+            return true
+        }
+        if fragment.pods.count == 1 && fragment.endpointSlices.isEmpty && spec.pods.count == entries.count {
+            spec.pods[i] = fragment.pods[0]
+            return true
+        }
+        return false
     }
 
     /// What changed since the last call if only EndpointSlices and Pods did (their old and new versions), else nil.

@@ -668,13 +668,17 @@ struct CompileState {
                     var transport = Self.transport(to: pod, namespaceLabels: namespaceLabels, annotated: slice.tunnel)
                     if let tls, transport == .plaintext { transport = .tls(tls) }  // a mesh endpoint keeps HBONE
                     guard let index = self.endpoint(ip, targetPort, transport: transport) else { continue }
+                    // Written only when they change: these tables are shared with the snapshot serving now, and a
+                    // write to one copies it whole (an endpoint update touches a few of 10,000 endpoints).
                     if let pod {
-                        endpointLabels[index] = pod.labels
-                        endpointWorkloads[Int(index)] = workload(pod.workload)
+                        if endpointLabels[index] != pod.labels { endpointLabels[index] = pod.labels }
+                        let workload = workload(pod.workload)
+                        if endpointWorkloads[Int(index)] != workload { endpointWorkloads[Int(index)] = workload }
                     }
                     // Istio's order: the Pod's `istio-locality` label, its Node's topology labels, the slice's zone.
                     if let locality = pod?.labels["istio-locality"].flatMap({ Locality($0, separator: ".") })
-                        ?? endpoint.node.flatMap({ lookups.nodeLocality[$0] }) ?? endpoint.zone.map({ Locality(zone: $0) })
+                        ?? endpoint.node.flatMap({ lookups.nodeLocality[$0] }) ?? endpoint.zone.map({ Locality(zone: $0) }),
+                        endpointLocality[index] != locality
                     {
                         endpointLocality[index] = locality
                     }

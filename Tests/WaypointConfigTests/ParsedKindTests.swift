@@ -48,6 +48,21 @@ private func service(_ name: String, version: String) -> JSON {
         #expect(kind.takeEndpointChanges()?.endpointSlices.map(\.name) == ["b"])
     }
 
+    /// A new version of an EndpointSlice is put in place; the spec is what a rebuild from scratch would give.
+    @Test func aModifiedSliceIsPatchedInPlace() {
+        var kind = ParsedKind(source: "kubernetes", defaultNamespace: "shop")
+        let names = ["a", "b", "c", "d"]
+        kind.replace(with: Dictionary(uniqueKeysWithValues: names.map { ("shop/\($0)", slice($0, version: "1", address: "10.0.0.1")) }))
+        kind.apply(["shop/c": slice("c", version: "2", address: "10.0.0.3"), "shop/a": slice("a", version: "2", address: "10.0.0.9")])
+        var fresh = ParsedKind(source: "kubernetes", defaultNamespace: "shop")
+        fresh.replace(with: [
+            "shop/a": slice("a", version: "2", address: "10.0.0.9"), "shop/b": slice("b", version: "1", address: "10.0.0.1"),
+            "shop/c": slice("c", version: "2", address: "10.0.0.3"), "shop/d": slice("d", version: "1", address: "10.0.0.1"),
+        ])
+        #expect(kind.spec.endpointSlices == fresh.spec.endpointSlices)
+        #expect(kind.spec.endpointSlices.map { $0.endpoints[0].addresses[0] } == ["10.0.0.9", "10.0.0.1", "10.0.0.3", "10.0.0.1"])
+    }
+
     @Test func anythingButEndpointsAsksForAFullCompile() {
         var kind = ParsedKind(source: "kubernetes", defaultNamespace: "shop")
         kind.replace(with: ["shop/web": service("web", version: "1")])
