@@ -279,7 +279,9 @@ def test_bulk_download_frames_fill_whole_tls_records(mesh, certs):
     c.close()
     head, _, body = response.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200") and body == b"x" * size
-    assert max(sizes) == 65527 and sizes.count(65527) >= len(sizes) // 2, sizes
+    # most bytes go in full frames (counted in bytes: under load, as in the ASan run, the origin's data comes in
+    # smaller pieces and small frames grow in number, not in what they carry)
+    assert max(sizes) == 65527 and 65527 * sizes.count(65527) >= size // 2, sizes
 
 
 def test_hbone_client_get_ends_with_the_response_on_a_kept_alive_tunnel(mesh, certs):
