@@ -364,6 +364,24 @@ def test_a_body_over_the_limit_is_refused_without_partial_messages(origin_factor
     assert post(proxy, b"x" * 16)[0] == 200
 
 
+def test_a_body_too_slow_for_the_check_is_refused_even_failing_open(origin_factory, proxy_factory):
+    """A body that has not arrived within the authorizer's timeout gets 408: never a failed check that `failOpen`
+    would let through unread. The check's own timeout starts when it is sent."""
+    import socket
+    origin = origin_factory("a")
+    authorizer = HTTPAuthorizer()
+    provider = body_provider("http-body", "envoyExtAuthzHttp", "{maxRequestBytes: 64}") + "        timeout: 500ms\n        failOpen: true\n"
+    proxy = proxy_factory(config(origin, authorizer.port, provider, "http-body"))
+    checks = len(authorizer.checks)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as s:
+        s.sendall(b"POST /api/items HTTP/1.1\r\nHost: web\r\nx-ext-authz: allow\r\nContent-Length: 10\r\n\r\nabc")
+        response = s.recv(4096)
+    assert response.startswith(b"HTTP/1.1 408 "), response
+    assert len(authorizer.checks) == checks and origin_requests(origin.port) == 0
+    assert post(proxy, b"on time")[0] == 200                    # a whole body in time is checked and forwarded
+    assert authorizer.bodies[-1] == b"on time"
+
+
 def test_the_grpc_check_carries_the_body_as_text_or_bytes(origin_factory, proxy_factory, hbone_proxy, certs, h2c_origin):
     origin = origin_factory("a")
     for packed in ("false", "true"):

@@ -144,10 +144,11 @@ final class Exchange {
         record.labels = decision.labels
         guard let check = decision.check else { return decide(decision.action) }
         checked = (check, decision.action)
-        // The authorizer's timeout covers the whole wait: buffering the body, then the check.
-        waitTimer.schedule(after: check.authorizer.timeout, creating: timer { $0.waitEnded() })
         guard check.authorizer.bodyInCheck != nil else { return ask(check.request) }
+        // The body has the authorizer's timeout to arrive (then 408, never a failed check: a slow body must not
+        // get past a body-reading authorizer by `failOpen`).
         state = .collectingBody
+        waitTimer.schedule(after: check.authorizer.timeout, creating: timer { $0.waitEnded() })
         bodyArrived()
     }
 
@@ -174,13 +175,16 @@ final class Exchange {
     }
 
     static let payloadTooLarge = Array("Payload Too Large".utf8)
+    static let bodyTimedOut = Array("request body timeout\n".utf8)
 
-    /// Sends the check.
+    /// Sends the check; the authorizer's timeout starts now, as Envoy's.
     private func ask(_ request: [UInt8]) {
         guard let (check, _) = checked else { return }
         state = .authorizing
+        waitTimer?.cancel()
         guard let call = server.externalAuthorization.ask(check, request: request, for: self) else { return checkFinished(.failed) }
         checkCall = call
+        waitTimer.schedule(after: check.authorizer.timeout, creating: timer { $0.waitEnded() })
     }
 
     /// The external authorizer answered (called by its call, never from inside `decide`).
@@ -319,7 +323,10 @@ final class Exchange {
 
     private func waitEnded() {
         switch state {
-        case .collectingBody, .authorizing:
+        case .collectingBody:
+            checked = nil
+            answer(.respond(status: 408, body: Self.bodyTimedOut))
+        case .authorizing:
             // The authorizer's timeout: no decision, so the check failed.
             checkCall?.cancel()
             checkCall = nil
