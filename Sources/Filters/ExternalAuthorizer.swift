@@ -128,7 +128,7 @@ public struct ExternalAuthorizer: Sendable {
         case .http:
             // `httpCheck` wrote `content-length: 0` as the line after Host; no earlier line can hold a CR LF.
             let marker = Array("\r\ncontent-length: 0\r\n".utf8)
-            guard let at = Self.firstIndex(of: marker, in: check) else { return check }
+            guard let at = check.offset(of: marker) else { return check }
             let lines = Array("\r\ncontent-length: \(body.count)\r\n\(Self.partialBodyHeader): \(flag)\r\n".utf8)
             return Array(check[..<at]) + lines + check[(at + marker.count)...] + body
         case .grpc:
@@ -148,14 +148,6 @@ public struct ExternalAuthorizer: Sendable {
 
     /// Says whether a check's body is the request's first `maxRequestBytes` only.
     static let partialBodyHeader = "x-envoy-auth-partial-body"
-
-    private static func firstIndex(of marker: [UInt8], in bytes: [UInt8]) -> Int? {
-        guard bytes.count >= marker.count else { return nil }
-        for i in 0...(bytes.count - marker.count) where bytes[i] == marker[0] && bytes[i..<(i + marker.count)].elementsEqual(marker) {
-            return i
-        }
-        return nil
-    }
 
     /// What a gRPC check tells about the request and its peers (`CheckRequest.attributes`).
     public struct Attributes {

@@ -196,7 +196,7 @@ final class APIResponse {
 
     private func readHead() throws(APIError) -> (status: Int, chunked: Bool, contentLength: Int?) {
         while true {
-            if let end = Self.find([0x0D, 0x0A, 0x0D, 0x0A], in: raw) {
+            if let end = raw.offset(of: [0x0D, 0x0A, 0x0D, 0x0A]) {
                 let text = String(decoding: raw[..<end], as: UTF8.self)
                 raw.removeFirst(end + 4)
                 let lines = text.split(separator: "\r\n", omittingEmptySubsequences: false)
@@ -251,7 +251,7 @@ final class APIResponse {
                 raw.removeAll()
                 return true
             case .chunkEnd, .chunkSize:
-                guard let end = Self.find([0x0D, 0x0A], in: raw) else {
+                guard let end = raw.offset(of: [0x0D, 0x0A]) else {
                     guard raw.count < 4096 else { throw APIError("malformed chunk from the API server") }
                     guard try readRaw() else { throw APIError("the API server closed the connection mid-body") }
                     continue
@@ -269,14 +269,6 @@ final class APIResponse {
                 body = size == 0 ? .done : .chunkData(size)
             }
         }
-    }
-
-    private static func find(_ needle: [UInt8], in haystack: [UInt8]) -> Int? {
-        guard haystack.count >= needle.count else { return nil }
-        for i in 0...(haystack.count - needle.count) where haystack[i] == needle[0] {
-            if haystack[i..<(i + needle.count)].elementsEqual(needle) { return i }
-        }
-        return nil
     }
 }
 

@@ -4,7 +4,7 @@
 /// Thread: any (immutable). Ownership: the config snapshot; connections keep it while they use its context.
 public final class UpstreamTLS: Sendable {
     public let context: TLSContext
-    /// SNI (`sni`, else the rule's host).
+    /// SNI (`sni`, else the rule's host; a Service's full name).
     public let serverName: String
     /// `subjectAltNames`: the certificate must carry one of them (a DNS or URI SAN); empty: it must be for
     /// `serverName`.

@@ -98,6 +98,15 @@ private func errors(_ text: String) -> [ConfigError] {
             "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r}\nspec:\n  rules:\n  - backendRefs: [{name: x, weight: -1}]\n",
             "test.yaml: document 0 (HTTPRoute shop/r): spec.rules[0].backendRefs[0].weight: -1 is out of range 0...1000000"
         ),
+        (
+            // `resolution: NONE` (the default) is passthrough: Istio's validation refuses endpoints there
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: e}\nspec:\n  hosts: [e.example.com]\n  endpoints: [{address: 10.0.0.9}]\n",
+            "test.yaml: document 0 (ServiceEntry shop/e): spec.endpoints[0]: endpoints need resolution STATIC, DNS or DNS_ROUND_ROBIN (with NONE, the default, Istio rejects them)"
+        ),
+        (
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: web\n  trafficPolicy: {tls: {mode: SIMPLE, credentialName: c, caCertificates: /ca.pem}}\n",
+            "test.yaml: document 0 (DestinationRule shop/d): spec.trafficPolicy.tls.credentialName: cannot specify client certificates or CA certificate if credentialName is set"
+        ),
     ])
     func reportsTheField(_ text: String, _ message: String) {
         #expect(errors(text).map(\.description) == [message])

@@ -122,27 +122,6 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
         if workload { #expect(snapshot.endpoints[Int(destination.endpoint)] == address && destination.virtualHost == -1) }
     }
 
-    /// `resolution: NONE` is passthrough: endpoints are refused there, as Istio's validation does.
-    @Test func aPassthroughEntryHasNoEndpoints() {
-        let text = """
-            apiVersion: networking.istio.io/v1
-            kind: ServiceEntry
-            metadata: {name: ext, namespace: shop}
-            spec:
-              hosts: [ext.example.com]
-              ports: [{name: http, number: 80}]
-              endpoints: [{address: 10.0.0.9}]
-            """
-        #expect(throws: ConfigErrors.self) { try ManifestLoader.load(text: text, file: "n.yaml", defaultNamespace: "shop") }
-        do {
-            _ = try ManifestLoader.load(text: text, file: "n.yaml", defaultNamespace: "shop")
-        } catch {
-            #expect(
-                error.description.contains(
-                    "n.yaml: document 0 (ServiceEntry shop/ext): spec.endpoints[0]: endpoints need resolution STATIC"))
-        }
-    }
-
     @Test(arguments: ["10.96.0.1:81", "10.96.0.2:80", "10.0.0.1:80", "127.0.0.1:8080"])
     func unknownAuthoritiesHaveNoDestination(authority: String) {
         #expect(snapshot.destinations[SocketAddress(authority)!] == nil)
@@ -452,7 +431,7 @@ private func compileWithRule(trafficPolicy: String, previous: Snapshot? = nil) t
     }
 
     /// `credentialName`: a Secret of the waypoint's namespace, read (by a Kubernetes source) with its `-cacert`;
-    /// one that is missing fails closed with a warning; with file paths too it is an error, as Istio validates.
+    /// one that is missing fails closed with a warning (with file paths too it is an error: ManifestLoaderTests).
     @Test func aCredentialNameIsASecretOfTheWaypointsNamespace() throws {
         let snapshot = try compile("{mode: MUTUAL, credentialName: web-client}")
         #expect(snapshot.upstreamTLS.count == 1 && snapshot.upstreamTLS[0] == nil)
@@ -463,12 +442,6 @@ private func compileWithRule(trafficPolicy: String, previous: Snapshot? = nil) t
                 + "spec: {host: web.shop.svc.cluster.local, subsets: [{name: a, trafficPolicy: {tls: {mode: SIMPLE, credentialName: c}}}]}",
             file: "r.yaml", defaultNamespace: "shop")
         #expect(spec.foreignReferences(clusterDomain: "cluster.local").secrets == ["c", "c-cacert"])
-        do {
-            _ = try compile("{mode: SIMPLE, credentialName: web-client, caCertificates: /etc/ca.pem}")
-            Issue.record("accepted")
-        } catch {
-            #expect("\(error)".contains("trafficPolicy.tls.credentialName: cannot specify client certificates or CA certificate"))
-        }
     }
 
     /// `portLevelSettings`: for its port, each field given replaces the rule's (Istio merges field by field); a

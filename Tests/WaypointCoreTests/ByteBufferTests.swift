@@ -2,6 +2,12 @@ import Testing
 import WaypointCore
 
 @Suite struct ByteBufferTests {
+    @Test func offsetFindsTheFirstOccurrence() {
+        let bytes = Array("a\r\nb\r\n\r\n".utf8)
+        #expect(bytes.offset(of: [0x0D, 0x0A]) == 1 && bytes.offset(of: [0x0D, 0x0A, 0x0D, 0x0A]) == 4)
+        #expect(bytes.offset(of: Array("xyz".utf8)) == nil && [UInt8]().offset(of: [1]) == nil && bytes.offset(of: []) == nil)
+    }
+
     @Test func appendsDecimalAndHex() {
         let buffer = ByteBuffer(capacity: 4)
         buffer.appendDecimal(0)

@@ -22,8 +22,9 @@ protocol ExchangeTransport: AnyObject {
     func answer(_ answer: LocalAnswer)
     /// Cuts off a response already under way, so that the client cannot take it for a complete one.
     func breakResponse(timedOut: Bool)
-    /// The request body so far, for an external check: at most its first `limit` bytes (decoded), and how far the
-    /// body goes past them. Called while the exchange collects the body; it says when more came (`bodyArrived`).
+    /// The request body for an external check, once it ended or outgrew `limit`: its first `limit` bytes at most
+    /// (decoded), and which of the two; empty with `.more` while more may come. Called while the exchange collects
+    /// the body; the transport says when more came (`bodyArrived`).
     func requestBody(upTo limit: Int) -> ([UInt8], BodyExtent)
     /// The exchange moved on by itself (a delay or backoff ended, a timeout fired, a connection freed up): the
     /// transport carries on from there.

@@ -69,8 +69,6 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
     private var requestWasHead = false
     /// This request's `100 Continue` went out (the body was collected for an external check first).
     private var continued = false
-    /// While the body is collected for an external check: how far `input` may grow to hold it.
-    private var collectCapacity = 0
     /// The request offers an `Upgrade` that goes upstream; a `101` answer turns the session into a `ByteRelay`.
     private var upgrading = false
     /// The connection carrying the current try; its pool counts it as a request in flight (LEAST_REQUEST).
@@ -442,14 +440,23 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
         var tracker = requestBody
         // Malformed chunking: the check goes without a body, and forwarding refuses the request (400).
         guard let take = tracker.consume(held) else { return ([], .ended) }
+        // Decided by the count alone: the body is copied (and decoded) once, when it is wanted.
+        let extent: BodyExtent
+        if tracker.bodyBytes > limit {
+            extent = .exceeds
+        } else if tracker.isComplete {
+            extent = .ended
+        } else {
+            let capacity = headLength + (requestBody.framing == .chunked ? 2 * limit + 4096 : limit + 1)
+            guard input.readableBytes >= capacity else {
+                if input.readableBytes == input.capacity { input.reserve(min(input.capacity, capacity - input.readableBytes)) }
+                return ([], .more)
+            }
+            extent = .exceeds
+        }
         let framed = UnsafeRawBufferPointer(rebasing: held[0..<take])
         let body = requestBody.framing == .chunked ? ChunkedScanner.decode(framed) : Array(framed)
-        if body.count > limit { return (Array(body[0..<limit]), .exceeds) }
-        if tracker.isComplete { return (body, .ended) }
-        collectCapacity = headLength + (requestBody.framing == .chunked ? 2 * limit + 4096 : limit + 1)
-        if input.readableBytes >= collectCapacity { return (body, .exceeds) }
-        if input.readableBytes == input.capacity { input.reserve(min(input.capacity, collectCapacity - input.readableBytes)) }
-        return (body, .more)
+        return (Array(body.prefix(limit)), extent)
     }
 
     /// The first try: the head, with the forwarding headers and the route's header changes, then the body as it
