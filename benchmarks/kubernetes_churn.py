@@ -32,7 +32,12 @@ BIN = os.environ.get("WAYPOINT_BIN", os.path.join(ROOT, ".build", "release", "wa
 WINDOW = int(os.environ.get("WINDOW_SECONDS", "10"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 PERF_OUT = os.environ.get("PERF_OUT")   # `perf record -g` of the waypoint during the first churn window, to this file
+# The waypoint (all of its threads) on PROXY_CPU; this script (the stand-in API server, the churn), the load and
+# the origin on LOAD_CPU: the churn's cost to the proxy then comes out of the proxy's own core, as in a cluster.
+PROXY_CPU = int(os.environ.get("PROXY_CPU", "0"))
+LOAD_CPU = int(os.environ.get("LOAD_CPU", "1"))
 RATE = 100
+STEAL_MAX = float(os.environ.get("STEAL_MAX", "0.02"))   # windows with more steal than this are left out of the quiet ratio
 VIP = "10.96.0.10"
 
 
@@ -77,6 +82,12 @@ def threads_cpu(pid):
     return totals
 
 
+def cpu_times():
+    """The machine's CPU times (/proc/stat's first line: user nice system idle iowait irq softirq steal ...)."""
+    with open("/proc/stat") as f:
+        return [int(x) for x in f.readline().split()[1:]]
+
+
 def own_cpu():
     """CPU seconds of this process: the stand-in API server and the churn generator."""
     t = os.times()
@@ -107,14 +118,43 @@ def quantile(samples, q):
     return float("inf")
 
 
+def run_delay(pid):
+    """Seconds the process's threads have waited for a CPU (the second field of schedstat), or None once gone."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[1])
+    except OSError:
+        return None
+    return total / 1e9
+
+
+def run_delay_of_thread(pid, name):
+    """Seconds the named thread of the process has waited for a CPU."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/comm") as f:
+            if f.read().strip() == name:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    return int(f.read().split()[1]) / 1e9
+    return 0.0
+
+
 def hbone_load(work, port, seconds):
-    out = subprocess.run([BIN, "hbone-load", "-c", "4", "-s", "8", "-d", f"{seconds}s", "--connect", f"127.0.0.1:{port}",
-                          "--authority", f"{VIP}:80", "--host", "web", "--cert", f"{work}/frontend.pem",
-                          "--key", f"{work}/frontend.key", "--ca", f"{work}/ca.pem"], capture_output=True, text=True).stdout
-    return float(re.search(r"rps=(\d+)", out).group(1)), out.strip()
+    """(req/s, the last line of output, seconds the load generator waited for its CPU)."""
+    load = subprocess.Popen([BIN, "hbone-load", "-c", "4", "-s", "8", "-d", f"{seconds}s", "--connect", f"127.0.0.1:{port}",
+                             "--authority", f"{VIP}:80", "--host", "web", "--cert", f"{work}/frontend.pem",
+                             "--key", f"{work}/frontend.key", "--ca", f"{work}/ca.pem"], stdout=subprocess.PIPE, text=True)
+    waited = 0.0
+    while load.poll() is None:
+        waited = run_delay(load.pid) or waited
+        time.sleep(0.2)
+    out = load.stdout.read()
+    return float(re.search(r"rps=(\d+)", out).group(1)), out.strip(), waited
 
 
 def main():
+    os.sched_setaffinity(0, {LOAD_CPU})            # inherited by the origin and the load generator
     work = tempfile.mkdtemp(prefix="waypoint-k8s-churn-")
     certs = pki.make(work)
     api = FakeAPIServer(certs)
@@ -138,7 +178,8 @@ def main():
             proxy = subprocess.Popen([BIN, "run", "--kubeconfig", kubeconfig, "--workers", "1", "--http-listen", "127.0.0.1:0",
                                       "--admin-listen", "127.0.0.1:0", "--hbone-listen", "127.0.0.1:0", "--access-log", "off",
                                       "--cert", f"{work}/waypoint.pem", "--key", f"{work}/waypoint.key", "--ca", f"{work}/ca.pem",
-                                      *extra], stderr=subprocess.PIPE, text=True)
+                                      *extra], stderr=subprocess.PIPE, text=True,
+                                     preexec_fn=lambda: os.sched_setaffinity(0, {PROXY_CPU}))
             procs.append(proxy)
             started = time.time()
             line = ""
@@ -161,62 +202,99 @@ def main():
         proxy, admin, hbone, load_time = start()
         rss_loaded = rss_kib(proxy.pid)
 
-        # Windows of load without and with churn, in the order A B B A (repeated), so that the neighbours' noise
-        # and any drift weigh on both alike; the ratio is of the medians.
+        # Windows of load in three conditions: no churn; churn ELSEWHERE (the same changes to a namespace the waypoint
+        # does not read: the stand-in API server does the same work, the waypoint none); churn HERE (in the
+        # waypoint's namespace). Two sinks watch both namespaces' EndpointSlices throughout, so that the API server
+        # streams each change to a watcher in both churn conditions. Order: none, elsewhere, here, here, elsewhere,
+        # none (repeated), so that the neighbours' noise and any drift weigh on all alike; ratios are of medians.
+        NONE, ELSEWHERE, HERE = "none", "elsewhere", "here"
         stop = threading.Event()
-        churning = threading.Event()
+        target = [None]                 # the namespace the churn goes to, or None
         changes = [0]
 
         def churn():
             next_at = time.time()
             while not stop.is_set():
-                if not churning.wait(0.05):
+                namespace = target[0]
+                if namespace is None:
+                    time.sleep(0.05)
                     next_at = time.time()
                     continue
                 i = random.randrange(1000)
-                api.apply(endpoint_slice(f"svc-{i}-1", f"svc-{i}", "default",
+                api.apply(endpoint_slice(f"svc-{i}-1", f"svc-{i}", namespace,
                                          [f"10.{i // 250 + 10}.{i % 250}.{random.randrange(1, 250)}" for _ in range(10)], 8080))
-                changes[0] += 1
+                if namespace == "default":
+                    changes[0] += 1
                 next_at += 1 / RATE
                 time.sleep(max(0, next_at - time.time()))
 
-        thread = threading.Thread(target=churn)
-        thread.start()
-        rates = {False: [], True: []}
-        outputs = {False: [], True: []}
+        def sink(namespace):
+            """Watches `namespace`'s EndpointSlices and throws the events away (a watcher the API server feeds)."""
+            import http.client
+            import ssl
+            context = ssl.create_default_context(cafile=f"{work}/ca.pem")
+            while not stop.is_set():
+                try:
+                    conn = http.client.HTTPSConnection("127.0.0.1", api.port, context=context, timeout=5)
+                    conn.request("GET", f"/apis/discovery.k8s.io/v1/namespaces/{namespace}/endpointslices?watch=1&sink=1&resourceVersion={api.rv}",
+                                 headers={"Authorization": f"Bearer {api.token}"})
+                    response = conn.getresponse()
+                    while not stop.is_set() and response.read1(65536):
+                        pass
+                except (OSError, http.client.HTTPException):   # the server cut the watch, or closed at the end
+                    time.sleep(0.1)
+
+        threads = [threading.Thread(target=churn)] + [threading.Thread(target=sink, args=(n,), daemon=True)
+                                                      for n in ("default", "team-0")]
+        for thread in threads:
+            thread.start()
+        conditions = (NONE, ELSEWHERE, HERE)
+        rates = {c: [] for c in conditions}
+        # The share of the machine's CPU time the hypervisor gave to other guests during each window ("steal"): on
+        # a shared host it swings the windows far more than the churn does, so ratios are also given for the
+        # windows it left alone.
+        steals = {c: [] for c in conditions}
+        outputs = {c: [] for c in conditions}
         cpu = 0.0
         # Per window, where the two cores went: the worker's CPU per request, the waypoint's other threads (main:
-        # compiling; watchers: reading the API), and this process (the stand-in API server serving the churn).
-        spent = {False: [], True: []}
-        for on in [False, True, True, False] * ROUNDS:
-            (churning.set if on else churning.clear)()
+        # compiling; watchers: reading the API), this process (the stand-in API server, the churn, the sinks), and
+        # how long the worker and the load generator waited for a CPU.
+        spent = {c: [] for c in conditions}
+        for condition in [NONE, ELSEWHERE, HERE, HERE, ELSEWHERE, NONE] * ROUNDS:
+            target[0] = {NONE: None, ELSEWHERE: "team-0", HERE: "default"}[condition]
             before, threads_before, own_before = main_thread_cpu(proxy.pid), threads_cpu(proxy.pid), own_cpu()
             perf = None
-            if on and PERF_OUT and not os.path.exists(PERF_OUT):
+            if condition == HERE and PERF_OUT and not os.path.exists(PERF_OUT):
                 perf = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-p", str(proxy.pid), "-o", PERF_OUT, "--",
                                          "sleep", str(WINDOW - 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            rps, out = hbone_load(work, hbone, WINDOW)
+            worker_waited = run_delay_of_thread(proxy.pid, "worker-0")
+            machine_before = cpu_times()
+            rps, out, load_waited = hbone_load(work, hbone, WINDOW)
+            machine = [b - a for a, b in zip(machine_before, cpu_times())]
+            steal = machine[7] / max(sum(machine), 1)
+            worker_waited = run_delay_of_thread(proxy.pid, "worker-0") - worker_waited
             if perf:
                 perf.wait()
-            if on:
+            if condition == HERE:
                 cpu += main_thread_cpu(proxy.pid) - before
             threads_after = threads_cpu(proxy.pid)
             used = {k: threads_after.get(k, 0) - threads_before.get(k, 0) for k in threads_after}
             worker = used.get("worker-0", 0)
-            spent[on].append((worker / max(rps * WINDOW, 1) * 1e6, sum(used.values()) - worker, own_cpu() - own_before))
-            rates[on].append(rps)
-            outputs[on].append(out.splitlines()[-1])
+            spent[condition].append((worker / max(rps * WINDOW, 1) * 1e6, sum(used.values()) - worker, own_cpu() - own_before,
+                                     worker_waited, load_waited))
+            rates[condition].append(rps)
+            steals[condition].append(steal)
+            outputs[condition].append(out.splitlines()[-1])
         stop.set()
-        thread.join()
+        threads[0].join()
         time.sleep(1)
         churn_seconds = WINDOW * 2 * ROUNDS
-        idle_rps, churn_rps = statistics.median(rates[False]), statistics.median(rates[True])
         m = metrics(admin)
         buckets = {re.search(r'le="([^"]+)"', k).group(1): v for k, v in m.items()
                    if k.startswith("waypoint_kubernetes_event_to_swap_seconds_bucket")}
         swaps = m["waypoint_kubernetes_event_to_swap_seconds_count"]
         # what the measured waypoint read (the empty-namespace one's reads aside)
-        paths = sorted({r[1].split("?")[0] for r in api.requests if "empty" not in r[1]})
+        paths = sorted({r[1].split("?")[0] for r in api.requests if "empty" not in r[1] and "sink=1" not in r[1]})
         foreign = [p for p in paths if "/namespaces/team-" in p]
         print(f"namespace: 1,001 Services, 10,001 endpoints; 9,000 Services in 30 other namespaces")
         rss_after = rss_kib(proxy.pid)
@@ -225,22 +303,29 @@ def main():
               f"adds {(rss_loaded - rss_empty) / 1024:.1f} MiB ({(rss_after - rss_empty) / 1024:.1f} after the churn)")
         print(f"churn: {changes[0]} endpoint changes in {churn_seconds} s; {int(swaps)} swaps; event to swap p50 <= {quantile(buckets, 0.5)} s, "
               f"p99 <= {quantile(buckets, 0.99)} s")
-        print(f"HBONE load without churn: {idle_rps:.0f} req/s; during churn: {churn_rps:.0f} req/s ({churn_rps / idle_rps:.2f}x), "
-              f"medians of {2 * ROUNDS} windows of {WINDOW} s each (A B B A)")
-        print("  without:", " ".join(f"{r:.0f}" for r in rates[False]), "| with:", " ".join(f"{r:.0f}" for r in rates[True]))
-        print(f"main thread CPU during churn: {cpu:.1f} s in {churn_seconds} s ({cpu / churn_seconds * 100:.0f}% of a core)")
-        worker_cost = {on: statistics.median(x[0] for x in spent[on]) for on in (False, True)}
-        print(f"the worker's capacity during churn vs none (requests per second of its CPU): "
-              f"{worker_cost[False] / worker_cost[True]:.2f}x")
-        for on in (False, True):
-            per_request, others, api_cpu = (statistics.median(x[i] for x in spent[on]) for i in range(3))
-            print(f"  {'with' if on else 'without'} churn, per window of {WINDOW} s (medians): worker {per_request:.1f} µs of CPU per request; "
-                  f"the waypoint's other threads {others:.2f} s; the stand-in API server {api_cpu:.2f} s")
+        print(f"HBONE req/s, medians of {2 * ROUNDS} windows of {WINDOW} s per condition (steal in brackets):")
+        for c in conditions:
+            print(f"  churn {c:9}: {statistics.median(rates[c]):6.0f}  |", " ".join(f"{r:.0f} ({t:.0%})" for r, t in zip(rates[c], steals[c])))
+        quiet = {c: [r for r, t in zip(rates[c], steals[c]) if t <= STEAL_MAX] for c in conditions}
+        for label, over in (("here vs none (the target)", NONE), ("here vs elsewhere (the waypoint's own part)", ELSEWHERE)):
+            ratio = statistics.median(rates[HERE]) / statistics.median(rates[over])
+            text = f"  {label}: {ratio:.2f}x"
+            if quiet[HERE] and quiet[over]:
+                text += (f"; in windows with steal <= {STEAL_MAX:.0%}: {statistics.median(quiet[HERE]) / statistics.median(quiet[over]):.2f}x "
+                         f"({len(quiet[HERE])} and {len(quiet[over])} windows)")
+            print(text)
+        print(f"main thread CPU during churn here: {cpu:.1f} s in {churn_seconds} s ({cpu / churn_seconds * 100:.0f}% of a core, "
+              f"{cpu / max(changes[0], 1) * 1000:.2f} ms per change)")
+        for c in conditions:
+            per_request, others, api_cpu, worker_waited, load_waited = (statistics.median(x[i] for x in spent[c]) for i in range(5))
+            print(f"  churn {c}, per window of {WINDOW} s (medians): worker {per_request:.1f} µs of CPU per request; "
+                  f"the waypoint's other threads {others:.2f} s; this script (API server, churn, sinks) {api_cpu:.2f} s; waiting for a CPU: "
+                  f"the worker {worker_waited:.2f} s, the load generator {load_waited:.2f} s")
         parse, compile_ = (m['waypoint_config_load_seconds{phase="%s"}' % phase] * 1000 for phase in ("parse", "compile"))
         print(f"last load: parse {parse:.0f} ms, compile {compile_:.0f} ms")
         print(f"collections read: {len(paths)}; in other namespaces: {len(foreign)}")
-        print("last window without churn:", outputs[False][-1])
-        print("last window with churn:", outputs[True][-1])
+        print("last window without churn:", outputs[NONE][-1])
+        print("last window with churn here:", outputs[HERE][-1])
         # a waypoint started with only the 9,000 far Services would read nothing more: none of their paths was asked
     finally:
         for p in procs:

@@ -87,8 +87,9 @@ struct ConfigSource {
         generation += 1
         let parsed = clock.now
         let result: CompiledConfig
-        if let compiled, let endpointChanges,
-            let updated = compiler.update(compiled, spec: spec, changes: endpointChanges, generation: generation)
+        // Taken, not copied: the update then changes the tables only it holds in place.
+        if let endpointChanges, let taken = compiled.take(),
+            let updated = compiler.update(taken, spec: spec, changes: endpointChanges, generation: generation)
         {
             result = updated
             compiles.endpoints += 1

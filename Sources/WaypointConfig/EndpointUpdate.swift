@@ -1,3 +1,4 @@
+import Filters
 import HTTPRouter
 import JWT
 import WaypointCore
@@ -49,9 +50,9 @@ extension SnapshotCompiler {
         var state = CompileState(spec: spec, compiler: self)
         state.build()
         state.lineage = generation
+        state.assignLimits(keeping: previous)
         let snapshot = state.snapshot(
-            generation: generation, routes: RouteTable(virtualHosts: state.virtualHosts, names: state.names), revised: [],
-            previous: previous)
+            generation: generation, routes: RouteTable(virtualHosts: state.virtualHosts, names: state.names), revised: [])
         return CompiledConfig(state: state, snapshot: snapshot)
     }
 
@@ -59,12 +60,14 @@ extension SnapshotCompiler {
     /// Pods of `changes` (their old and new versions): the Services they touch get their endpoints resolved
     /// again, everything else is kept. The snapshot stays in `compiled`'s lineage. nil: compile everything
     /// (dead endpoints exceed a quarter of the live ones and 1,024: a full compile drops them).
-    public func update(_ compiled: CompiledConfig, spec: ConfigSpec, changes: ConfigSpec, generation: UInt64) -> CompiledConfig? {
-        var state = compiled.state
+    /// `compiled` is consumed: the tables only it holds are then updated in place, not copied.
+    public func update(_ compiled: consuming CompiledConfig, spec: ConfigSpec, changes: ConfigSpec, generation: UInt64)
+        -> CompiledConfig?
+    {
+        let serving = compiled.snapshot
+        var state = (consume compiled).state
         guard state.updateEndpoints(spec, touching: Self.services(touchedBy: changes, in: spec)) else { return nil }
-        let snapshot = state.snapshot(
-            generation: generation, routes: compiled.snapshot.routes, revised: state.revised(since: compiled.state),
-            previous: compiled.snapshot)
+        let snapshot = state.snapshot(generation: generation, routes: serving.routes, revised: state.revised(since: serving))
         return CompiledConfig(state: state, snapshot: snapshot)
     }
 
@@ -134,7 +137,7 @@ extension CompileState {
     }
 
     /// Endpoints (of `before`'s) whose transport or workload differ now; the workers renew their pools.
-    func revised(since before: CompileState) -> [Int32] {
+    func revised(since before: Snapshot) -> [Int32] {
         var revised: [Int32] = []
         for i in before.endpoints.indices
         where endpointTransports[i] != before.endpointTransports[i] || endpointWorkloads[i] != before.endpointWorkloads[i] {
@@ -143,7 +146,18 @@ extension CompileState {
         return revised
     }
 
-    func snapshot(generation: UInt64, routes: RouteTable<RouteAction>, revised: [Int32], previous: Snapshot?) -> Snapshot {
+    /// Connection-pool limits for each cluster with such settings: `previous`'s for a cluster of the same name and
+    /// settings, so that what is counted carries over a reload (an endpoint update keeps them as they are).
+    mutating func assignLimits(keeping previous: Snapshot?) {
+        var kept: [String: ClusterLimits] = [:]
+        for cluster in previous?.clusters ?? [] { if let limits = cluster.limits { kept[cluster.name] = limits } }
+        for i in clusters.indices {
+            guard let settings = clusters[i].connectionPool else { continue }
+            clusters[i].limits = kept[clusters[i].name].flatMap { $0.settings == settings ? $0 : nil } ?? ClusterLimits(settings)
+        }
+    }
+
+    func snapshot(generation: UInt64, routes: RouteTable<RouteAction>, revised: [Int32]) -> Snapshot {
         Snapshot(
             generation: generation, lineage: lineage, routes: routes, clusters: clusters, endpoints: endpoints,
             endpointTransports: endpointTransports, workloads: workloads, endpointWorkloads: endpointWorkloads,
@@ -152,6 +166,6 @@ extension CompileState {
             authorization: authorization, unmatchedHostPolicies: unmatchedHostPolicies, authentication: authentication,
             unmatchedHostAuthentication: unmatchedHostAuthentication, strictMTLS: strictMTLS, services: services, authorizers: authorizers,
             upstreamTLS: upstreamTLS,
-            dump: dumpSource(generation: generation), warnings: spec.warnings + warnings, previous: previous)
+            dump: dumpSource(generation: generation), warnings: spec.warnings + warnings)
     }
 }

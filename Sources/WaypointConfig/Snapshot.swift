@@ -145,22 +145,14 @@ public final class Snapshot: Sendable {
         destinations: [SocketAddress: Destination], tcpRoutes: [UInt64: BackendSet], authorization: [PolicySet],
         unmatchedHostPolicies: PolicySet, authentication: [RequestAuthenticator?], unmatchedHostAuthentication: RequestAuthenticator?,
         strictMTLS: [Bool], services: [(fqdn: String, name: String, namespace: String)], authorizers: [ExternalAuthorizer],
-        upstreamTLS: [UpstreamTLS?], dump: @escaping @Sendable () -> JSONValue, warnings: [String], previous: Snapshot?
+        upstreamTLS: [UpstreamTLS?], dump: @escaping @Sendable () -> JSONValue, warnings: [String]
     ) {
         self.services = services
         self.generation = generation
         self.lineage = lineage
         self.revisedEndpoints = revisedEndpoints
         self.routes = routes
-        var kept: [String: ClusterLimits] = [:]
-        for cluster in previous?.clusters ?? [] { if let limits = cluster.limits { kept[cluster.name] = limits } }
-        self.clusters = clusters.map { cluster in
-            var cluster = cluster
-            cluster.limits = cluster.connectionPool.map { settings in
-                kept[cluster.name].flatMap { $0.settings == settings ? $0 : nil } ?? ClusterLimits(settings)
-            }
-            return cluster
-        }
+        self.clusters = clusters
         self.endpoints = endpoints
         self.endpointTransports = endpointTransports
         self.endpointWorkloads = endpointWorkloads
