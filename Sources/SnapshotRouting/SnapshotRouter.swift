@@ -46,7 +46,11 @@ public final class SnapshotRouter: RequestRouter {
 
     public func replace(_ next: Snapshot) {
         if next.lineage == snapshot.lineage {
-            // Endpoints changed only: hosts, policies and clusters are the same, and indices kept their address.
+            // Endpoints changed only: hosts, policies and clusters are the same, and indices kept their address
+            // but revised ones may not (a dead endpoint's index given to a new address): its health is not theirs.
+            for endpoint in next.revisedEndpoints where snapshot.endpoints[Int(endpoint)] != next.endpoints[Int(endpoint)] {
+                health[endpoint] = nil
+            }
             snapshot = next
             return
         }

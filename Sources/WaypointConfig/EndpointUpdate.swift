@@ -58,16 +58,16 @@ extension SnapshotCompiler {
 
     /// `compiled` with `spec`, which differs from the spec it was compiled from only in the EndpointSlices and
     /// Pods of `changes` (their old and new versions): the Services they touch get their endpoints resolved
-    /// again, everything else is kept. The snapshot stays in `compiled`'s lineage. nil: compile everything
-    /// (dead endpoints exceed a quarter of the live ones and 1,024: a full compile drops them).
+    /// again, everything else is kept. The snapshot stays in `compiled`'s lineage. nil: compile everything.
     /// `compiled` is consumed: the tables only it holds are then updated in place, not copied.
     public func update(_ compiled: consuming CompiledConfig, spec: ConfigSpec, changes: ConfigSpec, generation: UInt64)
         -> CompiledConfig?
     {
         let serving = compiled.snapshot
         var state = (consume compiled).state
-        guard state.updateEndpoints(spec, touching: Self.services(touchedBy: changes, in: spec)) else { return nil }
-        let snapshot = state.snapshot(generation: generation, routes: serving.routes, revised: state.revised(since: serving))
+        guard let touched = state.updateEndpoints(spec, touching: Self.services(touchedBy: changes, in: spec)) else { return nil }
+        let snapshot = state.snapshot(
+            generation: generation, routes: serving.routes, revised: state.revised(among: touched, since: serving))
         return CompiledConfig(state: state, snapshot: snapshot)
     }
 
@@ -90,21 +90,25 @@ extension SnapshotCompiler {
 
 extension CompileState {
     /// Resolves the endpoints of `services` again from `spec` (their clusters, subsets, rings and locality
-    /// tiers). Endpoint indices keep their address; new ones are appended; one no cluster lists any more is
-    /// dead: its workload address is refused and it starts afresh if it comes back. False: a full compile is due.
-    mutating func updateEndpoints(_ spec: ConfigSpec, touching services: Set<String>) -> Bool {
+    /// tiers). Endpoint indices keep their address while listed; one no cluster lists any more is dead: its
+    /// workload address is refused, and its index goes to a new address of a later update. Returns the indices
+    /// this may have changed (the clusters' old and new members); nil: a full compile is due (a subset's own TLS,
+    /// or many more free indices than new addresses take).
+    mutating func updateEndpoints(_ spec: ConfigSpec, touching services: Set<String>) -> [Int32]? {
         self.spec = spec
-        guard endpointVariants.isEmpty else { return false }  // a subset's own TLS: resolved by a full compile
+        guard endpointVariants.isEmpty else { return nil }  // a subset's own TLS: resolved by a full compile
         let lookups = EndpointLookups(spec, services: services)
         var dropped: [Int32] = []
+        var touched: [Int32] = []
         for service in spec.services where services.contains("\(service.namespace)/\(service.name)") {
             for port in service.ports {
-                guard let cluster = clusterIndex["\(service.namespace)/\(service.name):\(port.port)"] else { return false }
+                guard let cluster = clusterIndex["\(service.namespace)/\(service.name):\(port.port)"] else { return nil }
                 let members = members(of: service, port: port, lookups)
                 let i = Int(cluster)
                 for endpoint in clusters[i].endpoints { endpointRefs[Int(endpoint)] -= 1 }
                 for endpoint in members { endpointRefs[Int(endpoint)] += 1 }
                 dropped += clusters[i].endpoints
+                touched += members
                 clusters[i].endpoints = members
                 refresh(cluster: i)
                 for subset in subsets[cluster] ?? [] {
@@ -115,8 +119,9 @@ extension CompileState {
             }
         }
         for endpoint in dropped where endpointRefs[Int(endpoint)] == 0 { retire(endpoint) }
-        let live = endpointRefs.reduce(0) { $0 + ($1 > 0 ? 1 : 0) }
-        return endpoints.count - live <= max(1024, live / 4)
+        // Free indices beyond a quarter of the rest (and 1,024): the endpoints shrank for good; compile afresh.
+        guard freeEndpoints.count <= max(1024, (endpoints.count - freeEndpoints.count) / 4) else { return nil }
+        return touched + dropped
     }
 
     /// A cluster's ring and locality tiers after its members changed.
@@ -125,25 +130,33 @@ extension CompileState {
         groupByLocality(i)
     }
 
-    /// An endpoint no cluster lists: tunnels to its address are refused, and what its Pod said is forgotten (if
-    /// the address comes back it is resolved as new).
+    /// An endpoint no cluster lists: tunnels to its address are refused, what its Pod said is forgotten, and its
+    /// index is free for a new address (if this one comes back it is resolved as new).
     private mutating func retire(_ endpoint: Int32) {
         let address = endpoints[Int(endpoint)]
         if destinations[address]?.endpoint == endpoint { destinations[address] = nil }
+        if endpointIndex[address] == endpoint { endpointIndex[address] = nil }
         endpointTransports[Int(endpoint)] = .plaintext
         endpointWorkloads[Int(endpoint)] = -1
+        endpointRefs[Int(endpoint)] = -1  // free: once only, though two clusters dropped it
         endpointLabels[endpoint] = nil
         endpointLocality[endpoint] = nil
+        freeEndpoints.append(endpoint)
     }
 
-    /// Endpoints (of `before`'s) whose transport or workload differ now; the workers renew their pools.
-    func revised(since before: Snapshot) -> [Int32] {
-        var revised: [Int32] = []
-        for i in before.endpoints.indices
-        where endpointTransports[i] != before.endpointTransports[i] || endpointWorkloads[i] != before.endpointWorkloads[i] {
-            revised.append(Int32(i))
+    /// Of `touched`, the endpoints of `before` whose address, transport or workload differ now (each once): the
+    /// workers renew their pools and forget their health.
+    func revised(among touched: [Int32], since before: Snapshot) -> [Int32] {
+        var revised = Set<Int32>()
+        for endpoint in touched where Int(endpoint) < before.endpoints.count {
+            let i = Int(endpoint)
+            if endpoints[i] != before.endpoints[i] || endpointTransports[i] != before.endpointTransports[i]
+                || endpointWorkloads[i] != before.endpointWorkloads[i]
+            {
+                revised.insert(endpoint)
+            }
         }
-        return revised
+        return revised.sorted()
     }
 
     /// Connection-pool limits for each cluster with such settings: `previous`'s for a cluster of the same name and

@@ -104,9 +104,12 @@ struct CompileState {
     var endpointLabels: [Int32: [String: String]] = [:]
     /// Where each endpoint runs, when known.
     var endpointLocality: [Int32: Locality] = [:]
-    /// Per endpoint: how many clusters list it (subsets not counted). 0: dead, left behind by an endpoint
-    /// update (indices keep their address within a lineage) until the next full compile.
+    /// Per endpoint: how many clusters list it (subsets not counted). 0: dead; -1: dead and in `freeEndpoints`,
+    /// until a new address takes its index or the next full compile.
     var endpointRefs: [Int32] = []
+    /// Indices of dead endpoints, which an endpoint update gives to the next new addresses (the workers see them
+    /// among the revised endpoints), so that churn neither grows the tables nor forces full compiles.
+    var freeEndpoints: [Int32] = []
     /// Per cluster with DestinationRule subsets: each subset's cluster and the labels it selects.
     var subsets: [Int32: [(cluster: Int32, labels: [String: String])]] = [:]
     /// Endpoints reached another way than their address's own endpoint (a subset's own TLS), by that endpoint
@@ -558,6 +561,12 @@ struct CompileState {
             default: break
             }
             return index
+        }
+        if let free = freeEndpoints.popLast() {
+            let i = Int(free)
+            (endpoints[i], endpointTransports[i], endpointWorkloads[i], endpointRefs[i]) = (address, transport, -1, 0)
+            endpointIndex[address] = free
+            return free
         }
         endpoints.append(address)
         endpointTransports.append(transport)

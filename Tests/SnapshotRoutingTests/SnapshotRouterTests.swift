@@ -1,7 +1,7 @@
 import HBONEServer
 import SnapshotRouting
 import Testing
-import WaypointConfig
+@testable import WaypointConfig
 import WaypointCore
 
 /// `web` has three endpoints (round robin, outlier detection after two 5xx); `api` one; `guarded` one, with a
@@ -116,12 +116,16 @@ private let stranger = PeerFacts(
 /// A router over the test config, with a clock the test moves.
 private final class Fixture {
     var clock = 1000.0
+    let spec: ConfigSpec
+    /// The first compilation, which endpoint updates start from.
+    let compiled: CompiledConfig
     let snapshot: Snapshot
     let router: SnapshotRouter
 
-    init() throws {
-        let spec = try ManifestLoader.load(text: config, file: "c.yaml", defaultNamespace: "shop")
-        snapshot = SnapshotCompiler(namespace: "shop").compile(spec, generation: 1)
+    init(_ text: String = config) throws {
+        spec = try ManifestLoader.load(text: text, file: "c.yaml", defaultNamespace: "shop")
+        compiled = SnapshotCompiler(namespace: "shop").compileKeepingState(spec, generation: 1)
+        snapshot = compiled.snapshot
         var clock: (() -> Double)!
         router = SnapshotRouter(snapshot: snapshot, seed: 42, counters: WorkerCounters()) { clock() }
         clock = { [unowned self] in self.clock }
@@ -145,7 +149,7 @@ private final class Fixture {
     /// The endpoint address a request to `host` goes to, or the status it is answered with.
     func target(_ host: String, _ path: String = "/", peer: PeerFacts = frontend, tunnel: String? = nil) -> String {
         switch route(host, path, peer: peer, tunnel: tunnel).0 {
-        case .forward(let endpoint, _, _, _): return snapshot.endpoints[Int(endpoint)].description
+        case .forward(let endpoint, _, _, _): return router.snapshot.endpoints[Int(endpoint)].description
         case .reply(let reply): return "\(reply.status)"
         case .respond(let status, _, _): return "respond \(status)"
         case .redirect(let status, _): return "redirect \(status)"
@@ -231,6 +235,37 @@ private final class Fixture {
         let api = f.cluster(of: "api")  // one endpoint: the same again
         let only = f.snapshot.endpoints.firstIndex { $0.description == "10.0.1.1:9090" }.map(Int32.init)!
         #expect(f.router.alternateEndpoint(cluster: api, failed: only, history: &history) == only)
+    }
+
+    /// An endpoint update gives a dead endpoint's index to a new address: the new address is not ejected for
+    /// what the old one did, and an ejected endpoint that stays stays ejected.
+    @Test func anEndpointUpdateForgetsTheEjectionOfAnAddressThatLeft() throws {
+        // `web` alone: a subset with TLS of its own (vault's) makes every update a full compile.
+        let f = try Fixture(config.split(separator: "---").prefix(3).joined(separator: "---"))
+        let cluster = f.cluster(of: "web")
+        let index = { (address: String) in f.snapshot.endpoints.firstIndex { $0.description == address }.map(Int32.init)! }
+        for address in ["10.0.0.2:8080", "10.0.0.3:8080"] {
+            for _ in 0..<2 { f.router.reportAttempt(endpoint: index(address), cluster: cluster, result: .status(503)) }
+        }
+        let compiler = SnapshotCompiler(namespace: "shop")
+        func slice(_ hosts: [Int]) -> EndpointSliceSpec {
+            EndpointSliceSpec(
+                namespace: "shop", name: "web-1", serviceName: "web", ports: [("http", 8080)],
+                endpoints: hosts.map { (["10.0.0.\($0)"], true, nil, nil, nil) })
+        }
+        var compiled = f.compiled
+        for (generation, hosts) in [(UInt64(2), [1, 3]), (3, [1, 3, 9])] {  // .2 leaves; .9 comes, to .2's index
+            var spec = f.spec
+            spec.endpointSlices = spec.endpointSlices.filter { $0.serviceName != "web" } + [slice(hosts)]
+            var changes = ConfigSpec()
+            changes.endpointSlices = compiled.state.spec.endpointSlices.filter { $0.serviceName == "web" } + [slice(hosts)]
+            compiled = try #require(compiler.update(compiled, spec: spec, changes: changes, generation: generation))
+            f.router.replace(compiled.snapshot)
+        }
+        #expect(compiled.snapshot.endpoints[Int(index("10.0.0.2:8080"))].description == "10.0.0.9:8080")
+        #expect(compiled.snapshot.revisedEndpoints == [index("10.0.0.2:8080")])
+        let picks = (0..<6).map { _ in f.target("web") }
+        #expect(Set(picks) == ["10.0.0.1:8080", "10.0.0.9:8080"])  // .3 still ejected
     }
 
     @Test func aReloadKeepsTheEjectionsOfEndpointsThatStay() throws {

@@ -66,13 +66,14 @@ public final class UpstreamClusters {
     }
 
     /// The same endpoint list grown or revised in place (a snapshot of the same lineage): indices below the
-    /// pools' count kept their address; pools of `revised` endpoints take their new transport (a new pool) or
-    /// workload; the endpoints past the end are new.
+    /// pools' count kept their address unless `revised`; pools of `revised` endpoints take their new address or
+    /// transport (a new pool) or workload; the endpoints past the end are new.
     func patchEndpoints(_ endpoints: UpstreamEndpoints, revised: [Int32], server: ProxyServer) {
         take(endpoints, server)
         for endpoint in revised where Int(endpoint) < pools.count {
             guard let pool = pools[Int(endpoint)] else { continue }
-            if pool.transport != endpoints.transports[Int(endpoint)] || pool.tls !== endpoints.tls(of: Int(endpoint)) {
+            let i = Int(endpoint)
+            if pool.address != endpoints.addresses[i] || pool.transport != endpoints.transports[i] || pool.tls !== endpoints.tls(of: i) {
                 pool.retired = true
                 pools[Int(endpoint)] = nil
             } else {
