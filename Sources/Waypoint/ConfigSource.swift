@@ -51,6 +51,7 @@ struct ConfigSource {
         let spec: ConfigSpec
         var endpointChanges: ConfigSpec? = nil
         if let apiChanges {
+            compiled?.releaseSpec()
             var errors: [ConfigError] = []
             let files = Self.fingerprint(paths ?? [])
             let filesChanged = files != fingerprint || fileSpec == nil

@@ -8,6 +8,10 @@ import WaypointCore
 public struct CompiledConfig {
     var state: CompileState
     public let snapshot: Snapshot
+
+    /// Drops the spec this was compiled from, which an update does not read (it is given the next one): the
+    /// parsed objects this shared with the config source can then change in place instead of being copied.
+    public mutating func releaseSpec() { state.spec = ConfigSpec() }
 }
 
 /// What resolving a Service's endpoints looks up: Pods by name and IP, Node localities and the slices of each

@@ -423,24 +423,30 @@ public struct ConfigSpec: Sendable {
 
     /// Adds what `other` holds (the objects of another file or API object).
     public mutating func append(_ other: ConfigSpec) {
-        services += other.services
-        endpointSlices += other.endpointSlices
-        serviceEntries += other.serviceEntries
-        gateways += other.gateways
-        httpRoutes += other.httpRoutes
-        virtualServices += other.virtualServices
-        tcpRoutes += other.tcpRoutes
-        authorizationPolicies += other.authorizationPolicies
-        peerAuthentications += other.peerAuthentications
-        requestAuthentications += other.requestAuthentications
-        destinationRules += other.destinationRules
-        pods += other.pods
-        nodes += other.nodes
-        namespaces += other.namespaces
-        referenceGrants += other.referenceGrants
-        meshConfigs += other.meshConfigs
-        secrets += other.secrets
-        warnings += other.warnings
+        Self.join(&services, other.services)
+        Self.join(&endpointSlices, other.endpointSlices)
+        Self.join(&serviceEntries, other.serviceEntries)
+        Self.join(&gateways, other.gateways)
+        Self.join(&httpRoutes, other.httpRoutes)
+        Self.join(&virtualServices, other.virtualServices)
+        Self.join(&tcpRoutes, other.tcpRoutes)
+        Self.join(&authorizationPolicies, other.authorizationPolicies)
+        Self.join(&peerAuthentications, other.peerAuthentications)
+        Self.join(&requestAuthentications, other.requestAuthentications)
+        Self.join(&destinationRules, other.destinationRules)
+        Self.join(&pods, other.pods)
+        Self.join(&nodes, other.nodes)
+        Self.join(&namespaces, other.namespaces)
+        Self.join(&referenceGrants, other.referenceGrants)
+        Self.join(&meshConfigs, other.meshConfigs)
+        Self.join(&secrets, other.secrets)
+        Self.join(&warnings, other.warnings)
+    }
+
+    /// `other` after `list`; an empty `list` takes `other`'s storage instead of copying its elements (a merge of the
+    /// API's kinds, each in a field of its own, then copies nothing).
+    private static func join<Element>(_ list: inout [Element], _ other: [Element]) {
+        if list.isEmpty { list = other } else if !other.isEmpty { list += other }
     }
 }
 
