@@ -76,6 +76,7 @@ public indirect enum JSON: Sendable, Equatable {
     /// The value as compact JSON text (UTF-8): what the watchers keep of each object to tell a real change.
     public func encoded() -> [UInt8] {
         var out: [UInt8] = []
+        out.reserveCapacity(1024)  // a Kubernetes object as kept is one to a few KiB: a few growths, not ten
         encode(into: &out)
         return out
     }
@@ -107,12 +108,23 @@ public indirect enum JSON: Sendable, Equatable {
 
     /// A string literal: `"` and `\` escaped, control characters as `\u00XX`.
     private static func encode(_ text: String, into out: inout [UInt8]) {
-        let hex = Array("0123456789abcdef".utf8)
+        /// A hex digit's character.
+        func hex(_ digit: UInt8) -> UInt8 { digit < 10 ? 0x30 + digit : 0x57 + digit }
         out.append(0x22)
+        if !text.utf8.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C }) {  // most: copied whole
+            out.append(contentsOf: text.utf8)
+            out.append(0x22)
+            return
+        }
         for byte in text.utf8 {
             switch byte {
-            case 0x22, 0x5C: out += [0x5C, byte]
-            case 0..<0x20: out += [0x5C, 0x75, 0x30, 0x30, hex[Int(byte >> 4)], hex[Int(byte & 0xF)]]
+            case 0x22, 0x5C:
+                out.append(0x5C)
+                out.append(byte)
+            case 0..<0x20:
+                out.append(contentsOf: [0x5C, 0x75, 0x30, 0x30])
+                out.append(hex(byte >> 4))
+                out.append(hex(byte & 0xF))
             default: out.append(byte)
             }
         }
@@ -127,6 +139,8 @@ public indirect enum JSON: Sendable, Equatable {
         switch json_object_get_type(object) {
         case json_type_boolean:
             return .bool(json_object_get_boolean(object) != 0)
+        case json_type_int where json_object_get_int64(object) != .max:  // .max: past Int64 (json-c saturates)
+            return .number(String(json_object_get_int64(object)))
         case json_type_int, json_type_double:
             return .number(String(cString: json_object_to_json_string_ext(object, JSON_C_TO_STRING_PLAIN)))
         case json_type_string:

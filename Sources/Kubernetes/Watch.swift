@@ -127,14 +127,14 @@ public struct WatchedKind: Sendable, Hashable {
 /// The list-then-watch protocol of client-go's reflector for one kind, as a value with no I/O, so every
 /// transition is tested: where a watch resumes, and which events change the objects as the waypoint keeps them.
 ///
-/// Of each object it keeps only its compact JSON text as kept (`stamped`), to tell a real change from one in
-/// fields it drops (a status, managedFields); the objects themselves go to the store.
+/// Of each object it keeps only a digest of it as kept (`stamped`), to tell a real change from one in fields it
+/// drops (a status, managedFields); the objects themselves go to the store.
 ///
 /// Thread: its watcher's. Ownership: its `KindWatcher`.
 public struct WatchCache: Sendable {
     public let kind: WatchedKind
     /// Each object's fingerprint, by `namespace/name`.
-    private var seen: [String: [UInt8]] = [:]
+    private var seen: [String: Fingerprint] = [:]
     /// Where a watch resumes; empty until the first complete list.
     public private(set) var resourceVersion = ""
     /// The first complete list arrived.
@@ -150,7 +150,7 @@ public struct WatchCache: Sendable {
     public var count: Int { seen.count }
 
     /// The keys (`namespace/name`) of the objects the kind has.
-    public var keys: Dictionary<String, [UInt8]>.Keys { seen.keys }
+    public var keys: Dictionary<String, Fingerprint>.Keys { seen.keys }
 
     /// What to do after an input.
     public enum Next: Equatable, Sendable {
@@ -202,8 +202,8 @@ public struct WatchCache: Sendable {
         case "ADDED", "MODIFIED":
             guard let key = Self.key(object) else { throw APIError("a \(kind.kind) without metadata.name") }
             let kept = stamped(object)
-            let text = Self.fingerprint(kept)
-            guard seen.updateValue(text, forKey: key) != text else { return (nil, .watch) }
+            let fingerprint = Self.fingerprint(kept)
+            guard seen.updateValue(fingerprint, forKey: key) != fingerprint else { return (nil, .watch) }
             return (Change(key: key, object: kept), .watch)
         case "DELETED":
             guard let key = Self.key(object) else { throw APIError("a \(kind.kind) without metadata.name") }
@@ -255,16 +255,56 @@ public struct WatchCache: Sendable {
         return .object([("apiVersion", .string(kind.apiVersion)), ("kind", .string(kind.kind))] + entries)
     }
 
-    /// An object as kept, as compact text without its resourceVersion: equal for two versions that differ only
-    /// in what the waypoint drops (a status update moves the resourceVersion and nothing else it reads).
-    static func fingerprint(_ kept: JSON) -> [UInt8] {
-        guard case .object(let entries) = kept else { return kept.encoded() }
-        return JSON.object(
-            entries.map { key, value in
-                guard key == "metadata", case .object(let fields) = value else { return (key, value) }
-                return (key, .object(fields.filter { $0.0 != "resourceVersion" }))
+    /// A digest of an object as kept, without its resourceVersion: equal for two versions that differ only in
+    /// what the waypoint drops (a status update moves the resourceVersion and nothing else it reads).
+    public struct Fingerprint: Equatable, Sendable {
+        let first: Int
+        let second: Int
+    }
+
+    /// Two SipHash runs over the object (128 bits, under the process's random seed: a crafted collision would
+    /// need the seed). The object's compact text was kept before: a KiB and more per object, and encoding it a
+    /// fifth of a watcher's time under churn.
+    static func fingerprint(_ kept: JSON) -> Fingerprint {
+        var hashers = (Hasher(), Hasher())
+        hashers.0.combine(1)
+        hashers.1.combine(2)
+        digest(kept, into: &hashers, top: true)
+        return Fingerprint(first: hashers.0.finalize(), second: hashers.1.finalize())
+    }
+
+    /// Feeds `value` to both hashers unambiguously (a tag per case, then a count before elements; a string ends in
+    /// a byte no UTF-8 has); `top`: the object itself, whose metadata's resourceVersion is left out.
+    private static func digest(_ value: JSON, into hashers: inout (Hasher, Hasher), top: Bool = false) {
+        func feed<T: Hashable>(_ part: T) {
+            hashers.0.combine(part)
+            hashers.1.combine(part)
+        }
+        switch value {
+        case .null: feed(0)
+        case .bool(let flag): feed(flag ? 1 : 2)
+        case .number(let text):
+            feed(3)
+            feed(text)
+        case .string(let text):
+            feed(4)
+            feed(text)
+        case .array(let items):
+            feed(5)
+            feed(items.count)
+            for item in items { digest(item, into: &hashers) }
+        case .object(let entries):
+            feed(6)
+            feed(entries.count)
+            for (key, field) in entries {
+                feed(key)
+                if top, key == "metadata", case .object(let fields) = field {
+                    digest(.object(fields.filter { $0.0 != "resourceVersion" }), into: &hashers)
+                } else {
+                    digest(field, into: &hashers)
+                }
             }
-        ).encoded()
+        }
     }
 
     /// A metadata field as kept: not `managedFields`, and no annotation `kubectl.kubernetes.io/last-applied-configuration`

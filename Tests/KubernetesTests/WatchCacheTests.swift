@@ -53,6 +53,20 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
         #expect(try cache.receivedEvent(json(#"{"type":"MODIFIED","object":\#(item("a", "12", port: 81))}"#)).change != nil)
     }
 
+    /// The digest tells apart what a plain concatenation would not, and leaves out only the object's own
+    /// resourceVersion.
+    @Test func fingerprintsTellApartWhatDiffers() {
+        let pairs = [
+            (#"{"a":["ab","c"]}"#, #"{"a":["a","bc"]}"#), (#"{"ab":"c"}"#, #"{"a":"bc"}"#), (#"{"a":1}"#, #"{"a":"1"}"#),
+            (#"[[],[1]]"#, #"[[1],[]]"#), (#"{"a":null}"#, #"{"a":false}"#), (#"{"a":{}}"#, #"{"a":[]}"#),
+            (#"{"spec":{"resourceVersion":"1"}}"#, #"{"spec":{"resourceVersion":"2"}}"#),
+        ]
+        for (a, b) in pairs { #expect(WatchCache.fingerprint(json(a)) != WatchCache.fingerprint(json(b)), "\(a) \(b)") }
+        #expect(
+            WatchCache.fingerprint(json(#"{"metadata":{"name":"a","resourceVersion":"1"},"spec":{}}"#))
+                == WatchCache.fingerprint(json(#"{"metadata":{"name":"a","resourceVersion":"2"},"spec":{}}"#)))
+    }
+
     @Test func aListWithNullItemsIsEmpty() throws {
         var cache = WatchCache(kind: kind)
         #expect(try cache.receivedPage(json(#"{"metadata":{"resourceVersion":"3"},"items":null}"#), first: true) == .watch)
@@ -137,6 +151,19 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
         #expect(value["s"]?.string == "x\u{e9}\n\"")
         #expect(value["n"] == .object([]))
         #expect(value["missing"] == nil)
+    }
+
+    /// Integers are written as text again: those json-c holds as int64 directly, those past it (saturated) as
+    /// json-c writes them.
+    @Test func integersKeepTheirValue() throws {
+        let value = try JSON.parse(#"[0,-7,9223372036854775806,9223372036854775807,18446744073709551615,-9223372036854775808]"#)
+        #expect(
+            value
+                == .array([
+                    .number("0"), .number("-7"), .number("9223372036854775806"), .number("9223372036854775807"),
+                    .number("18446744073709551615"), .number("-9223372036854775808"),
+                ]))
+        #expect(String(decoding: JSON.string("\u{1f}\u{0}").encoded(), as: UTF8.self) == #""\u001f\u0000""#)
     }
 
     @Test func keysKeepTheirOrder() throws {
