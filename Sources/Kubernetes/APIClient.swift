@@ -176,8 +176,8 @@ final class APIResponse {
     // MARK: Reading
 
     private var raw: [UInt8] = []
-    /// What each read fills, made once per response: a 16 KiB allocation per read was a third of a watcher's
-    /// time under churn (glibc sorting its bins for each large request).
+    /// What each read fills, made once per response (a watch reads one event at a time: a new zeroed 16 KiB
+    /// array per read was an allocation in glibc's large bins for every event).
     private var readBuffer = [UInt8](repeating: 0, count: 16 * 1024)
 
     /// Reads more of the raw stream into `raw`; false at end of stream.
