@@ -73,64 +73,6 @@ public indirect enum JSON: Sendable, Equatable {
         return try result.get()
     }
 
-    /// The value as compact JSON text (UTF-8): what the watchers keep of each object to tell a real change.
-    public func encoded() -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(1024)  // a Kubernetes object as kept is one to a few KiB: a few growths, not ten
-        encode(into: &out)
-        return out
-    }
-
-    private func encode(into out: inout [UInt8]) {
-        switch self {
-        case .null: out += "null".utf8
-        case .bool(let value): out += (value ? "true" : "false").utf8
-        case .number(let text): out += text.utf8
-        case .string(let text): Self.encode(text, into: &out)
-        case .array(let items):
-            out.append(0x5B)
-            for (i, item) in items.enumerated() {
-                if i > 0 { out.append(0x2C) }
-                item.encode(into: &out)
-            }
-            out.append(0x5D)
-        case .object(let entries):
-            out.append(0x7B)
-            for (i, (key, value)) in entries.enumerated() {
-                if i > 0 { out.append(0x2C) }
-                Self.encode(key, into: &out)
-                out.append(0x3A)
-                value.encode(into: &out)
-            }
-            out.append(0x7D)
-        }
-    }
-
-    /// A string literal: `"` and `\` escaped, control characters as `\u00XX`.
-    private static func encode(_ text: String, into out: inout [UInt8]) {
-        /// A hex digit's character.
-        func hex(_ digit: UInt8) -> UInt8 { digit < 10 ? 0x30 + digit : 0x57 + digit }
-        out.append(0x22)
-        if !text.utf8.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C }) {  // most: copied whole
-            out.append(contentsOf: text.utf8)
-            out.append(0x22)
-            return
-        }
-        for byte in text.utf8 {
-            switch byte {
-            case 0x22, 0x5C:
-                out.append(0x5C)
-                out.append(byte)
-            case 0..<0x20:
-                out.append(contentsOf: [0x5C, 0x75, 0x30, 0x30])
-                out.append(hex(byte >> 4))
-                out.append(hex(byte & 0xF))
-            default: out.append(byte)
-            }
-        }
-        out.append(0x22)
-    }
-
     /// Nesting deeper than this is refused (Kubernetes objects are far shallower; a hostile one is not).
     public static let maxDepth: Int32 = 64
 
