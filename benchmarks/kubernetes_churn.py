@@ -1,17 +1,19 @@
 #!/usr/bin/env python3
 """Kubernetes source under churn: a namespace of 1,000 Services / 10,000 endpoints served by the stand-in API
 server (Tests/EndToEnd/fake_apiserver.py, on loopback), 100 endpoint changes per second while `waypoint
-hbone-load` runs at full speed through the waypoint (one worker) to one of those services, in windows of
-WINDOW_SECONDS (10) without and with churn, A B B A, ROUNDS (3) times; and 9,000 Services in other namespaces the
-waypoint must never read.
+hbone-load` runs at full speed through the waypoint (one worker) to one of those services; and 9,000 Services in
+other namespaces the waypoint must never read. The waypoint runs alone on PROXY_CPU, everything else on LOAD_CPU.
+Throughput is measured in windows of WINDOW_SECONDS (10) in three conditions: no churn, the same churn in a
+namespace the waypoint does not read (a control: the API server works, the waypoint does not), and churn in the
+waypoint's namespace; in the order none, elsewhere, here, here, elsewhere, none, ROUNDS (3) times.
 
 Reports: the time from a change reaching the waypoint to the snapshot swap (p50/p99 from the
 waypoint_kubernetes_event_to_swap_seconds histogram; target p99 <= 250 ms), the HBONE throughput during churn
-against the same load without churn (target >= 0.95x), the proxy's RSS before and after the namespace's config
-is loaded (target: <= 20 MiB added), the main thread's CPU per second of churn (compiling), and which collections
-the waypoint listed or watched.
+against none (target >= 0.95x) and against the control, each window's steal and the CPU waits of the worker and
+the load generator, the proxy's RSS before and after the namespace's config is loaded (target: <= 20 MiB added),
+the main thread's CPU per change (compiling), and which collections the waypoint listed or watched.
 Usage: python3 benchmarks/kubernetes_churn.py   (after `make release`; WAYPOINT_BIN=... for another build;
-PERF_OUT=FILE records the waypoint with `perf record -g` during the first churn window)
+PERF_OUT=FILE records the waypoint with `perf record -g` during the first window of churn here)
 """
 import os
 import random
@@ -32,8 +34,9 @@ BIN = os.environ.get("WAYPOINT_BIN", os.path.join(ROOT, ".build", "release", "wa
 WINDOW = int(os.environ.get("WINDOW_SECONDS", "10"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))
 PERF_OUT = os.environ.get("PERF_OUT")   # `perf record -g` of the waypoint during the first churn window, to this file
-# The waypoint (all of its threads) on PROXY_CPU; this script (the stand-in API server, the churn), the load and
-# the origin on LOAD_CPU: the churn's cost to the proxy then comes out of the proxy's own core, as in a cluster.
+# The waypoint (all of its threads) on PROXY_CPU; this script (the stand-in API server, the churn, the sinks), the
+# load and the origin on LOAD_CPU: the churn's cost to the proxy then comes out of the proxy's own core, as in a
+# cluster.
 PROXY_CPU = int(os.environ.get("PROXY_CPU", "0"))
 LOAD_CPU = int(os.environ.get("LOAD_CPU", "1"))
 RATE = 100
