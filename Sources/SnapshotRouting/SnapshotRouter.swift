@@ -86,6 +86,12 @@ public final class SnapshotRouter: RequestRouter {
         _ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts,
         labels: inout RouteLabels, jwtHeaders: inout HeaderModifier?, check: inout ExternalCheck?
     ) -> RouteDecision.Action {
+        // A tunnel accepted under an earlier snapshot: its destination as this one has it (never the Host header).
+        var destination = destination
+        if let accepted = destination {
+            guard let now = current(accepted) else { return .reply(.noHealthyUpstream) }
+            destination = now
+        }
         // Which virtual host (service) this is for: the tunnel's destination, else the Host header.
         var host: Int32 = -1
         var port: UInt16? = nil
@@ -165,10 +171,29 @@ public final class SnapshotRouter: RequestRouter {
         }
     }
 
-    public func destination(for address: SocketAddress) -> Destination? { snapshot.destinations[address] }
+    public func destination(for address: SocketAddress) -> Destination? {
+        guard var found = snapshot.destinations[address] else { return nil }
+        (found.address, found.lineage) = (address, snapshot.lineage)
+        return found
+    }
+
+    /// `destination` as the serving snapshot has it: itself while its indices mean the same (the same lineage,
+    /// and for a workload address the same endpoint there: an endpoint update may give a dead endpoint's index
+    /// to another address), else looked up again by its tunnel address; nil when that address is gone.
+    @inline(__always) private func current(_ destination: Destination) -> Destination? {
+        guard let address = destination.address else { return destination }
+        if destination.lineage == snapshot.lineage
+            && (destination.endpoint < 0
+                || (Int(destination.endpoint) < snapshot.endpoints.count && snapshot.endpoints[Int(destination.endpoint)] == address))
+        {
+            return destination
+        }
+        return self.destination(for: address)
+    }
 
     public func service(of destination: Destination) -> Int32 {
-        destination.virtualHost >= 0 ? serviceIDs[Int(destination.virtualHost)] : -1
+        guard let destination = current(destination) else { return -1 }
+        return destination.virtualHost >= 0 ? serviceIDs[Int(destination.virtualHost)] : -1
     }
 
     public func authorizeTCP(to destination: Destination, peer: PeerFacts) -> Bool {
@@ -320,7 +345,10 @@ public final class SnapshotRouter: RequestRouter {
 
     public func alternateEndpoint(cluster: Int32, failed: Int32, history: inout RetryHistory) -> Int32 {
         history.endpoints.append(failed)
-        guard cluster >= 0, !snapshot.clusters[Int(cluster)].originalDestination else { return failed }
+        // A cluster index from before a full compile may be past the end now (the retry waited across a reload).
+        guard cluster >= 0, Int(cluster) < snapshot.clusters.count, !snapshot.clusters[Int(cluster)].originalDestination else {
+            return failed
+        }
         let members = snapshot.clusters[Int(cluster)].endpoints
         guard members.count > 1 else { return failed }
         let checkHealth = !health.isEmpty && snapshot.clusters[Int(cluster)].outlierDetection != nil
@@ -491,11 +519,13 @@ public final class SnapshotRouter: RequestRouter {
     private func isEjected(_ endpoint: Int32) -> Bool { (health[endpoint]?.ejectedUntil ?? 0) > now() }
 
     public func limits(cluster: Int32) -> ClusterLimits? {
-        cluster >= 0 ? snapshot.clusters[Int(cluster)].limits : nil
+        cluster >= 0 && Int(cluster) < snapshot.clusters.count ? snapshot.clusters[Int(cluster)].limits : nil
     }
 
     public func reportAttempt(endpoint: Int32, cluster: Int32, result: OutlierDetection.Result) {
-        guard cluster >= 0, let detection = snapshot.clusters[Int(cluster)].outlierDetection else { return }
+        // A request that outlived a full compile may hold a cluster index past the end now.
+        guard cluster >= 0, Int(cluster) < snapshot.clusters.count, let detection = snapshot.clusters[Int(cluster)].outlierDetection
+        else { return }
         var state = health[endpoint] ?? EndpointHealth()
         let trips = detection.record(result, fiveXX: &state.fiveXX, gateway: &state.gateway)
         if trips && !isEjected(endpoint) {

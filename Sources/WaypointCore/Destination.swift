@@ -36,6 +36,10 @@ public struct Destination: Sendable {
     /// For an address of a passthrough ServiceEntry (`resolution: NONE`): the endpoint that is this address
     /// itself, where a request routed to that entry goes (Envoy's original destination); else -1.
     public let originalEndpoint: Int32
+    /// The tunnel address this was looked up by, and the lineage of the snapshot it came from (set by the
+    /// router): a tunnel outlives snapshots, and a full compile renumbers virtual hosts and clusters.
+    public var address: SocketAddress? = nil
+    public var lineage: UInt64 = 0
 
     public init(
         virtualHost: Int32, port: UInt16, cluster: Int32, endpoint: Int32, innerProtocol: InnerProtocol, name: String, host: String,

@@ -134,10 +134,10 @@ private final class Fixture {
     /// The decision for `GET path` to `host` (inside a tunnel to `tunnel`, an `IP:port`), and the labels routing
     /// gave it.
     func route(
-        _ host: String, _ path: String = "/", peer: PeerFacts = frontend, tunnel: String? = nil
+        _ host: String, _ path: String = "/", peer: PeerFacts = frontend, tunnel: String? = nil, accepted: Destination? = nil
     ) -> (RouteDecision.Action, RouteLabels) {
         let text = "GET \(path) HTTP/1.1\r\nHost: \(host)\r\n\r\n"
-        let destination = tunnel.flatMap { router.destination(for: SocketAddress($0)!) }
+        let destination = accepted ?? tunnel.flatMap { router.destination(for: SocketAddress($0)!) }
         let decision = Array(text.utf8).withUnsafeBytes { bytes -> RouteDecision in
             var head = RequestHead()
             _ = HTTP1Parser.parseRequest(bytes, into: &head)
@@ -146,9 +146,12 @@ private final class Fixture {
         return (decision.action, decision.labels)
     }
 
-    /// The endpoint address a request to `host` goes to, or the status it is answered with.
-    func target(_ host: String, _ path: String = "/", peer: PeerFacts = frontend, tunnel: String? = nil) -> String {
-        switch route(host, path, peer: peer, tunnel: tunnel).0 {
+    /// The endpoint address a request to `host` goes to, or the status it is answered with; `accepted`: the
+    /// destination of a tunnel accepted earlier.
+    func target(
+        _ host: String, _ path: String = "/", peer: PeerFacts = frontend, tunnel: String? = nil, accepted: Destination? = nil
+    ) -> String {
+        switch route(host, path, peer: peer, tunnel: tunnel, accepted: accepted).0 {
         case .forward(let endpoint, _, _, _): return router.snapshot.endpoints[Int(endpoint)].description
         case .reply(let reply): return "\(reply.status)"
         case .respond(let status, _, _): return "respond \(status)"
@@ -266,6 +269,51 @@ private final class Fixture {
         #expect(compiled.snapshot.revisedEndpoints == [index("10.0.0.2:8080")])
         let picks = (0..<6).map { _ in f.target("web") }
         #expect(Set(picks) == ["10.0.0.1:8080", "10.0.0.9:8080"])  // .3 still ejected
+    }
+
+    /// A tunnel outlives snapshots. After a full compile that renumbers the virtual hosts (a Service listed
+    /// before the others) its requests still go where its address leads; after one without its address they
+    /// are answered 503, never as another service; and a workload address whose endpoint index went to another
+    /// address (an endpoint update) is not followed there.
+    @Test func aTunnelKeepsItsDestinationAcrossReloads() throws {
+        let f = try Fixture()
+        let egress = try #require(f.router.destination(for: SocketAddress("240.1.0.1:80")!))
+        let first = """
+            apiVersion: v1
+            kind: Service
+            metadata: {name: aaa, namespace: shop}
+            spec:
+              ports: [{name: http, port: 80}]
+            ---
+
+            """
+        let compiler = SnapshotCompiler(namespace: "shop")
+        f.router.replace(
+            compiler.compile(try ManifestLoader.load(text: first + config, file: "c.yaml", defaultNamespace: "shop"), generation: 2))
+        #expect(f.router.destination(for: SocketAddress("240.1.0.1:80")!)?.virtualHost == egress.virtualHost + 1)
+        #expect(f.target("egress.example.com", accepted: egress) == "240.1.0.1:8080")
+        let withoutEgress = config.split(separator: "---").filter { !$0.contains("name: egress") }.joined(separator: "---")
+        f.router.replace(
+            compiler.compile(try ManifestLoader.load(text: withoutEgress, file: "c.yaml", defaultNamespace: "shop"), generation: 3))
+        #expect(f.target("egress.example.com", accepted: egress) == "503")
+
+        let w = try Fixture(config.split(separator: "---").prefix(3).joined(separator: "---"))
+        let workload = try #require(w.router.destination(for: SocketAddress("10.0.0.2:8080")!))
+        #expect(w.target("web", accepted: workload) == "10.0.0.2:8080")
+        var compiled = w.compiled
+        for (generation, hosts) in [(UInt64(2), [1, 3]), (3, [1, 3, 9])] {  // .2 leaves; .9 comes, to .2's index
+            var spec = w.spec
+            let slice = EndpointSliceSpec(
+                namespace: "shop", name: "web-1", serviceName: "web", ports: [("http", 8080)],
+                endpoints: hosts.map { (["10.0.0.\($0)"], true, nil, nil, nil) })
+            spec.endpointSlices = [slice]
+            var changes = ConfigSpec()
+            changes.endpointSlices = compiled.state.spec.endpointSlices + [slice]
+            compiled = try #require(compiler.update(compiled, spec: spec, changes: changes, generation: generation))
+            w.router.replace(compiled.snapshot)
+        }
+        #expect(compiled.snapshot.endpoints[Int(workload.endpoint)].description == "10.0.0.9:8080")
+        #expect(w.target("web", accepted: workload) == "503")
     }
 
     @Test func aReloadKeepsTheEjectionsOfEndpointsThatStay() throws {
