@@ -86,11 +86,10 @@ public final class SnapshotRouter: RequestRouter {
         _ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts,
         labels: inout RouteLabels, jwtHeaders: inout HeaderModifier?, check: inout ExternalCheck?
     ) -> RouteDecision.Action {
-        // A tunnel accepted under an earlier snapshot: its destination as this one has it (never the Host header).
-        var destination = destination
-        if let accepted = destination {
-            guard let now = current(accepted) else { return .reply(.noHealthyUpstream) }
-            destination = now
+        // A tunnel accepted under an earlier snapshot: its address looked up again (gone: 503, never the Host header).
+        if isStale(destination) {
+            guard let address = destination?.address, let now = self.destination(for: address) else { return .reply(.noHealthyUpstream) }
+            return action(head, bytes, destination: now, peer: peer, labels: &labels, jwtHeaders: &jwtHeaders, check: &check)
         }
         // Which virtual host (service) this is for: the tunnel's destination, else the Host header.
         var host: Int32 = -1
@@ -177,22 +176,18 @@ public final class SnapshotRouter: RequestRouter {
         return found
     }
 
-    /// `destination` as the serving snapshot has it: itself while its indices mean the same (the same lineage,
-    /// and for a workload address the same endpoint there: an endpoint update may give a dead endpoint's index
-    /// to another address), else looked up again by its tunnel address; nil when that address is gone.
-    @inline(__always) private func current(_ destination: Destination) -> Destination? {
-        guard let address = destination.address else { return destination }
-        if destination.lineage == snapshot.lineage
-            && (destination.endpoint < 0
-                || (Int(destination.endpoint) < snapshot.endpoints.count && snapshot.endpoints[Int(destination.endpoint)] == address))
-        {
-            return destination
-        }
-        return self.destination(for: address)
+    /// Whether a tunnel's `destination` came from an earlier snapshot whose indices mean something else now: a
+    /// full compile since (a new lineage renumbers virtual hosts and clusters), or an endpoint update that gave
+    /// its workload endpoint's index to another address. Reads fields only: this runs for every request.
+    @inline(__always) private func isStale(_ destination: Destination?) -> Bool {
+        guard let lineage = destination?.lineage, lineage != 0 else { return false }  // 0: not a tunnel's lookup
+        if lineage != snapshot.lineage { return true }
+        guard let endpoint = destination?.endpoint, endpoint >= 0 else { return false }
+        return Int(endpoint) >= snapshot.endpoints.count || snapshot.endpoints[Int(endpoint)] != destination?.address
     }
 
     public func service(of destination: Destination) -> Int32 {
-        guard let destination = current(destination) else { return -1 }
+        if isStale(destination) { return destination.address.flatMap(self.destination(for:)).map(service(of:)) ?? -1 }
         return destination.virtualHost >= 0 ? serviceIDs[Int(destination.virtualHost)] : -1
     }
 

@@ -37,7 +37,8 @@ public struct Destination: Sendable {
     /// itself, where a request routed to that entry goes (Envoy's original destination); else -1.
     public let originalEndpoint: Int32
     /// The tunnel address this was looked up by, and the lineage of the snapshot it came from (set by the
-    /// router): a tunnel outlives snapshots, and a full compile renumbers virtual hosts and clusters.
+    /// router; 0: not looked up for a tunnel): a tunnel outlives snapshots, and a full compile renumbers virtual
+    /// hosts and clusters.
     public var address: SocketAddress? = nil
     public var lineage: UInt64 = 0
 
