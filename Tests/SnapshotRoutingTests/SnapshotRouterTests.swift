@@ -159,6 +159,25 @@ private final class Fixture {
         }
     }
 
+    /// Two endpoint updates of `web` (in a fixture of `web` alone) given to the router: 10.0.0.2 leaves, then
+    /// 10.0.0.9 comes and takes its index. The last compilation.
+    func rollOutWeb() throws -> CompiledConfig {
+        let compiler = SnapshotCompiler(namespace: "shop")
+        var compiled = self.compiled
+        for (generation, hosts) in [(UInt64(2), [1, 3]), (3, [1, 3, 9])] {
+            let slice = EndpointSliceSpec(
+                namespace: "shop", name: "web-1", serviceName: "web", ports: [("http", 8080)],
+                endpoints: hosts.map { (["10.0.0.\($0)"], true, nil, nil, nil) })
+            var spec = self.spec
+            spec.endpointSlices = [slice]
+            var changes = ConfigSpec()
+            changes.endpointSlices = compiled.state.spec.endpointSlices + [slice]
+            compiled = try #require(compiler.update(compiled, spec: spec, changes: changes, generation: generation))
+            router.replace(compiled.snapshot)
+        }
+        return compiled
+    }
+
     func cluster(of host: String) -> Int32 {
         guard case .forward(_, _, let cluster, _) = route(host).0 else { return -1 }
         return cluster
@@ -250,21 +269,7 @@ private final class Fixture {
         for address in ["10.0.0.2:8080", "10.0.0.3:8080"] {
             for _ in 0..<2 { f.router.reportAttempt(endpoint: index(address), cluster: cluster, result: .status(503)) }
         }
-        let compiler = SnapshotCompiler(namespace: "shop")
-        func slice(_ hosts: [Int]) -> EndpointSliceSpec {
-            EndpointSliceSpec(
-                namespace: "shop", name: "web-1", serviceName: "web", ports: [("http", 8080)],
-                endpoints: hosts.map { (["10.0.0.\($0)"], true, nil, nil, nil) })
-        }
-        var compiled = f.compiled
-        for (generation, hosts) in [(UInt64(2), [1, 3]), (3, [1, 3, 9])] {  // .2 leaves; .9 comes, to .2's index
-            var spec = f.spec
-            spec.endpointSlices = spec.endpointSlices.filter { $0.serviceName != "web" } + [slice(hosts)]
-            var changes = ConfigSpec()
-            changes.endpointSlices = compiled.state.spec.endpointSlices.filter { $0.serviceName == "web" } + [slice(hosts)]
-            compiled = try #require(compiler.update(compiled, spec: spec, changes: changes, generation: generation))
-            f.router.replace(compiled.snapshot)
-        }
+        let compiled = try f.rollOutWeb()
         #expect(compiled.snapshot.endpoints[Int(index("10.0.0.2:8080"))].description == "10.0.0.9:8080")
         #expect(compiled.snapshot.revisedEndpoints == [index("10.0.0.2:8080")])
         let picks = (0..<6).map { _ in f.target("web") }
@@ -300,18 +305,7 @@ private final class Fixture {
         let w = try Fixture(config.split(separator: "---").prefix(3).joined(separator: "---"))
         let workload = try #require(w.router.destination(for: SocketAddress("10.0.0.2:8080")!))
         #expect(w.target("web", accepted: workload) == "10.0.0.2:8080")
-        var compiled = w.compiled
-        for (generation, hosts) in [(UInt64(2), [1, 3]), (3, [1, 3, 9])] {  // .2 leaves; .9 comes, to .2's index
-            var spec = w.spec
-            let slice = EndpointSliceSpec(
-                namespace: "shop", name: "web-1", serviceName: "web", ports: [("http", 8080)],
-                endpoints: hosts.map { (["10.0.0.\($0)"], true, nil, nil, nil) })
-            spec.endpointSlices = [slice]
-            var changes = ConfigSpec()
-            changes.endpointSlices = compiled.state.spec.endpointSlices + [slice]
-            compiled = try #require(compiler.update(compiled, spec: spec, changes: changes, generation: generation))
-            w.router.replace(compiled.snapshot)
-        }
+        let compiled = try w.rollOutWeb()
         #expect(compiled.snapshot.endpoints[Int(workload.endpoint)].description == "10.0.0.9:8080")
         #expect(w.target("web", accepted: workload) == "503")
     }
