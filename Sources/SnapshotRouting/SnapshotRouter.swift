@@ -340,10 +340,7 @@ public final class SnapshotRouter: RequestRouter {
 
     public func alternateEndpoint(cluster: Int32, failed: Int32, history: inout RetryHistory) -> Int32 {
         history.endpoints.append(failed)
-        // A cluster index from before a full compile may be past the end now (the retry waited across a reload).
-        guard cluster >= 0, Int(cluster) < snapshot.clusters.count, !snapshot.clusters[Int(cluster)].originalDestination else {
-            return failed
-        }
+        guard isCluster(cluster), !snapshot.clusters[Int(cluster)].originalDestination else { return failed }
         let members = snapshot.clusters[Int(cluster)].endpoints
         guard members.count > 1 else { return failed }
         let checkHealth = !health.isEmpty && snapshot.clusters[Int(cluster)].outlierDetection != nil
@@ -511,16 +508,18 @@ public final class SnapshotRouter: RequestRouter {
         }
     }
 
+    /// Whether `cluster` (held by a request since it was routed) indexes a cluster of this snapshot: after a full
+    /// compile it may be past the end (a retry that waited across a reload, a late outlier report).
+    @inline(__always) private func isCluster(_ cluster: Int32) -> Bool { cluster >= 0 && Int(cluster) < snapshot.clusters.count }
+
     private func isEjected(_ endpoint: Int32) -> Bool { (health[endpoint]?.ejectedUntil ?? 0) > now() }
 
     public func limits(cluster: Int32) -> ClusterLimits? {
-        cluster >= 0 && Int(cluster) < snapshot.clusters.count ? snapshot.clusters[Int(cluster)].limits : nil
+        isCluster(cluster) ? snapshot.clusters[Int(cluster)].limits : nil
     }
 
     public func reportAttempt(endpoint: Int32, cluster: Int32, result: OutlierDetection.Result) {
-        // A request that outlived a full compile may hold a cluster index past the end now.
-        guard cluster >= 0, Int(cluster) < snapshot.clusters.count, let detection = snapshot.clusters[Int(cluster)].outlierDetection
-        else { return }
+        guard isCluster(cluster), let detection = snapshot.clusters[Int(cluster)].outlierDetection else { return }
         var state = health[endpoint] ?? EndpointHealth()
         let trips = detection.record(result, fiveXX: &state.fiveXX, gateway: &state.gateway)
         if trips && !isEjected(endpoint) {

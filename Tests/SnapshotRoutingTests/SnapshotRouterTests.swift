@@ -310,6 +310,23 @@ private final class Fixture {
         #expect(w.target("web", accepted: workload) == "503")
     }
 
+    /// A request routed before a full compile that shrank the clusters holds an index past their end: its retry
+    /// stays on the endpoint it had, and its limits and outlier report are none, never a trap.
+    @Test func aClusterIndexFromBeforeAShrinkingReloadIsIgnored() throws {
+        let f = try Fixture()
+        let last = Int32(f.snapshot.clusters.count - 1)
+        let webOnly = config.split(separator: "---").prefix(3).joined(separator: "---")
+        f.router.replace(
+            SnapshotCompiler(namespace: "shop").compile(
+                try ManifestLoader.load(text: webOnly, file: "c.yaml", defaultNamespace: "shop"), generation: 2))
+        #expect(Int(last) >= f.router.snapshot.clusters.count)
+        var history = RetryHistory()
+        #expect(f.router.alternateEndpoint(cluster: last, failed: 7, history: &history) == 7)
+        #expect(f.router.limits(cluster: last) == nil)
+        f.router.reportAttempt(endpoint: 7, cluster: last, result: .status(503))
+        #expect(f.target("web") != "503")
+    }
+
     @Test func aReloadKeepsTheEjectionsOfEndpointsThatStay() throws {
         let f = try Fixture()
         let cluster = f.cluster(of: "web")
