@@ -215,6 +215,14 @@ public final class ForwardPolicy: Sendable {
             mirrors: mirrors, delay: delay)
     }
 
+    /// This policy with each mirror's cluster index mapped by `renumber` (a reload renumbered the clusters).
+    public func renumberingMirrors(_ renumber: (Int32) -> Int32) -> ForwardPolicy {
+        ForwardPolicy(
+            retry: retry, requestTimeout: requestTimeout, perTryTimeout: perTryTimeout, requestHeaders: requestHeaders,
+            responseHeaders: responseHeaders, rewrite: rewrite, mirrors: mirrors.map { (renumber($0.cluster), $0.percent) },
+            delay: delay)
+    }
+
     /// No route-level policy: the proxy's default retries, no timeouts.
     public static let standard = ForwardPolicy(retry: nil, requestTimeout: nil, perTryTimeout: nil)
 }

@@ -29,6 +29,18 @@ public final class SnapshotRouter: RequestRouter {
         var ejectedUntil = 0.0
     }
     private var health: [Int32: EndpointHealth] = [:]
+    /// Per endpoint index of this lineage: the generation of the snapshot that last gave it another address
+    /// (0: none did), so that an index a request held from before is not taken for the new address.
+    private var readdressed: [UInt64] = []
+    /// The lineage before this one, kept to renumber what requests routed under it still hold.
+    private var previous = PreviousLineage()
+    private struct PreviousLineage {
+        var lineage: UInt64 = 0
+        var readdressed: [UInt64] = []
+        var endpoints: [SocketAddress] = []
+        /// Per cluster of the previous lineage: its index now (by name), -1 when it is gone.
+        var clusters: [Int32] = []
+    }
     /// The loop's time, for ejections.
     private let now: () -> Double
     /// Requests this worker has in flight to an endpoint (set by the worker once its server exists).
@@ -41,6 +53,7 @@ public final class SnapshotRouter: RequestRouter {
         (policySlots, policyCounters) = Self.policyCounters(snapshot, counters)
         roundRobin = Array(repeating: 0, count: snapshot.clusters.count)
         random = FastRandom(seed: seed)
+        readdressed = Array(repeating: 0, count: snapshot.endpoints.count)
         serviceIDs = snapshot.services.map { counters.istio.intern(service: $0.fqdn, name: $0.name, namespace: $0.namespace) }
     }
 
@@ -48,12 +61,22 @@ public final class SnapshotRouter: RequestRouter {
         if next.lineage == snapshot.lineage {
             // Endpoints changed only: hosts, policies and clusters are the same, and indices kept their address
             // but revised ones may not (a dead endpoint's index given to a new address): its health is not theirs.
+            if readdressed.count < next.endpoints.count {
+                readdressed.append(contentsOf: repeatElement(0, count: next.endpoints.count - readdressed.count))
+            }
             for endpoint in next.revisedEndpoints where snapshot.endpoints[Int(endpoint)] != next.endpoints[Int(endpoint)] {
                 health[endpoint] = nil
+                readdressed[Int(endpoint)] = next.generation
             }
             snapshot = next
             return
         }
+        var clusterIndex: [String: Int32] = [:]
+        for (i, cluster) in next.clusters.enumerated() { clusterIndex[cluster.name] = Int32(i) }
+        previous = PreviousLineage(
+            lineage: snapshot.lineage, readdressed: readdressed, endpoints: snapshot.endpoints,
+            clusters: snapshot.clusters.map { clusterIndex[$0.name] ?? -1 })
+        readdressed = Array(repeating: 0, count: next.endpoints.count)
         // Endpoint indices change with the snapshot: outlier state follows each endpoint's address, so a reload
         // neither brings ejected endpoints back nor forgets their errors (Envoy keeps it for hosts that stay).
         var index: [SocketAddress: Int32] = [:]
@@ -66,6 +89,31 @@ public final class SnapshotRouter: RequestRouter {
         (policySlots, policyCounters) = Self.policyCounters(next, counters)
         roundRobin = Array(repeating: 0, count: next.clusters.count)
         serviceIDs = next.services.map { counters.istio.intern(service: $0.fqdn, name: $0.name, namespace: $0.namespace) }
+    }
+
+    public var generation: UInt64 { snapshot.generation }
+
+    public func renumber(cluster: inout Int32, endpoint: inout Int32, since generation: inout UInt64) {
+        guard generation != snapshot.generation else { return }
+        defer { generation = snapshot.generation }
+        if generation >= snapshot.lineage {
+            // This lineage: clusters keep their indices, and an endpoint its address unless an update readdressed it.
+            if endpoint >= 0 && readdressed[Int(endpoint)] > generation { endpoint = -1 }
+            return
+        }
+        guard generation >= previous.lineage, previous.lineage != 0 else {
+            (cluster, endpoint) = (-1, -1)  // two reloads ago or more: nothing left to tell what the indices meant
+            return
+        }
+        let address = endpoint >= 0 && previous.readdressed[Int(endpoint)] <= generation ? previous.endpoints[Int(endpoint)] : nil
+        if cluster >= 0 { cluster = previous.clusters[Int(cluster)] }
+        endpoint =
+            address.flatMap { address in
+                // The endpoint at the same address in the same cluster (a subset's variant keeps its own TLS), or the
+                // workload at that address.
+                guard cluster >= 0 else { return snapshot.destinations[address].flatMap { $0.virtualHost < 0 ? $0.endpoint : nil } }
+                return snapshot.clusters[Int(cluster)].endpoints.first { snapshot.endpoints[Int($0)] == address }
+            } ?? -1
     }
 
     public func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts) -> RouteDecision {
@@ -340,7 +388,8 @@ public final class SnapshotRouter: RequestRouter {
 
     public func alternateEndpoint(cluster: Int32, failed: Int32, history: inout RetryHistory) -> Int32 {
         history.endpoints.append(failed)
-        guard isCluster(cluster), !snapshot.clusters[Int(cluster)].originalDestination else { return failed }
+        guard cluster >= 0, !snapshot.clusters[Int(cluster)].originalDestination else { return failed }
+        guard failed >= 0 else { return nextEndpoint(cluster) ?? -1 }  // renumbered away by a reload: a fresh pick
         let members = snapshot.clusters[Int(cluster)].endpoints
         guard members.count > 1 else { return failed }
         let checkHealth = !health.isEmpty && snapshot.clusters[Int(cluster)].outlierDetection != nil
@@ -508,18 +557,14 @@ public final class SnapshotRouter: RequestRouter {
         }
     }
 
-    /// Whether `cluster` (held by a request since it was routed) indexes a cluster of this snapshot: after a full
-    /// compile it may be past the end (a retry that waited across a reload, a late outlier report).
-    @inline(__always) private func isCluster(_ cluster: Int32) -> Bool { cluster >= 0 && Int(cluster) < snapshot.clusters.count }
-
     private func isEjected(_ endpoint: Int32) -> Bool { (health[endpoint]?.ejectedUntil ?? 0) > now() }
 
     public func limits(cluster: Int32) -> ClusterLimits? {
-        isCluster(cluster) ? snapshot.clusters[Int(cluster)].limits : nil
+        cluster >= 0 ? snapshot.clusters[Int(cluster)].limits : nil
     }
 
     public func reportAttempt(endpoint: Int32, cluster: Int32, result: OutlierDetection.Result) {
-        guard isCluster(cluster), let detection = snapshot.clusters[Int(cluster)].outlierDetection else { return }
+        guard cluster >= 0, let detection = snapshot.clusters[Int(cluster)].outlierDetection else { return }
         var state = health[endpoint] ?? EndpointHealth()
         let trips = detection.record(result, fiveXX: &state.fiveXX, gateway: &state.gateway)
         if trips && !isEjected(endpoint) {

@@ -4,7 +4,7 @@ import socket
 import threading
 import time
 
-from conftest import http_request, service_yaml, wait_until
+from conftest import http_request, origin_requests, service_yaml, wait_until
 
 
 class Recorder:
@@ -124,3 +124,32 @@ spec:
     assert http_request(proxy.port, "GET", "/both/1", host="web")[0] == 200
     assert wait_until(lambda: len(shadow.requests) == before + 1 and len(audit.requests) == 1)
     assert audit.requests[0][0].startswith("GET /both/1 HTTP/1.1")
+
+
+def test_a_mirror_after_a_reload_goes_to_its_own_service(origin_factory, proxy_factory):
+    """The mirror copy leaves once the body is in. A reload while the body is on its way lists another Service
+    first (renumbering the clusters): the copy still goes to `shadow`, not to whatever took its old index."""
+    import os
+    import signal
+    origin = origin_factory("a")
+    shadow, other = Recorder(), Recorder()
+    config = service_yaml("web", [("127.0.0.1", origin.port)]) + "---" + \
+        service_yaml("shadow", [("127.0.0.1", shadow.port)]) + "---" + route("shadow")
+    proxy = proxy_factory(config, extra=["--workers", "1"])
+    client = socket.create_connection(("127.0.0.1", proxy.port))
+    client.sendall(b"POST /slow HTTP/1.1\r\nhost: web\r\ncontent-length: 10\r\n\r\nfirst")
+    time.sleep(0.2)
+    (proxy.config_dir / "config.yaml").write_text(service_yaml("aaa", [("127.0.0.1", other.port)]) + "---" + config)
+    os.kill(proxy.pid, signal.SIGHUP)
+    assert wait_until(lambda: proxy.metrics().get('waypoint_config_reloads_total{result="ok"}', 0) >= 1)
+    client.sendall(b"-last")
+    client.settimeout(5)
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        reply += client.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 200")
+    assert wait_until(lambda: len(shadow.requests) == 1)
+    assert shadow.requests[0][1] == b"first-last"
+    time.sleep(0.2)
+    assert (other.requests, origin_requests(origin.port)) == ([], 1)
+    client.close()

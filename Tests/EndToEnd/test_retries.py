@@ -455,3 +455,24 @@ spec:
     for i in range(10):
         status, _, body = http_request(proxy.port, "GET", f"/p?fail=1&key=p{i}", host="web")
         assert status == 200 and json.loads(body)["headers"]["x-envoy-attempt-count"] == "4"
+
+
+def test_a_retry_waiting_across_a_reload_stays_with_its_service(origin_factory, proxy_factory):
+    """A retry in its 1 s backoff when a reload lists another Service first (which renumbers the clusters): the
+    retry still goes to `web`'s endpoint, never to the Service that took `web`'s old cluster index."""
+    web = origin_factory("web")
+    other = origin_factory("other")
+    retry = route("    retry: {attempts: 1, codes: [503], backoff: 1s}")
+    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", web.port)]) + retry, extra=["--workers", "1"])
+    answer = {}
+    client = threading.Thread(target=lambda: answer.update(
+        reply=http_request(proxy.port, "GET", "/x?fail=1&key=across", host="web")))
+    client.start()
+    assert wait_until(lambda: origin_requests(web.port) == 1)   # the first try failed: the backoff has begun
+    reload(proxy, service_yaml("aaa", [("127.0.0.1", other.port)]) + "---\n" + service_yaml("web", [("127.0.0.1", web.port)])
+           + retry)
+    client.join(timeout=5)
+    status, _, body = answer["reply"]
+    assert status == 200 and json.loads(body)["headers"]["x-envoy-attempt-count"] == "2"
+    assert (origin_requests(web.port), origin_requests(other.port)) == (2, 0)
+    assert http_request(proxy.port, "GET", "/y", host="aaa")[0] == 200    # the reload did renumber: aaa serves

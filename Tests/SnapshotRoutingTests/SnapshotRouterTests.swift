@@ -310,21 +310,73 @@ private final class Fixture {
         #expect(w.target("web", accepted: workload) == "503")
     }
 
-    /// A request routed before a full compile that shrank the clusters holds an index past their end: its retry
-    /// stays on the endpoint it had, and its limits and outlier report are none, never a trap.
-    @Test func aClusterIndexFromBeforeAShrinkingReloadIsIgnored() throws {
+    /// A request holds the cluster and endpoint it was routed to while it waits (a retry's backoff, an external
+    /// check, a connection). A full compile renumbers clusters: they follow by name, endpoints by address (a
+    /// subset's TLS variant stays the variant), and what the reload took away is -1, never another service.
+    /// Two reloads on, nothing is left to tell. Within a lineage, an index an update gave to another address is
+    /// -1, and the retry picks afresh.
+    @Test func indicesARequestHoldsAreRenumberedAcrossReloads() throws {
         let f = try Fixture()
-        let last = Int32(f.snapshot.clusters.count - 1)
-        let webOnly = config.split(separator: "---").prefix(3).joined(separator: "---")
-        f.router.replace(
-            SnapshotCompiler(namespace: "shop").compile(
-                try ManifestLoader.load(text: webOnly, file: "c.yaml", defaultNamespace: "shop"), generation: 2))
-        #expect(Int(last) >= f.router.snapshot.clusters.count)
+        let held = { (host: String, tunnel: String?) -> (cluster: Int32, endpoint: Int32, generation: UInt64) in
+            guard case .forward(let endpoint, _, let cluster, _) = f.route(host, tunnel: tunnel).0 else { return (-9, -9, 0) }
+            return (cluster, endpoint, f.router.generation)
+        }
+        let renumbered = { (held: (cluster: Int32, endpoint: Int32, generation: UInt64)) -> (cluster: Int32, endpoint: String) in
+            var (cluster, endpoint, generation) = held
+            f.router.renumber(cluster: &cluster, endpoint: &endpoint, since: &generation)
+            #expect(generation == f.router.generation)
+            return (cluster, endpoint >= 0 ? f.router.snapshot.endpoints[Int(endpoint)].description : "gone")
+        }
+        let api = held("api", nil)
+        let vault = held("vault.example.com", "240.2.0.1:80")
+        let aaa = """
+            apiVersion: v1
+            kind: Service
+            metadata: {name: aaa, namespace: shop}
+            spec:
+              ports: [{name: http, port: 80}]
+            ---
+
+            """
+        let compiler = SnapshotCompiler(namespace: "shop")
+        let load = { (text: String, generation: UInt64) in
+            f.router.replace(
+                compiler.compile(try ManifestLoader.load(text: text, file: "c.yaml", defaultNamespace: "shop"), generation: generation))
+        }
+        try load(aaa + config, 2)
+        let apiNow = renumbered(api)
+        #expect(apiNow.cluster == f.cluster(of: "api") && apiNow.cluster != api.cluster)
+        #expect(apiNow.endpoint == "10.0.1.1:9090")
+        var (cluster, endpoint, generation) = vault
+        f.router.renumber(cluster: &cluster, endpoint: &endpoint, since: &generation)
+        #expect(f.router.snapshot.endpoints[Int(endpoint)].description == "240.2.0.1:80")
+        #expect(f.router.snapshot.endpointTransports[Int(endpoint)] == .tls(0))
+        #expect(cluster != vault.cluster && f.router.snapshot.clusters[Int(cluster)].name.hasSuffix("|tls"))
+
+        let apiAgain = held("api", nil)
+        try load(config.split(separator: "---").filter { !$0.contains("name: api") }.joined(separator: "---"), 3)
+        #expect(renumbered(apiAgain) == (-1, "gone"))
+        #expect(renumbered(api) == (-1, "gone"))  // two reloads ago
         var history = RetryHistory()
-        #expect(f.router.alternateEndpoint(cluster: last, failed: 7, history: &history) == 7)
-        #expect(f.router.limits(cluster: last) == nil)
-        f.router.reportAttempt(endpoint: 7, cluster: last, result: .status(503))
-        #expect(f.target("web") != "503")
+        #expect(f.router.alternateEndpoint(cluster: -1, failed: -1, history: &history) == -1)
+        #expect(f.router.limits(cluster: -1) == nil)
+        f.router.reportAttempt(endpoint: -1, cluster: -1, result: .status(503))
+
+        let w = try Fixture(config.split(separator: "---").prefix(3).joined(separator: "---"))
+        let picks = (0..<3).map { _ -> (cluster: Int32, endpoint: Int32, generation: UInt64) in
+            guard case .forward(let endpoint, _, let cluster, _) = w.route("web").0 else { return (-9, -9, 0) }
+            return (cluster, endpoint, w.router.generation)
+        }
+        let left = try #require(picks.first { w.snapshot.endpoints[Int($0.endpoint)].description == "10.0.0.2:8080" })
+        let stays = try #require(picks.first { w.snapshot.endpoints[Int($0.endpoint)].description == "10.0.0.1:8080" })
+        _ = try w.rollOutWeb()
+        for (held, expected) in [(left, Int32(-1)), (stays, stays.endpoint)] {
+            var (cluster, endpoint, generation) = held
+            w.router.renumber(cluster: &cluster, endpoint: &endpoint, since: &generation)
+            #expect(cluster == held.cluster && endpoint == expected)
+            let retry = w.router.alternateEndpoint(cluster: cluster, failed: endpoint, history: &history)
+            #expect(["10.0.0.1:8080", "10.0.0.3:8080", "10.0.0.9:8080"].contains(w.router.snapshot.endpoints[Int(retry)].description))
+        }
     }
 
     @Test func aReloadKeepsTheEjectionsOfEndpointsThatStay() throws {

@@ -142,6 +142,7 @@ final class Exchange {
     /// Acts on the router's decision for the request: at once, or once its external check allows.
     func decide(_ decision: RouteDecision) {
         record.labels = decision.labels
+        record.generation = server.router.generation  // the snapshot that just made the decision numbers its indices
         guard let check = decision.check else { return decide(decision.action) }
         checked = (check, decision.action)
         guard check.authorizer.bodyInCheck != nil else { return ask(check.request) }
@@ -242,8 +243,9 @@ final class Exchange {
             record.cluster = cluster
             record.endpoint = endpoint
             self.policy = policy
+            renumber()  // an external check may have waited across a reload
             requestTimeout = policy.requestTimeout
-            limits = server.router.limits(cluster: cluster)
+            limits = server.router.limits(cluster: record.cluster)
             retryPolicy = policy.retry ?? server.settings.defaultRetries
             history.start(remoteLocalities: retryPolicy?.retryRemoteLocalities == true)
             transport?.prepareForwarding()
@@ -256,9 +258,24 @@ final class Exchange {
         }
     }
 
+    /// Brings the indices the exchange holds (its record's endpoint and cluster, its mirrors' clusters) into the
+    /// numbering of the snapshot routing now: a reload may have come while the exchange waited.
+    func renumber() {
+        let since = record.generation
+        guard since != server.router.generation else { return }
+        record.renumber(in: server.router)
+        guard !policy.mirrors.isEmpty else { return }
+        policy = policy.renumberingMirrors { [router = server.router] cluster in
+            var (cluster, endpoint, generation) = (cluster, Int32(-1), since)
+            router.renumber(cluster: &cluster, endpoint: &endpoint, since: &generation)
+            return cluster
+        }
+    }
+
     /// Under circuit breaking, an HTTP/1.1 request waits for a connection (or is answered 503 at once when
     /// `maxPendingRequests` already wait); otherwise the first try goes out.
     private func forwardWhenConnected() {
+        renumber()
         if let limits, transport?.needsConnectionPerTry == true,
             !server.upstreams.hasConnectionCapacity(endpoint: record.endpoint, limits: limits)
         {
@@ -272,6 +289,7 @@ final class Exchange {
     /// while it must wait on.
     func resumeIfCapacity() -> Bool {
         guard case .waitingForConnection = state else { return true }  // gone: off the queue
+        renumber()
         guard let limits, server.upstreams.hasConnectionCapacity(endpoint: record.endpoint, limits: limits) else { return false }
         waitTimer?.cancel()
         begin()
@@ -293,6 +311,8 @@ final class Exchange {
 
     private func sendTry() {
         state = .trying
+        renumber()
+        guard record.endpoint >= 0 else { return answer(.reply(.noHealthyUpstream)) }  // a reload took it away
         guard let pool = server.upstreams.pool(record.endpoint) else { return tryFailed(.connectFailed) }
         record.upstreamAddress = pool.addressText
         let attempt = record.attempt
@@ -342,6 +362,7 @@ final class Exchange {
             overflow()
         case .backoff:
             // The retry: the whole request again, to another endpoint when one is ready.
+            renumber()
             record.endpoint = server.router.alternateEndpoint(cluster: record.cluster, failed: record.endpoint, history: &history)
             sendTry()
         default:
@@ -453,6 +474,7 @@ final class Exchange {
         case .impossible: return nil
         }
         let counters = server.counters
+        renumber()
         guard server.retryBudget.spend(record.cluster) else {
             counters.retryBudgetExhausted.increment()
             counters.istio.recordRetry(service: record.labels.service, .budgetExhausted)

@@ -28,6 +28,9 @@ struct ExchangeRecord {
     var upstreamAddress: String?
     var endpoint: Int32 = -1
     var cluster: Int32 = -1
+    /// The snapshot whose numbering `endpoint` and `cluster` are in: a reload may come while the exchange waits,
+    /// so they are renumbered (`renumber(in:)`) before each use.
+    var generation: UInt64 = 0
     /// The try under way or last made: 1 until a retry.
     var attempt = 1
     /// The request went upstream: it is counted in the retry budget's base and the backend's requests in flight
@@ -40,6 +43,11 @@ struct ExchangeRecord {
 
     /// Tries made upstream, for the access log (0: answered here without one).
     var attempts: Int { inFlight || attempt > 1 ? attempt : 0 }
+
+    /// Brings `endpoint` and `cluster` into the numbering of `router`'s snapshot (-1 for what a reload took away).
+    mutating func renumber(in router: RequestRouter) {
+        router.renumber(cluster: &cluster, endpoint: &endpoint, since: &generation)
+    }
 }
 
 extension ProxyServer {
@@ -51,6 +59,8 @@ extension ProxyServer {
         _ record: ExchangeRecord, grpc: GRPCStatus?, protocol: StaticString, peer: PeerFacts, principal: Int32,
         log fields: RequestLogFields?
     ) {
+        var record = record
+        record.renumber(in: router)
         let status = record.status
         if status > 0 {
             let outcome = grpc.map { OutlierDetection.httpStatus(forGRPC: $0.code) } ?? status

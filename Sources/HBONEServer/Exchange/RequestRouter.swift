@@ -107,8 +107,15 @@ public protocol RequestRouter: AnyObject {
     func destination(for address: SocketAddress) -> Destination?
     /// Whether the destination's own cluster has a ready endpoint (a workload address always has one).
     func isReachable(_ destination: Destination) -> Bool
+    /// The snapshot routing now: the indices in a decision are in its numbering.
+    var generation: UInt64 { get }
+    /// Brings a cluster and an endpoint index held since snapshot `generation` into the current numbering (a reload
+    /// may renumber clusters, an endpoint update give an index to another address): the cluster by its name, the
+    /// endpoint by its address; -1 for what is gone or can no longer be told. `generation` becomes the current one.
+    func renumber(cluster: inout Int32, endpoint: inout Int32, since generation: inout UInt64)
     /// For a retry after a try at `failed`: a ready endpoint of `cluster` not tried before when there is one
-    /// (always `failed` for a consistent-hash backend, unless it was ejected: Istio's retry policy there).
+    /// (always `failed` for a consistent-hash backend, unless it was ejected: Istio's retry policy there; a fresh
+    /// pick when `failed` is -1).
     /// Records `failed` in `history`.
     func alternateEndpoint(cluster: Int32, failed: Int32, history: inout RetryHistory) -> Int32
     /// The backend's connection-pool limits (DestinationRule) with their proxy-wide counts, nil when none.

@@ -527,6 +527,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
     /// The complete request, as sent upstream, to an endpoint of each chosen mirror.
     private func sendMirrors() {
         let bytes = replayBuffer.readable
+        exchange.renumber()  // the body may have taken long enough for a reload
         for (i, mirror) in exchange.policy.mirrors.enumerated() where mirroring & (1 << i) != 0 {
             guard let endpoint = server.router.pickEndpoint(inCluster: mirror.cluster) else {
                 server.counters.mirrorsSkipped.increment()
