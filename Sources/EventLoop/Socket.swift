@@ -11,7 +11,7 @@ extension SocketAddress {
             var sa = sockaddr_in6()
             sa.sin6_family = sa_family_t(AF_INET6)
             sa.sin6_port = port.bigEndian
-            _ = inet_pton(AF_INET6, ip, &sa.sin6_addr)
+            withRawIP { ip in withUnsafeMutableBytes(of: &sa.sin6_addr) { $0.copyMemory(from: ip) } }
             return withUnsafePointer(to: &sa) {
                 $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
             }
@@ -19,36 +19,29 @@ extension SocketAddress {
         var sa = sockaddr_in()
         sa.sin_family = sa_family_t(AF_INET)
         sa.sin_port = port.bigEndian
-        _ = inet_pton(AF_INET, ip, &sa.sin_addr)
+        withRawIP { ip in withUnsafeMutableBytes(of: &sa.sin_addr) { $0.copyMemory(from: ip) } }
         return withUnsafePointer(to: &sa) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
     }
 
     fileprivate init?(storage: UnsafePointer<sockaddr_storage>) {
-        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
         switch Int32(storage.pointee.ss_family) {
         case AF_INET:
-            let port = storage.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { p -> UInt16 in
-                var a = p.pointee.sin_addr
-                inet_ntop(AF_INET, &a, &text, socklen_t(text.count))
-                return UInt16(bigEndian: p.pointee.sin_port)
+            let address = storage.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { p in
+                withUnsafeBytes(of: p.pointee.sin_addr) { SocketAddress(rawIP: $0, port: UInt16(bigEndian: p.pointee.sin_port)) }
             }
-            self.init(ip: Self.string(fromCString: text), port: port)
+            guard let address else { return nil }
+            self = address
         case AF_INET6:
-            let port = storage.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p -> UInt16 in
-                var a = p.pointee.sin6_addr
-                inet_ntop(AF_INET6, &a, &text, socklen_t(text.count))
-                return UInt16(bigEndian: p.pointee.sin6_port)
+            let address = storage.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p in
+                withUnsafeBytes(of: p.pointee.sin6_addr) { SocketAddress(rawIP: $0, port: UInt16(bigEndian: p.pointee.sin6_port)) }
             }
-            self.init(ip: Self.string(fromCString: text), port: port)
+            guard let address else { return nil }
+            self = address
         default:
             return nil
         }
-    }
-
-    private static func string(fromCString chars: [CChar]) -> String {
-        String(decoding: chars.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 }
 
@@ -209,19 +202,14 @@ public enum Socket {
         var result: UnsafeMutablePointer<addrinfo>?
         guard getaddrinfo(host, nil, &hints, &result) == 0, let first = result else { return nil }
         defer { freeaddrinfo(result) }
-        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
         if first.pointee.ai_family == AF_INET {
-            first.pointee.ai_addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
-                var address = sin.pointee.sin_addr
-                _ = inet_ntop(AF_INET, &address, &text, socklen_t(text.count))
-            }
-        } else {
-            first.pointee.ai_addr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { sin6 in
-                var address = sin6.pointee.sin6_addr
-                _ = inet_ntop(AF_INET6, &address, &text, socklen_t(text.count))
+            return first.pointee.ai_addr.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
+                withUnsafeBytes(of: sin.pointee.sin_addr) { SocketAddress(rawIP: $0, port: port) }
             }
         }
-        return SocketAddress(ip: String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self), port: port)
+        return first.pointee.ai_addr.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { sin6 in
+            withUnsafeBytes(of: sin6.pointee.sin6_addr) { SocketAddress(rawIP: $0, port: port) }
+        }
     }
 
     /// The outcome of a connect started by `connect(to:)`: 0 on success, else the errno.

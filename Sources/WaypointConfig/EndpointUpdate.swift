@@ -17,23 +17,51 @@ public struct CompiledConfig {
 /// What resolving a Service's endpoints looks up: Pods by name and IP, Node localities and the slices of each
 /// service.
 struct EndpointLookups {
-    var podsByName: [String: PodSpec] = [:]
+    var podsByName: [ObjectKey: PodSpec] = [:]
     var podsByIP: [String: PodSpec] = [:]
     var nodeLocality: [String: Locality] = [:]
-    /// By `namespace/service` (grouped once: filtering every slice per service was quadratic).
-    var slicesByService: [String: [EndpointSliceSpec]] = [:]
+    /// By Service (grouped once: filtering every slice per service was quadratic).
+    var slicesByService: [ObjectKey: [EndpointSliceSpec]] = [:]
 
     /// `services`: only their slices (an update); nil: all.
-    init(_ spec: ConfigSpec, services: Set<String>? = nil) {
+    init(_ spec: ConfigSpec, services: ObjectKeys? = nil) {
         for pod in spec.pods {
-            podsByName["\(pod.namespace)/\(pod.name)"] = pod
+            podsByName[ObjectKey(pod.namespace, pod.name)] = pod
             for ip in pod.ips { podsByIP[ip] = pod }
         }
         for node in spec.nodes { nodeLocality[node.name] = Locality(nodeLabels: node.labels) }
-        for slice in spec.endpointSlices {
-            let key = "\(slice.namespace)/\(slice.serviceName)"
-            if services?.contains(key) ?? true { slicesByService[key, default: []].append(slice) }
+        // By index: a slice is copied (its strings and arrays retained) only when its Service is asked for.
+        for i in spec.endpointSlices.indices
+        where services?.contains(spec.endpointSlices[i].namespace, spec.endpointSlices[i].serviceName) ?? true {
+            let slice = spec.endpointSlices[i]
+            slicesByService[ObjectKey(slice.namespace, slice.serviceName), default: []].append(slice)
         }
+    }
+}
+
+/// An object by namespace and name: a key that hashes both strings instead of building `namespace/name` text
+/// (which, for every slice and Pod of an endpoint update, was a large part of the main thread's time).
+struct ObjectKey: Hashable {
+    let namespace: String
+    let name: String
+
+    init(_ namespace: String, _ name: String) { (self.namespace, self.name) = (namespace, name) }
+}
+
+/// The few objects an update touches, asked about once per object of a kind: a handful are compared in a list
+/// (two string comparisons, where hashing both strings cost ~800 instructions per ask), more in a set.
+struct ObjectKeys {
+    private let set: Set<ObjectKey>
+    private let few: [ObjectKey]?
+
+    init(_ set: Set<ObjectKey>) {
+        self.set = set
+        few = set.count <= 16 ? Array(set) : nil
+    }
+
+    func contains(_ namespace: String, _ name: String) -> Bool {
+        guard let few else { return set.contains(ObjectKey(namespace, name)) }
+        return few.contains { $0.name == name && $0.namespace == namespace }
     }
 }
 
@@ -69,7 +97,9 @@ extension SnapshotCompiler {
     {
         let serving = compiled.snapshot
         var state = (consume compiled).state
-        guard let touched = state.updateEndpoints(spec, touching: Self.services(touchedBy: changes, in: spec)) else { return nil }
+        guard let touched = state.updateEndpoints(spec, touching: ObjectKeys(Self.services(touchedBy: changes, in: spec))) else {
+            return nil
+        }
         let snapshot = state.snapshot(
             generation: generation, routes: serving.routes, revised: state.revised(among: touched, since: serving))
         return CompiledConfig(state: state, snapshot: snapshot)
@@ -77,16 +107,17 @@ extension SnapshotCompiler {
 
     /// `namespace/name` of the Services whose endpoints `changes` may change: those of a changed slice, and
     /// those with an endpoint a changed Pod backs (by the slice's targetRef or by IP).
-    static func services(touchedBy changes: ConfigSpec, in spec: ConfigSpec) -> Set<String> {
-        var touched = Set(changes.endpointSlices.map { "\($0.namespace)/\($0.serviceName)" })
+    static func services(touchedBy changes: ConfigSpec, in spec: ConfigSpec) -> Set<ObjectKey> {
+        var touched = Set(changes.endpointSlices.map { ObjectKey($0.namespace, $0.serviceName) })
         guard !changes.pods.isEmpty else { return touched }
-        let names = Set(changes.pods.map { "\($0.namespace)/\($0.name)" })
+        let names = Set(changes.pods.map { ObjectKey($0.namespace, $0.name) })
         let ips = Set(changes.pods.flatMap(\.ips))
         for slice in spec.endpointSlices {
             let backed = slice.endpoints.contains { endpoint in
-                endpoint.pod.map { names.contains("\(slice.namespace)/\($0)") } == true || endpoint.addresses.contains(where: ips.contains)
+                endpoint.pod.map { names.contains(ObjectKey(slice.namespace, $0)) } == true
+                    || endpoint.addresses.contains(where: ips.contains)
             }
-            if backed { touched.insert("\(slice.namespace)/\(slice.serviceName)") }
+            if backed { touched.insert(ObjectKey(slice.namespace, slice.serviceName)) }
         }
         return touched
     }
@@ -98,13 +129,14 @@ extension CompileState {
     /// workload address is refused, and its index goes to a new address of a later update. Returns the indices
     /// this may have changed (the clusters' old and new members); nil: a full compile is due (a subset's own TLS,
     /// or many more free indices than new addresses take).
-    mutating func updateEndpoints(_ spec: ConfigSpec, touching services: Set<String>) -> [Int32]? {
+    mutating func updateEndpoints(_ spec: ConfigSpec, touching services: ObjectKeys) -> [Int32]? {
         self.spec = spec
         guard endpointVariants.isEmpty else { return nil }  // a subset's own TLS: resolved by a full compile
         let lookups = EndpointLookups(spec, services: services)
         var dropped: [Int32] = []
         var touched: [Int32] = []
-        for service in spec.services where services.contains("\(service.namespace)/\(service.name)") {
+        for s in spec.services.indices where services.contains(spec.services[s].namespace, spec.services[s].name) {
+            let service = spec.services[s]  // copied only when touched
             for port in service.ports {
                 guard let cluster = clusterIndex["\(service.namespace)/\(service.name):\(port.port)"] else { return nil }
                 let members = members(of: service, port: port, lookups)

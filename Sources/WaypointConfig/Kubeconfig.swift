@@ -22,7 +22,7 @@ public struct Kubeconfig: Sendable {
             throw ConfigError(file: path, message: "invalid YAML: \(error)")
         }
         guard let root = parsed else { throw ConfigError(file: path, message: "empty kubeconfig") }
-        let doc = ManifestNode(node: root, path: "", location: .init(file: path, document: 0, object: nil))
+        let doc = ManifestNode(node: root, path: .root, location: .init(file: path, document: 0, object: nil))
         let contextName = try doc.required("current-context").string()
         func named(_ list: String, _ name: String) throws(ConfigError) -> ManifestNode {
             for entry in try doc.optionalArray(list) where try entry.required("name").string() == name {

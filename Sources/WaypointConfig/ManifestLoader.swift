@@ -57,24 +57,11 @@ public enum ManifestLoader {
         let location = ManifestNode.Location(file: source, document: 0, object: nil)
         do throws(ConfigError) {
             try loadDocument(
-                ManifestNode(node: node(object), path: "", location: location), defaultNamespace: defaultNamespace, into: &spec)
+                ManifestNode(json: object, path: .root, location: location), defaultNamespace: defaultNamespace, into: &spec)
         } catch {
             return .failure(error)
         }
         return .success(spec)
-    }
-
-    /// A JSON value as the YAML node the parsers read: strings quoted (so `"80"` stays a string), numbers,
-    /// booleans and null plain.
-    static func node(_ json: JSON) -> YAMLNode {
-        switch json {
-        case .null: return .scalar(YAMLScalar(text: "null", isPlain: true, isNull: true))
-        case .bool(let value): return .scalar(YAMLScalar(text: value ? "true" : "false", isPlain: true))
-        case .number(let text): return .scalar(YAMLScalar(text: text, isPlain: true))
-        case .string(let text): return .scalar(YAMLScalar(text: text, isPlain: false))
-        case .array(let items): return .sequence(items.map(node))
-        case .object(let entries): return .mapping(entries.map { (.scalar(YAMLScalar(text: $0.0, isPlain: false)), node($0.1)) })
-        }
     }
 
     static func files(at path: String, errors: inout [ConfigError]) -> [String] {
@@ -107,7 +94,7 @@ public enum ManifestLoader {
             if case .scalar(let s) = root, s.isNull { continue }  // empty document
             let location = ManifestNode.Location(file: file, document: index, object: nil)
             do throws(ConfigError) {
-                try loadDocument(ManifestNode(node: root, path: "", location: location), defaultNamespace: defaultNamespace, into: &spec)
+                try loadDocument(ManifestNode(node: root, path: .root, location: location), defaultNamespace: defaultNamespace, into: &spec)
             } catch {
                 errors.append(error)
             }
@@ -126,7 +113,7 @@ public enum ManifestLoader {
     }
 
     static func loadDocument(_ root: ManifestNode, defaultNamespace: String, into spec: inout ConfigSpec) throws(ConfigError) {
-        guard case .mapping = root.node else { throw root.error("a manifest must be a mapping") }
+        guard root.isMapping else { throw root.error("a manifest must be a mapping") }
         let apiVersion = try root.required("apiVersion").string()
         let kind = try root.required("kind").string()
         if kind == "List", apiVersion == "v1" {  // `kubectl get -o yaml` output

@@ -1,11 +1,19 @@
+import JSON
 import WaypointCore
 import YAML
 
-/// A YAML node with the path that led to it, so every read can fail with an error naming the field.
+/// A node of a manifest with the path that led to it, so every read can fail with an error naming the field.
+/// Files give YAML; the API gives JSON, read as it came (converting it to YAML first was a fifth of the main
+/// thread's time under endpoint churn).
 struct ManifestNode {
-    let node: YAMLNode
-    let path: String
+    private let tree: Tree
+    let path: FieldPath
     let location: Location
+
+    private enum Tree {
+        case yaml(YAMLNode)
+        case json(JSON)
+    }
 
     /// Which document is being read, for error messages.
     struct Location {
@@ -14,46 +22,82 @@ struct ManifestNode {
         var object: String?
     }
 
+    init(node: YAMLNode, path: FieldPath, location: Location) { (tree, self.path, self.location) = (.yaml(node), path, location) }
+
+    init(json: JSON, path: FieldPath, location: Location) { (tree, self.path, self.location) = (.json(json), path, location) }
+
+    private init(_ tree: Tree, path: FieldPath, location: Location) { (self.tree, self.path, self.location) = (tree, path, location) }
+
     func error(_ message: String, field: String? = nil) -> ConfigError {
         ConfigError(
             file: location.file, document: location.document, object: location.object,
-            field: field ?? (path.isEmpty ? nil : path), message: message)
+            field: field ?? path.text, message: message)
     }
+
+    /// An error about the field `key` of this node (which may be missing).
+    func error(_ message: String, at key: String) -> ConfigError { error(message, field: path.key(key).text) }
 
     /// The same node, with errors naming the object it belongs to (`Kind namespace/name`).
     func describing(_ object: String) -> ManifestNode {
         var location = self.location
         location.object = object
-        return ManifestNode(node: node, path: path, location: location)
+        return ManifestNode(tree, path: path, location: location)
     }
 
-    private func child(_ key: String) -> String { path.isEmpty ? key : "\(path).\(key)" }
+    var isMapping: Bool {
+        switch tree {
+        case .yaml(.mapping), .json(.object): return true
+        default: return false
+        }
+    }
 
-    /// The value at `key` (its first entry), or nil when absent or YAML null.
+    /// The value at `key` (its first entry), or nil when absent or null.
     func optional(_ key: String) throws(ConfigError) -> ManifestNode? {
-        guard case .mapping(let mapping) = node else { throw error("expected a mapping") }
-        guard
-            let value = mapping.first(where: { entry in
+        let value: Tree?
+        switch tree {
+        case .yaml(.mapping(let mapping)):
+            value = mapping.first { entry in
                 if case .scalar(let name) = entry.key { return name.text == key }
                 return false
-            })?.value
-        else { return nil }
-        if case .scalar(let s) = value, s.isNull { return nil }
-        return ManifestNode(node: value, path: child(key), location: location)
+            }.map { .yaml($0.value) }
+        case .json(.object(let entries)):
+            value = entries.first { $0.0 == key }.map { .json($0.1) }
+        default:
+            throw error("expected a mapping")
+        }
+        guard let value else { return nil }
+        switch value {
+        case .yaml(.scalar(let s)) where s.isNull: return nil
+        case .json(.null): return nil
+        default: return ManifestNode(value, path: path.key(key), location: location)
+        }
     }
 
     func required(_ key: String) throws(ConfigError) -> ManifestNode {
-        guard let value = try optional(key) else { throw error("required field is missing", field: child(key)) }
+        guard let value = try optional(key) else { throw error("required field is missing", at: key) }
         return value
     }
 
+    /// The node as a YAML scalar would read it (a JSON string is quoted; numbers, booleans and null are plain);
+    /// nil for a mapping or a list.
+    private var scalar: YAMLScalar? {
+        switch tree {
+        case .yaml(.scalar(let s)): return s
+        case .json(.string(let text)): return YAMLScalar(text: text, isPlain: false)
+        case .json(.number(let text)): return YAMLScalar(text: text, isPlain: true)
+        case .json(.bool(let value)): return YAMLScalar(text: value ? "true" : "false", isPlain: true)
+        case .json(.null): return YAMLScalar(text: "null", isPlain: true, isNull: true)
+        default: return nil
+        }
+    }
+
     func string() throws(ConfigError) -> String {
-        guard case .scalar(let s) = node else { throw error("expected a string") }
+        guard let s = scalar else { throw error("expected a string") }
         return s.text
     }
 
     func int(in range: ClosedRange<Int>) throws(ConfigError) -> Int {
-        guard case .scalar(let s) = node, s.isPlain, let value = Int(s.text) else {
+        guard let s = scalar, s.isPlain, let value = Int(s.text) else {
             throw error("expected an integer, got \(describe())")
         }
         guard range.contains(value) else { throw error("\(value) is out of range \(range.lowerBound)...\(range.upperBound)") }
@@ -61,7 +105,7 @@ struct ManifestNode {
     }
 
     func number(in range: ClosedRange<Double>) throws(ConfigError) -> Double {
-        guard case .scalar(let s) = node, s.isPlain, let value = Double(s.text), value.isFinite else {
+        guard let s = scalar, s.isPlain, let value = Double(s.text), value.isFinite else {
             throw error("expected a number, got \(describe())")
         }
         guard range.contains(value) else { throw error("\(value) is out of range \(range.lowerBound)...\(range.upperBound)") }
@@ -70,17 +114,23 @@ struct ManifestNode {
 
     /// A mapping's entries in document order, each value named by its key in errors.
     func entries() throws(ConfigError) -> [(key: String, value: ManifestNode)] {
-        guard case .mapping(let mapping) = node else { throw error("expected a mapping") }
         var result: [(String, ManifestNode)] = []
-        for (key, value) in mapping {
-            guard case .scalar(let k) = key else { throw error("expected string keys") }
-            result.append((k.text, ManifestNode(node: value, path: child(k.text), location: location)))
+        switch tree {
+        case .yaml(.mapping(let mapping)):
+            for (key, value) in mapping {
+                guard case .scalar(let k) = key else { throw error("expected string keys") }
+                result.append((k.text, ManifestNode(node: value, path: path.key(k.text), location: location)))
+            }
+        case .json(.object(let entries)):
+            for (key, value) in entries { result.append((key, ManifestNode(json: value, path: path.key(key), location: location))) }
+        default:
+            throw error("expected a mapping")
         }
         return result
     }
 
     func bool() throws(ConfigError) -> Bool {
-        guard case .scalar(let s) = node, s.isPlain else { throw error("expected true or false, got \(describe())") }
+        guard let s = scalar, s.isPlain else { throw error("expected true or false, got \(describe())") }
         switch s.text {
         case "true", "True", "TRUE": return true
         case "false", "False", "FALSE": return false
@@ -89,17 +139,22 @@ struct ManifestNode {
     }
 
     func array() throws(ConfigError) -> [ManifestNode] {
-        guard case .sequence(let seq) = node else { throw error("expected a list") }
-        return seq.enumerated().map { ManifestNode(node: $1, path: "\(path)[\($0)]", location: location) }
+        switch tree {
+        case .yaml(.sequence(let items)):
+            return items.enumerated().map { ManifestNode(node: $1, path: path.index($0), location: location) }
+        case .json(.array(let items)):
+            return items.enumerated().map { ManifestNode(json: $1, path: path.index($0), location: location) }
+        default:
+            throw error("expected a list")
+        }
     }
 
     /// A string-to-string mapping (labels, annotations).
     func stringMap() throws(ConfigError) -> [String: String] {
-        guard case .mapping(let mapping) = node else { throw error("expected a mapping") }
         var result: [String: String] = [:]
-        for (key, value) in mapping {
-            guard case .scalar(let k) = key, case .scalar(let v) = value else { throw error("expected string keys and values") }
-            if result[k.text] == nil { result[k.text] = v.text }
+        for (key, value) in try entries() {
+            guard let v = value.scalar else { throw error("expected string keys and values") }
+            if result[key] == nil { result[key] = v.text }
         }
         return result
     }
@@ -120,10 +175,29 @@ struct ManifestNode {
     func optionalArray(_ key: String) throws(ConfigError) -> [ManifestNode] { try optional(key)?.array() ?? [] }
 
     private func describe() -> String {
-        switch node {
-        case .scalar(let s): return "\"\(s.text)\""
-        case .mapping: return "a mapping"
-        case .sequence: return "a list"
+        if let s = scalar { return "\"\(s.text)\"" }
+        return isMapping ? "a mapping" : "a list"
+    }
+}
+
+/// Where a node sits in its document (`spec.rules[0].matches`), kept as links and spelled out only when an error
+/// names it: building the text for every field read was a sixth of the main thread's time under endpoint churn.
+///
+/// Thread: any (a value).
+indirect enum FieldPath {
+    case root
+    case key(FieldPath, String)
+    case index(FieldPath, Int)
+
+    func key(_ name: String) -> FieldPath { .key(self, name) }
+    func index(_ i: Int) -> FieldPath { .index(self, i) }
+
+    /// The path as error messages give it; nil at the document's root.
+    var text: String? {
+        switch self {
+        case .root: return nil
+        case .key(let parent, let name): return parent.text.map { "\($0).\(name)" } ?? name
+        case .index(let parent, let i): return "\(parent.text ?? "")[\(i)]"
         }
     }
 }

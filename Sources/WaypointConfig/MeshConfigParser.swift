@@ -47,7 +47,7 @@ enum MeshConfigParser {
         -> ExternalAuthorizer
     {
         let service = try node.required("service").string()
-        guard !service.isEmpty else { throw node.error("must name a Service host", field: "\(node.path).service") }
+        guard !service.isEmpty else { throw node.error("must name a Service host", at: "service") }
         let port = try node.required("port").int(in: 1...65535)
         var statusOnError: Int? = nil
         if let statusNode = try node.optional("statusOnError") {
@@ -66,7 +66,7 @@ enum MeshConfigParser {
     private static func bodyInCheck(_ node: ManifestNode) throws(ConfigError) -> ExternalAuthorizer.BodyInCheck? {
         guard let body = try node.optional("includeRequestBodyInCheck") else { return nil }
         guard let maxNode = try body.optional("maxRequestBytes") else {
-            throw body.error("maxRequestBytes is required (Envoy buffers at most that much)", field: "\(body.path).maxRequestBytes")
+            throw body.error("maxRequestBytes is required (Envoy buffers at most that much)", at: "maxRequestBytes")
         }
         return ExternalAuthorizer.BodyInCheck(
             maxBytes: try maxNode.int(in: 1...Int(UInt32.max)),

@@ -147,6 +147,15 @@ public struct ParsedKind {
     }
 
     /// Byte order (the same as String's for these ASCII names, without its Unicode rules: ~7 % of a compile's
-    /// time under endpoint churn once went to comparing names).
-    private static func precedes(_ a: String, _ b: String) -> Bool { a.utf8.lexicographicallyPrecedes(b.utf8) }
+    /// time under endpoint churn once went to comparing names), over the strings' contiguous bytes (the generic
+    /// `lexicographicallyPrecedes` of their views was still ~2.5 %).
+    private static func precedes(_ a: String, _ b: String) -> Bool {
+        var (a, b) = (a, b)
+        return a.withUTF8 { x in
+            b.withUTF8 { y in
+                for i in 0..<min(x.count, y.count) where x[i] != y[i] { return x[i] < y[i] }
+                return x.count < y.count
+            }
+        }
+    }
 }

@@ -660,7 +660,7 @@ struct CompileState {
     mutating func members(of service: ServiceSpec, port: ServicePortSpec, _ lookups: EndpointLookups) -> [Int32] {
         var members: [Int32] = []
         let tls = upstreamTLS(for: "\(service.namespace)/\(service.name)", port: port.port)
-        for slice in lookups.slicesByService["\(service.namespace)/\(service.name)"] ?? [] {
+        for slice in lookups.slicesByService[ObjectKey(service.namespace, service.name)] ?? [] {
             // EndpointSlice ports carry the service port's name; a numeric targetPort is the fallback.
             let targetPort: Int?
             if let named = slice.ports.first(where: { $0.name == port.name }) {
@@ -673,7 +673,7 @@ struct CompileState {
             guard let targetPort else { continue }
             for endpoint in slice.endpoints where endpoint.ready {
                 for ip in endpoint.addresses {
-                    let pod = endpoint.pod.flatMap { lookups.podsByName["\(slice.namespace)/\($0)"] } ?? lookups.podsByIP[ip]
+                    let pod = endpoint.pod.flatMap { lookups.podsByName[ObjectKey(slice.namespace, $0)] } ?? lookups.podsByIP[ip]
                     var transport = Self.transport(to: pod, namespaceLabels: namespaceLabels, annotated: slice.tunnel)
                     if let tls, transport == .plaintext { transport = .tls(tls) }  // a mesh endpoint keeps HBONE
                     guard let index = self.endpoint(ip, targetPort, transport: transport) else { continue }

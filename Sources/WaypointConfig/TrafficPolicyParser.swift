@@ -114,11 +114,11 @@ enum TrafficPolicyParser {
             // Istio's validation: the Secret holds them all.
             guard settings.caCertificates == nil && settings.clientCertificate == nil && settings.privateKey == nil else {
                 throw node.error(
-                    "cannot specify client certificates or CA certificate if credentialName is set", field: "\(node.path).credentialName")
+                    "cannot specify client certificates or CA certificate if credentialName is set", at: "credentialName")
             }
         } else if mode == .mutual && (settings.clientCertificate == nil || settings.privateKey == nil) {
             throw node.error(
-                "MUTUAL needs clientCertificate and privateKey (files) or credentialName", field: "\(node.path).clientCertificate")
+                "MUTUAL needs clientCertificate and privateKey (files) or credentialName", at: "clientCertificate")
         }
         return settings
     }

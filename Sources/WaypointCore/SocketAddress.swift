@@ -3,8 +3,13 @@
 #endif
 
 /// An IPv4 or IPv6 socket address parsed from `IP:port` or `[IPv6]:port`.
+///
+/// Plain data (the IP's bytes inline, no string): the snapshot's table of 10,000 endpoint addresses is copied
+/// with one memcpy and freed without a release per entry, and an address hashes and compares as two words.
 public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
-    public let ip: String
+    /// The IP in network byte order, IPv4 in the first 4 bytes (the rest zero).
+    private let high: UInt64
+    private let low: UInt64
     public let port: UInt16
     public let isIPv6: Bool
 
@@ -28,17 +33,40 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
 
     /// An address from an IP literal and a port; nil if `ip` is not a literal.
     public init?(ip: String, port: UInt16) {
-        var v4 = in_addr()
-        var v6 = in6_addr()
-        if inet_pton(AF_INET, ip, &v4) == 1 {
+        var raw: (UInt64, UInt64) = (0, 0)
+        if inet_pton(AF_INET, ip, &raw) == 1 {
             isIPv6 = false
-        } else if inet_pton(AF_INET6, ip, &v6) == 1 {
+        } else if inet_pton(AF_INET6, ip, &raw) == 1 {
             isIPv6 = true
         } else {
             return nil
         }
-        self.ip = ip
+        (high, low) = raw
         self.port = port
+    }
+
+    /// An address from the IP's bytes in network byte order (4 for IPv4, 16 for IPv6; nil for another count).
+    public init?(rawIP: UnsafeRawBufferPointer, port: UInt16) {
+        guard rawIP.count == 4 || rawIP.count == 16 else { return nil }
+        var raw: (UInt64, UInt64) = (0, 0)
+        withUnsafeMutableBytes(of: &raw) { $0.copyMemory(from: rawIP) }
+        (high, low) = raw
+        isIPv6 = rawIP.count == 16
+        self.port = port
+    }
+
+    /// The IP's bytes in network byte order (4 or 16).
+    public func withRawIP<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
+        withUnsafeBytes(of: (high, low)) { body(UnsafeRawBufferPointer(rebasing: $0.prefix(isIPv6 ? 16 : 4))) }
+    }
+
+    /// The IP as text (`10.0.0.1`, `fd00::1`: the canonical form, whatever form it was given in).
+    public var ip: String {
+        withUnsafeTemporaryAllocation(of: CChar.self, capacity: Int(INET6_ADDRSTRLEN)) { text in
+            var raw = (high, low)
+            _ = inet_ntop(isIPv6 ? AF_INET6 : AF_INET, &raw, text.baseAddress, socklen_t(text.count))
+            return String(cString: text.baseAddress!)
+        }
     }
 
     public var description: String { isIPv6 ? "[\(ip)]:\(port)" : "\(ip):\(port)" }
