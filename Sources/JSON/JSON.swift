@@ -45,26 +45,7 @@ public indirect enum JSON: Sendable, Equatable {
     }
 
     /// Parses one complete JSON text; throws where it is malformed or incomplete.
-    public static func parse(_ bytes: UnsafeRawBufferPointer) throws(JSONError) -> JSON {
-        guard let tokener = json_tokener_new_ex(Self.maxDepth) else { throw JSONError("out of memory") }
-        defer { json_tokener_free(tokener) }
-        let object = bytes.withMemoryRebound(to: CChar.self) { chars in
-            json_tokener_parse_ex(tokener, chars.baseAddress, Int32(clamping: chars.count))
-        }
-        let error = json_tokener_get_error(tokener)
-        guard error == json_tokener_success else {
-            let text = error == json_tokener_continue ? "incomplete JSON" : String(cString: json_tokener_error_desc(error))
-            throw JSONError("\(text) at offset \(json_tokener_get_parse_end(tokener))")
-        }
-        defer { json_object_put(object) }
-        guard
-            Int(json_tokener_get_parse_end(tokener)) == bytes.count
-                || bytes[Int(json_tokener_get_parse_end(tokener))...].allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 })
-        else {
-            throw JSONError("unexpected bytes after the value at offset \(json_tokener_get_parse_end(tokener))")
-        }
-        return value(of: object)
-    }
+    public static func parse(_ bytes: UnsafeRawBufferPointer) throws(JSONError) -> JSON { try JSONParser().parse(bytes) }
 
     public static func parse(_ text: String) throws(JSONError) -> JSON {
         let result: Result<JSON, JSONError> = Array(text.utf8).withUnsafeBytes { bytes in
@@ -76,7 +57,7 @@ public indirect enum JSON: Sendable, Equatable {
     /// Nesting deeper than this is refused (Kubernetes objects are far shallower; a hostile one is not).
     public static let maxDepth: Int32 = 64
 
-    private static func value(of object: OpaquePointer?) -> JSON {
+    fileprivate static func value(of object: OpaquePointer?) -> JSON {
         guard let object else { return .null }
         switch json_object_get_type(object) {
         case json_type_boolean:
@@ -94,6 +75,7 @@ public indirect enum JSON: Sendable, Equatable {
             return .array((0..<count).map { value(of: json_object_array_get_idx(object, $0)) })
         case json_type_object:
             var entries: [(String, JSON)] = []
+            entries.reserveCapacity(Int(json_object_object_length(object)))
             var iterator = json_object_iter_begin(object)
             var end = json_object_iter_end(object)
             while json_object_iter_equal(&iterator, &end) == 0 {
@@ -105,6 +87,40 @@ public indirect enum JSON: Sendable, Equatable {
         default:
             return .null
         }
+    }
+}
+
+/// Parses JSON texts one after another with one json-c tokener (a watch parses an event per line: a new tokener
+/// each time was 5 % of a watcher's instructions).
+///
+/// Thread: one at a time. Ownership: its user (a watch, for the life of its stream).
+public final class JSONParser {
+    private let tokener: UnsafeMutablePointer<json_tokener>
+
+    public init() {
+        guard let tokener = json_tokener_new_ex(JSON.maxDepth) else { fatalError("json-c: out of memory") }
+        self.tokener = tokener
+    }
+
+    deinit { json_tokener_free(tokener) }
+
+    /// Parses one complete JSON text; throws where it is malformed or incomplete.
+    public func parse(_ bytes: UnsafeRawBufferPointer) throws(JSONError) -> JSON {
+        json_tokener_reset(tokener)
+        let object = bytes.withMemoryRebound(to: CChar.self) { chars in
+            json_tokener_parse_ex(tokener, chars.baseAddress, Int32(clamping: chars.count))
+        }
+        let error = json_tokener_get_error(tokener)
+        guard error == json_tokener_success else {
+            let text = error == json_tokener_continue ? "incomplete JSON" : String(cString: json_tokener_error_desc(error))
+            throw JSONError("\(text) at offset \(json_tokener_get_parse_end(tokener))")
+        }
+        defer { json_object_put(object) }
+        let end = Int(json_tokener_get_parse_end(tokener))
+        guard end == bytes.count || bytes[end...].allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) else {
+            throw JSONError("unexpected bytes after the value at offset \(end)")
+        }
+        return JSON.value(of: object)
     }
 }
 

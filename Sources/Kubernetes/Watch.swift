@@ -258,50 +258,44 @@ public struct WatchCache: Sendable {
     /// A digest of an object as kept, without its resourceVersion: equal for two versions that differ only in
     /// what the waypoint drops (a status update moves the resourceVersion and nothing else it reads).
     public struct Fingerprint: Equatable, Sendable {
-        let first: Int
-        let second: Int
+        let digest: Int
     }
 
-    /// Two SipHash runs over the object (128 bits, under the process's random seed: a crafted collision would
-    /// need the seed). The object's compact text was kept before: a KiB and more per object, and encoding it
-    /// 29 % of a watcher's instructions under churn.
+    /// A SipHash run over the object, under the process's random seed: two versions of one object collide by
+    /// chance once in 2^64 comparisons, and a crafted collision would need the seed. (The object's compact text
+    /// was kept before: a KiB and more per object, and encoding it 29 % of a watcher's instructions under churn;
+    /// then two runs, for 128 bits, were still a third.)
     static func fingerprint(_ kept: JSON) -> Fingerprint {
-        var hashers = (Hasher(), Hasher())
-        hashers.0.combine(1)
-        hashers.1.combine(2)
-        digest(kept, into: &hashers, top: true)
-        return Fingerprint(first: hashers.0.finalize(), second: hashers.1.finalize())
+        var hasher = Hasher()
+        digest(kept, into: &hasher, top: true)
+        return Fingerprint(digest: hasher.finalize())
     }
 
-    /// Feeds `value` to both hashers unambiguously (a tag per case, then a count before elements; a string ends in
-    /// a byte no UTF-8 has); `top`: the object itself, whose metadata's resourceVersion is left out.
-    private static func digest(_ value: JSON, into hashers: inout (Hasher, Hasher), top: Bool = false) {
-        func feed<T: Hashable>(_ part: T) {
-            hashers.0.combine(part)
-            hashers.1.combine(part)
-        }
+    /// Feeds `value` to the hasher unambiguously (a tag per case, then a count before elements; a string ends in a
+    /// byte no UTF-8 has); `top`: the object itself, whose metadata's resourceVersion is left out.
+    private static func digest(_ value: JSON, into hasher: inout Hasher, top: Bool = false) {
         switch value {
-        case .null: feed(0)
-        case .bool(let flag): feed(flag ? 1 : 2)
+        case .null: hasher.combine(0)
+        case .bool(let flag): hasher.combine(flag ? 1 : 2)
         case .number(let text):
-            feed(3)
-            feed(text)
+            hasher.combine(3)
+            hasher.combine(text)
         case .string(let text):
-            feed(4)
-            feed(text)
+            hasher.combine(4)
+            hasher.combine(text)
         case .array(let items):
-            feed(5)
-            feed(items.count)
-            for item in items { digest(item, into: &hashers) }
+            hasher.combine(5)
+            hasher.combine(items.count)
+            for item in items { digest(item, into: &hasher) }
         case .object(let entries):
-            feed(6)
-            feed(entries.count)
+            hasher.combine(6)
+            hasher.combine(entries.count)
             for (key, field) in entries {
-                feed(key)
+                hasher.combine(key)
                 if top, key == "metadata", case .object(let fields) = field {
-                    digest(.object(fields.filter { $0.0 != "resourceVersion" }), into: &hashers)
+                    digest(.object(fields.filter { $0.0 != "resourceVersion" }), into: &hasher)
                 } else {
-                    digest(field, into: &hashers)
+                    digest(field, into: &hasher)
                 }
             }
         }

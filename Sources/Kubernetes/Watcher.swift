@@ -310,10 +310,11 @@ public final class KindWatcher: @unchecked Sendable {
             credentials: credentials, context: context, path: path,
             timeout: .seconds(2 * settings.watchSeconds + 30))
         try Self.check(response)
+        let parser = JSONParser()
         while let line = try response.nextLine() {
             if line.isEmpty { continue }
             let event: JSON
-            do { event = try line.withUnsafeBytes { bytes throws(JSONError) in try JSON.parse(bytes) } } catch {
+            do { event = try line.withUnsafeBytes { bytes throws(JSONError) in try parser.parse(bytes) } } catch {
                 throw APIError("\(kind.label) watch: \(error)")
             }
             guard store.owns(kind, token) else { return }  // no longer followed

@@ -136,6 +136,23 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
 }
 
 @Suite struct JSONTests {
+    /// One parser for a stream of texts (a watch's events): a refused or cut text leaves nothing behind for the next.
+    @Test func oneParserParsesTextAfterText() throws {
+        let parser = JSONParser()
+        let parse = { (text: String) throws(JSONError) -> JSON in
+            let result: Result<JSON, JSONError> = Array(text.utf8).withUnsafeBytes { bytes in
+                do throws(JSONError) { return .success(try parser.parse(bytes)) } catch { return .failure(error) }
+            }
+            return try result.get()
+        }
+        #expect(try parse(#"{"type":"ADDED","n":1}"#) == .object([("type", .string("ADDED")), ("n", .number("1"))]))
+        #expect(throws: JSONError.self) { try parse(#"{"type":"MODI"#) }  // cut: incomplete
+        #expect(try parse(#"[true]"#) == .array([.bool(true)]))
+        #expect(throws: JSONError.self) { try parse(#"{"a":1} x"#) }
+        #expect(throws: JSONError.self) { try parse(#"{"a":}"#) }
+        #expect(try parse(#" {"b":null} "#) == .object([("b", .null)]))
+    }
+
     @Test func valuesAsWritten() throws {
         let value = try JSON.parse(#"{"a":[1,2.5,-3e2,true,false,null],"s":"x\u00e9\n\"","n":{}}"#)
         #expect(value["a"] == .array([.number("1"), .number("2.5"), .number("-3e2"), .bool(true), .bool(false), .null]))

@@ -82,8 +82,9 @@ enum Harness {
     static func kubernetes(_ data: UnsafeRawBufferPointer) {
         var cache = WatchCache(kind: WatchedKind(group: "", version: "v1", resource: "services", kind: "Service", namespace: "default"))
         var parsed = ParsedKind(source: "fuzz", defaultNamespace: "default")
+        let parser = JSONParser()  // one for the stream, as a watch has
         for line in data.split(separator: 0x0A) {
-            guard let value = try? JSON.parse(UnsafeRawBufferPointer(rebasing: line)) else { continue }
+            guard let value = try? parser.parse(UnsafeRawBufferPointer(rebasing: line)) else { continue }
             if value["items"] != nil {
                 if (try? cache.receivedPage(value, first: true)) == .watch { parsed.replace(with: cache.takeList()) }
             } else if let change = (try? cache.receivedEvent(value))?.change {
