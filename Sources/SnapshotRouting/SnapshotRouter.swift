@@ -111,7 +111,7 @@ public final class SnapshotRouter: RequestRouter {
             address.flatMap { address in
                 // The endpoint at the same address in the same cluster (a subset's variant keeps its own TLS), or the
                 // workload at that address.
-                guard cluster >= 0 else { return snapshot.destinations[address].flatMap { $0.virtualHost < 0 ? $0.endpoint : nil } }
+                guard cluster >= 0 else { return snapshot.destination(for: address).flatMap { $0.virtualHost < 0 ? $0.endpoint : nil } }
                 return snapshot.clusters[Int(cluster)].endpoints.first { snapshot.endpoints[Int($0)] == address }
             } ?? -1
     }
@@ -219,7 +219,7 @@ public final class SnapshotRouter: RequestRouter {
     }
 
     public func destination(for address: SocketAddress) -> Destination? {
-        guard var found = snapshot.destinations[address] else { return nil }
+        guard var found = snapshot.destination(for: address) else { return nil }
         (found.address, found.lineage) = (address, snapshot.lineage)
         return found
     }

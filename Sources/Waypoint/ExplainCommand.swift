@@ -115,7 +115,7 @@ extension WaypointCommand {
             let snapshot = compiler.compile(spec, generation: 1)
             var destination: Destination? = nil
             if let tunnel {
-                guard let address = SocketAddress(tunnel), let found = snapshot.destinations[address] else {
+                guard let address = SocketAddress(tunnel), let found = snapshot.destination(for: address) else {
                     print("tunnel: CONNECT \(tunnel) refused with 400: not a service or endpoint served here")
                     throw ExitCode(1)
                 }

@@ -170,7 +170,7 @@ extension CompileState {
     /// index is free for a new address (if this one comes back it is resolved as new).
     private mutating func retire(_ endpoint: Int32) {
         let address = endpoints[Int(endpoint)]
-        if destinations[address]?.endpoint == endpoint { destinations[address] = nil }
+        if workloadAddresses[address]?.endpoint == endpoint { workloadAddresses[address] = nil }
         if endpointIndex[address] == endpoint { endpointIndex[address] = nil }
         endpointTransports[Int(endpoint)] = .plaintext
         endpointWorkloads[Int(endpoint)] = -1
@@ -211,7 +211,7 @@ extension CompileState {
             generation: generation, lineage: lineage, routes: routes, clusters: clusters, endpoints: endpoints,
             endpointTransports: endpointTransports, workloads: workloads, endpointWorkloads: endpointWorkloads,
             revisedEndpoints: revised,
-            destinations: destinations, tcpRoutes: tcpRoutes,
+            destinations: destinations, workloadAddresses: workloadAddresses, tcpRoutes: tcpRoutes,
             authorization: authorization, unmatchedHostPolicies: unmatchedHostPolicies, authentication: authentication,
             unmatchedHostAuthentication: unmatchedHostAuthentication, strictMTLS: strictMTLS, services: services, authorizers: authorizers,
             upstreamTLS: upstreamTLS,

@@ -123,11 +123,12 @@ struct CompileState {
     var names: [(String, Int)] = []
     var warnings: [String] = []
     var dumpHosts: [JSONValue] = []
-    /// HBONE `:authority` → destination: service VIPs and ServiceEntry addresses first, then endpoints.
+    /// HBONE `:authority` → destination: service VIPs and ServiceEntry addresses (they win over workloads').
     var destinations: [SocketAddress: Destination] = [:]
-    /// During a full build, workload addresses wait here until the services' addresses are in `destinations`
-    /// (which win); nil afterwards: an endpoint update adds them to `destinations` where free.
-    var workloadDestinations: [SocketAddress: Destination]? = [:]
+    /// HBONE `:authority` → a workload address's endpoint.
+    var workloadAddresses: [SocketAddress: WorkloadAddress] = [:]
+    /// During a full build: an address a cluster binds stays a workload's though another does not.
+    var building = true
     var tcpRoutes: [UInt64: BackendSet] = [:]
     /// Who each virtual host belongs to: (kind, namespace, name).
     var hostOwners: [(kind: String, namespace: String, name: String)] = []
@@ -181,8 +182,7 @@ struct CompileState {
         buildGatewayHosts()
         buildServiceHosts()
         buildServiceEntryHosts()
-        destinations.merge(workloadDestinations ?? [:]) { service, _ in service }
-        workloadDestinations = nil
+        building = false
         buildExternalAuthorizers()
         buildAuthorization()
         buildRequestAuthentication()
@@ -607,24 +607,13 @@ struct CompileState {
     /// update: a full build starts without any).
     mutating func dropWorkload(_ endpoint: Int32) {
         let address = endpoints[Int(endpoint)]
-        if workloadDestinations == nil, let destination = destinations[address], destination.virtualHost == -1,
-            destination.endpoint == endpoint
-        {
-            destinations[address] = nil
-        }
+        if !building, workloadAddresses[address]?.endpoint == endpoint { workloadAddresses[address] = nil }
     }
 
     mutating func addWorkload(_ endpoint: Int32, _ innerProtocol: InnerProtocol) {
         let address = endpoints[Int(endpoint)]
-        guard (workloadDestinations ?? destinations)[address] == nil else { return }
-        let destination = Destination(
-            virtualHost: -1, port: address.port, cluster: -1, endpoint: endpoint,
-            innerProtocol: innerProtocol, name: address.description, host: address.description)
-        if workloadDestinations != nil {
-            workloadDestinations?[address] = destination
-        } else {
-            destinations[address] = destination
-        }
+        guard workloadAddresses[address] == nil else { return }
+        workloadAddresses[address] = WorkloadAddress(endpoint: endpoint, innerProtocol: innerProtocol)
     }
 
     /// How a Service's endpoint is reached, as Istio decides ambient membership: a Pod labelled

@@ -76,7 +76,8 @@ import WaypointCore
             }
             lines.append("\(cluster.name): \(members.sorted()) ring=\(cluster.ring != nil)")
         }
-        for (address, destination) in snapshot.destinations {
+        for address in Set(snapshot.destinations.keys).union(snapshot.workloadAddresses.keys) {
+            let destination = snapshot.destination(for: address)!
             let target =
                 destination.endpoint >= 0 ? snapshot.endpoints[Int(destination.endpoint)].description : "cluster \(destination.cluster)"
             lines.append("\(address) -> \(target) \(destination.name)")

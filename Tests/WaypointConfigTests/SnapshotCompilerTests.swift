@@ -115,7 +115,7 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
     ])
     func tunnelDestinations(authority: String, name: String, workload: Bool) throws {
         let address = SocketAddress(authority)!
-        let destination = try #require(snapshot.destinations[address])
+        let destination = try #require(snapshot.destination(for: address))
         #expect(destination.name == name)
         #expect(destination.innerProtocol == .http1)
         #expect(destination.virtualHost >= 0 && destination.cluster >= 0 && destination.endpoint == -1 || workload)
@@ -124,7 +124,41 @@ private func resolve(_ snapshot: Snapshot, host: String, path: String) -> String
 
     @Test(arguments: ["10.96.0.1:81", "10.96.0.2:80", "10.0.0.1:80", "127.0.0.1:8080"])
     func unknownAuthoritiesHaveNoDestination(authority: String) {
-        #expect(snapshot.destinations[SocketAddress(authority)!] == nil)
+        #expect(snapshot.destination(for: SocketAddress(authority)!) == nil)
+    }
+
+    /// A ServiceEntry address that is also a workload's: the entry's routes and policies apply to a tunnel to it,
+    /// after a full compile and after an endpoint update re-resolves the workload.
+    @Test func aServiceAddressWinsOverTheSameWorkloadAddress() throws {
+        let text = """
+            apiVersion: v1
+            kind: Service
+            metadata: {name: web, namespace: shop}
+            spec: {ports: [{name: http, port: 80}]}
+            ---
+            apiVersion: discovery.k8s.io/v1
+            kind: EndpointSlice
+            metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}
+            ports: [{name: http, port: 8080}]
+            endpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.2]}]
+            ---
+            apiVersion: networking.istio.io/v1
+            kind: ServiceEntry
+            metadata: {name: pinned, namespace: shop}
+            spec: {hosts: [pinned.example.com], addresses: [10.0.0.1], ports: [{name: http, number: 8080}], resolution: STATIC,
+                   endpoints: [{address: 10.0.0.1}]}
+            """
+        let spec = try ManifestLoader.load(text: text, file: "c.yaml", defaultNamespace: "shop")
+        let compiler = SnapshotCompiler(namespace: "shop")
+        let compiled = compiler.compileKeepingState(spec, generation: 1)
+        var changes = ConfigSpec()
+        changes.endpointSlices = spec.endpointSlices
+        let updated = try #require(compiler.update(compiled, spec: spec, changes: changes, generation: 2))
+        for snapshot in [compiled.snapshot, updated.snapshot] {
+            #expect(snapshot.destination(for: SocketAddress("10.0.0.1:8080")!)?.name == "shop/pinned")
+            let workload = try #require(snapshot.destination(for: SocketAddress("10.0.0.2:8080")!))
+            #expect(workload.virtualHost == -1 && snapshot.endpoints[Int(workload.endpoint)].description == "10.0.0.2:8080")
+        }
     }
 
     @Test func meshEndpointsAreMarkedForHBONE() {
