@@ -178,6 +178,23 @@ private final class Fixture {
         return compiled
     }
 
+    /// A Service listed before the others: a full compile with it renumbers every virtual host and cluster.
+    static let serviceListedFirst = """
+        apiVersion: v1
+        kind: Service
+        metadata: {name: aaa, namespace: shop}
+        spec:
+          ports: [{name: http, port: 80}]
+        ---
+
+        """
+
+    /// A full compile of `text` given to the router.
+    func reload(_ text: String, generation: UInt64) throws {
+        let spec = try ManifestLoader.load(text: text, file: "c.yaml", defaultNamespace: "shop")
+        router.replace(SnapshotCompiler(namespace: "shop").compile(spec, generation: generation))
+    }
+
     func cluster(of host: String) -> Int32 {
         guard case .forward(_, _, let cluster, _) = route(host).0 else { return -1 }
         return cluster
@@ -283,23 +300,11 @@ private final class Fixture {
     @Test func aTunnelKeepsItsDestinationAcrossReloads() throws {
         let f = try Fixture()
         let egress = try #require(f.router.destination(for: SocketAddress("240.1.0.1:80")!))
-        let first = """
-            apiVersion: v1
-            kind: Service
-            metadata: {name: aaa, namespace: shop}
-            spec:
-              ports: [{name: http, port: 80}]
-            ---
-
-            """
-        let compiler = SnapshotCompiler(namespace: "shop")
-        f.router.replace(
-            compiler.compile(try ManifestLoader.load(text: first + config, file: "c.yaml", defaultNamespace: "shop"), generation: 2))
+        try f.reload(Fixture.serviceListedFirst + config, generation: 2)
         #expect(f.router.destination(for: SocketAddress("240.1.0.1:80")!)?.virtualHost == egress.virtualHost + 1)
         #expect(f.target("egress.example.com", accepted: egress) == "240.1.0.1:8080")
         let withoutEgress = config.split(separator: "---").filter { !$0.contains("name: egress") }.joined(separator: "---")
-        f.router.replace(
-            compiler.compile(try ManifestLoader.load(text: withoutEgress, file: "c.yaml", defaultNamespace: "shop"), generation: 3))
+        try f.reload(withoutEgress, generation: 3)
         #expect(f.target("egress.example.com", accepted: egress) == "503")
 
         let w = try Fixture(config.split(separator: "---").prefix(3).joined(separator: "---"))
@@ -329,21 +334,7 @@ private final class Fixture {
         }
         let api = held("api", nil)
         let vault = held("vault.example.com", "240.2.0.1:80")
-        let aaa = """
-            apiVersion: v1
-            kind: Service
-            metadata: {name: aaa, namespace: shop}
-            spec:
-              ports: [{name: http, port: 80}]
-            ---
-
-            """
-        let compiler = SnapshotCompiler(namespace: "shop")
-        let load = { (text: String, generation: UInt64) in
-            f.router.replace(
-                compiler.compile(try ManifestLoader.load(text: text, file: "c.yaml", defaultNamespace: "shop"), generation: generation))
-        }
-        try load(aaa + config, 2)
+        try f.reload(Fixture.serviceListedFirst + config, generation: 2)
         let apiNow = renumbered(api)
         #expect(apiNow.cluster == f.cluster(of: "api") && apiNow.cluster != api.cluster)
         #expect(apiNow.endpoint == "10.0.1.1:9090")
@@ -354,7 +345,7 @@ private final class Fixture {
         #expect(cluster != vault.cluster && f.router.snapshot.clusters[Int(cluster)].name.hasSuffix("|tls"))
 
         let apiAgain = held("api", nil)
-        try load(config.split(separator: "---").filter { !$0.contains("name: api") }.joined(separator: "---"), 3)
+        try f.reload(config.split(separator: "---").filter { !$0.contains("name: api") }.joined(separator: "---"), generation: 3)
         #expect(renumbered(apiAgain) == (-1, "gone"))
         #expect(renumbered(api) == (-1, "gone"))  // two reloads ago
         var history = RetryHistory()
@@ -385,8 +376,7 @@ private final class Fixture {
         let bad = f.snapshot.endpoints.firstIndex { $0.description == "10.0.0.3:8080" }.map(Int32.init)!
         f.router.reportAttempt(endpoint: bad, cluster: cluster, result: .status(502))
         f.router.reportAttempt(endpoint: bad, cluster: cluster, result: .status(502))
-        let spec = try ManifestLoader.load(text: config, file: "c.yaml", defaultNamespace: "shop")
-        f.router.replace(SnapshotCompiler(namespace: "shop").compile(spec, generation: 2))
+        try f.reload(config, generation: 2)
         #expect(!(0..<6).contains { _ in f.target("web") == "10.0.0.3:8080" })
     }
 }
