@@ -126,6 +126,7 @@ extension Snapshot {
     /// The endpoints as a worker's upstream side takes them.
     fileprivate var upstreamEndpoints: UpstreamEndpoints {
         UpstreamEndpoints(
-            addresses: endpoints, transports: endpointTransports, workloads: workloads, workloadOf: endpointWorkloads, tls: upstreamTLS)
+            addresses: endpoints, transports: endpointTransports, peers: peerAccounts, workloads: workloads, workloadOf: endpointWorkloads,
+            tls: upstreamTLS)
     }
 }

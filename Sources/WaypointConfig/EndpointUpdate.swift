@@ -209,7 +209,7 @@ extension CompileState {
     func snapshot(generation: UInt64, routes: RouteTable<RouteAction>, revised: [Int32]) -> Snapshot {
         Snapshot(
             generation: generation, lineage: lineage, routes: routes, clusters: clusters, endpoints: endpoints,
-            endpointTransports: endpointTransports, workloads: workloads, endpointWorkloads: endpointWorkloads,
+            endpointTransports: endpointTransports, peerAccounts: peerAccounts, workloads: workloads, endpointWorkloads: endpointWorkloads,
             revisedEndpoints: revised,
             destinations: destinations, workloadAddresses: workloadAddresses, tcpRoutes: tcpRoutes,
             authorization: authorization, unmatchedHostPolicies: unmatchedHostPolicies, authentication: authentication,

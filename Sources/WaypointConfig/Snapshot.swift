@@ -104,6 +104,8 @@ public final class Snapshot: Sendable {
     /// Parallel to `endpoints`: plaintext, or for an endpoint in the mesh HBONE to its node's port 15008 (and the
     /// identity its certificate must name).
     public let endpointTransports: [EndpointTransport]
+    /// The service accounts `EndpointTransport.hbone` indexes (within a lineage only added to).
+    public let peerAccounts: [ServiceAccountName]
     /// Parallel to `endpoints`: the workload behind an endpoint whose Pod is known (Istio's destination labels).
     public let endpointWorkloads: [Int32]
     /// The distinct workloads `endpointWorkloads` indexes (within a lineage only added to).
@@ -156,7 +158,8 @@ public final class Snapshot: Sendable {
 
     init(
         generation: UInt64, lineage: UInt64, routes: RouteTable<RouteAction>, clusters: [Cluster], endpoints: [SocketAddress],
-        endpointTransports: [EndpointTransport], workloads: [WorkloadLabels], endpointWorkloads: [Int32], revisedEndpoints: [Int32],
+        endpointTransports: [EndpointTransport], peerAccounts: [ServiceAccountName], workloads: [WorkloadLabels],
+        endpointWorkloads: [Int32], revisedEndpoints: [Int32],
         destinations: [SocketAddress: Destination], workloadAddresses: [SocketAddress: WorkloadAddress], tcpRoutes: [UInt64: BackendSet],
         authorization: [PolicySet],
         unmatchedHostPolicies: PolicySet, authentication: [RequestAuthenticator?], unmatchedHostAuthentication: RequestAuthenticator?,
@@ -171,6 +174,7 @@ public final class Snapshot: Sendable {
         self.clusters = clusters
         self.endpoints = endpoints
         self.endpointTransports = endpointTransports
+        self.peerAccounts = peerAccounts
         self.endpointWorkloads = endpointWorkloads
         self.workloads = workloads
         self.destinations = destinations

@@ -94,6 +94,9 @@ struct CompileState {
     var endpoints: [SocketAddress] = []
     /// Per endpoint: plaintext, or HBONE (in the mesh) and to whom.
     var endpointTransports: [EndpointTransport] = []
+    /// The service accounts `EndpointTransport.hbone` names (within a lineage only added to).
+    var peerAccounts: [ServiceAccountName] = []
+    var peerAccountIndex: [ServiceAccountName: Int32] = [:]
     /// Per endpoint: its Pod's workload (index into `workloads`; -1: the Pod is not known).
     var endpointWorkloads: [Int32] = []
     /// Every distinct workload behind an endpoint (a Deployment's thousand Pods are one entry).
@@ -557,7 +560,8 @@ struct CompileState {
         guard let address = SocketAddress(ip: ip, port: UInt16(port)) else { return nil }
         if let index = endpointIndex[address] {
             switch (endpointTransports[Int(index)], transport) {
-            case (.plaintext, .hbone), (.hbone(nil), .hbone(.some)), (.plaintext, .tls): endpointTransports[Int(index)] = transport
+            case (.plaintext, .hbone), (.plaintext, .tls): endpointTransports[Int(index)] = transport
+            case (.hbone(-1), .hbone(let peer)) where peer >= 0: endpointTransports[Int(index)] = transport
             default: break
             }
             return index
@@ -620,12 +624,27 @@ struct CompileState {
     /// `istio.io/dataplane-mode: ambient`, or in a namespace so labelled and not opted out with `none`, is in the
     /// mesh and reached by HBONE, its ztunnel presenting the Pod's service account; so is any endpoint of a slice
     /// annotated `networking.istio.io/tunnel: http` (file mode). Everything else is plaintext.
-    static func transport(to pod: PodSpec?, namespaceLabels: [String: [String: String]], annotated: Bool) -> EndpointTransport {
+    static func meshPeer(of pod: PodSpec?, namespaceLabels: [String: [String: String]], annotated: Bool) -> MeshPeer? {
         let key = "istio.io/dataplane-mode"
-        guard let pod else { return annotated ? .hbone(peer: nil) : .plaintext }
+        guard let pod else { return annotated ? .any : nil }
         let mode = pod.labels[key] ?? namespaceLabels[pod.namespace]?[key]
-        guard (pod.labels[key] != "none" && mode == "ambient") || annotated else { return .plaintext }
-        return .hbone(peer: ServiceAccountName(namespace: pod.namespace, name: pod.serviceAccount))
+        guard (pod.labels[key] != "none" && mode == "ambient") || annotated else { return nil }
+        return .account(ServiceAccountName(namespace: pod.namespace, name: pod.serviceAccount))
+    }
+
+    /// Whom an endpoint in the mesh answers as: its Pod's service account, or, the Pod not known, any identity.
+    enum MeshPeer: Equatable {
+        case any
+        case account(ServiceAccountName)
+    }
+
+    /// The transport to a mesh endpoint: HBONE to `peer`, interned in `peerAccounts`.
+    mutating func hbone(to peer: MeshPeer) -> EndpointTransport {
+        guard case .account(let name) = peer else { return .hbone(peer: -1) }
+        if let index = peerAccountIndex[name] { return .hbone(peer: index) }
+        peerAccounts.append(name)
+        peerAccountIndex[name] = Int32(peerAccounts.count - 1)
+        return .hbone(peer: Int32(peerAccounts.count - 1))
     }
 
     /// A Service port's or ServiceEntry host port's cluster; its members count as listed (subsets do not).
@@ -663,7 +682,9 @@ struct CompileState {
             for endpoint in slice.endpoints where endpoint.ready {
                 for ip in endpoint.addresses {
                     let pod = endpoint.pod.flatMap { lookups.podsByName[ObjectKey(slice.namespace, $0)] } ?? lookups.podsByIP[ip]
-                    var transport = Self.transport(to: pod, namespaceLabels: namespaceLabels, annotated: slice.tunnel)
+                    var transport =
+                        Self.meshPeer(of: pod, namespaceLabels: namespaceLabels, annotated: slice.tunnel).map { hbone(to: $0) }
+                        ?? .plaintext
                     if let tls, transport == .plaintext { transport = .tls(tls) }  // a mesh endpoint keeps HBONE
                     guard let index = self.endpoint(ip, targetPort, transport: transport) else { continue }
                     // Written only when they change: these tables are shared with the snapshot serving now, and a
@@ -723,7 +744,7 @@ struct CompileState {
                 for endpoint in endpoints {
                     let target = endpoint.ports[port.name] ?? port.targetPort ?? port.number
                     let transport: EndpointTransport =
-                        endpoint.labels[EndpointSliceSpec.tunnelKey] == "http" ? .hbone(peer: nil) : tls.map { .tls($0) } ?? .plaintext
+                        endpoint.labels[EndpointSliceSpec.tunnelKey] == "http" ? .hbone(peer: -1) : tls.map { .tls($0) } ?? .plaintext
                     guard let index = self.endpoint(endpoint.address, target, transport: transport) else { continue }
                     endpointLabels[index] = endpoint.labels
                     if let locality = endpoint.locality { endpointLocality[index] = locality }
@@ -1108,18 +1129,18 @@ struct CompileState {
     }
 
     /// An endpoint's transport as the dump shows it after the address.
-    static func describe(_ transport: EndpointTransport) -> String {
+    static func describe(_ transport: EndpointTransport, peers: [ServiceAccountName]) -> String {
         switch transport {
         case .plaintext: return ""
-        case .hbone(nil): return " (HBONE)"
-        case .hbone(let peer?): return " (HBONE, \(peer))"
+        case .hbone(let peer) where peer >= 0: return " (HBONE, \(peers[Int(peer)]))"
+        case .hbone: return " (HBONE)"
         case .tls: return " (TLS)"
         }
     }
 
     /// The `/config_dump` of this state, rendered when asked (the values are shared, not copied).
     func dumpSource(generation: UInt64) -> @Sendable () -> JSONValue {
-        let (clusters, endpoints, transports, hosts) = (clusters, endpoints, endpointTransports, dumpHosts)
+        let (clusters, endpoints, transports, peers, hosts) = (clusters, endpoints, endpointTransports, peerAccounts, dumpHosts)
         let warnings = spec.warnings + warnings
         return {
             JSONValue.object([
@@ -1134,7 +1155,7 @@ struct CompileState {
                                     "endpoints",
                                     .array(
                                         cluster.endpoints.map {
-                                            .string(endpoints[Int($0)].description + Self.describe(transports[Int($0)]))
+                                            .string(endpoints[Int($0)].description + Self.describe(transports[Int($0)], peers: peers))
                                         })
                                 ),
                             ])

@@ -4,8 +4,10 @@ public enum EndpointTransport: Sendable, Equatable {
     case plaintext
     /// An HBONE tunnel through the endpoint's node (port 15008, `CONNECT ip:port`, the waypoint's own certificate).
     /// `peer`: whom the node's certificate must name, the destination Pod's service account (its ztunnel answers
-    /// as that Pod); nil when the Pod is not known (then any identity of an accepted trust domain, as Envoy).
-    case hbone(peer: ServiceAccountName?)
+    /// as that Pod), as an index into the snapshot's `peerAccounts`; -1 when the Pod is not known (then any
+    /// identity of an accepted trust domain, as Envoy). An index keeps a table of 10,000 transports plain data,
+    /// copied with a memcpy.
+    case hbone(peer: Int32)
     /// TLS originated by the waypoint (DestinationRule `tls` SIMPLE or MUTUAL): the settings are the snapshot's
     /// `upstreamTLS` entry with this index.
     case tls(Int32)

@@ -10,7 +10,7 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
     /// The IP in network byte order, IPv4 in the first 4 bytes (the rest zero).
     private let high: UInt64
     private let low: UInt64
-    public let port: UInt16
+    public private(set) var port: UInt16
     public let isIPv6: Bool
 
     /// Parses `IP:port`; nil if either part is invalid. No name resolution: configs name addresses.
@@ -53,6 +53,13 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
         (high, low) = raw
         isIPv6 = rawIP.count == 16
         self.port = port
+    }
+
+    /// The same IP at another port.
+    public func with(port: UInt16) -> SocketAddress {
+        var other = self
+        other.port = port
+        return other
     }
 
     /// The IP's bytes in network byte order (4 or 16).

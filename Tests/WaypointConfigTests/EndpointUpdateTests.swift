@@ -68,11 +68,17 @@ import WaypointCore
 
     /// What routing sees: each cluster's endpoints (address, transport, workload version) and the tunnel
     /// destinations (address → where to).
+    /// An endpoint's transport with its HBONE peer's name (indices into `peerAccounts` differ between compiles).
+    static func transport(_ snapshot: Snapshot, _ i: Int32) -> String {
+        guard case .hbone(let peer) = snapshot.endpointTransports[Int(i)] else { return "\(snapshot.endpointTransports[Int(i)])" }
+        return peer >= 0 ? "hbone(\(snapshot.peerAccounts[Int(peer)]))" : "hbone(any)"
+    }
+
     static func view(_ snapshot: Snapshot) -> [String] {
         var lines: [String] = []
         for cluster in snapshot.clusters {
             let members = cluster.endpoints.map { i in
-                "\(snapshot.endpoints[Int(i)]) \(snapshot.endpointTransports[Int(i)]) \(version(snapshot, i))"
+                "\(snapshot.endpoints[Int(i)]) \(transport(snapshot, i)) \(version(snapshot, i))"
             }
             lines.append("\(cluster.name): \(members.sorted()) ring=\(cluster.ring != nil)")
         }

@@ -249,23 +249,23 @@ private func compileWithRule(trafficPolicy: String, previous: Snapshot? = nil) t
     }
     private let ambient = ["istio.io/dataplane-mode": "ambient"]
     private let none = ["istio.io/dataplane-mode": "none"]
-    private let reviews = EndpointTransport.hbone(peer: ServiceAccountName(namespace: "shop", name: "reviews"))
+    private let reviews = CompileState.MeshPeer.account(ServiceAccountName(namespace: "shop", name: "reviews"))
 
     @Test func aPodOrItsNamespaceLabelledAmbientIsReachedByHBONEAsItsServiceAccount() {
-        #expect(CompileState.transport(to: pod(ambient), namespaceLabels: [:], annotated: false) == reviews)
-        #expect(CompileState.transport(to: pod([:]), namespaceLabels: ["shop": ambient], annotated: false) == reviews)
+        #expect(CompileState.meshPeer(of: pod(ambient), namespaceLabels: [:], annotated: false) == reviews)
+        #expect(CompileState.meshPeer(of: pod([:]), namespaceLabels: ["shop": ambient], annotated: false) == reviews)
     }
 
     @Test func noneOptsOutAndUnlabelledIsPlaintext() {
-        #expect(CompileState.transport(to: pod(none), namespaceLabels: ["shop": ambient], annotated: false) == .plaintext)
-        #expect(CompileState.transport(to: pod([:]), namespaceLabels: ["other": ambient], annotated: false) == .plaintext)
-        #expect(CompileState.transport(to: pod(ambient), namespaceLabels: [:], annotated: false) != .plaintext)
+        #expect(CompileState.meshPeer(of: pod(none), namespaceLabels: ["shop": ambient], annotated: false) == nil)
+        #expect(CompileState.meshPeer(of: pod([:]), namespaceLabels: ["other": ambient], annotated: false) == nil)
+        #expect(CompileState.meshPeer(of: pod(ambient), namespaceLabels: [:], annotated: false) != nil)
     }
 
     @Test func theTunnelAnnotationStillWorksWithOrWithoutAPod() {
-        #expect(CompileState.transport(to: nil, namespaceLabels: [:], annotated: true) == .hbone(peer: nil))
-        #expect(CompileState.transport(to: pod([:]), namespaceLabels: [:], annotated: true) == reviews)
-        #expect(CompileState.transport(to: nil, namespaceLabels: [:], annotated: false) == .plaintext)
+        #expect(CompileState.meshPeer(of: nil, namespaceLabels: [:], annotated: true) == .any)
+        #expect(CompileState.meshPeer(of: pod([:]), namespaceLabels: [:], annotated: true) == reviews)
+        #expect(CompileState.meshPeer(of: nil, namespaceLabels: [:], annotated: false) == nil)
     }
 }
 

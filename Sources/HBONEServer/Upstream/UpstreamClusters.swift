@@ -9,6 +9,8 @@ public struct UpstreamEndpoints: Sendable {
     public var addresses: [SocketAddress] = []
     /// How each is reached: plaintext, HBONE to a given identity, or TLS the waypoint originates.
     public var transports: [EndpointTransport] = []
+    /// What `EndpointTransport.hbone` indexes: the identities mesh endpoints answer as.
+    public var peers: [ServiceAccountName] = []
     /// The distinct workloads behind them (Istio's destination labels).
     public var workloads: [WorkloadLabels] = []
     /// Per endpoint: its index in `workloads` (-1: its Pod is not known).
@@ -17,9 +19,29 @@ public struct UpstreamEndpoints: Sendable {
     public var tls: [UpstreamTLS?] = []
 
     public init(
-        addresses: [SocketAddress], transports: [EndpointTransport], workloads: [WorkloadLabels], workloadOf: [Int32], tls: [UpstreamTLS?]
+        addresses: [SocketAddress], transports: [EndpointTransport], peers: [ServiceAccountName], workloads: [WorkloadLabels],
+        workloadOf: [Int32], tls: [UpstreamTLS?]
     ) {
-        (self.addresses, self.transports, self.workloads, self.workloadOf, self.tls) = (addresses, transports, workloads, workloadOf, tls)
+        (self.addresses, self.transports, self.peers, self.workloads, self.workloadOf, self.tls) = (
+            addresses, transports, peers, workloads, workloadOf, tls
+        )
+    }
+
+    /// Endpoint `i`'s HBONE peer: the identity its node must present (nil for any, or for other transports).
+    func peer(of i: Int) -> ServiceAccountName? {
+        guard case .hbone(let index) = transports[i], index >= 0, Int(index) < peers.count else { return nil }
+        return peers[Int(index)]
+    }
+
+    /// Whether `pool` reaches endpoint `i` as listed: the same kind of transport, HBONE peer and TLS settings
+    /// object (not the same indices, which a full compile renumbers).
+    func reaches(_ i: Int, as pool: UpstreamPool) -> Bool {
+        switch (pool.transport, transports[i]) {
+        case (.plaintext, .plaintext): return true
+        case (.hbone, .hbone): return pool.peer == peer(of: i)
+        case (.tls, .tls): return pool.tls === tls(of: i)
+        default: return false
+        }
     }
 
     /// Endpoint `i`'s TLS origination (nil for other transports, or an unusable rule).
@@ -55,10 +77,10 @@ public final class UpstreamClusters {
         take(endpoints, server)
         var existing: [SocketAddress: UpstreamPool] = [:]
         for case let pool? in pools { existing[pool.address] = pool }
-        pools = zip(endpoints.addresses, endpoints.transports).enumerated().map { i, entry in
-            // a pool keeps its connections only with the same transport (and the same TLS settings object)
-            guard let pool = existing[entry.0], pool.transport == entry.1, pool.tls === endpoints.tls(of: i) else { return nil }
-            existing[entry.0] = nil
+        pools = endpoints.addresses.enumerated().map { i, address in
+            // a pool keeps its connections only with the same transport (peer, TLS settings object)
+            guard let pool = existing[address], endpoints.reaches(i, as: pool) else { return nil }
+            existing[address] = nil
             pool.destinationWorkload = workloadIDs[i]
             return pool
         }
@@ -73,7 +95,7 @@ public final class UpstreamClusters {
         for endpoint in revised where Int(endpoint) < pools.count {
             guard let pool = pools[Int(endpoint)] else { continue }
             let i = Int(endpoint)
-            if pool.address != endpoints.addresses[i] || pool.transport != endpoints.transports[i] || pool.tls !== endpoints.tls(of: i) {
+            if pool.address != endpoints.addresses[i] || !endpoints.reaches(i, as: pool) {
                 pool.retired = true
                 pools[Int(endpoint)] = nil
             } else {
@@ -103,7 +125,8 @@ public final class UpstreamClusters {
     private func makePool(_ i: Int) -> UpstreamPool? {
         guard let server else { return nil }
         let pool = UpstreamPool(
-            address: endpoints.addresses[i], transport: endpoints.transports[i], tls: endpoints.tls(of: i), server: server)
+            address: endpoints.addresses[i], transport: endpoints.transports[i], peer: endpoints.peer(of: i), tls: endpoints.tls(of: i),
+            server: server)
         pool.destinationWorkload = workloadIDs[i]
         pools[i] = pool
         return pool

@@ -12,8 +12,10 @@ import WaypointCore
 /// address across config reloads; a pool dropped by a reload is `retired` and closes connections as they return.
 final class UpstreamPool {
     let address: SocketAddress
-    /// Plaintext, HBONE (and to whom), or TLS originated with `tls`.
+    /// Plaintext, HBONE (to `peer`), or TLS originated with `tls`.
     let transport: EndpointTransport
+    /// For HBONE: the identity the endpoint's node must present (nil: any of an accepted trust domain).
+    let peer: ServiceAccountName?
     /// The DestinationRule's TLS origination for a `.tls` endpoint (nil: unusable, every connect fails).
     let tls: UpstreamTLS?
     /// The endpoint's Pod as Istio's destination labels name it (interned in the worker's metrics), -1 unknown.
@@ -39,7 +41,8 @@ final class UpstreamPool {
         }
     }
 
-    init(address: SocketAddress, transport: EndpointTransport, tls: UpstreamTLS?, server: ProxyServer) {
+    init(address: SocketAddress, transport: EndpointTransport, peer: ServiceAccountName?, tls: UpstreamTLS?, server: ProxyServer) {
+        self.peer = peer
         self.address = address
         self.transport = transport
         self.tls = tls
@@ -119,8 +122,7 @@ final class UpstreamPool {
             return tunnel
         }
         guard let context = server.clientTLSContext,
-            let node = SocketAddress(ip: address.ip, port: server.settings.upstreamHBONEPort),
-            case .hbone(let peer) = transport,
+            case let node = address.with(port: server.settings.upstreamHBONEPort),
             let connection = HBONEConnection.connect(to: node, context: context, worker: server.context, expectedPeer: peer)
         else { return nil }
         connection.onClosed = { [unowned(unsafe) self] closed in self.hboneConnections.removeAll { $0 === closed } }
