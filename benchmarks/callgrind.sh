@@ -15,7 +15,7 @@ case "$MODE" in hbone) LOG=off ;; plaintext) LOG=on ;; *) echo "unknown mode $MO
 command -v valgrind >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }
 work=$(mktemp -d /tmp/waypoint-callgrind.XXXXXX)
 pids=()
-trap 'for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; [ -n "${KEEP_OUT:-}" ] && cp "$work/callgrind.out" "$KEEP_OUT"; rm -rf "$work"' EXIT
 python3 - "$work" <<'PY'
 import sys; sys.path.insert(0, "Tests/EndToEnd")
 import pki; pki.make(sys.argv[1])

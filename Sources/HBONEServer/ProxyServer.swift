@@ -20,6 +20,9 @@ public final class ProxyServer: TunnelAcceptor {
     public let context: WorkerContext
     public let loop: EventLoop
     let router: any RequestRouter
+    /// The router's `generation`, kept here so that an exchange checks the indices it holds with a load, not a
+    /// call through the router (several per request). Set by whoever replaces the router's snapshot, at once.
+    public var routingGeneration: UInt64
     public let settings: ProxySettings
     public let counters: WorkerCounters
     let accessLog: AccessLog?
@@ -52,6 +55,7 @@ public final class ProxyServer: TunnelAcceptor {
         self.loop = loop
         self.counters = counters
         self.router = router
+        routingGeneration = router.generation
         self.settings = settings
         self.accessLog = accessLog ? AccessLog(loop: loop) : nil
         self.logger = logger

@@ -100,6 +100,7 @@ final class Worker: @unchecked Sendable {
                     server.updateEndpoints(next.upstreamEndpoints)
                 }
                 router.replace(next)
+                server.routingGeneration = next.generation
                 logger.debug("serving config generation \(next.generation)")
             case .replaceTLS(let contexts):
                 server.tlsContext = contexts.server

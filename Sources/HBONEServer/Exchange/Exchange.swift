@@ -142,7 +142,7 @@ final class Exchange {
     /// Acts on the router's decision for the request: at once, or once its external check allows.
     func decide(_ decision: RouteDecision) {
         record.labels = decision.labels
-        record.generation = server.router.generation  // the snapshot that just made the decision numbers its indices
+        record.generation = server.routingGeneration  // the snapshot that just made the decision numbers its indices
         guard let check = decision.check else { return decide(decision.action) }
         checked = (check, decision.action)
         guard check.authorizer.bodyInCheck != nil else { return ask(check.request) }
@@ -260,9 +260,12 @@ final class Exchange {
 
     /// Brings the indices the exchange holds (its record's endpoint and cluster, its mirrors' clusters) into the
     /// numbering of the snapshot routing now: a reload may have come while the exchange waited.
-    func renumber() {
+    @inline(__always) func renumber() {
+        if record.generation != server.routingGeneration { renumberIndices() }
+    }
+
+    private func renumberIndices() {
         let since = record.generation
-        guard since != server.router.generation else { return }
         record.renumber(in: server.router)
         guard !policy.mirrors.isEmpty else { return }
         policy = policy.renumberingMirrors { [router = server.router] cluster in

@@ -59,12 +59,13 @@ extension ProxyServer {
         _ record: ExchangeRecord, grpc: GRPCStatus?, protocol: StaticString, peer: PeerFacts, principal: Int32,
         log fields: RequestLogFields?
     ) {
-        var record = record
-        record.renumber(in: router)
+        // The last try's endpoint and cluster in the current numbering (the record itself is not copied).
+        var (endpoint, cluster, generation) = (record.endpoint, record.cluster, record.generation)
+        if generation != routingGeneration { router.renumber(cluster: &cluster, endpoint: &endpoint, since: &generation) }
         let status = record.status
         if status > 0 {
             let outcome = grpc.map { OutlierDetection.httpStatus(forGRPC: $0.code) } ?? status
-            if record.inFlight { router.reportAttempt(endpoint: record.endpoint, cluster: record.cluster, result: .status(outcome)) }
+            if record.inFlight { router.reportAttempt(endpoint: endpoint, cluster: cluster, result: .status(outcome)) }
             if record.attempt > 1 && outcome >= 200 && outcome < 500 {
                 counters.retriesSucceeded.increment()
                 counters.istio.recordRetry(service: record.labels.service, .succeeded)
@@ -72,7 +73,7 @@ extension ProxyServer {
             counters.countResponse(status)
             counters.istio.recordRequest(
                 principal: principal, service: record.labels.service,
-                destination: upstreams.pool(record.endpoint)?.destinationWorkload ?? -1,
+                destination: upstreams.pool(endpoint)?.destinationWorkload ?? -1,
                 grpc: record.grpc, grpcStatus: grpc?.code ?? -1,
                 mutualTLS: peer.identity != nil, status: status, flags: record.flags, durationMs: (loop.now - record.start) * 1000,
                 requestBytes: record.bytesReceived, responseBytes: record.bytesSent)
