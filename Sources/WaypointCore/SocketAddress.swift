@@ -33,14 +33,13 @@ public struct SocketAddress: Sendable, Hashable, CustomStringConvertible {
 
     /// An address from an IP literal and a port; nil if `ip` is not a literal.
     public init?(ip: String, port: UInt16) {
+        // withCString: the text as it is (passing the String converts it to a new array per call).
         var raw: (UInt64, UInt64) = (0, 0)
-        if inet_pton(AF_INET, ip, &raw) == 1 {
-            isIPv6 = false
-        } else if inet_pton(AF_INET6, ip, &raw) == 1 {
-            isIPv6 = true
-        } else {
-            return nil
+        let family = ip.withCString { text in
+            inet_pton(AF_INET, text, &raw) == 1 ? AF_INET : inet_pton(AF_INET6, text, &raw) == 1 ? AF_INET6 : -1
         }
+        guard family != -1 else { return nil }
+        isIPv6 = family == AF_INET6
         (high, low) = raw
         self.port = port
     }
