@@ -111,12 +111,18 @@ public final class SnapshotRouter: RequestRouter {
             address.flatMap { address in
                 // The endpoint at the same address in the same cluster (a subset's variant keeps its own TLS), or the
                 // workload at that address.
-                guard cluster >= 0 else { return snapshot.destination(for: address).flatMap { $0.virtualHost < 0 ? $0.endpoint : nil } }
+                guard cluster >= 0 else {
+                    return snapshot.destinations[address] == nil ? snapshot.workloadAddresses[address]?.endpoint : nil
+                }
                 return snapshot.clusters[Int(cluster)].endpoints.first { snapshot.endpoints[Int($0)] == address }
             } ?? -1
     }
 
-    public func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts) -> RouteDecision {
+    public func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: inout Destination?, peer: PeerFacts)
+        -> RouteDecision
+    {
+        // A tunnel accepted under an earlier snapshot: its address looked up again, once (gone: it stays stale).
+        if isStale(destination), let address = destination?.address, let now = self.destination(for: address) { destination = now }
         var labels = RouteLabels()
         var jwtHeaders: HeaderModifier? = nil
         var check: ExternalCheck? = nil
@@ -134,11 +140,8 @@ public final class SnapshotRouter: RequestRouter {
         _ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts,
         labels: inout RouteLabels, jwtHeaders: inout HeaderModifier?, check: inout ExternalCheck?
     ) -> RouteDecision.Action {
-        // A tunnel accepted under an earlier snapshot: its address looked up again (gone: 503, never the Host header).
-        if isStale(destination) {
-            guard let address = destination?.address, let now = self.destination(for: address) else { return .reply(.noHealthyUpstream) }
-            return action(head, bytes, destination: now, peer: peer, labels: &labels, jwtHeaders: &jwtHeaders, check: &check)
-        }
+        // A tunnel whose address the current snapshot no longer serves: 503, never the Host header.
+        if isStale(destination) { return .reply(.noHealthyUpstream) }
         // Which virtual host (service) this is for: the tunnel's destination, else the Host header.
         var host: Int32 = -1
         var port: UInt16? = nil

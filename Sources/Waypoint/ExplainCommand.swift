@@ -153,7 +153,7 @@ extension WaypointCommand {
             }
 
             let router = SnapshotRouter(snapshot: snapshot, seed: 1, counters: WorkerCounters())
-            let decision = bytes.withUnsafeBytes { router.route(head, $0, destination: destination, peer: peer) }
+            let decision = bytes.withUnsafeBytes { router.route(head, $0, destination: &destination, peer: peer) }
             if let check = decision.check {
                 let authorizer = check.authorizer
                 print(

@@ -170,7 +170,7 @@ extension CompileState {
     /// index is free for a new address (if this one comes back it is resolved as new).
     private mutating func retire(_ endpoint: Int32) {
         let address = endpoints[Int(endpoint)]
-        if workloadAddresses[address]?.endpoint == endpoint { workloadAddresses[address] = nil }
+        dropWorkload(endpoint)
         if endpointIndex[address] == endpoint { endpointIndex[address] = nil }
         endpointTransports[Int(endpoint)] = .plaintext
         endpointWorkloads[Int(endpoint)] = -1

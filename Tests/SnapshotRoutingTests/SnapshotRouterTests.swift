@@ -131,18 +131,22 @@ private final class Fixture {
         clock = { [unowned self] in self.clock }
     }
 
+    /// The tunnel destination as the last `route` left it (looked up again when it was stale).
+    private(set) var routedDestination: Destination?
+
     /// The decision for `GET path` to `host` (inside a tunnel to `tunnel`, an `IP:port`), and the labels routing
     /// gave it.
     func route(
         _ host: String, _ path: String = "/", peer: PeerFacts = frontend, tunnel: String? = nil, accepted: Destination? = nil
     ) -> (RouteDecision.Action, RouteLabels) {
         let text = "GET \(path) HTTP/1.1\r\nHost: \(host)\r\n\r\n"
-        let destination = accepted ?? tunnel.flatMap { router.destination(for: SocketAddress($0)!) }
+        var destination = accepted ?? tunnel.flatMap { router.destination(for: SocketAddress($0)!) }
         let decision = Array(text.utf8).withUnsafeBytes { bytes -> RouteDecision in
             var head = RequestHead()
             _ = HTTP1Parser.parseRequest(bytes, into: &head)
-            return router.route(head, bytes, destination: destination, peer: peer)
+            return router.route(head, bytes, destination: &destination, peer: peer)
         }
+        routedDestination = destination
         return (decision.action, decision.labels)
     }
 
@@ -303,9 +307,13 @@ private final class Fixture {
         try f.reload(Fixture.serviceListedFirst + config, generation: 2)
         #expect(f.router.destination(for: SocketAddress("240.1.0.1:80")!)?.virtualHost == egress.virtualHost + 1)
         #expect(f.target("egress.example.com", accepted: egress) == "240.1.0.1:8080")
+        // Looked up once: the tunnel holds the current destination for its next requests.
+        #expect(f.routedDestination?.lineage == f.router.snapshot.lineage)
+        #expect(f.routedDestination?.virtualHost == egress.virtualHost + 1)
         let withoutEgress = config.split(separator: "---").filter { !$0.contains("name: egress") }.joined(separator: "---")
         try f.reload(withoutEgress, generation: 3)
         #expect(f.target("egress.example.com", accepted: egress) == "503")
+        #expect(f.routedDestination != nil)  // kept, stale: never routed by the Host header instead
 
         let w = try Fixture(config.split(separator: "---").prefix(3).joined(separator: "---"))
         let workload = try #require(w.router.destination(for: SocketAddress("10.0.0.2:8080")!))

@@ -97,7 +97,9 @@ public struct RetryHistory: Sendable {
 public protocol RequestRouter: AnyObject {
     /// Authorizes and routes a request: by its Host header, or, inside a tunnel, by the tunnel's `destination`.
     /// `peer` is who sent it (the principal is nil on the plaintext listener). A denial is a `.reply`.
-    func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: Destination?, peer: PeerFacts) -> RouteDecision
+    /// A tunnel's `destination` from an earlier snapshot is looked up again by its address and replaced, so that
+    /// the tunnel's next requests find it current.
+    func route(_ head: RequestHead, _ bytes: UnsafeRawBufferPointer, destination: inout Destination?, peer: PeerFacts) -> RouteDecision
     /// The interned destination service of a tunnel's destination (-1 for a workload address).
     func service(of destination: Destination) -> Int32
     /// Authorizes a byte-stream (TCP) tunnel to `destination` before anything reaches the upstream: only

@@ -17,7 +17,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
     private unowned(unsafe) let server: ProxyServer
     private var channel: HTTP2Channel!
     private let peer: PeerFacts
-    private let destination: Destination?
+    private var destination: Destination?
     private let traceparent: [UInt8]
     private var exchanges: [Int32: H2CExchange] = [:]
     /// WebSocket streams (RFC 8441 extended CONNECT), each bridged to an HTTP/1.1 session.
@@ -234,7 +234,7 @@ final class H2CProxySession: HTTP2SessionDelegate, DownstreamSession, H2CExchang
                 return RouteDecision(.reply(.badRequest(HTTP1Error(status: 400, "malformed request"))))
             }
             request.isHTTP2 = true
-            return server.router.route(request, bytes, destination: destination, peer: peer)
+            return server.router.route(request, bytes, destination: &destination, peer: peer)
         }
         control.decide(decision)
         channel.flush()

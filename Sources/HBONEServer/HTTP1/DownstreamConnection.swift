@@ -37,7 +37,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
     private unowned(unsafe) let server: ProxyServer
     let peer: PeerFacts
     /// For a tunnel: the service (or workload) its `:authority` named; every request is routed by it.
-    private let destination: Destination?
+    private var destination: Destination?
     /// The tunnel's `traceparent`, passed on to requests that carry none.
     private let traceparent: [UInt8]
     private let clientIP: [UInt8]
@@ -299,7 +299,7 @@ final class DownstreamConnection: ByteStreamHandler, DownstreamSession, Exchange
         headLength = length
         exchange.record.bytesReceived = length
         if let log = exchange.log { keepLogFields(headBytes, log) }
-        exchange.decide(server.router.route(head, headBytes, destination: destination, peer: peer))
+        exchange.decide(server.router.route(head, headBytes, destination: &destination, peer: peer))
         return true
     }
 
