@@ -1,6 +1,6 @@
 # waypoint: the two commands a new user needs are `make run` and `make test`.
 SWIFT        ?= swift
-DEB_PACKAGES := libev-dev libnghttp2-dev libssl-dev libpcre2-dev libjson-c-dev libyaml-dev pkg-config curl
+DEB_PACKAGES := libev-dev libnghttp2-dev libssl-dev libpcre2-dev libsimdjson-dev libyaml-dev pkg-config curl
 PY_PACKAGES  := pytest prometheus-client h2 cryptography kubernetes-validate pyyaml grpcio grpcio-tools websockets pyjwt dnslib
 RELEASE_BIN  := .build/release/waypoint
 # A static Swift runtime: one binary that needs only the C libraries at run time.

@@ -41,8 +41,8 @@ let package = Package(
             providers: [.apt(["libpcre2-dev"])]),
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CNghttp2", path: "Sources/CNghttp2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
-        .systemLibrary(
-            name: "CJSONC", path: "Sources/CJSONC", pkgConfig: "json-c", providers: [.apt(["libjson-c-dev"])]),
+        // simdjson is C++: a C interface of our own (Sources/CSimdJSON/include) is what Swift imports.
+        .target(name: "CSimdJSON", path: "Sources/CSimdJSON", linkerSettings: [.linkedLibrary("simdjson")]),
         .systemLibrary(name: "CYAML", path: "Sources/CYAML", pkgConfig: "yaml-0.1", providers: [.apt(["libyaml-dev"])]),
 
         // Thin Swift wrappers: the only modules that import the C targets.
@@ -50,7 +50,7 @@ let package = Package(
         .target(name: "Regex", dependencies: ["CPCRE2"], swiftSettings: release),
         .target(name: "TLS", dependencies: ["COpenSSL", "EventLoop", "WaypointCore"], swiftSettings: release),
         .target(name: "HTTP2", dependencies: ["CNghttp2", "WaypointCore"], swiftSettings: release),
-        .target(name: "JSON", dependencies: ["CJSONC"], swiftSettings: release),
+        .target(name: "JSON", dependencies: ["CSimdJSON"], swiftSettings: release),
         .target(name: "YAML", dependencies: ["CYAML"], swiftSettings: release),
         // The Kubernetes API as a config source: credentials, list and watch, the objects they keep.
         .target(
@@ -137,5 +137,6 @@ let package = Package(
                 "SnapshotRouting", "HBONEServer", "WaypointConfig", "WaypointCore", "Filters",
             ]),
     ],
-    swiftLanguageModes: [.v6]
+    swiftLanguageModes: [.v6],
+    cxxLanguageStandard: .cxx17
 )

@@ -1,15 +1,19 @@
-internal import CJSONC
+internal import CSimdJSON
 
-/// A JSON value, parsed by json-c (a Debian `-dev` C library, as the other four are): what the Kubernetes API
-/// sends. Objects keep their keys in the order they came.
+/// A JSON value, parsed by simdjson (Debian's libsimdjson-dev, behind the C interface of `CSimdJSON`): what the
+/// Kubernetes API sends. Objects keep their keys in the order they came.
 ///
-/// Why json-c: it is small, maintained, and its tokener parses incrementally, so a watch stream is parsed one
-/// event at a time and never held whole; Foundation's parser would link Foundation on this path.
+/// Why simdjson: it is maintained, small (a 200 KiB library), checks UTF-8, and parses a watch event about ten
+/// times faster than json-c did, with no allocation per value (json-c built a hash table per object and freed it
+/// at once: most of a watcher's time under endpoint churn). A watch stream is parsed one event (one line) at a
+/// time and never held whole; Foundation's parser would link Foundation on this path.
 /// Thread: any (a value).
 public indirect enum JSON: Sendable, Equatable {
     case null
     case bool(Bool)
-    /// A number as written (`80`, `1.5`), so integers stay exact and the config reader decides what it needs.
+    /// A number as text, so that integers stay exact and the config reader decides what it needs: an integer as
+    /// its digits (`80`), any other number in the shortest form that reads back as the same double (`1.5`, `-3e2`
+    /// as `-300.0`).
     case number(String)
     case string(String)
     case array([JSON])
@@ -55,73 +59,101 @@ public indirect enum JSON: Sendable, Equatable {
     }
 
     /// Nesting deeper than this is refused (Kubernetes objects are far shallower; a hostile one is not).
-    public static let maxDepth: Int32 = 64
-
-    fileprivate static func value(of object: OpaquePointer?) -> JSON {
-        guard let object else { return .null }
-        switch json_object_get_type(object) {
-        case json_type_boolean:
-            return .bool(json_object_get_boolean(object) != 0)
-        case json_type_int where json_object_get_int64(object) != .max:  // .max: past Int64 (json-c saturates)
-            return .number(String(json_object_get_int64(object)))
-        case json_type_int, json_type_double:
-            return .number(String(cString: json_object_to_json_string_ext(object, JSON_C_TO_STRING_PLAIN)))
-        case json_type_string:
-            let length = Int(json_object_get_string_len(object))
-            let bytes = UnsafeRawBufferPointer(start: json_object_get_string(object), count: length)
-            return .string(String(decoding: bytes, as: UTF8.self))
-        case json_type_array:
-            let count = json_object_array_length(object)
-            return .array((0..<count).map { value(of: json_object_array_get_idx(object, $0)) })
-        case json_type_object:
-            var entries: [(String, JSON)] = []
-            entries.reserveCapacity(Int(json_object_object_length(object)))
-            var iterator = json_object_iter_begin(object)
-            var end = json_object_iter_end(object)
-            while json_object_iter_equal(&iterator, &end) == 0 {
-                let name = String(cString: json_object_iter_peek_name(&iterator))
-                entries.append((name, value(of: json_object_iter_peek_value(&iterator))))
-                json_object_iter_next(&iterator)
-            }
-            return .object(entries)
-        default:
-            return .null
-        }
-    }
+    public static let maxDepth = 64
 }
 
-/// Parses JSON texts one after another with one json-c tokener (a watch parses an event per line: a new tokener
-/// each time was 5 % of a watcher's instructions).
+/// Parses JSON texts one after another with one simdjson parser, whose buffers are kept (a watch parses an event
+/// per line). simdjson parses into its own table and then walks it here, value by value: no allocation per
+/// value but ours.
 ///
 /// Thread: one at a time. Ownership: its user (a watch, for the life of its stream).
 public final class JSONParser {
-    private let tokener: UnsafeMutablePointer<json_tokener>
+    private let parser: OpaquePointer
 
     public init() {
-        guard let tokener = json_tokener_new_ex(JSON.maxDepth) else { fatalError("json-c: out of memory") }
-        self.tokener = tokener
+        guard let parser = wp_json_parser_new(JSON.maxDepth) else { fatalError("simdjson: out of memory") }
+        self.parser = parser
     }
 
-    deinit { json_tokener_free(tokener) }
+    deinit { wp_json_parser_free(parser) }
 
     /// Parses one complete JSON text; throws where it is malformed or incomplete.
     public func parse(_ bytes: UnsafeRawBufferPointer) throws(JSONError) -> JSON {
-        json_tokener_reset(tokener)
-        let object = bytes.withMemoryRebound(to: CChar.self) { chars in
-            json_tokener_parse_ex(tokener, chars.baseAddress, Int32(clamping: chars.count))
+        var builder = JSONBuilder()
+        let failure = withUnsafeMutablePointer(to: &builder) { context in
+            withUnsafePointer(to: JSONBuilder.visitor) { visitor in
+                bytes.withMemoryRebound(to: CChar.self) { wp_json_parse(parser, $0.baseAddress, $0.count, visitor, context) }
+            }
         }
-        let error = json_tokener_get_error(tokener)
-        guard error == json_tokener_success else {
-            let text = error == json_tokener_continue ? "incomplete JSON" : String(cString: json_tokener_error_desc(error))
-            throw JSONError("\(text) at offset \(json_tokener_get_parse_end(tokener))")
-        }
-        defer { json_object_put(object) }
-        let end = Int(json_tokener_get_parse_end(tokener))
-        guard end == bytes.count || bytes[end...].allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) else {
-            throw JSONError("unexpected bytes after the value at offset \(end)")
-        }
-        return JSON.value(of: object)
+        if let failure { throw JSONError(String(cString: failure)) }
+        return builder.result
     }
+}
+
+/// Builds a `JSON` value from a simdjson walk: the open containers, innermost last. A key an object already has
+/// replaces its value in place (as json-c did, and as Go's encoding/json, the API server's, keeps the last).
+fileprivate struct JSONBuilder {
+    /// A container being filled: an array's values, or an object's entries and the key of the value to come.
+    private struct Open {
+        let isObject: Bool
+        var values: [JSON] = []
+        var entries: [(String, JSON)] = []
+        var key = ""
+        /// Where the next value goes when its key was seen before in this object.
+        var replacing: Int? = nil
+    }
+    private var open: [Open] = []
+    fileprivate var result = JSON.null
+
+    private mutating func add(_ value: JSON) {
+        guard !open.isEmpty else { return result = value }
+        let last = open.count - 1
+        if !open[last].isObject {
+            open[last].values.append(value)
+        } else if let i = open[last].replacing {
+            open[last].entries[i].1 = value
+            open[last].replacing = nil
+        } else {
+            open[last].entries.append((open[last].key, value))
+        }
+    }
+
+    private mutating func key(_ key: String) {
+        let last = open.count - 1
+        open[last].replacing = open[last].entries.firstIndex { $0.0 == key }
+        open[last].key = key
+    }
+
+    private mutating func begin(object: Bool, count: Int) {
+        var container = Open(isObject: object)
+        if object { container.entries.reserveCapacity(count) } else { container.values.reserveCapacity(count) }
+        open.append(container)
+    }
+
+    private mutating func end() {
+        let container = open.removeLast()
+        add(container.isObject ? .object(container.entries) : .array(container.values))
+    }
+
+    private static func text(_ bytes: UnsafePointer<CChar>?, _ length: Int) -> String {
+        String(decoding: UnsafeRawBufferPointer(start: bytes, count: length), as: UTF8.self)
+    }
+
+    /// The builder is the walk's context.
+    private static func on(_ context: UnsafeMutableRawPointer?, _ body: (inout JSONBuilder) -> Void) {
+        body(&context!.assumingMemoryBound(to: JSONBuilder.self).pointee)
+    }
+
+    fileprivate static let visitor = wp_json_visitor(
+        null_value: { context in on(context) { $0.add(.null) } },
+        bool_value: { context, value in on(context) { $0.add(.bool(value)) } },
+        int_value: { context, value in on(context) { $0.add(.number(String(value))) } },
+        uint_value: { context, value in on(context) { $0.add(.number(String(value))) } },
+        double_value: { context, value in on(context) { $0.add(.number(String(value))) } },
+        string_value: { context, bytes, length in on(context) { $0.add(.string(text(bytes, length))) } },
+        key: { context, bytes, length in on(context) { $0.key(text(bytes, length)) } },
+        begin: { context, object, count in on(context) { $0.begin(object: object, count: count) } },
+        end: { context in on(context) { $0.end() } })
 }
 
 /// Why a JSON text was refused.

@@ -30,26 +30,20 @@ struct EndpointLookups {
             for ip in pod.ips { podsByIP[ip] = pod }
         }
         for node in spec.nodes { nodeLocality[node.name] = Locality(nodeLabels: node.labels) }
+        let slices = spec.endpointSlices
+        guard let services else {
+            for slice in slices { slicesByService[slice.service, default: []].append(slice) }
+            return
+        }
         // By index: a slice is copied (its strings and arrays retained) only when its Service is asked for.
-        for i in spec.endpointSlices.indices
-        where services?.contains(spec.endpointSlices[i].namespace, spec.endpointSlices[i].serviceName) ?? true {
-            let slice = spec.endpointSlices[i]
-            slicesByService[ObjectKey(slice.namespace, slice.serviceName), default: []].append(slice)
+        for i in slices.indices where services.contains(slices[i].service) {
+            slicesByService[slices[i].service, default: []].append(slices[i])
         }
     }
 }
 
-/// An object by namespace and name: a key that hashes both strings instead of building `namespace/name` text
-/// (which, for every slice and Pod of an endpoint update, was a large part of the main thread's time).
-struct ObjectKey: Hashable {
-    let namespace: String
-    let name: String
-
-    init(_ namespace: String, _ name: String) { (self.namespace, self.name) = (namespace, name) }
-}
-
-/// The few objects an update touches, asked about once per object of a kind: a handful are compared in a list
-/// (two string comparisons, where hashing both strings cost ~800 instructions per ask), more in a set.
+/// The few objects an update touches, asked about once per object of a kind (with the key the object holds,
+/// hashed when it was parsed): a handful are compared in a list, their hashes first, more looked up in a set.
 struct ObjectKeys {
     private let set: Set<ObjectKey>
     private let few: [ObjectKey]?
@@ -59,9 +53,9 @@ struct ObjectKeys {
         few = set.count <= 16 ? Array(set) : nil
     }
 
-    func contains(_ namespace: String, _ name: String) -> Bool {
-        guard let few else { return set.contains(ObjectKey(namespace, name)) }
-        return few.contains { $0.name == name && $0.namespace == namespace }
+    func contains(_ key: ObjectKey) -> Bool {
+        guard let few else { return set.contains(key) }
+        return few.contains(key)
     }
 }
 
@@ -108,7 +102,7 @@ extension SnapshotCompiler {
     /// `namespace/name` of the Services whose endpoints `changes` may change: those of a changed slice, and
     /// those with an endpoint a changed Pod backs (by the slice's targetRef or by IP).
     static func services(touchedBy changes: ConfigSpec, in spec: ConfigSpec) -> Set<ObjectKey> {
-        var touched = Set(changes.endpointSlices.map { ObjectKey($0.namespace, $0.serviceName) })
+        var touched = Set(changes.endpointSlices.map(\.service))
         guard !changes.pods.isEmpty else { return touched }
         let names = Set(changes.pods.map { ObjectKey($0.namespace, $0.name) })
         let ips = Set(changes.pods.flatMap(\.ips))
@@ -117,7 +111,7 @@ extension SnapshotCompiler {
                 endpoint.pod.map { names.contains(ObjectKey(slice.namespace, $0)) } == true
                     || endpoint.addresses.contains(where: ips.contains)
             }
-            if backed { touched.insert(ObjectKey(slice.namespace, slice.serviceName)) }
+            if backed { touched.insert(slice.service) }
         }
         return touched
     }
@@ -135,7 +129,7 @@ extension CompileState {
         let lookups = EndpointLookups(spec, services: services)
         var dropped: [Int32] = []
         var touched: [Int32] = []
-        for s in spec.services.indices where services.contains(spec.services[s].namespace, spec.services[s].name) {
+        for s in spec.services.indices where services.contains(spec.services[s].key) {
             let service = spec.services[s]  // copied only when touched
             for port in service.ports {
                 guard let cluster = clusterIndex["\(service.namespace)/\(service.name):\(port.port)"] else { return nil }

@@ -6,15 +6,48 @@ import WaypointCore
 
 /// `v1 Service`.
 public struct ServiceSpec: Sendable, Equatable {
-    public var namespace: String
-    public var name: String
+    public let namespace: String
+    public let name: String
+    /// Namespace and name, hashed once (an endpoint update asks about every Service whether it was touched).
+    public let key: ObjectKey
     public var clusterIP: String?
     public var ports: [ServicePortSpec]
     public var creationTimestamp: String
     /// The Service's `metadata.labels` (its `istio.io/use-waypoint` binding among them).
-    public var labels: [String: String] = [:]
+    public var labels: [String: String]
     /// `spec.selector`: the labels of the Pods behind it.
-    public var selector: [String: String] = [:]
+    public var selector: [String: String]
+
+    public init(
+        namespace: String, name: String, clusterIP: String?, ports: [ServicePortSpec], creationTimestamp: String,
+        labels: [String: String] = [:], selector: [String: String] = [:]
+    ) {
+        (self.namespace, self.name, self.clusterIP, self.ports, self.creationTimestamp) = (
+            namespace, name, clusterIP, ports, creationTimestamp
+        )
+        (self.labels, self.selector) = (labels, selector)
+        key = ObjectKey(namespace, name)
+    }
+}
+
+/// An object by namespace and name, hashed once when made: asked about thousands of times per endpoint update
+/// (is this Service, this slice's Service, among those touched?), hashing both strings each time was most of
+/// an update's own work.
+public struct ObjectKey: Hashable, Sendable {
+    public let namespace: String
+    public let name: String
+    private let digest: Int
+
+    public init(_ namespace: String, _ name: String) {
+        var hasher = Hasher()
+        hasher.combine(namespace)
+        hasher.combine(name)
+        (self.namespace, self.name, digest) = (namespace, name, hasher.finalize())
+    }
+
+    public func hash(into hasher: inout Hasher) { hasher.combine(digest) }
+
+    public static func == (a: Self, b: Self) -> Bool { a.digest == b.digest && a.name == b.name && a.namespace == b.namespace }
 }
 
 public struct ServicePortSpec: Sendable, Equatable {
@@ -27,15 +60,27 @@ public struct ServicePortSpec: Sendable, Equatable {
 
 /// `discovery.k8s.io/v1 EndpointSlice`.
 public struct EndpointSliceSpec: Sendable, Equatable {
-    public var namespace: String
+    public let namespace: String
     public var name: String
     /// Label `kubernetes.io/service-name`.
-    public var serviceName: String
+    public let serviceName: String
+    /// Its Service's namespace and name, hashed once.
+    public let service: ObjectKey
     public var ports: [(name: String, port: Int)]
     /// `targetRef` names the Pod behind an endpoint (kind Pod only); `zone` and `nodeName` place it.
     public var endpoints: [(addresses: [String], ready: Bool, pod: String?, zone: String?, node: String?)]
     /// Annotation `networking.istio.io/tunnel: http`: the endpoints are in the mesh and reached by HBONE.
-    public var tunnel = false
+    public var tunnel: Bool
+
+    public init(
+        namespace: String, name: String, serviceName: String, ports: [(name: String, port: Int)],
+        endpoints: [(addresses: [String], ready: Bool, pod: String?, zone: String?, node: String?)], tunnel: Bool = false
+    ) {
+        (self.namespace, self.name, self.serviceName, self.ports, self.endpoints, self.tunnel) = (
+            namespace, name, serviceName, ports, endpoints, tunnel
+        )
+        service = ObjectKey(namespace, serviceName)
+    }
 
     /// The key Istio uses (as a WorkloadEntry/ServiceEntry endpoint label) for endpoints reached by HBONE.
     public static let tunnelKey = "networking.istio.io/tunnel"

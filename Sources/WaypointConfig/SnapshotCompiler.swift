@@ -668,7 +668,7 @@ struct CompileState {
     mutating func members(of service: ServiceSpec, port: ServicePortSpec, _ lookups: EndpointLookups) -> [Int32] {
         var members: [Int32] = []
         let tls = upstreamTLS(for: "\(service.namespace)/\(service.name)", port: port.port)
-        for slice in lookups.slicesByService[ObjectKey(service.namespace, service.name)] ?? [] {
+        for slice in lookups.slicesByService[service.key] ?? [] {
             // EndpointSlice ports carry the service port's name; a numeric targetPort is the fallback.
             let targetPort: Int?
             if let named = slice.ports.first(where: { $0.name == port.name }) {

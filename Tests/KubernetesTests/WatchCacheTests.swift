@@ -155,14 +155,13 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
 
     @Test func valuesAsWritten() throws {
         let value = try JSON.parse(#"{"a":[1,2.5,-3e2,true,false,null],"s":"x\u00e9\n\"","n":{}}"#)
-        #expect(value["a"] == .array([.number("1"), .number("2.5"), .number("-3e2"), .bool(true), .bool(false), .null]))
+        #expect(value["a"] == .array([.number("1"), .number("2.5"), .number("-300.0"), .bool(true), .bool(false), .null]))
         #expect(value["s"]?.string == "x\u{e9}\n\"")
         #expect(value["n"] == .object([]))
         #expect(value["missing"] == nil)
     }
 
-    /// Integers keep their text: those json-c holds as int64 written directly, those past it (saturated) as
-    /// json-c writes them.
+    /// Integers keep their value to the last digit, over the whole of Int64 and UInt64.
     @Test func integersKeepTheirValue() throws {
         let value = try JSON.parse(#"[0,-7,9223372036854775806,9223372036854775807,18446744073709551615,-9223372036854775808]"#)
         #expect(
@@ -171,6 +170,29 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
                     .number("0"), .number("-7"), .number("9223372036854775806"), .number("9223372036854775807"),
                     .number("18446744073709551615"), .number("-9223372036854775808"),
                 ]))
+    }
+
+    /// An integer past UInt64, or a number past a double's range, is refused: no Kubernetes field holds one (they
+    /// are int64), nor does a JWT time claim.
+    @Test func numbersPastTheirRangeAreRefused() throws {
+        #expect(throws: JSONError.self) { try JSON.parse("[18446744073709551616]") }
+        #expect(throws: JSONError.self) { try JSON.parse("[1e400]") }
+        #expect(try JSON.parse("[1e300]") == .array([.number("1e+300")]))
+    }
+
+    /// A key given twice: the last value, in the first one's place (as json-c kept it, and as the API server's
+    /// Go decoder takes the last), so that a reader asking for the key and one walking the entries agree.
+    @Test func aRepeatedKeyKeepsItsLastValue() throws {
+        #expect(
+            try JSON.parse(#"{"a":1,"b":2,"a":{"c":3}}"#)
+                == .object([("a", .object([("c", .number("3"))])), ("b", .number("2"))]))
+    }
+
+    /// Strings and keys are checked UTF-8 and kept whole: escapes decoded, a NUL inside kept.
+    @Test func textIsCheckedUTF8AndKeptWhole() throws {
+        #expect(try JSON.parse(#"{"k\u0000x":"\ud83d\ude00 \u00e9"}"#) == .object([("k\u{0}x", .string("\u{1F600} \u{e9}"))]))
+        let invalid: [UInt8] = Array(#"{"a":""#.utf8) + [0xC3, 0x28] + Array(#""}"#.utf8)
+        #expect(throws: JSONError.self) { try invalid.withUnsafeBytes { bytes throws(JSONError) in try JSON.parse(bytes) } }
     }
 
     @Test func keysKeepTheirOrder() throws {
@@ -184,9 +206,9 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
     }
 
     @Test func deepNestingIsRefused() {
-        let deep = String(repeating: "[", count: 100) + String(repeating: "]", count: 100)
+        let deep = String(repeating: "[", count: JSON.maxDepth + 1) + String(repeating: "]", count: JSON.maxDepth + 1)
         #expect(throws: JSONError.self) { try JSON.parse(deep) }
-        let fine = String(repeating: "[", count: 30) + String(repeating: "]", count: 30)
+        let fine = String(repeating: "[", count: JSON.maxDepth) + String(repeating: "]", count: JSON.maxDepth)
         #expect((try? JSON.parse(fine)) != nil)
     }
 }
