@@ -1,7 +1,8 @@
 internal import CSimdJSON
 
-/// A JSON value, parsed by simdjson (Debian's libsimdjson-dev, behind the C interface of `CSimdJSON`): what the
-/// Kubernetes API sends. Objects keep their keys in the order they came.
+/// A JSON value, parsed by simdjson (Debian's libsimdjson-dev, behind the C interface of `CSimdJSON`): tokens,
+/// keys, small documents read in code. (The Kubernetes watch path keeps `JSONDocument`s, held flat.) Objects keep
+/// their keys in the order they came; a key repeated in one object is refused.
 ///
 /// Why simdjson: it is maintained, small (a 200 KiB library), checks UTF-8, and parses a watch event about ten
 /// times faster than json-c did, with no allocation per value (json-c built a hash table per object and freed it
@@ -48,8 +49,8 @@ public indirect enum JSON: Sendable, Equatable {
         return Int(text)
     }
 
-    /// Parses one complete JSON text; throws where it is malformed or incomplete.
-    public static func parse(_ bytes: UnsafeRawBufferPointer) throws(JSONError) -> JSON { try JSONParser().parse(bytes) }
+    /// Parses one complete JSON text; throws where it is malformed or incomplete, or an object repeats a key.
+    public static func parse(_ bytes: UnsafeRawBufferPointer) throws(JSONError) -> JSON { try JSONParser().parse(bytes).root.json }
 
     public static func parse(_ text: String) throws(JSONError) -> JSON {
         let result: Result<JSON, JSONError> = Array(text.utf8).withUnsafeBytes { bytes in
@@ -63,8 +64,7 @@ public indirect enum JSON: Sendable, Equatable {
 }
 
 /// Parses JSON texts one after another with one simdjson parser, whose buffers are kept (a watch parses an event
-/// per line). simdjson parses into its own table and then walks it here, value by value: no allocation per
-/// value but ours.
+/// per line). simdjson parses into its own table and walks it here, value by value, into a `JSONDocument`.
 ///
 /// Thread: one at a time. Ownership: its user (a watch, for the life of its stream).
 public final class JSONParser {
@@ -77,83 +77,39 @@ public final class JSONParser {
 
     deinit { wp_json_parser_free(parser) }
 
-    /// Parses one complete JSON text; throws where it is malformed or incomplete.
-    public func parse(_ bytes: UnsafeRawBufferPointer) throws(JSONError) -> JSON {
-        var builder = JSONBuilder()
-        let failure = withUnsafeMutablePointer(to: &builder) { context in
-            withUnsafePointer(to: JSONBuilder.visitor) { visitor in
+    /// Parses one complete JSON text; throws where it is malformed or incomplete, or an object repeats a key.
+    public func parse(_ bytes: UnsafeRawBufferPointer) throws(JSONError) -> JSONDocument {
+        var writer = JSONWriter()
+        writer.reserve(bytes.count)
+        let failure = withUnsafeMutablePointer(to: &writer) { context in
+            withUnsafePointer(to: JSONWriter.visitor) { visitor in
                 bytes.withMemoryRebound(to: CChar.self) { wp_json_parse(parser, $0.baseAddress, $0.count, visitor, context) }
             }
         }
         if let failure { throw JSONError(String(cString: failure)) }
-        return builder.result
+        if let key = writer.repeatedKey { throw JSONError("the key \"\(key)\" appears twice in one object") }
+        return writer.finish()
     }
 }
 
-/// Builds a `JSON` value from a simdjson walk: the open containers, innermost last. A key an object already has
-/// replaces its value in place (as json-c did, and as Go's encoding/json, the API server's, keeps the last).
-fileprivate struct JSONBuilder {
-    /// A container being filled: an array's values, or an object's entries and the key of the value to come.
-    private struct Open {
-        let isObject: Bool
-        var values: [JSON] = []
-        var entries: [(String, JSON)] = []
-        var key = ""
-        /// Where the next value goes when its key was seen before in this object.
-        var replacing: Int? = nil
-    }
-    private var open: [Open] = []
-    fileprivate var result = JSON.null
-
-    private mutating func add(_ value: JSON) {
-        guard !open.isEmpty else { return result = value }
-        let last = open.count - 1
-        if !open[last].isObject {
-            open[last].values.append(value)
-        } else if let i = open[last].replacing {
-            open[last].entries[i].1 = value
-            open[last].replacing = nil
-        } else {
-            open[last].entries.append((open[last].key, value))
-        }
-    }
-
-    private mutating func key(_ key: String) {
-        let last = open.count - 1
-        open[last].replacing = open[last].entries.firstIndex { $0.0 == key }
-        open[last].key = key
-    }
-
-    private mutating func begin(object: Bool, count: Int) {
-        var container = Open(isObject: object)
-        if object { container.entries.reserveCapacity(count) } else { container.values.reserveCapacity(count) }
-        open.append(container)
-    }
-
-    private mutating func end() {
-        let container = open.removeLast()
-        add(container.isObject ? .object(container.entries) : .array(container.values))
-    }
-
-    private static func text(_ bytes: UnsafePointer<CChar>?, _ length: Int) -> String {
-        String(decoding: UnsafeRawBufferPointer(start: bytes, count: length), as: UTF8.self)
-    }
-
-    /// The builder is the walk's context.
-    private static func on(_ context: UnsafeMutableRawPointer?, _ body: (inout JSONBuilder) -> Void) {
-        body(&context!.assumingMemoryBound(to: JSONBuilder.self).pointee)
-    }
-
+extension JSONWriter {
+    /// The walk's callbacks: the writer is the context.
     fileprivate static let visitor = wp_json_visitor(
-        null_value: { context in on(context) { $0.add(.null) } },
-        bool_value: { context, value in on(context) { $0.add(.bool(value)) } },
-        int_value: { context, value in on(context) { $0.add(.number(String(value))) } },
-        uint_value: { context, value in on(context) { $0.add(.number(String(value))) } },
-        double_value: { context, value in on(context) { $0.add(.number(String(value))) } },
-        string_value: { context, bytes, length in on(context) { $0.add(.string(text(bytes, length))) } },
-        key: { context, bytes, length in on(context) { $0.key(text(bytes, length)) } },
-        begin: { context, object, count in on(context) { $0.begin(object: object, count: count) } },
+        null_value: { context in on(context) { $0.null() } },
+        bool_value: { context, value in on(context) { $0.bool(value) } },
+        int_value: { context, value in on(context) { $0.number(String(value)) } },
+        uint_value: { context, value in on(context) { $0.number(String(value)) } },
+        double_value: { context, value in on(context) { $0.number(String(value)) } },
+        string_value: { context, bytes, length in
+            on(context) { $0.string(UnsafeRawBufferPointer(start: bytes, count: length)) }
+        },
+        key: { context, bytes, length in on(context) { $0.parsedKey(UnsafeRawBufferPointer(start: bytes, count: length)) } },
+        begin: { context, object, count in on(context) { object ? $0.beginObject() : $0.beginArray() } },
         end: { context in on(context) { $0.end() } })
+
+    private static func on(_ context: UnsafeMutableRawPointer?, _ body: (inout JSONWriter) -> Void) {
+        body(&context!.assumingMemoryBound(to: JSONWriter.self).pointee)
+    }
 }
 
 /// Why a JSON text was refused.

@@ -140,9 +140,9 @@ public struct WatchCache: Sendable {
     /// The first complete list arrived.
     public private(set) var synced = false
     /// Objects of a list being read page by page (handed over whole when the last page arrives).
-    private var listing: [String: JSON] = [:]
+    private var listing: [String: JSONDocument] = [:]
     /// The last complete list, until `takeList`.
-    private var listed: [String: JSON]?
+    private var listed: [String: JSONDocument]?
 
     public init(kind: WatchedKind) { self.kind = kind }
 
@@ -164,26 +164,27 @@ public struct WatchCache: Sendable {
 
     /// A page of a LIST response (`{metadata: {resourceVersion, continue}, items: [...]}`); `first` when it is
     /// the answer to a list without a `continue` token. After the last page (`.watch`), `takeList` has them all.
-    public mutating func receivedPage(_ page: JSON, first: Bool) throws(APIError) -> Next {
-        let items: [JSON]
-        switch page["items"] {
-        case .array(let list)?: items = list
-        case .null?: items = []  // an empty list as Go's encoder may write it
+    public mutating func receivedPage(_ page: JSONDocument, first: Bool) throws(APIError) -> Next {
+        let root = page.root
+        let items: [JSONNode]
+        switch root["items"] {
+        case let list? where list.kind == .array: items = list.elements
+        case let list? where list.kind == .null: items = []  // an empty list as Go's encoder may write it
         default: throw APIError("a \(kind.kind) list without items")
         }
         if first { listing = [:] }
         for item in items { if let key = Self.key(item) { listing[key] = stamped(item) } }
-        if let token = page["metadata"]?["continue"]?.string, !token.isEmpty { return .listPage(token) }
+        if let token = root["metadata"]?["continue"]?.string, !token.isEmpty { return .listPage(token) }
         seen = listing.mapValues(Self.fingerprint)
         listed = listing
         listing = [:]
-        resourceVersion = page["metadata"]?["resourceVersion"]?.string ?? ""
+        resourceVersion = root["metadata"]?["resourceVersion"]?.string ?? ""
         synced = true
         return .watch
     }
 
     /// The objects of the last complete list, once (by `namespace/name`, as kept).
-    public mutating func takeList() -> [String: JSON] {
+    public mutating func takeList() -> [String: JSONDocument] {
         defer { listed = nil }
         return listed ?? [:]
     }
@@ -191,12 +192,13 @@ public struct WatchCache: Sendable {
     /// What one event changed: an object as kept now, or nil when it was deleted.
     public struct Change: Sendable, Equatable {
         public let key: String
-        public let object: JSON?
+        public let object: JSONDocument?
     }
 
     /// One watch event (`{type, object}`): the change it makes, if any.
-    public mutating func receivedEvent(_ event: JSON) throws(APIError) -> (change: Change?, next: Next) {
-        guard let type = event["type"]?.string, let object = event["object"] else { throw APIError("a watch event without type or object") }
+    public mutating func receivedEvent(_ event: JSONDocument) throws(APIError) -> (change: Change?, next: Next) {
+        let root = event.root
+        guard let type = root["type"]?.string, let object = root["object"] else { throw APIError("a watch event without type or object") }
         if let version = object["metadata"]?["resourceVersion"]?.string, type != "ERROR" { resourceVersion = version }
         switch type {
         case "ADDED", "MODIFIED":
@@ -227,32 +229,74 @@ public struct WatchCache: Sendable {
     }
 
     /// `namespace/name` of an object.
-    static func key(_ object: JSON) -> String? {
+    static func key(_ object: JSONNode) -> String? {
         guard let name = object["metadata"]?["name"]?.string else { return nil }
         return "\(object["metadata"]?["namespace"]?.string ?? "")/\(name)"
     }
 
-    /// The object as kept: with `apiVersion` and `kind`, which list items leave out; without `managedFields`;
-    /// and of kinds that carry much more than the waypoint reads, only that (a Pod: its metadata, service account
-    /// and IPs).
-    private func stamped(_ object: JSON) -> JSON {
-        guard case .object(var entries) = object else { return object }
+    /// The object as kept, a document of its own: with `apiVersion` and `kind` first (list items leave them out);
+    /// without `managedFields`; and of kinds that carry much more than the waypoint reads, only that (a Pod: its
+    /// metadata, service account and IPs).
+    private func stamped(_ object: JSONNode) -> JSONDocument {
+        var writer = JSONWriter()
+        guard object.kind == .object else {
+            writer.copy(object)
+            return writer.finish()
+        }
+        writer.beginObject()
+        writer.key("apiVersion")
+        writer.string(kind.apiVersion)
+        writer.key("kind")
+        writer.string(kind.kind)
         if kind.kind == "Pod" {
-            let status = object["status"].map { status in
-                JSON.object([("podIP", status["podIP"] ?? .null), ("podIPs", status["podIPs"] ?? .array([]))])
+            writer.key("metadata")
+            if let metadata = object["metadata"] { Self.writeMetadata(metadata, into: &writer) } else { writer.beginObject(); writer.end() }
+            if let account = object["spec"]?["serviceAccountName"] {
+                writer.key("spec")
+                writer.beginObject()
+                writer.key("serviceAccountName")
+                writer.copy(account)
+                writer.end()
             }
-            let spec = object["spec"]?["serviceAccountName"].map { JSON.object([("serviceAccountName", $0)]) }
-            entries =
-                [("metadata", object["metadata"] ?? .object([]))] + (spec.map { [("spec", $0)] } ?? [])
-                + (status.map { [("status", $0)] } ?? [])
+            if let status = object["status"] {
+                writer.key("status")
+                writer.beginObject()
+                writer.key("podIP")
+                if let ip = status["podIP"] { writer.copy(ip) } else { writer.null() }
+                writer.key("podIPs")
+                if let ips = status["podIPs"] { writer.copy(ips) } else { writer.beginArray(); writer.end() }
+                writer.end()
+            }
+        } else {
+            // Only a Pod's status is read; other kinds' (a route's conditions, written by istiod) is dropped.
+            for (key, value) in object.entries where !key.named("kind") && !key.named("apiVersion") && !key.named("status") {
+                writer.copy(key)
+                if key.named("metadata") { Self.writeMetadata(value, into: &writer) } else { writer.copy(value) }
+            }
         }
-        // Only a Pod's status is read; other kinds' (a route's conditions, written by istiod) is dropped.
-        entries.removeAll { $0.0 == "kind" || $0.0 == "apiVersion" || ($0.0 == "status" && kind.kind != "Pod") }
-        entries = entries.map { key, value in
-            guard key == "metadata", case .object(let fields) = value else { return (key, value) }
-            return (key, .object(fields.compactMap(Self.keptMetadata)))
+        writer.end()
+        return writer.finish()
+    }
+
+    /// The metadata as kept: not `managedFields`, and no annotation `kubectl.kubernetes.io/last-applied-configuration`
+    /// (a whole copy of the object as a string, on everything applied with `kubectl apply`).
+    private static func writeMetadata(_ metadata: JSONNode, into writer: inout JSONWriter) {
+        guard metadata.kind == .object else { return writer.copy(metadata) }
+        writer.beginObject()
+        for (key, value) in metadata.entries where !key.named("managedFields") {
+            writer.copy(key)
+            guard key.named("annotations"), value.kind == .object else {
+                writer.copy(value)
+                continue
+            }
+            writer.beginObject()
+            for (name, annotation) in value.entries where !name.named("kubectl.kubernetes.io/last-applied-configuration") {
+                writer.copy(name)
+                writer.copy(annotation)
+            }
+            writer.end()
         }
-        return .object([("apiVersion", .string(kind.apiVersion)), ("kind", .string(kind.kind))] + entries)
+        writer.end()
     }
 
     /// A digest of an object as kept, without its resourceVersion: equal for two versions that differ only in
@@ -261,54 +305,13 @@ public struct WatchCache: Sendable {
         let digest: Int
     }
 
-    /// A SipHash run over the object, under the process's random seed: two versions of one object collide by
-    /// chance once in 2^64 comparisons, and a crafted collision would need the seed. (The object's compact text
-    /// was kept before: a KiB and more per object, and encoding it 29 % of a watcher's instructions under churn;
-    /// then two runs, for 128 bits, were still a third.)
-    static func fingerprint(_ kept: JSON) -> Fingerprint {
+    /// A SipHash run over the kept document's entries and bytes, under the process's random seed: two versions
+    /// of one object collide by chance once in 2^64 comparisons, and a crafted collision would need the seed.
+    /// (The object's compact text was kept before: a KiB and more per object, and encoding it 29 % of a
+    /// watcher's instructions under churn.)
+    static func fingerprint(_ kept: JSONDocument) -> Fingerprint {
         var hasher = Hasher()
-        digest(kept, into: &hasher, top: true)
+        kept.root.hash(into: &hasher, leavingOut: kept.root["metadata"]?.key("resourceVersion"))
         return Fingerprint(digest: hasher.finalize())
-    }
-
-    /// Feeds `value` to the hasher unambiguously (a tag per case, then a count before elements; a string ends in a
-    /// byte no UTF-8 has); `top`: the object itself, whose metadata's resourceVersion is left out.
-    private static func digest(_ value: JSON, into hasher: inout Hasher, top: Bool = false) {
-        switch value {
-        case .null: hasher.combine(0)
-        case .bool(let flag): hasher.combine(flag ? 1 : 2)
-        case .number(let text):
-            hasher.combine(3)
-            hasher.combine(text)
-        case .string(let text):
-            hasher.combine(4)
-            hasher.combine(text)
-        case .array(let items):
-            hasher.combine(5)
-            hasher.combine(items.count)
-            for item in items { digest(item, into: &hasher) }
-        case .object(let entries):
-            hasher.combine(6)
-            hasher.combine(entries.count)
-            for (key, field) in entries {
-                hasher.combine(key)
-                if top, key == "metadata", case .object(let fields) = field {
-                    digest(.object(fields.filter { $0.0 != "resourceVersion" }), into: &hasher)
-                } else {
-                    digest(field, into: &hasher)
-                }
-            }
-        }
-    }
-
-    /// A metadata field as kept: not `managedFields`, and no annotation `kubectl.kubernetes.io/last-applied-configuration`
-    /// (a whole copy of the object as a string, on everything applied with `kubectl apply`).
-    private static func keptMetadata(_ field: (String, JSON)) -> (String, JSON)? {
-        switch field {
-        case ("managedFields", _): return nil
-        case ("annotations", .object(let annotations)):
-            return ("annotations", .object(annotations.filter { $0.0 != "kubectl.kubernetes.io/last-applied-configuration" }))
-        default: return field
-        }
     }
 }

@@ -114,7 +114,7 @@ public final class APIObjectStore: Sendable {
     func owns(_ kind: WatchedKind, _ token: Int) -> Bool { state.withLock { $0.owners[kind] == token } }
 
     /// `kind`'s objects as its watcher listed them (a change), unless the watcher lost the kind.
-    func replace(_ kind: WatchedKind, token: Int, with objects: [String: JSON]) {
+    func replace(_ kind: WatchedKind, token: Int, with objects: [String: JSONDocument]) {
         let taken = state.withLock { state in
             guard state.owners[kind] == token else { return false }
             state.pending[kind] = .all(objects)
@@ -128,7 +128,7 @@ public final class APIObjectStore: Sendable {
 
     /// One object of `kind` as a watch event left it (nil: deleted), unless the watcher lost the kind; `count`:
     /// how many objects the kind has now.
-    func update(_ kind: WatchedKind, token: Int, key: String, to object: JSON?, count: Int) {
+    func update(_ kind: WatchedKind, token: Int, key: String, to object: JSONDocument?, count: Int) {
         let taken = state.withLock { state in
             guard state.owners[kind] == token else { return false }
             switch state.pending.removeValue(forKey: kind) {  // taken out, so that the change below does not copy it
@@ -169,9 +169,9 @@ public final class APIObjectStore: Sendable {
 /// What changed in one kind since its reader last looked.
 public enum KindChanges: Sendable {
     /// Everything (a list, or the kind no longer followed): these are all its objects now, by `namespace/name`.
-    case all([String: JSON])
+    case all([String: JSONDocument])
     /// These objects, by `namespace/name`: the new version, or nil when deleted.
-    case some([String: JSON?])
+    case some([String: JSONDocument?])
 }
 
 /// Keeps one kind's objects in an `APIObjectStore` current: LIST (paginated), then WATCH from the list's
@@ -271,8 +271,8 @@ public final class KindWatcher: @unchecked Sendable {
             let response = try APIResponse(credentials: credentials, context: context, path: path, timeout: settings.requestTimeout)
             try Self.check(response)
             let body = try response.readBody()
-            let page: JSON
-            do { page = try body.withUnsafeBytes { bytes throws(JSONError) in try JSON.parse(bytes) } } catch {
+            let page: JSONDocument
+            do { page = try body.withUnsafeBytes { bytes throws(JSONError) in try JSONDocument.parse(bytes) } } catch {
                 throw APIError("\(kind.label) list: \(error)")
             }
             heard()
@@ -286,10 +286,10 @@ public final class KindWatcher: @unchecked Sendable {
     /// Every object of `kinds` as the API server has them now (one list each; a kind it does not serve has
     /// none): what `waypoint explain --kubeconfig` reads.
     public static func listOnce(_ kinds: [WatchedKind], credentials: APICredentials, settings: WatchSettings = WatchSettings())
-        throws(APIError) -> [JSON]
+        throws(APIError) -> [JSONDocument]
     {
         let context = try credentials.tlsContext()
-        var objects: [JSON] = []
+        var objects: [JSONDocument] = []
         for kind in kinds {
             var cache = WatchCache(kind: kind)
             do {
@@ -313,7 +313,7 @@ public final class KindWatcher: @unchecked Sendable {
         let parser = JSONParser()
         while let line = try response.nextLine() {
             if line.isEmpty { continue }
-            let event: JSON
+            let event: JSONDocument
             do { event = try line.withUnsafeBytes { bytes throws(JSONError) in try parser.parse(bytes) } } catch {
                 throw APIError("\(kind.label) watch: \(error)")
             }

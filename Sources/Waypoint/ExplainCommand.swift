@@ -73,7 +73,7 @@ extension WaypointCommand {
 
         func run() throws {
             let spec: ConfigSpec
-            var objects: [JSON] = []
+            var objects: [JSONDocument] = []
             if let kubeconfig {
                 do {
                     let credentials = APICredentials(try Kubeconfig.load(path: kubeconfig), path: kubeconfig)

@@ -35,7 +35,7 @@ public enum ManifestLoader {
 
     /// Parses manifests from files (as `load(paths:)`) and objects from the Kubernetes API (`source` names them in
     /// errors, with the object's kind, namespace and name); every error of both is thrown together.
-    public static func load(paths: [String], objects: [JSON], source: String, defaultNamespace: String) throws(ConfigErrors)
+    public static func load(paths: [String], objects: [JSONDocument], source: String, defaultNamespace: String) throws(ConfigErrors)
         -> ConfigSpec
     {
         var spec = ConfigSpec()
@@ -52,12 +52,12 @@ public enum ManifestLoader {
     }
 
     /// One API object as a spec of its own.
-    static func load(object: JSON, source: String, defaultNamespace: String) -> Result<ConfigSpec, ConfigError> {
+    static func load(object: JSONDocument, source: String, defaultNamespace: String) -> Result<ConfigSpec, ConfigError> {
         var spec = ConfigSpec()
         let location = ManifestNode.Location(file: source, document: 0, object: nil)
         do throws(ConfigError) {
             try loadDocument(
-                ManifestNode(json: object, path: .root, location: location), defaultNamespace: defaultNamespace, into: &spec)
+                ManifestNode(json: object.root, path: .root, location: location), defaultNamespace: defaultNamespace, into: &spec)
         } catch {
             return .failure(error)
         }

@@ -12,19 +12,21 @@ struct ManifestNode {
 
     private enum Tree {
         case yaml(YAMLNode)
-        case json(JSON)
+        case json(JSONNode)
     }
 
-    /// Which document is being read, for error messages.
-    struct Location {
+    /// Which document is being read, for error messages: shared by its nodes (one reference to copy).
+    final class Location {
         let file: String
         let document: Int
-        var object: String?
+        let object: String?
+
+        init(file: String, document: Int, object: String?) { (self.file, self.document, self.object) = (file, document, object) }
     }
 
     init(node: YAMLNode, path: FieldPath, location: Location) { (tree, self.path, self.location) = (.yaml(node), path, location) }
 
-    init(json: JSON, path: FieldPath, location: Location) { (tree, self.path, self.location) = (.json(json), path, location) }
+    init(json: JSONNode, path: FieldPath, location: Location) { (tree, self.path, self.location) = (.json(json), path, location) }
 
     private init(_ tree: Tree, path: FieldPath, location: Location) { (self.tree, self.path, self.location) = (tree, path, location) }
 
@@ -39,14 +41,13 @@ struct ManifestNode {
 
     /// The same node, with errors naming the object it belongs to (`Kind namespace/name`).
     func describing(_ object: String) -> ManifestNode {
-        var location = self.location
-        location.object = object
-        return ManifestNode(tree, path: path, location: location)
+        ManifestNode(tree, path: path, location: Location(file: location.file, document: location.document, object: object))
     }
 
     var isMapping: Bool {
         switch tree {
-        case .yaml(.mapping), .json(.object): return true
+        case .yaml(.mapping): return true
+        case .json(let node): return node.kind == .object
         default: return false
         }
     }
@@ -60,15 +61,15 @@ struct ManifestNode {
                 if case .scalar(let name) = entry.key { return name.text == key }
                 return false
             }.map { .yaml($0.value) }
-        case .json(.object(let entries)):
-            value = entries.first { $0.0 == key }.map { .json($0.1) }
+        case .json(let node) where node.kind == .object:
+            value = node[key].map { .json($0) }
         default:
             throw error("expected a mapping")
         }
         guard let value else { return nil }
         switch value {
         case .yaml(.scalar(let s)) where s.isNull: return nil
-        case .json(.null): return nil
+        case .json(let node) where node.kind == .null: return nil
         default: return ManifestNode(value, path: path.key(key), location: location)
         }
     }
@@ -83,10 +84,15 @@ struct ManifestNode {
     private var scalar: YAMLScalar? {
         switch tree {
         case .yaml(.scalar(let s)): return s
-        case .json(.string(let text)): return YAMLScalar(text: text, isPlain: false)
-        case .json(.number(let text)): return YAMLScalar(text: text, isPlain: true)
-        case .json(.bool(let value)): return YAMLScalar(text: value ? "true" : "false", isPlain: true)
-        case .json(.null): return YAMLScalar(text: "null", isPlain: true, isNull: true)
+        case .json(let node):
+            switch node.kind {
+            case .string: return YAMLScalar(text: node.text!, isPlain: false)
+            case .number: return YAMLScalar(text: node.text!, isPlain: true)
+            case .true: return YAMLScalar(text: "true", isPlain: true)
+            case .false: return YAMLScalar(text: "false", isPlain: true)
+            case .null: return YAMLScalar(text: "null", isPlain: true, isNull: true)
+            case .key, .array, .object: return nil
+            }
         default: return nil
         }
     }
@@ -121,8 +127,11 @@ struct ManifestNode {
                 guard case .scalar(let k) = key else { throw error("expected string keys") }
                 result.append((k.text, ManifestNode(node: value, path: path.key(k.text), location: location)))
             }
-        case .json(.object(let entries)):
-            for (key, value) in entries { result.append((key, ManifestNode(json: value, path: path.key(key), location: location))) }
+        case .json(let node) where node.kind == .object:
+            for (key, value) in node.entries {
+                let name = key.text!
+                result.append((name, ManifestNode(json: value, path: path.key(name), location: location)))
+            }
         default:
             throw error("expected a mapping")
         }
@@ -142,8 +151,8 @@ struct ManifestNode {
         switch tree {
         case .yaml(.sequence(let items)):
             return items.enumerated().map { ManifestNode(node: $1, path: path.index($0), location: location) }
-        case .json(.array(let items)):
-            return items.enumerated().map { ManifestNode(json: $1, path: path.index($0), location: location) }
+        case .json(let node) where node.kind == .array:
+            return node.elements.enumerated().map { ManifestNode(json: $1, path: path.index($0), location: location) }
         default:
             throw error("expected a list")
         }

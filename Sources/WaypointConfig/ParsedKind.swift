@@ -37,7 +37,7 @@ public struct ParsedKind {
 
     /// The kind now holds exactly `objects` (by key), as a list says; those whose resourceVersion is the one
     /// already read are not parsed again.
-    public mutating func replace(with objects: [String: JSON]) {
+    public mutating func replace(with objects: [String: JSONDocument]) {
         var next: [Entry] = []
         next.reserveCapacity(objects.count)
         var old = entries.makeIterator()
@@ -61,7 +61,7 @@ public struct ParsedKind {
 
     /// Applies a watch's changes: each object's new version, or nil when it was deleted (by key). New versions of
     /// EndpointSlices and Pods (what churns) go into `spec` in place; anything else rebuilds it.
-    public mutating func apply(_ changes: [String: JSON?]) {
+    public mutating func apply(_ changes: [String: JSONDocument?]) {
         var patched = errors.isEmpty
         for (key, object) in changes {
             let (i, found) = position(of: key)
@@ -104,8 +104,8 @@ public struct ParsedKind {
     }
 
     /// `object` read as the entry `key`: `previous` when it has the same resourceVersion, else parsed.
-    private mutating func parse(_ key: String, _ object: JSON, replacing previous: Entry?) -> Entry {
-        let version = object["metadata"]?["resourceVersion"]?.string ?? ""
+    private mutating func parse(_ key: String, _ object: JSONDocument, replacing previous: Entry?) -> Entry {
+        let version = object.root["metadata"]?["resourceVersion"]?.string ?? ""
         if let previous, previous.resourceVersion == version, !version.isEmpty { return previous }
         let entry = Entry(
             key: key, resourceVersion: version,

@@ -8,7 +8,7 @@ private let services = WatchedKind(group: "", version: "v1", resource: "services
 private let slices = WatchedKind(
     group: "discovery.k8s.io", version: "v1", resource: "endpointslices", kind: "EndpointSlice", namespace: "default")
 
-private func object(_ name: String) -> JSON { .object([("metadata", .object([("name", .string(name))]))]) }
+private func object(_ name: String) -> JSONDocument { JSONDocument(.object([("metadata", .object([("name", .string(name))]))])) }
 
 /// What `takeChanges` gave, as text: `path all [keys]` or `path some [key=name|deleted]`.
 private func taken(_ store: APIObjectStore) -> [String] {
@@ -17,7 +17,7 @@ private func taken(_ store: APIObjectStore) -> [String] {
         case .all(let objects): return "\(kind.path) all \(objects.keys.sorted())"
         case .some(let objects):
             return "\(kind.path) some "
-                + objects.map { "\($0.key)=\($0.value?["metadata"]?["name"]?.string ?? "deleted")" }.sorted().joined(separator: ",")
+                + objects.map { "\($0.key)=\($0.value?.root["metadata"]?["name"]?.string ?? "deleted")" }.sorted().joined(separator: ",")
         }
     }
 }

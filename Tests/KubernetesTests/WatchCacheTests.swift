@@ -5,7 +5,7 @@ import Testing
 
 private let kind = WatchedKind(group: "", version: "v1", resource: "services", kind: "Service", namespace: "default")
 
-private func json(_ text: String) -> JSON { try! JSON.parse(text) }
+private func json(_ text: String) -> JSONDocument { try! JSONDocument.parse(text) }
 
 private func item(_ name: String, _ version: String, port: Int = 80) -> String {
     #"{"metadata":{"name":"\#(name)","namespace":"default","resourceVersion":"\#(version)"},"spec":{"ports":[{"port":\#(port)}]}}"#
@@ -22,8 +22,8 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
         #expect(cache.synced && cache.resourceVersion == "10")
         let list = cache.takeList()
         #expect(list.keys.sorted() == ["default/a", "default/b"] && cache.keys.sorted() == ["default/a", "default/b"])
-        #expect(list["default/a"]?["kind"] == .string("Service"))
-        #expect(list["default/a"]?["apiVersion"] == .string("v1"))
+        #expect(list["default/a"]?.root["kind"]?.json == .string("Service"))
+        #expect(list["default/a"]?.root["apiVersion"]?.json == .string("v1"))
         #expect(cache.takeList().isEmpty)  // handed over once
     }
 
@@ -31,9 +31,9 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
         var cache = WatchCache(kind: kind)
         _ = try cache.receivedPage(json(#"{"metadata":{"resourceVersion":"10"},"items":[]}"#), first: true)
         let added = try cache.receivedEvent(json(#"{"type":"ADDED","object":\#(item("a", "11"))}"#))
-        #expect(added.change?.key == "default/a" && added.change?.object?["kind"] == .string("Service") && added.next == .watch)
+        #expect(added.change?.key == "default/a" && added.change?.object?.root["kind"]?.json == .string("Service") && added.next == .watch)
         let modified = try cache.receivedEvent(json(#"{"type":"MODIFIED","object":\#(item("a", "12", port: 81))}"#))
-        #expect(modified.change?.object?["spec"]?["ports"] == .array([.object([("port", .number("81"))])]))
+        #expect(modified.change?.object?.root["spec"]?["ports"]?.json == .array([.object([("port", .number("81"))])]))
         #expect(try cache.receivedEvent(json(#"{"type":"BOOKMARK","object":{"metadata":{"resourceVersion":"20"}}}"#)) == (nil, .watch))
         #expect(cache.resourceVersion == "20")
         let deleted = try cache.receivedEvent(json(#"{"type":"DELETED","object":\#(item("a", "21"))}"#))
@@ -141,7 +141,7 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
         let parser = JSONParser()
         let parse = { (text: String) throws(JSONError) -> JSON in
             let result: Result<JSON, JSONError> = Array(text.utf8).withUnsafeBytes { bytes in
-                do throws(JSONError) { return .success(try parser.parse(bytes)) } catch { return .failure(error) }
+                do throws(JSONError) { return .success(try parser.parse(bytes).root.json) } catch { return .failure(error) }
             }
             return try result.get()
         }
@@ -180,12 +180,14 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
         #expect(try JSON.parse("[1e300]") == .array([.number("1e+300")]))
     }
 
-    /// A key given twice: the last value, in the first one's place (as json-c kept it, and as the API server's
-    /// Go decoder takes the last), so that a reader asking for the key and one walking the entries agree.
-    @Test func aRepeatedKeyKeepsItsLastValue() throws {
+    /// A key given twice in one object is refused, so that no two readers of it can disagree on its value (the
+    /// API server never sends one; RFC 7519 lets a JWT parser refuse one).
+    @Test func aRepeatedKeyIsRefused() throws {
+        #expect(throws: JSONError.self) { try JSON.parse(#"{"a":1,"b":2,"a":{"c":3}}"#) }
+        #expect(throws: JSONError.self) { try JSON.parse(#"[{"b":{"a":1,"a":1}}]"#) }
         #expect(
-            try JSON.parse(#"{"a":1,"b":2,"a":{"c":3}}"#)
-                == .object([("a", .object([("c", .number("3"))])), ("b", .number("2"))]))
+            try JSON.parse(#"{"a":{"a":1},"b":{"a":2}}"#)
+                == .object([("a", .object([("a", .number("1"))])), ("b", .object([("a", .number("2"))]))]))
     }
 
     /// Strings and keys are checked UTF-8 and kept whole: escapes decoded, a NUL inside kept.
@@ -193,6 +195,53 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
         #expect(try JSON.parse(#"{"k\u0000x":"\ud83d\ude00 \u00e9"}"#) == .object([("k\u{0}x", .string("\u{1F600} \u{e9}"))]))
         let invalid: [UInt8] = Array(#"{"a":""#.utf8) + [0xC3, 0x28] + Array(#""}"#.utf8)
         #expect(throws: JSONError.self) { try invalid.withUnsafeBytes { bytes throws(JSONError) in try JSON.parse(bytes) } }
+    }
+
+    /// A document is read in place: keys, elements, texts, and the same value as the `JSON` enum gives.
+    @Test func aDocumentIsReadInPlace() throws {
+        let text = #"{"metadata":{"name":"a","labels":{}},"ports":[{"port":80},{"port":81}],"on":true,"off":null}"#
+        let document = try JSONDocument.parse(text)
+        let root = document.root
+        #expect(root["metadata"]?["name"]?.string == "a" && root["metadata"]?["missing"] == nil && root["ports"]?["port"] == nil)
+        #expect(root["ports"]?.elements.map { $0["port"]?.int } == [80, 81])
+        #expect(root.entries.map { $0.key.text } == ["metadata", "ports", "on", "off"] && root.count == 4)
+        #expect(root["on"]?.kind == .true && root["off"]?.kind == .null && root["on"]?.string == nil)
+        #expect(root.json == (try JSON.parse(text)))
+        #expect(JSONDocument(root.json) == document)
+    }
+
+    /// A writer keeps parts of a document with values of its own: the result is the document the same text parses to.
+    @Test func aWriterCopiesPartsOfADocument() throws {
+        let source = try JSONDocument.parse(#"{"a":{"b":["x",{"c":"y"}],"d":1},"e":"z"}"#)
+        var writer = JSONWriter()
+        writer.beginObject()
+        writer.key("kind")
+        writer.string("K")
+        for (key, value) in source.root.entries where !key.named("e") {
+            writer.copy(key)
+            writer.copy(value)
+        }
+        writer.key("list")
+        writer.beginArray()
+        writer.copy(source.root["a"]!["b"]!)
+        writer.copy(source.root["e"]!)
+        writer.end()
+        writer.end()
+        #expect(writer.finish() == (try JSONDocument.parse(#"{"kind":"K","a":{"b":["x",{"c":"y"}],"d":1},"list":[["x",{"c":"y"}],"z"]}"#)))
+    }
+
+    /// The hash of a value leaves out the one key it is told to, and only it.
+    @Test func aHashLeavesOutOneKey() throws {
+        func hash(_ text: String) throws -> Int {
+            let root = try JSONDocument.parse(text).root
+            var hasher = Hasher()
+            root.hash(into: &hasher, leavingOut: root["m"]?.key("v"))
+            return hasher.finalize()
+        }
+        #expect(try hash(#"{"m":{"n":1,"v":"1"},"s":{}}"#) == hash(#"{"m":{"n":1,"v":"2"},"s":{}}"#))
+        #expect(try hash(#"{"m":{"n":1,"v":"1"},"s":{}}"#) != hash(#"{"m":{"n":2,"v":"1"},"s":{}}"#))
+        #expect(try hash(#"{"m":{"n":1},"s":{"v":"1"}}"#) != hash(#"{"m":{"n":1},"s":{"v":"2"}}"#))
+        #expect(try hash(#"{"m":{"n":1}}"#) == hash(#"{"m":{"n":1}}"#))  // nothing to leave out
     }
 
     @Test func keysKeepTheirOrder() throws {

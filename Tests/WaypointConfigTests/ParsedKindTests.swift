@@ -2,14 +2,14 @@ import JSON
 import Testing
 import WaypointConfig
 
-private func slice(_ name: String, version: String, address: String, port: Int = 8080) -> JSON {
-    try! JSON.parse(
+private func slice(_ name: String, version: String, address: String, port: Int = 8080) -> JSONDocument {
+    try! JSONDocument.parse(
         #"{"apiVersion":"discovery.k8s.io/v1","kind":"EndpointSlice","metadata":{"name":"\#(name)","namespace":"shop","resourceVersion":"\#(version)","labels":{"kubernetes.io/service-name":"\#(name)"}},"addressType":"IPv4","ports":[{"port":\#(port)}],"endpoints":[{"addresses":["\#(address)"]}]}"#
     )
 }
 
-private func service(_ name: String, version: String) -> JSON {
-    try! JSON.parse(
+private func service(_ name: String, version: String) -> JSONDocument {
+    try! JSONDocument.parse(
         #"{"apiVersion":"v1","kind":"Service","metadata":{"name":"\#(name)","namespace":"shop","resourceVersion":"\#(version)"},"spec":{"ports":[{"port":80}]}}"#
     )
 }

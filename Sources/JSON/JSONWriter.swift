@@ -1,0 +1,147 @@
+/// Writes a `JSONDocument` value by value: what the parser does with simdjson's walk, and what a reader does to
+/// keep part of a document (`copy`) with values of its own.
+///
+/// Thread: one at a time (a value).
+public struct JSONWriter {
+    private(set) var entries: [JSONDocument.Entry] = []
+    private(set) var bytes: [UInt8] = []
+    /// The open containers' entries, innermost last.
+    private var open: [Int] = []
+    /// A key the parser found twice in one object (the document is then refused).
+    private(set) var repeatedKey: String?
+
+    public init() {}
+
+    mutating func reserve(_ textSize: Int) {
+        bytes.reserveCapacity(textSize)
+        entries.reserveCapacity(textSize / 8)
+    }
+
+    public mutating func beginObject() { begin(.object) }
+    public mutating func beginArray() { begin(.array) }
+
+    /// Closes the innermost open object or array.
+    public mutating func end() {
+        let container = open.removeLast()
+        entries[container].end = UInt32(entries.count)
+    }
+
+    /// The key of the object entry to come (its value is written next).
+    public mutating func key(_ name: String) {
+        var name = name
+        name.withUTF8 { text(.key, UnsafeRawBufferPointer($0)) }
+    }
+
+    public mutating func string(_ value: String) {
+        var value = value
+        value.withUTF8 { text(.string, UnsafeRawBufferPointer($0)) }
+    }
+
+    public mutating func null() { leaf(.null) }
+    public mutating func bool(_ value: Bool) { leaf(value ? .true : .false) }
+
+    /// A number as its text (as `JSON.number` holds it).
+    public mutating func number(_ text: String) {
+        var text = text
+        text.withUTF8 { self.text(.number, UnsafeRawBufferPointer($0)) }
+    }
+
+    /// `node` and everything in it.
+    public mutating func copy(_ node: JSONNode) {
+        let source = node.document
+        let first = node.index
+        let last = Int(source.entries[first].end)
+        if source.entries[first].kind == .key { open.last.map { entries[$0].count += 1 } } else { counted() }
+        // A document's texts are laid out in the order of its entries, one after another: a subtree's are one
+        // range, copied at once.
+        var texts: Range<Int>? = nil
+        for i in first..<last where source.entries[i].hasText {
+            let entry = source.entries[i]
+            texts = (texts?.lowerBound ?? Int(entry.start))..<Int(entry.start + entry.count)
+        }
+        let shift = entries.count - first
+        let textShift = bytes.count - (texts?.lowerBound ?? 0)
+        if let texts { bytes.append(contentsOf: source.bytes[texts]) }
+        for i in first..<last {
+            var entry = source.entries[i]
+            entry.end = UInt32(Int(entry.end) + shift)
+            if entry.hasText { entry.start = UInt32(Int(entry.start) + textShift) }
+            entries.append(entry)
+        }
+    }
+
+    /// `value` and everything in it.
+    public mutating func write(_ value: JSON) {
+        switch value {
+        case .null: null()
+        case .bool(let flag): bool(flag)
+        case .number(let text): number(text)
+        case .string(let text): string(text)
+        case .array(let items):
+            beginArray()
+            for item in items { write(item) }
+            end()
+        case .object(let fields):
+            beginObject()
+            for (name, field) in fields {
+                key(name)
+                write(field)
+            }
+            end()
+        }
+    }
+
+    /// The document written; every container must be closed.
+    public func finish() -> JSONDocument {
+        precondition(open.isEmpty, "a JSON document finished with a container still open")
+        return JSONDocument(entries: entries, bytes: bytes)
+    }
+
+    /// A string value from the parser.
+    mutating func string(_ value: UnsafeRawBufferPointer) { text(.string, value) }
+
+    /// A key from the parser, refused when its object has it already.
+    mutating func parsedKey(_ name: UnsafeRawBufferPointer) {
+        if repeatedKey == nil, let object = open.last {
+            var i = object + 1
+            while i < entries.count {
+                let entry = entries[i]
+                if Int(entry.count) == name.count, bytes[Int(entry.start)..<Int(entry.start + entry.count)].elementsEqual(name) {
+                    repeatedKey = String(decoding: name, as: UTF8.self)
+                    break
+                }
+                i = Int(entries[i + 1].end)
+            }
+        }
+        text(.key, name)
+    }
+
+    private mutating func begin(_ kind: JSONDocument.Kind) {
+        counted()
+        open.append(entries.count)
+        entries.append(JSONDocument.Entry(kind: kind, count: 0, start: 0, end: 0))
+    }
+
+    private mutating func leaf(_ kind: JSONDocument.Kind) {
+        counted()
+        entries.append(JSONDocument.Entry(kind: kind, count: 0, start: 0, end: UInt32(entries.count + 1)))
+    }
+
+    private mutating func text(_ kind: JSONDocument.Kind, _ value: UnsafeRawBufferPointer) {
+        if kind == .key { open.last.map { entries[$0].count += 1 } } else { counted() }
+        entries.append(
+            JSONDocument.Entry(kind: kind, count: UInt32(value.count), start: UInt32(bytes.count), end: UInt32(entries.count + 1)))
+        bytes.append(contentsOf: value)
+    }
+
+    /// A value is added to the innermost container: an array counts it (an object counted its key).
+    private mutating func counted() {
+        guard let container = open.last, entries[container].kind == .array else { return }
+        entries[container].count += 1
+    }
+}
+
+extension JSONDocument.Entry {
+    /// A string, a number or a key: bytes of the text.
+    var hasText: Bool { kind == .string || kind == .number || kind == .key }
+}
