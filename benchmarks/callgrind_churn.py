@@ -3,8 +3,9 @@
 watchers (reading and decoding the watch streams) and the main thread (parsing the changed objects, updating
 and swapping snapshots). The stand-in API server (Tests/EndToEnd/fake_apiserver.py) serves the namespace of
 kubernetes_churn.py (1,000 Services, 10 endpoints each); after the waypoint is ready, instrumentation is turned
-on and EVENTS (300) EndpointSlice changes of 10 endpoints each are applied at RATE (50) per second.
-Prints, per thread, its instructions per event (and the main thread's swaps). Instruction counts repeat on a
+on and EVENTS (300) EndpointSlice changes of 10 endpoints each are applied in bursts of BURST (10), PAUSE (1.0)
+seconds apart, so that each burst is one swap (the waypoint coalesces changes for 100 ms) and builds compare
+at the same number of swaps. Prints, per thread, its instructions per event (and the main thread's per swap). Instruction counts repeat on a
 loaded machine, unlike times: compare builds with this, and the churn's cost in seconds with kubernetes_churn.py.
 Usage: python3 benchmarks/callgrind_churn.py [BINARY]   (default .build/release/waypoint; KEEP_OUT=PREFIX keeps
 the callgrind files as PREFIX-NN)
@@ -28,7 +29,8 @@ from kubernetes_churn import endpoint_slice, service, metrics, ready   # noqa: E
 
 BIN = os.path.realpath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, ".build", "release", "waypoint"))
 EVENTS = int(os.environ.get("EVENTS", "300"))
-RATE = int(os.environ.get("RATE", "50"))
+BURST = int(os.environ.get("BURST", "10"))
+PAUSE = float(os.environ.get("PAUSE", "1.0"))
 
 
 def main():
@@ -66,13 +68,12 @@ def main():
         swaps_before = metrics(admin)["waypoint_kubernetes_event_to_swap_seconds_count"]
         subprocess.check_call(["callgrind_control", "-i", "on", str(proxy.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         random.seed(1)
-        next_at = time.time()
-        for _ in range(EVENTS):
+        for n in range(EVENTS):
             i = random.randrange(1000)
             api.apply(endpoint_slice(f"svc-{i}-1", f"svc-{i}", "default",
                                      [f"10.{i // 250 + 10}.{i % 250}.{random.randrange(1, 250)}" for _ in range(10)], 8080))
-            next_at += 1 / RATE
-            time.sleep(max(0, next_at - time.time()))
+            if n % BURST == BURST - 1:
+                time.sleep(PAUSE)
         time.sleep(2)                                    # the last changes compiled and swapped
         subprocess.check_call(["callgrind_control", "-i", "off", str(proxy.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         swaps = metrics(admin)["waypoint_kubernetes_event_to_swap_seconds_count"] - swaps_before
@@ -90,7 +91,7 @@ def main():
             totals.append((thread, kind, total))
             if os.environ.get("KEEP_OUT"):
                 shutil.copy(path, f"{os.environ['KEEP_OUT']}-{thread:02d}")
-        print(f"{EVENTS} EndpointSlice changes at {RATE}/s; {int(swaps)} swaps")
+        print(f"{EVENTS} EndpointSlice changes in bursts of {BURST}; {int(swaps)} swaps")
         main_total = sum(t for _, kind, t in totals if kind == "main")
         watcher = max(t for _, kind, t in totals if kind == "watcher")
         rest = sum(t for _, kind, t in totals if kind != "main") - watcher
