@@ -91,7 +91,7 @@ public struct JSONNode: Sendable {
     /// An integer value.
     public var int: Int? { entry.kind == .number ? text.flatMap { Int($0) } : nil }
 
-    /// An array's elements or an object's values, in order.
+    /// How many elements an array has, or entries an object has.
     public var count: Int { Int(entry.count) }
 
     /// The value at `key` of an object (nil for anything else, or when absent).
