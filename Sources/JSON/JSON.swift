@@ -77,8 +77,13 @@ public final class JSONParser {
 
     deinit { wp_json_parser_free(parser) }
 
+    /// The longest text parsed (the API client reads at most 64 MiB per response).
+    public static let maxText = 1 << 28
+
     /// Parses one complete JSON text; throws where it is malformed or incomplete, or an object repeats a key.
     public func parse(_ bytes: UnsafeRawBufferPointer) throws(JSONError) -> JSONDocument {
+        // A document's offsets are 32-bit; a number written out may be a few times longer than it came (`1e9`).
+        guard bytes.count <= Self.maxText else { throw JSONError("a JSON text over \(Self.maxText) bytes") }
         var writer = JSONWriter()
         writer.reserve(bytes.count)
         let failure = withUnsafeMutablePointer(to: &writer) { context in
