@@ -396,12 +396,14 @@ def test_all_endpoints_ejected_is_no_healthy_upstream_unless_min_health_percent(
 
 
 def reload(proxy, config):
-    """Replaces the proxy's config and waits until it is in use (SIGHUP, first reload)."""
+    """Replaces the proxy's config and waits until it is in use (SIGHUP, one more reload counted)."""
     import os
     import signal
+    reloads = lambda: proxy.metrics().get('waypoint_config_reloads_total{result="ok"}', 0)
+    before = reloads()
     (proxy.config_dir / "config.yaml").write_text(config)
     os.kill(proxy.pid, signal.SIGHUP)
-    assert wait_until(lambda: proxy.metrics().get('waypoint_config_reloads_total{result="ok"}', 0) >= 1)
+    assert wait_until(lambda: reloads() > before)
 
 
 def test_a_reload_keeps_counting_requests_in_flight(origin_factory, proxy_factory):
@@ -459,20 +461,31 @@ spec:
 
 def test_a_retry_waiting_across_a_reload_stays_with_its_service(origin_factory, proxy_factory):
     """A retry in its 1 s backoff when a reload lists another Service first (which renumbers the clusters): the
-    retry still goes to `web`'s endpoint, never to the Service that took `web`'s old cluster index."""
+    retry still goes to `web`'s endpoint, never to the Service that took `web`'s old cluster index. The backoff is
+    fully jittered (from 0 to 1 s): a retry that went out before the reload took effect proves nothing, so the
+    case is run again (the next reload renumbers back) until one waited across it."""
     web = origin_factory("web")
     other = origin_factory("other")
     retry = route("    retry: {attempts: 1, codes: [503], backoff: 1s}")
-    proxy = proxy_factory(service_yaml("web", [("127.0.0.1", web.port)]) + retry, extra=["--workers", "1"])
-    answer = {}
-    client = threading.Thread(target=lambda: answer.update(
-        reply=http_request(proxy.port, "GET", "/x?fail=1&key=across", host="web")))
-    client.start()
-    assert wait_until(lambda: origin_requests(web.port) == 1)   # the first try failed: the backoff has begun
-    reload(proxy, service_yaml("aaa", [("127.0.0.1", other.port)]) + "---\n" + service_yaml("web", [("127.0.0.1", web.port)])
-           + retry)
-    client.join(timeout=5)
-    status, _, body = answer["reply"]
-    assert status == 200 and json.loads(body)["headers"]["x-envoy-attempt-count"] == "2"
-    assert (origin_requests(web.port), origin_requests(other.port)) == (2, 0)
+    web_only = service_yaml("web", [("127.0.0.1", web.port)]) + retry
+    aaa_first = service_yaml("aaa", [("127.0.0.1", other.port)]) + "---\n" + web_only
+    proxy = proxy_factory(web_only, extra=["--workers", "1"])
+    for attempt in range(6):
+        before = origin_requests(web.port)
+        answer = {}
+        client = threading.Thread(target=lambda: answer.update(
+            reply=http_request(proxy.port, "GET", f"/x?fail=1&key=across-{attempt}", host="web")))
+        client.start()
+        assert wait_until(lambda: origin_requests(web.port) > before)   # the first try failed: the backoff began
+        reload(proxy, aaa_first if attempt % 2 == 0 else web_only)
+        waited = origin_requests(web.port) == before + 1                # the retry had not gone out yet
+        client.join(timeout=5)
+        status, _, body = answer["reply"]
+        assert status == 200 and json.loads(body)["headers"]["x-envoy-attempt-count"] == "2"
+        assert (origin_requests(web.port), origin_requests(other.port)) == (before + 2, 0)
+        if waited:
+            break
+    assert waited
+    if attempt % 2 == 1:
+        reload(proxy, aaa_first)
     assert http_request(proxy.port, "GET", "/y", host="aaa")[0] == 200    # the reload did renumber: aaa serves
