@@ -106,10 +106,15 @@ class TruncatingHandler(DNSHandler):
 
 def test_an_answer_too_large_for_udp_is_asked_again_over_tcp(workdir, processes, proxy_factory):
     zone = Zone()
-    udp = DNSServer(zone, port=0, address="127.0.0.1", handler=TruncatingHandler)
+    for _ in range(20):   # a free UDP port whose number is free for TCP too (a TCP socket may hold it)
+        udp = DNSServer(zone, port=0, address="127.0.0.1", handler=TruncatingHandler)
+        dns_port = udp.server.server_address[1]
+        try:
+            tcp = DNSServer(zone, port=dns_port, address="127.0.0.1", tcp=True, handler=TruncatingHandler)
+            break
+        except OSError:
+            udp.server.server_close()
     udp.start_thread()
-    dns_port = udp.server.server_address[1]
-    tcp = DNSServer(zone, port=dns_port, address="127.0.0.1", tcp=True, handler=TruncatingHandler)
     tcp.start_thread()
     port = free_port()
     origins(workdir, processes, port)
