@@ -9,6 +9,11 @@ public struct JSONWriter {
     private var open: [Int] = []
     /// A key the parser found twice in one object (the document is then refused).
     private(set) var repeatedKey: String?
+    /// The keys of the open objects that have many, by the object's entry: each key is looked up there, as a
+    /// search through all the others would make a hostile object of n keys cost n² (a JWT's claims are parsed
+    /// before its signature is checked).
+    private var manyKeys: [Int: Set<[UInt8]>] = [:]
+    private static let fewKeys = 16
 
     public init() {}
 
@@ -24,6 +29,7 @@ public struct JSONWriter {
     public mutating func end() {
         let container = open.removeLast()
         entries[container].end = UInt32(entries.count)
+        if !manyKeys.isEmpty { manyKeys[container] = nil }
     }
 
     /// The key of the object entry to come (its value is written next).
@@ -102,18 +108,26 @@ public struct JSONWriter {
 
     /// A key from the parser, refused when its object has it already.
     mutating func parsedKey(_ name: UnsafeRawBufferPointer) {
-        if repeatedKey == nil, let object = open.last {
-            var i = object + 1
-            while i < entries.count {
-                let entry = entries[i]
-                if Int(entry.count) == name.count, bytes[Int(entry.start)..<Int(entry.start + entry.count)].elementsEqual(name) {
-                    repeatedKey = String(decoding: name, as: UTF8.self)
-                    break
-                }
-                i = Int(entries[i + 1].end)
-            }
+        if repeatedKey == nil, let object = open.last, has(key: name, in: object) {
+            repeatedKey = String(decoding: name.prefix(100), as: UTF8.self)  // enough to name it in an error
         }
         text(.key, name)
+    }
+
+    /// Whether the object at entry `object` has the key `name` (and, once it has many, remembers it).
+    private mutating func has(key name: UnsafeRawBufferPointer, in object: Int) -> Bool {
+        let many = entries[object].count >= Self.fewKeys
+        if many, let index = manyKeys.index(forKey: object) { return !manyKeys.values[index].insert(Array(name)).inserted }
+        var seen = Set<[UInt8]>()
+        var i = object + 1
+        while i < entries.count {  // the keys written so far, each followed by its value
+            let key = bytes[Int(entries[i].start)..<Int(entries[i].start + entries[i].count)]
+            if many { seen.insert(Array(key)) } else if key.elementsEqual(name) { return true }
+            i = Int(entries[i + 1].end)
+        }
+        guard many else { return false }
+        manyKeys[object] = seen
+        return !manyKeys[object]!.insert(Array(name)).inserted
     }
 
     private mutating func begin(_ kind: JSONDocument.Kind) {

@@ -190,6 +190,17 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
                 == .object([("a", .object([("a", .number("1"))])), ("b", .object([("a", .number("2"))]))]))
     }
 
+    /// Past 16 keys an object's keys are looked up in a set of their own (a search through the others would make
+    /// a hostile object of n keys cost n²): repeats are still refused, and each object has its own set.
+    @Test func objectsWithManyKeys() throws {
+        let keys = (0..<20_000).map { #""k\#($0)":0"# }
+        #expect(throws: JSONError.self) { try JSON.parse("{" + keys.joined(separator: ",") + #","k19999":1}"#) }
+        #expect(throws: JSONError.self) { try JSON.parse("{" + keys.joined(separator: ",") + #","k3":1}"#) }
+        let seventeen = "{" + keys.prefix(17).joined(separator: ",") + "}"
+        let document = try JSONDocument.parse(#"{"a":\#(seventeen),"b":\#(seventeen),"k0":[\#(seventeen)]}"#)
+        #expect(document.root["b"]?.count == 17 && document.root["k0"]?.elements.first?["k16"]?.int == 0)
+    }
+
     /// Strings and keys are checked UTF-8 and kept whole: escapes decoded, a NUL inside kept.
     @Test func textIsCheckedUTF8AndKeptWhole() throws {
         #expect(try JSON.parse(#"{"k\u0000x":"\ud83d\ude00 \u00e9"}"#) == .object([("k\u{0}x", .string("\u{1F600} \u{e9}"))]))
