@@ -20,14 +20,14 @@ void walk(simdjson::dom::element value, const wp_json_visitor *visitor, void *co
     switch (value.type()) {
     case element_type::ARRAY: {
         simdjson::dom::array array = value.get_array().value_unsafe();
-        visitor->begin(context, false, array.size());
+        visitor->begin(context, false);
         for (simdjson::dom::element element : array) walk(element, visitor, context);
         visitor->end(context);
         break;
     }
     case element_type::OBJECT: {
         simdjson::dom::object object = value.get_object().value_unsafe();
-        visitor->begin(context, true, object.size());
+        visitor->begin(context, true);
         for (simdjson::dom::key_value_pair field : object) {
             visitor->key(context, field.key.data(), field.key.size());
             walk(field.value, visitor, context);

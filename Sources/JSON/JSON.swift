@@ -52,12 +52,7 @@ public indirect enum JSON: Sendable, Equatable {
     /// Parses one complete JSON text; throws where it is malformed or incomplete, or an object repeats a key.
     public static func parse(_ bytes: UnsafeRawBufferPointer) throws(JSONError) -> JSON { try JSONParser().parse(bytes).root.json }
 
-    public static func parse(_ text: String) throws(JSONError) -> JSON {
-        let result: Result<JSON, JSONError> = Array(text.utf8).withUnsafeBytes { bytes in
-            do throws(JSONError) { return .success(try parse(bytes)) } catch { return .failure(error) }
-        }
-        return try result.get()
-    }
+    public static func parse(_ text: String) throws(JSONError) -> JSON { try JSONDocument.parse(text).root.json }
 
     /// Nesting deeper than this is refused (Kubernetes objects are far shallower; a hostile one is not).
     public static let maxDepth = 64
@@ -109,7 +104,7 @@ extension JSONWriter {
             on(context) { $0.string(UnsafeRawBufferPointer(start: bytes, count: length)) }
         },
         key: { context, bytes, length in on(context) { $0.parsedKey(UnsafeRawBufferPointer(start: bytes, count: length)) } },
-        begin: { context, object, count in on(context) { object ? $0.beginObject() : $0.beginArray() } },
+        begin: { context, object in on(context) { object ? $0.beginObject() : $0.beginArray() } },
         end: { context in on(context) { $0.end() } })
 
     private static func on(_ context: UnsafeMutableRawPointer?, _ body: (inout JSONWriter) -> Void) {

@@ -79,10 +79,10 @@ public struct JSONNode: Sendable {
     /// A string's text (nil for anything else).
     public var string: String? { entry.kind == .string ? text : nil }
 
-    /// A string's or a number's text (nil for anything else).
+    /// A string's, a number's or a key's text (nil for anything else).
     public var text: String? {
         let entry = self.entry
-        guard entry.kind == .string || entry.kind == .number || entry.kind == .key else { return nil }
+        guard entry.hasText else { return nil }
         return document.bytes.withUnsafeBufferPointer { bytes in
             String(decoding: UnsafeBufferPointer(rebasing: bytes[Int(entry.start)..<Int(entry.start + entry.count)]), as: UTF8.self)
         }

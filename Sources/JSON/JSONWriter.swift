@@ -33,31 +33,22 @@ public struct JSONWriter {
     }
 
     /// The key of the object entry to come (its value is written next).
-    public mutating func key(_ name: String) {
-        var name = name
-        name.withUTF8 { text(.key, UnsafeRawBufferPointer($0)) }
-    }
+    public mutating func key(_ name: String) { text(.key, name) }
 
-    public mutating func string(_ value: String) {
-        var value = value
-        value.withUTF8 { text(.string, UnsafeRawBufferPointer($0)) }
-    }
+    public mutating func string(_ value: String) { text(.string, value) }
 
     public mutating func null() { leaf(.null) }
     public mutating func bool(_ value: Bool) { leaf(value ? .true : .false) }
 
     /// A number as its text (as `JSON.number` holds it).
-    public mutating func number(_ text: String) {
-        var text = text
-        text.withUTF8 { self.text(.number, UnsafeRawBufferPointer($0)) }
-    }
+    public mutating func number(_ text: String) { self.text(.number, text) }
 
     /// `node` and everything in it.
     public mutating func copy(_ node: JSONNode) {
         let source = node.document
         let first = node.index
         let last = Int(source.entries[first].end)
-        if source.entries[first].kind == .key { open.last.map { entries[$0].count += 1 } } else { counted() }
+        counted(source.entries[first].kind)
         // A document's texts are laid out in the order of its entries, one after another: a subtree's are one
         // range, copied at once.
         var texts: Range<Int>? = nil
@@ -131,26 +122,31 @@ public struct JSONWriter {
     }
 
     private mutating func begin(_ kind: JSONDocument.Kind) {
-        counted()
+        counted(kind)
         open.append(entries.count)
         entries.append(JSONDocument.Entry(kind: kind, count: 0, start: 0, end: 0))
     }
 
     private mutating func leaf(_ kind: JSONDocument.Kind) {
-        counted()
+        counted(kind)
         entries.append(JSONDocument.Entry(kind: kind, count: 0, start: 0, end: UInt32(entries.count + 1)))
     }
 
+    private mutating func text(_ kind: JSONDocument.Kind, _ value: String) {
+        var value = value
+        value.withUTF8 { text(kind, UnsafeRawBufferPointer($0)) }
+    }
+
     private mutating func text(_ kind: JSONDocument.Kind, _ value: UnsafeRawBufferPointer) {
-        if kind == .key { open.last.map { entries[$0].count += 1 } } else { counted() }
+        counted(kind)
         entries.append(
             JSONDocument.Entry(kind: kind, count: UInt32(value.count), start: UInt32(bytes.count), end: UInt32(entries.count + 1)))
         bytes.append(contentsOf: value)
     }
 
-    /// A value is added to the innermost container: an array counts it (an object counted its key).
-    private mutating func counted() {
-        guard let container = open.last, entries[container].kind == .array else { return }
+    /// An entry of `kind` is added to the innermost container: an array counts its values, an object its keys.
+    private mutating func counted(_ kind: JSONDocument.Kind) {
+        guard let container = open.last, (entries[container].kind == .object) == (kind == .key) else { return }
         entries[container].count += 1
     }
 }

@@ -6,10 +6,10 @@ import WaypointCore
 
 /// `v1 Service`.
 public struct ServiceSpec: Sendable, Equatable {
-    public let namespace: String
-    public let name: String
     /// Namespace and name, hashed once (an endpoint update asks about every Service whether it was touched).
     public let key: ObjectKey
+    public var namespace: String { key.namespace }
+    public var name: String { key.name }
     public var clusterIP: String?
     public var ports: [ServicePortSpec]
     public var creationTimestamp: String
@@ -22,11 +22,8 @@ public struct ServiceSpec: Sendable, Equatable {
         namespace: String, name: String, clusterIP: String?, ports: [ServicePortSpec], creationTimestamp: String,
         labels: [String: String] = [:], selector: [String: String] = [:]
     ) {
-        (self.namespace, self.name, self.clusterIP, self.ports, self.creationTimestamp) = (
-            namespace, name, clusterIP, ports, creationTimestamp
-        )
+        (key, self.clusterIP, self.ports, self.creationTimestamp) = (ObjectKey(namespace, name), clusterIP, ports, creationTimestamp)
         (self.labels, self.selector) = (labels, selector)
-        key = ObjectKey(namespace, name)
     }
 }
 
@@ -60,12 +57,11 @@ public struct ServicePortSpec: Sendable, Equatable {
 
 /// `discovery.k8s.io/v1 EndpointSlice`.
 public struct EndpointSliceSpec: Sendable, Equatable {
-    public let namespace: String
-    public var name: String
-    /// Label `kubernetes.io/service-name`.
-    public let serviceName: String
-    /// Its Service's namespace and name, hashed once.
+    /// Its Service's namespace (the slice's own) and name (label `kubernetes.io/service-name`), hashed once.
     public let service: ObjectKey
+    public var namespace: String { service.namespace }
+    public var serviceName: String { service.name }
+    public var name: String
     public var ports: [(name: String, port: Int)]
     /// `targetRef` names the Pod behind an endpoint (kind Pod only); `zone` and `nodeName` place it.
     public var endpoints: [(addresses: [String], ready: Bool, pod: String?, zone: String?, node: String?)]
@@ -76,17 +72,16 @@ public struct EndpointSliceSpec: Sendable, Equatable {
         namespace: String, name: String, serviceName: String, ports: [(name: String, port: Int)],
         endpoints: [(addresses: [String], ready: Bool, pod: String?, zone: String?, node: String?)], tunnel: Bool = false
     ) {
-        (self.namespace, self.name, self.serviceName, self.ports, self.endpoints, self.tunnel) = (
-            namespace, name, serviceName, ports, endpoints, tunnel
+        (service, self.name, self.ports, self.endpoints, self.tunnel) = (
+            ObjectKey(namespace, serviceName), name, ports, endpoints, tunnel
         )
-        service = ObjectKey(namespace, serviceName)
     }
 
     /// The key Istio uses (as a WorkloadEntry/ServiceEntry endpoint label) for endpoints reached by HBONE.
     public static let tunnelKey = "networking.istio.io/tunnel"
 
     public static func == (a: Self, b: Self) -> Bool {
-        a.namespace == b.namespace && a.name == b.name && a.serviceName == b.serviceName && a.tunnel == b.tunnel
+        a.service == b.service && a.name == b.name && a.tunnel == b.tunnel
             && a.ports.elementsEqual(b.ports, by: ==) && a.endpoints.elementsEqual(b.endpoints, by: ==)
     }
 }

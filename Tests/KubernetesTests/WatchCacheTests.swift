@@ -265,6 +265,13 @@ private func item(_ name: String, _ version: String, port: Int = 80) -> String {
         #expect(throws: JSONError.self) { try JSON.parse(text) }
     }
 
+    /// A text over `JSONParser.maxText` is refused before it is read (a document's offsets are 32-bit).
+    @Test func aTextOverTheLimitIsRefused() {
+        let text = UnsafeMutableRawBufferPointer.allocate(byteCount: JSONParser.maxText + 1, alignment: 1)  // never touched
+        defer { text.deallocate() }
+        #expect(throws: JSONError.self) { try JSONDocument.parse(UnsafeRawBufferPointer(text)) }
+    }
+
     @Test func deepNestingIsRefused() {
         let deep = String(repeating: "[", count: JSON.maxDepth + 1) + String(repeating: "]", count: JSON.maxDepth + 1)
         #expect(throws: JSONError.self) { try JSON.parse(deep) }

@@ -14,8 +14,7 @@ extern "C" {
 /// A simdjson parser and a padded copy of its input; both grow to the largest text parsed and are reused.
 typedef struct wp_json_parser wp_json_parser;
 
-/// What a walk tells, in document order: containers open (with their element count) and end; an object's
-/// values each follow their key.
+/// What a walk tells, in document order: containers begin and end; an object's values each follow their key.
 typedef struct wp_json_visitor {
     void (*null_value)(void *context);
     void (*bool_value)(void *context, bool value);
@@ -24,7 +23,7 @@ typedef struct wp_json_visitor {
     void (*double_value)(void *context, double value);
     void (*string_value)(void *context, const char *bytes, size_t length);
     void (*key)(void *context, const char *bytes, size_t length);
-    void (*begin)(void *context, bool object, size_t count);
+    void (*begin)(void *context, bool object);
     void (*end)(void *context);
 } wp_json_visitor;
 
